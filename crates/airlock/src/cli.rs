@@ -1,0 +1,114 @@
+//! The command line, as `../shared/design/cli.md` fixes it.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "airlock",
+    version,
+    about = "A sandbox for autonomous AI agents: run a command in an isolated world that costs almost nothing to start",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command in a new sandbox and wait for it.
+    Run(Box<RunArgs>),
+    /// What this host supports, what blocks a protection, and how to fix it.
+    Doctor {
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Policy profiles: list the built-ins, show one, validate a file.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfileCommand {
+    /// The built-in profiles.
+    List,
+    /// A profile's TOML (a built-in name or a file).
+    Show { name: String },
+    /// Check a profile file; errors name the line and field.
+    Validate { file: String },
+}
+
+#[derive(Debug, Args)]
+#[command(trailing_var_arg = true)]
+pub struct RunArgs {
+    /// What `/` is: `host` (the host's /usr, /bin, /sbin, /lib*, /etc read-only, nothing else) or a directory tree.
+    #[arg(long, value_name = "host|DIR")]
+    pub rootfs: Option<String>,
+    /// A host directory shown at the same path inside; the working directory.
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<String>,
+    /// cow: writes go to a layer airlock keeps (not in this build yet); rw: straight to the host; ro: read-only.
+    #[arg(long, value_name = "cow|rw|ro")]
+    pub workspace_mode: Option<String>,
+    /// The sandbox's name (what it keeps stays under it until `airlock rm NAME`).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Keep nothing after exit.
+    #[arg(long)]
+    pub rm: bool,
+    /// An extra host path, read-only (repeatable).
+    #[arg(long = "ro-bind", value_name = "SRC[:DST]")]
+    pub ro_bind: Vec<String>,
+    /// An extra host path, writable (repeatable).
+    #[arg(long, value_name = "SRC[:DST]")]
+    pub bind: Vec<String>,
+    /// An empty private tmpfs (repeatable). /tmp is always private.
+    #[arg(long, value_name = "DST[:SIZE]")]
+    pub tmpfs: Vec<String>,
+    /// none: loopback only; allow: only --allow destinations (not in this build yet); host: the host's network.
+    #[arg(long, value_name = "none|allow|host")]
+    pub net: Option<String>,
+    /// An allowed destination, `*.example.com` wildcards; implies --net allow (repeatable).
+    #[arg(long, value_name = "DOMAIN[:PORT]")]
+    pub allow: Vec<String>,
+    /// Memory limit (K/M/G suffixes).
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Process limit.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub pids: Option<String>,
+    /// CPU limit, in CPUs (e.g. 1.5).
+    #[arg(long, value_name = "F", allow_hyphen_values = true)]
+    pub cpus: Option<String>,
+    /// Disk limit for the workspace layer and /tmp.
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<String>,
+    /// Wall-clock limit (30s, 5m, 2h); then the whole sandbox is killed and airlock exits 124.
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Set a variable inside (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Pass a variable of the caller's through (repeatable).
+    #[arg(long = "pass-env", value_name = "KEY")]
+    pub pass_env: Vec<String>,
+    /// Identity inside: root or UID[:GID]. Root inside is never root outside.
+    #[arg(long, value_name = "root|UID[:GID]")]
+    pub user: Option<String>,
+    /// Hostname inside.
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// A TOML policy: a built-in name or a file; flags override it.
+    #[arg(long, value_name = "NAME|FILE", default_value = "default")]
+    pub profile: String,
+    /// Also append the audit events as JSON lines to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub audit: Option<String>,
+    /// A new pseudo-terminal for interactive use.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// The command and its arguments.
+    #[arg(required = true, value_name = "COMMAND", allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}

@@ -1,0 +1,65 @@
+//! `airlock`: the thin command-line edge over the policy and runtime crates.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod doctor;
+mod profile_cmd;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+/// Exit status when the sandbox could not be set up (bad input included): nothing ran.
+const EXIT_SETUP_FAILED: u8 = 125;
+/// Exit status for bad input to commands that do not run anything.
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(&err),
+    };
+    let result = match cli.command {
+        Command::Run(args) => run::run(*args),
+        Command::Doctor { json } => doctor::run_doctor(json),
+        Command::Profile(cmd) => profile_cmd::run(cmd),
+    };
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_SETUP_FAILED)),
+        Err(err) => {
+            eprintln!("airlock: {}", one_line(&err));
+            ExitCode::from(EXIT_SETUP_FAILED)
+        }
+    }
+}
+
+/// The error and its causes on one line: "what failed: why".
+pub fn one_line(err: &anyhow::Error) -> String {
+    err.chain().map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
+}
+
+/// clap's errors, reduced to one `airlock:` line. Help and version go to stdout with status 0.
+fn usage_error(err: &clap::Error) -> ExitCode {
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = err.print();
+        return if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(EXIT_USAGE)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let rendered = err.to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+    let args: Vec<String> = std::env::args().collect();
+    let is_run = args.get(1).is_some_and(|a| a == "run");
+    let help = if is_run { "airlock run --help" } else { "airlock --help" };
+    eprintln!("airlock: {first} (see `{help}`)");
+    ExitCode::from(if is_run { EXIT_SETUP_FAILED } else { EXIT_USAGE })
+}

@@ -1,0 +1,106 @@
+//! `airlock run`: flags become one more profile layer over the chosen profile; the merged profile is resolved
+//! into a policy and handed to the runtime.
+
+use anyhow::{anyhow, bail, Context, Result};
+use policy::names::validate_sandbox_name;
+use policy::profile::{self, Invoker, Profile, ProfileRef};
+use policy::sandbox::Network;
+use runtime::prepare::HostContext;
+use runtime::sandbox::{run_sandbox, RunOutcome};
+
+use crate::cli::RunArgs;
+
+pub fn run(args: RunArgs) -> Result<i32> {
+    if let Some(name) = &args.name {
+        validate_sandbox_name(name).map_err(|e| anyhow!("--name: {e}"))?;
+    }
+    if args.audit.is_some() {
+        bail!("--audit: audit events are not recorded by this build yet; run without --audit");
+    }
+    let base = load_profile(&args.profile)?;
+    let overlay = flags_profile(&args)?;
+    let merged = base.merge(overlay);
+
+    let (uid, gid) = runtime::host::current_ids();
+    let invoker = Invoker {
+        uid,
+        gid,
+        is_root: runtime::host::is_host_root(),
+        env: std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect(),
+        user_name: runtime::host::user_name(uid),
+    };
+    let policy = profile::resolve(&merged, args.command.clone(), &invoker)?;
+    if policy.network == Network::Host {
+        eprintln!("airlock: warning: --net host: the sandbox shares the host's network (no network isolation)");
+    }
+
+    let host = HostContext { lock_dir: lock_dir(), tty: args.tty.then(runtime::host::caller_window_size) };
+    let outcome = run_sandbox(&policy, &host, &mut |w| eprintln!("airlock: warning: {w}"))?;
+    match &outcome {
+        RunOutcome::Exited(_) => {}
+        RunOutcome::TimedOut(elapsed) => {
+            eprintln!(
+                "airlock: timed out after {:.1}s (--timeout {}): the sandbox was killed",
+                elapsed.as_secs_f64(),
+                merged.process.timeout.as_deref().unwrap_or("?")
+            );
+        }
+        RunOutcome::ExecFailed { message, .. } => eprintln!("airlock: {message}"),
+    }
+    Ok(outcome.exit_code())
+}
+
+/// A built-in by name, or a file.
+pub fn load_profile(arg: &str) -> Result<Profile> {
+    match ProfileRef::from_arg(arg) {
+        ProfileRef::Builtin(name) => Ok(profile::load_builtin_profile(&name)?),
+        ProfileRef::File(path) => {
+            let text =
+                std::fs::read_to_string(&path).with_context(|| format!("cannot read profile {}", path.display()))?;
+            Ok(Profile::parse(&text, &path.display().to_string())?)
+        }
+    }
+}
+
+/// The run flags as a profile layer.
+fn flags_profile(args: &RunArgs) -> Result<Profile> {
+    let mut p = Profile::default();
+    p.filesystem.rootfs = args.rootfs.clone();
+    p.filesystem.workspace = args.workspace.clone();
+    p.filesystem.workspace_mode = args.workspace_mode.clone();
+    p.filesystem.ro_bind = args.ro_bind.clone();
+    p.filesystem.bind = args.bind.clone();
+    p.filesystem.tmpfs = args.tmpfs.clone();
+    p.network.mode = args.net.clone();
+    p.network.allow = args.allow.clone();
+    for kv in &args.env {
+        let (key, value) = kv.split_once('=').ok_or_else(|| anyhow!("--env {kv:?}: expected KEY=VALUE"))?;
+        p.env.set.insert(key.to_string(), value.to_string());
+    }
+    p.env.pass = args.pass_env.clone();
+    p.process.user = args.user.clone();
+    p.process.hostname = args.hostname.clone();
+    p.process.timeout = args.timeout.clone();
+    p.limits.memory = args.memory.clone();
+    p.limits.disk = args.disk.clone();
+    if let Some(pids) = &args.pids {
+        let n = pids
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| anyhow!("--pids {pids:?}: expected a whole number greater than 0"))?;
+        p.limits.pids = Some(n);
+    }
+    if let Some(cpus) = &args.cpus {
+        p.limits.cpus = Some(policy::units::parse_cpus(cpus).map_err(|e| anyhow!("--cpus: {e}"))?);
+    }
+    Ok(p)
+}
+
+/// Where the host-id range locks live (as host root): `$AIRLOCK_STATE_DIR/id-ranges`, else under `/run`, which
+/// is emptied at boot, so a crash never leaves a range claimed.
+fn lock_dir() -> std::path::PathBuf {
+    match std::env::var_os("AIRLOCK_STATE_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir).join("id-ranges"),
+        None => std::path::PathBuf::from("/run/airlock/id-ranges"),
+    }
+}

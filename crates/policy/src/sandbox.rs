@@ -1,0 +1,125 @@
+//! The resolved sandbox policy: what the runtime builds, after profiles and flags are merged and validated.
+//!
+//! Every value here is already checked for form (absolute paths, parsed sizes, sane names). Checks that need the
+//! host (does the path exist, is it a symlink) belong to the runtime's validation step, which runs before any
+//! side effect.
+
+use std::time::Duration;
+
+/// What `/` is inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rootfs {
+    /// The host's `/usr`, `/bin`, `/sbin`, `/lib*`, `/etc`, read-only, and nothing else of the host.
+    Host,
+    /// A directory tree (debootstrap, unpacked image), shown read-only as `/`.
+    Dir(String),
+}
+
+/// How the workspace is shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkspaceMode {
+    /// Writes land in a layer airlock keeps; the host directory changes only through `airlock commit`.
+    Cow,
+    /// Writes go straight to the host directory.
+    Rw,
+    /// Read-only.
+    Ro,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workspace {
+    /// Absolute host path; shown at the same path inside and used as the working directory.
+    pub path: String,
+    pub mode: WorkspaceMode,
+}
+
+/// An extra host path shown inside (`--ro-bind`, `--bind`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// Absolute host path.
+    pub source: String,
+    /// Absolute path inside the sandbox.
+    pub destination: String,
+    pub writable: bool,
+}
+
+/// An empty private tmpfs (`--tmpfs DST[:SIZE]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TmpfsMount {
+    /// Absolute path inside the sandbox.
+    pub destination: String,
+    /// Size limit in bytes; `None` means the kernel default (half of RAM).
+    pub size_bytes: Option<u64>,
+}
+
+/// Network mode (`--net`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    /// A private network namespace with loopback only.
+    None,
+    /// Only the listed destinations (enforced by the network gateway).
+    Allow(Vec<AllowRule>),
+    /// The host's network namespace: explicit opt-in, warned.
+    Host,
+}
+
+/// One `--allow DOMAIN[:PORT]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowRule {
+    /// Lower-case domain, possibly starting with `*.`.
+    pub domain: String,
+    /// `None` means the default ports (80 and 443).
+    pub port: Option<u16>,
+}
+
+/// Identity inside the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Resource limits. Enforcing them needs cgroups; a limit that cannot be enforced fails the run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    pub cpus: Option<f64>,
+    pub disk_bytes: Option<u64>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        self.memory_bytes.is_none() && self.pids.is_none() && self.cpus.is_none() && self.disk_bytes.is_none()
+    }
+}
+
+/// Whether a protection layer must be applied, or may be skipped (with a warning) when the kernel lacks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requirement {
+    Required,
+    BestEffort,
+}
+
+/// The whole, validated policy for one sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxPolicy {
+    pub rootfs: Rootfs,
+    pub workspace: Option<Workspace>,
+    /// `--ro-bind` and `--bind`, in the order given.
+    pub binds: Vec<BindMount>,
+    /// `--tmpfs`; `/tmp` and `/dev/shm` are always private and are not listed here.
+    pub tmpfs: Vec<TmpfsMount>,
+    pub network: Network,
+    /// The complete environment of the command, in order. Nothing else of the caller's environment is passed.
+    pub env: Vec<(String, String)>,
+    pub identity: Identity,
+    pub hostname: String,
+    pub timeout: Option<Duration>,
+    pub limits: Limits,
+    pub landlock: Requirement,
+    /// Working directory inside: the workspace, else `/`.
+    pub cwd: String,
+    /// argv of the command; `argv[0]` is looked up in the sandbox's `PATH` when it has no `/`.
+    pub command: Vec<String>,
+}

@@ -1,0 +1,118 @@
+//! A minimal `/dev`: a small tmpfs holding binds of the host's harmless character devices (null, zero, full,
+//! random, urandom, tty), a new devpts instance (so the sandbox's terminals are not the host's), a private
+//! `/dev/shm`, and the usual symlinks. Device nodes cannot be created in a user namespace, hence the binds; the
+//! tmpfs itself is made read-only at the end, so nothing else can appear in `/dev`.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::RawFd;
+
+use crate::failure::{ChildFailure, Step};
+use crate::mounts::{attach, fail, new_tmpfs, EMPTY, RESOLVE_INSIDE};
+use crate::sys::{self, Errno};
+
+const DEV_SYMLINKS: &[(&CStr, &CStr)] = &[
+    (c"ptmx", c"pts/ptmx"),
+    (c"fd", c"/proc/self/fd"),
+    (c"stdin", c"/proc/self/fd/0"),
+    (c"stdout", c"/proc/self/fd/1"),
+    (c"stderr", c"/proc/self/fd/2"),
+];
+
+/// Builds `/dev` in the new root. `devices` pairs a name in `/dev` with the index of its detached host clone in
+/// `trees`.
+pub fn mount_dev(root: RawFd, devices: &[(CString, usize)], trees: &[RawFd]) -> Result<(), ChildFailure> {
+    let dev_fd = mount_dev_tmpfs(root).map_err(fail(Step::MountDev, 0))?;
+    let result = populate_dev(dev_fd, devices, trees);
+    let result = result.and_then(|()| {
+        sys::mount_setattr(dev_fd, EMPTY, libc::AT_EMPTY_PATH as u32, libc::MOUNT_ATTR_RDONLY, 0)
+            .map_err(fail(Step::MountDev, 0))
+    });
+    sys::close(dev_fd);
+    result
+}
+
+fn mount_dev_tmpfs(root: RawFd) -> Result<RawFd, Errno> {
+    let target = mkdir_and_open(root, c"dev", 0o755)?;
+    let attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
+    let result = new_tmpfs([(c"mode", c"0755"), (c"size", c"64k")], attrs).and_then(|mnt| match attach(mnt, target) {
+        Ok(()) => Ok(mnt),
+        Err(e) => {
+            sys::close(mnt);
+            Err(e)
+        }
+    });
+    sys::close(target);
+    result
+}
+
+fn populate_dev(dev_fd: RawFd, devices: &[(CString, usize)], trees: &[RawFd]) -> Result<(), ChildFailure> {
+    for (index, (name, source)) in devices.iter().enumerate() {
+        let tree = trees.get(*source).copied().unwrap_or(-1);
+        bind_device(dev_fd, name, tree).map_err(fail(Step::MountDev, index + 1))?;
+    }
+    mount_devpts(dev_fd).map_err(fail(Step::MountDevpts, 0))?;
+    mount_dev_shm(dev_fd).map_err(fail(Step::MountDev, 0))?;
+    for (index, (name, target)) in DEV_SYMLINKS.iter().enumerate() {
+        // SAFETY: both are valid NUL-terminated strings.
+        sys::check(unsafe { libc::symlinkat(target.as_ptr(), dev_fd, name.as_ptr()) } as libc::c_long)
+            .map_err(fail(Step::CreateDevSymlink, index))?;
+    }
+    Ok(())
+}
+
+fn bind_device(dev_fd: RawFd, name: &CStr, tree: RawFd) -> Result<(), Errno> {
+    // SAFETY: valid NUL-terminated string; O_EXCL|O_NOFOLLOW create a fresh file in our own tmpfs.
+    let fd = sys::check_fd(unsafe {
+        libc::openat(
+            dev_fd,
+            name.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o666,
+        )
+    } as libc::c_long)?;
+    sys::close(fd);
+    let target = sys::openat2(dev_fd, name, libc::O_PATH, RESOLVE_INSIDE)?;
+    let result = attach(tree, target);
+    sys::close(target);
+    result
+}
+
+/// A new devpts instance: the sandbox's pseudo-terminals are its own, and `/dev/pts` lists none of the host's.
+fn mount_devpts(dev_fd: RawFd) -> Result<(), Errno> {
+    let target = mkdir_and_open(dev_fd, c"pts", 0o755)?;
+    let result = (|| {
+        let fs = sys::fsopen(c"devpts")?;
+        let configured =
+            sys::fsconfig_string(fs, c"ptmxmode", c"0666").and_then(|()| sys::fsconfig_string(fs, c"mode", c"0620"));
+        let mnt = configured.and_then(|()| sys::fsmount(fs, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC));
+        sys::close(fs);
+        let mnt = mnt?;
+        let r = attach(mnt, target);
+        sys::close(mnt);
+        r
+    })();
+    sys::close(target);
+    result
+}
+
+fn mount_dev_shm(dev_fd: RawFd) -> Result<(), Errno> {
+    let target = mkdir_and_open(dev_fd, c"shm", 0o1777)?;
+    let attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+    let result = new_tmpfs([(c"mode", c"1777")], attrs).and_then(|mnt| {
+        let r = attach(mnt, target);
+        sys::close(mnt);
+        r
+    });
+    sys::close(target);
+    result
+}
+
+/// `mkdirat` (an existing directory is fine) then an `O_PATH` descriptor for it, never following a symlink.
+pub fn mkdir_and_open(dir: RawFd, name: &CStr, mode: libc::mode_t) -> Result<RawFd, Errno> {
+    // SAFETY: valid NUL-terminated string.
+    match sys::check(unsafe { libc::mkdirat(dir, name.as_ptr(), mode) } as libc::c_long) {
+        Ok(_) | Err(libc::EEXIST) => {}
+        Err(e) => return Err(e),
+    }
+    sys::openat2(dir, name, libc::O_PATH | libc::O_DIRECTORY, RESOLVE_INSIDE)
+}

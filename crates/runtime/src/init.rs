@@ -1,0 +1,205 @@
+//! The sandbox's first process: pid 1 of the new pid namespace. It builds the sandbox (mounts, root, hostname,
+//! loopback, Landlock ruleset), then stays an init: forks the command, forwards signals to it, reaps every
+//! zombie, and when the command exits kills everything left in the namespace and exits with the command's
+//! status. Everything here runs after `clone`: syscalls on the prepared plan only, no allocation.
+
+use std::os::fd::RawFd;
+
+use crate::exec::{self, CommandFds, EXIT_SETUP_FAILED};
+use crate::failure::{report_and_exit, ChildFailure, Step};
+use crate::plan::SandboxPlan;
+use crate::sys::{self, Errno};
+use crate::{landlock, mounts, net, tty};
+
+/// Descriptors init inherits from the supervisor.
+pub struct InitFds {
+    /// Read end of the start pipe: one byte once the supervisor has written the id maps.
+    pub start: RawFd,
+    /// Write end of the failure pipe.
+    pub failure: RawFd,
+    /// Our end of the socket that carries the pseudo-terminal's master to the supervisor (`-t`).
+    pub tty_socket: Option<RawFd>,
+}
+
+/// Runs the sandbox's init. Never returns.
+///
+/// `trees` has one slot per mount source, for the detached clones (sized by the supervisor before `clone`, so
+/// filling it allocates nothing).
+pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd]) -> ! {
+    let abort = |f: ChildFailure| -> ! { report_and_exit(fds.failure, f.step, f.errno, f.index, EXIT_SETUP_FAILED) };
+
+    // If the supervisor dies (even by SIGKILL), the kernel kills init, and with it the whole pid namespace:
+    // nothing of the sandbox outlives airlock. A SIGKILL from the parent namespace always reaches a pid-1.
+    if let Err(e) = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) {
+        abort(ChildFailure { step: Step::WaitForSupervisor, errno: e, index: 0 });
+    }
+    // Wait for the supervisor to write our uid/gid maps. EOF means it died before it could; the pdeath signal
+    // may not have been armed in time to tell us.
+    let mut byte = [0u8; 1];
+    match sys::read(fds.start, &mut byte) {
+        Ok(1) => {}
+        Ok(_) => sys::exit_immediately(EXIT_SETUP_FAILED),
+        Err(e) => abort(ChildFailure { step: Step::WaitForSupervisor, errno: e, index: 0 }),
+    }
+    sys::close(fds.start);
+
+    // Descriptors the caller leaked to airlock go now, before any sandbox code could see them (CVE-2016-9962).
+    let mut keep = [fds.failure, fds.tty_socket.unwrap_or(-1)];
+    keep.sort_unstable();
+    if let Err(e) = sys::close_fds_except(&keep) {
+        abort(ChildFailure { step: Step::CloseInheritedFds, errno: e, index: 0 });
+    }
+
+    // Our own session: terminal signals (Ctrl-C) reach the supervisor only, which forwards them once.
+    // SAFETY: setsid takes no arguments.
+    unsafe { libc::setsid() };
+
+    // Become the namespace's root (as host root, the clone left us with host uid 0, unmapped inside: we must not
+    // keep it, since the host kernel would still treat file access as host root's).
+    if let Err(e) = exec::switch_to_ids(plan.ids.init_uid, plan.ids.init_gid) {
+        abort(ChildFailure { step: Step::SwitchToSandboxRoot, errno: e, index: 0 });
+    }
+
+    if let Err(f) = build_sandbox(plan, trees) {
+        abort(f);
+    }
+
+    let tty_slave = match (plan.tty, fds.tty_socket) {
+        (Some(winsize), Some(socket)) => match tty::open_sandbox_terminal(&winsize, socket) {
+            Ok(slave) => Some(slave),
+            Err(f) => abort(f),
+        },
+        _ => None,
+    };
+    if let Some(socket) = fds.tty_socket {
+        sys::close(socket);
+    }
+
+    let landlock_ruleset = match &plan.landlock {
+        Some(lp) => match landlock::create_ruleset(lp) {
+            Ok(fd) => Some(fd),
+            Err(f) => abort(f),
+        },
+        None => None,
+    };
+
+    // The command must not be able to ptrace init or read its memory: init still holds every capability in
+    // the namespace. (The capability check already refuses it; this is the second lock.)
+    let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
+
+    let command_fds = CommandFds { failure: fds.failure, tty_slave, landlock_ruleset };
+    // SAFETY: init is single-threaded; the child only runs exec_command, which is async-signal-safe.
+    let child = match unsafe { sys::clone_process(0, None) } {
+        Ok(0) => exec::exec_command(plan, &command_fds),
+        Ok(pid) => pid,
+        Err(e) => abort(ChildFailure { step: Step::ForkCommand, errno: e, index: 0 }),
+    };
+    if let Some(fd) = landlock_ruleset {
+        sys::close(fd);
+    }
+    if let Some(fd) = tty_slave {
+        sys::close(fd);
+    }
+    sys::close(fds.failure);
+    let status = reap_until_command_exits(child);
+    sys::exit_immediately(status)
+}
+
+/// Steps 5 of the design, in order: private mounts; sources cloned while the host tree is visible; the new root
+/// on a tmpfs; `pivot_root`; then the namespace-local settings.
+fn build_sandbox(plan: &SandboxPlan, trees: &mut [RawFd]) -> Result<(), ChildFailure> {
+    mounts::make_mounts_private()?;
+    mounts::clone_mount_sources(&plan.sources, trees)?;
+    let root = mounts::mount_staging_root(&plan.staging_dir)?;
+    mounts::build_new_root(plan, root, trees)?;
+    for &tree in trees.iter() {
+        sys::close(tree);
+    }
+    mounts::enter_new_root(root)?;
+    sys::close(root);
+    net::set_hostname(&plan.hostname).map_err(mounts::fail(Step::SetHostname, 0))?;
+    if plan.new_network_namespace {
+        net::bring_up_loopback().map_err(mounts::fail(Step::BringUpLoopback, 0))?;
+    }
+    Ok(())
+}
+
+/// Waits for signals (all are blocked; the supervisor blocked them before `clone`). SIGCHLD reaps; anything
+/// else is forwarded to the command. When the command has exited, everything left is killed and reaped, and
+/// the command's status becomes init's exit code (128+N for a signal, as shells report it).
+fn reap_until_command_exits(command: libc::pid_t) -> i32 {
+    let mut all: libc::sigset_t = empty_sigset();
+    // SAFETY: `all` is a valid sigset to fill.
+    unsafe { libc::sigfillset(&mut all) };
+    loop {
+        // SAFETY: an all-zero siginfo is a valid buffer for sigwaitinfo to fill.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `all` and `info` are live locals.
+        let sig = unsafe { libc::sigwaitinfo(&all, &mut info) };
+        if sig < 0 {
+            continue;
+        }
+        if sig == libc::SIGCHLD {
+            if let Some(status) = reap_children(command) {
+                return kill_everything_and_reap(status);
+            }
+        } else {
+            let _ = sys::kill(command, sig);
+        }
+    }
+}
+
+/// Reaps every exited child; returns the command's exit code if it was among them.
+fn reap_children(command: libc::pid_t) -> Option<i32> {
+    let mut result = None;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes into a live local.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return result;
+        }
+        if pid == command {
+            result = Some(exit_code(status));
+        }
+    }
+}
+
+/// Converts a wait status into a shell-style exit code.
+fn exit_code(status: i32) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        EXIT_SETUP_FAILED
+    }
+}
+
+fn kill_everything_and_reap(status: i32) -> i32 {
+    // kill(-1) from a pid namespace's init reaches every other process in the namespace: daemons that
+    // called setsid, orphans, everything.
+    let _ = sys::kill(-1, libc::SIGKILL);
+    loop {
+        let mut st = 0;
+        // SAFETY: waitpid writes into a live local.
+        let pid = unsafe { libc::waitpid(-1, &mut st, 0) };
+        if pid < 0 && sys::errno() != libc::EINTR {
+            return status;
+        }
+    }
+}
+
+fn empty_sigset() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        set
+    }
+}
+
+/// Errno helper for callers that only have an errno.
+pub fn failure(step: Step, errno: Errno) -> ChildFailure {
+    ChildFailure { step, errno, index: 0 }
+}

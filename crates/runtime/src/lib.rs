@@ -1,0 +1,24 @@
+//! airlock's sandbox engine. Synchronous and single-threaded on purpose: a process can only enter a new user
+//! namespace while it has one thread, and the work done after `clone` must stay async-signal-safe.
+//!
+//! Modules follow kernel concepts; `sandbox::run_sandbox` is the setup order, top to bottom.
+
+pub mod caps;
+pub mod dev;
+pub mod exec;
+pub mod failure;
+pub mod host;
+pub mod init;
+pub mod landlock;
+pub mod mounts;
+pub mod net;
+pub mod plan;
+pub mod prepare;
+pub mod probe;
+pub mod proc;
+pub mod sandbox;
+pub mod seccomp;
+pub mod supervisor;
+pub mod sys;
+pub mod tty;
+pub mod userns;

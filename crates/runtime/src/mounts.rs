@@ -1,0 +1,227 @@
+//! The new root: a tmpfs built from nothing, holding read-only binds of what the policy shares, entered with
+//! `pivot_root`. Runs in the sandbox's init, after `clone`: syscalls on prepared data only.
+//!
+//! Mount sources are opened with `openat2(RESOLVE_NO_SYMLINKS)` and cloned with `open_tree(OPEN_TREE_CLONE)`
+//! while the host's tree is still visible (our private copy of it); from then on only those file descriptors are
+//! used, so swapping a path for a symlink after validation (CVE-2021-30465) finds nothing to swap. Mount targets
+//! are resolved one component at a time with `RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH` relative to the new root, so
+//! a symlink planted in a `--rootfs DIR` tree cannot redirect a mount (or a `mkdir`) onto the host.
+
+use std::ffi::CStr;
+use std::os::fd::RawFd;
+
+use crate::failure::{ChildFailure, Step};
+use crate::plan::{InsidePath, MountSource, RootEntry, SandboxPlan, SourceKind};
+use crate::sys::{self, Errno};
+use crate::{dev, proc};
+
+/// `RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH`: how every path inside the new root is resolved while building it.
+pub const RESOLVE_INSIDE: u64 = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH;
+
+pub const EMPTY: &CStr = c"";
+
+/// A failed step, with the index of the item it concerned.
+pub fn fail(step: Step, index: usize) -> impl FnOnce(Errno) -> ChildFailure {
+    move |errno| ChildFailure { step, errno, index: index as u32 }
+}
+
+/// Makes every mount in the sandbox's (copied) mount namespace private, so nothing done here propagates back to
+/// the host and nothing the host mounts later appears here. First step in the new mount namespace.
+pub fn make_mounts_private() -> Result<(), ChildFailure> {
+    // SAFETY: valid NUL-terminated strings (or null for the unused source, type and data).
+    let ret = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    sys::check(ret as libc::c_long).map(drop).map_err(fail(Step::MakeMountsPrivate, 0))
+}
+
+/// Opens and clones every mount source. Returns the detached clones in `trees` (same order as `sources`).
+/// Must run before the staging root is mounted: that can hide a source (e.g. one under `/tmp`).
+pub fn clone_mount_sources(sources: &[MountSource], trees: &mut [RawFd]) -> Result<(), ChildFailure> {
+    for (index, (source, tree)) in sources.iter().zip(trees.iter_mut()).enumerate() {
+        let fd = sys::openat2(libc::AT_FDCWD, &source.host_path, libc::O_PATH, libc::RESOLVE_NO_SYMLINKS)
+            .map_err(fail(Step::OpenMountSource, index))?;
+        let checked = check_source_kind(fd, source.kind);
+        if let Err(errno) = checked {
+            sys::close(fd);
+            return Err(fail(Step::CheckMountSource, index)(errno));
+        }
+        let cloned = sys::open_tree(
+            fd,
+            EMPTY,
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32 | libc::AT_RECURSIVE as u32,
+        );
+        sys::close(fd);
+        let clone_fd = cloned.map_err(fail(Step::CloneMountSource, index))?;
+        *tree = clone_fd;
+        sys::mount_setattr(clone_fd, EMPTY, libc::AT_EMPTY_PATH as u32 | libc::AT_RECURSIVE as u32, source.attr_set, 0)
+            .map_err(fail(Step::SetMountSourceAttributes, index))?;
+    }
+    Ok(())
+}
+
+/// The source must still be what validation saw: a directory, a regular file or a character device.
+fn check_source_kind(fd: RawFd, kind: SourceKind) -> Result<(), Errno> {
+    // SAFETY: an all-zero stat is a valid value for fstat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is an open O_PATH descriptor (fstat works on those) and `st` is writable.
+    sys::check(unsafe { libc::fstat(fd, &mut st) } as libc::c_long)?;
+    let fmt = st.st_mode & libc::S_IFMT;
+    let ok = match kind {
+        SourceKind::Directory => fmt == libc::S_IFDIR,
+        SourceKind::RegularFile => fmt == libc::S_IFREG,
+        SourceKind::CharDevice => fmt == libc::S_IFCHR,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(libc::ENOTDIR)
+    }
+}
+
+/// Mounts an empty tmpfs and attaches it at `staging_dir` in the sandbox's copy of the host tree. Returns an fd
+/// for the tmpfs's root, against which every later step resolves paths.
+pub fn mount_staging_root(staging_dir: &CStr) -> Result<RawFd, ChildFailure> {
+    let root = new_tmpfs([(c"mode", c"0755"), (c"size", c"1m")], libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV)
+        .map_err(fail(Step::MountStagingRoot, 0))?;
+    sys::move_mount(root, EMPTY, libc::AT_FDCWD, staging_dir, libc::MOVE_MOUNT_F_EMPTY_PATH)
+        .map_err(fail(Step::MountStagingRoot, 0))?;
+    Ok(root)
+}
+
+/// A detached tmpfs with the given options.
+pub fn new_tmpfs<'a>(options: impl IntoIterator<Item = (&'a CStr, &'a CStr)>, attr_flags: u64) -> Result<RawFd, Errno> {
+    let fs = sys::fsopen(c"tmpfs")?;
+    for (key, value) in options {
+        if let Err(errno) = sys::fsconfig_string(fs, key, value) {
+            sys::close(fs);
+            return Err(errno);
+        }
+    }
+    let mnt = sys::fsmount(fs, attr_flags);
+    sys::close(fs);
+    mnt
+}
+
+/// Resolves `path` inside the new root, creating missing directories on the way (and, when `file` is set, an
+/// empty regular file as the last component). Returns an `O_PATH` fd for it. Every component is opened with
+/// [`RESOLVE_INSIDE`], so a symlink anywhere on the way fails with `ELOOP` instead of being followed.
+pub fn create_mount_point(root: RawFd, path: &InsidePath, file: bool) -> Result<RawFd, Errno> {
+    let mut dir = root;
+    let last = path.components.len().saturating_sub(1);
+    for (i, component) in path.components.iter().enumerate() {
+        let want_file = file && i == last;
+        let flags = if want_file { libc::O_PATH } else { libc::O_PATH | libc::O_DIRECTORY };
+        let opened = match sys::openat2(dir, component, flags, RESOLVE_INSIDE) {
+            Err(libc::ENOENT) => {
+                create_entry(dir, component, want_file)?;
+                sys::openat2(dir, component, flags, RESOLVE_INSIDE)
+            }
+            other => other,
+        };
+        if dir != root {
+            sys::close(dir);
+        }
+        dir = opened?;
+    }
+    if dir == root {
+        // The path was `/` itself: hand out a separate descriptor so the caller may close it.
+        // SAFETY: dup of an open fd.
+        return sys::check_fd(unsafe { libc::fcntl(root, libc::F_DUPFD_CLOEXEC, 3) } as libc::c_long);
+    }
+    Ok(dir)
+}
+
+fn create_entry(dir: RawFd, name: &CStr, file: bool) -> Result<(), Errno> {
+    if file {
+        // SAFETY: `name` is a valid NUL-terminated string; O_NOFOLLOW|O_EXCL never follow a planted link.
+        let fd = sys::check_fd(unsafe {
+            libc::openat(
+                dir,
+                name.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o644,
+            )
+        } as libc::c_long);
+        match fd {
+            Ok(fd) => {
+                sys::close(fd);
+                Ok(())
+            }
+            Err(libc::EEXIST) => Ok(()),
+            Err(e) => Err(e),
+        }
+    } else {
+        // SAFETY: `name` is a valid NUL-terminated string.
+        match sys::check(unsafe { libc::mkdirat(dir, name.as_ptr(), 0o755) } as libc::c_long) {
+            Ok(_) | Err(libc::EEXIST) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Attaches the detached mount `tree` on the mount point `target` (both fds), consuming neither.
+pub fn attach(tree: RawFd, target: RawFd) -> Result<(), Errno> {
+    sys::move_mount(tree, EMPTY, target, EMPTY, libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH)
+}
+
+/// Builds the whole new root on the staging tmpfs: the policy's binds, symlinks and tmpfs mounts in order, then
+/// `/dev` and `/proc`, then makes the root tmpfs itself read-only.
+pub fn build_new_root(plan: &SandboxPlan, root: RawFd, trees: &[RawFd]) -> Result<(), ChildFailure> {
+    for (index, entry) in plan.root_entries.iter().enumerate() {
+        match entry {
+            RootEntry::Bind { source, dest } => {
+                let is_file = plan.sources.get(*source).is_some_and(|s| s.kind != SourceKind::Directory);
+                let target = create_mount_point(root, dest, is_file).map_err(fail(Step::CreateMountPoint, index))?;
+                let tree = trees.get(*source).copied().unwrap_or(-1);
+                let attached = attach(tree, target);
+                sys::close(target);
+                attached.map_err(fail(Step::AttachMount, index))?;
+            }
+            RootEntry::Symlink { name, target, .. } => {
+                // SAFETY: both are valid NUL-terminated strings; symlinkat creates the link in the root tmpfs.
+                sys::check(unsafe { libc::symlinkat(target.as_ptr(), root, name.as_ptr()) } as libc::c_long)
+                    .map_err(fail(Step::CreateRootSymlink, index))?;
+            }
+            RootEntry::Tmpfs { dest, options, attr_flags } => {
+                let target = create_mount_point(root, dest, false).map_err(fail(Step::CreateMountPoint, index))?;
+                let options = options.iter().map(|(k, v)| (k.as_c_str(), v.as_c_str()));
+                let mounted = new_tmpfs(options, *attr_flags).and_then(|mnt| {
+                    let r = attach(mnt, target);
+                    sys::close(mnt);
+                    r
+                });
+                sys::close(target);
+                mounted.map_err(fail(Step::MountTmpfs, index))?;
+            }
+        }
+    }
+    // /dev before /proc: the /proc masks are clones of the sandbox's own /dev/null bind.
+    dev::mount_dev(root, &plan.devices, trees)?;
+    proc::mount_proc(root)?;
+    // Last: nothing may be created in the root itself (only in the writable mounts on it).
+    sys::mount_setattr(root, EMPTY, libc::AT_EMPTY_PATH as u32, libc::MOUNT_ATTR_RDONLY, 0)
+        .map_err(fail(Step::MakeRootReadOnly, 0))?;
+    Ok(())
+}
+
+/// Enters the new root: `pivot_root(".", ".")` stacks the old root on top of the new one at `/`, and the
+/// detach unmounts it, so nothing of the host's tree is reachable any more — unlike chroot, which root could
+/// leave with a second chroot and a `..` walk.
+pub fn enter_new_root(root: RawFd) -> Result<(), ChildFailure> {
+    // SAFETY: fchdir on an open directory fd.
+    sys::check(unsafe { libc::fchdir(root) } as libc::c_long).map_err(fail(Step::PivotRoot, 0))?;
+    sys::pivot_root(c".", c".").map_err(fail(Step::PivotRoot, 0))?;
+    // SAFETY: valid NUL-terminated string.
+    sys::check(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) } as libc::c_long)
+        .map_err(fail(Step::DetachOldRoot, 0))?;
+    // SAFETY: valid NUL-terminated string.
+    sys::check(unsafe { libc::chdir(c"/".as_ptr()) } as libc::c_long).map_err(fail(Step::DetachOldRoot, 0))?;
+    Ok(())
+}

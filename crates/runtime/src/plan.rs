@@ -1,0 +1,134 @@
+//! The prepared plan: everything the sandbox's processes will need after `clone`, built beforehand.
+//!
+//! After `clone` the sandbox may only do async-signal-safe work, so no allocation: every path is a ready
+//! `CString`, every list is sized, every pointer array for `execve` is built here. The plan also keeps display
+//! strings so the supervisor can turn a failure record (step, errno, index) into a sentence naming the path.
+
+use std::ffi::{c_char, CString};
+
+use crate::landlock::LandlockPlan;
+use crate::seccomp::SeccompProgram;
+
+/// A path inside the sandbox's new root, split into components so that each can be resolved with
+/// `RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH` relative to the directory before it.
+#[derive(Debug, Clone)]
+pub struct InsidePath {
+    pub components: Vec<CString>,
+    /// The absolute path, for messages and Landlock rules.
+    pub display: String,
+    /// The absolute path as a C string (used after `pivot_root`).
+    pub absolute: CString,
+}
+
+/// The type a mount source must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Directory,
+    RegularFile,
+    CharDevice,
+}
+
+/// A host path to be bind-mounted. Opened in the sandbox's fresh mount namespace (still a copy of the host's)
+/// with `RESOLVE_NO_SYMLINKS`, checked against `kind`, cloned with `open_tree`, before the staging root hides it.
+#[derive(Debug, Clone)]
+pub struct MountSource {
+    pub host_path: CString,
+    pub display: String,
+    pub kind: SourceKind,
+    /// Mount attributes (`MOUNT_ATTR_*`) applied recursively to the clone.
+    pub attr_set: u64,
+}
+
+/// One step of building the new root, in order.
+#[derive(Debug, Clone)]
+pub enum RootEntry {
+    /// Bind `sources[source]` at `dest`, creating the mount point (a directory, or an empty file for files).
+    Bind { source: usize, dest: InsidePath },
+    /// A symlink at the top of the new root (merged-/usr layouts: `/bin -> usr/bin`).
+    Symlink { name: CString, target: CString, display: String },
+    /// An empty tmpfs at `dest`.
+    Tmpfs { dest: InsidePath, options: Vec<(CString, CString)>, attr_flags: u64 },
+}
+
+/// The identities involved and the maps the supervisor writes for the sandbox's user namespace.
+#[derive(Debug, Clone)]
+pub struct IdPlan {
+    /// Whether airlock runs as host root (a 65536-id range is mapped) or rootless (one id is mapped).
+    pub host_root: bool,
+    /// Ids the sandbox's init switches to once the maps are written (inside values).
+    pub init_uid: u32,
+    pub init_gid: u32,
+    /// The command's ids inside.
+    pub uid: u32,
+    pub gid: u32,
+    /// Contents for `/proc/PID/uid_map` and `gid_map`.
+    pub uid_map: String,
+    pub gid_map: String,
+    /// First host id of the mapped range (what root inside is on the host).
+    pub host_base_uid: u32,
+    pub host_base_gid: u32,
+}
+
+/// The command and its environment, ready for `execve`.
+#[derive(Debug)]
+pub struct CommandPlan {
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    /// Candidate paths for `argv[0]`: the `PATH` lookup done up front, tried in order.
+    pub candidates: Vec<CString>,
+    pub cwd: CString,
+    pub display_name: String,
+    argv_ptrs: Vec<*const c_char>,
+    envp_ptrs: Vec<*const c_char>,
+}
+
+impl CommandPlan {
+    pub fn new(
+        argv: Vec<CString>,
+        envp: Vec<CString>,
+        candidates: Vec<CString>,
+        cwd: CString,
+        display_name: String,
+    ) -> Self {
+        // The CStrings' heap buffers do not move when the Vecs holding them move, so these pointers stay valid
+        // for as long as the plan lives.
+        let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut envp_ptrs: Vec<*const c_char> = envp.iter().map(|e| e.as_ptr()).collect();
+        envp_ptrs.push(std::ptr::null());
+        CommandPlan { argv, envp, candidates, cwd, display_name, argv_ptrs, envp_ptrs }
+    }
+
+    /// NULL-terminated argv for `execve`.
+    pub fn argv_ptr(&self) -> *const *const c_char {
+        self.argv_ptrs.as_ptr()
+    }
+
+    /// NULL-terminated envp for `execve`.
+    pub fn envp_ptr(&self) -> *const *const c_char {
+        self.envp_ptrs.as_ptr()
+    }
+}
+
+/// Everything the sandbox needs after `clone`.
+#[derive(Debug)]
+pub struct SandboxPlan {
+    pub ids: IdPlan,
+    pub sources: Vec<MountSource>,
+    /// Indices into `sources` of the host devices bound into `/dev`, with their names there.
+    pub devices: Vec<(CString, usize)>,
+    pub root_entries: Vec<RootEntry>,
+    /// Where the staging root is mounted in the sandbox's copy of the host's mount tree before `pivot_root`.
+    pub staging_dir: CString,
+    pub hostname: CString,
+    pub new_network_namespace: bool,
+    pub landlock: Option<LandlockPlan>,
+    pub seccomp: SeccompProgram,
+    pub command: CommandPlan,
+    /// Initial window size for `-t` (the supervisor's terminal's, or 80x24).
+    pub tty: Option<libc::winsize>,
+    /// Highest capability number the kernel knows (`/proc/sys/kernel/cap_last_cap`).
+    pub cap_last: u32,
+    /// The soft/hard limits to set in the command's process (resource, soft, hard).
+    pub rlimits: Vec<(u32, u64, u64)>,
+}

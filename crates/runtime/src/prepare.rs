@@ -1,0 +1,520 @@
+//! Step 1 of the design: validate the whole policy against this host and build the plan, before any side
+//! effect. Everything that can be checked here is: paths exist, are not symlinks, have the right type; the
+//! kernel has what the policy requires. After this only the sandbox's own setup can fail.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use policy::sandbox::{Network, Requirement, Rootfs, SandboxPolicy, WorkspaceMode};
+
+use crate::landlock::{self, LandlockPlan, LandlockRule, ACCESS_ALL, ACCESS_DEVICE, ACCESS_READ};
+use crate::plan::{CommandPlan, IdPlan, InsidePath, MountSource, RootEntry, SandboxPlan, SourceKind};
+use crate::seccomp;
+use crate::sys;
+use crate::userns::{self, HostIdRange, HOST_RANGE_SIZE};
+
+/// Top-level host entries shared by `--rootfs host`, read-only. Whatever is a symlink on the host (merged
+/// /usr) is recreated as the same symlink; whatever is missing is skipped.
+const HOST_ROOTFS_ENTRIES: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc"];
+
+/// Host devices bound into the sandbox's `/dev`.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Top-level entries of a `--rootfs DIR` that airlock provides itself.
+const PROVIDED_ENTRIES: &[&str] = &["proc", "dev", "tmp"];
+
+const RO_ATTRS: u64 = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+const RW_ATTRS: u64 = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("{what} {path} does not exist")]
+    PathMissing { what: &'static str, path: String },
+    #[error("{what} {path} is or passes through a symlink; give the real path")]
+    PathIsSymlink { what: &'static str, path: String },
+    #[error("{what} {path} is not a directory")]
+    NotADirectory { what: &'static str, path: String },
+    #[error("{what} {path} must be a regular file or a directory")]
+    UnsupportedFileType { what: &'static str, path: String },
+    #[error("cannot open {what} {path}")]
+    OpenPath { what: &'static str, path: String, source: std::io::Error },
+    #[error("cannot read rootfs directory {path}")]
+    ReadRootfs { path: String, source: std::io::Error },
+    #[error("{0} contains a NUL byte")]
+    NulByte(String),
+    #[error("--workspace-mode cow is not available in this build yet; use --workspace-mode rw or ro (cow arrives with `airlock diff`/`commit`)")]
+    CowNotAvailable,
+    #[error("--net allow is not available in this build yet: the network gateway is not built; use --net none (default) or --net host")]
+    NetworkAllowNotAvailable,
+    #[error("resource limits ({0}) are not enforced by this build yet (cgroups are not built); remove them from the flags or profile")]
+    LimitsNotAvailable(String),
+    #[error("Landlock is required by the profile but {0}; run `airlock doctor`, or set `[security] landlock = \"best-effort\"` in a profile")]
+    LandlockUnavailable(String),
+    #[error("user id {0} is outside the sandbox's id range (0-65535)")]
+    IdOutOfRange(u32),
+    #[error("cannot allocate a host id range")]
+    IdRange(#[from] userns::UsernsError),
+    #[error("cannot build the seccomp filter: {0}")]
+    Seccomp(String),
+    #[error("writable shares {first} and {second} belong to different host users; the sandbox can write as only one of them")]
+    WritableOwnersDiffer { first: String, second: String },
+    #[error("the staging directory /tmp on the host is not a directory")]
+    StagingDir,
+}
+
+/// The plan plus what must live as long as the sandbox on the supervisor's side.
+pub struct Prepared {
+    pub plan: SandboxPlan,
+    /// Held while the sandbox runs (as host root).
+    pub id_range: Option<HostIdRange>,
+    /// Warnings to print before the run (a best-effort layer that is missing).
+    pub warnings: Vec<String>,
+    /// Display strings for failure messages, by root entry index.
+    pub entry_names: Vec<String>,
+}
+
+/// Options that are not policy: how airlock itself runs.
+#[derive(Debug, Clone, Default)]
+pub struct HostContext {
+    /// Directory for the id-range locks (as host root).
+    pub lock_dir: PathBuf,
+    /// `-t`: the window size to start with.
+    pub tty: Option<libc::winsize>,
+}
+
+fn cstring(s: &str) -> Result<CString, PrepareError> {
+    CString::new(s).map_err(|_| PrepareError::NulByte(s.escape_debug().to_string()))
+}
+
+fn inside_path(path: &str) -> Result<InsidePath, PrepareError> {
+    let components = path.split('/').filter(|c| !c.is_empty()).map(cstring).collect::<Result<Vec<_>, _>>()?;
+    Ok(InsidePath { components, display: path.to_string(), absolute: cstring(path)? })
+}
+
+/// Opens `path` with `RESOLVE_NO_SYMLINKS` and returns its file type: proof that no component is a symlink.
+fn check_host_path(what: &'static str, path: &str) -> Result<fs::FileType, PrepareError> {
+    let c = cstring(path)?;
+    match sys::openat2(libc::AT_FDCWD, &c, libc::O_PATH, libc::RESOLVE_NO_SYMLINKS) {
+        Ok(fd) => {
+            sys::close(fd);
+            fs::symlink_metadata(path).map(|m| m.file_type()).map_err(|source| PrepareError::OpenPath {
+                what,
+                path: path.to_string(),
+                source,
+            })
+        }
+        Err(libc::ENOENT) => Err(PrepareError::PathMissing { what, path: path.to_string() }),
+        Err(libc::ELOOP) => Err(PrepareError::PathIsSymlink { what, path: path.to_string() }),
+        Err(e) => {
+            Err(PrepareError::OpenPath { what, path: path.to_string(), source: std::io::Error::from_raw_os_error(e) })
+        }
+    }
+}
+
+fn source_kind(what: &'static str, path: &str, ft: fs::FileType) -> Result<SourceKind, PrepareError> {
+    if ft.is_dir() {
+        Ok(SourceKind::Directory)
+    } else if ft.is_file() {
+        Ok(SourceKind::RegularFile)
+    } else if ft.is_char_device() {
+        Ok(SourceKind::CharDevice)
+    } else {
+        Err(PrepareError::UnsupportedFileType { what, path: path.to_string() })
+    }
+}
+
+struct Builder {
+    sources: Vec<MountSource>,
+    entries: Vec<RootEntry>,
+}
+
+impl Builder {
+    fn bind(&mut self, host: &str, dest: &str, kind: SourceKind, attr_set: u64) -> Result<(), PrepareError> {
+        self.sources.push(MountSource { host_path: cstring(host)?, display: host.to_string(), kind, attr_set });
+        self.entries.push(RootEntry::Bind { source: self.sources.len() - 1, dest: inside_path(dest)? });
+        Ok(())
+    }
+
+    fn symlink(&mut self, name: &str, target: &Path) -> Result<(), PrepareError> {
+        let target_str = target.to_string_lossy().to_string();
+        self.entries.push(RootEntry::Symlink {
+            name: cstring(name)?,
+            target: CString::new(target.as_os_str().as_bytes())
+                .map_err(|_| PrepareError::NulByte(target_str.clone()))?,
+            display: format!("/{name} -> {target_str}"),
+        });
+        Ok(())
+    }
+
+    fn tmpfs(
+        &mut self,
+        dest: &str,
+        mode: &str,
+        size: Option<u64>,
+        ids: Option<(u32, u32)>,
+    ) -> Result<(), PrepareError> {
+        let mut options = vec![(cstring("mode")?, cstring(mode)?)];
+        if let Some(bytes) = size {
+            options.push((cstring("size")?, cstring(&bytes.to_string())?));
+        }
+        if let Some((uid, gid)) = ids {
+            options.push((cstring("uid")?, cstring(&uid.to_string())?));
+            options.push((cstring("gid")?, cstring(&gid.to_string())?));
+        }
+        self.entries.push(RootEntry::Tmpfs { dest: inside_path(dest)?, options, attr_flags: RW_ATTRS });
+        Ok(())
+    }
+}
+
+/// Step 1: validate `policy` against this host and build the plan.
+pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Prepared, PrepareError> {
+    let mut warnings = Vec::new();
+
+    // Features not built yet fail closed: a run never silently gets less than it asked for.
+    if policy.workspace.as_ref().is_some_and(|w| w.mode == WorkspaceMode::Cow) {
+        return Err(PrepareError::CowNotAvailable);
+    }
+    if matches!(policy.network, Network::Allow(_)) {
+        return Err(PrepareError::NetworkAllowNotAvailable);
+    }
+    if !policy.limits.is_empty() {
+        let l = &policy.limits;
+        let named: Vec<&str> = [
+            l.memory_bytes.map(|_| "--memory"),
+            l.pids.map(|_| "--pids"),
+            l.cpus.map(|_| "--cpus"),
+            l.disk_bytes.map(|_| "--disk"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        return Err(PrepareError::LimitsNotAvailable(named.join(", ")));
+    }
+
+    let landlock = match (landlock::abi_version(), policy.landlock) {
+        (Ok(abi), _) => Some(abi),
+        (Err(errno), Requirement::Required) => return Err(PrepareError::LandlockUnavailable(landlock_reason(errno))),
+        (Err(errno), Requirement::BestEffort) => {
+            warnings.push(format!("Landlock is not enforced: {} (profile allows best-effort)", landlock_reason(errno)));
+            None
+        }
+    };
+
+    let seccomp_profile =
+        policy::seccomp::default_seccomp_profile().map_err(|e| PrepareError::Seccomp(e.to_string()))?;
+    let seccomp =
+        seccomp::compile_seccomp_program(&seccomp_profile).map_err(|e| PrepareError::Seccomp(e.to_string()))?;
+
+    // Identities.
+    // SAFETY: geteuid/getegid cannot fail.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let host_root = euid == 0;
+    let (uid, gid) = (policy.identity.uid, policy.identity.gid);
+    let mut b = Builder { sources: Vec::new(), entries: Vec::new() };
+    // Writable shares and their host owners: as host root, the sandbox's identity becomes that owner.
+    let mut writable_owners: Vec<(String, u32, u32)> = Vec::new();
+    let mut landlock_rules = vec![LandlockRule { path: cstring("/")?, access: ACCESS_READ }];
+
+    // The root filesystem's parts come first: later mounts may land inside them.
+    match &policy.rootfs {
+        Rootfs::Host => {
+            for name in HOST_ROOTFS_ENTRIES {
+                let host_path = format!("/{name}");
+                match fs::symlink_metadata(&host_path) {
+                    Ok(m) if m.file_type().is_symlink() => {
+                        let target = fs::read_link(&host_path).map_err(|source| PrepareError::OpenPath {
+                            what: "rootfs entry",
+                            path: host_path.clone(),
+                            source,
+                        })?;
+                        b.symlink(name, &target)?;
+                    }
+                    Ok(m) if m.is_dir() => {
+                        check_host_path("rootfs entry", &host_path)?;
+                        b.bind(&host_path, &host_path, SourceKind::Directory, RO_ATTRS)?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Rootfs::Dir(dir) => {
+            let ft = check_host_path("rootfs", dir)?;
+            if !ft.is_dir() {
+                return Err(PrepareError::NotADirectory { what: "rootfs", path: dir.clone() });
+            }
+            let mut entries: Vec<_> = fs::read_dir(dir)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|source| PrepareError::ReadRootfs { path: dir.clone(), source })?;
+            entries.sort_by_key(|e| e.file_name());
+            for entry in entries {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if PROVIDED_ENTRIES.contains(&name.as_str()) || name.contains('\0') {
+                    continue;
+                }
+                let host_path = format!("{}/{name}", dir.trim_end_matches('/'));
+                let ft = entry.file_type().map_err(|source| PrepareError::ReadRootfs { path: dir.clone(), source })?;
+                if ft.is_symlink() {
+                    let target = fs::read_link(entry.path())
+                        .map_err(|source| PrepareError::ReadRootfs { path: dir.clone(), source })?;
+                    b.symlink(&name, &target)?;
+                } else if ft.is_dir() {
+                    b.bind(&host_path, &format!("/{name}"), SourceKind::Directory, RO_ATTRS)?;
+                } else if ft.is_file() {
+                    b.bind(&host_path, &format!("/{name}"), SourceKind::RegularFile, RO_ATTRS)?;
+                }
+            }
+        }
+    }
+
+    // The private /tmp, then the policy's mounts, shallowest first so a mount inside another lands on top of it.
+    b.tmpfs("/tmp", "1777", None, None)?;
+    landlock_rules.push(LandlockRule { path: cstring("/tmp")?, access: ACCESS_ALL });
+
+    enum Extra<'a> {
+        Bind { source: &'a str, dest: &'a str, writable: bool, what: &'static str },
+        Tmpfs { dest: &'a str, size: Option<u64> },
+    }
+    let mut extras: Vec<Extra> = Vec::new();
+    if let Some(ws) = &policy.workspace {
+        extras.push(Extra::Bind {
+            source: &ws.path,
+            dest: &ws.path,
+            writable: ws.mode == WorkspaceMode::Rw,
+            what: "workspace",
+        });
+    }
+    for bind in &policy.binds {
+        extras.push(Extra::Bind {
+            source: &bind.source,
+            dest: &bind.destination,
+            writable: bind.writable,
+            what: if bind.writable { "--bind source" } else { "--ro-bind source" },
+        });
+    }
+    for t in &policy.tmpfs {
+        extras.push(Extra::Tmpfs { dest: &t.destination, size: t.size_bytes });
+    }
+    let depth = |e: &Extra| match e {
+        Extra::Bind { dest, .. } | Extra::Tmpfs { dest, .. } => dest.split('/').filter(|c| !c.is_empty()).count(),
+    };
+    extras.sort_by_key(depth);
+    for extra in extras {
+        match extra {
+            Extra::Bind { source, dest, writable, what } => {
+                let ft = check_host_path(what, source)?;
+                let kind = source_kind(what, source, ft)?;
+                if what == "workspace" && kind != SourceKind::Directory {
+                    return Err(PrepareError::NotADirectory { what, path: source.to_string() });
+                }
+                if kind == SourceKind::CharDevice {
+                    return Err(PrepareError::UnsupportedFileType { what, path: source.to_string() });
+                }
+                b.bind(source, dest, kind, if writable { RW_ATTRS } else { RO_ATTRS })?;
+                if writable {
+                    let meta = fs::metadata(source).map_err(|e| PrepareError::OpenPath {
+                        what,
+                        path: source.to_string(),
+                        source: e,
+                    })?;
+                    writable_owners.push((source.to_string(), meta.uid(), meta.gid()));
+                }
+                if writable {
+                    landlock_rules.push(LandlockRule { path: cstring(dest)?, access: ACCESS_ALL });
+                }
+            }
+            Extra::Tmpfs { dest, size } => {
+                b.tmpfs(dest, "0755", size, Some((uid, gid)))?;
+                landlock_rules.push(LandlockRule { path: cstring(dest)?, access: ACCESS_ALL });
+            }
+        }
+    }
+
+    let mut devices = Vec::new();
+    for name in DEVICES {
+        let host_path = format!("/dev/{name}");
+        let ft = check_host_path("device", &host_path)?;
+        if !ft.is_char_device() {
+            return Err(PrepareError::UnsupportedFileType { what: "device", path: host_path });
+        }
+        b.sources.push(MountSource {
+            host_path: cstring(&host_path)?,
+            display: host_path.clone(),
+            kind: SourceKind::CharDevice,
+            attr_set: libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC,
+        });
+        devices.push((cstring(name)?, b.sources.len() - 1));
+        landlock_rules.push(LandlockRule { path: cstring(&host_path)?, access: ACCESS_DEVICE });
+    }
+    landlock_rules.push(LandlockRule { path: cstring("/dev/pts")?, access: ACCESS_DEVICE });
+    landlock_rules.push(LandlockRule { path: cstring("/dev/shm")?, access: ACCESS_ALL });
+
+    let (ids, id_range) = id_plan(host_root, (euid, egid), (uid, gid), &writable_owners, host, &mut warnings)?;
+
+    match fs::symlink_metadata("/tmp") {
+        Ok(m) if m.is_dir() => {}
+        _ => return Err(PrepareError::StagingDir),
+    }
+
+    let command = command_plan(policy)?;
+    let entry_names = b
+        .entries
+        .iter()
+        .map(|e| match e {
+            RootEntry::Bind { dest, .. } | RootEntry::Tmpfs { dest, .. } => dest.display.clone(),
+            RootEntry::Symlink { display, .. } => display.clone(),
+        })
+        .collect();
+
+    let plan = SandboxPlan {
+        ids,
+        sources: b.sources,
+        devices,
+        root_entries: b.entries,
+        staging_dir: cstring("/tmp")?,
+        hostname: cstring(&policy.hostname)?,
+        new_network_namespace: !matches!(policy.network, Network::Host),
+        landlock: landlock.map(|abi| LandlockPlan { abi, rules: landlock_rules }),
+        seccomp,
+        command,
+        tty: host.tty,
+        cap_last: read_cap_last(),
+        // Core dumps off: the host's core_pattern handler would write them outside the sandbox.
+        rlimits: vec![(libc::RLIMIT_CORE, 0, 0)],
+    };
+    Ok(Prepared { plan, id_range, warnings, entry_names })
+}
+
+/// The id maps. Rootless, the kernel allows one line: the sandbox's identity is the invoker. As host root, a
+/// dedicated 65536-id range (never host id 0) — except that, when the policy shares a writable directory owned by
+/// an ordinary user, the sandbox's identity maps to that owner, so it can write there and what it writes belongs
+/// to the owner (as if that user had run airlock rootless). A share owned by host root gets no such mapping:
+/// root inside is not root outside.
+fn id_plan(
+    host_root: bool,
+    (euid, egid): (u32, u32),
+    (uid, gid): (u32, u32),
+    writable_owners: &[(String, u32, u32)],
+    host: &HostContext,
+    warnings: &mut Vec<String>,
+) -> Result<(IdPlan, Option<HostIdRange>), PrepareError> {
+    if !host_root {
+        let ids = IdPlan {
+            host_root,
+            init_uid: uid,
+            init_gid: gid,
+            uid,
+            gid,
+            uid_map: format!("{uid} {euid} 1\n"),
+            gid_map: format!("{gid} {egid} 1\n"),
+            host_base_uid: euid,
+            host_base_gid: egid,
+        };
+        return Ok((ids, None));
+    }
+    for id in [uid, gid] {
+        if id >= HOST_RANGE_SIZE {
+            return Err(PrepareError::IdOutOfRange(id));
+        }
+    }
+    let mut owner: Option<(&str, u32, u32)> = None;
+    for (path, owner_uid, owner_gid) in writable_owners {
+        if *owner_uid == 0 {
+            warnings.push(format!(
+                "{path} is owned by host root and root inside is not root outside: the sandbox can write there only \
+                 where the permissions let anyone write (chown it to a user to let the sandbox write as that user)"
+            ));
+            continue;
+        }
+        match owner {
+            None => owner = Some((path, *owner_uid, *owner_gid)),
+            Some((first, o, _)) if o != *owner_uid => {
+                return Err(PrepareError::WritableOwnersDiffer { first: first.to_string(), second: path.clone() })
+            }
+            Some(_) => {}
+        }
+    }
+    let range = userns::allocate_host_id_range(&host.lock_dir)?;
+    let base = range.base;
+    let ids = IdPlan {
+        host_root,
+        init_uid: 0,
+        init_gid: 0,
+        uid,
+        gid,
+        uid_map: range_map(base, uid, owner.map(|(_, u, _)| u)),
+        gid_map: range_map(base, gid, owner.map(|(_, _, g)| g).filter(|g| *g != 0)),
+        host_base_uid: base,
+        host_base_gid: base,
+    };
+    Ok((ids, Some(range)))
+}
+
+/// `0..65536` inside onto `base..base+65536` outside, except `inside`, which maps to `owner` when given.
+pub fn range_map(base: u32, inside: u32, owner: Option<u32>) -> String {
+    let Some(owner) = owner else {
+        return format!("0 {base} {HOST_RANGE_SIZE}\n");
+    };
+    let mut map = String::new();
+    if inside > 0 {
+        map.push_str(&format!("0 {base} {inside}\n"));
+    }
+    map.push_str(&format!("{inside} {owner} 1\n"));
+    let after = inside + 1;
+    if after < HOST_RANGE_SIZE {
+        map.push_str(&format!("{after} {} {}\n", base + after, HOST_RANGE_SIZE - after));
+    }
+    map
+}
+
+fn command_plan(policy: &SandboxPolicy) -> Result<CommandPlan, PrepareError> {
+    let argv = policy.command.iter().map(|a| cstring(a)).collect::<Result<Vec<_>, _>>()?;
+    let envp = policy.env.iter().map(|(k, v)| cstring(&format!("{k}={v}"))).collect::<Result<Vec<_>, _>>()?;
+    let name = policy.command.first().cloned().unwrap_or_default();
+    let candidates = if name.contains('/') {
+        vec![cstring(&name)?]
+    } else {
+        let path = policy.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or("/usr/bin:/bin");
+        path.split(':')
+            .filter(|dir| dir.starts_with('/'))
+            .map(|dir| cstring(&format!("{}/{name}", dir.trim_end_matches('/'))))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    Ok(CommandPlan::new(argv, envp, candidates, cstring(&policy.cwd)?, name))
+}
+
+fn read_cap_last() -> u32 {
+    fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        // Unknown: try every bit; PR_CAPBSET_DROP of an unknown capability is EINVAL, which is skipped.
+        .unwrap_or(63)
+}
+
+/// Why Landlock is not available, from the errno of the version probe.
+pub fn landlock_reason(errno: i32) -> String {
+    match errno {
+        libc::ENOSYS => "this kernel is built without Landlock (CONFIG_SECURITY_LANDLOCK)".to_string(),
+        libc::EOPNOTSUPP => "Landlock is built in but disabled (add landlock to the lsm= boot parameter)".to_string(),
+        other => format!("the Landlock probe failed: {}", crate::failure::errno_text(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_map_without_owner_is_one_line() {
+        assert_eq!(range_map(0x7000_0000, 0, None), "0 1879048192 65536\n");
+    }
+
+    #[test]
+    fn range_map_puts_the_owner_at_the_identity() {
+        assert_eq!(range_map(100, 0, Some(1000)), "0 1000 1\n1 101 65535\n");
+        assert_eq!(range_map(100, 5, Some(1000)), "0 100 5\n5 1000 1\n6 106 65530\n");
+        assert_eq!(range_map(100, 65535, Some(1000)), "0 100 65535\n65535 1000 1\n");
+    }
+}

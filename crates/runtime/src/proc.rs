@@ -1,0 +1,145 @@
+//! A fresh `/proc` for the sandbox's pid namespace, with the entries that leak host state or change the host
+//! masked or read-only (the list follows Docker's default masked/read-only paths, plus kernel-address leaks).
+//!
+//! Runs after `/dev` is built: masked files are covered with a clone of the sandbox's `/dev/null` bind, which can
+//! only be cloned once it is attached in this mount namespace.
+
+use std::ffi::CStr;
+use std::os::fd::RawFd;
+
+use crate::failure::{ChildFailure, Step};
+use crate::mounts::{attach, fail, new_tmpfs, EMPTY, RESOLVE_INSIDE};
+use crate::sys::{self, Errno};
+
+/// Files covered with `/dev/null`: reading them shows nothing, writing them changes nothing.
+const MASKED_FILES: &[&CStr] = &[
+    c"kcore",         // physical memory of the host
+    c"kallsyms",      // kernel symbol addresses (KASLR bypass)
+    c"kmsg",          // the host's kernel log
+    c"keys",          // keys of every keyring visible to the caller
+    c"key-users",     // per-user key quotas of the host
+    c"latency_stats", // host-wide scheduling latency
+    c"timer_list",    // host timers, with task names and pids
+    c"timer_stats",
+    c"sched_debug", // every host task's name and pid
+    c"kpagecount",  // physical page maps
+    c"kpageflags",
+    c"kpagecgroup",
+    c"config.gz", // the kernel's build configuration, a map of its weak spots
+];
+
+/// Directories covered with an empty read-only tmpfs.
+const MASKED_DIRS: &[&CStr] = &[
+    c"acpi",   // ACPI event and device control
+    c"asound", // sound devices
+    c"scsi",   // SCSI device control (writes rescan or remove host devices)
+];
+
+/// Entries made read-only: writes to them would change the host (sysctls, IRQ affinity, SysRq).
+const READ_ONLY: &[&CStr] = &[c"sys", c"sysrq-trigger", c"irq", c"bus", c"fs"];
+
+/// Mounts a fresh procfs at `/proc` of the new root and applies the masks.
+pub fn mount_proc(root: RawFd) -> Result<(), ChildFailure> {
+    let proc_fd = mount_fresh_proc(root).map_err(fail(Step::MountProc, 0))?;
+    let result = mask_proc_entries(root, proc_fd);
+    sys::close(proc_fd);
+    result
+}
+
+fn mount_fresh_proc(root: RawFd) -> Result<RawFd, Errno> {
+    // SAFETY: valid NUL-terminated string.
+    match sys::check(unsafe { libc::mkdirat(root, c"proc".as_ptr(), 0o555) } as libc::c_long) {
+        Ok(_) | Err(libc::EEXIST) => {}
+        Err(e) => return Err(e),
+    }
+    let target = sys::openat2(root, c"proc", libc::O_PATH | libc::O_DIRECTORY, RESOLVE_INSIDE)?;
+    let fs = match sys::fsopen(c"proc") {
+        Ok(fs) => fs,
+        Err(e) => {
+            sys::close(target);
+            return Err(e);
+        }
+    };
+    let mnt = sys::fsmount(fs, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC);
+    sys::close(fs);
+    let mnt = match mnt {
+        Ok(m) => m,
+        Err(e) => {
+            sys::close(target);
+            return Err(e);
+        }
+    };
+    let attached = attach(mnt, target);
+    sys::close(target);
+    match attached {
+        Ok(()) => Ok(mnt),
+        Err(e) => {
+            sys::close(mnt);
+            Err(e)
+        }
+    }
+}
+
+fn mask_proc_entries(root: RawFd, proc_fd: RawFd) -> Result<(), ChildFailure> {
+    let mut index = 0usize;
+    for name in MASKED_FILES {
+        index += 1;
+        let Some(target) = open_entry(proc_fd, name, false).map_err(fail(Step::MaskProcEntry, index))? else {
+            continue;
+        };
+        let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+        let result = sys::open_tree(root, c"dev/null", flags).and_then(|null| {
+            let r = attach(null, target);
+            sys::close(null);
+            r
+        });
+        sys::close(target);
+        result.map_err(fail(Step::MaskProcEntry, index))?;
+    }
+    for name in MASKED_DIRS {
+        index += 1;
+        let Some(target) = open_entry(proc_fd, name, true).map_err(fail(Step::MaskProcEntry, index))? else {
+            continue;
+        };
+        let empty_ro =
+            libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
+        let result = new_tmpfs([(c"mode", c"0555"), (c"size", c"4k")], empty_ro).and_then(|mnt| {
+            let r = attach(mnt, target);
+            sys::close(mnt);
+            r
+        });
+        sys::close(target);
+        result.map_err(fail(Step::MaskProcEntry, index))?;
+    }
+    for name in READ_ONLY {
+        index += 1;
+        let Some(target) = open_entry(proc_fd, name, false).map_err(fail(Step::MaskProcEntry, index))? else {
+            continue;
+        };
+        let result = remount_read_only(proc_fd, name, target);
+        sys::close(target);
+        result.map_err(fail(Step::MaskProcEntry, index))?;
+    }
+    Ok(())
+}
+
+/// Binds `/proc/NAME` onto itself read-only (recursively: `/proc/sys/fs/binfmt_misc` and the like included).
+fn remount_read_only(proc_fd: RawFd, name: &CStr, target: RawFd) -> Result<(), Errno> {
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32;
+    let tree = sys::open_tree(proc_fd, name, flags)?;
+    let attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
+    let result = sys::mount_setattr(tree, EMPTY, libc::AT_EMPTY_PATH as u32 | libc::AT_RECURSIVE as u32, attrs, 0)
+        .and_then(|()| attach(tree, target));
+    sys::close(tree);
+    result
+}
+
+/// Opens `/proc/NAME` as an `O_PATH` mount target; `None` when this kernel has no such entry.
+fn open_entry(proc_fd: RawFd, name: &CStr, dir: bool) -> Result<Option<RawFd>, Errno> {
+    let flags = if dir { libc::O_PATH | libc::O_DIRECTORY } else { libc::O_PATH };
+    match sys::openat2(proc_fd, name, flags, RESOLVE_INSIDE) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,296 @@
+//! `airlock run`, top to bottom: the design's setup order in one place (`run_sandbox`), each step with the
+//! reason it comes where it does. The sandbox's own steps (5–7) are in `init` and `exec`.
+
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use policy::sandbox::SandboxPolicy;
+
+use crate::failure::{self, errno_text, ChildFailure, Step};
+use crate::init::{self, InitFds};
+use crate::prepare::{prepare_sandbox, HostContext, PrepareError, Prepared};
+use crate::sys;
+use crate::userns;
+
+/// Exit status for a run killed by `--timeout`.
+pub const EXIT_TIMED_OUT: i32 = 124;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
+    #[error("cannot create the sandbox's pipes: {0}")]
+    CreatePipes(String),
+    #[error("cannot create namespaces (user, pid, mount, network, ipc, uts, cgroup): {0}{1}")]
+    CloneNamespaces(String, &'static str),
+    #[error("cannot map user ids for the sandbox")]
+    MapIds(#[from] userns::UsernsError),
+    #[error("cannot wait for the sandbox: {0}")]
+    Wait(String),
+    /// A setup step inside the sandbox failed; the message names the step and the item.
+    #[error("{0}")]
+    SetupStep(String),
+}
+
+/// How a run ended, with the exit status airlock should return.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// The command exited (or was killed by signal N: code 128+N).
+    Exited(i32),
+    /// `--timeout` expired; the whole sandbox was killed.
+    TimedOut(Duration),
+    /// The command could not be executed (126) or was not found (127).
+    ExecFailed { code: i32, message: String },
+}
+
+impl RunOutcome {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunOutcome::Exited(code) => *code,
+            RunOutcome::TimedOut(_) => EXIT_TIMED_OUT,
+            RunOutcome::ExecFailed { code, .. } => *code,
+        }
+    }
+}
+
+/// Runs `policy`'s command in a new sandbox and waits for it. Warnings (best-effort layers missing) go to
+/// `warn` before anything runs.
+pub fn run_sandbox(
+    policy: &SandboxPolicy,
+    host: &HostContext,
+    warn: &mut dyn FnMut(&str),
+) -> Result<RunOutcome, SandboxError> {
+    // 1. Validate everything and build the plan: no side effect before this succeeds (bar the id-range lock).
+    let prepared = prepare_sandbox(policy, host)?;
+    for w in &prepared.warnings {
+        warn(w);
+    }
+    let plan = &prepared.plan;
+
+    // 2. Supervisor state on the host. (Cgroups, the audit log and the network gateway belong here too; they
+    //    must exist before clone, while the host's cgroupfs is visible and before the child can run anything.)
+    let pipes = SupervisorPipes::create(plan.tty.is_some()).map_err(|e| SandboxError::CreatePipes(errno_text(e)))?;
+    // Slots for init's detached mount clones, allocated now because init may not allocate.
+    let mut trees: Vec<RawFd> = vec![-1; plan.sources.len()];
+    if plan.ids.host_root {
+        // The sandbox inherits our supplementary groups, and setgroups is denied inside: as host root they
+        // would be host group 0. Clear them now (airlock needs none of its own).
+        // SAFETY: setgroups with a zero-length list reads no memory.
+        unsafe { libc::setgroups(0, std::ptr::null()) };
+    }
+    // Block every signal before clone: init inherits the mask and collects them with sigwaitinfo (a pid-1 drops
+    // signals it neither handles nor blocks), and the supervisor collects its own through a signalfd.
+    let old_mask = block_all_signals();
+
+    // 3. clone into the new namespaces, one process; it waits on the start pipe.
+    let mut flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP
+        | libc::CLONE_PIDFD;
+    if plan.new_network_namespace {
+        flags |= libc::CLONE_NEWNET;
+    }
+    let mut pidfd: RawFd = -1;
+    // SAFETY: airlock is single-threaded (no thread is ever started before this point); the child only runs
+    // sandbox_init_main, which does async-signal-safe work on the prepared plan.
+    let cloned = unsafe { sys::clone_process(flags as libc::c_ulong, Some(&mut pidfd)) };
+    let pid = match cloned {
+        Ok(0) => {
+            sys::close(pipes.start_write);
+            sys::close(pipes.failure_read);
+            if let Some((_, supervisor_end)) = pipes.tty {
+                sys::close(supervisor_end);
+            }
+            let fds = InitFds {
+                start: pipes.start_read,
+                failure: pipes.failure_write,
+                tty_socket: pipes.tty.map(|(init_end, _)| init_end),
+            };
+            init::sandbox_init_main(plan, &fds, &mut trees)
+        }
+        Ok(pid) => pid,
+        Err(errno) => {
+            restore_signals(&old_mask);
+            pipes.close_all();
+            return Err(SandboxError::CloneNamespaces(errno_text(errno), clone_hint(errno)));
+        }
+    };
+    sys::close(pipes.start_read);
+    sys::close(pipes.failure_write);
+    if let Some((init_end, _)) = pipes.tty {
+        sys::close(init_end);
+    }
+
+    // 4. Parent: the id maps (root inside -> an unprivileged host id), then release the child. (Cgroup
+    //    placement and network attachment go here too when they exist.)
+    if let Err(e) = userns::write_id_maps(pid, &plan.ids.uid_map, &plan.ids.gid_map) {
+        let _ = sys::kill(pid, libc::SIGKILL);
+        let _ = wait_for_exit(pid);
+        restore_signals(&old_mask);
+        return Err(e.into());
+    }
+    let released = sys::write_all(pipes.start_write, b"1");
+    sys::close(pipes.start_write);
+    if let Err(e) = released {
+        let _ = sys::kill(pid, libc::SIGKILL);
+        let _ = wait_for_exit(pid);
+        restore_signals(&old_mask);
+        return Err(SandboxError::CreatePipes(errno_text(e)));
+    }
+
+    // 5-7 happen in the sandbox. The supervisor forwards signals, relays the terminal, enforces the timeout.
+    let supervised = crate::supervisor::supervise(pid, pidfd, policy.timeout, pipes.tty.map(|(_, s)| s));
+    sys::close(pidfd);
+    if let Some((_, supervisor_end)) = pipes.tty {
+        sys::close(supervisor_end);
+    }
+    restore_signals(&old_mask);
+
+    // 8. Teardown: init's exit killed the namespace's every process (the kernel does it when a pid-1 exits),
+    //    and with the last of them the mount namespace and its tmpfs mounts are gone. Nothing was created on the
+    //    host but the id-range lock, released when `prepared` is dropped.
+    let failure = failure::read_failure(pipes.failure_read);
+    sys::close(pipes.failure_read);
+    let ended = supervised.map_err(|e| SandboxError::Wait(errno_text(e)))?;
+    outcome(&prepared, ended, failure)
+}
+
+fn outcome(
+    prepared: &Prepared,
+    ended: crate::supervisor::Ended,
+    failure: Option<ChildFailure>,
+) -> Result<RunOutcome, SandboxError> {
+    use crate::supervisor::Ended;
+    match (failure, ended) {
+        (Some(f), Ended::Exited(code)) if f.step == Step::Execute => {
+            let name = &prepared.plan.command.display_name;
+            let message = match f.errno {
+                libc::ENOENT | libc::ENOTDIR => format!("command not found: {name} (looked in the sandbox's PATH)"),
+                errno => format!("cannot execute {name}: {}", errno_text(errno)),
+            };
+            Ok(RunOutcome::ExecFailed { code, message })
+        }
+        (Some(f), _) => Err(SandboxError::SetupStep(describe_failure(prepared, &f))),
+        (None, Ended::TimedOut(d)) => Ok(RunOutcome::TimedOut(d)),
+        (None, Ended::Exited(code)) => Ok(RunOutcome::Exited(code)),
+    }
+}
+
+/// Turns a failure record into one sentence naming the step, the item and the fix where there is a known one.
+pub fn describe_failure(prepared: &Prepared, f: &ChildFailure) -> String {
+    let plan = &prepared.plan;
+    let index = f.index as usize;
+    let item = match f.step {
+        Step::OpenMountSource | Step::CheckMountSource | Step::CloneMountSource | Step::SetMountSourceAttributes => {
+            plan.sources.get(index).map(|s| s.display.clone())
+        }
+        Step::CreateMountPoint | Step::AttachMount | Step::CreateRootSymlink | Step::MountTmpfs => {
+            prepared.entry_names.get(index).cloned()
+        }
+        Step::AddLandlockRule => {
+            plan.landlock.as_ref().and_then(|l| l.rules.get(index)).map(|r| r.path.to_string_lossy().to_string())
+        }
+        Step::ChangeDirectory => Some(plan.command.cwd.to_string_lossy().to_string()),
+        _ => None,
+    };
+    let what = match item {
+        Some(item) => format!("{} {item}", f.step.description()),
+        None => f.step.description().to_string(),
+    };
+    let hint = match (f.step, f.errno) {
+        (Step::OpenMountSource, libc::ELOOP) => " (it became a symlink after validation; refusing to follow it)",
+        (Step::CheckMountSource, _) => " (its type changed after validation)",
+        (Step::CreateMountPoint, libc::EROFS) => {
+            " (the mount point must already exist inside a read-only part of the root)"
+        }
+        (Step::CreateMountPoint, libc::ELOOP) => " (a symlink is in the way; mount targets never follow symlinks)",
+        (Step::MountProc, _) => " (a fresh /proc needs a fully visible host /proc; run airlock doctor)",
+        (Step::CreateLandlockRuleset, _) | (Step::RestrictLandlock, _) => " (run airlock doctor)",
+        _ => "",
+    };
+    format!("cannot {what}: {}{hint}", errno_text(f.errno))
+}
+
+fn clone_hint(errno: i32) -> &'static str {
+    match errno {
+        libc::EPERM | libc::ENOSPC | libc::EUSERS => {
+            " (user namespaces are restricted on this host; run `airlock doctor` for the cause and the fix)"
+        }
+        libc::EINVAL => " (this kernel lacks one of these namespaces; run `airlock doctor`)",
+        _ => "",
+    }
+}
+
+/// The pipes and sockets between supervisor and sandbox.
+struct SupervisorPipes {
+    start_read: RawFd,
+    start_write: RawFd,
+    failure_read: RawFd,
+    failure_write: RawFd,
+    /// (init's end, supervisor's end) of the socket that carries the pseudo-terminal master.
+    tty: Option<(RawFd, RawFd)>,
+}
+
+impl SupervisorPipes {
+    fn create(tty: bool) -> Result<Self, i32> {
+        let (start_read, start_write) = sys::pipe_cloexec()?;
+        let (failure_read, failure_write) = match sys::pipe_cloexec() {
+            Ok(p) => p,
+            Err(e) => {
+                sys::close(start_read);
+                sys::close(start_write);
+                return Err(e);
+            }
+        };
+        let mut pipes = SupervisorPipes { start_read, start_write, failure_read, failure_write, tty: None };
+        if tty {
+            let mut pair = [-1; 2];
+            // SAFETY: socketpair fills a live two-int array.
+            let ret = unsafe {
+                libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr())
+            };
+            if let Err(e) = sys::check(ret as libc::c_long) {
+                pipes.close_all();
+                return Err(e);
+            }
+            pipes.tty = Some((pair[0], pair[1]));
+        }
+        Ok(pipes)
+    }
+
+    fn close_all(&self) {
+        for fd in [self.start_read, self.start_write, self.failure_read, self.failure_write] {
+            sys::close(fd);
+        }
+        if let Some((a, b)) = self.tty {
+            sys::close(a);
+            sys::close(b);
+        }
+    }
+}
+
+fn block_all_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data initialised by sigfillset/sigprocmask before use.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    }
+}
+
+fn restore_signals(old: &libc::sigset_t) {
+    // SAFETY: `old` is the mask sigprocmask returned earlier.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
+}
+
+/// Waits for `pid` to exit; used on error paths.
+fn wait_for_exit(pid: libc::pid_t) -> Result<i32, i32> {
+    let mut status = 0;
+    // SAFETY: waitpid writes into a live local.
+    sys::retry_eintr(|| unsafe { libc::waitpid(pid, &mut status, 0) } as libc::c_long).map(|_| status)
+}

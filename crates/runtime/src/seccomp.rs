@@ -1,0 +1,993 @@
+//! Seccomp: the last wall, installed on the command's process just before `execve`. Compiles the policy's
+//! deny-list (`policy::seccomp`) to classic BPF with our own small compiler, and installs it.
+//!
+//! The program, top to bottom:
+//! 1. `arch` must be the native audit architecture, else `ENOSYS`. This refuses the 32-bit `int 0x80` ABI as a
+//!    whole (its syscall numbers differ, so native rules would not match them), and with it `socketcall`.
+//! 2. x86_64 only: `nr` must be below `__X32_SYSCALL_BIT`, else `ENOSYS`. x32 calls report the native arch, so
+//!    without this check `0x40000000 | nr` would reach the same kernel code past every rule.
+//! 3. One block per rule and syscall, in profile order: reload `nr`, compare, test the conditions on the low 32
+//!    bits of the arguments, return `SECCOMP_RET_ERRNO | errno`. A failed test jumps to the next block.
+//! 4. `SECCOMP_RET_ALLOW`.
+//!
+//! A block loads arguments only after its `nr` matched. So for every syscall no rule names, the program's
+//! answer depends on `arch` and `nr` alone, and the kernel's seccomp action cache (5.11+) records it as always
+//! allowed: `read`, `write` and the rest never run the filter.
+//!
+//! seccompiler is not used: it allows one match action per filter and cannot refuse x32 syscall numbers.
+
+use std::fmt;
+use std::mem::offset_of;
+
+use policy::seccomp::{ArgCondition, ArgTest, SeccompProfile};
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("airlock's seccomp filter supports x86_64 and aarch64 only");
+
+/// `AUDIT_ARCH_X86_64`: `EM_X86_64` (62) | `__AUDIT_ARCH_64BIT` | `__AUDIT_ARCH_LE`.
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH_NATIVE: u32 = 0xC000_003E;
+/// `AUDIT_ARCH_AARCH64`: `EM_AARCH64` (183) | `__AUDIT_ARCH_64BIT` | `__AUDIT_ARCH_LE`.
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH_NATIVE: u32 = 0xC000_00B7;
+
+/// `__X32_SYSCALL_BIT`: set in `nr` for calls made through the x32 ABI.
+#[cfg(target_arch = "x86_64")]
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// `BPF_MAXINSNS`: the kernel refuses longer programs.
+const MAX_INSTRUCTIONS: usize = 4096;
+/// Conditional jumps in classic BPF skip at most this many instructions (`jt` and `jf` are `u8`).
+const MAX_CONDITIONAL_JUMP: usize = u8::MAX as usize;
+
+/// Offsets into `struct seccomp_data`, which is what `BPF_ABS` loads read.
+const NR_OFFSET: u32 = offset_of!(libc::seccomp_data, nr) as u32;
+const ARCH_OFFSET: u32 = offset_of!(libc::seccomp_data, arch) as u32;
+const ARGS_OFFSET: u32 = offset_of!(libc::seccomp_data, args) as u32;
+/// Where the low 32 bits of a 64-bit argument sit within it.
+#[cfg(target_endian = "little")]
+const LOW_WORD_OFFSET: u32 = 0;
+#[cfg(target_endian = "big")]
+const LOW_WORD_OFFSET: u32 = 4;
+
+// Opcodes. The values all fit in the 16-bit `code` field (they are below 0x100).
+const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+const JMP_JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
+const JMP_JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+#[cfg(target_arch = "x86_64")]
+const JMP_JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+const JMP_JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("seccomp rule {rule} names syscall {name:?}, which airlock knows on neither x86_64 nor aarch64")]
+    LookupSyscall { rule: usize, name: String },
+    #[error("cannot compile seccomp rule {rule} ({name}): a jump of {distance} instructions does not fit classic BPF")]
+    CompileJump { rule: usize, name: String, distance: usize },
+    #[error(
+        "seccomp filter would have {instructions} instructions, more than the kernel's {MAX_INSTRUCTIONS}: \
+         shorten the profile"
+    )]
+    CompileProgram { instructions: usize },
+}
+
+/// A compiled filter, ready to install. Built only by [`compile_seccomp_program`], so it is never empty and
+/// never longer than the kernel accepts.
+#[derive(Clone)]
+pub struct SeccompProgram {
+    filter: Vec<libc::sock_filter>,
+}
+
+impl SeccompProgram {
+    /// Number of BPF instructions.
+    pub fn len(&self) -> usize {
+        self.filter.len()
+    }
+
+    /// Always false: a program has at least its architecture check and final `ALLOW`.
+    pub fn is_empty(&self) -> bool {
+        self.filter.is_empty()
+    }
+}
+
+impl fmt::Debug for SeccompProgram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SeccompProgram").field("instructions", &self.filter.len()).finish()
+    }
+}
+
+/// Compiles `profile` for the architecture airlock was built for. Syscalls that exist only on the other
+/// supported architecture are skipped; names unknown on both are an error.
+pub fn compile_seccomp_program(profile: &SeccompProfile) -> Result<SeccompProgram, SeccompError> {
+    let mut filter = Vec::new();
+
+    // 1. Only the native ABI: the 32-bit `int 0x80` entry reports another arch and gets ENOSYS.
+    filter.push(statement(LD_W_ABS, ARCH_OFFSET));
+    filter.push(jump(JMP_JEQ_K, AUDIT_ARCH_NATIVE, 1, 0));
+    filter.push(statement(RET_K, return_errno(libc::ENOSYS)));
+
+    // 2. x32 calls report the native arch with bit 30 set in nr: refuse them before any rule is matched.
+    #[cfg(target_arch = "x86_64")]
+    {
+        filter.push(statement(LD_W_ABS, NR_OFFSET));
+        filter.push(jump(JMP_JGE_K, X32_SYSCALL_BIT, 0, 1));
+        filter.push(statement(RET_K, return_errno(libc::ENOSYS)));
+    }
+
+    // 3. The profile's rules, in order: the first block that matches returns.
+    for (index, rule) in profile.rules.iter().enumerate() {
+        let rule_number = index + 1;
+        for name in &rule.syscalls {
+            let nr = match syscall_number(name) {
+                SyscallNumber::Native(nr) => nr,
+                SyscallNumber::OtherArchitectureOnly => continue,
+                SyscallNumber::Unknown => {
+                    return Err(SeccompError::LookupSyscall { rule: rule_number, name: name.clone() })
+                }
+            };
+            let block = compile_block(nr, &rule.conditions, return_errno(rule.errno.number()))
+                .map_err(|distance| SeccompError::CompileJump { rule: rule_number, name: name.clone(), distance })?;
+            filter.extend(block);
+        }
+    }
+
+    // 4. Everything else is allowed: this is a deny-list.
+    filter.push(statement(RET_K, libc::SECCOMP_RET_ALLOW));
+
+    if filter.len() > MAX_INSTRUCTIONS {
+        return Err(SeccompError::CompileProgram { instructions: filter.len() });
+    }
+    Ok(SeccompProgram { filter })
+}
+
+/// Installs `program` on the calling thread with `seccomp(SECCOMP_SET_MODE_FILTER)`, without TSYNC.
+///
+/// Runs after `fork`, as the last step before `execve`: it allocates nothing, takes no lock and makes one
+/// system call. The caller must already have set `PR_SET_NO_NEW_PRIVS` (else the kernel answers `EACCES`).
+/// Returns the errno of the failed call.
+pub fn install_seccomp_on_current_thread(program: &SeccompProgram) -> Result<(), i32> {
+    let Ok(len) = u16::try_from(program.filter.len()) else {
+        return Err(libc::EINVAL);
+    };
+    let fprog = libc::sock_fprog { len, filter: program.filter.as_ptr().cast_mut() };
+    // SAFETY: `fprog` points to `program.filter`, a live, initialised array of exactly `len` instructions that
+    // is borrowed, so neither moved nor freed, for the whole call; the kernel only reads it (the `*mut` is the
+    // C declaration's) and copies the program before returning, keeping no pointer to our memory. The other
+    // arguments are plain integers. The call writes nothing in this process's memory except `errno`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0 as libc::c_uint,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        // `last_os_error` reads errno into a plain integer: no allocation.
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL))
+    }
+}
+
+fn return_errno(errno: i32) -> u32 {
+    libc::SECCOMP_RET_ERRNO | (errno.unsigned_abs() & libc::SECCOMP_RET_DATA)
+}
+
+fn statement(code: u16, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt: 0, jf: 0, k }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+fn load_arg_low_word(arg: u8) -> libc::sock_filter {
+    statement(LD_W_ABS, ARGS_OFFSET + 8 * u32::from(arg) + LOW_WORD_OFFSET)
+}
+
+/// One block: `if nr == syscall && conditions { return ret }`. Every failed test leaves the block by jumping
+/// just past its end. On error, returns the jump distance that did not fit.
+fn compile_block(nr: u32, conditions: &[ArgCondition], ret: u32) -> Result<Vec<libc::sock_filter>, usize> {
+    let mut block = BlockBuilder::default();
+    block.push(statement(LD_W_ABS, NR_OFFSET))?;
+    block.push_exit_unless(JMP_JEQ_K, nr)?;
+    for condition in conditions {
+        block.push(load_arg_low_word(condition.arg))?;
+        match &condition.test {
+            ArgTest::Equals(value) => block.push_exit_unless(JMP_JEQ_K, *value)?,
+            ArgTest::AnyBits(mask) => block.push_exit_unless(JMP_JSET_K, *mask)?,
+            ArgTest::NotIn(values) => {
+                for value in values {
+                    block.push_exit_if(JMP_JEQ_K, *value)?;
+                }
+            }
+        }
+    }
+    block.push(statement(RET_K, ret))?;
+    block.finish()
+}
+
+/// Builds a block whose conditional jumps to "past the end" are patched once the end is known.
+///
+/// A conditional jump reaches at most 255 instructions ahead. When a block grows longer than that (a long
+/// `not_in` list), the pending exits are sent to a trampoline: `ja +1` steps over it on the straight path,
+/// and the trampoline itself is an unconditional `ja`, whose 32-bit offset reaches the end.
+#[derive(Default)]
+struct BlockBuilder {
+    code: Vec<libc::sock_filter>,
+    /// Conditional jumps not yet patched, and whether each leaves on its true (`jt`) or false (`jf`) branch.
+    pending_exits: Vec<(usize, bool)>,
+    /// `ja` instructions whose offset must be set to the end of the block.
+    trampolines: Vec<usize>,
+}
+
+impl BlockBuilder {
+    fn push(&mut self, instruction: libc::sock_filter) -> Result<(), usize> {
+        // Checked before every instruction, so a trampoline placed now, after its `ja +1`, is at most 255
+        // instructions past the oldest pending exit.
+        if let Some(&(oldest, _)) = self.pending_exits.first() {
+            if self.code.len() - oldest >= MAX_CONDITIONAL_JUMP {
+                self.code.push(statement(JMP_JA, 1));
+                let trampoline = self.code.len();
+                self.code.push(statement(JMP_JA, 0));
+                self.trampolines.push(trampoline);
+                self.patch_pending_exits(trampoline)?;
+            }
+        }
+        self.code.push(instruction);
+        Ok(())
+    }
+
+    /// Continue when the test holds, leave the block otherwise.
+    fn push_exit_unless(&mut self, code: u16, k: u32) -> Result<(), usize> {
+        self.push(jump(code, k, 0, 0))?;
+        self.pending_exits.push((self.code.len() - 1, false));
+        Ok(())
+    }
+
+    /// Leave the block when the test holds, continue otherwise.
+    fn push_exit_if(&mut self, code: u16, k: u32) -> Result<(), usize> {
+        self.push(jump(code, k, 0, 0))?;
+        self.pending_exits.push((self.code.len() - 1, true));
+        Ok(())
+    }
+
+    /// Points every pending exit at `target`.
+    fn patch_pending_exits(&mut self, target: usize) -> Result<(), usize> {
+        for (at, on_true) in std::mem::take(&mut self.pending_exits) {
+            let distance = target - at - 1;
+            let offset = u8::try_from(distance).map_err(|_| distance)?;
+            let instruction = &mut self.code[at];
+            if on_true {
+                instruction.jt = offset;
+            } else {
+                instruction.jf = offset;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<libc::sock_filter>, usize> {
+        let end = self.code.len();
+        self.patch_pending_exits(end)?;
+        for at in std::mem::take(&mut self.trampolines) {
+            let distance = end - at - 1;
+            self.code[at].k = u32::try_from(distance).map_err(|_| distance)?;
+        }
+        Ok(self.code)
+    }
+}
+
+/// What a syscall name means on the architecture airlock was built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyscallNumber {
+    Native(u32),
+    /// The name exists only on the other supported architecture (e.g. `iopl` on aarch64).
+    OtherArchitectureOnly,
+    Unknown,
+}
+
+fn syscall_number(name: &str) -> SyscallNumber {
+    let entry = SYSCALLS.iter().find(|(entry, _)| entry.strip_prefix("SYS_") == Some(name));
+    match entry {
+        // Every number in the table is below 1000 (a unit test checks it), so the conversion cannot fail.
+        Some((_, Some(nr))) => u32::try_from(*nr).map_or(SyscallNumber::Unknown, SyscallNumber::Native),
+        Some((_, None)) => SyscallNumber::OtherArchitectureOnly,
+        None => SyscallNumber::Unknown,
+    }
+}
+
+/// Picks the x86_64 or the aarch64 expression; the other one is dropped before name resolution, so it may name
+/// constants that libc does not define for the target.
+#[cfg(target_arch = "x86_64")]
+macro_rules! on_arch {
+    (x86_64: $x86_64:expr, aarch64: $aarch64:expr) => {
+        $x86_64
+    };
+}
+#[cfg(target_arch = "aarch64")]
+macro_rules! on_arch {
+    (x86_64: $x86_64:expr, aarch64: $aarch64:expr) => {
+        $aarch64
+    };
+}
+
+macro_rules! syscall_table {
+    (
+        both_from_libc: [$($both:ident)*]
+        x86_64_only_from_libc: [$($x86_64:ident)*]
+        both_numbered_here: [$($here:ident = $here_x86_64:literal / $here_aarch64:literal),* $(,)?]
+        x86_64_only_numbered_here: [$($here_x86:ident = $here_x86_nr:literal),* $(,)?]
+    ) => {
+        &[
+            $((stringify!($both), Some(libc::$both)),)*
+            $((stringify!($x86_64), on_arch!(x86_64: Some(libc::$x86_64), aarch64: None)),)*
+            $((stringify!($here), Some(on_arch!(x86_64: $here_x86_64, aarch64: $here_aarch64))),)*
+            $((stringify!($here_x86), on_arch!(x86_64: Some($here_x86_nr), aarch64: None)),)*
+        ]
+    };
+}
+
+/// Every syscall name of Linux x86_64 and aarch64 (up to 6.18), with its number on the target, or `None` when
+/// it exists only on the other architecture. A profile naming anything else has a typo.
+const SYSCALLS: &[(&str, Option<libc::c_long>)] = syscall_table! {
+    // Same name on both architectures; libc has the number for each target (glibc and musl alike).
+    both_from_libc: [
+        SYS_accept SYS_accept4 SYS_acct SYS_add_key SYS_adjtimex SYS_bind SYS_bpf SYS_brk SYS_capget
+        SYS_capset SYS_chdir SYS_chroot SYS_clock_adjtime SYS_clock_getres SYS_clock_gettime
+        SYS_clock_nanosleep SYS_clock_settime SYS_clone SYS_clone3 SYS_close SYS_close_range SYS_connect
+        SYS_copy_file_range SYS_delete_module SYS_dup SYS_dup3 SYS_epoll_create1 SYS_epoll_ctl
+        SYS_epoll_pwait SYS_epoll_pwait2 SYS_eventfd2 SYS_execve SYS_execveat SYS_exit SYS_exit_group
+        SYS_faccessat SYS_faccessat2 SYS_fadvise64 SYS_fallocate SYS_fanotify_init SYS_fanotify_mark
+        SYS_fchdir SYS_fchmod SYS_fchmodat SYS_fchown SYS_fchownat SYS_fcntl SYS_fdatasync SYS_fgetxattr
+        SYS_finit_module SYS_flistxattr SYS_flock SYS_fremovexattr SYS_fsconfig SYS_fsetxattr SYS_fsmount
+        SYS_fsopen SYS_fspick SYS_fstat SYS_fstatfs SYS_fsync SYS_ftruncate SYS_futex SYS_futex_waitv
+        SYS_get_mempolicy SYS_get_robust_list SYS_getcpu SYS_getcwd SYS_getdents64 SYS_getegid SYS_geteuid
+        SYS_getgid SYS_getgroups SYS_getitimer SYS_getpeername SYS_getpgid SYS_getpid SYS_getppid
+        SYS_getpriority SYS_getrandom SYS_getresgid SYS_getresuid SYS_getrlimit SYS_getrusage SYS_getsid
+        SYS_getsockname SYS_getsockopt SYS_gettid SYS_gettimeofday SYS_getuid SYS_getxattr SYS_init_module
+        SYS_inotify_add_watch SYS_inotify_init1 SYS_inotify_rm_watch SYS_io_cancel SYS_io_destroy
+        SYS_io_getevents SYS_io_setup SYS_io_submit SYS_io_uring_enter SYS_io_uring_register
+        SYS_io_uring_setup SYS_ioctl SYS_ioprio_get SYS_ioprio_set SYS_kcmp SYS_kexec_load SYS_keyctl
+        SYS_kill SYS_landlock_add_rule SYS_landlock_create_ruleset SYS_landlock_restrict_self SYS_lgetxattr
+        SYS_linkat SYS_listen SYS_listxattr SYS_llistxattr SYS_lookup_dcookie SYS_lremovexattr SYS_lseek
+        SYS_lsetxattr SYS_madvise SYS_mbind SYS_membarrier SYS_memfd_create SYS_memfd_secret
+        SYS_migrate_pages SYS_mincore SYS_mkdirat SYS_mknodat SYS_mlock SYS_mlock2 SYS_mlockall SYS_mmap
+        SYS_mount SYS_mount_setattr SYS_move_mount SYS_move_pages SYS_mprotect SYS_mq_getsetattr
+        SYS_mq_notify SYS_mq_open SYS_mq_timedreceive SYS_mq_timedsend SYS_mq_unlink SYS_mremap SYS_mseal
+        SYS_msgctl SYS_msgget SYS_msgrcv SYS_msgsnd SYS_msync SYS_munlock SYS_munlockall SYS_munmap
+        SYS_name_to_handle_at SYS_nanosleep SYS_newfstatat SYS_nfsservctl SYS_open_by_handle_at
+        SYS_open_tree SYS_openat SYS_openat2 SYS_perf_event_open SYS_personality SYS_pidfd_getfd
+        SYS_pidfd_open SYS_pidfd_send_signal SYS_pipe2 SYS_pivot_root SYS_pkey_alloc SYS_pkey_free
+        SYS_pkey_mprotect SYS_ppoll SYS_prctl SYS_pread64 SYS_preadv SYS_preadv2 SYS_prlimit64
+        SYS_process_madvise SYS_process_mrelease SYS_process_vm_readv SYS_process_vm_writev SYS_pselect6
+        SYS_ptrace SYS_pwrite64 SYS_pwritev SYS_pwritev2 SYS_quotactl SYS_quotactl_fd SYS_read SYS_readahead
+        SYS_readlinkat SYS_readv SYS_reboot SYS_recvfrom SYS_recvmmsg SYS_recvmsg SYS_remap_file_pages
+        SYS_removexattr SYS_renameat SYS_renameat2 SYS_request_key SYS_restart_syscall SYS_rseq
+        SYS_rt_sigaction SYS_rt_sigpending SYS_rt_sigprocmask SYS_rt_sigqueueinfo SYS_rt_sigreturn
+        SYS_rt_sigsuspend SYS_rt_sigtimedwait SYS_rt_tgsigqueueinfo SYS_sched_get_priority_max
+        SYS_sched_get_priority_min SYS_sched_getaffinity SYS_sched_getattr SYS_sched_getparam
+        SYS_sched_getscheduler SYS_sched_rr_get_interval SYS_sched_setaffinity SYS_sched_setattr
+        SYS_sched_setparam SYS_sched_setscheduler SYS_sched_yield SYS_seccomp SYS_semctl SYS_semget
+        SYS_semop SYS_semtimedop SYS_sendfile SYS_sendmmsg SYS_sendmsg SYS_sendto SYS_set_mempolicy
+        SYS_set_mempolicy_home_node SYS_set_robust_list SYS_set_tid_address SYS_setdomainname SYS_setfsgid
+        SYS_setfsuid SYS_setgid SYS_setgroups SYS_sethostname SYS_setitimer SYS_setns SYS_setpgid
+        SYS_setpriority SYS_setregid SYS_setresgid SYS_setresuid SYS_setreuid SYS_setrlimit SYS_setsid
+        SYS_setsockopt SYS_settimeofday SYS_setuid SYS_setxattr SYS_shmat SYS_shmctl SYS_shmdt SYS_shmget
+        SYS_shutdown SYS_sigaltstack SYS_signalfd4 SYS_socket SYS_socketpair SYS_splice SYS_statfs SYS_statx
+        SYS_swapoff SYS_swapon SYS_symlinkat SYS_sync SYS_sync_file_range SYS_syncfs SYS_sysinfo SYS_syslog
+        SYS_tee SYS_tgkill SYS_timer_create SYS_timer_delete SYS_timer_getoverrun SYS_timer_gettime
+        SYS_timer_settime SYS_timerfd_create SYS_timerfd_gettime SYS_timerfd_settime SYS_times SYS_tkill
+        SYS_truncate SYS_umask SYS_umount2 SYS_uname SYS_unlinkat SYS_unshare SYS_userfaultfd SYS_utimensat
+        SYS_vhangup SYS_vmsplice SYS_wait4 SYS_waitid SYS_write SYS_writev
+    ]
+    // x86_64 only: the legacy calls aarch64's newer table replaced (`open` by `openat`, `fork` by `clone`...)
+    // and x86 specifics (`iopl`, `arch_prctl`).
+    x86_64_only_from_libc: [
+        SYS__sysctl SYS_access SYS_afs_syscall SYS_alarm SYS_arch_prctl SYS_chmod SYS_chown SYS_creat
+        SYS_dup2 SYS_epoll_create SYS_epoll_ctl_old SYS_epoll_wait SYS_epoll_wait_old SYS_eventfd SYS_fork
+        SYS_futimesat SYS_get_thread_area SYS_getdents SYS_getpgrp SYS_getpmsg SYS_inotify_init SYS_ioperm
+        SYS_iopl SYS_lchown SYS_link SYS_lstat SYS_mkdir SYS_mknod SYS_modify_ldt SYS_open SYS_pause
+        SYS_pipe SYS_poll SYS_putpmsg SYS_readlink SYS_rename SYS_rmdir SYS_security SYS_select
+        SYS_set_thread_area SYS_signalfd SYS_stat SYS_symlink SYS_sysfs SYS_time SYS_tuxcall SYS_unlink
+        SYS_uselib SYS_ustat SYS_utime SYS_utimes SYS_vfork SYS_vserver
+    ]
+    // Missing from libc 0.2.191 for at least one target; numbers from arch/x86/entry/syscalls/syscall_64.tbl
+    // and scripts/syscall.tbl (asm-generic, aarch64). Numbers from 424 up are the same on every architecture.
+    both_numbered_here: [
+        SYS_kexec_file_load = 320 / 294, // not in musl's aarch64 list
+        SYS_io_pgetevents = 333 / 292,   // not in glibc's lists
+        SYS_cachestat = 451 / 451,
+        SYS_fchmodat2 = 452 / 452,
+        SYS_map_shadow_stack = 453 / 453,
+        SYS_futex_wake = 454 / 454,
+        SYS_futex_wait = 455 / 455,
+        SYS_futex_requeue = 456 / 456,
+        SYS_statmount = 457 / 457,
+        SYS_listmount = 458 / 458,
+        SYS_lsm_get_self_attr = 459 / 459,
+        SYS_lsm_set_self_attr = 460 / 460,
+        SYS_lsm_list_modules = 461 / 461,
+        SYS_setxattrat = 463 / 463,
+        SYS_getxattrat = 464 / 464,
+        SYS_listxattrat = 465 / 465,
+        SYS_removexattrat = 466 / 466,
+        SYS_open_tree_attr = 467 / 467,
+        SYS_file_getattr = 468 / 468,
+        SYS_file_setattr = 469 / 469,
+    ]
+    // Removed long ago but still numbered (the kernel answers ENOSYS), and x86_64's newest.
+    x86_64_only_numbered_here: [
+        SYS_create_module = 174,
+        SYS_get_kernel_syms = 177,
+        SYS_query_module = 178,
+        SYS_uretprobe = 335,
+    ]
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy::seccomp::{default_seccomp_profile, parse_seccomp_profile, Errno};
+
+    const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
+
+    fn profile(text: &str) -> SeccompProfile {
+        parse_seccomp_profile(text, "test").unwrap()
+    }
+
+    fn default_program() -> SeccompProgram {
+        compile_seccomp_program(&default_seccomp_profile().unwrap()).unwrap()
+    }
+
+    /// Refuses what the kernel's checker (`bpf_check_classic`, `seccomp_check_filter`) would refuse for the
+    /// instructions this compiler emits.
+    fn assert_valid(program: &SeccompProgram) {
+        let filter = &program.filter;
+        assert!(!filter.is_empty() && filter.len() <= MAX_INSTRUCTIONS, "length {}", filter.len());
+        let data_size = std::mem::size_of::<libc::seccomp_data>();
+        for (at, instruction) in filter.iter().enumerate() {
+            let k = instruction.k as usize;
+            let in_range = |offset: usize| at + 1 + offset < filter.len();
+            match instruction.code {
+                LD_W_ABS => assert!(k & 3 == 0 && k + 4 <= data_size, "load at {at} reads offset {k}"),
+                RET_K => {}
+                JMP_JA => assert!(in_range(k), "ja at {at} jumps past the end"),
+                code if u32::from(code) & 0x07 == libc::BPF_JMP => {
+                    let jt = usize::from(instruction.jt);
+                    let jf = usize::from(instruction.jf);
+                    assert!(in_range(jt) && in_range(jf), "jump at {at} leaves the program");
+                }
+                code => panic!("unexpected opcode {code:#x} at {at}"),
+            }
+        }
+        assert_eq!(filter.last().unwrap().code, RET_K, "the program must end with a return");
+    }
+
+    /// `struct seccomp_data` as the kernel lays it out, for the interpreter below.
+    fn seccomp_data(arch: u32, nr: u32, args: [u64; 6]) -> [u8; 64] {
+        let mut data = [0u8; 64];
+        data[NR_OFFSET as usize..][..4].copy_from_slice(&nr.to_ne_bytes());
+        data[ARCH_OFFSET as usize..][..4].copy_from_slice(&arch.to_ne_bytes());
+        for (index, arg) in args.iter().enumerate() {
+            data[ARGS_OFFSET as usize + 8 * index..][..8].copy_from_slice(&arg.to_ne_bytes());
+        }
+        data
+    }
+
+    /// Runs the program the way the kernel does, and returns its verdict.
+    fn run(program: &SeccompProgram, data: &[u8; 64]) -> u32 {
+        let mut accumulator = 0u32;
+        let mut pc = 0;
+        loop {
+            let instruction = program.filter[pc];
+            let k = instruction.k;
+            match instruction.code {
+                LD_W_ABS => {
+                    accumulator = u32::from_ne_bytes(data[k as usize..][..4].try_into().unwrap());
+                    pc += 1;
+                }
+                RET_K => return k,
+                JMP_JA => pc += 1 + k as usize,
+                code => {
+                    let taken = match u32::from(code) & 0xf0 {
+                        libc::BPF_JEQ => accumulator == k,
+                        libc::BPF_JGE => accumulator >= k,
+                        libc::BPF_JSET => accumulator & k != 0,
+                        other => panic!("unexpected jump {other:#x}"),
+                    };
+                    pc += 1 + usize::from(if taken { instruction.jt } else { instruction.jf });
+                }
+            }
+        }
+    }
+
+    fn verdict(program: &SeccompProgram, nr: libc::c_long, args: [u64; 6]) -> u32 {
+        run(program, &seccomp_data(AUDIT_ARCH_NATIVE, u32::try_from(nr).unwrap(), args))
+    }
+
+    fn args(first: &[u64]) -> [u64; 6] {
+        let mut all = [0; 6];
+        all[..first.len()].copy_from_slice(first);
+        all
+    }
+
+    #[test]
+    fn seccomp_default_profile_compiles_to_a_valid_program() {
+        let profile = default_seccomp_profile().unwrap();
+        let program = compile_seccomp_program(&profile).unwrap();
+        assert_valid(&program);
+        assert!(!program.is_empty());
+
+        // Header (arch check, and the x32 check on x86_64), then per native syscall: load nr, compare,
+        // per condition a load and its tests, return; then ALLOW. No trampoline is needed at this size.
+        let header = if cfg!(target_arch = "x86_64") { 6 } else { 3 };
+        let mut expected = header + 1;
+        for rule in &profile.rules {
+            let block: usize = 3 + rule
+                .conditions
+                .iter()
+                .map(|condition| match &condition.test {
+                    ArgTest::NotIn(values) => 1 + values.len(),
+                    ArgTest::Equals(_) | ArgTest::AnyBits(_) => 2,
+                })
+                .sum::<usize>();
+            let native =
+                rule.syscalls.iter().filter(|name| matches!(syscall_number(name), SyscallNumber::Native(_))).count();
+            expected += native * block;
+        }
+        assert_eq!(program.len(), expected);
+        eprintln!("default profile: {} BPF instructions", program.len());
+    }
+
+    #[test]
+    fn seccomp_program_refuses_foreign_abis_before_any_rule() {
+        let program = default_program();
+        const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+        const AUDIT_ARCH_ARM: u32 = 0x4000_0028;
+        for arch in [AUDIT_ARCH_I386, AUDIT_ARCH_ARM, 0] {
+            // 20 is getpid in the i386 table: allowed natively, refused through the foreign ABI.
+            assert_eq!(run(&program, &seccomp_data(arch, 20, [0; 6])), return_errno(libc::ENOSYS));
+        }
+        #[cfg(target_arch = "x86_64")]
+        for nr in [X32_SYSCALL_BIT | 39, X32_SYSCALL_BIT | 250, u32::MAX] {
+            assert_eq!(run(&program, &seccomp_data(AUDIT_ARCH_NATIVE, nr, [0; 6])), return_errno(libc::ENOSYS));
+        }
+    }
+
+    #[test]
+    fn seccomp_program_follows_the_default_rules() {
+        let program = default_program();
+        let eperm = return_errno(libc::EPERM);
+        let eafnosupport = return_errno(libc::EAFNOSUPPORT);
+        let high_bits = 0xffff_ffff_0000_0000_u64;
+        let cases: &[(&str, libc::c_long, &[u64], u32)] = &[
+            ("getpid", libc::SYS_getpid, &[], ALLOW),
+            ("ptrace", libc::SYS_ptrace, &[16], ALLOW),
+            ("keyctl", libc::SYS_keyctl, &[0], eperm),
+            ("clone3", libc::SYS_clone3, &[], return_errno(libc::ENOSYS)),
+            ("clone fork", libc::SYS_clone, &[libc::SIGCHLD as u64], ALLOW),
+            ("clone thread", libc::SYS_clone, &[0x003d_0f00], ALLOW),
+            ("clone newuser", libc::SYS_clone, &[(libc::CLONE_NEWUSER | libc::SIGCHLD) as u64], eperm),
+            ("unshare newnet", libc::SYS_unshare, &[libc::CLONE_NEWNET as u64], eperm),
+            ("unshare newtime", libc::SYS_unshare, &[0x80], eperm),
+            ("unshare files", libc::SYS_unshare, &[libc::CLONE_FILES as u64], ALLOW),
+            ("ioctl TIOCSTI", libc::SYS_ioctl, &[0, 0x5412], eperm),
+            ("ioctl TIOCSTI high bits", libc::SYS_ioctl, &[0, high_bits | 0x5412], eperm),
+            ("ioctl TIOCLINUX", libc::SYS_ioctl, &[0, 0x541C], eperm),
+            ("ioctl FIONREAD", libc::SYS_ioctl, &[0, 0x541B], ALLOW),
+            ("ioctl TIOCSTI in arg 2", libc::SYS_ioctl, &[0, 0x541B, 0x5412], ALLOW),
+            ("socket AF_INET", libc::SYS_socket, &[2, 1], ALLOW),
+            ("socket AF_PACKET", libc::SYS_socket, &[17, 3], eafnosupport),
+            ("socket AF_PACKET high bits", libc::SYS_socket, &[high_bits | 17, 3], eafnosupport),
+            ("socket AF_ALG", libc::SYS_socket, &[38, 5], eafnosupport),
+            ("socket AF_VSOCK", libc::SYS_socket, &[40, 1], eafnosupport),
+            ("socket AF_KEY", libc::SYS_socket, &[15, 3], eafnosupport),
+            ("socket NETLINK_AUDIT", libc::SYS_socket, &[16, 3, 9], eafnosupport),
+            ("socket NETLINK_ROUTE", libc::SYS_socket, &[16, 3, 0], ALLOW),
+            ("personality query", libc::SYS_personality, &[0xffff_ffff], ALLOW),
+            ("personality linux", libc::SYS_personality, &[0], ALLOW),
+            ("personality no-ASLR", libc::SYS_personality, &[0x0040000], ALLOW),
+            ("personality READ_IMPLIES_EXEC", libc::SYS_personality, &[0x0400000], eperm),
+            ("personality MMAP_PAGE_ZERO", libc::SYS_personality, &[0x0100000], eperm),
+        ];
+        for (what, nr, first_args, expected) in cases {
+            assert_eq!(verdict(&program, *nr, args(first_args)), *expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn seccomp_program_denies_every_unconditional_rule() {
+        let profile = default_seccomp_profile().unwrap();
+        let program = compile_seccomp_program(&profile).unwrap();
+        for rule in profile.rules.iter().filter(|rule| rule.conditions.is_empty()) {
+            for name in &rule.syscalls {
+                if let SyscallNumber::Native(nr) = syscall_number(name) {
+                    let verdict = run(&program, &seccomp_data(AUDIT_ARCH_NATIVE, nr, [0; 6]));
+                    assert_eq!(verdict, return_errno(rule.errno.number()), "{name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn seccomp_long_not_in_lists_reach_past_the_8_bit_jumps() {
+        let values: Vec<String> = (1000..1700).map(|value| value.to_string()).collect();
+        let program = compile_seccomp_program(&profile(&format!(
+            "[[rule]]\nsyscalls = [\"personality\", \"getpid\"]\nerrno = \"EACCES\"\n\
+             when = [{{ arg = 0, not_in = [{}] }}, {{ arg = 1, equals = 7 }}]\nreason = \"test\"\n",
+            values.join(", ")
+        )))
+        .unwrap();
+        assert_valid(&program);
+        let eacces = return_errno(libc::EACCES);
+        for nr in [libc::SYS_personality, libc::SYS_getpid] {
+            for listed in [1000, 1001, 1254, 1255, 1256, 1500, 1699] {
+                assert_eq!(verdict(&program, nr, args(&[listed, 7])), ALLOW, "{listed} is in the list");
+            }
+            for unlisted in [0, 999, 1700, 0xffff_ffff] {
+                assert_eq!(verdict(&program, nr, args(&[unlisted, 7])), eacces, "{unlisted} is not in the list");
+                assert_eq!(verdict(&program, nr, args(&[unlisted, 8])), ALLOW, "second condition");
+            }
+        }
+        assert_eq!(verdict(&program, libc::SYS_getppid, args(&[0, 7])), ALLOW);
+    }
+
+    #[test]
+    fn seccomp_program_longer_than_the_kernel_accepts_is_an_error() {
+        let values: Vec<String> = (0..5000).map(|value| value.to_string()).collect();
+        let error = compile_seccomp_program(&profile(&format!(
+            "[[rule]]\nsyscalls = [\"personality\"]\nerrno = \"EPERM\"\nwhen = {{ arg = 0, not_in = [{}] }}\n\
+             reason = \"test\"\n",
+            values.join(", ")
+        )))
+        .unwrap_err();
+        assert!(matches!(error, SeccompError::CompileProgram { instructions } if instructions > 5000), "{error}");
+    }
+
+    #[test]
+    fn seccomp_unknown_syscall_names_are_errors_and_foreign_ones_are_skipped() {
+        let error = compile_seccomp_program(&profile(
+            "[[rule]]\nsyscalls = [\"bpf\"]\nerrno = \"EPERM\"\nreason = \"a\"\n\
+             [[rule]]\nsyscalls = [\"getpid\", \"keyctrl\"]\nerrno = \"EPERM\"\nreason = \"b\"\n",
+        ))
+        .unwrap_err();
+        assert!(matches!(&error, SeccompError::LookupSyscall { rule: 2, name } if name == "keyctrl"), "{error}");
+
+        let iopl =
+            compile_seccomp_program(&profile("[[rule]]\nsyscalls = [\"iopl\"]\nerrno = \"EPERM\"\nreason = \"a\"\n"));
+        let empty = compile_seccomp_program(&SeccompProfile { rules: Vec::new() }).unwrap();
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(iopl.unwrap().len(), empty.len() + 3);
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(iopl.unwrap().len(), empty.len());
+    }
+
+    #[test]
+    fn seccomp_syscall_table_is_consistent() {
+        let mut names = std::collections::HashSet::new();
+        let mut numbers = std::collections::HashMap::new();
+        for (name, number) in SYSCALLS {
+            assert!(name.starts_with("SYS_"), "{name}");
+            assert!(names.insert(*name), "{name} is listed twice");
+            if let Some(number) = number {
+                assert!((0..1000).contains(number), "{name} = {number}");
+                if let Some(other) = numbers.insert(*number, *name) {
+                    panic!("{name} and {other} both have number {number}");
+                }
+            }
+        }
+        assert_eq!(syscall_number("getpid"), SyscallNumber::Native(libc::SYS_getpid as u32));
+        assert_eq!(syscall_number("lsm_set_self_attr"), SyscallNumber::Native(460));
+        assert_eq!(syscall_number("SYS_getpid"), SyscallNumber::Unknown);
+        assert_eq!(syscall_number("getpidd"), SyscallNumber::Unknown);
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!(syscall_number("iopl"), SyscallNumber::Native(172));
+            assert_eq!(syscall_number("kexec_file_load"), SyscallNumber::Native(320));
+            assert_eq!(syscall_number("query_module"), SyscallNumber::Native(178));
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            assert_eq!(syscall_number("iopl"), SyscallNumber::OtherArchitectureOnly);
+            assert_eq!(syscall_number("kexec_file_load"), SyscallNumber::Native(294));
+            assert_eq!(syscall_number("query_module"), SyscallNumber::OtherArchitectureOnly);
+        }
+    }
+
+    #[test]
+    fn seccomp_constants_match_the_kernel_headers() {
+        assert_eq!(MAX_INSTRUCTIONS, libc::BPF_MAXINSNS as usize);
+        assert_eq!((NR_OFFSET, ARCH_OFFSET, ARGS_OFFSET), (0, 4, 16));
+        for (errno, number) in [
+            (Errno::Eperm, libc::EPERM),
+            (Errno::Eacces, libc::EACCES),
+            (Errno::Einval, libc::EINVAL),
+            (Errno::Enosys, libc::ENOSYS),
+            (Errno::Eafnosupport, libc::EAFNOSUPPORT),
+        ] {
+            assert_eq!(errno.number(), number, "{}", errno.name());
+        }
+    }
+
+    // --- The filter in a real process ---
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Outcome {
+        Succeeds,
+        Fails(i32),
+    }
+
+    struct Check {
+        what: &'static str,
+        nr: libc::c_long,
+        args: [libc::c_long; 3],
+        expect: Outcome,
+    }
+
+    /// `ioctl` requests with the high 32 bits set: the kernel reads an `unsigned int`, so they are the same
+    /// request, and the filter must see them as such.
+    const TIOCSTI_HIGH_BITS: libc::c_long = 0xffff_ffff_0000_5412_u64 as libc::c_long;
+
+    /// Calls made in a child under the default filter. Arguments are integers only, with 0 where the kernel
+    /// expects a pointer, so that no call can touch the process's memory even if the filter let it through.
+    /// Order matters: clone(CLONE_NEWUSER) comes before unshare(CLONE_NEWUSER), which, were it let through,
+    /// would leave the child in a namespace where the clone fails by itself.
+    const CHECKS: &[Check] = &[
+        Check { what: "getpid", nr: libc::SYS_getpid, args: [0; 3], expect: Outcome::Succeeds },
+        Check {
+            what: "keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING)",
+            nr: libc::SYS_keyctl,
+            args: [0, -3, 0],
+            expect: Outcome::Fails(libc::EPERM),
+        },
+        Check { what: "unshare(0)", nr: libc::SYS_unshare, args: [0; 3], expect: Outcome::Succeeds },
+        Check {
+            what: "clone(CLONE_NEWUSER | SIGCHLD)",
+            nr: libc::SYS_clone,
+            args: [(libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_long, 0, 0],
+            expect: Outcome::Fails(libc::EPERM),
+        },
+        Check {
+            what: "unshare(CLONE_NEWUSER)",
+            nr: libc::SYS_unshare,
+            args: [libc::CLONE_NEWUSER as libc::c_long, 0, 0],
+            expect: Outcome::Fails(libc::EPERM),
+        },
+        Check {
+            what: "clone(SIGCHLD), i.e. fork",
+            nr: libc::SYS_clone,
+            args: [libc::SIGCHLD as libc::c_long, 0, 0],
+            expect: Outcome::Succeeds,
+        },
+        Check { what: "clone3(NULL, 0)", nr: libc::SYS_clone3, args: [0; 3], expect: Outcome::Fails(libc::ENOSYS) },
+        Check { what: "setns(-1, 0)", nr: libc::SYS_setns, args: [-1, 0, 0], expect: Outcome::Fails(libc::EPERM) },
+        Check {
+            what: "socket(AF_PACKET, SOCK_RAW, 0)",
+            nr: libc::SYS_socket,
+            args: [libc::AF_PACKET as libc::c_long, libc::SOCK_RAW as libc::c_long, 0],
+            expect: Outcome::Fails(libc::EAFNOSUPPORT),
+        },
+        Check {
+            what: "socket(AF_NETLINK, SOCK_RAW, NETLINK_AUDIT)",
+            nr: libc::SYS_socket,
+            args: [libc::AF_NETLINK as libc::c_long, libc::SOCK_RAW as libc::c_long, 9],
+            expect: Outcome::Fails(libc::EAFNOSUPPORT),
+        },
+        Check {
+            what: "socket(AF_UNIX, SOCK_STREAM, 0)",
+            nr: libc::SYS_socket,
+            args: [libc::AF_UNIX as libc::c_long, libc::SOCK_STREAM as libc::c_long, 0],
+            expect: Outcome::Succeeds,
+        },
+        Check {
+            what: "socket(AF_INET, SOCK_STREAM, 0)",
+            nr: libc::SYS_socket,
+            args: [libc::AF_INET as libc::c_long, libc::SOCK_STREAM as libc::c_long, 0],
+            expect: Outcome::Succeeds,
+        },
+        Check {
+            what: "ioctl(-1, TIOCSTI | 0xffffffff00000000, NULL)",
+            nr: libc::SYS_ioctl,
+            args: [-1, TIOCSTI_HIGH_BITS, 0],
+            expect: Outcome::Fails(libc::EPERM),
+        },
+        Check {
+            what: "ioctl(-1, TIOCLINUX, NULL)",
+            nr: libc::SYS_ioctl,
+            args: [-1, 0x541C, 0],
+            expect: Outcome::Fails(libc::EPERM),
+        },
+        Check {
+            what: "ioctl(-1, FIONREAD, NULL) reaches the kernel",
+            nr: libc::SYS_ioctl,
+            args: [-1, 0x541B, 0],
+            expect: Outcome::Fails(libc::EBADF),
+        },
+        Check {
+            what: "personality(READ_IMPLIES_EXEC)",
+            nr: libc::SYS_personality,
+            args: [0x0400000, 0, 0],
+            expect: Outcome::Fails(libc::EPERM),
+        },
+        Check {
+            what: "personality(0xffffffff)",
+            nr: libc::SYS_personality,
+            args: [0xffff_ffff, 0, 0],
+            expect: Outcome::Succeeds,
+        },
+        Check {
+            what: "io_uring_setup(1, NULL)",
+            nr: libc::SYS_io_uring_setup,
+            args: [1, 0, 0],
+            expect: Outcome::Fails(libc::EPERM),
+        },
+        Check {
+            what: "open_by_handle_at(-1, NULL, 0)",
+            nr: libc::SYS_open_by_handle_at,
+            args: [-1, 0, 0],
+            expect: Outcome::Fails(libc::EPERM),
+        },
+        Check { what: "chroot(NULL)", nr: libc::SYS_chroot, args: [0; 3], expect: Outcome::Fails(libc::EPERM) },
+        #[cfg(target_arch = "x86_64")]
+        Check {
+            what: "x32 getpid (0x40000000 | 39)",
+            nr: 0x4000_0000 | libc::SYS_getpid,
+            args: [0; 3],
+            expect: Outcome::Fails(libc::ENOSYS),
+        },
+    ];
+
+    /// Exit codes of the checking child, besides the 1-based index of the first failed check.
+    const EXIT_NO_NEW_PRIVS_FAILED: i32 = 100;
+    const EXIT_INSTALL_FAILED: i32 = 101;
+
+    fn last_errno() -> i32 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    }
+
+    /// Makes one call of `CHECKS`. Async-signal-safe: it runs in a child forked from a multi-threaded process.
+    fn run_check(check: &Check) -> Outcome {
+        let [a0, a1, a2] = check.args;
+        // SAFETY: `check` is an entry of `CHECKS`, whose arguments are integers with 0 where the kernel expects
+        // a pointer, so the kernel reads and writes none of this process's memory (a NULL pointer gets EFAULT).
+        // The one call that creates a process, clone with a NULL stack, gives the new child a copy-on-write copy
+        // of this address space, like fork; that child leaves at once below.
+        let ret = unsafe { libc::syscall(check.nr, a0, a1, a2, 0 as libc::c_long, 0 as libc::c_long) };
+        if ret < 0 {
+            return Outcome::Fails(last_errno());
+        }
+        if check.nr == libc::SYS_clone {
+            if ret == 0 {
+                // SAFETY: in the new child of clone: `_exit` ends it without unwinding or running exit handlers.
+                unsafe { libc::_exit(0) };
+            }
+            reap(libc::pid_t::try_from(ret).unwrap_or(-1));
+        }
+        Outcome::Succeeds
+    }
+
+    /// Waits for `pid` and returns its wait status.
+    fn reap(pid: libc::pid_t) -> libc::c_int {
+        let mut status = 0;
+        loop {
+            // SAFETY: `status` is a live local the kernel writes one int into; waitpid touches nothing else.
+            let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
+            if ret >= 0 || last_errno() != libc::EINTR {
+                return status;
+            }
+        }
+    }
+
+    /// Runs `child` in a forked process and returns its wait status. `child` must be async-signal-safe: the
+    /// test binary is multi-threaded, and a lock held by another thread at fork time stays held in the child.
+    fn in_forked_child(child: impl FnOnce() -> i32) -> libc::c_int {
+        // SAFETY: the child runs only `child`, which callers keep to raw system calls (no allocation, no lock),
+        // then `_exit`s; it never returns into the test harness.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            let code = child();
+            // SAFETY: ends the forked child without unwinding into the harness's copy or running exit handlers.
+            unsafe { libc::_exit(code) };
+        }
+        reap(pid)
+    }
+
+    /// Seccomp filters need CONFIG_SECCOMP_FILTER; a kernel without it is a reason to skip, not to fail.
+    fn skip_reason() -> Option<&'static str> {
+        // SAFETY: PR_GET_SECCOMP with integer arguments only reads this thread's seccomp mode.
+        let mode = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
+        (mode < 0).then_some("the kernel has no seccomp (prctl(PR_GET_SECCOMP) failed)")
+    }
+
+    fn install_in_child(program: &SeccompProgram) -> Result<(), i32> {
+        // SAFETY: PR_SET_NO_NEW_PRIVS with integer arguments only sets this process's no_new_privs flag.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(EXIT_NO_NEW_PRIVS_FAILED);
+        }
+        install_seccomp_on_current_thread(program).map_err(|_| EXIT_INSTALL_FAILED)
+    }
+
+    #[test]
+    fn seccomp_filter_refuses_the_denied_calls_in_a_real_process() {
+        if let Some(reason) = skip_reason() {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+        let program = default_program();
+        let status = in_forked_child(|| {
+            if let Err(code) = install_in_child(&program) {
+                return code;
+            }
+            for (index, check) in CHECKS.iter().enumerate() {
+                if run_check(check) != check.expect {
+                    return i32::try_from(index + 1).unwrap_or(99);
+                }
+            }
+            0
+        });
+        assert!(libc::WIFEXITED(status), "checking child died: wait status {status:#x}");
+        let code = libc::WEXITSTATUS(status);
+        let failed = match code {
+            0 => return,
+            EXIT_NO_NEW_PRIVS_FAILED => "prctl(PR_SET_NO_NEW_PRIVS)".to_owned(),
+            EXIT_INSTALL_FAILED => "install_seccomp_on_current_thread".to_owned(),
+            index => {
+                let check = &CHECKS[usize::try_from(index - 1).unwrap()];
+                format!("{}: expected {:?}", check.what, check.expect)
+            }
+        };
+        panic!("under the default filter, {failed}");
+    }
+
+    /// `int 0x80` from a 64-bit process: the 32-bit getpid (20). Returns the raw `eax`.
+    #[cfg(target_arch = "x86_64")]
+    fn int80_getpid() -> i32 {
+        let eax: i32;
+        // SAFETY: the 32-bit getpid takes no argument and touches no memory. `int 0x80` switches to the kernel
+        // stack (no use of ours: `nostack`) and returns with every register restored but eax, which is an
+        // output; r8-r11 are declared clobbered for the kernels that zeroed them on this path.
+        unsafe {
+            std::arch::asm!(
+                "int 0x80",
+                inlateout("eax") 20 => eax,
+                out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+                options(nostack),
+            );
+        }
+        eax
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn seccomp_filter_refuses_int_0x80_in_a_real_process() {
+        if let Some(reason) = skip_reason() {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+        // Without a filter first: a kernel booted with ia32_emulation=0 kills `int 0x80` with SIGSEGV.
+        let unfiltered = in_forked_child(|| {
+            // SAFETY: getpid has no arguments and cannot fail.
+            let pid = unsafe { libc::getpid() };
+            i32::from(int80_getpid() != pid)
+        });
+        if !libc::WIFEXITED(unfiltered) {
+            eprintln!("skipped: int 0x80 is not available on this kernel (wait status {unfiltered:#x})");
+            return;
+        }
+        assert_eq!(libc::WEXITSTATUS(unfiltered), 0, "int 0x80 getpid does not return the pid without a filter");
+
+        let program = default_program();
+        let filtered = in_forked_child(|| {
+            if let Err(code) = install_in_child(&program) {
+                return code;
+            }
+            i32::from(int80_getpid() != -libc::ENOSYS)
+        });
+        assert!(libc::WIFEXITED(filtered), "filtered child died: wait status {filtered:#x}");
+        assert_eq!(libc::WEXITSTATUS(filtered), 0, "int 0x80 getpid was not refused with ENOSYS");
+    }
+}

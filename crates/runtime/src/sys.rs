@@ -1,0 +1,236 @@
+//! Thin wrappers over the raw system calls the sandbox needs.
+//!
+//! Every function here is async-signal-safe and allocates nothing: they are called after `clone`, in the
+//! sandbox's init and in the command's process, where only such work is allowed. Errors are the raw errno, which
+//! the caller turns into a [`crate::failure::ChildFailure`] record or a typed error.
+
+use std::ffi::CStr;
+use std::os::fd::RawFd;
+
+/// A raw errno value.
+pub type Errno = i32;
+
+/// The calling thread's errno.
+pub fn errno() -> Errno {
+    // SAFETY: __errno_location returns a valid pointer to this thread's errno; reading an int is always safe.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Turns a `-1 means errno` return value into a Result.
+pub fn check(ret: libc::c_long) -> Result<libc::c_long, Errno> {
+    if ret < 0 {
+        Err(errno())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Like [`check`], for calls returning a file descriptor.
+pub fn check_fd(ret: libc::c_long) -> Result<RawFd, Errno> {
+    check(ret).map(|fd| fd as RawFd)
+}
+
+/// Retries a call interrupted by a signal.
+pub fn retry_eintr(mut call: impl FnMut() -> libc::c_long) -> Result<libc::c_long, Errno> {
+    loop {
+        match check(call()) {
+            Err(libc::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// `struct open_how` (libc's is non-exhaustive, so it cannot be built with a literal).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `openat2(dirfd, path, how)`.
+pub fn openat2(dirfd: RawFd, path: &CStr, flags: i32, resolve: u64) -> Result<RawFd, Errno> {
+    let how = OpenHow { flags: (flags | libc::O_CLOEXEC) as u64, mode: 0, resolve };
+    // SAFETY: `path` is a valid NUL-terminated string and `how` a fully initialised open_how that outlives the
+    // call; the size passed is the size of that struct.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_openat2, dirfd, path.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>())
+    };
+    check_fd(ret)
+}
+
+/// `open_tree(dirfd, path, flags)`: a detached copy of the mount tree at `path` (with `OPEN_TREE_CLONE`).
+pub fn open_tree(dirfd: RawFd, path: &CStr, flags: u32) -> Result<RawFd, Errno> {
+    // SAFETY: `path` is a valid NUL-terminated string; the call reads nothing else from our memory.
+    let ret = unsafe { libc::syscall(libc::SYS_open_tree, dirfd, path.as_ptr(), flags) };
+    check_fd(ret)
+}
+
+/// `move_mount(from_dirfd, from_path, to_dirfd, to_path, flags)`.
+pub fn move_mount(from: RawFd, from_path: &CStr, to: RawFd, to_path: &CStr, flags: u32) -> Result<(), Errno> {
+    // SAFETY: both paths are valid NUL-terminated strings; the call reads nothing else from our memory.
+    let ret = unsafe { libc::syscall(libc::SYS_move_mount, from, from_path.as_ptr(), to, to_path.as_ptr(), flags) };
+    check(ret).map(drop)
+}
+
+/// `mount_setattr(dirfd, path, flags, {attr_set, attr_clr})`.
+pub fn mount_setattr(dirfd: RawFd, path: &CStr, flags: u32, attr_set: u64, attr_clr: u64) -> Result<(), Errno> {
+    let attr = libc::mount_attr { attr_set, attr_clr, propagation: 0, userns_fd: 0 };
+    // SAFETY: `path` is a valid NUL-terminated string and `attr` a fully initialised mount_attr that outlives the
+    // call; the size passed is the size of that struct.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dirfd,
+            path.as_ptr(),
+            flags,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// `fsopen(fstype)`: a filesystem context to configure with [`fsconfig_string`] and create with [`fsmount`].
+pub fn fsopen(fstype: &CStr) -> Result<RawFd, Errno> {
+    // SAFETY: `fstype` is a valid NUL-terminated string.
+    let ret = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), libc::FSOPEN_CLOEXEC) };
+    check_fd(ret)
+}
+
+/// `fsconfig(fd, FSCONFIG_SET_STRING, key, value)`.
+pub fn fsconfig_string(fsfd: RawFd, key: &CStr, value: &CStr) -> Result<(), Errno> {
+    // SAFETY: key and value are valid NUL-terminated strings; aux is unused for SET_STRING.
+    let ret =
+        unsafe { libc::syscall(libc::SYS_fsconfig, fsfd, libc::FSCONFIG_SET_STRING, key.as_ptr(), value.as_ptr(), 0) };
+    check(ret).map(drop)
+}
+
+/// `fsconfig(fd, FSCONFIG_CMD_CREATE)` then `fsmount(fd, attrs)`: a detached mount of the configured filesystem.
+pub fn fsmount(fsfd: RawFd, attr_flags: u64) -> Result<RawFd, Errno> {
+    // SAFETY: CMD_CREATE takes no pointers (key and value are null, aux 0).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fsfd,
+            libc::FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    check(ret)?;
+    // SAFETY: fsmount takes only integers.
+    let ret = unsafe { libc::syscall(libc::SYS_fsmount, fsfd, libc::FSMOUNT_CLOEXEC, attr_flags) };
+    check_fd(ret)
+}
+
+/// `pivot_root(new_root, put_old)`.
+pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> Result<(), Errno> {
+    // SAFETY: both are valid NUL-terminated strings.
+    let ret = unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
+    check(ret).map(drop)
+}
+
+/// `close(fd)`, ignoring errors (there is nothing useful to do about them here).
+pub fn close(fd: RawFd) {
+    if fd >= 0 {
+        // SAFETY: closing an fd we own; a stale number only yields EBADF.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Closes every file descriptor from `first` to `last` inclusive.
+pub fn close_range(first: u32, last: u32) -> Result<(), Errno> {
+    if first > last {
+        return Ok(());
+    }
+    // SAFETY: close_range takes only integers; the fds in the range are not used afterwards by this process.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    check(ret).map(drop)
+}
+
+/// Closes every file descriptor above 2 except those in `keep`, which must be sorted ascending.
+pub fn close_fds_except(keep: &[RawFd]) -> Result<(), Errno> {
+    let mut next: u32 = 3;
+    for &fd in keep {
+        let Ok(fd) = u32::try_from(fd) else { continue };
+        if fd < next {
+            continue;
+        }
+        close_range(next, fd - 1)?;
+        next = fd + 1;
+    }
+    close_range(next, u32::MAX)
+}
+
+/// `write(fd, buf)` of the whole buffer, retrying on EINTR and short writes.
+pub fn write_all(fd: RawFd, mut buf: &[u8]) -> Result<(), Errno> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a valid readable slice of the given length.
+        let n = retry_eintr(|| unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) as libc::c_long })?;
+        buf = buf.get(n as usize..).unwrap_or(&[]);
+    }
+    Ok(())
+}
+
+/// `read(fd, buf)`, retrying on EINTR.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: `buf` is a valid writable slice of the given length.
+    retry_eintr(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) as libc::c_long }).map(|n| n as usize)
+}
+
+/// A pipe whose both ends are close-on-exec: `(read, write)`.
+pub fn pipe_cloexec() -> Result<(RawFd, RawFd), Errno> {
+    let mut fds = [-1 as RawFd; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
+    Ok((fds[0], fds[1]))
+}
+
+/// `prctl(option, arg2, 0, 0, 0)`.
+pub fn prctl(option: i32, arg2: libc::c_ulong) -> Result<libc::c_long, Errno> {
+    // SAFETY: the options used by airlock take integer arguments only.
+    check(unsafe { libc::prctl(option, arg2, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) }
+        as libc::c_long)
+}
+
+/// `kill(pid, sig)`.
+pub fn kill(pid: libc::pid_t, sig: i32) -> Result<(), Errno> {
+    // SAFETY: kill takes only integers.
+    check(unsafe { libc::kill(pid, sig) } as libc::c_long).map(drop)
+}
+
+/// A fork: `clone(SIGCHLD | extra_flags)` without a new stack. Returns 0 in the child, the child's pid in the
+/// parent. With `CLONE_PIDFD` in `extra_flags`, `pidfd` receives a pidfd for the child.
+///
+/// # Safety
+/// The caller's process must be single-threaded (so the child inherits no lock held by another thread), and the
+/// child must only do async-signal-safe work before it execs or exits.
+pub unsafe fn clone_process(extra_flags: libc::c_ulong, pidfd: Option<&mut RawFd>) -> Result<libc::pid_t, Errno> {
+    let pidfd_ptr = match pidfd {
+        Some(p) => p as *mut RawFd,
+        None => std::ptr::null_mut(),
+    };
+    // SAFETY: a stack pointer of 0 makes clone behave like fork (the child runs on a copy of our stack); the
+    // parent_tid pointer, when CLONE_PIDFD is set, points at a live int owned by the caller. Single-threadedness
+    // is the caller's obligation (see # Safety).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            extra_flags | libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            pidfd_ptr,
+            std::ptr::null_mut::<libc::c_int>(),
+            0usize,
+        )
+    };
+    check(ret).map(|pid| pid as libc::pid_t)
+}
+
+/// `_exit(code)`: leave the process without running atexit handlers or flushing Rust's buffers (both belong to
+/// the parent's copy of the memory).
+pub fn exit_immediately(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no user-space state.
+    unsafe { libc::_exit(code) }
+}

@@ -1,0 +1,93 @@
+//! The user namespace's id maps. Root inside is never root outside: as host root, airlock maps a dedicated
+//! 65536-id range per running sandbox (never host id 0); rootless, the kernel only lets us map our own id.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use std::os::fd::AsRawFd;
+
+/// First host id of the ranges airlock hands out as host root: above systemd's container range
+/// (0x00080000–0x6FFFFFFF, used by `systemd-nspawn --private-users=pick`), below 2^31 (some tools treat ids as
+/// signed).
+pub const HOST_RANGE_BASE: u32 = 0x7000_0000;
+/// Ids per sandbox: a full 16-bit range, so images with system users work inside.
+pub const HOST_RANGE_SIZE: u32 = 65536;
+/// Number of ranges: BASE + SLOTS * SIZE = 2^31.
+pub const HOST_RANGE_SLOTS: u32 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsernsError {
+    /// cannot create the id-range lock directory {0}
+    #[error("cannot create the id-range lock directory {0}")]
+    CreateLockDir(PathBuf, #[source] std::io::Error),
+    /// cannot lock an id range in {0}
+    #[error("cannot lock an id range in {0}")]
+    LockRange(PathBuf, #[source] std::io::Error),
+    #[error("no free host id range: {HOST_RANGE_SLOTS} sandboxes are running as root already")]
+    NoFreeRange,
+    #[error("cannot write {0}")]
+    WriteMap(PathBuf, #[source] std::io::Error),
+}
+
+/// A host id range held for one sandbox; the `flock` is released when this is dropped or airlock dies.
+#[derive(Debug)]
+pub struct HostIdRange {
+    pub base: u32,
+    _lock: File,
+}
+
+/// Claims a free range by taking an exclusive `flock` on `lock_dir/<slot>`. The first slot tried depends on
+/// our pid so concurrent sandboxes rarely contend.
+pub fn allocate_host_id_range(lock_dir: &Path) -> Result<HostIdRange, UsernsError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(lock_dir)
+        .map_err(|e| UsernsError::CreateLockDir(lock_dir.to_path_buf(), e))?;
+    let start = std::process::id() % HOST_RANGE_SLOTS;
+    for i in 0..HOST_RANGE_SLOTS {
+        let slot = (start + i) % HOST_RANGE_SLOTS;
+        let path = lock_dir.join(slot.to_string());
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| UsernsError::LockRange(lock_dir.to_path_buf(), e))?;
+        // SAFETY: flock on an fd we own, integer arguments only.
+        let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if ret == 0 {
+            return Ok(HostIdRange { base: HOST_RANGE_BASE + slot * HOST_RANGE_SIZE, _lock: file });
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(UsernsError::LockRange(lock_dir.to_path_buf(), err));
+        }
+    }
+    Err(UsernsError::NoFreeRange)
+}
+
+/// Writes `setgroups` = `deny`, then the uid and gid maps, for the sandbox's init `pid`.
+///
+/// `setgroups` is denied in both modes: rootless the kernel requires it before an unprivileged gid map, and as
+/// host root it stops the sandbox from ever adding groups (its supplementary groups were cleared before clone).
+pub fn write_id_maps(pid: libc::pid_t, uid_map: &str, gid_map: &str) -> Result<(), UsernsError> {
+    let dir = PathBuf::from(format!("/proc/{pid}"));
+    write_proc_file(&dir.join("setgroups"), "deny")?;
+    write_proc_file(&dir.join("uid_map"), uid_map)?;
+    write_proc_file(&dir.join("gid_map"), gid_map)?;
+    Ok(())
+}
+
+fn write_proc_file(path: &Path, contents: &str) -> Result<(), UsernsError> {
+    // These files must be written in one write(2).
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .map_err(|e| UsernsError::WriteMap(path.to_path_buf(), e))
+}

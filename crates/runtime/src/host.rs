@@ -12,20 +12,16 @@ pub fn is_host_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The login name of `uid`, from the passwd database.
+/// The login name of `uid`, from `/etc/passwd` (read directly: airlock is linked statically, and NSS modules
+/// cannot be loaded into a static binary). `None` for users only a network directory knows.
 pub fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0 as libc::c_char; 16384];
-    // SAFETY: an all-zero passwd is a valid output buffer.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is to a live local of the size given; getpwuid_r fills them.
-    let ret = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
-    if ret != 0 || result.is_null() || pwd.pw_name.is_null() {
-        return None;
-    }
-    // SAFETY: pw_name points into `buf`, NUL-terminated by getpwuid_r.
-    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
-    Some(name.to_string_lossy().into_owned())
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id: u32 = fields.nth(1)?.parse().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_string())
+    })
 }
 
 /// The caller's terminal size (stdin, else stdout), or 80x24 when neither is a terminal.

@@ -41,10 +41,9 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
         Ok(_) => sys::exit_immediately(EXIT_SETUP_FAILED),
         Err(e) => abort(ChildFailure { step: Step::WaitForSupervisor, errno: e, index: 0 }),
     }
-    sys::close(fds.start);
 
     // Descriptors the caller leaked to airlock go now, before any sandbox code could see them (CVE-2016-9962).
-    let mut keep = [fds.failure, fds.tty_socket.unwrap_or(-1)];
+    let mut keep = [fds.start, fds.failure, fds.tty_socket.unwrap_or(-1)];
     keep.sort_unstable();
     if let Err(e) = sys::close_fds_except(&keep) {
         abort(ChildFailure { step: Step::CloseInheritedFds, errno: e, index: 0 });
@@ -59,6 +58,15 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     if let Err(e) = exec::switch_to_ids(plan.ids.init_uid, plan.ids.init_gid) {
         abort(ChildFailure { step: Step::SwitchToSandboxRoot, errno: e, index: 0 });
     }
+    // Changing credentials clears the parent-death signal: arm it again, then make sure the supervisor did not
+    // die in between (it holds the start pipe's write end until the sandbox is gone, so a hang-up means it died).
+    if let Err(e) = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) {
+        abort(ChildFailure { step: Step::WaitForSupervisor, errno: e, index: 0 });
+    }
+    if supervisor_gone(fds.start) {
+        sys::exit_immediately(EXIT_SETUP_FAILED);
+    }
+    sys::close(fds.start);
 
     if let Err(f) = build_sandbox(plan, trees) {
         abort(f);
@@ -188,6 +196,14 @@ fn kill_everything_and_reap(status: i32) -> i32 {
             return status;
         }
     }
+}
+
+/// Whether the supervisor has closed its end of the start pipe (it only does so by exiting).
+fn supervisor_gone(start: RawFd) -> bool {
+    let mut pfd = libc::pollfd { fd: start, events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll on one live pollfd, without waiting.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
 }
 
 fn empty_sigset() -> libc::sigset_t {

@@ -129,12 +129,17 @@ pub fn run_sandbox(
     if let Err(e) = userns::write_id_maps(pid, &plan.ids.uid_map, &plan.ids.gid_map) {
         let _ = sys::kill(pid, libc::SIGKILL);
         let _ = wait_for_exit(pid);
+        sys::close(pipes.start_write);
+        sys::close(pipes.failure_read);
         restore_signals(&old_mask);
         return Err(e.into());
     }
+    // The write end stays open until the sandbox is gone: init watches it for a hang-up to learn that the
+    // supervisor died while its parent-death signal was being re-armed.
     let released = sys::write_all(pipes.start_write, b"1");
-    sys::close(pipes.start_write);
     if let Err(e) = released {
+        sys::close(pipes.start_write);
+        sys::close(pipes.failure_read);
         let _ = sys::kill(pid, libc::SIGKILL);
         let _ = wait_for_exit(pid);
         restore_signals(&old_mask);
@@ -144,6 +149,7 @@ pub fn run_sandbox(
     // 5-7 happen in the sandbox. The supervisor forwards signals, relays the terminal, enforces the timeout.
     let supervised = crate::supervisor::supervise(pid, pidfd, policy.timeout, pipes.tty.map(|(_, s)| s));
     sys::close(pidfd);
+    sys::close(pipes.start_write);
     if let Some((_, supervisor_end)) = pipes.tty {
         sys::close(supervisor_end);
     }

@@ -1,0 +1,211 @@
+//! Shared helpers for the integration tests: they drive the real `airlock` binary, as root and as an ordinary
+//! user the tests create, and skip honestly.
+//!
+//! A test that cannot run prints `SKIP: reason` and returns — except under `CI=true` when the machine is known
+//! to have the capability (CI runs as root on a machine with user namespaces, Landlock and seccomp), where a
+//! skip is a failure: `require!` panics there instead.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// The name of the ordinary user the rootless tests run as.
+pub const TEST_USER: &str = "airlock-test";
+
+/// Whether we run under CI (`CI=true`), where skipping a capability the machine has is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Skips the current test with a reason, or fails it under CI.
+#[macro_export]
+macro_rules! skip_or_fail {
+    ($($reason:tt)*) => {{
+        let reason = format!($($reason)*);
+        if $crate::common::in_ci() {
+            panic!("this CI machine should support this test, but: {reason}");
+        }
+        eprintln!("SKIP: {reason}");
+        return;
+    }};
+}
+
+/// The airlock binary cargo built for these tests.
+pub fn airlock_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_airlock"))
+}
+
+/// Whether the tests run as host root.
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+/// `airlock ARGS...` as the current user, with stdin closed.
+pub fn airlock(args: &[&str]) -> Output {
+    Command::new(airlock_path()).args(args).stdin(Stdio::null()).output().expect("spawn airlock")
+}
+
+/// `airlock run ARGS...`.
+pub fn run(args: &[&str]) -> Output {
+    let mut full = vec!["run"];
+    full.extend_from_slice(args);
+    airlock(&full)
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+/// Asserts a zero exit and returns stdout; prints both streams on failure.
+#[track_caller]
+pub fn ok(o: &Output) -> String {
+    assert_eq!(code(o), 0, "expected success\nstdout:\n{}\nstderr:\n{}", stdout(o), stderr(o));
+    stdout(o)
+}
+
+/// Runs `sh -c SCRIPT` in a default sandbox and returns the output.
+pub fn sh(script: &str) -> Output {
+    run(&["--", "/bin/sh", "-c", script])
+}
+
+/// Whether this machine can run a sandbox at all (user namespaces etc.).
+pub fn sandbox_works() -> bool {
+    static WORKS: OnceLock<bool> = OnceLock::new();
+    *WORKS.get_or_init(|| code(&run(&["--", "/bin/true"])) == 0)
+}
+
+/// Skips (or fails under CI) when sandboxes cannot start here.
+#[macro_export]
+macro_rules! require_sandbox {
+    () => {
+        if !$crate::common::sandbox_works() {
+            let o = $crate::common::run(&["--", "/bin/true"]);
+            $crate::skip_or_fail!("airlock run does not work here: {}", $crate::common::stderr(&o).trim());
+        }
+    };
+}
+
+/// A copy of the airlock binary that any user can execute (the build directory may be under a private home).
+fn shared_binary() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("airlock-test-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("airlock");
+        std::fs::copy(airlock_path(), &path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    })
+    .clone()
+}
+
+/// Creates the ordinary test user if needed (as root). `None` when not root or `useradd` is missing.
+pub fn test_user() -> Option<&'static str> {
+    static READY: OnceLock<bool> = OnceLock::new();
+    let ready = *READY.get_or_init(|| {
+        if !is_root() {
+            return false;
+        }
+        let exists = Command::new("id").arg("-u").arg(TEST_USER).output().is_ok_and(|o| o.status.success());
+        if exists {
+            return true;
+        }
+        let created = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/bin/sh", TEST_USER])
+            .status()
+            .is_ok_and(|s| s.success());
+        // Another test binary may have created it at the same moment.
+        created || Command::new("id").arg("-u").arg(TEST_USER).output().is_ok_and(|o| o.status.success())
+    });
+    ready.then_some(TEST_USER)
+}
+
+/// The test user's uid.
+pub fn test_user_uid() -> u32 {
+    let o = Command::new("id").arg("-u").arg(TEST_USER).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+}
+
+/// `airlock ARGS...` as the ordinary test user (rootless mode), via `setpriv`, with a clean environment.
+pub fn airlock_as_user(args: &[&str]) -> Output {
+    let uid = test_user_uid().to_string();
+    Command::new("setpriv")
+        .args(["--reuid", &uid, "--regid", &uid, "--clear-groups", "--reset-env", "--"])
+        .arg(shared_binary())
+        .args(args)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn setpriv")
+}
+
+/// `airlock run ARGS...` as the ordinary test user.
+pub fn run_as_user(args: &[&str]) -> Output {
+    let mut full = vec!["run"];
+    full.extend_from_slice(args);
+    airlock_as_user(&full)
+}
+
+/// Skips (or fails under CI) unless running as root with the test user available; returns the user name.
+#[macro_export]
+macro_rules! require_test_user {
+    () => {
+        match $crate::common::test_user() {
+            Some(user) => user,
+            None => {
+                if !$crate::common::is_root() {
+                    eprintln!("SKIP: rootless tests need root to create the test user");
+                    return;
+                }
+                $crate::skip_or_fail!("cannot create the test user {}", $crate::common::TEST_USER);
+            }
+        }
+    };
+}
+
+/// A temporary directory removed on drop, world-traversable so the test user can reach it.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("airlock-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn str(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+
+    /// Hands the directory (recursively) to the test user.
+    pub fn chown_to_test_user(&self) {
+        let uid = test_user_uid().to_string();
+        let status = Command::new("chown").arg("-R").arg(format!("{uid}:{uid}")).arg(&self.0).status().unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use std::os::fd::AsRawFd;
@@ -31,11 +31,23 @@ pub enum UsernsError {
     WriteMap(PathBuf, #[source] std::io::Error),
 }
 
-/// A host id range held for one sandbox; the `flock` is released when this is dropped or airlock dies.
+/// A host id range held for one sandbox. The `flock` is released when this is dropped or airlock dies; on drop
+/// the lock file is also removed, so nothing of the sandbox stays on the host (after a crash it stays, under
+/// `/run`, which is emptied at boot, and the next sandbox reuses it).
 #[derive(Debug)]
 pub struct HostIdRange {
     pub base: u32,
+    /// Held, not read: dropping it (after `drop` unlinked the path) releases the lock.
     _lock: File,
+    path: PathBuf,
+}
+
+impl Drop for HostIdRange {
+    fn drop(&mut self) {
+        // Unlink while still holding the lock: a process that opened the old file and gets the lock after us
+        // sees that the path no longer names its inode and tries again (see `lock_slot`).
+        let _ = fs::remove_file(&self.path);
+    }
 }
 
 /// Claims a free range by taking an exclusive `flock` on `lock_dir/<slot>`. The first slot tried depends on
@@ -50,25 +62,38 @@ pub fn allocate_host_id_range(lock_dir: &Path) -> Result<HostIdRange, UsernsErro
     for i in 0..HOST_RANGE_SLOTS {
         let slot = (start + i) % HOST_RANGE_SLOTS;
         let path = lock_dir.join(slot.to_string());
+        if let Some(lock) = lock_slot(&path).map_err(|e| UsernsError::LockRange(lock_dir.to_path_buf(), e))? {
+            return Ok(HostIdRange { base: HOST_RANGE_BASE + slot * HOST_RANGE_SIZE, _lock: lock, path });
+        }
+    }
+    Err(UsernsError::NoFreeRange)
+}
+
+/// Locks the slot's file; `None` when another sandbox holds it.
+fn lock_slot(path: &Path) -> std::io::Result<Option<File>> {
+    loop {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| UsernsError::LockRange(lock_dir.to_path_buf(), e))?;
+            .open(path)?;
         // SAFETY: flock on an fd we own, integer arguments only.
-        let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if ret == 0 {
-            return Ok(HostIdRange { base: HOST_RANGE_BASE + slot * HOST_RANGE_SIZE, _lock: file });
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = std::io::Error::last_os_error();
+            return if err.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(None) } else { Err(err) };
         }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(UsernsError::LockRange(lock_dir.to_path_buf(), err));
+        // The holder before us may have unlinked the file between our open and our lock: then our lock is on a
+        // file nobody else will ever open, and we must lock the path's current file instead.
+        let ours = file.metadata()?;
+        match fs::symlink_metadata(path) {
+            Ok(now) if now.dev() == ours.dev() && now.ino() == ours.ino() => return Ok(Some(file)),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
         }
     }
-    Err(UsernsError::NoFreeRange)
 }
 
 /// Writes `setgroups` = `deny`, then the uid and gid maps, for the sandbox's init `pid`.

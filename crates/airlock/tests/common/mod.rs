@@ -95,16 +95,28 @@ macro_rules! require_sandbox {
     };
 }
 
-/// A copy of the airlock binary that any user can execute (the build directory may be under a private home).
+/// The airlock binary as any user can execute it: the build's own when every directory above it lets others
+/// in, else a copy in one fixed directory under /tmp (replaced atomically, so parallel test binaries agree and
+/// no copy per run is left behind).
 fn shared_binary() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("airlock-test-bin-{}", std::process::id()));
+        let built = airlock_path();
+        let others_can_reach = built
+            .ancestors()
+            .skip(1)
+            .all(|dir| std::fs::metadata(dir).map(|m| m.permissions().mode() & 0o001 != 0).unwrap_or(false));
+        if others_can_reach {
+            return built;
+        }
+        let dir = std::env::temp_dir().join("airlock-test-bin");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let staged = dir.join(format!(".airlock-{}", std::process::id()));
+        std::fs::copy(&built, &staged).unwrap();
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = dir.join("airlock");
-        std::fs::copy(airlock_path(), &path).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&staged, &path).unwrap();
         path
     })
     .clone()

@@ -4,6 +4,7 @@
 //! Modules follow kernel concepts; `sandbox::run_sandbox` is the setup order, top to bottom.
 
 pub mod caps;
+pub mod cgroups;
 pub mod dev;
 pub mod exec;
 pub mod failure;

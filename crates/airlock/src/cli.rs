@@ -24,6 +24,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Resource use of a named sandbox: live while it runs (from its cgroup), final after it ended.
+    Stats {
+        /// The sandbox's --name.
+        name: String,
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Policy profiles: list the built-ins, show one, validate a file.
     #[command(subcommand)]
     Profile(ProfileCommand),

@@ -5,6 +5,7 @@ mod cli;
 mod doctor;
 mod profile_cmd;
 mod run;
+mod stats_cmd;
 
 use std::process::ExitCode;
 
@@ -18,21 +19,27 @@ const EXIT_SETUP_FAILED: u8 = 125;
 /// Exit status for bad input to commands that do not run anything.
 const EXIT_USAGE: u8 = 2;
 
+/// Exit status for other commands' failures (`stats` of an unknown sandbox, say).
+const EXIT_FAILED: u8 = 1;
+
 fn main() -> ExitCode {
+    runtime::host::restore_default_sigpipe();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => return usage_error(&err),
     };
+    let runs_something = matches!(cli.command, Command::Run(_));
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Doctor { json } => doctor::run_doctor(json),
         Command::Profile(cmd) => profile_cmd::run(cmd),
+        Command::Stats { name, json } => stats_cmd::run(&name, json),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_SETUP_FAILED)),
         Err(err) => {
             eprintln!("airlock: {}", one_line(&err));
-            ExitCode::from(EXIT_SETUP_FAILED)
+            ExitCode::from(if runs_something { EXIT_SETUP_FAILED } else { EXIT_FAILED })
         }
     }
 }

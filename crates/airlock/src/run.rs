@@ -34,8 +34,23 @@ pub fn run(args: RunArgs) -> Result<i32> {
         eprintln!("airlock: warning: --net host: the sandbox shares the host's network (no network isolation)");
     }
 
-    let host = HostContext { lock_dir: lock_dir(), tty: args.tty.then(runtime::host::caller_window_size) };
-    let outcome = run_sandbox(&policy, &host, &mut |w| eprintln!("airlock: warning: {w}"))?;
+    let host = HostContext {
+        lock_dir: lock_dir(),
+        tty: args.tty.then(runtime::host::caller_window_size),
+        name: args.name.clone(),
+    };
+    let (outcome, report) = run_sandbox(&policy, &host, &mut |w| eprintln!("airlock: warning: {w}"))?;
+    if let (Some(stats), Some(name), false) = (&report.stats, &args.name, args.rm) {
+        if let Err(e) = crate::stats_cmd::keep_final_stats(name, stats, outcome.exit_code()) {
+            eprintln!("airlock: warning: cannot keep the final stats of {name}: {}", crate::one_line(&e));
+        }
+    }
+    if let Some(stats) = &report.stats {
+        if stats.pids_max_hits.unwrap_or(0) > 0 {
+            let limit = stats.pids_limit.map(|n| n.to_string()).unwrap_or_else(|| "--pids".to_string());
+            eprintln!("airlock: note: the process limit ({limit}) was reached: fork failed inside with EAGAIN");
+        }
+    }
     match &outcome {
         RunOutcome::Exited(_) => {}
         RunOutcome::TimedOut(elapsed) => {
@@ -46,6 +61,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
             );
         }
         RunOutcome::ExecFailed { message, .. } => eprintln!("airlock: {message}"),
+        RunOutcome::OutOfMemory { summary } => eprintln!("airlock: killed: out of memory ({summary})"),
     }
     Ok(outcome.exit_code())
 }

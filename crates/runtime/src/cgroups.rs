@@ -887,12 +887,9 @@ pub fn remove_stale_cgroups(layout: &CgroupLayout) -> Result<Vec<PathBuf>, Cgrou
     remove_stale_with(layout, &own, our_pid_namespace)
 }
 
-fn remove_stale_with(
-    layout: &CgroupLayout,
-    own: &[CgroupEntry],
-    our_pid_namespace: u64,
-) -> Result<Vec<PathBuf>, CgroupError> {
-    let parents: Vec<(PathBuf, bool)> = match layout {
+/// The bases under which this process creates `airlock/<name>` cgroups, with whether each is v2.
+fn sandbox_bases(layout: &CgroupLayout, own: &[CgroupEntry]) -> Vec<(PathBuf, bool)> {
+    match layout {
         CgroupLayout::V2 { root } => {
             delegation_root(root, own_path(own, None)).map(|b| (b, true)).into_iter().collect()
         }
@@ -903,7 +900,35 @@ fn remove_stale_with(
                 .map(|b| (b, false))
                 .collect()
         }
-    };
+    }
+}
+
+/// The cgroup of the running sandbox called `sandbox` (its `--name`), for `airlock stats`; `None` when no live
+/// sandbox of that name has one. Never tears anything down.
+pub fn find_sandbox_cgroup(layout: &CgroupLayout, sandbox: &str) -> Result<Option<SandboxCgroup>, CgroupError> {
+    let own = read_own_cgroups()?;
+    let ns = Path::new("/proc/self/ns/pid");
+    let our_pid_namespace = fs::metadata(ns).map_err(|source| read_error(ns, source))?.ino();
+    for (base, _) in sandbox_bases(layout, &own) {
+        let parent = base.join(AIRLOCK_DIR);
+        let Ok(entries) = fs::read_dir(&parent) else { continue };
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+            let Some((owner, name_part)) = CgroupOwner::from_cgroup_name(&name) else { continue };
+            if name_part == sandbox && owner.may_be_alive(our_pid_namespace) {
+                return SandboxCgroup::open(layout, &name);
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn remove_stale_with(
+    layout: &CgroupLayout,
+    own: &[CgroupEntry],
+    our_pid_namespace: u64,
+) -> Result<Vec<PathBuf>, CgroupError> {
+    let parents = sandbox_bases(layout, own);
     // name -> its directories in every hierarchy, so that all of a sandbox's processes are killed together.
     let mut stale: BTreeMap<String, (Vec<PathBuf>, bool)> = BTreeMap::new();
     for (base, is_v2) in parents {

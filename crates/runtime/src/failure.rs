@@ -16,6 +16,7 @@ use crate::sys::{self, Errno};
 pub enum Step {
     WaitForSupervisor = 1,
     SwitchToSandboxRoot,
+    UnshareCgroupNamespace,
     MakeMountsPrivate,
     OpenMountSource,
     CheckMountSource,
@@ -58,9 +59,10 @@ pub enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 41] = [
+    const ALL: [Step; 42] = [
         Step::WaitForSupervisor,
         Step::SwitchToSandboxRoot,
+        Step::UnshareCgroupNamespace,
         Step::MakeMountsPrivate,
         Step::OpenMountSource,
         Step::CheckMountSource,
@@ -111,6 +113,7 @@ impl Step {
         match self {
             Step::WaitForSupervisor => "wait for the supervisor to map user ids",
             Step::SwitchToSandboxRoot => "switch to the sandbox's root id",
+            Step::UnshareCgroupNamespace => "create the cgroup namespace",
             Step::MakeMountsPrivate => "make the mount namespace private",
             Step::OpenMountSource => "open mount source",
             Step::CheckMountSource => "check mount source",

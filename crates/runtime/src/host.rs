@@ -36,3 +36,10 @@ pub fn caller_window_size() -> libc::winsize {
     }
     libc::winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 }
 }
+
+/// Restores the default action for SIGPIPE (Rust's runtime ignores it): `airlock ... | head` then ends airlock
+/// quietly, like any other command-line tool, instead of failing on every write.
+pub fn restore_default_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL is always valid and has no memory effects.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}

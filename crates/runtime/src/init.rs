@@ -42,6 +42,13 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
         Err(e) => abort(ChildFailure { step: Step::WaitForSupervisor, errno: e, index: 0 }),
     }
 
+    // The cgroup namespace, now that the supervisor has placed us in the sandbox's cgroup: its root is that
+    // cgroup, so the sandbox sees only its own (and /proc/self/cgroup says "/").
+    // SAFETY: unshare takes only integers.
+    if let Err(e) = sys::check(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } as libc::c_long) {
+        abort(ChildFailure { step: Step::UnshareCgroupNamespace, errno: e, index: 0 });
+    }
+
     // Descriptors the caller leaked to airlock go now, before any sandbox code could see them (CVE-2016-9962).
     let mut keep = [fds.start, fds.failure, fds.tty_socket.unwrap_or(-1)];
     keep.sort_unstable();

@@ -49,8 +49,6 @@ pub enum PrepareError {
     CowNotAvailable,
     #[error("--net allow is not available in this build yet: the network gateway is not built; use --net none (default) or --net host")]
     NetworkAllowNotAvailable,
-    #[error("resource limits ({0}) are not enforced by this build yet (cgroups are not built); remove them from the flags or profile")]
-    LimitsNotAvailable(String),
     #[error("Landlock is required by the profile but {0}; run `airlock doctor`, or set `[security] landlock = \"best-effort\"` in a profile")]
     LandlockUnavailable(String),
     #[error("user id {0} is outside the sandbox's id range (0-65535)")]
@@ -61,6 +59,8 @@ pub enum PrepareError {
     Seccomp(String),
     #[error("writable shares {first} and {second} belong to different host users; the sandbox can write as only one of them")]
     WritableOwnersDiffer { first: String, second: String },
+    #[error("{flag} {asked} is more than this host has ({available}); use at most {available}")]
+    LimitAboveHost { flag: &'static str, asked: String, available: String },
     #[error("the staging directory /tmp on the host is not a directory")]
     StagingDir,
 }
@@ -83,6 +83,8 @@ pub struct HostContext {
     pub lock_dir: PathBuf,
     /// `-t`: the window size to start with.
     pub tty: Option<libc::winsize>,
+    /// The sandbox's name (`--name`), for its cgroup.
+    pub name: Option<String>,
 }
 
 fn cstring(s: &str) -> Result<CString, PrepareError> {
@@ -180,19 +182,7 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
     if matches!(policy.network, Network::Allow(_)) {
         return Err(PrepareError::NetworkAllowNotAvailable);
     }
-    if !policy.limits.is_empty() {
-        let l = &policy.limits;
-        let named: Vec<&str> = [
-            l.memory_bytes.map(|_| "--memory"),
-            l.pids.map(|_| "--pids"),
-            l.cpus.map(|_| "--cpus"),
-            l.disk_bytes.map(|_| "--disk"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        return Err(PrepareError::LimitsNotAvailable(named.join(", ")));
-    }
+    check_limits_against_host(&policy.limits)?;
 
     let landlock = match (landlock::abi_version(), policy.landlock) {
         (Ok(abi), _) => Some(abi),
@@ -270,7 +260,10 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
     }
 
     // The private /tmp, then the policy's mounts, shallowest first so a mount inside another lands on top of it.
-    b.tmpfs("/tmp", "1777", None, None)?;
+    // --disk bounds what the sandbox can write to memory-backed scratch space: /tmp and every --tmpfs without a
+    // size of its own (the copy-on-write layer will be bounded by it too). The writer gets ENOSPC.
+    let disk = policy.limits.disk_bytes;
+    b.tmpfs("/tmp", "1777", disk, None)?;
     landlock_rules.push(LandlockRule { path: cstring("/tmp")?, access: ACCESS_ALL });
 
     enum Extra<'a> {
@@ -326,7 +319,7 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
                 }
             }
             Extra::Tmpfs { dest, size } => {
-                b.tmpfs(dest, "0755", size, Some((uid, gid)))?;
+                b.tmpfs(dest, "0755", size.or(disk), Some((uid, gid)))?;
                 landlock_rules.push(LandlockRule { path: cstring(dest)?, access: ACCESS_ALL });
             }
         }
@@ -467,6 +460,49 @@ pub fn range_map(base: u32, inside: u32, owner: Option<u32>) -> String {
         map.push_str(&format!("{after} {} {}\n", base + after, HOST_RANGE_SIZE - after));
     }
     map
+}
+
+/// A limit above what the host has is a mistake (a missing suffix, a copied profile), not a request for "no
+/// limit": refuse it with the host's figure.
+fn check_limits_against_host(limits: &policy::sandbox::Limits) -> Result<(), PrepareError> {
+    if let (Some(asked), Some(total)) = (limits.memory_bytes, host_memory_bytes()) {
+        if asked > total {
+            return Err(PrepareError::LimitAboveHost {
+                flag: "--memory",
+                asked: crate::cgroups::format_bytes(asked),
+                available: crate::cgroups::format_bytes(total),
+            });
+        }
+    }
+    if let Some(asked) = limits.cpus {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        if asked > cpus {
+            return Err(PrepareError::LimitAboveHost {
+                flag: "--cpus",
+                asked: asked.to_string(),
+                available: cpus.to_string(),
+            });
+        }
+    }
+    if let Some(asked) = limits.pids {
+        let pid_max = fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse::<u64>().ok());
+        if let Some(max) = pid_max.filter(|max| asked > *max) {
+            return Err(PrepareError::LimitAboveHost {
+                flag: "--pids",
+                asked: asked.to_string(),
+                available: max.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `MemTotal` from /proc/meminfo, in bytes.
+fn host_memory_bytes() -> Option<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 fn command_plan(policy: &SandboxPolicy) -> Result<CommandPlan, PrepareError> {

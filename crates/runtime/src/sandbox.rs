@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use policy::sandbox::SandboxPolicy;
 
+use crate::cgroups::{self, CgroupStats, SandboxCgroup};
 use crate::failure::{self, errno_text, ChildFailure, Step};
 use crate::init::{self, InitFds};
 use crate::prepare::{prepare_sandbox, HostContext, PrepareError, Prepared};
@@ -14,6 +15,8 @@ use crate::userns;
 
 /// Exit status for a run killed by `--timeout`.
 pub const EXIT_TIMED_OUT: i32 = 124;
+/// Exit status for a run killed for memory (128 + SIGKILL).
+pub const EXIT_OUT_OF_MEMORY: i32 = 137;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -25,6 +28,8 @@ pub enum SandboxError {
     CloneNamespaces(String, &'static str),
     #[error("cannot map user ids for the sandbox")]
     MapIds(#[from] userns::UsernsError),
+    #[error("cannot set resource limits")]
+    Cgroup(#[from] cgroups::CgroupError),
     #[error("cannot wait for the sandbox: {0}")]
     Wait(String),
     /// A setup step inside the sandbox failed; the message names the step and the item.
@@ -41,6 +46,15 @@ pub enum RunOutcome {
     TimedOut(Duration),
     /// The command could not be executed (126) or was not found (127).
     ExecFailed { code: i32, message: String },
+    /// The memory limit was hit and the kernel killed the command (137); the summary names limit and peak.
+    OutOfMemory { summary: String },
+}
+
+/// What a finished run reports besides its outcome.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    /// The cgroup's final numbers, when the run had limits.
+    pub stats: Option<CgroupStats>,
 }
 
 impl RunOutcome {
@@ -49,6 +63,7 @@ impl RunOutcome {
             RunOutcome::Exited(code) => *code,
             RunOutcome::TimedOut(_) => EXIT_TIMED_OUT,
             RunOutcome::ExecFailed { code, .. } => *code,
+            RunOutcome::OutOfMemory { .. } => EXIT_OUT_OF_MEMORY,
         }
     }
 }
@@ -59,7 +74,7 @@ pub fn run_sandbox(
     policy: &SandboxPolicy,
     host: &HostContext,
     warn: &mut dyn FnMut(&str),
-) -> Result<RunOutcome, SandboxError> {
+) -> Result<(RunOutcome, RunReport), SandboxError> {
     // 1. Validate everything and build the plan: no side effect before this succeeds (bar the id-range lock).
     let prepared = prepare_sandbox(policy, host)?;
     for w in &prepared.warnings {
@@ -69,6 +84,9 @@ pub fn run_sandbox(
 
     // 2. Supervisor state on the host. (Cgroups, the audit log and the network gateway belong here too; they
     //    must exist before clone, while the host's cgroupfs is visible and before the child can run anything.)
+    // The cgroup first: it needs the host's cgroupfs, which the sandbox will never see, and it must exist
+    // before the child can run anything. Cgroups left by an airlock that was killed are removed on the way.
+    let cgroup = create_cgroup(policy, host)?;
     let pipes = SupervisorPipes::create(plan.tty.is_some()).map_err(|e| SandboxError::CreatePipes(errno_text(e)))?;
     // Slots for init's detached mount clones, allocated now because init may not allocate.
     let mut trees: Vec<RawFd> = vec![-1; plan.sources.len()];
@@ -83,12 +101,13 @@ pub fn run_sandbox(
     let old_mask = block_all_signals();
 
     // 3. clone into the new namespaces, one process; it waits on the start pipe.
+    // (The cgroup namespace is created by init once it is in its cgroup, so that the namespace's root is the
+    // sandbox's own cgroup: see init.rs.)
     let mut flags = libc::CLONE_NEWUSER
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWCGROUP
         | libc::CLONE_PIDFD;
     if plan.new_network_namespace {
         flags |= libc::CLONE_NEWNET;
@@ -134,6 +153,16 @@ pub fn run_sandbox(
         restore_signals(&old_mask);
         return Err(e.into());
     }
+    if let Some(cg) = &cgroup {
+        if let Err(e) = cg.add_process(pid) {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = wait_for_exit(pid);
+            sys::close(pipes.start_write);
+            sys::close(pipes.failure_read);
+            restore_signals(&old_mask);
+            return Err(e.into());
+        }
+    }
     // The write end stays open until the sandbox is gone: init watches it for a hang-up to learn that the
     // supervisor died while its parent-death signal was being re-armed.
     let released = sys::write_all(pipes.start_write, b"1");
@@ -160,8 +189,34 @@ pub fn run_sandbox(
     //    host but the id-range lock, released when `prepared` is dropped.
     let failure = failure::read_failure(pipes.failure_read);
     sys::close(pipes.failure_read);
+    let stats = cgroup.as_ref().and_then(|cg| cg.stats().ok());
+    if let Some(cg) = cgroup {
+        if let Err(e) = cg.remove() {
+            warn(&format!("cannot remove the sandbox's cgroup: {e}"));
+        }
+    }
     let ended = supervised.map_err(|e| SandboxError::Wait(errno_text(e)))?;
-    outcome(&prepared, ended, failure)
+    let mut outcome = outcome(&prepared, ended, failure)?;
+    if let (RunOutcome::Exited(EXIT_OUT_OF_MEMORY), Some(st)) = (&outcome, &stats) {
+        if st.oom_killed() {
+            outcome = RunOutcome::OutOfMemory { summary: st.memory_summary() };
+        }
+    }
+    Ok((outcome, RunReport { stats }))
+}
+
+/// One cgroup per sandbox when the policy sets a memory, process or CPU limit. Fails closed: a limit that
+/// cannot be enforced stops the run (the error names the controller and the fix).
+fn create_cgroup(policy: &SandboxPolicy, host: &HostContext) -> Result<Option<SandboxCgroup>, SandboxError> {
+    let l = &policy.limits;
+    if l.memory_bytes.is_none() && l.pids.is_none() && l.cpus.is_none() {
+        return Ok(None);
+    }
+    let layout = cgroups::detect_layout(std::path::Path::new(cgroups::SYS_FS_CGROUP))?;
+    // Best effort: a stale cgroup that cannot be removed now is tried again next time.
+    let _ = cgroups::remove_stale_cgroups(&layout);
+    let name = host.name.as_deref().unwrap_or("run");
+    Ok(Some(SandboxCgroup::create(&layout, name, l)?))
 }
 
 fn outcome(

@@ -1,0 +1,117 @@
+//! `airlock stats NAME [--json]`: resource use now and peak, from the sandbox's cgroup while it runs, and the
+//! final numbers airlock kept when a named run ended.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context, Result};
+use policy::names::validate_sandbox_name;
+use runtime::cgroups::{self, format_bytes, CgroupStats};
+use serde_json::{json, Value};
+
+/// Where airlock keeps state: `$AIRLOCK_STATE_DIR`, else `/var/lib/airlock` for root and
+/// `$XDG_STATE_HOME/airlock` (`~/.local/state/airlock`) for other users.
+pub fn state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("AIRLOCK_STATE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if runtime::host::is_host_root() {
+        return PathBuf::from("/var/lib/airlock");
+    }
+    match (std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")) {
+        (Some(xdg), _) => PathBuf::from(xdg).join("airlock"),
+        (None, Some(home)) => PathBuf::from(home).join(".local/state/airlock"),
+        (None, None) => PathBuf::from("/tmp/airlock-state"),
+    }
+}
+
+/// The file holding a named sandbox's final numbers.
+pub fn final_stats_path(name: &str) -> PathBuf {
+    state_dir().join("sandboxes").join(name).join("stats.json")
+}
+
+/// The stable JSON shape of `airlock stats --json` (documented in README).
+pub fn stats_json(name: &str, state: &str, stats: &CgroupStats, exit_code: Option<i32>) -> Value {
+    json!({
+        "name": name,
+        "state": state,
+        "exit_code": exit_code,
+        "memory": {
+            "current_bytes": stats.memory_current,
+            "peak_bytes": stats.memory_peak,
+            "limit_bytes": stats.memory_limit,
+            "oom_kills": stats.oom_kills,
+        },
+        "pids": {
+            "current": stats.pids_current,
+            "peak": stats.pids_peak,
+            "limit": stats.pids_limit,
+            "limit_hits": stats.pids_max_hits,
+        },
+        "cpu": { "usage_usec": stats.cpu_usage_usec },
+    })
+}
+
+/// Records a named run's final numbers (called when the run ends).
+pub fn keep_final_stats(name: &str, stats: &CgroupStats, exit_code: i32) -> Result<()> {
+    let path = final_stats_path(name);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(&stats_json(name, "exited", stats, Some(exit_code)))?;
+    let staged = path.with_extension("json.tmp");
+    std::fs::write(&staged, text + "\n").with_context(|| format!("cannot write {}", staged.display()))?;
+    std::fs::rename(&staged, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+pub fn run(name: &str, json_output: bool) -> Result<i32> {
+    validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
+    let live = cgroups::detect_layout(std::path::Path::new(cgroups::SYS_FS_CGROUP))
+        .ok()
+        .and_then(|layout| cgroups::find_sandbox_cgroup(&layout, name).ok().flatten());
+    let doc = match live {
+        Some(cgroup) => stats_json(name, "running", &cgroup.stats()?, None),
+        None => {
+            let path = final_stats_path(name);
+            let text = std::fs::read_to_string(&path).map_err(|_| {
+                anyhow!("no sandbox named {name:?}: none is running with limits, and no finished run with --name {name} kept its numbers")
+            })?;
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?
+        }
+    };
+    if json_output {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print_human(&doc);
+    }
+    Ok(0)
+}
+
+fn print_human(doc: &Value) {
+    let num = |v: &Value| v.as_u64();
+    let bytes = |v: &Value| num(v).map(format_bytes).unwrap_or_else(|| "-".to_string());
+    let count = |v: &Value| num(v).map(|n| n.to_string()).unwrap_or_else(|| "-".to_string());
+    let unlimited = |v: &Value, f: &dyn Fn(&Value) -> String| if v.is_null() { "none".to_string() } else { f(v) };
+    println!("sandbox  {}  ({})", doc["name"].as_str().unwrap_or("?"), doc["state"].as_str().unwrap_or("?"));
+    if let Some(code) = doc["exit_code"].as_i64() {
+        println!("exit     {code}");
+    }
+    let m = &doc["memory"];
+    println!(
+        "memory   now {}  peak {}  limit {}  oom kills {}",
+        bytes(&m["current_bytes"]),
+        bytes(&m["peak_bytes"]),
+        unlimited(&m["limit_bytes"], &bytes),
+        count(&m["oom_kills"])
+    );
+    let p = &doc["pids"];
+    println!(
+        "pids     now {}  peak {}  limit {}  limit hits {}",
+        count(&p["current"]),
+        count(&p["peak"]),
+        unlimited(&p["limit"], &count),
+        count(&p["limit_hits"])
+    );
+    let cpu = num(&doc["cpu"]["usage_usec"]).map(|us| format!("{:.3}s", us as f64 / 1e6)).unwrap_or_else(|| "-".into());
+    println!("cpu      {cpu}");
+}

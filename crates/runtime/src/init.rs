@@ -8,7 +8,7 @@ use std::os::fd::RawFd;
 use crate::exec::{self, CommandFds, EXIT_SETUP_FAILED};
 use crate::failure::{report_and_exit, ChildFailure, Step};
 use crate::plan::SandboxPlan;
-use crate::sys::{self, Errno};
+use crate::sys;
 use crate::{landlock, mounts, net, tty};
 
 /// Descriptors init inherits from the supervisor.
@@ -220,9 +220,4 @@ fn empty_sigset() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         set
     }
-}
-
-/// Errno helper for callers that only have an errno.
-pub fn failure(step: Step, errno: Errno) -> ChildFailure {
-    ChildFailure { step, errno, index: 0 }
 }

@@ -64,9 +64,6 @@ pub struct IdPlan {
     /// Contents for `/proc/PID/uid_map` and `gid_map`.
     pub uid_map: String,
     pub gid_map: String,
-    /// First host id of the mapped range (what root inside is on the host).
-    pub host_base_uid: u32,
-    pub host_base_gid: u32,
 }
 
 /// The command and its environment, ready for `execve`.

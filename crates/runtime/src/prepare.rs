@@ -402,8 +402,6 @@ fn id_plan(
             gid,
             uid_map: format!("{uid} {euid} 1\n"),
             gid_map: format!("{gid} {egid} 1\n"),
-            host_base_uid: euid,
-            host_base_gid: egid,
         };
         return Ok((ids, None));
     }
@@ -439,8 +437,6 @@ fn id_plan(
         gid,
         uid_map: range_map(base, uid, owner.map(|(_, u, _)| u)),
         gid_map: range_map(base, gid, owner.map(|(_, _, g)| g).filter(|g| *g != 0)),
-        host_base_uid: base,
-        host_base_gid: base,
     };
     Ok((ids, Some(range)))
 }

@@ -143,36 +143,19 @@ pub fn run_sandbox(
         sys::close(init_end);
     }
 
-    // 4. Parent: the id maps (root inside -> an unprivileged host id), then release the child. (Cgroup
-    //    placement and network attachment go here too when they exist.)
-    if let Err(e) = userns::write_id_maps(pid, &plan.ids.uid_map, &plan.ids.gid_map) {
+    // 4. Parent: the id maps (root inside -> an unprivileged host id), the cgroup, then release the child.
+    //    (Network attachment will go here too.)
+    if let Err(e) = release_child(pid, plan, cgroup.as_ref(), pipes.start_write) {
         let _ = sys::kill(pid, libc::SIGKILL);
         let _ = wait_for_exit(pid);
+        sys::close(pidfd);
         sys::close(pipes.start_write);
         sys::close(pipes.failure_read);
-        restore_signals(&old_mask);
-        return Err(e.into());
-    }
-    if let Some(cg) = &cgroup {
-        if let Err(e) = cg.add_process(pid) {
-            let _ = sys::kill(pid, libc::SIGKILL);
-            let _ = wait_for_exit(pid);
-            sys::close(pipes.start_write);
-            sys::close(pipes.failure_read);
-            restore_signals(&old_mask);
-            return Err(e.into());
+        if let Some((_, supervisor_end)) = pipes.tty {
+            sys::close(supervisor_end);
         }
-    }
-    // The write end stays open until the sandbox is gone: init watches it for a hang-up to learn that the
-    // supervisor died while its parent-death signal was being re-armed.
-    let released = sys::write_all(pipes.start_write, b"1");
-    if let Err(e) = released {
-        sys::close(pipes.start_write);
-        sys::close(pipes.failure_read);
-        let _ = sys::kill(pid, libc::SIGKILL);
-        let _ = wait_for_exit(pid);
         restore_signals(&old_mask);
-        return Err(SandboxError::CreatePipes(errno_text(e)));
+        return Err(e);
     }
 
     // 5-7 happen in the sandbox. The supervisor forwards signals, relays the terminal, enforces the timeout.
@@ -203,6 +186,22 @@ pub fn run_sandbox(
         }
     }
     Ok((outcome, RunReport { stats }))
+}
+
+/// Step 4: maps, cgroup placement, then the start byte. The start pipe's write end stays open until the
+/// sandbox is gone: init watches it for a hang-up to learn that the supervisor died while init's parent-death
+/// signal was being re-armed.
+fn release_child(
+    pid: libc::pid_t,
+    plan: &crate::plan::SandboxPlan,
+    cgroup: Option<&SandboxCgroup>,
+    start_write: RawFd,
+) -> Result<(), SandboxError> {
+    userns::write_id_maps(pid, &plan.ids.uid_map, &plan.ids.gid_map)?;
+    if let Some(cg) = cgroup {
+        cg.add_process(pid)?;
+    }
+    sys::write_all(start_write, b"1").map_err(|e| SandboxError::CreatePipes(errno_text(e)))
 }
 
 /// One cgroup per sandbox when the policy sets a memory, process or CPU limit. Fails closed: a limit that

@@ -117,6 +117,8 @@ pub struct RunArgs {
     #[arg(short = 't', long)]
     pub tty: bool,
     /// The command and its arguments.
-    #[arg(required = true, value_name = "COMMAND", allow_hyphen_values = true)]
+    /// (No `allow_hyphen_values` here: a mistyped flag before the command must be an error, not the command;
+    /// everything after the command's name, or after `--`, is the command's, dashes and all.)
+    #[arg(required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }

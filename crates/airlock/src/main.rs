@@ -62,8 +62,17 @@ fn usage_error(err: &clap::Error) -> ExitCode {
             ExitCode::SUCCESS
         };
     }
+    // clap's message can span lines ("... not provided:\n  <COMMAND>...\n\nUsage: ..."): keep what comes before
+    // the usage and tips, joined on one line.
     let rendered = err.to_string();
-    let first = rendered.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+    let first = rendered
+        .lines()
+        .take_while(|line| !line.starts_with("Usage:") && !line.trim_start().starts_with("tip:"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let first = first.trim_start_matches("error: ").trim_end_matches(':');
     let args: Vec<String> = std::env::args().collect();
     let is_run = args.get(1).is_some_and(|a| a == "run");
     let help = if is_run { "airlock run --help" } else { "airlock --help" };

@@ -61,6 +61,9 @@ pub struct IdPlan {
     /// The command's ids inside.
     pub uid: u32,
     pub gid: u32,
+    /// The command's ids on the host (what its files and processes belong to there).
+    pub host_uid: u32,
+    pub host_gid: u32,
     /// Contents for `/proc/PID/uid_map` and `gid_map`.
     pub uid_map: String,
     pub gid_map: String,

@@ -400,6 +400,8 @@ fn id_plan(
             init_gid: gid,
             uid,
             gid,
+            host_uid: euid,
+            host_gid: egid,
             uid_map: format!("{uid} {euid} 1\n"),
             gid_map: format!("{gid} {egid} 1\n"),
         };
@@ -429,14 +431,17 @@ fn id_plan(
     }
     let range = userns::allocate_host_id_range(&host.lock_dir)?;
     let base = range.base;
+    let owner_gid = owner.map(|(_, _, g)| g).filter(|g| *g != 0);
     let ids = IdPlan {
+        host_uid: owner.map(|(_, u, _)| u).unwrap_or(base + uid),
+        host_gid: owner_gid.unwrap_or(base + gid),
         host_root,
         init_uid: 0,
         init_gid: 0,
         uid,
         gid,
         uid_map: range_map(base, uid, owner.map(|(_, u, _)| u)),
-        gid_map: range_map(base, gid, owner.map(|(_, _, g)| g).filter(|g| *g != 0)),
+        gid_map: range_map(base, gid, owner_gid),
     };
     Ok((ids, Some(range)))
 }

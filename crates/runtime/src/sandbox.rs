@@ -95,6 +95,7 @@ pub fn run_sandbox(
         // would be host group 0. Clear them now (airlock needs none of its own).
         // SAFETY: setgroups with a zero-length list reads no memory.
         unsafe { libc::setgroups(0, std::ptr::null()) };
+        userns::hand_stdio_pipes_to(plan.ids.host_uid, plan.ids.host_gid);
     }
     // Block every signal before clone: init inherits the mask and collects them with sigwaitinfo (a pid-1 drops
     // signals it neither handles nor blocks), and the supervisor collects its own through a signalfd.

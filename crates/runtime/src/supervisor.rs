@@ -134,19 +134,22 @@ fn pidfd_send_signal(pidfd: RawFd, sig: i32) -> Result<(), Errno> {
 struct TerminalRelay {
     socket: Option<RawFd>,
     master: Option<RawFd>,
+    /// The master reported end of output; it is no longer polled (but stays open).
+    master_quiet: bool,
     stdin_open: bool,
     saved_termios: Option<libc::termios>,
 }
 
 impl TerminalRelay {
     fn new(socket: RawFd) -> Self {
-        TerminalRelay { socket: Some(socket), master: None, stdin_open: true, saved_termios: None }
+        TerminalRelay { socket: Some(socket), master: None, master_quiet: false, stdin_open: true, saved_termios: None }
     }
 
     fn add_poll_fds(&self, pfds: &mut Vec<libc::pollfd>) {
         let fd_or_skip = |fd: Option<RawFd>| fd.unwrap_or(-1);
         pfds.push(libc::pollfd { fd: fd_or_skip(self.socket), events: libc::POLLIN, revents: 0 });
-        pfds.push(libc::pollfd { fd: fd_or_skip(self.master), events: libc::POLLIN, revents: 0 });
+        let master = if self.master_quiet { None } else { self.master };
+        pfds.push(libc::pollfd { fd: fd_or_skip(master), events: libc::POLLIN, revents: 0 });
         let stdin = if self.master.is_some() && self.stdin_open { 0 } else { -1 };
         pfds.push(libc::pollfd { fd: stdin, events: libc::POLLIN, revents: 0 });
     }
@@ -166,8 +169,10 @@ impl TerminalRelay {
         if ready(1) {
             if let Some(master) = self.master {
                 if !copy_once(master, 1) {
-                    sys::close(master);
-                    self.master = None;
+                    // No slave is open (EIO): stop watching, but keep the master open until the sandbox is
+                    // gone — closing it would hang up the terminal and SIGHUP a command that merely closed
+                    // its terminal streams.
+                    self.master_quiet = true;
                 }
             }
         }

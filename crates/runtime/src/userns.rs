@@ -116,3 +116,27 @@ fn write_proc_file(path: &Path, contents: &str) -> Result<(), UsernsError> {
         .and_then(|mut f| f.write_all(contents.as_bytes()))
         .map_err(|e| UsernsError::WriteMap(path.to_path_buf(), e))
 }
+
+/// `PIPEFS_MAGIC`: the filesystem of anonymous pipes.
+const PIPEFS_MAGIC: libc::__fsword_t = 0x5049_5045;
+
+/// As host root, hands the anonymous pipes among our standard streams to the sandbox's host ids. The command
+/// inherits them as fds 0-2 either way, but reopening one (`echo x > /dev/stderr` goes through
+/// `/proc/self/fd/2`) checks the pipe's owner and mode (root, 0600), which root inside — an unprivileged id
+/// outside — would fail. Only anonymous pipes change hands: they exist for this process tree alone. Files and
+/// terminals the caller owns are left as they are (use `-t` for a terminal of the sandbox's own).
+pub fn hand_stdio_pipes_to(uid: u32, gid: u32) {
+    for fd in 0..3 {
+        // SAFETY: all-zero stat/statfs are valid buffers for fstat/fstatfs to fill.
+        let (mut st, mut sfs): (libc::stat, libc::statfs) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+        // SAFETY: fstat/fstatfs write into live locals; a closed fd only yields EBADF.
+        let is_pipe = unsafe { libc::fstat(fd, &mut st) == 0 && libc::fstatfs(fd, &mut sfs) == 0 }
+            && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+            && sfs.f_type == PIPEFS_MAGIC
+            && st.st_uid == 0;
+        if is_pipe {
+            // SAFETY: fchown takes integers; failure leaves the pipe as it was, which only costs the convenience.
+            unsafe { libc::fchown(fd, uid, gid) };
+        }
+    }
+}

@@ -98,7 +98,7 @@ macro_rules! require_sandbox {
 /// The airlock binary as any user can execute it: the build's own when every directory above it lets others
 /// in, else a copy in one fixed directory under /tmp (replaced atomically, so parallel test binaries agree and
 /// no copy per run is left behind).
-fn shared_binary() -> PathBuf {
+pub fn shared_binary() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let built = airlock_path();

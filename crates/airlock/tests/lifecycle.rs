@@ -1234,6 +1234,88 @@ fn gcc_compiles_and_runs_hello_world() {
 }
 
 #[test]
+fn npm_and_node_work() {
+    require_sandbox!();
+    require_tool!("npm");
+    if common::is_root() {
+        let _user = require_test_user!();
+    }
+    let ws = tool_workspace("npm", &[]);
+    let o =
+        run_in_workspace(&ws, "npm init -y >/dev/null && node -e 'console.log(require(\"./package.json\").version)'");
+    assert_eq!(ok(&o), "1.0.0\n");
+    assert!(ws.path().join("package.json").is_file(), "npm init did not write package.json to the workspace");
+}
+
+#[test]
+fn pip_runs_and_installs_into_a_target_dir() {
+    require_sandbox!();
+    require_tool!("python3");
+    if !std::path::Path::new("/usr/lib/python3/dist-packages/pip").is_dir() {
+        skip_or_fail!("python3-pip is not installed on this host (CI installs it)");
+    }
+    // A wheel of our own (no index, no network): pip unpacks it into a target directory.
+    let script = r#"
+set -e
+mkdir -p /tmp/w/airlockdemo-1.0.dist-info /tmp/w/airlockdemo
+echo 'VALUE = 42' > /tmp/w/airlockdemo/__init__.py
+printf 'Metadata-Version: 2.1
+Name: airlockdemo
+Version: 1.0
+' > /tmp/w/airlockdemo-1.0.dist-info/METADATA
+printf 'Wheel-Version: 1.0
+Generator: test
+Root-Is-Purelib: true
+Tag: py3-none-any
+' > /tmp/w/airlockdemo-1.0.dist-info/WHEEL
+printf 'airlockdemo/__init__.py,,
+airlockdemo-1.0.dist-info/METADATA,,
+airlockdemo-1.0.dist-info/WHEEL,,
+airlockdemo-1.0.dist-info/RECORD,,
+' > /tmp/w/airlockdemo-1.0.dist-info/RECORD
+cd /tmp/w && python3 -m zipfile -c /tmp/airlockdemo-1.0-py3-none-any.whl airlockdemo airlockdemo-1.0.dist-info
+python3 -m pip install --quiet --no-index --no-cache-dir --target /tmp/site /tmp/airlockdemo-1.0-py3-none-any.whl
+PYTHONPATH=/tmp/site python3 -c 'import airlockdemo; print(airlockdemo.VALUE)'
+"#;
+    let o = common::sh(script);
+    assert_eq!(ok(&o).trim_end().lines().last(), Some("42"), "stderr: {}", common::stderr(&o));
+}
+
+#[test]
+fn cargo_builds_a_crate_offline() {
+    require_sandbox!();
+    let Some(home) = std::env::var_os("HOME").map(std::path::PathBuf::from) else {
+        skip_or_fail!("HOME is not set, so the Rust toolchain cannot be found");
+    };
+    let cargo_home = std::env::var_os("CARGO_HOME").map(std::path::PathBuf::from).unwrap_or(home.join(".cargo"));
+    let rustup_home = std::env::var_os("RUSTUP_HOME").map(std::path::PathBuf::from).unwrap_or(home.join(".rustup"));
+    if !cargo_home.join("bin/cargo").exists() || !rustup_home.is_dir() {
+        skip_or_fail!("no rustup toolchain under {} and {}", cargo_home.display(), rustup_home.display());
+    }
+    let (ch, rh) = (cargo_home.to_str().unwrap(), rustup_home.to_str().unwrap());
+    let path = format!("PATH={ch}/bin:/usr/bin:/bin");
+    let (ch_env, rh_env) = (format!("CARGO_HOME={ch}"), format!("RUSTUP_HOME={rh}"));
+    // The toolchain is shared read-only; the crate is built in the sandbox's /tmp, without network.
+    let o = common::run(&[
+        "--ro-bind",
+        ch,
+        "--ro-bind",
+        rh,
+        "--env",
+        &ch_env,
+        "--env",
+        &rh_env,
+        "--env",
+        &path,
+        "--",
+        "/bin/sh",
+        "-c",
+        "cd /tmp && cargo new -q --vcs none hello && cd hello && cargo build -q --offline && ./target/debug/hello",
+    ]);
+    assert_eq!(ok(&o), "Hello, world!\n");
+}
+
+#[test]
 fn make_builds_a_small_makefile() {
     require_sandbox!();
     require_tool!("make");

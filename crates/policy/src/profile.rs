@@ -30,6 +30,9 @@
 //! pids = 512
 //! cpus = 1.5
 //! disk = "10G"
+//! nofile = 1024              # open files per process (RLIMIT_NOFILE), 1 to 1048576
+//! fsize = "4G"               # largest file the command may write (RLIMIT_FSIZE)
+//! enforce = "required"       # required | best-effort (run without the cgroup limits the host cannot enforce)
 //! [security]
 //! landlock = "required"      # required | best-effort
 //! ```
@@ -66,6 +69,10 @@ pub const MIN_MEMORY: u64 = 1 << 20;
 
 /// The largest process limit accepted: the kernel's `PID_MAX_LIMIT`; no namespace can hold more.
 pub const MAX_PIDS: u64 = 4_194_304;
+
+/// The largest open-file limit accepted: the kernel's default `fs.nr_open`, above which `setrlimit` refuses
+/// `RLIMIT_NOFILE` anyway.
+pub const MAX_NOFILE: u64 = 1_048_576;
 
 /// A profile: every field optional, every value as written. See the module documentation for the format.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -138,6 +145,13 @@ pub struct LimitsSection {
     pub cpus: Option<f64>,
     /// A size such as `10G` for what the sandbox may write (`--disk`).
     pub disk: Option<String>,
+    /// Most open files per process (`RLIMIT_NOFILE`). Profile only.
+    pub nofile: Option<u64>,
+    /// A size such as `4G`: the largest file the command may write (`RLIMIT_FSIZE`). Profile only.
+    pub fsize: Option<String>,
+    /// `required` or `best-effort`: whether a run whose cgroup limits this host cannot enforce fails, or goes on
+    /// without them, saying which. Profile only.
+    pub enforce: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -167,6 +181,9 @@ pub enum Field {
     Pids,
     Cpus,
     Disk,
+    Nofile,
+    Fsize,
+    LimitsEnforce,
     Landlock,
 }
 
@@ -191,6 +208,9 @@ impl Field {
             Field::Pids => "limits.pids",
             Field::Cpus => "limits.cpus",
             Field::Disk => "limits.disk",
+            Field::Nofile => "limits.nofile",
+            Field::Fsize => "limits.fsize",
+            Field::LimitsEnforce => "limits.enforce",
             Field::Landlock => "security.landlock",
         }
     }
@@ -215,7 +235,7 @@ impl Field {
             Field::Pids => "--pids",
             Field::Cpus => "--cpus",
             Field::Disk => "--disk",
-            Field::Landlock => return None,
+            Field::Nofile | Field::Fsize | Field::LimitsEnforce | Field::Landlock => return None,
         })
     }
 }
@@ -287,6 +307,8 @@ pub enum ValueError {
     MemoryTooSmall { value: String },
     #[error("process limit {value} is out of range: expected 1 to 4194304 (e.g. 512)")]
     Pids { value: u64 },
+    #[error("open-file limit {value} is out of range: expected 1 to 1048576 (e.g. 1024)")]
+    Nofile { value: u64 },
 }
 
 /// A value of a profile that is not acceptable, with the setting it belongs to.
@@ -515,7 +537,7 @@ impl Profile {
         let NetworkSection { mode, allow } = network;
         let EnvSection { set, pass } = env;
         let ProcessSection { user, hostname, timeout } = process;
-        let LimitsSection { memory, pids, cpus, disk } = limits;
+        let LimitsSection { memory, pids, cpus, disk, nofile, fsize, enforce } = limits;
         let SecuritySection { landlock } = security;
 
         let (network_mode, network_allow) = match mode {
@@ -549,6 +571,9 @@ impl Profile {
                 pids: pids.or(self.limits.pids),
                 cpus: cpus.or(self.limits.cpus),
                 disk: disk.or(self.limits.disk),
+                nofile: nofile.or(self.limits.nofile),
+                fsize: fsize.or(self.limits.fsize),
+                enforce: enforce.or(self.limits.enforce),
             },
             security: SecuritySection { landlock: landlock.or(self.security.landlock) },
         }
@@ -579,15 +604,8 @@ impl Profile {
             Some(text) => Some(units::parse_duration(text).map_err(|error| FieldError::new(Field::Timeout, error))?),
         };
         let limits = check_limits(&self.limits)?;
-        let landlock = match self.security.landlock.as_deref() {
-            None | Some("required") => Requirement::Required,
-            Some("best-effort") => Requirement::BestEffort,
-            Some(other) => {
-                let expected = "required or best-effort";
-                let error = ValueError::Choice { value: other.to_owned(), expected };
-                return Err(FieldError::new(Field::Landlock, error));
-            }
-        };
+        let limits_enforcement = check_requirement(Field::LimitsEnforce, self.limits.enforce.as_deref())?;
+        let landlock = check_requirement(Field::Landlock, self.security.landlock.as_deref())?;
 
         Ok(Checked {
             filesystem,
@@ -598,6 +616,7 @@ impl Profile {
             hostname,
             timeout,
             limits,
+            limits_enforcement,
             landlock,
         })
     }
@@ -614,6 +633,7 @@ struct Checked {
     hostname: String,
     timeout: Option<Duration>,
     limits: Limits,
+    limits_enforcement: Requirement,
     landlock: Requirement,
 }
 
@@ -709,6 +729,7 @@ pub fn resolve(profile: &Profile, command: Vec<String>, invoker: &Invoker) -> Re
         hostname: checked.hostname,
         timeout: checked.timeout,
         limits: checked.limits,
+        limits_enforcement: checked.limits_enforcement,
         landlock: checked.landlock,
         cwd,
         command,
@@ -911,7 +932,28 @@ fn check_limits(limits: &LimitsSection) -> Result<Limits, FieldError> {
         None => None,
         Some(text) => Some(units::parse_nonzero_size(text).map_err(|error| FieldError::new(Field::Disk, error))?),
     };
-    Ok(Limits { memory_bytes, pids, cpus, disk_bytes })
+    let nofile = match limits.nofile {
+        None => None,
+        Some(nofile) if (1..=MAX_NOFILE).contains(&nofile) => Some(nofile),
+        Some(nofile) => return Err(FieldError::new(Field::Nofile, ValueError::Nofile { value: nofile })),
+    };
+    let fsize_bytes = match &limits.fsize {
+        None => None,
+        Some(text) => Some(units::parse_nonzero_size(text).map_err(|error| FieldError::new(Field::Fsize, error))?),
+    };
+    Ok(Limits { memory_bytes, pids, cpus, disk_bytes, nofile, fsize_bytes })
+}
+
+/// `required` (the default) or `best-effort`, for `field`.
+fn check_requirement(field: Field, value: Option<&str>) -> Result<Requirement, FieldError> {
+    match value {
+        None | Some("required") => Ok(Requirement::Required),
+        Some("best-effort") => Ok(Requirement::BestEffort),
+        Some(other) => Err(FieldError::new(
+            field,
+            ValueError::Choice { value: other.to_owned(), expected: "required or best-effort" },
+        )),
+    }
 }
 
 fn joined(mut first: Vec<String>, second: Vec<String>) -> Vec<String> {
@@ -1128,6 +1170,9 @@ memory = "2G"
 pids = 512
 cpus = 1.5
 disk = "10G"
+nofile = 2048
+fsize = "1G"
+enforce = "best-effort"
 [security]
 landlock = "best-effort"
 "#;
@@ -1185,8 +1230,16 @@ landlock = "best-effort"
         assert_eq!(policy.timeout, Some(Duration::from_secs(1800)));
         assert_eq!(
             policy.limits,
-            Limits { memory_bytes: Some(2 << 30), pids: Some(512), cpus: Some(1.5), disk_bytes: Some(10 << 30) }
+            Limits {
+                memory_bytes: Some(2 << 30),
+                pids: Some(512),
+                cpus: Some(1.5),
+                disk_bytes: Some(10 << 30),
+                nofile: Some(2048),
+                fsize_bytes: Some(1 << 30),
+            }
         );
+        assert_eq!(policy.limits_enforcement, Requirement::BestEffort);
         assert_eq!(policy.landlock, Requirement::BestEffort);
         assert_eq!(policy.command, command());
     }
@@ -1204,6 +1257,8 @@ landlock = "best-effort"
         assert_eq!(policy.hostname, "airlock");
         assert_eq!(policy.timeout, None);
         assert!(policy.limits.is_empty());
+        assert_eq!((policy.limits.nofile, policy.limits.fsize_bytes), (None, None));
+        assert_eq!(policy.limits_enforcement, Requirement::Required);
         assert_eq!(policy.landlock, Requirement::Required);
         assert_eq!(policy.cwd, "/");
         // Exactly these: the caller's PATH, HOME, SECRET_TOKEN and EDITOR stay outside.
@@ -1507,6 +1562,111 @@ landlock = "best-effort"
     }
 
     #[test]
+    fn nofile_values() {
+        assert_eq!(resolve_text("limits.nofile = 1").unwrap().limits.nofile, Some(1));
+        assert_eq!(resolve_text("limits.nofile = 1048576").unwrap().limits.nofile, Some(MAX_NOFILE));
+        assert_eq!(field_error("limits.nofile = 0"), (Field::Nofile, ValueError::Nofile { value: 0 }));
+        assert_eq!(field_error("limits.nofile = 1048577"), (Field::Nofile, ValueError::Nofile { value: 1_048_577 }));
+        let error = parse_error("# open files\n[limits]\npids = 64\nnofile = 0\n");
+        assert_eq!(location_of(&error), &at(4, 10, "limits.nofile"));
+        assert_eq!(
+            error.to_string(),
+            "profile ./p.toml line 4, column 10, field limits.nofile: open-file limit 0 is out of range: expected 1 \
+             to 1048576 (e.g. 1024)"
+        );
+        // Not a number, or negative: refused by type, still with line and field.
+        for bad in ["\"1024\"", "-1", "1.5", "true"] {
+            let error = parse_error(&format!("[limits]\nnofile = {bad}\n"));
+            assert!(matches!(error, ProfileError::Toml { .. }), "{bad}: {error:?}");
+            assert_eq!(location_of(&error), &at(2, 10, "limits.nofile"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fsize_values() {
+        assert_eq!(resolve_text("limits.fsize = \"1G\"").unwrap().limits.fsize_bytes, Some(1 << 30));
+        assert_eq!(resolve_text("limits.fsize = \"1\"").unwrap().limits.fsize_bytes, Some(1));
+        assert_eq!(resolve_text("limits.fsize = \"1.5M\"").unwrap().limits.fsize_bytes, Some(3 << 19));
+        assert_eq!(
+            field_error("limits.fsize = \"0\""),
+            (Field::Fsize, ValueError::Unit(UnitError::SizeZero { value: "0".into() }))
+        );
+        assert_eq!(
+            field_error("limits.fsize = \"big\""),
+            (Field::Fsize, ValueError::Unit(UnitError::Size { value: "big".into() }))
+        );
+        assert_eq!(field_error("limits.fsize = \"16777216T\"").0, Field::Fsize);
+        let error = parse_error("[limits]\n\nfsize = \"4X\"\n");
+        assert_eq!(location_of(&error), &at(3, 9, "limits.fsize"));
+        assert!(error.to_string().starts_with("profile ./p.toml line 3, column 9, field limits.fsize: invalid size"));
+        let error = parse_error("[limits]\nfsize = 4096\n");
+        assert_eq!(location_of(&error), &at(2, 9, "limits.fsize"));
+        assert!(error.to_string().contains("expected a string"), "{error}");
+    }
+
+    #[test]
+    fn limits_enforce_values() {
+        let enforcement = |text: &str| resolve_text(text).unwrap().limits_enforcement;
+        assert_eq!(enforcement(""), Requirement::Required);
+        assert_eq!(enforcement("limits.enforce = \"required\""), Requirement::Required);
+        assert_eq!(enforcement("limits.enforce = \"best-effort\""), Requirement::BestEffort);
+        // Independent of Landlock's setting, both ways.
+        let policy = resolve_text("limits.enforce = \"best-effort\"\nsecurity.landlock = \"required\"").unwrap();
+        assert_eq!((policy.limits_enforcement, policy.landlock), (Requirement::BestEffort, Requirement::Required));
+        let policy = resolve_text("security.landlock = \"best-effort\"").unwrap();
+        assert_eq!((policy.limits_enforcement, policy.landlock), (Requirement::Required, Requirement::BestEffort));
+        for bad in ["off", "best_effort", "Required", ""] {
+            assert_eq!(
+                field_error(&format!("limits.enforce = \"{bad}\"")),
+                (Field::LimitsEnforce, ValueError::Choice { value: bad.into(), expected: "required or best-effort" }),
+                "{bad}"
+            );
+        }
+        let error = parse_error("[limits]\nmemory = \"1G\"\nenforce = \"maybe\"\n");
+        assert_eq!(location_of(&error), &at(3, 11, "limits.enforce"));
+        assert_eq!(
+            error.to_string(),
+            "profile ./p.toml line 3, column 11, field limits.enforce: unknown value \"maybe\": expected required or \
+             best-effort"
+        );
+        // Profile-only: the message after merging names no flag.
+        let flags = Profile {
+            limits: LimitsSection { enforce: Some("no".into()), ..LimitsSection::default() },
+            ..Profile::default()
+        };
+        let message = resolve(&flags, command(), &invoker()).unwrap_err().to_string();
+        assert!(message.starts_with("limits.enforce: unknown value \"no\""), "{message}");
+    }
+
+    #[test]
+    fn merge_new_limits() {
+        let base = parse("[limits]\nnofile = 1024\nfsize = \"1G\"\nenforce = \"required\"\n").unwrap();
+        let overlay = parse("[limits]\nnofile = 4096\nenforce = \"best-effort\"\n").unwrap();
+        let merged = base.clone().merge(overlay.clone());
+        assert_eq!(merged.limits.nofile, Some(4096));
+        assert_eq!(merged.limits.fsize.as_deref(), Some("1G"));
+        assert_eq!(merged.limits.enforce.as_deref(), Some("best-effort"));
+        let policy = resolve(&merged, command(), &invoker()).unwrap();
+        assert_eq!((policy.limits.nofile, policy.limits.fsize_bytes), (Some(4096), Some(1 << 30)));
+        assert_eq!(policy.limits_enforcement, Requirement::BestEffort);
+        // The other way round, the base's values win where the overlay says nothing.
+        let merged = overlay.merge(base.clone());
+        assert_eq!(merged.limits.nofile, Some(1024));
+        assert_eq!(merged.limits.fsize.as_deref(), Some("1G"));
+        assert_eq!(merged.limits.enforce.as_deref(), Some("required"));
+        // Flags (which never set these) leave them as the profile has them.
+        let flags = Profile {
+            limits: LimitsSection { memory: Some("2G".into()), ..LimitsSection::default() },
+            ..Profile::default()
+        };
+        let merged = base.clone().merge(flags);
+        assert_eq!(
+            (merged.limits.nofile, merged.limits.fsize, merged.limits.enforce),
+            (base.limits.nofile, base.limits.fsize, base.limits.enforce)
+        );
+    }
+
+    #[test]
     fn landlock_values() {
         assert_eq!(resolve_text("security.landlock = \"required\"").unwrap().landlock, Requirement::Required);
         assert_eq!(resolve_text("security.landlock = \"best-effort\"").unwrap().landlock, Requirement::BestEffort);
@@ -1766,17 +1926,25 @@ cpus = 4
     fn builtin_specifics() {
         let default = resolve(&builtin_profile("default").unwrap(), command(), &invoker()).unwrap();
         assert!(default.limits.is_empty());
+        assert_eq!(default.limits_enforcement, Requirement::Required);
         assert_eq!(default.timeout, None);
 
         let strict = resolve(&builtin_profile("strict").unwrap(), command(), &invoker()).unwrap();
         assert_eq!(strict.limits.pids, Some(256));
         assert_eq!(strict.limits.memory_bytes, Some(1 << 30));
+        assert_eq!(strict.limits.nofile, Some(1024));
+        assert_eq!(strict.limits.fsize_bytes, Some(4 << 30));
+        assert_eq!(strict.limits_enforcement, Requirement::Required);
         assert_eq!(strict.timeout, Some(Duration::from_secs(30 * 60)));
 
         let dev = resolve(&builtin_profile("dev").unwrap(), command(), &invoker()).unwrap();
         assert_eq!(dev.timeout, None);
         assert!(dev.env.iter().any(|(key, value)| key == "EDITOR" && value == "vi"));
         assert!(dev.limits.pids.is_some_and(|pids| pids > 256));
+        assert_eq!(dev.limits.nofile, Some(4096));
+        assert_eq!(dev.limits.fsize_bytes, None);
+        // Runs rootless without a delegated cgroup, saying which limits are not enforced.
+        assert_eq!(dev.limits_enforcement, Requirement::BestEffort);
     }
 
     #[test]
@@ -1838,6 +2006,12 @@ cpus = 4
             format!("process.timeout = \"{}s\"", "9".repeat(10_000)),
             format!("limits.memory = \"{}G\"", "9".repeat(10_000)),
             format!("limits.disk = \"{long}\""),
+            format!("limits.fsize = \"{long}\""),
+            format!("limits.fsize = \"{}T\"", "9".repeat(10_000)),
+            format!("limits.enforce = \"{long}\""),
+            "limits.enforce = \"\\u001b[2J\"".to_owned(),
+            "limits.nofile = 99999999999999999999999".to_owned(),
+            "limits.nofile = 18446744073709551615".to_owned(),
             format!("security.landlock = \"{long}\""),
             format!("{long} = 1"),
             "limits.pids = 99999999999999999999999".to_owned(),
@@ -1868,6 +2042,13 @@ cpus = 4
         assert_eq!(Field::Timeout.flag(), Some("--timeout"));
         assert_eq!(Field::NetworkMode.flag(), Some("--net"));
         assert_eq!(Field::Landlock.flag(), None);
+        assert_eq!(Field::Nofile.key(), "limits.nofile");
+        assert_eq!(Field::Fsize.key(), "limits.fsize");
+        assert_eq!(Field::LimitsEnforce.key(), "limits.enforce");
+        // Profile-only settings: no flag.
+        for field in [Field::Nofile, Field::Fsize, Field::LimitsEnforce] {
+            assert_eq!(field.flag(), None, "{}", field.key());
+        }
         // Every key is a real key of the format: a file setting it to a wrong type is refused as such.
         for field in [
             Field::Rootfs,
@@ -1887,6 +2068,9 @@ cpus = 4
             Field::Pids,
             Field::Cpus,
             Field::Disk,
+            Field::Nofile,
+            Field::Fsize,
+            Field::LimitsEnforce,
             Field::Landlock,
         ] {
             let error = parse_error(&format!("{} = true", field.key()));

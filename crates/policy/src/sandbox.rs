@@ -79,18 +79,34 @@ pub struct Identity {
     pub gid: u32,
 }
 
-/// Resource limits. Enforcing them needs cgroups; a limit that cannot be enforced fails the run.
+/// Resource limits. Memory, processes and CPU are enforced by a cgroup; disk bounds the sandbox's tmpfs mounts;
+/// `nofile` and `fsize` are rlimits of the command. A limit that cannot be enforced fails the run unless
+/// `SandboxPolicy::limits_enforcement` is best-effort.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Limits {
     pub memory_bytes: Option<u64>,
     pub pids: Option<u64>,
     pub cpus: Option<f64>,
     pub disk_bytes: Option<u64>,
+    /// `RLIMIT_NOFILE`: most open files per process.
+    pub nofile: Option<u64>,
+    /// `RLIMIT_FSIZE`: largest file the command may write, in bytes.
+    pub fsize_bytes: Option<u64>,
 }
 
 impl Limits {
     pub fn is_empty(&self) -> bool {
-        self.memory_bytes.is_none() && self.pids.is_none() && self.cpus.is_none() && self.disk_bytes.is_none()
+        self.memory_bytes.is_none()
+            && self.pids.is_none()
+            && self.cpus.is_none()
+            && self.disk_bytes.is_none()
+            && self.nofile.is_none()
+            && self.fsize_bytes.is_none()
+    }
+
+    /// Whether a cgroup is needed (memory, processes or CPU).
+    pub fn needs_cgroup(&self) -> bool {
+        self.memory_bytes.is_some() || self.pids.is_some() || self.cpus.is_some()
     }
 }
 
@@ -117,6 +133,9 @@ pub struct SandboxPolicy {
     pub hostname: String,
     pub timeout: Option<Duration>,
     pub limits: Limits,
+    /// Whether the cgroup limits must be enforced (`[limits] enforce`); best-effort runs without the ones this
+    /// host cannot enforce, saying which.
+    pub limits_enforcement: Requirement,
     pub landlock: Requirement,
     /// Working directory inside: the workspace, else `/`.
     pub cwd: String,

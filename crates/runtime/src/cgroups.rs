@@ -1328,7 +1328,7 @@ mod tests {
     }
 
     fn limits(memory: Option<u64>, pids: Option<u64>, cpus: Option<f64>) -> Limits {
-        Limits { memory_bytes: memory, pids, cpus, disk_bytes: Some(1 << 30) }
+        Limits { memory_bytes: memory, pids, cpus, disk_bytes: Some(1 << 30), ..Limits::default() }
     }
 
     fn files(list: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {

@@ -213,6 +213,18 @@ pub fn read_failure(fd: RawFd) -> Option<ChildFailure> {
     }
 }
 
+/// An error and its sources on one line: "what failed: why: why".
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// The text of an errno value (`strerror`), e.g. "Permission denied".
 pub fn errno_text(errno: Errno) -> String {
     std::io::Error::from_raw_os_error(errno).to_string().split(" (os error").next().unwrap_or_default().to_string()

@@ -60,8 +60,15 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     // SAFETY: setsid takes no arguments.
     unsafe { libc::setsid() };
 
-    // Become the namespace's root (as host root, the clone left us with host uid 0, unmapped inside: we must not
-    // keep it, since the host kernel would still treat file access as host root's).
+    // The mount sources are opened and cloned while we still have the credentials of the user who ran airlock:
+    // the policy shares what that user can reach (as host root, a bind of /root/.cargo must work though /root
+    // is 0700). Only airlock's own plan runs here, on paths validated by the supervisor, never sandbox code.
+    if let Err(f) = mounts::make_mounts_private().and_then(|()| mounts::clone_mount_sources(&plan.sources, trees)) {
+        abort(f);
+    }
+
+    // Then become the namespace's root (as host root, the clone left us with host uid 0, unmapped inside: we
+    // must not keep it, since the host kernel would still treat file access as host root's).
     if let Err(e) = exec::switch_to_ids(plan.ids.init_uid, plan.ids.init_gid) {
         abort(ChildFailure { step: Step::SwitchToSandboxRoot, errno: e, index: 0 });
     }
@@ -120,11 +127,8 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     sys::exit_immediately(status)
 }
 
-/// Steps 5 of the design, in order: private mounts; sources cloned while the host tree is visible; the new root
-/// on a tmpfs; `pivot_root`; then the namespace-local settings.
+/// Step 5 of the design, after the sources were cloned (while the host tree is visible): the new root on a tmpfs; `pivot_root`; then the namespace-local settings.
 fn build_sandbox(plan: &SandboxPlan, trees: &mut [RawFd]) -> Result<(), ChildFailure> {
-    mounts::make_mounts_private()?;
-    mounts::clone_mount_sources(&plan.sources, trees)?;
     let root = mounts::mount_staging_root(&plan.staging_dir)?;
     mounts::build_new_root(plan, root, trees)?;
     for &tree in trees.iter() {

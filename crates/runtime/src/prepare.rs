@@ -61,6 +61,10 @@ pub enum PrepareError {
     WritableOwnersDiffer { first: String, second: String },
     #[error("{flag} {asked} is more than this host has ({available}); use at most {available}")]
     LimitAboveHost { flag: &'static str, asked: String, available: String },
+    #[error(
+        "{name} {asked} is above the current hard limit {hard} (raising it needs CAP_SYS_RESOURCE); use at most {hard}"
+    )]
+    RlimitAboveHard { name: &'static str, asked: u64, hard: u64 },
     #[error("the staging directory /tmp on the host is not a directory")]
     StagingDir,
 }
@@ -374,8 +378,7 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
         command,
         tty: host.tty,
         cap_last: read_cap_last(),
-        // Core dumps off: the host's core_pattern handler would write them outside the sandbox.
-        rlimits: vec![(libc::RLIMIT_CORE, 0, 0)],
+        rlimits: rlimits(&policy.limits)?,
     };
     Ok(Prepared { plan, id_range, warnings, entry_names })
 }
@@ -496,6 +499,35 @@ fn check_limits_against_host(limits: &policy::sandbox::Limits) -> Result<(), Pre
         }
     }
     Ok(())
+}
+
+/// The command's rlimits. Core dumps are always off: the host's `core_pattern` handler would write them outside
+/// the sandbox. `nofile` and `fsize` come from the profile; both soft and hard limits are set, and neither may
+/// exceed the current hard limit (raising it needs `CAP_SYS_RESOURCE`, which airlock does not assume).
+fn rlimits(limits: &policy::sandbox::Limits) -> Result<Vec<(u32, u64, u64)>, PrepareError> {
+    let mut out = vec![(libc::RLIMIT_CORE, 0, 0)];
+    for (resource, asked, name) in [
+        (libc::RLIMIT_NOFILE, limits.nofile, "limits.nofile"),
+        (libc::RLIMIT_FSIZE, limits.fsize_bytes, "limits.fsize"),
+    ] {
+        let Some(asked) = asked else { continue };
+        let hard = current_hard_limit(resource);
+        if asked > hard {
+            return Err(PrepareError::RlimitAboveHard { name, asked, hard });
+        }
+        out.push((resource, asked, asked));
+    }
+    Ok(out)
+}
+
+fn current_hard_limit(resource: u32) -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into a live local.
+    if unsafe { libc::getrlimit(resource as _, &mut limit) } == 0 {
+        limit.rlim_max
+    } else {
+        0
+    }
 }
 
 /// `MemTotal` from /proc/meminfo, in bytes.

@@ -4,7 +4,7 @@
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-use policy::sandbox::SandboxPolicy;
+use policy::sandbox::{Requirement, SandboxPolicy};
 
 use crate::cgroups::{self, CgroupStats, SandboxCgroup};
 use crate::failure::{self, errno_text, ChildFailure, Step};
@@ -86,7 +86,7 @@ pub fn run_sandbox(
     //    must exist before clone, while the host's cgroupfs is visible and before the child can run anything.)
     // The cgroup first: it needs the host's cgroupfs, which the sandbox will never see, and it must exist
     // before the child can run anything. Cgroups left by an airlock that was killed are removed on the way.
-    let cgroup = create_cgroup(policy, host)?;
+    let cgroup = create_cgroup(policy, host, warn)?;
     let pipes = SupervisorPipes::create(plan.tty.is_some()).map_err(|e| SandboxError::CreatePipes(errno_text(e)))?;
     // Slots for init's detached mount clones, allocated now because init may not allocate.
     let mut trees: Vec<RawFd> = vec![-1; plan.sources.len()];
@@ -206,17 +206,42 @@ fn release_child(
 }
 
 /// One cgroup per sandbox when the policy sets a memory, process or CPU limit. Fails closed: a limit that
-/// cannot be enforced stops the run (the error names the controller and the fix).
-fn create_cgroup(policy: &SandboxPolicy, host: &HostContext) -> Result<Option<SandboxCgroup>, SandboxError> {
-    let l = &policy.limits;
-    if l.memory_bytes.is_none() && l.pids.is_none() && l.cpus.is_none() {
+/// cannot be enforced stops the run (the error names the controller and the fix) — unless the profile says
+/// `enforce = "best-effort"`, and then the run goes on without the cgroup, saying so.
+fn create_cgroup(
+    policy: &SandboxPolicy,
+    host: &HostContext,
+    warn: &mut dyn FnMut(&str),
+) -> Result<Option<SandboxCgroup>, SandboxError> {
+    let limits = &policy.limits;
+    if !limits.needs_cgroup() {
         return Ok(None);
     }
-    let layout = cgroups::detect_layout(std::path::Path::new(cgroups::SYS_FS_CGROUP))?;
-    // Best effort: a stale cgroup that cannot be removed now is tried again next time.
-    let _ = cgroups::remove_stale_cgroups(&layout);
-    let name = host.name.as_deref().unwrap_or("run");
-    Ok(Some(SandboxCgroup::create(&layout, name, l)?))
+    let created = cgroups::detect_layout(std::path::Path::new(cgroups::SYS_FS_CGROUP)).and_then(|layout| {
+        // Best effort: a stale cgroup that cannot be removed now is tried again next time.
+        let _ = cgroups::remove_stale_cgroups(&layout);
+        SandboxCgroup::create(&layout, host.name.as_deref().unwrap_or("run"), limits)
+    });
+    match (created, policy.limits_enforcement) {
+        (Ok(cgroup), _) => Ok(Some(cgroup)),
+        (Err(e), Requirement::BestEffort) => {
+            let named: Vec<String> = [
+                limits.memory_bytes.map(|b| format!("--memory {}", cgroups::format_bytes(b))),
+                limits.pids.map(|n| format!("--pids {n}")),
+                limits.cpus.map(|c| format!("--cpus {c}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            warn(&format!(
+                "limits NOT enforced ({}): {} (the profile allows best-effort limits)",
+                named.join(", "),
+                crate::failure::error_chain(&e)
+            ));
+            Ok(None)
+        }
+        (Err(e), Requirement::Required) => Err(e.into()),
+    }
 }
 
 fn outcome(

@@ -34,7 +34,7 @@ fn cgroups_of_a_hundred_sandboxes_leave_nothing_behind() {
     let Some(layout) = layout_or_skip() else { return };
     // Stale cgroups of earlier, killed runs would be counted below; clear them first.
     remove_stale_cgroups(&layout).unwrap();
-    let limits = Limits { memory_bytes: Some(64 << 20), pids: Some(64), cpus: Some(1.5), disk_bytes: None };
+    let limits = Limits { memory_bytes: Some(64 << 20), pids: Some(64), cpus: Some(1.5), ..Limits::default() };
     let mut made: Vec<PathBuf> = Vec::new();
     let (mut creating, mut removing) = (Duration::ZERO, Duration::ZERO);
     for i in 0..100 {

@@ -1,0 +1,973 @@
+//! Resource limits that hold, on the host's real cgroups: a memory bomb killed at `--memory` with exit 137 and the
+//! message, a fork bomb held at `--pids` while the host's process count stays bounded and nothing survives,
+//! `--cpus 0.5` measured, `airlock stats` checked against the cgroup files, the sandbox's own view of cgroups, no
+//! cgroup directory left behind (after many runs, a timeout, and `kill -9` of airlock), bad limits refused,
+//! rootless runs failing closed, `--disk`, and the rlimits set inside.
+//!
+//! The limits need host root on a cgroup v1 / hybrid host (v1 has no delegation to ordinary users): as anyone else
+//! these tests print `SKIP:` with the reason (and fail under `CI=true`, where CI runs as root). The cgroup files
+//! are read from the v1 hierarchies (`/sys/fs/cgroup/{memory,pids,cpu,cpuacct}/airlock/<cgroup>`), or from
+//! `/sys/fs/cgroup/airlock/<cgroup>` on a cgroup v2 host. A sandbox's cgroup is named
+//! `<pid-ns>-<airlock pid>-<start time>-<--name or "run">` (see `runtime::cgroups`).
+//!
+//! Every test here holds one lock for its whole length: the leftover checks look at every sandbox cgroup on the
+//! host, the CPU measurements want the machine's two CPUs to themselves, and the fork bomb counts the host's
+//! processes, so no two of these tests run at once.
+//!
+//! Named runs keep their final numbers under `$AIRLOCK_STATE_DIR`; every airlock started here gets one temporary
+//! state directory ([`state_dir`]), so nothing lands in `/var/lib/airlock`, and each test removes what its runs
+//! kept.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use common::{code, stderr, stdout, TempDir};
+use serde_json::Value;
+
+/// The host's python, seen read-only inside (`--rootfs host` is the default).
+const PYTHON: &str = "/usr/bin/python3";
+
+const MIB: u64 = 1 << 20;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Local helpers
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Held by every test for its whole length (see the module documentation).
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Skips (or fails under CI, which runs as root) when not host root.
+macro_rules! require_root {
+    () => {
+        if !common::is_root() {
+            skip_or_fail!(
+                "cgroup limits need host root on this host: cgroup v1 has no delegation to ordinary users \
+                 (run the tests as root)"
+            );
+        }
+    };
+}
+
+/// Skips (or fails under CI) when the host's python is missing: the test drives the load with it.
+macro_rules! require_python {
+    () => {
+        if !Path::new(PYTHON).exists() {
+            skip_or_fail!("{PYTHON} is not installed; this test drives the load inside the sandbox with it");
+        }
+    };
+}
+
+/// Skips (or fails under CI) when no cgroup hierarchy airlock uses is mounted; returns the layout.
+macro_rules! require_layout {
+    () => {
+        match Layout::detect() {
+            Some(layout) => layout,
+            None => skip_or_fail!(
+                "neither a cgroup v1 memory hierarchy nor cgroup v2 is mounted at /sys/fs/cgroup: no limits here"
+            ),
+        }
+    };
+}
+
+/// How the host's cgroupfs is laid out, as far as these tests read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Controllers on v1 hierarchies (this machine: hybrid, with an empty v2 at `/sys/fs/cgroup/unified`).
+    V1,
+    /// The unified hierarchy at `/sys/fs/cgroup`.
+    V2,
+}
+
+impl Layout {
+    fn detect() -> Option<Layout> {
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").is_file() {
+            Some(Layout::V2)
+        } else if Path::new("/sys/fs/cgroup/memory/tasks").is_file() {
+            Some(Layout::V1)
+        } else {
+            None
+        }
+    }
+
+    /// The `airlock` directories holding every sandbox cgroup (one per v1 hierarchy). As root, airlock's base is
+    /// each hierarchy's root.
+    fn airlock_dirs(self) -> Vec<PathBuf> {
+        match self {
+            Layout::V2 => vec![PathBuf::from("/sys/fs/cgroup/airlock")],
+            Layout::V1 => ["memory", "pids", "cpu", "cpuacct"]
+                .iter()
+                .map(|h| Path::new("/sys/fs/cgroup").join(h).join("airlock"))
+                .collect(),
+        }
+    }
+
+    /// The `airlock` directory of the hierarchy carrying `controller`.
+    fn airlock_dir(self, controller: &str) -> PathBuf {
+        match self {
+            Layout::V2 => PathBuf::from("/sys/fs/cgroup/airlock"),
+            Layout::V1 => Path::new("/sys/fs/cgroup").join(controller).join("airlock"),
+        }
+    }
+
+    fn memory_limit_file(self) -> &'static str {
+        match self {
+            Layout::V1 => "memory.limit_in_bytes",
+            Layout::V2 => "memory.max",
+        }
+    }
+
+    fn memory_usage_file(self) -> &'static str {
+        match self {
+            Layout::V1 => "memory.usage_in_bytes",
+            Layout::V2 => "memory.current",
+        }
+    }
+}
+
+/// Every sandbox cgroup on the host: the directories under each `airlock` directory (the kernel's own entries
+/// there are files). A missing `airlock` directory has none.
+fn sandbox_cgroups(layout: Layout) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for parent in layout.airlock_dirs() {
+        let Ok(entries) = fs::read_dir(&parent) else { continue };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// Whether the airlock process that created the cgroup called `name` (`<pid-ns>-<pid>-<start>-<sandbox>`) is still
+/// running: a process with that pid and start time (field 22 of `/proc/<pid>/stat`) exists. `false` for a name
+/// airlock does not make.
+fn owner_alive(name: &str) -> bool {
+    let mut parts = name.splitn(4, '-');
+    let (Some(_ns), Some(pid), Some(start)) = (parts.next(), parts.next(), parts.next()) else { return false };
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let started = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19));
+    started == Some(start)
+}
+
+/// Asserts that no sandbox cgroup is left on the host. Every airlock these tests start has exited when this is
+/// called, so any cgroup of theirs that is still there has a dead owner. A cgroup whose owner is still running
+/// belongs to an airlock started elsewhere (another test binary run at the same time): it is not a leak, and is
+/// only reported.
+#[track_caller]
+fn assert_no_sandbox_cgroups(layout: Layout, after: &str) {
+    let (live, left): (Vec<PathBuf>, Vec<PathBuf>) = sandbox_cgroups(layout)
+        .into_iter()
+        .partition(|d| d.file_name().and_then(|n| n.to_str()).is_some_and(owner_alive));
+    if !live.is_empty() {
+        println!("note: cgroups of airlock processes still running elsewhere (not checked): {live:#?}");
+    }
+    assert!(left.is_empty(), "sandbox cgroups left after {after} (their airlock is gone):\n{left:#?}");
+}
+
+/// The cgroup directory, in the hierarchy carrying `controller`, of the sandbox run with `--name name`.
+fn named_cgroup(layout: Layout, controller: &str, name: &str) -> Option<PathBuf> {
+    let suffix = format!("-{name}");
+    let entries = fs::read_dir(layout.airlock_dir(controller)).ok()?;
+    entries
+        .flatten()
+        .find(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(&suffix)) && e.path().is_dir())
+        .map(|e| e.path())
+}
+
+/// The cgroup directories (every hierarchy) owned by the airlock process `pid`: their names are
+/// `<pid-ns>-<pid>-<start>-<sandbox>`.
+fn cgroups_of_airlock(layout: Layout, pid: u32) -> Vec<PathBuf> {
+    let pid = pid.to_string();
+    sandbox_cgroups(layout)
+        .into_iter()
+        .filter(|d| d.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.split('-').nth(1) == Some(pid.as_str())))
+        .collect()
+}
+
+fn read_u64(path: &Path) -> u64 {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    text.trim().parse().unwrap_or_else(|_| panic!("{} holds {text:?}, not a number", path.display()))
+}
+
+/// The state directory every airlock started here uses (`$AIRLOCK_STATE_DIR`): one fixed place under the temporary
+/// directory, shared by the tests so that the host-id range locks kept in it are shared too (sandboxes running
+/// at the same time never get the same range). Only empty directories stay in it after a run: the id-range
+/// locks go when their sandbox ends, and each test removes the final numbers its named runs kept.
+fn state_dir() -> PathBuf {
+    std::env::temp_dir().join("airlock-test-limits-state")
+}
+
+/// Where a named run keeps its final numbers (`stats_cmd::final_stats_path`).
+fn kept_stats_path(name: &str) -> PathBuf {
+    state_dir().join("sandboxes").join(name).join("stats.json")
+}
+
+/// Removes what the named runs of a test kept, when the test ends (passing or not).
+struct KeptState(Vec<String>);
+
+impl Drop for KeptState {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = fs::remove_dir_all(state_dir().join("sandboxes").join(name));
+        }
+    }
+}
+
+/// `airlock ARGS...` with the test state directory and stdin closed.
+fn airlock_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(common::airlock_path());
+    cmd.args(args).env("AIRLOCK_STATE_DIR", state_dir()).stdin(Stdio::null());
+    cmd
+}
+
+fn airlock(args: &[&str]) -> Output {
+    airlock_command(args).output().expect("spawn airlock")
+}
+
+/// `airlock run ARGS...`.
+fn run(args: &[&str]) -> Output {
+    let mut full = vec!["run"];
+    full.extend_from_slice(args);
+    airlock(&full)
+}
+
+/// `airlock run ARGS...`, killed (and the test failed) if it is still running after `limit`; also returns how
+/// long it ran.
+fn run_bounded(args: &[&str], limit: Duration) -> (Output, Duration) {
+    let mut full = vec!["run"];
+    full.extend_from_slice(args);
+    let start = Instant::now();
+    let mut child =
+        airlock_command(&full).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn airlock");
+    let out = drain_in_background(child.stdout.take());
+    let err = drain_in_background(child.stderr.take());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("airlock run {args:?} still ran after {limit:?}; killed it");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = start.elapsed();
+    let output = Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() };
+    (output, elapsed)
+}
+
+fn drain_in_background<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+/// Both streams and the status, for assertion messages.
+fn describe(o: &Output) -> String {
+    format!("status {:?}\n--- stdout\n{}--- stderr\n{}", o.status.code(), stdout(o), stderr(o))
+}
+
+/// `airlock stats NAME --json`, parsed; panics unless it exits 0.
+fn stats_json(name: &str) -> Value {
+    let o = airlock(&["stats", name, "--json"]);
+    assert_eq!(code(&o), 0, "airlock stats {name} --json failed\n{}", describe(&o));
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("airlock stats --json: not JSON ({e})\n{}", describe(&o)))
+}
+
+/// A number in a JSON document, by path (`["memory", "limit_bytes"]`).
+#[track_caller]
+fn num(doc: &Value, path: &[&str]) -> u64 {
+    let mut v = doc;
+    for key in path {
+        v = &v[*key];
+    }
+    v.as_u64().unwrap_or_else(|| panic!("{} is {v}, not a number, in\n{doc:#}", path.join(".")))
+}
+
+/// A string no other test process uses, for names and sleep durations.
+fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// A sleep duration no other process on the machine has in its argv: `<whole>.<our pid><counter>`. Processes
+/// that must not outlive a sandbox run `sleep` with it, and [`sleepers`] finds exactly them.
+fn unique_sleep(whole: u32) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{whole}.{}{:03}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// The host's processes whose argv is exactly `sleep DURATION` (any path to sleep), as `pid: cmdline`.
+fn sleepers(duration: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else { return found };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
+        let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+        let is_sleep = argv.first().is_some_and(|a| a.ends_with(b"sleep"));
+        if is_sleep && argv.len() == 2 && argv[1] == duration.as_bytes() {
+            found.push(format!("{pid}: {}", String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+    }
+    found
+}
+
+/// Polls until `check` holds, for at most `limit`; returns whether it did.
+fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The number of processes on the host: the numeric entries of /proc (thread-group leaders only).
+fn host_process_count() -> usize {
+    fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Samples [`host_process_count`] from a thread until dropped; `max` is the highest count seen.
+struct ProcessCountSampler {
+    stop: Arc<AtomicBool>,
+    max: Arc<AtomicUsize>,
+    samples: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProcessCountSampler {
+    fn start() -> ProcessCountSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let max = Arc::new(AtomicUsize::new(host_process_count()));
+        let samples = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let (stop, max, samples) = (stop.clone(), max.clone(), samples.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    max.fetch_max(host_process_count(), Ordering::SeqCst);
+                    samples.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        ProcessCountSampler { stop, max, samples, thread: Some(thread) }
+    }
+
+    /// Stops sampling; returns (highest count, number of samples).
+    fn finish(mut self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        (self.max.load(Ordering::SeqCst), self.samples.load(Ordering::SeqCst))
+    }
+}
+
+impl Drop for ProcessCountSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// `64M`, `63.9M`, `512K`, `1.5G`, `100B` (as airlock prints sizes) in bytes.
+fn parse_size(text: &str) -> Option<u64> {
+    let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic())?);
+    let scale: u64 = match unit {
+        "B" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return None,
+    };
+    Some((number.parse::<f64>().ok()? * scale as f64) as u64)
+}
+
+/// Kills and reaps a child that a failing test leaves behind.
+struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().unwrap()
+    }
+
+    fn take(&mut self) -> Child {
+        self.0.take().unwrap()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Memory
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A memory bomb is killed at `--memory` by the kernel, and airlock says so: exit 137 and
+/// `airlock: killed: out of memory (limit 64M, peak 6xM)`, the peak close to the limit.
+#[test]
+fn memory_bomb_is_killed_at_the_limit_with_137_and_the_message() {
+    let _serial = serial();
+    require_sandbox!();
+    require_root!();
+    require_python!();
+    let layout = require_layout!();
+
+    let (o, elapsed) =
+        run_bounded(&["--memory", "64M", "--", PYTHON, "-c", "b=bytearray(512*1024*1024)"], Duration::from_secs(60));
+    assert_eq!(code(&o), 137, "a 512M allocation under --memory 64M must be killed (137)\n{}", describe(&o));
+    let err = stderr(&o);
+    let prefix = "airlock: killed: out of memory (limit 64M, peak ";
+    let line = err
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}...` line\n{}", describe(&o)));
+    let peak_text = line[prefix.len()..].trim_end_matches(')');
+    let peak = parse_size(peak_text).unwrap_or_else(|| panic!("cannot read the peak in {line:?}"));
+    println!("memory bomb: {line:?} after {elapsed:?}");
+    assert!(line.starts_with("airlock: killed: out of memory (limit 64M, peak 6"), "{line}");
+    assert!(
+        (60 * MIB..=64 * MIB).contains(&peak),
+        "the peak ({peak_text} = {peak} bytes) should be close to the 64M limit: {line}"
+    );
+    assert_no_sandbox_cgroups(layout, "the memory bomb");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A fork bomb is held at `--pids 32`: forks fail inside with EAGAIN (dash: "Cannot fork", exit 2), airlock
+/// reports the limit was reached, the host's process count never grows by more than the limit and a few, and not
+/// one of the bomb's sleeps outlives airlock.
+#[test]
+fn fork_bomb_is_held_at_the_pids_limit_and_nothing_survives() {
+    let _serial = serial();
+    require_sandbox!();
+    require_root!();
+    let layout = require_layout!();
+
+    let name = unique("fb");
+    let _kept = KeptState(vec![name.clone()]);
+    let duration = unique_sleep(30);
+    let script = format!("i=0; while [ $i -lt 200 ]; do sleep {duration} & i=$((i+1)); done; wait");
+
+    let baseline = host_process_count();
+    let sampler = ProcessCountSampler::start();
+    let (o, elapsed) =
+        run_bounded(&["--name", &name, "--pids", "32", "--", "/bin/sh", "-c", &script], Duration::from_secs(60));
+    let (max, samples) = sampler.finish();
+    let left = sleepers(&duration);
+
+    let growth = max.saturating_sub(baseline);
+    println!("fork bomb: exit {} after {elapsed:?}; host processes {baseline} -> at most {max} (+{growth}, {samples} samples)", code(&o));
+    assert!(left.is_empty(), "processes of the fork bomb outlived airlock:\n{}", left.join("\n"));
+    let err = stderr(&o);
+    assert!(err.contains("Cannot fork"), "fork must fail inside (EAGAIN: sh says `Cannot fork`)\n{}", describe(&o));
+    assert_eq!(code(&o), 2, "sh exits 2 when it cannot fork\n{}", describe(&o));
+    assert!(
+        err.lines().any(|l| l.starts_with("airlock: note: the process limit (32) was reached")),
+        "airlock must report that the process limit was reached\n{}",
+        describe(&o)
+    );
+    assert!(samples > 0, "the process count was never sampled");
+    assert!(growth <= 40, "the host's process count grew by {growth} (from {baseline} to {max}) under --pids 32");
+
+    let stats = stats_json(&name);
+    assert_eq!(num(&stats, &["pids", "limit"]), 32, "{stats:#}");
+    assert!(num(&stats, &["pids", "limit_hits"]) > 0, "pids.events max should count the refused forks\n{stats:#}");
+    if let Some(peak) = stats["pids"]["peak"].as_u64() {
+        assert!(peak <= 32, "pids.peak {peak} is above pids.max 32\n{stats:#}");
+    }
+    assert_no_sandbox_cgroups(layout, "the fork bomb");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// CPU
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Spins for 3 s of wall time.
+const SPIN_3S: &str = "import time\nt=time.time(); n=0\nwhile time.time()-t<3: n+=1";
+
+/// Runs the spinner under `limit` flags with `--name`, and returns CPU time used / wall time of the run.
+fn spin_ratio(limit: &[&str]) -> f64 {
+    let name = unique("cpu");
+    let _kept = KeptState(vec![name.clone()]);
+    let mut args = vec!["--name", name.as_str()];
+    args.extend_from_slice(limit);
+    args.extend_from_slice(&["--", PYTHON, "-c", SPIN_3S]);
+    let (o, wall) = run_bounded(&args, Duration::from_secs(60));
+    assert_eq!(code(&o), 0, "the spinner failed\n{}", describe(&o));
+    let stats = stats_json(&name);
+    let usage = num(&stats, &["cpu", "usage_usec"]);
+    let ratio = usage as f64 / wall.as_micros() as f64;
+    println!(
+        "{limit:?}: cpu usage {:.3} s over {:.3} s wall: ratio {ratio:.3}",
+        usage as f64 / 1e6,
+        wall.as_secs_f64()
+    );
+    ratio
+}
+
+/// `--cpus 0.5` holds a spinning process to half a CPU (usage / wall within 20% of 0.5), where the same spinner
+/// with no CPU limit (`--pids 64` only, for a cgroup that counts the CPU time) uses about one whole CPU.
+#[test]
+fn half_a_cpu_is_half_a_cpu() {
+    let _serial = serial();
+    require_sandbox!();
+    require_root!();
+    require_python!();
+    let layout = require_layout!();
+
+    // Other load on the host can only lower a reading, never raise it: a low one is measured once more.
+    let measure = |flags: &[&str], low: f64| {
+        let first = spin_ratio(flags);
+        if first < low {
+            println!("{flags:?}: {first:.3} is below {low}; measuring again in case the host was busy");
+            return spin_ratio(flags);
+        }
+        first
+    };
+    let limited = measure(&["--cpus", "0.5"], 0.4);
+    let control = measure(&["--pids", "64"], 0.8);
+    assert!((0.4..=0.6).contains(&limited), "--cpus 0.5: usage/wall is {limited:.3}, expected 0.5 ± 20%");
+    assert!(control > 0.8, "without --cpus the spinner should use about one CPU, but usage/wall is {control:.3}");
+    assert_no_sandbox_cgroups(layout, "the CPU runs");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// airlock stats
+// ---------------------------------------------------------------------------------------------------------------
+
+/// `airlock stats` of a running sandbox reads its cgroup (limits equal to the files, usage within 2M of the
+/// file's), and after it ended the numbers airlock kept (exit code, peak). Human output has a line per resource;
+/// an unknown name is one `airlock:` line and exit 1.
+#[test]
+fn stats_agree_with_the_cgroup_files_live_and_after_exit() {
+    let _serial = serial();
+    require_sandbox!();
+    require_root!();
+    require_python!();
+    let layout = require_layout!();
+
+    let name = unique("st");
+    let _kept = KeptState(vec![name.clone()]);
+    let script = "b=bytearray(40*1024*1024); import time; time.sleep(3)";
+    let mut child = KillOnDrop(Some(
+        airlock_command(&["run", "--name", &name, "--memory", "128M", "--pids", "50", "--", PYTHON, "-c", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn airlock"),
+    ));
+
+    // Wait until the 40M are charged (the program then sleeps for 3 s).
+    let memory_dir = || named_cgroup(layout, "memory", &name);
+    let usage_file = |dir: &Path| dir.join(layout.memory_usage_file());
+    let charged = wait_until(Duration::from_millis(2500), || {
+        memory_dir().is_some_and(|d| {
+            fs::read_to_string(usage_file(&d)).is_ok_and(|t| t.trim().parse::<u64>().is_ok_and(|n| n >= 40 * MIB))
+        })
+    });
+    if !charged {
+        let c = child.take().wait_with_output().unwrap();
+        panic!("the sandbox's cgroup never held 40M\n{}", describe(&c));
+    }
+
+    let live = stats_json(&name);
+    let memory = memory_dir().expect("the memory cgroup of the running sandbox");
+    let pids = named_cgroup(layout, "pids", &name).expect("the pids cgroup of the running sandbox");
+    let file_limit = read_u64(&memory.join(layout.memory_limit_file()));
+    let file_usage = read_u64(&usage_file(&memory));
+    let file_pids_max = read_u64(&pids.join("pids.max"));
+    let file_pids_current = read_u64(&pids.join("pids.current"));
+    println!("live stats: {live}");
+    println!(
+        "files: {} {file_limit}, {} {file_usage}, pids.max {file_pids_max}, pids.current {file_pids_current}",
+        layout.memory_limit_file(),
+        layout.memory_usage_file()
+    );
+
+    assert_eq!(live["state"], "running", "{live:#}");
+    assert!(live["exit_code"].is_null(), "a running sandbox has no exit code\n{live:#}");
+    assert_eq!(num(&live, &["memory", "limit_bytes"]), 134_217_728, "{live:#}");
+    assert_eq!(num(&live, &["memory", "limit_bytes"]), file_limit, "stats vs {}", memory.display());
+    assert_eq!(num(&live, &["pids", "limit"]), 50, "{live:#}");
+    assert_eq!(num(&live, &["pids", "limit"]), file_pids_max, "stats vs {}", pids.display());
+    let current = num(&live, &["memory", "current_bytes"]);
+    assert!(current >= 40 * MIB, "memory.current_bytes {current} < 40M while 40M are held\n{live:#}");
+    assert!(
+        current.abs_diff(file_usage) <= 2 * MIB,
+        "stats say {current} bytes in use, {} says {file_usage}",
+        layout.memory_usage_file()
+    );
+    assert_eq!(num(&live, &["pids", "current"]), file_pids_current, "stats vs pids.current\n{live:#}");
+    assert!(num(&live, &["cpu", "usage_usec"]) > 0, "{live:#}");
+
+    let human = airlock(&["stats", &name]);
+    assert_eq!(code(&human), 0, "{}", describe(&human));
+    let text = stdout(&human);
+    assert!(text.lines().next().is_some_and(|l| l.contains(&name) && l.contains("running")), "{text}");
+    for (prefix, expect) in [("memory", "limit 128M"), ("pids", "limit 50"), ("cpu", "s")] {
+        let line = text.lines().find(|l| l.starts_with(prefix));
+        assert!(line.is_some_and(|l| l.contains(expect)), "no `{prefix} ... {expect}` line in\n{text}");
+    }
+
+    let finished = child.take().wait_with_output().unwrap();
+    assert_eq!(code(&finished), 0, "{}", describe(&finished));
+    assert!(named_cgroup(layout, "memory", &name).is_none(), "the cgroup outlived the sandbox");
+    assert!(kept_stats_path(&name).is_file(), "the final numbers are not at {}", kept_stats_path(&name).display());
+    assert!(!Path::new("/var/lib/airlock/sandboxes").join(&name).exists(), "final numbers landed in /var/lib/airlock");
+
+    let done = stats_json(&name);
+    println!("final stats: {done}");
+    assert_eq!(done["state"], "exited", "{done:#}");
+    assert_eq!(done["exit_code"], 0, "{done:#}");
+    assert!(num(&done, &["memory", "peak_bytes"]) >= 40 * MIB, "the peak must count the 40M\n{done:#}");
+    assert_eq!(num(&done, &["memory", "limit_bytes"]), 134_217_728, "{done:#}");
+    assert_eq!(num(&done, &["pids", "limit"]), 50, "{done:#}");
+
+    let human = airlock(&["stats", &name]);
+    assert_eq!(code(&human), 0, "{}", describe(&human));
+    let text = stdout(&human);
+    assert!(text.lines().next().is_some_and(|l| l.contains("exited")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("exit") && l.trim_end().ends_with(" 0")), "no exit line in\n{text}");
+    for prefix in ["memory", "pids", "cpu"] {
+        assert!(text.lines().any(|l| l.starts_with(prefix)), "no line starting `{prefix}` in\n{text}");
+    }
+
+    let unknown = unique("nosuch");
+    let o = airlock(&["stats", &unknown]);
+    assert_eq!(code(&o), 1, "stats of an unknown name\n{}", describe(&o));
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("airlock:") && lines[0].contains(&unknown),
+        "expected one `airlock:` line naming {unknown}\n{}",
+        describe(&o)
+    );
+    assert!(stdout(&o).is_empty(), "{}", describe(&o));
+    assert_no_sandbox_cgroups(layout, "the stats run");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The sandbox's view
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Inside, every hierarchy's cgroup is `/` (the cgroup namespace is rooted at the sandbox's own cgroup), /sys is
+/// not there to write limits through, and cgroupfs cannot be mounted.
+#[test]
+fn the_sandbox_sees_only_its_own_cgroup_and_cannot_write_limits() {
+    let _serial = serial();
+    require_sandbox!();
+    require_root!();
+    let layout = require_layout!();
+
+    let script = "cat /proc/self/cgroup; echo ---; \
+                  if [ -e /sys ]; then echo sys=present; else echo sys=absent; fi; \
+                  grep -c -E ' cgroup2? ' /proc/self/mounts; \
+                  mount -t cgroup -o memory cgroup /tmp 2>/dev/null; echo mount=$?";
+    let o = run(&["--memory", "64M", "--pids", "64", "--cpus", "1", "--", "/bin/sh", "-c", script]);
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+    let out = stdout(&o);
+    let (cgroups, rest) = out.split_once("---\n").unwrap_or_else(|| panic!("{}", describe(&o)));
+    let lines: Vec<&str> = cgroups.lines().collect();
+    assert!(!lines.is_empty(), "/proc/self/cgroup is empty inside\n{}", describe(&o));
+    for line in &lines {
+        assert!(line.ends_with(":/"), "inside, every cgroup must be `/`, got {line:?}\n{}", describe(&o));
+    }
+    let rest: Vec<&str> = rest.lines().collect();
+    assert_eq!(rest.first(), Some(&"sys=absent"), "/sys must not be mounted inside\n{}", describe(&o));
+    assert_eq!(rest.get(1), Some(&"0"), "no cgroup filesystem may be mounted inside\n{}", describe(&o));
+    let mount = rest.get(2).and_then(|l| l.strip_prefix("mount=")).unwrap_or_else(|| panic!("{}", describe(&o)));
+    assert_ne!(mount, "0", "mounting cgroupfs inside must fail\n{}", describe(&o));
+    assert_no_sandbox_cgroups(layout, "the view run");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Cleanup
+// ---------------------------------------------------------------------------------------------------------------
+
+/// 100 runs with limits, one after another, leave no cgroup directory.
+#[test]
+fn no_cgroup_left_after_100_runs() {
+    let _serial = serial();
+    require_sandbox!();
+    require_root!();
+    let layout = require_layout!();
+
+    let start = Instant::now();
+    for i in 0..100 {
+        let o = run(&["--memory", "64M", "--pids", "64", "--", "/bin/true"]);
+        assert_eq!(code(&o), 0, "run {i} failed\n{}", describe(&o));
+        assert!(stderr(&o).is_empty(), "run {i} printed something\n{}", describe(&o));
+    }
+    println!("100 runs with --memory 64M --pids 64 in {:?}", start.elapsed());
+    assert_no_sandbox_cgroups(layout, "100 runs");
+}
+
+/// A run killed by `--timeout` exits 124 with the elapsed time, and its cgroup is removed.
+#[test]
+fn no_cgroup_left_after_a_timeout() {
+    let _serial = serial();
+    require_sandbox!();
+    require_root!();
+    let layout = require_layout!();
+
+    let duration = unique_sleep(30);
+    let (o, elapsed) = run_bounded(
+        &["--memory", "64M", "--pids", "64", "--timeout", "1s", "--", "sleep", &duration],
+        Duration::from_secs(20),
+    );
+    assert_eq!(code(&o), 124, "{}", describe(&o));
+    assert!(
+        stderr(&o).lines().any(|l| l.starts_with("airlock: timed out after 1.")),
+        "the timeout message names the elapsed time\n{}",
+        describe(&o)
+    );
+    assert!(elapsed < Duration::from_secs(5), "the timeout took {elapsed:?}");
+    let left = sleepers(&duration);
+    assert!(left.is_empty(), "the timed-out sleep survived:\n{}", left.join("\n"));
+    assert_no_sandbox_cgroups(layout, "a --timeout run");
+}
+
+/// `kill -9` of airlock: its init dies by the parent-death signal and takes the sandbox with it; the cgroup, which
+/// nobody was left to remove, is stale. Stale cgroups are removed by the next `airlock run` with limits: it
+/// removes every `airlock/<pid-ns>-<pid>-<start>-<name>` cgroup whose owner (the airlock of that pid and start
+/// time) is gone, before it creates its own.
+#[test]
+fn a_cgroup_left_by_kill_9_of_airlock_is_removed_by_the_next_run_with_limits() {
+    let _serial = serial();
+    require_sandbox!();
+    require_root!();
+    let layout = require_layout!();
+
+    let duration = unique_sleep(1000);
+    // An airlock killed with SIGKILL cannot remove its host-id range lock file (an empty file, unlocked by the
+    // kernel, that the next sandbox may reuse): this one gets a state directory of its own, removed at the end.
+    let private_state = TempDir::new("limits-kill9-state");
+    let mut child = KillOnDrop(Some(
+        airlock_command(&["run", "--memory", "64M", "--", "sleep", &duration])
+            .env("AIRLOCK_STATE_DIR", private_state.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn airlock"),
+    ));
+    let airlock_pid = child.child().id();
+    let started = wait_until(Duration::from_secs(10), || !sleepers(&duration).is_empty());
+    assert!(started, "`sleep {duration}` never started");
+    let ours = cgroups_of_airlock(layout, airlock_pid);
+    assert!(!ours.is_empty(), "no cgroup named after airlock {airlock_pid}: {:#?}", sandbox_cgroups(layout));
+    let dir_name = |d: &PathBuf| d.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    // The leftover check's view of owners is right: this one is alive now, and dead after the kill below.
+    assert!(ours.iter().all(|d| owner_alive(&dir_name(d))), "the running airlock is not seen as alive: {ours:#?}");
+
+    let mut killed = child.take();
+    killed.kill().unwrap(); // SIGKILL
+    let status = killed.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    let gone = wait_until(Duration::from_secs(5), || sleepers(&duration).is_empty());
+    assert!(gone, "the sandbox outlived airlock's kill -9:\n{}", sleepers(&duration).join("\n"));
+
+    let stale = cgroups_of_airlock(layout, airlock_pid);
+    println!("after kill -9 of airlock {airlock_pid}: stale cgroups {stale:#?}");
+    for dir in &stale {
+        assert!(!owner_alive(&dir_name(dir)), "airlock {airlock_pid} was killed but is seen as alive");
+        // The sleep can be gone a moment before init, which reaps it on its way out.
+        let procs = || fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        let emptied = wait_until(Duration::from_secs(5), || procs().trim().is_empty());
+        assert!(emptied, "the stale cgroup {} still has processes after 5 s: {}", dir.display(), procs());
+    }
+
+    let o = run(&["--memory", "64M", "--", "true"]);
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+    let left = cgroups_of_airlock(layout, airlock_pid);
+    assert!(left.is_empty(), "the next run with limits did not remove the stale cgroups:\n{left:#?}");
+    assert_no_sandbox_cgroups(layout, "kill -9 of airlock and one more run");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Bad input
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Bad limits, and limits above what the host has, are one `airlock:` line naming the flag and exit 125, and
+/// nothing runs (the command would create a marker file in a shared directory).
+#[test]
+fn bad_limits_are_refused_with_125_before_anything_runs() {
+    let _serial = serial();
+    require_sandbox!();
+    let layout = Layout::detect();
+
+    let dir = TempDir::new("limits-bad");
+    fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let marker = |i: usize| dir.path().join(format!("ran-{i}"));
+
+    // The marker works: the same command without a bad flag creates it.
+    let script = |i: usize| format!("touch {}", marker(i).display());
+    let o = run(&["--bind", dir.str(), "--", "/bin/sh", "-c", &script(0)]);
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+    assert!(marker(0).exists(), "the control run did not create its marker\n{}", describe(&o));
+
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let above_cpus = (cpus + 1).to_string();
+    let mut cases: Vec<(Vec<String>, &str, Option<&str>)> = vec![
+        (vec!["--memory".into(), "0".into()], "--memory", None),
+        (vec!["--memory".into(), "lots".into()], "--memory", None),
+        (vec!["--cpus".into(), "-1".into()], "--cpus", None),
+        (vec!["--cpus".into(), "0".into()], "--cpus", None),
+        (vec!["--pids".into(), "0".into()], "--pids", None),
+        (vec!["--memory".into(), "100T".into()], "--memory", Some("host")),
+        (vec!["--cpus".into(), "4096".into()], "--cpus", None),
+        (vec!["--cpus".into(), above_cpus], "--cpus", Some("host")),
+    ];
+    let pid_max: Option<u64> = fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok());
+    if let Some(max) = pid_max.filter(|m| *m < 4_194_304) {
+        cases.push((vec!["--pids".into(), (max + 1).to_string()], "--pids", Some("host")));
+    }
+
+    let mut failures = Vec::new();
+    for (i, (flags, flag, mention)) in cases.iter().enumerate() {
+        let i = i + 1;
+        let script = script(i);
+        let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        args.extend_from_slice(&["--bind", dir.str(), "--", "/bin/sh", "-c", &script]);
+        let o = run(&args);
+        let err = stderr(&o);
+        let lines: Vec<&str> = err.lines().collect();
+        println!("{flags:?} -> {} {err:?}", code(&o));
+        let one_line = lines.len() == 1 && lines[0].starts_with("airlock:") && lines[0].contains(flag);
+        let mentions = mention.is_none_or(|m| err.contains(m));
+        if code(&o) != 125 || !one_line || !mentions || marker(i).exists() || !stdout(&o).is_empty() {
+            failures.push(format!(
+                "{flags:?}: expected exit 125, one `airlock:` line naming {flag}{}, nothing run (marker {}: {})\n{}",
+                mention.map(|m| format!(" and `{m}`")).unwrap_or_default(),
+                marker(i).display(),
+                if marker(i).exists() { "present" } else { "absent" },
+                describe(&o)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    if let Some(layout) = layout.filter(|_| common::is_root()) {
+        assert_no_sandbox_cgroups(layout, "refused runs");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Rootless
+// ---------------------------------------------------------------------------------------------------------------
+
+/// As an ordinary user on cgroup v1 (no delegation), a limit cannot be enforced: the run fails closed, 125, with
+/// one line naming the controller and the fix, and nothing runs. A run without limits still works.
+#[test]
+fn rootless_limits_fail_closed_and_runs_without_limits_work() {
+    let _serial = serial();
+    require_sandbox!();
+    let _user = require_test_user!();
+    if Layout::detect() != Some(Layout::V1) {
+        // Not a missing capability but another kind of host: on cgroup v2 rootless limits depend on the user's
+        // systemd delegation, which this test does not set up.
+        eprintln!("SKIP: the rootless fail-closed check is for cgroup v1 hosts (no delegation); this host is not one");
+        return;
+    }
+
+    for (flag, value, controller) in [("--memory", "64M", "memory"), ("--pids", "16", "pids"), ("--cpus", "1", "cpu")] {
+        let o = common::run_as_user(&[flag, value, "--", "/bin/sh", "-c", "echo ran"]);
+        let err = stderr(&o);
+        let lines: Vec<&str> = err.lines().collect();
+        println!("rootless {flag} {value} -> {} {err:?}", code(&o));
+        assert_eq!(code(&o), 125, "rootless {flag} {value} must fail closed\n{}", describe(&o));
+        assert!(!stdout(&o).contains("ran"), "the command ran without its limit\n{}", describe(&o));
+        assert_eq!(lines.len(), 1, "one line expected\n{}", describe(&o));
+        let line = lines[0];
+        assert!(line.starts_with("airlock:"), "{line}");
+        assert!(
+            line.contains(&format!("cannot enforce {controller} limits")),
+            "the line must name the {controller} controller: {line}"
+        );
+        assert!(line.contains("fix") && line.contains("as root"), "the line must give the fix: {line}");
+    }
+
+    let o = common::run_as_user(&["--", "/bin/sh", "-c", "echo ran"]);
+    assert_eq!(code(&o), 0, "a rootless run without limits must work\n{}", describe(&o));
+    assert_eq!(stdout(&o), "ran\n", "{}", describe(&o));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Disk and rlimits
+// ---------------------------------------------------------------------------------------------------------------
+
+/// `--disk 1M` bounds the private /tmp: writing 4M there fails with ENOSPC. `--disk 8M` and no `--disk` take it.
+#[test]
+fn disk_limit_bounds_tmp() {
+    let _serial = serial();
+    require_sandbox!();
+
+    let write_4m = "head -c 4194304 /dev/zero > /tmp/f; s=$?; echo size=$(stat -c %s /tmp/f); exit $s";
+    let o = run(&["--disk", "1M", "--", "/bin/sh", "-c", write_4m]);
+    assert_eq!(code(&o), 1, "writing 4M into a 1M /tmp must fail\n{}", describe(&o));
+    assert!(stderr(&o).contains("No space left on device"), "{}", describe(&o));
+    assert_eq!(stdout(&o).trim(), "size=1048576", "/tmp holds at most 1M\n{}", describe(&o));
+
+    for extra in [&["--disk", "8M"][..], &[][..]] {
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&["--", "/bin/sh", "-c", write_4m]);
+        let o = run(&args);
+        assert_eq!(code(&o), 0, "{extra:?}: writing 4M into /tmp must work\n{}", describe(&o));
+        assert_eq!(stdout(&o).trim(), "size=4194304", "{}", describe(&o));
+    }
+}
+
+/// Core dumps are off inside (soft and hard `RLIMIT_CORE` 0), with limits or without.
+#[test]
+fn core_dumps_are_off_inside() {
+    let _serial = serial();
+    require_sandbox!();
+
+    let o = run(&["--", "/bin/sh", "-c", "ulimit -c; ulimit -H -c"]);
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+    assert_eq!(stdout(&o), "0\n0\n", "RLIMIT_CORE inside (soft, hard)\n{}", describe(&o));
+    if common::is_root() {
+        let o = run(&["--memory", "64M", "--", "/bin/sh", "-c", "ulimit -c"]);
+        assert_eq!(code(&o), 0, "{}", describe(&o));
+        assert_eq!(stdout(&o), "0\n", "{}", describe(&o));
+    }
+}

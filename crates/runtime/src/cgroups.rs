@@ -280,6 +280,15 @@ enum Dirs {
     V1 { memory: Option<PathBuf>, pids: Option<PathBuf>, cpu: Option<PathBuf>, cpuacct: Option<PathBuf> },
 }
 
+/// See [`SandboxCgroup::entry`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupEntryPoint {
+    /// cgroup v2: open this directory and pass it to `clone3(CLONE_INTO_CGROUP)`.
+    CloneInto(PathBuf),
+    /// cgroup v1: the new process writes `0` to each of these `tasks` files itself.
+    SelfAttach(Vec<PathBuf>),
+}
+
 /// One sandbox's cgroup. Dropping it without [`SandboxCgroup::remove`] kills its processes and removes it too
 /// (best effort, errors ignored), but only in the process that created it: a forked child that drops its copy
 /// leaves it alone.
@@ -424,6 +433,18 @@ impl SandboxCgroup {
         };
         paths.dedup();
         paths
+    }
+
+    /// How the sandbox's first process gets into the cgroup without the cost of migrating it. Moving another
+    /// process (`cgroup.procs`) takes the kernel's global threadgroup lock for writing, which waits for an RCU
+    /// grace period — about 10 ms on an idle machine, several times airlock's whole startup. Two ways avoid it:
+    /// on cgroup v2 the process is created inside (`clone3` with `CLONE_INTO_CGROUP`); on v1 it moves itself,
+    /// one thread writing `0` to each hierarchy's `tasks` file, which the kernel does without that lock.
+    pub fn entry(&self) -> CgroupEntryPoint {
+        match &self.dirs {
+            Dirs::V2 { dir } => CgroupEntryPoint::CloneInto(dir.clone()),
+            Dirs::V1 { .. } => CgroupEntryPoint::SelfAttach(self.paths().iter().map(|d| d.join("tasks")).collect()),
+        }
     }
 
     /// Moves process `pid` (and all its threads) into the cgroup, in every hierarchy. Call it before the process

@@ -16,6 +16,7 @@ use crate::sys::{self, Errno};
 pub enum Step {
     WaitForSupervisor = 1,
     SwitchToSandboxRoot,
+    JoinCgroup,
     UnshareCgroupNamespace,
     MakeMountsPrivate,
     OpenMountSource,
@@ -59,9 +60,10 @@ pub enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 42] = [
+    const ALL: [Step; 43] = [
         Step::WaitForSupervisor,
         Step::SwitchToSandboxRoot,
+        Step::JoinCgroup,
         Step::UnshareCgroupNamespace,
         Step::MakeMountsPrivate,
         Step::OpenMountSource,
@@ -114,6 +116,7 @@ impl Step {
             Step::WaitForSupervisor => "wait for the supervisor to map user ids",
             Step::SwitchToSandboxRoot => "switch to the sandbox's root id",
             Step::UnshareCgroupNamespace => "create the cgroup namespace",
+            Step::JoinCgroup => "join the sandbox's cgroup through",
             Step::MakeMountsPrivate => "make the mount namespace private",
             Step::OpenMountSource => "open mount source",
             Step::CheckMountSource => "check mount source",

@@ -129,6 +129,8 @@ pub struct SandboxPlan {
     pub tty: Option<libc::winsize>,
     /// Highest capability number the kernel knows (`/proc/sys/kernel/cap_last_cap`).
     pub cap_last: u32,
+    /// cgroup v1 `tasks` files init writes `0` to, joining the sandbox's cgroup itself (see `cgroups`).
+    pub cgroup_tasks: Vec<CString>,
     /// The soft/hard limits to set in the command's process (resource, soft, hard).
     pub rlimits: Vec<(u32, u64, u64)>,
 }

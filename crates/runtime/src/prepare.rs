@@ -378,6 +378,7 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
         command,
         tty: host.tty,
         cap_last: read_cap_last(),
+        cgroup_tasks: Vec::new(),
         rlimits: rlimits(&policy.limits)?,
     };
     Ok(Prepared { plan, id_range, warnings, entry_names })

@@ -1,12 +1,13 @@
 //! `airlock run`, top to bottom: the design's setup order in one place (`run_sandbox`), each step with the
 //! reason it comes where it does. The sandbox's own steps (5–7) are in `init` and `exec`.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use policy::sandbox::{Requirement, SandboxPolicy};
 
-use crate::cgroups::{self, CgroupStats, SandboxCgroup};
+use crate::cgroups::{self, CgroupEntryPoint, CgroupStats, SandboxCgroup};
 use crate::failure::{self, errno_text, ChildFailure, Step};
 use crate::init::{self, InitFds};
 use crate::prepare::{prepare_sandbox, HostContext, PrepareError, Prepared};
@@ -30,6 +31,8 @@ pub enum SandboxError {
     MapIds(#[from] userns::UsernsError),
     #[error("cannot set resource limits")]
     Cgroup(#[from] cgroups::CgroupError),
+    #[error("cannot open the sandbox's cgroup {0}")]
+    OpenCgroup(String, #[source] std::io::Error),
     #[error("cannot wait for the sandbox: {0}")]
     Wait(String),
     /// A setup step inside the sandbox failed; the message names the step and the item.
@@ -76,17 +79,37 @@ pub fn run_sandbox(
     warn: &mut dyn FnMut(&str),
 ) -> Result<(RunOutcome, RunReport), SandboxError> {
     // 1. Validate everything and build the plan: no side effect before this succeeds (bar the id-range lock).
-    let prepared = prepare_sandbox(policy, host)?;
+    let mut prepared = prepare_sandbox(policy, host)?;
     for w in &prepared.warnings {
         warn(w);
     }
-    let plan = &prepared.plan;
 
-    // 2. Supervisor state on the host. (Cgroups, the audit log and the network gateway belong here too; they
-    //    must exist before clone, while the host's cgroupfs is visible and before the child can run anything.)
+    // 2. Supervisor state on the host (the audit log and the network gateway will belong here too).
     // The cgroup first: it needs the host's cgroupfs, which the sandbox will never see, and it must exist
     // before the child can run anything. Cgroups left by an airlock that was killed are removed on the way.
+    // How init enters it without a costly migration is `SandboxCgroup::entry`'s business.
     let cgroup = create_cgroup(policy, host, warn)?;
+    let mut cgroup_dir: Option<std::fs::File> = None;
+    match cgroup.as_ref().map(SandboxCgroup::entry) {
+        Some(CgroupEntryPoint::SelfAttach(tasks)) => {
+            prepared.plan.cgroup_tasks = tasks
+                .iter()
+                .map(|t| std::ffi::CString::new(t.as_os_str().as_encoded_bytes()))
+                .collect::<Result<_, _>>()
+                .map_err(|_| SandboxError::CreatePipes("a cgroup path contains a NUL byte".to_string()))?;
+        }
+        Some(CgroupEntryPoint::CloneInto(dir)) => {
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+                .open(&dir)
+                .map_err(|e| SandboxError::OpenCgroup(dir.display().to_string(), e))?;
+            cgroup_dir = Some(opened);
+        }
+        None => {}
+    }
+    let prepared = prepared;
+    let plan = &prepared.plan;
     let pipes = SupervisorPipes::create(plan.tty.is_some()).map_err(|e| SandboxError::CreatePipes(errno_text(e)))?;
     // Slots for init's detached mount clones, allocated now because init may not allocate.
     let mut trees: Vec<RawFd> = vec![-1; plan.sources.len()];
@@ -104,19 +127,22 @@ pub fn run_sandbox(
     // 3. clone into the new namespaces, one process; it waits on the start pipe.
     // (The cgroup namespace is created by init once it is in its cgroup, so that the namespace's root is the
     // sandbox's own cgroup: see init.rs.)
-    let mut flags = libc::CLONE_NEWUSER
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWNS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_PIDFD;
+    let mut flags =
+        libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     if plan.new_network_namespace {
         flags |= libc::CLONE_NEWNET;
     }
     let mut pidfd: RawFd = -1;
     // SAFETY: airlock is single-threaded (no thread is ever started before this point); the child only runs
     // sandbox_init_main, which does async-signal-safe work on the prepared plan.
-    let cloned = unsafe { sys::clone_process(flags as libc::c_ulong, Some(&mut pidfd)) };
+    let cloned = unsafe {
+        match &cgroup_dir {
+            // cgroup v2: born in the sandbox's cgroup.
+            Some(dir) => sys::clone3_process(flags as u64, &mut pidfd, Some(dir.as_raw_fd())),
+            None => sys::clone_process((flags | libc::CLONE_PIDFD) as libc::c_ulong, Some(&mut pidfd)),
+        }
+    };
+    drop(cgroup_dir);
     let pid = match cloned {
         Ok(0) => {
             sys::close(pipes.start_write);
@@ -144,9 +170,9 @@ pub fn run_sandbox(
         sys::close(init_end);
     }
 
-    // 4. Parent: the id maps (root inside -> an unprivileged host id), the cgroup, then release the child.
+    // 4. Parent: the id maps (root inside -> an unprivileged host id), then release the child.
     //    (Network attachment will go here too.)
-    if let Err(e) = release_child(pid, plan, cgroup.as_ref(), pipes.start_write) {
+    if let Err(e) = release_child(pid, plan, pipes.start_write) {
         let _ = sys::kill(pid, libc::SIGKILL);
         let _ = wait_for_exit(pid);
         sys::close(pidfd);
@@ -189,19 +215,11 @@ pub fn run_sandbox(
     Ok((outcome, RunReport { stats }))
 }
 
-/// Step 4: maps, cgroup placement, then the start byte. The start pipe's write end stays open until the
+/// Step 4: the maps, then the start byte (init is already in its cgroup, or joins it itself: see `entry`). The start pipe's write end stays open until the
 /// sandbox is gone: init watches it for a hang-up to learn that the supervisor died while init's parent-death
 /// signal was being re-armed.
-fn release_child(
-    pid: libc::pid_t,
-    plan: &crate::plan::SandboxPlan,
-    cgroup: Option<&SandboxCgroup>,
-    start_write: RawFd,
-) -> Result<(), SandboxError> {
+fn release_child(pid: libc::pid_t, plan: &crate::plan::SandboxPlan, start_write: RawFd) -> Result<(), SandboxError> {
     userns::write_id_maps(pid, &plan.ids.uid_map, &plan.ids.gid_map)?;
-    if let Some(cg) = cgroup {
-        cg.add_process(pid)?;
-    }
     sys::write_all(start_write, b"1").map_err(|e| SandboxError::CreatePipes(errno_text(e)))
 }
 

@@ -151,18 +151,14 @@ fn attach_terminal(slave: RawFd) -> Result<(), Errno> {
     Ok(())
 }
 
-/// `setresgid` then `setresuid` (the gid first: after the uid changes we may no longer have CAP_SETGID).
+/// `setresgid` then `setresuid` (the gid first: after the uid changes we may no longer have CAP_SETGID). Used by
+/// init (to become the namespace's root) and by the command's process (to become the target identity).
 /// Supplementary groups were already cleared by the supervisor (as host root) before `clone`; rootless, the
 /// kernel forbids changing them (`setgroups` is denied in the namespace).
-fn switch_ids(uid: u32, gid: u32) -> Result<(), Errno> {
+pub fn switch_ids(uid: u32, gid: u32) -> Result<(), Errno> {
     // SAFETY: setresgid/setresuid take only integers.
     sys::check(unsafe { libc::setresgid(gid, gid, gid) } as libc::c_long)?;
     // SAFETY: as above.
     sys::check(unsafe { libc::setresuid(uid, uid, uid) } as libc::c_long)?;
     Ok(())
-}
-
-/// Switches the calling process to the sandbox's init ids (used by init right after the maps are written).
-pub fn switch_to_ids(uid: u32, gid: u32) -> Result<(), Errno> {
-    switch_ids(uid, gid)
 }

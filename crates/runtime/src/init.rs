@@ -77,7 +77,7 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
 
     // Then become the namespace's root (as host root, the clone left us with host uid 0, unmapped inside: we
     // must not keep it, since the host kernel would still treat file access as host root's).
-    if let Err(e) = exec::switch_to_ids(plan.ids.init_uid, plan.ids.init_gid) {
+    if let Err(e) = exec::switch_ids(plan.ids.init_uid, plan.ids.init_gid) {
         abort(ChildFailure { step: Step::SwitchToSandboxRoot, errno: e, index: 0 });
     }
     // Changing credentials clears the parent-death signal: arm it again, then make sure the supervisor did not

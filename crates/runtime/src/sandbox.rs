@@ -31,6 +31,8 @@ pub enum SandboxError {
     MapIds(#[from] userns::UsernsError),
     #[error("cannot set resource limits")]
     Cgroup(#[from] cgroups::CgroupError),
+    #[error("the sandbox's cgroup path {0} contains a NUL byte")]
+    CgroupPath(String),
     #[error("cannot open the sandbox's cgroup {0}")]
     OpenCgroup(String, #[source] std::io::Error),
     #[error("cannot wait for the sandbox: {0}")]
@@ -96,7 +98,9 @@ pub fn run_sandbox(
                 .iter()
                 .map(|t| std::ffi::CString::new(t.as_os_str().as_encoded_bytes()))
                 .collect::<Result<_, _>>()
-                .map_err(|_| SandboxError::CreatePipes("a cgroup path contains a NUL byte".to_string()))?;
+                .map_err(|_| {
+                    SandboxError::CgroupPath(tasks.first().map(|t| t.display().to_string()).unwrap_or_default())
+                })?;
         }
         Some(CgroupEntryPoint::CloneInto(dir)) => {
             let opened = std::fs::OpenOptions::new()

@@ -1091,6 +1091,61 @@ fn python3() -> Option<&'static str> {
     ["/usr/bin/python3", "/usr/local/bin/python3"].into_iter().find(|p| Path::new(p).exists())
 }
 
+/// Resizes the caller's terminal once the command is ready (it prints READY), and tells airlock with SIGWINCH,
+/// as a terminal emulator does.
+const PTY_RESIZE_DRIVER: &str = r#"
+import fcntl, os, pty, select, signal, struct, sys, termios, time
+argv = sys.argv[1:]
+pid, fd = pty.fork()
+if pid == 0:
+    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    os.execvp(argv[0], argv)
+out, resized = b"", False
+deadline = time.time() + 20
+while time.time() < deadline:
+    if not resized and b"READY" in out:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+        os.kill(pid, signal.SIGWINCH)
+        resized = True
+    ready, _, _ = select.select([fd], [], [], 0.1)
+    if not ready:
+        continue
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        break
+    if not data:
+        break
+    out += data
+else:
+    os.kill(pid, signal.SIGKILL)
+    out += b"\nDRIVER: timed out\n"
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+print("EXIT", os.waitstatus_to_exitcode(status))
+"#;
+
+#[test]
+fn tty_window_resizes_reach_the_command() {
+    require_sandbox!();
+    let Some(python) = python3() else {
+        skip_or_fail!("python3 is not installed: it drives the pseudo-terminal");
+    };
+    let script = "trap 'stty size; exit 5' WINCH; stty size; echo READY; sleep 10 & wait";
+    let o = Command::new(python)
+        .args(["-c", PTY_RESIZE_DRIVER])
+        .arg(common::airlock_path())
+        .args(["run", "-t", "--", "/bin/sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = ok(&o).replace('\r', "");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines.first(), Some(&"40 100"), "initial size: {out}");
+    assert!(lines.contains(&"30 120"), "the command saw the new size (SIGWINCH in the sandbox): {out}");
+    assert_eq!(lines.last(), Some(&"EXIT 5"), "the WINCH trap ended the command: {out}");
+}
+
 #[test]
 fn tty_flag_gives_the_sandbox_its_own_terminal_with_the_callers_size() {
     require_sandbox!();

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_SETUP_FAILED)),
         Err(err) => {
-            eprintln!("airlock: {}", one_line(&err));
+            say(&one_line(&err));
             ExitCode::from(if runs_something { EXIT_SETUP_FAILED } else { EXIT_FAILED })
         }
     }
@@ -47,6 +47,14 @@ fn main() -> ExitCode {
 /// The error and its causes on one line: "what failed: why".
 pub fn one_line(err: &anyhow::Error) -> String {
     err.chain().map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
+}
+
+/// Prints one `airlock:` line on stderr. Control characters (a newline in a hostile file name, an escape
+/// sequence) are shown escaped, so the message stays one line and cannot drive the terminal.
+pub fn say(message: &str) {
+    let clean: String =
+        message.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect();
+    eprintln!("airlock: {clean}");
 }
 
 /// clap's errors, reduced to one `airlock:` line. Help and version go to stdout with status 0.
@@ -76,6 +84,6 @@ fn usage_error(err: &clap::Error) -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let is_run = args.get(1).is_some_and(|a| a == "run");
     let help = if is_run { "airlock run --help" } else { "airlock --help" };
-    eprintln!("airlock: {first} (see `{help}`)");
+    say(&format!("{first} (see `{help}`)"));
     ExitCode::from(if is_run { EXIT_SETUP_FAILED } else { EXIT_USAGE })
 }

@@ -31,7 +31,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     };
     let policy = profile::resolve(&merged, args.command.clone(), &invoker)?;
     if policy.network == Network::Host {
-        eprintln!("airlock: warning: --net host: the sandbox shares the host's network (no network isolation)");
+        crate::say("warning: --net host: the sandbox shares the host's network (no network isolation)");
     }
 
     let host = HostContext {
@@ -39,29 +39,29 @@ pub fn run(args: RunArgs) -> Result<i32> {
         tty: args.tty.then(runtime::host::caller_window_size),
         name: args.name.clone(),
     };
-    let (outcome, report) = run_sandbox(&policy, &host, &mut |w| eprintln!("airlock: warning: {w}"))?;
+    let (outcome, report) = run_sandbox(&policy, &host, &mut |w| crate::say(&format!("warning: {w}")))?;
     if let (Some(stats), Some(name), false) = (&report.stats, &args.name, args.rm) {
         if let Err(e) = crate::stats_cmd::keep_final_stats(name, stats, outcome.exit_code()) {
-            eprintln!("airlock: warning: cannot keep the final stats of {name}: {}", crate::one_line(&e));
+            crate::say(&format!("warning: cannot keep the final stats of {name}: {}", crate::one_line(&e)));
         }
     }
     if let Some(stats) = &report.stats {
         if stats.pids_max_hits.unwrap_or(0) > 0 {
             let limit = stats.pids_limit.map(|n| n.to_string()).unwrap_or_else(|| "--pids".to_string());
-            eprintln!("airlock: note: the process limit ({limit}) was reached: fork failed inside with EAGAIN");
+            crate::say(&format!("note: the process limit ({limit}) was reached: fork failed inside with EAGAIN"));
         }
     }
     match &outcome {
         RunOutcome::Exited(_) => {}
         RunOutcome::TimedOut(elapsed) => {
-            eprintln!(
-                "airlock: timed out after {:.1}s (--timeout {}): the sandbox was killed",
+            crate::say(&format!(
+                "timed out after {:.1}s (--timeout {}): the sandbox was killed",
                 elapsed.as_secs_f64(),
                 merged.process.timeout.as_deref().unwrap_or("?")
-            );
+            ));
         }
-        RunOutcome::ExecFailed { message, .. } => eprintln!("airlock: {message}"),
-        RunOutcome::OutOfMemory { summary } => eprintln!("airlock: killed: out of memory ({summary})"),
+        RunOutcome::ExecFailed { message, .. } => crate::say(message),
+        RunOutcome::OutOfMemory { summary } => crate::say(&format!("killed: out of memory ({summary})")),
     }
     Ok(outcome.exit_code())
 }

@@ -717,6 +717,21 @@ fn bad_timeout_values_are_refused() {
 }
 
 #[test]
+fn hostile_file_names_give_one_escaped_line() {
+    require_sandbox!();
+    // A newline and a terminal escape sequence in a path: the message stays one line (assert_rejected checks
+    // that), shows them escaped, and never passes the raw escape to the terminal.
+    let hostile = "/tmp/airlock-missing\nsecond-line\u{1b}[31m";
+    let marker = Marker::new();
+    let args = marker.args(&["--workspace", hostile, "--workspace-mode", "rw"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = common::run(&args);
+    assert_setup_refused(&o, &["airlock-missing\\nsecond-line"]);
+    assert!(!common::stderr(&o).contains('\u{1b}'), "raw escape sequence on stderr: {:?}", common::stderr(&o));
+    assert!(!marker.ran());
+}
+
+#[test]
 fn bad_memory_value_is_refused() {
     require_sandbox!();
     assert_rejected(&["--memory", "lots"], &["--memory", "lots"]);

@@ -32,6 +32,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What a sandbox changed in its copy-on-write workspace.
+    Diff(crate::workspace_cmd::DiffArgs),
+    /// Drop changes (all, or those under PATHs) from a sandbox's copy-on-write workspace.
+    Discard(crate::workspace_cmd::DiscardArgs),
+    /// Sandboxes that keep state: their status, workspace and pending changes.
+    Ls {
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove sandboxes and everything they kept (workspace layer, stats).
+    Rm {
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
     /// Policy profiles: list the built-ins, show one, validate a file.
     #[command(subcommand)]
     Profile(ProfileCommand),
@@ -56,7 +71,7 @@ pub struct RunArgs {
     /// A host directory shown at the same path inside; the working directory.
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<String>,
-    /// cow: writes go to a layer airlock keeps (not in this build yet); rw: straight to the host; ro: read-only.
+    /// cow: writes go to a layer airlock keeps (see `airlock diff`); rw: straight to the host; ro: read-only.
     #[arg(long, value_name = "cow|rw|ro")]
     pub workspace_mode: Option<String>,
     /// The sandbox's name (what it keeps stays under it until `airlock rm NAME`).

@@ -5,7 +5,10 @@ mod cli;
 mod doctor;
 mod profile_cmd;
 mod run;
+mod sandboxes_cmd;
+mod state;
 mod stats_cmd;
+mod workspace_cmd;
 
 use std::process::ExitCode;
 
@@ -34,6 +37,12 @@ fn main() -> ExitCode {
         Command::Doctor { json } => doctor::run_doctor(json),
         Command::Profile(cmd) => profile_cmd::run(cmd),
         Command::Stats { name, json } => stats_cmd::run(&name, json),
+        Command::Ls { json } => sandboxes_cmd::ls(json),
+        Command::Diff(args) => state::layer_of(&args.name, false).and_then(|layer| workspace_cmd::diff(&layer, &args)),
+        Command::Discard(args) => {
+            state::layer_of(&args.name, true).and_then(|layer| workspace_cmd::discard(&layer, &args))
+        }
+        Command::Rm { names } => sandboxes_cmd::rm(&names),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_SETUP_FAILED)),
@@ -81,8 +90,8 @@ fn usage_error(err: &clap::Error) -> ExitCode {
         .collect::<Vec<_>>()
         .join(" ");
     let first = first.trim_start_matches("error: ").trim_end_matches(':');
-    let args: Vec<String> = std::env::args().collect();
-    let is_run = args.get(1).is_some_and(|a| a == "run");
+    // args_os: an argument that is not UTF-8 (a hostile file name) must not panic here.
+    let is_run = std::env::args_os().nth(1).is_some_and(|a| a == "run");
     let help = if is_run { "airlock run --help" } else { "airlock --help" };
     say(&format!("{first} (see `{help}`)"));
     ExitCode::from(if is_run { EXIT_SETUP_FAILED } else { EXIT_USAGE })

@@ -4,11 +4,12 @@
 use anyhow::{anyhow, bail, Context, Result};
 use policy::names::validate_sandbox_name;
 use policy::profile::{self, Invoker, Profile, ProfileRef};
-use policy::sandbox::Network;
+use policy::sandbox::{Network, WorkspaceMode};
 use runtime::prepare::HostContext;
 use runtime::sandbox::{run_sandbox, RunOutcome};
 
 use crate::cli::RunArgs;
+use crate::state;
 
 pub fn run(args: RunArgs) -> Result<i32> {
     if let Some(name) = &args.name {
@@ -34,13 +35,52 @@ pub fn run(args: RunArgs) -> Result<i32> {
         crate::say("warning: --net host: the sandbox shares the host's network (no network isolation)");
     }
 
+    // What the sandbox keeps lives under its name: a cow workspace's layer always, otherwise only with --name.
+    let cow = policy.workspace.as_ref().is_some_and(|w| w.mode == WorkspaceMode::Cow);
+    let generated = args.name.is_none() && cow;
+    let name = args.name.clone().or_else(|| cow.then(state::generated_name));
+    if let Some(ws) = &policy.workspace {
+        // The state directory holds the layers: a workspace inside it could reach another sandbox's changes.
+        let state_root = std::fs::canonicalize(state::state_dir()).unwrap_or_else(|_| state::state_dir());
+        let workspace = std::fs::canonicalize(&ws.path).unwrap_or_else(|_| std::path::PathBuf::from(&ws.path));
+        if workspace.starts_with(&state_root) {
+            anyhow::bail!(
+                "--workspace {} is inside airlock's state directory {}; share a directory outside it",
+                ws.path,
+                state_root.display()
+            );
+        }
+    }
+    let mut kept = match &name {
+        Some(name) => {
+            let workspace = policy.workspace.as_ref().map(|w| (w.path.as_str(), mode_name(w.mode)));
+            Some(state::SandboxState::create(name, workspace, cow)?)
+        }
+        None => None,
+    };
     let host = HostContext {
         lock_dir: lock_dir(),
         tty: args.tty.then(runtime::host::caller_window_size),
-        name: args.name.clone(),
+        name: name.clone(),
+        layer: kept.as_ref().filter(|_| cow).map(state::SandboxState::layer_dirs),
     };
-    let (outcome, report) = run_sandbox(&policy, &host, &mut |w| crate::say(&format!("warning: {w}")))?;
-    if let (Some(stats), Some(name), false) = (&report.stats, &args.name, args.rm) {
+    let ran = run_sandbox(&policy, &host, &mut |w| crate::say(&format!("warning: {w}")));
+    let (outcome, report) = match ran {
+        Ok(done) => done,
+        Err(e) => {
+            // Nothing ran: nothing of this sandbox is worth keeping.
+            if let Some(state) = kept.take() {
+                let _ = state.remove();
+            }
+            return Err(e.into());
+        }
+    };
+    if let Some(state) = kept.as_mut() {
+        if let Err(e) = state.finish(Some(outcome.exit_code())) {
+            crate::say(&format!("warning: cannot record how sandbox {} ended: {}", state.name, crate::one_line(&e)));
+        }
+    }
+    if let (Some(stats), Some(name), false) = (&report.stats, &name, args.rm) {
         if let Err(e) = crate::stats_cmd::keep_final_stats(name, stats, outcome.exit_code()) {
             crate::say(&format!("warning: cannot keep the final stats of {name}: {}", crate::one_line(&e)));
         }
@@ -63,7 +103,28 @@ pub fn run(args: RunArgs) -> Result<i32> {
         RunOutcome::ExecFailed { message, .. } => crate::say(message),
         RunOutcome::OutOfMemory { summary } => crate::say(&format!("killed: out of memory ({summary})")),
     }
+    match kept {
+        Some(state) if args.rm => {
+            let name = state.name.clone();
+            if let Err(e) = state.remove() {
+                crate::say(&format!("warning: cannot remove sandbox {name}: {}", crate::one_line(&e)));
+            }
+        }
+        Some(state) if generated => crate::say(&format!(
+            "the workspace's changes are kept in sandbox {0}: `airlock diff {0}` shows them, `airlock rm {0}` drops them",
+            state.name
+        )),
+        _ => {}
+    }
     Ok(outcome.exit_code())
+}
+
+fn mode_name(mode: WorkspaceMode) -> &'static str {
+    match mode {
+        WorkspaceMode::Cow => "cow",
+        WorkspaceMode::Rw => "rw",
+        WorkspaceMode::Ro => "ro",
+    }
 }
 
 /// A built-in by name, or a file.

@@ -8,25 +8,9 @@ use policy::names::validate_sandbox_name;
 use runtime::cgroups::{self, format_bytes, CgroupStats};
 use serde_json::{json, Value};
 
-/// Where airlock keeps state: `$AIRLOCK_STATE_DIR`, else `/var/lib/airlock` for root and
-/// `$XDG_STATE_HOME/airlock` (`~/.local/state/airlock`) for other users.
-pub fn state_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("AIRLOCK_STATE_DIR") {
-        return PathBuf::from(dir);
-    }
-    if runtime::host::is_host_root() {
-        return PathBuf::from("/var/lib/airlock");
-    }
-    match (std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")) {
-        (Some(xdg), _) => PathBuf::from(xdg).join("airlock"),
-        (None, Some(home)) => PathBuf::from(home).join(".local/state/airlock"),
-        (None, None) => PathBuf::from("/tmp/airlock-state"),
-    }
-}
-
 /// The file holding a named sandbox's final numbers.
 pub fn final_stats_path(name: &str) -> PathBuf {
-    state_dir().join("sandboxes").join(name).join("stats.json")
+    crate::state::sandbox_dir(name).join("stats.json")
 }
 
 /// The stable JSON shape of `airlock stats --json` (documented in README).

@@ -861,16 +861,6 @@ fn missing_rootfs_directory_is_refused() {
 }
 
 #[test]
-fn cow_workspace_fails_closed_with_not_available_message() {
-    require_sandbox!();
-    let ws = TempDir::new("cow");
-    assert_rejected(&["--workspace", ws.str(), "--workspace-mode", "cow"], &["cow", "not available in this build"]);
-    // cow is the default profile's mode: --workspace alone gets the same clear refusal.
-    assert_rejected(&["--workspace", ws.str()], &["cow", "not available in this build"]);
-    assert!(std::fs::read_dir(ws.path()).unwrap().next().is_none(), "the workspace was written");
-}
-
-#[test]
 fn net_allow_fails_closed_while_the_gateway_is_not_built() {
     require_sandbox!();
     assert_rejected(&["--net", "allow", "--allow", "x.com"], &["--net allow", "not available"]);

@@ -22,6 +22,8 @@ pub enum Step {
     OpenMountSource,
     CheckMountSource,
     CloneMountSource,
+    OpenWorkspaceLayer,
+    MountWorkspaceOverlay,
     SetMountSourceAttributes,
     MountStagingRoot,
     CreateMountPoint,
@@ -60,7 +62,7 @@ pub enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 43] = [
+    const ALL: [Step; 45] = [
         Step::WaitForSupervisor,
         Step::SwitchToSandboxRoot,
         Step::JoinCgroup,
@@ -69,6 +71,8 @@ impl Step {
         Step::OpenMountSource,
         Step::CheckMountSource,
         Step::CloneMountSource,
+        Step::OpenWorkspaceLayer,
+        Step::MountWorkspaceOverlay,
         Step::SetMountSourceAttributes,
         Step::MountStagingRoot,
         Step::CreateMountPoint,
@@ -121,6 +125,8 @@ impl Step {
             Step::OpenMountSource => "open mount source",
             Step::CheckMountSource => "check mount source",
             Step::CloneMountSource => "clone mount source",
+            Step::OpenWorkspaceLayer => "open the copy-on-write layer of",
+            Step::MountWorkspaceOverlay => "mount the copy-on-write overlay of",
             Step::SetMountSourceAttributes => "set mount flags on",
             Step::MountStagingRoot => "mount the new root tmpfs",
             Step::CreateMountPoint => "create mount point",

@@ -43,3 +43,10 @@ pub fn restore_default_sigpipe() {
     // SAFETY: setting a signal's disposition to SIG_DFL is always valid and has no memory effects.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
+
+/// `flock(LOCK_EX | LOCK_NB)` on `file`: whether this process now holds the lock.
+pub fn try_lock_exclusive(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on an fd the File owns, integer arguments only.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}

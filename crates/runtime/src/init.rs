@@ -71,7 +71,10 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     // The mount sources are opened and cloned while we still have the credentials of the user who ran airlock:
     // the policy shares what that user can reach (as host root, a bind of /root/.cargo must work though /root
     // is 0700). Only airlock's own plan runs here, on paths validated by the supervisor, never sandbox code.
-    if let Err(f) = mounts::make_mounts_private().and_then(|()| mounts::clone_mount_sources(&plan.sources, trees)) {
+    let mut overlay = mounts::OverlayFds::NONE;
+    if let Err(f) =
+        mounts::make_mounts_private().and_then(|()| mounts::clone_mount_sources(&plan.sources, trees, &mut overlay))
+    {
         abort(f);
     }
 
@@ -90,7 +93,7 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     }
     sys::close(fds.start);
 
-    if let Err(f) = build_sandbox(plan, trees) {
+    if let Err(f) = mounts::mount_workspace_overlay(&overlay, trees).and_then(|()| build_sandbox(plan, trees)) {
         abort(f);
     }
 

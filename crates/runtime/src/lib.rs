@@ -11,6 +11,7 @@ pub mod failure;
 pub mod host;
 pub mod init;
 pub mod landlock;
+pub mod layer;
 pub mod mounts;
 pub mod net;
 pub mod plan;

@@ -41,9 +41,29 @@ pub fn make_mounts_private() -> Result<(), ChildFailure> {
     sys::check(ret as libc::c_long).map(drop).map_err(fail(Step::MakeMountsPrivate, 0))
 }
 
-/// Opens and clones every mount source. Returns the detached clones in `trees` (same order as `sources`).
+/// The three directories of the copy-on-write layer, opened by init before it drops the invoker's credentials
+/// (`-1` when there is no layer): lower (the workspace), upper, work.
+#[derive(Debug, Clone, Copy)]
+pub struct OverlayFds {
+    pub source: usize,
+    pub lower: RawFd,
+    pub upper: RawFd,
+    pub work: RawFd,
+}
+
+impl OverlayFds {
+    pub const NONE: OverlayFds = OverlayFds { source: usize::MAX, lower: -1, upper: -1, work: -1 };
+}
+
+/// Opens and clones every mount source. Returns the detached clones in `trees` (same order as `sources`); the
+/// `cow` workspace is not cloned but opened, with its layer's directories, into `overlay` (its overlay is
+/// mounted later, with the sandbox root's credentials, by [`mount_workspace_overlay`]).
 /// Must run before the staging root is mounted: that can hide a source (e.g. one under `/tmp`).
-pub fn clone_mount_sources(sources: &[MountSource], trees: &mut [RawFd]) -> Result<(), ChildFailure> {
+pub fn clone_mount_sources(
+    sources: &[MountSource],
+    trees: &mut [RawFd],
+    overlay: &mut OverlayFds,
+) -> Result<(), ChildFailure> {
     for (index, (source, tree)) in sources.iter().zip(trees.iter_mut()).enumerate() {
         let fd = sys::openat2(libc::AT_FDCWD, &source.host_path, libc::O_PATH, libc::RESOLVE_NO_SYMLINKS)
             .map_err(fail(Step::OpenMountSource, index))?;
@@ -51,6 +71,22 @@ pub fn clone_mount_sources(sources: &[MountSource], trees: &mut [RawFd]) -> Resu
         if let Err(errno) = checked {
             sys::close(fd);
             return Err(fail(Step::CheckMountSource, index)(errno));
+        }
+        if let Some(dirs) = &source.overlay {
+            let flags = libc::O_PATH | libc::O_DIRECTORY;
+            let upper = sys::openat2(libc::AT_FDCWD, &dirs.upper, flags, libc::RESOLVE_NO_SYMLINKS);
+            let work = sys::openat2(libc::AT_FDCWD, &dirs.work, flags, libc::RESOLVE_NO_SYMLINKS);
+            match (upper, work) {
+                (Ok(upper), Ok(work)) => *overlay = OverlayFds { source: index, lower: fd, upper, work },
+                (Err(e), other) | (other @ Ok(_), Err(e)) => {
+                    if let Ok(opened) = other {
+                        sys::close(opened);
+                    }
+                    sys::close(fd);
+                    return Err(fail(Step::OpenWorkspaceLayer, index)(e));
+                }
+            }
+            continue;
         }
         let cloned = sys::open_tree(
             fd,
@@ -83,6 +119,61 @@ fn check_source_kind(fd: RawFd, kind: SourceKind) -> Result<(), Errno> {
     } else {
         Err(libc::ENOTDIR)
     }
+}
+
+/// Mounts the `cow` workspace's overlay (lower: the workspace; upper and work: the layer's directories, all
+/// three by their `/proc/self/fd` links, so no path is resolved again) and puts it in `trees` in the
+/// workspace's slot. Runs after init switched to the sandbox's root: the overlay does its copy-ups with the
+/// mounter's credentials, which must be the sandbox's, never the invoker's. `userxattr` because the mount is
+/// made in a user namespace, where `trusted.*` xattrs are not ours to write.
+pub fn mount_workspace_overlay(overlay: &OverlayFds, trees: &mut [RawFd]) -> Result<(), ChildFailure> {
+    if overlay.lower < 0 {
+        return Ok(());
+    }
+    let index = overlay.source;
+    let mut lower_buf = [0u8; 32];
+    let mut upper_buf = [0u8; 32];
+    let mut work_buf = [0u8; 32];
+    let result = (|| {
+        let fs = sys::fsopen(c"overlay")?;
+        let configured = sys::fsconfig_string(fs, c"lowerdir", proc_fd_path(overlay.lower, &mut lower_buf))
+            .and_then(|()| sys::fsconfig_string(fs, c"upperdir", proc_fd_path(overlay.upper, &mut upper_buf)))
+            .and_then(|()| sys::fsconfig_string(fs, c"workdir", proc_fd_path(overlay.work, &mut work_buf)))
+            .and_then(|()| sys::fsconfig_flag(fs, c"userxattr"));
+        let mnt = configured.and_then(|()| sys::fsmount(fs, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV));
+        sys::close(fs);
+        mnt
+    })();
+    for fd in [overlay.lower, overlay.upper, overlay.work] {
+        sys::close(fd);
+    }
+    let mnt = result.map_err(fail(Step::MountWorkspaceOverlay, index))?;
+    if let Some(slot) = trees.get_mut(index) {
+        *slot = mnt;
+    }
+    Ok(())
+}
+
+/// `/proc/self/fd/<fd>` in `buf`, without allocating.
+fn proc_fd_path(fd: RawFd, buf: &mut [u8; 32]) -> &CStr {
+    const PREFIX: &[u8] = b"/proc/self/fd/";
+    buf[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = [0u8; 10];
+    let mut n = fd.max(0) as u32;
+    let mut count = 0;
+    loop {
+        digits[count] = b'0' + (n % 10) as u8;
+        count += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..count {
+        buf[PREFIX.len() + i] = digits[count - 1 - i];
+    }
+    buf[PREFIX.len() + count] = 0;
+    CStr::from_bytes_until_nul(&buf[..]).unwrap_or(c"/proc/self/fd/-1")
 }
 
 /// Mounts an empty tmpfs and attaches it at `staging_dir` in the sandbox's copy of the host tree. Returns an fd

@@ -37,6 +37,17 @@ pub struct MountSource {
     pub kind: SourceKind,
     /// Mount attributes (`MOUNT_ATTR_*`) applied recursively to the clone.
     pub attr_set: u64,
+    /// For the `cow` workspace: this source is the lower layer of an overlay whose upper and work directories
+    /// are these host paths; the mount placed at the destination is the overlay, not a bind.
+    pub overlay: Option<OverlayDirs>,
+}
+
+/// The host directories of a copy-on-write layer.
+#[derive(Debug, Clone)]
+pub struct OverlayDirs {
+    pub upper: CString,
+    pub work: CString,
+    pub upper_display: String,
 }
 
 /// One step of building the new root, in order.
@@ -61,6 +72,9 @@ pub struct IdPlan {
     /// The command's ids inside.
     pub uid: u32,
     pub gid: u32,
+    /// Init's ids on the host (root inside): the owner the copy-on-write layer's directories must have.
+    pub init_host_uid: u32,
+    pub init_host_gid: u32,
     /// The command's ids on the host (what its files and processes belong to there).
     pub host_uid: u32,
     pub host_gid: u32,

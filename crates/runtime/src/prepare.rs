@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use policy::sandbox::{Network, Requirement, Rootfs, SandboxPolicy, WorkspaceMode};
 
 use crate::landlock::{self, LandlockPlan, LandlockRule, ACCESS_ALL, ACCESS_DEVICE, ACCESS_READ};
-use crate::plan::{CommandPlan, IdPlan, InsidePath, MountSource, RootEntry, SandboxPlan, SourceKind};
+use crate::plan::{CommandPlan, IdPlan, InsidePath, MountSource, OverlayDirs, RootEntry, SandboxPlan, SourceKind};
 use crate::seccomp;
 use crate::sys;
 use crate::userns::{self, HostIdRange, HOST_RANGE_SIZE};
@@ -45,8 +45,8 @@ pub enum PrepareError {
     ReadRootfs { path: String, source: std::io::Error },
     #[error("{0} contains a NUL byte")]
     NulByte(String),
-    #[error("--workspace-mode cow is not available in this build yet; use --workspace-mode rw or ro (cow arrives with `airlock diff`/`commit`)")]
-    CowNotAvailable,
+    #[error("--workspace-mode cow needs a layer directory for the sandbox (internal: the caller gave none)")]
+    CowNeedsLayer,
     #[error("--net allow is not available in this build yet: the network gateway is not built; use --net none (default) or --net host")]
     NetworkAllowNotAvailable,
     #[error("Landlock is required by the profile but {0}; run `airlock doctor`, or set `[security] landlock = \"best-effort\"` in a profile")]
@@ -89,10 +89,23 @@ pub struct HostContext {
     pub tty: Option<libc::winsize>,
     /// The sandbox's name (`--name`), for its cgroup.
     pub name: Option<String>,
+    /// The copy-on-write layer's directories, for a `cow` workspace (created by the caller).
+    pub layer: Option<LayerDirs>,
+}
+
+/// Upper and work directories of a workspace layer, on the host.
+#[derive(Debug, Clone)]
+pub struct LayerDirs {
+    pub upper: PathBuf,
+    pub work: PathBuf,
 }
 
 fn cstring(s: &str) -> Result<CString, PrepareError> {
     CString::new(s).map_err(|_| PrepareError::NulByte(s.escape_debug().to_string()))
+}
+
+fn path_cstring(path: &Path) -> Result<CString, PrepareError> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| PrepareError::NulByte(path.display().to_string()))
 }
 
 fn inside_path(path: &str) -> Result<InsidePath, PrepareError> {
@@ -139,7 +152,13 @@ struct Builder {
 
 impl Builder {
     fn bind(&mut self, host: &str, dest: &str, kind: SourceKind, attr_set: u64) -> Result<(), PrepareError> {
-        self.sources.push(MountSource { host_path: cstring(host)?, display: host.to_string(), kind, attr_set });
+        self.sources.push(MountSource {
+            host_path: cstring(host)?,
+            display: host.to_string(),
+            kind,
+            attr_set,
+            overlay: None,
+        });
         self.entries.push(RootEntry::Bind { source: self.sources.len() - 1, dest: inside_path(dest)? });
         Ok(())
     }
@@ -180,9 +199,10 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
     let mut warnings = Vec::new();
 
     // Features not built yet fail closed: a run never silently gets less than it asked for.
-    if policy.workspace.as_ref().is_some_and(|w| w.mode == WorkspaceMode::Cow) {
-        return Err(PrepareError::CowNotAvailable);
-    }
+    let cow_layer = match &policy.workspace {
+        Some(w) if w.mode == WorkspaceMode::Cow => Some(host.layer.as_ref().ok_or(PrepareError::CowNeedsLayer)?),
+        _ => None,
+    };
     if matches!(policy.network, Network::Allow(_)) {
         return Err(PrepareError::NetworkAllowNotAvailable);
     }
@@ -271,7 +291,7 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
     landlock_rules.push(LandlockRule { path: cstring("/tmp")?, access: ACCESS_ALL });
 
     enum Extra<'a> {
-        Bind { source: &'a str, dest: &'a str, writable: bool, what: &'static str },
+        Bind { source: &'a str, dest: &'a str, writable: bool, what: &'static str, cow: bool },
         Tmpfs { dest: &'a str, size: Option<u64> },
     }
     let mut extras: Vec<Extra> = Vec::new();
@@ -281,6 +301,7 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
             dest: &ws.path,
             writable: ws.mode == WorkspaceMode::Rw,
             what: "workspace",
+            cow: ws.mode == WorkspaceMode::Cow,
         });
     }
     for bind in &policy.binds {
@@ -289,6 +310,7 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
             dest: &bind.destination,
             writable: bind.writable,
             what: if bind.writable { "--bind source" } else { "--ro-bind source" },
+            cow: false,
         });
     }
     for t in &policy.tmpfs {
@@ -300,7 +322,7 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
     extras.sort_by_key(depth);
     for extra in extras {
         match extra {
-            Extra::Bind { source, dest, writable, what } => {
+            Extra::Bind { source, dest, writable, what, cow } => {
                 let ft = check_host_path(what, source)?;
                 let kind = source_kind(what, source, ft)?;
                 if what == "workspace" && kind != SourceKind::Directory {
@@ -309,8 +331,21 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
                 if kind == SourceKind::CharDevice {
                     return Err(PrepareError::UnsupportedFileType { what, path: source.to_string() });
                 }
-                b.bind(source, dest, kind, if writable { RW_ATTRS } else { RO_ATTRS })?;
-                if writable {
+                b.bind(source, dest, kind, if writable || cow { RW_ATTRS } else { RO_ATTRS })?;
+                if let (true, Some(layer)) = (cow, cow_layer) {
+                    // The workspace is the lower layer of an overlay; the sandbox writes to the upper layer only.
+                    if let Some(last) = b.sources.last_mut() {
+                        last.overlay = Some(OverlayDirs {
+                            upper: path_cstring(&layer.upper)?,
+                            work: path_cstring(&layer.work)?,
+                            upper_display: layer.upper.display().to_string(),
+                        });
+                    }
+                    landlock_rules.push(LandlockRule { path: cstring(dest)?, access: ACCESS_ALL });
+                }
+                // A cow workspace counts as writable for the identity mapping: the sandbox changes the workspace's
+                // files (in its layer), so it must be their owner.
+                if writable || cow {
                     let meta = fs::metadata(source).map_err(|e| PrepareError::OpenPath {
                         what,
                         path: source.to_string(),
@@ -341,6 +376,7 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
             display: host_path.clone(),
             kind: SourceKind::CharDevice,
             attr_set: libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC,
+            overlay: None,
         });
         devices.push((cstring(name)?, b.sources.len() - 1));
         landlock_rules.push(LandlockRule { path: cstring(&host_path)?, access: ACCESS_DEVICE });
@@ -404,6 +440,8 @@ fn id_plan(
             init_gid: gid,
             uid,
             gid,
+            init_host_uid: euid,
+            init_host_gid: egid,
             host_uid: euid,
             host_gid: egid,
             uid_map: format!("{uid} {euid} 1\n"),
@@ -436,8 +474,12 @@ fn id_plan(
     let range = userns::allocate_host_id_range(&host.lock_dir)?;
     let base = range.base;
     let owner_gid = owner.map(|(_, _, g)| g).filter(|g| *g != 0);
+    // Root inside is the owner when the identity is root and a writable share's owner maps to it.
+    let owner_uid = owner.map(|(_, u, _)| u);
     let ids = IdPlan {
-        host_uid: owner.map(|(_, u, _)| u).unwrap_or(base + uid),
+        init_host_uid: if uid == 0 { owner_uid.unwrap_or(base) } else { base },
+        init_host_gid: if gid == 0 { owner_gid.unwrap_or(base) } else { base },
+        host_uid: owner_uid.unwrap_or(base + uid),
         host_gid: owner_gid.unwrap_or(base + gid),
         host_root,
         init_uid: 0,

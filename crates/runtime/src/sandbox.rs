@@ -2,6 +2,7 @@
 //! reason it comes where it does. The sandbox's own steps (5–7) are in `init` and `exec`.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ pub enum SandboxError {
     MapIds(#[from] userns::UsernsError),
     #[error("cannot set resource limits")]
     Cgroup(#[from] cgroups::CgroupError),
+    #[error("cannot hand the copy-on-write layer {0} to the sandbox's root")]
+    PrepareLayer(String, #[source] std::io::Error),
     #[error("the sandbox's cgroup path {0} contains a NUL byte")]
     CgroupPath(String),
     #[error("cannot open the sandbox's cgroup {0}")]
@@ -114,6 +117,17 @@ pub fn run_sandbox(
     }
     let prepared = prepared;
     let plan = &prepared.plan;
+    // The copy-on-write layer's directories belong to the sandbox's root on the host: the overlay writes to
+    // them with its credentials. (Rootless, that is the invoker, who created them.)
+    if plan.ids.host_root {
+        for dirs in plan.sources.iter().filter_map(|s| s.overlay.as_ref()) {
+            for dir in [&dirs.upper, &dirs.work] {
+                let path = std::path::Path::new(std::ffi::OsStr::from_bytes(dir.to_bytes()));
+                std::os::unix::fs::lchown(path, Some(plan.ids.init_host_uid), Some(plan.ids.init_host_gid))
+                    .map_err(|e| SandboxError::PrepareLayer(path.display().to_string(), e))?;
+            }
+        }
+    }
     let pipes = SupervisorPipes::create(plan.tty.is_some()).map_err(|e| SandboxError::CreatePipes(errno_text(e)))?;
     // Slots for init's detached mount clones, allocated now because init may not allocate.
     let mut trees: Vec<RawFd> = vec![-1; plan.sources.len()];
@@ -295,6 +309,10 @@ pub fn describe_failure(prepared: &Prepared, f: &ChildFailure) -> String {
         Step::OpenMountSource | Step::CheckMountSource | Step::CloneMountSource | Step::SetMountSourceAttributes => {
             plan.sources.get(index).map(|s| s.display.clone())
         }
+        Step::OpenWorkspaceLayer | Step::MountWorkspaceOverlay => plan.sources.get(index).map(|s| {
+            let layer = s.overlay.as_ref().map(|o| o.upper_display.as_str()).unwrap_or("?");
+            format!("{} (layer {layer})", s.display)
+        }),
         Step::CreateMountPoint | Step::AttachMount | Step::CreateRootSymlink | Step::MountTmpfs => {
             prepared.entry_names.get(index).cloned()
         }

@@ -106,6 +106,22 @@ pub fn fsconfig_string(fsfd: RawFd, key: &CStr, value: &CStr) -> Result<(), Errn
     check(ret).map(drop)
 }
 
+/// `fsconfig(fd, FSCONFIG_SET_FLAG, key)`.
+pub fn fsconfig_flag(fsfd: RawFd, key: &CStr) -> Result<(), Errno> {
+    // SAFETY: key is a valid NUL-terminated string; value and aux are unused for SET_FLAG.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fsfd,
+            libc::FSCONFIG_SET_FLAG,
+            key.as_ptr(),
+            std::ptr::null::<libc::c_char>(),
+            0,
+        )
+    };
+    check(ret).map(drop)
+}
+
 /// `fsconfig(fd, FSCONFIG_CMD_CREATE)` then `fsmount(fd, attrs)`: a detached mount of the configured filesystem.
 pub fn fsmount(fsfd: RawFd, attr_flags: u64) -> Result<RawFd, Errno> {
     // SAFETY: CMD_CREATE takes no pointers (key and value are null, aux 0).

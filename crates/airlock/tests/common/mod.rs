@@ -42,9 +42,20 @@ pub fn is_root() -> bool {
     std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }
 
+/// The state directory the tests' airlock processes use (never the machine's /var/lib/airlock), per uid.
+pub fn test_state_dir(uid: u32) -> String {
+    format!("{}/airlock-test-state-{uid}", std::env::temp_dir().display())
+}
+
 /// `airlock ARGS...` as the current user, with stdin closed.
 pub fn airlock(args: &[&str]) -> Output {
-    Command::new(airlock_path()).args(args).stdin(Stdio::null()).output().expect("spawn airlock")
+    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
+    Command::new(airlock_path())
+        .args(args)
+        .env("AIRLOCK_STATE_DIR", test_state_dir(uid))
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn airlock")
 }
 
 /// `airlock run ARGS...`.
@@ -152,8 +163,9 @@ pub fn test_user_uid() -> u32 {
 /// `airlock ARGS...` as the ordinary test user (rootless mode), via `setpriv`, with a clean environment.
 pub fn airlock_as_user(args: &[&str]) -> Output {
     let uid = test_user_uid().to_string();
+    let state = format!("AIRLOCK_STATE_DIR={}", test_state_dir(test_user_uid()));
     Command::new("setpriv")
-        .args(["--reuid", &uid, "--regid", &uid, "--clear-groups", "--reset-env", "--"])
+        .args(["--reuid", &uid, "--regid", &uid, "--clear-groups", "--reset-env", "--", "/usr/bin/env", &state])
         .arg(shared_binary())
         .args(args)
         .current_dir("/")

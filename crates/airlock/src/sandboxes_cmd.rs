@@ -1,0 +1,73 @@
+//! `airlock ls` and `airlock rm`: the sandboxes that keep state under their name.
+
+use anyhow::{anyhow, bail, Result};
+use policy::names::validate_sandbox_name;
+use serde_json::json;
+
+use crate::state;
+
+pub fn ls(json_output: bool) -> Result<i32> {
+    let mut rows = Vec::new();
+    for name in state::sandbox_names()? {
+        let dir = state::sandbox_dir(&name);
+        let record = state::read_record(&dir).ok();
+        let running = state::is_running(&dir);
+        let changes = record.as_ref().and_then(|r| pending_changes(&dir, r));
+        rows.push(json!({
+            "name": name,
+            "state": if running { "running" } else { "exited" },
+            "workspace": record.as_ref().and_then(|r| r.workspace.clone()),
+            "workspace_mode": record.as_ref().and_then(|r| r.workspace_mode.clone()),
+            "exit_code": if running { None } else { record.as_ref().and_then(|r| r.exit_code) },
+            "pending_changes": changes,
+        }));
+    }
+    if json_output {
+        println!("{}", serde_json::to_string_pretty(&json!({ "sandboxes": rows }))?);
+        return Ok(0);
+    }
+    if rows.is_empty() {
+        println!("no sandboxes");
+        return Ok(0);
+    }
+    println!("{:<24} {:<8} {:<8} {:<8} WORKSPACE", "NAME", "STATE", "MODE", "CHANGES");
+    for row in rows {
+        let text = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| "-".to_string());
+        let changes = row["pending_changes"].as_u64().map(|n| n.to_string()).unwrap_or_else(|| "-".to_string());
+        println!(
+            "{:<24} {:<8} {:<8} {:<8} {}",
+            text(&row["name"]),
+            text(&row["state"]),
+            text(&row["workspace_mode"]),
+            changes,
+            text(&row["workspace"])
+        );
+    }
+    Ok(0)
+}
+
+pub fn rm(names: &[String]) -> Result<i32> {
+    for name in names {
+        validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
+        let dir = state::sandbox_dir(name);
+        if !dir.is_dir() {
+            bail!("no sandbox named {name} (see `airlock ls`)");
+        }
+        if state::is_running(&dir) {
+            bail!("sandbox {name} is running; it is removed only once it has ended");
+        }
+        state::remove_sandbox_dir(&dir)?;
+    }
+    Ok(0)
+}
+
+/// How many changes a sandbox's copy-on-write layer holds (`None` without a layer, or when it cannot be read).
+fn pending_changes(dir: &std::path::Path, record: &state::SandboxRecord) -> Option<u64> {
+    let upper = dir.join("upper");
+    let lower = record.workspace.as_ref()?;
+    if !upper.is_dir() {
+        return None;
+    }
+    let paths = runtime::layer::LayerPaths { upper, lower: std::path::PathBuf::from(lower) };
+    runtime::layer::diff_layer(&paths, &[]).ok().map(|changes| changes.len() as u64)
+}

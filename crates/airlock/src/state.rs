@@ -1,0 +1,214 @@
+//! The state a sandbox keeps on the host, under its name: `$STATE/sandboxes/NAME/` holds `sandbox.json` (what it
+//! is), `lock` (held while it runs), the copy-on-write layer (`upper/`, `work/`) and `stats.json` (final resource
+//! numbers). It stays until `airlock rm NAME`; `--rm` removes it when the run ends.
+//!
+//! `$STATE` is `$AIRLOCK_STATE_DIR`, else `/var/lib/airlock` for root and `$XDG_STATE_HOME/airlock`
+//! (`~/.local/state/airlock`) for other users.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Where airlock keeps state.
+pub fn state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("AIRLOCK_STATE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if runtime::host::is_host_root() {
+        return PathBuf::from("/var/lib/airlock");
+    }
+    match (std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")) {
+        (Some(xdg), _) => PathBuf::from(xdg).join("airlock"),
+        (None, Some(home)) => PathBuf::from(home).join(".local/state/airlock"),
+        (None, None) => PathBuf::from("/tmp/airlock-state"),
+    }
+}
+
+/// The directory of the sandbox called `name` (validated by the caller).
+pub fn sandbox_dir(name: &str) -> PathBuf {
+    state_dir().join("sandboxes").join(name)
+}
+
+/// `sandbox.json`: stable field names (documented in README).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    pub name: String,
+    /// The host workspace, if any.
+    pub workspace: Option<String>,
+    /// `cow`, `rw`, `ro`, or null without a workspace.
+    pub workspace_mode: Option<String>,
+    /// Unix time (seconds, fractional) the sandbox was created; host files changed after it conflict on commit.
+    pub created: f64,
+    /// `running` or `exited` (what `airlock ls` shows is checked against the lock).
+    pub status: String,
+    pub exit_code: Option<i32>,
+}
+
+/// A sandbox's state directory, claimed by this process for the run.
+pub struct SandboxState {
+    pub name: String,
+    pub dir: PathBuf,
+    pub record: SandboxRecord,
+    /// Held (flock) while the sandbox runs; dropped with this value.
+    _lock: File,
+}
+
+impl SandboxState {
+    /// Creates the state of a new sandbox `name`. A sandbox of that name must not exist yet.
+    pub fn create(name: &str, workspace: Option<(&str, &str)>, with_layer: bool) -> Result<SandboxState> {
+        let parent = state_dir().join("sandboxes");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&parent)
+            .with_context(|| format!("cannot create the state directory {}", parent.display()))?;
+        let dir = parent.join(name);
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                bail!("a sandbox named {name} exists already (see `airlock ls`; `airlock rm {name}` removes it)")
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+        let lock = lock_file(&dir)?.ok_or_else(|| anyhow!("sandbox {name} is being created by another airlock"))?;
+        if with_layer {
+            // The overlay needs upper and work on one filesystem; airlock hands them to the sandbox's root.
+            for sub in ["upper", "work"] {
+                fs::DirBuilder::new()
+                    .mode(0o755)
+                    .create(dir.join(sub))
+                    .with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
+            }
+        }
+        let record = SandboxRecord {
+            name: name.to_string(),
+            workspace: workspace.map(|(path, _)| path.to_string()),
+            workspace_mode: workspace.map(|(_, mode)| mode.to_string()),
+            created: now(),
+            status: "running".to_string(),
+            exit_code: None,
+        };
+        let state = SandboxState { name: name.to_string(), dir, record, _lock: lock };
+        state.write_record()?;
+        Ok(state)
+    }
+
+    pub fn layer_dirs(&self) -> runtime::prepare::LayerDirs {
+        runtime::prepare::LayerDirs { upper: self.dir.join("upper"), work: self.dir.join("work") }
+    }
+
+    /// Records how the run ended.
+    pub fn finish(&mut self, exit_code: Option<i32>) -> Result<()> {
+        self.record.status = "exited".to_string();
+        self.record.exit_code = exit_code;
+        self.write_record()
+    }
+
+    /// Removes everything the sandbox kept.
+    pub fn remove(self) -> Result<()> {
+        remove_sandbox_dir(&self.dir)
+    }
+
+    fn write_record(&self) -> Result<()> {
+        let path = self.dir.join("sandbox.json");
+        let staged = self.dir.join(".sandbox.json.tmp");
+        let text = serde_json::to_string_pretty(&self.record)? + "\n";
+        fs::write(&staged, text).with_context(|| format!("cannot write {}", staged.display()))?;
+        fs::rename(&staged, &path).with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// Takes the sandbox's lock without waiting; `None` when a running airlock holds it.
+fn lock_file(dir: &Path) -> Result<Option<File>> {
+    let path = dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(runtime::host::try_lock_exclusive(&file).then_some(file))
+}
+
+/// Whether an airlock process runs the sandbox in `dir` now (it holds the lock).
+pub fn is_running(dir: &Path) -> bool {
+    matches!(lock_file(dir), Ok(None))
+}
+
+/// A kept sandbox's record.
+pub fn read_record(dir: &Path) -> Result<SandboxRecord> {
+    let path = dir.join("sandbox.json");
+    let mut text = String::new();
+    File::open(&path)
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a valid sandbox record", path.display()))
+}
+
+/// Every kept sandbox's name, sorted.
+pub fn sandbox_names() -> Result<Vec<String>> {
+    let parent = state_dir().join("sandboxes");
+    let entries = match fs::read_dir(&parent) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", parent.display())),
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| policy::names::validate_sandbox_name(n).is_ok())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Removes a sandbox's directory. The overlay leaves `work/work` with mode 000; open it up first.
+pub fn remove_sandbox_dir(dir: &Path) -> Result<()> {
+    let inner_work = dir.join("work").join("work");
+    if fs::symlink_metadata(&inner_work).is_ok_and(|m| m.is_dir()) {
+        let _ = fs::set_permissions(&inner_work, fs::Permissions::from_mode(0o700));
+    }
+    // remove_dir_all never follows symlinks, so nothing the sandbox planted in its layer leads outside.
+    fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))
+}
+
+/// A new sandbox name: `sbx-` and eight hex digits from the kernel's random source.
+pub fn generated_name() -> String {
+    let mut bytes = [0u8; 4];
+    let random = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    let value = match random {
+        Ok(()) => u32::from_ne_bytes(bytes),
+        Err(_) => std::process::id() ^ (now() as u32),
+    };
+    format!("sbx-{value:08x}")
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// The copy-on-write layer of the kept sandbox `name`, for `diff` and `discard`. `for_change`: the layer is
+/// about to be modified, which overlayfs forbids while the sandbox runs (its overlay is mounted).
+pub fn layer_of(name: &str, for_change: bool) -> Result<runtime::layer::LayerPaths> {
+    policy::names::validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
+    let dir = sandbox_dir(name);
+    if !dir.is_dir() {
+        bail!("no sandbox named {name} (see `airlock ls`)");
+    }
+    let record = read_record(&dir)?;
+    let workspace = match (record.workspace, record.workspace_mode.as_deref()) {
+        (Some(workspace), Some("cow")) => workspace,
+        _ => bail!("sandbox {name} has no copy-on-write workspace (it was run without --workspace in cow mode)"),
+    };
+    if for_change && is_running(&dir) {
+        bail!("sandbox {name} is running; its layer can change only once it has ended");
+    }
+    Ok(runtime::layer::LayerPaths { upper: dir.join("upper"), lower: PathBuf::from(workspace) })
+}

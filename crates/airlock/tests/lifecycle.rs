@@ -1067,6 +1067,11 @@ fn user_root_rootless_is_uid_0_inside() {
 const PTY_DRIVER: &str = r#"
 import fcntl, os, pty, select, signal, struct, sys, termios, time
 rows, cols, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+# Optional: "--resize R C" — once the command prints READY, resize the terminal and send airlock SIGWINCH,
+# as a terminal emulator does.
+resize = None
+if argv[:1] == ["--resize"]:
+    resize, argv = (int(argv[1]), int(argv[2])), argv[3:]
 pid, fd = pty.fork()
 if pid == 0:
     fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
@@ -1074,7 +1079,11 @@ if pid == 0:
 out = b""
 deadline = time.time() + 20
 while time.time() < deadline:
-    ready, _, _ = select.select([fd], [], [], 0.2)
+    if resize and b"READY" in out:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", resize[0], resize[1], 0, 0))
+        os.kill(pid, signal.SIGWINCH)
+        resize = None
+    ready, _, _ = select.select([fd], [], [], 0.1)
     if not ready:
         continue
     try:
@@ -1096,40 +1105,6 @@ fn python3() -> Option<&'static str> {
     ["/usr/bin/python3", "/usr/local/bin/python3"].into_iter().find(|p| Path::new(p).exists())
 }
 
-/// Resizes the caller's terminal once the command is ready (it prints READY), and tells airlock with SIGWINCH,
-/// as a terminal emulator does.
-const PTY_RESIZE_DRIVER: &str = r#"
-import fcntl, os, pty, select, signal, struct, sys, termios, time
-argv = sys.argv[1:]
-pid, fd = pty.fork()
-if pid == 0:
-    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
-    os.execvp(argv[0], argv)
-out, resized = b"", False
-deadline = time.time() + 20
-while time.time() < deadline:
-    if not resized and b"READY" in out:
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
-        os.kill(pid, signal.SIGWINCH)
-        resized = True
-    ready, _, _ = select.select([fd], [], [], 0.1)
-    if not ready:
-        continue
-    try:
-        data = os.read(fd, 4096)
-    except OSError:
-        break
-    if not data:
-        break
-    out += data
-else:
-    os.kill(pid, signal.SIGKILL)
-    out += b"\nDRIVER: timed out\n"
-_, status = os.waitpid(pid, 0)
-sys.stdout.write(out.decode(errors="replace"))
-print("EXIT", os.waitstatus_to_exitcode(status))
-"#;
-
 #[test]
 fn tty_window_resizes_reach_the_command() {
     require_sandbox!();
@@ -1138,7 +1113,7 @@ fn tty_window_resizes_reach_the_command() {
     };
     let script = "trap 'stty size; exit 5' WINCH; stty size; echo READY; sleep 10 & wait";
     let o = Command::new(python)
-        .args(["-c", PTY_RESIZE_DRIVER])
+        .args(["-c", PTY_DRIVER, "40", "100", "--resize", "30", "120"])
         .arg(common::airlock_path())
         .args(["run", "-t", "--", "/bin/sh", "-c", script])
         .stdin(Stdio::null())

@@ -622,48 +622,19 @@ fn create_temp(dir: BorrowedFd<'_>) -> io::Result<(CString, OwnedFd)> {
     }
 }
 
-/// The `struct open_how` of `openat2(2)` (libc's is non-exhaustive, so it cannot be built outside libc).
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
-const RESOLVE_NO_XDEV: u64 = 0x01;
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_NO_SYMLINKS: u64 = 0x04;
-const RESOLVE_BENEATH: u64 = 0x08;
-
 /// Opens the directory `name` of `dir` with `openat2`: no symlink (ELOOP), no magic link, no mount point crossed
 /// (EXDEV), nothing outside `dir`. `name` is one validated component.
 fn open_beneath(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
-    let how = OpenHow {
-        flags: (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
-    };
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    let resolve =
+        libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_XDEV;
     loop {
-        // SAFETY: `dir` is an open descriptor, `name` a valid NUL-terminated string, and `how` a live, properly
-        // laid out `struct open_how` whose size is passed with it; the kernel only reads both.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        if ret >= 0 {
-            let fd = i32::try_from(ret).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+        match crate::sys::openat2(dir.as_raw_fd(), name, flags, resolve) {
             // SAFETY: `fd` is a new descriptor nothing else owns; the OwnedFd closes it once.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        let err = io::Error::last_os_error();
-        // EAGAIN: a rename raced the lookup (RESOLVE_BENEATH); look again.
-        if err.raw_os_error() != Some(libc::EAGAIN) {
-            return Err(err);
+            Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+            // EAGAIN: a rename raced the lookup (RESOLVE_BENEATH); look again.
+            Err(libc::EAGAIN) => continue,
+            Err(errno) => return Err(io::Error::from_raw_os_error(errno)),
         }
     }
 }

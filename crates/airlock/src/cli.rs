@@ -36,6 +36,8 @@ pub enum Command {
     Diff(crate::workspace_cmd::DiffArgs),
     /// Drop changes (all, or those under PATHs) from a sandbox's copy-on-write workspace.
     Discard(crate::workspace_cmd::DiscardArgs),
+    /// Apply a sandbox's copy-on-write changes (all, or those under PATHs) to the host workspace.
+    Commit(crate::workspace_cmd::CommitArgs),
     /// Sandboxes that keep state: their status, workspace and pending changes.
     Ls {
         /// One JSON document instead of text.

@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         Command::Discard(args) => {
             state::layer_of(&args.name, true).and_then(|layer| workspace_cmd::discard(&layer, &args))
         }
+        Command::Commit(args) => state::claim_layer(&args.name).and_then(|claim| workspace_cmd::commit(&claim, &args)),
         Command::Rm { names } => sandboxes_cmd::rm(&names),
     };
     match result {

@@ -194,6 +194,25 @@ fn now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
+/// A kept sandbox's layer, claimed for a change that must not race another: its lock is held (so the sandbox is
+/// not running and no other `airlock commit` or `run` uses it) until the returned value is dropped.
+pub struct ClaimedLayer {
+    pub layer: runtime::layer::LayerPaths,
+    pub record: SandboxRecord,
+    _lock: File,
+}
+
+/// The layer of the kept sandbox `name` for `airlock commit`: as [`layer_of`] for a change, holding the lock.
+pub fn claim_layer(name: &str) -> Result<ClaimedLayer> {
+    let layer = layer_of(name, true)?;
+    let dir = sandbox_dir(name);
+    let lock = lock_file(&dir)?.ok_or_else(|| {
+        anyhow!("sandbox {name} is running or another airlock is changing its layer; its layer can change only once it has ended")
+    })?;
+    let record = read_record(&dir)?;
+    Ok(ClaimedLayer { layer, record, _lock: lock })
+}
+
 /// The copy-on-write layer of the kept sandbox `name`, for `diff` and `discard`. `for_change`: the layer is
 /// about to be modified, which overlayfs forbids while the sandbox runs (its overlay is mounted).
 pub fn layer_of(name: &str, for_change: bool) -> Result<runtime::layer::LayerPaths> {

@@ -34,6 +34,49 @@ pub struct DiscardArgs {
     pub paths: Vec<String>,
 }
 
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    /// The sandbox's name.
+    pub name: String,
+    /// Apply even the changes whose host file changed since the sandbox started (overwriting those host edits).
+    #[arg(long)]
+    pub force: bool,
+    /// Only the changes at or under these paths (relative to the workspace, or absolute inside it); all when none.
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<String>,
+}
+
+/// `airlock commit`: applies the changes to the host workspace and takes them out of the layer. Exit status 0;
+/// 1 when a conflict refused the commit (nothing applied; the conflicting paths on stdout, one a line).
+///
+/// The caller holds the sandbox's lock (it is not running, and no other commit runs).
+pub fn commit(claim: &crate::state::ClaimedLayer, args: &CommitArgs) -> Result<i32> {
+    let layer = &claim.layer;
+    let outcome = layer::commit_changes(layer, &args.paths, claim.record.created, args.force)
+        .with_context(|| format!("cannot commit the workspace of sandbox {}", args.name))?;
+    match outcome {
+        layer::CommitOutcome::Committed(changes) => {
+            let n = changes.len();
+            println!("committed {n} change{} to {}", if n == 1 { "" } else { "s" }, layer.lower.display());
+            Ok(0)
+        }
+        layer::CommitOutcome::Refused(conflicts) => {
+            let n = conflicts.len();
+            crate::say(&format!(
+                "commit refused: {n} conflict{} (host files changed since the sandbox started); use --force to overwrite",
+                if n == 1 { "" } else { "s" }
+            ));
+            let stdout = io::stdout();
+            let mut out = io::BufWriter::new(stdout.lock());
+            for conflict in &conflicts {
+                writeln!(out, "{}", layer::quote_path(&conflict.raw_path))?;
+            }
+            out.flush()?;
+            Ok(1)
+        }
+    }
+}
+
 /// `airlock diff`: the changes, one line each and a summary; or `--json`; or `--patch`. Exit status 0.
 pub fn diff(layer: &LayerPaths, args: &DiffArgs) -> Result<i32> {
     let changes = layer::diff_layer(layer, &args.paths)

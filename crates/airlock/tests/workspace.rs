@@ -204,3 +204,226 @@ fn planted_symlinks_are_reported_not_followed() {
     assert!(fs::metadata("/root").is_ok(), "discard removed the symlink's target");
     assert_eq!(code(&common::airlock(&["rm", &name])), 0);
 }
+
+// ---- airlock commit ----
+
+/// Every entry under `dir`: type, permission bits, and a file's contents or a symlink's target.
+fn full_snapshot(dir: &std::path::Path) -> BTreeMap<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = BTreeMap::new();
+    for entry in walk(dir) {
+        let rel = entry.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+        let meta = fs::symlink_metadata(&entry).unwrap();
+        let value = if meta.file_type().is_symlink() {
+            format!("link -> {}", fs::read_link(&entry).unwrap().display())
+        } else if meta.is_dir() {
+            format!("dir {:o}", meta.permissions().mode() & 0o7777)
+        } else {
+            format!("file {:o} {:?}", meta.permissions().mode() & 0o7777, fs::read(&entry).unwrap())
+        };
+        out.insert(rel, value);
+    }
+    out
+}
+
+const COMMIT_EDITS: &str = "printf 'line one\\nline 2\\n' > a.txt; echo new > c.txt; rm sub/b.txt; chmod 755 mode.sh; \
+                            mkdir newdir; echo deep > newdir/d.txt; ln -s /etc/passwd planted; mv keep.txt kept.txt; \
+                            chmod 700 sub; mkdir -p newdir/deeper/est; ln -s ../a.txt newdir/rel; ln -s ../../.. up";
+
+/// The workspace as the sandbox saw it after `script`: the same script run on a plain copy.
+fn expected_after(ws: &TempDir, script: &str) -> (TempDir, BTreeMap<String, String>) {
+    let copy = TempDir::new("commit-expected");
+    let status = std::process::Command::new("cp").arg("-a").arg(format!("{}/.", ws.str())).arg(copy.path()).status();
+    assert!(status.unwrap().success());
+    let status = std::process::Command::new("/bin/sh").arg("-c").arg(script).current_dir(copy.path()).status();
+    assert!(status.unwrap().success());
+    let snap = full_snapshot(copy.path());
+    (copy, snap)
+}
+
+fn assert_owned_by_test_user(dir: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let uid = common::test_user_uid();
+    for entry in walk(dir) {
+        let meta = fs::symlink_metadata(&entry).unwrap();
+        assert!(meta.uid() < 0x7000_0000 && meta.gid() < 0x7000_0000, "{} has a sandbox id", entry.display());
+        assert_eq!((meta.uid(), meta.gid()), (uid, uid), "owner of {}", entry.display());
+    }
+}
+
+fn check_commit_applies_what_the_sandbox_saw(as_user: bool) {
+    let airlock = airlock_as(as_user);
+    let ws = workspace("commit");
+    let (_copy, expected) = expected_after(&ws, COMMIT_EDITS);
+    let name = unique_name("commit");
+    let o = airlock(&["run", "--name", &name, "--workspace", ws.str(), "--", "/bin/sh", "-c", COMMIT_EDITS]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert_ne!(full_snapshot(ws.path()), expected, "the run changed the host");
+
+    let o = airlock(&["commit", &name]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert!(stdout(&o).starts_with("committed ") && stdout(&o).trim_end().ends_with(ws.str()), "{}", stdout(&o));
+    assert_eq!(full_snapshot(ws.path()), expected);
+    assert_owned_by_test_user(ws.path());
+    assert_eq!(stdout(&airlock(&["diff", &name])).trim(), "no changes");
+    let o = airlock(&["commit", &name]);
+    assert_eq!(stdout(&o).split_whitespace().nth(1), Some("0"), "{}", stdout(&o));
+    assert!(fs::metadata("/etc/passwd").is_ok());
+    assert_eq!(code(&airlock(&["rm", &name])), 0);
+}
+
+#[test]
+fn commit_applies_what_the_sandbox_saw_as_root() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_commit_applies_what_the_sandbox_saw(false);
+}
+
+#[test]
+fn commit_applies_what_the_sandbox_saw_rootless() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_commit_applies_what_the_sandbox_saw(true);
+}
+
+#[test]
+fn commit_refuses_conflicts_unless_forced_and_filters_paths() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    let ws = workspace("commit-conflict");
+    let name = unique_name("conflict");
+    let o = common::run(&["--name", &name, "--workspace", ws.str(), "--", "/bin/sh", "-c", EDITS]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(ws.path().join("a.txt"), "edited on the host\n").unwrap();
+    let before = full_snapshot(ws.path());
+
+    let o = common::airlock(&["commit", &name]);
+    assert_eq!(code(&o), 1, "stdout: {} stderr: {}", stdout(&o), stderr(&o));
+    assert_eq!(
+        stderr(&o).trim(),
+        "airlock: commit refused: 1 conflict (host files changed since the sandbox started); use --force to overwrite"
+    );
+    assert_eq!(stdout(&o), "a.txt\n");
+    assert_eq!(full_snapshot(ws.path()), before, "a refused commit applied something");
+
+    // A PATH filter commits only that path.
+    let o = common::airlock(&["commit", &name, "c.txt"]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert!(stdout(&o).starts_with("committed 1 change to "), "{}", stdout(&o));
+    assert_eq!(fs::read_to_string(ws.path().join("c.txt")).unwrap(), "new\n");
+    assert!(!ws.path().join("newdir").exists() && ws.path().join("sub/b.txt").exists());
+
+    let o = common::airlock(&["commit", "--force", &name]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert_eq!(fs::read_to_string(ws.path().join("a.txt")).unwrap(), "line one\nline 2\n");
+    assert!(!ws.path().join("sub/b.txt").exists());
+    assert_eq!(fs::read_to_string(ws.path().join("newdir/d.txt")).unwrap(), "deep\n");
+    assert_eq!(stdout(&common::airlock(&["diff", &name])).trim(), "no changes");
+    assert_eq!(code(&common::airlock(&["rm", &name])), 0);
+}
+
+#[test]
+fn commit_never_writes_outside_the_workspace() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    let ws = workspace("commit-escape");
+    let outside = TempDir::new("outside");
+    let name = unique_name("escape");
+    let script = "ln -s /etc evil; ln -s ../.. up; echo x > sub/new.txt; echo y > sub/b.txt";
+    let o = common::run(&["--name", &name, "--workspace", ws.str(), "--", "/bin/sh", "-c", script]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    // Someone swaps the host's sub/ for a symlink to a directory outside (CVE-2018-15664's move).
+    fs::remove_dir_all(ws.path().join("sub")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), ws.path().join("sub")).unwrap();
+
+    let o = common::airlock(&["commit", &name]);
+    assert_eq!(code(&o), 1, "stderr: {}", stderr(&o));
+    assert!(stdout(&o).lines().any(|l| l == "sub"), "{}", stdout(&o));
+    let o = common::airlock(&["commit", "--force", &name]);
+    assert_eq!(code(&o), 1, "stdout: {} stderr: {}", stdout(&o), stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains(&format!("{}/sub", ws.str())) && err.contains("symlink"), "{err}");
+    assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0, "something was written through the symlink");
+    assert!(fs::symlink_metadata(ws.path().join("sub")).unwrap().file_type().is_symlink());
+    // The change before it was committed (a link, its target untouched); those after it wait in the layer.
+    assert_eq!(fs::read_link(ws.path().join("evil")).unwrap(), std::path::Path::new("/etc"));
+    assert!(fs::symlink_metadata(ws.path().join("up")).is_err());
+    assert_eq!(code(&common::airlock(&["discard", &name, "sub"])), 0);
+    let o = common::airlock(&["commit", &name]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert_eq!(fs::read_link(ws.path().join("up")).unwrap(), std::path::Path::new("../.."));
+    assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    assert!(fs::metadata("/etc/passwd").is_ok());
+    assert_eq!(code(&common::airlock(&["rm", &name])), 0);
+}
+
+#[test]
+fn commit_killed_half_way_finishes_when_run_again() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    let ws = workspace("commit-kill");
+    let name = unique_name("kill");
+    let script = "mkdir many; i=0; while [ $i -lt 2000 ]; do printf 'content of file %s\\n' $i > many/f$i; \
+                  i=$((i+1)); done";
+    let o = common::run(&["--name", &name, "--workspace", ws.str(), "--", "/bin/sh", "-c", script]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+
+    let mut child = std::process::Command::new(common::airlock_path())
+        .args(["commit", &name])
+        .env("AIRLOCK_STATE_DIR", common::test_state_dir(0))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let many = ws.path().join("many");
+    // Kill it once it has started writing (or after 20 ms of doing so).
+    while start.elapsed() < std::time::Duration::from_secs(10)
+        && fs::read_dir(&many).map(|d| d.count()).unwrap_or(0) == 0
+        && child.try_wait().unwrap().is_none()
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let written = fs::read_dir(&many).map(|d| d.count()).unwrap_or(0);
+    eprintln!("killed: {status:?}, {written} entries written");
+
+    let o = common::airlock(&["commit", &name]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    let names: Vec<String> =
+        fs::read_dir(&many).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names.len(), 2000, "{:?}", names.iter().filter(|n| n.starts_with(".airlock")).collect::<Vec<_>>());
+    for i in 0..2000 {
+        assert_eq!(fs::read_to_string(many.join(format!("f{i}"))).unwrap(), format!("content of file {i}\n"));
+    }
+    assert!(walk(ws.path()).iter().all(|p| !p.to_string_lossy().contains(".airlock-commit-")));
+    assert_eq!(stdout(&common::airlock(&["diff", &name])).trim(), "no changes");
+    assert_eq!(code(&common::airlock(&["rm", &name])), 0);
+}
+
+#[test]
+fn commit_is_refused_while_the_sandbox_runs() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    let ws = workspace("commit-running");
+    let name = unique_name("running");
+    let mut child = std::process::Command::new(common::airlock_path())
+        .args(["run", "--name", &name, "--workspace", ws.str(), "--", "/bin/sh", "-c", "echo x > x; sleep 3"])
+        .env("AIRLOCK_STATE_DIR", common::test_state_dir(0))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let o = common::airlock(&["commit", &name]);
+    assert_eq!(code(&o), 1, "stdout: {} stderr: {}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("is running"), "{}", stderr(&o));
+    assert!(!ws.path().join("x").exists());
+    assert!(child.wait().unwrap().success());
+    assert_eq!(code(&common::airlock(&["commit", &name])), 0);
+    assert_eq!(fs::read_to_string(ws.path().join("x")).unwrap(), "x\n");
+    assert_eq!(code(&common::airlock(&["rm", &name])), 0);
+}

@@ -33,6 +33,9 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+mod commit;
+pub use commit::{commit_changes, CommitError, CommitOutcome};
+
 /// Where a sandbox's workspace layer is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerPaths {
@@ -454,6 +457,10 @@ struct Meta {
     rdev: u64,
     dev: u64,
     ino: u64,
+    uid: u32,
+    gid: u32,
+    /// Last status change (`st_ctime`), seconds and nanoseconds.
+    ctime: (i64, i64),
 }
 
 impl Meta {
@@ -464,6 +471,9 @@ impl Meta {
             rdev: st.st_rdev,
             dev: st.st_dev,
             ino: st.st_ino,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            ctime: (st.st_ctime, st.st_ctime_nsec),
         }
     }
 

@@ -38,6 +38,28 @@ pub enum Command {
     Discard(crate::workspace_cmd::DiscardArgs),
     /// Apply a sandbox's copy-on-write changes (all, or those under PATHs) to the host workspace.
     Commit(crate::workspace_cmd::CommitArgs),
+    /// Freeze a sandbox's copy-on-write changes as a checkpoint (a read-only layer; a rename, whatever the size).
+    Checkpoint {
+        /// The sandbox's name.
+        name: String,
+        /// The checkpoint's label (default `cN`); letters, digits, `.`, `_`, `-`, unique in the sandbox.
+        label: Option<String>,
+    },
+    /// A sandbox's checkpoints, oldest first: label, when it was taken, how many entries it holds.
+    Checkpoints {
+        /// The sandbox's name.
+        name: String,
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Return a sandbox's workspace to what it was right after `airlock checkpoint NAME LABEL`.
+    Rollback {
+        /// The sandbox's name.
+        name: String,
+        /// The checkpoint to return to.
+        label: String,
+    },
     /// Sandboxes that keep state: their status, workspace and pending changes.
     Ls {
         /// One JSON document instead of text.
@@ -79,6 +101,10 @@ pub struct RunArgs {
     /// The sandbox's name (what it keeps stays under it until `airlock rm NAME`).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// With --name: run again in the kept, ended sandbox NAME's copy-on-write layers (same --workspace); its
+    /// changes and checkpoints are what the workspace shows.
+    #[arg(long, requires = "name")]
+    pub resume: bool,
     /// Keep nothing after exit.
     #[arg(long)]
     pub rm: bool,

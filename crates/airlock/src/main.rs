@@ -1,6 +1,7 @@
 //! `airlock`: the thin command-line edge over the policy and runtime crates.
 #![forbid(unsafe_code)]
 
+mod checkpoint_cmd;
 mod cli;
 mod doctor;
 mod profile_cmd;
@@ -44,6 +45,9 @@ fn main() -> ExitCode {
         }
         Command::Commit(args) => state::claim_layer(&args.name).and_then(|claim| workspace_cmd::commit(&claim, &args)),
         Command::Rm { names } => sandboxes_cmd::rm(&names),
+        Command::Checkpoint { name, label } => checkpoint_cmd::checkpoint(&name, label.as_deref()),
+        Command::Checkpoints { name, json } => checkpoint_cmd::list(&name, json),
+        Command::Rollback { name, label } => checkpoint_cmd::rollback(&name, &label),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_SETUP_FAILED)),

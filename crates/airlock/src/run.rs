@@ -54,24 +54,32 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let mut kept = match &name {
         Some(name) => {
             let workspace = policy.workspace.as_ref().map(|w| (w.path.as_str(), mode_name(w.mode)));
-            Some(state::SandboxState::create(name, workspace, cow)?)
+            if args.resume {
+                Some(state::SandboxState::resume(name, workspace)?)
+            } else {
+                Some(state::SandboxState::create(name, workspace, cow)?)
+            }
         }
         None => None,
+    };
+    let layer = match kept.as_ref().filter(|_| cow).map(state::SandboxState::layer_dirs).transpose() {
+        Ok(layer) => layer,
+        Err(e) => {
+            abandon(kept.take(), args.resume);
+            return Err(e);
+        }
     };
     let host = HostContext {
         lock_dir: lock_dir(),
         tty: args.tty.then(runtime::host::caller_window_size),
         name: name.clone(),
-        layer: kept.as_ref().filter(|_| cow).map(state::SandboxState::layer_dirs),
+        layer,
     };
     let ran = run_sandbox(&policy, &host, &mut |w| crate::say(&format!("warning: {w}")));
     let (outcome, report) = match ran {
         Ok(done) => done,
         Err(e) => {
-            // Nothing ran: nothing of this sandbox is worth keeping.
-            if let Some(state) = kept.take() {
-                let _ = state.remove();
-            }
+            abandon(kept.take(), args.resume);
             return Err(e.into());
         }
     };
@@ -117,6 +125,19 @@ pub fn run(args: RunArgs) -> Result<i32> {
         _ => {}
     }
     Ok(outcome.exit_code())
+}
+
+/// A run that did not start. A new sandbox: nothing of it is worth keeping. A resumed one: it stays as it was.
+fn abandon(kept: Option<state::SandboxState>, resumed: bool) {
+    match kept {
+        Some(mut state) if resumed => {
+            let _ = state.abandon();
+        }
+        Some(state) => {
+            let _ = state.remove();
+        }
+        None => {}
+    }
 }
 
 fn mode_name(mode: WorkspaceMode) -> &'static str {

@@ -68,6 +68,6 @@ fn pending_changes(dir: &std::path::Path, record: &state::SandboxRecord) -> Opti
     if !upper.is_dir() {
         return None;
     }
-    let paths = runtime::layer::LayerPaths { upper, lower: std::path::PathBuf::from(lower) };
-    runtime::layer::diff_layer(&paths, &[]).ok().map(|changes| changes.len() as u64)
+    let stack = state::layer_stack(dir, lower).ok()?;
+    runtime::layer::diff_stack(&stack, &[]).ok().map(|changes| changes.len() as u64)
 }

@@ -1,6 +1,6 @@
 //! The state a sandbox keeps on the host, under its name: `$STATE/sandboxes/NAME/` holds `sandbox.json` (what it
-//! is), `lock` (held while it runs), the copy-on-write layer (`upper/`, `work/`) and `stats.json` (final resource
-//! numbers). It stays until `airlock rm NAME`; `--rm` removes it when the run ends.
+//! is), `lock` (held while it runs), the copy-on-write layer (`upper/`, `work/`), its checkpoints (`layers/N-LABEL/`
+//! frozen layers, with `layers/N-LABEL.created`) and `stats.json` (final resource numbers). It stays until `airlock rm NAME`; `--rm` removes it when the run ends.
 //!
 //! `$STATE` is `$AIRLOCK_STATE_DIR`, else `/var/lib/airlock` for root and `$XDG_STATE_HOME/airlock`
 //! (`~/.local/state/airlock`) for other users.
@@ -97,8 +97,40 @@ impl SandboxState {
         Ok(state)
     }
 
-    pub fn layer_dirs(&self) -> runtime::prepare::LayerDirs {
-        runtime::prepare::LayerDirs { upper: self.dir.join("upper"), work: self.dir.join("work") }
+    /// Claims the kept sandbox `name` to run again in its layers (`airlock run --name NAME --resume`): it must
+    /// have ended, and have been run with the same `cow` workspace.
+    pub fn resume(name: &str, workspace: Option<(&str, &str)>) -> Result<SandboxState> {
+        let dir = sandbox_dir(name);
+        if !dir.is_dir() {
+            bail!("--resume: no sandbox named {name} (see `airlock ls`; without --resume, --name {name} creates it)");
+        }
+        let lock = lock_file(&dir)?.ok_or_else(|| anyhow!("--resume: sandbox {name} is running"))?;
+        let mut record = read_record(&dir)?;
+        let (path, mode) = workspace.ok_or_else(|| anyhow!("--resume: give the sandbox's --workspace"))?;
+        if mode != "cow" || record.workspace_mode.as_deref() != Some("cow") || record.workspace.as_deref() != Some(path)
+        {
+            bail!(
+                "--resume: sandbox {name} was run with workspace {} ({} mode); resume it with that copy-on-write workspace",
+                record.workspace.as_deref().unwrap_or("none"),
+                record.workspace_mode.as_deref().unwrap_or("no")
+            );
+        }
+        ensure_layer_dirs(&dir)?;
+        record.status = "running".to_string();
+        let state = SandboxState { name: name.to_string(), dir, record, _lock: lock };
+        state.write_record()?;
+        Ok(state)
+    }
+
+    pub fn layer_dirs(&self) -> Result<runtime::prepare::LayerDirs> {
+        let frozen = checkpoints(&self.dir)?.into_iter().rev().map(|c| c.dir).collect();
+        Ok(runtime::prepare::LayerDirs { upper: self.dir.join("upper"), work: self.dir.join("work"), frozen })
+    }
+
+    /// A resumed run that did not start: the sandbox is as it was.
+    pub fn abandon(&mut self) -> Result<()> {
+        self.record.status = "exited".to_string();
+        self.write_record()
     }
 
     /// Records how the run ended.
@@ -190,16 +222,72 @@ pub fn generated_name() -> String {
     format!("sbx-{value:08x}")
 }
 
-fn now() -> f64 {
+pub fn now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// A kept sandbox's layer, claimed for a change that must not race another: its lock is held (so the sandbox is
 /// not running and no other `airlock commit` or `run` uses it) until the returned value is dropped.
 pub struct ClaimedLayer {
-    pub layer: runtime::layer::LayerPaths,
+    pub layer: runtime::layer::LayerStack,
+    pub dir: PathBuf,
     pub record: SandboxRecord,
     _lock: File,
+}
+
+/// `upper/` and `work/` exist (a checkpoint killed between its rename and the new `upper/` left none).
+fn ensure_layer_dirs(dir: &Path) -> Result<()> {
+    for sub in ["upper", "work"] {
+        match fs::DirBuilder::new().mode(0o755).create(dir.join(sub)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.join(sub).display())),
+        }
+    }
+    Ok(())
+}
+
+/// One checkpoint: a frozen layer `layers/N-LABEL/`.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub index: u32,
+    pub label: String,
+    pub dir: PathBuf,
+    /// Unix time it was taken (from `layers/N-LABEL.created`).
+    pub created: Option<f64>,
+}
+
+/// A sandbox's checkpoints, oldest first.
+pub fn checkpoints(dir: &Path) -> Result<Vec<Checkpoint>> {
+    let layers = dir.join("layers");
+    let entries = match fs::read_dir(&layers) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", layers.display())),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read {}", layers.display()))?;
+        let Ok(name) = entry.file_name().into_string() else { continue };
+        let Some((index, label)) = name.split_once('-') else { continue };
+        let (Ok(index), true) = (index.parse::<u32>(), entry.file_type().is_ok_and(|t| t.is_dir())) else { continue };
+        let created =
+            fs::read_to_string(layers.join(format!("{name}.created"))).ok().and_then(|t| t.trim().parse().ok());
+        found.push(Checkpoint { index, label: label.to_string(), dir: entry.path(), created });
+    }
+    found.sort_by_key(|c| c.index);
+    Ok(found)
+}
+
+/// The layer stack of a sandbox's state directory over `workspace`.
+pub fn layer_stack(dir: &Path, workspace: &str) -> Result<runtime::layer::LayerStack> {
+    Ok(runtime::layer::LayerStack {
+        upper: dir.join("upper"),
+        frozen: checkpoints(dir)?.into_iter().rev().map(|c| c.dir).collect(),
+        lower: PathBuf::from(workspace),
+        // Per process: two diffs at once must not share it.
+        scratch: dir.join(format!("compose.{}", std::process::id())),
+    })
 }
 
 /// The layer of the kept sandbox `name` for `airlock commit`: as [`layer_of`] for a change, holding the lock.
@@ -210,12 +298,12 @@ pub fn claim_layer(name: &str) -> Result<ClaimedLayer> {
         anyhow!("sandbox {name} is running or another airlock is changing its layer; its layer can change only once it has ended")
     })?;
     let record = read_record(&dir)?;
-    Ok(ClaimedLayer { layer, record, _lock: lock })
+    Ok(ClaimedLayer { layer, dir, record, _lock: lock })
 }
 
 /// The copy-on-write layer of the kept sandbox `name`, for `diff` and `discard`. `for_change`: the layer is
 /// about to be modified, which overlayfs forbids while the sandbox runs (its overlay is mounted).
-pub fn layer_of(name: &str, for_change: bool) -> Result<runtime::layer::LayerPaths> {
+pub fn layer_of(name: &str, for_change: bool) -> Result<runtime::layer::LayerStack> {
     policy::names::validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
     let dir = sandbox_dir(name);
     if !dir.is_dir() {
@@ -229,5 +317,5 @@ pub fn layer_of(name: &str, for_change: bool) -> Result<runtime::layer::LayerPat
     if for_change && is_running(&dir) {
         bail!("sandbox {name} is running; its layer can change only once it has ended");
     }
-    Ok(runtime::layer::LayerPaths { upper: dir.join("upper"), lower: PathBuf::from(workspace) })
+    layer_stack(&dir, &workspace)
 }

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use runtime::layer::{self, Change, ChangeKind, EntryType, LayerPaths};
+use runtime::layer::{self, Change, ChangeKind, EntryType, LayerPaths, LayerStack};
 use serde::Serialize;
 
 #[derive(Debug, Args)]
@@ -52,7 +52,7 @@ pub struct CommitArgs {
 /// The caller holds the sandbox's lock (it is not running, and no other commit runs).
 pub fn commit(claim: &crate::state::ClaimedLayer, args: &CommitArgs) -> Result<i32> {
     let layer = &claim.layer;
-    let outcome = layer::commit_changes(layer, &args.paths, claim.record.created, args.force)
+    let outcome = layer::commit_stack(layer, &args.paths, claim.record.created, args.force)
         .with_context(|| format!("cannot commit the workspace of sandbox {}", args.name))?;
     match outcome {
         layer::CommitOutcome::Committed(changes) => {
@@ -78,7 +78,11 @@ pub fn commit(claim: &crate::state::ClaimedLayer, args: &CommitArgs) -> Result<i
 }
 
 /// `airlock diff`: the changes, one line each and a summary; or `--json`; or `--patch`. Exit status 0.
-pub fn diff(layer: &LayerPaths, args: &DiffArgs) -> Result<i32> {
+pub fn diff(stack: &LayerStack, args: &DiffArgs) -> Result<i32> {
+    // With checkpoints, the layers are composed into one view first (see `runtime::layer::compose`).
+    let composed =
+        layer::compose(stack).with_context(|| format!("cannot diff the workspace of sandbox {}", args.name))?;
+    let layer = composed.paths();
     let changes = layer::diff_layer(layer, &args.paths)
         .with_context(|| format!("cannot diff the workspace of sandbox {}", args.name))?;
     let stdout = io::stdout();
@@ -105,8 +109,8 @@ pub fn diff(layer: &LayerPaths, args: &DiffArgs) -> Result<i32> {
 ///
 /// The caller makes sure nothing has the sandbox's overlay mounted (overlayfs does not allow its layers to change
 /// under it).
-pub fn discard(layer: &LayerPaths, args: &DiscardArgs) -> Result<i32> {
-    let dropped = layer::discard_changes(layer, &args.paths)
+pub fn discard(layer: &LayerStack, args: &DiscardArgs) -> Result<i32> {
+    let dropped = layer::discard_stack(layer, &args.paths)
         .with_context(|| format!("cannot discard changes of sandbox {}", args.name))?;
     let n = dropped.len();
     println!("discarded {n} change{}", if n == 1 { "" } else { "s" });

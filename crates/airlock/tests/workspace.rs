@@ -427,3 +427,210 @@ fn commit_is_refused_while_the_sandbox_runs() {
     assert_eq!(fs::read_to_string(ws.path().join("x")).unwrap(), "x\n");
     assert_eq!(code(&common::airlock(&["rm", &name])), 0);
 }
+
+// ---- checkpoints: airlock checkpoint / checkpoints / rollback, and run --resume ----
+
+/// Prints a hash of the workspace as the sandbox sees it: every name, and every file's contents.
+const TREE_HASH: &str = "(find . | sort; find . -type f | sort | xargs sha256sum) | sha256sum";
+
+const RUN1_EDITS: &str = "printf 'one\\n' > r1.txt; echo mod1 > a.txt; mkdir d1; echo x > d1/x; rm keep.txt; \
+                          echo gone > tmp1.txt";
+/// Deletes a file run 1 created (tmp1.txt, d1/x), changes one run 1 changed (a.txt), brings back one run 1
+/// deleted (keep.txt), deletes a host directory.
+const RUN2_EDITS: &str = "rm tmp1.txt; echo mod2 >> a.txt; echo two > r2.txt; rm -r sub; echo again > keep.txt; \
+                          rm d1/x; chmod 700 d1";
+
+fn diff_kinds(airlock: fn(&[&str]) -> Output, name: &str) -> Vec<(String, String)> {
+    let o = airlock(&["diff", name, "--json"]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    doc["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["path"].as_str().unwrap().to_string(), c["kind"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter().map(|(p, k)| (p.to_string(), k.to_string())).collect()
+}
+
+/// Runs `script` then prints the tree hash, in the sandbox `name` (resumed unless `first`); returns the hash.
+fn run_and_hash(airlock: fn(&[&str]) -> Output, name: &str, ws: &TempDir, script: &str, first: bool) -> String {
+    let script = format!("{script}; {TREE_HASH}");
+    let mut args = vec!["run", "--name", name];
+    if !first {
+        args.push("--resume");
+    }
+    args.extend(["--workspace", ws.str(), "--", "/bin/sh", "-c", &script]);
+    let o = airlock(&args);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    stdout(&o).trim().to_string()
+}
+
+fn checkpoint_labels(airlock: fn(&[&str]) -> Output, name: &str) -> Vec<String> {
+    let o = airlock(&["checkpoints", name, "--json"]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let list = doc["checkpoints"].as_array().unwrap();
+    for c in list {
+        assert!(c["created"].as_f64().is_some_and(|t| t > 1.0e9), "{c}");
+        assert!(c["changes"].as_u64().is_some(), "{c}");
+    }
+    list.iter().map(|c| c["label"].as_str().unwrap().to_string()).collect()
+}
+
+fn check_checkpoints_stack_and_roll_back(as_user: bool) {
+    let airlock = airlock_as(as_user);
+    let ws = workspace("ckpt");
+    let before = full_snapshot(ws.path());
+    let (_copy, expected) = expected_after(&ws, &format!("{RUN1_EDITS}; {RUN2_EDITS}"));
+    let name = unique_name("ckpt");
+
+    let hash1 = run_and_hash(airlock, &name, &ws, RUN1_EDITS, true);
+    let run1_changes = diff_kinds(airlock, &name);
+    let o = airlock(&["checkpoint", &name, "c1"]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    // A label is validated and unique.
+    assert_eq!(code(&airlock(&["checkpoint", &name, "c1"])), 1);
+    assert_eq!(code(&airlock(&["checkpoint", &name, "../x"])), 1);
+    assert_eq!(diff_kinds(airlock, &name), run1_changes, "a checkpoint changes nothing the diff shows");
+
+    let hash2 = run_and_hash(airlock, &name, &ws, RUN2_EDITS, false);
+    assert_ne!(hash1, hash2);
+    let combined = pairs(&[
+        ("a.txt", "modified"),
+        ("d1", "added"),
+        ("keep.txt", "modified"),
+        ("r1.txt", "added"),
+        ("r2.txt", "added"),
+        ("sub", "deleted"),
+        ("sub/b.txt", "deleted"),
+    ]);
+    assert_eq!(diff_kinds(airlock, &name), combined);
+    let patch = stdout(&airlock(&["diff", &name, "--patch", "a.txt"]));
+    assert!(patch.contains("-line one") && patch.contains("+mod1") && patch.contains("+mod2"), "{patch}");
+
+    let o = airlock(&["checkpoint", &name]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert_eq!(checkpoint_labels(airlock, &name), ["c1", "c2"]);
+    assert!(stdout(&airlock(&["checkpoints", &name])).contains("c1"));
+
+    // Back to c1: the view is exactly what run 1 left.
+    let o = airlock(&["rollback", &name, "c1"]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert_eq!(checkpoint_labels(airlock, &name), ["c1"]);
+    assert_eq!(code(&airlock(&["rollback", &name, "c2"])), 1, "c2 is gone");
+    assert_eq!(diff_kinds(airlock, &name), run1_changes);
+    assert_eq!(run_and_hash(airlock, &name, &ws, "true", false), hash1);
+
+    // Again run 2's edits, over c1; commit applies exactly the combined changes.
+    assert_eq!(run_and_hash(airlock, &name, &ws, RUN2_EDITS, false), hash2);
+    assert_eq!(diff_kinds(airlock, &name), combined);
+    assert_eq!(full_snapshot(ws.path()), before, "the host workspace changed before the commit");
+    let o = airlock(&["commit", &name]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert_eq!(full_snapshot(ws.path()), expected);
+    assert_owned_by_test_user(ws.path());
+    assert_eq!(stdout(&airlock(&["diff", &name])).trim(), "no changes");
+    assert_eq!(run_and_hash(airlock, &name, &ws, "true", false), hash2);
+    assert_eq!(code(&airlock(&["rm", &name])), 0);
+}
+
+#[test]
+fn checkpoints_stack_and_roll_back_as_root() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_checkpoints_stack_and_roll_back(false);
+}
+
+#[test]
+fn checkpoints_stack_and_roll_back_rootless() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_checkpoints_stack_and_roll_back(true);
+}
+
+fn check_checkpoint_time_is_independent_of_size(as_user: bool) {
+    let airlock = airlock_as(as_user);
+    let mut times = Vec::new();
+    for files in [1, 5000] {
+        let ws = workspace("ckpt-time");
+        let name = unique_name("ckpt-time");
+        let script = format!("mkdir many; cd many; i=0; while [ $i -lt {files} ]; do echo $i > f$i; i=$((i+1)); done");
+        let o = airlock(&["run", "--name", &name, "--workspace", ws.str(), "--", "/bin/sh", "-c", &script]);
+        assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+        let start = std::time::Instant::now();
+        let o = airlock(&["checkpoint", &name]);
+        let took = start.elapsed();
+        assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+        eprintln!("checkpoint of a layer with {files} files: {} ms", took.as_millis());
+        times.push(took);
+        assert_eq!(diff_kinds(airlock, &name).len(), files + 1);
+        assert_eq!(code(&airlock(&["rm", &name])), 0);
+    }
+    // Both are a rename and a few small steps; the bound leaves room for a loaded test machine.
+    assert!(times.iter().all(|t| t.as_millis() < 250), "{times:?}");
+}
+
+#[test]
+fn checkpoint_time_is_independent_of_size_as_root() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_checkpoint_time_is_independent_of_size(false);
+}
+
+#[test]
+fn checkpoint_time_is_independent_of_size_rootless() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_checkpoint_time_is_independent_of_size(true);
+}
+
+#[test]
+fn checkpoint_and_rollback_are_refused_while_the_sandbox_runs() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    let ws = workspace("ckpt-running");
+    let name = unique_name("ckpt-running");
+    let o = common::airlock(&["run", "--name", &name, "--workspace", ws.str(), "--", "/bin/sh", "-c", "echo 1 > x"]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert_eq!(code(&common::airlock(&["checkpoint", &name, "one"])), 0);
+    let mut child = std::process::Command::new(common::airlock_path())
+        .args([
+            "run",
+            "--name",
+            &name,
+            "--resume",
+            "--workspace",
+            ws.str(),
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo 2 > x; sleep 3",
+        ])
+        .env("AIRLOCK_STATE_DIR", common::test_state_dir(0))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    for args in [["checkpoint", &name, "two"], ["rollback", &name, "one"]] {
+        let o = common::airlock(&args);
+        assert_eq!(code(&o), 1, "stdout: {} stderr: {}", stdout(&o), stderr(&o));
+        assert!(stderr(&o).contains("is running") && stderr(&o).contains("not supported yet"), "{}", stderr(&o));
+    }
+    let o = common::airlock(&["run", "--name", &name, "--resume", "--workspace", ws.str(), "--", "true"]);
+    assert!(code(&o) != 0 && stderr(&o).contains("is running"), "{}", stderr(&o));
+    assert!(child.wait().unwrap().success());
+    // Resuming needs the same workspace.
+    let other = workspace("ckpt-other");
+    let o = common::airlock(&["run", "--name", &name, "--resume", "--workspace", other.str(), "--", "true"]);
+    assert!(code(&o) != 0 && stderr(&o).contains("--resume"), "{}", stderr(&o));
+    assert_eq!(code(&common::airlock(&["rollback", &name, "one"])), 0);
+    let o = common::airlock(&["run", "--name", &name, "--resume", "--workspace", ws.str(), "--", "cat", "x"]);
+    assert_eq!(stdout(&o), "1\n", "stderr: {}", stderr(&o));
+    assert!(!ws.path().join("x").exists());
+    assert_eq!(code(&common::airlock(&["rm", &name])), 0);
+}

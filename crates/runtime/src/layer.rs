@@ -34,7 +34,12 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 mod commit;
+mod stack;
 pub use commit::{commit_changes, CommitError, CommitOutcome};
+pub use stack::{
+    clear_dir, commit_stack, compose, count_entries, diff_stack, discard_stack, patch_stack, remove_path,
+    ComposedLayer, LayerStack,
+};
 
 /// Where a sandbox's workspace layer is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +179,13 @@ pub enum LayerError {
     /// An overlayfs feature this module does not interpret; reading on would report wrong changes.
     #[error("cannot read {path}: it is an overlayfs {what}, which airlock does not read (a layer airlock mounted with userxattr holds none)")]
     Unsupported { path: PathBuf, what: &'static str },
+    /// Cannot build the composed view of a sandbox's checkpointed layers.
+    #[error("cannot compose the checkpoint layers at {path}")]
+    Compose {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// A change that cannot be dropped by itself: an ancestor replaced the host's directory as a whole.
     #[error("cannot discard {path} alone: the sandbox replaced {whole} as a whole (discard {whole} instead)")]
     DiscardPartOf { path: PathBuf, whole: PathBuf },

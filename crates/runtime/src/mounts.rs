@@ -11,7 +11,7 @@ use std::ffi::CStr;
 use std::os::fd::RawFd;
 
 use crate::failure::{ChildFailure, Step};
-use crate::plan::{InsidePath, MountSource, RootEntry, SandboxPlan, SourceKind};
+use crate::plan::{InsidePath, MountSource, RootEntry, SandboxPlan, SourceKind, MAX_FROZEN_LAYERS};
 use crate::sys::{self, Errno};
 use crate::{dev, proc};
 
@@ -42,18 +42,40 @@ pub fn make_mounts_private() -> Result<(), ChildFailure> {
 }
 
 /// The three directories of the copy-on-write layer, opened by init before it drops the invoker's credentials
-/// (`-1` when there is no layer): lower (the workspace), upper, work.
+/// (`-1` when there is no layer): lower (the workspace), upper, work, and the checkpoints' frozen layers (newest
+/// first, the first `frozen_count` slots: a fixed-size array, because init may not allocate).
 #[derive(Debug, Clone, Copy)]
 pub struct OverlayFds {
     pub source: usize,
     pub lower: RawFd,
     pub upper: RawFd,
     pub work: RawFd,
+    pub frozen: [RawFd; MAX_FROZEN_LAYERS],
+    pub frozen_count: usize,
 }
 
 impl OverlayFds {
-    pub const NONE: OverlayFds = OverlayFds { source: usize::MAX, lower: -1, upper: -1, work: -1 };
+    pub const NONE: OverlayFds = OverlayFds {
+        source: usize::MAX,
+        lower: -1,
+        upper: -1,
+        work: -1,
+        frozen: [-1; MAX_FROZEN_LAYERS],
+        frozen_count: 0,
+    };
+
+    fn close_all(&self) {
+        for fd in [self.lower, self.upper, self.work].into_iter().chain(self.frozen) {
+            if fd >= 0 {
+                sys::close(fd);
+            }
+        }
+    }
 }
+
+/// `lowerdir=`: the frozen layers, newest first, then the workspace, as `/proc/self/fd/N` joined with `:`.
+/// 33 paths of at most 25 bytes each, a separator each, and the NUL fit in 1024 bytes.
+const LOWERDIR_BUF: usize = 1024;
 
 /// Opens and clones every mount source. Returns the detached clones in `trees` (same order as `sources`); the
 /// `cow` workspace is not cloned but opened, with its layer's directories, into `overlay` (its overlay is
@@ -73,19 +95,28 @@ pub fn clone_mount_sources(
             return Err(fail(Step::CheckMountSource, index)(errno));
         }
         if let Some(dirs) = &source.overlay {
+            // Every layer directory is opened now, with the invoker's credentials, like the workspace; after the
+            // id switch they are reached through these descriptors only.
             let flags = libc::O_PATH | libc::O_DIRECTORY;
-            let upper = sys::openat2(libc::AT_FDCWD, &dirs.upper, flags, libc::RESOLVE_NO_SYMLINKS);
-            let work = sys::openat2(libc::AT_FDCWD, &dirs.work, flags, libc::RESOLVE_NO_SYMLINKS);
-            match (upper, work) {
-                (Ok(upper), Ok(work)) => *overlay = OverlayFds { source: index, lower: fd, upper, work },
-                (Err(e), other) | (other @ Ok(_), Err(e)) => {
-                    if let Ok(opened) = other {
-                        sys::close(opened);
-                    }
-                    sys::close(fd);
-                    return Err(fail(Step::OpenWorkspaceLayer, index)(e));
-                }
+            let mut opened = OverlayFds { source: index, lower: fd, ..OverlayFds::NONE };
+            let mut result = sys::openat2(libc::AT_FDCWD, &dirs.upper, flags, libc::RESOLVE_NO_SYMLINKS)
+                .map(|upper| opened.upper = upper)
+                .and_then(|()| sys::openat2(libc::AT_FDCWD, &dirs.work, flags, libc::RESOLVE_NO_SYMLINKS))
+                .map(|work| opened.work = work);
+            for frozen in &dirs.frozen {
+                // The plan holds at most MAX_FROZEN_LAYERS (checked when it was made); refuse rather than drop one.
+                result = result.and_then(|()| {
+                    let slot = opened.frozen.get_mut(opened.frozen_count).ok_or(libc::E2BIG)?;
+                    *slot = sys::openat2(libc::AT_FDCWD, frozen, flags, libc::RESOLVE_NO_SYMLINKS)?;
+                    opened.frozen_count += 1;
+                    Ok(())
+                });
             }
+            if let Err(e) = result {
+                opened.close_all();
+                return Err(fail(Step::OpenWorkspaceLayer, index)(e));
+            }
+            *overlay = opened;
             continue;
         }
         let cloned = sys::open_tree(
@@ -131,12 +162,14 @@ pub fn mount_workspace_overlay(overlay: &OverlayFds, trees: &mut [RawFd]) -> Res
         return Ok(());
     }
     let index = overlay.source;
-    let mut lower_buf = [0u8; 32];
+    let mut lower_buf = [0u8; LOWERDIR_BUF];
     let mut upper_buf = [0u8; 32];
     let mut work_buf = [0u8; 32];
     let result = (|| {
+        let frozen = overlay.frozen.get(..overlay.frozen_count).ok_or(libc::E2BIG)?;
+        let lowerdir = lowerdir_path(frozen, overlay.lower, &mut lower_buf)?;
         let fs = sys::fsopen(c"overlay")?;
-        let configured = sys::fsconfig_string(fs, c"lowerdir", proc_fd_path(overlay.lower, &mut lower_buf))
+        let configured = sys::fsconfig_string(fs, c"lowerdir", lowerdir)
             .and_then(|()| sys::fsconfig_string(fs, c"upperdir", proc_fd_path(overlay.upper, &mut upper_buf)))
             .and_then(|()| sys::fsconfig_string(fs, c"workdir", proc_fd_path(overlay.work, &mut work_buf)))
             .and_then(|()| sys::fsconfig_flag(fs, c"userxattr"));
@@ -144,14 +177,34 @@ pub fn mount_workspace_overlay(overlay: &OverlayFds, trees: &mut [RawFd]) -> Res
         sys::close(fs);
         mnt
     })();
-    for fd in [overlay.lower, overlay.upper, overlay.work] {
-        sys::close(fd);
-    }
+    overlay.close_all();
     let mnt = result.map_err(fail(Step::MountWorkspaceOverlay, index))?;
     if let Some(slot) = trees.get_mut(index) {
         *slot = mnt;
     }
     Ok(())
+}
+
+/// `lowerdir`'s value in `buf` without allocating: `/proc/self/fd/F1:...:/proc/self/fd/Fn:/proc/self/fd/L`,
+/// the frozen layers newest first, the workspace last (overlayfs lists lower layers top to bottom).
+fn lowerdir_path<'a>(frozen: &[RawFd], workspace: RawFd, buf: &'a mut [u8; LOWERDIR_BUF]) -> Result<&'a CStr, Errno> {
+    let mut len = 0;
+    for &fd in frozen.iter().chain(std::iter::once(&workspace)) {
+        let mut one = [0u8; 32];
+        let path = proc_fd_path(fd, &mut one).to_bytes();
+        let sep = usize::from(len > 0);
+        // Room for the separator, the path and the final NUL.
+        if len + sep + path.len() + 1 > buf.len() {
+            return Err(libc::E2BIG);
+        }
+        if sep == 1 {
+            buf[len] = b':';
+        }
+        buf[len + sep..len + sep + path.len()].copy_from_slice(path);
+        len += sep + path.len();
+    }
+    buf[len] = 0;
+    CStr::from_bytes_until_nul(&buf[..]).map_err(|_| libc::EINVAL)
 }
 
 /// `/proc/self/fd/<fd>` in `buf`, without allocating.
@@ -315,4 +368,26 @@ pub fn enter_new_root(root: RawFd) -> Result<(), ChildFailure> {
     // SAFETY: valid NUL-terminated string.
     sys::check(unsafe { libc::chdir(c"/".as_ptr()) } as libc::c_long).map_err(fail(Step::DetachOldRoot, 0))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowerdir_lists_the_frozen_layers_newest_first_then_the_workspace() {
+        let mut buf = [0u8; LOWERDIR_BUF];
+        assert_eq!(lowerdir_path(&[], 7, &mut buf).unwrap().to_bytes(), b"/proc/self/fd/7");
+        let mut buf = [0u8; LOWERDIR_BUF];
+        let joined = lowerdir_path(&[12, 11], 7, &mut buf).unwrap().to_bytes().to_vec();
+        assert_eq!(joined, b"/proc/self/fd/12:/proc/self/fd/11:/proc/self/fd/7".to_vec());
+    }
+
+    #[test]
+    fn the_most_layers_with_the_largest_descriptors_fit() {
+        let mut buf = [0u8; LOWERDIR_BUF];
+        let frozen = [i32::MAX; MAX_FROZEN_LAYERS];
+        let joined = lowerdir_path(&frozen, i32::MAX, &mut buf).unwrap();
+        assert_eq!(joined.to_bytes().split(|&b| b == b':').count(), MAX_FROZEN_LAYERS + 1);
+    }
 }

@@ -48,7 +48,14 @@ pub struct OverlayDirs {
     pub upper: CString,
     pub work: CString,
     pub upper_display: String,
+    /// Checkpoints: read-only layers stacked between the upper directory and the workspace, newest first (at most
+    /// [`MAX_FROZEN_LAYERS`]).
+    pub frozen: Vec<CString>,
 }
+
+/// How many frozen layers (checkpoints) one overlay stacks: init keeps their descriptors in a fixed-size array,
+/// because it may not allocate after the clone.
+pub const MAX_FROZEN_LAYERS: usize = 32;
 
 /// One step of building the new root, in order.
 #[derive(Debug, Clone)]

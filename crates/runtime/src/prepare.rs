@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use policy::sandbox::{Network, Requirement, Rootfs, SandboxPolicy, WorkspaceMode};
 
 use crate::landlock::{self, LandlockPlan, LandlockRule, ACCESS_ALL, ACCESS_DEVICE, ACCESS_READ};
-use crate::plan::{CommandPlan, IdPlan, InsidePath, MountSource, OverlayDirs, RootEntry, SandboxPlan, SourceKind};
+use crate::plan::{
+    CommandPlan, IdPlan, InsidePath, MountSource, OverlayDirs, RootEntry, SandboxPlan, SourceKind, MAX_FROZEN_LAYERS,
+};
 use crate::seccomp;
 use crate::sys;
 use crate::userns::{self, HostIdRange, HOST_RANGE_SIZE};
@@ -45,6 +47,10 @@ pub enum PrepareError {
     ReadRootfs { path: String, source: std::io::Error },
     #[error("{0} contains a NUL byte")]
     NulByte(String),
+    #[error(
+        "the copy-on-write layer {path} has {count} checkpoints; at most 32 can be stacked (roll back or commit first)"
+    )]
+    TooManyLayers { path: String, count: usize },
     #[error("--workspace-mode cow needs a layer directory for the sandbox (internal: the caller gave none)")]
     CowNeedsLayer,
     #[error("--net allow is not available in this build yet: the network gateway is not built; use --net none (default) or --net host")]
@@ -98,6 +104,8 @@ pub struct HostContext {
 pub struct LayerDirs {
     pub upper: PathBuf,
     pub work: PathBuf,
+    /// Checkpoints: frozen layers stacked under `upper`, newest first.
+    pub frozen: Vec<PathBuf>,
 }
 
 fn cstring(s: &str) -> Result<CString, PrepareError> {
@@ -334,11 +342,19 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
                 b.bind(source, dest, kind, if writable || cow { RW_ATTRS } else { RO_ATTRS })?;
                 if let (true, Some(layer)) = (cow, cow_layer) {
                     // The workspace is the lower layer of an overlay; the sandbox writes to the upper layer only.
+                    if layer.frozen.len() > MAX_FROZEN_LAYERS {
+                        return Err(PrepareError::TooManyLayers {
+                            path: layer.upper.display().to_string(),
+                            count: layer.frozen.len(),
+                        });
+                    }
+                    let frozen = layer.frozen.iter().map(|p| path_cstring(p)).collect::<Result<Vec<_>, _>>()?;
                     if let Some(last) = b.sources.last_mut() {
                         last.overlay = Some(OverlayDirs {
                             upper: path_cstring(&layer.upper)?,
                             work: path_cstring(&layer.work)?,
                             upper_display: layer.upper.display().to_string(),
+                            frozen,
                         });
                     }
                     landlock_rules.push(LandlockRule { path: cstring(dest)?, access: ACCESS_ALL });

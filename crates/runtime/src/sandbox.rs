@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::time::Duration;
 
 use policy::sandbox::{Requirement, SandboxPolicy};
@@ -34,6 +34,8 @@ pub enum SandboxError {
     Cgroup(#[from] cgroups::CgroupError),
     #[error("cannot hand the copy-on-write layer {0} to the sandbox's root")]
     PrepareLayer(String, #[source] std::io::Error),
+    #[error("cannot resume in the copy-on-write layer {path}: its files belong to host uid {had}, but this run's sandbox root is host uid {now} (resuming needs the same identity every run: a workspace owned by an ordinary user, whom root inside maps to)")]
+    LayerOwnerChanged { path: String, had: u32, now: u32 },
     #[error("the sandbox's cgroup path {0} contains a NUL byte")]
     CgroupPath(String),
     #[error("cannot open the sandbox's cgroup {0}")]
@@ -121,6 +123,24 @@ pub fn run_sandbox(
     // them with its credentials. (Rootless, that is the invoker, who created them.)
     if plan.ids.host_root {
         for dirs in plan.sources.iter().filter_map(|s| s.overlay.as_ref()) {
+            // A layer that holds earlier runs' files (a resumed sandbox: checkpoints, or changes in upper) was
+            // written by an earlier run's sandbox root: this run's must be the same host id, or its files would be
+            // another identity's (and the older ones unreadable or foreign to it).
+            let upper = std::path::Path::new(std::ffi::OsStr::from_bytes(dirs.upper.to_bytes()));
+            let meta = std::fs::symlink_metadata(upper)
+                .map_err(|e| SandboxError::PrepareLayer(upper.display().to_string(), e))?;
+            let holds_files = !dirs.frozen.is_empty()
+                || std::fs::read_dir(upper)
+                    .map_err(|e| SandboxError::PrepareLayer(upper.display().to_string(), e))?
+                    .next()
+                    .is_some();
+            if holds_files && meta.uid() != plan.ids.init_host_uid {
+                return Err(SandboxError::LayerOwnerChanged {
+                    path: upper.display().to_string(),
+                    had: meta.uid(),
+                    now: plan.ids.init_host_uid,
+                });
+            }
             for dir in [&dirs.upper, &dirs.work] {
                 let path = std::path::Path::new(std::ffi::OsStr::from_bytes(dir.to_bytes()));
                 std::os::unix::fs::lchown(path, Some(plan.ids.init_host_uid), Some(plan.ids.init_host_gid))

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use runtime::layer::{
-    diff_layer, discard_changes, parse_filter, parse_filters, quote_path, unified_patch, Change, ChangeKind, EntryType,
-    LayerError, LayerPaths,
+    commit_stack, diff_layer, diff_stack, discard_changes, discard_stack, parse_filter, parse_filters, patch_stack,
+    quote_path, unified_patch, Change, ChangeKind, CommitOutcome, EntryType, LayerError, LayerPaths, LayerStack,
 };
 use sha2::{Digest, Sha256};
 
@@ -829,4 +829,115 @@ fn quoting_keeps_plain_names_and_escapes_the_rest() {
     assert_eq!(quote_path(Path::new(OsStr::from_bytes(b"\xff"))), "\"\\xff\"");
     // A name that merely looks like an escape stays distinct from the escaped one.
     assert_ne!(quote_path(Path::new("\\xff")), quote_path(Path::new(OsStr::from_bytes(b"\xff"))));
+}
+
+// ---- checkpoints: a frozen layer under a new upper, composed ----
+
+/// Second-stage edits over the first: undoing, redoing and deepening what `change_workspace` did.
+fn change_workspace_again(m: &dyn Fn(&str) -> PathBuf) {
+    fs::remove_file(m("new.rs")).unwrap();
+    write(&m("modify.txt"), b"one\ntwo\nthree\nfour\nfive\n", 0o644);
+    fs::remove_dir_all(m("newdir")).unwrap();
+    mkdir(&m("newdir"), 0o750);
+    write(&m("newdir/again.txt"), b"again\n", 0o644);
+    write(&m("delete.txt"), b"back\n", 0o644);
+    mkdir(&m("deldir"), 0o755);
+    write(&m("deldir/fresh"), b"fresh\n", 0o644);
+    fs::remove_file(m("modedir/f")).unwrap();
+    write(&m("opaque/stage2.txt"), b"2\n", 0o644);
+    fs::remove_file(m("renamed.txt")).unwrap();
+    fs::set_permissions(m("chmod.sh"), Permissions::from_mode(0o644)).unwrap();
+    fs::remove_file(m("untouched.txt")).unwrap();
+    fs::remove_file(m("symlink_new")).unwrap();
+    fs::remove_dir_all(m("file2dir")).unwrap();
+    write(&m("file2dir"), b"f\n", 0o644);
+}
+
+/// Every entry under `dir`: type, mode, and contents or link target.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let meta = fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if meta.file_type().is_symlink() {
+                out.push(format!("{rel} -> {}", fs::read_link(&p).unwrap().display()));
+            } else if meta.is_dir() {
+                out.push(format!("{rel}/ {:o}", meta.permissions().mode() & 0o7777));
+                walk(root, &p, out);
+            } else {
+                out.push(format!("{rel} {:o} {:?}", meta.permissions().mode() & 0o7777, fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn a_frozen_layer_and_its_upper_compose_to_what_the_kernel_shows() {
+    // The reference: both stages through one overlay, one upper directory.
+    let Some(mut single) = mounted_overlay("stack-ref", "", populate_workspace) else { return };
+    change_workspace(&single);
+    change_workspace_again(&|rel| single.m(rel));
+    single.unmount();
+    let reference = lines(&diff_layer(&single.paths(), &[]).unwrap());
+
+    // Stage one, frozen (the upper renamed), then stage two over lowerdir=frozen:workspace.
+    let Some(mut o) = changed_overlay("stack") else { return };
+    let frozen = o.root().join("frozen1");
+    fs::rename(&o.upper, &frozen).unwrap();
+    fs::create_dir(&o.upper).unwrap();
+    let work2 = o.root().join("work2");
+    fs::create_dir(&work2).unwrap();
+    let options = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        frozen.display(),
+        o.lower.display(),
+        o.upper.display(),
+        work2.display()
+    );
+    let status = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &options]).arg(&o.merged).status();
+    assert!(status.unwrap().success(), "mount -o {options}");
+    o.mounted = true;
+    change_workspace_again(&|rel| o.m(rel));
+    let seen = tree(&o.merged);
+    o.unmount();
+
+    let stack = LayerStack {
+        upper: o.upper.clone(),
+        frozen: vec![frozen.clone()],
+        lower: o.lower.clone(),
+        scratch: o.root().join("compose"),
+    };
+    let changes = diff_stack(&stack, &[]).unwrap();
+    assert_eq!(lines(&changes), reference, "the stack differs from the same edits in one layer");
+    assert!(!o.root().join("compose").exists(), "the composed layer is removed after use");
+    for path in ["new.rs", "renamed.txt", "symlink_new", "chmod.sh"] {
+        assert!(changes.iter().all(|c| c.path != path), "{path}: created or changed, then undone: no change");
+    }
+    let patches = patch_stack(&stack, &[find(&changes, "modify.txt").clone()]).unwrap();
+    assert!(patches[0].contains("+four") && patches[0].contains("+five"), "{}", patches[0]);
+
+    // Discard drops a path from every layer.
+    let dropped = discard_stack(&stack, &["modify.txt".to_string()]).unwrap();
+    assert_eq!(dropped, ["modify.txt"]);
+    assert!(!o.upper.join("modify.txt").exists() && !frozen.join("modify.txt").exists());
+    let after: Vec<String> = reference.iter().filter(|l| !l.contains(" modify.txt ")).cloned().collect();
+    assert_eq!(lines(&diff_stack(&stack, &[]).unwrap()), after);
+
+    // Commit applies the composed view: the host then holds what the sandbox saw (but modify.txt).
+    match commit_stack(&stack, &[], 0.0, true).unwrap() {
+        CommitOutcome::Committed(applied) => assert_eq!(lines(&applied), after),
+        CommitOutcome::Refused(c) => panic!("refused: {c:?}"),
+    }
+    let mut expected = seen;
+    for l in expected.iter_mut().filter(|l| l.starts_with("modify.txt ")) {
+        *l = format!("modify.txt 644 {:?}", b"one\ntwo\nthree\n");
+    }
+    assert_eq!(tree(&o.lower), expected);
+    let left = diff_stack(&stack, &[]).unwrap();
+    assert!(left.is_empty(), "{:?}", lines(&left));
 }

@@ -1,0 +1,379 @@
+//! Checkpoints: a sandbox's layer as a stack. `airlock checkpoint` freezes the upper directory as a read-only
+//! layer, and the overlay then has `lowerdir=frozen_n:...:frozen_1:WORKSPACE` under a fresh upper directory.
+//!
+//! What the sandbox changed is then spread over several layers. Diff, discard and commit work on one *composed*
+//! layer, the view overlayfs itself gives of "frozen layers + upper": built oldest layer first into a scratch
+//! directory beside the layers, newest entry wins, a non-directory (file, symlink, whiteout) replaces whatever an
+//! older layer had at its path, an opaque directory drops what older layers had under it, and a directory over an
+//! older non-directory is opaque (the kernel stops looking down there too). Files, symlinks and whiteouts are
+//! hard links (no data is copied: the cost is that of the changes, not of the workspace); directories are made
+//! anew with the newest mode. Every entry is reached from its parent's descriptor, never through a symlink.
+//!
+//! The composed layer is read by the single-layer code in `layer.rs` and `commit.rs` unchanged. What a discard
+//! or commit takes out of the composed layer is then taken out of every real layer at the same path (a frozen
+//! layer included: discard and commit rewrite the checkpoints, which keep their labels).
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use super::{
+    cstring, diff_filtered, discard_changes, list_dir, open_at, open_dir_at, open_root, overlay_marks, parse_filters,
+    remove_tree_at, stat_at, Change, EntryType, LayerError, LayerPaths, MAX_DEPTH,
+};
+use crate::layer::commit::{commit_changes, CommitError, CommitOutcome};
+
+/// A sandbox's layers: the upper directory, the frozen layers (newest first) and the workspace below them all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerStack {
+    pub upper: PathBuf,
+    /// Newest first, as overlayfs stacks them.
+    pub frozen: Vec<PathBuf>,
+    /// The host workspace.
+    pub lower: PathBuf,
+    /// A directory on the layers' filesystem where the composed layer is built (and removed after use).
+    pub scratch: PathBuf,
+}
+
+impl LayerStack {
+    /// The upper directory over the workspace, without frozen layers.
+    fn single(&self) -> LayerPaths {
+        LayerPaths { upper: self.upper.clone(), lower: self.lower.clone() }
+    }
+
+    /// Every real layer, newest first.
+    fn layers(&self) -> impl Iterator<Item = &PathBuf> {
+        std::iter::once(&self.upper).chain(self.frozen.iter())
+    }
+}
+
+/// The layer stack seen as one layer: the upper directory itself when nothing is frozen, else a composed
+/// scratch copy (removed when this value is dropped).
+pub struct ComposedLayer {
+    paths: LayerPaths,
+    scratch: Option<PathBuf>,
+}
+
+impl ComposedLayer {
+    pub fn paths(&self) -> &LayerPaths {
+        &self.paths
+    }
+}
+
+impl Drop for ComposedLayer {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.scratch {
+            let _ = remove_path(dir);
+        }
+    }
+}
+
+/// Composes the stack into one layer (see the module documentation).
+pub fn compose(stack: &LayerStack) -> Result<ComposedLayer, LayerError> {
+    if stack.frozen.is_empty() {
+        return Ok(ComposedLayer { paths: stack.single(), scratch: None });
+    }
+    let dir = stack.scratch.clone();
+    // A scratch directory left by an airlock that was killed is stale: start again.
+    remove_path(&dir)?;
+    std::fs::DirBuilder::new().create(&dir).map_err(|source| LayerError::OpenDir { path: dir.clone(), source })?;
+    let composed = ComposedLayer {
+        paths: LayerPaths { upper: dir.clone(), lower: stack.lower.clone() },
+        scratch: Some(dir.clone()),
+    };
+    let target = open_root(&dir)?;
+    for layer in stack.layers().collect::<Vec<_>>().into_iter().rev() {
+        let source = open_root(layer)?;
+        merge_dir(source.as_fd(), target.as_fd(), layer, &dir, 0)?;
+    }
+    Ok(composed)
+}
+
+/// Lays the layer directory `source` (at `source_path`) over the composed directory `target`.
+fn merge_dir(
+    source: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    source_path: &Path,
+    target_path: &Path,
+    depth: usize,
+) -> Result<(), LayerError> {
+    if depth > MAX_DEPTH {
+        return Err(LayerError::TooDeep { path: source_path.to_path_buf() });
+    }
+    let names = list_dir(source).map_err(|source| LayerError::ReadDir { path: source_path.to_path_buf(), source })?;
+    for name in &names {
+        let cname = cstring(name);
+        let from = source_path.join(name);
+        let to = target_path.join(name);
+        let Some(meta) = stat_at(source, &cname).map_err(|source| LayerError::Stat { path: from.clone(), source })?
+        else {
+            continue;
+        };
+        let below = stat_at(target, &cname).map_err(|source| LayerError::Stat { path: to.clone(), source })?;
+        if meta.entry_type() != EntryType::Dir {
+            // A file, symlink, special file or whiteout hides everything older at its path.
+            if below.is_some() {
+                remove_tree_at(target, &cname, &to)?;
+            }
+            link_at(source, &cname, target, &cname).map_err(|source| LayerError::Compose { path: from, source })?;
+            continue;
+        }
+        let sub = open_dir_at(source, &cname).map_err(|source| LayerError::OpenDir { path: from.clone(), source })?;
+        let marks = overlay_marks(sub.as_fd()).map_err(|source| LayerError::Xattr { path: from.clone(), source })?;
+        if marks.redirect {
+            return Err(LayerError::Unsupported { path: from, what: "redirect" });
+        }
+        let merge_into_older = below.is_some_and(|b| b.entry_type() == EntryType::Dir) && !marks.opaque;
+        if !merge_into_older {
+            // An opaque directory, or one over an older non-directory: nothing older shows below it, nor does
+            // the workspace.
+            let opaque = marks.opaque || below.is_some();
+            if below.is_some() {
+                remove_tree_at(target, &cname, &to)?;
+            }
+            mkdir_at(target, &cname).map_err(|source| LayerError::Compose { path: to.clone(), source })?;
+            if opaque {
+                let made =
+                    open_dir_at(target, &cname).map_err(|source| LayerError::OpenDir { path: to.clone(), source })?;
+                set_opaque(made.as_fd()).map_err(|source| LayerError::Compose { path: to.clone(), source })?;
+            }
+        }
+        let dest = open_dir_at(target, &cname).map_err(|source| LayerError::OpenDir { path: to.clone(), source })?;
+        // The newest layer's mode is the directory's mode.
+        fchmod(dest.as_fd(), meta.perm()).map_err(|source| LayerError::Compose { path: to.clone(), source })?;
+        merge_dir(sub.as_fd(), dest.as_fd(), &from, &to, depth + 1)?;
+    }
+    Ok(())
+}
+
+/// Every change across the stack against the workspace, as [`super::diff_layer`] lists them.
+pub fn diff_stack(stack: &LayerStack, filter: &[String]) -> Result<Vec<Change>, LayerError> {
+    let filters = parse_filters(&stack.lower, filter)?;
+    let composed = compose(stack)?;
+    diff_filtered(composed.paths(), &filters)
+}
+
+/// A change of the stack as a patch ([`super::unified_patch`] on the composed layer).
+pub fn patch_stack(stack: &LayerStack, changes: &[Change]) -> Result<Vec<String>, LayerError> {
+    let composed = compose(stack)?;
+    changes.iter().map(|c| super::unified_patch(composed.paths(), c)).collect()
+}
+
+/// Drops the changes at or under `filter` (all when empty) from every layer of the stack: the workspace then
+/// shows the host's entry there, whatever checkpoint is rolled back to later.
+pub fn discard_stack(stack: &LayerStack, filter: &[String]) -> Result<Vec<String>, LayerError> {
+    if stack.frozen.is_empty() {
+        return discard_changes(&stack.single(), filter);
+    }
+    let filters = parse_filters(&stack.lower, filter)?;
+    let composed = compose(stack)?;
+    // The composed layer checks what can be discarded (and refuses a part of a directory replaced as a whole).
+    let dropped = discard_changes(composed.paths(), filter)?;
+    if dropped.is_empty() {
+        return Ok(dropped);
+    }
+    if filters.is_empty() {
+        for layer in stack.layers() {
+            clear_dir(layer)?;
+        }
+        return Ok(dropped);
+    }
+    for filter in &filters {
+        if dropped.iter().any(|d| Path::new(d).starts_with(filter)) {
+            remove_from_layers(stack, filter)?;
+        }
+    }
+    Ok(dropped)
+}
+
+/// Applies the stack's changes at or under `filter` to the host workspace (see [`commit_changes`]); what was
+/// applied leaves every layer of the stack.
+pub fn commit_stack(
+    stack: &LayerStack,
+    filter: &[String],
+    created: f64,
+    force: bool,
+) -> Result<CommitOutcome, CommitError> {
+    let composed = compose(stack)?;
+    let outcome = if stack.frozen.is_empty() {
+        commit_changes(composed.paths(), filter, created, force)
+    } else {
+        commit_composed(stack, &composed, filter, created, force)
+    };
+    if filter.is_empty() {
+        if let Ok(CommitOutcome::Committed(_)) = &outcome {
+            // Everything was applied: the host now is what the layers showed. What is left in them (a copy-up
+            // equal to the host's entry, an opaque directory whose contents are now the host's) would only hide
+            // the host's entries from now on, so every layer is emptied.
+            for layer in stack.layers() {
+                clear_dir(layer)?;
+            }
+        }
+    }
+    outcome
+}
+
+fn commit_composed(
+    stack: &LayerStack,
+    composed: &ComposedLayer,
+    filter: &[String],
+    created: f64,
+    force: bool,
+) -> Result<CommitOutcome, CommitError> {
+    let changes = super::diff_layer(composed.paths(), filter)?;
+    // The changes whose composed entry is a file, symlink or whiteout: commit takes such an entry out of the
+    // composed layer once it is applied, and then it goes from every real layer.
+    let upper = open_root(&composed.paths().upper)?;
+    let mut leaves = Vec::new();
+    for change in &changes {
+        if matches!(leaf_type(upper.as_fd(), &change.raw_path)?, Some(ty) if ty != EntryType::Dir) {
+            leaves.push(change.raw_path.clone());
+        }
+    }
+    let outcome = commit_changes(composed.paths(), filter, created, force);
+    // Even after an error: what was applied is out of the composed layer and must leave the real ones.
+    for rel in &leaves {
+        if !entry_exists(upper.as_fd(), rel)? {
+            remove_from_layers(stack, rel)?;
+        }
+    }
+    outcome
+}
+
+/// The type of the entry at `rel` under `root` (no symlink followed); `None` when there is none.
+fn leaf_type(root: BorrowedFd<'_>, rel: &Path) -> Result<Option<EntryType>, LayerError> {
+    Ok(lookup(root, rel)?.map(|(_, ty)| ty))
+}
+
+fn entry_exists(root: BorrowedFd<'_>, rel: &Path) -> Result<bool, LayerError> {
+    Ok(lookup(root, rel)?.is_some())
+}
+
+/// The parent directory of `rel` under `root` and the entry's type, when every ancestor is a directory there.
+fn lookup(root: BorrowedFd<'_>, rel: &Path) -> Result<Option<(OwnedFd, EntryType)>, LayerError> {
+    let Some(parent) = open_parent(root, rel)? else { return Ok(None) };
+    let name = cstring(rel.file_name().unwrap_or_default());
+    let meta = stat_at(parent.as_fd(), &name).map_err(|source| LayerError::Stat { path: rel.to_path_buf(), source })?;
+    Ok(meta.map(|m| (parent, m.entry_type())))
+}
+
+/// The directory holding `rel` under `root`, reached one directory at a time; `None` when an ancestor is not a
+/// directory there.
+fn open_parent(root: BorrowedFd<'_>, rel: &Path) -> Result<Option<OwnedFd>, LayerError> {
+    let mut dir = open_at(root, c".", libc::O_RDONLY | libc::O_DIRECTORY)
+        .map_err(|source| LayerError::OpenDir { path: rel.to_path_buf(), source })?;
+    for component in rel.parent().map(|p| p.iter().collect::<Vec<_>>()).unwrap_or_default() {
+        match open_dir_at(dir.as_fd(), &cstring(component)) {
+            Ok(next) => dir = next,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)) => return Ok(None),
+            Err(source) => return Err(LayerError::OpenDir { path: rel.to_path_buf(), source }),
+        }
+    }
+    Ok(Some(dir))
+}
+
+/// Removes `rel` (with all it holds) from every real layer of the stack.
+fn remove_from_layers(stack: &LayerStack, rel: &Path) -> Result<(), LayerError> {
+    for layer in stack.layers() {
+        let root = open_root(layer)?;
+        if let Some(parent) = open_parent(root.as_fd(), rel)? {
+            let name = cstring(rel.file_name().unwrap_or_default());
+            remove_tree_at(parent.as_fd(), &name, &layer.join(rel))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes everything in the directory `dir` (never following a symlink), keeping the directory.
+pub fn clear_dir(dir: &Path) -> Result<(), LayerError> {
+    let root = open_root(dir)?;
+    let names = list_dir(root.as_fd()).map_err(|source| LayerError::ReadDir { path: dir.to_path_buf(), source })?;
+    for name in &names {
+        remove_tree_at(root.as_fd(), &cstring(name), &dir.join(name))?;
+    }
+    Ok(())
+}
+
+/// Removes `path` and all it holds, if it exists (a symlink itself, never what it points to).
+pub fn remove_path(path: &Path) -> Result<(), LayerError> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(LayerError::InvalidFilter { path: path.display().to_string(), reason: "no parent".into() });
+    };
+    let parent_fd = open_root(if parent.as_os_str().is_empty() { Path::new(".") } else { parent })?;
+    remove_tree_at(parent_fd.as_fd(), &cstring(name), path)
+}
+
+/// How many changes one frozen layer holds against what is below it: its entries, a directory counting for
+/// what it holds (whiteouts included).
+pub fn count_entries(dir: &Path) -> Result<u64, LayerError> {
+    let root = open_root(dir)?;
+    count_in(root.as_fd(), dir, 0)
+}
+
+fn count_in(dir: BorrowedFd<'_>, path: &Path, depth: usize) -> Result<u64, LayerError> {
+    if depth > MAX_DEPTH {
+        return Err(LayerError::TooDeep { path: path.to_path_buf() });
+    }
+    let names = list_dir(dir).map_err(|source| LayerError::ReadDir { path: path.to_path_buf(), source })?;
+    let mut count = 0;
+    for name in &names {
+        let cname = cstring(name);
+        let here = path.join(name);
+        let meta = stat_at(dir, &cname).map_err(|source| LayerError::Stat { path: here.clone(), source })?;
+        match meta {
+            Some(m) if m.entry_type() == EntryType::Dir => {
+                let sub =
+                    open_dir_at(dir, &cname).map_err(|source| LayerError::OpenDir { path: here.clone(), source })?;
+                let inner = count_in(sub.as_fd(), &here, depth + 1)?;
+                count += inner.max(1);
+            }
+            Some(_) => count += 1,
+            None => {}
+        }
+    }
+    Ok(count)
+}
+
+/// `linkat(from_dir, from, to_dir, to, 0)`: a hard link to the entry itself (a symlink is linked, not followed).
+fn link_at(from_dir: BorrowedFd<'_>, from: &CStr, to_dir: BorrowedFd<'_>, to: &CStr) -> io::Result<()> {
+    // SAFETY: both descriptors are open for the duration of the call and both names valid NUL-terminated
+    // strings; without AT_SYMLINK_FOLLOW linkat never follows a symlink at `from`.
+    let ret = unsafe { libc::linkat(from_dir.as_raw_fd(), from.as_ptr(), to_dir.as_raw_fd(), to.as_ptr(), 0) };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `mkdirat(dir, name, 0700)` (the mode is set afterwards with `fchmod`, free of the umask).
+fn mkdir_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: `dir` is an open descriptor and `name` a valid NUL-terminated string; mkdirat never follows a
+    // symlink at `name` (it fails with EEXIST).
+    let ret = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o700) };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    // SAFETY: `fd` is an open descriptor; fchmod reads no memory of ours.
+    let ret = unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Marks a composed directory opaque the way airlock's overlay does (`userxattr`).
+fn set_opaque(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let name = c"user.overlay.opaque";
+    // SAFETY: `fd` is an open descriptor, `name` a valid NUL-terminated string and the value one readable byte,
+    // the length given.
+    let ret = unsafe { libc::fsetxattr(fd.as_raw_fd(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

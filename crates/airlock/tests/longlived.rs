@@ -85,6 +85,20 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Stops and removes a created sandbox when the test ends, passed or failed (a failed assertion must not leave
+/// a sandbox running). Both are no-ops if the test already did it.
+struct Cleanup {
+    name: String,
+    airlock: fn(&[&str]) -> Output,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = (self.airlock)(&["stop", &self.name]);
+        let _ = (self.airlock)(&["rm", &self.name]);
+    }
+}
+
 /// One `airlock:` line on stderr.
 #[track_caller]
 fn one_airlock_line(o: &Output, needle: &str) {
@@ -97,6 +111,7 @@ fn check_lifecycle(as_user: bool) {
     let airlock = airlock_as(as_user);
     let ws = workspace("ll");
     let name = unique_name("ll");
+    let _cleanup = Cleanup { name: name.clone(), airlock };
     let o = airlock(&["create", "--workspace", ws.str(), "--hostname", "llhost", &name]);
     assert_eq!(code(&o), 0, "create failed: {}", stderr(&o));
     assert!(ok(&airlock(&["ls"])).lines().any(|l| l.starts_with(&name) && l.contains("running")));
@@ -181,6 +196,7 @@ fn check_supervisor_killed(as_user: bool) {
     let airlock = airlock_as(as_user);
     let ws = workspace("llkill");
     let name = unique_name("llkill");
+    let _cleanup = Cleanup { name: name.clone(), airlock };
     ok(&airlock(&["create", "--workspace", ws.str(), &name]));
     ok(&airlock(&["exec", &name, "--", "sh", "-c", "echo x > a.txt"]));
     let marker = format!("marker-{name}");
@@ -233,6 +249,7 @@ fn check_bad_create(as_user: bool) {
     }
     // An existing name.
     let name = unique_name("lldup");
+    let _cleanup = Cleanup { name: name.clone(), airlock };
     ok(&airlock(&["create", &name]));
     let o = airlock(&["create", &name]);
     assert_eq!(code(&o), 125);
@@ -269,6 +286,7 @@ fn exec_runs_under_the_sandboxes_limits() {
         skip_or_fail!("cgroup limits need host root on this host (run the tests as root)");
     }
     let name = unique_name("lllim");
+    let _cleanup = Cleanup { name: name.clone(), airlock: common::airlock };
     let o = common::airlock(&["create", "--pids", "6", &name]);
     if code(&o) != 0 {
         skip_or_fail!("no cgroup limits here: {}", stderr(&o).trim());

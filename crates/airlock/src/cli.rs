@@ -18,6 +18,18 @@ pub struct Cli {
 pub enum Command {
     /// Run a command in a new sandbox and wait for it.
     Run(Box<RunArgs>),
+    /// Start a sandbox that stays up (same options as `run`); returns once it is set up.
+    Create(Box<CreateArgs>),
+    /// Run a command in a running sandbox (same namespaces, filesystem, limits and protections).
+    Exec(ExecArgs),
+    /// Stop a running sandbox: everything in it is killed; what it kept stays until `airlock rm`.
+    Stop {
+        /// The sandbox's name.
+        name: String,
+    },
+    /// The supervisor of a sandbox started by `airlock create` (internal).
+    #[command(name = "__supervise", hide = true)]
+    Supervise(Box<CreateArgs>),
     /// What this host supports, what blocks a protection, and how to fix it.
     Doctor {
         /// One JSON document instead of text.
@@ -89,6 +101,46 @@ pub enum ProfileCommand {
 #[derive(Debug, Args)]
 #[command(trailing_var_arg = true)]
 pub struct RunArgs {
+    #[command(flatten)]
+    pub opts: SandboxOptions,
+    /// The command and its arguments.
+    /// (No `allow_hyphen_values` here: a mistyped flag before the command must be an error, not the command;
+    /// everything after the command's name, or after `--`, is the command's, dashes and all.)
+    #[arg(required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// `airlock create`: the run options, and the sandbox's name.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub opts: SandboxOptions,
+    /// The sandbox's name.
+    #[arg(value_name = "NAME", id = "sandbox_name")]
+    pub sandbox: String,
+}
+
+/// `airlock exec`.
+#[derive(Debug, Args)]
+#[command(trailing_var_arg = true)]
+pub struct ExecArgs {
+    /// A new pseudo-terminal for interactive use (not in this build yet).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Set a variable inside, besides the sandbox's own (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// The running sandbox.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The command and its arguments (after `--`).
+    #[arg(required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// The options of `run` and `create`: what the sandbox is.
+#[derive(Debug, Args)]
+pub struct SandboxOptions {
     /// What `/` is: `host` (the host's /usr, /bin, /sbin, /lib*, /etc read-only, nothing else) or a directory tree.
     #[arg(long, value_name = "host|DIR")]
     pub rootfs: Option<String>,
@@ -159,9 +211,4 @@ pub struct RunArgs {
     /// A new pseudo-terminal for interactive use.
     #[arg(short = 't', long)]
     pub tty: bool,
-    /// The command and its arguments.
-    /// (No `allow_hyphen_values` here: a mistyped flag before the command must be an error, not the command;
-    /// everything after the command's name, or after `--`, is the command's, dashes and all.)
-    #[arg(required = true, value_name = "COMMAND")]
-    pub command: Vec<String>,
 }

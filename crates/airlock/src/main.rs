@@ -4,6 +4,7 @@
 mod checkpoint_cmd;
 mod cli;
 mod doctor;
+mod longlived;
 mod profile_cmd;
 mod run;
 mod sandboxes_cmd;
@@ -32,9 +33,14 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(&err),
     };
-    let runs_something = matches!(cli.command, Command::Run(_));
+    let runs_something =
+        matches!(cli.command, Command::Run(_) | Command::Create(_) | Command::Exec(_) | Command::Supervise(_));
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
+        Command::Create(args) => longlived::create(*args),
+        Command::Supervise(args) => longlived::supervise(*args),
+        Command::Exec(args) => longlived::exec(args),
+        Command::Stop { name } => longlived::stop(&name),
         Command::Doctor { json } => doctor::run_doctor(json),
         Command::Profile(cmd) => profile_cmd::run(cmd),
         Command::Stats { name, json } => stats_cmd::run(&name, json),
@@ -96,8 +102,12 @@ fn usage_error(err: &clap::Error) -> ExitCode {
         .join(" ");
     let first = first.trim_start_matches("error: ").trim_end_matches(':');
     // args_os: an argument that is not UTF-8 (a hostile file name) must not panic here.
-    let is_run = std::env::args_os().nth(1).is_some_and(|a| a == "run");
-    let help = if is_run { "airlock run --help" } else { "airlock --help" };
+    let sub = std::env::args_os().nth(1);
+    let is_run = sub.as_ref().is_some_and(|a| a == "run" || a == "create" || a == "exec" || a == "__supervise");
+    let help = match sub.as_ref().and_then(|a| a.to_str()) {
+        Some(name @ ("run" | "create" | "exec")) => format!("airlock {name} --help"),
+        _ => "airlock --help".to_string(),
+    };
     say(&format!("{first} (see `{help}`)"));
     ExitCode::from(if is_run { EXIT_SETUP_FAILED } else { EXIT_USAGE })
 }

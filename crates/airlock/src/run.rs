@@ -8,53 +8,34 @@ use policy::sandbox::{Network, WorkspaceMode};
 use runtime::prepare::HostContext;
 use runtime::sandbox::{run_sandbox, RunOutcome};
 
-use crate::cli::RunArgs;
+use crate::cli::{RunArgs, SandboxOptions};
 use crate::state;
 
 pub fn run(args: RunArgs) -> Result<i32> {
-    if let Some(name) = &args.name {
+    if let Some(name) = &args.opts.name {
         validate_sandbox_name(name).map_err(|e| anyhow!("--name: {e}"))?;
     }
-    if args.audit.is_some() {
+    if args.opts.audit.is_some() {
         bail!("--audit: audit events are not recorded by this build yet; run without --audit");
     }
-    let base = load_profile(&args.profile)?;
-    let overlay = flags_profile(&args)?;
+    let base = load_profile(&args.opts.profile)?;
+    let overlay = flags_profile(&args.opts)?;
     let merged = base.merge(overlay);
 
-    let (uid, gid) = runtime::host::current_ids();
-    let invoker = Invoker {
-        uid,
-        gid,
-        is_root: runtime::host::is_host_root(),
-        env: std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect(),
-        user_name: runtime::host::user_name(uid),
-    };
-    let policy = profile::resolve(&merged, args.command.clone(), &invoker)?;
+    let policy = profile::resolve(&merged, args.command.clone(), &current_invoker())?;
     if policy.network == Network::Host {
         crate::say("warning: --net host: the sandbox shares the host's network (no network isolation)");
     }
 
     // What the sandbox keeps lives under its name: a cow workspace's layer always, otherwise only with --name.
     let cow = policy.workspace.as_ref().is_some_and(|w| w.mode == WorkspaceMode::Cow);
-    let generated = args.name.is_none() && cow;
-    let name = args.name.clone().or_else(|| cow.then(state::generated_name));
-    if let Some(ws) = &policy.workspace {
-        // The state directory holds the layers: a workspace inside it could reach another sandbox's changes.
-        let state_root = std::fs::canonicalize(state::state_dir()).unwrap_or_else(|_| state::state_dir());
-        let workspace = std::fs::canonicalize(&ws.path).unwrap_or_else(|_| std::path::PathBuf::from(&ws.path));
-        if workspace.starts_with(&state_root) {
-            anyhow::bail!(
-                "--workspace {} is inside airlock's state directory {}; share a directory outside it",
-                ws.path,
-                state_root.display()
-            );
-        }
-    }
+    let generated = args.opts.name.is_none() && cow;
+    let name = args.opts.name.clone().or_else(|| cow.then(state::generated_name));
+    check_workspace_outside_state(&policy)?;
     let mut kept = match &name {
         Some(name) => {
             let workspace = policy.workspace.as_ref().map(|w| (w.path.as_str(), mode_name(w.mode)));
-            if args.resume {
+            if args.opts.resume {
                 Some(state::SandboxState::resume(name, workspace)?)
             } else {
                 Some(state::SandboxState::create(name, workspace, cow)?)
@@ -65,21 +46,22 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let layer = match kept.as_ref().filter(|_| cow).map(state::SandboxState::layer_dirs).transpose() {
         Ok(layer) => layer,
         Err(e) => {
-            abandon(kept.take(), args.resume);
+            abandon(kept.take(), args.opts.resume);
             return Err(e);
         }
     };
     let host = HostContext {
         lock_dir: lock_dir(),
-        tty: args.tty.then(runtime::host::caller_window_size),
+        tty: args.opts.tty.then(runtime::host::caller_window_size),
         name: name.clone(),
         layer,
+        hold: false,
     };
     let ran = run_sandbox(&policy, &host, &mut |w| crate::say(&format!("warning: {w}")));
     let (outcome, report) = match ran {
         Ok(done) => done,
         Err(e) => {
-            abandon(kept.take(), args.resume);
+            abandon(kept.take(), args.opts.resume);
             return Err(e.into());
         }
     };
@@ -88,7 +70,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
             crate::say(&format!("warning: cannot record how sandbox {} ended: {}", state.name, crate::one_line(&e)));
         }
     }
-    if let (Some(stats), Some(name), false) = (&report.stats, &name, args.rm) {
+    if let (Some(stats), Some(name), false) = (&report.stats, &name, args.opts.rm) {
         if let Err(e) = crate::stats_cmd::keep_final_stats(name, stats, outcome.exit_code()) {
             crate::say(&format!("warning: cannot keep the final stats of {name}: {}", crate::one_line(&e)));
         }
@@ -112,7 +94,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         RunOutcome::OutOfMemory { summary } => crate::say(&format!("killed: out of memory ({summary})")),
     }
     match kept {
-        Some(state) if args.rm => {
+        Some(state) if args.opts.rm => {
             let name = state.name.clone();
             if let Err(e) = state.remove() {
                 crate::say(&format!("warning: cannot remove sandbox {name}: {}", crate::one_line(&e)));
@@ -140,7 +122,35 @@ fn abandon(kept: Option<state::SandboxState>, resumed: bool) {
     }
 }
 
-fn mode_name(mode: WorkspaceMode) -> &'static str {
+/// Who runs airlock, for resolving a profile.
+pub fn current_invoker() -> Invoker {
+    let (uid, gid) = runtime::host::current_ids();
+    Invoker {
+        uid,
+        gid,
+        is_root: runtime::host::is_host_root(),
+        env: std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect(),
+        user_name: runtime::host::user_name(uid),
+    }
+}
+
+/// The state directory holds the layers: a workspace inside it could reach another sandbox's changes.
+pub fn check_workspace_outside_state(policy: &policy::sandbox::SandboxPolicy) -> Result<()> {
+    if let Some(ws) = &policy.workspace {
+        let state_root = std::fs::canonicalize(state::state_dir()).unwrap_or_else(|_| state::state_dir());
+        let workspace = std::fs::canonicalize(&ws.path).unwrap_or_else(|_| std::path::PathBuf::from(&ws.path));
+        if workspace.starts_with(&state_root) {
+            bail!(
+                "--workspace {} is inside airlock's state directory {}; share a directory outside it",
+                ws.path,
+                state_root.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn mode_name(mode: WorkspaceMode) -> &'static str {
     match mode {
         WorkspaceMode::Cow => "cow",
         WorkspaceMode::Rw => "rw",
@@ -161,7 +171,7 @@ pub fn load_profile(arg: &str) -> Result<Profile> {
 }
 
 /// The run flags as a profile layer.
-fn flags_profile(args: &RunArgs) -> Result<Profile> {
+pub fn flags_profile(args: &SandboxOptions) -> Result<Profile> {
     let mut p = Profile::default();
     p.filesystem.rootfs = args.rootfs.clone();
     p.filesystem.workspace = args.workspace.clone();
@@ -196,7 +206,7 @@ fn flags_profile(args: &RunArgs) -> Result<Profile> {
 
 /// Where the host-id range locks live (as host root): `$AIRLOCK_STATE_DIR/id-ranges`, else under `/run`, which
 /// is emptied at boot, so a crash never leaves a range claimed.
-fn lock_dir() -> std::path::PathBuf {
+pub fn lock_dir() -> std::path::PathBuf {
     match std::env::var_os("AIRLOCK_STATE_DIR") {
         Some(dir) => std::path::PathBuf::from(dir).join("id-ranges"),
         None => std::path::PathBuf::from("/run/airlock/id-ranges"),

@@ -46,6 +46,17 @@ pub struct SandboxRecord {
     /// `running` or `exited` (what `airlock ls` shows is checked against the lock).
     pub status: String,
     pub exit_code: Option<i32>,
+    /// A long-lived sandbox (`airlock create`): its init's host pid and start time (field 22 of
+    /// `/proc/PID/stat`, against pid reuse), recorded once it is set up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_start_time: Option<u64>,
+    /// A long-lived sandbox's supervisor (what `airlock stop` signals), with its start time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor_pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor_start_time: Option<u64>,
 }
 
 /// A sandbox's state directory, claimed by this process for the run.
@@ -91,6 +102,10 @@ impl SandboxState {
             created: now(),
             status: "running".to_string(),
             exit_code: None,
+            init_pid: None,
+            init_start_time: None,
+            supervisor_pid: None,
+            supervisor_start_time: None,
         };
         let state = SandboxState { name: name.to_string(), dir, record, _lock: lock };
         state.write_record()?;
@@ -145,7 +160,15 @@ impl SandboxState {
         remove_sandbox_dir(&self.dir)
     }
 
-    fn write_record(&self) -> Result<()> {
+    /// Keeps the merged profile a long-lived sandbox was created with: `airlock exec` builds its commands' plans
+    /// from it.
+    pub fn write_profile(&self, profile: &policy::profile::Profile) -> Result<()> {
+        let path = self.dir.join(PROFILE_FILE);
+        let text = serde_json::to_string_pretty(profile)? + "\n";
+        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    pub fn write_record(&self) -> Result<()> {
         let path = self.dir.join("sandbox.json");
         let staged = self.dir.join(".sandbox.json.tmp");
         let text = serde_json::to_string_pretty(&self.record)? + "\n";
@@ -181,6 +204,16 @@ pub fn read_record(dir: &Path) -> Result<SandboxRecord> {
         .and_then(|mut f| f.read_to_string(&mut text))
         .with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not a valid sandbox record", path.display()))
+}
+
+/// The merged profile of a sandbox started by `airlock create`.
+pub const PROFILE_FILE: &str = "profile.json";
+
+/// Reads `profile.json` (see [`SandboxState::write_profile`]).
+pub fn read_profile(dir: &Path) -> Result<policy::profile::Profile> {
+    let path = dir.join(PROFILE_FILE);
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a valid profile", path.display()))
 }
 
 /// Every kept sandbox's name, sorted.

@@ -43,7 +43,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::names::{self, NameError, Quoted};
 use crate::sandbox::{
@@ -75,7 +75,7 @@ pub const MAX_PIDS: u64 = 4_194_304;
 pub const MAX_NOFILE: u64 = 1_048_576;
 
 /// A profile: every field optional, every value as written. See the module documentation for the format.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Profile {
     /// One line for `airlock profile list`.
@@ -88,7 +88,7 @@ pub struct Profile {
     pub security: SecuritySection,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FilesystemSection {
     /// `host` or an absolute directory (`--rootfs`).
@@ -105,7 +105,7 @@ pub struct FilesystemSection {
     pub tmpfs: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkSection {
     /// `none`, `allow` or `host` (`--net`). Unset means `allow` when there are allow entries, else `none`.
@@ -114,7 +114,7 @@ pub struct NetworkSection {
     pub allow: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EnvSection {
     /// Variables set inside (`--env KEY=VALUE`); they override everything else.
@@ -123,7 +123,7 @@ pub struct EnvSection {
     pub pass: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProcessSection {
     /// `root` or `UID[:GID]` (`--user`).
@@ -134,7 +134,7 @@ pub struct ProcessSection {
     pub timeout: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsSection {
     /// A size such as `2G` (`--memory`).
@@ -154,7 +154,7 @@ pub struct LimitsSection {
     pub enforce: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecuritySection {
     /// `required` or `best-effort`.

@@ -40,6 +40,7 @@ pub enum Step {
     DetachOldRoot,
     SetHostname,
     BringUpLoopback,
+    OpenDevNull,
     OpenPseudoTerminal,
     SendPseudoTerminal,
     CreateLandlockRuleset,
@@ -62,7 +63,7 @@ pub enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 45] = [
+    const ALL: [Step; 46] = [
         Step::WaitForSupervisor,
         Step::SwitchToSandboxRoot,
         Step::JoinCgroup,
@@ -89,6 +90,7 @@ impl Step {
         Step::DetachOldRoot,
         Step::SetHostname,
         Step::BringUpLoopback,
+        Step::OpenDevNull,
         Step::OpenPseudoTerminal,
         Step::SendPseudoTerminal,
         Step::CreateLandlockRuleset,
@@ -143,6 +145,7 @@ impl Step {
             Step::DetachOldRoot => "detach the old root",
             Step::SetHostname => "set the hostname",
             Step::BringUpLoopback => "bring up the loopback interface",
+            Step::OpenDevNull => "point init's standard streams at /dev/null",
             Step::OpenPseudoTerminal => "open a pseudo-terminal",
             Step::SendPseudoTerminal => "pass the pseudo-terminal to the supervisor",
             Step::CreateLandlockRuleset => "create the Landlock ruleset",

@@ -50,3 +50,26 @@ pub fn try_lock_exclusive(file: &std::fs::File) -> bool {
     // SAFETY: flock on an fd the File owns, integer arguments only.
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
+
+/// A process's start time in clock ticks since boot (field 22 of `/proc/PID/stat`): with the pid, it names one
+/// process, whatever reuses the pid later.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain anything: fields after it follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // `rest` starts at field 3 (state); field 22 is the 20th from there.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Points standard output and standard error at `file` (the supervisor of a long-lived sandbox, once
+/// `airlock create` has returned, writes to its log).
+pub fn redirect_stdout_stderr_to(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    for target in [1, 2] {
+        // SAFETY: dup2 on an fd the File owns and a standard stream number; integers only.
+        if unsafe { libc::dup2(file.as_raw_fd(), target) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

@@ -97,6 +97,11 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
         abort(f);
     }
 
+    // A long-lived sandbox: no command of our own; the sandbox is ready, and init holds it until told to stop.
+    if plan.hold {
+        hold_until_stopped(fds.failure);
+    }
+
     let tty_slave = match (plan.tty, fds.tty_socket) {
         (Some(winsize), Some(socket)) => match tty::open_sandbox_terminal(&winsize, socket) {
             Ok(slave) => Some(slave),
@@ -177,6 +182,56 @@ fn reap_until_command_exits(command: libc::pid_t) -> i32 {
             let _ = sys::kill(command, sig);
         }
     }
+}
+
+/// `airlock create`'s init: standard streams to the sandbox's `/dev/null` (they were `airlock create`'s, which
+/// must be able to return), then the failure pipe closes unwritten, which tells the supervisor that the sandbox
+/// is ready. From then on init reaps orphans (commands started by `airlock exec` that left children) and, on
+/// SIGTERM, SIGINT or SIGHUP (`airlock stop`, forwarded by the supervisor), kills everything in the namespace
+/// and exits 0. Other signals are ignored: there is no command to forward them to.
+fn hold_until_stopped(failure: RawFd) -> ! {
+    // Unlike `run`'s init, a held init is not made non-dumpable: `airlock exec` enters its namespaces by pidfd,
+    // which requires ptrace access to init, and rootless the invoker has it only while init is dumpable. Commands
+    // exec'd into the sandbox still cannot ptrace init or open its /proc entries: they hold no capability and
+    // init holds all of the namespace's (the kernel's ptrace check requires the tracer's permitted set to cover
+    // the target's). (As host root, the switch to the sandbox's root above already made init non-dumpable, and
+    // host root may ptrace it anyway.)
+    if let Err(e) = stdio_to_dev_null() {
+        report_and_exit(failure, Step::OpenDevNull, e, 0, EXIT_SETUP_FAILED);
+    }
+    sys::close(failure);
+    let mut all: libc::sigset_t = empty_sigset();
+    // SAFETY: `all` is a valid sigset to fill.
+    unsafe { libc::sigfillset(&mut all) };
+    loop {
+        // SAFETY: an all-zero siginfo is a valid buffer for sigwaitinfo to fill.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `all` and `info` are live locals.
+        let sig = unsafe { libc::sigwaitinfo(&all, &mut info) };
+        match sig {
+            libc::SIGCHLD => {
+                let _ = reap_children(0);
+            }
+            libc::SIGTERM | libc::SIGINT | libc::SIGHUP => sys::exit_immediately(kill_everything_and_reap(0)),
+            _ => {}
+        }
+    }
+}
+
+/// Points fds 0-2 at the sandbox's `/dev/null` (after `pivot_root`, so it is the sandbox's own device node).
+fn stdio_to_dev_null() -> Result<(), sys::Errno> {
+    // SAFETY: the path is a NUL-terminated literal.
+    let fd =
+        sys::check_fd(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) } as libc::c_long)?;
+    for target in 0..3 {
+        // SAFETY: dup2 takes only integers; `fd` is open.
+        if let Err(e) = sys::check(unsafe { libc::dup2(fd, target) } as libc::c_long) {
+            sys::close(fd);
+            return Err(e);
+        }
+    }
+    sys::close(fd);
+    Ok(())
 }
 
 /// Reaps every exited child; returns the command's exit code if it was among them.

@@ -3,6 +3,7 @@
 //!
 //! Modules follow kernel concepts; `sandbox::run_sandbox` is the setup order, top to bottom.
 
+pub mod attach;
 pub mod caps;
 pub mod cgroups;
 pub mod dev;

@@ -154,4 +154,7 @@ pub struct SandboxPlan {
     pub cgroup_tasks: Vec<CString>,
     /// The soft/hard limits to set in the command's process (resource, soft, hard).
     pub rlimits: Vec<(u32, u64, u64)>,
+    /// A long-lived sandbox (`airlock create`): init runs no command of its own but holds the namespaces until
+    /// it is told to stop; commands come later with `airlock exec`.
+    pub hold: bool,
 }

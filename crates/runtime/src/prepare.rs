@@ -97,6 +97,8 @@ pub struct HostContext {
     pub name: Option<String>,
     /// The copy-on-write layer's directories, for a `cow` workspace (created by the caller).
     pub layer: Option<LayerDirs>,
+    /// `airlock create`: init holds the sandbox instead of running the command (see `SandboxPlan::hold`).
+    pub hold: bool,
 }
 
 /// Upper and work directories of a workspace layer, on the host.
@@ -432,6 +434,7 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
         cap_last: read_cap_last(),
         cgroup_tasks: Vec::new(),
         rlimits: rlimits(&policy.limits)?,
+        hold: host.hold,
     };
     Ok(Prepared { plan, id_range, warnings, entry_names })
 }

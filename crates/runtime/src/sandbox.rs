@@ -85,6 +85,26 @@ pub fn run_sandbox(
     host: &HostContext,
     warn: &mut dyn FnMut(&str),
 ) -> Result<(RunOutcome, RunReport), SandboxError> {
+    run_sandbox_with(policy, host, warn, None)
+}
+
+/// `airlock create`: as [`run_sandbox`], with `host.hold` set, but `on_ready(init_pid)` is called once init has
+/// finished setting the sandbox up (it closes the failure pipe unwritten). Returns when the sandbox is stopped.
+pub fn run_held_sandbox(
+    policy: &SandboxPolicy,
+    host: &HostContext,
+    warn: &mut dyn FnMut(&str),
+    on_ready: &mut dyn FnMut(libc::pid_t),
+) -> Result<(RunOutcome, RunReport), SandboxError> {
+    run_sandbox_with(policy, host, warn, Some(on_ready))
+}
+
+fn run_sandbox_with(
+    policy: &SandboxPolicy,
+    host: &HostContext,
+    warn: &mut dyn FnMut(&str),
+    on_ready: Option<&mut dyn FnMut(libc::pid_t)>,
+) -> Result<(RunOutcome, RunReport), SandboxError> {
     // 1. Validate everything and build the plan: no side effect before this succeeds (bar the id-range lock).
     let mut prepared = prepare_sandbox(policy, host)?;
     for w in &prepared.warnings {
@@ -223,6 +243,19 @@ pub fn run_sandbox(
         return Err(e);
     }
 
+    // A long-lived sandbox is ready when init closes the failure pipe unwritten (a record means setup failed,
+    // and init exits: the wait below collects it).
+    let early_failure = match on_ready {
+        Some(ready) => {
+            let f = failure::read_failure(pipes.failure_read);
+            if f.is_none() {
+                ready(pid);
+            }
+            f
+        }
+        None => None,
+    };
+
     // 5-7 happen in the sandbox. The supervisor forwards signals, relays the terminal, enforces the timeout.
     let supervised = crate::supervisor::supervise(pid, pidfd, policy.timeout, pipes.tty.map(|(_, s)| s));
     sys::close(pidfd);
@@ -235,7 +268,7 @@ pub fn run_sandbox(
     // 8. Teardown: init's exit killed the namespace's every process (the kernel does it when a pid-1 exits),
     //    and with the last of them the mount namespace and its tmpfs mounts are gone. Nothing was created on the
     //    host but the id-range lock, released when `prepared` is dropped.
-    let failure = failure::read_failure(pipes.failure_read);
+    let failure = early_failure.or_else(|| failure::read_failure(pipes.failure_read));
     sys::close(pipes.failure_read);
     let stats = cgroup.as_ref().and_then(|cg| cg.stats().ok());
     if let Some(cg) = cgroup {
@@ -300,7 +333,7 @@ fn create_cgroup(
     }
 }
 
-fn outcome(
+pub(crate) fn outcome(
     prepared: &Prepared,
     ended: crate::supervisor::Ended,
     failure: Option<ChildFailure>,
@@ -418,7 +451,7 @@ impl SupervisorPipes {
     }
 }
 
-fn block_all_signals() -> libc::sigset_t {
+pub(crate) fn block_all_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data initialised by sigfillset/sigprocmask before use.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
@@ -429,7 +462,7 @@ fn block_all_signals() -> libc::sigset_t {
     }
 }
 
-fn restore_signals(old: &libc::sigset_t) {
+pub(crate) fn restore_signals(old: &libc::sigset_t) {
     // SAFETY: `old` is the mask sigprocmask returned earlier.
     unsafe { libc::sigprocmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
 }

@@ -1,0 +1,268 @@
+//! Long-lived sandboxes: `airlock create`, `airlock exec`, `airlock stop`.
+//!
+//! `create` starts a supervisor in the background (this binary, hidden subcommand `__supervise`, its own
+//! process group) and returns once the sandbox is set up: the supervisor prints `ready` on its standard output
+//! then moves its output to `$STATE/sandboxes/NAME/supervisor.log`. The supervisor runs the same setup as
+//! `airlock run`, but its init holds the sandbox instead of running a command; it records init's pid and start
+//! time in `sandbox.json` and keeps the merged profile in `profile.json`, which is what `exec` needs.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use policy::names::validate_sandbox_name;
+use policy::profile::{self, Profile};
+use policy::sandbox::{SandboxPolicy, WorkspaceMode};
+use runtime::attach::{exec_in_sandbox, AttachError, RunningSandbox};
+use runtime::prepare::{HostContext, LayerDirs};
+use runtime::sandbox::{run_held_sandbox, RunOutcome};
+
+use crate::cli::{CreateArgs, ExecArgs};
+use crate::run::{check_workspace_outside_state, current_invoker, flags_profile, load_profile, lock_dir, mode_name};
+use crate::state;
+
+/// What the supervisor prints once the sandbox is set up.
+const READY: &str = "ready";
+/// How long `airlock stop` waits for the supervisor to take the sandbox down.
+const STOP_WAIT: Duration = Duration::from_secs(30);
+
+/// The command init's plan is built with: never run (init holds the sandbox), but a plan needs one.
+const HOLD_COMMAND: &str = "/bin/true";
+
+pub fn create(args: CreateArgs) -> Result<i32> {
+    let name = &args.sandbox;
+    let (_, policy) = create_policy(&args)?;
+    if policy.network == policy::sandbox::Network::Host {
+        crate::say("warning: --net host: the sandbox shares the host's network (no network isolation)");
+    }
+    if state::sandbox_dir(name).exists() {
+        bail!("a sandbox named {name} exists already (see `airlock ls`; `airlock rm {name}` removes it)");
+    }
+    let exe = std::env::current_exe().context("cannot find airlock's own executable")?;
+    // The same arguments, to the hidden supervisor subcommand.
+    let mut argv: Vec<OsString> = std::env::args_os().skip(1).collect();
+    match argv.first_mut() {
+        Some(first) if first == "create" => *first = OsString::from("__supervise"),
+        _ => bail!("cannot start the supervisor: airlock create must be called as `airlock create ...`"),
+    }
+    let mut child = Command::new(exe)
+        .args(&argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group: Ctrl-C at the terminal that ran `create` does not reach the sandbox.
+        .process_group(0)
+        .spawn()
+        .context("cannot start the sandbox's supervisor")?;
+    // Both streams end once the supervisor is ready (it moves them to its log; init's point at /dev/null) or
+    // gone.
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut err);
+    }
+    // Warnings, or the setup error: already `airlock:` lines.
+    eprint!("{err}");
+    if out.lines().any(|l| l == READY) {
+        return Ok(0);
+    }
+    let _ = child.wait();
+    // The supervisor removes what it created when the setup fails; make sure nothing half-made stays.
+    let dir = state::sandbox_dir(name);
+    if dir.is_dir() && !state::is_running(&dir) {
+        let _ = state::remove_sandbox_dir(&dir);
+    }
+    if err.trim().is_empty() {
+        bail!("the supervisor of sandbox {name} exited before the sandbox was set up");
+    }
+    Ok(i32::from(crate::EXIT_SETUP_FAILED))
+}
+
+/// `create`'s options as a merged profile and the policy it resolves to (with a placeholder command).
+fn create_policy(args: &CreateArgs) -> Result<(Profile, SandboxPolicy)> {
+    let name = &args.sandbox;
+    validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
+    let opts = &args.opts;
+    if opts.tty {
+        bail!("create -t: a long-lived sandbox has no terminal of its own; use `airlock exec` (without -t for now)");
+    }
+    if opts.resume {
+        bail!("create --resume: a long-lived sandbox starts new; `airlock run --name {name} --resume` runs again in a kept one");
+    }
+    if opts.rm {
+        bail!("create --rm: a long-lived sandbox keeps its state until `airlock rm {name}`");
+    }
+    if opts.name.as_ref().is_some_and(|n| n != name) {
+        bail!("create --name: the sandbox's name is the NAME argument ({name})");
+    }
+    if opts.audit.is_some() {
+        bail!("--audit: audit events are not recorded by this build yet; run without --audit");
+    }
+    let merged = load_profile(&opts.profile)?.merge(flags_profile(opts)?);
+    let policy = profile::resolve(&merged, vec![HOLD_COMMAND.to_string()], &current_invoker())?;
+    check_workspace_outside_state(&policy)?;
+    Ok((merged, policy))
+}
+
+/// The hidden `__supervise`: sets the sandbox up, says `ready`, and supervises it until it is stopped.
+pub fn supervise(args: CreateArgs) -> Result<i32> {
+    let (merged, policy) = create_policy(&args)?;
+    let name = args.sandbox.clone();
+    let cow = policy.workspace.as_ref().is_some_and(|w| w.mode == WorkspaceMode::Cow);
+    let workspace = policy.workspace.as_ref().map(|w| (w.path.as_str(), mode_name(w.mode)));
+    let mut kept = state::SandboxState::create(&name, workspace, cow)?;
+    let log_path = kept.dir.join("supervisor.log");
+    let prepared = kept.write_profile(&merged).and_then(|()| {
+        std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))
+    });
+    let log = match prepared {
+        Ok(log) => log,
+        Err(e) => {
+            let _ = kept.remove();
+            return Err(e);
+        }
+    };
+    let layer = match cow.then(|| kept.layer_dirs()).transpose() {
+        Ok(layer) => layer,
+        Err(e) => {
+            let _ = kept.remove();
+            return Err(e);
+        }
+    };
+    let host = HostContext { lock_dir: lock_dir(), tty: None, name: Some(name.clone()), layer, hold: true };
+    let mut record_error = None;
+    let ran = run_held_sandbox(&policy, &host, &mut |w| crate::say(&format!("warning: {w}")), &mut |pid| {
+        kept.record.init_pid = Some(pid);
+        kept.record.init_start_time = runtime::host::process_start_time(pid);
+        let me = std::process::id() as i32;
+        kept.record.supervisor_pid = Some(me);
+        kept.record.supervisor_start_time = runtime::host::process_start_time(me);
+        if let Err(e) = kept.write_record() {
+            // `exec` and `stop` could not find it: take it down now.
+            let _ = runtime::sys::kill(pid, libc::SIGKILL);
+            record_error = Some(e);
+            return;
+        }
+        println!("{READY}");
+        let _ = std::io::stdout().flush();
+        let _ = runtime::host::redirect_stdout_stderr_to(&log);
+    });
+    let (outcome, report) = match (ran, record_error) {
+        (Ok(done), None) => done,
+        (Err(e), _) => {
+            let _ = kept.remove();
+            return Err(e.into());
+        }
+        (Ok(_), Some(e)) => {
+            let _ = kept.remove();
+            return Err(e.context(format!("cannot record sandbox {name}")));
+        }
+    };
+    if let Err(e) = kept.finish(Some(outcome.exit_code())) {
+        crate::say(&format!("warning: cannot record how sandbox {name} ended: {}", crate::one_line(&e)));
+    }
+    if let Some(stats) = &report.stats {
+        if let Err(e) = crate::stats_cmd::keep_final_stats(&name, stats, outcome.exit_code()) {
+            crate::say(&format!("warning: cannot keep the final stats of {name}: {}", crate::one_line(&e)));
+        }
+    }
+    if let RunOutcome::TimedOut(elapsed) = &outcome {
+        crate::say(&format!("sandbox {name} timed out after {:.1}s: it was killed", elapsed.as_secs_f64()));
+    }
+    Ok(0)
+}
+
+pub fn exec(args: ExecArgs) -> Result<i32> {
+    let name = &args.name;
+    validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
+    if args.tty {
+        bail!("exec -t: a terminal for `airlock exec` is not in this build yet; run without -t");
+    }
+    let dir = state::sandbox_dir(name);
+    if !dir.is_dir() {
+        crate::say(&format!("no sandbox named {name} (see `airlock ls`)"));
+        return Ok(i32::from(crate::EXIT_FAILED));
+    }
+    let record = state::read_record(&dir)?;
+    let (Some(init_pid), Some(init_start_time)) = (record.init_pid, record.init_start_time) else {
+        crate::say(&format!("sandbox {name} was not started by `airlock create`; there is nothing to exec in"));
+        return Ok(i32::from(crate::EXIT_FAILED));
+    };
+    if !state::is_running(&dir) {
+        crate::say(&format!(
+            "sandbox {name} is not running (it has exited; `airlock diff {name}` still shows its changes)"
+        ));
+        return Ok(i32::from(crate::EXIT_FAILED));
+    }
+    let mut merged = state::read_profile(&dir)?;
+    for kv in &args.env {
+        let (key, value) = kv.split_once('=').ok_or_else(|| anyhow!("--env {kv:?}: expected KEY=VALUE"))?;
+        merged.env.set.insert(key.to_string(), value.to_string());
+    }
+    let policy = profile::resolve(&merged, args.command.clone(), &current_invoker())?;
+    let cow = policy.workspace.as_ref().is_some_and(|w| w.mode == WorkspaceMode::Cow);
+    let host = HostContext {
+        lock_dir: lock_dir(),
+        tty: None,
+        name: Some(name.clone()),
+        layer: match cow {
+            true => Some(LayerDirs {
+                upper: dir.join("upper"),
+                work: dir.join("work"),
+                frozen: state::checkpoints(&dir)?.into_iter().rev().map(|c| c.dir).collect(),
+            }),
+            false => None,
+        },
+        hold: false,
+    };
+    let target = RunningSandbox { name: name.clone(), init_pid, init_start_time };
+    // The setup's warnings were shown by `airlock create`; every exec would only repeat them.
+    match exec_in_sandbox(&policy, &host, &target, &mut |_| {}) {
+        Ok(outcome) => {
+            if let RunOutcome::ExecFailed { message, .. } = &outcome {
+                crate::say(message);
+            }
+            Ok(outcome.exit_code())
+        }
+        Err(AttachError::NotRunning(_)) => {
+            crate::say(&format!("sandbox {name} is not running"));
+            Ok(i32::from(crate::EXIT_FAILED))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn stop(name: &str) -> Result<i32> {
+    validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
+    let dir = state::sandbox_dir(name);
+    if !dir.is_dir() {
+        bail!("no sandbox named {name} (see `airlock ls`)");
+    }
+    if !state::is_running(&dir) {
+        bail!("sandbox {name} is not running");
+    }
+    let record = state::read_record(&dir)?;
+    let (Some(pid), Some(start)) = (record.supervisor_pid, record.supervisor_start_time) else {
+        bail!("sandbox {name} was started by `airlock run`; it stops when its command ends (or on Ctrl-C there)");
+    };
+    // The recorded supervisor, not a process that reused its pid.
+    if runtime::host::process_start_time(pid) != Some(start) {
+        bail!("sandbox {name} is not running (its supervisor, pid {pid}, is gone)");
+    }
+    runtime::sys::kill(pid, libc::SIGTERM)
+        .map_err(|e| anyhow!("cannot signal the supervisor of sandbox {name} (pid {pid}): errno {e}"))?;
+    let started = Instant::now();
+    while state::is_running(&dir) {
+        if started.elapsed() > STOP_WAIT {
+            bail!("sandbox {name} did not stop within {}s (supervisor pid {pid})", STOP_WAIT.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(0)
+}

@@ -1,0 +1,301 @@
+//! Long-lived sandboxes: `airlock create`, `exec`, `stop`, and what `ls`, `diff` and `rm` say about them, as
+//! root and rootless. Real namespaces, real overlayfs, real processes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::fs;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::{code, ok, stderr, stdout, TempDir};
+
+fn airlock_as(run_as_user: bool) -> fn(&[&str]) -> Output {
+    if run_as_user {
+        common::airlock_as_user
+    } else {
+        common::airlock
+    }
+}
+
+fn state_uid(run_as_user: bool) -> u32 {
+    if run_as_user {
+        common::test_user_uid()
+    } else {
+        0
+    }
+}
+
+fn sandbox_dir(run_as_user: bool, name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(common::test_state_dir(state_uid(run_as_user))).join("sandboxes").join(name)
+}
+
+/// A workspace owned by the test user (as root, the sandbox's identity then maps to that owner).
+fn workspace(tag: &str) -> TempDir {
+    let ws = TempDir::new(tag);
+    fs::write(ws.path().join("a.txt"), "original\n").unwrap();
+    ws.chown_to_test_user();
+    ws
+}
+
+fn unique_name(tag: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!("{tag}-{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+}
+
+/// A numeric field of `sandbox.json`.
+fn record_number(run_as_user: bool, name: &str, field: &str) -> i64 {
+    let text = fs::read_to_string(sandbox_dir(run_as_user, name).join("sandbox.json")).unwrap();
+    let key = format!("\"{field}\":");
+    let at = text.find(&key).unwrap_or_else(|| panic!("{field} missing from {text}")) + key.len();
+    text[at..].trim_start().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
+fn status_field(status: &str, field: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("{field} missing"))
+        .trim()
+        .to_string()
+}
+
+/// Processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.chars().all(|c| c.is_ascii_digit()) || name == std::process::id().to_string() {
+            continue;
+        }
+        if let Ok(cmdline) = fs::read(entry.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmdline).contains(marker) {
+                found.push(name);
+            }
+        }
+    }
+    found
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(15), "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Stops and removes a created sandbox when the test ends, passed or failed (a failed assertion must not leave
+/// a sandbox running). Both are no-ops if the test already did it.
+struct Cleanup {
+    name: String,
+    airlock: fn(&[&str]) -> Output,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = (self.airlock)(&["stop", &self.name]);
+        let _ = (self.airlock)(&["rm", &self.name]);
+    }
+}
+
+/// One `airlock:` line on stderr.
+#[track_caller]
+fn one_airlock_line(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(err.lines().count(), 1, "expected one line, got: {err}");
+    assert!(err.starts_with("airlock: ") && err.contains(needle), "unexpected message: {err}");
+}
+
+fn check_lifecycle(as_user: bool) {
+    let airlock = airlock_as(as_user);
+    let ws = workspace("ll");
+    let name = unique_name("ll");
+    let _cleanup = Cleanup { name: name.clone(), airlock };
+    let o = airlock(&["create", "--workspace", ws.str(), "--hostname", "llhost", &name]);
+    assert_eq!(code(&o), 0, "create failed: {}", stderr(&o));
+    assert!(ok(&airlock(&["ls"])).lines().any(|l| l.starts_with(&name) && l.contains("running")));
+
+    // Same hostname, same /tmp, same workspace layer from one exec to the next.
+    let out = ok(&airlock(&["exec", &name, "--", "sh", "-c", "hostname; echo one > /tmp/m; echo edited > a.txt"]));
+    assert_eq!(out, "llhost\n");
+    assert_eq!(ok(&airlock(&["exec", &name, "--", "sh", "-c", "cat /tmp/m; cat a.txt"])), "one\nedited\n");
+    assert_eq!(fs::read_to_string(ws.path().join("a.txt")).unwrap(), "original\n", "the host workspace changed");
+    // diff works while it runs.
+    assert!(ok(&airlock(&["diff", &name])).contains("a.txt"));
+    // --env adds a variable.
+    assert_eq!(ok(&airlock(&["exec", "--env", "FOO=bar", &name, "--", "sh", "-c", "echo $FOO"])), "bar\n");
+
+    // The same protections as run's command, in the sandbox's user namespace.
+    let status = ok(&airlock(&["exec", &name, "--", "cat", "/proc/self/status"]));
+    assert_eq!(status_field(&status, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(&status, "NoNewPrivs"), "1");
+    assert_eq!(status_field(&status, "Seccomp"), "2");
+    let init_pid = record_number(as_user, &name, "init_pid");
+    let init_map = fs::read_to_string(format!("/proc/{init_pid}/uid_map")).unwrap();
+    let exec_map = ok(&airlock(&["exec", &name, "--", "cat", "/proc/self/uid_map"]));
+    assert_eq!(exec_map, init_map, "exec is not in the sandbox's user namespace");
+
+    // Init still holds the namespace's capabilities: an exec'd command cannot reach into it.
+    let probe = "cat /proc/1/environ >/dev/null 2>&1 || echo environ-denied; ls /proc/1/root/ >/dev/null 2>&1 || echo root-denied";
+    assert_eq!(ok(&airlock(&["exec", &name, "--", "sh", "-c", probe])), "environ-denied\nroot-denied\n");
+
+    // Two execs at once: each waits until it sees the other's file.
+    let script = "touch /tmp/p$1; i=0; while [ $i -lt 100 ]; do [ -e /tmp/p$2 ] && echo met && exit 0; \
+                  sleep 0.1; i=$((i+1)); done; exit 9";
+    let (n1, n2) = (name.clone(), name.clone());
+    let a = std::thread::spawn(move || airlock(&["exec", &n1, "--", "sh", "-c", script, "sh", "a", "b"]));
+    let b = std::thread::spawn(move || airlock(&["exec", &n2, "--", "sh", "-c", script, "sh", "b", "a"]));
+    assert_eq!(ok(&a.join().unwrap()), "met\n");
+    assert_eq!(ok(&b.join().unwrap()), "met\n");
+
+    // Exit statuses as run's.
+    assert_eq!(code(&airlock(&["exec", &name, "--", "sh", "-c", "exit 3"])), 3);
+    let o = airlock(&["exec", &name, "--", "no-such-command-here"]);
+    assert_eq!(code(&o), 127);
+    one_airlock_line(&o, "not found");
+
+    // A long command ends with the sandbox.
+    let n = name.clone();
+    let sleeper = std::thread::spawn(move || airlock(&["exec", &n, "--", "sleep", "1000"]));
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    ok(&airlock(&["stop", &name]));
+    let o = sleeper.join().unwrap();
+    assert_ne!(code(&o), 0);
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // After stop.
+    assert!(ok(&airlock(&["ls"])).lines().any(|l| l.starts_with(&name) && l.contains("exited")));
+    let o = airlock(&["exec", &name, "--", "true"]);
+    assert_eq!(code(&o), 1);
+    one_airlock_line(&o, "not running");
+    let o = airlock(&["stop", &name]);
+    assert_eq!(code(&o), 1);
+    one_airlock_line(&o, "not running");
+    assert!(ok(&airlock(&["diff", &name])).contains("a.txt"));
+    ok(&airlock(&["rm", &name]));
+    assert!(!sandbox_dir(as_user, &name).exists());
+}
+
+#[test]
+fn create_exec_stop_as_root() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_lifecycle(false);
+}
+
+#[test]
+fn create_exec_stop_rootless() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_lifecycle(true);
+}
+
+fn check_supervisor_killed(as_user: bool) {
+    let airlock = airlock_as(as_user);
+    let ws = workspace("llkill");
+    let name = unique_name("llkill");
+    let _cleanup = Cleanup { name: name.clone(), airlock };
+    ok(&airlock(&["create", "--workspace", ws.str(), &name]));
+    ok(&airlock(&["exec", &name, "--", "sh", "-c", "echo x > a.txt"]));
+    let marker = format!("marker-{name}");
+    let script = format!("nohup sh -c 'sleep 1000; : {marker}' >/dev/null 2>&1 & sleep 1000; : {marker}");
+    let n = name.clone();
+    let exec = std::thread::spawn(move || airlock(&["exec", &n, "--", "sh", "-c", &script]));
+    wait_until("the marked processes run", || processes_with(&marker).len() >= 2);
+
+    let supervisor = record_number(as_user, &name, "supervisor_pid");
+    assert!(std::process::Command::new("kill").args(["-KILL", &supervisor.to_string()]).status().unwrap().success());
+    let o = exec.join().unwrap();
+    assert_ne!(code(&o), 0);
+    wait_until("nothing of the sandbox survives", || processes_with(&marker).is_empty());
+
+    let o = airlock(&["exec", &name, "--", "true"]);
+    assert_eq!(code(&o), 1);
+    one_airlock_line(&o, "not running");
+    assert!(ok(&airlock(&["ls"])).lines().any(|l| l.starts_with(&name) && l.contains("exited")));
+    assert!(ok(&airlock(&["diff", &name])).contains("a.txt"));
+    ok(&airlock(&["rm", &name]));
+}
+
+#[test]
+fn supervisor_killed_takes_everything_down_as_root() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_supervisor_killed(false);
+}
+
+#[test]
+fn supervisor_killed_takes_everything_down_rootless() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_supervisor_killed(true);
+}
+
+fn check_bad_create(as_user: bool) {
+    let airlock = airlock_as(as_user);
+    // Rejected before the supervisor starts, and by the supervisor's setup.
+    for bad in [vec!["--memory", "lots"], vec!["--rootfs", "/nonexistent-airlock-rootfs"], vec!["-t"]] {
+        let name = unique_name("llbad");
+        let mut args = vec!["create"];
+        args.extend(bad.iter().copied());
+        args.push(&name);
+        let o = airlock(&args);
+        assert_eq!(code(&o), 125, "{bad:?}: {}", stderr(&o));
+        assert!(stderr(&o).starts_with("airlock: "), "{bad:?}: {}", stderr(&o));
+        assert!(stdout(&o).is_empty());
+        assert!(!sandbox_dir(as_user, &name).exists(), "{bad:?} left state behind");
+    }
+    // An existing name.
+    let name = unique_name("lldup");
+    let _cleanup = Cleanup { name: name.clone(), airlock };
+    ok(&airlock(&["create", &name]));
+    let o = airlock(&["create", &name]);
+    assert_eq!(code(&o), 125);
+    one_airlock_line(&o, "exists already");
+    ok(&airlock(&["stop", &name]));
+    ok(&airlock(&["rm", &name]));
+}
+
+#[test]
+fn bad_create_leaves_nothing_as_root() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_bad_create(false);
+}
+
+#[test]
+fn bad_create_leaves_nothing_rootless() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_bad_create(true);
+}
+
+#[test]
+fn exec_tty_is_refused_clearly() {
+    let o = common::airlock(&["exec", "-t", "whatever", "--", "true"]);
+    assert_eq!(code(&o), 125);
+    one_airlock_line(&o, "not in this build yet");
+}
+
+#[test]
+fn exec_runs_under_the_sandboxes_limits() {
+    require_sandbox!();
+    if !common::is_root() {
+        skip_or_fail!("cgroup limits need host root on this host (run the tests as root)");
+    }
+    let name = unique_name("lllim");
+    let _cleanup = Cleanup { name: name.clone(), airlock: common::airlock };
+    let o = common::airlock(&["create", "--pids", "6", &name]);
+    if code(&o) != 0 {
+        skip_or_fail!("no cgroup limits here: {}", stderr(&o).trim());
+    }
+    // Init, the `airlock exec` process and the shell leave room for three of the eight sleeps.
+    let o = common::airlock(&["exec", &name, "--", "sh", "-c", "for i in 1 2 3 4 5 6 7 8; do sleep 2 & done; wait"]);
+    assert!(stderr(&o).contains("fork"), "the pids limit did not apply to exec: {}", stderr(&o));
+    let stats = ok(&common::airlock(&["stats", &name]));
+    assert!(stats.contains("limit 6"), "{stats}");
+    ok(&common::airlock(&["stop", &name]));
+    ok(&common::airlock(&["rm", &name]));
+}

@@ -1,0 +1,241 @@
+//! `airlock exec`: a new command in a running long-lived sandbox, top to bottom.
+//!
+//! The sandbox is already built (its init holds the namespaces, the root, the cgroup); what is new is only the
+//! command's process, and that gets exactly the last steps `airlock run`'s command gets (`exec::exec_command`):
+//! the plan is built from the sandbox's stored policy plus the new command, so limits, identity, Landlock and
+//! seccomp are the same.
+
+use std::os::fd::RawFd;
+
+use policy::sandbox::{Requirement, SandboxPolicy};
+
+use crate::cgroups::{self, SandboxCgroup};
+use crate::exec::{self, CommandFds};
+use crate::failure::{self, errno_text};
+use crate::prepare::{prepare_sandbox, HostContext, PrepareError};
+use crate::sandbox::{self, RunOutcome};
+use crate::sys::{self, Errno};
+use crate::{landlock, userns};
+
+/// The running sandbox to enter, as its supervisor recorded it.
+#[derive(Debug, Clone)]
+pub struct RunningSandbox {
+    pub name: String,
+    pub init_pid: libc::pid_t,
+    /// Init's start time (field 22 of `/proc/PID/stat`), against pid reuse.
+    pub init_start_time: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The sandbox's init is gone (or its pid now belongs to another process).
+    #[error("sandbox {0} is not running")]
+    NotRunning(String),
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
+    #[error("cannot open init (pid {0}) of the sandbox: {1}")]
+    OpenInit(libc::pid_t, String),
+    #[error("cannot find the cgroup of sandbox {0}, which has resource limits; refusing to run without them")]
+    CgroupMissing(String),
+    #[error("cannot join the sandbox's cgroup")]
+    JoinCgroup(#[from] cgroups::CgroupError),
+    #[error("cannot read the uid map of the sandbox's init (pid {0}): {1}")]
+    ReadIdMap(libc::pid_t, std::io::Error),
+    #[error("cannot create the command's failure pipe: {0}")]
+    CreatePipe(String),
+    #[error("cannot enter the sandbox's namespaces: {0}")]
+    EnterNamespaces(String),
+    #[error("cannot create the Landlock ruleset inside the sandbox: {0}")]
+    Landlock(String),
+    #[error("cannot fork the command's process: {0}")]
+    Fork(String),
+    #[error("cannot wait for the command: {0}")]
+    Wait(String),
+    /// A step of the command's process failed; the message names the step and the item.
+    #[error("{0}")]
+    SetupStep(String),
+}
+
+/// Namespaces entered, in the flags `setns` takes (with their names, for reading the code).
+const NAMESPACES: [(i32, &str); 7] = [
+    (libc::CLONE_NEWUSER, "user"),
+    (libc::CLONE_NEWNS, "mnt"),
+    (libc::CLONE_NEWPID, "pid"),
+    (libc::CLONE_NEWNET, "net"),
+    (libc::CLONE_NEWIPC, "ipc"),
+    (libc::CLONE_NEWUTS, "uts"),
+    (libc::CLONE_NEWCGROUP, "cgroup"),
+];
+
+/// Runs `policy`'s command inside `target` and waits for it. `host.layer` must name the sandbox's layer when it
+/// has a `cow` workspace (the plan describes it; nothing is mounted again).
+pub fn exec_in_sandbox(
+    policy: &SandboxPolicy,
+    host: &HostContext,
+    target: &RunningSandbox,
+    warn: &mut dyn FnMut(&str),
+) -> Result<RunOutcome, AttachError> {
+    // 1. Validate and build the command's plan, as `run` does: no side effect before this succeeds.
+    let prepared = prepare_sandbox(policy, host)?;
+    for w in &prepared.warnings {
+        warn(w);
+    }
+
+    // 2. Init, by pidfd; checked against the recorded start time after the pidfd is open, so that the pidfd
+    //    is known to refer to the sandbox's init and not to a process that reused its pid.
+    let pidfd = pidfd_open(target.init_pid).map_err(|e| match e {
+        libc::ESRCH => AttachError::NotRunning(target.name.clone()),
+        e => AttachError::OpenInit(target.init_pid, errno_text(e)),
+    })?;
+    if crate::host::process_start_time(target.init_pid) != Some(target.init_start_time) {
+        sys::close(pidfd);
+        return Err(AttachError::NotRunning(target.name.clone()));
+    }
+    let joined = enter_sandbox(&prepared, policy, target, pidfd);
+    sys::close(pidfd);
+    let (child, child_pidfd, failure_read) = joined?;
+
+    // 4. Wait for the command, forwarding signals (the command is in its own session).
+    let ended = crate::supervisor::supervise(child, child_pidfd, None, None);
+    sys::close(child_pidfd);
+    let failure = failure::read_failure(failure_read);
+    sys::close(failure_read);
+    let ended = ended.map_err(|e| AttachError::Wait(errno_text(e)))?;
+    sandbox::outcome(&prepared, ended, failure).map_err(|e| AttachError::SetupStep(e.to_string()))
+}
+
+/// Step 3: the cgroup (while the host's cgroupfs is visible), the namespaces, the Landlock ruleset (after
+/// `setns`: its paths are the sandbox's), then the command's process. Returns its pid, pidfd and the read end
+/// of its failure pipe.
+fn enter_sandbox(
+    prepared: &crate::prepare::Prepared,
+    policy: &SandboxPolicy,
+    target: &RunningSandbox,
+    pidfd: RawFd,
+) -> Result<(libc::pid_t, RawFd, RawFd), AttachError> {
+    let plan = &prepared.plan;
+    // The cgroup first: this process joins it (the command, its child, is born inside), because after setns
+    // the host's cgroupfs is out of sight. Fails closed when the sandbox has limits but no cgroup is found.
+    if policy.limits.needs_cgroup() {
+        let found: Option<SandboxCgroup> = cgroups::detect_layout(std::path::Path::new(cgroups::SYS_FS_CGROUP))
+            .and_then(|layout| cgroups::find_sandbox_cgroup(&layout, &target.name))
+            .ok()
+            .flatten();
+        match (found, policy.limits_enforcement) {
+            (Some(cg), _) => {
+                let joined = cg.add_process(std::process::id() as i32);
+                // Only the supervisor that created the cgroup removes it; our copy must not on drop.
+                std::mem::forget(cg);
+                joined?;
+            }
+            (None, Requirement::BestEffort) => {}
+            (None, Requirement::Required) => return Err(AttachError::CgroupMissing(target.name.clone())),
+        }
+    }
+
+    // Init's namespaces, as `run_sandbox` made them: its own user, mount, pid, IPC, UTS and cgroup namespaces,
+    // and its own network namespace unless the policy shares the host's (which the sandbox's user namespace does
+    // not own: joining it would fail, and there is nothing to join). (Not read from /proc/PID/ns: init is not
+    // dumpable, and rootless we may not look there.)
+    let mut flags = NAMESPACES.iter().fold(0, |acc, (flag, _)| acc | flag);
+    if !plan.new_network_namespace {
+        flags &= !libc::CLONE_NEWNET;
+    }
+
+    // As host root: our supplementary groups would be host groups inside, and setgroups is denied there.
+    // Stdio pipes must be writable by the command's host id (the sandbox's, read from init's map).
+    if plan.ids.host_root {
+        // SAFETY: setgroups with a zero-length list reads no memory.
+        unsafe { libc::setgroups(0, std::ptr::null()) };
+        let (uid, gid) = host_ids_of(target.init_pid, plan.ids.uid, plan.ids.gid)?;
+        userns::hand_stdio_pipes_to(uid, gid);
+    }
+    let (failure_read, failure_write) = sys::pipe_cloexec().map_err(|e| AttachError::CreatePipe(errno_text(e)))?;
+    // Nothing in the sandbox may ptrace this process or its child before the child's execve (they hold
+    // capabilities in the sandbox's user namespace until `exec_command` drops them).
+    let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
+    // The child inherits a full mask; `exec_command` resets it. The supervisor loop collects ours by signalfd.
+    let _old_mask = sandbox::block_all_signals();
+
+    // All at once by pidfd: the kernel checks that we may ptrace init (see `init::hold_until_stopped` on why a
+    // held init stays dumpable rootless), enters the user namespace first, then the others. (Entering the user
+    // namespace alone first would lose the right to ptrace init, which the pidfd form checks.) After this our
+    // root and working directory are the sandbox's root.
+    // SAFETY: setns takes only integers; this process is single-threaded (required for CLONE_NEWUSER).
+    if let Err(e) = sys::check(unsafe { libc::setns(pidfd, flags) } as libc::c_long) {
+        sys::close(failure_read);
+        sys::close(failure_write);
+        return Err(AttachError::EnterNamespaces(errno_text(e)));
+    }
+    let ruleset = match &plan.landlock {
+        Some(lp) => match landlock::create_ruleset(lp) {
+            Ok(fd) => Some(fd),
+            Err(f) => {
+                sys::close(failure_read);
+                sys::close(failure_write);
+                return Err(AttachError::Landlock(sandbox::describe_failure(prepared, &f)));
+            }
+        },
+        None => None,
+    };
+
+    // The pid namespace applies to children only: the command is our child, pid N inside.
+    let fds = CommandFds { failure: failure_write, tty_slave: None, landlock_ruleset: ruleset };
+    let mut child_pidfd: RawFd = -1;
+    // SAFETY: this process is single-threaded; the child only runs exec_command, which does async-signal-safe
+    // work on the prepared plan (no allocation).
+    let forked = unsafe { sys::clone_process(libc::CLONE_PIDFD as libc::c_ulong, Some(&mut child_pidfd)) };
+    let child = match forked {
+        Ok(0) => exec::exec_command(plan, &fds),
+        Ok(pid) => pid,
+        Err(e) => {
+            sys::close(failure_read);
+            sys::close(failure_write);
+            return Err(AttachError::Fork(errno_text(e)));
+        }
+    };
+    sys::close(failure_write);
+    if let Some(fd) = ruleset {
+        sys::close(fd);
+    }
+    Ok((child, child_pidfd, failure_read))
+}
+
+fn pidfd_open(pid: libc::pid_t) -> Result<RawFd, Errno> {
+    // SAFETY: pidfd_open takes only integers.
+    sys::check_fd(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) })
+}
+
+/// The host ids the sandbox's maps give inside ids `uid`/`gid`.
+fn host_ids_of(pid: libc::pid_t, uid: u32, gid: u32) -> Result<(u32, u32), AttachError> {
+    let read =
+        |file: &str| std::fs::read_to_string(format!("/proc/{pid}/{file}")).map_err(|e| AttachError::ReadIdMap(pid, e));
+    let host_uid = map_inside_id(&read("uid_map")?, uid).unwrap_or(u32::MAX);
+    let host_gid = map_inside_id(&read("gid_map")?, gid).unwrap_or(u32::MAX);
+    Ok((host_uid, host_gid))
+}
+
+/// Looks `inside` up in a `/proc/PID/uid_map`-style text (inside, outside, count per line).
+pub fn map_inside_id(map: &str, inside: u32) -> Option<u32> {
+    map.lines().find_map(|line| {
+        let mut it = line.split_whitespace().map(|f| f.parse::<u64>().ok());
+        let (start, outside, count) = (it.next()??, it.next()??, it.next()??);
+        let id = u64::from(inside);
+        (id >= start && id < start + count).then(|| (outside + id - start) as u32)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::map_inside_id;
+
+    #[test]
+    fn inside_ids_map_through_each_line() {
+        let map = "         0     100000      65536\n";
+        assert_eq!(map_inside_id(map, 0), Some(100000));
+        assert_eq!(map_inside_id(map, 1000), Some(101000));
+        assert_eq!(map_inside_id(map, 65536), None);
+        assert_eq!(map_inside_id("1000 1000 1\n", 1000), Some(1000));
+        assert_eq!(map_inside_id("1000 1000 1\n", 0), None);
+    }
+}

@@ -124,7 +124,7 @@ pub struct CreateArgs {
 #[derive(Debug, Args)]
 #[command(trailing_var_arg = true)]
 pub struct ExecArgs {
-    /// A new pseudo-terminal for interactive use (not in this build yet).
+    /// A new pseudo-terminal in the sandbox for interactive use, relayed to the caller's terminal.
     #[arg(short = 't', long)]
     pub tty: bool,
     /// Set a variable inside, besides the sandbox's own (repeatable).

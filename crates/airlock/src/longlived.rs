@@ -90,7 +90,7 @@ fn create_policy(args: &CreateArgs) -> Result<(Profile, SandboxPolicy)> {
     validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
     let opts = &args.opts;
     if opts.tty {
-        bail!("create -t: a long-lived sandbox has no terminal of its own; use `airlock exec` (without -t for now)");
+        bail!("create -t: a long-lived sandbox has no terminal of its own; use `airlock exec -t`");
     }
     if opts.resume {
         bail!("create --resume: a long-lived sandbox starts new; `airlock run --name {name} --resume` runs again in a kept one");
@@ -181,9 +181,6 @@ pub fn supervise(args: CreateArgs) -> Result<i32> {
 pub fn exec(args: ExecArgs) -> Result<i32> {
     let name = &args.name;
     validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
-    if args.tty {
-        bail!("exec -t: a terminal for `airlock exec` is not in this build yet; run without -t");
-    }
     let dir = state::sandbox_dir(name);
     if !dir.is_dir() {
         crate::say(&format!("no sandbox named {name} (see `airlock ls`)"));
@@ -209,7 +206,8 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
     let cow = policy.workspace.as_ref().is_some_and(|w| w.mode == WorkspaceMode::Cow);
     let host = HostContext {
         lock_dir: lock_dir(),
-        tty: None,
+        // With -t: a new pseudo-terminal in the sandbox, relayed to ours (never ours itself).
+        tty: args.tty.then(runtime::host::caller_window_size),
         name: Some(name.clone()),
         layer: match cow {
             true => Some(LayerDirs {

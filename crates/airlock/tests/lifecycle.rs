@@ -1062,58 +1062,15 @@ fn user_root_rootless_is_uid_0_inside() {
 // -t
 // ---------------------------------------------------------------------------------------------------------------
 
-/// Runs argv[3:] on a new pseudo-terminal of argv[1] rows and argv[2] columns (set on the terminal before the
-/// program starts), prints everything it wrote, then `EXIT <status>`. Kills it after 20 s.
-const PTY_DRIVER: &str = r#"
-import fcntl, os, pty, select, signal, struct, sys, termios, time
-rows, cols, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-# Optional: "--resize R C" — once the command prints READY, resize the terminal and send airlock SIGWINCH,
-# as a terminal emulator does.
-resize = None
-if argv[:1] == ["--resize"]:
-    resize, argv = (int(argv[1]), int(argv[2])), argv[3:]
-pid, fd = pty.fork()
-if pid == 0:
-    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-    os.execvp(argv[0], argv)
-out = b""
-deadline = time.time() + 20
-while time.time() < deadline:
-    if resize and b"READY" in out:
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", resize[0], resize[1], 0, 0))
-        os.kill(pid, signal.SIGWINCH)
-        resize = None
-    ready, _, _ = select.select([fd], [], [], 0.1)
-    if not ready:
-        continue
-    try:
-        data = os.read(fd, 4096)
-    except OSError:
-        break
-    if not data:
-        break
-    out += data
-else:
-    os.kill(pid, signal.SIGKILL)
-    out += b"\nDRIVER: timed out\n"
-_, status = os.waitpid(pid, 0)
-sys.stdout.write(out.decode(errors="replace"))
-print("EXIT", os.waitstatus_to_exitcode(status))
-"#;
-
-fn python3() -> Option<&'static str> {
-    ["/usr/bin/python3", "/usr/local/bin/python3"].into_iter().find(|p| Path::new(p).exists())
-}
-
 #[test]
 fn tty_window_resizes_reach_the_command() {
     require_sandbox!();
-    let Some(python) = python3() else {
+    let Some(python) = common::python3() else {
         skip_or_fail!("python3 is not installed: it drives the pseudo-terminal");
     };
     let script = "trap 'stty size; exit 5' WINCH; stty size; echo READY; sleep 10 & wait";
     let o = Command::new(python)
-        .args(["-c", PTY_DRIVER, "40", "100", "--resize", "30", "120"])
+        .args(["-c", common::PTY_DRIVER, "40", "100", "--resize", "30", "120"])
         .arg(common::airlock_path())
         .args(["run", "-t", "--", "/bin/sh", "-c", script])
         .stdin(Stdio::null())
@@ -1129,7 +1086,7 @@ fn tty_window_resizes_reach_the_command() {
 #[test]
 fn tty_flag_gives_the_sandbox_its_own_terminal_with_the_callers_size() {
     require_sandbox!();
-    let Some(python) = python3() else {
+    let Some(python) = common::python3() else {
         skip_or_fail!("python3 is not installed: it drives the pseudo-terminal");
     };
     for mode in modes() {
@@ -1144,7 +1101,7 @@ fn tty_flag_gives_the_sandbox_its_own_terminal_with_the_callers_size() {
         argv.push(binary.to_str().unwrap().to_owned());
         argv.extend(["run", "-t", "--", "/bin/sh", "-c", "tty; stty size; ls /dev/pts; echo done"].map(String::from));
         let o = Command::new(python)
-            .args(["-c", PTY_DRIVER, "40", "100"])
+            .args(["-c", common::PTY_DRIVER, "40", "100"])
             .args(&argv)
             .stdin(Stdio::null())
             .output()
@@ -1170,12 +1127,12 @@ fn tty_flag_gives_the_sandbox_its_own_terminal_with_the_callers_size() {
 #[test]
 fn tty_flag_passes_the_commands_exit_status() {
     require_sandbox!();
-    let Some(python) = python3() else {
+    let Some(python) = common::python3() else {
         skip_or_fail!("python3 is not installed: it drives the pseudo-terminal");
     };
     let airlock = common::airlock_path();
     let o = Command::new(python)
-        .args(["-c", PTY_DRIVER, "24", "80"])
+        .args(["-c", common::PTY_DRIVER, "24", "80"])
         .arg(&airlock)
         .args(["run", "-t", "--", "/bin/sh", "-c", "exit 9"])
         .stdin(Stdio::null())

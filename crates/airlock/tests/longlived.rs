@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs;
-use std::process::Output;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{code, ok, stderr, stdout, TempDir};
@@ -273,13 +273,6 @@ fn bad_create_leaves_nothing_rootless() {
 }
 
 #[test]
-fn exec_tty_is_refused_clearly() {
-    let o = common::airlock(&["exec", "-t", "whatever", "--", "true"]);
-    assert_eq!(code(&o), 125);
-    one_airlock_line(&o, "not in this build yet");
-}
-
-#[test]
 fn exec_runs_under_the_sandboxes_limits() {
     require_sandbox!();
     if !common::is_root() {
@@ -298,4 +291,68 @@ fn exec_runs_under_the_sandboxes_limits() {
     assert!(stats.contains("limit 6"), "{stats}");
     ok(&common::airlock(&["stop", &name]));
     ok(&common::airlock(&["rm", &name]));
+}
+
+/// `airlock ARGS...` (as root, or as the test user) on a new pseudo-terminal of `rows`x`cols` driven by
+/// `common::PTY_DRIVER` with its `driver_opts`; returns what the terminal showed, without carriage returns.
+fn airlock_on_pty(as_user: bool, python: &str, rows: u16, cols: u16, driver_opts: &[&str], args: &[&str]) -> String {
+    let mut cmd = Command::new(python);
+    cmd.args(["-c", common::PTY_DRIVER, &rows.to_string(), &cols.to_string()]).args(driver_opts);
+    if as_user {
+        let uid = common::test_user_uid().to_string();
+        let state = format!("AIRLOCK_STATE_DIR={}", common::test_state_dir(common::test_user_uid()));
+        cmd.args(["setpriv", "--reuid", &uid, "--regid", &uid, "--clear-groups", "--reset-env", "--"])
+            .args(["/usr/bin/env", &state])
+            .arg(common::shared_binary())
+            .current_dir("/");
+    } else {
+        cmd.arg(common::airlock_path()).env("AIRLOCK_STATE_DIR", common::test_state_dir(0));
+    }
+    let o = cmd.args(args).stdin(Stdio::null()).output().unwrap();
+    ok(&o).replace('\r', "")
+}
+
+fn check_exec_tty(as_user: bool) {
+    let Some(python) = common::python3() else {
+        skip_or_fail!("python3 is not installed: it drives the pseudo-terminal");
+    };
+    let airlock = airlock_as(as_user);
+    let name = unique_name("lltty");
+    let _cleanup = Cleanup { name: name.clone(), airlock };
+    ok(&airlock(&["create", &name]));
+
+    // A terminal of the sandbox's own devpts (its first: `create` made none), the caller's size, the status.
+    let script = "tty; stty size; ls /dev/pts; exit 4";
+    let out = airlock_on_pty(as_user, python, 40, 100, &[], &["exec", "-t", &name, "--", "sh", "-c", script]);
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines.first(), Some(&"/dev/pts/0"), "not the sandbox's own terminal: {out}");
+    assert_eq!(lines.get(1), Some(&"40 100"), "not the caller's window size: {out}");
+    let pts: Vec<&str> =
+        lines.iter().skip(2).take(lines.len().saturating_sub(3)).flat_map(|l| l.split_whitespace()).collect();
+    assert_eq!(pts, ["0", "ptmx"], "/dev/pts is not the sandbox's own: {out}");
+    assert_eq!(lines.last(), Some(&"EXIT 4"), "{out}");
+
+    // Typed input reaches the command through the relay; ^D ends it.
+    let opts = ["--type", "hello-tty\n^D"];
+    let out = airlock_on_pty(as_user, python, 24, 80, &opts, &["exec", "-t", &name, "--", "cat"]);
+    // Once as the terminal echoes it, once as cat writes it back.
+    assert_eq!(out.matches("hello-tty\n").count(), 2, "{out}");
+    assert_eq!(out.lines().last(), Some("EXIT 0"), "{out}");
+
+    ok(&airlock(&["stop", &name]));
+    ok(&airlock(&["rm", &name]));
+}
+
+#[test]
+fn exec_tty_gives_a_terminal_of_the_sandbox_as_root() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_exec_tty(false);
+}
+
+#[test]
+fn exec_tty_gives_a_terminal_of_the_sandbox_rootless() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_exec_tty(true);
 }

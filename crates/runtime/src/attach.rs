@@ -4,6 +4,11 @@
 //! command's process, and that gets exactly the last steps `airlock run`'s command gets (`exec::exec_command`):
 //! the plan is built from the sandbox's stored policy plus the new command, so limits, identity, Landlock and
 //! seccomp are the same.
+//!
+//! With `-t` (`HostContext::tty`), this process opens a new pseudo-terminal in the sandbox's own devpts instance
+//! once it has entered the sandbox's namespaces, gives the slave to the command as its controlling terminal and
+//! relays the master to the caller's terminal, as `run -t`'s supervisor does. The command's terminal is never the
+//! caller's.
 
 use std::os::fd::RawFd;
 
@@ -47,6 +52,8 @@ pub enum AttachError {
     EnterNamespaces(String),
     #[error("cannot create the Landlock ruleset inside the sandbox: {0}")]
     Landlock(String),
+    #[error("cannot open a pseudo-terminal in the sandbox: {0}")]
+    Terminal(String),
     #[error("cannot fork the command's process: {0}")]
     Fork(String),
     #[error("cannot wait for the command: {0}")]
@@ -93,10 +100,13 @@ pub fn exec_in_sandbox(
     }
     let joined = enter_sandbox(&prepared, policy, target, pidfd);
     sys::close(pidfd);
-    let (child, child_pidfd, failure_read) = joined?;
+    let (child, child_pidfd, failure_read, tty_socket) = joined?;
 
-    // 4. Wait for the command, forwarding signals (the command is in its own session).
-    let ended = crate::supervisor::supervise(child, child_pidfd, None, None);
+    // 4. Wait for the command, forwarding signals (the command is in its own session), relaying its terminal.
+    let ended = crate::supervisor::supervise(child, child_pidfd, None, tty_socket);
+    if let Some(socket) = tty_socket {
+        sys::close(socket);
+    }
     sys::close(child_pidfd);
     let failure = failure::read_failure(failure_read);
     sys::close(failure_read);
@@ -105,14 +115,14 @@ pub fn exec_in_sandbox(
 }
 
 /// Step 3: the cgroup (while the host's cgroupfs is visible), the namespaces, the Landlock ruleset (after
-/// `setns`: its paths are the sandbox's), then the command's process. Returns its pid, pidfd and the read end
-/// of its failure pipe.
+/// `setns`: its paths are the sandbox's), with `-t` the pseudo-terminal, then the command's process. Returns its
+/// pid, pidfd, the read end of its failure pipe and, with `-t`, the socket the terminal's master waits on.
 fn enter_sandbox(
     prepared: &crate::prepare::Prepared,
     policy: &SandboxPolicy,
     target: &RunningSandbox,
     pidfd: RawFd,
-) -> Result<(libc::pid_t, RawFd, RawFd), AttachError> {
+) -> Result<(libc::pid_t, RawFd, RawFd, Option<RawFd>), AttachError> {
     let plan = &prepared.plan;
     // The cgroup first: this process joins it (the command, its child, is born inside), because after setns
     // the host's cgroupfs is out of sight. Fails closed when the sandbox has limits but no cgroup is found.
@@ -178,9 +188,28 @@ fn enter_sandbox(
         },
         None => None,
     };
+    // With `-t`: a new pseudo-terminal of the sandbox's own devpts (after setns, /dev/pts/ptmx is the sandbox's).
+    let terminal = match plan.tty.map(|winsize| open_terminal(&winsize)).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            sys::close(failure_read);
+            sys::close(failure_write);
+            if let Some(fd) = ruleset {
+                sys::close(fd);
+            }
+            return Err(e);
+        }
+    };
+    let close_terminal = || {
+        if let Some((slave, socket)) = terminal {
+            sys::close(slave);
+            sys::close(socket);
+        }
+    };
 
     // The pid namespace applies to children only: the command is our child, pid N inside.
-    let fds = CommandFds { failure: failure_write, tty_slave: None, landlock_ruleset: ruleset };
+    let fds =
+        CommandFds { failure: failure_write, tty_slave: terminal.map(|(slave, _)| slave), landlock_ruleset: ruleset };
     let mut child_pidfd: RawFd = -1;
     // SAFETY: this process is single-threaded; the child only runs exec_command, which does async-signal-safe
     // work on the prepared plan (no allocation).
@@ -191,6 +220,10 @@ fn enter_sandbox(
         Err(e) => {
             sys::close(failure_read);
             sys::close(failure_write);
+            if let Some(fd) = ruleset {
+                sys::close(fd);
+            }
+            close_terminal();
             return Err(AttachError::Fork(errno_text(e)));
         }
     };
@@ -198,7 +231,31 @@ fn enter_sandbox(
     if let Some(fd) = ruleset {
         sys::close(fd);
     }
-    Ok((child, child_pidfd, failure_read))
+    // The slave is the command's alone: ours closes, so the master reads end of file once the command's ends.
+    let tty_socket = terminal.map(|(slave, socket)| {
+        sys::close(slave);
+        socket
+    });
+    Ok((child, child_pidfd, failure_read, tty_socket))
+}
+
+/// Opens a pseudo-terminal in the sandbox (`tty::open_sandbox_terminal`, as init does for `run -t`), sized
+/// `winsize`. Its master is sent over a new socket pair, to be received by the relay in `supervise` as `run -t`'s
+/// is; returns the slave and the socket's receiving end.
+fn open_terminal(winsize: &libc::winsize) -> Result<(RawFd, RawFd), AttachError> {
+    let mut pair = [-1; 2];
+    // SAFETY: socketpair fills a live two-int array.
+    let ret = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) };
+    sys::check(ret as libc::c_long).map_err(|e| AttachError::Terminal(errno_text(e)))?;
+    let opened = crate::tty::open_sandbox_terminal(winsize, pair[0]);
+    sys::close(pair[0]);
+    match opened {
+        Ok(slave) => Ok((slave, pair[1])),
+        Err(f) => {
+            sys::close(pair[1]);
+            Err(AttachError::Terminal(format!("{}: {}", f.step.description(), errno_text(f.errno))))
+        }
+    }
 }
 
 fn pidfd_open(pid: libc::pid_t) -> Result<RawFd, Errno> {

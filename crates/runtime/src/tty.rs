@@ -1,6 +1,8 @@
 //! `-t`: a pseudo-terminal from the sandbox's own devpts instance. Init opens it, keeps the slave for the
 //! command, and passes the master to the supervisor over a Unix socket (SCM_RIGHTS); the supervisor relays it to
-//! the caller's terminal. The command's terminal is thus never the caller's: no TIOCSTI into the caller's shell.
+//! the caller's terminal. `airlock exec -t` does the same from the `airlock exec` process once it has entered the
+//! sandbox's namespaces (`attach`). The command's terminal is thus never the caller's: no TIOCSTI into the
+//! caller's shell.
 
 use std::os::fd::RawFd;
 
@@ -8,7 +10,7 @@ use crate::failure::{ChildFailure, Step};
 use crate::sys::{self, Errno};
 
 /// Opens a new pseudo-terminal in the sandbox, sets its size, sends the master to the supervisor and returns
-/// the slave. Runs in init after `pivot_root`.
+/// the slave. Runs in init after `pivot_root`, or in `airlock exec` after `setns` into the sandbox.
 pub fn open_sandbox_terminal(winsize: &libc::winsize, socket: RawFd) -> Result<RawFd, ChildFailure> {
     let fail = |step| move |errno| ChildFailure { step, errno, index: 0 };
     // SAFETY: valid NUL-terminated path.

@@ -233,3 +233,54 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Runs argv[3:] on a new pseudo-terminal of argv[1] rows and argv[2] columns (set on the terminal before the
+/// program starts), prints everything it wrote (see the options below), then `EXIT <status>`. Kills it after 20 s.
+pub const PTY_DRIVER: &str = r#"
+import fcntl, os, pty, select, signal, struct, sys, termios, time
+rows, cols, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+# Optional: "--resize R C" — once the command prints READY, resize the terminal and send airlock SIGWINCH,
+# as a terminal emulator does.
+resize = None
+if argv[:1] == ["--resize"]:
+    resize, argv = (int(argv[1]), int(argv[2])), argv[3:]
+# Optional: "--type TEXT" — once airlock has put the terminal in raw mode (it relays the sandbox's terminal),
+# type TEXT ("^D" in it is the end-of-file character).
+typed = None
+if argv[:1] == ["--type"]:
+    typed, argv = argv[1].replace("^D", "\x04").encode(), argv[2:]
+pid, fd = pty.fork()
+if pid == 0:
+    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    os.execvp(argv[0], argv)
+out = b""
+deadline = time.time() + 20
+while time.time() < deadline:
+    if resize and b"READY" in out:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", resize[0], resize[1], 0, 0))
+        os.kill(pid, signal.SIGWINCH)
+        resize = None
+    if typed and not termios.tcgetattr(fd)[3] & termios.ECHO:
+        os.write(fd, typed)
+        typed = None
+    ready, _, _ = select.select([fd], [], [], 0.1)
+    if not ready:
+        continue
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        break
+    if not data:
+        break
+    out += data
+else:
+    os.kill(pid, signal.SIGKILL)
+    out += b"\nDRIVER: timed out\n"
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+print("EXIT", os.waitstatus_to_exitcode(status))
+"#;
+
+pub fn python3() -> Option<&'static str> {
+    ["/usr/bin/python3", "/usr/local/bin/python3"].into_iter().find(|p| Path::new(p).exists())
+}

@@ -122,12 +122,6 @@ pub enum CommitError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot remove {path}")]
-    Remove {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
 }
 
 /// Applies the layer's changes at or under `filter` (all when empty) to the host workspace.
@@ -402,7 +396,7 @@ impl<'a> Commit<'a> {
         // Left when it still holds something (a change outside the PATH filters, a copy-up equal to the host's).
         match unlink_at(upper.as_fd(), &name, libc::AT_REMOVEDIR) {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => Ok(()),
-            Err(source) => Err(CommitError::Remove { path: self.paths.upper.join(&change.raw_path), source }),
+            Err(source) => Err(LayerError::Remove { path: self.paths.upper.join(&change.raw_path), source }.into()),
             Ok(()) => Ok(()),
         }
     }
@@ -413,9 +407,8 @@ impl<'a> Commit<'a> {
         let name = validated_components(&change.raw_path)?.pop().unwrap_or_default();
         let path = self.paths.upper.join(&change.raw_path);
         match stat_at(upper.as_fd(), &name).map_err(|source| LayerError::Stat { path: path.clone(), source })? {
-            Some(meta) if meta.entry_type() != EntryType::Dir => {
-                unlink_at(upper.as_fd(), &name, 0).map_err(|source| CommitError::Remove { path, source })
-            }
+            Some(meta) if meta.entry_type() != EntryType::Dir => unlink_at(upper.as_fd(), &name, 0)
+                .map_err(|source| CommitError::from(LayerError::Remove { path, source })),
             _ => Ok(()),
         }
     }
@@ -564,7 +557,7 @@ impl<'a> Commit<'a> {
             if !opaque {
                 return Err(CommitError::HostNotADirectory { path, host: host.entry_type().as_str() });
             }
-            unlink_at(dir, name, 0).map_err(|source| CommitError::Remove { path: path.clone(), source })?;
+            unlink_at(dir, name, 0).map_err(|source| LayerError::Remove { path: path.clone(), source })?;
         }
         let owner = self.owner(dir, None, path.parent().unwrap_or(&path))?;
         mkdir_at(dir, name, 0o700).map_err(|source| CommitError::Mkdir { path: path.clone(), source })?;
@@ -586,7 +579,7 @@ impl<'a> Commit<'a> {
             let cname = CString::new(name.as_bytes()).unwrap_or_default();
             let meta = stat_at(dir, &cname).map_err(|source| LayerError::Stat { path: path.join(name), source })?;
             if meta.is_some_and(|m| matches!(m.entry_type(), EntryType::File | EntryType::Symlink)) {
-                unlink_at(dir, &cname, 0).map_err(|source| CommitError::Remove { path: path.join(name), source })?;
+                unlink_at(dir, &cname, 0).map_err(|source| LayerError::Remove { path: path.join(name), source })?;
             }
         }
         Ok(())

@@ -75,6 +75,10 @@ pub fn checkpoint(name: &str, label: Option<&str>) -> Result<i32> {
     std::os::unix::fs::lchown(&upper, Some(owner.uid()), Some(owner.gid()))
         .with_context(|| format!("cannot set the owner of {}", upper.display()))?;
     empty_work(dir)?;
+    // The audit log's file summary at the checkpoint (what the frozen layers hold against the host workspace).
+    if let Ok(stack) = state::layer_of(name, false) {
+        crate::audit_cmd::record_checkpoint(name, &label, &stack);
+    }
     println!("checkpoint {label} of sandbox {name}");
     Ok(0)
 }

@@ -86,6 +86,20 @@ pub enum Command {
     /// Policy profiles: list the built-ins, show one, validate a file.
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// A sandbox's audit log: a timeline of what ran in it (execs, refused syscalls, limits hit, file changes).
+    Logs {
+        /// The sandbox's name.
+        name: String,
+        /// Keep printing new records until the sandbox has ended (or Ctrl-C).
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// The raw JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// Check the hash chain: exit 0 when intact, 1 naming the first line removed, moved, edited or cut.
+        #[arg(long, conflicts_with_all = ["follow", "json"])]
+        verify: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,6 +117,10 @@ pub enum ProfileCommand {
 pub struct RunArgs {
     #[command(flatten)]
     pub opts: SandboxOptions,
+    /// Learn mode: record what the command needed that the policy refused (paths written, syscalls, domains)
+    /// and print a suggested profile snippet on stderr at exit.
+    #[arg(long)]
+    pub learn: bool,
     /// The command and its arguments.
     /// (No `allow_hyphen_values` here: a mistyped flag before the command must be an error, not the command;
     /// everything after the command's name, or after `--`, is the command's, dashes and all.)

@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use policy::names::validate_sandbox_name;
 use policy::profile::{self, Profile};
 use policy::sandbox::{SandboxPolicy, WorkspaceMode};
-use runtime::attach::{exec_in_sandbox, AttachError, RunningSandbox};
+use runtime::attach::{exec_in_sandbox, exec_in_sandbox_audited, AttachError, RunningSandbox};
 use runtime::prepare::{HostContext, LayerDirs};
 use runtime::sandbox::{run_held_sandbox, RunOutcome};
 
@@ -101,9 +101,6 @@ fn create_policy(args: &CreateArgs) -> Result<(Profile, SandboxPolicy)> {
     if opts.name.as_ref().is_some_and(|n| n != name) {
         bail!("create --name: the sandbox's name is the NAME argument ({name})");
     }
-    if opts.audit.is_some() {
-        bail!("--audit: audit events are not recorded by this build yet; run without --audit");
-    }
     let merged = load_profile(&opts.profile)?.merge(flags_profile(opts)?);
     let policy = profile::resolve(&merged, vec![HOLD_COMMAND.to_string()], &current_invoker())?;
     check_workspace_outside_state(&policy)?;
@@ -135,6 +132,15 @@ pub fn supervise(args: CreateArgs) -> Result<i32> {
             return Err(e);
         }
     };
+    // The audit log: the supervisor records the lifecycle; each `airlock exec` records its own command's execs.
+    let mut recorder = match crate::audit_cmd::Recorder::for_create(&name, args.opts.audit.as_deref()) {
+        Ok(recorder) => recorder,
+        Err(e) => {
+            let _ = kept.remove();
+            return Err(e);
+        }
+    };
+    recorder.start(&merged, &policy, true);
     let host = HostContext { lock_dir: lock_dir(), tty: None, name: Some(name.clone()), layer, hold: true };
     let mut record_error = None;
     let ran = run_held_sandbox(&policy, &host, &mut |w| crate::say(&format!("warning: {w}")), &mut |pid| {
@@ -164,6 +170,11 @@ pub fn supervise(args: CreateArgs) -> Result<i32> {
             return Err(e.context(format!("cannot record sandbox {name}")));
         }
     };
+    let stack = match &policy.workspace {
+        Some(w) if cow => state::layer_stack(&kept.dir, &w.path).ok(),
+        _ => None,
+    };
+    recorder.finish(&outcome, &report, stack.as_ref());
     if let Err(e) = kept.finish(Some(outcome.exit_code())) {
         crate::say(&format!("warning: cannot record how sandbox {name} ended: {}", crate::one_line(&e)));
     }
@@ -221,7 +232,19 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
     };
     let target = RunningSandbox { name: name.clone(), init_pid, init_start_time };
     // The setup's warnings were shown by `airlock create`; every exec would only repeat them.
-    match exec_in_sandbox(&policy, &host, &target, &mut |_| {}) {
+    // The sandbox's audit log, appended to by this process (its command's execs and denials, which it answers).
+    let mut recorder = crate::audit_cmd::Recorder::for_exec(name)?;
+    if let Some(r) = recorder.as_mut() {
+        r.attached(&args.command);
+    }
+    let ran = match recorder.as_mut().and_then(crate::audit_cmd::Recorder::request) {
+        Some(request) => exec_in_sandbox_audited(&policy, &host, &target, &mut |_| {}, Some(request)),
+        None => exec_in_sandbox(&policy, &host, &target, &mut |_| {}),
+    };
+    if let (Some(r), Ok(outcome)) = (recorder.as_mut(), &ran) {
+        r.finish(outcome, &runtime::sandbox::RunReport::default(), None);
+    }
+    match ran {
         Ok(outcome) => {
             if let RunOutcome::ExecFailed { message, .. } = &outcome {
                 crate::say(message);

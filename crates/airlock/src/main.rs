@@ -1,6 +1,7 @@
 //! `airlock`: the thin command-line edge over the policy and runtime crates.
 #![forbid(unsafe_code)]
 
+mod audit_cmd;
 mod checkpoint_cmd;
 mod cli;
 mod doctor;
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
         Command::Checkpoint { name, label } => checkpoint_cmd::checkpoint(&name, label.as_deref()),
         Command::Checkpoints { name, json } => checkpoint_cmd::list(&name, json),
         Command::Rollback { name, label } => checkpoint_cmd::rollback(&name, &label),
+        Command::Logs { name, follow, json, verify } => audit_cmd::logs(&name, follow, json, verify),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_SETUP_FAILED)),

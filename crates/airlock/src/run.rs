@@ -15,9 +15,6 @@ pub fn run(args: RunArgs) -> Result<i32> {
     if let Some(name) = &args.opts.name {
         validate_sandbox_name(name).map_err(|e| anyhow!("--name: {e}"))?;
     }
-    if args.opts.audit.is_some() {
-        bail!("--audit: audit events are not recorded by this build yet; run without --audit");
-    }
     let base = load_profile(&args.opts.profile)?;
     let overlay = flags_profile(&args.opts)?;
     let merged = base.merge(overlay);
@@ -57,7 +54,28 @@ pub fn run(args: RunArgs) -> Result<i32> {
         layer,
         hold: false,
     };
-    let ran = run_sandbox(&policy, &host, &mut |w| crate::say(&format!("warning: {w}")));
+    // The audit log (see audit_cmd for when there is one): opened now that the state directory exists.
+    let mut recorder = match crate::audit_cmd::Recorder::for_run(
+        name.as_deref(),
+        args.opts.rm,
+        args.opts.audit.as_deref(),
+        args.learn,
+        &policy,
+    ) {
+        Ok(recorder) => recorder,
+        Err(e) => {
+            abandon(kept.take(), args.opts.resume);
+            return Err(e);
+        }
+    };
+    if let Some(r) = recorder.as_mut() {
+        r.start(&merged, &policy, false);
+    }
+    let warn = &mut |w: &str| crate::say(&format!("warning: {w}"));
+    let ran = match recorder.as_mut().and_then(crate::audit_cmd::Recorder::request) {
+        Some(request) => runtime::sandbox::run_audited_sandbox(&policy, &host, warn, request),
+        None => run_sandbox(&policy, &host, warn),
+    };
     let (outcome, report) = match ran {
         Ok(done) => done,
         Err(e) => {
@@ -65,6 +83,14 @@ pub fn run(args: RunArgs) -> Result<i32> {
             return Err(e.into());
         }
     };
+    if let Some(r) = recorder.as_mut() {
+        let stack = match (&kept, &policy.workspace) {
+            (Some(state), Some(w)) if cow => state::layer_stack(&state.dir, &w.path).ok(),
+            _ => None,
+        };
+        r.finish(&outcome, &report, stack.as_ref());
+        r.print_learned();
+    }
     if let Some(state) = kept.as_mut() {
         if let Err(e) = state.finish(Some(outcome.exit_code())) {
             crate::say(&format!("warning: cannot record how sandbox {} ended: {}", state.name, crate::one_line(&e)));

@@ -28,6 +28,9 @@ pub const MARK_NOT_UTF8: &str = "not_utf8";
 pub const MARK_PROCESS_GONE: &str = "process_gone";
 pub const MARK_UNREADABLE: &str = "unreadable";
 pub const MARK_RECORD_TOO_LARGE: &str = "record_too_large";
+/// An exec of a path that did not exist when it was recorded (a `PATH` search trying each directory): the kernel
+/// will answer `ENOENT`, nothing ran.
+pub const MARK_NOT_FOUND: &str = "not_found";
 
 /// OCSF class ids.
 pub const CLASS_FILE_SYSTEM_ACTIVITY: u32 = 1001;

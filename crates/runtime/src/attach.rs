@@ -82,11 +82,34 @@ pub fn exec_in_sandbox(
     target: &RunningSandbox,
     warn: &mut dyn FnMut(&str),
 ) -> Result<RunOutcome, AttachError> {
+    exec_in_sandbox_audited(policy, host, target, warn, None)
+}
+
+/// As [`exec_in_sandbox`]; with `audit`, this process holds the command's seccomp listener and records its
+/// execs and denials itself (appending to the sandbox's log alongside its supervisor: the log's lock makes that
+/// safe).
+pub fn exec_in_sandbox_audited(
+    policy: &SandboxPolicy,
+    host: &HostContext,
+    target: &RunningSandbox,
+    warn: &mut dyn FnMut(&str),
+    audit: Option<sandbox::AuditRequest<'_>>,
+) -> Result<RunOutcome, AttachError> {
     // 1. Validate and build the command's plan, as `run` does: no side effect before this succeeds.
-    let prepared = prepare_sandbox(policy, host)?;
+    let mut prepared = prepare_sandbox(policy, host)?;
     for w in &prepared.warnings {
         warn(w);
     }
+    let mut audit = audit.filter(|a| a.notify.any());
+    if let Some(a) = &audit {
+        prepared.plan.seccomp =
+            sandbox::audited_seccomp_program(a.notify).map_err(|e| AttachError::SetupStep(e.to_string()))?;
+    }
+    // The listener's socket and the host's /proc, before setns hides the host's /proc.
+    let channel = match &audit {
+        Some(_) => Some(sandbox::audit_channel().map_err(|e| AttachError::CreatePipe(errno_text(e)))?),
+        None => None,
+    };
 
     // 2. Init, by pidfd; checked against the recorded start time after the pidfd is open, so that the pidfd
     //    is known to refer to the sandbox's init and not to a process that reused its pid.
@@ -98,12 +121,39 @@ pub fn exec_in_sandbox(
         sys::close(pidfd);
         return Err(AttachError::NotRunning(target.name.clone()));
     }
-    let joined = enter_sandbox(&prepared, policy, target, pidfd);
+    let joined = enter_sandbox(&prepared, policy, target, pidfd, channel.map(|c| c.child_end));
     sys::close(pidfd);
-    let (child, child_pidfd, failure_read, tty_socket) = joined?;
+    if let Some(c) = channel {
+        sys::close(c.child_end);
+    }
+    let (child, child_pidfd, failure_read, tty_socket) = match joined {
+        Ok(j) => j,
+        Err(e) => {
+            if let Some(c) = channel {
+                sys::close(c.supervisor_end);
+                sys::close(c.proc_dir);
+            }
+            return Err(e);
+        }
+    };
 
     // 4. Wait for the command, forwarding signals (the command is in its own session), relaying its terminal.
-    let ended = crate::supervisor::supervise(child, child_pidfd, None, tty_socket);
+    let ended = match (audit.as_mut(), channel) {
+        (Some(request), Some(c)) => {
+            let mut seccomp_audit = crate::notify::SeccompAudit::new(
+                &prepared.plan.seccomp,
+                c.proc_dir,
+                c.supervisor_end,
+                &mut *request.sink,
+            );
+            let ended =
+                crate::supervisor::supervise_audited(child, child_pidfd, None, tty_socket, Some(&mut seccomp_audit));
+            drop(seccomp_audit);
+            sys::close(c.proc_dir);
+            ended
+        }
+        _ => crate::supervisor::supervise(child, child_pidfd, None, tty_socket),
+    };
     if let Some(socket) = tty_socket {
         sys::close(socket);
     }
@@ -122,6 +172,7 @@ fn enter_sandbox(
     policy: &SandboxPolicy,
     target: &RunningSandbox,
     pidfd: RawFd,
+    audit_socket: Option<RawFd>,
 ) -> Result<(libc::pid_t, RawFd, RawFd, Option<RawFd>), AttachError> {
     let plan = &prepared.plan;
     // The cgroup first: this process joins it (the command, its child, is born inside), because after setns
@@ -208,8 +259,12 @@ fn enter_sandbox(
     };
 
     // The pid namespace applies to children only: the command is our child, pid N inside.
-    let fds =
-        CommandFds { failure: failure_write, tty_slave: terminal.map(|(slave, _)| slave), landlock_ruleset: ruleset };
+    let fds = CommandFds {
+        failure: failure_write,
+        tty_slave: terminal.map(|(slave, _)| slave),
+        landlock_ruleset: ruleset,
+        audit_socket,
+    };
     let mut child_pidfd: RawFd = -1;
     // SAFETY: this process is single-threaded; the child only runs exec_command, which does async-signal-safe
     // work on the prepared plan (no allocation).

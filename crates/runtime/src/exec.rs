@@ -23,6 +23,8 @@ pub struct CommandFds {
     pub tty_slave: Option<RawFd>,
     /// The Landlock ruleset built by init, when Landlock is on.
     pub landlock_ruleset: Option<RawFd>,
+    /// With an audited seccomp program: the socket that carries the filter's listener to the supervisor.
+    pub audit_socket: Option<RawFd>,
 }
 
 /// Never returns: either `execve` replaces the process or a failure record is written and it exits.
@@ -48,7 +50,7 @@ pub fn exec_command(plan: &SandboxPlan, fds: &CommandFds) -> ! {
 
     // Every descriptor above 2 closes, except the two we still need (both close-on-exec or closed below):
     // nothing the caller leaked reaches the command (CVE-2016-9962).
-    let mut keep = [fds.failure, fds.landlock_ruleset.unwrap_or(-1)];
+    let mut keep = [fds.failure, fds.landlock_ruleset.unwrap_or(-1), fds.audit_socket.unwrap_or(-1)];
     keep.sort_unstable();
     if let Err(e) = sys::close_fds_except(&keep) {
         fail(Step::CloseInheritedFds, e);
@@ -97,8 +99,25 @@ pub fn exec_command(plan: &SandboxPlan, fds: &CommandFds) -> ! {
 
     // Seccomp last: from here on even airlock's own remaining calls go through the filter, and nothing but
     // execve (and reporting its failure) is left to do.
-    if let Err(e) = seccomp::install_seccomp_on_current_thread(&plan.seccomp) {
-        fail(Step::InstallSeccomp, e);
+    // Audited (`--audit`, `create`, learn mode): the filter comes with a listener, which goes to the supervisor
+    // before execve — the execve itself is the first call it is asked about — and our copy closes: a process
+    // holding its own listener could answer its own notifications.
+    match seccomp::install_seccomp_with_listener(&plan.seccomp) {
+        Ok(None) => {}
+        Ok(Some(listener)) => {
+            let sent = match fds.audit_socket {
+                Some(socket) => crate::tty::send_fd(socket, listener),
+                None => Err(libc::EBADF),
+            };
+            sys::close(listener);
+            if let Err(e) = sent {
+                fail(Step::SendSeccompListener, e);
+            }
+        }
+        Err(e) => fail(Step::InstallSeccomp, e),
+    }
+    if let Some(socket) = fds.audit_socket {
+        sys::close(socket);
     }
 
     let errno = execute_candidates(plan);

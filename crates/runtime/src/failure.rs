@@ -60,10 +60,11 @@ pub enum Step {
     RestrictLandlock,
     InstallSeccomp,
     Execute,
+    SendSeccompListener,
 }
 
 impl Step {
-    const ALL: [Step; 46] = [
+    const ALL: [Step; 47] = [
         Step::WaitForSupervisor,
         Step::SwitchToSandboxRoot,
         Step::JoinCgroup,
@@ -110,6 +111,7 @@ impl Step {
         Step::RestrictLandlock,
         Step::InstallSeccomp,
         Step::Execute,
+        Step::SendSeccompListener,
     ];
 
     fn from_u32(value: u32) -> Option<Step> {
@@ -164,6 +166,7 @@ impl Step {
             Step::SetNoNewPrivs => "set no_new_privs",
             Step::RestrictLandlock => "enforce the Landlock ruleset",
             Step::InstallSeccomp => "install the seccomp filter",
+            Step::SendSeccompListener => "pass the seccomp listener to the audit log's supervisor",
             Step::Execute => "execute",
         }
     }

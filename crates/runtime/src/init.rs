@@ -19,6 +19,8 @@ pub struct InitFds {
     pub failure: RawFd,
     /// Our end of the socket that carries the pseudo-terminal's master to the supervisor (`-t`).
     pub tty_socket: Option<RawFd>,
+    /// Our end of the socket that carries the command's seccomp listener to the supervisor (audited runs).
+    pub audit_socket: Option<RawFd>,
 }
 
 /// Runs the sandbox's init. Never returns.
@@ -58,7 +60,7 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     }
 
     // Descriptors the caller leaked to airlock go now, before any sandbox code could see them (CVE-2016-9962).
-    let mut keep = [fds.start, fds.failure, fds.tty_socket.unwrap_or(-1)];
+    let mut keep = [fds.start, fds.failure, fds.tty_socket.unwrap_or(-1), fds.audit_socket.unwrap_or(-1)];
     keep.sort_unstable();
     if let Err(e) = sys::close_fds_except(&keep) {
         abort(ChildFailure { step: Step::CloseInheritedFds, errno: e, index: 0 });
@@ -125,7 +127,7 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     // the namespace. (The capability check already refuses it; this is the second lock.)
     let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
 
-    let command_fds = CommandFds { failure: fds.failure, tty_slave, landlock_ruleset };
+    let command_fds = CommandFds { failure: fds.failure, tty_slave, landlock_ruleset, audit_socket: fds.audit_socket };
     // SAFETY: init is single-threaded; the child only runs exec_command, which is async-signal-safe.
     let child = match unsafe { sys::clone_process(0, None) } {
         Ok(0) => exec::exec_command(plan, &command_fds),
@@ -136,6 +138,9 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
         sys::close(fd);
     }
     if let Some(fd) = tty_slave {
+        sys::close(fd);
+    }
+    if let Some(fd) = fds.audit_socket {
         sys::close(fd);
     }
     sys::close(fds.failure);

@@ -15,6 +15,7 @@ pub mod landlock;
 pub mod layer;
 pub mod mounts;
 pub mod net;
+pub mod notify;
 pub mod plan;
 pub mod prepare;
 pub mod probe;

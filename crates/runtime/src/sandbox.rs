@@ -85,7 +85,24 @@ pub fn run_sandbox(
     host: &HostContext,
     warn: &mut dyn FnMut(&str),
 ) -> Result<(RunOutcome, RunReport), SandboxError> {
-    run_sandbox_with(policy, host, warn, None)
+    run_sandbox_with(policy, host, warn, None, None)
+}
+
+/// What an audited run sends to the supervisor and where the events go (see `notify`).
+pub struct AuditRequest<'a> {
+    pub notify: crate::seccomp::NotifyOptions,
+    pub sink: &'a mut dyn crate::notify::AuditSink,
+}
+
+/// As [`run_sandbox`], with the command's seccomp filter notifying the calls `audit.notify` names to this
+/// process, which records them through `audit.sink` (exec records, denials, learn-mode writes).
+pub fn run_audited_sandbox(
+    policy: &SandboxPolicy,
+    host: &HostContext,
+    warn: &mut dyn FnMut(&str),
+    audit: AuditRequest<'_>,
+) -> Result<(RunOutcome, RunReport), SandboxError> {
+    run_sandbox_with(policy, host, warn, None, Some(audit))
 }
 
 /// `airlock create`: as [`run_sandbox`], with `host.hold` set, but `on_ready(init_pid)` is called once init has
@@ -96,7 +113,7 @@ pub fn run_held_sandbox(
     warn: &mut dyn FnMut(&str),
     on_ready: &mut dyn FnMut(libc::pid_t),
 ) -> Result<(RunOutcome, RunReport), SandboxError> {
-    run_sandbox_with(policy, host, warn, Some(on_ready))
+    run_sandbox_with(policy, host, warn, Some(on_ready), None)
 }
 
 fn run_sandbox_with(
@@ -104,9 +121,14 @@ fn run_sandbox_with(
     host: &HostContext,
     warn: &mut dyn FnMut(&str),
     on_ready: Option<&mut dyn FnMut(libc::pid_t)>,
+    audit: Option<AuditRequest<'_>>,
 ) -> Result<(RunOutcome, RunReport), SandboxError> {
     // 1. Validate everything and build the plan: no side effect before this succeeds (bar the id-range lock).
     let mut prepared = prepare_sandbox(policy, host)?;
+    let audit = audit.filter(|a| a.notify.any());
+    if let Some(a) = &audit {
+        prepared.plan.seccomp = audited_seccomp_program(a.notify)?;
+    }
     for w in &prepared.warnings {
         warn(w);
     }
@@ -169,6 +191,19 @@ fn run_sandbox_with(
         }
     }
     let pipes = SupervisorPipes::create(plan.tty.is_some()).map_err(|e| SandboxError::CreatePipes(errno_text(e)))?;
+    // Audited: the socket the command's seccomp listener will come back on, and the host's /proc to read the
+    // notifying processes from (both opened before clone; the child's ends are close-on-exec and closed by the
+    // command before its execve).
+    let audit_channel = match &audit {
+        Some(_) => match audit_channel() {
+            Ok(channel) => Some(channel),
+            Err(e) => {
+                pipes.close_all();
+                return Err(SandboxError::CreatePipes(errno_text(e)));
+            }
+        },
+        None => None,
+    };
     // Slots for init's detached mount clones, allocated now because init may not allocate.
     let mut trees: Vec<RawFd> = vec![-1; plan.sources.len()];
     if plan.ids.host_root {
@@ -212,6 +247,7 @@ fn run_sandbox_with(
                 start: pipes.start_read,
                 failure: pipes.failure_write,
                 tty_socket: pipes.tty.map(|(init_end, _)| init_end),
+                audit_socket: audit_channel.map(|c| c.child_end),
             };
             init::sandbox_init_main(plan, &fds, &mut trees)
         }
@@ -219,6 +255,9 @@ fn run_sandbox_with(
         Err(errno) => {
             restore_signals(&old_mask);
             pipes.close_all();
+            if let Some(c) = audit_channel {
+                c.close();
+            }
             return Err(SandboxError::CloneNamespaces(errno_text(errno), clone_hint(errno)));
         }
     };
@@ -227,6 +266,18 @@ fn run_sandbox_with(
     if let Some((init_end, _)) = pipes.tty {
         sys::close(init_end);
     }
+    let mut audit_state = match (audit, audit_channel) {
+        (Some(a), Some(channel)) => {
+            sys::close(channel.child_end);
+            Some((a, channel))
+        }
+        (_, channel) => {
+            if let Some(c) = channel {
+                c.close();
+            }
+            None
+        }
+    };
 
     // 4. Parent: the id maps (root inside -> an unprivileged host id), then release the child.
     //    (Network attachment will go here too.)
@@ -238,6 +289,10 @@ fn run_sandbox_with(
         sys::close(pipes.failure_read);
         if let Some((_, supervisor_end)) = pipes.tty {
             sys::close(supervisor_end);
+        }
+        if let Some((_, c)) = audit_state.take() {
+            sys::close(c.supervisor_end);
+            sys::close(c.proc_dir);
         }
         restore_signals(&old_mask);
         return Err(e);
@@ -257,7 +312,28 @@ fn run_sandbox_with(
     };
 
     // 5-7 happen in the sandbox. The supervisor forwards signals, relays the terminal, enforces the timeout.
-    let supervised = crate::supervisor::supervise(pid, pidfd, policy.timeout, pipes.tty.map(|(_, s)| s));
+    let supervised = match audit_state.as_mut() {
+        Some((request, channel)) => {
+            let mut seccomp_audit = crate::notify::SeccompAudit::new(
+                &plan.seccomp,
+                channel.proc_dir,
+                channel.supervisor_end,
+                &mut *request.sink,
+            );
+            crate::supervisor::supervise_audited(
+                pid,
+                pidfd,
+                policy.timeout,
+                pipes.tty.map(|(_, s)| s),
+                Some(&mut seccomp_audit),
+            )
+        }
+        None => crate::supervisor::supervise(pid, pidfd, policy.timeout, pipes.tty.map(|(_, s)| s)),
+    };
+    if let Some((_, channel)) = audit_state {
+        // The socket was the SeccompAudit's, closed with it.
+        sys::close(channel.proc_dir);
+    }
     sys::close(pidfd);
     sys::close(pipes.start_write);
     if let Some((_, supervisor_end)) = pipes.tty {
@@ -465,6 +541,57 @@ pub(crate) fn block_all_signals() -> libc::sigset_t {
 pub(crate) fn restore_signals(old: &libc::sigset_t) {
     // SAFETY: `old` is the mask sigprocmask returned earlier.
     unsafe { libc::sigprocmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
+}
+
+/// The default seccomp program, compiled to notify the calls `notify` names.
+pub fn audited_seccomp_program(
+    notify: crate::seccomp::NotifyOptions,
+) -> Result<crate::seccomp::SeccompProgram, SandboxError> {
+    let profile = policy::seccomp::default_seccomp_profile()
+        .map_err(|e| SandboxError::Prepare(PrepareError::Seccomp(e.to_string())))?;
+    crate::seccomp::compile_notifying_seccomp_program(&profile, notify)
+        .map_err(|e| SandboxError::Prepare(PrepareError::Seccomp(e.to_string())))
+}
+
+/// The descriptors an audited run needs on top of the usual pipes.
+#[derive(Clone, Copy)]
+pub struct AuditChannel {
+    /// Ours: the listener arrives here.
+    pub supervisor_end: RawFd,
+    /// The command's (through init, or the `airlock exec` process's child): it sends the listener.
+    pub child_end: RawFd,
+    /// The host's `/proc`, for the notifying processes' status, cwd and descriptors.
+    pub proc_dir: RawFd,
+}
+
+impl AuditChannel {
+    pub fn close(self) {
+        for fd in [self.supervisor_end, self.child_end, self.proc_dir] {
+            sys::close(fd);
+        }
+    }
+}
+
+/// A close-on-exec socket pair and the host's `/proc`, opened now (before `clone`, or before `setns` in `airlock
+/// exec`, after which `/proc` would be the sandbox's).
+pub fn audit_channel() -> Result<AuditChannel, sys::Errno> {
+    let mut pair = [-1; 2];
+    // SAFETY: socketpair fills a live two-int array.
+    let ret = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) };
+    sys::check(ret as libc::c_long)?;
+    // SAFETY: the path is a NUL-terminated literal; open takes integer flags.
+    let proc_dir = match sys::check_fd(unsafe {
+        libc::open(c"/proc".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
+    } as libc::c_long)
+    {
+        Ok(fd) => fd,
+        Err(e) => {
+            sys::close(pair[0]);
+            sys::close(pair[1]);
+            return Err(e);
+        }
+    };
+    Ok(AuditChannel { supervisor_end: pair[0], child_end: pair[1], proc_dir })
 }
 
 /// Waits for `pid` to exit; used on error paths.

@@ -77,6 +77,57 @@ pub enum SeccompError {
 #[derive(Clone)]
 pub struct SeccompProgram {
     filter: Vec<libc::sock_filter>,
+    /// Some calls return `SECCOMP_RET_USER_NOTIF`: the filter is installed with a listener, and whoever holds it
+    /// answers them (see `notify`).
+    notify: NotifyOptions,
+    /// With `notify.denials`: the deny rules in program order, so the listener gives each refused call exactly
+    /// the errno the kernel would have returned.
+    denials: Vec<DenyEntry>,
+}
+
+/// Which calls an audited filter sends to the listener instead of deciding in the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NotifyOptions {
+    /// `execve` and `execveat`: recorded, then continued.
+    pub exec: bool,
+    /// The deny-list's calls: recorded, then refused with the rule's errno (identical behaviour).
+    pub denials: bool,
+    /// Learn mode: calls that write to a path (`openat` with a write flag, `mkdir`, `unlink`, `rename`...):
+    /// recorded, then continued (the kernel still decides).
+    pub writes: bool,
+}
+
+impl NotifyOptions {
+    pub fn any(&self) -> bool {
+        self.exec || self.denials || self.writes
+    }
+}
+
+/// One deny rule for one syscall, as compiled.
+#[derive(Debug, Clone)]
+pub struct DenyEntry {
+    pub nr: u32,
+    pub name: String,
+    /// 1-based index of the profile rule.
+    pub rule: usize,
+    pub conditions: Vec<ArgCondition>,
+    /// Positive errno.
+    pub errno: i32,
+    pub errno_name: &'static str,
+}
+
+/// What a notified call is, decided the way the program decided to notify it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifiedCall<'a> {
+    /// A deny rule matched: refuse with `errno`.
+    Denied { name: &'a str, rule: usize, errno: i32, errno_name: &'static str },
+    /// `execve` (`dirfd` None) or `execveat`: path and argv pointers.
+    Exec { path: u64, argv: u64, dirfd: Option<i32> },
+    /// A path-writing call (learn mode): the path pointer, its directory fd (None: `AT_FDCWD` or an absolute
+    /// path's call without one), and the call's name.
+    Write { name: &'static str, path: u64, dirfd: Option<i32> },
+    /// Nothing this program notifies: continue.
+    Other,
 }
 
 impl SeccompProgram {
@@ -100,7 +151,19 @@ impl fmt::Debug for SeccompProgram {
 /// Compiles `profile` for the architecture airlock was built for. Syscalls that exist only on the other
 /// supported architecture are skipped; names unknown on both are an error.
 pub fn compile_seccomp_program(profile: &SeccompProfile) -> Result<SeccompProgram, SeccompError> {
+    compile_notifying_seccomp_program(profile, NotifyOptions::default())
+}
+
+/// As [`compile_seccomp_program`], but the calls `notify` names return `SECCOMP_RET_USER_NOTIF` (the audit log and
+/// learn mode). The deny rules keep their order and conditions: a notified denial is answered with the same
+/// errno by the listener ([`SeccompProgram::classify`]). Exec and write notifications come after the rules, so a
+/// rule that denies them still wins, as it would without auditing.
+pub fn compile_notifying_seccomp_program(
+    profile: &SeccompProfile,
+    notify: NotifyOptions,
+) -> Result<SeccompProgram, SeccompError> {
     let mut filter = Vec::new();
+    let mut denials = Vec::new();
 
     // 1. Only the native ABI: the 32-bit `int 0x80` entry reports another arch and gets ENOSYS.
     filter.push(statement(LD_W_ABS, ARCH_OFFSET));
@@ -126,10 +189,46 @@ pub fn compile_seccomp_program(profile: &SeccompProfile) -> Result<SeccompProgra
                     return Err(SeccompError::LookupSyscall { rule: rule_number, name: name.clone() })
                 }
             };
-            let block = compile_block(nr, &rule.conditions, return_errno(rule.errno.number()))
-                .map_err(|distance| SeccompError::CompileJump { rule: rule_number, name: name.clone(), distance })?;
+            let ret = if notify.denials { libc::SECCOMP_RET_USER_NOTIF } else { return_errno(rule.errno.number()) };
+            let block = compile_block(nr, &rule.conditions, ret).map_err(|distance| SeccompError::CompileJump {
+                rule: rule_number,
+                name: name.clone(),
+                distance,
+            })?;
             filter.extend(block);
+            if notify.denials {
+                denials.push(DenyEntry {
+                    nr,
+                    name: name.clone(),
+                    rule: rule_number,
+                    conditions: rule.conditions.clone(),
+                    errno: rule.errno.number(),
+                    errno_name: rule.errno.name(),
+                });
+            }
         }
+    }
+
+    // 3b. Audited calls go to the listener (after the rules: a denial stays a denial).
+    let mut notified: Vec<(u32, Vec<ArgCondition>)> = Vec::new();
+    if notify.exec {
+        notified.push((libc::SYS_execve as u32, Vec::new()));
+        notified.push((libc::SYS_execveat as u32, Vec::new()));
+    }
+    if notify.writes {
+        for (nr, _, flags_arg, _) in WRITE_CALLS {
+            let conditions = match flags_arg {
+                Some(arg) => vec![ArgCondition { arg: *arg, test: ArgTest::AnyBits(WRITE_OPEN_FLAGS) }],
+                None => Vec::new(),
+            };
+            notified.push((*nr as u32, conditions));
+        }
+    }
+    for (nr, conditions) in &notified {
+        let block = compile_block(*nr, conditions, libc::SECCOMP_RET_USER_NOTIF).map_err(|distance| {
+            SeccompError::CompileJump { rule: 0, name: format!("audited syscall {nr}"), distance }
+        })?;
+        filter.extend(block);
     }
 
     // 4. Everything else is allowed: this is a deny-list.
@@ -138,7 +237,103 @@ pub fn compile_seccomp_program(profile: &SeccompProfile) -> Result<SeccompProgra
     if filter.len() > MAX_INSTRUCTIONS {
         return Err(SeccompError::CompileProgram { instructions: filter.len() });
     }
-    Ok(SeccompProgram { filter })
+    Ok(SeccompProgram { filter, notify, denials })
+}
+
+/// `open`/`openat` flags that mean a write: the learn-mode filter notifies only those opens.
+const WRITE_OPEN_FLAGS: u32 = (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u32;
+
+/// A path-writing call for learn mode: (nr, name, index of the open flags argument, path argument and its dirfd
+/// argument).
+type WriteCall = (libc::c_long, &'static str, Option<u8>, (u8, Option<u8>));
+
+/// The path-writing calls learn mode is notified of.
+#[cfg(target_arch = "x86_64")]
+const WRITE_CALLS: &[WriteCall] = &[
+    (libc::SYS_open, "open", Some(1), (0, None)),
+    (libc::SYS_openat, "openat", Some(2), (1, Some(0))),
+    (libc::SYS_creat, "creat", None, (0, None)),
+    (libc::SYS_mkdir, "mkdir", None, (0, None)),
+    (libc::SYS_mkdirat, "mkdirat", None, (1, Some(0))),
+    (libc::SYS_unlink, "unlink", None, (0, None)),
+    (libc::SYS_unlinkat, "unlinkat", None, (1, Some(0))),
+    (libc::SYS_rmdir, "rmdir", None, (0, None)),
+    (libc::SYS_rename, "rename", None, (1, None)),
+    (libc::SYS_renameat, "renameat", None, (3, Some(2))),
+    (libc::SYS_renameat2, "renameat2", None, (3, Some(2))),
+    (libc::SYS_symlink, "symlink", None, (1, None)),
+    (libc::SYS_symlinkat, "symlinkat", None, (2, Some(1))),
+    (libc::SYS_link, "link", None, (1, None)),
+    (libc::SYS_linkat, "linkat", None, (3, Some(2))),
+    (libc::SYS_truncate, "truncate", None, (0, None)),
+    (libc::SYS_mknodat, "mknodat", None, (1, Some(0))),
+];
+#[cfg(target_arch = "aarch64")]
+const WRITE_CALLS: &[WriteCall] = &[
+    (libc::SYS_openat, "openat", Some(2), (1, Some(0))),
+    (libc::SYS_mkdirat, "mkdirat", None, (1, Some(0))),
+    (libc::SYS_unlinkat, "unlinkat", None, (1, Some(0))),
+    (libc::SYS_renameat, "renameat", None, (3, Some(2))),
+    (libc::SYS_renameat2, "renameat2", None, (3, Some(2))),
+    (libc::SYS_symlinkat, "symlinkat", None, (2, Some(1))),
+    (libc::SYS_linkat, "linkat", None, (3, Some(2))),
+    (libc::SYS_truncate, "truncate", None, (0, None)),
+    (libc::SYS_mknodat, "mknodat", None, (1, Some(0))),
+];
+
+impl SeccompProgram {
+    /// Whether the program has calls answered by a listener (install it with one).
+    pub fn notify(&self) -> NotifyOptions {
+        self.notify
+    }
+
+    /// What a notified call with `nr` and `args` is: the first deny rule that matches it (the order and tests
+    /// the BPF program used), else an audited exec or write.
+    pub fn classify(&self, nr: i32, args: &[u64; 6]) -> NotifiedCall<'_> {
+        let Ok(nr) = u32::try_from(nr) else { return NotifiedCall::Other };
+        for entry in self.denials.iter().filter(|e| e.nr == nr) {
+            if entry.conditions.iter().all(|c| condition_holds(c, args)) {
+                return NotifiedCall::Denied {
+                    name: &entry.name,
+                    rule: entry.rule,
+                    errno: entry.errno,
+                    errno_name: entry.errno_name,
+                };
+            }
+        }
+        let dirfd_of = |arg: u64| {
+            let fd = arg as u32 as i32;
+            (fd != libc::AT_FDCWD).then_some(fd)
+        };
+        if self.notify.exec {
+            if i64::from(nr) == libc::SYS_execve {
+                return NotifiedCall::Exec { path: args[0], argv: args[1], dirfd: None };
+            }
+            if i64::from(nr) == libc::SYS_execveat {
+                return NotifiedCall::Exec { path: args[1], argv: args[2], dirfd: dirfd_of(args[0]) };
+            }
+        }
+        if self.notify.writes {
+            if let Some((_, name, _, (path_arg, dirfd_arg))) = WRITE_CALLS.iter().find(|w| w.0 == i64::from(nr)) {
+                return NotifiedCall::Write {
+                    name,
+                    path: args[usize::from(*path_arg)],
+                    dirfd: dirfd_arg.and_then(|a| dirfd_of(args[usize::from(a)])),
+                };
+            }
+        }
+        NotifiedCall::Other
+    }
+}
+
+/// The BPF block's test on the low 32 bits of an argument.
+fn condition_holds(condition: &ArgCondition, args: &[u64; 6]) -> bool {
+    let value = args[usize::from(condition.arg).min(5)] as u32;
+    match &condition.test {
+        ArgTest::Equals(v) => value == *v,
+        ArgTest::AnyBits(mask) => value & mask != 0,
+        ArgTest::NotIn(values) => !values.contains(&value),
+    }
 }
 
 /// Installs `program` on the calling thread with `seccomp(SECCOMP_SET_MODE_FILTER)`, without TSYNC.
@@ -147,9 +342,18 @@ pub fn compile_seccomp_program(profile: &SeccompProfile) -> Result<SeccompProgra
 /// system call. The caller must already have set `PR_SET_NO_NEW_PRIVS` (else the kernel answers `EACCES`).
 /// Returns the errno of the failed call.
 pub fn install_seccomp_on_current_thread(program: &SeccompProgram) -> Result<(), i32> {
+    install_seccomp_with_listener(program).map(drop)
+}
+
+/// As [`install_seccomp_on_current_thread`]; when the program notifies calls, the filter is installed with
+/// `SECCOMP_FILTER_FLAG_NEW_LISTENER` and the listener's descriptor (close-on-exec) is returned: the caller must
+/// hand it to the supervisor and close its own copy before `execve` (a process holding its own listener could
+/// answer its own notifications). Async-signal-safe like the plain install.
+pub fn install_seccomp_with_listener(program: &SeccompProgram) -> Result<Option<i32>, i32> {
     let Ok(len) = u16::try_from(program.filter.len()) else {
         return Err(libc::EINVAL);
     };
+    let flags: libc::c_ulong = if program.notify.any() { libc::SECCOMP_FILTER_FLAG_NEW_LISTENER } else { 0 };
     let fprog = libc::sock_fprog { len, filter: program.filter.as_ptr().cast_mut() };
     // SAFETY: `fprog` points to `program.filter`, a live, initialised array of exactly `len` instructions that
     // is borrowed, so neither moved nor freed, for the whole call; the kernel only reads it (the `*mut` is the
@@ -159,12 +363,13 @@ pub fn install_seccomp_on_current_thread(program: &SeccompProgram) -> Result<(),
         libc::syscall(
             libc::SYS_seccomp,
             libc::SECCOMP_SET_MODE_FILTER,
-            0 as libc::c_uint,
+            flags as libc::c_uint,
             &fprog as *const libc::sock_fprog,
         )
     };
-    if ret == 0 {
-        Ok(())
+    if ret >= 0 {
+        // With NEW_LISTENER the return value is the listener's descriptor; without, 0.
+        Ok(program.notify.any().then_some(ret as i32))
     } else {
         // `last_os_error` reads errno into a plain integer: no allocation.
         Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL))

@@ -28,6 +28,17 @@ pub fn supervise(
     timeout: Option<Duration>,
     tty_socket: Option<RawFd>,
 ) -> Result<Ended, Errno> {
+    supervise_audited(pid, pidfd, timeout, tty_socket, None)
+}
+
+/// As [`supervise`], also answering the audited command's seccomp notifications (`notify`) in the same loop.
+pub fn supervise_audited(
+    pid: libc::pid_t,
+    pidfd: RawFd,
+    timeout: Option<Duration>,
+    tty_socket: Option<RawFd>,
+    mut audit: Option<&mut crate::notify::SeccompAudit<'_>>,
+) -> Result<Ended, Errno> {
     let started = Instant::now();
     let deadline = timeout.map(|t| started + t);
     let sigfd = signalfd_for(FORWARDED)?;
@@ -40,6 +51,10 @@ pub fn supervise(
         ];
         if let Some(r) = &relay {
             r.add_poll_fds(&mut pfds);
+        }
+        let audit_at = pfds.len();
+        if let Some(a) = &audit {
+            pfds.extend(a.poll_fds());
         }
         let wait_ms = match (deadline, timed_out) {
             (Some(d), None) => d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32,
@@ -76,7 +91,10 @@ pub fn supervise(
             }
         }
         if let Some(r) = &mut relay {
-            r.handle(&pfds[2..]);
+            r.handle(&pfds[2..audit_at]);
+        }
+        if let Some(a) = &mut audit {
+            a.handle(&pfds[audit_at..]);
         }
         if pfds[0].revents & libc::POLLIN != 0 {
             break;

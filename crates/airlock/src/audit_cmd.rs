@@ -1,0 +1,525 @@
+//! The audit log from the binary's side: when a run keeps one and what it captures, the lifecycle, resource and
+//! file records written around the run, the sink the runtime hands exec/denial records to, `airlock logs`, and
+//! learn mode's suggestion.
+//!
+//! When (see README "Audit log"):
+//! - a sandbox that keeps state (`--name`, or a generated name for a `cow` workspace) and is not `--rm`: a log
+//!   at `$STATE/sandboxes/NAME/audit.jsonl` with lifecycle, denial, resource and file records;
+//! - exec records too (one seccomp notification per exec) with `--audit FILE`, with `--learn`, and for every
+//!   `airlock exec` into a sandbox made by `airlock create`;
+//! - `--audit FILE`: the same lines also appended to FILE (for an anonymous `run --rm`, FILE is the only log);
+//! - an anonymous `run --rm` without `--audit` writes no log and installs no listener: its start-up cost is
+//!   unchanged.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use audit::{AuditLog, Event};
+use policy::profile::Profile;
+use policy::sandbox::{SandboxPolicy, WorkspaceMode};
+use runtime::cgroups::CgroupStats;
+use runtime::sandbox::{RunOutcome, RunReport};
+use runtime::seccomp::NotifyOptions;
+use serde_json::{json, Value};
+
+use crate::state;
+
+/// The log's file name in a sandbox's state directory.
+pub const LOG_FILE: &str = "audit.jsonl";
+/// A file in the state directory naming the `--audit FILE` copy of a long-lived sandbox, so that each
+/// `airlock exec` appends there too.
+const COPY_FILE: &str = "audit-copy";
+
+pub fn log_path(name: &str) -> PathBuf {
+    state::sandbox_dir(name).join(LOG_FILE)
+}
+
+/// Where a sandbox's audit events go, and the runtime's sink for the ones it sees (execs, denials, writes).
+pub struct Recorder {
+    log: Option<AuditLog>,
+    pub notify: NotifyOptions,
+    warned: bool,
+    started: Instant,
+    learn: Option<Learned>,
+}
+
+/// What learn mode collected.
+#[derive(Default)]
+struct Learned {
+    writable: Vec<String>,
+    denied_paths: BTreeSet<String>,
+    denied_syscalls: BTreeSet<(String, String)>,
+}
+
+impl runtime::notify::AuditSink for Recorder {
+    fn record(&mut self, event: Event) {
+        let event = match (event, &mut self.learn) {
+            (Event::FileWrite { pid, syscall, path, .. }, learn) => {
+                let text = String::from_utf8_lossy(&path).into_owned();
+                let writable = learn.as_ref().is_some_and(|l| l.is_writable(&text));
+                if let Some(l) = learn {
+                    if !writable && !text.is_empty() {
+                        l.denied_paths.insert(text);
+                    }
+                }
+                // Only the refused ones are worth a record: the others are ordinary work.
+                if writable {
+                    return;
+                }
+                Event::FileWrite { pid, syscall, path, writable }
+            }
+            (Event::Denied(d), Some(l)) => {
+                l.denied_syscalls.insert((d.syscall.clone(), d.errno_name.clone()));
+                Event::Denied(d)
+            }
+            (event, _) => event,
+        };
+        self.append(&event);
+    }
+}
+
+impl Recorder {
+    /// For `airlock run`: `None` when nothing is recorded (an anonymous `--rm` run without `--audit` or
+    /// `--learn`).
+    pub fn for_run(
+        name: Option<&str>,
+        rm: bool,
+        copy: Option<&str>,
+        learn: bool,
+        policy: &SandboxPolicy,
+    ) -> Result<Option<Recorder>> {
+        let keeps_state = name.is_some() && !rm;
+        if !keeps_state && copy.is_none() && !learn {
+            return Ok(None);
+        }
+        let mut log = match (name.filter(|_| keeps_state), copy) {
+            (Some(name), _) => Some(AuditLog::open(log_path(name))?.with_sandbox(name)),
+            (None, Some(file)) => Some(AuditLog::open(file)?.with_sandbox(name.unwrap_or(""))),
+            (None, None) => None,
+        };
+        if let (Some(log), Some(file), true) = (&mut log, copy, keeps_state) {
+            log.add_copy(file)?;
+        }
+        let notify = NotifyOptions { exec: copy.is_some() || learn, denials: true, writes: learn };
+        let learn = learn.then(|| Learned { writable: writable_places(policy), ..Default::default() });
+        Ok(Some(Recorder { log, notify, warned: false, started: Instant::now(), learn }))
+    }
+
+    /// For `airlock create`'s supervisor: the sandbox's log (and the `--audit FILE` copy, remembered for
+    /// `airlock exec`). It records the lifecycle only; commands come with `airlock exec`, which records their
+    /// execs itself.
+    pub fn for_create(name: &str, copy: Option<&str>) -> Result<Recorder> {
+        let mut log = AuditLog::open(log_path(name))?.with_sandbox(name);
+        if let Some(file) = copy {
+            log.add_copy(file)?;
+            let absolute = std::path::absolute(file).unwrap_or_else(|_| PathBuf::from(file));
+            std::fs::write(state::sandbox_dir(name).join(COPY_FILE), absolute.as_os_str().as_encoded_bytes())
+                .context("cannot remember the --audit copy")?;
+        }
+        Ok(Recorder {
+            log: Some(log),
+            notify: NotifyOptions::default(),
+            warned: false,
+            started: Instant::now(),
+            learn: None,
+        })
+    }
+
+    /// For `airlock exec NAME`: appends to the sandbox's log (next to its supervisor and other `exec`s), with
+    /// every exec recorded. `None` when the sandbox has no log (made before this build).
+    pub fn for_exec(name: &str) -> Result<Option<Recorder>> {
+        let path = log_path(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let mut log = AuditLog::open(&path)?.with_sandbox(name);
+        if let Ok(copy) = std::fs::read(state::sandbox_dir(name).join(COPY_FILE)) {
+            log.add_copy(PathBuf::from(String::from_utf8_lossy(&copy).into_owned()))?;
+        }
+        Ok(Some(Recorder {
+            log: Some(log),
+            notify: NotifyOptions { exec: true, denials: true, writes: false },
+            warned: false,
+            started: Instant::now(),
+            learn: None,
+        }))
+    }
+
+    /// The request the runtime takes, or `None` when nothing is notified.
+    pub fn request(&mut self) -> Option<runtime::sandbox::AuditRequest<'_>> {
+        let notify = self.notify;
+        notify.any().then_some(runtime::sandbox::AuditRequest { notify, sink: self })
+    }
+
+    pub fn append(&mut self, event: &Event) {
+        let Some(log) = &mut self.log else { return };
+        if let Err(e) = log.append(event) {
+            if !self.warned {
+                self.warned = true;
+                crate::say(&format!("warning: audit log: {}", crate::one_line(&anyhow::Error::new(e))));
+            }
+        }
+    }
+
+    /// `created` and `started`: the command, a policy summary, and the merged profile's fingerprint.
+    pub fn start(&mut self, merged: &Profile, policy: &SandboxPolicy, long_lived: bool) {
+        self.started = Instant::now();
+        self.append(&Event::Created {
+            command: policy.command.clone(),
+            workspace: policy.workspace.as_ref().map(|w| w.path.clone()),
+            long_lived,
+        });
+        let profile = serde_json::to_value(merged).unwrap_or(Value::Null);
+        let fingerprint = audit::chain::sha256_hex(
+            audit::chain::canonical_json(&json!({ "profile": profile, "command": policy.command })).as_bytes(),
+        );
+        self.append(&Event::Started { policy: policy_summary(policy), policy_sha256: fingerprint });
+    }
+
+    /// `attached`: an `airlock exec` command started.
+    pub fn attached(&mut self, command: &[String]) {
+        self.started = Instant::now();
+        self.append(&Event::Attached { command: command.to_vec() });
+    }
+
+    /// Resource, file and `exited` records at the end of a run.
+    pub fn finish(&mut self, outcome: &RunOutcome, report: &RunReport, layer: Option<&runtime::layer::LayerStack>) {
+        match outcome {
+            RunOutcome::TimedOut(elapsed) => self.append(&Event::Resource {
+                resource: "timeout".into(),
+                message: format!("killed after {:.1}s", elapsed.as_secs_f64()),
+            }),
+            RunOutcome::OutOfMemory { summary } => {
+                self.append(&Event::Resource { resource: "oom_kill".into(), message: summary.clone() })
+            }
+            _ => {}
+        }
+        if let Some(stats) = &report.stats {
+            if stats.pids_max_hits.unwrap_or(0) > 0 {
+                self.append(&Event::Resource {
+                    resource: "pids_limit".into(),
+                    message: format!(
+                        "fork refused {} time(s) at the limit of {}",
+                        stats.pids_max_hits.unwrap_or(0),
+                        stats.pids_limit.map(|n| n.to_string()).unwrap_or_else(|| "?".into())
+                    ),
+                });
+            }
+        }
+        if let Some(stack) = layer {
+            if let Some(event) = files_event(stack, "exit", None) {
+                self.append(&event);
+            }
+        }
+        let (reason, status) = match outcome {
+            RunOutcome::Exited(code) if *code > 128 => (format!("signal {}", code - 128), *code),
+            RunOutcome::Exited(code) => ("exited".to_string(), *code),
+            RunOutcome::TimedOut(_) => ("timeout".to_string(), outcome.exit_code()),
+            RunOutcome::ExecFailed { code, .. } => ("exec_failed".to_string(), *code),
+            RunOutcome::OutOfMemory { .. } => ("oom_kill".to_string(), outcome.exit_code()),
+        };
+        self.append(&Event::Exited {
+            status,
+            reason,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            resources: report.stats.as_ref().map(resources_of),
+        });
+    }
+
+    /// Learn mode's suggestion, on stderr: a profile snippet `airlock profile validate` accepts.
+    pub fn print_learned(&self) {
+        let Some(learned) = &self.learn else { return };
+        let domains = self.log.as_ref().map(|l| denied_domains(l.path())).unwrap_or_default();
+        eprint!("{}", suggestion(learned, &domains));
+    }
+}
+
+/// Places the sandbox may write to: the workspace (unless read-only), writable binds, tmpfs mounts, `/tmp`,
+/// and the kernel's own (`/dev`, `/proc`).
+fn writable_places(policy: &SandboxPolicy) -> Vec<String> {
+    let mut places = vec!["/tmp".to_string(), "/dev".to_string(), "/proc".to_string()];
+    if let Some(w) = policy.workspace.as_ref().filter(|w| w.mode != WorkspaceMode::Ro) {
+        places.push(w.path.clone());
+    }
+    places.extend(policy.binds.iter().filter(|b| b.writable).map(|b| b.destination.clone()));
+    places.extend(policy.tmpfs.iter().map(|t| t.destination.clone()));
+    places
+}
+
+impl Learned {
+    fn is_writable(&self, path: &str) -> bool {
+        self.writable.iter().any(|place| {
+            let place = place.trim_end_matches('/');
+            path == place || path.strip_prefix(place).is_some_and(|rest| rest.starts_with('/'))
+        })
+    }
+}
+
+/// The snippet: writable places for the refused paths (the nearest directory that exists on the host, bound
+/// writable; a tmpfs where none does), allowed domains, and the refused syscalls as comments (no profile setting
+/// allows them: the seccomp deny-list is fixed).
+fn suggestion(learned: &Learned, domains: &BTreeSet<String>) -> String {
+    let mut binds = BTreeSet::new();
+    let mut tmpfs = BTreeSet::new();
+    for path in &learned.denied_paths {
+        let mut dir = Path::new(path).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+        while !dir.is_dir() {
+            match dir.parent() {
+                Some(p) => dir = p.to_path_buf(),
+                None => break,
+            }
+        }
+        let top_missing =
+            Path::new(path).ancestors().find(|a| a.parent() == Some(dir.as_path())).map(Path::to_path_buf);
+        if dir == Path::new("/") || !Path::new(path).parent().is_some_and(|p| p.is_dir()) {
+            // Nothing of it exists on the host (or only `/`): a private scratch directory is what it needed.
+            if let Some(top) = top_missing.filter(|t| t != Path::new(path) || dir != Path::new("/")) {
+                tmpfs.insert(top.display().to_string());
+                continue;
+            }
+        }
+        binds.insert(dir.display().to_string());
+    }
+    let mut out = String::from(
+        "airlock: learn mode: a profile snippet for what the command needed (merge it into a --profile file):\n",
+    );
+    let quoted = |set: &BTreeSet<String>| set.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+    if binds.is_empty() && tmpfs.is_empty() && domains.is_empty() && learned.denied_syscalls.is_empty() {
+        out.push_str("# nothing was refused: the policy already allows what the command did\n");
+        return out;
+    }
+    for path in &learned.denied_paths {
+        out.push_str(&format!("# write refused (read-only): {path:?}\n"));
+    }
+    if !binds.is_empty() || !tmpfs.is_empty() {
+        out.push_str("[filesystem]\n");
+        if !binds.is_empty() {
+            out.push_str(&format!("bind = [{}]\n", quoted(&binds)));
+        }
+        if !tmpfs.is_empty() {
+            out.push_str(&format!("tmpfs = [{}]\n", quoted(&tmpfs)));
+        }
+    }
+    if !domains.is_empty() {
+        out.push_str(&format!("[network]\nallow = [{}]\n", quoted(domains)));
+    }
+    for (syscall, errno) in &learned.denied_syscalls {
+        out.push_str(&format!(
+            "# syscall refused by the seccomp deny-list ({errno}): {syscall} — no profile setting allows it\n"
+        ));
+    }
+    out
+}
+
+/// Domains the network gateway refused, from its `network` records in the log (`protocol`, `name`, `port`,
+/// `decision`). Pending until the gateway writes them: an empty set otherwise.
+fn denied_domains(path: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let Ok(file) = std::fs::File::open(path) else { return out };
+    for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+        let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+        if v["kind"] != "network" || !v["decision"].as_str().is_some_and(|d| d.starts_with("den")) {
+            continue;
+        }
+        if let Some(name) = v["name"].as_str().filter(|n| !n.is_empty()) {
+            out.insert(match v["port"].as_u64() {
+                Some(port) if port != 443 && port != 0 => format!("{name}:{port}"),
+                _ => name.to_string(),
+            });
+        }
+    }
+    out
+}
+
+fn policy_summary(policy: &SandboxPolicy) -> Value {
+    json!({
+        "workspace": policy.workspace.as_ref().map(|w| json!({ "path": w.path, "mode": crate::run::mode_name(w.mode) })),
+        "network": format!("{:?}", policy.network).to_lowercase(),
+        "binds": policy.binds.iter().map(|b| json!({"source": b.source, "destination": b.destination, "writable": b.writable})).collect::<Vec<_>>(),
+        "user": { "uid": policy.identity.uid, "gid": policy.identity.gid },
+        "limits": {
+            "memory_bytes": policy.limits.memory_bytes,
+            "pids": policy.limits.pids,
+            "cpus": policy.limits.cpus,
+            "disk_bytes": policy.limits.disk_bytes,
+        },
+        "timeout_ms": policy.timeout.map(|t| t.as_millis() as u64),
+    })
+}
+
+fn resources_of(stats: &CgroupStats) -> Value {
+    json!({
+        "memory_peak_bytes": stats.memory_peak,
+        "memory_limit_bytes": stats.memory_limit,
+        "oom_kills": stats.oom_kills,
+        "pids_peak": stats.pids_peak,
+        "pids_limit": stats.pids_limit,
+        "pids_max_hits": stats.pids_max_hits,
+        "cpu_usage_usec": stats.cpu_usage_usec,
+    })
+}
+
+/// A `files` record of the layer's changes, or `None` when it cannot be read (a warning says so).
+pub fn files_event(stack: &runtime::layer::LayerStack, trigger: &str, label: Option<&str>) -> Option<Event> {
+    let composed = runtime::layer::compose(stack).ok()?;
+    let changes = runtime::layer::diff_layer(composed.paths(), &[]).ok()?;
+    let total = changes.len();
+    let changes = changes
+        .iter()
+        .take(audit::event::MAX_LIST_ITEMS)
+        .map(|c| audit::FileChange { path: c.path.clone(), kind: c.kind.as_str().to_string(), size: c.size })
+        .collect();
+    Some(Event::Files { trigger: trigger.to_string(), label: label.map(str::to_string), changes, total })
+}
+
+/// Appends a `files` record to the log of sandbox `name` (for `airlock checkpoint`), if it has a log.
+pub fn record_checkpoint(name: &str, label: &str, stack: &runtime::layer::LayerStack) {
+    let path = log_path(name);
+    if !path.exists() {
+        return;
+    }
+    let Some(event) = files_event(stack, "checkpoint", Some(label)) else { return };
+    if let Err(e) = AuditLog::open(&path).map(|log| log.with_sandbox(name)).and_then(|mut log| log.append(&event)) {
+        crate::say(&format!("warning: audit log: {}", crate::one_line(&anyhow::Error::new(e))));
+    }
+}
+
+/// `airlock logs NAME [-f] [--json] [--verify]`.
+pub fn logs(name: &str, follow: bool, json_out: bool, verify: bool) -> Result<i32> {
+    policy::names::validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
+    let dir = state::sandbox_dir(name);
+    if !dir.is_dir() {
+        bail!("no sandbox named {name} (see `airlock ls`)");
+    }
+    let path = dir.join(LOG_FILE);
+    if !path.exists() {
+        bail!("sandbox {name} has no audit log (it was run with --rm, or before audit logs existed)");
+    }
+    if verify {
+        let report = audit::verify(&path)?;
+        if report.ok() {
+            println!("{}: {} records, hash chain intact", path.display(), report.records);
+            return Ok(0);
+        }
+        for p in &report.problems {
+            crate::say(&format!("{}: line {}: {}", path.display(), p.line, p.what));
+        }
+        return Ok(1);
+    }
+    let mut file = std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let stdout = std::io::stdout();
+    let mut pending = Vec::new();
+    // -f ends on SIGINT by its default action; otherwise once the sandbox has ended and the log is drained.
+    loop {
+        let mut reader = std::io::BufReader::new(&mut file);
+        let mut got_any = false;
+        loop {
+            let mut buf = Vec::new();
+            let n = reader.read_until(b'\n', &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            pending.extend_from_slice(&buf);
+            if pending.last() != Some(&b'\n') {
+                // A line still being written: wait for its end.
+                break;
+            }
+            got_any = true;
+            let line = std::mem::take(&mut pending);
+            let mut out = stdout.lock();
+            if json_out {
+                out.write_all(&line)?;
+            } else {
+                writeln!(out, "{}", human_line(&line))?;
+            }
+        }
+        let pos = reader.stream_position()?;
+        drop(reader);
+        file.seek(std::io::SeekFrom::Start(pos))?;
+        std::io::stdout().flush()?;
+        if !follow {
+            return Ok(0);
+        }
+        if !got_any && !state::is_running(&dir) {
+            return Ok(0);
+        }
+        if !got_any {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// One record as a timeline line: `12:00:01 exec /usr/bin/git status (pid 7)`. Control characters are escaped
+/// (the content comes from inside the sandbox).
+pub fn human_line(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    let v: Value = match serde_json::from_str(text.trim_end()) {
+        Ok(v) => v,
+        Err(_) => return escape(&format!("(unreadable record) {}", text.trim_end())),
+    };
+    let time = v["time"].as_str().and_then(|t| t.get(11..19)).unwrap_or("--:--:--").to_string();
+    let s = |k: &Value| k.as_str().unwrap_or("").to_string();
+    let kind = s(&v["kind"]);
+    let body = match kind.as_str() {
+        "exec" => {
+            let p = &v["process"];
+            let path = s(&p["file"]["path"]);
+            let args: Vec<String> =
+                p["argv"].as_array().map(|a| a.iter().skip(1).map(&s).collect()).unwrap_or_default();
+            let mut line = format!("exec {path}");
+            if !args.is_empty() {
+                line.push(' ');
+                line.push_str(&args.join(" "));
+            }
+            line.push_str(&format!(" (pid {})", p["pid"]));
+            if let Some(markers) = v["markers"].as_array().filter(|m| !m.is_empty()) {
+                let names: Vec<String> = markers.iter().map(&s).collect();
+                line.push_str(&format!(" [{}]", names.join(", ")));
+            }
+            line
+        }
+        "denied" => format!(
+            "denied {} -> {} (pid {}, rule {})",
+            s(&v["syscall"]),
+            s(&v["errno_name"]),
+            v["process"]["pid"],
+            v["rule"]
+        ),
+        "created" => format!(
+            "created: {}",
+            v["command"].as_array().map(|a| a.iter().map(&s).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+        ),
+        "started" => format!("started (policy sha256 {})", s(&v["policy_sha256"]).get(..16).unwrap_or("")),
+        "attached" => format!(
+            "exec into sandbox: {}",
+            v["command"].as_array().map(|a| a.iter().map(&s).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+        ),
+        "exited" => format!("exited: {} status {} after {} ms", s(&v["reason"]), v["status"], v["duration_ms"]),
+        "resource" => format!("resource: {} ({})", s(&v["resource"]), s(&v["message"])),
+        "files" => {
+            let label = v["label"].as_str().map(|l| format!(" {l}")).unwrap_or_default();
+            format!("files at {}{label}: {} change(s)", s(&v["trigger"]), v["total"])
+        }
+        "file_write" => {
+            format!("write refused? {} {} (pid {})", s(&v["syscall"]), s(&v["file"]["path"]), v["process"]["pid"])
+        }
+        "network" => format!(
+            "network {} {} {}:{} {}",
+            s(&v["decision"]),
+            s(&v["protocol"]),
+            s(&v["name"]),
+            v["port"],
+            s(&v["reason"])
+        ),
+        other => format!("{other} {}", text.trim_end()),
+    };
+    escape(&format!("{time} {body}"))
+}
+
+/// Control characters shown escaped, as `say` does.
+fn escape(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}

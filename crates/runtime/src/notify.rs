@@ -1,0 +1,391 @@
+//! Seccomp user notification (`seccomp_unotify(2)`), on the supervisor's side: the audit log's view of every
+//! exec, every call the deny-list refuses and, in learn mode, every write to a path.
+//!
+//! The command's process installs a filter with `SECCOMP_FILTER_FLAG_NEW_LISTENER` (`exec::exec_command`), sends
+//! the listener over a Unix socket and closes its copy, all before its `execve`. The supervisor's poll loop
+//! (`supervisor::supervise_audited`) receives it, and from then on answers each notification here:
+//!
+//! - exec: read pid, parent, path, argv (bounded) and cwd from `/proc` and the target's memory
+//!   (`process_vm_readv`), check that the notification is still valid (`SECCOMP_IOCTL_NOTIF_ID_VALID`: the
+//!   process may have died, and its pid been reused, while we read), answer `SECCOMP_USER_NOTIF_FLAG_CONTINUE`.
+//!   The record is for audit, not a security decision: the target's memory can change between our read and the
+//!   kernel's (TOCTOU, as `seccomp_unotify(2)` warns), so a hostile process can make the record say something other
+//!   than what ran. Nothing is allowed or refused on what was read.
+//! - denial: answer with the rule's errno (`error = -errno`), exactly what the kernel filter returns when not
+//!   auditing, and record call, pid and errno.
+//! - learn-mode write: read the path, continue (the kernel decides as always), record it.
+//!
+//! The answer goes out before the record is handed to the sink, so a slow disk delays the log, not the process
+//! (except that the next notification waits for the sink). A process that dies before we read it gets a record
+//! with the `process_gone` marker; no read blocks, so nothing hangs.
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+
+use audit::event::{
+    MARK_NOT_FOUND, MARK_PROCESS_GONE, MARK_TRUNCATED, MARK_UNREADABLE, MAX_LIST_ITEMS, MAX_STRING_BYTES,
+};
+use audit::{Event, ExecRecord, SyscallDenial};
+
+use crate::seccomp::{NotifiedCall, SeccompProgram};
+use crate::sys::{self, Errno};
+
+/// Where the runtime hands audit events: the binary writes them to the log.
+pub trait AuditSink {
+    fn record(&mut self, event: Event);
+}
+
+/// Bytes of argv read per exec, all arguments together; the rest is counted as omitted.
+const MAX_ARGV_BYTES: usize = 32 * 1024;
+/// Argument pointers read per exec (beyond [`MAX_LIST_ITEMS`] they are only counted).
+const MAX_ARGV_POINTERS: usize = 1024;
+
+/// The supervisor's side of an audited sandbox's notifications.
+pub struct SeccompAudit<'a> {
+    /// The program the command installed: classifies each notification.
+    pub program: &'a SeccompProgram,
+    /// The host's `/proc` (opened before `setns` when this is `airlock exec`): notification pids are host pids.
+    pub proc_dir: RawFd,
+    pub sink: &'a mut dyn AuditSink,
+    /// The socket the listener arrives on (closed once it has).
+    socket: Option<RawFd>,
+    listener: Option<RawFd>,
+}
+
+impl<'a> SeccompAudit<'a> {
+    /// `socket` is ours: it is closed when the listener arrives, or on drop.
+    pub fn new(program: &'a SeccompProgram, proc_dir: RawFd, socket: RawFd, sink: &'a mut dyn AuditSink) -> Self {
+        SeccompAudit { program, proc_dir, sink, socket: Some(socket), listener: None }
+    }
+
+    /// The descriptors to poll: the socket until the listener came, then the listener.
+    pub fn poll_fds(&self) -> [libc::pollfd; 2] {
+        [
+            libc::pollfd { fd: self.socket.unwrap_or(-1), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.listener.unwrap_or(-1), events: libc::POLLIN, revents: 0 },
+        ]
+    }
+
+    /// Handles what `poll` reported on [`SeccompAudit::poll_fds`].
+    pub fn handle(&mut self, pfds: &[libc::pollfd]) {
+        let ready = |i: usize| pfds.get(i).map_or(0, |p| p.revents);
+        if ready(0) & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+            if let Some(socket) = self.socket.take() {
+                // A hang-up without a descriptor: the command failed before installing its filter (its failure
+                // record says why) — there is nothing to audit.
+                if let Ok(Some(listener)) = crate::tty::recv_fd(socket) {
+                    set_sync_wakeup(listener);
+                    self.listener = Some(listener);
+                }
+                sys::close(socket);
+            }
+        }
+        let listener_ready = ready(1);
+        if listener_ready & libc::POLLIN != 0 {
+            if let Some(listener) = self.listener {
+                self.answer_one(listener);
+            }
+        } else if listener_ready & (libc::POLLHUP | libc::POLLERR) != 0 {
+            // Every process with the filter is gone.
+            if let Some(listener) = self.listener.take() {
+                sys::close(listener);
+            }
+        }
+    }
+
+    /// Receives one notification, answers it, records it.
+    fn answer_one(&mut self, listener: RawFd) {
+        // SAFETY: an all-zero seccomp_notif is valid (the kernel requires it zeroed) and RECV fills it.
+        let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+        // SAFETY: the ioctl writes one seccomp_notif into `req`, which is live and of the size the request encodes.
+        let got =
+            unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_RECV, &mut req as *mut libc::seccomp_notif) };
+        if got < 0 {
+            // ENOENT: the process was killed between poll and receive. Nothing to answer.
+            return;
+        }
+        let host_pid = req.pid as i32;
+        let event = match self.program.classify(req.data.nr, &req.data.args) {
+            NotifiedCall::Denied { name, rule, errno, errno_name } => {
+                let pid = inside_pid(self.proc_dir, host_pid).unwrap_or(0);
+                respond(listener, req.id, -errno, 0);
+                Event::Denied(SyscallDenial {
+                    pid,
+                    host_pid,
+                    syscall: name.to_string(),
+                    nr: i64::from(req.data.nr),
+                    errno,
+                    errno_name: errno_name.to_string(),
+                    rule,
+                })
+            }
+            NotifiedCall::Exec { path, argv, dirfd } => {
+                let mut record = read_exec(self.proc_dir, host_pid, path, argv);
+                record.dirfd = dirfd;
+                if !record.path.is_empty() && !exists_inside(self.proc_dir, host_pid, &record.path, dirfd) {
+                    record.markers.push(MARK_NOT_FOUND);
+                }
+                if !notification_valid(listener, req.id) {
+                    record.markers.push(MARK_PROCESS_GONE);
+                }
+                respond(listener, req.id, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32);
+                Event::Exec(record)
+            }
+            NotifiedCall::Write { name, path, dirfd } => {
+                let raw = read_string(host_pid, path);
+                let pid = inside_pid(self.proc_dir, host_pid).unwrap_or(0);
+                let resolved = raw.as_ref().ok().map(|(bytes, _)| absolute(self.proc_dir, host_pid, bytes, dirfd));
+                respond(listener, req.id, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32);
+                Event::FileWrite { pid, syscall: name.to_string(), path: resolved.unwrap_or_default(), writable: false }
+            }
+            NotifiedCall::Other => {
+                respond(listener, req.id, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32);
+                return;
+            }
+        };
+        self.sink.record(event);
+    }
+}
+
+impl Drop for SeccompAudit<'_> {
+    fn drop(&mut self) {
+        for fd in [self.socket.take(), self.listener.take()].into_iter().flatten() {
+            sys::close(fd);
+        }
+    }
+}
+
+/// `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` (6.6+): the kernel wakes the notifying thread on our CPU when we answer,
+/// which roughly halves the round trip of a notified exec. Older kernels refuse the flag; it is only speed.
+fn set_sync_wakeup(listener: RawFd) {
+    const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: u64 = 1;
+    // SAFETY: SET_FLAGS takes the flags as its integer argument.
+    unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP) };
+}
+
+/// Answers notification `id`: `error` (negative errno) or `flags` (CONTINUE). A failure means the process is gone.
+fn respond(listener: RawFd, id: u64, error: i32, flags: u32) {
+    let mut resp = libc::seccomp_notif_resp { id, val: 0, error, flags };
+    // SAFETY: SEND reads one seccomp_notif_resp from `resp`, a live local of the size the request encodes.
+    unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp as *mut libc::seccomp_notif_resp) };
+}
+
+/// Whether notification `id` is still pending (its process alive, still in the call).
+fn notification_valid(listener: RawFd, id: u64) -> bool {
+    let mut id = id;
+    // SAFETY: ID_VALID reads one u64 from a live local.
+    unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &mut id as *mut u64) == 0 }
+}
+
+/// What an exec notification says, read from `/proc` and the process's memory, bounded.
+fn read_exec(proc_dir: RawFd, host_pid: i32, path: u64, argv: u64) -> ExecRecord {
+    let mut record = ExecRecord { host_pid, ..Default::default() };
+    match read_status(proc_dir, host_pid) {
+        Some(status) => {
+            record.pid = status.inside_pid;
+            record.ppid = status.parent_host_pid.and_then(|p| inside_pid(proc_dir, p)).unwrap_or(0);
+        }
+        None => record.markers.push(MARK_PROCESS_GONE),
+    }
+    match read_string(host_pid, path) {
+        Ok((bytes, cut)) => {
+            record.path = bytes;
+            if cut {
+                record.markers.push(MARK_TRUNCATED);
+            }
+        }
+        Err(e) => record.markers.push(gone_or_unreadable(e)),
+    }
+    match read_argv(host_pid, argv) {
+        Ok((args, omitted, cut)) => {
+            record.argv = args;
+            record.argv_omitted = omitted;
+            if cut {
+                record.markers.push(MARK_TRUNCATED);
+            }
+        }
+        Err(e) => record.markers.push(gone_or_unreadable(e)),
+    }
+    record.cwd = read_link(proc_dir, &format!("{host_pid}/cwd")).unwrap_or_default();
+    record
+}
+
+fn gone_or_unreadable(errno: Errno) -> &'static str {
+    if errno == libc::ESRCH {
+        MARK_PROCESS_GONE
+    } else {
+        MARK_UNREADABLE
+    }
+}
+
+/// `path` made absolute: relative to the directory `dirfd` names, or to the process's cwd.
+fn absolute(proc_dir: RawFd, host_pid: i32, path: &[u8], dirfd: Option<i32>) -> Vec<u8> {
+    if path.first() == Some(&b'/') {
+        return path.to_vec();
+    }
+    let base = match dirfd {
+        Some(fd) => read_link(proc_dir, &format!("{host_pid}/fd/{fd}")),
+        None => read_link(proc_dir, &format!("{host_pid}/cwd")),
+    };
+    match base {
+        Some(mut base) => {
+            if base.last() != Some(&b'/') {
+                base.push(b'/');
+            }
+            base.extend_from_slice(path);
+            base
+        }
+        None => path.to_vec(),
+    }
+}
+
+/// Whether `path` names something in the process's view (its root, cwd or `dirfd`), through `/proc/PID/root`
+/// and friends. Only ENOENT/ENOTDIR count as missing: anything else (a permission error) is reported as there.
+fn exists_inside(proc_dir: RawFd, host_pid: i32, path: &[u8], dirfd: Option<i32>) -> bool {
+    let mut relative = match (path.first(), dirfd) {
+        (Some(b'/'), _) => format!("{host_pid}/root").into_bytes(),
+        (_, Some(fd)) => format!("{host_pid}/fd/{fd}/").into_bytes(),
+        (_, None) => format!("{host_pid}/cwd/").into_bytes(),
+    };
+    relative.extend_from_slice(path);
+    let Ok(relative) = CString::new(relative) else { return true };
+    // SAFETY: `relative` is NUL-terminated; faccessat reads it and takes integers otherwise.
+    let ret = unsafe { libc::faccessat(proc_dir, relative.as_ptr(), libc::F_OK, 0) };
+    ret == 0 || !matches!(sys::errno(), libc::ENOENT | libc::ENOTDIR)
+}
+
+struct Status {
+    inside_pid: i32,
+    parent_host_pid: Option<i32>,
+}
+
+/// `NSpid` (its last entry: the pid in the sandbox's namespace) and `PPid` (a host pid) from `/proc/PID/status`.
+fn read_status(proc_dir: RawFd, host_pid: i32) -> Option<Status> {
+    let text = read_proc_file(proc_dir, &format!("{host_pid}/status"))?;
+    let text = String::from_utf8_lossy(&text);
+    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    let inside_pid = field("NSpid:")?.split_whitespace().last()?.parse().ok()?;
+    let parent_host_pid = field("PPid:").and_then(|p| p.parse().ok()).filter(|&p: &i32| p > 0);
+    Some(Status { inside_pid, parent_host_pid })
+}
+
+fn inside_pid(proc_dir: RawFd, host_pid: i32) -> Option<i32> {
+    read_status(proc_dir, host_pid).map(|s| s.inside_pid)
+}
+
+fn read_proc_file(proc_dir: RawFd, relative: &str) -> Option<Vec<u8>> {
+    let path = CString::new(relative).ok()?;
+    // SAFETY: `path` is NUL-terminated; openat with a directory descriptor and integer flags.
+    let fd = sys::check_fd(
+        unsafe { libc::openat(proc_dir, path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) } as libc::c_long
+    )
+    .ok()?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while out.len() < 64 * 1024 {
+        match sys::read(fd, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    sys::close(fd);
+    Some(out)
+}
+
+fn read_link(proc_dir: RawFd, relative: &str) -> Option<Vec<u8>> {
+    let path = CString::new(relative).ok()?;
+    let mut buf = vec![0u8; MAX_STRING_BYTES + 1];
+    // SAFETY: `path` is NUL-terminated; readlinkat writes at most `buf.len()` bytes into the live buffer.
+    let n = unsafe { libc::readlinkat(proc_dir, path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(buf)
+}
+
+/// Reads up to `buf.len()` bytes at `addr` in process `pid`, stopping at the first page it cannot read. Returns
+/// how many were read.
+fn read_remote(pid: i32, addr: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+    if buf.is_empty() {
+        return Ok(0);
+    }
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: `local` describes `buf`, live and writable for its length; the remote address is only read by the
+    // kernel in the other process (never dereferenced here).
+    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        Err(sys::errno())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// A NUL-terminated string at `addr`, at most [`MAX_STRING_BYTES`] + 1 bytes (so that the record marks the cut);
+/// read up to each page's end at a time, so a string near unmapped memory still reads. Also says if it was cut.
+fn read_string(pid: i32, addr: u64) -> Result<(Vec<u8>, bool), Errno> {
+    const PAGE: u64 = 4096;
+    let limit = MAX_STRING_BYTES + 1;
+    let mut out = Vec::new();
+    let mut at = addr;
+    while out.len() < limit {
+        let to_page_end = (PAGE - at % PAGE) as usize;
+        let mut chunk = vec![0u8; to_page_end.min(limit - out.len())];
+        let n = read_remote(pid, at, &mut chunk)?;
+        if n == 0 {
+            return Err(libc::EFAULT);
+        }
+        if let Some(end) = chunk[..n].iter().position(|&b| b == 0) {
+            out.extend_from_slice(&chunk[..end]);
+            return Ok((out, false));
+        }
+        out.extend_from_slice(&chunk[..n]);
+        at += n as u64;
+    }
+    Ok((out, true))
+}
+
+/// argv at `addr`: the strings (at most [`MAX_LIST_ITEMS`], [`MAX_ARGV_BYTES`] together), how many more there
+/// were (counted up to [`MAX_ARGV_POINTERS`]), and whether any string was cut.
+fn read_argv(pid: i32, addr: u64) -> Result<(Vec<Vec<u8>>, usize, bool), Errno> {
+    if addr == 0 {
+        return Ok((Vec::new(), 0, false));
+    }
+    let mut pointers = Vec::new();
+    let mut raw = vec![0u8; 8 * 64];
+    let mut at = addr;
+    'read: while pointers.len() < MAX_ARGV_POINTERS {
+        let n = read_remote(pid, at, &mut raw)?;
+        if n < 8 {
+            return Err(libc::EFAULT);
+        }
+        for word in raw[..n - n % 8].chunks_exact(8) {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(word);
+            let pointer = u64::from_ne_bytes(bytes);
+            if pointer == 0 {
+                break 'read;
+            }
+            pointers.push(pointer);
+            if pointers.len() == MAX_ARGV_POINTERS {
+                break 'read;
+            }
+        }
+        at += (n - n % 8) as u64;
+    }
+    let mut args = Vec::new();
+    let mut bytes = 0;
+    let mut cut = false;
+    for &pointer in &pointers {
+        if args.len() == MAX_LIST_ITEMS || bytes >= MAX_ARGV_BYTES {
+            break;
+        }
+        let (arg, arg_cut) = read_string(pid, pointer)?;
+        bytes += arg.len();
+        cut |= arg_cut;
+        args.push(arg);
+    }
+    let omitted = pointers.len() - args.len();
+    Ok((args, omitted, cut))
+}

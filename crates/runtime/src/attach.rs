@@ -145,7 +145,8 @@ pub fn exec_in_sandbox_audited(
                 c.proc_dir,
                 c.supervisor_end,
                 &mut *request.sink,
-            );
+            )
+            .with_command(&prepared.plan.command);
             let ended =
                 crate::supervisor::supervise_audited(child, child_pidfd, None, tty_socket, Some(&mut seccomp_audit));
             drop(seccomp_audit);

@@ -129,7 +129,17 @@ pub fn exec_command(plan: &SandboxPlan, fds: &CommandFds) -> ! {
 /// error is remembered (and reported if nothing else works), anything else stops. Returns only on failure.
 fn execute_candidates(plan: &SandboxPlan) -> Errno {
     let mut result = libc::ENOENT;
+    // Audited: a candidate that does not exist is skipped without an execve, so the exec log does not list every
+    // PATH directory tried (the result is the same: execve would say ENOENT or ENOTDIR).
+    let audited = plan.seccomp.notify().exec;
     for candidate in &plan.command.candidates {
+        // SAFETY: the path is a NUL-terminated string from the plan; access takes an integer mode.
+        if audited && unsafe { libc::access(candidate.as_ptr(), libc::F_OK) } != 0 {
+            match sys::errno() {
+                libc::ENOENT | libc::ENOTDIR => continue,
+                _ => {}
+            }
+        }
         // SAFETY: the path and both NULL-terminated pointer arrays come from the plan, which outlives the call.
         unsafe { libc::execve(candidate.as_ptr(), plan.command.argv_ptr(), plan.command.envp_ptr()) };
         match sys::errno() {

@@ -50,12 +50,39 @@ pub struct SeccompAudit<'a> {
     /// The socket the listener arrives on (closed once it has).
     socket: Option<RawFd>,
     listener: Option<RawFd>,
+    /// The plan's command: see [`SeccompAudit::own_exec`].
+    command: Option<&'a crate::plan::CommandPlan>,
 }
 
 impl<'a> SeccompAudit<'a> {
     /// `socket` is ours: it is closed when the listener arrives, or on drop.
     pub fn new(program: &'a SeccompProgram, proc_dir: RawFd, socket: RawFd, sink: &'a mut dyn AuditSink) -> Self {
-        SeccompAudit { program, proc_dir, sink, socket: Some(socket), listener: None }
+        SeccompAudit { program, proc_dir, sink, socket: Some(socket), listener: None, command: None }
+    }
+
+    /// The command the plan starts (its first execve is made by airlock's own code in the command's process).
+    pub fn with_command(mut self, command: &'a crate::plan::CommandPlan) -> Self {
+        self.command = Some(command);
+        self
+    }
+
+    /// The command's first execve, made by airlock's code in a process that is still a copy of this one's memory
+    /// (cloned without exec from the supervisor, or from `airlock exec`): its path and argv pointers are the
+    /// plan's, at the same addresses. Then the plan says what they hold, exactly (no sandbox code has run in that
+    /// process yet), which also covers the one case the memory cannot be read: rootless, that process is not
+    /// dumpable and its memory belongs to the host's user namespace, where we hold no capability.
+    fn own_exec(&self, path: u64, argv: u64) -> Option<ExecRecord> {
+        let command = self.command?;
+        if argv != command.argv_ptr() as u64 {
+            return None;
+        }
+        let candidate = command.candidates.iter().find(|c| c.as_ptr() as u64 == path)?;
+        Some(ExecRecord {
+            path: candidate.to_bytes().to_vec(),
+            argv: command.argv.iter().map(|a| a.to_bytes().to_vec()).collect(),
+            cwd: command.cwd.to_bytes().to_vec(),
+            ..Default::default()
+        })
     }
 
     /// The descriptors to poll: the socket until the listener came, then the listener.
@@ -120,7 +147,13 @@ impl<'a> SeccompAudit<'a> {
                 })
             }
             NotifiedCall::Exec { path, argv, dirfd } => {
-                let mut record = read_exec(self.proc_dir, host_pid, path, argv);
+                let mut record = match self.own_exec(path, argv).filter(|_| dirfd.is_none()) {
+                    Some(own) => {
+                        let status = read_exec(self.proc_dir, host_pid, 0, 0);
+                        ExecRecord { host_pid, pid: status.pid, ppid: status.ppid, ..own }
+                    }
+                    None => read_exec(self.proc_dir, host_pid, path, argv),
+                };
                 record.dirfd = dirfd;
                 if !record.path.is_empty() && !exists_inside(self.proc_dir, host_pid, &record.path, dirfd) {
                     record.markers.push(MARK_NOT_FOUND);
@@ -186,6 +219,10 @@ fn read_exec(proc_dir: RawFd, host_pid: i32, path: u64, argv: u64) -> ExecRecord
             record.ppid = status.parent_host_pid.and_then(|p| inside_pid(proc_dir, p)).unwrap_or(0);
         }
         None => record.markers.push(MARK_PROCESS_GONE),
+    }
+    if path == 0 && argv == 0 {
+        record.cwd = read_link(proc_dir, &format!("{host_pid}/cwd")).unwrap_or_default();
+        return record;
     }
     match read_string(host_pid, path) {
         Ok((bytes, cut)) => {

@@ -319,7 +319,8 @@ fn run_sandbox_with(
                 channel.proc_dir,
                 channel.supervisor_end,
                 &mut *request.sink,
-            );
+            )
+            .with_command(&plan.command);
             crate::supervisor::supervise_audited(
                 pid,
                 pidfd,

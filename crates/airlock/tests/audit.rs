@@ -1,0 +1,343 @@
+//! The audit log, end to end with the real binary: exec records from seccomp user notification, denial records,
+//! the hash chain and `logs --verify`, the log's invisibility from inside, learn mode, hostile input (bursts of
+//! execs, megabytes of argv, binary garbage, processes dying mid-exec), `airlock exec` appending to a long-lived
+//! sandbox's log, as root and rootless.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::{code, ok, stderr, stdout, TempDir};
+use serde_json::Value;
+
+fn airlock_as(rootless: bool) -> fn(&[&str]) -> Output {
+    if rootless {
+        common::airlock_as_user
+    } else {
+        common::airlock
+    }
+}
+
+fn unique_name(tag: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!("{tag}-{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+}
+
+fn state_log(rootless: bool, name: &str) -> PathBuf {
+    let uid = if rootless { common::test_user_uid() } else { 0 };
+    PathBuf::from(common::test_state_dir(uid)).join("sandboxes").join(name).join("audit.jsonl")
+}
+
+/// Every line of a log, parsed; panics on a line that is not a JSON object.
+fn records(path: &Path) -> Vec<Value> {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("invalid JSON line ({e}): {l}"));
+            assert!(v.is_object(), "not an object: {l}");
+            v
+        })
+        .collect()
+}
+
+fn execs(records: &[Value]) -> Vec<Vec<String>> {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "exec")
+        .map(|r| r["process"]["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect())
+        .collect()
+}
+
+/// A directory the (possibly rootless) airlock can write its `--audit` copy into.
+fn audit_dir(rootless: bool) -> TempDir {
+    let dir = TempDir::new("audit");
+    if rootless {
+        dir.chown_to_test_user();
+    }
+    dir
+}
+
+fn exec_records_for_each_command(rootless: bool) {
+    let dir = audit_dir(rootless);
+    let file = dir.path().join("audit.jsonl");
+    let python = common::python3().is_some();
+    let script = if python {
+        "ls / >/dev/null; cat /etc/hostname; python3 -c 'import os'"
+    } else {
+        "ls / >/dev/null; cat /etc/hostname"
+    };
+    let o = airlock_as(rootless)(&["run", "--rm", "--audit", file.to_str().unwrap(), "--", "sh", "-c", script]);
+    ok(&o);
+    let all = records(&file);
+    let argvs = execs(&all);
+    assert!(argvs.iter().any(|a| a == &["sh", "-c", script]), "{argvs:?}");
+    assert!(argvs.iter().any(|a| a == &["ls", "/"]), "{argvs:?}");
+    assert!(argvs.iter().any(|a| a == &["cat", "/etc/hostname"]), "{argvs:?}");
+    if python {
+        assert!(argvs.iter().any(|a| a == &["python3", "-c", "import os"]), "{argvs:?}");
+    }
+    // pid, parent, path and cwd are there; the ls is the shell's child.
+    let ls = all.iter().find(|r| r["kind"] == "exec" && r["process"]["argv"][0] == "ls").unwrap();
+    assert!(ls["process"]["pid"].as_i64().unwrap() > 1, "{ls}");
+    assert!(ls["process"]["parent_process"]["pid"].as_i64().unwrap() >= 1, "{ls}");
+    assert!(ls["process"]["file"]["path"].as_str().unwrap().ends_with("/ls"), "{ls}");
+    assert_eq!(ls["process"]["working_directory"], "/");
+    let kinds: Vec<&str> = all.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"created"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"exited"), "{kinds:?}");
+    assert!(audit::verify(&file).unwrap().ok());
+}
+
+#[test]
+fn exec_records_name_each_command_with_its_argv() {
+    require_sandbox!();
+    exec_records_for_each_command(false);
+}
+
+#[test]
+fn exec_records_name_each_command_with_its_argv_rootless() {
+    require_sandbox!();
+    require_test_user!();
+    exec_records_for_each_command(true);
+}
+
+fn denied_syscall_is_recorded(rootless: bool) {
+    let dir = audit_dir(rootless);
+    let file = dir.path().join("audit.jsonl");
+    // unshare(2) is on the deny-list: the command sees EPERM exactly as without auditing.
+    let script = "unshare -U true 2>/dev/null; echo status=$?";
+    let plain = airlock_as(rootless)(&["run", "--rm", "--", "sh", "-c", script]);
+    let audited = airlock_as(rootless)(&["run", "--rm", "--audit", file.to_str().unwrap(), "--", "sh", "-c", script]);
+    assert_eq!(stdout(&plain), stdout(&audited), "behaviour must not change when audited");
+    assert_eq!(ok(&audited).trim(), "status=1");
+    let all = records(&file);
+    let denial = all.iter().find(|r| r["kind"] == "denied").unwrap_or_else(|| panic!("no denial in {all:?}"));
+    assert_eq!(denial["syscall"], "unshare");
+    assert_eq!(denial["errno"], 1);
+    assert_eq!(denial["errno_name"], "EPERM");
+    assert!(denial["process"]["pid"].as_i64().unwrap() > 1);
+}
+
+#[test]
+fn a_denied_syscall_yields_a_denial_record_with_its_errno() {
+    require_sandbox!();
+    denied_syscall_is_recorded(false);
+}
+
+#[test]
+fn a_denied_syscall_yields_a_denial_record_with_its_errno_rootless() {
+    require_sandbox!();
+    require_test_user!();
+    denied_syscall_is_recorded(true);
+}
+
+#[test]
+fn logs_verify_catches_an_edited_a_deleted_and_a_reordered_line() {
+    require_sandbox!();
+    let name = unique_name("verify");
+    let dir = TempDir::new("verify");
+    let copy = dir.path().join("copy.jsonl");
+    ok(&common::run(&["--name", &name, "--audit", copy.to_str().unwrap(), "--", "sh", "-c", "/bin/true; /bin/true"]));
+    // The --audit copy holds the same lines.
+    assert_eq!(fs::read_to_string(&copy).unwrap(), fs::read_to_string(state_log(false, &name)).unwrap());
+    let path = state_log(false, &name);
+    let o = common::airlock(&["logs", &name, "--verify"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let original = fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    assert!(lines.len() >= 4, "{original}");
+    let check = |changed: Vec<String>, line: usize| {
+        fs::write(&path, changed.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+        let o = common::airlock(&["logs", &name, "--verify"]);
+        assert_eq!(code(&o), 1, "tampering not caught: {}", stderr(&o));
+        assert!(stderr(&o).contains(&format!("line {line}:")), "wrong line reported: {}", stderr(&o));
+    };
+    let owned: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    let mut edited = owned.clone();
+    edited[2] = edited[2].replacen("\"pid\":", "\"pid\":1", 1);
+    assert_ne!(edited[2], owned[2]);
+    check(edited, 3);
+    let mut deleted = owned.clone();
+    deleted.remove(1);
+    check(deleted, 2);
+    let mut reordered = owned.clone();
+    reordered.swap(1, 2);
+    check(reordered, 2);
+    fs::write(&path, &original).unwrap();
+    assert_eq!(code(&common::airlock(&["logs", &name, "--verify"])), 0);
+    // The human timeline and the raw lines.
+    let human = ok(&common::airlock(&["logs", &name]));
+    assert!(human.contains(" created: sh -c"), "{human}");
+    assert!(human.contains(" exited: exited status 0"), "{human}");
+    let raw = ok(&common::airlock(&["logs", &name, "--json"]));
+    assert_eq!(raw, original);
+    ok(&common::airlock(&["rm", &name]));
+}
+
+#[test]
+fn the_log_is_neither_visible_nor_writable_inside() {
+    require_sandbox!();
+    let name = unique_name("hidden");
+    let path = state_log(false, &name);
+    let target = path.to_str().unwrap().to_string();
+    let dir = path.parent().unwrap().to_str().unwrap().to_string();
+    // The log exists while the command runs (its `created` record is written first); the command tries to reach
+    // it every way a path can be reached from inside.
+    let script = format!(
+        "test -e '{target}' && echo visible; ls '{dir}' 2>/dev/null && echo listable; \
+         echo forged >> '{target}' 2>/dev/null && echo writable; \
+         find / -xdev -name audit.jsonl 2>/dev/null | grep -q . && echo found; echo done"
+    );
+    let o = common::run(&["--name", &name, "--", "sh", "-c", &script]);
+    assert_eq!(ok(&o).trim(), "done", "the log was reachable: {}", stdout(&o));
+    assert!(!fs::read_to_string(&path).unwrap().lines().any(|l| l.starts_with("forged")));
+    assert_eq!(code(&common::airlock(&["logs", &name, "--verify"])), 0);
+    ok(&common::airlock(&["rm", &name]));
+}
+
+#[test]
+fn learn_mode_suggests_the_path_a_command_needed() {
+    require_sandbox!();
+    let dir = TempDir::new("learn");
+    let out = dir.path().join("suggested.toml");
+    // /etc is read-only inside: the write is refused (EROFS), and learn mode says where it was needed.
+    let o =
+        common::run(&["--rm", "--learn", "--", "sh", "-c", "echo x > /etc/airlock-learn-test; unshare -U true; true"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("learn mode"), "{err}");
+    assert!(err.contains("\"/etc/airlock-learn-test\""), "{err}");
+    assert!(err.contains("bind = [\"/etc\"]"), "{err}");
+    assert!(err.contains("unshare"), "{err}");
+    // The snippet (without the airlock: header) is a profile airlock accepts.
+    let snippet: String =
+        err.lines().skip_while(|l| !l.starts_with("airlock: learn mode")).skip(1).map(|l| format!("{l}\n")).collect();
+    fs::write(&out, snippet).unwrap();
+    let v = common::airlock(&["profile", "validate", out.to_str().unwrap()]);
+    assert_eq!(code(&v), 0, "snippet rejected: {} {}", stdout(&v), stderr(&v));
+    // Writes to writable places (/tmp) are not suggested.
+    let o = common::run(&["--rm", "--learn", "--", "sh", "-c", "echo x > /tmp/fine"]);
+    assert!(stderr(&o).contains("nothing was refused"), "{}", stderr(&o));
+}
+
+#[test]
+fn bursts_of_execs_huge_and_garbage_argv_stay_valid_bounded_json() {
+    require_sandbox!();
+    let python = match common::python3() {
+        Some(p) => p,
+        None => skip_or_fail!("python3 is needed for the garbage argv"),
+    };
+    let dir = TempDir::new("hostile");
+    let file = dir.path().join("audit.jsonl");
+    // 2,000 execs as fast as a shell can, then 10 arguments of 100 KB, then bytes that are not UTF-8 and
+    // terminal escapes.
+    let script = format!(
+        "i=0; while [ $i -lt 2000 ]; do /bin/true; i=$((i+1)); done; \
+         {python} -c 'import os; os.execv(\"/bin/true\", [\"true\"] + [\"x\" * 100000] * 10)' ; \
+         {python} -c 'import os; os.execv(b\"/bin/true\", [b\"true\", b\"\\xff\\xfe\\x1b[31mred\\x07\", b\"\\x80\" * 70000])'"
+    );
+    let started = Instant::now();
+    let o = common::run(&["--rm", "--audit", file.to_str().unwrap(), "--", "sh", "-c", &script]);
+    ok(&o);
+    eprintln!("2,000 audited execs in {:?}", started.elapsed());
+    let text = fs::read_to_string(&file).unwrap();
+    for line in text.lines() {
+        assert!(line.len() <= audit::event::MAX_RECORD_BYTES, "record of {} bytes", line.len());
+    }
+    let all = records(&file);
+    let argvs = execs(&all);
+    assert!(argvs.iter().filter(|a| a.first().is_some_and(|x| x == "/bin/true")).count() >= 2000);
+    let huge = all
+        .iter()
+        .find(|r| r["process"]["argv"][1].as_str().is_some_and(|a| a.starts_with("xxxxxxxx")))
+        .unwrap_or_else(|| panic!("no record of the huge argv"));
+    assert!(huge["process"]["argv_omitted"].as_u64().unwrap() > 0, "{huge}");
+    assert!(huge["markers"].as_array().unwrap().contains(&Value::from("truncated")), "{huge}");
+    let garbage = all
+        .iter()
+        .find(|r| {
+            r["process"]["argv"]
+                .as_array()
+                .is_some_and(|a| a.get(1).and_then(Value::as_str).is_some_and(|s| s.contains("red")))
+        })
+        .unwrap();
+    assert!(garbage["markers"].as_array().unwrap().contains(&Value::from("not_utf8")), "{garbage}");
+    assert!(audit::verify(&file).unwrap().ok());
+    // The human timeline escapes the terminal escape.
+    let name = unique_name("garbage");
+    let copy = dir.path().join("escape.jsonl");
+    let escape = "import os; os.execv('/bin/true', ['true', '\\x1b[2J'])";
+    ok(&common::run(&["--name", &name, "--audit", copy.to_str().unwrap(), "--", python, "-c", escape]));
+    let human = ok(&common::airlock(&["logs", &name]));
+    assert!(!human.contains('\x1b'), "raw escape in {human:?}");
+    assert!(human.contains("\\u{1b}[2J"), "{human}");
+    ok(&common::airlock(&["rm", &name]));
+}
+
+#[test]
+fn a_process_that_dies_before_its_exec_is_recorded_hangs_nothing() {
+    require_sandbox!();
+    let python = match common::python3() {
+        Some(p) => p,
+        None => skip_or_fail!("python3 is needed"),
+    };
+    let dir = TempDir::new("dying");
+    let file = dir.path().join("audit.jsonl");
+    // A thread calls execve while the main thread exits the whole process: the exec notification's process is
+    // gone before (or while) the supervisor reads it. 200 times.
+    let racer = "import os, threading\n\
+                 threading.Thread(target=lambda: os.execv('/bin/true', ['true', 'racing'])).start()\n\
+                 os._exit(0)\n";
+    let script = format!("i=0; while [ $i -lt 200 ]; do {python} -c \"{racer}\"; i=$((i+1)); done; echo finished");
+    let started = Instant::now();
+    let o = common::run(&["--rm", "--timeout", "120s", "--audit", file.to_str().unwrap(), "--", "sh", "-c", &script]);
+    assert_eq!(ok(&o).trim(), "finished");
+    assert!(started.elapsed() < Duration::from_secs(120));
+    let all = records(&file);
+    assert_eq!(all.last().unwrap()["kind"], "exited");
+    assert!(audit::verify(&file).unwrap().ok());
+}
+
+fn exec_into_a_created_sandbox_is_recorded(rootless: bool) {
+    let airlock = airlock_as(rootless);
+    let name = unique_name("created");
+    ok(&airlock(&["create", &name]));
+    // Several `airlock exec` at once, each appending to the same log with its own listener.
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let name = name.clone();
+            std::thread::spawn(move || {
+                airlock(&["exec", &name, "--", "sh", "-c", &format!("ls / >/dev/null; echo {i}")])
+            })
+        })
+        .collect();
+    for h in handles {
+        ok(&h.join().unwrap());
+    }
+    ok(&airlock(&["stop", &name]));
+    let o = airlock(&["logs", &name, "--verify"]);
+    assert_eq!(code(&o), 0, "{} {}", stdout(&o), stderr(&o));
+    let all = records(&state_log(rootless, &name));
+    let argvs = execs(&all);
+    assert_eq!(argvs.iter().filter(|a| a == &&["ls", "/"]).count(), 4, "{argvs:?}");
+    assert_eq!(all.iter().filter(|r| r["kind"] == "attached").count(), 4);
+    assert_eq!(all.last().unwrap()["kind"], "exited");
+    ok(&airlock(&["rm", &name]));
+}
+
+#[test]
+fn execs_into_a_created_sandbox_append_to_its_log() {
+    require_sandbox!();
+    exec_into_a_created_sandbox_is_recorded(false);
+}
+
+#[test]
+fn execs_into_a_created_sandbox_append_to_its_log_rootless() {
+    require_sandbox!();
+    require_test_user!();
+    exec_into_a_created_sandbox_is_recorded(true);
+}

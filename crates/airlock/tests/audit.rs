@@ -341,3 +341,70 @@ fn execs_into_a_created_sandbox_append_to_its_log_rootless() {
     require_test_user!();
     exec_into_a_created_sandbox_is_recorded(true);
 }
+
+#[test]
+fn timeouts_and_workspace_changes_are_recorded_at_exit() {
+    require_sandbox!();
+    let name = unique_name("timeout");
+    let ws = TempDir::new("audit-ws");
+    fs::write(ws.path().join("kept.txt"), "host\n").unwrap();
+    ws.chown_to_test_user();
+    let script = "echo new > created.txt; echo changed > kept.txt; exec sleep 30";
+    let o = common::run(&["--name", &name, "--workspace", ws.str(), "--timeout", "1s", "--", "sh", "-c", script]);
+    assert_eq!(code(&o), 124, "{}", stderr(&o));
+    let all = records(&state_log(false, &name));
+    let timeout = all.iter().find(|r| r["kind"] == "resource").unwrap_or_else(|| panic!("{all:?}"));
+    assert_eq!(timeout["resource"], "timeout");
+    let files = all.iter().find(|r| r["kind"] == "files").unwrap_or_else(|| panic!("{all:?}"));
+    assert_eq!(files["trigger"], "exit");
+    let changed: Vec<(String, String)> = files["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["path"].as_str().unwrap().to_string(), f["kind"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(changed.contains(&("created.txt".into(), "added".into())), "{changed:?}");
+    assert!(changed.contains(&("kept.txt".into(), "modified".into())), "{changed:?}");
+    let exited = all.last().unwrap();
+    assert_eq!(exited["kind"], "exited");
+    assert_eq!(exited["reason"], "timeout");
+    assert_eq!(exited["status"], 124);
+    // A checkpoint adds the layer's summary under its label.
+    ok(&common::airlock(&["checkpoint", &name, "before"]));
+    let all = records(&state_log(false, &name));
+    let at_checkpoint = all.last().unwrap();
+    assert_eq!(at_checkpoint["trigger"], "checkpoint");
+    assert_eq!(at_checkpoint["label"], "before");
+    assert_eq!(code(&common::airlock(&["logs", &name, "--verify"])), 0);
+    ok(&common::airlock(&["rm", &name]));
+}
+
+#[test]
+fn logs_follow_prints_new_records_and_ends_with_the_sandbox() {
+    require_sandbox!();
+    let name = unique_name("follow");
+    ok(&common::airlock(&["create", &name]));
+    let mut follower = std::process::Command::new(common::airlock_path())
+        .args(["logs", &name, "-f"])
+        .env("AIRLOCK_STATE_DIR", common::test_state_dir(0))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    ok(&common::airlock(&["exec", &name, "--", "sh", "-c", "cat /etc/hostname >/dev/null"]));
+    std::thread::sleep(Duration::from_millis(300));
+    ok(&common::airlock(&["stop", &name]));
+    let started = Instant::now();
+    loop {
+        if follower.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "logs -f did not end with the sandbox");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = follower.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("exec /usr/bin/cat /etc/hostname"), "{text}");
+    assert!(text.contains(" exited: "), "{text}");
+    ok(&common::airlock(&["rm", &name]));
+}

@@ -804,6 +804,66 @@ mod tests {
     }
 
     #[test]
+    fn notifying_program_sends_exactly_the_denials_and_the_listener_gives_the_same_errno() {
+        let plain = default_program();
+        let all = NotifyOptions { exec: true, denials: true, writes: true };
+        let notifying = compile_notifying_seccomp_program(&default_seccomp_profile().unwrap(), all).unwrap();
+        assert_valid(&notifying);
+        let high_bits = 0xffff_ffff_0000_0000_u64;
+        let cases: &[(libc::c_long, &[u64])] = &[
+            (libc::SYS_getpid, &[]),
+            (libc::SYS_keyctl, &[0]),
+            (libc::SYS_clone3, &[]),
+            (libc::SYS_clone, &[libc::SIGCHLD as u64]),
+            (libc::SYS_clone, &[(libc::CLONE_NEWUSER | libc::SIGCHLD) as u64]),
+            (libc::SYS_unshare, &[libc::CLONE_NEWNET as u64]),
+            (libc::SYS_unshare, &[libc::CLONE_FILES as u64]),
+            (libc::SYS_ioctl, &[0, high_bits | 0x5412]),
+            (libc::SYS_ioctl, &[0, 0x541B]),
+            (libc::SYS_socket, &[17, 3]),
+            (libc::SYS_socket, &[16, 3, 0]),
+            (libc::SYS_personality, &[0x0400000]),
+        ];
+        for (nr, first) in cases {
+            let a = args(first);
+            let before = verdict(&plain, *nr, a);
+            let now = verdict(&notifying, *nr, a);
+            let call = notifying.classify(*nr as i32, &a);
+            if before == ALLOW {
+                assert_eq!(now, ALLOW, "nr {nr} {first:?}");
+                assert_eq!(call, NotifiedCall::Other, "nr {nr} {first:?}");
+            } else {
+                assert_eq!(now, libc::SECCOMP_RET_USER_NOTIF, "nr {nr} {first:?}");
+                let NotifiedCall::Denied { errno, .. } = call else { panic!("nr {nr} {first:?}: {call:?}") };
+                assert_eq!(return_errno(errno), before, "nr {nr} {first:?}");
+            }
+        }
+        // Execs and (learn mode) writes go to the listener; reads do not.
+        assert_eq!(verdict(&notifying, libc::SYS_execve, args(&[])), libc::SECCOMP_RET_USER_NOTIF);
+        assert_eq!(verdict(&notifying, libc::SYS_execveat, args(&[])), libc::SECCOMP_RET_USER_NOTIF);
+        assert!(matches!(
+            notifying.classify(libc::SYS_execve as i32, &args(&[1, 2])),
+            NotifiedCall::Exec { path: 1, argv: 2, dirfd: None }
+        ));
+        let at_fdcwd = libc::AT_FDCWD as u32 as u64;
+        assert_eq!(verdict(&notifying, libc::SYS_openat, args(&[at_fdcwd, 0, libc::O_RDONLY as u64])), ALLOW);
+        assert_eq!(
+            verdict(&notifying, libc::SYS_openat, args(&[at_fdcwd, 0, (libc::O_WRONLY | libc::O_CREAT) as u64])),
+            libc::SECCOMP_RET_USER_NOTIF
+        );
+        assert!(matches!(
+            notifying.classify(libc::SYS_openat as i32, &args(&[at_fdcwd, 7, 1])),
+            NotifiedCall::Write { name: "openat", path: 7, dirfd: None }
+        ));
+        assert_eq!(verdict(&notifying, libc::SYS_mkdirat, args(&[3, 0])), libc::SECCOMP_RET_USER_NOTIF);
+        // Without options nothing is notified: the program is the plain one.
+        let none =
+            compile_notifying_seccomp_program(&default_seccomp_profile().unwrap(), NotifyOptions::default()).unwrap();
+        assert_eq!(none.filter.len(), plain.filter.len());
+        assert!(!none.notify().any());
+    }
+
+    #[test]
     fn seccomp_program_denies_every_unconditional_rule() {
         let profile = default_seccomp_profile().unwrap();
         let program = compile_seccomp_program(&profile).unwrap();

@@ -5,8 +5,8 @@
 //! When (see README "Audit log"):
 //! - a sandbox that keeps state (`--name`, or a generated name for a `cow` workspace) and is not `--rm`: a log
 //!   at `$STATE/sandboxes/NAME/audit.jsonl` with lifecycle, denial, resource and file records;
-//! - exec records too (one seccomp notification per exec) with `--audit FILE`, with `--learn`, and for every
-//!   `airlock exec` into a sandbox made by `airlock create`;
+//! - exec records too (one seccomp notification per exec) with `--audit FILE`, with `--learn`, with a profile's
+//!   `[audit] exec = true`, and for every `airlock exec` into a sandbox made by `airlock create`;
 //! - `--audit FILE`: the same lines also appended to FILE (for an anonymous `run --rm`, FILE is the only log);
 //! - an anonymous `run --rm` without `--audit` writes no log and installs no listener: its start-up cost is
 //!   unchanged.
@@ -89,6 +89,7 @@ impl Recorder {
         rm: bool,
         copy: Option<&str>,
         learn: bool,
+        profile_exec: bool,
         policy: &SandboxPolicy,
     ) -> Result<Option<Recorder>> {
         let keeps_state = name.is_some() && !rm;
@@ -103,7 +104,7 @@ impl Recorder {
         if let (Some(log), Some(file), true) = (&mut log, copy, keeps_state) {
             log.add_copy(file)?;
         }
-        let notify = NotifyOptions { exec: copy.is_some() || learn, denials: true, writes: learn };
+        let notify = NotifyOptions { exec: copy.is_some() || learn || profile_exec, denials: true, writes: learn };
         let learn = learn.then(|| Learned { writable: writable_places(policy), ..Default::default() });
         Ok(Some(Recorder { log, notify, warned: false, started: Instant::now(), learn }))
     }

@@ -60,6 +60,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         args.opts.rm,
         args.opts.audit.as_deref(),
         args.learn,
+        merged.audit.exec == Some(true),
         &policy,
     ) {
         Ok(recorder) => recorder,

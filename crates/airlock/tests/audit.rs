@@ -408,3 +408,20 @@ fn logs_follow_prints_new_records_and_ends_with_the_sandbox() {
     assert!(text.contains(" exited: "), "{text}");
     ok(&common::airlock(&["rm", &name]));
 }
+
+#[test]
+fn a_profile_can_turn_exec_capture_on_for_named_sandboxes() {
+    require_sandbox!();
+    let dir = TempDir::new("audit-profile");
+    let profile = dir.path().join("audited.toml");
+    fs::write(&profile, "[audit]\nexec = true\n").unwrap();
+    let name = unique_name("profile");
+    ok(&common::run(&["--name", &name, "--profile", profile.to_str().unwrap(), "--", "sh", "-c", "ls / >/dev/null"]));
+    let argvs = execs(&records(&state_log(false, &name)));
+    assert!(argvs.iter().any(|a| a == &["ls", "/"]), "{argvs:?}");
+    // Without it a named run records its lifecycle but no execs.
+    let plain = unique_name("plain");
+    ok(&common::run(&["--name", &plain, "--", "sh", "-c", "ls / >/dev/null"]));
+    assert!(execs(&records(&state_log(false, &plain))).is_empty());
+    ok(&common::airlock(&["rm", &name, &plain]));
+}

@@ -86,6 +86,7 @@ pub struct Profile {
     pub process: ProcessSection,
     pub limits: LimitsSection,
     pub security: SecuritySection,
+    pub audit: AuditSection,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -152,6 +153,15 @@ pub struct LimitsSection {
     /// `required` or `best-effort`: whether a run whose cgroup limits this host cannot enforce fails, or goes on
     /// without them, saying which. Profile only.
     pub enforce: Option<String>,
+}
+
+/// The audit log (see the README's "Audit log").
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSection {
+    /// Record every exec in the sandbox's audit log (one seccomp notification per exec), as `--audit` does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -532,7 +542,7 @@ impl Profile {
     /// profile with an allow list means no network); when the overlay adds allow entries without a mode, the mode
     /// becomes `allow` (as `--allow` implies `--net allow`).
     pub fn merge(self, overlay: Profile) -> Profile {
-        let Profile { description, filesystem, network, env, process, limits, security } = overlay;
+        let Profile { description, filesystem, network, env, process, limits, security, audit } = overlay;
         let FilesystemSection { rootfs, workspace, workspace_mode, ro_bind, bind, tmpfs } = filesystem;
         let NetworkSection { mode, allow } = network;
         let EnvSection { set, pass } = env;
@@ -576,6 +586,7 @@ impl Profile {
                 enforce: enforce.or(self.limits.enforce),
             },
             security: SecuritySection { landlock: landlock.or(self.security.landlock) },
+            audit: AuditSection { exec: audit.exec.or(self.audit.exec) },
         }
     }
 

@@ -44,6 +44,8 @@ pub struct Recorder {
     warned: bool,
     started: Instant,
     learn: Option<Learned>,
+    /// When the oldest buffered record was kept (`None`: none is).
+    first_pending: Option<Instant>,
 }
 
 /// What learn mode collected.
@@ -77,9 +79,28 @@ impl runtime::notify::AuditSink for Recorder {
             }
             (event, _) => event,
         };
-        self.append(&event);
+        self.buffer(&event);
+    }
+
+    fn flush_due(&self) -> Option<Duration> {
+        self.first_pending.map(|t| FLUSH_AFTER.saturating_sub(t.elapsed()))
+    }
+
+    fn flush(&mut self) {
+        self.first_pending = None;
+        if let Some(log) = &mut self.log {
+            if let Err(e) = log.flush() {
+                self.warn(e);
+            }
+        }
     }
 }
+
+/// How long the runtime's records (execs, denials) may wait in memory before they are written: a burst of execs
+/// is written in a few writes instead of one per exec, off the path of the waiting processes.
+const FLUSH_AFTER: Duration = Duration::from_millis(50);
+/// ... and how many.
+const FLUSH_COUNT: usize = 512;
 
 impl Recorder {
     /// For `airlock run`: `None` when nothing is recorded (an anonymous `--rm` run without `--audit` or
@@ -106,7 +127,7 @@ impl Recorder {
         }
         let notify = NotifyOptions { exec: copy.is_some() || learn || profile_exec, denials: true, writes: learn };
         let learn = learn.then(|| Learned { writable: writable_places(policy), ..Default::default() });
-        Ok(Some(Recorder { log, notify, warned: false, started: Instant::now(), learn }))
+        Ok(Some(Recorder { log, notify, warned: false, started: Instant::now(), learn, first_pending: None }))
     }
 
     /// For `airlock create`'s supervisor: the sandbox's log (and the `--audit FILE` copy, remembered for
@@ -126,6 +147,7 @@ impl Recorder {
             warned: false,
             started: Instant::now(),
             learn: None,
+            first_pending: None,
         })
     }
 
@@ -146,6 +168,7 @@ impl Recorder {
             warned: false,
             started: Instant::now(),
             learn: None,
+            first_pending: None,
         }))
     }
 
@@ -156,12 +179,28 @@ impl Recorder {
     }
 
     pub fn append(&mut self, event: &Event) {
+        self.first_pending = None;
         let Some(log) = &mut self.log else { return };
         if let Err(e) = log.append(event) {
-            if !self.warned {
-                self.warned = true;
-                crate::say(&format!("warning: audit log: {}", crate::one_line(&anyhow::Error::new(e))));
-            }
+            self.warn(e);
+        }
+    }
+
+    /// A runtime record: kept for the next flush (see [`FLUSH_AFTER`]).
+    fn buffer(&mut self, event: &Event) {
+        let Some(log) = &mut self.log else { return };
+        log.buffer(event);
+        if log.pending() >= FLUSH_COUNT {
+            runtime::notify::AuditSink::flush(self);
+        } else if self.first_pending.is_none() {
+            self.first_pending = Some(Instant::now());
+        }
+    }
+
+    fn warn(&mut self, e: audit::AuditError) {
+        if !self.warned {
+            self.warned = true;
+            crate::say(&format!("warning: audit log: {}", crate::one_line(&anyhow::Error::new(e))));
         }
     }
 

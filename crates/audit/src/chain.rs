@@ -1,7 +1,7 @@
 //! The hash chain. Each record carries `prev`, the previous record's `hash` (64 zeros for the first), and
 //! `hash` = hex(sha256(prev || canonical record)), where the canonical record is the record without `prev` and
 //! `hash`, serialised as compact JSON with object keys sorted (recursively). The line in the file is itself that
-//! canonical form of the whole record, so a reader needs nothing but the line to check it.
+//! canonical form of the record with `hash` and `prev` first, so a reader needs nothing but the line to check it.
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -62,12 +62,25 @@ pub fn record_hash(prev: &str, record: &Map<String, Value>) -> String {
     hex(&hasher.finalize())
 }
 
-/// Seals `record` after `prev`: sets `prev` and `hash`, returns the line to write (without its newline).
-pub fn seal(prev: &str, mut record: Map<String, Value>) -> (String, String) {
-    let hash = record_hash(prev, &record);
-    record.insert("prev".to_string(), Value::String(prev.to_string()));
-    record.insert("hash".to_string(), Value::String(hash.clone()));
-    (canonical_json(&Value::Object(record)), hash)
+/// Seals `record` (which has no `prev` or `hash`) after `prev`: returns the line to write (without its newline)
+/// and its hash. The line is `{"hash":…,"prev":…,` followed by the rest of the canonical record: the canonical
+/// form is computed once, and a reader re-computes it from the parsed line anyway.
+pub fn seal(prev: &str, record: &Map<String, Value>) -> (String, String) {
+    let canonical = if record.contains_key("prev") || record.contains_key("hash") {
+        let mut body = record.clone();
+        body.remove("prev");
+        body.remove("hash");
+        canonical_json(&Value::Object(body))
+    } else {
+        canonical_json(&Value::Object(record.clone()))
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(prev.as_bytes());
+    hasher.update(canonical.as_bytes());
+    let hash = hex(&hasher.finalize());
+    let rest = &canonical[1..];
+    let separator = if rest == "}" { "" } else { "," };
+    (format!("{{\"hash\":\"{hash}\",\"prev\":\"{prev}\"{separator}{rest}"), hash)
 }
 
 /// Lower-case hexadecimal.
@@ -100,10 +113,12 @@ mod tests {
     #[test]
     fn sealed_line_reproduces_its_hash() {
         let Value::Object(record) = json!({"kind": "exec", "time": "t", "n": 1.5}) else { unreachable!() };
-        let (line, hash) = seal(GENESIS, record);
+        let (line, hash) = seal(GENESIS, &record);
         let Value::Object(parsed) = serde_json::from_str::<Value>(&line).unwrap() else { unreachable!() };
         assert_eq!(record_hash(GENESIS, &parsed), hash);
         assert_eq!(parsed["hash"], hash);
         assert_ne!(record_hash(&hash, &parsed), hash);
+        let (empty, _) = seal(GENESIS, &Map::new());
+        assert!(serde_json::from_str::<Value>(&empty).unwrap().is_object());
     }
 }

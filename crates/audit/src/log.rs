@@ -47,6 +47,8 @@ pub struct AuditLog {
     last: Option<(u64, String)>,
     /// Extra copies (`--audit FILE`): every line written to the log is also appended there, unchanged.
     copies: Vec<(PathBuf, File)>,
+    /// Records buffered by [`AuditLog::buffer`], written by [`AuditLog::flush`].
+    pending: Vec<Map<String, Value>>,
 }
 
 impl AuditLog {
@@ -54,7 +56,7 @@ impl AuditLog {
     pub fn open(path: impl AsRef<Path>) -> Result<AuditLog, AuditError> {
         let path = path.as_ref().to_path_buf();
         let file = open_append(&path)?;
-        Ok(AuditLog { file, path, sandbox: String::new(), last: None, copies: Vec::new() })
+        Ok(AuditLog { file, path, sandbox: String::new(), last: None, copies: Vec::new(), pending: Vec::new() })
     }
 
     /// The sandbox name every record carries.
@@ -100,39 +102,74 @@ impl AuditLog {
         self.append_fields(fields)
     }
 
-    fn append_fields(&mut self, mut fields: Map<String, Value>) -> Result<(), AuditError> {
+    /// Keeps `event` (stamped with the time now) to be written by the next [`AuditLog::flush`]: a burst of
+    /// records (an exec per notification) then costs one lock and one write. Records appended by
+    /// [`AuditLog::append`] flush the buffer first, so the order is kept.
+    pub fn buffer(&mut self, event: &Event) {
+        let fields = self.stamped(event.to_fields());
+        self.pending.push(fields);
+    }
+
+    /// How many records [`AuditLog::buffer`] holds.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Writes the buffered records, chained, under one lock.
+    pub fn flush(&mut self) -> Result<(), AuditError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let records = std::mem::take(&mut self.pending);
+        self.write_locked(records)
+    }
+
+    fn stamped(&self, mut fields: Map<String, Value>) -> Map<String, Value> {
         if !fields.contains_key("time") {
             fields.insert("time".into(), Value::String(crate::time::now_rfc3339()));
         }
         if !fields.contains_key("sandbox") {
             fields.insert("sandbox".into(), Value::String(self.sandbox.clone()));
         }
+        fields
+    }
+
+    fn append_fields(&mut self, fields: Map<String, Value>) -> Result<(), AuditError> {
+        let mut records = std::mem::take(&mut self.pending);
+        records.push(self.stamped(fields));
+        self.write_locked(records)
+    }
+
+    fn write_locked(&mut self, records: Vec<Map<String, Value>>) -> Result<(), AuditError> {
         self.file.lock().map_err(|e| AuditError::Lock(self.path.clone(), e))?;
-        let written = self.append_locked(fields);
+        let written = self.append_locked(records);
         let _ = self.file.unlock();
         written
     }
 
     /// Under the lock: chain, seal, write.
-    fn append_locked(&mut self, fields: Map<String, Value>) -> Result<(), AuditError> {
+    fn append_locked(&mut self, records: Vec<Map<String, Value>>) -> Result<(), AuditError> {
         let size = self.file.metadata().map_err(|e| AuditError::ReadTail(self.path.clone(), e))?.len();
-        let (prev, needs_newline) = match &self.last {
+        let (mut prev, needs_newline) = match &self.last {
             Some((end, hash)) if *end == size => (hash.clone(), false),
             _ => read_tail(&mut self.file, size).map_err(|e| AuditError::ReadTail(self.path.clone(), e))?,
         };
-        let (mut line, mut hash) = chain::seal(&prev, fields.clone());
-        if line.len() > MAX_RECORD_BYTES {
-            (line, hash) = chain::seal(&prev, too_large(fields, line.len()));
-        }
-        let mut bytes = Vec::with_capacity(line.len() + 2);
+        let mut bytes = Vec::new();
         if needs_newline {
             bytes.push(b'\n');
         }
-        bytes.extend_from_slice(line.as_bytes());
-        bytes.push(b'\n');
-        // One write of the whole line: with O_APPEND it lands at the end, after every other writer's.
+        for fields in records {
+            let (mut line, mut hash) = chain::seal(&prev, &fields);
+            if line.len() > MAX_RECORD_BYTES {
+                (line, hash) = chain::seal(&prev, &too_large(fields, line.len()));
+            }
+            bytes.extend_from_slice(line.as_bytes());
+            bytes.push(b'\n');
+            prev = hash;
+        }
+        // One write of the whole lines: with O_APPEND they land at the end, after every other writer's.
         self.file.write_all(&bytes).map_err(|e| AuditError::Append(self.path.clone(), e))?;
-        self.last = Some((size + bytes.len() as u64, hash));
+        self.last = Some((size + bytes.len() as u64, prev));
         for (path, copy) in &mut self.copies {
             copy.write_all(&bytes[usize::from(needs_newline)..]).map_err(|e| AuditError::Append(path.clone(), e))?;
         }

@@ -33,6 +33,13 @@ use crate::sys::{self, Errno};
 /// Where the runtime hands audit events: the binary writes them to the log.
 pub trait AuditSink {
     fn record(&mut self, event: Event);
+    /// A sink that buffers records: how long until it wants [`AuditSink::flush`] called (`None`: nothing
+    /// pending). The supervisor's loop wakes up for it, so records are written within that delay even while the
+    /// sandbox is quiet, and never on the path of a waiting exec.
+    fn flush_due(&self) -> Option<std::time::Duration> {
+        None
+    }
+    fn flush(&mut self) {}
 }
 
 /// Bytes of argv read per exec, all arguments together; the rest is counted as omitted.
@@ -52,12 +59,23 @@ pub struct SeccompAudit<'a> {
     listener: Option<RawFd>,
     /// The plan's command: see [`SeccompAudit::own_exec`].
     command: Option<&'a crate::plan::CommandPlan>,
+    /// Host pid -> pid inside, for processes seen before (a parent is usually one): saves reading `/proc` for
+    /// each exec's parent. Bounded; an entry is replaced whenever its pid is looked up afresh.
+    pids: PidCache,
 }
 
 impl<'a> SeccompAudit<'a> {
     /// `socket` is ours: it is closed when the listener arrives, or on drop.
     pub fn new(program: &'a SeccompProgram, proc_dir: RawFd, socket: RawFd, sink: &'a mut dyn AuditSink) -> Self {
-        SeccompAudit { program, proc_dir, sink, socket: Some(socket), listener: None, command: None }
+        SeccompAudit {
+            program,
+            proc_dir,
+            sink,
+            socket: Some(socket),
+            listener: None,
+            command: None,
+            pids: PidCache::default(),
+        }
     }
 
     /// The command the plan starts (its first execve is made by airlock's own code in the command's process).
@@ -101,7 +119,6 @@ impl<'a> SeccompAudit<'a> {
                 // A hang-up without a descriptor: the command failed before installing its filter (its failure
                 // record says why) — there is nothing to audit.
                 if let Ok(Some(listener)) = crate::tty::recv_fd(socket) {
-                    set_sync_wakeup(listener);
                     self.listener = Some(listener);
                 }
                 sys::close(socket);
@@ -134,8 +151,8 @@ impl<'a> SeccompAudit<'a> {
         let host_pid = req.pid as i32;
         let event = match self.program.classify(req.data.nr, &req.data.args) {
             NotifiedCall::Denied { name, rule, errno, errno_name } => {
-                let pid = inside_pid(self.proc_dir, host_pid).unwrap_or(0);
                 respond(listener, req.id, -errno, 0);
+                let pid = self.pids.inside(self.proc_dir, host_pid).unwrap_or(0);
                 Event::Denied(SyscallDenial {
                     pid,
                     host_pid,
@@ -147,14 +164,18 @@ impl<'a> SeccompAudit<'a> {
                 })
             }
             NotifiedCall::Exec { path, argv, dirfd } => {
+                // Before the answer: the path and argv (the exec replaces them), the pids and the working
+                // directory (a short program may be gone right after), then whether the notification is still
+                // valid — the process may have died, and its pid been reused, while we read. The record is
+                // written after the answer (buffered by the sink).
                 let mut record = match self.own_exec(path, argv).filter(|_| dirfd.is_none()) {
-                    Some(own) => {
-                        let status = read_exec(self.proc_dir, host_pid, 0, 0);
-                        ExecRecord { host_pid, pid: status.pid, ppid: status.ppid, ..own }
-                    }
-                    None => read_exec(self.proc_dir, host_pid, path, argv),
+                    Some(own) => ExecRecord { host_pid, ..own },
+                    None => read_exec_memory(host_pid, path, argv),
                 };
                 record.dirfd = dirfd;
+                read_exec_context(self.proc_dir, &mut self.pids, &mut record);
+                // Whether the file exists: a PATH search tries directories in turn, and those execs fail with
+                // ENOENT and run nothing.
                 if !record.path.is_empty() && !exists_inside(self.proc_dir, host_pid, &record.path, dirfd) {
                     record.markers.push(MARK_NOT_FOUND);
                 }
@@ -166,7 +187,7 @@ impl<'a> SeccompAudit<'a> {
             }
             NotifiedCall::Write { name, path, dirfd } => {
                 let raw = read_string(host_pid, path);
-                let pid = inside_pid(self.proc_dir, host_pid).unwrap_or(0);
+                let pid = self.pids.inside(self.proc_dir, host_pid).unwrap_or(0);
                 let resolved = raw.as_ref().ok().map(|(bytes, _)| absolute(self.proc_dir, host_pid, bytes, dirfd));
                 respond(listener, req.id, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32);
                 Event::FileWrite { pid, syscall: name.to_string(), path: resolved.unwrap_or_default(), writable: false }
@@ -180,20 +201,27 @@ impl<'a> SeccompAudit<'a> {
     }
 }
 
-impl Drop for SeccompAudit<'_> {
-    fn drop(&mut self) {
-        for fd in [self.socket.take(), self.listener.take()].into_iter().flatten() {
-            sys::close(fd);
+impl SeccompAudit<'_> {
+    /// Milliseconds until the sink wants a flush, for `poll` (`None`: no wish).
+    pub fn flush_wait_ms(&self) -> Option<i32> {
+        self.sink.flush_due().map(|d| d.as_millis().min(i32::MAX as u128) as i32)
+    }
+
+    /// Flushes the sink if it is due.
+    pub fn flush_if_due(&mut self) {
+        if self.sink.flush_due().is_some_and(|d| d.is_zero()) {
+            self.sink.flush();
         }
     }
 }
 
-/// `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` (6.6+): the kernel wakes the notifying thread on our CPU when we answer,
-/// which roughly halves the round trip of a notified exec. Older kernels refuse the flag; it is only speed.
-fn set_sync_wakeup(listener: RawFd) {
-    const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: u64 = 1;
-    // SAFETY: SET_FLAGS takes the flags as its integer argument.
-    unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP) };
+impl Drop for SeccompAudit<'_> {
+    fn drop(&mut self) {
+        self.sink.flush();
+        for fd in [self.socket.take(), self.listener.take()].into_iter().flatten() {
+            sys::close(fd);
+        }
+    }
 }
 
 /// Answers notification `id`: `error` (negative errno) or `flags` (CONTINUE). A failure means the process is gone.
@@ -211,19 +239,9 @@ fn notification_valid(listener: RawFd, id: u64) -> bool {
 }
 
 /// What an exec notification says, read from `/proc` and the process's memory, bounded.
-fn read_exec(proc_dir: RawFd, host_pid: i32, path: u64, argv: u64) -> ExecRecord {
+/// The path and argv of an exec notification, from the process's memory, bounded.
+fn read_exec_memory(host_pid: i32, path: u64, argv: u64) -> ExecRecord {
     let mut record = ExecRecord { host_pid, ..Default::default() };
-    match read_status(proc_dir, host_pid) {
-        Some(status) => {
-            record.pid = status.inside_pid;
-            record.ppid = status.parent_host_pid.and_then(|p| inside_pid(proc_dir, p)).unwrap_or(0);
-        }
-        None => record.markers.push(MARK_PROCESS_GONE),
-    }
-    if path == 0 && argv == 0 {
-        record.cwd = read_link(proc_dir, &format!("{host_pid}/cwd")).unwrap_or_default();
-        return record;
-    }
     match read_string(host_pid, path) {
         Ok((bytes, cut)) => {
             record.path = bytes;
@@ -243,8 +261,23 @@ fn read_exec(proc_dir: RawFd, host_pid: i32, path: u64, argv: u64) -> ExecRecord
         }
         Err(e) => record.markers.push(gone_or_unreadable(e)),
     }
-    record.cwd = read_link(proc_dir, &format!("{host_pid}/cwd")).unwrap_or_default();
     record
+}
+
+/// The pids inside and the working directory (unless known), from `/proc`.
+fn read_exec_context(proc_dir: RawFd, pids: &mut PidCache, record: &mut ExecRecord) {
+    let host_pid = record.host_pid;
+    match process_ids(proc_dir, host_pid) {
+        Some(status) => {
+            record.pid = status.inside_pid;
+            pids.insert(host_pid, status.inside_pid);
+            record.ppid = status.parent_host_pid.and_then(|p| pids.inside(proc_dir, p)).unwrap_or(0);
+        }
+        None => record.markers.push(MARK_PROCESS_GONE),
+    }
+    if record.cwd.is_empty() {
+        record.cwd = read_link(proc_dir, &format!("{host_pid}/cwd")).unwrap_or_default();
+    }
 }
 
 fn gone_or_unreadable(errno: Errno) -> &'static str {
@@ -288,7 +321,13 @@ fn exists_inside(proc_dir: RawFd, host_pid: i32, path: &[u8], dirfd: Option<i32>
     let Ok(relative) = CString::new(relative) else { return true };
     // SAFETY: `relative` is NUL-terminated; faccessat reads it and takes integers otherwise.
     let ret = unsafe { libc::faccessat(proc_dir, relative.as_ptr(), libc::F_OK, 0) };
-    ret == 0 || !matches!(sys::errno(), libc::ENOENT | libc::ENOTDIR)
+    if ret == 0 || !matches!(sys::errno(), libc::ENOENT | libc::ENOTDIR) {
+        return true;
+    }
+    // ENOENT also when the process itself is gone (its /proc entry with it): that says nothing of the file.
+    let Ok(own) = CString::new(host_pid.to_string()) else { return true };
+    // SAFETY: as above.
+    unsafe { libc::faccessat(proc_dir, own.as_ptr(), libc::F_OK, 0) != 0 }
 }
 
 struct Status {
@@ -306,8 +345,72 @@ fn read_status(proc_dir: RawFd, host_pid: i32) -> Option<Status> {
     Some(Status { inside_pid, parent_host_pid })
 }
 
-fn inside_pid(proc_dir: RawFd, host_pid: i32) -> Option<i32> {
-    read_status(proc_dir, host_pid).map(|s| s.inside_pid)
+/// Host pid -> pid inside the sandbox, remembered (at most [`PidCache::CAPACITY`] entries; emptied when full).
+#[derive(Default)]
+struct PidCache(std::collections::HashMap<i32, i32>);
+
+impl PidCache {
+    const CAPACITY: usize = 4096;
+
+    fn inside(&mut self, proc_dir: RawFd, host_pid: i32) -> Option<i32> {
+        if let Some(&pid) = self.0.get(&host_pid) {
+            return Some(pid);
+        }
+        let pid = process_ids(proc_dir, host_pid)?.inside_pid;
+        self.insert(host_pid, pid);
+        Some(pid)
+    }
+
+    fn insert(&mut self, host_pid: i32, inside: i32) {
+        if self.0.len() >= Self::CAPACITY {
+            self.0.clear();
+        }
+        self.0.insert(host_pid, inside);
+    }
+}
+
+/// `struct pidfd_info` (`linux/pidfd.h`), its first version (64 bytes): enough for the parent's pid.
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    pid: u32,
+    tgid: u32,
+    ppid: u32,
+    ids: [u32; 8],
+    spare: u32,
+}
+
+/// `PIDFD_GET_INFO` = `_IOWR(0xFF, 11, struct pidfd_info)` (6.13+).
+const PIDFD_GET_INFO: libc::c_ulong =
+    (3 << 30) | ((std::mem::size_of::<PidfdInfo>() as libc::c_ulong) << 16) | (0xFF << 8) | 11;
+const PIDFD_INFO_PID: u64 = 1;
+
+/// The pid inside and the parent's host pid, the cheap way: a pidfd, its `fdinfo` (`NSpid`) and `PIDFD_GET_INFO`
+/// (the parent) — a few microseconds, where formatting `/proc/PID/status` takes tens. Falls back to `status` on
+/// kernels without `PIDFD_GET_INFO`.
+fn process_ids(proc_dir: RawFd, host_pid: i32) -> Option<Status> {
+    // SAFETY: pidfd_open takes only integers.
+    let Ok(pidfd) = sys::check_fd(unsafe { libc::syscall(libc::SYS_pidfd_open, host_pid, 0u32) }) else {
+        return read_status(proc_dir, host_pid);
+    };
+    let mut info = PidfdInfo { mask: PIDFD_INFO_PID, ..Default::default() };
+    // SAFETY: PIDFD_GET_INFO writes at most size_of::<PidfdInfo>() bytes (the size the request encodes) into
+    // `info`, a live local.
+    let got = unsafe { libc::ioctl(pidfd, PIDFD_GET_INFO as _, &mut info as *mut PidfdInfo) } == 0;
+    let fdinfo = read_proc_file(proc_dir, &format!("self/fdinfo/{pidfd}"));
+    sys::close(pidfd);
+    let inside_pid = fdinfo.as_deref().and_then(|text| {
+        let text = String::from_utf8_lossy(text);
+        text.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()?.parse().ok())
+    });
+    match (got, inside_pid) {
+        (true, Some(inside_pid)) => {
+            Some(Status { inside_pid, parent_host_pid: i32::try_from(info.ppid).ok().filter(|&p| p > 0) })
+        }
+        _ => read_status(proc_dir, host_pid),
+    }
 }
 
 fn read_proc_file(proc_dir: RawFd, relative: &str) -> Option<Vec<u8>> {

@@ -56,10 +56,14 @@ pub fn supervise_audited(
         if let Some(a) = &audit {
             pfds.extend(a.poll_fds());
         }
-        let wait_ms = match (deadline, timed_out) {
+        let mut wait_ms = match (deadline, timed_out) {
             (Some(d), None) => d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32,
             _ => -1,
         };
+        // Audited: the sink's buffered records are written once due (see `AuditSink::flush_due`).
+        if let Some(flush_ms) = audit.as_ref().and_then(|a| a.flush_wait_ms()) {
+            wait_ms = if wait_ms < 0 { flush_ms } else { wait_ms.min(flush_ms) };
+        }
         // SAFETY: pfds is a live Vec of pollfd of the length given.
         let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, wait_ms) };
         if n < 0 {
@@ -69,6 +73,9 @@ pub fn supervise_audited(
             }
             sys::close(sigfd);
             return Err(e);
+        }
+        if let Some(a) = &mut audit {
+            a.flush_if_due();
         }
         if n == 0 {
             if let Some(d) = deadline {

@@ -563,3 +563,41 @@ pub fn human_line(line: &[u8]) -> String {
 fn escape(s: &str) -> String {
     s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learn_mode_reads_the_gateways_denials_and_suggests_a_valid_profile() {
+        let dir = std::env::temp_dir().join(format!("airlock-learn-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let mut log = AuditLog::open(&path).unwrap().with_sandbox("t");
+        let network = |name: &str, port: u16, decision: &str| {
+            json!({"time": "2026-01-01T00:00:00.000Z", "sandbox": "t", "protocol": "tls", "name": name,
+                   "address": "192.0.2.1", "port": port, "decision": decision, "reason": "not allowed",
+                   "bytes_out": 0, "bytes_in": 0})
+        };
+        log.append_value("network", network("pypi.org", 443, "deny")).unwrap();
+        log.append_value("network", network("example.com", 8443, "denied")).unwrap();
+        log.append_value("network", network("allowed.org", 443, "allow")).unwrap();
+        let domains = denied_domains(&path);
+        assert_eq!(domains.into_iter().collect::<Vec<_>>(), vec!["example.com:8443", "pypi.org"]);
+
+        let learned = Learned {
+            writable: vec!["/tmp".into()],
+            denied_paths: ["/etc/x.conf".to_string(), "/nonexistent-top/dir/file".to_string()].into(),
+            denied_syscalls: [("keyctl".to_string(), "EPERM".to_string())].into(),
+        };
+        let text = suggestion(&learned, &denied_domains(&path));
+        assert!(text.contains("bind = [\"/etc\"]"), "{text}");
+        assert!(text.contains("tmpfs = [\"/nonexistent-top\"]"), "{text}");
+        assert!(text.contains("allow = [\"example.com:8443\", \"pypi.org\"]"), "{text}");
+        let body: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+        policy::profile::Profile::parse(&body, "suggestion").unwrap();
+        assert!(learned.is_writable("/tmp/a") && learned.is_writable("/tmp") && !learned.is_writable("/tmpx"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

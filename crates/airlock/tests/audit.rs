@@ -305,7 +305,9 @@ fn a_process_that_dies_before_its_exec_is_recorded_hangs_nothing() {
 fn exec_into_a_created_sandbox_is_recorded(rootless: bool) {
     let airlock = airlock_as(rootless);
     let name = unique_name("created");
-    ok(&airlock(&["create", &name]));
+    let dir = audit_dir(rootless);
+    let copy = dir.path().join("copy.jsonl");
+    ok(&airlock(&["create", "--audit", copy.to_str().unwrap(), &name]));
     // Several `airlock exec` at once, each appending to the same log with its own listener.
     let handles: Vec<_> = (0..4)
         .map(|i| {
@@ -326,6 +328,8 @@ fn exec_into_a_created_sandbox_is_recorded(rootless: bool) {
     assert_eq!(argvs.iter().filter(|a| a == &&["ls", "/"]).count(), 4, "{argvs:?}");
     assert_eq!(all.iter().filter(|r| r["kind"] == "attached").count(), 4);
     assert_eq!(all.last().unwrap()["kind"], "exited");
+    // The --audit copy got every line too, from the supervisor and from each exec.
+    assert_eq!(fs::read_to_string(&copy).unwrap(), fs::read_to_string(state_log(rootless, &name)).unwrap());
     ok(&airlock(&["rm", &name]));
 }
 

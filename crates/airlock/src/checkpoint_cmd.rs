@@ -53,13 +53,14 @@ pub fn checkpoint(name: &str, label: Option<&str>) -> Result<i32> {
     if existing.iter().any(|c| c.label == label) {
         bail!("sandbox {name} has a checkpoint {label} already (see `airlock checkpoints {name}`)");
     }
-    let layers = dir.join("layers");
+    let root = state::layer_root(dir)?;
+    let layers = root.join("layers");
     match fs::DirBuilder::new().create(&layers) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e).with_context(|| format!("cannot create {}", layers.display())),
     }
-    let upper = dir.join("upper");
+    let upper = root.join("upper");
     // The new upper belongs to whoever owned the old one: the sandbox root's host id (as host root).
     let owner = fs::symlink_metadata(&upper).with_context(|| format!("cannot read {}", upper.display()))?;
     let frozen = layers.join(format!("{index}-{label}"));
@@ -74,7 +75,7 @@ pub fn checkpoint(name: &str, label: Option<&str>) -> Result<i32> {
         .with_context(|| format!("cannot set the mode of {}", upper.display()))?;
     std::os::unix::fs::lchown(&upper, Some(owner.uid()), Some(owner.gid()))
         .with_context(|| format!("cannot set the owner of {}", upper.display()))?;
-    empty_work(dir)?;
+    empty_work(&root)?;
     println!("checkpoint {label} of sandbox {name}");
     Ok(0)
 }
@@ -133,6 +134,7 @@ pub fn list(name: &str, json: bool) -> Result<i32> {
 pub fn rollback(name: &str, label: &str) -> Result<i32> {
     let claim = claim(name, "rollback")?;
     let dir = &claim.dir;
+    let root = state::layer_root(dir)?;
     let all = state::checkpoints(dir)?;
     let Some(target) = all.iter().find(|c| c.label == label) else {
         bail!("sandbox {name} has no checkpoint {label} (see `airlock checkpoints {name}`)");
@@ -141,12 +143,12 @@ pub fn rollback(name: &str, label: &str) -> Result<i32> {
     for newer in all.iter().rev().filter(|c| c.index > target.index) {
         runtime::layer::remove_path(&newer.dir)
             .with_context(|| format!("cannot remove checkpoint {} ({})", newer.label, newer.dir.display()))?;
-        let created = dir.join("layers").join(format!("{}-{}.created", newer.index, newer.label));
+        let created = root.join("layers").join(format!("{}-{}.created", newer.index, newer.label));
         let _ = fs::remove_file(created);
     }
-    let upper = dir.join("upper");
+    let upper = root.join("upper");
     runtime::layer::clear_dir(&upper).with_context(|| format!("cannot empty {}", upper.display()))?;
-    empty_work(dir)?;
+    empty_work(&root)?;
     println!("sandbox {name} rolled back to checkpoint {label}");
     Ok(0)
 }

@@ -34,6 +34,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 mod commit;
+pub mod disk;
 mod stack;
 pub use commit::{commit_changes, CommitError, CommitOutcome};
 pub use stack::{

@@ -178,7 +178,8 @@ pub fn unmount(mountpoint: &Path) -> Result<(), DiskError> {
     if !is_mounted(mountpoint)? {
         return Ok(());
     }
-    let error = |errno: i32| DiskError::Unmount { mountpoint: mountpoint.display().to_string(), errno: errno_text(errno) };
+    let error =
+        |errno: i32| DiskError::Unmount { mountpoint: mountpoint.display().to_string(), errno: errno_text(errno) };
     let target = CString::new(mountpoint.as_os_str().as_bytes()).map_err(|_| error(libc::EINVAL))?;
     // Not lazily: a busy layer (a sandbox or a command still using it) stays, and the caller keeps its image.
     // SAFETY: a NUL-terminated string alive for the call.
@@ -188,8 +189,10 @@ pub fn unmount(mountpoint: &Path) -> Result<(), DiskError> {
 
 /// Bytes available to unprivileged writers on the filesystem of `dir`.
 fn free_bytes(dir: &Path) -> Result<u64, DiskError> {
-    let path = CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| DiskError::Stat { path: dir.display().to_string(), source: std::io::Error::from_raw_os_error(libc::EINVAL) })?;
+    let path = CString::new(dir.as_os_str().as_bytes()).map_err(|_| DiskError::Stat {
+        path: dir.display().to_string(),
+        source: std::io::Error::from_raw_os_error(libc::EINVAL),
+    })?;
     // SAFETY: an all-zero statvfs is a valid value for statvfs to overwrite.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `path` is NUL-terminated, `st` writable.

@@ -16,7 +16,7 @@ use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::process::Command;
 
@@ -201,4 +201,22 @@ fn free_bytes(dir: &Path) -> Result<u64, DiskError> {
         source: std::io::Error::from_raw_os_error(e),
     })?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Makes, mounts, writes to, unmounts and deletes a small image in a scratch directory under `/tmp`: whether
+/// `--disk` can bound a cow layer here (`airlock doctor`).
+pub fn probe() -> Result<(), DiskError> {
+    let scratch = std::env::temp_dir().join(format!("airlock-doctor-disk.{}", std::process::id()));
+    let stat_error = |source| DiskError::Stat { path: scratch.display().to_string(), source };
+    std::fs::DirBuilder::new().mode(0o700).create(&scratch).map_err(stat_error)?;
+    let (image, mountpoint) = (scratch.join("layer.img"), scratch.join("layer"));
+    let result =
+        create_image(&image, MIN_DISK_BYTES).and_then(|()| ensure_mounted(&image, &mountpoint)).and_then(|()| {
+            let written = std::fs::write(mountpoint.join("probe"), b"ok")
+                .map_err(|source| DiskError::Stat { path: mountpoint.display().to_string(), source });
+            unmount(&mountpoint).and(written)
+        });
+    let _ = unmount(&mountpoint);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
 }

@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 
 mod commit;
 pub mod disk;
+pub mod live;
 mod stack;
 pub use commit::{commit_changes, CommitError, CommitOutcome};
 pub use stack::{

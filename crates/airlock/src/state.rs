@@ -96,7 +96,7 @@ pub fn layer_root(dir: &Path) -> Result<PathBuf> {
 /// `16M` for 16 MiB: how a size is shown back to the user.
 pub fn human_size(bytes: u64) -> String {
     for (shift, unit) in [(30, "G"), (20, "M"), (10, "K")] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{}{unit}", bytes >> shift);
         }
     }

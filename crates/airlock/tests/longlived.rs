@@ -476,3 +476,23 @@ fn running_checkpoint_and_rollback_rootless() {
     let _user = require_test_user!();
     check_running_checkpoint_and_rollback(true);
 }
+
+/// A mount inside the workspace (`--tmpfs`) would be dropped with the old overlay: a running checkpoint is
+/// refused, with nothing changed; once the sandbox has stopped it works.
+#[test]
+fn running_checkpoint_is_refused_with_a_mount_inside_the_workspace() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    let ws = workspace("live-nested");
+    let name = unique_name("live-nested");
+    let _cleanup = Cleanup { name: name.clone(), airlock: common::airlock };
+    let cache = format!("{}/cache", ws.str());
+    ok(&common::airlock(&["create", "--workspace", ws.str(), "--tmpfs", &cache, &name]));
+    exec_ok(common::airlock, &name, "echo x > f; echo y > cache/y");
+    let o = common::airlock(&["checkpoint", &name, "c1"]);
+    assert_eq!(code(&o), 1, "stdout: {} stderr: {}", stdout(&o), stderr(&o));
+    one_airlock_line(&o, "mount inside its workspace");
+    assert_eq!(exec_ok(common::airlock, &name, "cat f cache/y"), "x\ny\n");
+    ok(&common::airlock(&["stop", &name]));
+    ok(&common::airlock(&["checkpoint", &name, "c1"]));
+}

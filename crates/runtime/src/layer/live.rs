@@ -344,6 +344,9 @@ fn worker(uid: u32, gid: u32, workspace: &CStr, op: &Op, new_overlay: RawFd) -> 
             writable.and(continued)
         }
         Op::Swap(_) => {
+            // Again: a command `airlock exec` started since the freeze is stopped too while the mount changes.
+            signal_all(libc::SIGSTOP).map_err(at(LiveStep::Stop))?;
+            wait_all_stopped()?;
             replace_mount(workspace, new_overlay)?;
             signal_all(libc::SIGCONT).map_err(at(LiveStep::Continue))
         }

@@ -6,36 +6,76 @@
 //! rename whatever the workspace's size. A rollback to LABEL deletes the layers newer than it and empties
 //! `upper/`: the workspace shows exactly what it showed right after `airlock checkpoint NAME LABEL`.
 //!
-//! Both change the layers, which overlayfs forbids while they are mounted: they refuse while the sandbox runs.
+//! Both change the layers, which overlayfs forbids while they are mounted. For a running long-lived sandbox
+//! (`airlock create`) they replace its workspace overlay in place (see `runtime::layer::live`): its processes are
+//! stopped, the old overlay made read-only, the directories renamed on the host, a new overlay mounted in its
+//! place, and the processes continued ([`checkpoint_running`], [`rollback_running`]). A running `airlock run`
+//! sandbox is refused: its init is not recorded.
 
+use std::ffi::CString;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
+
+use runtime::layer::live::{LiveSandbox, NewStack};
 
 use crate::state;
 
 /// How many checkpoints one sandbox stacks (the overlay's lower layers, opened into a fixed-size array).
 const MAX_CHECKPOINTS: usize = runtime::plan::MAX_FROZEN_LAYERS;
 
-/// Claims the sandbox's layer for a checkpoint or rollback; refuses while it runs.
-fn claim(name: &str, what: &str) -> Result<state::ClaimedLayer> {
-    policy::names::validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
-    let dir = state::sandbox_dir(name);
-    if dir.is_dir() && state::is_running(&dir) {
-        bail!(
-            "sandbox {name} is running: {what} of a running sandbox is not supported yet (its overlay is mounted); \
-             {what} once it has ended"
-        );
-    }
+/// Claims the sandbox's layer for a checkpoint or rollback of a sandbox that has ended.
+fn claim(name: &str) -> Result<state::ClaimedLayer> {
     state::claim_layer(name)
 }
 
+/// Whether the sandbox `name` runs now (then its overlay is mounted).
+fn running(name: &str) -> Result<bool> {
+    policy::names::validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
+    let dir = state::sandbox_dir(name);
+    Ok(dir.is_dir() && state::is_running(&dir))
+}
+
 pub fn checkpoint(name: &str, label: Option<&str>) -> Result<i32> {
-    let claim = claim(name, "checkpoint")?;
+    if running(name)? {
+        return checkpoint_running(name, label);
+    }
+    let claim = claim(name)?;
     let dir = &claim.dir;
+    let (index, label) = next_checkpoint(dir, name, label)?;
+    let root = state::layer_root(dir)?;
+    let layers = root.join("layers");
+    match fs::DirBuilder::new().create(&layers) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", layers.display())),
+    }
+    let upper = root.join("upper");
+    // The new upper belongs to whoever owned the old one: the sandbox root's host id (as host root).
+    let owner = fs::symlink_metadata(&upper).with_context(|| format!("cannot read {}", upper.display()))?;
+    let frozen = layers.join(format!("{index}-{label}"));
+    let created = layers.join(format!("{index}-{label}.created"));
+    fs::write(&created, format!("{}\n", state::now()))
+        .with_context(|| format!("cannot write {}", created.display()))?;
+    // The checkpoint itself: one rename. Then the new empty upper; a stale work dir would confuse the overlay.
+    fs::rename(&upper, &frozen)
+        .with_context(|| format!("cannot rename {} to {}", upper.display(), frozen.display()))?;
+    make_dir_like(&upper, &owner)?;
+    empty_work(&root)?;
+    // The audit log's file summary at the checkpoint (what the frozen layers hold against the host workspace).
+    if let Ok(stack) = state::layer_of(name, false) {
+        crate::audit_cmd::record_checkpoint(name, &label, &stack);
+    }
+    println!("checkpoint {label} of sandbox {name}");
+    Ok(0)
+}
+
+/// The next checkpoint's index and label (LABEL, or `cN`), checked: valid, unique, room in the stack.
+fn next_checkpoint(dir: &std::path::Path, name: &str, label: Option<&str>) -> Result<(u32, String)> {
     let existing = state::checkpoints(dir)?;
     if existing.len() >= MAX_CHECKPOINTS {
         bail!(
@@ -53,39 +93,25 @@ pub fn checkpoint(name: &str, label: Option<&str>) -> Result<i32> {
     if existing.iter().any(|c| c.label == label) {
         bail!("sandbox {name} has a checkpoint {label} already (see `airlock checkpoints {name}`)");
     }
-    let layers = dir.join("layers");
-    match fs::DirBuilder::new().create(&layers) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot create {}", layers.display())),
-    }
-    let upper = dir.join("upper");
-    // The new upper belongs to whoever owned the old one: the sandbox root's host id (as host root).
-    let owner = fs::symlink_metadata(&upper).with_context(|| format!("cannot read {}", upper.display()))?;
-    let frozen = layers.join(format!("{index}-{label}"));
-    let created = layers.join(format!("{index}-{label}.created"));
-    fs::write(&created, format!("{}\n", state::now()))
-        .with_context(|| format!("cannot write {}", created.display()))?;
-    // The checkpoint itself: one rename. Then the new empty upper; a stale work dir would confuse the overlay.
-    fs::rename(&upper, &frozen)
-        .with_context(|| format!("cannot rename {} to {}", upper.display(), frozen.display()))?;
-    fs::create_dir(&upper).with_context(|| format!("cannot create {}", upper.display()))?;
-    fs::set_permissions(&upper, fs::Permissions::from_mode(owner.mode() & 0o7777))
-        .with_context(|| format!("cannot set the mode of {}", upper.display()))?;
-    std::os::unix::fs::lchown(&upper, Some(owner.uid()), Some(owner.gid()))
-        .with_context(|| format!("cannot set the owner of {}", upper.display()))?;
-    empty_work(dir)?;
-    // The audit log's file summary at the checkpoint (what the frozen layers hold against the host workspace).
-    if let Ok(stack) = state::layer_of(name, false) {
-        crate::audit_cmd::record_checkpoint(name, &label, &stack);
-    }
-    println!("checkpoint {label} of sandbox {name}");
-    Ok(0)
+    Ok((index, label))
+}
+
+/// A new empty directory `path` with the mode and owner of `like` (the old upper: the sandbox root's host id).
+fn make_dir_like(path: &std::path::Path, like: &fs::Metadata) -> Result<()> {
+    fs::create_dir(path).with_context(|| format!("cannot create {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(like.mode() & 0o7777))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    std::os::unix::fs::lchown(path, Some(like.uid()), Some(like.gid()))
+        .with_context(|| format!("cannot set the owner of {}", path.display()))
 }
 
 /// Empties the overlay's `work/` (its `work/work` has mode 000, which its owner opens up first).
 fn empty_work(dir: &std::path::Path) -> Result<()> {
-    let work = dir.join("work");
+    empty_work_in(&dir.join("work"))
+}
+
+fn empty_work_in(work: &Path) -> Result<()> {
+    let work = work.to_path_buf();
     let inner = work.join("work");
     if fs::symlink_metadata(&inner).is_ok_and(|m| m.is_dir()) {
         fs::set_permissions(&inner, fs::Permissions::from_mode(0o700))
@@ -135,8 +161,12 @@ pub fn list(name: &str, json: bool) -> Result<i32> {
 }
 
 pub fn rollback(name: &str, label: &str) -> Result<i32> {
-    let claim = claim(name, "rollback")?;
+    if running(name)? {
+        return rollback_running(name, label);
+    }
+    let claim = claim(name)?;
     let dir = &claim.dir;
+    let root = state::layer_root(dir)?;
     let all = state::checkpoints(dir)?;
     let Some(target) = all.iter().find(|c| c.label == label) else {
         bail!("sandbox {name} has no checkpoint {label} (see `airlock checkpoints {name}`)");
@@ -145,13 +175,224 @@ pub fn rollback(name: &str, label: &str) -> Result<i32> {
     for newer in all.iter().rev().filter(|c| c.index > target.index) {
         runtime::layer::remove_path(&newer.dir)
             .with_context(|| format!("cannot remove checkpoint {} ({})", newer.label, newer.dir.display()))?;
-        let created = dir.join("layers").join(format!("{}-{}.created", newer.index, newer.label));
+        let created = root.join("layers").join(format!("{}-{}.created", newer.index, newer.label));
         let _ = fs::remove_file(created);
     }
-    let upper = dir.join("upper");
+    let upper = root.join("upper");
     runtime::layer::clear_dir(&upper).with_context(|| format!("cannot empty {}", upper.display()))?;
-    empty_work(dir)?;
+    empty_work(&root)?;
     println!("sandbox {name} rolled back to checkpoint {label}");
+    Ok(0)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A running long-lived sandbox: the overlay is replaced in place (runtime::layer::live).
+
+/// What a running checkpoint or rollback needs: the sandbox's init, its workspace, its layer's directory, and
+/// the lock that keeps two of them (or a commit's claim... which refuses while it runs anyway) apart.
+struct RunningLayer {
+    live: LiveSandbox,
+    workspace: String,
+    workspace_c: CString,
+    root: PathBuf,
+    dir: PathBuf,
+    _lock: fs::File,
+}
+
+fn running_layer(name: &str, what: &str) -> Result<RunningLayer> {
+    let dir = state::sandbox_dir(name);
+    let record = state::read_record(&dir)?;
+    let (Some(init_pid), Some(init_start_time)) = (record.init_pid, record.init_start_time) else {
+        bail!(
+            "sandbox {name} is running under `airlock run`: {what} of such a run is not supported yet (only of a \
+             long-lived sandbox, `airlock create`); {what} once it has ended"
+        );
+    };
+    let workspace = match (record.workspace, record.workspace_mode.as_deref()) {
+        (Some(workspace), Some("cow")) => workspace,
+        _ => bail!("sandbox {name} has no copy-on-write workspace (it was run without --workspace in cow mode)"),
+    };
+    // A mount inside the workspace (--bind, --tmpfs) sits on the old overlay and would go with it.
+    let profile = state::read_profile(&dir)?;
+    let fsys = &profile.filesystem;
+    let inside = format!("{}/", workspace.trim_end_matches('/'));
+    let nested = fsys.bind.iter().chain(&fsys.ro_bind).chain(&fsys.tmpfs).find_map(|spec| {
+        let dest = spec.split_once(':').map_or(spec.as_str(), |(src, rest)| {
+            // --bind SRC[:DST], --tmpfs DST[:SIZE]: the destination is the part that is a path.
+            if rest.starts_with('/') {
+                rest
+            } else {
+                src
+            }
+        });
+        dest.starts_with(&inside).then(|| dest.to_string())
+    });
+    if let Some(dest) = nested {
+        bail!(
+            "sandbox {name} has a mount inside its workspace ({dest}), which a {what} of the running sandbox would \
+             drop; {what} once it has ended (airlock stop {name})"
+        );
+    }
+    let lock_path = dir.join("layer.lock");
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    if !runtime::host::try_lock_exclusive(&lock) {
+        bail!("another checkpoint or rollback of sandbox {name} is in progress");
+    }
+    let root = state::layer_root(&dir)?;
+    let live = LiveSandbox::open(name, init_pid, init_start_time)?;
+    let workspace_c = CString::new(workspace.clone()).map_err(|_| anyhow!("workspace path holds a NUL byte"))?;
+    Ok(RunningLayer { live, workspace, workspace_c, root, dir, _lock: lock })
+}
+
+/// The new stack's directories, as the helper opens them.
+fn open_stack(upper: &Path, work: &Path, frozen: &[PathBuf], lower: &str) -> Result<NewStack> {
+    let c = |path: &Path| {
+        CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| anyhow!("NUL in {}", path.display()))
+    };
+    Ok(NewStack {
+        upper: c(upper)?,
+        work: c(work)?,
+        frozen: frozen.iter().map(|p| c(p)).collect::<Result<_>>()?,
+        lower: c(Path::new(lower))?,
+    })
+}
+
+/// A scratch directory beside the layers for what a running checkpoint or rollback takes out of the way.
+fn aside_dir(root: &Path, what: &str) -> Result<PathBuf> {
+    let aside = root.join(format!("{what}.{}", std::process::id()));
+    fs::DirBuilder::new().mode(0o700).create(&aside).with_context(|| format!("cannot create {}", aside.display()))?;
+    Ok(aside)
+}
+
+/// Removes what was put aside (the old work dir's `work/work` has mode 000: opened up first).
+fn remove_aside(aside: &Path) {
+    let _ = empty_work_in(&aside.join("work"));
+    let _ = runtime::layer::remove_path(aside);
+}
+
+/// `airlock checkpoint` of a running sandbox: freeze, rename upper to the checkpoint and work aside, fresh upper
+/// and work, the new overlay in place, continue. Any failure puts every directory back and continues.
+fn checkpoint_running(name: &str, label: Option<&str>) -> Result<i32> {
+    let layer = running_layer(name, "checkpoint")?;
+    let (index, label) = next_checkpoint(&layer.dir, name, label)?;
+    let root = &layer.root;
+    let layers = root.join("layers");
+    match fs::DirBuilder::new().create(&layers) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", layers.display())),
+    }
+    let (upper, work) = (root.join("upper"), root.join("work"));
+    let owner = fs::symlink_metadata(&upper).with_context(|| format!("cannot read {}", upper.display()))?;
+    let frozen = layers.join(format!("{index}-{label}"));
+    let created = layers.join(format!("{index}-{label}.created"));
+    let aside = aside_dir(root, "checkpoint")?;
+
+    layer.live.freeze(&layer.workspace_c).with_context(|| format!("cannot checkpoint running sandbox {name}"))?;
+    // Frozen: nothing in the sandbox writes, and its overlay is read-only.
+    let swapped = (|| -> Result<()> {
+        fs::write(&created, format!("{}\n", state::now()))
+            .with_context(|| format!("cannot write {}", created.display()))?;
+        fs::rename(&upper, &frozen)
+            .with_context(|| format!("cannot rename {} to {}", upper.display(), frozen.display()))?;
+        fs::rename(&work, aside.join("work")).with_context(|| format!("cannot move {} aside", work.display()))?;
+        make_dir_like(&upper, &owner)?;
+        make_dir_like(&work, &owner)?;
+        let stack_dirs: Vec<PathBuf> = state::checkpoints(&layer.dir)?.into_iter().rev().map(|c| c.dir).collect();
+        let stack = open_stack(&upper, &work, &stack_dirs, &layer.workspace)?;
+        layer.live.swap(&layer.workspace_c, &stack)?;
+        Ok(())
+    })();
+    if let Err(e) = swapped {
+        // Back as it was: the old upper and work (the old overlay still uses them), then continue.
+        if frozen.exists() {
+            let _ = fs::remove_dir(&upper);
+            let _ = fs::rename(&frozen, &upper);
+        }
+        if aside.join("work").exists() {
+            let _ = fs::remove_dir(&work);
+            let _ = fs::rename(aside.join("work"), &work);
+        }
+        let _ = fs::remove_file(&created);
+        let _ = fs::remove_dir(&aside);
+        let thawed = layer.live.thaw(&layer.workspace_c);
+        let e = e.context(format!("cannot checkpoint running sandbox {name} (nothing was changed)"));
+        return Err(match thawed {
+            Ok(()) => e,
+            Err(t) => e.context(format!("and its processes may still be stopped ({t}): airlock stop {name}")),
+        });
+    }
+    remove_aside(&aside);
+    if let Ok(stack) = state::layer_of(name, false) {
+        crate::audit_cmd::record_checkpoint(name, &label, &stack);
+    }
+    println!("checkpoint {label} of sandbox {name} (running: new commands see the workspace as it is)");
+    Ok(0)
+}
+
+/// `airlock rollback` of a running sandbox: freeze, move upper, work and the newer checkpoints aside, fresh
+/// upper and work, the new overlay (over the layers up to LABEL) in place, continue; then what was put aside is
+/// deleted. Any failure before the swap puts everything back.
+fn rollback_running(name: &str, label: &str) -> Result<i32> {
+    let layer = running_layer(name, "rollback")?;
+    let root = &layer.root;
+    let all = state::checkpoints(&layer.dir)?;
+    let Some(target) = all.iter().find(|c| c.label == label) else {
+        bail!("sandbox {name} has no checkpoint {label} (see `airlock checkpoints {name}`)");
+    };
+    let newer: Vec<&state::Checkpoint> = all.iter().filter(|c| c.index > target.index).collect();
+    let kept: Vec<PathBuf> = all.iter().rev().filter(|c| c.index <= target.index).map(|c| c.dir.clone()).collect();
+    let (upper, work) = (root.join("upper"), root.join("work"));
+    let owner = fs::symlink_metadata(&upper).with_context(|| format!("cannot read {}", upper.display()))?;
+    let aside = aside_dir(root, "rollback")?;
+    // (from, to) of every rename, to undo them in reverse.
+    let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
+
+    layer.live.freeze(&layer.workspace_c).with_context(|| format!("cannot roll back running sandbox {name}"))?;
+    let swapped = (|| -> Result<()> {
+        let layers = root.join("layers");
+        let mut renames = vec![(upper.clone(), aside.join("upper")), (work.clone(), aside.join("work"))];
+        for c in &newer {
+            let base = format!("{}-{}", c.index, c.label);
+            renames.push((c.dir.clone(), aside.join(&base)));
+            let created = layers.join(format!("{base}.created"));
+            if created.exists() {
+                renames.push((created, aside.join(format!("{base}.created"))));
+            }
+        }
+        for (from, to) in renames {
+            fs::rename(&from, &to).with_context(|| format!("cannot move {} aside", from.display()))?;
+            moved.push((from, to));
+        }
+        make_dir_like(&upper, &owner)?;
+        make_dir_like(&work, &owner)?;
+        let stack = open_stack(&upper, &work, &kept, &layer.workspace)?;
+        layer.live.swap(&layer.workspace_c, &stack)?;
+        Ok(())
+    })();
+    if let Err(e) = swapped {
+        let _ = fs::remove_dir(&upper);
+        let _ = fs::remove_dir(&work);
+        for (from, to) in moved.iter().rev() {
+            let _ = fs::rename(to, from);
+        }
+        let _ = fs::remove_dir(&aside);
+        let thawed = layer.live.thaw(&layer.workspace_c);
+        let e = e.context(format!("cannot roll back running sandbox {name} (nothing was changed)"));
+        return Err(match thawed {
+            Ok(()) => e,
+            Err(t) => e.context(format!("and its processes may still be stopped ({t}): airlock stop {name}")),
+        });
+    }
+    remove_aside(&aside);
+    println!("sandbox {name} rolled back to checkpoint {label} (running: new commands see the workspace as it was)");
     Ok(0)
 }
 

@@ -125,7 +125,7 @@ pub fn supervise(args: CreateArgs) -> Result<i32> {
             return Err(e);
         }
     };
-    let layer = match cow.then(|| kept.layer_dirs()).transpose() {
+    let layer = match cow.then(|| kept.layer_dirs(policy.limits.disk_bytes)).transpose() {
         Ok(layer) => layer,
         Err(e) => {
             let _ = kept.remove();
@@ -222,8 +222,8 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
         name: Some(name.clone()),
         layer: match cow {
             true => Some(LayerDirs {
-                upper: dir.join("upper"),
-                work: dir.join("work"),
+                upper: state::layer_root(&dir)?.join("upper"),
+                work: state::layer_root(&dir)?.join("work"),
                 frozen: state::checkpoints(&dir)?.into_iter().rev().map(|c| c.dir).collect(),
             }),
             false => None,

@@ -40,7 +40,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         }
         None => None,
     };
-    let layer = match kept.as_ref().filter(|_| cow).map(state::SandboxState::layer_dirs).transpose() {
+    let layer = match kept.as_ref().filter(|_| cow).map(|s| s.layer_dirs(policy.limits.disk_bytes)).transpose() {
         Ok(layer) => layer,
         Err(e) => {
             abandon(kept.take(), args.opts.resume);

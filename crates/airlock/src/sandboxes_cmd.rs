@@ -63,7 +63,7 @@ pub fn rm(names: &[String]) -> Result<i32> {
 
 /// How many changes a sandbox's copy-on-write layer holds (`None` without a layer, or when it cannot be read).
 fn pending_changes(dir: &std::path::Path, record: &state::SandboxRecord) -> Option<u64> {
-    let upper = dir.join("upper");
+    let upper = state::layer_root(dir).ok()?.join("upper");
     let lower = record.workspace.as_ref()?;
     if !upper.is_dir() {
         return None;

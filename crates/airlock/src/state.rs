@@ -2,6 +2,10 @@
 //! is), `lock` (held while it runs), the copy-on-write layer (`upper/`, `work/`), its checkpoints (`layers/N-LABEL/`
 //! frozen layers, with `layers/N-LABEL.created`) and `stats.json` (final resource numbers). It stays until `airlock rm NAME`; `--rm` removes it when the run ends.
 //!
+//! With `--disk SIZE` (as host root) the layer's directories live on an ext4 image instead: `layer.img`, mounted
+//! at `layer/` (which then holds `upper/`, `work/`, `layers/`); [`layer_root`] says where they are, and mounts the
+//! image again when something (a reboot) unmounted it. See `runtime::layer::disk`.
+//!
 //! `$STATE` is `$AIRLOCK_STATE_DIR`, else `/var/lib/airlock` for root and `$XDG_STATE_HOME/airlock`
 //! (`~/.local/state/airlock`) for other users.
 
@@ -66,6 +70,37 @@ pub struct SandboxState {
     pub record: SandboxRecord,
     /// Held (flock) while the sandbox runs; dropped with this value.
     _lock: File,
+    /// Claimed by `--resume` (its layer exists already).
+    resumed: bool,
+}
+
+/// The image of a disk-bounded layer, in the sandbox's directory.
+pub const LAYER_IMAGE: &str = "layer.img";
+/// Where that image is mounted, in the sandbox's directory.
+pub const LAYER_MOUNT: &str = "layer";
+
+/// The directory holding a sandbox's `upper/`, `work/` and `layers/`: its own directory, or for a disk-bounded
+/// layer the mounted image, mounted first if it is not (after a reboot; as host root only). Every command that
+/// reads or changes the layer goes through this.
+pub fn layer_root(dir: &Path) -> Result<PathBuf> {
+    let image = dir.join(LAYER_IMAGE);
+    if fs::symlink_metadata(&image).is_err() {
+        return Ok(dir.to_path_buf());
+    }
+    let mountpoint = dir.join(LAYER_MOUNT);
+    runtime::layer::disk::ensure_mounted(&image, &mountpoint)
+        .with_context(|| format!("the workspace layer of {} is a disk-bounded image", dir.display()))?;
+    Ok(mountpoint)
+}
+
+/// `16M` for 16 MiB: how a size is shown back to the user.
+pub fn human_size(bytes: u64) -> String {
+    for (shift, unit) in [(30, "G"), (20, "M"), (10, "K")] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
 }
 
 impl SandboxState {
@@ -107,7 +142,7 @@ impl SandboxState {
             supervisor_pid: None,
             supervisor_start_time: None,
         };
-        let state = SandboxState { name: name.to_string(), dir, record, _lock: lock };
+        let state = SandboxState { name: name.to_string(), dir, record, _lock: lock, resumed: false };
         state.write_record()?;
         Ok(state)
     }
@@ -130,16 +165,56 @@ impl SandboxState {
                 record.workspace_mode.as_deref().unwrap_or("no")
             );
         }
-        ensure_layer_dirs(&dir)?;
+        ensure_layer_dirs(&layer_root(&dir).context("--resume")?)?;
         record.status = "running".to_string();
-        let state = SandboxState { name: name.to_string(), dir, record, _lock: lock };
+        let state = SandboxState { name: name.to_string(), dir, record, _lock: lock, resumed: true };
         state.write_record()?;
         Ok(state)
     }
 
-    pub fn layer_dirs(&self) -> Result<runtime::prepare::LayerDirs> {
+    /// The layer's directories for the run. `disk` (`--disk`): a new sandbox's layer is made on an image of
+    /// that size; a resumed one must have been made so, with that size (a bound cannot be added or changed later).
+    pub fn layer_dirs(&self, disk: Option<u64>) -> Result<runtime::prepare::LayerDirs> {
+        let image = self.dir.join(LAYER_IMAGE);
+        let bounded = fs::symlink_metadata(&image).is_ok();
+        match (disk, bounded) {
+            (Some(size), false) if !self.resumed => self.make_disk_layer(size)?,
+            (Some(size), false) => bail!(
+                "--disk {}: sandbox {} was created without --disk, and its layer cannot be bounded afterwards; \
+                 resume it without --disk",
+                human_size(size),
+                self.name
+            ),
+            (Some(size), true) => {
+                let had = runtime::layer::disk::image_size(&image)?;
+                if had != size {
+                    bail!(
+                        "--disk {}: the layer of sandbox {} was created with --disk {}; resume with that size or \
+                         without --disk",
+                        human_size(size),
+                        self.name,
+                        human_size(had)
+                    );
+                }
+            }
+            (None, _) => {}
+        }
+        let root = layer_root(&self.dir)?;
         let frozen = checkpoints(&self.dir)?.into_iter().rev().map(|c| c.dir).collect();
-        Ok(runtime::prepare::LayerDirs { upper: self.dir.join("upper"), work: self.dir.join("work"), frozen })
+        Ok(runtime::prepare::LayerDirs { upper: root.join("upper"), work: root.join("work"), frozen })
+    }
+
+    /// A new sandbox's layer on an ext4 image of `size` bytes, mounted, holding empty `upper/` and `work/`.
+    fn make_disk_layer(&self, size: u64) -> Result<()> {
+        // The plain layer directories `create` made give way to the image's (they are empty).
+        for sub in ["upper", "work"] {
+            let _ = fs::remove_dir(self.dir.join(sub));
+        }
+        let image = self.dir.join(LAYER_IMAGE);
+        runtime::layer::disk::create_image(&image, size)?;
+        let mountpoint = self.dir.join(LAYER_MOUNT);
+        runtime::layer::disk::ensure_mounted(&image, &mountpoint)?;
+        ensure_layer_dirs(&mountpoint)
     }
 
     /// A resumed run that did not start: the sandbox is as it was.
@@ -234,8 +309,11 @@ pub fn sandbox_names() -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Removes a sandbox's directory. The overlay leaves `work/work` with mode 000; open it up first.
+/// Removes a sandbox's directory. A disk-bounded layer is unmounted first (its loop device detaches itself), and
+/// its image deleted with the rest. The overlay leaves `work/work` with mode 000; open it up first.
 pub fn remove_sandbox_dir(dir: &Path) -> Result<()> {
+    // Never recurse into a mounted layer: if it cannot be unmounted, nothing is removed.
+    runtime::layer::disk::unmount(&dir.join(LAYER_MOUNT))?;
     let inner_work = dir.join("work").join("work");
     if fs::symlink_metadata(&inner_work).is_ok_and(|m| m.is_dir()) {
         let _ = fs::set_permissions(&inner_work, fs::Permissions::from_mode(0o700));
@@ -292,7 +370,7 @@ pub struct Checkpoint {
 
 /// A sandbox's checkpoints, oldest first.
 pub fn checkpoints(dir: &Path) -> Result<Vec<Checkpoint>> {
-    let layers = dir.join("layers");
+    let layers = layer_root(dir)?.join("layers");
     let entries = match fs::read_dir(&layers) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -314,12 +392,13 @@ pub fn checkpoints(dir: &Path) -> Result<Vec<Checkpoint>> {
 
 /// The layer stack of a sandbox's state directory over `workspace`.
 pub fn layer_stack(dir: &Path, workspace: &str) -> Result<runtime::layer::LayerStack> {
+    let root = layer_root(dir)?;
     Ok(runtime::layer::LayerStack {
-        upper: dir.join("upper"),
+        upper: root.join("upper"),
         frozen: checkpoints(dir)?.into_iter().rev().map(|c| c.dir).collect(),
         lower: PathBuf::from(workspace),
-        // Per process: two diffs at once must not share it.
-        scratch: dir.join(format!("compose.{}", std::process::id())),
+        // Per process: two diffs at once must not share it. Beside the layers: it holds hard links to them.
+        scratch: root.join(format!("compose.{}", std::process::id())),
     })
 }
 

@@ -12,6 +12,7 @@ const CHECK_IDS: &[&str] = &[
     "mounts",
     "proc",
     "overlay",
+    "disk_layer",
     "landlock",
     "seccomp",
     "no_new_privs",

@@ -356,3 +356,143 @@ fn exec_tty_gives_a_terminal_of_the_sandbox_rootless() {
     let _user = require_test_user!();
     check_exec_tty(true);
 }
+
+/// The workspace's tree: every path with its type, mode and link target, then every file's contents (and so its
+/// size; a directory's size depends on the filesystem holding the layer, so it is left out).
+const TREE_HASH: &str =
+    "(find . -printf '%p %y %m %l\\n' | sort; find . -type f | sort | xargs -r sha256sum) | sha256sum";
+
+/// `airlock exec NAME -- sh -c SCRIPT` that must succeed; its stdout.
+fn exec_ok(airlock: fn(&[&str]) -> Output, name: &str, script: &str) -> String {
+    ok(&airlock(&["exec", name, "--", "/bin/sh", "-c", script]))
+}
+
+/// Starts `airlock exec NAME -- sh -c SCRIPT` in the background (as root or the test user).
+fn exec_in_background(as_user: bool, name: &str, script: &str) -> std::process::Child {
+    let mut cmd = if as_user {
+        let uid = common::test_user_uid().to_string();
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", &uid, "--regid", &uid, "--clear-groups", "--reset-env", "--", "/usr/bin/env"])
+            .arg(format!("AIRLOCK_STATE_DIR={}", common::test_state_dir(common::test_user_uid())))
+            .arg(common::shared_binary())
+            .current_dir("/");
+        c
+    } else {
+        let mut c = Command::new(common::airlock_path());
+        c.env("AIRLOCK_STATE_DIR", common::test_state_dir(0));
+        c
+    };
+    cmd.args(["exec", name, "--", "/bin/sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Checkpoint and rollback of a running sandbox: checkpoint → change → rollback gives back exactly the tree
+/// hash taken at the checkpoint, as the next `exec` sees it; a process that kept its working directory in the
+/// old tree reads it as it was and cannot write to it; a file held open for writing refuses the checkpoint
+/// (nothing changed, the sandbox runs on); after `stop`, `run --resume` and `commit` see the same tree. As root
+/// the layer is disk-bounded (`--disk`): the running swap works on the loop-mounted image too.
+fn check_running_checkpoint_and_rollback(as_user: bool) {
+    let airlock = airlock_as(as_user);
+    let ws = workspace("live");
+    fs::create_dir(ws.path().join("sub")).unwrap();
+    fs::write(ws.path().join("sub/b.txt"), "bee\n").unwrap();
+    ws.chown_to_test_user();
+    let name = unique_name("live");
+    let _cleanup = Cleanup { name: name.clone(), airlock };
+    let mut create = vec!["create", "--workspace", ws.str()];
+    if !as_user {
+        create.extend(["--disk", "32M"]);
+    }
+    create.push(&name);
+    let o = airlock(&create);
+    assert_eq!(code(&o), 0, "create failed: {}", stderr(&o));
+
+    exec_ok(airlock, &name, "echo one > f1; mkdir d; echo x > d/x; rm a.txt; chmod 700 sub; ln -s f1 link");
+    let at_c1 = exec_ok(airlock, &name, TREE_HASH);
+    // A process whose working directory is the workspace, with a file open for reading, across both swaps.
+    let old_view =
+        exec_in_background(as_user, &name, "exec 3<f1; sleep 3; echo late > late.txt; echo write=$?; cat <&3; cat d/x");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let o = airlock(&["checkpoint", &name, "c1"]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert!(stdout(&o).contains("running"), "{}", stdout(&o));
+    assert_eq!(exec_ok(airlock, &name, TREE_HASH), at_c1, "a checkpoint changes nothing exec sees");
+    exec_ok(airlock, &name, "echo two > f2; rm f1; echo y >> d/x; rm -r sub; mkdir sub; echo new > sub/n");
+    let changed = exec_ok(airlock, &name, TREE_HASH);
+    assert_ne!(changed, at_c1);
+    assert!(ok(&airlock(&["diff", &name])).contains("f2"));
+
+    let o = airlock(&["rollback", &name, "c1"]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert_eq!(exec_ok(airlock, &name, TREE_HASH), at_c1, "the rollback did not restore the tree of c1");
+    assert_eq!(exec_ok(airlock, &name, "cat f1 d/x; ls"), "one\nx\nd\nf1\nlink\nsub\n");
+
+    let old = old_view.wait_with_output().unwrap();
+    assert_eq!(stdout(&old), "write=2\none\nx\n", "stderr: {}", stderr(&old));
+    assert!(stderr(&old).contains("Read-only file system"), "{}", stderr(&old));
+
+    // A writer holding a workspace file open: refused, nothing changed, the sandbox runs on.
+    let writer = exec_in_background(as_user, &name, "exec 4>>d/x; echo open; sleep 3");
+    std::thread::sleep(Duration::from_millis(700));
+    let o = airlock(&["checkpoint", &name, "c2"]);
+    assert_eq!(code(&o), 1, "stdout: {} stderr: {}", stdout(&o), stderr(&o));
+    one_airlock_line(&o, "open for writing");
+    assert_eq!(ok(&airlock(&["checkpoints", &name, "--json"])).matches("\"label\"").count(), 1);
+    exec_ok(airlock, &name, "echo after > f3");
+    assert!(writer.wait_with_output().unwrap().status.success());
+    let o = airlock(&["checkpoint", &name, "c2"]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    let at_end = exec_ok(airlock, &name, TREE_HASH);
+
+    // After stop: a resumed run and the commit see that tree.
+    ok(&airlock(&["stop", &name]));
+    let o = airlock(&["run", "--name", &name, "--resume", "--workspace", ws.str(), "--", "/bin/sh", "-c", TREE_HASH]);
+    assert_eq!(stdout(&o), at_end, "stderr: {}", stderr(&o));
+    ok(&airlock(&["commit", &name]));
+    let host = Command::new("/bin/sh").args(["-c", TREE_HASH]).current_dir(ws.path()).output().unwrap();
+    assert_eq!(stdout(&host), at_end, "the commit did not apply the tree exec saw");
+    ok(&airlock(&["rm", &name]));
+    if !as_user {
+        let losetup = ok(&Command::new("losetup").arg("-a").output().unwrap());
+        assert!(!losetup.contains(&name), "{losetup}");
+    }
+}
+
+#[test]
+fn running_checkpoint_and_rollback_as_root() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_running_checkpoint_and_rollback(false);
+}
+
+#[test]
+fn running_checkpoint_and_rollback_rootless() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_running_checkpoint_and_rollback(true);
+}
+
+/// A mount inside the workspace (`--tmpfs`) would be dropped with the old overlay: a running checkpoint is
+/// refused, with nothing changed; once the sandbox has stopped it works.
+#[test]
+fn running_checkpoint_is_refused_with_a_mount_inside_the_workspace() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    let ws = workspace("live-nested");
+    let name = unique_name("live-nested");
+    let _cleanup = Cleanup { name: name.clone(), airlock: common::airlock };
+    let cache = format!("{}/cache", ws.str());
+    ok(&common::airlock(&["create", "--workspace", ws.str(), "--tmpfs", &cache, &name]));
+    exec_ok(common::airlock, &name, "echo x > f; echo y > cache/y");
+    let o = common::airlock(&["checkpoint", &name, "c1"]);
+    assert_eq!(code(&o), 1, "stdout: {} stderr: {}", stdout(&o), stderr(&o));
+    one_airlock_line(&o, "mount inside its workspace");
+    assert_eq!(exec_ok(common::airlock, &name, "cat f cache/y"), "x\ny\n");
+    ok(&common::airlock(&["stop", &name]));
+    ok(&common::airlock(&["checkpoint", &name, "c1"]));
+}

@@ -34,6 +34,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 mod commit;
+pub mod disk;
+pub mod live;
 mod stack;
 pub use commit::{commit_changes, CommitError, CommitOutcome};
 pub use stack::{

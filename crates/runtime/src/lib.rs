@@ -13,6 +13,7 @@ pub mod host;
 pub mod init;
 pub mod landlock;
 pub mod layer;
+pub mod loopdev;
 pub mod mounts;
 pub mod net;
 pub mod notify;

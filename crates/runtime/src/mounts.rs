@@ -64,7 +64,7 @@ impl OverlayFds {
         frozen_count: 0,
     };
 
-    fn close_all(&self) {
+    pub fn close_all(&self) {
         for fd in [self.lower, self.upper, self.work].into_iter().chain(self.frozen) {
             if fd >= 0 {
                 sys::close(fd);

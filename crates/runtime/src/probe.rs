@@ -506,6 +506,7 @@ pub fn probe_host() -> HostReport {
         check_mounts(&report, &steps),
         check_proc(&report),
         check_overlay(&report),
+        check_disk_layer(&report),
         check_landlock(&report),
         check_seccomp(&report),
         check_no_new_privs(&report),
@@ -1287,6 +1288,39 @@ fn check_proc(report: &HostReport) -> Check {
         Attempt::NotTried => {
             check(ID, NAME, Status::Missing, "not tried: needs a pid namespace and a tmpfs mount".to_string(), None)
         }
+    }
+}
+
+/// `--disk` for a `cow` workspace: an ext4 image on a loop device (host root only), tried for real.
+fn check_disk_layer(report: &HostReport) -> Check {
+    const ID: &str = "disk_layer";
+    const NAME: &str = "disk-bounded workspace layer (--disk)";
+    if !report.user.root {
+        return check(
+            ID,
+            NAME,
+            Status::Warn,
+            "rootless: --disk with a cow workspace is refused (its layer is a loop-mounted ext4 image, which a user \
+             namespace cannot mount); --disk still bounds /tmp and --tmpfs"
+                .to_string(),
+            None,
+        );
+    }
+    match crate::layer::disk::probe() {
+        Ok(()) => check(
+            ID,
+            NAME,
+            Status::Ok,
+            "an ext4 image on a loop device mounts: --disk bounds a cow workspace's layer".to_string(),
+            None,
+        ),
+        Err(e) => check(
+            ID,
+            NAME,
+            Status::Warn,
+            format!("--disk with a cow workspace will fail: {e}"),
+            Some("install e2fsprogs (mkfs.ext4), load the loop and ext4 modules (modprobe loop ext4)".to_string()),
+        ),
     }
 }
 
@@ -2090,7 +2124,7 @@ mod tests {
         }
         println!("{}", report.summary(Requirement::Required, &Limits::default()));
         println!("probed in {elapsed:?}");
-        assert_eq!(report.checks.len(), 14);
+        assert_eq!(report.checks.len(), 15);
         assert!(report.probe_error.is_none(), "{:?}", report.probe_error);
     }
 }

@@ -1,0 +1,576 @@
+//! Checkpoint and rollback of a *running* long-lived sandbox: its workspace overlay is replaced in place.
+//!
+//! Overlayfs does not allow its layers to change under a mounted overlay, so the caller (the `airlock checkpoint`
+//! or `rollback` process, on the host) works in three steps, each of the two in-sandbox ones done by a helper
+//! process that enters the sandbox's user, mount and pid namespaces (by pidfd on its init, as `airlock exec`
+//! does) and takes the sandbox root's identity there:
+//!
+//! 1. [`LiveSandbox::freeze`]: every process of the sandbox (its pid namespace, init excepted: it runs no
+//!    sandbox code) gets `SIGSTOP` (`kill(-1)` from inside, which reaches exactly that namespace and is applied
+//!    to processes forking at that moment too); the helper waits until each is stopped, `syncfs`es the workspace,
+//!    and makes the overlay's mount read-only (`mount_setattr`). The kernel refuses that while a file on it is
+//!    open for writing (`EBUSY`): then everything is thawed and the caller refuses, since a writer holding a file
+//!    of the old layer could change it after it was frozen.
+//! 2. On the host, the caller renames the layer directories (the old upper becomes the checkpoint; or, for a
+//!    rollback, is put aside) and opens the new stack's directories.
+//! 3. [`LiveSandbox::swap`]: the helper mounts the new overlay (lower: the frozen layers and the workspace; a fresh
+//!    upper and work; options as init's, `mounts::mount_workspace_overlay`), detaches the old one from the
+//!    workspace's path and moves the new one there, then sends `SIGCONT` to everything it stopped.
+//!
+//! What running processes see: new opens, path lookups and new commands see the new tree. A process whose working
+//! directory or open file is inside the workspace keeps that view of the old tree, now read-only (its writes fail
+//! with `EROFS`, so they can never reach a frozen layer); after a rollback that old view is of layers that were
+//! removed and may show errors. Landlock rules of processes started before the swap name the old mount's
+//! directory, so under Landlock they cannot write to the new tree: run them again (`airlock exec`). Processes see
+//! the stop and continue (a parent waiting with `WUNTRACED` is told).
+
+use std::ffi::{CStr, CString};
+use std::os::fd::RawFd;
+
+use crate::mounts::{self, OverlayFds};
+use crate::plan::MAX_FROZEN_LAYERS;
+use crate::sys::{self, Errno};
+
+/// How long processes have to stop after `SIGSTOP` (a process in a long uninterruptible system call).
+const STOP_WAIT_MS: u32 = 5000;
+/// How long `EBUSY` from making the mount read-only is retried (a system call in flight when it stopped).
+const READONLY_ATTEMPTS: u32 = 50;
+
+/// Steps of the helper, for errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum LiveStep {
+    EnterNamespaces = 1,
+    SwitchIds,
+    Stop,
+    WaitStopped,
+    OpenWorkspace,
+    Sync,
+    MakeReadOnly,
+    OpenLayers,
+    MountOverlay,
+    CloneOld,
+    DetachOld,
+    MoveNew,
+    Continue,
+    Fork,
+}
+
+impl LiveStep {
+    fn from_u32(n: u32) -> Option<LiveStep> {
+        use LiveStep::*;
+        [EnterNamespaces, SwitchIds, Stop, WaitStopped, OpenWorkspace, Sync, MakeReadOnly, OpenLayers, MountOverlay]
+            .into_iter()
+            .chain([CloneOld, DetachOld, MoveNew, Continue, Fork])
+            .find(|s| *s as u32 == n)
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            LiveStep::EnterNamespaces => "enter the sandbox's user, mount and pid namespaces",
+            LiveStep::SwitchIds => "take the sandbox root's identity",
+            LiveStep::Stop => "stop the sandbox's processes",
+            LiveStep::WaitStopped => "wait for the sandbox's processes to stop",
+            LiveStep::OpenWorkspace => "open the workspace inside the sandbox",
+            LiveStep::Sync => "sync the workspace's layer",
+            LiveStep::MakeReadOnly => "make the workspace's old overlay read-only",
+            LiveStep::OpenLayers => "open the new stack's layers",
+            LiveStep::MountOverlay => "mount the new workspace overlay",
+            LiveStep::CloneOld => "keep a copy of the old workspace mount",
+            LiveStep::DetachOld => "detach the old workspace overlay",
+            LiveStep::MoveNew => "put the new overlay at the workspace's path",
+            LiveStep::Continue => "let the sandbox's processes continue",
+            LiveStep::Fork => "fork the helper inside the sandbox",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error("sandbox {0} is not running")]
+    NotRunning(String),
+    #[error("cannot open init (pid {0}) of the sandbox: errno {1}")]
+    OpenInit(libc::pid_t, Errno),
+    #[error("cannot read the ids of the sandbox's init (pid {0}): {1}")]
+    ReadIds(libc::pid_t, String),
+    #[error("cannot start the helper: errno {0}")]
+    Helper(Errno),
+    /// A process in the sandbox holds a file of the workspace open for writing.
+    #[error(
+        "a process in the sandbox has a file in the workspace open for writing, which would change the layer after \
+         it was frozen; nothing was changed (retry once it has closed it, or stop the sandbox first)"
+    )]
+    WriterOpen,
+    #[error("the sandbox's processes did not all stop within {}s; nothing was changed", STOP_WAIT_MS / 1000)]
+    StopTimeout,
+    #[error("cannot {}: {}", .0.description(), crate::failure::errno_text(*.1))]
+    Step(LiveStep, Errno),
+    #[error("the sandbox has {0} checkpoints; at most {MAX_FROZEN_LAYERS} can be stacked")]
+    TooManyLayers(usize),
+}
+
+/// The running sandbox, by pidfd on its init (checked against the recorded start time: not a reused pid).
+pub struct LiveSandbox {
+    name: String,
+    pidfd: RawFd,
+    /// Its mount and pid namespaces (`/proc/PID/ns/`), entered by descriptor after its user namespace (entering
+    /// them by pidfd then would need the right to ptrace init, lost with the host's capabilities).
+    mnt_ns: RawFd,
+    pid_ns: RawFd,
+    /// Init's ids inside (what the helper becomes there: the overlay's copy-ups are done as its mounter).
+    uid: u32,
+    gid: u32,
+}
+
+impl Drop for LiveSandbox {
+    fn drop(&mut self) {
+        for fd in [self.pidfd, self.mnt_ns, self.pid_ns] {
+            if fd >= 0 {
+                sys::close(fd);
+            }
+        }
+    }
+}
+
+/// The new stack's directories on the host: the frozen layers newest first, then the workspace.
+pub struct NewStack {
+    pub upper: CString,
+    pub work: CString,
+    pub frozen: Vec<CString>,
+    pub lower: CString,
+}
+
+enum Op<'a> {
+    Freeze,
+    Swap(&'a NewStack),
+    /// Undo a freeze: the old mount writable again, processes continued.
+    Thaw,
+}
+
+impl LiveSandbox {
+    pub fn open(name: &str, init_pid: libc::pid_t, init_start_time: u64) -> Result<LiveSandbox, LiveError> {
+        // SAFETY: pidfd_open takes only integers.
+        let pidfd =
+            sys::check_fd(unsafe { libc::syscall(libc::SYS_pidfd_open, init_pid, 0u32) }).map_err(|e| match e {
+                libc::ESRCH => LiveError::NotRunning(name.to_string()),
+                e => LiveError::OpenInit(init_pid, e),
+            })?;
+        // Owned from here: dropped (the pidfd closed) on every error below.
+        let mut sandbox = LiveSandbox { name: name.to_string(), pidfd, mnt_ns: -1, pid_ns: -1, uid: 0, gid: 0 };
+        let open_ns = |ns: &str| {
+            std::fs::File::open(format!("/proc/{init_pid}/ns/{ns}"))
+                .map(std::os::fd::IntoRawFd::into_raw_fd)
+                .map_err(|e| LiveError::OpenInit(init_pid, e.raw_os_error().unwrap_or(libc::EIO)))
+        };
+        sandbox.mnt_ns = open_ns("mnt")?;
+        sandbox.pid_ns = open_ns("pid")?;
+        // After the opens: they are known to be init's, not a process's that reused its pid.
+        if crate::host::process_start_time(init_pid) != Some(init_start_time) {
+            return Err(LiveError::NotRunning(sandbox.name.clone()));
+        }
+        (sandbox.uid, sandbox.gid) = inside_ids_of(init_pid).map_err(|e| LiveError::ReadIds(init_pid, e))?;
+        Ok(sandbox)
+    }
+
+    /// Step 1 (see the module's documentation). On error, the sandbox runs on as before.
+    pub fn freeze(&self, workspace: &CStr) -> Result<(), LiveError> {
+        self.run(workspace, &Op::Freeze)
+    }
+
+    /// Step 3: the new overlay in place of the old, then everything continues. On error the old overlay is still
+    /// in place (read-only until [`LiveSandbox::thaw`]).
+    pub fn swap(&self, workspace: &CStr, stack: &NewStack) -> Result<(), LiveError> {
+        if stack.frozen.len() > MAX_FROZEN_LAYERS {
+            return Err(LiveError::TooManyLayers(stack.frozen.len()));
+        }
+        self.run(workspace, &Op::Swap(stack))
+    }
+
+    /// Undoes [`LiveSandbox::freeze`] after a failure in between.
+    pub fn thaw(&self, workspace: &CStr) -> Result<(), LiveError> {
+        self.run(workspace, &Op::Thaw)
+    }
+
+    /// Forks a helper that enters the sandbox and forks the worker (which is then in the sandbox's pid
+    /// namespace, with `/proc/self` its own); the worker reports a failed step on a pipe.
+    fn run(&self, workspace: &CStr, op: &Op) -> Result<(), LiveError> {
+        let (read_end, write_end) = sys::pipe_cloexec().map_err(LiveError::Helper)?;
+        // SAFETY: airlock is single-threaded; the child does only async-signal-safe work (system calls on data
+        // prepared before the fork, fixed-size buffers) and leaves with _exit.
+        let forked = unsafe { sys::clone_process(0, None) };
+        let helper = match forked {
+            Ok(0) => {
+                sys::close(read_end);
+                helper_main(self, workspace, op, write_end)
+            }
+            Ok(pid) => pid,
+            Err(e) => {
+                sys::close(read_end);
+                sys::close(write_end);
+                return Err(LiveError::Helper(e));
+            }
+        };
+        sys::close(write_end);
+        let mut status = 0;
+        // SAFETY: `status` is a live int.
+        let _ = sys::retry_eintr(|| unsafe { libc::waitpid(helper, &mut status, 0) } as libc::c_long);
+        let mut report = [0u8; 8];
+        let got = sys::read(read_end, &mut report);
+        sys::close(read_end);
+        match got {
+            Ok(8) => {
+                let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
+                let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+                let step = LiveStep::from_u32(step).unwrap_or(LiveStep::Fork);
+                Err(match (step, errno) {
+                    (LiveStep::MakeReadOnly, libc::EBUSY) => LiveError::WriterOpen,
+                    (LiveStep::WaitStopped, libc::ETIMEDOUT) => LiveError::StopTimeout,
+                    _ => LiveError::Step(step, errno),
+                })
+            }
+            _ if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 => Ok(()),
+            _ => Err(LiveError::Step(LiveStep::Fork, libc::ECHILD)),
+        }
+    }
+}
+
+/// The helper: enters the namespaces, forks the worker, exits with its status.
+fn helper_main(sandbox: &LiveSandbox, workspace: &CStr, op: &Op, report: RawFd) -> ! {
+    let (pidfd, uid, gid) = (sandbox.pidfd, sandbox.uid, sandbox.gid);
+    let fail = |step: LiveStep, errno: Errno| -> ! {
+        let mut buf = [0u8; 8];
+        buf[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+        buf[4..].copy_from_slice(&errno.to_ne_bytes());
+        let _ = sys::write_all(report, &buf);
+        sys::exit_immediately(1)
+    };
+    // Nothing in the sandbox may ptrace us while we hold capabilities in its namespace.
+    let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
+    // The new overlay first, for a swap: overlayfs takes private clones of its layers' mounts, which must be in
+    // the mounter's mount namespace, and the sandbox's no longer holds the host's paths. So, in the sandbox's user
+    // namespace, a copy of the host's mount namespace, where the layers are opened (with our host credentials,
+    // like init), then the overlay is made as the sandbox's root, detached, to be moved into the sandbox's mount
+    // namespace by the worker.
+    let mut new_overlay = -1;
+    if let Op::Swap(stack) = op {
+        // SAFETY: setns and unshare take only integers; this process is single-threaded.
+        let entered = sys::check(unsafe { libc::setns(pidfd, libc::CLONE_NEWUSER) } as libc::c_long)
+            // SAFETY: as above.
+            .and_then(|_| sys::check(unsafe { libc::unshare(libc::CLONE_NEWNS) } as libc::c_long));
+        if let Err(e) = entered {
+            fail(LiveStep::EnterNamespaces, e);
+        }
+        let mut fds = OverlayFds { source: 0, ..OverlayFds::NONE };
+        if let Err(e) = open_stack(stack, &mut fds) {
+            fds.close_all();
+            fail(LiveStep::OpenLayers, e);
+        }
+        if let Err(e) = crate::exec::switch_ids(uid, gid) {
+            fds.close_all();
+            fail(LiveStep::SwitchIds, e);
+        }
+        let mut trees = [-1];
+        if let Err(f) = mounts::mount_workspace_overlay(&fds, &mut trees) {
+            fail(LiveStep::MountOverlay, f.errno);
+        }
+        new_overlay = trees[0];
+        // SAFETY: setns takes only integers.
+        let entered = sys::check(unsafe { libc::setns(sandbox.mnt_ns, libc::CLONE_NEWNS) } as libc::c_long)
+            // SAFETY: as above.
+            .and_then(|_| sys::check(unsafe { libc::setns(sandbox.pid_ns, libc::CLONE_NEWPID) } as libc::c_long));
+        if let Err(e) = entered {
+            fail(LiveStep::EnterNamespaces, e);
+        }
+    } else {
+        // SAFETY: setns takes only integers; this process is single-threaded.
+        let entered = unsafe { libc::setns(pidfd, libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID) };
+        if let Err(e) = sys::check(entered as libc::c_long) {
+            fail(LiveStep::EnterNamespaces, e);
+        }
+    }
+    // SAFETY: as for the helper itself (single-threaded; the worker does async-signal-safe work only).
+    match unsafe { sys::clone_process(0, None) } {
+        Ok(0) => {
+            if let Err((step, e)) = worker(uid, gid, workspace, op, new_overlay) {
+                fail(step, e);
+            }
+            sys::exit_immediately(0)
+        }
+        Ok(pid) => {
+            let mut status = 0;
+            // SAFETY: `status` is a live int.
+            let _ = sys::retry_eintr(|| unsafe { libc::waitpid(pid, &mut status, 0) } as libc::c_long);
+            let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+            sys::exit_immediately(if ok { 0 } else { 1 })
+        }
+        Err(e) => fail(LiveStep::Fork, e),
+    }
+}
+
+type StepResult = Result<(), (LiveStep, Errno)>;
+
+fn at(step: LiveStep) -> impl Fn(Errno) -> (LiveStep, Errno) {
+    move |e| (step, e)
+}
+
+/// In the sandbox's namespaces, as its root (pid namespace: our `kill(-1)` reaches its processes only).
+fn worker(uid: u32, gid: u32, workspace: &CStr, op: &Op, new_overlay: RawFd) -> StepResult {
+    crate::exec::switch_ids(uid, gid).map_err(at(LiveStep::SwitchIds))?;
+    match op {
+        Op::Freeze => {
+            signal_all(libc::SIGSTOP).map_err(at(LiveStep::Stop))?;
+            let frozen = wait_all_stopped().and_then(|()| {
+                let ws = open_dir(workspace).map_err(at(LiveStep::OpenWorkspace))?;
+                // The layer's data on disk before it is frozen.
+                // SAFETY: syncfs takes an open descriptor.
+                let synced = sys::check(unsafe { libc::syncfs(ws) } as libc::c_long).map(drop);
+                let result = synced.map_err(at(LiveStep::Sync)).and_then(|()| make_read_only(ws, true));
+                sys::close(ws);
+                result
+            });
+            if frozen.is_err() {
+                let _ = signal_all(libc::SIGCONT);
+            }
+            frozen
+        }
+        Op::Thaw => {
+            let ws = open_dir(workspace).map_err(at(LiveStep::OpenWorkspace));
+            let writable = ws.and_then(|fd| {
+                let r = make_read_only(fd, false);
+                sys::close(fd);
+                r
+            });
+            let continued = signal_all(libc::SIGCONT).map_err(at(LiveStep::Continue));
+            writable.and(continued)
+        }
+        Op::Swap(_) => {
+            // Again: a command `airlock exec` started since the freeze is stopped too while the mount changes.
+            signal_all(libc::SIGSTOP).map_err(at(LiveStep::Stop))?;
+            wait_all_stopped()?;
+            replace_mount(workspace, new_overlay)?;
+            signal_all(libc::SIGCONT).map_err(at(LiveStep::Continue))
+        }
+    }
+}
+
+/// Detaches the mount at `workspace` and moves `new` there. If the move fails, a clone of the old mount taken
+/// first goes back, so the workspace is never left without its mount.
+fn replace_mount(workspace: &CStr, new: RawFd) -> StepResult {
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    let old = sys::open_tree(libc::AT_FDCWD, workspace, flags).map_err(at(LiveStep::CloneOld))?;
+    // SAFETY: a NUL-terminated path; no other pointer.
+    let detached = sys::check(unsafe { libc::umount2(workspace.as_ptr(), libc::MNT_DETACH) } as libc::c_long);
+    if let Err(e) = detached {
+        sys::close(old);
+        return Err((LiveStep::DetachOld, e));
+    }
+    let moved = sys::move_mount(new, mounts::EMPTY, libc::AT_FDCWD, workspace, libc::MOVE_MOUNT_F_EMPTY_PATH);
+    if let Err(e) = moved {
+        let _ = sys::move_mount(old, mounts::EMPTY, libc::AT_FDCWD, workspace, libc::MOVE_MOUNT_F_EMPTY_PATH);
+        sys::close(old);
+        return Err((LiveStep::MoveNew, e));
+    }
+    sys::close(old);
+    Ok(())
+}
+
+/// Opens the stack's directories into `fds` (no symlink anywhere on the way, as init opens them).
+fn open_stack(stack: &NewStack, fds: &mut OverlayFds) -> Result<(), Errno> {
+    let open =
+        |path: &CStr| sys::openat2(libc::AT_FDCWD, path, libc::O_PATH | libc::O_DIRECTORY, libc::RESOLVE_NO_SYMLINKS);
+    fds.upper = open(&stack.upper)?;
+    fds.work = open(&stack.work)?;
+    for layer in &stack.frozen {
+        let slot = fds.frozen.get_mut(fds.frozen_count).ok_or(libc::E2BIG)?;
+        *slot = open(layer)?;
+        fds.frozen_count += 1;
+    }
+    fds.lower = open(&stack.lower)?;
+    Ok(())
+}
+
+fn open_dir(path: &CStr) -> Result<RawFd, Errno> {
+    // SAFETY: a NUL-terminated path; no other pointer.
+    sys::check_fd(
+        unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) } as libc::c_long
+    )
+}
+
+/// The overlay's mount read-only (or writable again). `EBUSY` while a system call that writes is in flight is
+/// retried; a file open for writing keeps it `EBUSY`.
+fn make_read_only(ws: RawFd, read_only: bool) -> StepResult {
+    let (set, clear) = if read_only { (libc::MOUNT_ATTR_RDONLY, 0) } else { (0, libc::MOUNT_ATTR_RDONLY) };
+    let mut attempts = 0;
+    loop {
+        match sys::mount_setattr(ws, mounts::EMPTY, libc::AT_EMPTY_PATH as u32, set, clear) {
+            Ok(()) => return Ok(()),
+            Err(libc::EBUSY) if attempts < READONLY_ATTEMPTS => {
+                attempts += 1;
+                sleep_ms(2);
+            }
+            Err(e) => return Err((LiveStep::MakeReadOnly, e)),
+        }
+    }
+}
+
+/// `kill(-1, sig)`: every process of our pid namespace but init and us.
+fn signal_all(sig: i32) -> Result<(), Errno> {
+    match sys::kill(-1, sig) {
+        // No process to signal: nothing runs in the sandbox but init.
+        Ok(()) | Err(libc::ESRCH) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Waits until every process of the namespace (from its `/proc`) but init and us is stopped or a zombie.
+fn wait_all_stopped() -> StepResult {
+    let mut waited = 0;
+    loop {
+        if all_stopped().map_err(at(LiveStep::WaitStopped))? {
+            return Ok(());
+        }
+        if waited >= STOP_WAIT_MS {
+            return Err((LiveStep::WaitStopped, libc::ETIMEDOUT));
+        }
+        sleep_ms(1);
+        waited += 1;
+    }
+}
+
+fn all_stopped() -> Result<bool, Errno> {
+    // SAFETY: getpid takes no arguments.
+    let me = unsafe { libc::getpid() } as u64;
+    // SAFETY: a NUL-terminated path.
+    let dir =
+        sys::check_fd(unsafe { libc::open(c"/proc".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) }
+            as libc::c_long)?;
+    let mut buf = [0u8; 4096];
+    let result = (|| loop {
+        // SAFETY: `buf` is writable for its length.
+        let n = sys::check(unsafe { libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len()) })?;
+        if n == 0 {
+            return Ok(true);
+        }
+        let mut off = 0usize;
+        while off + 19 < n as usize {
+            // struct linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name.
+            let reclen = usize::from(u16::from_ne_bytes([buf[off + 16], buf[off + 17]]));
+            if reclen == 0 {
+                break;
+            }
+            let name = &buf[off + 19..(off + reclen).min(n as usize)];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            off += reclen;
+            let Some(pid) = parse_u64(name) else { continue };
+            if pid == 1 || pid == me {
+                continue;
+            }
+            if !is_stopped(dir, name)? {
+                return Ok(false);
+            }
+        }
+    })();
+    sys::close(dir);
+    result
+}
+
+/// Whether `/proc/PID/stat`'s state is stopped (`T`, `t`) or gone (`Z`, `X`, or no such process any more).
+fn is_stopped(proc_dir: RawFd, pid: &[u8]) -> Result<bool, Errno> {
+    let mut path = [0u8; 32];
+    if pid.len() + 6 > path.len() {
+        return Ok(true);
+    }
+    path[..pid.len()].copy_from_slice(pid);
+    path[pid.len()..pid.len() + 5].copy_from_slice(b"/stat");
+    // SAFETY: `path` is NUL-terminated (zeroed past the name).
+    let fd = unsafe { libc::openat(proc_dir, path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    let fd = match sys::check_fd(fd as libc::c_long) {
+        Ok(fd) => fd,
+        Err(libc::ENOENT) | Err(libc::ESRCH) => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    let mut stat = [0u8; 512];
+    let n = sys::read(fd, &mut stat);
+    sys::close(fd);
+    let n = match n {
+        Ok(n) => n,
+        Err(libc::ESRCH) => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    Ok(stat_state(&stat[..n]).is_none_or(|s| matches!(s, b'T' | b't' | b'Z' | b'X')))
+}
+
+/// The state letter of a `/proc/PID/stat` line: after the last `)` (the command name may hold any byte).
+fn stat_state(stat: &[u8]) -> Option<u8> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    stat.get(close + 2).copied()
+}
+
+fn parse_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 {
+        return None;
+    }
+    s.iter().try_fold(0u64, |acc, &b| b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0')))
+}
+
+fn sleep_ms(ms: u64) {
+    let ts = libc::timespec { tv_sec: 0, tv_nsec: (ms * 1_000_000) as libc::c_long };
+    // SAFETY: `ts` is a live timespec; the remainder pointer may be null.
+    unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+}
+
+/// Init's ids inside its user namespace: its host ids (`/proc/PID/status`) looked up in its maps.
+fn inside_ids_of(pid: libc::pid_t) -> Result<(u32, u32), String> {
+    let read = |file: &str| std::fs::read_to_string(format!("/proc/{pid}/{file}")).map_err(|e| format!("{file}: {e}"));
+    let status = read("status")?;
+    let host_id = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u32>().ok())
+            .ok_or_else(|| format!("status has no {key}"))
+    };
+    let (uid, gid) = (host_id("Uid:")?, host_id("Gid:")?);
+    let uid = map_outside_id(&read("uid_map")?, uid).ok_or_else(|| format!("host uid {uid} is not mapped"))?;
+    let gid = map_outside_id(&read("gid_map")?, gid).ok_or_else(|| format!("host gid {gid} is not mapped"))?;
+    Ok((uid, gid))
+}
+
+/// Looks the host id `outside` up in a `/proc/PID/uid_map`-style text (inside, outside, count per line).
+pub fn map_outside_id(map: &str, outside: u32) -> Option<u32> {
+    map.lines().find_map(|line| {
+        let mut it = line.split_whitespace().map(|f| f.parse::<u64>().ok());
+        let (inside, start, count) = (it.next()??, it.next()??, it.next()??);
+        let id = u64::from(outside);
+        (id >= start && id < start + count).then(|| (inside + id - start) as u32)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ids_map_back_inside() {
+        let map = "         0 1879048192      65536\n";
+        assert_eq!(map_outside_id(map, 1_879_048_192), Some(0));
+        assert_eq!(map_outside_id(map, 1_879_048_192 + 1000), Some(1000));
+        assert_eq!(map_outside_id(map, 0), None);
+        assert_eq!(map_outside_id("0 1000 1\n", 1000), Some(0));
+        assert_eq!(map_outside_id("0 1879048192 1000\n1000 1001 1\n1001 1879049193 64535\n", 1001), Some(1000));
+    }
+
+    #[test]
+    fn stat_states_and_pids_parse() {
+        assert_eq!(stat_state(b"12 (sh) T 1 12"), Some(b'T'));
+        assert_eq!(stat_state(b"12 (a) b) S 1 12"), Some(b'S'));
+        assert_eq!(stat_state(b"garbage"), None);
+        assert_eq!(parse_u64(b"1234"), Some(1234));
+        assert_eq!(parse_u64(b"self"), None);
+        assert_eq!(parse_u64(b""), None);
+        for step in 1..=14 {
+            assert_eq!(LiveStep::from_u32(step).map(|s| s as u32), Some(step));
+        }
+    }
+}

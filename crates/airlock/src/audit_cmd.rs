@@ -412,19 +412,62 @@ pub fn files_event(stack: &runtime::layer::LayerStack, trigger: &str, label: Opt
         .take(audit::event::MAX_LIST_ITEMS)
         .map(|c| audit::FileChange { path: c.path.clone(), kind: c.kind.as_str().to_string(), size: c.size })
         .collect();
-    Some(Event::Files { trigger: trigger.to_string(), label: label.map(str::to_string), changes, total })
+    Some(Event::Files { trigger: trigger.to_string(), label: label.map(str::to_string), changes, total: Some(total) })
 }
 
-/// Appends a `files` record to the log of sandbox `name` (for `airlock checkpoint`), if it has a log.
-pub fn record_checkpoint(name: &str, label: &str, stack: &runtime::layer::LayerStack) {
+/// Appends a `files` record for checkpoint `label` to the log of sandbox `name`, if it has a log: the entries of
+/// the layer the checkpoint froze (`frozen`: what changed since the previous checkpoint), compared with the host
+/// `workspace`. Bounded: at most [`audit::event::MAX_LIST_ITEMS`] changes listed and [`CHECKPOINT_WALK`]
+/// entries looked at, so a checkpoint stays as fast whatever the layer holds (the full list is `airlock diff`'s,
+/// and the `files` record at exit's).
+pub fn record_checkpoint(name: &str, label: &str, frozen: &Path, workspace: &Path) {
     let path = log_path(name);
     if !path.exists() {
         return;
     }
-    let Some(event) = files_event(stack, "checkpoint", Some(label)) else { return };
+    let (changes, complete) = frozen_layer_changes(frozen, workspace);
+    let total = complete.then_some(changes.len());
+    let event = Event::Files { trigger: "checkpoint".into(), label: Some(label.to_string()), changes, total };
     if let Err(e) = AuditLog::open(&path).map(|log| log.with_sandbox(name)).and_then(|mut log| log.append(&event)) {
         crate::say(&format!("warning: audit log: {}", crate::one_line(&anyhow::Error::new(e))));
     }
+}
+
+/// Most directory entries a checkpoint's summary looks at.
+const CHECKPOINT_WALK: usize = 4096;
+
+/// The changes an overlay upper layer holds (a whiteout: deleted; an entry the host has: modified; else added),
+/// and whether the walk saw all of them.
+fn frozen_layer_changes(frozen: &Path, workspace: &Path) -> (Vec<audit::FileChange>, bool) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut changes = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    let mut seen = 0;
+    while let Some(relative) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(frozen.join(&relative)) else { continue };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > CHECKPOINT_WALK || changes.len() >= audit::event::MAX_LIST_ITEMS {
+                return (changes, false);
+            }
+            let rel = relative.join(entry.file_name());
+            let Ok(meta) = entry.path().symlink_metadata() else { continue };
+            let on_host = workspace.join(&rel).symlink_metadata().ok();
+            let shown = rel.to_string_lossy().into_owned();
+            if meta.file_type().is_char_device() && meta.rdev() == 0 {
+                changes.push(audit::FileChange { path: shown, kind: "deleted".into(), size: None });
+            } else if meta.is_dir() {
+                if !on_host.as_ref().is_some_and(|m| m.is_dir()) {
+                    changes.push(audit::FileChange { path: shown, kind: "added".into(), size: None });
+                }
+                pending.push(rel);
+            } else {
+                let kind = if on_host.is_some() { "modified" } else { "added" };
+                changes.push(audit::FileChange { path: shown, kind: kind.into(), size: Some(meta.len()) });
+            }
+        }
+    }
+    (changes, true)
 }
 
 /// `airlock logs NAME [-f] [--json] [--verify]`.
@@ -541,7 +584,11 @@ pub fn human_line(line: &[u8]) -> String {
         "resource" => format!("resource: {} ({})", s(&v["resource"]), s(&v["message"])),
         "files" => {
             let label = v["label"].as_str().map(|l| format!(" {l}")).unwrap_or_default();
-            format!("files at {}{label}: {} change(s)", s(&v["trigger"]), v["total"])
+            let total = match v["total"].as_u64() {
+                Some(n) => n.to_string(),
+                None => format!("{}+", v["files"].as_array().map_or(0, Vec::len)),
+            };
+            format!("files at {}{label}: {total} change(s)", s(&v["trigger"]))
         }
         "file_write" => {
             format!("write refused? {} {} (pid {})", s(&v["syscall"]), s(&v["file"]["path"]), v["process"]["pid"])

@@ -66,10 +66,8 @@ pub fn checkpoint(name: &str, label: Option<&str>) -> Result<i32> {
         .with_context(|| format!("cannot rename {} to {}", upper.display(), frozen.display()))?;
     make_dir_like(&upper, &owner)?;
     empty_work(&root)?;
-    // The audit log's file summary at the checkpoint (what the frozen layers hold against the host workspace).
-    if let Ok(stack) = state::layer_of(name, false) {
-        crate::audit_cmd::record_checkpoint(name, &label, &stack);
-    }
+    // The audit log's summary of what this checkpoint froze (bounded: a checkpoint stays a rename).
+    crate::audit_cmd::record_checkpoint(name, &label, &frozen, &claim.layer.lower);
     println!("checkpoint {label} of sandbox {name}");
     Ok(0)
 }
@@ -330,9 +328,7 @@ fn checkpoint_running(name: &str, label: Option<&str>) -> Result<i32> {
         });
     }
     remove_aside(&aside);
-    if let Ok(stack) = state::layer_of(name, false) {
-        crate::audit_cmd::record_checkpoint(name, &label, &stack);
-    }
+    crate::audit_cmd::record_checkpoint(name, &label, &frozen, Path::new(&layer.workspace));
     println!("checkpoint {label} of sandbox {name} (running: new commands see the workspace as it is)");
     Ok(0)
 }

@@ -379,6 +379,10 @@ fn timeouts_and_workspace_changes_are_recorded_at_exit() {
     let at_checkpoint = all.last().unwrap();
     assert_eq!(at_checkpoint["trigger"], "checkpoint");
     assert_eq!(at_checkpoint["label"], "before");
+    assert_eq!(at_checkpoint["total"], 2, "{at_checkpoint}");
+    let frozen: Vec<&str> =
+        at_checkpoint["files"].as_array().unwrap().iter().map(|f| f["kind"].as_str().unwrap()).collect();
+    assert!(frozen.contains(&"added") && frozen.contains(&"modified"), "{at_checkpoint}");
     assert_eq!(code(&common::airlock(&["logs", &name, "--verify"])), 0);
     ok(&common::airlock(&["rm", &name]));
 }

@@ -112,12 +112,13 @@ pub enum Event {
         resource: String,
         message: String,
     },
-    /// The workspace layer's changes (at exit, at a checkpoint).
+    /// The workspace layer's changes (at exit, at a checkpoint). `total`: how many there are, when counted
+    /// (`None`: the walk stopped at its bound; there are more than listed).
     Files {
         trigger: String,
         label: Option<String>,
         changes: Vec<FileChange>,
-        total: usize,
+        total: Option<usize>,
     },
     /// Learn mode: a write the policy would refuse (a path outside every writable place).
     FileWrite {
@@ -235,7 +236,7 @@ impl Event {
                         })
                     })
                     .collect();
-                if *total > kept.len() {
+                if total.is_none_or(|t| t > kept.len()) {
                     markers.push(MARK_TRUNCATED);
                 }
                 m.insert("files".into(), Value::Array(kept));

@@ -60,10 +60,16 @@ pub enum Step {
     RestrictLandlock,
     InstallSeccomp,
     Execute,
+    OpenTunDevice,
+    CreateTunInterface,
+    ConfigureTunInterface,
+    AddDefaultRoute,
+    HandTunToGateway,
+    WriteSandboxFile,
 }
 
 impl Step {
-    const ALL: [Step; 46] = [
+    const ALL: [Step; 52] = [
         Step::WaitForSupervisor,
         Step::SwitchToSandboxRoot,
         Step::JoinCgroup,
@@ -110,6 +116,12 @@ impl Step {
         Step::RestrictLandlock,
         Step::InstallSeccomp,
         Step::Execute,
+        Step::OpenTunDevice,
+        Step::CreateTunInterface,
+        Step::ConfigureTunInterface,
+        Step::AddDefaultRoute,
+        Step::HandTunToGateway,
+        Step::WriteSandboxFile,
     ];
 
     fn from_u32(value: u32) -> Option<Step> {
@@ -165,6 +177,12 @@ impl Step {
             Step::RestrictLandlock => "enforce the Landlock ruleset",
             Step::InstallSeccomp => "install the seccomp filter",
             Step::Execute => "execute",
+            Step::OpenTunDevice => "open /dev/net/tun for the network gateway",
+            Step::CreateTunInterface => "create the network gateway's TUN interface airlock0",
+            Step::ConfigureTunInterface => "configure the network gateway's interface airlock0",
+            Step::AddDefaultRoute => "add the default route via the network gateway",
+            Step::HandTunToGateway => "hand the TUN interface to the network gateway process",
+            Step::WriteSandboxFile => "write the sandbox's own",
         }
     }
 }

@@ -458,13 +458,20 @@ impl ProfileRef {
     }
 }
 
-const BUILTIN_NAMES: &[&str] = &["default", "strict", "dev"];
+const BUILTIN_NAMES: &[&str] =
+    &["default", "strict", "dev", "net-debian", "net-pypi", "net-npm", "net-crates", "net-github"];
 
 /// The built-in profiles' sources, compiled in so that airlock works without any file installed.
 const BUILTINS: &[(&str, &str)] = &[
     ("default", include_str!("../profiles/default.toml")),
     ("strict", include_str!("../profiles/strict.toml")),
     ("dev", include_str!("../profiles/dev.toml")),
+    // Network allow-lists: only a [network] section, to layer over another profile (`--profile` repeats).
+    ("net-debian", include_str!("../profiles/net-debian.toml")),
+    ("net-pypi", include_str!("../profiles/net-pypi.toml")),
+    ("net-npm", include_str!("../profiles/net-npm.toml")),
+    ("net-crates", include_str!("../profiles/net-crates.toml")),
+    ("net-github", include_str!("../profiles/net-github.toml")),
 ];
 
 /// The built-in profile names, `default` first.

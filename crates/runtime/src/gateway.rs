@@ -29,6 +29,9 @@ use crate::failure::errno_text;
 use crate::plan::TunPlan;
 use crate::sys::{self, Errno};
 
+/// The host ids the gateway runs as when airlock runs as host root: `nobody`/`nogroup`.
+const GATEWAY_ID: libc::uid_t = 65534;
+
 /// How long the gateway has to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -146,12 +149,33 @@ impl GatewayProcess {
             command.arg("--events-fd").arg(fd.to_string());
         }
         command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        // SAFETY: geteuid cannot fail.
+        let host_root = unsafe { libc::geteuid() } == 0;
+        let supervisor = std::process::id() as libc::pid_t;
         // SAFETY: the closure runs in the forked child before exec and makes only async-signal-safe calls
-        // (prctl, fcntl, getppid, _exit) on integers; it touches no memory shared with the parent.
+        // (setgroups, setresgid, setresuid, prctl, fcntl, getppid) on integers and a null pointer; it touches no
+        // memory shared with the parent.
         unsafe {
             command.pre_exec(move || {
-                // The gateway dies with the supervisor, even when the supervisor is SIGKILLed.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                // As host root, the gateway (which parses what the sandbox sends) must not be root: it needs no
+                // privilege at all (its descriptors are open; it reads only world-readable /etc/hosts and
+                // /etc/resolv.conf and connects out), so it runs as `nobody`, with no way back.
+                if host_root {
+                    let failed = libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setresgid(GATEWAY_ID, GATEWAY_ID, GATEWAY_ID) != 0
+                        || libc::setresuid(GATEWAY_ID, GATEWAY_ID, GATEWAY_ID) != 0
+                        || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0;
+                    if failed {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // The gateway dies with the supervisor, even when the supervisor is SIGKILLed (armed after the id
+                // change, which clears it; then the parent is checked, in case it died in between).
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0
+                    || libc::getppid() != supervisor
+                {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
                 // Keep exactly the two descriptors the gateway is told about across exec.
                 for fd in [Some(gateway_end), events_fd].into_iter().flatten() {
                     if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {

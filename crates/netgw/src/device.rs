@@ -1,126 +1,90 @@
-//! The TUN file descriptor as an async packet device for the TCP/IP stack: one `read` is one packet, one
-//! `write` is one packet. Every packet read passes through the [`Filter`] first.
+//! The TUN file descriptor, pumped to and from the TCP/IP stack: one `read` is one packet from the sandbox, one
+//! `write` one packet to it. Every packet read passes through the [`Filter`] first.
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
 
+use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::oneshot;
 
 use crate::filter::{Filter, Verdict};
 
-/// Packets dropped in one `poll_read` before yielding to other tasks, so a flood of refused packets cannot
-/// starve the relays.
-const DROP_BUDGET: usize = 64;
+/// Largest packet read from the TUN. The link's MTU is 1500, but the sandbox may raise it on its side; a larger
+/// buffer means such packets are seen whole (and handled) rather than truncated.
+const READ_BUFFER: usize = 65_536;
+/// Packets read in one go before yielding to other tasks, so a flood cannot starve the relays.
+const READ_BUDGET: usize = 64;
 
-/// Why the device stopped.
+/// Why the pump stopped.
 #[derive(Debug)]
 pub enum Closed {
     /// The TUN has no more packets: the interface or the sandbox's network namespace is gone.
     Eof,
+    /// The stack stopped.
+    StackGone,
     Error(io::Error),
 }
 
-pub struct TunDevice {
-    fd: AsyncFd<OwnedFd>,
-    filter: Filter,
-    closed: Option<oneshot::Sender<Closed>>,
-}
-
-impl TunDevice {
-    /// `fd` must already be non-blocking.
-    pub fn new(fd: AsyncFd<OwnedFd>, filter: Filter, closed: oneshot::Sender<Closed>) -> TunDevice {
-        TunDevice { fd, filter, closed: Some(closed) }
-    }
-
-    fn close(&mut self, why: Closed) {
-        if let Some(tx) = self.closed.take() {
-            let _ = tx.send(why);
-        }
-    }
-}
-
-impl AsyncRead for TunDevice {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.closed.is_none() {
-            // The gateway is shutting down; the stack's reader waits forever instead of spinning on errors.
-            return Poll::Pending;
-        }
-        let mut dropped = 0;
-        loop {
-            let mut guard = match this.fd.poll_read_ready(cx) {
-                Poll::Ready(Ok(guard)) => guard,
-                Poll::Ready(Err(e)) => {
-                    this.close(Closed::Error(e));
-                    return Poll::Pending;
-                }
-                Poll::Pending => return Poll::Pending,
-            };
-            let unfilled = buf.initialize_unfilled();
-            let read = guard.try_io(|fd| rustix::io::read(fd.get_ref(), &mut *unfilled).map_err(io::Error::from));
-            let n = match read {
-                Ok(Ok(0)) => {
-                    this.close(Closed::Eof);
-                    return Poll::Pending;
-                }
+/// Sandbox → stack: reads packets, filters them, hands the passed ones to the stack. Returns when the TUN or the
+/// stack is gone.
+pub async fn pump_in<S>(tun: Arc<AsyncFd<OwnedFd>>, filter: Filter, mut stack: S) -> Closed
+where
+    S: Sink<Vec<u8>, Error = io::Error> + Unpin,
+{
+    let mut buf = vec![0u8; READ_BUFFER];
+    loop {
+        let mut guard = match tun.readable().await {
+            Ok(guard) => guard,
+            Err(e) => return Closed::Error(e),
+        };
+        for _ in 0..READ_BUDGET {
+            let n = match guard.try_io(|fd| rustix::io::read(fd.get_ref(), &mut buf[..]).map_err(io::Error::from)) {
+                Ok(Ok(0)) => return Closed::Eof,
                 Ok(Ok(n)) => n,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(Err(e)) => {
-                    this.close(Closed::Error(e));
-                    return Poll::Pending;
-                }
-                Err(_would_block) => continue,
+                Ok(Err(e)) => return Closed::Error(e),
+                Err(_would_block) => break,
             };
-            let packet = &buf.initialize_unfilled()[..n];
-            match this.filter.inspect(packet) {
+            let packet = &buf[..n];
+            match filter.inspect(packet) {
                 Verdict::Pass => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+                    // Waits while the stack's input queue is full: backpressure instead of unbounded buffering.
+                    if stack.send(packet.to_vec()).await.is_err() {
+                        return Closed::StackGone;
+                    }
                 }
                 Verdict::Drop => {}
                 Verdict::Reply(reply) => {
                     // Best effort: if the TUN queue is full the RST is lost, and the sandbox's retransmitted SYN
                     // gets another.
-                    let _ = rustix::io::write(this.fd.get_ref(), &reply);
+                    let _ = rustix::io::write(tun.get_ref(), &reply);
                 }
             }
-            dropped += 1;
-            if dropped >= DROP_BUDGET {
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
         }
+        tokio::task::yield_now().await;
     }
 }
 
-impl AsyncWrite for TunDevice {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, packet: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
+/// Stack → sandbox: writes the stack's packets to the TUN.
+pub async fn pump_out<S>(tun: Arc<AsyncFd<OwnedFd>>, mut stack: S) -> Closed
+where
+    S: Stream<Item = io::Result<Vec<u8>>> + Unpin,
+{
+    while let Some(packet) = stack.next().await {
+        let Ok(packet) = packet else { continue };
         loop {
-            let mut guard = match this.fd.poll_write_ready(cx) {
-                Poll::Ready(Ok(guard)) => guard,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+            let mut guard = match tun.writable().await {
+                Ok(guard) => guard,
+                Err(e) => return Closed::Error(e),
             };
-            match guard.try_io(|fd| rustix::io::write(fd.get_ref(), packet).map_err(io::Error::from)) {
+            match guard.try_io(|fd| rustix::io::write(fd.get_ref(), &packet).map_err(io::Error::from)) {
                 // A packet the kernel refuses is lost like on a wire (TCP retransmits); a TUN that is gone shows
                 // on the read side, which ends the gateway.
-                Ok(Ok(n)) => return Poll::Ready(Ok(n)),
-                Ok(Err(_)) => return Poll::Ready(Ok(packet.len())),
+                Ok(_) => break,
                 Err(_would_block) => continue,
             }
         }
     }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
+    Closed::StackGone
 }

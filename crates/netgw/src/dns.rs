@@ -209,7 +209,7 @@ impl DnsServer {
     }
 
     /// The name's entry, resolving and pinning it on first use.
-    async fn lookup(&self, name: &str) -> Result<NameEntry, (ResponseCode, String)> {
+    pub async fn lookup(&self, name: &str) -> Result<NameEntry, (ResponseCode, String)> {
         if let Some(entry) = self.lock_names().get(name) {
             return Ok(entry.clone());
         }

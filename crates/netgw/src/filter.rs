@@ -100,7 +100,18 @@ impl Filter {
         match p.first().map(|b| b >> 4) {
             Some(4) => {}
             Some(6) => {
-                deny("ip", None, None, "IPv6 is not forwarded (the sandbox network is IPv4 only)".into());
+                // The kernel's own IPv6 housekeeping on the link (router solicitations, MLD reports, duplicate
+                // address detection) goes to multicast or link-local addresses at every interface start: dropped
+                // without a record, since nothing asked for it. Anything else is an attempt and is recorded.
+                if let Some(dst) = p.get(24..40) {
+                    let link_scoped = dst[0] == 0xff || (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80);
+                    if !link_scoped {
+                        let mut octets = [0u8; 16];
+                        octets.copy_from_slice(dst);
+                        let dst = IpAddr::V6(octets.into());
+                        deny("ip", Some(dst), None, "IPv6 is not forwarded (the sandbox network is IPv4 only)".into());
+                    }
+                }
                 return Verdict::Drop;
             }
             _ => {
@@ -318,6 +329,10 @@ mod tests {
             .unwrap();
         assert_eq!(f.inspect(&icmp), Verdict::Drop);
         assert_eq!(f.inspect(&[0x60; 60]), Verdict::Drop);
+        let mut v6 = vec![0x60; 40];
+        v6[24] = 0xff; // to multicast: housekeeping, not recorded
+        assert_eq!(f.inspect(&v6), Verdict::Drop);
+        assert_eq!(events.lock().unwrap().iter().filter(|e| e.reason.contains("IPv6")).count(), 1);
         assert_eq!(f.inspect(&[]), Verdict::Drop);
         let reasons: Vec<String> = events.lock().unwrap().iter().map(|e| e.reason.clone()).collect();
         assert!(reasons.iter().any(|r| r.contains("DNS to another server")), "{reasons:?}");

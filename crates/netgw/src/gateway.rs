@@ -8,13 +8,13 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ipstack::{IpStack, IpStackConfig, IpStackStream, TcpConfig, TcpOptions};
+use futures::{SinkExt, StreamExt};
+use netstack_smoltcp::{udp, StackBuilder, TcpStream};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
 
 use crate::addr::{DNS_PORT, GATEWAY_ADDR, MTU, PROXY_PORT};
-use crate::device::{Closed, TunDevice};
+use crate::device::{self, Closed};
 use crate::dns::{DnsServer, HostResolver, NameTable};
 use crate::event::{Decision, EventSink, Recorder};
 use crate::filter::Filter;
@@ -57,6 +57,8 @@ pub enum GatewayError {
     StartRuntime(#[source] io::Error),
     #[error("cannot make the TUN file descriptor non-blocking: {0}")]
     SetNonBlocking(#[source] io::Error),
+    #[error("cannot start the user-space TCP/IP stack: {0}")]
+    StartStack(#[source] io::Error),
     #[error("cannot register the TUN file descriptor with the event loop: {0}")]
     RegisterTun(#[source] io::Error),
     #[error("reading the TUN device failed: {0}")]
@@ -75,14 +77,9 @@ pub fn serve_tun_blocking_with(
     config: GatewayConfig,
     options: GatewayOptions,
 ) -> Result<(), GatewayError> {
-    // Multi-threaded with one worker: the stack blocks in place when a TCP stream is dropped, which the
-    // current-thread runtime does not allow. One worker keeps a sandbox's gateway to one core and little memory.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .max_blocking_threads(4)
-        .enable_all()
-        .build()
-        .map_err(GatewayError::StartRuntime)?;
+    // One thread: a sandbox's gateway uses at most one core and little memory. Host lookups are async.
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(GatewayError::StartRuntime)?;
     runtime.block_on(serve_tun(tun, config, options))
 }
 
@@ -125,33 +122,48 @@ pub async fn serve_tun(tun: OwnedFd, config: GatewayConfig, options: GatewayOpti
         max_connections: options.max_connections,
     };
 
-    let (closed_tx, mut closed_rx) = oneshot::channel();
-    let device = TunDevice::new(tun, filter, closed_tx);
-    let mut stack_config = IpStackConfig::default();
-    stack_config.mtu_unchecked(MTU).udp_timeout(Duration::from_secs(10));
-    let mut tcp = TcpConfig::default();
-    tcp.timeout = options.idle_timeout;
-    // Advertise the link's MSS: without it the sandbox's kernel falls back to 536-byte segments.
-    tcp.options = Some(vec![TcpOptions::MaximumSegmentSize(MTU - 40)]);
-    tcp.max_unacked_bytes = 256 * 1024;
-    tcp.read_buffer_size = 256 * 1024;
-    stack_config.with_tcp_config(tcp);
-    let mut stack = IpStack::new(stack_config, device);
+    // Buffers per TCP connection, each way: the stack's socket buffer plus its hand-over ring, so about
+    // 4 × TCP_BUFFER per connection. 64 KiB keeps a loopback transfer above a gigabit with bounded memory.
+    const TCP_BUFFER: u32 = 64 * 1024;
+    let (stack, runner, udp, tcp) = StackBuilder::default()
+        .enable_tcp(true)
+        .enable_udp(true)
+        .enable_icmp(false)
+        .mtu(usize::from(MTU))
+        .tcp_recv_buffer_size(TCP_BUFFER)
+        .tcp_send_buffer_size(TCP_BUFFER)
+        .build()
+        .map_err(GatewayError::StartStack)?;
+    let (Some(runner), Some(udp), Some(mut tcp)) = (runner, udp, tcp) else {
+        return Err(GatewayError::StartStack(io::Error::other("the stack was built without TCP or UDP")));
+    };
+    let stack_task = tokio::spawn(runner);
+    let (stack_in, stack_out) = stack.split();
+    let tun = Arc::new(tun);
+    let mut pump_in = tokio::spawn(device::pump_in(tun.clone(), filter, stack_in));
+    let mut pump_out = tokio::spawn(device::pump_out(tun, stack_out));
+    let (udp_in, udp_out) = udp.split();
+    let udp_task = tokio::spawn(serve_dns_udp(dns.clone(), udp_in, udp_out));
 
+    let idle_timeout = options.idle_timeout;
     let result = loop {
         tokio::select! {
-            closed = &mut closed_rx => break match closed {
-                Ok(Closed::Eof) | Err(_) => Ok(()),
+            closed = &mut pump_in => break match closed {
+                Ok(Closed::Eof) | Ok(Closed::StackGone) | Err(_) => Ok(()),
                 Ok(Closed::Error(e)) if tun_gone(&e) => Ok(()),
                 Ok(Closed::Error(e)) => Err(GatewayError::ReadTun(e)),
             },
-            stream = stack.accept() => match stream {
-                Ok(stream) => dispatch(stream, &dns, &relays, &active),
-                // The stack stopped (its device failed): the TUN is gone.
-                Err(_) => break Ok(()),
+            _ = &mut pump_out => break Ok(()),
+            stream = tcp.next() => match stream {
+                Some((stream, _, dst)) => dispatch_tcp(stream, dst, &dns, &relays, &active, idle_timeout),
+                None => break Ok(()),
             },
         }
     };
+    pump_in.abort();
+    pump_out.abort();
+    udp_task.abort();
+    stack_task.abort();
     recorder.flush();
     result
 }
@@ -167,72 +179,77 @@ fn tun_gone(e: &io::Error) -> bool {
     ].contains(&code))
 }
 
-fn dispatch(stream: IpStackStream, dns: &DnsServer, relays: &Arc<RelayContext>, active: &Arc<AtomicUsize>) {
-    match stream {
-        IpStackStream::Tcp(tcp) => {
-            let dst = tcp.peer_addr();
-            let guard = ActiveGuard::new(active);
-            if dst.ip() == IpAddr::V4(GATEWAY_ADDR) {
-                match dst.port() {
-                    DNS_PORT => {
-                        let dns = dns.clone();
-                        tokio::spawn(async move {
-                            let _guard = guard;
-                            serve_dns_tcp(dns, tcp).await;
-                        });
-                    }
-                    PROXY_PORT => {
-                        let relays = relays.clone();
-                        tokio::spawn(async move {
-                            let _guard = guard;
-                            crate::proxy::serve_proxy(&relays, tcp).await;
-                        });
-                    }
-                    _ => {}
-                }
-                return;
+fn dispatch_tcp(
+    tcp: TcpStream,
+    dst: SocketAddr,
+    dns: &DnsServer,
+    relays: &Arc<RelayContext>,
+    active: &Arc<AtomicUsize>,
+    idle_timeout: Duration,
+) {
+    let guard = ActiveGuard::new(active);
+    if dst.ip() == IpAddr::V4(GATEWAY_ADDR) {
+        match dst.port() {
+            DNS_PORT => {
+                let dns = dns.clone();
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    serve_dns_tcp(dns, tcp).await;
+                });
             }
-            let relays = relays.clone();
-            tokio::spawn(async move {
-                let _guard = guard;
-                match relays.target_for(dst) {
-                    Ok(target) => relay(&relays, tcp, target, None, Vec::new()).await,
-                    Err(denial) => relays.recorder.denied(denial),
-                }
-            });
-        }
-        IpStackStream::Udp(udp) => {
-            // The filter passes only DNS to the gateway.
-            if udp.peer_addr() != SocketAddr::new(IpAddr::V4(GATEWAY_ADDR), DNS_PORT) {
-                return;
+            PROXY_PORT => {
+                let (relays, dns) = (relays.clone(), dns.clone());
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    crate::proxy::serve_proxy(&relays, &dns, tcp, idle_timeout).await;
+                });
             }
-            let dns = dns.clone();
-            tokio::spawn(serve_dns_udp(dns, udp));
+            // The filter refuses other ports of the gateway at the SYN.
+            _ => {}
         }
-        IpStackStream::UnknownTransport(_) | IpStackStream::UnknownNetwork(_) => {}
+        return;
     }
+    let relays = relays.clone();
+    tokio::spawn(async move {
+        let _guard = guard;
+        match relays.target_for(dst) {
+            Ok(target) => relay(&relays, tcp, target, None, Vec::new(), idle_timeout).await,
+            Err(denial) => relays.recorder.denied(denial),
+        }
+    });
 }
 
-/// One UDP flow (client port) to the DNS server: each read is one datagram.
-async fn serve_dns_udp(dns: DnsServer, mut udp: ipstack::IpStackUdpStream) {
-    let mut buf = vec![0u8; 4096];
-    // The stream ends after the stack's UDP timeout without packets.
-    while let Ok(n) = udp.read(&mut buf).await {
-        if n == 0 {
-            break;
+/// DNS over UDP: every datagram to the gateway's port 53 is a query; each is answered in its own task so a slow
+/// host lookup does not hold up the others.
+async fn serve_dns_udp(dns: DnsServer, mut queries: udp::ReadHalf, replies: udp::WriteHalf) {
+    const MAX_IN_FLIGHT: usize = 64;
+    let replies = Arc::new(tokio::sync::Mutex::new(replies));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    while let Some((query, client, server)) = queries.next().await {
+        // The filter passes only DNS to the gateway; anything else reaching here is dropped.
+        if server != SocketAddr::new(IpAddr::V4(GATEWAY_ADDR), DNS_PORT) {
+            continue;
         }
-        if let Some(reply) = dns.answer(&buf[..n]).await {
-            // Answers over UDP are limited to 512 bytes unless EDNS says otherwise; synthetic answers hold one A
-            // record and stay far below.
-            if udp.write_all(&reply).await.is_err() {
-                break;
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            dns.recorder.denied(Decision {
+                protocol: "dns",
+                reason: "too many DNS queries in flight".into(),
+                ..Default::default()
+            });
+            continue;
+        };
+        let (dns, replies) = (dns.clone(), replies.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Some(reply) = dns.answer(&query).await {
+                let _ = replies.lock().await.send((reply, server, client)).await;
             }
-        }
+        });
     }
 }
 
 /// DNS over TCP: 2-byte length-prefixed messages, until the client closes or idles.
-async fn serve_dns_tcp(dns: DnsServer, mut tcp: ipstack::IpStackTcpStream) {
+async fn serve_dns_tcp(dns: DnsServer, mut tcp: TcpStream) {
     const IDLE: Duration = Duration::from_secs(10);
     loop {
         let mut len = [0u8; 2];

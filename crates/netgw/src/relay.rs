@@ -4,7 +4,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -218,6 +218,66 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     }
 }
 
+/// When a connection last moved a byte either way.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity { start: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing moved for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            if last.elapsed() >= limit {
+                return;
+            }
+            tokio::time::sleep_until(last + limit).await;
+        }
+    }
+}
+
+/// Marks activity on the sandbox side of a relay (both directions pass through it).
+struct Watched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if result.is_ready() {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if result.is_ready() {
+            self.activity.touch();
+        }
+        result
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 async fn connect(addresses: &[IpAddr], port: u16) -> io::Result<TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
     for &ip in addresses {
@@ -238,6 +298,7 @@ pub async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
     target: Target,
     record_as: Option<&'static str>,
     mut prefix: Vec<u8>,
+    idle_timeout: Duration,
 ) {
     let port = target.port;
     let address = join_addrs(&target.grant.addresses);
@@ -293,15 +354,19 @@ pub async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let _ = upstream.set_nodelay(true);
+    let activity = Arc::new(Activity::new());
+    let mut client = Watched { inner: client, activity: activity.clone() };
     let mut upstream = Counted { inner: upstream, read: 0, written: 0 };
-    let result = async {
+    let copy = async {
         upstream.write_all(&prefix).await?;
         tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, COPY_BUFFER, COPY_BUFFER).await
-    }
-    .await;
-    let outcome = match result {
-        Ok(_) => "closed".to_owned(),
-        Err(e) => format!("ended: {e}"),
+    };
+    let outcome = tokio::select! {
+        result = copy => match result {
+            Ok(_) => "closed".to_owned(),
+            Err(e) => format!("ended: {e}"),
+        },
+        () = activity.idle_for(idle_timeout) => format!("idle for {}s, closed", idle_timeout.as_secs()),
     };
     record(format!("allowed by {}; {outcome}", target.grant.rule), upstream.written, upstream.read);
 }

@@ -103,6 +103,7 @@ impl Sandbox {
         let pid = helper.id();
         let dir = std::env::temp_dir().join(format!("netgw-test-{}-{pid}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("client.py"), include_str!("client.py")).expect("write client.py");
         std::fs::write(dir.join("resolv.conf"), "nameserver 198.18.0.1\noptions timeout:2 attempts:2\n")
             .expect("write resolv.conf");
 
@@ -145,6 +146,17 @@ impl Sandbox {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Path of common/client.py as written for this sandbox.
+    pub fn script(&self) -> String {
+        self.dir.join("client.py").display().to_string()
+    }
+
+    /// Runs a client of common/client.py inside the namespace; returns its stdout (it must succeed).
+    pub fn client(&self, args: &[&str]) -> String {
+        let script = self.dir.join("client.py");
+        self.sh_ok(&format!("python3 {} {}", script.display(), args.join(" ")))
     }
 
     pub fn events(&self) -> Vec<NetEvent> {

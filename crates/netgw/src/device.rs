@@ -10,8 +10,8 @@ use tokio::io::unix::AsyncFd;
 
 use crate::filter::{Filter, Verdict};
 
-/// Largest packet read from the TUN. The link's MTU is 1500, but the sandbox may raise it on its side; a larger
-/// buffer means such packets are seen whole (and handled) rather than truncated.
+/// Largest packet read from the TUN: the largest IPv4 packet, so that whatever MTU the sandbox sets on its side,
+/// packets are seen whole (and handled) rather than truncated.
 const READ_BUFFER: usize = 65_536;
 /// Packets read in one go before yielding to other tasks, so a flood cannot starve the relays.
 const READ_BUDGET: usize = 64;

@@ -63,7 +63,7 @@ fn parse_ipv4(p: &[u8]) -> Result<Ipv4, &'static str> {
     }
     let fragment = be16(p, 6).ok_or("truncated IPv4 header")?;
     // More-fragments flag or a fragment offset: the stack does not reassemble, and the sandbox's own stack never
-    // needs to fragment on a 1500-byte link with path-MTU discovery.
+    // needs to fragment on a link whose MTU it knows (TCP segments follow the MSS, DNS queries are small).
     if fragment & 0x3fff != 0 {
         return Err("fragmented IPv4 packet");
     }
@@ -215,7 +215,8 @@ impl Filter {
     fn decide_syn(&self, dst: Ipv4Addr, port: u16) -> Result<(), (Option<String>, String, String)> {
         if dst == GATEWAY_ADDR {
             return match port {
-                DNS_PORT | PROXY_PORT => Ok(()),
+                // Counted like relays: every TCP connection costs the stack's socket buffers.
+                DNS_PORT | PROXY_PORT => self.within_limit().map_err(|reason| (None, dst.to_string(), reason)),
                 _ => Err((None, dst.to_string(), format!("the gateway serves only ports {DNS_PORT} and {PROXY_PORT}"))),
             };
         }

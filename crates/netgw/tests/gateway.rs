@@ -216,3 +216,21 @@ fn hostile_packets_and_dns_from_inside_leave_the_gateway_serving() {
     let denials = sb.events().iter().filter(|e| e.decision == "denied").count();
     assert!(denials > 0 && (denials as u64) < sent / 2, "{denials} denial records for {sent} packets");
 }
+
+#[test]
+fn idle_connections_are_closed_after_the_idle_timeout() {
+    require_root!();
+    let server = HostServer::start();
+    let options = GatewayOptions { idle_timeout: Duration::from_secs(1), ..GatewayOptions::default() };
+    let sb = Sandbox::start_with(vec![rule("allowed.test", Some(server.port))], &[("allowed.test", LOOPBACK)], options);
+    assert_eq!(sb.client(&["idle", "allowed.test", &server.port.to_string(), "3"]), "closed\n");
+    sb.wait_event("idle close", |e| e.decision == "allowed" && e.reason.ends_with("idle for 1s, closed"));
+}
+
+#[test]
+fn dns_over_tcp_is_served_too() {
+    require_root!();
+    let sb = Sandbox::start(vec![rule("allowed.test", None)], &[("allowed.test", LOOPBACK)]);
+    assert_eq!(sb.client(&["dns-tcp", "allowed.test"]), "0 198.19.0.1\n");
+    assert_eq!(sb.client(&["dns-tcp", "denied.test"]), "5 -\n"); // REFUSED
+}

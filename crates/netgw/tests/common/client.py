@@ -127,6 +127,31 @@ def hold(host, port, count, seconds):
     time.sleep(float(seconds))
 
 
+def idle(host, port, seconds):
+    s = socket.create_connection((host, int(port)), timeout=30)
+    s.sendall(b'ECHO')
+    s.recv(4)
+    time.sleep(float(seconds))
+    try:
+        print('closed' if s.recv(10) == b'' else 'open')
+    except ConnectionResetError:
+        print('closed')
+
+
+def dns_tcp(name):
+    qname = b''.join(bytes([len(label)]) + label.encode() for label in name.split('.')) + b'\0'
+    query = struct.pack('!HHHHHH', 7, 0x0100, 1, 0, 0, 0) + qname + struct.pack('!HH', 1, 1)
+    s = socket.create_connection((GATEWAY, 53), timeout=10)
+    s.sendall(struct.pack('!H', len(query)) + query)
+    length = struct.unpack('!H', s.recv(2))[0]
+    reply = b''
+    while len(reply) < length:
+        reply += s.recv(length - len(reply))
+    rcode = struct.unpack('!H', reply[2:4])[0] & 0xf
+    answers = struct.unpack('!H', reply[6:8])[0]
+    print(rcode, socket.inet_ntoa(reply[-4:]) if answers else '-')
+
+
 def fuzz(seconds):
     rnd = random.Random(5)
     raw = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM)

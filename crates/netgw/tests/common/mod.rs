@@ -48,7 +48,7 @@ def ip(*args):
     subprocess.run(['ip', *args], check=True)
 ip('link', 'set', 'lo', 'up')
 ip('addr', 'add', '198.18.0.2/30', 'dev', 'airlock0')
-ip('link', 'set', 'airlock0', 'mtu', '1500', 'up')
+ip('link', 'set', 'airlock0', 'mtu', sys.argv[1], 'up')
 ip('route', 'add', 'default', 'via', '198.18.0.1', 'dev', 'airlock0')
 s = socket.socket(fileno=1)
 socket.send_fds(s, [b'tun'], [fd])
@@ -94,7 +94,7 @@ impl Sandbox {
     pub fn start_with(allow: Vec<AllowRule>, hosts: &[(&str, IpAddr)], mut options: GatewayOptions) -> Sandbox {
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
         let helper = Command::new("unshare")
-            .args(["--net", "python3", "-c", HELPER])
+            .args(["--net", "python3", "-c", HELPER, &netgw::addr::MTU.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::from(OwnedFd::from(theirs)))
             .spawn()

@@ -55,6 +55,13 @@ fn rss_kib() -> u64 {
     status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// CPU time (user + system) of this process, in clock ticks.
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
 fn main() {
     if !rustix::process::geteuid().is_root() {
         eprintln!("loopback_bench: needs root (network namespace and TUN)");
@@ -90,6 +97,9 @@ fn main() {
     let sb = Sandbox::start(vec![rule("bench.test", Some(port))], &[("bench.test", IpAddr::V4(Ipv4Addr::LOCALHOST))]);
     std::thread::sleep(Duration::from_millis(500));
     let idle = rss_kib();
+    let ticks = cpu_ticks();
+    std::thread::sleep(Duration::from_secs(5));
+    println!("idle gateway CPU: {} ticks (1/100 s) in 5 s", cpu_ticks() - ticks);
     let script = std::env::temp_dir().join("netgw-bench-client.py");
     std::fs::write(&script, CLIENT).unwrap();
     let run_inside = |args: &str| sb.sh_ok(&format!("python3 {} {args}", script.display()));

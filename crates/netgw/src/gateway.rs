@@ -32,8 +32,13 @@ pub struct GatewayConfig {
 }
 
 /// Tunables beyond the interface's [`GatewayConfig`]; `Default` is what [`serve_tun_blocking`] uses.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct GatewayOptions {
+    /// The gateway stops when this fd becomes readable: the read end of a pipe whose write end the supervisor
+    /// holds (closed when the sandbox ends, whatever way the supervisor exits), or a pidfd of the sandbox's init
+    /// (readable when it exits). Needed because the TUN alone never signals the sandbox's end: the open TUN fd
+    /// keeps the sandbox's network namespace, and so the interface, alive.
+    pub stop: Option<OwnedFd>,
     /// Resolve allowed names from this table instead of the host's resolver (/etc/hosts, /etc/resolv.conf).
     /// For embedding and for tests that must not edit the host's /etc/hosts.
     pub hosts: Option<HashMap<String, Vec<IpAddr>>>,
@@ -46,7 +51,7 @@ pub struct GatewayOptions {
 
 impl Default for GatewayOptions {
     fn default() -> Self {
-        GatewayOptions { hosts: None, max_connections: 256, idle_timeout: Duration::from_secs(300) }
+        GatewayOptions { stop: None, hosts: None, max_connections: 256, idle_timeout: Duration::from_secs(300) }
     }
 }
 
@@ -61,12 +66,17 @@ pub enum GatewayError {
     StartStack(#[source] io::Error),
     #[error("cannot register the TUN file descriptor with the event loop: {0}")]
     RegisterTun(#[source] io::Error),
+    #[error("cannot register the stop file descriptor with the event loop: {0}")]
+    RegisterStop(#[source] io::Error),
     #[error("reading the TUN device failed: {0}")]
     ReadTun(#[source] io::Error),
 }
 
-/// Serves the sandbox's TUN until it closes (the sandbox's netns is gone → read error/EOF). Builds its own tokio
-/// runtime. Blocking.
+/// Serves the sandbox's TUN until reading it fails or ends. Builds its own tokio runtime. Blocking.
+///
+/// Note: an open TUN fd keeps its network namespace alive, so the TUN does not end by itself when the sandbox's
+/// processes are gone; the embedder ends the gateway (process exit, PR_SET_PDEATHSIG) or passes
+/// [`GatewayOptions::stop`] to [`serve_tun_blocking_with`].
 pub fn serve_tun_blocking(tun: OwnedFd, config: GatewayConfig) -> Result<(), GatewayError> {
     serve_tun_blocking_with(tun, config, GatewayOptions::default())
 }
@@ -93,6 +103,14 @@ pub async fn serve_tun(tun: OwnedFd, config: GatewayConfig, options: GatewayOpti
     // so the concern does not apply; the replacement, `register`, is `unsafe` and this crate forbids that.
     #[allow(deprecated)]
     let tun = AsyncFd::new(tun).map_err(GatewayError::RegisterTun)?;
+    let stop = match options.stop {
+        Some(fd) => {
+            #[allow(deprecated)] // as above: the AsyncFd owns the fd
+            let fd = AsyncFd::new(fd).map_err(GatewayError::RegisterStop)?;
+            Some(fd)
+        }
+        None => None,
+    };
 
     let allow = Arc::new(AllowList::new(config.allow));
     let recorder = Recorder::new(&config.sandbox, config.events);
@@ -156,6 +174,7 @@ pub async fn serve_tun(tun: OwnedFd, config: GatewayConfig, options: GatewayOpti
                 Ok(Closed::Error(e)) => Err(GatewayError::ReadTun(e)),
             },
             _ = &mut pump_out => break Ok(()),
+            _ = stopped(stop.as_ref()) => break Ok(()),
             stream = tcp.next() => match stream {
                 Some((stream, _, dst)) => dispatch_tcp(stream, dst, &dns, &relays, &active, idle_timeout),
                 None => break Ok(()),
@@ -168,6 +187,16 @@ pub async fn serve_tun(tun: OwnedFd, config: GatewayConfig, options: GatewayOpti
     stack_task.abort();
     recorder.flush();
     result
+}
+
+/// Resolves when the stop fd is readable (never without one).
+async fn stopped(stop: Option<&AsyncFd<OwnedFd>>) {
+    match stop {
+        Some(fd) => {
+            let _ = fd.readable().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Errors meaning the interface or its namespace disappeared, the normal end of a sandbox.

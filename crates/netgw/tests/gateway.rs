@@ -234,3 +234,14 @@ fn dns_over_tcp_is_served_too() {
     assert_eq!(sb.client(&["dns-tcp", "allowed.test"]), "0 198.19.0.1\n");
     assert_eq!(sb.client(&["dns-tcp", "denied.test"]), "5 -\n"); // REFUSED
 }
+
+#[test]
+fn gateway_returns_when_the_sandbox_ends() {
+    require_root!();
+    let mut sb = Sandbox::start(vec![rule("allowed.test", None)], &[("allowed.test", LOOPBACK)]);
+    assert!(sb.sh_ok("getent ahostsv4 allowed.test").starts_with("198.19."));
+    match sb.end_sandbox(Duration::from_secs(10)) {
+        Some(Ok(())) => {}
+        other => panic!("the gateway did not end cleanly with its sandbox: {other:?}"),
+    }
+}

@@ -59,6 +59,8 @@ sys.stdin.read()
 
 pub struct Sandbox {
     helper: Child,
+    gateway: Option<std::thread::JoinHandle<Result<(), netgw::GatewayError>>>,
+    stop_writer: Option<OwnedFd>,
     pid: u32,
     dir: PathBuf,
     pub events: Arc<Mutex<Vec<NetEvent>>>,
@@ -112,6 +114,9 @@ impl Sandbox {
             table.entry((*name).to_owned()).or_default().push(*addr);
         }
         options.hosts = Some(table);
+        // The supervisor's side of the stop pipe: closing it ends the gateway.
+        let (stop, stop_writer) = rustix::pipe::pipe().expect("pipe");
+        options.stop = Some(stop);
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
         let config = GatewayConfig {
@@ -119,8 +124,8 @@ impl Sandbox {
             allow,
             events: Box::new(move |e: &NetEvent| sink.lock().unwrap().push(e.clone())),
         };
-        std::thread::spawn(move || netgw::serve_tun_blocking_with(tun, config, options));
-        Sandbox { helper, pid, dir, events }
+        let gateway = std::thread::spawn(move || netgw::serve_tun_blocking_with(tun, config, options));
+        Sandbox { helper, gateway: Some(gateway), stop_writer: Some(stop_writer), pid, dir, events }
     }
 
     /// Runs `script` with `sh -c` inside the namespace, with /etc/resolv.conf naming the gateway.
@@ -157,6 +162,23 @@ impl Sandbox {
     pub fn client(&self, args: &[&str]) -> String {
         let script = self.dir.join("client.py");
         self.sh_ok(&format!("python3 {} {}", script.display(), args.join(" ")))
+    }
+
+    /// Ends the sandbox like a supervisor would (its processes exit, the stop pipe closes) and returns how the
+    /// gateway ended, waiting at most `limit`.
+    pub fn end_sandbox(&mut self, limit: Duration) -> Option<Result<(), netgw::GatewayError>> {
+        let _ = self.helper.kill();
+        let _ = self.helper.wait();
+        self.stop_writer = None;
+        let gateway = self.gateway.take()?;
+        let deadline = Instant::now() + limit;
+        while !gateway.is_finished() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        gateway.join().ok()
     }
 
     pub fn events(&self) -> Vec<NetEvent> {

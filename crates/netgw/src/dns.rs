@@ -193,7 +193,7 @@ impl DnsServer {
                 return error_reply(request, code);
             }
         };
-        self.recorder.allowed(Decision {
+        self.recorder.allowed_limited(Decision {
             protocol: "dns",
             name: Some(name),
             address: Some(join_addrs(&entry.pinned)),

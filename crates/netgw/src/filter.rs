@@ -5,7 +5,7 @@
 //! "connection refused", no handshake is ever completed, and nothing is opened on the host. Only well-formed
 //! IPv4 packets from the sandbox's address reach the stack.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -32,6 +32,8 @@ pub enum Verdict {
     Drop,
     /// Drop it and send this packet back into the sandbox (a TCP RST).
     Reply(Vec<u8>),
+    /// A DNS query over UDP to the gateway: answered by the gateway's DNS server directly, without the stack.
+    Dns { client: SocketAddrV4, query: Vec<u8> },
 }
 
 /// The fields of an IPv4 packet the filter needs.
@@ -138,8 +140,18 @@ impl Filter {
                     deny("udp", Some(IpAddr::V4(ip.dst)), None, "malformed packet (truncated UDP header)".into());
                     return Verdict::Drop;
                 };
+                // A length field that disagrees with the packet marks a malformed datagram.
+                let udp_len = be16(l4, 4).map_or(0, usize::from);
+                if udp_len < 8 || udp_len > l4.len() {
+                    deny("udp", Some(IpAddr::V4(ip.dst)), Some(port), "malformed packet (bad UDP length)".into());
+                    return Verdict::Drop;
+                }
                 if ip.dst == GATEWAY_ADDR && port == DNS_PORT {
-                    return Verdict::Pass;
+                    let client_port = be16(l4, 0).unwrap_or(0);
+                    return Verdict::Dns {
+                        client: SocketAddrV4::new(ip.src, client_port),
+                        query: l4[8..udp_len].to_vec(),
+                    };
                 }
                 let reason = if port == DNS_PORT {
                     "DNS to another server than the gateway is dropped"
@@ -322,7 +334,15 @@ mod tests {
             .udp(5000, 53)
             .write(&mut dns, b"x")
             .unwrap();
-        assert_eq!(f.inspect(&dns), Verdict::Pass);
+        assert_eq!(
+            f.inspect(&dns),
+            Verdict::Dns { client: SocketAddrV4::new(SANDBOX_ADDR, 5000), query: b"x".to_vec() }
+        );
+        let mut bad_len = dns.clone();
+        bad_len[24..26].copy_from_slice(&200u16.to_be_bytes()); // UDP length beyond the packet
+        assert_eq!(f.inspect(&bad_len), Verdict::Drop);
+        bad_len[24..26].copy_from_slice(&3u16.to_be_bytes()); // shorter than the header
+        assert_eq!(f.inspect(&bad_len), Verdict::Drop);
         let mut icmp = Vec::new();
         etherparse::PacketBuilder::ipv4(SANDBOX_ADDR.octets(), [1, 1, 1, 1], 64)
             .icmpv4_echo_request(1, 1)

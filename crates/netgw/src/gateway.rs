@@ -8,8 +8,8 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
-use netstack_smoltcp::{udp, StackBuilder, TcpStream};
+use futures::StreamExt;
+use netstack_smoltcp::{StackBuilder, TcpStream};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -145,25 +145,24 @@ pub async fn serve_tun(tun: OwnedFd, config: GatewayConfig, options: GatewayOpti
     // ~14 MiB). 256 KiB windows let a loopback transfer reach several Gbit/s with the large MTU; with the
     // default connection limit (256) a sandbox's gateway stays under ~256 MiB in the worst case.
     const TCP_BUFFER: u32 = 256 * 1024;
-    let (stack, runner, udp, tcp) = StackBuilder::default()
+    let (stack, runner, _udp, tcp) = StackBuilder::default()
         .enable_tcp(true)
-        .enable_udp(true)
+        // UDP never reaches the stack: the only UDP served, DNS to the gateway, is answered by the pump.
+        .enable_udp(false)
         .enable_icmp(false)
         .mtu(usize::from(MTU))
         .tcp_recv_buffer_size(TCP_BUFFER)
         .tcp_send_buffer_size(TCP_BUFFER)
         .build()
         .map_err(GatewayError::StartStack)?;
-    let (Some(runner), Some(udp), Some(mut tcp)) = (runner, udp, tcp) else {
-        return Err(GatewayError::StartStack(io::Error::other("the stack was built without TCP or UDP")));
+    let (Some(runner), Some(mut tcp)) = (runner, tcp) else {
+        return Err(GatewayError::StartStack(io::Error::other("the stack was built without TCP")));
     };
     let stack_task = tokio::spawn(runner);
     let (stack_in, stack_out) = stack.split();
     let tun = Arc::new(tun);
-    let mut pump_in = tokio::spawn(device::pump_in(tun.clone(), filter, stack_in));
+    let mut pump_in = tokio::spawn(device::pump_in(tun.clone(), filter, stack_in, dns.clone()));
     let mut pump_out = tokio::spawn(device::pump_out(tun, stack_out));
-    let (udp_in, udp_out) = udp.split();
-    let udp_task = tokio::spawn(serve_dns_udp(dns.clone(), udp_in, udp_out));
 
     let idle_timeout = options.idle_timeout;
     let result = loop {
@@ -183,7 +182,6 @@ pub async fn serve_tun(tun: OwnedFd, config: GatewayConfig, options: GatewayOpti
     };
     pump_in.abort();
     pump_out.abort();
-    udp_task.abort();
     stack_task.abort();
     recorder.flush();
     result
@@ -248,35 +246,6 @@ fn dispatch_tcp(
             Err(denial) => relays.recorder.denied(denial),
         }
     });
-}
-
-/// DNS over UDP: every datagram to the gateway's port 53 is a query; each is answered in its own task so a slow
-/// host lookup does not hold up the others.
-async fn serve_dns_udp(dns: DnsServer, mut queries: udp::ReadHalf, replies: udp::WriteHalf) {
-    const MAX_IN_FLIGHT: usize = 64;
-    let replies = Arc::new(tokio::sync::Mutex::new(replies));
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    while let Some((query, client, server)) = queries.next().await {
-        // The filter passes only DNS to the gateway; anything else reaching here is dropped.
-        if server != SocketAddr::new(IpAddr::V4(GATEWAY_ADDR), DNS_PORT) {
-            continue;
-        }
-        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-            dns.recorder.denied(Decision {
-                protocol: "dns",
-                reason: "too many DNS queries in flight".into(),
-                ..Default::default()
-            });
-            continue;
-        };
-        let (dns, replies) = (dns.clone(), replies.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Some(reply) = dns.answer(&query).await {
-                let _ = replies.lock().await.send((reply, server, client)).await;
-            }
-        });
-    }
 }
 
 /// DNS over TCP: 2-byte length-prefixed messages, until the client closes or idles.

@@ -167,8 +167,11 @@ def fuzz(seconds):
             # A plausible IPv4 header from the sandbox with random fields and a random payload.
             proto = rnd.choice([1, 6, 17, 47, rnd.randrange(256)])
             payload = bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 80)))
+            if proto in (6, 17) and rnd.random() < 0.5:
+                # Aim at the gateway's DNS port with random ports, lengths, flags and checksums.
+                payload = struct.pack('!HHH', rnd.randrange(65536), 53, rnd.randrange(65536)) + payload
             total = 20 + len(payload) if rnd.random() < 0.8 else rnd.randrange(65536)
-            dst = gateway if rnd.random() < 0.5 else socket.inet_aton('198.19.%d.%d' % (rnd.randrange(256), rnd.randrange(256)))
+            dst = gateway if rnd.random() < 0.7 else socket.inet_aton('198.19.%d.%d' % (rnd.randrange(256), rnd.randrange(256)))
             pkt = struct.pack('!BBHHHBBH4s4s', 0x45, 0, total, 0, rnd.choice([0, 0x4000, 0x2000, 0x1fff]), 64, proto, 0, sandbox, dst) + payload
         raw.sendto(pkt, ('airlock0', 0x0800))
         dns.sendto(bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 60))), (GATEWAY, 53))

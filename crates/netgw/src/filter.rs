@@ -54,6 +54,36 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes([*b.get(at)?, *b.get(at + 1)?, *b.get(at + 2)?, *b.get(at + 3)?]))
 }
 
+/// The ones'-complement sum of `data` as 16-bit words (RFC 1071), folded; `initial` carries a pseudo-header.
+fn checksum_sum(data: &[u8], initial: u32) -> u16 {
+    let mut sum = u64::from(initial);
+    let mut words = data.chunks_exact(2);
+    for word in &mut words {
+        sum += u64::from(u16::from_be_bytes([word[0], word[1]]));
+    }
+    if let [last] = words.remainder() {
+        sum += u64::from(*last) << 8;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Whether a TCP segment's checksum is right (a SYN creates state in the stack, so it must be genuine).
+fn tcp_checksum_ok(ip: &Ipv4, tcp: &[u8]) -> bool {
+    let Ok(len) = u16::try_from(tcp.len()) else { return false };
+    let src = ip.src.octets();
+    let dst = ip.dst.octets();
+    let pseudo = u32::from(u16::from_be_bytes([src[0], src[1]]))
+        + u32::from(u16::from_be_bytes([src[2], src[3]]))
+        + u32::from(u16::from_be_bytes([dst[0], dst[1]]))
+        + u32::from(u16::from_be_bytes([dst[2], dst[3]]))
+        + u32::from(PROTO_TCP)
+        + u32::from(len);
+    checksum_sum(tcp, pseudo) == 0xffff
+}
+
 fn parse_ipv4(p: &[u8]) -> Result<Ipv4, &'static str> {
     if p.len() < 20 {
         return Err("truncated IPv4 header");
@@ -62,6 +92,9 @@ fn parse_ipv4(p: &[u8]) -> Result<Ipv4, &'static str> {
     let total_len = usize::from(be16(p, 2).ok_or("truncated IPv4 header")?);
     if header_len < 20 || header_len > p.len() || total_len < header_len || total_len > p.len() {
         return Err("inconsistent IPv4 lengths");
+    }
+    if checksum_sum(&p[..header_len], 0) != 0xffff {
+        return Err("bad IPv4 header checksum");
     }
     let fragment = be16(p, 6).ok_or("truncated IPv4 header")?;
     // More-fragments flag or a fragment offset: the stack does not reassemble, and the sandbox's own stack never
@@ -199,6 +232,16 @@ impl Filter {
         // with a RST itself.
         if flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
             return Verdict::Pass;
+        }
+        if !tcp_checksum_ok(ip, tcp) {
+            self.recorder.denied(Decision {
+                protocol: "tcp",
+                address: Some(dst.to_string()),
+                port: Some(dst_port),
+                reason: "malformed packet (bad TCP checksum)".into(),
+                ..Default::default()
+            });
+            return Verdict::Drop;
         }
         let decision = self.decide_syn(ip.dst, dst_port);
         match decision {
@@ -361,6 +404,19 @@ mod tests {
         assert!(reasons.iter().any(|r| r.contains("IPv6")), "{reasons:?}");
     }
 
+    #[test]
+    fn bad_checksums_are_dropped() {
+        let (f, _) = filter(vec![AllowRule { domain: "192.0.2.1".into(), port: Some(22) }]);
+        let good = syn(Ipv4Addr::new(192, 0, 2, 1), 22);
+        assert_eq!(f.inspect(&good), Verdict::Pass);
+        let mut bad_ip = good.clone();
+        bad_ip[10] ^= 0xff;
+        assert_eq!(f.inspect(&bad_ip), Verdict::Drop);
+        let mut bad_tcp = good.clone();
+        bad_tcp[20 + 16] ^= 0xff;
+        assert_eq!(f.inspect(&bad_tcp), Verdict::Drop);
+    }
+
     /// Random and mutated packets never panic the filter.
     #[test]
     fn hostile_packets_never_panic() {
@@ -383,6 +439,14 @@ mod tests {
                 }
             }
             p.truncate((next() % 80) as usize);
+            if p.len() >= 20 && next() % 2 == 0 {
+                // Fix the header checksum so the mutation reaches the deeper checks.
+                let header_len = (usize::from(p[0] & 0x0f) * 4).clamp(20, p.len());
+                p[10] = 0;
+                p[11] = 0;
+                let sum = !checksum_sum(&p[..header_len], 0);
+                p[10..12].copy_from_slice(&sum.to_be_bytes());
+            }
             let _ = f.inspect(&p);
         }
     }

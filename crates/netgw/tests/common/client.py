@@ -172,7 +172,14 @@ def fuzz(seconds):
                 payload = struct.pack('!HHH', rnd.randrange(65536), 53, rnd.randrange(65536)) + payload
             total = 20 + len(payload) if rnd.random() < 0.8 else rnd.randrange(65536)
             dst = gateway if rnd.random() < 0.7 else socket.inet_aton('198.19.%d.%d' % (rnd.randrange(256), rnd.randrange(256)))
-            pkt = struct.pack('!BBHHHBBH4s4s', 0x45, 0, total, 0, rnd.choice([0, 0x4000, 0x2000, 0x1fff]), 64, proto, 0, sandbox, dst) + payload
+            header = struct.pack('!BBHHHBBH4s4s', 0x45, 0, total, 0, rnd.choice([0, 0x4000, 0x4000, 0x2000, 0x1fff]), 64, proto, 0, sandbox, dst)
+            if rnd.random() < 0.7:
+                # A valid header checksum, so the packet gets past the first check.
+                words = sum(struct.unpack('!10H', header))
+                words = (words & 0xffff) + (words >> 16)
+                words = (words & 0xffff) + (words >> 16)
+                header = header[:10] + struct.pack('!H', ~words & 0xffff) + header[12:]
+            pkt = header + payload
         raw.sendto(pkt, ('airlock0', 0x0800))
         dns.sendto(bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 60))), (GATEWAY, 53))
         sent += 2

@@ -370,3 +370,49 @@ pub async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
     };
     record(format!("allowed by {}; {outcome}", target.grant.rule), upstream.written, upstream.read);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::HttpRequest;
+
+    fn http(host: Option<&str>) -> FirstData {
+        FirstData::Http(HttpRequest {
+            method: "GET".into(),
+            target: "/".into(),
+            host: host.map(str::to_owned),
+            head_len: 0,
+        })
+    }
+
+    #[test]
+    fn first_data_policy() {
+        let name = "allowed.test";
+        assert_eq!(check_first_data(name, &FirstData::Tls { sni: Some(name.into()) }), Ok("tls"));
+        assert_eq!(check_first_data(name, &http(Some(name))), Ok("http"));
+        assert_eq!(check_first_data(name, &FirstData::Other), Ok("tcp"));
+        let sni = check_first_data(name, &FirstData::Tls { sni: Some("evil.test".into()) }).unwrap_err();
+        assert_eq!((sni.0, sni.1.as_deref(), sni.3), ("tls", Some("evil.test"), false));
+        assert!(check_first_data(name, &FirstData::Tls { sni: None }).is_err());
+        assert!(check_first_data(name, &FirstData::MalformedTls("x")).is_err());
+        let host = check_first_data(name, &http(Some("evil.test"))).unwrap_err();
+        assert_eq!((host.0, host.2.as_str(), host.3), ("http", "Host evil.test does not match allowed.test", true));
+        assert!(check_first_data(name, &http(None)).unwrap_err().3);
+        assert!(check_first_data(name, &FirstData::MalformedHttp("x")).unwrap_err().3);
+    }
+
+    #[test]
+    fn forbidden_response_carries_the_body_agents_act_on() {
+        let ctx = RelayContext {
+            allow: Arc::new(AllowList::new(vec![])),
+            names: Arc::new(Mutex::new(NameTable::default())),
+            recorder: Recorder::new("t", Box::new(|_| {})),
+            deny_body_list: "a.test, *.b.test:8443".into(),
+        };
+        let response = String::from_utf8(ctx.forbidden_response("evil.test")).unwrap();
+        let body = "airlock: blocked by network policy: evil.test is not allowed (allowed: a.test, *.b.test:8443)\n";
+        assert!(response.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{response}");
+        assert!(response.contains(&format!("Content-Length: {}\r\n", body.len())), "{response}");
+        assert!(response.ends_with(&format!("\r\n\r\n{body}")), "{response}");
+    }
+}

@@ -261,3 +261,22 @@ fn gateway_returns_when_the_sandbox_ends() {
         other => panic!("the gateway did not end cleanly with its sandbox: {other:?}"),
     }
 }
+
+#[test]
+fn first_bytes_sent_late_are_still_checked() {
+    require_root!();
+    let server = HostServer::start();
+    let sb = Sandbox::start(vec![rule("allowed.test", Some(server.port))], &[("allowed.test", LOOPBACK)]);
+    let port = server.port.to_string();
+    // On a port other than 80/443 the gateway connects after 0.5 s of silence (server-first protocols).
+    assert!(sb.client(&["tls-late", "allowed.test", &port, "evil.test", "1.2"]).starts_with("handshake failed"));
+    let e = sb.wait_event("late sni", |e| e.decision == "denied" && e.reason.starts_with("SNI evil.test"));
+    assert!(e.reason.ends_with("none were forwarded)"), "{}", e.reason);
+    sb.client(&["tls-late", "allowed.test", &port, "allowed.test", "1.2"]);
+    let seen = server.seen.lock().unwrap().clone();
+    assert!(seen.iter().all(|s| !s.windows(9).any(|w| w == b"evil.test")), "the refused ClientHello was forwarded");
+    assert!(
+        seen.iter().any(|s| s.windows(12).any(|w| w == b"allowed.test")),
+        "the allowed ClientHello was not forwarded"
+    );
+}

@@ -40,6 +40,13 @@ def tls(host, port, sni):
     hello(socket.create_connection((host, int(port)), timeout=10), sni)
 
 
+def tls_late(host, port, sni, delay):
+    # A client that waits before its ClientHello: the gateway has opened the connection by then.
+    s = socket.create_connection((host, int(port)), timeout=10)
+    time.sleep(float(delay))
+    hello(s, sni)
+
+
 def proxy_connect(host, port, sni):
     s = socket.create_connection((GATEWAY, 3128), timeout=10)
     s.sendall(f'CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n'.encode())

@@ -165,7 +165,11 @@ pub async fn serve_tun(tun: OwnedFd, config: GatewayConfig, options: GatewayOpti
     let mut pump_out = tokio::spawn(device::pump_out(tun, stack_out));
 
     let idle_timeout = options.idle_timeout;
+    // The flows' tasks, so that they end with the gateway (dropping the set aborts them) also when an embedder's
+    // runtime outlives this future.
+    let mut flows = tokio::task::JoinSet::new();
     let result = loop {
+        while flows.try_join_next().is_some() {}
         tokio::select! {
             closed = &mut pump_in => break match closed {
                 Ok(Closed::Eof) | Ok(Closed::StackGone) | Err(_) => Ok(()),
@@ -175,7 +179,9 @@ pub async fn serve_tun(tun: OwnedFd, config: GatewayConfig, options: GatewayOpti
             _ = &mut pump_out => break Ok(()),
             _ = stopped(stop.as_ref()) => break Ok(()),
             stream = tcp.next() => match stream {
-                Some((stream, _, dst)) => dispatch_tcp(stream, dst, &dns, &relays, &active, idle_timeout),
+                Some((stream, _, dst)) => {
+                    dispatch_tcp(&mut flows, stream, dst, &dns, &relays, &active, idle_timeout)
+                }
                 None => break Ok(()),
             },
         }
@@ -183,6 +189,7 @@ pub async fn serve_tun(tun: OwnedFd, config: GatewayConfig, options: GatewayOpti
     pump_in.abort();
     pump_out.abort();
     stack_task.abort();
+    flows.abort_all();
     recorder.flush();
     result
 }
@@ -209,6 +216,7 @@ fn tun_gone(e: &io::Error) -> bool {
 }
 
 fn dispatch_tcp(
+    flows: &mut tokio::task::JoinSet<()>,
     tcp: TcpStream,
     dst: SocketAddr,
     dns: &DnsServer,
@@ -221,14 +229,14 @@ fn dispatch_tcp(
         match dst.port() {
             DNS_PORT => {
                 let dns = dns.clone();
-                tokio::spawn(async move {
+                flows.spawn(async move {
                     let _guard = guard;
                     serve_dns_tcp(dns, tcp).await;
                 });
             }
             PROXY_PORT => {
                 let (relays, dns) = (relays.clone(), dns.clone());
-                tokio::spawn(async move {
+                flows.spawn(async move {
                     let _guard = guard;
                     crate::proxy::serve_proxy(&relays, &dns, tcp, idle_timeout).await;
                 });
@@ -239,7 +247,7 @@ fn dispatch_tcp(
         return;
     }
     let relays = relays.clone();
-    tokio::spawn(async move {
+    flows.spawn(async move {
         let _guard = guard;
         match relays.target_for(dst) {
             Ok(target) => relay(&relays, tcp, target, None, Vec::new(), idle_timeout).await,

@@ -132,3 +132,49 @@ where
     }
     Closed::StackGone
 }
+
+/// A TCP connection from the sandbox as the stack hands it over, with a `shutdown` that does not wait.
+///
+/// The stack's `poll_shutdown` stays pending until its socket is fully closed, which, when the gateway closes
+/// first, includes TCP's TIME-WAIT (10 s in smoltcp). A relay would then hold its connection slot, and record
+/// its close, only that much later. Here `shutdown` queues the FIN (sent once the data before it is out, as with
+/// `shutdown(2)`) and returns; the stack finishes the close on its own.
+pub struct SandboxStream(pub netstack_smoltcp::TcpStream);
+
+impl tokio::io::AsyncRead for SandboxStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SandboxStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match std::pin::Pin::new(&mut self.0).poll_shutdown(cx) {
+            std::task::Poll::Ready(result) => std::task::Poll::Ready(result),
+            // The FIN is queued; not waiting for the socket's final close.
+            std::task::Poll::Pending => std::task::Poll::Ready(Ok(())),
+        }
+    }
+}

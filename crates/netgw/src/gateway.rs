@@ -14,7 +14,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::addr::{DNS_PORT, GATEWAY_ADDR, MTU, PROXY_PORT};
-use crate::device::{self, Closed};
+use crate::device::{self, Closed, SandboxStream};
 use crate::dns::{DnsServer, HostResolver, NameTable};
 use crate::event::{Decision, EventSink, Recorder};
 use crate::filter::Filter;
@@ -225,6 +225,7 @@ fn dispatch_tcp(
     idle_timeout: Duration,
 ) {
     let guard = ActiveGuard::new(active);
+    let tcp = SandboxStream(tcp);
     if dst.ip() == IpAddr::V4(GATEWAY_ADDR) {
         match dst.port() {
             DNS_PORT => {
@@ -257,7 +258,7 @@ fn dispatch_tcp(
 }
 
 /// DNS over TCP: 2-byte length-prefixed messages, until the client closes or idles.
-async fn serve_dns_tcp(dns: DnsServer, mut tcp: TcpStream) {
+async fn serve_dns_tcp(dns: DnsServer, mut tcp: SandboxStream) {
     const IDLE: Duration = Duration::from_secs(10);
     loop {
         let mut len = [0u8; 2];

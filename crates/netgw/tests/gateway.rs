@@ -280,3 +280,15 @@ fn first_bytes_sent_late_are_still_checked() {
         "the allowed ClientHello was not forwarded"
     );
 }
+
+#[test]
+fn close_is_recorded_at_once_when_the_server_closes_first() {
+    require_root!();
+    let server = HostServer::start();
+    let sb = Sandbox::start(vec![rule("allowed.test", Some(server.port))], &[("allowed.test", LOOPBACK)]);
+    let start = std::time::Instant::now();
+    assert_eq!(sb.client(&["get-eof", "allowed.test", &server.port.to_string(), "/x"]), "HTTP/1.1 200 OK\n");
+    sb.wait_event("close", |e| e.protocol == "http" && e.decision == "allowed");
+    // Not after the stack's TIME-WAIT (10 s): the relay does not wait for its socket's final close.
+    assert!(start.elapsed() < Duration::from_secs(5), "the close was recorded after {:?}", start.elapsed());
+}

@@ -14,6 +14,21 @@ def http(host, port, path, host_header=None):
     sys.stdout.write(r.read().decode())
 
 
+def get_eof(host, port, path):
+    # Reads until the server closes (the server closes first, so the gateway is the side that closes towards
+    # the client).
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.sendall(f'GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n'.encode())
+    data = b''
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    print(data.split(b'\r\n', 1)[0].decode())
+
+
 def proxy_http(url):
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({'http': f'http://{GATEWAY}:3128'}))
     try:

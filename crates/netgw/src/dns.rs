@@ -193,7 +193,7 @@ impl DnsServer {
                 return error_reply(request, code);
             }
         };
-        self.recorder.allowed(Decision {
+        self.recorder.allowed_limited(Decision {
             protocol: "dns",
             name: Some(name),
             address: Some(join_addrs(&entry.pinned)),
@@ -209,7 +209,7 @@ impl DnsServer {
     }
 
     /// The name's entry, resolving and pinning it on first use.
-    async fn lookup(&self, name: &str) -> Result<NameEntry, (ResponseCode, String)> {
+    pub async fn lookup(&self, name: &str) -> Result<NameEntry, (ResponseCode, String)> {
         if let Some(entry) = self.lock_names().get(name) {
             return Ok(entry.clone());
         }

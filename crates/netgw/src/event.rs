@@ -1,7 +1,8 @@
 //! Records: every decision of the gateway is one [`NetEvent`], handed to the embedder's sink.
 //!
-//! Denials are rate limited per (protocol, name, address, port, reason): a sandbox that floods the gateway with
-//! refused attempts must not be able to fill the disk of whoever stores the records. What was suppressed is
+//! Denials (and DNS answers, which the sandbox can repeat at will) are rate limited per (protocol, decision,
+//! name, address, port, reason): a sandbox that floods the gateway must not be able to fill the disk of whoever
+//! stores the records. What was suppressed is
 //! counted and reported in the next event of the same kind, or in a summary when the window ends.
 
 use std::collections::HashMap;
@@ -43,7 +44,7 @@ pub const DENIAL_WINDOW: Duration = Duration::from_secs(1);
 /// flood of distinct names cannot grow the table without bound.
 const MAX_TRACKED_KINDS: usize = 1024;
 
-type DenialKey = (&'static str, Option<String>, Option<String>, Option<u16>, String);
+type DenialKey = (&'static str, &'static str, Option<String>, Option<String>, Option<u16>, String);
 
 struct DenialCount {
     recorded: u32,
@@ -113,7 +114,17 @@ impl Recorder {
 
     /// Records a denial, subject to the rate limit.
     pub fn denied(&self, d: Decision) {
-        let mut event = self.event("denied", d);
+        self.limited("denied", d);
+    }
+
+    /// Records an allowed decision that the sandbox can repeat at will without opening anything (a DNS answer
+    /// from the table), subject to the same rate limit as denials.
+    pub fn allowed_limited(&self, d: Decision) {
+        self.limited("allowed", d);
+    }
+
+    fn limited(&self, decision: &'static str, d: Decision) {
+        let mut event = self.event(decision, d);
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         if now.duration_since(state.window_start) >= DENIAL_WINDOW {
@@ -121,16 +132,16 @@ impl Recorder {
             state.window_start = now;
         }
         let key: DenialKey = if state.denials.len() >= MAX_TRACKED_KINDS {
-            ("*", None, None, None, "too many distinct denials".to_owned())
+            ("*", decision, None, None, None, "too many distinct records".to_owned())
         } else {
-            (event.protocol, event.name.clone(), event.address.clone(), event.port, event.reason.clone())
+            (event.protocol, decision, event.name.clone(), event.address.clone(), event.port, event.reason.clone())
         };
         let count =
             state.denials.entry(key).or_insert_with(|| DenialCount { recorded: 0, suppressed: 0, last: event.clone() });
         if count.recorded < DENIALS_PER_WINDOW {
             count.recorded += 1;
             if count.suppressed > 0 {
-                event.reason = format!("{} ({} similar denials suppressed)", event.reason, count.suppressed);
+                event.reason = format!("{} ({} similar records suppressed)", event.reason, count.suppressed);
                 count.suppressed = 0;
             }
             (state.sink)(&event);
@@ -153,7 +164,7 @@ fn flush_suppressed(state: &mut RecorderState) {
         if count.suppressed > 0 {
             let mut event = count.last;
             event.time = now_rfc3339();
-            event.reason = format!("{} ({} similar denials suppressed)", event.reason, count.suppressed);
+            event.reason = format!("{} ({} similar records suppressed)", event.reason, count.suppressed);
             (state.sink)(&event);
         }
     }
@@ -189,7 +200,7 @@ mod tests {
         recorder.flush();
         let events = events.lock().unwrap();
         assert_eq!(events.len(), DENIALS_PER_WINDOW as usize + 1);
-        assert!(events.last().unwrap().reason.contains("990 similar denials suppressed"), "{:?}", events.last());
+        assert!(events.last().unwrap().reason.contains("990 similar records suppressed"), "{:?}", events.last());
     }
 
     #[test]
@@ -203,6 +214,18 @@ mod tests {
         let json = serde_json::to_string(&events[0]).unwrap();
         assert!(json.contains("\"decision\":\"allowed\"") && json.contains("\"sandbox\":\"sb\""), "{json}");
         assert!(events[0].time.ends_with('Z') && events[0].time.contains('.'), "{}", events[0].time);
+    }
+
+    #[test]
+    fn repeated_dns_answers_are_rate_limited_too() {
+        let (recorder, events) = collecting();
+        for _ in 0..100 {
+            recorder.allowed_limited(Decision { protocol: "dns", name: Some("a.test".into()), ..Default::default() });
+            recorder.denied(Decision { protocol: "dns", name: Some("a.test".into()), ..Default::default() });
+        }
+        let events = events.lock().unwrap();
+        assert_eq!(events.iter().filter(|e| e.decision == "allowed").count(), DENIALS_PER_WINDOW as usize);
+        assert_eq!(events.iter().filter(|e| e.decision == "denied").count(), DENIALS_PER_WINDOW as usize);
     }
 
     #[test]

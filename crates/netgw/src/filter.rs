@@ -5,7 +5,7 @@
 //! "connection refused", no handshake is ever completed, and nothing is opened on the host. Only well-formed
 //! IPv4 packets from the sandbox's address reach the stack.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -32,6 +32,8 @@ pub enum Verdict {
     Drop,
     /// Drop it and send this packet back into the sandbox (a TCP RST).
     Reply(Vec<u8>),
+    /// A DNS query over UDP to the gateway: answered by the gateway's DNS server directly, without the stack.
+    Dns { client: SocketAddrV4, query: Vec<u8> },
 }
 
 /// The fields of an IPv4 packet the filter needs.
@@ -52,6 +54,36 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes([*b.get(at)?, *b.get(at + 1)?, *b.get(at + 2)?, *b.get(at + 3)?]))
 }
 
+/// The ones'-complement sum of `data` as 16-bit words (RFC 1071), folded; `initial` carries a pseudo-header.
+fn checksum_sum(data: &[u8], initial: u32) -> u16 {
+    let mut sum = u64::from(initial);
+    let mut words = data.chunks_exact(2);
+    for word in &mut words {
+        sum += u64::from(u16::from_be_bytes([word[0], word[1]]));
+    }
+    if let [last] = words.remainder() {
+        sum += u64::from(*last) << 8;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Whether a TCP segment's checksum is right (a SYN creates state in the stack, so it must be genuine).
+fn tcp_checksum_ok(ip: &Ipv4, tcp: &[u8]) -> bool {
+    let Ok(len) = u16::try_from(tcp.len()) else { return false };
+    let src = ip.src.octets();
+    let dst = ip.dst.octets();
+    let pseudo = u32::from(u16::from_be_bytes([src[0], src[1]]))
+        + u32::from(u16::from_be_bytes([src[2], src[3]]))
+        + u32::from(u16::from_be_bytes([dst[0], dst[1]]))
+        + u32::from(u16::from_be_bytes([dst[2], dst[3]]))
+        + u32::from(PROTO_TCP)
+        + u32::from(len);
+    checksum_sum(tcp, pseudo) == 0xffff
+}
+
 fn parse_ipv4(p: &[u8]) -> Result<Ipv4, &'static str> {
     if p.len() < 20 {
         return Err("truncated IPv4 header");
@@ -61,9 +93,12 @@ fn parse_ipv4(p: &[u8]) -> Result<Ipv4, &'static str> {
     if header_len < 20 || header_len > p.len() || total_len < header_len || total_len > p.len() {
         return Err("inconsistent IPv4 lengths");
     }
+    if checksum_sum(&p[..header_len], 0) != 0xffff {
+        return Err("bad IPv4 header checksum");
+    }
     let fragment = be16(p, 6).ok_or("truncated IPv4 header")?;
     // More-fragments flag or a fragment offset: the stack does not reassemble, and the sandbox's own stack never
-    // needs to fragment on a 1500-byte link with path-MTU discovery.
+    // needs to fragment on a link whose MTU it knows (TCP segments follow the MSS, DNS queries are small).
     if fragment & 0x3fff != 0 {
         return Err("fragmented IPv4 packet");
     }
@@ -100,7 +135,18 @@ impl Filter {
         match p.first().map(|b| b >> 4) {
             Some(4) => {}
             Some(6) => {
-                deny("ip", None, None, "IPv6 is not forwarded (the sandbox network is IPv4 only)".into());
+                // The kernel's own IPv6 housekeeping on the link (router solicitations, MLD reports, duplicate
+                // address detection) goes to multicast or link-local addresses at every interface start: dropped
+                // without a record, since nothing asked for it. Anything else is an attempt and is recorded.
+                if let Some(dst) = p.get(24..40) {
+                    let link_scoped = dst[0] == 0xff || (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80);
+                    if !link_scoped {
+                        let mut octets = [0u8; 16];
+                        octets.copy_from_slice(dst);
+                        let dst = IpAddr::V6(octets.into());
+                        deny("ip", Some(dst), None, "IPv6 is not forwarded (the sandbox network is IPv4 only)".into());
+                    }
+                }
                 return Verdict::Drop;
             }
             _ => {
@@ -127,8 +173,18 @@ impl Filter {
                     deny("udp", Some(IpAddr::V4(ip.dst)), None, "malformed packet (truncated UDP header)".into());
                     return Verdict::Drop;
                 };
+                // A length field that disagrees with the packet marks a malformed datagram.
+                let udp_len = be16(l4, 4).map_or(0, usize::from);
+                if udp_len < 8 || udp_len > l4.len() {
+                    deny("udp", Some(IpAddr::V4(ip.dst)), Some(port), "malformed packet (bad UDP length)".into());
+                    return Verdict::Drop;
+                }
                 if ip.dst == GATEWAY_ADDR && port == DNS_PORT {
-                    return Verdict::Pass;
+                    let client_port = be16(l4, 0).unwrap_or(0);
+                    return Verdict::Dns {
+                        client: SocketAddrV4::new(ip.src, client_port),
+                        query: l4[8..udp_len].to_vec(),
+                    };
                 }
                 let reason = if port == DNS_PORT {
                     "DNS to another server than the gateway is dropped"
@@ -177,6 +233,16 @@ impl Filter {
         if flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
             return Verdict::Pass;
         }
+        if !tcp_checksum_ok(ip, tcp) {
+            self.recorder.denied(Decision {
+                protocol: "tcp",
+                address: Some(dst.to_string()),
+                port: Some(dst_port),
+                reason: "malformed packet (bad TCP checksum)".into(),
+                ..Default::default()
+            });
+            return Verdict::Drop;
+        }
         let decision = self.decide_syn(ip.dst, dst_port);
         match decision {
             Ok(()) => Verdict::Pass,
@@ -204,7 +270,8 @@ impl Filter {
     fn decide_syn(&self, dst: Ipv4Addr, port: u16) -> Result<(), (Option<String>, String, String)> {
         if dst == GATEWAY_ADDR {
             return match port {
-                DNS_PORT | PROXY_PORT => Ok(()),
+                // Counted like relays: every TCP connection costs the stack's socket buffers.
+                DNS_PORT | PROXY_PORT => self.within_limit().map_err(|reason| (None, dst.to_string(), reason)),
                 _ => Err((None, dst.to_string(), format!("the gateway serves only ports {DNS_PORT} and {PROXY_PORT}"))),
             };
         }
@@ -310,7 +377,15 @@ mod tests {
             .udp(5000, 53)
             .write(&mut dns, b"x")
             .unwrap();
-        assert_eq!(f.inspect(&dns), Verdict::Pass);
+        assert_eq!(
+            f.inspect(&dns),
+            Verdict::Dns { client: SocketAddrV4::new(SANDBOX_ADDR, 5000), query: b"x".to_vec() }
+        );
+        let mut bad_len = dns.clone();
+        bad_len[24..26].copy_from_slice(&200u16.to_be_bytes()); // UDP length beyond the packet
+        assert_eq!(f.inspect(&bad_len), Verdict::Drop);
+        bad_len[24..26].copy_from_slice(&3u16.to_be_bytes()); // shorter than the header
+        assert_eq!(f.inspect(&bad_len), Verdict::Drop);
         let mut icmp = Vec::new();
         etherparse::PacketBuilder::ipv4(SANDBOX_ADDR.octets(), [1, 1, 1, 1], 64)
             .icmpv4_echo_request(1, 1)
@@ -318,11 +393,28 @@ mod tests {
             .unwrap();
         assert_eq!(f.inspect(&icmp), Verdict::Drop);
         assert_eq!(f.inspect(&[0x60; 60]), Verdict::Drop);
+        let mut v6 = vec![0x60; 40];
+        v6[24] = 0xff; // to multicast: housekeeping, not recorded
+        assert_eq!(f.inspect(&v6), Verdict::Drop);
+        assert_eq!(events.lock().unwrap().iter().filter(|e| e.reason.contains("IPv6")).count(), 1);
         assert_eq!(f.inspect(&[]), Verdict::Drop);
         let reasons: Vec<String> = events.lock().unwrap().iter().map(|e| e.reason.clone()).collect();
         assert!(reasons.iter().any(|r| r.contains("DNS to another server")), "{reasons:?}");
         assert!(reasons.iter().any(|r| r.contains("ICMP")), "{reasons:?}");
         assert!(reasons.iter().any(|r| r.contains("IPv6")), "{reasons:?}");
+    }
+
+    #[test]
+    fn bad_checksums_are_dropped() {
+        let (f, _) = filter(vec![AllowRule { domain: "192.0.2.1".into(), port: Some(22) }]);
+        let good = syn(Ipv4Addr::new(192, 0, 2, 1), 22);
+        assert_eq!(f.inspect(&good), Verdict::Pass);
+        let mut bad_ip = good.clone();
+        bad_ip[10] ^= 0xff;
+        assert_eq!(f.inspect(&bad_ip), Verdict::Drop);
+        let mut bad_tcp = good.clone();
+        bad_tcp[20 + 16] ^= 0xff;
+        assert_eq!(f.inspect(&bad_tcp), Verdict::Drop);
     }
 
     /// Random and mutated packets never panic the filter.
@@ -347,6 +439,14 @@ mod tests {
                 }
             }
             p.truncate((next() % 80) as usize);
+            if p.len() >= 20 && next() % 2 == 0 {
+                // Fix the header checksum so the mutation reaches the deeper checks.
+                let header_len = (usize::from(p[0] & 0x0f) * 4).clamp(20, p.len());
+                p[10] = 0;
+                p[11] = 0;
+                let sum = !checksum_sum(&p[..header_len], 0);
+                p[10..12].copy_from_slice(&sum.to_be_bytes());
+            }
             let _ = f.inspect(&p);
         }
     }

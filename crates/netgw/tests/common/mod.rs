@@ -48,7 +48,7 @@ def ip(*args):
     subprocess.run(['ip', *args], check=True)
 ip('link', 'set', 'lo', 'up')
 ip('addr', 'add', '198.18.0.2/30', 'dev', 'airlock0')
-ip('link', 'set', 'airlock0', 'mtu', '1500', 'up')
+ip('link', 'set', 'airlock0', 'mtu', sys.argv[1], 'up')
 ip('route', 'add', 'default', 'via', '198.18.0.1', 'dev', 'airlock0')
 s = socket.socket(fileno=1)
 socket.send_fds(s, [b'tun'], [fd])
@@ -59,6 +59,8 @@ sys.stdin.read()
 
 pub struct Sandbox {
     helper: Child,
+    gateway: Option<std::thread::JoinHandle<Result<(), netgw::GatewayError>>>,
+    stop_writer: Option<OwnedFd>,
     pid: u32,
     dir: PathBuf,
     pub events: Arc<Mutex<Vec<NetEvent>>>,
@@ -94,7 +96,7 @@ impl Sandbox {
     pub fn start_with(allow: Vec<AllowRule>, hosts: &[(&str, IpAddr)], mut options: GatewayOptions) -> Sandbox {
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
         let helper = Command::new("unshare")
-            .args(["--net", "python3", "-c", HELPER])
+            .args(["--net", "python3", "-c", HELPER, &netgw::addr::MTU.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::from(OwnedFd::from(theirs)))
             .spawn()
@@ -103,6 +105,7 @@ impl Sandbox {
         let pid = helper.id();
         let dir = std::env::temp_dir().join(format!("netgw-test-{}-{pid}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("client.py"), include_str!("client.py")).expect("write client.py");
         std::fs::write(dir.join("resolv.conf"), "nameserver 198.18.0.1\noptions timeout:2 attempts:2\n")
             .expect("write resolv.conf");
 
@@ -111,6 +114,9 @@ impl Sandbox {
             table.entry((*name).to_owned()).or_default().push(*addr);
         }
         options.hosts = Some(table);
+        // The supervisor's side of the stop pipe: closing it ends the gateway.
+        let (stop, stop_writer) = rustix::pipe::pipe().expect("pipe");
+        options.stop = Some(stop);
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
         let config = GatewayConfig {
@@ -118,8 +124,8 @@ impl Sandbox {
             allow,
             events: Box::new(move |e: &NetEvent| sink.lock().unwrap().push(e.clone())),
         };
-        std::thread::spawn(move || netgw::serve_tun_blocking_with(tun, config, options));
-        Sandbox { helper, pid, dir, events }
+        let gateway = std::thread::spawn(move || netgw::serve_tun_blocking_with(tun, config, options));
+        Sandbox { helper, gateway: Some(gateway), stop_writer: Some(stop_writer), pid, dir, events }
     }
 
     /// Runs `script` with `sh -c` inside the namespace, with /etc/resolv.conf naming the gateway.
@@ -145,6 +151,34 @@ impl Sandbox {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Path of common/client.py as written for this sandbox.
+    pub fn script(&self) -> String {
+        self.dir.join("client.py").display().to_string()
+    }
+
+    /// Runs a client of common/client.py inside the namespace; returns its stdout (it must succeed).
+    pub fn client(&self, args: &[&str]) -> String {
+        let script = self.dir.join("client.py");
+        self.sh_ok(&format!("python3 {} {}", script.display(), args.join(" ")))
+    }
+
+    /// Ends the sandbox like a supervisor would (its processes exit, the stop pipe closes) and returns how the
+    /// gateway ended, waiting at most `limit`.
+    pub fn end_sandbox(&mut self, limit: Duration) -> Option<Result<(), netgw::GatewayError>> {
+        let _ = self.helper.kill();
+        let _ = self.helper.wait();
+        self.stop_writer = None;
+        let gateway = self.gateway.take()?;
+        let deadline = Instant::now() + limit;
+        while !gateway.is_finished() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        gateway.join().ok()
     }
 
     pub fn events(&self) -> Vec<NetEvent> {

@@ -12,8 +12,8 @@
 //!    `airlock0` (`net::create_gateway_interface`) and passes the descriptor over the socket (SCM_RIGHTS); the
 //!    gateway acknowledges ([`receive_tun`]) before init goes on, so no command runs before the gateway serves.
 //! 3. step 8: [`GatewayProcess::stop`] ends the gateway once the sandbox is gone (its open TUN descriptor keeps
-//!    the namespace's interface alive, so it would not see the end by itself); dropping a `GatewayProcess` on
-//!    an error path does the same.
+//!    the sandbox's network namespace alive, so it would not see the end by itself); dropping a
+//!    `GatewayProcess` on an error path does the same.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -226,16 +226,28 @@ impl GatewayProcess {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
-        let _ = sys::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        let started = Instant::now();
-        while started.elapsed() < STOP_GRACE {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: pidfd_open takes integers; the child is ours and not yet reaped, so the pid is still its.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
+        let _ = sys::kill(pid, libc::SIGTERM);
+        let deadline = Instant::now() + STOP_GRACE;
+        while pidfd >= 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            let mut pfd = libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: poll on one live pollfd.
+            let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+            if n > 0 || (n < 0 && sys::errno() != libc::EINTR) {
+                break;
+            }
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        sys::close(pidfd);
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -269,6 +269,7 @@ fn everything_not_allowed_fails_and_never_reaches_the_host() {
          {c} get wrong-port {allowed} {other} /wrong-port
          {c} get wild-sub {wild_sub} {http} /wild-sub
          curl -sS -k --noproxy '*' -m 10 --resolve {denied}:{tls}:$IP https://{denied}:{tls}/sni-denied >/dev/null 2>&1; echo sni-denied: $?
+         timeout 10 openssl s_client -connect $IP:{tls} -servername {denied} </dev/null >/dev/null 2>&1; echo s-client-denied: $?
          {c} get host-denied {allowed} {http} /host-denied host={denied}
          echo proxy-denied: $(curl -sS -m 10 http://{denied}:{http}/proxy-denied)
          echo proxy-literal: $(NO_PROXY= no_proxy= curl -sS -m 10 http://127.0.0.1:{http}/proxy-literal)
@@ -288,6 +289,7 @@ fn everything_not_allowed_fails_and_never_reaches_the_host() {
     // A wildcard entry never opens a loopback (or private) destination: only an exact entry does.
     assert!(!result(&out, "wild-sub").contains("200 OK"), "{out}");
     assert_ne!(result(&out, "sni-denied"), "0", "{out}");
+    assert_ne!(result(&out, "s-client-denied"), "0", "{out}");
     let blocked = format!("airlock: blocked by network policy: {denied} is not allowed (allowed: ");
     let host_denied = result(&out, "host-denied");
     assert!(host_denied.starts_with("HTTP/1.1 403"), "{out}");
@@ -459,4 +461,16 @@ fn malformed_allow_entries_fail_closed() {
     assert_eq!(code(&o), 125, "allow with no entries: {}", stderr(&o));
     let o = run(&["--audit", "/dev/null", "--", "/bin/true"]);
     assert_eq!(code(&o), 125, "--audit without --net allow is still refused: {}", stderr(&o));
+}
+
+#[test]
+fn an_audit_file_that_cannot_be_opened_stops_the_run() {
+    require_sandbox!();
+    let dir = TempDir::new("net-audit");
+    let o = run(&["--allow", "example.com", "--audit", dir.str(), "--", "/bin/echo", "ran"]);
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    assert!(stdout(&o).is_empty(), "nothing runs");
+    let err = stderr(&o);
+    assert!(err.starts_with("airlock: network gateway: cannot open the network events file"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 }

@@ -230,23 +230,29 @@ impl GatewayProcess {
         // SAFETY: pidfd_open takes integers; the child is ours and not yet reaped, so the pid is still its.
         let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
         let _ = sys::kill(pid, libc::SIGTERM);
-        let deadline = Instant::now() + STOP_GRACE;
-        while pidfd >= 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let mut pfd = libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 };
-            // SAFETY: poll on one live pollfd.
-            let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
-            if n > 0 || (n < 0 && sys::errno() != libc::EINTR) {
-                break;
-            }
+        if pidfd >= 0 {
+            wait_readable(pidfd, Instant::now() + STOP_GRACE);
+            sys::close(pidfd);
         }
-        sys::close(pidfd);
         if !matches!(self.child.try_wait(), Ok(Some(_))) {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits until `fd` is readable (a pidfd: the process exited) or `deadline` passes.
+fn wait_readable(fd: RawFd, deadline: Instant) {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll on one live pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if n > 0 || (n < 0 && sys::errno() != libc::EINTR) {
+            return;
         }
     }
 }

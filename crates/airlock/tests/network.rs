@@ -11,6 +11,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, Once};
@@ -473,4 +474,37 @@ fn an_audit_file_that_cannot_be_opened_stops_the_run() {
     let err = stderr(&o);
     assert!(err.starts_with("airlock: network gateway: cannot open the network events file"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn ctrl_c_at_the_terminal_is_for_the_command_not_the_gateway() {
+    require_network_tools!();
+    let name = "allowed-sigint.test";
+    let _hosts = HostNames::add(&[name]);
+    let dir = test_dir("net-sigint");
+    let servers = Servers::start(&dir);
+    let http = servers.http;
+    let mut args = net_args(&dir, &[format!("{name}:{http}")]);
+    // The command ignores SIGINT, as a REPL would; its network must keep working after a Ctrl-C.
+    let script =
+        format!("trap '' INT; echo started; sleep 1; python3 {CLIENT_INSIDE} get after {name} {http} /after-int");
+    args.extend(["--".to_string(), "/bin/sh".to_string(), "-c".to_string(), script]);
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    let child = Command::new(airlock_path())
+        .arg("run")
+        .args(&args)
+        .env("AIRLOCK_STATE_DIR", test_state_dir(uid))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // A foreground job of its own, as in a shell: the terminal's SIGINT goes to the whole group.
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let group = format!("-{}", child.id());
+    assert!(Command::new("kill").args(["-INT", "--", &group]).status().unwrap().success());
+    let o = child.wait_with_output().unwrap();
+    let out = ok(&o);
+    assert_eq!(result(&out, "after"), "HTTP/1.1 200 OK | hello from http /after-int", "{}", stderr(&o));
 }

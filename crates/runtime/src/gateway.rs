@@ -149,6 +149,9 @@ impl GatewayProcess {
             command.arg("--events-fd").arg(fd.to_string());
         }
         command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        // Its own process group: a Ctrl-C at airlock's terminal is for the command (the supervisor forwards it),
+        // not for the gateway, which must serve until the sandbox is gone.
+        command.process_group(0);
         // SAFETY: geteuid cannot fail.
         let host_root = unsafe { libc::geteuid() } == 0;
         let supervisor = std::process::id() as libc::pid_t;

@@ -490,7 +490,7 @@ fn ctrl_c_at_the_terminal_is_for_the_command_not_the_gateway() {
         format!("trap '' INT; echo started; sleep 1; python3 {CLIENT_INSIDE} get after {name} {http} /after-int");
     args.extend(["--".to_string(), "/bin/sh".to_string(), "-c".to_string(), script]);
     let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
-    let child = Command::new(airlock_path())
+    let mut child = Command::new(airlock_path())
         .arg("run")
         .args(&args)
         .env("AIRLOCK_STATE_DIR", test_state_dir(uid))
@@ -501,10 +501,16 @@ fn ctrl_c_at_the_terminal_is_for_the_command_not_the_gateway() {
         .process_group(0)
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Once the command runs (the sandbox and its gateway are set up), Ctrl-C.
+    let mut lines = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    lines.read_line(&mut first).unwrap();
+    assert_eq!(first, "started\n");
     let group = format!("-{}", child.id());
     assert!(Command::new("kill").args(["-INT", "--", &group]).status().unwrap().success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut lines, &mut out).unwrap();
     let o = child.wait_with_output().unwrap();
-    let out = ok(&o);
+    assert_eq!(code(&o), 0, "{out}\n{}", stderr(&o));
     assert_eq!(result(&out, "after"), "HTTP/1.1 200 OK | hello from http /after-int", "{}", stderr(&o));
 }

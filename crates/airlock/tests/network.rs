@@ -267,6 +267,7 @@ fn everything_not_allowed_fails_and_never_reaches_the_host() {
          {c} resolve denied-name {denied} resolve wild-bare {wild}
          curl -sS --noproxy '*' -m 10 http://{denied}:{http}/denied-name >/dev/null 2>&1; echo curl-denied: $?
          {c} get own-loopback 127.0.0.1 {http} /own-loopback
+         {c} get ip-direct 192.0.2.1 {http} /ip-direct
          {c} get wrong-port {allowed} {other} /wrong-port
          {c} get wild-sub {wild_sub} {http} /wild-sub
          curl -sS -k --noproxy '*' -m 10 --resolve {denied}:{tls}:$IP https://{denied}:{tls}/sni-denied >/dev/null 2>&1; echo sni-denied: $?
@@ -287,6 +288,8 @@ fn everything_not_allowed_fails_and_never_reaches_the_host() {
     assert_ne!(result(&out, "curl-denied"), "0", "{out}");
     assert!(result(&out, "own-loopback").starts_with("error"), "127.0.0.1 inside is the sandbox's own: {out}");
     assert!(result(&out, "wrong-port").starts_with("error"), "{out}");
+    // An IP address no entry lists: refused by the gateway (it never leaves the machine).
+    assert!(result(&out, "ip-direct").starts_with("error"), "{out}");
     // A wildcard entry never opens a loopback (or private) destination: only an exact entry does.
     assert!(!result(&out, "wild-sub").contains("200 OK"), "{out}");
     assert_ne!(result(&out, "sni-denied"), "0", "{out}");
@@ -322,7 +325,14 @@ fn everything_not_allowed_fails_and_never_reaches_the_host() {
     let denied_all: Vec<_> = events.iter().filter(|e| e["decision"] == "denied").collect();
     assert!(denied_all.iter().any(|e| e["port"] == other), "wrong port: {events:#?}");
     assert!(denied_all.iter().any(|e| e["protocol"] == "udp" && e["port"] == udp), "udp: {events:#?}");
-    assert!(denied_all.iter().any(|e| e["address"] == "192.0.2.1"), "DNS to another server: {events:#?}");
+    assert!(
+        denied_all.iter().any(|e| e["address"] == "192.0.2.1" && e["protocol"] == "udp"),
+        "DNS to another server: {events:#?}"
+    );
+    assert!(
+        denied_all.iter().any(|e| e["address"] == "192.0.2.1" && e["protocol"] == "tcp" && e["port"] == http),
+        "TCP to an IP address: {events:#?}"
+    );
     assert!(denied_all.iter().any(|e| e["address"] == "127.0.0.1" || e["name"] == "127.0.0.1"), "{events:#?}");
     for e in &denied_all {
         assert!(e["reason"].as_str().is_some_and(|r| !r.is_empty()), "a denial says why: {e}");

@@ -413,6 +413,11 @@ pub fn describe_failure(prepared: &Prepared, f: &ChildFailure) -> String {
         (Step::CreateMountPoint, libc::ELOOP) => " (a symlink is in the way; mount targets never follow symlinks)",
         (Step::MountProc, _) => " (a fresh /proc needs a fully visible host /proc; run airlock doctor)",
         (Step::CreateLandlockRuleset, _) | (Step::RestrictLandlock, _) => " (run airlock doctor)",
+        (Step::OpenTunDevice | Step::CreateTunInterface | Step::ConfigureTunInterface | Step::AddDefaultRoute, _) => {
+            " (the network gateway needs a TUN interface in the sandbox; run `airlock doctor`; --net none and --net \
+             host work without it)"
+        }
+        (Step::HandTunToGateway, _) => " (the network gateway's process ended early; its error is above)",
         _ => "",
     };
     format!("cannot {what}: {}{hint}", errno_text(f.errno))

@@ -398,6 +398,16 @@ fn long_lived_sandbox_keeps_its_gateway_for_exec() {
     args.push(sandbox.clone());
     let o = airlock(&args.iter().map(String::as_str).collect::<Vec<_>>());
     ok(&o);
+    // The gateway parses what the sandbox sends: as host root it runs as nobody, in a process group of its own.
+    let found = Command::new("pgrep").args(["-f", &format!("__netgw --sandbox {sandbox} ")]).output().unwrap();
+    let pid = stdout(&found).trim().to_string();
+    assert!(!pid.is_empty() && !pid.contains('\n'), "one gateway for the sandbox: {pid:?}");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(uid_line.split_whitespace().skip(1).collect::<Vec<_>>(), ["65534"; 4], "{uid_line}");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    assert_eq!(after_comm.split_whitespace().nth(2), Some(pid.as_str()), "its own process group: {stat}");
     let exec = |path: &str| {
         airlock(&["exec", &sandbox, "--", "python3", CLIENT_INSIDE, "get", "r", name, &http.to_string(), path])
     };

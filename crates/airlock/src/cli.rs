@@ -30,6 +30,9 @@ pub enum Command {
     /// The supervisor of a sandbox started by `airlock create` (internal).
     #[command(name = "__supervise", hide = true)]
     Supervise(Box<CreateArgs>),
+    /// The network gateway of one `--net allow` sandbox, started by its supervisor (internal).
+    #[command(name = "__netgw", hide = true)]
+    NetGateway(crate::network::NetGatewayArgs),
     /// What this host supports, what blocks a protection, and how to fix it.
     Doctor {
         /// One JSON document instead of text.
@@ -187,7 +190,8 @@ pub struct SandboxOptions {
     /// An empty private tmpfs (repeatable). /tmp is always private.
     #[arg(long, value_name = "DST[:SIZE]")]
     pub tmpfs: Vec<String>,
-    /// none: loopback only; allow: only --allow destinations (not in this build yet); host: the host's network.
+    /// none: loopback only; allow: only --allow destinations, enforced by airlock's network gateway for every
+    /// program; host: the host's network (warned).
     #[arg(long, value_name = "none|allow|host")]
     pub net: Option<String>,
     /// An allowed destination, `*.example.com` wildcards; implies --net allow (repeatable).
@@ -220,10 +224,12 @@ pub struct SandboxOptions {
     /// Hostname inside.
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
-    /// A TOML policy: a built-in name or a file; flags override it.
+    /// A TOML policy: a built-in name or a file; flags override it. Repeatable: each merges over the one before
+    /// (e.g. `--profile strict --profile net-pypi`, an allow-list over the strict profile).
     #[arg(long, value_name = "NAME|FILE", default_value = "default")]
-    pub profile: String,
-    /// Also append the audit events as JSON lines to FILE.
+    pub profile: Vec<String>,
+    /// Also append the audit events as JSON lines to FILE (in this build: the network gateway's decisions, with
+    /// --net allow).
     #[arg(long, value_name = "FILE")]
     pub audit: Option<String>,
     /// A new pseudo-terminal for interactive use.

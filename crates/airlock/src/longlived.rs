@@ -21,7 +21,7 @@ use runtime::prepare::{HostContext, LayerDirs};
 use runtime::sandbox::{run_held_sandbox, RunOutcome};
 
 use crate::cli::{CreateArgs, ExecArgs};
-use crate::run::{check_workspace_outside_state, current_invoker, flags_profile, load_profile, lock_dir, mode_name};
+use crate::run::{check_workspace_outside_state, current_invoker, flags_profile, load_profiles, lock_dir, mode_name};
 use crate::state;
 
 /// What the supervisor prints once the sandbox is set up.
@@ -101,8 +101,9 @@ fn create_policy(args: &CreateArgs) -> Result<(Profile, SandboxPolicy)> {
     if opts.name.as_ref().is_some_and(|n| n != name) {
         bail!("create --name: the sandbox's name is the NAME argument ({name})");
     }
-    let merged = load_profile(&opts.profile)?.merge(flags_profile(opts)?);
+    let merged = load_profiles(&opts.profile)?.merge(flags_profile(opts)?);
     let policy = profile::resolve(&merged, vec![HOLD_COMMAND.to_string()], &current_invoker())?;
+    crate::network::check_audit_supported(&policy, opts.audit.as_deref())?;
     check_workspace_outside_state(&policy)?;
     Ok((merged, policy))
 }
@@ -132,6 +133,16 @@ pub fn supervise(args: CreateArgs) -> Result<i32> {
             return Err(e);
         }
     };
+    // The gateway lives with this supervisor (and `airlock exec` commands join the sandbox's network, so they
+    // use it too); its errors go to the supervisor's log, since `create` stops reading our stderr once ready.
+    let gateway =
+        match crate::network::gateway_setup(&policy, &name, args.opts.audit.as_deref(), Some(log_path.clone())) {
+            Ok(gateway) => gateway,
+            Err(e) => {
+                let _ = kept.remove();
+                return Err(e);
+            }
+        };
     // The audit log: the supervisor records the lifecycle; each `airlock exec` records its own command's execs.
     let mut recorder = match crate::audit_cmd::Recorder::for_create(&name, args.opts.audit.as_deref()) {
         Ok(recorder) => recorder,
@@ -141,7 +152,7 @@ pub fn supervise(args: CreateArgs) -> Result<i32> {
         }
     };
     recorder.start(&merged, &policy, true);
-    let host = HostContext { lock_dir: lock_dir(), tty: None, name: Some(name.clone()), layer, hold: true };
+    let host = HostContext { lock_dir: lock_dir(), tty: None, name: Some(name.clone()), layer, hold: true, gateway };
     let mut record_error = None;
     let ran = run_held_sandbox(&policy, &host, &mut |w| crate::say(&format!("warning: {w}")), &mut |pid| {
         kept.record.init_pid = Some(pid);
@@ -213,7 +224,8 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
         let (key, value) = kv.split_once('=').ok_or_else(|| anyhow!("--env {kv:?}: expected KEY=VALUE"))?;
         merged.env.set.insert(key.to_string(), value.to_string());
     }
-    let policy = profile::resolve(&merged, args.command.clone(), &current_invoker())?;
+    let mut policy = profile::resolve(&merged, args.command.clone(), &current_invoker())?;
+    crate::network::add_proxy_environment(&mut policy, &|key| merged.env.set.contains_key(key));
     let cow = policy.workspace.as_ref().is_some_and(|w| w.mode == WorkspaceMode::Cow);
     let host = HostContext {
         lock_dir: lock_dir(),
@@ -229,6 +241,7 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
             false => None,
         },
         hold: false,
+        gateway: None,
     };
     let target = RunningSandbox { name: name.clone(), init_pid, init_start_time };
     // The setup's warnings were shown by `airlock create`; every exec would only repeat them.

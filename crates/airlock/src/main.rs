@@ -6,6 +6,7 @@ mod checkpoint_cmd;
 mod cli;
 mod doctor;
 mod longlived;
+mod network;
 mod profile_cmd;
 mod run;
 mod sandboxes_cmd;
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(*args),
         Command::Create(args) => longlived::create(*args),
         Command::Supervise(args) => longlived::supervise(*args),
+        Command::NetGateway(args) => network::serve(args),
         Command::Exec(args) => longlived::exec(args),
         Command::Stop { name } => longlived::stop(&name),
         Command::Doctor { json } => doctor::run_doctor(json),

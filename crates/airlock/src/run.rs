@@ -15,11 +15,13 @@ pub fn run(args: RunArgs) -> Result<i32> {
     if let Some(name) = &args.opts.name {
         validate_sandbox_name(name).map_err(|e| anyhow!("--name: {e}"))?;
     }
-    let base = load_profile(&args.opts.profile)?;
+    let base = load_profiles(&args.opts.profile)?;
     let overlay = flags_profile(&args.opts)?;
     let merged = base.merge(overlay);
 
-    let policy = profile::resolve(&merged, args.command.clone(), &current_invoker())?;
+    let mut policy = profile::resolve(&merged, args.command.clone(), &current_invoker())?;
+    crate::network::check_audit_supported(&policy, args.opts.audit.as_deref())?;
+    crate::network::add_proxy_environment(&mut policy, &|key| merged.env.set.contains_key(key));
     if policy.network == Network::Host {
         crate::say("warning: --net host: the sandbox shares the host's network (no network isolation)");
     }
@@ -47,12 +49,22 @@ pub fn run(args: RunArgs) -> Result<i32> {
             return Err(e);
         }
     };
+    // The gateway's records name the sandbox; an unnamed run is named by its supervisor's pid.
+    let record_name = name.clone().unwrap_or_else(|| format!("run-{}", std::process::id()));
+    let gateway = match crate::network::gateway_setup(&policy, &record_name, args.opts.audit.as_deref(), None) {
+        Ok(gateway) => gateway,
+        Err(e) => {
+            abandon(kept.take(), args.opts.resume);
+            return Err(e);
+        }
+    };
     let host = HostContext {
         lock_dir: lock_dir(),
         tty: args.opts.tty.then(runtime::host::caller_window_size),
         name: name.clone(),
         layer,
         hold: false,
+        gateway,
     };
     // The audit log (see audit_cmd for when there is one): opened now that the state directory exists.
     let mut recorder = match crate::audit_cmd::Recorder::for_run(
@@ -183,6 +195,19 @@ pub fn mode_name(mode: WorkspaceMode) -> &'static str {
         WorkspaceMode::Rw => "rw",
         WorkspaceMode::Ro => "ro",
     }
+}
+
+/// `--profile`, once or more: each merges over the ones before it.
+pub fn load_profiles(args: &[String]) -> Result<Profile> {
+    let mut merged: Option<Profile> = None;
+    for arg in args {
+        let next = load_profile(arg)?;
+        merged = Some(match merged {
+            Some(before) => before.merge(next),
+            None => next,
+        });
+    }
+    merged.ok_or_else(|| anyhow!("--profile: no profile given"))
 }
 
 /// A built-in by name, or a file.

@@ -20,6 +20,7 @@ const CHECK_IDS: &[&str] = &[
     "ptrace_scope",
     "tiocsti",
     "unprivileged_bpf",
+    "tun",
     "kernel",
 ];
 

@@ -860,13 +860,6 @@ fn missing_rootfs_directory_is_refused() {
     assert_rejected(&["--rootfs", "/nonexistent"], &["/nonexistent", "does not exist"]);
 }
 
-#[test]
-fn net_allow_fails_closed_while_the_gateway_is_not_built() {
-    require_sandbox!();
-    assert_rejected(&["--net", "allow", "--allow", "x.com"], &["--net allow", "not available"]);
-    assert_rejected(&["--allow", "x.com"], &["--net allow", "not available"]);
-}
-
 /// A limit is never silently dropped: where airlock can enforce `--memory` (as root, or rootless with a delegated
 /// cgroup) a command that allocates far more is killed with 137; where it cannot, the run is refused with 125
 /// and one line saying why, before anything ran.
@@ -953,7 +946,11 @@ fn profile_list_names_the_builtins() {
     let o = common::airlock(&["profile", "list"]);
     let out = ok(&o);
     let names: Vec<&str> = out.lines().filter_map(|l| l.split_whitespace().next()).collect();
-    assert_eq!(names, ["default", "strict", "dev"], "{out}");
+    assert_eq!(
+        names,
+        ["default", "strict", "dev", "net-debian", "net-pypi", "net-npm", "net-crates", "net-github"],
+        "{out}"
+    );
 }
 
 #[test]

@@ -468,13 +468,20 @@ impl ProfileRef {
     }
 }
 
-const BUILTIN_NAMES: &[&str] = &["default", "strict", "dev"];
+const BUILTIN_NAMES: &[&str] =
+    &["default", "strict", "dev", "net-debian", "net-pypi", "net-npm", "net-crates", "net-github"];
 
 /// The built-in profiles' sources, compiled in so that airlock works without any file installed.
 const BUILTINS: &[(&str, &str)] = &[
     ("default", include_str!("../profiles/default.toml")),
     ("strict", include_str!("../profiles/strict.toml")),
     ("dev", include_str!("../profiles/dev.toml")),
+    // Network allow-lists: only a [network] section, to layer over another profile (`--profile` repeats).
+    ("net-debian", include_str!("../profiles/net-debian.toml")),
+    ("net-pypi", include_str!("../profiles/net-pypi.toml")),
+    ("net-npm", include_str!("../profiles/net-npm.toml")),
+    ("net-crates", include_str!("../profiles/net-crates.toml")),
+    ("net-github", include_str!("../profiles/net-github.toml")),
 ];
 
 /// The built-in profile names, `default` first.
@@ -1916,7 +1923,17 @@ cpus = 4
             assert!(profile.description.is_some(), "{name} has no description");
             let policy = resolve(&profile, command(), &invoker()).unwrap_or_else(|error| panic!("{name}: {error}"));
             assert_eq!(policy.rootfs, Rootfs::Host, "{name}");
-            assert_eq!(policy.network, Network::None, "{name}");
+            // The net-* built-ins are allow-lists: they set the network and nothing else.
+            if name.starts_with("net-") {
+                assert!(matches!(&policy.network, Network::Allow(rules) if !rules.is_empty()), "{name}");
+                assert_eq!(
+                    Profile { network: NetworkSection::default(), description: None, ..profile.clone() },
+                    Profile::default(),
+                    "{name}"
+                );
+            } else {
+                assert_eq!(policy.network, Network::None, "{name}");
+            }
             assert_eq!(policy.landlock, Requirement::Required, "{name}");
             // A built-in with a workspace and an --allow on top still resolves.
             let flags = Profile {
@@ -1981,8 +1998,8 @@ cpus = 4
         let error = load_builtin_profile("strcit").unwrap_err();
         assert_eq!(
             error.to_string(),
-            "unknown built-in profile \"strcit\": choose one of default, strict, dev (airlock profile list), or give \
-             a file path containing '/' or ending in .toml"
+            "unknown built-in profile \"strcit\": choose one of default, strict, dev, net-debian, net-pypi, net-npm, \
+             net-crates, net-github (airlock profile list), or give a file path containing '/' or ending in .toml"
         );
     }
 

@@ -61,10 +61,16 @@ pub enum Step {
     InstallSeccomp,
     Execute,
     SendSeccompListener,
+    OpenTunDevice,
+    CreateTunInterface,
+    ConfigureTunInterface,
+    AddDefaultRoute,
+    HandTunToGateway,
+    WriteSandboxFile,
 }
 
 impl Step {
-    const ALL: [Step; 47] = [
+    const ALL: [Step; 53] = [
         Step::WaitForSupervisor,
         Step::SwitchToSandboxRoot,
         Step::JoinCgroup,
@@ -112,6 +118,12 @@ impl Step {
         Step::InstallSeccomp,
         Step::Execute,
         Step::SendSeccompListener,
+        Step::OpenTunDevice,
+        Step::CreateTunInterface,
+        Step::ConfigureTunInterface,
+        Step::AddDefaultRoute,
+        Step::HandTunToGateway,
+        Step::WriteSandboxFile,
     ];
 
     fn from_u32(value: u32) -> Option<Step> {
@@ -168,6 +180,12 @@ impl Step {
             Step::InstallSeccomp => "install the seccomp filter",
             Step::SendSeccompListener => "pass the seccomp listener to the audit log's supervisor",
             Step::Execute => "execute",
+            Step::OpenTunDevice => "open /dev/net/tun for the network gateway",
+            Step::CreateTunInterface => "create the network gateway's TUN interface airlock0",
+            Step::ConfigureTunInterface => "configure the network gateway's interface airlock0",
+            Step::AddDefaultRoute => "add the default route via the network gateway",
+            Step::HandTunToGateway => "hand the TUN interface to the network gateway process",
+            Step::WriteSandboxFile => "write the sandbox's own",
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct InitFds {
     pub tty_socket: Option<RawFd>,
     /// Our end of the socket that carries the command's seccomp listener to the supervisor (audited runs).
     pub audit_socket: Option<RawFd>,
+    /// `--net allow`: our end of the socket to the network gateway's process, which takes the TUN interface.
+    pub gateway_socket: Option<RawFd>,
 }
 
 /// Runs the sandbox's init. Never returns.
@@ -60,7 +62,13 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     }
 
     // Descriptors the caller leaked to airlock go now, before any sandbox code could see them (CVE-2016-9962).
-    let mut keep = [fds.start, fds.failure, fds.tty_socket.unwrap_or(-1), fds.audit_socket.unwrap_or(-1)];
+    let mut keep = [
+        fds.start,
+        fds.failure,
+        fds.tty_socket.unwrap_or(-1),
+        fds.audit_socket.unwrap_or(-1),
+        fds.gateway_socket.unwrap_or(-1),
+    ];
     keep.sort_unstable();
     if let Err(e) = sys::close_fds_except(&keep) {
         abort(ChildFailure { step: Step::CloseInheritedFds, errno: e, index: 0 });
@@ -79,6 +87,15 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     {
         abort(f);
     }
+    // `--net allow`: the TUN device, opened now because a TUN interface belongs to the network namespace of
+    // whoever opens /dev/net/tun (ours), and because the sandbox's own /dev will not have it.
+    let tun = match (&plan.tun, fds.gateway_socket) {
+        (Some(_), Some(socket)) => match net::open_tun_device() {
+            Ok(fd) => Some((fd, socket)),
+            Err(e) => abort(ChildFailure { step: Step::OpenTunDevice, errno: e, index: 0 }),
+        },
+        _ => None,
+    };
 
     // Then become the namespace's root (as host root, the clone left us with host uid 0, unmapped inside: we
     // must not keep it, since the host kernel would still treat file access as host root's).
@@ -95,7 +112,7 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     }
     sys::close(fds.start);
 
-    if let Err(f) = mounts::mount_workspace_overlay(&overlay, trees).and_then(|()| build_sandbox(plan, trees)) {
+    if let Err(f) = mounts::mount_workspace_overlay(&overlay, trees).and_then(|()| build_sandbox(plan, trees, tun)) {
         abort(f);
     }
 
@@ -149,7 +166,8 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
 }
 
 /// Step 5 of the design, after the sources were cloned (while the host tree is visible): the new root on a tmpfs; `pivot_root`; then the namespace-local settings.
-fn build_sandbox(plan: &SandboxPlan, trees: &mut [RawFd]) -> Result<(), ChildFailure> {
+/// `tun`: with `--net allow`, the open TUN device and the socket to the gateway.
+fn build_sandbox(plan: &SandboxPlan, trees: &mut [RawFd], tun: Option<(RawFd, RawFd)>) -> Result<(), ChildFailure> {
     let root = mounts::mount_staging_root(&plan.staging_dir)?;
     mounts::build_new_root(plan, root, trees)?;
     for &tree in trees.iter() {
@@ -160,6 +178,15 @@ fn build_sandbox(plan: &SandboxPlan, trees: &mut [RawFd]) -> Result<(), ChildFai
     net::set_hostname(&plan.hostname).map_err(mounts::fail(Step::SetHostname, 0))?;
     if plan.new_network_namespace {
         net::bring_up_loopback().map_err(mounts::fail(Step::BringUpLoopback, 0))?;
+    }
+    // The network gateway's interface and default route, then the interface goes to the gateway's process: init
+    // keeps no descriptor of it (nor does the command), and waits until the gateway has it, so the command never
+    // runs before its network is enforced.
+    if let (Some(tun_plan), Some((tun, socket))) = (&plan.tun, tun) {
+        let handed = net::create_gateway_interface(tun, tun_plan).and_then(|()| net::hand_tun_to_gateway(socket, tun));
+        sys::close(tun);
+        sys::close(socket);
+        handed?;
     }
     Ok(())
 }

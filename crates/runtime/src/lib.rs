@@ -9,6 +9,7 @@ pub mod cgroups;
 pub mod dev;
 pub mod exec;
 pub mod failure;
+pub mod gateway;
 pub mod host;
 pub mod init;
 pub mod landlock;

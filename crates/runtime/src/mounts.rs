@@ -253,6 +253,31 @@ pub fn new_tmpfs<'a>(options: impl IntoIterator<Item = (&'a CStr, &'a CStr)>, at
     mnt
 }
 
+/// A detached, read-only bind of a file holding `contents`, in a tmpfs of its own that nothing else can reach
+/// (never attached anywhere: the only mount of it is the file's bind).
+fn airlock_file(contents: &[u8]) -> Result<RawFd, Errno> {
+    let fs = new_tmpfs([(c"mode", c"0755"), (c"size", c"64k")], libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV)?;
+    let result = (|| {
+        // SAFETY: a NUL-terminated literal name, created relative to the new tmpfs's root.
+        let fd = sys::check_fd(unsafe {
+            libc::openat(fs, c"file".as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC, 0o644)
+        } as libc::c_long)?;
+        let written = sys::write_all(fd, contents);
+        sys::close(fd);
+        written?;
+        let tree = sys::open_tree(fs, c"file", libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC)?;
+        let attrs =
+            libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
+        if let Err(e) = sys::mount_setattr(tree, EMPTY, libc::AT_EMPTY_PATH as u32, attrs, 0) {
+            sys::close(tree);
+            return Err(e);
+        }
+        Ok(tree)
+    })();
+    sys::close(fs);
+    result
+}
+
 /// Resolves `path` inside the new root, creating missing directories on the way (and, when `file` is set, an
 /// empty regular file as the last component). Returns an `O_PATH` fd for it. Every component is opened with
 /// [`RESOLVE_INSIDE`], so a symlink anywhere on the way fails with `ELOOP` instead of being followed.
@@ -343,6 +368,17 @@ pub fn build_new_root(plan: &SandboxPlan, root: RawFd, trees: &[RawFd]) -> Resul
                 });
                 sys::close(target);
                 mounted.map_err(fail(Step::MountTmpfs, index))?;
+            }
+            RootEntry::File { dest, contents } => {
+                let file = airlock_file(contents).map_err(fail(Step::WriteSandboxFile, index))?;
+                let target = create_mount_point(root, dest, true);
+                let attached = target.and_then(|target| {
+                    let r = attach(file, target);
+                    sys::close(target);
+                    r
+                });
+                sys::close(file);
+                attached.map_err(fail(Step::AttachMount, index))?;
             }
         }
     }

@@ -66,6 +66,22 @@ pub enum RootEntry {
     Symlink { name: CString, target: CString, display: String },
     /// An empty tmpfs at `dest`.
     Tmpfs { dest: InsidePath, options: Vec<(CString, CString)>, attr_flags: u64 },
+    /// A read-only file of airlock's own at `dest`, over whatever the root had there (`--net allow`'s
+    /// `/etc/hosts` and `/etc/resolv.conf`): written into a small private tmpfs, then bound.
+    File { dest: InsidePath, contents: Vec<u8> },
+}
+
+/// `--net allow`: the sandbox side of the network gateway, a TUN interface init creates in the sandbox's network
+/// namespace. Everything is ready for the ioctls: init may not allocate.
+#[derive(Debug, Clone)]
+pub struct TunPlan {
+    /// The interface name, NUL-padded (`IFNAMSIZ`).
+    pub name: [u8; libc::IFNAMSIZ],
+    /// The sandbox's address and netmask on it, the gateway's address (the default route), network byte order.
+    pub address: [u8; 4],
+    pub netmask: [u8; 4],
+    pub gateway: [u8; 4],
+    pub mtu: i32,
 }
 
 /// The identities involved and the maps the supervisor writes for the sandbox's user namespace.
@@ -157,4 +173,6 @@ pub struct SandboxPlan {
     /// A long-lived sandbox (`airlock create`): init runs no command of its own but holds the namespaces until
     /// it is told to stop; commands come later with `airlock exec`.
     pub hold: bool,
+    /// `--net allow`: the gateway's interface to create in the sandbox's network namespace.
+    pub tun: Option<TunPlan>,
 }

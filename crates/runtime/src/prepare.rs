@@ -53,8 +53,12 @@ pub enum PrepareError {
     TooManyLayers { path: String, count: usize },
     #[error("--workspace-mode cow needs a layer directory for the sandbox (internal: the caller gave none)")]
     CowNeedsLayer,
-    #[error("--net allow is not available in this build yet: the network gateway is not built; use --net none (default) or --net host")]
+    #[error("--net allow needs the network gateway, which this caller did not set up (internal); use --net none (default) or --net host")]
     NetworkAllowNotAvailable,
+    #[error("network gateway: {0}; load the TUN driver (`modprobe tun`; in a container, pass /dev/net/tun through), or use --net none or --net host")]
+    TunDeviceMissing(String),
+    #[error("network gateway: the interface settings are unusable (name {0:?})")]
+    GatewayInterface(String),
     #[error("Landlock is required by the profile but {0}; run `airlock doctor`, or set `[security] landlock = \"best-effort\"` in a profile")]
     LandlockUnavailable(String),
     #[error("user id {0} is outside the sandbox's id range (0-65535)")]
@@ -99,6 +103,9 @@ pub struct HostContext {
     pub layer: Option<LayerDirs>,
     /// `airlock create`: init holds the sandbox instead of running the command (see `SandboxPlan::hold`).
     pub hold: bool,
+    /// `--net allow`: how to start the network gateway (`airlock run` and `create`; `exec` joins the running
+    /// sandbox's network and starts none).
+    pub gateway: Option<crate::gateway::GatewaySetup>,
 }
 
 /// Upper and work directories of a workspace layer, on the host.
@@ -202,6 +209,11 @@ impl Builder {
         self.entries.push(RootEntry::Tmpfs { dest: inside_path(dest)?, options, attr_flags: RW_ATTRS });
         Ok(())
     }
+
+    fn file(&mut self, dest: &str, contents: &[u8]) -> Result<(), PrepareError> {
+        self.entries.push(RootEntry::File { dest: inside_path(dest)?, contents: contents.to_vec() });
+        Ok(())
+    }
 }
 
 /// Step 1: validate `policy` against this host and build the plan.
@@ -213,9 +225,6 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
         Some(w) if w.mode == WorkspaceMode::Cow => Some(host.layer.as_ref().ok_or(PrepareError::CowNeedsLayer)?),
         _ => None,
     };
-    if matches!(policy.network, Network::Allow(_)) {
-        return Err(PrepareError::NetworkAllowNotAvailable);
-    }
     check_limits_against_host(&policy.limits)?;
 
     let landlock = match (landlock::abi_version(), policy.landlock) {
@@ -382,6 +391,24 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
         }
     }
 
+    // `--net allow`: the gateway's interface, and the sandbox's own name service files over the root's (last, so
+    // they land on top of the /etc bind): nothing of the host's /etc/hosts is visible, and names resolve only
+    // through the gateway.
+    let tun = match (&policy.network, &host.gateway) {
+        (Network::Allow(_), Some(setup)) => {
+            match check_host_path("device", "/dev/net/tun") {
+                Ok(ft) if ft.is_char_device() => {}
+                Ok(_) => return Err(PrepareError::TunDeviceMissing("/dev/net/tun is not a character device".into())),
+                Err(e) => return Err(PrepareError::TunDeviceMissing(e.to_string())),
+            }
+            for (dest, contents) in &setup.files {
+                b.file(dest, contents)?;
+            }
+            Some(setup.interface.plan().ok_or_else(|| PrepareError::GatewayInterface(setup.interface.name.clone()))?)
+        }
+        _ => None,
+    };
+
     let mut devices = Vec::new();
     for name in DEVICES {
         let host_path = format!("/dev/{name}");
@@ -414,7 +441,9 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
         .entries
         .iter()
         .map(|e| match e {
-            RootEntry::Bind { dest, .. } | RootEntry::Tmpfs { dest, .. } => dest.display.clone(),
+            RootEntry::Bind { dest, .. } | RootEntry::Tmpfs { dest, .. } | RootEntry::File { dest, .. } => {
+                dest.display.clone()
+            }
             RootEntry::Symlink { display, .. } => display.clone(),
         })
         .collect();
@@ -435,6 +464,7 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
         cgroup_tasks: Vec::new(),
         rlimits: rlimits(&policy.limits)?,
         hold: host.hold,
+        tun,
     };
     Ok(Prepared { plan, id_range, warnings, entry_names })
 }

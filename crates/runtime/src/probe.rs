@@ -514,6 +514,7 @@ pub fn probe_host() -> HostReport {
         check_ptrace_scope(),
         check_tiocsti(),
         check_bpf(),
+        check_tun(),
         check_kernel(&report),
     ];
     report
@@ -1604,6 +1605,40 @@ fn check_ptrace_scope() -> Check {
         Some(other) => format!("{other} (information)"),
     };
     check(ID, NAME, Status::Ok, detail, None)
+}
+
+/// `/dev/net/tun`, which `--net allow` needs (init opens it inside the sandbox's network namespace). Only a warning
+/// when missing: every other mode works without it, and `--net allow` itself fails closed with the same fix.
+fn check_tun() -> Check {
+    const ID: &str = "tun";
+    const NAME: &str = "TUN device (--net allow)";
+    use std::os::unix::fs::FileTypeExt;
+    let fix = "load the TUN driver: sudo modprobe tun (in a container, pass /dev/net/tun through)".to_string();
+    match std::fs::metadata("/dev/net/tun") {
+        Ok(m) if m.file_type().is_char_device() && is_writable(Path::new("/dev/net/tun")) => check(
+            ID,
+            NAME,
+            Status::Ok,
+            "/dev/net/tun is there and this user may open it: --net allow can give a sandbox its gateway".to_string(),
+            None,
+        ),
+        Ok(m) if m.file_type().is_char_device() => check(
+            ID,
+            NAME,
+            Status::Warn,
+            "/dev/net/tun is not open to this user: --net allow fails here (125)".to_string(),
+            Some(
+                "sudo chmod 0666 /dev/net/tun (the usual mode: creating an interface still needs CAP_NET_ADMIN)".into(),
+            ),
+        ),
+        _ => check(
+            ID,
+            NAME,
+            Status::Warn,
+            "/dev/net/tun is missing: --net allow fails here (125)".to_string(),
+            Some(fix),
+        ),
+    }
 }
 
 fn check_tiocsti() -> Check {

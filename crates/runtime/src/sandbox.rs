@@ -24,6 +24,8 @@ pub const EXIT_OUT_OF_MEMORY: i32 = 137;
 pub enum SandboxError {
     #[error(transparent)]
     Prepare(#[from] PrepareError),
+    #[error("network gateway")]
+    Gateway(#[from] crate::gateway::GatewayError),
     #[error("cannot create the sandbox's pipes: {0}")]
     CreatePipes(String),
     #[error("cannot create namespaces (user, pid, mount, network, ipc, uts, cgroup): {0}{1}")]
@@ -124,6 +126,9 @@ fn run_sandbox_with(
     audit: Option<AuditRequest<'_>>,
 ) -> Result<(RunOutcome, RunReport), SandboxError> {
     // 1. Validate everything and build the plan: no side effect before this succeeds (bar the id-range lock).
+    if matches!(policy.network, policy::sandbox::Network::Allow(_)) && host.gateway.is_none() {
+        return Err(PrepareError::NetworkAllowNotAvailable.into());
+    }
     let mut prepared = prepare_sandbox(policy, host)?;
     let audit = audit.filter(|a| a.notify.any());
     if let Some(a) = &audit {
@@ -133,7 +138,15 @@ fn run_sandbox_with(
         warn(w);
     }
 
-    // 2. Supervisor state on the host (the audit log and the network gateway will belong here too).
+    // 2. Supervisor state on the host.
+    // The network gateway (`--net allow`) first: it is a process of its own (tokio threads may not exist in this
+    // one, which must clone into a new user namespace single-threaded), started now, while nothing of the
+    // sandbox exists, with its events file opened here on the host. It waits for init to pass it the sandbox's
+    // TUN interface (step 5). Dropped on any error path below, it is stopped.
+    let mut gateway = match (&prepared.plan.tun, &host.gateway) {
+        (Some(_), Some(setup)) => Some(crate::gateway::GatewayProcess::start(setup)?),
+        _ => None,
+    };
     // The cgroup first: it needs the host's cgroupfs, which the sandbox will never see, and it must exist
     // before the child can run anything. Cgroups left by an airlock that was killed are removed on the way.
     // How init enters it without a costly migration is `SandboxCgroup::entry`'s business.
@@ -248,6 +261,7 @@ fn run_sandbox_with(
                 failure: pipes.failure_write,
                 tty_socket: pipes.tty.map(|(init_end, _)| init_end),
                 audit_socket: audit_channel.map(|c| c.child_end),
+                gateway_socket: gateway.as_ref().map(crate::gateway::GatewayProcess::sandbox_end),
             };
             init::sandbox_init_main(plan, &fds, &mut trees)
         }
@@ -278,9 +292,14 @@ fn run_sandbox_with(
             None
         }
     };
+    // The gateway's socket end now belongs to init alone: if init dies, the gateway sees the socket close.
+    if let Some(g) = gateway.as_mut() {
+        g.close_sandbox_end();
+    }
 
     // 4. Parent: the id maps (root inside -> an unprivileged host id), then release the child.
-    //    (Network attachment will go here too.)
+    //    Attaching its network needs nothing from here: init creates the gateway's interface inside the
+    //    sandbox's network namespace (only a process there can) and hands it to the gateway itself.
     if let Err(e) = release_child(pid, plan, pipes.start_write) {
         let _ = sys::kill(pid, libc::SIGKILL);
         let _ = wait_for_exit(pid);
@@ -344,7 +363,11 @@ fn run_sandbox_with(
 
     // 8. Teardown: init's exit killed the namespace's every process (the kernel does it when a pid-1 exits),
     //    and with the last of them the mount namespace and its tmpfs mounts are gone. Nothing was created on the
-    //    host but the id-range lock, released when `prepared` is dropped.
+    //    host but the id-range lock, released when `prepared` is dropped, and the gateway's process, stopped
+    //    now: its TUN descriptor holds the sandbox's network namespace, so it would not see the end itself.
+    if let Some(g) = gateway.take() {
+        g.stop();
+    }
     let failure = early_failure.or_else(|| failure::read_failure(pipes.failure_read));
     sys::close(pipes.failure_read);
     let stats = cgroup.as_ref().and_then(|cg| cg.stats().ok());
@@ -443,9 +466,11 @@ pub fn describe_failure(prepared: &Prepared, f: &ChildFailure) -> String {
             let layer = s.overlay.as_ref().map(|o| o.upper_display.as_str()).unwrap_or("?");
             format!("{} (layer {layer})", s.display)
         }),
-        Step::CreateMountPoint | Step::AttachMount | Step::CreateRootSymlink | Step::MountTmpfs => {
-            prepared.entry_names.get(index).cloned()
-        }
+        Step::CreateMountPoint
+        | Step::AttachMount
+        | Step::CreateRootSymlink
+        | Step::MountTmpfs
+        | Step::WriteSandboxFile => prepared.entry_names.get(index).cloned(),
         Step::AddLandlockRule => {
             plan.landlock.as_ref().and_then(|l| l.rules.get(index)).map(|r| r.path.to_string_lossy().to_string())
         }
@@ -465,6 +490,11 @@ pub fn describe_failure(prepared: &Prepared, f: &ChildFailure) -> String {
         (Step::CreateMountPoint, libc::ELOOP) => " (a symlink is in the way; mount targets never follow symlinks)",
         (Step::MountProc, _) => " (a fresh /proc needs a fully visible host /proc; run airlock doctor)",
         (Step::CreateLandlockRuleset, _) | (Step::RestrictLandlock, _) => " (run airlock doctor)",
+        (Step::OpenTunDevice | Step::CreateTunInterface | Step::ConfigureTunInterface | Step::AddDefaultRoute, _) => {
+            " (the network gateway needs a TUN interface in the sandbox; run `airlock doctor`; --net none and --net \
+             host work without it)"
+        }
+        (Step::HandTunToGateway, _) => " (the network gateway's process ended early; its error is above)",
         _ => "",
     };
     format!("cannot {what}: {}{hint}", errno_text(f.errno))

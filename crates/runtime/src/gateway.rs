@@ -1,0 +1,294 @@
+//! `--net allow`: the network gateway's process, from the supervisor's side and from its own.
+//!
+//! The gateway is a separate process per sandbox (airlock re-executes itself with a hidden subcommand): its
+//! user-space TCP/IP stack runs on tokio threads, and the supervisor must stay single-threaded to clone into a
+//! new user namespace; a crash or a memory blow-up in the gateway is its own, and its memory is measurable per
+//! sandbox. The order, as `sandbox::run_sandbox` does it:
+//!
+//! 1. step 2 (supervisor, on the host): [`GatewayProcess::start`] opens the events file (host side: the sandbox
+//!    can never reach it), makes a socket pair and starts the gateway with one end; the gateway dies with the
+//!    supervisor (`PR_SET_PDEATHSIG`).
+//! 2. step 3: init inherits the other end, opens `/dev/net/tun` in the sandbox's network namespace, configures
+//!    `airlock0` (`net::create_gateway_interface`) and passes the descriptor over the socket (SCM_RIGHTS); the
+//!    gateway acknowledges ([`receive_tun`]) before init goes on, so no command runs before the gateway serves.
+//! 3. step 8: [`GatewayProcess::stop`] ends the gateway once the sandbox is gone (its open TUN descriptor keeps
+//!    the sandbox's network namespace alive, so it would not see the end by itself); dropping a
+//!    `GatewayProcess` on an error path does the same.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::failure::errno_text;
+use crate::plan::TunPlan;
+use crate::sys::{self, Errno};
+
+/// The host ids the gateway runs as when airlock runs as host root: `nobody`/`nogroup`.
+const GATEWAY_ID: libc::uid_t = 65534;
+
+/// How long the gateway has to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot open the network events file {path} (--audit)")]
+    OpenEventsFile { path: String, source: std::io::Error },
+    #[error("cannot open the network gateway's log {path}")]
+    OpenLog { path: String, source: std::io::Error },
+    #[error("cannot create the socket to the network gateway: {0}")]
+    CreateSocket(String),
+    #[error("cannot start the network gateway process {program}")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("descriptor {0} given to the network gateway is not open")]
+    InheritedFd(RawFd),
+    #[error("cannot receive the sandbox's TUN interface: {0}")]
+    ReceiveTun(String),
+    #[error("the sandbox closed its socket before passing its TUN interface")]
+    NoTun,
+}
+
+/// The sandbox side of the gateway: the TUN interface's name and addresses.
+#[derive(Debug, Clone)]
+pub struct GatewayInterface {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+}
+
+impl GatewayInterface {
+    /// The plan init configures the interface from, or `None` when a value cannot be used (name too long).
+    pub fn plan(&self) -> Option<TunPlan> {
+        let mut name = [0u8; libc::IFNAMSIZ];
+        let bytes = self.name.as_bytes();
+        if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) || self.prefix > 32 {
+            return None;
+        }
+        name[..bytes.len()].copy_from_slice(bytes);
+        let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix)) };
+        Some(TunPlan {
+            name,
+            address: self.address.octets(),
+            netmask: mask.to_be_bytes(),
+            gateway: self.gateway.octets(),
+            mtu: i32::try_from(self.mtu).ok()?,
+        })
+    }
+}
+
+/// How to start the network gateway for a `--net allow` sandbox, and what the sandbox sees of it.
+#[derive(Debug, Clone)]
+pub struct GatewaySetup {
+    /// The gateway's program and arguments (airlock itself, `__netgw ...`). The runtime appends
+    /// `--tun-socket FD` and, with an events file, `--events-fd FD`.
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    /// Where the gateway appends its decisions (`--audit FILE`); opened by the supervisor, on the host.
+    pub events: Option<PathBuf>,
+    /// Where the gateway's standard error goes (`airlock create`'s supervisor log); `None`: the supervisor's.
+    pub log: Option<PathBuf>,
+    pub interface: GatewayInterface,
+    /// Files of airlock's own shown read-only inside instead of the root's (path inside, contents): the
+    /// sandbox's `/etc/hosts` and `/etc/resolv.conf`.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// The running gateway, seen from the supervisor.
+#[derive(Debug)]
+pub struct GatewayProcess {
+    child: Child,
+    /// The socket end init inherits (closed here once the sandbox is cloned).
+    sandbox_end: RawFd,
+    /// The process that started the gateway: only it stops it (a clone of it never returns to drop it, but
+    /// the check keeps that true by construction).
+    owner: u32,
+}
+
+impl GatewayProcess {
+    /// Step 2: opens the events file, makes the socket pair, starts the gateway.
+    pub fn start(setup: &GatewaySetup) -> Result<GatewayProcess, GatewayError> {
+        let events = match &setup.events {
+            Some(path) => Some(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+                    .open(path)
+                    .map_err(|source| GatewayError::OpenEventsFile { path: path.display().to_string(), source })?,
+            ),
+            None => None,
+        };
+        let stderr = match &setup.log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(path)
+                    .map_err(|source| GatewayError::OpenLog { path: path.display().to_string(), source })?,
+            ),
+            None => Stdio::inherit(),
+        };
+        let mut pair = [-1; 2];
+        // SAFETY: socketpair fills a live two-int array.
+        let ret =
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) };
+        sys::check(ret as libc::c_long).map_err(|e| GatewayError::CreateSocket(errno_text(e)))?;
+        let [gateway_end, sandbox_end] = pair;
+        let events_fd = events.as_ref().map(File::as_raw_fd);
+        let mut command = Command::new(&setup.program);
+        command.args(&setup.args).arg("--tun-socket").arg(gateway_end.to_string());
+        if let Some(fd) = events_fd {
+            command.arg("--events-fd").arg(fd.to_string());
+        }
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        // Its own process group: a Ctrl-C at airlock's terminal is for the command (the supervisor forwards it),
+        // not for the gateway, which must serve until the sandbox is gone.
+        command.process_group(0);
+        // SAFETY: geteuid cannot fail.
+        let host_root = unsafe { libc::geteuid() } == 0;
+        let supervisor = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs in the forked child before exec and makes only async-signal-safe calls
+        // (setgroups, setresgid, setresuid, prctl, fcntl, getppid) on integers and a null pointer; it touches no
+        // memory shared with the parent.
+        unsafe {
+            command.pre_exec(move || {
+                // As host root, the gateway (which parses what the sandbox sends) must not be root: it needs no
+                // privilege at all (its descriptors are open; it reads only world-readable /etc/hosts and
+                // /etc/resolv.conf and connects out), so it runs as `nobody`, with no way back.
+                if host_root {
+                    let failed = libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setresgid(GATEWAY_ID, GATEWAY_ID, GATEWAY_ID) != 0
+                        || libc::setresuid(GATEWAY_ID, GATEWAY_ID, GATEWAY_ID) != 0
+                        || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0;
+                    if failed {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // The gateway dies with the supervisor, even when the supervisor is SIGKILLed (armed after the id
+                // change, which clears it; then the parent is checked, in case it died in between).
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0
+                    || libc::getppid() != supervisor
+                {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                // Keep exactly the two descriptors the gateway is told about across exec.
+                for fd in [Some(gateway_end), events_fd].into_iter().flatten() {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let spawned = command.spawn();
+        sys::close(gateway_end);
+        drop(events);
+        match spawned {
+            Ok(child) => Ok(GatewayProcess { child, sandbox_end, owner: std::process::id() }),
+            Err(source) => {
+                sys::close(sandbox_end);
+                Err(GatewayError::Spawn { program: setup.program.display().to_string(), source })
+            }
+        }
+    }
+
+    /// The socket end the sandbox's init inherits.
+    pub fn sandbox_end(&self) -> RawFd {
+        self.sandbox_end
+    }
+
+    /// After `clone`: only init holds the sandbox's end now.
+    pub fn close_sandbox_end(&mut self) {
+        sys::close(self.sandbox_end);
+        self.sandbox_end = -1;
+    }
+
+    /// The gateway's pid (for `airlock stats`, the benchmark's memory figure).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Step 8: SIGTERM, then SIGKILL after [`STOP_GRACE`]; reaps the process.
+    pub fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        if self.owner != std::process::id() {
+            return;
+        }
+        self.close_sandbox_end();
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: pidfd_open takes integers; the child is ours and not yet reaped, so the pid is still its.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
+        let _ = sys::kill(pid, libc::SIGTERM);
+        if pidfd >= 0 {
+            wait_readable(pidfd, Instant::now() + STOP_GRACE);
+            sys::close(pidfd);
+        }
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits until `fd` is readable (a pidfd: the process exited) or `deadline` passes.
+fn wait_readable(fd: RawFd, deadline: Instant) {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll on one live pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if n > 0 || (n < 0 && sys::errno() != libc::EINTR) {
+            return;
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// In the gateway process: takes ownership of a descriptor the supervisor passed by number. Call once per
+/// descriptor, at start-up, before anything else could have opened (and so own) that number.
+pub fn take_inherited_fd(fd: RawFd) -> Result<OwnedFd, GatewayError> {
+    // SAFETY: F_GETFD/F_SETFD take integers; a closed number fails with EBADF.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(GatewayError::InheritedFd(fd));
+    }
+    // SAFETY: as above. Close-on-exec again, so nothing the gateway might start inherits it.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: `fd` is open (checked above) and was inherited across exec; per this function's contract no other
+    // owner exists in this process, so the OwnedFd is its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// In the gateway process: receives the sandbox's TUN descriptor from init and acknowledges it (init waits for
+/// that byte before the sandbox's command may start).
+pub fn receive_tun(socket: &OwnedFd) -> Result<OwnedFd, GatewayError> {
+    let fd = crate::tty::recv_fd(socket.as_raw_fd())
+        .map_err(|e: Errno| GatewayError::ReceiveTun(errno_text(e)))?
+        .ok_or(GatewayError::NoTun)?;
+    // SAFETY: recv_fd returned a descriptor the kernel just installed in this process (SCM_RIGHTS); nothing
+    // else refers to it.
+    let tun = unsafe { OwnedFd::from_raw_fd(fd) };
+    sys::write_all(socket.as_raw_fd(), b"1").map_err(|e| GatewayError::ReceiveTun(errno_text(e)))?;
+    Ok(tun)
+}

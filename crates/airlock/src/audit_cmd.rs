@@ -46,6 +46,16 @@ pub struct Recorder {
     learn: Option<Learned>,
     /// When the oldest buffered record was kept (`None`: none is).
     first_pending: Option<Instant>,
+    /// The log is learn mode's scratch log, removed when the recorder goes.
+    scratch: bool,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.as_ref().filter(|_| self.scratch) {
+            let _ = std::fs::remove_file(log.path());
+        }
+    }
 }
 
 /// What learn mode collected.
@@ -107,6 +117,7 @@ impl Recorder {
     /// `--learn`).
     pub fn for_run(
         name: Option<&str>,
+        record_name: &str,
         rm: bool,
         copy: Option<&str>,
         learn: bool,
@@ -119,15 +130,23 @@ impl Recorder {
         }
         let mut log = match (name.filter(|_| keeps_state), copy) {
             (Some(name), _) => Some(AuditLog::open(log_path(name))?.with_sandbox(name)),
-            (None, Some(file)) => Some(AuditLog::open(file)?.with_sandbox(name.unwrap_or(""))),
-            (None, None) => None,
+            (None, Some(file)) => Some(AuditLog::open(file)?.with_sandbox(record_name)),
+            // Learn mode alone keeps no log, but reads the network gateway's refusals from one: a private
+            // scratch log in the state directory, removed when the recorder goes.
+            (None, None) => {
+                let path = state::state_dir().join(format!("learn-{}.jsonl", std::process::id()));
+                std::fs::create_dir_all(state::state_dir()).context("cannot create the state directory")?;
+                let _ = std::fs::remove_file(&path);
+                Some(AuditLog::open(&path)?.with_sandbox(record_name))
+            }
         };
+        let scratch = !keeps_state && copy.is_none();
         if let (Some(log), Some(file), true) = (&mut log, copy, keeps_state) {
             log.add_copy(file)?;
         }
         let notify = NotifyOptions { exec: copy.is_some() || learn || profile_exec, denials: true, writes: learn };
         let learn = learn.then(|| Learned { writable: writable_places(policy), ..Default::default() });
-        Ok(Some(Recorder { log, notify, warned: false, started: Instant::now(), learn, first_pending: None }))
+        Ok(Some(Recorder { log, notify, warned: false, started: Instant::now(), learn, first_pending: None, scratch }))
     }
 
     /// For `airlock create`'s supervisor: the sandbox's log (and the `--audit FILE` copy, remembered for
@@ -148,6 +167,7 @@ impl Recorder {
             started: Instant::now(),
             learn: None,
             first_pending: None,
+            scratch: false,
         })
     }
 
@@ -169,6 +189,7 @@ impl Recorder {
             started: Instant::now(),
             learn: None,
             first_pending: None,
+            scratch: false,
         }))
     }
 
@@ -267,6 +288,13 @@ impl Recorder {
             duration_ms: self.started.elapsed().as_millis() as u64,
             resources: report.stats.as_ref().map(resources_of),
         });
+    }
+
+    /// The files the network gateway appends its decisions to, as this recorder does: the log first (chained),
+    /// then its copies (`--audit FILE`).
+    pub fn gateway_files(&self) -> Vec<PathBuf> {
+        let Some(log) = &self.log else { return Vec::new() };
+        std::iter::once(log.path()).chain(log.copy_paths()).map(Path::to_path_buf).collect()
     }
 
     /// Learn mode's suggestion, on stderr: a profile snippet `airlock profile validate` accepts.

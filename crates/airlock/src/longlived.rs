@@ -103,7 +103,6 @@ fn create_policy(args: &CreateArgs) -> Result<(Profile, SandboxPolicy)> {
     }
     let merged = load_profiles(&opts.profile)?.merge(flags_profile(opts)?);
     let policy = profile::resolve(&merged, vec![HOLD_COMMAND.to_string()], &current_invoker())?;
-    crate::network::check_audit_supported(&policy, opts.audit.as_deref())?;
     check_workspace_outside_state(&policy)?;
     Ok((merged, policy))
 }
@@ -133,19 +132,19 @@ pub fn supervise(args: CreateArgs) -> Result<i32> {
             return Err(e);
         }
     };
-    // The gateway lives with this supervisor (and `airlock exec` commands join the sandbox's network, so they
-    // use it too); its errors go to the supervisor's log, since `create` stops reading our stderr once ready.
-    let gateway =
-        match crate::network::gateway_setup(&policy, &name, args.opts.audit.as_deref(), Some(log_path.clone())) {
-            Ok(gateway) => gateway,
-            Err(e) => {
-                let _ = kept.remove();
-                return Err(e);
-            }
-        };
     // The audit log: the supervisor records the lifecycle; each `airlock exec` records its own command's execs.
     let mut recorder = match crate::audit_cmd::Recorder::for_create(&name, args.opts.audit.as_deref()) {
         Ok(recorder) => recorder,
+        Err(e) => {
+            let _ = kept.remove();
+            return Err(e);
+        }
+    };
+    // The gateway lives with this supervisor (and `airlock exec` commands join the sandbox's network, so they
+    // use it too); its errors go to the supervisor's log, since `create` stops reading our stderr once ready.
+    let gateway = match crate::network::gateway_setup(&policy, &name, recorder.gateway_files(), Some(log_path.clone()))
+    {
+        Ok(gateway) => gateway,
         Err(e) => {
             let _ = kept.remove();
             return Err(e);

@@ -8,10 +8,10 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
+use audit::AuditLog;
 use clap::Args;
 use netgw::addr;
 use policy::sandbox::{AllowRule, Network, SandboxPolicy};
@@ -29,9 +29,10 @@ pub struct NetGatewayArgs {
     /// The inherited socket on which the sandbox's init passes the TUN interface.
     #[arg(long)]
     pub tun_socket: i32,
-    /// The inherited, append-only file the decisions go to (`--audit FILE`).
+    /// Inherited files the decisions go to (repeatable): the sandbox's audit log first (chained), then its
+    /// copies (`--audit FILE`). None: nothing is recorded.
     #[arg(long)]
-    pub events_fd: Option<i32>,
+    pub events_fd: Vec<i32>,
 }
 
 /// The sandbox's `/etc/hosts`: localhost only. Every other name is the gateway's DNS to answer (or refuse).
@@ -49,12 +50,13 @@ fn proxy_url() -> String {
 
 /// How the runtime starts this sandbox's gateway; `None` unless the policy is `--net allow`.
 ///
-/// `events`: `--audit FILE`, where the gateway appends its decisions as JSON lines. `log`: where the gateway's
-/// errors go when the supervisor's own standard error will not stay (`airlock create`).
+/// `events`: the audit log and its copies (see `audit_cmd::Recorder::gateway_files`), where the gateway appends
+/// its decisions. `log`: where the gateway's errors go when the supervisor's own standard error will not stay
+/// (`airlock create`).
 pub fn gateway_setup(
     policy: &SandboxPolicy,
     sandbox: &str,
-    events: Option<&str>,
+    events: Vec<PathBuf>,
     log: Option<PathBuf>,
 ) -> Result<Option<GatewaySetup>> {
     let Network::Allow(rules) = &policy.network else {
@@ -71,7 +73,7 @@ pub fn gateway_setup(
     Ok(Some(GatewaySetup {
         program,
         args,
-        events: events.map(PathBuf::from),
+        events,
         log,
         interface: GatewayInterface {
             name: addr::INTERFACE.to_string(),
@@ -124,21 +126,20 @@ pub fn add_proxy_environment(policy: &mut SandboxPolicy, explicit: &dyn Fn(&str)
     }
 }
 
-/// `--audit FILE` is recorded only for the network gateway's decisions in this build; other runs refuse it, as
-/// before, rather than promise a record they would not write.
-pub fn check_audit_supported(policy: &SandboxPolicy, audit: Option<&str>) -> Result<()> {
-    if audit.is_some() && !matches!(policy.network, Network::Allow(_)) {
-        return Err(anyhow!(
-            "--audit: this build records only the network gateway's decisions (--net allow / --allow); run without --audit"
-        ));
-    }
-    Ok(())
-}
-
 /// The gateway's process: takes the inherited descriptors, receives the sandbox's TUN interface, serves it.
 pub fn serve(args: NetGatewayArgs) -> Result<i32> {
     let socket = runtime::gateway::take_inherited_fd(args.tun_socket)?;
-    let mut events = args.events_fd.map(runtime::gateway::take_inherited_fd).transpose()?.map(File::from);
+    let mut files = args.events_fd.into_iter().map(|fd| runtime::gateway::take_inherited_fd(fd).map(File::from));
+    let mut log = match files.next().transpose()? {
+        Some(file) => {
+            let mut log = AuditLog::from_file(file, "audit log").with_sandbox(&args.sandbox);
+            for (index, copy) in files.enumerate() {
+                log.add_copy_file(copy?, format!("--audit copy {index}"));
+            }
+            Some(log)
+        }
+        None => None,
+    };
     let allow =
         args.allow.iter().map(|entry| policy::names::validate_allow_pattern(entry)).collect::<Result<Vec<_>, _>>()?;
     let tun = runtime::gateway::receive_tun(&socket)?;
@@ -148,10 +149,10 @@ pub fn serve(args: NetGatewayArgs) -> Result<i32> {
         sandbox: args.sandbox,
         allow,
         events: Box::new(move |event: &netgw::NetEvent| {
-            if let Some(file) = events.as_mut() {
-                if let Err(e) = write_net_event_line(file, event) {
+            if let Some(log) = log.as_mut() {
+                if let Err(e) = record_net_event(log, event) {
                     if !write_failed {
-                        crate::say(&format!("network gateway: cannot record a decision in the --audit file: {e}"));
+                        crate::say(&format!("network gateway: cannot record a decision in the audit log: {e:#}"));
                         write_failed = true;
                     }
                 }
@@ -162,13 +163,11 @@ pub fn serve(args: NetGatewayArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Appends one network decision to the events file as one JSON line, in one `write` (the file is `O_APPEND`, so
-/// lines from concurrent writers never interleave). The one place a `NetEvent` becomes a record: the audit log
-/// will take it from here.
-pub fn write_net_event_line(file: &mut File, event: &netgw::NetEvent) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(event)?;
-    line.push(b'\n');
-    file.write_all(&line)
+/// The one place a `NetEvent` becomes a record: a `network` record of the sandbox's hash-chained audit log
+/// (and its `--audit` copies), appended under the log's lock like every other writer's.
+fn record_net_event(log: &mut AuditLog, event: &netgw::NetEvent) -> Result<()> {
+    log.append_value("network", serde_json::to_value(event)?)?;
+    Ok(())
 }
 
 #[cfg(test)]

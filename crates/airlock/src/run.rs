@@ -20,7 +20,6 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let merged = base.merge(overlay);
 
     let mut policy = profile::resolve(&merged, args.command.clone(), &current_invoker())?;
-    crate::network::check_audit_supported(&policy, args.opts.audit.as_deref())?;
     crate::network::add_proxy_environment(&mut policy, &|key| merged.env.set.contains_key(key));
     if policy.network == Network::Host {
         crate::say("warning: --net host: the sandbox shares the host's network (no network isolation)");
@@ -49,9 +48,27 @@ pub fn run(args: RunArgs) -> Result<i32> {
             return Err(e);
         }
     };
-    // The gateway's records name the sandbox; an unnamed run is named by its supervisor's pid.
+    // Records name the sandbox; an unnamed run is named by its supervisor's pid.
     let record_name = name.clone().unwrap_or_else(|| format!("run-{}", std::process::id()));
-    let gateway = match crate::network::gateway_setup(&policy, &record_name, args.opts.audit.as_deref(), None) {
+    // The audit log (see audit_cmd for when there is one): opened now that the state directory exists, and
+    // before the gateway, which appends its network decisions to the same files.
+    let mut recorder = match crate::audit_cmd::Recorder::for_run(
+        name.as_deref(),
+        &record_name,
+        args.opts.rm,
+        args.opts.audit.as_deref(),
+        args.learn,
+        merged.audit.exec == Some(true),
+        &policy,
+    ) {
+        Ok(recorder) => recorder,
+        Err(e) => {
+            abandon(kept.take(), args.opts.resume);
+            return Err(e);
+        }
+    };
+    let events = recorder.as_ref().map(crate::audit_cmd::Recorder::gateway_files).unwrap_or_default();
+    let gateway = match crate::network::gateway_setup(&policy, &record_name, events, None) {
         Ok(gateway) => gateway,
         Err(e) => {
             abandon(kept.take(), args.opts.resume);
@@ -65,21 +82,6 @@ pub fn run(args: RunArgs) -> Result<i32> {
         layer,
         hold: false,
         gateway,
-    };
-    // The audit log (see audit_cmd for when there is one): opened now that the state directory exists.
-    let mut recorder = match crate::audit_cmd::Recorder::for_run(
-        name.as_deref(),
-        args.opts.rm,
-        args.opts.audit.as_deref(),
-        args.learn,
-        merged.audit.exec == Some(true),
-        &policy,
-    ) {
-        Ok(recorder) => recorder,
-        Err(e) => {
-            abandon(kept.take(), args.opts.resume);
-            return Err(e);
-        }
     };
     if let Some(r) = recorder.as_mut() {
         r.start(&merged, &policy, false);

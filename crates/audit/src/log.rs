@@ -59,6 +59,23 @@ impl AuditLog {
         Ok(AuditLog { file, path, sandbox: String::new(), last: None, copies: Vec::new(), pending: Vec::new() })
     }
 
+    /// Appends to an already open log (the network gateway's process, which cannot open the state directory
+    /// itself: its supervisor opens the log, read and append, and hands the descriptor over).
+    pub fn from_file(file: File, path: impl AsRef<Path>) -> AuditLog {
+        let path = path.as_ref().to_path_buf();
+        AuditLog { file, path, sandbox: String::new(), last: None, copies: Vec::new(), pending: Vec::new() }
+    }
+
+    /// Also append every line to the already open `file` (see [`AuditLog::from_file`]).
+    pub fn add_copy_file(&mut self, file: File, path: impl AsRef<Path>) {
+        self.copies.push((path.as_ref().to_path_buf(), file));
+    }
+
+    /// The paths of the extra copies, in the order they were added.
+    pub fn copy_paths(&self) -> impl Iterator<Item = &Path> {
+        self.copies.iter().map(|(path, _)| path.as_path())
+    }
+
     /// The sandbox name every record carries.
     pub fn with_sandbox(mut self, name: &str) -> Self {
         self.sandbox = name.to_string();

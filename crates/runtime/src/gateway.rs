@@ -37,7 +37,7 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error("cannot open the network events file {path} (--audit)")]
+    #[error("cannot open the audit log {path} for the network gateway")]
     OpenEventsFile { path: String, source: std::io::Error },
     #[error("cannot open the network gateway's log {path}")]
     OpenLog { path: String, source: std::io::Error },
@@ -87,11 +87,12 @@ impl GatewayInterface {
 #[derive(Debug, Clone)]
 pub struct GatewaySetup {
     /// The gateway's program and arguments (airlock itself, `__netgw ...`). The runtime appends
-    /// `--tun-socket FD` and, with an events file, `--events-fd FD`.
+    /// `--tun-socket FD` and `--events-fd FD` for each events file.
     pub program: PathBuf,
     pub args: Vec<OsString>,
-    /// Where the gateway appends its decisions (`--audit FILE`); opened by the supervisor, on the host.
-    pub events: Option<PathBuf>,
+    /// Where the gateway appends its decisions: the sandbox's audit log (hash-chained), then its `--audit`
+    /// copies; opened by the supervisor, on the host (the gateway cannot reach the state directory).
+    pub events: Vec<PathBuf>,
     /// Where the gateway's standard error goes (`airlock create`'s supervisor log); `None`: the supervisor's.
     pub log: Option<PathBuf>,
     pub interface: GatewayInterface,
@@ -114,18 +115,21 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Step 2: opens the events file, makes the socket pair, starts the gateway.
     pub fn start(setup: &GatewaySetup) -> Result<GatewayProcess, GatewayError> {
-        let events = match &setup.events {
-            Some(path) => Some(
+        // Read and append: the first file is the hash-chained audit log, whose writers read its tail.
+        let events = setup
+            .events
+            .iter()
+            .map(|path| {
                 std::fs::OpenOptions::new()
+                    .read(true)
                     .append(true)
                     .create(true)
                     .mode(0o600)
-                    .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+                    .custom_flags(libc::O_CLOEXEC)
                     .open(path)
-                    .map_err(|source| GatewayError::OpenEventsFile { path: path.display().to_string(), source })?,
-            ),
-            None => None,
-        };
+                    .map_err(|source| GatewayError::OpenEventsFile { path: path.display().to_string(), source })
+            })
+            .collect::<Result<Vec<File>, GatewayError>>()?;
         let stderr = match &setup.log {
             Some(path) => Stdio::from(
                 std::fs::OpenOptions::new()
@@ -142,10 +146,10 @@ impl GatewayProcess {
             unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) };
         sys::check(ret as libc::c_long).map_err(|e| GatewayError::CreateSocket(errno_text(e)))?;
         let [gateway_end, sandbox_end] = pair;
-        let events_fd = events.as_ref().map(File::as_raw_fd);
+        let events_fds: Vec<RawFd> = events.iter().map(File::as_raw_fd).collect();
         let mut command = Command::new(&setup.program);
         command.args(&setup.args).arg("--tun-socket").arg(gateway_end.to_string());
-        if let Some(fd) = events_fd {
+        for fd in &events_fds {
             command.arg("--events-fd").arg(fd.to_string());
         }
         command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
@@ -179,8 +183,8 @@ impl GatewayProcess {
                 {
                     return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                 }
-                // Keep exactly the two descriptors the gateway is told about across exec.
-                for fd in [Some(gateway_end), events_fd].into_iter().flatten() {
+                // Keep exactly the descriptors the gateway is told about across exec.
+                for &fd in std::iter::once(&gateway_end).chain(events_fds.iter()) {
                     if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }

@@ -2159,7 +2159,7 @@ mod tests {
         }
         println!("{}", report.summary(Requirement::Required, &Limits::default()));
         println!("probed in {elapsed:?}");
-        assert_eq!(report.checks.len(), 15);
+        assert_eq!(report.checks.len(), 16);
         assert!(report.probe_error.is_none(), "{:?}", report.probe_error);
     }
 }

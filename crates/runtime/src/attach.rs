@@ -20,6 +20,7 @@ use crate::failure::{self, errno_text};
 use crate::prepare::{prepare_sandbox, HostContext, PrepareError};
 use crate::sandbox::{self, RunOutcome};
 use crate::sys::{self, Errno};
+use crate::userns::{translate_id, IdSide};
 use crate::{landlock, userns};
 
 /// The running sandbox to enter, as its supervisor recorded it.
@@ -323,32 +324,22 @@ fn pidfd_open(pid: libc::pid_t) -> Result<RawFd, Errno> {
 fn host_ids_of(pid: libc::pid_t, uid: u32, gid: u32) -> Result<(u32, u32), AttachError> {
     let read =
         |file: &str| std::fs::read_to_string(format!("/proc/{pid}/{file}")).map_err(|e| AttachError::ReadIdMap(pid, e));
-    let host_uid = map_inside_id(&read("uid_map")?, uid).unwrap_or(u32::MAX);
-    let host_gid = map_inside_id(&read("gid_map")?, gid).unwrap_or(u32::MAX);
+    let host_uid = translate_id(&read("uid_map")?, uid, IdSide::Inside).unwrap_or(u32::MAX);
+    let host_gid = translate_id(&read("gid_map")?, gid, IdSide::Inside).unwrap_or(u32::MAX);
     Ok((host_uid, host_gid))
-}
-
-/// Looks `inside` up in a `/proc/PID/uid_map`-style text (inside, outside, count per line).
-pub fn map_inside_id(map: &str, inside: u32) -> Option<u32> {
-    map.lines().find_map(|line| {
-        let mut it = line.split_whitespace().map(|f| f.parse::<u64>().ok());
-        let (start, outside, count) = (it.next()??, it.next()??, it.next()??);
-        let id = u64::from(inside);
-        (id >= start && id < start + count).then(|| (outside + id - start) as u32)
-    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::map_inside_id;
+    use crate::userns::{translate_id, IdSide};
 
     #[test]
     fn inside_ids_map_through_each_line() {
         let map = "         0     100000      65536\n";
-        assert_eq!(map_inside_id(map, 0), Some(100000));
-        assert_eq!(map_inside_id(map, 1000), Some(101000));
-        assert_eq!(map_inside_id(map, 65536), None);
-        assert_eq!(map_inside_id("1000 1000 1\n", 1000), Some(1000));
-        assert_eq!(map_inside_id("1000 1000 1\n", 0), None);
+        assert_eq!(translate_id(map, 0, IdSide::Inside), Some(100000));
+        assert_eq!(translate_id(map, 1000, IdSide::Inside), Some(101000));
+        assert_eq!(translate_id(map, 65536, IdSide::Inside), None);
+        assert_eq!(translate_id("1000 1000 1\n", 1000, IdSide::Inside), Some(1000));
+        assert_eq!(translate_id("1000 1000 1\n", 0, IdSide::Inside), None);
     }
 }

@@ -140,3 +140,25 @@ pub fn hand_stdio_pipes_to(uid: u32, gid: u32) {
         }
     }
 }
+
+/// Translates `id` through a `/proc/PID/uid_map`-style text (inside, outside, count per line): an inside id to
+/// the host's with [`IdSide::Inside`], a host id to the sandbox's with [`IdSide::Outside`].
+pub fn translate_id(map: &str, id: u32, from: IdSide) -> Option<u32> {
+    map.lines().find_map(|line| {
+        let mut it = line.split_whitespace().map(|f| f.parse::<u64>().ok());
+        let (inside, outside, count) = (it.next()??, it.next()??, it.next()??);
+        let (start, target) = match from {
+            IdSide::Inside => (inside, outside),
+            IdSide::Outside => (outside, inside),
+        };
+        let id = u64::from(id);
+        (id >= start && id < start + count).then(|| (target + id - start) as u32)
+    })
+}
+
+/// Which side of a user namespace's id map an id given to [`translate_id`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdSide {
+    Inside,
+    Outside,
+}

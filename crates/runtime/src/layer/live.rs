@@ -30,6 +30,7 @@ use std::os::fd::RawFd;
 use crate::mounts::{self, OverlayFds};
 use crate::plan::MAX_FROZEN_LAYERS;
 use crate::sys::{self, Errno};
+use crate::userns::{translate_id, IdSide};
 
 /// How long processes have to stop after `SIGSTOP` (a process in a long uninterruptible system call).
 const STOP_WAIT_MS: u32 = 5000;
@@ -532,19 +533,11 @@ fn inside_ids_of(pid: libc::pid_t) -> Result<(u32, u32), String> {
             .ok_or_else(|| format!("status has no {key}"))
     };
     let (uid, gid) = (host_id("Uid:")?, host_id("Gid:")?);
-    let uid = map_outside_id(&read("uid_map")?, uid).ok_or_else(|| format!("host uid {uid} is not mapped"))?;
-    let gid = map_outside_id(&read("gid_map")?, gid).ok_or_else(|| format!("host gid {gid} is not mapped"))?;
+    let uid =
+        translate_id(&read("uid_map")?, uid, IdSide::Outside).ok_or_else(|| format!("host uid {uid} is not mapped"))?;
+    let gid =
+        translate_id(&read("gid_map")?, gid, IdSide::Outside).ok_or_else(|| format!("host gid {gid} is not mapped"))?;
     Ok((uid, gid))
-}
-
-/// Looks the host id `outside` up in a `/proc/PID/uid_map`-style text (inside, outside, count per line).
-pub fn map_outside_id(map: &str, outside: u32) -> Option<u32> {
-    map.lines().find_map(|line| {
-        let mut it = line.split_whitespace().map(|f| f.parse::<u64>().ok());
-        let (inside, start, count) = (it.next()??, it.next()??, it.next()??);
-        let id = u64::from(outside);
-        (id >= start && id < start + count).then(|| (inside + id - start) as u32)
-    })
 }
 
 #[cfg(test)]
@@ -554,11 +547,14 @@ mod tests {
     #[test]
     fn host_ids_map_back_inside() {
         let map = "         0 1879048192      65536\n";
-        assert_eq!(map_outside_id(map, 1_879_048_192), Some(0));
-        assert_eq!(map_outside_id(map, 1_879_048_192 + 1000), Some(1000));
-        assert_eq!(map_outside_id(map, 0), None);
-        assert_eq!(map_outside_id("0 1000 1\n", 1000), Some(0));
-        assert_eq!(map_outside_id("0 1879048192 1000\n1000 1001 1\n1001 1879049193 64535\n", 1001), Some(1000));
+        assert_eq!(translate_id(map, 1_879_048_192, IdSide::Outside), Some(0));
+        assert_eq!(translate_id(map, 1_879_048_192 + 1000, IdSide::Outside), Some(1000));
+        assert_eq!(translate_id(map, 0, IdSide::Outside), None);
+        assert_eq!(translate_id("0 1000 1\n", 1000, IdSide::Outside), Some(0));
+        assert_eq!(
+            translate_id("0 1879048192 1000\n1000 1001 1\n1001 1879049193 64535\n", 1001, IdSide::Outside),
+            Some(1000)
+        );
     }
 
     #[test]

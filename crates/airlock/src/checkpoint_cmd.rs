@@ -320,17 +320,23 @@ fn checkpoint_running(name: &str, label: Option<&str>) -> Result<i32> {
         }
         let _ = fs::remove_file(&created);
         let _ = fs::remove_dir(&aside);
-        let thawed = layer.live.thaw(&layer.workspace_c);
-        let e = e.context(format!("cannot checkpoint running sandbox {name} (nothing was changed)"));
-        return Err(match thawed {
-            Ok(()) => e,
-            Err(t) => e.context(format!("and its processes may still be stopped ({t}): airlock stop {name}")),
-        });
+        return Err(undone_and_thawed(&layer, name, "checkpoint", e));
     }
     remove_aside(&aside);
     crate::audit_cmd::record_checkpoint(name, &label, &frozen, Path::new(&layer.workspace));
     println!("checkpoint {label} of sandbox {name} (running: new commands see the workspace as it is)");
     Ok(0)
+}
+
+/// The error of a running checkpoint or rollback whose changes were undone: the sandbox's processes are
+/// continued, and if that fails too the error says how to recover.
+fn undone_and_thawed(layer: &RunningLayer, name: &str, action: &str, e: anyhow::Error) -> anyhow::Error {
+    let thawed = layer.live.thaw(&layer.workspace_c);
+    let e = e.context(format!("cannot {action} running sandbox {name} (nothing was changed)"));
+    match thawed {
+        Ok(()) => e,
+        Err(t) => e.context(format!("and its processes may still be stopped ({t}): airlock stop {name}")),
+    }
 }
 
 /// `airlock rollback` of a running sandbox: freeze, move upper, work and the newer checkpoints aside, fresh
@@ -380,12 +386,7 @@ fn rollback_running(name: &str, label: &str) -> Result<i32> {
             let _ = fs::rename(to, from);
         }
         let _ = fs::remove_dir(&aside);
-        let thawed = layer.live.thaw(&layer.workspace_c);
-        let e = e.context(format!("cannot roll back running sandbox {name} (nothing was changed)"));
-        return Err(match thawed {
-            Ok(()) => e,
-            Err(t) => e.context(format!("and its processes may still be stopped ({t}): airlock stop {name}")),
-        });
+        return Err(undone_and_thawed(&layer, name, "roll back", e));
     }
     remove_aside(&aside);
     println!("sandbox {name} rolled back to checkpoint {label} (running: new commands see the workspace as it was)");

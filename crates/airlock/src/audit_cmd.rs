@@ -621,14 +621,23 @@ pub fn human_line(line: &[u8]) -> String {
         "file_write" => {
             format!("write refused? {} {} (pid {})", s(&v["syscall"]), s(&v["file"]["path"]), v["process"]["pid"])
         }
-        "network" => format!(
-            "network {} {} {}:{} {}",
-            s(&v["decision"]),
-            s(&v["protocol"]),
-            s(&v["name"]),
-            v["port"],
-            s(&v["reason"])
-        ),
+        "network" => {
+            // `name (address):port`, each part only when the record has it (a refused DNS query has no port).
+            let mut destination = match (v["name"].as_str(), v["address"].as_str()) {
+                (Some(name), Some(address)) if name != address => format!("{name} ({address})"),
+                (Some(name), _) => name.to_string(),
+                (None, Some(address)) => address.to_string(),
+                (None, None) => "?".to_string(),
+            };
+            if let Some(port) = v["port"].as_u64() {
+                destination.push_str(&format!(":{port}"));
+            }
+            let bytes = match (v["bytes_out"].as_u64(), v["bytes_in"].as_u64()) {
+                (Some(out), Some(inn)) if out + inn > 0 => format!(" ({out} bytes out, {inn} in)"),
+                _ => String::new(),
+            };
+            format!("network {} {} {destination} {}{bytes}", s(&v["decision"]), s(&v["protocol"]), s(&v["reason"]))
+        }
         other => format!("{other} {}", text.trim_end()),
     };
     escape(&format!("{time} {body}"))
@@ -642,6 +651,25 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_records_read_as_a_timeline() {
+        let line = |v: Value| human_line(v.to_string().as_bytes());
+        let dns = json!({"time": "2026-11-29T12:00:01.000Z", "kind": "network", "protocol": "dns",
+            "name": "example.com", "address": null, "port": null, "decision": "denied",
+            "reason": "name not on the allow-list", "bytes_out": 0, "bytes_in": 0});
+        assert_eq!(line(dns), "12:00:01 network denied dns example.com name not on the allow-list");
+        let tls = json!({"time": "2026-11-29T12:00:02.000Z", "kind": "network", "protocol": "tls",
+            "name": "pypi.org", "address": "151.101.0.223", "port": 443, "decision": "allowed",
+            "reason": "allowed by pypi.org; closed", "bytes_out": 10, "bytes_in": 20});
+        assert_eq!(
+            line(tls),
+            "12:00:02 network allowed tls pypi.org (151.101.0.223):443 allowed by pypi.org; closed (10 bytes out, 20 in)"
+        );
+        let literal = json!({"time": "2026-11-29T12:00:03.000Z", "kind": "network", "protocol": "tcp",
+            "address": "192.0.2.1\u{1b}[2J", "port": 80, "decision": "denied", "reason": "not allowed"});
+        assert_eq!(line(literal), "12:00:03 network denied tcp 192.0.2.1\\u{1b}[2J:80 not allowed");
+    }
 
     #[test]
     fn learn_mode_reads_the_gateways_denials_and_suggests_a_valid_profile() {

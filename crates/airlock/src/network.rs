@@ -159,7 +159,11 @@ pub fn serve(args: NetGatewayArgs) -> Result<i32> {
             }
         }),
     };
-    netgw::serve_tun_blocking(tun, config).context("network gateway")?;
+    // The supervisor stops the gateway with SIGTERM once the sandbox is gone: taken as the stop signal, it ends
+    // the gateway in order, with a record for each connection still open (bytes each way so far).
+    let stop = runtime::gateway::stop_on_sigterm()?;
+    let options = netgw::GatewayOptions { stop: Some(stop), ..netgw::GatewayOptions::default() };
+    netgw::serve_tun_blocking_with(tun, config, options).context("network gateway")?;
     Ok(0)
 }
 

@@ -74,6 +74,8 @@ struct Servers {
     other: u16,
     tls: u16,
     udp: u16,
+    /// Reads 100 bytes, answers 1000, never closes.
+    hold: u16,
     log: PathBuf,
 }
 
@@ -109,7 +111,15 @@ impl Servers {
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let ports: serde_json::Value = serde_json::from_str(&line).expect("the servers' ports");
         let port = |k: &str| ports[k].as_u64().unwrap() as u16;
-        Servers { http: port("http"), other: port("other"), tls: port("tls"), udp: port("udp"), log, child }
+        Servers {
+            http: port("http"),
+            other: port("other"),
+            tls: port("tls"),
+            udp: port("udp"),
+            hold: port("hold"),
+            log,
+            child,
+        }
     }
 
     fn log(&self) -> String {
@@ -433,6 +443,35 @@ fn long_lived_sandbox_keeps_its_gateway_for_exec() {
     assert!(events.iter().all(|e| e["sandbox"] == sandbox.as_str()), "{events:#?}");
     assert!(events_for(&events, name, "allowed").len() >= 3, "{events:#?}");
     assert_no_gateway_left(&sandbox);
+}
+
+#[test]
+fn a_connection_open_when_the_sandbox_ends_is_recorded_with_its_bytes() {
+    require_network_tools!();
+    let name = "allowed-open-at-end.test";
+    let _hosts = HostNames::add(&[name]);
+    let dir = test_dir("net-open-at-end");
+    let servers = Servers::start(&dir);
+    let hold = servers.hold;
+    // The client moves 100 bytes out and 1000 in, then leaves the connection to a child that outlives the
+    // command; the sandbox's init kills it at the end. The server never closes its side: the relay is still open
+    // when the supervisor stops the gateway (SIGTERM), which must record it then.
+    let script = format!("python3 {CLIENT_INSIDE} hold held {name} {hold}");
+    let o = run_script(&dir, &[format!("{name}:{hold}")], &script);
+    assert_eq!(result(&ok(&o), "held"), "1000", "{}", stderr(&o));
+    let log = servers.log();
+    assert!(log.contains("hold got 100"), "{log}");
+
+    let events = audit_events(&dir);
+    let closed: Vec<_> = events_for(&events, name, "allowed").into_iter().filter(|e| e["protocol"] == "tcp").collect();
+    assert_eq!(closed.len(), 1, "one record for the connection: {events:#?}");
+    let e = closed[0];
+    assert_eq!(e["port"], hold, "{e}");
+    assert_eq!(e["address"], "127.0.0.1", "{e}");
+    assert_eq!((e["bytes_out"].as_u64(), e["bytes_in"].as_u64()), (Some(100), Some(1000)), "{e}");
+    let reason = e["reason"].as_str().unwrap();
+    assert_eq!(reason, format!("allowed by {name}:{hold}; still open when the sandbox ended, closed"));
+    assert_no_gateway_left(name);
 }
 
 #[test]

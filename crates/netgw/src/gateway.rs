@@ -21,6 +21,11 @@ use crate::filter::Filter;
 use crate::relay::{relay, ActiveGuard, RelayContext};
 use crate::rules::AllowList;
 
+/// How long the gateway's end waits for the open relays to record their close. They do so at their next poll,
+/// in microseconds; the limit only bounds a sink that blocks, well under the 2 s the supervisor grants between
+/// SIGTERM and SIGKILL.
+const RELAY_CLOSE_LIMIT: Duration = Duration::from_millis(500);
+
 /// What the gateway serves, for one sandbox.
 pub struct GatewayConfig {
     /// The sandbox's name, in every record.
@@ -37,7 +42,9 @@ pub struct GatewayOptions {
     /// The gateway stops when this fd becomes readable: the read end of a pipe whose write end the supervisor
     /// holds (closed when the sandbox ends, whatever way the supervisor exits), or a pidfd of the sandbox's init
     /// (readable when it exits). Needed because the TUN alone never signals the sandbox's end: the open TUN fd
-    /// keeps the sandbox's network namespace, and so the interface, alive.
+    /// keeps the sandbox's network namespace, and so the interface, alive. A signalfd works too (SIGTERM).
+    /// However the gateway ends, each connection still relayed is recorded as closed, with its bytes so far and
+    /// the reason "allowed by RULE; still open when the sandbox ended, closed".
     pub stop: Option<OwnedFd>,
     /// Resolve allowed names from this table instead of the host's resolver (/etc/hosts, /etc/resolv.conf).
     /// For embedding and for tests that must not edit the host's /etc/hosts.
@@ -131,6 +138,7 @@ pub async fn serve_tun(tun: OwnedFd, config: GatewayConfig, options: GatewayOpti
         names: names.clone(),
         recorder: recorder.clone(),
         deny_body_list: allow.describe(),
+        ending: tokio::sync::watch::channel(false).0,
     });
     let filter = Filter {
         allow,
@@ -186,6 +194,10 @@ pub async fn serve_tun(tun: OwnedFd, config: GatewayConfig, options: GatewayOpti
             },
         }
     };
+    // No new connection is taken from here on. The relays still open record their close with the bytes so far
+    // (the sink writes synchronously, so the records are written when this returns); without this, the
+    // connections open when the sandbox ended would never be recorded.
+    relays.end_relays(RELAY_CLOSE_LIMIT).await;
     pump_in.abort();
     pump_out.abort();
     stack_task.abort();

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 
 use crate::addr::is_synthetic;
@@ -29,6 +30,8 @@ const FIRST_DATA_WAIT_OTHER: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Copy buffer per direction.
 const COPY_BUFFER: usize = 64 * 1024;
+/// How a relay's record ends when the gateway stopped (the sandbox ended) while the connection was open.
+pub const SANDBOX_ENDED: &str = "still open when the sandbox ended, closed";
 
 /// Shared state of the relays.
 pub struct RelayContext {
@@ -36,6 +39,19 @@ pub struct RelayContext {
     pub names: Arc<Mutex<NameTable>>,
     pub recorder: Recorder,
     pub deny_body_list: String,
+    /// Set when the gateway stops (the sandbox ended). Every relay with an open host-side connection holds a
+    /// receiver while it copies: it records its close (with the bytes so far) as soon as this turns true and
+    /// then drops the receiver, so the gateway knows all those records are written once
+    /// [`watch::Sender::closed`] resolves.
+    pub ending: watch::Sender<bool>,
+}
+
+/// Resolves once the gateway is stopping.
+async fn gateway_ending(ending: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone, which cannot happen while a relay holds the context; never resolve then.
+    if ending.wait_for(|ending| *ending).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Counts a live relay for the connection limit while it exists.
@@ -113,6 +129,15 @@ impl RelayContext {
             body.len()
         )
         .into_bytes()
+    }
+
+    /// Tells the relays the gateway is stopping and waits (at most `limit`) until every relay that had a
+    /// host-side connection open has recorded its close.
+    pub async fn end_relays(&self, limit: Duration) {
+        // `send_replace`, not `send`: the value must change even when no relay is listening right now, so that
+        // a relay that connects during the wait sees it at once.
+        self.ending.send_replace(true);
+        let _ = timeout(limit, self.ending.closed()).await;
     }
 }
 
@@ -351,6 +376,9 @@ pub async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let _ = upstream.set_nodelay(true);
+    // Subscribed only now that the host-side connection is open: the gateway's stop waits for the relays that
+    // have something to record, not for those still waiting for first bytes or connecting (those are dropped).
+    let mut ending = ctx.ending.subscribe();
     let activity = Arc::new(Activity::new());
     let mut client = Watched { inner: client, activity: activity.clone() };
     let mut upstream = Counted { inner: upstream, read: 0, written: 0 };
@@ -367,6 +395,7 @@ pub async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
     let outcome = tokio::select! {
         result = copy => result,
         () = activity.idle_for(idle_timeout) => Err(Ended::Io(format!("idle for {}s, closed", idle_timeout.as_secs()))),
+        () = gateway_ending(&mut ending) => Err(Ended::Io(SANDBOX_ENDED.to_owned())),
     };
     let rule = &target.grant.rule;
     match outcome {
@@ -488,6 +517,7 @@ mod tests {
             names: Arc::new(Mutex::new(NameTable::default())),
             recorder: Recorder::new("t", Box::new(|_| {})),
             deny_body_list: "a.test, *.b.test:8443".into(),
+            ending: watch::channel(false).0,
         };
         let response = String::from_utf8(ctx.forbidden_response("evil.test")).unwrap();
         let body = "airlock: blocked by network policy: evil.test is not allowed (allowed: a.test, *.b.test:8443)\n";

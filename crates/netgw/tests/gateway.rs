@@ -4,7 +4,7 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{rule, HostServer, Sandbox};
 use netgw::GatewayOptions;
@@ -291,4 +291,42 @@ fn close_is_recorded_at_once_when_the_server_closes_first() {
     sb.wait_event("close", |e| e.protocol == "http" && e.decision == "allowed");
     // Not after the stack's TIME-WAIT (10 s): the relay does not wait for its socket's final close.
     assert!(start.elapsed() < Duration::from_secs(5), "the close was recorded after {:?}", start.elapsed());
+}
+
+#[test]
+fn connections_open_when_the_gateway_stops_are_recorded_with_their_bytes() {
+    require_root!();
+    let server = HostServer::start();
+    let mut sb = Sandbox::start(vec![rule("allowed.test", Some(server.port))], &[("allowed.test", LOOPBACK)]);
+    // Three connections echo 4 bytes each way, then stay open in a client left running in the background.
+    let out = std::path::Path::new(&sb.script()).with_file_name("held.txt");
+    let script =
+        format!("python3 {} hold allowed.test {} 3 30 >{} 2>&1 & echo $!", sb.script(), server.port, out.display());
+    let client = sb.sh_ok(&script).trim().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&out).unwrap_or_default().is_empty() {
+        assert!(Instant::now() < deadline, "the client did not report its connections");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "3 0\n");
+    assert!(sb.events().iter().all(|e| e.protocol != "tcp"), "nothing closed yet: {:#?}", sb.events());
+
+    let start = Instant::now();
+    match sb.end_sandbox(Duration::from_secs(10)) {
+        Some(Ok(())) => {}
+        other => panic!("the gateway did not end cleanly with its sandbox: {other:?}"),
+    }
+    let took = start.elapsed();
+    let _ = std::process::Command::new("kill").arg(&client).status();
+    let closed: Vec<_> = sb.events().into_iter().filter(|e| e.protocol == "tcp" && e.decision == "allowed").collect();
+    assert_eq!(closed.len(), 3, "{closed:#?}");
+    for e in &closed {
+        assert_eq!((e.bytes_out, e.bytes_in), (4, 4), "{e:?}");
+        assert_eq!(
+            e.reason,
+            format!("allowed by allowed.test:{}; still open when the sandbox ended, closed", server.port)
+        );
+    }
+    // Well within the 2 s the supervisor allows between SIGTERM and SIGKILL.
+    assert!(took < Duration::from_secs(1), "the gateway took {took:?} to end");
 }

@@ -51,6 +51,8 @@ pub enum GatewayError {
     ReceiveTun(String),
     #[error("the sandbox closed its socket before passing its TUN interface")]
     NoTun,
+    #[error("cannot take SIGTERM as the network gateway's stop signal: {0}")]
+    StopSignal(String),
 }
 
 /// The sandbox side of the gateway: the TUN interface's name and addresses.
@@ -220,7 +222,8 @@ impl GatewayProcess {
         self.child.id()
     }
 
-    /// Step 8: SIGTERM, then SIGKILL after [`STOP_GRACE`]; reaps the process.
+    /// Step 8: SIGTERM, then SIGKILL after [`STOP_GRACE`]; reaps the process. The gateway takes SIGTERM as its
+    /// orderly stop ([`stop_on_sigterm`]): it records the connections still open, then exits, in milliseconds.
     pub fn stop(mut self) {
         self.terminate();
     }
@@ -295,4 +298,29 @@ pub fn receive_tun(socket: &OwnedFd) -> Result<OwnedFd, GatewayError> {
     let tun = unsafe { OwnedFd::from_raw_fd(fd) };
     sys::write_all(socket.as_raw_fd(), b"1").map_err(|e| GatewayError::ReceiveTun(errno_text(e)))?;
     Ok(tun)
+}
+
+/// In the gateway process: blocks SIGTERM and returns a signalfd that becomes readable once SIGTERM is pending,
+/// to pass as `netgw::GatewayOptions::stop`. The supervisor's SIGTERM ([`GatewayProcess::stop`]) then ends the
+/// gateway in order, recording the connections still open, instead of killing it mid-connection.
+///
+/// Call while the process is still single-threaded (before the gateway's async runtime starts): threads
+/// inherit the blocked mask, and a thread without it would take SIGTERM's default action, death, instead.
+/// Call after [`receive_tun`]: a SIGTERM while waiting for the TUN still ends the process at once.
+pub fn stop_on_sigterm() -> Result<OwnedFd, GatewayError> {
+    // SAFETY: the sigset is initialised by sigemptyset before sigaddset, pthread_sigmask and signalfd read it;
+    // the old-mask pointer may be null.
+    let fd = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let ret = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if ret != 0 {
+            return Err(GatewayError::StopSignal(errno_text(ret)));
+        }
+        sys::check_fd(libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) as libc::c_long)
+            .map_err(|e| GatewayError::StopSignal(errno_text(e)))?
+    };
+    // SAFETY: signalfd just returned this new descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

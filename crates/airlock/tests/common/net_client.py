@@ -6,11 +6,15 @@
 #   udp LABEL HOST PORT                 one datagram; "reply" or "noreply"
 #   dns LABEL SERVER NAME               an A query for NAME to SERVER:53; "answer", "refused" or "noanswer"
 #   fuzz LABEL HOST PORT                hostile DNS, UDP and TCP garbage at the gateway; "done"
+#   hold LABEL HOST PORT                to the "hold" server: 100 bytes out, 1000 back ("LABEL: N" bytes received),
+#                                       then the connection stays open in a forked child that outlives this
+#                                       command (until the sandbox's init kills it)
 import os
 import random
 import socket
 import struct
 import sys
+import time
 
 
 def result(label, text):
@@ -124,8 +128,30 @@ def fuzz(label, host, port):
     result(label, "done")
 
 
+def hold(label, host, port):
+    s = socket.create_connection((host, int(port)), timeout=5)
+    s.sendall(b"\0" * 100)
+    got = b""
+    while len(got) < 1000:
+        chunk = s.recv(1000 - len(got))
+        if not chunk:
+            break
+        got += chunk
+    result(label, str(len(got)))
+    if os.fork() == 0:
+        time.sleep(60)
+        os._exit(0)
+
+
 args = sys.argv[1:]
-commands = {"resolve": (resolve, 2), "get": (get, 4), "udp": (udp, 3), "dns": (dns, 3), "fuzz": (fuzz, 3)}
+commands = {
+    "resolve": (resolve, 2),
+    "get": (get, 4),
+    "udp": (udp, 3),
+    "dns": (dns, 3),
+    "fuzz": (fuzz, 3),
+    "hold": (hold, 3),
+}
 while args:
     name = args.pop(0)
     fn, n = commands[name]

@@ -2,7 +2,11 @@
 # HTTPS server with a self-signed certificate, and a UDP echo server. Every connection, TLS server name, request
 # and datagram is logged, one line each, so a test can prove what never reached the host.
 #
-# usage: net_servers.py LOG CERT KEY     prints {"http": P, "other": P, "tls": P, "udp": P} then serves forever.
+# The "hold" server reads HOLD_IN bytes, answers HOLD_OUT bytes, and then never closes the connection (not even
+# when the client does): a connection that stays open until airlock ends it.
+#
+# usage: net_servers.py LOG CERT KEY     prints {"http": P, "other": P, "tls": P, "udp": P, "hold": P} then
+#                                        serves forever.
 import http.server
 import json
 import socket
@@ -76,6 +80,43 @@ def echo():
 
 
 threading.Thread(target=echo, daemon=True).start()
-ports = {"http": serve("http"), "other": serve("other"), "tls": serve("tls", tls), "udp": udp.getsockname()[1]}
+
+HOLD_IN, HOLD_OUT = 100, 1000
+held = []
+hold = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+hold.bind(("127.0.0.1", 0))
+hold.listen(16)
+
+
+def hold_one(conn):
+    got = b""
+    while len(got) < HOLD_IN:
+        chunk = conn.recv(HOLD_IN - len(got))
+        if not chunk:
+            break
+        got += chunk
+    log(f"hold got {len(got)}")
+    conn.sendall(b"y" * HOLD_OUT)
+    while conn.recv(65536):
+        pass
+    log("hold eof")
+    held.append(conn)  # kept open, never closed
+
+
+def hold_serve():
+    while True:
+        conn, _ = hold.accept()
+        log("accept hold")
+        threading.Thread(target=hold_one, args=(conn,), daemon=True).start()
+
+
+threading.Thread(target=hold_serve, daemon=True).start()
+ports = {
+    "http": serve("http"),
+    "other": serve("other"),
+    "tls": serve("tls", tls),
+    "udp": udp.getsockname()[1],
+    "hold": hold.getsockname()[1],
+}
 print(json.dumps(ports), flush=True)
 threading.Event().wait()

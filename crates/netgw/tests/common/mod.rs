@@ -115,7 +115,8 @@ impl Sandbox {
         }
         options.hosts = Some(table);
         // The supervisor's side of the stop pipe: closing it ends the gateway.
-        let (stop, stop_writer) = rustix::pipe::pipe().expect("pipe");
+        // Close-on-exec: a client left running inside must not hold the write end open.
+        let (stop, stop_writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe");
         options.stop = Some(stop);
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();

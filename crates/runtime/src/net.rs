@@ -92,7 +92,10 @@ fn named_ifreq(name: &[u8; libc::IFNAMSIZ]) -> libc::ifreq {
 pub fn create_gateway_interface(tun: RawFd, plan: &TunPlan) -> Result<(), ChildFailure> {
     let fail = |step| move |errno| ChildFailure { step, errno, index: 0 };
     let mut ifr = named_ifreq(&plan.name);
-    ifr.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    // IFF_VNET_HDR: each packet carries a virtio_net_hdr, through which the gateway marks its TCP segments as
+    // checksummed (netgw's device.rs); the gateway reads and writes with that header, so this flag and netgw go
+    // together.
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
     // SAFETY: TUNSETIFF reads (and writes back the name into) a live ifreq.
     sys::check(unsafe { libc::ioctl(tun, libc::TUNSETIFF, &mut ifr as *mut libc::ifreq) } as libc::c_long)
         .map_err(fail(Step::CreateTunInterface))?;

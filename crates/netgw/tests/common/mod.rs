@@ -43,7 +43,7 @@ macro_rules! require_root {
 const HELPER: &str = r#"
 import fcntl, os, socket, struct, subprocess, sys
 fd = os.open('/dev/net/tun', os.O_RDWR)
-fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', b'airlock0', 0x0001 | 0x1000))  # TUNSETIFF, IFF_TUN|IFF_NO_PI
+fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', b'airlock0', 0x0001 | 0x1000 | 0x4000))  # TUNSETIFF, IFF_TUN|IFF_NO_PI|IFF_VNET_HDR
 def ip(*args):
     subprocess.run(['ip', *args], check=True)
 ip('link', 'set', 'lo', 'up')

@@ -431,6 +431,18 @@ impl<'a> Commit<'a> {
         Ok(Some((meta.uid, meta.gid)))
     }
 
+    /// What writing one entry starts from: its host path (for messages), its path in the layer, and the layer
+    /// directory holding it (reached one descriptor at a time; gone since the walk: ENOENT).
+    fn host_and_upper(&self, change: &Change) -> Result<(PathBuf, PathBuf, OwnedFd), CommitError> {
+        let rel = &change.raw_path;
+        let upper_path = self.paths.upper.join(rel);
+        let Some(upper) = self.upper_parent(change)? else {
+            let source = io::Error::from_raw_os_error(libc::ENOENT);
+            return Err(CommitError::ReadUpper { path: upper_path, source });
+        };
+        Ok((self.host_path(rel), upper_path, upper))
+    }
+
     fn write_file(
         &mut self,
         change: &Change,
@@ -438,11 +450,8 @@ impl<'a> Commit<'a> {
         name: &CStr,
         host: Option<&Meta>,
     ) -> Result<(), CommitError> {
-        let rel = &change.raw_path;
-        let path = self.host_path(rel);
-        let upper_path = self.paths.upper.join(rel);
+        let (path, upper_path, upper) = self.host_and_upper(change)?;
         let read_err = |source: io::Error| CommitError::ReadUpper { path: upper_path.clone(), source };
-        let upper = self.upper_parent(change)?.ok_or_else(|| read_err(io::Error::from_raw_os_error(libc::ENOENT)))?;
         let src = open_at(upper.as_fd(), name, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY).map_err(read_err)?;
         let src_meta = fstat(src.as_fd()).map_err(read_err)?;
         if src_meta.entry_type() != EntryType::File {
@@ -482,11 +491,8 @@ impl<'a> Commit<'a> {
         name: &CStr,
         host: Option<&Meta>,
     ) -> Result<(), CommitError> {
-        let rel = &change.raw_path;
-        let path = self.host_path(rel);
-        let upper_path = self.paths.upper.join(rel);
+        let (path, upper_path, upper) = self.host_and_upper(change)?;
         let read_err = |source: io::Error| CommitError::ReadUpper { path: upper_path.clone(), source };
-        let upper = self.upper_parent(change)?.ok_or_else(|| read_err(io::Error::from_raw_os_error(libc::ENOENT)))?;
         let target = readlink_at(upper.as_fd(), name).map_err(read_err)?;
         let target = CString::new(target).map_err(|_| read_err(io::Error::from_raw_os_error(libc::EINVAL)))?;
         let owner = self.owner(dir, host, path.parent().unwrap_or(&path))?;

@@ -17,6 +17,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
@@ -395,19 +396,10 @@ fn rollback_running(name: &str, label: &str) -> Result<i32> {
 
 /// `2026-11-29 21:40:07` (UTC) for a unix time.
 fn utc_time(unix: f64) -> String {
-    let secs = unix.max(0.0) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    let since = Duration::try_from_secs_f64(unix.max(0.0)).unwrap_or(Duration::MAX);
+    // Past what SystemTime holds: far enough that the formatter prints its last date.
+    let time = UNIX_EPOCH.checked_add(since).unwrap_or_else(|| UNIX_EPOCH + Duration::from_secs(u64::MAX / 4));
+    audit::time::format_utc_seconds(time)
 }
 
 #[cfg(test)]
@@ -419,5 +411,6 @@ mod tests {
         assert_eq!(utc_time(0.0), "1970-01-01 00:00:00");
         assert_eq!(utc_time(1_798_580_407.5), "2026-12-29 21:40:07");
         assert_eq!(utc_time(951_782_400.0), "2000-02-29 00:00:00");
+        assert_eq!(utc_time(f64::MAX), "9999-12-31 23:59:59");
     }
 }

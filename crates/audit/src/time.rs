@@ -1,7 +1,10 @@
-//! Timestamps: RFC 3339 in UTC with milliseconds (`2026-11-29T12:00:01.250Z`), computed from the epoch without a
-//! calendar crate.
+//! Timestamps in UTC, formatted by `humantime` (the calendar arithmetic is its, not ours): RFC 3339 with
+//! milliseconds for records (`2026-11-29T12:00:01.250Z`), and a plain form for people (`2026-11-29 12:00:01`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The last second `humantime` formats (the end of year 9999): later times print as it.
+const LAST_FORMATTABLE_SECOND: u64 = 253_402_300_799;
 
 /// Now, as an RFC 3339 UTC string with milliseconds.
 pub fn now_rfc3339() -> String {
@@ -10,28 +13,19 @@ pub fn now_rfc3339() -> String {
 
 /// `t` as an RFC 3339 UTC string with milliseconds. Times before 1970 print as the epoch.
 pub fn format_rfc3339(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let millis = since.subsec_millis();
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, (rem / 60) % 60, rem % 60)
+    humantime::format_rfc3339_millis(formattable(t)).to_string()
 }
 
-/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
-/// calendar.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+/// `t` as `YYYY-MM-DD HH:MM:SS` (UTC, whole seconds), for human output. Times before 1970 print as the epoch.
+pub fn format_utc_seconds(t: SystemTime) -> String {
+    let mut text = humantime::format_rfc3339_seconds(formattable(t)).to_string();
+    text.pop(); // the `Z`
+    text.replacen('T', " ", 1)
+}
+
+/// `t` within what `humantime` formats (it panics before the epoch and fails after year 9999).
+fn formattable(t: SystemTime) -> SystemTime {
+    t.clamp(UNIX_EPOCH, UNIX_EPOCH + Duration::from_secs(LAST_FORMATTABLE_SECOND))
 }
 
 #[cfg(test)]
@@ -44,5 +38,8 @@ mod tests {
         assert_eq!(format_rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_rfc3339(UNIX_EPOCH + Duration::from_millis(951_782_400_250)), "2000-02-29T00:00:00.250Z");
         assert_eq!(format_rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_954_801)), "2026-11-29T12:20:01.000Z");
+        assert_eq!(format_rfc3339(UNIX_EPOCH - Duration::from_secs(1)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_utc_seconds(UNIX_EPOCH + Duration::from_millis(1_795_954_801_750)), "2026-11-29 12:20:01");
+        assert_eq!(format_utc_seconds(UNIX_EPOCH + Duration::from_secs(u64::MAX / 4)), "9999-12-31 23:59:59");
     }
 }

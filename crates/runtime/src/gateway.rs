@@ -117,7 +117,10 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Step 2: opens the events file, makes the socket pair, starts the gateway.
     pub fn start(setup: &GatewaySetup) -> Result<GatewayProcess, GatewayError> {
-        // Read and append: the first file is the hash-chained audit log, whose writers read its tail.
+        // Read and append: the first file is the hash-chained audit log, whose writers read its tail. Opened
+        // anew rather than handed a duplicate of the supervisor's descriptor: writers exclude each other with
+        // `flock`, which belongs to the open file description, so a shared one would not exclude at all (tried:
+        // interleaved appends broke lines).
         let events = setup
             .events
             .iter()

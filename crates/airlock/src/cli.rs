@@ -103,6 +103,8 @@ pub enum Command {
         #[arg(long, conflicts_with_all = ["follow", "json"])]
         verify: bool,
     },
+    /// The API daemon: agent programs create sandboxes, run commands and move files through it (HTTP, JSON).
+    Serve(crate::serve_cmd::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,6 +10,7 @@ mod network;
 mod profile_cmd;
 mod run;
 mod sandboxes_cmd;
+mod serve_cmd;
 mod state;
 mod stats_cmd;
 mod workspace_cmd;
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
         Command::Checkpoints { name, json } => checkpoint_cmd::list(&name, json),
         Command::Rollback { name, label } => checkpoint_cmd::rollback(&name, &label),
         Command::Logs { name, follow, json, verify } => audit_cmd::logs(&name, follow, json, verify),
+        Command::Serve(args) => serve_cmd::serve(args),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_SETUP_FAILED)),

@@ -1,0 +1,67 @@
+//! `airlock serve`: flags into the daemon crate's configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The Unix socket (default: /run/airlock/airlock.sock as root, $XDG_RUNTIME_DIR/airlock/airlock.sock
+    /// otherwise).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Also listen on a TCP address; needs --token-file (clients send `Authorization: Bearer TOKEN`).
+    #[arg(long, value_name = "ADDR:PORT", requires = "token_file")]
+    pub listen: Option<SocketAddr>,
+    /// The file holding the token for --listen (its first line).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Where sandboxes keep state (default: airlock's state directory, as for the CLI).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The most sandboxes this daemon keeps at once (pooled ones included); more is answered 429.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_sandboxes: usize,
+    /// The most commands running at once through this daemon; more is answered 429.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_execs: usize,
+}
+
+pub fn serve(args: ServeArgs) -> Result<i32> {
+    let token = match &args.token_file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let token = text.lines().next().unwrap_or("").trim().to_string();
+            if token.len() < 16 {
+                bail!("the token in {} is shorter than 16 characters; use a long random one", file.display());
+            }
+            Some(token)
+        }
+        None => None,
+    };
+    if args.max_sandboxes == 0 || args.max_execs == 0 {
+        bail!("--max-sandboxes and --max-execs must be at least 1");
+    }
+    let state_dir = match args.state_dir {
+        Some(dir) => std::path::absolute(&dir).with_context(|| format!("--state-dir {}", dir.display()))?,
+        None => crate::state::state_dir(),
+    };
+    // Only --listen: no socket unless asked for.
+    let socket = match (args.socket, args.listen) {
+        (Some(path), _) => Some(path),
+        (None, Some(_)) => None,
+        (None, None) => Some(daemon::server::default_socket()),
+    };
+    let config = daemon::ServeConfig {
+        socket,
+        listen: args.listen,
+        token,
+        state_dir,
+        exe: std::env::current_exe().context("cannot find airlock's own executable")?,
+        limits: daemon::api::Limits { max_sandboxes: args.max_sandboxes, max_execs: args.max_execs },
+    };
+    daemon::serve(config)?;
+    Ok(0)
+}

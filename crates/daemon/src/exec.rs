@@ -1,0 +1,377 @@
+//! `POST /v1/sandboxes/{name}/exec`: a command in a running sandbox, by `airlock exec` (same namespaces, limits,
+//! Landlock, seccomp and audit records as the CLI's).
+//!
+//! Two answers: wait for the end and answer one JSON object, or (`Accept: application/x-ndjson`) one JSON line
+//! per event as it happens. Either way the command's end is its own process's exit: a background process it
+//! left holding the output pipes does not keep the answer open (the output already written is read for a short
+//! grace, then the pipes are let go), and a streaming client that disconnects does not kill anything: the
+//! command runs on, its output drained and dropped.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::api::{owned, parse_body, running_init, wants_ndjson, Shared};
+use crate::error::{ApiError, ApiResult, Code};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    pub cmd: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub stdin: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// Each stream's bytes kept for a wait-for-result answer; beyond, the rest is read and dropped (`truncated`).
+const MAX_CAPTURE: usize = 16 << 20;
+/// How long output already written is still read after the command's process exited (see the module doc).
+const DRAIN_GRACE: Duration = Duration::from_millis(250);
+/// How long past its `--timeout` an `airlock exec` gets to kill its command and exit before the daemon kills it.
+const TIMEOUT_SLACK: Duration = Duration::from_secs(10);
+
+impl ExecRequest {
+    fn check(&self) -> ApiResult<Option<Duration>> {
+        let Some(program) = self.cmd.first() else {
+            return Err(ApiError::bad_request("cmd: needs at least the program"));
+        };
+        if program.is_empty() {
+            return Err(ApiError::bad_request("cmd: the program is empty"));
+        }
+        let total: usize = self.cmd.iter().map(String::len).sum();
+        if self.cmd.iter().any(|a| a.contains('\0')) || total > 1 << 20 {
+            return Err(ApiError::bad_request("cmd: an argument holds a NUL byte, or the command is over 1 MiB"));
+        }
+        for (key, value) in &self.env {
+            policy::names::validate_env_key(key).map_err(|e| ApiError::bad_request(format!("env: {e}")))?;
+            policy::names::validate_env_value(value).map_err(|e| ApiError::bad_request(format!("env: {e}")))?;
+        }
+        if let Some(cwd) = &self.cwd {
+            policy::names::validate_absolute_path(cwd).map_err(|e| ApiError::bad_request(format!("cwd: {e}")))?;
+        }
+        self.timeout
+            .as_deref()
+            .map(policy::units::parse_duration)
+            .transpose()
+            .map_err(|e| ApiError::bad_request(format!("timeout: {e}")))
+    }
+}
+
+/// The environment file handed to `airlock exec --env-file` (values never on a command line, where other host
+/// users could read them); removed when the exec ends.
+struct EnvFile(std::path::PathBuf);
+
+impl EnvFile {
+    fn write(dir: &std::path::Path, env: &BTreeMap<String, String>) -> ApiResult<Option<EnvFile>> {
+        if env.is_empty() {
+            return Ok(None);
+        }
+        let mut bytes = [0u8; 8];
+        let _ = rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty());
+        let path = dir.join(format!("env-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+        let mut text = String::new();
+        for (k, v) in env {
+            // validate_env_value refused newlines, so each variable is one line.
+            text.push_str(&format!("{k}={v}\n"));
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| ApiError::internal(format!("cannot write {}: {e}", path.display())))?;
+        file.write_all(text.as_bytes())
+            .map_err(|e| ApiError::internal(format!("cannot write {}: {e}", path.display())))?;
+        Ok(Some(EnvFile(path)))
+    }
+}
+
+impl Drop for EnvFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+pub async fn exec(
+    State(app): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: ExecRequest = parse_body(&body)?;
+    let timeout = req.check()?;
+    let entry = owned(&app, &name)?;
+    running_init(&app, &name)?;
+    let shared = entry.lock.share(&name)?;
+    let permit = app.execs.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            Code::Limit,
+            format!("{} execs run in this daemon, its limit (--max-execs)", app.limits.max_execs),
+        )
+    })?;
+    let env_dir = app.engine.state_dir.join("daemon");
+    let env_file = EnvFile::write(&env_dir, &req.env)?;
+    let mut args: Vec<OsString> = vec!["exec".into()];
+    if let Some(file) = &env_file {
+        args.push(format!("--env-file={}", file.0.display()).into());
+    }
+    if let Some(cwd) = &req.cwd {
+        args.push(format!("--cwd={cwd}").into());
+    }
+    if let Some(t) = &req.timeout {
+        args.push(format!("--timeout={t}").into());
+    }
+    args.push(name.clone().into());
+    args.push("--".into());
+    args.extend(req.cmd.iter().map(OsString::from));
+    let mut cmd = app.engine.command(&args);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    if req.stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let started = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| ApiError::internal(format!("cannot start airlock exec: {e}")))?;
+    let pid = child.id();
+    if let (Some(text), Some(mut pipe)) = (req.stdin, child.stdin.take()) {
+        // Fed beside the output readers: a command that fills its output before reading all its input must not
+        // deadlock against us.
+        tokio::spawn(async move {
+            let _ = pipe.write_all(text.as_bytes()).await;
+        });
+    }
+    let (tx, mut rx) = mpsc::channel::<Event>(64);
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(read_into(out, Stream::Stdout, tx.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(read_into(err, Stream::Stderr, tx.clone()));
+    }
+    drop(tx);
+    // The exec runs in its own task, whatever happens to the client: it owns the child, the sandbox's shared
+    // lock, the exec permit and the environment file until the command's process has exited.
+    let (events_tx, events_rx) = mpsc::channel::<Event>(64);
+    tokio::spawn(async move {
+        let _held = (shared, permit, env_file);
+        let deadline = timeout.map(|t| t + TIMEOUT_SLACK);
+        let status = async {
+            match deadline {
+                Some(d) => match tokio::time::timeout(d, child.wait()).await {
+                    Ok(status) => status.ok(),
+                    Err(_) => {
+                        let _ = child.kill().await;
+                        child.wait().await.ok()
+                    }
+                },
+                None => child.wait().await.ok(),
+            }
+        };
+        tokio::pin!(status);
+        let mut exited = None;
+        let mut drain_until: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                s = &mut status, if exited.is_none() => {
+                    exited = Some(s);
+                    drain_until = Some(tokio::time::Instant::now() + DRAIN_GRACE);
+                }
+                ev = rx.recv() => match ev {
+                    Some(ev) => { let _ = events_tx.send(ev).await; }
+                    None => if exited.is_some() { break } else {
+                        // Both pipes closed before the exit: wait for it.
+                        exited = Some((&mut status).await);
+                        break;
+                    },
+                },
+                _ = sleep_until(drain_until) => break,
+            }
+        }
+        let status = exited.flatten();
+        let code = status.and_then(|s| s.code()).unwrap_or_else(|| {
+            128 + std::os::unix::process::ExitStatusExt::signal(&status.unwrap_or_default()).unwrap_or(9)
+        });
+        let _ = events_tx.send(Event::Exit { code, duration: started.elapsed() }).await;
+    });
+    if wants_ndjson(&headers) {
+        Ok(stream_answer(pid, events_rx))
+    } else {
+        Ok(wait_answer(events_rx).await.into_response())
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug)]
+enum Event {
+    Output(Stream, Vec<u8>),
+    Exit { code: i32, duration: Duration },
+}
+
+async fn read_into(mut from: impl AsyncRead + Unpin, stream: Stream, to: mpsc::Sender<Event>) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if to.send(Event::Output(stream, buf[..n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// `airlock exec --timeout` exits 124 when the command ran out of time.
+const EXIT_TIMED_OUT: i32 = 124;
+
+async fn wait_answer(mut events: mpsc::Receiver<Event>) -> axum::Json<Value> {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let mut truncated = false;
+    let mut end = None;
+    while let Some(ev) = events.recv().await {
+        match ev {
+            Event::Output(stream, data) => {
+                let buf = if stream == Stream::Stdout { &mut out } else { &mut err };
+                let room = MAX_CAPTURE.saturating_sub(buf.len());
+                truncated |= data.len() > room;
+                buf.extend_from_slice(&data[..data.len().min(room)]);
+            }
+            Event::Exit { code, duration } => end = Some((code, duration)),
+        }
+    }
+    let (code, duration) = end.unwrap_or((-1, Duration::ZERO));
+    let mut answer = json!({
+        "exit_code": code,
+        "duration_ms": duration.as_millis() as u64,
+        "timed_out": code == EXIT_TIMED_OUT,
+        "truncated": truncated,
+    });
+    put_text(&mut answer, "stdout", out);
+    put_text(&mut answer, "stderr", err);
+    axum::Json(answer)
+}
+
+/// `key` as text when the bytes are UTF-8, else `key_b64` (and `key` empty).
+fn put_text(answer: &mut Value, key: &str, bytes: Vec<u8>) {
+    match String::from_utf8(bytes) {
+        Ok(text) => answer[key] = Value::String(text),
+        Err(e) => {
+            answer[key] = Value::String(String::new());
+            answer[format!("{key}_b64")] =
+                Value::String(base64::engine::general_purpose::STANDARD.encode(e.into_bytes()));
+        }
+    }
+}
+
+fn stream_answer(pid: Option<u32>, mut events: mpsc::Receiver<Event>) -> Response {
+    let first = json!({ "type": "started", "pid": pid });
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        let line = |v: Value| {
+            let mut text = v.to_string();
+            text.push('\n');
+            Bytes::from(text)
+        };
+        // A client gone: sends fail and are ignored; the events are still drained so the exec task never blocks.
+        let _ = tx.send(line(first)).await;
+        let mut pending: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+        while let Some(ev) = events.recv().await {
+            let value = match ev {
+                Event::Output(stream, data) => {
+                    let slot = &mut pending[stream as usize];
+                    slot.extend_from_slice(&data);
+                    let Some(v) = output_line(stream, slot) else { continue };
+                    v
+                }
+                Event::Exit { code, duration } => {
+                    for stream in [Stream::Stdout, Stream::Stderr] {
+                        let rest = std::mem::take(&mut pending[stream as usize]);
+                        if !rest.is_empty() {
+                            let _ = tx.send(line(raw_line(stream, rest))).await;
+                        }
+                    }
+                    json!({ "type": "exit", "exit_code": code, "timed_out": code == EXIT_TIMED_OUT,
+                            "duration_ms": duration.as_millis() as u64 })
+                }
+            };
+            let _ = tx.send(line(value)).await;
+        }
+    });
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx)) });
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response()
+}
+
+fn kind(stream: Stream) -> &'static str {
+    match stream {
+        Stream::Stdout => "stdout",
+        Stream::Stderr => "stderr",
+    }
+}
+
+/// The UTF-8 text in `pending` as one event, keeping a character cut at the chunk's end for the next one. Bytes
+/// that are not UTF-8 go as `data_b64`.
+fn output_line(stream: Stream, pending: &mut Vec<u8>) -> Option<Value> {
+    match std::str::from_utf8(pending) {
+        Ok(_) => Some(raw_line(stream, std::mem::take(pending))),
+        Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => {
+            let rest = pending.split_off(e.valid_up_to());
+            let text = std::mem::replace(pending, rest);
+            Some(raw_line(stream, text))
+        }
+        Err(e) if e.error_len().is_none() => None,
+        Err(_) => Some(raw_line(stream, std::mem::take(pending))),
+    }
+}
+
+fn raw_line(stream: Stream, bytes: Vec<u8>) -> Value {
+    match String::from_utf8(bytes) {
+        Ok(text) => json!({ "type": kind(stream), "data": text }),
+        Err(e) => json!({ "type": kind(stream), "data": "",
+                          "data_b64": base64::engine::general_purpose::STANDARD.encode(e.into_bytes()) }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_character_cut_between_chunks_waits_for_its_rest() {
+        let mut pending = "é".as_bytes()[..1].to_vec();
+        assert!(output_line(Stream::Stdout, &mut pending).is_none());
+        pending.extend_from_slice(&"é".as_bytes()[1..]);
+        assert_eq!(output_line(Stream::Stdout, &mut pending).unwrap()["data"], "é");
+        let mut bad = vec![0xff, b'a'];
+        assert!(output_line(Stream::Stderr, &mut bad).unwrap().get("data_b64").is_some());
+    }
+}

@@ -1,0 +1,61 @@
+//! The daemon's background work: keeping each warm pool at its size, and stopping sandboxes whose lifetime ran
+//! out.
+
+use std::time::Duration;
+
+use crate::api::{create_sandbox, remove_sandbox, Shared};
+use crate::store::{now, CliRecord};
+
+/// How often lifetimes are checked (and pools looked at without a wake-up).
+const TICK: Duration = Duration::from_millis(500);
+
+/// Refills pools until the daemon ends. One sandbox at a time: setting one up uses the whole of a small
+/// machine's CPU for a moment, and a create from a client must not queue behind a burst of refills.
+pub async fn keep_pools_filled(app: Shared) {
+    loop {
+        let mut made_one = false;
+        if let Ok(pools) = app.store.pools() {
+            for pool in pools {
+                if app.registry.pooled(&pool.name) >= pool.size {
+                    continue;
+                }
+                match create_sandbox(&app, pool.sandbox.clone(), Some(&pool.name)).await {
+                    Ok(record) => {
+                        made_one = true;
+                        // The pool was deleted while this one was being set up: it has no pool to wait in.
+                        let still = app.store.pools().is_ok_and(|p| p.iter().any(|p| p.name == pool.name));
+                        if !still {
+                            let _ = remove_sandbox(&app, &record.name, false).await;
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("airlock: pool {}: cannot set up a sandbox: {}", pool.name, e.message);
+                    }
+                }
+            }
+        }
+        if !made_one {
+            let _ = tokio::time::timeout(TICK * 4, app.pools_changed.notified()).await;
+        }
+    }
+}
+
+/// Stops each sandbox whose lifetime ran out. It is stopped, not removed: what it changed in its workspace stays
+/// for `diff` and `commit` until a client deletes it.
+pub async fn stop_expired(app: Shared) {
+    loop {
+        tokio::time::sleep(TICK).await;
+        let t = now();
+        for entry in app.registry.all() {
+            let Some(expires) = entry.record.expires_at else { continue };
+            if expires > t || entry.creating {
+                continue;
+            }
+            let running =
+                CliRecord::read(&app.engine.state_dir, &entry.record.name).and_then(|r| r.running_init()).is_some();
+            if running {
+                let _ = remove_sandbox(&app, &entry.record.name, true).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Starting the daemon: its state, the sandboxes it had before a restart, its listeners and background work.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::Semaphore;
+
+use crate::api::{self, App, Limits};
+use crate::engine::Engine;
+use crate::error::{ApiError, Code};
+use crate::registry::Registry;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The Unix socket; none when only `listen` is asked for.
+    pub socket: Option<PathBuf>,
+    /// A TCP address, which needs `token`.
+    pub listen: Option<SocketAddr>,
+    pub token: Option<String>,
+    pub state_dir: PathBuf,
+    pub exe: PathBuf,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "--listen needs --token-file: a TCP address without a token would let anyone who can reach it run commands"
+    )]
+    ListenWithoutToken,
+    #[error("cannot start the daemon's async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot create the socket's directory {path}: {source}")]
+    SocketDir { path: PathBuf, source: std::io::Error },
+    #[error("another daemon listens on {0} already")]
+    SocketInUse(PathBuf),
+    #[error("cannot listen on {what}: {source}")]
+    Listen { what: String, source: std::io::Error },
+    #[error("cannot set the permissions of {path}: {source}")]
+    SocketMode { path: PathBuf, source: std::io::Error },
+    #[error("the server on {what} failed: {source}")]
+    Serve { what: String, source: std::io::Error },
+}
+
+/// The default socket: `/run/airlock/airlock.sock` as root, `$XDG_RUNTIME_DIR/airlock/airlock.sock` otherwise.
+pub fn default_socket() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/run/airlock/airlock.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) => PathBuf::from(dir).join("airlock/airlock.sock"),
+        None => PathBuf::from(format!("/tmp/airlock-{}/airlock.sock", rustix::process::getuid().as_raw())),
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Sandboxes keep running after it ends; the next daemon adopts them.
+pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
+    if config.listen.is_some() && config.token.is_none() {
+        return Err(ServeError::ListenWithoutToken);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        // Two cores are enough for an API whose work happens in child processes.
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: ServeConfig) -> Result<(), ServeError> {
+    let store = Store::open(&config.state_dir)?;
+    let registry = Registry::default();
+    adopt(&store, &registry, &config.state_dir)?;
+    let app = Arc::new(App {
+        engine: Engine { exe: config.exe.clone(), state_dir: config.state_dir.clone() },
+        store,
+        registry,
+        execs: Arc::new(Semaphore::new(config.limits.max_execs)),
+        limits: config.limits.clone(),
+        pools_changed: tokio::sync::Notify::new(),
+    });
+    let router = api::router(app.clone());
+    let mut servers = tokio::task::JoinSet::new();
+    if let Some(path) = &config.socket {
+        let listener = bind_socket(path)?;
+        let what = path.display().to_string();
+        let router = router.clone();
+        eprintln!("airlock: serving on unix://{what}");
+        servers.spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .map_err(|source| ServeError::Serve { what, source })
+        });
+    }
+    if let (Some(addr), Some(token)) = (config.listen, config.token.clone()) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Listen { what: addr.to_string(), source })?;
+        let token = Arc::new(token);
+        let router = router.layer(middleware::from_fn(move |req: Request, next: Next| {
+            let token = token.clone();
+            async move { check_token(&token, req, next).await }
+        }));
+        let what = addr.to_string();
+        eprintln!("airlock: serving on http://{what}");
+        servers.spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .map_err(|source| ServeError::Serve { what, source })
+        });
+    }
+    tokio::spawn(crate::pools::keep_pools_filled(app.clone()));
+    tokio::spawn(crate::pools::stop_expired(app.clone()));
+    while let Some(done) = servers.join_next().await {
+        if let Ok(Err(e)) = done {
+            return Err(e);
+        }
+    }
+    if let Some(path) = &config.socket {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+/// The sandboxes a previous daemon owned. One whose state is gone (its `airlock create` never finished, or it
+/// was removed by hand) is forgotten; every other one is served again, running or exited.
+fn adopt(store: &Store, registry: &Registry, state_dir: &Path) -> Result<(), ServeError> {
+    for record in store.sandboxes()? {
+        if state_dir.join("sandboxes").join(&record.name).is_dir() {
+            registry.insert(record);
+        } else {
+            store.remove_sandbox(&record.name)?;
+        }
+    }
+    Ok(())
+}
+
+fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|source| ServeError::SocketDir { path: dir.to_path_buf(), source })?;
+    }
+    if std::fs::symlink_metadata(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServeError::SocketInUse(path.to_path_buf()));
+        }
+        // A socket left by a daemon that was killed: nobody answers on it.
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|source| ServeError::Listen { what: path.display().to_string(), source })?;
+    // The socket's permissions are its access control: the owner only (root's daemon: group `airlock` too,
+    // when that group exists, for the users an administrator put in it).
+    let group = rustix::process::geteuid().is_root().then(airlock_group).flatten();
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(|source| ServeError::SocketMode { path: path.to_path_buf(), source })?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|source| ServeError::SocketMode { path: path.to_path_buf(), source })?;
+    Ok(listener)
+}
+
+/// The gid of group `airlock`, from /etc/group.
+fn airlock_group() -> Option<u32> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == "airlock").then_some(())?;
+        fields.nth(1)?.parse().ok()
+    })
+}
+
+async fn check_token(token: &str, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !same_secret(given.as_bytes(), token.as_bytes()) {
+        return ApiError::new(Code::Unauthorized, "missing or wrong token (Authorization: Bearer TOKEN)")
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// Compares in time that does not depend on where the first difference is.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(!same_secret(b"", b"a"));
+    }
+}

@@ -45,7 +45,12 @@ impl Engine {
     /// A command for `airlock ARGS`, with the daemon's state directory.
     pub fn command(&self, args: &[OsString]) -> Command {
         let mut cmd = Command::new(&self.exe);
-        cmd.args(args).env("AIRLOCK_STATE_DIR", &self.state_dir).stdin(Stdio::null()).kill_on_drop(false);
+        // A daemon started with AIRLOCK_HOST set must not have its engine children talk to a daemon (itself).
+        cmd.args(args)
+            .env("AIRLOCK_STATE_DIR", &self.state_dir)
+            .env_remove("AIRLOCK_HOST")
+            .stdin(Stdio::null())
+            .kill_on_drop(false);
         cmd
     }
 

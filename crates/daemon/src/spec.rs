@@ -196,7 +196,7 @@ impl SandboxSpec {
             flag("workspace", w);
         }
         if let Some(m) = &self.workspace_mode {
-            flag("mode", m);
+            flag("workspace-mode", m);
         }
         if let Some(n) = &self.net {
             flag("net", n);

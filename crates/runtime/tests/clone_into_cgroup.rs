@@ -2,6 +2,8 @@
 //! v2 hierarchy: `/sys/fs/cgroup` when it is pure v2, or `/sys/fs/cgroup/unified` on a hybrid host (a child
 //! cgroup there needs no controllers for this).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Tests of the runtime crate call raw syscalls to set up and check what it does, as the crate itself does.
+#![allow(unsafe_code)]
 
 use std::path::PathBuf;
 

@@ -7,6 +7,8 @@
 //! The 10,000-file timing and the `PATH` parsing need nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Tests of the runtime crate call raw syscalls to set up and check what it does, as the crate itself does.
+#![allow(unsafe_code)]
 
 use std::ffi::{CString, OsStr};
 use std::fs::{self, Permissions};

@@ -530,7 +530,13 @@ fn check_running_commit_and_discard(as_user: bool) {
     ws.chown_to_test_user();
     let name = unique_name("livecommit");
     let _cleanup = Cleanup { name: name.clone(), airlock };
-    ok(&airlock(&["create", "--workspace", ws.str(), &name]));
+    // As root the layer is disk-bounded: the copies are made on the loop-mounted image.
+    let mut create = vec!["create", "--workspace", ws.str()];
+    if !as_user {
+        create.extend(["--disk", "32M"]);
+    }
+    create.push(&name);
+    ok(&airlock(&create));
     exec_ok(airlock, &name, "echo mod > a.txt; echo new > b.txt; mkdir d; echo x > d/x");
     // Outside the workspace (its working directory would stay in the old tree), appending to a workspace file
     // by path every 0.1 s for 6 s.

@@ -9,8 +9,9 @@
 //! Both change the layers, which overlayfs forbids while they are mounted. For a running long-lived sandbox
 //! (`airlock create`) they replace its workspace overlay in place (see `runtime::layer::live`): its processes are
 //! stopped, the old overlay made read-only, the directories renamed on the host, a new overlay mounted in its
-//! place, and the processes continued ([`checkpoint_running`], [`rollback_running`]). A running `airlock run`
-//! sandbox is refused: its init is not recorded.
+//! place, and the processes continued ([`checkpoint_running`], [`rollback_running`]; `airlock commit` and
+//! `discard` of a running sandbox go through [`change_running`], which changes copies of the layers). A running
+//! `airlock run` sandbox is refused: its init is not recorded.
 
 use std::ffi::CString;
 use std::fs;
@@ -35,7 +36,7 @@ fn claim(name: &str) -> Result<state::ClaimedLayer> {
 }
 
 /// Whether the sandbox `name` runs now (then its overlay is mounted).
-fn running(name: &str) -> Result<bool> {
+pub(crate) fn running(name: &str) -> Result<bool> {
     policy::names::validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
     let dir = state::sandbox_dir(name);
     Ok(dir.is_dir() && state::is_running(&dir))
@@ -195,6 +196,8 @@ struct RunningLayer {
     workspace_c: CString,
     root: PathBuf,
     dir: PathBuf,
+    /// When the sandbox was created (a commit's conflicts are host files changed after it).
+    created: f64,
     _lock: fs::File,
 }
 
@@ -242,12 +245,12 @@ fn running_layer(name: &str, what: &str) -> Result<RunningLayer> {
         .open(&lock_path)
         .with_context(|| format!("cannot open {}", lock_path.display()))?;
     if !runtime::host::try_lock_exclusive(&lock) {
-        bail!("another checkpoint or rollback of sandbox {name} is in progress");
+        bail!("another checkpoint, rollback, commit or discard of sandbox {name} is in progress");
     }
     let root = state::layer_root(&dir)?;
     let live = LiveSandbox::open(name, init_pid, init_start_time)?;
     let workspace_c = CString::new(workspace.clone()).map_err(|_| anyhow!("workspace path holds a NUL byte"))?;
-    Ok(RunningLayer { live, workspace, workspace_c, root, dir, _lock: lock })
+    Ok(RunningLayer { live, workspace, workspace_c, root, dir, created: record.created, _lock: lock })
 }
 
 /// The new stack's directories, as the helper opens them.
@@ -392,6 +395,126 @@ fn rollback_running(name: &str, label: &str) -> Result<i32> {
     remove_aside(&aside);
     println!("sandbox {name} rolled back to checkpoint {label} (running: new commands see the workspace as it was)");
     Ok(0)
+}
+
+/// What a change to the layers of a running sandbox gets: its layer stack as copies (upper and checkpoints, see
+/// `runtime::layer::clone_layer`) over the workspace, and when it was created.
+pub(crate) struct LayerCopy<'a> {
+    pub stack: &'a runtime::layer::LayerStack,
+    pub created: f64,
+}
+
+/// `airlock commit` or `discard` of a running long-lived sandbox (`what`: "commit", "discard"). Overlayfs
+/// forbids changing the layers under the mounted overlay, so, as a running rollback does: freeze; copy every
+/// layer (hard links, no data); `change` works on the copies (and the host workspace) exactly as on a stopped
+/// sandbox's layers, and says whether it changed anything; then the copies take the originals' places, a new
+/// overlay over them is mounted in place of the old one, and the processes continue. Nothing changed (a refused
+/// commit): no swap, just continue.
+///
+/// A failure before `change` undoes everything. If `change` itself fails half way (an I/O error in the middle of
+/// a commit), what it applied is already out of the copies, so they are still put in place (the running sandbox
+/// sees the same tree either way, and running the command again finishes, as for a stopped sandbox).
+pub(crate) fn change_running<T>(
+    name: &str,
+    what: &str,
+    change: impl FnOnce(LayerCopy<'_>) -> Result<(T, bool)>,
+) -> Result<T> {
+    let layer = running_layer(name, what)?;
+    let root = &layer.root;
+    let checkpoints = state::checkpoints(&layer.dir)?;
+    let (upper, work) = (root.join("upper"), root.join("work"));
+    let owner = fs::symlink_metadata(&upper).with_context(|| format!("cannot read {}", upper.display()))?;
+    let copies = aside_dir(root, &format!("{what}-new"))?;
+    let aside = match aside_dir(root, what) {
+        Ok(aside) => aside,
+        Err(e) => {
+            let _ = fs::remove_dir(&copies);
+            return Err(e);
+        }
+    };
+    // (original, copy) of every layer, upper first then the checkpoints newest first (the overlay's order).
+    let mut pairs = vec![(upper.clone(), copies.join("upper"))];
+    for c in checkpoints.iter().rev() {
+        pairs.push((c.dir.clone(), copies.join(format!("{}-{}", c.index, c.label))));
+    }
+    let copy_stack = runtime::layer::LayerStack {
+        upper: copies.join("upper"),
+        frozen: pairs[1..].iter().map(|(_, copy)| copy.clone()).collect(),
+        lower: PathBuf::from(&layer.workspace),
+        scratch: root.join(format!("compose.{}", std::process::id())),
+    };
+
+    layer.live.freeze(&layer.workspace_c).with_context(|| format!("cannot {what} running sandbox {name}"))?;
+    // Frozen: nothing in the sandbox writes, and its overlay is read-only. The copies are of that state.
+    let copied = pairs.iter().try_for_each(|(original, copy)| {
+        runtime::layer::clone_layer(original, copy)
+            .with_context(|| format!("cannot copy {} for the change", original.display()))
+    });
+    if let Err(e) = copied {
+        remove_aside(&copies);
+        let _ = fs::remove_dir(&aside);
+        return Err(undone_and_thawed(&layer, name, what, e));
+    }
+    let (result, changed) = match change(LayerCopy { stack: &copy_stack, created: layer.created }) {
+        Ok((value, changed)) => (Ok(value), changed),
+        Err(e) => (Err(e), true),
+    };
+    if !changed {
+        remove_aside(&copies);
+        let _ = fs::remove_dir(&aside);
+        layer.live.thaw(&layer.workspace_c).with_context(|| {
+            format!("the sandbox's processes may still be stopped: airlock stop {name}, or run airlock {what} again")
+        })?;
+        return result;
+    }
+    // (from, to) of every rename, to undo them in reverse.
+    let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let swapped = (|| -> Result<()> {
+        let mut renames = vec![(work.clone(), aside.join("work"))];
+        for (original, copy) in &pairs {
+            let name = original.file_name().unwrap_or_default();
+            renames.push((original.clone(), aside.join(name)));
+            renames.push((copy.clone(), original.clone()));
+        }
+        for (from, to) in renames {
+            fs::rename(&from, &to).with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
+            moved.push((from, to));
+        }
+        make_dir_like(&work, &owner)?;
+        let frozen: Vec<PathBuf> = pairs[1..].iter().map(|(original, _)| original.clone()).collect();
+        let stack = open_stack(&upper, &work, &frozen, &layer.workspace)?;
+        layer.live.swap(&layer.workspace_c, &stack)?;
+        Ok(())
+    })();
+    if let Err(e) = swapped {
+        if moved.iter().any(|(from, _)| from == &work) {
+            // The new work dir (a failed mount may have made its `work/work`), so the old one can come back.
+            let _ = empty_work_in(&work);
+            let _ = fs::remove_dir(&work);
+        }
+        for (from, to) in moved.iter().rev() {
+            let _ = fs::rename(to, from);
+        }
+        remove_aside(&copies);
+        let _ = fs::remove_dir(&aside);
+        if what != "commit" {
+            // A discard changed only the copies: nothing was changed.
+            return Err(undone_and_thawed(&layer, name, what, e));
+        }
+        // The host workspace has what the commit applied (before the error, if it failed), the layer as before.
+        let thawed = layer.live.thaw(&layer.workspace_c);
+        let e = e.context(format!(
+            "cannot put the new layer in place in running sandbox {name}: what was committed to the host stays in \
+             its layer too (airlock commit --force {name} once it has stopped finishes)"
+        ));
+        return Err(match thawed {
+            Ok(()) => e,
+            Err(t) => e.context(format!("and its processes may still be stopped ({t}): airlock stop {name}")),
+        });
+    }
+    remove_aside(&aside);
+    remove_aside(&copies);
+    result
 }
 
 /// `2026-11-29 21:40:07` (UTC) for a unix time.

@@ -50,10 +50,8 @@ fn main() -> ExitCode {
         Command::Stats { name, json } => stats_cmd::run(&name, json),
         Command::Ls { json } => sandboxes_cmd::ls(json),
         Command::Diff(args) => state::layer_of(&args.name, false).and_then(|layer| workspace_cmd::diff(&layer, &args)),
-        Command::Discard(args) => {
-            state::layer_of(&args.name, true).and_then(|layer| workspace_cmd::discard(&layer, &args))
-        }
-        Command::Commit(args) => state::claim_layer(&args.name).and_then(|claim| workspace_cmd::commit(&claim, &args)),
+        Command::Discard(args) => workspace_cmd::discard_cmd(&args),
+        Command::Commit(args) => workspace_cmd::commit_cmd(&args),
         Command::Rm { names } => sandboxes_cmd::rm(&names),
         Command::Checkpoint { name, label } => checkpoint_cmd::checkpoint(&name, label.as_deref()),
         Command::Checkpoints { name, json } => checkpoint_cmd::list(&name, json),

@@ -3,6 +3,7 @@
 //! ([`LayerPaths`]); everything here works from those alone.
 
 use std::io::{self, Write};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -46,18 +47,63 @@ pub struct CommitArgs {
     pub paths: Vec<String>,
 }
 
+/// `airlock commit NAME`: of a sandbox that has ended (holding its lock), or of a running long-lived one (its
+/// processes stopped while the layer changes, see [`crate::checkpoint_cmd::change_running`]).
+pub fn commit_cmd(args: &CommitArgs) -> Result<i32> {
+    if crate::checkpoint_cmd::running(&args.name)? {
+        let outcome = crate::checkpoint_cmd::change_running(&args.name, "commit", |copy| {
+            let outcome = commit_layer(copy.stack, args, copy.created)?;
+            let changed = matches!(&outcome, layer::CommitOutcome::Committed(changes) if !changes.is_empty());
+            Ok(((outcome, copy.stack.lower.clone()), changed))
+        })?;
+        let (outcome, workspace) = outcome;
+        return report_commit(&outcome, &workspace, true);
+    }
+    let claim = crate::state::claim_layer(&args.name)?;
+    commit(&claim, args)
+}
+
+/// `airlock discard NAME`: as [`commit_cmd`], running or not.
+pub fn discard_cmd(args: &DiscardArgs) -> Result<i32> {
+    if crate::checkpoint_cmd::running(&args.name)? {
+        let dropped = crate::checkpoint_cmd::change_running(&args.name, "discard", |copy| {
+            let dropped = discard_layer(copy.stack, args)?;
+            let changed = !dropped.is_empty();
+            Ok((dropped, changed))
+        })?;
+        report_discard(&dropped, true);
+        return Ok(0);
+    }
+    let layer = crate::state::layer_of(&args.name, true)?;
+    discard(&layer, args)
+}
+
+fn commit_layer(stack: &LayerStack, args: &CommitArgs, created: f64) -> Result<layer::CommitOutcome> {
+    layer::commit_stack(stack, &args.paths, created, args.force)
+        .with_context(|| format!("cannot commit the workspace of sandbox {}", args.name))
+}
+
+fn discard_layer(stack: &LayerStack, args: &DiscardArgs) -> Result<Vec<String>> {
+    layer::discard_stack(stack, &args.paths).with_context(|| format!("cannot discard changes of sandbox {}", args.name))
+}
+
 /// `airlock commit`: applies the changes to the host workspace and takes them out of the layer. Exit status 0;
 /// 1 when a conflict refused the commit (nothing applied; the conflicting paths on stdout, one a line).
 ///
 /// The caller holds the sandbox's lock (it is not running, and no other commit runs).
 pub fn commit(claim: &crate::state::ClaimedLayer, args: &CommitArgs) -> Result<i32> {
     let layer = &claim.layer;
-    let outcome = layer::commit_stack(layer, &args.paths, claim.record.created, args.force)
-        .with_context(|| format!("cannot commit the workspace of sandbox {}", args.name))?;
+    let outcome = commit_layer(layer, args, claim.record.created)?;
+    report_commit(&outcome, &layer.lower, false)
+}
+
+/// Prints what a commit did; its exit status.
+fn report_commit(outcome: &layer::CommitOutcome, workspace: &Path, running: bool) -> Result<i32> {
     match outcome {
         layer::CommitOutcome::Committed(changes) => {
             let n = changes.len();
-            println!("committed {n} change{} to {}", if n == 1 { "" } else { "s" }, layer.lower.display());
+            let live = if running && n > 0 { " (running: new commands see them as the host's)" } else { "" };
+            println!("committed {n} change{} to {}{live}", if n == 1 { "" } else { "s" }, workspace.display());
             Ok(0)
         }
         layer::CommitOutcome::Refused(conflicts) => {
@@ -68,7 +114,7 @@ pub fn commit(claim: &crate::state::ClaimedLayer, args: &CommitArgs) -> Result<i
             ));
             let stdout = io::stdout();
             let mut out = io::BufWriter::new(stdout.lock());
-            for conflict in &conflicts {
+            for conflict in conflicts {
                 writeln!(out, "{}", layer::quote_path(&conflict.raw_path))?;
             }
             out.flush()?;
@@ -110,11 +156,15 @@ pub fn diff(stack: &LayerStack, args: &DiffArgs) -> Result<i32> {
 /// The caller makes sure nothing has the sandbox's overlay mounted (overlayfs does not allow its layers to change
 /// under it).
 pub fn discard(layer: &LayerStack, args: &DiscardArgs) -> Result<i32> {
-    let dropped = layer::discard_stack(layer, &args.paths)
-        .with_context(|| format!("cannot discard changes of sandbox {}", args.name))?;
-    let n = dropped.len();
-    println!("discarded {n} change{}", if n == 1 { "" } else { "s" });
+    let dropped = discard_layer(layer, args)?;
+    report_discard(&dropped, false);
     Ok(0)
+}
+
+fn report_discard(dropped: &[String], running: bool) {
+    let n = dropped.len();
+    let live = if running && n > 0 { " (running: new commands see the host's files there)" } else { "" };
+    println!("discarded {n} change{}{live}", if n == 1 { "" } else { "s" });
 }
 
 /// `airlock diff --json`: one document in the stable shape documented in README, fields in a fixed order.

@@ -496,3 +496,183 @@ fn running_checkpoint_is_refused_with_a_mount_inside_the_workspace() {
     ok(&common::airlock(&["stop", &name]));
     ok(&common::airlock(&["checkpoint", &name, "c1"]));
 }
+
+// ---- commit and discard of a running long-lived sandbox ----
+
+/// `airlock ARGS` on a running sandbox that must succeed; retried while a process of the sandbox happens to be
+/// between its open and close of a workspace file (`open for writing`: refused with nothing changed).
+fn live_ok(airlock: fn(&[&str]) -> Output, args: &[&str]) -> String {
+    for _ in 0..20 {
+        let o = airlock(args);
+        if code(&o) == 0 {
+            return stdout(&o);
+        }
+        assert!(stderr(&o).contains("open for writing"), "{args:?}: stdout: {} stderr: {}", stdout(&o), stderr(&o));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{args:?} kept finding a writer");
+}
+
+/// The `airlock diff` lines (without the summary).
+fn diff_lines(airlock: fn(&[&str]) -> Output, name: &str) -> Vec<String> {
+    let out = ok(&airlock(&["diff", name]));
+    out.lines().filter(|l| l.len() > 3 && l.as_bytes()[1..3] == *b"  ").map(str::to_string).collect()
+}
+
+/// Commit and discard while the sandbox runs: a partial commit, then a full one, land on the host and leave the
+/// diff; a process that kept running (and writing a workspace file by path) across them goes on, its later
+/// writes in the new layer; a discard makes the sandbox see the host's files again; a conflict refuses with
+/// nothing changed, on the host or in the sandbox.
+fn check_running_commit_and_discard(as_user: bool) {
+    let airlock = airlock_as(as_user);
+    let ws = workspace("livecommit");
+    fs::write(ws.path().join("h.txt"), "host file\n").unwrap();
+    ws.chown_to_test_user();
+    let name = unique_name("livecommit");
+    let _cleanup = Cleanup { name: name.clone(), airlock };
+    // As root the layer is disk-bounded: the copies are made on the loop-mounted image.
+    let mut create = vec!["create", "--workspace", ws.str()];
+    if !as_user {
+        create.extend(["--disk", "32M"]);
+    }
+    create.push(&name);
+    ok(&airlock(&create));
+    exec_ok(airlock, &name, "echo mod > a.txt; echo new > b.txt; mkdir d; echo x > d/x");
+    // Outside the workspace (its working directory would stay in the old tree), appending to a workspace file
+    // by path every 0.1 s for 6 s.
+    let writer = exec_in_background(
+        as_user,
+        &name,
+        &format!(
+            "cd /; i=0; while [ $i -lt 60 ]; do i=$((i+1)); echo t$i >> {}/log; sleep 0.1; done; echo done",
+            ws.str()
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Only d/: the rest stays in the layer.
+    let out = live_ok(airlock, &["commit", &name, "d"]);
+    assert!(out.starts_with("committed 2 changes to ") && out.contains("running"), "{out}");
+    assert_eq!(fs::read_to_string(ws.path().join("d/x")).unwrap(), "x\n");
+    assert_eq!(fs::read_to_string(ws.path().join("a.txt")).unwrap(), "original\n");
+    let diff = diff_lines(airlock, &name);
+    assert!(diff.iter().all(|l| !l.contains(" d")), "{diff:?}");
+    assert!(diff.contains(&"M  a.txt".to_string()) && diff.contains(&"A  b.txt".to_string()), "{diff:?}");
+
+    // Everything.
+    let out = live_ok(airlock, &["commit", &name]);
+    assert!(out.starts_with("committed ") && out.contains("running"), "{out}");
+    assert_eq!(fs::read_to_string(ws.path().join("a.txt")).unwrap(), "mod\n");
+    assert_eq!(fs::read_to_string(ws.path().join("b.txt")).unwrap(), "new\n");
+    assert!(ws.path().join("log").exists());
+    // Empty but for what the writer appended since.
+    let diff = diff_lines(airlock, &name);
+    assert!(diff.iter().all(|l| l == "M  log"), "{diff:?}");
+    assert_eq!(exec_ok(airlock, &name, "cat a.txt b.txt d/x"), "mod\nnew\nx\n");
+    exec_ok(airlock, &name, "echo after > c.txt");
+    assert!(diff_lines(airlock, &name).contains(&"A  c.txt".to_string()));
+    assert!(!ws.path().join("c.txt").exists());
+
+    // Discard: the sandbox sees the host's files again.
+    let out = live_ok(airlock, &["discard", &name]);
+    assert!(out.starts_with("discarded ") && out.contains("running"), "{out}");
+    assert_eq!(exec_ok(airlock, &name, "cat a.txt; test -e c.txt || echo no-c"), "mod\nno-c\n");
+
+    // The writer went on through all three, each write landing in the layer of the moment.
+    let w = writer.wait_with_output().unwrap();
+    assert!(w.status.success() && stdout(&w) == "done\n", "stdout: {} stderr: {}", stdout(&w), stderr(&w));
+    assert_eq!(stderr(&w), "", "the writer's writes failed");
+    assert_eq!(exec_ok(airlock, &name, "tail -n 1 log"), "t60\n");
+    assert_eq!(diff_lines(airlock, &name), vec!["M  log".to_string()]);
+    // The host's log changed after the sandbox was created (the first commit wrote it): a conflict, as for a
+    // stopped sandbox, so forced.
+    live_ok(airlock, &["commit", "--force", &name]);
+    assert_eq!(fs::read_to_string(ws.path().join("log")).unwrap().lines().last(), Some("t60"));
+    assert_eq!(diff_lines(airlock, &name), Vec::<String>::new());
+
+    // A conflict: refused, nothing applied, the sandbox still sees its version.
+    exec_ok(airlock, &name, "echo sandbox > h.txt; echo y > y.txt");
+    fs::write(ws.path().join("h.txt"), "host\n").unwrap();
+    let o = airlock(&["commit", &name]);
+    assert_eq!(code(&o), 1, "stdout: {} stderr: {}", stdout(&o), stderr(&o));
+    one_airlock_line(&o, "commit refused: 1 conflict");
+    assert_eq!(stdout(&o), "h.txt\n");
+    assert_eq!(fs::read_to_string(ws.path().join("h.txt")).unwrap(), "host\n");
+    assert!(!ws.path().join("y.txt").exists());
+    assert_eq!(exec_ok(airlock, &name, "cat h.txt y.txt"), "sandbox\ny\n");
+    assert_eq!(diff_lines(airlock, &name), vec!["M  h.txt".to_string(), "A  y.txt".to_string()]);
+    // Forced: applied.
+    live_ok(airlock, &["commit", "--force", &name]);
+    assert_eq!(fs::read_to_string(ws.path().join("h.txt")).unwrap(), "sandbox\n");
+    ok(&airlock(&["stop", &name]));
+    ok(&airlock(&["rm", &name]));
+}
+
+#[test]
+fn running_commit_and_discard_as_root() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_running_commit_and_discard(false);
+}
+
+#[test]
+fn running_commit_and_discard_rootless() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_running_commit_and_discard(true);
+}
+
+/// With checkpoints: a running commit of one path takes it out of the frozen layer too, so a rollback does not
+/// bring it back; the sandbox's view stays what it was.
+#[test]
+fn running_commit_rewrites_checkpoints() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    let airlock = common::airlock;
+    let ws = workspace("livecommit-cp");
+    let name = unique_name("livecommit-cp");
+    let _cleanup = Cleanup { name: name.clone(), airlock };
+    ok(&airlock(&["create", "--workspace", ws.str(), &name]));
+    exec_ok(airlock, &name, "echo mod > a.txt; mkdir -p o/p; echo q > o/p/q");
+    ok(&airlock(&["checkpoint", &name, "c1"]));
+    exec_ok(airlock, &name, "echo e > e.txt");
+    let before = exec_ok(airlock, &name, TREE_HASH);
+    live_ok(airlock, &["commit", &name, "a.txt"]);
+    assert_eq!(fs::read_to_string(ws.path().join("a.txt")).unwrap(), "mod\n");
+    assert_eq!(exec_ok(airlock, &name, TREE_HASH), before, "a commit changed what the sandbox sees");
+    assert_eq!(diff_lines(airlock, &name), vec!["A  e.txt", "A  o/", "A  o/p/", "A  o/p/q"]);
+    ok(&airlock(&["rollback", &name, "c1"]));
+    assert_eq!(diff_lines(airlock, &name), vec!["A  o/", "A  o/p/", "A  o/p/q"]);
+    live_ok(airlock, &["discard", &name, "o"]);
+    assert_eq!(diff_lines(airlock, &name), Vec::<String>::new());
+    assert_eq!(exec_ok(airlock, &name, "cat a.txt; ls"), "mod\na.txt\n");
+}
+
+/// A process holding a workspace file open for writing could change the layer after it was copied: commit and
+/// discard are refused, with nothing changed on the host or in the sandbox, which runs on.
+#[test]
+fn running_commit_and_discard_refuse_an_open_writer() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    let airlock = common::airlock;
+    let ws = workspace("livecommit-writer");
+    let name = unique_name("livecommit-writer");
+    let _cleanup = Cleanup { name: name.clone(), airlock };
+    ok(&airlock(&["create", "--workspace", ws.str(), &name]));
+    exec_ok(airlock, &name, "echo mod > a.txt; echo new > b.txt");
+    let writer = exec_in_background(false, &name, "exec 4>>b.txt; sleep 2; echo more >&4; echo done");
+    std::thread::sleep(Duration::from_millis(700));
+    for args in [["commit", name.as_str()], ["discard", name.as_str()]] {
+        let o = airlock(&args);
+        assert_eq!(code(&o), 1, "stdout: {} stderr: {}", stdout(&o), stderr(&o));
+        one_airlock_line(&o, "open for writing");
+    }
+    assert_eq!(fs::read_to_string(ws.path().join("a.txt")).unwrap(), "original\n");
+    assert!(!ws.path().join("b.txt").exists());
+    let w = writer.wait_with_output().unwrap();
+    assert_eq!(stdout(&w), "done\n", "stderr: {}", stderr(&w));
+    assert_eq!(exec_ok(airlock, &name, "cat a.txt b.txt"), "mod\nnew\nmore\n");
+    assert_eq!(diff_lines(airlock, &name), vec!["M  a.txt", "A  b.txt"]);
+    ok(&airlock(&["commit", &name]));
+    assert_eq!(fs::read_to_string(ws.path().join("b.txt")).unwrap(), "new\nmore\n");
+}

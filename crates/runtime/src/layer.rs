@@ -39,7 +39,7 @@ pub mod live;
 mod stack;
 pub use commit::{commit_changes, CommitError, CommitOutcome};
 pub use stack::{
-    clear_dir, commit_stack, compose, count_entries, diff_stack, discard_stack, patch_stack, remove_path,
+    clear_dir, clone_layer, commit_stack, compose, count_entries, diff_stack, discard_stack, patch_stack, remove_path,
     ComposedLayer, LayerStack,
 };
 

@@ -285,6 +285,82 @@ fn remove_from_layers(stack: &LayerStack, rel: &Path) -> Result<(), LayerError> 
     Ok(())
 }
 
+/// Copies the layer directory `source` to `target` (which must not exist) without copying data: files,
+/// symlinks and whiteouts are hard links, directories are made anew with the source's mode, owner and `user.`
+/// xattrs (overlayfs's marks: opaque, origin, impure). For a change to the layers of a *running* sandbox
+/// (`layer::live`): the copy is changed and becomes the new overlay's layer, while the mounted overlay keeps
+/// the untouched original (overlayfs allows a directory as the upper of one mount only).
+pub fn clone_layer(source: &Path, target: &Path) -> Result<(), LayerError> {
+    let from = open_root(source)?;
+    let meta = stat_at(from.as_fd(), c".")
+        .map_err(|e| LayerError::Stat { path: source.to_path_buf(), source: e })?
+        .ok_or_else(|| LayerError::Stat { path: source.to_path_buf(), source: io::ErrorKind::NotFound.into() })?;
+    std::fs::DirBuilder::new()
+        .create(target)
+        .map_err(|e| LayerError::Compose { path: target.to_path_buf(), source: e })?;
+    let to = open_root(target)?;
+    copy_dir_attrs(from.as_fd(), to.as_fd(), &meta)
+        .map_err(|e| LayerError::Compose { path: target.to_path_buf(), source: e })?;
+    clone_dir(from.as_fd(), to.as_fd(), source, target, 0)
+}
+
+fn clone_dir(
+    source: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    source_path: &Path,
+    target_path: &Path,
+    depth: usize,
+) -> Result<(), LayerError> {
+    if depth > MAX_DEPTH {
+        return Err(LayerError::TooDeep { path: source_path.to_path_buf() });
+    }
+    let names = list_dir(source).map_err(|source| LayerError::ReadDir { path: source_path.to_path_buf(), source })?;
+    for name in &names {
+        let cname = cstring(name);
+        let from = source_path.join(name);
+        let to = target_path.join(name);
+        let Some(meta) = stat_at(source, &cname).map_err(|source| LayerError::Stat { path: from.clone(), source })?
+        else {
+            continue;
+        };
+        if meta.entry_type() != EntryType::Dir {
+            link_at(source, &cname, target, &cname).map_err(|source| LayerError::Compose { path: from, source })?;
+            continue;
+        }
+        let sub = open_dir_at(source, &cname).map_err(|source| LayerError::OpenDir { path: from.clone(), source })?;
+        mkdir_at(target, &cname).map_err(|source| LayerError::Compose { path: to.clone(), source })?;
+        let dest = open_dir_at(target, &cname).map_err(|source| LayerError::OpenDir { path: to.clone(), source })?;
+        copy_dir_attrs(sub.as_fd(), dest.as_fd(), &meta)
+            .map_err(|source| LayerError::Compose { path: to.clone(), source })?;
+        clone_dir(sub.as_fd(), dest.as_fd(), &from, &to, depth + 1)?;
+    }
+    Ok(())
+}
+
+/// A cloned directory's owner, `user.` xattrs and mode (last: a chown may clear set-group-ID).
+fn copy_dir_attrs(from: BorrowedFd<'_>, to: BorrowedFd<'_>, meta: &super::Meta) -> io::Result<()> {
+    // Only when it differs: an ordinary user (rootless) owns its whole layer, and cannot chown.
+    let made = stat_at(to, c".")?.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+    if (made.uid, made.gid) != (meta.uid, meta.gid) {
+        // SAFETY: `to` is an open descriptor; fchown reads no memory of ours.
+        if unsafe { libc::fchown(to.as_raw_fd(), meta.uid, meta.gid) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let names = super::list_xattrs(from)?;
+    for name in names.split(|&b| b == 0).filter(|n| n.starts_with(b"user.")) {
+        let Some(value) = super::get_xattr(from, name)? else { continue };
+        let cname = std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: `to` is an open descriptor, `cname` a valid NUL-terminated string and `value` readable for its
+        // length, the size given.
+        let ret = unsafe { libc::fsetxattr(to.as_raw_fd(), cname.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+        if ret != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    fchmod(to, meta.perm())
+}
+
 /// Removes everything in the directory `dir` (never following a symlink), keeping the directory.
 pub fn clear_dir(dir: &Path) -> Result<(), LayerError> {
     let root = open_root(dir)?;
@@ -376,4 +452,43 @@ fn set_opaque(fd: BorrowedFd<'_>) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    #[test]
+    fn a_cloned_layer_shares_files_and_copies_directories() {
+        let base = std::env::temp_dir().join(format!("airlock-clone-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (source, target) = (base.join("upper"), base.join("copy"));
+        std::fs::create_dir_all(source.join("d/e")).unwrap();
+        std::fs::write(source.join("d/f"), "data").unwrap();
+        std::os::unix::fs::symlink("../nowhere", source.join("d/link")).unwrap();
+        std::fs::set_permissions(source.join("d"), std::fs::Permissions::from_mode(0o751)).unwrap();
+        // An opaque mark, where the filesystem holds user xattrs.
+        let opaque = std::fs::File::open(source.join("d/e")).map(OwnedFd::from).unwrap();
+        let marked = set_opaque(opaque.as_fd()).is_ok();
+
+        clone_layer(&source, &target).unwrap();
+        let meta = |p: &str| std::fs::symlink_metadata(base.join(p)).unwrap();
+        assert_eq!(meta("copy/d/f").ino(), meta("upper/d/f").ino(), "a file is a hard link");
+        assert_eq!(std::fs::read_link(target.join("d/link")).unwrap(), Path::new("../nowhere"));
+        assert_ne!(meta("copy/d").ino(), meta("upper/d").ino(), "a directory is made anew");
+        assert_eq!(meta("copy/d").mode() & 0o7777, 0o751);
+        if marked {
+            let copied = std::fs::File::open(target.join("d/e")).map(OwnedFd::from).unwrap();
+            assert!(super::super::overlay_marks(copied.as_fd()).unwrap().opaque);
+        }
+        // Taking an entry out of the copy leaves the original alone.
+        std::fs::remove_file(target.join("d/f")).unwrap();
+        assert!(source.join("d/f").exists());
+        assert!(clone_layer(&source, &target).is_err(), "the target must not exist");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

@@ -150,9 +150,20 @@ pub struct ExecArgs {
     /// A new pseudo-terminal in the sandbox for interactive use, relayed to the caller's terminal.
     #[arg(short = 't', long)]
     pub tty: bool,
-    /// Set a variable inside, besides the sandbox's own (repeatable).
+    /// Set a variable inside, besides the sandbox's own (repeatable; wins over --env-file).
     #[arg(long, value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// Variables from a file: `KEY=VALUE` lines (blank lines and `#` comments skipped), or NUL-terminated
+    /// `KEY=VALUE` entries when the file holds a NUL byte (as `env -0` writes; values may then span lines).
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<std::path::PathBuf>,
+    /// The command's working directory inside (absolute; default: the workspace, else /).
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// A limit for this command (30s, 5m, 500ms): then it and its process group are killed and exec exits 124.
+    /// (The sandbox's own --timeout, from create, bounds the whole sandbox.)
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
     /// The running sandbox.
     #[arg(value_name = "NAME")]
     pub name: String,

@@ -219,12 +219,28 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
         return Ok(i32::from(crate::EXIT_FAILED));
     }
     let mut merged = state::read_profile(&dir)?;
+    if let Some(file) = &args.env_file {
+        for (key, value) in read_env_file(file)? {
+            merged.env.set.insert(key, value);
+        }
+    }
+    // After the file: a variable given on the command line wins.
     for kv in &args.env {
         let (key, value) = kv.split_once('=').ok_or_else(|| anyhow!("--env {kv:?}: expected KEY=VALUE"))?;
         merged.env.set.insert(key.to_string(), value.to_string());
     }
+    let exec_timeout = args
+        .timeout
+        .as_deref()
+        .map(|t| policy::units::parse_duration(t).map_err(|e| anyhow!("--timeout {t:?}: {e}")))
+        .transpose()?;
     let mut policy = profile::resolve(&merged, args.command.clone(), &current_invoker())?;
     crate::network::add_proxy_environment(&mut policy, &|key| merged.env.set.contains_key(key));
+    if let Some(cwd) = &args.cwd {
+        policy.cwd = policy::names::validate_absolute_path(cwd).map_err(|e| anyhow!("--cwd: {e}"))?;
+    }
+    // The stored profile's timeout is the sandbox's, enforced by its supervisor; an exec's limit is its own.
+    policy.timeout = exec_timeout;
     let cow = policy.workspace.as_ref().is_some_and(|w| w.mode == WorkspaceMode::Cow);
     let host = HostContext {
         lock_dir: lock_dir(),
@@ -258,8 +274,13 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
     }
     match ran {
         Ok(outcome) => {
-            if let RunOutcome::ExecFailed { message, .. } = &outcome {
-                crate::say(message);
+            match &outcome {
+                RunOutcome::ExecFailed { message, .. } => crate::say(message),
+                RunOutcome::TimedOut(_) => crate::say(&format!(
+                    "command timed out after {} (--timeout): it and its process group were killed",
+                    args.timeout.as_deref().unwrap_or("?")
+                )),
+                _ => {}
             }
             Ok(outcome.exit_code())
         }
@@ -269,6 +290,33 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `--env-file`: `KEY=VALUE` lines, or NUL-terminated entries when the file holds a NUL byte. Every key and value
+/// is checked as `--env`'s are; an error names the entry.
+fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, String)>> {
+    let bytes = std::fs::read(path).with_context(|| format!("--env-file {}: cannot read it", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|_| anyhow!("--env-file {}: not UTF-8 text", path.display()))?;
+    let nul_separated = text.contains('\0');
+    let entries: Vec<&str> = if nul_separated { text.split('\0').collect() } else { text.lines().collect() };
+    let mut out = Vec::new();
+    for (i, entry) in entries.into_iter().enumerate() {
+        if !nul_separated && (entry.trim().is_empty() || entry.trim_start().starts_with('#')) {
+            continue;
+        }
+        if nul_separated && entry.is_empty() {
+            continue;
+        }
+        let what = if nul_separated { "entry" } else { "line" };
+        let (key, value) = entry
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--env-file {}: {what} {}: expected KEY=VALUE", path.display(), i + 1))?;
+        policy::names::validate_env_key(key)
+            .and_then(|()| policy::names::validate_env_value(value))
+            .map_err(|e| anyhow!("--env-file {}: {what} {}: {e}", path.display(), i + 1))?;
+        out.push((key.to_string(), value.to_string()));
+    }
+    Ok(out)
 }
 
 pub fn stop(name: &str) -> Result<i32> {
@@ -291,11 +339,14 @@ pub fn stop(name: &str) -> Result<i32> {
     runtime::sys::kill(pid, libc::SIGTERM)
         .map_err(|e| anyhow!("cannot signal the supervisor of sandbox {name} (pid {pid}): errno {e}"))?;
     let started = Instant::now();
-    while state::is_running(&dir) {
+    // Until the supervisor itself has exited, not only until the sandbox is marked ended: it still removes the
+    // cgroup and writes its last records after that, and an `airlock rm` right after `stop` must find the
+    // sandbox's directory finished (else the removal races those writes: "Directory not empty").
+    while state::is_running(&dir) || runtime::host::process_alive(pid, start) {
         if started.elapsed() > STOP_WAIT {
             bail!("sandbox {name} did not stop within {}s (supervisor pid {pid})", STOP_WAIT.as_secs());
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
     Ok(0)
 }

@@ -56,9 +56,34 @@ pub fn rm(names: &[String]) -> Result<i32> {
         if state::is_running(&dir) {
             bail!("sandbox {name} is running; it is removed only once it has ended");
         }
+        wait_for_supervisor_exit(name, &dir)?;
         state::remove_sandbox_dir(&dir)?;
     }
     Ok(0)
+}
+
+/// How long `rm` waits for an ended sandbox's supervisor to finish its last writes.
+const SUPERVISOR_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until the sandbox's supervisor (if it had one) has exited. A sandbox is marked ended before its
+/// supervisor removes the cgroup and writes its last records (stats, the audit log's end) into the sandbox's
+/// directory; removing the directory meanwhile would race those writes ("Directory not empty").
+fn wait_for_supervisor_exit(name: &str, dir: &std::path::Path) -> Result<()> {
+    let record = state::read_record(dir)?;
+    let (Some(pid), Some(start)) = (record.supervisor_pid, record.supervisor_start_time) else {
+        return Ok(());
+    };
+    let started = std::time::Instant::now();
+    while runtime::host::process_alive(pid, start) {
+        if started.elapsed() > SUPERVISOR_EXIT_WAIT {
+            bail!(
+                "sandbox {name} has ended but its supervisor (pid {pid}) is still finishing after {}s; try again",
+                SUPERVISOR_EXIT_WAIT.as_secs()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 /// How many changes a sandbox's copy-on-write layer holds (`None` without a layer, or when it cannot be read).

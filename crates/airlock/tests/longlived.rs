@@ -676,3 +676,81 @@ fn running_commit_and_discard_refuse_an_open_writer() {
     ok(&airlock(&["commit", &name]));
     assert_eq!(fs::read_to_string(ws.path().join("b.txt")).unwrap(), "new\nmore\n");
 }
+
+/// `airlock exec --cwd`, `--timeout` and `--env-file`.
+fn check_exec_flags(as_user: bool) {
+    let airlock = airlock_as(as_user);
+    let ws = workspace("xf");
+    let name = unique_name("xf");
+    let _cleanup = Cleanup { name: name.clone(), airlock };
+    ok(&airlock(&["create", "--workspace", ws.str(), &name]));
+
+    // --cwd: the command's working directory; a missing one is one setup error, nothing runs.
+    assert_eq!(ok(&airlock(&["exec", "--cwd", "/tmp", &name, "--", "pwd"])), "/tmp\n");
+    assert_eq!(ok(&airlock(&["exec", &name, "--", "pwd"])), format!("{}\n", ws.str()), "the default changed");
+    let o = airlock(&["exec", "--cwd", "/no/such/dir", &name, "--", "touch", "/tmp/ran"]);
+    assert_eq!(code(&o), 125);
+    one_airlock_line(&o, "/no/such/dir");
+    assert_eq!(ok(&airlock(&["exec", &name, "--", "sh", "-c", "test -e /tmp/ran && echo ran || echo no"])), "no\n");
+    let o = airlock(&["exec", "--cwd", "relative", &name, "--", "true"]);
+    assert_ne!(code(&o), 0);
+    one_airlock_line(&o, "--cwd");
+
+    // --timeout: the command and what it started in the background are killed; exit 124; other execs' processes
+    // and the sandbox live on.
+    let n = name.clone();
+    let other = std::thread::spawn(move || airlock(&["exec", &n, "--", "sh", "-c", "sleep 8; echo survived"]));
+    let started = Instant::now();
+    let o = airlock(&["exec", "--timeout", "1s", &name, "--", "sh", "-c", "sleep 300 & echo $! > /tmp/bg; sleep 300"]);
+    let took = started.elapsed();
+    assert_eq!(code(&o), 124, "stderr: {}", stderr(&o));
+    one_airlock_line(&o, "timed out after 1s");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "took {took:?}");
+    let alive = "p=$(cat /tmp/bg); if [ -e /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status; then echo alive; else echo gone; fi";
+    assert_eq!(ok(&airlock(&["exec", &name, "--", "sh", "-c", alive])), "gone\n", "the background process lives");
+    assert_eq!(ok(&other.join().unwrap()), "survived\n", "another exec's command was killed");
+    let o = airlock(&["exec", "--timeout", "soon", &name, "--", "true"]);
+    assert_ne!(code(&o), 0);
+    one_airlock_line(&o, "--timeout");
+    // A command that ends in time is not touched.
+    assert_eq!(ok(&airlock(&["exec", "--timeout", "30s", &name, "--", "echo", "quick"])), "quick\n");
+
+    // --env-file: lines (comments and blank lines skipped) or NUL-terminated entries; --env wins over it.
+    let files = TempDir::new("xf-env");
+    fs::write(files.path().join("lines"), "# a comment\nA=1\n\nB=two words\n").unwrap();
+    fs::write(files.path().join("nul"), "M=line1\nline2\0N=x\0").unwrap();
+    fs::write(files.path().join("bad"), "A=1\nno equals sign\n").unwrap();
+    files.chown_to_test_user();
+    let lines = files.path().join("lines");
+    let lines = lines.to_str().unwrap();
+    assert_eq!(
+        ok(&airlock(&["exec", "--env-file", lines, &name, "--", "sh", "-c", "echo \"$A|$B\""])),
+        "1|two words\n"
+    );
+    let o = airlock(&["exec", "--env-file", lines, "--env", "B=flag", &name, "--", "sh", "-c", "echo \"$A|$B\""]);
+    assert_eq!(ok(&o), "1|flag\n");
+    let nul = files.path().join("nul");
+    let o = airlock(&["exec", "--env-file", nul.to_str().unwrap(), &name, "--", "sh", "-c", "echo \"$M|$N\""]);
+    assert_eq!(ok(&o), "line1\nline2|x\n");
+    let bad = files.path().join("bad");
+    let o = airlock(&["exec", "--env-file", bad.to_str().unwrap(), &name, "--", "true"]);
+    assert_ne!(code(&o), 0);
+    one_airlock_line(&o, "line 2: expected KEY=VALUE");
+    let o = airlock(&["exec", "--env-file", "/no/such/file", &name, "--", "true"]);
+    assert_ne!(code(&o), 0);
+    one_airlock_line(&o, "/no/such/file");
+}
+
+#[test]
+fn exec_cwd_timeout_env_file_as_root() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_exec_flags(false);
+}
+
+#[test]
+fn exec_cwd_timeout_env_file_rootless() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_exec_flags(true);
+}

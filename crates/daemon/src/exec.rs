@@ -89,8 +89,10 @@ impl EnvFile {
         let path = dir.join(format!("env-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()));
         let mut text = String::new();
         for (k, v) in env {
-            // validate_env_value refused newlines, so each variable is one line.
-            text.push_str(&format!("{k}={v}\n"));
+            // NUL-terminated entries (`airlock exec --env-file` reads them so when the file holds a NUL): a value
+            // may hold newlines, never a NUL (validate_env_value refused those), so no value can start another
+            // variable.
+            text.push_str(&format!("{k}={v}\0"));
         }
         let mut file = std::fs::OpenOptions::new()
             .create_new(true)

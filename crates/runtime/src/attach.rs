@@ -148,13 +148,19 @@ pub fn exec_in_sandbox_audited(
                 &mut *request.sink,
             )
             .with_command(&prepared.plan.command);
-            let ended =
-                crate::supervisor::supervise_audited(child, child_pidfd, None, tty_socket, Some(&mut seccomp_audit));
+            let ended = crate::supervisor::supervise_audited(
+                child,
+                child_pidfd,
+                policy.timeout,
+                tty_socket,
+                Some(&mut seccomp_audit),
+            );
             drop(seccomp_audit);
             sys::close(c.proc_dir);
             ended
         }
-        _ => crate::supervisor::supervise(child, child_pidfd, None, tty_socket),
+        // The policy's timeout is this exec's own (`airlock exec --timeout`), not the sandbox's.
+        _ => crate::supervisor::supervise(child, child_pidfd, policy.timeout, tty_socket),
     };
     if let Some(socket) = tty_socket {
         sys::close(socket);

@@ -61,6 +61,18 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Whether the process `pid` that started at `start_time` still runs: it exists, is that process (not one that
+/// reused the pid), and is not a zombie. (An exited daemonized process stays a zombie until the host's pid 1
+/// reaps it, which some init systems do late: its work is over all the same.)
+pub fn process_alive(pid: i32, start_time: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return false };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next();
+    let start = fields.nth(18).and_then(|f| f.parse::<u64>().ok());
+    start == Some(start_time) && !matches!(state, Some("Z" | "X"))
+}
+
 /// Points standard output and standard error at `file` (the supervisor of a long-lived sandbox, once
 /// `airlock create` has returned, writes to its log).
 pub fn redirect_stdout_stderr_to(file: &std::fs::File) -> std::io::Result<()> {
@@ -72,4 +84,28 @@ pub fn redirect_stdout_stderr_to(file: &std::fs::File) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zombie_is_not_alive_and_a_running_process_is() {
+        let mut child = std::process::Command::new("/bin/sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        let start = process_start_time(pid).unwrap();
+        assert!(process_alive(pid, start));
+        assert!(!process_alive(pid, start + 1), "another start time is another process");
+        // Killed but not reaped: a zombie, whose /proc entry (and start time) is still there.
+        std::process::Command::new("/bin/kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while process_alive(pid, start) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(process_start_time(pid), Some(start), "still a zombie, not reaped");
+        assert!(!process_alive(pid, start));
+        child.wait().unwrap();
+        assert!(!process_alive(pid, start));
+    }
 }

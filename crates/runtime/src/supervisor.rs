@@ -82,6 +82,12 @@ pub fn supervise_audited(
                 if timed_out.is_none() && Instant::now() >= d {
                     // Killing init kills the pid namespace: every process in it, however it detached.
                     let _ = pidfd_send_signal(pidfd, libc::SIGKILL);
+                    // An exec's command is not init: it leads its own session and process group (exec_command
+                    // calls setsid), and what it started in the background stays in that group. Only a group
+                    // our child leads can have its pid as id (a leader's pid is not reused while its group
+                    // lives), so this kills nothing else; ESRCH when there is no such group is fine.
+                    // SAFETY: kill takes only integers.
+                    let _ = unsafe { libc::kill(-pid, libc::SIGKILL) };
                     timed_out = Some(started.elapsed());
                 }
             }

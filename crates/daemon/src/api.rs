@@ -510,7 +510,17 @@ async fn logs(
 
 async fn stats(State(app): State<Shared>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
     owned(&app, &name)?;
-    let done = app.engine.run_ok(&name_args("stats", &name, &["--json"])).await?;
+    let done = app.engine.run(&name_args("stats", &name, &["--json"]), None).await?;
+    if !done.ok() {
+        // The sandbox exists (owned says so): the CLI's "no sandbox … with limits" means it has no cgroup.
+        if done.message.contains("with limits") {
+            return Err(ApiError::conflict(format!(
+                "sandbox {name} has no resource limits, so no cgroup counts what it uses (create it with memory, \
+                 pids or cpus to have stats)"
+            )));
+        }
+        return Err(classify(&done));
+    }
     Ok(Json(json_of(&done.stdout, "stats --json")?))
 }
 

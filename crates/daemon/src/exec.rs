@@ -43,8 +43,9 @@ pub struct ExecRequest {
 
 /// Each stream's bytes kept for a wait-for-result answer; beyond, the rest is read and dropped (`truncated`).
 const MAX_CAPTURE: usize = 16 << 20;
-/// How long output already written is still read after the command's process exited (see the module doc).
-const DRAIN_GRACE: Duration = Duration::from_millis(250);
+/// How long the output pipes must stay quiet, after the command's process exited, before the answer ends without
+/// their end of file (a background process still holds them; see the module doc).
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
 /// How long past its `--timeout` an `airlock exec` gets to kill its command and exit before the daemon kills it.
 const TIMEOUT_SLACK: Duration = Duration::from_secs(10);
 
@@ -189,19 +190,28 @@ pub async fn exec(
         let mut exited = None;
         let mut drain_until: Option<tokio::time::Instant> = None;
         loop {
+            // Biased, output first: output that is ready is never dropped because the grace timer was also
+            // ready. After the exit, the grace restarts with every piece of output: it ends the answer only once
+            // the pipes have been quiet that long (a starved reader on a loaded machine still gets its turn).
             tokio::select! {
-                s = &mut status, if exited.is_none() => {
-                    exited = Some(s);
-                    drain_until = Some(tokio::time::Instant::now() + DRAIN_GRACE);
-                }
+                biased;
                 ev = rx.recv() => match ev {
-                    Some(ev) => { let _ = events_tx.send(ev).await; }
+                    Some(ev) => {
+                        if drain_until.is_some() {
+                            drain_until = Some(tokio::time::Instant::now() + DRAIN_GRACE);
+                        }
+                        let _ = events_tx.send(ev).await;
+                    }
                     None => if exited.is_some() { break } else {
                         // Both pipes closed before the exit: wait for it.
                         exited = Some((&mut status).await);
                         break;
                     },
                 },
+                s = &mut status, if exited.is_none() => {
+                    exited = Some(s);
+                    drain_until = Some(tokio::time::Instant::now() + DRAIN_GRACE);
+                }
                 _ = sleep_until(drain_until) => break,
             }
         }

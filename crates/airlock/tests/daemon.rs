@@ -1,0 +1,602 @@
+//! `airlock serve`, driven over its real socket: every endpoint, streaming, a client that disconnects, `kill -9`
+//! of the daemon and a restart, races, limits, bad input, TCP with a token, lifetimes, pools, 50 concurrent
+//! creates and 200 concurrent execs with nothing leaked, and the daemon run rootless.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "common/daemon.rs"]
+mod daemon_client;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::time::{Duration, Instant};
+
+use common::{code, stderr, TempDir};
+use daemon_client::{mode_of, wait_for, Client, Daemon};
+use serde_json::{json, Value};
+
+/// A workspace the sandbox may write (as root, the sandbox's identity maps to the test user).
+fn workspace(tag: &str) -> TempDir {
+    let ws = TempDir::new(tag);
+    fs::write(ws.path().join("a.txt"), "original\n").unwrap();
+    ws.chown_to_test_user();
+    ws
+}
+
+fn unique(tag: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!("{tag}-{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+}
+
+fn state_of(c: &Client, name: &str) -> String {
+    let a = c.get(&format!("/v1/sandboxes/{name}"));
+    assert_eq!(a.status, 200, "{}", a.text());
+    a.json()["state"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn every_endpoint_over_the_socket() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    let d = Daemon::start("api-all", &[]);
+    let c = d.client();
+    let ws = workspace("api-all-ws");
+
+    // The socket: only its owner may connect.
+    assert_eq!(mode_of(&d.socket) & 0o077 & !0o060, 0, "socket mode {:o}", mode_of(&d.socket));
+
+    let h = c.get("/v1/health");
+    assert_eq!(h.status, 200);
+    assert_eq!(h.json()["sandboxes"], 0);
+    assert!(h.json()["version"].as_str().is_some());
+
+    // Create: 201, the sandbox object; listed; got.
+    let name = unique("all");
+    let a = c.post("/v1/sandboxes", &json!({ "name": name, "workspace": ws.str(), "env": {"GREETING": "hi"} }));
+    assert_eq!(a.status, 201, "{}", a.text());
+    let obj = a.json();
+    assert_eq!(obj["name"], name.as_str());
+    assert_eq!(obj["state"], "running");
+    assert_eq!(obj["workspace"], ws.str());
+    assert!(obj["created"].as_f64().is_some());
+    let list = c.get("/v1/sandboxes").json();
+    assert!(list["sandboxes"].as_array().unwrap().iter().any(|s| s["name"] == name.as_str()));
+    assert_eq!(state_of(&c, &name), "running");
+    // The CLI, on the daemon's state directory, sees the same sandbox.
+    assert!(common::stdout(&d.airlock(&["ls"])).contains(&name));
+
+    // Exec, waiting: stdout, stderr, exit status, the sandbox's env plus the exec's, cwd, stdin.
+    let v = c.exec(&name, &json!({ "cmd": ["sh", "-c", "echo out; echo err >&2; exit 3"] }));
+    assert_eq!(
+        (v["exit_code"].as_i64(), v["stdout"].as_str(), v["stderr"].as_str()),
+        (Some(3), Some("out\n"), Some("err\n"))
+    );
+    assert_eq!(v["timed_out"], false);
+    assert!(v["duration_ms"].as_u64().is_some());
+    let v = c.exec(
+        &name,
+        &json!({ "cmd": ["sh", "-c", "echo \"$GREETING $EXTRA\"; pwd"], "env": {"EXTRA": "a\nb"}, "cwd": "/tmp" }),
+    );
+    assert_eq!(v["stdout"], "hi a\nb\n/tmp\n");
+    let v = c.exec(&name, &json!({ "cmd": ["cat"], "stdin": "fed through stdin" }));
+    assert_eq!(v["stdout"], "fed through stdin");
+    // Bytes that are not UTF-8 come base64.
+    let v = c.exec(&name, &json!({ "cmd": ["printf", "\\377\\376"] }));
+    assert_eq!(v["stdout_b64"], "//4=", "{v}");
+    // A per-exec timeout: the command and its background process are killed; 124.
+    let started = Instant::now();
+    let v = c.exec(&name, &json!({ "cmd": ["sh", "-c", "sleep 100 & echo $! > /tmp/bg; sleep 100"], "timeout": "1s" }));
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert_eq!((v["exit_code"].as_i64(), v["timed_out"].as_bool()), (Some(124), Some(true)), "{v}");
+    let alive = "p=$(cat /tmp/bg); if [ -e /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status; then echo alive; else echo gone; fi";
+    assert_eq!(c.sh(&name, alive), "gone\n");
+    // A command that cannot start.
+    let v = c.exec(&name, &json!({ "cmd": ["no-such-command-here"] }));
+    assert_eq!(v["exit_code"], 127);
+
+    // Exec, streamed: started, then output as it happens, then exit.
+    let s = c.start(
+        "POST",
+        &format!("/v1/sandboxes/{name}/exec"),
+        json!({ "cmd": ["sh", "-c", "echo one; sleep 0.3; echo two >&2; exit 5"] }).to_string().as_bytes(),
+        &[("Accept", "application/x-ndjson")],
+    );
+    assert_eq!(s.status, 200);
+    let events: Vec<Value> = s.lines().collect();
+    assert_eq!(events.first().unwrap()["type"], "started", "{events:?}");
+    assert!(events[0]["pid"].as_i64().is_some());
+    assert!(events.iter().any(|e| e["type"] == "stdout" && e["data"] == "one\n"), "{events:?}");
+    assert!(events.iter().any(|e| e["type"] == "stderr" && e["data"] == "two\n"), "{events:?}");
+    let last = events.last().unwrap();
+    assert_eq!((last["type"].as_str(), last["exit_code"].as_i64()), (Some("exit"), Some(5)), "{events:?}");
+
+    // The workspace: a change, then diff, checkpoint, rollback, commit, discard — on the running sandbox.
+    c.sh(&name, "echo first > b.txt");
+    let diff = c.get(&format!("/v1/sandboxes/{name}/diff"));
+    assert_eq!(diff.status, 200);
+    assert!(diff.text().contains("b.txt"), "{}", diff.text());
+    let cp = c.post(&format!("/v1/sandboxes/{name}/checkpoints"), &json!({ "label": "c1" }));
+    assert_eq!(cp.status, 201, "{}", cp.text());
+    c.sh(&name, "echo second > b.txt; echo x > c.txt");
+    let cps = c.get(&format!("/v1/sandboxes/{name}/checkpoints"));
+    assert_eq!(cps.status, 200);
+    assert!(cps.text().contains("c1"), "{}", cps.text());
+    let rb = c.post(&format!("/v1/sandboxes/{name}/rollback"), &json!({ "label": "c1" }));
+    assert_eq!(rb.status, 204, "{}", rb.text());
+    assert_eq!(c.sh(&name, "cat b.txt; test -e c.txt || echo no-c"), "first\nno-c\n");
+    let missing = c.post(&format!("/v1/sandboxes/{name}/rollback"), &json!({ "label": "nope" }));
+    assert_eq!(missing.status, 404, "{}", missing.text());
+    assert_eq!(missing.error_code(), "not_found");
+    assert!(!ws.path().join("b.txt").exists(), "the host changed before a commit");
+    let cm = c.post(&format!("/v1/sandboxes/{name}/commit"), &json!({}));
+    assert_eq!(cm.status, 200, "{}", cm.text());
+    assert!(cm.json()["committed"].as_u64().unwrap() >= 1);
+    assert_eq!(fs::read_to_string(ws.path().join("b.txt")).unwrap(), "first\n");
+    c.sh(&name, "echo scratch > d.txt");
+    let dc = c.post(&format!("/v1/sandboxes/{name}/discard"), &json!({}));
+    assert_eq!(dc.status, 200, "{}", dc.text());
+    assert_eq!(c.sh(&name, "test -e d.txt && echo d || echo no-d"), "no-d\n");
+
+    // Logs: the audit records, JSON lines; with follow, new ones arrive on an open stream.
+    let logs = c.get(&format!("/v1/sandboxes/{name}/logs"));
+    assert_eq!(logs.status, 200);
+    let records: Vec<Value> = logs.text().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(records.len() >= 3, "{}", logs.text());
+    assert!(logs.text().contains("no-such-command-here"));
+    let follow = c.start("GET", &format!("/v1/sandboxes/{name}/logs?follow=true"), b"", &[]);
+    assert_eq!(follow.status, 200);
+    let marker = unique("marker");
+    let c2 = c.clone();
+    let (n2, m2) = (name.clone(), marker.clone());
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        c2.exec(&n2, &json!({ "cmd": ["echo", m2] }));
+    });
+    let mut lines = follow.lines();
+    let seen = lines.any(|r| r.to_string().contains(&marker));
+    assert!(seen, "the followed log never showed the new exec");
+    drop(lines); // the client goes away mid-stream
+    writer.join().unwrap();
+
+    // Stats: a sandbox without limits has no cgroup (409, said plainly); with limits, numbers.
+    let st = c.get(&format!("/v1/sandboxes/{name}/stats"));
+    assert_eq!(st.status, 409, "{}", st.text());
+    assert!(st.json()["error"]["message"].as_str().unwrap().contains("no resource limits"));
+    let limited = c.create(&json!({ "pids": 64, "memory": "128M" }));
+    let st = c.get(&format!("/v1/sandboxes/{limited}/stats"));
+    assert_eq!(st.status, 200, "{}", st.text());
+    assert_eq!(st.json()["memory"]["limit_bytes"], 128 << 20);
+    assert_eq!(st.json()["pids"]["limit"], 64);
+
+    // A lifetime set later.
+    let t = c.post(&format!("/v1/sandboxes/{name}/timeout"), &json!({ "timeout": "1h" }));
+    assert_eq!(t.status, 200, "{}", t.text());
+    let left = t.json()["expires_at"].as_f64().unwrap() - common_now();
+    assert!((3500.0..3700.0).contains(&left), "expires in {left}s");
+
+    // Delete with keep: stopped, still there; then deleted: gone, 404, nothing left in the state directory.
+    let a = c.delete(&format!("/v1/sandboxes/{name}?keep=true"));
+    assert_eq!(a.status, 204, "{}", a.text());
+    assert_eq!(state_of(&c, &name), "exited");
+    let v = c.post(&format!("/v1/sandboxes/{name}/exec"), &json!({ "cmd": ["true"] }));
+    assert_eq!(v.status, 409, "{}", v.text());
+    assert_eq!(c.delete(&format!("/v1/sandboxes/{name}")).status, 204);
+    let gone = c.get(&format!("/v1/sandboxes/{name}"));
+    assert_eq!(gone.status, 404);
+    assert_eq!(gone.error_code(), "not_found");
+    assert!(!d.state.join("sandboxes").join(&name).exists());
+    assert_eq!(c.delete(&format!("/v1/sandboxes/{limited}")).status, 204);
+    assert_eq!(c.get("/v1/health").json()["sandboxes"], 0);
+
+    // The spec names every route; unknown endpoints are the JSON 404.
+    let spec = c.get("/openapi.json");
+    assert_eq!(spec.status, 200);
+    let paths = spec.json()["paths"].as_object().unwrap().keys().cloned().collect::<BTreeSet<_>>();
+    for p in ["/v1/sandboxes", "/v1/sandboxes/{name}/exec", "/v1/pools", "/v1/health"] {
+        assert!(paths.contains(p), "{p} missing from /openapi.json");
+    }
+    let nope = c.get("/v1/nothing-here");
+    assert_eq!(nope.status, 404);
+    assert_eq!(nope.error_code(), "not_found");
+}
+
+fn common_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+#[test]
+fn bad_input_is_400_and_creates_nothing() {
+    require_sandbox!();
+    let d = Daemon::start("api-bad", &[]);
+    let c = d.client();
+    let long_name = "a".repeat(64 * 1024);
+    let bodies: Vec<Vec<u8>> = vec![
+        b"{not json".to_vec(),
+        b"[1, 2]".to_vec(),
+        br#"{"unknown_field": 1}"#.to_vec(),
+        br#"{"name": "../escape"}"#.to_vec(),
+        br#"{"name": "a/b"}"#.to_vec(),
+        "{\"name\": \"nul\\u0000name\"}".as_bytes().to_vec(),
+        format!("{{\"name\": \"{long_name}\"}}").into_bytes(),
+        br#"{"workspace": "relative/path"}"#.to_vec(),
+        br#"{"workspace": "/no/such/dir/anywhere"}"#.to_vec(),
+        br#"{"memory": "lots"}"#.to_vec(),
+        br#"{"net": "everything"}"#.to_vec(),
+        br#"{"allow": ["bad domain!"]}"#.to_vec(),
+        br#"{"env": {"BAD KEY": "v"}}"#.to_vec(),
+        br#"{"timeout": "forever"}"#.to_vec(),
+        br#"{"profile": "../../etc/passwd"}"#.to_vec(),
+        br#"{"pool": "no-such-pool"}"#.to_vec(),
+        // A huge body (over the JSON limit).
+        format!("{{\"name\": \"x\", \"env\": {{\"A\": \"{}\"}}}}", "v".repeat(5 << 20)).into_bytes(),
+    ];
+    for body in &bodies {
+        let a = c.post_raw("/v1/sandboxes", body);
+        let shown = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
+        assert!(matches!(a.status, 400 | 404 | 413 | 422), "{shown}: {} {}", a.status, a.text());
+        if a.status != 413 {
+            let code = a.error_code();
+            assert!(["bad_request", "not_found", "setup_failed"].contains(&code.as_str()), "{shown}: {code}");
+            assert!(a.text().len() < 4096, "the error echoes the hostile input: {} bytes", a.text().len());
+        }
+    }
+    // Hostile names in the path.
+    for path in ["/v1/sandboxes/..%2F..%2Fetc", "/v1/sandboxes/a%00b", "/v1/sandboxes/%2e%2e"] {
+        let a = c.get(path);
+        assert!(matches!(a.status, 400 | 404), "{path}: {}", a.status);
+    }
+    let a = c.get(&format!("/v1/sandboxes/{long_name}"));
+    assert!(matches!(a.status, 400 | 404 | 414 | 431), "{}", a.status);
+    // Exec and pool bodies.
+    let a = c.post("/v1/pools", &json!({ "name": "p", "size": 100000, "sandbox": {} }));
+    assert_eq!(a.status, 400);
+    let a = c.post("/v1/pools", &json!({ "name": "../p", "size": 1, "sandbox": {} }));
+    assert_eq!(a.status, 400);
+    // Nothing was created.
+    assert_eq!(c.get("/v1/health").json()["sandboxes"], 0);
+    assert!(d.sandbox_dirs().is_empty(), "{:?}", d.sandbox_dirs());
+    assert!(c.get("/v1/pools").json()["pools"].as_array().unwrap().is_empty());
+
+    // Exec's own bad input, on a real sandbox.
+    let name = c.create(&json!({}));
+    for body in [
+        json!({}),
+        json!({ "cmd": [] }),
+        json!({ "cmd": [""] }),
+        json!({ "cmd": ["true"], "cwd": "relative" }),
+        json!({ "cmd": ["true"], "env": {"A=B": "1"} }),
+        json!({ "cmd": ["true"], "timeout": "never" }),
+        json!({ "cmd": ["true"], "surprise": 1 }),
+        json!({ "cmd": ["a\u{0}b"] }),
+    ] {
+        let a = c.post(&format!("/v1/sandboxes/{name}/exec"), &body);
+        assert_eq!(a.status, 400, "{body}: {}", a.text());
+        assert_eq!(a.error_code(), "bad_request");
+    }
+    assert_eq!(c.delete(&format!("/v1/sandboxes/{name}")).status, 204);
+}
+
+#[test]
+fn races_are_409_and_limits_are_429() {
+    require_sandbox!();
+    let d = Daemon::start("api-race", &["--max-sandboxes", "2", "--max-execs", "2"]);
+    let c = d.client();
+    let a = c.create(&json!({}));
+    let b = c.create(&json!({}));
+    let third = c.post("/v1/sandboxes", &json!({}));
+    assert_eq!(third.status, 429, "{}", third.text());
+    assert_eq!(third.error_code(), "limit");
+    assert_eq!(d.sandbox_dirs().len(), 2);
+
+    // Two execs run; a third at once is 429; a commit while an exec runs is 409.
+    let slow = |name: String, c: Client| std::thread::spawn(move || c.exec(&name, &json!({ "cmd": ["sleep", "2"] })));
+    let t1 = slow(a.clone(), c.clone());
+    let t2 = slow(b.clone(), c.clone());
+    std::thread::sleep(Duration::from_millis(700));
+    let e = c.post(&format!("/v1/sandboxes/{a}/exec"), &json!({ "cmd": ["true"] }));
+    assert_eq!(e.status, 429, "{}", e.text());
+    assert_eq!(e.error_code(), "limit");
+    let cm = c.post(&format!("/v1/sandboxes/{a}/commit"), &json!({}));
+    assert_eq!(cm.status, 409, "{}", cm.text());
+    assert_eq!(cm.error_code(), "conflict");
+    let cp = c.post(&format!("/v1/sandboxes/{b}/checkpoints"), &json!({ "label": "x" }));
+    assert_eq!(cp.status, 409, "{}", cp.text());
+    assert_eq!(t1.join().unwrap()["exit_code"], 0);
+    assert_eq!(t2.join().unwrap()["exit_code"], 0);
+    // Free again.
+    assert_eq!(c.exec(&a, &json!({ "cmd": ["true"] }))["exit_code"], 0);
+
+    // Two deletes at once: one 204, the other 409 (or 404 once the first is done); never a 500, never half-done.
+    let (c1, c2, n1, n2) = (c.clone(), c.clone(), a.clone(), a.clone());
+    let d1 = std::thread::spawn(move || c1.delete(&format!("/v1/sandboxes/{n1}")));
+    let d2 = std::thread::spawn(move || c2.delete(&format!("/v1/sandboxes/{n2}")));
+    let mut statuses = [d1.join().unwrap().status, d2.join().unwrap().status];
+    statuses.sort();
+    assert!(statuses == [204, 409] || statuses == [204, 404], "{statuses:?}");
+    assert_eq!(c.get(&format!("/v1/sandboxes/{a}")).status, 404);
+    assert!(!d.state.join("sandboxes").join(&a).exists());
+    // A name that exists already.
+    let dup = c.post("/v1/sandboxes", &json!({ "name": b }));
+    assert_eq!(dup.status, 409, "{}", dup.text());
+    assert_eq!(c.delete(&format!("/v1/sandboxes/{b}")).status, 204);
+}
+
+#[test]
+fn a_streaming_client_that_disconnects_kills_nothing() {
+    require_sandbox!();
+    let d = Daemon::start("api-disc", &[]);
+    let c = d.client();
+    let name = c.create(&json!({}));
+    let s = c.start(
+        "POST",
+        &format!("/v1/sandboxes/{name}/exec"),
+        json!({ "cmd": ["sh", "-c", "echo begun; sleep 1.5; echo finished > /tmp/marker"] }).to_string().as_bytes(),
+        &[("Accept", "application/x-ndjson")],
+    );
+    let mut lines = s.lines();
+    assert_eq!(lines.next().unwrap()["type"], "started");
+    assert_eq!(lines.next().unwrap()["data"], "begun\n");
+    drop(lines);
+    wait_for("the command to finish after its client left", 20, || {
+        c.exec(&name, &json!({ "cmd": ["cat", "/tmp/marker"] }))["stdout"] == "finished\n"
+    });
+    // The daemon is fine and counts no exec still running.
+    assert_eq!(c.exec(&name, &json!({ "cmd": ["echo", "ok"] }))["stdout"], "ok\n");
+    assert_eq!(c.delete(&format!("/v1/sandboxes/{name}")).status, 204);
+}
+
+#[test]
+fn kill_9_of_the_daemon_loses_nothing() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    let mut d = Daemon::start("api-kill", &[]);
+    let c = d.client();
+    let ws = workspace("api-kill-ws");
+    let running = c.create(&json!({ "workspace": ws.str() }));
+    c.sh(&running, "echo kept > k.txt; echo live > /tmp/t");
+    let kept = c.create(&json!({ "workspace": ws.str() }));
+    c.sh(&kept, "echo other > o.txt");
+    assert_eq!(c.delete(&format!("/v1/sandboxes/{kept}?keep=true")).status, 204);
+    let lifetime = c.create(&json!({ "timeout": "1h" }));
+    let expires = c.get(&format!("/v1/sandboxes/{lifetime}")).json()["expires_at"].as_f64().unwrap();
+
+    d.kill9();
+    // The sandboxes live on without the daemon.
+    let out = d.airlock(&["exec", &running, "--", "cat", "/tmp/t"]);
+    assert_eq!(common::stdout(&out), "live\n", "{}", stderr(&out));
+
+    d.spawn();
+    let c = d.client();
+    let names: BTreeSet<String> = c.get("/v1/sandboxes").json()["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, BTreeSet::from([running.clone(), kept.clone(), lifetime.clone()]));
+    assert_eq!(state_of(&c, &running), "running");
+    assert_eq!(state_of(&c, &kept), "exited");
+    assert_eq!(c.get(&format!("/v1/sandboxes/{lifetime}")).json()["expires_at"].as_f64().unwrap(), expires);
+    // Adopted for real: exec into it, its /tmp is the same; the kept one's changes are still there.
+    assert_eq!(c.sh(&running, "cat /tmp/t k.txt"), "live\nkept\n");
+    assert!(c.get(&format!("/v1/sandboxes/{kept}/diff")).text().contains("o.txt"));
+    for n in [&running, &kept, &lifetime] {
+        assert_eq!(c.delete(&format!("/v1/sandboxes/{n}")).status, 204);
+    }
+    assert!(d.sandbox_dirs().is_empty(), "{:?}", d.sandbox_dirs());
+}
+
+#[test]
+fn lifetimes_and_warm_pools() {
+    require_sandbox!();
+    let d = Daemon::start("api-pool", &[]);
+    let c = d.client();
+
+    // A lifetime: stopped (not removed) when it runs out; a new one set from now.
+    let short = c.create(&json!({ "timeout": "1s" }));
+    let extended = c.create(&json!({ "timeout": "1s" }));
+    assert_eq!(c.post(&format!("/v1/sandboxes/{extended}/timeout"), &json!({ "timeout": "1h" })).status, 200);
+    wait_for("the lifetime to end", 20, || state_of(&c, &short) == "exited");
+    assert_eq!(state_of(&c, &extended), "running");
+    assert_eq!(c.delete(&format!("/v1/sandboxes/{short}")).status, 204);
+    assert_eq!(c.delete(&format!("/v1/sandboxes/{extended}")).status, 204);
+
+    // A pool of 2: filled in the background, not listed; a create takes one (fast), the pool refills.
+    let p = c.post("/v1/pools", &json!({ "name": "warm", "size": 2, "sandbox": { "env": {"FROM": "pool"} } }));
+    assert_eq!(p.status, 201, "{}", p.text());
+    assert_eq!(c.post("/v1/pools", &json!({ "name": "warm", "size": 1, "sandbox": {} })).status, 409);
+    let ready = || c.get("/v1/pools").json()["pools"][0]["ready"].as_u64().unwrap();
+    wait_for("the pool to fill", 60, || ready() == 2);
+    assert!(c.get("/v1/sandboxes").json()["sandboxes"].as_array().unwrap().is_empty());
+    let started = Instant::now();
+    let taken = c.create(&json!({ "pool": "warm", "timeout": "10m" }));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "a pooled create took {took:?}");
+    assert_eq!(c.sh(&taken, "echo $FROM"), "pool\n");
+    let obj = c.get(&format!("/v1/sandboxes/{taken}")).json();
+    assert!(obj["expires_at"].as_f64().unwrap() > common_now() + 500.0);
+    wait_for("the pool to refill", 60, || ready() == 2);
+    // A pooled create takes only the pool and a timeout.
+    assert_eq!(c.post("/v1/sandboxes", &json!({ "pool": "warm", "memory": "1G" })).status, 400);
+    // Deleting the pool removes its ready sandboxes, not the taken one.
+    assert_eq!(c.delete("/v1/pools/warm").status, 204);
+    wait_for("the pool's sandboxes to go", 60, || d.sandbox_dirs().len() == 1);
+    assert_eq!(state_of(&c, &taken), "running");
+    assert_eq!(c.delete(&format!("/v1/sandboxes/{taken}")).status, 204);
+}
+
+#[test]
+fn tcp_needs_the_token() {
+    require_sandbox!();
+    // --listen without a token refuses to start.
+    let dir = TempDir::new("api-tcp");
+    let o = common::airlock(&["serve", "--listen", "127.0.0.1:0", "--state-dir", &format!("{}/s", dir.str())]);
+    assert_ne!(code(&o), 0);
+    assert!(stderr(&o).contains("token"), "{}", stderr(&o));
+    let short = dir.path().join("short");
+    fs::write(&short, "tooshort\n").unwrap();
+    let o = common::airlock(&["serve", "--listen", "127.0.0.1:0", "--token-file", short.to_str().unwrap()]);
+    assert_ne!(code(&o), 0);
+
+    let token = "s3cret-token-for-the-test-0123456789";
+    let token_file = dir.path().join("token");
+    fs::write(&token_file, format!("{token}\n")).unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start("api-tcp-d", &["--listen", &addr, "--token-file", token_file.to_str().unwrap()]);
+    wait_for("the TCP listener", 20, || std::net::TcpStream::connect(&addr).is_ok());
+    for bad in [None, Some("wrong-token-wrong-token-wrong"), Some(&token[..token.len() - 1])] {
+        let c = Client::tcp(&addr, bad);
+        let a = c.get("/v1/sandboxes");
+        assert_eq!(a.status, 401, "{bad:?}");
+        assert_eq!(a.error_code(), "unauthorized");
+        assert_eq!(c.post("/v1/sandboxes", &json!({})).status, 401);
+    }
+    assert!(d.sandbox_dirs().is_empty(), "a 401 created something");
+    let c = Client::tcp(&addr, Some(token));
+    let name = c.create(&json!({}));
+    assert_eq!(c.sh(&name, "echo over tcp"), "over tcp\n");
+    assert_eq!(c.delete(&format!("/v1/sandboxes/{name}")).status, 204);
+    // The unix socket needs no token.
+    assert_eq!(d.client().get("/v1/health").status, 200);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Processes whose environment names this state directory (supervisors, inits, `airlock` children).
+fn processes_of(state: &std::path::Path) -> Vec<i32> {
+    let needle = format!("AIRLOCK_STATE_DIR={}", state.display());
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()))
+        })
+        .collect()
+}
+
+fn mounts_under(dir: &std::path::Path) -> usize {
+    let needle = dir.display().to_string();
+    fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(&needle)).count()
+}
+
+/// cgroup directories of sandboxes whose names start with `prefix` (v1: under each controller; v2: anywhere a
+/// few levels down).
+fn cgroups_named(prefix: &str) -> usize {
+    let mut n = 0;
+    let mut todo = vec![(std::path::PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((dir, depth)) = todo.pop() {
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            // Named `<ns>-<pid>-<start>-<sandbox name>` (unique per state directory and supervisor).
+            if e.file_name().to_string_lossy().split('-').nth(3).is_some_and(|n| n.starts_with(prefix)) {
+                n += 1;
+            } else if depth < 4 {
+                todo.push((e.path(), depth + 1));
+            }
+        }
+    }
+    n
+}
+
+fn fds_of(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+#[test]
+fn fifty_creates_and_two_hundred_execs_leak_nothing() {
+    require_sandbox!();
+    let d = Daemon::start("api-many", &["--max-sandboxes", "64", "--max-execs", "256"]);
+    let c = d.client();
+    let prefix = format!("many{}x", std::process::id());
+    let pid = d.pid();
+    // Warm up once (lazy state in the daemon), then count.
+    let w = c.create(&json!({}));
+    assert_eq!(c.delete(&format!("/v1/sandboxes/{w}")).status, 204);
+    let fds_before = fds_of(pid);
+    let procs_before = processes_of(&d.state).len();
+    let mounts_before = mounts_under(&d.state);
+
+    let started = Instant::now();
+    let creators: Vec<_> = (0..50)
+        .map(|i| {
+            let c = c.clone();
+            let name = format!("{prefix}{i}");
+            std::thread::spawn(move || {
+                // Limits, so each sandbox has a cgroup to leak.
+                let a = c.post("/v1/sandboxes", &json!({ "name": name, "pids": 128 }));
+                assert_eq!(a.status, 201, "{name}: {}", a.text());
+                name
+            })
+        })
+        .collect();
+    let names: Vec<String> = creators.into_iter().map(|t| t.join().unwrap()).collect();
+    let created = started.elapsed();
+    assert_eq!(cgroups_named(&prefix) % 50, 0);
+    assert!(cgroups_named(&prefix) >= 50, "each sandbox has its cgroup");
+
+    let started = Instant::now();
+    let execs: Vec<_> = (0..200)
+        .map(|i| {
+            let c = c.clone();
+            let name = names[i % names.len()].clone();
+            std::thread::spawn(move || {
+                let v = c.exec(&name, &json!({ "cmd": ["sh", "-c", format!("echo {i}")] }));
+                assert_eq!(v["exit_code"], 0, "{v}");
+                assert_eq!(v["stdout"], format!("{i}\n"));
+            })
+        })
+        .collect();
+    for t in execs {
+        t.join().unwrap();
+    }
+    let executed = started.elapsed();
+
+    let deleters: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let c = c.clone();
+            let n = n.clone();
+            std::thread::spawn(move || assert_eq!(c.delete(&format!("/v1/sandboxes/{n}")).status, 204, "{n}"))
+        })
+        .collect();
+    for t in deleters {
+        t.join().unwrap();
+    }
+    eprintln!("50 concurrent creates: {created:?}; 200 concurrent execs: {executed:?}");
+
+    assert_eq!(c.get("/v1/health").json()["sandboxes"], 0);
+    assert!(d.sandbox_dirs().is_empty(), "{:?}", d.sandbox_dirs());
+    wait_for("the sandboxes' processes to go", 20, || processes_of(&d.state).len() <= procs_before);
+    assert_eq!(mounts_under(&d.state), mounts_before, "mounts leaked");
+    assert_eq!(cgroups_named(&prefix), 0, "cgroups leaked");
+    // The daemon's own descriptors: back where they were (a little slack for tokio's internals).
+    let fds_after = fds_of(pid);
+    assert!(fds_after <= fds_before + 2, "fds: {fds_before} before, {fds_after} after");
+}
+
+#[test]
+fn the_daemon_runs_rootless() {
+    require_sandbox!();
+    let user = require_test_user!();
+    let d = Daemon::start_as("api-rootless", &[], Some(user));
+    assert_eq!(mode_of(&d.socket) & 0o077, 0, "socket mode {:o}", mode_of(&d.socket));
+    let c = d.client();
+    let name = c.create(&json!({}));
+    let v = c.exec(&name, &json!({ "cmd": ["cat", "/proc/self/uid_map"] }));
+    assert_eq!(v["exit_code"], 0, "{v}");
+    // The sandbox's ids are the test user's own: nothing else of the host is mapped.
+    let map = v["stdout"].as_str().unwrap().to_string();
+    let uid = common::test_user_uid().to_string();
+    assert_eq!(map.lines().count(), 1, "{map}");
+    assert_eq!(map.split_whitespace().nth(1), Some(uid.as_str()), "{map}");
+    assert_eq!(map.split_whitespace().nth(2), Some("1"), "{map}");
+    assert_eq!(c.delete(&format!("/v1/sandboxes/{name}")).status, 204);
+    assert!(d.sandbox_dirs().is_empty());
+}

@@ -30,6 +30,9 @@ pub enum Command {
     /// The supervisor of a sandbox started by `airlock create` (internal).
     #[command(name = "__supervise", hide = true)]
     Supervise(Box<CreateArgs>),
+    /// One file operation inside a running sandbox, for the daemon's files API (internal).
+    #[command(name = "__files", hide = true)]
+    Files(crate::files_cmd::FilesArgs),
     /// The network gateway of one `--net allow` sandbox, started by its supervisor (internal).
     #[command(name = "__netgw", hide = true)]
     NetGateway(crate::network::NetGatewayArgs),

@@ -241,23 +241,9 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
     }
     // The stored profile's timeout is the sandbox's, enforced by its supervisor; an exec's limit is its own.
     policy.timeout = exec_timeout;
-    let cow = policy.workspace.as_ref().is_some_and(|w| w.mode == WorkspaceMode::Cow);
-    let host = HostContext {
-        lock_dir: lock_dir(),
-        // With -t: a new pseudo-terminal in the sandbox, relayed to ours (never ours itself).
-        tty: args.tty.then(runtime::host::caller_window_size),
-        name: Some(name.clone()),
-        layer: match cow {
-            true => Some(LayerDirs {
-                upper: state::layer_root(&dir)?.join("upper"),
-                work: state::layer_root(&dir)?.join("work"),
-                frozen: state::checkpoints(&dir)?.into_iter().rev().map(|c| c.dir).collect(),
-            }),
-            false => None,
-        },
-        hold: false,
-        gateway: None,
-    };
+    let mut host = attach_context(name, &dir, &policy)?;
+    // With -t: a new pseudo-terminal in the sandbox, relayed to ours (never ours itself).
+    host.tty = args.tty.then(runtime::host::caller_window_size);
     let target = RunningSandbox { name: name.clone(), init_pid, init_start_time };
     // The setup's warnings were shown by `airlock create`; every exec would only repeat them.
     // The sandbox's audit log, appended to by this process (its command's execs and denials, which it answers).
@@ -290,6 +276,27 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The host context of a visit to the running sandbox `name` (an exec, the files API): its layer as it stands
+/// (nothing is mounted again), no terminal.
+pub(crate) fn attach_context(name: &str, dir: &std::path::Path, policy: &SandboxPolicy) -> Result<HostContext> {
+    let cow = policy.workspace.as_ref().is_some_and(|w| w.mode == WorkspaceMode::Cow);
+    Ok(HostContext {
+        lock_dir: lock_dir(),
+        tty: None,
+        name: Some(name.to_string()),
+        layer: match cow {
+            true => Some(LayerDirs {
+                upper: state::layer_root(dir)?.join("upper"),
+                work: state::layer_root(dir)?.join("work"),
+                frozen: state::checkpoints(dir)?.into_iter().rev().map(|c| c.dir).collect(),
+            }),
+            false => None,
+        },
+        hold: false,
+        gateway: None,
+    })
 }
 
 /// `--env-file`: `KEY=VALUE` lines, or NUL-terminated entries when the file holds a NUL byte. Every key and value

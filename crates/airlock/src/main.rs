@@ -5,6 +5,7 @@ mod audit_cmd;
 mod checkpoint_cmd;
 mod cli;
 mod doctor;
+mod files_cmd;
 mod longlived;
 mod network;
 mod profile_cmd;
@@ -36,14 +37,17 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(&err),
     };
-    let runs_something =
-        matches!(cli.command, Command::Run(_) | Command::Create(_) | Command::Exec(_) | Command::Supervise(_));
+    let runs_something = matches!(
+        cli.command,
+        Command::Run(_) | Command::Create(_) | Command::Exec(_) | Command::Supervise(_) | Command::Files(_)
+    );
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Create(args) => longlived::create(*args),
         Command::Supervise(args) => longlived::supervise(*args),
         Command::NetGateway(args) => network::serve(args),
         Command::Exec(args) => longlived::exec(args),
+        Command::Files(args) => files_cmd::files(args),
         Command::Stop { name } => longlived::stop(&name),
         Command::Doctor { json } => doctor::run_doctor(json),
         Command::Profile(cmd) => profile_cmd::run(cmd),

@@ -600,3 +600,104 @@ fn the_daemon_runs_rootless() {
     assert_eq!(c.delete(&format!("/v1/sandboxes/{name}")).status, 204);
     assert!(d.sandbox_dirs().is_empty());
 }
+
+#[test]
+fn files_resolve_inside_the_sandbox_with_its_rights() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    let d = Daemon::start("api-files", &[]);
+    let c = d.client();
+    let ws = workspace("api-files-ws");
+    let name = c.create(&json!({ "workspace": ws.str() }));
+    let url = |path: &str| format!("/v1/sandboxes/{name}/files?path={}", encode(path));
+    let put = |path: &str, body: &[u8]| c.request("PUT", &url(path), body, &[]);
+
+    // A round trip of bytes that are not UTF-8; parents created; the mode asked for.
+    let bytes: Vec<u8> = (0..=255u8).chain(b"\r\n\0end".iter().copied()).collect();
+    let target = format!("{}/new/deep/bin.dat", ws.str());
+    assert_eq!(put(&target, &bytes).status, 204);
+    let a = c.get(&url(&target));
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(a.body, bytes);
+    let script = format!("{}/run.sh", ws.str());
+    assert_eq!(c.request("PUT", &format!("{}&mode=0755", url(&script)), b"#!/bin/sh\necho ran\n", &[]).status, 204);
+    assert_eq!(c.sh(&name, &format!("{script}; stat -c '%a %u' {script}")), "ran\n755 0\n");
+    // Written as the sandbox's user, into its copy-on-write layer: in the diff, not on the host.
+    assert!(!ws.path().join("new").exists(), "the write reached the host workspace");
+    assert!(c.get(&format!("/v1/sandboxes/{name}/diff")).text().contains("bin.dat"));
+    // What a command writes, the files API reads (the sandbox's /tmp, not the host's).
+    c.sh(&name, "echo from-inside > /tmp/inside.txt");
+    assert_eq!(c.get(&url("/tmp/inside.txt")).text(), "from-inside\n");
+    assert_eq!(put("/tmp/from-api.txt", b"api\n").status, 204);
+    assert_eq!(c.sh(&name, "cat /tmp/from-api.txt"), "api\n");
+    assert!(!std::path::Path::new("/tmp/from-api.txt").exists() || fs::read("/tmp/from-api.txt").unwrap() != b"api\n");
+
+    // A directory: its entries.
+    let listing = c.get(&url(&format!("{}/new/deep", ws.str())));
+    assert_eq!(listing.status, 200);
+    let entries = listing.json()["entries"].as_array().unwrap().clone();
+    assert_eq!(entries.len(), 1);
+    assert_eq!((entries[0]["name"].as_str(), entries[0]["type"].as_str()), (Some("bin.dat"), Some("file")));
+    assert_eq!(entries[0]["size"], bytes.len());
+    assert!(entries[0]["mode"].as_u64().is_some());
+
+    // Missing: 404. Delete: 204, then gone. A directory goes whole.
+    let missing = c.get(&url("/no/such/file"));
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.error_code(), "not_found");
+    assert_eq!(c.delete(&url(&target)).status, 204);
+    assert_eq!(c.get(&url(&target)).status, 404);
+    assert_eq!(c.delete(&url(&format!("{}/new", ws.str()))).status, 204);
+    assert_eq!(c.get(&url(&format!("{}/new", ws.str()))).status, 404);
+    assert_eq!(c.delete(&url("/no/such/file")).status, 404);
+
+    // Never the host's files: a host file outside what the sandbox shows, `..` past the root, and symlinks the
+    // sandbox plants towards the host's / all resolve inside the sandbox's root.
+    let secret_dir = TempDir::new("api-files-secret");
+    let secret = secret_dir.path().join("secret.txt");
+    fs::write(&secret, "host secret\n").unwrap();
+    let secret = secret.to_str().unwrap().to_string();
+    for path in [secret.clone(), format!("/../../..{secret}"), format!("{}/../../../..{secret}", ws.str())] {
+        let a = c.get(&url(&path));
+        assert_eq!(a.status, 404, "{path}: {} {}", a.status, a.text());
+    }
+    c.sh(&name, &format!("ln -s / {0}/root-link; ln -s ../../../../../../.. {0}/up-link", ws.str()));
+    for link in ["root-link", "up-link"] {
+        let a = c.get(&url(&format!("{}/{link}{secret}", ws.str())));
+        assert_eq!(a.status, 404, "{link}: {}", a.text());
+        assert_ne!(a.body, b"host secret\n");
+    }
+    // The sandbox user's rights, not host root's: /etc/shadow is the host's (read-only in the sandbox) and
+    // unreadable to the sandbox's user; /usr is read-only.
+    let shadow = c.get(&url("/etc/shadow"));
+    assert_eq!(shadow.status, 409, "{}", shadow.text());
+    assert_eq!(shadow.error_code(), "conflict");
+    let ro = put("/usr/airlock-should-not-exist", b"x");
+    assert_eq!(ro.status, 409, "{}", ro.text());
+    assert!(!std::path::Path::new("/usr/airlock-should-not-exist").exists());
+
+    // Bad paths: 400, nothing done.
+    for bad in ["relative/path", "", "/a\0b"] {
+        let a = c.get(&format!("/v1/sandboxes/{name}/files?path={}", encode(bad)));
+        assert_eq!(a.status, 400, "{bad:?}: {}", a.text());
+    }
+    assert_eq!(c.get(&format!("/v1/sandboxes/{name}/files")).status, 400);
+    assert_eq!(c.get(&format!("{}&mode=0644", url("/tmp/x"))).status, 400);
+    assert_eq!(c.request("PUT", &format!("{}&mode=999", url("/tmp/x")), b"", &[]).status, 400);
+    // Another daemon's or no sandbox: 404; a stopped one: 409.
+    assert_eq!(c.get("/v1/sandboxes/nobody-here/files?path=/etc/hostname").status, 404);
+    assert_eq!(c.delete(&format!("/v1/sandboxes/{name}?keep=true")).status, 204);
+    assert_eq!(c.get(&url("/tmp/inside.txt")).status, 409);
+    assert_eq!(c.delete(&format!("/v1/sandboxes/{name}")).status, 204);
+}
+
+/// Percent-encoding for a query value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -78,7 +78,10 @@ pub fn router(app: Shared) -> Router {
         .route("/v1/sandboxes", post(create).get(list))
         .route("/v1/sandboxes/{name}", get(get_one).delete(delete))
         .route("/v1/sandboxes/{name}/exec", post(crate::exec::exec))
-        // FILES-ROUTE
+        .route(
+            "/v1/sandboxes/{name}/files",
+            get(crate::files_api::read).put(crate::files_api::write).delete(crate::files_api::remove),
+        )
         .route("/v1/sandboxes/{name}/diff", get(diff))
         .route("/v1/sandboxes/{name}/commit", post(commit))
         .route("/v1/sandboxes/{name}/discard", post(discard))

@@ -11,6 +11,7 @@ pub mod api;
 pub mod engine;
 pub mod error;
 pub mod exec;
+pub mod files_api;
 pub mod openapi;
 pub mod pools;
 pub mod registry;

@@ -172,6 +172,68 @@ pub fn exec_in_sandbox_audited(
     sandbox::outcome(&prepared, ended, failure).map_err(|e| AttachError::SetupStep(e.to_string()))
 }
 
+/// Makes this process a visitor of the running sandbox `target` with its command's rights, to work on its files
+/// (the daemon's files API): its user and mount namespaces entered (so `/` is the sandbox's root: every path,
+/// `..` and symlink resolves inside it, never on the host), the sandbox's user ids, no capabilities (bounding
+/// set included), `no_new_privs`, and the sandbox's Landlock ruleset. What this process may then read or write
+/// is what a command in the sandbox may, and what it creates belongs to the sandbox's user. There is no way
+/// back: the caller does its file work and exits. This process must be single-threaded (`setns` into a user
+/// namespace requires it).
+pub fn enter_sandbox_as_its_user(
+    policy: &SandboxPolicy,
+    host: &HostContext,
+    target: &RunningSandbox,
+) -> Result<(), AttachError> {
+    let prepared = prepare_sandbox(policy, host)?;
+    let plan = &prepared.plan;
+    let pidfd = pidfd_open(target.init_pid).map_err(|e| match e {
+        libc::ESRCH => AttachError::NotRunning(target.name.clone()),
+        e => AttachError::OpenInit(target.init_pid, errno_text(e)),
+    })?;
+    // Checked after the pidfd is open: the pidfd then names the sandbox's init, not a process that reused its pid.
+    if crate::host::process_start_time(target.init_pid) != Some(target.init_start_time) {
+        sys::close(pidfd);
+        return Err(AttachError::NotRunning(target.name.clone()));
+    }
+    if plan.ids.host_root {
+        // As host root: our supplementary groups would be host groups inside, and setgroups is denied there.
+        // SAFETY: setgroups with a zero-length list reads no memory.
+        unsafe { libc::setgroups(0, std::ptr::null()) };
+    }
+    // The user namespace and the mount namespace only: files need no other (and the pid namespace would apply
+    // to children alone). Both at once by pidfd, as `exec` does.
+    // SAFETY: setns takes only integers; this process is single-threaded (required for CLONE_NEWUSER).
+    let entered = sys::check(unsafe { libc::setns(pidfd, libc::CLONE_NEWUSER | libc::CLONE_NEWNS) } as libc::c_long);
+    sys::close(pidfd);
+    entered.map_err(|e| AttachError::EnterNamespaces(errno_text(e)))?;
+    // setns left our working directory on the host's tree: a relative path must not resolve there.
+    // SAFETY: a NUL-terminated literal.
+    sys::check(unsafe { libc::chdir(c"/".as_ptr()) } as libc::c_long)
+        .map_err(|e| AttachError::EnterNamespaces(format!("chdir /: {}", errno_text(e))))?;
+    // The Landlock ruleset after setns: its paths are the sandbox's.
+    let ruleset = match &plan.landlock {
+        Some(lp) => Some(
+            landlock::create_ruleset(lp)
+                .map_err(|f| AttachError::Landlock(sandbox::describe_failure(&prepared, &f)))?,
+        ),
+        None => None,
+    };
+    let step = |what: &str, e: Errno| AttachError::SetupStep(format!("cannot {what}: {}", errno_text(e)));
+    // The order of `exec_command`: bounding set and securebits while we still hold CAP_SETPCAP, then the ids,
+    // then the remaining capabilities.
+    crate::caps::drop_bounding_set(plan.cap_last).map_err(|e| step("drop the bounding set", e))?;
+    crate::caps::lock_securebits().map_err(|e| step("lock securebits", e))?;
+    exec::switch_ids(plan.ids.uid, plan.ids.gid).map_err(|e| step("switch to the sandbox's ids", e))?;
+    crate::caps::drop_all_capabilities().map_err(|e| step("drop capabilities", e))?;
+    sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(|e| step("set no_new_privs", e))?;
+    if let Some(fd) = ruleset {
+        let restricted = landlock::restrict_self(fd);
+        sys::close(fd);
+        restricted.map_err(|e| step("enforce Landlock", e))?;
+    }
+    Ok(())
+}
+
 /// Step 3: the cgroup (while the host's cgroupfs is visible), the namespaces, the Landlock ruleset (after
 /// `setns`: its paths are the sandbox's), with `-t` the pseudo-terminal, then the command's process. Returns its
 /// pid, pidfd, the read end of its failure pipe and, with `-t`, the socket the terminal's master waits on.

@@ -614,3 +614,79 @@ pub fn wants_ndjson(headers: &HeaderMap) -> bool {
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.split(',').any(|t| t.trim().starts_with("application/x-ndjson")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Map;
+
+    /// A value of the schema's type (the first alternative of a `oneOf`, the first of an `enum`).
+    fn sample(schema: &Value, doc: &Value) -> Value {
+        if let Some(r) = schema["$ref"].as_str() {
+            let name = r.rsplit('/').next().unwrap();
+            return sample(&doc["components"]["schemas"][name], doc);
+        }
+        if let Some(first) = schema["enum"].as_array().and_then(|e| e.first()) {
+            return first.clone();
+        }
+        if let Some(first) = schema["oneOf"].as_array().and_then(|e| e.first()) {
+            return sample(first, doc);
+        }
+        match schema["type"].as_str() {
+            Some("string") => json!("x"),
+            Some("integer") => json!(1),
+            Some("number") => json!(1.5),
+            Some("boolean") => json!(true),
+            Some("array") => json!([]),
+            _ => json!({}),
+        }
+    }
+
+    /// Every property the document gives a request schema: the struct takes it; one it does not give: refused.
+    fn check_request_schema<T: for<'de> Deserialize<'de>>(name: &str) {
+        let doc: Value = serde_json::from_str(crate::openapi::DOCUMENT).unwrap();
+        let schema = &doc["components"]["schemas"][name];
+        assert_eq!(schema["additionalProperties"], false, "{name}: unknown fields are refused, so say so");
+        let mut full = Map::new();
+        for (prop, s) in schema["properties"].as_object().unwrap() {
+            full.insert(prop.clone(), sample(s, &doc));
+        }
+        let parsed = serde_json::from_value::<T>(Value::Object(full.clone()));
+        assert!(parsed.is_ok(), "{name}: documented properties refused: {:?}", parsed.err());
+        for required in schema["required"].as_array().into_iter().flatten() {
+            let mut without = full.clone();
+            without.remove(required.as_str().unwrap());
+            assert!(serde_json::from_value::<T>(Value::Object(without)).is_err(), "{name}: {required} is required");
+        }
+        full.insert("undocumented_property".into(), json!(1));
+        assert!(serde_json::from_value::<T>(Value::Object(full)).is_err(), "{name} takes an undocumented property");
+    }
+
+    #[test]
+    fn request_schemas_are_the_structs() {
+        check_request_schema::<SandboxSpec>("SandboxSpec");
+        check_request_schema::<crate::exec::ExecRequest>("ExecRequest");
+        check_request_schema::<PathsBody>("PathsBody");
+        check_request_schema::<LabelBody>("LabelBody");
+        check_request_schema::<TimeoutBody>("TimeoutBody");
+        check_request_schema::<PoolBody>("PoolBody");
+    }
+
+    #[test]
+    fn error_codes_are_the_documented_ones() {
+        let doc: Value = serde_json::from_str(crate::openapi::DOCUMENT).unwrap();
+        let codes = &doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"];
+        for code in [
+            Code::BadRequest,
+            Code::NotFound,
+            Code::Conflict,
+            Code::Unauthorized,
+            Code::Limit,
+            Code::SetupFailed,
+            Code::Internal,
+        ] {
+            let text = json!(code.as_str());
+            assert!(codes.as_array().unwrap().contains(&text), "{text} is not documented");
+        }
+    }
+}

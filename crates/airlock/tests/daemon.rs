@@ -213,6 +213,8 @@ fn bad_input_is_400_and_creates_nothing() {
     let bodies: Vec<Vec<u8>> = vec![
         b"{not json".to_vec(),
         b"[1, 2]".to_vec(),
+        b"[null, null]".to_vec(),
+        b"null".to_vec(),
         br#"{"unknown_field": 1}"#.to_vec(),
         br#"{"name": "../escape"}"#.to_vec(),
         br#"{"name": "a/b"}"#.to_vec(),

@@ -108,7 +108,14 @@ pub fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> ApiResult<T> {
         return Err(ApiError::bad_request(format!("the body is larger than {MAX_JSON_BODY} bytes")));
     }
     let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
-    serde_json::from_slice(text).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    let value: Value =
+        serde_json::from_slice(text).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    // An object, never an array: serde would read a struct from a sequence of its fields in order (so `[null]`
+    // would be a sandbox spec).
+    if !value.is_object() {
+        return Err(ApiError::bad_request("invalid JSON body: expected an object"));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 /// The sandbox `name` if this daemon owns it (and it is not waiting in a pool).
@@ -660,6 +667,16 @@ mod tests {
         }
         full.insert("undocumented_property".into(), json!(1));
         assert!(serde_json::from_value::<T>(Value::Object(full)).is_err(), "{name} takes an undocumented property");
+    }
+
+    #[test]
+    fn a_body_is_an_object() {
+        for bad in ["[null, null]", "[]", "null", "1", "\"x\"", "{", "{\"name\": 1}"] {
+            let body = Bytes::from(bad);
+            assert!(parse_body::<SandboxSpec>(&body).is_err(), "{bad} was taken");
+        }
+        assert!(parse_body::<SandboxSpec>(&Bytes::from("  ")).is_ok(), "an empty body is {{}}");
+        assert!(parse_body::<SandboxSpec>(&Bytes::from("{}")).is_ok());
     }
 
     #[test]

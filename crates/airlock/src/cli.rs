@@ -153,6 +153,16 @@ pub struct ExecArgs {
     /// Set a variable inside, besides the sandbox's own (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// Variables from a file of KEY=VALUE lines (blank lines and `#` comments skipped), read before entering
+    /// the sandbox; --env wins over it.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<std::path::PathBuf>,
+    /// The command's working directory inside the sandbox (absolute; default: the sandbox's).
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// Kill the command and everything it started (its session) after DUR (e.g. 30s, 500ms, 5m); exit 124.
+    #[arg(long, value_name = "DUR")]
+    pub timeout: Option<String>,
     /// The running sandbox.
     #[arg(value_name = "NAME")]
     pub name: String,

@@ -218,12 +218,35 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
         ));
         return Ok(i32::from(crate::EXIT_FAILED));
     }
+    // The flags first, all of them, before anything is entered: bad input leaves the sandbox untouched.
+    let timeout = args
+        .timeout
+        .as_deref()
+        .map(|t| policy::units::parse_duration(t).map_err(|e| anyhow!("--timeout: {e}")))
+        .transpose()?;
+    if let Some(cwd) = &args.cwd {
+        policy::names::validate_absolute_path(cwd).map_err(|e| anyhow!("--cwd: {e}"))?;
+    }
+    // Read here, on the host, with the caller's rights: the sandbox never sees the file itself.
+    let from_file = match &args.env_file {
+        Some(path) => read_env_file(path)?,
+        None => Vec::new(),
+    };
     let mut merged = state::read_profile(&dir)?;
+    // The file, then --env: a variable on the command line wins over the file's.
+    for (key, value) in from_file {
+        merged.env.set.insert(key, value);
+    }
     for kv in &args.env {
         let (key, value) = kv.split_once('=').ok_or_else(|| anyhow!("--env {kv:?}: expected KEY=VALUE"))?;
         merged.env.set.insert(key.to_string(), value.to_string());
     }
     let mut policy = profile::resolve(&merged, args.command.clone(), &current_invoker())?;
+    // The exec's own, never the sandbox's: a `create --timeout` bounds the sandbox, not each exec in it.
+    policy.timeout = timeout;
+    if let Some(cwd) = &args.cwd {
+        policy.cwd = cwd.clone();
+    }
     crate::network::add_proxy_environment(&mut policy, &|key| merged.env.set.contains_key(key));
     let cow = policy.workspace.as_ref().is_some_and(|w| w.mode == WorkspaceMode::Cow);
     let host = HostContext {
@@ -258,8 +281,12 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
     }
     match ran {
         Ok(outcome) => {
-            if let RunOutcome::ExecFailed { message, .. } = &outcome {
-                crate::say(message);
+            match &outcome {
+                RunOutcome::ExecFailed { message, .. } => crate::say(message),
+                RunOutcome::TimedOut(_) => {
+                    crate::say(&format!("command timed out after {}", args.timeout.as_deref().unwrap_or("?")))
+                }
+                _ => {}
             }
             Ok(outcome.exit_code())
         }
@@ -269,6 +296,24 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `exec --env-file`: KEY=VALUE lines, checked as `--env`'s would be inside; blank lines and lines starting
+/// with `#` are skipped. A bad line is refused with its number (nothing runs).
+fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("--env-file: cannot read {}", path.display()))?;
+    let mut vars = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let at = || format!("--env-file {} line {}", path.display(), index + 1);
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let (key, value) = line.split_once('=').ok_or_else(|| anyhow!("{}: expected KEY=VALUE", at()))?;
+        policy::names::validate_env_key(key).map_err(|e| anyhow!("{}: {e}", at()))?;
+        policy::names::validate_env_value(value).map_err(|e| anyhow!("{}: {e}", at()))?;
+        vars.push((key.to_string(), value.to_string()));
+    }
+    Ok(vars)
 }
 
 pub fn stop(name: &str) -> Result<i32> {

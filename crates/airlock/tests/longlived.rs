@@ -496,3 +496,105 @@ fn running_checkpoint_is_refused_with_a_mount_inside_the_workspace() {
     ok(&common::airlock(&["stop", &name]));
     ok(&common::airlock(&["checkpoint", &name, "c1"]));
 }
+
+/// `exec --cwd`, `--env-file` and `--timeout` (the flags `airlock serve` passes): the working directory, a
+/// missing one refused in one line; the file's variables, `--env` winning over them, a bad line refused with
+/// its number; at the deadline the command and what it started in the background are killed (exit 124, one
+/// line), a command of another exec is not, and the audit log records the timeout.
+fn check_exec_flags(as_user: bool) {
+    let airlock = airlock_as(as_user);
+    let ws = workspace("llflags");
+    let name = unique_name("llflags");
+    let _cleanup = Cleanup { name: name.clone(), airlock };
+    ok(&airlock(&["create", "--workspace", ws.str(), &name]));
+
+    // --cwd.
+    assert_eq!(ok(&airlock(&["exec", "--cwd", "/tmp", &name, "--", "pwd"])), "/tmp\n");
+    assert_eq!(ok(&airlock(&["exec", &name, "--", "pwd"])), format!("{}\n", ws.str()), "the default changed");
+    let o = airlock(&["exec", "--cwd", "/nonexistent-airlock-cwd", &name, "--", "true"]);
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    one_airlock_line(&o, "/nonexistent-airlock-cwd");
+    let o = airlock(&["exec", "--cwd", "relative/dir", &name, "--", "true"]);
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    one_airlock_line(&o, "--cwd");
+
+    // --env-file, read by the caller (the test user, rootless).
+    let files = TempDir::new("llflags-env");
+    let env_file = files.path().join("vars");
+    fs::write(&env_file, "# set by the test\nFROM_FILE=one two\n\nBOTH=file\nWITH_EQ=a=b\n").unwrap();
+    let bad_file = files.path().join("bad");
+    fs::write(&bad_file, "GOOD=1\nthis is not a variable\n").unwrap();
+    let bad_key = files.path().join("badkey");
+    fs::write(&bad_key, "GOOD=1\n\n1BAD=x\n").unwrap();
+    files.chown_to_test_user();
+    let env_file = env_file.to_str().unwrap();
+    let script = "echo \"$FROM_FILE|$BOTH|$WITH_EQ\"";
+    assert_eq!(ok(&airlock(&["exec", "--env-file", env_file, &name, "--", "sh", "-c", script])), "one two|file|a=b\n");
+    let o = airlock(&["exec", "--env-file", env_file, "--env", "BOTH=cli", &name, "--", "sh", "-c", script]);
+    assert_eq!(ok(&o), "one two|cli|a=b\n", "--env must win over the file");
+    for (file, line) in [(&bad_file, "line 2"), (&bad_key, "line 3")] {
+        let o = airlock(&["exec", "--env-file", file.to_str().unwrap(), &name, "--", "echo", "ran"]);
+        assert_eq!(code(&o), 125, "{}", stderr(&o));
+        one_airlock_line(&o, line);
+        assert!(stdout(&o).is_empty(), "the command ran: {}", stdout(&o));
+    }
+
+    // --timeout: another exec's command, which must survive.
+    let other_marker = format!("other-{name}");
+    let mut other = exec_in_background(as_user, &name, &format!("sleep 100; : {other_marker}"));
+    wait_until("the other exec's command runs", || !processes_with(&other_marker).is_empty());
+    let started = Instant::now();
+    let o = airlock(&[
+        "exec",
+        "--timeout",
+        "500ms",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        // A background child in the command's process group, and one in a group of its own (same session).
+        "sleep 100 & echo $! > /tmp/background.pid; perl -e 'setpgrp(0, 0); sleep 100' & echo $! > /tmp/own-group.pid; \
+         sleep 30",
+    ]);
+    let took = started.elapsed();
+    assert_eq!(code(&o), 124, "{}", stderr(&o));
+    assert_eq!(stderr(&o), "airlock: command timed out after 500ms\n");
+    assert!(took < Duration::from_secs(3), "the timeout took {took:?}");
+    // The background processes, by their pids inside: gone (or zombies not yet reaped by init).
+    for pid_file in ["/tmp/background.pid", "/tmp/own-group.pid"] {
+        let probe = format!(
+            "pid=$(cat {pid_file}); state=$(sed 's/.*) //' /proc/$pid/stat 2>/dev/null | cut -c1); echo \"${{state:-gone}}\""
+        );
+        wait_until(&format!("the process of {pid_file} is killed"), || {
+            let state = exec_ok(airlock, &name, &probe);
+            state == "gone\n" || state == "Z\n"
+        });
+    }
+    assert!(!processes_with(&other_marker).is_empty(), "the other exec's command was killed");
+    assert_eq!(other.try_wait().unwrap(), None, "the other exec ended");
+    let _ = other.kill();
+    let _ = other.wait();
+    let log = ok(&airlock(&["logs", &name]));
+    assert!(log.contains("timeout"), "no timeout in the audit log: {log}");
+
+    // A normal exit's code is untouched by a timeout that did not run out, and a bad duration is refused.
+    let o = airlock(&["exec", "--timeout", "30s", &name, "--", "sh", "-c", "exit 7"]);
+    assert_eq!(code(&o), 7, "{}", stderr(&o));
+    let o = airlock(&["exec", "--timeout", "soon", &name, "--", "true"]);
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    one_airlock_line(&o, "--timeout");
+}
+
+#[test]
+fn exec_cwd_env_file_timeout_as_root() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_exec_flags(false);
+}
+
+#[test]
+fn exec_cwd_env_file_timeout_rootless() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_exec_flags(true);
+}

@@ -263,7 +263,7 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
             match &outcome {
                 RunOutcome::ExecFailed { message, .. } => crate::say(message),
                 RunOutcome::TimedOut(_) => crate::say(&format!(
-                    "command timed out after {} (--timeout): it and its process group were killed",
+                    "command timed out after {} (--timeout): it and its session were killed",
                     args.timeout.as_deref().unwrap_or("?")
                 )),
                 _ => {}

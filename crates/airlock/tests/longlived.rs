@@ -701,13 +701,17 @@ fn check_exec_flags(as_user: bool) {
     let n = name.clone();
     let other = std::thread::spawn(move || airlock(&["exec", &n, "--", "sh", "-c", "sleep 8; echo survived"]));
     let started = Instant::now();
-    let o = airlock(&["exec", "--timeout", "1s", &name, "--", "sh", "-c", "sleep 300 & echo $! > /tmp/bg; sleep 300"]);
+    // The second background process leaves the process group (setpgid), not the session: found all the same.
+    let script = "sleep 300 & echo $! > /tmp/bg; perl -e 'setpgrp(0,0); sleep 300' & echo $! > /tmp/bg2; sleep 300";
+    let o = airlock(&["exec", "--timeout", "1s", &name, "--", "sh", "-c", script]);
     let took = started.elapsed();
     assert_eq!(code(&o), 124, "stderr: {}", stderr(&o));
     one_airlock_line(&o, "timed out after 1s");
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "took {took:?}");
     let alive = "p=$(cat /tmp/bg); if [ -e /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status; then echo alive; else echo gone; fi";
     assert_eq!(ok(&airlock(&["exec", &name, "--", "sh", "-c", alive])), "gone\n", "the background process lives");
+    let alive2 = alive.replace("/tmp/bg)", "/tmp/bg2)");
+    assert_eq!(ok(&airlock(&["exec", &name, "--", "sh", "-c", &alive2])), "gone\n", "the other process group lives");
     assert_eq!(ok(&other.join().unwrap()), "survived\n", "another exec's command was killed");
     let o = airlock(&["exec", "--timeout", "soon", &name, "--", "true"]);
     assert_ne!(code(&o), 0);

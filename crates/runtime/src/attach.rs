@@ -57,6 +57,8 @@ pub enum AttachError {
     Terminal(String),
     #[error("cannot fork the command's process: {0}")]
     Fork(String),
+    #[error("cannot open the host's /proc (for --timeout): {0}")]
+    OpenHostProc(String),
     #[error("cannot wait for the command: {0}")]
     Wait(String),
     /// A step of the command's process failed; the message names the step and the item.
@@ -122,6 +124,23 @@ pub fn exec_in_sandbox_audited(
         sys::close(pidfd);
         return Err(AttachError::NotRunning(target.name.clone()));
     }
+    // With a timeout, the host's /proc, opened before setns puts the sandbox's in its place: at the deadline the
+    // command's session is looked up there (see `kill_session`).
+    let host_proc = match policy.timeout {
+        Some(_) => match open_host_proc() {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                sys::close(pidfd);
+                if let Some(c) = channel {
+                    sys::close(c.child_end);
+                    sys::close(c.supervisor_end);
+                    sys::close(c.proc_dir);
+                }
+                return Err(AttachError::OpenHostProc(errno_text(e)));
+            }
+        },
+        None => None,
+    };
     let joined = enter_sandbox(&prepared, policy, target, pidfd, channel.map(|c| c.child_end));
     sys::close(pidfd);
     if let Some(c) = channel {
@@ -134,11 +153,15 @@ pub fn exec_in_sandbox_audited(
                 sys::close(c.supervisor_end);
                 sys::close(c.proc_dir);
             }
+            if let Some(fd) = host_proc {
+                sys::close(fd);
+            }
             return Err(e);
         }
     };
 
-    // 4. Wait for the command, forwarding signals (the command is in its own session), relaying its terminal.
+    // 4. Wait for the command, forwarding signals (the command is in its own session), relaying its terminal,
+    //    killing it at the exec's deadline (`policy.timeout`; the rest of its session right after, below).
     let ended = match (audit.as_mut(), channel) {
         (Some(request), Some(c)) => {
             let mut seccomp_audit = crate::notify::SeccompAudit::new(
@@ -162,6 +185,16 @@ pub fn exec_in_sandbox_audited(
         // The policy's timeout is this exec's own (`airlock exec --timeout`), not the sandbox's.
         _ => crate::supervisor::supervise(child, child_pidfd, policy.timeout, tty_socket),
     };
+    // Timed out: the supervisor loop killed the command itself; what it started dies now too. Its session (and
+    // process group) keep the command's pid as their id until the last member is gone, so that id still names
+    // exactly this exec's processes even though the command has been reaped; the sandbox's other execs are other
+    // sessions and are untouched.
+    if let Some(fd) = host_proc {
+        if matches!(ended, Ok(crate::supervisor::Ended::TimedOut(_))) {
+            kill_session(child, fd);
+        }
+        sys::close(fd);
+    }
     if let Some(socket) = tty_socket {
         sys::close(socket);
     }
@@ -381,6 +414,107 @@ fn open_terminal(winsize: &libc::winsize) -> Result<(RawFd, RawFd), AttachError>
             Err(AttachError::Terminal(format!("{}: {}", f.step.description(), errno_text(f.errno))))
         }
     }
+}
+
+fn open_host_proc() -> Result<RawFd, Errno> {
+    // SAFETY: the path is a NUL-terminated literal; open takes integer flags.
+    sys::check_fd(
+        unsafe { libc::open(c"/proc".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) } as libc::c_long
+    )
+}
+
+/// How many times the session is swept for members: each sweep kills every member it sees, so only a process
+/// forked between a sweep's listing and its kill survives one, and that one is found by the next.
+const SESSION_SWEEPS: usize = 16;
+
+/// SIGKILLs every process of session `session` (the timed-out command's pid, which `exec_command`'s `setsid`
+/// made the id of its session and process group), read from the host's /proc (`proc_dir`). A process that left
+/// with its own `setsid` is no longer in the session and is not found (as with coreutils `timeout`).
+fn kill_session(session: libc::pid_t, proc_dir: RawFd) {
+    // The process group at once first: one call, and the kernel does not let a member fork past it.
+    // SAFETY: kill takes only integers.
+    unsafe { libc::kill(-session, libc::SIGKILL) };
+    for _ in 0..SESSION_SWEEPS {
+        let members = live_session_members(proc_dir, session);
+        if members.is_empty() {
+            return;
+        }
+        for pid in members {
+            // By pidfd, checked again once open: the pid is known to be the member, not a process that reused it.
+            let Ok(fd) = pidfd_open(pid) else { continue };
+            if live_session_of(proc_dir, pid) == Some(session) {
+                // SAFETY: pidfd_send_signal with a null siginfo and no flags reads no memory.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        fd,
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0u32,
+                    )
+                };
+            }
+            sys::close(fd);
+        }
+    }
+}
+
+/// The pids (host's) of `proc_dir` whose session is `session` and that have not exited yet.
+fn live_session_members(proc_dir: RawFd, session: libc::pid_t) -> Vec<libc::pid_t> {
+    let mut members = Vec::new();
+    // A new open file description each sweep (a dup would share the first one's position, at the end).
+    // SAFETY: the path is a NUL-terminated literal; openat takes a live directory descriptor.
+    let Ok(dir_fd) = sys::check_fd(unsafe {
+        libc::openat(proc_dir, c".".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
+    } as libc::c_long) else {
+        return members;
+    };
+    // SAFETY: dir_fd is an open directory; fdopendir takes it over (closedir closes it).
+    let dir = unsafe { libc::fdopendir(dir_fd) };
+    if dir.is_null() {
+        sys::close(dir_fd);
+        return members;
+    }
+    loop {
+        // SAFETY: dir is a live DIR stream; the entry stays valid until the next readdir on it.
+        let entry = unsafe { libc::readdir(dir) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: d_name is a NUL-terminated array in the live entry.
+        let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
+        let Some(pid) = name.to_str().ok().and_then(|n| n.parse::<libc::pid_t>().ok()) else { continue };
+        if live_session_of(proc_dir, pid) == Some(session) {
+            members.push(pid);
+        }
+    }
+    // SAFETY: dir is a live DIR stream, closed once.
+    unsafe { libc::closedir(dir) };
+    members
+}
+
+/// The session of `pid` (field 6 of `/proc/PID/stat`, in the host's pid namespace: `proc_dir` is the host's),
+/// or None when it is gone or has exited (a zombie is past killing).
+fn live_session_of(proc_dir: RawFd, pid: libc::pid_t) -> Option<libc::pid_t> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let path = std::ffi::CString::new(format!("{pid}/stat")).ok()?;
+    // SAFETY: path is NUL-terminated; openat takes a live directory descriptor.
+    let fd = sys::check_fd(
+        unsafe { libc::openat(proc_dir, path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) } as libc::c_long
+    )
+    .ok()?;
+    // SAFETY: fd was just opened and is owned by nothing else; the File closes it.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut stat = String::new();
+    file.read_to_string(&mut stat).ok()?;
+    // "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses, so after the last ')'.
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    fields.nth(2)?.parse().ok()
 }
 
 fn pidfd_open(pid: libc::pid_t) -> Result<RawFd, Errno> {

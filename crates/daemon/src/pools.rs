@@ -12,6 +12,9 @@ const TICK: Duration = Duration::from_millis(500);
 /// Refills pools until the daemon ends. One sandbox at a time: setting one up uses the whole of a small
 /// machine's CPU for a moment, and a create from a client must not queue behind a burst of refills.
 pub async fn keep_pools_filled(app: Shared) {
+    // The last failure said per pool: a pool that cannot fill (at the sandbox limit, say) is said once per
+    // change, not at every retry.
+    let mut said: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     loop {
         let mut made_one = false;
         if let Ok(pools) = app.store.pools() {
@@ -22,6 +25,7 @@ pub async fn keep_pools_filled(app: Shared) {
                 match create_sandbox(&app, pool.sandbox.clone(), Some(&pool.name)).await {
                     Ok(record) => {
                         made_one = true;
+                        said.remove(&pool.name);
                         // The pool was deleted while this one was being set up: it has no pool to wait in.
                         let still = app.store.pools().is_ok_and(|p| p.iter().any(|p| p.name == pool.name));
                         if !still {
@@ -29,7 +33,10 @@ pub async fn keep_pools_filled(app: Shared) {
                         }
                     }
                     Err(e) => {
-                        eprintln!("airlock: pool {}: cannot set up a sandbox: {}", pool.name, e.message);
+                        if said.get(&pool.name) != Some(&e.message) {
+                            eprintln!("airlock: pool {}: cannot set up a sandbox: {}", pool.name, e.message);
+                            said.insert(pool.name.clone(), e.message);
+                        }
                     }
                 }
             }

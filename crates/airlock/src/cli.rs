@@ -10,6 +10,10 @@ use clap::{Args, Parser, Subcommand};
     propagate_version = true
 )]
 pub struct Cli {
+    /// Talk to an `airlock serve` daemon instead of working on this machine's sandboxes: unix:///path/to/socket
+    /// or http://host:port (token in AIRLOCK_TOKEN). Also from AIRLOCK_HOST.
+    #[arg(long, global = true, value_name = "URL")]
+    pub host: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

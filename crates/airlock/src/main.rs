@@ -6,9 +6,11 @@ mod checkpoint_cmd;
 mod cli;
 mod doctor;
 mod files_cmd;
+mod http_client;
 mod longlived;
 mod network;
 mod profile_cmd;
+mod remote;
 mod run;
 mod sandboxes_cmd;
 mod serve_cmd;
@@ -41,6 +43,16 @@ fn main() -> ExitCode {
         cli.command,
         Command::Run(_) | Command::Create(_) | Command::Exec(_) | Command::Supervise(_) | Command::Files(_)
     );
+    // With --host or AIRLOCK_HOST, the sandbox commands go to a daemon (remote.rs); the rest stays local.
+    if cli.host.is_some() && matches!(cli.command, Command::Serve(_)) {
+        say("airlock serve starts a daemon here; it takes no --host");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if let Some(host) = remote::chosen(cli.host.as_deref()) {
+        if remote::is_remote_command(&cli.command) {
+            return exit_code(remote::run(&host, cli.command), runs_something);
+        }
+    }
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Create(args) => longlived::create(*args),
@@ -63,6 +75,12 @@ fn main() -> ExitCode {
         Command::Logs { name, follow, json, verify } => audit_cmd::logs(&name, follow, json, verify),
         Command::Serve(args) => serve_cmd::serve(args),
     };
+    exit_code(result, runs_something)
+}
+
+/// A command's result as the process's exit status: its own code, or one `airlock:` line and 125 (for the
+/// commands that run something) or 1.
+fn exit_code(result: anyhow::Result<i32>, runs_something: bool) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_SETUP_FAILED)),
         Err(err) => {

@@ -80,6 +80,10 @@ fn every_endpoint_over_the_socket() {
     assert_eq!(v["stdout"], "hi a\nb\n/tmp\n");
     let v = c.exec(&name, &json!({ "cmd": ["cat"], "stdin": "fed through stdin" }));
     assert_eq!(v["stdout"], "fed through stdin");
+    // A command that never reads a large stdin: the daemon's write fails (EPIPE), the daemon lives on.
+    let v = c.exec(&name, &json!({ "cmd": ["true"], "stdin": "x".repeat(2 << 20) }));
+    assert_eq!(v["exit_code"], 0);
+    assert_eq!(c.get("/v1/health").status, 200, "the daemon died of SIGPIPE");
     // Bytes that are not UTF-8 come base64.
     let v = c.exec(&name, &json!({ "cmd": ["printf", "\\377\\376"] }));
     assert_eq!(v["stdout_b64"], "//4=", "{v}");
@@ -664,10 +668,18 @@ fn files_resolve_inside_the_sandbox_with_its_rights() {
         let a = c.get(&url(&path));
         assert_eq!(a.status, 404, "{path}: {} {}", a.status, a.text());
     }
-    c.sh(&name, &format!("ln -s / {0}/root-link; ln -s ../../../../../../.. {0}/up-link", ws.str()));
-    for link in ["root-link", "up-link"] {
+    c.sh(
+        &name,
+        &format!(
+            "ln -s / {0}/root-link; ln -s ../../../../../../.. {0}/up-link; ln -s /proc/1/root {0}/init-root; \
+             ln -s /proc/self/root {0}/self-root",
+            ws.str()
+        ),
+    );
+    for link in ["root-link", "up-link", "init-root", "self-root"] {
         let a = c.get(&url(&format!("{}/{link}{secret}", ws.str())));
-        assert_eq!(a.status, 404, "{link}: {}", a.text());
+        // Not there (the sandbox's own root), or refused (/proc/1/root: init may not be looked into).
+        assert!(matches!(a.status, 404 | 409), "{link}: {}", a.text());
         assert_ne!(a.body, b"host secret\n");
     }
     // The sandbox user's rights, not host root's: /etc/shadow is the host's (read-only in the sandbox) and
@@ -675,6 +687,11 @@ fn files_resolve_inside_the_sandbox_with_its_rights() {
     let shadow = c.get(&url("/etc/shadow"));
     assert_eq!(shadow.status, 409, "{}", shadow.text());
     assert_eq!(shadow.error_code(), "conflict");
+    // A write through a symlink towards / lands in the sandbox's /tmp, never the host's.
+    let planted = format!("{}/root-link/tmp/through-link.txt", ws.str());
+    assert_eq!(put(&planted, b"inside\n").status, 204);
+    assert_eq!(c.sh(&name, "cat /tmp/through-link.txt"), "inside\n");
+    assert!(!std::path::Path::new("/tmp/through-link.txt").exists());
     let ro = put("/usr/airlock-should-not-exist", b"x");
     assert_eq!(ro.status, 409, "{}", ro.text());
     assert!(!std::path::Path::new("/usr/airlock-should-not-exist").exists());

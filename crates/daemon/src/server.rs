@@ -77,6 +77,11 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
 }
 
 async fn run(config: ServeConfig) -> Result<(), ServeError> {
+    // `airlock` restores SIGPIPE's default action (for `airlock … | head`), which would kill the daemon when an
+    // engine child exits before reading all of its stdin (a `PUT …/files` refused before the body is copied, an
+    // exec whose command never reads its stdin). A listener replaces the default action for the rest of the
+    // process: such writes fail with EPIPE instead. (Children get the default back at exec.)
+    let _sigpipe = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe());
     let store = Store::open(&config.state_dir)?;
     let registry = Registry::default();
     adopt(&store, &registry, &config.state_dir)?;

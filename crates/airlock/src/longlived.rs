@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use policy::names::validate_sandbox_name;
 use policy::profile::{self, Profile};
 use policy::sandbox::{SandboxPolicy, WorkspaceMode};
-use runtime::attach::{exec_in_sandbox, exec_in_sandbox_audited, AttachError, RunningSandbox};
+use runtime::attach::{exec_in_sandbox, AttachError, RunningSandbox};
 use runtime::prepare::{HostContext, LayerDirs};
 use runtime::sandbox::{run_held_sandbox, RunOutcome};
 
@@ -251,10 +251,8 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
     if let Some(r) = recorder.as_mut() {
         r.attached(&args.command);
     }
-    let ran = match recorder.as_mut().and_then(crate::audit_cmd::Recorder::request) {
-        Some(request) => exec_in_sandbox_audited(&policy, &host, &target, &mut |_| {}, Some(request)),
-        None => exec_in_sandbox(&policy, &host, &target, &mut |_| {}),
-    };
+    let request = recorder.as_mut().and_then(crate::audit_cmd::Recorder::request);
+    let ran = exec_in_sandbox(&policy, &host, &target, &mut |_| {}, request);
     if let (Some(r), Ok(outcome)) = (recorder.as_mut(), &ran) {
         r.finish(outcome, &runtime::sandbox::RunReport::default(), None);
     }

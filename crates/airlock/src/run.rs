@@ -87,10 +87,8 @@ pub fn run(args: RunArgs) -> Result<i32> {
         r.start(&merged, &policy, false);
     }
     let warn = &mut |w: &str| crate::say(&format!("warning: {w}"));
-    let ran = match recorder.as_mut().and_then(crate::audit_cmd::Recorder::request) {
-        Some(request) => runtime::sandbox::run_audited_sandbox(&policy, &host, warn, request),
-        None => run_sandbox(&policy, &host, warn),
-    };
+    let request = recorder.as_mut().and_then(crate::audit_cmd::Recorder::request);
+    let ran = run_sandbox(&policy, &host, warn, request);
     let (outcome, report) = match ran {
         Ok(done) => done,
         Err(e) => {

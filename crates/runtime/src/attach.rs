@@ -78,20 +78,10 @@ const NAMESPACES: [(i32, &str); 7] = [
 ];
 
 /// Runs `policy`'s command inside `target` and waits for it. `host.layer` must name the sandbox's layer when it
-/// has a `cow` workspace (the plan describes it; nothing is mounted again).
+/// has a `cow` workspace (the plan describes it; nothing is mounted again). With `audit`, this process holds the
+/// command's seccomp listener and records its execs and denials itself (appending to the sandbox's log alongside
+/// its supervisor: the log's lock makes that safe).
 pub fn exec_in_sandbox(
-    policy: &SandboxPolicy,
-    host: &HostContext,
-    target: &RunningSandbox,
-    warn: &mut dyn FnMut(&str),
-) -> Result<RunOutcome, AttachError> {
-    exec_in_sandbox_audited(policy, host, target, warn, None)
-}
-
-/// As [`exec_in_sandbox`]; with `audit`, this process holds the command's seccomp listener and records its
-/// execs and denials itself (appending to the sandbox's log alongside its supervisor: the log's lock makes that
-/// safe).
-pub fn exec_in_sandbox_audited(
     policy: &SandboxPolicy,
     host: &HostContext,
     target: &RunningSandbox,
@@ -171,19 +161,14 @@ pub fn exec_in_sandbox_audited(
                 &mut *request.sink,
             )
             .with_command(&prepared.plan.command);
-            let ended = crate::supervisor::supervise_audited(
-                child,
-                child_pidfd,
-                policy.timeout,
-                tty_socket,
-                Some(&mut seccomp_audit),
-            );
+            let ended =
+                crate::supervisor::supervise(child, child_pidfd, policy.timeout, tty_socket, Some(&mut seccomp_audit));
             drop(seccomp_audit);
             sys::close(c.proc_dir);
             ended
         }
         // The policy's timeout is this exec's own (`airlock exec --timeout`), not the sandbox's.
-        _ => crate::supervisor::supervise(child, child_pidfd, policy.timeout, tty_socket),
+        _ => crate::supervisor::supervise(child, child_pidfd, policy.timeout, tty_socket, None),
     };
     // Timed out: the supervisor loop killed the command itself; what it started dies now too. Its session (and
     // process group) keep the command's pid as their id until the last member is gone, so that id still names

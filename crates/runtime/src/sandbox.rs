@@ -82,29 +82,22 @@ impl RunOutcome {
 
 /// Runs `policy`'s command in a new sandbox and waits for it. Warnings (best-effort layers missing) go to
 /// `warn` before anything runs.
+///
+/// With `audit`, the command's seccomp filter notifies the calls `audit.notify` names to this process, which
+/// records them through `audit.sink` (exec records, denials, learn-mode writes).
 pub fn run_sandbox(
     policy: &SandboxPolicy,
     host: &HostContext,
     warn: &mut dyn FnMut(&str),
+    audit: Option<AuditRequest<'_>>,
 ) -> Result<(RunOutcome, RunReport), SandboxError> {
-    run_sandbox_with(policy, host, warn, None, None)
+    run_sandbox_with(policy, host, warn, None, audit)
 }
 
 /// What an audited run sends to the supervisor and where the events go (see `notify`).
 pub struct AuditRequest<'a> {
     pub notify: crate::seccomp::NotifyOptions,
     pub sink: &'a mut dyn crate::notify::AuditSink,
-}
-
-/// As [`run_sandbox`], with the command's seccomp filter notifying the calls `audit.notify` names to this
-/// process, which records them through `audit.sink` (exec records, denials, learn-mode writes).
-pub fn run_audited_sandbox(
-    policy: &SandboxPolicy,
-    host: &HostContext,
-    warn: &mut dyn FnMut(&str),
-    audit: AuditRequest<'_>,
-) -> Result<(RunOutcome, RunReport), SandboxError> {
-    run_sandbox_with(policy, host, warn, None, Some(audit))
 }
 
 /// `airlock create`: as [`run_sandbox`], with `host.hold` set, but `on_ready(init_pid)` is called once init has
@@ -340,7 +333,7 @@ fn run_sandbox_with(
                 &mut *request.sink,
             )
             .with_command(&plan.command);
-            crate::supervisor::supervise_audited(
+            crate::supervisor::supervise(
                 pid,
                 pidfd,
                 policy.timeout,
@@ -348,7 +341,7 @@ fn run_sandbox_with(
                 Some(&mut seccomp_audit),
             )
         }
-        None => crate::supervisor::supervise(pid, pidfd, policy.timeout, pipes.tty.map(|(_, s)| s)),
+        None => crate::supervisor::supervise(pid, pidfd, policy.timeout, pipes.tty.map(|(_, s)| s), None),
     };
     if let Some((_, channel)) = audit_state {
         // The socket was the SeccompAudit's, closed with it.

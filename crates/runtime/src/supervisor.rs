@@ -21,18 +21,10 @@ pub enum Ended {
 const FORWARDED: &[i32] =
     &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGWINCH];
 
-/// Supervises init until it exits. All signals are blocked in the calling thread.
+/// Supervises init (or an exec's command) until it exits: forwards signals, relays the terminal (`tty_socket`),
+/// kills at the deadline (`timeout`) and, with `audit`, answers the audited command's seccomp notifications in
+/// the same loop. All signals are blocked in the calling thread.
 pub fn supervise(
-    pid: libc::pid_t,
-    pidfd: RawFd,
-    timeout: Option<Duration>,
-    tty_socket: Option<RawFd>,
-) -> Result<Ended, Errno> {
-    supervise_audited(pid, pidfd, timeout, tty_socket, None)
-}
-
-/// As [`supervise`], also answering the audited command's seccomp notifications (`notify`) in the same loop.
-pub fn supervise_audited(
     pid: libc::pid_t,
     pidfd: RawFd,
     timeout: Option<Duration>,

@@ -43,8 +43,8 @@ pub struct ExecRequest {
 
 /// Each stream's bytes kept for a wait-for-result answer; beyond, the rest is read and dropped (`truncated`).
 const MAX_CAPTURE: usize = 16 << 20;
-/// How long the output pipes must stay quiet, after the command's process exited, before the answer ends without
-/// their end of file (a background process still holds them; see the module doc).
+/// How long output is still read, after the command's process exited and what it had written was read, when a
+/// pipe has not reached its end (a background process still holds it; see the module doc).
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
 /// How long past its `--timeout` an `airlock exec` gets to kill its command and exit before the daemon kills it.
 const TIMEOUT_SLACK: Duration = Duration::from_secs(10);
@@ -160,14 +160,7 @@ pub async fn exec(
             let _ = pipe.write_all(text.as_bytes()).await;
         });
     }
-    let (tx, mut rx) = mpsc::channel::<Event>(64);
-    if let Some(out) = child.stdout.take() {
-        tokio::spawn(read_into(out, Stream::Stdout, tx.clone()));
-    }
-    if let Some(err) = child.stderr.take() {
-        tokio::spawn(read_into(err, Stream::Stderr, tx.clone()));
-    }
-    drop(tx);
+    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
     // The exec runs in its own task, whatever happens to the client: it owns the child, the sandbox's shared
     // lock, the exec permit and the environment file until the command's process has exited.
     let (events_tx, events_rx) = mpsc::channel::<Event>(64);
@@ -189,30 +182,41 @@ pub async fn exec(
         tokio::pin!(status);
         let mut exited = None;
         let mut drain_until: Option<tokio::time::Instant> = None;
+        let (mut out_buf, mut err_buf) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
         loop {
-            // Biased, output first: output that is ready is never dropped because the grace timer was also
-            // ready. After the exit, the grace restarts with every piece of output: it ends the answer only once
-            // the pipes have been quiet that long (a starved reader on a loaded machine still gets its turn).
+            if out.is_none() && err.is_none() {
+                // Both pipes at their end: the answer ends with the exit (waited for if not seen yet).
+                if exited.is_none() {
+                    exited = Some((&mut status).await);
+                }
+                break;
+            }
             tokio::select! {
                 biased;
-                ev = rx.recv() => match ev {
-                    Some(ev) => {
-                        if drain_until.is_some() {
-                            drain_until = Some(tokio::time::Instant::now() + DRAIN_GRACE);
-                        }
-                        let _ = events_tx.send(ev).await;
+                n = read_some(&mut out, &mut out_buf) => {
+                    if !forward(n, &out_buf, Stream::Stdout, &events_tx).await {
+                        out = None;
                     }
-                    None => if exited.is_some() { break } else {
-                        // Both pipes closed before the exit: wait for it.
-                        exited = Some((&mut status).await);
-                        break;
-                    },
-                },
+                }
+                n = read_some(&mut err, &mut err_buf) => {
+                    if !forward(n, &err_buf, Stream::Stderr, &events_tx).await {
+                        err = None;
+                    }
+                }
                 s = &mut status, if exited.is_none() => {
                     exited = Some(s);
+                    // What the command wrote before it exited is in the pipes now: read it without waiting on
+                    // the runtime's readiness (on a loaded machine a grace timer could otherwise fire first and
+                    // lose it). A pipe still open after that is held by a process the command left behind.
+                    drain_now(&mut out, &mut out_buf, Stream::Stdout, &events_tx).await;
+                    drain_now(&mut err, &mut err_buf, Stream::Stderr, &events_tx).await;
                     drain_until = Some(tokio::time::Instant::now() + DRAIN_GRACE);
                 }
-                _ = sleep_until(drain_until) => break,
+                _ = sleep_until(drain_until) => {
+                    drain_now(&mut out, &mut out_buf, Stream::Stdout, &events_tx).await;
+                    drain_now(&mut err, &mut err_buf, Stream::Stderr, &events_tx).await;
+                    break;
+                }
             }
         }
         let status = exited.flatten();
@@ -247,15 +251,49 @@ enum Event {
     Exit { code: i32, duration: Duration },
 }
 
-async fn read_into(mut from: impl AsyncRead + Unpin, stream: Stream, to: mpsc::Sender<Event>) {
-    let mut buf = vec![0u8; 64 << 10];
+/// The next read of a pipe still open (never ready once it is closed).
+async fn read_some<R: AsyncRead + Unpin>(pipe: &mut Option<R>, buf: &mut [u8]) -> std::io::Result<usize> {
+    match pipe {
+        Some(p) => p.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends what a read gave as an event; false when the pipe is done (end of file, an error, or nobody listens).
+async fn forward(n: std::io::Result<usize>, buf: &[u8], stream: Stream, to: &mpsc::Sender<Event>) -> bool {
+    match n {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            // A client that went away drops the events; the command's output is then read and dropped.
+            let _ = to.send(Event::Output(stream, buf[..n].to_vec())).await;
+            true
+        }
+    }
+}
+
+/// Reads what a pipe holds right now with plain non-blocking reads (the pipes are non-blocking), until it is
+/// empty (`EAGAIN`: a writer still holds it) or at its end (then it is closed).
+async fn drain_now<R: std::os::fd::AsFd>(
+    pipe: &mut Option<R>,
+    buf: &mut [u8],
+    stream: Stream,
+    to: &mpsc::Sender<Event>,
+) {
     loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+        let Some(p) = pipe.as_ref() else { return };
+        match rustix::io::read(p.as_fd(), &mut *buf) {
+            Ok(0) => {
+                *pipe = None;
+                return;
+            }
             Ok(n) => {
-                if to.send(Event::Output(stream, buf[..n].to_vec())).await.is_err() {
-                    return;
-                }
+                let _ = to.send(Event::Output(stream, buf[..n].to_vec())).await;
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => return,
+            Err(_) => {
+                *pipe = None;
+                return;
             }
         }
     }

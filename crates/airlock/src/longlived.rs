@@ -299,7 +299,7 @@ pub(crate) fn attach_context(name: &str, dir: &std::path::Path, policy: &Sandbox
 
 /// `--env-file`: `KEY=VALUE` lines, or NUL-terminated entries when the file holds a NUL byte. Every key and value
 /// is checked as `--env`'s are; an error names the entry.
-fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, String)>> {
+pub(crate) fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, String)>> {
     let bytes = std::fs::read(path).with_context(|| format!("--env-file {}: cannot read it", path.display()))?;
     let text = String::from_utf8(bytes).map_err(|_| anyhow!("--env-file {}: not UTF-8 text", path.display()))?;
     let nul_separated = text.contains('\0');

@@ -15,6 +15,7 @@
 use std::io::{IsTerminal, Read, Write};
 
 use anyhow::{anyhow, bail, Result};
+use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
 use crate::cli::{Command, CreateArgs, ExecArgs};
@@ -372,12 +373,9 @@ fn exec(d: &Daemon, args: ExecArgs) -> Result<i32> {
     }
     let mut env = Map::new();
     if let Some(file) = &args.env_file {
-        let text = std::fs::read_to_string(file).map_err(|e| anyhow!("--env-file {}: {e}", file.display()))?;
-        for line in text.lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')) {
-            let (k, v) = line
-                .split_once('=')
-                .ok_or_else(|| anyhow!("--env-file {}: {line:?}: expected KEY=VALUE", file.display()))?;
-            env.insert(k.into(), json!(v));
+        // Read here, as the local exec reads it (lines or NUL-terminated entries, checked), sent as values.
+        for (k, v) in crate::longlived::read_env_file(file)? {
+            env.insert(k, json!(v));
         }
     }
     for kv in &args.env {
@@ -423,7 +421,7 @@ fn exec(d: &Daemon, args: ExecArgs) -> Result<i32> {
             let line: Vec<u8> = pending.drain(..=at).collect();
             let Ok(event) = serde_json::from_slice::<Value>(&line) else { continue };
             let data = match (event["data"].as_str(), event["data_b64"].as_str()) {
-                (_, Some(b64)) => decode_base64(b64),
+                (_, Some(b64)) => base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default(),
                 (Some(text), None) => text.as_bytes().to_vec(),
                 (None, None) => Vec::new(),
             };
@@ -454,41 +452,9 @@ fn exec(d: &Daemon, args: ExecArgs) -> Result<i32> {
     }
 }
 
-/// Standard base64 (the daemon's `data_b64`), invalid characters skipped.
-fn decode_base64(text: &str) -> Vec<u8> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    };
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for v in text.bytes().filter_map(value) {
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_round_trips() {
-        assert_eq!(decode_base64("//4="), vec![0xff, 0xfe]);
-        assert_eq!(decode_base64("aGVsbG8="), b"hello");
-        assert_eq!(decode_base64("aGVsbG8gd29ybGQ="), b"hello world");
-        assert_eq!(decode_base64(""), Vec::<u8>::new());
-    }
 
     #[test]
     fn names_and_paths_are_encoded() {

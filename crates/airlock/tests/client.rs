@@ -67,6 +67,13 @@ fn the_cli_drives_a_daemon_over_its_socket() {
         Some("piped\n"),
     );
     assert_eq!(stdout(&o), "piped\n1\n/tmp\n", "{}", stderr(&o));
+    // Bytes that are not UTF-8 come through as bytes; an env file as the local exec reads it.
+    let o = r(&["exec", &name, "--", "printf", "\\377\\376"]);
+    assert_eq!(o.stdout, vec![0xff, 0xfe]);
+    let env_file = ws.path().join("vars.env");
+    std::fs::write(&env_file, "# vars\nA=1\nB=two words\n").unwrap();
+    let o = r(&["exec", "--env-file", env_file.to_str().unwrap(), &name, "--", "sh", "-c", "echo \"$A|$B\""]);
+    assert_eq!(stdout(&o), "1|two words\n", "{}", stderr(&o));
     let o = r(&["exec", "--timeout", "1s", &name, "--", "sleep", "30"]);
     assert_eq!(code(&o), 124);
     one_airlock_line(&o, "timed out");

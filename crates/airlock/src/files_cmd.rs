@@ -156,7 +156,10 @@ fn kind_of(t: &fs::FileType) -> &'static str {
 }
 
 fn get(path: &str) -> io::Result<()> {
-    let meta = fs::metadata(path)?;
+    // Opened before it is looked at, non-blocking: a FIFO the sandbox put there (or swapped in after a check)
+    // cannot make this process wait for a writer; what the descriptor is, is then read from it.
+    let file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let meta = file.metadata()?;
     let stdout = io::stdout();
     let mut out = stdout.lock();
     if meta.is_dir() {
@@ -180,7 +183,7 @@ fn get(path: &str) -> io::Result<()> {
     if !meta.is_file() {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-    let mut file = fs::File::open(path)?;
+    let mut file = file;
     let header = serde_json::json!({ "type": "file", "size": meta.len(), "mode": meta.mode() & 0o7777 });
     writeln!(out, "{header}")?;
     io::copy(&mut file, &mut out)?;
@@ -191,8 +194,18 @@ fn put(path: &str, mode: Option<u32>) -> io::Result<()> {
     if let Some(parent) = std::path::Path::new(path).parent() {
         fs::DirBuilder::new().recursive(true).mode(0o755).create(parent)?;
     }
-    let mut file =
-        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode.unwrap_or(0o644)).open(path)?;
+    // Non-blocking, for the reason `get` gives (a FIFO without a reader is then ENXIO, not a wait), and only a
+    // regular file is written.
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode.unwrap_or(0o644))
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
     if let Some(m) = mode {
         // An existing file keeps its mode on open; asked for one, it gets it. (A new one's was cut by the umask.)
         file.set_permissions(fs::Permissions::from_mode(m))?;

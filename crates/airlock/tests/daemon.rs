@@ -696,6 +696,14 @@ fn files_resolve_inside_the_sandbox_with_its_rights() {
     assert_eq!(ro.status, 409, "{}", ro.text());
     assert!(!std::path::Path::new("/usr/airlock-should-not-exist").exists());
 
+    // A FIFO the sandbox made never makes the files API wait (nor does any other file that is not regular).
+    c.sh(&name, "mkfifo /tmp/fifo");
+    let started = Instant::now();
+    assert_eq!(c.get(&url("/tmp/fifo")).status, 400);
+    assert!(matches!(put("/tmp/fifo", b"x").status, 400 | 409));
+    assert_eq!(c.get(&url("/dev/null")).status, 400);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
     // Bad paths: 400, nothing done.
     for bad in ["relative/path", "", "/a\0b"] {
         let a = c.get(&format!("/v1/sandboxes/{name}/files?path={}", encode(bad)));

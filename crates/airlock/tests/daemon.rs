@@ -728,3 +728,30 @@ fn encode(s: &str) -> String {
         })
         .collect()
 }
+
+#[test]
+fn a_create_in_flight_when_the_daemon_died_is_adopted_or_forgotten() {
+    require_sandbox!();
+    let mut d = Daemon::start("api-inflight", &[]);
+    d.kill9();
+    // What a daemon killed during `airlock create` leaves: its owner record, written first, and no sandbox yet
+    // (the create, its own process, goes on). And a record that old whose create never finished.
+    let owned = d.state.join("daemon").join("sandboxes");
+    let fresh = unique("inflight");
+    let stale = unique("stale");
+    let record = |name: &str, requested: f64| json!({ "name": name, "requested": requested, "spec": { "name": name } });
+    fs::write(owned.join(format!("{fresh}.json")), record(&fresh, common_now()).to_string()).unwrap();
+    fs::write(owned.join(format!("{stale}.json")), record(&stale, common_now() - 3600.0).to_string()).unwrap();
+    d.spawn();
+    let c = d.client();
+    // Not listed while creating; the stale one is gone for good.
+    assert_eq!(c.get(&format!("/v1/sandboxes/{fresh}")).status, 404);
+    assert!(!owned.join(format!("{stale}.json")).exists());
+    // The create finishes (as the dead daemon's `airlock create` would): the daemon owns the sandbox.
+    let o = d.airlock(&["create", &fresh]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    wait_for("the in-flight create to be adopted", 20, || c.get(&format!("/v1/sandboxes/{fresh}")).status == 200);
+    assert_eq!(state_of(&c, &fresh), "running");
+    assert_eq!(c.sh(&fresh, "echo adopted"), "adopted\n");
+    assert_eq!(c.delete(&format!("/v1/sandboxes/{fresh}")).status, 204);
+}

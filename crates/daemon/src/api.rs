@@ -37,6 +37,8 @@ pub struct App {
     pub execs: Arc<Semaphore>,
     /// Wakes the pool filler (a sandbox was taken, a pool was added).
     pub pools_changed: tokio::sync::Notify,
+    /// Unix time this daemon started (what was creating before then was adopted from a daemon that died).
+    pub started: f64,
 }
 
 pub type Shared = Arc<App>;

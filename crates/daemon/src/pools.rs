@@ -47,11 +47,31 @@ pub async fn keep_pools_filled(app: Shared) {
     }
 }
 
+/// How long a create a dead daemon left in flight may take before the record is forgotten.
+pub const IN_FLIGHT_CREATE: f64 = 120.0;
+
+/// Settles the creates a daemon killed mid-way left in flight (adopted as creating): owned once `airlock create`
+/// has made the sandbox, forgotten when it never does.
+fn settle_adopted_creates(app: &Shared) {
+    for entry in app.registry.all() {
+        if !entry.creating || entry.record.requested >= app.started {
+            continue;
+        }
+        if CliRecord::read(&app.engine.state_dir, &entry.record.name).is_some() {
+            app.registry.created(&entry.record.name);
+        } else if now() - entry.record.requested > IN_FLIGHT_CREATE {
+            let _ = app.store.remove_sandbox(&entry.record.name);
+            app.registry.remove(&entry.record.name);
+        }
+    }
+}
+
 /// Stops each sandbox whose lifetime ran out. It is stopped, not removed: what it changed in its workspace stays
 /// for `diff` and `commit` until a client deletes it.
 pub async fn stop_expired(app: Shared) {
     loop {
         tokio::time::sleep(TICK).await;
+        settle_adopted_creates(&app);
         let t = now();
         for entry in app.registry.all() {
             let Some(expires) = entry.record.expires_at else { continue };

@@ -15,7 +15,7 @@ use crate::api::{self, App, Limits};
 use crate::engine::Engine;
 use crate::error::{ApiError, Code};
 use crate::registry::Registry;
-use crate::store::{Store, StoreError};
+use crate::store::{now, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -92,6 +92,7 @@ async fn run(config: ServeConfig) -> Result<(), ServeError> {
         execs: Arc::new(Semaphore::new(config.limits.max_execs)),
         limits: config.limits.clone(),
         pools_changed: tokio::sync::Notify::new(),
+        started: now(),
     });
     let router = api::router(app.clone());
     let mut servers = tokio::task::JoinSet::new();
@@ -144,6 +145,11 @@ fn adopt(store: &Store, registry: &Registry, state_dir: &Path) -> Result<(), Ser
     for record in store.sandboxes()? {
         if state_dir.join("sandboxes").join(&record.name).is_dir() {
             registry.insert(record);
+        } else if now() - record.requested < crate::pools::IN_FLIGHT_CREATE {
+            // Asked for just before the daemon died: its `airlock create` (its own process, not killed with
+            // the daemon) may still be setting it up. Kept as creating; the reaper adopts it once its directory
+            // exists, or forgets it when that never happens (see pools::settle_adopted_creates).
+            registry.reserve(record);
         } else {
             store.remove_sandbox(&record.name)?;
         }

@@ -24,6 +24,13 @@ pub struct ServeArgs {
     /// The most sandboxes this daemon keeps at once (pooled ones included); more is answered 429.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_sandboxes: usize,
+    /// Only host directories under DIR may be a sandbox's workspace or rootfs (repeatable; symlinks resolved).
+    /// Without it, clients may name any directory this daemon's user can reach.
+    #[arg(long = "workspace-root", value_name = "DIR")]
+    pub workspace_roots: Vec<PathBuf>,
+    /// The lifetime of a sandbox created without a `timeout` (e.g. 300s, as E2B's default); none when unset.
+    #[arg(long, value_name = "DURATION")]
+    pub default_timeout: Option<String>,
     /// The most commands running at once through this daemon; more is answered 429.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub max_execs: usize,
@@ -44,6 +51,14 @@ pub fn serve(args: ServeArgs) -> Result<i32> {
     if args.max_sandboxes == 0 || args.max_execs == 0 {
         bail!("--max-sandboxes and --max-execs must be at least 1");
     }
+    let host_roots = args
+        .workspace_roots
+        .iter()
+        .map(|d| std::fs::canonicalize(d).with_context(|| format!("--workspace-root {}", d.display())))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(t) = &args.default_timeout {
+        policy::units::parse_duration(t).map_err(|e| anyhow::anyhow!("--default-timeout {t:?}: {e}"))?;
+    }
     let state_dir = match args.state_dir {
         Some(dir) => std::path::absolute(&dir).with_context(|| format!("--state-dir {}", dir.display()))?,
         None => crate::state::state_dir(),
@@ -60,7 +75,12 @@ pub fn serve(args: ServeArgs) -> Result<i32> {
         token,
         state_dir,
         exe: std::env::current_exe().context("cannot find airlock's own executable")?,
-        limits: daemon::api::Limits { max_sandboxes: args.max_sandboxes, max_execs: args.max_execs },
+        limits: daemon::api::Limits {
+            max_sandboxes: args.max_sandboxes,
+            max_execs: args.max_execs,
+            host_roots,
+            default_timeout: args.default_timeout,
+        },
     };
     daemon::serve(config)?;
     Ok(0)

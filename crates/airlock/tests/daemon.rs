@@ -755,3 +755,49 @@ fn a_create_in_flight_when_the_daemon_died_is_adopted_or_forgotten() {
     assert_eq!(c.sh(&fresh, "echo adopted"), "adopted\n");
     assert_eq!(c.delete(&format!("/v1/sandboxes/{fresh}")).status, 204);
 }
+
+#[test]
+fn workspace_roots_confine_host_paths_and_a_default_lifetime_applies() {
+    require_sandbox!();
+    let shared = TempDir::new("api-roots-shared");
+    fs::create_dir(shared.path().join("project")).unwrap();
+    std::os::unix::fs::symlink("/etc", shared.path().join("etc-link")).unwrap();
+    let d = Daemon::start(
+        "api-roots",
+        &["--workspace-root", shared.str(), "--default-timeout", "1s", "--max-sandboxes", "8"],
+    );
+    let c = d.client();
+    // Under the root: taken, with the path resolved.
+    let inside = format!("{}/project", shared.str());
+    let a = c.post("/v1/sandboxes", &json!({ "workspace": inside, "timeout": "1h" }));
+    assert_eq!(a.status, 201, "{}", a.text());
+    let name = a.json()["name"].as_str().unwrap().to_string();
+    assert_eq!(a.json()["workspace"], fs::canonicalize(&inside).unwrap().to_str().unwrap());
+    // Outside it, directly, through `..` or through a symlink inside it: 400, nothing created.
+    for outside in ["/etc".to_string(), format!("{}/../..", shared.str()), format!("{}/etc-link", shared.str())] {
+        for field in ["workspace", "rootfs"] {
+            let a = c.post("/v1/sandboxes", &json!({ field: outside }));
+            assert_eq!(a.status, 400, "{field} {outside}: {}", a.text());
+            // (A path with `..` is refused before, as malformed.)
+            assert!(a.text().contains("--workspace-root") || a.text().contains("'..'"), "{}", a.text());
+        }
+    }
+    let a = c.post("/v1/pools", &json!({ "name": "p", "size": 1, "sandbox": { "workspace": "/etc" } }));
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert_eq!(d.sandbox_dirs(), vec![name.clone()]);
+    // No timeout given: the default lifetime; the sandbox is stopped when it runs out, the one with 1h is not.
+    let short = c.create(&json!({}));
+    assert!(c.get(&format!("/v1/sandboxes/{short}")).json()["expires_at"].as_f64().is_some());
+    wait_for("the default lifetime to end", 20, || state_of(&c, &short) == "exited");
+    assert_eq!(state_of(&c, &name), "running");
+    for n in [&name, &short] {
+        assert_eq!(c.delete(&format!("/v1/sandboxes/{n}")).status, 204);
+    }
+    // A root that does not exist, or a bad default, stops the daemon from starting.
+    let o = common::airlock(&["serve", "--socket", "/tmp/airlock-never.sock", "--workspace-root", "/no/such/dir"]);
+    assert_ne!(code(&o), 0);
+    assert!(stderr(&o).contains("--workspace-root"), "{}", stderr(&o));
+    let o = common::airlock(&["serve", "--socket", "/tmp/airlock-never.sock", "--default-timeout", "soon"]);
+    assert_ne!(code(&o), 0);
+    assert!(stderr(&o).contains("--default-timeout"), "{}", stderr(&o));
+}

@@ -26,6 +26,10 @@ use crate::store::{now, CliRecord, OwnedSandbox, PoolRecord, Store};
 pub struct Limits {
     pub max_sandboxes: usize,
     pub max_execs: usize,
+    /// With any: a spec's `workspace` and `rootfs` must resolve under one of these (canonical) directories.
+    pub host_roots: Vec<std::path::PathBuf>,
+    /// The lifetime of a sandbox created without a `timeout`.
+    pub default_timeout: Option<String>,
 }
 
 /// Everything a handler needs.
@@ -169,13 +173,44 @@ async fn health(State(app): State<Shared>) -> Json<Value> {
 }
 
 async fn create(State(app): State<Shared>, body: Bytes) -> ApiResult<Response> {
-    let spec: SandboxSpec = parse_body(&body)?;
+    let mut spec: SandboxSpec = parse_body(&body)?;
     spec.validate()?;
+    confine_host_paths(&app, &mut spec)?;
+    if spec.timeout.is_none() {
+        spec.timeout.clone_from(&app.limits.default_timeout);
+    }
     let record = match &spec.pool {
         Some(pool) => take_or_create_for_pool(&app, pool, &spec).await?,
         None => create_sandbox(&app, spec, None).await?,
     };
     Ok((StatusCode::CREATED, Json(sandbox_object(&app, &record))).into_response())
+}
+
+/// With `--workspace-root`: the spec's host paths (`workspace`, `rootfs` other than `host`) resolved, each under
+/// one of the roots, else a `400`. The resolved path replaces the given one, so a symlink swapped in after this
+/// check changes nothing.
+fn confine_host_paths(app: &App, spec: &mut SandboxSpec) -> ApiResult<()> {
+    if app.limits.host_roots.is_empty() {
+        return Ok(());
+    }
+    let confine = |what: &str, path: &str| -> ApiResult<String> {
+        let resolved = std::fs::canonicalize(path)
+            .map_err(|e| ApiError::bad_request(format!("{what} {}: cannot resolve it: {e}", short(path))))?;
+        if !app.limits.host_roots.iter().any(|root| resolved.starts_with(root)) {
+            return Err(ApiError::bad_request(format!(
+                "{what} {}: outside the directories this daemon shares (--workspace-root)",
+                short(path)
+            )));
+        }
+        Ok(resolved.display().to_string())
+    };
+    if let Some(w) = &spec.workspace {
+        spec.workspace = Some(confine("workspace", w)?);
+    }
+    if let Some(r) = spec.rootfs.as_ref().filter(|r| r.as_str() != "host") {
+        spec.rootfs = Some(confine("rootfs", r)?);
+    }
+    Ok(())
 }
 
 /// A sandbox from `pool` if one is ready; otherwise one made now from the pool's spec. The request may add a
@@ -573,7 +608,7 @@ struct PoolBody {
 const MAX_POOL_SIZE: usize = 64;
 
 async fn create_pool(State(app): State<Shared>, body: Bytes) -> ApiResult<Response> {
-    let req: PoolBody = parse_body(&body)?;
+    let mut req: PoolBody = parse_body(&body)?;
     policy::names::validate_sandbox_name(&req.name).map_err(|e| ApiError::bad_request(format!("name: {e}")))?;
     if req.size > MAX_POOL_SIZE {
         return Err(ApiError::bad_request(format!("size: at most {MAX_POOL_SIZE}")));
@@ -582,6 +617,7 @@ async fn create_pool(State(app): State<Shared>, body: Bytes) -> ApiResult<Respon
         return Err(ApiError::bad_request("sandbox: a pool's sandboxes take no `name` or `pool`"));
     }
     req.sandbox.validate()?;
+    confine_host_paths(&app, &mut req.sandbox)?;
     if app.store.pools().map_err(|e| ApiError::internal(e.to_string()))?.iter().any(|p| p.name == req.name) {
         return Err(ApiError::conflict(format!("a pool named {} exists already", req.name)));
     }

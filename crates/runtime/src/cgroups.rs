@@ -170,7 +170,7 @@ pub fn detect_layout(sys_fs_cgroup: &Path) -> Result<CgroupLayout, CgroupError> 
 
 /// The v1 hierarchy carrying `controller`: `root/<controller>`, or a co-mounted `root/cpu,cpuacct`; resolved,
 /// so that co-mounted controllers compare equal.
-fn find_v1_hierarchy(root: &Path, controller: &str) -> Option<PathBuf> {
+pub fn find_v1_hierarchy(root: &Path, controller: &str) -> Option<PathBuf> {
     let is_hierarchy = |p: &Path| p.join("tasks").is_file();
     let direct = root.join(controller);
     let found = if is_hierarchy(&direct) {

@@ -1757,22 +1757,16 @@ pub fn parse_proc_cgroup(text: &str) -> Vec<CgroupEntry> {
 
 /// Which cgroup layout is mounted under `root` (normally [`CGROUP_ROOT`]).
 pub fn detect_cgroup_layout(root: &Path) -> CgroupLayout {
-    if root.join("cgroup.controllers").is_file() {
-        return CgroupLayout::V2;
-    }
-    let has_v1 = std::fs::read_dir(root)
-        .map(|entries| entries.flatten().any(|e| e.path().join("tasks").is_file()))
-        .unwrap_or(false);
-    if root.join("unified").join("cgroup.controllers").is_file() {
-        if has_v1 {
+    // The engine's detector (`cgroups::detect_layout`), so `doctor` describes the layout the sandboxes get: the v1
+    // limit controllers first, then v2 at the root or at `unified/`. Hybrid: the v1 controllers with a v2
+    // hierarchy beside them.
+    match crate::cgroups::detect_layout(root) {
+        Ok(crate::cgroups::CgroupLayout::V2 { .. }) => CgroupLayout::V2,
+        Ok(crate::cgroups::CgroupLayout::V1 { .. }) if root.join("unified").join("cgroup.controllers").is_file() => {
             CgroupLayout::Hybrid
-        } else {
-            CgroupLayout::V2
         }
-    } else if has_v1 {
-        CgroupLayout::V1
-    } else {
-        CgroupLayout::None
+        Ok(crate::cgroups::CgroupLayout::V1 { .. }) => CgroupLayout::V1,
+        Err(_) => CgroupLayout::None,
     }
 }
 
@@ -1783,20 +1777,6 @@ fn join_cgroup_path(hierarchy_root: &Path, path: &str) -> Option<PathBuf> {
         return None;
     }
     Some(if relative.is_empty() { hierarchy_root.to_path_buf() } else { hierarchy_root.join(relative) })
-}
-
-/// The v1 hierarchy carrying `controller`: `root/<controller>`, or a co-mounted `root/cpu,cpuacct`.
-fn find_v1_hierarchy(root: &Path, controller: &str) -> Option<PathBuf> {
-    let direct = root.join(controller);
-    if direct.join("tasks").is_file() {
-        return Some(direct);
-    }
-    std::fs::read_dir(root).ok()?.flatten().find_map(|e| {
-        let name = e.file_name();
-        let name = name.to_str()?;
-        let path = e.path();
-        (name.split(',').any(|c| c == controller) && path.join("tasks").is_file()).then_some(path)
-    })
 }
 
 fn read_words(path: &Path) -> Vec<String> {
@@ -1831,7 +1811,7 @@ pub fn probe_cgroups(root: &Path, proc_self_cgroup: &str) -> CgroupReport {
         CgroupLayout::V1 | CgroupLayout::Hybrid => LIMIT_CONTROLLERS
             .iter()
             .map(|&controller| {
-                let dir = find_v1_hierarchy(root, controller).and_then(|hierarchy| {
+                let dir = crate::cgroups::find_v1_hierarchy(root, controller).and_then(|hierarchy| {
                     let entry =
                         entries.iter().find(|e| e.hierarchy != 0 && e.controllers.iter().any(|c| c == controller))?;
                     join_cgroup_path(&hierarchy, &entry.path)

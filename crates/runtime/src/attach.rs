@@ -104,16 +104,8 @@ pub fn exec_in_sandbox(
         None => None,
     };
 
-    // 2. Init, by pidfd; checked against the recorded start time after the pidfd is open, so that the pidfd
-    //    is known to refer to the sandbox's init and not to a process that reused its pid.
-    let pidfd = pidfd_open(target.init_pid).map_err(|e| match e {
-        libc::ESRCH => AttachError::NotRunning(target.name.clone()),
-        e => AttachError::OpenInit(target.init_pid, errno_text(e)),
-    })?;
-    if crate::host::process_start_time(target.init_pid) != Some(target.init_start_time) {
-        sys::close(pidfd);
-        return Err(AttachError::NotRunning(target.name.clone()));
-    }
+    // 2. Init, by pidfd.
+    let pidfd = open_init(target)?;
     // With a timeout, the host's /proc, opened before setns puts the sandbox's in its place: at the deadline the
     // command's session is looked up there (see `kill_session`).
     let host_proc = match policy.timeout {
@@ -190,6 +182,20 @@ pub fn exec_in_sandbox(
     sandbox::outcome(&prepared, ended, failure).map_err(|e| AttachError::SetupStep(e.to_string()))
 }
 
+/// A pidfd of the sandbox's init, checked against the recorded start time after it is open, so that it is known
+/// to refer to the sandbox's init and not to a process that reused its pid.
+fn open_init(target: &RunningSandbox) -> Result<RawFd, AttachError> {
+    let pidfd = pidfd_open(target.init_pid).map_err(|e| match e {
+        libc::ESRCH => AttachError::NotRunning(target.name.clone()),
+        e => AttachError::OpenInit(target.init_pid, errno_text(e)),
+    })?;
+    if crate::host::process_start_time(target.init_pid) != Some(target.init_start_time) {
+        sys::close(pidfd);
+        return Err(AttachError::NotRunning(target.name.clone()));
+    }
+    Ok(pidfd)
+}
+
 /// Makes this process a visitor of the running sandbox `target` with its command's rights, to work on its files
 /// (the daemon's files API): its user and mount namespaces entered (so `/` is the sandbox's root: every path,
 /// `..` and symlink resolves inside it, never on the host), the sandbox's user ids, no capabilities (bounding
@@ -204,15 +210,7 @@ pub fn enter_sandbox_as_its_user(
 ) -> Result<(), AttachError> {
     let prepared = prepare_sandbox(policy, host)?;
     let plan = &prepared.plan;
-    let pidfd = pidfd_open(target.init_pid).map_err(|e| match e {
-        libc::ESRCH => AttachError::NotRunning(target.name.clone()),
-        e => AttachError::OpenInit(target.init_pid, errno_text(e)),
-    })?;
-    // Checked after the pidfd is open: the pidfd then names the sandbox's init, not a process that reused its pid.
-    if crate::host::process_start_time(target.init_pid) != Some(target.init_start_time) {
-        sys::close(pidfd);
-        return Err(AttachError::NotRunning(target.name.clone()));
-    }
+    let pidfd = open_init(target)?;
     if plan.ids.host_root {
         // As host root: our supplementary groups would be host groups inside, and setgroups is denied there.
         // SAFETY: setgroups with a zero-length list reads no memory.

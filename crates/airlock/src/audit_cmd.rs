@@ -27,14 +27,12 @@ use serde_json::{json, Value};
 
 use crate::state;
 
-/// The log's file name in a sandbox's state directory.
-pub const LOG_FILE: &str = "audit.jsonl";
 /// A file in the state directory naming the `--audit FILE` copy of a long-lived sandbox, so that each
 /// `airlock exec` appends there too.
 const COPY_FILE: &str = "audit-copy";
 
 pub fn log_path(name: &str) -> PathBuf {
-    state::sandbox_dir(name).join(LOG_FILE)
+    state::sandbox_dir(name).audit_log()
 }
 
 /// Where a sandbox's audit events go, and the runtime's sink for the ones it sees (execs, denials, writes).
@@ -134,8 +132,9 @@ impl Recorder {
             // Learn mode alone keeps no log, but reads the network gateway's refusals from one: a private
             // scratch log in the state directory, removed when the recorder goes.
             (None, None) => {
-                let path = state::state_dir().join(format!("learn-{}.jsonl", std::process::id()));
-                std::fs::create_dir_all(state::state_dir()).context("cannot create the state directory")?;
+                let state = state::state();
+                let path = state.learn_file(std::process::id());
+                std::fs::create_dir_all(state.path()).context("cannot create the state directory")?;
                 let _ = std::fs::remove_file(&path);
                 Some(AuditLog::open(&path)?.with_sandbox(record_name))
             }
@@ -157,7 +156,7 @@ impl Recorder {
         if let Some(file) = copy {
             log.add_copy(file)?;
             let absolute = std::path::absolute(file).unwrap_or_else(|_| PathBuf::from(file));
-            std::fs::write(state::sandbox_dir(name).join(COPY_FILE), absolute.as_os_str().as_encoded_bytes())
+            std::fs::write(state::sandbox_dir(name).file(COPY_FILE), absolute.as_os_str().as_encoded_bytes())
                 .context("cannot remember the --audit copy")?;
         }
         Ok(Recorder {
@@ -179,7 +178,7 @@ impl Recorder {
             return Ok(None);
         }
         let mut log = AuditLog::open(&path)?.with_sandbox(name);
-        if let Ok(copy) = std::fs::read(state::sandbox_dir(name).join(COPY_FILE)) {
+        if let Ok(copy) = std::fs::read(state::sandbox_dir(name).file(COPY_FILE)) {
             log.add_copy(PathBuf::from(String::from_utf8_lossy(&copy).into_owned()))?;
         }
         Ok(Some(Recorder {
@@ -502,10 +501,10 @@ fn frozen_layer_changes(frozen: &Path, workspace: &Path) -> (Vec<audit::FileChan
 pub fn logs(name: &str, follow: bool, json_out: bool, verify: bool) -> Result<i32> {
     policy::names::validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
     let dir = state::sandbox_dir(name);
-    if !dir.is_dir() {
+    if !dir.exists() {
         bail!("no sandbox named {name} (see `airlock ls`)");
     }
-    let path = dir.join(LOG_FILE);
+    let path = dir.audit_log();
     if !path.exists() {
         bail!("sandbox {name} has no audit log (it was run with --rm, or before audit logs existed)");
     }

@@ -73,7 +73,7 @@ pub fn files(args: FilesArgs) -> Result<i32> {
         None => None,
     };
     let dir = state::sandbox_dir(&args.name);
-    if !dir.is_dir() {
+    if !dir.exists() {
         crate::say(&format!("no sandbox named {}", args.name));
         return Ok(1);
     }

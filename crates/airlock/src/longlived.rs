@@ -75,8 +75,8 @@ pub fn create(args: CreateArgs) -> Result<i32> {
     let _ = child.wait();
     // The supervisor removes what it created when the setup fails; make sure nothing half-made stays.
     let dir = state::sandbox_dir(name);
-    if dir.is_dir() && !state::is_running(&dir) {
-        let _ = state::remove_sandbox_dir(&dir);
+    if dir.exists() && !state::is_running(&dir) {
+        let _ = store::sandbox::remove_sandbox(&dir);
     }
     if err.trim().is_empty() {
         bail!("the supervisor of sandbox {name} exited before the sandbox was set up");
@@ -112,10 +112,10 @@ pub fn supervise(args: CreateArgs) -> Result<i32> {
     let (merged, policy) = create_policy(&args)?;
     let name = args.sandbox.clone();
     let cow = policy.workspace.as_ref().is_some_and(|w| w.mode == WorkspaceMode::Cow);
-    let workspace = policy.workspace.as_ref().map(|w| (w.path.as_str(), mode_name(w.mode)));
-    let mut kept = state::SandboxState::create(&name, workspace, cow)?;
-    let log_path = kept.dir.join("supervisor.log");
-    let prepared = kept.write_profile(&merged).and_then(|()| {
+    let workspace = policy.workspace.as_ref().map(|w| state::WorkspaceRef { path: &w.path, mode: mode_name(w.mode) });
+    let mut kept = state::SandboxState::create(&state::state(), &name, workspace, cow)?;
+    let log_path = kept.dir.supervisor_log();
+    let prepared = kept.write_profile(&merged).map_err(anyhow::Error::from).and_then(|()| {
         std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))
     });
     let log = match prepared {
@@ -129,7 +129,7 @@ pub fn supervise(args: CreateArgs) -> Result<i32> {
         Ok(layer) => layer,
         Err(e) => {
             let _ = kept.remove();
-            return Err(e);
+            return Err(e.into());
         }
     };
     // The audit log: the supervisor records the lifecycle; each `airlock exec` records its own command's execs.
@@ -177,16 +177,16 @@ pub fn supervise(args: CreateArgs) -> Result<i32> {
         }
         (Ok(_), Some(e)) => {
             let _ = kept.remove();
-            return Err(e.context(format!("cannot record sandbox {name}")));
+            return Err(anyhow::Error::from(e).context(format!("cannot record sandbox {name}")));
         }
     };
     let stack = match &policy.workspace {
-        Some(w) if cow => state::layer_stack(&kept.dir, &w.path).ok(),
+        Some(w) if cow => store::sandbox::layer_stack(&kept.dir, &w.path).ok(),
         _ => None,
     };
     recorder.finish(&outcome, &report, stack.as_ref());
     if let Err(e) = kept.finish(Some(outcome.exit_code())) {
-        crate::say(&format!("warning: cannot record how sandbox {name} ended: {}", crate::one_line(&e)));
+        crate::say(&format!("warning: cannot record how sandbox {name} ended: {}", crate::one_line(&e.into())));
     }
     if let Some(stats) = &report.stats {
         if let Err(e) = crate::stats_cmd::keep_final_stats(&name, stats, outcome.exit_code()) {
@@ -203,7 +203,7 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
     let name = &args.name;
     validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
     let dir = state::sandbox_dir(name);
-    if !dir.is_dir() {
+    if !dir.exists() {
         crate::say(&format!("no sandbox named {name} (see `airlock ls`)"));
         return Ok(i32::from(crate::EXIT_FAILED));
     }
@@ -278,18 +278,21 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
 
 /// The host context of a visit to the running sandbox `name` (an exec, the files API): its layer as it stands
 /// (nothing is mounted again), no terminal.
-pub(crate) fn attach_context(name: &str, dir: &std::path::Path, policy: &SandboxPolicy) -> Result<HostContext> {
+pub(crate) fn attach_context(name: &str, dir: &state::SandboxDir, policy: &SandboxPolicy) -> Result<HostContext> {
     let cow = policy.workspace.as_ref().is_some_and(|w| w.mode == WorkspaceMode::Cow);
     Ok(HostContext {
         lock_dir: lock_dir(),
         tty: None,
         name: Some(name.to_string()),
         layer: match cow {
-            true => Some(LayerDirs {
-                upper: state::layer_root(dir)?.join("upper"),
-                work: state::layer_root(dir)?.join("work"),
-                frozen: state::checkpoints(dir)?.into_iter().rev().map(|c| c.dir).collect(),
-            }),
+            true => {
+                let layer = dir.layer()?;
+                Some(LayerDirs {
+                    upper: layer.upper(),
+                    work: layer.work(),
+                    frozen: store::checkpoint::checkpoints(dir)?.into_iter().rev().map(|c| c.dir).collect(),
+                })
+            }
             false => None,
         },
         hold: false,
@@ -327,7 +330,7 @@ pub(crate) fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, Strin
 pub fn stop(name: &str) -> Result<i32> {
     validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
     let dir = state::sandbox_dir(name);
-    if !dir.is_dir() {
+    if !dir.exists() {
         bail!("no sandbox named {name} (see `airlock ls`)");
     }
     if !state::is_running(&dir) {

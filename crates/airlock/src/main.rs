@@ -65,7 +65,9 @@ fn main() -> ExitCode {
         Command::Profile(cmd) => profile_cmd::run(cmd),
         Command::Stats { name, json } => stats_cmd::run(&name, json),
         Command::Ls { json } => sandboxes_cmd::ls(json),
-        Command::Diff(args) => state::layer_of(&args.name, false).and_then(|layer| workspace_cmd::diff(&layer, &args)),
+        Command::Diff(args) => store::sandbox::layer_of(&state::state(), &args.name, false)
+            .map_err(anyhow::Error::from)
+            .and_then(|layer| workspace_cmd::diff(&layer, &args)),
         Command::Discard(args) => workspace_cmd::discard_cmd(&args),
         Command::Commit(args) => workspace_cmd::commit_cmd(&args),
         Command::Rm { names } => sandboxes_cmd::rm(&names),

@@ -32,11 +32,12 @@ pub fn run(args: RunArgs) -> Result<i32> {
     check_workspace_outside_state(&policy)?;
     let mut kept = match &name {
         Some(name) => {
-            let workspace = policy.workspace.as_ref().map(|w| (w.path.as_str(), mode_name(w.mode)));
+            let workspace =
+                policy.workspace.as_ref().map(|w| state::WorkspaceRef { path: &w.path, mode: mode_name(w.mode) });
             if args.opts.resume {
-                Some(state::SandboxState::resume(name, workspace)?)
+                Some(state::SandboxState::resume(&state::state(), name, workspace)?)
             } else {
-                Some(state::SandboxState::create(name, workspace, cow)?)
+                Some(state::SandboxState::create(&state::state(), name, workspace, cow)?)
             }
         }
         None => None,
@@ -45,7 +46,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         Ok(layer) => layer,
         Err(e) => {
             abandon(kept.take(), args.opts.resume);
-            return Err(e);
+            return Err(e.into());
         }
     };
     // Records name the sandbox; an unnamed run is named by its supervisor's pid.
@@ -98,7 +99,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     };
     if let Some(r) = recorder.as_mut() {
         let stack = match (&kept, &policy.workspace) {
-            (Some(state), Some(w)) if cow => state::layer_stack(&state.dir, &w.path).ok(),
+            (Some(state), Some(w)) if cow => store::sandbox::layer_stack(&state.dir, &w.path).ok(),
             _ => None,
         };
         r.finish(&outcome, &report, stack.as_ref());
@@ -106,7 +107,11 @@ pub fn run(args: RunArgs) -> Result<i32> {
     }
     if let Some(state) = kept.as_mut() {
         if let Err(e) = state.finish(Some(outcome.exit_code())) {
-            crate::say(&format!("warning: cannot record how sandbox {} ended: {}", state.name, crate::one_line(&e)));
+            crate::say(&format!(
+                "warning: cannot record how sandbox {} ended: {}",
+                state.name,
+                crate::one_line(&e.into())
+            ));
         }
     }
     if let (Some(stats), Some(name), false) = (&report.stats, &name, args.opts.rm) {
@@ -136,7 +141,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         Some(state) if args.opts.rm => {
             let name = state.name.clone();
             if let Err(e) = state.remove() {
-                crate::say(&format!("warning: cannot remove sandbox {name}: {}", crate::one_line(&e)));
+                crate::say(&format!("warning: cannot remove sandbox {name}: {}", crate::one_line(&e.into())));
             }
         }
         Some(state) if generated => crate::say(&format!(
@@ -176,7 +181,8 @@ pub fn current_invoker() -> Invoker {
 /// The state directory holds the layers: a workspace inside it could reach another sandbox's changes.
 pub fn check_workspace_outside_state(policy: &policy::sandbox::SandboxPolicy) -> Result<()> {
     if let Some(ws) = &policy.workspace {
-        let state_root = std::fs::canonicalize(state::state_dir()).unwrap_or_else(|_| state::state_dir());
+        let state_root =
+            std::fs::canonicalize(state::state().path()).unwrap_or_else(|_| state::state().path().to_path_buf());
         let workspace = std::fs::canonicalize(&ws.path).unwrap_or_else(|_| std::path::PathBuf::from(&ws.path));
         if workspace.starts_with(&state_root) {
             bail!(

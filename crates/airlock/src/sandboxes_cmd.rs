@@ -8,7 +8,7 @@ use crate::state;
 
 pub fn ls(json_output: bool) -> Result<i32> {
     let mut rows = Vec::new();
-    for name in state::sandbox_names()? {
+    for name in state::sandbox_names(&state::state())? {
         let dir = state::sandbox_dir(&name);
         let record = state::read_record(&dir).ok();
         let running = state::is_running(&dir);
@@ -50,14 +50,14 @@ pub fn rm(names: &[String]) -> Result<i32> {
     for name in names {
         validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
         let dir = state::sandbox_dir(name);
-        if !dir.is_dir() {
+        if !dir.exists() {
             bail!("no sandbox named {name} (see `airlock ls`)");
         }
         if state::is_running(&dir) {
             bail!("sandbox {name} is running; it is removed only once it has ended");
         }
         wait_for_supervisor_exit(name, &dir)?;
-        state::remove_sandbox_dir(&dir)?;
+        store::sandbox::remove_sandbox(&dir)?;
     }
     Ok(0)
 }
@@ -68,7 +68,7 @@ const SUPERVISOR_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs
 /// Waits until the sandbox's supervisor (if it had one) has exited. A sandbox is marked ended before its
 /// supervisor removes the cgroup and writes its last records (stats, the audit log's end) into the sandbox's
 /// directory; removing the directory meanwhile would race those writes ("Directory not empty").
-fn wait_for_supervisor_exit(name: &str, dir: &std::path::Path) -> Result<()> {
+fn wait_for_supervisor_exit(name: &str, dir: &state::SandboxDir) -> Result<()> {
     let record = state::read_record(dir)?;
     let (Some(pid), Some(start)) = (record.supervisor_pid, record.supervisor_start_time) else {
         return Ok(());
@@ -87,12 +87,12 @@ fn wait_for_supervisor_exit(name: &str, dir: &std::path::Path) -> Result<()> {
 }
 
 /// How many changes a sandbox's copy-on-write layer holds (`None` without a layer, or when it cannot be read).
-fn pending_changes(dir: &std::path::Path, record: &state::SandboxRecord) -> Option<u64> {
-    let upper = state::layer_root(dir).ok()?.join("upper");
+fn pending_changes(dir: &state::SandboxDir, record: &state::SandboxRecord) -> Option<u64> {
+    let upper = dir.layer().ok()?.upper();
     let lower = record.workspace.as_ref()?;
     if !upper.is_dir() {
         return None;
     }
-    let stack = state::layer_stack(dir, lower).ok()?;
+    let stack = store::sandbox::layer_stack(dir, lower).ok()?;
     runtime::layer::diff_stack(&stack, &[]).ok().map(|changes| changes.len() as u64)
 }

@@ -61,7 +61,7 @@ pub fn serve(args: ServeArgs) -> Result<i32> {
     }
     let state_dir = match args.state_dir {
         Some(dir) => std::path::absolute(&dir).with_context(|| format!("--state-dir {}", dir.display()))?,
-        None => crate::state::state_dir(),
+        None => crate::state::state().path().to_path_buf(),
     };
     // Only --listen: no socket unless asked for.
     let socket = match (args.socket, args.listen) {

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 /// The file holding a named sandbox's final numbers.
 pub fn final_stats_path(name: &str) -> PathBuf {
-    crate::state::sandbox_dir(name).join("stats.json")
+    crate::state::sandbox_dir(name).stats_file()
 }
 
 /// The stable JSON shape of `airlock stats --json` (documented in README).

@@ -48,33 +48,35 @@ pub struct CommitArgs {
 }
 
 /// `airlock commit NAME`: of a sandbox that has ended (holding its lock), or of a running long-lived one (its
-/// processes stopped while the layer changes, see [`crate::checkpoint_cmd::change_running`]).
+/// processes stopped while the layer changes, see [`store::checkpoint::change`]).
 pub fn commit_cmd(args: &CommitArgs) -> Result<i32> {
-    if crate::checkpoint_cmd::running(&args.name)? {
-        let outcome = crate::checkpoint_cmd::change_running(&args.name, "commit", |copy| {
+    let state = crate::state::state();
+    if store::checkpoint::is_sandbox_running(&state, &args.name)? {
+        let outcome = store::checkpoint::change(&state, &args.name, "commit", |copy| {
             let outcome = commit_layer(copy.stack, args, copy.created)?;
             let changed = matches!(&outcome, layer::CommitOutcome::Committed(changes) if !changes.is_empty());
-            Ok(((outcome, copy.stack.lower.clone()), changed))
+            anyhow::Ok(((outcome, copy.stack.lower.clone()), changed))
         })?;
         let (outcome, workspace) = outcome;
         return report_commit(&outcome, &workspace, true);
     }
-    let claim = crate::state::claim_layer(&args.name)?;
+    let claim = store::sandbox::claim_layer(&state, &args.name)?;
     commit(&claim, args)
 }
 
 /// `airlock discard NAME`: as [`commit_cmd`], running or not.
 pub fn discard_cmd(args: &DiscardArgs) -> Result<i32> {
-    if crate::checkpoint_cmd::running(&args.name)? {
-        let dropped = crate::checkpoint_cmd::change_running(&args.name, "discard", |copy| {
+    let state = crate::state::state();
+    if store::checkpoint::is_sandbox_running(&state, &args.name)? {
+        let dropped = store::checkpoint::change(&state, &args.name, "discard", |copy| {
             let dropped = discard_layer(copy.stack, args)?;
             let changed = !dropped.is_empty();
-            Ok((dropped, changed))
+            anyhow::Ok((dropped, changed))
         })?;
         report_discard(&dropped, true);
         return Ok(0);
     }
-    let layer = crate::state::layer_of(&args.name, true)?;
+    let layer = store::sandbox::layer_of(&state, &args.name, true)?;
     discard(&layer, args)
 }
 

@@ -19,7 +19,7 @@ use crate::engine::{classify, Engine};
 use crate::error::{ApiError, ApiResult, Code};
 use crate::registry::{Entry, Registry};
 use crate::spec::SandboxSpec;
-use crate::store::{now, CliRecord, OwnedSandbox, PoolRecord, Store};
+use crate::store::{cli_record, live_init, now, OwnedSandbox, PoolRecord, Store};
 
 /// Limits of one daemon.
 #[derive(Debug, Clone)]
@@ -147,15 +147,16 @@ fn short(name: &str) -> String {
 
 /// The running sandbox's init (pid, start time), or a `409`.
 pub fn running_init(app: &App, name: &str) -> ApiResult<(i32, u64)> {
-    CliRecord::read(&app.engine.state_dir, name)
-        .and_then(|r| r.running_init())
+    cli_record(&app.engine.state_dir, name)
+        .as_ref()
+        .and_then(live_init)
         .ok_or_else(|| ApiError::conflict(format!("sandbox {name} is not running")))
 }
 
 /// The JSON object of a sandbox (the fields of `airlock ls --json`, and the daemon's own).
 pub fn sandbox_object(app: &App, record: &OwnedSandbox) -> Value {
-    let cli = CliRecord::read(&app.engine.state_dir, &record.name);
-    let running = cli.as_ref().and_then(CliRecord::running_init).is_some();
+    let cli = cli_record(&app.engine.state_dir, &record.name);
+    let running = cli.as_ref().and_then(live_init).is_some();
     json!({
         "name": record.name,
         "state": match &cli { None => "creating", Some(_) if running => "running", Some(_) => "exited" },
@@ -228,7 +229,7 @@ async fn take_or_create_for_pool(app: &Shared, pool: &str, spec: &SandboxSpec) -
     let lifetime = spec.lifetime()?;
     while let Some(mut taken) = app.registry.take_from_pool(pool) {
         app.pools_changed.notify_one();
-        if CliRecord::read(&app.engine.state_dir, &taken.name).and_then(|r| r.running_init()).is_none() {
+        if cli_record(&app.engine.state_dir, &taken.name).as_ref().and_then(live_init).is_none() {
             // It died while waiting (killed from outside): remove it and take the next.
             let _ = remove_sandbox(app, &taken.name, false).await;
             continue;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::api::{create_sandbox, remove_sandbox, Shared};
-use crate::store::{now, CliRecord};
+use crate::store::{cli_record, live_init, now};
 
 /// How often lifetimes are checked (and pools looked at without a wake-up).
 const TICK: Duration = Duration::from_millis(500);
@@ -57,7 +57,7 @@ fn settle_adopted_creates(app: &Shared) {
         if !entry.creating || entry.record.requested >= app.started {
             continue;
         }
-        if CliRecord::read(&app.engine.state_dir, &entry.record.name).is_some() {
+        if cli_record(&app.engine.state_dir, &entry.record.name).is_some() {
             app.registry.created(&entry.record.name);
         } else if now() - entry.record.requested > IN_FLIGHT_CREATE {
             let _ = app.store.remove_sandbox(&entry.record.name);
@@ -78,8 +78,7 @@ pub async fn stop_expired(app: Shared) {
             if expires > t || entry.creating {
                 continue;
             }
-            let running =
-                CliRecord::read(&app.engine.state_dir, &entry.record.name).and_then(|r| r.running_init()).is_some();
+            let running = cli_record(&app.engine.state_dir, &entry.record.name).as_ref().and_then(live_init).is_some();
             if running {
                 let _ = remove_sandbox(&app, &entry.record.name, true).await;
             }

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use store::SandboxRecord;
+
 use crate::spec::SandboxSpec;
 
 #[derive(Debug, thiserror::Error)]
@@ -145,31 +147,15 @@ fn read_all<T: for<'de> Deserialize<'de>>(dir: &Path) -> Result<Vec<T>, StoreErr
     Ok(out)
 }
 
-/// What the CLI keeps in `$STATE/sandboxes/NAME/sandbox.json`, the fields the daemon reads.
-#[derive(Debug, Clone, Deserialize)]
-pub struct CliRecord {
-    pub workspace: Option<String>,
-    pub workspace_mode: Option<String>,
-    pub created: f64,
-    pub status: String,
-    pub exit_code: Option<i32>,
-    #[serde(default)]
-    pub init_pid: Option<i32>,
-    #[serde(default)]
-    pub init_start_time: Option<u64>,
+/// What the CLI keeps of the sandbox `name` (its `sandbox.json`, in the workspace store's layout).
+pub fn cli_record(state_dir: &Path, name: &str) -> Option<SandboxRecord> {
+    store::record::read_record(&store::StateDir::at(state_dir.to_path_buf()).sandbox(name)).ok()
 }
 
-impl CliRecord {
-    pub fn read(state_dir: &Path, name: &str) -> Option<CliRecord> {
-        let path = state_dir.join("sandboxes").join(name).join("sandbox.json");
-        serde_json::from_slice(&fs::read(path).ok()?).ok()
-    }
-
-    /// Its init, when that process still runs (the start time guards against a reused pid).
-    pub fn running_init(&self) -> Option<(i32, u64)> {
-        let (pid, start) = (self.init_pid?, self.init_start_time?);
-        (self.status == "running" && runtime::host::process_start_time(pid) == Some(start)).then_some((pid, start))
-    }
+/// The sandbox's init, when that process still runs (the start time guards against a reused pid).
+pub fn live_init(record: &SandboxRecord) -> Option<(i32, u64)> {
+    let (pid, start) = (record.init_pid?, record.init_start_time?);
+    (record.status == "running" && runtime::host::process_start_time(pid) == Some(start)).then_some((pid, start))
 }
 
 pub fn now() -> f64 {

@@ -51,6 +51,20 @@ pub fn try_lock_exclusive(file: &std::fs::File) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
+/// Opens the lock file `path` (created 0600 if missing, never through a symlink) and takes its lock without
+/// waiting: the file while this process holds the lock, `None` when another process holds it.
+pub fn try_lock_file(path: &std::path::Path) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    Ok(try_lock_exclusive(&file).then_some(file))
+}
+
 /// A process's start time in clock ticks since boot (field 22 of `/proc/PID/stat`): with the pid, it names one
 /// process, whatever reuses the pid later.
 pub fn process_start_time(pid: i32) -> Option<u64> {

@@ -90,7 +90,7 @@ pub fn exec_in_sandbox(
 ) -> Result<RunOutcome, AttachError> {
     // 1. Validate and build the command's plan, as `run` does: no side effect before this succeeds.
     let mut prepared = prepare_sandbox(policy, host)?;
-    for w in &prepared.warnings {
+    for w in &prepared.enforcement.warnings() {
         warn(w);
     }
     let mut audit = audit.filter(|a| a.notify.any());

@@ -11,6 +11,7 @@ pub mod attach;
 pub mod caps;
 pub mod cgroups;
 pub mod dev;
+pub mod enforcement;
 pub mod exec;
 pub mod failure;
 pub mod gateway;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use policy::sandbox::{Network, Requirement, Rootfs, SandboxPolicy, WorkspaceMode};
 
+use crate::enforcement::{EnforcementReport, Notice, Protection, Status};
 use crate::landlock::{self, LandlockPlan, LandlockRule, ACCESS_ALL, ACCESS_DEVICE, ACCESS_READ};
 use crate::plan::{
     CommandPlan, IdPlan, InsidePath, MountSource, OverlayDirs, RootEntry, SandboxPlan, SourceKind, MAX_FROZEN_LAYERS,
@@ -84,8 +85,9 @@ pub struct Prepared {
     pub plan: SandboxPlan,
     /// Held while the sandbox runs (as host root).
     pub id_range: Option<HostIdRange>,
-    /// Warnings to print before the run (a best-effort layer that is missing).
-    pub warnings: Vec<String>,
+    /// What the sandbox gets: each protection enforced, best-effort and missing, or not asked for; its
+    /// warnings are printed before the run.
+    pub enforcement: EnforcementReport,
     /// Display strings for failure messages, by root entry index.
     pub entry_names: Vec<String>,
 }
@@ -218,7 +220,7 @@ impl Builder {
 
 /// Step 1: validate `policy` against this host and build the plan.
 pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Prepared, PrepareError> {
-    let mut warnings = Vec::new();
+    let mut enforcement = EnforcementReport::default();
 
     // Features not built yet fail closed: a run never silently gets less than it asked for.
     let cow_layer = match &policy.workspace {
@@ -231,7 +233,8 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
         (Ok(abi), _) => Some(abi),
         (Err(errno), Requirement::Required) => return Err(PrepareError::LandlockUnavailable(landlock_reason(errno))),
         (Err(errno), Requirement::BestEffort) => {
-            warnings.push(format!("Landlock is not enforced: {} (profile allows best-effort)", landlock_reason(errno)));
+            let reason = landlock_reason(errno);
+            enforcement.set(Protection::Landlock, Status::BestEffortMissing { reason });
             None
         }
     };
@@ -429,7 +432,7 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
     landlock_rules.push(LandlockRule { path: cstring("/dev/pts")?, access: ACCESS_DEVICE });
     landlock_rules.push(LandlockRule { path: cstring("/dev/shm")?, access: ACCESS_ALL });
 
-    let (ids, id_range) = id_plan(host_root, (euid, egid), (uid, gid), &writable_owners, host, &mut warnings)?;
+    let (ids, id_range) = id_plan(host_root, (euid, egid), (uid, gid), &writable_owners, host, &mut enforcement)?;
 
     match fs::symlink_metadata("/tmp") {
         Ok(m) if m.is_dir() => {}
@@ -466,7 +469,29 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
         hold: host.hold,
         tun,
     };
-    Ok(Prepared { plan, id_range, warnings, entry_names })
+    record_enforced(&mut enforcement, policy, &plan);
+    Ok(Prepared { plan, id_range, enforcement, entry_names })
+}
+
+/// Fills in the report from the plan: what the plan does is what the sandbox gets (every step of it either
+/// succeeds or fails the run). Gaps recorded earlier (a best-effort Landlock) stay.
+fn record_enforced(report: &mut EnforcementReport, policy: &SandboxPolicy, plan: &SandboxPlan) {
+    let applies = |yes: bool| if yes { Status::Enforced } else { Status::NotRequested };
+    for protection in [Protection::Namespaces, Protection::PivotRoot, Protection::Capabilities, Protection::NoNewPrivs]
+    {
+        report.set(protection, Status::Enforced);
+    }
+    report.set(Protection::NetworkNamespace, applies(plan.new_network_namespace));
+    report.set(Protection::Seccomp, Status::Enforced);
+    if plan.landlock.is_some() {
+        report.set(Protection::Landlock, Status::Enforced);
+    }
+    report.set(Protection::CgroupLimits, applies(policy.limits.needs_cgroup()));
+    report.set(
+        Protection::ResourceLimits,
+        applies(policy.limits.nofile.is_some() || policy.limits.fsize_bytes.is_some()),
+    );
+    report.set(Protection::DiskLimit, applies(policy.limits.disk_bytes.is_some()));
 }
 
 /// The id maps. Rootless, the kernel allows one line: the sandbox's identity is the invoker. As host root, a
@@ -480,7 +505,7 @@ fn id_plan(
     (uid, gid): (u32, u32),
     writable_owners: &[(String, u32, u32)],
     host: &HostContext,
-    warnings: &mut Vec<String>,
+    enforcement: &mut EnforcementReport,
 ) -> Result<(IdPlan, Option<HostIdRange>), PrepareError> {
     if !host_root {
         let ids = IdPlan {
@@ -506,10 +531,7 @@ fn id_plan(
     let mut owner: Option<(&str, u32, u32)> = None;
     for (path, owner_uid, owner_gid) in writable_owners {
         if *owner_uid == 0 {
-            warnings.push(format!(
-                "{path} is owned by host root and root inside is not root outside: the sandbox can write there only \
-                 where the permissions let anyone write (chown it to a user to let the sandbox write as that user)"
-            ));
+            enforcement.notices.push(Notice::RootOwnedWritableShare { path: path.clone() });
             continue;
         }
         match owner {

@@ -67,6 +67,8 @@ pub enum RunOutcome {
 pub struct RunReport {
     /// The cgroup's final numbers, when the run had limits.
     pub stats: Option<CgroupStats>,
+    /// What the sandbox got (see [`crate::enforcement`]).
+    pub enforcement: crate::enforcement::EnforcementReport,
 }
 
 impl RunOutcome {
@@ -127,8 +129,8 @@ fn run_sandbox_with(
     if let Some(a) = &audit {
         prepared.plan.seccomp = audited_seccomp_program(a.notify)?;
     }
-    for w in &prepared.warnings {
-        warn(w);
+    for w in prepared.enforcement.warnings() {
+        warn(&w);
     }
 
     // 2. Supervisor state on the host.
@@ -376,7 +378,7 @@ fn run_sandbox_with(
             outcome = RunOutcome::OutOfMemory { summary: st.memory_summary() };
         }
     }
-    Ok((outcome, RunReport { stats }))
+    Ok((outcome, RunReport { stats, enforcement: prepared.enforcement.clone() }))
 }
 
 /// Step 4: the maps, then the start byte (init is already in its cgroup, or joins it itself: see `entry`). The start pipe's write end stays open until the

@@ -2,7 +2,8 @@
 
 Run by scripts/mcp-test (root; AIRLOCK names the binary). Every test runs over three transports: stdio
 (daemonless, the server runs airlock's own subcommands), streamable HTTP on 127.0.0.1, and stdio with AIRLOCK_HOST
-naming a real `airlock serve` on a temporary Unix socket. Each test has its own state directory, and every sandbox
+naming a real `airlock serve` on a temporary Unix socket; and one test wraps another stdio MCP server in
+`airlock run`. Each test has its own state directory, and every sandbox
 left in it is stopped and removed at the end.
 """
 
@@ -12,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -269,5 +271,62 @@ def test_refusals_are_error_results(world):
             bad = await call(s, "list_files", sandbox="x", path="/", extra=1)
             assert bad.is_error, bad
             assert ok(await call(s, "list_sandboxes")) == {"sandboxes": []}
+
+    anyio.run(body)
+
+
+WRAPPED_SERVER = """
+import json, os
+from mcp.server.mcpserver import MCPServer
+
+app = MCPServer("wrapped")
+
+
+@app.tool()
+def look(secret: str) -> str:
+    try:
+        with open("made-by-the-server.txt", "w") as f:
+            f.write("x")
+        wrote = True
+    except OSError:
+        wrote = False
+    return json.dumps({"cwd": os.getcwd(), "sees_secret": os.path.exists(secret), "wrote": wrote})
+
+
+app.run()
+"""
+
+
+def test_another_stdio_server_wrapped_in_airlock_run(tmp_path):
+    """The README's recipe: any stdio MCP server run under `airlock run`, so the server itself is sandboxed; the
+    MCP session passes through airlock's standard input and output untouched."""
+    ws = tmp_path / "project"
+    ws.mkdir()
+    ws.chmod(0o777)  # root inside is not root outside: let the sandbox's user write (to its layer)
+    (ws / "server.py").write_text(WRAPPED_SERVER)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host only")
+    # This interpreter and its venv, read-only inside (they may live anywhere: /opt, a pyenv under /root).
+    binds = []
+    for d in sorted({sys.base_prefix, sys.prefix}):
+        binds += ["--ro-bind", d]
+    params = StdioServerParameters(
+        command=AIRLOCK,
+        args=["run", "--rm", "--workspace", str(ws), *binds, "--", sys.executable, "server.py"],
+        env={**os.environ, "AIRLOCK_STATE_DIR": str(tmp_path / "state")},
+    )
+
+    async def body():
+        with open(tmp_path / "stderr.log", "w") as errlog:
+            async with stdio_client(params, errlog=errlog) as (read, write):
+                async with ClientSession(read, write) as s:
+                    init = await s.initialize()
+                    assert init.server_info.name == "wrapped"
+                    assert [t.name for t in (await s.list_tools()).tools] == ["look"]
+                    seen = json.loads(text(await s.call_tool("look", {"secret": str(secret)})))
+        assert seen["cwd"] == str(ws), seen
+        assert seen["sees_secret"] is False, "the wrapped server saw a host file outside its workspace"
+        assert seen["wrote"] is True, seen
+        assert not (ws / "made-by-the-server.txt").exists(), "the wrapped server wrote to the host workspace"
 
     anyio.run(body)

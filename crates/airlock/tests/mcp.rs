@@ -1,7 +1,8 @@
 //! `airlock mcp` against the official MCP Python client (`scripts/mcp-test`, pytest): initialize, list the tools,
 //! call each for real, a refusal as an error result; over stdio (daemonless), over streamable HTTP on 127.0.0.1,
-//! and over stdio with AIRLOCK_HOST naming a real `airlock serve` on a temporary socket. Root, and the `mcp` client
-//! and pytest in /opt/airlock/venv (scripts/setup-debian installs them).
+//! and over stdio with AIRLOCK_HOST naming a real `airlock serve` on a temporary socket; and another stdio MCP
+//! server wrapped in `airlock run`. Root, and the `mcp` client and pytest in /opt/airlock/venv (scripts/setup-debian
+//! installs them).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -10,7 +11,7 @@ use std::process::Command;
 
 const VENV_PYTHON: &str = "/opt/airlock/venv/bin/python";
 
-/// Runs the pytest file's tests for one transport (`stdio`, `http`, `daemon`).
+/// Runs the pytest file's tests selected by `-k` (a transport: `stdio`, `http`, `daemon`; or `wrapped`).
 fn mcp_tests(transport: &str) {
     if !common::is_root() {
         skip_or_fail!("scripts/mcp-test creates sandboxes as root");
@@ -47,4 +48,11 @@ fn mcp_over_streamable_http() {
 #[test]
 fn mcp_over_stdio_with_airlock_host_naming_a_daemon() {
     mcp_tests("daemon");
+}
+
+/// The README's recipe: another stdio MCP server (a Python one here) under `airlock run`, its session passing
+/// through airlock's standard input and output, its file system the sandbox's.
+#[test]
+fn another_stdio_mcp_server_runs_sandboxed_under_airlock_run() {
+    mcp_tests("wrapped");
 }

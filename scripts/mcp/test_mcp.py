@@ -3,8 +3,8 @@
 Run by scripts/mcp-test (root; AIRLOCK names the binary). Every test runs over three transports: stdio
 (daemonless, the server runs airlock's own subcommands), streamable HTTP on 127.0.0.1, and stdio with AIRLOCK_HOST
 naming a real `airlock serve` on a temporary Unix socket; and one test wraps another stdio MCP server in
-`airlock run`. Each test has its own state directory, and every sandbox
-left in it is stopped and removed at the end.
+`airlock run`. Each test has its own state directory, and every sandbox left in it is stopped and removed at the
+end (a test that leaves one fails).
 """
 
 import contextlib

@@ -112,6 +112,13 @@ pub enum Command {
     },
     /// The API daemon: agent programs create sandboxes, run commands and move files through it (HTTP, JSON).
     Serve(crate::serve_cmd::ServeArgs),
+    /// An MCP server (Model Context Protocol) over stdio: the sandbox tools for AI agents (Claude Desktop, VS Code,
+    /// Codex...). Uses the daemon named by --host or AIRLOCK_HOST, else this machine's sandboxes.
+    Mcp {
+        /// Streamable HTTP on ADDR:PORT (a loopback address; the endpoint is /mcp) instead of stdio.
+        #[arg(long, value_name = "ADDR:PORT")]
+        http: Option<std::net::SocketAddr>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -76,8 +76,16 @@ fn main() -> ExitCode {
         Command::Rollback { name, label } => checkpoint_cmd::rollback(&name, &label),
         Command::Logs { name, follow, json, verify } => audit_cmd::logs(&name, follow, json, verify),
         Command::Serve(args) => serve_cmd::serve(args),
+        Command::Mcp { http } => mcp_server(remote::chosen(cli.host.as_deref()), http),
     };
     exit_code(result, runs_something)
+}
+
+/// `airlock mcp`: the MCP server, its tools run by this executable's own subcommands (or a daemon's API).
+fn mcp_server(host: Option<String>, http: Option<std::net::SocketAddr>) -> anyhow::Result<i32> {
+    let exe = std::env::current_exe().map_err(mcp::ServeError::NoExe)?;
+    mcp::serve(mcp::McpConfig { exe, host, http })?;
+    Ok(0)
 }
 
 /// A command's result as the process's exit status: its own code, or one `airlock:` line and 125 (for the

@@ -341,6 +341,21 @@ async fn delete(
 /// `409`); execs end with the sandbox, so the delete does not wait behind them.
 pub async fn remove_sandbox(app: &Shared, name: &str, keep: bool) -> ApiResult<()> {
     let entry = app.registry.get(name).ok_or_else(|| ApiError::no_sandbox(name))?;
+    // A lifetime stop in progress ends first (the sandbox may already show `exited` while its supervisor
+    // finishes): this delete follows it rather than being refused as a second delete.
+    drop(entry.lock.lifetime_stop.lock().await);
+    delete_entry(app, &entry, name, keep).await
+}
+
+/// A sandbox's lifetime ran out: the daemon stops it (and keeps it, for `diff` and `commit`).
+pub async fn stop_at_end_of_lifetime(app: &Shared, name: &str) -> ApiResult<()> {
+    let entry = app.registry.get(name).ok_or_else(|| ApiError::no_sandbox(name))?;
+    let _stopping = entry.lock.lifetime_stop.lock().await;
+    delete_entry(app, &entry, name, true).await
+}
+
+/// Stops the sandbox, waits for its execs and changes to end, and unless `keep` removes it.
+async fn delete_entry(app: &Shared, entry: &Entry, name: &str, keep: bool) -> ApiResult<()> {
     let _mark = entry.lock.begin_delete(name)?;
     if running_init(app, name).is_ok() {
         let stopped = app.engine.run(&[OsString::from("stop"), "--".into(), name.into()], None).await?;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::api::{create_sandbox, remove_sandbox, Shared};
+use crate::api::{create_sandbox, remove_sandbox, stop_at_end_of_lifetime, Shared};
 use crate::store::{cli_record, live_init, now};
 
 /// How often lifetimes are checked (and pools looked at without a wake-up).
@@ -80,7 +80,7 @@ pub async fn stop_expired(app: Shared) {
             }
             let running = cli_record(&app.engine.state_dir, &entry.record.name).as_ref().and_then(live_init).is_some();
             if running {
-                let _ = remove_sandbox(&app, &entry.record.name, true).await;
+                let _ = stop_at_end_of_lifetime(&app, &entry.record.name).await;
             }
         }
     }

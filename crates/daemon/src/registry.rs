@@ -18,6 +18,9 @@ use crate::store::OwnedSandbox;
 pub struct SandboxLock {
     rw: Arc<RwLock<()>>,
     going: AtomicBool,
+    /// Held while the daemon itself stops the sandbox because its lifetime ran out: a client's delete waits for
+    /// that stop to end (it is not another client's delete, which would be a `409`).
+    pub lifetime_stop: tokio::sync::Mutex<()>,
 }
 
 impl SandboxLock {

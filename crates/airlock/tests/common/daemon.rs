@@ -145,6 +145,12 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            // The daemon itself: under runuser that is runuser's child, which a kill of runuser would leave
+            // running (its parent gone, reparented to init).
+            let pid = self.pid();
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

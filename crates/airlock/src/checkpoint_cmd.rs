@@ -11,9 +11,10 @@ use serde::Serialize;
 use crate::state;
 
 pub fn checkpoint(name: &str, label: Option<&str>) -> Result<i32> {
-    let taken = store::checkpoint::take(&state::state(), name, label)?;
+    let state = state::state();
+    let taken = store::checkpoint::take(&state, name, label)?;
     // The audit log's summary of what this checkpoint froze (bounded: a checkpoint stays a rename).
-    crate::audit_cmd::record_checkpoint(name, &taken.label, &taken.frozen, &taken.workspace);
+    session::recorder::record_checkpoint(&state, name, &taken.label, &taken.frozen, &taken.workspace);
     if taken.running {
         println!("checkpoint {} of sandbox {name} (running: new commands see the workspace as it is)", taken.label);
     } else {

@@ -33,7 +33,7 @@ pub enum Command {
     },
     /// The supervisor of a sandbox started by `airlock create` (internal).
     #[command(name = "__supervise", hide = true)]
-    Supervise(Box<CreateArgs>),
+    Supervise(crate::longlived::SuperviseArgs),
     /// One file operation inside a running sandbox, for the daemon's files API (internal).
     #[command(name = "__files", hide = true)]
     Files(crate::files_cmd::FilesArgs),

@@ -1,12 +1,13 @@
 //! Long-lived sandboxes: `airlock create`, `airlock exec`, `airlock stop`.
 //!
 //! `create` starts a supervisor in the background (this binary, hidden subcommand `__supervise`, its own
-//! process group) and returns once the sandbox is set up: the supervisor prints `ready` on its standard output
+//! process group), hands it what to launch on its standard input (the merged profile as JSON: never on its
+//! command line, which every user of the host can read in `/proc/PID/cmdline`, and which would hold the values
+//! of `--env`), and returns once the sandbox is set up: the supervisor prints `ready` on its standard output
 //! then moves its output to `$STATE/sandboxes/NAME/supervisor.log`. The supervisor runs the same setup as
 //! `airlock run`, but its init holds the sandbox instead of running a command; it records init's pid and start
 //! time in `sandbox.json` and keeps the merged profile in `profile.json`, which is what `exec` needs.
 
-use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -18,10 +19,13 @@ use policy::profile::{self, Profile};
 use policy::sandbox::{SandboxPolicy, WorkspaceMode};
 use runtime::attach::{exec_in_sandbox, AttachError, RunningSandbox};
 use runtime::prepare::{HostContext, LayerDirs};
-use runtime::sandbox::{run_held_sandbox, RunOutcome};
+use runtime::sandbox::RunOutcome;
+use session::backend::NamespaceBackend;
+use session::launch::{launch, Hooks, LaunchSpec, Lifetime};
+use session::recorder::Recorder;
 
 use crate::cli::{CreateArgs, ExecArgs};
-use crate::run::{check_workspace_outside_state, current_invoker, flags_profile, load_profiles, lock_dir, mode_name};
+use crate::run::{check_workspace_outside_state, current_invoker, flags_profile, load_profiles, lock_dir};
 use crate::state;
 
 /// What the supervisor prints once the sandbox is set up.
@@ -34,7 +38,7 @@ const HOLD_COMMAND: &str = "/bin/true";
 
 pub fn create(args: CreateArgs) -> Result<i32> {
     let name = &args.sandbox;
-    let (_, policy) = create_policy(&args)?;
+    let (merged, policy) = create_policy(&args)?;
     if policy.network == policy::sandbox::Network::Host {
         crate::say("warning: --net host: the sandbox shares the host's network (no network isolation)");
     }
@@ -42,21 +46,21 @@ pub fn create(args: CreateArgs) -> Result<i32> {
         bail!("a sandbox named {name} exists already (see `airlock ls`; `airlock rm {name}` removes it)");
     }
     let exe = std::env::current_exe().context("cannot find airlock's own executable")?;
-    // The same arguments, to the hidden supervisor subcommand.
-    let mut argv: Vec<OsString> = std::env::args_os().skip(1).collect();
-    match argv.first_mut() {
-        Some(first) if first == "create" => *first = OsString::from("__supervise"),
-        _ => bail!("cannot start the supervisor: airlock create must be called as `airlock create ...`"),
-    }
+    let request = SuperviseRequest { profile: merged, audit: args.opts.audit.clone() };
+    let request = serde_json::to_vec(&request).context("cannot encode the sandbox's profile")?;
     let mut child = Command::new(exe)
-        .args(&argv)
-        .stdin(Stdio::null())
+        .args(["__supervise", "--name", name.as_str()])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group: Ctrl-C at the terminal that ran `create` does not reach the sandbox.
         .process_group(0)
         .spawn()
         .context("cannot start the sandbox's supervisor")?;
+    // The request, then end of file. A supervisor that died before reading it says why on its stderr, below.
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = runtime::host::with_sigpipe_ignored(|| stdin.write_all(&request));
+    }
     // Both streams end once the supervisor is ready (it moves them to its log; init's point at /dev/null) or
     // gone.
     let mut out = String::new();
@@ -84,6 +88,25 @@ pub fn create(args: CreateArgs) -> Result<i32> {
     Ok(i32::from(crate::EXIT_SETUP_FAILED))
 }
 
+/// The hidden `airlock __supervise --name NAME`: what to launch comes on standard input ([`SuperviseRequest`]).
+#[derive(Debug, clap::Args)]
+pub struct SuperviseArgs {
+    #[arg(long)]
+    pub name: String,
+}
+
+/// What `create` hands its supervisor.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SuperviseRequest {
+    /// The merged profile: `--profile` files and every flag.
+    profile: Profile,
+    /// `--audit FILE`.
+    audit: Option<String>,
+}
+
+/// Most bytes of a request the supervisor reads.
+const MAX_REQUEST: u64 = 16 << 20;
+
 /// `create`'s options as a merged profile and the policy it resolves to (with a placeholder command).
 fn create_policy(args: &CreateArgs) -> Result<(Profile, SandboxPolicy)> {
     let name = &args.sandbox;
@@ -102,98 +125,45 @@ fn create_policy(args: &CreateArgs) -> Result<(Profile, SandboxPolicy)> {
         bail!("create --name: the sandbox's name is the NAME argument ({name})");
     }
     let merged = load_profiles(&opts.profile)?.merge(flags_profile(opts)?);
-    let policy = profile::resolve(&merged, vec![HOLD_COMMAND.to_string()], &current_invoker())?;
-    check_workspace_outside_state(&policy)?;
+    let policy = held_policy(&merged)?;
     Ok((merged, policy))
 }
 
+/// The policy a merged profile resolves to for a held sandbox (with a placeholder command).
+fn held_policy(merged: &Profile) -> Result<SandboxPolicy> {
+    let policy = profile::resolve(merged, vec![HOLD_COMMAND.to_string()], &current_invoker())?;
+    check_workspace_outside_state(&policy)?;
+    Ok(policy)
+}
+
 /// The hidden `__supervise`: sets the sandbox up, says `ready`, and supervises it until it is stopped.
-pub fn supervise(args: CreateArgs) -> Result<i32> {
-    let (merged, policy) = create_policy(&args)?;
-    let name = args.sandbox.clone();
-    let cow = policy.workspace.as_ref().is_some_and(|w| w.mode == WorkspaceMode::Cow);
-    let workspace = policy.workspace.as_ref().map(|w| state::WorkspaceRef { path: &w.path, mode: mode_name(w.mode) });
-    let mut kept = state::SandboxState::create(&state::state(), &name, workspace, cow)?;
-    let log_path = kept.dir.supervisor_log();
-    let prepared = kept.write_profile(&merged).map_err(anyhow::Error::from).and_then(|()| {
-        std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))
-    });
-    let log = match prepared {
-        Ok(log) => log,
-        Err(e) => {
-            let _ = kept.remove();
-            return Err(e);
-        }
+pub fn supervise(args: SuperviseArgs) -> Result<i32> {
+    let name = args.name;
+    validate_sandbox_name(&name).map_err(|e| anyhow!("{e}"))?;
+    let mut text = Vec::new();
+    std::io::stdin().take(MAX_REQUEST).read_to_end(&mut text).context("cannot read the supervisor's request")?;
+    let request: SuperviseRequest =
+        serde_json::from_slice(&text).context("the supervisor's request is not what `airlock create` sends")?;
+    let merged = request.profile;
+    let policy = held_policy(&merged)?;
+    let state = state::state();
+    let spec = LaunchSpec {
+        state: &state,
+        merged: &merged,
+        policy: &policy,
+        name: Some(name.clone()),
+        record_name: name.clone(),
+        lifetime: Lifetime::Held,
+        audit_copy: request.audit.as_deref(),
+        lock_dir: lock_dir(),
     };
-    let layer = match cow.then(|| kept.layer_dirs(policy.limits.disk_bytes)).transpose() {
-        Ok(layer) => layer,
-        Err(e) => {
-            let _ = kept.remove();
-            return Err(e.into());
-        }
-    };
-    // The audit log: the supervisor records the lifecycle; each `airlock exec` records its own command's execs.
-    let mut recorder = match crate::audit_cmd::Recorder::for_create(&name, args.opts.audit.as_deref()) {
-        Ok(recorder) => recorder,
-        Err(e) => {
-            let _ = kept.remove();
-            return Err(e);
-        }
-    };
-    // The gateway lives with this supervisor (and `airlock exec` commands join the sandbox's network, so they
-    // use it too); its errors go to the supervisor's log, since `create` stops reading our stderr once ready.
-    let gateway = match crate::network::gateway_setup(&policy, &name, recorder.gateway_files(), Some(log_path.clone()))
-    {
-        Ok(gateway) => gateway,
-        Err(e) => {
-            let _ = kept.remove();
-            return Err(e);
-        }
-    };
-    recorder.start(&merged, &policy, true);
-    let host = HostContext { lock_dir: lock_dir(), tty: None, name: Some(name.clone()), layer, hold: true, gateway };
-    let mut record_error = None;
-    let ran = run_held_sandbox(&policy, &host, &mut |w| crate::say(&format!("warning: {w}")), &mut |pid| {
-        kept.record.init_pid = Some(pid);
-        kept.record.init_start_time = runtime::host::process_start_time(pid);
-        let me = std::process::id() as i32;
-        kept.record.supervisor_pid = Some(me);
-        kept.record.supervisor_start_time = runtime::host::process_start_time(me);
-        if let Err(e) = kept.write_record() {
-            // `exec` and `stop` could not find it: take it down now.
-            let _ = runtime::sys::kill(pid, libc::SIGKILL);
-            record_error = Some(e);
-            return;
-        }
+    let warn = &mut |w: &str| crate::say(&format!("warning: {w}"));
+    let on_ready = &mut || {
         println!("{READY}");
         let _ = std::io::stdout().flush();
-        let _ = runtime::host::redirect_stdout_stderr_to(&log);
-    });
-    let (outcome, report) = match (ran, record_error) {
-        (Ok(done), None) => done,
-        (Err(e), _) => {
-            let _ = kept.remove();
-            return Err(e.into());
-        }
-        (Ok(_), Some(e)) => {
-            let _ = kept.remove();
-            return Err(anyhow::Error::from(e).context(format!("cannot record sandbox {name}")));
-        }
     };
-    let stack = match &policy.workspace {
-        Some(w) if cow => store::sandbox::layer_stack(&kept.dir, &w.path).ok(),
-        _ => None,
-    };
-    recorder.finish(&outcome, &report, stack.as_ref());
-    if let Err(e) = kept.finish(Some(outcome.exit_code())) {
-        crate::say(&format!("warning: cannot record how sandbox {name} ended: {}", crate::one_line(&e.into())));
-    }
-    if let Some(stats) = &report.stats {
-        if let Err(e) = crate::stats_cmd::keep_final_stats(&name, stats, outcome.exit_code()) {
-            crate::say(&format!("warning: cannot keep the final stats of {name}: {}", crate::one_line(&e)));
-        }
-    }
-    if let RunOutcome::TimedOut(elapsed) = &outcome {
+    let ended = launch(&NamespaceBackend, spec, Hooks { warn, on_ready })?;
+    if let RunOutcome::TimedOut(elapsed) = &ended.outcome {
         crate::say(&format!("sandbox {name} timed out after {:.1}s: it was killed", elapsed.as_secs_f64()));
     }
     Ok(0)
@@ -235,7 +205,7 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
         .map(|t| policy::units::parse_duration(t).map_err(|e| anyhow!("--timeout {t:?}: {e}")))
         .transpose()?;
     let mut policy = profile::resolve(&merged, args.command.clone(), &current_invoker())?;
-    crate::network::add_proxy_environment(&mut policy, &|key| merged.env.set.contains_key(key));
+    session::gateway::add_proxy_environment(&mut policy, &|key| merged.env.set.contains_key(key));
     if let Some(cwd) = &args.cwd {
         policy.cwd = policy::names::validate_absolute_path(cwd).map_err(|e| anyhow!("--cwd: {e}"))?;
     }
@@ -247,11 +217,11 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
     let target = RunningSandbox { name: name.clone(), init_pid, init_start_time };
     // The setup's warnings were shown by `airlock create`; every exec would only repeat them.
     // The sandbox's audit log, appended to by this process (its command's execs and denials, which it answers).
-    let mut recorder = crate::audit_cmd::Recorder::for_exec(name)?;
+    let mut recorder = Recorder::for_exec(&state::state(), name)?;
     if let Some(r) = recorder.as_mut() {
         r.attached(&args.command);
     }
-    let request = recorder.as_mut().and_then(crate::audit_cmd::Recorder::request);
+    let request = recorder.as_mut().and_then(Recorder::request);
     let ran = exec_in_sandbox(&policy, &host, &target, &mut |_| {}, request);
     if let (Some(r), Ok(outcome)) = (recorder.as_mut(), &ran) {
         r.finish(outcome, &runtime::sandbox::RunReport::default(), None);

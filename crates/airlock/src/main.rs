@@ -56,7 +56,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Create(args) => longlived::create(*args),
-        Command::Supervise(args) => longlived::supervise(*args),
+        Command::Supervise(args) => longlived::supervise(args),
         Command::NetGateway(args) => network::serve(args),
         Command::Exec(args) => longlived::exec(args),
         Command::Files(args) => files_cmd::files(args),
@@ -105,13 +105,8 @@ pub fn one_line(err: &anyhow::Error) -> String {
     err.chain().map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
 }
 
-/// Prints one `airlock:` line on stderr. Control characters (a newline in a hostile file name, an escape
-/// sequence) are shown escaped, so the message stays one line and cannot drive the terminal.
-pub fn say(message: &str) {
-    let clean: String =
-        message.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect();
-    eprintln!("airlock: {clean}");
-}
+/// Prints one `airlock:` line on stderr (control characters shown escaped: see `session::say`).
+pub use session::say;
 
 /// clap's errors, reduced to one `airlock:` line. Help and version go to stdout with status 0.
 fn usage_error(err: &clap::Error) -> ExitCode {

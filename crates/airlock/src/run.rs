@@ -5,8 +5,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use policy::names::validate_sandbox_name;
 use policy::profile::{self, Invoker, Profile, ProfileRef};
 use policy::sandbox::{Network, WorkspaceMode};
-use runtime::prepare::HostContext;
-use runtime::sandbox::{run_sandbox, RunOutcome};
+use runtime::sandbox::RunOutcome;
+use session::backend::NamespaceBackend;
+use session::launch::{launch, Hooks, LaunchSpec, Lifetime};
 
 use crate::cli::{RunArgs, SandboxOptions};
 use crate::state;
@@ -20,7 +21,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let merged = base.merge(overlay);
 
     let mut policy = profile::resolve(&merged, args.command.clone(), &current_invoker())?;
-    crate::network::add_proxy_environment(&mut policy, &|key| merged.env.set.contains_key(key));
+    session::gateway::add_proxy_environment(&mut policy, &|key| merged.env.set.contains_key(key));
     if policy.network == Network::Host {
         crate::say("warning: --net host: the sandbox shares the host's network (no network isolation)");
     }
@@ -30,102 +31,38 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let generated = args.opts.name.is_none() && cow;
     let name = args.opts.name.clone().or_else(|| cow.then(state::generated_name));
     check_workspace_outside_state(&policy)?;
-    let mut kept = match &name {
-        Some(name) => {
-            let workspace =
-                policy.workspace.as_ref().map(|w| state::WorkspaceRef { path: &w.path, mode: mode_name(w.mode) });
-            if args.opts.resume {
-                Some(state::SandboxState::resume(&state::state(), name, workspace)?)
-            } else {
-                Some(state::SandboxState::create(&state::state(), name, workspace, cow)?)
-            }
-        }
-        None => None,
-    };
-    let layer = match kept.as_ref().filter(|_| cow).map(|s| s.layer_dirs(policy.limits.disk_bytes)).transpose() {
-        Ok(layer) => layer,
-        Err(e) => {
-            abandon(kept.take(), args.opts.resume);
-            return Err(e.into());
-        }
-    };
     // Records name the sandbox; an unnamed run is named by its supervisor's pid.
     let record_name = name.clone().unwrap_or_else(|| format!("run-{}", std::process::id()));
-    // The audit log (see audit_cmd for when there is one): opened now that the state directory exists, and
-    // before the gateway, which appends its network decisions to the same files.
-    let mut recorder = match crate::audit_cmd::Recorder::for_run(
-        name.as_deref(),
-        &record_name,
-        args.opts.rm,
-        args.opts.audit.as_deref(),
-        args.learn,
-        merged.audit.exec == Some(true),
-        &policy,
-    ) {
-        Ok(recorder) => recorder,
-        Err(e) => {
-            abandon(kept.take(), args.opts.resume);
-            return Err(e);
-        }
-    };
-    let events = recorder.as_ref().map(crate::audit_cmd::Recorder::gateway_files).unwrap_or_default();
-    let gateway = match crate::network::gateway_setup(&policy, &record_name, events, None) {
-        Ok(gateway) => gateway,
-        Err(e) => {
-            abandon(kept.take(), args.opts.resume);
-            return Err(e);
-        }
-    };
-    let host = HostContext {
-        lock_dir: lock_dir(),
-        tty: args.opts.tty.then(runtime::host::caller_window_size),
+    let state = state::state();
+    let spec = LaunchSpec {
+        state: &state,
+        merged: &merged,
+        policy: &policy,
         name: name.clone(),
-        layer,
-        hold: false,
-        gateway,
+        record_name,
+        lifetime: Lifetime::Run {
+            rm: args.opts.rm,
+            resume: args.opts.resume,
+            tty: args.opts.tty.then(runtime::host::caller_window_size),
+            learn: args.learn,
+            profile_exec: merged.audit.exec == Some(true),
+        },
+        audit_copy: args.opts.audit.as_deref(),
+        lock_dir: lock_dir(),
     };
-    if let Some(r) = recorder.as_mut() {
-        r.start(&merged, &policy, false);
-    }
     let warn = &mut |w: &str| crate::say(&format!("warning: {w}"));
-    let request = recorder.as_mut().and_then(crate::audit_cmd::Recorder::request);
-    let ran = run_sandbox(&policy, &host, warn, request);
-    let (outcome, report) = match ran {
-        Ok(done) => done,
-        Err(e) => {
-            abandon(kept.take(), args.opts.resume);
-            return Err(e.into());
-        }
-    };
-    if let Some(r) = recorder.as_mut() {
-        let stack = match (&kept, &policy.workspace) {
-            (Some(state), Some(w)) if cow => store::sandbox::layer_stack(&state.dir, &w.path).ok(),
-            _ => None,
-        };
-        r.finish(&outcome, &report, stack.as_ref());
+    let ended = launch(&NamespaceBackend, spec, Hooks { warn, on_ready: &mut || {} })?;
+    let outcome = &ended.outcome;
+    if let Some(r) = &ended.recorder {
         r.print_learned();
     }
-    if let Some(state) = kept.as_mut() {
-        if let Err(e) = state.finish(Some(outcome.exit_code())) {
-            crate::say(&format!(
-                "warning: cannot record how sandbox {} ended: {}",
-                state.name,
-                crate::one_line(&e.into())
-            ));
-        }
-    }
-    if let (Some(stats), Some(name), false) = (&report.stats, &name, args.opts.rm) {
-        if let Err(e) = crate::stats_cmd::keep_final_stats(name, stats, outcome.exit_code()) {
-            crate::say(&format!("warning: cannot keep the final stats of {name}: {}", crate::one_line(&e)));
-        }
-    }
-    if let Some(stats) = &report.stats {
+    if let Some(stats) = &ended.report.stats {
         if stats.pids_max_hits.unwrap_or(0) > 0 {
             let limit = stats.pids_limit.map(|n| n.to_string()).unwrap_or_else(|| "--pids".to_string());
             crate::say(&format!("note: the process limit ({limit}) was reached: fork failed inside with EAGAIN"));
         }
     }
-    match &outcome {
+    match outcome {
         RunOutcome::Exited(_) => {}
         RunOutcome::TimedOut(elapsed) => {
             crate::say(&format!(
@@ -137,11 +74,12 @@ pub fn run(args: RunArgs) -> Result<i32> {
         RunOutcome::ExecFailed { message, .. } => crate::say(message),
         RunOutcome::OutOfMemory { summary } => crate::say(&format!("killed: out of memory ({summary})")),
     }
-    match kept {
+    let exit_code = outcome.exit_code();
+    match ended.kept {
         Some(state) if args.opts.rm => {
             let name = state.name.clone();
             if let Err(e) = state.remove() {
-                crate::say(&format!("warning: cannot remove sandbox {name}: {}", crate::one_line(&e.into())));
+                crate::say(&format!("warning: cannot remove sandbox {name}: {}", session::error_chain(&e)));
             }
         }
         Some(state) if generated => crate::say(&format!(
@@ -150,20 +88,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         )),
         _ => {}
     }
-    Ok(outcome.exit_code())
-}
-
-/// A run that did not start. A new sandbox: nothing of it is worth keeping. A resumed one: it stays as it was.
-fn abandon(kept: Option<state::SandboxState>, resumed: bool) {
-    match kept {
-        Some(mut state) if resumed => {
-            let _ = state.abandon();
-        }
-        Some(state) => {
-            let _ = state.remove();
-        }
-        None => {}
-    }
+    Ok(exit_code)
 }
 
 /// Who runs airlock, for resolving a profile.
@@ -193,14 +118,6 @@ pub fn check_workspace_outside_state(policy: &policy::sandbox::SandboxPolicy) ->
         }
     }
     Ok(())
-}
-
-pub fn mode_name(mode: WorkspaceMode) -> &'static str {
-    match mode {
-        WorkspaceMode::Cow => "cow",
-        WorkspaceMode::Rw => "rw",
-        WorkspaceMode::Ro => "ro",
-    }
 }
 
 /// `--profile`, once or more: each merges over the ones before it.

@@ -2,7 +2,7 @@
 //! directory this process uses, `$AIRLOCK_STATE_DIR` or the per-user default.
 
 pub use store::record::{read_profile, read_record};
-pub use store::sandbox::{generated_name, is_running, sandbox_names, ClaimedLayer, SandboxState, WorkspaceRef};
+pub use store::sandbox::{generated_name, is_running, sandbox_names, ClaimedLayer};
 pub use store::{SandboxDir, SandboxRecord, StateDir};
 
 /// The state directory of this process.

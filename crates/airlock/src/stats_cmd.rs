@@ -5,47 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
 use policy::names::validate_sandbox_name;
-use runtime::cgroups::{self, format_bytes, CgroupStats};
-use serde_json::{json, Value};
+use runtime::cgroups::{self, format_bytes};
+use serde_json::Value;
+use session::stats::stats_json;
 
 /// The file holding a named sandbox's final numbers.
 pub fn final_stats_path(name: &str) -> PathBuf {
     crate::state::sandbox_dir(name).stats_file()
-}
-
-/// The stable JSON shape of `airlock stats --json` (documented in README).
-pub fn stats_json(name: &str, state: &str, stats: &CgroupStats, exit_code: Option<i32>) -> Value {
-    json!({
-        "name": name,
-        "state": state,
-        "exit_code": exit_code,
-        "memory": {
-            "current_bytes": stats.memory_current,
-            "peak_bytes": stats.memory_peak,
-            "limit_bytes": stats.memory_limit,
-            "oom_kills": stats.oom_kills,
-        },
-        "pids": {
-            "current": stats.pids_current,
-            "peak": stats.pids_peak,
-            "limit": stats.pids_limit,
-            "limit_hits": stats.pids_max_hits,
-        },
-        "cpu": { "usage_usec": stats.cpu_usage_usec },
-    })
-}
-
-/// Records a named run's final numbers (called when the run ends).
-pub fn keep_final_stats(name: &str, stats: &CgroupStats, exit_code: i32) -> Result<()> {
-    let path = final_stats_path(name);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let text = serde_json::to_string_pretty(&stats_json(name, "exited", stats, Some(exit_code)))?;
-    let staged = path.with_extension("json.tmp");
-    std::fs::write(&staged, text + "\n").with_context(|| format!("cannot write {}", staged.display()))?;
-    std::fs::rename(&staged, &path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }
 
 pub fn run(name: &str, json_output: bool) -> Result<i32> {

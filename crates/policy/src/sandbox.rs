@@ -26,6 +26,17 @@ pub enum WorkspaceMode {
     Ro,
 }
 
+impl WorkspaceMode {
+    /// `cow`, `rw` or `ro`: as `--workspace-mode` takes it and records keep it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkspaceMode::Cow => "cow",
+            WorkspaceMode::Rw => "rw",
+            WorkspaceMode::Ro => "ro",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workspace {
     /// Absolute host path; shown at the same path inside and used as the working directory.

@@ -51,6 +51,19 @@ pub fn try_lock_exclusive(file: &std::fs::File) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
+/// Runs `f` with SIGPIPE ignored, then puts the previous action back: a write in `f` to a pipe whose reader is
+/// gone fails with EPIPE instead of killing this process (airlock restores SIGPIPE's default action at start).
+pub fn with_sigpipe_ignored<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: signal() with an integer and SIG_IGN; no handler function is installed.
+    let old = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let out = f();
+    if old != libc::SIG_ERR {
+        // SAFETY: puts back the action signal() returned above (SIG_DFL, SIG_IGN or the handler that was set).
+        unsafe { libc::signal(libc::SIGPIPE, old) };
+    }
+    out
+}
+
 /// Opens the lock file `path` (created 0600 if missing, never through a symlink) and takes its lock without
 /// waiting: the file while this process holds the lock, `None` when another process holds it.
 pub fn try_lock_file(path: &std::path::Path) -> std::io::Result<Option<std::fs::File>> {

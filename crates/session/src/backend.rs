@@ -1,0 +1,70 @@
+//! Where a sandbox runs. A [`Backend`] takes the resolved policy and the host context the session prepared and
+//! runs the sandbox: to the end of its command (`airlock run`), or held until it is stopped (`airlock create`).
+//! [`NamespaceBackend`], today's engine (`runtime::sandbox`: namespaces, pivot_root, seccomp, Landlock,
+//! cgroups), is the first implementation; a microVM backend is planned behind the same trait.
+
+use policy::sandbox::SandboxPolicy;
+use runtime::prepare::HostContext;
+use runtime::sandbox::{AuditRequest, RunOutcome, RunReport, SandboxError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Namespace(#[from] SandboxError),
+}
+
+pub trait Backend {
+    /// The backend's name (for messages and records).
+    fn name(&self) -> &'static str;
+
+    /// Sets the sandbox up and runs its command to the end. `warn` gets what the sandbox does without (a
+    /// best-effort protection missing); `audit`, when set, receives the exec and denial records.
+    fn run(
+        &self,
+        policy: &SandboxPolicy,
+        host: &HostContext,
+        warn: &mut dyn FnMut(&str),
+        audit: Option<AuditRequest<'_>>,
+    ) -> Result<(RunOutcome, RunReport), BackendError>;
+
+    /// Sets the sandbox up with its init holding it (no command): `on_ready(init_pid)` once it is set up; returns
+    /// when the sandbox is stopped.
+    fn run_held(
+        &self,
+        policy: &SandboxPolicy,
+        host: &HostContext,
+        warn: &mut dyn FnMut(&str),
+        on_ready: &mut dyn FnMut(libc::pid_t),
+    ) -> Result<(RunOutcome, RunReport), BackendError>;
+}
+
+/// Linux namespaces, pivot_root, capabilities, no_new_privs, seccomp, Landlock and cgroups, in this process
+/// (see `runtime::sandbox::run_sandbox` for the setup order).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NamespaceBackend;
+
+impl Backend for NamespaceBackend {
+    fn name(&self) -> &'static str {
+        "namespaces"
+    }
+
+    fn run(
+        &self,
+        policy: &SandboxPolicy,
+        host: &HostContext,
+        warn: &mut dyn FnMut(&str),
+        audit: Option<AuditRequest<'_>>,
+    ) -> Result<(RunOutcome, RunReport), BackendError> {
+        Ok(runtime::sandbox::run_sandbox(policy, host, warn, audit)?)
+    }
+
+    fn run_held(
+        &self,
+        policy: &SandboxPolicy,
+        host: &HostContext,
+        warn: &mut dyn FnMut(&str),
+        on_ready: &mut dyn FnMut(libc::pid_t),
+    ) -> Result<(RunOutcome, RunReport), BackendError> {
+        Ok(runtime::sandbox::run_held_sandbox(policy, host, warn, on_ready)?)
+    }
+}

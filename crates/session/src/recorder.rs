@@ -1,0 +1,541 @@
+//! The audit recorder: when a run keeps an audit log and what it captures, the lifecycle, resource and file
+//! records written around the run, the sink the runtime hands exec/denial records to, and learn mode's
+//! suggestion. (`airlock logs`, which reads the log, is the binary's.)
+//!
+//! When (see README "Audit log"):
+//! - a sandbox that keeps state (`--name`, or a generated name for a `cow` workspace) and is not `--rm`: a log
+//!   at `$STATE/sandboxes/NAME/audit.jsonl` with lifecycle, denial, resource and file records;
+//! - exec records too (one seccomp notification per exec) with `--audit FILE`, with `--learn`, with a profile's
+//!   `[audit] exec = true`, and for every `airlock exec` into a sandbox made by `airlock create`;
+//! - `--audit FILE`: the same lines also appended to FILE (for an anonymous `run --rm`, FILE is the only log);
+//! - an anonymous `run --rm` without `--audit` writes no log and installs no listener: its start-up cost is
+//!   unchanged.
+
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use audit::{AuditLog, Event};
+use policy::profile::Profile;
+use policy::sandbox::{SandboxPolicy, WorkspaceMode};
+use runtime::cgroups::CgroupStats;
+use runtime::sandbox::{RunOutcome, RunReport};
+use runtime::seccomp::NotifyOptions;
+use serde_json::{json, Value};
+
+use store::StateDir;
+
+use crate::error::SessionError;
+
+/// A file in the state directory naming the `--audit FILE` copy of a long-lived sandbox, so that each
+/// `airlock exec` appends there too.
+const COPY_FILE: &str = "audit-copy";
+
+/// The audit log of the sandbox `name`.
+pub fn log_path(state: &StateDir, name: &str) -> PathBuf {
+    state.sandbox(name).audit_log()
+}
+
+/// Where a sandbox's audit events go, and the runtime's sink for the ones it sees (execs, denials, writes).
+pub struct Recorder {
+    log: Option<AuditLog>,
+    pub notify: NotifyOptions,
+    warned: bool,
+    started: Instant,
+    learn: Option<Learned>,
+    /// When the oldest buffered record was kept (`None`: none is).
+    first_pending: Option<Instant>,
+    /// The log is learn mode's scratch log, removed when the recorder goes.
+    scratch: bool,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.as_ref().filter(|_| self.scratch) {
+            let _ = std::fs::remove_file(log.path());
+        }
+    }
+}
+
+/// What learn mode collected.
+#[derive(Default)]
+struct Learned {
+    writable: Vec<String>,
+    denied_paths: BTreeSet<String>,
+    denied_syscalls: BTreeSet<(String, String)>,
+}
+
+impl runtime::notify::AuditSink for Recorder {
+    fn record(&mut self, event: Event) {
+        let event = match (event, &mut self.learn) {
+            (Event::FileWrite { pid, syscall, path, .. }, learn) => {
+                let text = String::from_utf8_lossy(&path).into_owned();
+                let writable = learn.as_ref().is_some_and(|l| l.is_writable(&text));
+                if let Some(l) = learn {
+                    if !writable && !text.is_empty() {
+                        l.denied_paths.insert(text);
+                    }
+                }
+                // Only the refused ones are worth a record: the others are ordinary work.
+                if writable {
+                    return;
+                }
+                Event::FileWrite { pid, syscall, path, writable }
+            }
+            (Event::Denied(d), Some(l)) => {
+                l.denied_syscalls.insert((d.syscall.clone(), d.errno_name.clone()));
+                Event::Denied(d)
+            }
+            (event, _) => event,
+        };
+        self.buffer(&event);
+    }
+
+    fn flush_due(&self) -> Option<Duration> {
+        self.first_pending.map(|t| FLUSH_AFTER.saturating_sub(t.elapsed()))
+    }
+
+    fn flush(&mut self) {
+        self.first_pending = None;
+        if let Some(log) = &mut self.log {
+            if let Err(e) = log.flush() {
+                self.warn(e);
+            }
+        }
+    }
+}
+
+/// How long the runtime's records (execs, denials) may wait in memory before they are written: a burst of execs
+/// is written in a few writes instead of one per exec, off the path of the waiting processes.
+const FLUSH_AFTER: Duration = Duration::from_millis(50);
+/// ... and how many.
+const FLUSH_COUNT: usize = 512;
+
+impl Recorder {
+    /// For `airlock run`: `None` when nothing is recorded (an anonymous `--rm` run without `--audit` or
+    /// `--learn`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_run(
+        state: &StateDir,
+        name: Option<&str>,
+        record_name: &str,
+        rm: bool,
+        copy: Option<&str>,
+        learn: bool,
+        profile_exec: bool,
+        policy: &SandboxPolicy,
+    ) -> Result<Option<Recorder>, SessionError> {
+        let keeps_state = name.is_some() && !rm;
+        if !keeps_state && copy.is_none() && !learn {
+            return Ok(None);
+        }
+        let mut log = match (name.filter(|_| keeps_state), copy) {
+            (Some(name), _) => Some(AuditLog::open(log_path(state, name))?.with_sandbox(name)),
+            (None, Some(file)) => Some(AuditLog::open(file)?.with_sandbox(record_name)),
+            // Learn mode alone keeps no log, but reads the network gateway's refusals from one: a private
+            // scratch log in the state directory, removed when the recorder goes.
+            (None, None) => {
+                let path = state.learn_file(std::process::id());
+                std::fs::create_dir_all(state.path())
+                    .map_err(|source| SessionError::CreateStateDir { path: state.path().to_path_buf(), source })?;
+                let _ = std::fs::remove_file(&path);
+                Some(AuditLog::open(&path)?.with_sandbox(record_name))
+            }
+        };
+        let scratch = !keeps_state && copy.is_none();
+        if let (Some(log), Some(file), true) = (&mut log, copy, keeps_state) {
+            log.add_copy(file)?;
+        }
+        let notify = NotifyOptions { exec: copy.is_some() || learn || profile_exec, denials: true, writes: learn };
+        let learn = learn.then(|| Learned { writable: writable_places(policy), ..Default::default() });
+        Ok(Some(Recorder { log, notify, warned: false, started: Instant::now(), learn, first_pending: None, scratch }))
+    }
+
+    /// For `airlock create`'s supervisor: the sandbox's log (and the `--audit FILE` copy, remembered for
+    /// `airlock exec`). It records the lifecycle only; commands come with `airlock exec`, which records their
+    /// execs itself.
+    pub fn for_create(state: &StateDir, name: &str, copy: Option<&str>) -> Result<Recorder, SessionError> {
+        let mut log = AuditLog::open(log_path(state, name))?.with_sandbox(name);
+        if let Some(file) = copy {
+            log.add_copy(file)?;
+            let absolute = std::path::absolute(file).unwrap_or_else(|_| PathBuf::from(file));
+            let marker = state.sandbox(name).file(COPY_FILE);
+            std::fs::write(&marker, absolute.as_os_str().as_encoded_bytes())
+                .map_err(|source| SessionError::RememberAuditCopy { path: marker, source })?;
+        }
+        Ok(Recorder {
+            log: Some(log),
+            notify: NotifyOptions::default(),
+            warned: false,
+            started: Instant::now(),
+            learn: None,
+            first_pending: None,
+            scratch: false,
+        })
+    }
+
+    /// For `airlock exec NAME`: appends to the sandbox's log (next to its supervisor and other `exec`s), with
+    /// every exec recorded. `None` when the sandbox has no log (made before this build).
+    pub fn for_exec(state: &StateDir, name: &str) -> Result<Option<Recorder>, SessionError> {
+        let path = log_path(state, name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let mut log = AuditLog::open(&path)?.with_sandbox(name);
+        if let Ok(copy) = std::fs::read(state.sandbox(name).file(COPY_FILE)) {
+            log.add_copy(PathBuf::from(String::from_utf8_lossy(&copy).into_owned()))?;
+        }
+        Ok(Some(Recorder {
+            log: Some(log),
+            notify: NotifyOptions { exec: true, denials: true, writes: false },
+            warned: false,
+            started: Instant::now(),
+            learn: None,
+            first_pending: None,
+            scratch: false,
+        }))
+    }
+
+    /// The request the runtime takes, or `None` when nothing is notified.
+    pub fn request(&mut self) -> Option<runtime::sandbox::AuditRequest<'_>> {
+        let notify = self.notify;
+        notify.any().then_some(runtime::sandbox::AuditRequest { notify, sink: self })
+    }
+
+    pub fn append(&mut self, event: &Event) {
+        self.first_pending = None;
+        let Some(log) = &mut self.log else { return };
+        if let Err(e) = log.append(event) {
+            self.warn(e);
+        }
+    }
+
+    /// A runtime record: kept for the next flush (see [`FLUSH_AFTER`]).
+    fn buffer(&mut self, event: &Event) {
+        let Some(log) = &mut self.log else { return };
+        log.buffer(event);
+        if log.pending() >= FLUSH_COUNT {
+            runtime::notify::AuditSink::flush(self);
+        } else if self.first_pending.is_none() {
+            self.first_pending = Some(Instant::now());
+        }
+    }
+
+    fn warn(&mut self, e: audit::AuditError) {
+        if !self.warned {
+            self.warned = true;
+            crate::say(&format!("warning: audit log: {}", crate::error_chain(&e)));
+        }
+    }
+
+    /// `created` and `started`: the command, a policy summary, and the merged profile's fingerprint.
+    pub fn start(&mut self, merged: &Profile, policy: &SandboxPolicy, long_lived: bool) {
+        self.started = Instant::now();
+        self.append(&Event::Created {
+            command: policy.command.clone(),
+            workspace: policy.workspace.as_ref().map(|w| w.path.clone()),
+            long_lived,
+        });
+        let profile = serde_json::to_value(merged).unwrap_or(Value::Null);
+        let fingerprint = audit::chain::sha256_hex(
+            audit::chain::canonical_json(&json!({ "profile": profile, "command": policy.command })).as_bytes(),
+        );
+        self.append(&Event::Started { policy: policy_summary(policy), policy_sha256: fingerprint });
+    }
+
+    /// `attached`: an `airlock exec` command started.
+    pub fn attached(&mut self, command: &[String]) {
+        self.started = Instant::now();
+        self.append(&Event::Attached { command: command.to_vec() });
+    }
+
+    /// Resource, file and `exited` records at the end of a run.
+    pub fn finish(&mut self, outcome: &RunOutcome, report: &RunReport, layer: Option<&runtime::layer::LayerStack>) {
+        match outcome {
+            RunOutcome::TimedOut(elapsed) => self.append(&Event::Resource {
+                resource: "timeout".into(),
+                message: format!("killed after {:.1}s", elapsed.as_secs_f64()),
+            }),
+            RunOutcome::OutOfMemory { summary } => {
+                self.append(&Event::Resource { resource: "oom_kill".into(), message: summary.clone() })
+            }
+            _ => {}
+        }
+        if let Some(stats) = &report.stats {
+            if stats.pids_max_hits.unwrap_or(0) > 0 {
+                self.append(&Event::Resource {
+                    resource: "pids_limit".into(),
+                    message: format!(
+                        "fork refused {} time(s) at the limit of {}",
+                        stats.pids_max_hits.unwrap_or(0),
+                        stats.pids_limit.map(|n| n.to_string()).unwrap_or_else(|| "?".into())
+                    ),
+                });
+            }
+        }
+        if let Some(stack) = layer {
+            if let Some(event) = files_event(stack, "exit", None) {
+                self.append(&event);
+            }
+        }
+        let (reason, status) = match outcome {
+            RunOutcome::Exited(code) if *code > 128 => (format!("signal {}", code - 128), *code),
+            RunOutcome::Exited(code) => ("exited".to_string(), *code),
+            RunOutcome::TimedOut(_) => ("timeout".to_string(), outcome.exit_code()),
+            RunOutcome::ExecFailed { code, .. } => ("exec_failed".to_string(), *code),
+            RunOutcome::OutOfMemory { .. } => ("oom_kill".to_string(), outcome.exit_code()),
+        };
+        self.append(&Event::Exited {
+            status,
+            reason,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            resources: report.stats.as_ref().map(resources_of),
+        });
+    }
+
+    /// The files the network gateway appends its decisions to, as this recorder does: the log first (chained),
+    /// then its copies (`--audit FILE`).
+    pub fn gateway_files(&self) -> Vec<PathBuf> {
+        let Some(log) = &self.log else { return Vec::new() };
+        std::iter::once(log.path()).chain(log.copy_paths()).map(Path::to_path_buf).collect()
+    }
+
+    /// Learn mode's suggestion, on stderr: a profile snippet `airlock profile validate` accepts.
+    pub fn print_learned(&self) {
+        let Some(learned) = &self.learn else { return };
+        let domains = self.log.as_ref().map(|l| denied_domains(l.path())).unwrap_or_default();
+        eprint!("{}", suggestion(learned, &domains));
+    }
+}
+
+/// Places the sandbox may write to: the workspace (unless read-only), writable binds, tmpfs mounts, `/tmp`,
+/// and the kernel's own (`/dev`, `/proc`).
+fn writable_places(policy: &SandboxPolicy) -> Vec<String> {
+    let mut places = vec!["/tmp".to_string(), "/dev".to_string(), "/proc".to_string()];
+    if let Some(w) = policy.workspace.as_ref().filter(|w| w.mode != WorkspaceMode::Ro) {
+        places.push(w.path.clone());
+    }
+    places.extend(policy.binds.iter().filter(|b| b.writable).map(|b| b.destination.clone()));
+    places.extend(policy.tmpfs.iter().map(|t| t.destination.clone()));
+    places
+}
+
+impl Learned {
+    fn is_writable(&self, path: &str) -> bool {
+        self.writable.iter().any(|place| {
+            let place = place.trim_end_matches('/');
+            path == place || path.strip_prefix(place).is_some_and(|rest| rest.starts_with('/'))
+        })
+    }
+}
+
+/// The snippet: writable places for the refused paths (the nearest directory that exists on the host, bound
+/// writable; a tmpfs where none does), allowed domains, and the refused syscalls as comments (no profile setting
+/// allows them: the seccomp deny-list is fixed).
+fn suggestion(learned: &Learned, domains: &BTreeSet<String>) -> String {
+    let mut binds = BTreeSet::new();
+    let mut tmpfs = BTreeSet::new();
+    for path in &learned.denied_paths {
+        let mut dir = Path::new(path).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+        while !dir.is_dir() {
+            match dir.parent() {
+                Some(p) => dir = p.to_path_buf(),
+                None => break,
+            }
+        }
+        let top_missing =
+            Path::new(path).ancestors().find(|a| a.parent() == Some(dir.as_path())).map(Path::to_path_buf);
+        if dir == Path::new("/") || !Path::new(path).parent().is_some_and(|p| p.is_dir()) {
+            // Nothing of it exists on the host (or only `/`): a private scratch directory is what it needed.
+            if let Some(top) = top_missing.filter(|t| t != Path::new(path) || dir != Path::new("/")) {
+                tmpfs.insert(top.display().to_string());
+                continue;
+            }
+        }
+        binds.insert(dir.display().to_string());
+    }
+    let mut out = String::from(
+        "airlock: learn mode: a profile snippet for what the command needed (merge it into a --profile file):\n",
+    );
+    let quoted = |set: &BTreeSet<String>| set.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+    if binds.is_empty() && tmpfs.is_empty() && domains.is_empty() && learned.denied_syscalls.is_empty() {
+        out.push_str("# nothing was refused: the policy already allows what the command did\n");
+        return out;
+    }
+    for path in &learned.denied_paths {
+        out.push_str(&format!("# write refused (read-only): {path:?}\n"));
+    }
+    if !binds.is_empty() || !tmpfs.is_empty() {
+        out.push_str("[filesystem]\n");
+        if !binds.is_empty() {
+            out.push_str(&format!("bind = [{}]\n", quoted(&binds)));
+        }
+        if !tmpfs.is_empty() {
+            out.push_str(&format!("tmpfs = [{}]\n", quoted(&tmpfs)));
+        }
+    }
+    if !domains.is_empty() {
+        out.push_str(&format!("[network]\nallow = [{}]\n", quoted(domains)));
+    }
+    for (syscall, errno) in &learned.denied_syscalls {
+        out.push_str(&format!(
+            "# syscall refused by the seccomp deny-list ({errno}): {syscall} — no profile setting allows it\n"
+        ));
+    }
+    out
+}
+
+/// Domains the network gateway refused, from its `network` records in the log (`protocol`, `name`, `port`,
+/// `decision`). Pending until the gateway writes them: an empty set otherwise.
+fn denied_domains(path: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let Ok(file) = std::fs::File::open(path) else { return out };
+    for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+        let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+        if v["kind"] != "network" || !v["decision"].as_str().is_some_and(|d| d.starts_with("den")) {
+            continue;
+        }
+        if let Some(name) = v["name"].as_str().filter(|n| !n.is_empty()) {
+            out.insert(match v["port"].as_u64() {
+                Some(port) if port != 443 && port != 0 => format!("{name}:{port}"),
+                _ => name.to_string(),
+            });
+        }
+    }
+    out
+}
+
+fn policy_summary(policy: &SandboxPolicy) -> Value {
+    json!({
+        "workspace": policy.workspace.as_ref().map(|w| json!({ "path": w.path, "mode": w.mode.as_str() })),
+        "network": format!("{:?}", policy.network).to_lowercase(),
+        "binds": policy.binds.iter().map(|b| json!({"source": b.source, "destination": b.destination, "writable": b.writable})).collect::<Vec<_>>(),
+        "user": { "uid": policy.identity.uid, "gid": policy.identity.gid },
+        "limits": {
+            "memory_bytes": policy.limits.memory_bytes,
+            "pids": policy.limits.pids,
+            "cpus": policy.limits.cpus,
+            "disk_bytes": policy.limits.disk_bytes,
+        },
+        "timeout_ms": policy.timeout.map(|t| t.as_millis() as u64),
+    })
+}
+
+fn resources_of(stats: &CgroupStats) -> Value {
+    json!({
+        "memory_peak_bytes": stats.memory_peak,
+        "memory_limit_bytes": stats.memory_limit,
+        "oom_kills": stats.oom_kills,
+        "pids_peak": stats.pids_peak,
+        "pids_limit": stats.pids_limit,
+        "pids_max_hits": stats.pids_max_hits,
+        "cpu_usage_usec": stats.cpu_usage_usec,
+    })
+}
+
+/// A `files` record of the layer's changes, or `None` when it cannot be read (a warning says so).
+pub fn files_event(stack: &runtime::layer::LayerStack, trigger: &str, label: Option<&str>) -> Option<Event> {
+    let composed = runtime::layer::compose(stack).ok()?;
+    let changes = runtime::layer::diff_layer(composed.paths(), &[]).ok()?;
+    let total = changes.len();
+    let changes = changes
+        .iter()
+        .take(audit::event::MAX_LIST_ITEMS)
+        .map(|c| audit::FileChange { path: c.path.clone(), kind: c.kind.as_str().to_string(), size: c.size })
+        .collect();
+    Some(Event::Files { trigger: trigger.to_string(), label: label.map(str::to_string), changes, total: Some(total) })
+}
+
+/// Appends a `files` record for checkpoint `label` to the log of sandbox `name`, if it has a log: the entries of
+/// the layer the checkpoint froze (`frozen`: what changed since the previous checkpoint), compared with the host
+/// `workspace`. Bounded: at most [`audit::event::MAX_LIST_ITEMS`] changes listed and [`CHECKPOINT_WALK`]
+/// entries looked at, so a checkpoint stays as fast whatever the layer holds (the full list is `airlock diff`'s,
+/// and the `files` record at exit's).
+pub fn record_checkpoint(state: &StateDir, name: &str, label: &str, frozen: &Path, workspace: &Path) {
+    let path = log_path(state, name);
+    if !path.exists() {
+        return;
+    }
+    let (changes, complete) = frozen_layer_changes(frozen, workspace);
+    let total = complete.then_some(changes.len());
+    let event = Event::Files { trigger: "checkpoint".into(), label: Some(label.to_string()), changes, total };
+    if let Err(e) = AuditLog::open(&path).map(|log| log.with_sandbox(name)).and_then(|mut log| log.append(&event)) {
+        crate::say(&format!("warning: audit log: {}", crate::error_chain(&e)));
+    }
+}
+
+/// Most directory entries a checkpoint's summary looks at.
+const CHECKPOINT_WALK: usize = 4096;
+
+/// The changes an overlay upper layer holds (a whiteout: deleted; an entry the host has: modified; else added),
+/// and whether the walk saw all of them.
+fn frozen_layer_changes(frozen: &Path, workspace: &Path) -> (Vec<audit::FileChange>, bool) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut changes = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    let mut seen = 0;
+    while let Some(relative) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(frozen.join(&relative)) else { continue };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > CHECKPOINT_WALK || changes.len() >= audit::event::MAX_LIST_ITEMS {
+                return (changes, false);
+            }
+            let rel = relative.join(entry.file_name());
+            let Ok(meta) = entry.path().symlink_metadata() else { continue };
+            let on_host = workspace.join(&rel).symlink_metadata().ok();
+            let shown = rel.to_string_lossy().into_owned();
+            if meta.file_type().is_char_device() && meta.rdev() == 0 {
+                changes.push(audit::FileChange { path: shown, kind: "deleted".into(), size: None });
+            } else if meta.is_dir() {
+                if !on_host.as_ref().is_some_and(|m| m.is_dir()) {
+                    changes.push(audit::FileChange { path: shown, kind: "added".into(), size: None });
+                }
+                pending.push(rel);
+            } else {
+                let kind = if on_host.is_some() { "modified" } else { "added" };
+                changes.push(audit::FileChange { path: shown, kind: kind.into(), size: Some(meta.len()) });
+            }
+        }
+    }
+    (changes, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learn_mode_reads_the_gateways_denials_and_suggests_a_valid_profile() {
+        let dir = std::env::temp_dir().join(format!("airlock-learn-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let mut log = AuditLog::open(&path).unwrap().with_sandbox("t");
+        let network = |name: &str, port: u16, decision: &str| {
+            json!({"time": "2026-01-01T00:00:00.000Z", "sandbox": "t", "protocol": "tls", "name": name,
+                   "address": "192.0.2.1", "port": port, "decision": decision, "reason": "not allowed",
+                   "bytes_out": 0, "bytes_in": 0})
+        };
+        log.append_value("network", network("pypi.org", 443, "deny")).unwrap();
+        log.append_value("network", network("example.com", 8443, "denied")).unwrap();
+        log.append_value("network", network("allowed.org", 443, "allow")).unwrap();
+        let domains = denied_domains(&path);
+        assert_eq!(domains.into_iter().collect::<Vec<_>>(), vec!["example.com:8443", "pypi.org"]);
+
+        let learned = Learned {
+            writable: vec!["/tmp".into()],
+            denied_paths: ["/etc/x.conf".to_string(), "/nonexistent-top/dir/file".to_string()].into(),
+            denied_syscalls: [("keyctl".to_string(), "EPERM".to_string())].into(),
+        };
+        let text = suggestion(&learned, &denied_domains(&path));
+        assert!(text.contains("bind = [\"/etc\"]"), "{text}");
+        assert!(text.contains("tmpfs = [\"/nonexistent-top\"]"), "{text}");
+        assert!(text.contains("allow = [\"example.com:8443\", \"pypi.org\"]"), "{text}");
+        let body: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+        policy::profile::Profile::parse(&body, "suggestion").unwrap();
+        assert!(learned.is_writable("/tmp/a") && learned.is_writable("/tmp") && !learned.is_writable("/tmpx"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

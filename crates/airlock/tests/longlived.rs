@@ -192,6 +192,22 @@ fn create_exec_stop_rootless() {
     check_lifecycle(true);
 }
 
+/// `--env` values reach the sandbox but never a command line: the supervisor gets the profile on its stdin, and
+/// `/proc/PID/cmdline` is readable by every user of the host.
+#[test]
+fn create_keeps_env_values_off_command_lines() {
+    require_sandbox!();
+    let name = unique_name("envsecret");
+    let secret = format!("s3cret-{}", std::process::id());
+    let o = common::airlock(&["create", "--env", &format!("TOKEN={secret}"), &name]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(processes_with(&secret).is_empty(), "a command line holds the --env value");
+    assert!(!processes_with(&name).is_empty(), "the supervisor names its sandbox");
+    assert_eq!(exec_ok(common::airlock, &name, "printf %s \"$TOKEN\""), secret);
+    ok(&common::airlock(&["stop", &name]));
+    ok(&common::airlock(&["rm", &name]));
+}
+
 fn check_supervisor_killed(as_user: bool) {
     let airlock = airlock_as(as_user);
     let ws = workspace("llkill");

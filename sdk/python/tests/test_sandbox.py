@@ -246,11 +246,22 @@ def test_lifetime_stop_and_delete(host: str, daemon: object) -> None:
 
 
 def test_a_lifetime_that_runs_out_stops_the_sandbox(host: str) -> None:
-    with Sandbox.create(host=host, timeout="1s") as sb:
+    with Client(host) as client:
+        sb = Sandbox.create(client=client, timeout="1s")
         deadline = time.monotonic() + 30
         while sb.refresh().state != "exited":
             assert time.monotonic() < deadline, "the lifetime never ran out"
             time.sleep(0.2)
+        assert sb.name in [s.name for s in Sandbox.list(client=client)], "stopped, not removed"
+        # The daemon's own stop may still hold the sandbox for a moment after its init is gone (a delete then is
+        # a 409, "being deleted already").
+        while True:
+            try:
+                sb.delete()
+                break
+            except Conflict:
+                assert time.monotonic() < deadline, "the sandbox stayed busy"
+                time.sleep(0.1)
 
 
 def test_errors_are_classes_per_code(host: str, unique: str) -> None:

@@ -1,7 +1,7 @@
 """The daemon's error answers as exceptions: one class per error code of the API.
 
-An error answer is an HTTP status and ``{"error": {"code": "...", "message": "..."}}``; fields beside ``code``
-and ``message`` (a refused commit's ``conflicts``) are in :attr:`AirlockError.details`.
+An error answer is an HTTP status and ``{"error": {"code": "...", "message": "...", "details": {...}}}``;
+``details`` (a refused commit's ``conflicts``) is :attr:`AirlockError.details`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ class AirlockError(Exception):
     """An error from the airlock daemon (or from reaching it).
 
     ``code`` is the API's error code (``not_found``, ``conflict``, ...), ``message`` its one-line message,
-    ``status`` the HTTP status (``None`` when no answer came), ``details`` the error's other fields.
+    ``status`` the HTTP status (``None`` when no answer came), ``details`` more about it (``{}`` when none).
     """
 
     code: str = "error"
@@ -114,11 +114,9 @@ def error_from_answer(status: int, body: bytes) -> AirlockError:
     if isinstance(error, dict) and isinstance(error.get("code"), str):
         code: str = error["code"]
         message = str(error.get("message") or f"the daemon answered {status}")
-        details = {k: v for k, v in error.items() if k not in ("code", "message", "details")}
-        if isinstance(error.get("details"), dict):
-            details.update(error["details"])
+        details = error.get("details")
         cls = _BY_CODE.get(code, AirlockError)
-        return cls(message, code=code, status=status, details=details)
+        return cls(message, code=code, status=status, details=details if isinstance(details, dict) else None)
     text = body.decode("utf-8", "replace").strip()
     cls = _BY_STATUS.get(status, InternalError if status >= 500 else AirlockError)
     message = f"the daemon answered {status}: {text[:500]}" if text else f"the daemon answered {status}"

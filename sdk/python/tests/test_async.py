@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import Daemon, start_daemon
 
 from airlock import (
     AsyncClient,
@@ -24,7 +25,6 @@ from airlock import (
     NotFound,
     Unauthorized,
 )
-from conftest import Daemon, start_daemon
 
 pytestmark = pytest.mark.anyio
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import Daemon, start_daemon
 
 from airlock import BadRequest, Client, Conflict, LimitExceeded, NotFound, Pool, Sandbox, Unauthorized
-
-from conftest import Daemon, start_daemon
 
 
 def wait_until_ready(name: str, host: str, count: int) -> Pool:

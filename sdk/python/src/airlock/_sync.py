@@ -15,8 +15,8 @@ from . import _core
 from .errors import ConnectionFailed, NotFound, error_from_answer
 from .models import (
     Checkpoint,
-    DirEntry,
     Diff,
+    DirEntry,
     Duration,
     ExecEvent,
     ExecResult,

@@ -89,8 +89,7 @@ class ConnectionFailed(AirlockError):
 
 
 _BY_CODE: dict[str, type[AirlockError]] = {
-    cls.code: cls
-    for cls in (BadRequest, Unauthorized, NotFound, Conflict, SetupFailed, LimitExceeded, InternalError)
+    cls.code: cls for cls in (BadRequest, Unauthorized, NotFound, Conflict, SetupFailed, LimitExceeded, InternalError)
 }
 
 _BY_STATUS: dict[int, type[AirlockError]] = {

@@ -50,7 +50,7 @@ impl Code {
 pub struct ApiError {
     pub code: Code,
     pub message: String,
-    /// Extra fields beside `code` and `message` (a refused commit's conflicts).
+    /// More about this error, answered as `error.details` (a refused commit's `conflicts`).
     pub details: Option<serde_json::Value>,
 }
 
@@ -84,18 +84,42 @@ fn one_line(message: &str) -> String {
         .collect()
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The answer's body: `{"error": {"code", "message", "details"?}}`, as the OpenAPI document's `Error`.
+    fn body(self) -> serde_json::Value {
         let mut error = json!({ "code": self.code.as_str(), "message": self.message });
         if let (Some(details), Some(map)) = (self.details, error.as_object_mut()) {
-            if let Some(extra) = details.as_object() {
-                for (k, v) in extra {
-                    map.insert(k.clone(), v.clone());
-                }
-            }
+            map.insert("details".to_string(), details);
         }
-        (self.code.status(), axum::Json(json!({ "error": error }))).into_response()
+        json!({ "error": error })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.code.status();
+        (status, axum::Json(self.body())).into_response()
     }
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_are_answered_under_details() {
+        let mut err = ApiError::conflict("commit refused: 1 conflict");
+        err.details = Some(json!({ "conflicts": ["a.txt"] }));
+        assert_eq!(
+            err.body(),
+            json!({ "error": { "code": "conflict", "message": "commit refused: 1 conflict",
+                               "details": { "conflicts": ["a.txt"] } } })
+        );
+        assert_eq!(
+            ApiError::no_sandbox("x").body(),
+            json!({ "error": { "code": "not_found", "message": "no sandbox named x" } })
+        );
+    }
+}

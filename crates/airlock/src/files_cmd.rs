@@ -26,9 +26,9 @@ use anyhow::{anyhow, Result};
 use clap::{Args, ValueEnum};
 use policy::names::validate_sandbox_name;
 use policy::profile;
-use runtime::attach::{enter_sandbox_as_its_user, AttachError, RunningSandbox};
+use runtime::attach::{enter_sandbox_as_its_user, AttachError};
+use session::handle::{lookup, Lookup};
 
-use crate::run::current_invoker;
 use crate::state;
 
 #[derive(Debug, Args)]
@@ -72,26 +72,27 @@ pub fn files(args: FilesArgs) -> Result<i32> {
         },
         None => None,
     };
-    let dir = state::sandbox_dir(&args.name);
-    if !dir.exists() {
-        crate::say(&format!("no sandbox named {}", args.name));
-        return Ok(1);
-    }
-    let record = state::read_record(&dir)?;
-    let (Some(init_pid), Some(init_start_time)) = (record.init_pid, record.init_start_time) else {
-        crate::say(&format!("sandbox {} was not started by `airlock create`", args.name));
-        return Ok(1);
+    let sandbox = match lookup(&state::state(), &args.name)? {
+        Lookup::Running(sandbox) => sandbox,
+        Lookup::Missing => {
+            crate::say(&format!("no sandbox named {}", args.name));
+            return Ok(1);
+        }
+        Lookup::NotLongLived => {
+            crate::say(&format!("sandbox {} was not started by `airlock create`", args.name));
+            return Ok(1);
+        }
+        Lookup::NotRunning => {
+            crate::say(&format!("sandbox {} is not running", args.name));
+            return Ok(1);
+        }
     };
-    if !state::is_running(&dir) {
-        crate::say(&format!("sandbox {} is not running", args.name));
-        return Ok(1);
-    }
     // The policy of the sandbox's commands (the stored profile), for its ids and its Landlock ruleset.
-    let merged = state::read_profile(&dir)?;
-    let policy = profile::resolve(&merged, vec!["/bin/true".to_string()], &current_invoker())?;
-    let host = crate::longlived::attach_context(&args.name, &dir, &policy)?;
-    let target = RunningSandbox { name: args.name.clone(), init_pid, init_start_time };
-    match enter_sandbox_as_its_user(&policy, &host, &target) {
+    let merged = sandbox.profile()?;
+    let policy = profile::resolve(&merged, vec!["/bin/true".to_string()], &session::invoker())?;
+    let host = sandbox.host_context(&policy, crate::run::lock_dir())?;
+    let target = sandbox.target();
+    match enter_sandbox_as_its_user(&policy, &host, target) {
         Ok(()) => {}
         Err(AttachError::NotRunning(_)) => {
             crate::say(&format!("sandbox {} is not running", args.name));

@@ -16,16 +16,16 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use policy::names::validate_sandbox_name;
 use policy::profile::{self, Profile};
-use policy::sandbox::{SandboxPolicy, WorkspaceMode};
-use runtime::attach::{exec_in_sandbox, AttachError, RunningSandbox};
-use runtime::prepare::{HostContext, LayerDirs};
+use policy::sandbox::SandboxPolicy;
+use runtime::attach::AttachError;
 use runtime::sandbox::RunOutcome;
-use session::backend::NamespaceBackend;
+use session::backend::{BackendError, NamespaceBackend};
+use session::handle::{lookup, Lookup};
 use session::launch::{launch, Hooks, LaunchSpec, Lifetime};
-use session::recorder::Recorder;
+use session::SessionError;
 
 use crate::cli::{CreateArgs, ExecArgs};
-use crate::run::{check_workspace_outside_state, current_invoker, flags_profile, load_profiles, lock_dir};
+use crate::run::{check_workspace_outside_state, flags_profile, load_profiles, lock_dir};
 use crate::state;
 
 /// What the supervisor prints once the sandbox is set up.
@@ -131,7 +131,7 @@ fn create_policy(args: &CreateArgs) -> Result<(Profile, SandboxPolicy)> {
 
 /// The policy a merged profile resolves to for a held sandbox (with a placeholder command).
 fn held_policy(merged: &Profile) -> Result<SandboxPolicy> {
-    let policy = profile::resolve(merged, vec![HOLD_COMMAND.to_string()], &current_invoker())?;
+    let policy = profile::resolve(merged, vec![HOLD_COMMAND.to_string()], &session::invoker())?;
     check_workspace_outside_state(&policy)?;
     Ok(policy)
 }
@@ -172,23 +172,25 @@ pub fn supervise(args: SuperviseArgs) -> Result<i32> {
 pub fn exec(args: ExecArgs) -> Result<i32> {
     let name = &args.name;
     validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
-    let dir = state::sandbox_dir(name);
-    if !dir.exists() {
-        crate::say(&format!("no sandbox named {name} (see `airlock ls`)"));
-        return Ok(i32::from(crate::EXIT_FAILED));
-    }
-    let record = state::read_record(&dir)?;
-    let (Some(init_pid), Some(init_start_time)) = (record.init_pid, record.init_start_time) else {
-        crate::say(&format!("sandbox {name} was not started by `airlock create`; there is nothing to exec in"));
-        return Ok(i32::from(crate::EXIT_FAILED));
+    let state = state::state();
+    let sandbox = match lookup(&state, name)? {
+        Lookup::Running(sandbox) => sandbox,
+        Lookup::Missing => {
+            crate::say(&format!("no sandbox named {name} (see `airlock ls`)"));
+            return Ok(i32::from(crate::EXIT_FAILED));
+        }
+        Lookup::NotLongLived => {
+            crate::say(&format!("sandbox {name} was not started by `airlock create`; there is nothing to exec in"));
+            return Ok(i32::from(crate::EXIT_FAILED));
+        }
+        Lookup::NotRunning => {
+            crate::say(&format!(
+                "sandbox {name} is not running (it has exited; `airlock diff {name}` still shows its changes)"
+            ));
+            return Ok(i32::from(crate::EXIT_FAILED));
+        }
     };
-    if !state::is_running(&dir) {
-        crate::say(&format!(
-            "sandbox {name} is not running (it has exited; `airlock diff {name}` still shows its changes)"
-        ));
-        return Ok(i32::from(crate::EXIT_FAILED));
-    }
-    let mut merged = state::read_profile(&dir)?;
+    let mut merged = sandbox.profile()?;
     if let Some(file) = &args.env_file {
         for (key, value) in read_env_file(file)? {
             merged.env.set.insert(key, value);
@@ -204,29 +206,17 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
         .as_deref()
         .map(|t| policy::units::parse_duration(t).map_err(|e| anyhow!("--timeout {t:?}: {e}")))
         .transpose()?;
-    let mut policy = profile::resolve(&merged, args.command.clone(), &current_invoker())?;
+    let mut policy = profile::resolve(&merged, args.command.clone(), &session::invoker())?;
     session::gateway::add_proxy_environment(&mut policy, &|key| merged.env.set.contains_key(key));
     if let Some(cwd) = &args.cwd {
         policy.cwd = policy::names::validate_absolute_path(cwd).map_err(|e| anyhow!("--cwd: {e}"))?;
     }
     // The stored profile's timeout is the sandbox's, enforced by its supervisor; an exec's limit is its own.
     policy.timeout = exec_timeout;
-    let mut host = attach_context(name, &dir, &policy)?;
+    let mut host = sandbox.host_context(&policy, lock_dir())?;
     // With -t: a new pseudo-terminal in the sandbox, relayed to ours (never ours itself).
     host.tty = args.tty.then(runtime::host::caller_window_size);
-    let target = RunningSandbox { name: name.clone(), init_pid, init_start_time };
-    // The setup's warnings were shown by `airlock create`; every exec would only repeat them.
-    // The sandbox's audit log, appended to by this process (its command's execs and denials, which it answers).
-    let mut recorder = Recorder::for_exec(&state::state(), name)?;
-    if let Some(r) = recorder.as_mut() {
-        r.attached(&args.command);
-    }
-    let request = recorder.as_mut().and_then(Recorder::request);
-    let ran = exec_in_sandbox(&policy, &host, &target, &mut |_| {}, request);
-    if let (Some(r), Ok(outcome)) = (recorder.as_mut(), &ran) {
-        r.finish(outcome, &runtime::sandbox::RunReport::default(), None);
-    }
-    match ran {
+    match sandbox.exec(&NamespaceBackend, &state, &policy, &host) {
         Ok(outcome) => {
             match &outcome {
                 RunOutcome::ExecFailed { message, .. } => crate::say(message),
@@ -238,36 +228,12 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
             }
             Ok(outcome.exit_code())
         }
-        Err(AttachError::NotRunning(_)) => {
+        Err(SessionError::Backend(BackendError::Attach(AttachError::NotRunning(_)))) => {
             crate::say(&format!("sandbox {name} is not running"));
             Ok(i32::from(crate::EXIT_FAILED))
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// The host context of a visit to the running sandbox `name` (an exec, the files API): its layer as it stands
-/// (nothing is mounted again), no terminal.
-pub(crate) fn attach_context(name: &str, dir: &state::SandboxDir, policy: &SandboxPolicy) -> Result<HostContext> {
-    let cow = policy.workspace.as_ref().is_some_and(|w| w.mode == WorkspaceMode::Cow);
-    Ok(HostContext {
-        lock_dir: lock_dir(),
-        tty: None,
-        name: Some(name.to_string()),
-        layer: match cow {
-            true => {
-                let layer = dir.layer()?;
-                Some(LayerDirs {
-                    upper: layer.upper(),
-                    work: layer.work(),
-                    frozen: store::checkpoint::checkpoints(dir)?.into_iter().rev().map(|c| c.dir).collect(),
-                })
-            }
-            false => None,
-        },
-        hold: false,
-        gateway: None,
-    })
 }
 
 /// `--env-file`: `KEY=VALUE` lines, or NUL-terminated entries when the file holds a NUL byte. Every key and value

@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use policy::names::validate_sandbox_name;
-use policy::profile::{self, Invoker, Profile, ProfileRef};
+use policy::profile::{self, Profile, ProfileRef};
 use policy::sandbox::{Network, WorkspaceMode};
 use runtime::sandbox::RunOutcome;
 use session::backend::NamespaceBackend;
@@ -20,7 +20,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let overlay = flags_profile(&args.opts)?;
     let merged = base.merge(overlay);
 
-    let mut policy = profile::resolve(&merged, args.command.clone(), &current_invoker())?;
+    let mut policy = profile::resolve(&merged, args.command.clone(), &session::invoker())?;
     session::gateway::add_proxy_environment(&mut policy, &|key| merged.env.set.contains_key(key));
     if policy.network == Network::Host {
         crate::say("warning: --net host: the sandbox shares the host's network (no network isolation)");
@@ -89,18 +89,6 @@ pub fn run(args: RunArgs) -> Result<i32> {
         _ => {}
     }
     Ok(exit_code)
-}
-
-/// Who runs airlock, for resolving a profile.
-pub fn current_invoker() -> Invoker {
-    let (uid, gid) = runtime::host::current_ids();
-    Invoker {
-        uid,
-        gid,
-        is_root: runtime::host::is_host_root(),
-        env: std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect(),
-        user_name: runtime::host::user_name(uid),
-    }
 }
 
 /// The state directory holds the layers: a workspace inside it could reach another sandbox's changes.

@@ -4,6 +4,7 @@
 //! cgroups), is the first implementation; a microVM backend is planned behind the same trait.
 
 use policy::sandbox::SandboxPolicy;
+use runtime::attach::{AttachError, RunningSandbox};
 use runtime::prepare::HostContext;
 use runtime::sandbox::{AuditRequest, RunOutcome, RunReport, SandboxError};
 
@@ -11,6 +12,8 @@ use runtime::sandbox::{AuditRequest, RunOutcome, RunReport, SandboxError};
 pub enum BackendError {
     #[error(transparent)]
     Namespace(#[from] SandboxError),
+    #[error(transparent)]
+    Attach(#[from] AttachError),
 }
 
 pub trait Backend {
@@ -36,6 +39,17 @@ pub trait Backend {
         warn: &mut dyn FnMut(&str),
         on_ready: &mut dyn FnMut(libc::pid_t),
     ) -> Result<(RunOutcome, RunReport), BackendError>;
+
+    /// Runs `policy.command` in the running sandbox `target`, with its protections (and the command's own
+    /// timeout), to its end.
+    fn exec(
+        &self,
+        policy: &SandboxPolicy,
+        host: &HostContext,
+        target: &RunningSandbox,
+        warn: &mut dyn FnMut(&str),
+        audit: Option<AuditRequest<'_>>,
+    ) -> Result<RunOutcome, BackendError>;
 }
 
 /// Linux namespaces, pivot_root, capabilities, no_new_privs, seccomp, Landlock and cgroups, in this process
@@ -66,5 +80,16 @@ impl Backend for NamespaceBackend {
         on_ready: &mut dyn FnMut(libc::pid_t),
     ) -> Result<(RunOutcome, RunReport), BackendError> {
         Ok(runtime::sandbox::run_held_sandbox(policy, host, warn, on_ready)?)
+    }
+
+    fn exec(
+        &self,
+        policy: &SandboxPolicy,
+        host: &HostContext,
+        target: &RunningSandbox,
+        warn: &mut dyn FnMut(&str),
+        audit: Option<AuditRequest<'_>>,
+    ) -> Result<RunOutcome, BackendError> {
+        Ok(runtime::attach::exec_in_sandbox(policy, host, target, warn, audit)?)
     }
 }

@@ -26,6 +26,10 @@ pub enum SessionError {
     RecordSandbox { name: String, source: Box<store::StoreError> },
     #[error(transparent)]
     Serialize(serde_json::Error),
+    #[error(transparent)]
+    InvalidName(policy::names::NameError),
+    #[error(transparent)]
+    Policy(#[from] policy::profile::PolicyError),
 }
 
 impl From<store::StoreError> for SessionError {

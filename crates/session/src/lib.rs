@@ -13,11 +13,24 @@
 pub mod backend;
 pub mod error;
 pub mod gateway;
+pub mod handle;
 pub mod launch;
 pub mod recorder;
 pub mod stats;
 
 pub use error::SessionError;
+
+/// Who runs airlock, for resolving a profile (`$HOME`, `--pass-env`, the default user).
+pub fn invoker() -> policy::profile::Invoker {
+    let (uid, gid) = runtime::host::current_ids();
+    policy::profile::Invoker {
+        uid,
+        gid,
+        is_root: runtime::host::is_host_root(),
+        env: std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect(),
+        user_name: runtime::host::user_name(uid),
+    }
+}
 
 /// Prints one `airlock:` line on stderr. Control characters (a newline in a hostile file name, an escape
 /// sequence) are shown escaped, so the message stays one line and cannot drive the terminal.

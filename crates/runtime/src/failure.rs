@@ -263,9 +263,32 @@ pub fn errno_text(errno: Errno) -> String {
     std::io::Error::from_raw_os_error(errno).to_string().split(" (os error").next().unwrap_or_default().to_string()
 }
 
+/// An error from the kernel as messages show it: the description, without Rust's `(os error N)` suffix. Errors
+/// keep the `io::Error` itself (callers can match its kind or raw errno); only their text goes through this.
+pub fn os_error_text(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(errno) => errno_text(errno),
+        None => e.to_string(),
+    }
+}
+
+/// The `io::Error` of an errno a system call returned.
+pub fn os_error(errno: Errno) -> std::io::Error {
+    std::io::Error::from_raw_os_error(errno)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn os_errors_read_as_their_errno_text() {
+        assert_eq!(os_error_text(&os_error(libc::EPERM)), "Operation not permitted");
+        assert_eq!(os_error_text(&os_error(libc::EPERM)), errno_text(libc::EPERM));
+        assert_eq!(os_error(libc::ENOENT).kind(), std::io::ErrorKind::NotFound);
+        let other = std::io::Error::new(std::io::ErrorKind::InvalidData, "bad device name");
+        assert_eq!(os_error_text(&other), "bad device name");
+    }
 
     #[test]
     fn records_round_trip() {

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::failure::errno_text;
+use crate::failure::{os_error, os_error_text};
 use crate::plan::TunPlan;
 use crate::sys::{self, Errno};
 
@@ -41,18 +41,18 @@ pub enum GatewayError {
     OpenEventsFile { path: String, source: std::io::Error },
     #[error("cannot open the network gateway's log {path}")]
     OpenLog { path: String, source: std::io::Error },
-    #[error("cannot create the socket to the network gateway: {0}")]
-    CreateSocket(String),
+    #[error("cannot create the socket to the network gateway: {}", os_error_text(.0))]
+    CreateSocket(std::io::Error),
     #[error("cannot start the network gateway process {program}")]
     Spawn { program: String, source: std::io::Error },
     #[error("descriptor {0} given to the network gateway is not open")]
     InheritedFd(RawFd),
-    #[error("cannot receive the sandbox's TUN interface: {0}")]
-    ReceiveTun(String),
+    #[error("cannot receive the sandbox's TUN interface: {}", os_error_text(.0))]
+    ReceiveTun(std::io::Error),
     #[error("the sandbox closed its socket before passing its TUN interface")]
     NoTun,
-    #[error("cannot take SIGTERM as the network gateway's stop signal: {0}")]
-    StopSignal(String),
+    #[error("cannot take SIGTERM as the network gateway's stop signal: {}", os_error_text(.0))]
+    StopSignal(std::io::Error),
 }
 
 /// The sandbox side of the gateway: the TUN interface's name and addresses.
@@ -149,7 +149,7 @@ impl GatewayProcess {
         // SAFETY: socketpair fills a live two-int array.
         let ret =
             unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) };
-        sys::check(ret as libc::c_long).map_err(|e| GatewayError::CreateSocket(errno_text(e)))?;
+        sys::check(ret as libc::c_long).map_err(|e| GatewayError::CreateSocket(os_error(e)))?;
         let [gateway_end, sandbox_end] = pair;
         let events_fds: Vec<RawFd> = events.iter().map(File::as_raw_fd).collect();
         let mut command = Command::new(&setup.program);
@@ -294,12 +294,12 @@ pub fn take_inherited_fd(fd: RawFd) -> Result<OwnedFd, GatewayError> {
 /// that byte before the sandbox's command may start).
 pub fn receive_tun(socket: &OwnedFd) -> Result<OwnedFd, GatewayError> {
     let fd = crate::tty::recv_fd(socket.as_raw_fd())
-        .map_err(|e: Errno| GatewayError::ReceiveTun(errno_text(e)))?
+        .map_err(|e: Errno| GatewayError::ReceiveTun(os_error(e)))?
         .ok_or(GatewayError::NoTun)?;
     // SAFETY: recv_fd returned a descriptor the kernel just installed in this process (SCM_RIGHTS); nothing
     // else refers to it.
     let tun = unsafe { OwnedFd::from_raw_fd(fd) };
-    sys::write_all(socket.as_raw_fd(), b"1").map_err(|e| GatewayError::ReceiveTun(errno_text(e)))?;
+    sys::write_all(socket.as_raw_fd(), b"1").map_err(|e| GatewayError::ReceiveTun(os_error(e)))?;
     Ok(tun)
 }
 
@@ -319,10 +319,10 @@ pub fn stop_on_sigterm() -> Result<OwnedFd, GatewayError> {
         libc::sigaddset(&mut set, libc::SIGTERM);
         let ret = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if ret != 0 {
-            return Err(GatewayError::StopSignal(errno_text(ret)));
+            return Err(GatewayError::StopSignal(os_error(ret)));
         }
         sys::check_fd(libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) as libc::c_long)
-            .map_err(|e| GatewayError::StopSignal(errno_text(e)))?
+            .map_err(|e| GatewayError::StopSignal(os_error(e)))?
     };
     // SAFETY: signalfd just returned this new descriptor; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

@@ -9,7 +9,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::failure::errno_text;
+use crate::failure::{os_error, os_error_text};
 use crate::sys::{self, Errno};
 
 /// `<linux/loop.h>`.
@@ -52,14 +52,14 @@ const ATTACH_ATTEMPTS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {
-    #[error("cannot open /dev/loop-control: {0} (the loop driver is missing: modprobe loop)")]
-    OpenControl(String),
-    #[error("cannot get a free loop device: {0}")]
-    GetFree(String),
-    #[error("cannot open {0}: {1}")]
-    OpenDevice(String, String),
-    #[error("cannot attach {0} to {1}: {2}")]
-    Configure(String, String, String),
+    #[error("cannot open /dev/loop-control: {} (the loop driver is missing: modprobe loop)", os_error_text(.0))]
+    OpenControl(std::io::Error),
+    #[error("cannot get a free loop device: {}", os_error_text(.0))]
+    GetFree(std::io::Error),
+    #[error("cannot open {}: {}", .0, os_error_text(.1))]
+    OpenDevice(String, std::io::Error),
+    #[error("cannot attach {} to {}: {}", .0, .1, os_error_text(.2))]
+    Configure(String, String, std::io::Error),
 }
 
 /// An attached loop device, detached by the kernel once `fd` and every mount of it are gone (autoclear).
@@ -72,15 +72,16 @@ pub struct LoopDevice {
 
 /// Attaches the open file `image` (read-write) to a free loop device, with autoclear.
 pub fn attach(image: RawFd, image_display: &str) -> Result<LoopDevice, LoopError> {
-    let control = open_rw(c"/dev/loop-control").map_err(|e| LoopError::OpenControl(errno_text(e)))?;
+    let control = open_rw(c"/dev/loop-control").map_err(|e| LoopError::OpenControl(os_error(e)))?;
     let mut last = libc::EBUSY;
     for _ in 0..ATTACH_ATTEMPTS {
         // SAFETY: LOOP_CTL_GET_FREE takes no argument; `control` is an open descriptor.
         let n = sys::check(unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) } as libc::c_long)
-            .map_err(|e| LoopError::GetFree(errno_text(e)))?;
+            .map_err(|e| LoopError::GetFree(os_error(e)))?;
         let path = format!("/dev/loop{n}");
-        let cpath = CString::new(path.clone()).map_err(|_| LoopError::GetFree("bad device name".to_string()))?;
-        let device = open_rw(&cpath).map_err(|e| LoopError::OpenDevice(path.clone(), errno_text(e)))?;
+        let cpath = CString::new(path.clone())
+            .map_err(|_| LoopError::GetFree(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad device name")))?;
+        let device = open_rw(&cpath).map_err(|e| LoopError::OpenDevice(path.clone(), os_error(e)))?;
         let config = LoopConfig {
             fd: image as u32,
             block_size: 0,
@@ -108,10 +109,10 @@ pub fn attach(image: RawFd, image_display: &str) -> Result<LoopDevice, LoopError
             Ok(_) => return Ok(LoopDevice { path, fd: device }),
             // Another process configured this device after we asked for it: ask again.
             Err(libc::EBUSY) => last = libc::EBUSY,
-            Err(e) => return Err(LoopError::Configure(image_display.to_string(), path, errno_text(e))),
+            Err(e) => return Err(LoopError::Configure(image_display.to_string(), path, os_error(e))),
         }
     }
-    Err(LoopError::Configure(image_display.to_string(), "a free loop device".to_string(), errno_text(last)))
+    Err(LoopError::Configure(image_display.to_string(), "a free loop device".to_string(), os_error(last)))
 }
 
 /// `lo_file_name`: what `losetup -a` shows (truncated, NUL-terminated).

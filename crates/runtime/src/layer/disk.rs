@@ -20,7 +20,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use crate::failure::errno_text;
+use crate::failure::{os_error, os_error_text};
 use crate::loopdev::{self, LoopError};
 use crate::sys;
 
@@ -51,10 +51,10 @@ pub enum DiskError {
     OpenImage { path: String, source: std::io::Error },
     #[error(transparent)]
     Loop(#[from] LoopError),
-    #[error("cannot mount the layer image {image} ({device}) on {mountpoint}: {errno}")]
-    Mount { image: String, device: String, mountpoint: String, errno: String },
-    #[error("cannot unmount the layer {mountpoint}: {errno}")]
-    Unmount { mountpoint: String, errno: String },
+    #[error("cannot mount the layer image {image} ({device}) on {mountpoint}: {}", os_error_text(.error))]
+    Mount { image: String, device: String, mountpoint: String, error: std::io::Error },
+    #[error("cannot unmount the layer {mountpoint}: {}", os_error_text(.error))]
+    Unmount { mountpoint: String, error: std::io::Error },
     #[error("cannot read {path}: {source}")]
     Stat { path: String, source: std::io::Error },
 }
@@ -153,7 +153,7 @@ pub fn ensure_mounted(image: &Path, mountpoint: &Path) -> Result<(), DiskError> 
         image: display.clone(),
         device: device.path.clone(),
         mountpoint: mountpoint.display().to_string(),
-        errno: errno_text(errno),
+        error: os_error(errno),
     };
     let source = CString::new(device.path.as_bytes()).map_err(|_| mount_error(libc::EINVAL))?;
     let target = CString::new(mountpoint.as_os_str().as_bytes()).map_err(|_| mount_error(libc::EINVAL))?;
@@ -179,7 +179,7 @@ pub fn unmount(mountpoint: &Path) -> Result<(), DiskError> {
         return Ok(());
     }
     let error =
-        |errno: i32| DiskError::Unmount { mountpoint: mountpoint.display().to_string(), errno: errno_text(errno) };
+        |errno: i32| DiskError::Unmount { mountpoint: mountpoint.display().to_string(), error: os_error(errno) };
     let target = CString::new(mountpoint.as_os_str().as_bytes()).map_err(|_| error(libc::EINVAL))?;
     // Not lazily: a busy layer (a sandbox or a command still using it) stays, and the caller keeps its image.
     // SAFETY: a NUL-terminated string alive for the call.

@@ -17,6 +17,7 @@ use policy::sandbox::{Requirement, SandboxPolicy};
 use crate::cgroups::{self, SandboxCgroup};
 use crate::exec::{self, CommandFds};
 use crate::failure::{self, errno_text};
+use crate::namespaces::{self, Kind};
 use crate::prepare::{prepare_sandbox, HostContext, PrepareError};
 use crate::sandbox::{self, RunOutcome};
 use crate::sys::{self, Errno};
@@ -65,17 +66,6 @@ pub enum AttachError {
     #[error("{0}")]
     SetupStep(String),
 }
-
-/// Namespaces entered, in the flags `setns` takes (with their names, for reading the code).
-const NAMESPACES: [(i32, &str); 7] = [
-    (libc::CLONE_NEWUSER, "user"),
-    (libc::CLONE_NEWNS, "mnt"),
-    (libc::CLONE_NEWPID, "pid"),
-    (libc::CLONE_NEWNET, "net"),
-    (libc::CLONE_NEWIPC, "ipc"),
-    (libc::CLONE_NEWUTS, "uts"),
-    (libc::CLONE_NEWCGROUP, "cgroup"),
-];
 
 /// Runs `policy`'s command inside `target` and waits for it. `host.layer` must name the sandbox's layer when it
 /// has a `cow` workspace (the plan describes it; nothing is mounted again). With `audit`, this process holds the
@@ -218,8 +208,9 @@ pub fn enter_sandbox_as_its_user(
     }
     // The user namespace and the mount namespace only: files need no other (and the pid namespace would apply
     // to children alone). Both at once by pidfd, as `exec` does.
+    const FLAGS: libc::c_int = namespaces::flags(&[Kind::User, Kind::Mount]);
     // SAFETY: setns takes only integers; this process is single-threaded (required for CLONE_NEWUSER).
-    let entered = sys::check(unsafe { libc::setns(pidfd, libc::CLONE_NEWUSER | libc::CLONE_NEWNS) } as libc::c_long);
+    let entered = sys::check(unsafe { libc::setns(pidfd, FLAGS) } as libc::c_long);
     sys::close(pidfd);
     entered.map_err(|e| AttachError::EnterNamespaces(errno_text(e)))?;
     // setns left our working directory on the host's tree: a relative path must not resolve there.
@@ -284,10 +275,7 @@ fn enter_sandbox(
     // and its own network namespace unless the policy shares the host's (which the sandbox's user namespace does
     // not own: joining it would fail, and there is nothing to join). (Not read from /proc/PID/ns: init is not
     // dumpable, and rootless we may not look there.)
-    let mut flags = NAMESPACES.iter().fold(0, |acc, (flag, _)| acc | flag);
-    if !plan.new_network_namespace {
-        flags &= !libc::CLONE_NEWNET;
-    }
+    let flags = namespaces::sandbox_flags(plan.new_network_namespace);
 
     // As host root: our supplementary groups would be host groups inside, and setgroups is denied there.
     // Stdio pipes must be writable by the command's host id (the sandbox's, read from init's map).

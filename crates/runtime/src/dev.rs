@@ -6,8 +6,8 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
 
-use crate::failure::{ChildFailure, Step};
-use crate::mounts::{attach, fail, new_tmpfs, EMPTY, RESOLVE_INSIDE};
+use crate::failure::{fail, ChildFailure, Step};
+use crate::mount::{self, attach, mkdir_and_open, new_fs, new_tmpfs, EMPTY, RESOLVE_INSIDE};
 use crate::sys::{self, Errno};
 
 const DEV_SYMLINKS: &[(&CStr, &CStr)] = &[
@@ -24,7 +24,7 @@ pub fn mount_dev(root: RawFd, devices: &[(CString, usize)], trees: &[RawFd]) -> 
     let dev_fd = mount_dev_tmpfs(root).map_err(fail(Step::MountDev, 0))?;
     let result = populate_dev(dev_fd, devices, trees);
     let result = result.and_then(|()| {
-        sys::mount_setattr(dev_fd, EMPTY, libc::AT_EMPTY_PATH as u32, libc::MOUNT_ATTR_RDONLY, 0)
+        mount::mount_setattr(dev_fd, EMPTY, libc::AT_EMPTY_PATH as u32, libc::MOUNT_ATTR_RDONLY, 0)
             .map_err(fail(Step::MountDev, 0))
     });
     sys::close(dev_fd);
@@ -81,12 +81,8 @@ fn bind_device(dev_fd: RawFd, name: &CStr, tree: RawFd) -> Result<(), Errno> {
 fn mount_devpts(dev_fd: RawFd) -> Result<(), Errno> {
     let target = mkdir_and_open(dev_fd, c"pts", 0o755)?;
     let result = (|| {
-        let fs = sys::fsopen(c"devpts")?;
-        let configured =
-            sys::fsconfig_string(fs, c"ptmxmode", c"0666").and_then(|()| sys::fsconfig_string(fs, c"mode", c"0620"));
-        let mnt = configured.and_then(|()| sys::fsmount(fs, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC));
-        sys::close(fs);
-        let mnt = mnt?;
+        let options = [(c"ptmxmode", c"0666"), (c"mode", c"0620")];
+        let mnt = new_fs(c"devpts", options, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC)?;
         let r = attach(mnt, target);
         sys::close(mnt);
         r
@@ -105,14 +101,4 @@ fn mount_dev_shm(dev_fd: RawFd) -> Result<(), Errno> {
     });
     sys::close(target);
     result
-}
-
-/// `mkdirat` (an existing directory is fine) then an `O_PATH` descriptor for it, never following a symlink.
-pub fn mkdir_and_open(dir: RawFd, name: &CStr, mode: libc::mode_t) -> Result<RawFd, Errno> {
-    // SAFETY: valid NUL-terminated string.
-    match sys::check(unsafe { libc::mkdirat(dir, name.as_ptr(), mode) } as libc::c_long) {
-        Ok(_) | Err(libc::EEXIST) => {}
-        Err(e) => return Err(e),
-    }
-    sys::openat2(dir, name, libc::O_PATH | libc::O_DIRECTORY, RESOLVE_INSIDE)
 }

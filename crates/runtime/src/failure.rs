@@ -220,6 +220,11 @@ impl ChildFailure {
     }
 }
 
+/// A failed step, with the index of the item it concerned (for `map_err`).
+pub fn fail(step: Step, index: usize) -> impl FnOnce(Errno) -> ChildFailure {
+    move |errno| ChildFailure { step, errno, index: index as u32 }
+}
+
 /// Writes a failure record and exits with `code`. Async-signal-safe.
 pub fn report_and_exit(fd: RawFd, step: Step, errno: Errno, index: u32, code: i32) -> ! {
     let record = ChildFailure { step, errno, index }.encode();

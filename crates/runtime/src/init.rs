@@ -6,7 +6,8 @@
 use std::os::fd::RawFd;
 
 use crate::exec::{self, CommandFds, EXIT_SETUP_FAILED};
-use crate::failure::{report_and_exit, ChildFailure, Step};
+use crate::failure::{fail, report_and_exit, ChildFailure, Step};
+use crate::namespaces::Kind;
 use crate::plan::SandboxPlan;
 use crate::sys;
 use crate::{landlock, mounts, net, tty};
@@ -57,7 +58,7 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     // The cgroup namespace, now that we are in the sandbox's cgroup: its root is that
     // cgroup, so the sandbox sees only its own (and /proc/self/cgroup says "/").
     // SAFETY: unshare takes only integers.
-    if let Err(e) = sys::check(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } as libc::c_long) {
+    if let Err(e) = sys::check(unsafe { libc::unshare(Kind::Cgroup.flag()) } as libc::c_long) {
         abort(ChildFailure { step: Step::UnshareCgroupNamespace, errno: e, index: 0 });
     }
 
@@ -175,9 +176,9 @@ fn build_sandbox(plan: &SandboxPlan, trees: &mut [RawFd], tun: Option<(RawFd, Ra
     }
     mounts::enter_new_root(root)?;
     sys::close(root);
-    net::set_hostname(&plan.hostname).map_err(mounts::fail(Step::SetHostname, 0))?;
+    net::set_hostname(&plan.hostname).map_err(fail(Step::SetHostname, 0))?;
     if plan.new_network_namespace {
-        net::bring_up_loopback().map_err(mounts::fail(Step::BringUpLoopback, 0))?;
+        net::bring_up_loopback().map_err(fail(Step::BringUpLoopback, 0))?;
     }
     // The network gateway's interface and default route, then the interface goes to the gateway's process: init
     // keeps no descriptor of it (nor does the command), and waits until the gateway has it, so the command never

@@ -10,20 +10,11 @@
 use std::ffi::CStr;
 use std::os::fd::RawFd;
 
-use crate::failure::{ChildFailure, Step};
+use crate::failure::{fail, ChildFailure, Step};
+use crate::mount::{self, attach, new_tmpfs, EMPTY, RESOLVE_INSIDE};
 use crate::plan::{InsidePath, MountSource, RootEntry, SandboxPlan, SourceKind, MAX_FROZEN_LAYERS};
 use crate::sys::{self, Errno};
 use crate::{dev, proc};
-
-/// `RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH`: how every path inside the new root is resolved while building it.
-pub const RESOLVE_INSIDE: u64 = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH;
-
-pub const EMPTY: &CStr = c"";
-
-/// A failed step, with the index of the item it concerned.
-pub fn fail(step: Step, index: usize) -> impl FnOnce(Errno) -> ChildFailure {
-    move |errno| ChildFailure { step, errno, index: index as u32 }
-}
 
 /// Makes every mount in the sandbox's (copied) mount namespace private, so nothing done here propagates back to
 /// the host and nothing the host mounts later appears here. First step in the new mount namespace.
@@ -119,7 +110,7 @@ pub fn clone_mount_sources(
             *overlay = opened;
             continue;
         }
-        let cloned = sys::open_tree(
+        let cloned = mount::open_tree(
             fd,
             EMPTY,
             libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32 | libc::AT_RECURSIVE as u32,
@@ -127,8 +118,14 @@ pub fn clone_mount_sources(
         sys::close(fd);
         let clone_fd = cloned.map_err(fail(Step::CloneMountSource, index))?;
         *tree = clone_fd;
-        sys::mount_setattr(clone_fd, EMPTY, libc::AT_EMPTY_PATH as u32 | libc::AT_RECURSIVE as u32, source.attr_set, 0)
-            .map_err(fail(Step::SetMountSourceAttributes, index))?;
+        mount::mount_setattr(
+            clone_fd,
+            EMPTY,
+            libc::AT_EMPTY_PATH as u32 | libc::AT_RECURSIVE as u32,
+            source.attr_set,
+            0,
+        )
+        .map_err(fail(Step::SetMountSourceAttributes, index))?;
     }
     Ok(())
 }
@@ -168,12 +165,12 @@ pub fn mount_workspace_overlay(overlay: &OverlayFds, trees: &mut [RawFd]) -> Res
     let result = (|| {
         let frozen = overlay.frozen.get(..overlay.frozen_count).ok_or(libc::E2BIG)?;
         let lowerdir = lowerdir_path(frozen, overlay.lower, &mut lower_buf)?;
-        let fs = sys::fsopen(c"overlay")?;
-        let configured = sys::fsconfig_string(fs, c"lowerdir", lowerdir)
-            .and_then(|()| sys::fsconfig_string(fs, c"upperdir", proc_fd_path(overlay.upper, &mut upper_buf)))
-            .and_then(|()| sys::fsconfig_string(fs, c"workdir", proc_fd_path(overlay.work, &mut work_buf)))
-            .and_then(|()| sys::fsconfig_flag(fs, c"userxattr"));
-        let mnt = configured.and_then(|()| sys::fsmount(fs, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV));
+        let fs = mount::fsopen(c"overlay")?;
+        let configured = mount::fsconfig_string(fs, c"lowerdir", lowerdir)
+            .and_then(|()| mount::fsconfig_string(fs, c"upperdir", proc_fd_path(overlay.upper, &mut upper_buf)))
+            .and_then(|()| mount::fsconfig_string(fs, c"workdir", proc_fd_path(overlay.work, &mut work_buf)))
+            .and_then(|()| mount::fsconfig_flag(fs, c"userxattr"));
+        let mnt = configured.and_then(|()| mount::fsmount(fs, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV));
         sys::close(fs);
         mnt
     })();
@@ -234,23 +231,9 @@ fn proc_fd_path(fd: RawFd, buf: &mut [u8; 32]) -> &CStr {
 pub fn mount_staging_root(staging_dir: &CStr) -> Result<RawFd, ChildFailure> {
     let root = new_tmpfs([(c"mode", c"0755"), (c"size", c"1m")], libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV)
         .map_err(fail(Step::MountStagingRoot, 0))?;
-    sys::move_mount(root, EMPTY, libc::AT_FDCWD, staging_dir, libc::MOVE_MOUNT_F_EMPTY_PATH)
+    mount::move_mount(root, EMPTY, libc::AT_FDCWD, staging_dir, libc::MOVE_MOUNT_F_EMPTY_PATH)
         .map_err(fail(Step::MountStagingRoot, 0))?;
     Ok(root)
-}
-
-/// A detached tmpfs with the given options.
-pub fn new_tmpfs<'a>(options: impl IntoIterator<Item = (&'a CStr, &'a CStr)>, attr_flags: u64) -> Result<RawFd, Errno> {
-    let fs = sys::fsopen(c"tmpfs")?;
-    for (key, value) in options {
-        if let Err(errno) = sys::fsconfig_string(fs, key, value) {
-            sys::close(fs);
-            return Err(errno);
-        }
-    }
-    let mnt = sys::fsmount(fs, attr_flags);
-    sys::close(fs);
-    mnt
 }
 
 /// A detached, read-only bind of a file holding `contents`, in a tmpfs of its own that nothing else can reach
@@ -265,10 +248,10 @@ fn airlock_file(contents: &[u8]) -> Result<RawFd, Errno> {
         let written = sys::write_all(fd, contents);
         sys::close(fd);
         written?;
-        let tree = sys::open_tree(fs, c"file", libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC)?;
+        let tree = mount::open_tree(fs, c"file", libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC)?;
         let attrs =
             libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
-        if let Err(e) = sys::mount_setattr(tree, EMPTY, libc::AT_EMPTY_PATH as u32, attrs, 0) {
+        if let Err(e) = mount::mount_setattr(tree, EMPTY, libc::AT_EMPTY_PATH as u32, attrs, 0) {
             sys::close(tree);
             return Err(e);
         }
@@ -335,11 +318,6 @@ fn create_entry(dir: RawFd, name: &CStr, file: bool) -> Result<(), Errno> {
     }
 }
 
-/// Attaches the detached mount `tree` on the mount point `target` (both fds), consuming neither.
-pub fn attach(tree: RawFd, target: RawFd) -> Result<(), Errno> {
-    sys::move_mount(tree, EMPTY, target, EMPTY, libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH)
-}
-
 /// Builds the whole new root on the staging tmpfs: the policy's binds, symlinks and tmpfs mounts in order, then
 /// `/dev` and `/proc`, then makes the root tmpfs itself read-only.
 pub fn build_new_root(plan: &SandboxPlan, root: RawFd, trees: &[RawFd]) -> Result<(), ChildFailure> {
@@ -386,7 +364,7 @@ pub fn build_new_root(plan: &SandboxPlan, root: RawFd, trees: &[RawFd]) -> Resul
     dev::mount_dev(root, &plan.devices, trees)?;
     proc::mount_proc(root)?;
     // Last: nothing may be created in the root itself (only in the writable mounts on it).
-    sys::mount_setattr(root, EMPTY, libc::AT_EMPTY_PATH as u32, libc::MOUNT_ATTR_RDONLY, 0)
+    mount::mount_setattr(root, EMPTY, libc::AT_EMPTY_PATH as u32, libc::MOUNT_ATTR_RDONLY, 0)
         .map_err(fail(Step::MakeRootReadOnly, 0))?;
     Ok(())
 }

@@ -15,6 +15,8 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use crate::mount::{self, EMPTY};
+use crate::namespaces::{self, Kind};
 use crate::sys;
 use std::path::{Path, PathBuf};
 
@@ -137,12 +139,12 @@ pub struct Namespaces {
 impl Namespaces {
     fn inner(&self) -> [(&'static str, Attempt); 6] {
         [
-            ("pid", self.pid),
-            ("mount", self.mount),
-            ("net", self.net),
-            ("ipc", self.ipc),
-            ("uts", self.uts),
-            ("cgroup", self.cgroup),
+            (Kind::Pid.name(), self.pid),
+            (Kind::Mount.name(), self.mount),
+            (Kind::Net.name(), self.net),
+            (Kind::Ipc.name(), self.ipc),
+            (Kind::Uts.name(), self.uts),
+            (Kind::Cgroup.name(), self.cgroup),
         ]
     }
 
@@ -441,14 +443,15 @@ pub fn probe_host() -> HostReport {
         Err(err) => ([Attempt::NotTried; step::COUNT], Some(error_chain(&err))),
     };
 
+    let ns = |kind: Kind| steps[step::namespace(kind)];
     let namespaces = Namespaces {
-        user: steps[step::USERNS],
-        mount: steps[step::MOUNTNS],
-        pid: steps[step::PIDNS],
-        net: steps[step::NETNS],
-        ipc: steps[step::IPCNS],
-        uts: steps[step::UTSNS],
-        cgroup: steps[step::CGROUPNS],
+        user: ns(Kind::User),
+        mount: ns(Kind::Mount),
+        pid: ns(Kind::Pid),
+        net: ns(Kind::Net),
+        ipc: ns(Kind::Ipc),
+        uts: ns(Kind::Uts),
+        cgroup: ns(Kind::Cgroup),
     };
     let own_maps_written = [step::SETGROUPS, step::UID_MAP, step::GID_MAP].iter().all(|&s| steps[s].worked());
     let id_mapping = if !namespaces.user.worked() || !own_maps_written {
@@ -525,16 +528,16 @@ pub fn probe_host() -> HostReport {
 
 /// Step numbers the probe child reports, one errno each.
 mod step {
-    pub const USERNS: usize = 0;
-    pub const SETGROUPS: usize = 1;
-    pub const UID_MAP: usize = 2;
-    pub const GID_MAP: usize = 3;
-    pub const MOUNTNS: usize = 4;
-    pub const PIDNS: usize = 5;
-    pub const NETNS: usize = 6;
-    pub const IPCNS: usize = 7;
-    pub const UTSNS: usize = 8;
-    pub const CGROUPNS: usize = 9;
+    use crate::namespaces::{self, Kind};
+
+    /// Creating each namespace: the first steps, one per row of [`namespaces::ALL`], in its order.
+    pub const fn namespace(kind: Kind) -> usize {
+        kind as usize
+    }
+    pub const SETGROUPS: usize = 7;
+    const _: () = assert!(SETGROUPS == namespaces::ALL.len(), "the namespaces' steps come first");
+    pub const UID_MAP: usize = 8;
+    pub const GID_MAP: usize = 9;
     pub const PRIVATE: usize = 10;
     pub const TMPFS: usize = 11;
     pub const DIRS: usize = 12;
@@ -588,7 +591,6 @@ const LOWER: &CStr = c"/tmp/lower";
 const LOWER_FILE: &CStr = c"/tmp/lower/file";
 const OVERLAY_PLAIN_OPTS: &CStr = c"lowerdir=/tmp/lower,upperdir=/tmp/upper1,workdir=/tmp/work1";
 const OVERLAY_USERXATTR_OPTS: &CStr = c"lowerdir=/tmp/lower,upperdir=/tmp/upper2,workdir=/tmp/work2,userxattr";
-const EMPTY: &CStr = c"";
 
 /// Fork the probe child, collect its step results, reap it.
 fn run_probe_child(plan: &ChildPlan) -> Result<Steps, ProbeError> {
@@ -676,7 +678,7 @@ impl Reporter {
 /// Never returns.
 fn probe_child(plan: &ChildPlan, out: RawFd) -> ! {
     let r = Reporter { fd: out };
-    if r.record(step::USERNS, raw::unshare(libc::CLONE_NEWUSER)) {
+    if r.record(step::namespace(Kind::User), raw::unshare(Kind::User.flag())) {
         probe_inside_userns(plan, &r);
     }
     // Independent of the namespaces: the last two steps before the command's execve.
@@ -694,13 +696,15 @@ fn probe_inside_userns(plan: &ChildPlan, r: &Reporter) {
     r.record(step::UID_MAP, raw::write_file(c"/proc/self/uid_map", &plan.uid_map));
     r.record(step::GID_MAP, raw::write_file(c"/proc/self/gid_map", &plan.gid_map));
 
-    let mount_ns = r.record(step::MOUNTNS, raw::unshare(libc::CLONE_NEWNS));
-    // Takes effect for children only: the proc mount below is done by the first one, pid 1 of the namespace.
-    let pid_ns = r.record(step::PIDNS, raw::unshare(libc::CLONE_NEWPID));
-    r.record(step::NETNS, raw::unshare(libc::CLONE_NEWNET));
-    r.record(step::IPCNS, raw::unshare(libc::CLONE_NEWIPC));
-    r.record(step::UTSNS, raw::unshare(libc::CLONE_NEWUTS));
-    r.record(step::CGROUPNS, raw::unshare(libc::CLONE_NEWCGROUP));
+    // The others, inside it, in the table's order.
+    let mut created = [false; namespaces::ALL.len()];
+    for ns in namespaces::ALL.iter().filter(|ns| ns.kind != Kind::User) {
+        created[ns.kind as usize] = r.record(step::namespace(ns.kind), raw::unshare(ns.flag));
+    }
+    let mount_ns = created[Kind::Mount as usize];
+    // The pid namespace takes effect for children only: the proc mount below is done by the first one, pid 1 of
+    // the namespace.
+    let pid_ns = created[Kind::Pid as usize];
     if !mount_ns {
         return;
     }
@@ -736,15 +740,8 @@ fn probe_inside_userns(plan: &ChildPlan, r: &Reporter) {
 
 /// A new filesystem of `fstype`, configured with `options`, attached at `target`.
 fn mount_new_fs(fstype: &CStr, options: &[(&CStr, &CStr)], attrs: u64, target: &CStr) -> Result<(), sys::Errno> {
-    let fs = sys::fsopen(fstype)?;
-    let mut mounted = Ok(());
-    for (key, value) in options {
-        mounted = mounted.and_then(|()| sys::fsconfig_string(fs, key, value));
-    }
-    let mnt = mounted.and_then(|()| sys::fsmount(fs, attrs));
-    sys::close(fs);
-    let mnt = mnt?;
-    let attached = sys::move_mount(mnt, EMPTY, libc::AT_FDCWD, target, libc::MOVE_MOUNT_F_EMPTY_PATH);
+    let mnt = mount::new_fs(fstype, options.iter().copied(), attrs)?;
+    let attached = mount::move_mount(mnt, EMPTY, libc::AT_FDCWD, target, libc::MOVE_MOUNT_F_EMPTY_PATH);
     sys::close(mnt);
     attached
 }
@@ -767,11 +764,12 @@ fn make_scratch_tree() -> Result<(), sys::Errno> {
 
 fn bind_read_only(source: &CStr, target: &CStr) -> Result<(), sys::Errno> {
     let dir = sys::openat2(libc::AT_FDCWD, source, libc::O_PATH | libc::O_DIRECTORY, libc::RESOLVE_NO_SYMLINKS)?;
-    let tree = sys::open_tree(dir, EMPTY, libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32);
+    let tree =
+        mount::open_tree(dir, EMPTY, libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32);
     sys::close(dir);
     let tree = tree?;
-    let attached = sys::mount_setattr(tree, EMPTY, libc::AT_EMPTY_PATH as u32, libc::MOUNT_ATTR_RDONLY, 0)
-        .and_then(|()| sys::move_mount(tree, EMPTY, libc::AT_FDCWD, target, libc::MOVE_MOUNT_F_EMPTY_PATH));
+    let attached = mount::mount_setattr(tree, EMPTY, libc::AT_EMPTY_PATH as u32, libc::MOUNT_ATTR_RDONLY, 0)
+        .and_then(|()| mount::move_mount(tree, EMPTY, libc::AT_FDCWD, target, libc::MOVE_MOUNT_F_EMPTY_PATH));
     sys::close(tree);
     attached
 }
@@ -1016,7 +1014,7 @@ fn check_userns(report: &HostReport, steps: &Steps, facts: &HostFacts) -> Check 
         Attempt::Worked => {
             // Ubuntu 23.10+ lets the namespace be created but confines it to a profile without capabilities:
             // it only shows when using it fails.
-            let denied_later = [steps[step::MOUNTNS], steps[step::PRIVATE], steps[step::TMPFS]]
+            let denied_later = [steps[step::namespace(Kind::Mount)], steps[step::PRIVATE], steps[step::TMPFS]]
                 .iter()
                 .any(|a| matches!(a, Attempt::Failed(e) if *e == libc::EPERM || *e == libc::EACCES));
             if apparmor_restricts && denied_later {

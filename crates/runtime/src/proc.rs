@@ -7,8 +7,8 @@
 use std::ffi::CStr;
 use std::os::fd::RawFd;
 
-use crate::failure::{ChildFailure, Step};
-use crate::mounts::{attach, fail, new_tmpfs, EMPTY, RESOLVE_INSIDE};
+use crate::failure::{fail, ChildFailure, Step};
+use crate::mount::{self, attach, mkdir_and_open, new_fs, new_tmpfs, EMPTY, RESOLVE_INSIDE};
 use crate::sys::{self, Errno};
 
 // What needs masking: the sandbox's root is never host root (a dedicated id range, or the invoker), and the
@@ -50,22 +50,9 @@ pub fn mount_proc(root: RawFd) -> Result<(), ChildFailure> {
 }
 
 fn mount_fresh_proc(root: RawFd) -> Result<RawFd, Errno> {
-    // SAFETY: valid NUL-terminated string.
-    match sys::check(unsafe { libc::mkdirat(root, c"proc".as_ptr(), 0o555) } as libc::c_long) {
-        Ok(_) | Err(libc::EEXIST) => {}
-        Err(e) => return Err(e),
-    }
-    let target = sys::openat2(root, c"proc", libc::O_PATH | libc::O_DIRECTORY, RESOLVE_INSIDE)?;
-    let fs = match sys::fsopen(c"proc") {
-        Ok(fs) => fs,
-        Err(e) => {
-            sys::close(target);
-            return Err(e);
-        }
-    };
-    let mnt = sys::fsmount(fs, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC);
-    sys::close(fs);
-    let mnt = match mnt {
+    let target = mkdir_and_open(root, c"proc", 0o555)?;
+    let attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
+    let mnt = match new_fs(c"proc", [], attrs) {
         Ok(m) => m,
         Err(e) => {
             sys::close(target);
@@ -91,7 +78,7 @@ fn mask_proc_entries(root: RawFd, proc_fd: RawFd) -> Result<(), ChildFailure> {
             continue;
         };
         let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
-        let result = sys::open_tree(root, c"dev/null", flags).and_then(|null| {
+        let result = mount::open_tree(root, c"dev/null", flags).and_then(|null| {
             let r = attach(null, target);
             sys::close(null);
             r
@@ -129,9 +116,9 @@ fn mask_proc_entries(root: RawFd, proc_fd: RawFd) -> Result<(), ChildFailure> {
 /// Binds `/proc/NAME` onto itself read-only (recursively: `/proc/sys/fs/binfmt_misc` and the like included).
 fn remount_read_only(proc_fd: RawFd, name: &CStr, target: RawFd) -> Result<(), Errno> {
     let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32;
-    let tree = sys::open_tree(proc_fd, name, flags)?;
+    let tree = mount::open_tree(proc_fd, name, flags)?;
     let attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
-    let result = sys::mount_setattr(tree, EMPTY, libc::AT_EMPTY_PATH as u32 | libc::AT_RECURSIVE as u32, attrs, 0)
+    let result = mount::mount_setattr(tree, EMPTY, libc::AT_EMPTY_PATH as u32 | libc::AT_RECURSIVE as u32, attrs, 0)
         .and_then(|()| attach(tree, target));
     sys::close(tree);
     result

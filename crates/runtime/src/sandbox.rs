@@ -11,6 +11,7 @@ use policy::sandbox::{Requirement, SandboxPolicy};
 use crate::cgroups::{self, CgroupEntryPoint, CgroupStats, SandboxCgroup};
 use crate::failure::{self, errno_text, ChildFailure, Step};
 use crate::init::{self, InitFds};
+use crate::namespaces;
 use crate::prepare::{prepare_sandbox, HostContext, PrepareError, Prepared};
 use crate::sys;
 use crate::userns;
@@ -228,11 +229,7 @@ fn run_sandbox_with(
     // 3. clone into the new namespaces, one process; it waits on the start pipe.
     // (The cgroup namespace is created by init once it is in its cgroup, so that the namespace's root is the
     // sandbox's own cgroup: see init.rs.)
-    let mut flags =
-        libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
-    if plan.new_network_namespace {
-        flags |= libc::CLONE_NEWNET;
-    }
+    let flags = namespaces::clone_flags(plan.new_network_namespace);
     let mut pidfd: RawFd = -1;
     // SAFETY: airlock is single-threaded (no thread is ever started before this point); the child only runs
     // sandbox_init_main, which does async-signal-safe work on the prepared plan.

@@ -27,7 +27,9 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
 
+use crate::mount;
 use crate::mounts::{self, OverlayFds};
+use crate::namespaces::{self, Kind};
 use crate::plan::MAX_FROZEN_LAYERS;
 use crate::sys::{self, Errno};
 use crate::userns::{translate_id, IdSide};
@@ -163,8 +165,8 @@ impl LiveSandbox {
                 .map(std::os::fd::IntoRawFd::into_raw_fd)
                 .map_err(|e| LiveError::OpenInit(init_pid, e.raw_os_error().unwrap_or(libc::EIO)))
         };
-        sandbox.mnt_ns = open_ns("mnt")?;
-        sandbox.pid_ns = open_ns("pid")?;
+        sandbox.mnt_ns = open_ns(Kind::Mount.proc_name())?;
+        sandbox.pid_ns = open_ns(Kind::Pid.proc_name())?;
         // After the opens: they are known to be init's, not a process's that reused its pid.
         if crate::host::process_start_time(init_pid) != Some(init_start_time) {
             return Err(LiveError::NotRunning(sandbox.name.clone()));
@@ -255,9 +257,9 @@ fn helper_main(sandbox: &LiveSandbox, workspace: &CStr, op: &Op, report: RawFd) 
     let mut new_overlay = -1;
     if let Op::Swap(stack) = op {
         // SAFETY: setns and unshare take only integers; this process is single-threaded.
-        let entered = sys::check(unsafe { libc::setns(pidfd, libc::CLONE_NEWUSER) } as libc::c_long)
+        let entered = sys::check(unsafe { libc::setns(pidfd, Kind::User.flag()) } as libc::c_long)
             // SAFETY: as above.
-            .and_then(|_| sys::check(unsafe { libc::unshare(libc::CLONE_NEWNS) } as libc::c_long));
+            .and_then(|_| sys::check(unsafe { libc::unshare(Kind::Mount.flag()) } as libc::c_long));
         if let Err(e) = entered {
             fail(LiveStep::EnterNamespaces, e);
         }
@@ -276,15 +278,16 @@ fn helper_main(sandbox: &LiveSandbox, workspace: &CStr, op: &Op, report: RawFd) 
         }
         new_overlay = trees[0];
         // SAFETY: setns takes only integers.
-        let entered = sys::check(unsafe { libc::setns(sandbox.mnt_ns, libc::CLONE_NEWNS) } as libc::c_long)
+        let entered = sys::check(unsafe { libc::setns(sandbox.mnt_ns, Kind::Mount.flag()) } as libc::c_long)
             // SAFETY: as above.
-            .and_then(|_| sys::check(unsafe { libc::setns(sandbox.pid_ns, libc::CLONE_NEWPID) } as libc::c_long));
+            .and_then(|_| sys::check(unsafe { libc::setns(sandbox.pid_ns, Kind::Pid.flag()) } as libc::c_long));
         if let Err(e) = entered {
             fail(LiveStep::EnterNamespaces, e);
         }
     } else {
+        const FLAGS: libc::c_int = namespaces::flags(&[Kind::User, Kind::Mount, Kind::Pid]);
         // SAFETY: setns takes only integers; this process is single-threaded.
-        let entered = unsafe { libc::setns(pidfd, libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID) };
+        let entered = unsafe { libc::setns(pidfd, FLAGS) };
         if let Err(e) = sys::check(entered as libc::c_long) {
             fail(LiveStep::EnterNamespaces, e);
         }
@@ -358,16 +361,16 @@ fn worker(uid: u32, gid: u32, workspace: &CStr, op: &Op, new_overlay: RawFd) -> 
 /// first goes back, so the workspace is never left without its mount.
 fn replace_mount(workspace: &CStr, new: RawFd) -> StepResult {
     let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
-    let old = sys::open_tree(libc::AT_FDCWD, workspace, flags).map_err(at(LiveStep::CloneOld))?;
+    let old = mount::open_tree(libc::AT_FDCWD, workspace, flags).map_err(at(LiveStep::CloneOld))?;
     // SAFETY: a NUL-terminated path; no other pointer.
     let detached = sys::check(unsafe { libc::umount2(workspace.as_ptr(), libc::MNT_DETACH) } as libc::c_long);
     if let Err(e) = detached {
         sys::close(old);
         return Err((LiveStep::DetachOld, e));
     }
-    let moved = sys::move_mount(new, mounts::EMPTY, libc::AT_FDCWD, workspace, libc::MOVE_MOUNT_F_EMPTY_PATH);
+    let moved = mount::move_mount(new, mount::EMPTY, libc::AT_FDCWD, workspace, libc::MOVE_MOUNT_F_EMPTY_PATH);
     if let Err(e) = moved {
-        let _ = sys::move_mount(old, mounts::EMPTY, libc::AT_FDCWD, workspace, libc::MOVE_MOUNT_F_EMPTY_PATH);
+        let _ = mount::move_mount(old, mount::EMPTY, libc::AT_FDCWD, workspace, libc::MOVE_MOUNT_F_EMPTY_PATH);
         sys::close(old);
         return Err((LiveStep::MoveNew, e));
     }
@@ -403,7 +406,7 @@ fn make_read_only(ws: RawFd, read_only: bool) -> StepResult {
     let (set, clear) = if read_only { (libc::MOUNT_ATTR_RDONLY, 0) } else { (0, libc::MOUNT_ATTR_RDONLY) };
     let mut attempts = 0;
     loop {
-        match sys::mount_setattr(ws, mounts::EMPTY, libc::AT_EMPTY_PATH as u32, set, clear) {
+        match mount::mount_setattr(ws, mount::EMPTY, libc::AT_EMPTY_PATH as u32, set, clear) {
             Ok(()) => return Ok(()),
             Err(libc::EBUSY) if attempts < READONLY_ATTEMPTS => {
                 attempts += 1;

@@ -36,6 +36,8 @@ use crate::userns::{translate_id, IdSide};
 
 /// How long processes have to stop after `SIGSTOP` (a process in a long uninterruptible system call).
 const STOP_WAIT_MS: u32 = 5000;
+/// How often a freeze that waits sends `SIGSTOP` again (see `wait_all_stopped`).
+const RESTOP_EVERY_MS: u32 = 50;
 /// How long `EBUSY` from making the mount read-only is retried (a system call in flight when it stopped).
 const READONLY_ATTEMPTS: u32 = 50;
 
@@ -427,6 +429,9 @@ fn signal_all(sig: i32) -> Result<(), Errno> {
 }
 
 /// Waits until every process of the namespace (from its `/proc`) but init and us is stopped or a zombie.
+/// `SIGSTOP` goes out again every [`RESTOP_EVERY_MS`]: a command `airlock exec` started after the first one
+/// (it joins the namespace from outside, so nothing stopped its creation) is stopped too instead of running on
+/// until the wait gives up.
 fn wait_all_stopped() -> StepResult {
     let mut waited = 0;
     loop {
@@ -438,6 +443,9 @@ fn wait_all_stopped() -> StepResult {
         }
         sleep_ms(1);
         waited += 1;
+        if waited % RESTOP_EVERY_MS == 0 {
+            signal_all(libc::SIGSTOP).map_err(at(LiveStep::Stop))?;
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use policy::sandbox::{Requirement, SandboxPolicy};
 
 use crate::cgroups::{self, SandboxCgroup};
 use crate::exec::{self, CommandFds};
-use crate::failure::{self, errno_text};
+use crate::failure::{self, os_error, os_error_text};
 use crate::namespaces::{self, Kind};
 use crate::prepare::{prepare_sandbox, HostContext, PrepareError};
 use crate::sandbox::{self, RunOutcome};
@@ -40,28 +40,35 @@ pub enum AttachError {
     NotRunning(String),
     #[error(transparent)]
     Prepare(#[from] PrepareError),
-    #[error("cannot open init (pid {0}) of the sandbox: {1}")]
-    OpenInit(libc::pid_t, String),
+    #[error("cannot open init (pid {}) of the sandbox: {}", .0, os_error_text(.1))]
+    OpenInit(libc::pid_t, std::io::Error),
     #[error("cannot find the cgroup of sandbox {0}, which has resource limits; refusing to run without them")]
     CgroupMissing(String),
     #[error("cannot join the sandbox's cgroup")]
     JoinCgroup(#[from] cgroups::CgroupError),
     #[error("cannot read the uid map of the sandbox's init (pid {0}): {1}")]
     ReadIdMap(libc::pid_t, std::io::Error),
-    #[error("cannot create the command's failure pipe: {0}")]
-    CreatePipe(String),
-    #[error("cannot enter the sandbox's namespaces: {0}")]
-    EnterNamespaces(String),
+    #[error("cannot create the command's failure pipe: {}", os_error_text(.0))]
+    CreatePipe(std::io::Error),
+    #[error("cannot enter the sandbox's namespaces: {}", os_error_text(.0))]
+    EnterNamespaces(std::io::Error),
+    #[error("cannot enter the sandbox's namespaces: chdir /: {}", os_error_text(.0))]
+    ChdirRoot(std::io::Error),
     #[error("cannot create the Landlock ruleset inside the sandbox: {0}")]
     Landlock(String),
-    #[error("cannot open a pseudo-terminal in the sandbox: {0}")]
-    Terminal(String),
-    #[error("cannot fork the command's process: {0}")]
-    Fork(String),
-    #[error("cannot open the host's /proc (for --timeout): {0}")]
-    OpenHostProc(String),
-    #[error("cannot wait for the command: {0}")]
-    Wait(String),
+    #[error("cannot open a pseudo-terminal in the sandbox: {}", os_error_text(.0))]
+    Terminal(std::io::Error),
+    #[error("cannot open a pseudo-terminal in the sandbox: {}: {}", .0, os_error_text(.1))]
+    TerminalStep(&'static str, std::io::Error),
+    #[error("cannot fork the command's process: {}", os_error_text(.0))]
+    Fork(std::io::Error),
+    #[error("cannot open the host's /proc (for --timeout): {}", os_error_text(.0))]
+    OpenHostProc(std::io::Error),
+    #[error("cannot wait for the command: {}", os_error_text(.0))]
+    Wait(std::io::Error),
+    /// Taking this process's privileges down to the sandbox's failed (`what`: the step).
+    #[error("cannot {what}: {}", os_error_text(.error))]
+    Restrict { what: &'static str, error: std::io::Error },
     /// A step of the command's process failed; the message names the step and the item.
     #[error("{0}")]
     SetupStep(String),
@@ -90,7 +97,7 @@ pub fn exec_in_sandbox(
     }
     // The listener's socket and the host's /proc, before setns hides the host's /proc.
     let channel = match &audit {
-        Some(_) => Some(sandbox::audit_channel().map_err(|e| AttachError::CreatePipe(errno_text(e)))?),
+        Some(_) => Some(sandbox::audit_channel().map_err(|e| AttachError::CreatePipe(os_error(e)))?),
         None => None,
     };
 
@@ -108,7 +115,7 @@ pub fn exec_in_sandbox(
                     sys::close(c.supervisor_end);
                     sys::close(c.proc_dir);
                 }
-                return Err(AttachError::OpenHostProc(errno_text(e)));
+                return Err(AttachError::OpenHostProc(os_error(e)));
             }
         },
         None => None,
@@ -168,7 +175,7 @@ pub fn exec_in_sandbox(
     sys::close(child_pidfd);
     let failure = failure::read_failure(failure_read);
     sys::close(failure_read);
-    let ended = ended.map_err(|e| AttachError::Wait(errno_text(e)))?;
+    let ended = ended.map_err(|e| AttachError::Wait(os_error(e)))?;
     sandbox::outcome(&prepared, ended, failure).map_err(|e| AttachError::SetupStep(e.to_string()))
 }
 
@@ -177,7 +184,7 @@ pub fn exec_in_sandbox(
 fn open_init(target: &RunningSandbox) -> Result<RawFd, AttachError> {
     let pidfd = pidfd_open(target.init_pid).map_err(|e| match e {
         libc::ESRCH => AttachError::NotRunning(target.name.clone()),
-        e => AttachError::OpenInit(target.init_pid, errno_text(e)),
+        e => AttachError::OpenInit(target.init_pid, os_error(e)),
     })?;
     if crate::host::process_start_time(target.init_pid) != Some(target.init_start_time) {
         sys::close(pidfd);
@@ -212,11 +219,11 @@ pub fn enter_sandbox_as_its_user(
     // SAFETY: setns takes only integers; this process is single-threaded (required for CLONE_NEWUSER).
     let entered = sys::check(unsafe { libc::setns(pidfd, FLAGS) } as libc::c_long);
     sys::close(pidfd);
-    entered.map_err(|e| AttachError::EnterNamespaces(errno_text(e)))?;
+    entered.map_err(|e| AttachError::EnterNamespaces(os_error(e)))?;
     // setns left our working directory on the host's tree: a relative path must not resolve there.
     // SAFETY: a NUL-terminated literal.
     sys::check(unsafe { libc::chdir(c"/".as_ptr()) } as libc::c_long)
-        .map_err(|e| AttachError::EnterNamespaces(format!("chdir /: {}", errno_text(e))))?;
+        .map_err(|e| AttachError::ChdirRoot(os_error(e)))?;
     // The Landlock ruleset after setns: its paths are the sandbox's.
     let ruleset = match &plan.landlock {
         Some(lp) => Some(
@@ -225,7 +232,7 @@ pub fn enter_sandbox_as_its_user(
         ),
         None => None,
     };
-    let step = |what: &str, e: Errno| AttachError::SetupStep(format!("cannot {what}: {}", errno_text(e)));
+    let step = |what: &'static str, e: Errno| AttachError::Restrict { what, error: os_error(e) };
     // The order of `exec_command`: bounding set and securebits while we still hold CAP_SETPCAP, then the ids,
     // then the remaining capabilities.
     crate::caps::drop_bounding_set(plan.cap_last).map_err(|e| step("drop the bounding set", e))?;
@@ -285,7 +292,7 @@ fn enter_sandbox(
         let (uid, gid) = host_ids_of(target.init_pid, plan.ids.uid, plan.ids.gid)?;
         userns::hand_stdio_pipes_to(uid, gid);
     }
-    let (failure_read, failure_write) = sys::pipe_cloexec().map_err(|e| AttachError::CreatePipe(errno_text(e)))?;
+    let (failure_read, failure_write) = sys::pipe_cloexec().map_err(|e| AttachError::CreatePipe(os_error(e)))?;
     // Nothing in the sandbox may ptrace this process or its child before the child's execve (they hold
     // capabilities in the sandbox's user namespace until `exec_command` drops them).
     let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
@@ -300,7 +307,7 @@ fn enter_sandbox(
     if let Err(e) = sys::check(unsafe { libc::setns(pidfd, flags) } as libc::c_long) {
         sys::close(failure_read);
         sys::close(failure_write);
-        return Err(AttachError::EnterNamespaces(errno_text(e)));
+        return Err(AttachError::EnterNamespaces(os_error(e)));
     }
     let ruleset = match &plan.landlock {
         Some(lp) => match landlock::create_ruleset(lp) {
@@ -353,7 +360,7 @@ fn enter_sandbox(
                 sys::close(fd);
             }
             close_terminal();
-            return Err(AttachError::Fork(errno_text(e)));
+            return Err(AttachError::Fork(os_error(e)));
         }
     };
     sys::close(failure_write);
@@ -375,14 +382,14 @@ fn open_terminal(winsize: &libc::winsize) -> Result<(RawFd, RawFd), AttachError>
     let mut pair = [-1; 2];
     // SAFETY: socketpair fills a live two-int array.
     let ret = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) };
-    sys::check(ret as libc::c_long).map_err(|e| AttachError::Terminal(errno_text(e)))?;
+    sys::check(ret as libc::c_long).map_err(|e| AttachError::Terminal(os_error(e)))?;
     let opened = crate::tty::open_sandbox_terminal(winsize, pair[0]);
     sys::close(pair[0]);
     match opened {
         Ok(slave) => Ok((slave, pair[1])),
         Err(f) => {
             sys::close(pair[1]);
-            Err(AttachError::Terminal(format!("{}: {}", f.step.description(), errno_text(f.errno))))
+            Err(AttachError::TerminalStep(f.step.description(), os_error(f.errno)))
         }
     }
 }

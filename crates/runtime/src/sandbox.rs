@@ -9,7 +9,7 @@ use std::time::Duration;
 use policy::sandbox::{Requirement, SandboxPolicy};
 
 use crate::cgroups::{self, CgroupEntryPoint, CgroupStats, SandboxCgroup};
-use crate::failure::{self, errno_text, ChildFailure, Step};
+use crate::failure::{self, errno_text, os_error, os_error_text, ChildFailure, Step};
 use crate::init::{self, InitFds};
 use crate::namespaces;
 use crate::prepare::{prepare_sandbox, HostContext, PrepareError, Prepared};
@@ -27,10 +27,10 @@ pub enum SandboxError {
     Prepare(#[from] PrepareError),
     #[error("network gateway")]
     Gateway(#[from] crate::gateway::GatewayError),
-    #[error("cannot create the sandbox's pipes: {0}")]
-    CreatePipes(String),
-    #[error("cannot create namespaces (user, pid, mount, network, ipc, uts, cgroup): {0}{1}")]
-    CloneNamespaces(String, &'static str),
+    #[error("cannot create the sandbox's pipes: {}", os_error_text(.0))]
+    CreatePipes(std::io::Error),
+    #[error("cannot create namespaces (user, pid, mount, network, ipc, uts, cgroup): {}{}", os_error_text(.0), .1)]
+    CloneNamespaces(std::io::Error, &'static str),
     #[error("cannot map user ids for the sandbox")]
     MapIds(#[from] userns::UsernsError),
     #[error("cannot set resource limits")]
@@ -43,8 +43,8 @@ pub enum SandboxError {
     CgroupPath(String),
     #[error("cannot open the sandbox's cgroup {0}")]
     OpenCgroup(String, #[source] std::io::Error),
-    #[error("cannot wait for the sandbox: {0}")]
-    Wait(String),
+    #[error("cannot wait for the sandbox: {}", os_error_text(.0))]
+    Wait(std::io::Error),
     /// A setup step inside the sandbox failed; the message names the step and the item.
     #[error("{0}")]
     SetupStep(String),
@@ -199,7 +199,7 @@ fn run_sandbox_with(
             }
         }
     }
-    let pipes = SupervisorPipes::create(plan.tty.is_some()).map_err(|e| SandboxError::CreatePipes(errno_text(e)))?;
+    let pipes = SupervisorPipes::create(plan.tty.is_some()).map_err(|e| SandboxError::CreatePipes(os_error(e)))?;
     // Audited: the socket the command's seccomp listener will come back on, and the host's /proc to read the
     // notifying processes from (both opened before clone; the child's ends are close-on-exec and closed by the
     // command before its execve).
@@ -208,7 +208,7 @@ fn run_sandbox_with(
             Ok(channel) => Some(channel),
             Err(e) => {
                 pipes.close_all();
-                return Err(SandboxError::CreatePipes(errno_text(e)));
+                return Err(SandboxError::CreatePipes(os_error(e)));
             }
         },
         None => None,
@@ -264,7 +264,7 @@ fn run_sandbox_with(
             if let Some(c) = audit_channel {
                 c.close();
             }
-            return Err(SandboxError::CloneNamespaces(errno_text(errno), clone_hint(errno)));
+            return Err(SandboxError::CloneNamespaces(os_error(errno), clone_hint(errno)));
         }
     };
     sys::close(pipes.start_read);
@@ -368,7 +368,7 @@ fn run_sandbox_with(
             warn(&format!("cannot remove the sandbox's cgroup: {e}"));
         }
     }
-    let ended = supervised.map_err(|e| SandboxError::Wait(errno_text(e)))?;
+    let ended = supervised.map_err(|e| SandboxError::Wait(os_error(e)))?;
     let mut outcome = outcome(&prepared, ended, failure)?;
     if let (RunOutcome::Exited(EXIT_OUT_OF_MEMORY), Some(st)) = (&outcome, &stats) {
         if st.oom_killed() {
@@ -383,7 +383,7 @@ fn run_sandbox_with(
 /// signal was being re-armed.
 fn release_child(pid: libc::pid_t, plan: &crate::plan::SandboxPlan, start_write: RawFd) -> Result<(), SandboxError> {
     userns::write_id_maps(pid, &plan.ids.uid_map, &plan.ids.gid_map)?;
-    sys::write_all(start_write, b"1").map_err(|e| SandboxError::CreatePipes(errno_text(e)))
+    sys::write_all(start_write, b"1").map_err(|e| SandboxError::CreatePipes(os_error(e)))
 }
 
 /// One cgroup per sandbox when the policy sets a memory, process or CPU limit. Fails closed: a limit that

@@ -27,6 +27,7 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
 
+use crate::failure::os_error;
 use crate::mount;
 use crate::mounts::{self, OverlayFds};
 use crate::namespaces::{self, Kind};
@@ -94,12 +95,12 @@ impl LiveStep {
 pub enum LiveError {
     #[error("sandbox {0} is not running")]
     NotRunning(String),
-    #[error("cannot open init (pid {0}) of the sandbox: errno {1}")]
-    OpenInit(libc::pid_t, Errno),
+    #[error("cannot open init (pid {}) of the sandbox: errno {}", .0, .1.raw_os_error().unwrap_or(0))]
+    OpenInit(libc::pid_t, std::io::Error),
     #[error("cannot read the ids of the sandbox's init (pid {0}): {1}")]
     ReadIds(libc::pid_t, String),
-    #[error("cannot start the helper: errno {0}")]
-    Helper(Errno),
+    #[error("cannot start the helper: errno {}", .0.raw_os_error().unwrap_or(0))]
+    Helper(std::io::Error),
     /// A process in the sandbox holds a file of the workspace open for writing.
     #[error(
         "a process in the sandbox has a file in the workspace open for writing, which would change the layer after \
@@ -108,8 +109,8 @@ pub enum LiveError {
     WriterOpen,
     #[error("the sandbox's processes did not all stop within {}s; nothing was changed", STOP_WAIT_MS / 1000)]
     StopTimeout,
-    #[error("cannot {}: {}", .0.description(), crate::failure::errno_text(*.1))]
-    Step(LiveStep, Errno),
+    #[error("cannot {}: {}", .0.description(), crate::failure::os_error_text(.1))]
+    Step(LiveStep, std::io::Error),
     #[error("the sandbox has {0} checkpoints; at most {MAX_FROZEN_LAYERS} can be stacked")]
     TooManyLayers(usize),
 }
@@ -158,14 +159,14 @@ impl LiveSandbox {
         let pidfd =
             sys::check_fd(unsafe { libc::syscall(libc::SYS_pidfd_open, init_pid, 0u32) }).map_err(|e| match e {
                 libc::ESRCH => LiveError::NotRunning(name.to_string()),
-                e => LiveError::OpenInit(init_pid, e),
+                e => LiveError::OpenInit(init_pid, os_error(e)),
             })?;
         // Owned from here: dropped (the pidfd closed) on every error below.
         let mut sandbox = LiveSandbox { name: name.to_string(), pidfd, mnt_ns: -1, pid_ns: -1, uid: 0, gid: 0 };
         let open_ns = |ns: &str| {
             std::fs::File::open(format!("/proc/{init_pid}/ns/{ns}"))
                 .map(std::os::fd::IntoRawFd::into_raw_fd)
-                .map_err(|e| LiveError::OpenInit(init_pid, e.raw_os_error().unwrap_or(libc::EIO)))
+                .map_err(|e| LiveError::OpenInit(init_pid, e))
         };
         sandbox.mnt_ns = open_ns(Kind::Mount.proc_name())?;
         sandbox.pid_ns = open_ns(Kind::Pid.proc_name())?;
@@ -199,7 +200,7 @@ impl LiveSandbox {
     /// Forks a helper that enters the sandbox and forks the worker (which is then in the sandbox's pid
     /// namespace, with `/proc/self` its own); the worker reports a failed step on a pipe.
     fn run(&self, workspace: &CStr, op: &Op) -> Result<(), LiveError> {
-        let (read_end, write_end) = sys::pipe_cloexec().map_err(LiveError::Helper)?;
+        let (read_end, write_end) = sys::pipe_cloexec().map_err(|e| LiveError::Helper(os_error(e)))?;
         // SAFETY: airlock is single-threaded; the child does only async-signal-safe work (system calls on data
         // prepared before the fork, fixed-size buffers) and leaves with _exit.
         let forked = unsafe { sys::clone_process(0, None) };
@@ -212,7 +213,7 @@ impl LiveSandbox {
             Err(e) => {
                 sys::close(read_end);
                 sys::close(write_end);
-                return Err(LiveError::Helper(e));
+                return Err(LiveError::Helper(os_error(e)));
             }
         };
         sys::close(write_end);
@@ -230,11 +231,11 @@ impl LiveSandbox {
                 Err(match (step, errno) {
                     (LiveStep::MakeReadOnly, libc::EBUSY) => LiveError::WriterOpen,
                     (LiveStep::WaitStopped, libc::ETIMEDOUT) => LiveError::StopTimeout,
-                    _ => LiveError::Step(step, errno),
+                    _ => LiveError::Step(step, os_error(errno)),
                 })
             }
             _ if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 => Ok(()),
-            _ => Err(LiveError::Step(LiveStep::Fork, libc::ECHILD)),
+            _ => Err(LiveError::Step(LiveStep::Fork, os_error(libc::ECHILD))),
         }
     }
 }

@@ -1,0 +1,488 @@
+//! E2B's control plane (`spec/openapi.yml` in e2b-dev/infra, as SDK 2.63.0 calls it): create, get, list, kill,
+//! set the timeout of, and connect to sandboxes. Each maps onto the daemon's own operations (its engine, owner
+//! records and lifetimes); what E2B says about a sandbox beyond that (its template, its metadata) is kept in
+//! `$STATE/e2b/sandboxes/ID.json`.
+//!
+//! A sandbox that is not running (it was killed, or its lifetime ran out) is gone as far as E2B is concerned:
+//! `404`, as E2B answers, so the SDK raises its NotFound. Errors are E2B's `{"code": int, "message"}`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use daemon::spec::{Cpus, SandboxSpec, Size};
+use daemon::store::{cli_record, live_init, now, OwnedSandbox};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::{E2bState, ENVD_VERSION};
+
+/// E2B's default sandbox lifetime, when a create names none (seconds).
+const DEFAULT_TIMEOUT_SECS: u64 = 300;
+/// The longest lifetime taken (E2B's own limit for its paid tier is 24 hours).
+const MAX_TIMEOUT_SECS: u64 = 24 * 3600;
+/// The page size of a list without `limit`, and the largest taken.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// An E2B error answer.
+pub fn api_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "code": status.as_u16(), "message": message.into() }))).into_response()
+}
+
+fn not_found(id: &str) -> Response {
+    api_error(StatusCode::NOT_FOUND, format!("sandbox {id} not found"))
+}
+
+fn from_daemon(e: daemon::error::ApiError) -> Response {
+    use daemon::error::Code;
+    let status = match e.code {
+        Code::BadRequest => StatusCode::BAD_REQUEST,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::Conflict => StatusCode::CONFLICT,
+        Code::Unauthorized => StatusCode::UNAUTHORIZED,
+        Code::Limit => StatusCode::TOO_MANY_REQUESTS,
+        Code::SetupFailed | Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    api_error(status, e.message)
+}
+
+fn check_key(e2b: &crate::E2b, headers: &HeaderMap) -> Result<(), Response> {
+    if e2b.api_key_ok(headers) {
+        Ok(())
+    } else {
+        Err(api_error(StatusCode::UNAUTHORIZED, "missing or wrong X-API-KEY (the SDK's E2B_API_KEY)"))
+    }
+}
+
+/// What E2B says about a sandbox that airlock does not keep.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct SideRecord {
+    #[serde(rename = "templateID")]
+    template_id: String,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+fn side_path(e2b: &crate::E2b, id: &str) -> std::path::PathBuf {
+    e2b.dir.join("sandboxes").join(format!("{id}.json"))
+}
+
+fn read_side(e2b: &crate::E2b, id: &str) -> SideRecord {
+    std::fs::read(side_path(e2b, id))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| SideRecord { template_id: "base".into(), metadata: BTreeMap::new() })
+}
+
+/// Written whole to a temporary name and renamed, as the daemon's own records are.
+fn write_side(e2b: &crate::E2b, id: &str, record: &SideRecord) -> std::io::Result<()> {
+    let path = side_path(e2b, id);
+    let tmp = path.with_extension("tmp");
+    let text = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+    file.write_all(&text)?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// `POST /sandboxes` and `/v2/sandboxes`: the fields the SDK sends (`autoPause`, `network`, `mcp`, … are taken
+/// and ignored: airlock has no pause, and its network is the profile's).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateBody {
+    #[serde(rename = "templateID", default)]
+    template_id: Option<String>,
+    #[serde(default)]
+    timeout: Option<u64>,
+    #[serde(default)]
+    metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    env_vars: Option<BTreeMap<String, String>>,
+    #[serde(rename = "allow_internet_access", default)]
+    allow_internet_access: Option<bool>,
+}
+
+fn lifetime(seconds: Option<u64>) -> Result<u64, Response> {
+    let s = seconds.unwrap_or(DEFAULT_TIMEOUT_SECS);
+    if s == 0 || s > MAX_TIMEOUT_SECS {
+        return Err(api_error(StatusCode::BAD_REQUEST, format!("timeout: 1 to {MAX_TIMEOUT_SECS} seconds")));
+    }
+    Ok(s)
+}
+
+pub async fn create(State(e2b): State<E2bState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = check_key(&e2b, &headers) {
+        return r;
+    }
+    let req: CreateBody = match serde_json::from_slice(if body.is_empty() { b"{}" } else { &body }) {
+        Ok(req) => req,
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
+    };
+    let seconds = match lifetime(req.timeout) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let template = req.template_id.clone().unwrap_or_else(|| "base".into());
+    let spec = SandboxSpec {
+        // `base`, E2B's default template, is airlock's default profile; any other names a profile.
+        profile: (template != "base").then(|| template.clone()),
+        env: req.env_vars.clone().unwrap_or_default(),
+        net: (req.allow_internet_access == Some(false)).then(|| "none".to_string()),
+        timeout: Some(format!("{seconds}s")),
+        ..SandboxSpec::default()
+    };
+    if let Err(e) = spec.validate() {
+        return from_daemon(e);
+    }
+    let record = match daemon::api::create_sandbox(&e2b.app, spec, None).await {
+        Ok(record) => record,
+        Err(e) => return from_daemon(e),
+    };
+    let side = SideRecord { template_id: template, metadata: req.metadata.unwrap_or_default() };
+    if let Err(e) = write_side(&e2b, &record.name, &side) {
+        // The sandbox is made; without its side record it reads as template `base` with no metadata.
+        eprintln!("airlock: cannot keep the E2B record of {}: {e}", record.name);
+    }
+    (StatusCode::CREATED, Json(created_object(&e2b, &record.name, &side))).into_response()
+}
+
+/// The `Sandbox` object of a create or connect.
+fn created_object(e2b: &crate::E2b, id: &str, side: &SideRecord) -> Value {
+    json!({
+        "templateID": side.template_id,
+        "sandboxID": id,
+        "clientID": "airlock",
+        "envdVersion": ENVD_VERSION,
+        "envdAccessToken": e2b.envd_token(id),
+    })
+}
+
+fn rfc3339(unix: f64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs_f64(unix.max(0.0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The `SandboxDetail` / `ListedSandbox` object.
+fn detail_object(e2b: &crate::E2b, record: &OwnedSandbox, with_token: bool) -> Value {
+    let side = read_side(e2b, &record.name);
+    let started = cli_record(&e2b.app.engine.state_dir, &record.name).map_or(record.requested, |c| c.created);
+    // No lifetime: the end E2B shows is far off (a day from now), never "now".
+    let end = record.expires_at.unwrap_or(now() + 86400.0);
+    let cpus = match &record.spec.cpus {
+        Some(Cpus::Number(n)) => n.ceil() as u64,
+        Some(Cpus::Text(t)) => t.parse::<f64>().map_or(1, |n| n.ceil() as u64),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+    };
+    let memory_mb = match &record.spec.memory {
+        Some(Size::Bytes(b)) => b >> 20,
+        Some(Size::Text(t)) => policy::units::parse_nonzero_size(t).map_or(0, |b| b >> 20),
+        None => 0,
+    };
+    let disk_mb = match &record.spec.disk {
+        Some(Size::Bytes(b)) => b >> 20,
+        Some(Size::Text(t)) => policy::units::parse_nonzero_size(t).map_or(0, |b| b >> 20),
+        None => 0,
+    };
+    let mut object = json!({
+        "templateID": side.template_id,
+        "sandboxID": record.name,
+        "clientID": "airlock",
+        "startedAt": rfc3339(started),
+        "endAt": rfc3339(end),
+        "envdVersion": ENVD_VERSION,
+        "cpuCount": cpus,
+        "memoryMB": memory_mb,
+        "diskSizeMB": disk_mb,
+        "state": "running",
+        "metadata": side.metadata,
+    });
+    if with_token {
+        object["envdAccessToken"] = Value::String(e2b.envd_token(&record.name));
+    }
+    object
+}
+
+/// The running sandbox `id` this daemon owns, if any.
+fn running(e2b: &crate::E2b, id: &str) -> Option<OwnedSandbox> {
+    let entry = daemon::api::owned(&e2b.app, id).ok()?;
+    cli_record(&e2b.app.engine.state_dir, id).as_ref().and_then(live_init)?;
+    Some(entry.record)
+}
+
+pub async fn get_one(State(e2b): State<E2bState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(r) = check_key(&e2b, &headers) {
+        return r;
+    }
+    match running(&e2b, &id) {
+        Some(record) => Json(detail_object(&e2b, &record, true)).into_response(),
+        None => not_found(&id),
+    }
+}
+
+pub async fn kill(State(e2b): State<E2bState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(r) = check_key(&e2b, &headers) {
+        return r;
+    }
+    // An exited sandbox is not found for E2B, but a kill still removes what is left of it.
+    if daemon::api::owned(&e2b.app, &id).is_err() {
+        return not_found(&id);
+    }
+    if let Err(e) = daemon::api::remove_sandbox(&e2b.app, &id, false).await {
+        return from_daemon(e);
+    }
+    let _ = std::fs::remove_file(side_path(&e2b, &id));
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct TimeoutBody {
+    timeout: Option<u64>,
+}
+
+/// A new lifetime for `id`, counted from now (E2B's meaning of `set_timeout`), kept in the owner record.
+fn extend(e2b: &crate::E2b, id: &str, seconds: u64) -> Result<OwnedSandbox, Response> {
+    let record = e2b
+        .app
+        .registry
+        .update(id, |r| {
+            r.expires_at = Some(now() + seconds as f64);
+            r.spec.timeout = Some(format!("{seconds}s"));
+        })
+        .ok_or_else(|| not_found(id))?;
+    e2b.app.store.put_sandbox(&record).map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(record)
+}
+
+fn timeout_body(body: &Bytes) -> Result<Option<u64>, Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice::<TimeoutBody>(body)
+        .map(|b| b.timeout)
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+pub async fn set_timeout(
+    State(e2b): State<E2bState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = check_key(&e2b, &headers) {
+        return r;
+    }
+    let seconds = match timeout_body(&body).and_then(|t| {
+        t.ok_or_else(|| api_error(StatusCode::BAD_REQUEST, "timeout: missing")).and_then(|s| lifetime(Some(s)))
+    }) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if running(&e2b, &id).is_none() {
+        return not_found(&id);
+    }
+    match extend(&e2b, &id, seconds) {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `POST /sandboxes/{id}/connect`: a running sandbox answers `200` with its `Sandbox` object, its lifetime
+/// made at least `timeout` from now. There is no paused state to resume from: anything else is not found.
+pub async fn connect(State(e2b): State<E2bState>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+    if let Err(r) = check_key(&e2b, &headers) {
+        return r;
+    }
+    let asked = match timeout_body(&body) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Some(record) = running(&e2b, &id) else {
+        return not_found(&id);
+    };
+    if let Some(seconds) = asked {
+        let seconds = match lifetime(Some(seconds)) {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        // Only ever longer: a connect must not cut short a lifetime set before.
+        if record.expires_at.is_some_and(|at| at < now() + seconds as f64) {
+            if let Err(r) = extend(&e2b, &id, seconds) {
+                return r;
+            }
+        }
+    }
+    Json(created_object(&e2b, &id, &read_side(&e2b, &id))).into_response()
+}
+
+/// `%XX` and `+` decoded (a query string's value).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The query's pairs, decoded, repeated keys kept.
+fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+/// What a list asks for.
+#[derive(Debug, Default)]
+struct ListQuery {
+    /// `key=value` pairs every listed sandbox's metadata must hold.
+    metadata: Map<String, Value>,
+    /// Only `running` ones exist here; asking only for `paused` lists nothing.
+    states: Vec<String>,
+    limit: Option<usize>,
+    next_token: Option<String>,
+    newest_first: bool,
+}
+
+fn parse_list_query(query: Option<&str>) -> Result<ListQuery, Response> {
+    let mut q = ListQuery::default();
+    for (key, value) in query_pairs(query) {
+        match key.as_str() {
+            // `metadata` is itself url-encoded `k=v&k2=v2`.
+            "metadata" => {
+                for (k, v) in query_pairs(Some(&value)) {
+                    q.metadata.insert(k, Value::String(v));
+                }
+            }
+            "state" => q.states.extend(value.split(',').map(str::to_string)),
+            "limit" => {
+                let n: usize = value
+                    .parse()
+                    .map_err(|_| api_error(StatusCode::BAD_REQUEST, format!("limit {value:?}: a number")))?;
+                q.limit = Some(n.clamp(1, MAX_PAGE));
+            }
+            "nextToken" => q.next_token = Some(value).filter(|v| !v.is_empty()),
+            "order" => q.newest_first = value.eq_ignore_ascii_case("desc"),
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+/// The running sandboxes a list shows, in order, before paging.
+fn listed(e2b: &crate::E2b, q: &ListQuery) -> Vec<Value> {
+    if !q.states.is_empty() && !q.states.iter().any(|s| s == "running") {
+        return Vec::new();
+    }
+    let mut items: Vec<(f64, Value)> = e2b
+        .app
+        .registry
+        .all()
+        .into_iter()
+        .filter(|e| e.record.pool.is_none() && !e.creating)
+        .filter(|e| cli_record(&e2b.app.engine.state_dir, &e.record.name).as_ref().and_then(live_init).is_some())
+        .map(|e| (e.record.requested, detail_object(e2b, &e.record, false)))
+        .filter(|(_, v)| q.metadata.iter().all(|(k, want)| v["metadata"].get(k) == Some(want)))
+        .collect();
+    // Oldest first unless asked otherwise; the id breaks ties, so a page boundary is stable.
+    items.sort_by(|a, b| {
+        a.0.partial_cmp(&b.0)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| a.1["sandboxID"].as_str().cmp(&b.1["sandboxID"].as_str()))
+    });
+    if q.newest_first {
+        items.reverse();
+    }
+    items.into_iter().map(|(_, v)| v).collect()
+}
+
+fn list_answer(e2b: &crate::E2b, query: Option<&str>, paged: bool) -> Response {
+    let q = match parse_list_query(query) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    let mut items = listed(e2b, &q);
+    let total = items.len();
+    if !paged {
+        return Json(items).into_response();
+    }
+    // The next token is the last listed id: the next page starts after it (a sandbox removed in between does
+    // not shift the pages).
+    if let Some(after) = &q.next_token {
+        let at = items.iter().position(|v| v["sandboxID"].as_str() == Some(after.as_str()));
+        items = match at {
+            Some(i) => items.split_off(i + 1),
+            None => Vec::new(),
+        };
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let mut response = Json(&items).into_response();
+    if more {
+        if let Some(v) = items.last().and_then(|v| v["sandboxID"].as_str()).and_then(|s| HeaderValue::from_str(s).ok())
+        {
+            response.headers_mut().insert("x-next-token", v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&total.to_string()) {
+        response.headers_mut().insert("x-total-running", v);
+    }
+    response
+}
+
+pub async fn list_v1(State(e2b): State<E2bState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    if let Err(r) = check_key(&e2b, &headers) {
+        return r;
+    }
+    list_answer(&e2b, query.as_deref(), false)
+}
+
+pub async fn list_v2(State(e2b): State<E2bState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    if let Err(r) = check_key(&e2b, &headers) {
+        return r;
+    }
+    list_answer(&e2b, query.as_deref(), true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_decode() {
+        assert_eq!(percent_decode("a%3Db%26c+d"), "a=b&c d");
+        assert_eq!(percent_decode("100%"), "100%");
+        let q = parse_list_query(Some("metadata=user%3Dalice%26app%3Dx&state=running&state=paused&limit=2")).unwrap();
+        assert_eq!(q.metadata.get("user"), Some(&json!("alice")));
+        assert_eq!(q.metadata.get("app"), Some(&json!("x")));
+        assert_eq!(q.states, ["running", "paused"]);
+        assert_eq!(q.limit, Some(2));
+    }
+}

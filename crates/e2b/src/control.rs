@@ -31,33 +31,54 @@ const MAX_TIMEOUT_SECS: u64 = 24 * 3600;
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
-/// An E2B error answer.
-pub fn api_error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "code": status.as_u16(), "message": message.into() }))).into_response()
+/// An E2B error answer: the status and `{"code": status, "message"}`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct ControlError {
+    pub status: StatusCode,
+    pub message: String,
 }
 
-fn not_found(id: &str) -> Response {
-    api_error(StatusCode::NOT_FOUND, format!("sandbox {id} not found"))
+impl ControlError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ControlError {
+        ControlError { status, message: message.into() }
+    }
+    fn bad_request(message: impl Into<String>) -> ControlError {
+        ControlError::new(StatusCode::BAD_REQUEST, message)
+    }
+    fn not_found(id: &str) -> ControlError {
+        ControlError::new(StatusCode::NOT_FOUND, format!("sandbox {id} not found"))
+    }
 }
 
-fn from_daemon(e: daemon::error::ApiError) -> Response {
-    use daemon::error::Code;
-    let status = match e.code {
-        Code::BadRequest => StatusCode::BAD_REQUEST,
-        Code::NotFound => StatusCode::NOT_FOUND,
-        Code::Conflict => StatusCode::CONFLICT,
-        Code::Unauthorized => StatusCode::UNAUTHORIZED,
-        Code::Limit => StatusCode::TOO_MANY_REQUESTS,
-        Code::SetupFailed | Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    api_error(status, e.message)
+impl IntoResponse for ControlError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "code": self.status.as_u16(), "message": self.message }))).into_response()
+    }
 }
 
-fn check_key(e2b: &crate::E2b, headers: &HeaderMap) -> Result<(), Response> {
+impl From<daemon::error::ApiError> for ControlError {
+    fn from(e: daemon::error::ApiError) -> ControlError {
+        use daemon::error::Code;
+        let status = match e.code {
+            Code::BadRequest => StatusCode::BAD_REQUEST,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::Conflict => StatusCode::CONFLICT,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::Limit => StatusCode::TOO_MANY_REQUESTS,
+            Code::SetupFailed | Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ControlError::new(status, e.message)
+    }
+}
+
+type ControlResult<T> = Result<T, ControlError>;
+
+fn check_key(e2b: &crate::E2b, headers: &HeaderMap) -> ControlResult<()> {
     if e2b.api_key_ok(headers) {
         Ok(())
     } else {
-        Err(api_error(StatusCode::UNAUTHORIZED, "missing or wrong X-API-KEY (the SDK's E2B_API_KEY)"))
+        Err(ControlError::new(StatusCode::UNAUTHORIZED, "missing or wrong X-API-KEY (the SDK's E2B_API_KEY)"))
     }
 }
 
@@ -108,26 +129,19 @@ struct CreateBody {
     allow_internet_access: Option<bool>,
 }
 
-fn lifetime(seconds: Option<u64>) -> Result<u64, Response> {
+fn lifetime(seconds: Option<u64>) -> ControlResult<u64> {
     let s = seconds.unwrap_or(DEFAULT_TIMEOUT_SECS);
     if s == 0 || s > MAX_TIMEOUT_SECS {
-        return Err(api_error(StatusCode::BAD_REQUEST, format!("timeout: 1 to {MAX_TIMEOUT_SECS} seconds")));
+        return Err(ControlError::bad_request(format!("timeout: 1 to {MAX_TIMEOUT_SECS} seconds")));
     }
     Ok(s)
 }
 
-pub async fn create(State(e2b): State<E2bState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = check_key(&e2b, &headers) {
-        return r;
-    }
-    let req: CreateBody = match serde_json::from_slice(if body.is_empty() { b"{}" } else { &body }) {
-        Ok(req) => req,
-        Err(e) => return api_error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
-    };
-    let seconds = match lifetime(req.timeout) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+pub async fn create(State(e2b): State<E2bState>, headers: HeaderMap, body: Bytes) -> ControlResult<Response> {
+    check_key(&e2b, &headers)?;
+    let req: CreateBody = serde_json::from_slice(if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &body })
+        .map_err(|e| ControlError::bad_request(format!("invalid JSON body: {e}")))?;
+    let seconds = lifetime(req.timeout)?;
     let template = req.template_id.clone().unwrap_or_else(|| "base".into());
     let spec = SandboxSpec {
         // `base`, E2B's default template, is airlock's default profile; any other names a profile.
@@ -137,19 +151,14 @@ pub async fn create(State(e2b): State<E2bState>, headers: HeaderMap, body: Bytes
         timeout: Some(format!("{seconds}s")),
         ..SandboxSpec::default()
     };
-    if let Err(e) = spec.validate() {
-        return from_daemon(e);
-    }
-    let record = match daemon::api::create_sandbox(&e2b.app, spec, None).await {
-        Ok(record) => record,
-        Err(e) => return from_daemon(e),
-    };
+    spec.validate()?;
+    let record = daemon::api::create_sandbox(&e2b.app, spec, None).await?;
     let side = SideRecord { template_id: template, metadata: req.metadata.unwrap_or_default() };
     if let Err(e) = write_side(&e2b, &record.name, &side) {
         // The sandbox is made; without its side record it reads as template `base` with no metadata.
         eprintln!("airlock: cannot keep the E2B record of {}: {e}", record.name);
     }
-    (StatusCode::CREATED, Json(created_object(&e2b, &record.name, &side))).into_response()
+    Ok((StatusCode::CREATED, Json(created_object(&e2b, &record.name, &side))).into_response())
 }
 
 /// The `Sandbox` object of a create or connect.
@@ -215,29 +224,27 @@ fn running(e2b: &crate::E2b, id: &str) -> Option<OwnedSandbox> {
     Some(entry.record)
 }
 
-pub async fn get_one(State(e2b): State<E2bState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = check_key(&e2b, &headers) {
-        return r;
-    }
-    match running(&e2b, &id) {
-        Some(record) => Json(detail_object(&e2b, &record, true)).into_response(),
-        None => not_found(&id),
-    }
+pub async fn get_one(
+    State(e2b): State<E2bState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ControlResult<Json<Value>> {
+    check_key(&e2b, &headers)?;
+    let record = running(&e2b, &id).ok_or_else(|| ControlError::not_found(&id))?;
+    Ok(Json(detail_object(&e2b, &record, true)))
 }
 
-pub async fn kill(State(e2b): State<E2bState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = check_key(&e2b, &headers) {
-        return r;
-    }
+pub async fn kill(
+    State(e2b): State<E2bState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ControlResult<StatusCode> {
+    check_key(&e2b, &headers)?;
     // An exited sandbox is not found for E2B, but a kill still removes what is left of it.
-    if daemon::api::owned(&e2b.app, &id).is_err() {
-        return not_found(&id);
-    }
-    if let Err(e) = daemon::api::remove_sandbox(&e2b.app, &id, false).await {
-        return from_daemon(e);
-    }
+    daemon::api::owned(&e2b.app, &id).map_err(|_| ControlError::not_found(&id))?;
+    daemon::api::remove_sandbox(&e2b.app, &id, false).await?;
     let _ = std::fs::remove_file(side_path(&e2b, &id));
-    StatusCode::NO_CONTENT.into_response()
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize)]
@@ -246,7 +253,7 @@ struct TimeoutBody {
 }
 
 /// A new lifetime for `id`, counted from now (E2B's meaning of `set_timeout`), kept in the owner record.
-fn extend(e2b: &crate::E2b, id: &str, seconds: u64) -> Result<OwnedSandbox, Response> {
+fn extend(e2b: &crate::E2b, id: &str, seconds: u64) -> ControlResult<OwnedSandbox> {
     let record = e2b
         .app
         .registry
@@ -254,18 +261,21 @@ fn extend(e2b: &crate::E2b, id: &str, seconds: u64) -> Result<OwnedSandbox, Resp
             r.expires_at = Some(now() + seconds as f64);
             r.spec.timeout = Some(format!("{seconds}s"));
         })
-        .ok_or_else(|| not_found(id))?;
-    e2b.app.store.put_sandbox(&record).map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .ok_or_else(|| ControlError::not_found(id))?;
+    e2b.app
+        .store
+        .put_sandbox(&record)
+        .map_err(|e| ControlError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(record)
 }
 
-fn timeout_body(body: &Bytes) -> Result<Option<u64>, Response> {
+fn timeout_body(body: &Bytes) -> ControlResult<Option<u64>> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
     serde_json::from_slice::<TimeoutBody>(body)
         .map(|b| b.timeout)
-        .map_err(|e| api_error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+        .map_err(|e| ControlError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 pub async fn set_timeout(
@@ -273,51 +283,33 @@ pub async fn set_timeout(
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
-) -> Response {
-    if let Err(r) = check_key(&e2b, &headers) {
-        return r;
-    }
-    let seconds = match timeout_body(&body).and_then(|t| {
-        t.ok_or_else(|| api_error(StatusCode::BAD_REQUEST, "timeout: missing")).and_then(|s| lifetime(Some(s)))
-    }) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    if running(&e2b, &id).is_none() {
-        return not_found(&id);
-    }
-    match extend(&e2b, &id, seconds) {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(r) => r,
-    }
+) -> ControlResult<StatusCode> {
+    check_key(&e2b, &headers)?;
+    let seconds = lifetime(Some(timeout_body(&body)?.ok_or_else(|| ControlError::bad_request("timeout: missing"))?))?;
+    running(&e2b, &id).ok_or_else(|| ControlError::not_found(&id))?;
+    extend(&e2b, &id, seconds)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /sandboxes/{id}/connect`: a running sandbox answers `200` with its `Sandbox` object, its lifetime
 /// made at least `timeout` from now. There is no paused state to resume from: anything else is not found.
-pub async fn connect(State(e2b): State<E2bState>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
-    if let Err(r) = check_key(&e2b, &headers) {
-        return r;
-    }
-    let asked = match timeout_body(&body) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let Some(record) = running(&e2b, &id) else {
-        return not_found(&id);
-    };
+pub async fn connect(
+    State(e2b): State<E2bState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ControlResult<Json<Value>> {
+    check_key(&e2b, &headers)?;
+    let asked = timeout_body(&body)?;
+    let record = running(&e2b, &id).ok_or_else(|| ControlError::not_found(&id))?;
     if let Some(seconds) = asked {
-        let seconds = match lifetime(Some(seconds)) {
-            Ok(s) => s,
-            Err(r) => return r,
-        };
+        let seconds = lifetime(Some(seconds))?;
         // Only ever longer: a connect must not cut short a lifetime set before.
         if record.expires_at.is_some_and(|at| at < now() + seconds as f64) {
-            if let Err(r) = extend(&e2b, &id, seconds) {
-                return r;
-            }
+            extend(&e2b, &id, seconds)?;
         }
     }
-    Json(created_object(&e2b, &id, &read_side(&e2b, &id))).into_response()
+    Ok(Json(created_object(&e2b, &id, &read_side(&e2b, &id))))
 }
 
 /// `%XX` and `+` decoded (a query string's value).
@@ -370,7 +362,7 @@ struct ListQuery {
     newest_first: bool,
 }
 
-fn parse_list_query(query: Option<&str>) -> Result<ListQuery, Response> {
+fn parse_list_query(query: Option<&str>) -> ControlResult<ListQuery> {
     let mut q = ListQuery::default();
     for (key, value) in query_pairs(query) {
         match key.as_str() {
@@ -382,9 +374,8 @@ fn parse_list_query(query: Option<&str>) -> Result<ListQuery, Response> {
             }
             "state" => q.states.extend(value.split(',').map(str::to_string)),
             "limit" => {
-                let n: usize = value
-                    .parse()
-                    .map_err(|_| api_error(StatusCode::BAD_REQUEST, format!("limit {value:?}: a number")))?;
+                let n: usize =
+                    value.parse().map_err(|_| ControlError::bad_request(format!("limit {value:?}: a number")))?;
                 q.limit = Some(n.clamp(1, MAX_PAGE));
             }
             "nextToken" => q.next_token = Some(value).filter(|v| !v.is_empty()),
@@ -422,15 +413,12 @@ fn listed(e2b: &crate::E2b, q: &ListQuery) -> Vec<Value> {
     items.into_iter().map(|(_, v)| v).collect()
 }
 
-fn list_answer(e2b: &crate::E2b, query: Option<&str>, paged: bool) -> Response {
-    let q = match parse_list_query(query) {
-        Ok(q) => q,
-        Err(r) => return r,
-    };
+fn list_answer(e2b: &crate::E2b, query: Option<&str>, paged: bool) -> ControlResult<Response> {
+    let q = parse_list_query(query)?;
     let mut items = listed(e2b, &q);
     let total = items.len();
     if !paged {
-        return Json(items).into_response();
+        return Ok(Json(items).into_response());
     }
     // The next token is the last listed id: the next page starts after it (a sandbox removed in between does
     // not shift the pages).
@@ -454,20 +442,24 @@ fn list_answer(e2b: &crate::E2b, query: Option<&str>, paged: bool) -> Response {
     if let Ok(v) = HeaderValue::from_str(&total.to_string()) {
         response.headers_mut().insert("x-total-running", v);
     }
-    response
+    Ok(response)
 }
 
-pub async fn list_v1(State(e2b): State<E2bState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
-    if let Err(r) = check_key(&e2b, &headers) {
-        return r;
-    }
+pub async fn list_v1(
+    State(e2b): State<E2bState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> ControlResult<Response> {
+    check_key(&e2b, &headers)?;
     list_answer(&e2b, query.as_deref(), false)
 }
 
-pub async fn list_v2(State(e2b): State<E2bState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
-    if let Err(r) = check_key(&e2b, &headers) {
-        return r;
-    }
+pub async fn list_v2(
+    State(e2b): State<E2bState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> ControlResult<Response> {
+    check_key(&e2b, &headers)?;
     list_answer(&e2b, query.as_deref(), true)
 }
 

@@ -86,7 +86,7 @@ pub fn router(app: Shared, token: Option<String>) -> Result<Router, E2bError> {
         .route("/files", get(files::download).post(files::upload))
         .route("/process.Process/{method}", post(process::dispatch))
         .route("/filesystem.Filesystem/{method}", post(filesystem::dispatch))
-        .fallback(|| async { control::api_error(axum::http::StatusCode::NOT_FOUND, "no such endpoint") })
+        .fallback(|| async { control::ControlError::new(axum::http::StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(daemon::api::MAX_FILE_BODY))
         .with_state(state))
 }

@@ -184,6 +184,20 @@ def test_files_round_trip_text_and_binary(sbx):
         sbx.files.read("/tmp/missing.txt")
 
 
+def test_files_streamed_and_several_at_once(sbx):
+    import io
+
+    from e2b.sandbox.filesystem.filesystem import WriteEntry
+
+    # A file-like object goes as an octet-stream upload, several files as one multipart body.
+    info = sbx.files.write("/tmp/streamed.bin", io.BytesIO(b"\x00streamed\xff" * 1000))
+    assert info.path == "/tmp/streamed.bin"
+    assert sbx.files.read("/tmp/streamed.bin", format="bytes") == b"\x00streamed\xff" * 1000
+    written = sbx.files.write_files([WriteEntry(path="/tmp/m/one.txt", data="1"), WriteEntry(path="/tmp/m/two.txt", data=b"2")])
+    assert sorted(w.path for w in written) == ["/tmp/m/one.txt", "/tmp/m/two.txt"]
+    assert sbx.commands.run("cat /tmp/m/one.txt /tmp/m/two.txt").stdout == "12"
+
+
 def test_files_list_stat_mkdir_rename_remove(sbx):
     from e2b import FileType
 
@@ -259,6 +273,28 @@ def test_list_info_timeout_and_kill(server):
     with pytest.raises(SandboxNotFoundException):
         Sandbox.get_info(a.sandbox_id)
     assert a.sandbox_id not in {s.sandbox_id for s in Sandbox.list().next_items()}
+
+
+def test_create_envs_reach_commands(server):
+    from e2b import Sandbox
+
+    s = Sandbox.create(timeout=300, envs={"FROM_CREATE": "yes it is"})
+    try:
+        assert s.commands.run("echo \"$FROM_CREATE\"").stdout == "yes it is\n"
+    finally:
+        s.kill()
+
+
+def test_a_sandbox_past_its_lifetime_is_gone(server):
+    from e2b import NotFoundException, Sandbox
+
+    s = Sandbox.create(timeout=2)
+    assert s.commands.run("echo alive").stdout == "alive\n"
+    # Stopped by the daemon at its lifetime, then removed (an E2B client never deletes a timed-out sandbox).
+    wait_for(lambda: s.sandbox_id not in {x.sandbox_id for x in Sandbox.list().next_items()}, "the sandbox to end")
+    with pytest.raises(NotFoundException):
+        Sandbox.get_info(s.sandbox_id)
+    wait_for(lambda: Sandbox.kill(s.sandbox_id) is False, "the ended sandbox to be removed", seconds=15)
 
 
 def test_an_unknown_sandbox_is_not_found(server):

@@ -312,6 +312,36 @@ pub async fn connect(
     Ok(Json(created_object(&e2b, &id, &read_side(&e2b, &id))))
 }
 
+/// How often ended E2B sandboxes are looked for.
+const REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// Removes each E2B sandbox that is no longer running (its lifetime ran out and the daemon stopped it, or its
+/// init died). The daemon's own API keeps a stopped sandbox for `diff` and `commit`; E2B has no such state and
+/// its clients never delete a sandbox that timed out (to them it is gone), so without this its state would stay
+/// on disk for good.
+pub async fn remove_ended(e2b: E2bState) {
+    loop {
+        tokio::time::sleep(REAP_EVERY).await;
+        let Ok(dir) = std::fs::read_dir(e2b.dir.join("sandboxes")) else { continue };
+        let ids: Vec<String> = dir
+            .filter_map(|d| d.ok()?.file_name().into_string().ok()?.strip_suffix(".json").map(str::to_string))
+            .collect();
+        for id in ids {
+            let Some(entry) = e2b.app.registry.get(&id) else {
+                // Removed through the daemon's own API: only the side record is left.
+                let _ = std::fs::remove_file(side_path(&e2b, &id));
+                continue;
+            };
+            if entry.creating || cli_record(&e2b.app.engine.state_dir, &id).as_ref().and_then(live_init).is_some() {
+                continue;
+            }
+            if daemon::api::remove_sandbox(&e2b.app, &id, false).await.is_ok() {
+                let _ = std::fs::remove_file(side_path(&e2b, &id));
+            }
+        }
+    }
+}
+
 /// `%XX` and `+` decoded (a query string's value).
 fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();

@@ -75,6 +75,7 @@ pub fn router(app: Shared, token: Option<String>) -> Result<Router, E2bError> {
     }
     let key = load_or_make_key(&dir.join("key"))?;
     let state = Arc::new(E2b { app, token, key, dir, procs: process::Procs::default() });
+    tokio::spawn(control::remove_ended(state.clone()));
     Ok(Router::new()
         .route("/sandboxes", post(control::create).get(control::list_v1))
         .route("/v2/sandboxes", post(control::create).get(control::list_v2))

@@ -168,6 +168,24 @@ def test_background_output_and_stdin(sbx):
     assert h.wait().stdout == "abc"
 
 
+def test_a_pty_runs_an_interactive_shell_and_resizes(sbx):
+    from e2b import CommandExitException, PtySize
+
+    out = bytearray()
+    h = sbx.pty.create(PtySize(rows=30, cols=100), timeout=60)
+    sbx.pty.send_stdin(h.pid, b"stty size; echo term=$TERM\n")
+    time.sleep(1)
+    sbx.pty.resize(h.pid, PtySize(rows=40, cols=120))
+    time.sleep(0.5)
+    sbx.pty.send_stdin(h.pid, b"stty size; tty; exit 3\n")
+    with pytest.raises(CommandExitException) as info:
+        h.wait(on_pty=out.extend)
+    assert info.value.exit_code == 3
+    text = out.decode(errors="replace")
+    assert "30 100" in text and "term=xterm-256color" in text
+    assert "40 120" in text and "/dev/pts/" in text
+
+
 def test_files_round_trip_text_and_binary(sbx):
     from e2b import FileType, NotFoundException
 

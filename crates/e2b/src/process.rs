@@ -9,6 +9,11 @@
 //!
 //! The pid is that of the `airlock exec` process on the host: unique while the process lives, and the handle
 //! that signals reach the command through (see [`signal`]).
+//!
+//! A process started with `pty` (the SDK's `pty.create`) runs under `airlock exec --tty`, which opens a terminal
+//! inside the sandbox and relays it to its own standard input and output: here, the slave of a pseudo-terminal
+//! the daemon opens on the host, whose master is then the process's input and output (`data.pty` events), and
+//! whose size `Update` sets.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -26,7 +31,7 @@ use daemon::exec::EnvFile;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, ChildStdin};
+use tokio::process::Child;
 use tokio::sync::mpsc;
 
 use crate::connect::{self, RpcCode, RpcError};
@@ -43,8 +48,15 @@ const DRAIN_GRACE: Duration = Duration::from_millis(500);
 enum ProcEvent {
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
-    End { code: i32 },
+    /// What a process on a pseudo-terminal wrote to it (its output and error, and the terminal's echo).
+    Pty(Vec<u8>),
+    End {
+        code: i32,
+    },
 }
+
+/// Where a process's input goes: its stdin pipe, or its pseudo-terminal's master.
+type InputSink = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
 
 /// A running process.
 pub struct Proc {
@@ -53,7 +65,9 @@ pub struct Proc {
     tag: Option<String>,
     /// `ProcessConfig` as it was started, for `List`.
     config: Value,
-    stdin: tokio::sync::Mutex<Option<ChildStdin>>,
+    stdin: tokio::sync::Mutex<Option<InputSink>>,
+    /// The host side of the process's pseudo-terminal, for resizing it; none for a process on pipes.
+    pty_master: Option<std::os::fd::OwnedFd>,
     subscribers: Mutex<Vec<mpsc::Sender<ProcEvent>>>,
 }
 
@@ -124,7 +138,7 @@ struct StartRequest {
     #[serde(default)]
     process: Option<ProcessConfig>,
     #[serde(default)]
-    pty: Option<Value>,
+    pty: Option<Pty>,
     #[serde(default)]
     tag: Option<String>,
     #[serde(default)]
@@ -161,6 +175,28 @@ struct SendInputRequest {
     input: Input,
 }
 
+#[derive(Debug, Default, Deserialize)]
+struct PtySize {
+    #[serde(default)]
+    cols: u16,
+    #[serde(default)]
+    rows: u16,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Pty {
+    #[serde(default)]
+    size: Option<PtySize>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UpdateRequest {
+    #[serde(default)]
+    process: Selector,
+    #[serde(default)]
+    pty: Option<Pty>,
+}
+
 #[derive(Debug, Deserialize)]
 struct SendSignalRequest {
     #[serde(default)]
@@ -189,9 +225,10 @@ pub async fn dispatch(
         "SendSignal" => unary(send_signal(&e2b, &headers, &body)),
         "SendInput" => unary(send_input(&e2b, &headers, &body).await),
         "CloseStdin" => unary(close_stdin(&e2b, &headers, &body).await),
-        "Update" | "StreamInput" => RpcError::new(
+        "Update" => unary(update(&e2b, &headers, &body)),
+        "StreamInput" => RpcError::new(
             RpcCode::Unimplemented,
-            format!("process.Process/{method} is not supported by airlock yet (pseudo-terminals, streamed input)"),
+            "process.Process/StreamInput (client-streamed input) is not supported by airlock yet; use SendInput",
         )
         .into_response(),
         _ => RpcError::new(RpcCode::Unimplemented, format!("no method process.Process/{method}")).into_response(),
@@ -225,9 +262,6 @@ fn check_config(config: &ProcessConfig) -> Result<(), RpcError> {
 
 async fn start(e2b: &E2bState, headers: &HeaderMap, body: &Bytes) -> Result<Response, RpcError> {
     let req: StartRequest = connect::stream_request(body)?;
-    if req.pty.as_ref().is_some_and(|p| !p.is_null()) {
-        return Err(RpcError::new(RpcCode::Unimplemented, "pseudo-terminals (pty) are not supported by airlock yet"));
-    }
     let config = req.process.unwrap_or_default();
     check_config(&config)?;
     let (name, entry) = e2b.envd_sandbox(headers)?;
@@ -243,6 +277,10 @@ async fn start(e2b: &E2bState, headers: &HeaderMap, body: &Bytes) -> Result<Resp
     })?;
     let env_file = EnvFile::write(&app.engine.state_dir.join("daemon"), &config.envs)?;
     let mut args: Vec<OsString> = vec!["exec".into()];
+    if req.pty.is_some() {
+        // `airlock exec -t`: a new pseudo-terminal inside the sandbox, relayed to the host one made below.
+        args.push("--tty".into());
+    }
     if let Some(file) = &env_file {
         args.push(format!("--env-file={}", file.0.display()).into());
     }
@@ -254,13 +292,40 @@ async fn start(e2b: &E2bState, headers: &HeaderMap, body: &Bytes) -> Result<Resp
     args.push(config.cmd.clone().into());
     args.extend(config.args.iter().map(OsString::from));
     let mut cmd = app.engine.command(&args);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    if req.stdin == Some(true) {
-        cmd.stdin(Stdio::piped());
-    }
+    let host_pty = match &req.pty {
+        Some(pty) => {
+            let size = pty.size.as_ref().map_or((80, 24), |s| (s.cols.max(1), s.rows.max(1)));
+            let (master, slave) = open_pty(size)?;
+            let io = |fd: &std::os::fd::OwnedFd| {
+                fd.try_clone().map_err(|e| RpcError::internal(format!("cannot share the pseudo-terminal: {e}")))
+            };
+            cmd.stdin(Stdio::from(io(&slave)?)).stdout(Stdio::from(io(&slave)?)).stderr(Stdio::from(slave));
+            Some(master)
+        }
+        None => {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            if req.stdin == Some(true) {
+                cmd.stdin(Stdio::piped());
+            }
+            None
+        }
+    };
     let mut child = cmd.spawn().map_err(|e| RpcError::internal(format!("cannot start airlock exec: {e}")))?;
+    // The command holds the terminal's slave side now; ours must close, or the master never sees its end.
+    drop(cmd);
     let Some(pid) = child.id() else {
         return Err(RpcError::internal("airlock exec ended before it could be tracked"));
+    };
+    let (input, output): (Option<InputSink>, Option<tokio::fs::File>) = match &host_pty {
+        Some(master) => {
+            let clone = |fd: &std::os::fd::OwnedFd| {
+                fd.try_clone()
+                    .map(|fd| tokio::fs::File::from_std(std::fs::File::from(fd)))
+                    .map_err(|e| RpcError::internal(format!("cannot share the pseudo-terminal: {e}")))
+            };
+            (Some(Box::new(clone(master)?)), Some(clone(master)?))
+        }
+        None => (child.stdin.take().map(|s| Box::new(s) as InputSink), None),
     };
     let mut config_json = json!({ "cmd": config.cmd, "args": config.args, "envs": config.envs });
     if let Some(cwd) = &config.cwd {
@@ -271,7 +336,8 @@ async fn start(e2b: &E2bState, headers: &HeaderMap, body: &Bytes) -> Result<Resp
         pid,
         tag: req.tag,
         config: config_json,
-        stdin: tokio::sync::Mutex::new(child.stdin.take()),
+        stdin: tokio::sync::Mutex::new(input),
+        pty_master: host_pty,
         subscribers: Mutex::new(Vec::new()),
     });
     // Subscribed before the first byte is read: the starting stream sees all of the output.
@@ -281,15 +347,18 @@ async fn start(e2b: &E2bState, headers: &HeaderMap, body: &Bytes) -> Result<Resp
     let e2b_for_pump = e2b.clone();
     tokio::spawn(async move {
         let _held = (shared, permit, env_file);
-        pump(&proc, child, out, err).await;
+        match output {
+            Some(terminal) => pump(&proc, child, Some(terminal), None::<tokio::process::ChildStderr>, true).await,
+            None => pump(&proc, child, out, err, false).await,
+        }
         e2b_for_pump.procs.map().remove(&proc.pid);
     });
     Ok(event_stream(pid, events, headers))
 }
 
 /// Reads the process's output until it has exited (and its pipes are drained, or the grace after its exit is
-/// over), publishing each chunk, then its end.
-async fn pump<O, E>(proc: &Proc, mut child: Child, mut out: Option<O>, mut err: Option<E>)
+/// over), publishing each chunk, then its end. `terminal`: `out` is a pseudo-terminal's master.
+async fn pump<O, E>(proc: &Proc, mut child: Child, mut out: Option<O>, mut err: Option<E>, terminal: bool)
 where
     O: AsyncRead + Unpin,
     E: AsyncRead + Unpin,
@@ -306,6 +375,7 @@ where
         }
         tokio::select! {
             n = read_some(&mut out, &mut out_buf) => match n {
+                Ok(n) if n > 0 && terminal => proc.publish(ProcEvent::Pty(out_buf[..n].to_vec())),
                 Ok(n) if n > 0 => proc.publish(ProcEvent::Stdout(out_buf[..n].to_vec())),
                 _ => out = None,
             },
@@ -374,6 +444,7 @@ fn event_stream(pid: u32, mut events: mpsc::Receiver<ProcEvent>, headers: &Heade
             let message = match event {
                 Some(ProcEvent::Stdout(data)) => json!({ "event": { "data": { "stdout": b64(&data) } } }),
                 Some(ProcEvent::Stderr(data)) => json!({ "event": { "data": { "stderr": b64(&data) } } }),
+                Some(ProcEvent::Pty(data)) => json!({ "event": { "data": { "pty": b64(&data) } } }),
                 Some(ProcEvent::End { code }) => {
                     let end = json!({ "event": { "end": {
                         "exitCode": code, "exited": true, "status": format!("exit status {code}") } } });
@@ -476,11 +547,9 @@ fn signal(exec_pid: u32, sig: rustix::process::Signal) {
 
 async fn send_input(e2b: &E2bState, headers: &HeaderMap, body: &Bytes) -> Result<Value, RpcError> {
     let req: SendInputRequest = connect::request(body)?;
-    if req.input.pty.is_some() {
-        return Err(RpcError::new(RpcCode::Unimplemented, "pseudo-terminals (pty) are not supported by airlock yet"));
-    }
+    // `stdin` for a process on pipes, `pty` for one on a terminal: either goes to what the process reads.
     let data = base64::engine::general_purpose::STANDARD
-        .decode(req.input.stdin.unwrap_or_default())
+        .decode(req.input.stdin.or(req.input.pty).unwrap_or_default())
         .map_err(|e| RpcError::invalid(format!("input.stdin: not base64: {e}")))?;
     let (name, _) = e2b.envd_sandbox(headers)?;
     let proc = e2b.procs.find(&name, &req.process)?;
@@ -494,6 +563,46 @@ async fn send_input(e2b: &E2bState, headers: &HeaderMap, body: &Bytes) -> Result
     pipe.write_all(&data).await.map_err(|e| RpcError::internal(format!("cannot write to the process: {e}")))?;
     pipe.flush().await.map_err(|e| RpcError::internal(format!("cannot write to the process: {e}")))?;
     Ok(json!({}))
+}
+
+/// A new size for a process's pseudo-terminal: set on the host terminal, then `airlock exec` is told (SIGWINCH)
+/// to copy it to the sandbox's own terminal, as it does for a user's terminal.
+fn update(e2b: &E2bState, headers: &HeaderMap, body: &Bytes) -> Result<Value, RpcError> {
+    let req: UpdateRequest = connect::request(body)?;
+    let (name, _) = e2b.envd_sandbox(headers)?;
+    let proc = e2b.procs.find(&name, &req.process)?;
+    let Some(size) = req.pty.and_then(|p| p.size) else {
+        return Ok(json!({}));
+    };
+    let Some(master) = &proc.pty_master else {
+        return Err(RpcError::new(RpcCode::FailedPrecondition, "the process has no pseudo-terminal"));
+    };
+    set_size(master, (size.cols.max(1), size.rows.max(1)))?;
+    if let Some(pid) = i32::try_from(proc.pid).ok().and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::WINCH);
+    }
+    Ok(json!({}))
+}
+
+/// A host pseudo-terminal (master, slave) of `size` (columns, rows), neither the daemon's controlling terminal.
+fn open_pty(size: (u16, u16)) -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), RpcError> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::pty::OpenptFlags;
+    let fail = |e: rustix::io::Errno| RpcError::internal(format!("cannot open a pseudo-terminal: {e}"));
+    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).map_err(fail)?;
+    rustix::pty::grantpt(&master).map_err(fail)?;
+    rustix::pty::unlockpt(&master).map_err(fail)?;
+    let name = rustix::pty::ptsname(&master, Vec::new()).map_err(fail)?;
+    let slave = rustix::fs::open(name.as_c_str(), OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(fail)?;
+    set_size(&master, size)?;
+    Ok((master, slave))
+}
+
+fn set_size(master: &std::os::fd::OwnedFd, (cols, rows): (u16, u16)) -> Result<(), RpcError> {
+    let size = rustix::termios::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    rustix::termios::tcsetwinsize(master, size)
+        .map_err(|e| RpcError::internal(format!("cannot size the pseudo-terminal: {e}")))
 }
 
 async fn close_stdin(e2b: &E2bState, headers: &HeaderMap, body: &Bytes) -> Result<Value, RpcError> {

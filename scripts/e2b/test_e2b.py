@@ -239,6 +239,27 @@ def test_files_list_stat_mkdir_rename_remove(sbx):
     assert not sbx.files.exists("/tmp/w")
 
 
+def test_watch_dir_reports_changes_between_polls(sbx):
+    from e2b import FilesystemEventType
+
+    sbx.files.make_dir("/tmp/watched/sub")
+    sbx.files.write("/tmp/watched/old.txt", "1")
+    handle = sbx.files.watch_dir("/tmp/watched", recursive=True)
+    try:
+        assert handle.get_new_events() == []
+        sbx.files.write("/tmp/watched/new.txt", "new")
+        sbx.files.write("/tmp/watched/sub/deep.txt", "deep")
+        sbx.commands.run("printf 'longer' > /tmp/watched/old.txt")
+        events = {(e.name, e.type) for e in handle.get_new_events()}
+        assert ("new.txt", FilesystemEventType.CREATE) in events
+        assert ("sub/deep.txt", FilesystemEventType.CREATE) in events
+        assert ("old.txt", FilesystemEventType.WRITE) in events
+        sbx.files.remove("/tmp/watched/new.txt")
+        assert [(e.name, e.type) for e in handle.get_new_events()] == [("new.txt", FilesystemEventType.REMOVE)]
+    finally:
+        handle.stop()
+
+
 def test_sandboxes_do_not_see_each_others_files(server, sbx):
     from e2b import NotFoundException, Sandbox
 

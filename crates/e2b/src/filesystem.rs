@@ -2,9 +2,12 @@
 //! POSIX shell script run in the sandbox by `airlock exec`, so a path means what it means to the sandbox's
 //! commands (its root, its mounts, its user's rights, symlinks resolved inside), never a host path.
 //!
-//! Entries come back from `find -printf`, NUL-separated, and become envd's `EntryInfo` (proto3 JSON).
+//! Entries come back from `find -printf`, NUL-separated, and become envd's `EntryInfo` (proto3 JSON). Directory
+//! watchers poll (see [`Watchers`]); the streamed `WatchDir` is not served yet.
 
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -79,9 +82,9 @@ pub async fn dispatch(
                 "watching directories is not supported by airlock yet",
             ))
         }
-        "CreateWatcher" | "GetWatcherEvents" | "RemoveWatcher" => {
-            Err(RpcError::new(RpcCode::Unimplemented, "watching directories is not supported by airlock yet"))
-        }
+        "CreateWatcher" => create_watcher(&e2b, &headers, &body).await,
+        "GetWatcherEvents" => watcher_events(&e2b, &headers, &body).await,
+        "RemoveWatcher" => remove_watcher(&e2b, &headers, &body),
         _ => Err(RpcError::new(RpcCode::Unimplemented, format!("no method filesystem.Filesystem/{method}"))),
     };
     match answer {
@@ -213,6 +216,141 @@ async fn remove(e2b: &E2bState, headers: &HeaderMap, body: &Bytes) -> Result<Val
     Ok(json!({}))
 }
 
+/// The most directory watchers one daemon keeps.
+const MAX_WATCHERS: usize = 256;
+
+/// A watched directory's entries as last seen, by path.
+type Snapshot = BTreeMap<String, Value>;
+
+struct Watcher {
+    sandbox: String,
+    /// The watched directory, as the list gives its entries' paths (no trailing slash).
+    dir: String,
+    depth: u32,
+    include_entry: bool,
+    seen: Snapshot,
+}
+
+/// The polling watchers (`CreateWatcher`, `GetWatcherEvents`, `RemoveWatcher`: what the SDK's synchronous
+/// `files.watch_dir` uses). airlock runs no agent in the sandbox to hold an inotify watch, so a watcher keeps
+/// the directory's listing and each poll compares the listing now with it: a file created, changed (size or
+/// modification time) or removed between two polls is one event; one created and removed between them is none.
+#[derive(Default)]
+pub struct Watchers {
+    map: Mutex<HashMap<String, Watcher>>,
+}
+
+impl Watchers {
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Watcher>> {
+        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateWatcherRequest {
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    recursive: bool,
+    #[serde(default)]
+    include_entry: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WatcherRequest {
+    #[serde(default)]
+    watcher_id: String,
+}
+
+async fn snapshot(e2b: &E2bState, headers: &HeaderMap, dir: &str, depth: u32) -> Result<Snapshot, RpcError> {
+    let out = run_script(e2b, headers, "list", &[dir, &depth.to_string()]).await?;
+    Ok(entries(&out).into_iter().filter_map(|e| Some((e["path"].as_str()?.to_string(), e))).collect())
+}
+
+async fn create_watcher(e2b: &E2bState, headers: &HeaderMap, body: &Bytes) -> Result<Value, RpcError> {
+    let req: CreateWatcherRequest = connect::request(body)?;
+    let dir = sandbox_path(&req.path)?;
+    let dir = if dir.len() > 1 { dir.trim_end_matches('/').to_string() } else { dir };
+    let depth = if req.recursive { MAX_DEPTH } else { 1 };
+    let (sandbox, _) = e2b.envd_sandbox(headers)?;
+    let seen = snapshot(e2b, headers, &dir, depth).await?;
+    let mut bytes = [0u8; 12];
+    let _ = rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty());
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut map = e2b.watchers.map();
+    if map.len() >= MAX_WATCHERS {
+        return Err(RpcError::new(RpcCode::ResourceExhausted, format!("{MAX_WATCHERS} watchers exist already")));
+    }
+    map.insert(id.clone(), Watcher { sandbox, dir, depth, include_entry: req.include_entry, seen });
+    Ok(json!({ "watcherId": id }))
+}
+
+/// What changed between two listings of `dir`, as envd's events.
+fn changes(dir: &str, before: &Snapshot, now: &Snapshot, include_entry: bool) -> Vec<Value> {
+    let name = |path: &str| {
+        let rel = path.strip_prefix(dir).unwrap_or(path);
+        rel.trim_start_matches('/').to_string()
+    };
+    let event = |path: &str, kind: &str, entry: Option<&Value>| {
+        let mut e = json!({ "name": name(path), "type": kind });
+        if let (true, Some(entry)) = (include_entry, entry) {
+            e["entry"] = entry.clone();
+        }
+        e
+    };
+    let mut events = Vec::new();
+    for (path, entry) in now {
+        match before.get(path) {
+            None => events.push(event(path, "EVENT_TYPE_CREATE", Some(entry))),
+            Some(old) if old["size"] != entry["size"] || old["modifiedTime"] != entry["modifiedTime"] => {
+                if entry["type"] != "FILE_TYPE_DIRECTORY" {
+                    events.push(event(path, "EVENT_TYPE_WRITE", Some(entry)));
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    for path in before.keys().filter(|p| !now.contains_key(*p)) {
+        events.push(event(path, "EVENT_TYPE_REMOVE", None));
+    }
+    events
+}
+
+async fn watcher_events(e2b: &E2bState, headers: &HeaderMap, body: &Bytes) -> Result<Value, RpcError> {
+    let req: WatcherRequest = connect::request(body)?;
+    let (sandbox, _) = e2b.envd_sandbox(headers)?;
+    let not_found = || RpcError::new(RpcCode::NotFound, format!("watcher {} not found", req.watcher_id));
+    let (dir, depth) = {
+        let map = e2b.watchers.map();
+        let w = map.get(&req.watcher_id).filter(|w| w.sandbox == sandbox).ok_or_else(not_found)?;
+        (w.dir.clone(), w.depth)
+    };
+    // The directory itself gone: everything in it was removed.
+    let now = match snapshot(e2b, headers, &dir, depth).await {
+        Ok(now) => now,
+        Err(e) if e.code == RpcCode::NotFound => Snapshot::new(),
+        Err(e) => return Err(e),
+    };
+    let mut map = e2b.watchers.map();
+    let w = map.get_mut(&req.watcher_id).filter(|w| w.sandbox == sandbox).ok_or_else(not_found)?;
+    let events = changes(&w.dir, &w.seen, &now, w.include_entry);
+    w.seen = now;
+    Ok(json!({ "events": events }))
+}
+
+fn remove_watcher(e2b: &E2bState, headers: &HeaderMap, body: &Bytes) -> Result<Value, RpcError> {
+    let req: WatcherRequest = connect::request(body)?;
+    let (sandbox, _) = e2b.envd_sandbox(headers)?;
+    let mut map = e2b.watchers.map();
+    if map.get(&req.watcher_id).is_none_or(|w| w.sandbox != sandbox) {
+        return Err(RpcError::new(RpcCode::NotFound, format!("watcher {} not found", req.watcher_id)));
+    }
+    map.remove(&req.watcher_id);
+    Ok(json!({}))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +367,19 @@ f\x003\x00644\x00-rw-r--r--\x00root\x00root\x001700000000\x00/tmp/d/a.txt\x00\x0
         assert_eq!(list[1]["name"], "a.txt");
         assert_eq!(list[1]["size"], "3");
         assert_eq!(list[1]["modifiedTime"], "2023-11-14T22:13:20.000000000Z");
+    }
+
+    #[test]
+    fn listings_compare_into_events() {
+        let entry = |size: &str, t: &str| json!({ "type": "FILE_TYPE_FILE", "size": size, "modifiedTime": t });
+        let before: Snapshot =
+            [("/w/a".to_string(), entry("1", "t1")), ("/w/b".to_string(), entry("1", "t1"))].into_iter().collect();
+        let now: Snapshot =
+            [("/w/a".to_string(), entry("2", "t2")), ("/w/d/c".to_string(), entry("0", "t1"))].into_iter().collect();
+        let events = changes("/w", &before, &now, false);
+        let pairs: Vec<(&str, &str)> =
+            events.iter().map(|e| (e["name"].as_str().unwrap(), e["type"].as_str().unwrap())).collect();
+        assert_eq!(pairs, [("a", "EVENT_TYPE_WRITE"), ("d/c", "EVENT_TYPE_CREATE"), ("b", "EVENT_TYPE_REMOVE")]);
     }
 
     #[test]

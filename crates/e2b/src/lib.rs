@@ -59,6 +59,7 @@ pub struct E2b {
     /// `$STATE/e2b`: what E2B says about a sandbox that airlock does not keep (its template, metadata).
     pub dir: PathBuf,
     pub procs: process::Procs,
+    pub watchers: filesystem::Watchers,
 }
 
 pub type E2bState = Arc<E2b>;
@@ -74,7 +75,14 @@ pub fn router(app: Shared, token: Option<String>) -> Result<Router, E2bError> {
             .map_err(|source| E2bError::CreateDir { path: d.clone(), source })?;
     }
     let key = load_or_make_key(&dir.join("key"))?;
-    let state = Arc::new(E2b { app, token, key, dir, procs: process::Procs::default() });
+    let state = Arc::new(E2b {
+        app,
+        token,
+        key,
+        dir,
+        procs: process::Procs::default(),
+        watchers: filesystem::Watchers::default(),
+    });
     tokio::spawn(control::remove_ended(state.clone()));
     Ok(Router::new()
         .route("/sandboxes", post(control::create).get(control::list_v1))

@@ -173,17 +173,18 @@ def test_a_pty_runs_an_interactive_shell_and_resizes(sbx):
 
     out = bytearray()
     h = sbx.pty.create(PtySize(rows=30, cols=100), timeout=60)
-    sbx.pty.send_stdin(h.pid, b"stty size; echo term=$TERM\n")
-    time.sleep(1)
+    # Each size is written to a file and awaited through the files API, so the resize cannot race the shell.
+    sbx.pty.send_stdin(h.pid, b"stty size > /tmp/size1; echo term=$TERM\n")
+    wait_for(lambda: sbx.files.exists("/tmp/size1") and sbx.files.read("/tmp/size1"), "the first stty")
     sbx.pty.resize(h.pid, PtySize(rows=40, cols=120))
-    time.sleep(0.5)
-    sbx.pty.send_stdin(h.pid, b"stty size; tty; exit 3\n")
+    sbx.pty.send_stdin(h.pid, b"stty size > /tmp/size2; tty; exit 3\n")
     with pytest.raises(CommandExitException) as info:
         h.wait(on_pty=out.extend)
     assert info.value.exit_code == 3
+    assert sbx.files.read("/tmp/size1") == "30 100\n"
+    assert sbx.files.read("/tmp/size2") == "40 120\n"
     text = out.decode(errors="replace")
-    assert "30 100" in text and "term=xterm-256color" in text
-    assert "40 120" in text and "/dev/pts/" in text
+    assert "term=xterm-256color" in text and "/dev/pts/" in text
 
 
 def test_files_round_trip_text_and_binary(sbx):
@@ -327,7 +328,7 @@ def test_create_envs_reach_commands(server):
 def test_a_sandbox_past_its_lifetime_is_gone(server):
     from e2b import NotFoundException, Sandbox
 
-    s = Sandbox.create(timeout=2)
+    s = Sandbox.create(timeout=5)
     assert s.commands.run("echo alive").stdout == "alive\n"
     # Stopped by the daemon at its lifetime, then removed (an E2B client never deletes a timed-out sandbox).
     wait_for(lambda: s.sandbox_id not in {x.sandbox_id for x in Sandbox.list().next_items()}, "the sandbox to end")

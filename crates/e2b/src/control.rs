@@ -242,7 +242,15 @@ pub async fn kill(
     check_key(&e2b, &headers)?;
     // An exited sandbox is not found for E2B, but a kill still removes what is left of it.
     daemon::api::owned(&e2b.app, &id).map_err(|_| ControlError::not_found(&id))?;
-    daemon::api::remove_sandbox(&e2b.app, &id, false).await?;
+    match daemon::api::remove_sandbox(&e2b.app, &id, false).await {
+        Ok(()) => {}
+        // Another kill, or the removal of an ended sandbox (see `remove_ended`), got there first: for E2B the
+        // sandbox is gone already, which the SDK's kill reports as False.
+        Err(e) if e.code == daemon::error::Code::Conflict && e.message.contains("being deleted") => {
+            return Err(ControlError::not_found(&id));
+        }
+        Err(e) => return Err(e.into()),
+    }
     let _ = std::fs::remove_file(side_path(&e2b, &id));
     Ok(StatusCode::NO_CONTENT)
 }
@@ -416,31 +424,46 @@ fn parse_list_query(query: Option<&str>) -> ControlResult<ListQuery> {
     Ok(q)
 }
 
+/// Where a sandbox sorts in a list: when it was asked for (microseconds), then its id.
+type SortKey = (u64, String);
+
+/// A page's next token: the sort key of its last sandbox, `MICROS.ID`. The next page starts after that key, so
+/// a sandbox removed in between (the token's own included) shifts nothing.
+fn token_of(key: &SortKey) -> String {
+    format!("{}.{}", key.0, key.1)
+}
+
+fn key_of_token(token: &str) -> ControlResult<SortKey> {
+    token
+        .split_once('.')
+        .and_then(|(micros, id)| Some((micros.parse().ok()?, id.to_string())))
+        .ok_or_else(|| ControlError::bad_request("nextToken: not a token this server gave"))
+}
+
 /// The running sandboxes a list shows, in order, before paging.
-fn listed(e2b: &crate::E2b, q: &ListQuery) -> Vec<Value> {
+fn listed(e2b: &crate::E2b, q: &ListQuery) -> Vec<(SortKey, Value)> {
     if !q.states.is_empty() && !q.states.iter().any(|s| s == "running") {
         return Vec::new();
     }
-    let mut items: Vec<(f64, Value)> = e2b
+    let mut items: Vec<(SortKey, Value)> = e2b
         .app
         .registry
         .all()
         .into_iter()
         .filter(|e| e.record.pool.is_none() && !e.creating)
         .filter(|e| cli_record(&e2b.app.engine.state_dir, &e.record.name).as_ref().and_then(live_init).is_some())
-        .map(|e| (e.record.requested, detail_object(e2b, &e.record, false)))
+        .map(|e| {
+            let key = ((e.record.requested.max(0.0) * 1e6) as u64, e.record.name.clone());
+            (key, detail_object(e2b, &e.record, false))
+        })
         .filter(|(_, v)| q.metadata.iter().all(|(k, want)| v["metadata"].get(k) == Some(want)))
         .collect();
-    // Oldest first unless asked otherwise; the id breaks ties, so a page boundary is stable.
-    items.sort_by(|a, b| {
-        a.0.partial_cmp(&b.0)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then_with(|| a.1["sandboxID"].as_str().cmp(&b.1["sandboxID"].as_str()))
-    });
+    // Oldest first unless asked otherwise.
+    items.sort_by(|a, b| a.0.cmp(&b.0));
     if q.newest_first {
         items.reverse();
     }
-    items.into_iter().map(|(_, v)| v).collect()
+    items
 }
 
 fn list_answer(e2b: &crate::E2b, query: Option<&str>, paged: bool) -> ControlResult<Response> {
@@ -448,26 +471,20 @@ fn list_answer(e2b: &crate::E2b, query: Option<&str>, paged: bool) -> ControlRes
     let mut items = listed(e2b, &q);
     let total = items.len();
     if !paged {
-        return Ok(Json(items).into_response());
+        return Ok(Json(items.into_iter().map(|(_, v)| v).collect::<Vec<_>>()).into_response());
     }
-    // The next token is the last listed id: the next page starts after it (a sandbox removed in between does
-    // not shift the pages).
-    if let Some(after) = &q.next_token {
-        let at = items.iter().position(|v| v["sandboxID"].as_str() == Some(after.as_str()));
-        items = match at {
-            Some(i) => items.split_off(i + 1),
-            None => Vec::new(),
-        };
+    if let Some(token) = &q.next_token {
+        let after = key_of_token(token)?;
+        items.retain(|(key, _)| if q.newest_first { *key < after } else { *key > after });
     }
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     let more = items.len() > limit;
     items.truncate(limit);
-    let mut response = Json(&items).into_response();
-    if more {
-        if let Some(v) = items.last().and_then(|v| v["sandboxID"].as_str()).and_then(|s| HeaderValue::from_str(s).ok())
-        {
-            response.headers_mut().insert("x-next-token", v);
-        }
+    let next = items.last().map(|(key, _)| token_of(key));
+    let page: Vec<Value> = items.into_iter().map(|(_, v)| v).collect();
+    let mut response = Json(page).into_response();
+    if let Some(token) = next.filter(|_| more).and_then(|t| HeaderValue::from_str(&t).ok()) {
+        response.headers_mut().insert("x-next-token", token);
     }
     if let Ok(v) = HeaderValue::from_str(&total.to_string()) {
         response.headers_mut().insert("x-total-running", v);
@@ -496,6 +513,13 @@ pub async fn list_v2(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_tokens_round_trip() {
+        let key = (1_700_000_000_123_456, "sbx-a.b".to_string());
+        assert_eq!(key_of_token(&token_of(&key)).unwrap(), key);
+        assert!(key_of_token("sbx-abc").is_err());
+    }
 
     #[test]
     fn queries_decode() {

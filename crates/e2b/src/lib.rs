@@ -47,6 +47,8 @@ pub enum E2bError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot draw the random key of the sandboxes' access tokens: {0}")]
+    Random(std::io::Error),
 }
 
 /// What every E2B handler needs: the daemon's state and this front end's own.
@@ -109,7 +111,12 @@ fn load_or_make_key(path: &Path) -> Result<Vec<u8>, E2bError> {
         Err(source) => return Err(E2bError::Read { path: path.to_path_buf(), source }),
     }
     let mut key = vec![0u8; 32];
-    let _ = rustix::rand::getrandom(&mut key, rustix::rand::GetRandomFlags::empty());
+    // A key that is not random would make every sandbox's access token guessable: no key, no E2B API.
+    match rustix::rand::getrandom(&mut key, rustix::rand::GetRandomFlags::empty()) {
+        Ok(32) => {}
+        Ok(_) => return Err(E2bError::Random(std::io::Error::other("short read"))),
+        Err(e) => return Err(E2bError::Random(e.into())),
+    }
     let tmp = path.with_extension("tmp");
     let write = || -> std::io::Result<()> {
         let mut file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;

@@ -15,7 +15,12 @@ pub struct ServeArgs {
     /// Also listen on a TCP address; needs --token-file (clients send `Authorization: Bearer TOKEN`).
     #[arg(long, value_name = "ADDR:PORT", requires = "token_file")]
     pub listen: Option<SocketAddr>,
-    /// The file holding the token for --listen (its first line).
+    /// Also serve the E2B-compatible API (control plane and envd, one port) for the unmodified E2B SDKs
+    /// (E2B_API_URL=E2B_SANDBOX_URL=http://ADDR:PORT). With --token-file, clients send the token as their
+    /// E2B_API_KEY; without one, only a loopback address is accepted.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub e2b: Option<SocketAddr>,
+    /// The file holding the token for --listen and --e2b (its first line).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// Where sandboxes keep state (default: airlock's state directory, as for the CLI).
@@ -63,11 +68,27 @@ pub fn serve(args: ServeArgs) -> Result<i32> {
         Some(dir) => std::path::absolute(&dir).with_context(|| format!("--state-dir {}", dir.display()))?,
         None => crate::state::state().path().to_path_buf(),
     };
-    // Only --listen: no socket unless asked for.
-    let socket = match (args.socket, args.listen) {
+    if let Some(addr) = args.e2b {
+        if token.is_none() && !addr.ip().is_loopback() {
+            bail!("--e2b {addr} needs --token-file: without a token it may listen on a loopback address only");
+        }
+    }
+    // Only TCP listeners asked for: no socket unless asked for too.
+    let socket = match (args.socket, args.listen.is_some() || args.e2b.is_some()) {
         (Some(path), _) => Some(path),
-        (None, Some(_)) => None,
-        (None, None) => Some(daemon::server::default_socket()),
+        (None, true) => None,
+        (None, false) => Some(daemon::server::default_socket()),
+    };
+    let extra = match args.e2b {
+        Some(addr) => {
+            let e2b_token = token.clone();
+            vec![daemon::server::ExtraListener {
+                addr,
+                what: "E2B",
+                router: std::sync::Arc::new(move |app| e2b::router(app, e2b_token.clone()).map_err(|e| e.to_string())),
+            }]
+        }
+        None => Vec::new(),
     };
     let config = daemon::ServeConfig {
         socket,
@@ -81,6 +102,7 @@ pub fn serve(args: ServeArgs) -> Result<i32> {
             host_roots,
             default_timeout: args.default_timeout,
         },
+        extra,
     };
     daemon::serve(config)?;
     Ok(0)

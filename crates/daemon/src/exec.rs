@@ -78,10 +78,11 @@ impl ExecRequest {
 
 /// The environment file handed to `airlock exec --env-file` (values never on a command line, where other host
 /// users could read them); removed when the exec ends.
-struct EnvFile(std::path::PathBuf);
+pub struct EnvFile(pub std::path::PathBuf);
 
 impl EnvFile {
-    fn write(dir: &std::path::Path, env: &BTreeMap<String, String>) -> ApiResult<Option<EnvFile>> {
+    /// The file for `env` in `dir` (none when `env` is empty); the values must have been validated.
+    pub fn write(dir: &std::path::Path, env: &BTreeMap<String, String>) -> ApiResult<Option<EnvFile>> {
         if env.is_empty() {
             return Ok(None);
         }

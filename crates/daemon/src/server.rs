@@ -27,6 +27,25 @@ pub struct ServeConfig {
     pub state_dir: PathBuf,
     pub exe: PathBuf,
     pub limits: Limits,
+    /// More TCP listeners, each serving a router of its own on the daemon's state (the E2B-compatible API).
+    pub extra: Vec<ExtraListener>,
+}
+
+/// A listener that serves another front end over the same sandboxes (see [`ServeConfig::extra`]). Its router
+/// checks its own credentials: the daemon's bearer token is not required on it.
+#[derive(Clone)]
+pub struct ExtraListener {
+    pub addr: SocketAddr,
+    /// What it serves, for the log line (`E2B`).
+    pub what: &'static str,
+    /// Builds the router once the daemon's state is loaded; an error stops the daemon before it serves.
+    pub router: Arc<dyn Fn(api::Shared) -> Result<axum::Router, String> + Send + Sync>,
+}
+
+impl std::fmt::Debug for ExtraListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExtraListener").field("addr", &self.addr).field("what", &self.what).finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +68,8 @@ pub enum ServeError {
     SocketMode { path: PathBuf, source: std::io::Error },
     #[error("the server on {what} failed: {source}")]
     Serve { what: String, source: std::io::Error },
+    #[error("cannot set up the {what} API: {message}")]
+    Extra { what: &'static str, message: String },
 }
 
 /// The default socket: `/run/airlock/airlock.sock` as root, `$XDG_RUNTIME_DIR/airlock/airlock.sock` otherwise.
@@ -119,6 +140,20 @@ async fn run(config: ServeConfig) -> Result<(), ServeError> {
         }));
         let what = addr.to_string();
         eprintln!("airlock: serving on http://{what}");
+        servers.spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .map_err(|source| ServeError::Serve { what, source })
+        });
+    }
+    for extra in &config.extra {
+        let router = (extra.router)(app.clone()).map_err(|message| ServeError::Extra { what: extra.what, message })?;
+        let listener = tokio::net::TcpListener::bind(extra.addr)
+            .await
+            .map_err(|source| ServeError::Listen { what: extra.addr.to_string(), source })?;
+        let what = extra.addr.to_string();
+        eprintln!("airlock: serving the {} API on http://{what}", extra.what);
         servers.spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown_signal())

@@ -1,0 +1,356 @@
+"""The unmodified E2B Python SDK (e2b==2.63.0, pinned in scripts/setup-debian) against `airlock serve --e2b`.
+
+One real daemon for the module (its own state directory, a token, 127.0.0.1 on a free port); the SDK reaches it
+the way a self-hosted E2B is reached: E2B_API_URL and E2B_SANDBOX_URL both name it, E2B_API_KEY is the token.
+Only the SDK's public API is used. Every sandbox is killed by its test; the module checks none is left.
+Run by scripts/e2b-test (as root).
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+AIRLOCK = os.environ["AIRLOCK"]
+TOKEN = "airlock-e2b-test-token-0123456789abcdef"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, what, seconds=30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def server():
+    work = Path(tempfile.mkdtemp(prefix="airlock-e2b-test."))
+    state = work / "state"
+    (work / "token").write_text(TOKEN + "\n")
+    port = free_port()
+    log = open(work / "serve.log", "w")
+    daemon = subprocess.Popen(
+        [AIRLOCK, "serve", "--e2b", f"127.0.0.1:{port}", "--token-file", str(work / "token"),
+         "--state-dir", str(state)],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        env={k: v for k, v in os.environ.items() if k != "AIRLOCK_HOST"},
+    )
+
+    def listening():
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    url = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DOMAIN", "E2B_DEBUG")}
+    try:
+        wait_for(listening, "airlock serve --e2b to listen")
+        os.environ.update(E2B_API_URL=url, E2B_SANDBOX_URL=url, E2B_API_KEY=TOKEN)
+        os.environ.pop("E2B_DOMAIN", None)
+        os.environ.pop("E2B_DEBUG", None)
+        yield url
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        left = []
+        sandboxes = state / "sandboxes"
+        if sandboxes.is_dir():
+            env = {k: v for k, v in os.environ.items() if k != "AIRLOCK_HOST"}
+            env["AIRLOCK_STATE_DIR"] = str(state)
+            for d in sandboxes.iterdir():
+                left.append(d.name)
+                for sub in ("stop", "rm"):
+                    subprocess.run([AIRLOCK, sub, "--", d.name], env=env, capture_output=True)
+        log.close()
+        shutil.rmtree(work, ignore_errors=True)
+        assert not left, f"sandboxes left behind: {left}"
+
+
+@pytest.fixture
+def sbx(server):
+    from e2b import Sandbox
+
+    s = Sandbox.create(timeout=300, metadata={"suite": "airlock-e2b"})
+    try:
+        yield s
+    finally:
+        s.kill()
+
+
+def test_commands_run_with_output_env_and_cwd(sbx):
+    r = sbx.commands.run("echo out; echo err >&2; echo \"$GREETING\"; pwd", envs={"GREETING": "hi there"}, cwd="/tmp")
+    assert r.exit_code == 0
+    assert r.stdout == "out\nhi there\n/tmp\n"
+    assert r.stderr == "err\n"
+    chunks = []
+    sbx.commands.run("printf 'a\\n'; printf 'b\\n'", on_stdout=chunks.append)
+    assert "".join(chunks) == "a\nb\n"
+
+
+def test_a_nonzero_exit_raises_with_its_output(sbx):
+    from e2b import CommandExitException
+
+    with pytest.raises(CommandExitException) as info:
+        sbx.commands.run("echo partial; echo bad >&2; exit 7")
+    assert info.value.exit_code == 7
+    assert info.value.stdout == "partial\n"
+    assert info.value.stderr == "bad\n"
+
+
+def test_a_login_shell_runs_the_command(sbx):
+    r = sbx.commands.run("shopt -q login_shell && echo login")
+    assert r.stdout == "login\n"
+
+
+def test_a_command_past_its_timeout_raises(sbx):
+    from e2b import TimeoutException
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutException):
+        sbx.commands.run("sleep 60", timeout=1)
+    assert time.monotonic() - started < 30
+    for p in sbx.commands.list():
+        sbx.commands.kill(p.pid)
+
+
+def test_background_commands_outlive_their_stream_and_can_be_killed(sbx):
+    from e2b import CommandExitException
+
+    handle = sbx.commands.run("sleep 120", background=True, timeout=1)
+    # The stream's deadline passes; the command must go on.
+    time.sleep(2.5)
+    assert handle.pid in [p.pid for p in sbx.commands.list()]
+    listed = [p for p in sbx.commands.list() if p.pid == handle.pid][0]
+    assert listed.cmd == "/bin/bash" and listed.args[-1] == "sleep 120"
+    assert sbx.commands.kill(handle.pid) is True
+    wait_for(lambda: handle.pid not in [p.pid for p in sbx.commands.list()], "the killed command to end")
+    assert sbx.commands.kill(handle.pid) is False
+    # A fresh connection to a finished command: not found.
+    with pytest.raises(Exception):
+        sbx.commands.connect(handle.pid).wait()
+    # Waiting on a killed command raises with its non-zero exit.
+    h2 = sbx.commands.run("sleep 120", background=True)
+    sbx.commands.kill(h2.pid)
+    with pytest.raises(CommandExitException):
+        h2.wait()
+
+
+def test_background_output_and_stdin(sbx):
+    h = sbx.commands.run("read line; echo got:$line", background=True, stdin=True)
+    sbx.commands.send_stdin(h.pid, "hello\n")
+    r = h.wait()
+    assert r.stdout == "got:hello\n"
+    h = sbx.commands.run("cat", background=True, stdin=True)
+    sbx.commands.send_stdin(h.pid, "abc")
+    sbx.commands.close_stdin(h.pid)
+    assert h.wait().stdout == "abc"
+
+
+def test_a_pty_runs_an_interactive_shell_and_resizes(sbx):
+    from e2b import CommandExitException, PtySize
+
+    out = bytearray()
+    h = sbx.pty.create(PtySize(rows=30, cols=100), timeout=60)
+    # Each size is written to a file and awaited through the files API, so the resize cannot race the shell.
+    sbx.pty.send_stdin(h.pid, b"stty size > /tmp/size1; echo term=$TERM\n")
+    wait_for(lambda: sbx.files.exists("/tmp/size1") and sbx.files.read("/tmp/size1"), "the first stty")
+    sbx.pty.resize(h.pid, PtySize(rows=40, cols=120))
+    sbx.pty.send_stdin(h.pid, b"stty size > /tmp/size2; tty; exit 3\n")
+    with pytest.raises(CommandExitException) as info:
+        h.wait(on_pty=out.extend)
+    assert info.value.exit_code == 3
+    assert sbx.files.read("/tmp/size1") == "30 100\n"
+    assert sbx.files.read("/tmp/size2") == "40 120\n"
+    text = out.decode(errors="replace")
+    assert "term=xterm-256color" in text and "/dev/pts/" in text
+
+
+def test_files_round_trip_text_and_binary(sbx):
+    from e2b import FileType, NotFoundException
+
+    sbx.files.write("/tmp/hello.txt", "héllo\n")
+    assert sbx.files.read("/tmp/hello.txt") == "héllo\n"
+    blob = bytes(range(256)) * 64
+    sbx.files.write("/tmp/data/blob.bin", blob)
+    assert sbx.files.read("/tmp/data/blob.bin", format="bytes") == bytes(blob)
+    # What a command wrote, read back through the files API, and the other way round.
+    sbx.commands.run("printf 'from cmd' > /tmp/cmd.txt")
+    assert sbx.files.read("/tmp/cmd.txt") == "from cmd"
+    assert sbx.commands.run("wc -c < /tmp/data/blob.bin").stdout.strip() == str(len(blob))
+    with pytest.raises(NotFoundException):
+        sbx.files.read("/tmp/missing.txt")
+
+
+def test_files_streamed_and_several_at_once(sbx):
+    import io
+
+    from e2b.sandbox.filesystem.filesystem import WriteEntry
+
+    # A file-like object goes as an octet-stream upload, several files as one multipart body.
+    info = sbx.files.write("/tmp/streamed.bin", io.BytesIO(b"\x00streamed\xff" * 1000))
+    assert info.path == "/tmp/streamed.bin"
+    assert sbx.files.read("/tmp/streamed.bin", format="bytes") == b"\x00streamed\xff" * 1000
+    written = sbx.files.write_files([WriteEntry(path="/tmp/m/one.txt", data="1"), WriteEntry(path="/tmp/m/two.txt", data=b"2")])
+    assert sorted(w.path for w in written) == ["/tmp/m/one.txt", "/tmp/m/two.txt"]
+    assert sbx.commands.run("cat /tmp/m/one.txt /tmp/m/two.txt").stdout == "12"
+
+
+def test_files_list_stat_mkdir_rename_remove(sbx):
+    from e2b import FileType
+
+    assert sbx.files.make_dir("/tmp/w/sub") is True
+    assert sbx.files.make_dir("/tmp/w/sub") is False
+    sbx.files.write("/tmp/w/a.txt", "abc")
+    entries = {e.name: e for e in sbx.files.list("/tmp/w")}
+    assert set(entries) == {"a.txt", "sub"}
+    assert entries["a.txt"].type == FileType.FILE and entries["a.txt"].size == 3
+    assert entries["sub"].type == FileType.DIR
+    assert entries["a.txt"].path == "/tmp/w/a.txt"
+    deep = {e.path for e in sbx.files.list("/tmp/w", depth=2)}
+    assert "/tmp/w/sub" in deep
+    info = sbx.files.get_info("/tmp/w/a.txt")
+    assert info.size == 3 and info.permissions.startswith("-")
+    assert sbx.files.exists("/tmp/w/a.txt") and not sbx.files.exists("/tmp/w/nope")
+    moved = sbx.files.rename("/tmp/w/a.txt", "/tmp/w/sub/b.txt")
+    assert moved.path == "/tmp/w/sub/b.txt"
+    assert sbx.files.read("/tmp/w/sub/b.txt") == "abc"
+    sbx.files.remove("/tmp/w")
+    assert not sbx.files.exists("/tmp/w")
+
+
+def test_watch_dir_reports_changes_between_polls(sbx):
+    from e2b import FilesystemEventType
+
+    sbx.files.make_dir("/tmp/watched/sub")
+    sbx.files.write("/tmp/watched/old.txt", "1")
+    handle = sbx.files.watch_dir("/tmp/watched", recursive=True)
+    try:
+        assert handle.get_new_events() == []
+        sbx.files.write("/tmp/watched/new.txt", "new")
+        sbx.files.write("/tmp/watched/sub/deep.txt", "deep")
+        sbx.commands.run("printf 'longer' > /tmp/watched/old.txt")
+        events = {(e.name, e.type) for e in handle.get_new_events()}
+        assert ("new.txt", FilesystemEventType.CREATE) in events
+        assert ("sub/deep.txt", FilesystemEventType.CREATE) in events
+        assert ("old.txt", FilesystemEventType.WRITE) in events
+        sbx.files.remove("/tmp/watched/new.txt")
+        assert [(e.name, e.type) for e in handle.get_new_events()] == [("new.txt", FilesystemEventType.REMOVE)]
+    finally:
+        handle.stop()
+
+
+def test_sandboxes_do_not_see_each_others_files(server, sbx):
+    from e2b import NotFoundException, Sandbox
+
+    sbx.files.write("/tmp/secret.txt", "only for the first")
+    other = Sandbox.create(timeout=300)
+    try:
+        assert other.sandbox_id != sbx.sandbox_id
+        assert not other.files.exists("/tmp/secret.txt")
+        with pytest.raises(NotFoundException):
+            other.files.read("/tmp/secret.txt")
+        r = other.commands.run("cat /tmp/secret.txt 2>&1 || true")
+        assert "only for the first" not in r.stdout
+        # One sandbox's access token does not open another's envd.
+        headers = {"E2b-Sandbox-Id": sbx.sandbox_id, "X-Access-Token": other._envd_access_token or "wrong"}
+        got = httpx.get(f"{server}/files", params={"path": "/tmp/secret.txt"}, headers=headers)
+        assert got.status_code == 401
+        assert "only for the first" not in got.text
+    finally:
+        other.kill()
+
+
+def test_list_info_timeout_and_kill(server):
+    from e2b import Sandbox, SandboxNotFoundException, SandboxQuery
+
+    a = Sandbox.create(timeout=300, metadata={"who": "a"})
+    b = Sandbox.create(timeout=300, metadata={"who": "b"})
+    try:
+        ids = {s.sandbox_id for s in Sandbox.list().next_items()}
+        assert {a.sandbox_id, b.sandbox_id} <= ids
+        only_a = Sandbox.list(query=SandboxQuery(metadata={"who": "a"})).next_items()
+        assert [s.sandbox_id for s in only_a] == [a.sandbox_id]
+        pager = Sandbox.list(limit=1, query=SandboxQuery(metadata={"suite": "none"}))
+        assert pager.next_items() == []
+        pages = []
+        pager = Sandbox.list(limit=1)
+        while pager.has_next:
+            pages.append([s.sandbox_id for s in pager.next_items()])
+        assert all(len(p) == 1 for p in pages) and {a.sandbox_id, b.sandbox_id} <= {p[0] for p in pages}
+        info = a.get_info()
+        assert info.sandbox_id == a.sandbox_id and info.metadata == {"who": "a"} and info.template_id == "base"
+        before = info.end_at
+        a.set_timeout(3600)
+        assert a.get_info().end_at > before
+        same = Sandbox.connect(a.sandbox_id)
+        assert same.commands.run("echo again").stdout == "again\n"
+    finally:
+        a.kill()
+        b.kill()
+    assert Sandbox.kill(a.sandbox_id) is False
+    with pytest.raises(SandboxNotFoundException):
+        Sandbox.get_info(a.sandbox_id)
+    assert a.sandbox_id not in {s.sandbox_id for s in Sandbox.list().next_items()}
+
+
+def test_create_envs_reach_commands(server):
+    from e2b import Sandbox
+
+    s = Sandbox.create(timeout=300, envs={"FROM_CREATE": "yes it is"})
+    try:
+        assert s.commands.run("echo \"$FROM_CREATE\"").stdout == "yes it is\n"
+    finally:
+        s.kill()
+
+
+def test_a_sandbox_past_its_lifetime_is_gone(server):
+    from e2b import NotFoundException, Sandbox
+
+    s = Sandbox.create(timeout=5)
+    assert s.commands.run("echo alive").stdout == "alive\n"
+    # Stopped by the daemon at its lifetime, then removed (an E2B client never deletes a timed-out sandbox).
+    wait_for(lambda: s.sandbox_id not in {x.sandbox_id for x in Sandbox.list().next_items()}, "the sandbox to end")
+    with pytest.raises(NotFoundException):
+        Sandbox.get_info(s.sandbox_id)
+    wait_for(lambda: Sandbox.kill(s.sandbox_id) is False, "the ended sandbox to be removed", seconds=15)
+
+
+def test_an_unknown_sandbox_is_not_found(server):
+    from e2b import NotFoundException, Sandbox
+
+    with pytest.raises(NotFoundException):
+        Sandbox.connect("sbx-000000000000")
+    with pytest.raises(NotFoundException):
+        Sandbox.get_info("no-such-sandbox")
+    assert Sandbox.kill("sbx-000000000000") is False
+
+
+def test_a_wrong_api_key_is_refused(server):
+    from e2b import AuthenticationException, Sandbox
+
+    with pytest.raises(AuthenticationException):
+        Sandbox.create(api_key="not-the-token")
+    answer = httpx.get(f"{server}/v2/sandboxes", headers={"X-API-KEY": "not-the-token"})
+    assert answer.status_code == 401

@@ -158,6 +158,5 @@ pub fn live_init(record: &SandboxRecord) -> Option<(i32, u64)> {
     (record.status == "running" && runtime::host::process_start_time(pid) == Some(start)).then_some((pid, start))
 }
 
-pub fn now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-}
+/// Unix time now (the workspace store's clock: records and the daemon's own agree).
+pub use store::now;

@@ -168,6 +168,70 @@ def test_background_output_and_stdin(sbx):
     assert h.wait().stdout == "abc"
 
 
+def test_stream_input_sends_chunks_in_order(sbx):
+    h = sbx.commands.run("cat", background=True, stdin=True)
+    # One client-streamed StreamInput call: the start event, then each chunk as the iterable yields it.
+    sbx.commands.stream_input(h.pid, ["one ", b"two ", "three"])
+    sbx.commands.stream_input(h.pid, [" and more"])
+    sbx.commands.close_stdin(h.pid)
+    assert h.wait().stdout == "one two three and more"
+
+
+def test_stream_input_to_an_unknown_process_is_not_found(sbx):
+    from e2b import NotFoundException
+
+    with pytest.raises(NotFoundException):
+        sbx.commands.stream_input(999999, ["x"])
+
+
+def test_stream_input_envelopes_arrive_as_they_are_sent(server, sbx):
+    """A raw Connect client stream (what the SDK's stream_input sends): each chunk must reach the command while
+    the request body is still open, keepalives are taken, and the answer is a message and the end of stream."""
+    import base64
+    import json
+    import queue
+    import struct
+    import threading
+
+    h = sbx.commands.run("read line; echo \"got:$line\" > /tmp/first; cat", background=True, stdin=True)
+    chunks = queue.Queue()
+
+    def envelope(msg):
+        data = json.dumps(msg).encode()
+        return struct.pack(">BI", 0, len(data)) + data
+
+    def body():
+        yield envelope({"start": {"process": {"pid": h.pid}}})
+        while (item := chunks.get()) is not None:
+            yield envelope(item)
+
+    headers = {"E2b-Sandbox-Id": sbx.sandbox_id, "X-Access-Token": sbx._envd_access_token,
+               "Content-Type": "application/connect+json", "Connect-Protocol-Version": "1"}
+    answer = {}
+
+    def call():
+        answer["r"] = httpx.post(f"{server}/process.Process/StreamInput", content=body(), headers=headers, timeout=60)
+
+    t = threading.Thread(target=call)
+    t.start()
+    try:
+        chunks.put({"data": {"input": {"stdin": base64.b64encode(b"first\n").decode()}}})
+        chunks.put({"keepalive": {}})
+        wait_for(lambda: sbx.files.exists("/tmp/first") and sbx.files.read("/tmp/first") == "got:first\n",
+                 "the first chunk to reach the command with the body still open")
+        chunks.put({"data": {"input": {"stdin": base64.b64encode(b"second").decode()}}})
+    finally:
+        chunks.put(None)
+        t.join(60)
+    r = answer["r"]
+    assert r.status_code == 200 and r.headers["content-type"] == "application/connect+json"
+    flags, n = struct.unpack(">BI", r.content[:5])
+    assert flags == 0 and json.loads(r.content[5:5 + n]) == {}
+    assert r.content[5 + n] == 2 and json.loads(r.content[10 + n:]) == {}
+    sbx.commands.close_stdin(h.pid)
+    assert h.wait().stdout == "second"
+
+
 def test_a_pty_runs_an_interactive_shell_and_resizes(sbx):
     from e2b import CommandExitException, PtySize
 

@@ -325,6 +325,50 @@ def test_watch_dir_reports_changes_between_polls(sbx):
         handle.stop()
 
 
+def test_async_watch_dir_streams_changes(server):
+    import asyncio
+
+    from e2b import AsyncSandbox, FilesystemEventType
+
+    async def main():
+        s = await AsyncSandbox.create(timeout=300)
+        try:
+            await s.files.make_dir("/tmp/w2/sub")
+            events, exits = [], []
+            handle = await s.files.watch_dir("/tmp/w2", events.append, on_exit=exits.append, recursive=True)
+            await s.files.write("/tmp/w2/a.txt", "a")
+            await s.files.write("/tmp/w2/sub/b.txt", "b")
+
+            async def seen(name, kind):
+                for _ in range(200):
+                    if (name, kind) in {(e.name, e.type) for e in events}:
+                        return
+                    await asyncio.sleep(0.05)
+                raise AssertionError(f"no {kind} event for {name}: {events}")
+
+            await seen("a.txt", FilesystemEventType.CREATE)
+            await seen("sub/b.txt", FilesystemEventType.CREATE)
+            await s.commands.run("printf 'longer' > /tmp/w2/a.txt")
+            await seen("a.txt", FilesystemEventType.WRITE)
+            await s.files.remove("/tmp/w2/a.txt")
+            await seen("a.txt", FilesystemEventType.REMOVE)
+            await handle.stop()
+            assert exits == [None]
+            # A directory that does not exist: the SDK raises before returning a handle.
+            from e2b import NotFoundException
+
+            try:
+                await s.files.watch_dir("/tmp/no-such-dir", events.append)
+            except NotFoundException:
+                pass
+            else:
+                raise AssertionError("watch_dir of a missing directory did not raise")
+        finally:
+            await s.kill()
+
+    asyncio.run(main())
+
+
 def test_sandboxes_do_not_see_each_others_files(server, sbx):
     from e2b import NotFoundException, Sandbox
 

@@ -6,6 +6,7 @@ Only the SDK's public API is used. Every sandbox is killed by its test; the modu
 Run by scripts/e2b-test (as root).
 """
 
+import json
 import os
 import shutil
 import socket
@@ -19,6 +20,9 @@ import pytest
 
 AIRLOCK = os.environ["AIRLOCK"]
 TOKEN = "airlock-e2b-test-token-0123456789abcdef"
+# The daemon's own REST API (its Unix socket) and state directory, set by the `server` fixture: pools are made
+# there, as an operator would.
+DAEMON = {}
 
 
 def free_port():
@@ -45,7 +49,7 @@ def server():
     log = open(work / "serve.log", "w")
     daemon = subprocess.Popen(
         [AIRLOCK, "serve", "--e2b", f"127.0.0.1:{port}", "--token-file", str(work / "token"),
-         "--state-dir", str(state)],
+         "--socket", str(work / "airlock.sock"), "--state-dir", str(state)],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log,
         env={k: v for k, v in os.environ.items() if k != "AIRLOCK_HOST"},
     )
@@ -58,6 +62,8 @@ def server():
     saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DOMAIN", "E2B_DEBUG")}
     try:
         wait_for(listening, "airlock serve --e2b to listen")
+        wait_for((work / "airlock.sock").exists, "the daemon's socket")
+        DAEMON.update(socket=str(work / "airlock.sock"), state=state)
         os.environ.update(E2B_API_URL=url, E2B_SANDBOX_URL=url, E2B_API_KEY=TOKEN)
         os.environ.pop("E2B_DOMAIN", None)
         os.environ.pop("E2B_DEBUG", None)
@@ -443,6 +449,69 @@ def test_a_sandbox_past_its_lifetime_is_gone(server):
     with pytest.raises(NotFoundException):
         Sandbox.get_info(s.sandbox_id)
     wait_for(lambda: Sandbox.kill(s.sandbox_id) is False, "the ended sandbox to be removed", seconds=15)
+
+
+def daemon_api():
+    return httpx.Client(transport=httpx.HTTPTransport(uds=DAEMON["socket"]), base_url="http://airlock", timeout=60)
+
+
+def test_a_template_naming_a_warm_pool_takes_a_ready_sandbox(server):
+    from e2b import Sandbox, SandboxException
+
+    api = daemon_api()
+    made = api.post("/v1/pools", json={"name": "warm", "size": 1, "sandbox": {"env": {"FROM": "pool"}}})
+    assert made.status_code == 201, made.text
+    try:
+        ready = lambda: api.get("/v1/pools").json()["pools"][0]["ready"]  # noqa: E731
+        sandboxes = DAEMON["state"] / "sandboxes"
+
+        def running(d):
+            try:
+                return json.loads((d / "sandbox.json").read_text()).get("status") == "running"
+            except (OSError, ValueError):
+                return False
+
+        def one_waiting():
+            # Running (its record written by `airlock create`), not only being made.
+            return ready() == 1 and any(running(d) for d in sandboxes.glob("pool-*"))
+
+        wait_for(one_waiting, "the pool to fill", seconds=90)
+        time.sleep(0.5)
+        started = time.monotonic()
+        s = Sandbox.create(template="warm", timeout=300)
+        took = time.monotonic() - started
+        try:
+            # The pool's sandbox (named pool-…; one made cold would be sbx-…), with the pool's environment.
+            assert s.sandbox_id.startswith("pool-"), s.sandbox_id
+            assert took < 3, f"a create from a pool took {took:.1f} s"
+            assert s.commands.run("echo $FROM").stdout == "pool\n"
+            assert s.get_info().template_id == "warm"
+            assert s.sandbox_id in {x.sandbox_id for x in Sandbox.list().next_items()}
+            wait_for(lambda: ready() == 1, "the pool to refill", seconds=90)
+            # A pool's sandboxes are made already: envs at create are refused, not dropped.
+            with pytest.raises(SandboxException, match="warm pool"):
+                Sandbox.create(template="warm", envs={"X": "1"})
+        finally:
+            s.kill()
+    finally:
+        assert api.delete("/v1/pools/warm").status_code == 204
+        wait_for(lambda: not list((DAEMON["state"] / "sandboxes").glob("pool-*")), "the pool's sandboxes to go",
+                 seconds=90)
+        api.close()
+
+
+def test_a_template_that_is_neither_a_pool_nor_a_profile_is_refused(server):
+    from e2b import Sandbox, SandboxException
+
+    with pytest.raises(SandboxException, match="template no-such-template not found"):
+        Sandbox.create(template="no-such-template")
+    # A built-in profile is a template too.
+    s = Sandbox.create(template="strict", timeout=60)
+    try:
+        assert s.get_info().template_id == "strict"
+        assert s.commands.run("echo ok").stdout == "ok\n"
+    finally:
+        s.kill()
 
 
 def test_an_unknown_sandbox_is_not_found(server):

@@ -331,6 +331,64 @@ def test_watch_dir_reports_changes_between_polls(sbx):
         handle.stop()
 
 
+def test_the_async_sdk_runs_commands_and_files(server):
+    import asyncio
+
+    from e2b import AsyncSandbox, CommandExitException, NotFoundException
+
+    async def main():
+        s = await AsyncSandbox.create(timeout=300, metadata={"sdk": "async"}, envs={"FROM_CREATE": "async"})
+        try:
+            r = await s.commands.run("echo out; echo err >&2; echo $FROM_CREATE $X", envs={"X": "y"}, cwd="/tmp")
+            assert (r.exit_code, r.stdout, r.stderr) == (0, "out\nasync y\n", "err\n")
+            chunks = []
+            await s.commands.run("printf 'a\\n'; printf 'b\\n'", on_stdout=chunks.append)
+            assert "".join(chunks) == "a\nb\n"
+            try:
+                await s.commands.run("exit 4")
+            except CommandExitException as e:
+                assert e.exit_code == 4
+            else:
+                raise AssertionError("a non-zero exit did not raise")
+            # Several commands at once on one connection.
+            outs = await asyncio.gather(*(s.commands.run(f"echo {i}") for i in range(4)))
+            assert [o.stdout for o in outs] == [f"{i}\n" for i in range(4)]
+
+            await s.files.write("/tmp/async.txt", "héllo async")
+            assert await s.files.read("/tmp/async.txt") == "héllo async"
+            blob = bytes(range(256)) * 16
+            await s.files.write("/tmp/async.bin", blob)
+            assert await s.files.read("/tmp/async.bin", format="bytes") == bytes(blob)
+            assert {e.name for e in await s.files.list("/tmp")} >= {"async.txt", "async.bin"}
+            try:
+                await s.files.read("/tmp/none.txt")
+            except NotFoundException:
+                pass
+            else:
+                raise AssertionError("reading a missing file did not raise")
+
+            # Background, the async input handle (one StreamInput call: chunks in order, keepalives), kill.
+            h = await s.commands.run("cat", background=True, stdin=True)
+            async with s.commands.stream_input(h.pid) as stdin:
+                await stdin.send("one ")
+                await stdin.send(b"two")
+            await s.commands.close_stdin(h.pid)
+            assert (await h.wait()).stdout == "one two"
+            h = await s.commands.run("sleep 120", background=True)
+            assert h.pid in [p.pid for p in await s.commands.list()]
+            assert await s.commands.kill(h.pid) is True
+
+            info = await s.get_info()
+            assert info.metadata == {"sdk": "async"} and info.template_id == "base"
+            same = await AsyncSandbox.connect(s.sandbox_id)
+            assert (await same.commands.run("echo again")).stdout == "again\n"
+        finally:
+            assert await s.kill() is True
+        assert await AsyncSandbox.kill(s.sandbox_id) is False
+
+    asyncio.run(main())
+
+
 def test_async_watch_dir_streams_changes(server):
     import asyncio
 

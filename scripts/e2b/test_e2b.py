@@ -6,6 +6,7 @@ Only the SDK's public API is used. Every sandbox is killed by its test; the modu
 Run by scripts/e2b-test (as root).
 """
 
+import json
 import os
 import shutil
 import socket
@@ -19,6 +20,9 @@ import pytest
 
 AIRLOCK = os.environ["AIRLOCK"]
 TOKEN = "airlock-e2b-test-token-0123456789abcdef"
+# The daemon's own REST API (its Unix socket) and state directory, set by the `server` fixture: pools are made
+# there, as an operator would.
+DAEMON = {}
 
 
 def free_port():
@@ -45,7 +49,7 @@ def server():
     log = open(work / "serve.log", "w")
     daemon = subprocess.Popen(
         [AIRLOCK, "serve", "--e2b", f"127.0.0.1:{port}", "--token-file", str(work / "token"),
-         "--state-dir", str(state)],
+         "--socket", str(work / "airlock.sock"), "--state-dir", str(state)],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log,
         env={k: v for k, v in os.environ.items() if k != "AIRLOCK_HOST"},
     )
@@ -58,6 +62,8 @@ def server():
     saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DOMAIN", "E2B_DEBUG")}
     try:
         wait_for(listening, "airlock serve --e2b to listen")
+        wait_for((work / "airlock.sock").exists, "the daemon's socket")
+        DAEMON.update(socket=str(work / "airlock.sock"), state=state)
         os.environ.update(E2B_API_URL=url, E2B_SANDBOX_URL=url, E2B_API_KEY=TOKEN)
         os.environ.pop("E2B_DOMAIN", None)
         os.environ.pop("E2B_DEBUG", None)
@@ -168,6 +174,70 @@ def test_background_output_and_stdin(sbx):
     assert h.wait().stdout == "abc"
 
 
+def test_stream_input_sends_chunks_in_order(sbx):
+    h = sbx.commands.run("cat", background=True, stdin=True)
+    # One client-streamed StreamInput call: the start event, then each chunk as the iterable yields it.
+    sbx.commands.stream_input(h.pid, ["one ", b"two ", "three"])
+    sbx.commands.stream_input(h.pid, [" and more"])
+    sbx.commands.close_stdin(h.pid)
+    assert h.wait().stdout == "one two three and more"
+
+
+def test_stream_input_to_an_unknown_process_is_not_found(sbx):
+    from e2b import NotFoundException
+
+    with pytest.raises(NotFoundException):
+        sbx.commands.stream_input(999999, ["x"])
+
+
+def test_stream_input_envelopes_arrive_as_they_are_sent(server, sbx):
+    """A raw Connect client stream (what the SDK's stream_input sends): each chunk must reach the command while
+    the request body is still open, keepalives are taken, and the answer is a message and the end of stream."""
+    import base64
+    import json
+    import queue
+    import struct
+    import threading
+
+    h = sbx.commands.run("read line; echo \"got:$line\" > /tmp/first; cat", background=True, stdin=True)
+    chunks = queue.Queue()
+
+    def envelope(msg):
+        data = json.dumps(msg).encode()
+        return struct.pack(">BI", 0, len(data)) + data
+
+    def body():
+        yield envelope({"start": {"process": {"pid": h.pid}}})
+        while (item := chunks.get()) is not None:
+            yield envelope(item)
+
+    headers = {"E2b-Sandbox-Id": sbx.sandbox_id, "X-Access-Token": sbx._envd_access_token,
+               "Content-Type": "application/connect+json", "Connect-Protocol-Version": "1"}
+    answer = {}
+
+    def call():
+        answer["r"] = httpx.post(f"{server}/process.Process/StreamInput", content=body(), headers=headers, timeout=60)
+
+    t = threading.Thread(target=call)
+    t.start()
+    try:
+        chunks.put({"data": {"input": {"stdin": base64.b64encode(b"first\n").decode()}}})
+        chunks.put({"keepalive": {}})
+        wait_for(lambda: sbx.files.exists("/tmp/first") and sbx.files.read("/tmp/first") == "got:first\n",
+                 "the first chunk to reach the command with the body still open")
+        chunks.put({"data": {"input": {"stdin": base64.b64encode(b"second").decode()}}})
+    finally:
+        chunks.put(None)
+        t.join(60)
+    r = answer["r"]
+    assert r.status_code == 200 and r.headers["content-type"] == "application/connect+json"
+    flags, n = struct.unpack(">BI", r.content[:5])
+    assert flags == 0 and json.loads(r.content[5:5 + n]) == {}
+    assert r.content[5 + n] == 2 and json.loads(r.content[10 + n:]) == {}
+    sbx.commands.close_stdin(h.pid)
+    assert h.wait().stdout == "second"
+
+
 def test_a_pty_runs_an_interactive_shell_and_resizes(sbx):
     from e2b import CommandExitException, PtySize
 
@@ -261,6 +331,108 @@ def test_watch_dir_reports_changes_between_polls(sbx):
         handle.stop()
 
 
+def test_the_async_sdk_runs_commands_and_files(server):
+    import asyncio
+
+    from e2b import AsyncSandbox, CommandExitException, NotFoundException
+
+    async def main():
+        s = await AsyncSandbox.create(timeout=300, metadata={"sdk": "async"}, envs={"FROM_CREATE": "async"})
+        try:
+            r = await s.commands.run("echo out; echo err >&2; echo $FROM_CREATE $X", envs={"X": "y"}, cwd="/tmp")
+            assert (r.exit_code, r.stdout, r.stderr) == (0, "out\nasync y\n", "err\n")
+            chunks = []
+            await s.commands.run("printf 'a\\n'; printf 'b\\n'", on_stdout=chunks.append)
+            assert "".join(chunks) == "a\nb\n"
+            try:
+                await s.commands.run("exit 4")
+            except CommandExitException as e:
+                assert e.exit_code == 4
+            else:
+                raise AssertionError("a non-zero exit did not raise")
+            # Several commands at once on one connection.
+            outs = await asyncio.gather(*(s.commands.run(f"echo {i}") for i in range(4)))
+            assert [o.stdout for o in outs] == [f"{i}\n" for i in range(4)]
+
+            await s.files.write("/tmp/async.txt", "héllo async")
+            assert await s.files.read("/tmp/async.txt") == "héllo async"
+            blob = bytes(range(256)) * 16
+            await s.files.write("/tmp/async.bin", blob)
+            assert await s.files.read("/tmp/async.bin", format="bytes") == bytes(blob)
+            assert {e.name for e in await s.files.list("/tmp")} >= {"async.txt", "async.bin"}
+            try:
+                await s.files.read("/tmp/none.txt")
+            except NotFoundException:
+                pass
+            else:
+                raise AssertionError("reading a missing file did not raise")
+
+            # Background, the async input handle (one StreamInput call: chunks in order, keepalives), kill.
+            h = await s.commands.run("cat", background=True, stdin=True)
+            async with s.commands.stream_input(h.pid) as stdin:
+                await stdin.send("one ")
+                await stdin.send(b"two")
+            await s.commands.close_stdin(h.pid)
+            assert (await h.wait()).stdout == "one two"
+            h = await s.commands.run("sleep 120", background=True)
+            assert h.pid in [p.pid for p in await s.commands.list()]
+            assert await s.commands.kill(h.pid) is True
+
+            info = await s.get_info()
+            assert info.metadata == {"sdk": "async"} and info.template_id == "base"
+            same = await AsyncSandbox.connect(s.sandbox_id)
+            assert (await same.commands.run("echo again")).stdout == "again\n"
+        finally:
+            assert await s.kill() is True
+        assert await AsyncSandbox.kill(s.sandbox_id) is False
+
+    asyncio.run(main())
+
+
+def test_async_watch_dir_streams_changes(server):
+    import asyncio
+
+    from e2b import AsyncSandbox, FilesystemEventType
+
+    async def main():
+        s = await AsyncSandbox.create(timeout=300)
+        try:
+            await s.files.make_dir("/tmp/w2/sub")
+            events, exits = [], []
+            handle = await s.files.watch_dir("/tmp/w2", events.append, on_exit=exits.append, recursive=True)
+            await s.files.write("/tmp/w2/a.txt", "a")
+            await s.files.write("/tmp/w2/sub/b.txt", "b")
+
+            async def seen(name, kind):
+                for _ in range(200):
+                    if (name, kind) in {(e.name, e.type) for e in events}:
+                        return
+                    await asyncio.sleep(0.05)
+                raise AssertionError(f"no {kind} event for {name}: {events}")
+
+            await seen("a.txt", FilesystemEventType.CREATE)
+            await seen("sub/b.txt", FilesystemEventType.CREATE)
+            await s.commands.run("printf 'longer' > /tmp/w2/a.txt")
+            await seen("a.txt", FilesystemEventType.WRITE)
+            await s.files.remove("/tmp/w2/a.txt")
+            await seen("a.txt", FilesystemEventType.REMOVE)
+            await handle.stop()
+            assert exits == [None]
+            # A directory that does not exist: the SDK raises before returning a handle.
+            from e2b import NotFoundException
+
+            try:
+                await s.files.watch_dir("/tmp/no-such-dir", events.append)
+            except NotFoundException:
+                pass
+            else:
+                raise AssertionError("watch_dir of a missing directory did not raise")
+        finally:
+            await s.kill()
+
+    asyncio.run(main())
+
+
 def test_sandboxes_do_not_see_each_others_files(server, sbx):
     from e2b import NotFoundException, Sandbox
 
@@ -335,6 +507,69 @@ def test_a_sandbox_past_its_lifetime_is_gone(server):
     with pytest.raises(NotFoundException):
         Sandbox.get_info(s.sandbox_id)
     wait_for(lambda: Sandbox.kill(s.sandbox_id) is False, "the ended sandbox to be removed", seconds=15)
+
+
+def daemon_api():
+    return httpx.Client(transport=httpx.HTTPTransport(uds=DAEMON["socket"]), base_url="http://airlock", timeout=60)
+
+
+def test_a_template_naming_a_warm_pool_takes_a_ready_sandbox(server):
+    from e2b import Sandbox, SandboxException
+
+    api = daemon_api()
+    made = api.post("/v1/pools", json={"name": "warm", "size": 1, "sandbox": {"env": {"FROM": "pool"}}})
+    assert made.status_code == 201, made.text
+    try:
+        ready = lambda: api.get("/v1/pools").json()["pools"][0]["ready"]  # noqa: E731
+        sandboxes = DAEMON["state"] / "sandboxes"
+
+        def running(d):
+            try:
+                return json.loads((d / "sandbox.json").read_text()).get("status") == "running"
+            except (OSError, ValueError):
+                return False
+
+        def one_waiting():
+            # Running (its record written by `airlock create`), not only being made.
+            return ready() == 1 and any(running(d) for d in sandboxes.glob("pool-*"))
+
+        wait_for(one_waiting, "the pool to fill", seconds=90)
+        time.sleep(0.5)
+        started = time.monotonic()
+        s = Sandbox.create(template="warm", timeout=300)
+        took = time.monotonic() - started
+        try:
+            # The pool's sandbox (named pool-…; one made cold would be sbx-…), with the pool's environment.
+            assert s.sandbox_id.startswith("pool-"), s.sandbox_id
+            assert took < 3, f"a create from a pool took {took:.1f} s"
+            assert s.commands.run("echo $FROM").stdout == "pool\n"
+            assert s.get_info().template_id == "warm"
+            assert s.sandbox_id in {x.sandbox_id for x in Sandbox.list().next_items()}
+            wait_for(lambda: ready() == 1, "the pool to refill", seconds=90)
+            # A pool's sandboxes are made already: envs at create are refused, not dropped.
+            with pytest.raises(SandboxException, match="warm pool"):
+                Sandbox.create(template="warm", envs={"X": "1"})
+        finally:
+            s.kill()
+    finally:
+        assert api.delete("/v1/pools/warm").status_code == 204
+        wait_for(lambda: not list((DAEMON["state"] / "sandboxes").glob("pool-*")), "the pool's sandboxes to go",
+                 seconds=90)
+        api.close()
+
+
+def test_a_template_that_is_neither_a_pool_nor_a_profile_is_refused(server):
+    from e2b import Sandbox, SandboxException
+
+    with pytest.raises(SandboxException, match="template no-such-template not found"):
+        Sandbox.create(template="no-such-template")
+    # A built-in profile is a template too.
+    s = Sandbox.create(template="strict", timeout=60)
+    try:
+        assert s.get_info().template_id == "strict"
+        assert s.commands.run("echo ok").stdout == "ok\n"
+    finally:
+        s.kill()
 
 
 def test_an_unknown_sandbox_is_not_found(server):

@@ -1,8 +1,9 @@
 //! `airlock serve --e2b` against the unmodified E2B Python SDK (`scripts/e2b-test`, pytest, `e2b==2.63.0`):
 //! sandboxes created, listed, paged, timed and killed; commands with their output, exit codes, environment,
-//! working directory, background runs past their stream's deadline, kill, timeout and stdin; a pty (interactive
-//! shell, resize); files written and read back (binary too), listed, moved and removed; one sandbox kept from
-//! another's files and token; unknown ids not found. Root, and the `e2b` SDK and pytest in /opt/airlock/venv (scripts/setup-debian installs them).
+//! working directory, background runs past their stream's deadline, kill, timeout, stdin and streamed input; a
+//! pty (interactive shell, resize); files written and read back (binary too), listed, moved, removed and watched
+//! (polled and streamed); the async SDK; templates that name a warm pool or a profile, or neither; one sandbox
+//! kept from another's files and token; unknown ids not found. Root, and the `e2b` SDK and pytest in /opt/airlock/venv (scripts/setup-debian installs them).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -215,8 +215,9 @@ fn confine_host_paths(app: &App, spec: &mut SandboxSpec) -> ApiResult<()> {
 }
 
 /// A sandbox from `pool` if one is ready; otherwise one made now from the pool's spec. The request may add a
-/// lifetime (and nothing else: the rest of the sandbox was set up already).
-async fn take_or_create_for_pool(app: &Shared, pool: &str, spec: &SandboxSpec) -> ApiResult<OwnedSandbox> {
+/// lifetime (and nothing else: the rest of the sandbox was set up already). The E2B front end's creates from a
+/// pool come here too.
+pub async fn take_or_create_for_pool(app: &Shared, pool: &str, spec: &SandboxSpec) -> ApiResult<OwnedSandbox> {
     let extra = SandboxSpec { timeout: spec.timeout.clone(), pool: spec.pool.clone(), ..SandboxSpec::default() };
     if *spec != extra {
         return Err(ApiError::bad_request(

@@ -126,6 +126,60 @@ pub fn stream_request<T: DeserializeOwned>(body: &Bytes) -> Result<T, RpcError> 
     request(body)
 }
 
+/// The largest message taken from a client stream.
+pub const MAX_MESSAGE: usize = 16 << 20;
+
+/// A client stream's messages as they arrive: the request body is a sequence of envelopes, each read as soon
+/// as it is whole (the client sends them over time, e.g. input as a user types it), never the whole body first.
+pub struct Envelopes {
+    body: axum::body::BodyDataStream,
+    buf: Vec<u8>,
+    done: bool,
+}
+
+impl Envelopes {
+    pub fn new(body: Body) -> Envelopes {
+        Envelopes { body: body.into_data_stream(), buf: Vec::new(), done: false }
+    }
+
+    /// The next message, or `None` at the end of the body (a client ends its stream by ending the body).
+    pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, RpcError> {
+        use futures::StreamExt;
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+                if len > MAX_MESSAGE {
+                    return Err(RpcError::new(RpcCode::ResourceExhausted, "a message over 16 MiB"));
+                }
+                if self.buf.len() >= 5 + len {
+                    let flags = self.buf[0];
+                    let message: Vec<u8> = self.buf.drain(..5 + len).skip(5).collect();
+                    if flags & 0x01 != 0 {
+                        return Err(RpcError::new(RpcCode::Unimplemented, "compressed requests are not supported"));
+                    }
+                    if flags & 0x02 != 0 {
+                        // An end-of-stream envelope from the client: nothing follows it.
+                        self.done = true;
+                        return Ok(None);
+                    }
+                    return request(&Bytes::from(message)).map(Some);
+                }
+            }
+            if self.done {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(RpcError::invalid("the request ends inside an envelope"));
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Err(RpcError::new(RpcCode::Unavailable, format!("reading the request: {e}"))),
+                None => self.done = true,
+            }
+        }
+    }
+}
+
 /// One envelope: `flags`, then the JSON's length and the JSON.
 pub fn envelope(flags: u8, message: &Value) -> Bytes {
     let text = message.to_string();
@@ -193,5 +247,18 @@ mod tests {
         assert_eq!(back, json!({"a": 1}));
         let bare: Value = stream_request(&Bytes::from_static(b"{\"b\":2}")).unwrap();
         assert_eq!(bare, json!({"b": 2}));
+    }
+
+    #[tokio::test]
+    async fn client_stream_envelopes_are_read_across_chunks() {
+        let all = [envelope(0, &json!({"n": 1})), envelope(0, &json!({"n": 2}))].concat();
+        let chunks: Vec<Result<Bytes, std::io::Error>> = all.chunks(3).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let mut messages = Envelopes::new(Body::from_stream(futures::stream::iter(chunks)));
+        assert_eq!(messages.next::<Value>().await.unwrap(), Some(json!({"n": 1})));
+        assert_eq!(messages.next::<Value>().await.unwrap(), Some(json!({"n": 2})));
+        assert_eq!(messages.next::<Value>().await.unwrap(), None);
+        let cut = envelope(0, &json!({"n": 3}));
+        let mut messages = Envelopes::new(Body::from(cut.slice(..cut.len() - 1)));
+        assert!(messages.next::<Value>().await.is_err());
     }
 }

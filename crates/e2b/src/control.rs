@@ -143,22 +143,86 @@ pub async fn create(State(e2b): State<E2bState>, headers: HeaderMap, body: Bytes
         .map_err(|e| ControlError::bad_request(format!("invalid JSON body: {e}")))?;
     let seconds = lifetime(req.timeout)?;
     let template = req.template_id.clone().unwrap_or_else(|| "base".into());
-    let spec = SandboxSpec {
-        // `base`, E2B's default template, is airlock's default profile; any other names a profile.
-        profile: (template != "base").then(|| template.clone()),
-        env: req.env_vars.clone().unwrap_or_default(),
-        net: (req.allow_internet_access == Some(false)).then(|| "none".to_string()),
-        timeout: Some(format!("{seconds}s")),
-        ..SandboxSpec::default()
+    let record = match pool_named(&e2b, &template)? {
+        Some(pool) => create_from_pool(&e2b, &req, &pool, seconds).await?,
+        None => create_from_profile(&e2b, &req, &template, seconds).await?,
     };
-    spec.validate()?;
-    let record = daemon::api::create_sandbox(&e2b.app, spec, None).await?;
     let side = SideRecord { template_id: template, metadata: req.metadata.unwrap_or_default() };
     if let Err(e) = write_side(&e2b, &record.name, &side) {
         // The sandbox is made; without its side record it reads as template `base` with no metadata.
         eprintln!("airlock: cannot keep the E2B record of {}: {e}", record.name);
     }
     Ok((StatusCode::CREATED, Json(created_object(&e2b, &record.name, &side))).into_response())
+}
+
+/// The daemon's warm pool named `template`, if there is one (`POST /v1/pools` on its REST API): a pool's name
+/// is a template, tried before the profiles, so even `base` (the SDK's default) can be served warm.
+fn pool_named(e2b: &crate::E2b, template: &str) -> ControlResult<Option<daemon::store::PoolRecord>> {
+    let pools = e2b.app.store.pools().map_err(|e| {
+        ControlError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the daemon's pools: {e}"))
+    })?;
+    Ok(pools.into_iter().find(|p| p.name == template))
+}
+
+/// A ready sandbox from the pool (a cold one made from the pool's spec when none is ready; the daemon's filler
+/// then makes the pool whole again). Its environment and network were set when it was made: a create that
+/// asks for others is refused rather than answered with a sandbox that has not got them.
+async fn create_from_pool(
+    e2b: &E2bState,
+    req: &CreateBody,
+    pool: &daemon::store::PoolRecord,
+    seconds: u64,
+) -> ControlResult<OwnedSandbox> {
+    if req.env_vars.as_ref().is_some_and(|env| !env.is_empty()) {
+        return Err(ControlError::bad_request(format!(
+            "template {}: a warm pool's sandboxes are made already, so they take no envs at create (give them to \
+             commands.run, or to the pool's spec)",
+            pool.name
+        )));
+    }
+    if req.allow_internet_access == Some(false) && pool.sandbox.net.as_deref() != Some("none") {
+        return Err(ControlError::bad_request(format!(
+            "template {}: the pool's sandboxes have a network; allow_internet_access=False needs a pool made with \
+             \"net\": \"none\"",
+            pool.name
+        )));
+    }
+    let spec =
+        SandboxSpec { pool: Some(pool.name.clone()), timeout: Some(format!("{seconds}s")), ..SandboxSpec::default() };
+    Ok(daemon::api::take_or_create_for_pool(&e2b.app, &pool.name, &spec).await?)
+}
+
+/// A sandbox made now: template `base`, E2B's default, is airlock's default profile; any other names a profile
+/// (a built-in by name, or a file on the daemon's host when it has a `/` or ends in `.toml`).
+async fn create_from_profile(
+    e2b: &E2bState,
+    req: &CreateBody,
+    template: &str,
+    seconds: u64,
+) -> ControlResult<OwnedSandbox> {
+    if template != "base" {
+        if let policy::profile::ProfileRef::Builtin(name) = policy::profile::ProfileRef::from_arg(template) {
+            if policy::profile::builtin_profile_source(&name).is_none() {
+                return Err(ControlError::new(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "template {template} not found: it names neither a warm pool of this daemon (POST \
+                         /v1/pools) nor a profile (built-in: {})",
+                        policy::profile::builtin_profile_names().join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    let spec = SandboxSpec {
+        profile: (template != "base").then(|| template.to_string()),
+        env: req.env_vars.clone().unwrap_or_default(),
+        net: (req.allow_internet_access == Some(false)).then(|| "none".to_string()),
+        timeout: Some(format!("{seconds}s")),
+        ..SandboxSpec::default()
+    };
+    spec.validate()?;
+    Ok(daemon::api::create_sandbox(&e2b.app, spec, None).await?)
 }
 
 /// The `Sandbox` object of a create or connect.

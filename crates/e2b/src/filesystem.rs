@@ -3,10 +3,12 @@
 //! commands (its root, its mounts, its user's rights, symlinks resolved inside), never a host path.
 //!
 //! Entries come back from `find -printf`, NUL-separated, and become envd's `EntryInfo` (proto3 JSON). Directory
-//! watchers poll (see [`Watchers`]); the streamed `WatchDir` is not served yet.
+//! watchers poll (see [`Watchers`]); the streamed `WatchDir` (the async SDK's) polls too, on a short interval,
+//! and sends what changed as the stream's events.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -77,10 +79,10 @@ pub async fn dispatch(
         "Move" => move_entry(&e2b, &headers, &body).await,
         "Remove" => remove(&e2b, &headers, &body).await,
         "WatchDir" => {
-            return connect::stream_error(RpcError::new(
-                RpcCode::Unimplemented,
-                "watching directories is not supported by airlock yet",
-            ))
+            return match watch_dir(&e2b, &headers, &body).await {
+                Ok(r) => r,
+                Err(e) => connect::stream_error(e),
+            }
         }
         "CreateWatcher" => create_watcher(&e2b, &headers, &body).await,
         "GetWatcherEvents" => watcher_events(&e2b, &headers, &body).await,
@@ -238,6 +240,98 @@ struct Watcher {
 #[derive(Default)]
 pub struct Watchers {
     map: Mutex<HashMap<String, Watcher>>,
+    /// How many `WatchDir` streams are open: each runs a listing in its sandbox every [`WATCH_POLL`], so they
+    /// count against [`MAX_WATCHERS`] too.
+    streams: AtomicUsize,
+}
+
+/// How often a `WatchDir` stream lists its directory: short, since a file created and removed between two
+/// listings is never seen; each listing is one `airlock exec` in the sandbox.
+const WATCH_POLL: Duration = Duration::from_millis(250);
+
+/// A `WatchDir` stream's place among the open ones, given back when the stream ends.
+struct StreamSlot(std::sync::Arc<crate::E2b>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.watchers.streams.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// `WatchDir`, a server stream: a start event once the directory's first listing is taken (the SDK waits for
+/// it before `watch_dir` returns), then each listing compared with the one before it, the changes sent as
+/// `filesystem` events; keepalives while nothing changes. It ends when the client goes (the next send fails),
+/// at the client's deadline, or when the sandbox stops.
+async fn watch_dir(e2b: &E2bState, headers: &HeaderMap, body: &Bytes) -> Result<Response, RpcError> {
+    let req: CreateWatcherRequest = connect::stream_request(body)?;
+    let dir = sandbox_path(&req.path)?;
+    let dir = if dir.len() > 1 { dir.trim_end_matches('/').to_string() } else { dir };
+    let depth = if req.recursive { MAX_DEPTH } else { 1 };
+    e2b.envd_sandbox(headers)?;
+    if e2b.watchers.streams.fetch_add(1, Ordering::SeqCst) >= MAX_WATCHERS {
+        e2b.watchers.streams.fetch_sub(1, Ordering::SeqCst);
+        return Err(RpcError::new(RpcCode::ResourceExhausted, format!("{MAX_WATCHERS} watch streams are open")));
+    }
+    let slot = StreamSlot(e2b.clone());
+    let mut seen = snapshot(e2b, headers, &dir, depth).await?;
+    let deadline = connect::timeout(headers).map(|t| tokio::time::Instant::now() + t);
+    let keepalive = connect::keepalive(headers);
+    let (e2b, headers) = (e2b.clone(), headers.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let _slot = slot;
+        if tx.send(connect::envelope(0, &json!({ "start": {} }))).await.is_err() {
+            return;
+        }
+        let mut poll = tokio::time::interval(WATCH_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sent = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = poll.tick() => {}
+                _ = sleep_until(deadline) => {
+                    let e = RpcError::new(RpcCode::DeadlineExceeded, "the watch's deadline passed");
+                    let _ = tx.send(connect::end_of_stream(Some(&e))).await;
+                    return;
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+            let now = match snapshot(&e2b, &headers, &dir, depth).await {
+                Ok(now) => now,
+                // The directory itself gone: everything in it was removed (it may come back).
+                Err(e) if e.code == RpcCode::NotFound => Snapshot::new(),
+                Err(e) => {
+                    let _ = tx.send(connect::end_of_stream(Some(&e))).await;
+                    return;
+                }
+            };
+            for event in changes(&dir, &seen, &now, req.include_entry) {
+                if tx.send(connect::envelope(0, &json!({ "filesystem": event }))).await.is_err() {
+                    return;
+                }
+                last_sent = tokio::time::Instant::now();
+            }
+            seen = now;
+            if keepalive.is_some_and(|every| last_sent.elapsed() >= every) {
+                if tx.send(connect::envelope(0, &json!({ "keepalive": {} }))).await.is_err() {
+                    return;
+                }
+                last_sent = tokio::time::Instant::now();
+            }
+        }
+    });
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx)) });
+    Ok(connect::stream_response(stream))
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Watchers {

@@ -95,6 +95,8 @@ pub fn router(app: Shared, token: Option<String>) -> Result<Router, E2bError> {
         .route("/v2/sandboxes/{id}/connect", post(control::connect))
         .route("/health", get(files::health))
         .route("/files", get(files::download).post(files::upload))
+        // Client streaming reads its body as it arrives, so it has its own route (before `{method}`'s).
+        .route("/process.Process/StreamInput", post(process::stream_input))
         .route("/process.Process/{method}", post(process::dispatch))
         .route("/filesystem.Filesystem/{method}", post(filesystem::dispatch))
         .fallback(|| async { control::ControlError::new(axum::http::StatusCode::NOT_FOUND, "no such endpoint") })

@@ -167,6 +167,21 @@ struct Input {
     pty: Option<String>,
 }
 
+/// One message of a `StreamInput` stream: `start` first, then `data` and `keepalive` in any order.
+#[derive(Debug, Default, Deserialize)]
+struct StreamInputRequest {
+    #[serde(default)]
+    start: Option<SelectorRequest>,
+    #[serde(default)]
+    data: Option<InputEvent>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct InputEvent {
+    #[serde(default)]
+    input: Input,
+}
+
 #[derive(Debug, Deserialize)]
 struct SendInputRequest {
     #[serde(default)]
@@ -226,11 +241,6 @@ pub async fn dispatch(
         "SendInput" => unary(send_input(&e2b, &headers, &body).await),
         "CloseStdin" => unary(close_stdin(&e2b, &headers, &body).await),
         "Update" => unary(update(&e2b, &headers, &body)),
-        "StreamInput" => RpcError::new(
-            RpcCode::Unimplemented,
-            "process.Process/StreamInput (client-streamed input) is not supported by airlock yet; use SendInput",
-        )
-        .into_response(),
         _ => RpcError::new(RpcCode::Unimplemented, format!("no method process.Process/{method}")).into_response(),
     }
 }
@@ -547,12 +557,22 @@ fn signal(exec_pid: u32, sig: rustix::process::Signal) {
 
 async fn send_input(e2b: &E2bState, headers: &HeaderMap, body: &Bytes) -> Result<Value, RpcError> {
     let req: SendInputRequest = connect::request(body)?;
-    // `stdin` for a process on pipes, `pty` for one on a terminal: either goes to what the process reads.
-    let data = base64::engine::general_purpose::STANDARD
-        .decode(req.input.stdin.or(req.input.pty).unwrap_or_default())
-        .map_err(|e| RpcError::invalid(format!("input.stdin: not base64: {e}")))?;
+    let data = input_bytes(req.input)?;
     let (name, _) = e2b.envd_sandbox(headers)?;
     let proc = e2b.procs.find(&name, &req.process)?;
+    write_input(&proc, &data).await?;
+    Ok(json!({}))
+}
+
+/// Decodes an input event: `stdin` for a process on pipes, `pty` for one on a terminal; either goes to what
+/// the process reads.
+fn input_bytes(input: Input) -> Result<Vec<u8>, RpcError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(input.stdin.or(input.pty).unwrap_or_default())
+        .map_err(|e| RpcError::invalid(format!("input: not base64: {e}")))
+}
+
+async fn write_input(proc: &Proc, data: &[u8]) -> Result<(), RpcError> {
     let mut stdin = proc.stdin.lock().await;
     let Some(pipe) = stdin.as_mut() else {
         return Err(RpcError::new(
@@ -560,9 +580,50 @@ async fn send_input(e2b: &E2bState, headers: &HeaderMap, body: &Bytes) -> Result
             "the process has no open standard input (start it with stdin=True; it may have been closed)",
         ));
     };
-    pipe.write_all(&data).await.map_err(|e| RpcError::internal(format!("cannot write to the process: {e}")))?;
-    pipe.flush().await.map_err(|e| RpcError::internal(format!("cannot write to the process: {e}")))?;
-    Ok(json!({}))
+    pipe.write_all(data).await.map_err(|e| RpcError::internal(format!("cannot write to the process: {e}")))?;
+    pipe.flush().await.map_err(|e| RpcError::internal(format!("cannot write to the process: {e}")))
+}
+
+/// `POST /process.Process/StreamInput`, Connect client streaming: the body is a sequence of envelopes (the
+/// process first, then input chunks and keepalives), each written to the process as it arrives, in order; the
+/// answer (an empty message, or the error) comes when the client ends its body. The stream ends the input
+/// stream only: the process's stdin stays open, as envd's does (`close_stdin` closes it).
+pub async fn stream_input(State(e2b): State<E2bState>, headers: HeaderMap, body: axum::body::Body) -> Response {
+    let deadline = connect::timeout(&headers);
+    let work = stream_input_inner(&e2b, &headers, body);
+    let answer = match deadline {
+        Some(d) => tokio::time::timeout(d, work)
+            .await
+            .unwrap_or_else(|_| Err(RpcError::new(RpcCode::DeadlineExceeded, "the input stream's deadline passed"))),
+        None => work.await,
+    };
+    match answer {
+        Ok(()) => {
+            let done = [connect::envelope(0, &json!({})), connect::end_of_stream(None)];
+            connect::stream_response(futures::stream::iter(done.map(Ok::<_, std::io::Error>)))
+        }
+        Err(e) => connect::stream_error(e),
+    }
+}
+
+async fn stream_input_inner(e2b: &E2bState, headers: &HeaderMap, body: axum::body::Body) -> Result<(), RpcError> {
+    let (name, _) = e2b.envd_sandbox(headers)?;
+    let mut messages = connect::Envelopes::new(body);
+    let first: Option<StreamInputRequest> = messages.next().await?;
+    let Some(start) = first.and_then(|m| m.start) else {
+        return Err(RpcError::invalid("an input stream starts with the process (a start event)"));
+    };
+    let proc = e2b.procs.find(&name, &start.process)?;
+    while let Some(message) = messages.next::<StreamInputRequest>().await? {
+        if message.start.is_some() {
+            return Err(RpcError::invalid("an input stream names its process once, first"));
+        }
+        // A keepalive (or anything else) only keeps the stream open.
+        if let Some(data) = message.data {
+            write_input(&proc, &input_bytes(data.input)?).await?;
+        }
+    }
+    Ok(())
 }
 
 /// A new size for a process's pseudo-terminal: set on the host terminal, then `airlock exec` is told (SIGWINCH)

@@ -115,6 +115,13 @@ def test_commands_run_with_output_env_and_cwd(sbx):
     assert "".join(chunks) == "a\nb\n"
 
 
+def test_commands_run_as_the_user_asked(sbx):
+    assert sbx.commands.run("id -u").stdout == "0\n"  # the sandbox's own user: root inside, nobody outside
+    assert sbx.commands.run("id -u", user="root").stdout == "0\n"
+    assert sbx.commands.run("id -u; id -g", user="user").stdout == "1000\n1000\n"  # E2B's unprivileged account
+    assert sbx.commands.run("touch /tmp/by-user && stat -c %u /tmp/by-user", user="user").stdout == "1000\n"
+
+
 def test_a_nonzero_exit_raises_with_its_output(sbx):
     from e2b import CommandExitException
 

@@ -174,6 +174,10 @@ pub struct ExecArgs {
     /// The command's working directory inside (absolute; default: the workspace, else /).
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<String>,
+    /// Run the command as this user inside: `root` or UID[:GID] (default: the sandbox's own user). The id must be
+    /// one the sandbox maps: a sandbox created as root maps 65,536 ids, a rootless one only its owner's.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
     /// A limit for this command (30s, 5m, 500ms): then it and its process group are killed and exec exits 124.
     /// (The sandbox's own --timeout, from create, bounds the whole sandbox.)
     #[arg(long, value_name = "DURATION")]

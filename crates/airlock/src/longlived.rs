@@ -196,6 +196,18 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
             merged.env.set.insert(key, value);
         }
     }
+    if let Some(user) = &args.user {
+        let Some(ids) = policy::profile::parse_user(user) else {
+            bail!("--user {user:?}: expected root or UID[:GID]");
+        };
+        if !sandbox.maps_inside_ids(ids.uid, ids.gid)? {
+            bail!(
+                "--user {user}: sandbox {name} maps no such id (a sandbox created rootless maps only its owner's \
+                 id; one created as root maps 0-65535)"
+            );
+        }
+        merged.process.user = Some(user.clone());
+    }
     // After the file: a variable given on the command line wins.
     for kv in &args.env {
         let (key, value) = kv.split_once('=').ok_or_else(|| anyhow!("--env {kv:?}: expected KEY=VALUE"))?;

@@ -387,6 +387,9 @@ fn exec(d: &Daemon, args: ExecArgs) -> Result<i32> {
     if !env.is_empty() {
         body.insert("env".into(), Value::Object(env));
     }
+    if let Some(user) = &args.user {
+        body.insert("user".into(), json!(user));
+    }
     if let Some(cwd) = &args.cwd {
         body.insert("cwd".into(), json!(cwd));
     }

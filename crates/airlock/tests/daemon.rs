@@ -78,6 +78,9 @@ fn every_endpoint_over_the_socket() {
         &json!({ "cmd": ["sh", "-c", "echo \"$GREETING $EXTRA\"; pwd"], "env": {"EXTRA": "a\nb"}, "cwd": "/tmp" }),
     );
     assert_eq!(v["stdout"], "hi a\nb\n/tmp\n");
+    // Another user inside (the sandbox was created as root: it maps 0-65535).
+    let v = c.exec(&name, &json!({ "cmd": ["sh", "-c", "id -u; id -g"], "user": "1000:1001" }));
+    assert_eq!(v["stdout"], "1000\n1001\n", "{v}");
     let v = c.exec(&name, &json!({ "cmd": ["cat"], "stdin": "fed through stdin" }));
     assert_eq!(v["stdout"], "fed through stdin");
     // A command that never reads a large stdin: the daemon's write fails (EPIPE), the daemon lives on.
@@ -272,6 +275,8 @@ fn bad_input_is_400_and_creates_nothing() {
         json!({ "cmd": ["true"], "cwd": "relative" }),
         json!({ "cmd": ["true"], "env": {"A=B": "1"} }),
         json!({ "cmd": ["true"], "timeout": "never" }),
+        json!({ "cmd": ["true"], "user": "nobody" }),
+        json!({ "cmd": ["true"], "user": "4294967295" }),
         json!({ "cmd": ["true"], "surprise": 1 }),
         json!({ "cmd": ["a\u{0}b"] }),
     ] {

@@ -712,6 +712,27 @@ fn check_exec_flags(as_user: bool) {
     assert_ne!(code(&o), 0);
     one_airlock_line(&o, "--cwd");
 
+    // --user: another id the sandbox maps (as root: 0-65535); rootless only the owner's id is mapped, so any
+    // other is one clear error and nothing runs.
+    let o = airlock(&["exec", "--user", "1000:1001", &name, "--", "sh", "-c", "id -u; id -g; touch /tmp/as-user"]);
+    if as_user {
+        assert_ne!(code(&o), 0);
+        one_airlock_line(&o, "maps no such id");
+        assert_eq!(
+            ok(&airlock(&["exec", &name, "--", "sh", "-c", "test -e /tmp/as-user && echo ran || echo no"])),
+            "no\n"
+        );
+    } else {
+        assert_eq!(ok(&o), "1000\n1001\n");
+        assert_eq!(ok(&airlock(&["exec", &name, "--", "stat", "-c", "%u:%g", "/tmp/as-user"])), "1000:1001\n");
+        let o = airlock(&["exec", "--user", "70000", &name, "--", "true"]);
+        assert_ne!(code(&o), 0);
+        one_airlock_line(&o, "maps no such id");
+    }
+    let o = airlock(&["exec", "--user", "nobody", &name, "--", "true"]);
+    assert_ne!(code(&o), 0);
+    one_airlock_line(&o, "--user");
+
     // --timeout: the command and what it started in the background are killed; exit 124; other execs' processes
     // and the sandbox live on.
     let n = name.clone();

@@ -35,6 +35,9 @@ pub struct ExecRequest {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub cwd: Option<String>,
+    /// `root` or `UID[:GID]`: `airlock exec --user`.
+    #[serde(default)]
+    pub user: Option<String>,
     #[serde(default)]
     pub stdin: Option<String>,
     #[serde(default)]
@@ -67,6 +70,11 @@ impl ExecRequest {
         }
         if let Some(cwd) = &self.cwd {
             policy::names::validate_absolute_path(cwd).map_err(|e| ApiError::bad_request(format!("cwd: {e}")))?;
+        }
+        if let Some(user) = &self.user {
+            if policy::profile::parse_user(user).is_none() {
+                return Err(ApiError::bad_request(format!("user {user:?}: expected root or UID[:GID]")));
+            }
         }
         self.timeout
             .as_deref()
@@ -136,6 +144,9 @@ pub async fn exec(
     let mut args: Vec<OsString> = vec!["exec".into()];
     if let Some(file) = &env_file {
         args.push(format!("--env-file={}", file.0.display()).into());
+    }
+    if let Some(user) = &req.user {
+        args.push(format!("--user={user}").into());
     }
     if let Some(cwd) = &req.cwd {
         args.push(format!("--cwd={cwd}").into());

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::Router;
+use base64::Engine as _;
 use daemon::api::Shared;
 use daemon::registry::Entry;
 use sha2::{Digest, Sha256};
@@ -163,6 +164,30 @@ impl E2b {
         }
         daemon::api::running_init(&self.app, &name).map_err(|_| not_found())?;
         Ok((name, entry))
+    }
+
+    /// The E2B user a command runs as (`Authorization: Basic base64("USER:")`, what the SDK sends for `user=`),
+    /// as `airlock exec --user` takes it: `root` is root inside; `user`, E2B's unprivileged default account, is
+    /// uid 1000 (as in E2B's images); a number `UID` or `UID:GID` is itself. No header: the sandbox's own user.
+    pub fn envd_user(headers: &HeaderMap) -> Result<Option<String>, RpcError> {
+        let Some(value) = headers.get("authorization") else { return Ok(None) };
+        let invalid = || RpcError::new(RpcCode::InvalidArgument, "Authorization: expected Basic base64(USER:)");
+        let encoded = value.to_str().ok().and_then(|v| v.strip_prefix("Basic ")).ok_or_else(invalid)?;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| invalid())?;
+        let text = String::from_utf8(decoded).map_err(|_| invalid())?;
+        let user = text.split_once(':').map_or(text.as_str(), |(user, _)| user);
+        let mapped = match user {
+            "" => return Ok(None),
+            "user" => "1000:1000".to_string(),
+            other if policy::profile::parse_user(other).is_some() => other.to_string(),
+            other => {
+                return Err(RpcError::new(
+                    RpcCode::InvalidArgument,
+                    format!("user {other:?}: airlock sandboxes know root, user (uid 1000) and numeric UID[:GID]"),
+                ))
+            }
+        };
+        Ok(Some(mapped))
     }
 
     /// Whether a control-plane request carries the daemon's token (always, when it has none).

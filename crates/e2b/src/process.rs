@@ -275,6 +275,7 @@ async fn start(e2b: &E2bState, headers: &HeaderMap, body: &Bytes) -> Result<Resp
     let config = req.process.unwrap_or_default();
     check_config(&config)?;
     let (name, entry) = e2b.envd_sandbox(headers)?;
+    let user = crate::E2b::envd_user(headers)?;
     let app = &e2b.app;
     // Held until the process exits, as the daemon's own exec holds them: a commit or rollback (exclusive) never
     // runs under a command, and the daemon's limit on running commands counts this one.
@@ -293,6 +294,9 @@ async fn start(e2b: &E2bState, headers: &HeaderMap, body: &Bytes) -> Result<Resp
     }
     if let Some(file) = &env_file {
         args.push(format!("--env-file={}", file.0.display()).into());
+    }
+    if let Some(user) = &user {
+        args.push(format!("--user={user}").into());
     }
     if let Some(cwd) = &config.cwd {
         args.push(format!("--cwd={cwd}").into());

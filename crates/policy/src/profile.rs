@@ -908,9 +908,9 @@ fn check_network(network: &NetworkSection) -> Result<Network, FieldError> {
     }
 }
 
-/// `root`, `UID` or `UID:GID`. `4294967295` is refused: it is `(uid_t)-1`, which the id-setting calls read as
-/// "leave unchanged".
-fn parse_user(user: &str) -> Option<Identity> {
+/// `root`, `UID` or `UID:GID` (`--user`, `process.user`). `4294967295` is refused: it is `(uid_t)-1`, which the
+/// id-setting calls read as "leave unchanged".
+pub fn parse_user(user: &str) -> Option<Identity> {
     if user == "root" {
         return Some(Identity { uid: 0, gid: 0 });
     }

@@ -20,6 +20,8 @@ pub enum SessionError {
     CreateLog { path: PathBuf, source: io::Error },
     #[error("cannot write {}", .path.display())]
     WriteFile { path: PathBuf, source: io::Error },
+    #[error("cannot read the sandbox's id map {}", .path.display())]
+    ReadIdMap { path: PathBuf, source: io::Error },
     #[error("cannot remember the --audit copy")]
     RememberAuditCopy { path: PathBuf, source: io::Error },
     #[error("cannot record sandbox {name}")]

@@ -61,6 +61,18 @@ impl RunningHandle {
         &self.target
     }
 
+    /// Whether the sandbox's user namespace maps the inside ids `uid` and `gid` (a command can run as them).
+    pub fn maps_inside_ids(&self, uid: u32, gid: u32) -> Result<bool, SessionError> {
+        let pid = self.target.init_pid;
+        let read = |file: &str| {
+            let path = PathBuf::from(format!("/proc/{pid}/{file}"));
+            std::fs::read_to_string(&path).map_err(|source| SessionError::ReadIdMap { path, source })
+        };
+        let inside = runtime::userns::IdSide::Inside;
+        Ok(runtime::userns::translate_id(&read("uid_map")?, uid, inside).is_some()
+            && runtime::userns::translate_id(&read("gid_map")?, gid, inside).is_some())
+    }
+
     /// The merged profile it was created with (what its commands' plans are built from).
     pub fn profile(&self) -> Result<Profile, SessionError> {
         Ok(store::record::read_profile(&self.dir)?)

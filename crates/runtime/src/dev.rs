@@ -7,8 +7,8 @@ use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
 
 use crate::failure::{fail, ChildFailure, Step};
-use crate::mount::{self, attach, mkdir_and_open, new_fs, new_tmpfs, EMPTY, RESOLVE_INSIDE};
-use crate::sys::{self, Errno};
+use sys::mount::{self, attach, mkdir_and_open, new_fs, new_tmpfs, EMPTY, RESOLVE_INSIDE};
+use sys::Errno;
 
 const DEV_SYMLINKS: &[(&CStr, &CStr)] = &[
     (c"ptmx", c"pts/ptmx"),
@@ -27,7 +27,7 @@ pub fn mount_dev(root: RawFd, devices: &[(CString, usize)], trees: &[RawFd]) -> 
         mount::mount_setattr(dev_fd, EMPTY, libc::AT_EMPTY_PATH as u32, libc::MOUNT_ATTR_RDONLY, 0)
             .map_err(fail(Step::MountDev, 0))
     });
-    sys::close(dev_fd);
+    sys::fd::close(dev_fd);
     result
 }
 
@@ -37,11 +37,11 @@ fn mount_dev_tmpfs(root: RawFd) -> Result<RawFd, Errno> {
     let result = new_tmpfs([(c"mode", c"0755"), (c"size", c"64k")], attrs).and_then(|mnt| match attach(mnt, target) {
         Ok(()) => Ok(mnt),
         Err(e) => {
-            sys::close(mnt);
+            sys::fd::close(mnt);
             Err(e)
         }
     });
-    sys::close(target);
+    sys::fd::close(target);
     result
 }
 
@@ -70,10 +70,10 @@ fn bind_device(dev_fd: RawFd, name: &CStr, tree: RawFd) -> Result<(), Errno> {
             0o666,
         )
     } as libc::c_long)?;
-    sys::close(fd);
-    let target = sys::openat2(dev_fd, name, libc::O_PATH, RESOLVE_INSIDE)?;
+    sys::fd::close(fd);
+    let target = sys::fd::openat2(dev_fd, name, libc::O_PATH, RESOLVE_INSIDE)?;
     let result = attach(tree, target);
-    sys::close(target);
+    sys::fd::close(target);
     result
 }
 
@@ -84,10 +84,10 @@ fn mount_devpts(dev_fd: RawFd) -> Result<(), Errno> {
         let options = [(c"ptmxmode", c"0666"), (c"mode", c"0620")];
         let mnt = new_fs(c"devpts", options, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC)?;
         let r = attach(mnt, target);
-        sys::close(mnt);
+        sys::fd::close(mnt);
         r
     })();
-    sys::close(target);
+    sys::fd::close(target);
     result
 }
 
@@ -96,9 +96,9 @@ fn mount_dev_shm(dev_fd: RawFd) -> Result<(), Errno> {
     let attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
     let result = new_tmpfs([(c"mode", c"1777")], attrs).and_then(|mnt| {
         let r = attach(mnt, target);
-        sys::close(mnt);
+        sys::fd::close(mnt);
         r
     });
-    sys::close(target);
+    sys::fd::close(target);
     result
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::failure::{os_error, os_error_text};
 use crate::plan::TunPlan;
-use crate::sys::{self, Errno};
+use sys::Errno;
 
 /// The host ids the gateway runs as when airlock runs as host root: `nobody`/`nogroup`.
 const GATEWAY_ID: libc::uid_t = 65534;
@@ -198,12 +198,12 @@ impl GatewayProcess {
             });
         }
         let spawned = command.spawn();
-        sys::close(gateway_end);
+        sys::fd::close(gateway_end);
         drop(events);
         match spawned {
             Ok(child) => Ok(GatewayProcess { child, sandbox_end, owner: std::process::id() }),
             Err(source) => {
-                sys::close(sandbox_end);
+                sys::fd::close(sandbox_end);
                 Err(GatewayError::Spawn { program: setup.program.display().to_string(), source })
             }
         }
@@ -216,7 +216,7 @@ impl GatewayProcess {
 
     /// After `clone`: only init holds the sandbox's end now.
     pub fn close_sandbox_end(&mut self) {
-        sys::close(self.sandbox_end);
+        sys::fd::close(self.sandbox_end);
         self.sandbox_end = -1;
     }
 
@@ -242,10 +242,10 @@ impl GatewayProcess {
         let pid = self.child.id() as libc::pid_t;
         // SAFETY: pidfd_open takes integers; the child is ours and not yet reaped, so the pid is still its.
         let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
-        let _ = sys::kill(pid, libc::SIGTERM);
+        let _ = sys::signal::kill(pid, libc::SIGTERM);
         if pidfd >= 0 {
             wait_readable(pidfd, Instant::now() + STOP_GRACE);
-            sys::close(pidfd);
+            sys::fd::close(pidfd);
         }
         if !matches!(self.child.try_wait(), Ok(Some(_))) {
             let _ = self.child.kill();
@@ -299,7 +299,7 @@ pub fn receive_tun(socket: &OwnedFd) -> Result<OwnedFd, GatewayError> {
     // SAFETY: recv_fd returned a descriptor the kernel just installed in this process (SCM_RIGHTS); nothing
     // else refers to it.
     let tun = unsafe { OwnedFd::from_raw_fd(fd) };
-    sys::write_all(socket.as_raw_fd(), b"1").map_err(|e| GatewayError::ReceiveTun(os_error(e)))?;
+    sys::fd::write_all(socket.as_raw_fd(), b"1").map_err(|e| GatewayError::ReceiveTun(os_error(e)))?;
     Ok(tun)
 }
 

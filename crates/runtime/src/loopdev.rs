@@ -10,7 +10,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::failure::{os_error, os_error_text};
-use crate::sys::{self, Errno};
+use sys::Errno;
 
 /// `<linux/loop.h>`.
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;

@@ -11,10 +11,10 @@ use std::ffi::CStr;
 use std::os::fd::RawFd;
 
 use crate::failure::{fail, ChildFailure, Step};
-use crate::mount::{self, attach, new_tmpfs, EMPTY, RESOLVE_INSIDE};
 use crate::plan::{InsidePath, MountSource, RootEntry, SandboxPlan, SourceKind, MAX_FROZEN_LAYERS};
-use crate::sys::{self, Errno};
 use crate::{dev, proc};
+use sys::mount::{self, attach, new_tmpfs, EMPTY, RESOLVE_INSIDE};
+use sys::Errno;
 
 /// Makes every mount in the sandbox's (copied) mount namespace private, so nothing done here propagates back to
 /// the host and nothing the host mounts later appears here. First step in the new mount namespace.
@@ -58,7 +58,7 @@ impl OverlayFds {
     pub fn close_all(&self) {
         for fd in [self.lower, self.upper, self.work].into_iter().chain(self.frozen) {
             if fd >= 0 {
-                sys::close(fd);
+                sys::fd::close(fd);
             }
         }
     }
@@ -78,11 +78,11 @@ pub fn clone_mount_sources(
     overlay: &mut OverlayFds,
 ) -> Result<(), ChildFailure> {
     for (index, (source, tree)) in sources.iter().zip(trees.iter_mut()).enumerate() {
-        let fd = sys::openat2(libc::AT_FDCWD, &source.host_path, libc::O_PATH, libc::RESOLVE_NO_SYMLINKS)
+        let fd = sys::fd::openat2(libc::AT_FDCWD, &source.host_path, libc::O_PATH, libc::RESOLVE_NO_SYMLINKS)
             .map_err(fail(Step::OpenMountSource, index))?;
         let checked = check_source_kind(fd, source.kind);
         if let Err(errno) = checked {
-            sys::close(fd);
+            sys::fd::close(fd);
             return Err(fail(Step::CheckMountSource, index)(errno));
         }
         if let Some(dirs) = &source.overlay {
@@ -90,15 +90,15 @@ pub fn clone_mount_sources(
             // id switch they are reached through these descriptors only.
             let flags = libc::O_PATH | libc::O_DIRECTORY;
             let mut opened = OverlayFds { source: index, lower: fd, ..OverlayFds::NONE };
-            let mut result = sys::openat2(libc::AT_FDCWD, &dirs.upper, flags, libc::RESOLVE_NO_SYMLINKS)
+            let mut result = sys::fd::openat2(libc::AT_FDCWD, &dirs.upper, flags, libc::RESOLVE_NO_SYMLINKS)
                 .map(|upper| opened.upper = upper)
-                .and_then(|()| sys::openat2(libc::AT_FDCWD, &dirs.work, flags, libc::RESOLVE_NO_SYMLINKS))
+                .and_then(|()| sys::fd::openat2(libc::AT_FDCWD, &dirs.work, flags, libc::RESOLVE_NO_SYMLINKS))
                 .map(|work| opened.work = work);
             for frozen in &dirs.frozen {
                 // The plan holds at most MAX_FROZEN_LAYERS (checked when it was made); refuse rather than drop one.
                 result = result.and_then(|()| {
                     let slot = opened.frozen.get_mut(opened.frozen_count).ok_or(libc::E2BIG)?;
-                    *slot = sys::openat2(libc::AT_FDCWD, frozen, flags, libc::RESOLVE_NO_SYMLINKS)?;
+                    *slot = sys::fd::openat2(libc::AT_FDCWD, frozen, flags, libc::RESOLVE_NO_SYMLINKS)?;
                     opened.frozen_count += 1;
                     Ok(())
                 });
@@ -115,7 +115,7 @@ pub fn clone_mount_sources(
             EMPTY,
             libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32 | libc::AT_RECURSIVE as u32,
         );
-        sys::close(fd);
+        sys::fd::close(fd);
         let clone_fd = cloned.map_err(fail(Step::CloneMountSource, index))?;
         *tree = clone_fd;
         mount::mount_setattr(
@@ -171,7 +171,7 @@ pub fn mount_workspace_overlay(overlay: &OverlayFds, trees: &mut [RawFd]) -> Res
             .and_then(|()| mount::fsconfig_string(fs, c"workdir", proc_fd_path(overlay.work, &mut work_buf)))
             .and_then(|()| mount::fsconfig_flag(fs, c"userxattr"));
         let mnt = configured.and_then(|()| mount::fsmount(fs, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV));
-        sys::close(fs);
+        sys::fd::close(fs);
         mnt
     })();
     overlay.close_all();
@@ -245,19 +245,19 @@ fn airlock_file(contents: &[u8]) -> Result<RawFd, Errno> {
         let fd = sys::check_fd(unsafe {
             libc::openat(fs, c"file".as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC, 0o644)
         } as libc::c_long)?;
-        let written = sys::write_all(fd, contents);
-        sys::close(fd);
+        let written = sys::fd::write_all(fd, contents);
+        sys::fd::close(fd);
         written?;
         let tree = mount::open_tree(fs, c"file", libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC)?;
         let attrs =
             libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
         if let Err(e) = mount::mount_setattr(tree, EMPTY, libc::AT_EMPTY_PATH as u32, attrs, 0) {
-            sys::close(tree);
+            sys::fd::close(tree);
             return Err(e);
         }
         Ok(tree)
     })();
-    sys::close(fs);
+    sys::fd::close(fs);
     result
 }
 
@@ -270,15 +270,15 @@ pub fn create_mount_point(root: RawFd, path: &InsidePath, file: bool) -> Result<
     for (i, component) in path.components.iter().enumerate() {
         let want_file = file && i == last;
         let flags = if want_file { libc::O_PATH } else { libc::O_PATH | libc::O_DIRECTORY };
-        let opened = match sys::openat2(dir, component, flags, RESOLVE_INSIDE) {
+        let opened = match sys::fd::openat2(dir, component, flags, RESOLVE_INSIDE) {
             Err(libc::ENOENT) => {
                 create_entry(dir, component, want_file)?;
-                sys::openat2(dir, component, flags, RESOLVE_INSIDE)
+                sys::fd::openat2(dir, component, flags, RESOLVE_INSIDE)
             }
             other => other,
         };
         if dir != root {
-            sys::close(dir);
+            sys::fd::close(dir);
         }
         dir = opened?;
     }
@@ -303,7 +303,7 @@ fn create_entry(dir: RawFd, name: &CStr, file: bool) -> Result<(), Errno> {
         } as libc::c_long);
         match fd {
             Ok(fd) => {
-                sys::close(fd);
+                sys::fd::close(fd);
                 Ok(())
             }
             Err(libc::EEXIST) => Ok(()),
@@ -328,7 +328,7 @@ pub fn build_new_root(plan: &SandboxPlan, root: RawFd, trees: &[RawFd]) -> Resul
                 let target = create_mount_point(root, dest, is_file).map_err(fail(Step::CreateMountPoint, index))?;
                 let tree = trees.get(*source).copied().unwrap_or(-1);
                 let attached = attach(tree, target);
-                sys::close(target);
+                sys::fd::close(target);
                 attached.map_err(fail(Step::AttachMount, index))?;
             }
             RootEntry::Symlink { name, target, .. } => {
@@ -341,10 +341,10 @@ pub fn build_new_root(plan: &SandboxPlan, root: RawFd, trees: &[RawFd]) -> Resul
                 let options = options.iter().map(|(k, v)| (k.as_c_str(), v.as_c_str()));
                 let mounted = new_tmpfs(options, *attr_flags).and_then(|mnt| {
                     let r = attach(mnt, target);
-                    sys::close(mnt);
+                    sys::fd::close(mnt);
                     r
                 });
-                sys::close(target);
+                sys::fd::close(target);
                 mounted.map_err(fail(Step::MountTmpfs, index))?;
             }
             RootEntry::File { dest, contents } => {
@@ -352,10 +352,10 @@ pub fn build_new_root(plan: &SandboxPlan, root: RawFd, trees: &[RawFd]) -> Resul
                 let target = create_mount_point(root, dest, true);
                 let attached = target.and_then(|target| {
                     let r = attach(file, target);
-                    sys::close(target);
+                    sys::fd::close(target);
                     r
                 });
-                sys::close(file);
+                sys::fd::close(file);
                 attached.map_err(fail(Step::AttachMount, index))?;
             }
         }
@@ -375,7 +375,7 @@ pub fn build_new_root(plan: &SandboxPlan, root: RawFd, trees: &[RawFd]) -> Resul
 pub fn enter_new_root(root: RawFd) -> Result<(), ChildFailure> {
     // SAFETY: fchdir on an open directory fd.
     sys::check(unsafe { libc::fchdir(root) } as libc::c_long).map_err(fail(Step::PivotRoot, 0))?;
-    sys::pivot_root(c".", c".").map_err(fail(Step::PivotRoot, 0))?;
+    sys::mount::pivot_root(c".", c".").map_err(fail(Step::PivotRoot, 0))?;
     // SAFETY: valid NUL-terminated string.
     sys::check(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) } as libc::c_long)
         .map_err(fail(Step::DetachOldRoot, 0))?;

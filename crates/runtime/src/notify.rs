@@ -28,7 +28,7 @@ use audit::event::{
 use audit::{Event, ExecRecord, SyscallDenial};
 
 use crate::seccomp::{NotifiedCall, SeccompProgram};
-use crate::sys::{self, Errno};
+use sys::Errno;
 
 /// Where the runtime hands audit events: the binary writes them to the log.
 pub trait AuditSink {
@@ -122,7 +122,7 @@ impl<'a> SeccompAudit<'a> {
                     set_sync_wakeup(listener);
                     self.listener = Some(listener);
                 }
-                sys::close(socket);
+                sys::fd::close(socket);
             }
         }
         let listener_ready = ready(1);
@@ -133,7 +133,7 @@ impl<'a> SeccompAudit<'a> {
         } else if listener_ready & (libc::POLLHUP | libc::POLLERR) != 0 {
             // Every process with the filter is gone.
             if let Some(listener) = self.listener.take() {
-                sys::close(listener);
+                sys::fd::close(listener);
             }
         }
     }
@@ -220,7 +220,7 @@ impl Drop for SeccompAudit<'_> {
     fn drop(&mut self) {
         self.sink.flush();
         for fd in [self.socket.take(), self.listener.take()].into_iter().flatten() {
-            sys::close(fd);
+            sys::fd::close(fd);
         }
     }
 }
@@ -410,7 +410,7 @@ fn process_ids(proc_dir: RawFd, host_pid: i32) -> Option<Status> {
     // `info`, a live local.
     let got = unsafe { libc::ioctl(pidfd, PIDFD_GET_INFO as _, &mut info as *mut PidfdInfo) } == 0;
     let fdinfo = read_proc_file(proc_dir, &format!("self/fdinfo/{pidfd}"));
-    sys::close(pidfd);
+    sys::fd::close(pidfd);
     let inside_pid = fdinfo.as_deref().and_then(|text| {
         let text = String::from_utf8_lossy(text);
         text.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()?.parse().ok())
@@ -433,12 +433,12 @@ fn read_proc_file(proc_dir: RawFd, relative: &str) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     while out.len() < 64 * 1024 {
-        match sys::read(fd, &mut buf) {
+        match sys::fd::read(fd, &mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
         }
     }
-    sys::close(fd);
+    sys::fd::close(fd);
     Some(out)
 }
 

@@ -8,8 +8,8 @@ use std::ffi::CStr;
 use std::os::fd::RawFd;
 
 use crate::failure::{fail, ChildFailure, Step};
-use crate::mount::{self, attach, mkdir_and_open, new_fs, new_tmpfs, EMPTY, RESOLVE_INSIDE};
-use crate::sys::{self, Errno};
+use sys::mount::{self, attach, mkdir_and_open, new_fs, new_tmpfs, EMPTY, RESOLVE_INSIDE};
+use sys::Errno;
 
 // What needs masking: the sandbox's root is never host root (a dedicated id range, or the invoker), and the
 // command holds no capability, so every /proc entry that only host root may read or write (mode 0400/0600/0200
@@ -45,7 +45,7 @@ const READ_ONLY: &[&CStr] = &[c"sys", c"sysrq-trigger"];
 pub fn mount_proc(root: RawFd) -> Result<(), ChildFailure> {
     let proc_fd = mount_fresh_proc(root).map_err(fail(Step::MountProc, 0))?;
     let result = mask_proc_entries(root, proc_fd);
-    sys::close(proc_fd);
+    sys::fd::close(proc_fd);
     result
 }
 
@@ -55,16 +55,16 @@ fn mount_fresh_proc(root: RawFd) -> Result<RawFd, Errno> {
     let mnt = match new_fs(c"proc", [], attrs) {
         Ok(m) => m,
         Err(e) => {
-            sys::close(target);
+            sys::fd::close(target);
             return Err(e);
         }
     };
     let attached = attach(mnt, target);
-    sys::close(target);
+    sys::fd::close(target);
     match attached {
         Ok(()) => Ok(mnt),
         Err(e) => {
-            sys::close(mnt);
+            sys::fd::close(mnt);
             Err(e)
         }
     }
@@ -80,10 +80,10 @@ fn mask_proc_entries(root: RawFd, proc_fd: RawFd) -> Result<(), ChildFailure> {
         let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
         let result = mount::open_tree(root, c"dev/null", flags).and_then(|null| {
             let r = attach(null, target);
-            sys::close(null);
+            sys::fd::close(null);
             r
         });
-        sys::close(target);
+        sys::fd::close(target);
         result.map_err(fail(Step::MaskProcEntry, index))?;
     }
     for name in MASKED_DIRS {
@@ -95,10 +95,10 @@ fn mask_proc_entries(root: RawFd, proc_fd: RawFd) -> Result<(), ChildFailure> {
             libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
         let result = new_tmpfs([(c"mode", c"0555"), (c"size", c"4k")], empty_ro).and_then(|mnt| {
             let r = attach(mnt, target);
-            sys::close(mnt);
+            sys::fd::close(mnt);
             r
         });
-        sys::close(target);
+        sys::fd::close(target);
         result.map_err(fail(Step::MaskProcEntry, index))?;
     }
     for name in READ_ONLY {
@@ -107,7 +107,7 @@ fn mask_proc_entries(root: RawFd, proc_fd: RawFd) -> Result<(), ChildFailure> {
             continue;
         };
         let result = remount_read_only(proc_fd, name, target);
-        sys::close(target);
+        sys::fd::close(target);
         result.map_err(fail(Step::MaskProcEntry, index))?;
     }
     Ok(())
@@ -120,14 +120,14 @@ fn remount_read_only(proc_fd: RawFd, name: &CStr, target: RawFd) -> Result<(), E
     let attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
     let result = mount::mount_setattr(tree, EMPTY, libc::AT_EMPTY_PATH as u32 | libc::AT_RECURSIVE as u32, attrs, 0)
         .and_then(|()| attach(tree, target));
-    sys::close(tree);
+    sys::fd::close(tree);
     result
 }
 
 /// Opens `/proc/NAME` as an `O_PATH` mount target; `None` when this kernel has no such entry.
 fn open_entry(proc_fd: RawFd, name: &CStr, dir: bool) -> Result<Option<RawFd>, Errno> {
     let flags = if dir { libc::O_PATH | libc::O_DIRECTORY } else { libc::O_PATH };
-    match sys::openat2(proc_fd, name, flags, RESOLVE_INSIDE) {
+    match sys::fd::openat2(proc_fd, name, flags, RESOLVE_INSIDE) {
         Ok(fd) => Ok(Some(fd)),
         Err(libc::ENOENT) => Ok(None),
         Err(e) => Err(e),

@@ -13,7 +13,6 @@ use crate::failure::{self, errno_text, os_error, os_error_text, ChildFailure, St
 use crate::init::{self, InitFds};
 use crate::namespaces;
 use crate::prepare::{prepare_sandbox, HostContext, PrepareError, Prepared};
-use crate::sys;
 use crate::userns;
 
 /// Exit status for a run killed by `--timeout`.
@@ -236,17 +235,17 @@ fn run_sandbox_with(
     let cloned = unsafe {
         match &cgroup_dir {
             // cgroup v2: born in the sandbox's cgroup.
-            Some(dir) => sys::clone3_process(flags as u64, &mut pidfd, Some(dir.as_raw_fd())),
-            None => sys::clone_process((flags | libc::CLONE_PIDFD) as libc::c_ulong, Some(&mut pidfd)),
+            Some(dir) => sys::process::clone3_process(flags as u64, &mut pidfd, Some(dir.as_raw_fd())),
+            None => sys::process::clone_process((flags | libc::CLONE_PIDFD) as libc::c_ulong, Some(&mut pidfd)),
         }
     };
     drop(cgroup_dir);
     let pid = match cloned {
         Ok(0) => {
-            sys::close(pipes.start_write);
-            sys::close(pipes.failure_read);
+            sys::fd::close(pipes.start_write);
+            sys::fd::close(pipes.failure_read);
             if let Some((_, supervisor_end)) = pipes.tty {
-                sys::close(supervisor_end);
+                sys::fd::close(supervisor_end);
             }
             let fds = InitFds {
                 start: pipes.start_read,
@@ -267,14 +266,14 @@ fn run_sandbox_with(
             return Err(SandboxError::CloneNamespaces(os_error(errno), clone_hint(errno)));
         }
     };
-    sys::close(pipes.start_read);
-    sys::close(pipes.failure_write);
+    sys::fd::close(pipes.start_read);
+    sys::fd::close(pipes.failure_write);
     if let Some((init_end, _)) = pipes.tty {
-        sys::close(init_end);
+        sys::fd::close(init_end);
     }
     let mut audit_state = match (audit, audit_channel) {
         (Some(a), Some(channel)) => {
-            sys::close(channel.child_end);
+            sys::fd::close(channel.child_end);
             Some((a, channel))
         }
         (_, channel) => {
@@ -293,17 +292,17 @@ fn run_sandbox_with(
     //    Attaching its network needs nothing from here: init creates the gateway's interface inside the
     //    sandbox's network namespace (only a process there can) and hands it to the gateway itself.
     if let Err(e) = release_child(pid, plan, pipes.start_write) {
-        let _ = sys::kill(pid, libc::SIGKILL);
+        let _ = sys::signal::kill(pid, libc::SIGKILL);
         let _ = wait_for_exit(pid);
-        sys::close(pidfd);
-        sys::close(pipes.start_write);
-        sys::close(pipes.failure_read);
+        sys::fd::close(pidfd);
+        sys::fd::close(pipes.start_write);
+        sys::fd::close(pipes.failure_read);
         if let Some((_, supervisor_end)) = pipes.tty {
-            sys::close(supervisor_end);
+            sys::fd::close(supervisor_end);
         }
         if let Some((_, c)) = audit_state.take() {
-            sys::close(c.supervisor_end);
-            sys::close(c.proc_dir);
+            sys::fd::close(c.supervisor_end);
+            sys::fd::close(c.proc_dir);
         }
         restore_signals(&old_mask);
         return Err(e);
@@ -344,12 +343,12 @@ fn run_sandbox_with(
     };
     if let Some((_, channel)) = audit_state {
         // The socket was the SeccompAudit's, closed with it.
-        sys::close(channel.proc_dir);
+        sys::fd::close(channel.proc_dir);
     }
-    sys::close(pidfd);
-    sys::close(pipes.start_write);
+    sys::fd::close(pidfd);
+    sys::fd::close(pipes.start_write);
     if let Some((_, supervisor_end)) = pipes.tty {
-        sys::close(supervisor_end);
+        sys::fd::close(supervisor_end);
     }
     restore_signals(&old_mask);
 
@@ -361,7 +360,7 @@ fn run_sandbox_with(
         g.stop();
     }
     let failure = early_failure.or_else(|| failure::read_failure(pipes.failure_read));
-    sys::close(pipes.failure_read);
+    sys::fd::close(pipes.failure_read);
     let stats = cgroup.as_ref().and_then(|cg| cg.stats().ok());
     if let Some(cg) = cgroup {
         if let Err(e) = cg.remove() {
@@ -383,7 +382,7 @@ fn run_sandbox_with(
 /// signal was being re-armed.
 fn release_child(pid: libc::pid_t, plan: &crate::plan::SandboxPlan, start_write: RawFd) -> Result<(), SandboxError> {
     userns::write_id_maps(pid, &plan.ids.uid_map, &plan.ids.gid_map)?;
-    sys::write_all(start_write, b"1").map_err(|e| SandboxError::CreatePipes(os_error(e)))
+    sys::fd::write_all(start_write, b"1").map_err(|e| SandboxError::CreatePipes(os_error(e)))
 }
 
 /// One cgroup per sandbox when the policy sets a memory, process or CPU limit. Fails closed: a limit that
@@ -514,12 +513,12 @@ struct SupervisorPipes {
 
 impl SupervisorPipes {
     fn create(tty: bool) -> Result<Self, i32> {
-        let (start_read, start_write) = sys::pipe_cloexec()?;
-        let (failure_read, failure_write) = match sys::pipe_cloexec() {
+        let (start_read, start_write) = sys::fd::pipe_cloexec()?;
+        let (failure_read, failure_write) = match sys::fd::pipe_cloexec() {
             Ok(p) => p,
             Err(e) => {
-                sys::close(start_read);
-                sys::close(start_write);
+                sys::fd::close(start_read);
+                sys::fd::close(start_write);
                 return Err(e);
             }
         };
@@ -541,11 +540,11 @@ impl SupervisorPipes {
 
     fn close_all(&self) {
         for fd in [self.start_read, self.start_write, self.failure_read, self.failure_write] {
-            sys::close(fd);
+            sys::fd::close(fd);
         }
         if let Some((a, b)) = self.tty {
-            sys::close(a);
-            sys::close(b);
+            sys::fd::close(a);
+            sys::fd::close(b);
         }
     }
 }
@@ -590,7 +589,7 @@ pub struct AuditChannel {
 impl AuditChannel {
     pub fn close(self) {
         for fd in [self.supervisor_end, self.child_end, self.proc_dir] {
-            sys::close(fd);
+            sys::fd::close(fd);
         }
     }
 }
@@ -609,8 +608,8 @@ pub fn audit_channel() -> Result<AuditChannel, sys::Errno> {
     {
         Ok(fd) => fd,
         Err(e) => {
-            sys::close(pair[0]);
-            sys::close(pair[1]);
+            sys::fd::close(pair[0]);
+            sys::fd::close(pair[1]);
             return Err(e);
         }
     };

@@ -5,8 +5,8 @@
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use crate::sys::{self, Errno};
 use crate::tty;
+use sys::Errno;
 
 /// How init ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub fn supervise(
             if e == libc::EINTR {
                 continue;
             }
-            sys::close(sigfd);
+            sys::fd::close(sigfd);
             return Err(e);
         }
         if let Some(a) = &mut audit {
@@ -105,7 +105,7 @@ pub fn supervise(
             break;
         }
     }
-    sys::close(sigfd);
+    sys::fd::close(sigfd);
     if let Some(mut r) = relay {
         r.drain_and_restore();
     }
@@ -204,7 +204,7 @@ impl TerminalRelay {
                 if !copy_once(0, master) {
                     self.stdin_open = false;
                     // End of input: the terminal's end-of-file character, as a person would type it.
-                    let _ = sys::write_all(master, &[4]);
+                    let _ = sys::fd::write_all(master, &[4]);
                 }
             }
         }
@@ -243,10 +243,10 @@ impl TerminalRelay {
             // SAFETY: fcntl with integer arguments.
             unsafe { libc::fcntl(master, libc::F_SETFL, libc::O_NONBLOCK) };
             while copy_once(master, 1) {}
-            sys::close(master);
+            sys::fd::close(master);
         }
         if let Some(socket) = self.socket.take() {
-            sys::close(socket);
+            sys::fd::close(socket);
         }
         if let Some(t) = self.saved_termios.take() {
             // SAFETY: restores the termios saved from the same terminal.
@@ -258,8 +258,8 @@ impl TerminalRelay {
 /// Copies one chunk from `from` to `to`; false at end of stream or on error.
 fn copy_once(from: RawFd, to: RawFd) -> bool {
     let mut buf = [0u8; 16384];
-    match sys::read(from, &mut buf) {
+    match sys::fd::read(from, &mut buf) {
         Ok(0) | Err(_) => false,
-        Ok(n) => sys::write_all(to, &buf[..n]).is_ok(),
+        Ok(n) => sys::fd::write_all(to, &buf[..n]).is_ok(),
     }
 }

@@ -628,7 +628,7 @@ fn open_beneath(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
     let resolve =
         libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_XDEV;
     loop {
-        match crate::sys::openat2(dir.as_raw_fd(), name, flags, resolve) {
+        match sys::fd::openat2(dir.as_raw_fd(), name, flags, resolve) {
             // SAFETY: `fd` is a new descriptor nothing else owns; the OwnedFd closes it once.
             Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
             // EAGAIN: a rename raced the lookup (RESOLVE_BENEATH); look again.

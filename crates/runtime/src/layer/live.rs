@@ -28,12 +28,12 @@ use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
 
 use crate::failure::os_error;
-use crate::mount;
 use crate::mounts::{self, OverlayFds};
 use crate::namespaces::{self, Kind};
 use crate::plan::MAX_FROZEN_LAYERS;
-use crate::sys::{self, Errno};
 use crate::userns::{translate_id, IdSide};
+use sys::mount;
+use sys::Errno;
 
 /// How long processes have to stop after `SIGSTOP` (a process in a long uninterruptible system call).
 const STOP_WAIT_MS: u32 = 5000;
@@ -132,7 +132,7 @@ impl Drop for LiveSandbox {
     fn drop(&mut self) {
         for fd in [self.pidfd, self.mnt_ns, self.pid_ns] {
             if fd >= 0 {
-                sys::close(fd);
+                sys::fd::close(fd);
             }
         }
     }
@@ -200,29 +200,29 @@ impl LiveSandbox {
     /// Forks a helper that enters the sandbox and forks the worker (which is then in the sandbox's pid
     /// namespace, with `/proc/self` its own); the worker reports a failed step on a pipe.
     fn run(&self, workspace: &CStr, op: &Op) -> Result<(), LiveError> {
-        let (read_end, write_end) = sys::pipe_cloexec().map_err(|e| LiveError::Helper(os_error(e)))?;
+        let (read_end, write_end) = sys::fd::pipe_cloexec().map_err(|e| LiveError::Helper(os_error(e)))?;
         // SAFETY: airlock is single-threaded; the child does only async-signal-safe work (system calls on data
         // prepared before the fork, fixed-size buffers) and leaves with _exit.
-        let forked = unsafe { sys::clone_process(0, None) };
+        let forked = unsafe { sys::process::clone_process(0, None) };
         let helper = match forked {
             Ok(0) => {
-                sys::close(read_end);
+                sys::fd::close(read_end);
                 helper_main(self, workspace, op, write_end)
             }
             Ok(pid) => pid,
             Err(e) => {
-                sys::close(read_end);
-                sys::close(write_end);
+                sys::fd::close(read_end);
+                sys::fd::close(write_end);
                 return Err(LiveError::Helper(os_error(e)));
             }
         };
-        sys::close(write_end);
+        sys::fd::close(write_end);
         let mut status = 0;
         // SAFETY: `status` is a live int.
         let _ = sys::retry_eintr(|| unsafe { libc::waitpid(helper, &mut status, 0) } as libc::c_long);
         let mut report = [0u8; 8];
-        let got = sys::read(read_end, &mut report);
-        sys::close(read_end);
+        let got = sys::fd::read(read_end, &mut report);
+        sys::fd::close(read_end);
         match got {
             Ok(8) => {
                 let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
@@ -247,11 +247,11 @@ fn helper_main(sandbox: &LiveSandbox, workspace: &CStr, op: &Op, report: RawFd) 
         let mut buf = [0u8; 8];
         buf[..4].copy_from_slice(&(step as u32).to_ne_bytes());
         buf[4..].copy_from_slice(&errno.to_ne_bytes());
-        let _ = sys::write_all(report, &buf);
-        sys::exit_immediately(1)
+        let _ = sys::fd::write_all(report, &buf);
+        sys::process::exit_immediately(1)
     };
     // Nothing in the sandbox may ptrace us while we hold capabilities in its namespace.
-    let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
+    let _ = sys::process::prctl(libc::PR_SET_DUMPABLE, 0);
     // The new overlay first, for a swap: overlayfs takes private clones of its layers' mounts, which must be in
     // the mounter's mount namespace, and the sandbox's no longer holds the host's paths. So, in the sandbox's user
     // namespace, a copy of the host's mount namespace, where the layers are opened (with our host credentials,
@@ -296,19 +296,19 @@ fn helper_main(sandbox: &LiveSandbox, workspace: &CStr, op: &Op, report: RawFd) 
         }
     }
     // SAFETY: as for the helper itself (single-threaded; the worker does async-signal-safe work only).
-    match unsafe { sys::clone_process(0, None) } {
+    match unsafe { sys::process::clone_process(0, None) } {
         Ok(0) => {
             if let Err((step, e)) = worker(uid, gid, workspace, op, new_overlay) {
                 fail(step, e);
             }
-            sys::exit_immediately(0)
+            sys::process::exit_immediately(0)
         }
         Ok(pid) => {
             let mut status = 0;
             // SAFETY: `status` is a live int.
             let _ = sys::retry_eintr(|| unsafe { libc::waitpid(pid, &mut status, 0) } as libc::c_long);
             let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-            sys::exit_immediately(if ok { 0 } else { 1 })
+            sys::process::exit_immediately(if ok { 0 } else { 1 })
         }
         Err(e) => fail(LiveStep::Fork, e),
     }
@@ -332,7 +332,7 @@ fn worker(uid: u32, gid: u32, workspace: &CStr, op: &Op, new_overlay: RawFd) -> 
                 // SAFETY: syncfs takes an open descriptor.
                 let synced = sys::check(unsafe { libc::syncfs(ws) } as libc::c_long).map(drop);
                 let result = synced.map_err(at(LiveStep::Sync)).and_then(|()| make_read_only(ws, true));
-                sys::close(ws);
+                sys::fd::close(ws);
                 result
             });
             if frozen.is_err() {
@@ -344,7 +344,7 @@ fn worker(uid: u32, gid: u32, workspace: &CStr, op: &Op, new_overlay: RawFd) -> 
             let ws = open_dir(workspace).map_err(at(LiveStep::OpenWorkspace));
             let writable = ws.and_then(|fd| {
                 let r = make_read_only(fd, false);
-                sys::close(fd);
+                sys::fd::close(fd);
                 r
             });
             let continued = signal_all(libc::SIGCONT).map_err(at(LiveStep::Continue));
@@ -368,23 +368,24 @@ fn replace_mount(workspace: &CStr, new: RawFd) -> StepResult {
     // SAFETY: a NUL-terminated path; no other pointer.
     let detached = sys::check(unsafe { libc::umount2(workspace.as_ptr(), libc::MNT_DETACH) } as libc::c_long);
     if let Err(e) = detached {
-        sys::close(old);
+        sys::fd::close(old);
         return Err((LiveStep::DetachOld, e));
     }
     let moved = mount::move_mount(new, mount::EMPTY, libc::AT_FDCWD, workspace, libc::MOVE_MOUNT_F_EMPTY_PATH);
     if let Err(e) = moved {
         let _ = mount::move_mount(old, mount::EMPTY, libc::AT_FDCWD, workspace, libc::MOVE_MOUNT_F_EMPTY_PATH);
-        sys::close(old);
+        sys::fd::close(old);
         return Err((LiveStep::MoveNew, e));
     }
-    sys::close(old);
+    sys::fd::close(old);
     Ok(())
 }
 
 /// Opens the stack's directories into `fds` (no symlink anywhere on the way, as init opens them).
 fn open_stack(stack: &NewStack, fds: &mut OverlayFds) -> Result<(), Errno> {
-    let open =
-        |path: &CStr| sys::openat2(libc::AT_FDCWD, path, libc::O_PATH | libc::O_DIRECTORY, libc::RESOLVE_NO_SYMLINKS);
+    let open = |path: &CStr| {
+        sys::fd::openat2(libc::AT_FDCWD, path, libc::O_PATH | libc::O_DIRECTORY, libc::RESOLVE_NO_SYMLINKS)
+    };
     fds.upper = open(&stack.upper)?;
     fds.work = open(&stack.work)?;
     for layer in &stack.frozen {
@@ -422,7 +423,7 @@ fn make_read_only(ws: RawFd, read_only: bool) -> StepResult {
 
 /// `kill(-1, sig)`: every process of our pid namespace but init and us.
 fn signal_all(sig: i32) -> Result<(), Errno> {
-    match sys::kill(-1, sig) {
+    match sys::signal::kill(-1, sig) {
         // No process to signal: nothing runs in the sandbox but init.
         Ok(()) | Err(libc::ESRCH) => Ok(()),
         Err(e) => Err(e),
@@ -483,7 +484,7 @@ fn all_stopped() -> Result<bool, Errno> {
             }
         }
     })();
-    sys::close(dir);
+    sys::fd::close(dir);
     result
 }
 
@@ -503,8 +504,8 @@ fn is_stopped(proc_dir: RawFd, pid: &[u8]) -> Result<bool, Errno> {
         Err(e) => return Err(e),
     };
     let mut stat = [0u8; 512];
-    let n = sys::read(fd, &mut stat);
-    sys::close(fd);
+    let n = sys::fd::read(fd, &mut stat);
+    sys::fd::close(fd);
     let n = match n {
         Ok(n) => n,
         Err(libc::ESRCH) => return Ok(true),

@@ -1,0 +1,81 @@
+//! File descriptors: opening beneath a directory (`openat2`), pipes, reading, writing and closing.
+
+use std::ffi::CStr;
+use std::os::fd::RawFd;
+
+use crate::{check, check_fd, retry_eintr, Errno};
+
+/// `struct open_how` (libc's is non-exhaustive, so it cannot be built with a literal).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `openat2(dirfd, path, how)`.
+pub fn openat2(dirfd: RawFd, path: &CStr, flags: i32, resolve: u64) -> Result<RawFd, Errno> {
+    let how = OpenHow { flags: (flags | libc::O_CLOEXEC) as u64, mode: 0, resolve };
+    // SAFETY: `path` is a valid NUL-terminated string and `how` a fully initialised open_how that outlives the
+    // call; the size passed is the size of that struct.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_openat2, dirfd, path.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>())
+    };
+    check_fd(ret)
+}
+
+/// `close(fd)`, ignoring errors (there is nothing useful to do about them here).
+pub fn close(fd: RawFd) {
+    if fd >= 0 {
+        // SAFETY: closing an fd we own; a stale number only yields EBADF.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Closes every file descriptor from `first` to `last` inclusive.
+pub fn close_range(first: u32, last: u32) -> Result<(), Errno> {
+    if first > last {
+        return Ok(());
+    }
+    // SAFETY: close_range takes only integers; the fds in the range are not used afterwards by this process.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    check(ret).map(drop)
+}
+
+/// Closes every file descriptor above 2 except those in `keep`, which must be sorted ascending.
+pub fn close_fds_except(keep: &[RawFd]) -> Result<(), Errno> {
+    let mut next: u32 = 3;
+    for &fd in keep {
+        let Ok(fd) = u32::try_from(fd) else { continue };
+        if fd < next {
+            continue;
+        }
+        close_range(next, fd - 1)?;
+        next = fd + 1;
+    }
+    close_range(next, u32::MAX)
+}
+
+/// `write(fd, buf)` of the whole buffer, retrying on EINTR and short writes.
+pub fn write_all(fd: RawFd, mut buf: &[u8]) -> Result<(), Errno> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a valid readable slice of the given length.
+        let n = retry_eintr(|| unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) as libc::c_long })?;
+        buf = buf.get(n as usize..).unwrap_or(&[]);
+    }
+    Ok(())
+}
+
+/// `read(fd, buf)`, retrying on EINTR.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: `buf` is a valid writable slice of the given length.
+    retry_eintr(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) as libc::c_long }).map(|n| n as usize)
+}
+
+/// A pipe whose both ends are close-on-exec: `(read, write)`.
+pub fn pipe_cloexec() -> Result<(RawFd, RawFd), Errno> {
+    let mut fds = [-1 as RawFd; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
+    Ok((fds[0], fds[1]))
+}

@@ -10,7 +10,7 @@
 //! relays the master to the caller's terminal, as `run -t`'s supervisor does. The command's terminal is never the
 //! caller's.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use policy::sandbox::{Requirement, SandboxPolicy};
 
@@ -19,7 +19,7 @@ use crate::exec::{self, CommandFds};
 use crate::failure::{self, os_error, os_error_text};
 use crate::namespaces::{self, Kind};
 use crate::prepare::{prepare_sandbox, HostContext, PrepareError};
-use crate::sandbox::{self, RunOutcome};
+use crate::sandbox::{self, AuditChannel, RunOutcome};
 use crate::userns::{translate_id, IdSide};
 use crate::{landlock, userns};
 use sys::Errno;
@@ -111,49 +111,47 @@ pub fn exec_in_sandbox(
             Err(e) => {
                 sys::fd::close(pidfd);
                 if let Some(c) = channel {
-                    sys::fd::close(c.child_end);
-                    sys::fd::close(c.supervisor_end);
-                    sys::fd::close(c.proc_dir);
+                    drop((c.child_end, c.supervisor_end, c.proc_dir));
                 }
                 return Err(AttachError::OpenHostProc(os_error(e)));
             }
         },
         None => None,
     };
-    let joined = enter_sandbox(&prepared, policy, target, pidfd, channel.map(|c| c.child_end));
+    // The child's end goes to the command's process; ours are the supervisor's end and the host's /proc.
+    let (audit_child_end, audit_ends) = match channel {
+        Some(AuditChannel { supervisor_end, child_end, proc_dir }) => {
+            (Some(child_end), Some((supervisor_end, proc_dir)))
+        }
+        None => (None, None),
+    };
+    let joined = enter_sandbox(&prepared, policy, target, pidfd, audit_child_end.as_ref().map(AsRawFd::as_raw_fd));
     sys::fd::close(pidfd);
-    if let Some(c) = channel {
-        sys::fd::close(c.child_end);
-    }
+    drop(audit_child_end);
     let (child, child_pidfd, failure_read, tty_socket) = match joined {
         Ok(j) => j,
         Err(e) => {
-            if let Some(c) = channel {
-                sys::fd::close(c.supervisor_end);
-                sys::fd::close(c.proc_dir);
-            }
-            if let Some(fd) = host_proc {
-                sys::fd::close(fd);
-            }
+            drop(audit_ends);
+            drop(host_proc);
             return Err(e);
         }
     };
 
     // 4. Wait for the command, forwarding signals (the command is in its own session), relaying its terminal,
     //    killing it at the exec's deadline (`policy.timeout`; the rest of its session right after, below).
-    let ended = match (audit.as_mut(), channel) {
-        (Some(request), Some(c)) => {
+    let ended = match (audit.as_mut(), audit_ends) {
+        (Some(request), Some((supervisor_end, proc_dir))) => {
             let mut seccomp_audit = crate::notify::SeccompAudit::new(
                 &prepared.plan.seccomp,
-                c.proc_dir,
-                c.supervisor_end,
+                proc_dir.as_raw_fd(),
+                supervisor_end,
                 &mut *request.sink,
             )
             .with_command(&prepared.plan.command);
             let ended =
                 crate::supervisor::supervise(child, child_pidfd, policy.timeout, tty_socket, Some(&mut seccomp_audit));
             drop(seccomp_audit);
-            sys::fd::close(c.proc_dir);
+            drop(proc_dir);
             ended
         }
         // The policy's timeout is this exec's own (`airlock exec --timeout`), not the sandbox's.
@@ -165,16 +163,16 @@ pub fn exec_in_sandbox(
     // sessions and are untouched.
     if let Some(fd) = host_proc {
         if matches!(ended, Ok(crate::supervisor::Ended::TimedOut(_))) {
-            kill_session(child, fd);
+            kill_session(child, fd.as_raw_fd());
         }
-        sys::fd::close(fd);
+        drop(fd);
     }
     if let Some(socket) = tty_socket {
         sys::fd::close(socket);
     }
     sys::fd::close(child_pidfd);
-    let failure = failure::read_failure(failure_read);
-    sys::fd::close(failure_read);
+    let failure = failure::read_failure(failure_read.as_raw_fd());
+    drop(failure_read);
     let ended = ended.map_err(|e| AttachError::Wait(os_error(e)))?;
     sandbox::outcome(&prepared, ended, failure).map_err(|e| AttachError::SetupStep(e.to_string()))
 }
@@ -257,7 +255,7 @@ fn enter_sandbox(
     target: &RunningSandbox,
     pidfd: RawFd,
     audit_socket: Option<RawFd>,
-) -> Result<(libc::pid_t, RawFd, RawFd, Option<RawFd>), AttachError> {
+) -> Result<(libc::pid_t, RawFd, OwnedFd, Option<RawFd>), AttachError> {
     let plan = &prepared.plan;
     // The cgroup first: this process joins it (the command, its child, is born inside), because after setns
     // the host's cgroupfs is out of sight. Fails closed when the sandbox has limits but no cgroup is found.
@@ -305,16 +303,14 @@ fn enter_sandbox(
     // root and working directory are the sandbox's root.
     // SAFETY: setns takes only integers; this process is single-threaded (required for CLONE_NEWUSER).
     if let Err(e) = sys::check(unsafe { libc::setns(pidfd, flags) } as libc::c_long) {
-        sys::fd::close(failure_read);
-        sys::fd::close(failure_write);
+        drop((failure_read, failure_write));
         return Err(AttachError::EnterNamespaces(os_error(e)));
     }
     let ruleset = match &plan.landlock {
         Some(lp) => match landlock::create_ruleset(lp) {
             Ok(fd) => Some(fd),
             Err(f) => {
-                sys::fd::close(failure_read);
-                sys::fd::close(failure_write);
+                drop((failure_read, failure_write));
                 return Err(AttachError::Landlock(sandbox::describe_failure(prepared, &f)));
             }
         },
@@ -324,8 +320,7 @@ fn enter_sandbox(
     let terminal = match plan.tty.map(|winsize| open_terminal(&winsize)).transpose() {
         Ok(t) => t,
         Err(e) => {
-            sys::fd::close(failure_read);
-            sys::fd::close(failure_write);
+            drop((failure_read, failure_write));
             if let Some(fd) = ruleset {
                 sys::fd::close(fd);
             }
@@ -340,8 +335,10 @@ fn enter_sandbox(
     };
 
     // The pid namespace applies to children only: the command is our child, pid N inside.
+    // By number: `exec_command` never returns (it execs or exits), so in the child `failure_write` is never
+    // dropped and the descriptor stays open for it.
     let fds = CommandFds {
-        failure: failure_write,
+        failure: failure_write.as_raw_fd(),
         tty_slave: terminal.map(|(slave, _)| slave),
         landlock_ruleset: ruleset,
         audit_socket,
@@ -354,8 +351,7 @@ fn enter_sandbox(
         Ok(0) => exec::exec_command(plan, &fds),
         Ok(pid) => pid,
         Err(e) => {
-            sys::fd::close(failure_read);
-            sys::fd::close(failure_write);
+            drop((failure_read, failure_write));
             if let Some(fd) = ruleset {
                 sys::fd::close(fd);
             }
@@ -363,7 +359,7 @@ fn enter_sandbox(
             return Err(AttachError::Fork(os_error(e)));
         }
     };
-    sys::fd::close(failure_write);
+    drop(failure_write);
     if let Some(fd) = ruleset {
         sys::fd::close(fd);
     }
@@ -394,11 +390,8 @@ fn open_terminal(winsize: &libc::winsize) -> Result<(RawFd, RawFd), AttachError>
     }
 }
 
-fn open_host_proc() -> Result<RawFd, Errno> {
-    // SAFETY: the path is a NUL-terminated literal; open takes integer flags.
-    sys::check_fd(
-        unsafe { libc::open(c"/proc".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) } as libc::c_long
-    )
+fn open_host_proc() -> Result<OwnedFd, Errno> {
+    sys::fd::open(c"/proc", libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
 }
 
 /// How many times the session is swept for members: each sweep kills every member it sees, so only a process

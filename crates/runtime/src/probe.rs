@@ -13,7 +13,7 @@
 use std::ffi::CStr;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 
 use crate::namespaces::{self, Kind};
 use std::path::{Path, PathBuf};
@@ -593,10 +593,7 @@ const OVERLAY_USERXATTR_OPTS: &CStr = c"lowerdir=/tmp/lower,upperdir=/tmp/upper2
 
 /// Fork the probe child, collect its step results, reap it.
 fn run_probe_child(plan: &ChildPlan) -> Result<Steps, ProbeError> {
-    let (read_fd, write_fd) = sys::fd::pipe_cloexec().map_err(|e| ProbeError::Pipe(os_error(e)))?;
-    // SAFETY: pipe_cloexec just returned these two open descriptors and nothing else owns them; each OwnedFd
-    // closes its own exactly once.
-    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(read_fd), OwnedFd::from_raw_fd(write_fd)) };
+    let (read_end, write_end) = sys::fd::pipe_cloexec().map_err(|e| ProbeError::Pipe(os_error(e)))?;
 
     // SAFETY: the child runs only `probe_child`, which makes raw system calls on memory prepared before the fork
     // (`plan`, constant C strings, stack buffers), never allocates, takes no lock and does not unwind, and leaves

@@ -1,7 +1,7 @@
 //! File descriptors: opening beneath a directory (`openat2`), pipes, reading, writing and closing.
 
 use std::ffi::CStr;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use crate::{check, check_fd, retry_eintr, Errno};
 
@@ -73,9 +73,30 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> Result<usize, Errno> {
 }
 
 /// A pipe whose both ends are close-on-exec: `(read, write)`.
-pub fn pipe_cloexec() -> Result<(RawFd, RawFd), Errno> {
+pub fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd), Errno> {
     let mut fds = [-1 as RawFd; 2];
     // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
     check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
-    Ok((fds[0], fds[1]))
+    // SAFETY: pipe2 succeeded, so both are open descriptors it just created, owned by nothing else; each
+    // OwnedFd closes its own exactly once.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A connected pair of close-on-exec `AF_UNIX` stream sockets.
+pub fn socketpair_cloexec() -> Result<(OwnedFd, OwnedFd), Errno> {
+    let mut pair = [-1 as RawFd; 2];
+    // SAFETY: socketpair fills a live two-int array.
+    let ret = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) };
+    check(ret as libc::c_long)?;
+    // SAFETY: socketpair succeeded, so both are open descriptors it just created, owned by nothing else; each
+    // OwnedFd closes its own exactly once.
+    Ok(unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) })
+}
+
+/// `open(path, flags)` (the caller passes `O_CLOEXEC` when it wants it).
+pub fn open(path: &CStr, flags: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: `path` is a valid NUL-terminated string; open takes integer flags.
+    let fd = check_fd(unsafe { libc::open(path.as_ptr(), flags) } as libc::c_long)?;
+    // SAFETY: open succeeded, so `fd` is an open descriptor it just created, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -5,6 +5,7 @@
 // Tests of the sys crate call raw syscalls to set up and check what it does, as the crate itself does.
 #![allow(unsafe_code)]
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use sys::{fd, process};
@@ -39,17 +40,17 @@ fn child_is_born_in_the_given_v2_cgroup() {
     let pid = match pid {
         Ok(0) => {
             // The child's copy of the write end must go, or its read never sees EOF.
-            fd::close(release_write);
+            drop(release_write);
             let mut byte = [0u8; 1];
-            let _ = fd::read(release_read, &mut byte);
+            let _ = fd::read(release_read.as_raw_fd(), &mut byte);
             process::exit_immediately(0)
         }
         Ok(pid) => pid,
         Err(e) => panic!("clone3 failed: errno {e}"),
     };
     let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    fd::close(release_write);
-    fd::close(release_read);
+    drop(release_write);
+    drop(release_read);
     let mut status = 0;
     // SAFETY: waitpid writes into a live local.
     unsafe { libc::waitpid(pid, &mut status, 0) };

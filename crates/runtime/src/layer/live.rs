@@ -25,7 +25,7 @@
 //! the stop and continue (a parent waiting with `WUNTRACED` is told).
 
 use std::ffi::{CStr, CString};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use crate::failure::os_error;
 use crate::mounts::{self, OverlayFds};
@@ -206,23 +206,24 @@ impl LiveSandbox {
         let forked = unsafe { sys::process::clone_process(0, None) };
         let helper = match forked {
             Ok(0) => {
-                sys::fd::close(read_end);
-                helper_main(self, workspace, op, write_end)
+                drop(read_end);
+                // By number: `helper_main` never returns (it exits), so `write_end` is never dropped in the
+                // helper and the descriptor stays open for its report.
+                helper_main(self, workspace, op, write_end.as_raw_fd())
             }
             Ok(pid) => pid,
             Err(e) => {
-                sys::fd::close(read_end);
-                sys::fd::close(write_end);
+                drop((read_end, write_end));
                 return Err(LiveError::Helper(os_error(e)));
             }
         };
-        sys::fd::close(write_end);
+        drop(write_end);
         let mut status = 0;
         // SAFETY: `status` is a live int.
         let _ = sys::retry_eintr(|| unsafe { libc::waitpid(helper, &mut status, 0) } as libc::c_long);
         let mut report = [0u8; 8];
-        let got = sys::fd::read(read_end, &mut report);
-        sys::fd::close(read_end);
+        let got = sys::fd::read(read_end.as_raw_fd(), &mut report);
+        drop(read_end);
         match got {
             Ok(8) => {
                 let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);

@@ -1,14 +1,22 @@
 //! Processes: forking with `clone`/`clone3`, `prctl`, leaving with `_exit`.
 
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-use crate::{check, Errno};
+use crate::{check, check_fd, Errno};
 
 /// `prctl(option, arg2, 0, 0, 0)`.
 pub fn prctl(option: i32, arg2: libc::c_ulong) -> Result<libc::c_long, Errno> {
     // SAFETY: the options used by airlock take integer arguments only.
     check(unsafe { libc::prctl(option, arg2, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) }
         as libc::c_long)
+}
+
+/// `pidfd_open(pid, 0)`: a descriptor that refers to process `pid` for as long as it is open.
+pub fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes only integers and reads no memory of ours.
+    let fd = check_fd(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) })?;
+    // SAFETY: pidfd_open succeeded, so `fd` is an open descriptor it just created, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A fork: `clone(SIGCHLD | extra_flags)` without a new stack. Returns 0 in the child, the child's pid in the

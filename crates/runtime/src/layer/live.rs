@@ -25,7 +25,7 @@
 //! the stop and continue (a parent waiting with `WUNTRACED` is told).
 
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::failure::os_error;
 use crate::mounts::{self, OverlayFds};
@@ -118,24 +118,14 @@ pub enum LiveError {
 /// The running sandbox, by pidfd on its init (checked against the recorded start time: not a reused pid).
 pub struct LiveSandbox {
     name: String,
-    pidfd: RawFd,
+    pidfd: OwnedFd,
     /// Its mount and pid namespaces (`/proc/PID/ns/`), entered by descriptor after its user namespace (entering
     /// them by pidfd then would need the right to ptrace init, lost with the host's capabilities).
-    mnt_ns: RawFd,
-    pid_ns: RawFd,
+    mnt_ns: OwnedFd,
+    pid_ns: OwnedFd,
     /// Init's ids inside (what the helper becomes there: the overlay's copy-ups are done as its mounter).
     uid: u32,
     gid: u32,
-}
-
-impl Drop for LiveSandbox {
-    fn drop(&mut self) {
-        for fd in [self.pidfd, self.mnt_ns, self.pid_ns] {
-            if fd >= 0 {
-                sys::fd::close(fd);
-            }
-        }
-    }
 }
 
 /// The new stack's directories on the host: the frozen layers newest first, then the workspace.
@@ -155,21 +145,19 @@ enum Op<'a> {
 
 impl LiveSandbox {
     pub fn open(name: &str, init_pid: libc::pid_t, init_start_time: u64) -> Result<LiveSandbox, LiveError> {
-        // SAFETY: pidfd_open takes only integers.
-        let pidfd =
-            sys::check_fd(unsafe { libc::syscall(libc::SYS_pidfd_open, init_pid, 0u32) }).map_err(|e| match e {
-                libc::ESRCH => LiveError::NotRunning(name.to_string()),
-                e => LiveError::OpenInit(init_pid, os_error(e)),
-            })?;
-        // Owned from here: dropped (the pidfd closed) on every error below.
-        let mut sandbox = LiveSandbox { name: name.to_string(), pidfd, mnt_ns: -1, pid_ns: -1, uid: 0, gid: 0 };
+        let pidfd = sys::process::pidfd_open(init_pid).map_err(|e| match e {
+            libc::ESRCH => LiveError::NotRunning(name.to_string()),
+            e => LiveError::OpenInit(init_pid, os_error(e)),
+        })?;
         let open_ns = |ns: &str| {
             std::fs::File::open(format!("/proc/{init_pid}/ns/{ns}"))
-                .map(std::os::fd::IntoRawFd::into_raw_fd)
+                .map(OwnedFd::from)
                 .map_err(|e| LiveError::OpenInit(init_pid, e))
         };
-        sandbox.mnt_ns = open_ns(Kind::Mount.proc_name())?;
-        sandbox.pid_ns = open_ns(Kind::Pid.proc_name())?;
+        let mnt_ns = open_ns(Kind::Mount.proc_name())?;
+        let pid_ns = open_ns(Kind::Pid.proc_name())?;
+        // Owned from here: dropped (its descriptors closed) on every error below.
+        let mut sandbox = LiveSandbox { name: name.to_string(), pidfd, mnt_ns, pid_ns, uid: 0, gid: 0 };
         // After the opens: they are known to be init's, not a process's that reused its pid.
         if crate::host::process_start_time(init_pid) != Some(init_start_time) {
             return Err(LiveError::NotRunning(sandbox.name.clone()));
@@ -243,7 +231,7 @@ impl LiveSandbox {
 
 /// The helper: enters the namespaces, forks the worker, exits with its status.
 fn helper_main(sandbox: &LiveSandbox, workspace: &CStr, op: &Op, report: RawFd) -> ! {
-    let (pidfd, uid, gid) = (sandbox.pidfd, sandbox.uid, sandbox.gid);
+    let (pidfd, uid, gid) = (sandbox.pidfd.as_raw_fd(), sandbox.uid, sandbox.gid);
     let fail = |step: LiveStep, errno: Errno| -> ! {
         let mut buf = [0u8; 8];
         buf[..4].copy_from_slice(&(step as u32).to_ne_bytes());
@@ -281,10 +269,11 @@ fn helper_main(sandbox: &LiveSandbox, workspace: &CStr, op: &Op, report: RawFd) 
             fail(LiveStep::MountOverlay, f.errno);
         }
         new_overlay = trees[0];
+        let (mnt_ns, pid_ns) = (sandbox.mnt_ns.as_raw_fd(), sandbox.pid_ns.as_raw_fd());
         // SAFETY: setns takes only integers.
-        let entered = sys::check(unsafe { libc::setns(sandbox.mnt_ns, Kind::Mount.flag()) } as libc::c_long)
+        let entered = sys::check(unsafe { libc::setns(mnt_ns, Kind::Mount.flag()) } as libc::c_long)
             // SAFETY: as above.
-            .and_then(|_| sys::check(unsafe { libc::setns(sandbox.pid_ns, Kind::Pid.flag()) } as libc::c_long));
+            .and_then(|_| sys::check(unsafe { libc::setns(pid_ns, Kind::Pid.flag()) } as libc::c_long));
         if let Err(e) = entered {
             fail(LiveStep::EnterNamespaces, e);
         }

@@ -29,28 +29,8 @@ pub fn lock_securebits() -> Result<(), Errno> {
     sys::process::prctl(libc::PR_SET_SECUREBITS, bits as libc::c_ulong).map(drop)
 }
 
-#[repr(C)]
-struct CapUserHeader {
-    version: u32,
-    pid: i32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct CapUserData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
 /// Empties the effective, permitted, inheritable and ambient sets of the calling thread.
 pub fn drop_all_capabilities() -> Result<(), Errno> {
     sys::process::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong)?;
-    let header = CapUserHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
-    let data = [CapUserData { effective: 0, permitted: 0, inheritable: 0 }; 2];
-    // SAFETY: capset reads a v3 header and two data structs, both live, correctly laid out (repr(C)) locals.
-    let ret = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapUserHeader, data.as_ptr()) };
-    sys::check(ret).map(drop)
+    sys::capability::clear_thread_sets()
 }

@@ -1,7 +1,7 @@
 //! File descriptors: opening beneath a directory (`openat2`), pipes, reading, writing and closing.
 
 use std::ffi::CStr;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::{check, check_fd, retry_eintr, Errno};
 
@@ -99,4 +99,26 @@ pub fn open(path: &CStr, flags: i32) -> Result<OwnedFd, Errno> {
     let fd = check_fd(unsafe { libc::open(path.as_ptr(), flags) } as libc::c_long)?;
     // SAFETY: open succeeded, so `fd` is an open descriptor it just created, owned by nothing else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `flock(fd, operation)` (`LOCK_EX`, `LOCK_NB`...).
+pub fn flock(fd: BorrowedFd<'_>, operation: i32) -> Result<(), Errno> {
+    // SAFETY: flock takes only integers; `fd` is borrowed, so open.
+    check(unsafe { libc::flock(fd.as_raw_fd(), operation) } as libc::c_long).map(drop)
+}
+
+/// A standard stream of this process, by its descriptor number.
+#[derive(Clone, Copy)]
+#[repr(i32)]
+pub enum StandardStream {
+    Input = 0,
+    Output = 1,
+    Error = 2,
+}
+
+/// `dup2(from, stream)`: the standard stream `stream` refers to what `from` does (its old descriptor is closed
+/// by the kernel; the standard streams belong to the whole process, so no owner of ours loses its descriptor).
+pub fn dup_onto_standard_stream(from: BorrowedFd<'_>, stream: StandardStream) -> Result<(), Errno> {
+    // SAFETY: dup2 takes only integers; `from` is borrowed, so open, and the target is a standard stream.
+    check(unsafe { libc::dup2(from.as_raw_fd(), stream as i32) } as libc::c_long).map(drop)
 }

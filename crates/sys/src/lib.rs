@@ -1,5 +1,5 @@
 //! The one crate of the workspace where raw system calls are made: thin wrappers over the calls airlock's sandbox
-//! engine needs, one module per kernel concept (`fd`, `process`, `signal`, `mount`).
+//! engine needs, one module per kernel concept (`fd`, `process`, `signal`, `mount`, `capability`, `terminal`).
 //!
 //! Every function here is async-signal-safe and allocates nothing: they are called after `clone`, in the
 //! sandbox's init and in the command's process, where only such work is allowed. Errors are the raw errno, which
@@ -9,10 +9,12 @@
 // comment, and unsafe operations inside unsafe fns need their own block.
 #![allow(unsafe_code)]
 
+pub mod capability;
 pub mod fd;
 pub mod mount;
 pub mod process;
 pub mod signal;
+pub mod terminal;
 
 /// A raw errno value.
 pub type Errno = i32;

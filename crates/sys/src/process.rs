@@ -11,6 +11,18 @@ pub fn prctl(option: i32, arg2: libc::c_ulong) -> Result<libc::c_long, Errno> {
         as libc::c_long)
 }
 
+/// The real uid and gid of the caller (`getuid`, `getgid`).
+pub fn real_ids() -> (u32, u32) {
+    // SAFETY: getuid/getgid cannot fail and take no arguments.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+/// The caller's effective uid (`geteuid`).
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid cannot fail and takes no arguments.
+    unsafe { libc::geteuid() }
+}
+
 /// `pidfd_open(pid, 0)`: a descriptor that refers to process `pid` for as long as it is open.
 pub fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, Errno> {
     // SAFETY: pidfd_open takes only integers and reads no memory of ours.

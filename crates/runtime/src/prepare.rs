@@ -136,7 +136,7 @@ fn check_host_path(what: &'static str, path: &str) -> Result<fs::FileType, Prepa
     let c = cstring(path)?;
     match sys::fd::openat2(libc::AT_FDCWD, &c, libc::O_PATH, libc::RESOLVE_NO_SYMLINKS) {
         Ok(fd) => {
-            sys::fd::close(fd);
+            drop(fd);
             fs::symlink_metadata(path).map(|m| m.file_type()).map_err(|source| PrepareError::OpenPath {
                 what,
                 path: path.to_string(),

@@ -737,9 +737,7 @@ fn probe_inside_userns(plan: &ChildPlan, r: &Reporter) {
 /// A new filesystem of `fstype`, configured with `options`, attached at `target`.
 fn mount_new_fs(fstype: &CStr, options: &[(&CStr, &CStr)], attrs: u64, target: &CStr) -> Result<(), sys::Errno> {
     let mnt = mount::new_fs(fstype, options.iter().copied(), attrs)?;
-    let attached = mount::move_mount(mnt, EMPTY, libc::AT_FDCWD, target, libc::MOVE_MOUNT_F_EMPTY_PATH);
-    sys::fd::close(mnt);
-    attached
+    mount::move_mount(mnt.as_raw_fd(), EMPTY, libc::AT_FDCWD, target, libc::MOVE_MOUNT_F_EMPTY_PATH)
 }
 
 fn mount_scratch_tmpfs() -> Result<(), sys::Errno> {
@@ -760,14 +758,15 @@ fn make_scratch_tree() -> Result<(), sys::Errno> {
 
 fn bind_read_only(source: &CStr, target: &CStr) -> Result<(), sys::Errno> {
     let dir = sys::fd::openat2(libc::AT_FDCWD, source, libc::O_PATH | libc::O_DIRECTORY, libc::RESOLVE_NO_SYMLINKS)?;
-    let tree =
-        mount::open_tree(dir, EMPTY, libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32);
-    sys::fd::close(dir);
+    let tree = mount::open_tree(
+        dir.as_raw_fd(),
+        EMPTY,
+        libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32,
+    );
+    drop(dir);
     let tree = tree?;
-    let attached = mount::mount_setattr(tree, EMPTY, libc::AT_EMPTY_PATH as u32, libc::MOUNT_ATTR_RDONLY, 0)
-        .and_then(|()| mount::move_mount(tree, EMPTY, libc::AT_FDCWD, target, libc::MOVE_MOUNT_F_EMPTY_PATH));
-    sys::fd::close(tree);
-    attached
+    mount::mount_setattr(tree.as_raw_fd(), EMPTY, libc::AT_EMPTY_PATH as u32, libc::MOUNT_ATTR_RDONLY, 0)?;
+    mount::move_mount(tree.as_raw_fd(), EMPTY, libc::AT_FDCWD, target, libc::MOVE_MOUNT_F_EMPTY_PATH)
 }
 
 /// procfs can only be mounted by a process of the pid namespace it shows: fork pid 1 and let it try.

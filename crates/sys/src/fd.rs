@@ -14,14 +14,16 @@ struct OpenHow {
 }
 
 /// `openat2(dirfd, path, how)`.
-pub fn openat2(dirfd: RawFd, path: &CStr, flags: i32, resolve: u64) -> Result<RawFd, Errno> {
+pub fn openat2(dirfd: RawFd, path: &CStr, flags: i32, resolve: u64) -> Result<OwnedFd, Errno> {
     let how = OpenHow { flags: (flags | libc::O_CLOEXEC) as u64, mode: 0, resolve };
     // SAFETY: `path` is a valid NUL-terminated string and `how` a fully initialised open_how that outlives the
     // call; the size passed is the size of that struct.
     let ret = unsafe {
         libc::syscall(libc::SYS_openat2, dirfd, path.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>())
     };
-    check_fd(ret)
+    let fd = check_fd(ret)?;
+    // SAFETY: openat2 succeeded, so `fd` is an open descriptor it just created, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `close(fd)`, ignoring errors (there is nothing useful to do about them here).
@@ -121,4 +123,12 @@ pub enum StandardStream {
 pub fn dup_onto_standard_stream(from: BorrowedFd<'_>, stream: StandardStream) -> Result<(), Errno> {
     // SAFETY: dup2 takes only integers; `from` is borrowed, so open, and the target is a standard stream.
     check(unsafe { libc::dup2(from.as_raw_fd(), stream as i32) } as libc::c_long).map(drop)
+}
+
+/// `fcntl(fd, F_DUPFD_CLOEXEC, 3)`: a close-on-exec copy of `fd`, numbered 3 or above.
+pub fn duplicate_cloexec(fd: RawFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: fcntl with F_DUPFD_CLOEXEC takes only integers; a number that is not open only yields EBADF.
+    let copy = check_fd(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) } as libc::c_long)?;
+    // SAFETY: fcntl succeeded, so `copy` is an open descriptor it just created, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
 }

@@ -10,7 +10,7 @@
 //! are the raw errno.
 
 use std::ffi::CStr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::{check, check_fd, fd, Errno};
 
@@ -21,10 +21,18 @@ pub const EMPTY: &CStr = c"";
 pub const RESOLVE_INSIDE: u64 = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH;
 
 /// `open_tree(dirfd, path, flags)`: a detached copy of the mount tree at `path` (with `OPEN_TREE_CLONE`).
-pub fn open_tree(dirfd: RawFd, path: &CStr, flags: u32) -> Result<RawFd, Errno> {
+pub fn open_tree(dirfd: RawFd, path: &CStr, flags: u32) -> Result<OwnedFd, Errno> {
     // SAFETY: `path` is a valid NUL-terminated string; the call reads nothing else from our memory.
     let ret = unsafe { libc::syscall(libc::SYS_open_tree, dirfd, path.as_ptr(), flags) };
-    check_fd(ret)
+    owned(ret)
+}
+
+/// A descriptor a call just returned (or its errno), owned from here.
+fn owned(ret: libc::c_long) -> Result<OwnedFd, Errno> {
+    let fd = check_fd(ret)?;
+    // SAFETY: only called with the return value of a call that creates a descriptor: a success is an open
+    // descriptor the kernel just made, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `move_mount(from_dirfd, from_path, to_dirfd, to_path, flags)`.
@@ -53,10 +61,10 @@ pub fn mount_setattr(dirfd: RawFd, path: &CStr, flags: u32, attr_set: u64, attr_
 }
 
 /// `fsopen(fstype)`: a filesystem context to configure with [`fsconfig_string`] and create with [`fsmount`].
-pub fn fsopen(fstype: &CStr) -> Result<RawFd, Errno> {
+pub fn fsopen(fstype: &CStr) -> Result<OwnedFd, Errno> {
     // SAFETY: `fstype` is a valid NUL-terminated string.
     let ret = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), libc::FSOPEN_CLOEXEC) };
-    check_fd(ret)
+    owned(ret)
 }
 
 /// `fsconfig(fd, FSCONFIG_SET_STRING, key, value)`.
@@ -84,7 +92,7 @@ pub fn fsconfig_flag(fsfd: RawFd, key: &CStr) -> Result<(), Errno> {
 }
 
 /// `fsconfig(fd, FSCONFIG_CMD_CREATE)` then `fsmount(fd, attrs)`: a detached mount of the configured filesystem.
-pub fn fsmount(fsfd: RawFd, attr_flags: u64) -> Result<RawFd, Errno> {
+pub fn fsmount(fsfd: RawFd, attr_flags: u64) -> Result<OwnedFd, Errno> {
     // SAFETY: CMD_CREATE takes no pointers (key and value are null, aux 0).
     let ret = unsafe {
         libc::syscall(
@@ -99,7 +107,7 @@ pub fn fsmount(fsfd: RawFd, attr_flags: u64) -> Result<RawFd, Errno> {
     check(ret)?;
     // SAFETY: fsmount takes only integers.
     let ret = unsafe { libc::syscall(libc::SYS_fsmount, fsfd, libc::FSMOUNT_CLOEXEC, attr_flags) };
-    check_fd(ret)
+    owned(ret)
 }
 
 /// A detached mount of a new filesystem of `fstype`, configured with `options` (string values), with the mount
@@ -108,21 +116,20 @@ pub fn new_fs<'a>(
     fstype: &CStr,
     options: impl IntoIterator<Item = (&'a CStr, &'a CStr)>,
     attr_flags: u64,
-) -> Result<RawFd, Errno> {
+) -> Result<OwnedFd, Errno> {
     let fs = fsopen(fstype)?;
     for (key, value) in options {
-        if let Err(errno) = fsconfig_string(fs, key, value) {
-            fd::close(fs);
-            return Err(errno);
-        }
+        fsconfig_string(fs.as_raw_fd(), key, value)?;
     }
-    let mnt = fsmount(fs, attr_flags);
-    fd::close(fs);
-    mnt
+    // `fs` is closed once the mount is made (or not).
+    fsmount(fs.as_raw_fd(), attr_flags)
 }
 
 /// A detached tmpfs with the given options.
-pub fn new_tmpfs<'a>(options: impl IntoIterator<Item = (&'a CStr, &'a CStr)>, attr_flags: u64) -> Result<RawFd, Errno> {
+pub fn new_tmpfs<'a>(
+    options: impl IntoIterator<Item = (&'a CStr, &'a CStr)>,
+    attr_flags: u64,
+) -> Result<OwnedFd, Errno> {
     new_fs(c"tmpfs", options, attr_flags)
 }
 
@@ -132,7 +139,7 @@ pub fn attach(tree: RawFd, target: RawFd) -> Result<(), Errno> {
 }
 
 /// `mkdirat` (an existing directory is fine) then an `O_PATH` descriptor for it, never following a symlink.
-pub fn mkdir_and_open(dir: RawFd, name: &CStr, mode: libc::mode_t) -> Result<RawFd, Errno> {
+pub fn mkdir_and_open(dir: RawFd, name: &CStr, mode: libc::mode_t) -> Result<OwnedFd, Errno> {
     // SAFETY: `name` is a valid NUL-terminated string; mkdirat reads nothing else from our memory.
     match check(unsafe { libc::mkdirat(dir, name.as_ptr(), mode) } as libc::c_long) {
         Ok(_) | Err(libc::EEXIST) => {}

@@ -25,7 +25,7 @@
 //! the stop and continue (a parent waiting with `WUNTRACED` is told).
 
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use crate::failure::os_error;
 use crate::mounts::{self, OverlayFds};
@@ -358,23 +358,24 @@ fn replace_mount(workspace: &CStr, new: RawFd) -> StepResult {
     // SAFETY: a NUL-terminated path; no other pointer.
     let detached = sys::check(unsafe { libc::umount2(workspace.as_ptr(), libc::MNT_DETACH) } as libc::c_long);
     if let Err(e) = detached {
-        sys::fd::close(old);
         return Err((LiveStep::DetachOld, e));
     }
     let moved = mount::move_mount(new, mount::EMPTY, libc::AT_FDCWD, workspace, libc::MOVE_MOUNT_F_EMPTY_PATH);
     if let Err(e) = moved {
-        let _ = mount::move_mount(old, mount::EMPTY, libc::AT_FDCWD, workspace, libc::MOVE_MOUNT_F_EMPTY_PATH);
-        sys::fd::close(old);
+        let _ =
+            mount::move_mount(old.as_raw_fd(), mount::EMPTY, libc::AT_FDCWD, workspace, libc::MOVE_MOUNT_F_EMPTY_PATH);
         return Err((LiveStep::MoveNew, e));
     }
-    sys::fd::close(old);
     Ok(())
 }
 
 /// Opens the stack's directories into `fds` (no symlink anywhere on the way, as init opens them).
 fn open_stack(stack: &NewStack, fds: &mut OverlayFds) -> Result<(), Errno> {
+    // By number: `OverlayFds` is a plan of raw descriptors (built without allocating, after the fork), closed by
+    // its `close_all` or by `mounts::mount_workspace_overlay`.
     let open = |path: &CStr| {
         sys::fd::openat2(libc::AT_FDCWD, path, libc::O_PATH | libc::O_DIRECTORY, libc::RESOLVE_NO_SYMLINKS)
+            .map(IntoRawFd::into_raw_fd)
     };
     fds.upper = open(&stack.upper)?;
     fds.work = open(&stack.work)?;

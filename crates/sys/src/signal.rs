@@ -1,6 +1,8 @@
 //! Signals.
 
-use crate::{check, Errno};
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use crate::{check, check_fd, Errno};
 
 /// `kill(pid, sig)`.
 pub fn kill(pid: libc::pid_t, sig: i32) -> Result<(), Errno> {
@@ -31,4 +33,21 @@ pub fn restore(sig: i32, previous: PreviousAction) {
     // SAFETY: puts back an action signal() returned earlier (SIG_DFL, SIG_IGN or the handler that was set then,
     // which `PreviousAction` being opaque guarantees).
     unsafe { libc::signal(sig, previous.0) };
+}
+
+/// `signalfd(-1, {signals}, SFD_CLOEXEC | SFD_NONBLOCK)`: a new descriptor that reads the given signals (which
+/// the caller keeps blocked).
+pub fn signalfd(signals: &[i32]) -> Result<OwnedFd, Errno> {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the sigset it is given; sigaddset then changes the initialised set, and
+    // signalfd reads it. No other pointer.
+    let fd = unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for &s in signals {
+            libc::sigaddset(set.as_mut_ptr(), s);
+        }
+        check_fd(libc::signalfd(-1, set.as_ptr(), libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) as libc::c_long)?
+    };
+    // SAFETY: signalfd succeeded, so `fd` is an open descriptor it just created, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -292,7 +292,7 @@ pub fn stop(name: &str) -> Result<i32> {
     if runtime::host::process_start_time(pid) != Some(start) {
         bail!("sandbox {name} is not running (its supervisor, pid {pid}, is gone)");
     }
-    runtime::sys::kill(pid, libc::SIGTERM)
+    sys::signal::kill(pid, libc::SIGTERM)
         .map_err(|e| anyhow!("cannot signal the supervisor of sandbox {name} (pid {pid}): errno {e}"))?;
     let started = Instant::now();
     // Until the supervisor itself has exited, not only until the sandbox is marked ended: it still removes the

@@ -10,7 +10,7 @@
 //! relays the master to the caller's terminal, as `run -t`'s supervisor does. The command's terminal is never the
 //! caller's.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use policy::sandbox::{Requirement, SandboxPolicy};
 
@@ -19,10 +19,10 @@ use crate::exec::{self, CommandFds};
 use crate::failure::{self, os_error, os_error_text};
 use crate::namespaces::{self, Kind};
 use crate::prepare::{prepare_sandbox, HostContext, PrepareError};
-use crate::sandbox::{self, RunOutcome};
-use crate::sys::{self, Errno};
+use crate::sandbox::{self, AuditChannel, RunOutcome};
 use crate::userns::{translate_id, IdSide};
 use crate::{landlock, userns};
+use sys::Errno;
 
 /// The running sandbox to enter, as its supervisor recorded it.
 #[derive(Debug, Clone)]
@@ -109,51 +109,49 @@ pub fn exec_in_sandbox(
         Some(_) => match open_host_proc() {
             Ok(fd) => Some(fd),
             Err(e) => {
-                sys::close(pidfd);
+                sys::fd::close(pidfd);
                 if let Some(c) = channel {
-                    sys::close(c.child_end);
-                    sys::close(c.supervisor_end);
-                    sys::close(c.proc_dir);
+                    drop((c.child_end, c.supervisor_end, c.proc_dir));
                 }
                 return Err(AttachError::OpenHostProc(os_error(e)));
             }
         },
         None => None,
     };
-    let joined = enter_sandbox(&prepared, policy, target, pidfd, channel.map(|c| c.child_end));
-    sys::close(pidfd);
-    if let Some(c) = channel {
-        sys::close(c.child_end);
-    }
+    // The child's end goes to the command's process; ours are the supervisor's end and the host's /proc.
+    let (audit_child_end, audit_ends) = match channel {
+        Some(AuditChannel { supervisor_end, child_end, proc_dir }) => {
+            (Some(child_end), Some((supervisor_end, proc_dir)))
+        }
+        None => (None, None),
+    };
+    let joined = enter_sandbox(&prepared, policy, target, pidfd, audit_child_end.as_ref().map(AsRawFd::as_raw_fd));
+    sys::fd::close(pidfd);
+    drop(audit_child_end);
     let (child, child_pidfd, failure_read, tty_socket) = match joined {
         Ok(j) => j,
         Err(e) => {
-            if let Some(c) = channel {
-                sys::close(c.supervisor_end);
-                sys::close(c.proc_dir);
-            }
-            if let Some(fd) = host_proc {
-                sys::close(fd);
-            }
+            drop(audit_ends);
+            drop(host_proc);
             return Err(e);
         }
     };
 
     // 4. Wait for the command, forwarding signals (the command is in its own session), relaying its terminal,
     //    killing it at the exec's deadline (`policy.timeout`; the rest of its session right after, below).
-    let ended = match (audit.as_mut(), channel) {
-        (Some(request), Some(c)) => {
+    let ended = match (audit.as_mut(), audit_ends) {
+        (Some(request), Some((supervisor_end, proc_dir))) => {
             let mut seccomp_audit = crate::notify::SeccompAudit::new(
                 &prepared.plan.seccomp,
-                c.proc_dir,
-                c.supervisor_end,
+                proc_dir.as_raw_fd(),
+                supervisor_end,
                 &mut *request.sink,
             )
             .with_command(&prepared.plan.command);
             let ended =
                 crate::supervisor::supervise(child, child_pidfd, policy.timeout, tty_socket, Some(&mut seccomp_audit));
             drop(seccomp_audit);
-            sys::close(c.proc_dir);
+            drop(proc_dir);
             ended
         }
         // The policy's timeout is this exec's own (`airlock exec --timeout`), not the sandbox's.
@@ -165,16 +163,16 @@ pub fn exec_in_sandbox(
     // sessions and are untouched.
     if let Some(fd) = host_proc {
         if matches!(ended, Ok(crate::supervisor::Ended::TimedOut(_))) {
-            kill_session(child, fd);
+            kill_session(child, fd.as_raw_fd());
         }
-        sys::close(fd);
+        drop(fd);
     }
     if let Some(socket) = tty_socket {
-        sys::close(socket);
+        sys::fd::close(socket);
     }
-    sys::close(child_pidfd);
-    let failure = failure::read_failure(failure_read);
-    sys::close(failure_read);
+    sys::fd::close(child_pidfd);
+    let failure = failure::read_failure(failure_read.as_raw_fd());
+    drop(failure_read);
     let ended = ended.map_err(|e| AttachError::Wait(os_error(e)))?;
     sandbox::outcome(&prepared, ended, failure).map_err(|e| AttachError::SetupStep(e.to_string()))
 }
@@ -187,7 +185,7 @@ fn open_init(target: &RunningSandbox) -> Result<RawFd, AttachError> {
         e => AttachError::OpenInit(target.init_pid, os_error(e)),
     })?;
     if crate::host::process_start_time(target.init_pid) != Some(target.init_start_time) {
-        sys::close(pidfd);
+        sys::fd::close(pidfd);
         return Err(AttachError::NotRunning(target.name.clone()));
     }
     Ok(pidfd)
@@ -218,7 +216,7 @@ pub fn enter_sandbox_as_its_user(
     const FLAGS: libc::c_int = namespaces::flags(&[Kind::User, Kind::Mount]);
     // SAFETY: setns takes only integers; this process is single-threaded (required for CLONE_NEWUSER).
     let entered = sys::check(unsafe { libc::setns(pidfd, FLAGS) } as libc::c_long);
-    sys::close(pidfd);
+    sys::fd::close(pidfd);
     entered.map_err(|e| AttachError::EnterNamespaces(os_error(e)))?;
     // setns left our working directory on the host's tree: a relative path must not resolve there.
     // SAFETY: a NUL-terminated literal.
@@ -239,10 +237,10 @@ pub fn enter_sandbox_as_its_user(
     crate::caps::lock_securebits().map_err(|e| step("lock securebits", e))?;
     exec::switch_ids(plan.ids.uid, plan.ids.gid).map_err(|e| step("switch to the sandbox's ids", e))?;
     crate::caps::drop_all_capabilities().map_err(|e| step("drop capabilities", e))?;
-    sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(|e| step("set no_new_privs", e))?;
+    sys::process::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(|e| step("set no_new_privs", e))?;
     if let Some(fd) = ruleset {
         let restricted = landlock::restrict_self(fd);
-        sys::close(fd);
+        sys::fd::close(fd);
         restricted.map_err(|e| step("enforce Landlock", e))?;
     }
     Ok(())
@@ -257,7 +255,7 @@ fn enter_sandbox(
     target: &RunningSandbox,
     pidfd: RawFd,
     audit_socket: Option<RawFd>,
-) -> Result<(libc::pid_t, RawFd, RawFd, Option<RawFd>), AttachError> {
+) -> Result<(libc::pid_t, RawFd, OwnedFd, Option<RawFd>), AttachError> {
     let plan = &prepared.plan;
     // The cgroup first: this process joins it (the command, its child, is born inside), because after setns
     // the host's cgroupfs is out of sight. Fails closed when the sandbox has limits but no cgroup is found.
@@ -292,10 +290,10 @@ fn enter_sandbox(
         let (uid, gid) = host_ids_of(target.init_pid, plan.ids.uid, plan.ids.gid)?;
         userns::hand_stdio_pipes_to(uid, gid);
     }
-    let (failure_read, failure_write) = sys::pipe_cloexec().map_err(|e| AttachError::CreatePipe(os_error(e)))?;
+    let (failure_read, failure_write) = sys::fd::pipe_cloexec().map_err(|e| AttachError::CreatePipe(os_error(e)))?;
     // Nothing in the sandbox may ptrace this process or its child before the child's execve (they hold
     // capabilities in the sandbox's user namespace until `exec_command` drops them).
-    let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
+    let _ = sys::process::prctl(libc::PR_SET_DUMPABLE, 0);
     // The child inherits a full mask; `exec_command` resets it. The supervisor loop collects ours by signalfd.
     let _old_mask = sandbox::block_all_signals();
 
@@ -305,16 +303,14 @@ fn enter_sandbox(
     // root and working directory are the sandbox's root.
     // SAFETY: setns takes only integers; this process is single-threaded (required for CLONE_NEWUSER).
     if let Err(e) = sys::check(unsafe { libc::setns(pidfd, flags) } as libc::c_long) {
-        sys::close(failure_read);
-        sys::close(failure_write);
+        drop((failure_read, failure_write));
         return Err(AttachError::EnterNamespaces(os_error(e)));
     }
     let ruleset = match &plan.landlock {
         Some(lp) => match landlock::create_ruleset(lp) {
             Ok(fd) => Some(fd),
             Err(f) => {
-                sys::close(failure_read);
-                sys::close(failure_write);
+                drop((failure_read, failure_write));
                 return Err(AttachError::Landlock(sandbox::describe_failure(prepared, &f)));
             }
         },
@@ -324,24 +320,25 @@ fn enter_sandbox(
     let terminal = match plan.tty.map(|winsize| open_terminal(&winsize)).transpose() {
         Ok(t) => t,
         Err(e) => {
-            sys::close(failure_read);
-            sys::close(failure_write);
+            drop((failure_read, failure_write));
             if let Some(fd) = ruleset {
-                sys::close(fd);
+                sys::fd::close(fd);
             }
             return Err(e);
         }
     };
     let close_terminal = || {
         if let Some((slave, socket)) = terminal {
-            sys::close(slave);
-            sys::close(socket);
+            sys::fd::close(slave);
+            sys::fd::close(socket);
         }
     };
 
     // The pid namespace applies to children only: the command is our child, pid N inside.
+    // By number: `exec_command` never returns (it execs or exits), so in the child `failure_write` is never
+    // dropped and the descriptor stays open for it.
     let fds = CommandFds {
-        failure: failure_write,
+        failure: failure_write.as_raw_fd(),
         tty_slave: terminal.map(|(slave, _)| slave),
         landlock_ruleset: ruleset,
         audit_socket,
@@ -349,27 +346,26 @@ fn enter_sandbox(
     let mut child_pidfd: RawFd = -1;
     // SAFETY: this process is single-threaded; the child only runs exec_command, which does async-signal-safe
     // work on the prepared plan (no allocation).
-    let forked = unsafe { sys::clone_process(libc::CLONE_PIDFD as libc::c_ulong, Some(&mut child_pidfd)) };
+    let forked = unsafe { sys::process::clone_process(libc::CLONE_PIDFD as libc::c_ulong, Some(&mut child_pidfd)) };
     let child = match forked {
         Ok(0) => exec::exec_command(plan, &fds),
         Ok(pid) => pid,
         Err(e) => {
-            sys::close(failure_read);
-            sys::close(failure_write);
+            drop((failure_read, failure_write));
             if let Some(fd) = ruleset {
-                sys::close(fd);
+                sys::fd::close(fd);
             }
             close_terminal();
             return Err(AttachError::Fork(os_error(e)));
         }
     };
-    sys::close(failure_write);
+    drop(failure_write);
     if let Some(fd) = ruleset {
-        sys::close(fd);
+        sys::fd::close(fd);
     }
     // The slave is the command's alone: ours closes, so the master reads end of file once the command's ends.
     let tty_socket = terminal.map(|(slave, socket)| {
-        sys::close(slave);
+        sys::fd::close(slave);
         socket
     });
     Ok((child, child_pidfd, failure_read, tty_socket))
@@ -384,21 +380,18 @@ fn open_terminal(winsize: &libc::winsize) -> Result<(RawFd, RawFd), AttachError>
     let ret = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) };
     sys::check(ret as libc::c_long).map_err(|e| AttachError::Terminal(os_error(e)))?;
     let opened = crate::tty::open_sandbox_terminal(winsize, pair[0]);
-    sys::close(pair[0]);
+    sys::fd::close(pair[0]);
     match opened {
         Ok(slave) => Ok((slave, pair[1])),
         Err(f) => {
-            sys::close(pair[1]);
+            sys::fd::close(pair[1]);
             Err(AttachError::TerminalStep(f.step.description(), os_error(f.errno)))
         }
     }
 }
 
-fn open_host_proc() -> Result<RawFd, Errno> {
-    // SAFETY: the path is a NUL-terminated literal; open takes integer flags.
-    sys::check_fd(
-        unsafe { libc::open(c"/proc".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) } as libc::c_long
-    )
+fn open_host_proc() -> Result<OwnedFd, Errno> {
+    sys::fd::open(c"/proc", libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
 }
 
 /// How many times the session is swept for members: each sweep kills every member it sees, so only a process
@@ -432,7 +425,7 @@ fn kill_session(session: libc::pid_t, proc_dir: RawFd) {
                     )
                 };
             }
-            sys::close(fd);
+            sys::fd::close(fd);
         }
     }
 }
@@ -450,7 +443,7 @@ fn live_session_members(proc_dir: RawFd, session: libc::pid_t) -> Vec<libc::pid_
     // SAFETY: dir_fd is an open directory; fdopendir takes it over (closedir closes it).
     let dir = unsafe { libc::fdopendir(dir_fd) };
     if dir.is_null() {
-        sys::close(dir_fd);
+        sys::fd::close(dir_fd);
         return members;
     }
     loop {

@@ -2,13 +2,13 @@
 //! namespace*; dropping them all (bounding, ambient, inheritable, permitted, effective) and locking the
 //! securebits means neither uid 0 nor a setuid-root binary can get them back.
 
-use crate::sys::{self, Errno};
+use sys::Errno;
 
 /// Drops every capability up to `cap_last` from the bounding set, so no later `execve` can gain one.
 /// Needs `CAP_SETPCAP`, so it runs before the switch to the target ids.
 pub fn drop_bounding_set(cap_last: u32) -> Result<(), Errno> {
     for cap in 0..=cap_last {
-        match sys::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong) {
+        match sys::process::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong) {
             // A capability this kernel does not know: nothing to drop.
             Ok(_) | Err(libc::EINVAL) => {}
             Err(e) => return Err(e),
@@ -26,31 +26,11 @@ pub fn lock_securebits() -> Result<(), Errno> {
         | libc::SECBIT_KEEP_CAPS_LOCKED
         | libc::SECBIT_NO_CAP_AMBIENT_RAISE
         | libc::SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
-    sys::prctl(libc::PR_SET_SECUREBITS, bits as libc::c_ulong).map(drop)
+    sys::process::prctl(libc::PR_SET_SECUREBITS, bits as libc::c_ulong).map(drop)
 }
-
-#[repr(C)]
-struct CapUserHeader {
-    version: u32,
-    pid: i32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct CapUserData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// Empties the effective, permitted, inheritable and ambient sets of the calling thread.
 pub fn drop_all_capabilities() -> Result<(), Errno> {
-    sys::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong)?;
-    let header = CapUserHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
-    let data = [CapUserData { effective: 0, permitted: 0, inheritable: 0 }; 2];
-    // SAFETY: capset reads a v3 header and two data structs, both live, correctly laid out (repr(C)) locals.
-    let ret = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapUserHeader, data.as_ptr()) };
-    sys::check(ret).map(drop)
+    sys::process::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong)?;
+    sys::capability::clear_thread_sets()
 }

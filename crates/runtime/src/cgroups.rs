@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use policy::sandbox::Limits;
 
 use crate::probe::{parse_proc_cgroup, CgroupEntry};
-use crate::sys::{self, Errno};
+use sys::Errno;
 
 /// Where cgroupfs is normally mounted.
 pub const SYS_FS_CGROUP: &str = "/sys/fs/cgroup";
@@ -1094,7 +1094,7 @@ fn sigkill_members(dir: &Path) -> Result<usize, CgroupError> {
     for (pid, fd) in opened.iter().filter(|(pid, _)| confirmed.contains(pid)) {
         let sent = match fd {
             Some(fd) => pidfd_send_sigkill(fd),
-            None => sys::kill(*pid, libc::SIGKILL),
+            None => sys::signal::kill(*pid, libc::SIGKILL),
         };
         match sent {
             Ok(()) | Err(libc::ESRCH) => {}

@@ -4,11 +4,11 @@
 //! tmpfs itself is made read-only at the end, so nothing else can appear in `/dev`.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::failure::{fail, ChildFailure, Step};
-use crate::mount::{self, attach, mkdir_and_open, new_fs, new_tmpfs, EMPTY, RESOLVE_INSIDE};
-use crate::sys::{self, Errno};
+use sys::mount::{self, attach, mkdir_and_open, new_fs, new_tmpfs, EMPTY, RESOLVE_INSIDE};
+use sys::Errno;
 
 const DEV_SYMLINKS: &[(&CStr, &CStr)] = &[
     (c"ptmx", c"pts/ptmx"),
@@ -21,28 +21,19 @@ const DEV_SYMLINKS: &[(&CStr, &CStr)] = &[
 /// Builds `/dev` in the new root. `devices` pairs a name in `/dev` with the index of its detached host clone in
 /// `trees`.
 pub fn mount_dev(root: RawFd, devices: &[(CString, usize)], trees: &[RawFd]) -> Result<(), ChildFailure> {
-    let dev_fd = mount_dev_tmpfs(root).map_err(fail(Step::MountDev, 0))?;
-    let result = populate_dev(dev_fd, devices, trees);
-    let result = result.and_then(|()| {
-        mount::mount_setattr(dev_fd, EMPTY, libc::AT_EMPTY_PATH as u32, libc::MOUNT_ATTR_RDONLY, 0)
-            .map_err(fail(Step::MountDev, 0))
-    });
-    sys::close(dev_fd);
-    result
+    let dev = mount_dev_tmpfs(root).map_err(fail(Step::MountDev, 0))?;
+    let dev_fd = dev.as_raw_fd();
+    populate_dev(dev_fd, devices, trees)?;
+    mount::mount_setattr(dev_fd, EMPTY, libc::AT_EMPTY_PATH as u32, libc::MOUNT_ATTR_RDONLY, 0)
+        .map_err(fail(Step::MountDev, 0))
 }
 
-fn mount_dev_tmpfs(root: RawFd) -> Result<RawFd, Errno> {
+fn mount_dev_tmpfs(root: RawFd) -> Result<OwnedFd, Errno> {
     let target = mkdir_and_open(root, c"dev", 0o755)?;
     let attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
-    let result = new_tmpfs([(c"mode", c"0755"), (c"size", c"64k")], attrs).and_then(|mnt| match attach(mnt, target) {
-        Ok(()) => Ok(mnt),
-        Err(e) => {
-            sys::close(mnt);
-            Err(e)
-        }
-    });
-    sys::close(target);
-    result
+    let mnt = new_tmpfs([(c"mode", c"0755"), (c"size", c"64k")], attrs)?;
+    attach(mnt.as_raw_fd(), target.as_raw_fd())?;
+    Ok(mnt)
 }
 
 fn populate_dev(dev_fd: RawFd, devices: &[(CString, usize)], trees: &[RawFd]) -> Result<(), ChildFailure> {
@@ -70,35 +61,22 @@ fn bind_device(dev_fd: RawFd, name: &CStr, tree: RawFd) -> Result<(), Errno> {
             0o666,
         )
     } as libc::c_long)?;
-    sys::close(fd);
-    let target = sys::openat2(dev_fd, name, libc::O_PATH, RESOLVE_INSIDE)?;
-    let result = attach(tree, target);
-    sys::close(target);
-    result
+    sys::fd::close(fd);
+    let target = sys::fd::openat2(dev_fd, name, libc::O_PATH, RESOLVE_INSIDE)?;
+    attach(tree, target.as_raw_fd())
 }
 
 /// A new devpts instance: the sandbox's pseudo-terminals are its own, and `/dev/pts` lists none of the host's.
 fn mount_devpts(dev_fd: RawFd) -> Result<(), Errno> {
     let target = mkdir_and_open(dev_fd, c"pts", 0o755)?;
-    let result = (|| {
-        let options = [(c"ptmxmode", c"0666"), (c"mode", c"0620")];
-        let mnt = new_fs(c"devpts", options, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC)?;
-        let r = attach(mnt, target);
-        sys::close(mnt);
-        r
-    })();
-    sys::close(target);
-    result
+    let options = [(c"ptmxmode", c"0666"), (c"mode", c"0620")];
+    let mnt = new_fs(c"devpts", options, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC)?;
+    attach(mnt.as_raw_fd(), target.as_raw_fd())
 }
 
 fn mount_dev_shm(dev_fd: RawFd) -> Result<(), Errno> {
     let target = mkdir_and_open(dev_fd, c"shm", 0o1777)?;
     let attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
-    let result = new_tmpfs([(c"mode", c"1777")], attrs).and_then(|mnt| {
-        let r = attach(mnt, target);
-        sys::close(mnt);
-        r
-    });
-    sys::close(target);
-    result
+    let mnt = new_tmpfs([(c"mode", c"1777")], attrs)?;
+    attach(mnt.as_raw_fd(), target.as_raw_fd())
 }

@@ -5,8 +5,8 @@ use std::os::fd::RawFd;
 
 use crate::failure::{report_and_exit, Step};
 use crate::plan::SandboxPlan;
-use crate::sys::{self, Errno};
 use crate::{caps, landlock, seccomp};
+use sys::Errno;
 
 /// Exit status when the setup failed (nothing ran).
 pub const EXIT_SETUP_FAILED: i32 = 125;
@@ -52,7 +52,7 @@ pub fn exec_command(plan: &SandboxPlan, fds: &CommandFds) -> ! {
     // nothing the caller leaked reaches the command (CVE-2016-9962).
     let mut keep = [fds.failure, fds.landlock_ruleset.unwrap_or(-1), fds.audit_socket.unwrap_or(-1)];
     keep.sort_unstable();
-    if let Err(e) = sys::close_fds_except(&keep) {
+    if let Err(e) = sys::fd::close_fds_except(&keep) {
         fail(Step::CloseInheritedFds, e);
     }
 
@@ -87,14 +87,14 @@ pub fn exec_command(plan: &SandboxPlan, fds: &CommandFds) -> ! {
     }
 
     // no_new_privs: setuid bits and file capabilities grant nothing from here on; Landlock and seccomp need it.
-    if let Err(e) = sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1) {
+    if let Err(e) = sys::process::prctl(libc::PR_SET_NO_NEW_PRIVS, 1) {
         fail(Step::SetNoNewPrivs, e);
     }
     if let Some(ruleset) = fds.landlock_ruleset {
         if let Err(e) = landlock::restrict_self(ruleset) {
             fail(Step::RestrictLandlock, e);
         }
-        sys::close(ruleset);
+        sys::fd::close(ruleset);
     }
 
     // Seccomp last: from here on even airlock's own remaining calls go through the filter, and nothing but
@@ -109,7 +109,7 @@ pub fn exec_command(plan: &SandboxPlan, fds: &CommandFds) -> ! {
                 Some(socket) => crate::tty::send_fd(socket, listener),
                 None => Err(libc::EBADF),
             };
-            sys::close(listener);
+            sys::fd::close(listener);
             if let Err(e) = sent {
                 fail(Step::SendSeccompListener, e);
             }
@@ -117,7 +117,7 @@ pub fn exec_command(plan: &SandboxPlan, fds: &CommandFds) -> ! {
         Err(e) => fail(Step::InstallSeccomp, e),
     }
     if let Some(socket) = fds.audit_socket {
-        sys::close(socket);
+        sys::fd::close(socket);
     }
 
     let errno = execute_candidates(plan);
@@ -175,7 +175,7 @@ fn attach_terminal(slave: RawFd) -> Result<(), Errno> {
         sys::check(unsafe { libc::dup2(slave, target) } as libc::c_long)?;
     }
     if slave > 2 {
-        sys::close(slave);
+        sys::fd::close(slave);
     }
     Ok(())
 }

@@ -8,7 +8,7 @@
 
 use std::os::fd::RawFd;
 
-use crate::sys::{self, Errno};
+use sys::Errno;
 
 /// The setup step that failed. The numbering is internal to one airlock binary (both ends are the same binary).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,8 +229,8 @@ pub fn fail(step: Step, index: usize) -> impl FnOnce(Errno) -> ChildFailure {
 pub fn report_and_exit(fd: RawFd, step: Step, errno: Errno, index: u32, code: i32) -> ! {
     let record = ChildFailure { step, errno, index }.encode();
     // Nothing can be done if the supervisor is gone: the exit status still says the setup failed.
-    let _ = sys::write_all(fd, &record);
-    sys::exit_immediately(code)
+    let _ = sys::fd::write_all(fd, &record);
+    sys::process::exit_immediately(code)
 }
 
 /// Reads the first failure record from the pipe, if the sandbox wrote one. The write end must be closed in this
@@ -239,7 +239,7 @@ pub fn read_failure(fd: RawFd) -> Option<ChildFailure> {
     let mut buf = [0u8; RECORD_LEN];
     let mut filled = 0;
     while filled < RECORD_LEN {
-        match sys::read(fd, &mut buf[filled..]) {
+        match sys::fd::read(fd, &mut buf[filled..]) {
             Ok(0) | Err(_) => break,
             Ok(n) => filled += n,
         }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::failure::{os_error, os_error_text};
 use crate::plan::TunPlan;
-use crate::sys::{self, Errno};
+use sys::Errno;
 
 /// The host ids the gateway runs as when airlock runs as host root: `nobody`/`nogroup`.
 const GATEWAY_ID: libc::uid_t = 65534;
@@ -108,7 +108,7 @@ pub struct GatewaySetup {
 pub struct GatewayProcess {
     child: Child,
     /// The socket end init inherits (closed here once the sandbox is cloned).
-    sandbox_end: RawFd,
+    sandbox_end: Option<OwnedFd>,
     /// The process that started the gateway: only it stops it (a clone of it never returns to drop it, but
     /// the check keeps that true by construction).
     owner: u32,
@@ -145,15 +145,13 @@ impl GatewayProcess {
             ),
             None => Stdio::inherit(),
         };
-        let mut pair = [-1; 2];
-        // SAFETY: socketpair fills a live two-int array.
-        let ret =
-            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) };
-        sys::check(ret as libc::c_long).map_err(|e| GatewayError::CreateSocket(os_error(e)))?;
-        let [gateway_end, sandbox_end] = pair;
+        let (gateway_end, sandbox_end) =
+            sys::fd::socketpair_cloexec().map_err(|e| GatewayError::CreateSocket(os_error(e)))?;
+        // The gateway's end goes by number (told on its command line, kept across its exec below).
+        let gateway_end_fd = gateway_end.as_raw_fd();
         let events_fds: Vec<RawFd> = events.iter().map(File::as_raw_fd).collect();
         let mut command = Command::new(&setup.program);
-        command.args(&setup.args).arg("--tun-socket").arg(gateway_end.to_string());
+        command.args(&setup.args).arg("--tun-socket").arg(gateway_end_fd.to_string());
         for fd in &events_fds {
             command.arg("--events-fd").arg(fd.to_string());
         }
@@ -161,8 +159,7 @@ impl GatewayProcess {
         // Its own process group: a Ctrl-C at airlock's terminal is for the command (the supervisor forwards it),
         // not for the gateway, which must serve until the sandbox is gone.
         command.process_group(0);
-        // SAFETY: geteuid cannot fail.
-        let host_root = unsafe { libc::geteuid() } == 0;
+        let host_root = sys::process::effective_uid() == 0;
         let supervisor = std::process::id() as libc::pid_t;
         // SAFETY: the closure runs in the forked child before exec and makes only async-signal-safe calls
         // (setgroups, setresgid, setresuid, prctl, fcntl, getppid) on integers and a null pointer; it touches no
@@ -189,7 +186,7 @@ impl GatewayProcess {
                     return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                 }
                 // Keep exactly the descriptors the gateway is told about across exec.
-                for &fd in std::iter::once(&gateway_end).chain(events_fds.iter()) {
+                for &fd in std::iter::once(&gateway_end_fd).chain(events_fds.iter()) {
                     if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -198,12 +195,12 @@ impl GatewayProcess {
             });
         }
         let spawned = command.spawn();
-        sys::close(gateway_end);
+        drop(gateway_end);
         drop(events);
         match spawned {
-            Ok(child) => Ok(GatewayProcess { child, sandbox_end, owner: std::process::id() }),
+            Ok(child) => Ok(GatewayProcess { child, sandbox_end: Some(sandbox_end), owner: std::process::id() }),
             Err(source) => {
-                sys::close(sandbox_end);
+                drop(sandbox_end);
                 Err(GatewayError::Spawn { program: setup.program.display().to_string(), source })
             }
         }
@@ -211,13 +208,12 @@ impl GatewayProcess {
 
     /// The socket end the sandbox's init inherits.
     pub fn sandbox_end(&self) -> RawFd {
-        self.sandbox_end
+        self.sandbox_end.as_ref().map_or(-1, AsRawFd::as_raw_fd)
     }
 
     /// After `clone`: only init holds the sandbox's end now.
     pub fn close_sandbox_end(&mut self) {
-        sys::close(self.sandbox_end);
-        self.sandbox_end = -1;
+        self.sandbox_end = None;
     }
 
     /// The gateway's pid (for `airlock stats`, the benchmark's memory figure).
@@ -240,12 +236,12 @@ impl GatewayProcess {
             return;
         }
         let pid = self.child.id() as libc::pid_t;
-        // SAFETY: pidfd_open takes integers; the child is ours and not yet reaped, so the pid is still its.
-        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
-        let _ = sys::kill(pid, libc::SIGTERM);
-        if pidfd >= 0 {
-            wait_readable(pidfd, Instant::now() + STOP_GRACE);
-            sys::close(pidfd);
+        // The child is ours and not yet reaped, so the pid is still its.
+        let pidfd = sys::process::pidfd_open(pid).ok();
+        let _ = sys::signal::kill(pid, libc::SIGTERM);
+        if let Some(pidfd) = pidfd {
+            wait_readable(pidfd.as_raw_fd(), Instant::now() + STOP_GRACE);
+            drop(pidfd);
         }
         if !matches!(self.child.try_wait(), Ok(Some(_))) {
             let _ = self.child.kill();
@@ -299,7 +295,7 @@ pub fn receive_tun(socket: &OwnedFd) -> Result<OwnedFd, GatewayError> {
     // SAFETY: recv_fd returned a descriptor the kernel just installed in this process (SCM_RIGHTS); nothing
     // else refers to it.
     let tun = unsafe { OwnedFd::from_raw_fd(fd) };
-    sys::write_all(socket.as_raw_fd(), b"1").map_err(|e| GatewayError::ReceiveTun(os_error(e)))?;
+    sys::fd::write_all(socket.as_raw_fd(), b"1").map_err(|e| GatewayError::ReceiveTun(os_error(e)))?;
     Ok(tun)
 }
 

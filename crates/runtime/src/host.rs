@@ -1,15 +1,17 @@
 //! Facts about the calling process and its terminal, for the binary (which has no `unsafe`).
 
+use std::os::fd::AsFd;
+
+use sys::fd::StandardStream;
+
 /// The real uid and gid of the caller.
 pub fn current_ids() -> (u32, u32) {
-    // SAFETY: getuid/getgid cannot fail and take no arguments.
-    unsafe { (libc::getuid(), libc::getgid()) }
+    sys::process::real_ids()
 }
 
 /// Whether airlock runs as host root (effective uid 0).
 pub fn is_host_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    sys::process::effective_uid() == 0
 }
 
 /// The login name of `uid`, from `/etc/passwd` (read directly: airlock is linked statically, and NSS modules
@@ -26,12 +28,12 @@ pub fn user_name(uid: u32) -> Option<String> {
 
 /// The caller's terminal size (stdin, else stdout), or 80x24 when neither is a terminal.
 pub fn caller_window_size() -> libc::winsize {
-    for fd in [0, 1] {
-        // SAFETY: an all-zero winsize is valid; TIOCGWINSZ writes into the live local.
-        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_row > 0 {
-            return ws;
+    let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
+    for fd in [stdin.as_fd(), stdout.as_fd()] {
+        if let Ok(ws) = sys::terminal::window_size(fd) {
+            if ws.ws_row > 0 {
+                return ws;
+            }
         }
     }
     libc::winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 }
@@ -40,26 +42,21 @@ pub fn caller_window_size() -> libc::winsize {
 /// Restores the default action for SIGPIPE (Rust's runtime ignores it): `airlock ... | head` then ends airlock
 /// quietly, like any other command-line tool, instead of failing on every write.
 pub fn restore_default_sigpipe() {
-    // SAFETY: setting a signal's disposition to SIG_DFL is always valid and has no memory effects.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    sys::signal::set_default_action(libc::SIGPIPE);
 }
 
 /// `flock(LOCK_EX | LOCK_NB)` on `file`: whether this process now holds the lock.
 pub fn try_lock_exclusive(file: &std::fs::File) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on an fd the File owns, integer arguments only.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    sys::fd::flock(file.as_fd(), libc::LOCK_EX | libc::LOCK_NB).is_ok()
 }
 
 /// Runs `f` with SIGPIPE ignored, then puts the previous action back: a write in `f` to a pipe whose reader is
 /// gone fails with EPIPE instead of killing this process (airlock restores SIGPIPE's default action at start).
 pub fn with_sigpipe_ignored<T>(f: impl FnOnce() -> T) -> T {
-    // SAFETY: signal() with an integer and SIG_IGN; no handler function is installed.
-    let old = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let previous = sys::signal::ignore(libc::SIGPIPE);
     let out = f();
-    if old != libc::SIG_ERR {
-        // SAFETY: puts back the action signal() returned above (SIG_DFL, SIG_IGN or the handler that was set).
-        unsafe { libc::signal(libc::SIGPIPE, old) };
+    if let Some(previous) = previous {
+        sys::signal::restore(libc::SIGPIPE, previous);
     }
     out
 }
@@ -103,12 +100,8 @@ pub fn process_alive(pid: i32, start_time: u64) -> bool {
 /// Points standard output and standard error at `file` (the supervisor of a long-lived sandbox, once
 /// `airlock create` has returned, writes to its log).
 pub fn redirect_stdout_stderr_to(file: &std::fs::File) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    for target in [1, 2] {
-        // SAFETY: dup2 on an fd the File owns and a standard stream number; integers only.
-        if unsafe { libc::dup2(file.as_raw_fd(), target) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    for stream in [StandardStream::Output, StandardStream::Error] {
+        sys::fd::dup_onto_standard_stream(file.as_fd(), stream).map_err(std::io::Error::from_raw_os_error)?;
     }
     Ok(())
 }

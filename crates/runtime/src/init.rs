@@ -9,7 +9,6 @@ use crate::exec::{self, CommandFds, EXIT_SETUP_FAILED};
 use crate::failure::{fail, report_and_exit, ChildFailure, Step};
 use crate::namespaces::Kind;
 use crate::plan::SandboxPlan;
-use crate::sys;
 use crate::{landlock, mounts, net, tty};
 
 /// Descriptors init inherits from the supervisor.
@@ -35,15 +34,15 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
 
     // If the supervisor dies (even by SIGKILL), the kernel kills init, and with it the whole pid namespace:
     // nothing of the sandbox outlives airlock. A SIGKILL from the parent namespace always reaches a pid-1.
-    if let Err(e) = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) {
+    if let Err(e) = sys::process::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) {
         abort(ChildFailure { step: Step::WaitForSupervisor, errno: e, index: 0 });
     }
     // Wait for the supervisor to write our uid/gid maps. EOF means it died before it could; the pdeath signal
     // may not have been armed in time to tell us.
     let mut byte = [0u8; 1];
-    match sys::read(fds.start, &mut byte) {
+    match sys::fd::read(fds.start, &mut byte) {
         Ok(1) => {}
-        Ok(_) => sys::exit_immediately(EXIT_SETUP_FAILED),
+        Ok(_) => sys::process::exit_immediately(EXIT_SETUP_FAILED),
         Err(e) => abort(ChildFailure { step: Step::WaitForSupervisor, errno: e, index: 0 }),
     }
 
@@ -71,7 +70,7 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
         fds.gateway_socket.unwrap_or(-1),
     ];
     keep.sort_unstable();
-    if let Err(e) = sys::close_fds_except(&keep) {
+    if let Err(e) = sys::fd::close_fds_except(&keep) {
         abort(ChildFailure { step: Step::CloseInheritedFds, errno: e, index: 0 });
     }
 
@@ -105,13 +104,13 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     }
     // Changing credentials clears the parent-death signal: arm it again, then make sure the supervisor did not
     // die in between (it holds the start pipe's write end until the sandbox is gone, so a hang-up means it died).
-    if let Err(e) = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) {
+    if let Err(e) = sys::process::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) {
         abort(ChildFailure { step: Step::WaitForSupervisor, errno: e, index: 0 });
     }
     if supervisor_gone(fds.start) {
-        sys::exit_immediately(EXIT_SETUP_FAILED);
+        sys::process::exit_immediately(EXIT_SETUP_FAILED);
     }
-    sys::close(fds.start);
+    sys::fd::close(fds.start);
 
     if let Err(f) = mounts::mount_workspace_overlay(&overlay, trees).and_then(|()| build_sandbox(plan, trees, tun)) {
         abort(f);
@@ -130,7 +129,7 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
         _ => None,
     };
     if let Some(socket) = fds.tty_socket {
-        sys::close(socket);
+        sys::fd::close(socket);
     }
 
     let landlock_ruleset = match &plan.landlock {
@@ -143,27 +142,27 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
 
     // The command must not be able to ptrace init or read its memory: init still holds every capability in
     // the namespace. (The capability check already refuses it; this is the second lock.)
-    let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
+    let _ = sys::process::prctl(libc::PR_SET_DUMPABLE, 0);
 
     let command_fds = CommandFds { failure: fds.failure, tty_slave, landlock_ruleset, audit_socket: fds.audit_socket };
     // SAFETY: init is single-threaded; the child only runs exec_command, which is async-signal-safe.
-    let child = match unsafe { sys::clone_process(0, None) } {
+    let child = match unsafe { sys::process::clone_process(0, None) } {
         Ok(0) => exec::exec_command(plan, &command_fds),
         Ok(pid) => pid,
         Err(e) => abort(ChildFailure { step: Step::ForkCommand, errno: e, index: 0 }),
     };
     if let Some(fd) = landlock_ruleset {
-        sys::close(fd);
+        sys::fd::close(fd);
     }
     if let Some(fd) = tty_slave {
-        sys::close(fd);
+        sys::fd::close(fd);
     }
     if let Some(fd) = fds.audit_socket {
-        sys::close(fd);
+        sys::fd::close(fd);
     }
-    sys::close(fds.failure);
+    sys::fd::close(fds.failure);
     let status = reap_until_command_exits(child);
-    sys::exit_immediately(status)
+    sys::process::exit_immediately(status)
 }
 
 /// Step 5 of the design, after the sources were cloned (while the host tree is visible): the new root on a tmpfs; `pivot_root`; then the namespace-local settings.
@@ -172,10 +171,10 @@ fn build_sandbox(plan: &SandboxPlan, trees: &mut [RawFd], tun: Option<(RawFd, Ra
     let root = mounts::mount_staging_root(&plan.staging_dir)?;
     mounts::build_new_root(plan, root, trees)?;
     for &tree in trees.iter() {
-        sys::close(tree);
+        sys::fd::close(tree);
     }
     mounts::enter_new_root(root)?;
-    sys::close(root);
+    sys::fd::close(root);
     net::set_hostname(&plan.hostname).map_err(fail(Step::SetHostname, 0))?;
     if plan.new_network_namespace {
         net::bring_up_loopback().map_err(fail(Step::BringUpLoopback, 0))?;
@@ -185,8 +184,8 @@ fn build_sandbox(plan: &SandboxPlan, trees: &mut [RawFd], tun: Option<(RawFd, Ra
     // runs before its network is enforced.
     if let (Some(tun_plan), Some((tun, socket))) = (&plan.tun, tun) {
         let handed = net::create_gateway_interface(tun, tun_plan).and_then(|()| net::hand_tun_to_gateway(socket, tun));
-        sys::close(tun);
-        sys::close(socket);
+        sys::fd::close(tun);
+        sys::fd::close(socket);
         handed?;
     }
     Ok(())
@@ -212,7 +211,7 @@ fn reap_until_command_exits(command: libc::pid_t) -> i32 {
                 return kill_everything_and_reap(status);
             }
         } else {
-            let _ = sys::kill(command, sig);
+            let _ = sys::signal::kill(command, sig);
         }
     }
 }
@@ -232,7 +231,7 @@ fn hold_until_stopped(failure: RawFd) -> ! {
     if let Err(e) = stdio_to_dev_null() {
         report_and_exit(failure, Step::OpenDevNull, e, 0, EXIT_SETUP_FAILED);
     }
-    sys::close(failure);
+    sys::fd::close(failure);
     let mut all: libc::sigset_t = empty_sigset();
     // SAFETY: `all` is a valid sigset to fill.
     unsafe { libc::sigfillset(&mut all) };
@@ -245,7 +244,7 @@ fn hold_until_stopped(failure: RawFd) -> ! {
             libc::SIGCHLD => {
                 let _ = reap_children(0);
             }
-            libc::SIGTERM | libc::SIGINT | libc::SIGHUP => sys::exit_immediately(kill_everything_and_reap(0)),
+            libc::SIGTERM | libc::SIGINT | libc::SIGHUP => sys::process::exit_immediately(kill_everything_and_reap(0)),
             _ => {}
         }
     }
@@ -259,11 +258,11 @@ fn stdio_to_dev_null() -> Result<(), sys::Errno> {
     for target in 0..3 {
         // SAFETY: dup2 takes only integers; `fd` is open.
         if let Err(e) = sys::check(unsafe { libc::dup2(fd, target) } as libc::c_long) {
-            sys::close(fd);
+            sys::fd::close(fd);
             return Err(e);
         }
     }
-    sys::close(fd);
+    sys::fd::close(fd);
     Ok(())
 }
 
@@ -297,7 +296,7 @@ fn exit_code(status: i32) -> i32 {
 fn kill_everything_and_reap(status: i32) -> i32 {
     // kill(-1) from a pid namespace's init reaches every other process in the namespace: daemons that
     // called setsid, orphans, everything.
-    let _ = sys::kill(-1, libc::SIGKILL);
+    let _ = sys::signal::kill(-1, libc::SIGKILL);
     loop {
         let mut st = 0;
         // SAFETY: waitpid writes into a live local.
@@ -312,8 +311,8 @@ fn kill_everything_and_reap(status: i32) -> i32 {
 fn join_cgroup(tasks: &std::ffi::CStr) -> Result<(), sys::Errno> {
     // SAFETY: `tasks` is a valid NUL-terminated path.
     let fd = sys::check_fd(unsafe { libc::open(tasks.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) } as libc::c_long)?;
-    let written = sys::write_all(fd, b"0");
-    sys::close(fd);
+    let written = sys::fd::write_all(fd, b"0");
+    sys::fd::close(fd);
     written
 }
 

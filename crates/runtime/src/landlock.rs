@@ -10,7 +10,7 @@ use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
 
 use crate::failure::{ChildFailure, Step};
-use crate::sys::{self, Errno};
+use sys::Errno;
 
 /// `LANDLOCK_CREATE_RULESET_VERSION`: ask `landlock_create_ruleset` for the ABI version instead of a ruleset.
 const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
@@ -119,7 +119,7 @@ pub fn create_ruleset(plan: &LandlockPlan) -> Result<RawFd, ChildFailure> {
     let ruleset = sys::check_fd(ret).map_err(create_failed)?;
     for (index, rule) in plan.rules.iter().enumerate() {
         if let Err(errno) = add_path_rule(ruleset, &rule.path, rule.access & handled) {
-            sys::close(ruleset);
+            sys::fd::close(ruleset);
             return Err(ChildFailure { step: Step::AddLandlockRule, errno, index: index as u32 });
         }
     }
@@ -161,7 +161,7 @@ fn add_path_rule(ruleset: RawFd, path: &CStr, access: u64) -> Result<(), Errno> 
             0u32,
         )
     };
-    sys::close(fd);
+    sys::fd::close(fd);
     sys::check(ret).map(drop)
 }
 

@@ -1295,7 +1295,7 @@ fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
         // SAFETY: `stream` is a valid DIR from fdopendir, used by this thread only and not yet closed.
         let entry = unsafe { libc::readdir(stream) };
         if entry.is_null() {
-            let errno = crate::sys::errno();
+            let errno = sys::errno();
             break if errno == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(errno)) };
         }
         // SAFETY: readdir returned a valid entry whose d_name is NUL-terminated; it stays valid until the next

@@ -7,10 +7,10 @@
 //! So no loop device outlives the mount, and a failed mount leaves none behind.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::failure::{os_error, os_error_text};
-use crate::sys::{self, Errno};
+use sys::Errno;
 
 /// `<linux/loop.h>`.
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
@@ -125,10 +125,7 @@ fn file_name_field(name: &str) -> [u8; LO_NAME_SIZE] {
 }
 
 fn open_rw(path: &std::ffi::CStr) -> Result<OwnedFd, Errno> {
-    // SAFETY: `path` is NUL-terminated; open takes no other pointer.
-    let fd = sys::check_fd(unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) } as libc::c_long)?;
-    // SAFETY: `fd` was just opened and is owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    sys::fd::open(path, libc::O_RDWR | libc::O_CLOEXEC)
 }
 
 #[cfg(test)]

@@ -8,13 +8,13 @@
 //! a symlink planted in a `--rootfs DIR` tree cannot redirect a mount (or a `mkdir`) onto the host.
 
 use std::ffi::CStr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use crate::failure::{fail, ChildFailure, Step};
-use crate::mount::{self, attach, new_tmpfs, EMPTY, RESOLVE_INSIDE};
 use crate::plan::{InsidePath, MountSource, RootEntry, SandboxPlan, SourceKind, MAX_FROZEN_LAYERS};
-use crate::sys::{self, Errno};
 use crate::{dev, proc};
+use sys::mount::{self, attach, new_tmpfs, EMPTY, RESOLVE_INSIDE};
+use sys::Errno;
 
 /// Makes every mount in the sandbox's (copied) mount namespace private, so nothing done here propagates back to
 /// the host and nothing the host mounts later appears here. First step in the new mount namespace.
@@ -58,7 +58,7 @@ impl OverlayFds {
     pub fn close_all(&self) {
         for fd in [self.lower, self.upper, self.work].into_iter().chain(self.frozen) {
             if fd >= 0 {
-                sys::close(fd);
+                sys::fd::close(fd);
             }
         }
     }
@@ -78,27 +78,25 @@ pub fn clone_mount_sources(
     overlay: &mut OverlayFds,
 ) -> Result<(), ChildFailure> {
     for (index, (source, tree)) in sources.iter().zip(trees.iter_mut()).enumerate() {
-        let fd = sys::openat2(libc::AT_FDCWD, &source.host_path, libc::O_PATH, libc::RESOLVE_NO_SYMLINKS)
+        let fd = sys::fd::openat2(libc::AT_FDCWD, &source.host_path, libc::O_PATH, libc::RESOLVE_NO_SYMLINKS)
             .map_err(fail(Step::OpenMountSource, index))?;
-        let checked = check_source_kind(fd, source.kind);
-        if let Err(errno) = checked {
-            sys::close(fd);
-            return Err(fail(Step::CheckMountSource, index)(errno));
-        }
+        check_source_kind(fd.as_raw_fd(), source.kind).map_err(fail(Step::CheckMountSource, index))?;
         if let Some(dirs) = &source.overlay {
             // Every layer directory is opened now, with the invoker's credentials, like the workspace; after the
             // id switch they are reached through these descriptors only.
+            // By number: `OverlayFds` is init's plan of raw descriptors (it may not allocate), closed by its
+            // `close_all` or by `mount_workspace_overlay`.
             let flags = libc::O_PATH | libc::O_DIRECTORY;
-            let mut opened = OverlayFds { source: index, lower: fd, ..OverlayFds::NONE };
-            let mut result = sys::openat2(libc::AT_FDCWD, &dirs.upper, flags, libc::RESOLVE_NO_SYMLINKS)
-                .map(|upper| opened.upper = upper)
-                .and_then(|()| sys::openat2(libc::AT_FDCWD, &dirs.work, flags, libc::RESOLVE_NO_SYMLINKS))
-                .map(|work| opened.work = work);
+            let mut opened = OverlayFds { source: index, lower: fd.into_raw_fd(), ..OverlayFds::NONE };
+            let mut result = sys::fd::openat2(libc::AT_FDCWD, &dirs.upper, flags, libc::RESOLVE_NO_SYMLINKS)
+                .map(|upper| opened.upper = upper.into_raw_fd())
+                .and_then(|()| sys::fd::openat2(libc::AT_FDCWD, &dirs.work, flags, libc::RESOLVE_NO_SYMLINKS))
+                .map(|work| opened.work = work.into_raw_fd());
             for frozen in &dirs.frozen {
                 // The plan holds at most MAX_FROZEN_LAYERS (checked when it was made); refuse rather than drop one.
                 result = result.and_then(|()| {
                     let slot = opened.frozen.get_mut(opened.frozen_count).ok_or(libc::E2BIG)?;
-                    *slot = sys::openat2(libc::AT_FDCWD, frozen, flags, libc::RESOLVE_NO_SYMLINKS)?;
+                    *slot = sys::fd::openat2(libc::AT_FDCWD, frozen, flags, libc::RESOLVE_NO_SYMLINKS)?.into_raw_fd();
                     opened.frozen_count += 1;
                     Ok(())
                 });
@@ -111,12 +109,14 @@ pub fn clone_mount_sources(
             continue;
         }
         let cloned = mount::open_tree(
-            fd,
+            fd.as_raw_fd(),
             EMPTY,
             libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32 | libc::AT_RECURSIVE as u32,
         );
-        sys::close(fd);
-        let clone_fd = cloned.map_err(fail(Step::CloneMountSource, index))?;
+        drop(fd);
+        // By number: `trees` is init's plan of raw descriptors (its slots allocated before `clone`), open until
+        // init execs the command.
+        let clone_fd = cloned.map_err(fail(Step::CloneMountSource, index))?.into_raw_fd();
         *tree = clone_fd;
         mount::mount_setattr(
             clone_fd,
@@ -166,16 +166,18 @@ pub fn mount_workspace_overlay(overlay: &OverlayFds, trees: &mut [RawFd]) -> Res
         let frozen = overlay.frozen.get(..overlay.frozen_count).ok_or(libc::E2BIG)?;
         let lowerdir = lowerdir_path(frozen, overlay.lower, &mut lower_buf)?;
         let fs = mount::fsopen(c"overlay")?;
-        let configured = mount::fsconfig_string(fs, c"lowerdir", lowerdir)
-            .and_then(|()| mount::fsconfig_string(fs, c"upperdir", proc_fd_path(overlay.upper, &mut upper_buf)))
-            .and_then(|()| mount::fsconfig_string(fs, c"workdir", proc_fd_path(overlay.work, &mut work_buf)))
-            .and_then(|()| mount::fsconfig_flag(fs, c"userxattr"));
-        let mnt = configured.and_then(|()| mount::fsmount(fs, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV));
-        sys::close(fs);
+        let fs_fd = fs.as_raw_fd();
+        let configured = mount::fsconfig_string(fs_fd, c"lowerdir", lowerdir)
+            .and_then(|()| mount::fsconfig_string(fs_fd, c"upperdir", proc_fd_path(overlay.upper, &mut upper_buf)))
+            .and_then(|()| mount::fsconfig_string(fs_fd, c"workdir", proc_fd_path(overlay.work, &mut work_buf)))
+            .and_then(|()| mount::fsconfig_flag(fs_fd, c"userxattr"));
+        let mnt = configured.and_then(|()| mount::fsmount(fs_fd, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV));
+        drop(fs);
         mnt
     })();
     overlay.close_all();
-    let mnt = result.map_err(fail(Step::MountWorkspaceOverlay, index))?;
+    // By number, into init's plan of raw descriptors (see `clone_mount_sources`).
+    let mnt = result.map_err(fail(Step::MountWorkspaceOverlay, index))?.into_raw_fd();
     if let Some(slot) = trees.get_mut(index) {
         *slot = mnt;
     }
@@ -229,8 +231,10 @@ fn proc_fd_path(fd: RawFd, buf: &mut [u8; 32]) -> &CStr {
 /// Mounts an empty tmpfs and attaches it at `staging_dir` in the sandbox's copy of the host tree. Returns an fd
 /// for the tmpfs's root, against which every later step resolves paths.
 pub fn mount_staging_root(staging_dir: &CStr) -> Result<RawFd, ChildFailure> {
+    // By number: the root is init's for the rest of its life (init never returns; it execs or exits).
     let root = new_tmpfs([(c"mode", c"0755"), (c"size", c"1m")], libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV)
-        .map_err(fail(Step::MountStagingRoot, 0))?;
+        .map_err(fail(Step::MountStagingRoot, 0))?
+        .into_raw_fd();
     mount::move_mount(root, EMPTY, libc::AT_FDCWD, staging_dir, libc::MOVE_MOUNT_F_EMPTY_PATH)
         .map_err(fail(Step::MountStagingRoot, 0))?;
     Ok(root)
@@ -238,56 +242,51 @@ pub fn mount_staging_root(staging_dir: &CStr) -> Result<RawFd, ChildFailure> {
 
 /// A detached, read-only bind of a file holding `contents`, in a tmpfs of its own that nothing else can reach
 /// (never attached anywhere: the only mount of it is the file's bind).
-fn airlock_file(contents: &[u8]) -> Result<RawFd, Errno> {
+fn airlock_file(contents: &[u8]) -> Result<OwnedFd, Errno> {
     let fs = new_tmpfs([(c"mode", c"0755"), (c"size", c"64k")], libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV)?;
-    let result = (|| {
-        // SAFETY: a NUL-terminated literal name, created relative to the new tmpfs's root.
-        let fd = sys::check_fd(unsafe {
-            libc::openat(fs, c"file".as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC, 0o644)
-        } as libc::c_long)?;
-        let written = sys::write_all(fd, contents);
-        sys::close(fd);
-        written?;
-        let tree = mount::open_tree(fs, c"file", libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC)?;
-        let attrs =
-            libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
-        if let Err(e) = mount::mount_setattr(tree, EMPTY, libc::AT_EMPTY_PATH as u32, attrs, 0) {
-            sys::close(tree);
-            return Err(e);
-        }
-        Ok(tree)
-    })();
-    sys::close(fs);
-    result
+    // SAFETY: a NUL-terminated literal name, created relative to the new tmpfs's root.
+    let fd = sys::check_fd(unsafe {
+        libc::openat(
+            fs.as_raw_fd(),
+            c"file".as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+            0o644,
+        )
+    } as libc::c_long)?;
+    let written = sys::fd::write_all(fd, contents);
+    sys::fd::close(fd);
+    written?;
+    let tree = mount::open_tree(fs.as_raw_fd(), c"file", libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC)?;
+    let attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
+    mount::mount_setattr(tree.as_raw_fd(), EMPTY, libc::AT_EMPTY_PATH as u32, attrs, 0)?;
+    Ok(tree)
 }
 
 /// Resolves `path` inside the new root, creating missing directories on the way (and, when `file` is set, an
 /// empty regular file as the last component). Returns an `O_PATH` fd for it. Every component is opened with
 /// [`RESOLVE_INSIDE`], so a symlink anywhere on the way fails with `ELOOP` instead of being followed.
-pub fn create_mount_point(root: RawFd, path: &InsidePath, file: bool) -> Result<RawFd, Errno> {
-    let mut dir = root;
+pub fn create_mount_point(root: RawFd, path: &InsidePath, file: bool) -> Result<OwnedFd, Errno> {
+    // The directory reached so far, `None` while it is `root` itself (which is not ours to close).
+    let mut reached: Option<OwnedFd> = None;
     let last = path.components.len().saturating_sub(1);
     for (i, component) in path.components.iter().enumerate() {
+        let dir = reached.as_ref().map_or(root, AsRawFd::as_raw_fd);
         let want_file = file && i == last;
         let flags = if want_file { libc::O_PATH } else { libc::O_PATH | libc::O_DIRECTORY };
-        let opened = match sys::openat2(dir, component, flags, RESOLVE_INSIDE) {
+        let opened = match sys::fd::openat2(dir, component, flags, RESOLVE_INSIDE) {
             Err(libc::ENOENT) => {
                 create_entry(dir, component, want_file)?;
-                sys::openat2(dir, component, flags, RESOLVE_INSIDE)
+                sys::fd::openat2(dir, component, flags, RESOLVE_INSIDE)
             }
             other => other,
         };
-        if dir != root {
-            sys::close(dir);
-        }
-        dir = opened?;
+        reached = Some(opened?);
     }
-    if dir == root {
+    match reached {
+        Some(dir) => Ok(dir),
         // The path was `/` itself: hand out a separate descriptor so the caller may close it.
-        // SAFETY: dup of an open fd.
-        return sys::check_fd(unsafe { libc::fcntl(root, libc::F_DUPFD_CLOEXEC, 3) } as libc::c_long);
+        None => sys::fd::duplicate_cloexec(root),
     }
-    Ok(dir)
 }
 
 fn create_entry(dir: RawFd, name: &CStr, file: bool) -> Result<(), Errno> {
@@ -303,7 +302,7 @@ fn create_entry(dir: RawFd, name: &CStr, file: bool) -> Result<(), Errno> {
         } as libc::c_long);
         match fd {
             Ok(fd) => {
-                sys::close(fd);
+                sys::fd::close(fd);
                 Ok(())
             }
             Err(libc::EEXIST) => Ok(()),
@@ -327,8 +326,8 @@ pub fn build_new_root(plan: &SandboxPlan, root: RawFd, trees: &[RawFd]) -> Resul
                 let is_file = plan.sources.get(*source).is_some_and(|s| s.kind != SourceKind::Directory);
                 let target = create_mount_point(root, dest, is_file).map_err(fail(Step::CreateMountPoint, index))?;
                 let tree = trees.get(*source).copied().unwrap_or(-1);
-                let attached = attach(tree, target);
-                sys::close(target);
+                let attached = attach(tree, target.as_raw_fd());
+                drop(target);
                 attached.map_err(fail(Step::AttachMount, index))?;
             }
             RootEntry::Symlink { name, target, .. } => {
@@ -339,23 +338,16 @@ pub fn build_new_root(plan: &SandboxPlan, root: RawFd, trees: &[RawFd]) -> Resul
             RootEntry::Tmpfs { dest, options, attr_flags } => {
                 let target = create_mount_point(root, dest, false).map_err(fail(Step::CreateMountPoint, index))?;
                 let options = options.iter().map(|(k, v)| (k.as_c_str(), v.as_c_str()));
-                let mounted = new_tmpfs(options, *attr_flags).and_then(|mnt| {
-                    let r = attach(mnt, target);
-                    sys::close(mnt);
-                    r
-                });
-                sys::close(target);
+                let mounted =
+                    new_tmpfs(options, *attr_flags).and_then(|mnt| attach(mnt.as_raw_fd(), target.as_raw_fd()));
+                drop(target);
                 mounted.map_err(fail(Step::MountTmpfs, index))?;
             }
             RootEntry::File { dest, contents } => {
                 let file = airlock_file(contents).map_err(fail(Step::WriteSandboxFile, index))?;
                 let target = create_mount_point(root, dest, true);
-                let attached = target.and_then(|target| {
-                    let r = attach(file, target);
-                    sys::close(target);
-                    r
-                });
-                sys::close(file);
+                let attached = target.and_then(|target| attach(file.as_raw_fd(), target.as_raw_fd()));
+                drop(file);
                 attached.map_err(fail(Step::AttachMount, index))?;
             }
         }
@@ -375,7 +367,7 @@ pub fn build_new_root(plan: &SandboxPlan, root: RawFd, trees: &[RawFd]) -> Resul
 pub fn enter_new_root(root: RawFd) -> Result<(), ChildFailure> {
     // SAFETY: fchdir on an open directory fd.
     sys::check(unsafe { libc::fchdir(root) } as libc::c_long).map_err(fail(Step::PivotRoot, 0))?;
-    sys::pivot_root(c".", c".").map_err(fail(Step::PivotRoot, 0))?;
+    sys::mount::pivot_root(c".", c".").map_err(fail(Step::PivotRoot, 0))?;
     // SAFETY: valid NUL-terminated string.
     sys::check(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) } as libc::c_long)
         .map_err(fail(Step::DetachOldRoot, 0))?;

@@ -9,7 +9,7 @@ use std::os::fd::RawFd;
 
 use crate::failure::{ChildFailure, Step};
 use crate::plan::TunPlan;
-use crate::sys::{self, Errno};
+use sys::Errno;
 
 /// `ioctl(SIOCSIFFLAGS)` on `lo` with `IFF_UP`.
 pub fn bring_up_loopback() -> Result<(), Errno> {
@@ -25,7 +25,7 @@ pub fn bring_up_loopback() -> Result<(), Errno> {
     ifr.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
     // SAFETY: SIOCSIFFLAGS reads a valid ifreq that lives across the call.
     let ret = unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, &ifr as *const libc::ifreq) };
-    sys::close(sock);
+    sys::fd::close(sock);
     sys::check(ret as libc::c_long).map(drop)
 }
 
@@ -112,7 +112,7 @@ pub fn create_gateway_interface(tun: RawFd, plan: &TunPlan) -> Result<(), ChildF
         sys::check_fd(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) } as libc::c_long)
             .map_err(fail(Step::ConfigureTunInterface))?;
     let result = configure_interface(sock, plan);
-    sys::close(sock);
+    sys::fd::close(sock);
     result
 }
 
@@ -167,7 +167,7 @@ pub fn hand_tun_to_gateway(socket: RawFd, tun: RawFd) -> Result<(), ChildFailure
     let fail = |errno| ChildFailure { step: Step::HandTunToGateway, errno, index: 0 };
     crate::tty::send_fd(socket, tun).map_err(fail)?;
     let mut ack = [0u8; 1];
-    match sys::read(socket, &mut ack) {
+    match sys::fd::read(socket, &mut ack) {
         Ok(1) => Ok(()),
         Ok(_) => Err(fail(libc::EPIPE)),
         Err(e) => Err(fail(e)),

@@ -20,7 +20,7 @@
 //! with the `process_gone` marker; no read blocks, so nothing hangs.
 
 use std::ffi::CString;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use audit::event::{
     MARK_NOT_FOUND, MARK_PROCESS_GONE, MARK_TRUNCATED, MARK_UNREADABLE, MAX_LIST_ITEMS, MAX_STRING_BYTES,
@@ -28,7 +28,7 @@ use audit::event::{
 use audit::{Event, ExecRecord, SyscallDenial};
 
 use crate::seccomp::{NotifiedCall, SeccompProgram};
-use crate::sys::{self, Errno};
+use sys::Errno;
 
 /// Where the runtime hands audit events: the binary writes them to the log.
 pub trait AuditSink {
@@ -55,7 +55,7 @@ pub struct SeccompAudit<'a> {
     pub proc_dir: RawFd,
     pub sink: &'a mut dyn AuditSink,
     /// The socket the listener arrives on (closed once it has).
-    socket: Option<RawFd>,
+    socket: Option<OwnedFd>,
     listener: Option<RawFd>,
     /// The plan's command: see [`SeccompAudit::own_exec`].
     command: Option<&'a crate::plan::CommandPlan>,
@@ -66,7 +66,7 @@ pub struct SeccompAudit<'a> {
 
 impl<'a> SeccompAudit<'a> {
     /// `socket` is ours: it is closed when the listener arrives, or on drop.
-    pub fn new(program: &'a SeccompProgram, proc_dir: RawFd, socket: RawFd, sink: &'a mut dyn AuditSink) -> Self {
+    pub fn new(program: &'a SeccompProgram, proc_dir: RawFd, socket: OwnedFd, sink: &'a mut dyn AuditSink) -> Self {
         SeccompAudit {
             program,
             proc_dir,
@@ -106,7 +106,7 @@ impl<'a> SeccompAudit<'a> {
     /// The descriptors to poll: the socket until the listener came, then the listener.
     pub fn poll_fds(&self) -> [libc::pollfd; 2] {
         [
-            libc::pollfd { fd: self.socket.unwrap_or(-1), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.socket.as_ref().map_or(-1, AsRawFd::as_raw_fd), events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: self.listener.unwrap_or(-1), events: libc::POLLIN, revents: 0 },
         ]
     }
@@ -118,11 +118,11 @@ impl<'a> SeccompAudit<'a> {
             if let Some(socket) = self.socket.take() {
                 // A hang-up without a descriptor: the command failed before installing its filter (its failure
                 // record says why) — there is nothing to audit.
-                if let Ok(Some(listener)) = crate::tty::recv_fd(socket) {
+                if let Ok(Some(listener)) = crate::tty::recv_fd(socket.as_raw_fd()) {
                     set_sync_wakeup(listener);
                     self.listener = Some(listener);
                 }
-                sys::close(socket);
+                drop(socket);
             }
         }
         let listener_ready = ready(1);
@@ -133,7 +133,7 @@ impl<'a> SeccompAudit<'a> {
         } else if listener_ready & (libc::POLLHUP | libc::POLLERR) != 0 {
             // Every process with the filter is gone.
             if let Some(listener) = self.listener.take() {
-                sys::close(listener);
+                sys::fd::close(listener);
             }
         }
     }
@@ -219,8 +219,9 @@ impl SeccompAudit<'_> {
 impl Drop for SeccompAudit<'_> {
     fn drop(&mut self) {
         self.sink.flush();
-        for fd in [self.socket.take(), self.listener.take()].into_iter().flatten() {
-            sys::close(fd);
+        drop(self.socket.take());
+        if let Some(listener) = self.listener.take() {
+            sys::fd::close(listener);
         }
     }
 }
@@ -410,7 +411,7 @@ fn process_ids(proc_dir: RawFd, host_pid: i32) -> Option<Status> {
     // `info`, a live local.
     let got = unsafe { libc::ioctl(pidfd, PIDFD_GET_INFO as _, &mut info as *mut PidfdInfo) } == 0;
     let fdinfo = read_proc_file(proc_dir, &format!("self/fdinfo/{pidfd}"));
-    sys::close(pidfd);
+    sys::fd::close(pidfd);
     let inside_pid = fdinfo.as_deref().and_then(|text| {
         let text = String::from_utf8_lossy(text);
         text.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()?.parse().ok())
@@ -433,12 +434,12 @@ fn read_proc_file(proc_dir: RawFd, relative: &str) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     while out.len() < 64 * 1024 {
-        match sys::read(fd, &mut buf) {
+        match sys::fd::read(fd, &mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
         }
     }
-    sys::close(fd);
+    sys::fd::close(fd);
     Some(out)
 }
 

@@ -16,7 +16,6 @@ use crate::plan::{
     CommandPlan, IdPlan, InsidePath, MountSource, OverlayDirs, RootEntry, SandboxPlan, SourceKind, MAX_FROZEN_LAYERS,
 };
 use crate::seccomp;
-use crate::sys;
 use crate::userns::{self, HostIdRange, HOST_RANGE_SIZE};
 
 /// Top-level host entries shared by `--rootfs host`, read-only. Whatever is a symlink on the host (merged
@@ -135,9 +134,9 @@ fn inside_path(path: &str) -> Result<InsidePath, PrepareError> {
 /// Opens `path` with `RESOLVE_NO_SYMLINKS` and returns its file type: proof that no component is a symlink.
 fn check_host_path(what: &'static str, path: &str) -> Result<fs::FileType, PrepareError> {
     let c = cstring(path)?;
-    match sys::openat2(libc::AT_FDCWD, &c, libc::O_PATH, libc::RESOLVE_NO_SYMLINKS) {
+    match sys::fd::openat2(libc::AT_FDCWD, &c, libc::O_PATH, libc::RESOLVE_NO_SYMLINKS) {
         Ok(fd) => {
-            sys::close(fd);
+            drop(fd);
             fs::symlink_metadata(path).map(|m| m.file_type()).map_err(|source| PrepareError::OpenPath {
                 what,
                 path: path.to_string(),

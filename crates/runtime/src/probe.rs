@@ -13,12 +13,11 @@
 use std::ffi::CStr;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 
-use crate::mount::{self, EMPTY};
 use crate::namespaces::{self, Kind};
-use crate::sys;
 use std::path::{Path, PathBuf};
+use sys::mount::{self, EMPTY};
 
 use policy::sandbox::{Limits, Requirement};
 
@@ -594,10 +593,7 @@ const OVERLAY_USERXATTR_OPTS: &CStr = c"lowerdir=/tmp/lower,upperdir=/tmp/upper2
 
 /// Fork the probe child, collect its step results, reap it.
 fn run_probe_child(plan: &ChildPlan) -> Result<Steps, ProbeError> {
-    let (read_fd, write_fd) = sys::pipe_cloexec().map_err(|e| ProbeError::Pipe(os_error(e)))?;
-    // SAFETY: pipe_cloexec just returned these two open descriptors and nothing else owns them; each OwnedFd
-    // closes its own exactly once.
-    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(read_fd), OwnedFd::from_raw_fd(write_fd)) };
+    let (read_end, write_end) = sys::fd::pipe_cloexec().map_err(|e| ProbeError::Pipe(os_error(e)))?;
 
     // SAFETY: the child runs only `probe_child`, which makes raw system calls on memory prepared before the fork
     // (`plan`, constant C strings, stack buffers), never allocates, takes no lock and does not unwind, and leaves
@@ -669,7 +665,7 @@ impl Reporter {
         buf[..4].copy_from_slice(&(step as u32).to_ne_bytes());
         buf[4..].copy_from_slice(&errno.to_ne_bytes());
         // A lost record reads as "not tried" in the parent, which is the honest answer; nothing to do on error.
-        let _ = sys::write_all(self.fd, &buf);
+        let _ = sys::fd::write_all(self.fd, &buf);
         result.is_ok()
     }
 }
@@ -682,11 +678,11 @@ fn probe_child(plan: &ChildPlan, out: RawFd) -> ! {
         probe_inside_userns(plan, &r);
     }
     // Independent of the namespaces: the last two steps before the command's execve.
-    let nnp = sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map(drop);
+    let nnp = sys::process::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map(drop);
     if r.record(step::NO_NEW_PRIVS, nnp) {
         r.record(step::SECCOMP_FILTER, raw::install_allow_all_filter());
     }
-    sys::exit_immediately(0)
+    sys::process::exit_immediately(0)
 }
 
 fn probe_inside_userns(plan: &ChildPlan, r: &Reporter) {
@@ -741,9 +737,7 @@ fn probe_inside_userns(plan: &ChildPlan, r: &Reporter) {
 /// A new filesystem of `fstype`, configured with `options`, attached at `target`.
 fn mount_new_fs(fstype: &CStr, options: &[(&CStr, &CStr)], attrs: u64, target: &CStr) -> Result<(), sys::Errno> {
     let mnt = mount::new_fs(fstype, options.iter().copied(), attrs)?;
-    let attached = mount::move_mount(mnt, EMPTY, libc::AT_FDCWD, target, libc::MOVE_MOUNT_F_EMPTY_PATH);
-    sys::close(mnt);
-    attached
+    mount::move_mount(mnt.as_raw_fd(), EMPTY, libc::AT_FDCWD, target, libc::MOVE_MOUNT_F_EMPTY_PATH)
 }
 
 fn mount_scratch_tmpfs() -> Result<(), sys::Errno> {
@@ -763,29 +757,30 @@ fn make_scratch_tree() -> Result<(), sys::Errno> {
 }
 
 fn bind_read_only(source: &CStr, target: &CStr) -> Result<(), sys::Errno> {
-    let dir = sys::openat2(libc::AT_FDCWD, source, libc::O_PATH | libc::O_DIRECTORY, libc::RESOLVE_NO_SYMLINKS)?;
-    let tree =
-        mount::open_tree(dir, EMPTY, libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32);
-    sys::close(dir);
+    let dir = sys::fd::openat2(libc::AT_FDCWD, source, libc::O_PATH | libc::O_DIRECTORY, libc::RESOLVE_NO_SYMLINKS)?;
+    let tree = mount::open_tree(
+        dir.as_raw_fd(),
+        EMPTY,
+        libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32,
+    );
+    drop(dir);
     let tree = tree?;
-    let attached = mount::mount_setattr(tree, EMPTY, libc::AT_EMPTY_PATH as u32, libc::MOUNT_ATTR_RDONLY, 0)
-        .and_then(|()| mount::move_mount(tree, EMPTY, libc::AT_FDCWD, target, libc::MOVE_MOUNT_F_EMPTY_PATH));
-    sys::close(tree);
-    attached
+    mount::mount_setattr(tree.as_raw_fd(), EMPTY, libc::AT_EMPTY_PATH as u32, libc::MOUNT_ATTR_RDONLY, 0)?;
+    mount::move_mount(tree.as_raw_fd(), EMPTY, libc::AT_FDCWD, target, libc::MOVE_MOUNT_F_EMPTY_PATH)
 }
 
 /// procfs can only be mounted by a process of the pid namespace it shows: fork pid 1 and let it try.
 fn probe_proc_mount(r: &Reporter) {
     // SAFETY: the probe child is single-threaded (it was forked and started no thread), and the grandchild only
     // makes async-signal-safe calls before _exit.
-    match unsafe { sys::clone_process(0, None) } {
+    match unsafe { sys::process::clone_process(0, None) } {
         Err(errno) => {
             r.record(step::PROC, Err(errno));
         }
         Ok(0) => {
             let attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
             r.record(step::PROC, mount_new_fs(c"proc", &[], attrs, c"/tmp/proc"));
-            sys::exit_immediately(0)
+            sys::process::exit_immediately(0)
         }
         Ok(pid) => {
             // Nothing to learn from its status: it reported through the pipe.
@@ -794,13 +789,13 @@ fn probe_proc_mount(r: &Reporter) {
     }
 }
 
-/// The probe child's system calls that [`crate::sys`] has no wrapper for. Async-signal-safe: no allocation, no
+/// The probe child's system calls that [`sys`] has no wrapper for. Async-signal-safe: no allocation, no
 /// locks, errors returned as the raw errno.
 mod raw {
     use std::ffi::CStr;
     use std::os::fd::RawFd;
 
-    use crate::sys::{self, Errno};
+    use sys::Errno;
 
     pub fn unshare(flags: libc::c_int) -> Result<(), Errno> {
         // SAFETY: unshare takes only flags and touches no memory of ours.
@@ -840,13 +835,13 @@ mod raw {
     }
 
     pub fn create_file(path: &CStr) -> Result<(), Errno> {
-        sys::close(open(path, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)?);
+        sys::fd::close(open(path, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)?);
         Ok(())
     }
 
     /// Opening an overlay's lower file for writing copies it up to the upper layer.
     pub fn open_for_write(path: &CStr) -> Result<(), Errno> {
-        sys::close(open(path, libc::O_WRONLY)?);
+        sys::fd::close(open(path, libc::O_WRONLY)?);
         Ok(())
     }
 
@@ -855,7 +850,7 @@ mod raw {
         let fd = open(path, libc::O_WRONLY)?;
         // SAFETY: `data` is a live slice; write reads at most `data.len()` bytes from it.
         let n = unsafe { libc::write(fd, data.as_ptr().cast::<libc::c_void>(), data.len()) };
-        sys::close(fd);
+        sys::fd::close(fd);
         match sys::check(n as libc::c_long)? {
             n if n as usize == data.len() => Ok(()),
             _ => Err(libc::EIO),

@@ -5,11 +5,11 @@
 //! only be cloned once it is attached in this mount namespace.
 
 use std::ffi::CStr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::failure::{fail, ChildFailure, Step};
-use crate::mount::{self, attach, mkdir_and_open, new_fs, new_tmpfs, EMPTY, RESOLVE_INSIDE};
-use crate::sys::{self, Errno};
+use sys::mount::{self, attach, mkdir_and_open, new_fs, new_tmpfs, EMPTY, RESOLVE_INSIDE};
+use sys::Errno;
 
 // What needs masking: the sandbox's root is never host root (a dedicated id range, or the invoker), and the
 // command holds no capability, so every /proc entry that only host root may read or write (mode 0400/0600/0200
@@ -43,31 +43,19 @@ const READ_ONLY: &[&CStr] = &[c"sys", c"sysrq-trigger"];
 
 /// Mounts a fresh procfs at `/proc` of the new root and applies the masks.
 pub fn mount_proc(root: RawFd) -> Result<(), ChildFailure> {
-    let proc_fd = mount_fresh_proc(root).map_err(fail(Step::MountProc, 0))?;
-    let result = mask_proc_entries(root, proc_fd);
-    sys::close(proc_fd);
-    result
+    let proc = mount_fresh_proc(root).map_err(fail(Step::MountProc, 0))?;
+    mask_proc_entries(root, proc.as_raw_fd())
 }
 
-fn mount_fresh_proc(root: RawFd) -> Result<RawFd, Errno> {
+fn mount_fresh_proc(root: RawFd) -> Result<OwnedFd, Errno> {
     let target = mkdir_and_open(root, c"proc", 0o555)?;
     let attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
-    let mnt = match new_fs(c"proc", [], attrs) {
-        Ok(m) => m,
-        Err(e) => {
-            sys::close(target);
-            return Err(e);
-        }
-    };
-    let attached = attach(mnt, target);
-    sys::close(target);
-    match attached {
-        Ok(()) => Ok(mnt),
-        Err(e) => {
-            sys::close(mnt);
-            Err(e)
-        }
-    }
+    let mnt = new_fs(c"proc", [], attrs)?;
+    let attached = attach(mnt.as_raw_fd(), target.as_raw_fd());
+    // The mount point first, then (on failure) the mount.
+    drop(target);
+    attached?;
+    Ok(mnt)
 }
 
 fn mask_proc_entries(root: RawFd, proc_fd: RawFd) -> Result<(), ChildFailure> {
@@ -78,12 +66,9 @@ fn mask_proc_entries(root: RawFd, proc_fd: RawFd) -> Result<(), ChildFailure> {
             continue;
         };
         let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
-        let result = mount::open_tree(root, c"dev/null", flags).and_then(|null| {
-            let r = attach(null, target);
-            sys::close(null);
-            r
-        });
-        sys::close(target);
+        let result =
+            mount::open_tree(root, c"dev/null", flags).and_then(|null| attach(null.as_raw_fd(), target.as_raw_fd()));
+        drop(target);
         result.map_err(fail(Step::MaskProcEntry, index))?;
     }
     for name in MASKED_DIRS {
@@ -93,12 +78,9 @@ fn mask_proc_entries(root: RawFd, proc_fd: RawFd) -> Result<(), ChildFailure> {
         };
         let empty_ro =
             libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
-        let result = new_tmpfs([(c"mode", c"0555"), (c"size", c"4k")], empty_ro).and_then(|mnt| {
-            let r = attach(mnt, target);
-            sys::close(mnt);
-            r
-        });
-        sys::close(target);
+        let result = new_tmpfs([(c"mode", c"0555"), (c"size", c"4k")], empty_ro)
+            .and_then(|mnt| attach(mnt.as_raw_fd(), target.as_raw_fd()));
+        drop(target);
         result.map_err(fail(Step::MaskProcEntry, index))?;
     }
     for name in READ_ONLY {
@@ -106,8 +88,8 @@ fn mask_proc_entries(root: RawFd, proc_fd: RawFd) -> Result<(), ChildFailure> {
         let Some(target) = open_entry(proc_fd, name, false).map_err(fail(Step::MaskProcEntry, index))? else {
             continue;
         };
-        let result = remount_read_only(proc_fd, name, target);
-        sys::close(target);
+        let result = remount_read_only(proc_fd, name, target.as_raw_fd());
+        drop(target);
         result.map_err(fail(Step::MaskProcEntry, index))?;
     }
     Ok(())
@@ -118,16 +100,14 @@ fn remount_read_only(proc_fd: RawFd, name: &CStr, target: RawFd) -> Result<(), E
     let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32;
     let tree = mount::open_tree(proc_fd, name, flags)?;
     let attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
-    let result = mount::mount_setattr(tree, EMPTY, libc::AT_EMPTY_PATH as u32 | libc::AT_RECURSIVE as u32, attrs, 0)
-        .and_then(|()| attach(tree, target));
-    sys::close(tree);
-    result
+    mount::mount_setattr(tree.as_raw_fd(), EMPTY, libc::AT_EMPTY_PATH as u32 | libc::AT_RECURSIVE as u32, attrs, 0)?;
+    attach(tree.as_raw_fd(), target)
 }
 
 /// Opens `/proc/NAME` as an `O_PATH` mount target; `None` when this kernel has no such entry.
-fn open_entry(proc_fd: RawFd, name: &CStr, dir: bool) -> Result<Option<RawFd>, Errno> {
+fn open_entry(proc_fd: RawFd, name: &CStr, dir: bool) -> Result<Option<OwnedFd>, Errno> {
     let flags = if dir { libc::O_PATH | libc::O_DIRECTORY } else { libc::O_PATH };
-    match sys::openat2(proc_fd, name, flags, RESOLVE_INSIDE) {
+    match sys::fd::openat2(proc_fd, name, flags, RESOLVE_INSIDE) {
         Ok(fd) => Ok(Some(fd)),
         Err(libc::ENOENT) => Ok(None),
         Err(e) => Err(e),

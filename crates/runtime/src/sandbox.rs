@@ -1,7 +1,7 @@
 //! `airlock run`, top to bottom: the design's setup order in one place (`run_sandbox`), each step with the
 //! reason it comes where it does. The sandbox's own steps (5–7) are in `init` and `exec`.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::time::Duration;
@@ -13,7 +13,6 @@ use crate::failure::{self, errno_text, os_error, os_error_text, ChildFailure, St
 use crate::init::{self, InitFds};
 use crate::namespaces;
 use crate::prepare::{prepare_sandbox, HostContext, PrepareError, Prepared};
-use crate::sys;
 use crate::userns;
 
 /// Exit status for a run killed by `--timeout`.
@@ -206,10 +205,7 @@ fn run_sandbox_with(
     let audit_channel = match &audit {
         Some(_) => match audit_channel() {
             Ok(channel) => Some(channel),
-            Err(e) => {
-                pipes.close_all();
-                return Err(SandboxError::CreatePipes(os_error(e)));
-            }
+            Err(e) => return Err(SandboxError::CreatePipes(os_error(e))),
         },
         None => None,
     };
@@ -236,23 +232,25 @@ fn run_sandbox_with(
     let cloned = unsafe {
         match &cgroup_dir {
             // cgroup v2: born in the sandbox's cgroup.
-            Some(dir) => sys::clone3_process(flags as u64, &mut pidfd, Some(dir.as_raw_fd())),
-            None => sys::clone_process((flags | libc::CLONE_PIDFD) as libc::c_ulong, Some(&mut pidfd)),
+            Some(dir) => sys::process::clone3_process(flags as u64, &mut pidfd, Some(dir.as_raw_fd())),
+            None => sys::process::clone_process((flags | libc::CLONE_PIDFD) as libc::c_ulong, Some(&mut pidfd)),
         }
     };
     drop(cgroup_dir);
+    let SupervisorPipes { start_read, start_write, failure_read, failure_write, tty } = pipes;
+    let (tty_init_end, tty_supervisor_end) = tty.unzip();
     let pid = match cloned {
         Ok(0) => {
-            sys::close(pipes.start_write);
-            sys::close(pipes.failure_read);
-            if let Some((_, supervisor_end)) = pipes.tty {
-                sys::close(supervisor_end);
-            }
+            drop(start_write);
+            drop(failure_read);
+            drop(tty_supervisor_end);
+            // Init's descriptors go by number: `sandbox_init_main` never returns (it execs or exits), so their
+            // owners here are never dropped in the child and the descriptors stay open for init.
             let fds = InitFds {
-                start: pipes.start_read,
-                failure: pipes.failure_write,
-                tty_socket: pipes.tty.map(|(init_end, _)| init_end),
-                audit_socket: audit_channel.map(|c| c.child_end),
+                start: start_read.as_raw_fd(),
+                failure: failure_write.as_raw_fd(),
+                tty_socket: tty_init_end.as_ref().map(AsRawFd::as_raw_fd),
+                audit_socket: audit_channel.as_ref().map(|c| c.child_end.as_raw_fd()),
                 gateway_socket: gateway.as_ref().map(crate::gateway::GatewayProcess::sandbox_end),
             };
             init::sandbox_init_main(plan, &fds, &mut trees)
@@ -260,27 +258,22 @@ fn run_sandbox_with(
         Ok(pid) => pid,
         Err(errno) => {
             restore_signals(&old_mask);
-            pipes.close_all();
-            if let Some(c) = audit_channel {
-                c.close();
-            }
+            drop((start_read, start_write, failure_read, failure_write, tty_init_end, tty_supervisor_end));
+            drop(audit_channel);
             return Err(SandboxError::CloneNamespaces(os_error(errno), clone_hint(errno)));
         }
     };
-    sys::close(pipes.start_read);
-    sys::close(pipes.failure_write);
-    if let Some((init_end, _)) = pipes.tty {
-        sys::close(init_end);
-    }
+    drop(start_read);
+    drop(failure_write);
+    drop(tty_init_end);
     let mut audit_state = match (audit, audit_channel) {
         (Some(a), Some(channel)) => {
-            sys::close(channel.child_end);
-            Some((a, channel))
+            let AuditChannel { supervisor_end, child_end, proc_dir } = channel;
+            drop(child_end);
+            Some((a, supervisor_end, proc_dir))
         }
         (_, channel) => {
-            if let Some(c) = channel {
-                c.close();
-            }
+            drop(channel);
             None
         }
     };
@@ -292,18 +285,13 @@ fn run_sandbox_with(
     // 4. Parent: the id maps (root inside -> an unprivileged host id), then release the child.
     //    Attaching its network needs nothing from here: init creates the gateway's interface inside the
     //    sandbox's network namespace (only a process there can) and hands it to the gateway itself.
-    if let Err(e) = release_child(pid, plan, pipes.start_write) {
-        let _ = sys::kill(pid, libc::SIGKILL);
+    if let Err(e) = release_child(pid, plan, start_write.as_raw_fd()) {
+        let _ = sys::signal::kill(pid, libc::SIGKILL);
         let _ = wait_for_exit(pid);
-        sys::close(pidfd);
-        sys::close(pipes.start_write);
-        sys::close(pipes.failure_read);
-        if let Some((_, supervisor_end)) = pipes.tty {
-            sys::close(supervisor_end);
-        }
-        if let Some((_, c)) = audit_state.take() {
-            sys::close(c.supervisor_end);
-            sys::close(c.proc_dir);
+        sys::fd::close(pidfd);
+        drop((start_write, failure_read, tty_supervisor_end));
+        if let Some((_, supervisor_end, proc_dir)) = audit_state.take() {
+            drop((supervisor_end, proc_dir));
         }
         restore_signals(&old_mask);
         return Err(e);
@@ -313,7 +301,7 @@ fn run_sandbox_with(
     // and init exits: the wait below collects it).
     let early_failure = match on_ready {
         Some(ready) => {
-            let f = failure::read_failure(pipes.failure_read);
+            let f = failure::read_failure(failure_read.as_raw_fd());
             if f.is_none() {
                 ready(pid);
             }
@@ -323,34 +311,24 @@ fn run_sandbox_with(
     };
 
     // 5-7 happen in the sandbox. The supervisor forwards signals, relays the terminal, enforces the timeout.
-    let supervised = match audit_state.as_mut() {
-        Some((request, channel)) => {
-            let mut seccomp_audit = crate::notify::SeccompAudit::new(
-                &plan.seccomp,
-                channel.proc_dir,
-                channel.supervisor_end,
-                &mut *request.sink,
-            )
-            .with_command(&plan.command);
-            crate::supervisor::supervise(
-                pid,
-                pidfd,
-                policy.timeout,
-                pipes.tty.map(|(_, s)| s),
-                Some(&mut seccomp_audit),
-            )
+    let tty_socket = tty_supervisor_end.as_ref().map(AsRawFd::as_raw_fd);
+    let supervised = match audit_state {
+        Some((request, supervisor_end, proc_dir)) => {
+            let mut seccomp_audit =
+                crate::notify::SeccompAudit::new(&plan.seccomp, proc_dir.as_raw_fd(), supervisor_end, request.sink)
+                    .with_command(&plan.command);
+            let supervised =
+                crate::supervisor::supervise(pid, pidfd, policy.timeout, tty_socket, Some(&mut seccomp_audit));
+            // The socket was the SeccompAudit's, closed with it.
+            drop(seccomp_audit);
+            drop(proc_dir);
+            supervised
         }
-        None => crate::supervisor::supervise(pid, pidfd, policy.timeout, pipes.tty.map(|(_, s)| s), None),
+        None => crate::supervisor::supervise(pid, pidfd, policy.timeout, tty_socket, None),
     };
-    if let Some((_, channel)) = audit_state {
-        // The socket was the SeccompAudit's, closed with it.
-        sys::close(channel.proc_dir);
-    }
-    sys::close(pidfd);
-    sys::close(pipes.start_write);
-    if let Some((_, supervisor_end)) = pipes.tty {
-        sys::close(supervisor_end);
-    }
+    sys::fd::close(pidfd);
+    drop(start_write);
+    drop(tty_supervisor_end);
     restore_signals(&old_mask);
 
     // 8. Teardown: init's exit killed the namespace's every process (the kernel does it when a pid-1 exits),
@@ -360,8 +338,8 @@ fn run_sandbox_with(
     if let Some(g) = gateway.take() {
         g.stop();
     }
-    let failure = early_failure.or_else(|| failure::read_failure(pipes.failure_read));
-    sys::close(pipes.failure_read);
+    let failure = early_failure.or_else(|| failure::read_failure(failure_read.as_raw_fd()));
+    drop(failure_read);
     let stats = cgroup.as_ref().and_then(|cg| cg.stats().ok());
     if let Some(cg) = cgroup {
         if let Err(e) = cg.remove() {
@@ -383,7 +361,7 @@ fn run_sandbox_with(
 /// signal was being re-armed.
 fn release_child(pid: libc::pid_t, plan: &crate::plan::SandboxPlan, start_write: RawFd) -> Result<(), SandboxError> {
     userns::write_id_maps(pid, &plan.ids.uid_map, &plan.ids.gid_map)?;
-    sys::write_all(start_write, b"1").map_err(|e| SandboxError::CreatePipes(os_error(e)))
+    sys::fd::write_all(start_write, b"1").map_err(|e| SandboxError::CreatePipes(os_error(e)))
 }
 
 /// One cgroup per sandbox when the policy sets a memory, process or CPU limit. Fails closed: a limit that
@@ -504,49 +482,20 @@ fn clone_hint(errno: i32) -> &'static str {
 
 /// The pipes and sockets between supervisor and sandbox.
 struct SupervisorPipes {
-    start_read: RawFd,
-    start_write: RawFd,
-    failure_read: RawFd,
-    failure_write: RawFd,
+    start_read: OwnedFd,
+    start_write: OwnedFd,
+    failure_read: OwnedFd,
+    failure_write: OwnedFd,
     /// (init's end, supervisor's end) of the socket that carries the pseudo-terminal master.
-    tty: Option<(RawFd, RawFd)>,
+    tty: Option<(OwnedFd, OwnedFd)>,
 }
 
 impl SupervisorPipes {
     fn create(tty: bool) -> Result<Self, i32> {
-        let (start_read, start_write) = sys::pipe_cloexec()?;
-        let (failure_read, failure_write) = match sys::pipe_cloexec() {
-            Ok(p) => p,
-            Err(e) => {
-                sys::close(start_read);
-                sys::close(start_write);
-                return Err(e);
-            }
-        };
-        let mut pipes = SupervisorPipes { start_read, start_write, failure_read, failure_write, tty: None };
-        if tty {
-            let mut pair = [-1; 2];
-            // SAFETY: socketpair fills a live two-int array.
-            let ret = unsafe {
-                libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr())
-            };
-            if let Err(e) = sys::check(ret as libc::c_long) {
-                pipes.close_all();
-                return Err(e);
-            }
-            pipes.tty = Some((pair[0], pair[1]));
-        }
-        Ok(pipes)
-    }
-
-    fn close_all(&self) {
-        for fd in [self.start_read, self.start_write, self.failure_read, self.failure_write] {
-            sys::close(fd);
-        }
-        if let Some((a, b)) = self.tty {
-            sys::close(a);
-            sys::close(b);
-        }
+        let (start_read, start_write) = sys::fd::pipe_cloexec()?;
+        let (failure_read, failure_write) = sys::fd::pipe_cloexec()?;
+        let tty = if tty { Some(sys::fd::socketpair_cloexec()?) } else { None };
+        Ok(SupervisorPipes { start_read, start_write, failure_read, failure_write, tty })
     }
 }
 
@@ -577,44 +526,21 @@ pub fn audited_seccomp_program(
 }
 
 /// The descriptors an audited run needs on top of the usual pipes.
-#[derive(Clone, Copy)]
 pub struct AuditChannel {
     /// Ours: the listener arrives here.
-    pub supervisor_end: RawFd,
+    pub supervisor_end: OwnedFd,
     /// The command's (through init, or the `airlock exec` process's child): it sends the listener.
-    pub child_end: RawFd,
+    pub child_end: OwnedFd,
     /// The host's `/proc`, for the notifying processes' status, cwd and descriptors.
-    pub proc_dir: RawFd,
-}
-
-impl AuditChannel {
-    pub fn close(self) {
-        for fd in [self.supervisor_end, self.child_end, self.proc_dir] {
-            sys::close(fd);
-        }
-    }
+    pub proc_dir: OwnedFd,
 }
 
 /// A close-on-exec socket pair and the host's `/proc`, opened now (before `clone`, or before `setns` in `airlock
 /// exec`, after which `/proc` would be the sandbox's).
 pub fn audit_channel() -> Result<AuditChannel, sys::Errno> {
-    let mut pair = [-1; 2];
-    // SAFETY: socketpair fills a live two-int array.
-    let ret = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) };
-    sys::check(ret as libc::c_long)?;
-    // SAFETY: the path is a NUL-terminated literal; open takes integer flags.
-    let proc_dir = match sys::check_fd(unsafe {
-        libc::open(c"/proc".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
-    } as libc::c_long)
-    {
-        Ok(fd) => fd,
-        Err(e) => {
-            sys::close(pair[0]);
-            sys::close(pair[1]);
-            return Err(e);
-        }
-    };
-    Ok(AuditChannel { supervisor_end: pair[0], child_end: pair[1], proc_dir })
+    let (supervisor_end, child_end) = sys::fd::socketpair_cloexec()?;
+    let proc_dir = sys::fd::open(c"/proc", libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)?;
+    Ok(AuditChannel { supervisor_end, child_end, proc_dir })
 }
 
 /// Waits for `pid` to exit; used on error paths.

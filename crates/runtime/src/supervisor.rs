@@ -2,11 +2,11 @@
 //! pseudo-terminal, and enforces `--timeout` by killing init (which takes the whole pid namespace with it,
 //! `setsid` daemons included).
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use crate::sys::{self, Errno};
 use crate::tty;
+use sys::Errno;
 
 /// How init ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,13 +33,13 @@ pub fn supervise(
 ) -> Result<Ended, Errno> {
     let started = Instant::now();
     let deadline = timeout.map(|t| started + t);
-    let sigfd = signalfd_for(FORWARDED)?;
+    let sigfd = sys::signal::signalfd(FORWARDED)?;
     let mut relay = tty_socket.map(TerminalRelay::new);
     let mut timed_out = None;
     loop {
         let mut pfds = vec![
             libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: sigfd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: sigfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         ];
         if let Some(r) = &relay {
             r.add_poll_fds(&mut pfds);
@@ -63,7 +63,6 @@ pub fn supervise(
             if e == libc::EINTR {
                 continue;
             }
-            sys::close(sigfd);
             return Err(e);
         }
         if let Some(a) = &mut audit {
@@ -86,7 +85,7 @@ pub fn supervise(
             continue;
         }
         if pfds[1].revents & libc::POLLIN != 0 {
-            if let Some(sig) = read_signal(sigfd) {
+            if let Some(sig) = read_signal(sigfd.as_raw_fd()) {
                 match (&relay, sig) {
                     (Some(r), libc::SIGWINCH) => r.copy_window_size(),
                     _ => {
@@ -105,7 +104,7 @@ pub fn supervise(
             break;
         }
     }
-    sys::close(sigfd);
+    drop(sigfd);
     if let Some(mut r) = relay {
         r.drain_and_restore();
     }
@@ -123,18 +122,6 @@ pub fn supervise(
         125
     };
     Ok(Ended::Exited(code))
-}
-
-fn signalfd_for(signals: &[i32]) -> Result<RawFd, Errno> {
-    // SAFETY: the sigset is initialised by sigemptyset before use; signalfd reads it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for &s in signals {
-            libc::sigaddset(&mut set, s);
-        }
-        sys::check_fd(libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) as libc::c_long)
-    }
 }
 
 fn read_signal(sigfd: RawFd) -> Option<i32> {
@@ -204,7 +191,7 @@ impl TerminalRelay {
                 if !copy_once(0, master) {
                     self.stdin_open = false;
                     // End of input: the terminal's end-of-file character, as a person would type it.
-                    let _ = sys::write_all(master, &[4]);
+                    let _ = sys::fd::write_all(master, &[4]);
                 }
             }
         }
@@ -243,10 +230,10 @@ impl TerminalRelay {
             // SAFETY: fcntl with integer arguments.
             unsafe { libc::fcntl(master, libc::F_SETFL, libc::O_NONBLOCK) };
             while copy_once(master, 1) {}
-            sys::close(master);
+            sys::fd::close(master);
         }
         if let Some(socket) = self.socket.take() {
-            sys::close(socket);
+            sys::fd::close(socket);
         }
         if let Some(t) = self.saved_termios.take() {
             // SAFETY: restores the termios saved from the same terminal.
@@ -258,8 +245,8 @@ impl TerminalRelay {
 /// Copies one chunk from `from` to `to`; false at end of stream or on error.
 fn copy_once(from: RawFd, to: RawFd) -> bool {
     let mut buf = [0u8; 16384];
-    match sys::read(from, &mut buf) {
+    match sys::fd::read(from, &mut buf) {
         Ok(0) | Err(_) => false,
-        Ok(n) => sys::write_all(to, &buf[..n]).is_ok(),
+        Ok(n) => sys::fd::write_all(to, &buf[..n]).is_ok(),
     }
 }

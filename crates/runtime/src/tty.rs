@@ -7,7 +7,7 @@
 use std::os::fd::RawFd;
 
 use crate::failure::{ChildFailure, Step};
-use crate::sys::{self, Errno};
+use sys::Errno;
 
 /// Opens a new pseudo-terminal in the sandbox, sets its size, sends the master to the supervisor and returns
 /// the slave. Runs in init after `pivot_root`, or in `airlock exec` after `setns` into the sandbox.
@@ -35,12 +35,12 @@ pub fn open_sandbox_terminal(winsize: &libc::winsize, socket: RawFd) -> Result<R
         } as libc::c_long)
         .map_err(fail(Step::OpenPseudoTerminal))?;
         if let Err(e) = send_fd(socket, master) {
-            sys::close(slave);
+            sys::fd::close(slave);
             return Err(fail(Step::SendPseudoTerminal)(e));
         }
         Ok(slave)
     })();
-    sys::close(master);
+    sys::fd::close(master);
     result
 }
 

@@ -172,7 +172,7 @@ pub fn launch(backend: &dyn Backend, spec: LaunchSpec<'_>, hooks: Hooks<'_>) -> 
             state.record.supervisor_start_time = runtime::host::process_start_time(me);
             if let Err(e) = state.write_record() {
                 // `exec` and `stop` could not find it: take it down now.
-                let _ = runtime::sys::kill(pid, libc::SIGKILL);
+                let _ = sys::signal::kill(pid, libc::SIGKILL);
                 record_error = Some(e);
                 return;
             }

@@ -628,9 +628,8 @@ fn open_beneath(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
     let resolve =
         libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_XDEV;
     loop {
-        match crate::sys::openat2(dir.as_raw_fd(), name, flags, resolve) {
-            // SAFETY: `fd` is a new descriptor nothing else owns; the OwnedFd closes it once.
-            Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+        match sys::fd::openat2(dir.as_raw_fd(), name, flags, resolve) {
+            Ok(fd) => return Ok(fd),
             // EAGAIN: a rename raced the lookup (RESOLVE_BENEATH); look again.
             Err(libc::EAGAIN) => continue,
             Err(errno) => return Err(io::Error::from_raw_os_error(errno)),

@@ -22,7 +22,6 @@ use std::process::Command;
 
 use crate::failure::{os_error, os_error_text};
 use crate::loopdev::{self, LoopError};
-use crate::sys;
 
 /// The smallest image: ext4 with a journal needs a few megabytes of its own.
 pub const MIN_DISK_BYTES: u64 = 4 << 20;

@@ -25,15 +25,15 @@
 //! the stop and continue (a parent waiting with `WUNTRACED` is told).
 
 use std::ffi::{CStr, CString};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use crate::failure::os_error;
-use crate::mount;
 use crate::mounts::{self, OverlayFds};
 use crate::namespaces::{self, Kind};
 use crate::plan::MAX_FROZEN_LAYERS;
-use crate::sys::{self, Errno};
 use crate::userns::{translate_id, IdSide};
+use sys::mount;
+use sys::Errno;
 
 /// How long processes have to stop after `SIGSTOP` (a process in a long uninterruptible system call).
 const STOP_WAIT_MS: u32 = 5000;
@@ -118,24 +118,14 @@ pub enum LiveError {
 /// The running sandbox, by pidfd on its init (checked against the recorded start time: not a reused pid).
 pub struct LiveSandbox {
     name: String,
-    pidfd: RawFd,
+    pidfd: OwnedFd,
     /// Its mount and pid namespaces (`/proc/PID/ns/`), entered by descriptor after its user namespace (entering
     /// them by pidfd then would need the right to ptrace init, lost with the host's capabilities).
-    mnt_ns: RawFd,
-    pid_ns: RawFd,
+    mnt_ns: OwnedFd,
+    pid_ns: OwnedFd,
     /// Init's ids inside (what the helper becomes there: the overlay's copy-ups are done as its mounter).
     uid: u32,
     gid: u32,
-}
-
-impl Drop for LiveSandbox {
-    fn drop(&mut self) {
-        for fd in [self.pidfd, self.mnt_ns, self.pid_ns] {
-            if fd >= 0 {
-                sys::close(fd);
-            }
-        }
-    }
 }
 
 /// The new stack's directories on the host: the frozen layers newest first, then the workspace.
@@ -155,21 +145,19 @@ enum Op<'a> {
 
 impl LiveSandbox {
     pub fn open(name: &str, init_pid: libc::pid_t, init_start_time: u64) -> Result<LiveSandbox, LiveError> {
-        // SAFETY: pidfd_open takes only integers.
-        let pidfd =
-            sys::check_fd(unsafe { libc::syscall(libc::SYS_pidfd_open, init_pid, 0u32) }).map_err(|e| match e {
-                libc::ESRCH => LiveError::NotRunning(name.to_string()),
-                e => LiveError::OpenInit(init_pid, os_error(e)),
-            })?;
-        // Owned from here: dropped (the pidfd closed) on every error below.
-        let mut sandbox = LiveSandbox { name: name.to_string(), pidfd, mnt_ns: -1, pid_ns: -1, uid: 0, gid: 0 };
+        let pidfd = sys::process::pidfd_open(init_pid).map_err(|e| match e {
+            libc::ESRCH => LiveError::NotRunning(name.to_string()),
+            e => LiveError::OpenInit(init_pid, os_error(e)),
+        })?;
         let open_ns = |ns: &str| {
             std::fs::File::open(format!("/proc/{init_pid}/ns/{ns}"))
-                .map(std::os::fd::IntoRawFd::into_raw_fd)
+                .map(OwnedFd::from)
                 .map_err(|e| LiveError::OpenInit(init_pid, e))
         };
-        sandbox.mnt_ns = open_ns(Kind::Mount.proc_name())?;
-        sandbox.pid_ns = open_ns(Kind::Pid.proc_name())?;
+        let mnt_ns = open_ns(Kind::Mount.proc_name())?;
+        let pid_ns = open_ns(Kind::Pid.proc_name())?;
+        // Owned from here: dropped (its descriptors closed) on every error below.
+        let mut sandbox = LiveSandbox { name: name.to_string(), pidfd, mnt_ns, pid_ns, uid: 0, gid: 0 };
         // After the opens: they are known to be init's, not a process's that reused its pid.
         if crate::host::process_start_time(init_pid) != Some(init_start_time) {
             return Err(LiveError::NotRunning(sandbox.name.clone()));
@@ -200,29 +188,30 @@ impl LiveSandbox {
     /// Forks a helper that enters the sandbox and forks the worker (which is then in the sandbox's pid
     /// namespace, with `/proc/self` its own); the worker reports a failed step on a pipe.
     fn run(&self, workspace: &CStr, op: &Op) -> Result<(), LiveError> {
-        let (read_end, write_end) = sys::pipe_cloexec().map_err(|e| LiveError::Helper(os_error(e)))?;
+        let (read_end, write_end) = sys::fd::pipe_cloexec().map_err(|e| LiveError::Helper(os_error(e)))?;
         // SAFETY: airlock is single-threaded; the child does only async-signal-safe work (system calls on data
         // prepared before the fork, fixed-size buffers) and leaves with _exit.
-        let forked = unsafe { sys::clone_process(0, None) };
+        let forked = unsafe { sys::process::clone_process(0, None) };
         let helper = match forked {
             Ok(0) => {
-                sys::close(read_end);
-                helper_main(self, workspace, op, write_end)
+                drop(read_end);
+                // By number: `helper_main` never returns (it exits), so `write_end` is never dropped in the
+                // helper and the descriptor stays open for its report.
+                helper_main(self, workspace, op, write_end.as_raw_fd())
             }
             Ok(pid) => pid,
             Err(e) => {
-                sys::close(read_end);
-                sys::close(write_end);
+                drop((read_end, write_end));
                 return Err(LiveError::Helper(os_error(e)));
             }
         };
-        sys::close(write_end);
+        drop(write_end);
         let mut status = 0;
         // SAFETY: `status` is a live int.
         let _ = sys::retry_eintr(|| unsafe { libc::waitpid(helper, &mut status, 0) } as libc::c_long);
         let mut report = [0u8; 8];
-        let got = sys::read(read_end, &mut report);
-        sys::close(read_end);
+        let got = sys::fd::read(read_end.as_raw_fd(), &mut report);
+        drop(read_end);
         match got {
             Ok(8) => {
                 let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
@@ -242,16 +231,16 @@ impl LiveSandbox {
 
 /// The helper: enters the namespaces, forks the worker, exits with its status.
 fn helper_main(sandbox: &LiveSandbox, workspace: &CStr, op: &Op, report: RawFd) -> ! {
-    let (pidfd, uid, gid) = (sandbox.pidfd, sandbox.uid, sandbox.gid);
+    let (pidfd, uid, gid) = (sandbox.pidfd.as_raw_fd(), sandbox.uid, sandbox.gid);
     let fail = |step: LiveStep, errno: Errno| -> ! {
         let mut buf = [0u8; 8];
         buf[..4].copy_from_slice(&(step as u32).to_ne_bytes());
         buf[4..].copy_from_slice(&errno.to_ne_bytes());
-        let _ = sys::write_all(report, &buf);
-        sys::exit_immediately(1)
+        let _ = sys::fd::write_all(report, &buf);
+        sys::process::exit_immediately(1)
     };
     // Nothing in the sandbox may ptrace us while we hold capabilities in its namespace.
-    let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
+    let _ = sys::process::prctl(libc::PR_SET_DUMPABLE, 0);
     // The new overlay first, for a swap: overlayfs takes private clones of its layers' mounts, which must be in
     // the mounter's mount namespace, and the sandbox's no longer holds the host's paths. So, in the sandbox's user
     // namespace, a copy of the host's mount namespace, where the layers are opened (with our host credentials,
@@ -280,10 +269,11 @@ fn helper_main(sandbox: &LiveSandbox, workspace: &CStr, op: &Op, report: RawFd) 
             fail(LiveStep::MountOverlay, f.errno);
         }
         new_overlay = trees[0];
+        let (mnt_ns, pid_ns) = (sandbox.mnt_ns.as_raw_fd(), sandbox.pid_ns.as_raw_fd());
         // SAFETY: setns takes only integers.
-        let entered = sys::check(unsafe { libc::setns(sandbox.mnt_ns, Kind::Mount.flag()) } as libc::c_long)
+        let entered = sys::check(unsafe { libc::setns(mnt_ns, Kind::Mount.flag()) } as libc::c_long)
             // SAFETY: as above.
-            .and_then(|_| sys::check(unsafe { libc::setns(sandbox.pid_ns, Kind::Pid.flag()) } as libc::c_long));
+            .and_then(|_| sys::check(unsafe { libc::setns(pid_ns, Kind::Pid.flag()) } as libc::c_long));
         if let Err(e) = entered {
             fail(LiveStep::EnterNamespaces, e);
         }
@@ -296,19 +286,19 @@ fn helper_main(sandbox: &LiveSandbox, workspace: &CStr, op: &Op, report: RawFd) 
         }
     }
     // SAFETY: as for the helper itself (single-threaded; the worker does async-signal-safe work only).
-    match unsafe { sys::clone_process(0, None) } {
+    match unsafe { sys::process::clone_process(0, None) } {
         Ok(0) => {
             if let Err((step, e)) = worker(uid, gid, workspace, op, new_overlay) {
                 fail(step, e);
             }
-            sys::exit_immediately(0)
+            sys::process::exit_immediately(0)
         }
         Ok(pid) => {
             let mut status = 0;
             // SAFETY: `status` is a live int.
             let _ = sys::retry_eintr(|| unsafe { libc::waitpid(pid, &mut status, 0) } as libc::c_long);
             let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-            sys::exit_immediately(if ok { 0 } else { 1 })
+            sys::process::exit_immediately(if ok { 0 } else { 1 })
         }
         Err(e) => fail(LiveStep::Fork, e),
     }
@@ -332,7 +322,7 @@ fn worker(uid: u32, gid: u32, workspace: &CStr, op: &Op, new_overlay: RawFd) -> 
                 // SAFETY: syncfs takes an open descriptor.
                 let synced = sys::check(unsafe { libc::syncfs(ws) } as libc::c_long).map(drop);
                 let result = synced.map_err(at(LiveStep::Sync)).and_then(|()| make_read_only(ws, true));
-                sys::close(ws);
+                sys::fd::close(ws);
                 result
             });
             if frozen.is_err() {
@@ -344,7 +334,7 @@ fn worker(uid: u32, gid: u32, workspace: &CStr, op: &Op, new_overlay: RawFd) -> 
             let ws = open_dir(workspace).map_err(at(LiveStep::OpenWorkspace));
             let writable = ws.and_then(|fd| {
                 let r = make_read_only(fd, false);
-                sys::close(fd);
+                sys::fd::close(fd);
                 r
             });
             let continued = signal_all(libc::SIGCONT).map_err(at(LiveStep::Continue));
@@ -368,23 +358,25 @@ fn replace_mount(workspace: &CStr, new: RawFd) -> StepResult {
     // SAFETY: a NUL-terminated path; no other pointer.
     let detached = sys::check(unsafe { libc::umount2(workspace.as_ptr(), libc::MNT_DETACH) } as libc::c_long);
     if let Err(e) = detached {
-        sys::close(old);
         return Err((LiveStep::DetachOld, e));
     }
     let moved = mount::move_mount(new, mount::EMPTY, libc::AT_FDCWD, workspace, libc::MOVE_MOUNT_F_EMPTY_PATH);
     if let Err(e) = moved {
-        let _ = mount::move_mount(old, mount::EMPTY, libc::AT_FDCWD, workspace, libc::MOVE_MOUNT_F_EMPTY_PATH);
-        sys::close(old);
+        let _ =
+            mount::move_mount(old.as_raw_fd(), mount::EMPTY, libc::AT_FDCWD, workspace, libc::MOVE_MOUNT_F_EMPTY_PATH);
         return Err((LiveStep::MoveNew, e));
     }
-    sys::close(old);
     Ok(())
 }
 
 /// Opens the stack's directories into `fds` (no symlink anywhere on the way, as init opens them).
 fn open_stack(stack: &NewStack, fds: &mut OverlayFds) -> Result<(), Errno> {
-    let open =
-        |path: &CStr| sys::openat2(libc::AT_FDCWD, path, libc::O_PATH | libc::O_DIRECTORY, libc::RESOLVE_NO_SYMLINKS);
+    // By number: `OverlayFds` is a plan of raw descriptors (built without allocating, after the fork), closed by
+    // its `close_all` or by `mounts::mount_workspace_overlay`.
+    let open = |path: &CStr| {
+        sys::fd::openat2(libc::AT_FDCWD, path, libc::O_PATH | libc::O_DIRECTORY, libc::RESOLVE_NO_SYMLINKS)
+            .map(IntoRawFd::into_raw_fd)
+    };
     fds.upper = open(&stack.upper)?;
     fds.work = open(&stack.work)?;
     for layer in &stack.frozen {
@@ -422,7 +414,7 @@ fn make_read_only(ws: RawFd, read_only: bool) -> StepResult {
 
 /// `kill(-1, sig)`: every process of our pid namespace but init and us.
 fn signal_all(sig: i32) -> Result<(), Errno> {
-    match sys::kill(-1, sig) {
+    match sys::signal::kill(-1, sig) {
         // No process to signal: nothing runs in the sandbox but init.
         Ok(()) | Err(libc::ESRCH) => Ok(()),
         Err(e) => Err(e),
@@ -483,7 +475,7 @@ fn all_stopped() -> Result<bool, Errno> {
             }
         }
     })();
-    sys::close(dir);
+    sys::fd::close(dir);
     result
 }
 
@@ -503,8 +495,8 @@ fn is_stopped(proc_dir: RawFd, pid: &[u8]) -> Result<bool, Errno> {
         Err(e) => return Err(e),
     };
     let mut stat = [0u8; 512];
-    let n = sys::read(fd, &mut stat);
-    sys::close(fd);
+    let n = sys::fd::read(fd, &mut stat);
+    sys::fd::close(fd);
     let n = match n {
         Ok(n) => n,
         Err(libc::ESRCH) => return Ok(true),

@@ -2,16 +2,17 @@
 //! `open_tree` clones a mounted tree as a detached mount, `mount_setattr` sets a mount's flags and `move_mount`
 //! attaches one; plus the primitives the sandbox's mounts are made of (a detached tmpfs, attaching a detached
 //! mount onto a mount point opened `O_PATH`, a mount point's directory opened without following symlinks). The
-//! new root (`mounts`), `/dev` (`dev`) and `/proc` (`proc`) are built from these, and so are the live
+//! runtime's new root (`mounts`), `/dev` (`dev`) and `/proc` (`proc`) are built from these, and so are the live
 //! checkpoint's overlay swap (`layer::live`) and doctor's probe.
 //!
-//! Like [`crate::sys`], every function here is async-signal-safe and allocates nothing: they run in the sandbox's
-//! init after `clone`, in the live checkpoint's helper and in the probe child. Errors are the raw errno.
+//! Also `pivot_root`. Like the rest of this crate, every function here is async-signal-safe and allocates nothing:
+//! they run in the sandbox's init after `clone`, in the live checkpoint's helper and in the probe child. Errors
+//! are the raw errno.
 
 use std::ffi::CStr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::sys::{self, Errno};
+use crate::{check, check_fd, fd, Errno};
 
 /// The empty path, with `AT_EMPTY_PATH` or `MOVE_MOUNT_*_EMPTY_PATH`: the descriptor itself.
 pub const EMPTY: &CStr = c"";
@@ -20,17 +21,25 @@ pub const EMPTY: &CStr = c"";
 pub const RESOLVE_INSIDE: u64 = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH;
 
 /// `open_tree(dirfd, path, flags)`: a detached copy of the mount tree at `path` (with `OPEN_TREE_CLONE`).
-pub fn open_tree(dirfd: RawFd, path: &CStr, flags: u32) -> Result<RawFd, Errno> {
+pub fn open_tree(dirfd: RawFd, path: &CStr, flags: u32) -> Result<OwnedFd, Errno> {
     // SAFETY: `path` is a valid NUL-terminated string; the call reads nothing else from our memory.
     let ret = unsafe { libc::syscall(libc::SYS_open_tree, dirfd, path.as_ptr(), flags) };
-    sys::check_fd(ret)
+    owned(ret)
+}
+
+/// A descriptor a call just returned (or its errno), owned from here.
+fn owned(ret: libc::c_long) -> Result<OwnedFd, Errno> {
+    let fd = check_fd(ret)?;
+    // SAFETY: only called with the return value of a call that creates a descriptor: a success is an open
+    // descriptor the kernel just made, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `move_mount(from_dirfd, from_path, to_dirfd, to_path, flags)`.
 pub fn move_mount(from: RawFd, from_path: &CStr, to: RawFd, to_path: &CStr, flags: u32) -> Result<(), Errno> {
     // SAFETY: both paths are valid NUL-terminated strings; the call reads nothing else from our memory.
     let ret = unsafe { libc::syscall(libc::SYS_move_mount, from, from_path.as_ptr(), to, to_path.as_ptr(), flags) };
-    sys::check(ret).map(drop)
+    check(ret).map(drop)
 }
 
 /// `mount_setattr(dirfd, path, flags, {attr_set, attr_clr})`.
@@ -48,14 +57,14 @@ pub fn mount_setattr(dirfd: RawFd, path: &CStr, flags: u32, attr_set: u64, attr_
             std::mem::size_of::<libc::mount_attr>(),
         )
     };
-    sys::check(ret).map(drop)
+    check(ret).map(drop)
 }
 
 /// `fsopen(fstype)`: a filesystem context to configure with [`fsconfig_string`] and create with [`fsmount`].
-pub fn fsopen(fstype: &CStr) -> Result<RawFd, Errno> {
+pub fn fsopen(fstype: &CStr) -> Result<OwnedFd, Errno> {
     // SAFETY: `fstype` is a valid NUL-terminated string.
     let ret = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), libc::FSOPEN_CLOEXEC) };
-    sys::check_fd(ret)
+    owned(ret)
 }
 
 /// `fsconfig(fd, FSCONFIG_SET_STRING, key, value)`.
@@ -63,7 +72,7 @@ pub fn fsconfig_string(fsfd: RawFd, key: &CStr, value: &CStr) -> Result<(), Errn
     // SAFETY: key and value are valid NUL-terminated strings; aux is unused for SET_STRING.
     let ret =
         unsafe { libc::syscall(libc::SYS_fsconfig, fsfd, libc::FSCONFIG_SET_STRING, key.as_ptr(), value.as_ptr(), 0) };
-    sys::check(ret).map(drop)
+    check(ret).map(drop)
 }
 
 /// `fsconfig(fd, FSCONFIG_SET_FLAG, key)`.
@@ -79,11 +88,11 @@ pub fn fsconfig_flag(fsfd: RawFd, key: &CStr) -> Result<(), Errno> {
             0,
         )
     };
-    sys::check(ret).map(drop)
+    check(ret).map(drop)
 }
 
 /// `fsconfig(fd, FSCONFIG_CMD_CREATE)` then `fsmount(fd, attrs)`: a detached mount of the configured filesystem.
-pub fn fsmount(fsfd: RawFd, attr_flags: u64) -> Result<RawFd, Errno> {
+pub fn fsmount(fsfd: RawFd, attr_flags: u64) -> Result<OwnedFd, Errno> {
     // SAFETY: CMD_CREATE takes no pointers (key and value are null, aux 0).
     let ret = unsafe {
         libc::syscall(
@@ -95,10 +104,10 @@ pub fn fsmount(fsfd: RawFd, attr_flags: u64) -> Result<RawFd, Errno> {
             0,
         )
     };
-    sys::check(ret)?;
+    check(ret)?;
     // SAFETY: fsmount takes only integers.
     let ret = unsafe { libc::syscall(libc::SYS_fsmount, fsfd, libc::FSMOUNT_CLOEXEC, attr_flags) };
-    sys::check_fd(ret)
+    owned(ret)
 }
 
 /// A detached mount of a new filesystem of `fstype`, configured with `options` (string values), with the mount
@@ -107,21 +116,20 @@ pub fn new_fs<'a>(
     fstype: &CStr,
     options: impl IntoIterator<Item = (&'a CStr, &'a CStr)>,
     attr_flags: u64,
-) -> Result<RawFd, Errno> {
+) -> Result<OwnedFd, Errno> {
     let fs = fsopen(fstype)?;
     for (key, value) in options {
-        if let Err(errno) = fsconfig_string(fs, key, value) {
-            sys::close(fs);
-            return Err(errno);
-        }
+        fsconfig_string(fs.as_raw_fd(), key, value)?;
     }
-    let mnt = fsmount(fs, attr_flags);
-    sys::close(fs);
-    mnt
+    // `fs` is closed once the mount is made (or not).
+    fsmount(fs.as_raw_fd(), attr_flags)
 }
 
 /// A detached tmpfs with the given options.
-pub fn new_tmpfs<'a>(options: impl IntoIterator<Item = (&'a CStr, &'a CStr)>, attr_flags: u64) -> Result<RawFd, Errno> {
+pub fn new_tmpfs<'a>(
+    options: impl IntoIterator<Item = (&'a CStr, &'a CStr)>,
+    attr_flags: u64,
+) -> Result<OwnedFd, Errno> {
     new_fs(c"tmpfs", options, attr_flags)
 }
 
@@ -131,11 +139,18 @@ pub fn attach(tree: RawFd, target: RawFd) -> Result<(), Errno> {
 }
 
 /// `mkdirat` (an existing directory is fine) then an `O_PATH` descriptor for it, never following a symlink.
-pub fn mkdir_and_open(dir: RawFd, name: &CStr, mode: libc::mode_t) -> Result<RawFd, Errno> {
+pub fn mkdir_and_open(dir: RawFd, name: &CStr, mode: libc::mode_t) -> Result<OwnedFd, Errno> {
     // SAFETY: `name` is a valid NUL-terminated string; mkdirat reads nothing else from our memory.
-    match sys::check(unsafe { libc::mkdirat(dir, name.as_ptr(), mode) } as libc::c_long) {
+    match check(unsafe { libc::mkdirat(dir, name.as_ptr(), mode) } as libc::c_long) {
         Ok(_) | Err(libc::EEXIST) => {}
         Err(e) => return Err(e),
     }
-    sys::openat2(dir, name, libc::O_PATH | libc::O_DIRECTORY, RESOLVE_INSIDE)
+    fd::openat2(dir, name, libc::O_PATH | libc::O_DIRECTORY, RESOLVE_INSIDE)
+}
+
+/// `pivot_root(new_root, put_old)`.
+pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> Result<(), Errno> {
+    // SAFETY: both are valid NUL-terminated strings.
+    let ret = unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
+    check(ret).map(drop)
 }

@@ -1,0 +1,134 @@
+//! File descriptors: opening beneath a directory (`openat2`), pipes, reading, writing and closing.
+
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::{check, check_fd, retry_eintr, Errno};
+
+/// `struct open_how` (libc's is non-exhaustive, so it cannot be built with a literal).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `openat2(dirfd, path, how)`.
+pub fn openat2(dirfd: RawFd, path: &CStr, flags: i32, resolve: u64) -> Result<OwnedFd, Errno> {
+    let how = OpenHow { flags: (flags | libc::O_CLOEXEC) as u64, mode: 0, resolve };
+    // SAFETY: `path` is a valid NUL-terminated string and `how` a fully initialised open_how that outlives the
+    // call; the size passed is the size of that struct.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_openat2, dirfd, path.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>())
+    };
+    let fd = check_fd(ret)?;
+    // SAFETY: openat2 succeeded, so `fd` is an open descriptor it just created, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `close(fd)`, ignoring errors (there is nothing useful to do about them here).
+pub fn close(fd: RawFd) {
+    if fd >= 0 {
+        // SAFETY: closing an fd we own; a stale number only yields EBADF.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Closes every file descriptor from `first` to `last` inclusive.
+pub fn close_range(first: u32, last: u32) -> Result<(), Errno> {
+    if first > last {
+        return Ok(());
+    }
+    // SAFETY: close_range takes only integers; the fds in the range are not used afterwards by this process.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    check(ret).map(drop)
+}
+
+/// Closes every file descriptor above 2 except those in `keep`, which must be sorted ascending.
+pub fn close_fds_except(keep: &[RawFd]) -> Result<(), Errno> {
+    let mut next: u32 = 3;
+    for &fd in keep {
+        let Ok(fd) = u32::try_from(fd) else { continue };
+        if fd < next {
+            continue;
+        }
+        close_range(next, fd - 1)?;
+        next = fd + 1;
+    }
+    close_range(next, u32::MAX)
+}
+
+/// `write(fd, buf)` of the whole buffer, retrying on EINTR and short writes.
+pub fn write_all(fd: RawFd, mut buf: &[u8]) -> Result<(), Errno> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a valid readable slice of the given length.
+        let n = retry_eintr(|| unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) as libc::c_long })?;
+        buf = buf.get(n as usize..).unwrap_or(&[]);
+    }
+    Ok(())
+}
+
+/// `read(fd, buf)`, retrying on EINTR.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: `buf` is a valid writable slice of the given length.
+    retry_eintr(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) as libc::c_long }).map(|n| n as usize)
+}
+
+/// A pipe whose both ends are close-on-exec: `(read, write)`.
+pub fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd), Errno> {
+    let mut fds = [-1 as RawFd; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
+    // SAFETY: pipe2 succeeded, so both are open descriptors it just created, owned by nothing else; each
+    // OwnedFd closes its own exactly once.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A connected pair of close-on-exec `AF_UNIX` stream sockets.
+pub fn socketpair_cloexec() -> Result<(OwnedFd, OwnedFd), Errno> {
+    let mut pair = [-1 as RawFd; 2];
+    // SAFETY: socketpair fills a live two-int array.
+    let ret = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) };
+    check(ret as libc::c_long)?;
+    // SAFETY: socketpair succeeded, so both are open descriptors it just created, owned by nothing else; each
+    // OwnedFd closes its own exactly once.
+    Ok(unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) })
+}
+
+/// `open(path, flags)` (the caller passes `O_CLOEXEC` when it wants it).
+pub fn open(path: &CStr, flags: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: `path` is a valid NUL-terminated string; open takes integer flags.
+    let fd = check_fd(unsafe { libc::open(path.as_ptr(), flags) } as libc::c_long)?;
+    // SAFETY: open succeeded, so `fd` is an open descriptor it just created, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `flock(fd, operation)` (`LOCK_EX`, `LOCK_NB`...).
+pub fn flock(fd: BorrowedFd<'_>, operation: i32) -> Result<(), Errno> {
+    // SAFETY: flock takes only integers; `fd` is borrowed, so open.
+    check(unsafe { libc::flock(fd.as_raw_fd(), operation) } as libc::c_long).map(drop)
+}
+
+/// A standard stream of this process, by its descriptor number.
+#[derive(Clone, Copy)]
+#[repr(i32)]
+pub enum StandardStream {
+    Input = 0,
+    Output = 1,
+    Error = 2,
+}
+
+/// `dup2(from, stream)`: the standard stream `stream` refers to what `from` does (its old descriptor is closed
+/// by the kernel; the standard streams belong to the whole process, so no owner of ours loses its descriptor).
+pub fn dup_onto_standard_stream(from: BorrowedFd<'_>, stream: StandardStream) -> Result<(), Errno> {
+    // SAFETY: dup2 takes only integers; `from` is borrowed, so open, and the target is a standard stream.
+    check(unsafe { libc::dup2(from.as_raw_fd(), stream as i32) } as libc::c_long).map(drop)
+}
+
+/// `fcntl(fd, F_DUPFD_CLOEXEC, 3)`: a close-on-exec copy of `fd`, numbered 3 or above.
+pub fn duplicate_cloexec(fd: RawFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: fcntl with F_DUPFD_CLOEXEC takes only integers; a number that is not open only yields EBADF.
+    let copy = check_fd(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) } as libc::c_long)?;
+    // SAFETY: fcntl succeeded, so `copy` is an open descriptor it just created, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
+}

@@ -1,0 +1,50 @@
+//! The one crate of the workspace where raw system calls are made: thin wrappers over the calls airlock's sandbox
+//! engine needs, one module per kernel concept (`fd`, `process`, `signal`, `mount`, `capability`, `terminal`).
+//!
+//! Every function here is async-signal-safe and allocates nothing: they are called after `clone`, in the
+//! sandbox's init and in the command's process, where only such work is allowed. Errors are the raw errno, which
+//! the caller turns into a failure record or a typed error.
+
+// The workspace lints deny unsafe; this crate exists to hold it. Every unsafe block still needs its SAFETY
+// comment, and unsafe operations inside unsafe fns need their own block.
+#![allow(unsafe_code)]
+
+pub mod capability;
+pub mod fd;
+pub mod mount;
+pub mod process;
+pub mod signal;
+pub mod terminal;
+
+/// A raw errno value.
+pub type Errno = i32;
+
+/// The calling thread's errno.
+pub fn errno() -> Errno {
+    // SAFETY: __errno_location returns a valid pointer to this thread's errno; reading an int is always safe.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Turns a `-1 means errno` return value into a Result.
+pub fn check(ret: libc::c_long) -> Result<libc::c_long, Errno> {
+    if ret < 0 {
+        Err(errno())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Like [`check`], for calls returning a file descriptor.
+pub fn check_fd(ret: libc::c_long) -> Result<std::os::fd::RawFd, Errno> {
+    check(ret).map(|fd| fd as std::os::fd::RawFd)
+}
+
+/// Retries a call interrupted by a signal.
+pub fn retry_eintr(mut call: impl FnMut() -> libc::c_long) -> Result<libc::c_long, Errno> {
+    loop {
+        match check(call()) {
+            Err(libc::EINTR) => continue,
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Processes: forking with `clone`/`clone3`, `prctl`, leaving with `_exit`.
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use crate::{check, check_fd, Errno};
+
+/// `prctl(option, arg2, 0, 0, 0)`.
+pub fn prctl(option: i32, arg2: libc::c_ulong) -> Result<libc::c_long, Errno> {
+    // SAFETY: the options used by airlock take integer arguments only.
+    check(unsafe { libc::prctl(option, arg2, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) }
+        as libc::c_long)
+}
+
+/// The real uid and gid of the caller (`getuid`, `getgid`).
+pub fn real_ids() -> (u32, u32) {
+    // SAFETY: getuid/getgid cannot fail and take no arguments.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+/// The caller's effective uid (`geteuid`).
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid cannot fail and takes no arguments.
+    unsafe { libc::geteuid() }
+}
+
+/// `pidfd_open(pid, 0)`: a descriptor that refers to process `pid` for as long as it is open.
+pub fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes only integers and reads no memory of ours.
+    let fd = check_fd(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) })?;
+    // SAFETY: pidfd_open succeeded, so `fd` is an open descriptor it just created, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A fork: `clone(SIGCHLD | extra_flags)` without a new stack. Returns 0 in the child, the child's pid in the
+/// parent. With `CLONE_PIDFD` in `extra_flags`, `pidfd` receives a pidfd for the child.
+///
+/// # Safety
+/// The caller's process must be single-threaded (so the child inherits no lock held by another thread), and the
+/// child must only do async-signal-safe work before it execs or exits.
+pub unsafe fn clone_process(extra_flags: libc::c_ulong, pidfd: Option<&mut RawFd>) -> Result<libc::pid_t, Errno> {
+    let pidfd_ptr = match pidfd {
+        Some(p) => p as *mut RawFd,
+        None => std::ptr::null_mut(),
+    };
+    // SAFETY: a stack pointer of 0 makes clone behave like fork (the child runs on a copy of our stack); the
+    // parent_tid pointer, when CLONE_PIDFD is set, points at a live int owned by the caller. Single-threadedness
+    // is the caller's obligation (see # Safety).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            extra_flags | libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            pidfd_ptr,
+            std::ptr::null_mut::<libc::c_int>(),
+            0usize,
+        )
+    };
+    check(ret).map(|pid| pid as libc::pid_t)
+}
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7): the child starts in the cgroup `clone_args.cgroup` refers to.
+pub const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args`, version 2 (with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// A fork with `clone3`: like [`clone_process`] with `CLONE_PIDFD`, and, given a cgroup directory fd, the child
+/// is born in that cgroup (`CLONE_INTO_CGROUP`), which costs nothing, where moving it afterwards would wait for
+/// an RCU grace period.
+///
+/// # Safety
+/// As for [`clone_process`]: a single-threaded caller, and a child that only does async-signal-safe work.
+pub unsafe fn clone3_process(flags: u64, pidfd: &mut RawFd, cgroup: Option<RawFd>) -> Result<libc::pid_t, Errno> {
+    let mut args = CloneArgs {
+        flags: flags | libc::CLONE_PIDFD as u64,
+        pidfd: pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd as u64;
+    }
+    // SAFETY: `args` is a live, fully initialised clone_args of the size passed; `pidfd` points at a live int for
+    // the kernel to fill; stack 0 gives fork semantics. Single-threadedness is the caller's obligation.
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    check(ret).map(|pid| pid as libc::pid_t)
+}
+
+/// `_exit(code)`: leave the process without running atexit handlers or flushing Rust's buffers (both belong to
+/// the parent's copy of the memory).
+pub fn exit_immediately(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no user-space state.
+    unsafe { libc::_exit(code) }
+}

@@ -109,21 +109,7 @@ pub async fn read(State(app): State<Shared>, Path(name): Path<String>, query: Qu
     }
     // A file: its bytes as they are read, the child and the shared lock kept until the end.
     let size = header["size"].as_u64();
-    let stream = futures::stream::unfold((out, child, shared), |(mut out, mut child, shared)| async move {
-        let mut buf = vec![0u8; 64 << 10];
-        match out.read(&mut buf).await {
-            Ok(0) | Err(_) => {
-                let _ = child.wait().await;
-                drop(shared);
-                None
-            }
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<Bytes, std::io::Error>(Bytes::from(buf)), (out, child, shared)))
-            }
-        }
-    });
-    let mut response = Response::new(Body::from_stream(stream));
+    let mut response = Response::new(file_body(out, child, shared));
     response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/octet-stream"));
     if let Some(size) = size {
         // Informational (the file may change while it is read): the body itself is chunked.
@@ -161,4 +147,29 @@ pub async fn remove(State(app): State<Shared>, Path(name): Path<String>, query: 
         return Err(error_of(&done));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The bytes `airlock __files get` writes after its header, as a response body streamed while they are read.
+/// The child, and `held` (the sandbox's shared lock: no change runs under a read), are kept until its output
+/// ends; then the child is reaped.
+pub fn file_body<R, H>(out: R, child: tokio::process::Child, held: H) -> Body
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    H: Send + 'static,
+{
+    let stream = futures::stream::unfold((out, child, held), |(mut out, mut child, held)| async move {
+        let mut buf = vec![0u8; 64 << 10];
+        match out.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = child.wait().await;
+                drop(held);
+                None
+            }
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<Bytes, std::io::Error>(Bytes::from(buf)), (out, child, held)))
+            }
+        }
+    });
+    Body::from_stream(stream)
 }

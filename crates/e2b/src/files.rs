@@ -8,7 +8,7 @@
 use std::ffi::OsString;
 use std::process::Stdio;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -116,21 +116,7 @@ pub async fn download(State(e2b): State<E2bState>, headers: HeaderMap, query: Qu
         let _ = child.wait().await;
         return envd_error(StatusCode::BAD_REQUEST, format!("path {path} is a directory"));
     }
-    let stream = futures::stream::unfold((out, child, shared), |(mut out, mut child, shared)| async move {
-        let mut buf = vec![0u8; 64 << 10];
-        match out.read(&mut buf).await {
-            Ok(0) | Err(_) => {
-                let _ = child.wait().await;
-                drop(shared);
-                None
-            }
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<Bytes, std::io::Error>(Bytes::from(buf)), (out, child, shared)))
-            }
-        }
-    });
-    let mut response = Response::new(Body::from_stream(stream));
+    let mut response = Response::new(daemon::files_api::file_body(out, child, shared));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     response
 }

@@ -23,11 +23,14 @@
 //! one by one: each pid is opened as a pidfd, and only pids still listed after that are signalled through the
 //! pidfd, so a pid that a member freed and a host process reused is never signalled.
 
+// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
@@ -376,8 +379,7 @@ impl SandboxCgroup {
     /// nothing created is left behind.
     pub fn create(layout: &CgroupLayout, sandbox: &str, limits: &Limits) -> Result<SandboxCgroup, CgroupError> {
         let own = read_own_cgroups()?;
-        // SAFETY: geteuid takes no arguments and cannot fail.
-        let euid = unsafe { libc::geteuid() };
+        let euid = sys::process::effective_uid();
         let host = HostView { own: &own, owner: CgroupOwner::current()?, euid };
         create_with(layout, &host, sandbox, limits)
     }
@@ -1082,7 +1084,7 @@ fn sigkill_members(dir: &Path) -> Result<usize, CgroupError> {
     let listed = read_pids(&procs)?;
     let mut opened = Vec::with_capacity(listed.len());
     for &pid in &listed {
-        match pidfd_open(pid) {
+        match sys::process::pidfd_open(pid) {
             Ok(fd) => opened.push((pid, Some(fd))),
             Err(libc::ESRCH) => {}
             // Before 5.3: no pidfds; the pid is signalled directly, still only if listed again.
@@ -1108,22 +1110,8 @@ fn kill_error(pid: i32, dir: &Path, errno: Errno) -> CgroupError {
     CgroupError::KillProcess { pid, path: dir.to_path_buf(), source: io::Error::from_raw_os_error(errno) }
 }
 
-fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
-    // SAFETY: pidfd_open takes a pid and a flags word, both plain integers, and reads no memory of ours.
-    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let fd = sys::check_fd(ret)?;
-    // SAFETY: `fd` was just returned by the kernel as a new descriptor (close-on-exec by default for pidfds);
-    // nothing else owns it, so the OwnedFd is its only owner and closes it once.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 fn pidfd_send_sigkill(pidfd: &OwnedFd) -> Result<(), Errno> {
-    // SAFETY: the arguments are a live descriptor borrowed for the call, a signal number, a null siginfo pointer
-    // (documented: the kernel then fills in the info of a kill(2)) and zero flags; no memory of ours is read.
-    let ret = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0)
-    };
-    sys::check(ret).map(drop)
+    sys::process::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL)
 }
 
 /// Removes `dir` after its descendant cgroups, retrying while it is busy.
@@ -1263,8 +1251,7 @@ fn is_writable(path: &Path) -> bool {
     let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
         return false;
     };
-    // SAFETY: `c_path` is NUL-terminated and outlives the call; faccessat only reads it.
-    unsafe { libc::faccessat(libc::AT_FDCWD, c_path.as_ptr(), libc::W_OK, libc::AT_EACCESS) == 0 }
+    sys::fd::effective_access(&c_path, libc::W_OK)
 }
 
 #[cfg(test)]

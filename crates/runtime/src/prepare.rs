@@ -2,6 +2,9 @@
 //! effect. Everything that can be checked here is: paths exist, are not symlinks, have the right type; the
 //! kernel has what the policy requires. After this only the sandbox's own setup can fail.
 
+// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
+#![forbid(unsafe_code)]
+
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -244,8 +247,7 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
         seccomp::compile_seccomp_program(&seccomp_profile).map_err(|e| PrepareError::Seccomp(e.to_string()))?;
 
     // Identities.
-    // SAFETY: geteuid/getegid cannot fail.
-    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let (euid, egid) = sys::process::effective_ids();
     let host_root = euid == 0;
     let (uid, gid) = (policy.identity.uid, policy.identity.gid);
     let mut b = Builder { sources: Vec::new(), entries: Vec::new() };
@@ -634,13 +636,7 @@ fn rlimits(limits: &policy::sandbox::Limits) -> Result<Vec<(u32, u64, u64)>, Pre
 }
 
 fn current_hard_limit(resource: u32) -> u64 {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes into a live local.
-    if unsafe { libc::getrlimit(resource as _, &mut limit) } == 0 {
-        limit.rlim_max
-    } else {
-        0
-    }
+    sys::process::hard_limit(resource).unwrap_or(0)
 }
 
 /// `MemTotal` from /proc/meminfo, in bytes.

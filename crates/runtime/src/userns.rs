@@ -1,12 +1,15 @@
 //! The user namespace's id maps. Root inside is never root outside: as host root, airlock maps a dedicated
 //! 65536-id range per running sandbox (never host id 0); rootless, the kernel only lets us map our own id.
 
+// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
+#![forbid(unsafe_code)]
+
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 
 /// First host id of the ranges airlock hands out as host root: above systemd's container range
 /// (0x00080000–0x6FFFFFFF, used by `systemd-nspawn --private-users=pick`), below 2^31 (some tools treat ids as
@@ -79,10 +82,10 @@ fn lock_slot(path: &Path) -> std::io::Result<Option<File>> {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)?;
-        // SAFETY: flock on an fd we own, integer arguments only.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let err = std::io::Error::last_os_error();
-            return if err.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(None) } else { Err(err) };
+        match sys::fd::flock(file.as_fd(), libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => {}
+            Err(libc::EWOULDBLOCK) => return Ok(None),
+            Err(errno) => return Err(std::io::Error::from_raw_os_error(errno)),
         }
         // The holder before us may have unlinked the file between our open and our lock: then our lock is on a
         // file nobody else will ever open, and we must lock the path's current file instead.
@@ -127,16 +130,11 @@ const PIPEFS_MAGIC: libc::__fsword_t = 0x5049_5045;
 /// terminals the caller owns are left as they are (use `-t` for a terminal of the sandbox's own).
 pub fn hand_stdio_pipes_to(uid: u32, gid: u32) {
     for fd in 0..3 {
-        // SAFETY: all-zero stat/statfs are valid buffers for fstat/fstatfs to fill.
-        let (mut st, mut sfs): (libc::stat, libc::statfs) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
-        // SAFETY: fstat/fstatfs write into live locals; a closed fd only yields EBADF.
-        let is_pipe = unsafe { libc::fstat(fd, &mut st) == 0 && libc::fstatfs(fd, &mut sfs) == 0 }
-            && st.st_mode & libc::S_IFMT == libc::S_IFIFO
-            && sfs.f_type == PIPEFS_MAGIC
-            && st.st_uid == 0;
+        let (Ok(st), Ok(sfs)) = (sys::fd::fstat(fd), sys::fd::fstatfs(fd)) else { continue };
+        let is_pipe = st.st_mode & libc::S_IFMT == libc::S_IFIFO && sfs.f_type == PIPEFS_MAGIC && st.st_uid == 0;
         if is_pipe {
-            // SAFETY: fchown takes integers; failure leaves the pipe as it was, which only costs the convenience.
-            unsafe { libc::fchown(fd, uid, gid) };
+            // A failure leaves the pipe as it was, which only costs the convenience.
+            let _ = sys::fd::fchown(fd, uid, gid);
         }
     }
 }

@@ -132,3 +132,48 @@ pub fn duplicate_cloexec(fd: RawFd) -> Result<OwnedFd, Errno> {
     // SAFETY: fcntl succeeded, so `copy` is an open descriptor it just created, owned by nothing else.
     Ok(unsafe { OwnedFd::from_raw_fd(copy) })
 }
+
+/// `fstat(fd)`.
+pub fn fstat(fd: RawFd) -> Result<libc::stat, Errno> {
+    // SAFETY: an all-zero `struct stat` is a valid value for fstat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes one `struct stat` into a live local; a closed fd only yields EBADF.
+    check(unsafe { libc::fstat(fd, &mut st) } as libc::c_long)?;
+    Ok(st)
+}
+
+/// `fstatfs(fd)`: the filesystem the descriptor is on.
+pub fn fstatfs(fd: RawFd) -> Result<libc::statfs, Errno> {
+    // SAFETY: an all-zero `struct statfs` is a valid value for fstatfs to overwrite.
+    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs writes one `struct statfs` into a live local; a closed fd only yields EBADF.
+    check(unsafe { libc::fstatfs(fd, &mut sfs) } as libc::c_long)?;
+    Ok(sfs)
+}
+
+/// `fchown(fd, uid, gid)`.
+pub fn fchown(fd: RawFd, uid: u32, gid: u32) -> Result<(), Errno> {
+    // SAFETY: fchown takes integers only.
+    check(unsafe { libc::fchown(fd, uid, gid) } as libc::c_long).map(drop)
+}
+
+/// `symlinkat(target, dirfd, name)`: a symlink `name` in `dirfd` pointing at `target`.
+pub fn symlinkat(target: &CStr, dirfd: RawFd, name: &CStr) -> Result<(), Errno> {
+    // SAFETY: both are NUL-terminated strings alive for the call; symlinkat only reads them.
+    check(unsafe { libc::symlinkat(target.as_ptr(), dirfd, name.as_ptr()) } as libc::c_long).map(drop)
+}
+
+/// `openat(dirfd, name, flags, mode)`: a new descriptor, owned.
+pub fn openat(dirfd: RawFd, name: &CStr, flags: i32, mode: libc::mode_t) -> Result<OwnedFd, Errno> {
+    // SAFETY: a NUL-terminated string alive for the call; openat only reads it.
+    let fd = check_fd(unsafe { libc::openat(dirfd, name.as_ptr(), flags, mode as libc::c_uint) } as libc::c_long)?;
+    // SAFETY: openat succeeded, so `fd` is an open descriptor it just created, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether the caller's effective ids may access `path` with `mode` (`faccessat(AT_FDCWD, path, mode,
+/// AT_EACCESS)`; `W_OK`, `R_OK`...).
+pub fn effective_access(path: &CStr, mode: i32) -> bool {
+    // SAFETY: a NUL-terminated string alive for the call; faccessat only reads it.
+    unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), mode, libc::AT_EACCESS) == 0 }
+}

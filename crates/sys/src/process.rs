@@ -1,6 +1,6 @@
 //! Processes: forking with `clone`/`clone3`, `prctl`, leaving with `_exit`.
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::{check, check_fd, Errno};
 
@@ -21,6 +21,28 @@ pub fn real_ids() -> (u32, u32) {
 pub fn effective_uid() -> u32 {
     // SAFETY: geteuid cannot fail and takes no arguments.
     unsafe { libc::geteuid() }
+}
+
+/// The caller's effective uid and gid (`geteuid`, `getegid`).
+pub fn effective_ids() -> (u32, u32) {
+    // SAFETY: geteuid/getegid cannot fail and take no arguments.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+/// The hard limit of resource `resource` (`RLIMIT_*`), or `None` when `getrlimit` fails.
+pub fn hard_limit(resource: u32) -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one `struct rlimit` into a live local.
+    (unsafe { libc::getrlimit(resource as _, &mut limit) } == 0).then_some(limit.rlim_max)
+}
+
+/// `pidfd_send_signal(pidfd, sig, NULL, 0)`: signals the process the pidfd refers to (never a process that reused
+/// its pid).
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> Result<(), Errno> {
+    // SAFETY: a borrowed (so open) descriptor, a signal number, a null siginfo pointer (documented: the kernel then
+    // fills in the info of a kill(2)) and zero flags; no memory of ours is read.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, std::ptr::null::<u8>(), 0) };
+    check(ret).map(drop)
 }
 
 /// `pidfd_open(pid, 0)`: a descriptor that refers to process `pid` for as long as it is open.

@@ -662,7 +662,12 @@ async fn delete_pool(State(app): State<Shared>, Path(name): Path<String>) -> Api
     app.store.remove_pool(&name).map_err(|e| ApiError::internal(e.to_string()))?;
     for entry in app.registry.all() {
         if entry.record.pool.as_deref() == Some(&name) && !entry.creating {
-            remove_sandbox(&app, &entry.record.name, false).await?;
+            match remove_sandbox(&app, &entry.record.name, false).await {
+                // Gone already, or being removed by the filler (its create finished after the pool went): that
+                // removal ends on its own.
+                Err(e) if matches!(e.code, Code::Conflict | Code::NotFound) => {}
+                other => other?,
+            }
         }
     }
     Ok(StatusCode::NO_CONTENT)

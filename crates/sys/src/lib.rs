@@ -11,6 +11,7 @@
 
 pub mod capability;
 pub mod fd;
+pub mod landlock;
 pub mod mount;
 pub mod process;
 pub mod signal;

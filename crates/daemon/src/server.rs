@@ -246,8 +246,8 @@ async fn check_token(token: &str, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// Compares in time that does not depend on where the first difference is.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+/// Compares in time that does not depend on where the first difference is (the daemon's token, E2B's keys).
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -32,6 +32,7 @@ use axum::Router;
 use base64::Engine as _;
 use daemon::api::Shared;
 use daemon::registry::Entry;
+use daemon::server::same_secret;
 use sha2::{Digest, Sha256};
 
 use crate::connect::{RpcCode, RpcError};
@@ -195,25 +196,5 @@ impl E2b {
         let Some(token) = &self.token else { return true };
         let given = headers.get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or("");
         same_secret(given.as_bytes(), token.as_bytes())
-    }
-}
-
-/// Compares in time that does not depend on where the first difference is.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(same_secret(b"abc", b"abc"));
-        assert!(!same_secret(b"abc", b"abd"));
-        assert!(!same_secret(b"abc", b"ab"));
     }
 }

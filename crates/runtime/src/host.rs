@@ -48,11 +48,6 @@ pub fn restore_default_sigpipe() {
     sys::signal::set_default_action(libc::SIGPIPE);
 }
 
-/// `flock(LOCK_EX | LOCK_NB)` on `file`: whether this process now holds the lock.
-pub fn try_lock_exclusive(file: &std::fs::File) -> bool {
-    sys::fd::flock(file.as_fd(), libc::LOCK_EX | libc::LOCK_NB).is_ok()
-}
-
 /// Runs `f` with SIGPIPE ignored, then puts the previous action back: a write in `f` to a pipe whose reader is
 /// gone fails with EPIPE instead of killing this process (airlock restores SIGPIPE's default action at start).
 pub fn with_sigpipe_ignored<T>(f: impl FnOnce() -> T) -> T {
@@ -75,7 +70,11 @@ pub fn try_lock_file(path: &std::path::Path) -> std::io::Result<Option<std::fs::
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)?;
-    Ok(try_lock_exclusive(&file).then_some(file))
+    match sys::fd::flock(file.as_fd(), libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(()) => Ok(Some(file)),
+        Err(libc::EWOULDBLOCK) => Ok(None),
+        Err(errno) => Err(std::io::Error::from_raw_os_error(errno)),
+    }
 }
 
 /// A process's start time in clock ticks since boot (field 22 of `/proc/PID/stat`): with the pid, it names one

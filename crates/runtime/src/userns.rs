@@ -6,10 +6,8 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-
-use std::os::fd::AsFd;
 
 /// First host id of the ranges airlock hands out as host root: above systemd's container range
 /// (0x00080000–0x6FFFFFFF, used by `systemd-nspawn --private-users=pick`), below 2^31 (some tools treat ids as
@@ -75,18 +73,7 @@ pub fn allocate_host_id_range(lock_dir: &Path) -> Result<HostIdRange, UsernsErro
 /// Locks the slot's file; `None` when another sandbox holds it.
 fn lock_slot(path: &Path) -> std::io::Result<Option<File>> {
     loop {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)?;
-        match sys::fd::flock(file.as_fd(), libc::LOCK_EX | libc::LOCK_NB) {
-            Ok(()) => {}
-            Err(libc::EWOULDBLOCK) => return Ok(None),
-            Err(errno) => return Err(std::io::Error::from_raw_os_error(errno)),
-        }
+        let Some(file) = crate::host::try_lock_file(path)? else { return Ok(None) };
         // The holder before us may have unlinked the file between our open and our lock: then our lock is on a
         // file nobody else will ever open, and we must lock the path's current file instead.
         let ours = file.metadata()?;

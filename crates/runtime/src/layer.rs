@@ -20,12 +20,14 @@
 //! planted (to `/etc/passwd`, to `../../outside`) is read as a link, never through, and a directory swapped for a
 //! link while airlock reads cannot lead it elsewhere.
 
+// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
+#![forbid(unsafe_code)]
+
 use std::collections::HashSet;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read};
-use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -1196,16 +1198,10 @@ fn open_root(path: &Path) -> Result<OwnedFd, LayerError> {
         .map_err(|source| LayerError::OpenDir { path: path.to_path_buf(), source })
 }
 
-/// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC)`.
+/// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC)`: a symlink at `name` fails with ELOOP.
 fn open_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<OwnedFd> {
-    // SAFETY: `dir` is an open descriptor borrowed for the duration of the call and `name` a valid NUL-terminated
-    // string; openat reads nothing else of our memory. O_NOFOLLOW: a symlink at `name` fails with ELOOP.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a new descriptor that nothing else owns; the OwnedFd is its only owner and closes it once.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    sys::fd::openat(dir.as_raw_fd(), name, flags | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0)
+        .map_err(io::Error::from_raw_os_error)
 }
 
 /// A subdirectory, opened for listing; fails with ELOOP or ENOTDIR on anything but a directory.
@@ -1213,44 +1209,26 @@ fn open_dir_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
     open_at(dir, name, libc::O_RDONLY | libc::O_DIRECTORY)
 }
 
-/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`; `None` when there is no such entry.
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)` (a symlink is described, not followed); `None` when there is no
+/// such entry.
 fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<Meta>> {
-    let mut st = MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `dir` is an open descriptor, `name` a valid NUL-terminated string and `st` points to writable memory
-    // the size of a `struct stat`, which the call fills on success. AT_SYMLINK_NOFOLLOW: a symlink is described,
-    // not followed.
-    let ret = unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
-    if ret != 0 {
-        let err = io::Error::last_os_error();
-        return if err.raw_os_error() == Some(libc::ENOENT) { Ok(None) } else { Err(err) };
+    match sys::fs::fstatat(dir.as_raw_fd(), name, libc::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(Meta::from_stat(&st))),
+        Err(libc::ENOENT) => Ok(None),
+        Err(e) => Err(io::Error::from_raw_os_error(e)),
     }
-    // SAFETY: fstatat returned 0, so it wrote a complete `struct stat` into `st`.
-    let st = unsafe { st.assume_init() };
-    Ok(Some(Meta::from_stat(&st)))
 }
 
 /// `fstat(fd)`.
 fn fstat(fd: BorrowedFd<'_>) -> io::Result<Meta> {
-    let mut st = MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `fd` is an open descriptor and `st` points to writable memory the size of a `struct stat`, which the
-    // call fills on success.
-    let ret = unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) };
-    if ret != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fstat returned 0, so it wrote a complete `struct stat` into `st`.
-    let st = unsafe { st.assume_init() };
-    Ok(Meta::from_stat(&st))
+    sys::fd::fstat(fd.as_raw_fd()).map(|st| Meta::from_stat(&st)).map_err(io::Error::from_raw_os_error)
 }
 
 /// `readlinkat(dir, name)`: a symlink's target, as bytes.
 fn readlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize];
     loop {
-        // SAFETY: `dir` is an open descriptor, `name` a valid NUL-terminated string, and `buf` is writable for
-        // `buf.len()` bytes, the most readlinkat writes.
-        let n = unsafe { libc::readlinkat(dir.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        let Ok(n) = usize::try_from(n) else { return Err(io::Error::last_os_error()) };
+        let n = sys::fs::readlinkat(dir.as_raw_fd(), name, &mut buf).map_err(io::Error::from_raw_os_error)?;
         if n < buf.len() {
             buf.truncate(n);
             return Ok(buf);
@@ -1260,54 +1238,35 @@ fn readlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
     }
 }
 
-/// `unlinkat(dir, name, flags)`; an entry already gone is no error.
+/// `unlinkat(dir, name, flags)` (never following a symlink at `name`: the link itself is removed); an entry
+/// already gone is no error.
 fn unlink_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<()> {
-    // SAFETY: `dir` is an open descriptor and `name` a valid NUL-terminated string; unlinkat never follows a
-    // symlink at `name` (it removes the link itself).
-    let ret = unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) };
-    if ret != 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::ENOENT) {
-            return Err(err);
-        }
+    match sys::fs::unlinkat(dir.as_raw_fd(), name, flags) {
+        Ok(()) | Err(libc::ENOENT) => Ok(()),
+        Err(e) => Err(io::Error::from_raw_os_error(e)),
     }
-    Ok(())
 }
+
+/// How many bytes of entries one `getdents64` reads (what glibc's `readdir` asks for).
+const DIR_BUFFER: usize = 32 << 10;
 
 /// The names in a directory, without `.` and `..`.
 fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
-    // A descriptor of its own for the stream (fdopendir takes ownership, and a dup would share the offset).
+    // A descriptor of its own for the reading (the offset belongs to the open file, so a dup would share it).
     let own = open_at(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY)?;
-    let raw = own.into_raw_fd();
-    // SAFETY: `raw` is an open directory descriptor we own; on success the DIR stream owns it and closedir below
-    // closes it.
-    let stream = unsafe { libc::fdopendir(raw) };
-    if stream.is_null() {
-        let err = io::Error::last_os_error();
-        // SAFETY: fdopendir failed, so `raw` is still ours alone and closed exactly once here.
-        unsafe { libc::close(raw) };
-        return Err(err);
-    }
+    let mut buf = vec![0u8; DIR_BUFFER];
     let mut names = Vec::new();
-    let result = loop {
-        // SAFETY: errno is this thread's; clearing it tells the end of the stream (NULL, errno 0) from an error.
-        unsafe { *libc::__errno_location() = 0 };
-        // SAFETY: `stream` is a valid DIR from fdopendir, used by this thread only and not yet closed.
-        let entry = unsafe { libc::readdir(stream) };
-        if entry.is_null() {
-            let errno = sys::errno();
-            break if errno == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(errno)) };
+    loop {
+        let n = sys::dir::getdents64(own.as_fd(), &mut buf).map_err(io::Error::from_raw_os_error)?;
+        if n == 0 {
+            return Ok(names);
         }
-        // SAFETY: readdir returned a valid entry whose d_name is NUL-terminated; it stays valid until the next
-        // readdir or closedir on this stream, and the name is copied out before either.
-        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) }.to_bytes();
-        if name != b"." && name != b".." {
-            names.push(OsString::from_vec(name.to_vec()));
+        for name in sys::dir::Entries::new(&buf[..n]) {
+            if name != b"." && name != b".." {
+                names.push(OsString::from_vec(name.to_vec()));
+            }
         }
-    };
-    // SAFETY: `stream` came from fdopendir and is closed exactly once, here; no entry pointer outlives it.
-    unsafe { libc::closedir(stream) };
-    result.map(|()| names)
+    }
 }
 
 /// The overlayfs marks among an entry's xattrs: one `flistxattr`, then `fgetxattr` for the values that matter.
@@ -1333,17 +1292,14 @@ fn overlay_marks(fd: BorrowedFd<'_>) -> io::Result<OverlayMarks> {
 fn list_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 256];
     loop {
-        // SAFETY: `fd` is an open descriptor and `buf` writable for `buf.len()` bytes, the most flistxattr writes.
-        let n = unsafe { libc::flistxattr(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if let Ok(n) = usize::try_from(n) {
-            buf.truncate(n);
-            return Ok(buf);
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::ENOTSUP) => return Ok(Vec::new()),
-            Some(libc::ERANGE) if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
-            _ => return Err(err),
+        match sys::xattr::flistxattr(fd, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(libc::ENOTSUP) => return Ok(Vec::new()),
+            Err(libc::ERANGE) if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
+            Err(e) => return Err(io::Error::from_raw_os_error(e)),
         }
     }
 }
@@ -1353,18 +1309,14 @@ fn get_xattr(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
     let name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let mut buf = vec![0u8; 256];
     loop {
-        // SAFETY: `fd` is an open descriptor, `name` a valid NUL-terminated string and `buf` writable for
-        // `buf.len()` bytes, the most fgetxattr writes.
-        let n = unsafe { libc::fgetxattr(fd.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if let Ok(n) = usize::try_from(n) {
-            buf.truncate(n);
-            return Ok(Some(buf));
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => return Ok(None),
-            Some(libc::ERANGE) if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
-            _ => return Err(err),
+        match sys::xattr::fgetxattr(fd, &name, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(libc::ENODATA) | Err(libc::ENOTSUP) => return Ok(None),
+            Err(libc::ERANGE) if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
+            Err(e) => return Err(io::Error::from_raw_os_error(e)),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The one crate of the workspace where raw system calls are made: thin wrappers over the calls airlock's sandbox
-//! engine needs, one module per kernel concept (`fd`, `process`, `signal`, `mount`, `capability`, `terminal`).
+//! engine needs, one module per kernel concept (`fd`, `fs`, `dir`, `xattr`, `process`, `namespace`, `signal`,
+//! `mount`, `loop_device`, `capability`, `terminal`, `time`).
 //!
 //! Every function here is async-signal-safe and allocates nothing: they are called after `clone`, in the
 //! sandbox's init and in the command's process, where only such work is allowed. Errors are the raw errno, which
@@ -10,12 +11,18 @@
 #![allow(unsafe_code)]
 
 pub mod capability;
+pub mod dir;
 pub mod fd;
+pub mod fs;
 pub mod landlock;
+pub mod loop_device;
 pub mod mount;
+pub mod namespace;
 pub mod process;
 pub mod signal;
 pub mod terminal;
+pub mod time;
+pub mod xattr;
 
 /// A raw errno value.
 pub type Errno = i32;

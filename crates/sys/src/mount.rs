@@ -3,7 +3,7 @@
 //! attaches one; plus the primitives the sandbox's mounts are made of (a detached tmpfs, attaching a detached
 //! mount onto a mount point opened `O_PATH`, a mount point's directory opened without following symlinks). The
 //! runtime's new root (`mounts`), `/dev` (`dev`) and `/proc` (`proc`) are built from these, and so are the live
-//! checkpoint's overlay swap (`layer::live`) and doctor's probe.
+//! checkpoint's overlay swap (`store::layer::live`) and doctor's probe.
 //!
 //! Also `pivot_root`. Like the rest of this crate, every function here is async-signal-safe and allocates nothing:
 //! they run in the sandbox's init after `clone`, in the live checkpoint's helper and in the probe child. Errors
@@ -153,4 +153,17 @@ pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> Result<(), Errno> {
     // SAFETY: both are valid NUL-terminated strings.
     let ret = unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
     check(ret).map(drop)
+}
+
+/// `mount(source, target, fstype, flags, NULL)`: the old mount call, for a filesystem on a block device.
+pub fn mount(source: &CStr, target: &CStr, fstype: &CStr, flags: libc::c_ulong) -> Result<(), Errno> {
+    // SAFETY: the three are NUL-terminated strings alive for the call; the data argument is null.
+    let ret = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, std::ptr::null()) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// `umount2(target, flags)` (`MNT_DETACH`, `UMOUNT_NOFOLLOW`...).
+pub fn umount2(target: &CStr, flags: i32) -> Result<(), Errno> {
+    // SAFETY: `target` is a NUL-terminated string alive for the call.
+    check(unsafe { libc::umount2(target.as_ptr(), flags) } as libc::c_long).map(drop)
 }

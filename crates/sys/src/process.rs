@@ -129,3 +129,52 @@ pub fn exit_immediately(code: i32) -> ! {
     // SAFETY: _exit never returns and touches no user-space state.
     unsafe { libc::_exit(code) }
 }
+
+/// `waitpid(pid, options)`, retrying on EINTR: the pid waited for (0 with `WNOHANG` when none has changed
+/// state) and its status.
+pub fn waitpid(pid: libc::pid_t, options: i32) -> Result<(libc::pid_t, i32), Errno> {
+    let mut status = 0;
+    // SAFETY: waitpid writes one int into a live local.
+    let waited = crate::retry_eintr(|| unsafe { libc::waitpid(pid, &mut status, options) } as libc::c_long)?;
+    Ok((waited as libc::pid_t, status))
+}
+
+/// The caller's process id (`getpid`), as its own pid namespace numbers it.
+pub fn pid() -> libc::pid_t {
+    // SAFETY: getpid cannot fail and takes no arguments.
+    unsafe { libc::getpid() }
+}
+
+/// Which side of a [`fork`] the caller is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    Child,
+    Parent(libc::pid_t),
+}
+
+/// A fork (`clone(SIGCHLD)`, as [`clone_process`] with no flags) that is safe to call: it first makes sure of
+/// what makes a fork unsafe. `unshare(CLONE_VM)` has nothing to unshare, so it changes nothing, but the kernel
+/// refuses it (`EINVAL`, returned here, nothing forked) unless the calling thread is the only user of its
+/// address space: no other thread, no `CLONE_VM` child. Only this thread could start another before the clone,
+/// and it is busy here. So the child inherits no lock another thread held, and may do any work (it is a copy: the
+/// descriptors and buffers it shares with the parent are the caller's business).
+pub fn fork() -> Result<Forked, Errno> {
+    // SAFETY: unshare takes only integers; with CLONE_VM alone it unshares nothing (the check is its only effect).
+    check(unsafe { libc::unshare(libc::CLONE_VM) } as libc::c_long)?;
+    // SAFETY: clone_process asks for a single-threaded caller, checked just above (only this thread could have
+    // started another since), and for a child doing async-signal-safe work only, which matters only when another
+    // thread may hold a lock the child inherits: with one thread, none can.
+    let pid = unsafe { clone_process(0, None) }?;
+    Ok(if pid == 0 { Forked::Child } else { Forked::Parent(pid) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fork_is_refused_while_another_thread_runs() {
+        // The test harness runs this test on a thread of its own: the process has two at least.
+        assert_eq!(fork(), Err(libc::EINVAL));
+    }
+}

@@ -15,11 +15,14 @@
 //! - each change, once applied, is removed from the layer, so a commit killed half way is finished by running it
 //!   again (what it applied is no change any more), and the temporary files it left are removed then.
 
+// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
+#![forbid(unsafe_code)]
+
 use std::collections::HashSet;
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -257,8 +260,7 @@ impl<'a> Commit<'a> {
             host_root: open_root(&paths.lower)?,
             upper_root: open_root(&paths.upper)?,
             swept: HashSet::new(),
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            is_root: unsafe { libc::geteuid() } == 0,
+            is_root: sys::process::effective_uid() == 0,
         })
     }
 
@@ -605,18 +607,12 @@ fn temp_name() -> CString {
 fn create_temp(dir: BorrowedFd<'_>) -> io::Result<(CString, OwnedFd)> {
     loop {
         let name = temp_name();
+        // O_EXCL: an existing entry (a symlink included) fails with EEXIST instead of being opened.
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-        // SAFETY: `dir` is an open descriptor borrowed for the call, `name` a valid NUL-terminated string, and the
-        // mode argument is passed as the variadic `mode_t` O_CREAT requires. O_EXCL: an existing entry (a symlink
-        // included) fails with EEXIST instead of being opened.
-        let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, 0o600 as libc::c_uint) };
-        if fd >= 0 {
-            // SAFETY: `fd` is a new descriptor nothing else owns; the OwnedFd closes it once.
-            return Ok((name, unsafe { OwnedFd::from_raw_fd(fd) }));
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EEXIST) {
-            return Err(err);
+        match sys::fd::openat(dir.as_raw_fd(), &name, flags, 0o600) {
+            Ok(fd) => return Ok((name, fd)),
+            Err(libc::EEXIST) => {}
+            Err(e) => return Err(io::Error::from_raw_os_error(e)),
         }
     }
 }
@@ -638,50 +634,37 @@ fn open_beneath(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
 }
 
 fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: `fd` is an open descriptor borrowed for the call.
-    check(unsafe { libc::fsync(fd.as_raw_fd()) })
+    sys::fs::fsync(fd).map_err(io::Error::from_raw_os_error)
 }
 
+/// The entry itself, no path resolved.
 fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
-    // SAFETY: `fd` is an open descriptor borrowed for the call; it is the entry itself, no path is resolved.
-    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) })
+    sys::fs::fchmod(fd, mode).map_err(io::Error::from_raw_os_error)
 }
 
+/// The entry itself, no path resolved.
 fn fchown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
-    // SAFETY: `fd` is an open descriptor borrowed for the call; it is the entry itself, no path is resolved.
-    check(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) })
+    sys::fd::fchown(fd.as_raw_fd(), uid, gid).map_err(io::Error::from_raw_os_error)
 }
 
+/// AT_SYMLINK_NOFOLLOW: changes the link itself, never what it points to.
 fn lchown_at(dir: BorrowedFd<'_>, name: &CStr, uid: u32, gid: u32) -> io::Result<()> {
-    // SAFETY: `dir` is an open descriptor and `name` a valid NUL-terminated string; AT_SYMLINK_NOFOLLOW changes
-    // the link itself, never what it points to.
-    check(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) })
+    sys::fs::fchownat(dir.as_raw_fd(), name, uid, gid, libc::AT_SYMLINK_NOFOLLOW).map_err(io::Error::from_raw_os_error)
 }
 
+/// Fails with EEXIST on an existing entry and never follows one.
 fn symlink_at(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    // SAFETY: `target` and `name` are valid NUL-terminated strings and `dir` an open descriptor; symlinkat fails
-    // with EEXIST on an existing entry and never follows one.
-    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })
+    sys::fd::symlinkat(target, dir.as_raw_fd(), name).map_err(io::Error::from_raw_os_error)
 }
 
+/// Fails with EEXIST on an existing entry (a symlink included) and never follows one.
 fn mkdir_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
-    // SAFETY: `dir` is an open descriptor and `name` a valid NUL-terminated string; mkdirat fails with EEXIST on
-    // an existing entry (a symlink included) and never follows one.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) })
+    sys::fs::mkdirat(dir.as_raw_fd(), name, mode).map_err(io::Error::from_raw_os_error)
 }
 
+/// Replaces the entry `to` itself (a symlink there is replaced, not followed).
 fn rename_at(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> io::Result<()> {
-    // SAFETY: `dir` is an open descriptor and both names valid NUL-terminated strings; renameat replaces the entry
-    // `to` itself (a symlink there is replaced, not followed).
-    check(unsafe { libc::renameat(dir.as_raw_fd(), from.as_ptr(), dir.as_raw_fd(), to.as_ptr()) })
-}
-
-fn check(ret: libc::c_int) -> io::Result<()> {
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    sys::fs::renameat(dir.as_raw_fd(), from, dir.as_raw_fd(), to).map_err(io::Error::from_raw_os_error)
 }
 
 #[cfg(test)]

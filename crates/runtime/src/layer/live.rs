@@ -24,16 +24,20 @@
 //! directory, so under Landlock they cannot write to the new tree: run them again (`airlock exec`). Processes see
 //! the stop and continue (a parent waiting with `WUNTRACED` is told).
 
+// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
+#![forbid(unsafe_code)]
+
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use crate::failure::os_error;
 use crate::mounts::{self, OverlayFds};
 use crate::namespaces::{self, Kind};
 use crate::plan::MAX_FROZEN_LAYERS;
 use crate::userns::{translate_id, IdSide};
-use sys::mount;
-use sys::Errno;
+use sys::process::Forked;
+use sys::{mount, namespace, Errno};
 
 /// How long processes have to stop after `SIGSTOP` (a process in a long uninterruptible system call).
 const STOP_WAIT_MS: u32 = 5000;
@@ -189,26 +193,23 @@ impl LiveSandbox {
     /// namespace, with `/proc/self` its own); the worker reports a failed step on a pipe.
     fn run(&self, workspace: &CStr, op: &Op) -> Result<(), LiveError> {
         let (read_end, write_end) = sys::fd::pipe_cloexec().map_err(|e| LiveError::Helper(os_error(e)))?;
-        // SAFETY: airlock is single-threaded; the child does only async-signal-safe work (system calls on data
-        // prepared before the fork, fixed-size buffers) and leaves with _exit.
-        let forked = unsafe { sys::process::clone_process(0, None) };
-        let helper = match forked {
-            Ok(0) => {
+        // airlock is single-threaded (`fork` refuses otherwise); the child still does async-signal-safe work only
+        // (system calls on data prepared before the fork, fixed-size buffers) and leaves with _exit.
+        let helper = match sys::process::fork() {
+            Ok(Forked::Child) => {
                 drop(read_end);
                 // By number: `helper_main` never returns (it exits), so `write_end` is never dropped in the
                 // helper and the descriptor stays open for its report.
                 helper_main(self, workspace, op, write_end.as_raw_fd())
             }
-            Ok(pid) => pid,
+            Ok(Forked::Parent(pid)) => pid,
             Err(e) => {
                 drop((read_end, write_end));
                 return Err(LiveError::Helper(os_error(e)));
             }
         };
         drop(write_end);
-        let mut status = 0;
-        // SAFETY: `status` is a live int.
-        let _ = sys::retry_eintr(|| unsafe { libc::waitpid(helper, &mut status, 0) } as libc::c_long);
+        let status = sys::process::waitpid(helper, 0).map_or(0, |(_, status)| status);
         let mut report = [0u8; 8];
         let got = sys::fd::read(read_end.as_raw_fd(), &mut report);
         drop(read_end);
@@ -248,10 +249,8 @@ fn helper_main(sandbox: &LiveSandbox, workspace: &CStr, op: &Op, report: RawFd) 
     // namespace by the worker.
     let mut new_overlay = -1;
     if let Op::Swap(stack) = op {
-        // SAFETY: setns and unshare take only integers; this process is single-threaded.
-        let entered = sys::check(unsafe { libc::setns(pidfd, Kind::User.flag()) } as libc::c_long)
-            // SAFETY: as above.
-            .and_then(|_| sys::check(unsafe { libc::unshare(Kind::Mount.flag()) } as libc::c_long));
+        // This process is single-threaded, as entering a user namespace needs.
+        let entered = namespace::setns(pidfd, Kind::User.flag()).and_then(|()| namespace::unshare(Kind::Mount.flag()));
         if let Err(e) = entered {
             fail(LiveStep::EnterNamespaces, e);
         }
@@ -270,33 +269,28 @@ fn helper_main(sandbox: &LiveSandbox, workspace: &CStr, op: &Op, report: RawFd) 
         }
         new_overlay = trees[0];
         let (mnt_ns, pid_ns) = (sandbox.mnt_ns.as_raw_fd(), sandbox.pid_ns.as_raw_fd());
-        // SAFETY: setns takes only integers.
-        let entered = sys::check(unsafe { libc::setns(mnt_ns, Kind::Mount.flag()) } as libc::c_long)
-            // SAFETY: as above.
-            .and_then(|_| sys::check(unsafe { libc::setns(pid_ns, Kind::Pid.flag()) } as libc::c_long));
+        let entered =
+            namespace::setns(mnt_ns, Kind::Mount.flag()).and_then(|()| namespace::setns(pid_ns, Kind::Pid.flag()));
         if let Err(e) = entered {
             fail(LiveStep::EnterNamespaces, e);
         }
     } else {
         const FLAGS: libc::c_int = namespaces::flags(&[Kind::User, Kind::Mount, Kind::Pid]);
-        // SAFETY: setns takes only integers; this process is single-threaded.
-        let entered = unsafe { libc::setns(pidfd, FLAGS) };
-        if let Err(e) = sys::check(entered as libc::c_long) {
+        // This process is single-threaded, as entering a user namespace needs.
+        if let Err(e) = namespace::setns(pidfd, FLAGS) {
             fail(LiveStep::EnterNamespaces, e);
         }
     }
-    // SAFETY: as for the helper itself (single-threaded; the worker does async-signal-safe work only).
-    match unsafe { sys::process::clone_process(0, None) } {
-        Ok(0) => {
+    // As for the helper itself (single-threaded; the worker does async-signal-safe work only).
+    match sys::process::fork() {
+        Ok(Forked::Child) => {
             if let Err((step, e)) = worker(uid, gid, workspace, op, new_overlay) {
                 fail(step, e);
             }
             sys::process::exit_immediately(0)
         }
-        Ok(pid) => {
-            let mut status = 0;
-            // SAFETY: `status` is a live int.
-            let _ = sys::retry_eintr(|| unsafe { libc::waitpid(pid, &mut status, 0) } as libc::c_long);
+        Ok(Forked::Parent(pid)) => {
+            let status = sys::process::waitpid(pid, 0).map_or(0, |(_, status)| status);
             let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
             sys::process::exit_immediately(if ok { 0 } else { 1 })
         }
@@ -319,11 +313,9 @@ fn worker(uid: u32, gid: u32, workspace: &CStr, op: &Op, new_overlay: RawFd) -> 
             let frozen = wait_all_stopped().and_then(|()| {
                 let ws = open_dir(workspace).map_err(at(LiveStep::OpenWorkspace))?;
                 // The layer's data on disk before it is frozen.
-                // SAFETY: syncfs takes an open descriptor.
-                let synced = sys::check(unsafe { libc::syncfs(ws) } as libc::c_long).map(drop);
-                let result = synced.map_err(at(LiveStep::Sync)).and_then(|()| make_read_only(ws, true));
-                sys::fd::close(ws);
-                result
+                let synced = sys::fs::syncfs(ws.as_fd());
+                // `ws` is closed when it goes out of scope here.
+                synced.map_err(at(LiveStep::Sync)).and_then(|()| make_read_only(ws.as_raw_fd(), true))
             });
             if frozen.is_err() {
                 let _ = signal_all(libc::SIGCONT);
@@ -332,11 +324,7 @@ fn worker(uid: u32, gid: u32, workspace: &CStr, op: &Op, new_overlay: RawFd) -> 
         }
         Op::Thaw => {
             let ws = open_dir(workspace).map_err(at(LiveStep::OpenWorkspace));
-            let writable = ws.and_then(|fd| {
-                let r = make_read_only(fd, false);
-                sys::fd::close(fd);
-                r
-            });
+            let writable = ws.and_then(|fd| make_read_only(fd.as_raw_fd(), false));
             let continued = signal_all(libc::SIGCONT).map_err(at(LiveStep::Continue));
             writable.and(continued)
         }
@@ -355,9 +343,7 @@ fn worker(uid: u32, gid: u32, workspace: &CStr, op: &Op, new_overlay: RawFd) -> 
 fn replace_mount(workspace: &CStr, new: RawFd) -> StepResult {
     let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
     let old = mount::open_tree(libc::AT_FDCWD, workspace, flags).map_err(at(LiveStep::CloneOld))?;
-    // SAFETY: a NUL-terminated path; no other pointer.
-    let detached = sys::check(unsafe { libc::umount2(workspace.as_ptr(), libc::MNT_DETACH) } as libc::c_long);
-    if let Err(e) = detached {
+    if let Err(e) = mount::umount2(workspace, libc::MNT_DETACH) {
         return Err((LiveStep::DetachOld, e));
     }
     let moved = mount::move_mount(new, mount::EMPTY, libc::AT_FDCWD, workspace, libc::MOVE_MOUNT_F_EMPTY_PATH);
@@ -388,11 +374,8 @@ fn open_stack(stack: &NewStack, fds: &mut OverlayFds) -> Result<(), Errno> {
     Ok(())
 }
 
-fn open_dir(path: &CStr) -> Result<RawFd, Errno> {
-    // SAFETY: a NUL-terminated path; no other pointer.
-    sys::check_fd(
-        unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) } as libc::c_long
-    )
+fn open_dir(path: &CStr) -> Result<OwnedFd, Errno> {
+    sys::fd::open(path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
 }
 
 /// The overlay's mount read-only (or writable again). `EBUSY` while a system call that writes is in flight is
@@ -405,7 +388,7 @@ fn make_read_only(ws: RawFd, read_only: bool) -> StepResult {
             Ok(()) => return Ok(()),
             Err(libc::EBUSY) if attempts < READONLY_ATTEMPTS => {
                 attempts += 1;
-                sleep_ms(2);
+                sys::time::sleep(Duration::from_millis(2));
             }
             Err(e) => return Err((LiveStep::MakeReadOnly, e)),
         }
@@ -434,7 +417,7 @@ fn wait_all_stopped() -> StepResult {
         if waited >= STOP_WAIT_MS {
             return Err((LiveStep::WaitStopped, libc::ETIMEDOUT));
         }
-        sleep_ms(1);
+        sys::time::sleep(Duration::from_millis(1));
         waited += 1;
         if waited % RESTOP_EVERY_MS == 0 {
             signal_all(libc::SIGSTOP).map_err(at(LiveStep::Stop))?;
@@ -443,40 +426,25 @@ fn wait_all_stopped() -> StepResult {
 }
 
 fn all_stopped() -> Result<bool, Errno> {
-    // SAFETY: getpid takes no arguments.
-    let me = unsafe { libc::getpid() } as u64;
-    // SAFETY: a NUL-terminated path.
-    let dir =
-        sys::check_fd(unsafe { libc::open(c"/proc".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) }
-            as libc::c_long)?;
+    let me = sys::process::pid() as u64;
+    // Closed when this returns.
+    let dir = sys::fd::open(c"/proc", libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)?;
     let mut buf = [0u8; 4096];
-    let result = (|| loop {
-        // SAFETY: `buf` is writable for its length.
-        let n = sys::check(unsafe { libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len()) })?;
+    loop {
+        let n = sys::dir::getdents64(dir.as_fd(), &mut buf)?;
         if n == 0 {
             return Ok(true);
         }
-        let mut off = 0usize;
-        while off + 19 < n as usize {
-            // struct linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name.
-            let reclen = usize::from(u16::from_ne_bytes([buf[off + 16], buf[off + 17]]));
-            if reclen == 0 {
-                break;
-            }
-            let name = &buf[off + 19..(off + reclen).min(n as usize)];
-            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-            off += reclen;
+        for name in sys::dir::Entries::new(&buf[..n]) {
             let Some(pid) = parse_u64(name) else { continue };
             if pid == 1 || pid == me {
                 continue;
             }
-            if !is_stopped(dir, name)? {
+            if !is_stopped(dir.as_raw_fd(), name)? {
                 return Ok(false);
             }
         }
-    })();
-    sys::fd::close(dir);
-    result
+    }
 }
 
 /// Whether `/proc/PID/stat`'s state is stopped (`T`, `t`) or gone (`Z`, `X`, or no such process any more).
@@ -487,16 +455,16 @@ fn is_stopped(proc_dir: RawFd, pid: &[u8]) -> Result<bool, Errno> {
     }
     path[..pid.len()].copy_from_slice(pid);
     path[pid.len()..pid.len() + 5].copy_from_slice(b"/stat");
-    // SAFETY: `path` is NUL-terminated (zeroed past the name).
-    let fd = unsafe { libc::openat(proc_dir, path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    let fd = match sys::check_fd(fd as libc::c_long) {
+    // NUL-terminated: zeroed past the name (a pid holds no NUL).
+    let Ok(path) = CStr::from_bytes_until_nul(&path) else { return Ok(true) };
+    let fd = match sys::fd::openat(proc_dir, path, libc::O_RDONLY | libc::O_CLOEXEC, 0) {
         Ok(fd) => fd,
         Err(libc::ENOENT) | Err(libc::ESRCH) => return Ok(true),
         Err(e) => return Err(e),
     };
     let mut stat = [0u8; 512];
-    let n = sys::fd::read(fd, &mut stat);
-    sys::fd::close(fd);
+    let n = sys::fd::read(fd.as_raw_fd(), &mut stat);
+    drop(fd);
     let n = match n {
         Ok(n) => n,
         Err(libc::ESRCH) => return Ok(true),
@@ -516,12 +484,6 @@ fn parse_u64(s: &[u8]) -> Option<u64> {
         return None;
     }
     s.iter().try_fold(0u64, |acc, &b| b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0')))
-}
-
-fn sleep_ms(ms: u64) {
-    let ts = libc::timespec { tv_sec: 0, tv_nsec: (ms * 1_000_000) as libc::c_long };
-    // SAFETY: `ts` is a live timespec; the remainder pointer may be null.
-    unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
 }
 
 /// Init's ids inside its user namespace: its host ids (`/proc/PID/status`) looked up in its maps.

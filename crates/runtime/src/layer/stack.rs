@@ -13,6 +13,9 @@
 //! or commit takes out of the composed layer is then taken out of every real layer at the same path (a frozen
 //! layer included: discard and commit rewrite the checkpoints, which keep their labels).
 
+// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
+#![forbid(unsafe_code)]
+
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -342,21 +345,13 @@ fn copy_dir_attrs(from: BorrowedFd<'_>, to: BorrowedFd<'_>, meta: &super::Meta) 
     // Only when it differs: an ordinary user (rootless) owns its whole layer, and cannot chown.
     let made = stat_at(to, c".")?.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
     if (made.uid, made.gid) != (meta.uid, meta.gid) {
-        // SAFETY: `to` is an open descriptor; fchown reads no memory of ours.
-        if unsafe { libc::fchown(to.as_raw_fd(), meta.uid, meta.gid) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        sys::fd::fchown(to.as_raw_fd(), meta.uid, meta.gid).map_err(io::Error::from_raw_os_error)?;
     }
     let names = super::list_xattrs(from)?;
     for name in names.split(|&b| b == 0).filter(|n| n.starts_with(b"user.")) {
         let Some(value) = super::get_xattr(from, name)? else { continue };
         let cname = std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: `to` is an open descriptor, `cname` a valid NUL-terminated string and `value` readable for its
-        // length, the size given.
-        let ret = unsafe { libc::fsetxattr(to.as_raw_fd(), cname.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-        if ret != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        sys::xattr::fsetxattr(to, &cname, &value, 0).map_err(io::Error::from_raw_os_error)?;
     }
     fchmod(to, meta.perm())
 }
@@ -411,47 +406,25 @@ fn count_in(dir: BorrowedFd<'_>, path: &Path, depth: usize) -> Result<u64, Layer
     Ok(count)
 }
 
-/// `linkat(from_dir, from, to_dir, to, 0)`: a hard link to the entry itself (a symlink is linked, not followed).
+/// `linkat(from_dir, from, to_dir, to, 0)`: a hard link to the entry itself (without `AT_SYMLINK_FOLLOW` a
+/// symlink is linked, not followed).
 fn link_at(from_dir: BorrowedFd<'_>, from: &CStr, to_dir: BorrowedFd<'_>, to: &CStr) -> io::Result<()> {
-    // SAFETY: both descriptors are open for the duration of the call and both names valid NUL-terminated
-    // strings; without AT_SYMLINK_FOLLOW linkat never follows a symlink at `from`.
-    let ret = unsafe { libc::linkat(from_dir.as_raw_fd(), from.as_ptr(), to_dir.as_raw_fd(), to.as_ptr(), 0) };
-    if ret != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    sys::fs::linkat(from_dir.as_raw_fd(), from, to_dir.as_raw_fd(), to, 0).map_err(io::Error::from_raw_os_error)
 }
 
-/// `mkdirat(dir, name, 0700)` (the mode is set afterwards with `fchmod`, free of the umask).
+/// `mkdirat(dir, name, 0700)` (the mode is set afterwards with `fchmod`, free of the umask); never follows a
+/// symlink at `name` (it fails with EEXIST).
 fn mkdir_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    // SAFETY: `dir` is an open descriptor and `name` a valid NUL-terminated string; mkdirat never follows a
-    // symlink at `name` (it fails with EEXIST).
-    let ret = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o700) };
-    if ret != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    sys::fs::mkdirat(dir.as_raw_fd(), name, 0o700).map_err(io::Error::from_raw_os_error)
 }
 
 fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
-    // SAFETY: `fd` is an open descriptor; fchmod reads no memory of ours.
-    let ret = unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) };
-    if ret != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    sys::fs::fchmod(fd, mode as libc::mode_t).map_err(io::Error::from_raw_os_error)
 }
 
 /// Marks a composed directory opaque the way airlock's overlay does (`userxattr`).
 fn set_opaque(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let name = c"user.overlay.opaque";
-    // SAFETY: `fd` is an open descriptor, `name` a valid NUL-terminated string and the value one readable byte,
-    // the length given.
-    let ret = unsafe { libc::fsetxattr(fd.as_raw_fd(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
-    if ret != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    sys::xattr::fsetxattr(fd, c"user.overlay.opaque", b"y", 0).map_err(io::Error::from_raw_os_error)
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ pub fn list(name: &str, json: bool) -> Result<i32> {
     store::sandbox::layer_of(&state, name, false)?;
     let mut docs = Vec::new();
     for c in store::checkpoint::checkpoints(&state.sandbox(name))? {
-        let changes = runtime::layer::count_entries(&c.dir)
+        let changes = store::layer::count_entries(&c.dir)
             .with_context(|| format!("cannot read checkpoint {} of sandbox {name}", c.label))?;
         docs.push(CheckpointDoc { label: c.label, created: c.created, changes });
     }

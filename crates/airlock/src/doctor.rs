@@ -21,7 +21,7 @@ fn default_limits() -> Limits {
 /// Probe the host, print the report, and return the exit status: 0 when `airlock run` with the default profile
 /// can work here as this user, 1 otherwise.
 pub fn run_doctor(json: bool) -> anyhow::Result<i32> {
-    let report = probe::probe_host();
+    let report = probe::probe_host(store::layer::disk::probe);
     let limits = default_limits();
     let blockers = report.blockers(DEFAULT_LANDLOCK, &limits);
     let can_run = blockers.is_empty();
@@ -116,7 +116,7 @@ mod tests {
 
     #[test]
     fn json_has_the_documented_fields() {
-        let report = probe::probe_host();
+        let report = probe::probe_host(store::layer::disk::probe);
         let doc = serde_json::to_value(to_json(&report, &[], "summary")).unwrap();
         assert_eq!(doc["version"], 1);
         assert!(doc["user"]["uid"].is_u64());
@@ -137,7 +137,7 @@ mod tests {
 
     #[test]
     fn text_has_one_line_per_check_and_the_summary() {
-        let report = probe::probe_host();
+        let report = probe::probe_host(store::layer::disk::probe);
         let text = render_text(&report, "the summary");
         let status_lines = text
             .lines()

@@ -94,5 +94,5 @@ fn pending_changes(dir: &state::SandboxDir, record: &state::SandboxRecord) -> Op
         return None;
     }
     let stack = store::sandbox::layer_stack(dir, lower).ok()?;
-    runtime::layer::diff_stack(&stack, &[]).ok().map(|changes| changes.len() as u64)
+    store::layer::diff_stack(&stack, &[]).ok().map(|changes| changes.len() as u64)
 }

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use runtime::layer::{self, Change, ChangeKind, EntryType, LayerPaths, LayerStack};
 use serde::Serialize;
+use store::layer::{self, Change, ChangeKind, EntryType, LayerPaths, LayerStack};
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
@@ -127,7 +127,7 @@ fn report_commit(outcome: &layer::CommitOutcome, workspace: &Path, running: bool
 
 /// `airlock diff`: the changes, one line each and a summary; or `--json`; or `--patch`. Exit status 0.
 pub fn diff(stack: &LayerStack, args: &DiffArgs) -> Result<i32> {
-    // With checkpoints, the layers are composed into one view first (see `runtime::layer::compose`).
+    // With checkpoints, the layers are composed into one view first (see `store::layer::compose`).
     let composed =
         layer::compose(stack).with_context(|| format!("cannot diff the workspace of sandbox {}", args.name))?;
     let layer = composed.paths();

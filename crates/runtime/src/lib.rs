@@ -19,8 +19,6 @@ pub mod gateway;
 pub mod host;
 pub mod init;
 pub mod landlock;
-pub mod layer;
-pub mod loopdev;
 pub mod mounts;
 pub mod namespaces;
 pub mod net;

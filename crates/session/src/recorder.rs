@@ -251,7 +251,7 @@ impl Recorder {
     }
 
     /// Resource, file and `exited` records at the end of a run.
-    pub fn finish(&mut self, outcome: &RunOutcome, report: &RunReport, layer: Option<&runtime::layer::LayerStack>) {
+    pub fn finish(&mut self, outcome: &RunOutcome, report: &RunReport, layer: Option<&store::layer::LayerStack>) {
         match outcome {
             RunOutcome::TimedOut(elapsed) => self.append(&Event::Resource {
                 resource: "timeout".into(),
@@ -435,9 +435,9 @@ fn resources_of(stats: &CgroupStats) -> Value {
 }
 
 /// A `files` record of the layer's changes, or `None` when it cannot be read (a warning says so).
-pub fn files_event(stack: &runtime::layer::LayerStack, trigger: &str, label: Option<&str>) -> Option<Event> {
-    let composed = runtime::layer::compose(stack).ok()?;
-    let changes = runtime::layer::diff_layer(composed.paths(), &[]).ok()?;
+pub fn files_event(stack: &store::layer::LayerStack, trigger: &str, label: Option<&str>) -> Option<Event> {
+    let composed = store::layer::compose(stack).ok()?;
+    let changes = store::layer::diff_layer(composed.paths(), &[]).ok()?;
     let total = changes.len();
     let changes = changes
         .iter()

@@ -7,7 +7,7 @@
 //! `upper/`: the workspace shows exactly what it showed right after the checkpoint LABEL was taken.
 //!
 //! Both change the layers, which overlayfs forbids while they are mounted. For a running long-lived sandbox
-//! (`airlock create`) they replace its workspace overlay in place (see `runtime::layer::live`): its processes are
+//! (`airlock create`) they replace its workspace overlay in place (see `layer::live`): its processes are
 //! stopped, the old overlay made read-only, the directories renamed on the host, a new overlay mounted in its
 //! place, and the processes continued. Every such transaction records each rename it made and, on failure,
 //! undoes them in reverse before the processes continue: the sandbox is left as it was. A commit or discard of a
@@ -19,7 +19,7 @@ use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use runtime::layer::live::{LiveSandbox, NewStack};
+use crate::layer::live::{LiveSandbox, NewStack};
 
 use crate::error::StoreError;
 use crate::layout::{self, LayerDir, SandboxDir, StateDir};
@@ -117,7 +117,7 @@ pub fn roll_back(state: &StateDir, name: &str, label: &str) -> Result<bool, Stor
     };
     // Newest first: a rollback killed half way leaves a prefix of the stack, and running it again finishes.
     for newer in all.iter().rev().filter(|c| c.index > target.index) {
-        runtime::layer::remove_path(&newer.dir).map_err(|source| StoreError::RemoveCheckpoint {
+        crate::layer::remove_path(&newer.dir).map_err(|source| StoreError::RemoveCheckpoint {
             label: newer.label.clone(),
             path: newer.dir.clone(),
             source,
@@ -125,7 +125,7 @@ pub fn roll_back(state: &StateDir, name: &str, label: &str) -> Result<bool, Stor
         let _ = fs::remove_file(layer.checkpoint_created(newer.index, &newer.label));
     }
     let upper = layer.upper();
-    runtime::layer::clear_dir(&upper).map_err(|source| StoreError::Empty { path: upper.clone(), source })?;
+    crate::layer::clear_dir(&upper).map_err(|source| StoreError::Empty { path: upper.clone(), source })?;
     empty_work(&layer.work())?;
     Ok(false)
 }
@@ -188,13 +188,13 @@ fn empty_work(work: &Path) -> Result<(), StoreError> {
             .map_err(|source| StoreError::OpenUp { path: inner.clone(), source })?;
     }
     if work.is_dir() {
-        runtime::layer::clear_dir(work).map_err(|source| StoreError::Empty { path: work.to_path_buf(), source })?;
+        crate::layer::clear_dir(work).map_err(|source| StoreError::Empty { path: work.to_path_buf(), source })?;
     }
     Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// A running long-lived sandbox: the overlay is replaced in place (runtime::layer::live).
+// A running long-lived sandbox: the overlay is replaced in place (layer::live).
 
 /// What a live checkpoint, rollback or change needs: the sandbox's init, its workspace, its layer's directory,
 /// and the lock that keeps two of them apart.
@@ -311,7 +311,7 @@ impl RunningLayer {
 /// Removes what was put aside (an old work dir's `work/work` has mode 000: opened up first).
 fn remove_aside(aside: &Path) {
     let _ = empty_work(&aside.join("work"));
-    let _ = runtime::layer::remove_path(aside);
+    let _ = crate::layer::remove_path(aside);
 }
 
 /// Renames, remembered so that they can be undone in reverse.
@@ -430,9 +430,9 @@ fn roll_back_running(state: &StateDir, name: &str, label: &str) -> Result<(), St
 }
 
 /// What a change to the layers of a running sandbox gets: its layer stack as copies (upper and checkpoints, see
-/// `runtime::layer::clone_layer`) over the workspace, and when it was created.
+/// `layer::clone_layer`) over the workspace, and when it was created.
 pub struct LayerCopy<'a> {
-    pub stack: &'a runtime::layer::LayerStack,
+    pub stack: &'a crate::layer::LayerStack,
     pub created: f64,
 }
 
@@ -473,7 +473,7 @@ where
     for c in checkpoints.iter().rev() {
         pairs.push((c.dir.clone(), copies.join(layout::checkpoint_name(c.index, &c.label))));
     }
-    let copy_stack = runtime::layer::LayerStack {
+    let copy_stack = crate::layer::LayerStack {
         upper: copies.join("upper"),
         frozen: pairs[1..].iter().map(|(_, copy)| copy.clone()).collect(),
         lower: PathBuf::from(&running.workspace),
@@ -483,7 +483,7 @@ where
     running.freeze(what)?;
     // Frozen: nothing in the sandbox writes, and its overlay is read-only. The copies are of that state.
     let copied = pairs.iter().try_for_each(|(original, copy)| {
-        runtime::layer::clone_layer(original, copy)
+        crate::layer::clone_layer(original, copy)
             .map_err(|source| StoreError::CopyLayer { path: original.clone(), source })
     });
     if let Err(e) = copied {

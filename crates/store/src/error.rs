@@ -4,9 +4,9 @@
 use std::io;
 use std::path::PathBuf;
 
-use runtime::layer::disk::DiskError;
-use runtime::layer::live::LiveError;
-use runtime::layer::LayerError;
+use crate::layer::disk::DiskError;
+use crate::layer::live::LiveError;
+use crate::layer::LayerError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -153,7 +153,7 @@ impl SandboxDir {
             return Ok(LayerDir { root: self.path.clone() });
         }
         let mountpoint = self.layer_mountpoint();
-        runtime::layer::disk::ensure_mounted(&self.layer_image(), &mountpoint)
+        crate::layer::disk::ensure_mounted(&self.layer_image(), &mountpoint)
             .map_err(|source| StoreError::MountDiskLayer { dir: self.path.clone(), source })?;
         Ok(LayerDir { root: mountpoint })
     }

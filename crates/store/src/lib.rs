@@ -1,17 +1,22 @@
 //! airlock's workspace store: what airlock keeps on the host for each sandbox, and the transactions that change
 //! it. One module owns the on-disk layout ([`layout`]: every file and directory name is spelled there and only
-//! there); [`sandbox`] claims a sandbox's state (its lock, its record, its layer's directories); [`checkpoint`]
-//! holds the checkpoint, rollback and live-change transactions, each of which either completes or puts every
-//! directory back.
+//! there); [`sandbox`] claims a sandbox's state (its lock, its record, its layer's directories); [`layer`] is the
+//! copy-on-write layer engine (diff, discard, commit, checkpoint stacks composed; [`layer::disk`] the `--disk`
+//! image on a loop device ([`loopdev`]), [`layer::live`] the overlay of a running sandbox replaced in place);
+//! [`checkpoint`] holds the checkpoint, rollback and live-change transactions, each of which either completes or
+//! puts every directory back.
 //!
-//! Synchronous and free of unsafe code: the few kernel operations it needs (mounting a disk-bounded layer,
-//! replacing a running sandbox's overlay, walking layers without following symlinks) come from the runtime crate.
+//! Synchronous and free of unsafe code: its system calls (walking layers without following symlinks, mounting a
+//! disk-bounded layer, the live checkpoint's helper in the sandbox's namespaces) are the sys crate's, and what it
+//! shares with the sandbox engine (namespaces, the workspace overlay's mount, id maps) the runtime crate's.
 
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
 pub mod error;
+pub mod layer;
 pub mod layout;
+pub mod loopdev;
 pub mod record;
 pub mod sandbox;
 

@@ -120,7 +120,7 @@ impl SandboxState {
                 return Err(StoreError::DiskBoundAfterwards { size: human_size(size), name: self.name.clone() })
             }
             (Some(size), true) => {
-                let had = runtime::layer::disk::image_size(&image).map_err(StoreError::Disk)?;
+                let had = crate::layer::disk::image_size(&image).map_err(StoreError::Disk)?;
                 if had != size {
                     return Err(StoreError::DiskSizeChanged {
                         size: human_size(size),
@@ -144,7 +144,7 @@ impl SandboxState {
             let _ = fs::remove_dir(sub);
         }
         let image = self.dir.layer_image();
-        runtime::layer::disk::create_image(&image, size).map_err(StoreError::Disk)?;
+        crate::layer::disk::create_image(&image, size).map_err(StoreError::Disk)?;
         let layer = self.dir.layer()?;
         ensure_layer_dirs(&layer)
     }
@@ -215,7 +215,7 @@ pub fn sandbox_names(state: &StateDir) -> Result<Vec<String>, StoreError> {
 pub fn remove_sandbox(dir: &SandboxDir) -> Result<(), StoreError> {
     // Never recurse into a mounted layer: if it cannot be unmounted, nothing is removed.
     let mountpoint = dir.layer_mountpoint();
-    runtime::layer::disk::unmount(&mountpoint).map_err(StoreError::Disk)?;
+    crate::layer::disk::unmount(&mountpoint).map_err(StoreError::Disk)?;
     let inner_work = dir.plain_layer().work().join("work");
     if fs::symlink_metadata(&inner_work).is_ok_and(|m| m.is_dir()) {
         let _ = fs::set_permissions(&inner_work, fs::Permissions::from_mode(0o700));
@@ -251,16 +251,16 @@ fn ensure_layer_dirs(layer: &LayerDir) -> Result<(), StoreError> {
 /// not running and no other `airlock commit` or `run` uses it) until the value is dropped.
 pub struct ClaimedLayer {
     pub name: String,
-    pub layer: runtime::layer::LayerStack,
+    pub layer: crate::layer::LayerStack,
     pub dir: SandboxDir,
     pub record: SandboxRecord,
     _lock: File,
 }
 
 /// The layer stack of a sandbox's state directory over `workspace`.
-pub fn layer_stack(dir: &SandboxDir, workspace: &str) -> Result<runtime::layer::LayerStack, StoreError> {
+pub fn layer_stack(dir: &SandboxDir, workspace: &str) -> Result<crate::layer::LayerStack, StoreError> {
     let layer = dir.layer()?;
-    Ok(runtime::layer::LayerStack {
+    Ok(crate::layer::LayerStack {
         upper: layer.upper(),
         frozen: checkpoints(dir)?.into_iter().rev().map(|c| c.dir).collect(),
         lower: PathBuf::from(workspace),
@@ -280,7 +280,7 @@ pub fn claim_layer(state: &StateDir, name: &str) -> Result<ClaimedLayer, StoreEr
 
 /// The copy-on-write layer of the kept sandbox `name`, for `diff` and `discard`. `for_change`: the layer is
 /// about to be modified, which overlayfs forbids while the sandbox runs (its overlay is mounted).
-pub fn layer_of(state: &StateDir, name: &str, for_change: bool) -> Result<runtime::layer::LayerStack, StoreError> {
+pub fn layer_of(state: &StateDir, name: &str, for_change: bool) -> Result<crate::layer::LayerStack, StoreError> {
     policy::names::validate_sandbox_name(name).map_err(StoreError::InvalidName)?;
     let dir = state.sandbox(name);
     if !dir.exists() {

@@ -13,9 +13,6 @@
 //! or commit takes out of the composed layer is then taken out of every real layer at the same path (a frozen
 //! layer included: discard and commit rewrite the checkpoints, which keep their labels).
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};

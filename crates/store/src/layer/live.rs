@@ -24,18 +24,15 @@
 //! directory, so under Landlock they cannot write to the new tree: run them again (`airlock exec`). Processes see
 //! the stop and continue (a parent waiting with `WUNTRACED` is told).
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use crate::failure::os_error;
-use crate::mounts::{self, OverlayFds};
-use crate::namespaces::{self, Kind};
-use crate::plan::MAX_FROZEN_LAYERS;
-use crate::userns::{translate_id, IdSide};
+use runtime::failure::os_error;
+use runtime::mounts::{self, OverlayFds};
+use runtime::namespaces::{self, Kind};
+use runtime::plan::MAX_FROZEN_LAYERS;
+use runtime::userns::{translate_id, IdSide};
 use sys::process::Forked;
 use sys::{mount, namespace, Errno};
 
@@ -113,7 +110,7 @@ pub enum LiveError {
     WriterOpen,
     #[error("the sandbox's processes did not all stop within {}s; nothing was changed", STOP_WAIT_MS / 1000)]
     StopTimeout,
-    #[error("cannot {}: {}", .0.description(), crate::failure::os_error_text(.1))]
+    #[error("cannot {}: {}", .0.description(), runtime::failure::os_error_text(.1))]
     Step(LiveStep, std::io::Error),
     #[error("the sandbox has {0} checkpoints; at most {MAX_FROZEN_LAYERS} can be stacked")]
     TooManyLayers(usize),
@@ -163,7 +160,7 @@ impl LiveSandbox {
         // Owned from here: dropped (its descriptors closed) on every error below.
         let mut sandbox = LiveSandbox { name: name.to_string(), pidfd, mnt_ns, pid_ns, uid: 0, gid: 0 };
         // After the opens: they are known to be init's, not a process's that reused its pid.
-        if crate::host::process_start_time(init_pid) != Some(init_start_time) {
+        if runtime::host::process_start_time(init_pid) != Some(init_start_time) {
             return Err(LiveError::NotRunning(sandbox.name.clone()));
         }
         (sandbox.uid, sandbox.gid) = inside_ids_of(init_pid).map_err(|e| LiveError::ReadIds(init_pid, e))?;
@@ -259,7 +256,7 @@ fn helper_main(sandbox: &LiveSandbox, workspace: &CStr, op: &Op, report: RawFd) 
             fds.close_all();
             fail(LiveStep::OpenLayers, e);
         }
-        if let Err(e) = crate::exec::switch_ids(uid, gid) {
+        if let Err(e) = runtime::exec::switch_ids(uid, gid) {
             fds.close_all();
             fail(LiveStep::SwitchIds, e);
         }
@@ -306,7 +303,7 @@ fn at(step: LiveStep) -> impl Fn(Errno) -> (LiveStep, Errno) {
 
 /// In the sandbox's namespaces, as its root (pid namespace: our `kill(-1)` reaches its processes only).
 fn worker(uid: u32, gid: u32, workspace: &CStr, op: &Op, new_overlay: RawFd) -> StepResult {
-    crate::exec::switch_ids(uid, gid).map_err(at(LiveStep::SwitchIds))?;
+    runtime::exec::switch_ids(uid, gid).map_err(at(LiveStep::SwitchIds))?;
     match op {
         Op::Freeze => {
             signal_all(libc::SIGSTOP).map_err(at(LiveStep::Stop))?;

@@ -6,13 +6,10 @@
 //! last user is gone: our descriptor, closed right after the mount, and then the mount, when it is unmounted.
 //! So no loop device outlives the mount, and a failed mount leaves none behind.
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use crate::failure::{os_error, os_error_text};
+use runtime::failure::{os_error, os_error_text};
 use sys::{loop_device, Errno};
 
 /// How often a device that another process took between `LOOP_CTL_GET_FREE` and `LOOP_CONFIGURE` is asked for

@@ -12,9 +12,6 @@
 //! [`unmount`] before it deletes the image. A user namespace cannot mount ext4 from a loop device, so rootless
 //! this is refused ([`DiskError::NeedsRoot`]) rather than run unbounded.
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
@@ -23,8 +20,8 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use crate::failure::{os_error, os_error_text};
 use crate::loopdev::{self, LoopError};
+use runtime::failure::{os_error, os_error_text};
 
 /// The smallest image: ext4 with a journal needs a few megabytes of its own.
 pub const MIN_DISK_BYTES: u64 = 4 << 20;
@@ -64,7 +61,7 @@ pub enum DiskError {
 /// Creates `image` (sparse, `size` bytes, mode 600, must not exist) and formats it ext4, root-owned root
 /// directory, no blocks reserved (the sandbox's identity is never host root, so reserved blocks would be lost).
 pub fn create_image(image: &Path, size: u64) -> Result<(), DiskError> {
-    if !crate::host::is_host_root() {
+    if !runtime::host::is_host_root() {
         return Err(DiskError::NeedsRoot);
     }
     if size < MIN_DISK_BYTES {
@@ -129,7 +126,7 @@ pub fn ensure_mounted(image: &Path, mountpoint: &Path) -> Result<(), DiskError> 
     if is_mounted(mountpoint)? {
         return Ok(());
     }
-    if !crate::host::is_host_root() {
+    if !runtime::host::is_host_root() {
         return Err(DiskError::NeedsRoot);
     }
     let display = image.display().to_string();

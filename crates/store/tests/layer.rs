@@ -1,4 +1,4 @@
-//! `runtime::layer` on real overlayfs: a lower and an upper directory in a temporary directory, the overlay mounted
+//! `store::layer` on real overlayfs: a lower and an upper directory in a temporary directory, the overlay mounted
 //! with the `mount` command, real changes made through the mount, then (unmounted) `diff_layer` must list exactly
 //! what changed, `discard_changes` drop exactly what it is asked to, and planted symlinks and hostile names must
 //! never lead it outside the layer.
@@ -7,11 +7,12 @@
 //! The 10,000-file timing and the `PATH` parsing need nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-// Tests of the runtime crate call raw syscalls to set up and check what it does, as the crate itself does.
-#![allow(unsafe_code)]
+// Like the store itself: the few system calls the set-up needs are the sys crate's.
+#![forbid(unsafe_code)]
 
 use std::ffi::{CString, OsStr};
 use std::fs::{self, Permissions};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -19,11 +20,11 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use runtime::layer::{
+use sha2::{Digest, Sha256};
+use store::layer::{
     commit_stack, diff_layer, diff_stack, discard_changes, discard_stack, parse_filter, parse_filters, patch_stack,
     quote_path, unified_patch, Change, ChangeKind, CommitOutcome, EntryType, LayerError, LayerPaths, LayerStack,
 };
-use sha2::{Digest, Sha256};
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
@@ -557,23 +558,21 @@ fn a_symlinked_directory_in_the_lower_is_not_entered_when_deleted() {
 
 // ---- overlayfs's other formats ----
 
-/// Sets an xattr on a path (the test's own files; no symlink involved).
+/// Sets an xattr on a path (the test's own files and directories, opened; no symlink involved).
 fn set_xattr(path: &Path, name: &str, value: &[u8]) {
-    let path_c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let file = fs::File::open(path).unwrap();
     let name_c = CString::new(name).unwrap();
-    // SAFETY: both strings are valid and NUL-terminated, and `value` is readable for `value.len()` bytes.
-    let ret = unsafe { libc::lsetxattr(path_c.as_ptr(), name_c.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    assert_eq!(ret, 0, "setxattr {name} on {}: {}", path.display(), std::io::Error::last_os_error());
+    let set = sys::xattr::fsetxattr(file.as_fd(), &name_c, value, 0);
+    assert_eq!(set, Ok(()), "setxattr {name} on {}", path.display());
 }
 
-/// The xattr names of a path, space-separated.
+/// The xattr names of a path (a file or directory, opened), space-separated.
 fn xattr_names(path: &Path) -> String {
-    let path_c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let file = fs::File::open(path).unwrap();
     let mut buf = vec![0u8; 4096];
-    // SAFETY: `path_c` is a valid NUL-terminated string and `buf` writable for `buf.len()` bytes.
-    let n = unsafe { libc::llistxattr(path_c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(n >= 0, "listxattr {}: {}", path.display(), std::io::Error::last_os_error());
-    buf.truncate(n as usize);
+    let n = sys::xattr::flistxattr(file.as_fd(), &mut buf);
+    let n = n.unwrap_or_else(|e| panic!("listxattr {}: errno {e}", path.display()));
+    buf.truncate(n);
     buf.split(|&b| b == 0).map(|n| String::from_utf8_lossy(n).into_owned()).collect::<Vec<_>>().join(" ")
 }
 
@@ -684,30 +683,19 @@ fn metacopy_is_read_through_and_redirects_are_refused() {
 /// `dir/d/d/.../d/leaf`, `depth` directories deep, made one level at a time from descriptors (the full path is
 /// too long for the path-based calls).
 fn deep_tree(dir: &Path, depth: usize) {
-    let open = |at: libc::c_int, name: &std::ffi::CStr| {
-        // SAFETY: `name` is a valid NUL-terminated string; the returned descriptor is closed below.
-        let fd = unsafe { libc::openat(at, name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
-        assert!(fd >= 0, "openat: {}", std::io::Error::last_os_error());
-        fd
+    let open = |at: RawFd, name: &std::ffi::CStr| {
+        sys::fd::openat(at, name, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)
+            .unwrap_or_else(|e| panic!("openat: errno {e}"))
     };
     let root = CString::new(dir.as_os_str().as_bytes()).unwrap();
     let mut fd = open(libc::AT_FDCWD, &root);
     for _ in 0..depth {
-        // SAFETY: `fd` is an open directory descriptor and the name a valid NUL-terminated string.
-        assert_eq!(unsafe { libc::mkdirat(fd, c"d".as_ptr(), 0o755) }, 0);
-        let next = open(fd, c"d");
-        // SAFETY: `fd` is ours, open, and not used after this.
-        unsafe { libc::close(fd) };
-        fd = next;
+        assert_eq!(sys::fs::mkdirat(fd.as_raw_fd(), c"d", 0o755), Ok(()));
+        // The parent's descriptor is closed as `fd` is replaced.
+        fd = open(fd.as_raw_fd(), c"d");
     }
-    // SAFETY: `fd` is an open directory descriptor and the name a valid NUL-terminated string.
-    let leaf = unsafe { libc::openat(fd, c"leaf".as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644) };
-    assert!(leaf >= 0);
-    // SAFETY: both descriptors are ours, open, and not used after this.
-    unsafe {
-        libc::close(leaf);
-        libc::close(fd);
-    }
+    let leaf = sys::fd::openat(fd.as_raw_fd(), c"leaf", libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644);
+    assert!(leaf.is_ok());
 }
 
 #[test]

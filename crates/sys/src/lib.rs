@@ -13,9 +13,13 @@ pub mod capability;
 pub mod fd;
 pub mod landlock;
 pub mod mount;
+pub mod net;
 pub mod process;
+pub mod seccomp;
 pub mod signal;
+pub mod socket;
 pub mod terminal;
+pub mod uts;
 
 /// A raw errno value.
 pub type Errno = i32;

@@ -1,10 +1,10 @@
 //! `airlock doctor [--json]`: what this host supports for the current user, what blocks a protection, and how to
-//! fix it. The probing is `runtime::probe`; this file only decides what "can run" means and prints.
+//! fix it. The probing is the `probe` crate (`crates/probe`); this file only decides what "can run" means and prints.
 
 use std::io::Write;
 
 use policy::sandbox::{Limits, Requirement};
-use runtime::probe::{self, Check, HostReport};
+use probe::{Check, HostReport};
 use serde::Serialize;
 
 /// Version of the `--json` document. Raise it when a field changes meaning or goes away; adding fields is fine.

@@ -39,7 +39,6 @@ use std::time::{Duration, Instant};
 
 use policy::sandbox::Limits;
 
-use crate::probe::{parse_proc_cgroup, CgroupEntry};
 use sys::Errno;
 
 /// Where cgroupfs is normally mounted.
@@ -494,6 +493,33 @@ impl Drop for SandboxCgroup {
             let _ = teardown(&self.paths(), matches!(self.dirs, Dirs::V2 { .. }));
         }
     }
+}
+
+/// One line of `/proc/self/cgroup`: `hierarchy-ID:controller-list:cgroup-path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupEntry {
+    /// 0 for the v2 hierarchy.
+    pub hierarchy: u32,
+    /// Empty for v2; `name=systemd` style entries are kept as they are.
+    pub controllers: Vec<String>,
+    pub path: String,
+}
+
+/// Parse `/proc/self/cgroup`. Malformed lines are skipped.
+pub fn parse_proc_cgroup(text: &str) -> Vec<CgroupEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let hierarchy = fields.next()?.trim().parse().ok()?;
+            let controllers = fields.next()?.split(',').filter(|c| !c.is_empty()).map(str::to_string).collect();
+            // The path is the rest of the line: it may itself contain ':'.
+            let path = fields.next()?.to_string();
+            if !path.starts_with('/') {
+                return None;
+            }
+            Some(CgroupEntry { hierarchy, controllers, path })
+        })
+        .collect()
 }
 
 fn read_own_cgroups() -> Result<Vec<CgroupEntry>, CgroupError> {
@@ -2036,5 +2062,32 @@ mod tests {
             }
             assert_eq!(wait_with_timeout(&mut member, Duration::from_secs(5)).signal(), Some(libc::SIGKILL));
         }
+    }
+
+    #[test]
+    fn proc_cgroup_v2_only() {
+        let entries = parse_proc_cgroup("0::/user.slice/user-1000.slice/session-2.scope\n");
+        assert_eq!(
+            entries,
+            vec![CgroupEntry {
+                hierarchy: 0,
+                controllers: vec![],
+                path: "/user.slice/user-1000.slice/session-2.scope".to_string(),
+            }]
+        );
+    }
+
+    #[test]
+    fn proc_cgroup_hybrid_and_odd_lines() {
+        let text = "9:name=systemd:/\n4:memory:/process_api/c47\n2:cpu,cpuacct:/a:b\n\nnot a line\n0::/\n";
+        let entries = parse_proc_cgroup(text);
+        assert_eq!(entries.len(), 4);
+        assert_eq!(entries[0].controllers, vec!["name=systemd"]);
+        assert_eq!(entries[1].hierarchy, 4);
+        assert_eq!(entries[1].path, "/process_api/c47");
+        assert_eq!(entries[2].controllers, vec!["cpu", "cpuacct"]);
+        assert_eq!(entries[2].path, "/a:b", "a ':' in the path is kept");
+        assert_eq!(entries[3].hierarchy, 0);
+        assert!(entries[3].controllers.is_empty());
     }
 }

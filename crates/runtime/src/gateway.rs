@@ -15,10 +15,13 @@
 //!    the sandbox's network namespace alive, so it would not see the end by itself); dropping a
 //!    `GatewayProcess` on an error path does the same.
 
+// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
+#![forbid(unsafe_code)]
+
 use std::ffi::OsString;
 use std::fs::File;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -161,39 +164,32 @@ impl GatewayProcess {
         command.process_group(0);
         let host_root = sys::process::effective_uid() == 0;
         let supervisor = std::process::id() as libc::pid_t;
-        // SAFETY: the closure runs in the forked child before exec and makes only async-signal-safe calls
-        // (setgroups, setresgid, setresuid, prctl, fcntl, getppid) on integers and a null pointer; it touches no
-        // memory shared with the parent.
-        unsafe {
-            command.pre_exec(move || {
-                // As host root, the gateway (which parses what the sandbox sends) must not be root: it needs no
-                // privilege at all (its descriptors are open; it reads only world-readable /etc/hosts and
-                // /etc/resolv.conf and connects out), so it runs as `nobody`, with no way back.
-                if host_root {
-                    let failed = libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setresgid(GATEWAY_ID, GATEWAY_ID, GATEWAY_ID) != 0
-                        || libc::setresuid(GATEWAY_ID, GATEWAY_ID, GATEWAY_ID) != 0
-                        || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0;
-                    if failed {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                // The gateway dies with the supervisor, even when the supervisor is SIGKILLed (armed after the id
-                // change, which clears it; then the parent is checked, in case it died in between).
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0
-                    || libc::getppid() != supervisor
-                {
-                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                // Keep exactly the descriptors the gateway is told about across exec.
-                for &fd in std::iter::once(&gateway_end_fd).chain(events_fds.iter()) {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        // In the child, before exec: only async-signal-safe sys calls on integers, touching no memory shared with
+        // the parent.
+        sys::process::run_before_exec(&mut command, move || {
+            // As host root, the gateway (which parses what the sandbox sends) must not be root: it needs no
+            // privilege at all (its descriptors are open; it reads only world-readable /etc/hosts and
+            // /etc/resolv.conf and connects out), so it runs as `nobody`, with no way back.
+            if host_root {
+                sys::process::clear_supplementary_groups()
+                    .and_then(|()| sys::process::set_all_gids(GATEWAY_ID))
+                    .and_then(|()| sys::process::set_all_uids(GATEWAY_ID))
+                    .and_then(|()| sys::process::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map(drop))
+                    .map_err(std::io::Error::from_raw_os_error)?;
+            }
+            // The gateway dies with the supervisor, even when the supervisor is SIGKILLed (armed after the id
+            // change, which clears it; then the parent is checked, in case it died in between).
+            if sys::process::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong).is_err()
+                || sys::process::parent_pid() != supervisor
+            {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            // Keep exactly the descriptors the gateway is told about across exec.
+            for &fd in std::iter::once(&gateway_end_fd).chain(events_fds.iter()) {
+                sys::fd::set_descriptor_flags(fd, 0).map_err(std::io::Error::from_raw_os_error)?;
+            }
+            Ok(())
+        });
         let spawned = command.spawn();
         drop(gateway_end);
         drop(events);
@@ -257,11 +253,10 @@ fn wait_readable(fd: RawFd, deadline: Instant) {
         if left.is_zero() {
             return;
         }
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-        // SAFETY: poll on one live pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
-        if n > 0 || (n < 0 && sys::errno() != libc::EINTR) {
-            return;
+        let mut pfd = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }];
+        match sys::fd::poll(&mut pfd, left.as_millis().min(i32::MAX as u128) as i32) {
+            Ok(0) | Err(libc::EINTR) => {}
+            _ => return,
         }
     }
 }
@@ -275,26 +270,20 @@ impl Drop for GatewayProcess {
 /// In the gateway process: takes ownership of a descriptor the supervisor passed by number. Call once per
 /// descriptor, at start-up, before anything else could have opened (and so own) that number.
 pub fn take_inherited_fd(fd: RawFd) -> Result<OwnedFd, GatewayError> {
-    // SAFETY: F_GETFD/F_SETFD take integers; a closed number fails with EBADF.
-    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+    if fd < 3 {
         return Err(GatewayError::InheritedFd(fd));
     }
-    // SAFETY: as above. Close-on-exec again, so nothing the gateway might start inherits it.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    // SAFETY: `fd` is open (checked above) and was inherited across exec; per this function's contract no other
-    // owner exists in this process, so the OwnedFd is its only owner.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    // Close-on-exec again, so nothing the gateway might start inherits it. Per this function's contract no other
+    // owner exists in this process.
+    sys::fd::take_inherited(fd).map_err(|_| GatewayError::InheritedFd(fd))
 }
 
 /// In the gateway process: receives the sandbox's TUN descriptor from init and acknowledges it (init waits for
 /// that byte before the sandbox's command may start).
 pub fn receive_tun(socket: &OwnedFd) -> Result<OwnedFd, GatewayError> {
-    let fd = crate::tty::recv_fd(socket.as_raw_fd())
+    let tun = sys::socket::recv_fd(socket.as_raw_fd())
         .map_err(|e: Errno| GatewayError::ReceiveTun(os_error(e)))?
         .ok_or(GatewayError::NoTun)?;
-    // SAFETY: recv_fd returned a descriptor the kernel just installed in this process (SCM_RIGHTS); nothing
-    // else refers to it.
-    let tun = unsafe { OwnedFd::from_raw_fd(fd) };
     sys::fd::write_all(socket.as_raw_fd(), b"1").map_err(|e| GatewayError::ReceiveTun(os_error(e)))?;
     Ok(tun)
 }
@@ -307,19 +296,6 @@ pub fn receive_tun(socket: &OwnedFd) -> Result<OwnedFd, GatewayError> {
 /// inherit the blocked mask, and a thread without it would take SIGTERM's default action, death, instead.
 /// Call after [`receive_tun`]: a SIGTERM while waiting for the TUN still ends the process at once.
 pub fn stop_on_sigterm() -> Result<OwnedFd, GatewayError> {
-    // SAFETY: the sigset is initialised by sigemptyset before sigaddset, pthread_sigmask and signalfd read it;
-    // the old-mask pointer may be null.
-    let fd = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        let ret = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if ret != 0 {
-            return Err(GatewayError::StopSignal(os_error(ret)));
-        }
-        sys::check_fd(libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) as libc::c_long)
-            .map_err(|e| GatewayError::StopSignal(os_error(e)))?
-    };
-    // SAFETY: signalfd just returned this new descriptor; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    sys::signal::block(&[libc::SIGTERM]).map_err(|e| GatewayError::StopSignal(os_error(e)))?;
+    sys::signal::signalfd(&[libc::SIGTERM]).map_err(|e| GatewayError::StopSignal(os_error(e)))
 }

@@ -25,7 +25,6 @@ pub mod net;
 pub mod notify;
 pub mod plan;
 pub mod prepare;
-pub mod probe;
 pub mod proc;
 pub mod sandbox;
 pub mod seccomp;

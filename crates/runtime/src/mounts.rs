@@ -7,6 +7,9 @@
 //! are resolved one component at a time with `RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH` relative to the new root, so
 //! a symlink planted in a `--rootfs DIR` tree cannot redirect a mount (or a `mkdir`) onto the host.
 
+// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
+#![forbid(unsafe_code)]
+
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 
@@ -19,17 +22,7 @@ use sys::Errno;
 /// Makes every mount in the sandbox's (copied) mount namespace private, so nothing done here propagates back to
 /// the host and nothing the host mounts later appears here. First step in the new mount namespace.
 pub fn make_mounts_private() -> Result<(), ChildFailure> {
-    // SAFETY: valid NUL-terminated strings (or null for the unused source, type and data).
-    let ret = unsafe {
-        libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        )
-    };
-    sys::check(ret as libc::c_long).map(drop).map_err(fail(Step::MakeMountsPrivate, 0))
+    mount::make_all_private().map_err(fail(Step::MakeMountsPrivate, 0))
 }
 
 /// The three directories of the copy-on-write layer, opened by init before it drops the invoker's credentials
@@ -132,10 +125,8 @@ pub fn clone_mount_sources(
 
 /// The source must still be what validation saw: a directory, a regular file or a character device.
 fn check_source_kind(fd: RawFd, kind: SourceKind) -> Result<(), Errno> {
-    // SAFETY: an all-zero stat is a valid value for fstat to overwrite.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `fd` is an open O_PATH descriptor (fstat works on those) and `st` is writable.
-    sys::check(unsafe { libc::fstat(fd, &mut st) } as libc::c_long)?;
+    // fstat works on an O_PATH descriptor.
+    let st = sys::fd::fstat(fd)?;
     let fmt = st.st_mode & libc::S_IFMT;
     let ok = match kind {
         SourceKind::Directory => fmt == libc::S_IFDIR,
@@ -244,17 +235,14 @@ pub fn mount_staging_root(staging_dir: &CStr) -> Result<RawFd, ChildFailure> {
 /// (never attached anywhere: the only mount of it is the file's bind).
 fn airlock_file(contents: &[u8]) -> Result<OwnedFd, Errno> {
     let fs = new_tmpfs([(c"mode", c"0755"), (c"size", c"64k")], libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV)?;
-    // SAFETY: a NUL-terminated literal name, created relative to the new tmpfs's root.
-    let fd = sys::check_fd(unsafe {
-        libc::openat(
-            fs.as_raw_fd(),
-            c"file".as_ptr(),
-            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
-            0o644,
-        )
-    } as libc::c_long)?;
-    let written = sys::fd::write_all(fd, contents);
-    sys::fd::close(fd);
+    let fd = sys::fd::openat(
+        fs.as_raw_fd(),
+        c"file",
+        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+        0o644,
+    )?;
+    let written = sys::fd::write_all(fd.as_raw_fd(), contents);
+    drop(fd);
     written?;
     let tree = mount::open_tree(fs.as_raw_fd(), c"file", libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC)?;
     let attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
@@ -291,26 +279,14 @@ pub fn create_mount_point(root: RawFd, path: &InsidePath, file: bool) -> Result<
 
 fn create_entry(dir: RawFd, name: &CStr, file: bool) -> Result<(), Errno> {
     if file {
-        // SAFETY: `name` is a valid NUL-terminated string; O_NOFOLLOW|O_EXCL never follow a planted link.
-        let fd = sys::check_fd(unsafe {
-            libc::openat(
-                dir,
-                name.as_ptr(),
-                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o644,
-            )
-        } as libc::c_long);
-        match fd {
-            Ok(fd) => {
-                sys::fd::close(fd);
-                Ok(())
-            }
-            Err(libc::EEXIST) => Ok(()),
+        // O_NOFOLLOW|O_EXCL never follow a planted link. The new file's descriptor is closed at once (dropped).
+        let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        match sys::fd::openat(dir, name, flags, 0o644) {
+            Ok(_) | Err(libc::EEXIST) => Ok(()),
             Err(e) => Err(e),
         }
     } else {
-        // SAFETY: `name` is a valid NUL-terminated string.
-        match sys::check(unsafe { libc::mkdirat(dir, name.as_ptr(), 0o755) } as libc::c_long) {
+        match sys::fd::mkdirat(dir, name, 0o755) {
             Ok(_) | Err(libc::EEXIST) => Ok(()),
             Err(e) => Err(e),
         }
@@ -331,9 +307,8 @@ pub fn build_new_root(plan: &SandboxPlan, root: RawFd, trees: &[RawFd]) -> Resul
                 attached.map_err(fail(Step::AttachMount, index))?;
             }
             RootEntry::Symlink { name, target, .. } => {
-                // SAFETY: both are valid NUL-terminated strings; symlinkat creates the link in the root tmpfs.
-                sys::check(unsafe { libc::symlinkat(target.as_ptr(), root, name.as_ptr()) } as libc::c_long)
-                    .map_err(fail(Step::CreateRootSymlink, index))?;
+                // The link is created in the root tmpfs.
+                sys::fd::symlinkat(target, root, name).map_err(fail(Step::CreateRootSymlink, index))?;
             }
             RootEntry::Tmpfs { dest, options, attr_flags } => {
                 let target = create_mount_point(root, dest, false).map_err(fail(Step::CreateMountPoint, index))?;
@@ -365,14 +340,10 @@ pub fn build_new_root(plan: &SandboxPlan, root: RawFd, trees: &[RawFd]) -> Resul
 /// detach unmounts it, so nothing of the host's tree is reachable any more — unlike chroot, which root could
 /// leave with a second chroot and a `..` walk.
 pub fn enter_new_root(root: RawFd) -> Result<(), ChildFailure> {
-    // SAFETY: fchdir on an open directory fd.
-    sys::check(unsafe { libc::fchdir(root) } as libc::c_long).map_err(fail(Step::PivotRoot, 0))?;
+    sys::process::fchdir(root).map_err(fail(Step::PivotRoot, 0))?;
     sys::mount::pivot_root(c".", c".").map_err(fail(Step::PivotRoot, 0))?;
-    // SAFETY: valid NUL-terminated string.
-    sys::check(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) } as libc::c_long)
-        .map_err(fail(Step::DetachOldRoot, 0))?;
-    // SAFETY: valid NUL-terminated string.
-    sys::check(unsafe { libc::chdir(c"/".as_ptr()) } as libc::c_long).map_err(fail(Step::DetachOldRoot, 0))?;
+    sys::mount::umount2(c".", libc::MNT_DETACH).map_err(fail(Step::DetachOldRoot, 0))?;
+    sys::process::chdir(c"/").map_err(fail(Step::DetachOldRoot, 0))?;
     Ok(())
 }
 

@@ -5,7 +5,11 @@
 //! gateway's process on the host (see `gateway`): the only way out, and every packet on it is the gateway's to
 //! judge.
 
-use std::os::fd::RawFd;
+// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
+#![forbid(unsafe_code)]
+
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 
 use crate::failure::{ChildFailure, Step};
 use crate::plan::TunPlan;
@@ -13,27 +17,14 @@ use sys::Errno;
 
 /// `ioctl(SIOCSIFFLAGS)` on `lo` with `IFF_UP`.
 pub fn bring_up_loopback() -> Result<(), Errno> {
-    // SAFETY: socket takes only integers.
-    let sock = sys::check_fd(
-        unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) } as libc::c_long
-    )?;
-    // SAFETY: an all-zero ifreq is valid (empty name, zero flags).
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-    // SAFETY: SIOCSIFFLAGS reads a valid ifreq that lives across the call.
-    let ret = unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, &ifr as *const libc::ifreq) };
-    sys::fd::close(sock);
-    sys::check(ret as libc::c_long).map(drop)
+    let sock = sys::socket::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+    // The socket is closed (dropped) once the flags are set, or not.
+    sys::net::set_interface_flags(sock.as_raw_fd(), c"lo", (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short)
 }
 
 /// `sethostname(name)`, in the sandbox's own UTS namespace.
-pub fn set_hostname(name: &std::ffi::CStr) -> Result<(), Errno> {
-    // SAFETY: `name` is valid for `len` bytes.
-    let ret = unsafe { libc::sethostname(name.as_ptr(), name.to_bytes().len()) };
-    sys::check(ret as libc::c_long).map(drop)
+pub fn set_hostname(name: &CStr) -> Result<(), Errno> {
+    sys::uts::set_hostname(name)
 }
 
 /// Opens `/dev/net/tun` for the network gateway's interface. A TUN device belongs to the network namespace of
@@ -41,48 +32,8 @@ pub fn set_hostname(name: &std::ffi::CStr) -> Result<(), Errno> {
 /// sandbox's namespace — and before `pivot_root`, while the host's `/dev` is still in view: the sandbox's own
 /// `/dev` never has `net/tun`.
 pub fn open_tun_device() -> Result<RawFd, Errno> {
-    // SAFETY: a NUL-terminated literal path and integer flags.
-    sys::check_fd(unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) } as libc::c_long)
-}
-
-/// The kernel's `struct rtentry` (`<net/route.h>`), which the `libc` crate has for musl only.
-#[repr(C)]
-struct RouteEntry {
-    rt_pad1: libc::c_ulong,
-    rt_dst: libc::sockaddr,
-    rt_gateway: libc::sockaddr,
-    rt_genmask: libc::sockaddr,
-    rt_flags: libc::c_ushort,
-    rt_pad2: libc::c_short,
-    rt_pad3: libc::c_ulong,
-    rt_pad4: *mut libc::c_void,
-    rt_metric: libc::c_short,
-    rt_dev: *mut libc::c_char,
-    rt_mtu: libc::c_ulong,
-    rt_window: libc::c_ulong,
-    rt_irtt: libc::c_ushort,
-}
-
-/// An IPv4 `sockaddr` (as `sockaddr_in`, which has the same size).
-fn inet_sockaddr(address: [u8; 4]) -> libc::sockaddr {
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(address) },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_in and sockaddr are both 16-byte plain-data structs; the kernel reads an AF_INET
-    // sockaddr as a sockaddr_in.
-    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
-}
-
-fn named_ifreq(name: &[u8; libc::IFNAMSIZ]) -> libc::ifreq {
-    // SAFETY: an all-zero ifreq is valid (empty name, zero union).
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in ifr.ifr_name.iter_mut().zip(name.iter()) {
-        *dst = *src as libc::c_char;
-    }
-    ifr
+    // By number: init's plan holds it until it is handed to the gateway.
+    sys::fd::open(c"/dev/net/tun", libc::O_RDWR | libc::O_CLOEXEC).map(IntoRawFd::into_raw_fd)
 }
 
 /// Makes the open `/dev/net/tun` descriptor the TUN interface `plan.name` (IP packets without a header), gives it
@@ -91,73 +42,34 @@ fn named_ifreq(name: &[u8; libc::IFNAMSIZ]) -> libc::ifreq {
 /// namespace, so this works rootless. Async-signal-safe: ioctls on prepared data.
 pub fn create_gateway_interface(tun: RawFd, plan: &TunPlan) -> Result<(), ChildFailure> {
     let fail = |step| move |errno| ChildFailure { step, errno, index: 0 };
-    let mut ifr = named_ifreq(&plan.name);
+    // The plan's name is NUL-terminated (`GatewayInterface::plan` keeps it shorter than IFNAMSIZ).
+    let name = CStr::from_bytes_until_nul(&plan.name).map_err(|_| fail(Step::CreateTunInterface)(libc::EINVAL))?;
     // IFF_VNET_HDR: each packet carries a virtio_net_hdr, through which the gateway marks its TCP segments as
     // checksummed (netgw's device.rs); the gateway reads and writes with that header, so this flag and netgw go
     // together.
-    ifr.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
-    // SAFETY: TUNSETIFF reads (and writes back the name into) a live ifreq.
-    sys::check(unsafe { libc::ioctl(tun, libc::TUNSETIFF, &mut ifr as *mut libc::ifreq) } as libc::c_long)
-        .map_err(fail(Step::CreateTunInterface))?;
+    let flags = (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    sys::net::set_tun_interface(tun, name, flags).map_err(fail(Step::CreateTunInterface))?;
     // Persistent: the interface then goes with the sandbox's network namespace (destroyed by the kernel's
     // cleanup worker, in the background) instead of with the gateway's descriptor, whose close would otherwise
     // unregister it synchronously (~20 ms of RCU waits) in the gateway's exit, which the supervisor waits for.
     // It cannot outlive the namespace, and only a process holding CAP_NET_ADMIN there could reattach to it.
-    // SAFETY: TUNSETPERSIST takes an integer argument.
-    sys::check(unsafe { libc::ioctl(tun, libc::TUNSETPERSIST, 1 as libc::c_ulong) } as libc::c_long)
-        .map_err(fail(Step::CreateTunInterface))?;
+    sys::net::set_tun_persist(tun, true).map_err(fail(Step::CreateTunInterface))?;
 
-    // SAFETY: socket takes only integers.
-    let sock =
-        sys::check_fd(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) } as libc::c_long)
-            .map_err(fail(Step::ConfigureTunInterface))?;
-    let result = configure_interface(sock, plan);
-    sys::fd::close(sock);
-    result
+    let sock = sys::socket::socket(libc::AF_INET, libc::SOCK_DGRAM, 0).map_err(fail(Step::ConfigureTunInterface))?;
+    // The socket is closed (dropped) once the interface is configured, or not.
+    configure_interface(sock.as_raw_fd(), name, plan)
 }
 
-fn configure_interface(sock: RawFd, plan: &TunPlan) -> Result<(), ChildFailure> {
+fn configure_interface(sock: RawFd, name: &CStr, plan: &TunPlan) -> Result<(), ChildFailure> {
     let fail = |step| move |errno| ChildFailure { step, errno, index: 0 };
-    let set = |request: libc::Ioctl, ifr: &libc::ifreq| {
-        // SAFETY: the SIOCSIF* requests read a live ifreq that outlives the call.
-        sys::check(unsafe { libc::ioctl(sock, request, ifr as *const libc::ifreq) } as libc::c_long)
-            .map(drop)
-            .map_err(fail(Step::ConfigureTunInterface))
-    };
-    let mut ifr = named_ifreq(&plan.name);
-    ifr.ifr_ifru.ifru_addr = inet_sockaddr(plan.address);
-    set(libc::SIOCSIFADDR, &ifr)?;
-    let mut ifr = named_ifreq(&plan.name);
-    ifr.ifr_ifru.ifru_netmask = inet_sockaddr(plan.netmask);
-    set(libc::SIOCSIFNETMASK, &ifr)?;
-    let mut ifr = named_ifreq(&plan.name);
-    ifr.ifr_ifru.ifru_mtu = plan.mtu;
-    set(libc::SIOCSIFMTU, &ifr)?;
-    let mut ifr = named_ifreq(&plan.name);
-    ifr.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-    set(libc::SIOCSIFFLAGS, &ifr)?;
+    let configured = sys::net::set_interface_address(sock, name, plan.address)
+        .and_then(|()| sys::net::set_interface_netmask(sock, name, plan.netmask))
+        .and_then(|()| sys::net::set_interface_mtu(sock, name, plan.mtu))
+        .and_then(|()| sys::net::set_interface_flags(sock, name, (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short));
+    configured.map_err(fail(Step::ConfigureTunInterface))?;
 
     // The default route: every destination that is not on loopback or the /30 goes to the gateway.
-    let route = RouteEntry {
-        rt_pad1: 0,
-        rt_dst: inet_sockaddr([0, 0, 0, 0]),
-        rt_gateway: inet_sockaddr(plan.gateway),
-        rt_genmask: inet_sockaddr([0, 0, 0, 0]),
-        rt_flags: libc::RTF_UP | libc::RTF_GATEWAY,
-        rt_pad2: 0,
-        rt_pad3: 0,
-        rt_pad4: std::ptr::null_mut(),
-        rt_metric: 0,
-        // The kernel only reads the name (copy_from_user); the cast to *mut is what the C struct declares.
-        rt_dev: plan.name.as_ptr() as *mut libc::c_char,
-        rt_mtu: 0,
-        rt_window: 0,
-        rt_irtt: 0,
-    };
-    // SAFETY: SIOCADDRT reads a live rtentry whose rt_dev points at a NUL-terminated name in `plan`.
-    sys::check(unsafe { libc::ioctl(sock, libc::SIOCADDRT, &route as *const RouteEntry) } as libc::c_long)
-        .map(drop)
-        .map_err(fail(Step::AddDefaultRoute))
+    sys::net::add_default_route(sock, plan.gateway, name).map_err(fail(Step::AddDefaultRoute))
 }
 
 /// Passes the configured TUN descriptor to the gateway process over `socket` (SCM_RIGHTS), then waits for its
@@ -165,7 +77,7 @@ fn configure_interface(sock: RawFd, plan: &TunPlan) -> Result<(), ChildFailure> 
 /// of stream means the gateway died: the sandbox must not run with a network nobody enforces).
 pub fn hand_tun_to_gateway(socket: RawFd, tun: RawFd) -> Result<(), ChildFailure> {
     let fail = |errno| ChildFailure { step: Step::HandTunToGateway, errno, index: 0 };
-    crate::tty::send_fd(socket, tun).map_err(fail)?;
+    sys::socket::send_fd(socket, tun).map_err(fail)?;
     let mut ack = [0u8; 1];
     match sys::fd::read(socket, &mut ack) {
         Ok(1) => Ok(()),

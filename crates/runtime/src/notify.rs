@@ -19,8 +19,11 @@
 //! (except that the next notification waits for the sink). A process that dies before we read it gets a record
 //! with the `process_gone` marker; no read blocks, so nothing hangs.
 
+// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
+#![forbid(unsafe_code)]
+
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use audit::event::{
     MARK_NOT_FOUND, MARK_PROCESS_GONE, MARK_TRUNCATED, MARK_UNREADABLE, MAX_LIST_ITEMS, MAX_STRING_BYTES,
@@ -118,7 +121,9 @@ impl<'a> SeccompAudit<'a> {
             if let Some(socket) = self.socket.take() {
                 // A hang-up without a descriptor: the command failed before installing its filter (its failure
                 // record says why) — there is nothing to audit.
-                if let Ok(Some(listener)) = crate::tty::recv_fd(socket.as_raw_fd()) {
+                if let Ok(Some(listener)) = sys::socket::recv_fd(socket.as_raw_fd()) {
+                    // By number from here: closed by `handle` on the hang-up, or on drop.
+                    let listener = listener.into_raw_fd();
                     set_sync_wakeup(listener);
                     self.listener = Some(listener);
                 }
@@ -140,15 +145,10 @@ impl<'a> SeccompAudit<'a> {
 
     /// Receives one notification, answers it, records it.
     fn answer_one(&mut self, listener: RawFd) {
-        // SAFETY: an all-zero seccomp_notif is valid (the kernel requires it zeroed) and RECV fills it.
-        let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
-        // SAFETY: the ioctl writes one seccomp_notif into `req`, which is live and of the size the request encodes.
-        let got =
-            unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_RECV, &mut req as *mut libc::seccomp_notif) };
-        if got < 0 {
+        let Ok(req) = sys::seccomp::receive_notification(listener) else {
             // ENOENT: the process was killed between poll and receive. Nothing to answer.
             return;
-        }
+        };
         let host_pid = req.pid as i32;
         let event = match self.program.classify(req.data.nr, &req.data.args) {
             NotifiedCall::Denied { name, rule, errno, errno_name } => {
@@ -231,22 +231,17 @@ impl Drop for SeccompAudit<'_> {
 /// Older kernels refuse the flag; it is only speed.
 fn set_sync_wakeup(listener: RawFd) {
     const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: u64 = 1;
-    // SAFETY: SET_FLAGS takes the flags as its integer argument.
-    unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP) };
+    let _ = sys::seccomp::set_listener_flags(listener, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP);
 }
 
 /// Answers notification `id`: `error` (negative errno) or `flags` (CONTINUE). A failure means the process is gone.
 fn respond(listener: RawFd, id: u64, error: i32, flags: u32) {
-    let mut resp = libc::seccomp_notif_resp { id, val: 0, error, flags };
-    // SAFETY: SEND reads one seccomp_notif_resp from `resp`, a live local of the size the request encodes.
-    unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp as *mut libc::seccomp_notif_resp) };
+    let _ = sys::seccomp::send_response(listener, id, error, flags);
 }
 
 /// Whether notification `id` is still pending (its process alive, still in the call).
 fn notification_valid(listener: RawFd, id: u64) -> bool {
-    let mut id = id;
-    // SAFETY: ID_VALID reads one u64 from a live local.
-    unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &mut id as *mut u64) == 0 }
+    sys::seccomp::notification_valid(listener, id)
 }
 
 /// What an exec notification says, read from `/proc` and the process's memory, bounded.
@@ -330,15 +325,12 @@ fn exists_inside(proc_dir: RawFd, host_pid: i32, path: &[u8], dirfd: Option<i32>
     };
     relative.extend_from_slice(path);
     let Ok(relative) = CString::new(relative) else { return true };
-    // SAFETY: `relative` is NUL-terminated; faccessat reads it and takes integers otherwise.
-    let ret = unsafe { libc::faccessat(proc_dir, relative.as_ptr(), libc::F_OK, 0) };
-    if ret == 0 || !matches!(sys::errno(), libc::ENOENT | libc::ENOTDIR) {
+    if !matches!(sys::fd::faccessat(proc_dir, &relative, libc::F_OK, 0), Err(libc::ENOENT | libc::ENOTDIR)) {
         return true;
     }
     // ENOENT also when the process itself is gone (its /proc entry with it): that says nothing of the file.
     let Ok(own) = CString::new(host_pid.to_string()) else { return true };
-    // SAFETY: as above.
-    unsafe { libc::faccessat(proc_dir, own.as_ptr(), libc::F_OK, 0) != 0 }
+    sys::fd::faccessat(proc_dir, &own, libc::F_OK, 0).is_err()
 }
 
 struct Status {
@@ -380,44 +372,22 @@ impl PidCache {
     }
 }
 
-/// `struct pidfd_info` (`linux/pidfd.h`), its first version (64 bytes): enough for the parent's pid.
-#[repr(C)]
-#[derive(Default)]
-struct PidfdInfo {
-    mask: u64,
-    cgroupid: u64,
-    pid: u32,
-    tgid: u32,
-    ppid: u32,
-    ids: [u32; 8],
-    spare: u32,
-}
-
-/// `PIDFD_GET_INFO` = `_IOWR(0xFF, 11, struct pidfd_info)` (6.13+).
-const PIDFD_GET_INFO: libc::c_ulong =
-    (3 << 30) | ((std::mem::size_of::<PidfdInfo>() as libc::c_ulong) << 16) | (0xFF << 8) | 11;
-const PIDFD_INFO_PID: u64 = 1;
-
 /// The pid inside and the parent's host pid, the cheap way: a pidfd, its `fdinfo` (`NSpid`) and `PIDFD_GET_INFO`
 /// (the parent) — a few microseconds, where formatting `/proc/PID/status` takes tens. Falls back to `status` on
 /// kernels without `PIDFD_GET_INFO`.
 fn process_ids(proc_dir: RawFd, host_pid: i32) -> Option<Status> {
-    // SAFETY: pidfd_open takes only integers.
-    let Ok(pidfd) = sys::check_fd(unsafe { libc::syscall(libc::SYS_pidfd_open, host_pid, 0u32) }) else {
+    let Ok(pidfd) = sys::process::pidfd_open(host_pid) else {
         return read_status(proc_dir, host_pid);
     };
-    let mut info = PidfdInfo { mask: PIDFD_INFO_PID, ..Default::default() };
-    // SAFETY: PIDFD_GET_INFO writes at most size_of::<PidfdInfo>() bytes (the size the request encodes) into
-    // `info`, a live local.
-    let got = unsafe { libc::ioctl(pidfd, PIDFD_GET_INFO as _, &mut info as *mut PidfdInfo) } == 0;
-    let fdinfo = read_proc_file(proc_dir, &format!("self/fdinfo/{pidfd}"));
-    sys::fd::close(pidfd);
+    let info = sys::process::pidfd_info(pidfd.as_fd(), sys::process::PIDFD_INFO_PID);
+    let fdinfo = read_proc_file(proc_dir, &format!("self/fdinfo/{}", pidfd.as_raw_fd()));
+    drop(pidfd);
     let inside_pid = fdinfo.as_deref().and_then(|text| {
         let text = String::from_utf8_lossy(text);
         text.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()?.parse().ok())
     });
-    match (got, inside_pid) {
-        (true, Some(inside_pid)) => {
+    match (info, inside_pid) {
+        (Ok(info), Some(inside_pid)) => {
             Some(Status { inside_pid, parent_host_pid: i32::try_from(info.ppid).ok().filter(|&p| p > 0) })
         }
         _ => read_status(proc_dir, host_pid),
@@ -426,32 +396,23 @@ fn process_ids(proc_dir: RawFd, host_pid: i32) -> Option<Status> {
 
 fn read_proc_file(proc_dir: RawFd, relative: &str) -> Option<Vec<u8>> {
     let path = CString::new(relative).ok()?;
-    // SAFETY: `path` is NUL-terminated; openat with a directory descriptor and integer flags.
-    let fd = sys::check_fd(
-        unsafe { libc::openat(proc_dir, path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) } as libc::c_long
-    )
-    .ok()?;
+    let fd = sys::fd::openat(proc_dir, &path, libc::O_RDONLY | libc::O_CLOEXEC, 0).ok()?;
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     while out.len() < 64 * 1024 {
-        match sys::fd::read(fd, &mut buf) {
+        match sys::fd::read(fd.as_raw_fd(), &mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
         }
     }
-    sys::fd::close(fd);
     Some(out)
 }
 
 fn read_link(proc_dir: RawFd, relative: &str) -> Option<Vec<u8>> {
     let path = CString::new(relative).ok()?;
     let mut buf = vec![0u8; MAX_STRING_BYTES + 1];
-    // SAFETY: `path` is NUL-terminated; readlinkat writes at most `buf.len()` bytes into the live buffer.
-    let n = unsafe { libc::readlinkat(proc_dir, path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return None;
-    }
-    buf.truncate(n as usize);
+    let n = sys::fd::readlinkat(proc_dir, &path, &mut buf).ok()?;
+    buf.truncate(n);
     Some(buf)
 }
 
@@ -461,16 +422,7 @@ fn read_remote(pid: i32, addr: u64, buf: &mut [u8]) -> Result<usize, Errno> {
     if buf.is_empty() {
         return Ok(0);
     }
-    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    let remote = libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: buf.len() };
-    // SAFETY: `local` describes `buf`, live and writable for its length; the remote address is only read by the
-    // kernel in the other process (never dereferenced here).
-    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
-    if n < 0 {
-        Err(sys::errno())
-    } else {
-        Ok(n as usize)
-    }
+    sys::seccomp::read_process_memory(pid, addr, buf)
 }
 
 /// A NUL-terminated string at `addr`, at most [`MAX_STRING_BYTES`] + 1 bytes (so that the record marks the cut);

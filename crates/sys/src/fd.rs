@@ -177,3 +177,64 @@ pub fn effective_access(path: &CStr, mode: i32) -> bool {
     // SAFETY: a NUL-terminated string alive for the call; faccessat only reads it.
     unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), mode, libc::AT_EACCESS) == 0 }
 }
+
+/// `mkdirat(dirfd, name, mode)`.
+pub fn mkdirat(dirfd: RawFd, name: &CStr, mode: libc::mode_t) -> Result<(), Errno> {
+    // SAFETY: a NUL-terminated string alive for the call; mkdirat only reads it.
+    check(unsafe { libc::mkdirat(dirfd, name.as_ptr(), mode) } as libc::c_long).map(drop)
+}
+
+/// One `write(fd, buf)`, retrying on EINTR: how many bytes went (for files that must be written in one call,
+/// like `/proc/PID/uid_map`; [`write_all`] for everything else).
+pub fn write(fd: RawFd, buf: &[u8]) -> Result<usize, Errno> {
+    // SAFETY: `buf` is a valid readable slice of the given length.
+    retry_eintr(|| unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) as libc::c_long }).map(|n| n as usize)
+}
+
+/// `readlinkat(dirfd, path)` into `buf`: how many bytes of the link's target it holds (cut to `buf`'s length;
+/// no NUL is added).
+pub fn readlinkat(dirfd: RawFd, path: &CStr, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: `path` is a NUL-terminated string alive for the call; readlinkat writes at most `buf.len()` bytes
+    // into the live, writable `buf`.
+    let n = unsafe { libc::readlinkat(dirfd, path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    check(n as libc::c_long).map(|n| n as usize)
+}
+
+/// `faccessat(dirfd, path, mode, flags)` (`F_OK`, `R_OK`...; `AT_EACCESS`...): `Ok` when the access is allowed,
+/// else why not.
+pub fn faccessat(dirfd: RawFd, path: &CStr, mode: i32, flags: i32) -> Result<(), Errno> {
+    // SAFETY: a NUL-terminated string alive for the call; faccessat only reads it.
+    check(unsafe { libc::faccessat(dirfd, path.as_ptr(), mode, flags) } as libc::c_long).map(drop)
+}
+
+/// `poll(fds, timeout_ms)`, once (an interruption is the caller's `EINTR`): how many descriptors have events.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> Result<usize, Errno> {
+    // SAFETY: `fds` is a live, writable array of exactly the length passed; poll writes only their `revents`.
+    check(unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) } as libc::c_long)
+        .map(|n| n as usize)
+}
+
+/// `fcntl(fd, F_SETFD, flags)`: the descriptor's flags (`FD_CLOEXEC` or 0).
+pub fn set_descriptor_flags(fd: RawFd, flags: i32) -> Result<(), Errno> {
+    // SAFETY: F_SETFD takes integers only; a number that is not open only yields EBADF.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, flags) } as libc::c_long).map(drop)
+}
+
+/// Takes ownership of descriptor `fd`, inherited across `exec` from the process that started this one (which
+/// told its number, on the command line say), and makes it close-on-exec again. `EBADF` when it is not open.
+///
+/// The caller must own that number: call once per number, at start-up, before anything of this process could
+/// have opened (and so own) it.
+pub fn take_inherited(fd: RawFd) -> Result<OwnedFd, Errno> {
+    if fd < 0 {
+        return Err(libc::EBADF);
+    }
+    // SAFETY: F_GETFD takes integers only; a number that is not open yields EBADF.
+    check(unsafe { libc::fcntl(fd, libc::F_GETFD) } as libc::c_long)?;
+    // Close-on-exec again, so nothing this process starts inherits it. Best effort: the descriptor is usable
+    // either way.
+    let _ = set_descriptor_flags(fd, libc::FD_CLOEXEC);
+    // SAFETY: `fd` is open (F_GETFD succeeded) and, per this function's contract, the caller's alone: no other
+    // owner exists in this process, so the OwnedFd is its only owner and closes it once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -18,10 +18,14 @@ pub mod landlock;
 pub mod loop_device;
 pub mod mount;
 pub mod namespace;
+pub mod net;
 pub mod process;
+pub mod seccomp;
 pub mod signal;
+pub mod socket;
 pub mod terminal;
 pub mod time;
+pub mod uts;
 pub mod xattr;
 
 /// A raw errno value.

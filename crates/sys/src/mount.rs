@@ -155,15 +155,32 @@ pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> Result<(), Errno> {
     check(ret).map(drop)
 }
 
-/// `mount(source, target, fstype, flags, NULL)`: the old mount call, for a filesystem on a block device.
-pub fn mount(source: &CStr, target: &CStr, fstype: &CStr, flags: libc::c_ulong) -> Result<(), Errno> {
-    // SAFETY: the three are NUL-terminated strings alive for the call; the data argument is null.
-    let ret = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, std::ptr::null()) };
+/// `mount(source, target, fstype, flags, data)`, the old API: for what the new one is not used for (propagation
+/// changes, and overlayfs given its options as one string). `data`, when given, is a string: every filesystem
+/// mounted through here takes text options.
+pub fn mount(
+    source: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> Result<(), Errno> {
+    let ptr = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
+    // SAFETY: every pointer is null or points to a NUL-terminated string that outlives the call; mount only reads
+    // them.
+    let ret =
+        unsafe { libc::mount(ptr(source), target.as_ptr(), ptr(fstype), flags, ptr(data).cast::<libc::c_void>()) };
     check(ret as libc::c_long).map(drop)
 }
 
-/// `umount2(target, flags)` (`MNT_DETACH`, `UMOUNT_NOFOLLOW`...).
+/// `mount --make-rprivate /`: every mount of the caller's mount namespace private, so nothing done in it
+/// propagates back to where it was copied from, nor the other way.
+pub fn make_all_private() -> Result<(), Errno> {
+    mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
+}
+
+/// `umount2(target, flags)` (`MNT_DETACH`...).
 pub fn umount2(target: &CStr, flags: i32) -> Result<(), Errno> {
-    // SAFETY: `target` is a NUL-terminated string alive for the call.
+    // SAFETY: a NUL-terminated string alive for the call; umount2 only reads it.
     check(unsafe { libc::umount2(target.as_ptr(), flags) } as libc::c_long).map(drop)
 }

@@ -168,6 +168,124 @@ pub fn fork() -> Result<Forked, Errno> {
     Ok(if pid == 0 { Forked::Child } else { Forked::Parent(pid) })
 }
 
+/// Leaves the forked child with status 127 if `child` unwinds, so a panic never unwinds into the caller's frames
+/// (which belong to the parent's copy of the program).
+struct ExitOnUnwind;
+
+impl Drop for ExitOnUnwind {
+    fn drop(&mut self) {
+        exit_immediately(127)
+    }
+}
+
+/// `fork()`: runs `child` in a copy of this process, which then leaves with `child`'s return value as its exit
+/// status (`_exit`: no atexit handler, no flush of Rust's buffers, no return into the caller). Returns the child's
+/// pid, to be reaped with [`waitpid`].
+///
+/// The child is a copy of the calling thread only: when the caller has other threads, whatever lock one of them
+/// held at the fork stays held in the child, so `child` keeps to async-signal-safe work (this crate's functions,
+/// memory prepared before the fork) or it may wait forever. It cannot reach the parent's memory.
+pub fn fork_and_run(child: impl FnOnce() -> i32) -> Result<libc::pid_t, Errno> {
+    // SAFETY: glibc's fork runs its fork handlers (its own locks are reset in the child) and gives the child a
+    // copy-on-write copy of this address space. The child never returns from here: it runs `child`, then
+    // `_exit`s (also when `child` unwinds, through the guard), so no frame of the caller runs twice and nothing
+    // the parent owns is dropped by the child. What the child may safely do is `child`'s obligation, documented
+    // above.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(crate::errno());
+    }
+    if pid == 0 {
+        let _unwinding = ExitOnUnwind;
+        exit_immediately(child())
+    }
+    Ok(pid)
+}
+
+/// `chdir(path)`.
+pub fn chdir(path: &std::ffi::CStr) -> Result<(), Errno> {
+    // SAFETY: a NUL-terminated string alive for the call; chdir only reads it.
+    check(unsafe { libc::chdir(path.as_ptr()) } as libc::c_long).map(drop)
+}
+
+/// `fchdir(dir)`: the working directory becomes the directory `dir` refers to.
+pub fn fchdir(dir: RawFd) -> Result<(), Errno> {
+    // SAFETY: fchdir takes an integer only; a number that is not open only yields EBADF.
+    check(unsafe { libc::fchdir(dir) } as libc::c_long).map(drop)
+}
+
+/// The parent's pid (`getppid`).
+pub fn parent_pid() -> libc::pid_t {
+    // SAFETY: getppid cannot fail and takes no arguments.
+    unsafe { libc::getppid() }
+}
+
+/// `setgroups(0, NULL)`: no supplementary groups.
+pub fn clear_supplementary_groups() -> Result<(), Errno> {
+    // SAFETY: with a count of 0 setgroups reads nothing from the (null) list.
+    check(unsafe { libc::setgroups(0, std::ptr::null()) } as libc::c_long).map(drop)
+}
+
+/// `setresgid(gid, gid, gid)`: real, effective and saved gid all `gid`.
+pub fn set_all_gids(gid: libc::gid_t) -> Result<(), Errno> {
+    // SAFETY: setresgid takes integers only.
+    check(unsafe { libc::setresgid(gid, gid, gid) } as libc::c_long).map(drop)
+}
+
+/// `setresuid(uid, uid, uid)`: real, effective and saved uid all `uid`.
+pub fn set_all_uids(uid: libc::uid_t) -> Result<(), Errno> {
+    // SAFETY: setresuid takes integers only.
+    check(unsafe { libc::setresuid(uid, uid, uid) } as libc::c_long).map(drop)
+}
+
+/// `struct pidfd_info` (`linux/pidfd.h`), its first version (64 bytes).
+#[repr(C)]
+#[derive(Default)]
+pub struct PidfdInfo {
+    pub mask: u64,
+    pub cgroupid: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub ids: [u32; 8],
+    pub spare: u32,
+}
+
+/// `PIDFD_INFO_PID`: ask for the pids (`pid`, `tgid`, `ppid`).
+pub const PIDFD_INFO_PID: u64 = 1;
+
+/// `PIDFD_GET_INFO` = `_IOWR(0xFF, 11, struct pidfd_info)` (6.13+).
+const PIDFD_GET_INFO: libc::c_ulong =
+    (3 << 30) | ((std::mem::size_of::<PidfdInfo>() as libc::c_ulong) << 16) | (0xFF << 8) | 11;
+
+/// `ioctl(pidfd, PIDFD_GET_INFO)`: what `mask` asks (e.g. [`PIDFD_INFO_PID`]) of the process `pidfd` refers to.
+pub fn pidfd_info(pidfd: BorrowedFd<'_>, mask: u64) -> Result<PidfdInfo, Errno> {
+    let mut info = PidfdInfo { mask, ..PidfdInfo::default() };
+    // SAFETY: PIDFD_GET_INFO writes at most size_of::<PidfdInfo>() bytes (the size the request encodes) into
+    // `info`, a live local; `pidfd` is borrowed, so open.
+    check(unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO as _, &mut info as *mut PidfdInfo) } as libc::c_long)?;
+    Ok(info)
+}
+
+/// `command`'s child runs `before_exec` between its fork and its `execve` (std's `CommandExt::pre_exec`); an
+/// error fails the spawn with it.
+///
+/// As for [`fork_and_run`]: the child is a copy of the calling thread only, so `before_exec` keeps to
+/// async-signal-safe work (this crate's functions, on values captured before the spawn) or it may wait forever
+/// on a lock another thread held. It cannot reach the parent's memory.
+pub fn run_before_exec(
+    command: &mut std::process::Command,
+    before_exec: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: std runs the closure in the forked child (glibc's fork, its locks reset there) before exec, on the
+    // child's copy-on-write copy of this address space; the closure owns what it captured and returns, so std's
+    // exec (or its error report) follows. What the closure may safely do is its obligation, documented above.
+    unsafe {
+        command.pre_exec(before_exec);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,3 +51,24 @@ pub fn signalfd(signals: &[i32]) -> Result<OwnedFd, Errno> {
     // SAFETY: signalfd succeeded, so `fd` is an open descriptor it just created, owned by nothing else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// `pthread_sigmask(SIG_BLOCK, {signals})`: the calling thread blocks the given signals (threads it starts
+/// later inherit the mask).
+pub fn block(signals: &[i32]) -> Result<(), Errno> {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the sigset it is given; sigaddset then changes the initialised set, and
+    // pthread_sigmask reads it; the old-mask pointer may be null.
+    let ret = unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for &s in signals {
+            libc::sigaddset(set.as_mut_ptr(), s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut())
+    };
+    // pthread_sigmask returns the error number itself, not -1.
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(ret)
+    }
+}

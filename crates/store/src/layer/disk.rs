@@ -161,7 +161,7 @@ pub fn ensure_mounted(image: &Path, mountpoint: &Path) -> Result<(), DiskError> 
     };
     let source = CString::new(device.path.as_bytes()).map_err(|_| mount_error(libc::EINVAL))?;
     let target = CString::new(mountpoint.as_os_str().as_bytes()).map_err(|_| mount_error(libc::EINVAL))?;
-    sys::mount::mount(&source, &target, c"ext4", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC)
+    sys::mount::mount(Some(&source), &target, Some(c"ext4"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)
         .map_err(mount_error)?;
     // Dropping `device` closes our descriptor: from now on the mount alone holds the device (autoclear).
     drop(device);

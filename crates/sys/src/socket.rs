@@ -1,0 +1,79 @@
+//! Sockets: creating one, and passing a file descriptor over a Unix socket (`SCM_RIGHTS`).
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use crate::{check_fd, retry_eintr, Errno};
+
+/// `socket(domain, type | SOCK_CLOEXEC, protocol)`.
+pub fn socket(domain: i32, kind: i32, protocol: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: socket takes only integers.
+    let fd = check_fd(unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, protocol) } as libc::c_long)?;
+    // SAFETY: socket succeeded, so `fd` is an open descriptor it just created, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Control-message buffer for one fd, aligned for `cmsghdr`.
+#[repr(C)]
+union FdControl {
+    buf: [u8; 24],
+    _align: libc::cmsghdr,
+}
+
+/// Sends one file descriptor (and one payload byte) over the Unix socket `socket`; `MSG_NOSIGNAL`, so a closed
+/// peer is `EPIPE`, not a signal.
+pub fn send_fd(socket: RawFd, fd: RawFd) -> Result<(), Errno> {
+    let mut payload = [b'T'];
+    let mut iov = libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: 1 };
+    let mut control = FdControl { buf: [0; 24] };
+    // SAFETY: an all-zero msghdr is valid; the fields set below point at live locals.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    // SAFETY: taking the address of the union's byte view.
+    msg.msg_control = unsafe { control.buf.as_mut_ptr() }.cast();
+    msg.msg_controllen = space;
+    // SAFETY: msg_control points at `space` (<= 24) writable bytes, so CMSG_FIRSTHDR is non-null and in bounds;
+    // CMSG_DATA of it has room for one int.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+    }
+    // SAFETY: msg and everything it points to are live for the call.
+    retry_eintr(|| unsafe { libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) } as libc::c_long).map(drop)
+}
+
+/// Receives one file descriptor sent with [`send_fd`] (close-on-exec); `Ok(None)` at end of stream.
+pub fn recv_fd(socket: RawFd) -> Result<Option<OwnedFd>, Errno> {
+    let mut payload = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: 1 };
+    let mut control = FdControl { buf: [0; 24] };
+    // SAFETY: an all-zero msghdr is valid; the fields set below point at live locals.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    // SAFETY: taking the address of the union's byte view.
+    msg.msg_control = unsafe { control.buf.as_mut_ptr() }.cast();
+    msg.msg_controllen = 24;
+    // SAFETY: msg and everything it points to are live for the call.
+    let n = retry_eintr(|| unsafe { libc::recvmsg(socket, &mut msg, libc::MSG_CMSG_CLOEXEC) } as libc::c_long)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_FIRSTHDR checks the length before returning a
+    // header, and SCM_RIGHTS data holds at least one int.
+    let fd = unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null() || (*cmsg).cmsg_level != libc::SOL_SOCKET || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+            return Err(libc::EPROTO);
+        }
+        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>())
+    };
+    // SAFETY: an SCM_RIGHTS message installs the descriptor it carries in this process: `fd` is open and new,
+    // owned by nothing else.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}

@@ -10,12 +10,16 @@
 #![allow(unsafe_code)]
 
 pub mod capability;
+pub mod credentials;
 pub mod fd;
 pub mod landlock;
 pub mod mount;
+pub mod namespace;
 pub mod process;
 pub mod signal;
+pub mod socket;
 pub mod terminal;
+pub mod wait;
 
 /// A raw errno value.
 pub type Errno = i32;

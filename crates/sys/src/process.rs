@@ -1,5 +1,6 @@
 //! Processes: forking with `clone`/`clone3`, `prctl`, leaving with `_exit`.
 
+use std::ffi::CStr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::{check, check_fd, Errno};
@@ -128,4 +129,80 @@ pub unsafe fn clone3_process(flags: u64, pidfd: &mut RawFd, cgroup: Option<RawFd
 pub fn exit_immediately(code: i32) -> ! {
     // SAFETY: _exit never returns and touches no user-space state.
     unsafe { libc::_exit(code) }
+}
+
+/// `setsid()`: the caller leads a new session (and process group) without a controlling terminal; returns the
+/// session's id.
+pub fn new_session() -> Result<libc::pid_t, Errno> {
+    // SAFETY: setsid takes no arguments.
+    check(unsafe { libc::setsid() } as libc::c_long).map(|sid| sid as libc::pid_t)
+}
+
+/// `chdir(path)`.
+pub fn change_directory(path: &CStr) -> Result<(), Errno> {
+    // SAFETY: `path` is a valid NUL-terminated string; chdir only reads it.
+    check(unsafe { libc::chdir(path.as_ptr()) } as libc::c_long).map(drop)
+}
+
+/// `setrlimit(resource, {soft, hard})` (`RLIMIT_*`).
+pub fn set_limit(resource: u32, soft: u64, hard: u64) -> Result<(), Errno> {
+    let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+    // SAFETY: setrlimit reads one `struct rlimit` from a live local.
+    check(unsafe { libc::setrlimit(resource as _, &limit) } as libc::c_long).map(drop)
+}
+
+/// `execve(path, argv, envp)`: replaces the process, so it returns only on failure, with the errno. `argv` and
+/// `envp` are the NULL-terminated pointer arrays execve takes (each pointer a NUL-terminated string); an array
+/// whose last element is not NULL is refused with `EINVAL` before the call.
+pub fn execute(path: &CStr, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> Errno {
+    if argv.last().is_none_or(|p| !p.is_null()) || envp.last().is_none_or(|p| !p.is_null()) {
+        return libc::EINVAL;
+    }
+    // SAFETY: `path` is a valid NUL-terminated string and both arrays are live and end in NULL (checked above).
+    // execve only reads through the pointers, in the kernel: one that is not a readable string is reported as
+    // EFAULT, never read by this process. On success nothing of this process remains.
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    crate::errno()
+}
+
+/// What a fork returned, in the process it returned in.
+pub enum Forked {
+    /// In the new process.
+    Child,
+    /// In the caller: the child's pid and a pidfd that refers to it.
+    Parent { pid: libc::pid_t, pidfd: OwnedFd },
+}
+
+/// A fork without a pidfd ([`clone_process`] with no extra flags): 0 in the child, the child's pid in the caller.
+///
+/// The contract of [`clone_process`] holds for every caller, and is airlock's design rather than something this
+/// function can check: the processes that fork (the supervisor before it starts any thread, the sandbox's init,
+/// the `airlock exec` process, the probe's child) are single-threaded, and their children do only
+/// async-signal-safe work (no allocation) until they exec or leave with [`exit_immediately`].
+pub fn fork() -> Result<libc::pid_t, Errno> {
+    // SAFETY: the caller's obligations of clone_process are this function's documented contract (see above).
+    unsafe { clone_process(0, None) }
+}
+
+/// A fork that gives the caller a pidfd for its child: with `cgroup`, `clone3` with `CLONE_INTO_CGROUP` (the
+/// child is born in that cgroup, see [`clone3_process`]), otherwise `clone` with `CLONE_PIDFD`. `flags`: extra
+/// `CLONE_*` flags (new namespaces).
+///
+/// The contract is [`fork`]'s: a single-threaded caller, a child that does only async-signal-safe work.
+pub fn fork_with_pidfd(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> Result<Forked, Errno> {
+    let mut pidfd: RawFd = -1;
+    // SAFETY: the caller's obligations of clone_process and clone3_process are this function's documented
+    // contract (see [`fork`]); `pidfd` is a live int for the kernel to fill.
+    let pid = unsafe {
+        match cgroup {
+            Some(dir) => clone3_process(flags, &mut pidfd, Some(dir.as_raw_fd()))?,
+            None => clone_process((flags | libc::CLONE_PIDFD as u64) as libc::c_ulong, Some(&mut pidfd))?,
+        }
+    };
+    if pid == 0 {
+        return Ok(Forked::Child);
+    }
+    // SAFETY: the clone succeeded with CLONE_PIDFD, so the kernel stored in `pidfd` a new open descriptor that
+    // refers to the child, owned by nothing else.
+    Ok(Forked::Parent { pid, pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) } })
 }

@@ -1,0 +1,103 @@
+//! Unix sockets: passing a file descriptor to another process (`SCM_RIGHTS`).
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use crate::{retry_eintr, Errno};
+
+/// Room for one `cmsghdr` carrying one descriptor (`CMSG_SPACE(sizeof(int))` is 24 on 64-bit Linux, 16 on
+/// 32-bit: 24 covers both), aligned for `cmsghdr`.
+#[repr(C)]
+union FdControl {
+    buf: [u8; 24],
+    _align: libc::cmsghdr,
+}
+
+/// Sends the descriptor `fd` over the Unix socket `socket` (`sendmsg` with one byte of data and `SCM_RIGHTS`;
+/// `MSG_NOSIGNAL`: a closed peer is `EPIPE`, not SIGPIPE), retrying on EINTR.
+pub fn send_fd(socket: RawFd, fd: RawFd) -> Result<(), Errno> {
+    let mut payload = [b'T'];
+    let mut iov = libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: 1 };
+    let mut control = FdControl { buf: [0; 24] };
+    // SAFETY: an all-zero msghdr is valid; the fields set below point at live locals.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    // SAFETY: taking the address of the union's byte view (every bit pattern is a valid [u8; 24]).
+    msg.msg_control = unsafe { control.buf.as_mut_ptr() }.cast();
+    msg.msg_controllen = space;
+    // SAFETY: msg_control points at `space` (<= 24) writable bytes, so CMSG_FIRSTHDR is non-null and in bounds;
+    // CMSG_DATA of it has room for one int, written unaligned.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+    }
+    // SAFETY: msg and everything it points to (iov, payload, control) are live for the call; sendmsg only reads.
+    retry_eintr(|| unsafe { libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) } as libc::c_long).map(drop)
+}
+
+/// Receives one descriptor sent with [`send_fd`] (close-on-exec: `MSG_CMSG_CLOEXEC`), retrying on EINTR;
+/// `Ok(None)` at end of stream, `EPROTO` when the message carries no descriptor.
+pub fn receive_fd(socket: RawFd) -> Result<Option<OwnedFd>, Errno> {
+    let mut payload = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: 1 };
+    let mut control = FdControl { buf: [0; 24] };
+    // SAFETY: an all-zero msghdr is valid; the fields set below point at live locals.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    // SAFETY: taking the address of the union's byte view (every bit pattern is a valid [u8; 24]).
+    msg.msg_control = unsafe { control.buf.as_mut_ptr() }.cast();
+    msg.msg_controllen = 24;
+    // SAFETY: msg and everything it points to are live for the call; recvmsg writes at most iov_len bytes of
+    // data and msg_controllen bytes of control.
+    let n = retry_eintr(|| unsafe { libc::recvmsg(socket, &mut msg, libc::MSG_CMSG_CLOEXEC) } as libc::c_long)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_FIRSTHDR checks the length before returning a
+    // header, and SCM_RIGHTS data holds at least one int, read unaligned.
+    let fd = unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null() || (*cmsg).cmsg_level != libc::SOL_SOCKET || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+            return Err(libc::EPROTO);
+        }
+        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>())
+    };
+    // SAFETY: an SCM_RIGHTS message installs the descriptors it carries in this process: `fd` is a new open
+    // descriptor, owned by nothing else.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_descriptor_crosses_a_socket_pair_and_end_of_stream_is_none() {
+        let (a, b) = crate::fd::socketpair_cloexec().unwrap();
+        let (read, write) = crate::fd::pipe_cloexec().unwrap();
+        send_fd(a.as_raw_fd(), write.as_raw_fd()).unwrap();
+        drop(write);
+        let received = receive_fd(b.as_raw_fd()).unwrap().unwrap();
+        // The received descriptor is the pipe's write end: what goes in comes out of `read`.
+        crate::fd::write_all(received.as_raw_fd(), b"x").unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(crate::fd::read(read.as_raw_fd(), &mut buf), Ok(1));
+        assert_eq!(&buf, b"x");
+        let flags = crate::check(descriptor_flags(received.as_raw_fd())).unwrap();
+        assert_ne!(flags & libc::FD_CLOEXEC as libc::c_long, 0, "received close-on-exec");
+        drop(a);
+        assert!(receive_fd(b.as_raw_fd()).unwrap().is_none());
+    }
+
+    fn descriptor_flags(fd: RawFd) -> libc::c_long {
+        // SAFETY: fcntl with F_GETFD takes only integers.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) as libc::c_long }
+    }
+}

@@ -10,7 +10,10 @@
 //! relays the master to the caller's terminal, as `run -t`'s supervisor does. The command's terminal is never the
 //! caller's.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
+#![forbid(unsafe_code)]
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use policy::sandbox::{Requirement, SandboxPolicy};
 
@@ -109,7 +112,7 @@ pub fn exec_in_sandbox(
         Some(_) => match open_host_proc() {
             Ok(fd) => Some(fd),
             Err(e) => {
-                sys::fd::close(pidfd);
+                drop(pidfd);
                 if let Some(c) = channel {
                     drop((c.child_end, c.supervisor_end, c.proc_dir));
                 }
@@ -125,8 +128,9 @@ pub fn exec_in_sandbox(
         }
         None => (None, None),
     };
-    let joined = enter_sandbox(&prepared, policy, target, pidfd, audit_child_end.as_ref().map(AsRawFd::as_raw_fd));
-    sys::fd::close(pidfd);
+    let joined =
+        enter_sandbox(&prepared, policy, target, pidfd.as_fd(), audit_child_end.as_ref().map(AsRawFd::as_raw_fd));
+    drop(pidfd);
     drop(audit_child_end);
     let (child, child_pidfd, failure_read, tty_socket) = match joined {
         Ok(j) => j,
@@ -139,6 +143,7 @@ pub fn exec_in_sandbox(
 
     // 4. Wait for the command, forwarding signals (the command is in its own session), relaying its terminal,
     //    killing it at the exec's deadline (`policy.timeout`; the rest of its session right after, below).
+    let tty_socket_fd = tty_socket.as_ref().map(AsRawFd::as_raw_fd);
     let ended = match (audit.as_mut(), audit_ends) {
         (Some(request), Some((supervisor_end, proc_dir))) => {
             let mut seccomp_audit = crate::notify::SeccompAudit::new(
@@ -148,14 +153,19 @@ pub fn exec_in_sandbox(
                 &mut *request.sink,
             )
             .with_command(&prepared.plan.command);
-            let ended =
-                crate::supervisor::supervise(child, child_pidfd, policy.timeout, tty_socket, Some(&mut seccomp_audit));
+            let ended = crate::supervisor::supervise(
+                child,
+                child_pidfd.as_fd(),
+                policy.timeout,
+                tty_socket_fd,
+                Some(&mut seccomp_audit),
+            );
             drop(seccomp_audit);
             drop(proc_dir);
             ended
         }
         // The policy's timeout is this exec's own (`airlock exec --timeout`), not the sandbox's.
-        _ => crate::supervisor::supervise(child, child_pidfd, policy.timeout, tty_socket, None),
+        _ => crate::supervisor::supervise(child, child_pidfd.as_fd(), policy.timeout, tty_socket_fd, None),
     };
     // Timed out: the supervisor loop killed the command itself; what it started dies now too. Its session (and
     // process group) keep the command's pid as their id until the last member is gone, so that id still names
@@ -167,10 +177,8 @@ pub fn exec_in_sandbox(
         }
         drop(fd);
     }
-    if let Some(socket) = tty_socket {
-        sys::fd::close(socket);
-    }
-    sys::fd::close(child_pidfd);
+    drop(tty_socket);
+    drop(child_pidfd);
     let failure = failure::read_failure(failure_read.as_raw_fd());
     drop(failure_read);
     let ended = ended.map_err(|e| AttachError::Wait(os_error(e)))?;
@@ -179,13 +187,13 @@ pub fn exec_in_sandbox(
 
 /// A pidfd of the sandbox's init, checked against the recorded start time after it is open, so that it is known
 /// to refer to the sandbox's init and not to a process that reused its pid.
-fn open_init(target: &RunningSandbox) -> Result<RawFd, AttachError> {
-    let pidfd = pidfd_open(target.init_pid).map_err(|e| match e {
+fn open_init(target: &RunningSandbox) -> Result<OwnedFd, AttachError> {
+    let pidfd = sys::process::pidfd_open(target.init_pid).map_err(|e| match e {
         libc::ESRCH => AttachError::NotRunning(target.name.clone()),
         e => AttachError::OpenInit(target.init_pid, os_error(e)),
     })?;
     if crate::host::process_start_time(target.init_pid) != Some(target.init_start_time) {
-        sys::fd::close(pidfd);
+        drop(pidfd);
         return Err(AttachError::NotRunning(target.name.clone()));
     }
     Ok(pidfd)
@@ -208,20 +216,17 @@ pub fn enter_sandbox_as_its_user(
     let pidfd = open_init(target)?;
     if plan.ids.host_root {
         // As host root: our supplementary groups would be host groups inside, and setgroups is denied there.
-        // SAFETY: setgroups with a zero-length list reads no memory.
-        unsafe { libc::setgroups(0, std::ptr::null()) };
+        let _ = sys::credentials::clear_supplementary_groups();
     }
     // The user namespace and the mount namespace only: files need no other (and the pid namespace would apply
     // to children alone). Both at once by pidfd, as `exec` does.
     const FLAGS: libc::c_int = namespaces::flags(&[Kind::User, Kind::Mount]);
-    // SAFETY: setns takes only integers; this process is single-threaded (required for CLONE_NEWUSER).
-    let entered = sys::check(unsafe { libc::setns(pidfd, FLAGS) } as libc::c_long);
-    sys::fd::close(pidfd);
+    // This process is single-threaded (required for CLONE_NEWUSER).
+    let entered = sys::namespace::setns(pidfd.as_fd(), FLAGS);
+    drop(pidfd);
     entered.map_err(|e| AttachError::EnterNamespaces(os_error(e)))?;
     // setns left our working directory on the host's tree: a relative path must not resolve there.
-    // SAFETY: a NUL-terminated literal.
-    sys::check(unsafe { libc::chdir(c"/".as_ptr()) } as libc::c_long)
-        .map_err(|e| AttachError::ChdirRoot(os_error(e)))?;
+    sys::process::change_directory(c"/").map_err(|e| AttachError::ChdirRoot(os_error(e)))?;
     // The Landlock ruleset after setns: its paths are the sandbox's.
     let ruleset = match &plan.landlock {
         Some(lp) => Some(
@@ -253,9 +258,9 @@ fn enter_sandbox(
     prepared: &crate::prepare::Prepared,
     policy: &SandboxPolicy,
     target: &RunningSandbox,
-    pidfd: RawFd,
+    pidfd: BorrowedFd<'_>,
     audit_socket: Option<RawFd>,
-) -> Result<(libc::pid_t, RawFd, OwnedFd, Option<RawFd>), AttachError> {
+) -> Result<(libc::pid_t, OwnedFd, OwnedFd, Option<OwnedFd>), AttachError> {
     let plan = &prepared.plan;
     // The cgroup first: this process joins it (the command, its child, is born inside), because after setns
     // the host's cgroupfs is out of sight. Fails closed when the sandbox has limits but no cgroup is found.
@@ -285,8 +290,7 @@ fn enter_sandbox(
     // As host root: our supplementary groups would be host groups inside, and setgroups is denied there.
     // Stdio pipes must be writable by the command's host id (the sandbox's, read from init's map).
     if plan.ids.host_root {
-        // SAFETY: setgroups with a zero-length list reads no memory.
-        unsafe { libc::setgroups(0, std::ptr::null()) };
+        let _ = sys::credentials::clear_supplementary_groups();
         let (uid, gid) = host_ids_of(target.init_pid, plan.ids.uid, plan.ids.gid)?;
         userns::hand_stdio_pipes_to(uid, gid);
     }
@@ -295,14 +299,14 @@ fn enter_sandbox(
     // capabilities in the sandbox's user namespace until `exec_command` drops them).
     let _ = sys::process::prctl(libc::PR_SET_DUMPABLE, 0);
     // The child inherits a full mask; `exec_command` resets it. The supervisor loop collects ours by signalfd.
-    let _old_mask = sandbox::block_all_signals();
+    let _old_mask = sys::signal::block_all();
 
     // All at once by pidfd: the kernel checks that we may ptrace init (see `init::hold_until_stopped` on why a
     // held init stays dumpable rootless), enters the user namespace first, then the others. (Entering the user
     // namespace alone first would lose the right to ptrace init, which the pidfd form checks.) After this our
     // root and working directory are the sandbox's root.
-    // SAFETY: setns takes only integers; this process is single-threaded (required for CLONE_NEWUSER).
-    if let Err(e) = sys::check(unsafe { libc::setns(pidfd, flags) } as libc::c_long) {
+    // This process is single-threaded (required for CLONE_NEWUSER).
+    if let Err(e) = sys::namespace::setns(pidfd, flags) {
         drop((failure_read, failure_write));
         return Err(AttachError::EnterNamespaces(os_error(e)));
     }
@@ -327,35 +331,27 @@ fn enter_sandbox(
             return Err(e);
         }
     };
-    let close_terminal = || {
-        if let Some((slave, socket)) = terminal {
-            sys::fd::close(slave);
-            sys::fd::close(socket);
-        }
-    };
 
     // The pid namespace applies to children only: the command is our child, pid N inside.
     // By number: `exec_command` never returns (it execs or exits), so in the child `failure_write` is never
     // dropped and the descriptor stays open for it.
     let fds = CommandFds {
         failure: failure_write.as_raw_fd(),
-        tty_slave: terminal.map(|(slave, _)| slave),
+        tty_slave: terminal.as_ref().map(|(slave, _)| slave.as_fd()),
         landlock_ruleset: ruleset,
         audit_socket,
     };
-    let mut child_pidfd: RawFd = -1;
-    // SAFETY: this process is single-threaded; the child only runs exec_command, which does async-signal-safe
-    // work on the prepared plan (no allocation).
-    let forked = unsafe { sys::process::clone_process(libc::CLONE_PIDFD as libc::c_ulong, Some(&mut child_pidfd)) };
-    let child = match forked {
-        Ok(0) => exec::exec_command(plan, &fds),
-        Ok(pid) => pid,
+    // This process is single-threaded; the child only runs exec_command, which does async-signal-safe work on
+    // the prepared plan (no allocation).
+    let (child, child_pidfd) = match sys::process::fork_with_pidfd(0, None) {
+        Ok(sys::process::PidfdFork::Child) => exec::exec_command(plan, &fds),
+        Ok(sys::process::PidfdFork::Parent { pid, pidfd }) => (pid, pidfd),
         Err(e) => {
             drop((failure_read, failure_write));
             if let Some(fd) = ruleset {
                 sys::fd::close(fd);
             }
-            close_terminal();
+            drop(terminal);
             return Err(AttachError::Fork(os_error(e)));
         }
     };
@@ -365,7 +361,7 @@ fn enter_sandbox(
     }
     // The slave is the command's alone: ours closes, so the master reads end of file once the command's ends.
     let tty_socket = terminal.map(|(slave, socket)| {
-        sys::fd::close(slave);
+        drop(slave);
         socket
     });
     Ok((child, child_pidfd, failure_read, tty_socket))
@@ -374,19 +370,13 @@ fn enter_sandbox(
 /// Opens a pseudo-terminal in the sandbox (`tty::open_sandbox_terminal`, as init does for `run -t`), sized
 /// `winsize`. Its master is sent over a new socket pair, to be received by the relay in `supervise` as `run -t`'s
 /// is; returns the slave and the socket's receiving end.
-fn open_terminal(winsize: &libc::winsize) -> Result<(RawFd, RawFd), AttachError> {
-    let mut pair = [-1; 2];
-    // SAFETY: socketpair fills a live two-int array.
-    let ret = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) };
-    sys::check(ret as libc::c_long).map_err(|e| AttachError::Terminal(os_error(e)))?;
-    let opened = crate::tty::open_sandbox_terminal(winsize, pair[0]);
-    sys::fd::close(pair[0]);
+fn open_terminal(winsize: &libc::winsize) -> Result<(OwnedFd, OwnedFd), AttachError> {
+    let (sending, receiving) = sys::fd::socketpair_cloexec().map_err(|e| AttachError::Terminal(os_error(e)))?;
+    let opened = crate::tty::open_sandbox_terminal(winsize, sending.as_raw_fd());
+    drop(sending);
     match opened {
-        Ok(slave) => Ok((slave, pair[1])),
-        Err(f) => {
-            sys::fd::close(pair[1]);
-            Err(AttachError::TerminalStep(f.step.description(), os_error(f.errno)))
-        }
+        Ok(slave) => Ok((slave, receiving)),
+        Err(f) => Err(AttachError::TerminalStep(f.step.description(), os_error(f.errno))),
     }
 }
 
@@ -403,8 +393,7 @@ const SESSION_SWEEPS: usize = 16;
 /// with its own `setsid` is no longer in the session and is not found (as with coreutils `timeout`).
 fn kill_session(session: libc::pid_t, proc_dir: RawFd) {
     // The process group at once first: one call, and the kernel does not let a member fork past it.
-    // SAFETY: kill takes only integers.
-    unsafe { libc::kill(-session, libc::SIGKILL) };
+    let _ = sys::signal::kill(-session, libc::SIGKILL);
     for _ in 0..SESSION_SWEEPS {
         let members = live_session_members(proc_dir, session);
         if members.is_empty() {
@@ -412,20 +401,11 @@ fn kill_session(session: libc::pid_t, proc_dir: RawFd) {
         }
         for pid in members {
             // By pidfd, checked again once open: the pid is known to be the member, not a process that reused it.
-            let Ok(fd) = pidfd_open(pid) else { continue };
+            let Ok(fd) = sys::process::pidfd_open(pid) else { continue };
             if live_session_of(proc_dir, pid) == Some(session) {
-                // SAFETY: pidfd_send_signal with a null siginfo and no flags reads no memory.
-                unsafe {
-                    libc::syscall(
-                        libc::SYS_pidfd_send_signal,
-                        fd,
-                        libc::SIGKILL,
-                        std::ptr::null::<libc::siginfo_t>(),
-                        0u32,
-                    )
-                };
+                let _ = sys::process::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
             }
-            sys::fd::close(fd);
+            drop(fd);
         }
     }
 }
@@ -434,33 +414,21 @@ fn kill_session(session: libc::pid_t, proc_dir: RawFd) {
 fn live_session_members(proc_dir: RawFd, session: libc::pid_t) -> Vec<libc::pid_t> {
     let mut members = Vec::new();
     // A new open file description each sweep (a dup would share the first one's position, at the end).
-    // SAFETY: the path is a NUL-terminated literal; openat takes a live directory descriptor.
-    let Ok(dir_fd) = sys::check_fd(unsafe {
-        libc::openat(proc_dir, c".".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
-    } as libc::c_long) else {
+    let Ok(dir) = sys::fd::openat(proc_dir, c".", libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0) else {
         return members;
     };
-    // SAFETY: dir_fd is an open directory; fdopendir takes it over (closedir closes it).
-    let dir = unsafe { libc::fdopendir(dir_fd) };
-    if dir.is_null() {
-        sys::fd::close(dir_fd);
-        return members;
-    }
-    loop {
-        // SAFETY: dir is a live DIR stream; the entry stays valid until the next readdir on it.
-        let entry = unsafe { libc::readdir(dir) };
-        if entry.is_null() {
-            break;
-        }
-        // SAFETY: d_name is a NUL-terminated array in the live entry.
-        let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
-        let Some(pid) = name.to_str().ok().and_then(|n| n.parse::<libc::pid_t>().ok()) else { continue };
-        if live_session_of(proc_dir, pid) == Some(session) {
-            members.push(pid);
+    // By descriptor: after setns, `/proc` by path is the sandbox's. (This runs in the `airlock exec` process, on
+    // the parent's side of its fork, once the command is reaped: the Vec and the Strings below are fine here.)
+    let mut buf = [0u8; 8192];
+    // Until the end of the directory or an error, as readdir would stop.
+    while let Ok(len @ 1..) = sys::fd::read_directory(dir.as_fd(), &mut buf) {
+        for name in sys::fd::directory_entries(&buf, len) {
+            let Some(pid) = name.to_str().ok().and_then(|n| n.parse::<libc::pid_t>().ok()) else { continue };
+            if live_session_of(proc_dir, pid) == Some(session) {
+                members.push(pid);
+            }
         }
     }
-    // SAFETY: dir is a live DIR stream, closed once.
-    unsafe { libc::closedir(dir) };
     members
 }
 
@@ -468,15 +436,8 @@ fn live_session_members(proc_dir: RawFd, session: libc::pid_t) -> Vec<libc::pid_
 /// or None when it is gone or has exited (a zombie is past killing).
 fn live_session_of(proc_dir: RawFd, pid: libc::pid_t) -> Option<libc::pid_t> {
     use std::io::Read;
-    use std::os::fd::FromRawFd;
     let path = std::ffi::CString::new(format!("{pid}/stat")).ok()?;
-    // SAFETY: path is NUL-terminated; openat takes a live directory descriptor.
-    let fd = sys::check_fd(
-        unsafe { libc::openat(proc_dir, path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) } as libc::c_long
-    )
-    .ok()?;
-    // SAFETY: fd was just opened and is owned by nothing else; the File closes it.
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut file = std::fs::File::from(sys::fd::openat(proc_dir, &path, libc::O_RDONLY | libc::O_CLOEXEC, 0).ok()?);
     let mut stat = String::new();
     file.read_to_string(&mut stat).ok()?;
     // "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses, so after the last ')'.
@@ -486,11 +447,6 @@ fn live_session_of(proc_dir: RawFd, pid: libc::pid_t) -> Option<libc::pid_t> {
         return None;
     }
     fields.nth(2)?.parse().ok()
-}
-
-fn pidfd_open(pid: libc::pid_t) -> Result<RawFd, Errno> {
-    // SAFETY: pidfd_open takes only integers.
-    sys::check_fd(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) })
 }
 
 /// The host ids the sandbox's maps give inside ids `uid`/`gid`.

@@ -1,7 +1,10 @@
 //! The command's process: the last steps before `execve`, in the order the design fixes. Runs after `fork` from
 //! the sandbox's init; syscalls on prepared data only.
 
-use std::os::fd::RawFd;
+// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
+#![forbid(unsafe_code)]
+
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use crate::failure::{report_and_exit, Step};
 use crate::plan::SandboxPlan;
@@ -16,11 +19,11 @@ pub const EXIT_NOT_EXECUTABLE: i32 = 126;
 pub const EXIT_NOT_FOUND: i32 = 127;
 
 /// Descriptors the command's process needs until `execve`.
-pub struct CommandFds {
+pub struct CommandFds<'a> {
     /// Failure pipe (close-on-exec: a successful `execve` closes it unwritten).
     pub failure: RawFd,
     /// Slave side of the sandbox's pseudo-terminal, with `-t`.
-    pub tty_slave: Option<RawFd>,
+    pub tty_slave: Option<BorrowedFd<'a>>,
     /// The Landlock ruleset built by init, when Landlock is on.
     pub landlock_ruleset: Option<RawFd>,
     /// With an audited seccomp program: the socket that carries the filter's listener to the supervisor.
@@ -28,18 +31,17 @@ pub struct CommandFds {
 }
 
 /// Never returns: either `execve` replaces the process or a failure record is written and it exits.
-pub fn exec_command(plan: &SandboxPlan, fds: &CommandFds) -> ! {
+pub fn exec_command(plan: &SandboxPlan, fds: &CommandFds<'_>) -> ! {
     let fail = |step: Step, errno: Errno| -> ! { report_and_exit(fds.failure, step, errno, 0, EXIT_SETUP_FAILED) };
 
     // Signals: init blocks everything (it waits for them with sigwaitinfo); the command starts with the default
     // disposition for each and an empty mask, as a freshly started program expects (Rust's runtime ignores
     // SIGPIPE, and that must not leak into `yes | head`).
-    reset_signals();
+    sys::signal::reset_all();
 
     // A new session: the command has no controlling terminal of the caller's, so it cannot inject input into
     // it with TIOCSTI (CVE-2017-5226) — or, with `-t`, the sandbox's own pseudo-terminal becomes it.
-    // SAFETY: setsid takes no arguments.
-    if let Err(e) = sys::check(unsafe { libc::setsid() } as libc::c_long) {
+    if let Err(e) = sys::process::new_session() {
         fail(Step::NewSession, e);
     }
     if let Some(slave) = fds.tty_slave {
@@ -58,15 +60,12 @@ pub fn exec_command(plan: &SandboxPlan, fds: &CommandFds) -> ! {
 
     // The working directory is set by path inside the new root, never inherited as a descriptor
     // (CVE-2024-21626).
-    // SAFETY: valid NUL-terminated string.
-    if let Err(e) = sys::check(unsafe { libc::chdir(plan.command.cwd.as_ptr()) } as libc::c_long) {
+    if let Err(e) = sys::process::change_directory(&plan.command.cwd) {
         report_and_exit(fds.failure, Step::ChangeDirectory, e, 0, EXIT_SETUP_FAILED);
     }
 
     for (index, &(resource, soft, hard)) in plan.rlimits.iter().enumerate() {
-        let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
-        // SAFETY: setrlimit reads a live rlimit.
-        if let Err(e) = sys::check(unsafe { libc::setrlimit(resource as _, &limit) } as libc::c_long) {
+        if let Err(e) = sys::process::set_limit(resource, soft, hard) {
             report_and_exit(fds.failure, Step::SetRlimit, e, index as u32, EXIT_SETUP_FAILED);
         }
     }
@@ -133,16 +132,12 @@ fn execute_candidates(plan: &SandboxPlan) -> Errno {
     // PATH directory tried (the result is the same: execve would say ENOENT or ENOTDIR).
     let audited = plan.seccomp.notify().exec;
     for candidate in &plan.command.candidates {
-        // SAFETY: the path is a NUL-terminated string from the plan; access takes an integer mode.
-        if audited && unsafe { libc::access(candidate.as_ptr(), libc::F_OK) } != 0 {
-            match sys::errno() {
-                libc::ENOENT | libc::ENOTDIR => continue,
-                _ => {}
+        if audited {
+            if let Err(libc::ENOENT | libc::ENOTDIR) = sys::fd::access(candidate, libc::F_OK) {
+                continue;
             }
         }
-        // SAFETY: the path and both NULL-terminated pointer arrays come from the plan, which outlives the call.
-        unsafe { libc::execve(candidate.as_ptr(), plan.command.argv_ptr(), plan.command.envp_ptr()) };
-        match sys::errno() {
+        match sys::process::execute(candidate, plan.command.argv_pointers(), plan.command.envp_pointers()) {
             libc::ENOENT | libc::ENOTDIR => {}
             libc::EACCES => result = libc::EACCES,
             other => return other,
@@ -151,31 +146,17 @@ fn execute_candidates(plan: &SandboxPlan) -> Errno {
     result
 }
 
-fn reset_signals() {
-    for sig in 1..=libc::SIGRTMAX() {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            // SAFETY: setting the default disposition is always valid; errors (unsupported numbers) are harmless.
-            unsafe { libc::signal(sig, libc::SIG_DFL) };
-        }
+/// Makes the pseudo-terminal slave the controlling terminal and the standard streams. Then the slave's own
+/// descriptor closes, by number: its owner (init's, or the `airlock exec` process's) is never dropped in this
+/// process, which execs or exits.
+fn attach_terminal(slave: BorrowedFd<'_>) -> Result<(), Errno> {
+    use sys::fd::StandardStream;
+    sys::terminal::set_controlling_terminal(slave)?;
+    for stream in [StandardStream::Input, StandardStream::Output, StandardStream::Error] {
+        sys::fd::dup_onto_standard_stream(slave, stream)?;
     }
-    // SAFETY: an empty sigset is initialised by sigemptyset before sigprocmask reads it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    }
-}
-
-/// Makes the pseudo-terminal slave the controlling terminal and the standard streams.
-fn attach_terminal(slave: RawFd) -> Result<(), Errno> {
-    // SAFETY: TIOCSCTTY takes an integer argument.
-    sys::check(unsafe { libc::ioctl(slave, libc::TIOCSCTTY, 0) } as libc::c_long)?;
-    for target in 0..3 {
-        // SAFETY: dup2 takes only integers.
-        sys::check(unsafe { libc::dup2(slave, target) } as libc::c_long)?;
-    }
-    if slave > 2 {
-        sys::fd::close(slave);
+    if slave.as_raw_fd() > 2 {
+        sys::fd::close(slave.as_raw_fd());
     }
     Ok(())
 }
@@ -185,9 +166,6 @@ fn attach_terminal(slave: RawFd) -> Result<(), Errno> {
 /// Supplementary groups were already cleared by the supervisor (as host root) before `clone`; rootless, the
 /// kernel forbids changing them (`setgroups` is denied in the namespace).
 pub fn switch_ids(uid: u32, gid: u32) -> Result<(), Errno> {
-    // SAFETY: setresgid/setresuid take only integers.
-    sys::check(unsafe { libc::setresgid(gid, gid, gid) } as libc::c_long)?;
-    // SAFETY: as above.
-    sys::check(unsafe { libc::setresuid(uid, uid, uid) } as libc::c_long)?;
-    Ok(())
+    sys::credentials::setresgid(gid, gid, gid)?;
+    sys::credentials::setresuid(uid, uid, uid)
 }

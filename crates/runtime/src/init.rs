@@ -3,7 +3,10 @@
 //! zombie, and when the command exits kills everything left in the namespace and exits with the command's
 //! status. Everything here runs after `clone`: syscalls on the prepared plan only, no allocation.
 
-use std::os::fd::RawFd;
+// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
+#![forbid(unsafe_code)]
+
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use crate::exec::{self, CommandFds, EXIT_SETUP_FAILED};
 use crate::failure::{fail, report_and_exit, ChildFailure, Step};
@@ -56,8 +59,7 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
 
     // The cgroup namespace, now that we are in the sandbox's cgroup: its root is that
     // cgroup, so the sandbox sees only its own (and /proc/self/cgroup says "/").
-    // SAFETY: unshare takes only integers.
-    if let Err(e) = sys::check(unsafe { libc::unshare(Kind::Cgroup.flag()) } as libc::c_long) {
+    if let Err(e) = sys::namespace::unshare(Kind::Cgroup.flag()) {
         abort(ChildFailure { step: Step::UnshareCgroupNamespace, errno: e, index: 0 });
     }
 
@@ -75,8 +77,7 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     }
 
     // Our own session: terminal signals (Ctrl-C) reach the supervisor only, which forwards them once.
-    // SAFETY: setsid takes no arguments.
-    unsafe { libc::setsid() };
+    let _ = sys::process::new_session();
 
     // The mount sources are opened and cloned while we still have the credentials of the user who ran airlock:
     // the policy shares what that user can reach (as host root, a bind of /root/.cargo must work though /root
@@ -144,19 +145,22 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     // the namespace. (The capability check already refuses it; this is the second lock.)
     let _ = sys::process::prctl(libc::PR_SET_DUMPABLE, 0);
 
-    let command_fds = CommandFds { failure: fds.failure, tty_slave, landlock_ruleset, audit_socket: fds.audit_socket };
-    // SAFETY: init is single-threaded; the child only runs exec_command, which is async-signal-safe.
-    let child = match unsafe { sys::process::clone_process(0, None) } {
-        Ok(0) => exec::exec_command(plan, &command_fds),
-        Ok(pid) => pid,
+    let command_fds = CommandFds {
+        failure: fds.failure,
+        tty_slave: tty_slave.as_ref().map(AsFd::as_fd),
+        landlock_ruleset,
+        audit_socket: fds.audit_socket,
+    };
+    // Init is single-threaded (the fork checks it); the child only runs exec_command, which is async-signal-safe.
+    let child = match sys::process::fork() {
+        Ok(sys::process::Forked::Child) => exec::exec_command(plan, &command_fds),
+        Ok(sys::process::Forked::Parent(pid)) => pid,
         Err(e) => abort(ChildFailure { step: Step::ForkCommand, errno: e, index: 0 }),
     };
     if let Some(fd) = landlock_ruleset {
         sys::fd::close(fd);
     }
-    if let Some(fd) = tty_slave {
-        sys::fd::close(fd);
-    }
+    drop(tty_slave);
     if let Some(fd) = fds.audit_socket {
         sys::fd::close(fd);
     }
@@ -195,17 +199,8 @@ fn build_sandbox(plan: &SandboxPlan, trees: &mut [RawFd], tun: Option<(RawFd, Ra
 /// else is forwarded to the command. When the command has exited, everything left is killed and reaped, and
 /// the command's status becomes init's exit code (128+N for a signal, as shells report it).
 fn reap_until_command_exits(command: libc::pid_t) -> i32 {
-    let mut all: libc::sigset_t = empty_sigset();
-    // SAFETY: `all` is a valid sigset to fill.
-    unsafe { libc::sigfillset(&mut all) };
     loop {
-        // SAFETY: an all-zero siginfo is a valid buffer for sigwaitinfo to fill.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `all` and `info` are live locals.
-        let sig = unsafe { libc::sigwaitinfo(&all, &mut info) };
-        if sig < 0 {
-            continue;
-        }
+        let Ok(sig) = sys::signal::wait_any() else { continue };
         if sig == libc::SIGCHLD {
             if let Some(status) = reap_children(command) {
                 return kill_everything_and_reap(status);
@@ -232,19 +227,14 @@ fn hold_until_stopped(failure: RawFd) -> ! {
         report_and_exit(failure, Step::OpenDevNull, e, 0, EXIT_SETUP_FAILED);
     }
     sys::fd::close(failure);
-    let mut all: libc::sigset_t = empty_sigset();
-    // SAFETY: `all` is a valid sigset to fill.
-    unsafe { libc::sigfillset(&mut all) };
     loop {
-        // SAFETY: an all-zero siginfo is a valid buffer for sigwaitinfo to fill.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `all` and `info` are live locals.
-        let sig = unsafe { libc::sigwaitinfo(&all, &mut info) };
-        match sig {
-            libc::SIGCHLD => {
+        match sys::signal::wait_any() {
+            Ok(libc::SIGCHLD) => {
                 let _ = reap_children(0);
             }
-            libc::SIGTERM | libc::SIGINT | libc::SIGHUP => sys::process::exit_immediately(kill_everything_and_reap(0)),
+            Ok(libc::SIGTERM | libc::SIGINT | libc::SIGHUP) => {
+                sys::process::exit_immediately(kill_everything_and_reap(0))
+            }
             _ => {}
         }
     }
@@ -252,17 +242,12 @@ fn hold_until_stopped(failure: RawFd) -> ! {
 
 /// Points fds 0-2 at the sandbox's `/dev/null` (after `pivot_root`, so it is the sandbox's own device node).
 fn stdio_to_dev_null() -> Result<(), sys::Errno> {
-    // SAFETY: the path is a NUL-terminated literal.
-    let fd =
-        sys::check_fd(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) } as libc::c_long)?;
-    for target in 0..3 {
-        // SAFETY: dup2 takes only integers; `fd` is open.
-        if let Err(e) = sys::check(unsafe { libc::dup2(fd, target) } as libc::c_long) {
-            sys::fd::close(fd);
-            return Err(e);
-        }
+    use sys::fd::StandardStream;
+    // Closes on return, the standard streams pointed at it or not.
+    let null = sys::fd::open(c"/dev/null", libc::O_RDWR | libc::O_CLOEXEC)?;
+    for stream in [StandardStream::Input, StandardStream::Output, StandardStream::Error] {
+        sys::fd::dup_onto_standard_stream(null.as_fd(), stream)?;
     }
-    sys::fd::close(fd);
     Ok(())
 }
 
@@ -270,10 +255,8 @@ fn stdio_to_dev_null() -> Result<(), sys::Errno> {
 fn reap_children(command: libc::pid_t) -> Option<i32> {
     let mut result = None;
     loop {
-        let mut status = 0;
-        // SAFETY: waitpid writes into a live local.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid <= 0 {
+        let Ok((pid, status)) = sys::wait::waitpid(-1, libc::WNOHANG) else { return result };
+        if pid == 0 {
             return result;
         }
         if pid == command {
@@ -298,37 +281,23 @@ fn kill_everything_and_reap(status: i32) -> i32 {
     // called setsid, orphans, everything.
     let _ = sys::signal::kill(-1, libc::SIGKILL);
     loop {
-        let mut st = 0;
-        // SAFETY: waitpid writes into a live local.
-        let pid = unsafe { libc::waitpid(-1, &mut st, 0) };
-        if pid < 0 && sys::errno() != libc::EINTR {
-            return status;
+        match sys::wait::waitpid(-1, 0) {
+            Ok(_) | Err(libc::EINTR) => {}
+            Err(_) => return status,
         }
     }
 }
 
 /// Writes `0` (this thread) to a cgroup v1 `tasks` file.
 fn join_cgroup(tasks: &std::ffi::CStr) -> Result<(), sys::Errno> {
-    // SAFETY: `tasks` is a valid NUL-terminated path.
-    let fd = sys::check_fd(unsafe { libc::open(tasks.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) } as libc::c_long)?;
-    let written = sys::fd::write_all(fd, b"0");
-    sys::fd::close(fd);
-    written
+    let fd = sys::fd::open(tasks, libc::O_WRONLY | libc::O_CLOEXEC)?;
+    sys::fd::write_all(fd.as_raw_fd(), b"0")
 }
 
 /// Whether the supervisor has closed its end of the start pipe (it only does so by exiting).
 fn supervisor_gone(start: RawFd) -> bool {
-    let mut pfd = libc::pollfd { fd: start, events: libc::POLLIN, revents: 0 };
-    // SAFETY: poll on one live pollfd, without waiting.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
-}
-
-fn empty_sigset() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        set
-    }
+    let mut pfd = [libc::pollfd { fd: start, events: libc::POLLIN, revents: 0 }];
+    // Without waiting.
+    let n = sys::fd::poll(&mut pfd, 0).unwrap_or(0);
+    n > 0 && pfd[0].revents & (libc::POLLHUP | libc::POLLERR) != 0
 }

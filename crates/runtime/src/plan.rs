@@ -144,9 +144,14 @@ impl CommandPlan {
         self.argv_ptrs.as_ptr()
     }
 
-    /// NULL-terminated envp for `execve`.
-    pub fn envp_ptr(&self) -> *const *const c_char {
-        self.envp_ptrs.as_ptr()
+    /// argv for `execve` (`sys::process::execute`): pointers to the arguments, then NULL.
+    pub fn argv_pointers(&self) -> &[*const c_char] {
+        &self.argv_ptrs
+    }
+
+    /// envp for `execve` (`sys::process::execute`): pointers to the environment's entries, then NULL.
+    pub fn envp_pointers(&self) -> &[*const c_char] {
+        &self.envp_ptrs
     }
 }
 

@@ -1,7 +1,10 @@
 //! `airlock run`, top to bottom: the design's setup order in one place (`run_sandbox`), each step with the
 //! reason it comes where it does. The sandbox's own steps (5–7) are in `init` and `exec`.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
+#![forbid(unsafe_code)]
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::time::Duration;
@@ -214,33 +217,26 @@ fn run_sandbox_with(
     if plan.ids.host_root {
         // The sandbox inherits our supplementary groups, and setgroups is denied inside: as host root they
         // would be host group 0. Clear them now (airlock needs none of its own).
-        // SAFETY: setgroups with a zero-length list reads no memory.
-        unsafe { libc::setgroups(0, std::ptr::null()) };
+        let _ = sys::credentials::clear_supplementary_groups();
         userns::hand_stdio_pipes_to(plan.ids.host_uid, plan.ids.host_gid);
     }
     // Block every signal before clone: init inherits the mask and collects them with sigwaitinfo (a pid-1 drops
     // signals it neither handles nor blocks), and the supervisor collects its own through a signalfd.
-    let old_mask = block_all_signals();
+    let old_mask = sys::signal::block_all();
 
     // 3. clone into the new namespaces, one process; it waits on the start pipe.
     // (The cgroup namespace is created by init once it is in its cgroup, so that the namespace's root is the
     // sandbox's own cgroup: see init.rs.)
     let flags = namespaces::clone_flags(plan.new_network_namespace);
-    let mut pidfd: RawFd = -1;
-    // SAFETY: airlock is single-threaded (no thread is ever started before this point); the child only runs
+    // airlock is single-threaded (no thread is ever started before this point); the child only runs
     // sandbox_init_main, which does async-signal-safe work on the prepared plan.
-    let cloned = unsafe {
-        match &cgroup_dir {
-            // cgroup v2: born in the sandbox's cgroup.
-            Some(dir) => sys::process::clone3_process(flags as u64, &mut pidfd, Some(dir.as_raw_fd())),
-            None => sys::process::clone_process((flags | libc::CLONE_PIDFD) as libc::c_ulong, Some(&mut pidfd)),
-        }
-    };
+    // cgroup v2 (with `cgroup_dir`): born in the sandbox's cgroup (`clone3`); otherwise `clone`.
+    let cloned = sys::process::fork_with_pidfd(flags as u64, cgroup_dir.as_ref().map(AsFd::as_fd));
     drop(cgroup_dir);
     let SupervisorPipes { start_read, start_write, failure_read, failure_write, tty } = pipes;
     let (tty_init_end, tty_supervisor_end) = tty.unzip();
-    let pid = match cloned {
-        Ok(0) => {
+    let (pid, pidfd) = match cloned {
+        Ok(sys::process::PidfdFork::Child) => {
             drop(start_write);
             drop(failure_read);
             drop(tty_supervisor_end);
@@ -255,9 +251,9 @@ fn run_sandbox_with(
             };
             init::sandbox_init_main(plan, &fds, &mut trees)
         }
-        Ok(pid) => pid,
+        Ok(sys::process::PidfdFork::Parent { pid, pidfd }) => (pid, pidfd),
         Err(errno) => {
-            restore_signals(&old_mask);
+            sys::signal::set_mask(&old_mask);
             drop((start_read, start_write, failure_read, failure_write, tty_init_end, tty_supervisor_end));
             drop(audit_channel);
             return Err(SandboxError::CloneNamespaces(os_error(errno), clone_hint(errno)));
@@ -287,13 +283,13 @@ fn run_sandbox_with(
     //    sandbox's network namespace (only a process there can) and hands it to the gateway itself.
     if let Err(e) = release_child(pid, plan, start_write.as_raw_fd()) {
         let _ = sys::signal::kill(pid, libc::SIGKILL);
-        let _ = wait_for_exit(pid);
-        sys::fd::close(pidfd);
+        let _ = sys::wait::wait_for_exit(pid);
+        drop(pidfd);
         drop((start_write, failure_read, tty_supervisor_end));
         if let Some((_, supervisor_end, proc_dir)) = audit_state.take() {
             drop((supervisor_end, proc_dir));
         }
-        restore_signals(&old_mask);
+        sys::signal::set_mask(&old_mask);
         return Err(e);
     }
 
@@ -318,18 +314,18 @@ fn run_sandbox_with(
                 crate::notify::SeccompAudit::new(&plan.seccomp, proc_dir.as_raw_fd(), supervisor_end, request.sink)
                     .with_command(&plan.command);
             let supervised =
-                crate::supervisor::supervise(pid, pidfd, policy.timeout, tty_socket, Some(&mut seccomp_audit));
+                crate::supervisor::supervise(pid, pidfd.as_fd(), policy.timeout, tty_socket, Some(&mut seccomp_audit));
             // The socket was the SeccompAudit's, closed with it.
             drop(seccomp_audit);
             drop(proc_dir);
             supervised
         }
-        None => crate::supervisor::supervise(pid, pidfd, policy.timeout, tty_socket, None),
+        None => crate::supervisor::supervise(pid, pidfd.as_fd(), policy.timeout, tty_socket, None),
     };
-    sys::fd::close(pidfd);
+    drop(pidfd);
     drop(start_write);
     drop(tty_supervisor_end);
-    restore_signals(&old_mask);
+    sys::signal::set_mask(&old_mask);
 
     // 8. Teardown: init's exit killed the namespace's every process (the kernel does it when a pid-1 exits),
     //    and with the last of them the mount namespace and its tmpfs mounts are gone. Nothing was created on the
@@ -499,22 +495,6 @@ impl SupervisorPipes {
     }
 }
 
-pub(crate) fn block_all_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data initialised by sigfillset/sigprocmask before use.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old);
-        old
-    }
-}
-
-pub(crate) fn restore_signals(old: &libc::sigset_t) {
-    // SAFETY: `old` is the mask sigprocmask returned earlier.
-    unsafe { libc::sigprocmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
-}
-
 /// The default seccomp program, compiled to notify the calls `notify` names.
 pub fn audited_seccomp_program(
     notify: crate::seccomp::NotifyOptions,
@@ -541,11 +521,4 @@ pub fn audit_channel() -> Result<AuditChannel, sys::Errno> {
     let (supervisor_end, child_end) = sys::fd::socketpair_cloexec()?;
     let proc_dir = sys::fd::open(c"/proc", libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)?;
     Ok(AuditChannel { supervisor_end, child_end, proc_dir })
-}
-
-/// Waits for `pid` to exit; used on error paths.
-fn wait_for_exit(pid: libc::pid_t) -> Result<i32, i32> {
-    let mut status = 0;
-    // SAFETY: waitpid writes into a live local.
-    sys::retry_eintr(|| unsafe { libc::waitpid(pid, &mut status, 0) } as libc::c_long).map(|_| status)
 }

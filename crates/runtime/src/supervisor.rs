@@ -2,10 +2,12 @@
 //! pseudo-terminal, and enforces `--timeout` by killing init (which takes the whole pid namespace with it,
 //! `setsid` daemons included).
 
-use std::os::fd::{AsRawFd, RawFd};
+// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
+#![forbid(unsafe_code)]
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use crate::tty;
 use sys::Errno;
 
 /// How init ended.
@@ -26,7 +28,7 @@ const FORWARDED: &[i32] =
 /// the same loop. All signals are blocked in the calling thread.
 pub fn supervise(
     pid: libc::pid_t,
-    pidfd: RawFd,
+    pidfd: BorrowedFd<'_>,
     timeout: Option<Duration>,
     tty_socket: Option<RawFd>,
     mut audit: Option<&mut crate::notify::SeccompAudit<'_>>,
@@ -38,7 +40,7 @@ pub fn supervise(
     let mut timed_out = None;
     loop {
         let mut pfds = vec![
-            libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: sigfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         ];
         if let Some(r) = &relay {
@@ -56,15 +58,11 @@ pub fn supervise(
         if let Some(flush_ms) = audit.as_ref().and_then(|a| a.flush_wait_ms()) {
             wait_ms = if wait_ms < 0 { flush_ms } else { wait_ms.min(flush_ms) };
         }
-        // SAFETY: pfds is a live Vec of pollfd of the length given.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, wait_ms) };
-        if n < 0 {
-            let e = sys::errno();
-            if e == libc::EINTR {
-                continue;
-            }
-            return Err(e);
-        }
+        let n = match sys::fd::poll(&mut pfds, wait_ms) {
+            Ok(n) => n,
+            Err(libc::EINTR) => continue,
+            Err(e) => return Err(e),
+        };
         if let Some(a) = &mut audit {
             a.flush_if_due();
         }
@@ -72,24 +70,23 @@ pub fn supervise(
             if let Some(d) = deadline {
                 if timed_out.is_none() && Instant::now() >= d {
                     // Killing init kills the pid namespace: every process in it, however it detached.
-                    let _ = pidfd_send_signal(pidfd, libc::SIGKILL);
+                    let _ = sys::process::pidfd_send_signal(pidfd, libc::SIGKILL);
                     // An exec's command is not init: it leads its own session and process group (exec_command
                     // calls setsid), and what it started in the background stays in that group. Only a group
                     // our child leads can have its pid as id (a leader's pid is not reused while its group
                     // lives), so this kills nothing else; ESRCH when there is no such group is fine.
-                    // SAFETY: kill takes only integers.
-                    let _ = unsafe { libc::kill(-pid, libc::SIGKILL) };
+                    let _ = sys::signal::kill(-pid, libc::SIGKILL);
                     timed_out = Some(started.elapsed());
                 }
             }
             continue;
         }
         if pfds[1].revents & libc::POLLIN != 0 {
-            if let Some(sig) = read_signal(sigfd.as_raw_fd()) {
+            if let Some(sig) = sys::signal::read_signal(sigfd.as_raw_fd()) {
                 match (&relay, sig) {
                     (Some(r), libc::SIGWINCH) => r.copy_window_size(),
                     _ => {
-                        let _ = pidfd_send_signal(pidfd, sig);
+                        let _ = sys::process::pidfd_send_signal(pidfd, sig);
                     }
                 }
             }
@@ -108,9 +105,7 @@ pub fn supervise(
     if let Some(mut r) = relay {
         r.drain_and_restore();
     }
-    let mut status = 0;
-    // SAFETY: waitpid writes into a live local.
-    sys::retry_eintr(|| unsafe { libc::waitpid(pid, &mut status, 0) } as libc::c_long)?;
+    let status = sys::wait::wait_for_exit(pid)?;
     if let Some(elapsed) = timed_out {
         return Ok(Ended::TimedOut(elapsed));
     }
@@ -124,26 +119,10 @@ pub fn supervise(
     Ok(Ended::Exited(code))
 }
 
-fn read_signal(sigfd: RawFd) -> Option<i32> {
-    // SAFETY: an all-zero signalfd_siginfo is valid; read fills at most its size.
-    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::signalfd_siginfo>();
-    // SAFETY: `info` is a live, writable struct of `size` bytes.
-    let n = unsafe { libc::read(sigfd, (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
-    (n as usize == size).then_some(info.ssi_signo as i32)
-}
-
-fn pidfd_send_signal(pidfd: RawFd, sig: i32) -> Result<(), Errno> {
-    // SAFETY: pidfd_send_signal with a null siginfo and no flags reads no memory.
-    let ret =
-        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, sig, std::ptr::null::<libc::siginfo_t>(), 0u32) };
-    sys::check(ret).map(drop)
-}
-
 /// Relays between the caller's terminal (or pipes) and the sandbox's pseudo-terminal master.
 struct TerminalRelay {
     socket: Option<RawFd>,
-    master: Option<RawFd>,
+    master: Option<OwnedFd>,
     /// The master reported end of output; it is no longer polled (but stays open).
     master_quiet: bool,
     stdin_open: bool,
@@ -158,7 +137,7 @@ impl TerminalRelay {
     fn add_poll_fds(&self, pfds: &mut Vec<libc::pollfd>) {
         let fd_or_skip = |fd: Option<RawFd>| fd.unwrap_or(-1);
         pfds.push(libc::pollfd { fd: fd_or_skip(self.socket), events: libc::POLLIN, revents: 0 });
-        let master = if self.master_quiet { None } else { self.master };
+        let master = if self.master_quiet { None } else { self.master.as_ref().map(AsRawFd::as_raw_fd) };
         pfds.push(libc::pollfd { fd: fd_or_skip(master), events: libc::POLLIN, revents: 0 });
         let stdin = if self.master.is_some() && self.stdin_open { 0 } else { -1 };
         pfds.push(libc::pollfd { fd: stdin, events: libc::POLLIN, revents: 0 });
@@ -169,7 +148,7 @@ impl TerminalRelay {
             |i: usize| pfds.get(i).is_some_and(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0);
         if ready(0) {
             if let Some(socket) = self.socket.take() {
-                if let Ok(Some(master)) = tty::recv_fd(socket) {
+                if let Ok(Some(master)) = sys::socket::recv_fd(socket) {
                     self.master = Some(master);
                     self.enter_raw_mode();
                     self.copy_window_size();
@@ -177,7 +156,7 @@ impl TerminalRelay {
             }
         }
         if ready(1) {
-            if let Some(master) = self.master {
+            if let Some(master) = self.master.as_ref().map(AsRawFd::as_raw_fd) {
                 if !copy_once(master, 1) {
                     // No slave is open (EIO): stop watching, but keep the master open until the sandbox is
                     // gone — closing it would hang up the terminal and SIGHUP a command that merely closed
@@ -187,7 +166,7 @@ impl TerminalRelay {
             }
         }
         if ready(2) {
-            if let Some(master) = self.master {
+            if let Some(master) = self.master.as_ref().map(AsRawFd::as_raw_fd) {
                 if !copy_once(0, master) {
                     self.stdin_open = false;
                     // End of input: the terminal's end-of-file character, as a person would type it.
@@ -198,46 +177,34 @@ impl TerminalRelay {
     }
 
     fn enter_raw_mode(&mut self) {
-        // SAFETY: isatty takes an integer.
-        if unsafe { libc::isatty(0) } != 1 {
+        let stdin = std::io::stdin();
+        if !sys::terminal::is_terminal(stdin.as_fd()) {
             return;
         }
-        // SAFETY: termios is plain data filled by tcgetattr before use; cfmakeraw edits a live local.
-        unsafe {
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(0, &mut t) != 0 {
-                return;
-            }
-            self.saved_termios = Some(t);
-            libc::cfmakeraw(&mut t);
-            libc::tcsetattr(0, libc::TCSANOW, &t);
-        }
+        let Ok(t) = sys::terminal::attributes(stdin.as_fd()) else { return };
+        self.saved_termios = Some(t);
+        let _ = sys::terminal::set_attributes(stdin.as_fd(), &sys::terminal::raw(&t));
     }
 
     fn copy_window_size(&self) {
-        let Some(master) = self.master else { return };
-        // SAFETY: an all-zero winsize is valid; TIOCGWINSZ/TIOCSWINSZ read and write a live local.
-        unsafe {
-            let mut ws: libc::winsize = std::mem::zeroed();
-            if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
-                libc::ioctl(master, libc::TIOCSWINSZ, &ws);
-            }
+        let Some(master) = &self.master else { return };
+        if let Ok(ws) = sys::terminal::window_size(std::io::stdin().as_fd()) {
+            let _ = sys::terminal::set_window_size(master.as_fd(), &ws);
         }
     }
 
     fn drain_and_restore(&mut self) {
         if let Some(master) = self.master.take() {
-            // SAFETY: fcntl with integer arguments.
-            unsafe { libc::fcntl(master, libc::F_SETFL, libc::O_NONBLOCK) };
-            while copy_once(master, 1) {}
-            sys::fd::close(master);
+            let _ = sys::fd::set_status_flags(master.as_raw_fd(), libc::O_NONBLOCK);
+            while copy_once(master.as_raw_fd(), 1) {}
+            drop(master);
         }
         if let Some(socket) = self.socket.take() {
             sys::fd::close(socket);
         }
         if let Some(t) = self.saved_termios.take() {
-            // SAFETY: restores the termios saved from the same terminal.
-            unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+            // Restores the attributes saved from the same terminal.
+            let _ = sys::terminal::set_attributes(std::io::stdin().as_fd(), &t);
         }
     }
 }

@@ -238,3 +238,84 @@ pub fn take_inherited(fd: RawFd) -> Result<OwnedFd, Errno> {
     // owner exists in this process, so the OwnedFd is its only owner and closes it once.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// `fcntl(fd, F_SETFL, flags)`: the open file description's status flags (`O_NONBLOCK`, `O_APPEND`...).
+pub fn set_status_flags(fd: RawFd, flags: i32) -> Result<(), Errno> {
+    // SAFETY: fcntl with F_SETFL takes only integers; a number that is not open only yields EBADF.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } as libc::c_long).map(drop)
+}
+
+/// `access(path, mode)` (`F_OK`, `X_OK`...), with the caller's real ids.
+pub fn access(path: &CStr, mode: i32) -> Result<(), Errno> {
+    // SAFETY: a NUL-terminated string alive for the call; access only reads it.
+    check(unsafe { libc::access(path.as_ptr(), mode) } as libc::c_long).map(drop)
+}
+
+/// `getdents64(dir, buf)`: fills `buf` with the next entries of the open directory `dir` (read them with
+/// [`directory_entries`]); 0 at the end of the directory.
+pub fn read_directory(dir: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: getdents64 writes at most `buf.len()` bytes into the live, writable `buf`; `dir` is borrowed, so
+    // open.
+    check(unsafe { libc::syscall(libc::SYS_getdents64, dir.as_raw_fd(), buf.as_mut_ptr(), buf.len()) })
+        .map(|n| n as usize)
+}
+
+/// The names of the entries [`read_directory`] put in `buf` (its first `len` bytes), `.` and `..` included.
+pub fn directory_entries(buf: &[u8], len: usize) -> DirectoryEntries<'_> {
+    DirectoryEntries { rest: buf.get(..len).unwrap_or(&[]) }
+}
+
+/// An iterator over the `struct linux_dirent64` records in a buffer: `d_ino` (8 bytes), `d_off` (8),
+/// `d_reclen` (2), `d_type` (1), then the NUL-terminated name, the record `d_reclen` bytes long in all.
+pub struct DirectoryEntries<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for DirectoryEntries<'a> {
+    type Item = &'a CStr;
+
+    fn next(&mut self) -> Option<&'a CStr> {
+        const NAME_AT: usize = 19;
+        let reclen = self.rest.get(16..18).map(|b| u16::from_ne_bytes([b[0], b[1]]) as usize)?;
+        // A record the kernel wrote is never this short; a torn one ends the iteration.
+        let record = self.rest.get(..reclen).filter(|_| reclen > NAME_AT)?;
+        self.rest = self.rest.get(reclen..).unwrap_or(&[]);
+        CStr::from_bytes_until_nul(record.get(NAME_AT..)?).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_directory_lists_its_entries_by_descriptor() {
+        let dir = std::env::temp_dir().join(format!("sys-read-directory-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let long = "n".repeat(200);
+        for name in ["a", "bb", long.as_str()] {
+            std::fs::write(dir.join(name), b"").unwrap();
+        }
+        let opened = std::fs::File::open(&dir).unwrap();
+        let mut names = Vec::new();
+        // A small buffer: the entries take several reads.
+        let mut buf = [0u8; 256];
+        loop {
+            let len = read_directory(opened.as_fd(), &mut buf).unwrap();
+            if len == 0 {
+                break;
+            }
+            names.extend(directory_entries(&buf, len).map(|n| n.to_str().unwrap().to_string()));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        names.sort();
+        assert_eq!(names, [".", "..", "a", "bb", long.as_str()]);
+    }
+
+    #[test]
+    fn torn_or_empty_buffers_yield_nothing() {
+        assert_eq!(directory_entries(&[], 0).count(), 0);
+        assert_eq!(directory_entries(&[0u8; 18], 18).count(), 0);
+    }
+}

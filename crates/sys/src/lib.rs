@@ -11,6 +11,7 @@
 #![allow(unsafe_code)]
 
 pub mod capability;
+pub mod credentials;
 pub mod dir;
 pub mod fd;
 pub mod fs;
@@ -26,6 +27,7 @@ pub mod socket;
 pub mod terminal;
 pub mod time;
 pub mod uts;
+pub mod wait;
 pub mod xattr;
 
 /// A raw errno value.

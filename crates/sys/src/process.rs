@@ -1,5 +1,6 @@
 //! Processes: forking with `clone`/`clone3`, `prctl`, leaving with `_exit`.
 
+use std::ffi::CStr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::{check, check_fd, Errno};
@@ -159,13 +160,19 @@ pub enum Forked {
 /// and it is busy here. So the child inherits no lock another thread held, and may do any work (it is a copy: the
 /// descriptors and buffers it shares with the parent are the caller's business).
 pub fn fork() -> Result<Forked, Errno> {
-    // SAFETY: unshare takes only integers; with CLONE_VM alone it unshares nothing (the check is its only effect).
-    check(unsafe { libc::unshare(libc::CLONE_VM) } as libc::c_long)?;
+    only_thread()?;
     // SAFETY: clone_process asks for a single-threaded caller, checked just above (only this thread could have
     // started another since), and for a child doing async-signal-safe work only, which matters only when another
     // thread may hold a lock the child inherits: with one thread, none can.
     let pid = unsafe { clone_process(0, None) }?;
     Ok(if pid == 0 { Forked::Child } else { Forked::Parent(pid) })
+}
+
+/// `Ok` when the calling thread is the only user of its address space (no other thread): `unshare(CLONE_VM)`
+/// has nothing to unshare, so it changes nothing, but the kernel refuses it (`EINVAL`) otherwise.
+fn only_thread() -> Result<(), Errno> {
+    // SAFETY: unshare takes only integers; with CLONE_VM alone it unshares nothing (the check is its only effect).
+    check(unsafe { libc::unshare(libc::CLONE_VM) } as libc::c_long).map(drop)
 }
 
 /// Leaves the forked child with status 127 if `child` unwinds, so a panic never unwinds into the caller's frames
@@ -284,6 +291,73 @@ pub fn run_before_exec(
     unsafe {
         command.pre_exec(before_exec);
     }
+}
+
+/// `setsid()`: the caller leads a new session (and process group) without a controlling terminal; returns the
+/// session's id.
+pub fn new_session() -> Result<libc::pid_t, Errno> {
+    // SAFETY: setsid takes no arguments.
+    check(unsafe { libc::setsid() } as libc::c_long).map(|sid| sid as libc::pid_t)
+}
+
+/// `chdir(path)`.
+pub fn change_directory(path: &CStr) -> Result<(), Errno> {
+    // SAFETY: `path` is a valid NUL-terminated string; chdir only reads it.
+    check(unsafe { libc::chdir(path.as_ptr()) } as libc::c_long).map(drop)
+}
+
+/// `setrlimit(resource, {soft, hard})` (`RLIMIT_*`).
+pub fn set_limit(resource: u32, soft: u64, hard: u64) -> Result<(), Errno> {
+    let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+    // SAFETY: setrlimit reads one `struct rlimit` from a live local.
+    check(unsafe { libc::setrlimit(resource as _, &limit) } as libc::c_long).map(drop)
+}
+
+/// `execve(path, argv, envp)`: replaces the process, so it returns only on failure, with the errno. `argv` and
+/// `envp` are the NULL-terminated pointer arrays execve takes (each pointer a NUL-terminated string); an array
+/// whose last element is not NULL is refused with `EINVAL` before the call.
+pub fn execute(path: &CStr, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> Errno {
+    if argv.last().is_none_or(|p| !p.is_null()) || envp.last().is_none_or(|p| !p.is_null()) {
+        return libc::EINVAL;
+    }
+    // SAFETY: `path` is a valid NUL-terminated string and both arrays are live and end in NULL (checked above).
+    // execve only reads through the pointers, in the kernel: one that is not a readable string is reported as
+    // EFAULT, never read by this process. On success nothing of this process remains.
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    crate::errno()
+}
+
+/// What [`fork_with_pidfd`] returned, in the process it returned in.
+pub enum PidfdFork {
+    /// In the new process.
+    Child,
+    /// In the caller: the child's pid and a pidfd that refers to it.
+    Parent { pid: libc::pid_t, pidfd: OwnedFd },
+}
+
+/// A fork that gives the caller a pidfd for its child: with `cgroup`, `clone3` with `CLONE_INTO_CGROUP` (the
+/// child is born in that cgroup, see [`clone3_process`]), otherwise `clone` with `CLONE_PIDFD`. `flags`: extra
+/// `CLONE_*` flags (new namespaces).
+///
+/// Safe as [`fork`] is: it is refused (`EINVAL`, nothing forked) unless the caller is single-threaded.
+pub fn fork_with_pidfd(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> Result<PidfdFork, Errno> {
+    only_thread()?;
+    let mut pidfd: RawFd = -1;
+    // SAFETY: clone_process and clone3_process ask for a single-threaded caller, checked just above (only this
+    // thread could have started another since); with one thread no lock can be held by another, so the child may
+    // do any work. `pidfd` is a live int for the kernel to fill.
+    let pid = unsafe {
+        match cgroup {
+            Some(dir) => clone3_process(flags, &mut pidfd, Some(dir.as_raw_fd()))?,
+            None => clone_process((flags | libc::CLONE_PIDFD as u64) as libc::c_ulong, Some(&mut pidfd))?,
+        }
+    };
+    if pid == 0 {
+        return Ok(PidfdFork::Child);
+    }
+    // SAFETY: the clone succeeded with CLONE_PIDFD, so the kernel stored in `pidfd` a new open descriptor that
+    // refers to the child, owned by nothing else.
+    Ok(PidfdFork::Parent { pid, pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) } })
 }
 
 #[cfg(test)]

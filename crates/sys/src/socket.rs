@@ -73,7 +73,36 @@ pub fn recv_fd(socket: RawFd) -> Result<Option<OwnedFd>, Errno> {
         }
         std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>())
     };
-    // SAFETY: an SCM_RIGHTS message installs the descriptor it carries in this process: `fd` is open and new,
-    // owned by nothing else.
+    // SAFETY: an SCM_RIGHTS message installs the descriptors it carries in this process: `fd` is a new open
+    // descriptor, owned by nothing else.
     Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_descriptor_crosses_a_socket_pair_and_end_of_stream_is_none() {
+        let (a, b) = crate::fd::socketpair_cloexec().unwrap();
+        let (read, write) = crate::fd::pipe_cloexec().unwrap();
+        send_fd(a.as_raw_fd(), write.as_raw_fd()).unwrap();
+        drop(write);
+        let received = recv_fd(b.as_raw_fd()).unwrap().unwrap();
+        // The received descriptor is the pipe's write end: what goes in comes out of `read`.
+        crate::fd::write_all(received.as_raw_fd(), b"x").unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(crate::fd::read(read.as_raw_fd(), &mut buf), Ok(1));
+        assert_eq!(&buf, b"x");
+        let flags = crate::check(descriptor_flags(received.as_raw_fd())).unwrap();
+        assert_ne!(flags & libc::FD_CLOEXEC as libc::c_long, 0, "received close-on-exec");
+        drop(a);
+        assert!(recv_fd(b.as_raw_fd()).unwrap().is_none());
+    }
+
+    fn descriptor_flags(fd: RawFd) -> libc::c_long {
+        // SAFETY: fcntl with F_GETFD takes only integers.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) as libc::c_long }
+    }
 }

@@ -229,7 +229,7 @@ impl LiveSandbox {
 
 /// The helper: enters the namespaces, forks the worker, exits with its status.
 fn helper_main(sandbox: &LiveSandbox, workspace: &CStr, op: &Op, report: RawFd) -> ! {
-    let (pidfd, uid, gid) = (sandbox.pidfd.as_raw_fd(), sandbox.uid, sandbox.gid);
+    let (pidfd, uid, gid) = (sandbox.pidfd.as_fd(), sandbox.uid, sandbox.gid);
     let fail = |step: LiveStep, errno: Errno| -> ! {
         let mut buf = [0u8; 8];
         buf[..4].copy_from_slice(&(step as u32).to_ne_bytes());
@@ -265,7 +265,7 @@ fn helper_main(sandbox: &LiveSandbox, workspace: &CStr, op: &Op, report: RawFd) 
             fail(LiveStep::MountOverlay, f.errno);
         }
         new_overlay = trees[0];
-        let (mnt_ns, pid_ns) = (sandbox.mnt_ns.as_raw_fd(), sandbox.pid_ns.as_raw_fd());
+        let (mnt_ns, pid_ns) = (sandbox.mnt_ns.as_fd(), sandbox.pid_ns.as_fd());
         let entered =
             namespace::setns(mnt_ns, Kind::Mount.flag()).and_then(|()| namespace::setns(pid_ns, Kind::Pid.flag()));
         if let Err(e) = entered {

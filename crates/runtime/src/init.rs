@@ -144,7 +144,13 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     // the namespace. (The capability check already refuses it; this is the second lock.)
     let _ = sys::process::prctl(libc::PR_SET_DUMPABLE, 0);
 
-    let command_fds = CommandFds { failure: fds.failure, tty_slave, landlock_ruleset, audit_socket: fds.audit_socket };
+    let command_fds = CommandFds {
+        failure: fds.failure,
+        tty_slave,
+        landlock_ruleset,
+        audit_socket: fds.audit_socket,
+        agent_listener: None,
+    };
     // SAFETY: init is single-threaded; the child only runs exec_command, which is async-signal-safe.
     let child = match unsafe { sys::process::clone_process(0, None) } {
         Ok(0) => exec::exec_command(plan, &command_fds),

@@ -8,6 +8,7 @@
 // unsafe fns need their own block).
 #![allow(unsafe_code)]
 
+pub mod agent;
 pub mod attach;
 pub mod caps;
 pub mod cgroups;

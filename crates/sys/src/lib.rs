@@ -10,12 +10,14 @@
 #![allow(unsafe_code)]
 
 pub mod capability;
+pub mod execve;
 pub mod fd;
 pub mod landlock;
 pub mod mount;
 pub mod process;
 pub mod signal;
 pub mod terminal;
+pub mod unix_socket;
 
 /// A raw errno value.
 pub type Errno = i32;

@@ -306,3 +306,65 @@ pub fn stop(name: &str) -> Result<i32> {
     }
     Ok(0)
 }
+
+/// `airlock __agent NAME` (internal): the exec agent of a running sandbox.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// The sandbox's name.
+    pub name: String,
+}
+
+/// The argv the agent's plan is built for. Never executed: the agent serves where its command would `execve`
+/// (an absolute path, so no `PATH` lookup is made for it).
+const AGENT_COMMAND: &str = "/airlock-exec-agent";
+
+/// Serves the sandbox's exec agent until the sandbox ends: binds `agent.sock` in its directory (mode 0600, given
+/// to the sandbox's user), makes the agent inside it exactly as `exec` makes a command, and stays as the holder
+/// of its seccomp listener (the commands it starts are audited like an exec's). Exits 0 at once when another
+/// process serves it already (`agent.lock`).
+pub fn serve_agent(args: AgentArgs) -> Result<i32> {
+    let name = &args.name;
+    validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
+    let state = state::state();
+    let sandbox = match lookup(&state, name)? {
+        Lookup::Running(sandbox) => sandbox,
+        _ => {
+            crate::say(&format!("sandbox {name} is not running; it has no exec agent"));
+            return Ok(i32::from(crate::EXIT_FAILED));
+        }
+    };
+    let dir = state.sandbox(name);
+    let lock_path = dir.agent_lock_file();
+    let Some(lock) =
+        runtime::host::try_lock_file(&lock_path).with_context(|| format!("cannot lock {}", lock_path.display()))?
+    else {
+        return Ok(0);
+    };
+    let published = dir.agent_socket();
+    let socket = runtime::agent::AgentSocket { bound: published.with_extension("sock.new"), published };
+    // Sockets left by an agent that ended with its sandbox's earlier life (the lock says none serves now).
+    let _ = std::fs::remove_file(&socket.published);
+    let _ = std::fs::remove_file(&socket.bound);
+    let listener = std::os::unix::net::UnixListener::bind(&socket.bound)
+        .with_context(|| format!("cannot bind the exec agent's socket {}", socket.bound.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&socket.bound, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", socket.bound.display()))?;
+    // The agent polls it and accepts what is there: a wakeup whose connection is gone must not block it.
+    listener.set_nonblocking(true).context("cannot make the exec agent's socket non-blocking")?;
+    let merged = sandbox.profile()?;
+    let mut policy = profile::resolve(&merged, vec![AGENT_COMMAND.to_string()], &session::invoker())?;
+    session::gateway::add_proxy_environment(&mut policy, &|key| merged.env.set.contains_key(key));
+    policy.timeout = None;
+    let host = sandbox.host_context(&policy, lock_dir())?;
+    let served = sandbox.serve_exec_agent(&NamespaceBackend, &state, &policy, &host, listener.into(), &socket);
+    // The socket goes before the lock: a new agent never finds a socket another one's end removes under it.
+    let _ = std::fs::remove_file(&socket.published);
+    let _ = std::fs::remove_file(&socket.bound);
+    drop(lock);
+    match served {
+        Ok(outcome) => Ok(outcome.exit_code()),
+        Err(SessionError::Backend(BackendError::Attach(AttachError::NotRunning(_)))) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -9,6 +9,7 @@ mod daemon_client;
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use common::{code, stderr, TempDir};
@@ -805,4 +806,98 @@ fn workspace_roots_confine_host_paths_and_a_default_lifetime_applies() {
     let o = common::airlock(&["serve", "--socket", "/tmp/airlock-never.sock", "--default-timeout", "soon"]);
     assert_ne!(code(&o), 0);
     assert!(stderr(&o).contains("--default-timeout"), "{}", stderr(&o));
+}
+
+/// The pid a streamed exec reports as `started`, and what the command printed.
+fn started_pid_and_output(c: &Client, name: &str, body: &Value) -> (i64, String) {
+    let s = c.start(
+        "POST",
+        &format!("/v1/sandboxes/{name}/exec"),
+        body.to_string().as_bytes(),
+        &[("Accept", "application/x-ndjson")],
+    );
+    let mut pid = -1;
+    let mut out = String::new();
+    for line in s.lines() {
+        match line["type"].as_str() {
+            Some("started") => pid = line["pid"].as_i64().unwrap_or(-1),
+            Some("stdout") => out.push_str(line["data"].as_str().unwrap()),
+            _ => {}
+        }
+    }
+    (pid, out)
+}
+
+#[test]
+fn the_exec_agent_runs_plain_execs_confined_as_airlock_exec_would() {
+    require_sandbox!();
+    let d = Daemon::start("api-agent", &[]);
+    let c = d.client();
+    let name = c.create(&json!({ "env": {"GREETING": "hi"}, "memory": "256M", "pids": 200 }));
+    let socket = d.state.join("sandboxes").join(&name).join("agent.sock");
+    wait_for("the exec agent's socket", 20, || socket.exists());
+    // The socket: private, and the sandbox's user's (not root's: the host ids of the sandbox's root).
+    let meta = fs::symlink_metadata(&socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_ne!(std::os::unix::fs::MetadataExt::uid(&meta), 0, "the socket belongs to the sandbox's user");
+
+    // A plain exec goes to the agent: the pid it reports is the command's own pid inside the sandbox ($$)...
+    let (pid, out) = started_pid_and_output(&c, &name, &json!({ "cmd": ["sh", "-c", "echo $$"] }));
+    assert_eq!(out.trim().parse::<i64>().unwrap(), pid, "a plain exec is the agent's");
+    // ...and one with a timeout (or another user) goes the long way, through `airlock exec` (a host pid).
+    let (pid, out) = started_pid_and_output(&c, &name, &json!({ "cmd": ["sh", "-c", "echo $$"], "timeout": "30s" }));
+    assert_ne!(out.trim().parse::<i64>().unwrap(), pid, "an exec with a timeout is airlock exec's");
+
+    // Confined exactly as airlock exec's commands: identity, capabilities, no_new_privs, seccomp, limits,
+    // cgroup, namespaces, a read-only root.
+    let probe = "grep -E '^(Uid|Gid|Groups|Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp|Seccomp_filters):' \
+                 /proc/self/status; ulimit -n; ulimit -u; cat /proc/self/cgroup; readlink /proc/self/ns/*; \
+                 hostname; touch /etc/agent-was-here 2>&1 || echo read-only; echo $GREETING; pwd";
+    let fast = c.exec(&name, &json!({ "cmd": ["sh", "-c", probe] }));
+    let slow = c.exec(&name, &json!({ "cmd": ["sh", "-c", probe], "timeout": "60s" }));
+    assert_eq!(fast["exit_code"], 0, "{fast}");
+    assert_eq!(fast["stdout"], slow["stdout"], "the agent's command differs from airlock exec's");
+    assert!(fast["stdout"].as_str().unwrap().contains("NoNewPrivs:\t1"), "{fast}");
+    assert!(fast["stdout"].as_str().unwrap().contains("CapEff:\t0000000000000000"), "{fast}");
+
+    // The request's variables, directory and input; streams the command can reopen; statuses as airlock exec's.
+    let v = c.exec(
+        &name,
+        &json!({ "cmd": ["sh", "-c", "echo \"$GREETING $EXTRA\"; pwd; cat; echo reopened > /dev/stdout; exit 3"],
+                 "env": {"EXTRA": "there", "GREETING": "hello"}, "cwd": "/tmp", "stdin": "input\n" }),
+    );
+    assert_eq!(
+        (v["exit_code"].as_i64(), v["stdout"].as_str()),
+        (Some(3), Some("hello there\n/tmp\ninput\nreopened\n"))
+    );
+    assert_eq!(c.exec(&name, &json!({ "cmd": ["sh", "-c", "kill -9 $$"] }))["exit_code"], 137);
+    let v = c.exec(&name, &json!({ "cmd": ["no-such-program"] }));
+    assert_eq!(v["exit_code"], 127);
+    assert!(v["stderr"].as_str().unwrap().contains("command not found: no-such-program"), "{v}");
+    let v = c.exec(&name, &json!({ "cmd": ["true"], "cwd": "/no/such/dir" }));
+    assert_eq!(v["exit_code"], 125);
+    assert!(v["stderr"].as_str().unwrap().contains("cannot change directory to /no/such/dir"), "{v}");
+    // A background process keeping the pipes does not hold the answer (as with airlock exec).
+    let started = Instant::now();
+    let v = c.exec(&name, &json!({ "cmd": ["sh", "-c", "sleep 30 & echo bg"] }));
+    assert_eq!(v["stdout"], "bg\n");
+    assert!(started.elapsed() < Duration::from_secs(10), "the answer waited for the background process");
+    // Nothing inside can reach the socket: the state directory is not in the sandbox's view.
+    let path = socket.display().to_string();
+    assert_eq!(c.sh(&name, &format!("test -e '{path}' && echo reachable || echo unreachable")), "unreachable\n");
+
+    // Recorded as airlock exec records: attached, the exec, exited with the status.
+    let log = fs::read_to_string(d.state.join("sandboxes").join(&name).join("audit.jsonl")).unwrap();
+    let records: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let marker = records.iter().position(|r| r["kind"] == "attached" && r["command"][2] == "kill -9 $$").unwrap();
+    assert!(records[marker..].iter().any(|r| r["kind"] == "exec" && r["process"]["argv"][2] == "kill -9 $$"));
+    assert!(records[marker..].iter().any(|r| r["kind"] == "exited" && r["status"] == 137));
+    let report = d.airlock(&["logs", "--verify", &name]);
+    assert_eq!(report.status.code(), Some(0), "{}", String::from_utf8_lossy(&report.stderr));
+
+    // Deleted: its agent is gone with it, nothing of the sandbox is left running.
+    assert_eq!(c.delete(&format!("/v1/sandboxes/{name}")).status, 204);
+    let own = std::process::id() as i32;
+    let left: Vec<i32> = processes_of(&d.state).into_iter().filter(|&p| p != d.pid() && p != own).collect();
+    assert!(left.is_empty(), "processes left after delete: {left:?}");
 }

@@ -22,6 +22,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
 use crate::api::{owned, parse_body, running_init, wants_ndjson, Shared};
@@ -139,6 +140,194 @@ pub async fn exec(
             format!("{} execs run in this daemon, its limit (--max-execs)", app.limits.max_execs),
         )
     })?;
+    let started = Instant::now();
+    // The fast way first: the sandbox's exec agent, for what it does exactly as `airlock exec` would (no other
+    // user, no deadline of the exec's own: those need `airlock exec`'s own steps).
+    let socket = store::StateDir::at(app.engine.state_dir.clone()).sandbox(&name).agent_socket();
+    let mut recorded = None;
+    let by_agent = match (&req.user, &req.timeout) {
+        (None, None) => match crate::agent::connect(&socket).await {
+            Some(connected) => {
+                // Recorded as `airlock exec` records it: `attached` before the command starts (its `exec`
+                // records come from the agent's seccomp listener), `exited` at its end.
+                recorded = Some(Recorded::attach(&app, &name, &req.cmd).await);
+                let command = crate::agent::Command {
+                    argv: &req.cmd,
+                    env: &req.env,
+                    cwd: req.cwd.as_deref(),
+                    stdin: req.stdin.is_some(),
+                };
+                connected.start(&command).await
+            }
+            None => None,
+        },
+        _ => None,
+    };
+    let (mut runner, pid, out, err, stdin_pipe, env_file) = match by_agent {
+        Some((exec, streams)) => {
+            let pid = u32::try_from(exec.pid).ok();
+            let stdin: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>> =
+                streams.stdin.map(|s| Box::new(s) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>);
+            let recorded = recorded.unwrap_or_default();
+            (Runner::Agent(recorded, exec), pid, streams.stdout, streams.stderr, stdin, None)
+        }
+        None => {
+            let (child, env_file) = spawn_airlock_exec(&app, &name, &req)?;
+            let mut child = child;
+            let pid = child.id();
+            let stdin: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>> =
+                child.stdin.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>);
+            let out = child.stdout.take().and_then(|p| p.into_owned_fd().ok());
+            let err = child.stderr.take().and_then(|p| p.into_owned_fd().ok());
+            let (Some(out), Some(err)) = (out, err) else {
+                return Err(ApiError::internal("cannot read the output of airlock exec"));
+            };
+            let out =
+                pipe::Receiver::from_owned_fd(out).map_err(|e| ApiError::internal(format!("exec output: {e}")))?;
+            let err =
+                pipe::Receiver::from_owned_fd(err).map_err(|e| ApiError::internal(format!("exec output: {e}")))?;
+            (Runner::Process(child), pid, out, err, stdin, env_file)
+        }
+    };
+    if let (Some(text), Some(mut pipe)) = (req.stdin, stdin_pipe) {
+        // Fed beside the output readers: a command that fills its output before reading all its input must not
+        // deadlock against us.
+        tokio::spawn(async move {
+            let _ = pipe.write_all(text.as_bytes()).await;
+        });
+    }
+    let (mut out, mut err) = (Some(out), Some(err));
+    // The exec runs in its own task, whatever happens to the client: it owns the command, the sandbox's shared
+    // lock, the exec permit and the environment file until the command's process has exited.
+    let (events_tx, events_rx) = mpsc::channel::<Event>(64);
+    tokio::spawn(async move {
+        let _held = (shared, permit, env_file);
+        let deadline = timeout.map(|t| t + TIMEOUT_SLACK);
+        let exited = {
+            let status = runner.wait(deadline);
+            tokio::pin!(status);
+            let mut exited = None;
+            let mut drain_until: Option<tokio::time::Instant> = None;
+            let (mut out_buf, mut err_buf) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+            loop {
+                if out.is_none() && err.is_none() {
+                    // Both pipes at their end: the answer ends with the exit (waited for if not seen yet).
+                    if exited.is_none() {
+                        exited = Some((&mut status).await);
+                    }
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    n = read_some(&mut out, &mut out_buf) => {
+                        if !forward(n, &out_buf, Stream::Stdout, &events_tx).await {
+                            out = None;
+                        }
+                    }
+                    n = read_some(&mut err, &mut err_buf) => {
+                        if !forward(n, &err_buf, Stream::Stderr, &events_tx).await {
+                            err = None;
+                        }
+                    }
+                    s = &mut status, if exited.is_none() => {
+                        exited = Some(s);
+                        // What the command wrote before it exited is in the pipes now: read it without waiting on
+                        // the runtime's readiness (on a loaded machine a grace timer could otherwise fire first and
+                        // lose it). A pipe still open after that is held by a process the command left behind.
+                        drain_now(&mut out, &mut out_buf, Stream::Stdout, &events_tx).await;
+                        drain_now(&mut err, &mut err_buf, Stream::Stderr, &events_tx).await;
+                        drain_until = Some(tokio::time::Instant::now() + DRAIN_GRACE);
+                    }
+                    _ = sleep_until(drain_until) => {
+                        drain_now(&mut out, &mut out_buf, Stream::Stdout, &events_tx).await;
+                        drain_now(&mut err, &mut err_buf, Stream::Stderr, &events_tx).await;
+                        break;
+                    }
+                }
+            }
+            exited
+        };
+        let status = exited.flatten();
+        let code = status.and_then(|s| s.code()).unwrap_or_else(|| {
+            128 + std::os::unix::process::ExitStatusExt::signal(&status.unwrap_or_default()).unwrap_or(9)
+        });
+        runner.finish(code).await;
+        let _ = events_tx.send(Event::Exit { code, duration: started.elapsed() }).await;
+    });
+    if wants_ndjson(&headers) {
+        Ok(stream_answer(pid, events_rx))
+    } else {
+        Ok(wait_answer(events_rx).await.into_response())
+    }
+}
+
+/// What runs an exec's command: a new `airlock exec` process, or the sandbox's exec agent.
+enum Runner {
+    Process(tokio::process::Child),
+    Agent(Recorded, crate::agent::AgentExec),
+}
+
+impl Runner {
+    /// The command's end. An `airlock exec` past `deadline` (its own timeout plus slack) is killed; the agent is
+    /// never given a command with a deadline.
+    async fn wait(&mut self, deadline: Option<Duration>) -> Option<std::process::ExitStatus> {
+        match self {
+            Runner::Process(child) => match deadline {
+                Some(d) => match tokio::time::timeout(d, child.wait()).await {
+                    Ok(status) => status.ok(),
+                    Err(_) => {
+                        let _ = child.kill().await;
+                        child.wait().await.ok()
+                    }
+                },
+                None => child.wait().await.ok(),
+            },
+            Runner::Agent(_, exec) => exec.wait().await,
+        }
+    }
+
+    /// After the end: the agent's command gets its `exited` record (`airlock exec` wrote its own).
+    async fn finish(self, code: i32) {
+        if let Runner::Agent(recorded, _) = self {
+            recorded.exited(code).await;
+        }
+    }
+}
+
+/// The audit records the daemon writes for a command the agent runs (the recorder `airlock exec` uses).
+#[derive(Default)]
+struct Recorded(Option<session::recorder::Recorder>);
+
+impl Recorded {
+    async fn attach(app: &Shared, name: &str, command: &[String]) -> Recorded {
+        let state = store::StateDir::at(app.engine.state_dir.clone());
+        let (name, command) = (name.to_string(), command.to_vec());
+        let recorder = tokio::task::spawn_blocking(move || {
+            let mut recorder = session::recorder::Recorder::for_exec(&state, &name).ok().flatten()?;
+            recorder.attached(&command);
+            Some(recorder)
+        });
+        Recorded(recorder.await.ok().flatten())
+    }
+
+    async fn exited(self, code: i32) {
+        if let Some(mut recorder) = self.0 {
+            let _ = tokio::task::spawn_blocking(move || {
+                let outcome = runtime::sandbox::RunOutcome::Exited(code);
+                recorder.finish(&outcome, &runtime::sandbox::RunReport::default(), None);
+            })
+            .await;
+        }
+    }
+}
+
+/// The long way: `airlock exec` with the request's options (the environment in a file, never on its command
+/// line), its output piped.
+fn spawn_airlock_exec(
+    app: &Shared,
+    name: &str,
+    req: &ExecRequest,
+) -> ApiResult<(tokio::process::Child, Option<EnvFile>)> {
     let env_dir = app.engine.state_dir.join("daemon");
     let env_file = EnvFile::write(&env_dir, &req.env)?;
     let mut args: Vec<OsString> = vec!["exec".into()];
@@ -154,7 +343,7 @@ pub async fn exec(
     if let Some(t) = &req.timeout {
         args.push(format!("--timeout={t}").into());
     }
-    args.push(name.clone().into());
+    args.push(name.into());
     args.push("--".into());
     args.extend(req.cmd.iter().map(OsString::from));
     let mut cmd = app.engine.command(&args);
@@ -162,86 +351,8 @@ pub async fn exec(
     if req.stdin.is_some() {
         cmd.stdin(Stdio::piped());
     }
-    let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| ApiError::internal(format!("cannot start airlock exec: {e}")))?;
-    let pid = child.id();
-    if let (Some(text), Some(mut pipe)) = (req.stdin, child.stdin.take()) {
-        // Fed beside the output readers: a command that fills its output before reading all its input must not
-        // deadlock against us.
-        tokio::spawn(async move {
-            let _ = pipe.write_all(text.as_bytes()).await;
-        });
-    }
-    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
-    // The exec runs in its own task, whatever happens to the client: it owns the child, the sandbox's shared
-    // lock, the exec permit and the environment file until the command's process has exited.
-    let (events_tx, events_rx) = mpsc::channel::<Event>(64);
-    tokio::spawn(async move {
-        let _held = (shared, permit, env_file);
-        let deadline = timeout.map(|t| t + TIMEOUT_SLACK);
-        let status = async {
-            match deadline {
-                Some(d) => match tokio::time::timeout(d, child.wait()).await {
-                    Ok(status) => status.ok(),
-                    Err(_) => {
-                        let _ = child.kill().await;
-                        child.wait().await.ok()
-                    }
-                },
-                None => child.wait().await.ok(),
-            }
-        };
-        tokio::pin!(status);
-        let mut exited = None;
-        let mut drain_until: Option<tokio::time::Instant> = None;
-        let (mut out_buf, mut err_buf) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
-        loop {
-            if out.is_none() && err.is_none() {
-                // Both pipes at their end: the answer ends with the exit (waited for if not seen yet).
-                if exited.is_none() {
-                    exited = Some((&mut status).await);
-                }
-                break;
-            }
-            tokio::select! {
-                biased;
-                n = read_some(&mut out, &mut out_buf) => {
-                    if !forward(n, &out_buf, Stream::Stdout, &events_tx).await {
-                        out = None;
-                    }
-                }
-                n = read_some(&mut err, &mut err_buf) => {
-                    if !forward(n, &err_buf, Stream::Stderr, &events_tx).await {
-                        err = None;
-                    }
-                }
-                s = &mut status, if exited.is_none() => {
-                    exited = Some(s);
-                    // What the command wrote before it exited is in the pipes now: read it without waiting on
-                    // the runtime's readiness (on a loaded machine a grace timer could otherwise fire first and
-                    // lose it). A pipe still open after that is held by a process the command left behind.
-                    drain_now(&mut out, &mut out_buf, Stream::Stdout, &events_tx).await;
-                    drain_now(&mut err, &mut err_buf, Stream::Stderr, &events_tx).await;
-                    drain_until = Some(tokio::time::Instant::now() + DRAIN_GRACE);
-                }
-                _ = sleep_until(drain_until) => {
-                    drain_now(&mut out, &mut out_buf, Stream::Stdout, &events_tx).await;
-                    drain_now(&mut err, &mut err_buf, Stream::Stderr, &events_tx).await;
-                    break;
-                }
-            }
-        }
-        let status = exited.flatten();
-        let code = status.and_then(|s| s.code()).unwrap_or_else(|| {
-            128 + std::os::unix::process::ExitStatusExt::signal(&status.unwrap_or_default()).unwrap_or(9)
-        });
-        let _ = events_tx.send(Event::Exit { code, duration: started.elapsed() }).await;
-    });
-    if wants_ndjson(&headers) {
-        Ok(stream_answer(pid, events_rx))
-    } else {
-        Ok(wait_answer(events_rx).await.into_response())
-    }
+    let child = cmd.spawn().map_err(|e| ApiError::internal(format!("cannot start airlock exec: {e}")))?;
+    Ok((child, env_file))
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

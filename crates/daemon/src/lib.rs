@@ -7,6 +7,7 @@
 //! with `409` instead of a half-done state ([`registry`]).
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api;
 pub mod engine;
 pub mod error;

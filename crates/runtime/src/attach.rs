@@ -10,9 +10,6 @@
 //! relays the master to the caller's terminal, as `run -t`'s supervisor does. The command's terminal is never the
 //! caller's.
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use policy::sandbox::{Requirement, SandboxPolicy};
@@ -88,6 +85,37 @@ pub fn exec_in_sandbox(
     warn: &mut dyn FnMut(&str),
     audit: Option<sandbox::AuditRequest<'_>>,
 ) -> Result<RunOutcome, AttachError> {
+    enter_and_supervise(policy, host, target, warn, audit, None)
+}
+
+/// Makes the sandbox's exec agent (`agent`): a process made exactly as `exec_in_sandbox` makes a command, which
+/// serves requests on `listener` (bound and listening; the caller's copy may close once this returns... it
+/// returns only when the agent has ended, with the sandbox). This process stays what it is for a command: the
+/// holder of the seccomp listener, so the commands the agent starts are audited as an exec's are.
+pub fn serve_agent_in_sandbox(
+    policy: &SandboxPolicy,
+    host: &HostContext,
+    target: &RunningSandbox,
+    warn: &mut dyn FnMut(&str),
+    audit: Option<sandbox::AuditRequest<'_>>,
+    listener: OwnedFd,
+    socket: &crate::agent::AgentSocket,
+) -> Result<RunOutcome, AttachError> {
+    enter_and_supervise(policy, host, target, warn, audit, Some((listener, socket)))
+}
+
+fn enter_and_supervise(
+    policy: &SandboxPolicy,
+    host: &HostContext,
+    target: &RunningSandbox,
+    warn: &mut dyn FnMut(&str),
+    audit: Option<sandbox::AuditRequest<'_>>,
+    agent: Option<(OwnedFd, &crate::agent::AgentSocket)>,
+) -> Result<RunOutcome, AttachError> {
+    let (agent_listener, agent_socket_path) = match agent {
+        Some((listener, path)) => (Some(listener), Some(path)),
+        None => (None, None),
+    };
     // 1. Validate and build the command's plan, as `run` does: no side effect before this succeeds.
     let mut prepared = prepare_sandbox(policy, host)?;
     for w in &prepared.enforcement.warnings() {
@@ -128,9 +156,17 @@ pub fn exec_in_sandbox(
         }
         None => (None, None),
     };
-    let joined =
-        enter_sandbox(&prepared, policy, target, pidfd.as_fd(), audit_child_end.as_ref().map(AsRawFd::as_raw_fd));
+    let joined = enter_sandbox(
+        &prepared,
+        policy,
+        target,
+        pidfd.as_fd(),
+        audit_child_end.as_ref().map(AsRawFd::as_raw_fd),
+        agent_listener.as_ref().zip(agent_socket_path),
+    );
     drop(pidfd);
+    // The agent holds the listener now; ours closes, so when the agent ends nothing listens any more.
+    drop(agent_listener);
     drop(audit_child_end);
     let (child, child_pidfd, failure_read, tty_socket) = match joined {
         Ok(j) => j,
@@ -260,8 +296,12 @@ fn enter_sandbox(
     target: &RunningSandbox,
     pidfd: BorrowedFd<'_>,
     audit_socket: Option<RawFd>,
+    agent: Option<(&OwnedFd, &crate::agent::AgentSocket)>,
 ) -> Result<(libc::pid_t, OwnedFd, OwnedFd, Option<OwnedFd>), AttachError> {
+    let agent_listener = agent.map(|(listener, _)| listener);
     let plan = &prepared.plan;
+    // The agent's buffers, before the fork: its loop allocates nothing.
+    let mut agent_space = agent_listener.map(|_| crate::agent::AgentSpace::new());
     // The cgroup first: this process joins it (the command, its child, is born inside), because after setns
     // the host's cgroupfs is out of sight. Fails closed when the sandbox has limits but no cgroup is found.
     if policy.limits.needs_cgroup() {
@@ -293,6 +333,22 @@ fn enter_sandbox(
         let _ = sys::credentials::clear_supplementary_groups();
         let (uid, gid) = host_ids_of(target.init_pid, plan.ids.uid, plan.ids.gid)?;
         userns::hand_stdio_pipes_to(uid, gid);
+        // The agent's socket belongs to the sandbox's user, whose host ids its clients give the pipes they send
+        // (as above: a command may reopen its streams through /proc/self/fd). Before setns: a host path.
+        if let Some((_, socket)) = agent {
+            std::os::unix::fs::chown(&socket.bound, Some(uid), Some(gid)).map_err(|e| {
+                AttachError::SetupStep(format!("cannot give {} to the sandbox's user: {e}", socket.bound.display()))
+            })?;
+        }
+    }
+    // Published once it has its owner (rootless it is ours already, which is the sandbox's user's).
+    if let Some((_, socket)) = agent {
+        std::fs::rename(&socket.bound, &socket.published).map_err(|e| {
+            AttachError::SetupStep(format!(
+                "cannot publish the exec agent's socket {}: {e}",
+                socket.published.display()
+            ))
+        })?;
     }
     let (failure_read, failure_write) = sys::fd::pipe_cloexec().map_err(|e| AttachError::CreatePipe(os_error(e)))?;
     // Nothing in the sandbox may ptrace this process or its child before the child's execve (they hold
@@ -340,11 +396,15 @@ fn enter_sandbox(
         tty_slave: terminal.as_ref().map(|(slave, _)| slave.as_fd()),
         landlock_ruleset: ruleset,
         audit_socket,
+        agent_listener: agent_listener.map(AsRawFd::as_raw_fd),
     };
     // This process is single-threaded; the child only runs exec_command, which does async-signal-safe work on
     // the prepared plan (no allocation).
     let (child, child_pidfd) = match sys::process::fork_with_pidfd(0, None) {
-        Ok(sys::process::PidfdFork::Child) => exec::exec_command(plan, &fds),
+        Ok(sys::process::PidfdFork::Child) => match (agent_listener, agent_space.as_mut()) {
+            (Some(listener), Some(space)) => exec::become_agent(plan, &fds, listener.as_fd(), space),
+            _ => exec::exec_command(plan, &fds),
+        },
         Ok(sys::process::PidfdFork::Parent { pid, pidfd }) => (pid, pidfd),
         Err(e) => {
             drop((failure_read, failure_write));

@@ -2,9 +2,6 @@
 //! namespace*; dropping them all (bounding, ambient, inheritable, permitted, effective) and locking the
 //! securebits means neither uid 0 nor a setuid-root binary can get them back.
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use sys::Errno;
 
 /// Drops every capability up to `cap_last` from the bounding set, so no later `execve` can gain one.

@@ -3,9 +3,6 @@
 //! `/dev/shm`, and the usual symlinks. Device nodes cannot be created in a user namespace, hence the binds; the
 //! tmpfs itself is made read-only at the end, so nothing else can appear in `/dev`.
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 

@@ -3,9 +3,6 @@
 //! offers, before anything is set up; a protection that is required and cannot be applied never gets here (the
 //! run fails closed instead). The warnings printed before a run are this report's gaps and notices, as text.
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use std::fmt;
 
 /// One layer of the sandbox.

@@ -1,9 +1,6 @@
 //! The command's process: the last steps before `execve`, in the order the design fixes. Runs after `fork` from
 //! the sandbox's init; syscalls on prepared data only.
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use crate::failure::{report_and_exit, Step};
@@ -28,10 +25,37 @@ pub struct CommandFds<'a> {
     pub landlock_ruleset: Option<RawFd>,
     /// With an audited seccomp program: the socket that carries the filter's listener to the supervisor.
     pub audit_socket: Option<RawFd>,
+    /// The exec agent's listening socket, when this process becomes the agent (`agent::serve`) instead of
+    /// executing the command.
+    pub agent_listener: Option<RawFd>,
 }
 
 /// Never returns: either `execve` replaces the process or a failure record is written and it exits.
 pub fn exec_command(plan: &SandboxPlan, fds: &CommandFds<'_>) -> ! {
+    confine_command_process(plan, fds);
+    let errno = execute_candidates(plan);
+    let code = if errno == libc::ENOENT || errno == libc::ENOTDIR { EXIT_NOT_FOUND } else { EXIT_NOT_EXECUTABLE };
+    report_and_exit(fds.failure, Step::Execute, errno, 0, code)
+}
+
+/// Never returns: confined exactly as a command is (`confine_command_process`), this process serves as the
+/// sandbox's exec agent on `listener`, where a command would `execve`.
+pub fn become_agent(
+    plan: &SandboxPlan,
+    fds: &CommandFds<'_>,
+    listener: std::os::fd::BorrowedFd<'_>,
+    space: &mut crate::agent::AgentSpace,
+) -> ! {
+    confine_command_process(plan, fds);
+    // Set up: the failure pipe closes unwritten (an agent never execs, which would have closed it), so the
+    // `airlock` process that made us reads no failure when we end.
+    sys::fd::close(fds.failure);
+    crate::agent::serve(plan, listener, space)
+}
+
+/// Every step of the command's process but the `execve`: signals, session, descriptors, directory, limits,
+/// capabilities, identity, `no_new_privs`, Landlock, seccomp. A failed step writes its failure record and exits.
+fn confine_command_process(plan: &SandboxPlan, fds: &CommandFds<'_>) {
     let fail = |step: Step, errno: Errno| -> ! { report_and_exit(fds.failure, step, errno, 0, EXIT_SETUP_FAILED) };
 
     // Signals: init blocks everything (it waits for them with sigwaitinfo); the command starts with the default
@@ -52,7 +76,12 @@ pub fn exec_command(plan: &SandboxPlan, fds: &CommandFds<'_>) -> ! {
 
     // Every descriptor above 2 closes, except the two we still need (both close-on-exec or closed below):
     // nothing the caller leaked reaches the command (CVE-2016-9962).
-    let mut keep = [fds.failure, fds.landlock_ruleset.unwrap_or(-1), fds.audit_socket.unwrap_or(-1)];
+    let mut keep = [
+        fds.failure,
+        fds.landlock_ruleset.unwrap_or(-1),
+        fds.audit_socket.unwrap_or(-1),
+        fds.agent_listener.unwrap_or(-1),
+    ];
     keep.sort_unstable();
     if let Err(e) = sys::fd::close_fds_except(&keep) {
         fail(Step::CloseInheritedFds, e);
@@ -118,10 +147,6 @@ pub fn exec_command(plan: &SandboxPlan, fds: &CommandFds<'_>) -> ! {
     if let Some(socket) = fds.audit_socket {
         sys::fd::close(socket);
     }
-
-    let errno = execute_candidates(plan);
-    let code = if errno == libc::ENOENT || errno == libc::ENOTDIR { EXIT_NOT_FOUND } else { EXIT_NOT_EXECUTABLE };
-    report_and_exit(fds.failure, Step::Execute, errno, 0, code)
 }
 
 /// Tries each candidate path like `execvp` does: a missing file moves on to the next `PATH` entry, a permission

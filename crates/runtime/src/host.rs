@@ -1,8 +1,5 @@
 //! Facts about the calling process and its terminal, for the binary (which has no `unsafe`).
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use std::os::fd::AsFd;
 
 use sys::fd::StandardStream;

@@ -3,9 +3,6 @@
 //! zombie, and when the command exits kills everything left in the namespace and exits with the command's
 //! status. Everything here runs after `clone`: syscalls on the prepared plan only, no allocation.
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use crate::exec::{self, CommandFds, EXIT_SETUP_FAILED};
@@ -150,6 +147,7 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
         tty_slave: tty_slave.as_ref().map(AsFd::as_fd),
         landlock_ruleset,
         audit_socket: fds.audit_socket,
+        agent_listener: None,
     };
     // Init is single-threaded (the fork checks it); the child only runs exec_command, which is async-signal-safe.
     let child = match sys::process::fork() {

@@ -6,9 +6,6 @@
 //! directly rather than through the `landlock` crate: this all runs after `clone`, where nothing may allocate,
 //! and the crate builds its rulesets in Vecs.
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 

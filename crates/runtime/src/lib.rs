@@ -3,11 +3,10 @@
 //!
 //! Modules follow kernel concepts; `sandbox::run_sandbox` is the setup order, top to bottom.
 
-// Besides the sys crate (where raw system calls belong), the one crate of the workspace where unsafe is allowed
-// (the workspace lints deny it; every unsafe block still needs its SAFETY comment, and unsafe operations inside
-// unsafe fns need their own block).
-#![allow(unsafe_code)]
+// No raw system call here: they are the sys crate's, the one crate of the workspace with unsafe code.
+#![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod attach;
 pub mod caps;
 pub mod cgroups;

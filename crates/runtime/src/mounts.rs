@@ -7,9 +7,6 @@
 //! are resolved one component at a time with `RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH` relative to the new root, so
 //! a symlink planted in a `--rootfs DIR` tree cannot redirect a mount (or a `mkdir`) onto the host.
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 

@@ -5,9 +5,6 @@
 //! gateway's process on the host (see `gateway`): the only way out, and every packet on it is the gateway's to
 //! judge.
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 

@@ -19,9 +19,6 @@
 //! (except that the next notification waits for the sink). A process that dies before we read it gets a record
 //! with the `process_gone` marker; no read blocks, so nothing hangs.
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
 

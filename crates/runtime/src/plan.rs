@@ -4,9 +4,6 @@
 //! `CString`, every list is sized, every pointer array for `execve` is built here. The plan also keeps display
 //! strings so the supervisor can turn a failure record (step, errno, index) into a sentence naming the path.
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use std::ffi::{c_char, CString};
 
 use crate::landlock::LandlockPlan;

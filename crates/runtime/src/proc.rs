@@ -4,9 +4,6 @@
 //! Runs after `/dev` is built: masked files are covered with a clone of the sandbox's `/dev/null` bind, which can
 //! only be cloned once it is attached in this mount namespace.
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 

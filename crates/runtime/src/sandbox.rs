@@ -1,9 +1,6 @@
 //! `airlock run`, top to bottom: the design's setup order in one place (`run_sandbox`), each step with the
 //! reason it comes where it does. The sandbox's own steps (5–7) are in `init` and `exec`.
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};

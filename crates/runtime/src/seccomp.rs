@@ -19,9 +19,6 @@
 //! Its test in a real process (the filter installed in a forked child, refusing what it must) is
 //! `tests/seccomp_filter.rs`: it makes raw calls by number, which this module does not.
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use std::fmt;
 use std::mem::offset_of;
 use std::os::fd::IntoRawFd;

@@ -2,9 +2,6 @@
 //! pseudo-terminal, and enforces `--timeout` by killing init (which takes the whole pid namespace with it,
 //! `setsid` daemons included).
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 

@@ -4,9 +4,6 @@
 //! sandbox's namespaces (`attach`). The command's terminal is thus never the caller's: no TIOCSTI into the
 //! caller's shell.
 
-// No raw system call here: they are `sys`'s (the crate root allows unsafe for the modules that still make them).
-#![forbid(unsafe_code)]
-
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use crate::failure::{ChildFailure, Step};

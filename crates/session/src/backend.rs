@@ -50,6 +50,19 @@ pub trait Backend {
         warn: &mut dyn FnMut(&str),
         audit: Option<AuditRequest<'_>>,
     ) -> Result<RunOutcome, BackendError>;
+
+    /// Makes the exec agent of the running sandbox `target` (a process confined as `exec`'s command would be,
+    /// which starts commands on request over `listener`); returns when it has ended, with the sandbox.
+    /// The socket (where `listener` is bound) is given to the sandbox's user, then published (`AgentSocket`).
+    fn serve_exec_agent(
+        &self,
+        policy: &SandboxPolicy,
+        host: &HostContext,
+        target: &RunningSandbox,
+        audit: Option<AuditRequest<'_>>,
+        listener: std::os::fd::OwnedFd,
+        socket: &runtime::agent::AgentSocket,
+    ) -> Result<RunOutcome, BackendError>;
 }
 
 /// Linux namespaces, pivot_root, capabilities, no_new_privs, seccomp, Landlock and cgroups, in this process
@@ -91,5 +104,17 @@ impl Backend for NamespaceBackend {
         audit: Option<AuditRequest<'_>>,
     ) -> Result<RunOutcome, BackendError> {
         Ok(runtime::attach::exec_in_sandbox(policy, host, target, warn, audit)?)
+    }
+
+    fn serve_exec_agent(
+        &self,
+        policy: &SandboxPolicy,
+        host: &HostContext,
+        target: &RunningSandbox,
+        audit: Option<AuditRequest<'_>>,
+        listener: std::os::fd::OwnedFd,
+        socket: &runtime::agent::AgentSocket,
+    ) -> Result<RunOutcome, BackendError> {
+        Ok(runtime::attach::serve_agent_in_sandbox(policy, host, target, &mut |_| {}, audit, listener, socket)?)
     }
 }

@@ -114,4 +114,21 @@ impl RunningHandle {
         }
         Ok(outcome)
     }
+
+    /// Serves the sandbox's exec agent on `listener` (`socket`) on `backend` until the sandbox
+    /// ends. The commands it starts are audited in the sandbox's log as an exec's are (their `exec` records from
+    /// this process's seccomp listener; the client writes `attached` and `exited`).
+    pub fn serve_exec_agent(
+        &self,
+        backend: &dyn Backend,
+        state: &StateDir,
+        policy: &SandboxPolicy,
+        host: &HostContext,
+        listener: std::os::fd::OwnedFd,
+        socket: &runtime::agent::AgentSocket,
+    ) -> Result<RunOutcome, SessionError> {
+        let mut recorder = Recorder::for_exec(state, self.name())?;
+        let request = recorder.as_mut().and_then(Recorder::request);
+        Ok(backend.serve_exec_agent(policy, host, &self.target, request, listener, socket)?)
+    }
 }

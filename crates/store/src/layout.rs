@@ -9,6 +9,8 @@
 //!     stats.json            final resource numbers
 //!     audit.jsonl           the audit log
 //!     supervisor.log        a long-lived sandbox's supervisor's stderr
+//!     agent.sock            the exec agent's socket (`airlock __agent`; the daemon's fast exec), mode 0600
+//!     agent.lock            flock'd by the process that serves the exec agent, while it does
 //!     upper/ work/          the copy-on-write layer (overlayfs upperdir and workdir)
 //!     layers/N-LABEL/       checkpoints: frozen layers, with layers/N-LABEL.created (unix time)
 //!     layer.img, layer/     with --disk: the layer lives on an ext4 image mounted at layer/ (holding upper/,
@@ -125,6 +127,14 @@ impl SandboxDir {
 
     pub fn supervisor_log(&self) -> PathBuf {
         self.path.join("supervisor.log")
+    }
+
+    pub fn agent_socket(&self) -> PathBuf {
+        self.path.join("agent.sock")
+    }
+
+    pub fn agent_lock_file(&self) -> PathBuf {
+        self.path.join("agent.lock")
     }
 
     /// Any other file the sandbox keeps (named by its owner, e.g. the audit log's copy marker).

@@ -1,6 +1,7 @@
 //! Processes: forking with `clone`/`clone3`, `prctl`, leaving with `_exit`.
 
 use std::ffi::CStr;
+use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::{check, check_fd, Errno};
@@ -358,6 +359,61 @@ pub fn fork_with_pidfd(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> Result<Pid
     // SAFETY: the clone succeeded with CLONE_PIDFD, so the kernel stored in `pidfd` a new open descriptor that
     // refers to the child, owned by nothing else.
     Ok(PidfdFork::Parent { pid, pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) } })
+}
+
+/// A NULL-terminated array of C strings for `execve`, of a capacity fixed when it is made: [`CStrArray::push`]
+/// never allocates, so it may be filled after `fork`. The strings are borrowed for `'a`, so the array can never
+/// point at freed memory.
+pub struct CStrArray<'a> {
+    /// Always holds a terminating NULL after the strings pushed so far.
+    pointers: Vec<*const libc::c_char>,
+    strings: PhantomData<&'a CStr>,
+}
+
+/// The array was full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArrayFull;
+
+impl<'a> CStrArray<'a> {
+    /// An empty array with room for `capacity` strings (allocates: call before `fork`).
+    pub fn with_capacity(capacity: usize) -> CStrArray<'a> {
+        let mut pointers = Vec::with_capacity(capacity + 1);
+        pointers.push(std::ptr::null());
+        CStrArray { pointers, strings: PhantomData }
+    }
+
+    /// Empties the array, keeping its room; gives it a new lifetime for its strings.
+    pub fn reuse<'b>(mut self) -> CStrArray<'b> {
+        self.pointers.clear();
+        self.pointers.push(std::ptr::null());
+        CStrArray { pointers: self.pointers, strings: PhantomData }
+    }
+
+    /// Appends `s`; `ArrayFull` (and nothing changes) when the room is used up.
+    pub fn push(&mut self, s: &'a CStr) -> Result<(), ArrayFull> {
+        if self.pointers.len() == self.pointers.capacity() {
+            return Err(ArrayFull);
+        }
+        let last = self.pointers.len() - 1;
+        self.pointers[last] = s.as_ptr();
+        self.pointers.push(std::ptr::null());
+        Ok(())
+    }
+
+    /// The number of strings.
+    pub fn len(&self) -> usize {
+        self.pointers.len() - 1
+    }
+
+    /// The NULL-terminated pointers, for [`execute`].
+    pub fn as_pointers(&self) -> &[*const libc::c_char] {
+        &self.pointers
+    }
+
+    /// Whether the array holds no string.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[cfg(test)]

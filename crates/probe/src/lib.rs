@@ -634,7 +634,7 @@ fn os_error(errno: sys::Errno) -> io::Error {
 /// `waitpid` until `pid` (this process's own child, so waiting reaps nothing that belongs to anyone else) has
 /// exited, retrying on EINTR. Returns the raw wait status. Async-signal-safe.
 fn wait_for(pid: libc::pid_t) -> Result<libc::c_int, sys::Errno> {
-    sys::process::waitpid(pid, 0).map(|(_, status)| status)
+    sys::wait::wait_for_exit(pid)
 }
 
 /// One record on the pipe: step number and errno (0 = worked), native-endian u32 and i32.

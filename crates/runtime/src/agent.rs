@@ -205,7 +205,7 @@ pub fn serve(plan: &SandboxPlan, listener: BorrowedFd<'_>, space: &mut AgentSpac
 
 /// Collects every child that ended and answers its client.
 fn reap(space: &mut AgentSpace) {
-    while let Ok((pid, status)) = sys::process::waitpid(-1, libc::WNOHANG) {
+    while let Ok((pid, status)) = sys::wait::waitpid(-1, libc::WNOHANG) {
         if pid <= 0 {
             break;
         }

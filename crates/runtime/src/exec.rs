@@ -134,7 +134,7 @@ fn confine_command_process(plan: &SandboxPlan, fds: &CommandFds<'_>) {
         Ok(None) => {}
         Ok(Some(listener)) => {
             let sent = match fds.audit_socket {
-                Some(socket) => crate::tty::send_fd(socket, listener),
+                Some(socket) => sys::socket::send_fd(socket, listener),
                 None => Err(libc::EBADF),
             };
             sys::fd::close(listener);

@@ -168,9 +168,9 @@ impl GatewayProcess {
             // privilege at all (its descriptors are open; it reads only world-readable /etc/hosts and
             // /etc/resolv.conf and connects out), so it runs as `nobody`, with no way back.
             if host_root {
-                sys::process::clear_supplementary_groups()
-                    .and_then(|()| sys::process::set_all_gids(GATEWAY_ID))
-                    .and_then(|()| sys::process::set_all_uids(GATEWAY_ID))
+                sys::credentials::clear_supplementary_groups()
+                    .and_then(|()| sys::credentials::setresgid(GATEWAY_ID, GATEWAY_ID, GATEWAY_ID))
+                    .and_then(|()| sys::credentials::setresuid(GATEWAY_ID, GATEWAY_ID, GATEWAY_ID))
                     .and_then(|()| sys::process::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map(drop))
                     .map_err(std::io::Error::from_raw_os_error)?;
             }

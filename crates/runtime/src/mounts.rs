@@ -340,7 +340,7 @@ pub fn enter_new_root(root: RawFd) -> Result<(), ChildFailure> {
     sys::process::fchdir(root).map_err(fail(Step::PivotRoot, 0))?;
     sys::mount::pivot_root(c".", c".").map_err(fail(Step::PivotRoot, 0))?;
     sys::mount::umount2(c".", libc::MNT_DETACH).map_err(fail(Step::DetachOldRoot, 0))?;
-    sys::process::chdir(c"/").map_err(fail(Step::DetachOldRoot, 0))?;
+    sys::process::change_directory(c"/").map_err(fail(Step::DetachOldRoot, 0))?;
     Ok(())
 }
 

@@ -4,10 +4,9 @@
 //! sandbox's namespaces (`attach`). The command's terminal is thus never the caller's: no TIOCSTI into the
 //! caller's shell.
 
-use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use crate::failure::{ChildFailure, Step};
-use sys::Errno;
 
 /// Opens a new pseudo-terminal in the sandbox, sets its size, sends the master to the supervisor and returns
 /// the slave. Runs in init after `pivot_root`, or in `airlock exec` after `setns` into the sandbox. Our copy of
@@ -22,17 +21,6 @@ pub fn open_sandbox_terminal(winsize: &libc::winsize, socket: RawFd) -> Result<O
     let slave = sys::terminal::open_peer(master.as_fd(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
         .map_err(fail(Step::OpenPseudoTerminal))?;
     // On failure the slave closes with the master.
-    send_fd(socket, master.as_raw_fd()).map_err(fail(Step::SendPseudoTerminal))?;
+    sys::socket::send_fd(socket, master.as_raw_fd()).map_err(fail(Step::SendPseudoTerminal))?;
     Ok(slave)
-}
-
-/// Sends one file descriptor over a Unix socket (`sys::socket::send_fd`). Async-signal-safe.
-pub fn send_fd(socket: RawFd, fd: RawFd) -> Result<(), Errno> {
-    sys::socket::send_fd(socket, fd)
-}
-
-/// Receives one file descriptor sent with [`send_fd`]; `Ok(None)` at end of stream. The descriptor is the
-/// caller's to close (by number: its callers keep it so).
-pub fn recv_fd(socket: RawFd) -> Result<Option<RawFd>, Errno> {
-    sys::socket::recv_fd(socket).map(|fd| fd.map(IntoRawFd::into_raw_fd))
 }

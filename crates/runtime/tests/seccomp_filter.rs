@@ -171,7 +171,7 @@ fn run_check(check: &Check) -> Outcome {
 
 /// Waits for `pid` and returns its wait status.
 fn reap(pid: libc::pid_t) -> libc::c_int {
-    sys::process::waitpid(pid, 0).map_or(0, |(_, status)| status)
+    sys::wait::wait_for_exit(pid).unwrap_or(0)
 }
 
 /// Runs `child` in a forked process and returns its wait status. `child` must be async-signal-safe: the

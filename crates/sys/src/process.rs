@@ -132,15 +132,6 @@ pub fn exit_immediately(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// `waitpid(pid, options)`, retrying on EINTR: the pid waited for (0 with `WNOHANG` when none has changed
-/// state) and its status.
-pub fn waitpid(pid: libc::pid_t, options: i32) -> Result<(libc::pid_t, i32), Errno> {
-    let mut status = 0;
-    // SAFETY: waitpid writes one int into a live local.
-    let waited = crate::retry_eintr(|| unsafe { libc::waitpid(pid, &mut status, options) } as libc::c_long)?;
-    Ok((waited as libc::pid_t, status))
-}
-
 /// The caller's process id (`getpid`), as its own pid namespace numbers it.
 pub fn pid() -> libc::pid_t {
     // SAFETY: getpid cannot fail and takes no arguments.
@@ -210,12 +201,6 @@ pub fn fork_and_run(child: impl FnOnce() -> i32) -> Result<libc::pid_t, Errno> {
     Ok(pid)
 }
 
-/// `chdir(path)`.
-pub fn chdir(path: &std::ffi::CStr) -> Result<(), Errno> {
-    // SAFETY: a NUL-terminated string alive for the call; chdir only reads it.
-    check(unsafe { libc::chdir(path.as_ptr()) } as libc::c_long).map(drop)
-}
-
 /// `fchdir(dir)`: the working directory becomes the directory `dir` refers to.
 pub fn fchdir(dir: RawFd) -> Result<(), Errno> {
     // SAFETY: fchdir takes an integer only; a number that is not open only yields EBADF.
@@ -226,24 +211,6 @@ pub fn fchdir(dir: RawFd) -> Result<(), Errno> {
 pub fn parent_pid() -> libc::pid_t {
     // SAFETY: getppid cannot fail and takes no arguments.
     unsafe { libc::getppid() }
-}
-
-/// `setgroups(0, NULL)`: no supplementary groups.
-pub fn clear_supplementary_groups() -> Result<(), Errno> {
-    // SAFETY: with a count of 0 setgroups reads nothing from the (null) list.
-    check(unsafe { libc::setgroups(0, std::ptr::null()) } as libc::c_long).map(drop)
-}
-
-/// `setresgid(gid, gid, gid)`: real, effective and saved gid all `gid`.
-pub fn set_all_gids(gid: libc::gid_t) -> Result<(), Errno> {
-    // SAFETY: setresgid takes integers only.
-    check(unsafe { libc::setresgid(gid, gid, gid) } as libc::c_long).map(drop)
-}
-
-/// `setresuid(uid, uid, uid)`: real, effective and saved uid all `uid`.
-pub fn set_all_uids(uid: libc::uid_t) -> Result<(), Errno> {
-    // SAFETY: setresuid takes integers only.
-    check(unsafe { libc::setresuid(uid, uid, uid) } as libc::c_long).map(drop)
 }
 
 /// `struct pidfd_info` (`linux/pidfd.h`), its first version (64 bytes).

@@ -206,7 +206,7 @@ impl LiveSandbox {
             }
         };
         drop(write_end);
-        let status = sys::process::waitpid(helper, 0).map_or(0, |(_, status)| status);
+        let status = sys::wait::wait_for_exit(helper).unwrap_or(0);
         let mut report = [0u8; 8];
         let got = sys::fd::read(read_end.as_raw_fd(), &mut report);
         drop(read_end);
@@ -287,7 +287,7 @@ fn helper_main(sandbox: &LiveSandbox, workspace: &CStr, op: &Op, report: RawFd) 
             sys::process::exit_immediately(0)
         }
         Ok(Forked::Parent(pid)) => {
-            let status = sys::process::waitpid(pid, 0).map_or(0, |(_, status)| status);
+            let status = sys::wait::wait_for_exit(pid).unwrap_or(0);
             let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
             sys::process::exit_immediately(if ok { 0 } else { 1 })
         }

@@ -9,6 +9,9 @@ use crate::store::{cli_record, live_init, now};
 /// How often lifetimes are checked (and pools looked at without a wake-up).
 const TICK: Duration = Duration::from_millis(500);
 
+/// How long a refill waits after a sandbox was taken from a pool.
+const REFILL_DELAY: Duration = Duration::from_millis(100);
+
 /// Refills pools until the daemon ends. One sandbox at a time: setting one up uses the whole of a small
 /// machine's CPU for a moment, and a create from a client must not queue behind a burst of refills.
 pub async fn keep_pools_filled(app: Shared) {
@@ -42,7 +45,12 @@ pub async fn keep_pools_filled(app: Shared) {
             }
         }
         if !made_one {
-            let _ = tokio::time::timeout(TICK * 4, app.pools_changed.notified()).await;
+            let woken = tokio::time::timeout(TICK * 4, app.pools_changed.notified()).await.is_ok();
+            if woken {
+                // A sandbox was just taken: its client's first commands run before the refill, which would take
+                // the small machine's CPU for a moment right when they start.
+                tokio::time::sleep(REFILL_DELAY).await;
+            }
         }
     }
 }

@@ -398,6 +398,11 @@ fn enter_sandbox(
         audit_socket,
         agent_listener: agent_listener.map(AsRawFd::as_raw_fd),
     };
+    // A long-lived agent starts from a heap without the setup's garbage (it and this process keep it for the
+    // sandbox's whole life).
+    if agent_listener.is_some() {
+        sys::process::trim_heap();
+    }
     // This process is single-threaded; the child only runs exec_command, which does async-signal-safe work on
     // the prepared plan (no allocation).
     let (child, child_pidfd) = match sys::process::fork_with_pidfd(0, None) {

@@ -383,6 +383,13 @@ impl<'a> CStrArray<'a> {
     }
 }
 
+/// `malloc_trim(0)`: gives the heap's free memory back to the kernel (the top of the heap, and whole free pages
+/// inside it). For a long-lived process that is done with a burst of allocations.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim takes an integer and only walks the allocator's own free lists under its lock.
+    unsafe { libc::malloc_trim(0) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -174,7 +174,9 @@ mod tests {
         let c = load_credentials(&dir, "docker.io").unwrap().unwrap();
         assert_eq!((c.username.as_str(), c.identity_token.as_deref()), ("bob", Some("tok")));
         assert_eq!(load_credentials(&dir, "localhost:5000").unwrap(), None);
-        assert_eq!(load_credentials(&temp_dir("missing"), "docker.io").unwrap(), None);
+        let missing = temp_dir("missing");
+        assert_eq!(load_credentials(&missing, "docker.io").unwrap(), None);
+        std::fs::remove_dir_all(&missing).unwrap();
         std::fs::write(dir.join("config.json"), r#"{"auths": {"h": {"auth": "!!"}}}"#).unwrap();
         let e = load_credentials(&dir, "h").unwrap_err().to_string();
         assert!(e.contains("auths.h.auth is not base64"), "{e}");

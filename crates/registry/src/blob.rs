@@ -19,8 +19,12 @@ const REPORT_EVERY: u64 = 256 * 1024;
 /// What `fetch` reports as it goes.
 pub(crate) enum BlobEvent {
     /// The download starts (or resumes at `from`).
-    Started { from: u64 },
-    Bytes { done: u64 },
+    Started {
+        from: u64,
+    },
+    Bytes {
+        done: u64,
+    },
 }
 
 /// Fetches `digest` (of `size` bytes) into the layout; answers whether it was already there.
@@ -66,12 +70,22 @@ pub(crate) async fn fetch<F: FnMut(BlobEvent) + ?Sized>(
                 remove_if_present(&partial).await?;
                 failures += 1;
                 if failures > session.max_retries {
-                    return Err(RegistryError::BlobTruncated { url, digest: digest.to_owned(), got: have, expected: size, attempts: failures });
+                    return Err(RegistryError::BlobTruncated {
+                        url,
+                        digest: digest.to_owned(),
+                        got: have,
+                        expected: size,
+                        attempts: failures,
+                    });
                 }
                 continue;
             }
             status => {
-                return Err(RegistryError::Status { url, status: status.as_u16(), body: "an unexpected answer to a blob request".into() })
+                return Err(RegistryError::Status {
+                    url,
+                    status: status.as_u16(),
+                    body: "an unexpected answer to a blob request".into(),
+                })
             }
         }
         let mut hasher = if have > 0 { hash_prefix(&partial, have).await? } else { Sha256::new() };
@@ -121,7 +135,13 @@ pub(crate) async fn fetch<F: FnMut(BlobEvent) + ?Sized>(
                 // The .partial stays: the next pull resumes it.
                 return Err(match cut_short {
                     Some(source) => RegistryError::Request { url, source },
-                    None => RegistryError::BlobTruncated { url, digest: digest.to_owned(), got: have, expected: size, attempts: failures },
+                    None => RegistryError::BlobTruncated {
+                        url,
+                        digest: digest.to_owned(),
+                        got: have,
+                        expected: size,
+                        attempts: failures,
+                    },
                 });
             }
             tokio::time::sleep(session.backoff(failures - 1)).await;

@@ -68,7 +68,9 @@ pub enum RegistryError {
     #[error("verify the blob {digest} from {url}: the registry sent more than the {expected} bytes the manifest says")]
     BlobTooLong { url: String, digest: String, expected: u64 },
 
-    #[error("download the blob {digest} from {url}: the registry stopped after {got} of {expected} bytes, {attempts} times")]
+    #[error(
+        "download the blob {digest} from {url}: the registry stopped after {got} of {expected} bytes, {attempts} times"
+    )]
     BlobTruncated { url: String, digest: String, got: u64, expected: u64, attempts: u32 },
 
     #[error("lock the pull directory {path}: {source}")]

@@ -78,7 +78,12 @@ impl Session {
 
     /// GETs `url`, authenticating when the registry asks to, retrying transient failures. Answers 2xx and 416
     /// (a range the blob does not have); any other status is an error naming the URL.
-    pub async fn get(&mut self, url: &str, accept: Option<&str>, range_from: Option<u64>) -> Result<Response, RegistryError> {
+    pub async fn get(
+        &mut self,
+        url: &str,
+        accept: Option<&str>,
+        range_from: Option<u64>,
+    ) -> Result<Response, RegistryError> {
         let mut authenticated = false;
         let mut attempt = 0;
         loop {
@@ -148,7 +153,8 @@ impl Session {
             }
             other => return Err(unauthorized(format!("unsupported authentication scheme {other:?}"))),
         };
-        let value = HeaderValue::from_str(&value).map_err(|_| unauthorized("the credentials or token are not a valid header value".into()))?;
+        let value = HeaderValue::from_str(&value)
+            .map_err(|_| unauthorized("the credentials or token are not a valid header value".into()))?;
         self.authorization = Some(value);
         Ok(())
     }
@@ -193,7 +199,9 @@ impl Session {
                 }
             };
             match request.send().await {
-                Ok(r) if (r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS) && attempt < self.max_retries => {}
+                Ok(r)
+                    if (r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS)
+                        && attempt < self.max_retries => {}
                 Ok(r) => break r,
                 Err(e) if attempt < self.max_retries && transient(&e) => {}
                 Err(e) => return Err(fail(e.to_string())),
@@ -210,8 +218,8 @@ impl Session {
         if !status.is_success() {
             return Err(fail(format!("HTTP {}: {}", status.as_u16(), quote(&body))));
         }
-        let answer: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| fail(format!("the answer is not JSON ({e}): {}", quote(&body))))?;
+        let answer: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| fail(format!("the answer is not JSON ({e}): {}", quote(&body))))?;
         ["token", "access_token"]
             .iter()
             .find_map(|k| answer.get(k).and_then(|v| v.as_str()).filter(|t| !t.is_empty()))

@@ -32,7 +32,9 @@ impl Layout {
     /// Creates the directory if needed, waits for the lock, writes `oci-layout` if it is missing.
     pub async fn open(root: &Path) -> Result<Self, RegistryError> {
         let blobs = root.join("blobs").join("sha256");
-        tokio::fs::create_dir_all(&blobs).await.map_err(|source| RegistryError::WriteFile { path: blobs.clone(), source })?;
+        tokio::fs::create_dir_all(&blobs)
+            .await
+            .map_err(|source| RegistryError::WriteFile { path: blobs.clone(), source })?;
         let lock_path = root.join(LOCK_FILE);
         let lock = tokio::task::spawn_blocking(move || {
             let file = std::fs::OpenOptions::new()
@@ -109,7 +111,8 @@ impl Layout {
             "mediaType": "application/vnd.oci.image.index.v1+json",
             "manifests": manifests,
         });
-        let text = serde_json::to_vec_pretty(&index).map_err(|e| RegistryError::WriteFile { path: path.clone(), source: e.into() })?;
+        let text = serde_json::to_vec_pretty(&index)
+            .map_err(|e| RegistryError::WriteFile { path: path.clone(), source: e.into() })?;
         self.write_atomically(&path, &text).await
     }
 
@@ -174,7 +177,9 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// The hex part of a `sha256:<64 hex>` digest; anything else is refused (it also becomes a file name).
 pub(crate) fn sha256_hex(digest: &str) -> Result<&str, RegistryError> {
     match digest.strip_prefix("sha256:") {
-        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => Ok(hex),
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
+            Ok(hex)
+        }
         _ => Err(RegistryError::UnsupportedDigest { digest: digest.to_owned() }),
     }
 }

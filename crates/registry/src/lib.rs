@@ -5,7 +5,7 @@
 //! `docker.io/library/busybox:latest`), fetches its manifest (from an image index, the linux/amd64 one), the
 //! config and every layer, each verified against its sha256 while it streams to disk, and writes `oci-layout`
 //! and `index.json`. The destination is a cache: blobs already there are kept, an interrupted download resumes,
-//! and two pulls into one directory take turns (see [`layout`](crate::layout)'s description). The crate is async
+//! and two pulls into one directory take turns on its `.lock`. The crate is async
 //! (tokio, reqwest with rustls); `pull_to_oci_layout` runs it on a runtime of its own for synchronous callers.
 #![forbid(unsafe_code)]
 
@@ -103,7 +103,8 @@ pub fn pull_to_oci_layout(
     if tokio::runtime::Handle::try_current().is_ok() {
         return Err(RegistryError::InsideRuntime);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RegistryError::StartRuntime)?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RegistryError::StartRuntime)?;
     runtime.block_on(pull(reference, dest, options, progress))
 }
 
@@ -180,7 +181,9 @@ async fn pull<F: FnMut(Progress) + ?Sized>(
     for (index, (digest, size)) in layers.iter().enumerate() {
         let size = *size;
         let mut report = |event: BlobEvent| match event {
-            BlobEvent::Started { from } => progress(Progress::LayerStarted { index, digest: digest.clone(), size, from }),
+            BlobEvent::Started { from } => {
+                progress(Progress::LayerStarted { index, digest: digest.clone(), size, from })
+            }
             BlobEvent::Bytes { done } => progress(Progress::LayerBytes { index, digest: digest.clone(), done, size }),
         };
         let reused = blob::fetch(&mut session, &layout, digest, size, &mut report).await?;

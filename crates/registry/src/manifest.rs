@@ -60,7 +60,8 @@ pub(crate) async fn fetch(
         OCI_MANIFEST | DOCKER_MANIFEST => false,
         _ => return Err(RegistryError::ManifestContentType { url, content_type }),
     };
-    let header_digest = response.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header_digest =
+        response.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let mut body = Vec::new();
     loop {
         match response.chunk().await {
@@ -91,7 +92,8 @@ pub(crate) async fn fetch(
     let content = if is_index {
         Fetched::Index(Box::new(serde_json::from_value(value).map_err(|e| bad(format!("not an image index: {e}")))?))
     } else {
-        let manifest: ImageManifest = serde_json::from_value(value).map_err(|e| bad(format!("not an image manifest: {e}")))?;
+        let manifest: ImageManifest =
+            serde_json::from_value(value).map_err(|e| bad(format!("not an image manifest: {e}")))?;
         if manifest.schema_version() != 2 {
             return Err(bad(format!("schemaVersion {} (only 2 is supported)", manifest.schema_version())));
         }
@@ -106,9 +108,11 @@ pub(crate) fn select_linux_amd64(index: &ImageIndex, reference: &str) -> Result<
         let media_type = m.media_type().to_string();
         media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST
     };
-    let chosen = index.manifests().iter().filter(|m| is_manifest(m)).find(|m| {
-        m.platform().as_ref().is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == Arch::Amd64)
-    });
+    let chosen = index
+        .manifests()
+        .iter()
+        .filter(|m| is_manifest(m))
+        .find(|m| m.platform().as_ref().is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == Arch::Amd64));
     if let Some(m) = chosen {
         return Ok(m.digest().to_string());
     }

@@ -97,7 +97,10 @@ mod tests {
     #[test]
     fn registries_with_ports_and_digests() {
         let r = ImageRef::parse("localhost:5055/x/y:tag").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()), ("localhost:5055", "x/y", Some("tag")));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("localhost:5055", "x/y", Some("tag"))
+        );
         assert_eq!(r.manifest_reference(), "tag");
         let digest = format!("sha256:{}", "a".repeat(64));
         let r = ImageRef::parse(&format!("127.0.0.1:5000/test/img@{digest}")).unwrap();

@@ -11,17 +11,17 @@ pub enum ImageError {
     ParseDigest { digest: String, why: &'static str },
     #[error("bad image reference {reference:?}: {why}")]
     ParseReference { reference: String, why: &'static str },
-    #[error("creating the image store at {path}: {source}")]
+    #[error("creating the image store at {path}")]
     CreateStore { path: PathBuf, source: io::Error },
-    #[error("locking the image store ({path}): {source}")]
+    #[error("locking the image store ({path})")]
     Lock { path: PathBuf, source: io::Error },
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     ReadSource { path: PathBuf, source: io::Error },
     #[error("unpacking the archive {path}: {why}")]
     ExtractSource { path: PathBuf, why: String },
     #[error("{path} is neither an OCI image layout (index.json) nor a `docker save` tarball (manifest.json)")]
     UnknownFormat { path: PathBuf },
-    #[error("parsing {what}: {source}")]
+    #[error("parsing {what}")]
     ParseJson { what: String, source: serde_json::Error },
     #[error("{what} does not match its digest: expected {expected}, got {actual}")]
     DigestMismatch { what: String, expected: String, actual: String },
@@ -39,9 +39,9 @@ pub enum ImageError {
     LayerCount { layers: usize, diff_ids: usize },
     #[error("{what} is not supported: {detail}")]
     Unsupported { what: &'static str, detail: String },
-    #[error("layer {digest}: {source}")]
+    #[error("layer {digest}")]
     Unpack { digest: String, source: UnpackError },
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write { path: PathBuf, source: io::Error },
     #[error("no image {reference} in the store (see `airlock image ls`)")]
     NotFound { reference: String },

@@ -636,7 +636,14 @@ mod tests {
         for (layers, diff_ids, why) in cases {
             let src = scratch("src");
             docker_save_dir(&src, &layers, diff_ids, "bad:1");
-            let err = store.import(&src, None).unwrap_err().to_string();
+            let err = store.import(&src, None).unwrap_err();
+            let mut text = err.to_string();
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                text = format!("{text}: {cause}");
+                source = cause.source();
+            }
+            let err = text;
             assert!(err.contains(why), "{err} should say {why}");
             for dir in ["records", "layers", "blobs/sha256", "tmp"] {
                 assert_eq!(count(&state.join("images").join(dir)), 0, "{dir} after {err}");

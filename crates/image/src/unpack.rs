@@ -24,15 +24,15 @@ const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
-    #[error("reading the layer's tar stream: {0}")]
+    #[error("reading the layer's tar stream")]
     ReadArchive(#[source] io::Error),
     #[error("refused tar entry {path:?}: {why}")]
     UnsafePath { path: String, why: &'static str },
     #[error("refused tar entry {path:?}: {kind} entries are not supported")]
     UnsupportedEntry { path: String, kind: String },
-    #[error("opening the layer directory {path}: {source}")]
+    #[error("opening the layer directory {path}")]
     OpenRoot { path: PathBuf, source: io::Error },
-    #[error("{op} {path:?} in the layer: {source}")]
+    #[error("{op} {path:?} in the layer")]
     CreateEntry { op: &'static str, path: String, source: io::Error },
 }
 

@@ -99,6 +99,10 @@ pub enum Command {
     /// Policy profiles: list the built-ins, show one, validate a file.
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// Images: import an OCI image layout or a `docker save` tarball into the store, list, inspect, remove,
+    /// prune.
+    #[command(subcommand)]
+    Image(crate::image_cmd::ImageCommand),
     /// A sandbox's audit log: a timeline of what ran in it (execs, refused syscalls, limits hit, file changes).
     Logs {
         /// The sandbox's name.

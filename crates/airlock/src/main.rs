@@ -7,6 +7,7 @@ mod cli;
 mod doctor;
 mod files_cmd;
 mod http_client;
+mod image_cmd;
 mod longlived;
 mod network;
 mod profile_cmd;
@@ -69,6 +70,7 @@ fn main() -> ExitCode {
         Command::Stop { name } => longlived::stop(&name),
         Command::Doctor { json } => doctor::run_doctor(json),
         Command::Profile(cmd) => profile_cmd::run(cmd),
+        Command::Image(cmd) => image_cmd::run(cmd),
         Command::Stats { name, json } => stats_cmd::run(&name, json),
         Command::Ls { json } => sandboxes_cmd::ls(json),
         Command::Diff(args) => store::sandbox::layer_of(&state::state(), &args.name, false)

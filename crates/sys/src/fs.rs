@@ -86,3 +86,23 @@ pub fn statvfs(path: &CStr) -> Result<libc::statvfs, Errno> {
     check(unsafe { libc::statvfs(path.as_ptr(), &mut st) } as libc::c_long)?;
     Ok(st)
 }
+
+/// `mknodat(dirfd, name, mode, dev)`: a device node, FIFO or (`S_IFCHR` with device 0/0, allowed unprivileged
+/// since Linux 5.8) an overlayfs whiteout `name` in `dirfd`; an existing entry is `EEXIST`, never followed.
+pub fn mknodat(dirfd: RawFd, name: &CStr, mode: libc::mode_t, major: u32, minor: u32) -> Result<(), Errno> {
+    // SAFETY: `name` is a NUL-terminated string alive for the call; mknodat reads nothing else of ours.
+    check(unsafe { libc::mknodat(dirfd, name.as_ptr(), mode, libc::makedev(major, minor)) } as libc::c_long).map(drop)
+}
+
+/// `utimensat(dirfd, name, [atime, mtime], AT_SYMLINK_NOFOLLOW)`: the entry's access and modification times,
+/// in seconds and nanoseconds since the epoch; a symlink's own times, never its target's.
+pub fn set_times_nofollow(dirfd: RawFd, name: &CStr, atime: (i64, i64), mtime: (i64, i64)) -> Result<(), Errno> {
+    let times = [
+        libc::timespec { tv_sec: atime.0 as libc::time_t, tv_nsec: atime.1 as libc::c_long },
+        libc::timespec { tv_sec: mtime.0 as libc::time_t, tv_nsec: mtime.1 as libc::c_long },
+    ];
+    // SAFETY: `name` is a NUL-terminated string and `times` a live array of the two timespecs utimensat reads,
+    // both alive for the call.
+    let ret = unsafe { libc::utimensat(dirfd, name.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    check(ret as libc::c_long).map(drop)
+}

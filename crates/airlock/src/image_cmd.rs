@@ -1,0 +1,151 @@
+//! `airlock image import | ls | inspect | rm | prune`: the image store of this machine's state directory (crate
+//! `image`, under `$STATE/images/`).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Subcommand;
+use image::store::short_id;
+use image::{ImageRecord, ImageStore};
+use serde_json::json;
+
+use crate::state;
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import an image: a `docker save` tarball, or an OCI image layout (a directory or a tar of one).
+    Import {
+        /// The tarball or directory.
+        #[arg(value_name = "FILE|DIR")]
+        path: PathBuf,
+        /// The reference to give it (`name:tag`), instead of the one the file carries.
+        #[arg(long, value_name = "REF")]
+        tag: Option<String>,
+    },
+    /// The images in the store.
+    Ls {
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One image's record as JSON: references, config, layers (with their unpacked directories), users.
+    Inspect {
+        /// A reference (`alpine:3.20`), an image id or a digest prefix.
+        #[arg(value_name = "REF")]
+        reference: String,
+    },
+    /// Remove references (an image goes with its last one, unless a sandbox uses it); `prune` frees the space.
+    Rm {
+        #[arg(required = true, value_name = "REF")]
+        references: Vec<String>,
+    },
+    /// Free what nothing uses: untagged images no sandbox uses, layers and blobs no image uses.
+    Prune,
+}
+
+fn open_store() -> Result<ImageStore> {
+    Ok(ImageStore::open(state::state().path())?)
+}
+
+pub fn run(cmd: ImageCommand) -> Result<i32> {
+    let store = open_store()?;
+    match cmd {
+        ImageCommand::Import { path, tag } => {
+            let record = store.import(&path, tag.as_deref())?;
+            let skipped: usize = record.layers.iter().map(|l| l.skipped.len()).sum();
+            if skipped > 0 {
+                crate::say(&format!(
+                    "{skipped} device node(s) or FIFO(s) in the image were skipped (see `airlock image inspect`)"
+                ));
+            }
+            match record.references.first() {
+                Some(reference) => println!("imported {reference} ({})", short_id(&record.id)),
+                None => println!("imported {} (untagged: name it with --tag)", record.id),
+            }
+            Ok(0)
+        }
+        ImageCommand::Ls { json } => ls(&store, json),
+        ImageCommand::Inspect { reference } => {
+            let record = store.inspect(&reference)?;
+            let users = store.users(&record.id)?;
+            let dirs = record.layers.iter().map(|l| store.layer_dir(&l.diff_id)).collect::<Result<Vec<_>, _>>()?;
+            let mut doc = serde_json::to_value(&record)?;
+            doc["layer_dirs"] = json!(dirs);
+            doc["used_by"] = json!(users);
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            Ok(0)
+        }
+        ImageCommand::Rm { references } => {
+            for reference in references {
+                let report = store.remove(&reference)?;
+                for r in &report.untagged {
+                    println!("untagged {r}");
+                }
+                if report.deleted {
+                    println!("deleted {}", report.id);
+                }
+            }
+            Ok(0)
+        }
+        ImageCommand::Prune => {
+            let report = store.prune()?;
+            for id in &report.images {
+                println!("deleted {id}");
+            }
+            println!("freed {} layer(s), {} blob(s), {}", report.layers, report.blobs, human_size(report.bytes));
+            Ok(0)
+        }
+    }
+}
+
+fn ls(store: &ImageStore, json_output: bool) -> Result<i32> {
+    let records = store.list()?;
+    if json_output {
+        println!("{}", serde_json::to_string_pretty(&json!({ "images": records }))?);
+        return Ok(0);
+    }
+    if records.is_empty() {
+        println!("no images");
+        return Ok(0);
+    }
+    println!("{:<48} {:<12} {:>6} {:>10}", "REFERENCE", "ID", "LAYERS", "SIZE");
+    for record in &records {
+        for reference in names(record) {
+            println!(
+                "{:<48} {:<12} {:>6} {:>10}",
+                reference,
+                short_id(&record.id),
+                record.layers.len(),
+                human_size(record.size)
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// The references of an image in their familiar form (`busybox:latest`), or `<none>`.
+fn names(record: &ImageRecord) -> Vec<String> {
+    if record.references.is_empty() {
+        return vec!["<none>".to_string()];
+    }
+    record
+        .references
+        .iter()
+        .map(|r| image::Reference::parse(r).map(|p| p.familiar()).unwrap_or_else(|_| r.clone()))
+        .collect()
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS.get(unit).copied().unwrap_or("B"))
+    }
+}

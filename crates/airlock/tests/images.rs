@@ -1,0 +1,425 @@
+//! `airlock image import | ls | inspect | rm | prune`, driving the real binary: an OCI layout that umoci builds
+//! from files the test writes (a layer with a whiteout, one with an opaque directory), the same layout as a tar,
+//! a `docker save` tarball written by hand, and hostile input (tar-slip, wrong digests, a truncated gzip, another
+//! architecture), each refused with one clear line and nothing left in the store or written outside.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::ffi::CString;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// A fresh directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("airlock-images-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `airlock ARGS...` with the state directory `state`.
+fn airlock(state: &Path, args: &[&str]) -> Output {
+    Command::new(common::airlock_path())
+        .args(args)
+        .env("AIRLOCK_STATE_DIR", state)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn airlock")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "airlock failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The one `airlock:` line of a refused command (exit 1).
+fn refused(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "should be refused: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("airlock: "), "{stderr}");
+    stderr
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("spawn");
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Nothing in the store: no record, reference, blob, layer or temporary file.
+fn assert_store_empty(state: &Path) {
+    let images = state.join("images");
+    for dir in ["records", "layers", "blobs/sha256", "tmp"] {
+        assert_eq!(count(&images.join(dir)), 0, "{dir} should be empty");
+    }
+    let refs = std::fs::read_to_string(images.join("refs.json")).unwrap_or_else(|_| "{}".to_string());
+    assert_eq!(serde_json::from_str::<Value>(&refs).unwrap(), json!({}));
+}
+
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let file = std::fs::File::open(path).unwrap();
+    let mut buf = [0u8; 64];
+    sys::xattr::fgetxattr(file.as_fd(), &CString::new(name).unwrap(), &mut buf).ok().map(|n| buf[..n].to_vec())
+}
+
+/// One tar entry, written with a raw header so hostile names (`..`, absolute) go in as given.
+enum Item<'a> {
+    Dir(&'a str),
+    File(&'a str, &'a [u8]),
+    Symlink(&'a str, &'a str),
+}
+
+fn tar_of(items: &[Item<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for item in items {
+        let (name, kind, data, link): (&str, tar::EntryType, &[u8], &str) = match item {
+            Item::Dir(n) => (n, tar::EntryType::Directory, b"", ""),
+            Item::File(n, d) => (n, tar::EntryType::Regular, d, ""),
+            Item::Symlink(n, t) => (n, tar::EntryType::Symlink, b"", t),
+        };
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(kind);
+        h.set_mode(if kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_600_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+/// A tar (uncompressed) of the files under `dir`, with their relative names.
+fn tar_dir(dir: &Path) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_dir_all(".", dir).unwrap();
+    b.into_inner().unwrap()
+}
+
+/// A `docker save` tarball: the config (with `diff_ids`, the real ones unless given), one tar per layer (as
+/// given: plain or gzipped), `manifest.json` naming `tag`, and `repositories`.
+fn docker_save(path: &Path, layers: &[(Vec<u8>, Vec<u8>)], diff_ids: Option<Vec<String>>, tag: &str) {
+    let diff_ids = diff_ids.unwrap_or_else(|| layers.iter().map(|(tar, _)| sha256(tar)).collect());
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/usr/bin:/bin", "GREETING=hi"], "WorkingDir": "/srv", "User": "65534", "Entrypoint": ["/bin/sh", "-c"], "Cmd": ["echo hi"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap();
+    let config_name = format!("{}.json", &sha256(&config)[7..]);
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).unwrap();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    };
+    add(&config_name, &config);
+    let mut names = Vec::new();
+    for (i, (_, blob)) in layers.iter().enumerate() {
+        names.push(format!("layer{i}/layer.tar"));
+        add(&format!("layer{i}/layer.tar"), blob);
+    }
+    let (repo, t) = tag.rsplit_once(':').unwrap();
+    add(
+        "manifest.json",
+        &serde_json::to_vec(&json!([{"Config": config_name, "RepoTags": [tag], "Layers": names}])).unwrap(),
+    );
+    add("repositories", &serde_json::to_vec(&json!({ repo: { t: "0" } })).unwrap());
+    std::fs::write(path, b.into_inner().unwrap()).unwrap();
+}
+
+/// An OCI layout written by hand: one manifest per `(architecture, layer blobs)`, in an image index when there
+/// are several; `layer_digest` overrides the digest the manifest gives the first layer.
+fn oci_layout(dir: &Path, images: &[(&str, Vec<Vec<u8>>)], layer_digest: Option<&str>) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| {
+        let d = sha256(bytes);
+        std::fs::write(blobs.join(&d[7..]), bytes).unwrap();
+        json!({"digest": d, "size": bytes.len()})
+    };
+    let mut manifests = Vec::new();
+    for (arch, layers) in images {
+        let diff_ids: Vec<String> = layers.iter().map(|l| sha256(l)).collect();
+        let config = put(&serde_json::to_vec(&json!({"architecture": arch, "os": "linux", "config": {"Cmd": ["/bin/true"]}, "rootfs": {"type": "layers", "diff_ids": diff_ids}})).unwrap());
+        let mut layer_descs = Vec::new();
+        for (i, layer) in layers.iter().enumerate() {
+            let mut desc = put(layer);
+            if let (0, Some(d)) = (i, layer_digest) {
+                desc["digest"] = json!(d);
+            }
+            desc["mediaType"] = json!("application/vnd.oci.image.layer.v1.tar");
+            layer_descs.push(desc);
+        }
+        let mut config = config;
+        config["mediaType"] = json!("application/vnd.oci.image.config.v1+json");
+        let manifest = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": config, "layers": layer_descs})).unwrap();
+        let mut desc = put(&manifest);
+        desc["mediaType"] = json!("application/vnd.oci.image.manifest.v1+json");
+        desc["platform"] = json!({"architecture": arch, "os": "linux"});
+        manifests.push(desc);
+    }
+    let top = if manifests.len() == 1 {
+        manifests
+    } else {
+        let index = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests})).unwrap();
+        let mut desc = put(&index);
+        desc["mediaType"] = json!("application/vnd.oci.image.index.v1+json");
+        vec![desc]
+    };
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": top})).unwrap())
+        .unwrap();
+}
+
+#[test]
+fn umoci_layout_imports_with_whiteouts_opaque_dirs_links_and_modes() {
+    if !common::is_root() {
+        skip_or_fail!("needs root (umoci unpack keeps owners only as root)");
+    }
+    if Command::new("umoci").arg("--version").output().is_err() {
+        skip_or_fail!("umoci is not installed (apt-get install umoci; scripts/setup-debian installs it)");
+    }
+    let t = scratch("umoci");
+    let state = t.join("state");
+    let layout = t.join("img");
+    let image = format!("{}:latest", layout.display());
+    run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    // Layer 1: files, a symlink, a hard link, modes and owners.
+    let b1 = t.join("b1");
+    run(Command::new("umoci").args(["unpack", "--image", &image]).arg(&b1));
+    let r = b1.join("rootfs");
+    std::fs::create_dir_all(r.join("etc")).unwrap();
+    std::fs::create_dir_all(r.join("data/sub")).unwrap();
+    std::fs::write(r.join("etc/greeting"), "hello\n").unwrap();
+    std::fs::set_permissions(r.join("etc/greeting"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::chown(r.join("etc/greeting"), Some(1234), Some(5678)).unwrap();
+    std::os::unix::fs::symlink("greeting", r.join("etc/link")).unwrap();
+    std::fs::hard_link(r.join("etc/greeting"), r.join("etc/hard")).unwrap();
+    std::fs::write(r.join("etc/deleteme"), "bye\n").unwrap();
+    std::fs::write(r.join("data/sub/old"), "old\n").unwrap();
+    run(Command::new("umoci").args(["repack", "--image", &image]).arg(&b1));
+    // Layer 2: deletes a file (a whiteout).
+    let b2 = t.join("b2");
+    run(Command::new("umoci").args(["unpack", "--image", &image]).arg(&b2));
+    std::fs::remove_file(b2.join("rootfs/etc/deleteme")).unwrap();
+    run(Command::new("umoci").args(["repack", "--image", &image]).arg(&b2));
+    // Layer 3: makes data/sub opaque (a tar the test writes, added as it is).
+    let opaque = t.join("opaque.tar");
+    std::fs::write(
+        &opaque,
+        tar_of(&[
+            Item::Dir("data/sub/"),
+            Item::File("data/sub/.wh..wh..opq", b""),
+            Item::File("data/sub/new", b"new\n"),
+        ]),
+    )
+    .unwrap();
+    run(Command::new("umoci").args(["raw", "add-layer", "--image", &image]).arg(&opaque));
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--config.env",
+        "FOO=bar",
+        "--config.workingdir",
+        "/data",
+        "--config.cmd",
+        "/bin/sh",
+    ]));
+
+    let out =
+        ok(&airlock(&state, &["image", "import", layout.to_str().unwrap(), "--tag", "localhost:5055/test/img:1"]));
+    assert!(out.contains("imported localhost:5055/test/img:1"), "{out}");
+    let ls = ok(&airlock(&state, &["image", "ls"]));
+    assert!(ls.contains("localhost:5055/test/img:1"), "{ls}");
+    let doc: Value =
+        serde_json::from_str(&ok(&airlock(&state, &["image", "inspect", "localhost:5055/test/img:1"]))).unwrap();
+    assert_eq!(doc["config"]["env"], json!(["FOO=bar"]));
+    assert_eq!(doc["config"]["working_dir"], json!("/data"));
+    assert_eq!(doc["config"]["cmd"], json!(["/bin/sh"]));
+    let dirs: Vec<PathBuf> =
+        doc["layer_dirs"].as_array().unwrap().iter().map(|d| PathBuf::from(d.as_str().unwrap())).collect();
+    assert_eq!(dirs.len(), 3, "{doc}");
+
+    let greeting = std::fs::symlink_metadata(dirs[0].join("etc/greeting")).unwrap();
+    assert_eq!(greeting.mode() & 0o7777, 0o750);
+    assert_eq!((greeting.uid(), greeting.gid()), (1234, 5678));
+    assert_eq!(std::fs::symlink_metadata(dirs[0].join("etc/hard")).unwrap().ino(), greeting.ino());
+    assert_eq!(std::fs::read_link(dirs[0].join("etc/link")).unwrap(), PathBuf::from("greeting"));
+    let whiteout = std::fs::symlink_metadata(dirs[1].join("etc/deleteme")).unwrap();
+    assert!(whiteout.file_type().is_char_device() && whiteout.rdev() == 0, "a 0/0 whiteout");
+    assert_eq!(xattr(&dirs[2].join("data/sub"), "user.overlay.opaque"), Some(b"y".to_vec()));
+    assert!(!dirs[2].join("data/sub/.wh..wh..opq").exists());
+    assert_eq!(std::fs::read(dirs[2].join("data/sub/new")).unwrap(), b"new\n");
+
+    // The same layout as a tar, under another name: the same image, its layers shared.
+    let tarball = t.join("img.tar");
+    std::fs::write(&tarball, tar_dir(&layout)).unwrap();
+    ok(&airlock(&state, &["image", "import", tarball.to_str().unwrap(), "--tag", "again"]));
+    let listed: Value = serde_json::from_str(&ok(&airlock(&state, &["image", "ls", "--json"]))).unwrap();
+    let images = listed["images"].as_array().unwrap();
+    assert_eq!(images.len(), 1, "{listed}");
+    assert_eq!(images[0]["references"], json!(["docker.io/library/again:latest", "localhost:5055/test/img:1"]));
+    assert_eq!(count(&state.join("images/layers")), 3);
+
+    // rm both names, prune: the store is empty again.
+    let id = images[0]["id"].as_str().unwrap().to_string();
+    ok(&airlock(&state, &["image", "rm", "again"]));
+    ok(&airlock(&state, &["image", "rm", &id[7..19]]));
+    assert!(refused(&airlock(&state, &["image", "inspect", "again"])).contains("no image again"));
+    let pruned = ok(&airlock(&state, &["image", "prune"]));
+    assert!(pruned.contains("freed 3 layer(s)"), "{pruned}");
+    assert_store_empty(&state);
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+#[test]
+fn docker_save_tarball_imports_and_prunes() {
+    let t = scratch("docker");
+    let state = t.join("state");
+    let base = tar_of(&[Item::Dir("bin/"), Item::File("bin/tool", b"#!/bin/sh\n"), Item::File("etc/old", b"x")]);
+    let top = tar_of(&[Item::File("etc/.wh.old", b""), Item::File("etc/new", b"y")]);
+    let archive = t.join("save.tar");
+    docker_save(&archive, &[(base.clone(), base), (top.clone(), gzip(&top))], None, "example/tool:2.0");
+    let out = ok(&airlock(&state, &["image", "import", archive.to_str().unwrap()]));
+    assert!(out.contains("imported docker.io/example/tool:2.0"), "{out}");
+    let doc: Value = serde_json::from_str(&ok(&airlock(&state, &["image", "inspect", "example/tool:2.0"]))).unwrap();
+    assert_eq!(doc["source"], json!("docker-archive"));
+    assert_eq!(doc["config"]["user"], json!("65534"));
+    assert_eq!(doc["config"]["entrypoint"], json!(["/bin/sh", "-c"]));
+    let id = doc["id"].as_str().unwrap();
+    // By id prefix too.
+    let by_id: Value = serde_json::from_str(&ok(&airlock(&state, &["image", "inspect", &id[..15]]))).unwrap();
+    assert_eq!(by_id["id"], doc["id"]);
+    let top_dir = PathBuf::from(doc["layer_dirs"][1].as_str().unwrap());
+    assert!(std::fs::symlink_metadata(top_dir.join("etc/old")).unwrap().file_type().is_char_device());
+    ok(&airlock(&state, &["image", "rm", "example/tool:2.0"]));
+    ok(&airlock(&state, &["image", "prune"]));
+    assert_store_empty(&state);
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+#[test]
+fn an_image_index_yields_this_platform_and_another_architecture_is_refused() {
+    let t = scratch("platform");
+    let state = t.join("state");
+    let multi = t.join("multi");
+    oci_layout(
+        &multi,
+        &[("arm64", vec![tar_of(&[Item::File("arm", b"a")])]), ("amd64", vec![tar_of(&[Item::File("amd", b"b")])])],
+        None,
+    );
+    ok(&airlock(&state, &["image", "import", multi.to_str().unwrap(), "--tag", "multi"]));
+    let inspect: Value = serde_json::from_str(&ok(&airlock(&state, &["image", "inspect", "multi"]))).unwrap();
+    assert!(PathBuf::from(inspect["layer_dirs"][0].as_str().unwrap()).join("amd").exists());
+    let arm = t.join("arm");
+    oci_layout(&arm, &[("arm64", vec![tar_of(&[Item::File("arm", b"a")])])], None);
+    let err = refused(&airlock(&state, &["image", "import", arm.to_str().unwrap(), "--tag", "arm"]));
+    assert!(err.contains("no image for linux/amd64") && err.contains("linux/arm64"), "{err}");
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+#[test]
+fn hostile_layers_are_refused_leaving_nothing() {
+    let t = scratch("hostile");
+    let outside = t.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let abs = format!("/tmp/airlock-images-abs-{}", std::process::id());
+    let good = tar_of(&[Item::File("f", b"x")]);
+    let truncated = {
+        let g = gzip(&tar_of(&[Item::File("big", &[7u8; 100_000])]));
+        g[..g.len() / 2].to_vec()
+    };
+    let big_tar = tar_of(&[Item::File("big", &[7u8; 100_000])]);
+    /// A case: its name, the layers (diff tar, blob as shipped), the diff_ids to claim, what the error says.
+    type Case<'a> = (&'a str, Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<String>>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "dotdot",
+            vec![{
+                let l = tar_of(&[Item::File("../escape", b"x")]);
+                (l.clone(), l)
+            }],
+            None,
+            "refused tar entry \"../escape\": a `..` component",
+        ),
+        (
+            "absolute",
+            vec![{
+                let l = tar_of(&[Item::File(&abs, b"x")]);
+                (l.clone(), l)
+            }],
+            None,
+            "an absolute path",
+        ),
+        (
+            "symlink",
+            vec![{
+                let l = tar_of(&[Item::Symlink("evil", outside.to_str().unwrap()), Item::File("evil/x", b"x")]);
+                (l.clone(), l)
+            }],
+            None,
+            "refused tar entry \"evil/x\": a path through a symlink",
+        ),
+        (
+            "diff-id",
+            vec![(good.clone(), good.clone())],
+            Some(vec![sha256(b"something else")]),
+            "does not match its digest",
+        ),
+        ("truncated", vec![(big_tar.clone(), truncated)], None, "reading the layer's tar stream"),
+    ];
+    for (name, layers, diff_ids, why) in cases {
+        let state = t.join(format!("state-{name}"));
+        let archive = t.join(format!("{name}.tar"));
+        docker_save(&archive, &layers, diff_ids, "hostile:1");
+        let err = refused(&airlock(&state, &["image", "import", archive.to_str().unwrap()]));
+        assert!(err.contains(why), "{name}: {err} should say {why}");
+        assert_store_empty(&state);
+        assert!(!state.join("images/escape").exists() && !state.join("escape").exists());
+    }
+    // An OCI layout whose manifest gives a layer a digest its blob does not have.
+    let state = t.join("state-digest");
+    let layout = t.join("baddigest");
+    let wrong = sha256(b"not the layer");
+    oci_layout(&layout, &[("amd64", vec![good.clone()])], Some(&wrong));
+    std::fs::copy(layout.join("blobs/sha256").join(&sha256(&good)[7..]), layout.join("blobs/sha256").join(&wrong[7..]))
+        .unwrap();
+    let err = refused(&airlock(&state, &["image", "import", layout.to_str().unwrap(), "--tag", "bad"]));
+    assert!(err.contains("does not match its digest"), "{err}");
+    assert_store_empty(&state);
+
+    assert!(!Path::new(&abs).exists(), "nothing at the absolute path");
+    assert_eq!(count(&outside), 0, "nothing written through the symlink");
+    assert!(!t.join("escape").exists());
+    let _ = std::fs::remove_dir_all(&t);
+}

@@ -1,9 +1,12 @@
-//! `airlock image import | ls | inspect | rm | prune`: the image store of this machine's state directory (crate
-//! `image`, under `$STATE/images/`).
+//! `airlock image pull | import | ls | inspect | rm | prune`: the image store of this machine's state directory
+//! (crate `image`, under `$STATE/images/`); `pull` fetches over the OCI distribution API (crate `registry`) into
+//! the store's pull cache, an OCI image layout, and imports from there.
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use std::io::IsTerminal;
+
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use image::store::short_id;
 use image::{ImageRecord, ImageStore};
@@ -13,6 +16,15 @@ use crate::state;
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
+    /// Pull an image from a registry (OCI distribution API): `alpine:3.20`, `ghcr.io/o/i:tag`, `host:5000/x/y`.
+    /// Credentials come from `~/.docker/config.json` (`$DOCKER_CONFIG`).
+    Pull {
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// Plain HTTP to a registry that is not on a loopback address (loopback ones may always use it).
+        #[arg(long)]
+        insecure: bool,
+    },
     /// Import an image: a `docker save` tarball, or an OCI image layout (a directory or a tar of one).
     Import {
         /// The tarball or directory.
@@ -50,6 +62,7 @@ fn open_store() -> Result<ImageStore> {
 pub fn run(cmd: ImageCommand) -> Result<i32> {
     let store = open_store()?;
     match cmd {
+        ImageCommand::Pull { reference, insecure } => pull(&store, &reference, insecure),
         ImageCommand::Import { path, tag } => {
             let record = store.import(&path, tag.as_deref())?;
             let skipped: usize = record.layers.iter().map(|l| l.skipped.len()).sum();
@@ -88,6 +101,15 @@ pub fn run(cmd: ImageCommand) -> Result<i32> {
             Ok(0)
         }
         ImageCommand::Prune => {
+            // The pull cache holds only what a pull may reuse: all of it goes (a pull running now holds its lock
+            // and keeps it).
+            let cache = pull_cache(&store);
+            if cache.exists() {
+                if let Some(_lock) = runtime::host::try_lock_file(&cache.join(".lock"))? {
+                    let _ = std::fs::remove_dir_all(cache.join("blobs"));
+                    let _ = std::fs::remove_file(cache.join("index.json"));
+                }
+            }
             let report = store.prune()?;
             for id in &report.images {
                 println!("deleted {id}");
@@ -96,6 +118,92 @@ pub fn run(cmd: ImageCommand) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// The pull cache: an OCI image layout the registry crate fills (blobs kept for the next pull, partial downloads
+/// resumed) and the store imports from. `prune` empties it.
+fn pull_cache(store: &ImageStore) -> PathBuf {
+    store.root().join("pull-cache")
+}
+
+fn pull(store: &ImageStore, reference: &str, insecure: bool) -> Result<i32> {
+    let cache = pull_cache(store);
+    std::fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    let options = registry::PullOptions { insecure, ..registry::PullOptions::default() };
+    let mut shown = PullProgress::new(std::io::stderr().is_terminal());
+    let pulled = registry::pull_to_oci_layout(reference, &cache, &options, &mut |p| shown.show(p))?;
+    shown.finish();
+    let record = store.import_oci_layout(&cache, Some(&pulled.reference))?;
+    println!("pulled {} ({})", pulled.reference, short_id(&record.id));
+    Ok(0)
+}
+
+/// The pull's progress on stderr: a bar per layer, redrawn in place, on a terminal; a line per layer otherwise.
+struct PullProgress {
+    terminal: bool,
+    layers: usize,
+    /// Whether the cursor is on a bar line that the next event redraws.
+    drawing: bool,
+}
+
+impl PullProgress {
+    fn new(terminal: bool) -> PullProgress {
+        PullProgress { terminal, layers: 0, drawing: false }
+    }
+
+    fn show(&mut self, event: registry::Progress) {
+        use registry::Progress;
+        match event {
+            Progress::Resolved { reference, layers, total_size, .. } => {
+                self.layers = layers;
+                eprintln!("{reference}: {layers} layer(s), {}", human_size(total_size));
+            }
+            Progress::LayerStarted { .. } => {}
+            Progress::LayerBytes { index, digest, done, size } => {
+                if self.terminal {
+                    let width = 30usize;
+                    let filled = if size == 0 { width } else { (done.min(size) * width as u64 / size) as usize };
+                    eprint!(
+                        "\r  layer {}/{} {} [{}{}] {} / {}   ",
+                        index + 1,
+                        self.layers,
+                        short_digest(&digest),
+                        "#".repeat(filled),
+                        " ".repeat(width - filled),
+                        human_size(done),
+                        human_size(size)
+                    );
+                    self.drawing = true;
+                }
+            }
+            Progress::LayerDone { index, digest, size, reused } => {
+                if self.drawing {
+                    eprint!("\r");
+                    self.drawing = false;
+                }
+                let how = if reused { "already here" } else { "done" };
+                eprintln!(
+                    "  layer {}/{} {} {how} ({})",
+                    index + 1,
+                    self.layers,
+                    short_digest(&digest),
+                    human_size(size)
+                );
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.drawing {
+            eprintln!();
+            self.drawing = false;
+        }
+    }
+}
+
+fn short_digest(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
 }
 
 fn ls(store: &ImageStore, json_output: bool) -> Result<i32> {

@@ -423,3 +423,132 @@ fn hostile_layers_are_refused_leaving_nothing() {
     assert!(!t.join("escape").exists());
     let _ = std::fs::remove_dir_all(&t);
 }
+
+/// Debian's docker-registry with a config of its own: 127.0.0.1 on a free port, storage in `dir`. Killed when
+/// dropped.
+struct LoopbackRegistry {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl LoopbackRegistry {
+    fn start(dir: &Path) -> LoopbackRegistry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+                dir.join("registry-storage").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let registry = LoopbackRegistry { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "docker-registry did not listen on 127.0.0.1:{port}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        registry
+    }
+}
+
+impl Drop for LoopbackRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An image umoci builds from files written here (busybox as /bin/sh, a config with Env, WorkingDir and Cmd),
+/// pushed with skopeo to `registry` as `test/bb:v1`.
+fn push_busybox_image(t: &Path, registry: &LoopbackRegistry) -> String {
+    let layout = t.join("layout");
+    let image = format!("{}:v1", layout.display());
+    run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    let bundle = t.join("bundle");
+    run(Command::new("umoci").args(["unpack", "--image", &image]).arg(&bundle));
+    let root = bundle.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for tool in ["sh", "cat", "echo", "id", "pwd", "env"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).unwrap();
+    }
+    std::fs::write(root.join("etc/motd"), "from the image\n").unwrap();
+    run(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--config.env=GREETING=hello",
+        "--config.workingdir=/etc",
+        "--config.cmd=/bin/cat",
+        "--config.cmd=motd",
+    ]));
+    let reference = format!("127.0.0.1:{}/test/bb:v1", registry.port);
+    run(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        "--dest-tls-verify=false",
+        &format!("oci:{image}"),
+        &format!("docker://{reference}"),
+    ]));
+    reference
+}
+
+#[test]
+fn pull_from_a_loopback_registry_imports_reuses_and_prunes_its_cache() {
+    if !common::is_root() {
+        skip_or_fail!("needs root (umoci unpack keeps owners only as root)");
+    }
+    for tool in ["docker-registry", "umoci", "skopeo"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            skip_or_fail!("{tool} is not installed (scripts/setup-debian installs it)");
+        }
+    }
+    let t = scratch("pull");
+    let state = t.join("state");
+    let registry = LoopbackRegistry::start(&t);
+    let reference = push_busybox_image(&t, &registry);
+
+    // Pulled, imported under the whole reference; progress on stderr as plain lines (no terminal here).
+    let out = airlock(&state, &["image", "pull", &reference]);
+    assert!(ok(&out).starts_with(&format!("pulled {reference} (")), "{}", String::from_utf8_lossy(&out.stdout));
+    let progress = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(progress.contains("layer 1/1") && progress.contains(" done ("), "{progress}");
+    assert!(ok(&airlock(&state, &["image", "ls"])).contains(&reference));
+    let doc: Value = serde_json::from_str(&ok(&airlock(&state, &["image", "inspect", &reference]))).unwrap();
+    assert!(doc.to_string().contains("GREETING=hello"), "{doc}");
+
+    // Again: nothing fetched, the same image.
+    let again = airlock(&state, &["image", "pull", &reference]);
+    ok(&again);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already here"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // A reference the registry does not have: one line, exit 1, nothing new in the store.
+    let missing = format!("127.0.0.1:{}/test/none:v1", registry.port);
+    let line = refused(&airlock(&state, &["image", "pull", &missing]));
+    assert!(line.contains("404"), "{line}");
+
+    // rm and prune: the store and the pull cache are empty again.
+    ok(&airlock(&state, &["image", "rm", &reference]));
+    ok(&airlock(&state, &["image", "prune"]));
+    assert_store_empty(&state);
+    assert_eq!(count(&state.join("images/pull-cache/blobs/sha256")), 0);
+    drop(registry);
+    let _ = std::fs::remove_dir_all(&t);
+}

@@ -162,9 +162,20 @@ fn plan_oci(dir: &Path, tag: Option<&Reference>) -> Result<Plan, ImageError> {
     let mut platforms = Vec::new();
     collect_manifests(dir, &index.manifests, None, 0, &mut found, &mut platforms)?;
     if found.len() > 1 {
-        // Several tags in one layout: the one --tag names (by its tag) is meant.
-        if let Some(tag) = tag.and_then(|t| t.tag.clone()) {
-            found.retain(|(_, a)| a.get(ANNOTATION_REF).is_some_and(|r| *r == tag || r.ends_with(&format!(":{tag}"))));
+        // Several images in one layout (`airlock image pull`'s cache holds one per reference, annotated with the
+        // whole reference; umoci's with just their tags): the one --tag names is meant.
+        if let Some(tag) = tag {
+            let whole = tag.to_string();
+            let exact: Vec<_> = found.iter().filter(|(_, a)| a.get(ANNOTATION_REF) == Some(&whole)).cloned().collect();
+            if exact.is_empty() {
+                if let Some(short) = tag.tag.clone() {
+                    found.retain(|(_, a)| {
+                        a.get(ANNOTATION_REF).is_some_and(|r| *r == short || r.ends_with(&format!(":{short}")))
+                    });
+                }
+            } else {
+                found = exact;
+            }
         }
     }
     let (desc, annotations) = match found.len() {

@@ -162,7 +162,7 @@ impl PullProgress {
             Progress::LayerBytes { index, digest, done, size } => {
                 if self.terminal {
                     let width = 30usize;
-                    let filled = if size == 0 { width } else { (done.min(size) * width as u64 / size) as usize };
+                    let filled = (done.min(size) * width as u64).checked_div(size).map_or(width, |f| f as usize);
                     eprint!(
                         "\r  layer {}/{} {} [{}{}] {} / {}   ",
                         index + 1,

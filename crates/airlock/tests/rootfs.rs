@@ -1,7 +1,7 @@
 //! `--rootfs DIR --writable-root` and `--rootfs-layers`: `/` as an overlay over read-only lowers, with the real
 //! binary, real namespaces and overlayfs; as root and rootless (the test user).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[allow(dead_code)]
 mod common;
 
 use std::fs;

@@ -95,9 +95,11 @@ pub struct FilesystemSection {
     /// `host` or an absolute directory (`--rootfs`).
     pub rootfs: Option<String>,
     /// Internal (`--rootfs-layers`, for image support): the root's lower directories, bottom first, instead of
-    /// `rootfs`.
+    /// `rootfs`. Left out when empty (or unset), so a profile without these serializes as before.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rootfs_layers: Vec<String>,
     /// `/` writable: an overlay over the rootfs, its writes in a layer of the sandbox's (`--writable-root`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub writable_root: Option<bool>,
     /// Absolute host directory (`--workspace`).
     pub workspace: Option<String>,

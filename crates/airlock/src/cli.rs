@@ -203,6 +203,15 @@ pub struct SandboxOptions {
     /// What `/` is: `host` (the host's /usr, /bin, /sbin, /lib*, /etc read-only, nothing else) or a directory tree.
     #[arg(long, value_name = "host|DIR")]
     pub rootfs: Option<String>,
+    /// `/` writable: an overlay over the --rootfs directory, whose writes go to a layer of the sandbox's own —
+    /// gone at exit, or with --name (and `create`) kept until `airlock rm`. The directory never changes. Not
+    /// with --rootfs host, which stays read-only.
+    #[arg(long)]
+    pub writable_root: bool,
+    /// Internal (for the image integration and tests): the root's lower directories in overlayfs form, bottom
+    /// first, instead of --rootfs.
+    #[arg(long, value_name = "DIR[:DIR...]", hide = true)]
+    pub rootfs_layers: Option<String>,
     /// A host directory shown at the same path inside; the working directory.
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<String>,

@@ -301,6 +301,8 @@ fn create(d: &Daemon, args: &CreateArgs) -> Result<i32> {
         (!o.ro_bind.is_empty(), "--ro-bind"),
         (!o.bind.is_empty(), "--bind"),
         (!o.tmpfs.is_empty(), "--tmpfs"),
+        (o.writable_root, "--writable-root"),
+        (o.rootfs_layers.is_some(), "--rootfs-layers"),
         (!o.pass_env.is_empty(), "--pass-env"),
         (o.user.is_some(), "--user"),
         (o.hostname.is_some(), "--hostname"),

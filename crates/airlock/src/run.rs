@@ -137,6 +137,9 @@ pub fn load_profile(arg: &str) -> Result<Profile> {
 pub fn flags_profile(args: &SandboxOptions) -> Result<Profile> {
     let mut p = Profile::default();
     p.filesystem.rootfs = args.rootfs.clone();
+    p.filesystem.rootfs_layers =
+        args.rootfs_layers.as_deref().map(|l| l.split(':').map(str::to_string).collect()).unwrap_or_default();
+    p.filesystem.writable_root = args.writable_root.then_some(true);
     p.filesystem.workspace = args.workspace.clone();
     p.filesystem.workspace_mode = args.workspace_mode.clone();
     p.filesystem.ro_bind = args.ro_bind.clone();

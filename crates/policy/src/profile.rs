@@ -94,6 +94,13 @@ pub struct Profile {
 pub struct FilesystemSection {
     /// `host` or an absolute directory (`--rootfs`).
     pub rootfs: Option<String>,
+    /// Internal (`--rootfs-layers`, for image support): the root's lower directories, bottom first, instead of
+    /// `rootfs`. Left out when empty (or unset), so a profile without these serializes as before.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rootfs_layers: Vec<String>,
+    /// `/` writable: an overlay over the rootfs, its writes in a layer of the sandbox's (`--writable-root`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writable_root: Option<bool>,
     /// Absolute host directory (`--workspace`).
     pub workspace: Option<String>,
     /// `cow`, `rw` or `ro` (`--workspace-mode`).
@@ -175,6 +182,8 @@ pub struct SecuritySection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Field {
     Rootfs,
+    RootfsLayers,
+    WritableRoot,
     Workspace,
     WorkspaceMode,
     RoBind,
@@ -202,6 +211,8 @@ impl Field {
     pub fn key(self) -> &'static str {
         match self {
             Field::Rootfs => "filesystem.rootfs",
+            Field::RootfsLayers => "filesystem.rootfs_layers",
+            Field::WritableRoot => "filesystem.writable_root",
             Field::Workspace => "filesystem.workspace",
             Field::WorkspaceMode => "filesystem.workspace_mode",
             Field::RoBind => "filesystem.ro_bind",
@@ -229,6 +240,8 @@ impl Field {
     pub fn flag(self) -> Option<&'static str> {
         Some(match self {
             Field::Rootfs => "--rootfs",
+            Field::RootfsLayers => "--rootfs-layers",
+            Field::WritableRoot => "--writable-root",
             Field::Workspace => "--workspace",
             Field::WorkspaceMode => "--workspace-mode",
             Field::RoBind => "--ro-bind",
@@ -274,6 +287,12 @@ pub enum ValueError {
         "rootfs \"/\" would show the whole host, including /home and /root; use \"host\" for the host's system directories, or a prepared root directory"
     )]
     RootfsIsHostRoot,
+    /// `writable_root` with `rootfs = "host"`: the host's system directories are shared read-only by design.
+    #[error("a writable root needs a rootfs directory or layers: rootfs \"host\" shares the host's system directories, which stay read-only")]
+    WritableHostRoot,
+    /// Both `rootfs` (other than the default) and `rootfs_layers`.
+    #[error("rootfs {} and rootfs_layers both say what / is; give one", Quoted(.rootfs))]
+    RootfsAndLayers { rootfs: String },
     /// airlock builds `/`, `/proc` and `/dev` itself; something mounted there would replace or hide its masking.
     #[error("{} cannot be a mount destination: airlock builds /, /proc and /dev itself; choose another path", Quoted(.path))]
     ReservedDestination { path: String },
@@ -550,7 +569,8 @@ impl Profile {
     /// becomes `allow` (as `--allow` implies `--net allow`).
     pub fn merge(self, overlay: Profile) -> Profile {
         let Profile { description, filesystem, network, env, process, limits, security, audit } = overlay;
-        let FilesystemSection { rootfs, workspace, workspace_mode, ro_bind, bind, tmpfs } = filesystem;
+        let FilesystemSection { rootfs, rootfs_layers, writable_root, workspace, workspace_mode, ro_bind, bind, tmpfs } =
+            filesystem;
         let NetworkSection { mode, allow } = network;
         let EnvSection { set, pass } = env;
         let ProcessSection { user, hostname, timeout } = process;
@@ -570,6 +590,9 @@ impl Profile {
             description: description.or(self.description),
             filesystem: FilesystemSection {
                 rootfs: rootfs.or(self.filesystem.rootfs),
+                // One value (the root's layer stack), not a list to join.
+                rootfs_layers: if rootfs_layers.is_empty() { self.filesystem.rootfs_layers } else { rootfs_layers },
+                writable_root: writable_root.or(self.filesystem.writable_root),
                 workspace: workspace.or(self.filesystem.workspace),
                 workspace_mode: workspace_mode.or(self.filesystem.workspace_mode),
                 ro_bind: joined(self.filesystem.ro_bind, ro_bind),
@@ -657,13 +680,18 @@ struct Checked {
 
 struct CheckedFilesystem {
     rootfs: Rootfs,
+    writable_root: bool,
     workspace: Option<Workspace>,
     binds: Vec<BindMount>,
     tmpfs: Vec<TmpfsMount>,
 }
 
 fn check_filesystem(filesystem: &FilesystemSection) -> Result<CheckedFilesystem, FieldError> {
-    let rootfs = check_rootfs(filesystem.rootfs.as_deref())?;
+    let rootfs = check_rootfs(filesystem.rootfs.as_deref(), &filesystem.rootfs_layers)?;
+    let writable_root = filesystem.writable_root.unwrap_or(false);
+    if writable_root && rootfs == Rootfs::Host {
+        return Err(FieldError::new(Field::WritableRoot, ValueError::WritableHostRoot));
+    }
     let mode = check_workspace_mode(filesystem.workspace_mode.as_deref())?;
     let workspace = match &filesystem.workspace {
         None => None,
@@ -695,7 +723,7 @@ fn check_filesystem(filesystem: &FilesystemSection) -> Result<CheckedFilesystem,
     let mut binds: Vec<BindMount> = binds.into_iter().map(|(_, _, bind)| bind).collect();
     binds.sort_by_key(|bind| path_depth(&bind.destination));
 
-    Ok(CheckedFilesystem { rootfs, workspace, binds, tmpfs })
+    Ok(CheckedFilesystem { rootfs, writable_root, workspace, binds, tmpfs })
 }
 
 /// `env.set` checked, in key order; `env.pass` keys checked.
@@ -738,6 +766,7 @@ pub fn resolve(profile: &Profile, command: Vec<String>, invoker: &Invoker) -> Re
 
     Ok(SandboxPolicy {
         rootfs: filesystem.rootfs,
+        writable_root: filesystem.writable_root,
         workspace: filesystem.workspace,
         binds: filesystem.binds,
         tmpfs: filesystem.tmpfs,
@@ -799,7 +828,26 @@ fn check_command(command: &[String]) -> Result<(), PolicyError> {
     Ok(())
 }
 
-fn check_rootfs(rootfs: Option<&str>) -> Result<Rootfs, FieldError> {
+fn check_rootfs(rootfs: Option<&str>, layers: &[String]) -> Result<Rootfs, FieldError> {
+    if !layers.is_empty() {
+        if let Some(rootfs) = rootfs.filter(|r| *r != "host") {
+            return Err(FieldError::new(
+                Field::RootfsLayers,
+                ValueError::RootfsAndLayers { rootfs: rootfs.to_owned() },
+            ));
+        }
+        let mut checked = Vec::with_capacity(layers.len());
+        for (index, layer) in layers.iter().enumerate() {
+            match names::validate_absolute_path(layer) {
+                Ok(dir) if dir == "/" => {
+                    return Err(FieldError::at(Field::RootfsLayers, index, ValueError::RootfsIsHostRoot))
+                }
+                Ok(dir) => checked.push(dir),
+                Err(error) => return Err(FieldError::at(Field::RootfsLayers, index, error)),
+            }
+        }
+        return Ok(Rootfs::Layers(checked));
+    }
     match rootfs {
         None | Some("host") => Ok(Rootfs::Host),
         Some(dir) => match names::validate_absolute_path(dir) {
@@ -1391,6 +1439,14 @@ landlock = "best-effort"
         assert_eq!(resolve_text("filesystem.rootfs = \"host\"").unwrap().rootfs, Rootfs::Host);
         assert_eq!(resolve_text("filesystem.rootfs = \"//srv/r/\"").unwrap().rootfs, Rootfs::Dir("/srv/r".into()));
         assert_eq!(field_error("filesystem.rootfs = \"/\"").1, ValueError::RootfsIsHostRoot);
+        let layers = resolve_text("[filesystem]\nrootfs_layers = [\"/l/0\", \"/l/1/\"]\nwritable_root = true").unwrap();
+        assert_eq!(layers.rootfs, Rootfs::Layers(vec!["/l/0".into(), "/l/1".into()]));
+        assert!(layers.writable_root);
+        assert!(!resolve_text("filesystem.rootfs = \"/srv/r\"").unwrap().writable_root);
+        assert_eq!(field_error("filesystem.writable_root = true").1, ValueError::WritableHostRoot);
+        let both = field_error("[filesystem]\nrootfs = \"/srv/r\"\nrootfs_layers = [\"/l\"]");
+        assert_eq!(both, (Field::RootfsLayers, ValueError::RootfsAndLayers { rootfs: "/srv/r".into() }));
+        assert_eq!(field_error("filesystem.rootfs_layers = [\"rel\"]").0, Field::RootfsLayers);
         assert_eq!(field_error("filesystem.rootfs = \"/.//\"").1, ValueError::RootfsIsHostRoot);
         for bad in ["relative", "", "/srv/../etc", "Host"] {
             assert_eq!(field_error(&format!("filesystem.rootfs = {bad:?}")).0, Field::Rootfs, "{bad}");
@@ -2080,6 +2136,7 @@ cpus = 4
         // Every key is a real key of the format: a file setting it to a wrong type is refused as such.
         for field in [
             Field::Rootfs,
+            Field::RootfsLayers,
             Field::Workspace,
             Field::WorkspaceMode,
             Field::RoBind,

@@ -11,8 +11,13 @@ use std::time::Duration;
 pub enum Rootfs {
     /// The host's `/usr`, `/bin`, `/sbin`, `/lib*`, `/etc`, read-only, and nothing else of the host.
     Host,
-    /// A directory tree (debootstrap, unpacked image), shown read-only as `/`.
+    /// A directory tree (debootstrap, unpacked image), shown read-only as `/` (or as the lower layer of a
+    /// writable root, see `SandboxPolicy::writable_root`).
     Dir(String),
+    /// Lower directories of an overlay (an image's unpacked layers), BOTTOM first; in overlayfs form for a mount
+    /// made in a user namespace with `userxattr` (whiteout: character device 0/0; opaque directory: xattr
+    /// `user.overlay.opaque` = `y`). Read-only, unless `SandboxPolicy::writable_root`.
+    Layers(Vec<String>),
 }
 
 /// How the workspace is shared.
@@ -132,6 +137,9 @@ pub enum Requirement {
 #[derive(Debug, Clone)]
 pub struct SandboxPolicy {
     pub rootfs: Rootfs,
+    /// `--writable-root`: `/` is an overlay whose lower layers are the rootfs (a `Dir` or the `Layers`), with an
+    /// upper layer the sandbox writes to (ephemeral, or kept with a named sandbox). Never with `Rootfs::Host`.
+    pub writable_root: bool,
     pub workspace: Option<Workspace>,
     /// `--ro-bind` and `--bind`, in the order given.
     pub binds: Vec<BindMount>,

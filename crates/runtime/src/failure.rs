@@ -67,10 +67,12 @@ pub enum Step {
     AddDefaultRoute,
     HandTunToGateway,
     WriteSandboxFile,
+    MountRootOverlay,
+    OpenRootLayer,
 }
 
 impl Step {
-    const ALL: [Step; 53] = [
+    const ALL: [Step; 55] = [
         Step::WaitForSupervisor,
         Step::SwitchToSandboxRoot,
         Step::JoinCgroup,
@@ -124,6 +126,8 @@ impl Step {
         Step::AddDefaultRoute,
         Step::HandTunToGateway,
         Step::WriteSandboxFile,
+        Step::MountRootOverlay,
+        Step::OpenRootLayer,
     ];
 
     fn from_u32(value: u32) -> Option<Step> {
@@ -186,6 +190,8 @@ impl Step {
             Step::AddDefaultRoute => "add the default route via the network gateway",
             Step::HandTunToGateway => "hand the TUN interface to the network gateway process",
             Step::WriteSandboxFile => "write the sandbox's own",
+            Step::MountRootOverlay => "mount the root overlay",
+            Step::OpenRootLayer => "open the root overlay's directories",
         }
     }
 }

@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use crate::exec::{self, CommandFds, EXIT_SETUP_FAILED};
 use crate::failure::{fail, report_and_exit, ChildFailure, Step};
+use crate::mounts::RootFds;
 use crate::namespaces::Kind;
 use crate::plan::SandboxPlan;
 use crate::{landlock, mounts, net, tty};
@@ -85,6 +86,13 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     {
         abort(f);
     }
+    // The root overlay's directories, for the same reason (and mounted, like the workspace's, after the switch).
+    let mut root_layers = RootFds::NONE;
+    if let Some(overlay) = &plan.root_overlay {
+        if let Err(f) = mounts::open_root_layers(overlay, &mut root_layers) {
+            abort(f);
+        }
+    }
     // `--net allow`: the TUN device, opened now because a TUN interface belongs to the network namespace of
     // whoever opens /dev/net/tun (ours), and because the sandbox's own /dev will not have it.
     let tun = match (&plan.tun, fds.gateway_socket) {
@@ -110,7 +118,9 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     }
     sys::fd::close(fds.start);
 
-    if let Err(f) = mounts::mount_workspace_overlay(&overlay, trees).and_then(|()| build_sandbox(plan, trees, tun)) {
+    if let Err(f) =
+        mounts::mount_workspace_overlay(&overlay, trees).and_then(|()| build_sandbox(plan, trees, &root_layers, tun))
+    {
         abort(f);
     }
 
@@ -169,8 +179,17 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
 
 /// Step 5 of the design, after the sources were cloned (while the host tree is visible): the new root on a tmpfs; `pivot_root`; then the namespace-local settings.
 /// `tun`: with `--net allow`, the open TUN device and the socket to the gateway.
-fn build_sandbox(plan: &SandboxPlan, trees: &mut [RawFd], tun: Option<(RawFd, RawFd)>) -> Result<(), ChildFailure> {
-    let root = mounts::mount_staging_root(&plan.staging_dir)?;
+/// `root`: the root overlay's descriptors, when `/` is one.
+fn build_sandbox(
+    plan: &SandboxPlan,
+    trees: &mut [RawFd],
+    root: &RootFds,
+    tun: Option<(RawFd, RawFd)>,
+) -> Result<(), ChildFailure> {
+    let root = match &plan.root_overlay {
+        Some(overlay) => mounts::mount_root_overlay(overlay, root, &plan.staging_dir)?,
+        None => mounts::mount_staging_root(&plan.staging_dir)?,
+    };
     mounts::build_new_root(plan, root, trees)?;
     for &tree in trees.iter() {
         sys::fd::close(tree);

@@ -25,6 +25,7 @@ pub mod notify;
 pub mod plan;
 pub mod prepare;
 pub mod proc;
+pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;
 pub mod supervisor;

@@ -11,7 +11,9 @@ use std::ffi::CStr;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use crate::failure::{fail, ChildFailure, Step};
-use crate::plan::{InsidePath, MountSource, RootEntry, SandboxPlan, SourceKind, MAX_FROZEN_LAYERS};
+use crate::plan::{
+    InsidePath, MountSource, RootEntry, RootOverlayPlan, SandboxPlan, SourceKind, MAX_FROZEN_LAYERS, MAX_ROOT_LAYERS,
+};
 use crate::{dev, proc};
 use sys::mount::{self, attach, new_tmpfs, EMPTY, RESOLVE_INSIDE};
 use sys::Errno;
@@ -228,6 +230,128 @@ pub fn mount_staging_root(staging_dir: &CStr) -> Result<RawFd, ChildFailure> {
     Ok(root)
 }
 
+/// The root overlay's directories, opened by init (see [`open_root_layers`]), by number.
+#[derive(Debug, Clone, Copy)]
+pub struct RootFds {
+    /// The lowers, BOTTOM first, the first `count` slots.
+    pub lowers: [RawFd; MAX_ROOT_LAYERS],
+    pub count: usize,
+    /// The writable root's layer directory (holding `upper/` and `work/`), `-1` for a read-only overlay.
+    pub layer: RawFd,
+}
+
+impl RootFds {
+    pub const NONE: RootFds = RootFds { lowers: [-1; MAX_ROOT_LAYERS], count: 0, layer: -1 };
+
+    pub fn close_all(&self) {
+        for fd in self.lowers.iter().copied().chain(std::iter::once(self.layer)).filter(|fd| *fd >= 0) {
+            sys::fd::close(fd);
+        }
+    }
+}
+
+/// Opens the root overlay's lowers and layer directory, with `RESOLVE_NO_SYMLINKS`, while init still has the
+/// invoker's credentials and the host's tree is visible (like the workspace's layer). As host root the
+/// supervisor has mounted an idmapped clone over each of these paths in our mount namespace already (see
+/// `rootfs`): these descriptors are of those mounts. Opened here, in our own mount namespace, because overlayfs
+/// takes no layer from another one.
+pub fn open_root_layers(overlay: &RootOverlayPlan, fds: &mut RootFds) -> Result<(), ChildFailure> {
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    let open = |path: &CStr| sys::fd::openat2(libc::AT_FDCWD, path, flags, libc::RESOLVE_NO_SYMLINKS);
+    let mut opened = RootFds::NONE;
+    let mut result = Ok(());
+    for (index, lower) in overlay.lowers.iter().enumerate() {
+        // The plan holds at most MAX_ROOT_LAYERS (checked when it was made); refuse rather than drop one.
+        result = result.and_then(|()| {
+            let slot = opened.lowers.get_mut(index).ok_or(libc::E2BIG)?;
+            *slot = open(lower)?.into_raw_fd();
+            opened.count += 1;
+            Ok(())
+        });
+    }
+    if let Some(layer) = &overlay.layer {
+        result = result.and_then(|()| {
+            opened.layer = open(layer)?.into_raw_fd();
+            Ok(())
+        });
+    }
+    if let Err(e) = result {
+        opened.close_all();
+        return Err(fail(Step::OpenRootLayer, 0)(e));
+    }
+    *fds = opened;
+    Ok(())
+}
+
+/// Mounts the root overlay (`--writable-root`, `Rootfs::Layers`) and attaches it at `staging_dir`, in place of
+/// the staging tmpfs. Returns an fd for its root, against which every later step resolves paths.
+///
+/// Runs after init switched to the sandbox's root, like the workspace's overlay and for the same reasons: the
+/// copy-ups run with the sandbox root's credentials, and `userxattr` because the mount is made in a user
+/// namespace (whiteouts are character devices 0/0, opaque directories carry `user.overlay.opaque`). The lowers
+/// and the layer are [`open_root_layers`]'s descriptors, named by their `/proc/self/fd` links, so no host path
+/// is resolved again. A read-only overlay gets a small private tmpfs as its
+/// upper: only the mount points are made there, and `build_new_root` makes the root read-only once they are.
+pub fn mount_root_overlay(overlay: &RootOverlayPlan, fds: &RootFds, staging_dir: &CStr) -> Result<RawFd, ChildFailure> {
+    let result = (|| {
+        // The read-only overlay's scratch upper, in a tmpfs of this mount namespace's own.
+        let scratch = match overlay.layer {
+            Some(_) => None,
+            None => {
+                let fs = new_tmpfs(
+                    [(c"mode", c"0755"), (c"size", c"1m")],
+                    libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+                )?;
+                sys::fd::mkdirat(fs.as_raw_fd(), c"upper", 0o755)?;
+                sys::fd::mkdirat(fs.as_raw_fd(), c"work", 0o755)?;
+                Some(fs)
+            }
+        };
+        let layer = scratch.as_ref().map_or(fds.layer, AsRawFd::as_raw_fd);
+        // overlayfs lists lower layers top first; ours are bottom first.
+        let lowers = fds.lowers.get(..fds.count).ok_or(libc::E2BIG)?;
+        let (&bottom, above) = lowers.split_first().ok_or(libc::EINVAL)?;
+        let mut top_first = [-1; MAX_ROOT_LAYERS];
+        for (slot, &fd) in top_first.iter_mut().zip(above.iter().rev()) {
+            *slot = fd;
+        }
+        let mut lower_buf = [0u8; LOWERDIR_BUF];
+        let lowerdir = lowerdir_path(top_first.get(..above.len()).ok_or(libc::E2BIG)?, bottom, &mut lower_buf)?;
+        let mut upper_buf = [0u8; 48];
+        let mut work_buf = [0u8; 48];
+        let fs = mount::fsopen(c"overlay")?;
+        let fs_fd = fs.as_raw_fd();
+        mount::fsconfig_string(fs_fd, c"lowerdir", lowerdir)?;
+        mount::fsconfig_string(fs_fd, c"upperdir", proc_fd_child_path(layer, b"upper", &mut upper_buf)?)?;
+        mount::fsconfig_string(fs_fd, c"workdir", proc_fd_child_path(layer, b"work", &mut work_buf)?)?;
+        mount::fsconfig_flag(fs_fd, c"userxattr")?;
+        let mnt = mount::fsmount(fs_fd, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV)?;
+        drop(fs);
+        // The scratch tmpfs is unreachable from here on (it was never attached); the overlay keeps it.
+        drop(scratch);
+        mount::move_mount(mnt.as_raw_fd(), EMPTY, libc::AT_FDCWD, staging_dir, libc::MOVE_MOUNT_F_EMPTY_PATH)?;
+        Ok(mnt)
+    })();
+    fds.close_all();
+    // By number: the root is init's for the rest of its life (as `mount_staging_root`'s).
+    Ok(result.map_err(fail(Step::MountRootOverlay, 0))?.into_raw_fd())
+}
+
+/// `/proc/self/fd/<fd>/<name>` in `buf`, without allocating.
+fn proc_fd_child_path<'a>(fd: RawFd, name: &[u8], buf: &'a mut [u8; 48]) -> Result<&'a CStr, Errno> {
+    let mut one = [0u8; 32];
+    let dir = proc_fd_path(fd, &mut one).to_bytes();
+    let len = dir.len() + 1 + name.len();
+    if len + 1 > buf.len() {
+        return Err(libc::E2BIG);
+    }
+    buf[..dir.len()].copy_from_slice(dir);
+    buf[dir.len()] = b'/';
+    buf[dir.len() + 1..len].copy_from_slice(name);
+    buf[len] = 0;
+    CStr::from_bytes_until_nul(&buf[..]).map_err(|_| libc::EINVAL)
+}
+
 /// A detached, read-only bind of a file holding `contents`, in a tmpfs of its own that nothing else can reach
 /// (never attached anywhere: the only mount of it is the file's bind).
 fn airlock_file(contents: &[u8]) -> Result<OwnedFd, Errno> {
@@ -251,10 +375,14 @@ fn airlock_file(contents: &[u8]) -> Result<OwnedFd, Errno> {
 /// empty regular file as the last component). Returns an `O_PATH` fd for it. Every component is opened with
 /// [`RESOLVE_INSIDE`], so a symlink anywhere on the way fails with `ELOOP` instead of being followed.
 pub fn create_mount_point(root: RawFd, path: &InsidePath, file: bool) -> Result<OwnedFd, Errno> {
+    create_mount_point_at(root, &path.components, file)
+}
+
+fn create_mount_point_at(root: RawFd, components: &[std::ffi::CString], file: bool) -> Result<OwnedFd, Errno> {
     // The directory reached so far, `None` while it is `root` itself (which is not ours to close).
     let mut reached: Option<OwnedFd> = None;
-    let last = path.components.len().saturating_sub(1);
-    for (i, component) in path.components.iter().enumerate() {
+    let last = components.len().saturating_sub(1);
+    for (i, component) in components.iter().enumerate() {
         let dir = reached.as_ref().map_or(root, AsRawFd::as_raw_fd);
         let want_file = file && i == last;
         let flags = if want_file { libc::O_PATH } else { libc::O_PATH | libc::O_DIRECTORY };
@@ -317,7 +445,12 @@ pub fn build_new_root(plan: &SandboxPlan, root: RawFd, trees: &[RawFd]) -> Resul
             }
             RootEntry::File { dest, contents } => {
                 let file = airlock_file(contents).map_err(fail(Step::WriteSandboxFile, index))?;
-                let target = create_mount_point(root, dest, true);
+                let target = match create_mount_point(root, dest, true) {
+                    // An overlay root is ours to change: a symlink in the file's place (an image's
+                    // `/etc/resolv.conf -> ../run/...`) gives way to the mount point (in the upper layer only).
+                    Err(libc::ELOOP) if plan.root_overlay.is_some() => replace_with_file(root, dest),
+                    other => other,
+                };
                 let attached = target.and_then(|target| attach(file.as_raw_fd(), target.as_raw_fd()));
                 drop(file);
                 attached.map_err(fail(Step::AttachMount, index))?;
@@ -327,10 +460,24 @@ pub fn build_new_root(plan: &SandboxPlan, root: RawFd, trees: &[RawFd]) -> Resul
     // /dev before /proc: the /proc masks are clones of the sandbox's own /dev/null bind.
     dev::mount_dev(root, &plan.devices, trees)?;
     proc::mount_proc(root)?;
-    // Last: nothing may be created in the root itself (only in the writable mounts on it).
+    // Last: nothing may be created in the root itself (only in the writable mounts on it) — unless it is a
+    // writable root, whose writes go to the sandbox's own layer.
+    if plan.root_overlay.as_ref().is_some_and(|o| o.layer.is_some()) {
+        return Ok(());
+    }
     mount::mount_setattr(root, EMPTY, libc::AT_EMPTY_PATH as u32, libc::MOUNT_ATTR_RDONLY, 0)
         .map_err(fail(Step::MakeRootReadOnly, 0))?;
     Ok(())
+}
+
+/// Removes the symlink at `dest`'s last component (the directories before it never follow one) and makes an
+/// empty file there.
+fn replace_with_file(root: RawFd, dest: &InsidePath) -> Result<OwnedFd, Errno> {
+    let (name, parents) = dest.components.split_last().ok_or(libc::EINVAL)?;
+    let parent = create_mount_point_at(root, parents, false)?;
+    sys::fd::unlinkat(parent.as_raw_fd(), name, 0)?;
+    drop(parent);
+    create_mount_point(root, dest, true)
 }
 
 /// Enters the new root: `pivot_root(".", ".")` stacks the old root on top of the new one at `/`, and the

@@ -57,6 +57,27 @@ pub struct OverlayDirs {
 /// because it may not allocate after the clone.
 pub const MAX_FROZEN_LAYERS: usize = 32;
 
+/// How many lower layers the root overlay stacks: init keeps their descriptors in a fixed-size array, because
+/// it may not allocate after the clone.
+pub const MAX_ROOT_LAYERS: usize = 32;
+
+/// `/` as an overlay (`--writable-root`, or `Rootfs::Layers`): its host directories, opened by the supervisor
+/// before `clone` (see `rootfs::RootLayerFds`), mounted by init with the sandbox root's credentials.
+#[derive(Debug, Clone)]
+pub struct RootOverlayPlan {
+    /// The lower directories on the host, BOTTOM first (at most [`MAX_ROOT_LAYERS`]).
+    pub lowers: Vec<CString>,
+    pub lower_displays: Vec<String>,
+    /// A writable root: the host directory holding the overlay's `upper/` and `work/`. `None`: a read-only
+    /// overlay of the lowers (its upper is a small private tmpfs that only mount points are made in, and the
+    /// root is made read-only once they are).
+    pub layer: Option<CString>,
+    pub layer_display: Option<String>,
+    /// As host root: the lowers and the layer directory are mounted idmapped with the sandbox's id maps, so the
+    /// ids on disk (an image's 0, `_apt`'s 42) are the same ids inside.
+    pub idmapped: bool,
+}
+
 /// One step of building the new root, in order.
 #[derive(Debug, Clone)]
 pub enum RootEntry {
@@ -180,4 +201,6 @@ pub struct SandboxPlan {
     pub hold: bool,
     /// `--net allow`: the gateway's interface to create in the sandbox's network namespace.
     pub tun: Option<TunPlan>,
+    /// `/` is an overlay rather than a tmpfs holding binds of the rootfs's entries.
+    pub root_overlay: Option<RootOverlayPlan>,
 }

@@ -13,7 +13,8 @@ use policy::sandbox::{Network, Requirement, Rootfs, SandboxPolicy, WorkspaceMode
 use crate::enforcement::{EnforcementReport, Notice, Protection, Status};
 use crate::landlock::{self, LandlockPlan, LandlockRule, ACCESS_ALL, ACCESS_DEVICE, ACCESS_READ};
 use crate::plan::{
-    CommandPlan, IdPlan, InsidePath, MountSource, OverlayDirs, RootEntry, SandboxPlan, SourceKind, MAX_FROZEN_LAYERS,
+    CommandPlan, IdPlan, InsidePath, MountSource, OverlayDirs, RootEntry, RootOverlayPlan, SandboxPlan, SourceKind,
+    MAX_FROZEN_LAYERS, MAX_ROOT_LAYERS,
 };
 use crate::seccomp;
 use crate::userns::{self, HostIdRange, HOST_RANGE_SIZE};
@@ -77,6 +78,12 @@ pub enum PrepareError {
     RlimitAboveHard { name: &'static str, asked: u64, hard: u64 },
     #[error("the staging directory /tmp on the host is not a directory")]
     StagingDir,
+    #[error("a writable root needs a layer directory for the sandbox (internal: the caller gave none)")]
+    WritableRootNeedsLayer,
+    #[error("the root has {count} layers; at most {max} can be stacked")]
+    TooManyRootLayers { count: usize, max: usize },
+    #[error("--net allow needs {file} in the read-only rootfs {rootfs} (the sandbox's own is bound over it), but {reason}; use --writable-root, or add the file to the tree")]
+    RootfsLacksNameFile { rootfs: String, file: String, reason: String },
 }
 
 /// The plan plus what must live as long as the sandbox on the supervisor's side.
@@ -107,6 +114,9 @@ pub struct HostContext {
     /// `--net allow`: how to start the network gateway (`airlock run` and `create`; `exec` joins the running
     /// sandbox's network and starts none).
     pub gateway: Option<crate::gateway::GatewaySetup>,
+    /// A writable root (`--writable-root`): the host directory holding its overlay's `upper/` and `work/`
+    /// (created by the caller: in a kept sandbox's directory, or a private one removed at exit).
+    pub root_layer: Option<PathBuf>,
 }
 
 /// Upper and work directories of a workspace layer, on the host.
@@ -250,11 +260,20 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
     let mut b = Builder { sources: Vec::new(), entries: Vec::new() };
     // Writable shares and their host owners: as host root, the sandbox's identity becomes that owner.
     let mut writable_owners: Vec<(String, u32, u32)> = Vec::new();
-    let mut landlock_rules = vec![LandlockRule { path: cstring("/")?, access: ACCESS_READ }];
+    // A writable root is the sandbox's to change, like /tmp: Landlock leaves it to the mounts (read-only binds,
+    // the masked /proc) to say what is not writable.
+    let root_access = if policy.writable_root { ACCESS_ALL } else { ACCESS_READ };
+    let mut landlock_rules = vec![LandlockRule { path: cstring("/")?, access: root_access }];
+
+    // An overlay root: the rootfs directory or layers are its lowers (checked here), mounted by init; the rest
+    // of the root's entries (mount points) are made in it.
+    let root_overlay = root_overlay_plan(policy, host, host_root)?;
 
     // The root filesystem's parts come first: later mounts may land inside them.
-    match &policy.rootfs {
-        Rootfs::Host => {
+    match (&policy.rootfs, &root_overlay) {
+        // The overlay is the root (`Layers` always get one: see `root_overlay_plan`).
+        (_, Some(_)) | (Rootfs::Layers(_), None) => {}
+        (Rootfs::Host, None) => {
             for name in HOST_ROOTFS_ENTRIES {
                 let host_path = format!("/{name}");
                 match fs::symlink_metadata(&host_path) {
@@ -274,7 +293,7 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
                 }
             }
         }
-        Rootfs::Dir(dir) => {
+        (Rootfs::Dir(dir), None) => {
             let ft = check_host_path("rootfs", dir)?;
             if !ft.is_dir() {
                 return Err(PrepareError::NotADirectory { what: "rootfs", path: dir.clone() });
@@ -403,6 +422,9 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
                 Err(e) => return Err(PrepareError::TunDeviceMissing(e.to_string())),
             }
             for (dest, contents) in &setup.files {
+                if let (Rootfs::Dir(dir), None) = (&policy.rootfs, &root_overlay) {
+                    check_name_file(dir, dest)?;
+                }
                 b.file(dest, contents)?;
             }
             Some(setup.interface.plan().ok_or_else(|| PrepareError::GatewayInterface(setup.interface.name.clone()))?)
@@ -466,9 +488,65 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
         rlimits: rlimits(&policy.limits)?,
         hold: host.hold,
         tun,
+        root_overlay,
     };
     record_enforced(&mut enforcement, policy, &plan);
     Ok(Prepared { plan, id_range, enforcement, entry_names })
+}
+
+/// The root overlay's plan: for a writable root (over a `Dir` or `Layers`) and for read-only `Layers`; `None`
+/// for the host's directories and a read-only `Dir` (binds of its entries, as ever). Every lower must be a real
+/// directory (no symlink on the way).
+fn root_overlay_plan(
+    policy: &SandboxPolicy,
+    host: &HostContext,
+    host_root: bool,
+) -> Result<Option<RootOverlayPlan>, PrepareError> {
+    let lowers: Vec<&String> = match (&policy.rootfs, policy.writable_root) {
+        (Rootfs::Dir(dir), true) => vec![dir],
+        (Rootfs::Layers(layers), _) => layers.iter().collect(),
+        _ => return Ok(None),
+    };
+    if lowers.len() > MAX_ROOT_LAYERS {
+        return Err(PrepareError::TooManyRootLayers { count: lowers.len(), max: MAX_ROOT_LAYERS });
+    }
+    for lower in &lowers {
+        if !check_host_path("rootfs layer", lower)?.is_dir() {
+            return Err(PrepareError::NotADirectory { what: "rootfs layer", path: lower.to_string() });
+        }
+    }
+    let layer = match policy.writable_root {
+        true => Some(host.root_layer.as_ref().ok_or(PrepareError::WritableRootNeedsLayer)?),
+        false => None,
+    };
+    if let Some(dir) = layer {
+        let display = dir.display().to_string();
+        if !check_host_path("root layer", &display)?.is_dir() {
+            return Err(PrepareError::NotADirectory { what: "root layer", path: display });
+        }
+    }
+    Ok(Some(RootOverlayPlan {
+        lowers: lowers.iter().map(|l| cstring(l)).collect::<Result<_, _>>()?,
+        lower_displays: lowers.iter().map(|l| l.to_string()).collect(),
+        layer: layer.map(|dir| path_cstring(dir)).transpose()?,
+        layer_display: layer.map(|dir| dir.display().to_string()),
+        idmapped: host_root,
+    }))
+}
+
+/// A read-only `--rootfs DIR` with `--net allow`: airlock's `/etc/hosts` and `/etc/resolv.conf` are bound over
+/// the tree's, so the tree must have them as regular files (nothing can be created in it). Refused here, with
+/// the way out, rather than when the bind fails (or, worse, skipped: the gateway's name service needs them).
+fn check_name_file(rootfs: &str, dest: &str) -> Result<(), PrepareError> {
+    let path = format!("{}{dest}", rootfs.trim_end_matches('/'));
+    let reason = match check_host_path("file", &path) {
+        Ok(ft) if ft.is_file() => return Ok(()),
+        Ok(_) => "it is not a regular file".to_string(),
+        Err(PrepareError::PathMissing { .. }) => "the tree has none".to_string(),
+        Err(PrepareError::PathIsSymlink { .. }) => "it is (or passes through) a symlink".to_string(),
+        Err(e) => e.to_string(),
+    };
+    Err(PrepareError::RootfsLacksNameFile { rootfs: rootfs.to_string(), file: dest.to_string(), reason })
 }
 
 /// Fills in the report from the plan: what the plan does is what the sandbox gets (every step of it either

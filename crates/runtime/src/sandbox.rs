@@ -32,6 +32,8 @@ pub enum SandboxError {
     CloneNamespaces(std::io::Error, &'static str),
     #[error("cannot map user ids for the sandbox")]
     MapIds(#[from] userns::UsernsError),
+    #[error(transparent)]
+    Rootfs(#[from] crate::rootfs::RootfsError),
     #[error("cannot set resource limits")]
     Cgroup(#[from] cgroups::CgroupError),
     #[error("cannot hand the copy-on-write layer {0} to the sandbox's root")]
@@ -354,6 +356,10 @@ fn run_sandbox_with(
 /// signal was being re-armed.
 fn release_child(pid: libc::pid_t, plan: &crate::plan::SandboxPlan, start_write: RawFd) -> Result<(), SandboxError> {
     userns::write_id_maps(pid, &plan.ids.uid_map, &plan.ids.gid_map)?;
+    // As host root, the root overlay's directories become idmapped with the maps just written (see `rootfs`).
+    if let Some(overlay) = plan.root_overlay.as_ref().filter(|o| o.idmapped) {
+        crate::rootfs::idmap_root_layers(pid, overlay)?;
+    }
     sys::fd::write_all(start_write, b"1").map_err(|e| SandboxError::CreatePipes(os_error(e)))
 }
 
@@ -425,6 +431,13 @@ pub fn describe_failure(prepared: &Prepared, f: &ChildFailure) -> String {
         Step::OpenMountSource | Step::CheckMountSource | Step::CloneMountSource | Step::SetMountSourceAttributes => {
             plan.sources.get(index).map(|s| s.display.clone())
         }
+        Step::MountRootOverlay | Step::OpenRootLayer => plan.root_overlay.as_ref().map(|o| {
+            let lowers = o.lower_displays.join(", ");
+            match &o.layer_display {
+                Some(layer) => format!("of {lowers} (layer {layer})"),
+                None => format!("of {lowers}"),
+            }
+        }),
         Step::OpenWorkspaceLayer | Step::MountWorkspaceOverlay => plan.sources.get(index).map(|s| {
             let layer = s.overlay.as_ref().map(|o| o.upper_display.as_str()).unwrap_or("?");
             format!("{} (layer {layer})", s.display)

@@ -90,7 +90,17 @@ impl RunningHandle {
             }
             false => None,
         };
-        Ok(HostContext { lock_dir, tty: None, name: Some(self.target.name.clone()), layer, hold: false, gateway: None })
+        // A visit mounts nothing: the writable root's layer is named only so the plan is the sandbox's.
+        let root_layer = policy.writable_root.then(|| self.dir.root_layer().path().to_path_buf());
+        Ok(HostContext {
+            lock_dir,
+            tty: None,
+            name: Some(self.target.name.clone()),
+            layer,
+            hold: false,
+            gateway: None,
+            root_layer,
+        })
     }
 
     /// Runs `policy.command` in the sandbox on `backend`, recorded in its audit log (an `attached` record, its

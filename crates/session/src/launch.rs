@@ -121,6 +121,26 @@ pub fn launch(backend: &dyn Backend, spec: LaunchSpec<'_>, hooks: Hooks<'_>) -> 
         Err(e) => return fail(kept, e.into()),
     };
 
+    // 3b. The writable root's layer: the named sandbox's own (kept until `rm`), or an anonymous run's private
+    //     one, removed when the run ends, whichever way (the guard).
+    let mut ephemeral_root = None;
+    let root_layer = match (policy.writable_root, &kept) {
+        (false, _) => None,
+        (true, Some(state)) => match store::sandbox::make_root_layer(&state.dir.root_layer()) {
+            Ok(dir) => Some(dir),
+            Err(e) => return fail(kept, e.into()),
+        },
+        (true, None) => {
+            let layer = spec.state.ephemeral_root_layer(std::process::id());
+            let made = store::sandbox::make_root_layer(&layer);
+            ephemeral_root = Some(EphemeralRootLayer(layer));
+            match made {
+                Ok(dir) => Some(dir),
+                Err(e) => return fail(kept, e.into()),
+            }
+        }
+    };
+
     // 4. The audit recorder: opened now that the state directory exists, and before the gateway, which appends
     //    its network decisions to the same files.
     let recorder = match spec.lifetime {
@@ -157,8 +177,15 @@ pub fn launch(backend: &dyn Backend, spec: LaunchSpec<'_>, hooks: Hooks<'_>) -> 
         Lifetime::Run { tty, .. } => tty,
         Lifetime::Held => None,
     };
-    let host =
-        HostContext { lock_dir: spec.lock_dir.clone(), tty, name: spec.name.clone(), layer, hold: held, gateway };
+    let host = HostContext {
+        lock_dir: spec.lock_dir.clone(),
+        tty,
+        name: spec.name.clone(),
+        layer,
+        hold: held,
+        gateway,
+        root_layer,
+    };
 
     // 6. The sandbox runs, to its command's end or until it is stopped.
     let ran = if let (true, Some(state)) = (held, kept.as_mut()) {
@@ -215,7 +242,19 @@ pub fn launch(backend: &dyn Backend, spec: LaunchSpec<'_>, hooks: Hooks<'_>) -> 
             }
         }
     }
+    drop(ephemeral_root);
     Ok(Ended { outcome, report, kept, recorder })
+}
+
+/// An anonymous run's writable root layer, removed when the run is over (on every path out of [`launch`]).
+struct EphemeralRootLayer(store::RootLayerDir);
+
+impl Drop for EphemeralRootLayer {
+    fn drop(&mut self) {
+        // Nothing to report to: a layer left behind (a file the sandbox made unremovable) is only disk space,
+        // under the state directory's `ephemeral/`.
+        let _ = store::sandbox::remove_root_layer(&self.0);
+    }
 }
 
 /// A launch that did not get the sandbox running. A new sandbox: nothing of it is worth keeping. A resumed one:

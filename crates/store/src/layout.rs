@@ -15,6 +15,10 @@
 //!     layers/N-LABEL/       checkpoints: frozen layers, with layers/N-LABEL.created (unix time)
 //!     layer.img, layer/     with --disk: the layer lives on an ext4 image mounted at layer/ (holding upper/,
 //!                           work/, layers/)
+//!     rootfs/upper/ rootfs/work/
+//!                           --writable-root: the root overlay's layer (what the sandbox changed in `/`)
+//! $STATE/ephemeral/root-PID/upper/ .../work/
+//!                           an anonymous run's writable root, removed when the run ends
 //! ```
 //!
 //! `$STATE` is `$AIRLOCK_STATE_DIR`, else `/var/lib/airlock` for root and `$XDG_STATE_HOME/airlock`
@@ -63,6 +67,16 @@ impl StateDir {
     /// The directory of the sandbox called `name` (validated by the caller).
     pub fn sandbox(&self, name: &str) -> SandboxDir {
         SandboxDir { path: self.sandboxes().join(name) }
+    }
+
+    /// Where anonymous runs keep what lives only as long as they do.
+    pub fn ephemeral(&self) -> PathBuf {
+        self.path.join("ephemeral")
+    }
+
+    /// The writable root's layer of the anonymous run `pid` (removed when it ends).
+    pub fn ephemeral_root_layer(&self, pid: u32) -> RootLayerDir {
+        RootLayerDir { root: self.ephemeral().join(format!("root-{pid}")) }
     }
 
     /// Where `airlock run --learn` writes the records of one run (`pid`: the run's).
@@ -168,6 +182,11 @@ impl SandboxDir {
         Ok(LayerDir { root: mountpoint })
     }
 
+    /// The writable root's layer (`--writable-root`): kept with the sandbox, removed with it.
+    pub fn root_layer(&self) -> RootLayerDir {
+        RootLayerDir { root: self.path.join("rootfs") }
+    }
+
     /// The layer's directories as they are when the layer is not an image (for a sandbox being made).
     pub(crate) fn plain_layer(&self) -> LayerDir {
         LayerDir { root: self.path.clone() }
@@ -223,6 +242,28 @@ impl LayerDir {
     }
 }
 
+/// The directory holding a writable root's overlay `upper/` and `work/` (one filesystem, as overlayfs needs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootLayerDir {
+    root: PathBuf,
+}
+
+impl RootLayerDir {
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// What the sandbox changed in `/`.
+    pub fn upper(&self) -> PathBuf {
+        self.root.join("upper")
+    }
+
+    /// The overlay's work directory.
+    pub fn work(&self) -> PathBuf {
+        self.root.join("work")
+    }
+}
+
 /// `N-LABEL`: a checkpoint's directory name.
 pub(crate) fn checkpoint_name(index: u32, label: &str) -> String {
     format!("{index}-{label}")
@@ -249,6 +290,9 @@ mod tests {
         assert_eq!(layer.upper(), Path::new("/s/sandboxes/a/upper"));
         assert_eq!(layer.checkpoint(3, "x"), Path::new("/s/sandboxes/a/layers/3-x"));
         assert_eq!(layer.checkpoint_created(3, "x"), Path::new("/s/sandboxes/a/layers/3-x.created"));
+        assert_eq!(dir.root_layer().upper(), Path::new("/s/sandboxes/a/rootfs/upper"));
+        assert_eq!(dir.root_layer().work(), Path::new("/s/sandboxes/a/rootfs/work"));
+        assert_eq!(state.ephemeral_root_layer(7).path(), Path::new("/s/ephemeral/root-7"));
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub mod sandbox;
 
 pub use checkpoint::{Checkpoint, LayerCopy};
 pub use error::StoreError;
-pub use layout::{LayerDir, SandboxDir, StateDir};
+pub use layout::{LayerDir, RootLayerDir, SandboxDir, StateDir};
 pub use record::SandboxRecord;
 pub use sandbox::{ClaimedLayer, SandboxState};
 

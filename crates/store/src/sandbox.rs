@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::checkpoint::checkpoints;
 use crate::error::StoreError;
 use crate::human_size;
-use crate::layout::{LayerDir, SandboxDir, StateDir};
+use crate::layout::{LayerDir, RootLayerDir, SandboxDir, StateDir};
 use crate::record::{read_record, write_record, SandboxRecord};
 
 /// A sandbox's state directory, claimed by this process for the run.
@@ -216,12 +216,51 @@ pub fn remove_sandbox(dir: &SandboxDir) -> Result<(), StoreError> {
     // Never recurse into a mounted layer: if it cannot be unmounted, nothing is removed.
     let mountpoint = dir.layer_mountpoint();
     crate::layer::disk::unmount(&mountpoint).map_err(StoreError::Disk)?;
-    let inner_work = dir.plain_layer().work().join("work");
-    if fs::symlink_metadata(&inner_work).is_ok_and(|m| m.is_dir()) {
-        let _ = fs::set_permissions(&inner_work, fs::Permissions::from_mode(0o700));
+    for inner_work in [dir.plain_layer().work().join("work"), dir.root_layer().work().join("work")] {
+        if fs::symlink_metadata(&inner_work).is_ok_and(|m| m.is_dir()) {
+            let _ = fs::set_permissions(&inner_work, fs::Permissions::from_mode(0o700));
+        }
     }
     // remove_dir_all never follows symlinks, so nothing the sandbox planted in its layer leads outside.
     fs::remove_dir_all(dir.path()).map_err(|source| StoreError::Remove { path: dir.path().to_path_buf(), source })
+}
+
+/// Makes a writable root's layer (or finds it, for a sandbox that runs again): its directory, mode 0700 (as host
+/// root, what the sandbox writes there keeps the ids it has inside, root's among them: no one else may reach
+/// it), holding `upper/` (whose mode and owner are `/`'s inside) and `work/`. Returns the directory, for the
+/// runtime.
+pub fn make_root_layer(layer: &RootLayerDir) -> Result<PathBuf, StoreError> {
+    let create = |path: &Path, mode: u32| match fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(source) => Err(StoreError::CreateDir { path: path.to_path_buf(), source }),
+    };
+    if let Some(parent) = layer.path().parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|source| StoreError::CreateDir { path: parent.to_path_buf(), source })?;
+    }
+    create(layer.path(), 0o700)?;
+    create(&layer.upper(), 0o755)?;
+    create(&layer.work(), 0o700)?;
+    Ok(layer.path().to_path_buf())
+}
+
+/// Removes a writable root's layer (an anonymous run's, when it ends). The overlay leaves `work/work` with mode
+/// 000; open it up first. `remove_dir_all` never follows symlinks.
+pub fn remove_root_layer(layer: &RootLayerDir) -> Result<(), StoreError> {
+    let inner_work = layer.work().join("work");
+    if fs::symlink_metadata(&inner_work).is_ok_and(|m| m.is_dir()) {
+        let _ = fs::set_permissions(&inner_work, fs::Permissions::from_mode(0o700));
+    }
+    match fs::remove_dir_all(layer.path()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(StoreError::Remove { path: layer.path().to_path_buf(), source: e })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A new sandbox name: `sbx-` and eight hex digits from the kernel's random source.

@@ -184,3 +184,24 @@ pub fn umount2(target: &CStr, flags: i32) -> Result<(), Errno> {
     // SAFETY: a NUL-terminated string alive for the call; umount2 only reads it.
     check(unsafe { libc::umount2(target.as_ptr(), flags) } as libc::c_long).map(drop)
 }
+
+/// `mount_setattr(dirfd, path, flags, {MOUNT_ATTR_IDMAP, userns_fd})`: makes a detached mount (a fresh
+/// `open_tree(OPEN_TREE_CLONE)`) idmapped with the user namespace `userns`'s maps. Needs `CAP_SYS_ADMIN` over
+/// the filesystem's and over `userns`'s user namespace (host root, before any `clone`).
+pub fn mount_setattr_idmap(dirfd: RawFd, path: &CStr, flags: u32, userns: RawFd) -> Result<(), Errno> {
+    let attr =
+        libc::mount_attr { attr_set: libc::MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns as u64 };
+    // SAFETY: `path` is a valid NUL-terminated string and `attr` a fully initialised mount_attr that outlives the
+    // call; the size passed is the size of that struct.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dirfd,
+            path.as_ptr(),
+            flags,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    check(ret).map(drop)
+}

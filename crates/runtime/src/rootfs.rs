@@ -1,0 +1,114 @@
+//! The root overlay's host side (`--writable-root`, `Rootfs::Layers`), as host root: its directories made
+//! idmapped in the sandbox's mount namespace, so that a file the image owns as 0 or 42 on disk is 0 or 42
+//! inside, and what the sandbox writes in its layer is stored with the inside ids too (the layer keeps its
+//! meaning whatever host id range a later run of the sandbox gets). Rootless there is nothing to do: the lowers
+//! are the invoker's files and appear as root inside through the one-line map.
+//!
+//! Why a helper process, after `clone` and the id maps, before init is released: `MOUNT_ATTR_IDMAP` needs
+//! `CAP_SYS_ADMIN` over the host's filesystem, which init (born in the sandbox's user namespace) never has; and
+//! overlayfs takes a layer only from a mount init may clone privately — one in init's mount namespace, or a
+//! detached one made there — never a mount of the host's namespace. So the helper joins init's mount namespace
+//! (keeping the host's credentials), makes every mount in it private (nothing it does may propagate to the
+//! host), and mounts an idmapped clone of each directory over the directory itself. Init then opens the same
+//! paths (`mounts::open_root_layers`) and finds the idmapped mounts.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd};
+
+use crate::failure::errno_text;
+use crate::plan::RootOverlayPlan;
+use sys::mount::EMPTY;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("cannot enter the sandbox's mount namespace to idmap its root layers: {}", errno_text(*.0))]
+    EnterNamespace(i32),
+    #[error("cannot make an idmapped mount of the root layer {path}: {}{}", errno_text(*.errno), idmap_hint(*.errno))]
+    IdmapLayer { path: String, errno: i32 },
+    #[error("the helper that idmaps the root layers failed (wait status {0})")]
+    Helper(i32),
+}
+
+fn idmap_hint(errno: i32) -> &'static str {
+    match errno {
+        libc::EINVAL | libc::EPERM | libc::EOPNOTSUPP => {
+            " (the filesystem holding it must support idmapped mounts: ext4, xfs, btrfs and tmpfs do; overlayfs and NFS do not)"
+        }
+        _ => "",
+    }
+}
+
+/// As host root, before init is released (its maps written): the plan's lowers and layer directory become
+/// idmapped mounts over themselves, in init's mount namespace, with init's user namespace's maps.
+pub fn idmap_root_layers(pid: libc::pid_t, plan: &RootOverlayPlan) -> Result<(), RootfsError> {
+    let paths: Vec<(&CString, &str)> = plan
+        .lowers
+        .iter()
+        .zip(plan.lower_displays.iter().map(String::as_str))
+        .chain(plan.layer.iter().zip(plan.layer_display.as_deref()))
+        .collect();
+    let open_ns = |name: &str| {
+        let path =
+            CString::new(format!("/proc/{pid}/ns/{name}")).map_err(|_| RootfsError::EnterNamespace(libc::EINVAL))?;
+        sys::fd::open(&path, libc::O_RDONLY | libc::O_CLOEXEC).map_err(RootfsError::EnterNamespace)
+    };
+    let mount_ns = open_ns("mnt")?;
+    let user_ns = open_ns("user")?;
+    let (report_read, report_write) = sys::fd::pipe_cloexec().map_err(RootfsError::EnterNamespace)?;
+    // The child reports its failure as (index, errno): index u32::MAX for the namespace, else the path's.
+    let helper = sys::process::fork_and_run(|| {
+        let report = |index: u32, errno: i32| {
+            let mut record = [0u8; 8];
+            record[..4].copy_from_slice(&index.to_ne_bytes());
+            record[4..].copy_from_slice(&errno.to_ne_bytes());
+            let _ = sys::fd::write_all(report_write.as_raw_fd(), &record);
+            1
+        };
+        if let Err(e) =
+            sys::namespace::setns(mount_ns.as_fd(), libc::CLONE_NEWNS).and_then(|()| sys::mount::make_all_private())
+        {
+            return report(u32::MAX, e);
+        }
+        for (index, (path, _)) in paths.iter().enumerate() {
+            if let Err(e) = idmap_over_itself(path, user_ns.as_raw_fd()) {
+                return report(index as u32, e);
+            }
+        }
+        0
+    })
+    .map_err(RootfsError::EnterNamespace)?;
+    drop(report_write);
+    let status = sys::wait::wait_for_exit(helper).map_err(RootfsError::EnterNamespace)?;
+    let mut record = [0u8; 8];
+    if matches!(sys::fd::read(report_read.as_raw_fd(), &mut record), Ok(8)) {
+        let index = u32::from_ne_bytes([record[0], record[1], record[2], record[3]]);
+        let errno = i32::from_ne_bytes([record[4], record[5], record[6], record[7]]);
+        return Err(match paths.get(index as usize) {
+            Some((_, display)) => RootfsError::IdmapLayer { path: display.to_string(), errno },
+            None => RootfsError::EnterNamespace(errno),
+        });
+    }
+    if status != 0 {
+        return Err(RootfsError::Helper(status));
+    }
+    Ok(())
+}
+
+/// An idmapped clone of `path` (not recursive: a mount below it stays out) attached over `path`.
+fn idmap_over_itself(path: &CString, user_ns: i32) -> Result<(), sys::Errno> {
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    let dir = sys::fd::openat2(libc::AT_FDCWD, path, flags, libc::RESOLVE_NO_SYMLINKS)?;
+    let tree = sys::mount::open_tree(
+        dir.as_raw_fd(),
+        EMPTY,
+        libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32,
+    )?;
+    sys::mount::mount_setattr_idmap(tree.as_raw_fd(), EMPTY, libc::AT_EMPTY_PATH as u32, user_ns)?;
+    sys::mount::move_mount(
+        tree.as_raw_fd(),
+        EMPTY,
+        dir.as_raw_fd(),
+        EMPTY,
+        libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+}

@@ -150,7 +150,8 @@ pub struct RunArgs {
     /// The command and its arguments.
     /// (No `allow_hyphen_values` here: a mistyped flag before the command must be an error, not the command;
     /// everything after the command's name, or after `--`, is the command's, dashes and all.)
-    #[arg(required = true, value_name = "COMMAND")]
+    /// With --image and no command: the image's Entrypoint and Cmd.
+    #[arg(required_unless_present = "image", value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
@@ -200,6 +201,11 @@ pub struct ExecArgs {
 /// The options of `run` and `create`: what the sandbox is.
 #[derive(Debug, Args)]
 pub struct SandboxOptions {
+    /// An image from the store (`airlock image pull` / `import`) as `/`: its layers read-only and shared, under a
+    /// writable layer of the sandbox's own (gone at exit; kept with --name and `create`); the image's Env,
+    /// WorkingDir, User and Entrypoint/Cmd apply (the flags win).
+    #[arg(long, value_name = "REF", conflicts_with_all = ["rootfs", "rootfs_layers"])]
+    pub image: Option<String>,
     /// What `/` is: `host` (the host's /usr, /bin, /sbin, /lib*, /etc read-only, nothing else) or a directory tree.
     #[arg(long, value_name = "host|DIR")]
     pub rootfs: Option<String>,

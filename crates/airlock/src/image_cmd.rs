@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use std::io::IsTerminal;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use image::store::short_id;
 use image::{ImageRecord, ImageStore};
@@ -256,4 +256,95 @@ fn human_size(bytes: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS.get(unit).copied().unwrap_or("B"))
     }
+}
+
+/// What `--image REF` gives a sandbox: the bottom of its profile (the image's layers as a writable root, its
+/// Env, WorkingDir and User; profiles and flags merged over it win), the command to run, and the image's id.
+pub struct ImageBase {
+    pub profile: policy::profile::Profile,
+    pub command: Vec<String>,
+    pub id: String,
+}
+
+/// Resolves `reference` in this machine's store into an [`ImageBase`]. `command` is the one given on the command
+/// line: it replaces the image's Cmd and follows its Entrypoint, as `docker run IMAGE COMMAND` does; without one
+/// the image's Entrypoint and Cmd run (empty when it has neither). `workspace_given`: the workspace stays the working directory then.
+pub fn image_base(reference: &str, command: &[String], workspace_given: bool) -> Result<ImageBase> {
+    let store = open_store()?;
+    let image = store.resolve(reference).map_err(|e| anyhow::anyhow!("--image {reference}: {e}"))?;
+    let mut profile = policy::profile::Profile::default();
+    profile.filesystem.rootfs_layers = image.layers.iter().map(|l| l.display().to_string()).collect();
+    profile.filesystem.writable_root = Some(true);
+    for var in &image.config.env {
+        match var.split_once('=') {
+            Some((key, value)) => {
+                profile.env.set.insert(key.to_string(), value.to_string());
+            }
+            None => bail!("--image {reference}: its config's Env entry {var:?} is not KEY=VALUE"),
+        }
+    }
+    if !workspace_given {
+        profile.process.cwd = image.config.working_dir.clone().filter(|d| !d.is_empty());
+    }
+    if let Some(user) = image.config.user.as_deref().filter(|u| !u.is_empty()) {
+        profile.process.user =
+            Some(numeric_user(user, &image.layers).map_err(|e| anyhow::anyhow!("--image {reference}: {e}"))?);
+    }
+    let rest = if command.is_empty() { &image.config.cmd } else { command };
+    let command: Vec<String> = image.config.entrypoint.iter().chain(rest).cloned().collect();
+    Ok(ImageBase { profile, command, id: image.id })
+}
+
+/// The image config's `User` (`name`, `uid`, `name:group`, `uid:gid`) as the `UID:GID` airlock takes: names are
+/// looked up in the image's own `/etc/passwd` and `/etc/group` (the topmost layer that has the file).
+fn numeric_user(user: &str, layers: &[PathBuf]) -> std::result::Result<String, String> {
+    let (who, group) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let topmost = |file: &str| -> Option<String> {
+        layers.iter().rev().map(|l| l.join(file)).find(|p| p.is_file()).and_then(|p| std::fs::read_to_string(p).ok())
+    };
+    let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
+        topmost(file)?.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.first() == Some(&name) && fields.len() >= 4)
+                .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))
+                .flatten()
+        })
+    };
+    let (uid, mut gid) = match who.parse::<u32>() {
+        Ok(uid) => (uid, lookup_gid_of_uid(&topmost("etc/passwd"), uid).unwrap_or(uid)),
+        Err(_) => lookup("etc/passwd", who).ok_or_else(|| format!("its User {who:?} is not in its /etc/passwd"))?,
+    };
+    if let Some(group) = group {
+        gid = match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => lookup("etc/group", group)
+                .map(|(gid, _)| gid)
+                .ok_or_else(|| format!("its group {group:?} is not in its /etc/group"))?,
+        };
+    }
+    Ok(format!("{uid}:{gid}"))
+}
+
+/// The primary gid `/etc/passwd` gives `uid`.
+fn lookup_gid_of_uid(passwd: &Option<String>, uid: u32) -> Option<u32> {
+    passwd.as_deref()?.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 4 && fields[2].parse::<u32>().ok() == Some(uid)).then(|| fields[3].parse().ok()).flatten()
+    })
+}
+
+/// Records that the kept sandbox `name` uses the image `id`, so `image rm` and `prune` keep it while the sandbox
+/// exists.
+pub fn mark_in_use(id: &str, name: &str) -> Result<()> {
+    Ok(open_store()?.mark_in_use(id, name)?)
+}
+
+/// [`mark_in_use`] for the image `reference` names.
+pub fn mark_reference_in_use(reference: &str, name: &str) -> Result<()> {
+    let store = open_store()?;
+    let image = store.resolve(reference).map_err(|e| anyhow::anyhow!("--image {reference}: {e}"))?;
+    Ok(store.mark_in_use(&image.id, name)?)
 }

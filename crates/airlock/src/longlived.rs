@@ -45,6 +45,10 @@ pub fn create(args: CreateArgs) -> Result<i32> {
     if state::sandbox_dir(name).exists() {
         bail!("a sandbox named {name} exists already (see `airlock ls`; `airlock rm {name}` removes it)");
     }
+    // Its image is kept (`image rm`, `prune`) while the sandbox's directory exists.
+    if let Some(reference) = &args.opts.image {
+        crate::image_cmd::mark_reference_in_use(reference, name)?;
+    }
     let exe = std::env::current_exe().context("cannot find airlock's own executable")?;
     let request = SuperviseRequest { profile: merged, audit: args.opts.audit.clone() };
     let request = serde_json::to_vec(&request).context("cannot encode the sandbox's profile")?;
@@ -124,7 +128,13 @@ fn create_policy(args: &CreateArgs) -> Result<(Profile, SandboxPolicy)> {
     if opts.name.as_ref().is_some_and(|n| n != name) {
         bail!("create --name: the sandbox's name is the NAME argument ({name})");
     }
-    let merged = load_profiles(&opts.profile)?.merge(flags_profile(opts)?);
+    // --image: the image is the bottom of the profile (its command is for `run`; `exec` names its own).
+    let base = load_profiles(&opts.profile)?;
+    let base = match &opts.image {
+        Some(reference) => crate::image_cmd::image_base(reference, &[], opts.workspace.is_some())?.profile.merge(base),
+        None => base,
+    };
+    let merged = base.merge(flags_profile(opts)?);
     let policy = held_policy(&merged)?;
     Ok((merged, policy))
 }

@@ -325,6 +325,7 @@ fn create(d: &Daemon, args: &CreateArgs) -> Result<i32> {
         }
     };
     put("rootfs", &o.rootfs);
+    put("image", &o.image);
     put("workspace", &o.workspace.as_ref().map(|w| absolute(w)));
     put("workspace_mode", &o.workspace_mode);
     put("net", &o.net);

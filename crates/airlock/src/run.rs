@@ -16,11 +16,27 @@ pub fn run(args: RunArgs) -> Result<i32> {
     if let Some(name) = &args.opts.name {
         validate_sandbox_name(name).map_err(|e| anyhow!("--name: {e}"))?;
     }
+    // --image: the image is the bottom of the profile; profiles and flags merged over it win.
+    let image = match &args.opts.image {
+        Some(reference) => Some(crate::image_cmd::image_base(reference, &args.command, args.opts.workspace.is_some())?),
+        None => None,
+    };
     let base = load_profiles(&args.opts.profile)?;
+    let base = match &image {
+        Some(image) => image.profile.clone().merge(base),
+        None => base,
+    };
     let overlay = flags_profile(&args.opts)?;
     let merged = base.merge(overlay);
+    let command = match &image {
+        Some(image) if image.command.is_empty() => {
+            bail!("--image: the image has no Entrypoint or Cmd; give the command to run")
+        }
+        Some(image) => image.command.clone(),
+        None => args.command.clone(),
+    };
 
-    let mut policy = profile::resolve(&merged, args.command.clone(), &session::invoker())?;
+    let mut policy = profile::resolve(&merged, command, &session::invoker())?;
     session::gateway::add_proxy_environment(&mut policy, &|key| merged.env.set.contains_key(key));
     if policy.network == Network::Host {
         crate::say("warning: --net host: the sandbox shares the host's network (no network isolation)");
@@ -50,6 +66,10 @@ pub fn run(args: RunArgs) -> Result<i32> {
         audit_copy: args.opts.audit.as_deref(),
         lock_dir: lock_dir(),
     };
+    // A kept sandbox keeps its image: `image rm` and `prune` leave it while the sandbox's directory exists.
+    if let (Some(image), Some(name)) = (&image, &name) {
+        crate::image_cmd::mark_in_use(&image.id, name)?;
+    }
     let warn = &mut |w: &str| crate::say(&format!("warning: {w}"));
     let ended = launch(&NamespaceBackend, spec, Hooks { warn, on_ready: &mut || {} })?;
     let outcome = &ended.outcome;

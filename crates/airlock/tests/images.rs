@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/daemon.rs"]
+mod daemon_client;
 
 use std::ffi::CString;
 use std::os::fd::AsFd;
@@ -468,9 +470,10 @@ impl Drop for LoopbackRegistry {
     }
 }
 
-/// An image umoci builds from files written here (busybox as /bin/sh, a config with Env, WorkingDir and Cmd),
-/// pushed with skopeo to `registry` as `test/bb:v1`.
-fn push_busybox_image(t: &Path, registry: &LoopbackRegistry) -> String {
+/// An image umoci builds in `t/layout` (tag `v1`) from files written here: busybox as /bin/sh and friends, an
+/// `/etc/passwd` with root and `u` (1000), `/home/u` owned by 1000, `/etc/motd`; its config has Env GREETING and
+/// PATH, WorkingDir /etc and Cmd `cat motd`; `user` becomes its User. Answers `layout:v1`.
+fn build_busybox_image(t: &Path, user: Option<&str>) -> String {
     let layout = t.join("layout");
     let image = format!("{}:v1", layout.display());
     run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
@@ -478,23 +481,38 @@ fn push_busybox_image(t: &Path, registry: &LoopbackRegistry) -> String {
     let bundle = t.join("bundle");
     run(Command::new("umoci").args(["unpack", "--image", &image]).arg(&bundle));
     let root = bundle.join("rootfs");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::create_dir_all(root.join("etc")).unwrap();
+    for dir in ["bin", "etc", "home/u"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for tool in ["sh", "cat", "echo", "id", "pwd", "env"] {
+    for tool in ["sh", "cat", "echo", "id", "pwd", "env", "ls", "touch"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).unwrap();
     }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nu:x:1000:1000::/home/u:/bin/sh\n").unwrap();
+    std::os::unix::fs::chown(root.join("home/u"), Some(1000), Some(1000)).unwrap();
     std::fs::write(root.join("etc/motd"), "from the image\n").unwrap();
     run(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
-    run(Command::new("umoci").args([
+    let mut config = Command::new("umoci");
+    config.args([
         "config",
         "--image",
         &image,
         "--config.env=GREETING=hello",
+        "--config.env=PATH=/bin",
         "--config.workingdir=/etc",
         "--config.cmd=/bin/cat",
         "--config.cmd=motd",
-    ]));
+    ]);
+    if let Some(user) = user {
+        config.arg(format!("--config.user={user}"));
+    }
+    run(&mut config);
+    image
+}
+
+/// [`build_busybox_image`], pushed with skopeo to `registry` as `test/bb:v1`.
+fn push_busybox_image(t: &Path, registry: &LoopbackRegistry) -> String {
+    let image = build_busybox_image(t, None);
     let reference = format!("127.0.0.1:{}/test/bb:v1", registry.port);
     run(Command::new("skopeo").args([
         "copy",
@@ -550,5 +568,131 @@ fn pull_from_a_loopback_registry_imports_reuses_and_prunes_its_cache() {
     assert_store_empty(&state);
     assert_eq!(count(&state.join("images/pull-cache/blobs/sha256")), 0);
     drop(registry);
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+/// `airlock ARGS...` with the state directory `state`, its stdout (asserting exit 0).
+fn sh_out(state: &Path, args: &[&str]) -> String {
+    ok(&airlock(state, args))
+}
+
+#[test]
+fn run_and_create_from_an_image_with_its_config_and_a_writable_root() {
+    if !common::is_root() {
+        skip_or_fail!("needs root (umoci unpack keeps owners only as root)");
+    }
+    if Command::new("umoci").arg("--version").output().is_err() {
+        skip_or_fail!("umoci is not installed (scripts/setup-debian installs it)");
+    }
+    require_sandbox!();
+    let t = scratch("run-image");
+    let state = t.join("state");
+    let layout = t.join("layout");
+    let _ = build_busybox_image(&t, None);
+    ok(&airlock(&state, &["image", "import", layout.to_str().unwrap(), "--tag", "test/bb:v1"]));
+
+    // No command: the image's Cmd, in its WorkingDir.
+    assert_eq!(sh_out(&state, &["run", "--image", "test/bb:v1"]), "from the image\n");
+    // A command: the image's Env and WorkingDir; `/` is writable, and what was written is gone after the run.
+    let out = sh_out(
+        &state,
+        &["run", "--image", "test/bb:v1", "--", "sh", "-c", "echo $GREETING; pwd; id -u; touch /new && echo wrote"],
+    );
+    assert_eq!(out, "hello\n/etc\n0\nwrote\n");
+    assert_eq!(
+        sh_out(&state, &["run", "--image", "test/bb:v1", "--", "sh", "-c", "ls /new 2>/dev/null || echo gone"]),
+        "gone\n"
+    );
+    // The flags win over the image: --env, --user.
+    let out = sh_out(
+        &state,
+        &[
+            "run",
+            "--image",
+            "test/bb:v1",
+            "--env",
+            "GREETING=hi",
+            "--user",
+            "1000",
+            "--",
+            "sh",
+            "-c",
+            "echo $GREETING; id -u",
+        ],
+    );
+    assert_eq!(out, "hi\n1000\n");
+    // The image's own files keep their owners inside (as root the image's ids are the sandbox's).
+    let out = sh_out(&state, &["run", "--image", "test/bb:v1", "--", "sh", "-c", "ls -ln /home | tail -1"]);
+    assert!(out.contains(" 1000 ") && out.contains(" 1000 "), "{out}");
+    // An image that does not exist: one line, exit 125, nothing made.
+    let missing = airlock(&state, &["run", "--image", "no/such:1", "--", "true"]);
+    assert_eq!(missing.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no image"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+
+    // create: the image's config for every exec, its root layer kept until rm, the image kept while it exists.
+    ok(&airlock(&state, &["create", "--image", "test/bb:v1", "imgbox"]));
+    let out = sh_out(&state, &["exec", "imgbox", "--", "sh", "-c", "echo $GREETING; pwd; echo kept > /etc/kept"]);
+    assert_eq!(out, "hello\n/etc\n");
+    assert_eq!(sh_out(&state, &["exec", "imgbox", "--", "cat", "/etc/kept"]), "kept\n");
+    let refused_rm = airlock(&state, &["image", "rm", "test/bb:v1"]);
+    assert!(!refused_rm.status.success());
+    assert!(String::from_utf8_lossy(&refused_rm.stderr).contains("in use by sandbox imgbox"));
+    ok(&airlock(&state, &["stop", "imgbox"]));
+    ok(&airlock(&state, &["rm", "imgbox"]));
+    ok(&airlock(&state, &["image", "rm", "test/bb:v1"]));
+    ok(&airlock(&state, &["image", "prune"]));
+    assert_store_empty(&state);
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+#[test]
+fn an_images_user_is_looked_up_in_its_own_passwd() {
+    if !common::is_root() {
+        skip_or_fail!("needs root (umoci unpack keeps owners only as root)");
+    }
+    if Command::new("umoci").arg("--version").output().is_err() {
+        skip_or_fail!("umoci is not installed (scripts/setup-debian installs it)");
+    }
+    require_sandbox!();
+    let t = scratch("image-user");
+    let state = t.join("state");
+    let layout = t.join("layout");
+    let _ = build_busybox_image(&t, Some("u"));
+    ok(&airlock(&state, &["image", "import", layout.to_str().unwrap(), "--tag", "test/user:v1"]));
+    let out = sh_out(
+        &state,
+        &["run", "--image", "test/user:v1", "--", "sh", "-c", "id -u; id -g; touch /home/u/mine && echo wrote"],
+    );
+    assert_eq!(out, "1000\n1000\nwrote\n");
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+#[test]
+fn the_daemon_creates_from_an_image() {
+    if !common::is_root() {
+        skip_or_fail!("needs root (umoci unpack keeps owners only as root)");
+    }
+    if Command::new("umoci").arg("--version").output().is_err() {
+        skip_or_fail!("umoci is not installed (scripts/setup-debian installs it)");
+    }
+    require_sandbox!();
+    let d = daemon_client::Daemon::start("api-image", &[]);
+    let t = scratch("daemon-image");
+    let layout = t.join("layout");
+    let _ = build_busybox_image(&t, None);
+    ok(&airlock(&d.state, &["image", "import", layout.to_str().unwrap(), "--tag", "test/bb:v1"]));
+    let c = d.client();
+    let name = c.create(&json!({ "image": "test/bb:v1" }));
+    let v = c.exec(&name, &json!({ "cmd": ["sh", "-c", "echo $GREETING; pwd; touch /etc/z && echo wrote"] }));
+    assert_eq!(v["stdout"], "hello\n/etc\nwrote\n", "{v}");
+    let missing = c.post("/v1/sandboxes", &json!({ "image": "no/such:1" }));
+    assert_eq!(missing.status, 422, "{}", missing.text());
+    let both = c.post("/v1/sandboxes", &json!({ "image": "test/bb:v1", "rootfs": "/srv" }));
+    assert_eq!(both.status, 400, "{}", both.text());
+    assert_eq!(c.delete(&format!("/v1/sandboxes/{name}")).status, 204);
     let _ = std::fs::remove_dir_all(&t);
 }

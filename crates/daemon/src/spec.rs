@@ -105,8 +105,11 @@ impl SandboxSpec {
         if let Some(profile) = &self.profile {
             plain("profile", profile)?;
         }
-        if self.image.is_some() {
-            return Err(bad("image", "images are not supported by this build of airlock; use rootfs"));
+        if let Some(image) = &self.image {
+            plain("image", image)?;
+            if self.rootfs.is_some() {
+                return Err(bad("image", "give an image or a rootfs, not both"));
+            }
         }
         if let Some(rootfs) = &self.rootfs {
             plain("rootfs", rootfs)?;
@@ -192,6 +195,9 @@ impl SandboxSpec {
         if let Some(r) = &self.rootfs {
             flag("rootfs", r);
         }
+        if let Some(i) = &self.image {
+            flag("image", i);
+        }
         if let Some(w) = &self.workspace {
             flag("workspace", w);
         }
@@ -252,7 +258,7 @@ mod tests {
             r#"{"pids": 0}"#,
             r#"{"timeout": "soon"}"#,
             r#"{"env": {"A=B": "c"}}"#,
-            r#"{"image": "python:3.12"}"#,
+            r#"{"image": "python:3.12", "rootfs": "/srv/r"}"#,
         ] {
             let spec = parse(json).unwrap();
             assert!(spec.validate().is_err(), "{json} passed");

@@ -192,22 +192,28 @@ async fn create_from_pool(
     Ok(daemon::api::take_or_create_for_pool(&e2b.app, &pool.name, &spec).await?)
 }
 
-/// A sandbox made now: template `base`, E2B's default, is airlock's default profile; any other names a profile
-/// (a built-in by name, or a file on the daemon's host when it has a `/` or ends in `.toml`).
+/// A sandbox made now: template `base`, E2B's default, is airlock's default profile; any other names an image in
+/// the daemon's image store (`airlock image pull` / `import`), else a profile (a built-in by name, or a file on
+/// the daemon's host when it has a `/` or ends in `.toml`).
 async fn create_from_profile(
     e2b: &E2bState,
     req: &CreateBody,
     template: &str,
     seconds: u64,
 ) -> ControlResult<OwnedSandbox> {
-    if template != "base" {
+    let image = (template != "base")
+        .then(|| image::ImageStore::open(&e2b.app.engine.state_dir).ok())
+        .flatten()
+        .and_then(|store| store.resolve(template).ok())
+        .map(|_| template.to_string());
+    if template != "base" && image.is_none() {
         if let policy::profile::ProfileRef::Builtin(name) = policy::profile::ProfileRef::from_arg(template) {
             if policy::profile::builtin_profile_source(&name).is_none() {
                 return Err(ControlError::new(
                     StatusCode::NOT_FOUND,
                     format!(
-                        "template {template} not found: it names neither a warm pool of this daemon (POST \
-                         /v1/pools) nor a profile (built-in: {})",
+                        "template {template} not found: it names no warm pool of this daemon (POST /v1/pools), \
+                         no image in its store (airlock image pull) and no profile (built-in: {})",
                         policy::profile::builtin_profile_names().join(", ")
                     ),
                 ));
@@ -215,7 +221,8 @@ async fn create_from_profile(
         }
     }
     let spec = SandboxSpec {
-        profile: (template != "base").then(|| template.to_string()),
+        profile: (template != "base" && image.is_none()).then(|| template.to_string()),
+        image,
         env: req.env_vars.clone().unwrap_or_default(),
         net: (req.allow_internet_access == Some(false)).then(|| "none".to_string()),
         timeout: Some(format!("{seconds}s")),

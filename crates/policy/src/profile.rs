@@ -140,6 +140,10 @@ pub struct ProcessSection {
     pub hostname: Option<String>,
     /// A duration such as `30m` (`--timeout`).
     pub timeout: Option<String>,
+    /// The command's working directory, an absolute path inside the sandbox (an image's `WorkingDir`); without
+    /// it, the workspace, else `/`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -196,6 +200,7 @@ pub enum Field {
     User,
     Hostname,
     Timeout,
+    Cwd,
     Memory,
     Pids,
     Cpus,
@@ -225,6 +230,7 @@ impl Field {
             Field::User => "process.user",
             Field::Hostname => "process.hostname",
             Field::Timeout => "process.timeout",
+            Field::Cwd => "process.cwd",
             Field::Memory => "limits.memory",
             Field::Pids => "limits.pids",
             Field::Cpus => "limits.cpus",
@@ -258,7 +264,7 @@ impl Field {
             Field::Pids => "--pids",
             Field::Cpus => "--cpus",
             Field::Disk => "--disk",
-            Field::Nofile | Field::Fsize | Field::LimitsEnforce | Field::Landlock => return None,
+            Field::Cwd | Field::Nofile | Field::Fsize | Field::LimitsEnforce | Field::Landlock => return None,
         })
     }
 }
@@ -573,7 +579,7 @@ impl Profile {
             filesystem;
         let NetworkSection { mode, allow } = network;
         let EnvSection { set, pass } = env;
-        let ProcessSection { user, hostname, timeout } = process;
+        let ProcessSection { user, hostname, timeout, cwd } = process;
         let LimitsSection { memory, pids, cpus, disk, nofile, fsize, enforce } = limits;
         let SecuritySection { landlock } = security;
 
@@ -605,6 +611,7 @@ impl Profile {
                 user: user.or(self.process.user),
                 hostname: hostname.or(self.process.hostname),
                 timeout: timeout.or(self.process.timeout),
+                cwd: cwd.or(self.process.cwd),
             },
             limits: LimitsSection {
                 memory: memory.or(self.limits.memory),
@@ -644,6 +651,12 @@ impl Profile {
             None => None,
             Some(text) => Some(units::parse_duration(text).map_err(|error| FieldError::new(Field::Timeout, error))?),
         };
+        let cwd = match &process.cwd {
+            None => None,
+            Some(path) => {
+                Some(names::validate_absolute_path(path).map_err(|error| FieldError::new(Field::Cwd, error))?)
+            }
+        };
         let limits = check_limits(&self.limits)?;
         let limits_enforcement = check_requirement(Field::LimitsEnforce, self.limits.enforce.as_deref())?;
         let landlock = check_requirement(Field::Landlock, self.security.landlock.as_deref())?;
@@ -656,6 +669,7 @@ impl Profile {
             user,
             hostname,
             timeout,
+            cwd,
             limits,
             limits_enforcement,
             landlock,
@@ -673,6 +687,7 @@ struct Checked {
     user: Option<Identity>,
     hostname: String,
     timeout: Option<Duration>,
+    cwd: Option<String>,
     limits: Limits,
     limits_enforcement: Requirement,
     landlock: Requirement,
@@ -762,7 +777,9 @@ pub fn resolve(profile: &Profile, command: Vec<String>, invoker: &Invoker) -> Re
         None => Identity { uid: invoker.uid, gid: invoker.gid },
     };
     let env = environment(&checked.env_pass, &checked.env_set, identity, invoker)?;
-    let cwd = filesystem.workspace.as_ref().map_or_else(|| "/".to_owned(), |workspace| workspace.path.clone());
+    let cwd = checked.cwd.clone().unwrap_or_else(|| {
+        filesystem.workspace.as_ref().map_or_else(|| "/".to_owned(), |workspace| workspace.path.clone())
+    });
 
     Ok(SandboxPolicy {
         rootfs: filesystem.rootfs,

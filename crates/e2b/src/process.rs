@@ -610,6 +610,9 @@ pub async fn stream_input(State(e2b): State<E2bState>, headers: HeaderMap, body:
     }
 }
 
+/// How long the rest of a refused input stream is read before the answer.
+const DRAIN_UNREAD_INPUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn stream_input_inner(e2b: &E2bState, headers: &HeaderMap, body: axum::body::Body) -> Result<(), RpcError> {
     let (name, _) = e2b.envd_sandbox(headers)?;
     let mut messages = connect::Envelopes::new(body);
@@ -617,7 +620,17 @@ async fn stream_input_inner(e2b: &E2bState, headers: &HeaderMap, body: axum::bod
     let Some(start) = first.and_then(|m| m.start) else {
         return Err(RpcError::invalid("an input stream starts with the process (a start event)"));
     };
-    let proc = e2b.procs.find(&name, &start.process)?;
+    let proc = match e2b.procs.find(&name, &start.process) {
+        Ok(proc) => proc,
+        Err(e) => {
+            // The rest of the request is read (briefly) before the answer: an HTTP/1.1 connection whose request
+            // body was left unread is closed after the answer, and a client that reuses it at that moment sees
+            // "connection closed before message completed".
+            let drain = async { while let Ok(Some(_)) = messages.next::<serde_json::Value>().await {} };
+            let _ = tokio::time::timeout(DRAIN_UNREAD_INPUT, drain).await;
+            return Err(e);
+        }
+    };
     while let Some(message) = messages.next::<StreamInputRequest>().await? {
         if message.start.is_some() {
             return Err(RpcError::invalid("an input stream names its process once, first"));

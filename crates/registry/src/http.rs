@@ -43,6 +43,8 @@ impl Session {
                 attempt.error(message)
             }
         });
+        // The TLS provider, once per process (an error means one is installed already).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(options.connect_timeout)

@@ -34,9 +34,6 @@ pub enum Command {
     /// The supervisor of a sandbox started by `airlock create` (internal).
     #[command(name = "__supervise", hide = true)]
     Supervise(crate::longlived::SuperviseArgs),
-    /// The exec agent of a running sandbox, for the daemon's fast exec (internal).
-    #[command(name = "__agent", hide = true)]
-    Agent(crate::longlived::AgentArgs),
     /// One file operation inside a running sandbox, for the daemon's files API (internal).
     #[command(name = "__files", hide = true)]
     Files(crate::files_cmd::FilesArgs),

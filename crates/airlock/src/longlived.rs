@@ -168,11 +168,20 @@ pub fn supervise(args: SuperviseArgs) -> Result<i32> {
         lock_dir: lock_dir(),
     };
     let warn = &mut |w: &str| crate::say(&format!("warning: {w}"));
+    let mut agent_server = None;
     let on_ready = &mut || {
+        // The exec agent first, so that a sandbox is ready with it (the daemon's pools wait for its socket).
+        agent_server = start_exec_agent(&state, &name);
         println!("{READY}");
         let _ = std::io::stdout().flush();
     };
-    let ended = launch(&NamespaceBackend, spec, Hooks { warn, on_ready })?;
+    let ended = launch(&NamespaceBackend, spec, Hooks { warn, on_ready });
+    // Its agent ended with the sandbox (init's pid namespace took it); the process that served it follows once
+    // it has written its last audit records. Reaped here, so nothing of the sandbox outlives its supervisor.
+    if let Some(pid) = agent_server {
+        reap_agent_server(pid);
+    }
+    let ended = ended?;
     if let RunOutcome::TimedOut(elapsed) = &ended.outcome {
         crate::say(&format!("sandbox {name} timed out after {:.1}s: it was killed", elapsed.as_secs_f64()));
     }
@@ -317,26 +326,59 @@ pub fn stop(name: &str) -> Result<i32> {
     Ok(0)
 }
 
-/// `airlock __agent NAME` (internal): the exec agent of a running sandbox.
-#[derive(Debug, clap::Args)]
-pub struct AgentArgs {
-    /// The sandbox's name.
-    pub name: String,
-}
-
 /// The argv the agent's plan is built for. Never executed: the agent serves where its command would `execve`
 /// (an absolute path, so no `PATH` lookup is made for it).
 const AGENT_COMMAND: &str = "/airlock-exec-agent";
 
+/// Starts the process that serves the held sandbox `name`'s exec agent: a fork of its supervisor (which is
+/// single-threaded: the fork checks it), so it costs the pages it writes, not a new airlock process. `None` (the
+/// sandbox runs without an agent: execs take the long way) when it cannot be forked.
+fn start_exec_agent(state: &store::StateDir, name: &str) -> Option<libc::pid_t> {
+    match sys::process::fork() {
+        Ok(sys::process::Forked::Child) => {
+            // Nothing of the supervisor's: its lock on the sandbox, its signalfd, `create`'s pipes (which must
+            // end when the supervisor says ready). This process never returns into the supervisor's frames, so
+            // no owner of those descriptors closes them again.
+            let _ = sys::fd::close_range(3, u32::MAX);
+            if let Ok(log) = std::fs::OpenOptions::new().append(true).open(state.sandbox(name).supervisor_log()) {
+                let _ = runtime::host::redirect_stdout_stderr_to(&log);
+            }
+            let code = match serve_agent(state, name) {
+                Ok(code) => code,
+                Err(e) => {
+                    crate::say(&format!("the exec agent of {name} stopped: {e:#}"));
+                    125
+                }
+            };
+            sys::process::exit_immediately(code)
+        }
+        Ok(sys::process::Forked::Parent(pid)) => Some(pid),
+        Err(errno) => {
+            crate::say(&format!(
+                "warning: no exec agent for {name} (cannot fork: {}); execs run through airlock exec",
+                std::io::Error::from_raw_os_error(errno)
+            ));
+            None
+        }
+    }
+}
+
+/// Waits for the agent's server to end, killing it after a while (its agent is gone with the sandbox by now).
+fn reap_agent_server(pid: libc::pid_t) {
+    let Ok(pidfd) = sys::process::pidfd_open(pid) else { return };
+    let mut fds = [libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&pidfd), events: libc::POLLIN, revents: 0 }];
+    if !matches!(sys::fd::poll(&mut fds, 5000), Ok(1)) {
+        let _ = sys::process::pidfd_send_signal(std::os::fd::AsFd::as_fd(&pidfd), libc::SIGKILL);
+    }
+    let _ = sys::wait::wait_for_exit(pid);
+}
+
 /// Serves the sandbox's exec agent until the sandbox ends: binds `agent.sock` in its directory (mode 0600, given
 /// to the sandbox's user), makes the agent inside it exactly as `exec` makes a command, and stays as the holder
-/// of its seccomp listener (the commands it starts are audited like an exec's). Exits 0 at once when another
+/// of its seccomp listener (the commands it starts are audited like an exec's). Returns 0 at once when another
 /// process serves it already (`agent.lock`).
-pub fn serve_agent(args: AgentArgs) -> Result<i32> {
-    let name = &args.name;
-    validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
-    let state = state::state();
-    let sandbox = match lookup(&state, name)? {
+fn serve_agent(state: &store::StateDir, name: &str) -> Result<i32> {
+    let sandbox = match lookup(state, name)? {
         Lookup::Running(sandbox) => sandbox,
         _ => {
             crate::say(&format!("sandbox {name} is not running; it has no exec agent"));
@@ -367,7 +409,7 @@ pub fn serve_agent(args: AgentArgs) -> Result<i32> {
     session::gateway::add_proxy_environment(&mut policy, &|key| merged.env.set.contains_key(key));
     policy.timeout = None;
     let host = sandbox.host_context(&policy, lock_dir())?;
-    let served = sandbox.serve_exec_agent(&NamespaceBackend, &state, &policy, &host, listener.into(), &socket);
+    let served = sandbox.serve_exec_agent(&NamespaceBackend, state, &policy, &host, listener.into(), &socket);
     // The socket goes before the lock: a new agent never finds a socket another one's end removes under it.
     let _ = std::fs::remove_file(&socket.published);
     let _ = std::fs::remove_file(&socket.bound);

@@ -42,12 +42,7 @@ fn main() -> ExitCode {
     };
     let runs_something = matches!(
         cli.command,
-        Command::Run(_)
-            | Command::Create(_)
-            | Command::Exec(_)
-            | Command::Supervise(_)
-            | Command::Files(_)
-            | Command::Agent(_)
+        Command::Run(_) | Command::Create(_) | Command::Exec(_) | Command::Supervise(_) | Command::Files(_)
     );
     // With --host or AIRLOCK_HOST, the sandbox commands go to a daemon (remote.rs); the rest stays local.
     if cli.host.is_some() && matches!(cli.command, Command::Serve(_)) {
@@ -66,7 +61,6 @@ fn main() -> ExitCode {
         Command::NetGateway(args) => network::serve(args),
         Command::Exec(args) => longlived::exec(args),
         Command::Files(args) => files_cmd::files(args),
-        Command::Agent(args) => longlived::serve_agent(args),
         Command::Stop { name } => longlived::stop(&name),
         Command::Doctor { json } => doctor::run_doctor(json),
         Command::Profile(cmd) => profile_cmd::run(cmd),

@@ -1,8 +1,8 @@
 //! The fast exec: a command started by the sandbox's exec agent (`runtime::agent`) instead of by a new
 //! `airlock exec` process.
 //!
-//! Each running sandbox the daemon made gets an agent (`airlock __agent NAME`, started once the sandbox is up;
-//! pooled sandboxes have theirs before a client takes them). A plain exec (no `user`, no `timeout`) goes to it
+//! Each sandbox `airlock create` makes gets an agent, served by a fork of its supervisor once the sandbox is
+//! up (pooled sandboxes count as ready only once its socket is there). A plain exec (no `user`, no `timeout`) goes to it
 //! over `agent.sock` in the sandbox's directory: the daemon makes the command's pipes, sends them with the
 //! command, and hears its pid, then its wait status. The command is confined exactly as an `airlock exec`
 //! command (the agent is one), so the only difference is time: one fork and one execve inside the sandbox.
@@ -10,7 +10,7 @@
 //! Anything that stops the agent from taking a command before it started — no socket yet, the agent gone or
 //! refusing — makes the caller run it the long way; nothing was started, so nothing runs twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
@@ -18,7 +18,6 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use runtime::agent::wire;
@@ -26,9 +25,6 @@ use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::unix::pipe;
 use tokio::net::UnixStream;
-use tokio::task::JoinHandle;
-
-use crate::engine::Engine;
 
 /// A command the agent started.
 pub struct AgentExec {
@@ -166,38 +162,5 @@ pub async fn wait_published(socket: &Path, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     while !socket.exists() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-/// The `airlock __agent` processes this daemon started, by sandbox: each ends with its sandbox, and a delete
-/// waits for it so that nothing of the sandbox outlives the answer.
-#[derive(Default)]
-pub struct Agents {
-    running: Mutex<HashMap<String, JoinHandle<()>>>,
-}
-
-impl Agents {
-    /// Starts the exec agent of the running sandbox `name` (in the background; until its socket is there,
-    /// execs go the long way).
-    pub fn start(&self, engine: &Engine, name: &str) {
-        let mut cmd = engine.command(&["__agent".into(), name.into()]);
-        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-        let Ok(mut child) = cmd.spawn() else { return };
-        let waiter = tokio::spawn(async move {
-            let _ = child.wait().await;
-        });
-        if let Ok(mut running) = self.running.lock() {
-            if let Some(old) = running.insert(name.to_string(), waiter) {
-                old.abort();
-            }
-        }
-    }
-
-    /// Waits (a bounded time) for the agent of `name`, stopped with its sandbox, to have exited.
-    pub async fn stopped(&self, name: &str) {
-        let waiter = self.running.lock().ok().and_then(|mut running| running.remove(name));
-        if let Some(waiter) = waiter {
-            let _ = tokio::time::timeout(Duration::from_secs(5), waiter).await;
-        }
     }
 }

@@ -41,8 +41,6 @@ pub struct App {
     pub execs: Arc<Semaphore>,
     /// Wakes the pool filler (a sandbox was taken, a pool was added).
     pub pools_changed: tokio::sync::Notify,
-    /// The exec agents this daemon started (`agent`).
-    pub agents: crate::agent::Agents,
     /// Unix time this daemon started (what was creating before then was adopted from a daemon that died).
     pub started: f64,
 }
@@ -284,9 +282,9 @@ pub async fn create_sandbox(app: &Shared, spec: SandboxSpec, pool: Option<&str>)
     let done = app.engine.run(&record.spec.create_args(&name), None).await;
     match done {
         Ok(done) if done.ok() => {
-            app.agents.start(&app.engine, &name);
-            // A pooled sandbox is ready once its agent is: what a client takes from a pool runs its first
-            // command the fast way. (A direct create answers at once; its first execs may go the long way.)
+            // A pooled sandbox is ready once its exec agent (which its supervisor starts) is: what a client
+            // takes from a pool runs its first command the fast way. (A direct create answers at once; its
+            // first execs may go the long way.)
             if pool.is_some() {
                 let socket = store::StateDir::at(app.engine.state_dir.clone()).sandbox(&name).agent_socket();
                 crate::agent::wait_published(&socket, Duration::from_secs(5)).await;
@@ -375,8 +373,6 @@ async fn delete_entry(app: &Shared, entry: &Entry, name: &str, keep: bool) -> Ap
         }
     }
     let _all = entry.lock.drain().await;
-    // Its exec agent ended with it; it is gone before the answer.
-    app.agents.stopped(name).await;
     if keep {
         return Ok(());
     }

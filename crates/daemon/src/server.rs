@@ -113,16 +113,8 @@ async fn run(config: ServeConfig) -> Result<(), ServeError> {
         execs: Arc::new(Semaphore::new(config.limits.max_execs)),
         limits: config.limits.clone(),
         pools_changed: tokio::sync::Notify::new(),
-        agents: Default::default(),
         started: now(),
     });
-    // The adopted sandboxes that run get an exec agent again (one still serving from the daemon that died is
-    // kept: a second `airlock __agent` finds its lock held and leaves).
-    for entry in app.registry.all() {
-        if !entry.creating && api::running_init(&app, &entry.record.name).is_ok() {
-            app.agents.start(&app.engine, &entry.record.name);
-        }
-    }
     let router = api::router(app.clone());
     let mut servers = tokio::task::JoinSet::new();
     if let Some(path) = &config.socket {

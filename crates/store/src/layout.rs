@@ -9,7 +9,7 @@
 //!     stats.json            final resource numbers
 //!     audit.jsonl           the audit log
 //!     supervisor.log        a long-lived sandbox's supervisor's stderr
-//!     agent.sock            the exec agent's socket (`airlock __agent`; the daemon's fast exec), mode 0600
+//!     agent.sock            the exec agent's socket (served by a fork of the supervisor; the daemon's fast exec), 0600
 //!     agent.lock            flock'd by the process that serves the exec agent, while it does
 //!     upper/ work/          the copy-on-write layer (overlayfs upperdir and workdir)
 //!     layers/N-LABEL/       checkpoints: frozen layers, with layers/N-LABEL.created (unix time)

@@ -305,22 +305,21 @@ fn numeric_user(user: &str, layers: &[PathBuf]) -> std::result::Result<String, S
     let topmost = |file: &str| -> Option<String> {
         layers.iter().rev().map(|l| l.join(file)).find(|p| p.is_file()).and_then(|p| std::fs::read_to_string(p).ok())
     };
-    let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
-        topmost(file)?.lines().find_map(|line| {
-            let fields: Vec<&str> = line.split(':').collect();
-            (fields.first() == Some(&name) && fields.len() >= 4)
-                .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))
-                .flatten()
-        })
-    };
+    let passwd = topmost("etc/passwd");
     let (uid, mut gid) = match who.parse::<u32>() {
-        Ok(uid) => (uid, lookup_gid_of_uid(&topmost("etc/passwd"), uid).unwrap_or(uid)),
-        Err(_) => lookup("etc/passwd", who).ok_or_else(|| format!("its User {who:?} is not in its /etc/passwd"))?,
+        // A number: its primary group from the image's passwd, else the same number.
+        Ok(uid) => {
+            (uid, id_entry(passwd.as_deref(), |f| f[2].parse().ok() == Some(uid)).and_then(|e| e.1).unwrap_or(uid))
+        }
+        Err(_) => match id_entry(passwd.as_deref(), |f| f[0] == who) {
+            Some((uid, Some(gid))) => (uid, gid),
+            _ => return Err(format!("its User {who:?} is not in its /etc/passwd")),
+        },
     };
     if let Some(group) = group {
         gid = match group.parse::<u32>() {
             Ok(gid) => gid,
-            Err(_) => lookup("etc/group", group)
+            Err(_) => id_entry(topmost("etc/group").as_deref(), |f| f[0] == group)
                 .map(|(gid, _)| gid)
                 .ok_or_else(|| format!("its group {group:?} is not in its /etc/group"))?,
         };
@@ -328,11 +327,15 @@ fn numeric_user(user: &str, layers: &[PathBuf]) -> std::result::Result<String, S
     Ok(format!("{uid}:{gid}"))
 }
 
-/// The primary gid `/etc/passwd` gives `uid`.
-fn lookup_gid_of_uid(passwd: &Option<String>, uid: u32) -> Option<u32> {
-    passwd.as_deref()?.lines().find_map(|line| {
+/// The third field (the id) and the fourth as a number (passwd's primary gid; `None` in the group file, where it
+/// lists members) of the first line of a passwd- or group-format `text` that `matches` (its fields split on `:`,
+/// at least four).
+fn id_entry(text: Option<&str>, matches: impl Fn(&[&str]) -> bool) -> Option<(u32, Option<u32>)> {
+    text?.lines().find_map(|line| {
         let fields: Vec<&str> = line.split(':').collect();
-        (fields.len() >= 4 && fields[2].parse::<u32>().ok() == Some(uid)).then(|| fields[3].parse().ok()).flatten()
+        (fields.len() >= 4 && matches(&fields))
+            .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok())))
+            .flatten()
     })
 }
 
@@ -342,9 +345,25 @@ pub fn mark_in_use(id: &str, name: &str) -> Result<()> {
     Ok(open_store()?.mark_in_use(id, name)?)
 }
 
-/// [`mark_in_use`] for the image `reference` names.
-pub fn mark_reference_in_use(reference: &str, name: &str) -> Result<()> {
-    let store = open_store()?;
-    let image = store.resolve(reference).map_err(|e| anyhow::anyhow!("--image {reference}: {e}"))?;
-    Ok(store.mark_in_use(&image.id, name)?)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_and_groups_resolve_in_the_images_own_files() {
+        let dir = std::env::temp_dir().join(format!("airlock-image-user-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("etc")).unwrap();
+        std::fs::write(dir.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n")
+            .unwrap();
+        std::fs::write(dir.join("etc/group"), "root:x:0:\nstaff:x:50:app\n").unwrap();
+        let layers = [dir.clone()];
+        assert_eq!(numeric_user("app", &layers).unwrap(), "1000:1001");
+        assert_eq!(numeric_user("1000", &layers).unwrap(), "1000:1001");
+        assert_eq!(numeric_user("4242", &layers).unwrap(), "4242:4242");
+        assert_eq!(numeric_user("app:staff", &layers).unwrap(), "1000:50");
+        assert_eq!(numeric_user("app:7", &layers).unwrap(), "1000:7");
+        assert!(numeric_user("nobody-here", &layers).is_err());
+        assert!(numeric_user("app:nogroup", &layers).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

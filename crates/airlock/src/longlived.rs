@@ -38,7 +38,7 @@ const HOLD_COMMAND: &str = "/bin/true";
 
 pub fn create(args: CreateArgs) -> Result<i32> {
     let name = &args.sandbox;
-    let (merged, policy) = create_policy(&args)?;
+    let (merged, policy, image_id) = create_policy(&args)?;
     if policy.network == policy::sandbox::Network::Host {
         crate::say("warning: --net host: the sandbox shares the host's network (no network isolation)");
     }
@@ -46,8 +46,8 @@ pub fn create(args: CreateArgs) -> Result<i32> {
         bail!("a sandbox named {name} exists already (see `airlock ls`; `airlock rm {name}` removes it)");
     }
     // Its image is kept (`image rm`, `prune`) while the sandbox's directory exists.
-    if let Some(reference) = &args.opts.image {
-        crate::image_cmd::mark_reference_in_use(reference, name)?;
+    if let Some(id) = &image_id {
+        crate::image_cmd::mark_in_use(id, name)?;
     }
     let exe = std::env::current_exe().context("cannot find airlock's own executable")?;
     let request = SuperviseRequest { profile: merged, audit: args.opts.audit.clone() };
@@ -111,8 +111,9 @@ struct SuperviseRequest {
 /// Most bytes of a request the supervisor reads.
 const MAX_REQUEST: u64 = 16 << 20;
 
-/// `create`'s options as a merged profile and the policy it resolves to (with a placeholder command).
-fn create_policy(args: &CreateArgs) -> Result<(Profile, SandboxPolicy)> {
+/// `create`'s options as a merged profile, the policy it resolves to (with a placeholder command), and the id of
+/// its `--image`.
+fn create_policy(args: &CreateArgs) -> Result<(Profile, SandboxPolicy, Option<String>)> {
     let name = &args.sandbox;
     validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
     let opts = &args.opts;
@@ -129,14 +130,18 @@ fn create_policy(args: &CreateArgs) -> Result<(Profile, SandboxPolicy)> {
         bail!("create --name: the sandbox's name is the NAME argument ({name})");
     }
     // --image: the image is the bottom of the profile (its command is for `run`; `exec` names its own).
+    let image = match &opts.image {
+        Some(reference) => Some(crate::image_cmd::image_base(reference, &[], opts.workspace.is_some())?),
+        None => None,
+    };
     let base = load_profiles(&opts.profile)?;
-    let base = match &opts.image {
-        Some(reference) => crate::image_cmd::image_base(reference, &[], opts.workspace.is_some())?.profile.merge(base),
+    let base = match &image {
+        Some(image) => image.profile.clone().merge(base),
         None => base,
     };
     let merged = base.merge(flags_profile(opts)?);
     let policy = held_policy(&merged)?;
-    Ok((merged, policy))
+    Ok((merged, policy, image.map(|i| i.id)))
 }
 
 /// The policy a merged profile resolves to for a held sandbox (with a placeholder command).

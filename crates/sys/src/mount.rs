@@ -44,7 +44,11 @@ pub fn move_mount(from: RawFd, from_path: &CStr, to: RawFd, to_path: &CStr, flag
 
 /// `mount_setattr(dirfd, path, flags, {attr_set, attr_clr})`.
 pub fn mount_setattr(dirfd: RawFd, path: &CStr, flags: u32, attr_set: u64, attr_clr: u64) -> Result<(), Errno> {
-    let attr = libc::mount_attr { attr_set, attr_clr, propagation: 0, userns_fd: 0 };
+    set_mount_attr(dirfd, path, flags, &libc::mount_attr { attr_set, attr_clr, propagation: 0, userns_fd: 0 })
+}
+
+/// The `mount_setattr` system call with a whole `struct mount_attr`.
+fn set_mount_attr(dirfd: RawFd, path: &CStr, flags: u32, attr: &libc::mount_attr) -> Result<(), Errno> {
     // SAFETY: `path` is a valid NUL-terminated string and `attr` a fully initialised mount_attr that outlives the
     // call; the size passed is the size of that struct.
     let ret = unsafe {
@@ -53,7 +57,7 @@ pub fn mount_setattr(dirfd: RawFd, path: &CStr, flags: u32, attr_set: u64, attr_
             dirfd,
             path.as_ptr(),
             flags,
-            &attr as *const libc::mount_attr,
+            attr as *const libc::mount_attr,
             std::mem::size_of::<libc::mount_attr>(),
         )
     };
@@ -191,17 +195,5 @@ pub fn umount2(target: &CStr, flags: i32) -> Result<(), Errno> {
 pub fn mount_setattr_idmap(dirfd: RawFd, path: &CStr, flags: u32, userns: RawFd) -> Result<(), Errno> {
     let attr =
         libc::mount_attr { attr_set: libc::MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns as u64 };
-    // SAFETY: `path` is a valid NUL-terminated string and `attr` a fully initialised mount_attr that outlives the
-    // call; the size passed is the size of that struct.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            dirfd,
-            path.as_ptr(),
-            flags,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    };
-    check(ret).map(drop)
+    set_mount_attr(dirfd, path, flags, &attr)
 }

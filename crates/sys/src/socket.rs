@@ -48,35 +48,18 @@ pub fn send_fd(socket: RawFd, fd: RawFd) -> Result<(), Errno> {
     retry_eintr(|| unsafe { libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) } as libc::c_long).map(drop)
 }
 
-/// Receives one file descriptor sent with [`send_fd`] (close-on-exec); `Ok(None)` at end of stream.
+/// Receives one file descriptor sent with [`send_fd`] (close-on-exec); `Ok(None)` at end of stream, `EPROTO`
+/// when the message carries no descriptor.
 pub fn recv_fd(socket: RawFd) -> Result<Option<OwnedFd>, Errno> {
+    // SAFETY: the caller's descriptor is open for this call (a number that is not only makes recvmsg say EBADF);
+    // the borrow does not outlive it.
+    let socket = unsafe { BorrowedFd::borrow_raw(socket) };
     let mut payload = [0u8; 1];
-    let mut iov = libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: 1 };
-    let mut control = FdControl { buf: [0; 24] };
-    // SAFETY: an all-zero msghdr is valid; the fields set below point at live locals.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    // SAFETY: taking the address of the union's byte view.
-    msg.msg_control = unsafe { control.buf.as_mut_ptr() }.cast();
-    msg.msg_controllen = 24;
-    // SAFETY: msg and everything it points to are live for the call.
-    let n = retry_eintr(|| unsafe { libc::recvmsg(socket, &mut msg, libc::MSG_CMSG_CLOEXEC) } as libc::c_long)?;
-    if n == 0 {
+    let mut fds = [None];
+    if recv_with_fds(socket, &mut payload, &mut fds)? == 0 {
         return Ok(None);
     }
-    // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_FIRSTHDR checks the length before returning a
-    // header, and SCM_RIGHTS data holds at least one int.
-    let fd = unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if cmsg.is_null() || (*cmsg).cmsg_level != libc::SOL_SOCKET || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
-            return Err(libc::EPROTO);
-        }
-        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>())
-    };
-    // SAFETY: an SCM_RIGHTS message installs the descriptors it carries in this process: `fd` is a new open
-    // descriptor, owned by nothing else.
-    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+    fds[0].take().map(Some).ok_or(libc::EPROTO)
 }
 
 /// `accept4(listener, NULL, NULL, SOCK_CLOEXEC)`: the next pending connection, blocking on a blocking listener
@@ -110,7 +93,8 @@ pub fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8], fds: &mut [Option<O
     msg.msg_control = control.0.as_mut_ptr().cast();
     msg.msg_controllen = control.0.len();
     // SAFETY: msg points at a live iovec over `buf` and a live, aligned control buffer of the length given.
-    let n = check(unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) } as libc::c_long)?;
+    let n =
+        retry_eintr(|| unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) } as libc::c_long)?;
     let mut next = 0;
     // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, within msg_controllen; each SCM_RIGHTS
     // payload holds (cmsg_len - CMSG_LEN(0)) / 4 ints, read unaligned; every descriptor received is ours to own.

@@ -211,6 +211,11 @@ pub struct SandboxOptions {
     /// with --rootfs host, which stays read-only.
     #[arg(long)]
     pub writable_root: bool,
+    /// What root inside keeps of its capabilities (in the sandbox's user namespace only; never over host files):
+    /// `none`, or `package-manager` (chown, dac_override, fowner, fsetid, kill, setuid, setgid: what apt, dpkg and
+    /// useradd need). Default: package-manager with a writable `/` (--image, --writable-root), else none
+    #[arg(long, value_name = "none|package-manager")]
+    pub root_capabilities: Option<String>,
     /// Internal (for the image integration and tests): the root's lower directories in overlayfs form, bottom
     /// first, instead of --rootfs.
     #[arg(long, value_name = "DIR[:DIR...]", hide = true)]

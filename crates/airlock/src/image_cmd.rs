@@ -286,10 +286,12 @@ pub fn image_base(reference: &str, command: &[String], workspace_given: bool) ->
     if !workspace_given {
         profile.process.cwd = image.config.working_dir.clone().filter(|d| !d.is_empty());
     }
-    if let Some(user) = image.config.user.as_deref().filter(|u| !u.is_empty()) {
-        profile.process.user =
-            Some(numeric_user(user, &image.layers).map_err(|e| anyhow::anyhow!("--image {reference}: {e}"))?);
-    }
+    // An image without a User runs as its root, rootless too (as root the default is root already; rootless it
+    // would be the invoker's uid, which means nothing in the image's passwd), as `docker run` and `podman run` do.
+    profile.process.user = Some(match image.config.user.as_deref().filter(|u| !u.is_empty()) {
+        Some(user) => numeric_user(user, &image.layers).map_err(|e| anyhow::anyhow!("--image {reference}: {e}"))?,
+        None => "0:0".to_owned(),
+    });
     let rest = if command.is_empty() { &image.config.cmd } else { command };
     let command: Vec<String> = image.config.entrypoint.iter().chain(rest).cloned().collect();
     Ok(ImageBase { profile, command, id: image.id })

@@ -302,6 +302,7 @@ fn create(d: &Daemon, args: &CreateArgs) -> Result<i32> {
         (!o.bind.is_empty(), "--bind"),
         (!o.tmpfs.is_empty(), "--tmpfs"),
         (o.writable_root, "--writable-root"),
+        (o.root_capabilities.is_some(), "--root-capabilities"),
         (o.rootfs_layers.is_some(), "--rootfs-layers"),
         (!o.pass_env.is_empty(), "--pass-env"),
         (o.user.is_some(), "--user"),

@@ -160,6 +160,7 @@ pub fn flags_profile(args: &SandboxOptions) -> Result<Profile> {
     p.filesystem.rootfs_layers =
         args.rootfs_layers.as_deref().map(|l| l.split(':').map(str::to_string).collect()).unwrap_or_default();
     p.filesystem.writable_root = args.writable_root.then_some(true);
+    p.security.root_capabilities = args.root_capabilities.clone();
     p.filesystem.workspace = args.workspace.clone();
     p.filesystem.workspace_mode = args.workspace_mode.clone();
     p.filesystem.ro_bind = args.ro_bind.clone();

@@ -125,10 +125,22 @@ fn tar_dir(dir: &Path) -> Vec<u8> {
 /// A `docker save` tarball: the config (with `diff_ids`, the real ones unless given), one tar per layer (as
 /// given: plain or gzipped), `manifest.json` naming `tag`, and `repositories`.
 fn docker_save(path: &Path, layers: &[(Vec<u8>, Vec<u8>)], diff_ids: Option<Vec<String>>, tag: &str) {
+    let config = json!({"Env": ["PATH=/usr/bin:/bin", "GREETING=hi"], "WorkingDir": "/srv", "User": "65534", "Entrypoint": ["/bin/sh", "-c"], "Cmd": ["echo hi"]});
+    docker_save_with_config(path, layers, diff_ids, tag, config);
+}
+
+/// [`docker_save`] with the image config's `config` object given.
+fn docker_save_with_config(
+    path: &Path,
+    layers: &[(Vec<u8>, Vec<u8>)],
+    diff_ids: Option<Vec<String>>,
+    tag: &str,
+    config: Value,
+) {
     let diff_ids = diff_ids.unwrap_or_else(|| layers.iter().map(|(tar, _)| sha256(tar)).collect());
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/usr/bin:/bin", "GREETING=hi"], "WorkingDir": "/srv", "User": "65534", "Entrypoint": ["/bin/sh", "-c"], "Cmd": ["echo hi"]},
+        "config": config,
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }))
     .unwrap();
@@ -485,7 +497,7 @@ fn build_busybox_image(t: &Path, user: Option<&str>) -> String {
         std::fs::create_dir_all(root.join(dir)).unwrap();
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for tool in ["sh", "cat", "echo", "id", "pwd", "env", "ls", "touch"] {
+    for tool in ["sh", "cat", "echo", "id", "pwd", "env", "ls", "touch", "chown", "grep"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).unwrap();
     }
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nu:x:1000:1000::/home/u:/bin/sh\n").unwrap();
@@ -694,5 +706,193 @@ fn the_daemon_creates_from_an_image() {
     let both = c.post("/v1/sandboxes", &json!({ "image": "test/bb:v1", "rootfs": "/srv" }));
     assert_eq!(both.status, 400, "{}", both.text());
     assert_eq!(c.delete(&format!("/v1/sandboxes/{name}")).status, 204);
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+/// Debian's root filesystem (mmdebstrap's `apt` variant, as a tar) that `scripts/setup-debian` makes, since a test
+/// may not reach a mirror; `AIRLOCK_TEST_DEBIAN_TAR` names another.
+fn debian_rootfs_tar() -> Option<PathBuf> {
+    let path = std::env::var_os("AIRLOCK_TEST_DEBIAN_TAR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/airlock-test/debian-apt.tar"));
+    path.is_file().then_some(path)
+}
+
+/// A one-package apt repository: `airlock-hello`, whose postinst adds a system user and gives it a directory
+/// (so dpkg needs root's chown and a second id), indexed by `apt-ftparchive`.
+fn local_apt_repository(dir: &Path) {
+    let pkg = dir.join("pkg");
+    std::fs::create_dir_all(pkg.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(pkg.join("usr/bin")).unwrap();
+    std::fs::write(pkg.join("usr/bin/airlock-hello"), "#!/bin/sh\necho hello from a package\n").unwrap();
+    std::fs::set_permissions(pkg.join("usr/bin/airlock-hello"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        pkg.join("DEBIAN/control"),
+        "Package: airlock-hello\nVersion: 1.0\nArchitecture: all\nMaintainer: airlock tests <t@example.invalid>\n\
+         Description: a package the tests install\n",
+    )
+    .unwrap();
+    std::fs::write(
+        pkg.join("DEBIAN/postinst"),
+        "#!/bin/sh\nset -e\nuseradd --system hello-svc\ninstall -d -o hello-svc -m 700 /var/lib/airlock-hello\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(pkg.join("DEBIAN/postinst"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    run(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-b"])
+        .arg(&pkg)
+        .arg(repo.join("airlock-hello_1.0_all.deb")));
+    let packages = Command::new("apt-ftparchive").args(["packages", "."]).current_dir(&repo).output().unwrap();
+    assert!(packages.status.success(), "{}", String::from_utf8_lossy(&packages.stderr));
+    std::fs::write(repo.join("Packages"), packages.stdout).unwrap();
+}
+
+/// In a sandbox of the Debian image: the repository served on the sandbox's own loopback (busybox httpd from the
+/// host), the image's own sources dropped, then `apt-get update && apt-get install`; the package's command runs
+/// and its postinst's user owns its directory.
+const APT_SCRIPT: &str =
+    "busybox httpd -p 127.0.0.1:8080 -h /repo && rm -f /etc/apt/sources.list /etc/apt/sources.list.d/* && \
+    echo 'deb [trusted=yes] http://127.0.0.1:8080/ ./' > /etc/apt/sources.list.d/local.list && \
+    apt-get update -q && apt-get install -q -y airlock-hello && airlock-hello && stat -c %U /var/lib/airlock-hello";
+
+/// apt's own sandbox (downloads as `_apt`, the postinst's `useradd`, dpkg's chowns) needs a second user and
+/// root's file capabilities inside: as root the sandbox's 65536-id range gives the users; rootless the test
+/// user's `/etc/subuid` range through `newuidmap`. Nothing of either run stays on the host.
+#[test]
+fn apt_get_installs_a_package_in_a_debian_image_as_root_and_rootless() {
+    if !common::is_root() {
+        skip_or_fail!("needs root (the image's owners; the rootless half needs a test user with subordinate ids)");
+    }
+    let Some(debian) = debian_rootfs_tar() else {
+        skip_or_fail!(
+            "no Debian root filesystem tar (scripts/setup-debian makes /var/cache/airlock-test/debian-apt.tar)"
+        );
+    };
+    for tool in ["dpkg-deb", "apt-ftparchive", "newuidmap", "busybox"] {
+        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map_or(true, |o| !o.status.success())
+        {
+            skip_or_fail!("{tool} is not installed (scripts/setup-debian installs it)");
+        }
+    }
+    require_sandbox!();
+    let user = require_test_user!();
+    let t = common::TempDir::new("apt");
+    local_apt_repository(t.path());
+    let rootfs = std::fs::read(&debian).unwrap();
+    let config = json!({"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["bash"]});
+    let save = t.path().join("debian.tar");
+    docker_save_with_config(&save, &[(rootfs.clone(), rootfs)], None, "test/debian:apt", config);
+    std::fs::set_permissions(&save, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let busybox = std::fs::canonicalize(common::stdout(&common::sh("command -v busybox")).trim()).unwrap();
+    let (repo, busybox) =
+        (format!("{}:/repo", t.path().join("repo").display()), format!("{}:/usr/local/bin/busybox", busybox.display()));
+    let args =
+        ["run", "--image", "test/debian:apt", "--ro-bind", &repo, "--ro-bind", &busybox, "--", "sh", "-c", APT_SCRIPT];
+    let check = |who: &str, out: &Output| {
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{who}: {stdout}\n{stderr}");
+        assert!(stdout.contains("hello from a package\nhello-svc\n"), "{who}: {stdout}");
+        // apt could drop to _apt: no fallback to downloading as root.
+        assert!(!stderr.contains("unsandboxed") && !stderr.contains("setgroups"), "{who}: {stderr}");
+    };
+
+    // As root.
+    let state = t.path().join("root-state");
+    ok(&airlock(&state, &["image", "import", save.to_str().unwrap()]));
+    check("root", &airlock(&state, &args));
+    assert_eq!(count(&state.join("ephemeral")), 0, "the run's root layer is gone");
+
+    // Rootless: the test user's subordinate ids (added once; useradd --system gives none).
+    let subuids = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
+    if !subuids.lines().any(|l| l.starts_with(&format!("{user}:"))) {
+        run(Command::new("usermod").args(["--add-subuids", "300000-365535", "--add-subgids", "300000-365535", user]));
+    }
+    let home = common::TempDir::new("apt-user");
+    home.chown_to_test_user();
+    let state = home.path().join("state");
+    // Its own group (newgidmap checks the caller's gid against the passwd entry's).
+    let gid = String::from_utf8(Command::new("id").args(["-g", user]).output().unwrap().stdout).unwrap();
+    let as_user = |args: &[&str]| {
+        let uid = common::test_user_uid().to_string();
+        Command::new("setpriv")
+            .args(["--reuid", &uid, "--regid", gid.trim(), "--clear-groups", "--reset-env", "--", "/usr/bin/env"])
+            .arg(format!("AIRLOCK_STATE_DIR={}", state.display()))
+            .arg(common::shared_binary())
+            .args(args)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    ok(&as_user(&["image", "import", save.to_str().unwrap()]));
+    let out = as_user(&args);
+    check("rootless", &out);
+    // Files the sandbox gave _apt (a subordinate id) went with the run's layer all the same.
+    assert_eq!(count(&state.join("ephemeral")), 0, "the rootless run's root layer is gone");
+    // A kept sandbox: its layer holds such files until rm, which removes them.
+    ok(&as_user(&["create", "--image", "test/debian:apt", "aptbox"]));
+    let out = as_user(&[
+        "exec",
+        "aptbox",
+        "--",
+        "sh",
+        "-c",
+        "useradd -m bob && install -d -o bob -m 700 /srv/b && stat -c %U /srv/b",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "bob\n", "{}", String::from_utf8_lossy(&out.stderr));
+    ok(&as_user(&["stop", "aptbox"]));
+    ok(&as_user(&["rm", "aptbox"]));
+    assert!(!state.join("sandboxes/aptbox").exists());
+}
+
+/// Root in an image keeps what a package manager needs (chown, dac_override, fowner, fsetid, kill, setuid,
+/// setgid) in the sandbox's user namespace, and nothing over the host's files: a root-owned 0600 file shared
+/// into the sandbox stays unreadable. `--root-capabilities none` and a non-root `--user` keep none.
+#[test]
+fn root_in_an_image_keeps_the_package_manager_capabilities_and_no_more() {
+    if !common::is_root() {
+        skip_or_fail!("needs root (umoci unpack keeps owners only as root)");
+    }
+    if Command::new("umoci").arg("--version").output().is_err() {
+        skip_or_fail!("umoci is not installed (scripts/setup-debian installs it)");
+    }
+    require_sandbox!();
+    let t = scratch("root-caps");
+    let state = t.join("state");
+    let _ = build_busybox_image(&t, None);
+    ok(&airlock(&state, &["image", "import", t.join("layout").to_str().unwrap(), "--tag", "test/bb:v1"]));
+    let secret = t.join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::write(secret.join("s"), "host secret\n").unwrap();
+    std::fs::set_permissions(secret.join("s"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let bind = format!("{}:/mnt", secret.display());
+    let script = "grep -E '^Cap(Eff|Bnd|Amb)' /proc/self/status; chown 5 /etc/motd && echo chowned; \
+                  cat /mnt/s 2>/dev/null || echo unreadable";
+    let run_with = |extra: &[&str]| {
+        let mut args = vec!["run", "--image", "test/bb:v1", "--ro-bind", &bind];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", script]);
+        sh_out(&state, &args)
+    };
+    let kept = run_with(&[]);
+    for set in ["CapEff", "CapBnd", "CapAmb"] {
+        assert!(kept.contains(&format!("{set}:\t00000000000000fb")), "{kept}");
+    }
+    assert!(kept.contains("chowned\nunreadable\n"), "{kept}");
+    for extra in [&["--root-capabilities", "none"][..], &["--user", "1000"][..]] {
+        let none = run_with(extra);
+        assert!(none.contains("CapEff:\t0000000000000000") && none.contains("CapBnd:\t0000000000000000"), "{none}");
+        assert!(!none.contains("chowned") && none.contains("unreadable"), "{extra:?}: {none}");
+    }
+    // The same through `create` and `exec` (the exec agent, and `airlock exec` with a user).
+    ok(&airlock(&state, &["create", "--image", "test/bb:v1", "capbox"]));
+    let out = sh_out(&state, &["exec", "capbox", "--", "grep", "CapEff", "/proc/self/status"]);
+    assert_eq!(out, "CapEff:\t00000000000000fb\n");
+    let out = sh_out(&state, &["exec", "--user", "1000", "capbox", "--", "grep", "CapEff", "/proc/self/status"]);
+    assert_eq!(out, "CapEff:\t0000000000000000\n");
+    ok(&airlock(&state, &["stop", "capbox"]));
+    ok(&airlock(&state, &["rm", "capbox"]));
     let _ = std::fs::remove_dir_all(&t);
 }

@@ -35,6 +35,7 @@
 //! enforce = "required"       # required | best-effort (run without the cgroup limits the host cannot enforce)
 //! [security]
 //! landlock = "required"      # required | best-effort
+//! root_capabilities = "none" # none | package-manager (default: package-manager when `/` is writable)
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
@@ -47,7 +48,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::{self, NameError, Quoted};
 use crate::sandbox::{
-    BindMount, Identity, Limits, Network, Requirement, Rootfs, SandboxPolicy, TmpfsMount, Workspace, WorkspaceMode,
+    BindMount, Identity, Limits, Network, Requirement, RootCapabilities, Rootfs, SandboxPolicy, TmpfsMount, Workspace,
+    WorkspaceMode,
 };
 use crate::units::{self, UnitError};
 
@@ -180,6 +182,9 @@ pub struct AuditSection {
 pub struct SecuritySection {
     /// `required` or `best-effort`.
     pub landlock: Option<String>,
+    /// `none` or `package-manager`: what root inside keeps (see [`RootCapabilities`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_capabilities: Option<String>,
 }
 
 /// A setting of a profile, named as in the file and as the flag that sets it.
@@ -209,6 +214,7 @@ pub enum Field {
     Fsize,
     LimitsEnforce,
     Landlock,
+    RootCapabilities,
 }
 
 impl Field {
@@ -239,6 +245,7 @@ impl Field {
             Field::Fsize => "limits.fsize",
             Field::LimitsEnforce => "limits.enforce",
             Field::Landlock => "security.landlock",
+            Field::RootCapabilities => "security.root_capabilities",
         }
     }
 
@@ -264,6 +271,7 @@ impl Field {
             Field::Pids => "--pids",
             Field::Cpus => "--cpus",
             Field::Disk => "--disk",
+            Field::RootCapabilities => "--root-capabilities",
             Field::Cwd | Field::Nofile | Field::Fsize | Field::LimitsEnforce | Field::Landlock => return None,
         })
     }
@@ -581,7 +589,7 @@ impl Profile {
         let EnvSection { set, pass } = env;
         let ProcessSection { user, hostname, timeout, cwd } = process;
         let LimitsSection { memory, pids, cpus, disk, nofile, fsize, enforce } = limits;
-        let SecuritySection { landlock } = security;
+        let SecuritySection { landlock, root_capabilities } = security;
 
         let (network_mode, network_allow) = match mode {
             Some(mode) if mode == "allow" => (Some(mode), joined(self.network.allow, allow)),
@@ -622,7 +630,10 @@ impl Profile {
                 fsize: fsize.or(self.limits.fsize),
                 enforce: enforce.or(self.limits.enforce),
             },
-            security: SecuritySection { landlock: landlock.or(self.security.landlock) },
+            security: SecuritySection {
+                landlock: landlock.or(self.security.landlock),
+                root_capabilities: root_capabilities.or(self.security.root_capabilities),
+            },
             audit: AuditSection { exec: audit.exec.or(self.audit.exec) },
         }
     }
@@ -660,6 +671,17 @@ impl Profile {
         let limits = check_limits(&self.limits)?;
         let limits_enforcement = check_requirement(Field::LimitsEnforce, self.limits.enforce.as_deref())?;
         let landlock = check_requirement(Field::Landlock, self.security.landlock.as_deref())?;
+        let root_capabilities = match self.security.root_capabilities.as_deref() {
+            None => None,
+            Some("none") => Some(RootCapabilities::None),
+            Some("package-manager") => Some(RootCapabilities::PackageManager),
+            Some(other) => {
+                return Err(FieldError::new(
+                    Field::RootCapabilities,
+                    ValueError::Choice { value: other.to_owned(), expected: "none or package-manager" },
+                ))
+            }
+        };
 
         Ok(Checked {
             filesystem,
@@ -673,6 +695,7 @@ impl Profile {
             limits,
             limits_enforcement,
             landlock,
+            root_capabilities,
         })
     }
 }
@@ -691,6 +714,8 @@ struct Checked {
     limits: Limits,
     limits_enforcement: Requirement,
     landlock: Requirement,
+    /// `None`: the default for the root filesystem (see `resolve`).
+    root_capabilities: Option<RootCapabilities>,
 }
 
 struct CheckedFilesystem {
@@ -795,6 +820,13 @@ pub fn resolve(profile: &Profile, command: Vec<String>, invoker: &Invoker) -> Re
         limits: checked.limits,
         limits_enforcement: checked.limits_enforcement,
         landlock: checked.landlock,
+        // A writable `/` (an image, `--writable-root`) is where package managers run, and they need root's
+        // file-ownership capabilities; a read-only root has no use for them.
+        root_capabilities: checked.root_capabilities.unwrap_or(if filesystem.writable_root {
+            RootCapabilities::PackageManager
+        } else {
+            RootCapabilities::None
+        }),
         cwd,
         command,
     })
@@ -1768,6 +1800,20 @@ landlock = "best-effort"
     }
 
     #[test]
+    fn root_capabilities_default_to_the_roots_writability_and_take_two_values() {
+        let resolve = |text: &str| resolve_text(text).map(|p| p.root_capabilities);
+        assert_eq!(resolve("").unwrap(), RootCapabilities::None);
+        let writable = "[filesystem]\nrootfs = \"/srv/root\"\nwritable_root = true\n";
+        assert_eq!(resolve(writable).unwrap(), RootCapabilities::PackageManager);
+        let off = format!("{writable}[security]\nroot_capabilities = \"none\"\n");
+        assert_eq!(resolve(&off).unwrap(), RootCapabilities::None);
+        let on = "[security]\nroot_capabilities = \"package-manager\"\n";
+        assert_eq!(resolve(on).unwrap(), RootCapabilities::PackageManager);
+        let bad = parse("[security]\nroot_capabilities = \"all\"\n").unwrap_err();
+        assert!(bad.to_string().contains("none or package-manager"), "{bad}");
+    }
+
+    #[test]
     fn command_is_checked() {
         let resolve_command = |command: &[&str]| {
             resolve(&Profile::default(), command.iter().map(|s| s.to_string()).collect(), &invoker())
@@ -1981,7 +2027,10 @@ cpus = 4
             "process.timeout (--timeout): invalid duration \"soon\": expected a number with an optional ms, s, m, h \
              or d suffix (e.g. 30s, 5m, 2h)"
         );
-        let flags = Profile { security: SecuritySection { landlock: Some("no".into()) }, ..Profile::default() };
+        let flags = Profile {
+            security: SecuritySection { landlock: Some("no".into()), ..SecuritySection::default() },
+            ..Profile::default()
+        };
         let message = resolve(&flags, command(), &invoker()).unwrap_err().to_string();
         assert!(message.starts_with("security.landlock: unknown value \"no\""), "{message}");
     }
@@ -2174,6 +2223,7 @@ cpus = 4
             Field::Fsize,
             Field::LimitsEnforce,
             Field::Landlock,
+            Field::RootCapabilities,
         ] {
             let error = parse_error(&format!("{} = true", field.key()));
             assert!(error.to_string().contains("invalid type: boolean"), "{}: {error}", field.key());

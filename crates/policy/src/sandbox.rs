@@ -126,6 +126,29 @@ impl Limits {
     }
 }
 
+/// What the command keeps of the capabilities root has in the sandbox's user namespace. They never reach beyond
+/// it: the kernel honours a namespaced capability only on files whose owner and group are mapped into the
+/// namespace (the sandbox's own id range), and on the namespace's own objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootCapabilities {
+    /// None: root inside can do what any user can.
+    None,
+    /// What a package manager needs as root: `CHOWN`, `DAC_OVERRIDE`, `FOWNER`, `FSETID`, `SETUID`, `SETGID`
+    /// (to hand files to system users and to drop to them, as apt does for `_apt`) and `KILL` (to stop the
+    /// helpers it started as those users). Only when the command runs as uid 0 inside.
+    PackageManager,
+}
+
+impl RootCapabilities {
+    /// `none` or `package-manager`, as the profile and `--root-capabilities` take it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RootCapabilities::None => "none",
+            RootCapabilities::PackageManager => "package-manager",
+        }
+    }
+}
+
 /// Whether a protection layer must be applied, or may be skipped (with a warning) when the kernel lacks it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Requirement {
@@ -156,6 +179,8 @@ pub struct SandboxPolicy {
     /// host cannot enforce, saying which.
     pub limits_enforcement: Requirement,
     pub landlock: Requirement,
+    /// The capabilities root inside keeps (in the sandbox's user namespace only).
+    pub root_capabilities: RootCapabilities,
     /// Working directory inside: the workspace, else `/`.
     pub cwd: String,
     /// argv of the command; `argv[0]` is looked up in the sandbox's `PATH` when it has no `/`.

@@ -251,7 +251,7 @@ pub fn enter_sandbox_as_its_user(
     let plan = &prepared.plan;
     let pidfd = open_init(target)?;
     if plan.ids.host_root {
-        // As host root: our supplementary groups would be host groups inside, and setgroups is denied there.
+        // As host root: our supplementary groups would be host groups inside (see `run_sandbox`).
         let _ = sys::credentials::clear_supplementary_groups();
     }
     // The user namespace and the mount namespace only: files need no other (and the pid namespace would apply
@@ -272,12 +272,13 @@ pub fn enter_sandbox_as_its_user(
         None => None,
     };
     let step = |what: &'static str, e: Errno| AttachError::Restrict { what, error: os_error(e) };
-    // The order of `exec_command`: bounding set and securebits while we still hold CAP_SETPCAP, then the ids,
-    // then the remaining capabilities.
-    crate::caps::drop_bounding_set(plan.cap_last).map_err(|e| step("drop the bounding set", e))?;
+    // The order of `exec_command`: bounding set, ambient set and securebits while we still hold CAP_SETPCAP,
+    // then the ids, then the remaining capabilities.
+    crate::caps::drop_bounding_set(plan.cap_last, plan.caps_kept).map_err(|e| step("drop the bounding set", e))?;
+    crate::caps::raise_ambient(plan.cap_last, plan.caps_kept).map_err(|e| step("keep root's capabilities", e))?;
     crate::caps::lock_securebits().map_err(|e| step("lock securebits", e))?;
     exec::switch_ids(plan.ids.uid, plan.ids.gid).map_err(|e| step("switch to the sandbox's ids", e))?;
-    crate::caps::drop_all_capabilities().map_err(|e| step("drop capabilities", e))?;
+    crate::caps::keep_only(plan.caps_kept).map_err(|e| step("drop capabilities", e))?;
     sys::process::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(|e| step("set no_new_privs", e))?;
     if let Some(fd) = ruleset {
         let restricted = landlock::restrict_self(fd);
@@ -327,7 +328,7 @@ fn enter_sandbox(
     // dumpable, and rootless we may not look there.)
     let flags = namespaces::sandbox_flags(plan.new_network_namespace);
 
-    // As host root: our supplementary groups would be host groups inside, and setgroups is denied there.
+    // As host root: our supplementary groups would be host groups inside (see `run_sandbox`).
     // Stdio pipes must be writable by the command's host id (the sandbox's, read from init's map).
     if plan.ids.host_root {
         let _ = sys::credentials::clear_supplementary_groups();

@@ -1,18 +1,38 @@
-//! Capabilities: the command keeps none. Root inside a user namespace holds every capability *in that
-//! namespace*; dropping them all (bounding, ambient, inheritable, permitted, effective) and locking the
-//! securebits means neither uid 0 nor a setuid-root binary can get them back.
+//! Capabilities: the command keeps none, or — root inside a writable root, for package managers — the few
+//! `policy::sandbox::RootCapabilities::PackageManager` names. Root inside a user namespace holds every
+//! capability *in that namespace*; dropping the rest (bounding, ambient, inheritable, permitted, effective) and
+//! locking the securebits means neither uid 0 nor a setuid-root binary can get them back.
 
 use sys::Errno;
 
-/// Drops every capability up to `cap_last` from the bounding set, so no later `execve` can gain one.
-/// Needs `CAP_SETPCAP`, so it runs before the switch to the target ids.
-pub fn drop_bounding_set(cap_last: u32) -> Result<(), Errno> {
-    for cap in 0..=cap_last {
+/// The capabilities of `RootCapabilities::PackageManager`, as a mask (bit N is capability N; the numbers are
+/// the kernel's, `linux/capability.h`): CHOWN 0, DAC_OVERRIDE 1, FOWNER 3, FSETID 4, KILL 5, SETGID 6, SETUID 7.
+pub const PACKAGE_MANAGER: u64 = 1 << 0 | 1 << 1 | 1 << 3 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 7;
+
+/// Drops every capability up to `cap_last` but those in `keep` from the bounding set, so no later `execve` can
+/// gain one. Needs `CAP_SETPCAP`, so it runs before the switch to the target ids.
+pub fn drop_bounding_set(cap_last: u32, keep: u64) -> Result<(), Errno> {
+    for cap in (0..=cap_last).filter(|cap| keep & (1 << cap) == 0) {
         match sys::process::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong) {
             // A capability this kernel does not know: nothing to drop.
             Ok(_) | Err(libc::EINVAL) => {}
             Err(e) => return Err(e),
         }
+    }
+    Ok(())
+}
+
+/// Puts `keep` in the ambient set, the one way a capability survives `execve` once `SECBIT_NOROOT` is set.
+/// Runs before [`lock_securebits`] (which forbids raising ambient capabilities) while we still hold every
+/// capability: a capability joins the ambient set only from the permitted and inheritable sets.
+pub fn raise_ambient(cap_last: u32, keep: u64) -> Result<(), Errno> {
+    if keep == 0 {
+        return Ok(());
+    }
+    let all = if cap_last >= 63 { u64::MAX } else { (1u64 << (cap_last + 1)) - 1 };
+    sys::capability::set_thread_sets(all, all, keep)?;
+    for cap in (0..=cap_last).filter(|cap| keep & (1 << cap) != 0) {
+        sys::capability::raise_ambient(cap)?;
     }
     Ok(())
 }
@@ -29,8 +49,11 @@ pub fn lock_securebits() -> Result<(), Errno> {
     sys::process::prctl(libc::PR_SET_SECUREBITS, bits as libc::c_ulong).map(drop)
 }
 
-/// Empties the effective, permitted, inheritable and ambient sets of the calling thread.
-pub fn drop_all_capabilities() -> Result<(), Errno> {
-    sys::process::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong)?;
-    sys::capability::clear_thread_sets()
+/// After the switch to the target ids: the effective, permitted and inheritable sets become `keep`, the ambient
+/// set too (the kernel drops from it what leaves the other two); with `keep` empty, every set is emptied.
+pub fn keep_only(keep: u64) -> Result<(), Errno> {
+    if keep == 0 {
+        sys::process::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong)?;
+    }
+    sys::capability::set_thread_sets(keep, keep, keep)
 }

@@ -63,6 +63,9 @@ pub enum Notice {
     /// A writable share owned by host root: root inside is not root outside, so the sandbox writes there only
     /// where anyone may.
     RootOwnedWritableShare { path: String },
+    /// Rootless with a writable root, and only the invoker's id mapped: what is missing for the subordinate
+    /// ids.
+    SingleIdMap { missing: String },
 }
 
 impl fmt::Display for Notice {
@@ -72,6 +75,11 @@ impl fmt::Display for Notice {
                 f,
                 "{path} is owned by host root and root inside is not root outside: the sandbox can write there only \
                  where the permissions let anyone write (chown it to a user to let the sandbox write as that user)"
+            ),
+            Notice::SingleIdMap { missing } => write!(
+                f,
+                "only your own id is mapped into the sandbox, so programs that switch users (apt's _apt, \
+                 useradd) fail: {missing}"
             ),
         }
     }

@@ -99,10 +99,14 @@ fn confine_command_process(plan: &SandboxPlan, fds: &CommandFds<'_>) {
         }
     }
 
-    // Capabilities, in the only order that works: the bounding set and securebits need CAP_SETPCAP, which the
-    // switch to a non-root id may take away; the remaining sets are emptied after the switch.
-    if let Err(e) = caps::drop_bounding_set(plan.cap_last) {
+    // Capabilities, in the only order that works: the bounding set, the ambient set and securebits need
+    // CAP_SETPCAP, which the switch to a non-root id may take away (and the securebits forbid raising ambient
+    // capabilities once set); the remaining sets are cut down to what is kept after the switch.
+    if let Err(e) = caps::drop_bounding_set(plan.cap_last, plan.caps_kept) {
         fail(Step::DropBoundingSet, e);
+    }
+    if let Err(e) = caps::raise_ambient(plan.cap_last, plan.caps_kept) {
+        fail(Step::DropCapabilities, e);
     }
     if let Err(e) = caps::lock_securebits() {
         fail(Step::SetSecurebits, e);
@@ -110,7 +114,7 @@ fn confine_command_process(plan: &SandboxPlan, fds: &CommandFds<'_>) {
     if let Err(e) = switch_ids(plan.ids.uid, plan.ids.gid) {
         fail(Step::SwitchIds, e);
     }
-    if let Err(e) = caps::drop_all_capabilities() {
+    if let Err(e) = caps::keep_only(plan.caps_kept) {
         fail(Step::DropCapabilities, e);
     }
 
@@ -189,7 +193,7 @@ fn attach_terminal(slave: BorrowedFd<'_>) -> Result<(), Errno> {
 /// `setresgid` then `setresuid` (the gid first: after the uid changes we may no longer have CAP_SETGID). Used by
 /// init (to become the namespace's root) and by the command's process (to become the target identity).
 /// Supplementary groups were already cleared by the supervisor (as host root) before `clone`; rootless, the
-/// kernel forbids changing them (`setgroups` is denied in the namespace).
+/// kernel forbids changing them (`setgroups` is denied in the namespace unless `newgidmap` allowed it).
 pub fn switch_ids(uid: u32, gid: u32) -> Result<(), Errno> {
     sys::credentials::setresgid(gid, gid, gid)?;
     sys::credentials::setresuid(uid, uid, uid)

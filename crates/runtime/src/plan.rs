@@ -125,6 +125,8 @@ pub struct IdPlan {
     /// Contents for `/proc/PID/uid_map` and `gid_map`.
     pub uid_map: String,
     pub gid_map: String,
+    /// Rootless with subordinate ids: the maps are written by `newuidmap`/`newgidmap` (see `userns`).
+    pub map_tools: Option<crate::userns::SubordinateIds>,
 }
 
 /// The command and its environment, ready for `execve`.
@@ -192,6 +194,9 @@ pub struct SandboxPlan {
     pub tty: Option<libc::winsize>,
     /// Highest capability number the kernel knows (`/proc/sys/kernel/cap_last_cap`).
     pub cap_last: u32,
+    /// The capabilities the command keeps (bit N is capability N): none, unless root inside keeps the
+    /// package-manager set (`policy::sandbox::RootCapabilities`; only when the command's uid is 0).
+    pub caps_kept: u64,
     /// cgroup v1 `tasks` files init writes `0` to, joining the sandbox's cgroup itself (see `cgroups`).
     pub cgroup_tasks: Vec<CString>,
     /// The soft/hard limits to set in the command's process (resource, soft, hard).

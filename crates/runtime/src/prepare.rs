@@ -452,7 +452,8 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
     landlock_rules.push(LandlockRule { path: cstring("/dev/pts")?, access: ACCESS_DEVICE });
     landlock_rules.push(LandlockRule { path: cstring("/dev/shm")?, access: ACCESS_ALL });
 
-    let (ids, id_range) = id_plan(host_root, (euid, egid), (uid, gid), &writable_owners, host, &mut enforcement)?;
+    let (ids, id_range) =
+        id_plan(host_root, policy.writable_root, (euid, egid), (uid, gid), &writable_owners, host, &mut enforcement)?;
 
     match fs::symlink_metadata("/tmp") {
         Ok(m) if m.is_dir() => {}
@@ -484,6 +485,12 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
         command,
         tty: host.tty,
         cap_last: read_cap_last(),
+        caps_kept: match policy.root_capabilities {
+            policy::sandbox::RootCapabilities::PackageManager if policy.identity.uid == 0 => {
+                crate::caps::PACKAGE_MANAGER
+            }
+            _ => 0,
+        },
         cgroup_tasks: Vec::new(),
         rlimits: rlimits(&policy.limits)?,
         hold: host.hold,
@@ -577,6 +584,7 @@ fn record_enforced(report: &mut EnforcementReport, policy: &SandboxPolicy, plan:
 /// root inside is not root outside.
 fn id_plan(
     host_root: bool,
+    multi_user_root: bool,
     (euid, egid): (u32, u32),
     (uid, gid): (u32, u32),
     writable_owners: &[(String, u32, u32)],
@@ -584,6 +592,39 @@ fn id_plan(
     enforcement: &mut EnforcementReport,
 ) -> Result<(IdPlan, Option<HostIdRange>), PrepareError> {
     if !host_root {
+        // A writable root is a distribution's tree, whose users (apt's `_apt`, `nobody`) need ids of their own:
+        // the invoker's subordinate ids, when the administrator gave some, or one id and a notice of what fails.
+        if multi_user_root {
+            match userns::find_subordinate_ids(euid, egid) {
+                Ok(tools) => {
+                    let maps = (
+                        userns::subordinate_map(uid, euid, tools.uids),
+                        userns::subordinate_map(gid, egid, tools.gids),
+                    );
+                    if let (Some(uid_map), Some(gid_map)) = maps {
+                        let ids = IdPlan {
+                            host_root,
+                            init_uid: 0,
+                            init_gid: 0,
+                            uid,
+                            gid,
+                            init_host_uid: if uid == 0 { euid } else { tools.uids.0 },
+                            init_host_gid: if gid == 0 { egid } else { tools.gids.0 },
+                            host_uid: euid,
+                            host_gid: egid,
+                            uid_map,
+                            gid_map,
+                            map_tools: Some(tools),
+                        };
+                        return Ok((ids, None));
+                    }
+                    enforcement
+                        .notices
+                        .push(Notice::SingleIdMap { missing: format!("{uid}:{gid} is beyond the subordinate ranges") });
+                }
+                Err(missing) => enforcement.notices.push(Notice::SingleIdMap { missing }),
+            }
+        }
         let ids = IdPlan {
             host_root,
             init_uid: uid,
@@ -596,6 +637,7 @@ fn id_plan(
             host_gid: egid,
             uid_map: format!("{uid} {euid} 1\n"),
             gid_map: format!("{gid} {egid} 1\n"),
+            map_tools: None,
         };
         return Ok((ids, None));
     }
@@ -633,27 +675,11 @@ fn id_plan(
         init_gid: 0,
         uid,
         gid,
-        uid_map: range_map(base, uid, owner.map(|(_, u, _)| u)),
-        gid_map: range_map(base, gid, owner_gid),
+        uid_map: userns::range_map(base, HOST_RANGE_SIZE, uid, owner.map(|(_, u, _)| u)),
+        gid_map: userns::range_map(base, HOST_RANGE_SIZE, gid, owner_gid),
+        map_tools: None,
     };
     Ok((ids, Some(range)))
-}
-
-/// `0..65536` inside onto `base..base+65536` outside, except `inside`, which maps to `owner` when given.
-pub fn range_map(base: u32, inside: u32, owner: Option<u32>) -> String {
-    let Some(owner) = owner else {
-        return format!("0 {base} {HOST_RANGE_SIZE}\n");
-    };
-    let mut map = String::new();
-    if inside > 0 {
-        map.push_str(&format!("0 {base} {inside}\n"));
-    }
-    map.push_str(&format!("{inside} {owner} 1\n"));
-    let after = inside + 1;
-    if after < HOST_RANGE_SIZE {
-        map.push_str(&format!("{after} {} {}\n", base + after, HOST_RANGE_SIZE - after));
-    }
-    map
 }
 
 /// A limit above what the host has is a mistake (a missing suffix, a copied profile), not a request for "no
@@ -752,22 +778,5 @@ pub fn landlock_reason(errno: i32) -> String {
         libc::ENOSYS => "this kernel is built without Landlock (CONFIG_SECURITY_LANDLOCK)".to_string(),
         libc::EOPNOTSUPP => "Landlock is built in but disabled (add landlock to the lsm= boot parameter)".to_string(),
         other => format!("the Landlock probe failed: {}", crate::failure::errno_text(other)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn range_map_without_owner_is_one_line() {
-        assert_eq!(range_map(0x7000_0000, 0, None), "0 1879048192 65536\n");
-    }
-
-    #[test]
-    fn range_map_puts_the_owner_at_the_identity() {
-        assert_eq!(range_map(100, 0, Some(1000)), "0 1000 1\n1 101 65535\n");
-        assert_eq!(range_map(100, 5, Some(1000)), "0 100 5\n5 1000 1\n6 106 65530\n");
-        assert_eq!(range_map(100, 65535, Some(1000)), "0 100 65535\n65535 1000 1\n");
     }
 }

@@ -214,8 +214,8 @@ fn run_sandbox_with(
     // Slots for init's detached mount clones, allocated now because init may not allocate.
     let mut trees: Vec<RawFd> = vec![-1; plan.sources.len()];
     if plan.ids.host_root {
-        // The sandbox inherits our supplementary groups, and setgroups is denied inside: as host root they
-        // would be host group 0. Clear them now (airlock needs none of its own).
+        // The sandbox inherits our supplementary groups: as host root they would be host group 0 (and only root
+        // inside, with CAP_SETGID, could replace them). Clear them now (airlock needs none of its own).
         let _ = sys::credentials::clear_supplementary_groups();
         userns::hand_stdio_pipes_to(plan.ids.host_uid, plan.ids.host_gid);
     }
@@ -355,7 +355,10 @@ fn run_sandbox_with(
 /// sandbox is gone: init watches it for a hang-up to learn that the supervisor died while init's parent-death
 /// signal was being re-armed.
 fn release_child(pid: libc::pid_t, plan: &crate::plan::SandboxPlan, start_write: RawFd) -> Result<(), SandboxError> {
-    userns::write_id_maps(pid, &plan.ids.uid_map, &plan.ids.gid_map)?;
+    match &plan.ids.map_tools {
+        Some(tools) => userns::write_id_maps_with_tools(pid, tools, &plan.ids.uid_map, &plan.ids.gid_map)?,
+        None => userns::write_id_maps(pid, plan.ids.host_root, &plan.ids.uid_map, &plan.ids.gid_map)?,
+    }
     // As host root, the root overlay's directories become idmapped with the maps just written (see `rootfs`).
     if let Some(overlay) = plan.root_overlay.as_ref().filter(|o| o.idmapped) {
         crate::rootfs::idmap_root_layers(pid, overlay)?;

@@ -3,8 +3,11 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
+
+use crate::failure::os_error;
 
 /// First host id of the ranges airlock hands out as host root: above systemd's container range
 /// (0x00080000–0x6FFFFFFF, used by `systemd-nspawn --private-users=pick`), below 2^31 (some tools treat ids as
@@ -27,6 +30,14 @@ pub enum UsernsError {
     NoFreeRange,
     #[error("cannot write {0}")]
     WriteMap(PathBuf, #[source] std::io::Error),
+    #[error("cannot map the subordinate ids with {0}: {1}")]
+    RunMapTool(PathBuf, String),
+    #[error("no subordinate ids to remove files the sandbox gave them: {0}")]
+    NoSubordinateIds(String),
+    #[error("cannot fork a helper with the subordinate ids")]
+    Fork(#[source] std::io::Error),
+    #[error("cannot remove {0} as root of a user namespace with the subordinate ids")]
+    RemoveAsMappedRoot(PathBuf),
 }
 
 /// A host id range held for one sandbox. The `flock` is released when this is dropped or airlock dies; on drop
@@ -83,13 +94,18 @@ fn lock_slot(path: &Path) -> std::io::Result<Option<File>> {
     }
 }
 
-/// Writes `setgroups` = `deny`, then the uid and gid maps, for the sandbox's init `pid`.
+/// Writes the uid and gid maps for the sandbox's init `pid`, rootless with `setgroups` = `deny` first.
 ///
-/// `setgroups` is denied in both modes: rootless the kernel requires it before an unprivileged gid map, and as
-/// host root it stops the sandbox from ever adding groups (its supplementary groups were cleared before clone).
-pub fn write_id_maps(pid: libc::pid_t, uid_map: &str, gid_map: &str) -> Result<(), UsernsError> {
+/// Rootless, the kernel requires `setgroups` denied before an unprivileged gid map: otherwise the sandbox could
+/// drop the invoker's supplementary groups and pass a permission check that excludes one of them. As host root
+/// there is no such group to drop (the supervisor cleared its supplementary groups before clone) and `setgroups`
+/// inside can only name gids of the sandbox's own range: it stays allowed, for programs that switch users with
+/// their groups, as package managers do (apt's `_apt`).
+pub fn write_id_maps(pid: libc::pid_t, host_root: bool, uid_map: &str, gid_map: &str) -> Result<(), UsernsError> {
     let dir = PathBuf::from(format!("/proc/{pid}"));
-    write_proc_file(&dir.join("setgroups"), "deny")?;
+    if !host_root {
+        write_proc_file(&dir.join("setgroups"), "deny")?;
+    }
     write_proc_file(&dir.join("uid_map"), uid_map)?;
     write_proc_file(&dir.join("gid_map"), gid_map)?;
     Ok(())
@@ -143,4 +159,213 @@ pub fn translate_id(map: &str, id: u32, from: IdSide) -> Option<u32> {
 pub enum IdSide {
     Inside,
     Outside,
+}
+
+/// Where the `uidmap` package's set-uid helpers are looked for (not `PATH`: a helper that writes id maps is
+/// taken from the system only).
+const MAP_TOOL_DIRS: [&str; 3] = ["/usr/bin", "/usr/sbin", "/bin"];
+
+/// Rootless, with subordinate ids: the invoker's `/etc/subuid` and `/etc/subgid` ranges, written into a
+/// sandbox's maps by the `newuidmap` and `newgidmap` helpers (set-uid root, they check the ranges against those
+/// files), so that a multi-user root filesystem (an image's `_apt`, `nobody`, daemons' users) has its users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubordinateIds {
+    pub newuidmap: PathBuf,
+    pub newgidmap: PathBuf,
+    /// First host id and count, from `/etc/subuid` and `/etc/subgid`.
+    pub uids: (u32, u32),
+    pub gids: (u32, u32),
+}
+
+/// The invoker's subordinate ids and the helpers to map them, or what is missing, said so that it can be fixed.
+pub fn find_subordinate_ids(euid: u32, egid: u32) -> Result<SubordinateIds, String> {
+    let tool = |name: &str| {
+        MAP_TOOL_DIRS
+            .iter()
+            .map(|dir| Path::new(dir).join(name))
+            .find(|path| path.is_file())
+            .ok_or_else(|| format!("{name} is not installed (the `uidmap` package: `apt-get install uidmap`)"))
+    };
+    let newuidmap = tool("newuidmap")?;
+    let newgidmap = tool("newgidmap")?;
+    let (user, login_gid) = match passwd_entry_of(euid) {
+        Some((name, gid)) => (Some(name), Some(gid)),
+        None => (None, None),
+    };
+    // The helpers refuse a caller whose group is not its passwd entry's (after `newgrp`, `sg`, `setpriv`).
+    if let Some(login_gid) = login_gid.filter(|g| *g != egid) {
+        return Err(format!(
+            "newgidmap maps only for your login group ({login_gid}), and this process's group is {egid}"
+        ));
+    }
+    let range = |file: &str, id: u32| {
+        let text = fs::read_to_string(file).unwrap_or_default();
+        subordinate_range(&text, user.as_deref(), id).ok_or_else(|| {
+            let who = user.clone().unwrap_or_else(|| id.to_string());
+            format!("{file} has no range for {who} (add `{who}:100000:65536`, or run `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {who}` as root)")
+        })
+    };
+    let uids = range("/etc/subuid", euid)?;
+    let gids = range("/etc/subgid", egid).or_else(|_| range("/etc/subgid", euid))?;
+    Ok(SubordinateIds { newuidmap, newgidmap, uids, gids })
+}
+
+/// The user name and login group of `uid` in `/etc/passwd` (subordinate ranges are listed by name or by
+/// number).
+fn passwd_entry_of(uid: u32) -> Option<(String, u32)> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let entry_uid = fields.nth(1)?.parse::<u32>().ok()?;
+        let gid = fields.next()?.parse::<u32>().ok()?;
+        (entry_uid == uid).then(|| (name.to_owned(), gid))
+    })
+}
+
+/// The first `/etc/subuid`-format line (`owner:start:count`) whose owner is `name` or the number `id`.
+pub fn subordinate_range(text: &str, name: Option<&str>, id: u32) -> Option<(u32, u32)> {
+    text.lines().find_map(|line| {
+        let mut fields = line.trim().split(':');
+        let owner = fields.next()?;
+        let (start, count) = (fields.next()?.parse::<u32>().ok()?, fields.next()?.parse::<u32>().ok()?);
+        let ours = Some(owner) == name || owner.parse::<u32>().ok() == Some(id);
+        (ours && count > 0 && start.checked_add(count).is_some()).then_some((start, count))
+    })
+}
+
+/// `0..size` inside onto `base..base+size` outside, except `inside`, which maps to `owner` when given (and
+/// `base + inside` stays unused).
+pub fn range_map(base: u32, size: u32, inside: u32, owner: Option<u32>) -> String {
+    let Some(owner) = owner else {
+        return format!("0 {base} {size}\n");
+    };
+    let mut map = String::new();
+    if inside > 0 {
+        map.push_str(&format!("0 {base} {inside}\n"));
+    }
+    map.push_str(&format!("{inside} {owner} 1\n"));
+    let after = inside + 1;
+    if after < size {
+        map.push_str(&format!("{after} {} {}\n", base + after, size - after));
+    }
+    map
+}
+
+/// Rootless with subordinate ids: `inside` (the sandbox's identity) onto `own` (the invoker's id), the other ids
+/// of `0..size` onto the subordinate range, `size` being the range's length up to 65536. `None` when `inside`
+/// falls outside.
+pub fn subordinate_map(inside: u32, own: u32, (start, count): (u32, u32)) -> Option<String> {
+    let size = count.min(HOST_RANGE_SIZE);
+    (inside < size).then(|| range_map(start, size, inside, Some(own)))
+}
+
+/// Writes `pid`'s maps through `newuidmap` and `newgidmap` (which also decide `setgroups`: allowed, since the
+/// ranges come from the administrator's files). Each tool's one-line complaint is kept for the error.
+pub fn write_id_maps_with_tools(
+    pid: libc::pid_t,
+    tools: &SubordinateIds,
+    uid_map: &str,
+    gid_map: &str,
+) -> Result<(), UsernsError> {
+    for (tool, map) in [(&tools.newuidmap, uid_map), (&tools.newgidmap, gid_map)] {
+        let out = std::process::Command::new(tool)
+            .arg(pid.to_string())
+            .args(map.split_whitespace())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| UsernsError::RunMapTool(tool.clone(), e.to_string()))?;
+        if !out.status.success() {
+            let said = String::from_utf8_lossy(&out.stderr);
+            let said = said.lines().next().unwrap_or("no message").trim().to_owned();
+            return Err(UsernsError::RunMapTool(tool.clone(), format!("{}: {said}", out.status)));
+        }
+    }
+    Ok(())
+}
+
+/// Rootless: removes `path`, where a sandbox may have given files to the invoker's subordinate ids (apt's
+/// `_apt` in a writable root's layer), which the invoker cannot remove from outside. A fork enters a new user
+/// namespace with the same ids mapped (by `newuidmap`/`newgidmap`), whose root may remove them, and removes the
+/// tree there. `remove_dir_all` never follows symlinks.
+pub fn remove_tree_with_subordinate_ids(path: &Path) -> Result<(), UsernsError> {
+    let (euid, egid) = sys::process::effective_ids();
+    let tools = find_subordinate_ids(euid, egid).map_err(UsernsError::NoSubordinateIds)?;
+    let (Some(uid_map), Some(gid_map)) = (subordinate_map(0, euid, tools.uids), subordinate_map(0, egid, tools.gids))
+    else {
+        return Err(UsernsError::NoSubordinateIds("the subordinate ranges are empty".into()));
+    };
+    let pipes = sys::fd::pipe_cloexec().and_then(|ready| sys::fd::pipe_cloexec().map(|go| (ready, go)));
+    let ((ready_read, ready_write), (go_read, go_write)) = pipes.map_err(|e| UsernsError::Fork(os_error(e)))?;
+    match sys::process::fork().map_err(|e| UsernsError::Fork(os_error(e)))? {
+        sys::process::Forked::Child => {
+            // The child of a single-threaded process (checked by `fork`): it may do any work.
+            drop((ready_read, go_write));
+            if sys::namespace::unshare(libc::CLONE_NEWUSER).is_err()
+                || sys::fd::write_all(ready_write.as_raw_fd(), b"1").is_err()
+            {
+                sys::process::exit_immediately(1);
+            }
+            let mut go = [0u8; 1];
+            if !matches!(sys::fd::read(go_read.as_raw_fd(), &mut go), Ok(1)) {
+                sys::process::exit_immediately(1);
+            }
+            // Root of the namespace now: an overlay's `work/work` (mode 000) opens up, the rest goes.
+            let removed = fs::remove_dir_all(path);
+            sys::process::exit_immediately(match removed {
+                Ok(()) => 0,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                Err(_) => 2,
+            })
+        }
+        sys::process::Forked::Parent(pid) => {
+            drop((ready_write, go_read));
+            let mut ready = [0u8; 1];
+            let mapped = match sys::fd::read(ready_read.as_raw_fd(), &mut ready) {
+                Ok(1) => write_id_maps_with_tools(pid, &tools, &uid_map, &gid_map),
+                _ => Err(UsernsError::NoSubordinateIds("the helper could not make a user namespace".into())),
+            };
+            if mapped.is_ok() {
+                let _ = sys::fd::write_all(go_write.as_raw_fd(), b"1");
+            }
+            drop(go_write);
+            let status = sys::wait::wait_for_exit(pid);
+            mapped?;
+            match status {
+                Ok(status) if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 => Ok(()),
+                _ => Err(UsernsError::RemoveAsMappedRoot(path.to_path_buf())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_map_without_owner_is_one_line() {
+        assert_eq!(range_map(0x7000_0000, HOST_RANGE_SIZE, 0, None), "0 1879048192 65536\n");
+    }
+
+    #[test]
+    fn range_map_puts_the_owner_at_the_identity() {
+        assert_eq!(range_map(100, HOST_RANGE_SIZE, 0, Some(1000)), "0 1000 1\n1 101 65535\n");
+        assert_eq!(range_map(100, HOST_RANGE_SIZE, 5, Some(1000)), "0 100 5\n5 1000 1\n6 106 65530\n");
+        assert_eq!(range_map(100, HOST_RANGE_SIZE, 65535, Some(1000)), "0 100 65535\n65535 1000 1\n");
+    }
+
+    #[test]
+    fn subordinate_ranges_are_found_by_name_or_number_and_fit_the_map() {
+        let text = "alice:100000:65536\n1001:200000:1000\nbroken:x:1\nempty:5:0\n";
+        assert_eq!(subordinate_range(text, Some("alice"), 1000), Some((100000, 65536)));
+        assert_eq!(subordinate_range(text, Some("bob"), 1001), Some((200000, 1000)));
+        assert_eq!(subordinate_range(text, Some("broken"), 7), None);
+        assert_eq!(subordinate_range(text, Some("empty"), 7), None);
+        // Root inside is the invoker; the other ids come from the range, never past its end.
+        assert_eq!(subordinate_map(0, 1000, (100000, 65536)).unwrap(), "0 1000 1\n1 100001 65535\n");
+        assert_eq!(subordinate_map(0, 1001, (200000, 1000)).unwrap(), "0 1001 1\n1 200001 999\n");
+        assert_eq!(subordinate_map(999, 1001, (200000, 1000)).unwrap(), "0 200000 999\n999 1001 1\n");
+        assert_eq!(subordinate_map(1000, 1001, (200000, 1000)), None);
+    }
 }

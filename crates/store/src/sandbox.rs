@@ -222,7 +222,22 @@ pub fn remove_sandbox(dir: &SandboxDir) -> Result<(), StoreError> {
         }
     }
     // remove_dir_all never follows symlinks, so nothing the sandbox planted in its layer leads outside.
-    fs::remove_dir_all(dir.path()).map_err(|source| StoreError::Remove { path: dir.path().to_path_buf(), source })
+    remove_tree(dir.path())
+}
+
+/// `remove_dir_all`, and rootless, where it is refused, again as root of a user namespace with the invoker's
+/// subordinate ids mapped: a writable root's layer holds files the sandbox gave those ids (see
+/// `runtime::userns::remove_tree_with_subordinate_ids`).
+fn remove_tree(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) if source.kind() == std::io::ErrorKind::PermissionDenied && sys::process::effective_uid() != 0 => {
+            runtime::userns::remove_tree_with_subordinate_ids(path)
+                .map_err(|_| StoreError::Remove { path: path.to_path_buf(), source })
+        }
+        Err(source) => Err(StoreError::Remove { path: path.to_path_buf(), source }),
+    }
 }
 
 /// Makes a writable root's layer (or finds it, for a sandbox that runs again): its directory, mode 0700 (as host
@@ -255,12 +270,7 @@ pub fn remove_root_layer(layer: &RootLayerDir) -> Result<(), StoreError> {
     if fs::symlink_metadata(&inner_work).is_ok_and(|m| m.is_dir()) {
         let _ = fs::set_permissions(&inner_work, fs::Permissions::from_mode(0o700));
     }
-    match fs::remove_dir_all(layer.path()) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(StoreError::Remove { path: layer.path().to_path_buf(), source: e })
-        }
-        _ => Ok(()),
-    }
+    remove_tree(layer.path())
 }
 
 /// A new sandbox name: `sbx-` and eight hex digits from the kernel's random source.

@@ -20,9 +20,37 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// `capset` (version 3, this thread) with every set empty: effective, permitted and inheritable.
 pub fn clear_thread_sets() -> Result<(), Errno> {
+    set_thread_sets(0, 0, 0)
+}
+
+/// `capset` (version 3, this thread): the effective, permitted and inheritable sets as bit masks (bit N is
+/// capability N).
+pub fn set_thread_sets(effective: u64, permitted: u64, inheritable: u64) -> Result<(), Errno> {
     let header = CapUserHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
-    let data = [CapUserData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    // Version 3 splits each 64-bit set into two 32-bit words, low word first.
+    let word = |mask: u64, i: u32| (mask >> (32 * i)) as u32;
+    let data = [0, 1].map(|i| CapUserData {
+        effective: word(effective, i),
+        permitted: word(permitted, i),
+        inheritable: word(inheritable, i),
+    });
     // SAFETY: capset reads a v3 header and two data structs, both live, correctly laid out (repr(C)) locals.
     let ret = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapUserHeader, data.as_ptr()) };
     check(ret).map(drop)
+}
+
+/// `prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)`: `cap` (in the permitted and inheritable sets already)
+/// joins the ambient set, which `execve` of a program without file capabilities keeps.
+pub fn raise_ambient(cap: u32) -> Result<(), Errno> {
+    // SAFETY: PR_CAP_AMBIENT takes integer arguments only.
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+            cap as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    check(ret as libc::c_long).map(drop)
 }

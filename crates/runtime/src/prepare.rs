@@ -117,6 +117,9 @@ pub struct HostContext {
     /// A writable root (`--writable-root`): the host directory holding its overlay's `upper/` and `work/`
     /// (created by the caller: in a kept sandbox's directory, or a private one removed at exit).
     pub root_layer: Option<PathBuf>,
+    /// The writable root's layer goes when the sandbox ends (an anonymous run's): its overlay is mounted
+    /// `volatile` (see `RootOverlayPlan::volatile`).
+    pub root_layer_volatile: bool,
 }
 
 /// Upper and work directories of a workspace layer, on the host.
@@ -538,6 +541,7 @@ fn root_overlay_plan(
         layer: layer.map(|dir| path_cstring(dir)).transpose()?,
         layer_display: layer.map(|dir| dir.display().to_string()),
         idmapped: host_root,
+        volatile: layer.is_some() && host.root_layer_volatile,
     }))
 }
 

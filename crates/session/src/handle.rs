@@ -100,6 +100,7 @@ impl RunningHandle {
             hold: false,
             gateway: None,
             root_layer,
+            root_layer_volatile: false,
         })
     }
 

@@ -185,6 +185,7 @@ pub fn launch(backend: &dyn Backend, spec: LaunchSpec<'_>, hooks: Hooks<'_>) -> 
         hold: held,
         gateway,
         root_layer,
+        root_layer_volatile: ephemeral_root.is_some(),
     };
 
     // 6. The sandbox runs, to its command's end or until it is stopped.

@@ -123,8 +123,8 @@ fn enter_and_supervise(
     }
     let mut audit = audit.filter(|a| a.notify.any());
     if let Some(a) = &audit {
-        prepared.plan.seccomp =
-            sandbox::audited_seccomp_program(a.notify).map_err(|e| AttachError::SetupStep(e.to_string()))?;
+        prepared.plan.seccomp = sandbox::audited_seccomp_program(a.notify, prepared.plan.writes_as_host_root())
+            .map_err(|e| AttachError::SetupStep(e.to_string()))?;
     }
     // The listener's socket and the host's /proc, before setns hides the host's /proc.
     let channel = match &audit {

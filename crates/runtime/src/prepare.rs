@@ -4,6 +4,7 @@
 
 use std::ffi::CString;
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -189,6 +190,7 @@ impl Builder {
             kind,
             attr_set,
             overlay: None,
+            idmapped: false,
         });
         self.entries.push(RootEntry::Bind { source: self.sources.len() - 1, dest: inside_path(dest)? });
         Ok(())
@@ -250,11 +252,6 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
             None
         }
     };
-
-    let seccomp_profile =
-        policy::seccomp::default_seccomp_profile().map_err(|e| PrepareError::Seccomp(e.to_string()))?;
-    let seccomp =
-        seccomp::compile_seccomp_program(&seccomp_profile).map_err(|e| PrepareError::Seccomp(e.to_string()))?;
 
     // Identities.
     let (euid, egid) = sys::process::effective_ids();
@@ -385,6 +382,7 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
                     let frozen = layer.frozen.iter().map(|p| path_cstring(p)).collect::<Result<Vec<_>, _>>()?;
                     if let Some(last) = b.sources.last_mut() {
                         last.overlay = Some(OverlayDirs {
+                            root: path_cstring(layer.upper.parent().unwrap_or(Path::new("/")))?,
                             upper: path_cstring(&layer.upper)?,
                             work: path_cstring(&layer.work)?,
                             upper_display: layer.upper.display().to_string(),
@@ -401,7 +399,30 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
                         path: source.to_string(),
                         source: e,
                     })?;
-                    writable_owners.push((source.to_string(), meta.uid(), meta.gid()));
+                    // A workspace owned by host root, as host root: no identity mapping can make root inside
+                    // its owner (host id 0 is never in the sandbox's range), so it is mounted idmapped instead
+                    // (see `MountSource::idmapped`). Only the workspace: a root-owned `--bind` keeps the notice.
+                    let root_workspace = host_root && what == "workspace" && meta.uid() == 0;
+                    // The layer's directories are mounted idmapped too: their filesystem must take it as well.
+                    let idmappable = |layer: Option<&LayerDirs>| -> Result<bool, PrepareError> {
+                        let upper = match layer {
+                            Some(l) if cow => Some(l.upper.display().to_string()),
+                            _ => None,
+                        };
+                        Ok(supports_idmapped_mounts(what, source)?
+                            && upper.map_or(Ok(true), |u| supports_idmapped_mounts("copy-on-write layer", &u))?)
+                    };
+                    match (root_workspace, root_workspace && idmappable(cow_layer)?) {
+                        (true, true) => {
+                            if let Some(last) = b.sources.last_mut() {
+                                last.idmapped = true;
+                            }
+                        }
+                        (true, false) => enforcement
+                            .notices
+                            .push(Notice::RootOwnedWorkspaceWithoutIdmap { path: source.to_string() }),
+                        (false, _) => writable_owners.push((source.to_string(), meta.uid(), meta.gid())),
+                    }
                 }
                 if writable {
                     landlock_rules.push(LandlockRule { path: cstring(dest)?, access: ACCESS_ALL });
@@ -448,6 +469,7 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
             kind: SourceKind::CharDevice,
             attr_set: libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC,
             overlay: None,
+            idmapped: false,
         });
         devices.push((cstring(name)?, b.sources.len() - 1));
         landlock_rules.push(LandlockRule { path: cstring(&host_path)?, access: ACCESS_DEVICE });
@@ -462,6 +484,14 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
         Ok(m) if m.is_dir() => {}
         _ => return Err(PrepareError::StagingDir),
     }
+
+    // The seccomp program, once the sources are known: a sandbox whose root writes as host root (an idmapped
+    // workspace) may set no set-ID bit (see `seccomp/set-id.toml`).
+    let guard_set_id = b.sources.iter().any(|s| s.idmapped);
+    let seccomp_profile =
+        policy::seccomp::sandbox_seccomp_profile(guard_set_id).map_err(|e| PrepareError::Seccomp(e.to_string()))?;
+    let seccomp =
+        seccomp::compile_seccomp_program(&seccomp_profile).map_err(|e| PrepareError::Seccomp(e.to_string()))?;
 
     let command = command_plan(policy)?;
     let entry_names = b
@@ -543,6 +573,31 @@ fn root_overlay_plan(
         idmapped: host_root,
         volatile: layer.is_some() && host.root_layer_volatile,
     }))
+}
+
+/// Filesystems known to take `MOUNT_ATTR_IDMAP` (the kernel's `FS_ALLOW_IDMAP`): ext2/3/4, xfs, btrfs, tmpfs,
+/// f2fs, fat. Checked before the plan is made, so a workspace elsewhere (overlayfs, NFS, FUSE) runs as before,
+/// with the notice, instead of failing when the supervisor mounts it.
+const IDMAP_FILESYSTEMS: &[i64] = &[
+    libc::EXT4_SUPER_MAGIC as i64,
+    libc::XFS_SUPER_MAGIC as i64,
+    libc::BTRFS_SUPER_MAGIC as i64,
+    libc::TMPFS_MAGIC as i64,
+    libc::F2FS_SUPER_MAGIC as i64,
+    libc::MSDOS_SUPER_MAGIC as i64,
+];
+
+/// Whether the filesystem holding `path` is one of [`IDMAP_FILESYSTEMS`].
+fn supports_idmapped_mounts(what: &'static str, path: &str) -> Result<bool, PrepareError> {
+    let open_error = |errno| PrepareError::OpenPath {
+        what,
+        path: path.to_string(),
+        source: std::io::Error::from_raw_os_error(errno),
+    };
+    let fd = sys::fd::openat2(libc::AT_FDCWD, &cstring(path)?, libc::O_PATH, libc::RESOLVE_NO_SYMLINKS)
+        .map_err(open_error)?;
+    let sfs = sys::fd::fstatfs(fd.as_raw_fd()).map_err(open_error)?;
+    Ok(IDMAP_FILESYSTEMS.contains(&(sfs.f_type as i64)))
 }
 
 /// A read-only `--rootfs DIR` with `--net allow`: airlock's `/etc/hosts` and `/etc/resolv.conf` are bound over

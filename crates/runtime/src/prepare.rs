@@ -578,13 +578,13 @@ fn root_overlay_plan(
 /// Filesystems known to take `MOUNT_ATTR_IDMAP` (the kernel's `FS_ALLOW_IDMAP`): ext2/3/4, xfs, btrfs, tmpfs,
 /// f2fs, fat. Checked before the plan is made, so a workspace elsewhere (overlayfs, NFS, FUSE) runs as before,
 /// with the notice, instead of failing when the supervisor mounts it.
-const IDMAP_FILESYSTEMS: &[i64] = &[
-    libc::EXT4_SUPER_MAGIC as i64,
-    libc::XFS_SUPER_MAGIC as i64,
-    libc::BTRFS_SUPER_MAGIC as i64,
-    libc::TMPFS_MAGIC as i64,
-    libc::F2FS_SUPER_MAGIC as i64,
-    libc::MSDOS_SUPER_MAGIC as i64,
+const IDMAP_FILESYSTEMS: &[libc::c_long] = &[
+    libc::EXT4_SUPER_MAGIC,
+    libc::XFS_SUPER_MAGIC,
+    libc::BTRFS_SUPER_MAGIC,
+    libc::TMPFS_MAGIC,
+    libc::F2FS_SUPER_MAGIC,
+    libc::MSDOS_SUPER_MAGIC,
 ];
 
 /// Whether the filesystem holding `path` is one of [`IDMAP_FILESYSTEMS`].
@@ -597,7 +597,10 @@ fn supports_idmapped_mounts(what: &'static str, path: &str) -> Result<bool, Prep
     let fd = sys::fd::openat2(libc::AT_FDCWD, &cstring(path)?, libc::O_PATH, libc::RESOLVE_NO_SYMLINKS)
         .map_err(open_error)?;
     let sfs = sys::fd::fstatfs(fd.as_raw_fd()).map_err(open_error)?;
-    Ok(IDMAP_FILESYSTEMS.contains(&(sfs.f_type as i64)))
+    // `f_type` is a `long` in glibc but an `unsigned long` in musl; the magic numbers all fit either.
+    #[allow(clippy::unnecessary_cast)]
+    let f_type = sfs.f_type as libc::c_long;
+    Ok(IDMAP_FILESYSTEMS.contains(&f_type))
 }
 
 /// A read-only `--rootfs DIR` with `--net allow`: airlock's `/etc/hosts` and `/etc/resolv.conf` are bound over

@@ -380,10 +380,23 @@ fn release_child(pid: libc::pid_t, plan: &crate::plan::SandboxPlan, start_write:
             paths.push((&dirs.root, format!("workspace's copy-on-write layer {}", dirs.upper_display)));
         }
     }
-    // Shallowest first: each is mounted over its path, so a mount made before it under it (the writable root's
-    // layer `NAME/rootfs` under the workspace's layer `NAME`) would be hidden.
-    paths.sort_by_key(|(path, _)| path.to_bytes().split(|&b| b == b'/').filter(|c| !c.is_empty()).count());
-    crate::rootfs::idmap_over_paths(pid, &paths)?;
+    // A directory under another one of them, on the same filesystem (the writable root's layer `NAME/rootfs`
+    // under the workspace's layer `NAME`), is reached through that one's idmapped mount, with the same maps: it
+    // needs no mount of its own, and could not have one (an idmapped mount cannot be idmapped again: EPERM).
+    let depth = |path: &std::ffi::CString| path.to_bytes().split(|&b| b == b'/').filter(|c| !c.is_empty()).count();
+    paths.sort_by_key(|(path, _)| depth(path));
+    let as_path = |path: &std::ffi::CString| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(path.to_bytes()));
+    let device = |path: &std::ffi::CString| std::fs::metadata(as_path(path)).ok().map(|m| m.dev());
+    let mut kept: Vec<(&std::ffi::CString, String)> = Vec::new();
+    for (path, display) in paths {
+        let covered = kept.iter().any(|(outer, _)| {
+            as_path(path).starts_with(as_path(outer)) && device(path).is_some() && device(path) == device(outer)
+        });
+        if !covered {
+            kept.push((path, display));
+        }
+    }
+    crate::rootfs::idmap_over_paths(pid, &kept)?;
     sys::fd::write_all(start_write, b"1").map_err(|e| SandboxError::CreatePipes(os_error(e)))
 }
 

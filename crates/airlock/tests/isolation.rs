@@ -464,6 +464,45 @@ fn rw_workspace_owned_by_host_root_is_written_as_host_root_without_set_id_bits()
     assert_eq!(mode & 0o7777, 0o755, "prog has mode {mode:o}");
 }
 
+/// On a filesystem that cannot be mounted idmapped (overlayfs), a root-owned workspace keeps the old behaviour:
+/// the run goes on, warned, and the sandbox writes only where anyone may.
+#[test]
+fn rw_workspace_owned_by_host_root_on_overlayfs_warns_and_refuses_writes() {
+    require_sandbox!();
+    require_root!("a root-owned workspace is mounted idmapped by host root's sandboxes");
+    let dir = TempDir::new("ws-ovl");
+    for d in ["l", "u", "w", "m"] {
+        fs::create_dir(dir.path().join(d)).unwrap();
+    }
+    let m = dir.path().join("m");
+    let options = format!("lowerdir={0}/l,upperdir={0}/u,workdir={0}/w", dir.str());
+    let mounted = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &options]).arg(&m).status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        skip_or_fail!("cannot mount an overlayfs at {}", m.display());
+    }
+    // Unmounted whatever the assertions say (before the directory goes).
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&m);
+    fs::write(m.join("canary"), "keep").unwrap();
+    let ws = m.to_str().unwrap();
+    let o = run_sh(common::run, &["--workspace", ws, "--workspace-mode", "rw"], "echo data > created");
+    assert_eq!(code(&o), 2, "the write must fail inside\n{}", describe(&o));
+    let err = stderr(&o);
+    assert!(
+        err.lines().any(|l| l.starts_with("airlock: warning: workspace ")
+            && l.contains(ws)
+            && l.contains("cannot be mounted idmapped")),
+        "expected a warning naming the workspace and why\n{}",
+        describe(&o)
+    );
+    assert_eq!(listing(&m), BTreeSet::from(["canary".to_string()]));
+}
+
 #[test]
 fn rw_workspace_rootless_files_belong_to_the_invoker() {
     require_sandbox!();

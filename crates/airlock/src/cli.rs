@@ -212,7 +212,7 @@ pub struct SandboxOptions {
     #[arg(long)]
     pub writable_root: bool,
     /// What root inside keeps of its capabilities (in the sandbox's user namespace only; never over host files):
-    /// `none`, or `package-manager` (chown, dac_override, fowner, fsetid, kill, setuid, setgid: what apt, dpkg and
+    /// `none`, or `package-manager` (chown, dac_override, fowner, kill, setuid, setgid: what apt, dpkg and
     /// useradd need). Default: package-manager with a writable `/` (--image, --writable-root), else none
     #[arg(long, value_name = "none|package-manager")]
     pub root_capabilities: Option<String>,

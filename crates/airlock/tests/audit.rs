@@ -199,26 +199,79 @@ fn the_log_is_neither_visible_nor_writable_inside() {
     ok(&common::airlock(&["rm", &name]));
 }
 
+/// The snippet learn mode printed (without its `airlock:` header line), written to `file` and checked with
+/// `airlock profile validate`; returns it.
+fn validated_snippet(o: &std::process::Output, file: &std::path::Path) -> String {
+    let err = stderr(o);
+    let snippet: String =
+        err.lines().skip_while(|l| !l.starts_with("airlock: learn mode")).skip(1).map(|l| format!("{l}\n")).collect();
+    fs::write(file, &snippet).unwrap();
+    let v = common::airlock(&["profile", "validate", file.to_str().unwrap()]);
+    assert_eq!(code(&v), 0, "snippet rejected: {} {}\n{snippet}", stdout(&v), stderr(&v));
+    snippet
+}
+
 #[test]
-fn learn_mode_suggests_the_path_a_command_needed() {
+fn learn_mode_suggests_the_narrowest_safe_change_and_the_profile_validator_accepts_it() {
     require_sandbox!();
     let dir = TempDir::new("learn");
     let out = dir.path().join("suggested.toml");
-    // /etc is read-only inside: the write is refused (EROFS), and learn mode says where it was needed.
-    let o =
-        common::run(&["--rm", "--learn", "--", "sh", "-c", "echo x > /etc/airlock-learn-test; unshare -U true; true"]);
+    // Several refused writes: host system directories (/etc, /usr, /root), credentials (~/.ssh), a file at the
+    // top of the read-only root, and directories that need not persist (/opt/x/y, refused at /opt; /srv/app).
+    let script = "echo x > /etc/airlock-learn-test; touch /usr/local/airlock-learn; mkdir -p /opt/x/y; \
+                  touch /root/.ssh/k; touch /topfile; touch /srv/app/f; unshare -U true; true";
+    let o = common::run(&["--rm", "--learn", "--", "sh", "-c", script]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("learn mode"), "{err}");
     assert!(err.contains("\"/etc/airlock-learn-test\""), "{err}");
-    assert!(err.contains("bind = [\"/etc\"]"), "{err}");
     assert!(err.contains("unshare"), "{err}");
-    // The snippet (without the airlock: header) is a profile airlock accepts.
-    let snippet: String =
-        err.lines().skip_while(|l| !l.starts_with("airlock: learn mode")).skip(1).map(|l| format!("{l}\n")).collect();
-    fs::write(&out, snippet).unwrap();
-    let v = common::airlock(&["profile", "validate", out.to_str().unwrap()]);
-    assert_eq!(code(&v), 0, "snippet rejected: {} {}", stdout(&v), stderr(&v));
+    let snippet = validated_snippet(&o, &out);
+    let profile = policy::profile::Profile::parse(&snippet, "snippet").unwrap();
+    assert!(profile.filesystem.bind.is_empty(), "no host directory is made writable:\n{snippet}");
+    assert_eq!(profile.filesystem.tmpfs, ["/opt", "/srv/app"], "{snippet}");
+    for refused in ["/etc/airlock-learn-test is under /etc", "/usr/local/airlock-learn is under /usr", "/root/.ssh/k"] {
+        assert!(snippet.contains(&format!("# not suggested: {refused}")), "{refused}:\n{snippet}");
+    }
+    // Applied, the suggestion lets the command do what needed no host directory.
+    let o = common::run(&[
+        "--rm",
+        "--profile",
+        out.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /opt/x/y; touch /srv/app/f",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+
+    // A read-only share and a read-only workspace: the share made writable from the directory that exists, the
+    // workspace as cow (its changes reviewed by `airlock commit`).
+    let data = TempDir::new("learn-data");
+    fs::create_dir(data.path().join("sub")).unwrap();
+    let ws = TempDir::new("learn-ws");
+    let ro = format!("{}:/data", data.str());
+    let script = "touch /data/sub/new; touch out.txt; true";
+    let o = common::run(&[
+        "--rm",
+        "--learn",
+        "--ro-bind",
+        &ro,
+        "--workspace",
+        ws.str(),
+        "--workspace-mode",
+        "ro",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let snippet = validated_snippet(&o, &out);
+    let profile = policy::profile::Profile::parse(&snippet, "snippet").unwrap();
+    assert_eq!(profile.filesystem.bind, [format!("{}/sub:/data/sub", data.str())], "{snippet}");
+    assert_eq!(profile.filesystem.workspace_mode.as_deref(), Some("cow"), "{snippet}");
+
     // Writes to writable places (/tmp) are not suggested.
     let o = common::run(&["--rm", "--learn", "--", "sh", "-c", "echo x > /tmp/fine"]);
     assert!(stderr(&o).contains("nothing was refused"), "{}", stderr(&o));

@@ -847,7 +847,7 @@ fn apt_get_installs_a_package_in_a_debian_image_as_root_and_rootless() {
     assert!(!state.join("sandboxes/aptbox").exists());
 }
 
-/// Root in an image keeps what a package manager needs (chown, dac_override, fowner, fsetid, kill, setuid,
+/// Root in an image keeps what a package manager needs (chown, dac_override, fowner, kill, setuid,
 /// setgid) in the sandbox's user namespace, and nothing over the host's files: a root-owned 0600 file shared
 /// into the sandbox stays unreadable. `--root-capabilities none` and a non-root `--user` keep none.
 #[test]
@@ -878,7 +878,7 @@ fn root_in_an_image_keeps_the_package_manager_capabilities_and_no_more() {
     };
     let kept = run_with(&[]);
     for set in ["CapEff", "CapBnd", "CapAmb"] {
-        assert!(kept.contains(&format!("{set}:\t00000000000000fb")), "{kept}");
+        assert!(kept.contains(&format!("{set}:\t00000000000000eb")), "{kept}");
     }
     assert!(kept.contains("chowned\nunreadable\n"), "{kept}");
     for extra in [&["--root-capabilities", "none"][..], &["--user", "1000"][..]] {
@@ -889,7 +889,7 @@ fn root_in_an_image_keeps_the_package_manager_capabilities_and_no_more() {
     // The same through `create` and `exec` (the exec agent, and `airlock exec` with a user).
     ok(&airlock(&state, &["create", "--image", "test/bb:v1", "capbox"]));
     let out = sh_out(&state, &["exec", "capbox", "--", "grep", "CapEff", "/proc/self/status"]);
-    assert_eq!(out, "CapEff:\t00000000000000fb\n");
+    assert_eq!(out, "CapEff:\t00000000000000eb\n");
     let out = sh_out(&state, &["exec", "--user", "1000", "capbox", "--", "grep", "CapEff", "/proc/self/status"]);
     assert_eq!(out, "CapEff:\t0000000000000000\n");
     ok(&airlock(&state, &["stop", "capbox"]));

@@ -436,23 +436,71 @@ fn rw_workspace_as_root_writes_as_the_directorys_owner() {
 }
 
 #[test]
-fn rw_workspace_owned_by_host_root_warns_and_refuses_writes() {
+fn rw_workspace_owned_by_host_root_is_written_as_host_root_without_set_id_bits() {
     require_sandbox!();
-    require_root!("the warning is about host root's sandboxes");
+    require_root!("a root-owned workspace is mounted idmapped by host root's sandboxes");
+    // A root-owned tree with nested directories (host root makes TempDir's).
     let ws = TempDir::new("ws-rootowned");
-    fs::write(ws.path().join("canary"), "keep").unwrap();
-    let o = run_sh(common::run, &["--workspace", ws.str(), "--workspace-mode", "rw"], "pwd; echo data > created");
+    fs::write(ws.path().join("a.txt"), "one\n").unwrap();
+    fs::create_dir_all(ws.path().join("sub/deep")).unwrap();
+    fs::write(ws.path().join("sub/deep/s.txt"), "s\n").unwrap();
+    let script = "pwd; stat -c %u a.txt; echo two >> a.txt; echo more >> sub/deep/s.txt; mkdir sub/new; \
+                  echo n > sub/new/n.txt; echo data > created; cp /bin/true prog; chmod 4755 prog || echo no-setuid; \
+                  chmod 2755 prog || echo no-setgid; chmod 755 prog && echo plain";
+    let o = run_sh(common::run, &["--workspace", ws.str(), "--workspace-mode", "rw"], script);
+    let out = ok(&o);
+    assert_eq!(out, format!("{}\n0\nno-setuid\nno-setgid\nplain\n", ws.str()), "{}", describe(&o));
+    assert!(!stderr(&o).contains("owned by host root"), "no warning applies any more\n{}", describe(&o));
+    assert_eq!(fs::read_to_string(ws.path().join("a.txt")).unwrap(), "one\ntwo\n");
+    assert_eq!(fs::read_to_string(ws.path().join("sub/deep/s.txt")).unwrap(), "s\nmore\n");
+    assert_eq!(fs::read_to_string(ws.path().join("sub/new/n.txt")).unwrap(), "n\n");
+    // rw on a root-owned tree: what root inside made belongs to host root, as the tree does.
+    for p in ["a.txt", "created", "sub/new", "sub/new/n.txt", "sub/deep/s.txt", "prog"] {
+        let meta = fs::symlink_metadata(ws.path().join(p)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "{p} must belong to host root");
+    }
+    // The seccomp filter refused both set-ID bits: no set-uid-root program was left on the host.
+    let mode = fs::symlink_metadata(ws.path().join("prog")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o755, "prog has mode {mode:o}");
+}
+
+/// On a filesystem that cannot be mounted idmapped (overlayfs), a root-owned workspace keeps the old behaviour:
+/// the run goes on, warned, and the sandbox writes only where anyone may.
+#[test]
+fn rw_workspace_owned_by_host_root_on_overlayfs_warns_and_refuses_writes() {
+    require_sandbox!();
+    require_root!("a root-owned workspace is mounted idmapped by host root's sandboxes");
+    let dir = TempDir::new("ws-ovl");
+    for d in ["l", "u", "w", "m"] {
+        fs::create_dir(dir.path().join(d)).unwrap();
+    }
+    let m = dir.path().join("m");
+    let options = format!("lowerdir={0}/l,upperdir={0}/u,workdir={0}/w", dir.str());
+    let mounted = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &options]).arg(&m).status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        skip_or_fail!("cannot mount an overlayfs at {}", m.display());
+    }
+    // Unmounted whatever the assertions say (before the directory goes).
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&m);
+    fs::write(m.join("canary"), "keep").unwrap();
+    let ws = m.to_str().unwrap();
+    let o = run_sh(common::run, &["--workspace", ws, "--workspace-mode", "rw"], "echo data > created");
     assert_eq!(code(&o), 2, "the write must fail inside\n{}", describe(&o));
-    assert_eq!(stdout(&o).trim(), ws.str(), "{}", describe(&o));
     let err = stderr(&o);
     assert!(
-        err.lines()
-            .any(|l| l.starts_with("airlock: warning: ") && l.contains(ws.str()) && l.contains("owned by host root")),
-        "expected a warning naming the root-owned workspace\n{}",
+        err.lines().any(|l| l.starts_with("airlock: warning: workspace ")
+            && l.contains(ws)
+            && l.contains("cannot be mounted idmapped")),
+        "expected a warning naming the workspace and why\n{}",
         describe(&o)
     );
-    assert!(err.contains("created: Permission denied"), "{}", describe(&o));
-    assert_eq!(listing(ws.path()), BTreeSet::from(["canary".to_string()]));
+    assert_eq!(listing(&m), BTreeSet::from(["canary".to_string()]));
 }
 
 #[test]

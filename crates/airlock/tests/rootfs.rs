@@ -163,6 +163,36 @@ fn writable_root_with_a_name_is_kept_until_rm() {
     assert!(!upper.exists());
 }
 
+/// A writable root and a cow workspace owned by host root, kept under one name: both layers are idmapped, the
+/// root's (`NAME/rootfs`) inside the workspace's (`NAME`), and both resume.
+#[test]
+fn writable_root_and_a_root_owned_cow_workspace_share_a_kept_sandbox() {
+    require_root_and_sandbox!();
+    let root = TempDir::new("wroot-ws");
+    if let Err(reason) = tiny_root(root.path(), true) {
+        skip_or_fail!("{reason}");
+    }
+    let ws = TempDir::new("wroot-ws-workspace");
+    fs::create_dir(ws.path().join("sub")).unwrap();
+    fs::write(ws.path().join("a.txt"), "x\n").unwrap();
+    let name = format!("wroot-ws-{}", std::process::id());
+    let run = |resume: bool, script: &str| {
+        let mut args = vec!["--name", &name, "--rootfs", root.str(), "--writable-root", "--workspace", ws.str()];
+        if resume {
+            args.push("--resume");
+        }
+        args.extend(["--", "/bin/sh", "-c", script]);
+        ok(&common::run(&args))
+    };
+    let out = run(false, "echo y >> a.txt; mkdir sub/n; echo r > /rootfile; stat -c %u a.txt /rootfile");
+    assert_eq!(out, "0\n0\n");
+    assert_eq!(run(true, "cat /rootfile a.txt; ls sub"), "r\nx\ny\nn\n");
+    ok(&airlock(&["commit", &name]));
+    assert_eq!(fs::read_to_string(ws.path().join("a.txt")).unwrap(), "x\ny\n");
+    assert_eq!(fs::metadata(ws.path().join("sub/n")).unwrap().uid(), 0);
+    ok(&airlock(&["rm", &name]));
+}
+
 /// `--net allow` needs `/etc/hosts` and `/etc/resolv.conf`: a read-only tree without them is refused with the
 /// way out; with `--writable-root` they are provided.
 #[test]

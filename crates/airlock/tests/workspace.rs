@@ -739,3 +739,165 @@ fn disk_bounded_layer_is_refused_rootless() {
     let o = common::run_as_user(&["--disk", "16M", "--", "true"]);
     assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
 }
+
+/// A root-owned tree with nested directories, and one file of another host user that anyone may write.
+fn root_owned_workspace(tag: &str) -> TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = TempDir::new(tag);
+    fs::write(ws.path().join("a.txt"), "one\n").unwrap();
+    fs::create_dir_all(ws.path().join("sub/deep")).unwrap();
+    fs::write(ws.path().join("sub/deep/s.txt"), "s\n").unwrap();
+    let other = ws.path().join("other.txt");
+    fs::write(&other, "o\n").unwrap();
+    std::os::unix::fs::chown(&other, Some(4321), Some(4321)).unwrap();
+    fs::set_permissions(&other, fs::Permissions::from_mode(0o666)).unwrap();
+    ws
+}
+
+/// Host owner and content of every entry under `dir` (`<dir>` for directories).
+fn owners(dir: &std::path::Path) -> BTreeMap<String, (u32, u32, String)> {
+    use std::os::unix::fs::MetadataExt;
+    walk(dir)
+        .into_iter()
+        .map(|entry| {
+            let meta = fs::symlink_metadata(&entry).unwrap();
+            let rel = entry.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            let content = if meta.is_dir() { "<dir>".into() } else { fs::read_to_string(&entry).unwrap() };
+            (rel, (meta.uid(), meta.gid(), content))
+        })
+        .collect()
+}
+
+fn owned(list: &[(&str, u32, &str)]) -> BTreeMap<String, (u32, u32, String)> {
+    list.iter().map(|(p, id, c)| (p.to_string(), (*id, *id, c.to_string()))).collect()
+}
+
+const ROOT_TREE_EDITS: &str = "stat -c %u:%g a.txt other.txt; echo two >> a.txt; echo more >> sub/deep/s.txt; \
+                               mkdir sub/new; echo n > sub/new/n.txt; mkdir -p sub/deep/x/y; echo c > c.txt; \
+                               echo p >> other.txt";
+
+/// What the host tree must hold once ROOT_TREE_EDITS are committed: what root inside made belongs to host
+/// root, and the other user's file keeps its owner.
+fn root_tree_after_edits() -> BTreeMap<String, (u32, u32, String)> {
+    owned(&[
+        ("a.txt", 0, "one\ntwo\n"),
+        ("c.txt", 0, "c\n"),
+        ("other.txt", 4321, "o\np\n"),
+        ("sub", 0, "<dir>"),
+        ("sub/deep", 0, "<dir>"),
+        ("sub/deep/s.txt", 0, "s\nmore\n"),
+        ("sub/deep/x", 0, "<dir>"),
+        ("sub/deep/x/y", 0, "<dir>"),
+        ("sub/new", 0, "<dir>"),
+        ("sub/new/n.txt", 0, "n\n"),
+    ])
+}
+
+#[test]
+fn root_owned_workspace_is_writable_in_cow_and_commit_keeps_host_owners() {
+    require_sandbox!();
+    if !common::is_root() {
+        eprintln!("SKIP: a workspace owned by host root is mounted idmapped only by host root's sandboxes");
+        return;
+    }
+    let ws = root_owned_workspace("cow-rootowned");
+    let before = owners(ws.path());
+    let name = unique_name("rootowned");
+    let o = common::airlock(&["run", "--name", &name, "--workspace", ws.str(), "--", "/bin/sh", "-c", ROOT_TREE_EDITS]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    // Inside, the host's owners are the owners: host root's files are root's.
+    assert_eq!(stdout(&o), "0:0\n4321:4321\n");
+    assert!(!stderr(&o).contains("owned by host root"), "no warning applies any more: {}", stderr(&o));
+    assert_eq!(owners(ws.path()), before, "cow changed the host workspace");
+
+    let kinds = diff_kinds(common::airlock, &name);
+    let expected = pairs(&[
+        ("a.txt", "modified"),
+        ("c.txt", "added"),
+        ("other.txt", "modified"),
+        ("sub/deep/s.txt", "modified"),
+        ("sub/deep/x", "added"),
+        ("sub/deep/x/y", "added"),
+        ("sub/new", "added"),
+        ("sub/new/n.txt", "added"),
+    ]);
+    assert_eq!(kinds, expected);
+    let o = common::airlock(&["commit", &name]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert_eq!(owners(ws.path()), root_tree_after_edits());
+    assert_eq!(stdout(&common::airlock(&["diff", &name])).trim(), "no changes");
+
+    // The kept layer resumes in a later run (another host id range): its files are stored with the host's ids.
+    let o = common::airlock(&[
+        "run",
+        "--resume",
+        "--name",
+        &name,
+        "--workspace",
+        ws.str(),
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo 3 > r.txt",
+    ]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    let o = common::airlock(&[
+        "run",
+        "--resume",
+        "--name",
+        &name,
+        "--workspace",
+        ws.str(),
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo 4 >> r.txt",
+    ]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    // (A new file: the host's a.txt changed since the sandbox was made, which commit would call a conflict.)
+    let o = common::airlock(&["commit", &name]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    let mut expected = root_tree_after_edits();
+    expected.insert("r.txt".into(), (0, 0, "3\n4\n".into()));
+    assert_eq!(owners(ws.path()), expected);
+    assert_eq!(code(&common::airlock(&["rm", &name])), 0);
+}
+
+#[test]
+fn root_owned_workspace_works_in_a_long_lived_sandbox() {
+    require_sandbox!();
+    if !common::is_root() {
+        eprintln!("SKIP: a workspace owned by host root is mounted idmapped only by host root's sandboxes");
+        return;
+    }
+    let ws = root_owned_workspace("ll-rootowned");
+    let name = unique_name("ll-rootowned");
+    let airlock = common::airlock;
+    let o = airlock(&["create", "--workspace", ws.str(), &name]);
+    assert_eq!(code(&o), 0, "create failed: {}", stderr(&o));
+    // Stopped and removed whatever the assertions below say.
+    struct Removed<'a>(&'a str);
+    impl Drop for Removed<'_> {
+        fn drop(&mut self) {
+            let _ = common::airlock(&["stop", self.0]);
+            let _ = common::airlock(&["rm", self.0]);
+        }
+    }
+    let _removed = Removed(&name);
+    let o = airlock(&["exec", &name, "--", "/bin/sh", "-c", ROOT_TREE_EDITS]);
+    assert_eq!(code(&o), 0, "exec failed: {}", stderr(&o));
+    assert_eq!(stdout(&o), "0:0\n4321:4321\n");
+    // A checkpoint of the running sandbox mounts the new stack idmapped too.
+    let o = airlock(&["checkpoint", &name, "one"]);
+    assert_eq!(code(&o), 0, "checkpoint failed: {}", stderr(&o));
+    let o = airlock(&["exec", &name, "--", "/bin/sh", "-c", "echo three >> a.txt; echo z > sub/new/z.txt"]);
+    assert_eq!(code(&o), 0, "exec after the checkpoint failed: {}", stderr(&o));
+    let o = airlock(&["rollback", &name, "one"]);
+    assert_eq!(code(&o), 0, "rollback failed: {}", stderr(&o));
+    let o = airlock(&["exec", &name, "--", "cat", "a.txt"]);
+    assert_eq!(stdout(&o), "one\ntwo\n", "stderr: {}", stderr(&o));
+    assert_eq!(code(&airlock(&["stop", &name])), 0);
+    let o = airlock(&["commit", &name]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert_eq!(owners(ws.path()), root_tree_after_edits());
+}

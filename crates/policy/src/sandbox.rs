@@ -133,7 +133,7 @@ impl Limits {
 pub enum RootCapabilities {
     /// None: root inside can do what any user can.
     None,
-    /// What a package manager needs as root: `CHOWN`, `DAC_OVERRIDE`, `FOWNER`, `FSETID`, `SETUID`, `SETGID`
+    /// What a package manager needs as root: `CHOWN`, `DAC_OVERRIDE`, `FOWNER`, `SETUID`, `SETGID`
     /// (to hand files to system users and to drop to them, as apt does for `_apt`) and `KILL` (to stop the
     /// helpers it started as those users). Only when the command runs as uid 0 inside.
     PackageManager,

@@ -10,6 +10,9 @@ use serde::Deserialize;
 /// The embedded default profile.
 const DEFAULT_PROFILE_TOML: &str = include_str!("../seccomp/default.toml");
 const DEFAULT_PROFILE_ORIGIN: &str = "built-in seccomp/default.toml";
+/// Rules added for a sandbox that writes as host root (see `seccomp/set-id.toml`).
+const SET_ID_RULES_TOML: &str = include_str!("../seccomp/set-id.toml");
+const SET_ID_RULES_ORIGIN: &str = "built-in seccomp/set-id.toml";
 
 /// Highest argument index a syscall has (`seccomp_data.args` has six entries).
 const MAX_ARG_INDEX: u8 = 5;
@@ -123,6 +126,16 @@ pub enum SeccompProfileError {
 /// The built-in profile every sandbox gets.
 pub fn default_seccomp_profile() -> Result<SeccompProfile, SeccompProfileError> {
     parse_seccomp_profile(DEFAULT_PROFILE_TOML, DEFAULT_PROFILE_ORIGIN)
+}
+
+/// The default profile, followed, with `guard_set_id`, by the rules of `seccomp/set-id.toml`: no set-user-ID or
+/// set-group-ID bit may be set (for a sandbox whose root writes as host root through an idmapped workspace).
+pub fn sandbox_seccomp_profile(guard_set_id: bool) -> Result<SeccompProfile, SeccompProfileError> {
+    let mut profile = default_seccomp_profile()?;
+    if guard_set_id {
+        profile.rules.extend(parse_seccomp_profile(SET_ID_RULES_TOML, SET_ID_RULES_ORIGIN)?.rules);
+    }
+    Ok(profile)
 }
 
 /// Parses and validates a profile in the `default.toml` format. `origin` names the source in error messages.
@@ -356,6 +369,19 @@ mod tests {
         for name in ["ptrace", "process_vm_readv", "kcmp", "process_madvise", "seccomp", "prctl"] {
             assert!(rule(&profile, name).is_empty(), "{name} must stay allowed");
         }
+    }
+
+    #[test]
+    fn the_set_id_guard_adds_mode_rules_after_the_default_ones() {
+        let plain = sandbox_seccomp_profile(false).unwrap();
+        assert_eq!(plain, default_seccomp_profile().unwrap());
+        let guarded = sandbox_seccomp_profile(true).unwrap();
+        let added = &guarded.rules[plain.rules.len()..];
+        let chmod = added.iter().find(|r| r.syscalls.contains(&"fchmodat".to_string())).unwrap();
+        assert_eq!(chmod.conditions, vec![ArgCondition { arg: 2, test: ArgTest::AnyBits(0o6000) }]);
+        let openat = added.iter().find(|r| r.syscalls == ["openat"]).unwrap();
+        assert_eq!(openat.conditions.len(), 2, "only a creating open is checked: {openat:?}");
+        assert!(added.iter().any(|r| r.syscalls == ["openat2"] && r.errno == Errno::Enosys));
     }
 
     #[test]

@@ -118,16 +118,13 @@ fn enter_and_supervise(
     };
     // 1. Validate and build the command's plan, as `run` does: no side effect before this succeeds.
     let mut prepared = prepare_sandbox(policy, host)?;
-    // The ids are the running sandbox's (its namespace's maps): a range claimed for a new sandbox means nothing
-    // here, and its lock file would outlive the execve (no destructor runs after it). Released now.
-    drop(prepared.id_range.take());
     for w in &prepared.enforcement.warnings() {
         warn(w);
     }
     let mut audit = audit.filter(|a| a.notify.any());
     if let Some(a) = &audit {
-        prepared.plan.seccomp =
-            sandbox::audited_seccomp_program(a.notify).map_err(|e| AttachError::SetupStep(e.to_string()))?;
+        prepared.plan.seccomp = sandbox::audited_seccomp_program(a.notify, prepared.plan.writes_as_host_root())
+            .map_err(|e| AttachError::SetupStep(e.to_string()))?;
     }
     // The listener's socket and the host's /proc, before setns hides the host's /proc.
     let channel = match &audit {
@@ -250,9 +247,7 @@ pub fn enter_sandbox_as_its_user(
     host: &HostContext,
     target: &RunningSandbox,
 ) -> Result<(), AttachError> {
-    let mut prepared = prepare_sandbox(policy, host)?;
-    // The running sandbox's ids, not a new range (see `enter_and_supervise`).
-    drop(prepared.id_range.take());
+    let prepared = prepare_sandbox(policy, host)?;
     let plan = &prepared.plan;
     let pidfd = open_init(target)?;
     if plan.ids.host_root {

@@ -6,8 +6,11 @@
 use sys::Errno;
 
 /// The capabilities of `RootCapabilities::PackageManager`, as a mask (bit N is capability N; the numbers are
-/// the kernel's, `linux/capability.h`): CHOWN 0, DAC_OVERRIDE 1, FOWNER 3, FSETID 4, KILL 5, SETGID 6, SETUID 7.
-pub const PACKAGE_MANAGER: u64 = 1 << 0 | 1 << 1 | 1 << 3 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 7;
+/// the kernel's, `linux/capability.h`): CHOWN 0, DAC_OVERRIDE 1, FOWNER 3, KILL 5, SETGID 6, SETUID 7. Not
+/// FSETID (4): with it a `chown` keeps a file's set-user-ID bit, so in a root-owned workspace shared idmapped
+/// (`rw`), root inside could hand an existing set-user-ID program to host root; package managers set those bits
+/// with `chmod` after `chown` and need no FSETID.
+pub const PACKAGE_MANAGER: u64 = 1 << 0 | 1 << 1 | 1 << 3 | 1 << 5 | 1 << 6 | 1 << 7;
 
 /// Drops every capability up to `cap_last` but those in `keep` from the bounding set, so no later `execve` can
 /// gain one. Needs `CAP_SETPCAP`, so it runs before the switch to the target ids.

@@ -66,6 +66,9 @@ pub enum Notice {
     /// Rootless with a writable root, and only the invoker's id mapped: what is missing for the subordinate
     /// ids.
     SingleIdMap { missing: String },
+    /// A `cow` or `rw` workspace owned by host root, as host root, on a filesystem that cannot be mounted
+    /// idmapped: the same as [`Notice::RootOwnedWritableShare`].
+    RootOwnedWorkspaceWithoutIdmap { path: String },
 }
 
 impl fmt::Display for Notice {
@@ -80,6 +83,12 @@ impl fmt::Display for Notice {
                 f,
                 "only your own id is mapped into the sandbox, so programs that switch users (apt's _apt, \
                  useradd) fail: {missing}"
+            ),
+            Notice::RootOwnedWorkspaceWithoutIdmap { path } => write!(
+                f,
+                "workspace {path} is owned by host root and its filesystem cannot be mounted idmapped (ext4, xfs, \
+                 btrfs and tmpfs can): the sandbox can write there only where the permissions let anyone write \
+                 (move it to such a filesystem, or chown it to a user to let the sandbox write as that user)"
             ),
         }
     }

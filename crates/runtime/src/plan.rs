@@ -40,11 +40,20 @@ pub struct MountSource {
     /// For the `cow` workspace: this source is the lower layer of an overlay whose upper and work directories
     /// are these host paths; the mount placed at the destination is the overlay, not a bind.
     pub overlay: Option<OverlayDirs>,
+    /// As host root, a workspace owned by host root: before init opens it, the supervisor mounts an idmapped
+    /// clone (with the sandbox's own id maps) over this path and, for `cow`, over each of the layer's directories
+    /// (see `rootfs::idmap_over_paths`), so host id N on disk is id N inside and what the sandbox writes is stored
+    /// with its inside ids: root inside writes as host root there, and only there.
+    pub idmapped: bool,
 }
 
 /// The host directories of a copy-on-write layer.
 #[derive(Debug, Clone)]
 pub struct OverlayDirs {
+    /// The directory holding `upper` and `work` (and the checkpoints' `layers/`): what an idmapped workspace's
+    /// layer is mounted idmapped as, one mount, since overlayfs wants its upper and work directories on the same
+    /// mount.
+    pub root: CString,
     pub upper: CString,
     pub work: CString,
     pub upper_display: String,
@@ -176,6 +185,14 @@ impl CommandPlan {
     /// envp for `execve` (`sys::process::execute`): pointers to the environment's entries, then NULL.
     pub fn envp_pointers(&self) -> &[*const c_char] {
         &self.envp_ptrs
+    }
+}
+
+impl SandboxPlan {
+    /// Whether the sandbox's root writes as host root somewhere (an idmapped workspace): its seccomp filter then
+    /// refuses set-ID bits (`policy::seccomp::sandbox_seccomp_profile`).
+    pub fn writes_as_host_root(&self) -> bool {
+        self.sources.iter().any(|s| s.idmapped)
     }
 }
 

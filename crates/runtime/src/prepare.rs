@@ -4,6 +4,7 @@
 
 use std::ffi::CString;
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use crate::plan::{
     MAX_FROZEN_LAYERS, MAX_ROOT_LAYERS,
 };
 use crate::seccomp;
-use crate::userns::{self, HostIdRange, HOST_RANGE_SIZE};
+use crate::userns::{self, HostIdRange, HOST_RANGE_BASE, HOST_RANGE_SIZE};
 
 /// Top-level host entries shared by `--rootfs host`, read-only. Whatever is a symlink on the host (merged
 /// /usr) is recreated as the same symlink; whatever is missing is skipped.
@@ -120,6 +121,9 @@ pub struct HostContext {
     /// The writable root's layer goes when the sandbox ends (an anonymous run's): its overlay is mounted
     /// `volatile` (see `RootOverlayPlan::volatile`).
     pub root_layer_volatile: bool,
+    /// `exec`, the exec agent, a files visit: joining a running sandbox, whose user namespace's maps hold. No
+    /// host id range is claimed (its lock file would outlive the execve, which runs no destructor).
+    pub joining: bool,
 }
 
 /// Upper and work directories of a workspace layer, on the host.
@@ -189,6 +193,7 @@ impl Builder {
             kind,
             attr_set,
             overlay: None,
+            idmapped: false,
         });
         self.entries.push(RootEntry::Bind { source: self.sources.len() - 1, dest: inside_path(dest)? });
         Ok(())
@@ -250,11 +255,6 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
             None
         }
     };
-
-    let seccomp_profile =
-        policy::seccomp::default_seccomp_profile().map_err(|e| PrepareError::Seccomp(e.to_string()))?;
-    let seccomp =
-        seccomp::compile_seccomp_program(&seccomp_profile).map_err(|e| PrepareError::Seccomp(e.to_string()))?;
 
     // Identities.
     let (euid, egid) = sys::process::effective_ids();
@@ -385,6 +385,7 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
                     let frozen = layer.frozen.iter().map(|p| path_cstring(p)).collect::<Result<Vec<_>, _>>()?;
                     if let Some(last) = b.sources.last_mut() {
                         last.overlay = Some(OverlayDirs {
+                            root: path_cstring(layer.upper.parent().unwrap_or(Path::new("/")))?,
                             upper: path_cstring(&layer.upper)?,
                             work: path_cstring(&layer.work)?,
                             upper_display: layer.upper.display().to_string(),
@@ -401,7 +402,30 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
                         path: source.to_string(),
                         source: e,
                     })?;
-                    writable_owners.push((source.to_string(), meta.uid(), meta.gid()));
+                    // A workspace owned by host root, as host root: no identity mapping can make root inside
+                    // its owner (host id 0 is never in the sandbox's range), so it is mounted idmapped instead
+                    // (see `MountSource::idmapped`). Only the workspace: a root-owned `--bind` keeps the notice.
+                    let root_workspace = host_root && what == "workspace" && meta.uid() == 0;
+                    // The layer's directories are mounted idmapped too: their filesystem must take it as well.
+                    let idmappable = |layer: Option<&LayerDirs>| -> Result<bool, PrepareError> {
+                        let upper = match layer {
+                            Some(l) if cow => Some(l.upper.display().to_string()),
+                            _ => None,
+                        };
+                        Ok(supports_idmapped_mounts(what, source)?
+                            && upper.map_or(Ok(true), |u| supports_idmapped_mounts("copy-on-write layer", &u))?)
+                    };
+                    match (root_workspace, root_workspace && idmappable(cow_layer)?) {
+                        (true, true) => {
+                            if let Some(last) = b.sources.last_mut() {
+                                last.idmapped = true;
+                            }
+                        }
+                        (true, false) => enforcement
+                            .notices
+                            .push(Notice::RootOwnedWorkspaceWithoutIdmap { path: source.to_string() }),
+                        (false, _) => writable_owners.push((source.to_string(), meta.uid(), meta.gid())),
+                    }
                 }
                 if writable {
                     landlock_rules.push(LandlockRule { path: cstring(dest)?, access: ACCESS_ALL });
@@ -448,6 +472,7 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
             kind: SourceKind::CharDevice,
             attr_set: libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC,
             overlay: None,
+            idmapped: false,
         });
         devices.push((cstring(name)?, b.sources.len() - 1));
         landlock_rules.push(LandlockRule { path: cstring(&host_path)?, access: ACCESS_DEVICE });
@@ -462,6 +487,14 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
         Ok(m) if m.is_dir() => {}
         _ => return Err(PrepareError::StagingDir),
     }
+
+    // The seccomp program, once the sources are known: a sandbox whose root writes as host root (an idmapped
+    // workspace) may set no set-ID bit (see `seccomp/set-id.toml`).
+    let guard_set_id = b.sources.iter().any(|s| s.idmapped);
+    let seccomp_profile =
+        policy::seccomp::sandbox_seccomp_profile(guard_set_id).map_err(|e| PrepareError::Seccomp(e.to_string()))?;
+    let seccomp =
+        seccomp::compile_seccomp_program(&seccomp_profile).map_err(|e| PrepareError::Seccomp(e.to_string()))?;
 
     let command = command_plan(policy)?;
     let entry_names = b
@@ -543,6 +576,34 @@ fn root_overlay_plan(
         idmapped: host_root,
         volatile: layer.is_some() && host.root_layer_volatile,
     }))
+}
+
+/// Filesystems known to take `MOUNT_ATTR_IDMAP` (the kernel's `FS_ALLOW_IDMAP`): ext2/3/4, xfs, btrfs, tmpfs,
+/// f2fs, fat. Checked before the plan is made, so a workspace elsewhere (overlayfs, NFS, FUSE) runs as before,
+/// with the notice, instead of failing when the supervisor mounts it.
+const IDMAP_FILESYSTEMS: &[libc::c_long] = &[
+    libc::EXT4_SUPER_MAGIC,
+    libc::XFS_SUPER_MAGIC,
+    libc::BTRFS_SUPER_MAGIC,
+    libc::TMPFS_MAGIC,
+    libc::F2FS_SUPER_MAGIC,
+    libc::MSDOS_SUPER_MAGIC,
+];
+
+/// Whether the filesystem holding `path` is one of [`IDMAP_FILESYSTEMS`].
+fn supports_idmapped_mounts(what: &'static str, path: &str) -> Result<bool, PrepareError> {
+    let open_error = |errno| PrepareError::OpenPath {
+        what,
+        path: path.to_string(),
+        source: std::io::Error::from_raw_os_error(errno),
+    };
+    let fd = sys::fd::openat2(libc::AT_FDCWD, &cstring(path)?, libc::O_PATH, libc::RESOLVE_NO_SYMLINKS)
+        .map_err(open_error)?;
+    let sfs = sys::fd::fstatfs(fd.as_raw_fd()).map_err(open_error)?;
+    // `f_type` is a `long` in glibc but an `unsigned long` in musl; the magic numbers all fit either.
+    #[allow(clippy::unnecessary_cast)]
+    let f_type = sfs.f_type as libc::c_long;
+    Ok(IDMAP_FILESYSTEMS.contains(&f_type))
 }
 
 /// A read-only `--rootfs DIR` with `--net allow`: airlock's `/etc/hosts` and `/etc/resolv.conf` are bound over
@@ -664,8 +725,15 @@ fn id_plan(
             Some(_) => {}
         }
     }
-    let range = userns::allocate_host_id_range(&host.lock_dir)?;
-    let base = range.base;
+    // Joining: the plan's host-side ids are never used (the running sandbox's namespace has its maps).
+    let (range, base) = match host.joining {
+        true => (None, HOST_RANGE_BASE),
+        false => {
+            let range = userns::allocate_host_id_range(&host.lock_dir)?;
+            let base = range.base;
+            (Some(range), base)
+        }
+    };
     let owner_gid = owner.map(|(_, _, g)| g).filter(|g| *g != 0);
     // Root inside is the owner when the identity is root and a writable share's owner maps to it.
     let owner_uid = owner.map(|(_, u, _)| u);
@@ -683,7 +751,7 @@ fn id_plan(
         gid_map: userns::range_map(base, HOST_RANGE_SIZE, gid, owner_gid),
         map_tools: None,
     };
-    Ok((ids, Some(range)))
+    Ok((ids, range))
 }
 
 /// A limit above what the host has is a mistake (a missing suffix, a copied profile), not a request for "no

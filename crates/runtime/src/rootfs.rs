@@ -1,8 +1,17 @@
-//! The root overlay's host side (`--writable-root`, `Rootfs::Layers`), as host root: its directories made
-//! idmapped in the sandbox's mount namespace, so that a file the image owns as 0 or 42 on disk is 0 or 42
+//! Idmapped mounts made by the supervisor, as host root, in the sandbox's mount namespace before init opens
+//! them: the root overlay's directories (`--writable-root`, `Rootfs::Layers`) and a workspace owned by host root
+//! (with its copy-on-write layer's directories).
+//!
+//! The root overlay's directories are idmapped so that a file the image owns as 0 or 42 on disk is 0 or 42
 //! inside, and what the sandbox writes in its layer is stored with the inside ids too (the layer keeps its
 //! meaning whatever host id range a later run of the sandbox gets). Rootless there is nothing to do: the lowers
 //! are the invoker's files and appear as root inside through the one-line map.
+//!
+//! A workspace owned by host root the same way (see `MountSource::idmapped`): host id N on disk is id N inside,
+//! so root inside may change the workspace's files, and what it writes is stored as host root's (in `rw` mode in
+//! the workspace itself; in `cow` mode in its layer, whose directories are idmapped too, so `airlock commit`
+//! finds the host's ids there). Nothing but those directories is idmapped: each clone is of the directory alone
+//! (not recursive), attached over itself in the sandbox's private mount namespace.
 //!
 //! How, after `clone` and the id maps, before init is released: `MOUNT_ATTR_IDMAP` needs `CAP_SYS_ADMIN` over
 //! the host's filesystem, which init (born in the sandbox's user namespace) never has; and overlayfs takes a
@@ -10,8 +19,8 @@
 //! there — never a mount of the host's namespace. So the supervisor itself (single-threaded, with the host's
 //! credentials) joins init's mount namespace for a moment, makes every mount in it private (nothing it does may
 //! propagate to the host), mounts an idmapped clone of each directory over the directory itself, and returns to
-//! its own namespace. Init, which has run nothing yet, then opens the same paths (`mounts::open_root_layers`)
-//! and finds the idmapped mounts. (A helper process did this before: one fork more per start.)
+//! its own namespace. Init, which has run nothing yet, then opens the same paths (`mounts::open_root_layers`,
+//! `mounts::clone_mount_sources`) and finds the idmapped mounts.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd};
@@ -22,11 +31,11 @@ use sys::mount::EMPTY;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
-    #[error("cannot enter the sandbox's mount namespace to idmap its root layers: {}", errno_text(*.0))]
+    #[error("cannot enter the sandbox's mount namespace to make its idmapped mounts: {}", errno_text(*.0))]
     EnterNamespace(i32),
-    #[error("cannot make an idmapped mount of the root layer {path}: {}{}", errno_text(*.errno), idmap_hint(*.errno))]
+    #[error("cannot make an idmapped mount of the {path}: {}{}", errno_text(*.errno), idmap_hint(*.errno))]
     IdmapLayer { path: String, errno: i32 },
-    #[error("cannot return to airlock's own mount namespace after idmapping the root layers: {}", errno_text(*.0))]
+    #[error("cannot return to airlock's own mount namespace after making the idmapped mounts: {}", errno_text(*.0))]
     LeaveNamespace(i32),
 }
 
@@ -39,15 +48,22 @@ fn idmap_hint(errno: i32) -> &'static str {
     }
 }
 
-/// As host root, before init is released (its maps written): the plan's lowers and layer directory become
-/// idmapped mounts over themselves, in init's mount namespace, with init's user namespace's maps.
-pub fn idmap_root_layers(pid: libc::pid_t, plan: &RootOverlayPlan) -> Result<(), RootfsError> {
-    let paths: Vec<(&CString, &str)> = plan
-        .lowers
+/// The root overlay's directories to idmap (see [`idmap_over_paths`]): the lowers and the layer directory, each
+/// with its description for errors.
+pub fn root_layer_paths(plan: &RootOverlayPlan) -> Vec<(&CString, String)> {
+    plan.lowers
         .iter()
-        .zip(plan.lower_displays.iter().map(String::as_str))
-        .chain(plan.layer.iter().zip(plan.layer_display.as_deref()))
-        .collect();
+        .zip(plan.lower_displays.iter().map(|d| format!("root layer {d}")))
+        .chain(plan.layer.iter().zip(plan.layer_display.iter().map(|d| format!("root layer {d}"))))
+        .collect()
+}
+
+/// As host root, before init is released (its maps written): each of `paths` becomes an idmapped mount over
+/// itself, in init's mount namespace, with init's user namespace's maps.
+pub fn idmap_over_paths(pid: libc::pid_t, paths: &[(&CString, String)]) -> Result<(), RootfsError> {
+    if paths.is_empty() {
+        return Ok(());
+    }
     let open = |path: String, flags: i32| {
         let path = CString::new(path).map_err(|_| RootfsError::EnterNamespace(libc::EINVAL))?;
         sys::fd::open(&path, flags | libc::O_CLOEXEC).map_err(RootfsError::EnterNamespace)
@@ -62,7 +78,7 @@ pub fn idmap_root_layers(pid: libc::pid_t, plan: &RootOverlayPlan) -> Result<(),
     sys::namespace::setns(mount_ns.as_fd(), libc::CLONE_NEWNS).map_err(RootfsError::EnterNamespace)?;
     let done = sys::mount::make_all_private().map_err(|e| (None, e)).and_then(|()| {
         paths.iter().try_for_each(|(path, display)| {
-            idmap_over_itself(path, user_ns.as_raw_fd()).map_err(|e| (Some(*display), e))
+            idmap_over_itself(path, user_ns.as_raw_fd()).map_err(|e| (Some(display.as_str()), e))
         })
     });
     // Back whatever happened: nothing else the supervisor does may happen in the sandbox's namespace, so a
@@ -75,8 +91,10 @@ pub fn idmap_root_layers(pid: libc::pid_t, plan: &RootOverlayPlan) -> Result<(),
     })
 }
 
-/// An idmapped clone of `path` (not recursive: a mount below it stays out) attached over `path`.
-fn idmap_over_itself(path: &CString, user_ns: i32) -> Result<(), sys::Errno> {
+/// An idmapped clone of `path` (not recursive: a mount below it stays out) attached over `path`, with the maps of
+/// the user namespace `user_ns` (a descriptor of its `/proc/PID/ns/user`). Also used by the live checkpoint's
+/// helper (`store::layer::live`) for a new stack of an idmapped workspace.
+pub fn idmap_over_itself(path: &CString, user_ns: i32) -> Result<(), sys::Errno> {
     let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
     let dir = sys::fd::openat2(libc::AT_FDCWD, path, flags, libc::RESOLVE_NO_SYMLINKS)?;
     let tree = sys::mount::open_tree(

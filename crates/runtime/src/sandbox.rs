@@ -38,7 +38,7 @@ pub enum SandboxError {
     Cgroup(#[from] cgroups::CgroupError),
     #[error("cannot hand the copy-on-write layer {0} to the sandbox's root")]
     PrepareLayer(String, #[source] std::io::Error),
-    #[error("cannot resume in the copy-on-write layer {path}: its files belong to host uid {had}, but this run's sandbox root is host uid {now} (resuming needs the same identity every run: a workspace owned by an ordinary user, whom root inside maps to)")]
+    #[error("cannot resume in the copy-on-write layer {path}: its files belong to host uid {had}, but this run's sandbox root is host uid {now} (resuming needs the same identity every run: a workspace owned by an ordinary user, whom root inside maps to, or by host root, mounted idmapped)")]
     LayerOwnerChanged { path: String, had: u32, now: u32 },
     #[error("the sandbox's cgroup path {0} contains a NUL byte")]
     CgroupPath(String),
@@ -129,7 +129,7 @@ fn run_sandbox_with(
     let mut prepared = prepare_sandbox(policy, host)?;
     let audit = audit.filter(|a| a.notify.any());
     if let Some(a) = &audit {
-        prepared.plan.seccomp = audited_seccomp_program(a.notify)?;
+        prepared.plan.seccomp = audited_seccomp_program(a.notify, prepared.plan.writes_as_host_root())?;
     }
     for w in prepared.enforcement.warnings() {
         warn(&w);
@@ -172,9 +172,15 @@ fn run_sandbox_with(
     let prepared = prepared;
     let plan = &prepared.plan;
     // The copy-on-write layer's directories belong to the sandbox's root on the host: the overlay writes to
-    // them with its credentials. (Rootless, that is the invoker, who created them.)
+    // them with its credentials. (Rootless, that is the invoker, who created them.) A layer mounted idmapped
+    // (a workspace owned by host root) is seen through the sandbox's own maps: on disk its owner is root
+    // inside's id itself, 0, whatever host range this run has.
     if plan.ids.host_root {
-        for dirs in plan.sources.iter().filter_map(|s| s.overlay.as_ref()) {
+        for (dirs, idmapped) in plan.sources.iter().filter_map(|s| s.overlay.as_ref().map(|o| (o, s.idmapped))) {
+            let (owner_uid, owner_gid) = match idmapped {
+                true => (plan.ids.init_uid, plan.ids.init_gid),
+                false => (plan.ids.init_host_uid, plan.ids.init_host_gid),
+            };
             // A layer that holds earlier runs' files (a resumed sandbox: checkpoints, or changes in upper) was
             // written by an earlier run's sandbox root: this run's must be the same host id, or its files would be
             // another identity's (and the older ones unreadable or foreign to it).
@@ -186,16 +192,16 @@ fn run_sandbox_with(
                     .map_err(|e| SandboxError::PrepareLayer(upper.display().to_string(), e))?
                     .next()
                     .is_some();
-            if holds_files && meta.uid() != plan.ids.init_host_uid {
+            if holds_files && meta.uid() != owner_uid {
                 return Err(SandboxError::LayerOwnerChanged {
                     path: upper.display().to_string(),
                     had: meta.uid(),
-                    now: plan.ids.init_host_uid,
+                    now: owner_uid,
                 });
             }
             for dir in [&dirs.upper, &dirs.work] {
                 let path = std::path::Path::new(std::ffi::OsStr::from_bytes(dir.to_bytes()));
-                std::os::unix::fs::lchown(path, Some(plan.ids.init_host_uid), Some(plan.ids.init_host_gid))
+                std::os::unix::fs::lchown(path, Some(owner_uid), Some(owner_gid))
                     .map_err(|e| SandboxError::PrepareLayer(path.display().to_string(), e))?;
             }
         }
@@ -359,10 +365,38 @@ fn release_child(pid: libc::pid_t, plan: &crate::plan::SandboxPlan, start_write:
         Some(tools) => userns::write_id_maps_with_tools(pid, tools, &plan.ids.uid_map, &plan.ids.gid_map)?,
         None => userns::write_id_maps(pid, plan.ids.host_root, &plan.ids.uid_map, &plan.ids.gid_map)?,
     }
-    // As host root, the root overlay's directories become idmapped with the maps just written (see `rootfs`).
+    // As host root, the root overlay's directories and a workspace owned by host root (with its layer's
+    // directories) become idmapped with the maps just written (see `rootfs`), before init opens them.
+    let mut paths = Vec::new();
     if let Some(overlay) = plan.root_overlay.as_ref().filter(|o| o.idmapped) {
-        crate::rootfs::idmap_root_layers(pid, overlay)?;
+        paths.extend(crate::rootfs::root_layer_paths(overlay));
     }
+    for source in plan.sources.iter().filter(|s| s.idmapped) {
+        paths.push((&source.host_path, format!("workspace {}", source.display)));
+        // The layer as one mount: overlayfs wants upper and work on the same one (the checkpoints are under it
+        // too). It is seen only by init, which opens upper, work and the checkpoints through it, before the host's
+        // tree is gone from its view.
+        if let Some(dirs) = &source.overlay {
+            paths.push((&dirs.root, format!("workspace's copy-on-write layer {}", dirs.upper_display)));
+        }
+    }
+    // A directory under another one of them, on the same filesystem (the writable root's layer `NAME/rootfs`
+    // under the workspace's layer `NAME`), is reached through that one's idmapped mount, with the same maps: it
+    // needs no mount of its own, and could not have one (an idmapped mount cannot be idmapped again: EPERM).
+    let depth = |path: &std::ffi::CString| path.to_bytes().split(|&b| b == b'/').filter(|c| !c.is_empty()).count();
+    paths.sort_by_key(|(path, _)| depth(path));
+    let as_path = |path: &std::ffi::CString| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(path.to_bytes()));
+    let device = |path: &std::ffi::CString| std::fs::metadata(as_path(path)).ok().map(|m| m.dev());
+    let mut kept: Vec<(&std::ffi::CString, String)> = Vec::new();
+    for (path, display) in paths {
+        let covered = kept.iter().any(|(outer, _)| {
+            as_path(path).starts_with(as_path(outer)) && device(path).is_some() && device(path) == device(outer)
+        });
+        if !covered {
+            kept.push((path, display));
+        }
+    }
+    crate::rootfs::idmap_over_paths(pid, &kept)?;
     sys::fd::write_all(start_write, b"1").map_err(|e| SandboxError::CreatePipes(os_error(e)))
 }
 
@@ -508,11 +542,13 @@ impl SupervisorPipes {
     }
 }
 
-/// The default seccomp program, compiled to notify the calls `notify` names.
+/// The sandbox's seccomp program (with `guard_set_id`, refusing set-ID bits: see
+/// `policy::seccomp::sandbox_seccomp_profile`), compiled to notify the calls `notify` names.
 pub fn audited_seccomp_program(
     notify: crate::seccomp::NotifyOptions,
+    guard_set_id: bool,
 ) -> Result<crate::seccomp::SeccompProgram, SandboxError> {
-    let profile = policy::seccomp::default_seccomp_profile()
+    let profile = policy::seccomp::sandbox_seccomp_profile(guard_set_id)
         .map_err(|e| SandboxError::Prepare(PrepareError::Seccomp(e.to_string())))?;
     crate::seccomp::compile_notifying_seccomp_program(&profile, notify)
         .map_err(|e| SandboxError::Prepare(PrepareError::Seccomp(e.to_string())))

@@ -101,6 +101,7 @@ impl RunningHandle {
             gateway: None,
             root_layer,
             root_layer_volatile: false,
+            joining: true,
         })
     }
 

@@ -186,6 +186,7 @@ pub fn launch(backend: &dyn Backend, spec: LaunchSpec<'_>, hooks: Hooks<'_>) -> 
         gateway,
         root_layer,
         root_layer_volatile: ephemeral_root.is_some(),
+        joining: false,
     };
 
     // 6. The sandbox runs, to its command's end or until it is stopped.

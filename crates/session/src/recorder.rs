@@ -61,9 +61,25 @@ impl Drop for Recorder {
 /// What learn mode collected.
 #[derive(Default)]
 struct Learned {
-    writable: Vec<String>,
+    /// What is mounted over the sandbox's root (see [`places`]).
+    places: Vec<Place>,
+    /// The workspace's path, for the advice to write there instead.
+    workspace: Option<String>,
     denied_paths: BTreeSet<String>,
+    /// The refused paths that were a directory the command tried to create (`mkdir`).
+    denied_mkdirs: BTreeSet<String>,
     denied_syscalls: BTreeSet<(String, String)>,
+}
+
+/// A mount over the sandbox's root, as learn mode needs it: where, whether the sandbox may write there, and the
+/// host directory behind it (`None`: a tmpfs or the kernel's own).
+#[derive(Debug, Clone)]
+struct Place {
+    dest: String,
+    writable: bool,
+    source: Option<String>,
+    /// The read-only workspace: the narrowest change is `workspace_mode = "cow"`, not a writable bind.
+    workspace: bool,
 }
 
 impl runtime::notify::AuditSink for Recorder {
@@ -74,6 +90,9 @@ impl runtime::notify::AuditSink for Recorder {
                 let writable = learn.as_ref().is_some_and(|l| l.is_writable(&text));
                 if let Some(l) = learn {
                     if !writable && !text.is_empty() {
+                        if matches!(syscall.as_str(), "mkdir" | "mkdirat") {
+                            l.denied_mkdirs.insert(text.clone());
+                        }
                         l.denied_paths.insert(text);
                     }
                 }
@@ -148,7 +167,11 @@ impl Recorder {
             log.add_copy(file)?;
         }
         let notify = NotifyOptions { exec: copy.is_some() || learn || profile_exec, denials: true, writes: learn };
-        let learn = learn.then(|| Learned { writable: writable_places(policy), ..Default::default() });
+        let learn = learn.then(|| Learned {
+            places: places(policy),
+            workspace: policy.workspace.as_ref().map(|w| w.path.clone()),
+            ..Default::default()
+        });
         Ok(Some(Recorder { log, notify, warned: false, started: Instant::now(), learn, first_pending: None, scratch }))
     }
 
@@ -309,65 +332,197 @@ impl Recorder {
     }
 }
 
-/// Places the sandbox may write to: the workspace (unless read-only), writable binds, tmpfs mounts, `/tmp`,
-/// and the kernel's own (`/dev`, `/proc`).
-fn writable_places(policy: &SandboxPolicy) -> Vec<String> {
-    let mut places = vec!["/tmp".to_string(), "/dev".to_string(), "/proc".to_string()];
-    if let Some(w) = policy.workspace.as_ref().filter(|w| w.mode != WorkspaceMode::Ro) {
-        places.push(w.path.clone());
+/// What is mounted over the sandbox's root: `/tmp`, the kernel's `/dev` and `/proc` (writable as far as learn
+/// mode is concerned: what is refused there is not the profile's to change), the workspace, the binds and the
+/// tmpfs mounts. Everything else is the root, which is read-only (`--rootfs host`, a read-only `--rootfs DIR` or
+/// image).
+fn places(policy: &SandboxPolicy) -> Vec<Place> {
+    let kernel = |dest: &str| Place { dest: dest.to_string(), writable: true, source: None, workspace: false };
+    let mut places = vec![kernel("/tmp"), kernel("/dev"), kernel("/proc")];
+    if let Some(w) = &policy.workspace {
+        places.push(Place {
+            dest: w.path.clone(),
+            writable: w.mode != WorkspaceMode::Ro,
+            source: Some(w.path.clone()),
+            workspace: true,
+        });
     }
-    places.extend(policy.binds.iter().filter(|b| b.writable).map(|b| b.destination.clone()));
-    places.extend(policy.tmpfs.iter().map(|t| t.destination.clone()));
+    places.extend(policy.binds.iter().map(|b| Place {
+        dest: b.destination.clone(),
+        writable: b.writable,
+        source: Some(b.source.clone()),
+        workspace: false,
+    }));
+    places.extend(policy.tmpfs.iter().map(|t| kernel(&t.destination)));
     places
 }
 
+/// Whether `path` is `dir` or under it (components, not bytes: `/tmpx` is not under `/tmp`).
+fn is_at_or_below(path: &str, dir: &str) -> bool {
+    let dir = dir.trim_end_matches('/');
+    path == dir || dir.is_empty() || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
+}
+
 impl Learned {
+    /// The mount `path` is on: the deepest place holding it (a mount inside another is on top of it).
+    fn place_of(&self, path: &str) -> Option<&Place> {
+        self.places.iter().filter(|p| is_at_or_below(path, &p.dest)).max_by_key(|p| p.dest.trim_end_matches('/').len())
+    }
+
     fn is_writable(&self, path: &str) -> bool {
-        self.writable.iter().any(|place| {
-            let place = place.trim_end_matches('/');
-            path == place || path.strip_prefix(place).is_some_and(|rest| rest.starts_with('/'))
-        })
+        self.place_of(path).is_some_and(|p| p.writable)
     }
 }
 
-/// The snippet: writable places for the refused paths (the nearest directory that exists on the host, bound
-/// writable; a tmpfs where none does), allowed domains, and the refused syscalls as comments (no profile setting
-/// allows them: the seccomp deny-list is fixed).
+/// Host directories learn mode never suggests making writable, nor covering with a tmpfs: the system's own
+/// (a writable host `/etc` or `/usr` is the host's to lose), the kernel's, root's home.
+const SYSTEM_DIRS: &[&str] = &[
+    "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/proc", "/sys", "/dev", "/root",
+];
+
+/// Directory names that hold credentials, wherever they are (`~/.ssh`): never suggested either.
+const CREDENTIAL_DIRS: &[&str] = &[".ssh", ".gnupg", ".aws", ".kube", ".docker"];
+
+/// Why `path` (inside or on the host) may not be made writable, if it may not: `/` itself, under a system
+/// directory, or under a credentials directory.
+fn protected(path: &str) -> Option<String> {
+    if path.trim_end_matches('/').is_empty() {
+        return Some("/ (the whole host)".to_string());
+    }
+    if let Some(dir) = SYSTEM_DIRS.iter().find(|d| is_at_or_below(path, d)) {
+        return Some(format!("{dir}, a host system directory"));
+    }
+    let mut walked = String::new();
+    for component in path.split('/').filter(|c| !c.is_empty()) {
+        walked.push('/');
+        walked.push_str(component);
+        if CREDENTIAL_DIRS.contains(&component) {
+            return Some(format!("{walked}, a credentials directory"));
+        }
+    }
+    None
+}
+
+/// The narrowest safe change for one refused write.
+#[derive(Debug, PartialEq, Eq)]
+enum Advice {
+    /// A writable bind: `SRC` or `SRC:DST`.
+    Bind(String),
+    /// A private tmpfs at this directory (the write need not persist on the host).
+    Tmpfs(String),
+    /// `workspace_mode = "cow"`: the read-only workspace's changes kept in a layer, applied by `airlock commit`.
+    CowWorkspace,
+    /// No profile change is safe; the comment says why and what to do instead.
+    Nothing(String),
+}
+
+fn parent_of(path: &str) -> String {
+    match Path::new(path).parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.display().to_string(),
+        _ => "/".to_string(),
+    }
+}
+
+/// Learn mode's advice for a write to `path` the sandbox refused (`mkdir`: it was a directory to create).
+fn advice(learned: &Learned, path: &str, mkdir: bool) -> Advice {
+    let elsewhere = match &learned.workspace {
+        Some(ws) => format!("have the program write under the workspace ({ws}) or /tmp instead"),
+        None => "have the program write under /tmp (or a --workspace) instead".to_string(),
+    };
+    if let Some(why) = protected(path) {
+        return Advice::Nothing(format!("{path} is under {why}, which is never made writable: {elsewhere}"));
+    }
+    match learned.place_of(path) {
+        // Under a read-only share: that share, writable, from the nearest directory that exists on the host.
+        Some(place) if place.workspace => Advice::CowWorkspace,
+        Some(Place { dest, source: Some(source), .. }) => {
+            let rel = Path::new(path).strip_prefix(dest).unwrap_or(Path::new(""));
+            let mut host = Path::new(source).join(rel);
+            // The directory the entry is in, or its nearest ancestor the host has; never above the share.
+            host = host.parent().map(Path::to_path_buf).unwrap_or(host);
+            while !host.is_dir() && host.starts_with(source) && host != Path::new(source) {
+                host = host.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(source));
+            }
+            if !host.starts_with(source) {
+                host = PathBuf::from(source);
+            }
+            let host_text = host.display().to_string();
+            if let Some(why) = protected(&host_text) {
+                return Advice::Nothing(format!(
+                    "{path} is shared from {host_text}, under {why}, which is never made writable: {elsewhere}"
+                ));
+            }
+            let inside = match host.strip_prefix(source) {
+                Ok(rel) if !rel.as_os_str().is_empty() => Path::new(dest).join(rel).display().to_string(),
+                _ => dest.clone(),
+            };
+            Advice::Bind(if inside == host_text { host_text } else { format!("{host_text}:{inside}") })
+        }
+        // A tmpfs or the kernel's own is writable, so a refusal there is not a path question.
+        Some(_) => Advice::Nothing(format!("{path}: refused on a writable mount (see the audit log)")),
+        // The read-only root: a private tmpfs where the entry goes, since nothing written there could persist
+        // anyway. Its directory; for a directory created at the top (`mkdir -p /opt/x` is refused at `/opt`),
+        // that directory itself.
+        None => {
+            let parent = parent_of(path);
+            match (parent.as_str(), mkdir) {
+                ("/", true) => Advice::Tmpfs(path.to_string()),
+                ("/", false) => Advice::Nothing(format!(
+                    "{path} is a file at the top of the read-only root, which only --writable-root (with --rootfs or \
+                     --image) makes possible: {elsewhere}"
+                )),
+                _ => Advice::Tmpfs(parent),
+            }
+        }
+    }
+}
+
+/// The snippet: the narrowest safe change for each refused path (a private tmpfs for what need not persist, a
+/// read-only share made writable from the nearest directory the host has, a cow workspace; never `/`, a system
+/// directory or a credentials directory, which get a comment instead), allowed domains, and the refused
+/// syscalls as comments (no profile setting allows them: the seccomp deny-list is fixed).
 fn suggestion(learned: &Learned, domains: &BTreeSet<String>) -> String {
     let mut binds = BTreeSet::new();
-    let mut tmpfs = BTreeSet::new();
+    let mut tmpfs: BTreeSet<String> = BTreeSet::new();
+    let mut cow = false;
+    let mut notes = Vec::new();
     for path in &learned.denied_paths {
-        let mut dir = Path::new(path).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
-        while !dir.is_dir() {
-            match dir.parent() {
-                Some(p) => dir = p.to_path_buf(),
-                None => break,
+        match advice(learned, path, learned.denied_mkdirs.contains(path)) {
+            Advice::Bind(entry) => {
+                binds.insert(entry);
             }
-        }
-        let top_missing =
-            Path::new(path).ancestors().find(|a| a.parent() == Some(dir.as_path())).map(Path::to_path_buf);
-        if dir == Path::new("/") || !Path::new(path).parent().is_some_and(|p| p.is_dir()) {
-            // Nothing of it exists on the host (or only `/`): a private scratch directory is what it needed.
-            if let Some(top) = top_missing.filter(|t| t != Path::new(path) || dir != Path::new("/")) {
-                tmpfs.insert(top.display().to_string());
-                continue;
+            Advice::Tmpfs(dir) => {
+                tmpfs.insert(dir);
             }
+            Advice::CowWorkspace => cow = true,
+            Advice::Nothing(why) => notes.push(why),
         }
-        binds.insert(dir.display().to_string());
+    }
+    // A tmpfs inside another suggested one is already writable.
+    let nested: Vec<String> =
+        tmpfs.iter().filter(|t| tmpfs.iter().any(|o| o != *t && is_at_or_below(t, o))).cloned().collect();
+    for t in nested {
+        tmpfs.remove(&t);
     }
     let mut out = String::from(
         "airlock: learn mode: a profile snippet for what the command needed (merge it into a --profile file):\n",
     );
     let quoted = |set: &BTreeSet<String>| set.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
-    if binds.is_empty() && tmpfs.is_empty() && domains.is_empty() && learned.denied_syscalls.is_empty() {
+    if learned.denied_paths.is_empty() && domains.is_empty() && learned.denied_syscalls.is_empty() {
         out.push_str("# nothing was refused: the policy already allows what the command did\n");
         return out;
     }
     for path in &learned.denied_paths {
         out.push_str(&format!("# write refused (read-only): {path:?}\n"));
     }
-    if !binds.is_empty() || !tmpfs.is_empty() {
+    for note in &notes {
+        out.push_str(&format!("# not suggested: {}\n", note.escape_debug()));
+    }
+    if !binds.is_empty() || !tmpfs.is_empty() || cow {
         out.push_str("[filesystem]\n");
+        if cow {
+            out.push_str("workspace_mode = \"cow\"\n");
+        }
         if !binds.is_empty() {
             out.push_str(&format!("bind = [{}]\n", quoted(&binds)));
         }
@@ -525,17 +680,94 @@ mod tests {
         assert_eq!(domains.into_iter().collect::<Vec<_>>(), vec!["example.com:8443", "pypi.org"]);
 
         let learned = Learned {
-            writable: vec!["/tmp".into()],
+            places: places(&policy_with(&[], None)),
             denied_paths: ["/etc/x.conf".to_string(), "/nonexistent-top/dir/file".to_string()].into(),
             denied_syscalls: [("keyctl".to_string(), "EPERM".to_string())].into(),
+            ..Default::default()
         };
         let text = suggestion(&learned, &denied_domains(&path));
-        assert!(text.contains("bind = [\"/etc\"]"), "{text}");
-        assert!(text.contains("tmpfs = [\"/nonexistent-top\"]"), "{text}");
+        assert!(!text.contains("bind ="), "a writable host /etc is never suggested: {text}");
+        assert!(text.contains("# not suggested: /etc/x.conf is under /etc, a host system directory"), "{text}");
+        assert!(text.contains("tmpfs = [\"/nonexistent-top/dir\"]"), "{text}");
         assert!(text.contains("allow = [\"example.com:8443\", \"pypi.org\"]"), "{text}");
         let body: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
         policy::profile::Profile::parse(&body, "suggestion").unwrap();
         assert!(learned.is_writable("/tmp/a") && learned.is_writable("/tmp") && !learned.is_writable("/tmpx"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A policy with these binds (`(source, destination, writable)`) and workspace (`(path, mode)`).
+    fn policy_with(binds: &[(&str, &str, bool)], workspace: Option<(&str, WorkspaceMode)>) -> SandboxPolicy {
+        let mut policy = policy::profile::resolve(
+            &Profile::default(),
+            vec!["true".into()],
+            &policy::profile::Invoker { uid: 0, gid: 0, is_root: true, env: Vec::new(), user_name: None },
+        )
+        .unwrap();
+        policy.binds = binds
+            .iter()
+            .map(|(s, d, w)| policy::sandbox::BindMount {
+                source: s.to_string(),
+                destination: d.to_string(),
+                writable: *w,
+            })
+            .collect();
+        policy.workspace = workspace.map(|(path, mode)| policy::sandbox::Workspace { path: path.to_string(), mode });
+        policy
+    }
+
+    #[test]
+    fn learn_mode_suggests_the_narrowest_safe_change_and_never_a_system_directory() {
+        let scratch = std::env::temp_dir().join(format!("airlock-learn-advice-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(scratch.join("data/sub")).unwrap();
+        let data = scratch.join("data").display().to_string();
+        let ws = scratch.join("ws").display().to_string();
+        let policy = policy_with(
+            &[(&data, "/data", false), ("/etc", "/hostetc", false), ("/home/u", "/home/u", false)],
+            Some((&ws, WorkspaceMode::Ro)),
+        );
+        let learned = Learned { places: places(&policy), workspace: Some(ws.clone()), ..Default::default() };
+        let cases: &[(&str, bool, Advice)] = &[
+            ("/etc/foo", false, Advice::Nothing(String::new())),
+            ("/usr/local/bin/x", false, Advice::Nothing(String::new())),
+            ("/lib64/x", false, Advice::Nothing(String::new())),
+            ("/root/.bashrc", false, Advice::Nothing(String::new())),
+            ("/home/u/.ssh/known_hosts", false, Advice::Nothing(String::new())),
+            ("/hostetc/passwd", false, Advice::Nothing(String::new())),
+            ("/topfile", false, Advice::Nothing(String::new())),
+            ("/", true, Advice::Nothing(String::new())),
+            ("/opt", true, Advice::Tmpfs("/opt".into())),
+            ("/opt/x/file", false, Advice::Tmpfs("/opt/x".into())),
+            ("/opt/x/y", true, Advice::Tmpfs("/opt/x".into())),
+            ("/var/cache/app/f", false, Advice::Tmpfs("/var/cache/app".into())),
+            ("/data/sub/f", false, Advice::Bind(format!("{data}/sub:/data/sub"))),
+            ("/data/missing/deeper/f", false, Advice::Bind(format!("{data}:/data"))),
+            ("/data/f", false, Advice::Bind(format!("{data}:/data"))),
+            (&format!("{ws}/out.txt"), false, Advice::CowWorkspace),
+        ];
+        for (path, mkdir, expected) in cases {
+            let got = advice(&learned, path, *mkdir);
+            match (expected, &got) {
+                (Advice::Nothing(_), Advice::Nothing(why)) => assert!(!why.is_empty()),
+                _ => assert_eq!(&got, expected, "{path}"),
+            }
+        }
+        // All of them at once: the snippet is a profile the validator accepts, with nothing of the host's system.
+        let learned = Learned {
+            denied_paths: cases.iter().map(|(p, _, _)| p.to_string()).collect(),
+            denied_mkdirs: cases.iter().filter(|(_, m, _)| *m).map(|(p, _, _)| p.to_string()).collect(),
+            ..learned
+        };
+        let text = suggestion(&learned, &BTreeSet::new());
+        let body: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+        let parsed = Profile::parse(&body, "suggestion").unwrap();
+        assert_eq!(parsed.filesystem.tmpfs, ["/opt", "/var/cache/app"], "{text}");
+        assert_eq!(parsed.filesystem.workspace_mode.as_deref(), Some("cow"), "{text}");
+        for entry in parsed.filesystem.bind.iter().chain(&parsed.filesystem.tmpfs) {
+            let host = entry.split(':').next().unwrap();
+            assert!(protected(host).is_none(), "{entry} in {text}");
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
     }
 }

@@ -278,6 +278,12 @@ impl RunningLayer {
             work: c(work)?,
             frozen: frozen.iter().map(|p| c(p)).collect::<Result<_, _>>()?,
             lower: c(Path::new(&self.workspace))?,
+            // The supervisor gives an idmapped layer root inside's own id, 0, on disk (the sandbox's host range
+            // is never 0): such a layer is mounted idmapped again (see `runtime::rootfs`).
+            idmapped_layer: match stat(upper)?.uid() {
+                0 => Some(c(upper.parent().unwrap_or(Path::new("/")))?),
+                _ => None,
+            },
         };
         Ok(self.live.swap(&self.workspace_c, &stack)?)
     }

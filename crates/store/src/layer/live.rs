@@ -61,6 +61,7 @@ pub enum LiveStep {
     MoveNew,
     Continue,
     Fork,
+    Idmap,
 }
 
 impl LiveStep {
@@ -68,7 +69,7 @@ impl LiveStep {
         use LiveStep::*;
         [EnterNamespaces, SwitchIds, Stop, WaitStopped, OpenWorkspace, Sync, MakeReadOnly, OpenLayers, MountOverlay]
             .into_iter()
-            .chain([CloneOld, DetachOld, MoveNew, Continue, Fork])
+            .chain([CloneOld, DetachOld, MoveNew, Continue, Fork, Idmap])
             .find(|s| *s as u32 == n)
     }
 
@@ -88,6 +89,7 @@ impl LiveStep {
             LiveStep::MoveNew => "put the new overlay at the workspace's path",
             LiveStep::Continue => "let the sandbox's processes continue",
             LiveStep::Fork => "fork the helper inside the sandbox",
+            LiveStep::Idmap => "mount the workspace and its layer idmapped for the new stack",
         }
     }
 }
@@ -124,6 +126,8 @@ pub struct LiveSandbox {
     /// them by pidfd then would need the right to ptrace init, lost with the host's capabilities).
     mnt_ns: OwnedFd,
     pid_ns: OwnedFd,
+    /// Its user namespace (`/proc/PID/ns/user`): the maps of an idmapped workspace's mounts.
+    user_ns: OwnedFd,
     /// Init's ids inside (what the helper becomes there: the overlay's copy-ups are done as its mounter).
     uid: u32,
     gid: u32,
@@ -135,6 +139,9 @@ pub struct NewStack {
     pub work: CString,
     pub frozen: Vec<CString>,
     pub lower: CString,
+    /// A workspace owned by host root, mounted idmapped (see `runtime::rootfs`): the directory holding `upper`,
+    /// `work` and the checkpoints, to be idmapped as init's was. `None`: no idmapping.
+    pub idmapped_layer: Option<CString>,
 }
 
 enum Op<'a> {
@@ -157,8 +164,9 @@ impl LiveSandbox {
         };
         let mnt_ns = open_ns(Kind::Mount.proc_name())?;
         let pid_ns = open_ns(Kind::Pid.proc_name())?;
+        let user_ns = open_ns(Kind::User.proc_name())?;
         // Owned from here: dropped (its descriptors closed) on every error below.
-        let mut sandbox = LiveSandbox { name: name.to_string(), pidfd, mnt_ns, pid_ns, uid: 0, gid: 0 };
+        let mut sandbox = LiveSandbox { name: name.to_string(), pidfd, mnt_ns, pid_ns, user_ns, uid: 0, gid: 0 };
         // After the opens: they are known to be init's, not a process's that reused its pid.
         if runtime::host::process_start_time(init_pid) != Some(init_start_time) {
             return Err(LiveError::NotRunning(sandbox.name.clone()));
@@ -246,6 +254,19 @@ fn helper_main(sandbox: &LiveSandbox, workspace: &CStr, op: &Op, report: RawFd) 
     // namespace by the worker.
     let mut new_overlay = -1;
     if let Op::Swap(stack) = op {
+        // An idmapped workspace: while we are still host root (`MOUNT_ATTR_IDMAP` needs it), a private copy of the
+        // host's mount namespace with the workspace and its layer idmapped over themselves, as the supervisor made
+        // them for init (`runtime::rootfs`); the sandbox's copy below is made from it.
+        if let Some(layer) = &stack.idmapped_layer {
+            let user_ns = sandbox.user_ns.as_raw_fd();
+            let idmapped = namespace::unshare(Kind::Mount.flag())
+                .and_then(|()| mount::make_all_private())
+                .and_then(|()| runtime::rootfs::idmap_over_itself(&stack.lower, user_ns))
+                .and_then(|()| runtime::rootfs::idmap_over_itself(layer, user_ns));
+            if let Err(e) = idmapped {
+                fail(LiveStep::Idmap, e);
+            }
+        }
         // This process is single-threaded, as entering a user namespace needs.
         let entered = namespace::setns(pidfd, Kind::User.flag()).and_then(|()| namespace::unshare(Kind::Mount.flag()));
         if let Err(e) = entered {
@@ -528,7 +549,7 @@ mod tests {
         assert_eq!(parse_u64(b"1234"), Some(1234));
         assert_eq!(parse_u64(b"self"), None);
         assert_eq!(parse_u64(b""), None);
-        for step in 1..=14 {
+        for step in 1..=15 {
             assert_eq!(LiveStep::from_u32(step).map(|s| s as u32), Some(step));
         }
     }

@@ -14,6 +14,7 @@ pub mod dev;
 pub mod enforcement;
 pub mod exec;
 pub mod failure;
+pub mod fault;
 pub mod gateway;
 pub mod host;
 pub mod init;

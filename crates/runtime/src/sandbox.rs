@@ -134,6 +134,7 @@ fn run_sandbox_with(
     for w in prepared.enforcement.warnings() {
         warn(&w);
     }
+    crate::fault::stop_here("prepared");
 
     // 2. Supervisor state on the host.
     // The network gateway (`--net allow`) first: it is a process of its own (tokio threads may not exist in this
@@ -144,10 +145,12 @@ fn run_sandbox_with(
         (Some(_), Some(setup)) => Some(crate::gateway::GatewayProcess::start(setup)?),
         _ => None,
     };
+    crate::fault::stop_here("gateway-started");
     // The cgroup first: it needs the host's cgroupfs, which the sandbox will never see, and it must exist
     // before the child can run anything. Cgroups left by an airlock that was killed are removed on the way.
     // How init enters it without a costly migration is `SandboxCgroup::entry`'s business.
     let cgroup = create_cgroup(policy, host, warn)?;
+    crate::fault::stop_here("cgroup-created");
     let mut cgroup_dir: Option<std::fs::File> = None;
     match cgroup.as_ref().map(SandboxCgroup::entry) {
         Some(CgroupEntryPoint::SelfAttach(tasks)) => {
@@ -283,6 +286,7 @@ fn run_sandbox_with(
         g.close_sandbox_end();
     }
 
+    crate::fault::stop_here("cloned");
     // 4. Parent: the id maps (root inside -> an unprivileged host id), then release the child.
     //    Attaching its network needs nothing from here: init creates the gateway's interface inside the
     //    sandbox's network namespace (only a process there can) and hands it to the gateway itself.
@@ -298,6 +302,7 @@ fn run_sandbox_with(
         return Err(e);
     }
 
+    crate::fault::stop_here("released");
     // A long-lived sandbox is ready when init closes the failure pipe unwritten (a record means setup failed,
     // and init exits: the wait below collects it).
     let early_failure = match on_ready {
@@ -346,6 +351,10 @@ fn run_sandbox_with(
         if let Err(e) = cg.remove() {
             warn(&format!("cannot remove the sandbox's cgroup: {e}"));
         }
+    }
+    // Id-range locks an airlock killed with SIGKILL left (ours is still held, so it stays until `prepared` goes).
+    if prepared.id_range.is_some() {
+        userns::sweep_stale_id_range_locks(&host.lock_dir);
     }
     let ended = supervised.map_err(|e| SandboxError::Wait(os_error(e)))?;
     let mut outcome = outcome(&prepared, ended, failure)?;

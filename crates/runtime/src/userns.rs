@@ -78,6 +78,19 @@ pub fn allocate_host_id_range(lock_dir: &Path) -> Result<HostIdRange, UsernsErro
     Err(UsernsError::NoFreeRange)
 }
 
+/// Removes the lock files of ranges nobody holds (left by an airlock killed with `SIGKILL`, which ran no
+/// destructor): each one this process can lock is stale, and goes as [`HostIdRange`]'s drop removes its own.
+/// Best effort; run after a sandbox, off its start.
+pub fn sweep_stale_id_range_locks(lock_dir: &Path) {
+    let Ok(entries) = fs::read_dir(lock_dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if let Ok(Some(_lock)) = lock_slot(&path) {
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
 /// Locks the slot's file; `None` when another sandbox holds it.
 fn lock_slot(path: &Path) -> std::io::Result<Option<File>> {
     loop {

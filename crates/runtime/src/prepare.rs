@@ -429,6 +429,22 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
             }
             Some(setup.interface.plan().ok_or_else(|| PrepareError::GatewayInterface(setup.interface.name.clone()))?)
         }
+        // `--net none`: the root's resolv.conf (the host's, with its nameservers) would send a program that fails
+        // to resolve looking for a network problem. One that says why is bound over it, where it fits without
+        // changing the root: a regular file to cover, or an overlay root (ours to change). Elsewhere (a symlink
+        // in a read-only tree) the root's stays: this is a note, never a reason to refuse a run.
+        (Network::None, _) => {
+            let fits = match (&policy.rootfs, &root_overlay) {
+                (_, Some(_)) => true,
+                (Rootfs::Host, None) => check_host_path("file", RESOLV_CONF).is_ok_and(|ft| ft.is_file()),
+                (Rootfs::Dir(dir), None) => check_name_file(dir, RESOLV_CONF).is_ok(),
+                (Rootfs::Layers(_), None) => false,
+            };
+            if fits {
+                b.file(RESOLV_CONF, NET_NONE_RESOLV_CONF.as_bytes())?;
+            }
+            None
+        }
         _ => None,
     };
 
@@ -540,6 +556,12 @@ fn root_overlay_plan(
         idmapped: host_root,
     }))
 }
+
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// The sandbox's `/etc/resolv.conf` under `--net none`: no nameserver (resolvers then try loopback, where nothing
+/// answers, and fail at once), and a comment for whoever looks.
+pub const NET_NONE_RESOLV_CONF: &str = "# airlock: --net none: no network by policy; see --net allow / --allow\n";
 
 /// A read-only `--rootfs DIR` with `--net allow`: airlock's `/etc/hosts` and `/etc/resolv.conf` are bound over
 /// the tree's, so the tree must have them as regular files (nothing can be created in it). Refused here, with

@@ -795,3 +795,58 @@ fn exec_cwd_timeout_env_file_rootless() {
     let _user = require_test_user!();
     check_exec_flags(true);
 }
+
+/// The sandbox cgroups (every hierarchy) of the sandbox called `name`: `.../airlock/<...>-NAME`.
+fn cgroups_named(name: &str) -> Vec<std::path::PathBuf> {
+    let suffix = format!("-{name}");
+    let mut parents = vec![std::path::PathBuf::from("/sys/fs/cgroup/airlock")];
+    if let Ok(entries) = fs::read_dir("/sys/fs/cgroup") {
+        parents.extend(entries.flatten().map(|e| e.path().join("airlock")));
+    }
+    let mut found = Vec::new();
+    for parent in parents {
+        let Ok(entries) = fs::read_dir(&parent) else { continue };
+        for entry in entries.flatten() {
+            let is_ours = entry.file_name().to_str().is_some_and(|n| n.ends_with(&suffix));
+            if is_ours && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// `rm -rf $STATE/sandboxes/NAME` under a running sandbox: `stop`, `exec` and `rm` could no longer find it, so its
+/// supervisor notices (within about a second) and stops it: its processes, its supervisor and its cgroups are
+/// gone, and nothing brings the directory back.
+#[test]
+fn a_sandbox_whose_state_is_removed_stops() {
+    require_sandbox!();
+    if !common::is_root() {
+        eprintln!("SKIP: the test reads the sandbox's cgroups, which airlock makes as root");
+        return;
+    }
+    let airlock = airlock_as(false);
+    let ws = workspace("llgone");
+    let name = unique_name("llgone");
+    let _cleanup = Cleanup { name: name.clone(), airlock };
+    ok(&airlock(&["create", "--workspace", ws.str(), "--pids", "64", &name]));
+    let marker = format!("marker-{name}");
+    let script = format!("nohup sh -c 'sleep 1000; : {marker}' >/dev/null 2>&1 & sleep 1000; : {marker}");
+    let n = name.clone();
+    let exec = std::thread::spawn(move || airlock(&["exec", &n, "--", "sh", "-c", &script]));
+    wait_until("the marked processes run", || processes_with(&marker).len() >= 2);
+    let supervisor = record_number(false, &name, "supervisor_pid");
+    let cgroups = cgroups_named(&name);
+    assert!(!cgroups.is_empty(), "a sandbox with --pids has a cgroup");
+
+    let dir = sandbox_dir(false, &name);
+    fs::remove_dir_all(&dir).unwrap();
+    let o = exec.join().unwrap();
+    assert_ne!(code(&o), 0, "the exec ended with the sandbox");
+    wait_until("nothing of the sandbox survives", || processes_with(&marker).is_empty());
+    wait_until("its supervisor is gone", || !std::path::Path::new(&format!("/proc/{supervisor}")).exists());
+    wait_until("its cgroups are gone", || cgroups.iter().all(|c| !c.exists()));
+    assert!(!dir.exists(), "the removed state came back: {}", dir.display());
+    assert!(!ok(&airlock(&["ls"])).lines().any(|l| l.starts_with(&name)), "it is not listed");
+}

@@ -117,6 +117,17 @@ pub struct HostContext {
     /// A writable root (`--writable-root`): the host directory holding its overlay's `upper/` and `work/`
     /// (created by the caller: in a kept sandbox's directory, or a private one removed at exit).
     pub root_layer: Option<PathBuf>,
+    /// `airlock create`: the sandbox's state on the host. Removed while the sandbox runs (`rm -rf` of its
+    /// directory), nothing could find or stop the sandbox any more, so the supervisor stops it (see
+    /// `supervisor::StateWatch`).
+    pub watch_state: Option<WatchedState>,
+}
+
+/// What a held sandbox's supervisor watches: `dir` (gone, or replaced by another directory) and `record` (gone).
+#[derive(Debug, Clone)]
+pub struct WatchedState {
+    pub dir: PathBuf,
+    pub record: PathBuf,
 }
 
 /// Upper and work directories of a workspace layer, on the host.

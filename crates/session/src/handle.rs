@@ -100,6 +100,8 @@ impl RunningHandle {
             hold: false,
             gateway: None,
             root_layer,
+            // A visit ends with its command; the sandbox's own supervisor watches its state.
+            watch_state: None,
         })
     }
 

@@ -442,11 +442,13 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
         }
         // `--net none`: the root's resolv.conf (the host's, with its nameservers) would send a program that fails
         // to resolve looking for a network problem. One that says why is bound over it, where it fits without
-        // changing the root: a regular file to cover, or an overlay root (ours to change). Elsewhere (a symlink
-        // in a read-only tree) the root's stays: this is a note, never a reason to refuse a run.
+        // changing anything kept: a regular file to cover, or a read-only overlay root (its upper layer is a
+        // private tmpfs). A writable root is the sandbox's own (a package manager may manage the file, and a
+        // mount point would stay in its layer), and a symlink in a read-only tree cannot be covered: there the
+        // root's file stays. This is a note, never a reason to refuse a run.
         (Network::None, _) => {
             let fits = match (&policy.rootfs, &root_overlay) {
-                (_, Some(_)) => true,
+                (_, Some(_)) => !policy.writable_root,
                 (Rootfs::Host, None) => check_host_path("file", RESOLV_CONF).is_ok_and(|ft| ft.is_file()),
                 (Rootfs::Dir(dir), None) => check_name_file(dir, RESOLV_CONF).is_ok(),
                 (Rootfs::Layers(_), None) => false,

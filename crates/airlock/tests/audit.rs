@@ -440,6 +440,9 @@ fn lifecycle_records_describe_the_sandbox_in_json() {
     assert_eq!(policy["network"], serde_json::json!({ "mode": "none" }), "{started}");
     assert_eq!(policy["limits"]["memory_bytes"], 256 * 1024 * 1024, "{started}");
     assert_eq!(policy["workspace"]["mode"], "cow", "{started}");
+    // The refusals left out of the log are named once.
+    let unrecorded = serde_json::json!([{ "syscall": "clone3", "errno": "ENOSYS" }]);
+    assert_eq!(policy["seccomp_unrecorded"], unrecorded, "{started}");
     fn no_debug_text(v: &Value) -> bool {
         match v {
             Value::String(s) => !s.contains('(') && !s.contains('{'),

@@ -452,7 +452,20 @@ fn policy_summary(policy: &SandboxPolicy) -> Value {
             "fsize_bytes": policy.limits.fsize_bytes,
         },
         "timeout_ms": policy.timeout.map(|t| t.as_millis() as u64),
+        "seccomp_unrecorded": unrecorded_refusals(),
     })
+}
+
+/// The deny-list's expected fallbacks (`clone3` -> ENOSYS), refused without a `denied` record: named once here, so
+/// that a reader of the log knows those refusals happen and why they are not listed.
+fn unrecorded_refusals() -> Value {
+    let Ok(profile) = policy::seccomp::default_seccomp_profile() else { return Value::Null };
+    profile
+        .rules
+        .iter()
+        .filter(|rule| rule.expected_fallback)
+        .flat_map(|rule| rule.syscalls.iter().map(|name| json!({ "syscall": name, "errno": rule.errno.name() })))
+        .collect()
 }
 
 fn resources_of(stats: &CgroupStats) -> Value {

@@ -866,3 +866,32 @@ fn a_sandbox_whose_state_is_removed_stops_rootless() {
     let _user = require_test_user!();
     check_state_removed(true);
 }
+
+/// As root every sandbox claims a host id range with a lock file; `exec` joins the sandbox's ids and claims
+/// none that would outlive it, so after create, execs, stop and rm nothing is left in `id-ranges/`.
+#[test]
+fn execs_leave_no_id_range_lock_behind() {
+    require_sandbox!();
+    if !common::is_root() {
+        eprintln!("SKIP: id ranges are claimed only as root");
+        return;
+    }
+    let state = common::TempDir::new("id-ranges");
+    let airlock = |args: &[&str]| {
+        Command::new(common::airlock_path())
+            .args(args)
+            .env("AIRLOCK_STATE_DIR", state.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    ok(&airlock(&["create", "locks"]));
+    let locks = || fs::read_dir(state.path().join("id-ranges")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(locks(), 1, "the sandbox's own range");
+    ok(&airlock(&["exec", "locks", "--", "true"]));
+    ok(&airlock(&["exec", "--user", "1000", "locks", "--", "true"]));
+    assert_eq!(locks(), 1, "execs claim no range");
+    ok(&airlock(&["stop", "locks"]));
+    ok(&airlock(&["rm", "locks"]));
+    assert_eq!(locks(), 0);
+}

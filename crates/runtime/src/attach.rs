@@ -118,6 +118,9 @@ fn enter_and_supervise(
     };
     // 1. Validate and build the command's plan, as `run` does: no side effect before this succeeds.
     let mut prepared = prepare_sandbox(policy, host)?;
+    // The ids are the running sandbox's (its namespace's maps): a range claimed for a new sandbox means nothing
+    // here, and its lock file would outlive the execve (no destructor runs after it). Released now.
+    drop(prepared.id_range.take());
     for w in &prepared.enforcement.warnings() {
         warn(w);
     }
@@ -248,7 +251,9 @@ pub fn enter_sandbox_as_its_user(
     host: &HostContext,
     target: &RunningSandbox,
 ) -> Result<(), AttachError> {
-    let prepared = prepare_sandbox(policy, host)?;
+    let mut prepared = prepare_sandbox(policy, host)?;
+    // The running sandbox's ids, not a new range (see `enter_and_supervise`).
+    drop(prepared.id_range.take());
     let plan = &prepared.plan;
     let pidfd = open_init(target)?;
     if plan.ids.host_root {

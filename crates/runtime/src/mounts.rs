@@ -325,6 +325,9 @@ pub fn mount_root_overlay(overlay: &RootOverlayPlan, fds: &RootFds, staging_dir:
         mount::fsconfig_string(fs_fd, c"upperdir", proc_fd_child_path(layer, b"upper", &mut upper_buf)?)?;
         mount::fsconfig_string(fs_fd, c"workdir", proc_fd_child_path(layer, b"work", &mut work_buf)?)?;
         mount::fsconfig_flag(fs_fd, c"userxattr")?;
+        if overlay.volatile {
+            mount::fsconfig_flag(fs_fd, c"volatile")?;
+        }
         let mnt = mount::fsmount(fs_fd, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV)?;
         drop(fs);
         // The scratch tmpfs is unreachable from here on (it was never attached); the overlay keeps it.

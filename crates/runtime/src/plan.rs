@@ -76,6 +76,10 @@ pub struct RootOverlayPlan {
     /// As host root: the lowers and the layer directory are mounted idmapped with the sandbox's id maps, so the
     /// ids on disk (an image's 0, `_apt`'s 42) are the same ids inside.
     pub idmapped: bool,
+    /// Overlayfs's `volatile`: no sync of the upper layer, for a layer removed when the sandbox ends. Its
+    /// unmount at the end would otherwise sync the upper layer's whole filesystem (a journal commit on the
+    /// host's disk, milliseconds), for writes nobody will read again.
+    pub volatile: bool,
 }
 
 /// One step of building the new root, in order.

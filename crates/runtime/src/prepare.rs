@@ -117,6 +117,9 @@ pub struct HostContext {
     /// A writable root (`--writable-root`): the host directory holding its overlay's `upper/` and `work/`
     /// (created by the caller: in a kept sandbox's directory, or a private one removed at exit).
     pub root_layer: Option<PathBuf>,
+    /// The writable root's layer goes when the sandbox ends (an anonymous run's): its overlay is mounted
+    /// `volatile` (see `RootOverlayPlan::volatile`).
+    pub root_layer_volatile: bool,
     /// `airlock create`: the sandbox's state on the host. Removed while the sandbox runs (`rm -rf` of its
     /// directory), nothing could find or stop the sandbox any more, so the supervisor stops it (see
     /// `supervisor::StateWatch`).
@@ -567,6 +570,7 @@ fn root_overlay_plan(
         layer: layer.map(|dir| path_cstring(dir)).transpose()?,
         layer_display: layer.map(|dir| dir.display().to_string()),
         idmapped: host_root,
+        volatile: layer.is_some() && host.root_layer_volatile,
     }))
 }
 

@@ -4,13 +4,14 @@
 //! meaning whatever host id range a later run of the sandbox gets). Rootless there is nothing to do: the lowers
 //! are the invoker's files and appear as root inside through the one-line map.
 //!
-//! Why a helper process, after `clone` and the id maps, before init is released: `MOUNT_ATTR_IDMAP` needs
-//! `CAP_SYS_ADMIN` over the host's filesystem, which init (born in the sandbox's user namespace) never has; and
-//! overlayfs takes a layer only from a mount init may clone privately — one in init's mount namespace, or a
-//! detached one made there — never a mount of the host's namespace. So the helper joins init's mount namespace
-//! (keeping the host's credentials), makes every mount in it private (nothing it does may propagate to the
-//! host), and mounts an idmapped clone of each directory over the directory itself. Init then opens the same
-//! paths (`mounts::open_root_layers`) and finds the idmapped mounts.
+//! How, after `clone` and the id maps, before init is released: `MOUNT_ATTR_IDMAP` needs `CAP_SYS_ADMIN` over
+//! the host's filesystem, which init (born in the sandbox's user namespace) never has; and overlayfs takes a
+//! layer only from a mount init may clone privately — one in init's mount namespace, or a detached one made
+//! there — never a mount of the host's namespace. So the supervisor itself (single-threaded, with the host's
+//! credentials) joins init's mount namespace for a moment, makes every mount in it private (nothing it does may
+//! propagate to the host), mounts an idmapped clone of each directory over the directory itself, and returns to
+//! its own namespace. Init, which has run nothing yet, then opens the same paths (`mounts::open_root_layers`)
+//! and finds the idmapped mounts. (A helper process did this before: one fork more per start.)
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd};
@@ -25,8 +26,8 @@ pub enum RootfsError {
     EnterNamespace(i32),
     #[error("cannot make an idmapped mount of the root layer {path}: {}{}", errno_text(*.errno), idmap_hint(*.errno))]
     IdmapLayer { path: String, errno: i32 },
-    #[error("the helper that idmaps the root layers failed (wait status {0})")]
-    Helper(i32),
+    #[error("cannot return to airlock's own mount namespace after idmapping the root layers: {}", errno_text(*.0))]
+    LeaveNamespace(i32),
 }
 
 fn idmap_hint(errno: i32) -> &'static str {
@@ -47,51 +48,31 @@ pub fn idmap_root_layers(pid: libc::pid_t, plan: &RootOverlayPlan) -> Result<(),
         .zip(plan.lower_displays.iter().map(String::as_str))
         .chain(plan.layer.iter().zip(plan.layer_display.as_deref()))
         .collect();
-    let open_ns = |name: &str| {
-        let path =
-            CString::new(format!("/proc/{pid}/ns/{name}")).map_err(|_| RootfsError::EnterNamespace(libc::EINVAL))?;
-        sys::fd::open(&path, libc::O_RDONLY | libc::O_CLOEXEC).map_err(RootfsError::EnterNamespace)
+    let open = |path: String, flags: i32| {
+        let path = CString::new(path).map_err(|_| RootfsError::EnterNamespace(libc::EINVAL))?;
+        sys::fd::open(&path, flags | libc::O_CLOEXEC).map_err(RootfsError::EnterNamespace)
     };
-    let mount_ns = open_ns("mnt")?;
-    let user_ns = open_ns("user")?;
-    let (report_read, report_write) = sys::fd::pipe_cloexec().map_err(RootfsError::EnterNamespace)?;
-    // The child reports its failure as (index, errno): index u32::MAX for the namespace, else the path's.
-    let helper = sys::process::fork_and_run(|| {
-        let report = |index: u32, errno: i32| {
-            let mut record = [0u8; 8];
-            record[..4].copy_from_slice(&index.to_ne_bytes());
-            record[4..].copy_from_slice(&errno.to_ne_bytes());
-            let _ = sys::fd::write_all(report_write.as_raw_fd(), &record);
-            1
-        };
-        if let Err(e) =
-            sys::namespace::setns(mount_ns.as_fd(), libc::CLONE_NEWNS).and_then(|()| sys::mount::make_all_private())
-        {
-            return report(u32::MAX, e);
-        }
-        for (index, (path, _)) in paths.iter().enumerate() {
-            if let Err(e) = idmap_over_itself(path, user_ns.as_raw_fd()) {
-                return report(index as u32, e);
-            }
-        }
-        0
+    let mount_ns = open(format!("/proc/{pid}/ns/mnt"), libc::O_RDONLY)?;
+    let user_ns = open(format!("/proc/{pid}/ns/user"), libc::O_RDONLY)?;
+    // Our own namespace and working directory, to come back to (setns into a mount namespace moves the caller
+    // to that namespace's root).
+    let own_ns = open("/proc/self/ns/mnt".to_owned(), libc::O_RDONLY)?;
+    let cwd = open(".".to_owned(), libc::O_PATH | libc::O_DIRECTORY)?;
+    // This process is single-threaded (setns refuses CLONE_NEWNS otherwise: threads share the root and cwd).
+    sys::namespace::setns(mount_ns.as_fd(), libc::CLONE_NEWNS).map_err(RootfsError::EnterNamespace)?;
+    let done = sys::mount::make_all_private().map_err(|e| (None, e)).and_then(|()| {
+        paths.iter().try_for_each(|(path, display)| {
+            idmap_over_itself(path, user_ns.as_raw_fd()).map_err(|e| (Some(*display), e))
+        })
+    });
+    // Back whatever happened: nothing else the supervisor does may happen in the sandbox's namespace, so a
+    // failure to return ends the run.
+    sys::namespace::setns(own_ns.as_fd(), libc::CLONE_NEWNS).map_err(RootfsError::LeaveNamespace)?;
+    sys::process::fchdir(cwd.as_raw_fd()).map_err(RootfsError::LeaveNamespace)?;
+    done.map_err(|(display, errno)| match display {
+        Some(path) => RootfsError::IdmapLayer { path: path.to_string(), errno },
+        None => RootfsError::EnterNamespace(errno),
     })
-    .map_err(RootfsError::EnterNamespace)?;
-    drop(report_write);
-    let status = sys::wait::wait_for_exit(helper).map_err(RootfsError::EnterNamespace)?;
-    let mut record = [0u8; 8];
-    if matches!(sys::fd::read(report_read.as_raw_fd(), &mut record), Ok(8)) {
-        let index = u32::from_ne_bytes([record[0], record[1], record[2], record[3]]);
-        let errno = i32::from_ne_bytes([record[4], record[5], record[6], record[7]]);
-        return Err(match paths.get(index as usize) {
-            Some((_, display)) => RootfsError::IdmapLayer { path: display.to_string(), errno },
-            None => RootfsError::EnterNamespace(errno),
-        });
-    }
-    if status != 0 {
-        return Err(RootfsError::Helper(status));
-    }
-    Ok(())
 }
 
 /// An idmapped clone of `path` (not recursive: a mount below it stays out) attached over `path`.

@@ -100,6 +100,7 @@ impl RunningHandle {
             hold: false,
             gateway: None,
             root_layer,
+            root_layer_volatile: false,
             // A visit ends with its command; the sandbox's own supervisor watches its state.
             watch_state: None,
         })

@@ -132,8 +132,8 @@ pub fn launch(backend: &dyn Backend, spec: LaunchSpec<'_>, hooks: Hooks<'_>) -> 
         },
         (true, None) => {
             let layer = spec.state.ephemeral_root_layer(std::process::id());
-            let made = store::sandbox::make_root_layer(&layer);
-            ephemeral_root = Some(EphemeralRootLayer(layer));
+            let made = store::sandbox::make_ephemeral_root_layer(&layer);
+            ephemeral_root = Some(EphemeralRootLayer { layer, state: spec.state.clone() });
             match made {
                 Ok(dir) => Some(dir),
                 Err(e) => return fail(kept, e.into()),
@@ -185,6 +185,7 @@ pub fn launch(backend: &dyn Backend, spec: LaunchSpec<'_>, hooks: Hooks<'_>) -> 
         hold: held,
         gateway,
         root_layer,
+        root_layer_volatile: ephemeral_root.is_some(),
         watch_state: kept.as_ref().filter(|_| held).map(|state| runtime::prepare::WatchedState {
             dir: state.dir.path().to_path_buf(),
             record: state.dir.record_file(),
@@ -258,13 +259,18 @@ pub fn launch(backend: &dyn Backend, spec: LaunchSpec<'_>, hooks: Hooks<'_>) -> 
 }
 
 /// An anonymous run's writable root layer, removed when the run is over (on every path out of [`launch`]).
-struct EphemeralRootLayer(store::RootLayerDir);
+struct EphemeralRootLayer {
+    layer: store::RootLayerDir,
+    state: StateDir,
+}
 
 impl Drop for EphemeralRootLayer {
     fn drop(&mut self) {
         // Nothing to report to: a layer left behind (a file the sandbox made unremovable) is only disk space,
-        // under the state directory's `ephemeral/`.
-        let _ = store::sandbox::remove_root_layer(&self.0);
+        // under the state directory's `ephemeral/`. Those of runs that were killed go too, now that the run is
+        // over (off its start).
+        let _ = store::sandbox::remove_root_layer(&self.layer);
+        store::sandbox::sweep_ephemeral_root_layers(&self.state);
     }
 }
 

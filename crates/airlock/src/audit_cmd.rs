@@ -110,10 +110,7 @@ pub fn human_line(line: &[u8]) -> String {
             v["process"]["pid"],
             v["rule"]
         ),
-        "created" => format!(
-            "created: {}",
-            v["command"].as_array().map(|a| a.iter().map(&s).collect::<Vec<_>>().join(" ")).unwrap_or_default()
-        ),
+        "created" => created_line(&v),
         "started" => format!("started (policy sha256 {})", s(&v["policy_sha256"]).get(..16).unwrap_or("")),
         "attached" => format!(
             "exec into sandbox: {}",
@@ -121,6 +118,14 @@ pub fn human_line(line: &[u8]) -> String {
         ),
         "exited" => format!("exited: {} status {} after {} ms", s(&v["reason"]), v["status"], v["duration_ms"]),
         "resource" => format!("resource: {} ({})", s(&v["resource"]), s(&v["message"])),
+        "workspace" => {
+            let n = v["total"].as_u64().unwrap_or(0);
+            match v["action"].as_str().unwrap_or("") {
+                "rollback" => format!("workspace rolled back to checkpoint {}", s(&v["label"])),
+                "commit_refused" => format!("workspace commit refused: {n} conflict(s)"),
+                action => format!("workspace {action}: {n} change(s)"),
+            }
+        }
         "files" => {
             let label = v["label"].as_str().map(|l| format!(" {l}")).unwrap_or_default();
             let total = match v["total"].as_u64() {
@@ -152,6 +157,50 @@ pub fn human_line(line: &[u8]) -> String {
         other => format!("{other} {}", text.trim_end()),
     };
     escape(&format!("{time} {body}"))
+}
+
+/// `created: CMD (rootfs host, workspace /w, net none)`; a long-lived sandbox has no command:
+/// `created: long-lived sandbox (...)`.
+fn created_line(v: &Value) -> String {
+    let what = match v["command"].as_array() {
+        Some(argv) => argv.iter().map(|a| a.as_str().unwrap_or("")).collect::<Vec<_>>().join(" "),
+        None if v["long_lived"] == true => "long-lived sandbox".to_string(),
+        None => "sandbox".to_string(),
+    };
+    let mut parts = Vec::new();
+    match v["rootfs"]["type"].as_str() {
+        Some("dir") => parts.push(format!("rootfs {}", v["rootfs"]["path"].as_str().unwrap_or("?"))),
+        Some("layers") => parts.push("rootfs image".to_string()),
+        Some(other) => parts.push(format!("rootfs {other}")),
+        None => {}
+    }
+    if let Some(w) = v["workspace"].as_str() {
+        parts.push(format!("workspace {w}"));
+    }
+    if let Some(mode) = v["network"]["mode"].as_str() {
+        let allowed: Vec<String> = v["network"]["allow"]
+            .as_array()
+            .map(|rules| {
+                rules
+                    .iter()
+                    .map(|r| match r["port"].as_u64() {
+                        Some(port) => format!("{}:{port}", r["domain"].as_str().unwrap_or("?")),
+                        None => r["domain"].as_str().unwrap_or("?").to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if allowed.is_empty() {
+            parts.push(format!("net {mode}"));
+        } else {
+            parts.push(format!("net {mode} {}", allowed.join(",")));
+        }
+    }
+    if parts.is_empty() {
+        format!("created: {what}")
+    } else {
+        format!("created: {what} ({})", parts.join(", "))
+    }
 }
 
 /// Control characters shown escaped, as `say` does.

@@ -61,7 +61,11 @@ pub fn list(name: &str, json: bool) -> Result<i32> {
 }
 
 pub fn rollback(name: &str, label: &str) -> Result<i32> {
-    if store::checkpoint::roll_back(&state::state(), name, label)? {
+    let state = state::state();
+    let running = store::checkpoint::roll_back(&state, name, label)?;
+    // The layer went back: what it held since LABEL is gone, so the log is the only trace of when and to what.
+    session::recorder::record_workspace(&state, name, "rollback", Some(label), &[], running);
+    if running {
         println!(
             "sandbox {name} rolled back to checkpoint {label} (running: new commands see the workspace as it was)"
         );

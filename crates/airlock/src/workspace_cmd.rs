@@ -58,10 +58,21 @@ pub fn commit_cmd(args: &CommitArgs) -> Result<i32> {
             anyhow::Ok(((outcome, copy.stack.lower.clone()), changed))
         })?;
         let (outcome, workspace) = outcome;
+        record_commit(&state, &args.name, &outcome, true);
         return report_commit(&outcome, &workspace, true);
     }
     let claim = store::sandbox::claim_layer(&state, &args.name)?;
     commit(&claim, args)
+}
+
+/// The sandbox's audit log records every commit (what it applied) and every refused one (the conflicts).
+fn record_commit(state: &store::StateDir, name: &str, outcome: &layer::CommitOutcome, running: bool) {
+    let (action, changes) = match outcome {
+        layer::CommitOutcome::Committed(changes) => ("commit", changes),
+        layer::CommitOutcome::Refused(conflicts) => ("commit_refused", conflicts),
+    };
+    let paths: Vec<String> = changes.iter().map(|c| c.path.clone()).collect();
+    session::recorder::record_workspace(state, name, action, None, &paths, running);
 }
 
 /// `airlock discard NAME`: as [`commit_cmd`], running or not.
@@ -73,6 +84,7 @@ pub fn discard_cmd(args: &DiscardArgs) -> Result<i32> {
             let changed = !dropped.is_empty();
             anyhow::Ok((dropped, changed))
         })?;
+        session::recorder::record_workspace(&state, &args.name, "discard", None, &dropped, true);
         report_discard(&dropped, true);
         return Ok(0);
     }
@@ -96,6 +108,7 @@ fn discard_layer(stack: &LayerStack, args: &DiscardArgs) -> Result<Vec<String>> 
 pub fn commit(claim: &crate::state::ClaimedLayer, args: &CommitArgs) -> Result<i32> {
     let layer = &claim.layer;
     let outcome = commit_layer(layer, args, claim.record.created)?;
+    record_commit(&crate::state::state(), &args.name, &outcome, false);
     report_commit(&outcome, &layer.lower, false)
 }
 
@@ -159,6 +172,7 @@ pub fn diff(stack: &LayerStack, args: &DiffArgs) -> Result<i32> {
 /// under it).
 pub fn discard(layer: &LayerStack, args: &DiscardArgs) -> Result<i32> {
     let dropped = discard_layer(layer, args)?;
+    session::recorder::record_workspace(&crate::state::state(), &args.name, "discard", None, &dropped, false);
     report_discard(&dropped, false);
     Ok(0)
 }

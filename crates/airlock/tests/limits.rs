@@ -524,30 +524,95 @@ fn fork_bomb_is_held_at_the_pids_limit_and_nothing_survives() {
 // ---------------------------------------------------------------------------------------------------------------
 
 /// Spins for 3 s of wall time.
-const SPIN_3S: &str = "import time\nt=time.time(); n=0\nwhile time.time()-t<3: n+=1";
+/// Four spinners for about 3 s: more CPU than the host has (2 CPUs here), so a CPU limit below that always has
+/// something to hold back whenever the host lets the sandbox run at all.
+const SPIN_4X3S: &str = "for i in 1 2 3 4; do /usr/bin/python3 -c 'import time
+t=time.time(); n=0
+while time.time()-t<3: n+=1' & done; wait";
 
-/// Runs the spinner under `limit` flags with `--name`, and returns CPU time used / wall time of the run.
-fn spin_ratio(limit: &[&str]) -> f64 {
-    let name = unique("cpu");
-    let _kept = KeptState(vec![name.clone()]);
-    let mut args = vec!["--name", name.as_str()];
-    args.extend_from_slice(limit);
-    args.extend_from_slice(&["--", PYTHON, "-c", SPIN_3S]);
-    let (o, wall) = run_bounded(&args, Duration::from_secs(60));
-    assert_eq!(code(&o), 0, "the spinner failed\n{}", describe(&o));
-    let stats = stats_json(&name);
-    let usage = num(&stats, &["cpu", "usage_usec"]);
-    let ratio = usage as f64 / wall.as_micros() as f64;
-    println!(
-        "{limit:?}: cpu usage {:.3} s over {:.3} s wall: ratio {ratio:.3}",
-        usage as f64 / 1e6,
-        wall.as_secs_f64()
-    );
-    ratio
+/// What the sandbox's cgroup says about its CPU while it runs: the limit set (quota and period, µs; quota `None`:
+/// no limit), the periods in which the kernel enforced it and those in which it had to stop the group
+/// (`nr_periods`, `nr_throttled`), and the CPU time used (µs).
+#[derive(Debug, Clone, Copy)]
+struct CpuReading {
+    quota_us: Option<u64>,
+    period_us: u64,
+    nr_periods: u64,
+    nr_throttled: u64,
+    usage_us: u64,
 }
 
-/// `--cpus 0.5` holds a spinning process to half a CPU (usage / wall within 20% of 0.5), where the same spinner
-/// with no CPU limit (`--pids 64` only, for a cgroup that counts the CPU time) uses about one whole CPU.
+/// Reads the limit and the statistics of the sandbox `name`'s CPU cgroup; `None` while it does not exist.
+fn cpu_reading(layout: Layout, name: &str) -> Option<CpuReading> {
+    let dir = named_cgroup(layout, "cpu", name)?;
+    let stat = |text: &str, key: &str| {
+        text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
+    };
+    match layout {
+        Layout::V2 => {
+            let max = fs::read_to_string(dir.join("cpu.max")).ok()?;
+            let (quota, period) = max.trim().split_once(' ')?;
+            let text = fs::read_to_string(dir.join("cpu.stat")).ok()?;
+            Some(CpuReading {
+                quota_us: quota.parse().ok(),
+                period_us: period.parse().ok()?,
+                nr_periods: stat(&text, "nr_periods")?,
+                nr_throttled: stat(&text, "nr_throttled")?,
+                usage_us: stat(&text, "usage_usec")?,
+            })
+        }
+        Layout::V1 => {
+            let quota: i64 = fs::read_to_string(dir.join("cpu.cfs_quota_us")).ok()?.trim().parse().ok()?;
+            let period = fs::read_to_string(dir.join("cpu.cfs_period_us")).ok()?.trim().parse().ok()?;
+            let text = fs::read_to_string(dir.join("cpu.stat")).ok()?;
+            let acct = named_cgroup(layout, "cpuacct", name)?;
+            let usage_ns: u64 = fs::read_to_string(acct.join("cpuacct.usage")).ok()?.trim().parse().ok()?;
+            Some(CpuReading {
+                quota_us: u64::try_from(quota).ok(),
+                period_us: period,
+                nr_periods: stat(&text, "nr_periods")?,
+                nr_throttled: stat(&text, "nr_throttled")?,
+                usage_us: usage_ns / 1000,
+            })
+        }
+    }
+}
+
+/// Runs the four spinners under `limit` flags with `--name` and returns the last reading of its CPU cgroup taken
+/// while they ran (`None`: it had none), and how long the run took.
+fn spin_and_read(layout: Layout, limit: &[&str]) -> (Option<CpuReading>, Duration) {
+    let name = unique("cpu");
+    let _kept = KeptState(vec![name.clone()]);
+    let mut args = vec!["run", "--name", name.as_str(), "--pids", "64"];
+    args.extend_from_slice(limit);
+    args.extend_from_slice(&["--", "/bin/sh", "-c", SPIN_4X3S]);
+    let start = Instant::now();
+    let mut child = KillOnDrop(Some(
+        airlock_command(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn airlock"),
+    ));
+    let mut last = None;
+    while start.elapsed() < Duration::from_secs(60) {
+        if let Some(reading) = cpu_reading(layout, &name) {
+            last = Some(reading);
+        }
+        if child.0.as_mut().unwrap().try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = child.take().wait_with_output().unwrap();
+    let wall = start.elapsed();
+    assert_eq!(code(&o), 0, "the spinners failed\n{}", describe(&o));
+    println!("{limit:?}: {last:?} over {:.3} s", wall.as_secs_f64());
+    (last, wall)
+}
+
+/// `--cpus 0.5` sets the cgroup's CPU bandwidth to half a CPU and the kernel holds the sandbox to it. The check
+/// does not depend on an idle host (other load only makes the sandbox use less): the limit read back from the
+/// cgroup is 0.5 CPU; the CPU time used never exceeds the quota of the periods the kernel counted (+2 for the
+/// race between reading two files), nor half of the wall time (+10%); and when the sandbox did get near its limit
+/// the kernel reports having throttled it. Without `--cpus` the same spinners' cgroup has no quota and is never
+/// throttled.
 #[test]
 fn half_a_cpu_is_half_a_cpu() {
     let _serial = serial();
@@ -556,19 +621,38 @@ fn half_a_cpu_is_half_a_cpu() {
     require_python!();
     let layout = require_layout!();
 
-    // Other load on the host can only lower a reading, never raise it: a low one is measured once more.
-    let measure = |flags: &[&str], low: f64| {
-        let first = spin_ratio(flags);
-        if first < low {
-            println!("{flags:?}: {first:.3} is below {low}; measuring again in case the host was busy");
-            return spin_ratio(flags);
-        }
-        first
-    };
-    let limited = measure(&["--cpus", "0.5"], 0.4);
-    let control = measure(&["--pids", "64"], 0.8);
-    assert!((0.4..=0.6).contains(&limited), "--cpus 0.5: usage/wall is {limited:.3}, expected 0.5 ± 20%");
-    assert!(control > 0.8, "without --cpus the spinner should use about one CPU, but usage/wall is {control:.3}");
+    let (limited, wall) = spin_and_read(layout, &["--cpus", "0.5"]);
+    let limited = limited.expect("a sandbox with --cpus has a CPU cgroup");
+    let quota = limited.quota_us.expect("--cpus 0.5 sets a CPU quota");
+    assert_eq!(quota * 2, limited.period_us, "--cpus 0.5: the quota is half the period: {limited:?}");
+    assert!(limited.usage_us > 0, "the spinners ran in the cgroup that was read: {limited:?}");
+    assert!(limited.nr_periods > 0, "the kernel enforced the quota in some periods: {limited:?}");
+    let allowed = (limited.nr_periods + 2) * quota;
+    assert!(
+        limited.usage_us <= allowed,
+        "the sandbox used {} µs of CPU, more than its quota over {} periods ({allowed} µs): {limited:?}",
+        limited.usage_us,
+        limited.nr_periods
+    );
+    let half_wall = wall.as_micros() as f64 * 0.5 * 1.1;
+    assert!(
+        (limited.usage_us as f64) <= half_wall,
+        "the sandbox used {} µs of CPU in {wall:?}: more than half a CPU",
+        limited.usage_us
+    );
+    // Near the limit (the host let it run that much), four spinners cannot have stayed under it on their own.
+    let near_limit = limited.usage_us * 10 >= allowed * 8;
+    if near_limit {
+        assert!(limited.nr_throttled > 0, "the sandbox reached its quota without being throttled: {limited:?}");
+    } else {
+        println!("note: the host was busy: the sandbox got less than its limit, so throttling was not needed");
+    }
+
+    // Without --cpus: no quota, never throttled (or, on a v1 host, no CPU cgroup at all).
+    if let (Some(control), _) = spin_and_read(layout, &[]) {
+        assert_eq!(control.quota_us, None, "without --cpus there is no quota: {control:?}");
+        assert_eq!(control.nr_throttled, 0, "{control:?}");
+    }
     assert_no_sandbox_cgroups(layout, "the CPU runs");
 }
 

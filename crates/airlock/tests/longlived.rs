@@ -796,6 +796,77 @@ fn exec_cwd_timeout_env_file_rootless() {
     check_exec_flags(true);
 }
 
+/// The sandbox cgroups (every hierarchy) of the sandbox called `name`: `.../airlock/<...>-NAME`.
+fn cgroups_named(name: &str) -> Vec<std::path::PathBuf> {
+    let suffix = format!("-{name}");
+    let mut parents = vec![std::path::PathBuf::from("/sys/fs/cgroup/airlock")];
+    if let Ok(entries) = fs::read_dir("/sys/fs/cgroup") {
+        parents.extend(entries.flatten().map(|e| e.path().join("airlock")));
+    }
+    let mut found = Vec::new();
+    for parent in parents {
+        let Ok(entries) = fs::read_dir(&parent) else { continue };
+        for entry in entries.flatten() {
+            let is_ours = entry.file_name().to_str().is_some_and(|n| n.ends_with(&suffix));
+            if is_ours && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// `rm -rf $STATE/sandboxes/NAME` under a running sandbox: `stop`, `exec` and `rm` could no longer find it, so its
+/// supervisor notices (within about a second) and stops it: its processes, its supervisor and its cgroups are
+/// gone, and nothing brings the directory back.
+fn check_state_removed(as_user: bool) {
+    let airlock = airlock_as(as_user);
+    let ws = workspace("llgone");
+    let name = unique_name("llgone");
+    let _cleanup = Cleanup { name: name.clone(), airlock };
+    // As root, --pids gives it a cgroup to check; rootless, a cgroup needs a delegation this host may not have.
+    let limits: &[&str] = if as_user { &[] } else { &["--pids", "64"] };
+    let mut args = vec!["create", "--workspace", ws.str()];
+    args.extend_from_slice(limits);
+    args.push(&name);
+    ok(&airlock(&args));
+    let marker = format!("marker-{name}");
+    let script = format!("nohup sh -c 'sleep 1000; : {marker}' >/dev/null 2>&1 & sleep 1000; : {marker}");
+    let n = name.clone();
+    let exec = std::thread::spawn(move || airlock(&["exec", &n, "--", "sh", "-c", &script]));
+    wait_until("the marked processes run", || processes_with(&marker).len() >= 2);
+    let supervisor = record_number(as_user, &name, "supervisor_pid");
+    let cgroups = cgroups_named(&name);
+    assert!(as_user || !cgroups.is_empty(), "a sandbox with --pids has a cgroup");
+
+    let dir = sandbox_dir(as_user, &name);
+    fs::remove_dir_all(&dir).unwrap();
+    let o = exec.join().unwrap();
+    assert_ne!(code(&o), 0, "the exec ended with the sandbox");
+    wait_until("nothing of the sandbox survives", || processes_with(&marker).is_empty());
+    wait_until("its supervisor is gone", || !std::path::Path::new(&format!("/proc/{supervisor}")).exists());
+    wait_until("its cgroups are gone", || cgroups.iter().all(|c| !c.exists()));
+    assert!(!dir.exists(), "the removed state came back: {}", dir.display());
+    assert!(!ok(&airlock(&["ls"])).lines().any(|l| l.starts_with(&name)), "it is not listed");
+}
+
+#[test]
+fn a_sandbox_whose_state_is_removed_stops_as_root() {
+    require_sandbox!();
+    if !common::is_root() {
+        eprintln!("SKIP: the test reads the sandbox's cgroups, which airlock makes as root");
+        return;
+    }
+    check_state_removed(false);
+}
+
+#[test]
+fn a_sandbox_whose_state_is_removed_stops_rootless() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    check_state_removed(true);
+}
+
 /// As root every sandbox claims a host id range with a lock file; `exec` joins the sandbox's ids and claims
 /// none that would outlive it, so after create, execs, stop and rm nothing is left in `id-ranges/`.
 #[test]

@@ -507,6 +507,66 @@ fn sandbox_sees_its_own_name_files_and_proxy_variables() {
 }
 
 #[test]
+fn a_refusal_tells_the_client_why() {
+    require_network_tools!();
+    let (allowed, denied) = ("allowed-why.test", "denied-why.test");
+    let _hosts = HostNames::add(&[allowed, denied]);
+    let dir = test_dir("net-why");
+    let servers = Servers::start(&dir);
+    let (http, tls) = (servers.http, servers.tls);
+    let allow = vec![format!("{allowed}:{http}"), format!("{allowed}:{tls}")];
+    // Through the proxy (HTTPS_PROXY and HTTP_PROXY are set inside): the refused CONNECT's and the refused
+    // request's headers name the reason (`curl -v` prints them), the plain 403 has it in its body too. Straight to
+    // an allowed name's address with a refused SNI (no HTTP to answer in): a TLS alert, not a bare reset.
+    let script = format!(
+        "curl -sS -v -k -m 10 https://{denied}:{tls}/connect-why 2>&1; echo connect: $?
+         echo ---
+         curl -sS -i -m 10 http://{denied}:{http}/plain-why 2>&1; echo plain: $?
+         echo ---
+         IP=$(python3 {CLIENT_INSIDE} resolve ip {allowed} | sed 's/^ip: //')
+         curl -sS -k --noproxy '*' -m 10 --resolve {denied}:{tls}:$IP https://{denied}:{tls}/sni-why 2>&1; echo sni: $?"
+    );
+    let o = run_script(&dir, &allow, &script);
+    let out = ok(&o);
+    let mut parts = out.split("---\n");
+    let (connect, plain, sni) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+    let header = format!("X-Airlock-Denied: {denied} not in the allow-list");
+    assert!(connect.contains("403"), "{connect}");
+    assert!(connect.contains(&header), "the CONNECT refusal names its reason:\n{connect}");
+    assert_ne!(result(connect, "connect"), "0", "{connect}");
+    assert!(plain.contains("HTTP/1.1 403 Forbidden"), "{plain}");
+    assert!(plain.contains(&header), "{plain}");
+    assert!(plain.contains(&format!("blocked by network policy: {denied} is not allowed")), "{plain}");
+    assert!(plain.contains(&format!("--allow {denied}")), "the body says how to allow it: {plain}");
+    assert!(sni.contains("access denied"), "a refused SNI gets a TLS access_denied alert:\n{sni}");
+    assert_ne!(result(sni, "sni"), "0", "{sni}");
+    // None of it reached the server; all of it is in the audit log.
+    let log = servers.log();
+    assert!(!log.contains("why"), "{log}");
+    let events = audit_events(&dir);
+    let refused = events_for(&events, denied, "denied");
+    for protocol in ["proxy-connect", "proxy-http", "tls"] {
+        assert!(refused.iter().any(|e| e["protocol"] == protocol), "no {protocol} refusal: {events:#?}");
+    }
+    assert_no_gateway_left(allowed);
+}
+
+#[test]
+fn net_none_says_so_in_resolv_conf() {
+    require_sandbox!();
+    let o = run(&["--net", "none", "--", "/bin/cat", "/etc/resolv.conf"]);
+    let out = ok(&o);
+    assert!(
+        out.contains("# airlock: --net none: no network by policy; see --net allow / --allow"),
+        "resolv.conf under --net none: {out:?}"
+    );
+    assert!(!out.lines().any(|l| l.starts_with("nameserver")), "no nameserver to try: {out:?}");
+    // The default is --net none too.
+    let o = run(&["--", "/bin/cat", "/etc/resolv.conf"]);
+    assert!(ok(&o).contains("no network by policy"), "{}", stdout(&o));
+}
+
+#[test]
 fn net_host_warns_and_net_none_has_no_gateway() {
     require_sandbox!();
     let o = run(&["--net", "host", "--", "/bin/true"]);

@@ -87,10 +87,15 @@ pub struct FileChange {
 #[derive(Debug, Clone)]
 pub enum Event {
     /// The sandbox's state was created on the host (before anything ran).
+    /// `command` is the run's argv; `None` for a long-lived sandbox (`airlock create`), which runs nothing until
+    /// `airlock exec` (whose `attached` records name the commands). `rootfs` and `network` are what was made:
+    /// structured summaries (see `docs/audit.md`).
     Created {
-        command: Vec<String>,
+        command: Option<Vec<String>>,
         workspace: Option<String>,
         long_lived: bool,
+        rootfs: Option<Value>,
+        network: Option<Value>,
     },
     /// The command was released into a built sandbox. `policy` is a summary; `policy_sha256` fingerprints the
     /// whole resolved policy.
@@ -131,6 +136,16 @@ pub enum Event {
     Attached {
         command: Vec<String>,
     },
+    /// A change to the workspace layer made from outside the sandbox: `action` is `commit`, `commit_refused`,
+    /// `discard` or `rollback`. `paths`: what it applied, dropped or found in conflict (bounded; `total` counts
+    /// them all); `label`: the checkpoint a rollback returned to; `running`: the sandbox was running.
+    Workspace {
+        action: String,
+        label: Option<String>,
+        paths: Vec<String>,
+        total: usize,
+        running: bool,
+    },
 }
 
 impl Event {
@@ -146,6 +161,7 @@ impl Event {
             Event::Files { .. } => "files",
             Event::FileWrite { .. } => "file_write",
             Event::Attached { .. } => "attached",
+            Event::Workspace { .. } => "workspace",
         }
     }
 
@@ -154,12 +170,20 @@ impl Event {
         let mut m = Map::new();
         let mut markers: Vec<&'static str> = Vec::new();
         let class = match self {
-            Event::Created { command, workspace, long_lived } => {
-                m.insert("command".into(), strings(command, &mut markers));
+            Event::Created { command, workspace, long_lived, rootfs, network } => {
+                if let Some(command) = command {
+                    m.insert("command".into(), strings(command, &mut markers));
+                }
                 if let Some(w) = workspace {
                     m.insert("workspace".into(), Value::String(bounded_str(w, &mut markers)));
                 }
                 m.insert("long_lived".into(), Value::Bool(*long_lived));
+                if let Some(r) = rootfs {
+                    m.insert("rootfs".into(), bound_value(r.clone(), &mut markers));
+                }
+                if let Some(n) = network {
+                    m.insert("network".into(), bound_value(n.clone(), &mut markers));
+                }
                 CLASS_APPLICATION_LIFECYCLE
             }
             Event::Started { policy, policy_sha256 } => {
@@ -254,6 +278,19 @@ impl Event {
             Event::Attached { command } => {
                 m.insert("command".into(), strings(command, &mut markers));
                 CLASS_APPLICATION_LIFECYCLE
+            }
+            Event::Workspace { action, label, paths, total, running } => {
+                m.insert("action".into(), Value::String(bounded_str(action, &mut markers)));
+                if let Some(l) = label {
+                    m.insert("label".into(), Value::String(bounded_str(l, &mut markers)));
+                }
+                if *total > paths.len().min(MAX_LIST_ITEMS) {
+                    markers.push(MARK_TRUNCATED);
+                }
+                m.insert("paths".into(), strings(paths, &mut markers));
+                m.insert("total".into(), (*total).into());
+                m.insert("running".into(), Value::Bool(*running));
+                CLASS_FILE_SYSTEM_ACTIVITY
             }
         };
         m.insert("kind".into(), self.kind().into());

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::dns::{join_addrs, DnsServer};
 use crate::event::Decision;
 use crate::inspect::{host_without_port, MAX_PREFIX};
-use crate::relay::{relay, RelayContext, Target};
+use crate::relay::{denied_header_value, http_refusal, relay, RelayContext, Target, NAME_NOT_ALLOWED};
 use crate::rules::normalize_name;
 
 /// Time for the client to send its request head.
@@ -127,11 +127,10 @@ fn split_authority(authority: &str, default_port: Option<u16>) -> Option<(String
     Some((host, port))
 }
 
-async fn respond<S: AsyncWrite + Unpin>(client: &mut S, status: &str, body: &str) {
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
+/// Answers and closes. `denied`: the `X-Airlock-Denied` header's value for a policy refusal (empty: none). A
+/// refused CONNECT's body is not shown by most clients, but its headers are (`curl -v`), so the reason is in both.
+async fn respond<S: AsyncWrite + Unpin>(client: &mut S, status: &str, denied: &str, body: &str) {
+    let response = http_refusal(status, denied, body);
     let _ = client.write_all(response.as_bytes()).await;
     let _ = client.shutdown().await;
 }
@@ -150,14 +149,20 @@ pub async fn serve_proxy<S: AsyncRead + AsyncWrite + Unpin>(
         match parse_request(&buf) {
             Ok(Some(request)) => break request,
             Ok(None) if buf.len() < MAX_PREFIX => {}
-            Ok(None) => return respond(&mut client, "431 Request Header Fields Too Large", "").await,
+            Ok(None) => return respond(&mut client, "431 Request Header Fields Too Large", "", "").await,
             Err((status, body)) => {
                 ctx.recorder.denied(Decision {
                     protocol: "proxy-http",
                     reason: body.trim_end().to_owned(),
                     ..Default::default()
                 });
-                return respond(&mut client, status, &body).await;
+                // Only a policy refusal (a Host that does not match the URL) names itself in the header.
+                let denied = if status.starts_with("403") {
+                    body.trim_end().chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect()
+                } else {
+                    String::new()
+                };
+                return respond(&mut client, status, &denied, &body).await;
             }
         }
         match tokio::time::timeout_at(deadline, client.read(&mut chunk)).await {
@@ -180,12 +185,12 @@ pub async fn serve_proxy<S: AsyncRead + AsyncWrite + Unpin>(
                 reason: reason.clone(),
                 ..Default::default()
             });
-            let body = if status.starts_with("403") {
-                format!("airlock: blocked by network policy: {host} is not allowed (allowed: {})\n", ctx.deny_body_list)
+            let (denied, body) = if status.starts_with("403") {
+                (denied_header_value(&host, &reason), ctx.forbidden_body(&host))
             } else {
-                format!("airlock proxy: {reason}\n")
+                (String::new(), format!("airlock proxy: {reason}\n"))
             };
-            return respond(&mut client, status, &body).await;
+            return respond(&mut client, status, &denied, &body).await;
         }
     };
     if connect && client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.is_err() {
@@ -212,7 +217,7 @@ async fn decide(
         };
     }
     if !ctx.allow.name_allowed(host) {
-        return Err(("403 Forbidden", None, "name not on the allow-list".into()));
+        return Err(("403 Forbidden", None, NAME_NOT_ALLOWED.into()));
     }
     let entry = dns.lookup(host).await.map_err(|(code, reason)| {
         let status = if code == hickory_proto::op::ResponseCode::Refused { "403 Forbidden" } else { "502 Bad Gateway" };

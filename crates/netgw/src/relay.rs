@@ -120,18 +120,52 @@ impl RelayContext {
         }
     }
 
-    /// The 403 response for a refused plain-HTTP request.
-    pub fn forbidden_response(&self, host: &str) -> Vec<u8> {
-        let body =
-            format!("airlock: blocked by network policy: {host} is not allowed (allowed: {})\n", self.deny_body_list);
-        format!(
-            "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes()
+    /// The 403 response for a refused plain-HTTP request: the reason in an `X-Airlock-Denied` header (what
+    /// `curl -v` and HTTP libraries show an agent) and in the body.
+    pub fn forbidden_response(&self, host: &str, reason: &str) -> Vec<u8> {
+        let body = self.forbidden_body(host);
+        http_refusal("403 Forbidden", &denied_header_value(host, reason), &body).into_bytes()
     }
 
+    /// The body of a policy refusal: what is refused, what is allowed, and how to allow more.
+    pub fn forbidden_body(&self, host: &str) -> String {
+        format!(
+            "airlock: blocked by network policy: {host} is not allowed (allowed: {}); \
+             to allow it, run the sandbox with --allow {host} or a profile's [network] allow\n",
+            self.deny_body_list
+        )
+    }
+}
+
+/// Why the gateway refused, as the value of the `X-Airlock-Denied` header: `HOST not in the allow-list`, or
+/// `HOST: REASON`. Cut to printable ASCII on one line: the host comes from the sandbox's request, and a CR or LF
+/// in it must not start a header of its own.
+pub fn denied_header_value(host: &str, reason: &str) -> String {
+    let text =
+        if reason == NAME_NOT_ALLOWED { format!("{host} not in the allow-list") } else { format!("{host}: {reason}") };
+    text.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).take(512).collect()
+}
+
+/// The reason recorded for a name the allow-list does not have.
+pub const NAME_NOT_ALLOWED: &str = "name not on the allow-list";
+
+/// A complete HTTP/1.1 refusal: status, `X-Airlock-Denied` (when not empty), a plain-text body, and the end of
+/// the connection.
+pub fn http_refusal(status: &str, denied: &str, body: &str) -> String {
+    let header = if denied.is_empty() { String::new() } else { format!("X-Airlock-Denied: {denied}\r\n") };
+    format!(
+        "HTTP/1.1 {status}\r\n{header}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A TLS fatal alert `access_denied` (49) in a TLS 1.2 record: what a client whose ClientHello was refused gets
+/// instead of a bare reset, so its error names a refusal (`tlsv1 alert access denied`). TLS 1.3 clients accept
+/// it too: before the handshake, alerts are sent in plaintext records.
+pub const TLS_ACCESS_DENIED_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 49];
+
+impl RelayContext {
     /// Tells the relays the gateway is stopping and waits (at most `limit`) until every relay that had a
     /// host-side connection open has recorded its close.
     pub async fn end_relays(&self, limit: Duration) {
@@ -343,13 +377,18 @@ pub async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(p) => protocol = p,
                 Err(refusal) => {
                     let forbidden = refusal.3;
+                    let reason = refusal.2.clone();
                     record_refusal(ctx, record_as, name, &address, port, refusal, "");
                     if forbidden {
                         let shown = match &first {
                             FirstData::Http(r) => r.host.clone().unwrap_or_else(|| "(no Host)".into()),
                             _ => name.clone(),
                         };
-                        let _ = client.write_all(&ctx.forbidden_response(&shown)).await;
+                        let _ = client.write_all(&ctx.forbidden_response(&shown, &reason)).await;
+                        let _ = client.shutdown().await;
+                    } else if matches!(first, FirstData::Tls { .. } | FirstData::MalformedTls(_)) {
+                        // No HTTP to answer inside TLS: an alert is the one refusal a TLS client reports as such.
+                        let _ = client.write_all(&TLS_ACCESS_DENIED_ALERT).await;
                         let _ = client.shutdown().await;
                     }
                     return;
@@ -520,9 +559,15 @@ mod tests {
             deny_body_list: "a.test, *.b.test:8443".into(),
             ending: watch::channel(false).0,
         };
-        let response = String::from_utf8(ctx.forbidden_response("evil.test")).unwrap();
-        let body = "airlock: blocked by network policy: evil.test is not allowed (allowed: a.test, *.b.test:8443)\n";
+        let response = String::from_utf8(ctx.forbidden_response("evil.test", NAME_NOT_ALLOWED)).unwrap();
+        let body = ctx.forbidden_body("evil.test");
+        assert!(body.starts_with(
+            "airlock: blocked by network policy: evil.test is not allowed (allowed: a.test, *.b.test:8443)"
+        ));
         assert!(response.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{response}");
+        assert!(response.contains("\r\nX-Airlock-Denied: evil.test not in the allow-list\r\n"), "{response}");
+        let hostile = denied_header_value("evil.test\r\nSet-Cookie: x", "Host a does not match b");
+        assert_eq!(hostile, "evil.test??Set-Cookie: x: Host a does not match b");
         assert!(response.contains(&format!("Content-Length: {}\r\n", body.len())), "{response}");
         assert!(response.ends_with(&format!("\r\n\r\n{body}")), "{response}");
     }

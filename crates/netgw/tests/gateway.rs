@@ -95,7 +95,8 @@ fn host_header_naming_another_domain_gets_403_and_never_reaches_the_host() {
     assert_eq!(
         out,
         format!(
-            "403\nairlock: blocked by network policy: evil.test is not allowed (allowed: allowed.test:{}, other.test)\n",
+            "403\nairlock: blocked by network policy: evil.test is not allowed (allowed: allowed.test:{}, other.test); \
+             to allow it, run the sandbox with --allow evil.test or a profile's [network] allow\n",
             server.port
         )
     );
@@ -155,7 +156,10 @@ fn proxy_applies_the_same_policy() {
     let denied = sb.client(&["proxy-http", &url("denied.test")]);
     assert_eq!(
         denied,
-        format!("403\nairlock: blocked by network policy: denied.test is not allowed (allowed: allowed.test:{port})\n")
+        format!(
+            "403\nairlock: blocked by network policy: denied.test is not allowed (allowed: allowed.test:{port}); \
+             to allow it, run the sandbox with --allow denied.test or a profile's [network] allow\n"
+        )
     );
     let connect = sb.client(&["proxy-connect", "denied.test", &port, "denied.test"]);
     assert!(connect.starts_with("HTTP/1.1 403 Forbidden\n"), "{connect}");

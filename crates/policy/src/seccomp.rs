@@ -33,6 +33,11 @@ pub struct SeccompRule {
     pub conditions: Vec<ArgCondition>,
     /// The attack this rule stops; never empty.
     pub reason: String,
+    /// `expected_fallback = true`: the errno is an answer callers are built to handle by retrying another way
+    /// (`clone3` -> ENOSYS makes glibc and musl use `clone`), so ordinary programs hit it all the time. The
+    /// audit log does not record it as a denial (the filter answers it in the kernel, never notifying the
+    /// listener); the call is refused all the same.
+    pub expected_fallback: bool,
 }
 
 /// The errno values a rule may return. The numbers are the asm-generic ones, which x86_64 and aarch64 share.
@@ -165,6 +170,8 @@ struct RawRule {
     /// One condition table, or a list of them. Kept as a value so that each shape gets its own error message.
     when: Option<toml::Value>,
     reason: String,
+    #[serde(default)]
+    expected_fallback: bool,
 }
 
 #[derive(Deserialize)]
@@ -227,7 +234,13 @@ fn convert_rule(raw: RawRule, origin: &str, rule: usize) -> Result<SeccompRule, 
         conditions.push(condition);
     }
 
-    Ok(SeccompRule { syscalls: raw.syscalls, errno, conditions, reason: raw.reason })
+    Ok(SeccompRule {
+        syscalls: raw.syscalls,
+        errno,
+        conditions,
+        reason: raw.reason,
+        expected_fallback: raw.expected_fallback,
+    })
 }
 
 fn convert_condition(raw: RawCondition) -> Result<ArgCondition, String> {

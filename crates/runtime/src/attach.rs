@@ -195,13 +195,14 @@ fn enter_and_supervise(
                 policy.timeout,
                 tty_socket_fd,
                 Some(&mut seccomp_audit),
+                None,
             );
             drop(seccomp_audit);
             drop(proc_dir);
             ended
         }
         // The policy's timeout is this exec's own (`airlock exec --timeout`), not the sandbox's.
-        _ => crate::supervisor::supervise(child, child_pidfd.as_fd(), policy.timeout, tty_socket_fd, None),
+        _ => crate::supervisor::supervise(child, child_pidfd.as_fd(), policy.timeout, tty_socket_fd, None, None),
     };
     // Timed out: the supervisor loop killed the command itself; what it started dies now too. Its session (and
     // process group) keep the command's pid as their id until the last member is gone, so that id still names

@@ -124,6 +124,17 @@ pub struct HostContext {
     /// `exec`, the exec agent, a files visit: joining a running sandbox, whose user namespace's maps hold. No
     /// host id range is claimed (its lock file would outlive the execve, which runs no destructor).
     pub joining: bool,
+    /// `airlock create`: the sandbox's state on the host. Removed while the sandbox runs (`rm -rf` of its
+    /// directory), nothing could find or stop the sandbox any more, so the supervisor stops it (see
+    /// `supervisor::StateWatch`).
+    pub watch_state: Option<WatchedState>,
+}
+
+/// What a held sandbox's supervisor watches: `dir` (gone, or replaced by another directory) and `record` (gone).
+#[derive(Debug, Clone)]
+pub struct WatchedState {
+    pub dir: PathBuf,
+    pub record: PathBuf,
 }
 
 /// Upper and work directories of a workspace layer, on the host.
@@ -456,6 +467,24 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
             }
             Some(setup.interface.plan().ok_or_else(|| PrepareError::GatewayInterface(setup.interface.name.clone()))?)
         }
+        // `--net none`: the root's resolv.conf (the host's, with its nameservers) would send a program that fails
+        // to resolve looking for a network problem. One that says why is bound over it, where it fits without
+        // changing anything kept: a regular file to cover, or a read-only overlay root (its upper layer is a
+        // private tmpfs). A writable root is the sandbox's own (a package manager may manage the file, and a
+        // mount point would stay in its layer), and a symlink in a read-only tree cannot be covered: there the
+        // root's file stays. This is a note, never a reason to refuse a run.
+        (Network::None, _) => {
+            let fits = match (&policy.rootfs, &root_overlay) {
+                (_, Some(_)) => !policy.writable_root,
+                (Rootfs::Host, None) => check_host_path("file", RESOLV_CONF).is_ok_and(|ft| ft.is_file()),
+                (Rootfs::Dir(dir), None) => check_name_file(dir, RESOLV_CONF).is_ok(),
+                (Rootfs::Layers(_), None) => false,
+            };
+            if fits {
+                b.file(RESOLV_CONF, NET_NONE_RESOLV_CONF.as_bytes())?;
+            }
+            None
+        }
         _ => None,
     };
 
@@ -605,6 +634,11 @@ fn supports_idmapped_mounts(what: &'static str, path: &str) -> Result<bool, Prep
     let f_type = sfs.f_type as libc::c_long;
     Ok(IDMAP_FILESYSTEMS.contains(&f_type))
 }
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// The sandbox's `/etc/resolv.conf` under `--net none`: no nameserver (resolvers then try loopback, where nothing
+/// answers, and fail at once), and a comment for whoever looks.
+pub const NET_NONE_RESOLV_CONF: &str = "# airlock: --net none: no network by policy; see --net allow / --allow\n";
 
 /// A read-only `--rootfs DIR` with `--net allow`: airlock's `/etc/hosts` and `/etc/resolv.conf` are bound over
 /// the tree's, so the tree must have them as regular files (nothing can be created in it). Refused here, with

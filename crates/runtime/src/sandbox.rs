@@ -13,6 +13,7 @@ use crate::failure::{self, errno_text, os_error, os_error_text, ChildFailure, St
 use crate::init::{self, InitFds};
 use crate::namespaces;
 use crate::prepare::{prepare_sandbox, HostContext, PrepareError, Prepared};
+use crate::supervisor::{supervise, StateWatch};
 use crate::userns;
 
 /// Exit status for a run killed by `--timeout`.
@@ -318,20 +319,25 @@ fn run_sandbox_with(
 
     // 5-7 happen in the sandbox. The supervisor forwards signals, relays the terminal, enforces the timeout.
     let tty_socket = tty_supervisor_end.as_ref().map(AsRawFd::as_raw_fd);
+    // Only once the sandbox is ready: its record (written by `on_ready`) is part of what is watched.
+    let mut watch = host.watch_state.as_ref().filter(|_| early_failure.is_none()).and_then(StateWatch::new);
     let supervised = match audit_state {
         Some((request, supervisor_end, proc_dir)) => {
             let mut seccomp_audit =
                 crate::notify::SeccompAudit::new(&plan.seccomp, proc_dir.as_raw_fd(), supervisor_end, request.sink)
                     .with_command(&plan.command);
             let supervised =
-                crate::supervisor::supervise(pid, pidfd.as_fd(), policy.timeout, tty_socket, Some(&mut seccomp_audit));
+                supervise(pid, pidfd.as_fd(), policy.timeout, tty_socket, Some(&mut seccomp_audit), watch.as_mut());
             // The socket was the SeccompAudit's, closed with it.
             drop(seccomp_audit);
             drop(proc_dir);
             supervised
         }
-        None => crate::supervisor::supervise(pid, pidfd.as_fd(), policy.timeout, tty_socket, None),
+        None => supervise(pid, pidfd.as_fd(), policy.timeout, tty_socket, None, watch.as_mut()),
     };
+    if watch.as_ref().is_some_and(StateWatch::fired) {
+        warn("the sandbox's state directory was removed while it ran: stopped the sandbox, nothing could reach it");
+    }
     drop(pidfd);
     drop(start_write);
     drop(tty_supervisor_end);

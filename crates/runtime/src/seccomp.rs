@@ -193,14 +193,17 @@ pub fn compile_notifying_seccomp_program(
                     return Err(SeccompError::LookupSyscall { rule: rule_number, name: name.clone() })
                 }
             };
-            let ret = if notify.denials { libc::SECCOMP_RET_USER_NOTIF } else { return_errno(rule.errno.number()) };
+            // An expected fallback (clone3 -> ENOSYS) is answered in the kernel even when auditing: it is not
+            // worth a record, and every thread start would otherwise wait for a round trip to the supervisor.
+            let notified = notify.denials && !rule.expected_fallback;
+            let ret = if notified { libc::SECCOMP_RET_USER_NOTIF } else { return_errno(rule.errno.number()) };
             let block = compile_block(nr, &rule.conditions, ret).map_err(|distance| SeccompError::CompileJump {
                 rule: rule_number,
                 name: name.clone(),
                 distance,
             })?;
             filter.extend(block);
-            if notify.denials {
+            if notified {
                 denials.push(DenyEntry {
                     nr,
                     name: name.clone(),
@@ -817,6 +820,10 @@ mod tests {
             let call = notifying.classify(*nr as i32, &a);
             if before == ALLOW {
                 assert_eq!(now, ALLOW, "nr {nr} {first:?}");
+                assert_eq!(call, NotifiedCall::Other, "nr {nr} {first:?}");
+            } else if *nr == libc::SYS_clone3 {
+                // An expected fallback: refused in the kernel with the same errno, never sent to the listener.
+                assert_eq!(now, before, "nr {nr} {first:?}");
                 assert_eq!(call, NotifiedCall::Other, "nr {nr} {first:?}");
             } else {
                 assert_eq!(now, libc::SECCOMP_RET_USER_NOTIF, "nr {nr} {first:?}");

@@ -20,15 +20,70 @@ pub enum Ended {
 const FORWARDED: &[i32] =
     &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGWINCH];
 
+/// How often a held sandbox's supervisor looks at its state directory. A removed directory is rare and nothing
+/// is lost by noticing it a second late; a stat per second costs nothing.
+const STATE_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// A long-lived sandbox's state on the host (`$STATE/sandboxes/NAME`), as its supervisor found it when the
+/// sandbox was ready. `airlock stop`, `exec` and `rm` find the sandbox only through it: if it is removed behind
+/// airlock's back (`rm -rf`), the sandbox would run on with no way to reach it, so the supervisor stops it (and
+/// then removes its cgroup as after any end). Checked by path every [`STATE_CHECK_EVERY`]: robust to every way
+/// of removing (a directory removed, renamed away, replaced by another; the record file gone), and it needs no
+/// inotify watch that a rename of a parent would escape.
+pub struct StateWatch {
+    state: crate::prepare::WatchedState,
+    identity: (u64, u64),
+    next_check: Instant,
+    fired: bool,
+}
+
+impl StateWatch {
+    /// `None` when the directory cannot be read now (nothing to compare against later).
+    pub fn new(state: &crate::prepare::WatchedState) -> Option<StateWatch> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&state.dir).ok()?;
+        Some(StateWatch {
+            state: state.clone(),
+            identity: (meta.dev(), meta.ino()),
+            next_check: Instant::now() + STATE_CHECK_EVERY,
+            fired: false,
+        })
+    }
+
+    /// Whether the supervisor stopped the sandbox because its state was removed.
+    pub fn fired(&self) -> bool {
+        self.fired
+    }
+
+    /// The state is gone: the directory is missing or another one, or the record is missing. Errors other than
+    /// "not found" (a transient EACCES, EIO) are not taken as removal: stopping a sandbox is not undone.
+    fn gone(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let missing = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        match std::fs::metadata(&self.state.dir) {
+            Ok(meta) if (meta.dev(), meta.ino()) != self.identity => true,
+            Ok(_) => std::fs::symlink_metadata(&self.state.record).is_err_and(|e| missing(&e)),
+            Err(e) => missing(&e),
+        }
+    }
+
+    fn wait_ms(&self) -> i32 {
+        let left = self.next_check.saturating_duration_since(Instant::now());
+        left.as_millis().min(i32::MAX as u128) as i32
+    }
+}
+
 /// Supervises init (or an exec's command) until it exits: forwards signals, relays the terminal (`tty_socket`),
-/// kills at the deadline (`timeout`) and, with `audit`, answers the audited command's seccomp notifications in
-/// the same loop. All signals are blocked in the calling thread.
+/// kills at the deadline (`timeout`), with `audit` answers the audited command's seccomp notifications in the
+/// same loop, and with `watch` kills init once the sandbox's state is removed. All signals are blocked in the
+/// calling thread.
 pub fn supervise(
     pid: libc::pid_t,
     pidfd: BorrowedFd<'_>,
     timeout: Option<Duration>,
     tty_socket: Option<RawFd>,
     mut audit: Option<&mut crate::notify::SeccompAudit<'_>>,
+    mut watch: Option<&mut StateWatch>,
 ) -> Result<Ended, Errno> {
     let started = Instant::now();
     let deadline = timeout.map(|t| started + t);
@@ -36,6 +91,14 @@ pub fn supervise(
     let mut relay = tty_socket.map(TerminalRelay::new);
     let mut timed_out = None;
     loop {
+        if let Some(w) = watch.as_deref_mut().filter(|w| !w.fired && Instant::now() >= w.next_check) {
+            w.next_check = Instant::now() + STATE_CHECK_EVERY;
+            if w.gone() {
+                w.fired = true;
+                // Init's death takes the pid namespace, and with it every process of the sandbox.
+                let _ = sys::process::pidfd_send_signal(pidfd, libc::SIGKILL);
+            }
+        }
         let mut pfds = vec![
             libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: sigfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -54,6 +117,9 @@ pub fn supervise(
         // Audited: the sink's buffered records are written once due (see `AuditSink::flush_due`).
         if let Some(flush_ms) = audit.as_ref().and_then(|a| a.flush_wait_ms()) {
             wait_ms = if wait_ms < 0 { flush_ms } else { wait_ms.min(flush_ms) };
+        }
+        if let Some(check_ms) = watch.as_deref().filter(|w| !w.fired).map(StateWatch::wait_ms) {
+            wait_ms = if wait_ms < 0 { check_ms } else { wait_ms.min(check_ms) };
         }
         let n = match sys::fd::poll(&mut pfds, wait_ms) {
             Ok(n) => n,

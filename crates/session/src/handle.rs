@@ -102,6 +102,8 @@ impl RunningHandle {
             root_layer,
             root_layer_volatile: false,
             joining: true,
+            // A visit ends with its command; the sandbox's own supervisor watches its state.
+            watch_state: None,
         })
     }
 

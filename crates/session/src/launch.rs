@@ -187,6 +187,10 @@ pub fn launch(backend: &dyn Backend, spec: LaunchSpec<'_>, hooks: Hooks<'_>) -> 
         root_layer,
         root_layer_volatile: ephemeral_root.is_some(),
         joining: false,
+        watch_state: kept.as_ref().filter(|_| held).map(|state| runtime::prepare::WatchedState {
+            dir: state.dir.path().to_path_buf(),
+            record: state.dir.record_file(),
+        }),
     };
 
     // 6. The sandbox runs, to its command's end or until it is stopped.
@@ -233,6 +237,13 @@ pub fn launch(backend: &dyn Backend, spec: LaunchSpec<'_>, hooks: Hooks<'_>) -> 
             _ => None,
         };
         r.finish(&outcome, &report, stack.as_ref());
+    }
+    // A held sandbox whose directory was removed while it ran was stopped for it (see `HostContext::watch_state`):
+    // writing its record or numbers now would bring back a directory someone meant to be gone.
+    if let Some(state) = kept.as_ref().filter(|state| held && !state.dir.path().exists()) {
+        (hooks.warn)(&format!("the state of sandbox {} was removed while it ran: it was stopped", state.name));
+        drop(ephemeral_root);
+        return Ok(Ended { outcome, report, kept: None, recorder });
     }
     if let Some(state) = kept.as_mut() {
         if let Err(e) = state.finish(Some(outcome.exit_code())) {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use audit::{AuditLog, Event};
 use policy::profile::Profile;
-use policy::sandbox::{SandboxPolicy, WorkspaceMode};
+use policy::sandbox::{Network, Rootfs, SandboxPolicy, WorkspaceMode};
 use runtime::cgroups::CgroupStats;
 use runtime::sandbox::{RunOutcome, RunReport};
 use runtime::seccomp::NotifyOptions;
@@ -256,9 +256,12 @@ impl Recorder {
     pub fn start(&mut self, merged: &Profile, policy: &SandboxPolicy, long_lived: bool) {
         self.started = Instant::now();
         self.append(&Event::Created {
-            command: policy.command.clone(),
+            // A long-lived sandbox's plan carries a placeholder command that never runs: not worth recording.
+            command: (!long_lived).then(|| policy.command.clone()),
             workspace: policy.workspace.as_ref().map(|w| w.path.clone()),
             long_lived,
+            rootfs: Some(rootfs_summary(policy)),
+            network: Some(network_summary(&policy.network)),
         });
         let profile = serde_json::to_value(merged).unwrap_or(Value::Null);
         let fingerprint = audit::chain::sha256_hex(
@@ -561,10 +564,38 @@ fn denied_domains(path: &Path) -> BTreeSet<String> {
     out
 }
 
+/// The network mode as JSON: `{"mode": "none"}`, `{"mode": "host"}`, or `{"mode": "allow", "allow": [{"domain",
+/// "port"}]}` (`port` null: 80 and 443).
+fn network_summary(network: &Network) -> Value {
+    match network {
+        Network::None => json!({ "mode": "none" }),
+        Network::Host => json!({ "mode": "host" }),
+        Network::Allow(rules) => json!({
+            "mode": "allow",
+            "allow": rules.iter().map(|r| json!({ "domain": r.domain, "port": r.port })).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+/// What `/` is: `{"type": "host"}`, `{"type": "dir", "path"}`, or `{"type": "layers", "layers": [...]}` (an
+/// image's unpacked layers, bottom first: their paths name the layers' digests), and whether it is writable.
+fn rootfs_summary(policy: &SandboxPolicy) -> Value {
+    let mut v = match &policy.rootfs {
+        Rootfs::Host => json!({ "type": "host" }),
+        Rootfs::Dir(path) => json!({ "type": "dir", "path": path }),
+        Rootfs::Layers(layers) => json!({ "type": "layers", "layers": layers }),
+    };
+    v["writable"] = Value::Bool(policy.writable_root);
+    v
+}
+
 fn policy_summary(policy: &SandboxPolicy) -> Value {
     json!({
         "workspace": policy.workspace.as_ref().map(|w| json!({ "path": w.path, "mode": w.mode.as_str() })),
-        "network": format!("{:?}", policy.network).to_lowercase(),
+        "rootfs": rootfs_summary(policy),
+        "network": network_summary(&policy.network),
+        "tmpfs": policy.tmpfs.iter().map(|t| json!({"destination": t.destination, "size_bytes": t.size_bytes})).collect::<Vec<_>>(),
+        "hostname": policy.hostname,
         "binds": policy.binds.iter().map(|b| json!({"source": b.source, "destination": b.destination, "writable": b.writable})).collect::<Vec<_>>(),
         "user": { "uid": policy.identity.uid, "gid": policy.identity.gid },
         "limits": {
@@ -572,9 +603,24 @@ fn policy_summary(policy: &SandboxPolicy) -> Value {
             "pids": policy.limits.pids,
             "cpus": policy.limits.cpus,
             "disk_bytes": policy.limits.disk_bytes,
+            "nofile": policy.limits.nofile,
+            "fsize_bytes": policy.limits.fsize_bytes,
         },
         "timeout_ms": policy.timeout.map(|t| t.as_millis() as u64),
+        "seccomp_unrecorded": unrecorded_refusals(),
     })
+}
+
+/// The deny-list's expected fallbacks (`clone3` -> ENOSYS), refused without a `denied` record: named once here, so
+/// that a reader of the log knows those refusals happen and why they are not listed.
+fn unrecorded_refusals() -> Value {
+    let Ok(profile) = policy::seccomp::default_seccomp_profile() else { return Value::Null };
+    profile
+        .rules
+        .iter()
+        .filter(|rule| rule.expected_fallback)
+        .flat_map(|rule| rule.syscalls.iter().map(|name| json!({ "syscall": name, "errno": rule.errno.name() })))
+        .collect()
 }
 
 fn resources_of(stats: &CgroupStats) -> Value {
@@ -615,6 +661,32 @@ pub fn record_checkpoint(state: &StateDir, name: &str, label: &str, frozen: &Pat
     let (changes, complete) = frozen_layer_changes(frozen, workspace);
     let total = complete.then_some(changes.len());
     let event = Event::Files { trigger: "checkpoint".into(), label: Some(label.to_string()), changes, total };
+    if let Err(e) = AuditLog::open(&path).map(|log| log.with_sandbox(name)).and_then(|mut log| log.append(&event)) {
+        crate::say(&format!("warning: audit log: {}", crate::error_chain(&e)));
+    }
+}
+
+/// Appends a `workspace` record (commit, refused commit, discard, rollback) to the log of sandbox `name`, if it
+/// has one. A failure to write is a warning: the change itself is done and must not be reported as failed.
+pub fn record_workspace(
+    state: &StateDir,
+    name: &str,
+    action: &str,
+    label: Option<&str>,
+    paths: &[String],
+    running: bool,
+) {
+    let path = log_path(state, name);
+    if !path.exists() {
+        return;
+    }
+    let event = Event::Workspace {
+        action: action.to_string(),
+        label: label.map(str::to_string),
+        paths: paths.iter().take(audit::event::MAX_LIST_ITEMS).cloned().collect(),
+        total: paths.len(),
+        running,
+    };
     if let Err(e) = AuditLog::open(&path).map(|log| log.with_sandbox(name)).and_then(|mut log| log.append(&event)) {
         crate::say(&format!("warning: audit log: {}", crate::error_chain(&e)));
     }

@@ -216,6 +216,18 @@ pub struct SandboxOptions {
     /// useradd need). Default: package-manager with a writable `/` (--image, --writable-root), else none
     #[arg(long, value_name = "none|package-manager")]
     pub root_capabilities: Option<String>,
+    /// HOME inside: `tmp` (the default: HOME=/tmp, the sandbox's private tmpfs) or `empty` (an empty private
+    /// tmpfs at your home directory's path, and HOME set to it). Your home's content is never shown
+    #[arg(long, value_name = "tmp|empty")]
+    pub home: Option<String>,
+    /// Your toolchain installations (~/.rustup, ~/.cargo/bin, ~/.pyenv, ~/.nvm, ~/.local/bin, ...), those that
+    /// exist, read-only at the same paths, with their variables (RUSTUP_HOME, ...) and your PATH entries inside
+    /// them before the default PATH
+    #[arg(long)]
+    pub toolchains: bool,
+    /// Your git identity (user.name, user.email) as GIT_AUTHOR_* and GIT_COMMITTER_*, without ~/.gitconfig
+    #[arg(long)]
+    pub git_identity: bool,
     /// Internal (for the image integration and tests): the root's lower directories in overlayfs form, bottom
     /// first, instead of --rootfs.
     #[arg(long, value_name = "DIR[:DIR...]", hide = true)]

@@ -6,6 +6,7 @@ mod checkpoint_cmd;
 mod cli;
 mod doctor;
 mod files_cmd;
+mod home;
 mod http_client;
 mod image_cmd;
 mod longlived;

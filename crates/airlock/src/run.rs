@@ -153,8 +153,17 @@ pub fn load_profile(arg: &str) -> Result<Profile> {
     }
 }
 
-/// The run flags as a profile layer.
+/// The run flags as a profile layer (`--home`, `--toolchains` and `--git-identity` beneath the rest, which win).
 pub fn flags_profile(args: &SandboxOptions) -> Result<Profile> {
+    let home = crate::home::home_profile(&crate::home::HomeOptions {
+        mode: args.home.clone(),
+        toolchains: args.toolchains,
+        git_identity: args.git_identity,
+    })?;
+    Ok(home.merge(plain_flags_profile(args)?))
+}
+
+fn plain_flags_profile(args: &SandboxOptions) -> Result<Profile> {
     let mut p = Profile::default();
     p.filesystem.rootfs = args.rootfs.clone();
     p.filesystem.rootfs_layers =

@@ -46,7 +46,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Resource use of a named sandbox: live while it runs (from its cgroup), final after it ended.
+    /// Resource use of a named sandbox: live while it runs (from its cgroup; without limits it has none, and its
+    /// processes' use now is read from /proc), final after it ended.
     Stats {
         /// The sandbox's --name.
         name: String,

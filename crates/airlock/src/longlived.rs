@@ -252,15 +252,27 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
     let mut host = sandbox.host_context(&policy, lock_dir())?;
     // With -t: a new pseudo-terminal in the sandbox, relayed to ours (never ours itself).
     host.tty = args.tty.then(runtime::host::caller_window_size);
+    // The sandbox's cgroup counts OOM kills over its whole life: one more during this command, and the command
+    // killed by SIGKILL, is this command's (as `run` tells it from its own cgroup). Its files are opened now:
+    // starting the command moves this process into the sandbox's mount namespace, where the host's cgroupfs is
+    // out of sight.
+    let mut oom_watch = OomWatch::open(name);
     match sandbox.exec(&NamespaceBackend, &state, &policy, &host) {
         Ok(outcome) => {
+            let outcome = match oom_watch.as_mut() {
+                Some(watch) if outcome == RunOutcome::Exited(runtime::sandbox::EXIT_OUT_OF_MEMORY) => {
+                    watch.outcome().unwrap_or(outcome)
+                }
+                _ => outcome,
+            };
             match &outcome {
                 RunOutcome::ExecFailed { message, .. } => crate::say(message),
                 RunOutcome::TimedOut(_) => crate::say(&format!(
                     "command timed out after {} (--timeout): it and its session were killed",
                     args.timeout.as_deref().unwrap_or("?")
                 )),
-                _ => {}
+                RunOutcome::OutOfMemory { summary } => crate::say(&format!("killed: out of memory ({summary})")),
+                RunOutcome::Exited(_) => {}
             }
             Ok(outcome.exit_code())
         }
@@ -270,6 +282,57 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The memory files of a running sandbox's cgroup, held open across an exec: its OOM kill count before, and
+/// what tells a SIGKILL after it apart as an OOM kill (`run` reads the same numbers from its own cgroup).
+struct OomWatch {
+    /// `memory.events` (v2) or `memory.oom_control` (v1): the `oom_kill` line.
+    events: std::fs::File,
+    /// `memory.peak` (v2) or `memory.max_usage_in_bytes` (v1), when the kernel has it.
+    peak: Option<std::fs::File>,
+    /// The limit and the count before the command, from the same reading as `airlock stats`.
+    before: runtime::cgroups::CgroupStats,
+}
+
+impl OomWatch {
+    /// `None` when the sandbox has no cgroup (no limits) or no memory controller in it.
+    fn open(name: &str) -> Option<OomWatch> {
+        use runtime::cgroups;
+        let layout = cgroups::detect_layout(std::path::Path::new(cgroups::SYS_FS_CGROUP)).ok()?;
+        // Opened, not created: dropping it leaves the cgroup.
+        let cgroup = cgroups::find_sandbox_cgroup(&layout, name).ok().flatten()?;
+        let before = cgroup.stats().ok()?;
+        let open = |file: &str| cgroup.paths().into_iter().find_map(|dir| std::fs::File::open(dir.join(file)).ok());
+        let events = open("memory.events").or_else(|| open("memory.oom_control"))?;
+        let peak = open("memory.peak").or_else(|| open("memory.max_usage_in_bytes"));
+        Some(OomWatch { events, peak, before })
+    }
+
+    /// `OutOfMemory` when the cgroup counted an OOM kill since [`OomWatch::open`].
+    fn outcome(&mut self) -> Option<RunOutcome> {
+        let kills = keyed(&reread(&mut self.events)?, "oom_kill")?;
+        if kills <= self.before.oom_kills.unwrap_or(0) {
+            return None;
+        }
+        let peak = self.peak.as_mut().and_then(reread).and_then(|t| t.trim().parse().ok());
+        let stats = runtime::cgroups::CgroupStats { memory_peak: peak, ..self.before.clone() };
+        Some(RunOutcome::OutOfMemory { summary: stats.memory_summary() })
+    }
+}
+
+/// A cgroup file's text now (from its start again).
+fn reread(file: &mut std::fs::File) -> Option<String> {
+    use std::io::Seek;
+    file.rewind().ok()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The number after `key` in a `key value` per line file.
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// `--env-file`: `KEY=VALUE` lines, or NUL-terminated entries when the file holds a NUL byte. Every key and value

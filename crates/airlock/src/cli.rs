@@ -141,14 +141,26 @@ pub enum ProfileCommand {
 pub struct RunArgs {
     #[command(flatten)]
     pub opts: SandboxOptions,
+    /// The sandbox's name (what it keeps stays under it until `airlock rm NAME`).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// With --name: run again in the kept, ended sandbox NAME's copy-on-write layers (same --workspace); its
+    /// changes and checkpoints are what the workspace shows.
+    #[arg(long, requires = "name")]
+    pub resume: bool,
+    /// Keep nothing after exit.
+    #[arg(long)]
+    pub rm: bool,
+    /// A new pseudo-terminal for interactive use.
+    #[arg(short = 't', long)]
+    pub tty: bool,
     /// Learn mode: record what the command needed that the policy refused (paths written, syscalls, domains)
     /// and print a suggested profile snippet on stderr at exit.
     #[arg(long)]
     pub learn: bool,
-    /// The command and its arguments.
-    /// (No `allow_hyphen_values` here: a mistyped flag before the command must be an error, not the command;
-    /// everything after the command's name, or after `--`, is the command's, dashes and all.)
-    /// With --image and no command: the image's Entrypoint and Cmd.
+    // (No `allow_hyphen_values` on COMMAND: a mistyped flag before the command must be an error, not the
+    // command; everything after the command's name, or after `--`, is the command's, dashes and all.)
+    /// The command and its arguments. With --image and no command: the image's Entrypoint and Cmd.
     #[arg(required_unless_present = "image", value_name = "COMMAND")]
     pub command: Vec<String>,
 }
@@ -222,16 +234,6 @@ pub struct SandboxOptions {
     /// cow: writes go to a layer airlock keeps (see `airlock diff`); rw: straight to the host; ro: read-only.
     #[arg(long, value_name = "cow|rw|ro")]
     pub workspace_mode: Option<String>,
-    /// The sandbox's name (what it keeps stays under it until `airlock rm NAME`).
-    #[arg(long, value_name = "NAME")]
-    pub name: Option<String>,
-    /// With --name: run again in the kept, ended sandbox NAME's copy-on-write layers (same --workspace); its
-    /// changes and checkpoints are what the workspace shows.
-    #[arg(long, requires = "name")]
-    pub resume: bool,
-    /// Keep nothing after exit.
-    #[arg(long)]
-    pub rm: bool,
     /// An extra host path, read-only (repeatable).
     #[arg(long = "ro-bind", value_name = "SRC[:DST]")]
     pub ro_bind: Vec<String>,
@@ -279,11 +281,10 @@ pub struct SandboxOptions {
     /// (e.g. `--profile strict --profile net-pypi`, an allow-list over the strict profile).
     #[arg(long, value_name = "NAME|FILE", default_value = "default")]
     pub profile: Vec<String>,
-    /// Also append the audit events as JSON lines to FILE (in this build: the network gateway's decisions, with
-    /// --net allow).
+    /// Also append the sandbox's audit records, the JSON lines `airlock logs --json` shows, to FILE: the sandbox
+    /// created, started and ended, every program executed in it (each execve) and each `airlock exec`, syscalls
+    /// the filter refused, limits hit (timeout, memory, processes), workspace file changes, and with --net allow
+    /// the network gateway's decisions.
     #[arg(long, value_name = "FILE")]
     pub audit: Option<String>,
-    /// A new pseudo-terminal for interactive use.
-    #[arg(short = 't', long)]
-    pub tty: bool,
 }

@@ -117,18 +117,6 @@ fn create_policy(args: &CreateArgs) -> Result<(Profile, SandboxPolicy, Option<St
     let name = &args.sandbox;
     validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
     let opts = &args.opts;
-    if opts.tty {
-        bail!("create -t: a long-lived sandbox has no terminal of its own; use `airlock exec -t`");
-    }
-    if opts.resume {
-        bail!("create --resume: a long-lived sandbox starts new; `airlock run --name {name} --resume` runs again in a kept one");
-    }
-    if opts.rm {
-        bail!("create --rm: a long-lived sandbox keeps its state until `airlock rm {name}`");
-    }
-    if opts.name.as_ref().is_some_and(|n| n != name) {
-        bail!("create --name: the sandbox's name is the NAME argument ({name})");
-    }
     // --image: the image is the bottom of the profile (its command is for `run`; `exec` names its own).
     let image = match &opts.image {
         Some(reference) => Some(crate::image_cmd::image_base(reference, &[], opts.workspace.is_some())?),

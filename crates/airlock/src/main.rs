@@ -28,8 +28,9 @@ use cli::{Cli, Command};
 
 /// Exit status when the sandbox could not be set up (bad input included): nothing ran.
 const EXIT_SETUP_FAILED: u8 = 125;
-/// Exit status for bad input to commands that do not run anything.
-const EXIT_USAGE: u8 = 2;
+/// Exit status for bad input to any command (an unknown subcommand or flag, a missing argument): the same as a
+/// sandbox that could not be set up, so that a script tells airlock's refusals from its command's own statuses.
+const EXIT_USAGE: u8 = 125;
 
 /// Exit status for other commands' failures (`stats` of an unknown sandbox, say).
 const EXIT_FAILED: u8 = 1;
@@ -117,6 +118,7 @@ fn usage_error(err: &clap::Error) -> ExitCode {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
     ) {
         let _ = err.print();
+        // `airlock` alone (or `airlock profile`): the help, on stderr, as the usage error it is.
         return if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
             ExitCode::from(EXIT_USAGE)
         } else {
@@ -136,11 +138,13 @@ fn usage_error(err: &clap::Error) -> ExitCode {
     let first = first.trim_start_matches("error: ").trim_end_matches(':');
     // args_os: an argument that is not UTF-8 (a hostile file name) must not panic here.
     let sub = std::env::args_os().nth(1);
-    let is_run = sub.as_ref().is_some_and(|a| a == "run" || a == "create" || a == "exec" || a == "__supervise");
+    let known = <Cli as clap::CommandFactory>::command();
     let help = match sub.as_ref().and_then(|a| a.to_str()) {
-        Some(name @ ("run" | "create" | "exec")) => format!("airlock {name} --help"),
+        Some(name) if !name.starts_with("__") && known.find_subcommand(name).is_some() => {
+            format!("airlock {name} --help")
+        }
         _ => "airlock --help".to_string(),
     };
     say(&format!("{first} (see `{help}`)"));
-    ExitCode::from(if is_run { EXIT_SETUP_FAILED } else { EXIT_USAGE })
+    ExitCode::from(EXIT_USAGE)
 }

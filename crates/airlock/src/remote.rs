@@ -23,7 +23,7 @@ use crate::http_client::{request, Answer, Endpoint};
 
 /// The local CLI's exit statuses.
 const EXIT_FAILED: i32 = 1;
-const EXIT_USAGE: i32 = 2;
+const EXIT_USAGE: i32 = 125;
 const EXIT_SETUP_FAILED: i32 = 125;
 
 /// The daemon this invocation talks to, if any: `--host`, else a non-empty `AIRLOCK_HOST`.
@@ -296,8 +296,6 @@ fn dispatch(d: &Daemon, cmd: Command) -> Result<i32> {
 fn create(d: &Daemon, args: &CreateArgs) -> Result<i32> {
     let o = &args.opts;
     let unsupported: Vec<&str> = [
-        (o.resume, "--resume"),
-        (o.rm, "--rm"),
         (!o.ro_bind.is_empty(), "--ro-bind"),
         (!o.bind.is_empty(), "--bind"),
         (!o.tmpfs.is_empty(), "--tmpfs"),
@@ -307,7 +305,6 @@ fn create(d: &Daemon, args: &CreateArgs) -> Result<i32> {
         (o.user.is_some(), "--user"),
         (o.hostname.is_some(), "--hostname"),
         (o.audit.is_some(), "--audit"),
-        (o.tty, "--tty"),
         (o.profile.len() > 1, "more than one --profile"),
     ]
     .into_iter()

@@ -13,7 +13,7 @@ use crate::cli::{RunArgs, SandboxOptions};
 use crate::state;
 
 pub fn run(args: RunArgs) -> Result<i32> {
-    if let Some(name) = &args.opts.name {
+    if let Some(name) = &args.name {
         validate_sandbox_name(name).map_err(|e| anyhow!("--name: {e}"))?;
     }
     // --image: the image is the bottom of the profile; profiles and flags merged over it win.
@@ -44,8 +44,8 @@ pub fn run(args: RunArgs) -> Result<i32> {
 
     // What the sandbox keeps lives under its name: a cow workspace's layer always, otherwise only with --name.
     let cow = policy.workspace.as_ref().is_some_and(|w| w.mode == WorkspaceMode::Cow);
-    let generated = args.opts.name.is_none() && cow;
-    let name = args.opts.name.clone().or_else(|| cow.then(state::generated_name));
+    let generated = args.name.is_none() && cow;
+    let name = args.name.clone().or_else(|| cow.then(state::generated_name));
     check_workspace_outside_state(&policy)?;
     // Records name the sandbox; an unnamed run is named by its supervisor's pid.
     let record_name = name.clone().unwrap_or_else(|| format!("run-{}", std::process::id()));
@@ -57,9 +57,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
         name: name.clone(),
         record_name,
         lifetime: Lifetime::Run {
-            rm: args.opts.rm,
-            resume: args.opts.resume,
-            tty: args.opts.tty.then(runtime::host::caller_window_size),
+            rm: args.rm,
+            resume: args.resume,
+            tty: args.tty.then(runtime::host::caller_window_size),
             learn: args.learn,
             profile_exec: merged.audit.exec == Some(true),
         },
@@ -96,7 +96,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     }
     let exit_code = outcome.exit_code();
     match ended.kept {
-        Some(state) if args.opts.rm => {
+        Some(state) if args.rm => {
             let name = state.name.clone();
             if let Err(e) = state.remove() {
                 crate::say(&format!("warning: cannot remove sandbox {name}: {}", session::error_chain(&e)));

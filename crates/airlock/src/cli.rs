@@ -90,10 +90,9 @@ pub enum Command {
         json: bool,
     },
     /// Remove sandboxes and everything they kept (workspace layer, stats).
-    Rm {
-        #[arg(required = true, value_name = "NAME")]
-        names: Vec<String>,
-    },
+    Rm(RmArgs),
+    /// Remove every ended sandbox and everything it kept (as `airlock rm --all`); running ones stay.
+    Prune,
     /// Policy profiles: list the built-ins, show one, validate a file.
     #[command(subcommand)]
     Profile(ProfileCommand),
@@ -124,6 +123,20 @@ pub enum Command {
         #[arg(long, value_name = "ADDR:PORT")]
         http: Option<std::net::SocketAddr>,
     },
+}
+
+/// `airlock rm`.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Stop a running sandbox first (everything in it is killed), then remove it.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Every ended sandbox (with --force: every sandbox, running ones stopped first).
+    #[arg(long, conflicts_with = "names")]
+    pub all: bool,
+    /// The sandboxes' names.
+    #[arg(required_unless_present = "all", value_name = "NAME")]
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -41,7 +41,8 @@ pub fn is_remote_command(cmd: &Command) -> bool {
             | Command::Exec(_)
             | Command::Stop { .. }
             | Command::Ls { .. }
-            | Command::Rm { .. }
+            | Command::Rm(_)
+            | Command::Prune
             | Command::Diff(_)
             | Command::Commit(_)
             | Command::Discard(_)
@@ -169,8 +170,17 @@ fn dispatch(d: &Daemon, cmd: Command) -> Result<i32> {
         Command::Create(args) => create(d, &args)?,
         Command::Exec(args) => exec(d, args)?,
         Command::Stop { name } => done(d.call("DELETE", &format!("{}?keep=true", sb(&name)), None)?.map(drop)),
-        Command::Rm { names } => {
-            for name in names {
+        Command::Rm(args) if args.all => {
+            crate::say("rm --all cannot go through a daemon (the API removes sandboxes one by one); name them");
+            EXIT_USAGE
+        }
+        Command::Prune => {
+            crate::say("prune cannot go through a daemon (the API removes sandboxes one by one); use rm NAME");
+            EXIT_USAGE
+        }
+        // The daemon's DELETE stops a running sandbox before removing it: --force or not.
+        Command::Rm(args) => {
+            for name in args.names {
                 if let Err(code) = d.call("DELETE", &sb(&name), None)? {
                     return Ok(code);
                 }

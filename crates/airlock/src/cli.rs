@@ -167,6 +167,9 @@ pub struct RunArgs {
     /// A new pseudo-terminal for interactive use.
     #[arg(short = 't', long)]
     pub tty: bool,
+    /// After the command: one JSON object on stdout (name, exit_code, signal, oom, timed_out, duration_ms).
+    #[arg(long)]
+    pub json: bool,
     /// Learn mode: record what the command needed that the policy refused (paths written, syscalls, domains)
     /// and print a suggested profile snippet on stderr at exit.
     #[arg(long)]
@@ -183,6 +186,9 @@ pub struct RunArgs {
 pub struct CreateArgs {
     #[command(flatten)]
     pub opts: SandboxOptions,
+    /// Once it is up: one JSON object on stdout (name, state, ids) instead of nothing.
+    #[arg(long)]
+    pub json: bool,
     /// The sandbox's name.
     #[arg(value_name = "NAME", id = "sandbox_name")]
     pub sandbox: String,
@@ -200,8 +206,9 @@ pub struct ExecArgs {
     pub env: Vec<String>,
     /// Variables from a file: `KEY=VALUE` lines (blank lines and `#` comments skipped), or NUL-terminated
     /// `KEY=VALUE` entries when the file holds a NUL byte (as `env -0` writes; values may then span lines).
+    /// Repeatable: later files win.
     #[arg(long, value_name = "FILE")]
-    pub env_file: Option<std::path::PathBuf>,
+    pub env_file: Vec<std::path::PathBuf>,
     /// The command's working directory inside (absolute; default: the workspace, else /).
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<String>,
@@ -213,6 +220,9 @@ pub struct ExecArgs {
     /// (The sandbox's own --timeout, from create, bounds the whole sandbox.)
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
+    /// After the command: one JSON object on stdout (name, exit_code, signal, oom, timed_out, duration_ms).
+    #[arg(long)]
+    pub json: bool,
     /// The running sandbox.
     #[arg(value_name = "NAME")]
     pub name: String,
@@ -278,9 +288,13 @@ pub struct SandboxOptions {
     /// Wall-clock limit (30s, 5m, 2h); then the whole sandbox is killed and airlock exits 124.
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
-    /// Set a variable inside (repeatable).
+    /// Set a variable inside (repeatable; wins over --env-file).
     #[arg(long, value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// Variables from a file: `KEY=VALUE` lines (blank lines and `#` comments skipped), or NUL-terminated
+    /// `KEY=VALUE` entries when the file holds a NUL byte (as `env -0` writes). Repeatable: later files win.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<std::path::PathBuf>,
     /// Pass a variable of the caller's through (repeatable).
     #[arg(long = "pass-env", value_name = "KEY")]
     pub pass_env: Vec<String>,

@@ -78,6 +78,9 @@ pub fn create(args: CreateArgs) -> Result<i32> {
     // Warnings, or the setup error: already `airlock:` lines.
     eprint!("{err}");
     if out.lines().any(|l| l == READY) {
+        if args.json {
+            print_created_json(name, image_id.as_deref())?;
+        }
         return Ok(0);
     }
     let _ = child.wait();
@@ -90,6 +93,23 @@ pub fn create(args: CreateArgs) -> Result<i32> {
         bail!("the supervisor of sandbox {name} exited before the sandbox was set up");
     }
     Ok(i32::from(crate::EXIT_SETUP_FAILED))
+}
+
+/// `create --json`: the sandbox's name, state and ids (its init's and supervisor's host pids, its image's id).
+fn print_created_json(name: &str, image_id: Option<&str>) -> Result<()> {
+    let dir = state::sandbox_dir(name);
+    let record = state::read_record(&dir)?;
+    let doc = serde_json::json!({
+        "name": name,
+        "state": if state::is_running(&dir) { "running" } else { "exited" },
+        "ids": {
+            "init_pid": record.init_pid,
+            "supervisor_pid": record.supervisor_pid,
+            "image": image_id,
+        },
+    });
+    println!("{doc}");
+    Ok(())
 }
 
 /// The hidden `airlock __supervise --name NAME`: what to launch comes on standard input ([`SuperviseRequest`]).
@@ -182,6 +202,7 @@ pub fn supervise(args: SuperviseArgs) -> Result<i32> {
 }
 
 pub fn exec(args: ExecArgs) -> Result<i32> {
+    let started = Instant::now();
     let name = &args.name;
     validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
     let state = state::state();
@@ -203,7 +224,7 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
         }
     };
     let mut merged = sandbox.profile()?;
-    if let Some(file) = &args.env_file {
+    for file in &args.env_file {
         for (key, value) in read_env_file(file)? {
             merged.env.set.insert(key, value);
         }
@@ -261,6 +282,9 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
                 )),
                 RunOutcome::OutOfMemory { summary } => crate::say(&format!("killed: out of memory ({summary})")),
                 RunOutcome::Exited(_) => {}
+            }
+            if args.json {
+                crate::run::print_result_json(Some(name), &outcome, started.elapsed())?;
             }
             Ok(outcome.exit_code())
         }
@@ -338,13 +362,16 @@ pub(crate) fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, Strin
         if nul_separated && entry.is_empty() {
             continue;
         }
-        let what = if nul_separated { "entry" } else { "line" };
-        let (key, value) = entry
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--env-file {}: {what} {}: expected KEY=VALUE", path.display(), i + 1))?;
+        // `FILE:LINE` (or `FILE: entry N` for NUL-terminated entries), as compilers name a place.
+        let place = if nul_separated {
+            format!("{}: entry {}", path.display(), i + 1)
+        } else {
+            format!("{}:{}", path.display(), i + 1)
+        };
+        let (key, value) = entry.split_once('=').ok_or_else(|| anyhow!("--env-file {place}: expected KEY=VALUE"))?;
         policy::names::validate_env_key(key)
             .and_then(|()| policy::names::validate_env_value(value))
-            .map_err(|e| anyhow!("--env-file {}: {what} {}: {e}", path.display(), i + 1))?;
+            .map_err(|e| anyhow!("--env-file {place}: {e}"))?;
         out.push((key.to_string(), value.to_string()));
     }
     Ok(out)

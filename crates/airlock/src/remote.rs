@@ -315,6 +315,7 @@ fn create(d: &Daemon, args: &CreateArgs) -> Result<i32> {
         (o.user.is_some(), "--user"),
         (o.hostname.is_some(), "--hostname"),
         (o.audit.is_some(), "--audit"),
+        (args.json, "--json"),
         (o.profile.len() > 1, "more than one --profile"),
     ]
     .into_iter()
@@ -354,6 +355,11 @@ fn create(d: &Daemon, args: &CreateArgs) -> Result<i32> {
         body.insert("allow".into(), json!(o.allow));
     }
     let mut env = Map::new();
+    for file in &o.env_file {
+        for (k, v) in crate::longlived::read_env_file(file)? {
+            env.insert(k, json!(v));
+        }
+    }
     for kv in &o.env {
         let Some((k, v)) = kv.split_once('=') else {
             crate::say(&format!("--env {kv:?}: expected KEY=VALUE"));
@@ -381,8 +387,14 @@ fn exec(d: &Daemon, args: ExecArgs) -> Result<i32> {
         crate::say("exec -t cannot go through a daemon (the API has no terminal); drop -t");
         return Ok(EXIT_USAGE);
     }
+    if args.json {
+        crate::say(
+            "exec --json cannot go through a daemon (its answer does not say how the command ended); drop --json",
+        );
+        return Ok(EXIT_USAGE);
+    }
     let mut env = Map::new();
-    if let Some(file) = &args.env_file {
+    for file in &args.env_file {
         // Read here, as the local exec reads it (lines or NUL-terminated entries, checked), sent as values.
         for (k, v) in crate::longlived::read_env_file(file)? {
             env.insert(k, json!(v));

@@ -13,6 +13,7 @@ use crate::cli::{RunArgs, SandboxOptions};
 use crate::state;
 
 pub fn run(args: RunArgs) -> Result<i32> {
+    let started = std::time::Instant::now();
     if let Some(name) = &args.name {
         validate_sandbox_name(name).map_err(|e| anyhow!("--name: {e}"))?;
     }
@@ -108,7 +109,30 @@ pub fn run(args: RunArgs) -> Result<i32> {
         )),
         _ => {}
     }
+    if args.json {
+        print_result_json(name.as_deref(), outcome, started.elapsed())?;
+    }
     Ok(exit_code)
+}
+
+/// `--json` of `run` and `exec`: one JSON object on stdout once the command has ended. `signal` is N when the
+/// status is 128+N (the command was killed by signal N), else null.
+pub fn print_result_json(name: Option<&str>, outcome: &RunOutcome, elapsed: std::time::Duration) -> Result<()> {
+    let code = outcome.exit_code();
+    let signal = (129..=128 + 64).contains(&code).then(|| code - 128);
+    let doc = serde_json::json!({
+        "name": name,
+        "exit_code": code,
+        "signal": signal,
+        "oom": matches!(outcome, RunOutcome::OutOfMemory { .. }),
+        "timed_out": matches!(outcome, RunOutcome::TimedOut(_)),
+        "duration_ms": u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+    });
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{doc}")?;
+    out.flush()?;
+    Ok(())
 }
 
 /// The state directory holds the layers: a workspace inside it could reach another sandbox's changes.
@@ -167,6 +191,12 @@ pub fn flags_profile(args: &SandboxOptions) -> Result<Profile> {
     p.filesystem.tmpfs = args.tmpfs.clone();
     p.network.mode = args.net.clone();
     p.network.allow = args.allow.clone();
+    // The files first, in order: a later file, then --env, wins.
+    for file in &args.env_file {
+        for (key, value) in crate::longlived::read_env_file(file)? {
+            p.env.set.insert(key, value);
+        }
+    }
     for kv in &args.env {
         let (key, value) = kv.split_once('=').ok_or_else(|| anyhow!("--env {kv:?}: expected KEY=VALUE"))?;
         p.env.set.insert(key.to_string(), value.to_string());

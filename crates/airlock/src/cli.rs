@@ -93,6 +93,17 @@ pub enum Command {
     Rm(RmArgs),
     /// Remove every ended sandbox and everything it kept (as `airlock rm --all`); running ones stay.
     Prune,
+    /// A shell completion script on stdout: `airlock completions bash > /etc/bash_completion.d/airlock`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// The manual page (roff) on stdout (`airlock man | man -l -`), or with --dir every page written there.
+    Man {
+        /// Write airlock.1 and one airlock-SUBCOMMAND.1 per subcommand into DIR instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Policy profiles: list the built-ins, show one, validate a file.
     #[command(subcommand)]
     Profile(ProfileCommand),

@@ -75,6 +75,8 @@ fn main() -> ExitCode {
         Command::Commit(args) => workspace_cmd::commit_cmd(&args),
         Command::Rm(args) => sandboxes_cmd::rm(&args),
         Command::Prune => sandboxes_cmd::prune(),
+        Command::Completions { shell } => completions(shell),
+        Command::Man { dir } => man_pages(dir.as_deref()),
         Command::Checkpoint { name, label } => checkpoint_cmd::checkpoint(&name, label.as_deref()),
         Command::Checkpoints { name, json } => checkpoint_cmd::list(&name, json),
         Command::Rollback { name, label } => checkpoint_cmd::rollback(&name, &label),
@@ -83,6 +85,43 @@ fn main() -> ExitCode {
         Command::Mcp { http } => mcp_server(remote::chosen(cli.host.as_deref()), http),
     };
     exit_code(result, runs_something)
+}
+
+/// `airlock completions SHELL`: the completion script on stdout.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<i32> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut command, "airlock", &mut std::io::stdout());
+    Ok(0)
+}
+
+/// `airlock man`: the airlock(1) page, roff, on stdout; with `--dir DIR`, that page and one `airlock-SUB.1` per
+/// subcommand written into DIR.
+fn man_pages(dir: Option<&std::path::Path>) -> anyhow::Result<i32> {
+    use anyhow::Context;
+    let mut command = <Cli as clap::CommandFactory>::command();
+    // Built: the global --host and the version are propagated to every subcommand.
+    command.build();
+    let render = |cmd: clap::Command| -> anyhow::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut out)?;
+        Ok(out)
+    };
+    let Some(dir) = dir else {
+        std::io::Write::write_all(&mut std::io::stdout(), &render(command)?)?;
+        return Ok(0);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let write = |file: String, roff: Vec<u8>| -> anyhow::Result<()> {
+        let path = dir.join(file);
+        std::fs::write(&path, roff).with_context(|| format!("cannot write {}", path.display()))
+    };
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+        let name = format!("airlock-{}", sub.get_name());
+        // Built, a subcommand's display name is `airlock-SUB` (the page's title) and its bin name `airlock SUB`.
+        write(format!("{name}.1"), render(sub.clone().display_name(name.clone()))?)?;
+    }
+    write("airlock.1".to_string(), render(command)?)?;
+    Ok(0)
 }
 
 /// `airlock mcp`: the MCP server, its tools run by this executable's own subcommands (or a daemon's API).

@@ -89,7 +89,13 @@ fn main() -> ExitCode {
 
 /// `airlock completions SHELL`: the completion script on stdout.
 fn completions(shell: clap_complete::Shell) -> anyhow::Result<i32> {
-    let mut command = <Cli as clap::CommandFactory>::command();
+    // Without the hidden, internal subcommands (clap_complete would offer them).
+    let full = <Cli as clap::CommandFactory>::command();
+    let mut command = clap::Command::new("airlock")
+        .version(env!("CARGO_PKG_VERSION"))
+        .propagate_version(true)
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
     clap_complete::generate(shell, &mut command, "airlock", &mut std::io::stdout());
     Ok(0)
 }

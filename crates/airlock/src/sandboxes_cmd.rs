@@ -62,7 +62,7 @@ pub fn rm(args: &RmArgs) -> Result<i32> {
             if !args.force {
                 bail!("sandbox {name} is running; it is removed only once it has ended (`airlock rm --force {name}` stops it first)");
             }
-            crate::longlived::stop(name)?;
+            stop_for_removal(name, &dir)?;
         }
         remove(name, &dir)?;
     }
@@ -84,7 +84,7 @@ fn remove_all(force: bool) -> Result<i32> {
             if !force {
                 continue;
             }
-            crate::longlived::stop(&name).and_then(|_| remove(&name, &dir))
+            stop_for_removal(&name, &dir).and_then(|()| remove(&name, &dir))
         } else {
             remove(&name, &dir)
         };
@@ -97,6 +97,14 @@ fn remove_all(force: bool) -> Result<i32> {
         bail!("{} sandbox(es) not removed: {}", failed.len(), failed.join(", "));
     }
     Ok(0)
+}
+
+/// `airlock stop NAME` for `rm --force`: a sandbox that ended meanwhile (its command, its timeout) is as good.
+fn stop_for_removal(name: &str, dir: &state::SandboxDir) -> Result<()> {
+    match crate::longlived::stop(name) {
+        Err(_) if !state::is_running(dir) => Ok(()),
+        other => other.map(drop),
+    }
 }
 
 /// Removes the ended sandbox `name`, once its supervisor has finished.

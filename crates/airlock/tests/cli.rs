@@ -478,3 +478,22 @@ fn exec_killed_for_memory_says_so() {
     assert!(!stderr(&o).contains("out of memory"), "{}", describe(&o));
     assert_eq!(last_json(&o)["oom"], false);
 }
+
+/// Through a daemon, what its API cannot do is a usage error (125) before anything is sent.
+#[test]
+fn through_a_daemon_the_refusals_are_usage_errors() {
+    let host = "unix:///nonexistent/airlock-cli-test.sock";
+    for (args, needle) in [
+        (&["prune"][..], "prune"),
+        (&["rm", "--all"][..], "rm --all"),
+        (&["exec", "--json", "x", "--", "true"][..], "--json"),
+        (&["create", "--json", "x"][..], "--json"),
+        (&["serve"][..], "no --host"),
+    ] {
+        let mut full = vec!["--host", host];
+        full.extend_from_slice(args);
+        let o = airlock(&full);
+        assert_eq!(code(&o), 125, "airlock {full:?}\n{}", describe(&o));
+        one_airlock_line(&o, needle);
+    }
+}

@@ -46,7 +46,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Resource use of a named sandbox: live while it runs (from its cgroup), final after it ended.
+    /// Resource use of a named sandbox: live while it runs (from its cgroup; without limits it has none, and its
+    /// processes' use now is read from /proc), final after it ended.
     Stats {
         /// The sandbox's --name.
         name: String,
@@ -89,9 +90,19 @@ pub enum Command {
         json: bool,
     },
     /// Remove sandboxes and everything they kept (workspace layer, stats).
-    Rm {
-        #[arg(required = true, value_name = "NAME")]
-        names: Vec<String>,
+    Rm(RmArgs),
+    /// Remove every ended sandbox and everything it kept (as `airlock rm --all`); running ones stay.
+    Prune,
+    /// A shell completion script on stdout: `airlock completions bash > /etc/bash_completion.d/airlock`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// The manual page (roff) on stdout (`airlock man | man -l -`), or with --dir every page written there.
+    Man {
+        /// Write airlock.1 and one airlock-SUBCOMMAND.1 per subcommand into DIR instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
     },
     /// Policy profiles: list the built-ins, show one, validate a file.
     #[command(subcommand)]
@@ -125,6 +136,20 @@ pub enum Command {
     },
 }
 
+/// `airlock rm`.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Stop a running sandbox first (everything in it is killed), then remove it.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Every ended sandbox (with --force: every sandbox, running ones stopped first).
+    #[arg(long, conflicts_with = "names")]
+    pub all: bool,
+    /// The sandboxes' names.
+    #[arg(required_unless_present = "all", value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ProfileCommand {
     /// The built-in profiles.
@@ -140,14 +165,29 @@ pub enum ProfileCommand {
 pub struct RunArgs {
     #[command(flatten)]
     pub opts: SandboxOptions,
+    /// The sandbox's name (what it keeps stays under it until `airlock rm NAME`).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// With --name: run again in the kept, ended sandbox NAME's copy-on-write layers (same --workspace); its
+    /// changes and checkpoints are what the workspace shows.
+    #[arg(long, requires = "name")]
+    pub resume: bool,
+    /// Keep nothing after exit.
+    #[arg(long)]
+    pub rm: bool,
+    /// A new pseudo-terminal for interactive use.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// After the command: one JSON object on stdout (name, exit_code, signal, oom, timed_out, duration_ms).
+    #[arg(long)]
+    pub json: bool,
     /// Learn mode: record what the command needed that the policy refused (paths written, syscalls, domains)
     /// and print a suggested profile snippet on stderr at exit.
     #[arg(long)]
     pub learn: bool,
-    /// The command and its arguments.
-    /// (No `allow_hyphen_values` here: a mistyped flag before the command must be an error, not the command;
-    /// everything after the command's name, or after `--`, is the command's, dashes and all.)
-    /// With --image and no command: the image's Entrypoint and Cmd.
+    // (No `allow_hyphen_values` on COMMAND: a mistyped flag before the command must be an error, not the
+    // command; everything after the command's name, or after `--`, is the command's, dashes and all.)
+    /// The command and its arguments. With --image and no command: the image's Entrypoint and Cmd.
     #[arg(required_unless_present = "image", value_name = "COMMAND")]
     pub command: Vec<String>,
 }
@@ -157,6 +197,9 @@ pub struct RunArgs {
 pub struct CreateArgs {
     #[command(flatten)]
     pub opts: SandboxOptions,
+    /// Once it is up: one JSON object on stdout (name, state, ids) instead of nothing.
+    #[arg(long)]
+    pub json: bool,
     /// The sandbox's name.
     #[arg(value_name = "NAME", id = "sandbox_name")]
     pub sandbox: String,
@@ -174,8 +217,9 @@ pub struct ExecArgs {
     pub env: Vec<String>,
     /// Variables from a file: `KEY=VALUE` lines (blank lines and `#` comments skipped), or NUL-terminated
     /// `KEY=VALUE` entries when the file holds a NUL byte (as `env -0` writes; values may then span lines).
+    /// Repeatable: later files win.
     #[arg(long, value_name = "FILE")]
-    pub env_file: Option<std::path::PathBuf>,
+    pub env_file: Vec<std::path::PathBuf>,
     /// The command's working directory inside (absolute; default: the workspace, else /).
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<String>,
@@ -187,6 +231,9 @@ pub struct ExecArgs {
     /// (The sandbox's own --timeout, from create, bounds the whole sandbox.)
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
+    /// After the command: one JSON object on stdout (name, exit_code, signal, oom, timed_out, duration_ms).
+    #[arg(long)]
+    pub json: bool,
     /// The running sandbox.
     #[arg(value_name = "NAME")]
     pub name: String,
@@ -238,16 +285,6 @@ pub struct SandboxOptions {
     /// cow: writes go to a layer airlock keeps (see `airlock diff`); rw: straight to the host; ro: read-only.
     #[arg(long, value_name = "cow|rw|ro")]
     pub workspace_mode: Option<String>,
-    /// The sandbox's name (what it keeps stays under it until `airlock rm NAME`).
-    #[arg(long, value_name = "NAME")]
-    pub name: Option<String>,
-    /// With --name: run again in the kept, ended sandbox NAME's copy-on-write layers (same --workspace); its
-    /// changes and checkpoints are what the workspace shows.
-    #[arg(long, requires = "name")]
-    pub resume: bool,
-    /// Keep nothing after exit.
-    #[arg(long)]
-    pub rm: bool,
     /// An extra host path, read-only (repeatable).
     #[arg(long = "ro-bind", value_name = "SRC[:DST]")]
     pub ro_bind: Vec<String>,
@@ -279,9 +316,13 @@ pub struct SandboxOptions {
     /// Wall-clock limit (30s, 5m, 2h); then the whole sandbox is killed and airlock exits 124.
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
-    /// Set a variable inside (repeatable).
+    /// Set a variable inside (repeatable; wins over --env-file).
     #[arg(long, value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// Variables from a file: `KEY=VALUE` lines (blank lines and `#` comments skipped), or NUL-terminated
+    /// `KEY=VALUE` entries when the file holds a NUL byte (as `env -0` writes). Repeatable: later files win.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<std::path::PathBuf>,
     /// Pass a variable of the caller's through (repeatable).
     #[arg(long = "pass-env", value_name = "KEY")]
     pub pass_env: Vec<String>,
@@ -295,11 +336,10 @@ pub struct SandboxOptions {
     /// (e.g. `--profile strict --profile net-pypi`, an allow-list over the strict profile).
     #[arg(long, value_name = "NAME|FILE", default_value = "default")]
     pub profile: Vec<String>,
-    /// Also append the audit events as JSON lines to FILE (in this build: the network gateway's decisions, with
-    /// --net allow).
+    /// Also append the sandbox's audit records, the JSON lines `airlock logs --json` shows, to FILE: the sandbox
+    /// created, started and ended, every program executed in it (each execve) and each `airlock exec`, syscalls
+    /// the filter refused, limits hit (timeout, memory, processes), workspace file changes, and with --net allow
+    /// the network gateway's decisions.
     #[arg(long, value_name = "FILE")]
     pub audit: Option<String>,
-    /// A new pseudo-terminal for interactive use.
-    #[arg(short = 't', long)]
-    pub tty: bool,
 }

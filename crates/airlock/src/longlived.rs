@@ -78,6 +78,9 @@ pub fn create(args: CreateArgs) -> Result<i32> {
     // Warnings, or the setup error: already `airlock:` lines.
     eprint!("{err}");
     if out.lines().any(|l| l == READY) {
+        if args.json {
+            print_created_json(name, image_id.as_deref())?;
+        }
         return Ok(0);
     }
     let _ = child.wait();
@@ -90,6 +93,23 @@ pub fn create(args: CreateArgs) -> Result<i32> {
         bail!("the supervisor of sandbox {name} exited before the sandbox was set up");
     }
     Ok(i32::from(crate::EXIT_SETUP_FAILED))
+}
+
+/// `create --json`: the sandbox's name, state and ids (its init's and supervisor's host pids, its image's id).
+fn print_created_json(name: &str, image_id: Option<&str>) -> Result<()> {
+    let dir = state::sandbox_dir(name);
+    let record = state::read_record(&dir)?;
+    let doc = serde_json::json!({
+        "name": name,
+        "state": if state::is_running(&dir) { "running" } else { "exited" },
+        "ids": {
+            "init_pid": record.init_pid,
+            "supervisor_pid": record.supervisor_pid,
+            "image": image_id,
+        },
+    });
+    println!("{doc}");
+    Ok(())
 }
 
 /// The hidden `airlock __supervise --name NAME`: what to launch comes on standard input ([`SuperviseRequest`]).
@@ -117,18 +137,6 @@ fn create_policy(args: &CreateArgs) -> Result<(Profile, SandboxPolicy, Option<St
     let name = &args.sandbox;
     validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
     let opts = &args.opts;
-    if opts.tty {
-        bail!("create -t: a long-lived sandbox has no terminal of its own; use `airlock exec -t`");
-    }
-    if opts.resume {
-        bail!("create --resume: a long-lived sandbox starts new; `airlock run --name {name} --resume` runs again in a kept one");
-    }
-    if opts.rm {
-        bail!("create --rm: a long-lived sandbox keeps its state until `airlock rm {name}`");
-    }
-    if opts.name.as_ref().is_some_and(|n| n != name) {
-        bail!("create --name: the sandbox's name is the NAME argument ({name})");
-    }
     // --image: the image is the bottom of the profile (its command is for `run`; `exec` names its own).
     let image = match &opts.image {
         Some(reference) => Some(crate::image_cmd::image_base(reference, &[], opts.workspace.is_some())?),
@@ -194,6 +202,7 @@ pub fn supervise(args: SuperviseArgs) -> Result<i32> {
 }
 
 pub fn exec(args: ExecArgs) -> Result<i32> {
+    let started = Instant::now();
     let name = &args.name;
     validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
     let state = state::state();
@@ -215,7 +224,7 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
         }
     };
     let mut merged = sandbox.profile()?;
-    if let Some(file) = &args.env_file {
+    for file in &args.env_file {
         for (key, value) in read_env_file(file)? {
             merged.env.set.insert(key, value);
         }
@@ -252,15 +261,30 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
     let mut host = sandbox.host_context(&policy, lock_dir())?;
     // With -t: a new pseudo-terminal in the sandbox, relayed to ours (never ours itself).
     host.tty = args.tty.then(runtime::host::caller_window_size);
+    // The sandbox's cgroup counts OOM kills over its whole life: one more during this command, and the command
+    // killed by SIGKILL, is this command's (as `run` tells it from its own cgroup). Its files are opened now:
+    // starting the command moves this process into the sandbox's mount namespace, where the host's cgroupfs is
+    // out of sight.
+    let mut oom_watch = OomWatch::open(name);
     match sandbox.exec(&NamespaceBackend, &state, &policy, &host) {
         Ok(outcome) => {
+            let outcome = match oom_watch.as_mut() {
+                Some(watch) if outcome == RunOutcome::Exited(runtime::sandbox::EXIT_OUT_OF_MEMORY) => {
+                    watch.outcome().unwrap_or(outcome)
+                }
+                _ => outcome,
+            };
             match &outcome {
                 RunOutcome::ExecFailed { message, .. } => crate::say(message),
                 RunOutcome::TimedOut(_) => crate::say(&format!(
                     "command timed out after {} (--timeout): it and its session were killed",
                     args.timeout.as_deref().unwrap_or("?")
                 )),
-                _ => {}
+                RunOutcome::OutOfMemory { summary } => crate::say(&format!("killed: out of memory ({summary})")),
+                RunOutcome::Exited(_) => {}
+            }
+            if args.json {
+                crate::run::print_result_json(Some(name), &outcome, started.elapsed())?;
             }
             Ok(outcome.exit_code())
         }
@@ -270,6 +294,57 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The memory files of a running sandbox's cgroup, held open across an exec: its OOM kill count before, and
+/// what tells a SIGKILL after it apart as an OOM kill (`run` reads the same numbers from its own cgroup).
+struct OomWatch {
+    /// `memory.events` (v2) or `memory.oom_control` (v1): the `oom_kill` line.
+    events: std::fs::File,
+    /// `memory.peak` (v2) or `memory.max_usage_in_bytes` (v1), when the kernel has it.
+    peak: Option<std::fs::File>,
+    /// The limit and the count before the command, from the same reading as `airlock stats`.
+    before: runtime::cgroups::CgroupStats,
+}
+
+impl OomWatch {
+    /// `None` when the sandbox has no cgroup (no limits) or no memory controller in it.
+    fn open(name: &str) -> Option<OomWatch> {
+        use runtime::cgroups;
+        let layout = cgroups::detect_layout(std::path::Path::new(cgroups::SYS_FS_CGROUP)).ok()?;
+        // Opened, not created: dropping it leaves the cgroup.
+        let cgroup = cgroups::find_sandbox_cgroup(&layout, name).ok().flatten()?;
+        let before = cgroup.stats().ok()?;
+        let open = |file: &str| cgroup.paths().into_iter().find_map(|dir| std::fs::File::open(dir.join(file)).ok());
+        let events = open("memory.events").or_else(|| open("memory.oom_control"))?;
+        let peak = open("memory.peak").or_else(|| open("memory.max_usage_in_bytes"));
+        Some(OomWatch { events, peak, before })
+    }
+
+    /// `OutOfMemory` when the cgroup counted an OOM kill since [`OomWatch::open`].
+    fn outcome(&mut self) -> Option<RunOutcome> {
+        let kills = keyed(&reread(&mut self.events)?, "oom_kill")?;
+        if kills <= self.before.oom_kills.unwrap_or(0) {
+            return None;
+        }
+        let peak = self.peak.as_mut().and_then(reread).and_then(|t| t.trim().parse().ok());
+        let stats = runtime::cgroups::CgroupStats { memory_peak: peak, ..self.before.clone() };
+        Some(RunOutcome::OutOfMemory { summary: stats.memory_summary() })
+    }
+}
+
+/// A cgroup file's text now (from its start again).
+fn reread(file: &mut std::fs::File) -> Option<String> {
+    use std::io::Seek;
+    file.rewind().ok()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The number after `key` in a `key value` per line file.
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// `--env-file`: `KEY=VALUE` lines, or NUL-terminated entries when the file holds a NUL byte. Every key and value
@@ -287,13 +362,16 @@ pub(crate) fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, Strin
         if nul_separated && entry.is_empty() {
             continue;
         }
-        let what = if nul_separated { "entry" } else { "line" };
-        let (key, value) = entry
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--env-file {}: {what} {}: expected KEY=VALUE", path.display(), i + 1))?;
+        // `FILE:LINE` (or `FILE: entry N` for NUL-terminated entries), as compilers name a place.
+        let place = if nul_separated {
+            format!("{}: entry {}", path.display(), i + 1)
+        } else {
+            format!("{}:{}", path.display(), i + 1)
+        };
+        let (key, value) = entry.split_once('=').ok_or_else(|| anyhow!("--env-file {place}: expected KEY=VALUE"))?;
         policy::names::validate_env_key(key)
             .and_then(|()| policy::names::validate_env_value(value))
-            .map_err(|e| anyhow!("--env-file {}: {what} {}: {e}", path.display(), i + 1))?;
+            .map_err(|e| anyhow!("--env-file {place}: {e}"))?;
         out.push((key.to_string(), value.to_string()));
     }
     Ok(out)

@@ -29,8 +29,9 @@ use cli::{Cli, Command};
 
 /// Exit status when the sandbox could not be set up (bad input included): nothing ran.
 const EXIT_SETUP_FAILED: u8 = 125;
-/// Exit status for bad input to commands that do not run anything.
-const EXIT_USAGE: u8 = 2;
+/// Exit status for bad input to any command (an unknown subcommand or flag, a missing argument): the same as a
+/// sandbox that could not be set up, so that a script tells airlock's refusals from its command's own statuses.
+const EXIT_USAGE: u8 = 125;
 
 /// Exit status for other commands' failures (`stats` of an unknown sandbox, say).
 const EXIT_FAILED: u8 = 1;
@@ -73,7 +74,10 @@ fn main() -> ExitCode {
             .and_then(|layer| workspace_cmd::diff(&layer, &args)),
         Command::Discard(args) => workspace_cmd::discard_cmd(&args),
         Command::Commit(args) => workspace_cmd::commit_cmd(&args),
-        Command::Rm { names } => sandboxes_cmd::rm(&names),
+        Command::Rm(args) => sandboxes_cmd::rm(&args),
+        Command::Prune => sandboxes_cmd::prune(),
+        Command::Completions { shell } => completions(shell),
+        Command::Man { dir } => man_pages(dir.as_deref()),
         Command::Checkpoint { name, label } => checkpoint_cmd::checkpoint(&name, label.as_deref()),
         Command::Checkpoints { name, json } => checkpoint_cmd::list(&name, json),
         Command::Rollback { name, label } => checkpoint_cmd::rollback(&name, &label),
@@ -82,6 +86,49 @@ fn main() -> ExitCode {
         Command::Mcp { http } => mcp_server(remote::chosen(cli.host.as_deref()), http),
     };
     exit_code(result, runs_something)
+}
+
+/// `airlock completions SHELL`: the completion script on stdout.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<i32> {
+    // Without the hidden, internal subcommands (clap_complete would offer them).
+    let full = <Cli as clap::CommandFactory>::command();
+    let mut command = clap::Command::new("airlock")
+        .version(env!("CARGO_PKG_VERSION"))
+        .propagate_version(true)
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+    clap_complete::generate(shell, &mut command, "airlock", &mut std::io::stdout());
+    Ok(0)
+}
+
+/// `airlock man`: the airlock(1) page, roff, on stdout; with `--dir DIR`, that page and one `airlock-SUB.1` per
+/// subcommand written into DIR.
+fn man_pages(dir: Option<&std::path::Path>) -> anyhow::Result<i32> {
+    use anyhow::Context;
+    let mut command = <Cli as clap::CommandFactory>::command();
+    // Built: the global --host and the version are propagated to every subcommand.
+    command.build();
+    let render = |cmd: clap::Command| -> anyhow::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut out)?;
+        Ok(out)
+    };
+    let Some(dir) = dir else {
+        std::io::Write::write_all(&mut std::io::stdout(), &render(command)?)?;
+        return Ok(0);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let write = |file: String, roff: Vec<u8>| -> anyhow::Result<()> {
+        let path = dir.join(file);
+        std::fs::write(&path, roff).with_context(|| format!("cannot write {}", path.display()))
+    };
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+        let name = format!("airlock-{}", sub.get_name());
+        // Built, a subcommand's display name is `airlock-SUB` (the page's title) and its bin name `airlock SUB`.
+        write(format!("{name}.1"), render(sub.clone().display_name(name.clone()))?)?;
+    }
+    write("airlock.1".to_string(), render(command)?)?;
+    Ok(0)
 }
 
 /// `airlock mcp`: the MCP server, its tools run by this executable's own subcommands (or a daemon's API).
@@ -118,6 +165,7 @@ fn usage_error(err: &clap::Error) -> ExitCode {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
     ) {
         let _ = err.print();
+        // `airlock` alone (or `airlock profile`): the help, on stderr, as the usage error it is.
         return if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
             ExitCode::from(EXIT_USAGE)
         } else {
@@ -137,11 +185,13 @@ fn usage_error(err: &clap::Error) -> ExitCode {
     let first = first.trim_start_matches("error: ").trim_end_matches(':');
     // args_os: an argument that is not UTF-8 (a hostile file name) must not panic here.
     let sub = std::env::args_os().nth(1);
-    let is_run = sub.as_ref().is_some_and(|a| a == "run" || a == "create" || a == "exec" || a == "__supervise");
+    let known = <Cli as clap::CommandFactory>::command();
     let help = match sub.as_ref().and_then(|a| a.to_str()) {
-        Some(name @ ("run" | "create" | "exec")) => format!("airlock {name} --help"),
+        Some(name) if !name.starts_with("__") && known.find_subcommand(name).is_some() => {
+            format!("airlock {name} --help")
+        }
         _ => "airlock --help".to_string(),
     };
     say(&format!("{first} (see `{help}`)"));
-    ExitCode::from(if is_run { EXIT_SETUP_FAILED } else { EXIT_USAGE })
+    ExitCode::from(EXIT_USAGE)
 }

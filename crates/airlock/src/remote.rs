@@ -23,7 +23,7 @@ use crate::http_client::{request, Answer, Endpoint};
 
 /// The local CLI's exit statuses.
 const EXIT_FAILED: i32 = 1;
-const EXIT_USAGE: i32 = 2;
+const EXIT_USAGE: i32 = 125;
 const EXIT_SETUP_FAILED: i32 = 125;
 
 /// The daemon this invocation talks to, if any: `--host`, else a non-empty `AIRLOCK_HOST`.
@@ -41,7 +41,8 @@ pub fn is_remote_command(cmd: &Command) -> bool {
             | Command::Exec(_)
             | Command::Stop { .. }
             | Command::Ls { .. }
-            | Command::Rm { .. }
+            | Command::Rm(_)
+            | Command::Prune
             | Command::Diff(_)
             | Command::Commit(_)
             | Command::Discard(_)
@@ -169,8 +170,17 @@ fn dispatch(d: &Daemon, cmd: Command) -> Result<i32> {
         Command::Create(args) => create(d, &args)?,
         Command::Exec(args) => exec(d, args)?,
         Command::Stop { name } => done(d.call("DELETE", &format!("{}?keep=true", sb(&name)), None)?.map(drop)),
-        Command::Rm { names } => {
-            for name in names {
+        Command::Rm(args) if args.all => {
+            crate::say("rm --all cannot go through a daemon (the API removes sandboxes one by one); name them");
+            EXIT_USAGE
+        }
+        Command::Prune => {
+            crate::say("prune cannot go through a daemon (the API removes sandboxes one by one); use rm NAME");
+            EXIT_USAGE
+        }
+        // The daemon's DELETE stops a running sandbox before removing it: --force or not.
+        Command::Rm(args) => {
+            for name in args.names {
                 if let Err(code) = d.call("DELETE", &sb(&name), None)? {
                     return Ok(code);
                 }
@@ -296,8 +306,6 @@ fn dispatch(d: &Daemon, cmd: Command) -> Result<i32> {
 fn create(d: &Daemon, args: &CreateArgs) -> Result<i32> {
     let o = &args.opts;
     let unsupported: Vec<&str> = [
-        (o.resume, "--resume"),
-        (o.rm, "--rm"),
         (!o.ro_bind.is_empty(), "--ro-bind"),
         (!o.bind.is_empty(), "--bind"),
         (!o.tmpfs.is_empty(), "--tmpfs"),
@@ -311,7 +319,7 @@ fn create(d: &Daemon, args: &CreateArgs) -> Result<i32> {
         (o.user.is_some(), "--user"),
         (o.hostname.is_some(), "--hostname"),
         (o.audit.is_some(), "--audit"),
-        (o.tty, "--tty"),
+        (args.json, "--json"),
         (o.profile.len() > 1, "more than one --profile"),
     ]
     .into_iter()
@@ -351,6 +359,11 @@ fn create(d: &Daemon, args: &CreateArgs) -> Result<i32> {
         body.insert("allow".into(), json!(o.allow));
     }
     let mut env = Map::new();
+    for file in &o.env_file {
+        for (k, v) in crate::longlived::read_env_file(file)? {
+            env.insert(k, json!(v));
+        }
+    }
     for kv in &o.env {
         let Some((k, v)) = kv.split_once('=') else {
             crate::say(&format!("--env {kv:?}: expected KEY=VALUE"));
@@ -378,8 +391,14 @@ fn exec(d: &Daemon, args: ExecArgs) -> Result<i32> {
         crate::say("exec -t cannot go through a daemon (the API has no terminal); drop -t");
         return Ok(EXIT_USAGE);
     }
+    if args.json {
+        crate::say(
+            "exec --json cannot go through a daemon (its answer does not say how the command ended); drop --json",
+        );
+        return Ok(EXIT_USAGE);
+    }
     let mut env = Map::new();
-    if let Some(file) = &args.env_file {
+    for file in &args.env_file {
         // Read here, as the local exec reads it (lines or NUL-terminated entries, checked), sent as values.
         for (k, v) in crate::longlived::read_env_file(file)? {
             env.insert(k, json!(v));

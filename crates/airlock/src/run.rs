@@ -13,7 +13,8 @@ use crate::cli::{RunArgs, SandboxOptions};
 use crate::state;
 
 pub fn run(args: RunArgs) -> Result<i32> {
-    if let Some(name) = &args.opts.name {
+    let started = std::time::Instant::now();
+    if let Some(name) = &args.name {
         validate_sandbox_name(name).map_err(|e| anyhow!("--name: {e}"))?;
     }
     // --image: the image is the bottom of the profile; profiles and flags merged over it win.
@@ -44,8 +45,8 @@ pub fn run(args: RunArgs) -> Result<i32> {
 
     // What the sandbox keeps lives under its name: a cow workspace's layer always, otherwise only with --name.
     let cow = policy.workspace.as_ref().is_some_and(|w| w.mode == WorkspaceMode::Cow);
-    let generated = args.opts.name.is_none() && cow;
-    let name = args.opts.name.clone().or_else(|| cow.then(state::generated_name));
+    let generated = args.name.is_none() && cow;
+    let name = args.name.clone().or_else(|| cow.then(state::generated_name));
     check_workspace_outside_state(&policy)?;
     // Records name the sandbox; an unnamed run is named by its supervisor's pid.
     let record_name = name.clone().unwrap_or_else(|| format!("run-{}", std::process::id()));
@@ -57,9 +58,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
         name: name.clone(),
         record_name,
         lifetime: Lifetime::Run {
-            rm: args.opts.rm,
-            resume: args.opts.resume,
-            tty: args.opts.tty.then(runtime::host::caller_window_size),
+            rm: args.rm,
+            resume: args.resume,
+            tty: args.tty.then(runtime::host::caller_window_size),
             learn: args.learn,
             profile_exec: merged.audit.exec == Some(true),
         },
@@ -96,7 +97,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     }
     let exit_code = outcome.exit_code();
     match ended.kept {
-        Some(state) if args.opts.rm => {
+        Some(state) if args.rm => {
             let name = state.name.clone();
             if let Err(e) = state.remove() {
                 crate::say(&format!("warning: cannot remove sandbox {name}: {}", session::error_chain(&e)));
@@ -108,7 +109,30 @@ pub fn run(args: RunArgs) -> Result<i32> {
         )),
         _ => {}
     }
+    if args.json {
+        print_result_json(name.as_deref(), outcome, started.elapsed())?;
+    }
     Ok(exit_code)
+}
+
+/// `--json` of `run` and `exec`: one JSON object on stdout once the command has ended. `signal` is N when the
+/// status is 128+N (the command was killed by signal N), else null.
+pub fn print_result_json(name: Option<&str>, outcome: &RunOutcome, elapsed: std::time::Duration) -> Result<()> {
+    let code = outcome.exit_code();
+    let signal = (129..=128 + 64).contains(&code).then(|| code - 128);
+    let doc = serde_json::json!({
+        "name": name,
+        "exit_code": code,
+        "signal": signal,
+        "oom": matches!(outcome, RunOutcome::OutOfMemory { .. }),
+        "timed_out": matches!(outcome, RunOutcome::TimedOut(_)),
+        "duration_ms": u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+    });
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{doc}")?;
+    out.flush()?;
+    Ok(())
 }
 
 /// The state directory holds the layers: a workspace inside it could reach another sandbox's changes.
@@ -177,6 +201,12 @@ fn plain_flags_profile(args: &SandboxOptions) -> Result<Profile> {
     p.filesystem.tmpfs = args.tmpfs.clone();
     p.network.mode = args.net.clone();
     p.network.allow = args.allow.clone();
+    // The files first, in order: a later file, then --env, wins.
+    for file in &args.env_file {
+        for (key, value) in crate::longlived::read_env_file(file)? {
+            p.env.set.insert(key, value);
+        }
+    }
     for kv in &args.env {
         let (key, value) = kv.split_once('=').ok_or_else(|| anyhow!("--env {kv:?}: expected KEY=VALUE"))?;
         p.env.set.insert(key.to_string(), value.to_string());

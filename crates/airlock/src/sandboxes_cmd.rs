@@ -4,6 +4,7 @@ use anyhow::{anyhow, bail, Result};
 use policy::names::validate_sandbox_name;
 use serde_json::json;
 
+use crate::cli::RmArgs;
 use crate::state;
 
 pub fn ls(json_output: bool) -> Result<i32> {
@@ -46,20 +47,71 @@ pub fn ls(json_output: bool) -> Result<i32> {
     Ok(0)
 }
 
-pub fn rm(names: &[String]) -> Result<i32> {
-    for name in names {
+/// `airlock rm [--force] NAME...` and `airlock rm --all [--force]`.
+pub fn rm(args: &RmArgs) -> Result<i32> {
+    if args.all {
+        return remove_all(args.force);
+    }
+    for name in &args.names {
         validate_sandbox_name(name).map_err(|e| anyhow!("{e}"))?;
         let dir = state::sandbox_dir(name);
         if !dir.exists() {
             bail!("no sandbox named {name} (see `airlock ls`)");
         }
         if state::is_running(&dir) {
-            bail!("sandbox {name} is running; it is removed only once it has ended");
+            if !args.force {
+                bail!("sandbox {name} is running; it is removed only once it has ended (`airlock rm --force {name}` stops it first)");
+            }
+            stop_for_removal(name, &dir)?;
         }
-        wait_for_supervisor_exit(name, &dir)?;
-        store::sandbox::remove_sandbox(&dir)?;
+        remove(name, &dir)?;
     }
     Ok(0)
+}
+
+/// `airlock prune`: every ended sandbox removed; running ones stay.
+pub fn prune() -> Result<i32> {
+    remove_all(false)
+}
+
+/// Every ended sandbox removed, and with `force` every running one stopped and removed too. Goes on past a
+/// sandbox it cannot remove (saying so) and fails at the end if there was one.
+fn remove_all(force: bool) -> Result<i32> {
+    let mut failed = Vec::new();
+    for name in state::sandbox_names(&state::state())? {
+        let dir = state::sandbox_dir(&name);
+        let removed = if state::is_running(&dir) {
+            if !force {
+                continue;
+            }
+            stop_for_removal(&name, &dir).and_then(|()| remove(&name, &dir))
+        } else {
+            remove(&name, &dir)
+        };
+        if let Err(e) = removed {
+            crate::say(&format!("cannot remove sandbox {name}: {}", crate::one_line(&e)));
+            failed.push(name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{} sandbox(es) not removed: {}", failed.len(), failed.join(", "));
+    }
+    Ok(0)
+}
+
+/// `airlock stop NAME` for `rm --force`: a sandbox that ended meanwhile (its command, its timeout) is as good.
+fn stop_for_removal(name: &str, dir: &state::SandboxDir) -> Result<()> {
+    match crate::longlived::stop(name) {
+        Err(_) if !state::is_running(dir) => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// Removes the ended sandbox `name`, once its supervisor has finished.
+fn remove(name: &str, dir: &state::SandboxDir) -> Result<()> {
+    wait_for_supervisor_exit(name, dir)?;
+    store::sandbox::remove_sandbox(dir)?;
+    Ok(())
 }
 
 /// How long `rm` waits for an ended sandbox's supervisor to finish its last writes.

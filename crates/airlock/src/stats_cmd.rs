@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use policy::names::validate_sandbox_name;
 use runtime::cgroups::{self, format_bytes};
 use serde_json::Value;
@@ -19,13 +19,25 @@ pub fn run(name: &str, json_output: bool) -> Result<i32> {
     let live = cgroups::detect_layout(std::path::Path::new(cgroups::SYS_FS_CGROUP))
         .ok()
         .and_then(|layout| cgroups::find_sandbox_cgroup(&layout, name).ok().flatten());
+    let dir = crate::state::sandbox_dir(name);
     let doc = match live {
         Some(cgroup) => stats_json(name, "running", &cgroup.stats()?, None),
+        // Running without a cgroup: airlock gives a sandbox one only for --memory, --pids or --cpus. What its
+        // processes use now still shows in /proc.
+        None if dir.exists() && crate::state::is_running(&dir) => without_cgroup(name, &dir),
         None => {
             let path = final_stats_path(name);
-            let text = std::fs::read_to_string(&path).map_err(|_| {
-                anyhow!("no sandbox named {name:?}: none is running with limits, and no finished run with --name {name} kept its numbers")
-            })?;
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(_) if dir.exists() => {
+                    crate::say(&format!(
+                        "sandbox {name} has ended and kept no numbers (it had no --memory, --pids or --cpus limit, \
+                         so no cgroup counted them)"
+                    ));
+                    return Ok(i32::from(crate::EXIT_FAILED));
+                }
+                Err(_) => bail!("no sandbox named {name} (see `airlock ls`)"),
+            };
             serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?
         }
     };
@@ -35,6 +47,79 @@ pub fn run(name: &str, json_output: bool) -> Result<i32> {
         print_human(&doc);
     }
     Ok(0)
+}
+
+/// Why a running sandbox has no cgroup numbers (`note` in the JSON, a line of the text).
+const NO_CGROUP_NOTE: &str = "no cgroup: the sandbox has no --memory, --pids or --cpus limit, so airlock did not give \
+     it one; the numbers are its processes now, from /proc (no peak, no OOM count)";
+
+/// A running sandbox without a cgroup: its processes' resident memory, count and CPU time now, from /proc
+/// (`source: "proc"`). A sandbox started by `run --name` has no recorded init: only the note.
+fn without_cgroup(name: &str, dir: &crate::state::SandboxDir) -> Value {
+    let init = crate::state::read_record(dir)
+        .ok()
+        .and_then(|r| r.init_pid.zip(r.init_start_time))
+        .filter(|&(pid, start)| runtime::host::process_alive(pid, start))
+        .map(|(pid, _)| pid);
+    let usage = init.map(sandbox_processes).map(|pids| proc_usage(&pids)).unwrap_or_default();
+    let mut doc = stats_json(name, "running", &usage, None);
+    doc["source"] = Value::from("proc");
+    doc["note"] = Value::from(NO_CGROUP_NOTE);
+    doc
+}
+
+/// The processes of the sandbox whose init is `init`: those in its pid namespace (execs included, which are not
+/// init's descendants), else, when that namespace cannot be read, init and its descendants.
+fn sandbox_processes(init: i32) -> Vec<i32> {
+    let all: Vec<i32> = std::fs::read_dir("/proc")
+        .map(|entries| entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    let ns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    if let Some(own) = ns(init) {
+        return all.into_iter().filter(|&pid| ns(pid).as_ref() == Some(&own)).collect();
+    }
+    let parent = |pid: i32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse::<i32>().ok()
+    };
+    let mut found = vec![init];
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for &pid in &all {
+            if !found.contains(&pid) && parent(pid).is_some_and(|p| found.contains(&p)) {
+                found.push(pid);
+                grew = true;
+            }
+        }
+    }
+    found
+}
+
+/// The processes' summed resident memory (`VmRSS`), their count, and their CPU time (`/proc/PID/schedstat`).
+fn proc_usage(pids: &[i32]) -> cgroups::CgroupStats {
+    let mut rss = 0u64;
+    let mut cpu_ns = 0u64;
+    let mut count = 0u64;
+    for pid in pids {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+        count += 1;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+        rss += kib.unwrap_or(0) * 1024;
+        let ns = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+        cpu_ns += ns.unwrap_or(0);
+    }
+    cgroups::CgroupStats {
+        memory_current: Some(rss),
+        pids_current: Some(count),
+        cpu_usage_usec: Some(cpu_ns / 1000),
+        ..Default::default()
+    }
 }
 
 fn print_human(doc: &Value) {
@@ -64,4 +149,7 @@ fn print_human(doc: &Value) {
     );
     let cpu = num(&doc["cpu"]["usage_usec"]).map(|us| format!("{:.3}s", us as f64 / 1e6)).unwrap_or_else(|| "-".into());
     println!("cpu      {cpu}");
+    if let Some(note) = doc["note"].as_str() {
+        println!("note     {note}");
+    }
 }

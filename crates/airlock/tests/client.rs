@@ -104,10 +104,10 @@ fn the_cli_drives_a_daemon_over_its_socket() {
     assert_eq!(code(&o), 1);
     one_airlock_line(&o, "no sandbox named no-such-sandbox");
     let o = r(&["run", "--", "true"]);
-    assert_eq!(code(&o), 2);
+    assert_eq!(code(&o), 125);
     one_airlock_line(&o, "daemonless");
     let o = r(&["create", "--bind", "/tmp", "other"]);
-    assert_eq!(code(&o), 2);
+    assert_eq!(code(&o), 125);
     one_airlock_line(&o, "--bind");
     let o = remote("unix:///nonexistent/airlock.sock", None, &["exec", &name, "--", "true"], None);
     assert_eq!(code(&o), 125);

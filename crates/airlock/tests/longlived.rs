@@ -776,7 +776,7 @@ fn check_exec_flags(as_user: bool) {
     let bad = files.path().join("bad");
     let o = airlock(&["exec", "--env-file", bad.to_str().unwrap(), &name, "--", "true"]);
     assert_ne!(code(&o), 0);
-    one_airlock_line(&o, "line 2: expected KEY=VALUE");
+    one_airlock_line(&o, "bad:2: expected KEY=VALUE");
     let o = airlock(&["exec", "--env-file", "/no/such/file", &name, "--", "true"]);
     assert_ne!(code(&o), 0);
     one_airlock_line(&o, "/no/such/file");

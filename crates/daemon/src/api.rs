@@ -582,17 +582,26 @@ async fn logs(
 async fn stats(State(app): State<Shared>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
     owned(&app, &name)?;
     let done = app.engine.run(&name_args("stats", &name, &["--json"]), None).await?;
+    let no_cgroup = || {
+        ApiError::conflict(format!(
+            "sandbox {name} has no resource limits, so no cgroup counts what it uses (create it with memory, pids \
+             or cpus to have stats)"
+        ))
+    };
     if !done.ok() {
-        // The sandbox exists (owned says so): the CLI's "no sandbox … with limits" means it has no cgroup.
-        if done.message.contains("with limits") {
-            return Err(ApiError::conflict(format!(
-                "sandbox {name} has no resource limits, so no cgroup counts what it uses (create it with memory, \
-                 pids or cpus to have stats)"
-            )));
+        // The sandbox exists (owned says so): an ended one that "kept no numbers" had no cgroup.
+        if done.message.contains("kept no numbers") {
+            return Err(no_cgroup());
         }
         return Err(classify(&done));
     }
-    Ok(Json(json_of(&done.stdout, "stats --json")?))
+    let stats = json_of(&done.stdout, "stats --json")?;
+    // A running sandbox without a cgroup: the CLI reads its processes from /proc (`source: proc`); the API keeps
+    // its answer for that case, no stats.
+    if stats["source"] == "proc" {
+        return Err(no_cgroup());
+    }
+    Ok(Json(stats))
 }
 
 #[derive(Debug, Deserialize)]

@@ -104,15 +104,17 @@ pub fn airlock_lines(stderr: &[u8]) -> String {
         .join("; ")
 }
 
-/// A failed subcommand as an API error. The CLI's exit statuses say setup failure (125) and usage (2); its one
-/// line says the rest, in wording the CLI's tests hold stable.
+/// A failed subcommand as an API error. The CLI's exit status 125 says setup failure or, with its usage line
+/// (`... (see `airlock CMD --help`)`), bad arguments; its one line says the rest, in wording the CLI's tests hold
+/// stable.
 pub fn classify(done: &Finished) -> ApiError {
     let msg = if done.message.is_empty() {
         format!("airlock exited with status {}", done.status)
     } else {
         done.message.clone()
     };
-    let code = if done.status == 125 {
+    let usage = msg.ends_with("--help`)");
+    let code = if done.status == 125 && !usage {
         Code::SetupFailed
     } else if msg.starts_with("no sandbox named") || msg.contains("no checkpoint") || msg.contains("has no checkpoint")
     {
@@ -146,7 +148,10 @@ mod tests {
             classify(&done(1, "sandbox x is running; its layer can change only once it has ended")).code,
             Code::Conflict
         );
-        assert_eq!(classify(&done(2, "unexpected argument")).code, Code::BadRequest);
+        assert_eq!(
+            classify(&done(125, "unexpected argument '--x' found (see `airlock diff --help`)")).code,
+            Code::BadRequest
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 fn stdout(o: &Output) -> String {
     assert!(o.status.success(), "airlock failed: {}", String::from_utf8_lossy(&o.stderr));
@@ -32,19 +32,8 @@ fn toolchains_git_identity_and_an_empty_home_show_nothing_else_of_the_home() {
     let uid = common::test_user_uid().to_string();
     let chown = Command::new("chown").args(["-R", &format!("{uid}:{uid}"), &home]).status().unwrap();
     assert!(chown.success());
-    let as_user = |args: &[&str]| {
-        Command::new("setpriv")
-            .args(["--reuid", &uid, "--regid", &uid, "--clear-groups", "--reset-env", "--", "/usr/bin/env"])
-            .arg(format!("AIRLOCK_STATE_DIR={}", state.str()))
-            .arg(format!("HOME={home}"))
-            .arg(format!("PATH={home}/.cargo/bin:/usr/bin:/bin"))
-            .arg(common::shared_binary())
-            .args(args)
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
+    let env = [format!("HOME={home}"), format!("PATH={home}/.cargo/bin:/usr/bin:/bin")];
+    let as_user = |args: &[&str]| common::airlock_as_user_in(state.path(), &env, args);
 
     let script = "fake-tool; echo $GIT_AUTHOR_NAME $GIT_COMMITTER_EMAIL; echo $HOME; \
                   ls ~/.ssh 2>/dev/null || echo no-ssh; cat $TOOL_HOME/.ssh/id_ed25519 2>/dev/null || echo no-secret; \

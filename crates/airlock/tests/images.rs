@@ -812,20 +812,7 @@ fn apt_get_installs_a_package_in_a_debian_image_as_root_and_rootless() {
     let home = common::TempDir::new("apt-user");
     home.chown_to_test_user();
     let state = home.path().join("state");
-    // Its own group (newgidmap checks the caller's gid against the passwd entry's).
-    let gid = String::from_utf8(Command::new("id").args(["-g", user]).output().unwrap().stdout).unwrap();
-    let as_user = |args: &[&str]| {
-        let uid = common::test_user_uid().to_string();
-        Command::new("setpriv")
-            .args(["--reuid", &uid, "--regid", gid.trim(), "--clear-groups", "--reset-env", "--", "/usr/bin/env"])
-            .arg(format!("AIRLOCK_STATE_DIR={}", state.display()))
-            .arg(common::shared_binary())
-            .args(args)
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
+    let as_user = |args: &[&str]| common::airlock_as_user_in(&state, &[], args);
     ok(&as_user(&["image", "import", save.to_str().unwrap()]));
     let out = as_user(&args);
     check("rootless", &out);

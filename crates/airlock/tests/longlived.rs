@@ -873,8 +873,7 @@ fn a_sandbox_whose_state_is_removed_stops_rootless() {
 fn execs_leave_no_id_range_lock_behind() {
     require_sandbox!();
     if !common::is_root() {
-        eprintln!("SKIP: id ranges are claimed only as root");
-        return;
+        skip_or_fail!("id ranges are claimed only as root");
     }
     let state = common::TempDir::new("id-ranges");
     let airlock = |args: &[&str]| {

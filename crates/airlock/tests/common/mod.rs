@@ -174,6 +174,24 @@ pub fn airlock_as_user(args: &[&str]) -> Output {
         .expect("spawn setpriv")
 }
 
+/// `airlock ARGS...` as the ordinary test user with its login group (which `newgidmap` insists on), the state
+/// directory `state` and the extra `KEY=VALUE` variables `env`, with a clean environment.
+pub fn airlock_as_user_in(state: &Path, env: &[String], args: &[&str]) -> Output {
+    let uid = test_user_uid().to_string();
+    let gid = Command::new("id").args(["-g", TEST_USER]).output().expect("id -g");
+    let gid = String::from_utf8_lossy(&gid.stdout).trim().to_owned();
+    Command::new("setpriv")
+        .args(["--reuid", &uid, "--regid", &gid, "--clear-groups", "--reset-env", "--", "/usr/bin/env"])
+        .arg(format!("AIRLOCK_STATE_DIR={}", state.display()))
+        .args(env)
+        .arg(shared_binary())
+        .args(args)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn setpriv")
+}
+
 /// `airlock run ARGS...` as the ordinary test user.
 pub fn run_as_user(args: &[&str]) -> Output {
     let mut full = vec!["run"];

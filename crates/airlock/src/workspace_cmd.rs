@@ -15,7 +15,7 @@ pub struct DiffArgs {
     /// The sandbox's name.
     pub name: String,
     /// One JSON document instead of text (fields: path, kind, old_type, new_type, mode, old_mode, size, old_hash,
-    /// new_hash).
+    /// new_hash; with --exclude or --gitignore also excluded: count, sources).
     #[arg(long, conflicts_with = "patch")]
     pub json: bool,
     /// Unified diffs of the changed text files (a note for binary files, directories and symlinks).
@@ -203,9 +203,13 @@ pub fn diff(stack: &LayerStack, args: &DiffArgs) -> Result<i32> {
         }
         writeln!(out, "{}", summary(&changes))?;
     }
-    if !args.json {
-        if let Some(summary) = excluded.summary() {
-            // After a patch too, and on stdout: nothing is left out without saying so.
+    if let Some(summary) = excluded.summary().filter(|_| !args.json) {
+        // Nothing is left out without saying so: after the summary, or (so the patch stays one a tool can apply)
+        // on stderr after a patch.
+        if args.patch {
+            out.flush()?;
+            crate::say(&summary);
+        } else {
             writeln!(out, "{summary}")?;
         }
     }

@@ -953,6 +953,19 @@ fn diff_and_commit_leave_out_excluded_and_gitignored_paths() {
     let plain: serde_json::Value = serde_json::from_str(&stdout(&common::airlock(&["diff", &name, "--json"]))).unwrap();
     assert!(plain.get("excluded").is_none());
 
+    // A patch stays a patch: the summary goes to stderr.
+    let o = common::airlock(&["diff", &name, "--patch", "--gitignore", "--exclude", "node_modules/"]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("diff --git a/a.txt b/a.txt\n") && !stdout(&o).contains("excluded"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!stdout(&o).contains("node_modules") && !stdout(&o).contains("venv"), "{}", stdout(&o));
+    assert_eq!(
+        stderr(&o),
+        "airlock: 12 paths excluded (.gitignore, node_modules/, .git/info/exclude, sub/.gitignore)\n"
+    );
     // A bad pattern is a one-line usage error.
     let o = common::airlock(&["diff", &name, "--exclude", "a\nb"]);
     assert_ne!(code(&o), 0);

@@ -346,6 +346,28 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_removal_stays_when_something_under_it_is_excluded() {
+        let deleted = |path: &[u8], ty: EntryType| {
+            let mut c = added(path, ty);
+            (c.kind, c.old_type, c.new_type) = (ChangeKind::Deleted, Some(ty), None);
+            c
+        };
+        let changes = vec![
+            deleted(b"build", EntryType::Dir),
+            deleted(b"build/out", EntryType::Dir),
+            deleted(b"build/out/a.pyc", EntryType::File),
+            deleted(b"build/out/b.o", EntryType::File),
+            deleted(b"gone", EntryType::Dir),
+            deleted(b"gone/x.txt", EntryType::File),
+        ];
+        let (kept, excluded) = run(&["*.pyc"], changes);
+        // Removing build/ or build/out/ from the host would remove the excluded a.pyc with them.
+        assert_eq!(kept, ["build/out/b.o", "gone", "gone/x.txt"]);
+        assert_eq!(excluded.changes.len(), 3);
+        assert_eq!(excluded.sources, ["*.pyc"]);
+    }
+
+    #[test]
     fn bad_patterns_are_refused() {
         for bad in ["", " ", "a\nb", "x\0", "#comment"] {
             assert!(check_patterns(&[bad.to_string()]).is_err(), "{bad:?}");

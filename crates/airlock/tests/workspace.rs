@@ -995,3 +995,25 @@ fn diff_and_commit_leave_out_excluded_and_gitignored_paths() {
     assert!(!ws.path().join("venv").exists());
     assert_eq!(code(&common::airlock(&["rm", &name])), 0);
 }
+
+#[test]
+fn commit_with_excludes_keeps_a_removed_directory_that_holds_excluded_paths() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    let ws = workspace("exclude-rmdir");
+    fs::create_dir(ws.path().join("build")).unwrap();
+    fs::write(ws.path().join("build/a.pyc"), "bytecode\n").unwrap();
+    fs::write(ws.path().join("build/b.o"), "object\n").unwrap();
+    ws.chown_to_test_user();
+    let name = unique_name("exclude-rmdir");
+    let o = common::run(&["--name", &name, "--workspace", ws.str(), "--", "/bin/sh", "-c", "rm -rf build"]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    let o = common::airlock(&["commit", &name, "--exclude", "*.pyc"]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert_eq!(stdout(&o).lines().nth(1), Some("2 paths excluded (*.pyc), left in the layer"), "{}", stdout(&o));
+    // b.o went; build/ stays, with the excluded a.pyc in it; the removal of both is still pending.
+    assert!(!ws.path().join("build/b.o").exists());
+    assert_eq!(fs::read_to_string(ws.path().join("build/a.pyc")).unwrap(), "bytecode\n");
+    assert_eq!(stdout(&common::airlock(&["diff", &name])), "D  build/\nD  build/a.pyc\n2 changes: 2 deleted\n");
+    assert_eq!(code(&common::airlock(&["rm", &name])), 0);
+}

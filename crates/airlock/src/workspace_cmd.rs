@@ -65,8 +65,12 @@ pub struct CommitArgs {
 
 /// An `--exclude` value: one gitignore line.
 fn exclude_pattern(arg: &str) -> Result<String, String> {
-    layer::check_patterns(&[arg.to_string()]).map_err(|e| e.to_string())?;
-    Ok(arg.to_string())
+    match layer::check_patterns(&[arg.to_string()]) {
+        Ok(()) => Ok(arg.to_string()),
+        // clap names the flag and the value already: the reason alone.
+        Err(layer::LayerError::InvalidExclude { reason, .. }) => Err(reason),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn exclude_of(patterns: &[String], gitignore: bool) -> layer::Exclude {

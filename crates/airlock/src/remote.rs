@@ -208,10 +208,15 @@ fn dispatch(d: &Daemon, cmd: Command) -> Result<i32> {
         },
         Command::Diff(args) => {
             if args.patch || !args.paths.is_empty() {
-                crate::say("with --host, diff takes only NAME and --json");
+                crate::say("with --host, diff takes only NAME, --json, --exclude and --gitignore");
                 return Ok(EXIT_USAGE);
             }
-            match d.json("GET", &format!("{}/diff", sb(&args.name)), None)? {
+            let mut query: Vec<String> = args.exclude.iter().map(|p| format!("exclude={}", encode(p))).collect();
+            if args.gitignore {
+                query.push("gitignore=true".into());
+            }
+            let query = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
+            match d.json("GET", &format!("{}/diff{query}", sb(&args.name)), None)? {
                 Err(code) => code,
                 Ok(v) if args.json => {
                     print_json(&v)?;
@@ -228,16 +233,32 @@ fn dispatch(d: &Daemon, cmd: Command) -> Result<i32> {
                         };
                         println!("{letter}  {}", c["path"].as_str().unwrap_or("?"));
                     }
+                    if let Some(n) = v["excluded"]["count"].as_u64().filter(|&n| n > 0) {
+                        let sources: Vec<&str> = v["excluded"]["sources"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|s| s.as_str())
+                            .collect();
+                        println!("{n} path{} excluded ({})", if n == 1 { "" } else { "s" }, sources.join(", "));
+                    }
                     0
                 }
             }
         }
         Command::Commit(args) => {
-            let body = json!({ "paths": args.paths, "force": args.force });
+            let mut body = json!({ "paths": args.paths, "force": args.force });
+            if !args.exclude.is_empty() || args.gitignore {
+                body["exclude"] = json!(args.exclude);
+                body["gitignore"] = json!(args.gitignore);
+            }
             match d.json("POST", &format!("{}/commit", sb(&args.name)), Some(&body))? {
                 Err(code) => code,
                 Ok(v) => {
                     println!("committed {} changes of sandbox {}", v["committed"], args.name);
+                    if let Some(n) = v["excluded"].as_u64().filter(|&n| n > 0) {
+                        println!("{n} path{} excluded, left in the layer", if n == 1 { "" } else { "s" });
+                    }
                     0
                 }
             }

@@ -15,12 +15,20 @@ pub struct DiffArgs {
     /// The sandbox's name.
     pub name: String,
     /// One JSON document instead of text (fields: path, kind, old_type, new_type, mode, old_mode, size, old_hash,
-    /// new_hash).
+    /// new_hash; with --exclude or --gitignore also excluded: count, sources).
     #[arg(long, conflicts_with = "patch")]
     pub json: bool,
     /// Unified diffs of the changed text files (a note for binary files, directories and symlinks).
     #[arg(long)]
     pub patch: bool,
+    /// Leave out the paths this gitignore-style pattern matches (`node_modules/`, `*.pyc`, `/build`, `!keep.pyc`),
+    /// relative to the workspace root; repeatable, a later pattern overriding an earlier one.
+    #[arg(long, value_name = "PATTERN", value_parser = exclude_pattern)]
+    pub exclude: Vec<String>,
+    /// Also leave out what the workspace's .gitignore files and .git/info/exclude ignore, as the sandbox sees them
+    /// (the host's and the ones it wrote). Off unless given.
+    #[arg(long)]
+    pub gitignore: bool,
     /// Only what changed at or under these paths (relative to the workspace, or absolute inside it).
     #[arg(value_name = "PATH")]
     pub paths: Vec<String>,
@@ -42,9 +50,31 @@ pub struct CommitArgs {
     /// Apply even the changes whose host file changed since the sandbox started (overwriting those host edits).
     #[arg(long)]
     pub force: bool,
+    /// Leave in the layer (not applied) the paths this gitignore-style pattern matches (`node_modules/`, `*.pyc`, `/build`, `!keep.pyc`),
+    /// relative to the workspace root; repeatable, a later pattern overriding an earlier one.
+    #[arg(long, value_name = "PATTERN", value_parser = exclude_pattern)]
+    pub exclude: Vec<String>,
+    /// Also leave out what the workspace's .gitignore files and .git/info/exclude ignore, as the sandbox sees them
+    /// (the host's and the ones it wrote). Off unless given.
+    #[arg(long)]
+    pub gitignore: bool,
     /// Only the changes at or under these paths (relative to the workspace, or absolute inside it); all when none.
     #[arg(value_name = "PATH")]
     pub paths: Vec<String>,
+}
+
+/// An `--exclude` value: one gitignore line.
+fn exclude_pattern(arg: &str) -> Result<String, String> {
+    match layer::check_patterns(&[arg.to_string()]) {
+        Ok(()) => Ok(arg.to_string()),
+        // clap names the flag and the value already: the reason alone.
+        Err(layer::LayerError::InvalidExclude { reason, .. }) => Err(reason),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn exclude_of(patterns: &[String], gitignore: bool) -> layer::Exclude {
+    layer::Exclude { patterns: patterns.to_vec(), gitignore }
 }
 
 /// `airlock commit NAME`: of a sandbox that has ended (holding its lock), or of a running long-lived one (its
@@ -53,13 +83,13 @@ pub fn commit_cmd(args: &CommitArgs) -> Result<i32> {
     let state = crate::state::state();
     if store::checkpoint::is_sandbox_running(&state, &args.name)? {
         let outcome = store::checkpoint::change(&state, &args.name, "commit", |copy| {
-            let outcome = commit_layer(copy.stack, args, copy.created)?;
+            let (outcome, excluded) = commit_layer(copy.stack, args, copy.created)?;
             let changed = matches!(&outcome, layer::CommitOutcome::Committed(changes) if !changes.is_empty());
-            anyhow::Ok(((outcome, copy.stack.lower.clone()), changed))
+            anyhow::Ok(((outcome, excluded, copy.stack.lower.clone()), changed))
         })?;
-        let (outcome, workspace) = outcome;
+        let (outcome, excluded, workspace) = outcome;
         record_commit(&state, &args.name, &outcome, true);
-        return report_commit(&outcome, &workspace, true);
+        return report_commit(&outcome, &excluded, &workspace, true);
     }
     let claim = store::sandbox::claim_layer(&state, &args.name)?;
     commit(&claim, args)
@@ -92,8 +122,13 @@ pub fn discard_cmd(args: &DiscardArgs) -> Result<i32> {
     discard(&layer, args)
 }
 
-fn commit_layer(stack: &LayerStack, args: &CommitArgs, created: f64) -> Result<layer::CommitOutcome> {
-    layer::commit_stack(stack, &args.paths, created, args.force)
+fn commit_layer(
+    stack: &LayerStack,
+    args: &CommitArgs,
+    created: f64,
+) -> Result<(layer::CommitOutcome, layer::Excluded)> {
+    let exclude = exclude_of(&args.exclude, args.gitignore);
+    layer::commit_stack_excluding(stack, &args.paths, &exclude, created, args.force)
         .with_context(|| format!("cannot commit the workspace of sandbox {}", args.name))
 }
 
@@ -107,18 +142,26 @@ fn discard_layer(stack: &LayerStack, args: &DiscardArgs) -> Result<Vec<String>> 
 /// The caller holds the sandbox's lock (it is not running, and no other commit runs).
 pub fn commit(claim: &crate::state::ClaimedLayer, args: &CommitArgs) -> Result<i32> {
     let layer = &claim.layer;
-    let outcome = commit_layer(layer, args, claim.record.created)?;
+    let (outcome, excluded) = commit_layer(layer, args, claim.record.created)?;
     record_commit(&crate::state::state(), &args.name, &outcome, false);
-    report_commit(&outcome, &layer.lower, false)
+    report_commit(&outcome, &excluded, &layer.lower, false)
 }
 
 /// Prints what a commit did; its exit status.
-fn report_commit(outcome: &layer::CommitOutcome, workspace: &Path, running: bool) -> Result<i32> {
+fn report_commit(
+    outcome: &layer::CommitOutcome,
+    excluded: &layer::Excluded,
+    workspace: &Path,
+    running: bool,
+) -> Result<i32> {
     match outcome {
         layer::CommitOutcome::Committed(changes) => {
             let n = changes.len();
             let live = if running && n > 0 { " (running: new commands see them as the host's)" } else { "" };
             println!("committed {n} change{} to {}{live}", if n == 1 { "" } else { "s" }, workspace.display());
+            if let Some(summary) = excluded.summary() {
+                println!("{summary}, left in the layer");
+            }
             Ok(0)
         }
         layer::CommitOutcome::Refused(conflicts) => {
@@ -144,12 +187,14 @@ pub fn diff(stack: &LayerStack, args: &DiffArgs) -> Result<i32> {
     let composed =
         layer::compose(stack).with_context(|| format!("cannot diff the workspace of sandbox {}", args.name))?;
     let layer = composed.paths();
-    let changes = layer::diff_layer(layer, &args.paths)
+    let exclude = exclude_of(&args.exclude, args.gitignore);
+    let (changes, excluded) = layer::diff_excluding(layer, &args.paths, &exclude)
         .with_context(|| format!("cannot diff the workspace of sandbox {}", args.name))?;
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     if args.json {
-        writeln!(out, "{}", diff_json(&args.name, layer, &changes)?)?;
+        let excluded = (!exclude.is_empty()).then_some(&excluded);
+        writeln!(out, "{}", diff_json(&args.name, layer, &changes, excluded)?)?;
     } else if args.patch {
         for change in &changes {
             let patch = layer::unified_patch(layer, change)
@@ -161,6 +206,16 @@ pub fn diff(stack: &LayerStack, args: &DiffArgs) -> Result<i32> {
             writeln!(out, "{}", human_line(change))?;
         }
         writeln!(out, "{}", summary(&changes))?;
+    }
+    if let Some(summary) = excluded.summary().filter(|_| !args.json) {
+        // Nothing is left out without saying so: after the summary, or (so the patch stays one a tool can apply)
+        // on stderr after a patch.
+        if args.patch {
+            out.flush()?;
+            crate::say(&summary);
+        } else {
+            writeln!(out, "{summary}")?;
+        }
     }
     out.flush()?;
     Ok(0)
@@ -184,11 +239,18 @@ fn report_discard(dropped: &[String], running: bool) {
 }
 
 /// `airlock diff --json`: one document in the stable shape documented in README, fields in a fixed order.
-pub fn diff_json(name: &str, layer: &LayerPaths, changes: &[Change]) -> serde_json::Result<String> {
+/// With excludes, `excluded` says how many paths were left out and which patterns or files did it.
+pub fn diff_json(
+    name: &str,
+    layer: &LayerPaths,
+    changes: &[Change],
+    excluded: Option<&layer::Excluded>,
+) -> serde_json::Result<String> {
     let doc = DiffDoc {
         name,
         workspace: layer.lower.to_string_lossy().into_owned(),
         changes: changes.iter().map(ChangeDoc::from).collect(),
+        excluded: excluded.map(|e| ExcludedDoc { count: e.changes.len(), sources: &e.sources }),
     };
     serde_json::to_string_pretty(&doc)
 }
@@ -198,6 +260,14 @@ struct DiffDoc<'a> {
     name: &'a str,
     workspace: String,
     changes: Vec<ChangeDoc<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    excluded: Option<ExcludedDoc<'a>>,
+}
+
+#[derive(Serialize)]
+struct ExcludedDoc<'a> {
+    count: usize,
+    sources: &'a [String],
 }
 
 /// One change in `airlock diff --json`, fields in this order. A name that is not UTF-8 is lossy in `path`;
@@ -353,7 +423,7 @@ mod tests {
         let layer = LayerPaths { upper: "/state/upper".into(), lower: "/srv/app".into() };
         let changes =
             [change(b"src/a.rs", Modified, Some(File), Some(File)), change(b"x\xff", Deleted, Some(Symlink), None)];
-        let text = diff_json("box", &layer, &changes).unwrap();
+        let text = diff_json("box", &layer, &changes, None).unwrap();
         let at = |key: &str| text.find(&format!("\"{key}\":")).unwrap();
         assert!(at("name") < at("workspace") && at("workspace") < at("changes"), "{text}");
         assert!(at("path") < at("kind") && at("kind") < at("old_type") && at("mode") < at("new_hash"), "{text}");

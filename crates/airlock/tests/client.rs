@@ -84,12 +84,25 @@ fn the_cli_drives_a_daemon_over_its_socket() {
     assert_eq!(stdout(&o), "A  b.txt\n", "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&r(&["diff", "--json", &name]))).unwrap();
     assert_eq!(v["changes"][0]["path"], "b.txt");
+    // Excludes go to the daemon as query parameters (diff) and body fields (commit).
+    assert_eq!(code(&r(&["exec", &name, "--", "sh", "-c", "echo j > j.pyc; mkdir venv; echo v > venv/v"])), 0);
+    let o = r(&["diff", &name, "--exclude", "*.pyc", "--exclude", "venv/"]);
+    assert_eq!(
+        stdout(&o),
+        "A  b.txt
+3 paths excluded (*.pyc, venv/)
+",
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(code(&r(&["checkpoint", &name, "c1"])), 0);
     assert!(stdout(&r(&["checkpoints", &name])).contains("c1"));
     assert_eq!(code(&r(&["exec", &name, "--", "sh", "-c", "echo more > c.txt"])), 0);
     assert_eq!(code(&r(&["rollback", &name, "c1"])), 0);
-    let o = r(&["commit", &name]);
+    let o = r(&["commit", &name, "--exclude=*.pyc", "--exclude", "venv/"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).ends_with("\n3 paths excluded, left in the layer\n"), "{}", stdout(&o));
+    assert!(!ws.path().join("j.pyc").exists() && !ws.path().join("venv").exists());
     assert_eq!(std::fs::read_to_string(ws.path().join("b.txt")).unwrap(), "new\n");
     assert!(!ws.path().join("c.txt").exists());
     assert!(stdout(&r(&["logs", &name])).lines().count() >= 3);

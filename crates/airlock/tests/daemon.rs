@@ -901,3 +901,59 @@ fn the_exec_agent_runs_plain_execs_confined_as_airlock_exec_would() {
     let left: Vec<i32> = processes_of(&d.state).into_iter().filter(|&p| p != d.pid() && p != own).collect();
     assert!(left.is_empty(), "processes left after delete: {left:?}");
 }
+
+#[test]
+fn diff_and_commit_over_the_api_leave_out_excluded_paths() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    let d = Daemon::start("api-exclude", &[]);
+    let c = d.client();
+    let ws = workspace("api-exclude-ws");
+    let name = unique("exclude");
+    let a = c.post("/v1/sandboxes", &json!({ "name": name, "workspace": ws.str() }));
+    assert_eq!(a.status, 201, "{}", a.text());
+    // The .gitignore is the sandbox's own (in the layer), and part of the changes is under a checkpoint.
+    c.sh(&name, "printf 'venv/\\n*.pyc\\n!keep.pyc\\n' > .gitignore; mkdir -p venv/bin; echo v > venv/bin/python");
+    let cp = c.post(&format!("/v1/sandboxes/{name}/checkpoints"), &json!({ "label": "c1" }));
+    assert_eq!(cp.status, 201, "{}", cp.text());
+    c.sh(
+        &name,
+        "mkdir -p node_modules/x; echo y > node_modules/x/i.js; echo b > m.pyc; echo k > keep.pyc; echo real > a.txt",
+    );
+
+    let diff = c.get(&format!("/v1/sandboxes/{name}/diff?exclude={}&gitignore=true", encode("node_modules/")));
+    assert_eq!(diff.status, 200, "{}", diff.text());
+    let doc = diff.json();
+    let paths: Vec<&str> = doc["changes"].as_array().unwrap().iter().map(|c| c["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, [".gitignore", "a.txt", "keep.pyc"], "{doc}");
+    assert_eq!(doc["excluded"], json!({"count": 7, "sources": [".gitignore", "node_modules/"]}), "{doc}");
+    let plain = c.get(&format!("/v1/sandboxes/{name}/diff"));
+    assert!(plain.text().contains("node_modules/x/i.js") && plain.json().get("excluded").is_none(), "{}", plain.text());
+    // Several patterns; bad input is 400.
+    let two = c.get(&format!("/v1/sandboxes/{name}/diff?exclude=node_modules%2F&exclude=venv%2F&exclude=*.pyc"));
+    assert_eq!(two.status, 200, "{}", two.text());
+    assert_eq!(two.json()["excluded"]["count"], 8, "{}", two.text());
+    for bad in ["gitignore=maybe", "exclude=", "exclude=a%0Ab", "nope=1"] {
+        let r = c.get(&format!("/v1/sandboxes/{name}/diff?{bad}"));
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    let r = c.post(&format!("/v1/sandboxes/{name}/commit"), &json!({ "exclude": ["#x"] }));
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    let cm =
+        c.post(&format!("/v1/sandboxes/{name}/commit"), &json!({ "exclude": ["node_modules/"], "gitignore": true }));
+    assert_eq!(cm.status, 200, "{}", cm.text());
+    assert_eq!(cm.json(), json!({ "committed": 3, "excluded": 7 }));
+    assert_eq!(fs::read_to_string(ws.path().join("a.txt")).unwrap(), "real\n");
+    assert!(ws.path().join("keep.pyc").exists() && ws.path().join(".gitignore").exists());
+    assert!(!ws.path().join("venv").exists() && !ws.path().join("node_modules").exists());
+    assert!(!ws.path().join("m.pyc").exists());
+    // The excluded changes are still in the layer, and still there inside the sandbox.
+    let left = c.get(&format!("/v1/sandboxes/{name}/diff")).json();
+    assert_eq!(left["changes"].as_array().unwrap().len(), 7, "{left}");
+    assert_eq!(c.sh(&name, "cat venv/bin/python m.pyc"), "v\nb\n");
+    let dc = c.post(&format!("/v1/sandboxes/{name}/discard"), &json!({}));
+    assert_eq!(dc.status, 200, "{}", dc.text());
+    assert_eq!(c.get(&format!("/v1/sandboxes/{name}/diff")).json()["changes"], json!([]));
+    assert_eq!(c.delete(&format!("/v1/sandboxes/{name}")).status, 204);
+}

@@ -890,3 +890,119 @@ fn root_owned_workspace_works_in_a_long_lived_sandbox() {
     assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
     assert_eq!(owners(ws.path()), root_tree_after_edits());
 }
+
+/// What an agent leaves in a workspace beside its real change: a venv, node_modules, bytecode, a log under a
+/// `.gitignore` it wrote, a scratch file that `.git/info/exclude` names, and a hostile name.
+const FLOOD: &str = "printf 'line one\\nline 2\\n' > a.txt; \
+                     mkdir -p venv/lib && echo x > venv/lib/site.py; \
+                     mkdir -p node_modules/left-pad && echo y > node_modules/left-pad/index.js; \
+                     mkdir pkg/__pycache__ && echo c > pkg/__pycache__/m.pyc; echo c > pkg/mod.pyc; \
+                     echo keep > pkg/keep.pyc; echo '*.log' > sub/.gitignore; echo l > sub/x.log; \
+                     echo t > scratch.tmp; echo h > \"$(printf 'evil\\nD  a.pyc')\"";
+
+/// A workspace whose host has a committed `.gitignore` (with a negation) and a `.git/info/exclude`.
+fn ignoring_workspace(tag: &str) -> TempDir {
+    let ws = workspace(tag);
+    fs::write(ws.path().join(".gitignore"), "venv/\n__pycache__/\n*.pyc\n!keep.pyc\n").unwrap();
+    fs::create_dir_all(ws.path().join(".git/info")).unwrap();
+    fs::write(ws.path().join(".git/info/exclude"), "*.tmp\n").unwrap();
+    fs::create_dir(ws.path().join("pkg")).unwrap();
+    fs::write(ws.path().join("pkg/mod.py"), "pass\n").unwrap();
+    ws.chown_to_test_user();
+    ws
+}
+
+#[test]
+fn diff_and_commit_leave_out_excluded_and_gitignored_paths() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    let ws = ignoring_workspace("diff-exclude");
+    let name = unique_name("exclude");
+    let o = common::run(&["--name", &name, "--workspace", ws.str(), "--", "/bin/sh", "-c", FLOOD]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    let everything = stdout(&common::airlock(&["diff", &name]));
+    assert!(everything.contains("A  node_modules/\n") && everything.contains("A  venv/lib/site.py\n"), "{everything}");
+
+    let o = common::airlock(&["diff", &name, "--exclude", "node_modules/", "--gitignore"]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "M  a.txt\nA  pkg/keep.pyc\nA  sub/.gitignore\n3 changes: 2 added, 1 modified\n\
+         12 paths excluded (.gitignore, node_modules/, .git/info/exclude, sub/.gitignore)\n"
+    );
+    // --json says so too; the patterns alone (no --gitignore), with a negation of their own.
+    let o = common::airlock(&["diff", &name, "--json", "--exclude", "*.pyc", "--exclude=!keep.pyc"]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let paths: Vec<&str> = doc["changes"].as_array().unwrap().iter().map(|c| c["path"].as_str().unwrap()).collect();
+    assert!(paths.contains(&"pkg/keep.pyc") && paths.contains(&"venv/lib/site.py"), "{paths:?}");
+    assert!(!paths.iter().any(|p| p.ends_with("mod.pyc") || p.ends_with("m.pyc") || p.contains('\n')), "{paths:?}");
+    assert_eq!(doc["excluded"], serde_json::json!({"count": 3, "sources": ["*.pyc"]}));
+    assert!(serde_json::from_str::<serde_json::Value>(&everything).is_err()); // (text, not JSON, without --json)
+    let plain: serde_json::Value = serde_json::from_str(&stdout(&common::airlock(&["diff", &name, "--json"]))).unwrap();
+    assert!(plain.get("excluded").is_none());
+
+    // A patch stays a patch: the summary goes to stderr.
+    let o = common::airlock(&["diff", &name, "--patch", "--gitignore", "--exclude", "node_modules/"]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("diff --git a/a.txt b/a.txt\n") && !stdout(&o).contains("excluded"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!stdout(&o).contains("node_modules") && !stdout(&o).contains("venv"), "{}", stdout(&o));
+    assert_eq!(
+        stderr(&o),
+        "airlock: 12 paths excluded (.gitignore, node_modules/, .git/info/exclude, sub/.gitignore)\n"
+    );
+    // A bad pattern is a one-line usage error.
+    let o = common::airlock(&["diff", &name, "--exclude", "a\nb"]);
+    assert_ne!(code(&o), 0);
+    assert!(stderr(&o).starts_with("airlock: ") && stderr(&o).trim_end().lines().count() == 1, "{}", stderr(&o));
+
+    // commit --gitignore: only the real changes reach the host; the excluded ones stay in the layer.
+    let o = common::airlock(&["commit", &name, "--gitignore", "--exclude", "node_modules/"]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert!(stdout(&o).starts_with("committed 3 changes to "), "{}", stdout(&o));
+    assert!(stdout(&o).contains("\n12 paths excluded ("), "{}", stdout(&o));
+    assert_eq!(fs::read_to_string(ws.path().join("a.txt")).unwrap(), "line one\nline 2\n");
+    assert_eq!(fs::read_to_string(ws.path().join("pkg/keep.pyc")).unwrap(), "keep\n");
+    assert_eq!(fs::read_to_string(ws.path().join("sub/.gitignore")).unwrap(), "*.log\n");
+    for left in ["venv", "node_modules", "pkg/__pycache__", "pkg/mod.pyc", "sub/x.log", "scratch.tmp", "evil\nD  a.pyc"]
+    {
+        assert!(!ws.path().join(left).exists(), "{left} was committed");
+    }
+    let left = stdout(&common::airlock(&["diff", &name]));
+    assert!(left.ends_with("12 changes: 12 added\n"), "{left}");
+    assert!(
+        left.contains("A  node_modules/left-pad/index.js\n") && left.contains("A  \"evil\\nD  a.pyc\"\n"),
+        "{left}"
+    );
+    let o = common::airlock(&["discard", &name]);
+    assert_eq!(stdout(&o), "discarded 12 changes\n", "stderr: {}", stderr(&o));
+    assert_eq!(stdout(&common::airlock(&["diff", &name])), "no changes\n");
+    assert!(!ws.path().join("venv").exists());
+    assert_eq!(code(&common::airlock(&["rm", &name])), 0);
+}
+
+#[test]
+fn commit_with_excludes_keeps_a_removed_directory_that_holds_excluded_paths() {
+    require_sandbox!();
+    let _user = require_test_user!();
+    let ws = workspace("exclude-rmdir");
+    fs::create_dir(ws.path().join("build")).unwrap();
+    fs::write(ws.path().join("build/a.pyc"), "bytecode\n").unwrap();
+    fs::write(ws.path().join("build/b.o"), "object\n").unwrap();
+    ws.chown_to_test_user();
+    let name = unique_name("exclude-rmdir");
+    let o = common::run(&["--name", &name, "--workspace", ws.str(), "--", "/bin/sh", "-c", "rm -rf build"]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    let o = common::airlock(&["commit", &name, "--exclude", "*.pyc"]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert_eq!(stdout(&o).lines().nth(1), Some("2 paths excluded (*.pyc), left in the layer"), "{}", stdout(&o));
+    // b.o went; build/ stays, with the excluded a.pyc in it; the removal of both is still pending.
+    assert!(!ws.path().join("build/b.o").exists());
+    assert_eq!(fs::read_to_string(ws.path().join("build/a.pyc")).unwrap(), "bytecode\n");
+    assert_eq!(stdout(&common::airlock(&["diff", &name])), "D  build/\nD  build/a.pyc\n2 changes: 2 deleted\n");
+    assert_eq!(code(&common::airlock(&["rm", &name])), 0);
+}

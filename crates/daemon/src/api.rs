@@ -410,11 +410,66 @@ fn json_of(stdout: &[u8], what: &str) -> ApiResult<Value> {
     serde_json::from_slice(stdout).map_err(|e| ApiError::internal(format!("airlock {what} printed no JSON: {e}")))
 }
 
-async fn diff(State(app): State<Shared>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+async fn diff(
+    State(app): State<Shared>,
+    Path(name): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let mut exclude = Vec::new();
+    let mut gitignore = false;
+    for (key, value) in query {
+        match key.as_str() {
+            "exclude" => exclude.push(value),
+            "gitignore" => {
+                gitignore = match value.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "gitignore: {:?} is not true or false",
+                            short(&value)
+                        )))
+                    }
+                }
+            }
+            _ => return Err(ApiError::bad_request(format!("unknown query parameter {:?}", short(&key)))),
+        }
+    }
     let entry = owned(&app, &name)?;
     let _shared = entry.lock.share(&name)?;
-    let done = app.engine.run_ok(&name_args("diff", &name, &["--json"])).await?;
+    let mut flags: Vec<String> = vec!["--json".into()];
+    flags.extend(exclude_flags(&exclude, gitignore)?);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let done = app.engine.run_ok(&name_args("diff", &name, &flags)).await?;
     Ok(Json(json_of(&done.stdout, "diff --json")?))
+}
+
+/// `--exclude=PATTERN` (one argument, so a pattern can never be read as a flag) and `--gitignore`.
+fn exclude_flags(exclude: &[String], gitignore: bool) -> ApiResult<Vec<String>> {
+    let mut flags = Vec::new();
+    for pattern in exclude {
+        store::layer::check_patterns(std::slice::from_ref(pattern))
+            .map_err(|e| ApiError::bad_request(format!("exclude: {e}")))?;
+        flags.push(format!("--exclude={pattern}"));
+    }
+    if gitignore {
+        flags.push("--gitignore".into());
+    }
+    Ok(flags)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommitBody {
+    #[serde(default)]
+    paths: Vec<String>,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    exclude: Vec<String>,
+    #[serde(default)]
+    gitignore: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -447,12 +502,24 @@ fn count_in(stdout: &[u8]) -> u64 {
 }
 
 async fn commit(State(app): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
-    let req: PathsBody = parse_body(&body)?;
+    let req: CommitBody = parse_body(&body)?;
+    let mut flags: Vec<String> = if req.force { vec!["--force".into()] } else { Vec::new() };
+    let excluding = !req.exclude.is_empty() || req.gitignore;
+    flags.extend(exclude_flags(&req.exclude, req.gitignore)?);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let entry = owned(&app, &name)?;
     let _change = entry.lock.change(&name)?;
-    let flags: &[&str] = if req.force { &["--force"] } else { &[] };
-    let done = app.engine.run(&with_paths("commit", &name, flags, &req.paths)?, None).await?;
+    let done = app.engine.run(&with_paths("commit", &name, &flags, &req.paths)?, None).await?;
     if done.ok() {
+        if excluding {
+            // "12 paths excluded (...), left in the layer" on the second line, when any were.
+            let excluded: u64 = String::from_utf8_lossy(&done.stdout)
+                .lines()
+                .nth(1)
+                .and_then(|line| line.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0);
+            return Ok(Json(json!({ "committed": count_in(&done.stdout), "excluded": excluded })));
+        }
         return Ok(Json(json!({ "committed": count_in(&done.stdout) })));
     }
     let mut err = classify(&done);

@@ -34,12 +34,14 @@ use sha2::{Digest, Sha256};
 
 mod commit;
 pub mod disk;
+mod exclude;
 pub mod live;
 mod stack;
 pub use commit::{commit_changes, CommitError, CommitOutcome};
+pub use exclude::{check_patterns, Exclude, Excluded};
 pub use stack::{
-    clear_dir, clone_layer, commit_stack, compose, count_entries, diff_stack, discard_stack, patch_stack, remove_path,
-    ComposedLayer, LayerStack,
+    clear_dir, clone_layer, commit_stack, commit_stack_excluding, compose, count_entries, diff_stack, discard_stack,
+    patch_stack, remove_path, ComposedLayer, LayerStack,
 };
 
 /// Where a sandbox's workspace layer is.
@@ -122,6 +124,9 @@ pub enum LayerError {
     /// A `PATH` argument that does not name a place inside the workspace.
     #[error("invalid path {path:?}: {reason}")]
     InvalidFilter { path: String, reason: String },
+    /// An `--exclude` pattern that is not one gitignore line.
+    #[error("invalid exclude pattern {pattern:?}: {reason}")]
+    InvalidExclude { pattern: String, reason: String },
     /// Cannot open a directory of the layer or of the workspace.
     #[error("cannot open directory {path}")]
     OpenDir {
@@ -200,6 +205,24 @@ pub enum LayerError {
 pub fn diff_layer(paths: &LayerPaths, filter: &[String]) -> Result<Vec<Change>, LayerError> {
     let filters = parse_filters(&paths.lower, filter)?;
     diff_filtered(paths, &filters)
+}
+
+/// As [`diff_layer`], less what `exclude` leaves out (returned beside, with why).
+pub fn diff_excluding(
+    paths: &LayerPaths,
+    filter: &[String],
+    exclude: &Exclude,
+) -> Result<(Vec<Change>, Excluded), LayerError> {
+    check_patterns(&exclude.patterns)?;
+    let filters = parse_filters(&paths.lower, filter)?;
+    let changes = diff_filtered(paths, &filters)?;
+    if exclude.is_empty() {
+        return Ok((changes, Excluded::default()));
+    }
+    // Which ignore files the sandbox wrote or deleted is read from every change, not only those under the PATHs.
+    let all = if filters.is_empty() || !exclude.gitignore { None } else { Some(diff_filtered(paths, &[])?) };
+    let all = all.as_deref().unwrap_or(&changes);
+    exclude::split(paths, changes.clone(), all, exclude)
 }
 
 /// Drops the changes at or under the `filter` paths (all when empty) from the layer, so the workspace shows the host

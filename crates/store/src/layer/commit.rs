@@ -141,6 +141,17 @@ pub fn commit_changes(
     force: bool,
 ) -> Result<CommitOutcome, CommitError> {
     let changes = diff_layer(paths, filter)?;
+    commit_listed(paths, changes, created, force)
+}
+
+/// As [`commit_changes`], of these changes of the layer (as a diff listed them, in its order): a partial commit,
+/// which leaves every other change in the layer.
+pub(crate) fn commit_listed(
+    paths: &LayerPaths,
+    changes: Vec<Change>,
+    created: f64,
+    force: bool,
+) -> Result<CommitOutcome, CommitError> {
     for change in &changes {
         validated_components(&change.raw_path)?;
     }

@@ -22,7 +22,8 @@ use super::{
     cstring, diff_filtered, discard_changes, list_dir, open_at, open_dir_at, open_root, overlay_marks, parse_filters,
     remove_tree_at, stat_at, Change, EntryType, LayerError, LayerPaths, MAX_DEPTH,
 };
-use crate::layer::commit::{commit_changes, CommitError, CommitOutcome};
+use crate::layer::commit::{commit_listed, CommitError, CommitOutcome};
+use crate::layer::exclude::{Exclude, Excluded};
 
 /// A sandbox's layers: the upper directory, the frozen layers (newest first) and the workspace below them all.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,7 +188,7 @@ pub fn discard_stack(stack: &LayerStack, filter: &[String]) -> Result<Vec<String
     Ok(dropped)
 }
 
-/// Applies the stack's changes at or under `filter` to the host workspace (see [`commit_changes`]); what was
+/// Applies the stack's changes at or under `filter` to the host workspace (see [`super::commit_changes`]); what was
 /// applied leaves every layer of the stack.
 pub fn commit_stack(
     stack: &LayerStack,
@@ -195,13 +196,26 @@ pub fn commit_stack(
     created: f64,
     force: bool,
 ) -> Result<CommitOutcome, CommitError> {
+    commit_stack_excluding(stack, filter, &Exclude::default(), created, force).map(|(outcome, _)| outcome)
+}
+
+/// As [`commit_stack`], less what `exclude` leaves out: those changes stay in the layers (a later diff shows
+/// them, discard drops them), and are returned beside the outcome.
+pub fn commit_stack_excluding(
+    stack: &LayerStack,
+    filter: &[String],
+    exclude: &Exclude,
+    created: f64,
+    force: bool,
+) -> Result<(CommitOutcome, Excluded), CommitError> {
     let composed = compose(stack)?;
+    let (changes, excluded) = super::diff_excluding(composed.paths(), filter, exclude)?;
     let outcome = if stack.frozen.is_empty() {
-        commit_changes(composed.paths(), filter, created, force)
+        commit_listed(composed.paths(), changes, created, force)
     } else {
-        commit_composed(stack, &composed, filter, created, force)
+        commit_composed(stack, &composed, changes, created, force)
     };
-    if filter.is_empty() {
+    if filter.is_empty() && excluded.changes.is_empty() {
         if let Ok(CommitOutcome::Committed(_)) = &outcome {
             // Everything was applied: the host now is what the layers showed. What is left in them (a copy-up
             // equal to the host's entry, an opaque directory whose contents are now the host's) would only hide
@@ -211,17 +225,16 @@ pub fn commit_stack(
             }
         }
     }
-    outcome
+    outcome.map(|outcome| (outcome, excluded))
 }
 
 fn commit_composed(
     stack: &LayerStack,
     composed: &ComposedLayer,
-    filter: &[String],
+    changes: Vec<Change>,
     created: f64,
     force: bool,
 ) -> Result<CommitOutcome, CommitError> {
-    let changes = super::diff_layer(composed.paths(), filter)?;
     // The changes whose composed entry is a file, symlink or whiteout: commit takes such an entry out of the
     // composed layer once it is applied, and then it goes from every real layer.
     let upper = open_root(&composed.paths().upper)?;
@@ -231,7 +244,7 @@ fn commit_composed(
             leaves.push(change.raw_path.clone());
         }
     }
-    let outcome = commit_changes(composed.paths(), filter, created, force);
+    let outcome = commit_listed(composed.paths(), changes, created, force);
     // Even after an error: what was applied is out of the composed layer and must leave the real ones.
     for rel in &leaves {
         if !entry_exists(upper.as_fd(), rel)? {

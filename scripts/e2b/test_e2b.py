@@ -11,12 +11,16 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "testlib"))
+from busybox_image import write_busybox_image  # noqa: E402
 
 AIRLOCK = os.environ["AIRLOCK"]
 TOKEN = "airlock-e2b-test-token-0123456789abcdef"
@@ -600,45 +604,11 @@ def test_a_wrong_api_key_is_refused(server):
 
 def test_a_template_naming_an_image_creates_from_it(server):
     """A templateID that names an image in the daemon's store: the sandbox's `/` is the image (writable), with its
-    config's environment. The image is a `docker save` tarball made here: the host's static busybox and a file."""
-    import hashlib
-    import io
-    import tarfile
-
+    config's environment (the image: scripts/testlib/busybox_image.py, imported with airlock image import)."""
     from e2b import Sandbox
 
-    busybox = shutil.which("busybox")
-    assert busybox, "busybox-static is installed by scripts/setup-debian"
-    layer = io.BytesIO()
-    with tarfile.open(fileobj=layer, mode="w") as t:
-        for d in ("bin", "etc", "tmp"):
-            info = tarfile.TarInfo(d)
-            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if d == "tmp" else 0o755
-            t.addfile(info)
-        t.add(os.path.realpath(busybox), arcname="bin/busybox")
-        for tool in ("sh", "cat", "echo", "id", "touch"):
-            info = tarfile.TarInfo(f"bin/{tool}")
-            info.type, info.linkname = tarfile.SYMTYPE, "busybox"
-            t.addfile(info)
-        # The SDK runs commands with /bin/bash -l -c: busybox's sh stands in.
-        for name, data, mode in (("etc/motd", b"from the image\n", 0o644),
-                                 ("bin/bash", b'#!/bin/sh\nexec /bin/sh "$@"\n', 0o755)):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), mode
-            t.addfile(info, io.BytesIO(data))
-    layer = layer.getvalue()
-    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "config": {"Env": ["PATH=/bin", "GREETING=hello"], "Cmd": ["sh"]},
-                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
     save = DAEMON["state"].parent / "bb-e2b.tar"
-    with tarfile.open(save, "w") as t:
-        for name, data in (("config.json", config), ("layer/layer.tar", layer),
-                           ("manifest.json", json.dumps([{"Config": "config.json", "RepoTags": ["test/bb:e2b"],
-                                                          "Layers": ["layer/layer.tar"]}]).encode())):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
+    write_busybox_image(save, "test/bb:e2b")
     imported = subprocess.run([AIRLOCK, "image", "import", str(save)], capture_output=True, text=True,
                               env={**{k: v for k, v in os.environ.items() if k != "AIRLOCK_HOST"},
                                    "AIRLOCK_STATE_DIR": str(DAEMON["state"])})

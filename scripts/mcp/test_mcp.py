@@ -23,6 +23,9 @@ from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "testlib"))
+from busybox_image import write_busybox_image  # noqa: E402
+
 AIRLOCK = os.environ.get("AIRLOCK", "airlock")
 TRANSPORTS = ["stdio", "http", "daemon"]
 TOOLS = {
@@ -255,13 +258,38 @@ def test_a_plain_sandbox_and_a_command_timeout(world):
     anyio.run(body)
 
 
+def test_a_sandbox_from_an_image(world):
+    """`create_sandbox {image}`: the image (imported into the state directory) as a writable `/`, its Env applied."""
+    save = world.tmp / "bb.tar"
+    write_busybox_image(save, "test/bb:mcp")
+    env = {k: v for k, v in os.environ.items() if k != "AIRLOCK_HOST"}
+    env["AIRLOCK_STATE_DIR"] = str(world.state)
+    imported = subprocess.run([AIRLOCK, "image", "import", str(save)], env=env, capture_output=True, text=True)
+    assert imported.returncode == 0, imported.stderr
+
+    async def body():
+        async with world.session() as s:
+            name = ok(await call(s, "create_sandbox", image="test/bb:mcp"))["name"]
+            try:
+                ran = ok(await call(s, "run_command", sandbox=name,
+                                    command="cat /etc/motd; echo $GREETING; touch /made && echo wrote"))
+                assert ran["exit_code"] == 0 and ran["stdout"] == "from the image\nhello\nwrote\n", ran
+            finally:
+                ok(await call(s, "destroy_sandbox", sandbox=name))
+
+    anyio.run(body)
+
+
 def test_refusals_are_error_results(world):
     async def body():
         async with world.session() as s:
             msg = refused(await call(s, "run_command", sandbox="no-such-sandbox", command="true"))
             assert "no-such-sandbox" in msg, msg
+            # An image the store does not have, and one that is not a reference at all.
             msg = refused(await call(s, "create_sandbox", image="ubuntu:24.04"))
             assert "image" in msg, msg
+            msg = refused(await call(s, "create_sandbox", image="--rm"))
+            assert "not an image reference" in msg, msg
             refused(await call(s, "create_sandbox", workspace="relative/dir"))
             refused(await call(s, "create_sandbox", timeout="soon"))
             refused(await call(s, "read_file", sandbox="no-such-sandbox", path="relative"))

@@ -19,6 +19,8 @@ pub const EXIT_TIMED_OUT: i32 = 124;
 /// A checked `create_sandbox`.
 #[derive(Debug, Clone, Default)]
 pub struct SandboxRequest {
+    /// An image in the store (`airlock image pull` / `import`) as `/`, writable for the sandbox.
+    pub image: Option<String>,
     pub workspace: Option<String>,
     pub allow: Vec<String>,
     pub timeout: Option<String>,

@@ -171,6 +171,9 @@ impl Local {
 
     pub async fn create(&self, name: &str, req: &SandboxRequest) -> Result<Value, ToolError> {
         let mut flags = Vec::new();
+        if let Some(image) = &req.image {
+            flags.push(format!("--image={image}"));
+        }
         if let Some(w) = &req.workspace {
             flags.push(format!("--workspace={w}"));
         }

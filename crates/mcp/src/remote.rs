@@ -188,6 +188,9 @@ impl Remote {
 
     pub async fn create(&self, name: &str, req: &SandboxRequest) -> Result<Value, ToolError> {
         let mut spec = json!({ "name": name });
+        if let Some(image) = &req.image {
+            spec["image"] = json!(image);
+        }
         if let Some(w) = &req.workspace {
             spec["workspace"] = json!(w);
         }

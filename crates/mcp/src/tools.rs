@@ -46,8 +46,9 @@ pub enum CommandArg {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandboxArgs {
-    /// A container image for `/`. Not supported by this build of airlock (the sandbox's `/` is the host's system
-    /// directories, read-only).
+    /// An image in airlock's store (`airlock image pull` / `import`, e.g. `python:3.12`) as `/`: writable for
+    /// the sandbox (package managers work), the image's environment and working directory applied. Without it,
+    /// `/` is the host's system directories, read-only.
     #[serde(default)]
     pub image: Option<String>,
     /// An absolute host directory shown at the same path inside, as the working directory. Copy-on-write: the
@@ -193,11 +194,13 @@ fn new_name() -> Result<String, ToolError> {
 
 impl CreateSandboxArgs {
     fn checked(&self) -> Result<SandboxRequest, ToolError> {
-        if self.image.is_some() {
-            return Err(ToolError::refused(
-                "image: images are not supported by this build of airlock (the sandbox's / is the host's system \
-                 directories, read-only); leave it out",
-            ));
+        if let Some(image) = &self.image {
+            // A reference, an id or a prefix of one: printable, no spaces, bounded (the store says whether it
+            // exists).
+            let printable = image.bytes().all(|b| b.is_ascii_graphic());
+            if image.is_empty() || image.len() > 255 || !printable || image.starts_with('-') {
+                return Err(ToolError::refused(format!("image {:?}: not an image reference", short(image))));
+            }
         }
         if let Some(w) = &self.workspace {
             if !w.starts_with('/') {
@@ -214,7 +217,12 @@ impl CreateSandboxArgs {
                 .map_err(|e| ToolError::refused(format!("allow {:?}: {e}", short(a))))?;
         }
         let timeout = self.timeout.as_ref().map(|t| t.checked("timeout")).transpose()?;
-        Ok(SandboxRequest { workspace: self.workspace.clone(), allow: self.allow.clone(), timeout })
+        Ok(SandboxRequest {
+            image: self.image.clone(),
+            workspace: self.workspace.clone(),
+            allow: self.allow.clone(),
+            timeout,
+        })
     }
 }
 
@@ -241,9 +249,9 @@ impl AirlockTools {
     }
 
     #[tool(description = "Create a sandbox that stays up: an isolated Linux environment (the host's system \
-                       directories read-only, a private /tmp, no network unless `allow` names destinations). \
-                       With `workspace`, that host directory appears at the same path, copy-on-write. Returns \
-                       {name}.")]
+                       directories read-only, or with `image` an image from airlock's store as a writable `/`; \
+                       a private /tmp, no network unless `allow` names destinations). With `workspace`, that \
+                       host directory appears at the same path, copy-on-write. Returns {name}.")]
     async fn create_sandbox(
         &self,
         Parameters(args): Parameters<CreateSandboxArgs>,

@@ -14,6 +14,8 @@
 
 pub mod digest;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod import;
 pub mod oci;
 pub mod reference;

@@ -15,13 +15,13 @@ use crate::event::{Decision, Recorder};
 use crate::rules::{AllowList, Denial};
 
 const PROTO_ICMP: u8 = 1;
-const PROTO_TCP: u8 = 6;
+pub(crate) const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
 
 const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
+pub(crate) const TCP_SYN: u8 = 0x02;
+pub(crate) const TCP_RST: u8 = 0x04;
+pub(crate) const TCP_ACK: u8 = 0x10;
 
 /// What to do with a packet from the sandbox.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,12 +38,12 @@ pub enum Verdict {
 
 /// The fields of an IPv4 packet the filter needs.
 #[derive(Debug, Clone, Copy)]
-struct Ipv4 {
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    protocol: u8,
-    header_len: usize,
-    total_len: usize,
+pub(crate) struct Ipv4 {
+    pub(crate) src: Ipv4Addr,
+    pub(crate) dst: Ipv4Addr,
+    pub(crate) protocol: u8,
+    pub(crate) header_len: usize,
+    pub(crate) total_len: usize,
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -71,7 +71,7 @@ fn checksum_sum(data: &[u8], initial: u32) -> u16 {
 }
 
 /// Whether a TCP segment's checksum is right (a SYN creates state in the stack, so it must be genuine).
-fn tcp_checksum_ok(ip: &Ipv4, tcp: &[u8]) -> bool {
+pub(crate) fn tcp_checksum_ok(ip: &Ipv4, tcp: &[u8]) -> bool {
     let Ok(len) = u16::try_from(tcp.len()) else { return false };
     let src = ip.src.octets();
     let dst = ip.dst.octets();
@@ -84,7 +84,7 @@ fn tcp_checksum_ok(ip: &Ipv4, tcp: &[u8]) -> bool {
     checksum_sum(tcp, pseudo) == 0xffff
 }
 
-fn parse_ipv4(p: &[u8]) -> Result<Ipv4, &'static str> {
+pub(crate) fn parse_ipv4(p: &[u8]) -> Result<Ipv4, &'static str> {
     if p.len() < 20 {
         return Err("truncated IPv4 header");
     }

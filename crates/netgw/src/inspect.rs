@@ -214,10 +214,13 @@ fn parse_client_hello(body: &[u8]) -> Result<Option<String>, &'static str> {
             let name = names.vector(2)?;
             if name_type == 0 {
                 let name = std::str::from_utf8(name.buf).map_err(|_| "server name is not ASCII")?;
+                // Only the trailing dot of a fully qualified name is dropped: a name of dots alone ("." ...) is
+                // not a host name either (it would be recorded as an empty SNI).
+                let name = name.trim_end_matches('.');
                 if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
                     return Err("server name is not a host name");
                 }
-                if sni.replace(name.trim_end_matches('.').to_ascii_lowercase()).is_some() {
+                if sni.replace(name.to_ascii_lowercase()).is_some() {
                     return Err("more than one host_name in server_name");
                 }
             }
@@ -265,6 +268,18 @@ pub mod tests {
         let hello = client_hello(Some("Allowed.Test"));
         assert_eq!(classify(&hello), Classified::Done(FirstData::Tls { sni: Some("allowed.test".into()) }));
         assert_eq!(classify(&client_hello(None)), Classified::Done(FirstData::Tls { sni: None }));
+    }
+
+    /// Found by the fuzz harness's invariant (fuzz/corpus/first_bytes/regression-sni-only-dots): an SNI of dots
+    /// alone was accepted as an empty name.
+    #[test]
+    fn sni_of_dots_alone_is_malformed() {
+        for name in [".", "..", "..."] {
+            let hello = client_hello(Some(name));
+            assert_eq!(classify(&hello), Classified::Done(FirstData::MalformedTls("server name is not a host name")));
+        }
+        let hello = client_hello(Some("fqdn.test."));
+        assert_eq!(classify(&hello), Classified::Done(FirstData::Tls { sni: Some("fqdn.test".into()) }));
     }
 
     #[test]

@@ -10,6 +10,8 @@ mod device;
 mod dns;
 mod event;
 mod filter;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gateway;
 mod inspect;
 mod proxy;

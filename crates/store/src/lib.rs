@@ -14,6 +14,8 @@
 
 pub mod checkpoint;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod layer;
 pub mod layout;
 pub mod loopdev;

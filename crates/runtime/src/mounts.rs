@@ -290,18 +290,18 @@ pub fn open_root_layers(overlay: &RootOverlayPlan, fds: &mut RootFds) -> Result<
 /// copy-ups run with the sandbox root's credentials, and `userxattr` because the mount is made in a user
 /// namespace (whiteouts are character devices 0/0, opaque directories carry `user.overlay.opaque`). The lowers
 /// and the layer are [`open_root_layers`]'s descriptors, named by their `/proc/self/fd` links, so no host path
-/// is resolved again. A read-only overlay gets a small private tmpfs as its
-/// upper: only the mount points are made there, and `build_new_root` makes the root read-only once they are.
+/// is resolved again. Without a kept layer the upper is a private tmpfs: an anonymous run's writable root (sized
+/// as `/tmp`), or a read-only overlay's small one, where only the mount points are made and `build_new_root`
+/// makes the root read-only once they are.
 pub fn mount_root_overlay(overlay: &RootOverlayPlan, fds: &RootFds, staging_dir: &CStr) -> Result<RawFd, ChildFailure> {
     let result = (|| {
-        // The read-only overlay's scratch upper, in a tmpfs of this mount namespace's own.
+        // The scratch upper, in a tmpfs of this mount namespace's own (gone with it).
         let scratch = match overlay.layer {
             Some(_) => None,
             None => {
-                let fs = new_tmpfs(
-                    [(c"mode", c"0755"), (c"size", c"1m")],
-                    libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
-                )?;
+                let mode = [(c"mode", c"0755")];
+                let size = overlay.scratch_size.as_deref().map(|size| (c"size", size));
+                let fs = new_tmpfs(mode.into_iter().chain(size), libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV)?;
                 sys::fd::mkdirat(fs.as_raw_fd(), c"upper", 0o755)?;
                 sys::fd::mkdirat(fs.as_raw_fd(), c"work", 0o755)?;
                 Some(fs)
@@ -325,9 +325,6 @@ pub fn mount_root_overlay(overlay: &RootOverlayPlan, fds: &RootFds, staging_dir:
         mount::fsconfig_string(fs_fd, c"upperdir", proc_fd_child_path(layer, b"upper", &mut upper_buf)?)?;
         mount::fsconfig_string(fs_fd, c"workdir", proc_fd_child_path(layer, b"work", &mut work_buf)?)?;
         mount::fsconfig_flag(fs_fd, c"userxattr")?;
-        if overlay.volatile {
-            mount::fsconfig_flag(fs_fd, c"volatile")?;
-        }
         let mnt = mount::fsmount(fs_fd, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV)?;
         drop(fs);
         // The scratch tmpfs is unreachable from here on (it was never attached); the overlay keeps it.
@@ -465,7 +462,7 @@ pub fn build_new_root(plan: &SandboxPlan, root: RawFd, trees: &[RawFd]) -> Resul
     proc::mount_proc(root)?;
     // Last: nothing may be created in the root itself (only in the writable mounts on it) — unless it is a
     // writable root, whose writes go to the sandbox's own layer.
-    if plan.root_overlay.as_ref().is_some_and(|o| o.layer.is_some()) {
+    if plan.root_overlay.as_ref().is_some_and(|o| o.writable) {
         return Ok(());
     }
     mount::mount_setattr(root, EMPTY, libc::AT_EMPTY_PATH as u32, libc::MOUNT_ATTR_RDONLY, 0)

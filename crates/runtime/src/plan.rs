@@ -77,18 +77,19 @@ pub struct RootOverlayPlan {
     /// The lower directories on the host, BOTTOM first (at most [`MAX_ROOT_LAYERS`]).
     pub lowers: Vec<CString>,
     pub lower_displays: Vec<String>,
-    /// A writable root: the host directory holding the overlay's `upper/` and `work/`. `None`: a read-only
-    /// overlay of the lowers (its upper is a small private tmpfs that only mount points are made in, and the
-    /// root is made read-only once they are).
+    /// A kept writable root (a named sandbox's): the host directory holding the overlay's `upper/` and `work/`.
+    /// `None`: the upper is a private tmpfs of the sandbox's mount namespace, gone with it — an anonymous run's
+    /// writable root (sized as `/tmp` is), or a read-only overlay's (1 MiB: only mount points are made in it,
+    /// and the root is made read-only once they are).
     pub layer: Option<CString>,
     pub layer_display: Option<String>,
     /// As host root: the lowers and the layer directory are mounted idmapped with the sandbox's id maps, so the
     /// ids on disk (an image's 0, `_apt`'s 42) are the same ids inside.
     pub idmapped: bool,
-    /// Overlayfs's `volatile`: no sync of the upper layer, for a layer removed when the sandbox ends. Its
-    /// unmount at the end would otherwise sync the upper layer's whole filesystem (a journal commit on the
-    /// host's disk, milliseconds), for writes nobody will read again.
-    pub volatile: bool,
+    /// `/` is writable (`--writable-root`, an image): in `layer`, or in the private tmpfs.
+    pub writable: bool,
+    /// The private tmpfs upper's `size` option (`None`: the kernel's default, half the memory).
+    pub scratch_size: Option<CString>,
 }
 
 /// One step of building the new root, in order.

@@ -79,8 +79,6 @@ pub enum PrepareError {
     RlimitAboveHard { name: &'static str, asked: u64, hard: u64 },
     #[error("the staging directory /tmp on the host is not a directory")]
     StagingDir,
-    #[error("a writable root needs a layer directory for the sandbox (internal: the caller gave none)")]
-    WritableRootNeedsLayer,
     #[error("the root has {count} layers; at most {max} can be stacked")]
     TooManyRootLayers { count: usize, max: usize },
     #[error("--net allow needs {file} in the read-only rootfs {rootfs} (the sandbox's own is bound over it), but {reason}; use --writable-root, or add the file to the tree")]
@@ -115,12 +113,10 @@ pub struct HostContext {
     /// `--net allow`: how to start the network gateway (`airlock run` and `create`; `exec` joins the running
     /// sandbox's network and starts none).
     pub gateway: Option<crate::gateway::GatewaySetup>,
-    /// A writable root (`--writable-root`): the host directory holding its overlay's `upper/` and `work/`
-    /// (created by the caller: in a kept sandbox's directory, or a private one removed at exit).
+    /// A kept writable root (`--writable-root` with a named sandbox): the host directory holding its overlay's
+    /// `upper/` and `work/` (created by the caller, in the sandbox's directory). `None` for an anonymous run,
+    /// whose writable root is a private tmpfs.
     pub root_layer: Option<PathBuf>,
-    /// The writable root's layer goes when the sandbox ends (an anonymous run's): its overlay is mounted
-    /// `volatile` (see `RootOverlayPlan::volatile`).
-    pub root_layer_volatile: bool,
     /// `exec`, the exec agent, a files visit: joining a running sandbox, whose user namespace's maps hold. No
     /// host id range is claimed (its lock file would outlive the execve, which runs no destructor).
     pub joining: bool,
@@ -587,9 +583,13 @@ fn root_overlay_plan(
             return Err(PrepareError::NotADirectory { what: "rootfs layer", path: lower.to_string() });
         }
     }
-    let layer = match policy.writable_root {
-        true => Some(host.root_layer.as_ref().ok_or(PrepareError::WritableRootNeedsLayer)?),
-        false => None,
+    // A kept layer for a named sandbox; an anonymous run's writes stay in a private tmpfs (no host directory to
+    // make, sync or remove, and nothing left by a run that was killed), bounded as `/tmp` is.
+    let layer = host.root_layer.as_ref().filter(|_| policy.writable_root);
+    let scratch_size = match (policy.writable_root, policy.limits.disk_bytes) {
+        (false, _) => Some(cstring("1m")?),
+        (true, Some(bytes)) => Some(cstring(&bytes.to_string())?),
+        (true, None) => None,
     };
     if let Some(dir) = layer {
         let display = dir.display().to_string();
@@ -603,7 +603,8 @@ fn root_overlay_plan(
         layer: layer.map(|dir| path_cstring(dir)).transpose()?,
         layer_display: layer.map(|dir| dir.display().to_string()),
         idmapped: host_root,
-        volatile: layer.is_some() && host.root_layer_volatile,
+        writable: policy.writable_root,
+        scratch_size,
     }))
 }
 

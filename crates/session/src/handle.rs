@@ -100,7 +100,6 @@ impl RunningHandle {
             hold: false,
             gateway: None,
             root_layer,
-            root_layer_volatile: false,
             joining: true,
             // A visit ends with its command; the sandbox's own supervisor watches its state.
             watch_state: None,

@@ -121,24 +121,14 @@ pub fn launch(backend: &dyn Backend, spec: LaunchSpec<'_>, hooks: Hooks<'_>) -> 
         Err(e) => return fail(kept, e.into()),
     };
 
-    // 3b. The writable root's layer: the named sandbox's own (kept until `rm`), or an anonymous run's private
-    //     one, removed when the run ends, whichever way (the guard).
-    let mut ephemeral_root = None;
+    // 3b. The writable root's layer: the named sandbox's own (kept until `rm`). An anonymous run's writable root
+    //     has none on the host: its writes stay in a private tmpfs of the sandbox's (see the runtime's plan).
     let root_layer = match (policy.writable_root, &kept) {
-        (false, _) => None,
         (true, Some(state)) => match store::sandbox::make_root_layer(&state.dir.root_layer()) {
             Ok(dir) => Some(dir),
             Err(e) => return fail(kept, e.into()),
         },
-        (true, None) => {
-            let layer = spec.state.ephemeral_root_layer(std::process::id());
-            let made = store::sandbox::make_ephemeral_root_layer(&layer);
-            ephemeral_root = Some(EphemeralRootLayer { layer, state: spec.state.clone() });
-            match made {
-                Ok(dir) => Some(dir),
-                Err(e) => return fail(kept, e.into()),
-            }
-        }
+        _ => None,
     };
 
     // 4. The audit recorder: opened now that the state directory exists, and before the gateway, which appends
@@ -185,7 +175,6 @@ pub fn launch(backend: &dyn Backend, spec: LaunchSpec<'_>, hooks: Hooks<'_>) -> 
         hold: held,
         gateway,
         root_layer,
-        root_layer_volatile: ephemeral_root.is_some(),
         joining: false,
         watch_state: kept.as_ref().filter(|_| held).map(|state| runtime::prepare::WatchedState {
             dir: state.dir.path().to_path_buf(),
@@ -242,7 +231,6 @@ pub fn launch(backend: &dyn Backend, spec: LaunchSpec<'_>, hooks: Hooks<'_>) -> 
     // writing its record or numbers now would bring back a directory someone meant to be gone.
     if let Some(state) = kept.as_ref().filter(|state| held && !state.dir.path().exists()) {
         (hooks.warn)(&format!("the state of sandbox {} was removed while it ran: it was stopped", state.name));
-        drop(ephemeral_root);
         return Ok(Ended { outcome, report, kept: None, recorder });
     }
     if let Some(state) = kept.as_mut() {
@@ -255,24 +243,7 @@ pub fn launch(backend: &dyn Backend, spec: LaunchSpec<'_>, hooks: Hooks<'_>) -> 
             }
         }
     }
-    drop(ephemeral_root);
     Ok(Ended { outcome, report, kept, recorder })
-}
-
-/// An anonymous run's writable root layer, removed when the run is over (on every path out of [`launch`]).
-struct EphemeralRootLayer {
-    layer: store::RootLayerDir,
-    state: StateDir,
-}
-
-impl Drop for EphemeralRootLayer {
-    fn drop(&mut self) {
-        // Nothing to report to: a layer left behind (a file the sandbox made unremovable) is only disk space,
-        // under the state directory's `ephemeral/`. Those of runs that were killed go too, now that the run is
-        // over (off its start).
-        let _ = store::sandbox::remove_root_layer(&self.layer);
-        store::sandbox::sweep_ephemeral_root_layers(&self.state);
-    }
 }
 
 /// A launch that did not get the sandbox running. A new sandbox: nothing of it is worth keeping. A resumed one:

@@ -17,8 +17,6 @@
 //!                           work/, layers/)
 //!     rootfs/upper/ rootfs/work/
 //!                           --writable-root: the root overlay's layer (what the sandbox changed in `/`)
-//! $STATE/ephemeral/root-PID/upper/ .../work/
-//!                           an anonymous run's writable root, removed when the run ends
 //! ```
 //!
 //! `$STATE` is `$AIRLOCK_STATE_DIR`, else `/var/lib/airlock` for root and `$XDG_STATE_HOME/airlock`
@@ -67,16 +65,6 @@ impl StateDir {
     /// The directory of the sandbox called `name` (validated by the caller).
     pub fn sandbox(&self, name: &str) -> SandboxDir {
         SandboxDir { path: self.sandboxes().join(name) }
-    }
-
-    /// Where anonymous runs keep what lives only as long as they do.
-    pub fn ephemeral(&self) -> PathBuf {
-        self.path.join("ephemeral")
-    }
-
-    /// The writable root's layer of the anonymous run `pid` (removed when it ends).
-    pub fn ephemeral_root_layer(&self, pid: u32) -> RootLayerDir {
-        RootLayerDir { root: self.ephemeral().join(format!("root-{pid}")) }
     }
 
     /// Where `airlock run --learn` writes the records of one run (`pid`: the run's).
@@ -292,7 +280,6 @@ mod tests {
         assert_eq!(layer.checkpoint_created(3, "x"), Path::new("/s/sandboxes/a/layers/3-x.created"));
         assert_eq!(dir.root_layer().upper(), Path::new("/s/sandboxes/a/rootfs/upper"));
         assert_eq!(dir.root_layer().work(), Path::new("/s/sandboxes/a/rootfs/work"));
-        assert_eq!(state.ephemeral_root_layer(7).path(), Path::new("/s/ephemeral/root-7"));
     }
 
     #[test]

@@ -263,41 +263,6 @@ pub fn make_root_layer(layer: &RootLayerDir) -> Result<PathBuf, StoreError> {
     Ok(layer.path().to_path_buf())
 }
 
-/// An anonymous run's writable root layer, new: a layer left under the same name by an earlier run that was
-/// killed (`root-PID`, and the pid came round again) is removed first, so nothing of it shows in this run.
-pub fn make_ephemeral_root_layer(layer: &RootLayerDir) -> Result<PathBuf, StoreError> {
-    if fs::symlink_metadata(layer.path()).is_ok() {
-        remove_root_layer(layer)?;
-    }
-    make_root_layer(layer)
-}
-
-/// Removes the writable root layers of anonymous runs that ended without removing them (killed with SIGKILL):
-/// each `root-PID` whose process is gone. Best effort: a layer that cannot be removed now is tried next time,
-/// and one whose pid now names another process waits until that one is gone too.
-pub fn sweep_ephemeral_root_layers(state: &StateDir) {
-    let Ok(entries) = fs::read_dir(state.ephemeral()) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("root-")).and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = remove_root_layer(&state.ephemeral_root_layer(pid));
-        }
-    }
-}
-
-/// Removes a writable root's layer (an anonymous run's, when it ends). The overlay leaves `work/work` with mode
-/// 000; open it up first. `remove_dir_all` never follows symlinks.
-pub fn remove_root_layer(layer: &RootLayerDir) -> Result<(), StoreError> {
-    let inner_work = layer.work().join("work");
-    if fs::symlink_metadata(&inner_work).is_ok_and(|m| m.is_dir()) {
-        let _ = fs::set_permissions(&inner_work, fs::Permissions::from_mode(0o700));
-    }
-    remove_tree(layer.path())
-}
-
 /// A new sandbox name: `sbx-` and eight hex digits from the kernel's random source.
 pub fn generated_name() -> String {
     let mut bytes = [0u8; 4];

@@ -1,4 +1,4 @@
 #![no_main]
 
-// The checks live in the crate (netgw), so that its tests/fuzz_corpus.rs replays this corpus on stable.
+// The checks live in the crate (netgw), so that crates/airlock/tests/fuzz_corpus.rs replays this corpus on stable.
 libfuzzer_sys::fuzz_target!(|data: &[u8]| netgw::fuzzing::check_inspect(data));

@@ -1,5 +1,5 @@
 //! Checks for the fuzz targets in `fuzz/` (cargo fuzz, nightly) and for the corpus replay test in
-//! `tests/fuzz_corpus.rs` (stable, every CI run). Each `check_*` takes arbitrary bytes, runs one of the
+//! `crates/airlock/tests/fuzz_corpus.rs` (stable, every CI run). Each `check_*` takes arbitrary bytes, runs one of the
 //! gateway's parsers on them and panics if an invariant that matters does not hold; a panic inside the parser
 //! itself is a finding too. Not an API: hidden from the docs, used only by the fuzzing harness and its replay.
 

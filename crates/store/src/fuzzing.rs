@@ -1,5 +1,5 @@
 //! Checks for the fuzz targets in `fuzz/` (cargo fuzz, nightly) and for the corpus replay test in
-//! `tests/fuzz_corpus.rs` (stable, every CI run). Not an API: hidden from the docs.
+//! `crates/airlock/tests/fuzz_corpus.rs` (stable, every CI run). Not an API: hidden from the docs.
 
 use std::fs;
 use std::io;

@@ -93,6 +93,10 @@ pub enum Command {
     Rm(RmArgs),
     /// Remove every ended sandbox and everything it kept (as `airlock rm --all`); running ones stay.
     Prune,
+    /// Copy files or directories out of or into a running sandbox: `airlock cp NAME:/path/in/it HOSTPATH`,
+    /// `airlock cp HOSTPATH NAME:/path/in/it` (a trailing `/` puts it under its own name). Inside, with the
+    /// sandbox's rights; symlinks are not followed or copied
+    Cp(crate::cp_cmd::CpArgs),
     /// A shell completion script on stdout: `airlock completions bash > /etc/bash_completion.d/airlock`.
     Completions {
         /// The shell.

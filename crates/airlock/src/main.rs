@@ -4,6 +4,7 @@
 mod audit_cmd;
 mod checkpoint_cmd;
 mod cli;
+mod cp_cmd;
 mod doctor;
 mod files_cmd;
 mod home;
@@ -52,6 +53,10 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     }
     if let Some(host) = remote::chosen(cli.host.as_deref()) {
+        if matches!(cli.command, Command::Cp(_)) {
+            say("cp does not go through a daemon (use its files API: GET/PUT /v1/sandboxes/NAME/files)");
+            return ExitCode::from(EXIT_USAGE);
+        }
         if remote::is_remote_command(&cli.command) {
             return exit_code(remote::run(&host, cli.command), runs_something);
         }
@@ -76,6 +81,7 @@ fn main() -> ExitCode {
         Command::Commit(args) => workspace_cmd::commit_cmd(&args),
         Command::Rm(args) => sandboxes_cmd::rm(&args),
         Command::Prune => sandboxes_cmd::prune(),
+        Command::Cp(args) => cp_cmd::cp(&args),
         Command::Completions { shell } => completions(shell),
         Command::Man { dir } => man_pages(dir.as_deref()),
         Command::Checkpoint { name, label } => checkpoint_cmd::checkpoint(&name, label.as_deref()),

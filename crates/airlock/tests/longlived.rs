@@ -894,3 +894,59 @@ fn execs_leave_no_id_range_lock_behind() {
     ok(&airlock(&["rm", "locks"]));
     assert_eq!(locks(), 0);
 }
+
+/// `airlock cp` in and out of a running sandbox: a directory tree both ways with modes, a single file, symlinks
+/// and FIFOs neither followed nor copied (either side), an unknown path one error, and bad usage 125.
+#[test]
+fn cp_copies_files_and_directories_in_and_out_without_following_links() {
+    use std::os::unix::fs::PermissionsExt;
+    require_sandbox!();
+    if !common::is_root() {
+        skip_or_fail!("the cp test runs as root (its rootless half is the same code path)");
+    }
+    let t = common::TempDir::new("cp");
+    let state = t.path().join("state");
+    let airlock = |args: &[&str]| {
+        Command::new(common::airlock_path())
+            .args(args)
+            .env("AIRLOCK_STATE_DIR", &state)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let src = t.path().join("in");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("run.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    fs::set_permissions(src.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(src.join("sub/b.txt"), "two\n").unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", src.join("link")).unwrap();
+    ok(&airlock(&["create", "cpbox"]));
+    let copied_in = airlock(&["cp", src.to_str().unwrap(), "cpbox:/tmp/in"]);
+    assert!(copied_in.status.success(), "{}", stderr(&copied_in));
+    assert!(stderr(&copied_in).contains("link is a symlink or a special file: not copied"), "{}", stderr(&copied_in));
+    let inside =
+        ok(&airlock(&["exec", "cpbox", "--", "sh", "-c", "/tmp/in/run.sh; cat /tmp/in/sub/b.txt; ls -A /tmp/in"]));
+    assert_eq!(inside, "ran\ntwo\nrun.sh\nsub\n");
+    // The sandbox plants a symlink to a host secret's path and a FIFO: cp out copies neither.
+    ok(&airlock(&["exec", "cpbox", "--", "sh", "-c", "ln -s /etc/shadow /tmp/in/evil; mkfifo /tmp/in/fifo"]));
+    let out = t.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let copied_out = airlock(&["cp", "cpbox:/tmp/in", out.to_str().unwrap()]);
+    assert!(copied_out.status.success(), "{}", stderr(&copied_out));
+    assert!(stderr(&copied_out).contains("/tmp/in/evil is not a file or a directory"), "{}", stderr(&copied_out));
+    assert_eq!(fs::read_to_string(out.join("in/sub/b.txt")).unwrap(), "two\n");
+    assert_eq!(fs::metadata(out.join("in/run.sh")).unwrap().permissions().mode() & 0o777, 0o755);
+    assert!(fs::symlink_metadata(out.join("in/evil")).is_err() && fs::symlink_metadata(out.join("in/fifo")).is_err());
+    // One file, to a new name.
+    ok(&airlock(&["cp", "cpbox:/tmp/in/sub/b.txt", out.join("single").to_str().unwrap()]));
+    assert_eq!(fs::read_to_string(out.join("single")).unwrap(), "two\n");
+    // A path that does not exist: one line, status 1; neither side a sandbox: usage, 125.
+    let missing = airlock(&["cp", "cpbox:/nope", out.join("x").to_str().unwrap()]);
+    assert_eq!(code(&missing), 1);
+    one_airlock_line(&missing, "no such file or directory");
+    let usage = airlock(&["cp", src.to_str().unwrap(), out.to_str().unwrap()]);
+    assert_eq!(code(&usage), 125);
+    one_airlock_line(&usage, "exactly one of SOURCE and DESTINATION");
+    ok(&airlock(&["stop", "cpbox"]));
+    ok(&airlock(&["rm", "cpbox"]));
+}

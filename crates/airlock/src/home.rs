@@ -88,13 +88,8 @@ pub fn home_profile(options: &HomeOptions) -> Result<Profile> {
 /// canonical when it exists (a bind source may not pass through a symlink; a home that does not exist can still
 /// be an empty tmpfs inside).
 fn invoker_home() -> Result<PathBuf> {
-    let uid = sys::process::effective_uid();
-    let from_passwd = std::fs::read_to_string("/etc/passwd").ok().and_then(|text| {
-        text.lines().find_map(|line| {
-            let fields: Vec<&str> = line.split(':').collect();
-            (fields.len() >= 6 && fields[2].parse::<u32>().ok() == Some(uid)).then(|| PathBuf::from(fields[5]))
-        })
-    });
+    let from_passwd =
+        runtime::host::passwd_entry(sys::process::effective_uid()).and_then(|entry| entry.home).map(PathBuf::from);
     let home = from_passwd
         .filter(|h| h.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(PathBuf::from).filter(|h| h.is_absolute()))

@@ -14,16 +14,34 @@ pub fn is_host_root() -> bool {
     sys::process::effective_uid() == 0
 }
 
-/// The login name of `uid`, from `/etc/passwd` (read directly: airlock is linked statically, and NSS modules
-/// cannot be loaded into a static binary). `None` for users only a network directory knows.
-pub fn user_name(uid: u32) -> Option<String> {
+/// A user's `/etc/passwd` entry, the fields airlock uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswdEntry {
+    pub name: String,
+    /// The login group (`None`: not a number).
+    pub gid: Option<u32>,
+    /// The home directory (`None`: the line stops before it).
+    pub home: Option<String>,
+}
+
+/// `uid`'s entry in `/etc/passwd` (read directly: airlock is linked statically, and NSS modules cannot be loaded
+/// into a static binary). `None` for users only a network directory knows.
+pub fn passwd_entry(uid: u32) -> Option<PasswdEntry> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        let id: u32 = fields.nth(1)?.parse().ok()?;
-        (id == uid && !name.is_empty()).then(|| name.to_string())
+        let fields: Vec<&str> = line.split(':').collect();
+        let (name, id) = (fields.first()?, fields.get(2)?);
+        (id.parse::<u32>().ok()? == uid && !name.is_empty()).then(|| PasswdEntry {
+            name: name.to_string(),
+            gid: fields.get(3).and_then(|g| g.parse().ok()),
+            home: fields.get(5).map(|h| h.to_string()),
+        })
     })
+}
+
+/// The login name of `uid` (see [`passwd_entry`]).
+pub fn user_name(uid: u32) -> Option<String> {
+    passwd_entry(uid).map(|entry| entry.name)
 }
 
 /// The caller's terminal size (stdin, else stdout), or 80x24 when neither is a terminal.

@@ -201,8 +201,8 @@ pub fn find_subordinate_ids(euid: u32, egid: u32) -> Result<SubordinateIds, Stri
     };
     let newuidmap = tool("newuidmap")?;
     let newgidmap = tool("newgidmap")?;
-    let (user, login_gid) = match passwd_entry_of(euid) {
-        Some((name, gid)) => (Some(name), Some(gid)),
+    let (user, login_gid) = match crate::host::passwd_entry(euid) {
+        Some(entry) => (Some(entry.name), entry.gid),
         None => (None, None),
     };
     // The helpers refuse a caller whose group is not its passwd entry's (after `newgrp`, `sg`, `setpriv`).
@@ -221,19 +221,6 @@ pub fn find_subordinate_ids(euid: u32, egid: u32) -> Result<SubordinateIds, Stri
     let uids = range("/etc/subuid", euid)?;
     let gids = range("/etc/subgid", egid).or_else(|_| range("/etc/subgid", euid))?;
     Ok(SubordinateIds { newuidmap, newgidmap, uids, gids })
-}
-
-/// The user name and login group of `uid` in `/etc/passwd` (subordinate ranges are listed by name or by
-/// number).
-fn passwd_entry_of(uid: u32) -> Option<(String, u32)> {
-    let passwd = fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        let entry_uid = fields.nth(1)?.parse::<u32>().ok()?;
-        let gid = fields.next()?.parse::<u32>().ok()?;
-        (entry_uid == uid).then(|| (name.to_owned(), gid))
-    })
 }
 
 /// The first `/etc/subuid`-format line (`owner:start:count`) whose owner is `name` or the number `id`.

@@ -11,9 +11,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The setup steps, as `runtime::fault::POINTS` names them.
-const POINTS: [&str; 5] = ["prepared", "gateway-started", "cgroup-created", "cloned", "released"];
-
 fn state_of(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next())
@@ -99,7 +96,7 @@ fn sigkill_at_each_setup_step_leaves_nothing_behind() {
     };
     // What the machine has before (the other tests' sandboxes are gone: cargo runs one test binary at a time).
     let cgroups_before = airlock_cgroups();
-    for point in POINTS {
+    for point in runtime::fault::POINTS {
         let name = format!("fault-{point}");
         let mut run = airlock(
             &[

@@ -169,18 +169,17 @@ fn make_host_dir(target: &Path) -> Result<()> {
 fn copy_in(host: &Path, name: &str, path: &str) -> Result<i32> {
     let meta = fs::symlink_metadata(host).with_context(|| format!("cp: {}", host.display()))?;
     let mut skipped = Vec::new();
+    // Into the sandbox under the same name when PATH ends with `/`, else at PATH.
+    let dest = match path.ends_with('/') {
+        true => {
+            let unnamed = if meta.is_dir() { "dir" } else { "file" };
+            format!("{path}{}", host.file_name().and_then(|n| n.to_str()).unwrap_or(unnamed))
+        }
+        false => path.to_owned(),
+    };
     if meta.is_dir() {
-        // Into the sandbox under the same name when PATH ends with `/`, else at PATH.
-        let base = match path.ends_with('/') {
-            true => format!("{path}{}", host.file_name().and_then(|n| n.to_str()).unwrap_or("dir")),
-            false => path.to_owned(),
-        };
-        put_tree(host, name, &base, &mut skipped)?;
+        put_tree(host, name, &dest, &mut skipped)?;
     } else if meta.is_file() {
-        let dest = match path.ends_with('/') {
-            true => format!("{path}{}", host.file_name().and_then(|n| n.to_str()).unwrap_or("file")),
-            false => path.to_owned(),
-        };
         put_file(host, name, &dest, meta.permissions().mode())?;
     } else {
         bail!("cp: {} is not a file or a directory", host.display());

@@ -65,6 +65,8 @@ pub enum PrepareError {
     LandlockUnavailable(String),
     #[error("user id {0} is outside the sandbox's id range (0-65535)")]
     IdOutOfRange(u32),
+    #[error("user namespace: {0}; give the container CAP_SETUID and CAP_SETGID (a full id range: `docker run --cap-add SETUID --cap-add SETGID`, runc's process.capabilities) or CAP_SETFCAP (root's own id only), or run airlock as a non-root user")]
+    RootCannotMapIds(String),
     #[error("cannot allocate a host id range")]
     IdRange(#[from] userns::UsernsError),
     #[error("cannot build the seccomp filter: {0}")]
@@ -265,7 +267,19 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
 
     // Identities.
     let (euid, egid) = sys::process::effective_ids();
-    let host_root = euid == 0;
+    // Root maps a range of its own to the sandbox only when it can (on a host; in a container it needs
+    // CAP_SETUID, CAP_SETGID and the ids): otherwise it is treated as rootless, its own id only, and said so.
+    let host_root = match euid {
+        0 => match userns::root_mapping() {
+            userns::RootMapping::FullRange => true,
+            userns::RootMapping::OwnIdOnly { why } => {
+                enforcement.notices.push(Notice::SingleIdMap { missing: why });
+                false
+            }
+            userns::RootMapping::Nothing { why } => return Err(PrepareError::RootCannotMapIds(why)),
+        },
+        _ => false,
+    };
     let (uid, gid) = (policy.identity.uid, policy.identity.gid);
     let mut b = Builder { sources: Vec::new(), entries: Vec::new() };
     // Writable shares and their host owners: as host root, the sandbox's identity becomes that owner.

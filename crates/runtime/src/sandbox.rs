@@ -516,6 +516,9 @@ pub fn describe_failure(prepared: &Prepared, f: &ChildFailure) -> String {
             " (the mount point must already exist inside a read-only part of the root)"
         }
         (Step::CreateMountPoint, libc::ELOOP) => " (a symlink is in the way; mount targets never follow symlinks)",
+        // The kernel mounts a new procfs in a user namespace only while a /proc with nothing mounted over it is
+        // visible (mnt_too_revealing): a container's masked /proc (/proc/kcore, /proc/sys, ...) blocks it.
+        (Step::MountProc, libc::EPERM) => PROC_MASKED_FIX,
         (Step::MountProc, _) => " (a fresh /proc needs a fully visible host /proc; run airlock doctor)",
         (Step::CreateLandlockRuleset, _) | (Step::RestrictLandlock, _) => " (run airlock doctor)",
         (Step::OpenTunDevice | Step::CreateTunInterface | Step::ConfigureTunInterface | Step::AddDefaultRoute, _) => {
@@ -528,8 +531,22 @@ pub fn describe_failure(prepared: &Prepared, f: &ChildFailure) -> String {
     format!("cannot {what}: {}{hint}", errno_text(f.errno))
 }
 
+/// The fix for a fresh /proc refused inside a container (README "Inside containers").
+pub const PROC_MASKED_FIX: &str = " (this /proc has paths masked by mounts over them, as container runtimes do, and \
+     the kernel then refuses a new /proc: start the container with an unmasked /proc: `docker run --security-opt \
+     systempaths=unconfined`, or remove the /proc entries of linux.maskedPaths and linux.readonlyPaths in \
+     runc's config.json)";
+
+/// The fix for namespaces refused by a container's seccomp filter (README "Inside containers").
+pub const SECCOMP_FIX: &str = " (this process runs under a seccomp filter, as in a container, and Docker's default \
+     profile refuses new namespaces: start the container with airlock's profile, Docker's default plus what \
+     airlock needs: `docker run --security-opt seccomp=contrib/docker/airlock-seccomp.json`)";
+
 fn clone_hint(errno: i32) -> &'static str {
+    let filtered = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.split_whitespace().eq(["Seccomp:", "2"])));
     match errno {
+        libc::EPERM if filtered => SECCOMP_FIX,
         libc::EPERM | libc::ENOSPC | libc::EUSERS => {
             " (user namespaces are restricted on this host; run `airlock doctor` for the cause and the fix)"
         }

@@ -284,6 +284,68 @@ pub fn write_id_maps_with_tools(
     Ok(())
 }
 
+/// `CAP_SETUID`, `CAP_SETGID` and `CAP_SETFCAP`, as bit numbers.
+const CAP_SETGID: u32 = 6;
+const CAP_SETUID: u32 = 7;
+const CAP_SETFCAP: u32 = 31;
+
+/// What airlock running as root (effective uid 0) can map into a sandbox's user namespace. On a host that is a
+/// full range; in a container it depends on the capabilities and ids the container was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootMapping {
+    /// `CAP_SETUID` and `CAP_SETGID`, and this user namespace maps every id of airlock's ranges
+    /// (`HOST_RANGE_BASE` up to 2^31): a dedicated 65536-id range per sandbox.
+    FullRange,
+    /// Only root's own id, as rootless (`why`: what the full range lacks). Mapping uid 0 needs `CAP_SETFCAP`
+    /// (Linux 5.12: a namespace whose root is host root could otherwise write file capabilities valid outside).
+    OwnIdOnly { why: String },
+    /// Not even that: root without `CAP_SETFCAP` (runc's default capabilities), so no id map can be written.
+    Nothing { why: String },
+}
+
+/// What root can map here, from `/proc/self/status` (`CapEff`) and `/proc/self/uid_map`, `gid_map`.
+pub fn root_mapping() -> RootMapping {
+    let read = |path: &str| fs::read_to_string(path).unwrap_or_default();
+    let status = read("/proc/self/status");
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    root_mapping_from(cap_eff, &read("/proc/self/uid_map"), &read("/proc/self/gid_map"))
+}
+
+/// [`root_mapping`] from its inputs.
+pub fn root_mapping_from(cap_eff: u64, uid_map: &str, gid_map: &str) -> RootMapping {
+    let has = |cap: u32| cap_eff & (1u64 << cap) != 0;
+    let end = HOST_RANGE_BASE + HOST_RANGE_SLOTS * HOST_RANGE_SIZE - 1;
+    // Every id of the ranges must exist in this namespace (a container's own user namespace maps fewer).
+    let covers = |map: &str| {
+        map.lines().any(|line| {
+            let mut it = line.split_whitespace().map(|f| f.parse::<u64>().ok());
+            let (Some(Some(inside)), Some(Some(_)), Some(Some(count))) = (it.next(), it.next(), it.next()) else {
+                return false;
+            };
+            inside <= u64::from(HOST_RANGE_BASE) && inside + count > u64::from(end)
+        })
+    };
+    let why = if !(has(CAP_SETUID) && has(CAP_SETGID)) {
+        "root without CAP_SETUID and CAP_SETGID (as in a container) cannot map a range of ids".to_string()
+    } else if !(covers(uid_map) && covers(gid_map)) {
+        format!(
+            "this user namespace (a container's) does not map the ids {HOST_RANGE_BASE}-{end} airlock gives \
+             sandboxes"
+        )
+    } else {
+        return RootMapping::FullRange;
+    };
+    if has(CAP_SETFCAP) {
+        RootMapping::OwnIdOnly { why }
+    } else {
+        RootMapping::Nothing { why: format!("{why}, and without CAP_SETFCAP it cannot map even its own id 0") }
+    }
+}
+
 /// Rootless: removes `path`, where a sandbox may have given files to the invoker's subordinate ids (apt's
 /// `_apt` in a writable root's layer), which the invoker cannot remove from outside. A fork enters a new user
 /// namespace with the same ids mapped (by `newuidmap`/`newgidmap`), whose root may remove them, and removes the
@@ -342,6 +404,21 @@ pub fn remove_tree_with_subordinate_ids(path: &Path) -> Result<(), UsernsError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_maps_a_range_only_with_the_capabilities_and_the_ids() {
+        let all = "0 0 4294967295\n";
+        let caps = |list: &[u32]| list.iter().fold(0u64, |m, c| m | 1 << c);
+        let docker = caps(&[CAP_SETUID, CAP_SETGID, CAP_SETFCAP]);
+        assert_eq!(root_mapping_from(docker, all, all), RootMapping::FullRange);
+        // runc's default capabilities: none of the three.
+        assert!(matches!(root_mapping_from(caps(&[5, 10, 29]), all, all), RootMapping::Nothing { .. }));
+        assert!(matches!(root_mapping_from(caps(&[CAP_SETFCAP]), all, all), RootMapping::OwnIdOnly { .. }));
+        // A container's own user namespace with 65536 ids: airlock's ranges are not in it.
+        let small = "0 100000 65536\n";
+        assert!(matches!(root_mapping_from(docker, small, small), RootMapping::OwnIdOnly { .. }));
+        assert!(matches!(root_mapping_from(docker, all, small), RootMapping::OwnIdOnly { .. }));
+    }
 
     #[test]
     fn range_map_without_owner_is_one_line() {

@@ -238,8 +238,11 @@ fn hold_until_stopped(failure: RawFd) -> ! {
     // which requires ptrace access to init, and rootless the invoker has it only while init is dumpable. Commands
     // exec'd into the sandbox still cannot ptrace init or open its /proc entries: they hold no capability and
     // init holds all of the namespace's (the kernel's ptrace check requires the tracer's permitted set to cover
-    // the target's). (As host root, the switch to the sandbox's root above already made init non-dumpable, and
-    // host root may ptrace it anyway.)
+    // the target's). As host root, the switch to the sandbox's root above made init non-dumpable: made dumpable
+    // again, because root in a container lacks CAP_SYS_PTRACE (Docker's and runc's default capabilities) and
+    // would otherwise be refused (EPERM); it still passes the ptrace check as the owner of the sandbox's user
+    // namespace, and the sandbox's own processes still do not (same capability rule as above).
+    let _ = sys::process::prctl(libc::PR_SET_DUMPABLE, 1);
     if let Err(e) = stdio_to_dev_null() {
         report_and_exit(failure, Step::OpenDevNull, e, 0, EXIT_SETUP_FAILED);
     }

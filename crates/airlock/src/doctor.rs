@@ -21,7 +21,9 @@ fn default_limits() -> Limits {
 /// Probe the host, print the report, and return the exit status: 0 when `airlock run` with the default profile
 /// can work here as this user, 1 otherwise.
 pub fn run_doctor(json: bool) -> anyhow::Result<i32> {
-    let report = probe::probe_host(store::layer::disk::probe);
+    let mut report = probe::probe_host(store::layer::disk::probe);
+    let container = container_check(&report, &ContainerSigns::read());
+    report.checks.push(container);
     let limits = default_limits();
     let blockers = report.blockers(DEFAULT_LANDLOCK, &limits);
     let can_run = blockers.is_empty();
@@ -110,9 +112,141 @@ fn render_text(report: &HostReport, summary: &str) -> String {
     text
 }
 
+/// What shows that airlock runs inside a container (each a phrase for the report).
+#[derive(Debug, Default)]
+struct ContainerSigns {
+    signs: Vec<String>,
+    /// As root: whether a full id range can be mapped (`runtime::userns::root_mapping`).
+    root_maps_range: bool,
+}
+
+/// `/proc` entries container runtimes mount over (Docker's, containerd's and runc's default masked and read-only
+/// paths): the kernel then refuses the sandbox a fresh `/proc`.
+const MASKED_PROC_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+impl ContainerSigns {
+    fn read() -> ContainerSigns {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        ContainerSigns::from_parts(
+            std::path::Path::new("/.dockerenv").exists(),
+            std::path::Path::new("/run/.containerenv").exists(),
+            std::env::var("container").ok(),
+            &mountinfo,
+            &status,
+        )
+    }
+
+    fn from_parts(
+        dockerenv: bool,
+        containerenv: bool,
+        container_var: Option<String>,
+        mountinfo: &str,
+        status: &str,
+    ) -> ContainerSigns {
+        let mut signs = Vec::new();
+        if dockerenv {
+            signs.push("/.dockerenv exists (Docker)".to_string());
+        }
+        if containerenv {
+            signs.push("/run/.containerenv exists (Podman)".to_string());
+        }
+        if let Some(name) = container_var.filter(|v| !v.is_empty()) {
+            signs.push(format!("$container is {name}"));
+        }
+        // Field 5 of a mountinfo line is the mount point.
+        let masked: Vec<&str> = mountinfo
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(4))
+            .filter(|point| MASKED_PROC_PATHS.contains(point))
+            .collect();
+        if !masked.is_empty() {
+            signs.push(format!("/proc has mounts over {} (a container runtime's masked paths)", masked.join(", ")));
+        }
+        let seccomp = status.lines().any(|l| l.split_whitespace().eq(["Seccomp:", "2"]));
+        if seccomp && !signs.is_empty() {
+            signs.push("a seccomp filter is on this process".to_string());
+        }
+        let root_maps_range = runtime::userns::root_mapping() == runtime::userns::RootMapping::FullRange;
+        ContainerSigns { signs, root_maps_range }
+    }
+}
+
+/// `container`: whether airlock runs inside a container, and each fix the container needs for `airlock run` (the
+/// blocking checks that a container setting explains: seccomp, capabilities, the masked /proc).
+fn container_check(report: &HostReport, found: &ContainerSigns) -> Check {
+    const ID: &str = "container";
+    const NAME: &str = "inside a container";
+    let missing = |id: &str| report.check(id).is_some_and(|c| c.status == probe::Status::Missing);
+    let signs = &found.signs;
+    if signs.is_empty() {
+        let detail = "no sign of a container (information)".to_string();
+        return Check { id: ID, name: NAME, status: probe::Status::Ok, detail, fix: None };
+    }
+    let mut fixes = Vec::new();
+    let seccomp_blocks = signs.iter().any(|s| s.starts_with("a seccomp filter"));
+    if missing("userns") && seccomp_blocks {
+        fixes.push(format!("seccomp: {}", probe::SECCOMP_CONTAINER_FIX));
+    }
+    if report.user.root && !found.root_maps_range {
+        fixes.push(format!("capabilities: {}", probe::ROOT_CAPS_CONTAINER_FIX));
+    }
+    // A masked /proc refuses the sandbox's fresh one whether or not the probe got that far.
+    if missing("proc") && signs.iter().any(|s| s.starts_with("/proc has mounts")) {
+        fixes.push(format!("/proc: {}", probe::PROC_CONTAINER_FIX));
+    }
+    let detail = format!("{}; see README \"Inside containers\"", signs.join("; "));
+    let (status, fix) = match fixes.is_empty() {
+        true => (probe::Status::Ok, None),
+        false => (probe::Status::Warn, Some(fixes.join("\n"))),
+    };
+    Check { id: ID, name: NAME, status, detail, fix }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_signs_come_from_markers_and_masked_proc() {
+        let mountinfo = "77 76 0:41 / /proc rw - proc proc rw\n55 77 0:42 /null /proc/keys rw - tmpfs tmpfs rw\n\
+                         53 77 0:41 /sys /proc/sys ro - proc proc rw\n";
+        let found = ContainerSigns::from_parts(false, false, None, mountinfo, "Seccomp:\t2\n");
+        assert_eq!(found.signs.len(), 2, "{:?}", found.signs);
+        assert!(found.signs[0].contains("/proc/keys, /proc/sys"));
+        let host = ContainerSigns::from_parts(false, false, None, "77 76 0:41 / /proc rw - proc proc rw\n", "");
+        assert!(host.signs.is_empty());
+        let docker = ContainerSigns::from_parts(true, false, Some("docker".into()), "", "Seccomp:\t0\n");
+        assert_eq!(docker.signs.len(), 2);
+    }
+
+    #[test]
+    fn container_check_names_the_fix_of_each_blocker() {
+        let report = probe::probe_host(store::layer::disk::probe);
+        let none = container_check(&report, &ContainerSigns::default());
+        assert_eq!((none.id, none.status), ("container", probe::Status::Ok));
+        // This host: the fixes named are those of its own blockers; a host whose userns is not blocked by a
+        // container setting gets no seccomp fix.
+        let signs = ContainerSigns { signs: vec!["a seccomp filter is on this process".into()], root_maps_range: true };
+        let checked = container_check(&report, &signs);
+        let seccomp_fix = checked.fix.as_deref().is_some_and(|f| f.contains("airlock-seccomp.json"));
+        assert_eq!(seccomp_fix, report.check("userns").unwrap().status == probe::Status::Missing);
+    }
 
     #[test]
     fn json_has_the_documented_fields() {

@@ -22,6 +22,7 @@ const CHECK_IDS: &[&str] = &[
     "unprivileged_bpf",
     "tun",
     "kernel",
+    "container",
 ];
 
 fn check_document(text: &str, expect_root: bool) -> serde_json::Value {

@@ -453,8 +453,13 @@ pub fn probe_host<E: std::fmt::Display>(disk_layer: impl FnOnce() -> Result<(), 
         cgroup: ns(Kind::Cgroup),
     };
     let own_maps_written = [step::SETGROUPS, step::UID_MAP, step::GID_MAP].iter().all(|&s| steps[s].worked());
+    // Root maps a range only where `airlock run` would (see `runtime::userns::root_mapping`); in a container it
+    // may fall back to its own id, or map nothing.
+    let root_mapping = user.root.then(runtime::userns::root_mapping);
     let id_mapping = if !namespaces.user.worked() || !own_maps_written {
         IdMapping::Unavailable
+    } else if matches!(root_mapping, Some(runtime::userns::RootMapping::OwnIdOnly { .. })) {
+        IdMapping::OwnIdsOnly { uid: user.euid, gid: plan.egid }
     } else if let Some(host_ids) =
         facts.own_uid_range.filter(|&n| n > 1 && facts.has_cap(CAP_SETUID) && facts.has_cap(CAP_SETGID))
     {
@@ -1024,12 +1029,7 @@ fn explain_userns_failure(errno: i32, user: UserInfo, facts: &HostFacts) -> (Str
                         "this process runs under a seccomp filter (Seccomp: 2 in /proc/self/status){caps}, as in a \
                          container: Docker's and Podman's default profiles refuse unshare with namespace flags"
                     ),
-                    Some(
-                        "run airlock outside the container, or start the container with a seccomp profile that \
-                         allows unshare/clone with namespace flags (docker run --security-opt seccomp=unconfined \
-                         --security-opt apparmor=unconfined)"
-                            .to_string(),
-                    ),
+                    Some(SECCOMP_CONTAINER_FIX.to_string()),
                 );
             }
             if facts.nested_userns && !facts.has_cap(CAP_SYS_ADMIN) {
@@ -1074,6 +1074,18 @@ fn explain_userns_failure(errno: i32, user: UserInfo, facts: &HostFacts) -> (Str
     }
 }
 
+/// The container fixes `airlock doctor` names (README "Inside containers").
+pub const SECCOMP_CONTAINER_FIX: &str = "start the container with airlock's seccomp profile (Docker's default plus \
+     the namespace and mount calls airlock needs): docker run --security-opt \
+     seccomp=contrib/docker/airlock-seccomp.json (runc: its linux.seccomp); or run airlock outside the container";
+pub const PROC_CONTAINER_FIX: &str = "start the container with an unmasked /proc: docker run --security-opt \
+     systempaths=unconfined (runc: remove the /proc entries of linux.maskedPaths and linux.readonlyPaths); then \
+     run the container's processes as a non-root user or inside airlock, since root in the container could write \
+     /proc/sys; or run airlock outside the container";
+pub const ROOT_CAPS_CONTAINER_FIX: &str = "give the container CAP_SETUID and CAP_SETGID for a full id range \
+     (Docker's defaults have them; runc: add them to process.capabilities), or CAP_SETFCAP for root's own id \
+     only; or run airlock as a non-root user in the container";
+
 fn check_idmap(report: &HostReport, steps: &Steps) -> Check {
     const ID: &str = "idmap";
     const NAME: &str = "id mapping";
@@ -1110,10 +1122,12 @@ fn check_idmap(report: &HostReport, steps: &Steps) -> Check {
                  inside shows as nobody and cannot be switched to (airlock does not use the setuid newuidmap \
                  helper)"
             ),
-            Some(
-                "run airlock as root for a full id range (root inside still maps to an unprivileged host id)"
-                    .to_string(),
-            ),
+            Some(match report.user.root {
+                true => ROOT_CAPS_CONTAINER_FIX.to_string(),
+                false => "run airlock as root for a full id range (root inside still maps to an unprivileged host \
+                          id)"
+                .to_string(),
+            }),
         ),
         IdMapping::Unavailable => {
             let failed = [
@@ -1126,7 +1140,9 @@ fn check_idmap(report: &HostReport, steps: &Steps) -> Check {
             .map(|(name, a)| format!("writing /proc/self/{name}: {}", a.describe()))
             .collect::<Vec<_>>()
             .join("; ");
-            check(ID, NAME, Status::Missing, failed, None)
+            // Root without CAP_SETFCAP (runc's default capabilities) cannot map even its own id 0.
+            let fix = report.user.root.then(|| ROOT_CAPS_CONTAINER_FIX.to_string());
+            check(ID, NAME, Status::Missing, failed, fix)
         }
     }
 }
@@ -1226,7 +1242,7 @@ fn check_proc(report: &HostReport) -> Check {
                 NAME,
                 Status::Missing,
                 format!("mounting procfs in a new pid namespace failed: {}{why}", errno_text(errno)),
-                Some("run airlock outside the container, or give the container an unmasked /proc".to_string()),
+                Some(PROC_CONTAINER_FIX.to_string()),
             )
         }
         Attempt::NotTried => {

@@ -436,7 +436,10 @@ pub fn probe_host<E: std::fmt::Display>(disk_layer: impl FnOnce() -> Result<(), 
     let kernel = kernel_info();
     let facts = HostFacts::read();
 
-    let plan = ChildPlan::new(user);
+    // Root maps a range only where `airlock run` would (see `runtime::userns::root_mapping`); in a container it
+    // may fall back to its own id, or map nothing.
+    let root_mapping = user.root.then(runtime::userns::root_mapping);
+    let plan = ChildPlan::new(user, root_mapping.as_ref(), &facts);
     let (steps, probe_error) = match run_probe_child(&plan) {
         Ok(steps) => (steps, None),
         Err(err) => ([Attempt::NotTried; step::COUNT], Some(error_chain(&err))),
@@ -453,9 +456,6 @@ pub fn probe_host<E: std::fmt::Display>(disk_layer: impl FnOnce() -> Result<(), 
         cgroup: ns(Kind::Cgroup),
     };
     let own_maps_written = [step::SETGROUPS, step::UID_MAP, step::GID_MAP].iter().all(|&s| steps[s].worked());
-    // Root maps a range only where `airlock run` would (see `runtime::userns::root_mapping`); in a container it
-    // may fall back to its own id, or map nothing.
-    let root_mapping = user.root.then(runtime::userns::root_mapping);
     let id_mapping = if !namespaces.user.worked() || !own_maps_written {
         IdMapping::Unavailable
     } else if matches!(root_mapping, Some(runtime::userns::RootMapping::OwnIdOnly { .. })) {
@@ -564,15 +564,23 @@ struct ChildPlan {
     /// `0 <euid> 1`: root inside is the invoker outside, the only mapping any user may write for itself.
     uid_map: Vec<u8>,
     gid_map: Vec<u8>,
+    /// Root that can map a range but lacks CAP_SETFCAP (a container given CAP_SETUID and CAP_SETGID): a process
+    /// may map its own id 0 only with CAP_SETFCAP, so the probe child first becomes the first id of airlock's
+    /// ranges (what `airlock run` maps root inside to) and maps that.
+    switch_to: Option<u32>,
 }
 
 impl ChildPlan {
-    fn new(user: UserInfo) -> ChildPlan {
+    fn new(user: UserInfo, root_mapping: Option<&runtime::userns::RootMapping>, facts: &HostFacts) -> ChildPlan {
         let (_, egid) = sys::process::effective_ids();
+        let full_range = root_mapping == Some(&runtime::userns::RootMapping::FullRange);
+        let switch_to = (full_range && !facts.has_cap(CAP_SETFCAP)).then_some(runtime::userns::HOST_RANGE_BASE);
+        let (uid, gid) = switch_to.map_or((user.euid, egid), |id| (id, id));
         ChildPlan {
             egid,
-            uid_map: format!("0 {} 1\n", user.euid).into_bytes(),
-            gid_map: format!("0 {egid} 1\n").into_bytes(),
+            uid_map: format!("0 {uid} 1\n").into_bytes(),
+            gid_map: format!("0 {gid} 1\n").into_bytes(),
+            switch_to,
         }
     }
 }
@@ -670,6 +678,12 @@ impl Reporter {
 /// Returns its exit status.
 fn probe_child(plan: &ChildPlan, out: RawFd) -> i32 {
     let r = Reporter { fd: out };
+    if let Some(id) = plan.switch_to {
+        // The switch made the child non-dumpable, which gives its /proc files to host root: dumpable again, so
+        // that it can write its own maps. A failure shows as the maps failing.
+        let _ = sys::credentials::set_thread_ids_raw(id, id)
+            .and_then(|()| sys::process::prctl(libc::PR_SET_DUMPABLE, 1).map(drop));
+    }
     if r.record(step::namespace(Kind::User), raw::unshare(Kind::User.flag())) {
         probe_inside_userns(plan, &r);
     }
@@ -846,6 +860,7 @@ mod raw {
 
 const CAP_SETGID: u32 = 6;
 const CAP_SETUID: u32 = 7;
+const CAP_SETFCAP: u32 = 31;
 const CAP_SYS_ADMIN: u32 = 21;
 
 struct HostFacts {

@@ -14,6 +14,16 @@ pub fn setresgid(real: u32, effective: u32, saved: u32) -> Result<(), Errno> {
     check(unsafe { libc::setresgid(real, effective, saved) } as libc::c_long).map(drop)
 }
 
+/// Real, effective and saved gid then uid to `gid` and `uid` by raw `setresgid`/`setresuid` system calls, for
+/// this thread only: for a child forked from a multi-threaded process, where glibc's wrappers (which signal every
+/// thread it knows of and take its locks) are not async-signal-safe.
+pub fn set_thread_ids_raw(uid: u32, gid: u32) -> Result<(), Errno> {
+    // SAFETY: both calls take only integers.
+    check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map(drop)
+}
+
 /// `setgroups(0, NULL)`: no supplementary groups.
 pub fn clear_supplementary_groups() -> Result<(), Errno> {
     // SAFETY: with a zero-length list, setgroups reads no memory (the null pointer is never dereferenced).

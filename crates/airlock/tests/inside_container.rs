@@ -369,3 +369,138 @@ fn docker_defaults_fail_closed_and_the_shipped_profile_works() {
     assert_eq!(code(&o), 0, "stdout: {}\nstderr: {}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("joined"), "{}", stdout(&o));
 }
+
+/// A dockerd of the test's own (Debian's docker.io): its data, state, socket and containerd namespace under a
+/// temporary directory, no iptables and no bridge (the containers get `--network none`). Stopped on drop.
+struct Dockerd {
+    dir: TempDir,
+    pid: u32,
+}
+
+impl Dockerd {
+    fn start(test: &str) -> Result<Dockerd, String> {
+        let dockerd = ["/usr/sbin/dockerd", "/usr/bin/dockerd"].into_iter().find(|p| Path::new(p).is_file());
+        let docker = Path::new("/usr/bin/docker");
+        let (Some(dockerd), true) = (dockerd, docker.is_file()) else {
+            return Err("dockerd is not installed (apt-get install docker.io)".into());
+        };
+        let dir = TempDir::new(&format!("inside-dockerd-{test}"));
+        let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+        let namespace = format!("airlock-inside-{}", std::process::id());
+        let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
+        let child = Command::new(dockerd)
+            .args(["--data-root", &p("data"), "--exec-root", &p("exec"), "--pidfile", &p("dockerd.pid")])
+            .args(["-H", &format!("unix://{}", p("docker.sock")), "--iptables=false", "--ip-masq=false"])
+            .args(["--bridge=none", "--containerd-namespace", &namespace])
+            .args(["--containerd-plugins-namespace", &format!("{namespace}-plugins")])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start dockerd: {e}"))?;
+        let daemon = Dockerd { dir, pid: child.id() };
+        for _ in 0..120 {
+            if daemon.docker(&["version"]).status.success() {
+                return Ok(daemon);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        let log = std::fs::read_to_string(daemon.dir.path().join("dockerd.log")).unwrap_or_default();
+        Err(format!("dockerd did not come up: {}", log.lines().rev().take(3).collect::<Vec<_>>().join(" | ")))
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        let host = format!("unix://{}", self.dir.path().join("docker.sock").display());
+        Command::new("/usr/bin/docker").args(["-H", &host]).args(args).output().unwrap()
+    }
+
+    /// An image with only the mount points: the host's system directories and airlock are bound in read-only.
+    fn import_empty_image(&self) -> &'static str {
+        let tree = self.dir.path().join("image");
+        for name in ["usr", "lib", "lib64", "bin", "sbin", "etc", "tmp", "root", "proc", "dev", "sys"] {
+            std::fs::create_dir_all(tree.join(name)).unwrap();
+        }
+        std::fs::write(tree.join("airlock"), b"").unwrap();
+        let tar = self.dir.path().join("image.tar");
+        let made = Command::new("tar").arg("-C").arg(&tree).arg("-cf").arg(&tar).arg(".").output().unwrap();
+        assert!(made.status.success(), "tar: {}", stderr(&made));
+        let imported = self.docker(&["import", tar.to_str().unwrap(), "airlock-inside-empty:1"]);
+        assert!(imported.status.success(), "docker import: {}", stderr(&imported));
+        "airlock-inside-empty:1"
+    }
+
+    /// `docker run --rm` with the host's system directories and airlock, and `options`.
+    fn run(&self, options: &[&str], args: &[&str]) -> Output {
+        let mut all: Vec<String> = ["run", "--rm", "--network", "none", "--tmpfs", "/tmp"].map(String::from).to_vec();
+        for name in ["usr", "lib", "lib64", "bin", "sbin", "etc"] {
+            if Path::new("/").join(name).exists() {
+                all.extend(["-v".into(), format!("/{name}:/{name}:ro")]);
+            }
+        }
+        all.extend(["-v".into(), format!("{}:/airlock:ro", env!("CARGO_BIN_EXE_airlock"))]);
+        all.extend(["-e".into(), "AIRLOCK_STATE_DIR=/tmp/airlock-state".into()]);
+        all.extend(options.iter().map(|o| o.to_string()));
+        all.push("airlock-inside-empty:1".into());
+        all.extend(args.iter().map(|a| a.to_string()));
+        self.docker(&all.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // Our own child, by its pid: SIGTERM, then wait for it to stop its containerd and unmount its layers.
+        let _ = Command::new("kill").arg(self.pid.to_string()).output();
+        for _ in 0..120 {
+            if !Path::new(&format!("/proc/{}", self.pid)).exists()
+                || std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|s| s.contains(") Z "))
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        // Whatever it left mounted under its directories goes before the directory is removed.
+        let root = self.dir.path().to_str().unwrap().to_owned();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut left: Vec<&str> =
+            mountinfo.lines().filter_map(|l| l.split_whitespace().nth(4)).filter(|m| m.starts_with(&root)).collect();
+        left.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for mount in left {
+            let _ = Command::new("umount").args(["-l", mount]).output();
+        }
+    }
+}
+
+#[test]
+fn docker_with_its_defaults_fails_closed_and_with_the_documented_options_runs_isolated() {
+    if !common::is_root() {
+        skip_or_fail!("a dockerd of the test's own needs root");
+    }
+    let daemon = match Dockerd::start("fixes") {
+        Ok(daemon) => daemon,
+        Err(reason) => skip_or_fail!("{reason}"),
+    };
+    daemon.import_empty_image();
+
+    // Docker's defaults: its seccomp profile refuses the namespaces; the fix is named.
+    let o = daemon.run(&[], &["/airlock", "run", "--", "/bin/true"]);
+    assert_eq!(code(&o), 125, "stdout: {}\nstderr: {}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("--security-opt seccomp=contrib/docker/airlock-seccomp.json"), "{}", stderr(&o));
+
+    // The shipped profile: then the masked /proc, named.
+    let profile = format!("seccomp={SHIPPED_PROFILE}");
+    let o = daemon.run(&["--security-opt", &profile], &["/airlock", "run", "--", "/bin/true"]);
+    assert_eq!(code(&o), 125, "stdout: {}\nstderr: {}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("--security-opt systempaths=unconfined"), "{}", stderr(&o));
+
+    // Both: isolated, as root (a full id range: Docker's defaults have CAP_SETUID and CAP_SETGID) and as a user.
+    let fixed = ["--security-opt", profile.as_str(), "--security-opt", "systempaths=unconfined"];
+    let o = daemon.run(&fixed, &["/airlock", "run", "--", "sh", "-c", PROBE_SCRIPT]);
+    assert_isolated(&o);
+    let map = uid_map(&o);
+    assert_eq!((map[0], map[2]), (0, 65536), "{map:?}");
+    assert!(map[1] >= 0x7000_0000, "{map:?}");
+    let as_user = [&fixed[..], &["--user", "65534:65534"]].concat();
+    let o = daemon.run(&as_user, &["/airlock", "run", "--", "sh", "-c", PROBE_SCRIPT]);
+    assert_isolated(&o);
+    assert_eq!(uid_map(&o), [65534, 65534, 1]);
+}

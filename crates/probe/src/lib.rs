@@ -1132,11 +1132,16 @@ fn check_idmap(report: &HostReport, steps: &Steps) -> Check {
             ID,
             NAME,
             Status::Warn,
-            format!(
-                "only your own ids map into the sandbox: root inside is uid {uid}/gid {gid} outside, any other id \
-                 inside shows as nobody and cannot be switched to (airlock does not use the setuid newuidmap \
-                 helper)"
-            ),
+            {
+                let why = match runtime::userns::root_mapping() {
+                    runtime::userns::RootMapping::OwnIdOnly { why } if report.user.root => why,
+                    _ => "airlock does not use the setuid newuidmap helper".to_string(),
+                };
+                format!(
+                    "only your own ids map into the sandbox: root inside is uid {uid}/gid {gid} outside, any other \
+                     id inside shows as nobody and cannot be switched to ({why})"
+                )
+            },
             Some(match report.user.root {
                 true => ROOT_CAPS_CONTAINER_FIX.to_string(),
                 false => "run airlock as root for a full id range (root inside still maps to an unprivileged host \

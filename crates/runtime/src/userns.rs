@@ -330,7 +330,7 @@ pub fn root_mapping_from(cap_eff: u64, uid_map: &str, gid_map: &str) -> RootMapp
         })
     };
     let why = if !(has(CAP_SETUID) && has(CAP_SETGID)) {
-        "root without CAP_SETUID and CAP_SETGID (as in a container) cannot map a range of ids".to_string()
+        "root without CAP_SETUID and CAP_SETGID, as in a container, cannot map a range of ids".to_string()
     } else if !(covers(uid_map) && covers(gid_map)) {
         format!(
             "this user namespace (a container's) does not map the ids {HOST_RANGE_BASE}-{end} airlock gives \

@@ -1092,7 +1092,8 @@ fn explain_userns_failure(errno: i32, user: UserInfo, facts: &HostFacts) -> (Str
 /// The container fixes `airlock doctor` names (README "Inside containers").
 pub const SECCOMP_CONTAINER_FIX: &str = "start the container with airlock's seccomp profile (Docker's default plus \
      the namespace and mount calls airlock needs): docker run --security-opt \
-     seccomp=contrib/docker/airlock-seccomp.json (runc: its linux.seccomp); or run airlock outside the container";
+     seccomp=contrib/docker/airlock-seccomp.json (installed as share/airlock/airlock-seccomp.json; runc: its \
+     linux.seccomp); or run airlock outside the container";
 pub const PROC_CONTAINER_FIX: &str = "start the container with an unmasked /proc: docker run --security-opt \
      systempaths=unconfined (runc: remove the /proc entries of linux.maskedPaths and linux.readonlyPaths); then \
      run the container's processes as a non-root user or inside airlock, since root in the container could write \

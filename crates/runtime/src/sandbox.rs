@@ -540,7 +540,8 @@ pub const PROC_MASKED_FIX: &str = " (this /proc has paths masked by mounts over 
 /// The fix for namespaces refused by a container's seccomp filter (README "Inside containers").
 pub const SECCOMP_FIX: &str = " (this process runs under a seccomp filter, as in a container, and Docker's default \
      profile refuses new namespaces: start the container with airlock's profile, Docker's default plus what \
-     airlock needs: `docker run --security-opt seccomp=contrib/docker/airlock-seccomp.json`)";
+     airlock needs: `docker run --security-opt seccomp=contrib/docker/airlock-seccomp.json`, installed as \
+     share/airlock/airlock-seccomp.json)";
 
 fn clone_hint(errno: i32) -> &'static str {
     let filtered = std::fs::read_to_string("/proc/self/status")

@@ -312,6 +312,10 @@ fn runc_with_the_documented_fixes_runs_isolated() {
     assert!(map[1] >= 0x7000_0000, "root inside maps to an unprivileged host id: {map:?}");
     let o = bundle.run(&["/airlock", "doctor"]);
     assert_eq!(code(&o), 0, "{}", stdout(&o));
+    // The container's cgroups are read-only: a limit fails closed, naming where to set it instead.
+    let o = bundle.run(&["/airlock", "run", "--memory", "64M", "--", "/bin/true"]);
+    assert_eq!(code(&o), 125, "stdout: {}\nstderr: {}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("set the limits on the container itself"), "{}", stderr(&o));
     drop(bundle);
 
     // As root with CAP_SETFCAP only: root's own id, as rootless, and said so.

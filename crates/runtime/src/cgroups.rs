@@ -848,9 +848,11 @@ fn v1_base(
     needed: bool,
     host: &HostView<'_>,
 ) -> Result<Option<PathBuf>, CgroupError> {
+    // Root that cannot write the hierarchy is in a container, which mounts cgroupfs read-only.
+    let fix = if host.euid == 0 { FIX_IN_CONTAINER } else { FIX_V1 };
     let fail = |reason: String| {
         if needed {
-            Err(CgroupError::ControllerUnavailable { controller, reason, fix: FIX_V1.to_string() })
+            Err(CgroupError::ControllerUnavailable { controller, reason, fix: fix.to_string() })
         } else {
             Ok(None)
         }
@@ -866,6 +868,8 @@ fn v1_base(
     }
 }
 
+const FIX_IN_CONTAINER: &str = "in a container, which mounts the cgroup hierarchies read-only, set the limits on \
+     the container itself (docker run --memory, --pids-limit, --cpus) or give it a writable cgroup";
 const FIX_V1: &str = "cgroup v1 has no delegation to ordinary users: run airlock as root, or boot with \
      systemd.unified_cgroup_hierarchy=1 (cgroup v2) and use systemd-run --user --scope -p Delegate=yes";
 

@@ -49,11 +49,30 @@ pub fn create(args: CreateArgs) -> Result<i32> {
     if let Some(id) = &image_id {
         crate::image_cmd::mark_in_use(id, name)?;
     }
+    let ready = spawn_supervisor(name, merged, args.opts.audit.clone(), &mut |text| eprint!("{text}"))?;
+    if ready {
+        if args.json {
+            print_created_json(name, image_id.as_deref())?;
+        }
+        return Ok(0);
+    }
+    Ok(i32::from(crate::EXIT_SETUP_FAILED))
+}
+
+/// Starts the supervisor of the held sandbox `name` (from its merged profile) and waits until it is set up:
+/// `true` once it is, `false` when its setup failed (its `airlock:` lines, warnings or the setup error, go to
+/// `report`).
+pub(crate) fn spawn_supervisor(
+    name: &str,
+    merged: Profile,
+    audit: Option<String>,
+    report: &mut dyn FnMut(&str),
+) -> Result<bool> {
     let exe = std::env::current_exe().context("cannot find airlock's own executable")?;
-    let request = SuperviseRequest { profile: merged, audit: args.opts.audit.clone() };
+    let request = SuperviseRequest { profile: merged, audit };
     let request = serde_json::to_vec(&request).context("cannot encode the sandbox's profile")?;
     let mut child = Command::new(exe)
-        .args(["__supervise", "--name", name.as_str()])
+        .args(["__supervise", "--name", name])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -76,12 +95,9 @@ pub fn create(args: CreateArgs) -> Result<i32> {
         let _ = s.read_to_string(&mut err);
     }
     // Warnings, or the setup error: already `airlock:` lines.
-    eprint!("{err}");
+    report(&err);
     if out.lines().any(|l| l == READY) {
-        if args.json {
-            print_created_json(name, image_id.as_deref())?;
-        }
-        return Ok(0);
+        return Ok(true);
     }
     let _ = child.wait();
     // The supervisor removes what it created when the setup fails; make sure nothing half-made stays.
@@ -92,7 +108,7 @@ pub fn create(args: CreateArgs) -> Result<i32> {
     if err.trim().is_empty() {
         bail!("the supervisor of sandbox {name} exited before the sandbox was set up");
     }
-    Ok(i32::from(crate::EXIT_SETUP_FAILED))
+    Ok(false)
 }
 
 /// `create --json`: the sandbox's name, state and ids (its init's and supervisor's host pids, its image's id).

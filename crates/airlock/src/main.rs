@@ -12,6 +12,7 @@ mod http_client;
 mod image_cmd;
 mod longlived;
 mod network;
+mod oci_cmd;
 mod profile_cmd;
 mod remote;
 mod run;
@@ -39,6 +40,10 @@ const EXIT_FAILED: u8 = 1;
 
 fn main() -> ExitCode {
     runtime::host::restore_default_sigpipe();
+    // `airlock oci …` is runc's command line (global flags of its own, runc's exit statuses): parsed apart.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "oci") {
+        return oci_cmd::main(std::env::args_os().skip(2).collect());
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => return usage_error(&err),

@@ -1,0 +1,255 @@
+//! `airlock oci` as containerd's runc: Debian's containerd, started by each test with its own config, state,
+//! sockets and namespace under a temporary directory (CRI off), and `ctr run --runc-binary WRAPPER --rootfs DIR`
+//! with a busybox root. The wrapper is the two lines a user writes: `exec airlock oci "$@"`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "common/oci.rs"]
+mod oci_support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use oci_support::*;
+
+macro_rules! require_containerd {
+    () => {
+        require_sandbox!();
+        if let Some(reason) = containerd_missing() {
+            skip_or_fail!("{reason}");
+        }
+    };
+}
+
+/// A container id unique to this test run.
+fn id(tag: &str) -> String {
+    format!("{tag}-{}", std::process::id())
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!("status {:?}\nstdout: {}\nstderr: {}", o.status.code(), stdout(o), stderr(o))
+}
+
+/// Waits until `ctr task ls` shows the task with `status`.
+fn wait_status(c: &Containerd, id: &str, status: &str) {
+    let started = Instant::now();
+    loop {
+        let o = c.ctr(&["task", "ls"]);
+        if stdout(&o).lines().any(|l| l.split_whitespace().next() == Some(id) && l.contains(status)) {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "task {id} never {status}: {}", text(&o));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ctr_run_gives_the_output_and_exit_status_and_leaves_nothing() {
+    require_containerd!();
+    let c = Containerd::start("run");
+    let id = id("run");
+    let mut args = c.run_args(&["--rm"], &id);
+    args.extend(["sh", "-c", "echo out-$((6*7)); echo err >&2; hostname; exit 3"]);
+    let o = c.ctr(&args);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(stdout(&o).contains("out-42"), "{}", text(&o));
+    assert!(stderr(&o).contains("err"), "{}", text(&o));
+    let left = c.wait_clean(&id);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+#[test]
+fn task_exec_ps_pause_resume_and_kill_9_is_137() {
+    require_containerd!();
+    let c = Containerd::start("task");
+    let id = id("task");
+    let mut args = c.run_args(&[], &id);
+    args.extend(["sh", "-c", "echo started; sleep 600"]);
+    let mut run = c.ctr_command(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(run.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "started");
+    wait_status(&c, &id, "RUNNING");
+
+    let o = c.ctr(&["task", "exec", "--exec-id", "e1", &id, "sh", "-c", "echo in-exec; exit 5"]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    assert!(stdout(&o).contains("in-exec"), "{}", text(&o));
+
+    // ps: host pids of the container's processes, the sleep among them.
+    let o = c.ctr(&["task", "ps", &id]);
+    assert!(o.status.success(), "{}", text(&o));
+    let pids: Vec<i32> = stdout(&o).lines().skip(1).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
+    let has_sleep = pids.iter().any(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).starts_with("sleep"))
+    });
+    assert!(has_sleep, "no sleep among {pids:?}");
+
+    let o = c.ctr(&["task", "pause", &id]);
+    assert!(o.status.success(), "{}", text(&o));
+    wait_status(&c, &id, "PAUSED");
+    let o = c.ctr(&["task", "resume", &id]);
+    assert!(o.status.success(), "{}", text(&o));
+    wait_status(&c, &id, "RUNNING");
+
+    let o = c.ctr(&["task", "kill", "-s", "9", &id]);
+    assert!(o.status.success(), "{}", text(&o));
+    let status = run.wait().unwrap();
+    assert_eq!(status.code(), Some(137), "ctr run after kill -9");
+    // ctr run deleted the task once it ended; a kill now finds nothing to signal.
+    let o = c.ctr(&["task", "kill", "-s", "9", &id]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let o = c.ctr(&["container", "delete", &id]);
+    assert!(o.status.success(), "{}", text(&o));
+    let left = c.wait_clean(&id);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+#[test]
+fn ctr_run_t_gets_a_terminal_through_the_console_socket() {
+    require_containerd!();
+    if !std::path::Path::new("/usr/bin/script").exists() {
+        skip_or_fail!("script (bsdutils) is missing");
+    }
+    let c = Containerd::start("tty");
+    let id = id("tty");
+    let mut args = c.run_args(&["-t", "--rm"], &id);
+    args.extend(["sh", "-c", "test -t 0 && test -t 1 && echo is-a-tty; tty; exit 4"]);
+    let ctr = format!(
+        "ctr --address {} --namespace {} {}",
+        c.address.display(),
+        c.namespace,
+        args.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ")
+    );
+    // ctr -t needs a terminal of its own: script gives it one, and exits with its status (-e).
+    let o = Command::new("script").args(["-qec", &ctr, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(stdout(&o).contains("is-a-tty"), "{}", text(&o));
+    assert!(stdout(&o).contains("/dev/pts/"), "{}", text(&o));
+    let left = c.wait_clean(&id);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+#[test]
+fn the_bundles_memory_limit_is_the_sandboxes() {
+    require_containerd!();
+    let c = Containerd::start("mem");
+    let id = id("mem");
+    let mut args = c.run_args(&["-d", "--memory-limit", "33554432"], &id);
+    args.extend(["sleep", "600"]);
+    let o = c.ctr(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    wait_status(&c, &id, "RUNNING");
+    let sandboxes = c.sandboxes();
+    assert_eq!(sandboxes.len(), 1, "{sandboxes:?}");
+    let o = c.airlock(&["stats", &sandboxes[0], "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stats: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(stats["memory"]["limit_bytes"], 33554432, "{stats:#}");
+    let o = c.ctr(&["task", "kill", "-s", "9", &id]);
+    assert!(o.status.success(), "{}", text(&o));
+    wait_status(&c, &id, "STOPPED");
+    assert!(c.ctr(&["task", "delete", &id]).status.success());
+    assert!(c.ctr(&["container", "delete", &id]).status.success());
+    let left = c.wait_clean(&id);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+/// Two HTTP servers on the host's loopback: each answers `body-PORT` and logs the paths it was asked for.
+const SERVERS: &str = r#"
+import http.server, sys, threading
+log = open(sys.argv[1], "a")
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        log.write("%d %s\n" % (self.server.server_port, self.path)); log.flush()
+        body = ("body-%d" % self.server.server_port).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), H) for _ in range(2)]
+for s in servers: threading.Thread(target=s.serve_forever, daemon=True).start()
+print(" ".join(str(s.server_port) for s in servers), flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn the_net_allow_annotation_reaches_one_destination_and_refuses_another() {
+    require_containerd!();
+    let Some(python) = python3() else { skip_or_fail!("python3 is missing") };
+    let c = Containerd::start("net");
+    let id = id("net");
+    let log = c.dir.path().join("servers.log");
+    let mut servers = Command::new(python)
+        .args(["-c", SERVERS])
+        .arg(&log)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(servers.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let ports: Vec<u16> = line.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    let (allowed, refused) = (ports[0], ports[1]);
+    let annotation = format!("dev.airlock.net.allow=localhost:{allowed}");
+    let script = format!(
+        "wget -q -O /tmp/a http://localhost:{allowed}/allowed && cat /tmp/a && echo; \
+         wget -q -T 5 -O /tmp/b http://localhost:{refused}/refused && echo REACHED-REFUSED; echo done"
+    );
+    let mut args = c.run_args(&["--rm", "--annotation", &annotation], &id);
+    args.extend(["sh", "-c", &script]);
+    let o = c.ctr(&args);
+    drop(servers.stdin.take());
+    let _ = servers.kill();
+    let _ = servers.wait();
+    assert!(stdout(&o).contains(&format!("body-{allowed}")), "{}", text(&o));
+    assert!(stdout(&o).contains("done"), "{}", text(&o));
+    assert!(!stdout(&o).contains("REACHED-REFUSED"), "{}", text(&o));
+    let seen = std::fs::read_to_string(&log).unwrap();
+    assert!(seen.contains(&format!("{allowed} /allowed")), "{seen}");
+    assert!(!seen.contains("/refused"), "the refused server was reached: {seen}");
+    let left = c.wait_clean(&id);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+#[test]
+fn refusals_and_errors_go_to_the_log_and_fail_closed() {
+    require_containerd!();
+    let c = Containerd::start("refuse");
+    // The host network is refused (and said in the log); the container runs with its own.
+    let id1 = id("hostnet");
+    let mut args = c.run_args(&["-d", "--net-host"], &id1);
+    args.extend(["sleep", "600"]);
+    let o = c.ctr(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    wait_status(&c, &id1, "RUNNING");
+    let log = c.task_log(&id1);
+    let refused = log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).any(|l| {
+        l["level"] == "warning"
+            && l["msg"].as_str().is_some_and(|m| m.contains("host network"))
+            && l["time"].is_string()
+    });
+    assert!(refused, "no warning about the host network in the log:\n{log}");
+    let o = c.ctr(&["task", "exec", "--exec-id", "n", &id1, "cat", "/proc/net/dev"]);
+    let interfaces: Vec<String> =
+        stdout(&o).lines().filter_map(|l| Some(l.split_once(':')?.0.trim().to_string())).collect();
+    assert_eq!(interfaces, vec!["lo"], "{}", text(&o));
+    assert!(c.ctr(&["task", "kill", "-s", "9", &id1]).status.success());
+    wait_status(&c, &id1, "STOPPED");
+    assert!(c.ctr(&["task", "delete", &id1]).status.success());
+    assert!(c.ctr(&["container", "delete", &id1]).status.success());
+
+    // A bad annotation: create fails, containerd shows the runtime's error, nothing runs.
+    let id2 = id("badannot");
+    let mut args = c.run_args(&["--rm", "--annotation", "dev.airlock.audit=maybe"], &id2);
+    args.extend(["sh", "-c", "echo SHOULD-NOT-RUN"]);
+    let o = c.ctr(&args);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(!stdout(&o).contains("SHOULD-NOT-RUN"), "{}", text(&o));
+    assert!(stderr(&o).contains("dev.airlock.audit"), "{}", text(&o));
+    let _ = c.ctr(&["container", "delete", &id2]);
+    for id in [&id1, &id2] {
+        let left = c.wait_clean(id);
+        assert!(left.is_empty(), "left behind: {left:#?}");
+    }
+}

@@ -486,7 +486,11 @@ fn create_in(
 ) -> Result<i32> {
     let dir = ctx.dir(id);
     let name = sandbox_name(&ctx.root, id);
-    let audit = translation.audit.then(|| bundle.join("airlock-audit.jsonl").display().to_string());
+    // dev.airlock.audit: the audit log (every exec recorded) is copied where `delete` leaves it.
+    let audit = match translation.audit {
+        true => Some(audit_copy_path(&name)?.display().to_string()),
+        false => None,
+    };
     // What the supervisor says (warnings, or why the setup failed) goes to the log: our standard streams are the
     // container's.
     let mut said = String::new();
@@ -527,6 +531,18 @@ fn create_in(
     // Not waited for: once we exit, it is the caller's (the shim, a subreaper) to reap.
     std::mem::forget(child);
     Ok(0)
+}
+
+/// Where a container's audit log is copied with `dev.airlock.audit=true`: `$AIRLOCK_STATE/oci-audit/SANDBOX.jsonl`
+/// (the sandbox's own log goes with it at `delete`; this copy stays).
+fn audit_copy_path(sandbox: &str) -> Result<PathBuf> {
+    let dir = state::state().path().join("oci-audit");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir.join(format!("{sandbox}.jsonl")))
 }
 
 /// A new pseudo-terminal on the host: its master goes to the console socket (SCM_RIGHTS, as runc sends it), its

@@ -143,6 +143,8 @@ fn the_bundles_memory_limit_is_the_sandboxes() {
     wait_status(&c, &id, "RUNNING");
     let sandboxes = c.sandboxes();
     assert_eq!(sandboxes.len(), 1, "{sandboxes:?}");
+    // What `wait_clean` looks for is there while the container runs (the check can fail).
+    assert!(!c.leftovers().is_empty(), "a running container shows no processes or state");
     let o = c.airlock(&["stats", &sandboxes[0], "--json"]);
     assert!(o.status.success(), "{}", text(&o));
     let stats: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -208,6 +210,24 @@ fn the_net_allow_annotation_reaches_one_destination_and_refuses_another() {
     let seen = std::fs::read_to_string(&log).unwrap();
     assert!(seen.contains(&format!("{allowed} /allowed")), "{seen}");
     assert!(!seen.contains("/refused"), "the refused server was reached: {seen}");
+    let left = c.wait_clean(&id);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+#[test]
+fn the_audit_annotation_records_the_containers_execs() {
+    require_containerd!();
+    let c = Containerd::start("audit");
+    let id = id("audit");
+    let mut args = c.run_args(&["--rm", "--annotation", "dev.airlock.audit=true"], &id);
+    args.extend(["sh", "-c", "cat /etc/passwd >/dev/null; echo audited"]);
+    let o = c.ctr(&args);
+    assert!(o.status.success() && stdout(&o).contains("audited"), "{}", text(&o));
+    let dir = c.airlock_state.join("oci-audit");
+    let copies: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let log = std::fs::read_to_string(&copies[0]).unwrap();
+    assert!(log.contains("/etc/passwd") || log.contains("\"cat\""), "no record of the command's exec:\n{log}");
     let left = c.wait_clean(&id);
     assert!(left.is_empty(), "left behind: {left:#?}");
 }

@@ -175,10 +175,11 @@ impl Containerd {
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
             let environ = String::from_utf8_lossy(&environ);
-            if (cmdline.contains(root) && cmdline.contains(" oci ")) || environ.contains(state) {
-                if !cmdline.starts_with("containerd ") && !cmdline.contains("containerd-shim") {
-                    left.push(format!("process {}: {cmdline}", entry.file_name().to_string_lossy()));
-                }
+            let ours = (cmdline.contains(root) && cmdline.contains(" oci ")) || environ.contains(state);
+            // containerd and its shims carry the state directory in their environment too; they are not leftovers.
+            let containerd = cmdline.starts_with("containerd ") || cmdline.contains("containerd-shim");
+            if ours && !containerd {
+                left.push(format!("process {}: {cmdline}", entry.file_name().to_string_lossy()));
             }
         }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

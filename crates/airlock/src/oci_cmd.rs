@@ -730,6 +730,7 @@ fn delete(ctx: &Ctx, id: &str, force: bool) -> Result<i32> {
         store::sandbox::remove_sandbox(&dir)
             .map_err(|e| anyhow!("cannot remove sandbox {}: {}", container.sandbox, session::error_chain(&e)))?;
     }
+    remove_freezer_v1(&container.sandbox);
     let cdir = ctx.dir(id);
     std::fs::remove_dir_all(&cdir).with_context(|| format!("cannot remove {}", cdir.display()))?;
     Ok(0)
@@ -770,8 +771,8 @@ fn ps(ctx: &Ctx, id: &str, format: &str) -> Result<i32> {
     Ok(0)
 }
 
-/// Pause (SIGSTOP) or resume (SIGCONT) every process in the container; with a cgroup v2 freezer, the cgroup is
-/// frozen instead.
+/// Pause or resume every process in the container: the sandbox's cgroup v2 `cgroup.freeze` when it has one, else
+/// a v1 freezer cgroup of the container's own, else (no freezer at all) SIGSTOP and SIGCONT.
 fn pause(ctx: &Ctx, id: &str, stop: bool) -> Result<i32> {
     let mut container = Container::load(ctx, id)?;
     match (container.status(ctx), stop) {
@@ -781,8 +782,7 @@ fn pause(ctx: &Ctx, id: &str, stop: bool) -> Result<i32> {
         (_, true) => bail!("container {id} is not running"),
         (_, false) => bail!("container {id} is not paused"),
     }
-    let frozen = freeze_cgroup(&container.sandbox, stop);
-    if !frozen {
+    if !freeze_v2(&container.sandbox, stop) && !freeze_v1(&container, stop)? {
         let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
         for pid in container_pids(&container)? {
             let _ = sys::signal::kill(pid, sig);
@@ -794,7 +794,7 @@ fn pause(ctx: &Ctx, id: &str, stop: bool) -> Result<i32> {
 }
 
 /// Writes the sandbox's v2 `cgroup.freeze`; `false` when it has none (no cgroup, or cgroup v1).
-fn freeze_cgroup(sandbox: &str, freeze: bool) -> bool {
+fn freeze_v2(sandbox: &str, freeze: bool) -> bool {
     use runtime::cgroups;
     let Ok(layout) = cgroups::detect_layout(Path::new(cgroups::SYS_FS_CGROUP)) else { return false };
     let Ok(Some(cgroup)) = cgroups::find_sandbox_cgroup(&layout, sandbox) else { return false };
@@ -802,6 +802,72 @@ fn freeze_cgroup(sandbox: &str, freeze: bool) -> bool {
     match file {
         Some(file) => std::fs::write(file, if freeze { "1" } else { "0" }).is_ok(),
         None => false,
+    }
+}
+
+/// The v1 freezer hierarchy's mount point, if the host has one.
+fn freezer_v1_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut fields = right.split_whitespace();
+        let (fstype, _source, options) = (fields.next()?, fields.next()?, fields.next()?);
+        let mount_point = left.split(' ').nth(4)?;
+        (fstype == "cgroup" && options.split(',').any(|o| o == "freezer")).then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// The container's own v1 freezer cgroup (`FREEZER/airlock-oci/SANDBOX`).
+fn freezer_v1_dir(sandbox: &str) -> Option<PathBuf> {
+    Some(freezer_v1_root()?.join("airlock-oci").join(sandbox))
+}
+
+/// Freezes (every process of the container moved into its freezer cgroup first) or thaws; `false` when the host
+/// has no v1 freezer.
+fn freeze_v1(container: &Container, freeze: bool) -> Result<bool> {
+    let Some(dir) = freezer_v1_dir(&container.sandbox) else { return Ok(false) };
+    let state = dir.join("freezer.state");
+    if !freeze {
+        if !state.exists() {
+            return Ok(false);
+        }
+        std::fs::write(&state, "THAWED").with_context(|| format!("cannot thaw {}", dir.display()))?;
+        return Ok(true);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // A process forks into its parent's cgroup: once a pass finds nothing left outside, nothing can escape.
+    for _ in 0..100 {
+        let inside = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        let inside: Vec<i32> = inside.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let outside: Vec<i32> = container_pids(container)?.into_iter().filter(|p| !inside.contains(p)).collect();
+        if outside.is_empty() {
+            break;
+        }
+        for pid in outside {
+            // A process that exited meanwhile: nothing to freeze.
+            let _ = std::fs::write(dir.join("cgroup.procs"), pid.to_string());
+        }
+    }
+    std::fs::write(&state, "FROZEN").with_context(|| format!("cannot freeze {}", dir.display()))?;
+    let started = Instant::now();
+    while std::fs::read_to_string(&state).unwrap_or_default().trim() != "FROZEN" {
+        if started.elapsed() > GONE_WAIT {
+            let _ = std::fs::write(&state, "THAWED");
+            bail!("the container's processes did not freeze within {}s", GONE_WAIT.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(true)
+}
+
+/// Removes the container's v1 freezer cgroup (empty once its processes are gone), and the shared parent when it
+/// is empty.
+fn remove_freezer_v1(sandbox: &str) {
+    if let Some(dir) = freezer_v1_dir(sandbox) {
+        let _ = std::fs::remove_dir(&dir);
+        if let Some(parent) = dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
 }
 

@@ -81,17 +81,24 @@ fn task_exec_ps_pause_resume_and_kill_9_is_137() {
     let o = c.ctr(&["task", "ps", &id]);
     assert!(o.status.success(), "{}", text(&o));
     let pids: Vec<i32> = stdout(&o).lines().skip(1).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
-    let has_sleep = pids.iter().any(|pid| {
+    let sleep = pids.iter().copied().find(|pid| {
         std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).starts_with("sleep"))
     });
-    assert!(has_sleep, "no sleep among {pids:?}");
+    let sleep = sleep.unwrap_or_else(|| panic!("no sleep among {pids:?}"));
+    let state = |pid: i32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("State:")).unwrap().trim().chars().next().unwrap()
+    };
 
     let o = c.ctr(&["task", "pause", &id]);
     assert!(o.status.success(), "{}", text(&o));
     wait_status(&c, &id, "PAUSED");
+    // Frozen (a freezer cgroup: D) or stopped (T), not sleeping.
+    assert!(matches!(state(sleep), 'D' | 'T'), "paused, the sleep is in state {}", state(sleep));
     let o = c.ctr(&["task", "resume", &id]);
     assert!(o.status.success(), "{}", text(&o));
     wait_status(&c, &id, "RUNNING");
+    assert_eq!(state(sleep), 'S', "resumed, the sleep sleeps again");
 
     let o = c.ctr(&["task", "kill", "-s", "9", &id]);
     assert!(o.status.success(), "{}", text(&o));

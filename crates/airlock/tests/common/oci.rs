@@ -195,7 +195,7 @@ impl Containerd {
         loop {
             let mut left = self.leftovers();
             let found = Command::new("find")
-                .args(["/sys/fs/cgroup", "-maxdepth", "6", "-type", "d", "-name", &format!("*-oci-*-{id}")])
+                .args(["/sys/fs/cgroup", "-maxdepth", "6", "-type", "d", "-name", &format!("*oci-*-{id}")])
                 .output()
                 .unwrap();
             left.extend(String::from_utf8_lossy(&found.stdout).lines().map(|l| format!("cgroup {l}")));

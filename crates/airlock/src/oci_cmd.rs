@@ -608,7 +608,13 @@ fn run_process(container: &Container, process: &oci::Process) -> Result<i32> {
     if plan.terminal {
         // Our terminal (the console's slave) becomes the controlling one, so that a resize reaches us.
         let _ = sys::process::new_session();
-        let _ = sys::terminal::set_controlling_terminal(std::io::stdin().as_fd());
+        let stdin = std::io::stdin();
+        let _ = sys::terminal::set_controlling_terminal(stdin.as_fd());
+        // Raw: the sandbox's own terminal does the line discipline (echo, CR-LF); this one only carries bytes,
+        // as the console runc hands to the shim would (a second discipline would turn "\n" into "\r\r\n").
+        if let Ok(t) = sys::terminal::attributes(stdin.as_fd()) {
+            let _ = sys::terminal::set_attributes(stdin.as_fd(), &sys::terminal::raw(&t));
+        }
     }
     crate::longlived::exec(args)
 }
@@ -670,7 +676,7 @@ fn parse_signal(text: &str) -> Result<i32> {
     Ok(n)
 }
 
-fn kill(ctx: &Ctx, id: &str, signal: &str, _all: bool) -> Result<i32> {
+fn kill(ctx: &Ctx, id: &str, signal: &str, all: bool) -> Result<i32> {
     let container = Container::load(ctx, id)?;
     let sig = parse_signal(signal)?;
     let status = container.status(ctx);
@@ -691,12 +697,13 @@ fn kill(ctx: &Ctx, id: &str, signal: &str, _all: bool) -> Result<i32> {
         }
         return Ok(0);
     }
-    if FORWARDED.contains(&sig) {
+    if FORWARDED.contains(&sig) && !all {
         // The workload process forwards it to the command, as `airlock exec` does.
         send(container.pid, sig)?;
         return Ok(0);
     }
-    // Any other signal: every process of the container but its init.
+    // Any other signal, or any with --all: every process of the container but its init (which holds the
+    // sandbox, and is not the container's process).
     let init = container.init_pid();
     for pid in container_pids(&container)? {
         if Some(pid) != init {

@@ -440,7 +440,7 @@ fn linux_section(linux: &Linux, p: &mut Profile, notes: &mut Vec<Note>) {
 pub fn overlay_layers(mountinfo: &str, mount_point: &Path) -> Option<Vec<String>> {
     let wanted = mount_point.to_str()?;
     // The last mount on that point is the one seen there.
-    let line = mountinfo.lines().filter(|line| line.split(' ').nth(4) == Some(wanted)).next_back()?;
+    let line = mountinfo.lines().rfind(|line| line.split(' ').nth(4) == Some(wanted))?;
     let (_, right) = line.split_once(" - ")?;
     let mut fields = right.split(' ');
     if fields.next()? != "overlay" {

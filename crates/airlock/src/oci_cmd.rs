@@ -442,7 +442,8 @@ fn create(
     validate_id(id)?;
     let bundle = std::fs::canonicalize(bundle).with_context(|| format!("bundle {}", bundle.display()))?;
     let spec = oci::read_spec(&bundle)?;
-    let translation = oci::translate(&spec, &bundle)?;
+    let mut translation = oci::translate(&spec, &bundle)?;
+    stack_overlay_root(&mut translation);
     for note in &translation.notes {
         log.line(note.level.as_str(), &note.message);
     }
@@ -461,7 +462,7 @@ fn create(
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!("container with id exists: {id}"),
         Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
     }
-    let made = create_in(ctx, &bundle, &spec, &translation, merged, pid_file, console_socket, id);
+    let made = create_in(ctx, &bundle, &spec, &translation, merged, pid_file, console_socket, id, log);
     if made.is_err() {
         let name = sandbox_name(&ctx.root, id);
         let _ = crate::longlived::stop(&name);
@@ -483,6 +484,7 @@ fn create_in(
     pid_file: Option<&Path>,
     console_socket: Option<&Path>,
     id: &str,
+    log: &mut Log,
 ) -> Result<i32> {
     let dir = ctx.dir(id);
     let name = sandbox_name(&ctx.root, id);
@@ -495,8 +497,16 @@ fn create_in(
     // container's.
     let mut said = String::new();
     let ready = crate::longlived::spawn_supervisor(&name, merged, audit, &mut |text| said.push_str(text))?;
+    let mut failure = Vec::new();
+    for line in said.lines() {
+        let line = line.trim_start_matches("airlock: ");
+        match line.strip_prefix("warning: ") {
+            Some(warning) => log.line("warning", warning),
+            None => failure.push(line),
+        }
+    }
     if !ready {
-        bail!("cannot set up the sandbox: {}", said.trim().trim_start_matches("airlock: "));
+        bail!("cannot set up the sandbox: {}", failure.join("; "));
     }
 
     let fifo = dir.join(EXEC_FIFO);
@@ -531,6 +541,28 @@ fn create_in(
     // Not waited for: once we exit, it is the caller's (the shim, a subreaper) to reap.
     std::mem::forget(child);
     Ok(0)
+}
+
+/// A root that is an overlayfs mount (Docker's overlay2, containerd's snapshotters) cannot be idmapped: airlock
+/// stacks its layers itself (the bundle's upper layer read-only among them), under a writable layer of its own.
+fn stack_overlay_root(translation: &mut oci::Translation) {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+    let Ok(root) = std::fs::canonicalize(&translation.rootfs) else { return };
+    let Some(layers) = oci::overlay_layers(&mountinfo, &root) else { return };
+    let layers: Vec<String> = layers
+        .iter()
+        .map(|l| std::fs::canonicalize(l).map(|p| p.display().to_string()).unwrap_or_else(|_| l.clone()))
+        .collect();
+    translation.profile.filesystem.rootfs = None;
+    translation.profile.filesystem.rootfs_layers = layers;
+    translation.notes.push(oci::Note {
+        level: oci::Level::Info,
+        message: format!(
+            "root.path {} is an overlayfs mount: airlock mounts its layers itself, under a writable layer of its \
+             own (the container's writes do not reach the bundle's upper layer)",
+            root.display()
+        ),
+    });
 }
 
 /// Where a container's audit log is copied with `dev.airlock.audit=true`: `$AIRLOCK_STATE/oci-audit/SANDBOX.jsonl`
@@ -608,7 +640,13 @@ fn run_process(container: &Container, process: &oci::Process) -> Result<i32> {
     if plan.terminal {
         // Our terminal (the console's slave) becomes the controlling one, so that a resize reaches us.
         let _ = sys::process::new_session();
-        let _ = sys::terminal::set_controlling_terminal(std::io::stdin().as_fd());
+        let stdin = std::io::stdin();
+        let _ = sys::terminal::set_controlling_terminal(stdin.as_fd());
+        // Raw: the sandbox's own terminal does the line discipline (echo, CR-LF); this one only carries bytes,
+        // as the console runc hands to the shim would (a second discipline would turn "\n" into "\r\r\n").
+        if let Ok(t) = sys::terminal::attributes(stdin.as_fd()) {
+            let _ = sys::terminal::set_attributes(stdin.as_fd(), &sys::terminal::raw(&t));
+        }
     }
     crate::longlived::exec(args)
 }
@@ -670,7 +708,7 @@ fn parse_signal(text: &str) -> Result<i32> {
     Ok(n)
 }
 
-fn kill(ctx: &Ctx, id: &str, signal: &str, _all: bool) -> Result<i32> {
+fn kill(ctx: &Ctx, id: &str, signal: &str, all: bool) -> Result<i32> {
     let container = Container::load(ctx, id)?;
     let sig = parse_signal(signal)?;
     let status = container.status(ctx);
@@ -691,17 +729,15 @@ fn kill(ctx: &Ctx, id: &str, signal: &str, _all: bool) -> Result<i32> {
         }
         return Ok(0);
     }
-    if FORWARDED.contains(&sig) {
+    if FORWARDED.contains(&sig) && !all {
         // The workload process forwards it to the command, as `airlock exec` does.
         send(container.pid, sig)?;
         return Ok(0);
     }
-    // Any other signal: every process of the container but its init.
-    let init = container.init_pid();
-    for pid in container_pids(&container)? {
-        if Some(pid) != init {
-            let _ = send(pid, sig);
-        }
+    // Any other signal, or any with --all: every process of the container but airlock's own (the sandbox's init,
+    // which holds it, and its exec agent).
+    for pid in workload_pids(&container)? {
+        let _ = send(pid, sig);
     }
     Ok(0)
 }
@@ -751,12 +787,21 @@ fn container_pids(container: &Container) -> Result<Vec<i32>> {
     Ok(pids)
 }
 
+/// The container's own processes: those of its sandbox but airlock's (the sandbox's init and exec agent, which
+/// run airlock's executable).
+fn workload_pids(container: &Container) -> Result<Vec<i32>> {
+    let exe = std::env::current_exe().ok();
+    let mut pids = container_pids(container)?;
+    pids.retain(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok() != exe);
+    Ok(pids)
+}
+
 fn ps(ctx: &Ctx, id: &str, format: &str) -> Result<i32> {
     let container = Container::load(ctx, id)?;
     if container.status(ctx) == Status::Stopped {
         bail!("container not running");
     }
-    let pids = container_pids(&container)?;
+    let pids = workload_pids(&container)?;
     if format == "json" {
         println!("{}", serde_json::to_string(&pids)?);
     } else {

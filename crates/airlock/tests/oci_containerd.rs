@@ -85,6 +85,11 @@ fn task_exec_ps_pause_resume_and_kill_9_is_137() {
         std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).starts_with("sleep"))
     });
     let sleep = sleep.unwrap_or_else(|| panic!("no sleep among {pids:?}"));
+    for pid in &pids {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        assert!(!cmdline.contains("__supervise"), "airlock's own process {pid} listed as the container's: {cmdline}");
+    }
     let state = |pid: i32| {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         status.lines().find_map(|l| l.strip_prefix("State:")).unwrap().trim().chars().next().unwrap()

@@ -432,6 +432,42 @@ fn linux_section(linux: &Linux, p: &mut Profile, notes: &mut Vec<Note>) {
     }
 }
 
+/// The layers of an overlayfs mounted at `mount_point` (`/proc/self/mountinfo`'s text), bottom first: the lower
+/// directories, then the upper one. `None` when nothing is mounted there or it is not an overlayfs.
+///
+/// A bundle's root is often one (Docker's overlay2, containerd's overlayfs snapshotter); an overlayfs cannot be
+/// idmapped, so airlock stacks its layers itself, under a writable layer of its own.
+pub fn overlay_layers(mountinfo: &str, mount_point: &Path) -> Option<Vec<String>> {
+    let wanted = mount_point.to_str()?;
+    // The last mount on that point is the one seen there.
+    let line = mountinfo.lines().rfind(|line| line.split(' ').nth(4) == Some(wanted))?;
+    let (_, right) = line.split_once(" - ")?;
+    let mut fields = right.split(' ');
+    if fields.next()? != "overlay" {
+        return None;
+    }
+    let options = fields.nth(1)?;
+    let mut lower_top_first = Vec::new();
+    let mut upper = None;
+    for option in options.split(',') {
+        if let Some(dirs) = option.strip_prefix("lowerdir=") {
+            lower_top_first.extend(dirs.split(':').filter(|d| !d.is_empty()).map(str::to_string));
+        } else if let Some(dir) = option.strip_prefix("lowerdir+=") {
+            lower_top_first.push(dir.to_string());
+        } else if let Some(dir) = option.strip_prefix("upperdir=") {
+            upper = Some(dir.to_string());
+        }
+    }
+    // mountinfo escapes a space, tab, newline and backslash in a path as an octal sequence; such paths are not
+    // taken apart here.
+    if lower_top_first.is_empty() || lower_top_first.iter().chain(upper.iter()).any(|d| d.contains('\\')) {
+        return None;
+    }
+    let mut layers: Vec<String> = lower_top_first.into_iter().rev().collect();
+    layers.extend(upper);
+    Some(layers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,6 +548,20 @@ mod tests {
         assert_eq!(t.rootfs, PathBuf::from("/r"));
         assert_eq!(t.profile.network.mode, None);
         assert!(t.notes.iter().any(|n| n.level == Level::Warn && n.message.contains("host network")));
+    }
+
+    #[test]
+    fn an_overlay_root_is_taken_apart_into_its_layers_bottom_first() {
+        let mountinfo = "22 1 8:1 / / rw - ext4 /dev/vda rw\n\
+            90 22 0:50 / /b/rootfs rw,relatime - overlay overlay rw,lowerdir=/l/top:/l/bottom,upperdir=/u/diff,workdir=/u/work\n";
+        assert_eq!(
+            overlay_layers(mountinfo, Path::new("/b/rootfs")),
+            Some(vec!["/l/bottom".to_string(), "/l/top".to_string(), "/u/diff".to_string()])
+        );
+        assert_eq!(overlay_layers(mountinfo, Path::new("/")), None);
+        assert_eq!(overlay_layers(mountinfo, Path::new("/elsewhere")), None);
+        let read_only = "90 22 0:50 / /r ro - overlay overlay ro,lowerdir=/a:/b\n";
+        assert_eq!(overlay_layers(read_only, Path::new("/r")), Some(vec!["/b".to_string(), "/a".to_string()]));
     }
 
     #[test]

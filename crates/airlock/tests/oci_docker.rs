@@ -48,7 +48,17 @@ fn assert_clean(d: &Dockerd, id: &str) {
 #[test]
 fn docker_run_output_and_status() {
     require_docker!();
-    let d = Dockerd::start("run");
+    run_output_and_status(&Dockerd::start("run"));
+}
+
+/// The same with the vfs storage driver: the container's root is a plain directory, not an overlayfs mount.
+#[test]
+fn docker_run_on_vfs_storage() {
+    require_docker!();
+    run_output_and_status(&Dockerd::start_with_driver("vfs", "vfs"));
+}
+
+fn run_output_and_status(d: &Dockerd) {
     for runtime in ["runc", "airlock"] {
         let cidfile = d.dir.path().join(format!("{runtime}.cid"));
         let o = d.docker(&[
@@ -73,8 +83,41 @@ fn docker_run_output_and_status() {
             out.lines().nth(1).unwrap_or("").split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"];
         assert_eq!(identity, runtime == "runc", "{runtime}: the uid map inside: {out}");
         let id = std::fs::read_to_string(&cidfile).unwrap();
-        assert_clean(&d, id.trim());
+        assert_clean(d, id.trim());
     }
+    // An image of two layers, the second (made with runc, `docker commit`) deleting a file of the first (a
+    // whiteout) and adding one: airlock's container sees the image as runc's does, and writes to its root.
+    let o = d.docker(&[
+        "run",
+        "--name",
+        "layer-maker",
+        "--runtime",
+        "runc",
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        "rm /bin/false && echo second-layer > /etc/layer2",
+    ]);
+    assert!(o.status.success(), "making the second layer: {}", text(&o));
+    let o = d.docker(&["commit", "layer-maker", "airlock-test-layered:latest"]);
+    assert!(o.status.success(), "docker commit: {}", text(&o));
+    let _ = d.docker(&["rm", "layer-maker"]);
+    let o = d.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "airlock",
+        "--network",
+        "none",
+        "airlock-test-layered:latest",
+        "sh",
+        "-c",
+        "test ! -e /bin/false && cat /etc/layer2 && echo written > /etc/new && cat /etc/new",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "the layered image under airlock: {}\n{}", text(&o), d.log());
+    assert_eq!(stdout(&o), "second-layer\nwritten\n");
     // A missing command is the runtime's error, and docker's 127, under both.
     for runtime in ["runc", "airlock"] {
         let o = d.docker(&["run", "--rm", "--runtime", runtime, "--network", "none", IMAGE, "/bin/no-such-command"]);

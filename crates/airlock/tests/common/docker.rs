@@ -73,9 +73,10 @@ pub struct Dockerd {
 }
 
 impl Dockerd {
-    /// Starts dockerd with the vfs storage driver (see [`Self::start_with_driver`]).
+    /// Starts dockerd with its default storage driver, overlay2: each container's root is an overlayfs mount
+    /// (see [`Self::start_with_driver`]).
     pub fn start(tag: &str) -> Dockerd {
-        Dockerd::start_with_driver(tag, "vfs")
+        Dockerd::start_with_driver(tag, "overlay2")
     }
 
     /// Starts dockerd with its own data root, exec root (its containerd's state and socket go there), pid file and

@@ -122,6 +122,9 @@ pub fn new_fs<'a>(
     attr_flags: u64,
 ) -> Result<OwnedFd, Errno> {
     let fs = fsopen(fstype)?;
+    // The source mountinfo shows (else "none"): the type, as mount(8) and runc name proc, tmpfs and devpts, so
+    // tools that compare a container's mounts with its bundle's (runtime-tools' runtimetest) find them.
+    fsconfig_string(fs.as_raw_fd(), c"source", fstype)?;
     for (key, value) in options {
         fsconfig_string(fs.as_raw_fd(), key, value)?;
     }

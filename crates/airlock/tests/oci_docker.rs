@@ -217,3 +217,28 @@ fn docker_stop_kills_what_ignores_sigterm() {
     assert!(o.status.success(), "docker rm -f: {}", text(&o));
     assert_clean(&d, &id);
 }
+
+/// `docker run -t`: the command gets a terminal (the pty whose master airlock sends to the shim's console socket),
+/// under runc and airlock alike; `docker run` needs a terminal of its own for `-t`, which `script` gives it.
+#[test]
+fn docker_run_t_gets_a_terminal() {
+    require_docker!();
+    if !std::path::Path::new("/usr/bin/script").exists() {
+        skip_or_fail!("/usr/bin/script is missing (util-linux)");
+    }
+    let d = Dockerd::start("tty");
+    for runtime in ["runc", "airlock"] {
+        let inner = format!(
+            "{DOCKER} run -t --rm --runtime {runtime} --network none {IMAGE} sh -c 'tty; test -t 1 && echo is-a-tty'"
+        );
+        let o = std::process::Command::new("timeout")
+            .args(["60", "script", "-qec", &inner, "/dev/null"])
+            .env("DOCKER_HOST", &d.host)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let out = stdout(&o);
+        assert!(o.status.success(), "{runtime}: {}\n{}", text(&o), d.log());
+        assert!(out.contains("/dev/pts/") && out.contains("is-a-tty"), "{runtime}: {}", text(&o));
+    }
+}

@@ -616,10 +616,42 @@ fn workload(ctx: &Ctx, id: &str) -> Result<i32> {
     let container = Container::load(ctx, id)?;
     let spec = oci::read_spec(&container.bundle)?;
     let process = spec.process.ok_or(oci::OciError::NoProcess)?;
+    // Running the command joins the sandbox's namespaces, where airlock's state directory is out of sight (a
+    // `longlived::stop` afterwards finds no sandbox): the supervisor to stop is found now, on the host side, and
+    // held by a pidfd, which still names it afterwards (this process's own pid namespace does not change).
+    let supervisor = supervisor_pidfd(&container.sandbox);
     let code = run_process(&container, &process);
     // The container ends with its process: nothing of it keeps running.
-    let _ = crate::longlived::stop(&container.sandbox);
+    match supervisor {
+        Some(pidfd) => stop_supervisor(&pidfd),
+        None => {
+            let _ = crate::longlived::stop(&container.sandbox);
+        }
+    }
     code
+}
+
+/// A pidfd of sandbox `name`'s supervisor, when its record names one that is still the process it recorded.
+fn supervisor_pidfd(name: &str) -> Option<OwnedFd> {
+    let record = state::read_record(&state::sandbox_dir(name)).ok()?;
+    let (pid, start) = (record.supervisor_pid?, record.supervisor_start_time?);
+    let pidfd = sys::process::pidfd_open(pid).ok()?;
+    // Checked after the pidfd is open: if the start time still matches, the pidfd is the recorded supervisor's,
+    // not a later process's that reused its pid.
+    (runtime::host::process_start_time(pid) == Some(start)).then_some(pidfd)
+}
+
+/// SIGTERM to the supervisor (it stops the sandbox: kills what runs in it, removes its cgroup, marks it ended),
+/// then waits until it has exited, as `airlock stop` does, so that a `delete` right after finds it finished.
+fn stop_supervisor(pidfd: &OwnedFd) {
+    if sys::process::pidfd_send_signal(pidfd.as_fd(), libc::SIGTERM).is_err() {
+        return;
+    }
+    let started = Instant::now();
+    // Signal 0 fails (ESRCH) once the supervisor has exited.
+    while sys::process::pidfd_send_signal(pidfd.as_fd(), 0).is_ok() && started.elapsed() < GONE_WAIT {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Runs `process` in the container's sandbox as `airlock exec` does; its exit status.

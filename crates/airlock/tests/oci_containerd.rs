@@ -393,4 +393,29 @@ fn the_runc_lifecycle_by_hand_create_state_start_kill_delete() {
     assert!(!o.status.success());
     let last = std::fs::read_to_string(&log).unwrap().lines().last().unwrap().to_string();
     assert!(last.contains("does not exist"), "{last}");
+
+    // dev.airlock.profile names a built-in or a file in /etc/airlock/profiles, never a path: a pod's author is not
+    // the host's administrator, and a profile can widen what a sandbox sees.
+    for (value, refused) in
+        [("/etc/passwd", true), ("../../etc/passwd", true), ("no-such-profile", true), ("default", false)]
+    {
+        let mut config = config.clone();
+        config["annotations"] = serde_json::json!({"dev.airlock.profile": value});
+        config["hooks"] = serde_json::json!({});
+        std::fs::write(bundle.join("config.json"), config.to_string()).unwrap();
+        let id = format!("{id}-p{}", value.len());
+        let args = ["create", "--bundle", bundle.to_str().unwrap(), "--pid-file", pid_file.to_str().unwrap(), &id];
+        let o = oci(&root, &log, &args, &dir.path().join("profile.out"));
+        let last = std::fs::read_to_string(&log).unwrap().lines().last().unwrap_or_default().to_string();
+        assert_eq!(!o.status.success(), refused, "dev.airlock.profile={value}: {last}");
+        if refused {
+            assert!(last.contains("dev.airlock.profile") && last.contains("\"level\":\"error\""), "{last}");
+            assert!(!root.join(&id).exists(), "a refused create left its state");
+        } else {
+            let o = oci(&root, &log, &["delete", "--force", &id], &dir.path().join("profile-delete.out"));
+            assert!(o.status.success(), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+    }
+    let sandboxes = std::fs::read_dir(root.join("airlock-state/sandboxes")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(sandboxes, 0, "a sandbox's state is left");
 }

@@ -138,6 +138,14 @@ pub enum Command {
         #[arg(long, value_name = "ADDR:PORT")]
         http: Option<std::net::SocketAddr>,
     },
+    /// An OCI runtime with runc's command line, for containerd (`ctr run --runc-binary`, a runtime's
+    /// `BinaryName`), Docker (`dockerd --add-runtime`) and Kubernetes (a RuntimeClass): `airlock oci --help`.
+    #[command(disable_help_flag = true)]
+    Oci {
+        /// runc's global flags and subcommand (create, start, state, kill, delete, exec, ps, pause, resume, features).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "RUNC ARGS")]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// `airlock rm`.

@@ -95,6 +95,8 @@ fn main() -> ExitCode {
         Command::Logs { name, follow, json, verify } => audit_cmd::logs(&name, follow, json, verify),
         Command::Serve(args) => serve_cmd::serve(args),
         Command::Mcp { http } => mcp_server(remote::chosen(cli.host.as_deref()), http),
+        // Reached only after global flags (`airlock --host X oci ...`): `airlock oci` itself is parsed apart above.
+        Command::Oci { args } => return oci_cmd::main(args),
     };
     exit_code(result, runs_something)
 }

@@ -41,6 +41,36 @@ const EXEC_FIFO: &str = "exec.fifo";
 const START_WAIT: Duration = Duration::from_secs(10);
 /// How long `delete --force` and `kill` wait for a process to be gone.
 const GONE_WAIT: Duration = Duration::from_secs(10);
+/// Where `dev.airlock.profile` may name a profile file: a directory only the host's administrator writes.
+const OCI_PROFILE_DIR: &str = "/etc/airlock/profiles";
+
+/// The profile a bundle is layered over: `default`, or the one `dev.airlock.profile` names — a built-in by name,
+/// or a file in [`OCI_PROFILE_DIR`] by its file name (`NAME.toml`). Annotations can come from whoever writes a
+/// pod or a container's spec (a Kubernetes pod's annotations, `ctr run --annotation`), who is not the host's
+/// administrator: a profile can widen what a sandbox sees (binds, `--net host`), so an annotation never names an
+/// arbitrary file.
+fn oci_base_profile(annotation: Option<&str>) -> Result<policy::profile::Profile> {
+    let Some(name) = annotation else {
+        return crate::run::load_profile("default");
+    };
+    if let Some(builtin) = policy::profile::builtin_profile(name) {
+        return Ok(builtin);
+    }
+    let file = name.strip_suffix(".toml").unwrap_or(name);
+    let plain = !file.is_empty() && file.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !plain || file.starts_with('.') {
+        bail!(
+            "annotation dev.airlock.profile={name:?}: expected a built-in profile or the name of a file in \
+             {OCI_PROFILE_DIR} (an annotation never names a path)"
+        );
+    }
+    let path = Path::new(OCI_PROFILE_DIR).join(format!("{file}.toml"));
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("annotation dev.airlock.profile={name:?}: no built-in profile and cannot read {}", path.display())
+    })?;
+    Ok(policy::profile::Profile::parse(&text, &path.display().to_string())?)
+}
+
 /// The signals the workload process (an `airlock exec`) forwards to the container's command.
 const FORWARDED: &[i32] =
     &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGWINCH];
@@ -447,7 +477,7 @@ fn create(
     for note in &translation.notes {
         log.line(note.level.as_str(), &note.message);
     }
-    let base = crate::run::load_profile(translation.base_profile.as_deref().unwrap_or("default"))?;
+    let base = oci_base_profile(translation.base_profile.as_deref())?;
     let mut merged = base.merge(translation.profile.clone());
     if translation.audit {
         merged.audit.exec = Some(true);

@@ -507,4 +507,16 @@ fn docker_with_its_defaults_fails_closed_and_with_the_documented_options_runs_is
     let o = daemon.run(&as_user, &["/airlock", "run", "--", "sh", "-c", PROBE_SCRIPT]);
     assert_isolated(&o);
     assert_eq!(uid_map(&o), [65534, 65534, 1]);
+
+    // `--net allow` needs the TUN device, which Docker does not pass by default: refused (125), then served with
+    // `--device /dev/net/tun` (a name the allow-list refuses answers NXDOMAIN from the gateway's DNS).
+    let allow =
+        ["/airlock", "run", "--allow", "allowed.test", "--", "sh", "-c", "getent hosts refused.test; echo rc=$?"];
+    let o = daemon.run(&fixed, &allow);
+    assert_eq!(code(&o), 125, "stdout: {}\nstderr: {}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("/dev/net/tun"), "{}", stderr(&o));
+    let with_tun = [&fixed[..], &["--device", "/dev/net/tun"]].concat();
+    let o = daemon.run(&with_tun, &allow);
+    assert_eq!(code(&o), 0, "stdout: {}\nstderr: {}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("rc=2"), "the gateway's DNS refuses the name: {}", stdout(&o));
 }

@@ -285,3 +285,137 @@ fn refusals_and_errors_go_to_the_log_and_fail_closed() {
         assert!(left.is_empty(), "left behind: {left:#?}");
     }
 }
+
+/// `airlock oci ARGS…` as runtime-tools calls it: its own --root and --log, output to `out`.
+fn oci(root: &std::path::Path, log: &std::path::Path, args: &[&str], out: &std::path::Path) -> std::process::Output {
+    let out = std::fs::File::create(out).unwrap();
+    Command::new(airlock_path())
+        .arg("oci")
+        .arg("--root")
+        .arg(root)
+        .arg("--log")
+        .arg(log)
+        .args(["--log-format", "json"])
+        .args(args)
+        .env("AIRLOCK_STATE_DIR", root.join("airlock-state"))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .output()
+        .unwrap()
+}
+
+fn oci_state(root: &std::path::Path, log: &std::path::Path, id: &str) -> serde_json::Value {
+    let o = Command::new(airlock_path())
+        .arg("oci")
+        .arg("--root")
+        .arg(root)
+        .arg("--log")
+        .arg(log)
+        .args(["state", id])
+        .env("AIRLOCK_STATE_DIR", root.join("airlock-state"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn the_runc_lifecycle_by_hand_create_state_start_kill_delete() {
+    require_containerd!();
+    let dir = TempDir::new("oci-cli");
+    let root = dir.path().join("root");
+    let log = dir.path().join("log.json");
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    busybox_rootfs(&bundle);
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs", "readonly": true},
+        "process": {"args": ["sh", "-c", "echo by-hand; sleep 600"], "env": ["PATH=/bin"], "cwd": "/",
+                    "user": {"uid": 0, "gid": 0}},
+        "hostname": "byhand",
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "mount"}]},
+        "hooks": {"prestart": [{"path": "/bin/false"}]},
+    });
+    std::fs::write(bundle.join("config.json"), config.to_string()).unwrap();
+    let id = id("byhand");
+    let pid_file = dir.path().join("init.pid");
+    let out = dir.path().join("out");
+    let o = oci(
+        &root,
+        &log,
+        &["create", "--bundle", bundle.to_str().unwrap(), "--pid-file", pid_file.to_str().unwrap(), &id],
+        &out,
+    );
+    assert!(o.status.success(), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    let pid: i64 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let state = oci_state(&root, &log, &id);
+    assert_eq!(state["status"], "created", "{state:#}");
+    assert_eq!(state["pid"], pid, "{state:#}");
+    assert_eq!(state["id"], id.as_str());
+    // The refused hook is said in the log, as a warning.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("\"level\":\"warning\"") && logged.contains("hooks"), "{logged}");
+
+    let o = oci(&root, &log, &["start", &id], &dir.path().join("start.out"));
+    assert!(o.status.success(), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    let started = Instant::now();
+    while !std::fs::read_to_string(&out).unwrap_or_default().contains("by-hand") {
+        assert!(started.elapsed() < Duration::from_secs(20), "no output: {:?}", std::fs::read_to_string(&out));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(oci_state(&root, &log, &id)["status"], "running");
+    let o = oci(&root, &log, &["delete", &id], &dir.path().join("delete.out"));
+    assert!(!o.status.success(), "a running container was deleted without --force");
+
+    let o = oci(&root, &log, &["kill", &id, "KILL"], &dir.path().join("kill.out"));
+    assert!(o.status.success(), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    let started = Instant::now();
+    while oci_state(&root, &log, &id)["status"] != "stopped" {
+        assert!(started.elapsed() < Duration::from_secs(20), "still not stopped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // runc's texts, which containerd's shim maps.
+    let o = oci(&root, &log, &["kill", &id, "9"], &dir.path().join("kill2.out"));
+    assert!(!o.status.success());
+    let last = std::fs::read_to_string(&log).unwrap().lines().last().unwrap().to_string();
+    let last: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(last["level"], "error");
+    assert!(last["msg"].as_str().unwrap().contains("container not running"), "{last}");
+
+    let o = oci(&root, &log, &["delete", &id], &dir.path().join("delete2.out"));
+    assert!(o.status.success(), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(!root.join(&id).exists());
+    let sandboxes = std::fs::read_dir(root.join("airlock-state/sandboxes")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(sandboxes, 0, "the sandbox's state is left");
+    let o = oci(&root, &log, &["delete", &id], &dir.path().join("delete3.out"));
+    assert!(!o.status.success());
+    let last = std::fs::read_to_string(&log).unwrap().lines().last().unwrap().to_string();
+    assert!(last.contains("does not exist"), "{last}");
+
+    // dev.airlock.profile names a built-in or a file in /etc/airlock/profiles, never a path: a pod's author is not
+    // the host's administrator, and a profile can widen what a sandbox sees.
+    for (value, refused) in
+        [("/etc/passwd", true), ("../../etc/passwd", true), ("no-such-profile", true), ("default", false)]
+    {
+        let mut config = config.clone();
+        config["annotations"] = serde_json::json!({"dev.airlock.profile": value});
+        config["hooks"] = serde_json::json!({});
+        std::fs::write(bundle.join("config.json"), config.to_string()).unwrap();
+        let id = format!("{id}-p{}", value.len());
+        let args = ["create", "--bundle", bundle.to_str().unwrap(), "--pid-file", pid_file.to_str().unwrap(), &id];
+        let o = oci(&root, &log, &args, &dir.path().join("profile.out"));
+        let last = std::fs::read_to_string(&log).unwrap().lines().last().unwrap_or_default().to_string();
+        assert_eq!(!o.status.success(), refused, "dev.airlock.profile={value}: {last}");
+        if refused {
+            assert!(last.contains("dev.airlock.profile") && last.contains("\"level\":\"error\""), "{last}");
+            assert!(!root.join(&id).exists(), "a refused create left its state");
+        } else {
+            let o = oci(&root, &log, &["delete", "--force", &id], &dir.path().join("profile-delete.out"));
+            assert!(o.status.success(), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+    }
+    let sandboxes = std::fs::read_dir(root.join("airlock-state/sandboxes")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(sandboxes, 0, "a sandbox's state is left");
+}

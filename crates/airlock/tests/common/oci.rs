@@ -222,6 +222,8 @@ impl Drop for Containerd {
             }
         }
         let _ = self.ctr_command(&["namespace", "remove", &self.namespace]).output();
+        // The shim makes runc's --root for the namespace and leaves it, empty.
+        let _ = std::fs::remove_dir(self.runc_root());
         // Our own child, by its pid: SIGTERM, then SIGKILL if it lingers.
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let started = Instant::now();

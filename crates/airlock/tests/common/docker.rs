@@ -26,12 +26,7 @@ pub fn docker_missing() -> Option<String> {
         }
     }
     for tool in ["containerd", "containerd-shim-runc-v2", "runc"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
+        if !crate::common::on_path(tool) {
             return Some(format!("{tool} is not installed (scripts/setup-debian installs it)"));
         }
     }
@@ -42,22 +37,6 @@ pub fn docker_missing() -> Option<String> {
         return Some("/bin/busybox is missing (busybox-static)".to_string());
     }
     None
-}
-
-/// A root directory of busybox (static) and its applets.
-fn busybox_rootfs(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    for sub in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
-        std::fs::create_dir_all(root.join(sub)).unwrap();
-    }
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "cat", "sleep", "ls", "id", "hostname", "env", "true", "false", "test", "ps"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
-    root
 }
 
 /// dockerd, started by the test; stopped, with everything it started, on drop.
@@ -130,7 +109,7 @@ impl Dockerd {
             assert!(started.elapsed() < Duration::from_secs(30), "dockerd did not start: {}", dockerd.log());
             std::thread::sleep(Duration::from_millis(200));
         }
-        let rootfs = busybox_rootfs(dockerd.dir.path());
+        let rootfs = crate::common::busybox_rootfs(dockerd.dir.path());
         let tarball = dockerd.dir.path().join("rootfs.tar");
         let tar = Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tarball).arg(".").status().unwrap();
         assert!(tar.success(), "tar of the busybox root");

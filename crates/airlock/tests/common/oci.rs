@@ -13,12 +13,7 @@ use crate::common::{airlock_path, TempDir};
 /// Why containerd cannot be used here, if it cannot.
 pub fn containerd_missing() -> Option<String> {
     for tool in ["containerd", "ctr", "containerd-shim-runc-v2"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
+        if !crate::common::on_path(tool) {
             return Some(format!("{tool} is not installed (scripts/setup-debian installs containerd)"));
         }
     }
@@ -29,25 +24,6 @@ pub fn containerd_missing() -> Option<String> {
         return Some("/bin/busybox is missing (busybox-static)".to_string());
     }
     None
-}
-
-/// A root directory of busybox (static) and its applets.
-pub fn busybox_rootfs(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    for sub in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
-        std::fs::create_dir_all(root.join(sub)).unwrap();
-    }
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in
-        ["sh", "echo", "cat", "sleep", "ls", "id", "hostname", "wget", "env", "true", "false", "tty", "test", "head"]
-    {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
-    std::fs::write(root.join("etc/resolv.conf"), "").unwrap();
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    root
 }
 
 /// containerd, started by the test, stopped (and its directory removed) on drop.
@@ -94,7 +70,7 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .unwrap();
-        let rootfs = busybox_rootfs(d);
+        let rootfs = crate::common::busybox_rootfs(d);
         let namespace = format!("airlock-{tag}-{}", std::process::id());
         let containerd = Containerd { dir, child, address, wrapper, airlock_state, namespace, rootfs };
         let started = Instant::now();

@@ -39,6 +39,18 @@ pub fn set_thread_sets(effective: u64, permitted: u64, inheritable: u64) -> Resu
     check(ret).map(drop)
 }
 
+/// `capget` (version 3, this thread): the effective set as a bit mask (bit N is capability N), what
+/// `/proc/self/status` shows as `CapEff` without the kernel formatting the whole status file.
+pub fn effective_thread_set() -> Result<u64, Errno> {
+    let mut header = CapUserHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let mut data = [CapUserData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    // SAFETY: capget writes a v3 header and two data structs, both live, correctly laid out (repr(C)), mutable
+    // locals of exactly the sizes version 3 uses.
+    let ret = unsafe { libc::syscall(libc::SYS_capget, &mut header as *mut CapUserHeader, data.as_mut_ptr()) };
+    check(ret)?;
+    Ok(u64::from(data[0].effective) | u64::from(data[1].effective) << 32)
+}
+
 /// `prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)`: `cap` (in the permitted and inheritable sets already)
 /// joins the ambient set, which `execve` of a program without file capabilities keeps.
 pub fn raise_ambient(cap: u32) -> Result<(), Errno> {
@@ -53,4 +65,20 @@ pub fn raise_ambient(cap: u32) -> Result<(), Errno> {
         )
     };
     check(ret as libc::c_long).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_thread_set_is_what_proc_status_shows() {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let cap_eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap();
+        assert_eq!(effective_thread_set().unwrap(), cap_eff);
+    }
 }

@@ -39,6 +39,10 @@ const EXIT_USAGE: u8 = 125;
 const EXIT_FAILED: u8 = 1;
 
 fn main() -> ExitCode {
+    // PID 1 of an `--isolation vm` guest (the initramfs's /init is this executable): the guest agent.
+    if session::vm::guest::is_guest_init() {
+        session::vm::guest::main();
+    }
     runtime::host::restore_default_sigpipe();
     // `airlock oci …` is runc's command line (global flags of its own, runc's exit statuses): parsed apart.
     if std::env::args_os().nth(1).is_some_and(|a| a == "oci") {

@@ -22,7 +22,7 @@ use crate::userns::{self, HostIdRange, HOST_RANGE_BASE, HOST_RANGE_SIZE};
 
 /// Top-level host entries shared by `--rootfs host`, read-only. Whatever is a symlink on the host (merged
 /// /usr) is recreated as the same symlink; whatever is missing is skipped.
-const HOST_ROOTFS_ENTRIES: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc"];
+pub const HOST_ROOTFS_ENTRIES: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc"];
 
 /// Host devices bound into the sandbox's `/dev`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];

@@ -89,6 +89,7 @@ fn run(control: &mut Option<std::fs::File>) -> Result<GuestMessage, String> {
         root_layer: None,
         joining: false,
         watch_state: None,
+        in_vm_guest: true,
     };
     let mut warnings = Vec::new();
     let ran = runtime::sandbox::run_sandbox(&request.policy, &host, &mut |w| warnings.push(w.to_string()), None);

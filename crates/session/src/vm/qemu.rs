@@ -81,7 +81,10 @@ pub fn run_guest(launch: GuestLaunch<'_>) -> Result<RunOutcome, QemuError> {
     let (stdin, stdin_qemu) = UnixStream::pair().map_err(QemuError::Channels)?;
     let (stdout, stdout_qemu) = UnixStream::pair().map_err(QemuError::Channels)?;
     let (stderr, stderr_qemu) = UnixStream::pair().map_err(QemuError::Channels)?;
-    let console = console_log().map_err(QemuError::Channels)?;
+    // AIRLOCK_VM_CONSOLE=FILE keeps the guest's console, verbose, in FILE (boot time, a guest that fails).
+    let kept_console = std::env::var_os("AIRLOCK_VM_CONSOLE");
+    let console = console_log(kept_console.as_deref().map(Path::new)).map_err(QemuError::Channels)?;
+    let kept_console = kept_console.is_some();
     let console_fd = console.as_raw_fd();
     let inherited: Vec<RawFd> = vec![
         ctl_qemu.as_raw_fd(),
@@ -119,7 +122,7 @@ pub fn run_guest(launch: GuestLaunch<'_>) -> Result<RunOutcome, QemuError> {
         escape(&launch.initrd.to_string_lossy()),
         "-append".into(),
         // panic=-1: a guest kernel panic reboots at once, which -no-reboot turns into QEMU's exit.
-        "console=ttyS0 quiet panic=-1 rdinit=/init".into(),
+        format!("console=ttyS0 {} panic=-1 rdinit=/init", if kept_console { "" } else { "quiet" }),
         "-chardev".into(),
         format!("file,id=console,path=/proc/self/fd/{console_fd}"),
         "-serial".into(),
@@ -225,8 +228,11 @@ fn os_error(errno: i32) -> std::io::Error {
 
 /// The console's log: an unlinked file (nothing to clean up, whoever dies first), which QEMU opens again by its
 /// `/proc/self/fd` link.
-fn console_log() -> std::io::Result<std::fs::File> {
+fn console_log(kept: Option<&Path>) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
+    if let Some(path) = kept {
+        return std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path);
+    }
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -260,12 +266,17 @@ fn converse(
     line.push(b'\n');
     ctl.write_all(&line).map_err(QemuError::Channels)?;
 
-    // The caller's standard input, copied by a thread of its own (a read of a terminal blocks); its end closes
-    // the port, which the guest reads as the end of input. Left behind when the command ends first.
+    // The caller's standard input, copied by a thread of its own (a read of a terminal blocks); at its end the
+    // socket is shut for writing, which QEMU reads (after the data) as the end, and closes the port: the guest
+    // reads the end of input. Not closed: QEMU drops a hung-up socket's unread data. Left behind when the command
+    // ends first.
+    let stdin_kept = stdin.try_clone().map_err(QemuError::Channels)?;
     std::thread::spawn(move || {
         let mut stdin = stdin;
         let _ = std::io::copy(&mut std::io::stdin().lock(), &mut stdin);
+        let _ = stdin.shutdown(std::net::Shutdown::Write);
     });
+    let _keep_stdin_open = stdin_kept;
 
     let started = Instant::now();
     let mut up = false;

@@ -122,7 +122,14 @@ pub fn run_guest(launch: GuestLaunch<'_>) -> Result<RunOutcome, QemuError> {
         escape(&launch.initrd.to_string_lossy()),
         "-append".into(),
         // panic=-1: a guest kernel panic reboots at once, which -no-reboot turns into QEMU's exit.
-        format!("console=ttyS0 {} panic=-1 rdinit=/init", if kept_console { "" } else { "quiet" }),
+        format!(
+            "console=ttyS0 {} panic=-1 rdinit=/init{}",
+            if kept_console { "" } else { "quiet" },
+            match config.accel {
+                Accel::Tcg => tsc_khz().map(|khz| format!(" tsc_early_khz={khz}")).unwrap_or_default(),
+                Accel::Kvm => String::new(),
+            }
+        ),
         "-chardev".into(),
         format!("file,id=console,path=/proc/self/fd/{console_fd}"),
         "-serial".into(),
@@ -220,6 +227,16 @@ pub fn run_guest(launch: GuestLaunch<'_>) -> Result<RunOutcome, QemuError> {
         }
     }
     result
+}
+
+/// The host's TSC frequency in kHz (`cpu MHz` of `/proc/cpuinfo`). Under TCG the guest's TSC runs at the
+/// host's, and a microvm has no HPET nor ACPI PM timer to calibrate it against: on a busy host the PIT
+/// calibration fails and the guest kernel hangs in early boot ("tsc: Marking TSC unstable"). Told the
+/// frequency (`tsc_early_khz`), it calibrates nothing.
+fn tsc_khz() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
+    Some((mhz * 1000.0) as u64).filter(|khz| *khz > 0)
 }
 
 fn os_error(errno: i32) -> std::io::Error {

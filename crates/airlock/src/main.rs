@@ -6,6 +6,7 @@ mod checkpoint_cmd;
 mod cli;
 mod cp_cmd;
 mod doctor;
+mod doctor_vm;
 mod files_cmd;
 mod home;
 mod http_client;

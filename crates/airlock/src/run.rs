@@ -77,7 +77,11 @@ pub fn run(args: RunArgs) -> Result<i32> {
         false => &NamespaceBackend,
         true => {
             vm_backend = session::vm::VmBackend {
-                config: session::vm::VmConfig::new(&policy, &merged.vm, state::state().path().join("cache").join("vm"))?,
+                config: session::vm::VmConfig::new(
+                    &policy,
+                    &merged.vm,
+                    state::state().path().join("cache").join("vm"),
+                )?,
             };
             &vm_backend
         }

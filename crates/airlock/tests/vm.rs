@@ -29,7 +29,8 @@ fn missing() -> Option<String> {
     let kernel = std::fs::read_dir("/boot").ok().and_then(|entries| {
         entries.flatten().find(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("vmlinuz-").is_some_and(|v| Path::new("/lib/modules").join(v).join("modules.dep").is_file())
+            name.strip_prefix("vmlinuz-")
+                .is_some_and(|v| Path::new("/lib/modules").join(v).join("modules.dep").is_file())
         })
     });
     if kernel.is_none() {
@@ -55,7 +56,8 @@ fn airlock_cmd(args: &[&str]) -> Command {
 
 /// `airlock ARGS` with `input` on its standard input.
 fn vm(args: &[&str], input: &[u8]) -> Output {
-    let mut child = airlock_cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child =
+        airlock_cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
 }
@@ -134,8 +136,19 @@ fn a_cow_workspace_written_in_the_guest_is_diffed_committed_and_discarded_on_the
     let name = format!("vm-ws-{}", std::process::id());
     let ws_path = ws.0.to_string_lossy().into_owned();
     let o = vm(
-        &["run", "--isolation", "vm", "--name", &name, "--workspace", &ws_path, "--", "/bin/sh", "-c",
-          "echo changed > a && echo new > b"],
+        &[
+            "run",
+            "--isolation",
+            "vm",
+            "--name",
+            &name,
+            "--workspace",
+            &ws_path,
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo changed > a && echo new > b",
+        ],
         b"",
     );
     assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
@@ -156,8 +169,20 @@ fn a_cow_workspace_written_in_the_guest_is_diffed_committed_and_discarded_on_the
 
     // Again, resumed, and the change discarded.
     let o = vm(
-        &["run", "--isolation", "vm", "--name", &name, "--resume", "--workspace", &ws_path, "--", "/bin/sh", "-c",
-          "echo again > c"],
+        &[
+            "run",
+            "--isolation",
+            "vm",
+            "--name",
+            &name,
+            "--resume",
+            "--workspace",
+            &ws_path,
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo again > c",
+        ],
         b"",
     );
     assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
@@ -190,7 +215,8 @@ fn kvm_on_a_pvm_host_and_a_missing_kernel_fail_closed() {
         eprintln!("this host's KVM is not PVM: the PVM refusal is not exercised here");
         return;
     }
-    let o = airlock_cmd(&["run", "--isolation", "vm", "--", "/bin/true"]).env("AIRLOCK_VM_ACCEL", "kvm").output().unwrap();
+    let o =
+        airlock_cmd(&["run", "--isolation", "vm", "--", "/bin/true"]).env("AIRLOCK_VM_ACCEL", "kvm").output().unwrap();
     assert_eq!(code(&o), 125);
     let err = stderr(&o);
     assert!(err.contains("KVM is PVM") && err.contains("AIRLOCK_VM_ACCEL=tcg"), "{err}");
@@ -204,7 +230,10 @@ fn what_this_slice_does_not_run_in_a_vm_is_refused() {
     let name = format!("vm-create-{}", std::process::id());
     for (args, what) in [
         (vec!["create", "--isolation", "vm", name.as_str()], "create"),
-        (vec!["run", "--isolation", "vm", "--net", "allow", "--allow", "example.com", "--", "/bin/true"], "--net allow"),
+        (
+            vec!["run", "--isolation", "vm", "--net", "allow", "--allow", "example.com", "--", "/bin/true"],
+            "--net allow",
+        ),
         (vec!["run", "--isolation", "vm", "-t", "--", "/bin/true"], "-t"),
     ] {
         let o = airlock_cmd(&args).stdin(Stdio::null()).output().unwrap();
@@ -224,7 +253,17 @@ fn a_killed_airlock_leaves_no_qemu_and_no_mount() {
     let ws_path = ws.0.to_string_lossy().into_owned();
     let name = format!("vm-kill-{}", std::process::id());
     let mut child = airlock_cmd(&[
-        "run", "--isolation", "vm", "--name", &name, "--workspace", &ws_path, "--", "/bin/sh", "-c", "echo up; sleep 120",
+        "run",
+        "--isolation",
+        "vm",
+        "--name",
+        &name,
+        "--workspace",
+        &ws_path,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo up; sleep 120",
     ])
     .stdin(Stdio::null())
     .stdout(Stdio::piped())

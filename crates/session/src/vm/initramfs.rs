@@ -117,8 +117,8 @@ pub struct Module {
 /// [`GUEST_MODULES`] and their dependencies from `modules.dep`, in load order (each after what it needs).
 pub fn module_closure(modules_dir: &Path) -> Result<Vec<Module>, InitramfsError> {
     let dep_path = modules_dir.join("modules.dep");
-    let text = std::fs::read_to_string(&dep_path)
-        .map_err(|source| InitramfsError::Read { path: dep_path.clone(), source })?;
+    let text =
+        std::fs::read_to_string(&dep_path).map_err(|source| InitramfsError::Read { path: dep_path.clone(), source })?;
     let deps = parse_modules_dep(&text);
     let mut ordered = Vec::new();
     let mut seen = BTreeSet::new();

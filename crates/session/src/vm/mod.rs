@@ -55,7 +55,9 @@ impl VmConfig {
             Some(text) => Accel::parse(&text).ok_or(VmError::BadAccel(text))?,
             None => Accel::Kvm,
         };
-        let kernel = std::env::var_os("AIRLOCK_VM_KERNEL").map(PathBuf::from).or_else(|| profile.kernel.as_ref().map(PathBuf::from));
+        let kernel = std::env::var_os("AIRLOCK_VM_KERNEL")
+            .map(PathBuf::from)
+            .or_else(|| profile.kernel.as_ref().map(PathBuf::from));
         let memory_mib = match policy.limits.memory_bytes {
             Some(bytes) => bytes.div_ceil(1 << 20) + MEMORY_OVERHEAD_MIB,
             None => DEFAULT_MEMORY_MIB,

@@ -50,9 +50,16 @@ pub enum GuestMessage {
     Warning(String),
     /// The command's outcome, as the engine reported it.
     Exited(i32),
-    TimedOut { millis: u64 },
-    ExecFailed { code: i32, message: String },
-    OutOfMemory { summary: String },
+    TimedOut {
+        millis: u64,
+    },
+    ExecFailed {
+        code: i32,
+        message: String,
+    },
+    OutOfMemory {
+        summary: String,
+    },
     /// The guest could not set the sandbox up: the layer and why (one line).
     Failed(String),
 }

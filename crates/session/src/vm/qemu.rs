@@ -210,9 +210,8 @@ pub fn run_guest(launch: GuestLaunch<'_>) -> Result<RunOutcome, QemuError> {
     drop((ctl_qemu, stdin_qemu, stdout_qemu, stderr_qemu));
     let pidfd = sys::process::pidfd_open(child.id() as libc::pid_t).map_err(|e| QemuError::Channels(os_error(e)));
 
-    let result = pidfd.and_then(|pidfd| {
-        converse(ctl, stdin, stdout, stderr, &pidfd, launch.request, launch.warn, &console)
-    });
+    let result =
+        pidfd.and_then(|pidfd| converse(ctl, stdin, stdout, stderr, &pidfd, launch.request, launch.warn, &console));
     // However it ended: the guest powers itself off after reporting; a guest that does not is killed.
     let deadline = Instant::now() + STOP_TIMEOUT;
     loop {
@@ -264,7 +263,7 @@ fn console_tail(console: &std::fs::File) -> String {
     let mut file = console;
     let _ = std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0));
     let _ = file.read_to_string(&mut text);
-    text.lines().map(str::trim).filter(|l| !l.is_empty()).last().unwrap_or("(the console is empty)").to_string()
+    text.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("(the console is empty)").to_string()
 }
 
 /// Sends the request, relays the streams until the guest reports the outcome.

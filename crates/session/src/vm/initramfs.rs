@@ -97,6 +97,15 @@ pub fn ensure(cache_dir: &Path, kernel: &GuestKernel) -> Result<PathBuf, Initram
         let _ = std::fs::remove_file(&tmp);
         InitramfsError::Write { path: path.clone(), source }
     })?;
+    // Another airlock build's images (50 MB each for a debug build) go: a running guest keeps its own open.
+    if let Ok(entries) = std::fs::read_dir(cache_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("initramfs-") && name.ends_with(".cpio") && entry.path() != path {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
     Ok(path)
 }
 

@@ -12,9 +12,10 @@ use std::process::{Command, Output, Stdio};
 
 use common::{airlock_path, code, is_root, stderr, stdout};
 
-/// A state directory for the VM tests of this test binary (the initramfs cache is shared by its tests).
+/// The VM tests' state directory: one for every run, so the initramfs cache in it (50 MB for a debug build,
+/// replaced when the binary changes) is built once, not left behind by each run. Sandbox names carry the pid.
 fn state_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("airlock-vm-test-{}", std::process::id()))
+    std::env::temp_dir().join("airlock-vm-test-state")
 }
 
 /// Why this test can't run, if it can't: no QEMU, no guest kernel, not root.
@@ -84,7 +85,23 @@ impl Drop for TempDir {
     }
 }
 
-/// QEMU processes started for this test binary's state directory (their initramfs is in its cache).
+/// The QEMU processes whose parent is `parent`.
+fn qemus_of(parent: u32) -> Vec<i32> {
+    our_qemus()
+        .into_iter()
+        .filter(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            status.lines().any(|l| l.strip_prefix("PPid:").is_some_and(|p| p.trim() == parent.to_string()))
+        })
+        .collect()
+}
+
+/// Whether `pid` is still a QEMU of the tests.
+fn still_qemu(pid: i32) -> bool {
+    our_qemus().contains(&pid)
+}
+
+/// QEMU processes started for the tests' state directory (their initramfs is in its cache).
 fn our_qemus() -> Vec<i32> {
     let needle = state_dir().to_string_lossy().into_owned();
     std::fs::read_dir("/proc")
@@ -221,7 +238,6 @@ fn kvm_on_a_pvm_host_and_a_missing_kernel_fail_closed() {
     let err = stderr(&o);
     assert!(err.contains("KVM is PVM") && err.contains("AIRLOCK_VM_ACCEL=tcg"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(our_qemus().is_empty());
 }
 
 #[test]
@@ -274,15 +290,16 @@ fn a_killed_airlock_leaves_no_qemu_and_no_mount() {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "up");
-    assert!(!our_qemus().is_empty(), "no qemu found while the guest runs");
+    let qemus = qemus_of(child.id());
+    assert_eq!(qemus.len(), 1, "airlock's qemu while the guest runs: {qemus:?}");
     child.kill().unwrap();
     child.wait().unwrap();
     // QEMU dies with airlock (PR_SET_PDEATHSIG); the overlay was in its own mount namespace.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !our_qemus().is_empty() && std::time::Instant::now() < deadline {
+    while still_qemu(qemus[0]) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert!(our_qemus().is_empty(), "qemu outlived airlock");
+    assert!(!still_qemu(qemus[0]), "qemu outlived airlock");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&ws_path), "{mounts}");
     // Nothing else of the run on disk: the channels were socket pairs and the console an unlinked file.
@@ -293,4 +310,42 @@ fn a_killed_airlock_leaves_no_qemu_and_no_mount() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     let _ = airlock_cmd(&["rm", &name]).output();
+}
+
+#[test]
+fn a_user_runs_a_vm_and_its_files_are_its_own() {
+    require_vm!();
+    let Some(_) = common::test_user() else {
+        skip_or_fail!("cannot create the test user");
+    };
+    let uid = common::test_user_uid();
+    let dir = TempDir::new("user");
+    let state = dir.0.join("state");
+    let ws = dir.0.join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    for path in [&dir.0, &ws] {
+        std::os::unix::fs::chown(path, Some(uid), None).unwrap();
+    }
+    let ws_path = ws.to_string_lossy().into_owned();
+    let o = common::airlock_as_user_in(
+        &state,
+        &["AIRLOCK_VM_ACCEL=tcg".to_string()],
+        &[
+            "run",
+            "--isolation",
+            "vm",
+            "--workspace",
+            &ws_path,
+            "--workspace-mode",
+            "rw",
+            "--",
+            "/bin/sh",
+            "-c",
+            "id -u; echo x > f",
+        ],
+    );
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), uid.to_string());
+    // QEMU runs as the user (9p security_model=none): what the guest writes is the user's on the host.
+    assert_eq!(std::fs::metadata(ws.join("f")).unwrap().uid(), uid);
 }

@@ -36,6 +36,10 @@
 //! [security]
 //! landlock = "required"      # required | best-effort
 //! root_capabilities = "none" # none | package-manager (default: package-manager when `/` is writable)
+//! isolation = "namespaces"   # namespaces | vm (a QEMU VM of its own per sandbox; `run` only for now)
+//! [vm]                       # with isolation = "vm"
+//! accel = "kvm"              # kvm | tcg (emulated: slow, no KVM needed); AIRLOCK_VM_ACCEL wins
+//! kernel = "/boot/vmlinuz-6.1.0-57-amd64"  # default: the newest with /lib/modules/VERSION; AIRLOCK_VM_KERNEL wins
 //! ```
 
 use std::collections::{BTreeMap, HashSet};

@@ -21,6 +21,7 @@ pub mod longlived;
 pub mod network;
 pub mod oci_cmd;
 pub mod profile_cmd;
+pub mod quick_parse;
 pub mod remote;
 pub mod run;
 pub mod sandboxes_cmd;

@@ -4,13 +4,12 @@
 // The command modules are the library's (src/lib.rs), shared with `airlock-server` and `airlock-netgw`: this
 // executable links what its own commands reach, not the heavy subsystems it execs `airlock-server` for.
 use airlock::{
-    audit_cmd, checkpoint_cmd, cli, cp_cmd, doctor, exit_code, files_cmd, image_cmd, longlived, profile_cmd, remote,
-    run, sandboxes_cmd, say, siblings, state, stats_cmd, usage_error, workspace_cmd, EXIT_SETUP_FAILED, EXIT_USAGE,
+    audit_cmd, checkpoint_cmd, cli, cp_cmd, doctor, exit_code, files_cmd, image_cmd, longlived, profile_cmd,
+    quick_parse, remote, run, sandboxes_cmd, say, siblings, state, stats_cmd, usage_error, workspace_cmd,
+    EXIT_SETUP_FAILED, EXIT_USAGE,
 };
 
 use std::process::ExitCode;
-
-use clap::Parser;
 
 use cli::{Cli, Command};
 
@@ -21,7 +20,9 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "oci") {
         return siblings::exec(siblings::SERVER, std::env::args_os().skip(1), EXIT_SETUP_FAILED);
     }
-    let cli = match Cli::try_parse() {
+    // `run`, `create`, `exec`: against their own arguments only (quick_parse); the rest, and every error, by clap's
+    // whole tree.
+    let cli = match quick_parse::parse() {
         Ok(cli) => cli,
         Err(err) => return usage_error(&err),
     };

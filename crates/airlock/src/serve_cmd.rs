@@ -96,7 +96,7 @@ pub fn serve(args: ServeArgs) -> Result<i32> {
         token,
         state_dir,
         // The sandboxes are run by `airlock` (this is airlock-server, see the library's front page).
-        exe: crate::siblings::sibling(crate::siblings::AIRLOCK)?,
+        exe: crate::siblings::airlock()?,
         limits: daemon::api::Limits {
             max_sandboxes: args.max_sandboxes,
             max_execs: args.max_execs,

@@ -29,6 +29,17 @@ pub fn own_exe() -> Result<&'static Path> {
     }
 }
 
+/// The `airlock` executable, which runs the sandboxes (`__supervise`, `__files`, `run`, ...): this one, when it
+/// is not one of its siblings (whatever its name: a copy under another name runs itself), else `airlock` next
+/// to it (for the daemon, the MCP server and the OCI runtime in airlock-server).
+pub fn airlock() -> Result<PathBuf> {
+    let exe = own_exe()?;
+    match exe.file_name().and_then(|n| n.to_str()) {
+        Some(SERVER | session::gateway::PROGRAM) => sibling(AIRLOCK),
+        _ => Ok(exe.to_path_buf()),
+    }
+}
+
 /// The path of the sibling executable `name`, which must exist (else the one-line error naming it).
 pub fn sibling(name: &str) -> Result<PathBuf> {
     let exe = own_exe()?;

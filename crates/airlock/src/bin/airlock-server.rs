@@ -43,7 +43,7 @@ fn main() -> ExitCode {
 
 /// `airlock mcp`: the MCP server, its tools run by `airlock`'s own subcommands (or a daemon's API).
 fn mcp_server(host: Option<String>, http: Option<std::net::SocketAddr>) -> anyhow::Result<i32> {
-    let exe = siblings::sibling(siblings::AIRLOCK)?;
+    let exe = siblings::airlock()?;
     mcp::serve(mcp::McpConfig { exe, host, http })?;
     Ok(0)
 }

@@ -345,4 +345,46 @@ mod tests {
         assert_eq!(stack_packet_header(&segment[..30]), PLAIN_HDR, "too short for a TCP header");
         assert_eq!(stack_packet_header(&[]), PLAIN_HDR);
     }
+
+    #[test]
+    fn a_partial_checksum_completed_by_the_kernel_is_the_full_one() {
+        let builder = etherparse::PacketBuilder::ipv4([198, 18, 0, 1], [198, 18, 0, 2], 64).tcp(80, 4000, 1, 65535);
+        // An odd length, so that the last byte is summed as a padded word.
+        let mut segment = Vec::new();
+        builder.write(&mut segment, b"seventeen bytes!!").unwrap();
+        let full = u16::from_be_bytes([segment[36], segment[37]]);
+        segment[36..38].copy_from_slice(&[0, 0]);
+        put_pseudo_header_sum(&mut segment);
+        // What the kernel does for CHECKSUM_PARTIAL: the ones'-complement sum from csum_start to the end,
+        // complemented, stored at csum_start + csum_offset.
+        let mut sum = 0u32;
+        for word in segment[20..].chunks(2) {
+            sum += u32::from(u16::from_be_bytes([word[0], *word.get(1).unwrap_or(&0)]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        assert_eq!(!(sum as u16), full);
+    }
+
+    #[test]
+    fn only_a_syn_without_ack_opens_a_flow() {
+        let syn = |ack: bool| {
+            let mut builder =
+                etherparse::PacketBuilder::ipv4([198, 18, 0, 2], [198, 19, 0, 5], 64).tcp(40000, 443, 1, 65535).syn();
+            if ack {
+                builder = builder.ack(7);
+            }
+            let mut packet = Vec::new();
+            builder.write(&mut packet, &[]).unwrap();
+            packet
+        };
+        assert_eq!(
+            opening_syn(&syn(false)),
+            Some(("198.18.0.2:40000".parse().unwrap(), "198.19.0.5:443".parse().unwrap()))
+        );
+        assert_eq!(opening_syn(&syn(true)), None);
+        assert_eq!(opening_syn(&dns_reply_packet("198.18.0.2:5353".parse().unwrap(), b"x").unwrap()), None);
+        assert_eq!(opening_syn(&syn(false)[..30]), None, "truncated");
+    }
 }

@@ -106,6 +106,79 @@ fn handshaking(state: tcp::State) -> bool {
     matches!(state, tcp::State::Listen | tcp::State::SynReceived)
 }
 
+impl SandboxStream {
+    /// Queues the FIN after the data already written.
+    pub fn close_send(&mut self) {
+        self.shared.lock().sockets.get_mut::<tcp::Socket>(self.handle).close();
+        self.shared.wake_stack.notify_one();
+    }
+
+    /// Moves what `host` has to read straight into this connection's send buffer: one copy (the kernel's, into
+    /// smoltcp's buffer) instead of two. `Ok(0)` when `host` is at its end.
+    pub fn poll_send_from(&mut self, cx: &mut Context<'_>, host: &tokio::net::TcpStream) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(host.poll_read_ready(cx))?;
+            let mut state = self.shared.lock();
+            let socket = state.sockets.get_mut::<tcp::Socket>(self.handle);
+            if !socket.can_send() {
+                if socket.may_send() || handshaking(socket.state()) {
+                    socket.register_send_waker(cx.waker());
+                    return Poll::Pending;
+                }
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            }
+            // The buffer is not full, so the free space offered is not empty and a read of 0 is the end.
+            let result = socket.send(|free| match host.try_read(free) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            });
+            drop(state);
+            match result {
+                Err(_) => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+                // `try_read` cleared the readiness: the next round waits for more.
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Ok(Ok(n)) => {
+                    self.shared.wake_stack.notify_one();
+                    return Poll::Ready(Ok(n));
+                }
+            }
+        }
+    }
+
+    /// Writes what this connection has received straight from smoltcp's buffer to `host`. `Ok(0)` when the
+    /// sandbox has closed its side (or the connection is gone) and everything before was written.
+    pub fn poll_recv_into(&mut self, cx: &mut Context<'_>, host: &tokio::net::TcpStream) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(host.poll_write_ready(cx))?;
+            let mut state = self.shared.lock();
+            let socket = state.sockets.get_mut::<tcp::Socket>(self.handle);
+            if !socket.can_recv() {
+                if socket.may_recv() || handshaking(socket.state()) {
+                    socket.register_recv_waker(cx.waker());
+                    return Poll::Pending;
+                }
+                return Poll::Ready(Ok(0));
+            }
+            let result = socket.recv(|data| match host.try_write(data) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            });
+            drop(state);
+            match result {
+                Err(_) => return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into())),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Ok(Ok(n)) => {
+                    // Receive space freed: the stack may have a window update to send.
+                    self.shared.wake_stack.notify_one();
+                    return Poll::Ready(Ok(n));
+                }
+            }
+        }
+    }
+}
+
 impl tokio::io::AsyncRead for SandboxStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
@@ -163,9 +236,7 @@ impl tokio::io::AsyncWrite for SandboxStream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        this.shared.lock().sockets.get_mut::<tcp::Socket>(this.handle).close();
-        this.shared.wake_stack.notify_one();
+        self.get_mut().close_send();
         Poll::Ready(Ok(()))
     }
 }

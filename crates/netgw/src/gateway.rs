@@ -55,9 +55,10 @@ pub struct GatewayOptions {
     pub idle_timeout: Duration,
 }
 
-/// Relayed connections one sandbox may hold open at once. Each busy one can hold ~4.5 MiB of buffers (1 MiB stack
-/// buffers each way plus the library's rings and the relay's copy buffers), so this bounds a hostile sandbox's
-/// gateway at ~580 MiB; package managers open a few dozen at most (npm: 15 per host).
+/// Relayed connections one sandbox may hold open at once. Each busy one can hold ~2 MiB of buffers (the stack's
+/// 1 MiB socket buffers each way; the relay moves bytes between them and the host socket without buffers of its
+/// own), so this bounds a hostile sandbox's gateway at ~260 MiB; package managers open a few dozen at most (npm:
+/// 15 per host).
 pub const MAX_CONNECTIONS: usize = 128;
 
 impl Default for GatewayOptions {

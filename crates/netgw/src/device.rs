@@ -3,11 +3,11 @@
 //!
 //! The TUN is created with `IFF_VNET_HDR` (runtime's `create_gateway_interface`): every packet either way is
 //! preceded by a 10-byte `struct virtio_net_hdr`. No offloads are enabled (no `TUNSETOFFLOAD`), so the kernel
-//! hands the gateway whole packets with complete checksums, which the filter checks on SYNs as before; the header
-//! read is ignored. It is there for the other way: the stack's TCP segments are written with
-//! `VIRTIO_NET_HDR_F_NEEDS_CSUM`, which the kernel treats like a segment from a NIC with checksum offload
-//! (`CHECKSUM_PARTIAL`, delivered locally without verifying): the sandbox's kernel no longer sums every 64 KB
-//! segment in software a second time after the stack computed it.
+//! hands the gateway whole packets with complete checksums, which the filter (every SYN) and smoltcp (every
+//! segment) verify; the header read is ignored. It is there for the other way: the stack's TCP segments are
+//! written with `VIRTIO_NET_HDR_F_NEEDS_CSUM`, which the kernel treats like a segment from a NIC with checksum
+//! offload (`CHECKSUM_PARTIAL`, delivered locally without verifying), so neither the stack nor the sandbox's
+//! kernel sums every 64 KB segment in software: the segment carries only its pseudo-header sum.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -290,8 +290,8 @@ fn dns_reply_packet(client: SocketAddrV4, reply: &[u8]) -> Option<Vec<u8>> {
 
 /// The virtio header for a packet from the stack: for an IPv4 TCP segment, "the checksum is the TCP one at this
 /// offset" (`VIRTIO_NET_HDR_F_NEEDS_CSUM`), so that the sandbox's kernel takes the segment as checksummed by
-/// hardware and does not sum it again; the stack has already written the full checksum there, so the segment is
-/// also right for anything that does sum it. Anything else: [`PLAIN_HDR`].
+/// hardware; the field holds the pseudo-header sum ([`put_pseudo_header_sum`]), from which whatever does need the
+/// full checksum (forwarding) completes it. Anything else: [`PLAIN_HDR`], its checksums complete.
 fn stack_packet_header(packet: &[u8]) -> [u8; VNET_HDR_LEN] {
     let (Some(&version_ihl), Some(&protocol)) = (packet.first(), packet.get(9)) else { return PLAIN_HDR };
     let header_len = u16::from(version_ihl & 0x0f) * 4;

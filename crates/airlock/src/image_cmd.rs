@@ -59,10 +59,12 @@ fn open_store() -> Result<ImageStore> {
     Ok(ImageStore::open(state::state().path())?)
 }
 
+/// `airlock image ...` but `pull`, which is airlock-server's ([`pull_command`]): the registry client (an HTTP
+/// and TLS stack) stays out of the executable that runs sandboxes.
 pub fn run(cmd: ImageCommand) -> Result<i32> {
     let store = open_store()?;
     match cmd {
-        ImageCommand::Pull { reference, insecure } => pull(&store, &reference, insecure),
+        ImageCommand::Pull { .. } => bail!("internal error: image pull is {}'s", crate::siblings::SERVER),
         ImageCommand::Import { path, tag } => {
             let record = store.import(&path, tag.as_deref())?;
             let skipped: usize = record.layers.iter().map(|l| l.skipped.len()).sum();
@@ -124,6 +126,14 @@ pub fn run(cmd: ImageCommand) -> Result<i32> {
 /// resumed) and the store imports from. `prune` empties it.
 fn pull_cache(store: &ImageStore) -> PathBuf {
     store.root().join("pull-cache")
+}
+
+/// `airlock image pull` (in airlock-server).
+pub fn pull_command(cmd: ImageCommand) -> Result<i32> {
+    match cmd {
+        ImageCommand::Pull { reference, insecure } => pull(&open_store()?, &reference, insecure),
+        other => run(other),
+    }
 }
 
 fn pull(store: &ImageStore, reference: &str, insecure: bool) -> Result<i32> {

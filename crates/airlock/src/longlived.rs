@@ -68,7 +68,8 @@ pub(crate) fn spawn_supervisor(
     audit: Option<String>,
     report: &mut dyn FnMut(&str),
 ) -> Result<bool> {
-    let exe = std::env::current_exe().context("cannot find airlock's own executable")?;
+    // `airlock` itself, or next to airlock-server's OCI runtime.
+    let exe = crate::siblings::airlock()?;
     let request = SuperviseRequest { profile: merged, audit };
     let request = serde_json::to_vec(&request).context("cannot encode the sandbox's profile")?;
     let mut child = Command::new(exe)

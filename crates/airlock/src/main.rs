@@ -1,43 +1,17 @@
 //! `airlock`: the thin command-line edge over the policy and runtime crates.
 #![forbid(unsafe_code)]
 
-mod audit_cmd;
-mod checkpoint_cmd;
-mod cli;
-mod cp_cmd;
-mod doctor;
-mod doctor_vm;
-mod files_cmd;
-mod home;
-mod http_client;
-mod image_cmd;
-mod longlived;
-mod network;
-mod oci_cmd;
-mod profile_cmd;
-mod remote;
-mod run;
-mod sandboxes_cmd;
-mod serve_cmd;
-mod state;
-mod stats_cmd;
-mod workspace_cmd;
+// The command modules are the library's (src/lib.rs), shared with `airlock-server` and `airlock-netgw`: this
+// executable links what its own commands reach, not the heavy subsystems it execs `airlock-server` for.
+use airlock::{
+    audit_cmd, checkpoint_cmd, cli, cp_cmd, doctor, exit_code, files_cmd, image_cmd, longlived, profile_cmd,
+    quick_parse, remote, run, sandboxes_cmd, say, siblings, state, stats_cmd, usage_error, workspace_cmd,
+    EXIT_SETUP_FAILED, EXIT_USAGE,
+};
 
 use std::process::ExitCode;
 
-use clap::error::ErrorKind;
-use clap::Parser;
-
 use cli::{Cli, Command};
-
-/// Exit status when the sandbox could not be set up (bad input included): nothing ran.
-const EXIT_SETUP_FAILED: u8 = 125;
-/// Exit status for bad input to any command (an unknown subcommand or flag, a missing argument): the same as a
-/// sandbox that could not be set up, so that a script tells airlock's refusals from its command's own statuses.
-const EXIT_USAGE: u8 = 125;
-
-/// Exit status for other commands' failures (`stats` of an unknown sandbox, say).
-const EXIT_FAILED: u8 = 1;
 
 fn main() -> ExitCode {
     // PID 1 of an `--isolation vm` guest (the initramfs's /init is this executable): the guest agent.
@@ -45,11 +19,14 @@ fn main() -> ExitCode {
         session::vm::guest::main();
     }
     runtime::host::restore_default_sigpipe();
-    // `airlock oci …` is runc's command line (global flags of its own, runc's exit statuses): parsed apart.
+    // `airlock oci …` is runc's command line (global flags of its own, runc's exit statuses): parsed apart, by
+    // airlock-server.
     if std::env::args_os().nth(1).is_some_and(|a| a == "oci") {
-        return oci_cmd::main(std::env::args_os().skip(2).collect());
+        return siblings::exec(siblings::SERVER, std::env::args_os().skip(1), EXIT_SETUP_FAILED);
     }
-    let cli = match Cli::try_parse() {
+    // `run`, `create`, `exec`: against their own arguments only (quick_parse); the rest, and every error, by clap's
+    // whole tree.
+    let cli = match quick_parse::parse() {
         Ok(cli) => cli,
         Err(err) => return usage_error(&err),
     };
@@ -61,6 +38,17 @@ fn main() -> ExitCode {
     if cli.host.is_some() && matches!(cli.command, Command::Serve(_)) {
         say("airlock serve starts a daemon here; it takes no --host");
         return ExitCode::from(EXIT_USAGE);
+    }
+    // The heavy subsystems are airlock-server's: the same command line, parsed again there. (`oci` after global
+    // flags, `airlock --host X oci ...`, included.)
+    if matches!(
+        cli.command,
+        Command::Serve(_)
+            | Command::Mcp { .. }
+            | Command::Oci { .. }
+            | Command::Image(image_cmd::ImageCommand::Pull { .. })
+    ) {
+        return siblings::exec(siblings::SERVER, std::env::args_os().skip(1), EXIT_SETUP_FAILED);
     }
     if let Some(host) = remote::chosen(cli.host.as_deref()) {
         if matches!(cli.command, Command::Cp(_)) {
@@ -75,7 +63,10 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(*args),
         Command::Create(args) => longlived::create(*args),
         Command::Supervise(args) => longlived::supervise(args),
-        Command::NetGateway(args) => network::serve(args),
+        // The gateway's process is airlock-netgw's (session::gateway starts it directly).
+        Command::NetGateway(_) => {
+            return siblings::exec(session::gateway::PROGRAM, std::env::args_os().skip(2), EXIT_SETUP_FAILED)
+        }
         Command::Exec(args) => longlived::exec(args),
         Command::Files(args) => files_cmd::files(args),
         Command::Stop { name } => longlived::stop(&name),
@@ -98,10 +89,8 @@ fn main() -> ExitCode {
         Command::Checkpoints { name, json } => checkpoint_cmd::list(&name, json),
         Command::Rollback { name, label } => checkpoint_cmd::rollback(&name, &label),
         Command::Logs { name, follow, json, verify } => audit_cmd::logs(&name, follow, json, verify),
-        Command::Serve(args) => serve_cmd::serve(args),
-        Command::Mcp { http } => mcp_server(remote::chosen(cli.host.as_deref()), http),
-        // Reached only after global flags (`airlock --host X oci ...`): `airlock oci` itself is parsed apart above.
-        Command::Oci { args } => return oci_cmd::main(args),
+        // airlock-server's, exec'd above.
+        Command::Serve(_) | Command::Mcp { .. } | Command::Oci { .. } => unreachable_server_command(),
     };
     exit_code(result, runs_something)
 }
@@ -149,67 +138,7 @@ fn man_pages(dir: Option<&std::path::Path>) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// `airlock mcp`: the MCP server, its tools run by this executable's own subcommands (or a daemon's API).
-fn mcp_server(host: Option<String>, http: Option<std::net::SocketAddr>) -> anyhow::Result<i32> {
-    let exe = std::env::current_exe().map_err(mcp::ServeError::NoExe)?;
-    mcp::serve(mcp::McpConfig { exe, host, http })?;
-    Ok(0)
-}
-
-/// A command's result as the process's exit status: its own code, or one `airlock:` line and 125 (for the
-/// commands that run something) or 1.
-fn exit_code(result: anyhow::Result<i32>, runs_something: bool) -> ExitCode {
-    match result {
-        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_SETUP_FAILED)),
-        Err(err) => {
-            say(&one_line(&err));
-            ExitCode::from(if runs_something { EXIT_SETUP_FAILED } else { EXIT_FAILED })
-        }
-    }
-}
-
-/// The error and its causes on one line: "what failed: why".
-pub fn one_line(err: &anyhow::Error) -> String {
-    err.chain().map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
-}
-
-/// Prints one `airlock:` line on stderr (control characters shown escaped: see `session::say`).
-pub use session::say;
-
-/// clap's errors, reduced to one `airlock:` line. Help and version go to stdout with status 0.
-fn usage_error(err: &clap::Error) -> ExitCode {
-    if matches!(
-        err.kind(),
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
-        let _ = err.print();
-        // `airlock` alone (or `airlock profile`): the help, on stderr, as the usage error it is.
-        return if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-            ExitCode::from(EXIT_USAGE)
-        } else {
-            ExitCode::SUCCESS
-        };
-    }
-    // clap's message can span lines ("... not provided:\n  <COMMAND>...\n\nUsage: ..."): keep what comes before
-    // the usage and tips, joined on one line.
-    let rendered = err.to_string();
-    let first = rendered
-        .lines()
-        .take_while(|line| !line.starts_with("Usage:") && !line.trim_start().starts_with("tip:"))
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let first = first.trim_start_matches("error: ").trim_end_matches(':');
-    // args_os: an argument that is not UTF-8 (a hostile file name) must not panic here.
-    let sub = std::env::args_os().nth(1);
-    let known = <Cli as clap::CommandFactory>::command();
-    let help = match sub.as_ref().and_then(|a| a.to_str()) {
-        Some(name) if !name.starts_with("__") && known.find_subcommand(name).is_some() => {
-            format!("airlock {name} --help")
-        }
-        _ => "airlock --help".to_string(),
-    };
-    say(&format!("{first} (see `{help}`)"));
-    ExitCode::from(EXIT_USAGE)
+/// The commands handed to airlock-server before the dispatch: never reached, an internal error if it were.
+fn unreachable_server_command() -> anyhow::Result<i32> {
+    anyhow::bail!("internal error: this command is {}'s", siblings::SERVER)
 }

@@ -1,12 +1,16 @@
-//! The hidden `__netgw` subcommand: the network gateway's process (what starts it, and with which arguments, is
-//! the session layer's, `session::gateway`). It is the only airlock process with threads (tokio's) besides the
-//! daemon and the MCP server.
+//! The network gateway's process, the executable `airlock-netgw` (src/bin/airlock-netgw.rs; what starts it, and
+//! with which arguments, is the session layer's, `session::gateway`). It is the only airlock process with threads
+//! (tokio's) besides the daemon and the MCP server. Its own small executable, so that what it maps is only the
+//! gateway's: one runs per `--net allow` sandbox. (`airlock __netgw`, hidden, execs it.)
 
 use std::fs::File;
 
 use anyhow::{Context, Result};
 use audit::AuditLog;
 use clap::Args;
+
+/// The gateway process's name (as `ps` shows it).
+pub const PROCESS_NAME: &str = session::gateway::PROGRAM;
 
 /// The hidden `airlock __netgw`: the network gateway of one sandbox (started by its supervisor, never by hand).
 #[derive(Debug, Args)]
@@ -24,6 +28,37 @@ pub struct NetGatewayArgs {
     /// copies (`--audit FILE`). None: nothing is recorded.
     #[arg(long)]
     pub events_fd: Vec<i32>,
+}
+
+impl NetGatewayArgs {
+    /// The command line the supervisor gives: `--sandbox NAME [--allow ENTRY]... --tun-socket FD [--events-fd
+    /// FD]...` (each flag and its value as two arguments, as `session::gateway` writes them). Parsed by hand: the
+    /// gateway's executable does without clap.
+    pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<NetGatewayArgs> {
+        let mut sandbox = None;
+        let mut tun_socket = None;
+        let (mut allow, mut events_fd) = (Vec::new(), Vec::new());
+        let mut args = args.into_iter();
+        while let Some(flag) = args.next() {
+            let flag = flag.to_string_lossy().into_owned();
+            let value = args.next().and_then(|v| v.into_string().ok());
+            let value = value.with_context(|| format!("{flag}: a value (UTF-8) is missing"))?;
+            let fd = |value: &str| value.parse::<i32>().with_context(|| format!("{flag} {value}: not a descriptor"));
+            match flag.as_str() {
+                "--sandbox" if sandbox.is_none() => sandbox = Some(value),
+                "--allow" => allow.push(value),
+                "--tun-socket" if tun_socket.is_none() => tun_socket = Some(fd(&value)?),
+                "--events-fd" => events_fd.push(fd(&value)?),
+                _ => anyhow::bail!("unexpected argument {flag:?} (the gateway is started by a sandbox's supervisor)"),
+            }
+        }
+        Ok(NetGatewayArgs {
+            sandbox: sandbox.context("--sandbox is missing")?,
+            allow,
+            tun_socket: tun_socket.context("--tun-socket is missing")?,
+            events_fd,
+        })
+    }
 }
 
 /// The gateway's process: takes the inherited descriptors, receives the sandbox's TUN interface, serves it.
@@ -72,4 +107,42 @@ pub fn serve(args: NetGatewayArgs) -> Result<i32> {
 fn record_net_event(log: &mut AuditLog, event: &netgw::NetEvent) -> Result<()> {
     log.append_value("network", serde_json::to_value(event)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<NetGatewayArgs> {
+        NetGatewayArgs::parse(args.iter().map(std::ffi::OsString::from))
+    }
+
+    #[test]
+    fn the_supervisors_command_line_parses() {
+        let args = parse(&[
+            "--sandbox",
+            "s",
+            "--allow",
+            "a.com",
+            "--allow",
+            "*.b:443",
+            "--tun-socket",
+            "5",
+            "--events-fd",
+            "6",
+        ])
+        .unwrap();
+        assert_eq!((args.sandbox.as_str(), args.tun_socket, args.events_fd), ("s", 5, vec![6]));
+        assert_eq!(args.allow, ["a.com", "*.b:443"]);
+        for bad in [
+            &["--sandbox", "s"][..],
+            &["--tun-socket", "5"],
+            &["--sandbox", "s", "--tun-socket", "x"],
+            &["--sandbox", "s", "--tun-socket", "5", "--verbose", "1"],
+            &["--sandbox", "s", "--tun-socket", "5", "--allow"],
+            &["--sandbox", "s", "--sandbox", "t", "--tun-socket", "5"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
 }

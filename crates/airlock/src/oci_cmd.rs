@@ -850,9 +850,9 @@ fn container_pids(container: &Container) -> Result<Vec<i32>> {
 }
 
 /// The container's own processes: those of its sandbox but airlock's (the sandbox's init and exec agent, which
-/// run airlock's executable).
+/// run the `airlock` executable: its supervisor's, next to this airlock-server).
 fn workload_pids(container: &Container) -> Result<Vec<i32>> {
-    let exe = std::env::current_exe().ok();
+    let exe = crate::siblings::airlock().ok();
     let mut pids = container_pids(container)?;
     pids.retain(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok() != exe);
     Ok(pids)

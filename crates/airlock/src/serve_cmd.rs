@@ -95,7 +95,8 @@ pub fn serve(args: ServeArgs) -> Result<i32> {
         listen: args.listen,
         token,
         state_dir,
-        exe: std::env::current_exe().context("cannot find airlock's own executable")?,
+        // The sandboxes are run by `airlock` (this is airlock-server, see the library's front page).
+        exe: crate::siblings::airlock()?,
         limits: daemon::api::Limits {
             max_sandboxes: args.max_sandboxes,
             max_execs: args.max_execs,

@@ -31,6 +31,14 @@ const DOCKER_CAPS: &[&str] = &[
 ];
 
 /// The profile airlock ships, and the calls it documents adding to Docker's default.
+/// airlock's executables, side by side at `/` in the containers as they are installed (`airlock` finds the
+/// others next to itself): name, and the build's file.
+const AIRLOCK_BINARIES: [(&str, &str); 3] = [
+    ("airlock", env!("CARGO_BIN_EXE_airlock")),
+    ("airlock-netgw", env!("CARGO_BIN_EXE_airlock-netgw")),
+    ("airlock-server", env!("CARGO_BIN_EXE_airlock-server")),
+];
+
 const SHIPPED_PROFILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../contrib/docker/airlock-seccomp.json");
 const PROFILE_ADDITIONS: &[&str] = &[
     "clone",
@@ -87,12 +95,14 @@ impl Bundle {
         let spec = Command::new(runc).arg("spec").current_dir(&bundle).output().unwrap();
         assert!(spec.status.success(), "runc spec: {}", stderr(&spec));
         let mut config: Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
-        // Only the airlock binary from the host's build tree: a bind of a directory above the bundle would bring
+        // Only the airlock binaries from the host's build tree: a bind of a directory above the bundle would bring
         // the container's own unmasked /proc mount into it, and the kernel would then allow a fresh /proc.
         for name in ["usr", "lib", "lib64", "bin", "sbin", "etc", "tmp", "run", "root", "proc", "dev", "sys"] {
             std::fs::create_dir_all(rootfs.join(name)).unwrap();
         }
-        std::fs::write(rootfs.join("airlock"), b"").unwrap();
+        for (name, _) in AIRLOCK_BINARIES {
+            std::fs::write(rootfs.join(name), b"").unwrap();
+        }
         let mounts = config["mounts"].as_array_mut().unwrap();
         for name in ["usr", "lib", "lib64", "bin", "sbin", "etc"] {
             if Path::new("/").join(name).exists() {
@@ -100,8 +110,10 @@ impl Bundle {
                                    "options": ["rbind", "ro"]}));
             }
         }
-        mounts.push(json!({"destination": "/airlock", "type": "bind", "source": env!("CARGO_BIN_EXE_airlock"),
-                           "options": ["bind", "ro"]}));
+        for (name, source) in AIRLOCK_BINARIES {
+            mounts.push(json!({"destination": format!("/{name}"), "type": "bind", "source": source,
+                               "options": ["bind", "ro"]}));
+        }
         for name in ["/tmp", "/run", "/root"] {
             mounts.push(json!({"destination": name, "type": "tmpfs", "source": "tmpfs",
                                "options": ["nosuid", "nodev", "mode=1777"]}));
@@ -424,7 +436,9 @@ impl Dockerd {
         for name in ["usr", "lib", "lib64", "bin", "sbin", "etc", "tmp", "root", "proc", "dev", "sys"] {
             std::fs::create_dir_all(tree.join(name)).unwrap();
         }
-        std::fs::write(tree.join("airlock"), b"").unwrap();
+        for (name, _) in AIRLOCK_BINARIES {
+            std::fs::write(tree.join(name), b"").unwrap();
+        }
         let tar = self.dir.path().join("image.tar");
         let made = Command::new("tar").arg("-C").arg(&tree).arg("-cf").arg(&tar).arg(".").output().unwrap();
         assert!(made.status.success(), "tar: {}", stderr(&made));
@@ -441,7 +455,9 @@ impl Dockerd {
                 all.extend(["-v".into(), format!("/{name}:/{name}:ro")]);
             }
         }
-        all.extend(["-v".into(), format!("{}:/airlock:ro", env!("CARGO_BIN_EXE_airlock"))]);
+        for (name, source) in AIRLOCK_BINARIES {
+            all.extend(["-v".into(), format!("{source}:/{name}:ro")]);
+        }
         all.extend(["-e".into(), "AIRLOCK_STATE_DIR=/tmp/airlock-state".into()]);
         all.extend(options.iter().map(|o| o.to_string()));
         all.push("airlock-inside-empty:1".into());

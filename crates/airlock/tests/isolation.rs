@@ -86,12 +86,15 @@ fn listing(dir: &Path) -> BTreeSet<String> {
     fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
 }
 
-/// A copy of the airlock binary any user can execute, inside `dir` (the build tree may be private).
+/// A copy of the airlock binary any user can execute, inside `dir` (the build tree may be private), with its
+/// sibling executables (found next to it).
 fn executable_copy(dir: &TempDir) -> PathBuf {
-    let path = dir.path().join("airlock");
-    fs::copy(common::airlock_path(), &path).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    path
+    for name in ["airlock", "airlock-netgw", "airlock-server"] {
+        let path = dir.path().join(name);
+        fs::copy(common::airlock_path().with_file_name(name), &path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir.path().join("airlock")
 }
 
 /// Pids on the host whose command line (arguments joined by spaces) contains `needle`.

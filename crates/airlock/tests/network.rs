@@ -198,7 +198,7 @@ fn result<'a>(out: &'a str, label: &str) -> &'a str {
 
 /// No gateway process of this test is left once the run is over.
 fn assert_no_gateway_left(marker: &str) {
-    let o = Command::new("pgrep").args(["-af", "__netgw"]).output().unwrap();
+    let o = Command::new("pgrep").args(["-af", "airlock-netgw"]).output().unwrap();
     let left: Vec<String> = stdout(&o).lines().filter(|l| l.contains(marker)).map(String::from).collect();
     assert!(left.is_empty(), "gateway processes left behind: {left:?}");
 }
@@ -409,7 +409,7 @@ fn long_lived_sandbox_keeps_its_gateway_for_exec() {
     let o = airlock(&args.iter().map(String::as_str).collect::<Vec<_>>());
     ok(&o);
     // The gateway parses what the sandbox sends: as host root it runs as nobody, in a process group of its own.
-    let found = Command::new("pgrep").args(["-f", &format!("__netgw --sandbox {sandbox} ")]).output().unwrap();
+    let found = Command::new("pgrep").args(["-f", &format!("airlock-netgw --sandbox {sandbox} ")]).output().unwrap();
     let pid = stdout(&found).trim().to_string();
     assert!(!pid.is_empty() && !pid.contains('\n'), "one gateway for the sandbox: {pid:?}");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -1,29 +1,27 @@
-//! The TUN file descriptor, pumped to and from the TCP/IP stack: one `read` is one packet from the sandbox, one
-//! `write` one packet to it. Every packet read passes through the [`Filter`] first.
+//! The TUN file descriptor as the TCP/IP stack's device ([`TunDevice`]): one `read` is one packet from the
+//! sandbox, one `write` one packet to it. Every packet read passes through the [`Filter`] first.
 //!
 //! The TUN is created with `IFF_VNET_HDR` (runtime's `create_gateway_interface`): every packet either way is
 //! preceded by a 10-byte `struct virtio_net_hdr`. No offloads are enabled (no `TUNSETOFFLOAD`), so the kernel
-//! hands the gateway whole packets with complete checksums, which the filter checks on SYNs as before; the header
-//! read is ignored. It is there for the other way: the stack's TCP segments are written with
-//! `VIRTIO_NET_HDR_F_NEEDS_CSUM`, which the kernel treats like a segment from a NIC with checksum offload
-//! (`CHECKSUM_PARTIAL`, delivered locally without verifying): the sandbox's kernel no longer sums every 64 KB
-//! segment in software a second time after the stack computed it.
+//! hands the gateway whole packets with complete checksums, which the filter (every SYN) and smoltcp (every
+//! segment) verify; the header read is ignored. It is there for the other way: the stack's TCP segments are
+//! written with `VIRTIO_NET_HDR_F_NEEDS_CSUM`, which the kernel treats like a segment from a NIC with checksum
+//! offload (`CHECKSUM_PARTIAL`, delivered locally without verifying), so neither the stack nor the sandbox's
+//! kernel sums every 64 KB segment in software: the segment carries only its pseudo-header sum.
 
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use futures::{Sink, SinkExt, Stream, StreamExt};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
 use tokio::io::unix::AsyncFd;
-
-use std::net::SocketAddrV4;
-
 use tokio::sync::Semaphore;
 
-use crate::addr::{DNS_PORT, GATEWAY_ADDR};
+use crate::addr::{DNS_PORT, GATEWAY_ADDR, MTU};
 use crate::dns::DnsServer;
 use crate::event::Decision;
-use crate::filter::{Filter, Verdict};
+use crate::filter::{Filter, Verdict, PROTO_TCP, TCP_ACK, TCP_SYN};
 
 /// Largest packet read from the TUN: the largest IPv4 packet, so that whatever MTU the sandbox sets on its side,
 /// packets are seen whole (and handled) rather than truncated.
@@ -37,81 +35,248 @@ const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 const TCP_CHECKSUM_OFFSET: u16 = 16;
 /// DNS queries over UDP answered at once; more are dropped (and recorded) until some finish.
 const DNS_IN_FLIGHT: usize = 64;
-/// Packets read in one go before yielding to other tasks, so a flood cannot starve the relays.
-const READ_BUDGET: usize = 64;
+/// Packets read in one round of the stack's task (which yields to other tasks every few rounds), so a flood
+/// cannot starve the relays.
+const READ_BUDGET: usize = 16;
 
-/// Why the pump stopped.
+/// Why the stack stopped.
 #[derive(Debug)]
 pub enum Closed {
     /// The TUN has no more packets: the interface or the sandbox's network namespace is gone.
     Eof,
-    /// The stack stopped.
-    StackGone,
     Error(io::Error),
 }
 
-/// Sandbox → stack: reads packets, filters them, hands the passed ones to the stack. Returns when the TUN or the
-/// stack is gone.
-pub async fn pump_in<S>(tun: Arc<AsyncFd<OwnedFd>>, filter: Filter, mut stack: S, dns: DnsServer) -> Closed
-where
-    S: Sink<Vec<u8>, Error = io::Error> + Unpin,
-{
-    let in_flight = Arc::new(Semaphore::new(DNS_IN_FLIGHT));
-    let mut buf = vec![0u8; READ_BUFFER];
-    loop {
-        let mut guard = match tun.readable().await {
-            Ok(guard) => guard,
-            Err(e) => return Closed::Error(e),
-        };
-        for _ in 0..READ_BUDGET {
-            let n = match guard.try_io(|fd| rustix::io::read(fd.get_ref(), &mut buf[..]).map_err(io::Error::from)) {
-                Ok(Ok(0)) => return Closed::Eof,
+/// The TUN as smoltcp's `Device`, filter included.
+///
+/// Receiving reads the TUN straight into one buffer, runs the [`Filter`] on the packet, and hands a passed one
+/// to smoltcp in place; what the filter answers itself (DNS, refusals) is answered here and the next packet read.
+/// A SYN is held back once, so that the stack's task can open the listening socket it is for before smoltcp
+/// sees it. Transmitting builds each packet in one reused buffer after the virtio header and writes it with one
+/// `write`: no allocation, no copy, and no TCP checksum summed in user space (see [`stack_packet_header`]).
+pub struct TunDevice {
+    tun: Arc<AsyncFd<OwnedFd>>,
+    filter: Filter,
+    dns: DnsServer,
+    dns_in_flight: Arc<Semaphore>,
+    rx: Vec<u8>,
+    /// Length of the packet (virtio header included) in `rx` that the filter passed and the stack has not had yet.
+    held: Option<usize>,
+    /// The connection of a held SYN, until the task has opened its socket.
+    new_flow: Option<(SocketAddrV4, SocketAddrV4)>,
+    tx: Vec<u8>,
+    /// Whether the TUN may be read in this round (the task holds its read readiness).
+    may_read: bool,
+    /// A read in this round found the TUN empty.
+    drained: bool,
+    reads_left: usize,
+    closed: Option<Closed>,
+}
+
+impl TunDevice {
+    pub fn new(tun: Arc<AsyncFd<OwnedFd>>, filter: Filter, dns: DnsServer) -> TunDevice {
+        TunDevice {
+            tun,
+            filter,
+            dns,
+            dns_in_flight: Arc::new(Semaphore::new(DNS_IN_FLIGHT)),
+            rx: vec![0u8; READ_BUFFER],
+            held: None,
+            new_flow: None,
+            tx: vec![0u8; VNET_HDR_LEN + usize::from(MTU)],
+            may_read: false,
+            drained: false,
+            reads_left: 0,
+            closed: None,
+        }
+    }
+
+    /// Starts one round of the stack's task: `may_read` when the TUN is (or may be) readable.
+    pub fn start_round(&mut self, may_read: bool) {
+        self.may_read = may_read;
+        self.drained = false;
+        self.reads_left = READ_BUDGET;
+    }
+
+    pub fn take_new_flow(&mut self) -> Option<(SocketAddrV4, SocketAddrV4)> {
+        self.new_flow.take()
+    }
+
+    /// Whether a read in this round found the TUN empty (its readiness may be cleared).
+    pub fn drained(&self) -> bool {
+        self.drained
+    }
+
+    /// Whether there are packets left to read or to hand to the stack.
+    pub fn has_more(&self) -> bool {
+        self.held.is_some() || (self.may_read && !self.drained && self.closed.is_none())
+    }
+
+    pub fn take_closed(&mut self) -> Option<Closed> {
+        self.closed.take()
+    }
+
+    /// Reads until a packet for the stack is held, within this round's budget; false when there is none to give
+    /// it now.
+    fn read_for_stack(&mut self) -> bool {
+        while self.may_read && !self.drained && self.closed.is_none() && self.reads_left > 0 {
+            self.reads_left -= 1;
+            let n = match rustix::io::read(self.tun.get_ref(), &mut self.rx[..]) {
+                Ok(0) => {
+                    self.closed = Some(Closed::Eof);
+                    return false;
+                }
                 // Shorter than the virtio header: nothing the kernel sends; ignored.
-                Ok(Ok(n)) if n < VNET_HDR_LEN => continue,
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(Err(e)) => return Closed::Error(e),
-                Err(_would_block) => break,
+                Ok(n) if n < VNET_HDR_LEN => continue,
+                Ok(n) => n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) => {
+                    self.drained = true;
+                    return false;
+                }
+                Err(e) => {
+                    self.closed = Some(Closed::Error(e.into()));
+                    return false;
+                }
             };
-            let packet = &buf[VNET_HDR_LEN..n];
-            match filter.inspect(packet) {
+            let packet = &self.rx[VNET_HDR_LEN..n];
+            match self.filter.inspect(packet) {
                 Verdict::Pass => {
-                    // Waits while the stack's input queue is full: backpressure instead of unbounded buffering.
-                    // An error drops this packet only: a packet the stack refuses to parse (the filter should
-                    // not let one through), or one for a part of the stack that has stopped. If the whole stack
-                    // is gone, the gateway's main loop sees its TCP listener end.
-                    let _ = stack.send(packet.to_vec()).await;
+                    self.held = Some(n);
+                    self.new_flow = opening_syn(packet);
+                    return self.new_flow.is_none();
                 }
                 Verdict::Drop => {}
-                Verdict::Dns { client, query } => {
-                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-                        dns.recorder.denied(Decision {
-                            protocol: "dns",
-                            reason: format!("more than {DNS_IN_FLIGHT} DNS queries in flight"),
-                            ..Default::default()
-                        });
-                        continue;
-                    };
-                    // Each query in its own task: a slow host lookup does not hold up the others.
-                    let (dns, tun) = (dns.clone(), tun.clone());
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        if let Some(reply) = dns.answer(&query).await {
-                            if let Some(packet) = dns_reply_packet(client, &reply) {
-                                write_packet(&tun, &PLAIN_HDR, &packet).await;
-                            }
-                        }
-                    });
-                }
+                Verdict::Dns { client, query } => self.answer_dns(client, query),
                 Verdict::Reply(reply) => {
                     // Best effort: if the TUN queue is full the RST is lost, and the sandbox's retransmitted SYN
                     // gets another.
-                    let _ = write_with_header(tun.get_ref(), &PLAIN_HDR, &reply);
+                    let _ = write_with_header(self.tun.get_ref(), &PLAIN_HDR, &reply);
                 }
             }
         }
-        tokio::task::yield_now().await;
+        false
     }
+
+    fn answer_dns(&self, client: SocketAddrV4, query: Vec<u8>) {
+        let Ok(permit) = self.dns_in_flight.clone().try_acquire_owned() else {
+            self.dns.recorder.denied(Decision {
+                protocol: "dns",
+                reason: format!("more than {DNS_IN_FLIGHT} DNS queries in flight"),
+                ..Default::default()
+            });
+            return;
+        };
+        // Each query in its own task: a slow host lookup does not hold up the others.
+        let (dns, tun) = (self.dns.clone(), self.tun.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Some(reply) = dns.answer(&query).await {
+                if let Some(packet) = dns_reply_packet(client, &reply) {
+                    write_packet(&tun, &PLAIN_HDR, &packet).await;
+                }
+            }
+        });
+    }
+}
+
+/// The (sandbox, gateway) ends of a TCP SYN without ACK: a connection the stack needs a listening socket for.
+/// `packet` is one the filter passed, so a well-formed IPv4 packet.
+fn opening_syn(packet: &[u8]) -> Option<(SocketAddrV4, SocketAddrV4)> {
+    let header_len = usize::from(packet.first()? & 0x0f) * 4;
+    if *packet.get(9)? != PROTO_TCP {
+        return None;
+    }
+    let tcp = packet.get(header_len..)?;
+    let flags = *tcp.get(13)?;
+    if flags & TCP_SYN == 0 || flags & TCP_ACK != 0 {
+        return None;
+    }
+    let addr = |at: usize| {
+        Some(Ipv4Addr::new(*packet.get(at)?, *packet.get(at + 1)?, *packet.get(at + 2)?, *packet.get(at + 3)?))
+    };
+    let port = |at: usize| Some(u16::from_be_bytes([*tcp.get(at)?, *tcp.get(at + 1)?]));
+    Some((SocketAddrV4::new(addr(12)?, port(0)?), SocketAddrV4::new(addr(16)?, port(2)?)))
+}
+
+impl smoltcp::phy::Device for TunDevice {
+    type RxToken<'a> = RxToken<'a>;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(&mut self, _timestamp: smoltcp::time::Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
+        // A held SYN waits for its socket.
+        if self.new_flow.is_some() || (self.held.is_none() && !self.read_for_stack()) {
+            return None;
+        }
+        let n = self.held.take()?;
+        Some((RxToken { packet: &self.rx[VNET_HDR_LEN..n] }, TxToken { tun: &self.tun, buffer: &mut self.tx }))
+    }
+
+    fn transmit(&mut self, _timestamp: smoltcp::time::Instant) -> Option<TxToken<'_>> {
+        Some(TxToken { tun: &self.tun, buffer: &mut self.tx })
+    }
+
+    fn capabilities(&self) -> smoltcp::phy::DeviceCapabilities {
+        let mut capabilities = smoltcp::phy::DeviceCapabilities::default();
+        capabilities.medium = smoltcp::phy::Medium::Ip;
+        capabilities.max_transmission_unit = usize::from(MTU);
+        // Checksums of what the sandbox sends are verified as always (the default, both ways, for IPv4, UDP and
+        // ICMP). A TCP segment toward the sandbox carries only its pseudo-header sum and goes out marked
+        // VIRTIO_NET_HDR_F_NEEDS_CSUM: the sandbox's kernel takes it as checksummed by hardware (and completes
+        // the sum itself should it ever forward it).
+        capabilities.checksum.tcp = smoltcp::phy::Checksum::Rx;
+        capabilities
+    }
+}
+
+pub struct RxToken<'a> {
+    packet: &'a [u8],
+}
+
+impl smoltcp::phy::RxToken for RxToken<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.packet)
+    }
+}
+
+pub struct TxToken<'a> {
+    tun: &'a AsyncFd<OwnedFd>,
+    buffer: &'a mut Vec<u8>,
+}
+
+impl smoltcp::phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let total = VNET_HDR_LEN + len;
+        if self.buffer.len() < total {
+            self.buffer.resize(total, 0);
+        }
+        let frame = &mut self.buffer[..total];
+        let (header, packet) = frame.split_at_mut(VNET_HDR_LEN);
+        let result = f(packet);
+        let virtio = stack_packet_header(packet);
+        if virtio[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+            put_pseudo_header_sum(packet);
+        }
+        header.copy_from_slice(&virtio);
+        // A packet the kernel refuses is lost like on a wire: TCP retransmits it.
+        let _ = rustix::io::write(self.tun.get_ref(), frame);
+        result
+    }
+}
+
+/// Writes the TCP pseudo-header's folded sum (not complemented) into the checksum field of the IPv4 TCP segment
+/// `packet`, as a `CHECKSUM_PARTIAL` segment carries it: whoever completes the checksum sums from the TCP
+/// header on, this field included, and stores the complement. [`stack_packet_header`] checked the lengths.
+fn put_pseudo_header_sum(packet: &mut [u8]) {
+    let header_len = usize::from(packet[0] & 0x0f) * 4;
+    let word = |at: usize| u32::from(u16::from_be_bytes([packet[at], packet[at + 1]]));
+    let tcp_len = (packet.len() - header_len) as u32;
+    let mut sum = word(12) + word(14) + word(16) + word(18) + u32::from(PROTO_TCP) + tcp_len;
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let at = header_len + usize::from(TCP_CHECKSUM_OFFSET);
+    packet[at..at + 2].copy_from_slice(&(sum as u16).to_be_bytes());
 }
 
 /// The UDP packet carrying a DNS reply from the gateway to `client`.
@@ -125,8 +290,8 @@ fn dns_reply_packet(client: SocketAddrV4, reply: &[u8]) -> Option<Vec<u8>> {
 
 /// The virtio header for a packet from the stack: for an IPv4 TCP segment, "the checksum is the TCP one at this
 /// offset" (`VIRTIO_NET_HDR_F_NEEDS_CSUM`), so that the sandbox's kernel takes the segment as checksummed by
-/// hardware and does not sum it again; the stack has already written the full checksum there, so the segment is
-/// also right for anything that does sum it. Anything else: [`PLAIN_HDR`].
+/// hardware; the field holds the pseudo-header sum ([`put_pseudo_header_sum`]), from which whatever does need the
+/// full checksum (forwarding) completes it. Anything else: [`PLAIN_HDR`], its checksums complete.
 fn stack_packet_header(packet: &[u8]) -> [u8; VNET_HDR_LEN] {
     let (Some(&version_ihl), Some(&protocol)) = (packet.first(), packet.get(9)) else { return PLAIN_HDR };
     let header_len = u16::from(version_ihl & 0x0f) * 4;
@@ -160,66 +325,6 @@ async fn write_packet(tun: &AsyncFd<OwnedFd>, header: &[u8; VNET_HDR_LEN], packe
     }
 }
 
-/// Stack → sandbox: writes the stack's packets to the TUN.
-pub async fn pump_out<S>(tun: Arc<AsyncFd<OwnedFd>>, mut stack: S) -> Closed
-where
-    S: Stream<Item = io::Result<Vec<u8>>> + Unpin,
-{
-    while let Some(packet) = stack.next().await {
-        let Ok(packet) = packet else { continue };
-        if write_packet(&tun, &stack_packet_header(&packet), &packet).await.is_none() {
-            return Closed::Error(io::Error::other("the TUN cannot be polled for writing"));
-        }
-    }
-    Closed::StackGone
-}
-
-/// A TCP connection from the sandbox as the stack hands it over, with a `shutdown` that does not wait.
-///
-/// The stack's `poll_shutdown` stays pending until its socket is fully closed, which, when the gateway closes
-/// first, includes TCP's TIME-WAIT (10 s in smoltcp). A relay would then hold its connection slot, and record
-/// its close, only that much later. Here `shutdown` queues the FIN (sent once the data before it is out, as with
-/// `shutdown(2)`) and returns; the stack finishes the close on its own.
-pub struct SandboxStream(pub netstack_smoltcp::TcpStream);
-
-impl tokio::io::AsyncRead for SandboxStream {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for SandboxStream {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        match std::pin::Pin::new(&mut self.0).poll_shutdown(cx) {
-            std::task::Poll::Ready(result) => std::task::Poll::Ready(result),
-            // The FIN is queued; not waiting for the socket's final close.
-            std::task::Poll::Pending => std::task::Poll::Ready(Ok(())),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +344,47 @@ mod tests {
         assert_eq!(stack_packet_header(&reply), PLAIN_HDR, "UDP");
         assert_eq!(stack_packet_header(&segment[..30]), PLAIN_HDR, "too short for a TCP header");
         assert_eq!(stack_packet_header(&[]), PLAIN_HDR);
+    }
+
+    #[test]
+    fn a_partial_checksum_completed_by_the_kernel_is_the_full_one() {
+        let builder = etherparse::PacketBuilder::ipv4([198, 18, 0, 1], [198, 18, 0, 2], 64).tcp(80, 4000, 1, 65535);
+        // An odd length, so that the last byte is summed as a padded word.
+        let mut segment = Vec::new();
+        builder.write(&mut segment, b"seventeen bytes!!").unwrap();
+        let full = u16::from_be_bytes([segment[36], segment[37]]);
+        segment[36..38].copy_from_slice(&[0, 0]);
+        put_pseudo_header_sum(&mut segment);
+        // What the kernel does for CHECKSUM_PARTIAL: the ones'-complement sum from csum_start to the end,
+        // complemented, stored at csum_start + csum_offset.
+        let mut sum = 0u32;
+        for word in segment[20..].chunks(2) {
+            sum += u32::from(u16::from_be_bytes([word[0], *word.get(1).unwrap_or(&0)]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        assert_eq!(!(sum as u16), full);
+    }
+
+    #[test]
+    fn only_a_syn_without_ack_opens_a_flow() {
+        let syn = |ack: bool| {
+            let mut builder =
+                etherparse::PacketBuilder::ipv4([198, 18, 0, 2], [198, 19, 0, 5], 64).tcp(40000, 443, 1, 65535).syn();
+            if ack {
+                builder = builder.ack(7);
+            }
+            let mut packet = Vec::new();
+            builder.write(&mut packet, &[]).unwrap();
+            packet
+        };
+        assert_eq!(
+            opening_syn(&syn(false)),
+            Some(("198.18.0.2:40000".parse().unwrap(), "198.19.0.5:443".parse().unwrap()))
+        );
+        assert_eq!(opening_syn(&syn(true)), None);
+        assert_eq!(opening_syn(&dns_reply_packet("198.18.0.2:5353".parse().unwrap(), b"x").unwrap()), None);
+        assert_eq!(opening_syn(&syn(false)[..30]), None, "truncated");
     }
 }

@@ -8,18 +8,17 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use netstack_smoltcp::{StackBuilder, TcpStream};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::addr::{DNS_PORT, GATEWAY_ADDR, MTU, PROXY_PORT};
-use crate::device::{self, Closed, SandboxStream};
+use crate::addr::{DNS_PORT, GATEWAY_ADDR, PROXY_PORT};
+use crate::device::Closed;
 use crate::dns::{DnsServer, HostResolver, NameTable};
 use crate::event::{Decision, EventSink, Recorder};
 use crate::filter::Filter;
 use crate::relay::{relay, ActiveGuard, RelayContext};
 use crate::rules::AllowList;
+use crate::stack::{SandboxStream, Stack, StackError};
 
 /// How long the gateway's end waits for the open relays to record their close. They do so at their next poll,
 /// in microseconds; the limit only bounds a sink that blocks, well under the 2 s the supervisor grants between
@@ -56,9 +55,10 @@ pub struct GatewayOptions {
     pub idle_timeout: Duration,
 }
 
-/// Relayed connections one sandbox may hold open at once. Each busy one can hold ~4.5 MiB of buffers (1 MiB stack
-/// buffers each way plus the library's rings and the relay's copy buffers), so this bounds a hostile sandbox's
-/// gateway at ~580 MiB; package managers open a few dozen at most (npm: 15 per host).
+/// Relayed connections one sandbox may hold open at once. Each busy one can hold ~2 MiB of buffers (the stack's
+/// 1 MiB socket buffers each way; the relay moves bytes between them and the host socket without buffers of its
+/// own), so this bounds a hostile sandbox's gateway at ~260 MiB; package managers open a few dozen at most (npm:
+/// 15 per host).
 pub const MAX_CONNECTIONS: usize = 128;
 
 impl Default for GatewayOptions {
@@ -80,7 +80,7 @@ pub enum GatewayError {
     #[error("cannot make the TUN file descriptor non-blocking: {0}")]
     SetNonBlocking(#[source] io::Error),
     #[error("cannot start the user-space TCP/IP stack: {0}")]
-    StartStack(#[source] io::Error),
+    StartStack(#[source] StackError),
     #[error("cannot register the TUN file descriptor with the event loop: {0}")]
     RegisterTun(#[source] io::Error),
     #[error("cannot register the stop file descriptor with the event loop: {0}")]
@@ -158,31 +158,9 @@ pub async fn serve_tun(tun: OwnedFd, config: GatewayConfig, options: GatewayOpti
         max_connections: options.max_connections,
     };
 
-    // Buffers per TCP connection, each way: the stack's socket buffer plus its hand-over ring, so up to
-    // 4 × TCP_BUFFER per busy connection (pages are touched only as data flows: 100 idle connections cost
-    // ~14 MiB). 1 MiB rather than 256 KiB: with 64 KB segments a 256 KiB send buffer holds 4 segments, so the
-    // stack ran dry between the relay's writes and each wakeup moved little; measured with bench/network, the
-    // gateway's CPU per GiB fell ~20% and its throughput rose ~35%. With the default connection limit (256), a
-    // sandbox whose every connection is saturated at once could make its gateway hold ~1 GiB.
-    const TCP_BUFFER: u32 = 1024 * 1024;
-    let (stack, runner, _udp, tcp) = StackBuilder::default()
-        .enable_tcp(true)
-        // UDP never reaches the stack: the only UDP served, DNS to the gateway, is answered by the pump.
-        .enable_udp(false)
-        .enable_icmp(false)
-        .mtu(usize::from(MTU))
-        .tcp_recv_buffer_size(TCP_BUFFER)
-        .tcp_send_buffer_size(TCP_BUFFER)
-        .build()
-        .map_err(GatewayError::StartStack)?;
-    let (Some(runner), Some(mut tcp)) = (runner, tcp) else {
-        return Err(GatewayError::StartStack(io::Error::other("the stack was built without TCP")));
-    };
-    let stack_task = tokio::spawn(runner);
-    let (stack_in, stack_out) = stack.split();
-    let tun = Arc::new(tun);
-    let mut pump_in = tokio::spawn(device::pump_in(tun.clone(), filter, stack_in, dns.clone()));
-    let mut pump_out = tokio::spawn(device::pump_out(tun, stack_out));
+    let stack = Stack::new(Arc::new(tun), filter, dns.clone()).map_err(GatewayError::StartStack)?;
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    let mut stack_task = tokio::spawn(stack.run(accepted_tx));
 
     let idle_timeout = options.idle_timeout;
     // The flows' tasks, so that they end with the gateway (dropping the set aborts them) also when an embedder's
@@ -191,15 +169,14 @@ pub async fn serve_tun(tun: OwnedFd, config: GatewayConfig, options: GatewayOpti
     let result = loop {
         while flows.try_join_next().is_some() {}
         tokio::select! {
-            closed = &mut pump_in => break match closed {
-                Ok(Closed::Eof) | Ok(Closed::StackGone) | Err(_) => Ok(()),
+            closed = &mut stack_task => break match closed {
+                Ok(Closed::Eof) | Err(_) => Ok(()),
                 Ok(Closed::Error(e)) if tun_gone(&e) => Ok(()),
                 Ok(Closed::Error(e)) => Err(GatewayError::ReadTun(e)),
             },
-            _ = &mut pump_out => break Ok(()),
             _ = stopped(stop.as_ref()) => break Ok(()),
-            stream = tcp.next() => match stream {
-                Some((stream, _, dst)) => {
+            stream = accepted.recv() => match stream {
+                Some((stream, dst)) => {
                     dispatch_tcp(&mut flows, stream, dst, &dns, &relays, &active, idle_timeout)
                 }
                 None => break Ok(()),
@@ -210,8 +187,6 @@ pub async fn serve_tun(tun: OwnedFd, config: GatewayConfig, options: GatewayOpti
     // (the sink writes synchronously, so the records are written when this returns); without this, the
     // connections open when the sandbox ended would never be recorded.
     relays.end_relays(RELAY_CLOSE_LIMIT).await;
-    pump_in.abort();
-    pump_out.abort();
     stack_task.abort();
     flows.abort_all();
     recorder.flush();
@@ -241,7 +216,7 @@ fn tun_gone(e: &io::Error) -> bool {
 
 fn dispatch_tcp(
     flows: &mut tokio::task::JoinSet<()>,
-    tcp: TcpStream,
+    tcp: SandboxStream,
     dst: SocketAddr,
     dns: &DnsServer,
     relays: &Arc<RelayContext>,
@@ -249,7 +224,6 @@ fn dispatch_tcp(
     idle_timeout: Duration,
 ) {
     let guard = ActiveGuard::new(active);
-    let tcp = SandboxStream(tcp);
     if dst.ip() == IpAddr::V4(GATEWAY_ADDR) {
         match dst.port() {
             DNS_PORT => {

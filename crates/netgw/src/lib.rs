@@ -17,6 +17,7 @@ mod inspect;
 mod proxy;
 mod relay;
 mod rules;
+mod stack;
 
 pub use event::{NetEvent, DENIALS_PER_WINDOW, DENIAL_WINDOW};
 pub use gateway::{

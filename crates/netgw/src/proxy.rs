@@ -136,7 +136,7 @@ async fn respond<S: AsyncWrite + Unpin>(client: &mut S, status: &str, denied: &s
 }
 
 /// Serves one proxy connection.
-pub async fn serve_proxy<S: AsyncRead + AsyncWrite + Unpin>(
+pub async fn serve_proxy<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     ctx: &RelayContext,
     dns: &DnsServer,
     mut client: S,

@@ -19,6 +19,7 @@ use crate::dns::{join_addrs, NameTable};
 use crate::event::{Decision, Recorder};
 use crate::inspect::{classify, Classified, FirstData, MAX_PREFIX};
 use crate::rules::{AllowList, Grant};
+use crate::stack::SandboxStream;
 
 /// How long to wait for the sandbox's first bytes on the default ports (80, 443), where the client speaks first
 /// (HTTP, TLS): the bytes decide the connection, so they are awaited before anything is opened on the host.
@@ -352,7 +353,7 @@ async fn connect(addresses: &[IpAddr], port: u16) -> io::Result<TcpStream> {
 
 /// Relays `client` to `target` and records the outcome. `record_as` overrides the protocol recorded (the proxy's
 /// "proxy-connect"/"proxy-http"); `prefix` holds bytes the caller already read from the client.
-pub async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
+pub async fn relay<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     ctx: &RelayContext,
     mut client: S,
     target: Target,
@@ -426,7 +427,13 @@ pub async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
         match late_check {
             None => {
                 upstream.write_all(&prefix).await?;
-                tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, COPY_BUFFER, COPY_BUFFER).await?;
+                match (&mut client.inner as &mut dyn std::any::Any).downcast_mut::<SandboxStream>() {
+                    Some(sandbox) => splice(sandbox, &mut upstream, &activity).await?,
+                    None => {
+                        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, COPY_BUFFER, COPY_BUFFER)
+                            .await?;
+                    }
+                }
                 Ok(protocol)
             }
             Some(name) => relay_checking_late(&mut client, &mut upstream, name, idle_timeout).await,
@@ -481,6 +488,53 @@ impl From<io::Error> for Ended {
     fn from(e: io::Error) -> Ended {
         Ended::Io(format!("ended: {e}"))
     }
+}
+
+/// Copies both ways between a connection of the gateway's stack and its host-side socket, each byte moved once
+/// in user space: the host's bytes are read straight into the stack's send buffer, and the sandbox's written
+/// straight from its receive buffer. Like `copy_bidirectional`: the end of one side is passed on as a
+/// half-close, and it returns when both directions are done or one fails.
+async fn splice(sandbox: &mut SandboxStream, host: &mut Counted<TcpStream>, activity: &Activity) -> io::Result<()> {
+    let (mut to_sandbox_done, mut to_host_done) = (false, false);
+    std::future::poll_fn(|cx| {
+        while !to_sandbox_done {
+            match sandbox.poll_send_from(cx, &host.inner) {
+                Poll::Ready(Ok(0)) => {
+                    sandbox.close_send();
+                    to_sandbox_done = true;
+                }
+                Poll::Ready(Ok(n)) => {
+                    host.read += n as u64;
+                    activity.touch();
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        while !to_host_done {
+            match sandbox.poll_recv_into(cx, &host.inner) {
+                Poll::Ready(Ok(0)) => {
+                    // A TCP stream's shutdown is immediate: shutdown(SHUT_WR).
+                    if let Poll::Ready(Err(e)) = Pin::new(&mut host.inner).poll_shutdown(cx) {
+                        return Poll::Ready(Err(e));
+                    }
+                    to_host_done = true;
+                }
+                Poll::Ready(Ok(n)) => {
+                    host.written += n as u64;
+                    activity.touch();
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        if to_sandbox_done && to_host_done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Relays a connection that was opened before the client spoke (a server-first protocol, or a client that

@@ -4,6 +4,7 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{rule, HostServer, Sandbox};
@@ -333,4 +334,90 @@ fn connections_open_when_the_gateway_stops_are_recorded_with_their_bytes() {
     }
     // Well within the 2 s the supervisor allows between SIGTERM and SIGKILL.
     assert!(took < Duration::from_secs(1), "the gateway took {took:?} to end");
+}
+
+/// The client of [`bulk_transfers_arrive_intact_both_ways`]: `down HOST PORT` prints the byte count and sha256
+/// of what the server sends; `up HOST PORT FILE` sends the file, half-closes, and prints the server's verdict.
+/// The first byte says which (a digit: a letter could start an HTTP method, which the gateway checks).
+const BULK_CLIENT: &str = r#"
+import hashlib, socket, sys
+mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.create_connection((host, port), timeout=60)
+if mode == "down":
+    s.sendall(b"1")
+    h, n = hashlib.sha256(), 0
+    while True:
+        b = s.recv(1 << 20)
+        if not b:
+            break
+        h.update(b)
+        n += len(b)
+    print(n, h.hexdigest())
+else:
+    s.sendall(b"2")
+    with open(sys.argv[4], "rb") as f:
+        s.sendall(f.read())
+    s.shutdown(socket.SHUT_WR)
+    print(s.recv(100).decode())
+"#;
+
+#[test]
+fn bulk_transfers_arrive_intact_both_ways() {
+    require_root!();
+    // Pseudo-random bytes (xorshift), so that a byte lost, repeated or reordered anywhere changes the hash.
+    const SIZE: usize = 24 << 20;
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let data: Arc<Vec<u8>> = Arc::new(
+        (0..SIZE / 8)
+            .flat_map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state.to_le_bytes()
+            })
+            .collect(),
+    );
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = data.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let (Ok(mut stream), data) = (stream, served.clone()) else { continue };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut mode = [0u8; 1];
+                stream.read_exact(&mut mode).unwrap();
+                if &mode == b"1" {
+                    stream.write_all(&data).unwrap();
+                } else {
+                    let mut got = Vec::new();
+                    stream.read_to_end(&mut got).unwrap();
+                    let verdict =
+                        if got == *data { "intact".to_owned() } else { format!("corrupt ({} bytes)", got.len()) };
+                    stream.write_all(verdict.as_bytes()).unwrap();
+                }
+            });
+        }
+    });
+    let sb = Sandbox::start(vec![rule("allowed.test", Some(port))], &[("allowed.test", LOOPBACK)]);
+    let dir = std::env::temp_dir().join(format!("netgw-bulk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (client, file) = (dir.join("bulk.py"), dir.join("data"));
+    std::fs::write(&client, BULK_CLIENT).unwrap();
+    std::fs::write(&file, &*data).unwrap();
+    let expected = std::process::Command::new("sha256sum").arg(&file).output().unwrap();
+    let expected = String::from_utf8_lossy(&expected.stdout).split_whitespace().next().unwrap().to_owned();
+
+    // Two downloads and an upload at once, on three connections through the one stack.
+    let (client, file) = (client.display(), file.display());
+    let out = sb.sh_ok(&format!(
+        "python3 {client} down allowed.test {port} > {dir}/d1 &
+         python3 {client} down allowed.test {port} > {dir}/d2 &
+         python3 {client} up allowed.test {port} {file} > {dir}/u &
+         wait; cat {dir}/d1 {dir}/d2 {dir}/u",
+        dir = dir.display()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let want = format!("{SIZE} {expected}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), [want.as_str(), want.as_str(), "intact"], "{out}");
 }

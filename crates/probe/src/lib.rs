@@ -953,6 +953,7 @@ fn not_probed(report: &HostReport, id: &'static str, name: &'static str) -> Opti
     report.probe_error.as_ref().map(|err| check(id, name, Status::Missing, format!("could not be probed: {err}"), None))
 }
 
+/// (`{,-server}`: airlock-server, next to airlock, runs the OCI runtime's sandboxes itself.)
 fn apparmor_fix() -> String {
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
@@ -961,7 +962,7 @@ fn apparmor_fix() -> String {
         "allow user namespaces for airlock only, with an AppArmor profile /etc/apparmor.d/airlock:\n\
          abi <abi/4.0>,\n\
          include <tunables/global>\n\
-         profile airlock {exe} flags=(unconfined) {{\n  userns,\n}}\n\
+         profile airlock {exe}{{,-server}} flags=(unconfined) {{\n  userns,\n}}\n\
          then: sudo apparmor_parser -r /etc/apparmor.d/airlock\n\
          (or, for every program: sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0)"
     )

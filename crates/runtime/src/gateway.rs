@@ -88,9 +88,11 @@ impl GatewayInterface {
 /// How to start the network gateway for a `--net allow` sandbox, and what the sandbox sees of it.
 #[derive(Debug, Clone)]
 pub struct GatewaySetup {
-    /// The gateway's program and arguments (airlock itself, `__netgw ...`). The runtime appends
+    /// The gateway's program (`airlock-netgw`, by a descriptor of the supervisor's: `/proc/self/fd/N`), the name
+    /// its process goes by (`argv[0]`), and its arguments. The runtime appends
     /// `--tun-socket FD` and `--events-fd FD` for each events file.
     pub program: PathBuf,
+    pub arg0: OsString,
     pub args: Vec<OsString>,
     /// Where the gateway appends its decisions: the sandbox's audit log (hash-chained), then its `--audit`
     /// copies; opened by the supervisor, on the host (the gateway cannot reach the state directory).
@@ -151,7 +153,7 @@ impl GatewayProcess {
         let gateway_end_fd = gateway_end.as_raw_fd();
         let events_fds: Vec<RawFd> = events.iter().map(File::as_raw_fd).collect();
         let mut command = Command::new(&setup.program);
-        command.args(&setup.args).arg("--tun-socket").arg(gateway_end_fd.to_string());
+        command.arg0(&setup.arg0).args(&setup.args).arg("--tun-socket").arg(gateway_end_fd.to_string());
         for fd in &events_fds {
             command.arg("--events-fd").arg(fd.to_string());
         }

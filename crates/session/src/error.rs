@@ -32,6 +32,8 @@ pub enum SessionError {
     InvalidName(policy::names::NameError),
     #[error(transparent)]
     Policy(#[from] policy::profile::PolicyError),
+    #[error(transparent)]
+    GatewayProgram(#[from] crate::gateway::ProgramMissing),
 }
 
 impl From<store::StoreError> for SessionError {

@@ -1,12 +1,16 @@
 //! `--net allow` on the session's side: what the runtime needs to start the network gateway (its command line,
 //! the sandbox's `/etc/hosts` and `/etc/resolv.conf`) and the proxy variables inside.
 //!
-//! The gateway is the airlock binary again (`airlock __netgw`), started by the supervisor before the sandbox is
-//! cloned (see `runtime::gateway`): it receives the sandbox's TUN interface from the sandbox's init and serves it
-//! with `netgw` until the supervisor stops it.
+//! The gateway is airlock's executable `airlock-netgw`, installed next to `airlock`, started by the supervisor
+//! before the sandbox is cloned (see `runtime::gateway`): it receives the sandbox's TUN interface from the
+//! sandbox's init and serves it with `netgw` until the supervisor stops it.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use netgw::addr;
 use policy::sandbox::{AllowRule, Network, SandboxPolicy};
@@ -25,13 +29,55 @@ fn proxy_url() -> String {
     format!("http://{}:{}", addr::GATEWAY_ADDR, addr::PROXY_PORT)
 }
 
+/// The gateway's executable, installed next to airlock's.
+pub const PROGRAM: &str = "airlock-netgw";
+
+/// The gateway's executable is not where it is installed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{PROGRAM} not found next to {}: reinstall airlock (scripts/install)", .next_to.display())]
+pub struct ProgramMissing {
+    /// The running executable's path.
+    pub next_to: PathBuf,
+}
+
+/// The gateway's executable for `policy` (`None` unless it is `--net allow`), as the path the runtime starts:
+/// `/proc/self/fd/N`, a descriptor of this process's on the file. As host root the gateway runs as `nobody`, who
+/// may not be able to walk the path to airlock's directory (e.g. under /root) but may execute the file: so the
+/// file is opened here, as the user airlock runs as, once per process (next to the running executable's real
+/// path, `/proc/self/exe`), and executed through the descriptor (what `fexecve` does). Called first thing by
+/// the launch: a missing executable fails the sandbox before anything is made.
+pub fn program(policy: &SandboxPolicy) -> Result<Option<PathBuf>, ProgramMissing> {
+    static OPENED: OnceLock<Result<File, ProgramMissing>> = OnceLock::new();
+    if !matches!(policy.network, Network::Allow(_)) {
+        return Ok(None);
+    }
+    let opened = OPENED.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+        let path = exe.parent().unwrap_or(Path::new("/")).join(PROGRAM);
+        // O_CLOEXEC: the kernel opens the file through /proc/self/fd/N before exec closes the descriptor.
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .ok()
+            .filter(|file| file.metadata().is_ok_and(|m| m.is_file()))
+            .ok_or(ProgramMissing { next_to: exe })
+    });
+    match opened {
+        Ok(file) => Ok(Some(PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())))),
+        Err(missing) => Err(missing.clone()),
+    }
+}
+
 /// How the runtime starts this sandbox's gateway; `None` unless the policy is `--net allow`.
 ///
+/// `program`: the gateway's executable, from [`program`].
 /// `events`: the audit log and its copies (see `crate::recorder::Recorder::gateway_files`), where the gateway appends
 /// its decisions. `log`: where the gateway's errors go when the supervisor's own standard error will not stay
 /// (`airlock create`).
 pub fn gateway_setup(
     policy: &SandboxPolicy,
+    program: Option<PathBuf>,
     sandbox: &str,
     events: Vec<PathBuf>,
     log: Option<PathBuf>,
@@ -39,16 +85,15 @@ pub fn gateway_setup(
     let Network::Allow(rules) = &policy.network else {
         return None;
     };
-    // This very binary, by the kernel's link to it rather than by path: as host root the gateway runs as
-    // `nobody`, who may not be able to walk the path to airlock (e.g. under /root), but may execute the file.
-    let program = PathBuf::from("/proc/self/exe");
-    let mut args: Vec<OsString> = vec!["__netgw".into(), "--sandbox".into(), sandbox.into()];
+    let program = program?;
+    let mut args: Vec<OsString> = vec!["--sandbox".into(), sandbox.into()];
     for rule in rules {
         args.push("--allow".into());
         args.push(allow_entry(rule).into());
     }
     Some(GatewaySetup {
         program,
+        arg0: PROGRAM.into(),
         args,
         events,
         log,

@@ -81,6 +81,10 @@ pub fn launch(backend: &dyn Backend, spec: LaunchSpec<'_>, hooks: Hooks<'_>) -> 
     };
     let cow = policy.workspace.as_ref().filter(|w| w.mode == WorkspaceMode::Cow);
 
+    // 0. The network gateway's executable (`--net allow`), opened before anything is made: missing, the launch
+    //    fails with nothing to undo.
+    let gateway_program = crate::gateway::program(policy)?;
+
     // 1. The sandbox's state, under its name: created, or claimed again to resume.
     let mut kept = match &spec.name {
         Some(name) => {
@@ -158,7 +162,7 @@ pub fn launch(backend: &dyn Backend, spec: LaunchSpec<'_>, hooks: Hooks<'_>) -> 
     //    gateway writes its errors to the supervisor's log.
     let events = recorder.as_ref().map(Recorder::gateway_files).unwrap_or_default();
     let gateway_log = supervisor_log.as_ref().map(|(path, _)| path.clone());
-    let gateway = crate::gateway::gateway_setup(policy, &spec.record_name, events, gateway_log);
+    let gateway = crate::gateway::gateway_setup(policy, gateway_program, &spec.record_name, events, gateway_log);
 
     if let Some(r) = recorder.as_mut() {
         r.start(spec.merged, policy, held);

@@ -107,7 +107,7 @@ macro_rules! require_sandbox {
 }
 
 /// The airlock binary as any user can execute it: the build's own when every directory above it lets others
-/// in, else a copy in one fixed directory under /tmp (replaced atomically, so parallel test binaries agree and
+/// in, else a copy (with its sibling executables) in one fixed directory under /tmp (replaced atomically, so parallel test binaries agree and
 /// no copy per run is left behind).
 pub fn shared_binary() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
@@ -123,12 +123,15 @@ pub fn shared_binary() -> PathBuf {
         let dir = std::env::temp_dir().join("airlock-test-bin");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let staged = dir.join(format!(".airlock-{}", std::process::id()));
-        std::fs::copy(&built, &staged).unwrap();
-        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = dir.join("airlock");
-        std::fs::rename(&staged, &path).unwrap();
-        path
+        // airlock's sibling executables too: airlock finds them next to itself (airlock-netgw for --net allow).
+        for built in [built.clone(), built.with_file_name("airlock-netgw"), built.with_file_name("airlock-server")] {
+            let name = built.file_name().unwrap().to_string_lossy().into_owned();
+            let staged = dir.join(format!(".{name}-{}", std::process::id()));
+            std::fs::copy(&built, &staged).unwrap();
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::rename(&staged, dir.join(name)).unwrap();
+        }
+        dir.join("airlock")
     })
     .clone()
 }

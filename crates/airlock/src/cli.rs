@@ -313,6 +313,11 @@ pub struct SandboxOptions {
     /// An allowed destination, `*.example.com` wildcards; implies --net allow (repeatable).
     #[arg(long, value_name = "DOMAIN[:PORT]")]
     pub allow: Vec<String>,
+    /// Where the sandbox runs: `namespaces` (the default: namespaces, seccomp, Landlock, on the host's kernel) or
+    /// `vm` (in a virtual machine of its own, with its own kernel; `run` only for now: see the README's "VM
+    /// isolation")
+    #[arg(long, value_name = "namespaces|vm")]
+    pub isolation: Option<String>,
     /// Memory limit (K/M/G suffixes).
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,

@@ -24,6 +24,7 @@ pub fn run_doctor(json: bool) -> anyhow::Result<i32> {
     let mut report = probe::probe_host(store::layer::disk::probe);
     let container = container_check(&report, &ContainerSigns::read());
     report.checks.push(container);
+    report.checks.push(crate::doctor_vm::vm_check());
     let limits = default_limits();
     let blockers = report.blockers(DEFAULT_LANDLOCK, &limits);
     let can_run = blockers.is_empty();

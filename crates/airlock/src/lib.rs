@@ -13,6 +13,7 @@ pub mod checkpoint_cmd;
 pub mod cli;
 pub mod cp_cmd;
 pub mod doctor;
+pub mod doctor_vm;
 pub mod files_cmd;
 pub mod home;
 pub mod http_client;

@@ -171,6 +171,10 @@ fn create_policy(args: &CreateArgs) -> Result<(Profile, SandboxPolicy, Option<St
 
 /// The policy a merged profile resolves to for a held sandbox (with a placeholder command).
 fn held_policy(merged: &Profile) -> Result<SandboxPolicy> {
+    // Refused, never run with namespaces instead.
+    if crate::run::vm_isolation(merged)? {
+        bail!("--isolation vm does not support create yet");
+    }
     let policy = profile::resolve(merged, vec![HOLD_COMMAND.to_string()], &session::invoker())?;
     check_workspace_outside_state(&policy)?;
     Ok(policy)

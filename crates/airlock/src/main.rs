@@ -14,6 +14,10 @@ use std::process::ExitCode;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    // PID 1 of an `--isolation vm` guest (the initramfs's /init is this executable): the guest agent.
+    if session::vm::guest::is_guest_init() {
+        session::vm::guest::main();
+    }
     runtime::host::restore_default_sigpipe();
     // `airlock oci …` is runc's command line (global flags of its own, runc's exit statuses): parsed apart, by
     // airlock-server.

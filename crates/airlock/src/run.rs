@@ -72,7 +72,21 @@ pub fn run(args: RunArgs) -> Result<i32> {
         crate::image_cmd::mark_in_use(&image.id, name)?;
     }
     let warn = &mut |w: &str| crate::say(&format!("warning: {w}"));
-    let ended = launch(&NamespaceBackend, spec, Hooks { warn, on_ready: &mut || {} })?;
+    let vm_backend;
+    let backend: &dyn session::backend::Backend = match vm_isolation(&merged)? {
+        false => &NamespaceBackend,
+        true => {
+            vm_backend = session::vm::VmBackend {
+                config: session::vm::VmConfig::new(
+                    &policy,
+                    &merged.vm,
+                    state::state().path().join("cache").join("vm"),
+                )?,
+            };
+            &vm_backend
+        }
+    };
+    let ended = launch(backend, spec, Hooks { warn, on_ready: &mut || {} })?;
     let outcome = &ended.outcome;
     if let Some(r) = &ended.recorder {
         r.print_learned();
@@ -113,6 +127,15 @@ pub fn run(args: RunArgs) -> Result<i32> {
         print_result_json(name.as_deref(), outcome, started.elapsed())?;
     }
     Ok(exit_code)
+}
+
+/// `[security] isolation` / `--isolation`: whether the sandbox runs in a VM of its own.
+pub fn vm_isolation(merged: &Profile) -> Result<bool> {
+    match merged.security.isolation.as_deref() {
+        None | Some("namespaces") => Ok(false),
+        Some("vm") => Ok(true),
+        Some(other) => bail!("--isolation {other:?} ([security] isolation): expected namespaces or vm"),
+    }
 }
 
 /// `--json` of `run` and `exec`: one JSON object on stdout once the command has ended. `signal` is N when the
@@ -215,6 +238,7 @@ fn plain_flags_profile(args: &SandboxOptions) -> Result<Profile> {
     p.process.user = args.user.clone();
     p.process.hostname = args.hostname.clone();
     p.process.timeout = args.timeout.clone();
+    p.security.isolation = args.isolation.clone();
     p.limits.memory = args.memory.clone();
     p.limits.disk = args.disk.clone();
     if let Some(pids) = &args.pids {

@@ -23,6 +23,7 @@ const CHECK_IDS: &[&str] = &[
     "tun",
     "kernel",
     "container",
+    "vm",
 ];
 
 fn check_document(text: &str, expect_root: bool) -> serde_json::Value {

@@ -36,6 +36,10 @@
 //! [security]
 //! landlock = "required"      # required | best-effort
 //! root_capabilities = "none" # none | package-manager (default: package-manager when `/` is writable)
+//! isolation = "namespaces"   # namespaces | vm (a QEMU VM of its own per sandbox; `run` only for now)
+//! [vm]                       # with isolation = "vm"
+//! accel = "kvm"              # kvm | tcg (emulated: slow, no KVM needed); AIRLOCK_VM_ACCEL wins
+//! kernel = "/boot/vmlinuz-6.1.0-57-amd64"  # default: the newest with /lib/modules/VERSION; AIRLOCK_VM_KERNEL wins
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
@@ -89,6 +93,28 @@ pub struct Profile {
     pub limits: LimitsSection,
     pub security: SecuritySection,
     pub audit: AuditSection,
+    /// `[security] isolation = "vm"`'s machine (see [`VmSection`]).
+    #[serde(skip_serializing_if = "VmSection::is_empty")]
+    pub vm: VmSection,
+}
+
+/// The VM of `--isolation vm`: how QEMU runs the guest.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VmSection {
+    /// `kvm` (the default) or `tcg` (emulated: no KVM needed, slow).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accel: Option<String>,
+    /// The guest kernel image (`/boot/vmlinuz-VERSION`, its modules in `/lib/modules/VERSION`); default: the
+    /// newest such pair.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+}
+
+impl VmSection {
+    pub fn is_empty(&self) -> bool {
+        self.accel.is_none() && self.kernel.is_none()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -185,6 +211,9 @@ pub struct SecuritySection {
     /// `none` or `package-manager`: what root inside keeps (see [`RootCapabilities`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub root_capabilities: Option<String>,
+    /// `namespaces` (the default) or `vm`: where the sandbox runs (`--isolation`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
 }
 
 /// A setting of a profile, named as in the file and as the flag that sets it.
@@ -582,14 +611,14 @@ impl Profile {
     /// profile with an allow list means no network); when the overlay adds allow entries without a mode, the mode
     /// becomes `allow` (as `--allow` implies `--net allow`).
     pub fn merge(self, overlay: Profile) -> Profile {
-        let Profile { description, filesystem, network, env, process, limits, security, audit } = overlay;
+        let Profile { description, filesystem, network, env, process, limits, security, audit, vm } = overlay;
         let FilesystemSection { rootfs, rootfs_layers, writable_root, workspace, workspace_mode, ro_bind, bind, tmpfs } =
             filesystem;
         let NetworkSection { mode, allow } = network;
         let EnvSection { set, pass } = env;
         let ProcessSection { user, hostname, timeout, cwd } = process;
         let LimitsSection { memory, pids, cpus, disk, nofile, fsize, enforce } = limits;
-        let SecuritySection { landlock, root_capabilities } = security;
+        let SecuritySection { landlock, root_capabilities, isolation } = security;
 
         let (network_mode, network_allow) = match mode {
             Some(mode) if mode == "allow" => (Some(mode), joined(self.network.allow, allow)),
@@ -633,8 +662,10 @@ impl Profile {
             security: SecuritySection {
                 landlock: landlock.or(self.security.landlock),
                 root_capabilities: root_capabilities.or(self.security.root_capabilities),
+                isolation: isolation.or(self.security.isolation),
             },
             audit: AuditSection { exec: audit.exec.or(self.audit.exec) },
+            vm: VmSection { accel: vm.accel.or(self.vm.accel), kernel: vm.kernel.or(self.vm.kernel) },
         }
     }
 

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 /// What `/` is inside the sandbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Rootfs {
     /// The host's `/usr`, `/bin`, `/sbin`, `/lib*`, `/etc`, read-only, and nothing else of the host.
     Host,
@@ -21,7 +21,7 @@ pub enum Rootfs {
 }
 
 /// How the workspace is shared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum WorkspaceMode {
     /// Writes land in a layer airlock keeps; the host directory changes only through `airlock commit`.
     Cow,
@@ -42,7 +42,7 @@ impl WorkspaceMode {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Workspace {
     /// Absolute host path; shown at the same path inside and used as the working directory.
     pub path: String,
@@ -50,7 +50,7 @@ pub struct Workspace {
 }
 
 /// An extra host path shown inside (`--ro-bind`, `--bind`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BindMount {
     /// Absolute host path.
     pub source: String,
@@ -60,7 +60,7 @@ pub struct BindMount {
 }
 
 /// An empty private tmpfs (`--tmpfs DST[:SIZE]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TmpfsMount {
     /// Absolute path inside the sandbox.
     pub destination: String,
@@ -69,7 +69,7 @@ pub struct TmpfsMount {
 }
 
 /// Network mode (`--net`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Network {
     /// A private network namespace with loopback only.
     None,
@@ -80,7 +80,7 @@ pub enum Network {
 }
 
 /// One `--allow DOMAIN[:PORT]` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AllowRule {
     /// Lower-case domain, possibly starting with `*.`.
     pub domain: String,
@@ -89,7 +89,7 @@ pub struct AllowRule {
 }
 
 /// Identity inside the sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     pub uid: u32,
     pub gid: u32,
@@ -98,7 +98,7 @@ pub struct Identity {
 /// Resource limits. Memory, processes and CPU are enforced by a cgroup; disk bounds the sandbox's tmpfs mounts;
 /// `nofile` and `fsize` are rlimits of the command. A limit that cannot be enforced fails the run unless
 /// `SandboxPolicy::limits_enforcement` is best-effort.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     pub memory_bytes: Option<u64>,
     pub pids: Option<u64>,
@@ -129,7 +129,7 @@ impl Limits {
 /// What the command keeps of the capabilities root has in the sandbox's user namespace. They never reach beyond
 /// it: the kernel honours a namespaced capability only on files whose owner and group are mapped into the
 /// namespace (the sandbox's own id range), and on the namespace's own objects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RootCapabilities {
     /// None: root inside can do what any user can.
     None,
@@ -150,14 +150,14 @@ impl RootCapabilities {
 }
 
 /// Whether a protection layer must be applied, or may be skipped (with a warning) when the kernel lacks it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Requirement {
     Required,
     BestEffort,
 }
 
 /// The whole, validated policy for one sandbox.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SandboxPolicy {
     pub rootfs: Rootfs,
     /// `--writable-root`: `/` is an overlay whose lower layers are the rootfs (a `Dir` or the `Layers`), with an

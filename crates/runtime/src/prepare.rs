@@ -22,7 +22,7 @@ use crate::userns::{self, HostIdRange, HOST_RANGE_BASE, HOST_RANGE_SIZE};
 
 /// Top-level host entries shared by `--rootfs host`, read-only. Whatever is a symlink on the host (merged
 /// /usr) is recreated as the same symlink; whatever is missing is skipped.
-const HOST_ROOTFS_ENTRIES: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc"];
+pub const HOST_ROOTFS_ENTRIES: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc"];
 
 /// Host devices bound into the sandbox's `/dev`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
@@ -126,6 +126,11 @@ pub struct HostContext {
     /// directory), nothing could find or stop the sandbox any more, so the supervisor stops it (see
     /// `supervisor::StateWatch`).
     pub watch_state: Option<WatchedState>,
+    /// In an `--isolation vm` guest (airlock's guest agent runs the engine): a writable share owned by (guest)
+    /// root is written as root, root inside mapped to id 0, where on the host it would be mounted idmapped
+    /// (virtio-9p cannot be). The VM is the boundary: guest root is no host identity, and QEMU writes the
+    /// host's files as its own user (or as the guest's ids, as host root).
+    pub in_vm_guest: bool,
 }
 
 /// What a held sandbox's supervisor watches: `dir` (gone, or replaced by another directory) and `record` (gone).
@@ -426,7 +431,7 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
                     // A workspace owned by host root, as host root: no identity mapping can make root inside
                     // its owner (host id 0 is never in the sandbox's range), so it is mounted idmapped instead
                     // (see `MountSource::idmapped`). Only the workspace: a root-owned `--bind` keeps the notice.
-                    let root_workspace = host_root && what == "workspace" && meta.uid() == 0;
+                    let root_workspace = host_root && what == "workspace" && meta.uid() == 0 && !host.in_vm_guest;
                     // The layer's directories are mounted idmapped too: their filesystem must take it as well.
                     let idmappable = |layer: Option<&LayerDirs>| -> Result<bool, PrepareError> {
                         let upper = match layer {
@@ -762,7 +767,7 @@ fn id_plan(
     }
     let mut owner: Option<(&str, u32, u32)> = None;
     for (path, owner_uid, owner_gid) in writable_owners {
-        if *owner_uid == 0 {
+        if *owner_uid == 0 && !host.in_vm_guest {
             enforcement.notices.push(Notice::RootOwnedWritableShare { path: path.clone() });
             continue;
         }
@@ -783,7 +788,7 @@ fn id_plan(
             (Some(range), base)
         }
     };
-    let owner_gid = owner.map(|(_, _, g)| g).filter(|g| *g != 0);
+    let owner_gid = owner.map(|(_, _, g)| g).filter(|g| *g != 0 || host.in_vm_guest);
     // Root inside is the owner when the identity is root and a writable share's owner maps to it.
     let owner_uid = owner.map(|(_, u, _)| u);
     let ids = IdPlan {

@@ -1,7 +1,7 @@
 //! Where a sandbox runs. A [`Backend`] takes the resolved policy and the host context the session prepared and
 //! runs the sandbox: to the end of its command (`airlock run`), or held until it is stopped (`airlock create`).
 //! [`NamespaceBackend`], today's engine (`runtime::sandbox`: namespaces, pivot_root, seccomp, Landlock,
-//! cgroups), is the first implementation; a microVM backend is planned behind the same trait.
+//! cgroups), is the first implementation; [`crate::vm::VmBackend`] (a VM of its own per sandbox) the second.
 
 use policy::sandbox::SandboxPolicy;
 use runtime::attach::{AttachError, RunningSandbox};
@@ -14,6 +14,8 @@ pub enum BackendError {
     Namespace(#[from] SandboxError),
     #[error(transparent)]
     Attach(#[from] AttachError),
+    #[error(transparent)]
+    Vm(#[from] crate::vm::VmError),
 }
 
 pub trait Backend {
@@ -116,5 +118,56 @@ impl Backend for NamespaceBackend {
         socket: &runtime::agent::AgentSocket,
     ) -> Result<RunOutcome, BackendError> {
         Ok(runtime::attach::serve_agent_in_sandbox(policy, host, target, &mut |_| {}, audit, listener, socket)?)
+    }
+}
+
+/// `--isolation vm`: a VM of its own per sandbox (see [`crate::vm`]). Only `run` in this slice: the rest is
+/// refused, never run without the VM.
+impl Backend for crate::vm::VmBackend {
+    fn name(&self) -> &'static str {
+        "vm"
+    }
+
+    fn run(
+        &self,
+        policy: &SandboxPolicy,
+        host: &HostContext,
+        warn: &mut dyn FnMut(&str),
+        _audit: Option<AuditRequest<'_>>,
+    ) -> Result<(RunOutcome, RunReport), BackendError> {
+        Ok(self.run_vm(policy, host, warn)?)
+    }
+
+    fn run_held(
+        &self,
+        _policy: &SandboxPolicy,
+        _host: &HostContext,
+        _warn: &mut dyn FnMut(&str),
+        _on_ready: &mut dyn FnMut(libc::pid_t),
+    ) -> Result<(RunOutcome, RunReport), BackendError> {
+        Err(crate::vm::VmError::Unsupported("create".to_string()).into())
+    }
+
+    fn exec(
+        &self,
+        _policy: &SandboxPolicy,
+        _host: &HostContext,
+        _target: &RunningSandbox,
+        _warn: &mut dyn FnMut(&str),
+        _audit: Option<AuditRequest<'_>>,
+    ) -> Result<RunOutcome, BackendError> {
+        Err(crate::vm::VmError::Unsupported("exec".to_string()).into())
+    }
+
+    fn serve_exec_agent(
+        &self,
+        _policy: &SandboxPolicy,
+        _host: &HostContext,
+        _target: &RunningSandbox,
+        _audit: Option<AuditRequest<'_>>,
+        _listener: std::os::fd::OwnedFd,
+        _socket: &runtime::agent::AgentSocket,
+    ) -> Result<RunOutcome, BackendError> {
+        Err(crate::vm::VmError::Unsupported("exec".to_string()).into())
     }
 }

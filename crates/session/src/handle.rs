@@ -103,6 +103,7 @@ impl RunningHandle {
             joining: true,
             // A visit ends with its command; the sandbox's own supervisor watches its state.
             watch_state: None,
+            in_vm_guest: false,
         })
     }
 

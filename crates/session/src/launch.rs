@@ -184,6 +184,7 @@ pub fn launch(backend: &dyn Backend, spec: LaunchSpec<'_>, hooks: Hooks<'_>) -> 
             dir: state.dir.path().to_path_buf(),
             record: state.dir.record_file(),
         }),
+        in_vm_guest: false,
     };
 
     // 6. The sandbox runs, to its command's end or until it is stopped.

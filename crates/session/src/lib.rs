@@ -17,6 +17,7 @@ pub mod handle;
 pub mod launch;
 pub mod recorder;
 pub mod stats;
+pub mod vm;
 
 pub use error::SessionError;
 

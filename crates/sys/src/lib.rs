@@ -15,6 +15,7 @@ pub mod credentials;
 pub mod dir;
 pub mod fd;
 pub mod fs;
+pub mod kernel;
 pub mod landlock;
 pub mod loop_device;
 pub mod mount;

@@ -1,0 +1,351 @@
+//! `airlock run --isolation vm`: real QEMU guests. They run with TCG (QEMU's emulator, `AIRLOCK_VM_ACCEL=tcg`):
+//! on a host whose KVM is PVM (a cloud VM without nested virtualization) Debian's kernel does not boot under KVM,
+//! and TCG runs anywhere; a boot costs seconds, so each test boots as few guests as it can.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::{airlock_path, code, is_root, stderr, stdout};
+
+/// The VM tests' state directory: one for every run, so the initramfs cache in it (50 MB for a debug build,
+/// replaced when the binary changes) is built once, not left behind by each run. Sandbox names carry the pid.
+fn state_dir() -> PathBuf {
+    std::env::temp_dir().join("airlock-vm-test-state")
+}
+
+/// Why this test can't run, if it can't: no QEMU, no guest kernel, not root.
+fn missing() -> Option<String> {
+    if !is_root() {
+        return Some("the VM tests run as root".into());
+    }
+    let arch = std::env::consts::ARCH;
+    if Command::new(format!("qemu-system-{arch}")).arg("--version").output().is_err() {
+        return Some(format!("qemu-system-{arch} is not installed (apt-get install qemu-system-x86)"));
+    }
+    let kernel = std::fs::read_dir("/boot").ok().and_then(|entries| {
+        entries.flatten().find(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("vmlinuz-")
+                .is_some_and(|v| Path::new("/lib/modules").join(v).join("modules.dep").is_file())
+        })
+    });
+    if kernel.is_none() {
+        return Some("no /boot/vmlinuz-VERSION with /lib/modules/VERSION (apt-get install linux-image-amd64)".into());
+    }
+    None
+}
+
+macro_rules! require_vm {
+    () => {
+        if let Some(why) = missing() {
+            skip_or_fail!("{why}");
+        }
+        eprintln!("vm test: accel tcg (emulated): this host's KVM may be PVM, which Debian's kernel cannot boot on");
+    };
+}
+
+fn airlock_cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(airlock_path());
+    cmd.args(args).env("AIRLOCK_STATE_DIR", state_dir()).env("AIRLOCK_VM_ACCEL", "tcg").env_remove("AIRLOCK_VM_KERNEL");
+    cmd
+}
+
+/// `airlock ARGS` with `input` on its standard input.
+fn vm(args: &[&str], input: &[u8]) -> Output {
+    let mut child =
+        airlock_cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn host_kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_string()
+}
+
+/// A private temporary directory, removed at the end.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("airlock-vm-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The QEMU processes whose parent is `parent`.
+fn qemus_of(parent: u32) -> Vec<i32> {
+    our_qemus()
+        .into_iter()
+        .filter(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            status.lines().any(|l| l.strip_prefix("PPid:").is_some_and(|p| p.trim() == parent.to_string()))
+        })
+        .collect()
+}
+
+/// Whether `pid` is still a QEMU of the tests.
+fn still_qemu(pid: i32) -> bool {
+    our_qemus().contains(&pid)
+}
+
+/// QEMU processes started for the tests' state directory (their initramfs is in its cache).
+fn our_qemus() -> Vec<i32> {
+    let needle = state_dir().to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline);
+            text.contains("qemu-system") && text.contains(&needle)
+        })
+        .collect()
+}
+
+#[test]
+fn a_command_runs_in_a_guest_kernel_with_its_streams_and_status() {
+    require_vm!();
+    let secret = TempDir::new("secret");
+    std::fs::write(secret.0.join("key"), "s3cret").unwrap();
+    let script = format!(
+        "cat; uname -r; echo to-stderr >&2; if cat {0}/key 2>/dev/null; then echo SECRET-VISIBLE; fi; \
+         ls {0} 2>/dev/null && echo DIR-VISIBLE; exit 3",
+        secret.0.display()
+    );
+    let o = vm(&["run", "--isolation", "vm", "--", "/bin/sh", "-c", &script], b"through stdin\n");
+    assert_eq!(code(&o), 3, "stdout: {}\nstderr: {}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("through stdin"), "{out}");
+    let guest_kernel = lines.next().unwrap_or_default().to_string();
+    assert!(!guest_kernel.is_empty() && guest_kernel != host_kernel(), "guest {guest_kernel}, host {}", host_kernel());
+    assert!(Path::new("/lib/modules").join(&guest_kernel).is_dir(), "{guest_kernel} is not an installed kernel");
+    assert!(!out.contains("SECRET-VISIBLE") && !out.contains("DIR-VISIBLE"), "{out}");
+    assert!(stderr(&o).contains("to-stderr"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_command_killed_by_a_signal_exits_128_plus_the_signal() {
+    require_vm!();
+    let o = vm(&["run", "--isolation", "vm", "--", "/bin/sh", "-c", "kill -9 $$"], b"");
+    assert_eq!(code(&o), 137, "stderr: {}", stderr(&o));
+}
+
+#[test]
+fn a_cow_workspace_written_in_the_guest_is_diffed_committed_and_discarded_on_the_host() {
+    require_vm!();
+    let ws = TempDir::new("ws");
+    std::fs::write(ws.0.join("a"), "orig\n").unwrap();
+    let name = format!("vm-ws-{}", std::process::id());
+    let ws_path = ws.0.to_string_lossy().into_owned();
+    let o = vm(
+        &[
+            "run",
+            "--isolation",
+            "vm",
+            "--name",
+            &name,
+            "--workspace",
+            &ws_path,
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo changed > a && echo new > b",
+        ],
+        b"",
+    );
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    // Copy-on-write: the host directory is unchanged, and nothing is left mounted on it.
+    assert_eq!(std::fs::read_to_string(ws.0.join("a")).unwrap(), "orig\n");
+    assert!(!ws.0.join("b").exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&ws_path), "{mounts}");
+    let diff = airlock_cmd(&["diff", &name]).output().unwrap();
+    let diff_out = stdout(&diff);
+    assert!(diff_out.contains("M  a") && diff_out.contains("A  b"), "{diff_out}{}", stderr(&diff));
+    let commit = airlock_cmd(&["commit", &name]).output().unwrap();
+    assert_eq!(code(&commit), 0, "{}", stderr(&commit));
+    assert_eq!(std::fs::read_to_string(ws.0.join("a")).unwrap(), "changed\n");
+    assert_eq!(std::fs::read_to_string(ws.0.join("b")).unwrap(), "new\n");
+    // Root's files stay root's (the workspace's owner), as with the namespace backend.
+    assert_eq!(std::fs::metadata(ws.0.join("b")).unwrap().uid(), 0);
+
+    // Again, resumed, and the change discarded.
+    let o = vm(
+        &[
+            "run",
+            "--isolation",
+            "vm",
+            "--name",
+            &name,
+            "--resume",
+            "--workspace",
+            &ws_path,
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo again > c",
+        ],
+        b"",
+    );
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    let diff = airlock_cmd(&["diff", &name]).output().unwrap();
+    assert!(stdout(&diff).contains("A  c"), "{}{}", stdout(&diff), stderr(&diff));
+    let discard = airlock_cmd(&["discard", &name]).output().unwrap();
+    assert_eq!(code(&discard), 0, "{}", stderr(&discard));
+    let diff = airlock_cmd(&["diff", &name]).output().unwrap();
+    assert!(!stdout(&diff).contains("A  c"), "{}", stdout(&diff));
+    assert!(!ws.0.join("c").exists());
+    let _ = airlock_cmd(&["rm", &name]).output();
+}
+
+#[test]
+fn kvm_on_a_pvm_host_and_a_missing_kernel_fail_closed() {
+    require_vm!();
+    // A missing kernel: refused before anything starts.
+    let o = vm(&["run", "--isolation", "vm", "--", "/bin/true"], b"");
+    assert_eq!(code(&o), 0, "tcg runs: {}", stderr(&o));
+    let mut cmd = airlock_cmd(&["run", "--isolation", "vm", "--", "/bin/true"]);
+    let o = cmd.env("AIRLOCK_VM_KERNEL", "/nonexistent/vmlinuz-0").output().unwrap();
+    assert_eq!(code(&o), 125);
+    let err = stderr(&o);
+    assert!(err.starts_with("airlock: vm: the guest kernel /nonexistent/vmlinuz-0 does not exist"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let pvm = Path::new("/sys/module/kvm_pvm").exists()
+        && !std::fs::read_to_string("/proc/cpuinfo").unwrap().split_whitespace().any(|f| f == "vmx" || f == "svm");
+    if !pvm {
+        eprintln!("this host's KVM is not PVM: the PVM refusal is not exercised here");
+        return;
+    }
+    let o =
+        airlock_cmd(&["run", "--isolation", "vm", "--", "/bin/true"]).env("AIRLOCK_VM_ACCEL", "kvm").output().unwrap();
+    assert_eq!(code(&o), 125);
+    let err = stderr(&o);
+    assert!(err.contains("KVM is PVM") && err.contains("AIRLOCK_VM_ACCEL=tcg"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn what_this_slice_does_not_run_in_a_vm_is_refused() {
+    require_vm!();
+    let name = format!("vm-create-{}", std::process::id());
+    for (args, what) in [
+        (vec!["create", "--isolation", "vm", name.as_str()], "create"),
+        (
+            vec!["run", "--isolation", "vm", "--net", "allow", "--allow", "example.com", "--", "/bin/true"],
+            "--net allow",
+        ),
+        (vec!["run", "--isolation", "vm", "-t", "--", "/bin/true"], "-t"),
+    ] {
+        let o = airlock_cmd(&args).stdin(Stdio::null()).output().unwrap();
+        assert_eq!(code(&o), 125, "{args:?}: {}", stderr(&o));
+        let want = format!("airlock: --isolation vm does not support {what} yet");
+        assert!(stderr(&o).lines().any(|l| l == want), "{args:?}: {}", stderr(&o));
+    }
+    assert!(!state_dir().join("sandboxes").join(&name).exists());
+    let o = airlock_cmd(&["run", "--isolation", "vms", "--", "/bin/true"]).output().unwrap();
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+}
+
+#[test]
+fn a_killed_airlock_leaves_no_qemu_and_no_mount() {
+    require_vm!();
+    let ws = TempDir::new("kill-ws");
+    let ws_path = ws.0.to_string_lossy().into_owned();
+    let name = format!("vm-kill-{}", std::process::id());
+    let mut child = airlock_cmd(&[
+        "run",
+        "--isolation",
+        "vm",
+        "--name",
+        &name,
+        "--workspace",
+        &ws_path,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo up; sleep 120",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "up");
+    let qemus = qemus_of(child.id());
+    assert_eq!(qemus.len(), 1, "airlock's qemu while the guest runs: {qemus:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // QEMU dies with airlock (PR_SET_PDEATHSIG); the overlay was in its own mount namespace.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while still_qemu(qemus[0]) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!still_qemu(qemus[0]), "qemu outlived airlock");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&ws_path), "{mounts}");
+    // Nothing else of the run on disk: the channels were socket pairs and the console an unlinked file.
+    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".initramfs-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let _ = airlock_cmd(&["rm", &name]).output();
+}
+
+#[test]
+fn a_user_runs_a_vm_and_its_files_are_its_own() {
+    require_vm!();
+    let Some(_) = common::test_user() else {
+        skip_or_fail!("cannot create the test user");
+    };
+    let uid = common::test_user_uid();
+    let dir = TempDir::new("user");
+    let state = dir.0.join("state");
+    let ws = dir.0.join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    for path in [&dir.0, &ws] {
+        std::os::unix::fs::chown(path, Some(uid), None).unwrap();
+    }
+    let ws_path = ws.to_string_lossy().into_owned();
+    let o = common::airlock_as_user_in(
+        &state,
+        &["AIRLOCK_VM_ACCEL=tcg".to_string()],
+        &[
+            "run",
+            "--isolation",
+            "vm",
+            "--workspace",
+            &ws_path,
+            "--workspace-mode",
+            "rw",
+            "--",
+            "/bin/sh",
+            "-c",
+            "id -u; echo x > f",
+        ],
+    );
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), uid.to_string());
+    // QEMU runs as the user (9p security_model=none): what the guest writes is the user's on the host.
+    assert_eq!(std::fs::metadata(ws.join("f")).unwrap().uid(), uid);
+}

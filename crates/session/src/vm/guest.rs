@@ -1,0 +1,238 @@
+//! The guest agent: airlock as PID 1 of an `--isolation vm` guest (the initramfs's `/init`, see `initramfs`).
+//! In order: the kernel's filesystems, the modules (the virtio devices appear), the control port, the request;
+//! then a root of its own (a tmpfs: `pivot_root`, which the engine uses, refuses the initramfs's rootfs) holding
+//! only the shares the host exported; then the command, run by the same namespace engine as on the host (so a
+//! process that escapes it as guest root still meets the VM's wall), with its standard streams on their ports;
+//! then the outcome to the host, and power off.
+
+use std::ffi::CString;
+use std::io::{BufRead, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use runtime::prepare::HostContext;
+use runtime::sandbox::RunOutcome;
+
+use super::initramfs::{MODULES_DIR, MODULES_ORDER};
+use super::protocol::{GuestMessage, GuestRequest, PORT_CONTROL, PORT_STDERR, PORT_STDIN, PORT_STDOUT};
+
+/// Whether this process is the guest's init: PID 1, started as `/init`.
+pub fn is_guest_init() -> bool {
+    std::process::id() == 1 && std::env::args_os().next().is_some_and(|a| a == "/init")
+}
+
+/// Runs the guest; never returns (the machine powers off).
+pub fn main() -> ! {
+    let mut control = None;
+    let result = run(&mut control);
+    let message = match result {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            console(&format!("airlock guest: {e}"));
+            GuestMessage::Failed(e)
+        }
+    };
+    if let Some(port) = control.as_mut() {
+        let _ = send(port, &message);
+    }
+    let errno = sys::kernel::power_off();
+    console(&format!("airlock guest: cannot power off (errno {errno})"));
+    // PID 1 exiting panics the kernel, which (panic=-1, QEMU's -no-reboot) also stops the machine.
+    std::process::exit(1)
+}
+
+/// A line on the kernel's console (the host keeps it in the run's console log).
+fn console(line: &str) {
+    let _ = std::fs::OpenOptions::new().write(true).open("/dev/console").and_then(|mut c| writeln!(c, "{line}"));
+}
+
+fn send(port: &mut std::fs::File, message: &GuestMessage) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    port.write_all(&line)
+}
+
+fn run(control: &mut Option<std::fs::File>) -> Result<GuestMessage, String> {
+    mount_fs("proc", "/proc", "proc", 0, None)?;
+    mount_fs("sysfs", "/sys", "sysfs", 0, None)?;
+    mount_fs("devtmpfs", "/dev", "devtmpfs", 0, None)?;
+    load_modules()?;
+
+    let port = open_port(PORT_CONTROL, true)?;
+    let mut reader = std::io::BufReader::new(port.try_clone().map_err(|e| format!("control port: {e}"))?);
+    *control = Some(port);
+    let mut line = String::new();
+    reader.read_line(&mut line).map_err(|e| format!("cannot read the request: {e}"))?;
+    let request: GuestRequest = serde_json::from_str(&line).map_err(|e| format!("bad request from the host: {e}"))?;
+
+    switch_root(&request)?;
+    let port = control.as_mut().ok_or("no control port")?;
+    send(port, &GuestMessage::Started).map_err(|e| format!("control port: {e}"))?;
+
+    // The command's standard streams are the ports themselves: nothing copies them in the guest.
+    for (name, stream, write) in [
+        (PORT_STDIN, sys::fd::StandardStream::Input, false),
+        (PORT_STDOUT, sys::fd::StandardStream::Output, true),
+        (PORT_STDERR, sys::fd::StandardStream::Error, true),
+    ] {
+        let file = open_port(name, write)?;
+        sys::fd::dup_onto_standard_stream(file.as_fd(), stream).map_err(|e| errno(name, e))?;
+    }
+
+    let host = HostContext {
+        lock_dir: PathBuf::from("/run/airlock/id-ranges"),
+        tty: None,
+        name: request.name.clone(),
+        layer: None,
+        hold: false,
+        gateway: None,
+        root_layer: None,
+        joining: false,
+        watch_state: None,
+        in_vm_guest: true,
+    };
+    let mut warnings = Vec::new();
+    let ran = runtime::sandbox::run_sandbox(&request.policy, &host, &mut |w| warnings.push(w.to_string()), None);
+    for w in warnings {
+        let _ = send(port, &GuestMessage::Warning(w));
+    }
+    let (outcome, _) = ran.map_err(|e| crate::error_chain(&e))?;
+    Ok(match outcome {
+        RunOutcome::Exited(code) => GuestMessage::Exited(code),
+        RunOutcome::TimedOut(elapsed) => {
+            GuestMessage::TimedOut { millis: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX) }
+        }
+        RunOutcome::ExecFailed { code, message } => GuestMessage::ExecFailed { code, message },
+        RunOutcome::OutOfMemory { summary } => GuestMessage::OutOfMemory { summary },
+    })
+}
+
+fn errno(what: &str, e: i32) -> String {
+    format!("{what}: {}", std::io::Error::from_raw_os_error(e))
+}
+
+fn cstring(s: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("{s:?}: NUL in a path"))
+}
+
+fn mount_fs(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: Option<&str>) -> Result<(), String> {
+    let (source_c, target_c, fstype_c) = (cstring(source)?, cstring(target)?, cstring(fstype)?);
+    let data_c = data.map(cstring).transpose()?;
+    sys::mount::mount(Some(&source_c), &target_c, Some(&fstype_c), flags, data_c.as_deref())
+        .map_err(|e| errno(&format!("cannot mount {fstype} on {target}"), e))
+}
+
+/// The initramfs's modules, in the order the host listed (dependencies first).
+fn load_modules() -> Result<(), String> {
+    let order = std::fs::read_to_string(Path::new("/").join(MODULES_ORDER)).map_err(|e| format!("modules: {e}"))?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    for name in order.lines().filter(|l| !l.is_empty()) {
+        let path = Path::new("/").join(MODULES_DIR).join(name);
+        let file = std::fs::File::open(&path).map_err(|e| format!("module {name}: {e}"))?;
+        // The kernel command line's `MODULE.PARAM=VALUE` words are the module's parameters, as modprobe passes
+        // them (QEMU's microvm describes its virtio-mmio devices as `virtio_mmio.device=...`).
+        let module = name.trim_end_matches(".ko");
+        let params = module_params(&cmdline, module);
+        let params = cstring(&params)?;
+        match sys::kernel::finit_module(file.as_fd(), &params) {
+            Ok(()) | Err(libc::EEXIST) => {}
+            Err(e) => return Err(errno(&format!("cannot load module {name}"), e)),
+        }
+    }
+    Ok(())
+}
+
+/// `--net none`'s `/etc/resolv.conf` (no nameserver, and a comment saying why), as the namespace backend shows
+/// it. The engine binds a file of its own over a regular file there, through a clone of a detached mount, which
+/// kernels before 6.15 refuse; so here the guest's `/etc` is an overlay (the host's, read-only, under a tmpfs
+/// layer) where `resolv.conf` is a link to that file, which the engine leaves as it is.
+fn net_none_resolv_conf(etc: &Path) -> Result<(), String> {
+    let resolv = etc.join("resolv.conf");
+    if !std::fs::symlink_metadata(&resolv).is_ok_and(|m| m.is_file()) {
+        return Ok(());
+    }
+    let layer = Path::new("/newroot/run/airlock-etc");
+    for dir in ["upper", "work"] {
+        std::fs::create_dir_all(layer.join(dir)).map_err(|e| format!("cannot create the /etc layer: {e}"))?;
+    }
+    let etc_text = etc.to_string_lossy();
+    let options = format!("lowerdir={etc_text},upperdir={0}/upper,workdir={0}/work", layer.display());
+    mount_fs("overlay", &etc_text, "overlay", libc::MS_NODEV | libc::MS_NOSUID, Some(&options))?;
+    let note = "resolv.conf.airlock";
+    std::fs::write(etc.join(note), runtime::prepare::NET_NONE_RESOLV_CONF)
+        .and_then(|()| std::fs::remove_file(&resolv))
+        .and_then(|()| std::os::unix::fs::symlink(note, &resolv))
+        .map_err(|e| format!("cannot write /etc/resolv.conf: {e}"))?;
+    // Read-only from here: the engine binds it read-only anyway; nothing in the guest writes it.
+    sys::mount::mount(None, &cstring(&etc_text)?, None, libc::MS_REMOUNT | libc::MS_RDONLY, None)
+        .map_err(|e| errno("remount /etc read-only", e))
+}
+
+/// `MODULE.KEY=VALUE` words of `cmdline` as `KEY=VALUE KEY=VALUE`.
+fn module_params(cmdline: &str, module: &str) -> String {
+    let prefix = format!("{module}.");
+    cmdline.split_whitespace().filter_map(|w| w.strip_prefix(&prefix)).collect::<Vec<_>>().join(" ")
+}
+
+/// The serial port `name`'s device (`/dev/vportNpM`), once the driver has found it: no udev here, so by
+/// `/sys/class/virtio-ports/*/name`.
+fn open_port(name: &str, write: bool) -> Result<std::fs::File, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(entries) = std::fs::read_dir("/sys/class/virtio-ports") {
+            for entry in entries.flatten() {
+                let port_name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+                if port_name.trim() == name {
+                    let device = Path::new("/dev").join(entry.file_name());
+                    return std::fs::OpenOptions::new()
+                        .read(!write || name == PORT_CONTROL)
+                        .write(write)
+                        .open(&device)
+                        .map_err(|e| format!("cannot open port {name} ({}): {e}", device.display()));
+                }
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("the serial port {name} did not appear (virtio_console)"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// A tmpfs becomes `/`, holding the shares at their paths, the host root's symbolic links, and the kernel's
+/// filesystems moved over.
+fn switch_root(request: &GuestRequest) -> Result<(), String> {
+    let new_root = "/newroot";
+    mount_fs("tmpfs", new_root, "tmpfs", libc::MS_NOSUID, Some("mode=0755"))?;
+    let inside = |path: &str| PathBuf::from(format!("{new_root}{path}"));
+    for dir in ["/proc", "/sys", "/dev", "/tmp", "/run"] {
+        std::fs::create_dir_all(inside(dir)).map_err(|e| format!("cannot create {dir}: {e}"))?;
+    }
+    for link in &request.symlinks {
+        std::os::unix::fs::symlink(&link.target, inside(&link.path))
+            .map_err(|e| format!("cannot link {} to {}: {e}", link.path, link.target))?;
+    }
+    for share in &request.shares {
+        let at = inside(&share.path);
+        std::fs::create_dir_all(&at).map_err(|e| format!("cannot create {}: {e}", share.path))?;
+        let flags = libc::MS_NODEV | if share.readonly { libc::MS_RDONLY } else { 0 };
+        // cache=none: the host's files as they are now (the workspace changes on the host while the guest runs:
+        // `airlock diff` reads the layer).
+        mount_fs(&share.tag, &at.to_string_lossy(), "9p", flags, Some("trans=virtio,version=9p2000.L,msize=262144"))
+            .map_err(|e| format!("share {}: {e}", share.path))?;
+    }
+    if request.shares.iter().any(|s| s.path == "/etc") && request.policy.network == policy::sandbox::Network::None {
+        net_none_resolv_conf(&inside("/etc"))?;
+    }
+    for dir in ["/proc", "/sys", "/dev"] {
+        let (from, to) = (cstring(dir)?, cstring(&inside(dir).to_string_lossy())?);
+        sys::mount::mount(Some(&from), &to, None, libc::MS_MOVE, None).map_err(|e| errno(&format!("move {dir}"), e))?;
+    }
+    sys::process::change_directory(&cstring(new_root)?).map_err(|e| errno("chdir", e))?;
+    sys::mount::mount(Some(c"."), c"/", None, libc::MS_MOVE, None).map_err(|e| errno("move the new root", e))?;
+    sys::kernel::change_root(c".").map_err(|e| errno("chroot", e))?;
+    sys::process::change_directory(c"/").map_err(|e| errno("chdir /", e))?;
+    // The engine's cgroup limits (--memory, --pids) are the guest's cgroups.
+    let _ = mount_fs("cgroup2", "/sys/fs/cgroup", "cgroup2", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None);
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! `--isolation vm`: each sandbox in a virtual machine of its own (QEMU), with its own kernel. The guest's init is
+//! airlock itself (`guest`), which runs the command with the same namespace engine as the host's backend: an
+//! escape from that engine as guest root still meets the VM's wall.
+//!
+//! The host side ([`VmBackend`]): finds the guest kernel (`kernel`), builds or reuses the initramfs
+//! (`initramfs`), exports only the host paths the policy shows (virtio-9p, read-only where the policy says), keeps
+//! a `cow` workspace's layer on the host (the overlay is mounted in QEMU's own mount namespace, so it is on no
+//! mount table once QEMU is gone, and `airlock diff`/`commit` read the layer as after a namespace run), starts
+//! QEMU (`qemu`), sends the request, relays the standard streams and returns the command's outcome.
+//!
+//! This slice runs `airlock run` only: `create`, `exec`, the daemon, `-t` and `--net allow|host` are refused
+//! (exit 125) rather than run without the VM.
+
+pub mod guest;
+pub mod initramfs;
+pub mod kernel;
+pub mod protocol;
+pub mod qemu;
+
+use std::path::PathBuf;
+
+use policy::sandbox::{Network, Rootfs, SandboxPolicy, WorkspaceMode};
+use runtime::prepare::HostContext;
+use runtime::sandbox::{RunOutcome, RunReport};
+
+pub use kernel::{Accel, GuestKernel, KvmFlavour};
+use protocol::{GuestRequest, Share, Symlink};
+
+/// What the VM is: accelerator, kernel, size.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub accel: Accel,
+    /// `None`: the newest `/boot/vmlinuz-*` with its modules.
+    pub kernel: Option<PathBuf>,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    /// Where the built initramfs images are kept.
+    pub cache_dir: PathBuf,
+}
+
+/// The guest's memory without a `--memory` limit, and what it gets over one (its kernel, the initramfs, the
+/// agent and the engine).
+pub const DEFAULT_MEMORY_MIB: u64 = 512;
+pub const MEMORY_OVERHEAD_MIB: u64 = 256;
+
+impl VmConfig {
+    /// The profile's `[vm]` table, each setting overridden by its variable: `AIRLOCK_VM_ACCEL` (`kvm`, the
+    /// default, or `tcg`) and `AIRLOCK_VM_KERNEL` (a kernel image); sized by the policy's `--memory` and `--cpus`.
+    pub fn new(
+        policy: &SandboxPolicy,
+        profile: &policy::profile::VmSection,
+        cache_dir: PathBuf,
+    ) -> Result<VmConfig, VmError> {
+        let accel = match std::env::var("AIRLOCK_VM_ACCEL").ok().or_else(|| profile.accel.clone()) {
+            Some(text) => Accel::parse(&text).ok_or(VmError::BadAccel(text))?,
+            None => Accel::Kvm,
+        };
+        let kernel = std::env::var_os("AIRLOCK_VM_KERNEL")
+            .map(PathBuf::from)
+            .or_else(|| profile.kernel.as_ref().map(PathBuf::from));
+        let memory_mib = match policy.limits.memory_bytes {
+            Some(bytes) => bytes.div_ceil(1 << 20) + MEMORY_OVERHEAD_MIB,
+            None => DEFAULT_MEMORY_MIB,
+        };
+        let cpus = policy.limits.cpus.map_or(1, |c| c.ceil().max(1.0) as u32);
+        Ok(VmConfig { accel, kernel, memory_mib, cpus, cache_dir })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("--isolation vm does not support {0} yet")]
+    Unsupported(String),
+    #[error("vm accel {0:?} ([vm] accel, AIRLOCK_VM_ACCEL): expected kvm or tcg")]
+    BadAccel(String),
+    #[error("vm")]
+    Kernel(#[from] kernel::KernelError),
+    #[error(
+        "vm: this host's KVM is PVM (kvm_pvm, no vmx/svm), which runs only guest kernels built with \
+         CONFIG_PVM_GUEST, and {kernel} is not one: name a PVM guest kernel (AIRLOCK_VM_KERNEL=PATH), or \
+         emulate with AIRLOCK_VM_ACCEL=tcg (slow; still a kernel of its own)"
+    )]
+    PvmOnly { kernel: String },
+    #[error(
+        "vm: KVM is not usable ({0}): load kvm_intel/kvm_amd and give your user access to /dev/kvm, or \
+         emulate with AIRLOCK_VM_ACCEL=tcg (slow; still a kernel of its own)"
+    )]
+    NoKvm(String),
+    #[error("vm: initramfs")]
+    Initramfs(#[from] initramfs::InitramfsError),
+    #[error("vm")]
+    Qemu(#[from] qemu::QemuError),
+    #[error("vm: cannot read {path}")]
+    ReadHost {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs each sandbox in a VM of its own (see the module's documentation).
+#[derive(Debug, Clone)]
+pub struct VmBackend {
+    pub config: VmConfig,
+}
+
+impl VmBackend {
+    /// Runs `policy`'s command in a new VM to its end.
+    pub fn run_vm(
+        &self,
+        policy: &SandboxPolicy,
+        host: &HostContext,
+        warn: &mut dyn FnMut(&str),
+    ) -> Result<(RunOutcome, RunReport), VmError> {
+        refuse_unsupported(policy, host)?;
+        let kernel = GuestKernel::find(self.config.kernel.as_deref())?;
+        if self.config.accel == Accel::Kvm {
+            match kernel::kvm_flavour() {
+                KvmFlavour::Hardware => {}
+                KvmFlavour::Pvm if kernel.is_pvm_guest() => {}
+                KvmFlavour::Pvm => return Err(VmError::PvmOnly { kernel: kernel.image.display().to_string() }),
+                KvmFlavour::Unusable(why) => return Err(VmError::NoKvm(why)),
+            }
+        }
+        let initrd = initramfs::ensure(&self.config.cache_dir, &kernel)?;
+        let (request, workspace_overlay) = guest_request(policy, host)?;
+        let outcome = qemu::run_guest(qemu::GuestLaunch {
+            config: &self.config,
+            kernel: &kernel,
+            initrd: &initrd,
+            request: &request,
+            workspace_overlay: workspace_overlay.as_ref(),
+            warn,
+        })?;
+        Ok((outcome, RunReport::default()))
+    }
+}
+
+/// What this slice does not run in a VM: refused before anything starts, never run without the VM.
+fn refuse_unsupported(policy: &SandboxPolicy, host: &HostContext) -> Result<(), VmError> {
+    let unsupported = |what: &str| Err(VmError::Unsupported(what.to_string()));
+    match &policy.network {
+        Network::None => {}
+        Network::Allow(_) => return unsupported("--net allow"),
+        Network::Host => return unsupported("--net host"),
+    }
+    if host.tty.is_some() {
+        return unsupported("-t");
+    }
+    if host.hold {
+        return unsupported("create");
+    }
+    if policy.writable_root {
+        return unsupported("--writable-root");
+    }
+    if matches!(policy.rootfs, Rootfs::Layers(_)) {
+        return unsupported("--image");
+    }
+    for bind in &policy.binds {
+        if !std::path::Path::new(&bind.source).is_dir() {
+            return unsupported(&format!("binding a file ({})", bind.source));
+        }
+    }
+    Ok(())
+}
+
+/// A `cow` workspace's overlay, mounted by QEMU's launcher in its own mount namespace at the workspace's path.
+#[derive(Debug, Clone)]
+pub struct WorkspaceOverlay {
+    pub workspace: String,
+    /// Lower directories, top first: the checkpoints (newest first), then the workspace.
+    pub lower: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+}
+
+/// The request for the guest: the policy as the guest sees it, and what the host exports for it.
+fn guest_request(
+    policy: &SandboxPolicy,
+    host: &HostContext,
+) -> Result<(GuestRequest, Option<WorkspaceOverlay>), VmError> {
+    let mut shares: Vec<Share> = Vec::new();
+    let mut symlinks = Vec::new();
+    let mut share = |path: &str, readonly: bool| {
+        // A path exported once (the most permissive wins only when the policy asks for both: a bind inside the
+        // workspace, say): the engine applies each bind's own read-only flag inside.
+        if let Some(existing) = shares.iter_mut().find(|s| s.path == path) {
+            existing.readonly &= readonly;
+            return;
+        }
+        let tag = format!("airlock{}", shares.len());
+        shares.push(Share { tag, path: path.to_string(), readonly });
+    };
+    match &policy.rootfs {
+        Rootfs::Host => {
+            for entry in runtime::prepare::HOST_ROOTFS_ENTRIES {
+                let path = format!("/{entry}");
+                match std::fs::symlink_metadata(&path) {
+                    Ok(meta) if meta.file_type().is_symlink() => {
+                        let target = std::fs::read_link(&path)
+                            .map_err(|source| VmError::ReadHost { path: path.clone(), source })?;
+                        symlinks.push(Symlink { path, target: target.to_string_lossy().into_owned() });
+                    }
+                    Ok(meta) if meta.is_dir() => share(&path, true),
+                    _ => {}
+                }
+            }
+        }
+        Rootfs::Dir(dir) => share(dir, true),
+        Rootfs::Layers(_) => return Err(VmError::Unsupported("--image".to_string())),
+    }
+    let mut guest_policy = policy.clone();
+    let mut overlay = None;
+    if let Some(ws) = &policy.workspace {
+        match ws.mode {
+            WorkspaceMode::Ro => share(&ws.path, true),
+            WorkspaceMode::Rw => share(&ws.path, false),
+            WorkspaceMode::Cow => {
+                // The merged view, exported read-write: the guest writes through it into the layer on the host.
+                let layer = host.layer.as_ref().ok_or_else(|| {
+                    VmError::Unsupported("a cow workspace without a kept layer (give --name)".to_string())
+                })?;
+                let mut lower = layer.frozen.clone();
+                lower.push(PathBuf::from(&ws.path));
+                overlay = Some(WorkspaceOverlay {
+                    workspace: ws.path.clone(),
+                    lower,
+                    upper: layer.upper.clone(),
+                    work: layer.work.clone(),
+                });
+                share(&ws.path, false);
+                if let Some(w) = guest_policy.workspace.as_mut() {
+                    w.mode = WorkspaceMode::Rw;
+                }
+            }
+        }
+    }
+    for bind in &policy.binds {
+        share(&bind.source, !bind.writable);
+    }
+    // The guest's engine has no host cgroup to limit: the VM's size is the bound, and its own cgroups (the guest's)
+    // apply the limits to the command inside.
+    Ok((GuestRequest { policy: guest_policy, name: host.name.clone(), shares, symlinks }, overlay))
+}

@@ -1,0 +1,397 @@
+//! Starting QEMU for one guest and talking to it: its command line (hardened: no default devices, no user
+//! config, seccomp sandbox, no reboot), the channels (virtio serial ports on socket pairs handed to QEMU by
+//! descriptor, so nothing is left on disk), the kernel console (an unlinked file, its last line shown when the
+//! guest fails), the standard streams relayed, the outcome read.
+//!
+//! QEMU dies with airlock (`PR_SET_PDEATHSIG`): a killed airlock leaves no QEMU, no socket, no mount (the
+//! workspace overlay lives in QEMU's own mount namespace).
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use runtime::sandbox::RunOutcome;
+
+use super::kernel::{Accel, GuestKernel};
+use super::protocol::{GuestMessage, GuestRequest, PORT_CONTROL, PORT_STDERR, PORT_STDIN, PORT_STDOUT};
+use super::{VmConfig, WorkspaceOverlay};
+
+/// How long the guest may take to boot and answer (TCG on a busy host is slow).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long QEMU may take to stop once the guest has reported.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("cannot find {program} (install qemu-system-x86)")]
+    NotFound { program: String },
+    #[error("cannot start {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set up the guest's channels")]
+    Channels(#[source] std::io::Error),
+    #[error("guest kernel did not start: {0}")]
+    DidNotStart(String),
+    #[error("the guest stopped before the command ended: {0}")]
+    Died(String),
+    #[error("guest: {0}")]
+    Guest(String),
+    #[error("the guest sent a message airlock does not understand: {0}")]
+    BadMessage(String),
+    #[error("a path with a NUL byte: {0}")]
+    Nul(String),
+}
+
+/// One guest to run.
+pub struct GuestLaunch<'a> {
+    pub config: &'a VmConfig,
+    pub kernel: &'a GuestKernel,
+    pub initrd: &'a Path,
+    pub request: &'a GuestRequest,
+    pub workspace_overlay: Option<&'a WorkspaceOverlay>,
+    pub warn: &'a mut dyn FnMut(&str),
+}
+
+/// The QEMU of this machine's architecture, from `PATH`.
+pub fn qemu_program() -> Option<PathBuf> {
+    let name = format!("qemu-system-{}", std::env::consts::ARCH);
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(&name))
+        .find(|p| p.is_file())
+}
+
+/// QEMU's option syntax: a comma in a value is doubled.
+fn escape(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+/// Runs the guest to the command's end.
+pub fn run_guest(launch: GuestLaunch<'_>) -> Result<RunOutcome, QemuError> {
+    let program = qemu_program().ok_or_else(|| QemuError::NotFound { program: "qemu-system".to_string() })?;
+    let (ctl, ctl_qemu) = UnixStream::pair().map_err(QemuError::Channels)?;
+    let (stdin, stdin_qemu) = UnixStream::pair().map_err(QemuError::Channels)?;
+    let (stdout, stdout_qemu) = UnixStream::pair().map_err(QemuError::Channels)?;
+    let (stderr, stderr_qemu) = UnixStream::pair().map_err(QemuError::Channels)?;
+    // AIRLOCK_VM_CONSOLE=FILE keeps the guest's console, verbose, in FILE (boot time, a guest that fails).
+    let kept_console = std::env::var_os("AIRLOCK_VM_CONSOLE");
+    let console = console_log(kept_console.as_deref().map(Path::new)).map_err(QemuError::Channels)?;
+    let kept_console = kept_console.is_some();
+    let console_fd = console.as_raw_fd();
+    let inherited: Vec<RawFd> = vec![
+        ctl_qemu.as_raw_fd(),
+        stdin_qemu.as_raw_fd(),
+        stdout_qemu.as_raw_fd(),
+        stderr_qemu.as_raw_fd(),
+        console_fd,
+    ];
+
+    let config = launch.config;
+    let as_root = sys::process::effective_uid() == 0;
+    let mut args: Vec<String> = vec![
+        "-M".into(),
+        "microvm,isa-serial=on".into(),
+        "-accel".into(),
+        config.accel.as_str().into(),
+        "-cpu".into(),
+        match config.accel {
+            Accel::Kvm => "host".into(),
+            Accel::Tcg => "max".into(),
+        },
+        "-m".into(),
+        format!("{}M", config.memory_mib),
+        "-smp".into(),
+        config.cpus.to_string(),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-nographic".into(),
+        "-no-reboot".into(),
+        "-sandbox".into(),
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+        "-kernel".into(),
+        escape(&launch.kernel.image.to_string_lossy()),
+        "-initrd".into(),
+        escape(&launch.initrd.to_string_lossy()),
+        "-append".into(),
+        // panic=-1: a guest kernel panic reboots at once, which -no-reboot turns into QEMU's exit.
+        format!(
+            "console=ttyS0 {} panic=-1 rdinit=/init{}",
+            if kept_console { "" } else { "quiet" },
+            match config.accel {
+                Accel::Tcg => tsc_khz().map(|khz| format!(" tsc_early_khz={khz}")).unwrap_or_default(),
+                Accel::Kvm => String::new(),
+            }
+        ),
+        "-chardev".into(),
+        format!("file,id=console,path=/proc/self/fd/{console_fd}"),
+        "-serial".into(),
+        "chardev:console".into(),
+        "-device".into(),
+        "virtio-serial-device,id=ports".into(),
+    ];
+    for (id, fd, name) in [
+        ("ctl", ctl_qemu.as_raw_fd(), PORT_CONTROL),
+        ("stdin", stdin_qemu.as_raw_fd(), PORT_STDIN),
+        ("stdout", stdout_qemu.as_raw_fd(), PORT_STDOUT),
+        ("stderr", stderr_qemu.as_raw_fd(), PORT_STDERR),
+    ] {
+        args.extend(["-chardev".into(), format!("socket,id={id},fd={fd}")]);
+        args.extend(["-device".into(), format!("virtserialport,bus=ports.0,chardev={id},name={name}")]);
+    }
+    // Root's QEMU keeps the files' owners as the guest sets them (passthrough); a user's cannot chown, and
+    // stores files as its own (none).
+    let model = if as_root { "passthrough" } else { "none" };
+    for (i, share) in launch.request.shares.iter().enumerate() {
+        let readonly = if share.readonly { ",readonly=on" } else { "" };
+        args.extend([
+            "-fsdev".into(),
+            format!("local,id=fs{i},path={},security_model={model}{readonly}", escape(&share.path)),
+        ]);
+        args.extend(["-device".into(), format!("virtio-9p-device,fsdev=fs{i},mount_tag={}", share.tag)]);
+    }
+
+    let overlay = match launch.workspace_overlay {
+        Some(o) => {
+            if !as_root {
+                return Err(QemuError::Guest(
+                    "--isolation vm does not support a cow workspace without root yet (use --workspace-mode rw or \
+                     ro)"
+                    .to_string(),
+                ));
+            }
+            let lower: Vec<String> = o.lower.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+            let options = format!(
+                "lowerdir={},upperdir={},workdir={},userxattr",
+                lower.join(":"),
+                o.upper.to_string_lossy(),
+                o.work.to_string_lossy()
+            );
+            Some((
+                CString::new(o.workspace.clone()).map_err(|_| QemuError::Nul(o.workspace.clone()))?,
+                CString::new(options.clone()).map_err(|_| QemuError::Nul(options))?,
+            ))
+        }
+        None => None,
+    };
+
+    let log_for_qemu = console.try_clone().map_err(QemuError::Channels)?;
+    let mut command = Command::new(&program);
+    command.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log_for_qemu));
+    let parent = sys::process::pid();
+    sys::process::run_before_exec(&mut command, move || {
+        // Async-signal-safe only (this crate's calls on values made before the fork).
+        sys::process::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong).map_err(os_error)?;
+        // airlock died before the line above: PDEATHSIG would never fire.
+        if sys::process::parent_pid() != parent {
+            return Err(os_error(libc::ESRCH));
+        }
+        if let Some((workspace, options)) = &overlay {
+            // QEMU's own mount namespace, private: the overlay is on no other mount table and goes with QEMU.
+            sys::namespace::unshare(libc::CLONE_NEWNS).map_err(os_error)?;
+            sys::mount::make_all_private().map_err(os_error)?;
+            sys::mount::mount(Some(c"overlay"), workspace, Some(c"overlay"), libc::MS_NODEV, Some(options))
+                .map_err(os_error)?;
+        }
+        for &fd in &inherited {
+            sys::fd::set_descriptor_flags(fd, 0).map_err(os_error)?;
+        }
+        Ok(())
+    });
+    let mut child =
+        command.spawn().map_err(|source| QemuError::Spawn { program: program.display().to_string(), source })?;
+    drop((ctl_qemu, stdin_qemu, stdout_qemu, stderr_qemu));
+    let pidfd = sys::process::pidfd_open(child.id() as libc::pid_t).map_err(|e| QemuError::Channels(os_error(e)));
+
+    let result =
+        pidfd.and_then(|pidfd| converse(ctl, stdin, stdout, stderr, &pidfd, launch.request, launch.warn, &console));
+    // However it ended: the guest powers itself off after reporting; a guest that does not is killed.
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => break,
+            Ok(None) if Instant::now() > deadline || result.is_err() => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    result
+}
+
+/// The host's TSC frequency in kHz (`cpu MHz` of `/proc/cpuinfo`). Under TCG the guest's TSC runs at the
+/// host's, and a microvm has no HPET nor ACPI PM timer to calibrate it against: on a busy host the PIT
+/// calibration fails and the guest kernel hangs in early boot ("tsc: Marking TSC unstable"). Told the
+/// frequency (`tsc_early_khz`), it calibrates nothing.
+fn tsc_khz() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
+    Some((mhz * 1000.0) as u64).filter(|khz| *khz > 0)
+}
+
+fn os_error(errno: i32) -> std::io::Error {
+    std::io::Error::from_raw_os_error(errno)
+}
+
+/// The console's log: an unlinked file (nothing to clean up, whoever dies first), which QEMU opens again by its
+/// `/proc/self/fd` link.
+fn console_log(kept: Option<&Path>) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(path) = kept {
+        return std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path);
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .open(std::env::temp_dir())
+}
+
+/// The console log's last non-empty line (what a failed boot said last).
+fn console_tail(console: &std::fs::File) -> String {
+    let mut text = String::new();
+    let mut file = console;
+    let _ = std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0));
+    let _ = file.read_to_string(&mut text);
+    text.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("(the console is empty)").to_string()
+}
+
+/// Sends the request, relays the streams until the guest reports the outcome.
+#[allow(clippy::too_many_arguments)]
+fn converse(
+    mut ctl: UnixStream,
+    stdin: UnixStream,
+    mut stdout: UnixStream,
+    mut stderr: UnixStream,
+    pidfd: &std::os::fd::OwnedFd,
+    request: &GuestRequest,
+    warn: &mut dyn FnMut(&str),
+    console: &std::fs::File,
+) -> Result<RunOutcome, QemuError> {
+    let mut line = serde_json::to_vec(request).map_err(|e| QemuError::Channels(std::io::Error::other(e)))?;
+    line.push(b'\n');
+    ctl.write_all(&line).map_err(QemuError::Channels)?;
+
+    // The caller's standard input, copied by a thread of its own (a read of a terminal blocks); at its end the
+    // socket is shut for writing, which QEMU reads (after the data) as the end, and closes the port: the guest
+    // reads the end of input. Not closed: QEMU drops a hung-up socket's unread data. Left behind when the command
+    // ends first.
+    let stdin_kept = stdin.try_clone().map_err(QemuError::Channels)?;
+    std::thread::spawn(move || {
+        let mut stdin = stdin;
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut stdin);
+        let _ = stdin.shutdown(std::net::Shutdown::Write);
+    });
+    let _keep_stdin_open = stdin_kept;
+
+    let started = Instant::now();
+    let mut up = false;
+    let mut pending = Vec::new();
+    let mut out_open = true;
+    let mut err_open = true;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut fds = [
+            libc::pollfd { fd: ctl.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: if out_open { stdout.as_raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: if err_open { stderr.as_raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: pidfd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        match sys::fd::poll(&mut fds, 100) {
+            Ok(_) | Err(libc::EINTR) => {}
+            Err(e) => return Err(QemuError::Channels(os_error(e))),
+        }
+        if fds[1].revents != 0 {
+            out_open = relay(&mut stdout, &mut std::io::stdout(), &mut buf);
+        }
+        if fds[2].revents != 0 {
+            err_open = relay(&mut stderr, &mut std::io::stderr(), &mut buf);
+        }
+        if fds[0].revents != 0 {
+            let n = ctl.read(&mut buf).unwrap_or(0);
+            pending.extend_from_slice(&buf[..n]);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let message_line: Vec<u8> = pending.drain(..=end).collect();
+                let message: GuestMessage = serde_json::from_slice(&message_line)
+                    .map_err(|_| QemuError::BadMessage(String::from_utf8_lossy(&message_line).trim().to_string()))?;
+                let outcome = match message {
+                    GuestMessage::Started => {
+                        up = true;
+                        continue;
+                    }
+                    GuestMessage::Warning(w) => {
+                        warn(&w);
+                        continue;
+                    }
+                    GuestMessage::Failed(why) => return Err(QemuError::Guest(why)),
+                    GuestMessage::Exited(code) => RunOutcome::Exited(code),
+                    GuestMessage::TimedOut { millis } => RunOutcome::TimedOut(Duration::from_millis(millis)),
+                    GuestMessage::ExecFailed { code, message } => RunOutcome::ExecFailed { code, message },
+                    GuestMessage::OutOfMemory { summary } => RunOutcome::OutOfMemory { summary },
+                };
+                // The command's output is already in the sockets (a guest's write to a port returns once QEMU
+                // has passed it on): drained before the outcome is returned.
+                drain(&mut stdout, &mut std::io::stdout(), &mut buf);
+                drain(&mut stderr, &mut std::io::stderr(), &mut buf);
+                return Ok(outcome);
+            }
+            if n == 0 {
+                return Err(stopped(up, console));
+            }
+        }
+        if fds[3].revents != 0 {
+            return Err(stopped(up, console));
+        }
+        if !up && started.elapsed() > START_TIMEOUT {
+            return Err(QemuError::DidNotStart(format!(
+                "no answer after {}s; the console's last line: {}",
+                START_TIMEOUT.as_secs(),
+                console_tail(console)
+            )));
+        }
+    }
+}
+
+fn stopped(up: bool, console: &std::fs::File) -> QemuError {
+    let tail = console_tail(console);
+    if up {
+        QemuError::Died(tail)
+    } else {
+        QemuError::DidNotStart(tail)
+    }
+}
+
+/// Copies what is there from `from` to `to`; false once `from` is at its end.
+fn relay(from: &mut UnixStream, to: &mut dyn Write, buf: &mut [u8]) -> bool {
+    match from.read(buf) {
+        Ok(0) => false,
+        Ok(n) => {
+            let _ = to.write_all(&buf[..n]).and_then(|()| to.flush());
+            true
+        }
+        Err(e) => e.kind() == std::io::ErrorKind::Interrupted || e.kind() == std::io::ErrorKind::WouldBlock,
+    }
+}
+
+/// Everything `from` holds now, without waiting.
+fn drain(from: &mut UnixStream, to: &mut dyn Write, buf: &mut [u8]) {
+    if from.set_nonblocking(true).is_err() {
+        return;
+    }
+    while relay(from, to, buf) {
+        let mut probe = [libc::pollfd { fd: from.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        if !matches!(sys::fd::poll(&mut probe, 0), Ok(n) if n > 0) {
+            break;
+        }
+    }
+}

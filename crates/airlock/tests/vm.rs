@@ -349,3 +349,59 @@ fn a_user_runs_a_vm_and_its_files_are_its_own() {
     // QEMU runs as the user (9p security_model=none): what the guest writes is the user's on the host.
     assert_eq!(std::fs::metadata(ws.join("f")).unwrap().uid(), uid);
 }
+
+/// A capability set from `/proc/PID/status` (`CapEff:` and so on), as a number.
+fn status_field(status: &str, field: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+#[test]
+fn roots_qemu_keeps_only_the_share_capabilities_and_sets_no_set_id_bit() {
+    require_vm!();
+    // Host root's QEMU serves the shares with 9p passthrough: were it plain root, a guest whose root escaped the
+    // engine inside could leave a device node, file capabilities or a set-user-ID-root program in a shared
+    // directory. It keeps CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH and FOWNER only, no_new_privs, a seccomp filter.
+    let ws = TempDir::new("setid-ws");
+    let ws_path = ws.0.to_string_lossy().into_owned();
+    let mut child = airlock_cmd(&[
+        "run",
+        "--isolation",
+        "vm",
+        "--rm",
+        "--workspace",
+        &ws_path,
+        "--workspace-mode",
+        "rw",
+        "--",
+        "/bin/sh",
+        "-c",
+        "touch f; chmod 4755 f; echo chmod=$?; sleep 60",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let qemus = qemus_of(child.id());
+    assert_eq!(qemus.len(), 1, "airlock's qemu while the guest runs: {qemus:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", qemus[0])).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        assert_eq!(status_field(&status, field), "000000000000000f", "{field} of root's qemu:\n{status}");
+    }
+    assert_eq!(status_field(&status, "CapAmb:"), "0000000000000000", "{status}");
+    assert_eq!(status_field(&status, "NoNewPrivs:"), "1", "{status}");
+    assert_eq!(status_field(&status, "Seccomp:"), "2", "{status}");
+    // Whichever wall refused it (the engine inside the guest or root's QEMU), no set-ID bit reached the host.
+    assert!(line.starts_with("chmod="), "{line}");
+    let mode = std::fs::metadata(ws.0.join("f")).unwrap().mode();
+    assert_eq!(mode & 0o6000, 0, "the host file is set-ID: {mode:o} ({line})");
+}

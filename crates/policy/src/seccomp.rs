@@ -143,6 +143,13 @@ pub fn sandbox_seccomp_profile(guard_set_id: bool) -> Result<SeccompProfile, Sec
     Ok(profile)
 }
 
+/// Only the rules of `seccomp/set-id.toml` (no set-user-ID or set-group-ID bit may be set), on their own: for a
+/// process that writes host files as host root on a guest's behalf (the VM backend's QEMU serving a 9p share),
+/// where the sandbox's deny-list would be the wrong list.
+pub fn set_id_guard_profile() -> Result<SeccompProfile, SeccompProfileError> {
+    parse_seccomp_profile(SET_ID_RULES_TOML, SET_ID_RULES_ORIGIN)
+}
+
 /// Parses and validates a profile in the `default.toml` format. `origin` names the source in error messages.
 pub fn parse_seccomp_profile(text: &str, origin: &str) -> Result<SeccompProfile, SeccompProfileError> {
     let raw: RawProfile = toml::from_str(text)

@@ -47,6 +47,50 @@ pub enum QemuError {
     BadMessage(String),
     #[error("a path with a NUL byte: {0}")]
     Nul(String),
+    #[error("cannot prepare the seccomp filter of root's QEMU")]
+    PrepareRootFilter(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The capabilities host root's QEMU keeps (bit N is capability N, `linux/capability.h`): CHOWN 0, DAC_OVERRIDE
+/// 1, DAC_READ_SEARCH 2, FOWNER 3, what a 9p `passthrough` share needs to keep the owners and modes the guest
+/// sets. Everything else goes from the bounding set before QEMU is executed (root's exec then grants exactly
+/// these): no MKNOD (a device node of the host's disk in a shared directory), no SETFCAP and no SYS_ADMIN (file
+/// capabilities or `trusted.*` xattrs set through a share), no FSETID, no SYS_PTRACE, no NET_ADMIN, ... A guest
+/// whose root escapes the engine inside it then finds a QEMU that can give host files no more than root's
+/// owners and ordinary modes; the set-ID bits are refused by [`RootGuard`]'s filter.
+const ROOT_QEMU_CAPABILITIES: u64 = 1 << 0 | 1 << 1 | 1 << 2 | 1 << 3;
+
+/// What host root's QEMU gets before it is executed: the bounding set cut to [`ROOT_QEMU_CAPABILITIES`] and the
+/// set-ID guard (`policy::seccomp::set_id_guard_profile`: no chmod, mknod or creating open with S_ISUID or
+/// S_ISGID), so a guest cannot leave a set-user-ID-root program in a shared directory. Prepared before the fork
+/// (compiling allocates); applied in the child with system calls only. QEMU's own `-sandbox` filter stacks on top.
+struct RootGuard {
+    cap_last: u32,
+    filter: runtime::seccomp::SeccompProgram,
+}
+
+impl RootGuard {
+    fn new() -> Result<RootGuard, QemuError> {
+        let profile = policy::seccomp::set_id_guard_profile().map_err(|e| QemuError::PrepareRootFilter(Box::new(e)))?;
+        let filter = runtime::seccomp::compile_seccomp_program(&profile)
+            .map_err(|e| QemuError::PrepareRootFilter(Box::new(e)))?;
+        let cap_last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            // Unknown: try every bit (an unknown capability's PR_CAPBSET_DROP is EINVAL, skipped).
+            .unwrap_or(63);
+        Ok(RootGuard { cap_last, filter })
+    }
+
+    /// In the forked child, after the mounts (which need CAP_SYS_ADMIN) and before `execve`. Async-signal-safe:
+    /// prctl and seccomp calls on values made before the fork.
+    fn apply_in_child(&self) -> Result<(), i32> {
+        runtime::caps::drop_bounding_set(self.cap_last, ROOT_QEMU_CAPABILITIES)?;
+        // no_new_privs: nothing QEMU executes gains privileges (QEMU's -sandbox sets it too; the filter below
+        // must not depend on that).
+        sys::process::prctl(libc::PR_SET_NO_NEW_PRIVS, 1)?;
+        runtime::seccomp::install_seccomp_on_current_thread(&self.filter)
+    }
 }
 
 /// One guest to run.
@@ -182,6 +226,9 @@ pub fn run_guest(launch: GuestLaunch<'_>) -> Result<RunOutcome, QemuError> {
         None => None,
     };
 
+    // Host root's QEMU gives up what a 9p passthrough share does not need (see RootGuard); a user's QEMU has
+    // nothing to give up and stores the files as its own.
+    let root_guard = if as_root { Some(RootGuard::new()?) } else { None };
     let log_for_qemu = console.try_clone().map_err(QemuError::Channels)?;
     let mut command = Command::new(&program);
     command.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log_for_qemu));
@@ -202,6 +249,10 @@ pub fn run_guest(launch: GuestLaunch<'_>) -> Result<RunOutcome, QemuError> {
         }
         for &fd in &inherited {
             sys::fd::set_descriptor_flags(fd, 0).map_err(os_error)?;
+        }
+        // Last: the overlay mount above needs CAP_SYS_ADMIN, which this drops.
+        if let Some(guard) = &root_guard {
+            guard.apply_in_child().map_err(os_error)?;
         }
         Ok(())
     });

@@ -262,13 +262,26 @@ fn what_this_slice_does_not_run_in_a_vm_is_refused() {
     assert_eq!(code(&o), 125, "{}", stderr(&o));
 }
 
+/// Starts `airlock ARGS` (a command that prints a line, then waits), reads that first line, and finds its QEMU:
+/// (the running airlock, the line, QEMU's pid).
+fn start_in_vm(args: &[&str]) -> (std::process::Child, String, i32) {
+    let mut child =
+        airlock_cmd(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let qemus = qemus_of(child.id());
+    assert_eq!(qemus.len(), 1, "airlock's qemu while the guest runs: {qemus:?}");
+    (child, line, qemus[0])
+}
+
 #[test]
 fn a_killed_airlock_leaves_no_qemu_and_no_mount() {
     require_vm!();
     let ws = TempDir::new("kill-ws");
     let ws_path = ws.0.to_string_lossy().into_owned();
     let name = format!("vm-kill-{}", std::process::id());
-    let mut child = airlock_cmd(&[
+    let (mut child, line, qemu) = start_in_vm(&[
         "run",
         "--isolation",
         "vm",
@@ -280,18 +293,9 @@ fn a_killed_airlock_leaves_no_qemu_and_no_mount() {
         "/bin/sh",
         "-c",
         "echo up; sleep 120",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit())
-    .spawn()
-    .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
+    ]);
     assert_eq!(line.trim(), "up");
-    let qemus = qemus_of(child.id());
-    assert_eq!(qemus.len(), 1, "airlock's qemu while the guest runs: {qemus:?}");
+    let qemus = [qemu];
     child.kill().unwrap();
     child.wait().unwrap();
     // QEMU dies with airlock (PR_SET_PDEATHSIG); the overlay was in its own mount namespace.
@@ -367,7 +371,7 @@ fn roots_qemu_keeps_only_the_share_capabilities_and_sets_no_set_id_bit() {
     // directory. It keeps CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH and FOWNER only, no_new_privs, a seccomp filter.
     let ws = TempDir::new("setid-ws");
     let ws_path = ws.0.to_string_lossy().into_owned();
-    let mut child = airlock_cmd(&[
+    let (mut child, line, qemu) = start_in_vm(&[
         "run",
         "--isolation",
         "vm",
@@ -380,18 +384,8 @@ fn roots_qemu_keeps_only_the_share_capabilities_and_sets_no_set_id_bit() {
         "/bin/sh",
         "-c",
         "touch f; chmod 4755 f; echo chmod=$?; sleep 60",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit())
-    .spawn()
-    .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let qemus = qemus_of(child.id());
-    assert_eq!(qemus.len(), 1, "airlock's qemu while the guest runs: {qemus:?}");
-    let status = std::fs::read_to_string(format!("/proc/{}/status", qemus[0])).unwrap();
+    ]);
+    let status = std::fs::read_to_string(format!("/proc/{qemu}/status")).unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
     for field in ["CapEff:", "CapPrm:", "CapBnd:"] {

@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 use runtime::sandbox::RunOutcome;
 
 use super::kernel::{Accel, GuestKernel};
-use super::protocol::{
-    GuestMessage, GuestRequest, MAX_MESSAGE_BYTES, PORT_CONTROL, PORT_STDERR, PORT_STDIN, PORT_STDOUT,
-};
+use super::protocol::{ControlReader, GuestMessage, GuestRequest, PORT_CONTROL, PORT_STDERR, PORT_STDIN, PORT_STDOUT};
 use super::{VmConfig, WorkspaceOverlay};
 
 /// How long the guest may take to boot and answer (TCG on a busy host is slow).
@@ -47,8 +45,8 @@ pub enum QemuError {
     Guest(String),
     #[error("the guest sent a message airlock does not understand: {0}")]
     BadMessage(String),
-    #[error("the guest sent a control message longer than {limit} bytes (the guest is not trusted: refused)")]
-    MessageTooLong { limit: usize },
+    #[error(transparent)]
+    Control(#[from] super::protocol::ControlError),
     #[error("audit: the guest sent a record the audit log cannot take")]
     BadAuditRecord(#[source] super::protocol::AuditRecordError),
     #[error("a path with a NUL byte: {0}")]
@@ -372,7 +370,7 @@ fn converse(
 
     let started = Instant::now();
     let mut up = false;
-    let mut pending = Vec::new();
+    let mut reader = ControlReader::default();
     let mut out_open = true;
     let mut err_open = true;
     let mut buf = vec![0u8; 64 * 1024];
@@ -397,21 +395,8 @@ fn converse(
         }
         if fds[0].revents != 0 {
             let n = ctl.read(&mut buf).unwrap_or(0);
-            pending.extend_from_slice(&buf[..n]);
-            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                let message_line: Vec<u8> = pending.drain(..=end).collect();
-                if message_line.len() > MAX_MESSAGE_BYTES + 1 {
-                    return Err(QemuError::MessageTooLong { limit: MAX_MESSAGE_BYTES });
-                }
-                let message: GuestMessage = serde_json::from_slice(&message_line).map_err(|_| {
-                    let mut shown = String::from_utf8_lossy(&message_line).trim().to_string();
-                    if shown.len() > 200 {
-                        let cut = (0..=200).rev().find(|&i| shown.is_char_boundary(i)).unwrap_or(0);
-                        shown.truncate(cut);
-                        shown.push_str("...");
-                    }
-                    QemuError::BadMessage(shown)
-                })?;
+            reader.push(&buf[..n]);
+            while let Some(message) = reader.next_message()? {
                 let outcome = match message {
                     GuestMessage::Audit(record) => {
                         let event = record.into_event().map_err(QemuError::BadAuditRecord)?;
@@ -442,10 +427,6 @@ fn converse(
                 drain(&mut stdout, &mut std::io::stdout(), &mut buf);
                 drain(&mut stderr, &mut std::io::stderr(), &mut buf);
                 return Ok(outcome);
-            }
-            // A line without its end yet: bounded, so a guest cannot make the host hold an endless line.
-            if pending.len() > MAX_MESSAGE_BYTES {
-                return Err(QemuError::MessageTooLong { limit: MAX_MESSAGE_BYTES });
             }
             if n == 0 {
                 return Err(stopped(up, console));

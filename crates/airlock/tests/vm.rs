@@ -399,3 +399,45 @@ fn roots_qemu_keeps_only_the_share_capabilities_and_sets_no_set_id_bit() {
     let mode = std::fs::metadata(ws.0.join("f")).unwrap().mode();
     assert_eq!(mode & 0o6000, 0, "the host file is set-ID: {mode:o} ({line})");
 }
+
+/// `--audit FILE` in a VM: the guest's engine audits as on the host and sends each record to the host, which
+/// writes the log (the guest never holds it). One boot: an exec with its argv, a denied call, learn mode's
+/// refused write, the chain intact.
+#[test]
+fn the_audit_log_records_the_guests_execs_and_denials_on_the_host() {
+    require_vm!();
+    let dir = TempDir::new("audit");
+    let file = dir.0.join("audit.jsonl");
+    // unshare(2) is on the default deny-list: EPERM inside, recorded as a denial. /etc is read-only: learn mode
+    // records the write and suggests nothing for it.
+    let script =
+        "/bin/true one two; unshare -U true 2>/dev/null; echo status=$?; touch /etc/airlock-vm-learn 2>/dev/null";
+    let args = ["run", "--isolation", "vm", "--learn", "--audit", file.to_str().unwrap(), "--", "sh", "-c", script];
+    let o = vm(&args, b"");
+    assert_eq!(code(&o), 1, "stdout: {}\nstderr: {}", stdout(&o), stderr(&o));
+    assert_eq!(stdout(&o).trim(), "status=1", "{}", stderr(&o));
+    assert!(stderr(&o).contains("/etc/airlock-vm-learn") && stderr(&o).contains("unshare"), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let all: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> = all.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"created"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"exited"), "{kinds:?}");
+    let argvs: Vec<Vec<&str>> = all
+        .iter()
+        .filter(|r| r["kind"] == "exec")
+        .map(|r| r["process"]["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect())
+        .collect();
+    assert!(argvs.iter().any(|a| a == &["/bin/true", "one", "two"]), "{argvs:?}");
+    assert!(argvs.iter().any(|a| a == &["sh", "-c", script]), "{argvs:?}");
+    let true_exec = all.iter().find(|r| r["kind"] == "exec" && r["process"]["argv"][0] == "/bin/true").unwrap();
+    assert_eq!(true_exec["process"]["file"]["path"], "/bin/true", "{true_exec}");
+    let denial = all.iter().find(|r| r["kind"] == "denied").unwrap_or_else(|| panic!("no denial in {kinds:?}"));
+    assert_eq!(denial["syscall"], "unshare", "{denial}");
+    assert_eq!(denial["errno_name"], "EPERM", "{denial}");
+    assert!(
+        all.iter().any(|r| r["kind"] == "file_write" && r["file"]["path"] == "/etc/airlock-vm-learn"),
+        "no file_write record in {text}"
+    );
+    // The guest's records are in the host's chain, in order, as a namespace run writes them.
+    assert!(audit::verify(&file).unwrap().ok(), "{text}");
+}

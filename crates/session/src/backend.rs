@@ -133,9 +133,9 @@ impl Backend for crate::vm::VmBackend {
         policy: &SandboxPolicy,
         host: &HostContext,
         warn: &mut dyn FnMut(&str),
-        _audit: Option<AuditRequest<'_>>,
+        audit: Option<AuditRequest<'_>>,
     ) -> Result<(RunOutcome, RunReport), BackendError> {
-        Ok(self.run_vm(policy, host, warn)?)
+        Ok(self.run_vm(policy, host, warn, audit)?)
     }
 
     fn run_held(

@@ -14,7 +14,7 @@ use runtime::prepare::HostContext;
 use runtime::sandbox::RunOutcome;
 
 use super::initramfs::{MODULES_DIR, MODULES_ORDER};
-use super::protocol::{GuestMessage, GuestRequest, PORT_CONTROL, PORT_STDERR, PORT_STDIN, PORT_STDOUT};
+use super::protocol::{AuditRecord, GuestMessage, GuestRequest, PORT_CONTROL, PORT_STDERR, PORT_STDIN, PORT_STDOUT};
 
 /// Whether this process is the guest's init: PID 1, started as `/init`.
 pub fn is_guest_init() -> bool {
@@ -92,11 +92,23 @@ fn run(control: &mut Option<std::fs::File>) -> Result<GuestMessage, String> {
         in_vm_guest: true,
     };
     let mut warnings = Vec::new();
-    let ran = runtime::sandbox::run_sandbox(&request.policy, &host, &mut |w| warnings.push(w.to_string()), None);
+    let mut sink = match request.audit {
+        Some(_) => Some(PortSink { port: port.try_clone().map_err(|e| format!("control port: {e}"))?, failed: None }),
+        None => None,
+    };
+    let audit = match (request.audit, sink.as_mut()) {
+        (Some(notify), Some(sink)) => Some(runtime::sandbox::AuditRequest { notify: notify.into(), sink }),
+        _ => None,
+    };
+    let ran = runtime::sandbox::run_sandbox(&request.policy, &host, &mut |w| warnings.push(w.to_string()), audit);
     for w in warnings {
         let _ = send(port, &GuestMessage::Warning(w));
     }
     let (outcome, _) = ran.map_err(|e| crate::error_chain(&e))?;
+    // A record that did not reach the host is a hole in its log: the run fails rather than end as if complete.
+    if let Some(why) = sink.and_then(|s| s.failed) {
+        return Err(format!("audit: cannot send a record to the host: {why}"));
+    }
     Ok(match outcome {
         RunOutcome::Exited(code) => GuestMessage::Exited(code),
         RunOutcome::TimedOut(elapsed) => {
@@ -105,6 +117,27 @@ fn run(control: &mut Option<std::fs::File>) -> Result<GuestMessage, String> {
         RunOutcome::ExecFailed { code, message } => GuestMessage::ExecFailed { code, message },
         RunOutcome::OutOfMemory { summary } => GuestMessage::OutOfMemory { summary },
     })
+}
+
+/// The guest's audit sink: each record of the engine's seccomp listener goes to the host on the control port as
+/// it is made (the log is the host's; nothing of it is in the guest). A write blocks while the host is behind,
+/// which holds the notified process, as a slow disk does on the host.
+struct PortSink {
+    port: std::fs::File,
+    /// The first write that failed: the run then fails (see `run`).
+    failed: Option<String>,
+}
+
+impl runtime::notify::AuditSink for PortSink {
+    fn record(&mut self, event: audit::Event) {
+        if self.failed.is_some() {
+            return;
+        }
+        let Some(record) = AuditRecord::from_event(event) else { return };
+        if let Err(e) = send(&mut self.port, &GuestMessage::Audit(record)) {
+            self.failed = Some(e.to_string());
+        }
+    }
 }
 
 fn errno(what: &str, e: i32) -> String {

@@ -111,6 +111,7 @@ impl VmBackend {
         policy: &SandboxPolicy,
         host: &HostContext,
         warn: &mut dyn FnMut(&str),
+        audit: Option<runtime::sandbox::AuditRequest<'_>>,
     ) -> Result<(RunOutcome, RunReport), VmError> {
         refuse_unsupported(policy, host)?;
         let kernel = GuestKernel::find(self.config.kernel.as_deref())?;
@@ -123,7 +124,11 @@ impl VmBackend {
             }
         }
         let initrd = initramfs::ensure(&self.config.cache_dir, &kernel)?;
-        let (request, workspace_overlay) = guest_request(policy, host)?;
+        let (mut request, workspace_overlay) = guest_request(policy, host)?;
+        // The guest's engine runs its seccomp listener as the namespace backend does on the host, and sends each
+        // record here, where the log is written: the guest never holds the log file.
+        let mut audit = audit.filter(|a| a.notify.any());
+        request.audit = audit.as_ref().map(|a| a.notify.into());
         let outcome = qemu::run_guest(qemu::GuestLaunch {
             config: &self.config,
             kernel: &kernel,
@@ -131,6 +136,7 @@ impl VmBackend {
             request: &request,
             workspace_overlay: workspace_overlay.as_ref(),
             warn,
+            audit: audit.as_mut().map(|a| &mut *a.sink as &mut dyn runtime::notify::AuditSink),
         })?;
         Ok((outcome, RunReport::default()))
     }
@@ -240,5 +246,5 @@ fn guest_request(
     }
     // The guest's engine has no host cgroup to limit: the VM's size is the bound, and its own cgroups (the guest's)
     // apply the limits to the command inside.
-    Ok((GuestRequest { policy: guest_policy, name: host.name.clone(), shares, symlinks }, overlay))
+    Ok((GuestRequest { policy: guest_policy, name: host.name.clone(), shares, symlinks, audit: None }, overlay))
 }

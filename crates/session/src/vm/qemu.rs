@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use runtime::sandbox::RunOutcome;
 
 use super::kernel::{Accel, GuestKernel};
-use super::protocol::{GuestMessage, GuestRequest, PORT_CONTROL, PORT_STDERR, PORT_STDIN, PORT_STDOUT};
+use super::protocol::{ControlReader, GuestMessage, GuestRequest, PORT_CONTROL, PORT_STDERR, PORT_STDIN, PORT_STDOUT};
 use super::{VmConfig, WorkspaceOverlay};
 
 /// How long the guest may take to boot and answer (TCG on a busy host is slow).
@@ -45,6 +45,10 @@ pub enum QemuError {
     Guest(String),
     #[error("the guest sent a message airlock does not understand: {0}")]
     BadMessage(String),
+    #[error(transparent)]
+    Control(#[from] super::protocol::ControlError),
+    #[error("audit: the guest sent a record the audit log cannot take")]
+    BadAuditRecord(#[source] super::protocol::AuditRecordError),
     #[error("a path with a NUL byte: {0}")]
     Nul(String),
     #[error("cannot prepare the seccomp filter of root's QEMU")]
@@ -101,6 +105,8 @@ pub struct GuestLaunch<'a> {
     pub request: &'a GuestRequest,
     pub workspace_overlay: Option<&'a WorkspaceOverlay>,
     pub warn: &'a mut dyn FnMut(&str),
+    /// Where the guest's audit records go (the log, on the host), in the order they arrive.
+    pub audit: Option<&'a mut dyn runtime::notify::AuditSink>,
 }
 
 /// The QEMU of this machine's architecture, from `PATH`.
@@ -261,8 +267,18 @@ pub fn run_guest(launch: GuestLaunch<'_>) -> Result<RunOutcome, QemuError> {
     drop((ctl_qemu, stdin_qemu, stdout_qemu, stderr_qemu));
     let pidfd = sys::process::pidfd_open(child.id() as libc::pid_t).map_err(|e| QemuError::Channels(os_error(e)));
 
-    let result =
-        pidfd.and_then(|pidfd| converse(ctl, stdin, stdout, stderr, &pidfd, launch.request, launch.warn, &console));
+    let mut audit = launch.audit;
+    let result = pidfd.and_then(|pidfd| {
+        let channels = Channels { ctl, stdin, stdout, stderr };
+        // A reborrow for the conversation (a trait object's lifetime shortens only outside the `Option`).
+        let sink = audit.as_mut().map(|a| &mut **a as &mut dyn runtime::notify::AuditSink);
+        converse(channels, &pidfd, launch.request, launch.warn, sink, &console)
+    });
+    // The records that arrived are written however the run ended (a guest that dies after an exec still has it
+    // in the log).
+    if let Some(sink) = audit {
+        sink.flush();
+    }
     // However it ended: the guest powers itself off after reporting; a guest that does not is killed.
     let deadline = Instant::now() + STOP_TIMEOUT;
     loop {
@@ -317,18 +333,25 @@ fn console_tail(console: &std::fs::File) -> String {
     text.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("(the console is empty)").to_string()
 }
 
-/// Sends the request, relays the streams until the guest reports the outcome.
-#[allow(clippy::too_many_arguments)]
-fn converse(
-    mut ctl: UnixStream,
+/// The host's ends of the guest's serial ports.
+struct Channels {
+    ctl: UnixStream,
     stdin: UnixStream,
-    mut stdout: UnixStream,
-    mut stderr: UnixStream,
+    stdout: UnixStream,
+    stderr: UnixStream,
+}
+
+/// Sends the request, relays the streams and hands the audit records to `audit` until the guest reports the
+/// outcome.
+fn converse(
+    channels: Channels,
     pidfd: &std::os::fd::OwnedFd,
     request: &GuestRequest,
     warn: &mut dyn FnMut(&str),
+    mut audit: Option<&mut dyn runtime::notify::AuditSink>,
     console: &std::fs::File,
 ) -> Result<RunOutcome, QemuError> {
+    let Channels { mut ctl, stdin, mut stdout, mut stderr } = channels;
     let mut line = serde_json::to_vec(request).map_err(|e| QemuError::Channels(std::io::Error::other(e)))?;
     line.push(b'\n');
     ctl.write_all(&line).map_err(QemuError::Channels)?;
@@ -347,7 +370,7 @@ fn converse(
 
     let started = Instant::now();
     let mut up = false;
-    let mut pending = Vec::new();
+    let mut reader = ControlReader::default();
     let mut out_open = true;
     let mut err_open = true;
     let mut buf = vec![0u8; 64 * 1024];
@@ -358,7 +381,9 @@ fn converse(
             libc::pollfd { fd: if err_open { stderr.as_raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: pidfd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
         ];
-        match sys::fd::poll(&mut fds, 100) {
+        // A buffering sink wants its flush within its delay, even while the guest is quiet.
+        let flush_in = audit.as_deref().and_then(|a| a.flush_due()).map_or(100, |d| d.as_millis().min(100) as i32);
+        match sys::fd::poll(&mut fds, flush_in) {
             Ok(_) | Err(libc::EINTR) => {}
             Err(e) => return Err(QemuError::Channels(os_error(e))),
         }
@@ -370,12 +395,19 @@ fn converse(
         }
         if fds[0].revents != 0 {
             let n = ctl.read(&mut buf).unwrap_or(0);
-            pending.extend_from_slice(&buf[..n]);
-            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                let message_line: Vec<u8> = pending.drain(..=end).collect();
-                let message: GuestMessage = serde_json::from_slice(&message_line)
-                    .map_err(|_| QemuError::BadMessage(String::from_utf8_lossy(&message_line).trim().to_string()))?;
+            reader.push(&buf[..n]);
+            while let Some(message) = reader.next_message()? {
                 let outcome = match message {
+                    GuestMessage::Audit(record) => {
+                        let event = record.into_event().map_err(QemuError::BadAuditRecord)?;
+                        // Not asked for: nothing was audited, so nothing may be recorded (a guest cannot write
+                        // into a run's log that has none).
+                        let Some(sink) = audit.as_deref_mut() else {
+                            return Err(QemuError::BadMessage("an audit record, but the run has no audit".into()));
+                        };
+                        sink.record(event);
+                        continue;
+                    }
                     GuestMessage::Started => {
                         up = true;
                         continue;
@@ -398,6 +430,11 @@ fn converse(
             }
             if n == 0 {
                 return Err(stopped(up, console));
+            }
+        }
+        if let Some(sink) = audit.as_deref_mut() {
+            if sink.flush_due() == Some(Duration::ZERO) {
+                sink.flush();
             }
         }
         if fds[3].revents != 0 {

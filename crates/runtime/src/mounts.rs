@@ -295,7 +295,10 @@ pub fn open_root_layers(overlay: &RootOverlayPlan, fds: &mut RootFds) -> Result<
 /// makes the root read-only once they are.
 pub fn mount_root_overlay(overlay: &RootOverlayPlan, fds: &RootFds, staging_dir: &CStr) -> Result<RawFd, ChildFailure> {
     let result = (|| {
-        // The scratch upper, in a tmpfs of this mount namespace's own (gone with it).
+        // The scratch upper, in a tmpfs of this mount namespace's own (gone with it). Attached at the staging
+        // directory, under the overlay that is attached there next (covered at once), rather than left detached:
+        // a detached tree is unmounted when its fd closes, a wait for an RCU grace period of its own, where
+        // attached it goes with the old root's detach (as airlock's own files do: `mount_files_tmpfs`).
         let scratch = match overlay.layer {
             Some(_) => None,
             None => {
@@ -304,6 +307,7 @@ pub fn mount_root_overlay(overlay: &RootOverlayPlan, fds: &RootFds, staging_dir:
                 let fs = new_tmpfs(mode.into_iter().chain(size), libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV)?;
                 sys::fd::mkdirat(fs.as_raw_fd(), c"upper", 0o755)?;
                 sys::fd::mkdirat(fs.as_raw_fd(), c"work", 0o755)?;
+                mount::move_mount(fs.as_raw_fd(), EMPTY, libc::AT_FDCWD, staging_dir, libc::MOVE_MOUNT_F_EMPTY_PATH)?;
                 Some(fs)
             }
         };
@@ -327,7 +331,7 @@ pub fn mount_root_overlay(overlay: &RootOverlayPlan, fds: &RootFds, staging_dir:
         mount::fsconfig_flag(fs_fd, c"userxattr")?;
         let mnt = mount::fsmount(fs_fd, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV)?;
         drop(fs);
-        // The scratch tmpfs is unreachable from here on (it was never attached); the overlay keeps it.
+        // The scratch tmpfs is unreachable from here on (covered by the overlay); the overlay keeps it.
         drop(scratch);
         mount::move_mount(mnt.as_raw_fd(), EMPTY, libc::AT_FDCWD, staging_dir, libc::MOVE_MOUNT_F_EMPTY_PATH)?;
         Ok(mnt)

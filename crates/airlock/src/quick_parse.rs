@@ -45,8 +45,9 @@ fn parse_one_subcommand(args: &[OsString]) -> Option<Cli> {
         )
         .subcommand_required(true)
         .subcommand(augment(clap::Command::new(name)));
-    let matches = tree.try_get_matches_from(args).ok()?;
-    Cli::from_arg_matches(&matches).ok()
+    let mut matches = tree.try_get_matches_from(args).ok()?;
+    // `_mut`: takes the values out of the matches instead of cloning them first (what `from_arg_matches` does).
+    Cli::from_arg_matches_mut(&mut matches).ok()
 }
 
 #[cfg(test)]

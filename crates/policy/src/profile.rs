@@ -578,22 +578,27 @@ impl Profile {
             location: location(text, span, field),
             message: one_line(message),
         };
-        // Parsed once for its spans, which name the line and field of every later error.
+        // Parsed once: the document is checked, then deserialized (what `toml::from_str` does, without parsing
+        // the text a second time: a profile is parsed at every `run`, issue 15). Its spans name the line and field
+        // of a later error; the document is consumed by the deserializer, so an error's field is looked up in a
+        // fresh parse of the same text, which costs only the failing command.
         let document =
             toml_edit::ImDocument::parse(text).map_err(|error| toml_error(error.span(), None, error.message()))?;
         check_sections_are_tables(&document).map_err(|(section, span)| {
             toml_error(span, Some(section.to_owned()), "expected a table, e.g. [section]")
         })?;
-        let profile: Profile = toml::from_str(text).map_err(|error| {
+        let reparsed = || toml_edit::ImDocument::parse(text).ok();
+        let profile = Profile::deserialize(toml_edit::de::Deserializer::from(document)).map_err(|error| {
             let span = error.span();
-            let field = span.as_ref().and_then(|span| field_at_offset(&document, span.start));
+            let field =
+                span.as_ref().and_then(|span| reparsed().and_then(|document| field_at_offset(&document, span.start)));
             toml_error(span, field, error.message())
         })?;
         profile.check().map_err(|error| ProfileError::Value {
             origin: origin.to_owned(),
             location: location(
                 text,
-                span_of(&document, error.field, error.item.as_ref()),
+                reparsed().and_then(|document| span_of(&document, error.field, error.item.as_ref())),
                 Some(error.field.key().to_owned()),
             ),
             error: Box::new(error.error),

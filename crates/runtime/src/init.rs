@@ -186,11 +186,15 @@ fn build_sandbox(
     root: &RootFds,
     tun: Option<(RawFd, RawFd)>,
 ) -> Result<(), ChildFailure> {
+    // Under the root: covered by it once it is attached (see `mount_files_tmpfs`).
+    let files = mounts::mount_files_tmpfs(plan)?;
     let root = match &plan.root_overlay {
         Some(overlay) => mounts::mount_root_overlay(overlay, root, &plan.staging_dir)?,
         None => mounts::mount_staging_root(&plan.staging_dir)?,
     };
-    mounts::build_new_root(plan, root, trees)?;
+    mounts::build_new_root(plan, root, trees, files.as_ref().map(AsFd::as_fd))?;
+    // Attached: closing it unmounts nothing (the old root's detach below takes the tmpfs along).
+    drop(files);
     for &tree in trees.iter() {
         sys::fd::close(tree);
     }

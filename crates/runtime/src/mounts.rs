@@ -8,7 +8,7 @@
 //! a symlink planted in a `--rootfs DIR` tree cannot redirect a mount (or a `mkdir`) onto the host.
 
 use std::ffi::CStr;
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 
 use crate::failure::{fail, ChildFailure, Step};
 use crate::plan::{
@@ -295,7 +295,10 @@ pub fn open_root_layers(overlay: &RootOverlayPlan, fds: &mut RootFds) -> Result<
 /// makes the root read-only once they are.
 pub fn mount_root_overlay(overlay: &RootOverlayPlan, fds: &RootFds, staging_dir: &CStr) -> Result<RawFd, ChildFailure> {
     let result = (|| {
-        // The scratch upper, in a tmpfs of this mount namespace's own (gone with it).
+        // The scratch upper, in a tmpfs of this mount namespace's own (gone with it). Attached at the staging
+        // directory, under the overlay that is attached there next (covered at once), rather than left detached:
+        // a detached tree is unmounted when its fd closes, a wait for an RCU grace period of its own, where
+        // attached it goes with the old root's detach (as airlock's own files do: `mount_files_tmpfs`).
         let scratch = match overlay.layer {
             Some(_) => None,
             None => {
@@ -304,6 +307,7 @@ pub fn mount_root_overlay(overlay: &RootOverlayPlan, fds: &RootFds, staging_dir:
                 let fs = new_tmpfs(mode.into_iter().chain(size), libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV)?;
                 sys::fd::mkdirat(fs.as_raw_fd(), c"upper", 0o755)?;
                 sys::fd::mkdirat(fs.as_raw_fd(), c"work", 0o755)?;
+                mount::move_mount(fs.as_raw_fd(), EMPTY, libc::AT_FDCWD, staging_dir, libc::MOVE_MOUNT_F_EMPTY_PATH)?;
                 Some(fs)
             }
         };
@@ -327,7 +331,7 @@ pub fn mount_root_overlay(overlay: &RootOverlayPlan, fds: &RootFds, staging_dir:
         mount::fsconfig_flag(fs_fd, c"userxattr")?;
         let mnt = mount::fsmount(fs_fd, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV)?;
         drop(fs);
-        // The scratch tmpfs is unreachable from here on (it was never attached); the overlay keeps it.
+        // The scratch tmpfs is unreachable from here on (covered by the overlay); the overlay keeps it.
         drop(scratch);
         mount::move_mount(mnt.as_raw_fd(), EMPTY, libc::AT_FDCWD, staging_dir, libc::MOVE_MOUNT_F_EMPTY_PATH)?;
         Ok(mnt)
@@ -352,20 +356,40 @@ fn proc_fd_child_path<'a>(fd: RawFd, name: &[u8], buf: &'a mut [u8; 48]) -> Resu
     CStr::from_bytes_until_nul(&buf[..]).map_err(|_| libc::EINVAL)
 }
 
-/// A detached, read-only bind of a file holding `contents`, in a tmpfs of its own that nothing else can reach
-/// (never attached anywhere: the only mount of it is the file's bind).
-fn airlock_file(contents: &[u8]) -> Result<OwnedFd, Errno> {
-    let fs = new_tmpfs([(c"mode", c"0755"), (c"size", c"64k")], libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV)?;
-    let fd = sys::fd::openat(
-        fs.as_raw_fd(),
-        c"file",
-        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
-        0o644,
-    )?;
+/// The tmpfs that holds airlock's own files (`/etc/hosts`, `/etc/resolv.conf`: [`RootEntry::File`]), attached at
+/// `staging_dir` in the sandbox's copy of the host tree *before* the root is attached on top of it, so that it is
+/// covered at once and reachable only through the returned fd. Attached rather than left detached because of what
+/// unmounting costs: a detached tree is unmounted when its last fd closes, and every unmount waits for an RCU grace
+/// period (`synchronize_rcu_expedited`, 0.1 ms on an idle machine, several on a busy one: measured, issue 15).
+/// Attached here, it stays in the old root's tree (`pivot_root` moves only the root off it) and goes with the
+/// old root's detach in [`enter_new_root`], in the grace period that one waits for anyway. `None` when the plan
+/// has no such file; a failure names the first such file.
+pub fn mount_files_tmpfs(plan: &SandboxPlan) -> Result<Option<OwnedFd>, ChildFailure> {
+    let Some(first_file) = plan.root_entries.iter().position(|e| matches!(e, RootEntry::File { .. })) else {
+        return Ok(None);
+    };
+    let fs = new_tmpfs([(c"mode", c"0755"), (c"size", c"64k")], libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV)
+        .map_err(fail(Step::WriteSandboxFile, first_file))?;
+    mount::move_mount(fs.as_raw_fd(), EMPTY, libc::AT_FDCWD, &plan.staging_dir, libc::MOVE_MOUNT_F_EMPTY_PATH)
+        .map_err(fail(Step::WriteSandboxFile, first_file))?;
+    Ok(Some(fs))
+}
+
+/// The names of airlock's own files in the files tmpfs, by their entry's index (no allocation after `clone`).
+fn file_name(index: usize) -> Result<&'static CStr, Errno> {
+    const NAMES: [&CStr; 8] = [c"0", c"1", c"2", c"3", c"4", c"5", c"6", c"7"];
+    NAMES.get(index).copied().ok_or(libc::E2BIG)
+}
+
+/// A detached, read-only bind of a file holding `contents`, created as the `number`th file in the files tmpfs
+/// `files` ([`mount_files_tmpfs`]; covered by the root, so the file's bind is the only way to it).
+fn airlock_file(files: RawFd, number: usize, contents: &[u8]) -> Result<OwnedFd, Errno> {
+    let name = file_name(number)?;
+    let fd = sys::fd::openat(files, name, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC, 0o644)?;
     let written = sys::fd::write_all(fd.as_raw_fd(), contents);
     drop(fd);
     written?;
-    let tree = mount::open_tree(fs.as_raw_fd(), c"file", libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC)?;
+    let tree = mount::open_tree(files, name, libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC)?;
     let attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
     mount::mount_setattr(tree.as_raw_fd(), EMPTY, libc::AT_EMPTY_PATH as u32, attrs, 0)?;
     Ok(tree)
@@ -420,7 +444,13 @@ fn create_entry(dir: RawFd, name: &CStr, file: bool) -> Result<(), Errno> {
 
 /// Builds the whole new root on the staging tmpfs: the policy's binds, symlinks and tmpfs mounts in order, then
 /// `/dev` and `/proc`, then makes the root tmpfs itself read-only.
-pub fn build_new_root(plan: &SandboxPlan, root: RawFd, trees: &[RawFd]) -> Result<(), ChildFailure> {
+pub fn build_new_root(
+    plan: &SandboxPlan,
+    root: RawFd,
+    trees: &[RawFd],
+    files: Option<BorrowedFd<'_>>,
+) -> Result<(), ChildFailure> {
+    let mut files_written = 0;
     for (index, entry) in plan.root_entries.iter().enumerate() {
         match entry {
             RootEntry::Bind { source, dest } => {
@@ -444,7 +474,9 @@ pub fn build_new_root(plan: &SandboxPlan, root: RawFd, trees: &[RawFd]) -> Resul
                 mounted.map_err(fail(Step::MountTmpfs, index))?;
             }
             RootEntry::File { dest, contents } => {
-                let file = airlock_file(contents).map_err(fail(Step::WriteSandboxFile, index))?;
+                let files = files.map_or(-1, |files| files.as_raw_fd());
+                let file = airlock_file(files, files_written, contents).map_err(fail(Step::WriteSandboxFile, index))?;
+                files_written += 1;
                 let target = match create_mount_point(root, dest, true) {
                     // An overlay root is ours to change: a symlink in the file's place (an image's
                     // `/etc/resolv.conf -> ../run/...`) gives way to the mount point (in the upper layer only).

@@ -102,7 +102,8 @@ pub enum RootEntry {
     /// An empty tmpfs at `dest`.
     Tmpfs { dest: InsidePath, options: Vec<(CString, CString)>, attr_flags: u64 },
     /// A read-only file of airlock's own at `dest`, over whatever the root had there (`--net allow`'s
-    /// `/etc/hosts` and `/etc/resolv.conf`): written into a small private tmpfs, then bound.
+    /// `/etc/hosts` and `/etc/resolv.conf`): written into a small private tmpfs (one for all of them, under the
+    /// root: `mounts::mount_files_tmpfs`; at most eight), then bound.
     File { dest: InsidePath, contents: Vec<u8> },
 }
 

@@ -6,8 +6,9 @@
 //! (`supervisor::supervise_audited`) receives it, and from then on answers each notification here:
 //!
 //! - exec: read pid, parent, path, argv (bounded) and cwd from `/proc` and the target's memory
-//!   (`process_vm_readv`), check that the notification is still valid (`SECCOMP_IOCTL_NOTIF_ID_VALID`: the
-//!   process may have died, and its pid been reused, while we read), answer `SECCOMP_USER_NOTIF_FLAG_CONTINUE`.
+//!   (`process_vm_readv`), answer `SECCOMP_USER_NOTIF_FLAG_CONTINUE`; that answer fails when the notification is
+//!   no longer valid (the process may have died, and its pid been reused, while we read), which marks the record
+//!   `process_gone` as `SECCOMP_IOCTL_NOTIF_ID_VALID` before it would, one system call fewer.
 //!   The record is for audit, not a security decision: the target's memory can change between our read and the
 //!   kernel's (TOCTOU, as `seccomp_unotify(2)` warns), so a hostile process can make the record say something other
 //!   than what ran. Nothing is allowed or refused on what was read.
@@ -163,9 +164,9 @@ impl<'a> SeccompAudit<'a> {
             }
             NotifiedCall::Exec { path, argv, dirfd } => {
                 // Before the answer: the path and argv (the exec replaces them), the pids and the working
-                // directory (a short program may be gone right after), then whether the notification is still
-                // valid — the process may have died, and its pid been reused, while we read. The record is
-                // written after the answer (buffered by the sink).
+                // directory (a short program may be gone, even reaped, right after), then the answer, which also
+                // says whether the notification was still valid — the process may have died, and its pid been
+                // reused, while we read. The record is written after the answer (buffered by the sink).
                 let mut record = match self.own_exec(path, argv).filter(|_| dirfd.is_none()) {
                     Some(own) => ExecRecord { host_pid, ..own },
                     None => read_exec_memory(host_pid, path, argv),
@@ -181,9 +182,7 @@ impl<'a> SeccompAudit<'a> {
                 // the process died, and its pid may have been reused, while we read — the check
                 // `SECCOMP_IOCTL_NOTIF_ID_VALID` would make, one system call fewer on the exec's path. Nothing
                 // was read after it, so every read above was of the notifying process when SEND succeeds.
-                if !respond(listener, req.id, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32)
-                    && !record.markers.contains(&MARK_PROCESS_GONE)
-                {
+                if !respond(listener, req.id, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32) {
                     record.markers.push(MARK_PROCESS_GONE);
                 }
                 Event::Exec(record)

@@ -367,6 +367,15 @@ fn a_process_that_dies_before_its_exec_is_recorded_hangs_nothing() {
     let all = records(&file);
     assert_eq!(all.last().unwrap()["kind"], "exited");
     assert!(audit::verify(&file).unwrap().ok());
+    // Every exec record, the racing ones included, has its pid, parent and cwd, or says the process was gone.
+    for r in all.iter().filter(|r| r["kind"] == "exec") {
+        let gone = r["markers"].as_array().is_some_and(|m| m.contains(&Value::from("process_gone")));
+        let p = &r["process"];
+        let complete = p["pid"].as_i64().is_some_and(|pid| pid > 1)
+            && p["parent_process"]["pid"].as_i64().is_some_and(|pid| pid >= 1)
+            && p["working_directory"].as_str().is_some_and(|cwd| !cwd.is_empty());
+        assert!(gone || complete, "{r}");
+    }
 }
 
 fn exec_into_a_created_sandbox_is_recorded(rootless: bool) {

@@ -367,6 +367,15 @@ fn a_process_that_dies_before_its_exec_is_recorded_hangs_nothing() {
     let all = records(&file);
     assert_eq!(all.last().unwrap()["kind"], "exited");
     assert!(audit::verify(&file).unwrap().ok());
+    // Every exec record, the racing ones included, has its pid, parent and cwd, or says the process was gone.
+    for r in all.iter().filter(|r| r["kind"] == "exec") {
+        let gone = r["markers"].as_array().is_some_and(|m| m.contains(&Value::from("process_gone")));
+        let p = &r["process"];
+        let complete = p["pid"].as_i64().is_some_and(|pid| pid > 1)
+            && p["parent_process"]["pid"].as_i64().is_some_and(|pid| pid >= 1)
+            && p["working_directory"].as_str().is_some_and(|cwd| !cwd.is_empty());
+        assert!(gone || complete, "{r}");
+    }
 }
 
 fn exec_into_a_created_sandbox_is_recorded(rootless: bool) {
@@ -568,4 +577,41 @@ fn a_profile_can_turn_exec_capture_on_for_named_sandboxes() {
     ok(&common::run(&["--name", &plain, "--", "sh", "-c", "ls / >/dev/null"]));
     assert!(execs(&records(&state_log(false, &plain))).is_empty());
     ok(&common::airlock(&["rm", &name, &plain]));
+}
+
+/// Short-lived programs (gone a moment after their exec) still get their whole record: pid, parent, cwd read
+/// before the exec is answered, argv[0] the same string as the path when the caller passes it at the path's own
+/// address (a shell's `/bin/true`), and another string when it is elsewhere (`execv` with a renamed argv[0]).
+#[test]
+fn execs_of_programs_that_exit_at_once_keep_pid_parent_cwd_and_argv() {
+    require_sandbox!();
+    let python = match common::python3() {
+        Some(p) => p,
+        None => skip_or_fail!("python3 is needed for a renamed argv[0]"),
+    };
+    let dir = TempDir::new("quick-execs");
+    let file = dir.path().join("audit.jsonl");
+    let renamed = "import os; os.execv('/bin/true', ['renamed-true', 'arg'])";
+    let script =
+        format!("cd /tmp; i=0; while [ $i -lt 50 ]; do /bin/true; i=$((i+1)); done; {python} -c \"{renamed}\"");
+    ok(&common::run(&["--rm", "--audit", file.to_str().unwrap(), "--", "sh", "-c", &script]));
+    let all = records(&file);
+    let execs: Vec<&Value> = all.iter().filter(|r| r["kind"] == "exec").collect();
+    let shell_pid = execs.iter().find(|r| r["process"]["argv"][0] == "sh").unwrap()["process"]["pid"].as_i64().unwrap();
+    let trues: Vec<&&Value> = execs.iter().filter(|r| r["process"]["argv"][0] == "/bin/true").collect();
+    assert_eq!(trues.len(), 50, "{execs:?}");
+    for r in &trues {
+        let p = &r["process"];
+        assert_eq!(p["argv"], serde_json::json!(["/bin/true"]), "{r}");
+        assert_eq!(p["file"]["path"], "/bin/true", "{r}");
+        assert_eq!(p["working_directory"], "/tmp", "{r}");
+        assert!(p["pid"].as_i64().unwrap() > shell_pid, "{r}");
+        assert_eq!(p["parent_process"]["pid"].as_i64().unwrap(), shell_pid, "{r}");
+        assert!(r.get("markers").is_none_or(|m| m.as_array().unwrap().is_empty()), "{r}");
+    }
+    let renamed = execs.iter().find(|r| r["process"]["argv"][0] == "renamed-true").unwrap();
+    assert_eq!(renamed["process"]["argv"], serde_json::json!(["renamed-true", "arg"]), "{renamed}");
+    assert_eq!(renamed["process"]["file"]["path"], "/bin/true", "{renamed}");
+    assert_eq!(renamed["process"]["working_directory"], "/tmp", "{renamed}");
+    assert!(audit::verify(&file).unwrap().ok());
 }

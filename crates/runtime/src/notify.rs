@@ -6,8 +6,9 @@
 //! (`supervisor::supervise_audited`) receives it, and from then on answers each notification here:
 //!
 //! - exec: read pid, parent, path, argv (bounded) and cwd from `/proc` and the target's memory
-//!   (`process_vm_readv`), check that the notification is still valid (`SECCOMP_IOCTL_NOTIF_ID_VALID`: the
-//!   process may have died, and its pid been reused, while we read), answer `SECCOMP_USER_NOTIF_FLAG_CONTINUE`.
+//!   (`process_vm_readv`), answer `SECCOMP_USER_NOTIF_FLAG_CONTINUE`; that answer fails when the notification is
+//!   no longer valid (the process may have died, and its pid been reused, while we read), which marks the record
+//!   `process_gone` as `SECCOMP_IOCTL_NOTIF_ID_VALID` before it would, one system call fewer.
 //!   The record is for audit, not a security decision: the target's memory can change between our read and the
 //!   kernel's (TOCTOU, as `seccomp_unotify(2)` warns), so a hostile process can make the record say something other
 //!   than what ran. Nothing is allowed or refused on what was read.
@@ -163,9 +164,9 @@ impl<'a> SeccompAudit<'a> {
             }
             NotifiedCall::Exec { path, argv, dirfd } => {
                 // Before the answer: the path and argv (the exec replaces them), the pids and the working
-                // directory (a short program may be gone right after), then whether the notification is still
-                // valid — the process may have died, and its pid been reused, while we read. The record is
-                // written after the answer (buffered by the sink).
+                // directory (a short program may be gone, even reaped, right after), then the answer, which also
+                // says whether the notification was still valid — the process may have died, and its pid been
+                // reused, while we read. The record is written after the answer (buffered by the sink).
                 let mut record = match self.own_exec(path, argv).filter(|_| dirfd.is_none()) {
                     Some(own) => ExecRecord { host_pid, ..own },
                     None => read_exec_memory(host_pid, path, argv),
@@ -177,10 +178,13 @@ impl<'a> SeccompAudit<'a> {
                 if !record.path.is_empty() && !exists_inside(self.proc_dir, host_pid, &record.path, dirfd) {
                     record.markers.push(MARK_NOT_FOUND);
                 }
-                if !notification_valid(listener, req.id) {
+                // The answer itself says whether the notification was still valid: SEND fails (ENOENT) when
+                // the process died, and its pid may have been reused, while we read — the check
+                // `SECCOMP_IOCTL_NOTIF_ID_VALID` would make, one system call fewer on the exec's path. Nothing
+                // was read after it, so every read above was of the notifying process when SEND succeeds.
+                if !respond(listener, req.id, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32) {
                     record.markers.push(MARK_PROCESS_GONE);
                 }
-                respond(listener, req.id, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32);
                 Event::Exec(record)
             }
             NotifiedCall::Write { name, path, dirfd } => {
@@ -231,14 +235,11 @@ fn set_sync_wakeup(listener: RawFd) {
     let _ = sys::seccomp::set_listener_flags(listener, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP);
 }
 
-/// Answers notification `id`: `error` (negative errno) or `flags` (CONTINUE). A failure means the process is gone.
-fn respond(listener: RawFd, id: u64, error: i32, flags: u32) {
-    let _ = sys::seccomp::send_response(listener, id, error, flags);
-}
-
-/// Whether notification `id` is still pending (its process alive, still in the call).
-fn notification_valid(listener: RawFd, id: u64) -> bool {
-    sys::seccomp::notification_valid(listener, id)
+/// Answers notification `id`: `error` (negative errno) or `flags` (CONTINUE). Whether the answer reached the
+/// process: a failure (ENOENT) means the notification was no longer valid, its process gone (killed while in the
+/// call).
+fn respond(listener: RawFd, id: u64, error: i32, flags: u32) -> bool {
+    sys::seccomp::send_response(listener, id, error, flags).is_ok()
 }
 
 /// What an exec notification says, read from `/proc` and the process's memory, bounded.
@@ -254,7 +255,10 @@ fn read_exec_memory(host_pid: i32, path: u64, argv: u64) -> ExecRecord {
         }
         Err(e) => record.markers.push(gone_or_unreadable(e)),
     }
-    match read_argv(host_pid, argv) {
+    // A shell or `execvp` passes argv[0] at the path's own address: that string is read once.
+    let known =
+        (!record.path.is_empty() && !record.markers.contains(&MARK_TRUNCATED)).then_some((path, &record.path[..]));
+    match read_argv(host_pid, argv, known) {
         Ok((args, omitted, cut)) => {
             record.argv = args;
             record.argv_omitted = omitted;
@@ -377,7 +381,7 @@ fn process_ids(proc_dir: RawFd, host_pid: i32) -> Option<Status> {
         return read_status(proc_dir, host_pid);
     };
     let info = sys::process::pidfd_info(pidfd.as_fd(), sys::process::PIDFD_INFO_PID);
-    let fdinfo = read_proc_file(proc_dir, &format!("self/fdinfo/{}", pidfd.as_raw_fd()));
+    let fdinfo = read_fdinfo(proc_dir, pidfd.as_raw_fd());
     drop(pidfd);
     let inside_pid = fdinfo.as_deref().and_then(|text| {
         let text = String::from_utf8_lossy(text);
@@ -403,6 +407,21 @@ fn read_proc_file(proc_dir: RawFd, relative: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+/// `/proc/self/fdinfo/FD` of a pidfd, in one `read`: its few lines (well under a page) come whole from the first
+/// read of a seq file, so the read that would only say end-of-file is saved. A file that filled the buffer is
+/// read on to its end.
+fn read_fdinfo(proc_dir: RawFd, fd: RawFd) -> Option<Vec<u8>> {
+    let path = CString::new(format!("self/fdinfo/{fd}")).ok()?;
+    let file = sys::fd::openat(proc_dir, &path, libc::O_RDONLY | libc::O_CLOEXEC, 0).ok()?;
+    let mut buf = vec![0u8; 4096];
+    let n = sys::fd::read(file.as_raw_fd(), &mut buf).ok()?;
+    if n == buf.len() {
+        return read_proc_file(proc_dir, &format!("self/fdinfo/{fd}"));
+    }
+    buf.truncate(n);
+    Some(buf)
 }
 
 fn read_link(proc_dir: RawFd, relative: &str) -> Option<Vec<u8>> {
@@ -448,7 +467,8 @@ fn read_string(pid: i32, addr: u64) -> Result<(Vec<u8>, bool), Errno> {
 
 /// argv at `addr`: the strings (at most [`MAX_LIST_ITEMS`], [`MAX_ARGV_BYTES`] together), how many more there
 /// were (counted up to [`MAX_ARGV_POINTERS`]), and whether any string was cut.
-fn read_argv(pid: i32, addr: u64) -> Result<(Vec<Vec<u8>>, usize, bool), Errno> {
+/// `known`: a string already read (its address and bytes), not read again where a pointer names it.
+fn read_argv(pid: i32, addr: u64, known: Option<(u64, &[u8])>) -> Result<(Vec<Vec<u8>>, usize, bool), Errno> {
     if addr == 0 {
         return Ok((Vec::new(), 0, false));
     }
@@ -481,7 +501,10 @@ fn read_argv(pid: i32, addr: u64) -> Result<(Vec<Vec<u8>>, usize, bool), Errno> 
         if args.len() == MAX_LIST_ITEMS || bytes >= MAX_ARGV_BYTES {
             break;
         }
-        let (arg, arg_cut) = read_string(pid, pointer)?;
+        let (arg, arg_cut) = match known {
+            Some((at, bytes)) if at == pointer => (bytes.to_vec(), false),
+            _ => read_string(pid, pointer)?,
+        };
         bytes += arg.len();
         cut |= arg_cut;
         args.push(arg);

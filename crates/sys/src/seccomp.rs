@@ -58,14 +58,6 @@ pub fn send_response(listener: RawFd, id: u64, error: i32, flags: u32) -> Result
     check(ret as libc::c_long).map(drop)
 }
 
-/// `SECCOMP_IOCTL_NOTIF_ID_VALID`: whether notification `id` is still pending (its process alive, still in the
-/// call).
-pub fn notification_valid(listener: RawFd, id: u64) -> bool {
-    let mut id = id;
-    // SAFETY: ID_VALID reads one u64 from a live local.
-    unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &mut id as *mut u64) == 0 }
-}
-
 /// `SECCOMP_IOCTL_NOTIF_SET_FLAGS`: the listener's flags (`SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`, 6.6+).
 pub fn set_listener_flags(listener: RawFd, flags: u64) -> Result<(), Errno> {
     // SAFETY: SET_FLAGS takes the flags as its integer argument.

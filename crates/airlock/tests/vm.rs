@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{airlock_path, code, is_root, stderr, stdout};
+use common::{airlock_path, code, is_root, stderr, stdout, TempDir};
 
 /// The VM tests' state directory: one for every run, so the initramfs cache in it (50 MB for a debug build,
 /// replaced when the binary changes) is built once, not left behind by each run. Sandbox names carry the pid.
@@ -67,24 +67,6 @@ fn host_kernel() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_string()
 }
 
-/// A private temporary directory, removed at the end.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!("airlock-vm-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The QEMU processes whose parent is `parent`.
 fn qemus_of(parent: u32) -> Vec<i32> {
     our_qemus()
@@ -120,11 +102,11 @@ fn our_qemus() -> Vec<i32> {
 fn a_command_runs_in_a_guest_kernel_with_its_streams_and_status() {
     require_vm!();
     let secret = TempDir::new("secret");
-    std::fs::write(secret.0.join("key"), "s3cret").unwrap();
+    std::fs::write(secret.path().join("key"), "s3cret").unwrap();
     let script = format!(
         "cat; uname -r; echo to-stderr >&2; if cat {0}/key 2>/dev/null; then echo SECRET-VISIBLE; fi; \
          ls {0} 2>/dev/null && echo DIR-VISIBLE; exit 3",
-        secret.0.display()
+        secret.path().display()
     );
     let o = vm(&["run", "--isolation", "vm", "--", "/bin/sh", "-c", &script], b"through stdin\n");
     assert_eq!(code(&o), 3, "stdout: {}\nstderr: {}", stdout(&o), stderr(&o));
@@ -149,9 +131,9 @@ fn a_command_killed_by_a_signal_exits_128_plus_the_signal() {
 fn a_cow_workspace_written_in_the_guest_is_diffed_committed_and_discarded_on_the_host() {
     require_vm!();
     let ws = TempDir::new("ws");
-    std::fs::write(ws.0.join("a"), "orig\n").unwrap();
+    std::fs::write(ws.path().join("a"), "orig\n").unwrap();
     let name = format!("vm-ws-{}", std::process::id());
-    let ws_path = ws.0.to_string_lossy().into_owned();
+    let ws_path = ws.path().to_string_lossy().into_owned();
     let o = vm(
         &[
             "run",
@@ -170,8 +152,8 @@ fn a_cow_workspace_written_in_the_guest_is_diffed_committed_and_discarded_on_the
     );
     assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
     // Copy-on-write: the host directory is unchanged, and nothing is left mounted on it.
-    assert_eq!(std::fs::read_to_string(ws.0.join("a")).unwrap(), "orig\n");
-    assert!(!ws.0.join("b").exists());
+    assert_eq!(std::fs::read_to_string(ws.path().join("a")).unwrap(), "orig\n");
+    assert!(!ws.path().join("b").exists());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&ws_path), "{mounts}");
     let diff = airlock_cmd(&["diff", &name]).output().unwrap();
@@ -179,10 +161,10 @@ fn a_cow_workspace_written_in_the_guest_is_diffed_committed_and_discarded_on_the
     assert!(diff_out.contains("M  a") && diff_out.contains("A  b"), "{diff_out}{}", stderr(&diff));
     let commit = airlock_cmd(&["commit", &name]).output().unwrap();
     assert_eq!(code(&commit), 0, "{}", stderr(&commit));
-    assert_eq!(std::fs::read_to_string(ws.0.join("a")).unwrap(), "changed\n");
-    assert_eq!(std::fs::read_to_string(ws.0.join("b")).unwrap(), "new\n");
+    assert_eq!(std::fs::read_to_string(ws.path().join("a")).unwrap(), "changed\n");
+    assert_eq!(std::fs::read_to_string(ws.path().join("b")).unwrap(), "new\n");
     // Root's files stay root's (the workspace's owner), as with the namespace backend.
-    assert_eq!(std::fs::metadata(ws.0.join("b")).unwrap().uid(), 0);
+    assert_eq!(std::fs::metadata(ws.path().join("b")).unwrap().uid(), 0);
 
     // Again, resumed, and the change discarded.
     let o = vm(
@@ -209,7 +191,7 @@ fn a_cow_workspace_written_in_the_guest_is_diffed_committed_and_discarded_on_the
     assert_eq!(code(&discard), 0, "{}", stderr(&discard));
     let diff = airlock_cmd(&["diff", &name]).output().unwrap();
     assert!(!stdout(&diff).contains("A  c"), "{}", stdout(&diff));
-    assert!(!ws.0.join("c").exists());
+    assert!(!ws.path().join("c").exists());
     let _ = airlock_cmd(&["rm", &name]).output();
 }
 
@@ -279,7 +261,7 @@ fn start_in_vm(args: &[&str]) -> (std::process::Child, String, i32) {
 fn a_killed_airlock_leaves_no_qemu_and_no_mount() {
     require_vm!();
     let ws = TempDir::new("kill-ws");
-    let ws_path = ws.0.to_string_lossy().into_owned();
+    let ws_path = ws.path().to_string_lossy().into_owned();
     let name = format!("vm-kill-{}", std::process::id());
     let (mut child, line, qemu) = start_in_vm(&[
         "run",
@@ -324,10 +306,10 @@ fn a_user_runs_a_vm_and_its_files_are_its_own() {
     };
     let uid = common::test_user_uid();
     let dir = TempDir::new("user");
-    let state = dir.0.join("state");
-    let ws = dir.0.join("ws");
+    let state = dir.path().join("state");
+    let ws = dir.path().join("ws");
     std::fs::create_dir_all(&ws).unwrap();
-    for path in [&dir.0, &ws] {
+    for path in [dir.path(), ws.as_path()] {
         std::os::unix::fs::chown(path, Some(uid), None).unwrap();
     }
     let ws_path = ws.to_string_lossy().into_owned();
@@ -370,7 +352,7 @@ fn roots_qemu_keeps_only_the_share_capabilities_and_sets_no_set_id_bit() {
     // engine inside could leave a device node, file capabilities or a set-user-ID-root program in a shared
     // directory. It keeps CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH and FOWNER only, no_new_privs, a seccomp filter.
     let ws = TempDir::new("setid-ws");
-    let ws_path = ws.0.to_string_lossy().into_owned();
+    let ws_path = ws.path().to_string_lossy().into_owned();
     let (mut child, line, qemu) = start_in_vm(&[
         "run",
         "--isolation",
@@ -396,7 +378,7 @@ fn roots_qemu_keeps_only_the_share_capabilities_and_sets_no_set_id_bit() {
     assert_eq!(status_field(&status, "Seccomp:"), "2", "{status}");
     // Whichever wall refused it (the engine inside the guest or root's QEMU), no set-ID bit reached the host.
     assert!(line.starts_with("chmod="), "{line}");
-    let mode = std::fs::metadata(ws.0.join("f")).unwrap().mode();
+    let mode = std::fs::metadata(ws.path().join("f")).unwrap().mode();
     assert_eq!(mode & 0o6000, 0, "the host file is set-ID: {mode:o} ({line})");
 }
 
@@ -407,7 +389,7 @@ fn roots_qemu_keeps_only_the_share_capabilities_and_sets_no_set_id_bit() {
 fn the_audit_log_records_the_guests_execs_and_denials_on_the_host() {
     require_vm!();
     let dir = TempDir::new("audit");
-    let file = dir.0.join("audit.jsonl");
+    let file = dir.path().join("audit.jsonl");
     // unshare(2) is on the default deny-list: EPERM inside, recorded as a denial. /etc is read-only: learn mode
     // records the write and suggests nothing for it.
     let script =

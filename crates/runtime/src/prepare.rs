@@ -890,7 +890,8 @@ fn command_plan(policy: &SandboxPolicy) -> Result<CommandPlan, PrepareError> {
     Ok(CommandPlan::new(argv, envp, candidates, cstring(&policy.cwd)?, name))
 }
 
-fn read_cap_last() -> u32 {
+/// Highest capability number the kernel knows (`/proc/sys/kernel/cap_last_cap`); 63 when unreadable.
+pub fn read_cap_last() -> u32 {
     fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())

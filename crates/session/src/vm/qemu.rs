@@ -78,12 +78,7 @@ impl RootGuard {
         let profile = policy::seccomp::set_id_guard_profile().map_err(|e| QemuError::PrepareRootFilter(Box::new(e)))?;
         let filter = runtime::seccomp::compile_seccomp_program(&profile)
             .map_err(|e| QemuError::PrepareRootFilter(Box::new(e)))?;
-        let cap_last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            // Unknown: try every bit (an unknown capability's PR_CAPBSET_DROP is EINVAL, skipped).
-            .unwrap_or(63);
-        Ok(RootGuard { cap_last, filter })
+        Ok(RootGuard { cap_last: runtime::prepare::read_cap_last(), filter })
     }
 
     /// In the forked child, after the mounts (which need CAP_SYS_ADMIN) and before `execve`. Async-signal-safe:

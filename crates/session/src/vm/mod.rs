@@ -11,6 +11,7 @@
 //! This slice runs `airlock run` only: `create`, `exec`, the daemon, `-t` and `--net allow|host` are refused
 //! (exit 125) rather than run without the VM.
 
+pub mod cgroup;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;
@@ -90,6 +91,8 @@ pub enum VmError {
     Initramfs(#[from] initramfs::InitramfsError),
     #[error("vm")]
     Qemu(#[from] qemu::QemuError),
+    #[error(transparent)]
+    VmmCgroup(#[from] cgroup::VmmCgroupError),
     #[error("vm: cannot read {path}")]
     ReadHost {
         path: String,
@@ -129,7 +132,10 @@ impl VmBackend {
         // record here, where the log is written: the guest never holds the log file.
         let mut audit = audit.filter(|a| a.notify.any());
         request.audit = audit.as_ref().map(|a| a.notify.into());
+        // QEMU's host cgroup (when limits are asked) before QEMU starts: its child joins it before exec.
+        let vmm_cgroup = cgroup::VmmCgroup::create(policy, &self.config, host.name.as_deref().unwrap_or("run"), warn)?;
         let outcome = qemu::run_guest(qemu::GuestLaunch {
+            cgroup_join: vmm_cgroup.as_ref().map(|c| c.join_files()),
             config: &self.config,
             kernel: &kernel,
             initrd: &initrd,
@@ -137,8 +143,12 @@ impl VmBackend {
             workspace_overlay: workspace_overlay.as_ref(),
             warn,
             audit: audit.as_mut().map(|a| &mut *a.sink as &mut dyn runtime::notify::AuditSink),
-        })?;
-        Ok((outcome, RunReport::default()))
+        });
+        // QEMU is reaped (run_guest waits for it, whatever the outcome): the cgroup is empty.
+        if let Some(c) = vmm_cgroup {
+            c.remove()?;
+        }
+        Ok((outcome?, RunReport::default()))
     }
 }
 

@@ -163,3 +163,41 @@ fn a_user_gets_the_namespace_backends_answer_for_limits() {
         assert!(vm_err.lines().count() == 1, "{vm_err}");
     }
 }
+
+#[test]
+fn qemu_killed_by_its_host_cgroups_limit_is_reported_as_such() {
+    require_vm!();
+    let name = format!("vml-oom-{}", std::process::id());
+    let (mut run, line) = Running::start(&[
+        "run",
+        "--isolation",
+        "vm",
+        "--name",
+        &name,
+        "--memory",
+        "256M",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo up; read go; exec /usr/bin/python3 -c 'b = b\"x\" * (200 << 20); print(\"ALIVE\")'",
+    ]);
+    assert_eq!(line.trim(), "up");
+    // The host squeezes QEMU's cgroup to what it uses now and a little: the guest's next 200 MiB cannot be had.
+    let (usage, limit) = match cgroup_file(run.qemu, "memory.limit_in_bytes") {
+        Some(limit) => (cgroup_file(run.qemu, "memory.usage_in_bytes").unwrap(), limit),
+        None => (cgroup_file(run.qemu, "memory.current").unwrap(), cgroup_file(run.qemu, "memory.max").unwrap()),
+    };
+    let squeezed = read(&usage).parse::<u64>().unwrap() + (16 << 20);
+    std::fs::write(&limit, squeezed.to_string()).unwrap();
+    run.child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    run.out.read_to_string(&mut rest).unwrap();
+    let mut err = String::new();
+    run.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let status = run.child.wait().unwrap();
+    assert_eq!(status.code(), Some(125), "stdout: {rest}\nstderr: {err}");
+    assert!(!rest.contains("ALIVE"), "{rest}");
+    assert!(err.contains("QEMU was killed by its host cgroup's memory limit"), "{err}");
+    assert!(wait_gone(run.qemu, 10));
+    assert!(!limit.parent().unwrap().exists(), "{} is left", limit.parent().unwrap().display());
+}

@@ -65,6 +65,15 @@ pub enum VmmCgroupError {
     Create(#[source] runtime::cgroups::CgroupError),
     #[error("vm: a cgroup path with a NUL byte: {0}")]
     Nul(String),
+    #[error(
+        "vm: QEMU was killed by its host cgroup's memory limit ({summary}; the guest died with it): QEMU needed \
+         more than its measured overhead over the guest's RAM"
+    )]
+    VmmOutOfMemory {
+        summary: String,
+        #[source]
+        died: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("vm: cannot remove QEMU's host cgroup")]
     Remove(#[source] runtime::cgroups::CgroupError),
 }
@@ -103,6 +112,16 @@ impl VmmCgroup {
     /// The files QEMU's child writes `0` to, before it is executed (see [`join_in_child`]).
     pub fn join_files(&self) -> &[CString] {
         &self.join
+    }
+
+    /// `error` (the guest stopped) explained by the host cgroup's OOM killer, when it killed QEMU.
+    pub fn explain(&self, error: super::qemu::QemuError) -> super::VmError {
+        match self.cgroup.stats() {
+            Ok(stats) if stats.oom_killed() => {
+                VmmCgroupError::VmmOutOfMemory { summary: stats.memory_summary(), died: Box::new(error) }.into()
+            }
+            _ => error.into(),
+        }
     }
 
     /// Removes the cgroup (after QEMU was reaped: nothing is left to kill).

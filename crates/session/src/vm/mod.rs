@@ -145,6 +145,10 @@ impl VmBackend {
             audit: audit.as_mut().map(|a| &mut *a.sink as &mut dyn runtime::notify::AuditSink),
         });
         // QEMU is reaped (run_guest waits for it, whatever the outcome): the cgroup is empty.
+        let outcome = match (outcome, &vmm_cgroup) {
+            (Err(e), Some(c)) => Err(c.explain(e)),
+            (outcome, _) => outcome.map_err(VmError::from),
+        };
         if let Some(c) = vmm_cgroup {
             c.remove()?;
         }

@@ -258,7 +258,7 @@ fn guest_request(
     for bind in &policy.binds {
         share(&bind.source, !bind.writable);
     }
-    // The guest's engine has no host cgroup to limit: the VM's size is the bound, and its own cgroups (the guest's)
-    // apply the limits to the command inside.
+    // The guest's engine has no host cgroup to limit: its own cgroups (the guest's) apply the limits to the
+    // command inside; on the host, the VM's size bounds the guest and QEMU's own cgroup (`cgroup`) bounds QEMU.
     Ok((GuestRequest { policy: guest_policy, name: host.name.clone(), shares, symlinks, audit: None }, overlay))
 }

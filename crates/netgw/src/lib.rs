@@ -8,6 +8,7 @@
 pub mod addr;
 mod device;
 mod dns;
+pub mod ether;
 mod event;
 mod filter;
 #[doc(hidden)]
@@ -19,6 +20,7 @@ mod relay;
 mod rules;
 mod stack;
 
+pub use ether::Link;
 pub use event::{NetEvent, DENIALS_PER_WINDOW, DENIAL_WINDOW};
 pub use gateway::{
     serve_tun, serve_tun_blocking, serve_tun_blocking_with, GatewayConfig, GatewayError, GatewayOptions,

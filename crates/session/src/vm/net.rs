@@ -147,7 +147,16 @@ pub fn configure_guest(network: &GuestNetwork) -> Result<(), String> {
     sys::net::set_interface_mtu(sock, name, i32::from(network.mtu)).map_err(fail("set eth0's MTU"))?;
     sys::net::set_interface_flags(sock, name, (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short)
         .map_err(fail("bring up eth0"))?;
-    sys::net::add_default_route(sock, network.gateway, name).map_err(fail("add the default route"))
+    sys::net::add_default_route(sock, network.gateway, name).map_err(fail("add the default route"))?;
+    // The link comes up (carrier) a moment after the interface: a command's first packets would wait for it
+    // (a SYN dropped, resent a second later), so the command starts once it is up.
+    while std::fs::read_to_string(sys_dir.join("carrier")).map_or(true, |c| c.trim() != "1") {
+        if std::time::Instant::now() > deadline {
+            return Err("network: the guest's NIC has no link (carrier)".to_string());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 /// In the guest, with the shares mounted: `etc` (the root's `/etc`, a read-only share) becomes an overlay with

@@ -1,8 +1,8 @@
 //! airlock's network gateway for `--net allow`.
 //!
-//! The sandbox's network namespace has one TUN interface whose packets this crate terminates with a user-space
-//! TCP/IP stack; connections the allow-list permits are re-originated from the host. See README.md beside this
-//! crate for the design.
+//! The sandbox's network namespace has one TUN interface (a VM: one virtio-net NIC whose frames arrive on a
+//! datagram socket, see `ether`) whose packets this crate terminates with a user-space TCP/IP stack; connections
+//! the allow-list permits are re-originated from the host. See README.md beside this crate for the design.
 #![forbid(unsafe_code)]
 
 pub mod addr;

@@ -282,6 +282,9 @@ fn an_allowed_destination_is_reached_from_the_guest_and_refused_ones_are_not() {
     for e in &network {
         assert!(e["sandbox"].as_str().is_some_and(|s| !s.is_empty()), "{e}");
     }
+    // The gateway's records and the guest's execs (written by airlock on the host) share one hash chain.
+    assert!(events.iter().any(|e| e["kind"] == "exec"), "no exec record of the guest: {events:#?}");
+    assert!(audit::verify(&audit).unwrap().ok(), "the chain is broken: {events:#?}");
     assert_nothing_left(&allowed);
 }
 

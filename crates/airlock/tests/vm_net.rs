@@ -319,3 +319,29 @@ fn a_killed_airlock_leaves_no_gateway_and_no_qemu() {
     assert_eq!(status.signal(), Some(9), "SIGKILL");
     assert_nothing_left(&name);
 }
+
+/// Rootless: a user's VM gets the same gateway (run as that user, QEMU too).
+#[test]
+fn a_users_vm_reaches_an_allowed_destination_through_the_gateway() {
+    require_vm!();
+    let Some(_) = common::test_user() else {
+        skip_or_fail!("cannot create the test user");
+    };
+    let name = format!("user-vmnet-{}.test", std::process::id());
+    let _hosts = HostNames::add(&[&name]);
+    let server = HttpServer::start();
+    let dir = TempDir::new("vm-net-user");
+    std::os::unix::fs::chown(dir.path(), Some(common::test_user_uid()), None).unwrap();
+    let allow = format!("{name}:{}", server.port);
+    let script = format!("curl -sS --noproxy '*' -m 30 http://{allow}/user; echo user: $?");
+    let o = common::airlock_as_user_in(
+        &dir.path().join("state"),
+        &["AIRLOCK_VM_ACCEL=tcg".to_string()],
+        &["run", "--isolation", "vm", "--allow", &allow, "--", "/bin/sh", "-c", &script],
+    );
+    let out = stdout(&o);
+    assert_eq!(code(&o), 0, "stdout: {out}\nstderr: {}", stderr(&o));
+    assert_eq!(result(&out, "user"), "0", "{out}\n{}", stderr(&o));
+    assert!(out.contains("hello from vm-net /user"), "{out}");
+    assert_eq!(server.requests().len(), 1);
+}

@@ -65,6 +65,9 @@ fn run(control: &mut Option<std::fs::File>) -> Result<GuestMessage, String> {
     reader.read_line(&mut line).map_err(|e| format!("cannot read the request: {e}"))?;
     let request: GuestRequest = serde_json::from_str(&line).map_err(|e| format!("bad request from the host: {e}"))?;
 
+    if let Some(network) = &request.network {
+        super::net::configure_guest(network)?;
+    }
     switch_root(&request)?;
     let port = control.as_mut().ok_or("no control port")?;
     send(port, &GuestMessage::Started).map_err(|e| format!("control port: {e}"))?;
@@ -256,6 +259,13 @@ fn switch_root(request: &GuestRequest) -> Result<(), String> {
     }
     if request.shares.iter().any(|s| s.path == "/etc") && request.policy.network == policy::sandbox::Network::None {
         net_none_resolv_conf(&inside("/etc"))?;
+    }
+    if let Some(network) = &request.network {
+        let root = match &request.policy.rootfs {
+            policy::sandbox::Rootfs::Dir(dir) => dir.clone(),
+            _ => String::new(),
+        };
+        super::net::etc_files(&inside(&format!("{root}/etc")), network)?;
     }
     for dir in ["/proc", "/sys", "/dev"] {
         let (from, to) = (cstring(dir)?, cstring(&inside(dir).to_string_lossy())?);

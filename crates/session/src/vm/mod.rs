@@ -8,12 +8,16 @@
 //! mount table once QEMU is gone, and `airlock diff`/`commit` read the layer as after a namespace run), starts
 //! QEMU (`qemu`), sends the request, relays the standard streams and returns the command's outcome.
 //!
-//! This slice runs `airlock run` only: `create`, `exec`, the daemon, `-t` and `--net allow|host` are refused
-//! (exit 125) rather than run without the VM.
+//! `--net allow` gives the guest a virtio-net NIC whose other end is the same network gateway as a namespace
+//! sandbox's (`net`): the allow-list, DNS and the audit records are the gateway's, on the host.
+//!
+//! This slice runs `airlock run` only: `create`, `exec`, the daemon and `-t` are refused (exit 125) rather than
+//! run without the VM; `--net host` is refused for good (it would give the guest the host's network).
 
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;
+pub mod net;
 pub mod protocol;
 pub mod qemu;
 
@@ -71,6 +75,13 @@ impl VmConfig {
 pub enum VmError {
     #[error("--isolation vm does not support {0} yet")]
     Unsupported(String),
+    #[error(
+        "--isolation vm does not take --net host: it would give the guest the host's network (use --net allow \
+         with the destinations the command needs)"
+    )]
+    NetHost,
+    #[error("vm: --net allow")]
+    Network(#[from] net::NetError),
     #[error("vm accel {0:?} ([vm] accel, AIRLOCK_VM_ACCEL): expected kvm or tcg")]
     BadAccel(String),
     #[error("vm")]
@@ -125,6 +136,14 @@ impl VmBackend {
         }
         let initrd = initramfs::ensure(&self.config.cache_dir, &kernel)?;
         let (mut request, workspace_overlay) = guest_request(policy, host)?;
+        // --net allow: the gateway serves before the guest boots (the launch described it in `host.gateway`).
+        let network = match &host.gateway {
+            Some(setup) if matches!(policy.network, Network::Allow(_)) => {
+                net::prepare_request(&mut request, setup);
+                Some(net::VmNetwork::start(setup)?)
+            }
+            _ => None,
+        };
         // The guest's engine runs its seccomp listener as the namespace backend does on the host, and sends each
         // record here, where the log is written: the guest never holds the log file.
         let mut audit = audit.filter(|a| a.notify.any());
@@ -135,10 +154,15 @@ impl VmBackend {
             initrd: &initrd,
             request: &request,
             workspace_overlay: workspace_overlay.as_ref(),
+            nic: network.as_ref().map(net::VmNetwork::qemu_fd),
             warn,
             audit: audit.as_mut().map(|a| &mut *a.sink as &mut dyn runtime::notify::AuditSink),
-        })?;
-        Ok((outcome, RunReport::default()))
+        });
+        // QEMU is gone: the gateway records the connections still open and ends.
+        if let Some(network) = network {
+            network.stop();
+        }
+        Ok((outcome?, RunReport::default()))
     }
 }
 
@@ -147,8 +171,9 @@ fn refuse_unsupported(policy: &SandboxPolicy, host: &HostContext) -> Result<(), 
     let unsupported = |what: &str| Err(VmError::Unsupported(what.to_string()));
     match &policy.network {
         Network::None => {}
-        Network::Allow(_) => return unsupported("--net allow"),
-        Network::Host => return unsupported("--net host"),
+        Network::Allow(_) if host.gateway.is_none() => return unsupported("--net allow without its gateway"),
+        Network::Allow(_) => {}
+        Network::Host => return Err(VmError::NetHost),
     }
     if host.tty.is_some() {
         return unsupported("-t");
@@ -246,5 +271,7 @@ fn guest_request(
     }
     // The guest's engine has no host cgroup to limit: the VM's size is the bound, and its own cgroups (the guest's)
     // apply the limits to the command inside.
-    Ok((GuestRequest { policy: guest_policy, name: host.name.clone(), shares, symlinks, audit: None }, overlay))
+    let request =
+        GuestRequest { policy: guest_policy, name: host.name.clone(), shares, symlinks, audit: None, network: None };
+    Ok((request, overlay))
 }

@@ -99,6 +99,8 @@ pub struct GuestLaunch<'a> {
     pub initrd: &'a Path,
     pub request: &'a GuestRequest,
     pub workspace_overlay: Option<&'a WorkspaceOverlay>,
+    /// `--net allow`: the NIC's socket, inherited by QEMU (`super::net`).
+    pub nic: Option<RawFd>,
     pub warn: &'a mut dyn FnMut(&str),
     /// Where the guest's audit records go (the log, on the host), in the order they arrive.
     pub audit: Option<&'a mut dyn runtime::notify::AuditSink>,
@@ -131,7 +133,7 @@ pub fn run_guest(launch: GuestLaunch<'_>) -> Result<RunOutcome, QemuError> {
     let console = console_log(kept_console.as_deref().map(Path::new)).map_err(QemuError::Channels)?;
     let kept_console = kept_console.is_some();
     let console_fd = console.as_raw_fd();
-    let inherited: Vec<RawFd> = vec![
+    let mut inherited: Vec<RawFd> = vec![
         ctl_qemu.as_raw_fd(),
         stdin_qemu.as_raw_fd(),
         stdout_qemu.as_raw_fd(),
@@ -201,6 +203,10 @@ pub fn run_guest(launch: GuestLaunch<'_>) -> Result<RunOutcome, QemuError> {
             format!("local,id=fs{i},path={},security_model={model}{readonly}", escape(&share.path)),
         ]);
         args.extend(["-device".into(), format!("virtio-9p-device,fsdev=fs{i},mount_tag={}", share.tag)]);
+    }
+    if let Some(fd) = launch.nic {
+        inherited.push(fd);
+        args.extend(super::net::qemu_args(fd));
     }
 
     let overlay = match launch.workspace_overlay {

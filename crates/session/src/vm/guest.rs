@@ -16,9 +16,18 @@ use runtime::sandbox::RunOutcome;
 use super::initramfs::{MODULES_DIR, MODULES_ORDER};
 use super::protocol::{AuditRecord, GuestMessage, GuestRequest, PORT_CONTROL, PORT_STDERR, PORT_STDIN, PORT_STDOUT};
 
-/// Whether this process is the guest's init: PID 1, started as `/init`.
+/// The kernel command line's mark of an airlock guest (`qemu`'s `-append`). The kernel passes a parameter it does
+/// not know, without a dot, to init as an environment variable: `airlock_guest=1`.
+pub const GUEST_MARKER: &str = "airlock_guest=1";
+
+/// Whether this process is the guest's init: PID 1, started as `/init`, with the kernel command line's mark in its
+/// environment. Not a protection (whoever starts airlock chooses all three): it keeps airlock run as a
+/// container's `/init` entrypoint from taking the guest agent's path.
 pub fn is_guest_init() -> bool {
-    std::process::id() == 1 && std::env::args_os().next().is_some_and(|a| a == "/init")
+    let (key, value) = GUEST_MARKER.split_once('=').unwrap_or((GUEST_MARKER, ""));
+    std::process::id() == 1
+        && std::env::args_os().next().is_some_and(|a| a == "/init")
+        && std::env::var_os(key).is_some_and(|v| v == value)
 }
 
 /// Runs the guest; never returns (the machine powers off).

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use runtime::sandbox::RunOutcome;
 
+use super::guest::GUEST_MARKER;
 use super::kernel::{Accel, GuestKernel};
 use super::protocol::{ControlReader, GuestMessage, GuestRequest, PORT_CONTROL, PORT_STDERR, PORT_STDIN, PORT_STDOUT};
 use super::{VmConfig, WorkspaceOverlay};
@@ -169,8 +170,10 @@ pub fn run_guest(launch: GuestLaunch<'_>) -> Result<RunOutcome, QemuError> {
         escape(&launch.initrd.to_string_lossy()),
         "-append".into(),
         // panic=-1: a guest kernel panic reboots at once, which -no-reboot turns into QEMU's exit.
+        // airlock_guest=1: a parameter the kernel does not know and without a dot goes to init's environment,
+        // which is how airlock knows it is the guest's init (`guest::is_guest_init`).
         format!(
-            "console=ttyS0 {} panic=-1 rdinit=/init{}",
+            "console=ttyS0 {} panic=-1 rdinit=/init {GUEST_MARKER}{}",
             if kept_console { "" } else { "quiet" },
             match config.accel {
                 Accel::Tcg => tsc_khz().map(|khz| format!(" tsc_early_khz={khz}")).unwrap_or_default(),

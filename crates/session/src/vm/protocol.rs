@@ -26,6 +26,9 @@ pub struct GuestRequest {
     /// back as [`GuestMessage::Audit`]; `None`: nothing is audited.
     #[serde(default)]
     pub audit: Option<AuditNotify>,
+    /// `airlock create`: the guest holds the sandbox and runs commands on request (`held`), not one command.
+    #[serde(default)]
+    pub held: bool,
 }
 
 /// `runtime::seccomp::NotifyOptions` on the wire.

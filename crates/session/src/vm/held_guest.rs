@@ -62,37 +62,42 @@ fn hold(request: &GuestRequest, control: &mut std::fs::File) -> Result<RunningSa
     match sys::process::fork().map_err(|e| format!("fork: errno {e}"))? {
         sys::process::Forked::Child => {
             drop(ready_read);
-            let mut ready = std::fs::File::from(ready_write);
+            // Lines to the agent: `warning TEXT` as the setup goes, then init's pid, or `error TEXT`.
+            let ready = ready_write.as_raw_fd();
+            let say = |line: String| {
+                let _ = sys::fd::write_all(ready, format!("{}\n", line.replace('\n', " ")).as_bytes());
+            };
             let host = host_context(request, true);
-            let mut warnings = Vec::new();
             let ran = runtime::sandbox::run_held_sandbox(
                 &request.policy,
                 &host,
-                &mut |w| warnings.push(w.to_string()),
-                &mut |pid| {
-                    let _ = writeln!(ready, "{pid}");
-                },
+                &mut |w| say(format!("warning {w}")),
+                &mut |pid| say(pid.to_string()),
             );
             if let Err(e) = ran {
-                let _ = writeln!(ready, "error {}", crate::error_chain(&e).replace('\n', " "));
+                say(format!("error {}", crate::error_chain(&e)));
             }
+            drop(ready_write);
             sys::process::exit_immediately(0)
         }
         sys::process::Forked::Parent(_) => {
             drop(ready_write);
-            let mut line = String::new();
-            std::io::BufReader::new(std::fs::File::from(ready_read))
-                .read_line(&mut line)
-                .map_err(|e| format!("the held sandbox: {e}"))?;
-            let line = line.trim();
-            if let Some(why) = line.strip_prefix("error ") {
-                return Err(why.to_string());
-            }
-            let init_pid: libc::pid_t =
-                line.parse().map_err(|_| "the held sandbox's setup ended without its init".to_string())?;
+            let mut lines = std::io::BufReader::new(std::fs::File::from(ready_read));
+            let init_pid: libc::pid_t = loop {
+                let mut line = String::new();
+                lines.read_line(&mut line).map_err(|e| format!("the held sandbox: {e}"))?;
+                let line = line.trim();
+                if let Some(warning) = line.strip_prefix("warning ") {
+                    send(control, &GuestMessage::Warning(warning.to_string()))
+                        .map_err(|e| format!("control port: {e}"))?;
+                } else if let Some(why) = line.strip_prefix("error ") {
+                    return Err(why.to_string());
+                } else {
+                    break line.parse().map_err(|_| "the held sandbox's setup ended without its init".to_string())?;
+                }
+            };
             let init_start_time = runtime::host::process_start_time(init_pid)
                 .ok_or_else(|| "the held sandbox's init is gone".to_string())?;
-            let _ = control;
             Ok(RunningSandbox { name: request.name.clone().unwrap_or_default(), init_pid, init_start_time })
         }
     }

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/daemon.rs"]
+mod daemon_client;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -211,4 +213,29 @@ fn exec_into_an_unknown_vm_sandbox_fails_cleanly() {
     let out = vm(&["exec", &format!("vmc-none-{}", std::process::id()), "--", "true"], b"");
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(stderr(&out).contains("no sandbox named"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_daemon_creates_a_vm_sandbox_from_its_profile_and_runs_commands_in_it() {
+    require_vm!();
+    let daemon = daemon_client::Daemon::start("vmc-daemon", &[]);
+    // The daemon's sandboxes take their isolation (and the emulator) from the profile.
+    let profile = daemon.dir.path().join("vm.toml");
+    std::fs::write(&profile, "[security]\nisolation = \"vm\"\n\n[vm]\naccel = \"tcg\"\n").unwrap();
+    let client = daemon.client();
+    let name = client.create(&serde_json::json!({ "profile": profile.to_str().unwrap() }));
+    let (_, qemu) = {
+        let text = std::fs::read_to_string(daemon.state.join("sandboxes").join(&name).join("sandbox.json")).unwrap();
+        let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+        (record["supervisor_pid"].as_i64().unwrap() as i32, record["init_pid"].as_i64().unwrap() as i32)
+    };
+    assert!(is_qemu(qemu), "the daemon's sandbox is a VM");
+    let v =
+        client.exec(&name, &serde_json::json!({ "cmd": ["sh", "-c", "cat > /tmp/kept; exit 5"], "stdin": "kept\n" }));
+    assert_eq!(v["exit_code"], 5, "{v}");
+    assert_eq!(client.sh(&name, "cat /tmp/kept"), "kept\n");
+    let a = client.delete(&format!("/v1/sandboxes/{name}"));
+    assert!(a.status < 300, "{}", a.text());
+    assert!(qemu_gone(qemu), "QEMU outlived the sandbox's deletion");
+    assert!(!daemon.state.join("sandboxes").join(&name).exists());
 }

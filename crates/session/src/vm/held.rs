@@ -87,13 +87,47 @@ fn io(errno: i32) -> std::io::Error {
     std::io::Error::from_raw_os_error(errno)
 }
 
-/// A frame of standard input for the guest's stdin port.
+/// A frame of standard input for the guest's stdin port: the session, the length (little-endian u32 each), the
+/// bytes (at most [`MAX_INPUT_FRAME`]); length 0 is the end of the session's input.
 pub fn input_frame(session: u32, bytes: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(8 + bytes.len());
     frame.extend_from_slice(&session.to_le_bytes());
     frame.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     frame.extend_from_slice(bytes);
     frame
+}
+
+/// The guest's reader of the stdin port's frames, however the bytes arrive.
+#[derive(Debug, Default)]
+pub struct InputFrames {
+    pending: Vec<u8>,
+}
+
+/// A frame longer than [`MAX_INPUT_FRAME`]: the stream is not what the host writes.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("an input frame of {0} bytes (at most {MAX_INPUT_FRAME})")]
+pub struct FrameTooLong(pub usize);
+
+impl InputFrames {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+    }
+
+    /// The next whole frame: its session and bytes (empty: the end of that session's input).
+    pub fn next_frame(&mut self) -> Result<Option<(u32, Vec<u8>)>, FrameTooLong> {
+        let Some(header) = self.pending.get(..8) else { return Ok(None) };
+        let session = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        if len > MAX_INPUT_FRAME {
+            return Err(FrameTooLong(len));
+        }
+        if self.pending.len() < 8 + len {
+            return Ok(None);
+        }
+        let bytes = self.pending[8..8 + len].to_vec();
+        self.pending.drain(..8 + len);
+        Ok(Some((session, bytes)))
+    }
 }
 
 /// `Backend::run_held` of [`VmBackend`]: boots the held guest, calls `on_ready(QEMU's pid)` once its sandbox is
@@ -658,5 +692,79 @@ impl crate::backend::Backend for HeldVm {
         _socket: &runtime::agent::AgentSocket,
     ) -> Result<RunOutcome, crate::backend::BackendError> {
         Err(VmError::Unsupported("the exec agent (airlock serve)".to_string()).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_frames_come_out_whole_however_the_bytes_arrive_and_a_long_one_is_refused() {
+        let mut bytes = input_frame(7, b"hello");
+        bytes.extend(input_frame(8, b""));
+        let mut frames = InputFrames::default();
+        for chunk in bytes.chunks(3) {
+            frames.push(chunk);
+        }
+        assert_eq!(frames.next_frame(), Ok(Some((7, b"hello".to_vec()))));
+        assert_eq!(frames.next_frame(), Ok(Some((8, Vec::new()))));
+        assert_eq!(frames.next_frame(), Ok(None));
+        let mut frames = InputFrames::default();
+        let mut long = 1u32.to_le_bytes().to_vec();
+        long.extend(((MAX_INPUT_FRAME + 1) as u32).to_le_bytes());
+        frames.push(&long);
+        assert_eq!(frames.next_frame(), Err(FrameTooLong(MAX_INPUT_FRAME + 1)));
+    }
+
+    fn file_pair() -> (std::fs::File, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        (std::fs::File::from(OwnedFd::from(a)), b)
+    }
+
+    #[test]
+    fn a_request_without_its_streams_or_with_garbage_is_refused() {
+        let (mut server, mut client) = UnixStream::pair().unwrap();
+        client.write_all(b"{}\n").unwrap();
+        assert!(read_request(&mut server).is_err());
+
+        let (mut server, client) = UnixStream::pair().unwrap();
+        for _ in 0..3 {
+            sys::socket::send_fd(client.as_raw_fd(), 0).unwrap();
+        }
+        (&client).write_all(b"not json\n").unwrap();
+        assert!(read_request(&mut server).unwrap_err().starts_with("a bad request"));
+    }
+
+    #[test]
+    fn a_guest_that_breaks_the_protocol_ends_the_session_with_a_vm_error() {
+        let (ctl, mut guest_ctl) = UnixStream::pair().unwrap();
+        let (stdin, _guest_stdin) = UnixStream::pair().unwrap();
+        let (stdout, _guest_stdout) = UnixStream::pair().unwrap();
+        let (stderr, _guest_stderr) = UnixStream::pair().unwrap();
+        let console_path = std::env::temp_dir().join(format!("airlock-held-test-{}", std::process::id()));
+        let console = std::fs::File::create(&console_path).unwrap();
+        let _ = std::fs::remove_file(&console_path);
+        let (conn, mut client) = UnixStream::pair().unwrap();
+        let (output, _out) = file_pair();
+        let (errors, _err) = file_pair();
+        let mut held = Held {
+            channels: qemu::Channels { ctl, stdin, stdout, stderr },
+            console,
+            signals: sys::signal::signalfd(&[libc::SIGUSR2]).unwrap(),
+            reader: ControlReader::default(),
+            session: Some(Session { id: 1, conn, input: None, pending_input: Vec::new(), output, errors, gone: false }),
+            next_session: 2,
+            buf: vec![0u8; 64 * 1024],
+        };
+        guest_ctl.write_all(b"\"started\"\n{\"exited\": \"not a number\"}\n").unwrap();
+        let ended = held.control(&mut |_| {});
+        assert!(matches!(ended, Err(VmError::Qemu(QemuError::Control(_)))), "{ended:?}");
+        assert!(held.session.is_none());
+        drop(held);
+        let mut said = String::new();
+        client.read_to_string(&mut said).unwrap();
+        let message: GuestMessage = serde_json::from_str(said.trim()).unwrap();
+        assert!(matches!(&message, GuestMessage::Failed(why) if why.starts_with("vm: the guest sent")), "{said}");
     }
 }

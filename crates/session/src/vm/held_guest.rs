@@ -13,7 +13,7 @@ use runtime::prepare::HostContext;
 use runtime::sandbox::RunOutcome;
 
 use super::guest::{console, open_port, send, PortSink};
-use super::held::{HostMessage, MAX_INPUT_FRAME};
+use super::held::{HostMessage, InputFrames, MAX_INPUT_FRAME};
 use super::protocol::{GuestMessage, GuestRequest, PORT_STDERR, PORT_STDIN, PORT_STDOUT};
 
 fn host_context(request: &GuestRequest, hold: bool) -> HostContext {
@@ -250,7 +250,7 @@ impl Exec<'_> {
         if let Some(w) = &input_write {
             let _ = sys::fd::set_status_flags(w.as_raw_fd(), libc::O_NONBLOCK);
         }
-        let mut frames: Vec<u8> = Vec::new();
+        let mut frames = InputFrames::default();
         let mut pending: Vec<u8> = Vec::new();
         let mut control_open = true;
         let mut input_ended = false;
@@ -296,26 +296,17 @@ impl Exec<'_> {
             if fds[2].revents != 0 {
                 let mut buf = vec![0u8; MAX_INPUT_FRAME + 8];
                 match input_port.read(&mut buf) {
-                    Ok(n) if n > 0 => frames.extend_from_slice(&buf[..n]),
+                    Ok(n) if n > 0 => frames.push(&buf[..n]),
                     _ => {}
                 }
                 // Whole frames: this session's bytes to the pipe, a zero-length one ends its input; another
                 // session's (one that ended before its input did) are dropped.
-                while frames.len() >= 8 {
-                    let session = u32::from_le_bytes([frames[0], frames[1], frames[2], frames[3]]);
-                    let len = u32::from_le_bytes([frames[4], frames[5], frames[6], frames[7]]) as usize;
-                    if frames.len() < 8 + len {
-                        break;
-                    }
+                while let Some((session, bytes)) = frames.next_frame().map_err(|e| format!("stdin port: {e}"))? {
                     if session == self.session {
-                        if len == 0 {
-                            // Closed once what came before it is in the pipe (below).
-                            input_ended = true;
-                        } else {
-                            pending.extend_from_slice(&frames[8..8 + len]);
-                        }
+                        // The end: the pipe is closed once what came before it is in (below).
+                        input_ended |= bytes.is_empty();
+                        pending.extend_from_slice(&bytes);
                     }
-                    frames.drain(..8 + len);
                 }
             }
             if let Some(w) = input_write.as_mut() {

@@ -123,6 +123,12 @@ fn create_then_exec_keeps_the_guest_and_stop_leaves_nothing() {
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600, "the supervisor's socket is the owner's only");
 
+    // Its numbers are its QEMU's, not the host's processes'.
+    let stats = vm(&["stats", &name, "--json"], b"");
+    assert_eq!(code(&stats), 0, "{}", stderr(&stats));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&stats)).unwrap();
+    assert!(doc["note"].as_str().unwrap().contains("--isolation vm"), "{doc}");
+
     let ls = vm(&["ls"], b"");
     assert!(stdout(&ls).lines().any(|l| l.starts_with(&name) && l.contains("running")), "{}", stdout(&ls));
 

@@ -58,7 +58,7 @@ const VM_NOTE: &str = "a VM (--isolation vm): the numbers are its QEMU process's
      from /proc";
 
 /// Whether the running sandbox `name` is a VM (`--isolation vm` in its stored profile).
-fn is_vm(name: &str) -> bool {
+pub(crate) fn is_vm(name: &str) -> bool {
     match session::handle::lookup(&crate::state::state(), name) {
         Ok(session::handle::Lookup::Running(sandbox)) => {
             sandbox.profile().is_ok_and(|p| crate::run::vm_isolation(&p).unwrap_or(false))

@@ -104,8 +104,11 @@ impl Drop for Cleanup {
     }
 }
 
-fn create(name: &str) -> Cleanup {
-    let out = vm(&["create", "--isolation", "vm", name], b"");
+fn create(name: &str, extra: &[&str]) -> Cleanup {
+    let mut args = vec!["create", "--isolation", "vm"];
+    args.extend(extra);
+    args.push(name);
+    let out = vm(&args, b"");
     assert_eq!(code(&out), 0, "create: {}", stderr(&out));
     Cleanup(name.to_string())
 }
@@ -114,7 +117,9 @@ fn create(name: &str) -> Cleanup {
 fn create_then_exec_keeps_the_guest_and_stop_leaves_nothing() {
     require_vm!();
     let name = format!("vmc-life-{}", std::process::id());
-    let _cleanup = create(&name);
+    let workspace = common::TempDir::new("vmc-workspace");
+    std::fs::write(workspace.path().join("before"), "host\n").unwrap();
+    let _cleanup = create(&name, &["--workspace", workspace.str()]);
     let (_, qemu) = recorded_pids(&name);
     assert!(is_qemu(qemu), "the sandbox's init is its QEMU");
     let socket = sandbox_dir(&name).join("vm.sock");
@@ -159,6 +164,16 @@ fn create_then_exec_keeps_the_guest_and_stop_leaves_nothing() {
     assert_eq!(code(&out), 124, "{}", stderr(&out));
     assert!(started.elapsed() < Duration::from_secs(20));
 
+    // The cow workspace: the guest reads the host's files and writes into the layer on the host, not the
+    // workspace; a checkpoint waits for the VM to stop (its overlay is mounted in QEMU's mount namespace).
+    let ws = workspace.str();
+    let out = vm(&["exec", &name, "--", "sh", "-c", &format!("cat {ws}/before && echo guest > {ws}/added")], b"");
+    assert_eq!((code(&out), stdout(&out).as_str()), (0, "host\n"), "{}", stderr(&out));
+    assert!(!workspace.path().join("added").exists(), "a cow workspace's writes go to the layer");
+    let out = vm(&["checkpoint", &name, "one"], b"");
+    assert_ne!(code(&out), 0);
+    assert!(stderr(&out).contains("running VM"), "{}", stderr(&out));
+
     // -t is refused, never run without it.
     let out = vm(&["exec", "-t", &name, "--", "true"], b"");
     assert_eq!(code(&out), 125, "{}", stderr(&out));
@@ -176,6 +191,8 @@ fn create_then_exec_keeps_the_guest_and_stop_leaves_nothing() {
     let out = vm(&["exec", &name, "--", "true"], b"");
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(stderr(&out).contains("not running"), "{}", stderr(&out));
+    let out = vm(&["diff", &name], b"");
+    assert!(stdout(&out).contains("A  added"), "{}{}", stdout(&out), stderr(&out));
     let out = vm(&["rm", &name], b"");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(!sandbox_dir(&name).exists());
@@ -185,7 +202,7 @@ fn create_then_exec_keeps_the_guest_and_stop_leaves_nothing() {
 fn a_killed_supervisor_takes_its_qemu_down() {
     require_vm!();
     let name = format!("vmc-kill-{}", std::process::id());
-    let _cleanup = create(&name);
+    let _cleanup = create(&name, &[]);
     let (supervisor, qemu) = recorded_pids(&name);
     // A command running in the guest while it goes: its client hears the end, not a hang.
     let mut running = airlock_cmd(&["exec", &name, "--", "sleep", "60"])

@@ -174,6 +174,21 @@ fn create_then_exec_keeps_the_guest_and_stop_leaves_nothing() {
     assert_ne!(code(&out), 0);
     assert!(stderr(&out).contains("running VM"), "{}", stderr(&out));
 
+    // A client killed mid-command: its command is killed in the guest, and the next exec runs at once.
+    let mut client = airlock_cmd(&["exec", &name, "--", "sleep", "600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    sigkill(client.id() as i32);
+    let _ = client.wait();
+    let started = Instant::now();
+    let out = vm(&["exec", &name, "--", "sh", "-c", "ps -e -o comm= | grep -c '^sleep$' || true"], b"");
+    assert_eq!(stdout(&out).trim(), "0", "the cancelled command still runs: {}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(20));
+
     // -t is refused, never run without it.
     let out = vm(&["exec", "-t", &name, "--", "true"], b"");
     assert_eq!(code(&out), 125, "{}", stderr(&out));

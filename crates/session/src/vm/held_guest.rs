@@ -16,6 +16,9 @@ use super::guest::{console, open_port, send, PortSink};
 use super::held::{HostMessage, InputFrames, MAX_INPUT_FRAME};
 use super::protocol::{GuestMessage, GuestRequest, PORT_STDERR, PORT_STDIN, PORT_STDOUT};
 
+/// How long a cancelled command has to end after its hangup.
+const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn host_context(request: &GuestRequest, hold: bool) -> HostContext {
     HostContext {
         lock_dir: PathBuf::from("/run/airlock/id-ranges"),
@@ -181,6 +184,9 @@ impl Exec<'_> {
         drop((input_read, result_write));
         let fed = self.feed(pid, control, input_port, lines, input_write);
         let _ = sys::wait::wait_for_exit(pid);
+        // Processes of the exec left to this init (PID 1) by a parent that was killed: reaped, not kept as
+        // zombies for the machine's life.
+        while matches!(sys::wait::waitpid(-1, libc::WNOHANG), Ok((reaped, _)) if reaped > 0) {}
         if let Err(why) = fed {
             return GuestMessage::Failed(why);
         }
@@ -254,6 +260,7 @@ impl Exec<'_> {
         let mut pending: Vec<u8> = Vec::new();
         let mut control_open = true;
         let mut input_ended = false;
+        let mut cancelled: Option<std::time::Instant> = None;
         loop {
             let mut fds = [
                 libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -276,9 +283,12 @@ impl Exec<'_> {
                     revents: 0,
                 },
             ];
-            match sys::fd::poll(&mut fds, -1) {
+            match sys::fd::poll(&mut fds, if cancelled.is_some() { 200 } else { -1 }) {
                 Ok(_) | Err(libc::EINTR) => {}
                 Err(e) => return Err(format!("poll: errno {e}")),
+            }
+            if cancelled.is_some_and(|at| at.elapsed() > CANCEL_GRACE) {
+                let _ = sys::signal::kill(pid, libc::SIGKILL);
             }
             if fds[0].revents != 0 {
                 return Ok(());
@@ -287,8 +297,11 @@ impl Exec<'_> {
                 control_open = lines.fill(control)?;
                 while let Some(line) = lines.take_line() {
                     if let Ok(HostMessage::Cancel { session }) = serde_json::from_slice(&line) {
-                        if session == self.session {
-                            let _ = sys::signal::kill(pid, libc::SIGKILL);
+                        if session == self.session && cancelled.is_none() {
+                            // A hangup, as a terminal's: the exec's process forwards it to the command (and
+                            // reaps it); one that does not end by then is killed.
+                            let _ = sys::signal::kill(pid, libc::SIGHUP);
+                            cancelled = Some(std::time::Instant::now());
                         }
                     }
                 }

@@ -189,10 +189,13 @@ fn create_then_exec_keeps_the_guest_and_stop_leaves_nothing() {
     assert_eq!(stdout(&out).trim(), "0", "the cancelled command still runs: {}", stderr(&out));
     assert!(started.elapsed() < Duration::from_secs(20));
 
-    // -t is refused, never run without it.
-    let out = vm(&["exec", "-t", &name, "--", "true"], b"");
-    assert_eq!(code(&out), 125, "{}", stderr(&out));
-    assert!(stderr(&out).contains("-t"), "{}", stderr(&out));
+    // -t: a terminal in the guest's sandbox, fed by exec's input (here a pipe), its status the command's.
+    let out = vm(
+        &["exec", "-t", &name, "--", "sh", "-c", "test -t 0 && test -t 1 && read line && echo \"got $line\"; exit 6"],
+        b"typed\n",
+    );
+    assert_eq!(code(&out), 6, "{}", stderr(&out));
+    assert!(stdout(&out).contains("got typed"), "{}", stdout(&out));
 
     // The execs are in the sandbox's log: attached, the guest's exec record, exited.
     let log = std::fs::read_to_string(sandbox_dir(&name).join("audit.jsonl")).unwrap();

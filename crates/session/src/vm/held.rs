@@ -45,7 +45,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 #[serde(rename_all = "snake_case")]
 pub enum HostMessage {
     /// Run `policy.command` in the held sandbox; its input comes in frames of `session`.
-    Exec { session: u32, policy: Box<SandboxPolicy>, audit: Option<AuditNotify> },
+    Exec {
+        session: u32,
+        policy: Box<SandboxPolicy>,
+        audit: Option<AuditNotify>,
+        /// `-t`: a terminal in the sandbox of this size (rows, columns).
+        #[serde(default)]
+        tty: Option<(u16, u16)>,
+    },
     /// The client of `session` went away: kill its command (the outcome still comes).
     Cancel { session: u32 },
 }
@@ -55,6 +62,9 @@ pub enum HostMessage {
 pub struct ExecRequest {
     pub policy: SandboxPolicy,
     pub audit: Option<AuditNotify>,
+    /// `-t`: rows and columns of the terminal to open in the sandbox.
+    #[serde(default)]
+    pub tty: Option<(u16, u16)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -461,6 +471,7 @@ impl Held {
             session: id,
             policy: Box::new(request.policy),
             audit: request.audit,
+            tty: request.tty,
         })
         .map_err(|e| QemuError::Channels(std::io::Error::other(e)))?;
         line.push(b'\n');
@@ -574,6 +585,7 @@ impl HeldVm {
     pub fn exec_in_vm(
         &self,
         policy: &SandboxPolicy,
+        tty: Option<libc::winsize>,
         warn: &mut dyn FnMut(&str),
         audit: Option<AuditRequest<'_>>,
     ) -> Result<RunOutcome, VmError> {
@@ -583,7 +595,14 @@ impl HeldVm {
             sys::socket::send_fd(conn.as_raw_fd(), fd).map_err(|e| HeldError::Send(io(e)))?;
         }
         let mut audit = audit.filter(|a| a.notify.any());
-        let request = ExecRequest { policy: guest_policy(policy), audit: audit.as_ref().map(|a| a.notify.into()) };
+        let request = ExecRequest {
+            policy: guest_policy(policy),
+            audit: audit.as_ref().map(|a| a.notify.into()),
+            tty: tty.map(|w| (w.ws_row, w.ws_col)),
+        };
+        // `-t`: the terminal in the guest does the line discipline; ours passes every key as it comes (restored
+        // however this ends).
+        let _raw = tty.and_then(|_| RawTerminal::enter());
         let mut line = serde_json::to_vec(&request).map_err(|e| HeldError::Send(std::io::Error::other(e)))?;
         line.push(b'\n');
         conn.write_all(&line).map_err(HeldError::Send)?;
@@ -643,6 +662,27 @@ impl HeldVm {
     }
 }
 
+/// This process's standard input, a terminal, in raw mode until dropped.
+struct RawTerminal(libc::termios);
+
+impl RawTerminal {
+    fn enter() -> Option<RawTerminal> {
+        let stdin = std::io::stdin();
+        if !sys::terminal::is_terminal(stdin.as_fd()) {
+            return None;
+        }
+        let saved = sys::terminal::attributes(stdin.as_fd()).ok()?;
+        sys::terminal::set_attributes(stdin.as_fd(), &sys::terminal::raw(&saved)).ok()?;
+        Some(RawTerminal(saved))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = sys::terminal::set_attributes(std::io::stdin().as_fd(), &self.0);
+    }
+}
+
 impl crate::backend::Backend for HeldVm {
     fn name(&self) -> &'static str {
         "vm"
@@ -676,10 +716,7 @@ impl crate::backend::Backend for HeldVm {
         warn: &mut dyn FnMut(&str),
         audit: Option<AuditRequest<'_>>,
     ) -> Result<RunOutcome, crate::backend::BackendError> {
-        if host.tty.is_some() {
-            return Err(VmError::Unsupported("exec -t".to_string()).into());
-        }
-        Ok(self.exec_in_vm(policy, warn, audit)?)
+        Ok(self.exec_in_vm(policy, host.tty, warn, audit)?)
     }
 
     fn serve_exec_agent(

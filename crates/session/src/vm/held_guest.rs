@@ -51,8 +51,8 @@ pub(super) fn serve(request: &GuestRequest, control: &mut std::fs::File) -> Resu
             Ok(m) => m,
             Err(e) => return Err(format!("bad message from the host: {e}")),
         };
-        if let HostMessage::Exec { session, policy, audit } = message {
-            let exec = Exec { request, target: &target, session, output: &output_port, errors: &error_port };
+        if let HostMessage::Exec { session, policy, audit, tty } = message {
+            let exec = Exec { request, target: &target, session, tty, output: &output_port, errors: &error_port };
             let outcome = exec.run(&policy, audit, control, &mut input_port, &mut lines);
             send(control, &outcome).map_err(|e| format!("control port: {e}"))?;
         }
@@ -151,6 +151,7 @@ struct Exec<'a> {
     request: &'a GuestRequest,
     target: &'a RunningSandbox,
     session: u32,
+    tty: Option<(u16, u16)>,
     output: &'a std::fs::File,
     errors: &'a std::fs::File,
 }
@@ -216,7 +217,9 @@ impl Exec<'_> {
             }
         }
         drop(input);
-        let host = host_context(self.request, false);
+        let mut host = host_context(self.request, false);
+        host.tty =
+            self.tty.map(|(rows, cols)| libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 });
         let mut sink = match (audit, control.try_clone()) {
             (Some(_), Ok(port)) => Some(PortSink { port, failed: None }),
             _ => None,

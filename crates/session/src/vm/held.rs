@@ -39,6 +39,8 @@ const MAX_REQUEST_BYTES: u64 = 4 << 20;
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a client may take to send its request once connected.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write to the guest's control port or a client's socket may wait for its reader.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// From the supervisor to the held guest, on the control port, one a line.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -170,6 +172,9 @@ pub fn run_held_vm(
         warn: &mut quiet,
         audit: None,
     })?;
+    // A guest that stops reading its control port, or a client its socket, cannot hold the supervisor (and with
+    // it `airlock stop`) for longer than this: the write fails, and the guest is stopped or the client dropped.
+    channels.ctl.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(QemuError::Channels)?;
     let mut held = Held {
         channels,
         console,
@@ -454,6 +459,9 @@ impl Held {
     fn accept(&mut self, listener: &UnixListener) -> Result<(), VmError> {
         let Ok(raw) = sys::socket::accept(listener.as_fd()) else { return Ok(()) };
         let mut conn = UnixStream::from(raw);
+        if conn.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
+            return Ok(());
+        }
         let request = read_request(&mut conn);
         let (fds, request) = match request {
             Ok(got) => got,

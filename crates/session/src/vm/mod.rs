@@ -8,7 +8,7 @@
 //! mount table once QEMU is gone, and `airlock diff`/`commit` read the layer as after a namespace run), starts
 //! QEMU (`qemu`), sends the request, relays the standard streams and returns the command's outcome.
 //!
-//! `airlock run`, and `create` with `exec` into it (`held`); `-t` and `--net allow|host` are refused (exit 125)
+//! `airlock run`, and `create` with `exec` into it (`held`); `run -t` and `--net allow|host` are refused (exit 125)
 //! rather than run without the VM.
 
 pub mod guest;

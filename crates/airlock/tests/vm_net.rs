@@ -80,8 +80,12 @@ fn vm(args: &[&str], marker: &str) -> Output {
 /// Names pointing at 127.0.0.1 in the host's /etc/hosts for as long as this lives.
 struct HostNames(Vec<String>);
 
+/// The tests of this file run in parallel threads: their edits of /etc/hosts take turns.
+static HOSTS_EDIT: Mutex<()> = Mutex::new(());
+
 impl HostNames {
     fn add(names: &[&str]) -> HostNames {
+        let _turn = HOSTS_EDIT.lock().unwrap_or_else(|e| e.into_inner());
         let mut text = std::fs::read_to_string("/etc/hosts").unwrap();
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
@@ -97,6 +101,7 @@ impl HostNames {
 
 impl Drop for HostNames {
     fn drop(&mut self) {
+        let _turn = HOSTS_EDIT.lock().unwrap_or_else(|e| e.into_inner());
         let text = std::fs::read_to_string("/etc/hosts").unwrap();
         let ours = |l: &str| l.contains(HOSTS_MARK) && self.0.iter().any(|n| l.split_whitespace().nth(1) == Some(n));
         let kept: String = text.lines().filter(|l| !ours(l)).map(|l| format!("{l}\n")).collect();
@@ -286,6 +291,39 @@ fn an_allowed_destination_is_reached_from_the_guest_and_refused_ones_are_not() {
     assert!(events.iter().any(|e| e["kind"] == "exec"), "no exec record of the guest: {events:#?}");
     assert!(audit::verify(&audit).unwrap().ok(), "the chain is broken: {events:#?}");
     assert_nothing_left(&allowed);
+}
+
+/// `create --isolation vm --allow`: the held guest's NIC is served by the gateway between execs, and `stop`
+/// ends both QEMU and the gateway.
+#[test]
+fn a_created_vm_reaches_an_allowed_destination_from_each_exec() {
+    require_vm!();
+    let pid = std::process::id();
+    let allowed = format!("held-vmnet-{pid}.test");
+    let _hosts = HostNames::add(&[&allowed]);
+    let server = HttpServer::start();
+    let (other_port, other_connections) = counting_listener();
+    let port = server.port;
+    let name = format!("vmnet-held-{pid}");
+    let allow = format!("{allowed}:{port}");
+    let o = vm(&["create", "--isolation", "vm", "--allow", &allow, &name], &allowed);
+    assert_eq!(code(&o), 0, "create: {}", stderr(&o));
+    let exec = |url: &str| vm(&["exec", &name, "--", "curl", "-sS", "--noproxy", "*", "-m", "20", url], &allowed);
+    for round in ["first", "second"] {
+        let o = exec(&format!("http://{allowed}:{port}/{round}"));
+        assert_eq!(code(&o), 0, "{round} exec: {}\n{}", stdout(&o), stderr(&o));
+        assert!(stdout(&o).contains(&format!("hello from vm-net /{round}")), "{}", stdout(&o));
+    }
+    let o = exec(&format!("http://{allowed}:{other_port}/other-port"));
+    assert_ne!(code(&o), 0, "the other port was reached: {}", stdout(&o));
+    assert_eq!(other_connections.load(Ordering::SeqCst), 0, "the other port was reached");
+    assert_eq!(server.requests().len(), 2, "{:?}", server.requests());
+    assert!(!processes_with("airlock-netgw", &allowed).is_empty(), "the held VM has no gateway");
+    let o = vm(&["stop", &name], &allowed);
+    assert_eq!(code(&o), 0, "stop: {}", stderr(&o));
+    assert_nothing_left(&allowed);
+    let o = vm(&["rm", &name], &allowed);
+    assert_eq!(code(&o), 0, "rm: {}", stderr(&o));
 }
 
 #[test]

@@ -51,11 +51,11 @@ pub fn main() -> ! {
 }
 
 /// A line on the kernel's console (the host keeps it in the run's console log).
-fn console(line: &str) {
+pub(super) fn console(line: &str) {
     let _ = std::fs::OpenOptions::new().write(true).open("/dev/console").and_then(|mut c| writeln!(c, "{line}"));
 }
 
-fn send(port: &mut std::fs::File, message: &GuestMessage) -> std::io::Result<()> {
+pub(super) fn send(port: &mut std::fs::File, message: &GuestMessage) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;
     line.push(b'\n');
     port.write_all(&line)
@@ -79,6 +79,9 @@ fn run(control: &mut Option<std::fs::File>) -> Result<GuestMessage, String> {
     }
     switch_root(&request)?;
     let port = control.as_mut().ok_or("no control port")?;
+    if request.held {
+        return super::held_guest::serve(&request, port);
+    }
     send(port, &GuestMessage::Started).map_err(|e| format!("control port: {e}"))?;
 
     // The command's standard streams are the ports themselves: nothing copies them in the guest.
@@ -134,10 +137,10 @@ fn run(control: &mut Option<std::fs::File>) -> Result<GuestMessage, String> {
 /// The guest's audit sink: each record of the engine's seccomp listener goes to the host on the control port as
 /// it is made (the log is the host's; nothing of it is in the guest). A write blocks while the host is behind,
 /// which holds the notified process, as a slow disk does on the host.
-struct PortSink {
-    port: std::fs::File,
+pub(super) struct PortSink {
+    pub(super) port: std::fs::File,
     /// The first write that failed: the run then fails (see `run`).
-    failed: Option<String>,
+    pub(super) failed: Option<String>,
 }
 
 impl runtime::notify::AuditSink for PortSink {
@@ -221,7 +224,7 @@ fn module_params(cmdline: &str, module: &str) -> String {
 
 /// The serial port `name`'s device (`/dev/vportNpM`), once the driver has found it: no udev here, so by
 /// `/sys/class/virtio-ports/*/name`.
-fn open_port(name: &str, write: bool) -> Result<std::fs::File, String> {
+pub(super) fn open_port(name: &str, write: bool) -> Result<std::fs::File, String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         if let Ok(entries) = std::fs::read_dir("/sys/class/virtio-ports") {

@@ -11,10 +11,12 @@
 //! `--net allow` gives the guest a virtio-net NIC whose other end is the same network gateway as a namespace
 //! sandbox's (`net`): the allow-list, DNS and the audit records are the gateway's, on the host.
 //!
-//! This slice runs `airlock run` only: `create`, `exec`, the daemon and `-t` are refused (exit 125) rather than
-//! run without the VM; `--net host` is refused for good (it would give the guest the host's network).
+//! `airlock run`, and `create` with `exec` into it (`held`); `run -t` is refused (exit 125) rather than run
+//! without the VM; `--net host` is refused for good (it would give the guest the host's network).
 
 pub mod guest;
+pub mod held;
+mod held_guest;
 pub mod initramfs;
 pub mod kernel;
 pub mod net;
@@ -101,6 +103,8 @@ pub enum VmError {
     Initramfs(#[from] initramfs::InitramfsError),
     #[error("vm")]
     Qemu(#[from] qemu::QemuError),
+    #[error(transparent)]
+    Held(#[from] held::HeldError),
     #[error("vm: cannot read {path}")]
     ReadHost {
         path: String,
@@ -124,26 +128,9 @@ impl VmBackend {
         warn: &mut dyn FnMut(&str),
         audit: Option<runtime::sandbox::AuditRequest<'_>>,
     ) -> Result<(RunOutcome, RunReport), VmError> {
-        refuse_unsupported(policy, host)?;
-        let kernel = GuestKernel::find(self.config.kernel.as_deref())?;
-        if self.config.accel == Accel::Kvm {
-            match kernel::kvm_flavour() {
-                KvmFlavour::Hardware => {}
-                KvmFlavour::Pvm if kernel.is_pvm_guest() => {}
-                KvmFlavour::Pvm => return Err(VmError::PvmOnly { kernel: kernel.image.display().to_string() }),
-                KvmFlavour::Unusable(why) => return Err(VmError::NoKvm(why)),
-            }
-        }
-        let initrd = initramfs::ensure(&self.config.cache_dir, &kernel)?;
-        let (mut request, workspace_overlay) = guest_request(policy, host)?;
+        let (kernel, initrd, mut request, workspace_overlay) = self.prepare(policy, host)?;
         // --net allow: the gateway serves before the guest boots (the launch described it in `host.gateway`).
-        let network = match &host.gateway {
-            Some(setup) if matches!(policy.network, Network::Allow(_)) => {
-                net::prepare_request(&mut request, setup);
-                Some(net::VmNetwork::start(setup)?)
-            }
-            _ => None,
-        };
+        let network = net::start_for(policy, host, &mut request)?;
         // The guest's engine runs its seccomp listener as the namespace backend does on the host, and sends each
         // record here, where the log is written: the guest never holds the log file.
         let mut audit = audit.filter(|a| a.notify.any());
@@ -166,6 +153,30 @@ impl VmBackend {
     }
 }
 
+impl VmBackend {
+    /// What a guest boots with: the kernel (usable with this accelerator), the initramfs, the request and the
+    /// workspace's overlay.
+    fn prepare(
+        &self,
+        policy: &SandboxPolicy,
+        host: &HostContext,
+    ) -> Result<(GuestKernel, PathBuf, GuestRequest, Option<WorkspaceOverlay>), VmError> {
+        refuse_unsupported(policy, host)?;
+        let kernel = GuestKernel::find(self.config.kernel.as_deref())?;
+        if self.config.accel == Accel::Kvm {
+            match kernel::kvm_flavour() {
+                KvmFlavour::Hardware => {}
+                KvmFlavour::Pvm if kernel.is_pvm_guest() => {}
+                KvmFlavour::Pvm => return Err(VmError::PvmOnly { kernel: kernel.image.display().to_string() }),
+                KvmFlavour::Unusable(why) => return Err(VmError::NoKvm(why)),
+            }
+        }
+        let initrd = initramfs::ensure(&self.config.cache_dir, &kernel)?;
+        let (request, workspace_overlay) = guest_request(policy, host)?;
+        Ok((kernel, initrd, request, workspace_overlay))
+    }
+}
+
 /// What this slice does not run in a VM: refused before anything starts, never run without the VM.
 fn refuse_unsupported(policy: &SandboxPolicy, host: &HostContext) -> Result<(), VmError> {
     let unsupported = |what: &str| Err(VmError::Unsupported(what.to_string()));
@@ -177,9 +188,6 @@ fn refuse_unsupported(policy: &SandboxPolicy, host: &HostContext) -> Result<(), 
     }
     if host.tty.is_some() {
         return unsupported("-t");
-    }
-    if host.hold {
-        return unsupported("create");
     }
     if policy.writable_root {
         return unsupported("--writable-root");
@@ -271,7 +279,14 @@ fn guest_request(
     }
     // The guest's engine has no host cgroup to limit: the VM's size is the bound, and its own cgroups (the guest's)
     // apply the limits to the command inside.
-    let request =
-        GuestRequest { policy: guest_policy, name: host.name.clone(), shares, symlinks, audit: None, network: None };
+    let request = GuestRequest {
+        policy: guest_policy,
+        name: host.name.clone(),
+        shares,
+        symlinks,
+        audit: None,
+        network: None,
+        held: host.hold,
+    };
     Ok((request, overlay))
 }

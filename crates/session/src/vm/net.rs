@@ -82,6 +82,22 @@ impl VmNetwork {
     }
 }
 
+/// `--net allow` (the launch described the gateway in `host.gateway`): prepares `request` for the guest's NIC and
+/// starts the gateway, which serves before the guest boots; `None` for any other network.
+pub fn start_for(
+    policy: &policy::sandbox::SandboxPolicy,
+    host: &runtime::prepare::HostContext,
+    request: &mut GuestRequest,
+) -> Result<Option<VmNetwork>, NetError> {
+    match &host.gateway {
+        Some(setup) if matches!(policy.network, Network::Allow(_)) => {
+            prepare_request(request, setup);
+            VmNetwork::start(setup).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 /// QEMU's options for the NIC on the inherited descriptor `fd`: a virtio-net device with the guest's fixed MAC
 /// (the only source the gateway takes frames from) on a `dgram` netdev (no virtio header: the gateway sends
 /// complete checksums).

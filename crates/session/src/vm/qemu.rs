@@ -124,6 +124,45 @@ fn escape(value: &str) -> String {
 
 /// Runs the guest to the command's end.
 pub fn run_guest(launch: GuestLaunch<'_>) -> Result<RunOutcome, QemuError> {
+    let Spawned { mut child, channels, console } = spawn(&launch)?;
+    let pidfd = sys::process::pidfd_open(child.id() as libc::pid_t).map_err(|e| QemuError::Channels(os_error(e)));
+
+    let mut audit = launch.audit;
+    let result = pidfd.and_then(|pidfd| {
+        // A reborrow for the conversation (a trait object's lifetime shortens only outside the `Option`).
+        let sink = audit.as_mut().map(|a| &mut **a as &mut dyn runtime::notify::AuditSink);
+        converse(channels, &pidfd, launch.request, launch.warn, sink, &console)
+    });
+    // The records that arrived are written however the run ended (a guest that dies after an exec still has it
+    // in the log).
+    if let Some(sink) = audit {
+        sink.flush();
+    }
+    // However it ended: the guest powers itself off after reporting; a guest that does not is killed.
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => break,
+            Ok(None) if Instant::now() > deadline || result.is_err() => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    result
+}
+
+/// A started QEMU (dying with this process), the host's ends of its ports, its console's log.
+pub(super) struct Spawned {
+    pub child: std::process::Child,
+    pub channels: Channels,
+    pub console: std::fs::File,
+}
+
+/// Starts QEMU for `launch` (its `warn` and `audit` are the conversation's, unused here).
+pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
     let program = qemu_program().ok_or_else(|| QemuError::NotFound { program: "qemu-system".to_string() })?;
     let (ctl, ctl_qemu) = UnixStream::pair().map_err(QemuError::Channels)?;
     let (stdin, stdin_qemu) = UnixStream::pair().map_err(QemuError::Channels)?;
@@ -266,37 +305,10 @@ pub fn run_guest(launch: GuestLaunch<'_>) -> Result<RunOutcome, QemuError> {
         }
         Ok(())
     });
-    let mut child =
+    let child =
         command.spawn().map_err(|source| QemuError::Spawn { program: program.display().to_string(), source })?;
     drop((ctl_qemu, stdin_qemu, stdout_qemu, stderr_qemu));
-    let pidfd = sys::process::pidfd_open(child.id() as libc::pid_t).map_err(|e| QemuError::Channels(os_error(e)));
-
-    let mut audit = launch.audit;
-    let result = pidfd.and_then(|pidfd| {
-        let channels = Channels { ctl, stdin, stdout, stderr };
-        // A reborrow for the conversation (a trait object's lifetime shortens only outside the `Option`).
-        let sink = audit.as_mut().map(|a| &mut **a as &mut dyn runtime::notify::AuditSink);
-        converse(channels, &pidfd, launch.request, launch.warn, sink, &console)
-    });
-    // The records that arrived are written however the run ended (a guest that dies after an exec still has it
-    // in the log).
-    if let Some(sink) = audit {
-        sink.flush();
-    }
-    // However it ended: the guest powers itself off after reporting; a guest that does not is killed.
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) | Err(_) => break,
-            Ok(None) if Instant::now() > deadline || result.is_err() => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-        }
-    }
-    result
+    Ok(Spawned { child, channels: Channels { ctl, stdin, stdout, stderr }, console })
 }
 
 /// The host's TSC frequency in kHz (`cpu MHz` of `/proc/cpuinfo`). Under TCG the guest's TSC runs at the
@@ -329,7 +341,7 @@ fn console_log(kept: Option<&Path>) -> std::io::Result<std::fs::File> {
 }
 
 /// The console log's last non-empty line (what a failed boot said last).
-fn console_tail(console: &std::fs::File) -> String {
+pub(super) fn console_tail(console: &std::fs::File) -> String {
     let mut text = String::new();
     let mut file = console;
     let _ = std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0));
@@ -338,11 +350,11 @@ fn console_tail(console: &std::fs::File) -> String {
 }
 
 /// The host's ends of the guest's serial ports.
-struct Channels {
-    ctl: UnixStream,
-    stdin: UnixStream,
-    stdout: UnixStream,
-    stderr: UnixStream,
+pub(super) struct Channels {
+    pub ctl: UnixStream,
+    pub stdin: UnixStream,
+    pub stdout: UnixStream,
+    pub stderr: UnixStream,
 }
 
 /// Sends the request, relays the streams and hands the audit records to `audit` until the guest reports the
@@ -464,7 +476,7 @@ fn stopped(up: bool, console: &std::fs::File) -> QemuError {
 }
 
 /// Copies what is there from `from` to `to`; false once `from` is at its end.
-fn relay(from: &mut UnixStream, to: &mut dyn Write, buf: &mut [u8]) -> bool {
+pub(super) fn relay(from: &mut UnixStream, to: &mut dyn Write, buf: &mut [u8]) -> bool {
     match from.read(buf) {
         Ok(0) => false,
         Ok(n) => {
@@ -476,7 +488,7 @@ fn relay(from: &mut UnixStream, to: &mut dyn Write, buf: &mut [u8]) -> bool {
 }
 
 /// Everything `from` holds now, without waiting.
-fn drain(from: &mut UnixStream, to: &mut dyn Write, buf: &mut [u8]) {
+pub(super) fn drain(from: &mut UnixStream, to: &mut dyn Write, buf: &mut [u8]) {
     if from.set_nonblocking(true).is_err() {
         return;
     }

@@ -89,6 +89,14 @@ pub fn files(args: FilesArgs) -> Result<i32> {
     };
     // The policy of the sandbox's commands (the stored profile), for its ids and its Landlock ruleset.
     let merged = sandbox.profile()?;
+    // `--isolation vm`: the recorded init is the guest's QEMU, whose namespaces are the host's: never entered.
+    if crate::run::vm_isolation(&merged)? {
+        crate::say(&format!(
+            "sandbox {} runs in a VM (--isolation vm): cp and files do not reach into it yet (use `airlock exec`)",
+            args.name
+        ));
+        return Ok(i32::from(crate::EXIT_SETUP_FAILED));
+    }
     let policy = profile::resolve(&merged, vec!["/bin/true".to_string()], &session::invoker())?;
     let host = sandbox.host_context(&policy, crate::run::lock_dir())?;
     let target = sandbox.target();

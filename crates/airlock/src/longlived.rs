@@ -171,10 +171,8 @@ fn create_policy(args: &CreateArgs) -> Result<(Profile, SandboxPolicy, Option<St
 
 /// The policy a merged profile resolves to for a held sandbox (with a placeholder command).
 fn held_policy(merged: &Profile) -> Result<SandboxPolicy> {
-    // Refused, never run with namespaces instead.
-    if crate::run::vm_isolation(merged)? {
-        bail!("--isolation vm does not support create yet");
-    }
+    // Checked here (an unknown isolation is refused before anything starts).
+    crate::run::vm_isolation(merged)?;
     let policy = profile::resolve(merged, vec![HOLD_COMMAND.to_string()], &session::invoker())?;
     check_workspace_outside_state(&policy)?;
     Ok(policy)
@@ -203,13 +201,28 @@ pub fn supervise(args: SuperviseArgs) -> Result<i32> {
     };
     let warn = &mut |w: &str| crate::say(&format!("warning: {w}"));
     let mut agent_server = None;
+    // `--isolation vm`: the supervisor holds the guest (its QEMU is the sandbox's recorded init), and serves
+    // execs itself: no exec agent (see `session::vm::held`).
+    let vm_backend;
+    let backend: &dyn session::backend::Backend = match crate::run::vm_isolation(&merged)? {
+        false => &NamespaceBackend,
+        true => {
+            vm_backend = session::vm::VmBackend {
+                config: session::vm::VmConfig::new(&policy, &merged.vm, state.path().join("cache").join("vm"))?,
+            };
+            &vm_backend
+        }
+    };
+    let vm = backend.name() == "vm";
     let on_ready = &mut || {
         // The exec agent first, so that a sandbox is ready with it (the daemon's pools wait for its socket).
-        agent_server = start_exec_agent(&state, &name);
+        if !vm {
+            agent_server = start_exec_agent(&state, &name);
+        }
         println!("{READY}");
         let _ = std::io::stdout().flush();
     };
-    let ended = launch(&NamespaceBackend, spec, Hooks { warn, on_ready });
+    let ended = launch(backend, spec, Hooks { warn, on_ready });
     // Its agent ended with the sandbox (init's pid namespace took it); the process that served it follows once
     // it has written its last audit records. Reaped here, so nothing of the sandbox outlives its supervisor.
     if let Some(pid) = agent_server {
@@ -287,7 +300,16 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
     // starting the command moves this process into the sandbox's mount namespace, where the host's cgroupfs is
     // out of sight.
     let mut oom_watch = OomWatch::open(name);
-    match sandbox.exec(&NamespaceBackend, &state, &policy, &host) {
+    // `--isolation vm`: through the supervisor's socket into the guest (see `session::vm::held`).
+    let held_vm;
+    let backend: &dyn session::backend::Backend = match crate::run::vm_isolation(&merged)? {
+        false => &NamespaceBackend,
+        true => {
+            held_vm = session::vm::held::HeldVm { socket: sandbox.dir.path().join(session::vm::held::SOCKET_NAME) };
+            &held_vm
+        }
+    };
+    match sandbox.exec(backend, &state, &policy, &host) {
         Ok(outcome) => {
             let outcome = match oom_watch.as_mut() {
                 Some(watch) if outcome == RunOutcome::Exited(runtime::sandbox::EXIT_OUT_OF_MEMORY) => {

@@ -28,16 +28,30 @@ pub struct NetGatewayArgs {
     /// copies (`--audit FILE`). None: nothing is recorded.
     #[arg(long)]
     pub events_fd: Vec<i32>,
+    /// `ethernet`: the descriptor passed is a VM's NIC (a datagram socket of Ethernet frames, `--isolation vm`)
+    /// rather than a TUN (`tun`, the default).
+    #[arg(long, value_parser = parse_link, default_value = "tun")]
+    pub link: netgw::Link,
+}
+
+/// `--link`'s values.
+fn parse_link(value: &str) -> Result<netgw::Link> {
+    match value {
+        "tun" => Ok(netgw::Link::Tun),
+        "ethernet" => Ok(netgw::Link::Ethernet),
+        _ => anyhow::bail!("--link {value}: expected tun or ethernet"),
+    }
 }
 
 impl NetGatewayArgs {
     /// The command line the supervisor gives: `--sandbox NAME [--allow ENTRY]... --tun-socket FD [--events-fd
-    /// FD]...` (each flag and its value as two arguments, as `session::gateway` writes them). Parsed by hand: the
+    /// FD]... [--link tun|ethernet]` (each flag and its value as two arguments, as `session::gateway` writes them). Parsed by hand: the
     /// gateway's executable does without clap.
     pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<NetGatewayArgs> {
         let mut sandbox = None;
         let mut tun_socket = None;
         let (mut allow, mut events_fd) = (Vec::new(), Vec::new());
+        let mut link = None;
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
             let flag = flag.to_string_lossy().into_owned();
@@ -49,6 +63,7 @@ impl NetGatewayArgs {
                 "--allow" => allow.push(value),
                 "--tun-socket" if tun_socket.is_none() => tun_socket = Some(fd(&value)?),
                 "--events-fd" => events_fd.push(fd(&value)?),
+                "--link" if link.is_none() => link = Some(parse_link(&value)?),
                 _ => anyhow::bail!("unexpected argument {flag:?} (the gateway is started by a sandbox's supervisor)"),
             }
         }
@@ -57,6 +72,7 @@ impl NetGatewayArgs {
             allow,
             tun_socket: tun_socket.context("--tun-socket is missing")?,
             events_fd,
+            link: link.unwrap_or(netgw::Link::Tun),
         })
     }
 }
@@ -97,7 +113,7 @@ pub fn serve(args: NetGatewayArgs) -> Result<i32> {
     // The supervisor stops the gateway with SIGTERM once the sandbox is gone: taken as the stop signal, it ends
     // the gateway in order, with a record for each connection still open (bytes each way so far).
     let stop = runtime::gateway::stop_on_sigterm()?;
-    let options = netgw::GatewayOptions { stop: Some(stop), ..netgw::GatewayOptions::default() };
+    let options = netgw::GatewayOptions { stop: Some(stop), link: args.link, ..netgw::GatewayOptions::default() };
     netgw::serve_tun_blocking_with(tun, config, options).context("network gateway")?;
     Ok(0)
 }
@@ -134,6 +150,9 @@ mod tests {
         .unwrap();
         assert_eq!((args.sandbox.as_str(), args.tun_socket, args.events_fd), ("s", 5, vec![6]));
         assert_eq!(args.allow, ["a.com", "*.b:443"]);
+        assert_eq!(args.link, netgw::Link::Tun);
+        let vm = parse(&["--sandbox", "s", "--tun-socket", "5", "--link", "ethernet"]).unwrap();
+        assert_eq!(vm.link, netgw::Link::Ethernet);
         for bad in [
             &["--sandbox", "s"][..],
             &["--tun-socket", "5"],
@@ -141,6 +160,7 @@ mod tests {
             &["--sandbox", "s", "--tun-socket", "5", "--verbose", "1"],
             &["--sandbox", "s", "--tun-socket", "5", "--allow"],
             &["--sandbox", "s", "--sandbox", "t", "--tun-socket", "5"],
+            &["--sandbox", "s", "--tun-socket", "5", "--link", "tap"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

@@ -39,7 +39,8 @@ pub fn run(args: RunArgs) -> Result<i32> {
 
     let mut policy = profile::resolve(&merged, command, &session::invoker())?;
     session::gateway::add_proxy_environment(&mut policy, &|key| merged.env.set.contains_key(key));
-    if policy.network == Network::Host {
+    // A VM refuses --net host (its guest would get the host's network): no warning for what will not run.
+    if policy.network == Network::Host && !vm_isolation(&merged)? {
         crate::say("warning: --net host: the sandbox shares the host's network (no network isolation)");
     }
 

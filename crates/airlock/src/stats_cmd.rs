@@ -53,6 +53,20 @@ pub fn run(name: &str, json_output: bool) -> Result<i32> {
 const NO_CGROUP_NOTE: &str = "no cgroup: the sandbox has no --memory, --pids or --cpus limit, so airlock did not give \
      it one; the numbers are its processes now, from /proc (no peak, no OOM count)";
 
+/// What a VM sandbox's numbers are.
+const VM_NOTE: &str = "a VM (--isolation vm): the numbers are its QEMU process's (the guest's memory and CPU time), \
+     from /proc";
+
+/// Whether the running sandbox `name` is a VM (`--isolation vm` in its stored profile).
+pub(crate) fn is_vm(name: &str) -> bool {
+    match session::handle::lookup(&crate::state::state(), name) {
+        Ok(session::handle::Lookup::Running(sandbox)) => {
+            sandbox.profile().is_ok_and(|p| crate::run::vm_isolation(&p).unwrap_or(false))
+        }
+        _ => false,
+    }
+}
+
 /// A running sandbox without a cgroup: its processes' resident memory, count and CPU time now, from /proc
 /// (`source: "proc"`). A sandbox started by `run --name` has no recorded init: only the note.
 fn without_cgroup(name: &str, dir: &crate::state::SandboxDir) -> Value {
@@ -61,10 +75,14 @@ fn without_cgroup(name: &str, dir: &crate::state::SandboxDir) -> Value {
         .and_then(|r| r.init_pid.zip(r.init_start_time))
         .filter(|&(pid, start)| runtime::host::process_alive(pid, start))
         .map(|(pid, _)| pid);
-    let usage = init.map(sandbox_processes).map(|pids| proc_usage(&pids)).unwrap_or_default();
+    // `--isolation vm`: the recorded init is the guest's QEMU, in the host's pid namespace: the numbers are its
+    // own (the whole guest's memory and CPU time), not those of the host's other processes.
+    let vm = is_vm(name);
+    let processes = |init| if vm { vec![init] } else { sandbox_processes(init) };
+    let usage = init.map(processes).map(|pids| proc_usage(&pids)).unwrap_or_default();
     let mut doc = stats_json(name, "running", &usage, None);
     doc["source"] = Value::from("proc");
-    doc["note"] = Value::from(NO_CGROUP_NOTE);
+    doc["note"] = Value::from(if vm { VM_NOTE } else { NO_CGROUP_NOTE });
     doc
 }
 

@@ -8,6 +8,10 @@
 //! written with `VIRTIO_NET_HDR_F_NEEDS_CSUM`, which the kernel treats like a segment from a NIC with checksum
 //! offload (`CHECKSUM_PARTIAL`, delivered locally without verifying), so neither the stack nor the sandbox's
 //! kernel sums every 64 KB segment in software: the segment carries only its pseudo-header sum.
+//!
+//! A VM's link ([`Link::Ethernet`], see `ether`) is a datagram socket instead, one Ethernet frame a datagram and
+//! no virtio header: the device strips and adds the Ethernet header where the TUN has the virtio one, answers the
+//! guest's ARP itself, and smoltcp sums every checksum it sends.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -20,12 +24,13 @@ use tokio::sync::Semaphore;
 
 use crate::addr::{DNS_PORT, GATEWAY_ADDR, MTU};
 use crate::dns::DnsServer;
+use crate::ether::{self, Frame, Link, ETHERNET_HEADER_LEN, ETHERNET_MTU};
 use crate::event::Decision;
 use crate::filter::{Filter, Verdict, PROTO_TCP, TCP_ACK, TCP_SYN};
 
-/// Largest packet read from the TUN: the largest IPv4 packet, so that whatever MTU the sandbox sets on its side,
-/// packets are seen whole (and handled) rather than truncated.
-const READ_BUFFER: usize = VNET_HDR_LEN + 65_536;
+/// Largest packet read from the TUN: the largest IPv4 packet after the longer of the two links' headers, so that
+/// whatever MTU the sandbox sets on its side, packets are seen whole (and handled) rather than truncated.
+const READ_BUFFER: usize = ETHERNET_HEADER_LEN + 65_536;
 /// `sizeof(struct virtio_net_hdr)`, the TUN's default `TUNSETVNETHDRSZ`.
 pub const VNET_HDR_LEN: usize = 10;
 /// A header that says nothing: the packet's checksums are complete and the kernel verifies them as usual.
@@ -56,6 +61,7 @@ pub enum Closed {
 /// `write`: no allocation, no copy, and no TCP checksum summed in user space (see [`stack_packet_header`]).
 pub struct TunDevice {
     tun: Arc<AsyncFd<OwnedFd>>,
+    link: Link,
     filter: Filter,
     dns: DnsServer,
     dns_in_flight: Arc<Semaphore>,
@@ -74,16 +80,17 @@ pub struct TunDevice {
 }
 
 impl TunDevice {
-    pub fn new(tun: Arc<AsyncFd<OwnedFd>>, filter: Filter, dns: DnsServer) -> TunDevice {
+    pub fn new(tun: Arc<AsyncFd<OwnedFd>>, filter: Filter, dns: DnsServer, link: Link) -> TunDevice {
         TunDevice {
             tun,
+            link,
             filter,
             dns,
             dns_in_flight: Arc::new(Semaphore::new(DNS_IN_FLIGHT)),
             rx: vec![0u8; READ_BUFFER],
             held: None,
             new_flow: None,
-            tx: vec![0u8; VNET_HDR_LEN + usize::from(MTU)],
+            tx: vec![0u8; header_len(link) + usize::from(MTU)],
             may_read: false,
             drained: false,
             reads_left: 0,
@@ -122,12 +129,13 @@ impl TunDevice {
         while self.may_read && !self.drained && self.closed.is_none() && self.reads_left > 0 {
             self.reads_left -= 1;
             let n = match rustix::io::read(self.tun.get_ref(), &mut self.rx[..]) {
-                Ok(0) => {
+                // The TUN's end. (A datagram socket has none: an empty datagram is only a short frame.)
+                Ok(0) if self.link == Link::Tun => {
                     self.closed = Some(Closed::Eof);
                     return false;
                 }
-                // Shorter than the virtio header: nothing the kernel sends; ignored.
-                Ok(n) if n < VNET_HDR_LEN => continue,
+                // Shorter than the link's header: nothing the kernel (or QEMU for an honest guest) sends; ignored.
+                Ok(n) if n < header_len(self.link) => continue,
                 Ok(n) => n,
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(rustix::io::Errno::AGAIN) => {
@@ -139,7 +147,18 @@ impl TunDevice {
                     return false;
                 }
             };
-            let packet = &self.rx[VNET_HDR_LEN..n];
+            if self.link == Link::Ethernet {
+                match ether::classify(&self.rx[..n]) {
+                    Frame::Ipv4 => {}
+                    // Best effort, like a reply below: the guest asks again.
+                    Frame::ArpReply(reply) => {
+                        let _ = rustix::io::write(self.tun.get_ref(), &reply);
+                        continue;
+                    }
+                    Frame::Drop => continue,
+                }
+            }
+            let packet = &self.rx[header_len(self.link)..n];
             match self.filter.inspect(packet) {
                 Verdict::Pass => {
                     self.held = Some(n);
@@ -151,7 +170,7 @@ impl TunDevice {
                 Verdict::Reply(reply) => {
                     // Best effort: if the TUN queue is full the RST is lost, and the sandbox's retransmitted SYN
                     // gets another.
-                    let _ = write_with_header(self.tun.get_ref(), &PLAIN_HDR, &reply);
+                    let _ = write_with_header(self.tun.get_ref(), plain_header(self.link), &reply);
                 }
             }
         }
@@ -168,15 +187,31 @@ impl TunDevice {
             return;
         };
         // Each query in its own task: a slow host lookup does not hold up the others.
-        let (dns, tun) = (self.dns.clone(), self.tun.clone());
+        let (dns, tun, header) = (self.dns.clone(), self.tun.clone(), plain_header(self.link));
         tokio::spawn(async move {
             let _permit = permit;
             if let Some(reply) = dns.answer(&query).await {
                 if let Some(packet) = dns_reply_packet(client, &reply) {
-                    write_packet(&tun, &PLAIN_HDR, &packet).await;
+                    write_packet(&tun, header, &packet).await;
                 }
             }
         });
+    }
+}
+
+/// The length of `link`'s header before each packet.
+fn header_len(link: Link) -> usize {
+    match link {
+        Link::Tun => VNET_HDR_LEN,
+        Link::Ethernet => ETHERNET_HEADER_LEN,
+    }
+}
+
+/// The header before a packet from the gateway whose checksums are complete.
+fn plain_header(link: Link) -> &'static [u8] {
+    match link {
+        Link::Tun => &PLAIN_HDR,
+        Link::Ethernet => &ether::IPV4_HEADER,
     }
 }
 
@@ -209,11 +244,12 @@ impl smoltcp::phy::Device for TunDevice {
             return None;
         }
         let n = self.held.take()?;
-        Some((RxToken { packet: &self.rx[VNET_HDR_LEN..n] }, TxToken { tun: &self.tun, buffer: &mut self.tx }))
+        let packet = &self.rx[header_len(self.link)..n];
+        Some((RxToken { packet }, TxToken { tun: &self.tun, link: self.link, buffer: &mut self.tx }))
     }
 
     fn transmit(&mut self, _timestamp: smoltcp::time::Instant) -> Option<TxToken<'_>> {
-        Some(TxToken { tun: &self.tun, buffer: &mut self.tx })
+        Some(TxToken { tun: &self.tun, link: self.link, buffer: &mut self.tx })
     }
 
     fn capabilities(&self) -> smoltcp::phy::DeviceCapabilities {
@@ -225,6 +261,12 @@ impl smoltcp::phy::Device for TunDevice {
         // VIRTIO_NET_HDR_F_NEEDS_CSUM: the sandbox's kernel takes it as checksummed by hardware (and completes
         // the sum itself should it ever forward it).
         capabilities.checksum.tcp = smoltcp::phy::Checksum::Rx;
+        // The Ethernet link has no virtio header to say so: every checksum is complete, and its frames are
+        // standard ones.
+        if self.link == Link::Ethernet {
+            capabilities.checksum.tcp = smoltcp::phy::Checksum::Both;
+            capabilities.max_transmission_unit = usize::from(ETHERNET_MTU);
+        }
         capabilities
     }
 }
@@ -241,23 +283,30 @@ impl smoltcp::phy::RxToken for RxToken<'_> {
 
 pub struct TxToken<'a> {
     tun: &'a AsyncFd<OwnedFd>,
+    link: Link,
     buffer: &'a mut Vec<u8>,
 }
 
 impl smoltcp::phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let total = VNET_HDR_LEN + len;
+        let total = header_len(self.link) + len;
         if self.buffer.len() < total {
             self.buffer.resize(total, 0);
         }
         let frame = &mut self.buffer[..total];
-        let (header, packet) = frame.split_at_mut(VNET_HDR_LEN);
+        let (header, packet) = frame.split_at_mut(header_len(self.link));
         let result = f(packet);
-        let virtio = stack_packet_header(packet);
-        if virtio[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
-            put_pseudo_header_sum(packet);
+        match self.link {
+            Link::Tun => {
+                let virtio = stack_packet_header(packet);
+                if virtio[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+                    put_pseudo_header_sum(packet);
+                }
+                header.copy_from_slice(&virtio);
+            }
+            // smoltcp summed the checksums (see `capabilities`).
+            Link::Ethernet => header.copy_from_slice(&ether::IPV4_HEADER),
         }
-        header.copy_from_slice(&virtio);
         // A packet the kernel refuses is lost like on a wire: TCP retransmits it.
         let _ = rustix::io::write(self.tun.get_ref(), frame);
         result
@@ -308,12 +357,12 @@ fn stack_packet_header(packet: &[u8]) -> [u8; VNET_HDR_LEN] {
 }
 
 /// One `writev` of the virtio header and the packet: no copy to put them together.
-fn write_with_header(tun: &OwnedFd, header: &[u8; VNET_HDR_LEN], packet: &[u8]) -> io::Result<usize> {
+fn write_with_header(tun: &OwnedFd, header: &[u8], packet: &[u8]) -> io::Result<usize> {
     rustix::io::writev(tun, &[io::IoSlice::new(header), io::IoSlice::new(packet)]).map_err(io::Error::from)
 }
 
 /// Writes one packet to the TUN, waiting while its queue is full.
-async fn write_packet(tun: &AsyncFd<OwnedFd>, header: &[u8; VNET_HDR_LEN], packet: &[u8]) -> Option<()> {
+async fn write_packet(tun: &AsyncFd<OwnedFd>, header: &[u8], packet: &[u8]) -> Option<()> {
     loop {
         let mut guard = tun.writable().await.ok()?;
         match guard.try_io(|fd| write_with_header(fd.get_ref(), header, packet)) {

@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::addr::{DNS_PORT, GATEWAY_ADDR, PROXY_PORT};
 use crate::device::Closed;
 use crate::dns::{DnsServer, HostResolver, NameTable};
+use crate::ether::Link;
 use crate::event::{Decision, EventSink, Recorder};
 use crate::filter::Filter;
 use crate::relay::{relay, ActiveGuard, RelayContext};
@@ -53,6 +54,8 @@ pub struct GatewayOptions {
     pub max_connections: usize,
     /// A relayed TCP connection idle this long in both directions is reset.
     pub idle_timeout: Duration,
+    /// What the descriptor served is: a TUN (the default), or a datagram socket of Ethernet frames (a VM's NIC).
+    pub link: Link,
 }
 
 /// Relayed connections one sandbox may hold open at once. Each busy one can hold ~2 MiB of buffers (the stack's
@@ -68,6 +71,7 @@ impl Default for GatewayOptions {
             hosts: None,
             max_connections: MAX_CONNECTIONS,
             idle_timeout: Duration::from_secs(300),
+            link: Link::Tun,
         }
     }
 }
@@ -158,7 +162,7 @@ pub async fn serve_tun(tun: OwnedFd, config: GatewayConfig, options: GatewayOpti
         max_connections: options.max_connections,
     };
 
-    let stack = Stack::new(Arc::new(tun), filter, dns.clone()).map_err(GatewayError::StartStack)?;
+    let stack = Stack::new(Arc::new(tun), filter, dns.clone(), options.link).map_err(GatewayError::StartStack)?;
     let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
     let mut stack_task = tokio::spawn(stack.run(accepted_tx));
 

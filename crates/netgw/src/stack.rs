@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::device::{Closed, TunDevice};
 use crate::dns::DnsServer;
+use crate::ether::Link;
 use crate::filter::Filter;
 
 /// Each TCP connection's smoltcp socket buffers, each way. 1 MiB rather than 256 KiB: with 64 KB segments a
@@ -324,8 +325,8 @@ pub struct Stack {
 }
 
 impl Stack {
-    pub fn new(tun: Arc<AsyncFd<OwnedFd>>, filter: Filter, dns: DnsServer) -> Result<Stack, StackError> {
-        let mut device = TunDevice::new(tun.clone(), filter, dns);
+    pub fn new(tun: Arc<AsyncFd<OwnedFd>>, filter: Filter, dns: DnsServer, link: Link) -> Result<Stack, StackError> {
+        let mut device = TunDevice::new(tun.clone(), filter, dns, link);
         let iface = interface(&mut device)?;
         Ok(Stack { tun, device, iface, shared: Shared::new() })
     }

@@ -121,8 +121,8 @@ impl Backend for NamespaceBackend {
     }
 }
 
-/// `--isolation vm`: a VM of its own per sandbox (see [`crate::vm`]). Only `run` in this slice: the rest is
-/// refused, never run without the VM.
+/// `--isolation vm`: a VM of its own per sandbox (see [`crate::vm`]): `run`, and `create` (a held guest, whose
+/// execs go through [`crate::vm::held::HeldVm`]); the exec agent is refused, never run without the VM.
 impl Backend for crate::vm::VmBackend {
     fn name(&self) -> &'static str {
         "vm"
@@ -140,12 +140,12 @@ impl Backend for crate::vm::VmBackend {
 
     fn run_held(
         &self,
-        _policy: &SandboxPolicy,
-        _host: &HostContext,
-        _warn: &mut dyn FnMut(&str),
-        _on_ready: &mut dyn FnMut(libc::pid_t),
+        policy: &SandboxPolicy,
+        host: &HostContext,
+        warn: &mut dyn FnMut(&str),
+        on_ready: &mut dyn FnMut(libc::pid_t),
     ) -> Result<(RunOutcome, RunReport), BackendError> {
-        Err(crate::vm::VmError::Unsupported("create".to_string()).into())
+        Ok(crate::vm::held::run_held_vm(self, policy, host, warn, on_ready)?)
     }
 
     fn exec(

@@ -16,9 +16,18 @@ use runtime::sandbox::RunOutcome;
 use super::initramfs::{MODULES_DIR, MODULES_ORDER};
 use super::protocol::{AuditRecord, GuestMessage, GuestRequest, PORT_CONTROL, PORT_STDERR, PORT_STDIN, PORT_STDOUT};
 
-/// Whether this process is the guest's init: PID 1, started as `/init`.
+/// The kernel command line's mark of an airlock guest (`qemu`'s `-append`). The kernel passes a parameter it does
+/// not know, without a dot, to init as an environment variable: `airlock_guest=1`.
+pub const GUEST_MARKER: &str = "airlock_guest=1";
+
+/// Whether this process is the guest's init: PID 1, started as `/init`, with the kernel command line's mark in its
+/// environment. Not a protection (whoever starts airlock chooses all three): it keeps airlock run as a
+/// container's `/init` entrypoint from taking the guest agent's path.
 pub fn is_guest_init() -> bool {
-    std::process::id() == 1 && std::env::args_os().next().is_some_and(|a| a == "/init")
+    let (key, value) = GUEST_MARKER.split_once('=').unwrap_or((GUEST_MARKER, ""));
+    std::process::id() == 1
+        && std::env::args_os().next().is_some_and(|a| a == "/init")
+        && std::env::var_os(key).is_some_and(|v| v == value)
 }
 
 /// Runs the guest; never returns (the machine powers off).
@@ -42,11 +51,11 @@ pub fn main() -> ! {
 }
 
 /// A line on the kernel's console (the host keeps it in the run's console log).
-fn console(line: &str) {
+pub(super) fn console(line: &str) {
     let _ = std::fs::OpenOptions::new().write(true).open("/dev/console").and_then(|mut c| writeln!(c, "{line}"));
 }
 
-fn send(port: &mut std::fs::File, message: &GuestMessage) -> std::io::Result<()> {
+pub(super) fn send(port: &mut std::fs::File, message: &GuestMessage) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;
     line.push(b'\n');
     port.write_all(&line)
@@ -65,8 +74,14 @@ fn run(control: &mut Option<std::fs::File>) -> Result<GuestMessage, String> {
     reader.read_line(&mut line).map_err(|e| format!("cannot read the request: {e}"))?;
     let request: GuestRequest = serde_json::from_str(&line).map_err(|e| format!("bad request from the host: {e}"))?;
 
+    if let Some(network) = &request.network {
+        super::net::configure_guest(network)?;
+    }
     switch_root(&request)?;
     let port = control.as_mut().ok_or("no control port")?;
+    if request.held {
+        return super::held_guest::serve(&request, port);
+    }
     send(port, &GuestMessage::Started).map_err(|e| format!("control port: {e}"))?;
 
     // The command's standard streams are the ports themselves: nothing copies them in the guest.
@@ -122,10 +137,10 @@ fn run(control: &mut Option<std::fs::File>) -> Result<GuestMessage, String> {
 /// The guest's audit sink: each record of the engine's seccomp listener goes to the host on the control port as
 /// it is made (the log is the host's; nothing of it is in the guest). A write blocks while the host is behind,
 /// which holds the notified process, as a slow disk does on the host.
-struct PortSink {
-    port: std::fs::File,
+pub(super) struct PortSink {
+    pub(super) port: std::fs::File,
     /// The first write that failed: the run then fails (see `run`).
-    failed: Option<String>,
+    pub(super) failed: Option<String>,
 }
 
 impl runtime::notify::AuditSink for PortSink {
@@ -209,7 +224,7 @@ fn module_params(cmdline: &str, module: &str) -> String {
 
 /// The serial port `name`'s device (`/dev/vportNpM`), once the driver has found it: no udev here, so by
 /// `/sys/class/virtio-ports/*/name`.
-fn open_port(name: &str, write: bool) -> Result<std::fs::File, String> {
+pub(super) fn open_port(name: &str, write: bool) -> Result<std::fs::File, String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         if let Ok(entries) = std::fs::read_dir("/sys/class/virtio-ports") {
@@ -256,6 +271,13 @@ fn switch_root(request: &GuestRequest) -> Result<(), String> {
     }
     if request.shares.iter().any(|s| s.path == "/etc") && request.policy.network == policy::sandbox::Network::None {
         net_none_resolv_conf(&inside("/etc"))?;
+    }
+    if let Some(network) = &request.network {
+        let root = match &request.policy.rootfs {
+            policy::sandbox::Rootfs::Dir(dir) => dir.clone(),
+            _ => String::new(),
+        };
+        super::net::etc_files(&inside(&format!("{root}/etc")), network)?;
     }
     for dir in ["/proc", "/sys", "/dev"] {
         let (from, to) = (cstring(dir)?, cstring(&inside(dir).to_string_lossy())?);

@@ -8,13 +8,19 @@
 //! mount table once QEMU is gone, and `airlock diff`/`commit` read the layer as after a namespace run), starts
 //! QEMU (`qemu`), sends the request, relays the standard streams and returns the command's outcome.
 //!
-//! This slice runs `airlock run` only: `create`, `exec`, the daemon, `-t` and `--net allow|host` are refused
-//! (exit 125) rather than run without the VM.
+//! `--net allow` gives the guest a virtio-net NIC whose other end is the same network gateway as a namespace
+//! sandbox's (`net`): the allow-list, DNS and the audit records are the gateway's, on the host.
+//!
+//! `airlock run`, and `create` with `exec` into it (`held`); `run -t` is refused (exit 125) rather than run
+//! without the VM; `--net host` is refused for good (it would give the guest the host's network).
 
 pub mod cgroup;
 pub mod guest;
+pub mod held;
+mod held_guest;
 pub mod initramfs;
 pub mod kernel;
+pub mod net;
 pub mod protocol;
 pub mod qemu;
 
@@ -72,6 +78,13 @@ impl VmConfig {
 pub enum VmError {
     #[error("--isolation vm does not support {0} yet")]
     Unsupported(String),
+    #[error(
+        "--isolation vm does not take --net host: it would give the guest the host's network (use --net allow \
+         with the destinations the command needs)"
+    )]
+    NetHost,
+    #[error("vm: --net allow")]
+    Network(#[from] net::NetError),
     #[error("vm accel {0:?} ([vm] accel, AIRLOCK_VM_ACCEL): expected kvm or tcg")]
     BadAccel(String),
     #[error("vm")]
@@ -93,6 +106,8 @@ pub enum VmError {
     Qemu(#[from] qemu::QemuError),
     #[error(transparent)]
     VmmCgroup(#[from] cgroup::VmmCgroupError),
+    #[error(transparent)]
+    Held(#[from] held::HeldError),
     #[error("vm: cannot read {path}")]
     ReadHost {
         path: String,
@@ -116,18 +131,9 @@ impl VmBackend {
         warn: &mut dyn FnMut(&str),
         audit: Option<runtime::sandbox::AuditRequest<'_>>,
     ) -> Result<(RunOutcome, RunReport), VmError> {
-        refuse_unsupported(policy, host)?;
-        let kernel = GuestKernel::find(self.config.kernel.as_deref())?;
-        if self.config.accel == Accel::Kvm {
-            match kernel::kvm_flavour() {
-                KvmFlavour::Hardware => {}
-                KvmFlavour::Pvm if kernel.is_pvm_guest() => {}
-                KvmFlavour::Pvm => return Err(VmError::PvmOnly { kernel: kernel.image.display().to_string() }),
-                KvmFlavour::Unusable(why) => return Err(VmError::NoKvm(why)),
-            }
-        }
-        let initrd = initramfs::ensure(&self.config.cache_dir, &kernel)?;
-        let (mut request, workspace_overlay) = guest_request(policy, host)?;
+        let (kernel, initrd, mut request, workspace_overlay) = self.prepare(policy, host)?;
+        // --net allow: the gateway serves before the guest boots (the launch described it in `host.gateway`).
+        let network = net::start_for(policy, host, &mut request)?;
         // The guest's engine runs its seccomp listener as the namespace backend does on the host, and sends each
         // record here, where the log is written: the guest never holds the log file.
         let mut audit = audit.filter(|a| a.notify.any());
@@ -135,15 +141,20 @@ impl VmBackend {
         // QEMU's host cgroup (when limits are asked) before QEMU starts: its child joins it before exec.
         let vmm_cgroup = cgroup::VmmCgroup::create(policy, &self.config, host.name.as_deref().unwrap_or("run"), warn)?;
         let outcome = qemu::run_guest(qemu::GuestLaunch {
-            cgroup_join: vmm_cgroup.as_ref().map(|c| c.join_files()),
             config: &self.config,
             kernel: &kernel,
             initrd: &initrd,
             request: &request,
             workspace_overlay: workspace_overlay.as_ref(),
+            cgroup_join: vmm_cgroup.as_ref().map(|c| c.join_files()),
+            nic: network.as_ref().map(net::VmNetwork::qemu_fd),
             warn,
             audit: audit.as_mut().map(|a| &mut *a.sink as &mut dyn runtime::notify::AuditSink),
         });
+        // QEMU is gone: the gateway records the connections still open and ends.
+        if let Some(network) = network {
+            network.stop();
+        }
         // QEMU is reaped (run_guest waits for it, whatever the outcome): the cgroup is empty.
         let outcome = match (outcome, &vmm_cgroup) {
             (Err(e), Some(c)) => Err(c.explain(e)),
@@ -156,19 +167,41 @@ impl VmBackend {
     }
 }
 
+impl VmBackend {
+    /// What a guest boots with: the kernel (usable with this accelerator), the initramfs, the request and the
+    /// workspace's overlay.
+    fn prepare(
+        &self,
+        policy: &SandboxPolicy,
+        host: &HostContext,
+    ) -> Result<(GuestKernel, PathBuf, GuestRequest, Option<WorkspaceOverlay>), VmError> {
+        refuse_unsupported(policy, host)?;
+        let kernel = GuestKernel::find(self.config.kernel.as_deref())?;
+        if self.config.accel == Accel::Kvm {
+            match kernel::kvm_flavour() {
+                KvmFlavour::Hardware => {}
+                KvmFlavour::Pvm if kernel.is_pvm_guest() => {}
+                KvmFlavour::Pvm => return Err(VmError::PvmOnly { kernel: kernel.image.display().to_string() }),
+                KvmFlavour::Unusable(why) => return Err(VmError::NoKvm(why)),
+            }
+        }
+        let initrd = initramfs::ensure(&self.config.cache_dir, &kernel)?;
+        let (request, workspace_overlay) = guest_request(policy, host)?;
+        Ok((kernel, initrd, request, workspace_overlay))
+    }
+}
+
 /// What this slice does not run in a VM: refused before anything starts, never run without the VM.
 fn refuse_unsupported(policy: &SandboxPolicy, host: &HostContext) -> Result<(), VmError> {
     let unsupported = |what: &str| Err(VmError::Unsupported(what.to_string()));
     match &policy.network {
         Network::None => {}
-        Network::Allow(_) => return unsupported("--net allow"),
-        Network::Host => return unsupported("--net host"),
+        Network::Allow(_) if host.gateway.is_none() => return unsupported("--net allow without its gateway"),
+        Network::Allow(_) => {}
+        Network::Host => return Err(VmError::NetHost),
     }
     if host.tty.is_some() {
         return unsupported("-t");
-    }
-    if host.hold {
-        return unsupported("create");
     }
     if policy.writable_root {
         return unsupported("--writable-root");
@@ -260,5 +293,14 @@ fn guest_request(
     }
     // The guest's engine has no host cgroup to limit: its own cgroups (the guest's) apply the limits to the
     // command inside; on the host, the VM's size bounds the guest and QEMU's own cgroup (`cgroup`) bounds QEMU.
-    Ok((GuestRequest { policy: guest_policy, name: host.name.clone(), shares, symlinks, audit: None }, overlay))
+    let request = GuestRequest {
+        policy: guest_policy,
+        name: host.name.clone(),
+        shares,
+        symlinks,
+        audit: None,
+        network: None,
+        held: host.hold,
+    };
+    Ok((request, overlay))
 }

@@ -26,6 +26,12 @@ pub struct GuestRequest {
     /// back as [`GuestMessage::Audit`]; `None`: nothing is audited.
     #[serde(default)]
     pub audit: Option<AuditNotify>,
+    /// `--net allow`: the guest's NIC and `/etc` files (see `super::net`); `None`: the guest has no NIC.
+    #[serde(default)]
+    pub network: Option<super::net::GuestNetwork>,
+    /// `airlock create`: the guest holds the sandbox and runs commands on request (`held`), not one command.
+    #[serde(default)]
+    pub held: bool,
 }
 
 /// `runtime::seccomp::NotifyOptions` on the wire.

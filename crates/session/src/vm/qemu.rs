@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use runtime::sandbox::RunOutcome;
 
+use super::guest::GUEST_MARKER;
 use super::kernel::{Accel, GuestKernel};
 use super::protocol::{ControlReader, GuestMessage, GuestRequest, PORT_CONTROL, PORT_STDERR, PORT_STDIN, PORT_STDOUT};
 use super::{VmConfig, WorkspaceOverlay};
@@ -101,6 +102,8 @@ pub struct GuestLaunch<'a> {
     pub workspace_overlay: Option<&'a WorkspaceOverlay>,
     /// QEMU's host cgroup (`cgroup::VmmCgroup::join_files`), joined before exec.
     pub cgroup_join: Option<&'a [CString]>,
+    /// `--net allow`: the NIC's socket, inherited by QEMU (`super::net`).
+    pub nic: Option<RawFd>,
     pub warn: &'a mut dyn FnMut(&str),
     /// Where the guest's audit records go (the log, on the host), in the order they arrive.
     pub audit: Option<&'a mut dyn runtime::notify::AuditSink>,
@@ -123,6 +126,45 @@ fn escape(value: &str) -> String {
 
 /// Runs the guest to the command's end.
 pub fn run_guest(launch: GuestLaunch<'_>) -> Result<RunOutcome, QemuError> {
+    let Spawned { mut child, channels, console } = spawn(&launch)?;
+    let pidfd = sys::process::pidfd_open(child.id() as libc::pid_t).map_err(|e| QemuError::Channels(os_error(e)));
+
+    let mut audit = launch.audit;
+    let result = pidfd.and_then(|pidfd| {
+        // A reborrow for the conversation (a trait object's lifetime shortens only outside the `Option`).
+        let sink = audit.as_mut().map(|a| &mut **a as &mut dyn runtime::notify::AuditSink);
+        converse(channels, &pidfd, launch.request, launch.warn, sink, &console)
+    });
+    // The records that arrived are written however the run ended (a guest that dies after an exec still has it
+    // in the log).
+    if let Some(sink) = audit {
+        sink.flush();
+    }
+    // However it ended: the guest powers itself off after reporting; a guest that does not is killed.
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => break,
+            Ok(None) if Instant::now() > deadline || result.is_err() => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    result
+}
+
+/// A started QEMU (dying with this process), the host's ends of its ports, its console's log.
+pub(super) struct Spawned {
+    pub child: std::process::Child,
+    pub channels: Channels,
+    pub console: std::fs::File,
+}
+
+/// Starts QEMU for `launch` (its `warn` and `audit` are the conversation's, unused here).
+pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
     let program = qemu_program().ok_or_else(|| QemuError::NotFound { program: "qemu-system".to_string() })?;
     let (ctl, ctl_qemu) = UnixStream::pair().map_err(QemuError::Channels)?;
     let (stdin, stdin_qemu) = UnixStream::pair().map_err(QemuError::Channels)?;
@@ -133,7 +175,7 @@ pub fn run_guest(launch: GuestLaunch<'_>) -> Result<RunOutcome, QemuError> {
     let console = console_log(kept_console.as_deref().map(Path::new)).map_err(QemuError::Channels)?;
     let kept_console = kept_console.is_some();
     let console_fd = console.as_raw_fd();
-    let inherited: Vec<RawFd> = vec![
+    let mut inherited: Vec<RawFd> = vec![
         ctl_qemu.as_raw_fd(),
         stdin_qemu.as_raw_fd(),
         stdout_qemu.as_raw_fd(),
@@ -173,8 +215,10 @@ pub fn run_guest(launch: GuestLaunch<'_>) -> Result<RunOutcome, QemuError> {
         escape(&launch.initrd.to_string_lossy()),
         "-append".into(),
         // panic=-1: a guest kernel panic reboots at once, which -no-reboot turns into QEMU's exit.
+        // airlock_guest=1: a parameter the kernel does not know and without a dot goes to init's environment,
+        // which is how airlock knows it is the guest's init (`guest::is_guest_init`).
         format!(
-            "console=ttyS0 {} panic=-1 rdinit=/init{}",
+            "console=ttyS0 {} panic=-1 rdinit=/init {GUEST_MARKER}{}",
             if kept_console { "" } else { "quiet" },
             match config.accel {
                 Accel::Tcg => tsc_khz().map(|khz| format!(" tsc_early_khz={khz}")).unwrap_or_default(),
@@ -211,6 +255,10 @@ pub fn run_guest(launch: GuestLaunch<'_>) -> Result<RunOutcome, QemuError> {
             format!("local,id=fs{i},path={},security_model={model}{readonly}", escape(&share.path)),
         ]);
         args.extend(["-device".into(), format!("virtio-9p-device,fsdev=fs{i},mount_tag={}", share.tag)]);
+    }
+    if let Some(fd) = launch.nic {
+        inherited.push(fd);
+        args.extend(super::net::qemu_args(fd));
     }
 
     let overlay = match launch.workspace_overlay {
@@ -272,37 +320,10 @@ pub fn run_guest(launch: GuestLaunch<'_>) -> Result<RunOutcome, QemuError> {
         }
         Ok(())
     });
-    let mut child =
+    let child =
         command.spawn().map_err(|source| QemuError::Spawn { program: program.display().to_string(), source })?;
     drop((ctl_qemu, stdin_qemu, stdout_qemu, stderr_qemu));
-    let pidfd = sys::process::pidfd_open(child.id() as libc::pid_t).map_err(|e| QemuError::Channels(os_error(e)));
-
-    let mut audit = launch.audit;
-    let result = pidfd.and_then(|pidfd| {
-        let channels = Channels { ctl, stdin, stdout, stderr };
-        // A reborrow for the conversation (a trait object's lifetime shortens only outside the `Option`).
-        let sink = audit.as_mut().map(|a| &mut **a as &mut dyn runtime::notify::AuditSink);
-        converse(channels, &pidfd, launch.request, launch.warn, sink, &console)
-    });
-    // The records that arrived are written however the run ended (a guest that dies after an exec still has it
-    // in the log).
-    if let Some(sink) = audit {
-        sink.flush();
-    }
-    // However it ended: the guest powers itself off after reporting; a guest that does not is killed.
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) | Err(_) => break,
-            Ok(None) if Instant::now() > deadline || result.is_err() => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-        }
-    }
-    result
+    Ok(Spawned { child, channels: Channels { ctl, stdin, stdout, stderr }, console })
 }
 
 /// The host's TSC frequency in kHz (`cpu MHz` of `/proc/cpuinfo`). Under TCG the guest's TSC runs at the
@@ -335,7 +356,7 @@ fn console_log(kept: Option<&Path>) -> std::io::Result<std::fs::File> {
 }
 
 /// The console log's last non-empty line (what a failed boot said last).
-fn console_tail(console: &std::fs::File) -> String {
+pub(super) fn console_tail(console: &std::fs::File) -> String {
     let mut text = String::new();
     let mut file = console;
     let _ = std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0));
@@ -344,11 +365,11 @@ fn console_tail(console: &std::fs::File) -> String {
 }
 
 /// The host's ends of the guest's serial ports.
-struct Channels {
-    ctl: UnixStream,
-    stdin: UnixStream,
-    stdout: UnixStream,
-    stderr: UnixStream,
+pub(super) struct Channels {
+    pub ctl: UnixStream,
+    pub stdin: UnixStream,
+    pub stdout: UnixStream,
+    pub stderr: UnixStream,
 }
 
 /// Sends the request, relays the streams and hands the audit records to `audit` until the guest reports the
@@ -470,7 +491,7 @@ fn stopped(up: bool, console: &std::fs::File) -> QemuError {
 }
 
 /// Copies what is there from `from` to `to`; false once `from` is at its end.
-fn relay(from: &mut UnixStream, to: &mut dyn Write, buf: &mut [u8]) -> bool {
+pub(super) fn relay(from: &mut UnixStream, to: &mut dyn Write, buf: &mut [u8]) -> bool {
     match from.read(buf) {
         Ok(0) => false,
         Ok(n) => {
@@ -482,7 +503,7 @@ fn relay(from: &mut UnixStream, to: &mut dyn Write, buf: &mut [u8]) -> bool {
 }
 
 /// Everything `from` holds now, without waiting.
-fn drain(from: &mut UnixStream, to: &mut dyn Write, buf: &mut [u8]) {
+pub(super) fn drain(from: &mut UnixStream, to: &mut dyn Write, buf: &mut [u8]) {
     if from.set_nonblocking(true).is_err() {
         return;
     }

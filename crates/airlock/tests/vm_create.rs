@@ -1,0 +1,282 @@
+//! `airlock create --isolation vm`, `airlock exec` into it, `stop`/`rm`: real QEMU guests under TCG
+//! (`AIRLOCK_VM_ACCEL=tcg`, as tests/vm.rs says why). One create serves several checks: a boot costs seconds.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "common/daemon.rs"]
+mod daemon_client;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{airlock_path, code, is_root, stderr, stdout};
+
+/// These tests' state directory: one for every run (the initramfs cache in it is built once), apart from
+/// tests/vm.rs's, which counts the QEMUs of its own. Sandbox names carry the pid.
+fn state_dir() -> PathBuf {
+    std::env::temp_dir().join("airlock-vm-create-test-state")
+}
+
+/// Why this test can't run, if it can't: no QEMU, no guest kernel, not root.
+fn missing() -> Option<String> {
+    if !is_root() {
+        return Some("the VM tests run as root".into());
+    }
+    let arch = std::env::consts::ARCH;
+    if Command::new(format!("qemu-system-{arch}")).arg("--version").output().is_err() {
+        return Some(format!("qemu-system-{arch} is not installed (apt-get install qemu-system-x86)"));
+    }
+    let kernel = std::fs::read_dir("/boot").ok().and_then(|entries| {
+        entries.flatten().find(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("vmlinuz-")
+                .is_some_and(|v| Path::new("/lib/modules").join(v).join("modules.dep").is_file())
+        })
+    });
+    if kernel.is_none() {
+        return Some("no /boot/vmlinuz-VERSION with /lib/modules/VERSION (apt-get install linux-image-amd64)".into());
+    }
+    None
+}
+
+macro_rules! require_vm {
+    () => {
+        if let Some(why) = missing() {
+            skip_or_fail!("{why}");
+        }
+    };
+}
+
+fn airlock_cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(airlock_path());
+    cmd.args(args).env("AIRLOCK_STATE_DIR", state_dir()).env("AIRLOCK_VM_ACCEL", "tcg").env_remove("AIRLOCK_VM_KERNEL");
+    cmd
+}
+
+/// `airlock ARGS` with `input` on its standard input.
+fn vm(args: &[&str], input: &[u8]) -> Output {
+    let mut child =
+        airlock_cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn sandbox_dir(name: &str) -> PathBuf {
+    state_dir().join("sandboxes").join(name)
+}
+
+/// The pids the supervisor recorded: (supervisor, init = QEMU).
+fn recorded_pids(name: &str) -> (i32, i32) {
+    let text = std::fs::read_to_string(sandbox_dir(name).join("sandbox.json")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    (record["supervisor_pid"].as_i64().unwrap() as i32, record["init_pid"].as_i64().unwrap() as i32)
+}
+
+fn is_qemu(pid: i32) -> bool {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // A zombie waiting for its reaper is gone as far as the guest goes.
+    let zombie = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'));
+    comm.starts_with("qemu-system") && !zombie
+}
+
+/// Waits (a QEMU with its guest's memory takes a moment to go) until `pid` is no QEMU; false if it stays.
+fn qemu_gone(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while is_qemu(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// Removes the sandbox whatever a failed assertion left.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = airlock_cmd(&["stop", &self.0]).output();
+        let _ = airlock_cmd(&["rm", &self.0]).output();
+    }
+}
+
+fn create(name: &str, extra: &[&str]) -> Cleanup {
+    let mut args = vec!["create", "--isolation", "vm"];
+    args.extend(extra);
+    args.push(name);
+    let out = vm(&args, b"");
+    assert_eq!(code(&out), 0, "create: {}", stderr(&out));
+    Cleanup(name.to_string())
+}
+
+#[test]
+fn create_then_exec_keeps_the_guest_and_stop_leaves_nothing() {
+    require_vm!();
+    let name = format!("vmc-life-{}", std::process::id());
+    let workspace = common::TempDir::new("vmc-workspace");
+    std::fs::write(workspace.path().join("before"), "host\n").unwrap();
+    let _cleanup = create(&name, &["--workspace", workspace.str()]);
+    let (_, qemu) = recorded_pids(&name);
+    assert!(is_qemu(qemu), "the sandbox's init is its QEMU");
+    let socket = sandbox_dir(&name).join("vm.sock");
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let meta = std::fs::symlink_metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "the supervisor's socket is the owner's only");
+
+    // Its numbers are its QEMU's, not the host's processes'.
+    let stats = vm(&["stats", &name, "--json"], b"");
+    assert_eq!(code(&stats), 0, "{}", stderr(&stats));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&stats)).unwrap();
+    assert!(doc["note"].as_str().unwrap().contains("--isolation vm"), "{doc}");
+
+    let ls = vm(&["ls"], b"");
+    assert!(stdout(&ls).lines().any(|l| l.starts_with(&name) && l.contains("running")), "{}", stdout(&ls));
+
+    // Standard input relayed, output and errors apart, the exit status; a file left in the guest's /tmp.
+    let out = vm(
+        &["exec", &name, "--", "sh", "-c", "cat > /tmp/kept; echo out; echo err >&2; exit 3"],
+        b"hello from the host\n",
+    );
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("out\n"), "{}", stdout(&out));
+    assert!(stderr(&out).contains("err") && !stdout(&out).contains("err"), "{}", stderr(&out));
+
+    // The second exec finds the first one's file: one guest, one sandbox.
+    let out = vm(&["exec", &name, "--", "cat", "/tmp/kept"], b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "hello from the host\n");
+
+    // A large input and output, whole.
+    let input: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let out = vm(&["exec", &name, "--", "wc", "-c"], &input);
+    assert_eq!(stdout(&out).trim(), "300000", "{}", stderr(&out));
+
+    // Killed by a signal: 128 + N; the command's own timeout: 124.
+    let out = vm(&["exec", &name, "--", "sh", "-c", "kill -TERM $$"], b"");
+    assert_eq!(code(&out), 128 + 15, "{}", stderr(&out));
+    let started = Instant::now();
+    let out = vm(&["exec", &name, "--timeout", "1s", "--", "sleep", "30"], b"");
+    assert_eq!(code(&out), 124, "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // The cow workspace: the guest reads the host's files and writes into the layer on the host, not the
+    // workspace; a checkpoint waits for the VM to stop (its overlay is mounted in QEMU's mount namespace).
+    let ws = workspace.str();
+    let out = vm(&["exec", &name, "--", "sh", "-c", &format!("cat {ws}/before && echo guest > {ws}/added")], b"");
+    assert_eq!((code(&out), stdout(&out).as_str()), (0, "host\n"), "{}", stderr(&out));
+    assert!(!workspace.path().join("added").exists(), "a cow workspace's writes go to the layer");
+    let out = vm(&["checkpoint", &name, "one"], b"");
+    assert_ne!(code(&out), 0);
+    assert!(stderr(&out).contains("running VM"), "{}", stderr(&out));
+
+    // A client killed mid-command: its command is killed in the guest, and the next exec runs at once.
+    let mut client = airlock_cmd(&["exec", &name, "--", "sleep", "600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    sigkill(client.id() as i32);
+    let _ = client.wait();
+    let started = Instant::now();
+    let out = vm(&["exec", &name, "--", "sh", "-c", "ps -e -o comm= | grep -c '^sleep$' || true"], b"");
+    assert_eq!(stdout(&out).trim(), "0", "the cancelled command still runs: {}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // -t: a terminal in the guest's sandbox, fed by exec's input (here a pipe), its status the command's.
+    let out = vm(
+        &["exec", "-t", &name, "--", "sh", "-c", "test -t 0 && test -t 1 && read line && echo \"got $line\"; exit 6"],
+        b"typed\n",
+    );
+    assert_eq!(code(&out), 6, "{}", stderr(&out));
+    assert!(stdout(&out).contains("got typed"), "{}", stdout(&out));
+
+    // The execs are in the sandbox's log: attached, the guest's exec record, exited.
+    let log = std::fs::read_to_string(sandbox_dir(&name).join("audit.jsonl")).unwrap();
+    assert!(log.contains(r#""kind":"attached""#), "{log}");
+    assert!(log.contains(r#""path":"/usr/bin/wc""#), "{log}");
+
+    let out = vm(&["stop", &name], b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(qemu_gone(qemu), "QEMU outlived stop");
+    assert!(!socket.exists(), "the socket outlived stop");
+    let out = vm(&["exec", &name, "--", "true"], b"");
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("not running"), "{}", stderr(&out));
+    let out = vm(&["diff", &name], b"");
+    assert!(stdout(&out).contains("A  added"), "{}{}", stdout(&out), stderr(&out));
+    let out = vm(&["rm", &name], b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!sandbox_dir(&name).exists());
+}
+
+#[test]
+fn a_killed_supervisor_takes_its_qemu_down() {
+    require_vm!();
+    let name = format!("vmc-kill-{}", std::process::id());
+    let _cleanup = create(&name, &[]);
+    let (supervisor, qemu) = recorded_pids(&name);
+    // A command running in the guest while it goes: its client hears the end, not a hang.
+    let mut running = airlock_cmd(&["exec", &name, "--", "sleep", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    sigkill(supervisor);
+    assert!(qemu_gone(qemu), "QEMU outlived its supervisor");
+    let started = Instant::now();
+    let status = running.wait().unwrap();
+    assert_ne!(status.code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let out = vm(&["exec", &name, "--", "true"], b"");
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let out = vm(&["rm", &name], b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!sandbox_dir(&name).exists());
+}
+
+/// SIGKILL, by the `kill` program.
+fn sigkill(pid: i32) {
+    let status = Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn exec_into_an_unknown_vm_sandbox_fails_cleanly() {
+    require_vm!();
+    let out = vm(&["exec", &format!("vmc-none-{}", std::process::id()), "--", "true"], b"");
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("no sandbox named"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_daemon_creates_a_vm_sandbox_from_its_profile_and_runs_commands_in_it() {
+    require_vm!();
+    let daemon = daemon_client::Daemon::start("vmc-daemon", &[]);
+    // The daemon's sandboxes take their isolation (and the emulator) from the profile.
+    let profile = daemon.dir.path().join("vm.toml");
+    std::fs::write(&profile, "[security]\nisolation = \"vm\"\n\n[vm]\naccel = \"tcg\"\n").unwrap();
+    let client = daemon.client();
+    let name = client.create(&serde_json::json!({ "profile": profile.to_str().unwrap() }));
+    let (_, qemu) = {
+        let text = std::fs::read_to_string(daemon.state.join("sandboxes").join(&name).join("sandbox.json")).unwrap();
+        let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+        (record["supervisor_pid"].as_i64().unwrap() as i32, record["init_pid"].as_i64().unwrap() as i32)
+    };
+    assert!(is_qemu(qemu), "the daemon's sandbox is a VM");
+    let v =
+        client.exec(&name, &serde_json::json!({ "cmd": ["sh", "-c", "cat > /tmp/kept; exit 5"], "stdin": "kept\n" }));
+    assert_eq!(v["exit_code"], 5, "{v}");
+    assert_eq!(client.sh(&name, "cat /tmp/kept"), "kept\n");
+    let a = client.delete(&format!("/v1/sandboxes/{name}"));
+    assert!(a.status < 300, "{}", a.text());
+    assert!(qemu_gone(qemu), "QEMU outlived the sandbox's deletion");
+    assert!(!daemon.state.join("sandboxes").join(&name).exists());
+}

@@ -1,0 +1,834 @@
+//! `airlock create --isolation vm`: a held guest, and `airlock exec` into it.
+//!
+//! The supervisor boots the guest with `held` set: the guest agent sets the sandbox up held by its init (as the
+//! namespace backend's `create` does, inside the guest) and then runs commands on request, each joined to that
+//! sandbox (`runtime::attach::exec_in_sandbox` in the guest), one at a time. The supervisor keeps the guest's
+//! ports and listens on `vm.sock` in the sandbox's directory (mode 0600: the owner only). `airlock exec`
+//! connects, hands over its standard streams (three descriptors, `SCM_RIGHTS`) and an [`ExecRequest`]; the
+//! supervisor sends the guest a [`HostMessage::Exec`], relays the client's input to the guest's stdin port as
+//! frames (`session`, `length`, bytes; length 0 is the end) and the stdout/stderr ports to the client's
+//! descriptors, and forwards the guest's messages (audit records, then the outcome) to the client, one JSON
+//! document a line, as the guest sent them. Clients wait in the listener's queue while a command runs.
+//!
+//! The guest is not trusted: its control lines are bounded and checked ([`super::protocol::ControlReader`]); one
+//! that is not a message ends the session with a `vm:` error and takes the guest down (a guest that breaks the
+//! protocol cannot be told apart from one that lies), never the supervisor.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use policy::sandbox::{SandboxPolicy, WorkspaceMode};
+use runtime::attach::RunningSandbox;
+use runtime::prepare::HostContext;
+use runtime::sandbox::{AuditRequest, RunOutcome, RunReport};
+
+use super::protocol::{AuditNotify, ControlReader, GuestMessage};
+use super::qemu::{self, QemuError, Spawned};
+use super::{VmBackend, VmError};
+
+/// The supervisor's socket, in the sandbox's directory.
+pub const SOCKET_NAME: &str = "vm.sock";
+/// Most bytes of standard input in one frame.
+pub const MAX_INPUT_FRAME: usize = 32 * 1024;
+/// Most bytes of a client's request.
+const MAX_REQUEST_BYTES: u64 = 4 << 20;
+/// How long the guest may take to boot and set the sandbox up (TCG on a busy host is slow).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a client may take to send its request once connected.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write to the guest's control port or a client's socket may wait for its reader.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// From the supervisor to the held guest, on the control port, one a line.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostMessage {
+    /// Run `policy.command` in the held sandbox; its input comes in frames of `session`.
+    Exec {
+        session: u32,
+        policy: Box<SandboxPolicy>,
+        audit: Option<AuditNotify>,
+        /// `-t`: a terminal in the sandbox of this size (rows, columns).
+        #[serde(default)]
+        tty: Option<(u16, u16)>,
+    },
+    /// The client of `session` went away: kill its command (the outcome still comes).
+    Cancel { session: u32 },
+}
+
+/// What `airlock exec` sends the supervisor after its three descriptors (stdin, stdout, stderr), one line.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ExecRequest {
+    pub policy: SandboxPolicy,
+    pub audit: Option<AuditNotify>,
+    /// `-t`: rows and columns of the terminal to open in the sandbox.
+    #[serde(default)]
+    pub tty: Option<(u16, u16)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HeldError {
+    #[error("vm: a held guest needs its sandbox's directory (for its socket)")]
+    NoStateDir,
+    #[error("vm: cannot listen on {path}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vm: cannot block the stop signals (for the supervisor's signalfd)")]
+    Signals(#[source] std::io::Error),
+    #[error("vm: cannot reach the sandbox's supervisor at {path}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vm: cannot send the command to the sandbox's supervisor")]
+    Send(#[source] std::io::Error),
+    #[error("vm: the supervisor ended the session without the command's outcome (the sandbox stopped?)")]
+    NoOutcome,
+    #[error("vm: {0}")]
+    Session(String),
+}
+
+fn io(errno: i32) -> std::io::Error {
+    std::io::Error::from_raw_os_error(errno)
+}
+
+/// A frame of standard input for the guest's stdin port: the session, the length (little-endian u32 each), the
+/// bytes (at most [`MAX_INPUT_FRAME`]); length 0 is the end of the session's input.
+pub fn input_frame(session: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(8 + bytes.len());
+    frame.extend_from_slice(&session.to_le_bytes());
+    frame.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    frame.extend_from_slice(bytes);
+    frame
+}
+
+/// The guest's reader of the stdin port's frames, however the bytes arrive.
+#[derive(Debug, Default)]
+pub struct InputFrames {
+    pending: Vec<u8>,
+}
+
+/// A frame longer than [`MAX_INPUT_FRAME`]: the stream is not what the host writes.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("an input frame of {0} bytes (at most {MAX_INPUT_FRAME})")]
+pub struct FrameTooLong(pub usize);
+
+impl InputFrames {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+    }
+
+    /// The next whole frame: its session and bytes (empty: the end of that session's input).
+    pub fn next_frame(&mut self) -> Result<Option<(u32, Vec<u8>)>, FrameTooLong> {
+        let Some(header) = self.pending.get(..8) else { return Ok(None) };
+        let session = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        if len > MAX_INPUT_FRAME {
+            return Err(FrameTooLong(len));
+        }
+        if self.pending.len() < 8 + len {
+            return Ok(None);
+        }
+        let bytes = self.pending[8..8 + len].to_vec();
+        self.pending.drain(..8 + len);
+        Ok(Some((session, bytes)))
+    }
+}
+
+/// `Backend::run_held` of [`VmBackend`]: boots the held guest, calls `on_ready(QEMU's pid)` once its sandbox is
+/// set up and the socket listens, and serves execs until the supervisor is told to stop (SIGTERM, SIGINT,
+/// SIGHUP), the sandbox's record is removed, or the guest stops. QEMU is killed and the socket removed however
+/// it ends (a killed supervisor takes QEMU with it: `PR_SET_PDEATHSIG`).
+pub fn run_held_vm(
+    backend: &VmBackend,
+    policy: &SandboxPolicy,
+    host: &HostContext,
+    warn: &mut dyn FnMut(&str),
+    on_ready: &mut dyn FnMut(libc::pid_t),
+) -> Result<(RunOutcome, RunReport), VmError> {
+    let watch = host.watch_state.as_ref().ok_or(HeldError::NoStateDir)?;
+    let socket_path = watch.dir.join(SOCKET_NAME);
+    let (kernel, initrd, mut request, overlay) = backend.prepare(policy, host)?;
+    // --net allow: the gateway serves before the guest boots, and until QEMU is gone (below).
+    let network = super::net::start_for(policy, host, &mut request)?;
+    // Blocked before QEMU starts, read from a signalfd in the loop (QEMU's spawn resets its own mask).
+    let stop_signals = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+    sys::signal::block(&stop_signals).map_err(|e| HeldError::Signals(io(e)))?;
+    let signals = sys::signal::signalfd(&stop_signals).map_err(|e| HeldError::Signals(io(e)))?;
+    // A client whose output is a closed pipe must not kill the supervisor.
+    let _ = sys::signal::ignore(libc::SIGPIPE);
+    // QEMU's host cgroup when limits are asked (`super::cgroup`), joined by QEMU before exec.
+    let vmm_cgroup =
+        super::cgroup::VmmCgroup::create(policy, &backend.config, host.name.as_deref().unwrap_or("run"), warn)?;
+    let mut quiet = |_: &str| {};
+    let Spawned { mut child, channels, console } = qemu::spawn(&qemu::GuestLaunch {
+        config: &backend.config,
+        kernel: &kernel,
+        initrd: &initrd,
+        request: &request,
+        workspace_overlay: overlay.as_ref(),
+        cgroup_join: vmm_cgroup.as_ref().map(|c| c.join_files()),
+        nic: network.as_ref().map(super::net::VmNetwork::qemu_fd),
+        warn: &mut quiet,
+        audit: None,
+    })?;
+    // A guest that stops reading its control port, or a client its socket, cannot hold the supervisor (and with
+    // it `airlock stop`) for longer than this: the write fails, and the guest is stopped or the client dropped.
+    channels.ctl.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(QemuError::Channels)?;
+    let mut held = Held {
+        channels,
+        console,
+        signals,
+        reader: ControlReader::default(),
+        session: None,
+        next_session: 1,
+        buf: vec![0u8; 64 * 1024],
+    };
+    let result = sys::process::pidfd_open(child.id() as libc::pid_t)
+        .map_err(|e| VmError::from(QemuError::Channels(io(e))))
+        .and_then(|pidfd| {
+            held.boot(&request, &pidfd, warn)?;
+            let _ = std::fs::remove_file(&socket_path);
+            let listener = UnixListener::bind(&socket_path)
+                .map_err(|source| HeldError::Listen { path: socket_path.clone(), source })?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|source| HeldError::Listen { path: socket_path.clone(), source })?;
+            on_ready(child.id() as libc::pid_t);
+            held.serve(&listener, &pidfd, &watch.record, warn)
+        });
+    if let Some(mut session) = held.session.take() {
+        session.reply(&GuestMessage::Failed("vm: the sandbox stopped".to_string()));
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    let _ = child.kill();
+    let _ = child.wait();
+    // QEMU is gone: the gateway records the connections still open and ends.
+    if let Some(network) = network {
+        network.stop();
+    }
+    // QEMU is reaped: its cgroup is empty.
+    let result = match (result, &vmm_cgroup) {
+        (Err(VmError::Qemu(e)), Some(c)) => Err(c.explain(e)),
+        (result, _) => result,
+    };
+    if let Some(c) = vmm_cgroup {
+        c.remove()?;
+    }
+    result.map(|outcome| (outcome, RunReport::default()))
+}
+
+/// One `airlock exec` being served.
+struct Session {
+    id: u32,
+    conn: UnixStream,
+    /// The client's standard input, until its end.
+    input: Option<std::fs::File>,
+    /// Input read from the client not yet taken by the stdin port.
+    pending_input: Vec<u8>,
+    output: std::fs::File,
+    errors: std::fs::File,
+    /// The client went away: its command was cancelled, its outcome is awaited and dropped.
+    gone: bool,
+}
+
+impl Session {
+    fn reply(&mut self, message: &GuestMessage) {
+        if self.gone {
+            return;
+        }
+        if let Ok(mut line) = serde_json::to_vec(message) {
+            line.push(b'\n');
+            if self.conn.write_all(&line).is_err() {
+                self.gone = true;
+            }
+        }
+    }
+}
+
+struct Held {
+    channels: qemu::Channels,
+    console: std::fs::File,
+    signals: OwnedFd,
+    reader: ControlReader,
+    session: Option<Session>,
+    next_session: u32,
+    buf: Vec<u8>,
+}
+
+impl Held {
+    /// Sends the request and waits for the guest's `started` (its sandbox is set up).
+    fn boot(
+        &mut self,
+        request: &super::protocol::GuestRequest,
+        pidfd: &OwnedFd,
+        warn: &mut dyn FnMut(&str),
+    ) -> Result<(), VmError> {
+        let mut line = serde_json::to_vec(request).map_err(|e| QemuError::Channels(std::io::Error::other(e)))?;
+        line.push(b'\n');
+        self.channels.ctl.write_all(&line).map_err(QemuError::Channels)?;
+        let started = Instant::now();
+        loop {
+            let mut fds = [
+                libc::pollfd { fd: self.channels.ctl.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.signals.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.channels.stdout.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.channels.stderr.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            ];
+            match sys::fd::poll(&mut fds, 200) {
+                Ok(_) | Err(libc::EINTR) => {}
+                Err(e) => return Err(QemuError::Channels(io(e)).into()),
+            }
+            for (i, port) in [(3, &mut self.channels.stdout), (4, &mut self.channels.stderr)] {
+                if fds[i].revents != 0 {
+                    qemu::relay(port, &mut std::io::sink(), &mut self.buf);
+                }
+            }
+            if fds[2].revents != 0 {
+                return Err(HeldError::Session("stopped while the guest was starting".to_string()).into());
+            }
+            if fds[0].revents != 0 {
+                let n = self.channels.ctl.read(&mut self.buf).unwrap_or(0);
+                self.reader.push(&self.buf[..n]);
+                while let Some(message) = self.reader.next_message().map_err(QemuError::from)? {
+                    match message {
+                        GuestMessage::Started => return Ok(()),
+                        GuestMessage::Warning(w) => warn(&w),
+                        GuestMessage::Failed(why) => return Err(QemuError::Guest(why).into()),
+                        other => return Err(QemuError::BadMessage(format!("{other:?} before started")).into()),
+                    }
+                }
+                if n == 0 {
+                    return Err(QemuError::DidNotStart(qemu::console_tail(&self.console)).into());
+                }
+            }
+            if fds[1].revents != 0 {
+                return Err(QemuError::DidNotStart(qemu::console_tail(&self.console)).into());
+            }
+            if started.elapsed() > START_TIMEOUT {
+                return Err(QemuError::DidNotStart(format!(
+                    "no answer after {}s; the console's last line: {}",
+                    START_TIMEOUT.as_secs(),
+                    qemu::console_tail(&self.console)
+                ))
+                .into());
+            }
+        }
+    }
+
+    /// Serves execs until the sandbox is stopped.
+    fn serve(
+        &mut self,
+        listener: &UnixListener,
+        pidfd: &OwnedFd,
+        record: &Path,
+        warn: &mut dyn FnMut(&str),
+    ) -> Result<RunOutcome, VmError> {
+        self.channels.stdin.set_nonblocking(true).map_err(QemuError::Channels)?;
+        loop {
+            let session = self.session.as_ref();
+            let input_fd = session
+                .filter(|s| s.pending_input.is_empty())
+                .and_then(|s| s.input.as_ref())
+                .map_or(-1, |f| f.as_raw_fd());
+            let pending_out = session.is_some_and(|s| !s.pending_input.is_empty());
+            let mut fds = [
+                libc::pollfd { fd: self.signals.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.channels.ctl.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.channels.stdout.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.channels.stderr.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd {
+                    fd: if session.is_none() { listener.as_raw_fd() } else { -1 },
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: session.filter(|s| !s.gone).map_or(-1, |s| s.conn.as_raw_fd()),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd { fd: input_fd, events: libc::POLLIN, revents: 0 },
+                libc::pollfd {
+                    fd: if pending_out { self.channels.stdin.as_raw_fd() } else { -1 },
+                    events: libc::POLLOUT,
+                    revents: 0,
+                },
+            ];
+            match sys::fd::poll(&mut fds, 1000) {
+                Ok(_) | Err(libc::EINTR) => {}
+                Err(e) => return Err(QemuError::Channels(io(e)).into()),
+            }
+            if fds[0].revents != 0 {
+                let signal = sys::signal::read_signal(self.signals.as_raw_fd());
+                if signal.is_some() {
+                    return Ok(RunOutcome::Exited(0));
+                }
+            }
+            // The sandbox's record removed (`rm -rf` of its directory): nothing could find or stop it any more.
+            if !record.exists() {
+                warn("the sandbox's record was removed: stopping it");
+                return Ok(RunOutcome::Exited(0));
+            }
+            if fds[3].revents != 0 {
+                self.relay_output(true);
+            }
+            if fds[4].revents != 0 {
+                self.relay_output(false);
+            }
+            if fds[2].revents != 0 {
+                self.control(warn)?;
+            }
+            if fds[1].revents != 0 {
+                let tail = qemu::console_tail(&self.console);
+                warn(&format!("vm: the guest stopped: {tail}"));
+                return Ok(RunOutcome::Exited(125));
+            }
+            if fds[5].revents != 0 {
+                self.accept(listener)?;
+            }
+            if fds[6].revents != 0 {
+                self.client_readable()?;
+            }
+            if fds[7].revents != 0 {
+                self.read_input();
+            }
+            if fds[8].revents != 0 {
+                self.write_input();
+            }
+        }
+    }
+
+    fn relay_output(&mut self, stdout: bool) {
+        let port = if stdout { &mut self.channels.stdout } else { &mut self.channels.stderr };
+        match self.session.as_mut().filter(|s| !s.gone) {
+            Some(s) => {
+                let to = if stdout { &mut s.output } else { &mut s.errors };
+                qemu::relay(port, to, &mut self.buf);
+            }
+            None => {
+                qemu::relay(port, &mut std::io::sink(), &mut self.buf);
+            }
+        }
+    }
+
+    /// The guest's messages: audit records and warnings go to the client, the outcome ends its session.
+    fn control(&mut self, warn: &mut dyn FnMut(&str)) -> Result<(), VmError> {
+        let n = self.channels.ctl.read(&mut self.buf).unwrap_or(0);
+        if n == 0 {
+            // The guest closed its port: it is going; the pidfd says when it has gone.
+            std::thread::sleep(Duration::from_millis(50));
+            return Ok(());
+        }
+        self.reader.push(&self.buf[..n]);
+        loop {
+            let message = match self.reader.next_message() {
+                Ok(Some(message)) => message,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    if let Some(mut session) = self.session.take() {
+                        session.reply(&GuestMessage::Failed(format!("vm: {e}")));
+                    }
+                    return Err(QemuError::from(e).into());
+                }
+            };
+            match message {
+                GuestMessage::Started => {}
+                GuestMessage::Warning(w) => match self.session.as_mut() {
+                    Some(s) => s.reply(&GuestMessage::Warning(w)),
+                    None => warn(&w),
+                },
+                GuestMessage::Audit(record) => {
+                    // Checked here (a record the log cannot take ends the session), written by the client.
+                    if record.clone().into_event().is_err() {
+                        if let Some(mut session) = self.session.take() {
+                            session.reply(&GuestMessage::Failed(
+                                "vm: audit: the guest sent a record the audit log cannot take".to_string(),
+                            ));
+                        }
+                        return Err(QemuError::BadMessage("an audit record the log cannot take".into()).into());
+                    }
+                    if let Some(s) = self.session.as_mut() {
+                        s.reply(&GuestMessage::Audit(record));
+                    }
+                }
+                outcome => {
+                    if let Some(mut session) = self.session.take() {
+                        // The command's output is in the ports already (see `qemu::converse`).
+                        if !session.gone {
+                            qemu::drain(&mut self.channels.stdout, &mut session.output, &mut self.buf);
+                            qemu::drain(&mut self.channels.stderr, &mut session.errors, &mut self.buf);
+                        }
+                        session.reply(&outcome);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A client: its three descriptors and its request, then the command starts in the guest.
+    fn accept(&mut self, listener: &UnixListener) -> Result<(), VmError> {
+        let Ok(raw) = sys::socket::accept(listener.as_fd()) else { return Ok(()) };
+        let mut conn = UnixStream::from(raw);
+        if conn.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
+            return Ok(());
+        }
+        let request = read_request(&mut conn);
+        let (fds, request) = match request {
+            Ok(got) => got,
+            Err(why) => {
+                let mut line = serde_json::to_vec(&GuestMessage::Failed(format!("vm: {why}"))).unwrap_or_default();
+                line.push(b'\n');
+                let _ = conn.write_all(&line);
+                return Ok(());
+            }
+        };
+        let id = self.next_session;
+        self.next_session = self.next_session.wrapping_add(1).max(1);
+        let [input, output, errors] = fds;
+        let mut line = serde_json::to_vec(&HostMessage::Exec {
+            session: id,
+            policy: Box::new(request.policy),
+            audit: request.audit,
+            tty: request.tty,
+        })
+        .map_err(|e| QemuError::Channels(std::io::Error::other(e)))?;
+        line.push(b'\n');
+        self.channels.ctl.write_all(&line).map_err(QemuError::Channels)?;
+        self.session = Some(Session {
+            id,
+            conn,
+            input: Some(input.into()),
+            pending_input: Vec::new(),
+            output: output.into(),
+            errors: errors.into(),
+            gone: false,
+        });
+        Ok(())
+    }
+
+    /// The client sends nothing after its request: readable is its end (it went away: its command is killed).
+    fn client_readable(&mut self) -> Result<(), VmError> {
+        let Some(session) = self.session.as_mut() else { return Ok(()) };
+        let mut byte = [0u8; 64];
+        if matches!(session.conn.read(&mut byte), Ok(0) | Err(_)) {
+            session.gone = true;
+            session.input = None;
+            let mut line = serde_json::to_vec(&HostMessage::Cancel { session: session.id })
+                .map_err(|e| QemuError::Channels(std::io::Error::other(e)))?;
+            line.push(b'\n');
+            self.channels.ctl.write_all(&line).map_err(QemuError::Channels)?;
+        }
+        Ok(())
+    }
+
+    fn read_input(&mut self) {
+        let Some(session) = self.session.as_mut() else { return };
+        let Some(input) = session.input.as_mut() else { return };
+        let mut chunk = vec![0u8; MAX_INPUT_FRAME];
+        match input.read(&mut chunk) {
+            Ok(n) => {
+                session.pending_input = input_frame(session.id, &chunk[..n]);
+                // A zero-length frame is the end of input.
+                if n == 0 {
+                    session.input = None;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                session.pending_input = input_frame(session.id, &[]);
+                session.input = None;
+            }
+        }
+        self.write_input();
+    }
+
+    fn write_input(&mut self) {
+        let Some(session) = self.session.as_mut() else { return };
+        while !session.pending_input.is_empty() {
+            match self.channels.stdin.write(&session.pending_input) {
+                Ok(n) => {
+                    session.pending_input.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// A client's three descriptors, then its request line (bounded, within [`REQUEST_TIMEOUT`]).
+fn read_request(conn: &mut UnixStream) -> Result<([OwnedFd; 3], ExecRequest), String> {
+    conn.set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(|e| e.to_string())?;
+    let mut fds = Vec::new();
+    for _ in 0..3 {
+        match sys::socket::recv_fd(conn.as_raw_fd()) {
+            Ok(Some(fd)) => fds.push(fd),
+            _ => return Err("a request without its three standard streams".to_string()),
+        }
+    }
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut limited = (&*conn).take(MAX_REQUEST_BYTES);
+    loop {
+        match limited.read(&mut byte) {
+            Ok(1) if byte[0] == b'\n' => break,
+            Ok(1) => line.push(byte[0]),
+            _ => return Err("a request cut short or too long".to_string()),
+        }
+    }
+    let request: ExecRequest = serde_json::from_slice(&line).map_err(|e| format!("a bad request: {e}"))?;
+    conn.set_read_timeout(None).map_err(|e| e.to_string())?;
+    let [a, b, c]: [OwnedFd; 3] = fds.try_into().map_err(|_| "three descriptors".to_string())?;
+    Ok(([a, b, c], request))
+}
+
+/// The guest's view of an exec's policy: a `cow` workspace is its merged view, exported read-write.
+fn guest_policy(policy: &SandboxPolicy) -> SandboxPolicy {
+    let mut policy = policy.clone();
+    if let Some(w) = policy.workspace.as_mut().filter(|w| w.mode == WorkspaceMode::Cow) {
+        w.mode = WorkspaceMode::Rw;
+    }
+    policy
+}
+
+/// `airlock exec` into a held VM: the [`crate::backend::Backend`] whose `exec` talks to the supervisor's socket.
+#[derive(Debug, Clone)]
+pub struct HeldVm {
+    /// `vm.sock` in the sandbox's directory.
+    pub socket: PathBuf,
+}
+
+impl HeldVm {
+    /// Runs `policy.command` in the held guest with this process's standard streams, to its end.
+    pub fn exec_in_vm(
+        &self,
+        policy: &SandboxPolicy,
+        tty: Option<libc::winsize>,
+        warn: &mut dyn FnMut(&str),
+        audit: Option<AuditRequest<'_>>,
+    ) -> Result<RunOutcome, VmError> {
+        let mut conn = UnixStream::connect(&self.socket)
+            .map_err(|source| HeldError::Connect { path: self.socket.clone(), source })?;
+        for fd in 0..3 {
+            sys::socket::send_fd(conn.as_raw_fd(), fd).map_err(|e| HeldError::Send(io(e)))?;
+        }
+        let mut audit = audit.filter(|a| a.notify.any());
+        let request = ExecRequest {
+            policy: guest_policy(policy),
+            audit: audit.as_ref().map(|a| a.notify.into()),
+            tty: tty.map(|w| (w.ws_row, w.ws_col)),
+        };
+        // `-t`: the terminal in the guest does the line discipline; ours passes every key as it comes (restored
+        // however this ends).
+        let _raw = tty.and_then(|_| RawTerminal::enter());
+        let mut line = serde_json::to_vec(&request).map_err(|e| HeldError::Send(std::io::Error::other(e)))?;
+        line.push(b'\n');
+        conn.write_all(&line).map_err(HeldError::Send)?;
+        let mut reader = ControlReader::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        let outcome = loop {
+            let n = match conn.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => 0,
+            };
+            if n == 0 {
+                break Err(HeldError::NoOutcome.into());
+            }
+            reader.push(&buf[..n]);
+            let mut done = None;
+            while let Some(message) = reader.next_message().map_err(QemuError::from)? {
+                match message {
+                    GuestMessage::Audit(record) => {
+                        let event = record.into_event().map_err(QemuError::BadAuditRecord)?;
+                        match audit.as_mut() {
+                            Some(a) => a.sink.record(event),
+                            None => {
+                                return Err(
+                                    QemuError::BadMessage("an audit record, but the exec has no audit".into()).into()
+                                )
+                            }
+                        }
+                    }
+                    GuestMessage::Warning(w) => warn(&w),
+                    GuestMessage::Started => {}
+                    GuestMessage::Failed(why) => {
+                        done = Some(Err(HeldError::Session(why.trim_start_matches("vm: ").to_string()).into()));
+                        break;
+                    }
+                    GuestMessage::Exited(code) => done = Some(Ok(RunOutcome::Exited(code))),
+                    GuestMessage::TimedOut { millis } => {
+                        done = Some(Ok(RunOutcome::TimedOut(Duration::from_millis(millis))))
+                    }
+                    GuestMessage::ExecFailed { code, message } => {
+                        done = Some(Ok(RunOutcome::ExecFailed { code, message }))
+                    }
+                    GuestMessage::OutOfMemory { summary } => done = Some(Ok(RunOutcome::OutOfMemory { summary })),
+                }
+                if done.is_some() {
+                    break;
+                }
+            }
+            if let Some(done) = done {
+                break done;
+            }
+        };
+        if let Some(a) = audit {
+            a.sink.flush();
+        }
+        outcome
+    }
+}
+
+/// This process's standard input, a terminal, in raw mode until dropped.
+struct RawTerminal(libc::termios);
+
+impl RawTerminal {
+    fn enter() -> Option<RawTerminal> {
+        let stdin = std::io::stdin();
+        if !sys::terminal::is_terminal(stdin.as_fd()) {
+            return None;
+        }
+        let saved = sys::terminal::attributes(stdin.as_fd()).ok()?;
+        sys::terminal::set_attributes(stdin.as_fd(), &sys::terminal::raw(&saved)).ok()?;
+        Some(RawTerminal(saved))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = sys::terminal::set_attributes(std::io::stdin().as_fd(), &self.0);
+    }
+}
+
+impl crate::backend::Backend for HeldVm {
+    fn name(&self) -> &'static str {
+        "vm"
+    }
+
+    fn run(
+        &self,
+        _policy: &SandboxPolicy,
+        _host: &HostContext,
+        _warn: &mut dyn FnMut(&str),
+        _audit: Option<AuditRequest<'_>>,
+    ) -> Result<(RunOutcome, RunReport), crate::backend::BackendError> {
+        Err(VmError::Unsupported("run on a held VM".to_string()).into())
+    }
+
+    fn run_held(
+        &self,
+        _policy: &SandboxPolicy,
+        _host: &HostContext,
+        _warn: &mut dyn FnMut(&str),
+        _on_ready: &mut dyn FnMut(libc::pid_t),
+    ) -> Result<(RunOutcome, RunReport), crate::backend::BackendError> {
+        Err(VmError::Unsupported("create on a held VM".to_string()).into())
+    }
+
+    fn exec(
+        &self,
+        policy: &SandboxPolicy,
+        host: &HostContext,
+        _target: &RunningSandbox,
+        warn: &mut dyn FnMut(&str),
+        audit: Option<AuditRequest<'_>>,
+    ) -> Result<RunOutcome, crate::backend::BackendError> {
+        Ok(self.exec_in_vm(policy, host.tty, warn, audit)?)
+    }
+
+    fn serve_exec_agent(
+        &self,
+        _policy: &SandboxPolicy,
+        _host: &HostContext,
+        _target: &RunningSandbox,
+        _audit: Option<AuditRequest<'_>>,
+        _listener: OwnedFd,
+        _socket: &runtime::agent::AgentSocket,
+    ) -> Result<RunOutcome, crate::backend::BackendError> {
+        Err(VmError::Unsupported("the exec agent (airlock serve)".to_string()).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_frames_come_out_whole_however_the_bytes_arrive_and_a_long_one_is_refused() {
+        let mut bytes = input_frame(7, b"hello");
+        bytes.extend(input_frame(8, b""));
+        let mut frames = InputFrames::default();
+        for chunk in bytes.chunks(3) {
+            frames.push(chunk);
+        }
+        assert_eq!(frames.next_frame(), Ok(Some((7, b"hello".to_vec()))));
+        assert_eq!(frames.next_frame(), Ok(Some((8, Vec::new()))));
+        assert_eq!(frames.next_frame(), Ok(None));
+        let mut frames = InputFrames::default();
+        let mut long = 1u32.to_le_bytes().to_vec();
+        long.extend(((MAX_INPUT_FRAME + 1) as u32).to_le_bytes());
+        frames.push(&long);
+        assert_eq!(frames.next_frame(), Err(FrameTooLong(MAX_INPUT_FRAME + 1)));
+    }
+
+    fn file_pair() -> (std::fs::File, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        (std::fs::File::from(OwnedFd::from(a)), b)
+    }
+
+    #[test]
+    fn a_request_without_its_streams_or_with_garbage_is_refused() {
+        let (mut server, mut client) = UnixStream::pair().unwrap();
+        client.write_all(b"{}\n").unwrap();
+        assert!(read_request(&mut server).is_err());
+
+        let (mut server, client) = UnixStream::pair().unwrap();
+        for _ in 0..3 {
+            sys::socket::send_fd(client.as_raw_fd(), 0).unwrap();
+        }
+        (&client).write_all(b"not json\n").unwrap();
+        assert!(read_request(&mut server).unwrap_err().starts_with("a bad request"));
+    }
+
+    #[test]
+    fn a_guest_that_breaks_the_protocol_ends_the_session_with_a_vm_error() {
+        let (ctl, mut guest_ctl) = UnixStream::pair().unwrap();
+        let (stdin, _guest_stdin) = UnixStream::pair().unwrap();
+        let (stdout, _guest_stdout) = UnixStream::pair().unwrap();
+        let (stderr, _guest_stderr) = UnixStream::pair().unwrap();
+        let console_path = std::env::temp_dir().join(format!("airlock-held-test-{}", std::process::id()));
+        let console = std::fs::File::create(&console_path).unwrap();
+        let _ = std::fs::remove_file(&console_path);
+        let (conn, mut client) = UnixStream::pair().unwrap();
+        let (output, _out) = file_pair();
+        let (errors, _err) = file_pair();
+        let mut held = Held {
+            channels: qemu::Channels { ctl, stdin, stdout, stderr },
+            console,
+            signals: sys::signal::signalfd(&[libc::SIGUSR2]).unwrap(),
+            reader: ControlReader::default(),
+            session: Some(Session { id: 1, conn, input: None, pending_input: Vec::new(), output, errors, gone: false }),
+            next_session: 2,
+            buf: vec![0u8; 64 * 1024],
+        };
+        guest_ctl.write_all(b"\"started\"\n{\"exited\": \"not a number\"}\n").unwrap();
+        let ended = held.control(&mut |_| {});
+        assert!(matches!(ended, Err(VmError::Qemu(QemuError::Control(_)))), "{ended:?}");
+        assert!(held.session.is_none());
+        drop(held);
+        let mut said = String::new();
+        client.read_to_string(&mut said).unwrap();
+        let message: GuestMessage = serde_json::from_str(said.trim()).unwrap();
+        assert!(matches!(&message, GuestMessage::Failed(why) if why.starts_with("vm: the guest sent")), "{said}");
+    }
+}

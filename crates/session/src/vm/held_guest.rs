@@ -1,0 +1,352 @@
+//! The guest agent of a held guest (`airlock create --isolation vm`, see `held`): the sandbox is set up held by
+//! its init in a child of the agent, then each [`HostMessage::Exec`] runs in a child of its own joined to it
+//! (`runtime::attach::exec_in_sandbox`: the sandbox's protections, the command's own timeout), one at a time.
+//! The agent feeds the command's input from the stdin port's frames of its session, and sends its outcome
+//! (exactly one message a command) once the child has ended. The command's output goes straight to the ports.
+
+use std::io::{BufRead, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use runtime::attach::RunningSandbox;
+use runtime::prepare::HostContext;
+use runtime::sandbox::RunOutcome;
+
+use super::guest::{console, open_port, send, PortSink};
+use super::held::{HostMessage, InputFrames, MAX_INPUT_FRAME};
+use super::protocol::{GuestMessage, GuestRequest, PORT_STDERR, PORT_STDIN, PORT_STDOUT};
+
+/// How long a cancelled command has to end after its hangup.
+const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn host_context(request: &GuestRequest, hold: bool) -> HostContext {
+    HostContext {
+        lock_dir: PathBuf::from("/run/airlock/id-ranges"),
+        tty: None,
+        name: request.name.clone(),
+        layer: None,
+        hold,
+        gateway: None,
+        root_layer: None,
+        joining: !hold,
+        watch_state: None,
+        in_vm_guest: true,
+    }
+}
+
+/// Sets the held sandbox up, says `started`, and runs the host's commands until the host goes.
+pub(super) fn serve(request: &GuestRequest, control: &mut std::fs::File) -> Result<GuestMessage, String> {
+    let mut input_port = open_port(PORT_STDIN, false)?;
+    let output_port = open_port(PORT_STDOUT, true)?;
+    let error_port = open_port(PORT_STDERR, true)?;
+    let target = hold(request, control)?;
+    send(control, &GuestMessage::Started).map_err(|e| format!("control port: {e}"))?;
+    let mut lines = Lines { pending: Vec::new() };
+    loop {
+        let Some(line) = lines.next_blocking(control)? else {
+            // The host closed the port: it is gone.
+            return Ok(GuestMessage::Exited(0));
+        };
+        let message: HostMessage = match serde_json::from_slice(&line) {
+            Ok(m) => m,
+            Err(e) => return Err(format!("bad message from the host: {e}")),
+        };
+        if let HostMessage::Exec { session, policy, audit, tty } = message {
+            let exec = Exec { request, target: &target, session, tty, output: &output_port, errors: &error_port };
+            let outcome = exec.run(&policy, audit, control, &mut input_port, &mut lines);
+            send(control, &outcome).map_err(|e| format!("control port: {e}"))?;
+        }
+    }
+}
+
+/// The sandbox, held by its init in a child of this process (which stays until the machine stops).
+fn hold(request: &GuestRequest, control: &mut std::fs::File) -> Result<RunningSandbox, String> {
+    let (ready_read, ready_write) = sys::fd::pipe_cloexec().map_err(|e| format!("pipe: errno {e}"))?;
+    match sys::process::fork().map_err(|e| format!("fork: errno {e}"))? {
+        sys::process::Forked::Child => {
+            drop(ready_read);
+            // Lines to the agent: `warning TEXT` as the setup goes, then init's pid, or `error TEXT`.
+            let ready = ready_write.as_raw_fd();
+            let say = |line: String| {
+                let _ = sys::fd::write_all(ready, format!("{}\n", line.replace('\n', " ")).as_bytes());
+            };
+            let host = host_context(request, true);
+            let ran = runtime::sandbox::run_held_sandbox(
+                &request.policy,
+                &host,
+                &mut |w| say(format!("warning {w}")),
+                &mut |pid| say(pid.to_string()),
+            );
+            if let Err(e) = ran {
+                say(format!("error {}", crate::error_chain(&e)));
+            }
+            drop(ready_write);
+            sys::process::exit_immediately(0)
+        }
+        sys::process::Forked::Parent(_) => {
+            drop(ready_write);
+            let mut lines = std::io::BufReader::new(std::fs::File::from(ready_read));
+            let init_pid: libc::pid_t = loop {
+                let mut line = String::new();
+                lines.read_line(&mut line).map_err(|e| format!("the held sandbox: {e}"))?;
+                let line = line.trim();
+                if let Some(warning) = line.strip_prefix("warning ") {
+                    send(control, &GuestMessage::Warning(warning.to_string()))
+                        .map_err(|e| format!("control port: {e}"))?;
+                } else if let Some(why) = line.strip_prefix("error ") {
+                    return Err(why.to_string());
+                } else {
+                    break line.parse().map_err(|_| "the held sandbox's setup ended without its init".to_string())?;
+                }
+            };
+            let init_start_time = runtime::host::process_start_time(init_pid)
+                .ok_or_else(|| "the held sandbox's init is gone".to_string())?;
+            Ok(RunningSandbox { name: request.name.clone().unwrap_or_default(), init_pid, init_start_time })
+        }
+    }
+}
+
+/// The host's lines on the control port (read here byte by byte as they come: poll tells when).
+struct Lines {
+    pending: Vec<u8>,
+}
+
+impl Lines {
+    fn take_line(&mut self) -> Option<Vec<u8>> {
+        let end = self.pending.iter().position(|&b| b == b'\n')?;
+        let mut line: Vec<u8> = self.pending.drain(..=end).collect();
+        line.pop();
+        Some(line)
+    }
+
+    /// Reads what is there; false at the port's end.
+    fn fill(&mut self, control: &mut std::fs::File) -> Result<bool, String> {
+        let mut buf = [0u8; 4096];
+        loop {
+            match control.read(&mut buf) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.pending.extend_from_slice(&buf[..n]);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("control port: {e}")),
+            }
+        }
+    }
+
+    fn next_blocking(&mut self, control: &mut std::fs::File) -> Result<Option<Vec<u8>>, String> {
+        loop {
+            if let Some(line) = self.take_line() {
+                return Ok(Some(line));
+            }
+            if !self.fill(control)? {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+struct Exec<'a> {
+    request: &'a GuestRequest,
+    target: &'a RunningSandbox,
+    session: u32,
+    tty: Option<(u16, u16)>,
+    output: &'a std::fs::File,
+    errors: &'a std::fs::File,
+}
+
+impl Exec<'_> {
+    /// The command, in a child joined to the sandbox; its outcome (never an error: a failure is `failed`).
+    fn run(
+        &self,
+        policy: &policy::sandbox::SandboxPolicy,
+        audit: Option<super::protocol::AuditNotify>,
+        control: &mut std::fs::File,
+        input_port: &mut std::fs::File,
+        lines: &mut Lines,
+    ) -> GuestMessage {
+        let pipes = sys::fd::pipe_cloexec().and_then(|a| sys::fd::pipe_cloexec().map(|b| (a, b)));
+        let Ok(((input_read, input_write), (result_read, result_write))) = pipes else {
+            return GuestMessage::Failed("cannot create the command's pipes".to_string());
+        };
+        let forked = match sys::process::fork() {
+            Ok(f) => f,
+            Err(e) => return GuestMessage::Failed(format!("cannot fork the command's process: errno {e}")),
+        };
+        let pid = match forked {
+            sys::process::Forked::Child => {
+                drop((input_write, result_read));
+                let code = self.child(policy, audit, control, input_read, result_write);
+                sys::process::exit_immediately(code)
+            }
+            sys::process::Forked::Parent(pid) => pid,
+        };
+        drop((input_read, result_write));
+        let fed = self.feed(pid, control, input_port, lines, input_write);
+        let _ = sys::wait::wait_for_exit(pid);
+        // Processes of the exec left to this init (PID 1) by a parent that was killed: reaped, not kept as
+        // zombies for the machine's life.
+        while matches!(sys::wait::waitpid(-1, libc::WNOHANG), Ok((reaped, _)) if reaped > 0) {}
+        if let Err(why) = fed {
+            return GuestMessage::Failed(why);
+        }
+        let mut text = String::new();
+        let _ = std::fs::File::from(result_read).take(2 << 20).read_to_string(&mut text);
+        serde_json::from_str(text.trim()).unwrap_or_else(|_| {
+            GuestMessage::Failed("the command's process ended without its outcome (cancelled?)".to_string())
+        })
+    }
+
+    fn child(
+        &self,
+        policy: &policy::sandbox::SandboxPolicy,
+        audit: Option<super::protocol::AuditNotify>,
+        control: &mut std::fs::File,
+        input: OwnedFd,
+        result: OwnedFd,
+    ) -> i32 {
+        let mut result = std::fs::File::from(result);
+        for (file, stream) in [
+            (input.as_fd(), sys::fd::StandardStream::Input),
+            (self.output.as_fd(), sys::fd::StandardStream::Output),
+            (self.errors.as_fd(), sys::fd::StandardStream::Error),
+        ] {
+            if sys::fd::dup_onto_standard_stream(file, stream).is_err() {
+                return 125;
+            }
+        }
+        drop(input);
+        let mut host = host_context(self.request, false);
+        host.tty =
+            self.tty.map(|(rows, cols)| libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 });
+        let mut sink = match (audit, control.try_clone()) {
+            (Some(_), Ok(port)) => Some(PortSink { port, failed: None }),
+            _ => None,
+        };
+        let audit_request = match (audit, sink.as_mut()) {
+            (Some(notify), Some(sink)) => Some(runtime::sandbox::AuditRequest { notify: notify.into(), sink }),
+            _ => None,
+        };
+        let ran = runtime::attach::exec_in_sandbox(policy, &host, self.target, &mut |w| console(w), audit_request);
+        let message = match ran {
+            Err(e) => GuestMessage::Failed(crate::error_chain(&e)),
+            Ok(_) if sink.as_ref().is_some_and(|s| s.failed.is_some()) => {
+                GuestMessage::Failed("audit: cannot send a record to the host".to_string())
+            }
+            Ok(RunOutcome::Exited(code)) => GuestMessage::Exited(code),
+            Ok(RunOutcome::TimedOut(elapsed)) => {
+                GuestMessage::TimedOut { millis: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX) }
+            }
+            Ok(RunOutcome::ExecFailed { code, message }) => GuestMessage::ExecFailed { code, message },
+            Ok(RunOutcome::OutOfMemory { summary }) => GuestMessage::OutOfMemory { summary },
+        };
+        let _ = serde_json::to_vec(&message).map(|text| result.write_all(&text));
+        0
+    }
+
+    /// Until the child `pid` ends: the session's input frames into its pipe, a cancel kills it.
+    fn feed(
+        &self,
+        pid: libc::pid_t,
+        control: &mut std::fs::File,
+        input_port: &mut std::fs::File,
+        lines: &mut Lines,
+        input_write: OwnedFd,
+    ) -> Result<(), String> {
+        let pidfd = sys::process::pidfd_open(pid).map_err(|e| format!("pidfd: errno {e}"))?;
+        let mut input_write = Some(std::fs::File::from(input_write));
+        if let Some(w) = &input_write {
+            let _ = sys::fd::set_status_flags(w.as_raw_fd(), libc::O_NONBLOCK);
+        }
+        let mut frames = InputFrames::default();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut control_open = true;
+        let mut input_ended = false;
+        let mut cancelled: Option<std::time::Instant> = None;
+        loop {
+            let mut fds = [
+                libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd {
+                    fd: if control_open { control.as_raw_fd() } else { -1 },
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: if pending.is_empty() { input_port.as_raw_fd() } else { -1 },
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: match (&input_write, pending.is_empty()) {
+                        (Some(w), false) => w.as_raw_fd(),
+                        _ => -1,
+                    },
+                    events: libc::POLLOUT,
+                    revents: 0,
+                },
+            ];
+            match sys::fd::poll(&mut fds, if cancelled.is_some() { 200 } else { -1 }) {
+                Ok(_) | Err(libc::EINTR) => {}
+                Err(e) => return Err(format!("poll: errno {e}")),
+            }
+            if cancelled.is_some_and(|at| at.elapsed() > CANCEL_GRACE) {
+                let _ = sys::signal::kill(pid, libc::SIGKILL);
+            }
+            if fds[0].revents != 0 {
+                return Ok(());
+            }
+            if fds[1].revents != 0 {
+                control_open = lines.fill(control)?;
+                while let Some(line) = lines.take_line() {
+                    if let Ok(HostMessage::Cancel { session }) = serde_json::from_slice(&line) {
+                        if session == self.session && cancelled.is_none() {
+                            // A hangup, as a terminal's: the exec's process forwards it to the command (and
+                            // reaps it); one that does not end by then is killed.
+                            let _ = sys::signal::kill(pid, libc::SIGHUP);
+                            cancelled = Some(std::time::Instant::now());
+                        }
+                    }
+                }
+            }
+            if fds[2].revents != 0 {
+                let mut buf = vec![0u8; MAX_INPUT_FRAME + 8];
+                match input_port.read(&mut buf) {
+                    Ok(n) if n > 0 => frames.push(&buf[..n]),
+                    _ => {}
+                }
+                // Whole frames: this session's bytes to the pipe, a zero-length one ends its input; another
+                // session's (one that ended before its input did) are dropped.
+                while let Some((session, bytes)) = frames.next_frame().map_err(|e| format!("stdin port: {e}"))? {
+                    if session == self.session {
+                        // The end: the pipe is closed once what came before it is in (below).
+                        input_ended |= bytes.is_empty();
+                        pending.extend_from_slice(&bytes);
+                    }
+                }
+            }
+            if let Some(w) = input_write.as_mut() {
+                while !pending.is_empty() {
+                    match w.write(&pending) {
+                        Ok(n) => {
+                            pending.drain(..n);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            // The command closed its input: what is left has no reader.
+                            pending.clear();
+                            input_write = None;
+                            break;
+                        }
+                    }
+                }
+            } else {
+                pending.clear();
+            }
+            if input_ended && pending.is_empty() {
+                input_write = None;
+            }
+        }
+    }
+}

@@ -201,3 +201,38 @@ fn qemu_killed_by_its_host_cgroups_limit_is_reported_as_such() {
     assert!(wait_gone(run.qemu, 10));
     assert!(!limit.parent().unwrap().exists(), "{} is left", limit.parent().unwrap().display());
 }
+
+#[test]
+fn a_created_vms_qemu_is_in_its_host_cgroup_until_it_stops() {
+    require_vm!();
+    let name = format!("vml-held-{}", std::process::id());
+    let o = vm_support::vm(&["create", "--isolation", "vm", "--memory", "128M", "--cpus", "1", &name], b"");
+    assert_eq!(code(&o), 0, "create: {}", stderr(&o));
+    let record = vm_support::state_dir().join("sandboxes").join(&name).join("sandbox.json");
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(record).unwrap()).unwrap();
+    let qemu = record["init_pid"].as_i64().unwrap() as i32;
+    let ours: Vec<PathBuf> = cgroup_dirs(qemu)
+        .into_iter()
+        .map(|(_, d)| d)
+        .filter(|d| d.to_string_lossy().contains(&format!("-vmm-{name}")))
+        .collect();
+    let limit = cgroup_file(qemu, "memory.limit_in_bytes").or_else(|| cgroup_file(qemu, "memory.max"));
+    let stop = || {
+        let _ = vm_support::airlock_cmd(&["stop", &name]).output();
+        let _ = vm_support::airlock_cmd(&["rm", &name]).output();
+    };
+    if ours.is_empty() || limit.is_none() {
+        stop();
+        panic!("the held VM's qemu {qemu} is in no cgroup of its own: {:?}", cgroup_dirs(qemu));
+    }
+    assert_eq!(read(&limit.unwrap()).parse::<u64>().unwrap(), (GUEST_MIB + VMM_OVERHEAD_TCG_MIB) << 20);
+    // The guest's limit holds for an exec too.
+    let hog =
+        vm_support::vm(&["exec", &name, "--", "/usr/bin/python3", "-c", "b = b'x' * (256 << 20); print('ALIVE')"], b"");
+    stop();
+    assert_eq!(code(&hog), 137, "{}", stderr(&hog));
+    assert!(wait_gone(qemu, 15));
+    for dir in &ours {
+        assert!(!dir.exists(), "{} is left", dir.display());
+    }
+}

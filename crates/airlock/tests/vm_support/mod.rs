@@ -1,5 +1,5 @@
-//! What the `--isolation vm` test files beyond `vm.rs` share (vm_limits.rs, vm_escape.rs): the same state
-//! directory as vm.rs (the initramfs cache in it is built once), TCG, the QEMU of a run, cgroup files.
+//! What vm_limits.rs and vm_escape.rs share: their state directory (the initramfs cache in it is built once;
+//! apart from vm.rs's, which counts the QEMUs of its own), TCG, the QEMU of a run, cgroup files.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::{airlock_path, is_root};
 
-/// vm.rs's state directory, for its initramfs cache; sandbox names carry the pid.
+/// The state directory of these tests; sandbox names carry the pid.
 pub fn state_dir() -> PathBuf {
-    std::env::temp_dir().join("airlock-vm-test-state")
+    std::env::temp_dir().join("airlock-vm-limits-test-state")
 }
 
 /// Why a VM test can't run, if it can't: no QEMU, no guest kernel, not root.

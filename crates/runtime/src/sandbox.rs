@@ -423,22 +423,35 @@ fn create_cgroup(
     host: &HostContext,
     warn: &mut dyn FnMut(&str),
 ) -> Result<Option<SandboxCgroup>, SandboxError> {
-    let limits = &policy.limits;
-    if !limits.needs_cgroup() {
+    let name = host.name.as_deref().unwrap_or("run");
+    Ok(create_limits_cgroup(&policy.limits, &policy.limits, policy.limits_enforcement, name, warn)?)
+}
+
+/// [`create_cgroup`]'s rules for any process tree that `asked` limits stand for: a cgroup holding `limits` when
+/// `asked` needs one (stale cgroups swept first), refused or, best-effort, warned about with the `asked` flags
+/// named. The VM backend puts QEMU in one (its `limits` are the VM's size, not the command's).
+pub fn create_limits_cgroup(
+    asked: &policy::sandbox::Limits,
+    limits: &policy::sandbox::Limits,
+    enforcement: Requirement,
+    name: &str,
+    warn: &mut dyn FnMut(&str),
+) -> Result<Option<SandboxCgroup>, cgroups::CgroupError> {
+    if !asked.needs_cgroup() {
         return Ok(None);
     }
     let created = cgroups::detect_layout(std::path::Path::new(cgroups::SYS_FS_CGROUP)).and_then(|layout| {
         // Best effort: a stale cgroup that cannot be removed now is tried again next time.
         let _ = cgroups::remove_stale_cgroups(&layout);
-        SandboxCgroup::create(&layout, host.name.as_deref().unwrap_or("run"), limits)
+        SandboxCgroup::create(&layout, name, limits)
     });
-    match (created, policy.limits_enforcement) {
+    match (created, enforcement) {
         (Ok(cgroup), _) => Ok(Some(cgroup)),
         (Err(e), Requirement::BestEffort) => {
             let named: Vec<String> = [
-                limits.memory_bytes.map(|b| format!("--memory {}", cgroups::format_bytes(b))),
-                limits.pids.map(|n| format!("--pids {n}")),
-                limits.cpus.map(|c| format!("--cpus {c}")),
+                asked.memory_bytes.map(|b| format!("--memory {}", cgroups::format_bytes(b))),
+                asked.pids.map(|n| format!("--pids {n}")),
+                asked.cpus.map(|c| format!("--cpus {c}")),
             ]
             .into_iter()
             .flatten()
@@ -450,7 +463,7 @@ fn create_cgroup(
             ));
             Ok(None)
         }
-        (Err(e), Requirement::Required) => Err(e.into()),
+        (Err(e), Requirement::Required) => Err(e),
     }
 }
 

@@ -164,6 +164,9 @@ pub fn run_held_vm(
     let signals = sys::signal::signalfd(&stop_signals).map_err(|e| HeldError::Signals(io(e)))?;
     // A client whose output is a closed pipe must not kill the supervisor.
     let _ = sys::signal::ignore(libc::SIGPIPE);
+    // QEMU's host cgroup when limits are asked (`super::cgroup`), joined by QEMU before exec.
+    let vmm_cgroup =
+        super::cgroup::VmmCgroup::create(policy, &backend.config, host.name.as_deref().unwrap_or("run"), warn)?;
     let mut quiet = |_: &str| {};
     let Spawned { mut child, channels, console } = qemu::spawn(&qemu::GuestLaunch {
         config: &backend.config,
@@ -171,6 +174,7 @@ pub fn run_held_vm(
         initrd: &initrd,
         request: &request,
         workspace_overlay: overlay.as_ref(),
+        cgroup_join: vmm_cgroup.as_ref().map(|c| c.join_files()),
         nic: network.as_ref().map(super::net::VmNetwork::qemu_fd),
         warn: &mut quiet,
         audit: None,
@@ -209,6 +213,14 @@ pub fn run_held_vm(
     // QEMU is gone: the gateway records the connections still open and ends.
     if let Some(network) = network {
         network.stop();
+    }
+    // QEMU is reaped: its cgroup is empty.
+    let result = match (result, &vmm_cgroup) {
+        (Err(VmError::Qemu(e)), Some(c)) => Err(c.explain(e)),
+        (result, _) => result,
+    };
+    if let Some(c) = vmm_cgroup {
+        c.remove()?;
     }
     result.map(|outcome| (outcome, RunReport::default()))
 }

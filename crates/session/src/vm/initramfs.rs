@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use super::kernel::GuestKernel;
 
 /// The modules the guest agent needs, by name: the virtio transport, the serial ports (its channel to the host),
-/// 9p over virtio (the shares), overlayfs (the engine's writable layers), virtio-net (`--net allow`'s NIC). Their
-/// dependencies come from `modules.dep`.
+/// 9p over virtio (the shares), overlayfs (the engine's writable layers), virtio-net (`--net allow`'s NIC), the
+/// balloon (free page reporting). Their dependencies come from `modules.dep`.
 pub const GUEST_MODULES: &[&str] =
-    &["virtio_mmio", "virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay", "virtio_net"];
+    &["virtio_mmio", "virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay", "virtio_net", "virtio_balloon"];
 
 /// Where the modules are in the initramfs, and the file listing them in load order (dependencies first).
 pub const MODULES_DIR: &str = "modules";

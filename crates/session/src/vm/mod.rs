@@ -14,6 +14,7 @@
 //! `airlock run`, and `create` with `exec` into it (`held`); `run -t` is refused (exit 125) rather than run
 //! without the VM; `--net host` is refused for good (it would give the guest the host's network).
 
+pub mod cgroup;
 pub mod guest;
 pub mod held;
 mod held_guest;
@@ -104,6 +105,8 @@ pub enum VmError {
     #[error("vm")]
     Qemu(#[from] qemu::QemuError),
     #[error(transparent)]
+    VmmCgroup(#[from] cgroup::VmmCgroupError),
+    #[error(transparent)]
     Held(#[from] held::HeldError),
     #[error("vm: cannot read {path}")]
     ReadHost {
@@ -135,12 +138,15 @@ impl VmBackend {
         // record here, where the log is written: the guest never holds the log file.
         let mut audit = audit.filter(|a| a.notify.any());
         request.audit = audit.as_ref().map(|a| a.notify.into());
+        // QEMU's host cgroup (when limits are asked) before QEMU starts: its child joins it before exec.
+        let vmm_cgroup = cgroup::VmmCgroup::create(policy, &self.config, host.name.as_deref().unwrap_or("run"), warn)?;
         let outcome = qemu::run_guest(qemu::GuestLaunch {
             config: &self.config,
             kernel: &kernel,
             initrd: &initrd,
             request: &request,
             workspace_overlay: workspace_overlay.as_ref(),
+            cgroup_join: vmm_cgroup.as_ref().map(|c| c.join_files()),
             nic: network.as_ref().map(net::VmNetwork::qemu_fd),
             warn,
             audit: audit.as_mut().map(|a| &mut *a.sink as &mut dyn runtime::notify::AuditSink),
@@ -148,6 +154,14 @@ impl VmBackend {
         // QEMU is gone: the gateway records the connections still open and ends.
         if let Some(network) = network {
             network.stop();
+        }
+        // QEMU is reaped (run_guest waits for it, whatever the outcome): the cgroup is empty.
+        let outcome = match (outcome, &vmm_cgroup) {
+            (Err(e), Some(c)) => Err(c.explain(e)),
+            (outcome, _) => outcome.map_err(VmError::from),
+        };
+        if let Some(c) = vmm_cgroup {
+            c.remove()?;
         }
         Ok((outcome?, RunReport::default()))
     }
@@ -277,8 +291,8 @@ fn guest_request(
     for bind in &policy.binds {
         share(&bind.source, !bind.writable);
     }
-    // The guest's engine has no host cgroup to limit: the VM's size is the bound, and its own cgroups (the guest's)
-    // apply the limits to the command inside.
+    // The guest's engine has no host cgroup to limit: its own cgroups (the guest's) apply the limits to the
+    // command inside; on the host, the VM's size bounds the guest and QEMU's own cgroup (`cgroup`) bounds QEMU.
     let request = GuestRequest {
         policy: guest_policy,
         name: host.name.clone(),

@@ -100,6 +100,8 @@ pub struct GuestLaunch<'a> {
     pub initrd: &'a Path,
     pub request: &'a GuestRequest,
     pub workspace_overlay: Option<&'a WorkspaceOverlay>,
+    /// QEMU's host cgroup (`cgroup::VmmCgroup::join_files`), joined before exec.
+    pub cgroup_join: Option<&'a [CString]>,
     /// `--net allow`: the NIC's socket, inherited by QEMU (`super::net`).
     pub nic: Option<RawFd>,
     pub warn: &'a mut dyn FnMut(&str),
@@ -187,7 +189,11 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
         "-M".into(),
         "microvm,isa-serial=on".into(),
         "-accel".into(),
-        config.accel.as_str().into(),
+        match config.accel {
+            // A bounded translation cache, so the VMM's cgroup limit can be (see cgroup::TCG_CODE_CACHE_MIB).
+            Accel::Tcg => format!("tcg,tb-size={}", super::cgroup::TCG_CODE_CACHE_MIB),
+            Accel::Kvm => config.accel.as_str().into(),
+        },
         "-cpu".into(),
         match config.accel {
             Accel::Kvm => "host".into(),
@@ -225,6 +231,10 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
         "chardev:console".into(),
         "-device".into(),
         "virtio-serial-device,id=ports".into(),
+        // The guest reports the pages it frees (the unpacked initramfs, a finished build's) and QEMU gives
+        // them back to the host: an idle guest holds what it uses, not the most it ever touched.
+        "-device".into(),
+        "virtio-balloon-device,free-page-reporting=on".into(),
     ];
     for (id, fd, name) in [
         ("ctl", ctl_qemu.as_raw_fd(), PORT_CONTROL),
@@ -282,12 +292,17 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
     let mut command = Command::new(&program);
     command.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log_for_qemu));
     let parent = sys::process::pid();
+    let cgroup_join: Option<Vec<CString>> = launch.cgroup_join.map(<[CString]>::to_vec);
     sys::process::run_before_exec(&mut command, move || {
         // Async-signal-safe only (this crate's calls on values made before the fork).
         sys::process::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong).map_err(os_error)?;
         // airlock died before the line above: PDEATHSIG would never fire.
         if sys::process::parent_pid() != parent {
             return Err(os_error(libc::ESRCH));
+        }
+        // First: everything QEMU does from here on is charged to its cgroup.
+        if let Some(files) = &cgroup_join {
+            super::cgroup::join_in_child(files).map_err(os_error)?;
         }
         if let Some((workspace, options)) = &overlay {
             // QEMU's own mount namespace, private: the overlay is on no other mount table and goes with QEMU.

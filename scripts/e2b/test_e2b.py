@@ -620,3 +620,25 @@ def test_a_template_naming_an_image_creates_from_it(server):
         assert out.stdout == "from the image\nhello\nwrote\n", out
     finally:
         s.kill()
+
+
+def test_metadata_dev_airlock_isolation_vm_runs_commands_in_a_guest(server, tmp_path):
+    from e2b import Sandbox
+
+    if shutil.which("qemu-system-x86_64") is None or not list(Path("/boot").glob("vmlinuz-*")):
+        if os.environ.get("CI") == "true":
+            pytest.fail("no QEMU or no guest kernel in /boot (scripts/setup-debian installs them)")
+        pytest.skip("no QEMU or no guest kernel in /boot")
+    # The template (a profile file) picks only the emulator (TCG); the VM is the metadata's.
+    profile = tmp_path / "tcg.toml"
+    profile.write_text('[vm]\naccel = "tcg"\n')
+    s = Sandbox.create(template=str(profile), timeout=120, metadata={"dev.airlock.isolation": "vm"})
+    try:
+        guest = s.commands.run("uname -r").stdout
+        assert guest.strip() and guest != os.uname().release + "\n", guest
+        assert s.commands.run("echo ok").stdout == "ok\n"
+        # The files API does not reach into a guest yet: refused, saying so.
+        with pytest.raises(Exception, match="runs in a VM"):
+            s.files.read("/etc/hostname")
+    finally:
+        s.kill()

@@ -2,7 +2,7 @@
 //! sandboxes created, listed, paged, timed and killed; commands with their output, exit codes, environment,
 //! working directory, background runs past their stream's deadline, kill, timeout, stdin and streamed input; a
 //! pty (interactive shell, resize); files written and read back (binary too), listed, moved, removed and watched
-//! (polled and streamed); the async SDK; templates that name a warm pool, an image or a profile, or none; one sandbox
+//! (polled and streamed); the async SDK; templates that name a warm pool, an image or a profile, or none; a VM sandbox (metadata `dev.airlock.isolation`: `vm`) running `uname -r` in its guest; one sandbox
 //! kept from another's files and token; unknown ids not found. Root, and the `e2b` SDK and pytest in /opt/airlock/venv (scripts/setup-debian installs them).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -45,6 +45,9 @@ pub struct SandboxSpec {
     /// A built-in profile name or a profile file on the daemon's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
+    /// `namespaces` or `vm`, as `airlock create --isolation`; absent: the profile's (namespaces by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,6 +107,11 @@ impl SandboxSpec {
         }
         if let Some(profile) = &self.profile {
             plain("profile", profile)?;
+        }
+        if let Some(isolation) = &self.isolation {
+            if !matches!(isolation.as_str(), "namespaces" | "vm") {
+                return Err(bad("isolation", "expected namespaces or vm"));
+            }
         }
         if let Some(image) = &self.image {
             plain("image", image)?;
@@ -192,6 +200,9 @@ impl SandboxSpec {
         if let Some(p) = &self.profile {
             flag("profile", p);
         }
+        if let Some(i) = &self.isolation {
+            flag("isolation", i);
+        }
         if let Some(r) = &self.rootfs {
             flag("rootfs", r);
         }
@@ -254,6 +265,7 @@ mod tests {
             r#"{"workspace": "relative"}"#,
             r#"{"workspace_mode": "cow"}"#,
             r#"{"net": "all"}"#,
+            r#"{"isolation": "kvm"}"#,
             r#"{"memory": "lots"}"#,
             r#"{"pids": 0}"#,
             r#"{"timeout": "soon"}"#,

@@ -129,6 +129,14 @@ struct CreateBody {
     allow_internet_access: Option<bool>,
 }
 
+/// The metadata key that picks the sandbox's isolation (`namespaces` or `vm`, as `airlock create --isolation`),
+/// after the `dev.airlock.*` annotations of the OCI runtime.
+const ISOLATION_KEY: &str = "dev.airlock.isolation";
+
+fn isolation_asked(req: &CreateBody) -> Option<String> {
+    req.metadata.as_ref().and_then(|m| m.get(ISOLATION_KEY)).cloned()
+}
+
 fn lifetime(seconds: Option<u64>) -> ControlResult<u64> {
     let s = seconds.unwrap_or(DEFAULT_TIMEOUT_SECS);
     if s == 0 || s > MAX_TIMEOUT_SECS {
@@ -173,6 +181,13 @@ async fn create_from_pool(
     pool: &daemon::store::PoolRecord,
     seconds: u64,
 ) -> ControlResult<OwnedSandbox> {
+    if isolation_asked(req).is_some() {
+        return Err(ControlError::bad_request(format!(
+            "template {}: a warm pool's sandboxes are made already: {ISOLATION_KEY} goes in the pool's spec \
+             (\"isolation\")",
+            pool.name
+        )));
+    }
     if req.env_vars.as_ref().is_some_and(|env| !env.is_empty()) {
         return Err(ControlError::bad_request(format!(
             "template {}: a warm pool's sandboxes are made already, so they take no envs at create (give them to \
@@ -222,6 +237,7 @@ async fn create_from_profile(
     }
     let spec = SandboxSpec {
         profile: (template != "base" && image.is_none()).then(|| template.to_string()),
+        isolation: isolation_asked(req),
         image,
         env: req.env_vars.clone().unwrap_or_default(),
         net: (req.allow_internet_access == Some(false)).then(|| "none".to_string()),

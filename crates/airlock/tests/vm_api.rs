@@ -1,0 +1,102 @@
+//! `"isolation": "vm"` in the daemon's `POST /v1/sandboxes`: a real QEMU guest under TCG (the profile given
+//! says only `accel = "tcg"`, so the VM comes from the request's `isolation`), its execs, its deletion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "common/daemon.rs"]
+mod daemon_client;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::is_root;
+
+/// Why this test can't run, if it can't: no QEMU, no guest kernel, not root.
+fn missing() -> Option<String> {
+    if !is_root() {
+        return Some("the VM tests run as root".into());
+    }
+    let arch = std::env::consts::ARCH;
+    if Command::new(format!("qemu-system-{arch}")).arg("--version").output().is_err() {
+        return Some(format!("qemu-system-{arch} is not installed (apt-get install qemu-system-x86)"));
+    }
+    let kernel = std::fs::read_dir("/boot").ok().and_then(|entries| {
+        entries.flatten().find(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("vmlinuz-")
+                .is_some_and(|v| Path::new("/lib/modules").join(v).join("modules.dep").is_file())
+        })
+    });
+    if kernel.is_none() {
+        return Some("no /boot/vmlinuz-VERSION with /lib/modules/VERSION (apt-get install linux-image-amd64)".into());
+    }
+    None
+}
+
+fn is_qemu(pid: i32) -> bool {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // A zombie waiting for its reaper is gone as far as the guest goes.
+    let zombie = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'));
+    comm.starts_with("qemu-system") && !zombie
+}
+
+/// Waits (a QEMU with its guest's memory takes a moment to go) until `pid` is no QEMU; false if it stays.
+fn qemu_gone(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while is_qemu(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+fn host_kernel() -> String {
+    let out = Command::new("uname").arg("-r").output().unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_daemon_creates_a_vm_sandbox_from_the_requests_isolation() {
+    if let Some(why) = missing() {
+        skip_or_fail!("{why}");
+    }
+    let daemon = daemon_client::Daemon::start("vmapi-daemon", &[]);
+    // The profile picks only the emulator (this host's KVM is no use to QEMU); the VM is the request's.
+    let profile = daemon.dir.path().join("tcg.toml");
+    std::fs::write(&profile, "[vm]\naccel = \"tcg\"\n").unwrap();
+    let client = daemon.client();
+    let name = client.create(&serde_json::json!({ "profile": profile.to_str().unwrap(), "isolation": "vm" }));
+    let shown = client.get(&format!("/v1/sandboxes/{name}"));
+    assert!(shown.text().contains("\"isolation\":\"vm\""), "{}", shown.text());
+    let qemu = {
+        let text = std::fs::read_to_string(daemon.state.join("sandboxes").join(&name).join("sandbox.json")).unwrap();
+        let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+        record["init_pid"].as_i64().unwrap() as i32
+    };
+    assert!(is_qemu(qemu), "the daemon's sandbox is a VM");
+    let guest = client.sh(&name, "uname -r");
+    assert!(!guest.trim().is_empty());
+    assert_ne!(guest, host_kernel(), "the command ran on the host's kernel, not the guest's");
+    let v = client.exec(&name, &serde_json::json!({ "cmd": ["sh", "-c", "exit 7"] }));
+    assert_eq!(v["exit_code"], 7, "{v}");
+    let a = client.delete(&format!("/v1/sandboxes/{name}"));
+    assert!(a.status < 300, "{}", a.text());
+    assert!(qemu_gone(qemu), "QEMU outlived the sandbox's deletion");
+    assert!(!daemon.state.join("sandboxes").join(&name).exists());
+}
+
+#[test]
+fn an_unknown_isolation_is_a_bad_request_and_creates_nothing() {
+    let daemon = daemon_client::Daemon::start("vmapi-bad", &[]);
+    let client = daemon.client();
+    let before = daemon.sandbox_dirs();
+    let a = client.post("/v1/sandboxes", &serde_json::json!({ "isolation": "kvm" }));
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert!(a.text().contains("isolation"), "{}", a.text());
+    assert!(!a.text().trim_end().contains('\n'), "{}", a.text());
+    assert_eq!(daemon.sandbox_dirs(), before);
+}

@@ -4,49 +4,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod vm_support;
 
 use std::io::{BufRead, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{airlock_path, code, is_root, stderr, stdout, TempDir};
+use common::{airlock_path, code, stderr, stdout, TempDir};
 
 /// The VM tests' state directory: one for every run, so the initramfs cache in it (50 MB for a debug build,
 /// replaced when the binary changes) is built once, not left behind by each run. Sandbox names carry the pid.
 fn state_dir() -> PathBuf {
     std::env::temp_dir().join("airlock-vm-test-state")
-}
-
-/// Why this test can't run, if it can't: no QEMU, no guest kernel, not root.
-fn missing() -> Option<String> {
-    if !is_root() {
-        return Some("the VM tests run as root".into());
-    }
-    let arch = std::env::consts::ARCH;
-    if Command::new(format!("qemu-system-{arch}")).arg("--version").output().is_err() {
-        return Some(format!("qemu-system-{arch} is not installed (apt-get install qemu-system-x86)"));
-    }
-    let kernel = std::fs::read_dir("/boot").ok().and_then(|entries| {
-        entries.flatten().find(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("vmlinuz-")
-                .is_some_and(|v| Path::new("/lib/modules").join(v).join("modules.dep").is_file())
-        })
-    });
-    if kernel.is_none() {
-        return Some("no /boot/vmlinuz-VERSION with /lib/modules/VERSION (apt-get install linux-image-amd64)".into());
-    }
-    None
-}
-
-macro_rules! require_vm {
-    () => {
-        if let Some(why) = missing() {
-            skip_or_fail!("{why}");
-        }
-        eprintln!("vm test: accel tcg (emulated): this host's KVM may be PVM, which Debian's kernel cannot boot on");
-    };
 }
 
 fn airlock_cmd(args: &[&str]) -> Command {

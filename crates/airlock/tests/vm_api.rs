@@ -5,34 +5,10 @@
 mod common;
 #[path = "common/daemon.rs"]
 mod daemon_client;
+mod vm_support;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-use common::is_root;
-
-/// Why this test can't run, if it can't: no QEMU, no guest kernel, not root.
-fn missing() -> Option<String> {
-    if !is_root() {
-        return Some("the VM tests run as root".into());
-    }
-    let arch = std::env::consts::ARCH;
-    if Command::new(format!("qemu-system-{arch}")).arg("--version").output().is_err() {
-        return Some(format!("qemu-system-{arch} is not installed (apt-get install qemu-system-x86)"));
-    }
-    let kernel = std::fs::read_dir("/boot").ok().and_then(|entries| {
-        entries.flatten().find(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("vmlinuz-")
-                .is_some_and(|v| Path::new("/lib/modules").join(v).join("modules.dep").is_file())
-        })
-    });
-    if kernel.is_none() {
-        return Some("no /boot/vmlinuz-VERSION with /lib/modules/VERSION (apt-get install linux-image-amd64)".into());
-    }
-    None
-}
 
 fn is_qemu(pid: i32) -> bool {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
@@ -61,9 +37,7 @@ fn host_kernel() -> String {
 
 #[test]
 fn the_daemon_creates_a_vm_sandbox_from_the_requests_isolation() {
-    if let Some(why) = missing() {
-        skip_or_fail!("{why}");
-    }
+    require_vm!();
     let daemon = daemon_client::Daemon::start("vmapi-daemon", &[]);
     // The profile picks only the emulator (this host's KVM is no use to QEMU); the VM is the request's.
     let profile = daemon.dir.path().join("tcg.toml");

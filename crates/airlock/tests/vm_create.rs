@@ -5,48 +5,19 @@
 mod common;
 #[path = "common/daemon.rs"]
 mod daemon_client;
+mod vm_support;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{airlock_path, code, is_root, stderr, stdout};
+use common::{airlock_path, code, stderr, stdout};
 
 /// These tests' state directory: one for every run (the initramfs cache in it is built once), apart from
 /// tests/vm.rs's, which counts the QEMUs of its own. Sandbox names carry the pid.
 fn state_dir() -> PathBuf {
     std::env::temp_dir().join("airlock-vm-create-test-state")
-}
-
-/// Why this test can't run, if it can't: no QEMU, no guest kernel, not root.
-fn missing() -> Option<String> {
-    if !is_root() {
-        return Some("the VM tests run as root".into());
-    }
-    let arch = std::env::consts::ARCH;
-    if Command::new(format!("qemu-system-{arch}")).arg("--version").output().is_err() {
-        return Some(format!("qemu-system-{arch} is not installed (apt-get install qemu-system-x86)"));
-    }
-    let kernel = std::fs::read_dir("/boot").ok().and_then(|entries| {
-        entries.flatten().find(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("vmlinuz-")
-                .is_some_and(|v| Path::new("/lib/modules").join(v).join("modules.dep").is_file())
-        })
-    });
-    if kernel.is_none() {
-        return Some("no /boot/vmlinuz-VERSION with /lib/modules/VERSION (apt-get install linux-image-amd64)".into());
-    }
-    None
-}
-
-macro_rules! require_vm {
-    () => {
-        if let Some(why) = missing() {
-            skip_or_fail!("{why}");
-        }
-    };
 }
 
 fn airlock_cmd(args: &[&str]) -> Command {

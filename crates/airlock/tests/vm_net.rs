@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod vm_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{airlock_path, code, is_root, stderr, stdout, TempDir};
+use common::{airlock_path, code, stderr, stdout, TempDir};
 
 /// Marks the lines these tests add to the host's /etc/hosts (tests/network.rs has its own mark).
 const HOSTS_MARK: &str = "# airlock-vm-net-test";
@@ -25,32 +26,15 @@ fn state_dir() -> PathBuf {
     std::env::temp_dir().join("airlock-vm-test-state")
 }
 
-/// Why this test can't run, if it can't: not root, no QEMU, no guest kernel, no curl.
+/// Why this test can't run, if it can't: what every VM test needs (`vm_support::missing`), and curl.
 fn missing() -> Option<String> {
-    if !is_root() {
-        return Some("the VM tests run as root".into());
-    }
-    let arch = std::env::consts::ARCH;
-    if Command::new(format!("qemu-system-{arch}")).arg("--version").output().is_err() {
-        return Some(format!("qemu-system-{arch} is not installed (apt-get install qemu-system-x86)"));
-    }
-    let kernel = std::fs::read_dir("/boot").ok().and_then(|entries| {
-        entries.flatten().find(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("vmlinuz-")
-                .is_some_and(|v| Path::new("/lib/modules").join(v).join("modules.dep").is_file())
-        })
-    });
-    if kernel.is_none() {
-        return Some("no /boot/vmlinuz-VERSION with /lib/modules/VERSION (apt-get install linux-image-amd64)".into());
-    }
-    if !Path::new("/usr/bin/curl").exists() {
-        return Some("/usr/bin/curl is missing (scripts/setup-debian installs it)".into());
-    }
-    None
+    vm_support::missing().or_else(|| {
+        (!Path::new("/usr/bin/curl").exists())
+            .then(|| "/usr/bin/curl is missing (scripts/setup-debian installs it)".into())
+    })
 }
 
-macro_rules! require_vm {
+macro_rules! require_vm_and_curl {
     () => {
         if let Some(why) = missing() {
             skip_or_fail!("{why}");
@@ -217,7 +201,7 @@ fn assert_nothing_left(marker: &str) {
 
 #[test]
 fn an_allowed_destination_is_reached_from_the_guest_and_refused_ones_are_not() {
-    require_vm!();
+    require_vm_and_curl!();
     let pid = std::process::id();
     let (allowed, denied) = (format!("allowed-vmnet-{pid}.test"), format!("denied-vmnet-{pid}.test"));
     // Both names lead to the host's loopback: only the gateway's allow-list keeps the guest from the second.
@@ -297,7 +281,7 @@ fn an_allowed_destination_is_reached_from_the_guest_and_refused_ones_are_not() {
 /// ends both QEMU and the gateway.
 #[test]
 fn a_created_vm_reaches_an_allowed_destination_from_each_exec() {
-    require_vm!();
+    require_vm_and_curl!();
     let pid = std::process::id();
     let allowed = format!("held-vmnet-{pid}.test");
     let _hosts = HostNames::add(&[&allowed]);
@@ -341,7 +325,7 @@ fn net_host_is_refused_for_a_vm_and_says_why() {
 /// airlock killed mid-run: its gateway and its QEMU die with it (PR_SET_PDEATHSIG), nothing is left serving.
 #[test]
 fn a_killed_airlock_leaves_no_gateway_and_no_qemu() {
-    require_vm!();
+    require_vm_and_curl!();
     let name = format!("killed-vmnet-{}.test", std::process::id());
     let allow = format!("{name}:1");
     let args = ["run", "--isolation", "vm", "--allow", &allow, "--", "/bin/sh", "-c", "echo up; sleep 120"];
@@ -362,7 +346,7 @@ fn a_killed_airlock_leaves_no_gateway_and_no_qemu() {
 /// Rootless: a user's VM gets the same gateway (run as that user, QEMU too).
 #[test]
 fn a_users_vm_reaches_an_allowed_destination_through_the_gateway() {
-    require_vm!();
+    require_vm_and_curl!();
     let Some(_) = common::test_user() else {
         skip_or_fail!("cannot create the test user");
     };

@@ -1,5 +1,6 @@
-//! What vm_limits.rs and vm_escape.rs share: their state directory (the initramfs cache in it is built once;
-//! apart from vm.rs's, which counts the QEMUs of its own), TCG, the QEMU of a run, cgroup files.
+//! What the VM tests share: why a VM test cannot run (`missing`, `require_vm!`: every vm*.rs); the state
+//! directory (the initramfs cache in it is built once), TCG, the QEMU of a run and cgroup files (vm_limits.rs and
+//! vm_escape.rs; the other files keep state directories of their own).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Write};

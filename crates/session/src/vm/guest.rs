@@ -199,18 +199,29 @@ fn net_none_resolv_conf(etc: &Path) -> Result<(), String> {
     if !std::fs::symlink_metadata(&resolv).is_ok_and(|m| m.is_file()) {
         return Ok(());
     }
-    let layer = Path::new("/newroot/run/airlock-etc");
+    let note = "resolv.conf.airlock";
+    overlay_etc(etc, Path::new("/newroot/run/airlock-etc"), |upper| {
+        std::fs::write(upper.join(note), runtime::prepare::NET_NONE_RESOLV_CONF)
+            .and_then(|()| std::os::unix::fs::symlink(note, upper.join("resolv.conf")))
+            .map_err(|e| format!("cannot write /etc/resolv.conf: {e}"))
+    })
+}
+
+/// `etc` (a read-only share) as an overlay whose upper layer, in `layer`, `fill_upper` writes first (an entry there
+/// hides the share's, a symbolic link included), then read-only: what the guest's `/etc` shows of airlock's own
+/// (`--net none`'s note, `--net allow`'s gateway files).
+pub(super) fn overlay_etc(
+    etc: &Path,
+    layer: &Path,
+    fill_upper: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<(), String> {
     for dir in ["upper", "work"] {
         std::fs::create_dir_all(layer.join(dir)).map_err(|e| format!("cannot create the /etc layer: {e}"))?;
     }
+    fill_upper(&layer.join("upper"))?;
     let etc_text = etc.to_string_lossy();
     let options = format!("lowerdir={etc_text},upperdir={0}/upper,workdir={0}/work", layer.display());
     mount_fs("overlay", &etc_text, "overlay", libc::MS_NODEV | libc::MS_NOSUID, Some(&options))?;
-    let note = "resolv.conf.airlock";
-    std::fs::write(etc.join(note), runtime::prepare::NET_NONE_RESOLV_CONF)
-        .and_then(|()| std::fs::remove_file(&resolv))
-        .and_then(|()| std::os::unix::fs::symlink(note, &resolv))
-        .map_err(|e| format!("cannot write /etc/resolv.conf: {e}"))?;
     // Read-only from here: the engine binds it read-only anyway; nothing in the guest writes it.
     sys::mount::mount(None, &cstring(&etc_text)?, None, libc::MS_REMOUNT | libc::MS_RDONLY, None)
         .map_err(|e| errno("remount /etc read-only", e))

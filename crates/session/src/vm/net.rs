@@ -182,29 +182,16 @@ pub fn etc_files(etc: &Path, network: &GuestNetwork) -> Result<(), String> {
     if !etc.is_dir() {
         return Ok(());
     }
-    let layer = Path::new("/newroot/run/airlock-net-etc");
-    for dir in ["upper", "work"] {
-        std::fs::create_dir_all(layer.join(dir)).map_err(|e| format!("cannot create the /etc layer: {e}"))?;
-    }
-    for (name, contents) in &network.etc_files {
-        // A name of the host's making ("resolv.conf", "hosts"): nothing with a slash.
-        if name.contains('/') || name.is_empty() {
-            return Err(format!("network: bad /etc file name {name:?}"));
+    super::guest::overlay_etc(etc, Path::new("/newroot/run/airlock-net-etc"), |upper| {
+        for (name, contents) in &network.etc_files {
+            // A name of the host's making ("resolv.conf", "hosts"): nothing with a slash.
+            if name.contains('/') || name.is_empty() {
+                return Err(format!("network: bad /etc file name {name:?}"));
+            }
+            std::fs::write(upper.join(name), contents).map_err(|e| format!("cannot write /etc/{name}: {e}"))?;
         }
-        std::fs::write(layer.join("upper").join(name), contents)
-            .map_err(|e| format!("cannot write /etc/{name}: {e}"))?;
-    }
-    let target = etc.to_string_lossy();
-    let options = format!("lowerdir={target},upperdir={0}/upper,workdir={0}/work", layer.display());
-    let (overlay, target_c, options_c) = (c"overlay", cstring(&target)?, cstring(&options)?);
-    sys::mount::mount(Some(overlay), &target_c, Some(overlay), libc::MS_NODEV | libc::MS_NOSUID, Some(&options_c))
-        .map_err(|e| format!("cannot mount the /etc overlay: {}", std::io::Error::from_raw_os_error(e)))?;
-    sys::mount::mount(None, &target_c, None, libc::MS_REMOUNT | libc::MS_RDONLY, None)
-        .map_err(|e| format!("cannot remount /etc read-only: {}", std::io::Error::from_raw_os_error(e)))
-}
-
-fn cstring(s: &str) -> Result<std::ffi::CString, String> {
-    std::ffi::CString::new(s).map_err(|_| format!("{s:?}: NUL in a path"))
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -212,6 +212,8 @@ fn what_this_slice_does_not_run_in_a_vm_is_refused() {
     assert!(!state_dir().join("sandboxes").join(&name).exists());
     let o = airlock_cmd(&["run", "--isolation", "vms", "--", "/bin/true"]).output().unwrap();
     assert_eq!(code(&o), 125, "{}", stderr(&o));
+    let want = "airlock: security.isolation (--isolation): unknown value \"vms\": expected namespaces or vm";
+    assert_eq!(stderr(&o).trim_end(), want);
 }
 
 /// Starts `airlock ARGS` (a command that prints a line, then waits), reads that first line, and finds its QEMU:

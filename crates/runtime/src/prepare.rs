@@ -524,8 +524,11 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
     landlock_rules.push(LandlockRule { path: cstring("/dev/pts")?, access: ACCESS_DEVICE });
     landlock_rules.push(LandlockRule { path: cstring("/dev/shm")?, access: ACCESS_ALL });
 
-    let (ids, id_range) =
-        id_plan(host_root, policy.writable_root, (euid, egid), (uid, gid), &writable_owners, host, &mut enforcement)?;
+    let (ids, id_range) = if host.in_vm_guest && host_root && root_overlay.is_some() {
+        (guest_identity_ids((uid, gid)), None)
+    } else {
+        id_plan(host_root, policy.writable_root, (euid, egid), (uid, gid), &writable_owners, host, &mut enforcement)?
+    };
 
     match fs::symlink_metadata("/tmp") {
         Ok(m) if m.is_dir() => {}
@@ -621,7 +624,9 @@ fn root_overlay_plan(
         lower_displays: lowers.iter().map(|l| l.to_string()).collect(),
         layer: layer.map(|dir| path_cstring(dir)).transpose()?,
         layer_display: layer.map(|dir| dir.display().to_string()),
-        idmapped: host_root,
+        // In a VM guest the layers are 9p shares, which cannot be idmapped; the guest maps ids one to one
+        // instead (see `id_plan`).
+        idmapped: host_root && !host.in_vm_guest,
         writable: policy.writable_root,
         scratch_size,
     }))
@@ -806,6 +811,29 @@ fn id_plan(
         map_tools: None,
     };
     Ok((ids, range))
+}
+
+/// In an `--isolation vm` guest, a root overlay (an image's layers, a writable root) keeps the ids its files
+/// have on disk: ids 0..65536 inside are the guest's own. On a host the layers are mounted idmapped into the
+/// sandbox's range instead, so that root inside is no host identity; in a guest the 9p shares cannot be idmapped,
+/// and the VM is that boundary (guest root is no host identity, and QEMU writes the host's files with the
+/// guest's ids as host root, or as its own user rootless). Everything else still applies: the user namespace,
+/// the capabilities the policy leaves root, no_new_privs, seccomp and Landlock.
+fn guest_identity_ids((uid, gid): (u32, u32)) -> IdPlan {
+    IdPlan {
+        host_root: true,
+        init_uid: 0,
+        init_gid: 0,
+        uid,
+        gid,
+        init_host_uid: 0,
+        init_host_gid: 0,
+        host_uid: uid,
+        host_gid: gid,
+        uid_map: userns::range_map(0, HOST_RANGE_SIZE, uid, None),
+        gid_map: userns::range_map(0, HOST_RANGE_SIZE, gid, None),
+        map_tools: None,
+    }
 }
 
 /// A limit above what the host has is a mistake (a missing suffix, a copied profile), not a request for "no

@@ -203,11 +203,11 @@ fn refuse_unsupported(policy: &SandboxPolicy, host: &HostContext) -> Result<(), 
     if host.tty.is_some() {
         return unsupported("-t");
     }
-    if policy.writable_root {
-        return unsupported("--writable-root");
-    }
-    if matches!(policy.rootfs, Rootfs::Layers(_)) {
-        return unsupported("--image");
+    // A writable root without a kept layer (`run` without `--name`) keeps its writes in the guest (a tmpfs of
+    // the guest's engine, as on the host); a named sandbox's root layer is on the host, where the guest's
+    // overlay cannot have its upper directory (9p cannot be one).
+    if policy.writable_root && host.root_layer.is_some() {
+        return unsupported("a writable root that is kept (--writable-root or --image with --name or create)");
     }
     for bind in &policy.binds {
         if !std::path::Path::new(&bind.source).is_dir() {
@@ -260,7 +260,14 @@ fn guest_request(
             }
         }
         Rootfs::Dir(dir) => share(dir, true),
-        Rootfs::Layers(_) => return Err(VmError::Unsupported("--image".to_string())),
+        // An image: each unpacked layer exported read-only at its own path; the guest's engine stacks them
+        // into the root overlay exactly as on the host (whiteouts are 0/0 devices and opaque directories
+        // `user.overlay.opaque`, both of which 9p shows the guest as they are).
+        Rootfs::Layers(layers) => {
+            for layer in layers {
+                share(layer, true);
+            }
+        }
     }
     let mut guest_policy = policy.clone();
     let mut overlay = None;

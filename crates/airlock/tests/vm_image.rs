@@ -1,7 +1,7 @@
 //! `airlock run --isolation vm --image`: an image's layers exported read-only to a real QEMU guest (TCG, as
 //! tests/vm.rs says why), stacked by the guest's engine into the root overlay as on the host: the top layer
-//! wins, a whiteout hides, the root's writes stay in the guest and never reach the host's layers. A root layer
-//! that would be kept on the host (`create`, `--name`) is refused, leaving nothing.
+//! wins, a whiteout hides, the root's writes stay in the guest and never reach the host's layers; `create --image`
+//! keeps them between execs. A run's root layer kept on the host for `--resume` is refused, leaving nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -87,16 +87,45 @@ fn an_images_layers_make_the_guests_root_and_a_kept_root_layer_is_refused() {
     let top = Path::new(&layers[1]).join("etc/motd");
     assert_eq!(std::fs::read_to_string(top).unwrap(), "two\n", "the host's layer changed");
 
-    // A root layer kept on the host (a created or named sandbox) cannot be the guest's overlay's upper (9p
-    // cannot be one): refused before anything starts.
+    // `create --image`: the held guest's root keeps its writes between execs (in the guest, for the VM's life:
+    // `create` has no `--resume`), and a cow workspace's changes land in the host's layer as ever.
     let name = format!("vm-image-{}", std::process::id());
+    let ws = t.path().join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    std::fs::write(ws.join("a"), "a\n").unwrap();
+    let ws_path = ws.to_string_lossy().into_owned();
+    let o = airlock(&["create", "--isolation", "vm", "--image", "vmtest:1", "--workspace", &ws_path, &name]);
+    assert_eq!(code(&o), 0, "create: {}", stderr(&o));
+    let o = airlock(&["exec", &name, "--", "sh", "-c", "echo kept > /etc/kept; echo b > b; cat /etc/motd"]);
+    assert_eq!((code(&o), stdout(&o).as_str()), (0, "two\n"), "{}", stderr(&o));
+    let o = airlock(&["exec", &name, "--", "cat", "/etc/kept", "a", "b"]);
+    assert_eq!((code(&o), stdout(&o).as_str()), (0, "kept\na\nb\n"), "{}", stderr(&o));
+    let o = airlock(&["diff", &name]);
+    assert!(stdout(&o).contains("A  b"), "diff: {}", stdout(&o));
+    assert!(!ws.join("b").exists(), "the cow workspace's change reached the workspace before commit");
+    for layer in &layers {
+        assert!(!Path::new(layer).join("etc/kept").exists(), "the root's write reached the host's layer {layer}");
+    }
+    let o = airlock(&["stop", &name]);
+    assert_eq!(code(&o), 0, "stop: {}", stderr(&o));
+    let o = airlock(&["rm", &name]);
+    assert_eq!(code(&o), 0, "rm: {}", stderr(&o));
+
+    // A run's root layer is kept on the host for `run --resume`, and 9p cannot be the guest's overlay's upper
+    // layer: refused before anything starts (a named run, and a cow workspace's run, which keeps its state).
+    let sandboxes = || std::fs::read_dir(state.join("sandboxes")).map(|d| d.count()).unwrap_or(0);
+    let before = sandboxes();
     for args in [
-        vec!["create", "--isolation", "vm", "--image", "vmtest:1", name.as_str()],
         vec!["run", "--isolation", "vm", "--name", name.as_str(), "--image", "vmtest:1", "--", "true"],
+        vec!["run", "--isolation", "vm", "--image", "vmtest:1", "--workspace", ws_path.as_str(), "--", "true"],
     ] {
         let o = airlock_cmd_in(&state, &args).stdin(Stdio::null()).output().unwrap();
         assert_eq!(code(&o), 125, "{args:?}: {}", stderr(&o));
-        assert!(stderr(&o).contains("--isolation vm does not support a writable root that is kept"), "{}", stderr(&o));
-        assert!(!state.join("sandboxes").join(&name).exists(), "{args:?} left its sandbox");
+        assert!(
+            stderr(&o).contains("--isolation vm does not support a writable root kept for --resume"),
+            "{}",
+            stderr(&o)
+        );
+        assert_eq!(sandboxes(), before, "{args:?} left a sandbox");
     }
 }

@@ -203,11 +203,12 @@ fn refuse_unsupported(policy: &SandboxPolicy, host: &HostContext) -> Result<(), 
     if host.tty.is_some() {
         return unsupported("-t");
     }
-    // A writable root without a kept layer (`run` without `--name`) keeps its writes in the guest (a tmpfs of
-    // the guest's engine, as on the host); a named sandbox's root layer is on the host, where the guest's
-    // overlay cannot have its upper directory (9p cannot be one).
-    if policy.writable_root && host.root_layer.is_some() {
-        return unsupported("a writable root that is kept (--writable-root or --image with --name or create)");
+    // A writable root keeps its writes in the guest (a tmpfs of the guest's engine, bounded by `--disk` as on
+    // the host) for the VM's life: an anonymous run's, and a created sandbox's (which no later run resumes:
+    // `create` has no `--resume`). A run's kept root layer is on the host for `run --resume`, and the guest's
+    // overlay cannot have its upper directory there (9p cannot be one): refused.
+    if policy.writable_root && host.root_layer.is_some() && !host.hold {
+        return unsupported("a writable root kept for --resume (--writable-root or --image with a kept run)");
     }
     for bind in &policy.binds {
         if !std::path::Path::new(&bind.source).is_dir() {
@@ -261,8 +262,8 @@ fn guest_request(
         }
         Rootfs::Dir(dir) => share(dir, true),
         // An image: each unpacked layer exported read-only at its own path; the guest's engine stacks them
-        // into the root overlay exactly as on the host (whiteouts are 0/0 devices and opaque directories
-        // `user.overlay.opaque`, both of which 9p shows the guest as they are).
+        // into the root overlay exactly as on the host (a whiteout is a 0/0 device, which 9p shows the guest
+        // as it is).
         Rootfs::Layers(layers) => {
             for layer in layers {
                 share(layer, true);

@@ -1,6 +1,7 @@
-//! `airlock create --isolation vm` as an ordinary user (rootless): the held guest, `exec` into it, its files in
-//! a `rw` workspace are the user's, its socket is the user's alone, and `stop`/`rm` leave no QEMU and no
-//! directory. Real QEMU under TCG (as tests/vm.rs says why).
+//! `--isolation vm` as an ordinary user (rootless): `create`'s held guest, `exec` into it, its files in a `rw`
+//! workspace are the user's, its socket is the user's alone, and `stop`/`rm` leave no QEMU and no directory; a
+//! `cow` workspace's overlay in QEMU's own user and mount namespaces, its changes kept in the layer until
+//! `commit`. Real QEMU under TCG (as tests/vm.rs says why).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -64,4 +65,54 @@ fn a_user_creates_a_vm_sandbox_execs_in_it_and_stop_and_rm_leave_nothing() {
     let o = user(&["rm", &name]);
     assert_eq!(code(&o), 0, "rm: {}", stderr(&o));
     assert!(!sandbox.exists(), "rm left the sandbox's directory");
+}
+
+#[test]
+fn a_users_cow_workspace_keeps_the_guests_writes_in_its_layer_until_commit() {
+    require_vm!();
+    let Some(_) = common::test_user() else {
+        skip_or_fail!("cannot create the test user");
+    };
+    let uid = common::test_user_uid();
+    let o = std::process::Command::new("id").args(["-g", common::test_user().unwrap()]).output().unwrap();
+    let gid: u32 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    let dir = TempDir::new("vm-rootless-cow");
+    let state = dir.path().join("state");
+    let ws = dir.path().join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    std::fs::write(ws.join("a"), "before\n").unwrap();
+    for path in [dir.path(), ws.as_path(), ws.join("a").as_path()] {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+    }
+    let env = ["AIRLOCK_VM_ACCEL=tcg".to_string()];
+    let user = |args: &[&str]| common::airlock_as_user_in(&state, &env, args);
+    let name = format!("vm-rootless-cow-{}", std::process::id());
+    let ws_path = ws.to_string_lossy().into_owned();
+    // The overlay is mounted in QEMU's own user and mount namespaces (the user's ids mapped to themselves).
+    let o = user(&[
+        "run",
+        "--isolation",
+        "vm",
+        "--name",
+        &name,
+        "--workspace",
+        &ws_path,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo after > a; echo new > b; cat a",
+    ]);
+    assert_eq!((code(&o), stdout(&o).as_str()), (0, "after\n"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(ws.join("a")).unwrap(), "before\n", "the write reached the workspace");
+    assert!(!ws.join("b").exists(), "the new file reached the workspace");
+    let o = user(&["diff", &name]);
+    let diff = stdout(&o);
+    assert!(diff.contains("M  a") && diff.contains("A  b"), "diff: {diff} {}", stderr(&o));
+    let o = user(&["commit", &name]);
+    assert_eq!(code(&o), 0, "commit: {}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(ws.join("a")).unwrap(), "after\n");
+    let b = std::fs::metadata(ws.join("b")).unwrap();
+    assert_eq!((b.uid(), b.gid()), (uid, gid), "the committed file is the user's");
+    let o = user(&["rm", &name]);
+    assert_eq!(code(&o), 0, "rm: {}", stderr(&o));
 }

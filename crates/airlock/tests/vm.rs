@@ -102,6 +102,7 @@ fn a_cow_workspace_written_in_the_guest_is_diffed_committed_and_discarded_on_the
     require_vm!();
     let ws = TempDir::new("ws");
     std::fs::write(ws.path().join("a"), "orig\n").unwrap();
+    vm_support::user_owned(ws.path());
     let name = format!("vm-ws-{}", std::process::id());
     let ws_path = ws.path().to_string_lossy().into_owned();
     let o = vm(
@@ -133,8 +134,8 @@ fn a_cow_workspace_written_in_the_guest_is_diffed_committed_and_discarded_on_the
     assert_eq!(code(&commit), 0, "{}", stderr(&commit));
     assert_eq!(std::fs::read_to_string(ws.path().join("a")).unwrap(), "changed\n");
     assert_eq!(std::fs::read_to_string(ws.path().join("b")).unwrap(), "new\n");
-    // Root's files stay root's (the workspace's owner), as with the namespace backend.
-    assert_eq!(std::fs::metadata(ws.path().join("b")).unwrap().uid(), 0);
+    // What root inside wrote is the workspace's owner's, as with the namespace backend.
+    assert_eq!(std::fs::metadata(ws.path().join("b")).unwrap().uid(), 4242);
 
     // Again, resumed, and the change discarded.
     let o = vm(
@@ -324,6 +325,7 @@ fn roots_qemu_keeps_only_the_share_capabilities_and_sets_no_set_id_bit() {
     // engine inside could leave a device node, file capabilities or a set-user-ID-root program in a shared
     // directory. It keeps CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH and FOWNER only, no_new_privs, a seccomp filter.
     let ws = TempDir::new("setid-ws");
+    vm_support::user_owned(ws.path());
     let ws_path = ws.path().to_string_lossy().into_owned();
     let (mut child, line, qemu) = start_in_vm(&[
         "run",

@@ -65,6 +65,7 @@ fn create_then_exec_keeps_the_guest_and_stop_leaves_nothing() {
     let name = format!("vmc-life-{}", std::process::id());
     let workspace = common::TempDir::new("vmc-workspace");
     std::fs::write(workspace.path().join("before"), "host\n").unwrap();
+    vm_support::user_owned(workspace.path());
     let _cleanup = create(&name, &["--workspace", workspace.str()]);
     let (_, qemu) = recorded_pids(&name);
     assert!(is_qemu(qemu), "the sandbox's init is its QEMU");

@@ -527,7 +527,20 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
     let (ids, id_range) = if host.in_vm_guest && host_root && root_overlay.is_some() {
         (guest_identity_ids((uid, gid)), None)
     } else {
-        id_plan(host_root, policy.writable_root, (euid, egid), (uid, gid), &writable_owners, host, &mut enforcement)?
+        // In a guest, a share owned by root may be written as root (guest root, which the VM bounds) only when
+        // the host's system directories are not shared too: their root-only files (`/etc/shadow`) would be the
+        // sandbox's to read, as their owner, where on a host root inside is never their owner. With
+        // `--rootfs host`, a root-owned share gets what it gets on a host that cannot idmap it (the notice).
+        let guest_root_owner = host.in_vm_guest && !matches!(policy.rootfs, Rootfs::Host);
+        id_plan(
+            host_root,
+            policy.writable_root,
+            (euid, egid),
+            (uid, gid),
+            (&writable_owners, guest_root_owner),
+            host,
+            &mut enforcement,
+        )?
     };
 
     match fs::symlink_metadata("/tmp") {
@@ -705,13 +718,14 @@ fn record_enforced(report: &mut EnforcementReport, policy: &SandboxPolicy, plan:
 /// dedicated 65536-id range (never host id 0) — except that, when the policy shares a writable directory owned by
 /// an ordinary user, the sandbox's identity maps to that owner, so it can write there and what it writes belongs
 /// to the owner (as if that user had run airlock rootless). A share owned by host root gets no such mapping:
-/// root inside is not root outside.
+/// root inside is not root outside — except in a VM guest where `guest_root_owner` says guest root may be its
+/// owner (see the caller).
 fn id_plan(
     host_root: bool,
     multi_user_root: bool,
     (euid, egid): (u32, u32),
     (uid, gid): (u32, u32),
-    writable_owners: &[(String, u32, u32)],
+    (writable_owners, guest_root_owner): (&[(String, u32, u32)], bool),
     host: &HostContext,
     enforcement: &mut EnforcementReport,
 ) -> Result<(IdPlan, Option<HostIdRange>), PrepareError> {
@@ -772,7 +786,7 @@ fn id_plan(
     }
     let mut owner: Option<(&str, u32, u32)> = None;
     for (path, owner_uid, owner_gid) in writable_owners {
-        if *owner_uid == 0 && !host.in_vm_guest {
+        if *owner_uid == 0 && !guest_root_owner {
             enforcement.notices.push(Notice::RootOwnedWritableShare { path: path.clone() });
             continue;
         }
@@ -793,7 +807,7 @@ fn id_plan(
             (Some(range), base)
         }
     };
-    let owner_gid = owner.map(|(_, _, g)| g).filter(|g| *g != 0 || host.in_vm_guest);
+    let owner_gid = owner.map(|(_, _, g)| g).filter(|g| *g != 0 || guest_root_owner);
     // Root inside is the owner when the identity is root and a writable share's owner maps to it.
     let owner_uid = owner.map(|(_, u, _)| u);
     let ids = IdPlan {

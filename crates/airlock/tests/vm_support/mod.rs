@@ -176,3 +176,13 @@ pub fn cgroup_dirs(pid: i32) -> Vec<(String, PathBuf)> {
 pub fn cgroup_file(pid: i32, file: &str) -> Option<PathBuf> {
     cgroup_dirs(pid).into_iter().map(|(_, d)| d.join(file)).find(|f| f.exists())
 }
+
+/// Gives `dir` and what it holds (one level) to an ordinary user (uid and gid 4242): with `--rootfs host` in a VM,
+/// a workspace owned by root is not the sandbox's to write (its root is no owner of anything shared from the
+/// host, as on a host that cannot idmap the workspace); one owned by a user is written as that user.
+pub fn user_owned(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        std::os::unix::fs::lchown(entry.unwrap().path(), Some(4242), Some(4242)).unwrap();
+    }
+    std::os::unix::fs::chown(dir, Some(4242), Some(4242)).unwrap();
+}

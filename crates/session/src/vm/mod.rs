@@ -24,6 +24,7 @@ pub mod net;
 pub mod protocol;
 pub mod qemu;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use policy::sandbox::{Network, Rootfs, SandboxPolicy, WorkspaceMode};
@@ -110,6 +111,12 @@ pub enum VmError {
     Held(#[from] held::HeldError),
     #[error("vm: cannot read {path}")]
     ReadHost {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vm: cannot give the copy-on-write layer's directory {path} to the workspace's owner")]
+    ChownLayer {
         path: String,
         #[source]
         source: std::io::Error,
@@ -281,6 +288,18 @@ fn guest_request(
                 let layer = host.layer.as_ref().ok_or_else(|| {
                     VmError::Unsupported("a cow workspace without a kept layer (give --name)".to_string())
                 })?;
+                // As on a host (`runtime::sandbox`), the layer's directories belong to the workspace's owner, whom
+                // the guest's root maps to: the merged view's top directory is the upper's, and the guest's engine
+                // finds the owner there. A workspace owned by root keeps a root-owned layer (and gets the notice
+                // inside, as its root is no owner of anything shared from the host: see `runtime::prepare`).
+                if sys::process::effective_uid() == 0 {
+                    let owner = std::fs::metadata(&ws.path)
+                        .map_err(|source| VmError::ReadHost { path: ws.path.clone(), source })?;
+                    for dir in [&layer.upper, &layer.work] {
+                        std::os::unix::fs::chown(dir, Some(owner.uid()), Some(owner.gid()))
+                            .map_err(|source| VmError::ChownLayer { path: dir.display().to_string(), source })?;
+                    }
+                }
                 let mut lower = layer.frozen.clone();
                 lower.push(PathBuf::from(&ws.path));
                 overlay = Some(WorkspaceOverlay {

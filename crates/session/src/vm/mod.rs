@@ -18,6 +18,7 @@ pub mod cgroup;
 pub mod guest;
 pub mod held;
 mod held_guest;
+pub mod files;
 pub mod initramfs;
 pub mod kernel;
 pub mod net;

@@ -81,7 +81,10 @@ fn cp_and_files_reach_into_a_vm_sandbox_as_its_user() {
     let out = vm(&["cp", tree.to_str().unwrap(), &format!("{name}:/tmp/tree")], b"");
     assert_eq!(code(&out), 0, "cp dir in: {}", stderr(&out));
     assert!(stderr(&out).contains("link"), "the skipped symlink is named: {}", stderr(&out));
-    assert_eq!(sh(&name, "cd /tmp/tree && find . | sort"), ".\n./sub\n./sub/deeper\n./sub/deeper/leaf.bin\n./top.txt\n");
+    assert_eq!(
+        sh(&name, "cd /tmp/tree && find . | sort"),
+        ".\n./sub\n./sub/deeper\n./sub/deeper/leaf.bin\n./top.txt\n"
+    );
     sh(&name, "echo made-inside > /tmp/tree/inside.txt");
     let back = host.path().join("back");
     let out = vm(&["cp", &format!("{name}:/tmp/tree"), back.to_str().unwrap()], b"");

@@ -126,12 +126,7 @@ impl Header {
 
 /// Copies the guest's output of `op` to `out`, checked: for `get`, the header then exactly its size; for the
 /// others nothing is expected (anything is dropped). `Ok(true)`: a whole answer (for `get`) was passed on.
-fn check_output(
-    op: FileOp,
-    from: impl Read,
-    out: &mut dyn Write,
-    alive: &Alive,
-) -> Result<bool, OutputFault> {
+fn check_output(op: FileOp, from: impl Read, out: &mut dyn Write, alive: &Alive) -> Result<bool, OutputFault> {
     let mut from = std::io::BufReader::with_capacity(64 << 10, from);
     if op != FileOp::Get {
         let mut buf = [0u8; 4096];
@@ -211,6 +206,17 @@ impl HeldVm {
     pub fn files_in_vm(&self, policy: &SandboxPolicy, request: &FileRequest) -> Result<i32, VmFilesError> {
         // This process's output may be a reader that went away: an error to report, not a signal that kills.
         let _ = sys::signal::ignore(libc::SIGPIPE);
+        self.files_with(policy, request, Box::new(std::io::stdin()), Box::new(std::io::stdout()))
+    }
+
+    /// [`Self::files_in_vm`] with `input` and `output` for this process's standard streams.
+    fn files_with(
+        &self,
+        policy: &SandboxPolicy,
+        request: &FileRequest,
+        mut stdin: Box<dyn Read + Send>,
+        mut stdout: Box<dyn Write + Send>,
+    ) -> Result<i32, VmFilesError> {
         let mut conn = UnixStream::connect(&self.socket)
             .map_err(|source| HeldError::Connect { path: self.socket.clone(), source })?;
         let alive = Alive { started: Instant::now(), last: Arc::new(AtomicU64::new(0)) };
@@ -238,7 +244,6 @@ impl HeldVm {
                 if !put {
                     return;
                 }
-                let mut stdin = std::io::stdin().lock();
                 let mut buf = vec![0u8; 32 << 10];
                 while let Ok(n) = stdin.read(&mut buf) {
                     if n == 0 || to.write_all(&buf[..n]).is_err() {
@@ -253,8 +258,7 @@ impl HeldVm {
         let hangup = conn.try_clone().map_err(HeldError::Send)?;
         let output = std::thread::Builder::new()
             .spawn(move || {
-                let stdout = std::io::stdout();
-                let checked = check_output(op, output_read, &mut stdout.lock(), &output_alive);
+                let checked = check_output(op, output_read, &mut stdout, &output_alive);
                 if checked.is_err() {
                     // Ends the session: the supervisor cancels the guest's child; the main loop stops reading.
                     let _ = hangup.shutdown(std::net::Shutdown::Both);
@@ -262,9 +266,8 @@ impl HeldVm {
                 checked
             })
             .map_err(VmFilesError::Thread)?;
-        let messages = std::thread::Builder::new()
-            .spawn(move || collect_messages(messages_read))
-            .map_err(VmFilesError::Thread)?;
+        let messages =
+            std::thread::Builder::new().spawn(move || collect_messages(messages_read)).map_err(VmFilesError::Thread)?;
 
         let outcome = wait_for_outcome(&mut conn, &alive);
         if outcome.is_err() {
@@ -427,5 +430,98 @@ trailing"#,
         assert!(matches!(checked, Err(OutputFault::Guest(what)) if what.contains("longer than")));
         // Messages are bounded.
         assert_eq!(collect_messages(std::io::repeat(b'm').take(1 << 20)).len(), MAX_GUEST_MESSAGES);
+    }
+
+    /// A writer whose bytes the test reads afterwards.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// `files_with` against a supervisor played by this test: it takes the three descriptors and the request,
+    /// writes `output` as the guest's stdout, then says `control` (lines) and goes.
+    fn against(output: &[u8], control: &[u8]) -> (Result<i32, VmFilesError>, Vec<u8>, ExecRequest) {
+        use std::os::unix::net::UnixListener;
+        let dir = std::env::temp_dir().join(format!("airlock-vmfiles-{}-{}", std::process::id(), rand_tag()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("vm.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let (output, control) = (output.to_vec(), control.to_vec());
+        let supervisor = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let fds: Vec<OwnedFd> = (0..3).map(|_| sys::socket::recv_fd(conn.as_raw_fd()).unwrap().unwrap()).collect();
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            while conn.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+                line.push(byte[0]);
+            }
+            let request: ExecRequest = serde_json::from_slice(&line).unwrap();
+            let mut fds = fds.into_iter();
+            let (_input, out, _err) = (fds.next().unwrap(), fds.next().unwrap(), fds.next().unwrap());
+            let _ = std::fs::File::from(out).write_all(&output);
+            let _ = conn.write_all(&control);
+            request
+        });
+        let policy = policy::profile::resolve(
+            &policy::profile::builtin_profile("default").unwrap(),
+            vec!["/bin/true".to_string()],
+            &crate::invoker(),
+        )
+        .unwrap();
+        let request = FileRequest { op: FileOp::Get, path: "/tmp/f".to_string(), mode: None };
+        let out = Shared::default();
+        let vm = HeldVm { socket };
+        let result = vm.files_with(&policy, &request, Box::new(std::io::empty()), Box::new(out.clone()));
+        let sent = supervisor.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let bytes = out.0.lock().unwrap().clone();
+        (result, bytes, sent)
+    }
+
+    fn rand_tag() -> u64 {
+        use std::sync::atomic::AtomicU64;
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+
+    #[test]
+    fn the_client_passes_an_honest_guest_on_and_refuses_a_lying_one() {
+        let header = b"{\"type\":\"file\",\"size\":5,\"mode\":420}\n";
+        let (result, out, sent) = against(&[&header[..], b"hello"].concat(), b"\"started\"\n{\"exited\":0}\n");
+        assert_eq!(result.unwrap(), 0);
+        assert_eq!(out, [&header[..], b"hello"].concat());
+        assert_eq!(sent.files.unwrap().op, FileOp::Get);
+        // An honest failure: its status.
+        assert_eq!(against(b"", b"{\"exited\":3}\n").0.unwrap(), 3);
+        // More bytes than the header says: refused, and no more than the size passed on.
+        let (result, out, _) = against(&[&header[..], b"hello and more"].concat(), b"{\"exited\":0}\n");
+        assert!(matches!(result, Err(VmFilesError::Broken(ref w)) if w.contains("more than")), "{result:?}");
+        assert!(out.len() <= header.len() + 5);
+        // Fewer bytes, yet done: refused.
+        let (result, _, _) = against(&[&header[..], b"he"].concat(), b"{\"exited\":0}\n");
+        assert!(matches!(result, Err(VmFilesError::Broken(ref w)) if w.contains("fewer")), "{result:?}");
+        // A header that is not one, an exit status `__files` never has, an outcome of another kind, a control
+        // line that is not a message, no outcome at all: each a `vm:` error, never a hang or a panic.
+        let (result, _, _) = against(b"garbage\n", b"{\"exited\":0}\n");
+        assert!(matches!(result, Err(VmFilesError::Broken(_))), "{result:?}");
+        let (result, _, _) = against(b"", b"{\"exited\":77}\n");
+        assert!(matches!(result, Err(VmFilesError::Broken(ref w)) if w.contains("77")), "{result:?}");
+        let (result, _, _) = against(b"", b"{\"timed_out\":{\"millis\":1}}\n");
+        assert!(matches!(result, Err(VmFilesError::Broken(_))), "{result:?}");
+        let (result, _, _) = against(b"", b"{\"exited\": \"zero\"}\n");
+        assert!(matches!(result, Err(VmFilesError::Guest(_))), "{result:?}");
+        let (result, _, _) = against(b"", b"");
+        assert!(matches!(result, Err(VmFilesError::Held(HeldError::NoOutcome))), "{result:?}");
+        for e in [VmFilesError::Broken("x".into()), VmFilesError::Idle] {
+            assert!(e.to_string().starts_with("vm: "), "{e}");
+        }
     }
 }

@@ -510,8 +510,7 @@ impl Held {
                 tty: request.tty,
             },
         };
-        let mut line = serde_json::to_vec(&message)
-        .map_err(|e| QemuError::Channels(std::io::Error::other(e)))?;
+        let mut line = serde_json::to_vec(&message).map_err(|e| QemuError::Channels(std::io::Error::other(e)))?;
         line.push(b'\n');
         self.channels.ctl.write_all(&line).map_err(QemuError::Channels)?;
         self.session = Some(Session {

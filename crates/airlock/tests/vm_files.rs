@@ -157,6 +157,14 @@ fn cp_and_files_reach_into_a_vm_sandbox_as_its_user() {
     assert_eq!(code(&fifo), 5, "{}", stderr(&fifo));
     assert_eq!(code(&vm(&["__files", "get", &name, "relative"], b"")), 5);
 
+    // An operation waits its turn behind a running exec (one at a time), then is done.
+    let busy = airlock_cmd(&["exec", &name, "--", "sleep", "3"]).stdout(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let queued = vm(&["__files", "get", &name, "/tmp/made/by/put"], b"");
+    assert_eq!(code(&queued), 0, "{}", stderr(&queued));
+    assert!(stdout(&queued).ends_with("\nput\n"), "{}", stdout(&queued));
+    assert!(busy.wait_with_output().unwrap().status.success());
+
     // The guest is still serving: an exec after all that.
     assert_eq!(sh(&name, "echo still"), "still\n");
 }

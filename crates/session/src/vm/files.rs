@@ -13,8 +13,9 @@
 //! output of `get` must be one header line (bounded, [`MAX_HEADER_BYTES`]; names one component each, known
 //! kinds and modes) then exactly the `size` the header says (the guest sends exactly that: `exact_size`); the
 //! exit status must be one `__files` has; its messages are cut to [`MAX_GUEST_MESSAGES`] bytes. A guest that
-//! breaks any of that, or says nothing for [`IDLE_TIMEOUT`], ends the operation with a `vm:` error (exit 1): the
-//! client drops its connection, and the supervisor cancels the guest's child.
+//! breaks any of that, or says nothing for [`IDLE_TIMEOUT`] once the supervisor has sent it the operation (it
+//! says `started` then: before, the operation waits its turn behind other execs), ends the operation with a
+//! `vm:` error (exit 1): the client drops its connection, and the supervisor cancels the guest's child.
 
 use std::io::{BufRead, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -302,11 +303,14 @@ fn wait_for_outcome(conn: &mut UnixStream, alive: &Alive) -> Result<i32, VmFiles
     conn.set_read_timeout(Some(Duration::from_secs(1))).map_err(HeldError::Send)?;
     let mut reader = ControlReader::default();
     let mut buf = vec![0u8; 64 << 10];
+    // The supervisor says `started` when the operation is sent to the guest: until then it waits its turn
+    // behind other execs (the supervisor is the host's, trusted), from then on the guest is timed.
+    let mut started = false;
     loop {
         let n = match conn.read(&mut buf) {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                if alive.idle() > IDLE_TIMEOUT {
+                if started && alive.idle() > IDLE_TIMEOUT {
                     return Err(VmFilesError::Idle);
                 }
                 continue;
@@ -321,7 +325,8 @@ fn wait_for_outcome(conn: &mut UnixStream, alive: &Alive) -> Result<i32, VmFiles
         reader.push(&buf[..n]);
         while let Some(message) = reader.next_message()? {
             match message {
-                GuestMessage::Started | GuestMessage::Warning(_) => {}
+                GuestMessage::Started => started = true,
+                GuestMessage::Warning(_) => {}
                 GuestMessage::Exited(code) => return Ok(code),
                 GuestMessage::Failed(why) => {
                     return Err(HeldError::Session(why.trim_start_matches("vm: ").to_string()).into())

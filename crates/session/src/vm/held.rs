@@ -501,6 +501,7 @@ impl Held {
         let id = self.next_session;
         self.next_session = self.next_session.wrapping_add(1).max(1);
         let [input, output, errors] = fds;
+        let files = request.files.is_some();
         let message = match request.files {
             Some(files) => HostMessage::Files { session: id, policy: Box::new(request.policy), request: files },
             None => HostMessage::Exec {
@@ -522,6 +523,12 @@ impl Held {
             errors: errors.into(),
             gone: false,
         });
+        if files {
+            // A file operation's client times the guest from here (it may have waited its turn before).
+            if let Some(session) = self.session.as_mut() {
+                session.reply(&GuestMessage::Started);
+            }
+        }
         Ok(())
     }
 

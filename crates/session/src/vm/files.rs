@@ -38,6 +38,8 @@ pub const MAX_HEADER_BYTES: usize = 16 << 20;
 pub const MAX_GUEST_MESSAGES: usize = 8 << 10;
 /// How long the guest may go without a sign of life (output, its taking input, a message) during an operation.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the relays may take to end once a session has failed.
+const FAILED_SESSION_GRACE: Duration = Duration::from_secs(2);
 /// The longest name of a directory entry (NAME_MAX).
 const MAX_NAME: usize = 255;
 
@@ -257,35 +259,53 @@ impl HeldVm {
         let output_alive = alive.clone();
         let op = request.op;
         let hangup = conn.try_clone().map_err(HeldError::Send)?;
-        let output = std::thread::Builder::new()
+        // The relay threads' results come by channel: after a failed session they are waited for only briefly
+        // (a guest that ignores the cancel keeps the session, and with it the pipes' other ends, open).
+        let (output_done, output_result) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
             .spawn(move || {
                 let checked = check_output(op, output_read, &mut stdout, &output_alive);
                 if checked.is_err() {
                     // Ends the session: the supervisor cancels the guest's child; the main loop stops reading.
                     let _ = hangup.shutdown(std::net::Shutdown::Both);
                 }
-                checked
+                let _ = output_done.send(checked);
             })
             .map_err(VmFilesError::Thread)?;
-        let messages =
-            std::thread::Builder::new().spawn(move || collect_messages(messages_read)).map_err(VmFilesError::Thread)?;
+        let (messages_done, messages_result) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .spawn(move || {
+                let _ = messages_done.send(collect_messages(messages_read));
+            })
+            .map_err(VmFilesError::Thread)?;
 
         let outcome = wait_for_outcome(&mut conn, &alive);
         if outcome.is_err() {
             let _ = conn.shutdown(std::net::Shutdown::Both);
         }
         drop(conn);
-        // The supervisor closes its ends of the pipes as the session ends (it has: the outcome came, or the
-        // connection is gone).
-        let checked = output.join().unwrap_or(Err(OutputFault::Guest("output: the checker panicked".into())));
-        let said = messages.join().unwrap_or_default();
+        // After an outcome the supervisor has ended the session and closed its ends of the pipes: what is left
+        // is this side's (the output may go to a slow reader). Otherwise the guest's side may never end them.
+        let lost = || OutputFault::Guest("output: its relay ended without a result".to_string());
+        let (checked, said) = match outcome.is_ok() {
+            true => (output_result.recv().unwrap_or_else(|_| Err(lost())), messages_result.recv().unwrap_or_default()),
+            false => (
+                output_result.recv_timeout(FAILED_SESSION_GRACE).unwrap_or_else(|_| Err(lost())),
+                messages_result.recv_timeout(FAILED_SESSION_GRACE).unwrap_or_default(),
+            ),
+        };
         for line in String::from_utf8_lossy(&said).lines().filter(|l| !l.trim().is_empty()) {
             crate::say(line.trim_start_matches("airlock: "));
         }
-        let whole = match checked {
-            Ok(whole) => whole,
-            Err(OutputFault::Guest(what)) => return Err(VmFilesError::Broken(what)),
-            Err(OutputFault::Ours(e)) => return Err(VmFilesError::Output(e)),
+        let whole = match (checked, &outcome) {
+            (Ok(whole), _) => whole,
+            (Err(OutputFault::Guest(what)), _) if !what.starts_with("output: its relay") => {
+                return Err(VmFilesError::Broken(what))
+            }
+            // No result from the relay because the session failed: the session's error says why.
+            (Err(OutputFault::Guest(_)), Err(_)) => false,
+            (Err(OutputFault::Guest(what)), Ok(_)) => return Err(VmFilesError::Broken(what)),
+            (Err(OutputFault::Ours(e)), _) => return Err(VmFilesError::Output(e)),
         };
         let code = outcome?;
         if ![0, 1, EXIT_NOT_FOUND, EXIT_DENIED, EXIT_WRONG_KIND, 125].contains(&code) {
@@ -454,6 +474,16 @@ trailing"#,
     /// `files_with` against a supervisor played by this test: it takes the three descriptors and the request,
     /// writes `output` as the guest's stdout, then says `control` (lines) and goes.
     fn against(output: &[u8], control: &[u8]) -> (Result<i32, VmFilesError>, Vec<u8>, ExecRequest) {
+        let (result, bytes, sent, _) = against_holding(output, control, Duration::ZERO);
+        (result, bytes, sent)
+    }
+
+    /// [`against`], the supervisor keeping the session (and the pipes' ends) for `hold` after it has spoken.
+    fn against_holding(
+        output: &[u8],
+        control: &[u8],
+        hold: Duration,
+    ) -> (Result<i32, VmFilesError>, Vec<u8>, ExecRequest, Duration) {
         use std::os::unix::net::UnixListener;
         let dir = std::env::temp_dir().join(format!("airlock-vmfiles-{}-{}", std::process::id(), rand_tag()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -471,8 +501,11 @@ trailing"#,
             let request: ExecRequest = serde_json::from_slice(&line).unwrap();
             let mut fds = fds.into_iter();
             let (_input, out, _err) = (fds.next().unwrap(), fds.next().unwrap(), fds.next().unwrap());
-            let _ = std::fs::File::from(out).write_all(&output);
+            let mut out = std::fs::File::from(out);
+            let _ = out.write_all(&output);
             let _ = conn.write_all(&control);
+            std::thread::sleep(hold);
+            drop(out);
             request
         });
         let policy = policy::profile::resolve(
@@ -484,11 +517,13 @@ trailing"#,
         let request = FileRequest { op: FileOp::Get, path: "/tmp/f".to_string(), mode: None };
         let out = Shared::default();
         let vm = HeldVm { socket };
+        let started = Instant::now();
         let result = vm.files_with(&policy, &request, Box::new(std::io::empty()), Box::new(out.clone()));
+        let took = started.elapsed();
         let sent = supervisor.join().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         let bytes = out.0.lock().unwrap().clone();
-        (result, bytes, sent)
+        (result, bytes, sent, took)
     }
 
     fn rand_tag() -> u64 {
@@ -525,6 +560,10 @@ trailing"#,
         assert!(matches!(result, Err(VmFilesError::Guest(_))), "{result:?}");
         let (result, _, _) = against(b"", b"");
         assert!(matches!(result, Err(VmFilesError::Held(HeldError::NoOutcome))), "{result:?}");
+        // A guest that breaks the protocol and then keeps its session open: the client still ends, promptly.
+        let (result, _, _, took) = against_holding(b"{\"type\":\"fi", b"garbage\n", Duration::from_secs(6));
+        assert!(matches!(result, Err(VmFilesError::Guest(_))), "{result:?}");
+        assert!(took < Duration::from_secs(5), "the client waited for the guest's side: {took:?}");
         for e in [VmFilesError::Broken("x".into()), VmFilesError::Idle] {
             assert!(e.to_string().starts_with("vm: "), "{e}");
         }

@@ -60,6 +60,8 @@ pub enum VmFilesError {
     Idle,
     #[error("cannot write the file's bytes")]
     Output(#[source] std::io::Error),
+    #[error("vm: the relay of the guest's output ended without a result")]
+    RelayLost,
 }
 
 /// Milliseconds since the operation started, of the guest's last sign of life.
@@ -286,26 +288,25 @@ impl HeldVm {
         drop(conn);
         // After an outcome the supervisor has ended the session and closed its ends of the pipes: what is left
         // is this side's (the output may go to a slow reader). Otherwise the guest's side may never end them.
-        let lost = || OutputFault::Guest("output: its relay ended without a result".to_string());
         let (checked, said) = match outcome.is_ok() {
-            true => (output_result.recv().unwrap_or_else(|_| Err(lost())), messages_result.recv().unwrap_or_default()),
+            true => (output_result.recv().ok(), messages_result.recv().unwrap_or_default()),
             false => (
-                output_result.recv_timeout(FAILED_SESSION_GRACE).unwrap_or_else(|_| Err(lost())),
+                output_result.recv_timeout(FAILED_SESSION_GRACE).ok(),
                 messages_result.recv_timeout(FAILED_SESSION_GRACE).unwrap_or_default(),
             ),
         };
         for line in String::from_utf8_lossy(&said).lines().filter(|l| !l.trim().is_empty()) {
             crate::say(line.trim_start_matches("airlock: "));
         }
-        let whole = match (checked, &outcome) {
-            (Ok(whole), _) => whole,
-            (Err(OutputFault::Guest(what)), _) if !what.starts_with("output: its relay") => {
-                return Err(VmFilesError::Broken(what))
+        let whole = match checked {
+            Some(Ok(whole)) => whole,
+            Some(Err(OutputFault::Guest(what))) => return Err(VmFilesError::Broken(what)),
+            Some(Err(OutputFault::Ours(e))) => return Err(VmFilesError::Output(e)),
+            // No word from the output's relay: the session failed (its error says how), or the relay is gone.
+            None => {
+                outcome?;
+                return Err(VmFilesError::RelayLost);
             }
-            // No result from the relay because the session failed: the session's error says why.
-            (Err(OutputFault::Guest(_)), Err(_)) => false,
-            (Err(OutputFault::Guest(what)), Ok(_)) => return Err(VmFilesError::Broken(what)),
-            (Err(OutputFault::Ours(e)), _) => return Err(VmFilesError::Output(e)),
         };
         let code = outcome?;
         if ![0, 1, EXIT_NOT_FOUND, EXIT_DENIED, EXIT_WRONG_KIND, 125].contains(&code) {

@@ -15,6 +15,7 @@
 //! without the VM; `--net host` is refused for good (it would give the guest the host's network).
 
 pub mod cgroup;
+pub mod files;
 pub mod guest;
 pub mod held;
 mod held_guest;

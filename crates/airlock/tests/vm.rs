@@ -53,17 +53,19 @@ fn still_qemu(pid: i32) -> bool {
     our_qemus().contains(&pid)
 }
 
-/// QEMU processes started for the tests' state directory (their initramfs is in its cache).
+/// QEMU processes started for the tests' state directory (QEMU inherits airlock's environment; its initramfs
+/// may be a descriptor, not a path of the state directory).
 fn our_qemus() -> Vec<i32> {
-    let needle = state_dir().to_string_lossy().into_owned();
+    let needle = format!("AIRLOCK_STATE_DIR={}", state_dir().display());
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let text = String::from_utf8_lossy(&cmdline);
-            text.contains("qemu-system") && text.contains(&needle)
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains("qemu-system")
+                && environ.split(|b| *b == 0).any(|v| v == needle.as_bytes())
         })
         .collect()
 }
@@ -319,41 +321,49 @@ fn status_field(status: &str, field: &str) -> String {
 }
 
 #[test]
-fn roots_qemu_keeps_only_the_share_capabilities_and_sets_no_set_id_bit() {
+fn roots_qemu_is_an_ordinary_user_for_the_hosts_root_and_keeps_only_the_share_capabilities_otherwise() {
     require_vm!();
-    // Host root's QEMU serves the shares with 9p passthrough: were it plain root, a guest whose root escaped the
-    // engine inside could leave a device node, file capabilities or a set-user-ID-root program in a shared
-    // directory. It keeps CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH and FOWNER only, no_new_privs, a seccomp filter.
+    // With `--rootfs host`, host root's QEMU would read every file of the host's /etc and /usr for the guest: it
+    // becomes the workspace's owner (here 4242), with no capability, before it is executed. Otherwise (a root
+    // directory of the user's, an image) it serves the shares with 9p passthrough and keeps CHOWN, DAC_OVERRIDE,
+    // DAC_READ_SEARCH and FOWNER only. Both: no_new_privs, the set-ID guard, and no set-ID bit reaches the host.
     let ws = TempDir::new("setid-ws");
     vm_support::user_owned(ws.path());
     let ws_path = ws.path().to_string_lossy().into_owned();
-    let (mut child, line, qemu) = start_in_vm(&[
-        "run",
-        "--isolation",
-        "vm",
-        "--rm",
-        "--workspace",
-        &ws_path,
-        "--workspace-mode",
-        "rw",
-        "--",
-        "/bin/sh",
-        "-c",
-        "touch f; chmod 4755 f; echo chmod=$?; sleep 60",
-    ]);
-    let status = std::fs::read_to_string(format!("/proc/{qemu}/status")).unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
-        assert_eq!(status_field(&status, field), "000000000000000f", "{field} of root's qemu:\n{status}");
+    let root = TempDir::new("setid-root");
+    std::fs::create_dir_all(root.path().join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.path().join("bin/busybox")).unwrap();
+    for tool in ["sh", "touch", "chmod", "echo", "sleep"] {
+        std::os::unix::fs::symlink("busybox", root.path().join("bin").join(tool)).unwrap();
     }
-    assert_eq!(status_field(&status, "CapAmb:"), "0000000000000000", "{status}");
-    assert_eq!(status_field(&status, "NoNewPrivs:"), "1", "{status}");
-    assert_eq!(status_field(&status, "Seccomp:"), "2", "{status}");
-    // Whichever wall refused it (the engine inside the guest or root's QEMU), no set-ID bit reached the host.
-    assert!(line.starts_with("chmod="), "{line}");
-    let mode = std::fs::metadata(ws.path().join("f")).unwrap().mode();
-    assert_eq!(mode & 0o6000, 0, "the host file is set-ID: {mode:o} ({line})");
+    let root_path = root.path().to_string_lossy().into_owned();
+    let script = "touch f; chmod 4755 f; echo chmod=$?; sleep 60";
+    let common = ["run", "--isolation", "vm", "--rm", "--workspace", &ws_path, "--workspace-mode", "rw"];
+    for (rootfs, uid, caps) in [("host", "4242", "0000000000000000"), (root_path.as_str(), "0", "000000000000000f")] {
+        let _ = std::fs::remove_file(ws.path().join("f"));
+        let args: Vec<&str> = common
+            .iter()
+            .copied()
+            .chain(["--rootfs", rootfs, "--env", "PATH=/bin:/usr/bin", "--", "/bin/sh", "-c", script])
+            .collect();
+        let (mut child, line, qemu) = start_in_vm(&args);
+        let status = std::fs::read_to_string(format!("/proc/{qemu}/status")).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let ids = status_field(&status, "Uid:");
+        assert!(ids.split_whitespace().all(|id| id == uid), "--rootfs {rootfs}: qemu's uids {ids}\n{status}");
+        for field in ["CapEff:", "CapPrm:"] {
+            assert_eq!(status_field(&status, field), caps, "{field} of root's qemu (--rootfs {rootfs}):\n{status}");
+        }
+        assert_eq!(status_field(&status, "CapBnd:"), "000000000000000f", "{status}");
+        assert_eq!(status_field(&status, "CapAmb:"), "0000000000000000", "{status}");
+        assert_eq!(status_field(&status, "NoNewPrivs:"), "1", "{status}");
+        assert_eq!(status_field(&status, "Seccomp:"), "2", "{status}");
+        // Whichever wall refused it (the engine inside the guest or QEMU), no set-ID bit reached the host.
+        assert!(line.starts_with("chmod="), "{line}");
+        let mode = std::fs::metadata(ws.path().join("f")).unwrap().mode();
+        assert_eq!(mode & 0o6000, 0, "the host file is set-ID: {mode:o} ({line})");
+    }
 }
 
 /// `--audit FILE` in a VM: the guest's engine audits as on the host and sends each record to the host, which

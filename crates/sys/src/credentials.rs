@@ -29,3 +29,9 @@ pub fn clear_supplementary_groups() -> Result<(), Errno> {
     // SAFETY: with a zero-length list, setgroups reads no memory (the null pointer is never dereferenced).
     check(unsafe { libc::setgroups(0, std::ptr::null()) } as libc::c_long).map(drop)
 }
+
+/// `setgroups(groups)`: exactly these supplementary groups (at most a few; the list is read during the call).
+pub fn set_supplementary_groups(groups: &[u32]) -> Result<(), Errno> {
+    // SAFETY: `groups` is a live slice of `groups.len()` gid_t values (u32), which setgroups only reads.
+    check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } as libc::c_long).map(drop)
+}

@@ -9,6 +9,7 @@
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -185,6 +186,34 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
 
     let config = launch.config;
     let as_root = sys::process::effective_uid() == 0;
+    // Host root's QEMU serving the host's own system directories drops to an ordinary user (see
+    // `UnprivilegedQemu`); serving an image or a root directory, it stays root with the `RootGuard`.
+    let drop_to = match as_root && launch.request.policy.rootfs == policy::sandbox::Rootfs::Host {
+        true => Some(UnprivilegedQemu::for_shares(&launch.request.shares, config.accel)?),
+        false => None,
+    };
+    if let Some(user) = &drop_to {
+        // QEMU opens its console again by its /proc/self/fd link, as the user it will be.
+        std::os::unix::fs::fchown(&console, Some(user.uid), Some(user.gid)).map_err(QemuError::Channels)?;
+    }
+    // The kernel and the initramfs (in root's 0700 state directory) are opened here and read by QEMU through
+    // their descriptors when it will not be root.
+    let boot_files = match &drop_to {
+        Some(_) => {
+            let open = |path: &Path| std::fs::File::open(path).map_err(QemuError::Channels);
+            Some((open(&launch.kernel.image)?, open(launch.initrd)?))
+        }
+        None => None,
+    };
+    let boot_path = |file: Option<&std::fs::File>, path: &Path| match file {
+        Some(f) => format!("/proc/self/fd/{}", f.as_raw_fd()),
+        None => escape(&path.to_string_lossy()),
+    };
+    let kernel_arg = boot_path(boot_files.as_ref().map(|(k, _)| k), &launch.kernel.image);
+    let initrd_arg = boot_path(boot_files.as_ref().map(|(_, i)| i), launch.initrd);
+    if let Some((kernel, initrd)) = &boot_files {
+        inherited.extend([kernel.as_raw_fd(), initrd.as_raw_fd()]);
+    }
     let mut args: Vec<String> = vec![
         "-M".into(),
         "microvm,isa-serial=on".into(),
@@ -210,9 +239,9 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
         "-sandbox".into(),
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
         "-kernel".into(),
-        escape(&launch.kernel.image.to_string_lossy()),
+        kernel_arg,
         "-initrd".into(),
-        escape(&launch.initrd.to_string_lossy()),
+        initrd_arg,
         "-append".into(),
         // panic=-1: a guest kernel panic reboots at once, which -no-reboot turns into QEMU's exit.
         // airlock_guest=1: a parameter the kernel does not know and without a dot goes to init's environment,
@@ -247,7 +276,7 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
     }
     // Root's QEMU keeps the files' owners as the guest sets them (passthrough); a user's cannot chown, and
     // stores files as its own (none).
-    let model = if as_root { "passthrough" } else { "none" };
+    let model = if as_root && drop_to.is_none() { "passthrough" } else { "none" };
     for (i, share) in launch.request.shares.iter().enumerate() {
         let readonly = if share.readonly { ",readonly=on" } else { "" };
         args.extend([
@@ -334,12 +363,74 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
         if let Some(guard) = &root_guard {
             guard.apply_in_child().map_err(os_error)?;
         }
+        if let Some(user) = &drop_to {
+            user.become_in_child(parent).map_err(os_error)?;
+        }
         Ok(())
     });
     let child =
         command.spawn().map_err(|source| QemuError::Spawn { program: program.display().to_string(), source })?;
     drop((ctl_qemu, stdin_qemu, stdout_qemu, stderr_qemu));
     Ok(Spawned { child, channels: Channels { ctl, stdin, stdout, stderr }, console })
+}
+
+/// Who host root's QEMU becomes when it serves the host's own system directories (`--rootfs host`): the owner
+/// of the writable shares when they have one that is not root (the sandbox's root is that owner inside, as on a
+/// host), else `nobody`. Root's QEMU would read every file of `/etc` and `/usr` for the guest (`/etc/shadow`,
+/// host keys), and a guest whose root escaped the engine inside could ask it to: as this user it reads what that
+/// user can, as a namespace sandbox's root can. No capability is left (root's set is cleared by the change of
+/// user), the 9p shares run with `security_model=none` (what the guest writes is this user's, as for a user's
+/// QEMU), and the `RootGuard` is applied first all the same.
+struct UnprivilegedQemu {
+    uid: u32,
+    gid: u32,
+    /// `/dev/kvm`'s group, for KVM (the device is usually `root:kvm`, 0660).
+    groups: Vec<u32>,
+}
+
+/// `nobody` and `nogroup` on Debian (the overflow ids).
+const NOBODY: u32 = 65534;
+
+impl UnprivilegedQemu {
+    fn for_shares(shares: &[super::protocol::Share], accel: Accel) -> Result<UnprivilegedQemu, QemuError> {
+        let mut owner: Option<(u32, u32)> = None;
+        for share in shares.iter().filter(|s| !s.readonly) {
+            let meta = std::fs::metadata(&share.path).map_err(QemuError::Channels)?;
+            match owner {
+                None if meta.uid() != 0 => owner = Some((meta.uid(), meta.gid())),
+                // Several owners, or root: the guest's engine makes none of them the sandbox's root.
+                Some((uid, _)) if uid != meta.uid() => return Ok(UnprivilegedQemu::nobody(accel)),
+                None => return Ok(UnprivilegedQemu::nobody(accel)),
+                Some(_) => {}
+            }
+        }
+        let (uid, gid) = owner.unwrap_or((NOBODY, NOBODY));
+        Ok(UnprivilegedQemu { uid, gid, groups: kvm_group(accel) })
+    }
+
+    fn nobody(accel: Accel) -> UnprivilegedQemu {
+        UnprivilegedQemu { uid: NOBODY, gid: NOBODY, groups: kvm_group(accel) }
+    }
+
+    /// In the forked child, last before `execve`: the groups, gid and uid (which clears every capability), then
+    /// the parent-death signal again (a change of credentials clears it) and its race with the parent's death.
+    fn become_in_child(&self, parent: libc::pid_t) -> Result<(), i32> {
+        sys::credentials::set_supplementary_groups(&self.groups)?;
+        sys::credentials::setresgid(self.gid, self.gid, self.gid)?;
+        sys::credentials::setresuid(self.uid, self.uid, self.uid)?;
+        sys::process::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)?;
+        if sys::process::parent_pid() != parent {
+            return Err(libc::ESRCH);
+        }
+        Ok(())
+    }
+}
+
+fn kvm_group(accel: Accel) -> Vec<u32> {
+    match accel {
+        Accel::Kvm => std::fs::metadata("/dev/kvm").map(|m| vec![m.gid()]).unwrap_or_default(),
+        Accel::Tcg => Vec::new(),
+    }
 }
 
 /// The host's TSC frequency in kHz (`cpu MHz` of `/proc/cpuinfo`). Under TCG the guest's TSC runs at the

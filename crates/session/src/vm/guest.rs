@@ -96,7 +96,8 @@ fn run(control: &mut Option<std::fs::File>) -> Result<GuestMessage, String> {
 
     let host = HostContext {
         lock_dir: PathBuf::from("/run/airlock/id-ranges"),
-        tty: None,
+        // `run -t`: the engine's terminal in the sandbox, relayed to the ports (its input the stdin port's).
+        tty: request.tty.map(|(rows, cols)| libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 }),
         name: request.name.clone(),
         layer: None,
         hold: false,

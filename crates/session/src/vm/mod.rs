@@ -140,6 +140,9 @@ impl VmBackend {
         request.audit = audit.as_ref().map(|a| a.notify.into());
         // QEMU's host cgroup (when limits are asked) before QEMU starts: its child joins it before exec.
         let vmm_cgroup = cgroup::VmmCgroup::create(policy, &self.config, host.name.as_deref().unwrap_or("run"), warn)?;
+        // `-t`: the terminal in the guest does the line discipline; ours passes every key as it comes (restored
+        // however this ends).
+        let _raw = host.tty.and_then(|_| held::RawTerminal::enter());
         let outcome = qemu::run_guest(qemu::GuestLaunch {
             config: &self.config,
             kernel: &kernel,
@@ -199,9 +202,6 @@ fn refuse_unsupported(policy: &SandboxPolicy, host: &HostContext) -> Result<(), 
         Network::Allow(_) if host.gateway.is_none() => return unsupported("--net allow without its gateway"),
         Network::Allow(_) => {}
         Network::Host => return Err(VmError::NetHost),
-    }
-    if host.tty.is_some() {
-        return unsupported("-t");
     }
     if policy.writable_root {
         return unsupported("--writable-root");
@@ -301,6 +301,7 @@ fn guest_request(
         audit: None,
         network: None,
         held: host.hold,
+        tty: host.tty.map(|w| (w.ws_row, w.ws_col)),
     };
     Ok((request, overlay))
 }

@@ -10,6 +10,11 @@
 //! descriptors, and forwards the guest's messages (audit records, then the outcome) to the client, one JSON
 //! document a line, as the guest sent them. Clients wait in the listener's queue while a command runs.
 //!
+//! While its command runs, a client sends [`ClientMessage`]s, one a line: the signals it gets (passed on to the
+//! command as [`HostMessage::Signal`], as a namespace exec forwards them) and `-t`'s resizes
+//! ([`HostMessage::Resize`]). Its output descriptors are written only as fast as they take it, through a bounded
+//! buffer ([`ClientStream`]): a client that stops reading holds its own command, never the supervisor.
+//!
 //! The guest is not trusted: its control lines are bounded and checked ([`super::protocol::ControlReader`]); one
 //! that is not a message ends the session with a `vm:` error and takes the guest down (a guest that breaks the
 //! protocol cannot be told apart from one that lies), never the supervisor.
@@ -1080,5 +1085,70 @@ mod tests {
         client.read_to_string(&mut said).unwrap();
         let message: GuestMessage = serde_json::from_str(said.trim()).unwrap();
         assert!(matches!(&message, GuestMessage::Failed(why) if why.starts_with("vm: the guest sent")), "{said}");
+    }
+    #[test]
+    fn a_client_that_does_not_read_never_blocks_a_write_and_its_buffer_is_bounded() {
+        let (reader, writer) = sys::fd::pipe_cloexec().unwrap();
+        let mut stream = ClientStream::new(std::fs::File::from(writer));
+        // More than the pipe holds: what it takes goes in, the rest waits, nothing blocks.
+        stream.write_all(&vec![7u8; 256 * 1024]).unwrap();
+        Write::flush(&mut stream).unwrap();
+        assert!(stream.wants_write() && stream.pending.len() < 256 * 1024, "{}", stream.pending.len());
+        assert!(stream.has_room());
+        stream.write_all(&vec![7u8; MAX_CLIENT_BUFFER]).unwrap();
+        assert!(!stream.has_room(), "the port would be read past the bound");
+        // The reader gone: the rest is dropped, and more is taken (and dropped) at once.
+        drop(reader);
+        stream.flush();
+        assert!(stream.closed && !stream.wants_write() && stream.has_room());
+    }
+
+    #[test]
+    fn a_clients_signals_and_resizes_go_to_the_guest_and_anything_else_cancels() {
+        let (ctl, guest_ctl) = UnixStream::pair().unwrap();
+        let (stdin, _guest_stdin) = UnixStream::pair().unwrap();
+        let (stdout, _guest_stdout) = UnixStream::pair().unwrap();
+        let (stderr, _guest_stderr) = UnixStream::pair().unwrap();
+        let console_path = std::env::temp_dir().join(format!("airlock-held-signal-test-{}", std::process::id()));
+        let console = std::fs::File::create(&console_path).unwrap();
+        let _ = std::fs::remove_file(&console_path);
+        let (conn, mut client) = UnixStream::pair().unwrap();
+        let (output, _out) = file_pair();
+        let (errors, _err) = file_pair();
+        let mut held = Held {
+            channels: qemu::Channels { ctl, stdin, stdout, stderr },
+            console,
+            signals: sys::signal::signalfd(&[libc::SIGUSR2]).unwrap(),
+            reader: ControlReader::default(),
+            session: Some(Session {
+                id: 4,
+                conn,
+                input: None,
+                pending_input: Vec::new(),
+                output: ClientStream::new(output),
+                errors: ClientStream::new(errors),
+                gone: false,
+                client_line: Vec::new(),
+                outcome: None,
+            }),
+            next_session: 5,
+            buf: vec![0u8; 64 * 1024],
+        };
+        let mut guest = std::io::BufReader::new(guest_ctl);
+        let mut said = |held: &mut Held, line: &[u8]| {
+            client.write_all(line).unwrap();
+            held.client_readable().unwrap();
+            let mut got = String::new();
+            std::io::BufRead::read_line(&mut guest, &mut got).unwrap();
+            serde_json::from_str::<serde_json::Value>(&got).unwrap()
+        };
+        assert_eq!(said(&mut held, b"{\"signal\":2}\n"), serde_json::json!({"signal": {"session": 4, "signo": 2}}));
+        assert_eq!(
+            said(&mut held, b"{\"resize\":{\"rows\":50,\"cols\":120}}\n"),
+            serde_json::json!({"resize": {"session": 4, "rows": 50, "cols": 120}})
+        );
+        // A signal exec does not forward (SIGKILL) is not a client's: the command is cancelled.
+        assert_eq!(said(&mut held, b"{\"signal\":9}\n"), serde_json::json!({"cancel": {"session": 4}}));
+        assert!(held.session.as_ref().unwrap().gone);
     }
 }

@@ -196,13 +196,15 @@ fn kvm_on_a_pvm_host_and_a_missing_kernel_fail_closed() {
 fn what_this_slice_does_not_run_in_a_vm_is_refused() {
     require_vm!();
     let name = format!("vm-create-{}", std::process::id());
+    let rootfs = common::TempDir::new("vm-refused-rootfs");
+    let rootfs = rootfs.path().to_str().unwrap();
     for (args, what) in [
         // `create` runs (tests/vm_create.rs); what it cannot hold yet is refused the same way, leaving nothing.
         (
             vec!["create", "--isolation", "vm", "--ro-bind", "/etc/hostname", name.as_str()],
             "binding a file (/etc/hostname)",
         ),
-        (vec!["run", "--isolation", "vm", "-t", "--", "/bin/true"], "-t"),
+        (vec!["run", "--isolation", "vm", "--rootfs", rootfs, "--writable-root", "--", "/bin/true"], "--writable-root"),
     ] {
         let o = airlock_cmd(&args).stdin(Stdio::null()).output().unwrap();
         assert_eq!(code(&o), 125, "{args:?}: {}", stderr(&o));

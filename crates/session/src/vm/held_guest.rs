@@ -190,6 +190,11 @@ impl Exec<'_> {
         };
         let pid = match forked {
             sys::process::Forked::Child => {
+                // The signals the host passes on (`HostMessage::Signal`, a cancel's SIGHUP) wait, blocked, for
+                // this process's wait loop (`runtime::supervisor::supervise`, whose signalfd takes the pending
+                // ones) to hand them to the command: one that comes while the exec is being set up neither kills
+                // this process nor is lost.
+                let _ = sys::signal::block(FORWARDED_SIGNALS);
                 // The agent's end of the terminal is the agent's: closed here.
                 drop((input_write, result_read, terminal.take()));
                 let code = self.child(policy, audit, control, input_read, result_write);

@@ -1,7 +1,7 @@
 //! `airlock exec` into an `--isolation vm` sandbox as into a namespace sandbox: signals to the client reach the
 //! command (its status 128+N when they kill it), `-t`'s terminal follows the client's size, a client that stops
 //! reading its output holds only its own command (the supervisor serves the next exec), and `run -t` gives a
-//! terminal in a one-shot guest. Real QEMU guests under TCG (`AIRLOCK_VM_ACCEL=tcg`); one create serves several
+//! terminal in a one-shot guest (resized with the caller's). Real QEMU guests under TCG (`AIRLOCK_VM_ACCEL=tcg`); one create serves several
 //! checks (a boot costs seconds).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -185,4 +185,11 @@ fn run_t_in_a_vm_gives_the_command_a_terminal_of_the_callers_size() {
     assert_eq!(lines.get(1), Some(&"40 100"), "not the caller's size: {shown}");
     assert!(lines.contains(&"got typed"), "{shown}");
     assert_eq!(lines.last(), Some(&"EXIT 4"), "{shown}");
+
+    // A resize of the caller's terminal reaches the command's, as for `exec -t`.
+    let script = "stty size; echo READY; while [ \"$(stty size)\" = '24 80' ]; do sleep 0.2; done; stty size; exit 3";
+    let args = ["run", "-t", "--isolation", "vm", "--", "sh", "-c", script];
+    let shown = on_pty(&driver, 24, 80, &["--resize", "50", "120"], &args);
+    let lines: Vec<&str> = shown.lines().map(str::trim).collect();
+    assert_eq!(lines, ["24 80", "READY", "50 120", "EXIT 3"], "{shown}");
 }

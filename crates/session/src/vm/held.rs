@@ -904,25 +904,30 @@ impl HeldVm {
     }
 }
 
-/// [`FORWARDED_SIGNALS`] blocked in this thread and read from `fd`, until dropped (the mask put back).
-struct BlockedSignals {
-    fd: OwnedFd,
+/// Signals blocked in this thread and read from `fd`, until dropped (the mask put back).
+pub(super) struct BlockedSignals {
+    pub(super) fd: OwnedFd,
     mask: sys::signal::SignalMask,
 }
 
 impl BlockedSignals {
+    /// [`FORWARDED_SIGNALS`], for `exec`.
     fn new() -> Result<BlockedSignals, HeldError> {
+        BlockedSignals::only(FORWARDED_SIGNALS).map_err(HeldError::ForwardSignals)
+    }
+
+    /// `signals` only: the others act as they did.
+    pub(super) fn only(signals: &[i32]) -> std::io::Result<BlockedSignals> {
         let mask = sys::signal::block_all();
-        // Only the forwarded ones stay blocked: the others act as they did.
         sys::signal::set_mask(&mask);
-        if let Err(e) = sys::signal::block(FORWARDED_SIGNALS) {
-            return Err(HeldError::ForwardSignals(io(e)));
+        if let Err(e) = sys::signal::block(signals) {
+            return Err(io(e));
         }
-        match sys::signal::signalfd(FORWARDED_SIGNALS) {
+        match sys::signal::signalfd(signals) {
             Ok(fd) => Ok(BlockedSignals { fd, mask }),
             Err(e) => {
                 sys::signal::set_mask(&mask);
-                Err(HeldError::ForwardSignals(io(e)))
+                Err(io(e))
             }
         }
     }

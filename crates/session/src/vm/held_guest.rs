@@ -401,7 +401,7 @@ impl Exec<'_> {
 /// terminal in the sandbox as it relays a caller's terminal on the host; so a resize is the agent's `TIOCSWINSZ`
 /// on the master and a SIGWINCH to that process, which copies the size over (`runtime::supervisor`). Returns
 /// (master, slave).
-fn agent_terminal(rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd), String> {
+pub(super) fn agent_terminal(rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd), String> {
     let ptmx = std::path::Path::new("/dev/pts/ptmx");
     if !ptmx.exists() {
         std::fs::create_dir_all("/dev/pts").map_err(|e| format!("cannot create /dev/pts: {e}"))?;

@@ -1,8 +1,8 @@
 //! `airlock exec` into an `--isolation vm` sandbox as into a namespace sandbox: signals to the client reach the
 //! command (its status 128+N when they kill it), `-t`'s terminal follows the client's size, a client that stops
 //! reading its output holds only its own command (the supervisor serves the next exec), and `run -t` gives a
-//! terminal in a one-shot guest (resized with the caller's). Real QEMU guests under TCG (`AIRLOCK_VM_ACCEL=tcg`); one create serves several
-//! checks (a boot costs seconds).
+//! terminal in a one-shot guest (resized with the caller's). Real QEMU guests under TCG (`AIRLOCK_VM_ACCEL=tcg`);
+//! one create serves several checks (a boot costs seconds).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

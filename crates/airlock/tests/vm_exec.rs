@@ -139,6 +139,22 @@ fn exec_into_a_vm_forwards_signals_resizes_and_survives_a_stuck_client() {
     let out = vm(&["exec", &name, "--", "head", "-c", "5000000", "/dev/zero"], b"");
     assert_eq!((code(&out), out.stdout.len()), (0, 5_000_000), "{}", stderr(&out));
 
+    // A client that reads late: the command has ended by then, its output waits for the client, whole.
+    let mut late = airlock_cmd(&["exec", &name, "--", "sh", "-c", "head -c 500000 /dev/zero; echo done >&2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    BufReader::new(late.stderr.take().unwrap()).read_line(&mut said).unwrap();
+    assert_eq!(said.trim(), "done");
+    std::thread::sleep(Duration::from_secs(2));
+    let mut got = Vec::new();
+    late.stdout.take().unwrap().read_to_end(&mut got).unwrap();
+    let status = wait_for(&mut late, 60).expect("the late reader's exec did not end");
+    assert_eq!((status.code(), got.len()), (Some(0), 500_000));
+
     // A client that never reads its large output, then killed (its output pipe still open, unread): the
     // supervisor is not stuck writing to it; its command ends and the next exec runs (before: the supervisor
     // blocked in that write for good).

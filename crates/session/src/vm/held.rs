@@ -52,8 +52,6 @@ const MAX_CLIENT_BUFFER: usize = 1 << 20;
 /// Most bytes written to a client's descriptor in one go once poll says it is writable: a pipe that has room
 /// takes this much without blocking (its descriptor is the client's, blocking, and stays so: not ours to change).
 const CLIENT_WRITE_CHUNK: usize = 4096;
-/// How long an ended command's output may take to reach a client before the outcome is sent without the rest.
-const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest line a client sends after its request (a [`ClientMessage`]).
 const MAX_CLIENT_LINE: usize = 256;
 /// Signals `airlock exec` passes on to its command, as the namespace backend's exec does (`runtime::supervisor`).
@@ -273,8 +271,9 @@ struct Session {
     gone: bool,
     /// What the client sent after its request, not yet a whole line.
     client_line: Vec<u8>,
-    /// The command's outcome, held (from when) until its output has reached the client.
-    outcome: Option<(GuestMessage, Instant)>,
+    /// The command's outcome, held until its output has reached the client (which reads it at its pace, as from
+    /// a pipe: nothing is dropped while it is there), or the client has gone.
+    outcome: Option<GuestMessage>,
 }
 
 /// One of a client's output descriptors and what the supervisor holds for it. The descriptor is the client's
@@ -360,11 +359,9 @@ impl Session {
         }
     }
 
-    /// The outcome can go: the output has reached the client, or cannot, or took too long.
+    /// The outcome can go: the output has reached the client, or cannot (its reader or the client is gone).
     fn finished(&self) -> bool {
-        self.outcome.as_ref().is_some_and(|(_, at)| {
-            self.gone || (!self.output.wants_write() && !self.errors.wants_write()) || at.elapsed() > FINISH_TIMEOUT
-        })
+        self.outcome.is_some() && (self.gone || (!self.output.wants_write() && !self.errors.wants_write()))
     }
 
     fn reply(&mut self, message: &GuestMessage) {
@@ -559,7 +556,7 @@ impl Held {
             }
             if self.session.as_ref().is_some_and(Session::finished) {
                 if let Some((mut session, outcome)) =
-                    self.session.take().and_then(|mut s| s.outcome.take().map(|(o, _)| (s, o)))
+                    self.session.take().and_then(|mut s| s.outcome.take().map(|o| (s, o)))
                 {
                     session.reply(&outcome);
                 }
@@ -629,7 +626,7 @@ impl Held {
                             qemu::drain(&mut self.channels.stderr, &mut session.errors, &mut self.buf);
                         }
                         session.input = None;
-                        session.outcome = Some((outcome, Instant::now()));
+                        session.outcome = Some(outcome);
                     }
                 }
             }

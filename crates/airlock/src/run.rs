@@ -132,11 +132,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
 
 /// `[security] isolation` / `--isolation`: whether the sandbox runs in a VM of its own.
 pub fn vm_isolation(merged: &Profile) -> Result<bool> {
-    match merged.security.isolation.as_deref() {
-        None | Some("namespaces") => Ok(false),
-        Some("vm") => Ok(true),
-        Some(other) => bail!("--isolation {other:?} ([security] isolation): expected namespaces or vm"),
-    }
+    Ok(merged.isolation().map_err(|e| anyhow::anyhow!("{e}"))? == policy::sandbox::Isolation::Vm)
 }
 
 /// `--json` of `run` and `exec`: one JSON object on stdout once the command has ended. `signal` is N when the

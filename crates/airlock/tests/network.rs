@@ -9,12 +9,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/hosts.rs"]
+mod hosts;
 
+use hosts::HostNames;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, Once};
 
 use common::*;
 
@@ -24,48 +26,6 @@ const CLIENT: &str = include_str!("common/net_client.py");
 const CLIENT_INSIDE: &str = "/opt/net_client.py";
 /// Marks the lines the tests add to /etc/hosts.
 const HOSTS_MARK: &str = "# airlock-network-test";
-
-/// One test binary, several threads: edits of /etc/hosts take turns.
-static HOSTS_LOCK: Mutex<()> = Mutex::new(());
-
-/// Names pointing at 127.0.0.1 in the host's /etc/hosts for as long as this lives.
-struct HostNames(Vec<String>);
-
-impl HostNames {
-    fn add(names: &[&str]) -> HostNames {
-        static CLEAN: Once = Once::new();
-        let _turn = HOSTS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        // Lines left by a test run that was killed go first.
-        CLEAN.call_once(|| edit_hosts(|line| !line.contains(HOSTS_MARK)));
-        let mut text = std::fs::read_to_string("/etc/hosts").unwrap();
-        if !text.is_empty() && !text.ends_with('\n') {
-            text.push('\n');
-        }
-        for name in names {
-            text.push_str(&format!("127.0.0.1 {name} {HOSTS_MARK}\n"));
-        }
-        std::fs::write("/etc/hosts", text).unwrap();
-        HostNames(names.iter().map(|n| n.to_string()).collect())
-    }
-}
-
-impl Drop for HostNames {
-    fn drop(&mut self) {
-        let _turn = HOSTS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        edit_hosts(|line| {
-            !(line.contains(HOSTS_MARK) && self.0.iter().any(|n| line.split_whitespace().nth(1) == Some(n)))
-        });
-    }
-}
-
-/// Keeps the lines of /etc/hosts for which `keep` is true (written in place: /etc/hosts may be a bind mount).
-fn edit_hosts(keep: impl Fn(&str) -> bool) {
-    let text = std::fs::read_to_string("/etc/hosts").unwrap();
-    let kept: String = text.lines().filter(|l| keep(l)).map(|l| format!("{l}\n")).collect();
-    if kept != text {
-        std::fs::write("/etc/hosts", kept).unwrap();
-    }
-}
 
 /// The loopback servers of one test.
 struct Servers {
@@ -207,7 +167,7 @@ fn assert_no_gateway_left(marker: &str) {
 fn allowed_name_is_reached_by_curl_python_tls_and_the_proxy() {
     require_network_tools!();
     let name = "allowed-reach.test";
-    let _hosts = HostNames::add(&[name]);
+    let _hosts = HostNames::add(HOSTS_MARK, &[name]);
     let dir = test_dir("net-reach");
     let servers = Servers::start(&dir);
     let (http, tls) = (servers.http, servers.tls);
@@ -260,7 +220,7 @@ fn everything_not_allowed_fails_and_never_reaches_the_host() {
     require_network_tools!();
     let (allowed, denied, wild) = ("allowed-deny.test", "denied-deny.test", "wild-deny.test");
     let wild_sub = "a.wild-deny.test";
-    let _hosts = HostNames::add(&[allowed, denied, wild, wild_sub]);
+    let _hosts = HostNames::add(HOSTS_MARK, &[allowed, denied, wild, wild_sub]);
     let dir = test_dir("net-deny");
     let servers = Servers::start(&dir);
     let (http, other, tls, udp) = (servers.http, servers.other, servers.tls, servers.udp);
@@ -354,7 +314,7 @@ fn everything_not_allowed_fails_and_never_reaches_the_host() {
 fn hostile_packets_leave_the_gateway_serving() {
     require_network_tools!();
     let name = "allowed-fuzz.test";
-    let _hosts = HostNames::add(&[name]);
+    let _hosts = HostNames::add(HOSTS_MARK, &[name]);
     let dir = test_dir("net-fuzz");
     let servers = Servers::start(&dir);
     let http = servers.http;
@@ -375,7 +335,7 @@ fn rootless_sandbox_gets_the_same_network() {
     require_network_tools!();
     require_test_user!();
     let (allowed, denied) = ("allowed-rootless.test", "denied-rootless.test");
-    let _hosts = HostNames::add(&[allowed, denied]);
+    let _hosts = HostNames::add(HOSTS_MARK, &[allowed, denied]);
     let dir = test_dir("net-rootless");
     dir.chown_to_test_user();
     let servers = Servers::start(&dir);
@@ -398,7 +358,7 @@ fn rootless_sandbox_gets_the_same_network() {
 fn long_lived_sandbox_keeps_its_gateway_for_exec() {
     require_network_tools!();
     let name = "allowed-longlived.test";
-    let _hosts = HostNames::add(&[name]);
+    let _hosts = HostNames::add(HOSTS_MARK, &[name]);
     let dir = test_dir("net-longlived");
     let servers = Servers::start(&dir);
     let http = servers.http;
@@ -449,7 +409,7 @@ fn long_lived_sandbox_keeps_its_gateway_for_exec() {
 fn a_connection_open_when_the_sandbox_ends_is_recorded_with_its_bytes() {
     require_network_tools!();
     let name = "allowed-open-at-end.test";
-    let _hosts = HostNames::add(&[name]);
+    let _hosts = HostNames::add(HOSTS_MARK, &[name]);
     let dir = test_dir("net-open-at-end");
     let servers = Servers::start(&dir);
     let hold = servers.hold;
@@ -478,7 +438,7 @@ fn a_connection_open_when_the_sandbox_ends_is_recorded_with_its_bytes() {
 fn sandbox_sees_its_own_name_files_and_proxy_variables() {
     require_network_tools!();
     let name = "allowed-files.test";
-    let _hosts = HostNames::add(&[name]);
+    let _hosts = HostNames::add(HOSTS_MARK, &[name]);
     let dir = test_dir("net-files");
     let mut args = net_args(&dir, &[name.to_string()]);
     args.extend(["--env", "NO_PROXY=mine", "--", "/bin/sh", "-c"].map(String::from));
@@ -510,7 +470,7 @@ fn sandbox_sees_its_own_name_files_and_proxy_variables() {
 fn a_refusal_tells_the_client_why() {
     require_network_tools!();
     let (allowed, denied) = ("allowed-why.test", "denied-why.test");
-    let _hosts = HostNames::add(&[allowed, denied]);
+    let _hosts = HostNames::add(HOSTS_MARK, &[allowed, denied]);
     let dir = test_dir("net-why");
     let servers = Servers::start(&dir);
     let (http, tls) = (servers.http, servers.tls);
@@ -605,7 +565,7 @@ fn an_audit_file_that_cannot_be_opened_stops_the_run() {
 fn ctrl_c_at_the_terminal_is_for_the_command_not_the_gateway() {
     require_network_tools!();
     let name = "allowed-sigint.test";
-    let _hosts = HostNames::add(&[name]);
+    let _hosts = HostNames::add(HOSTS_MARK, &[name]);
     let dir = test_dir("net-sigint");
     let servers = Servers::start(&dir);
     let http = servers.http;
@@ -644,7 +604,7 @@ fn ctrl_c_at_the_terminal_is_for_the_command_not_the_gateway() {
 fn learn_mode_suggests_the_domain_the_gateway_refused() {
     require_network_tools!();
     let (allowed, denied) = ("allowed-learn.test", "denied-learn.test");
-    let _hosts = HostNames::add(&[allowed, denied]);
+    let _hosts = HostNames::add(HOSTS_MARK, &[allowed, denied]);
     let dir = test_dir("net-learn");
     let servers = Servers::start(&dir);
     let http = servers.http.to_string();

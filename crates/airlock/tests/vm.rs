@@ -102,6 +102,7 @@ fn a_cow_workspace_written_in_the_guest_is_diffed_committed_and_discarded_on_the
     require_vm!();
     let ws = TempDir::new("ws");
     std::fs::write(ws.path().join("a"), "orig\n").unwrap();
+    vm_support::user_owned(ws.path());
     let name = format!("vm-ws-{}", std::process::id());
     let ws_path = ws.path().to_string_lossy().into_owned();
     let o = vm(
@@ -133,8 +134,8 @@ fn a_cow_workspace_written_in_the_guest_is_diffed_committed_and_discarded_on_the
     assert_eq!(code(&commit), 0, "{}", stderr(&commit));
     assert_eq!(std::fs::read_to_string(ws.path().join("a")).unwrap(), "changed\n");
     assert_eq!(std::fs::read_to_string(ws.path().join("b")).unwrap(), "new\n");
-    // Root's files stay root's (the workspace's owner), as with the namespace backend.
-    assert_eq!(std::fs::metadata(ws.path().join("b")).unwrap().uid(), 0);
+    // What root inside wrote is the workspace's owner's, as with the namespace backend.
+    assert_eq!(std::fs::metadata(ws.path().join("b")).unwrap().uid(), 4242);
 
     // Again, resumed, and the change discarded.
     let o = vm(
@@ -196,15 +197,16 @@ fn kvm_on_a_pvm_host_and_a_missing_kernel_fail_closed() {
 fn what_this_slice_does_not_run_in_a_vm_is_refused() {
     require_vm!();
     let name = format!("vm-create-{}", std::process::id());
-    let rootfs = common::TempDir::new("vm-refused-rootfs");
-    let rootfs = rootfs.path().to_str().unwrap();
     for (args, what) in [
         // `create` runs (tests/vm_create.rs); what it cannot hold yet is refused the same way, leaving nothing.
         (
             vec!["create", "--isolation", "vm", "--ro-bind", "/etc/hostname", name.as_str()],
             "binding a file (/etc/hostname)",
         ),
-        (vec!["run", "--isolation", "vm", "--rootfs", rootfs, "--writable-root", "--", "/bin/true"], "--writable-root"),
+        (
+            vec!["run", "--isolation", "vm", "--bind", "/etc/hostname", "--", "/bin/true"],
+            "binding a file (/etc/hostname)",
+        ),
     ] {
         let o = airlock_cmd(&args).stdin(Stdio::null()).output().unwrap();
         assert_eq!(code(&o), 125, "{args:?}: {}", stderr(&o));
@@ -214,6 +216,8 @@ fn what_this_slice_does_not_run_in_a_vm_is_refused() {
     assert!(!state_dir().join("sandboxes").join(&name).exists());
     let o = airlock_cmd(&["run", "--isolation", "vms", "--", "/bin/true"]).output().unwrap();
     assert_eq!(code(&o), 125, "{}", stderr(&o));
+    let want = "airlock: security.isolation (--isolation): unknown value \"vms\": expected namespaces or vm";
+    assert_eq!(stderr(&o).trim_end(), want);
 }
 
 /// Starts `airlock ARGS` (a command that prints a line, then waits), reads that first line, and finds its QEMU:
@@ -324,6 +328,7 @@ fn roots_qemu_keeps_only_the_share_capabilities_and_sets_no_set_id_bit() {
     // engine inside could leave a device node, file capabilities or a set-user-ID-root program in a shared
     // directory. It keeps CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH and FOWNER only, no_new_privs, a seccomp filter.
     let ws = TempDir::new("setid-ws");
+    vm_support::user_owned(ws.path());
     let ws_path = ws.path().to_string_lossy().into_owned();
     let (mut child, line, qemu) = start_in_vm(&[
         "run",

@@ -8,27 +8,8 @@ mod daemon_client;
 mod vm_support;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-fn is_qemu(pid: i32) -> bool {
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // A zombie waiting for its reaper is gone as far as the guest goes.
-    let zombie = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'));
-    comm.starts_with("qemu-system") && !zombie
-}
-
-/// Waits (a QEMU with its guest's memory takes a moment to go) until `pid` is no QEMU; false if it stays.
-fn qemu_gone(pid: i32) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while is_qemu(pid) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    true
-}
+use vm_support::{is_qemu, qemu_gone};
 
 fn host_kernel() -> String {
     let out = Command::new("uname").arg("-r").output().unwrap();

@@ -7,12 +7,12 @@ mod common;
 mod daemon_client;
 mod vm_support;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{airlock_path, code, stderr, stdout};
+use common::{code, stderr, stdout};
+use vm_support::{is_qemu, qemu_gone};
 
 /// These tests' state directory: one for every run (the initramfs cache in it is built once), apart from
 /// tests/vm.rs's, which counts the QEMUs of its own. Sandbox names carry the pid.
@@ -21,17 +21,12 @@ fn state_dir() -> PathBuf {
 }
 
 fn airlock_cmd(args: &[&str]) -> Command {
-    let mut cmd = Command::new(airlock_path());
-    cmd.args(args).env("AIRLOCK_STATE_DIR", state_dir()).env("AIRLOCK_VM_ACCEL", "tcg").env_remove("AIRLOCK_VM_KERNEL");
-    cmd
+    vm_support::airlock_cmd_in(&state_dir(), args)
 }
 
 /// `airlock ARGS` with `input` on its standard input.
 fn vm(args: &[&str], input: &[u8]) -> Output {
-    let mut child =
-        airlock_cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    child.wait_with_output().unwrap()
+    vm_support::output_with_input(airlock_cmd(args), input)
 }
 
 fn sandbox_dir(name: &str) -> PathBuf {
@@ -43,26 +38,6 @@ fn recorded_pids(name: &str) -> (i32, i32) {
     let text = std::fs::read_to_string(sandbox_dir(name).join("sandbox.json")).unwrap();
     let record: serde_json::Value = serde_json::from_str(&text).unwrap();
     (record["supervisor_pid"].as_i64().unwrap() as i32, record["init_pid"].as_i64().unwrap() as i32)
-}
-
-fn is_qemu(pid: i32) -> bool {
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // A zombie waiting for its reaper is gone as far as the guest goes.
-    let zombie = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'));
-    comm.starts_with("qemu-system") && !zombie
-}
-
-/// Waits (a QEMU with its guest's memory takes a moment to go) until `pid` is no QEMU; false if it stays.
-fn qemu_gone(pid: i32) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while is_qemu(pid) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    true
 }
 
 /// Removes the sandbox whatever a failed assertion left.
@@ -90,6 +65,7 @@ fn create_then_exec_keeps_the_guest_and_stop_leaves_nothing() {
     let name = format!("vmc-life-{}", std::process::id());
     let workspace = common::TempDir::new("vmc-workspace");
     std::fs::write(workspace.path().join("before"), "host\n").unwrap();
+    vm_support::user_owned(workspace.path());
     let _cleanup = create(&name, &["--workspace", workspace.str()]);
     let (_, qemu) = recorded_pids(&name);
     assert!(is_qemu(qemu), "the sandbox's init is its QEMU");

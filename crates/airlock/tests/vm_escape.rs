@@ -74,6 +74,7 @@ fn a_guest_root_reaches_nothing_of_the_host() {
     let secret = TempDir::new("vm-escape-secret");
     std::fs::write(secret.path().join("key"), &mark).unwrap();
     let ws = TempDir::new("vm-escape-ws");
+    vm_support::user_owned(ws.path());
     let devs = TempDir::new("vm-escape-devs");
     for (name, kind, dev) in [("disk", "b", ["254", "0"]), ("mem", "c", ["1", "1"])] {
         let path = devs.path().join(name);
@@ -104,6 +105,7 @@ done
 mknod /tmp/disk b 254 0 2>/dev/null; echo "mknod=$?"
 head -c 16 /ro/disk >/dev/null 2>&1; echo "share_disk=$?"
 head -c 16 /ro/mem >/dev/null 2>&1; echo "share_mem=$?"
+cat /etc/shadow >/dev/null 2>&1; echo "shadow=$?"
 touch /usr/{mark} 2>/dev/null; echo "write_usr=$?"
 touch /etc/{mark} 2>/dev/null; echo "write_etc=$?"
 touch /{mark} 2>/dev/null; echo "write_root=$?"
@@ -180,6 +182,8 @@ echo done=1"#,
         assert_ne!(field(&out, key), Some("0"), "{key}\n{d}");
     }
     // Writes: only the workspace, and it lands on the host.
+    // The host's root-only files in the shared system directories: root inside is not their owner.
+    assert_ne!(field(&out, "shadow"), Some("0"), "the host's /etc/shadow is readable\n{d}");
     for key in ["write_usr", "write_etc", "write_root"] {
         assert_ne!(field(&out, key), Some("0"), "{key}\n{d}");
     }
@@ -214,6 +218,7 @@ echo done=1"#,
 fn a_guest_whose_vmm_dies_leaves_no_process_socket_mount_or_cgroup() {
     require_vm!();
     let ws = TempDir::new("vm-escape-kill");
+    vm_support::user_owned(ws.path());
     let ws_path = ws.path().to_string_lossy().into_owned();
     let name = format!("vm-escape-kill-{}", std::process::id());
     let (mut run, line) = Running::start(&[
@@ -266,6 +271,38 @@ fn a_guest_whose_vmm_dies_leaves_no_process_socket_mount_or_cgroup() {
     let running = stdout(&ls).lines().any(|l| l.contains(&name) && l.contains("running"));
     assert!(!running, "{}", stdout(&ls));
     let _ = vm_support::airlock_cmd(&["rm", &name]).output();
+}
+
+#[test]
+fn a_root_owned_workspace_makes_root_inside_no_owner_of_the_hosts_files() {
+    require_vm!();
+    // With `--rootfs host` the guest sees the host's system directories over 9p with their owners: were root
+    // inside mapped to guest root (to write a root-owned workspace as root), it would own `/etc/shadow` there.
+    // It is not: the workspace gets the notice a host that cannot idmap it gives, and stays unwritable.
+    let ws = TempDir::new("vm-escape-root-ws");
+    let ws_path = ws.path().to_string_lossy().into_owned();
+    let o = vm_support::vm(
+        &[
+            "run",
+            "--isolation",
+            "vm",
+            "--workspace",
+            &ws_path,
+            "--workspace-mode",
+            "rw",
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat /etc/shadow >/dev/null 2>&1; echo shadow=$?; touch w 2>/dev/null; echo write=$?",
+        ],
+        b"",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_ne!(field(&out, "shadow"), Some("0"), "the host's /etc/shadow is readable: {out}");
+    assert_ne!(field(&out, "write"), Some("0"), "{out}");
+    assert!(!ws.path().join("w").exists());
+    assert!(stderr(&o).contains("is owned by host root and root inside is not root outside"), "{}", stderr(&o));
 }
 
 /// The inodes of the unix sockets process `pid` holds.

@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/hosts.rs"]
+mod hosts;
 mod vm_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -17,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{airlock_path, code, stderr, stdout, TempDir};
+use hosts::HostNames;
 
 /// Marks the lines these tests add to the host's /etc/hosts (tests/network.rs has its own mark).
 const HOSTS_MARK: &str = "# airlock-vm-net-test";
@@ -59,40 +62,6 @@ fn airlock_cmd(args: &[&str], marker: &str) -> Command {
 
 fn vm(args: &[&str], marker: &str) -> Output {
     airlock_cmd(args, marker).stdin(Stdio::null()).output().unwrap()
-}
-
-/// Names pointing at 127.0.0.1 in the host's /etc/hosts for as long as this lives.
-struct HostNames(Vec<String>);
-
-/// The tests of this file run in parallel threads: their edits of /etc/hosts take turns.
-static HOSTS_EDIT: Mutex<()> = Mutex::new(());
-
-impl HostNames {
-    fn add(names: &[&str]) -> HostNames {
-        let _turn = HOSTS_EDIT.lock().unwrap_or_else(|e| e.into_inner());
-        let mut text = std::fs::read_to_string("/etc/hosts").unwrap();
-        if !text.is_empty() && !text.ends_with('\n') {
-            text.push('\n');
-        }
-        for name in names {
-            text.push_str(&format!("127.0.0.1 {name} {HOSTS_MARK}\n"));
-        }
-        // In place: /etc/hosts may be a bind mount.
-        std::fs::write("/etc/hosts", text).unwrap();
-        HostNames(names.iter().map(|n| n.to_string()).collect())
-    }
-}
-
-impl Drop for HostNames {
-    fn drop(&mut self) {
-        let _turn = HOSTS_EDIT.lock().unwrap_or_else(|e| e.into_inner());
-        let text = std::fs::read_to_string("/etc/hosts").unwrap();
-        let ours = |l: &str| l.contains(HOSTS_MARK) && self.0.iter().any(|n| l.split_whitespace().nth(1) == Some(n));
-        let kept: String = text.lines().filter(|l| !ours(l)).map(|l| format!("{l}\n")).collect();
-        if kept != text {
-            std::fs::write("/etc/hosts", kept).unwrap();
-        }
-    }
 }
 
 /// An HTTP server on the host's loopback: answers `hello from vm-net PATH` and keeps each request line.
@@ -205,7 +174,7 @@ fn an_allowed_destination_is_reached_from_the_guest_and_refused_ones_are_not() {
     let pid = std::process::id();
     let (allowed, denied) = (format!("allowed-vmnet-{pid}.test"), format!("denied-vmnet-{pid}.test"));
     // Both names lead to the host's loopback: only the gateway's allow-list keeps the guest from the second.
-    let _hosts = HostNames::add(&[&allowed, &denied]);
+    let _hosts = HostNames::add(HOSTS_MARK, &[&allowed, &denied]);
     let server = HttpServer::start();
     let (other_port, other_connections) = counting_listener();
     let port = server.port;
@@ -284,7 +253,7 @@ fn a_created_vm_reaches_an_allowed_destination_from_each_exec() {
     require_vm_and_curl!();
     let pid = std::process::id();
     let allowed = format!("held-vmnet-{pid}.test");
-    let _hosts = HostNames::add(&[&allowed]);
+    let _hosts = HostNames::add(HOSTS_MARK, &[&allowed]);
     let server = HttpServer::start();
     let (other_port, other_connections) = counting_listener();
     let port = server.port;
@@ -351,7 +320,7 @@ fn a_users_vm_reaches_an_allowed_destination_through_the_gateway() {
         skip_or_fail!("cannot create the test user");
     };
     let name = format!("user-vmnet-{}.test", std::process::id());
-    let _hosts = HostNames::add(&[&name]);
+    let _hosts = HostNames::add(HOSTS_MARK, &[&name]);
     let server = HttpServer::start();
     let dir = TempDir::new("vm-net-user");
     std::os::unix::fs::chown(dir.path(), Some(common::test_user_uid()), None).unwrap();

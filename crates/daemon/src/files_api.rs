@@ -1,7 +1,8 @@
 //! `GET`, `PUT` and `DELETE /v1/sandboxes/{name}/files?path=P`: files inside a running sandbox, by
 //! `airlock __files` (see that command's module in the binary: it enters the sandbox's user and mount
 //! namespaces with its command's ids, no capabilities and its Landlock ruleset, so a path resolves inside the
-//! sandbox's own root, never through a symlink to the host, and with the sandbox user's rights only).
+//! sandbox's own root, never through a symlink to the host, and with the sandbox user's rights only; for a VM
+//! sandbox it asks the guest's agent, which does the same inside the guest).
 //!
 //! A file's bytes stream out as the child reads them (no size limit on reading); a `PUT` takes at most the
 //! daemon's body limit. Each operation holds the sandbox's shared lock, as an exec does: a commit or rollback

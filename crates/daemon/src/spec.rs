@@ -109,8 +109,8 @@ impl SandboxSpec {
             plain("profile", profile)?;
         }
         if let Some(isolation) = &self.isolation {
-            if !matches!(isolation.as_str(), "namespaces" | "vm") {
-                return Err(bad("isolation", "expected namespaces or vm"));
+            if policy::sandbox::Isolation::from_name(isolation).is_none() {
+                return Err(bad("isolation", format!("expected {}", policy::sandbox::Isolation::EXPECTED)));
             }
         }
         if let Some(image) = &self.image {

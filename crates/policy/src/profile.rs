@@ -52,8 +52,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::{self, NameError, Quoted};
 use crate::sandbox::{
-    BindMount, Identity, Limits, Network, Requirement, RootCapabilities, Rootfs, SandboxPolicy, TmpfsMount, Workspace,
-    WorkspaceMode,
+    BindMount, Identity, Isolation, Limits, Network, Requirement, RootCapabilities, Rootfs, SandboxPolicy, TmpfsMount,
+    Workspace, WorkspaceMode,
 };
 use crate::units::{self, UnitError};
 
@@ -244,6 +244,7 @@ pub enum Field {
     LimitsEnforce,
     Landlock,
     RootCapabilities,
+    Isolation,
 }
 
 impl Field {
@@ -275,6 +276,7 @@ impl Field {
             Field::LimitsEnforce => "limits.enforce",
             Field::Landlock => "security.landlock",
             Field::RootCapabilities => "security.root_capabilities",
+            Field::Isolation => "security.isolation",
         }
     }
 
@@ -301,6 +303,7 @@ impl Field {
             Field::Cpus => "--cpus",
             Field::Disk => "--disk",
             Field::RootCapabilities => "--root-capabilities",
+            Field::Isolation => "--isolation",
             Field::Cwd | Field::Nofile | Field::Fsize | Field::LimitsEnforce | Field::Landlock => return None,
         })
     }
@@ -674,8 +677,23 @@ impl Profile {
         }
     }
 
+    /// `[security] isolation` (`--isolation`): namespaces unless the profile says otherwise.
+    pub fn isolation(&self) -> Result<Isolation, FieldError> {
+        match self.security.isolation.as_deref() {
+            None => Ok(Isolation::default()),
+            Some(name) => Isolation::from_name(name).ok_or_else(|| {
+                FieldError::new(
+                    Field::Isolation,
+                    ValueError::Choice { value: name.to_owned(), expected: Isolation::EXPECTED },
+                )
+            }),
+        }
+    }
+
     /// Interprets every setting, without anything from the invoker. The first error found is returned.
     fn check(&self) -> Result<Checked, FieldError> {
+        // Checked here so that `profile validate` refuses a bad value; the backend is the caller's to pick.
+        self.isolation()?;
         let filesystem = check_filesystem(&self.filesystem)?;
         let network = check_network(&self.network)?;
         let env_set = check_env(&self.env)?;
@@ -1850,6 +1868,16 @@ landlock = "best-effort"
     }
 
     #[test]
+    fn isolation_is_namespaces_by_default_takes_vm_and_nothing_else() {
+        assert_eq!(parse("").unwrap().isolation().unwrap(), Isolation::Namespaces);
+        let vm = parse("[security]\nisolation = \"vm\"\n").unwrap();
+        assert_eq!(vm.isolation().unwrap(), Isolation::Vm);
+        let bad = parse("[security]\nisolation = \"kvm\"\n").unwrap_err();
+        assert!(bad.to_string().contains("unknown value \"kvm\": expected namespaces or vm"), "{bad}");
+        assert_eq!(location_of(&bad).field.as_deref(), Some("security.isolation"));
+    }
+
+    #[test]
     fn command_is_checked() {
         let resolve_command = |command: &[&str]| {
             resolve(&Profile::default(), command.iter().map(|s| s.to_string()).collect(), &invoker())
@@ -2260,6 +2288,7 @@ cpus = 4
             Field::LimitsEnforce,
             Field::Landlock,
             Field::RootCapabilities,
+            Field::Isolation,
         ] {
             let error = parse_error(&format!("{} = true", field.key()));
             assert!(error.to_string().contains("invalid type: boolean"), "{}: {error}", field.key());

@@ -149,6 +149,39 @@ impl RootCapabilities {
     }
 }
 
+/// Where a sandbox runs: `--isolation`, the profile's `[security] isolation`, the daemon's `isolation`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Namespaces, seccomp and Landlock on the host's kernel.
+    #[default]
+    Namespaces,
+    /// A QEMU VM of its own, with that same sandbox inside its kernel.
+    Vm,
+}
+
+impl Isolation {
+    /// The values, as an error message says what is expected.
+    pub const EXPECTED: &'static str = "namespaces or vm";
+
+    /// `namespaces` or `vm`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Namespaces => "namespaces",
+            Isolation::Vm => "vm",
+        }
+    }
+
+    /// The isolation a name stands for, if it is one of [`Isolation::EXPECTED`].
+    pub fn from_name(name: &str) -> Option<Isolation> {
+        match name {
+            "namespaces" => Some(Isolation::Namespaces),
+            "vm" => Some(Isolation::Vm),
+            _ => None,
+        }
+    }
+}
+
 /// Whether a protection layer must be applied, or may be skipped (with a warning) when the kernel lacks it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Requirement {

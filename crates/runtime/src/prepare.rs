@@ -524,8 +524,24 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
     landlock_rules.push(LandlockRule { path: cstring("/dev/pts")?, access: ACCESS_DEVICE });
     landlock_rules.push(LandlockRule { path: cstring("/dev/shm")?, access: ACCESS_ALL });
 
-    let (ids, id_range) =
-        id_plan(host_root, policy.writable_root, (euid, egid), (uid, gid), &writable_owners, host, &mut enforcement)?;
+    let (ids, id_range) = if host.in_vm_guest && host_root && root_overlay.is_some() {
+        (guest_identity_ids((uid, gid)), None)
+    } else {
+        // In a guest, a share owned by root may be written as root (guest root, which the VM bounds) only when
+        // the host's system directories are not shared too: their root-only files (`/etc/shadow`) would be the
+        // sandbox's to read, as their owner, where on a host root inside is never their owner. With
+        // `--rootfs host`, a root-owned share gets what it gets on a host that cannot idmap it (the notice).
+        let guest_root_owner = host.in_vm_guest && !matches!(policy.rootfs, Rootfs::Host);
+        id_plan(
+            host_root,
+            policy.writable_root,
+            (euid, egid),
+            (uid, gid),
+            (&writable_owners, guest_root_owner),
+            host,
+            &mut enforcement,
+        )?
+    };
 
     match fs::symlink_metadata("/tmp") {
         Ok(m) if m.is_dir() => {}
@@ -621,7 +637,9 @@ fn root_overlay_plan(
         lower_displays: lowers.iter().map(|l| l.to_string()).collect(),
         layer: layer.map(|dir| path_cstring(dir)).transpose()?,
         layer_display: layer.map(|dir| dir.display().to_string()),
-        idmapped: host_root,
+        // In a VM guest the layers are 9p shares, which cannot be idmapped; the guest maps ids one to one
+        // instead (see `id_plan`).
+        idmapped: host_root && !host.in_vm_guest,
         writable: policy.writable_root,
         scratch_size,
     }))
@@ -700,13 +718,14 @@ fn record_enforced(report: &mut EnforcementReport, policy: &SandboxPolicy, plan:
 /// dedicated 65536-id range (never host id 0) — except that, when the policy shares a writable directory owned by
 /// an ordinary user, the sandbox's identity maps to that owner, so it can write there and what it writes belongs
 /// to the owner (as if that user had run airlock rootless). A share owned by host root gets no such mapping:
-/// root inside is not root outside.
+/// root inside is not root outside — except in a VM guest where `guest_root_owner` says guest root may be its
+/// owner (see the caller).
 fn id_plan(
     host_root: bool,
     multi_user_root: bool,
     (euid, egid): (u32, u32),
     (uid, gid): (u32, u32),
-    writable_owners: &[(String, u32, u32)],
+    (writable_owners, guest_root_owner): (&[(String, u32, u32)], bool),
     host: &HostContext,
     enforcement: &mut EnforcementReport,
 ) -> Result<(IdPlan, Option<HostIdRange>), PrepareError> {
@@ -767,7 +786,7 @@ fn id_plan(
     }
     let mut owner: Option<(&str, u32, u32)> = None;
     for (path, owner_uid, owner_gid) in writable_owners {
-        if *owner_uid == 0 && !host.in_vm_guest {
+        if *owner_uid == 0 && !guest_root_owner {
             enforcement.notices.push(Notice::RootOwnedWritableShare { path: path.clone() });
             continue;
         }
@@ -788,7 +807,7 @@ fn id_plan(
             (Some(range), base)
         }
     };
-    let owner_gid = owner.map(|(_, _, g)| g).filter(|g| *g != 0 || host.in_vm_guest);
+    let owner_gid = owner.map(|(_, _, g)| g).filter(|g| *g != 0 || guest_root_owner);
     // Root inside is the owner when the identity is root and a writable share's owner maps to it.
     let owner_uid = owner.map(|(_, u, _)| u);
     let ids = IdPlan {
@@ -806,6 +825,29 @@ fn id_plan(
         map_tools: None,
     };
     Ok((ids, range))
+}
+
+/// In an `--isolation vm` guest, a root overlay (an image's layers, a writable root) keeps the ids its files
+/// have on disk: ids 0..65536 inside are the guest's own. On a host the layers are mounted idmapped into the
+/// sandbox's range instead, so that root inside is no host identity; in a guest the 9p shares cannot be idmapped,
+/// and the VM is that boundary (guest root is no host identity, and QEMU writes the host's files with the
+/// guest's ids as host root, or as its own user rootless). Everything else still applies: the user namespace,
+/// the capabilities the policy leaves root, no_new_privs, seccomp and Landlock.
+fn guest_identity_ids((uid, gid): (u32, u32)) -> IdPlan {
+    IdPlan {
+        host_root: true,
+        init_uid: 0,
+        init_gid: 0,
+        uid,
+        gid,
+        init_host_uid: 0,
+        init_host_gid: 0,
+        host_uid: uid,
+        host_gid: gid,
+        uid_map: userns::range_map(0, HOST_RANGE_SIZE, uid, None),
+        gid_map: userns::range_map(0, HOST_RANGE_SIZE, gid, None),
+        map_tools: None,
+    }
 }
 
 /// A limit above what the host has is a mistake (a missing suffix, a copied profile), not a request for "no

@@ -12,6 +12,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod files;
 pub mod gateway;
 pub mod handle;
 pub mod launch;

@@ -48,15 +48,24 @@ macro_rules! require_vm {
 
 /// `airlock ARGS` for a TCG guest with the tests' state directory.
 pub fn airlock_cmd(args: &[&str]) -> Command {
+    airlock_cmd_in(&state_dir(), args)
+}
+
+/// `airlock ARGS` for a TCG guest with the state directory `state` (a test file that keeps its own).
+pub fn airlock_cmd_in(state: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(airlock_path());
-    cmd.args(args).env("AIRLOCK_STATE_DIR", state_dir()).env("AIRLOCK_VM_ACCEL", "tcg").env_remove("AIRLOCK_VM_KERNEL");
+    cmd.args(args).env("AIRLOCK_STATE_DIR", state).env("AIRLOCK_VM_ACCEL", "tcg").env_remove("AIRLOCK_VM_KERNEL");
     cmd
 }
 
 /// `airlock ARGS` with `input` on its standard input, to its end.
 pub fn vm(args: &[&str], input: &[u8]) -> Output {
-    let mut child =
-        airlock_cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    output_with_input(airlock_cmd(args), input)
+}
+
+/// Runs `cmd` with `input` on its standard input, to its end.
+pub fn output_with_input(mut cmd: Command, input: &[u8]) -> Output {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
 }
@@ -97,6 +106,24 @@ pub fn qemus_of(parent: u32) -> Vec<i32> {
 
 fn pids() -> impl Iterator<Item = i32> {
     std::fs::read_dir("/proc").unwrap().flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+}
+
+/// Whether `pid` is a QEMU (a zombie waiting for its reaper is gone as far as the guest goes).
+pub fn is_qemu(pid: i32) -> bool {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    comm.starts_with("qemu-system") && alive(pid)
+}
+
+/// Waits (a QEMU with its guest's memory takes a moment to go) until `pid` is no QEMU; false if it stays.
+pub fn qemu_gone(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while is_qemu(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
 }
 
 /// Whether process `pid` still exists (and is not a zombie).
@@ -148,4 +175,14 @@ pub fn cgroup_dirs(pid: i32) -> Vec<(String, PathBuf)> {
 /// The directory of `pid`'s cgroup that has `file` (`memory.limit_in_bytes`, `memory.max`, ...).
 pub fn cgroup_file(pid: i32, file: &str) -> Option<PathBuf> {
     cgroup_dirs(pid).into_iter().map(|(_, d)| d.join(file)).find(|f| f.exists())
+}
+
+/// Gives `dir` and what it holds (one level) to an ordinary user (uid and gid 4242): with `--rootfs host` in a VM,
+/// a workspace owned by root is not the sandbox's to write (its root is no owner of anything shared from the
+/// host, as on a host that cannot idmap the workspace); one owned by a user is written as that user.
+pub fn user_owned(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        std::os::unix::fs::lchown(entry.unwrap().path(), Some(4242), Some(4242)).unwrap();
+    }
+    std::os::unix::fs::chown(dir, Some(4242), Some(4242)).unwrap();
 }

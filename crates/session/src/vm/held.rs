@@ -77,6 +77,10 @@ pub enum HostMessage {
     Signal { session: u32, signo: i32 },
     /// `-t`: the client's terminal is now `rows` × `cols`; the command's terminal takes that size.
     Resize { session: u32, rows: u16, cols: u16 },
+    /// `airlock __files` (cp, the files API): do `request` in the held sandbox, in a process that enters it as its
+    /// user (as `__files` does on the host); its input comes in frames of `session`, its output on the stdout
+    /// port, its exit status as the outcome (`exited`).
+    Files { session: u32, policy: Box<SandboxPolicy>, request: crate::files::FileRequest },
 }
 
 /// What `airlock exec` sends the supervisor after its request, one a line, while its command runs.
@@ -97,6 +101,9 @@ pub struct ExecRequest {
     /// `-t`: rows and columns of the terminal to open in the sandbox.
     #[serde(default)]
     pub tty: Option<(u16, u16)>,
+    /// `airlock __files`: a file operation instead of `policy.command` (see [`HostMessage::Files`]).
+    #[serde(default)]
+    pub files: Option<crate::files::FileRequest>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -652,16 +659,26 @@ impl Held {
         };
         let id = self.next_session;
         self.next_session = self.next_session.wrapping_add(1).max(1);
-        let mut line = serde_json::to_vec(&HostMessage::Exec {
-            session: id,
-            policy: Box::new(request.policy),
-            audit: request.audit,
-            tty: request.tty,
-        })
-        .map_err(|e| QemuError::Channels(std::io::Error::other(e)))?;
+        let files = request.files.is_some();
+        let message = match request.files {
+            Some(files) => HostMessage::Files { session: id, policy: Box::new(request.policy), request: files },
+            None => HostMessage::Exec {
+                session: id,
+                policy: Box::new(request.policy),
+                audit: request.audit,
+                tty: request.tty,
+            },
+        };
+        let mut line = serde_json::to_vec(&message).map_err(|e| QemuError::Channels(std::io::Error::other(e)))?;
         line.push(b'\n');
         self.channels.ctl.write_all(&line).map_err(QemuError::Channels)?;
         self.session = Some(Session::new(id, conn, fds));
+        if files {
+            // A file operation's client times the guest from here (it may have waited its turn before).
+            if let Some(session) = self.session.as_mut() {
+                session.reply(&GuestMessage::Started);
+            }
+        }
         Ok(())
     }
 
@@ -772,7 +789,7 @@ fn read_request(conn: &mut UnixStream) -> Result<([OwnedFd; 3], ExecRequest), St
 }
 
 /// The guest's view of an exec's policy: a `cow` workspace is its merged view, exported read-write.
-fn guest_policy(policy: &SandboxPolicy) -> SandboxPolicy {
+pub(super) fn guest_policy(policy: &SandboxPolicy) -> SandboxPolicy {
     let mut policy = policy.clone();
     if let Some(w) = policy.workspace.as_mut().filter(|w| w.mode == WorkspaceMode::Cow) {
         w.mode = WorkspaceMode::Rw;
@@ -806,6 +823,7 @@ impl HeldVm {
             policy: guest_policy(policy),
             audit: audit.as_ref().map(|a| a.notify.into()),
             tty: tty.map(|w| (w.ws_row, w.ws_col)),
+            files: None,
         };
         // `-t`: the terminal in the guest does the line discipline; ours passes every key as it comes (restored
         // however this ends).

@@ -52,8 +52,23 @@ pub(super) fn serve(request: &GuestRequest, control: &mut std::fs::File) -> Resu
             Err(e) => return Err(format!("bad message from the host: {e}")),
         };
         if let HostMessage::Exec { session, policy, audit, tty } = message {
-            let exec = Exec { request, target: &target, session, tty, output: &output_port, errors: &error_port };
+            let exec =
+                Exec { request, target: &target, session, tty, output: &output_port, errors: &error_port, files: None };
             let outcome = exec.run(&policy, audit, control, &mut input_port, &mut lines);
+            send(control, &outcome).map_err(|e| format!("control port: {e}"))?;
+        } else if let HostMessage::Files { session, policy, request: files } = message {
+            // A file operation: run as a command is (its input, output and outcome the same way), by a child that
+            // enters the sandbox as its user instead of starting a command (`super::files::in_guest`).
+            let exec = Exec {
+                request,
+                target: &target,
+                session,
+                tty: None,
+                output: &output_port,
+                errors: &error_port,
+                files: Some(files),
+            };
+            let outcome = exec.run(&policy, None, control, &mut input_port, &mut lines);
             send(control, &outcome).map_err(|e| format!("control port: {e}"))?;
         }
     }
@@ -154,6 +169,8 @@ struct Exec<'a> {
     tty: Option<(u16, u16)>,
     output: &'a std::fs::File,
     errors: &'a std::fs::File,
+    /// A file operation, not `policy.command` (`HostMessage::Files`).
+    files: Option<crate::files::FileRequest>,
 }
 
 impl Exec<'_> {
@@ -237,6 +254,11 @@ impl Exec<'_> {
             }
         }
         drop(input);
+        if let Some(files) = &self.files {
+            let message = super::files::in_guest(policy, &host_context(self.request, false), self.target, files);
+            let _ = serde_json::to_vec(&message).map(|text| result.write_all(&text));
+            return 0;
+        }
         let mut host = host_context(self.request, false);
         host.tty =
             self.tty.map(|(rows, cols)| libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 });

@@ -15,6 +15,7 @@
 //! without the VM; `--net host` is refused for good (it would give the guest the host's network).
 
 pub mod cgroup;
+pub mod files;
 pub mod guest;
 pub mod held;
 mod held_guest;
@@ -24,6 +25,7 @@ pub mod net;
 pub mod protocol;
 pub mod qemu;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use policy::sandbox::{Network, Rootfs, SandboxPolicy, WorkspaceMode};
@@ -110,6 +112,12 @@ pub enum VmError {
     Held(#[from] held::HeldError),
     #[error("vm: cannot read {path}")]
     ReadHost {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vm: cannot give the copy-on-write layer's directory {path} to the workspace's owner")]
+    ChownLayer {
         path: String,
         #[source]
         source: std::io::Error,
@@ -203,11 +211,12 @@ fn refuse_unsupported(policy: &SandboxPolicy, host: &HostContext) -> Result<(), 
         Network::Allow(_) => {}
         Network::Host => return Err(VmError::NetHost),
     }
-    if policy.writable_root {
-        return unsupported("--writable-root");
-    }
-    if matches!(policy.rootfs, Rootfs::Layers(_)) {
-        return unsupported("--image");
+    // A writable root keeps its writes in the guest (a tmpfs of the guest's engine, bounded by `--disk` as on
+    // the host) for the VM's life: an anonymous run's, and a created sandbox's (which no later run resumes:
+    // `create` has no `--resume`). A run's kept root layer is on the host for `run --resume`, and the guest's
+    // overlay cannot have its upper directory there (9p cannot be one): refused.
+    if policy.writable_root && host.root_layer.is_some() && !host.hold {
+        return unsupported("a writable root kept for --resume (--writable-root or --image with a kept run)");
     }
     for bind in &policy.binds {
         if !std::path::Path::new(&bind.source).is_dir() {
@@ -260,7 +269,14 @@ fn guest_request(
             }
         }
         Rootfs::Dir(dir) => share(dir, true),
-        Rootfs::Layers(_) => return Err(VmError::Unsupported("--image".to_string())),
+        // An image: each unpacked layer exported read-only at its own path; the guest's engine stacks them
+        // into the root overlay exactly as on the host (a whiteout is a 0/0 device, which 9p shows the guest
+        // as it is).
+        Rootfs::Layers(layers) => {
+            for layer in layers {
+                share(layer, true);
+            }
+        }
     }
     let mut guest_policy = policy.clone();
     let mut overlay = None;
@@ -273,6 +289,18 @@ fn guest_request(
                 let layer = host.layer.as_ref().ok_or_else(|| {
                     VmError::Unsupported("a cow workspace without a kept layer (give --name)".to_string())
                 })?;
+                // As on a host (`runtime::sandbox`), the layer's directories belong to the workspace's owner, whom
+                // the guest's root maps to: the merged view's top directory is the upper's, and the guest's engine
+                // finds the owner there. A workspace owned by root keeps a root-owned layer (and gets the notice
+                // inside, as its root is no owner of anything shared from the host: see `runtime::prepare`).
+                if sys::process::effective_uid() == 0 {
+                    let owner = std::fs::metadata(&ws.path)
+                        .map_err(|source| VmError::ReadHost { path: ws.path.clone(), source })?;
+                    for dir in [&layer.upper, &layer.work] {
+                        std::os::unix::fs::chown(dir, Some(owner.uid()), Some(owner.gid()))
+                            .map_err(|source| VmError::ChownLayer { path: dir.display().to_string(), source })?;
+                    }
+                }
                 let mut lower = layer.frozen.clone();
                 lower.push(PathBuf::from(&ws.path));
                 overlay = Some(WorkspaceOverlay {

@@ -263,13 +263,6 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
 
     let overlay = match launch.workspace_overlay {
         Some(o) => {
-            if !as_root {
-                return Err(QemuError::Guest(
-                    "--isolation vm does not support a cow workspace without root yet (use --workspace-mode rw or \
-                     ro)"
-                    .to_string(),
-                ));
-            }
             let lower: Vec<String> = o.lower.iter().map(|p| p.to_string_lossy().into_owned()).collect();
             let options = format!(
                 "lowerdir={},upperdir={},workdir={},userxattr",
@@ -288,6 +281,15 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
     // Host root's QEMU gives up what a 9p passthrough share does not need (see RootGuard); a user's QEMU has
     // nothing to give up and stores the files as its own.
     let root_guard = if as_root { Some(RootGuard::new()?) } else { None };
+    // A user's QEMU with a `cow` workspace: a user namespace of its own, its ids mapped to themselves (written
+    // by the child itself, so made now: nothing may allocate after the fork).
+    let user_maps = match (&overlay, as_root) {
+        (Some(_), false) => {
+            let (uid, gid) = sys::process::effective_ids();
+            Some((format!("{uid} {uid} 1\n"), format!("{gid} {gid} 1\n")))
+        }
+        _ => None,
+    };
     let log_for_qemu = console.try_clone().map_err(QemuError::Channels)?;
     let mut command = Command::new(&program);
     command.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log_for_qemu));
@@ -305,6 +307,20 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
             super::cgroup::join_in_child(files).map_err(os_error)?;
         }
         if let Some((workspace, options)) = &overlay {
+            // Rootless: the user namespace first, which gives this process the right to mount in a mount
+            // namespace it then owns. Its ids map to themselves, not to 0: the execve below leaves QEMU no
+            // capability in it, so it is the user it was, in a mount namespace with one more mount.
+            if let Some((uid_map, gid_map)) = &user_maps {
+                sys::namespace::unshare(libc::CLONE_NEWUSER).map_err(os_error)?;
+                for (file, contents) in [
+                    (c"/proc/self/setgroups", "deny"),
+                    (c"/proc/self/uid_map", uid_map),
+                    (c"/proc/self/gid_map", gid_map),
+                ] {
+                    let fd = sys::fd::open(file, libc::O_WRONLY | libc::O_CLOEXEC).map_err(os_error)?;
+                    sys::fd::write(fd.as_raw_fd(), contents.as_bytes()).map_err(os_error)?;
+                }
+            }
             // QEMU's own mount namespace, private: the overlay is on no other mount table and goes with QEMU.
             sys::namespace::unshare(libc::CLONE_NEWNS).map_err(os_error)?;
             sys::mount::make_all_private().map_err(os_error)?;

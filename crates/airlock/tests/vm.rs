@@ -205,7 +205,10 @@ fn what_this_slice_does_not_run_in_a_vm_is_refused() {
             vec!["create", "--isolation", "vm", "--ro-bind", "/etc/hostname", name.as_str()],
             "binding a file (/etc/hostname)",
         ),
-        (vec!["run", "--isolation", "vm", "-t", "--", "/bin/true"], "-t"),
+        (
+            vec!["run", "--isolation", "vm", "--bind", "/etc/hostname", "--", "/bin/true"],
+            "binding a file (/etc/hostname)",
+        ),
     ] {
         let o = airlock_cmd(&args).stdin(Stdio::null()).output().unwrap();
         assert_eq!(code(&o), 125, "{args:?}: {}", stderr(&o));

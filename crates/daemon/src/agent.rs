@@ -157,6 +157,25 @@ async fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: [std::os::fd::Bor
     Some(())
 }
 
+/// How long a pooled sandbox's way in may take to be ready once `airlock create` is done.
+const POOL_READY_LIMIT: Duration = Duration::from_secs(5);
+
+/// Waits (at most [`POOL_READY_LIMIT`]) until a pooled sandbox runs a command the fast way: a VM sandbox
+/// (`--isolation vm`, whose supervisor listens on `vm_socket` before `airlock create` returns, and which has no
+/// exec agent) once that socket accepts; any other once its exec agent (`agent_socket`, which its supervisor
+/// starts) is published.
+pub async fn wait_ready_for_pool(agent_socket: &Path, vm_socket: &Path) {
+    let deadline = tokio::time::Instant::now() + POOL_READY_LIMIT;
+    if !vm_socket.exists() {
+        wait_published(agent_socket, POOL_READY_LIMIT).await;
+        return;
+    }
+    // A connection without a request is one the supervisor drops at once (it reads the three descriptors first).
+    while tokio::net::UnixStream::connect(vm_socket).await.is_err() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits (at most `limit`) for an agent's socket to be published.
 pub async fn wait_published(socket: &Path, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;

@@ -282,12 +282,15 @@ pub async fn create_sandbox(app: &Shared, spec: SandboxSpec, pool: Option<&str>)
     let done = app.engine.run(&record.spec.create_args(&name), None).await;
     match done {
         Ok(done) if done.ok() => {
-            // A pooled sandbox is ready once its exec agent (which its supervisor starts) is: what a client
-            // takes from a pool runs its first command the fast way. (A direct create answers at once; its
-            // first execs may go the long way.)
+            // A pooled sandbox is ready once it runs a command the fast way (`agent::wait_ready_for_pool`). (A
+            // direct create answers at once; its first execs may go the long way.)
             if pool.is_some() {
-                let socket = store::StateDir::at(app.engine.state_dir.clone()).sandbox(&name).agent_socket();
-                crate::agent::wait_published(&socket, Duration::from_secs(5)).await;
+                let dir = store::StateDir::at(app.engine.state_dir.clone()).sandbox(&name);
+                crate::agent::wait_ready_for_pool(
+                    &dir.agent_socket(),
+                    &dir.path().join(session::vm::held::SOCKET_NAME),
+                )
+                .await;
             }
             app.registry.created(&name);
             Ok(record)

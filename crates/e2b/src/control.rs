@@ -181,10 +181,12 @@ async fn create_from_pool(
     pool: &daemon::store::PoolRecord,
     seconds: u64,
 ) -> ControlResult<OwnedSandbox> {
-    if isolation_asked(req).is_some() {
+    // The pool's sandboxes are made already: an isolation asked for must be the one its spec gives them.
+    let pooled = pool.sandbox.isolation.as_deref().unwrap_or("namespaces");
+    if let Some(asked) = isolation_asked(req).filter(|asked| asked != pooled) {
         return Err(ControlError::bad_request(format!(
-            "template {}: a warm pool's sandboxes are made already: {ISOLATION_KEY} goes in the pool's spec \
-             (\"isolation\")",
+            "template {}: a warm pool's sandboxes are made already, with isolation {pooled}, not {asked}: \
+             {ISOLATION_KEY} goes in the pool's spec (\"isolation\")",
             pool.name
         )));
     }

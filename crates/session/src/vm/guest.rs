@@ -84,19 +84,29 @@ fn run(control: &mut Option<std::fs::File>) -> Result<GuestMessage, String> {
     }
     send(port, &GuestMessage::Started).map_err(|e| format!("control port: {e}"))?;
 
-    // The command's standard streams are the ports themselves: nothing copies them in the guest.
+    // The command's standard streams are the ports themselves: nothing copies them in the guest (but `-t`'s input,
+    // see `feed_terminal`).
     for (name, stream, write) in [
         (PORT_STDIN, sys::fd::StandardStream::Input, false),
         (PORT_STDOUT, sys::fd::StandardStream::Output, true),
         (PORT_STDERR, sys::fd::StandardStream::Error, true),
     ] {
+        if name == PORT_STDIN && request.tty.is_some() {
+            continue;
+        }
         let file = open_port(name, write)?;
         sys::fd::dup_onto_standard_stream(file.as_fd(), stream).map_err(|e| errno(name, e))?;
+    }
+    if let Some((rows, cols)) = request.tty {
+        let terminal = feed_terminal(rows, cols, port)?;
+        sys::fd::dup_onto_standard_stream(terminal.as_fd(), sys::fd::StandardStream::Input)
+            .map_err(|e| errno("-t: the agent's terminal", e))?;
     }
 
     let host = HostContext {
         lock_dir: PathBuf::from("/run/airlock/id-ranges"),
-        tty: None,
+        // `run -t`: the engine's terminal in the sandbox, relayed to the ports (its input the stdin port's).
+        tty: request.tty.map(|(rows, cols)| libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 }),
         name: request.name.clone(),
         layer: None,
         hold: false,
@@ -301,4 +311,78 @@ fn switch_root(request: &GuestRequest) -> Result<(), String> {
     // The engine's cgroup limits (--memory, --pids) are the guest's cgroups.
     let _ = mount_fs("cgroup2", "/sys/fs/cgroup", "cgroup2", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None);
     Ok(())
+}
+
+/// `run -t`: the command's input comes through a terminal of the agent's (`held_guest::agent_terminal`, raw),
+/// fed from the stdin port by a child of this process, which also takes the host's resizes from the control
+/// port: the new size on that terminal, and a SIGWINCH to this process (PID 1), whose wait loop
+/// (`runtime::supervisor`, its input that terminal) copies the size to the command's terminal, as for
+/// `exec -t`. Returns the terminal's slave, for standard input.
+fn feed_terminal(rows: u16, cols: u16, control: &std::fs::File) -> Result<std::os::fd::OwnedFd, String> {
+    let (master, slave) = super::held_guest::agent_terminal(rows, cols)?;
+    let input = open_port(PORT_STDIN, false)?;
+    let control = control.try_clone().map_err(|e| format!("control port: {e}"))?;
+    match sys::process::fork().map_err(|e| format!("fork: errno {e}"))? {
+        sys::process::Forked::Child => {
+            drop(slave);
+            feed(input, control, std::fs::File::from(master));
+            sys::process::exit_immediately(0)
+        }
+        // The port and the master are the child's: closed here.
+        sys::process::Forked::Parent(_) => Ok(slave),
+    }
+}
+
+/// The feeder of [`feed_terminal`], until the control port ends (the machine stops).
+fn feed(mut input: std::fs::File, mut control: std::fs::File, mut master: std::fs::File) {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let mut input_open = true;
+    let mut lines: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let mut fds = [
+            libc::pollfd { fd: if input_open { input.as_raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: control.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        match sys::fd::poll(&mut fds, -1) {
+            Ok(_) | Err(libc::EINTR) => {}
+            Err(_) => return,
+        }
+        if fds[0].revents != 0 {
+            match input.read(&mut buf) {
+                Ok(n) if n > 0 => {
+                    if master.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                _ => {
+                    // The end of input: the terminal's end-of-file character, as the host's relay sends it.
+                    input_open = false;
+                    let _ = master.write_all(&[4]);
+                }
+            }
+        }
+        if fds[1].revents != 0 {
+            match control.read(&mut buf) {
+                Ok(n) if n > 0 => lines.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                _ => return,
+            }
+            while let Some(end) = lines.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = lines.drain(..=end).collect();
+                if let Ok(super::held::HostMessage::Resize { rows, cols, .. }) = serde_json::from_slice(&line) {
+                    let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+                    if sys::terminal::set_window_size(master.as_fd(), &size).is_ok() {
+                        let _ = sys::signal::kill(1, libc::SIGWINCH);
+                    }
+                }
+            }
+            // The host sends nothing else: what is not a line by now is dropped, not held.
+            if lines.len() > 4096 {
+                lines.clear();
+            }
+        }
+    }
 }

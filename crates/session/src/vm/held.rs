@@ -10,6 +10,11 @@
 //! descriptors, and forwards the guest's messages (audit records, then the outcome) to the client, one JSON
 //! document a line, as the guest sent them. Clients wait in the listener's queue while a command runs.
 //!
+//! While its command runs, a client sends [`ClientMessage`]s, one a line: the signals it gets (passed on to the
+//! command as [`HostMessage::Signal`], as a namespace exec forwards them) and `-t`'s resizes
+//! ([`HostMessage::Resize`]). Its output descriptors are written only as fast as they take it, through a bounded
+//! buffer ([`ClientStream`]): a client that stops reading holds its own command, never the supervisor.
+//!
 //! The guest is not trusted: its control lines are bounded and checked ([`super::protocol::ControlReader`]); one
 //! that is not a message ends the session with a `vm:` error and takes the guest down (a guest that breaks the
 //! protocol cannot be told apart from one that lies), never the supervisor.
@@ -41,6 +46,17 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a write to the guest's control port or a client's socket may wait for its reader.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes of a stream's output the supervisor holds for a client that reads it slower than the command
+/// writes it; past this the port is not read (the command's writes wait, as into a full pipe), nothing else does.
+const MAX_CLIENT_BUFFER: usize = 1 << 20;
+/// Most bytes written to a client's descriptor in one go once poll says it is writable: a pipe that has room
+/// takes this much without blocking (its descriptor is the client's, blocking, and stays so: not ours to change).
+const CLIENT_WRITE_CHUNK: usize = 4096;
+/// Longest line a client sends after its request (a [`ClientMessage`]).
+const MAX_CLIENT_LINE: usize = 256;
+/// Signals `airlock exec` passes on to its command, as the namespace backend's exec does (`runtime::supervisor`).
+pub const FORWARDED_SIGNALS: &[i32] =
+    &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGWINCH];
 
 /// From the supervisor to the held guest, on the control port, one a line.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -57,10 +73,24 @@ pub enum HostMessage {
     },
     /// The client of `session` went away: kill its command (the outcome still comes).
     Cancel { session: u32 },
+    /// The client of `session` got `signo` (one of [`FORWARDED_SIGNALS`]): the command gets it.
+    Signal { session: u32, signo: i32 },
+    /// `-t`: the client's terminal is now `rows` × `cols`; the command's terminal takes that size.
+    Resize { session: u32, rows: u16, cols: u16 },
     /// `airlock __files` (cp, the files API): do `request` in the held sandbox, in a process that enters it as its
     /// user (as `__files` does on the host); its input comes in frames of `session`, its output on the stdout
     /// port, its exit status as the outcome (`exited`).
     Files { session: u32, policy: Box<SandboxPolicy>, request: crate::files::FileRequest },
+}
+
+/// What `airlock exec` sends the supervisor after its request, one a line, while its command runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// A signal the client got, for the command.
+    Signal(i32),
+    /// `-t`: the client's terminal's new size.
+    Resize { rows: u16, cols: u16 },
 }
 
 /// What `airlock exec` sends the supervisor after its three descriptors (stdin, stdout, stderr), one line.
@@ -88,6 +118,8 @@ pub enum HeldError {
     },
     #[error("vm: cannot block the stop signals (for the supervisor's signalfd)")]
     Signals(#[source] std::io::Error),
+    #[error("vm: cannot block the signals exec passes on to its command (for its signalfd)")]
+    ForwardSignals(#[source] std::io::Error),
     #[error("vm: cannot reach the sandbox's supervisor at {path}")]
     Connect {
         path: PathBuf,
@@ -240,13 +272,105 @@ struct Session {
     input: Option<std::fs::File>,
     /// Input read from the client not yet taken by the stdin port.
     pending_input: Vec<u8>,
-    output: std::fs::File,
-    errors: std::fs::File,
+    output: ClientStream,
+    errors: ClientStream,
     /// The client went away: its command was cancelled, its outcome is awaited and dropped.
     gone: bool,
+    /// What the client sent after its request, not yet a whole line.
+    client_line: Vec<u8>,
+    /// The command's outcome, held until its output has reached the client (which reads it at its pace, as from
+    /// a pipe: nothing is dropped while it is there), or the client has gone.
+    outcome: Option<GuestMessage>,
+}
+
+/// One of a client's output descriptors and what the supervisor holds for it. The descriptor is the client's
+/// (blocking, and shared with whatever else the client's stream is): written only when poll says it has room,
+/// at most [`CLIENT_WRITE_CHUNK`] at a time, so a client that stops reading never blocks the supervisor.
+struct ClientStream {
+    file: std::fs::File,
+    pending: Vec<u8>,
+    /// A write failed (the reader is gone): the rest of the output is dropped.
+    closed: bool,
+}
+
+impl ClientStream {
+    fn new(file: std::fs::File) -> ClientStream {
+        ClientStream { file, pending: Vec::new(), closed: false }
+    }
+
+    /// Room for more of the port's output.
+    fn has_room(&self) -> bool {
+        self.closed || self.pending.len() < MAX_CLIENT_BUFFER
+    }
+
+    fn wants_write(&self) -> bool {
+        !self.closed && !self.pending.is_empty()
+    }
+
+    /// Writes what the descriptor takes now, without waiting.
+    fn flush(&mut self) {
+        while self.wants_write() {
+            let mut probe = [libc::pollfd { fd: self.file.as_raw_fd(), events: libc::POLLOUT, revents: 0 }];
+            match sys::fd::poll(&mut probe, 0) {
+                Ok(n) if n > 0 && probe[0].revents & libc::POLLOUT != 0 => {}
+                Ok(n) if n > 0 => {
+                    // POLLERR, POLLHUP: the reader is gone.
+                    self.closed = true;
+                    self.pending = Vec::new();
+                    return;
+                }
+                _ => return,
+            }
+            let chunk = self.pending.len().min(CLIENT_WRITE_CHUNK);
+            match self.file.write(&self.pending[..chunk]) {
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock) => {}
+                Err(_) => {
+                    self.closed = true;
+                    self.pending = Vec::new();
+                }
+            }
+        }
+    }
+}
+
+impl Write for ClientStream {
+    /// Takes everything (the caller bounds it with [`ClientStream::has_room`]); dropped once closed.
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if !self.closed {
+            self.pending.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        ClientStream::flush(self);
+        Ok(())
+    }
 }
 
 impl Session {
+    fn new(id: u32, conn: UnixStream, [input, output, errors]: [OwnedFd; 3]) -> Session {
+        Session {
+            id,
+            conn,
+            input: Some(input.into()),
+            pending_input: Vec::new(),
+            output: ClientStream::new(output.into()),
+            errors: ClientStream::new(errors.into()),
+            gone: false,
+            client_line: Vec::new(),
+            outcome: None,
+        }
+    }
+
+    /// The outcome can go: the output has reached the client, or cannot (its reader or the client is gone).
+    fn finished(&self) -> bool {
+        self.outcome.is_some() && (self.gone || (!self.output.wants_write() && !self.errors.wants_write()))
+    }
+
     fn reply(&mut self, message: &GuestMessage) {
         if self.gone {
             return;
@@ -347,12 +471,28 @@ impl Held {
                 .and_then(|s| s.input.as_ref())
                 .map_or(-1, |f| f.as_raw_fd());
             let pending_out = session.is_some_and(|s| !s.pending_input.is_empty());
+            // A port is read while its client has room (or there is no client to wait for): a client that does
+            // not read holds its command's output, never the supervisor.
+            let live = session.filter(|s| !s.gone);
+            let stdout_room = live.is_none_or(|s| s.output.has_room());
+            let stderr_room = live.is_none_or(|s| s.errors.has_room());
+            let client_out = |stream: fn(&Session) -> &ClientStream| {
+                live.map(stream).filter(|c| c.wants_write()).map_or(-1, |c| c.file.as_raw_fd())
+            };
             let mut fds = [
                 libc::pollfd { fd: self.signals.as_raw_fd(), events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: self.channels.ctl.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: self.channels.stdout.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: self.channels.stderr.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd {
+                    fd: if stdout_room { self.channels.stdout.as_raw_fd() } else { -1 },
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: if stderr_room { self.channels.stderr.as_raw_fd() } else { -1 },
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
                 libc::pollfd {
                     fd: if session.is_none() { listener.as_raw_fd() } else { -1 },
                     events: libc::POLLIN,
@@ -369,6 +509,8 @@ impl Held {
                     events: libc::POLLOUT,
                     revents: 0,
                 },
+                libc::pollfd { fd: client_out(|s| &s.output), events: libc::POLLOUT, revents: 0 },
+                libc::pollfd { fd: client_out(|s| &s.errors), events: libc::POLLOUT, revents: 0 },
             ];
             match sys::fd::poll(&mut fds, 1000) {
                 Ok(_) | Err(libc::EINTR) => {}
@@ -410,6 +552,21 @@ impl Held {
             }
             if fds[8].revents != 0 {
                 self.write_input();
+            }
+            if let Some(s) = self.session.as_mut() {
+                if fds[9].revents != 0 {
+                    s.output.flush();
+                }
+                if fds[10].revents != 0 {
+                    s.errors.flush();
+                }
+            }
+            if self.session.as_ref().is_some_and(Session::finished) {
+                if let Some((mut session, outcome)) =
+                    self.session.take().and_then(|mut s| s.outcome.take().map(|o| (s, o)))
+                {
+                    session.reply(&outcome);
+                }
             }
         }
     }
@@ -468,13 +625,15 @@ impl Held {
                     }
                 }
                 outcome => {
-                    if let Some(mut session) = self.session.take() {
-                        // The command's output is in the ports already (see `qemu::converse`).
+                    if let Some(session) = self.session.as_mut() {
+                        // The command's output is in the ports already (see `qemu::converse`): taken, and the
+                        // outcome sent once it has reached the client (`serve`, `Session::finished`).
                         if !session.gone {
                             qemu::drain(&mut self.channels.stdout, &mut session.output, &mut self.buf);
                             qemu::drain(&mut self.channels.stderr, &mut session.errors, &mut self.buf);
                         }
-                        session.reply(&outcome);
+                        session.input = None;
+                        session.outcome = Some(outcome);
                     }
                 }
             }
@@ -500,7 +659,6 @@ impl Held {
         };
         let id = self.next_session;
         self.next_session = self.next_session.wrapping_add(1).max(1);
-        let [input, output, errors] = fds;
         let files = request.files.is_some();
         let message = match request.files {
             Some(files) => HostMessage::Files { session: id, policy: Box::new(request.policy), request: files },
@@ -514,15 +672,7 @@ impl Held {
         let mut line = serde_json::to_vec(&message).map_err(|e| QemuError::Channels(std::io::Error::other(e)))?;
         line.push(b'\n');
         self.channels.ctl.write_all(&line).map_err(QemuError::Channels)?;
-        self.session = Some(Session {
-            id,
-            conn,
-            input: Some(input.into()),
-            pending_input: Vec::new(),
-            output: output.into(),
-            errors: errors.into(),
-            gone: false,
-        });
+        self.session = Some(Session::new(id, conn, fds));
         if files {
             // A file operation's client times the guest from here (it may have waited its turn before).
             if let Some(session) = self.session.as_mut() {
@@ -532,15 +682,45 @@ impl Held {
         Ok(())
     }
 
-    /// The client sends nothing after its request: readable is its end (it went away: its command is killed).
+    /// The client's [`ClientMessage`]s (signals, `-t`'s resizes) go on to the guest; its end (it went away), or a
+    /// line that is not one, cancels its command.
     fn client_readable(&mut self) -> Result<(), VmError> {
         let Some(session) = self.session.as_mut() else { return Ok(()) };
-        let mut byte = [0u8; 64];
-        if matches!(session.conn.read(&mut byte), Ok(0) | Err(_)) {
+        let mut bytes = [0u8; 64];
+        let n = match session.conn.read(&mut bytes) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(()),
+            Err(_) => 0,
+        };
+        session.client_line.extend_from_slice(&bytes[..n]);
+        let mut to_guest = Vec::new();
+        let mut cancel = n == 0;
+        while let Some(end) = session.client_line.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = session.client_line.drain(..=end).collect();
+            match serde_json::from_slice::<ClientMessage>(&line) {
+                Ok(ClientMessage::Signal(signo)) if FORWARDED_SIGNALS.contains(&signo) => {
+                    to_guest.push(HostMessage::Signal { session: session.id, signo })
+                }
+                Ok(ClientMessage::Resize { rows, cols }) => {
+                    to_guest.push(HostMessage::Resize { session: session.id, rows, cols })
+                }
+                _ => cancel = true,
+            }
+        }
+        cancel |= session.client_line.len() > MAX_CLIENT_LINE;
+        if cancel {
             session.gone = true;
             session.input = None;
-            let mut line = serde_json::to_vec(&HostMessage::Cancel { session: session.id })
-                .map_err(|e| QemuError::Channels(std::io::Error::other(e)))?;
+            session.output.pending = Vec::new();
+            session.errors.pending = Vec::new();
+            to_guest.push(HostMessage::Cancel { session: session.id });
+        }
+        // Once the outcome is in, the command is gone: nothing more for the guest.
+        if session.outcome.is_some() {
+            return Ok(());
+        }
+        for message in to_guest {
+            let mut line = serde_json::to_vec(&message).map_err(|e| QemuError::Channels(std::io::Error::other(e)))?;
             line.push(b'\n');
             self.channels.ctl.write_all(&line).map_err(QemuError::Channels)?;
         }
@@ -651,9 +831,41 @@ impl HeldVm {
         let mut line = serde_json::to_vec(&request).map_err(|e| HeldError::Send(std::io::Error::other(e)))?;
         line.push(b'\n');
         conn.write_all(&line).map_err(HeldError::Send)?;
+        // The signals a user sends `airlock exec` are the command's, as for an exec into a namespace sandbox:
+        // blocked here (the mask is put back however this ends), read from a signalfd and sent on.
+        let signals = BlockedSignals::new()?;
         let mut reader = ControlReader::default();
         let mut buf = vec![0u8; 64 * 1024];
         let outcome = loop {
+            let mut fds = [
+                libc::pollfd { fd: conn.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: signals.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            ];
+            match sys::fd::poll(&mut fds, -1) {
+                Ok(_) | Err(libc::EINTR) => {}
+                Err(e) => return Err(HeldError::Send(io(e)).into()),
+            }
+            if fds[1].revents != 0 {
+                if let Some(signo) = sys::signal::read_signal(signals.fd.as_raw_fd()) {
+                    let message = match (signo, tty) {
+                        // `-t`: the terminal's new size for the command's terminal (which signals it).
+                        (libc::SIGWINCH, Some(_)) => sys::terminal::window_size(std::io::stdin().as_fd())
+                            .ok()
+                            .map(|w| ClientMessage::Resize { rows: w.ws_row, cols: w.ws_col }),
+                        (signo, _) => Some(ClientMessage::Signal(signo)),
+                    };
+                    if let Some(message) = message {
+                        let mut line =
+                            serde_json::to_vec(&message).map_err(|e| HeldError::Send(std::io::Error::other(e)))?;
+                        line.push(b'\n');
+                        // A supervisor that is gone says so on the read below.
+                        let _ = conn.write_all(&line);
+                    }
+                }
+            }
+            if fds[0].revents == 0 {
+                continue;
+            }
             let n = match conn.read(&mut buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -707,11 +919,46 @@ impl HeldVm {
     }
 }
 
+/// Signals blocked in this thread and read from `fd`, until dropped (the mask put back).
+pub(super) struct BlockedSignals {
+    pub(super) fd: OwnedFd,
+    mask: sys::signal::SignalMask,
+}
+
+impl BlockedSignals {
+    /// [`FORWARDED_SIGNALS`], for `exec`.
+    fn new() -> Result<BlockedSignals, HeldError> {
+        BlockedSignals::only(FORWARDED_SIGNALS).map_err(HeldError::ForwardSignals)
+    }
+
+    /// `signals` only: the others act as they did.
+    pub(super) fn only(signals: &[i32]) -> std::io::Result<BlockedSignals> {
+        let mask = sys::signal::block_all();
+        sys::signal::set_mask(&mask);
+        if let Err(e) = sys::signal::block(signals) {
+            return Err(io(e));
+        }
+        match sys::signal::signalfd(signals) {
+            Ok(fd) => Ok(BlockedSignals { fd, mask }),
+            Err(e) => {
+                sys::signal::set_mask(&mask);
+                Err(io(e))
+            }
+        }
+    }
+}
+
+impl Drop for BlockedSignals {
+    fn drop(&mut self) {
+        sys::signal::set_mask(&self.mask);
+    }
+}
+
 /// This process's standard input, a terminal, in raw mode until dropped.
-struct RawTerminal(libc::termios);
+pub(super) struct RawTerminal(libc::termios);
 
 impl RawTerminal {
-    fn enter() -> Option<RawTerminal> {
+    pub(super) fn enter() -> Option<RawTerminal> {
         let stdin = std::io::stdin();
         if !sys::terminal::is_terminal(stdin.as_fd()) {
             return None;
@@ -835,7 +1082,17 @@ mod tests {
             console,
             signals: sys::signal::signalfd(&[libc::SIGUSR2]).unwrap(),
             reader: ControlReader::default(),
-            session: Some(Session { id: 1, conn, input: None, pending_input: Vec::new(), output, errors, gone: false }),
+            session: Some(Session {
+                id: 1,
+                conn,
+                input: None,
+                pending_input: Vec::new(),
+                output: ClientStream::new(output),
+                errors: ClientStream::new(errors),
+                gone: false,
+                client_line: Vec::new(),
+                outcome: None,
+            }),
             next_session: 2,
             buf: vec![0u8; 64 * 1024],
         };
@@ -848,5 +1105,70 @@ mod tests {
         client.read_to_string(&mut said).unwrap();
         let message: GuestMessage = serde_json::from_str(said.trim()).unwrap();
         assert!(matches!(&message, GuestMessage::Failed(why) if why.starts_with("vm: the guest sent")), "{said}");
+    }
+    #[test]
+    fn a_client_that_does_not_read_never_blocks_a_write_and_its_buffer_is_bounded() {
+        let (reader, writer) = sys::fd::pipe_cloexec().unwrap();
+        let mut stream = ClientStream::new(std::fs::File::from(writer));
+        // More than the pipe holds: what it takes goes in, the rest waits, nothing blocks.
+        stream.write_all(&vec![7u8; 256 * 1024]).unwrap();
+        Write::flush(&mut stream).unwrap();
+        assert!(stream.wants_write() && stream.pending.len() < 256 * 1024, "{}", stream.pending.len());
+        assert!(stream.has_room());
+        stream.write_all(&vec![7u8; MAX_CLIENT_BUFFER]).unwrap();
+        assert!(!stream.has_room(), "the port would be read past the bound");
+        // The reader gone: the rest is dropped, and more is taken (and dropped) at once.
+        drop(reader);
+        stream.flush();
+        assert!(stream.closed && !stream.wants_write() && stream.has_room());
+    }
+
+    #[test]
+    fn a_clients_signals_and_resizes_go_to_the_guest_and_anything_else_cancels() {
+        let (ctl, guest_ctl) = UnixStream::pair().unwrap();
+        let (stdin, _guest_stdin) = UnixStream::pair().unwrap();
+        let (stdout, _guest_stdout) = UnixStream::pair().unwrap();
+        let (stderr, _guest_stderr) = UnixStream::pair().unwrap();
+        let console_path = std::env::temp_dir().join(format!("airlock-held-signal-test-{}", std::process::id()));
+        let console = std::fs::File::create(&console_path).unwrap();
+        let _ = std::fs::remove_file(&console_path);
+        let (conn, mut client) = UnixStream::pair().unwrap();
+        let (output, _out) = file_pair();
+        let (errors, _err) = file_pair();
+        let mut held = Held {
+            channels: qemu::Channels { ctl, stdin, stdout, stderr },
+            console,
+            signals: sys::signal::signalfd(&[libc::SIGUSR2]).unwrap(),
+            reader: ControlReader::default(),
+            session: Some(Session {
+                id: 4,
+                conn,
+                input: None,
+                pending_input: Vec::new(),
+                output: ClientStream::new(output),
+                errors: ClientStream::new(errors),
+                gone: false,
+                client_line: Vec::new(),
+                outcome: None,
+            }),
+            next_session: 5,
+            buf: vec![0u8; 64 * 1024],
+        };
+        let mut guest = std::io::BufReader::new(guest_ctl);
+        let mut said = |held: &mut Held, line: &[u8]| {
+            client.write_all(line).unwrap();
+            held.client_readable().unwrap();
+            let mut got = String::new();
+            std::io::BufRead::read_line(&mut guest, &mut got).unwrap();
+            serde_json::from_str::<serde_json::Value>(&got).unwrap()
+        };
+        assert_eq!(said(&mut held, b"{\"signal\":2}\n"), serde_json::json!({"signal": {"session": 4, "signo": 2}}));
+        assert_eq!(
+            said(&mut held, b"{\"resize\":{\"rows\":50,\"cols\":120}}\n"),
+            serde_json::json!({"resize": {"session": 4, "rows": 50, "cols": 120}})
+        );
+        // A signal exec does not forward (SIGKILL) is not a client's: the command is cancelled.
+        assert_eq!(said(&mut held, b"{\"signal\":9}\n"), serde_json::json!({"cancel": {"session": 4}}));
+        assert!(held.session.as_ref().unwrap().gone);
     }
 }

@@ -13,7 +13,7 @@ use runtime::prepare::HostContext;
 use runtime::sandbox::RunOutcome;
 
 use super::guest::{console, open_port, send, PortSink};
-use super::held::{HostMessage, InputFrames, MAX_INPUT_FRAME};
+use super::held::{HostMessage, InputFrames, FORWARDED_SIGNALS, MAX_INPUT_FRAME};
 use super::protocol::{GuestMessage, GuestRequest, PORT_STDERR, PORT_STDIN, PORT_STDOUT};
 
 /// How long a cancelled command has to end after its hangup.
@@ -184,23 +184,43 @@ impl Exec<'_> {
         lines: &mut Lines,
     ) -> GuestMessage {
         let pipes = sys::fd::pipe_cloexec().and_then(|a| sys::fd::pipe_cloexec().map(|b| (a, b)));
-        let Ok(((input_read, input_write), (result_read, result_write))) = pipes else {
+        let Ok(((mut input_read, mut input_write), (result_read, result_write))) = pipes else {
             return GuestMessage::Failed("cannot create the command's pipes".to_string());
         };
+        // `-t`: the exec's input is a terminal of the agent's (see `agent_terminal`), not a pipe.
+        let mut terminal = None;
+        if let Some((rows, cols)) = self.tty {
+            match agent_terminal(rows, cols) {
+                Ok((master, slave)) => match master.try_clone() {
+                    Ok(writer) => {
+                        (input_read, input_write) = (slave, writer);
+                        terminal = Some(master);
+                    }
+                    Err(e) => return GuestMessage::Failed(format!("-t: the agent's terminal: {e}")),
+                },
+                Err(why) => return GuestMessage::Failed(format!("-t: {why}")),
+            }
+        }
         let forked = match sys::process::fork() {
             Ok(f) => f,
             Err(e) => return GuestMessage::Failed(format!("cannot fork the command's process: errno {e}")),
         };
         let pid = match forked {
             sys::process::Forked::Child => {
-                drop((input_write, result_read));
+                // The signals the host passes on (`HostMessage::Signal`, a cancel's SIGHUP) wait, blocked, for
+                // this process's wait loop (`runtime::supervisor::supervise`, whose signalfd takes the pending
+                // ones) to hand them to the command: one that comes while the exec is being set up neither kills
+                // this process nor is lost.
+                let _ = sys::signal::block(FORWARDED_SIGNALS);
+                // The agent's end of the terminal is the agent's: closed here.
+                drop((input_write, result_read, terminal.take()));
                 let code = self.child(policy, audit, control, input_read, result_write);
                 sys::process::exit_immediately(code)
             }
             sys::process::Forked::Parent(pid) => pid,
         };
         drop((input_read, result_write));
-        let fed = self.feed(pid, control, input_port, lines, input_write);
+        let fed = self.feed(pid, control, input_port, lines, input_write, terminal.as_ref());
         let _ = sys::wait::wait_for_exit(pid);
         // Processes of the exec left to this init (PID 1) by a parent that was killed: reaped, not kept as
         // zombies for the machine's life.
@@ -275,6 +295,7 @@ impl Exec<'_> {
         input_port: &mut std::fs::File,
         lines: &mut Lines,
         input_write: OwnedFd,
+        terminal: Option<&OwnedFd>,
     ) -> Result<(), String> {
         let pidfd = sys::process::pidfd_open(pid).map_err(|e| format!("pidfd: errno {e}"))?;
         let mut input_write = Some(std::fs::File::from(input_write));
@@ -321,13 +342,32 @@ impl Exec<'_> {
             if fds[1].revents != 0 {
                 control_open = lines.fill(control)?;
                 while let Some(line) = lines.take_line() {
-                    if let Ok(HostMessage::Cancel { session }) = serde_json::from_slice(&line) {
-                        if session == self.session && cancelled.is_none() {
+                    match serde_json::from_slice(&line) {
+                        Ok(HostMessage::Cancel { session }) if session == self.session && cancelled.is_none() => {
                             // A hangup, as a terminal's: the exec's process forwards it to the command (and
                             // reaps it); one that does not end by then is killed.
                             let _ = sys::signal::kill(pid, libc::SIGHUP);
                             cancelled = Some(std::time::Instant::now());
                         }
+                        // The exec's process (`runtime::supervisor::supervise`) passes a signal on to the
+                        // command, as `airlock exec` does on the host for a namespace sandbox.
+                        Ok(HostMessage::Signal { session, signo })
+                            if session == self.session && FORWARDED_SIGNALS.contains(&signo) =>
+                        {
+                            let _ = sys::signal::kill(pid, signo);
+                        }
+                        // `-t`: the agent's terminal takes the new size; SIGWINCH makes the exec's process copy
+                        // it to the command's terminal (its input is the agent's terminal), which tells the
+                        // command.
+                        Ok(HostMessage::Resize { session, rows, cols }) if session == self.session => {
+                            if let Some(terminal) = terminal {
+                                let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+                                if sys::terminal::set_window_size(terminal.as_fd(), &size).is_ok() {
+                                    let _ = sys::signal::kill(pid, libc::SIGWINCH);
+                                }
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -366,9 +406,48 @@ impl Exec<'_> {
             } else {
                 pending.clear();
             }
-            if input_ended && pending.is_empty() {
+            if input_ended && pending.is_empty() && input_write.is_some() {
+                // `-t`: the terminal's end-of-file character, as the host's relay sends at the end of input (the
+                // terminal stays open: closing it would hang it up).
+                if let Some(w) = input_write.as_mut().filter(|_| terminal.is_some()) {
+                    let _ = w.write_all(&[4]);
+                }
                 input_write = None;
             }
         }
     }
+}
+
+/// `-t`: a pseudo-terminal of the agent's own (a devpts instance on the guest's `/dev/pts`, mounted once), in raw
+/// mode and of the client's size: the exec's process takes the slave as its input and relays it to the command's
+/// terminal in the sandbox as it relays a caller's terminal on the host; so a resize is the agent's `TIOCSWINSZ`
+/// on the master and a SIGWINCH to that process, which copies the size over (`runtime::supervisor`). Returns
+/// (master, slave).
+pub(super) fn agent_terminal(rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd), String> {
+    let ptmx = std::path::Path::new("/dev/pts/ptmx");
+    if !ptmx.exists() {
+        std::fs::create_dir_all("/dev/pts").map_err(|e| format!("cannot create /dev/pts: {e}"))?;
+        sys::mount::mount(
+            Some(c"devpts"),
+            c"/dev/pts",
+            Some(c"devpts"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some(c"newinstance,ptmxmode=0600,mode=0600"),
+        )
+        .map_err(|e| format!("cannot mount devpts on /dev/pts: errno {e}"))?;
+    }
+    let errno = |what: &'static str| move |e: i32| format!("{what}: errno {e}");
+    let master = sys::fd::open(c"/dev/pts/ptmx", libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .map_err(errno("cannot open /dev/pts/ptmx"))?;
+    sys::terminal::unlock_pseudo_terminal(master.as_fd()).map_err(errno("cannot unlock the terminal"))?;
+    let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    sys::terminal::set_window_size(master.as_fd(), &size).map_err(errno("cannot size the terminal"))?;
+    let slave = sys::terminal::open_peer(master.as_fd(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .map_err(errno("cannot open the terminal's slave"))?;
+    // Raw before anything is written to it: the command's terminal does the line discipline, this one passes
+    // every byte as it comes.
+    let cooked = sys::terminal::attributes(slave.as_fd()).map_err(errno("the terminal's attributes"))?;
+    sys::terminal::set_attributes(slave.as_fd(), &sys::terminal::raw(&cooked))
+        .map_err(errno("the terminal's attributes"))?;
+    Ok((master, slave))
 }

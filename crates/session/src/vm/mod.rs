@@ -148,6 +148,9 @@ impl VmBackend {
         request.audit = audit.as_ref().map(|a| a.notify.into());
         // QEMU's host cgroup (when limits are asked) before QEMU starts: its child joins it before exec.
         let vmm_cgroup = cgroup::VmmCgroup::create(policy, &self.config, host.name.as_deref().unwrap_or("run"), warn)?;
+        // `-t`: the terminal in the guest does the line discipline; ours passes every key as it comes (restored
+        // however this ends).
+        let _raw = host.tty.and_then(|_| held::RawTerminal::enter());
         let outcome = qemu::run_guest(qemu::GuestLaunch {
             config: &self.config,
             kernel: &kernel,
@@ -207,9 +210,6 @@ fn refuse_unsupported(policy: &SandboxPolicy, host: &HostContext) -> Result<(), 
         Network::Allow(_) if host.gateway.is_none() => return unsupported("--net allow without its gateway"),
         Network::Allow(_) => {}
         Network::Host => return Err(VmError::NetHost),
-    }
-    if host.tty.is_some() {
-        return unsupported("-t");
     }
     // A writable root keeps its writes in the guest (a tmpfs of the guest's engine, bounded by `--disk` as on
     // the host) for the VM's life: an anonymous run's, and a created sandbox's (which no later run resumes:
@@ -329,6 +329,7 @@ fn guest_request(
         audit: None,
         network: None,
         held: host.hold,
+        tty: host.tty.map(|w| (w.ws_row, w.ws_col)),
     };
     Ok((request, overlay))
 }

@@ -32,6 +32,10 @@ pub struct GuestRequest {
     /// `airlock create`: the guest holds the sandbox and runs commands on request (`held`), not one command.
     #[serde(default)]
     pub held: bool,
+    /// `run -t`: the command's terminal in the guest's sandbox, of this size (rows, columns), relayed to the
+    /// standard stream ports.
+    #[serde(default)]
+    pub tty: Option<(u16, u16)>,
 }
 
 /// `runtime::seccomp::NotifyOptions` on the wire.

@@ -493,6 +493,12 @@ fn converse(
     let mut line = serde_json::to_vec(request).map_err(|e| QemuError::Channels(std::io::Error::other(e)))?;
     line.push(b'\n');
     ctl.write_all(&line).map_err(QemuError::Channels)?;
+    // `-t`: the caller's resizes go to the guest (`guest::feed_terminal`). SIGWINCH blocked before the input
+    // thread starts (it inherits the mask), so that the signal waits for the signalfd rather than being ignored.
+    let resizes = match request.tty {
+        Some(_) => Some(super::held::BlockedSignals::only(&[libc::SIGWINCH]).map_err(QemuError::Channels)?),
+        None => None,
+    };
 
     // The caller's standard input, copied by a thread of its own (a read of a terminal blocks); at its end the
     // socket is shut for writing, which QEMU reads (after the data) as the end, and closes the port: the guest
@@ -518,12 +524,24 @@ fn converse(
             libc::pollfd { fd: if out_open { stdout.as_raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: if err_open { stderr.as_raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: pidfd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: resizes.as_ref().map_or(-1, |r| r.fd.as_raw_fd()), events: libc::POLLIN, revents: 0 },
         ];
         // A buffering sink wants its flush within its delay, even while the guest is quiet.
         let flush_in = audit.as_deref().and_then(|a| a.flush_due()).map_or(100, |d| d.as_millis().min(100) as i32);
         match sys::fd::poll(&mut fds, flush_in) {
             Ok(_) | Err(libc::EINTR) => {}
             Err(e) => return Err(QemuError::Channels(os_error(e))),
+        }
+        if fds[4].revents != 0 {
+            let resized = resizes.as_ref().and_then(|r| sys::signal::read_signal(r.fd.as_raw_fd()));
+            if let (Some(_), Ok(size)) = (resized, sys::terminal::window_size(std::io::stdin().as_fd())) {
+                let resize = super::held::HostMessage::Resize { session: 0, rows: size.ws_row, cols: size.ws_col };
+                if let Ok(mut line) = serde_json::to_vec(&resize) {
+                    line.push(b'\n');
+                    // The guest reads its port at once; a resize it misses is not worth failing the run over.
+                    let _ = ctl.write_all(&line);
+                }
+            }
         }
         if fds[1].revents != 0 {
             out_open = relay(&mut stdout, &mut std::io::stdout(), &mut buf);

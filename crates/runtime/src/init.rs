@@ -12,6 +12,12 @@ use crate::namespaces::Kind;
 use crate::plan::SandboxPlan;
 use crate::{landlock, mounts, net, tty};
 
+/// The supervisor's word on the start pipe, after the start byte, when init is to join a cgroup v1 cgroup
+/// (`plan.cgroup_tasks`): the cgroup is made, join it.
+pub const CGROUP_JOIN: u8 = b'c';
+/// ... or: no cgroup after all (best-effort limits that could not be had); go on without.
+pub const CGROUP_NONE: u8 = b'n';
+
 /// Descriptors init inherits from the supervisor.
 pub struct InitFds {
     /// Read end of the start pipe: one byte once the supervisor has written the id maps.
@@ -45,20 +51,6 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
         Ok(1) => {}
         Ok(_) => sys::process::exit_immediately(EXIT_SETUP_FAILED),
         Err(e) => abort(ChildFailure { step: Step::WaitForSupervisor, errno: e, index: 0 }),
-    }
-
-    // cgroup v1: join the sandbox's cgroup ourselves, one thread moving itself, which the kernel does without
-    // the global lock (and its RCU wait) that moving another process takes. (On v2 we were born inside.)
-    for (index, tasks) in plan.cgroup_tasks.iter().enumerate() {
-        if let Err(e) = join_cgroup(tasks) {
-            abort(ChildFailure { step: Step::JoinCgroup, errno: e, index: index as u32 });
-        }
-    }
-
-    // The cgroup namespace, now that we are in the sandbox's cgroup: its root is that
-    // cgroup, so the sandbox sees only its own (and /proc/self/cgroup says "/").
-    if let Err(e) = sys::namespace::unshare(Kind::Cgroup.flag()) {
-        abort(ChildFailure { step: Step::UnshareCgroupNamespace, errno: e, index: 0 });
     }
 
     // Descriptors the caller leaked to airlock go now, before any sandbox code could see them (CVE-2016-9962).
@@ -102,6 +94,36 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
         },
         _ => None,
     };
+
+    // cgroup v1: the supervisor has been making the sandbox's cgroup while we took the steps above (on v2 we were
+    // born inside it). Its word says whether to join (`CGROUP_JOIN`) or to go on without (`CGROUP_NONE`:
+    // best-effort limits that could not be had); anything else, or the pipe's end, stops here. We join now,
+    // while we are still the user who ran airlock and the host's cgroupfs is in view, before anything of the
+    // sandbox's runs: one thread moving itself, which the kernel does without the global lock (and its RCU
+    // wait) that moving another process takes. (What the steps above allocated stays charged where it was.)
+    let mut joined = plan.cgroup_tasks.is_empty();
+    if !joined {
+        let mut word = [0u8; 1];
+        match sys::fd::read(fds.start, &mut word) {
+            Ok(1) if word[0] == CGROUP_JOIN => {}
+            Ok(1) if word[0] == CGROUP_NONE => joined = true,
+            Ok(_) => sys::process::exit_immediately(EXIT_SETUP_FAILED),
+            Err(e) => abort(ChildFailure { step: Step::WaitForSupervisor, errno: e, index: 0 }),
+        }
+    }
+    if !joined {
+        for (index, tasks) in plan.cgroup_tasks.iter().enumerate() {
+            if let Err(e) = join_cgroup(tasks) {
+                abort(ChildFailure { step: Step::JoinCgroup, errno: e, index: index as u32 });
+            }
+        }
+    }
+
+    // The cgroup namespace, now that we are in the sandbox's cgroup: its root is that
+    // cgroup, so the sandbox sees only its own (and /proc/self/cgroup says "/").
+    if let Err(e) = sys::namespace::unshare(Kind::Cgroup.flag()) {
+        abort(ChildFailure { step: Step::UnshareCgroupNamespace, errno: e, index: 0 });
+    }
 
     // Then become the namespace's root (as host root, the clone left us with host uid 0, unmapped inside: we
     // must not keep it, since the host kernel would still treat file access as host root's).

@@ -17,6 +17,8 @@ use crate::{landlock, mounts, net, tty};
 pub const CGROUP_JOIN: u8 = b'c';
 /// ... or: no cgroup after all (best-effort limits that could not be had); go on without.
 pub const CGROUP_NONE: u8 = b'n';
+/// After `CGROUP_JOIN`: the cgroup's limits are written; the command may start.
+pub const CGROUP_LIMITED: u8 = b'l';
 
 /// Descriptors init inherits from the supervisor.
 pub struct InitFds {
@@ -101,17 +103,15 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     // while we are still the user who ran airlock and the host's cgroupfs is in view, before anything of the
     // sandbox's runs: one thread moving itself, which the kernel does without the global lock (and its RCU
     // wait) that moving another process takes. (What the steps above allocated stays charged where it was.)
-    let mut joined = plan.cgroup_tasks.is_empty();
-    if !joined {
-        let mut word = [0u8; 1];
-        match sys::fd::read(fds.start, &mut word) {
-            Ok(1) if word[0] == CGROUP_JOIN => {}
-            Ok(1) if word[0] == CGROUP_NONE => joined = true,
+    // The limits are written meanwhile: `CGROUP_LIMITED` comes before the command starts (below).
+    let joining = !plan.cgroup_tasks.is_empty()
+        && match read_word(fds.start) {
+            Ok(CGROUP_JOIN) => true,
+            Ok(CGROUP_NONE) => false,
             Ok(_) => sys::process::exit_immediately(EXIT_SETUP_FAILED),
             Err(e) => abort(ChildFailure { step: Step::WaitForSupervisor, errno: e, index: 0 }),
-        }
-    }
-    if !joined {
+        };
+    if joining {
         for (index, tasks) in plan.cgroup_tasks.iter().enumerate() {
             if let Err(e) = join_cgroup(tasks) {
                 abort(ChildFailure { step: Step::JoinCgroup, errno: e, index: index as u32 });
@@ -138,13 +138,22 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     if supervisor_gone(fds.start) {
         sys::process::exit_immediately(EXIT_SETUP_FAILED);
     }
-    sys::fd::close(fds.start);
 
     if let Err(f) =
         mounts::mount_workspace_overlay(&overlay, trees).and_then(|()| build_sandbox(plan, trees, &root_layers, tun))
     {
         abort(f);
     }
+    // The cgroup's limits are in force before anything of the sandbox's runs (see above). Anything but the
+    // supervisor's word, or the pipe's end, stops here.
+    if joining {
+        match read_word(fds.start) {
+            Ok(CGROUP_LIMITED) => {}
+            Ok(_) => sys::process::exit_immediately(EXIT_SETUP_FAILED),
+            Err(e) => abort(ChildFailure { step: Step::WaitForSupervisor, errno: e, index: 0 }),
+        }
+    }
+    sys::fd::close(fds.start);
 
     // A long-lived sandbox: no command of our own; the sandbox is ready, and init holds it until told to stop.
     if plan.hold {
@@ -338,6 +347,15 @@ fn kill_everything_and_reap(status: i32) -> i32 {
 fn join_cgroup(tasks: &std::ffi::CStr) -> Result<(), sys::Errno> {
     let fd = sys::fd::open(tasks, libc::O_WRONLY | libc::O_CLOEXEC)?;
     sys::fd::write_all(fd.as_raw_fd(), b"0")
+}
+
+/// One byte from the start pipe; 0 (no word) at its end.
+fn read_word(start: RawFd) -> Result<u8, sys::Errno> {
+    let mut word = [0u8; 1];
+    match sys::fd::read(start, &mut word)? {
+        1 => Ok(word[0]),
+        _ => Ok(0),
+    }
 }
 
 /// Whether the supervisor has closed its end of the start pipe (it only does so by exiting).

@@ -305,20 +305,34 @@ fn run_sandbox_with(
     // 4. Parent: the id maps (root inside -> an unprivileged host id), then release the child.
     //    Attaching its network needs nothing from here: init creates the gateway's interface inside the
     //    sandbox's network namespace (only a process there can) and hands it to the gateway itself.
-    // Then, on cgroup v1, the cgroup is made while init takes its first steps, and init is told to join it (or,
-    // best-effort limits that cannot be had, to go on without). Init waits for that word before it switches to
-    // the sandbox's ids, so the command never runs outside its limits; if the cgroup cannot be made, init is
-    // killed and the run fails closed.
+    // Then, on cgroup v1, the cgroup is made while init takes its first steps: its directories first, and init
+    // is told to join (or, best-effort limits that cannot be had, to go on without); then its limits, while
+    // init joins and builds the sandbox, and init is told they are written. Init waits for the first word
+    // before it switches to the sandbox's ids, and for the second before it starts the command, so the command
+    // never runs outside its limits; if the cgroup cannot be made or limited, init is killed and the run fails
+    // closed.
     let released = release_child(pid, plan, start_write.as_raw_fd()).and_then(|()| {
         let Some(planned) = planned_cgroup.take() else { return Ok(()) };
-        let made = planned
-            .make()
-            .map(Some)
-            .or_else(|e| best_effort_or_fail(e, &policy.limits, policy.limits_enforcement, warn).map(|()| None))?;
+        // A broken pipe: init ended early (its failure record tells why, read after it is reaped); nothing to tell.
+        let say = |word: u8| match sys::fd::write_all(start_write.as_raw_fd(), &[word]) {
+            Ok(()) | Err(libc::EPIPE) => Ok(()),
+            Err(e) => Err(SandboxError::CreatePipes(os_error(e))),
+        };
+        let (made, limits) = match planned.make_dirs() {
+            Ok(made) => made,
+            Err(e) => {
+                best_effort_or_fail(e, &policy.limits, policy.limits_enforcement, warn)?;
+                return say(init::CGROUP_NONE);
+            }
+        };
+        say(init::CGROUP_JOIN)?;
+        let cgroup = cgroup.insert(made);
+        // Best effort, a limit that cannot be written leaves the cgroup (init is in it), with what was written.
+        if let Err(e) = limits.write(cgroup) {
+            best_effort_or_fail(e, &policy.limits, policy.limits_enforcement, warn)?;
+        }
         crate::fault::stop_here("cgroup-created");
-        let word = if made.is_some() { init::CGROUP_JOIN } else { init::CGROUP_NONE };
-        cgroup = made;
-        sys::fd::write_all(start_write.as_raw_fd(), &[word]).map_err(|e| SandboxError::CreatePipes(os_error(e)))
+        say(init::CGROUP_LIMITED)
     });
     if let Err(e) = released {
         let _ = sys::signal::kill(pid, libc::SIGKILL);

@@ -2089,8 +2089,11 @@ mod tests {
                 };
                 time("2 sweep_and_plan (2a + 2b + 2c + 4 access checks x2)", started);
                 let started = Instant::now();
-                let cgroup = planned.make().unwrap();
-                time("3 make (mkdir x4, 7 limit writes)", started);
+                let (cgroup, limits) = planned.make_dirs().unwrap();
+                time("3a make_dirs (mkdir x4)", started);
+                let started = Instant::now();
+                limits.write(&cgroup).unwrap();
+                time("3b limits (oom_control, memory, memsw, pids, cpu period and quota)", started);
                 let started = Instant::now();
                 cgroup.stats().unwrap();
                 time("4 stats (9 files)", started);

@@ -405,16 +405,6 @@ impl SandboxCgroup {
         plan_with(layout, &host, sandbox, limits)
     }
 
-    /// [`remove_stale_cgroups`] (best effort: a stale cgroup that cannot be removed now is tried again next
-    /// time), then [`SandboxCgroup::plan`], reading this process's cgroups and identity once for both.
-    pub fn sweep_and_plan(layout: &CgroupLayout, sandbox: &str, limits: &Limits) -> Result<CgroupPlan, CgroupError> {
-        let own = read_own_cgroups()?;
-        let owner = CgroupOwner::current()?;
-        let _ = remove_stale_with(layout, &own, owner.pid_namespace);
-        let host = HostView { own: &own, owner, euid: sys::process::effective_uid() };
-        plan_with(layout, &host, sandbox, limits)
-    }
-
     /// A handle on an existing sandbox cgroup by its full name (from [`SandboxCgroup::name`]), for `stats` or
     /// `kill_all` from another process; `None` if it does not exist. Dropping it never tears down.
     pub fn open(layout: &CgroupLayout, name: &str) -> Result<Option<SandboxCgroup>, CgroupError> {
@@ -1053,7 +1043,16 @@ pub fn remove_stale_cgroups(layout: &CgroupLayout) -> Result<Vec<PathBuf>, Cgrou
     let own = read_own_cgroups()?;
     let ns = Path::new("/proc/self/ns/pid");
     let our_pid_namespace = fs::metadata(ns).map_err(|source| read_error(ns, source))?.ino();
-    remove_stale_with(layout, &own, our_pid_namespace)
+    remove_stale_with(layout, &own, our_pid_namespace, &[])
+}
+
+/// [`remove_stale_cgroups`], from the process that owns `ours`: an `airlock/` directory holding no cgroup but
+/// ours is not listed (see `remove_stale_with`).
+pub fn remove_stale_cgroups_beside(layout: &CgroupLayout, ours: &SandboxCgroup) -> Result<Vec<PathBuf>, CgroupError> {
+    let own = read_own_cgroups()?;
+    let ns = Path::new("/proc/self/ns/pid");
+    let our_pid_namespace = fs::metadata(ns).map_err(|source| read_error(ns, source))?.ino();
+    remove_stale_with(layout, &own, our_pid_namespace, &ours.paths())
 }
 
 /// The bases under which this process creates `airlock/<name>` cgroups, with whether each is v2.
@@ -1096,6 +1095,7 @@ fn remove_stale_with(
     layout: &CgroupLayout,
     own: &[CgroupEntry],
     our_pid_namespace: u64,
+    ours: &[&Path],
 ) -> Result<Vec<PathBuf>, CgroupError> {
     let parents = sandbox_bases(layout, own);
     // name -> its directories in every hierarchy, so that all of a sandbox's processes are killed together.
@@ -1103,10 +1103,12 @@ fn remove_stale_with(
     for (base, is_v2) in parents {
         let parent = base.join(AIRLOCK_DIR);
         // Most runs find nothing to sweep, and can tell without listing: a cgroup directory's link count is 2
-        // plus the number of cgroups below it (cgroupfs keeps it so, as tmpfs and ext4 do), so 2 means none.
-        // (Anything else, as on filesystems that report 1 for every directory, is listed.)
+        // plus the number of cgroups below it (cgroupfs keeps it so, as tmpfs and ext4 do), so 2, plus one for
+        // each of `ours` in it, means there is no other. (Anything else, as on filesystems that report 1 for
+        // every directory, is listed.)
+        let ours_here = ours.iter().filter(|d| d.parent() == Some(parent.as_path()) && d.is_dir()).count() as u64;
         match fs::metadata(&parent) {
-            Ok(meta) if meta.nlink() == 2 => continue,
+            Ok(meta) if meta.nlink() == 2 + ours_here => continue,
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(source) => return Err(read_error(&parent, source)),
@@ -1959,7 +1961,7 @@ mod tests {
             fs::create_dir_all(d).unwrap();
         }
         let layout = CgroupLayout::V2 { root: dir.0.clone() };
-        let removed = remove_stale_with(&layout, &parse_proc_cgroup("0::/\n"), me.pid_namespace).unwrap();
+        let removed = remove_stale_with(&layout, &parse_proc_cgroup("0::/\n"), me.pid_namespace, &[]).unwrap();
         assert_eq!(removed, vec![stale.clone()]);
         assert!(!stale.exists() && live.is_dir() && foreign.is_dir());
     }
@@ -2080,20 +2082,19 @@ mod tests {
                 let owner = CgroupOwner::current().unwrap();
                 time("2b owner (pid namespace, /proc/self/stat)", started);
                 let started = Instant::now();
-                remove_stale_with(&layout, &own, owner.pid_namespace).unwrap();
-                time("2c stale sweep, nothing stale (4 access checks x2, 4 stat)", started);
-                let started = Instant::now();
-                let CgroupPlan::Deferred(planned) = SandboxCgroup::sweep_and_plan(&layout, "steps", &limits).unwrap()
-                else {
+                let CgroupPlan::Deferred(planned) = SandboxCgroup::plan(&layout, "steps", &limits).unwrap() else {
                     panic!("v1 is planned, not made")
                 };
-                time("2 sweep_and_plan (2a + 2b + 2c + 4 access checks x2)", started);
+                time("2 plan (2a + 2b + 4 access checks x2)", started);
                 let started = Instant::now();
                 let (cgroup, limits) = planned.make_dirs().unwrap();
                 time("3a make_dirs (mkdir x4)", started);
                 let started = Instant::now();
                 limits.write(&cgroup).unwrap();
                 time("3b limits (oom_control, memory, memsw, pids, cpu period and quota)", started);
+                let started = Instant::now();
+                remove_stale_with(&layout, &own, owner.pid_namespace, &cgroup.paths()).unwrap();
+                time("3c stale sweep beside our own cgroup, nothing stale (4 access checks x2, 4 stat)", started);
                 let started = Instant::now();
                 cgroup.stats().unwrap();
                 time("4 stats (9 files)", started);

@@ -148,12 +148,13 @@ fn run_sandbox_with(
     };
     crate::fault::stop_here("gateway-started");
     // The cgroup: it needs the host's cgroupfs, which the sandbox will never see. Every check that can refuse a
-    // limit is made now, before anything of the sandbox exists; cgroups left by an airlock that was killed are
-    // removed on the way. How init enters it without a costly migration is `SandboxCgroup::entry`'s business:
-    // on cgroup v2 init is born inside, so the cgroup is made now; on v1 init joins it itself, so making it
-    // (the directories, the limits: most of the cost) waits until init is running, and overlaps its first
-    // setup steps (step 4). Init joins before it runs anything of the sandbox's.
-    let (mut cgroup, mut planned_cgroup) = match plan_cgroup(policy, host, warn)? {
+    // limit is made now, before anything of the sandbox exists. How init enters it without a costly migration
+    // is `SandboxCgroup::entry`'s business: on cgroup v2 init is born inside, so the cgroup is made now; on v1
+    // init joins it itself, so making it (the directories, the limits: most of the cost) waits until init is
+    // running, and overlaps its first setup steps (step 4). Init joins before it runs anything of the
+    // sandbox's. (Cgroups left by an airlock that was killed are removed then too, while init works.)
+    let (cgroup_layout, planned) = plan_cgroup(policy, host, warn)?.unzip();
+    let (mut cgroup, mut planned_cgroup) = match planned {
         Some(cgroups::CgroupPlan::Made(cgroup)) => {
             crate::fault::stop_here("cgroup-created");
             (Some(cgroup), None)
@@ -346,6 +347,13 @@ fn run_sandbox_with(
         return Err(e);
     }
 
+    // Cgroups left by an airlock that was killed (it could not remove its own): swept now, while init builds the
+    // sandbox, rather than before it starts. Best effort: one that cannot be removed now is tried next time.
+    match (&cgroup_layout, &cgroup) {
+        (Some(layout), Some(ours)) => drop(cgroups::remove_stale_cgroups_beside(layout, ours)),
+        (Some(layout), None) => drop(cgroups::remove_stale_cgroups(layout)),
+        (None, _) => {}
+    }
     crate::fault::stop_here("released");
     // A long-lived sandbox is ready when init closes the failure pipe unwritten (a record means setup failed,
     // and init exits: the wait below collects it).
@@ -458,21 +466,21 @@ fn release_child(pid: libc::pid_t, plan: &crate::plan::SandboxPlan, start_write:
     sys::fd::write_all(start_write, b"1").map_err(|e| SandboxError::CreatePipes(os_error(e)))
 }
 
-/// One cgroup per sandbox when the policy sets a memory, process or CPU limit (stale cgroups swept first):
-/// made now (cgroup v2) or planned, to be made once init runs (v1: see `SandboxCgroup::plan`). Fails closed: a
-/// limit that cannot be enforced stops the run (the error names the controller and the fix) — unless the
-/// profile says `enforce = "best-effort"`, and then the run goes on without the cgroup, saying so.
+/// One cgroup per sandbox when the policy sets a memory, process or CPU limit: made now (cgroup v2) or
+/// planned, to be made once init runs (v1: see `SandboxCgroup::plan`), with the layout it was planned in. Fails
+/// closed: a limit that cannot be enforced stops the run (the error names the controller and the fix) — unless
+/// the profile says `enforce = "best-effort"`, and then the run goes on without the cgroup, saying so.
 fn plan_cgroup(
     policy: &SandboxPolicy,
     host: &HostContext,
     warn: &mut dyn FnMut(&str),
-) -> Result<Option<cgroups::CgroupPlan>, SandboxError> {
+) -> Result<Option<(cgroups::CgroupLayout, cgroups::CgroupPlan)>, SandboxError> {
     if !policy.limits.needs_cgroup() {
         return Ok(None);
     }
     let name = host.name.as_deref().unwrap_or("run");
     let planned = cgroups::detect_layout(std::path::Path::new(cgroups::SYS_FS_CGROUP))
-        .and_then(|layout| SandboxCgroup::sweep_and_plan(&layout, name, &policy.limits));
+        .and_then(|layout| SandboxCgroup::plan(&layout, name, &policy.limits).map(|plan| (layout, plan)));
     match planned {
         Ok(planned) => Ok(Some(planned)),
         Err(e) => Ok(best_effort_or_fail(e, &policy.limits, policy.limits_enforcement, warn).map(|()| None)?),

@@ -855,7 +855,7 @@ fn no_cgroup_left_after_a_timeout() {
 /// `kill -9` of airlock: its init dies by the parent-death signal and takes the sandbox with it; the cgroup, which
 /// nobody was left to remove, is stale. Stale cgroups are removed by the next `airlock run` with limits: it
 /// removes every `airlock/<pid-ns>-<pid>-<start>-<name>` cgroup whose owner (the airlock of that pid and start
-/// time) is gone, before it creates its own.
+/// time) is gone, while its own sandbox is being set up.
 #[test]
 fn a_cgroup_left_by_kill_9_of_airlock_is_removed_by_the_next_run_with_limits() {
     let _serial = serial();

@@ -855,7 +855,7 @@ fn no_cgroup_left_after_a_timeout() {
 /// `kill -9` of airlock: its init dies by the parent-death signal and takes the sandbox with it; the cgroup, which
 /// nobody was left to remove, is stale. Stale cgroups are removed by the next `airlock run` with limits: it
 /// removes every `airlock/<pid-ns>-<pid>-<start>-<name>` cgroup whose owner (the airlock of that pid and start
-/// time) is gone, before it creates its own.
+/// time) is gone, while its own sandbox is being set up.
 #[test]
 fn a_cgroup_left_by_kill_9_of_airlock_is_removed_by_the_next_run_with_limits() {
     let _serial = serial();
@@ -906,6 +906,181 @@ fn a_cgroup_left_by_kill_9_of_airlock_is_removed_by_the_next_run_with_limits() {
     let left = cgroups_of_airlock(layout, airlock_pid);
     assert!(left.is_empty(), "the next run with limits did not remove the stale cgroups:\n{left:#?}");
     assert_no_sandbox_cgroups(layout, "kill -9 of airlock and one more run");
+}
+
+/// On cgroup v1 the cgroup is made while the sandbox's init takes its first steps, and init joins it before
+/// anything of the sandbox's runs: the command is in the sandbox's cgroup in every hierarchy from its first
+/// instruction (its own `/proc/self/cgroup`, read by its first command, says `/` in each: the cgroup namespace's
+/// root, made after the join, is that cgroup; the host sees it there), and the cgroup is gone the moment airlock
+/// has exited (removed before the exit status, not after).
+#[test]
+fn the_command_starts_inside_its_cgroup_and_the_cgroup_is_gone_at_exit() {
+    let _serial = serial();
+    require_sandbox!();
+    require_root!();
+    let layout = require_layout!();
+
+    let name = unique("inside");
+    let duration = unique_sleep(3);
+    let mut child = KillOnDrop(Some(
+        airlock_command(&[
+            "run",
+            "--name",
+            &name,
+            "--rm",
+            "--memory",
+            "64M",
+            "--pids",
+            "64",
+            "--cpus",
+            "1",
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!("cat /proc/self/cgroup; exec sleep {duration}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn airlock"),
+    ));
+    let airlock_pid = child.child().id();
+    assert!(wait_until(Duration::from_secs(10), || !sleepers(&duration).is_empty()), "the sleep never started");
+    let sleeper = sleepers(&duration);
+    let sleep_pid = sleeper[0].split(':').next().unwrap().to_string();
+    let host_view = fs::read_to_string(format!("/proc/{sleep_pid}/cgroup")).unwrap();
+    let controllers: &[&str] = match layout {
+        Layout::V1 => &["memory", "pids", "cpu", "cpuacct"],
+        Layout::V2 => &[""],
+    };
+    let ours = cgroups_of_airlock(layout, airlock_pid);
+    for controller in controllers {
+        let line = host_view
+            .lines()
+            .find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|x| x == *controller)))
+            .unwrap_or_else(|| panic!("no {controller:?} line in {host_view}"));
+        let path = line.splitn(3, ':').nth(2).unwrap();
+        assert!(
+            path.starts_with("/airlock/") && path.ends_with(&format!("-{name}")),
+            "the command is not in its sandbox's {controller} cgroup: {line}"
+        );
+    }
+    assert_eq!(ours.len(), controllers.len(), "one cgroup per hierarchy: {ours:#?}");
+
+    let out = child.take().wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    // No waiting: the directories are gone when airlock's exit status is.
+    let left: Vec<&PathBuf> = ours.iter().filter(|d| d.exists()).collect();
+    assert!(left.is_empty(), "the run's cgroup outlived its exit status: {left:#?}");
+    let inside = stdout(&out);
+    for controller in controllers {
+        let line = inside
+            .lines()
+            .find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|x| x == *controller)))
+            .unwrap_or_else(|| panic!("no {controller:?} line in the sandbox's view {inside}"));
+        assert!(line.ends_with(":/"), "inside, the {controller:?} cgroup is not the namespace's root: {line}");
+    }
+}
+
+/// The state field of `/proc/<pid>/stat`: 'T' for a stopped process; `None` once it is gone.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next())
+}
+
+/// If the cgroup cannot be made once the sandbox's init is running (cgroup v1 makes it then), the run fails closed:
+/// exit 125 with one `airlock:` line, the command never runs, init is gone, and of the cgroup nothing airlock made
+/// is left (what it did not make is left alone). The failure is a real one: airlock is stopped right after
+/// `clone` (the `cloned` fault point, debug builds), and the test makes the cgroup's pids directory itself,
+/// with the very name airlock will use, so airlock's `mkdir` there fails.
+#[test]
+fn a_cgroup_that_cannot_be_made_after_clone_fails_closed_with_125_and_nothing_runs() {
+    let _serial = serial();
+    require_sandbox!();
+    require_root!();
+    let layout = require_layout!();
+    if layout != Layout::V1 {
+        // Not a missing capability: on cgroup v2 the cgroup is made before clone (init is born inside it).
+        eprintln!("SKIP: the cgroup is made after clone on cgroup v1 hosts only; this host is cgroup v2");
+        return;
+    }
+
+    let dir = TempDir::new("limits-make-fails");
+    fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let marker = dir.path().join("ran");
+    let name = unique("makefails");
+    let script = format!("touch {}", marker.display());
+    let mut child = KillOnDrop(Some(
+        airlock_command(&[
+            "run",
+            "--name",
+            &name,
+            "--rm",
+            "--memory",
+            "64M",
+            "--pids",
+            "64",
+            "--bind",
+            dir.str(),
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ])
+        .env("AIRLOCK_FAULT_STOP", "cloned")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn airlock"),
+    ));
+    let airlock_pid = child.child().id();
+    let stopped = wait_until(Duration::from_secs(20), || process_state(airlock_pid) == Some('T'));
+    assert!(stopped, "airlock never stopped at the `cloned` fault point (a release build has none)");
+    let init_pid: u32 = fs::read_to_string(format!("/proc/{airlock_pid}/task/{airlock_pid}/children"))
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .find(|p| process_state(*p).is_some())
+        .expect("airlock's init");
+
+    // The name airlock will give its cgroup: `<pid-ns>-<pid>-<start>-<name>` (see runtime::cgroups).
+    let pid_ns = std::os::unix::fs::MetadataExt::ino(&fs::metadata(format!("/proc/{airlock_pid}/ns/pid")).unwrap());
+    let stat = fs::read_to_string(format!("/proc/{airlock_pid}/stat")).unwrap();
+    let start = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(19).unwrap().to_string();
+    let cgroup_name = format!("{pid_ns}-{airlock_pid}-{start}-{name}");
+    let in_the_way = layout.airlock_dir("pids").join(&cgroup_name);
+    fs::create_dir_all(&in_the_way).unwrap();
+    struct RemoveDir(PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir(&self.0);
+        }
+    }
+    let in_the_way = RemoveDir(in_the_way);
+
+    let resumed = Command::new("kill").args(["-CONT", &airlock_pid.to_string()]).status().unwrap();
+    assert!(resumed.success(), "kill -CONT {airlock_pid}: {resumed}");
+    let out = child.take().wait_with_output().unwrap();
+    let err = stderr(&out);
+    println!("{}", describe(&out));
+    assert_eq!(code(&out), 125, "{}", describe(&out));
+    // (The bind of a directory owned by host root draws a warning first.)
+    let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("airlock: warning:")).collect();
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("airlock:") && lines[0].contains("cgroup"),
+        "expected one `airlock:` error line about the cgroup\n{}",
+        describe(&out)
+    );
+    assert!(!marker.exists(), "the command ran though its cgroup could not be made");
+    assert!(
+        wait_until(Duration::from_secs(5), || process_state(init_pid).is_none_or(|s| s == 'Z')),
+        "the sandbox's init {init_pid} outlived the failed run"
+    );
+    assert!(in_the_way.0.is_dir(), "airlock removed a cgroup it did not make");
+    let memory = layout.airlock_dir("memory").join(&cgroup_name);
+    assert!(!memory.exists(), "the memory cgroup airlock made is left: {}", memory.display());
+    drop(in_the_way);
+    assert_no_sandbox_cgroups(layout, "a run whose cgroup could not be made");
 }
 
 // ---------------------------------------------------------------------------------------------------------------

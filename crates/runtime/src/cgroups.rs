@@ -279,6 +279,18 @@ enum Dirs {
     V1 { memory: Option<PathBuf>, pids: Option<PathBuf>, cpu: Option<PathBuf>, cpuacct: Option<PathBuf> },
 }
 
+/// Every directory in `dirs`, once each (co-mounted v1 hierarchies share one).
+fn dirs_paths(dirs: &Dirs) -> Vec<&Path> {
+    let mut paths: Vec<&Path> = match dirs {
+        Dirs::V2 { dir } => vec![dir],
+        Dirs::V1 { memory, pids, cpu, cpuacct } => {
+            [memory, pids, cpu, cpuacct].into_iter().filter_map(|d| d.as_deref()).collect()
+        }
+    };
+    paths.dedup();
+    paths
+}
+
 /// See [`SandboxCgroup::entry`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CgroupEntryPoint {
@@ -374,10 +386,23 @@ impl SandboxCgroup {
     /// [`CgroupError::ControllerUnavailable`]. `limits.disk_bytes` is not a cgroup matter and is ignored. On error
     /// nothing created is left behind.
     pub fn create(layout: &CgroupLayout, sandbox: &str, limits: &Limits) -> Result<SandboxCgroup, CgroupError> {
+        match SandboxCgroup::plan(layout, sandbox, limits)? {
+            CgroupPlan::Made(cgroup) => Ok(cgroup),
+            CgroupPlan::Deferred(planned) => planned.make(),
+        }
+    }
+
+    /// [`SandboxCgroup::create`] in two steps, so that the slow part can run while the sandbox's init sets itself
+    /// up: every check that can refuse a limit (which hierarchies are writable, the name, the CPU quota) is done
+    /// now, and nothing is created yet. On cgroup v1 the directories are made and the limits written later, by
+    /// [`PlannedCgroup::make`]: init joins by itself (see [`SandboxCgroup::entry`]) and only needs the paths,
+    /// which the plan already knows. On cgroup v2 init is born inside (`CLONE_INTO_CGROUP`), so the cgroup must
+    /// exist before `clone`: it is made now.
+    pub fn plan(layout: &CgroupLayout, sandbox: &str, limits: &Limits) -> Result<CgroupPlan, CgroupError> {
         let own = read_own_cgroups()?;
         let euid = sys::process::effective_uid();
         let host = HostView { own: &own, owner: CgroupOwner::current()?, euid };
-        create_with(layout, &host, sandbox, limits)
+        plan_with(layout, &host, sandbox, limits)
     }
 
     /// A handle on an existing sandbox cgroup by its full name (from [`SandboxCgroup::name`]), for `stats` or
@@ -423,14 +448,7 @@ impl SandboxCgroup {
 
     /// Every directory of this cgroup, once each (co-mounted v1 hierarchies share one).
     pub fn paths(&self) -> Vec<&Path> {
-        let mut paths: Vec<&Path> = match &self.dirs {
-            Dirs::V2 { dir } => vec![dir],
-            Dirs::V1 { memory, pids, cpu, cpuacct } => {
-                [memory, pids, cpu, cpuacct].into_iter().filter_map(|d| d.as_deref()).collect()
-            }
-        };
-        paths.dedup();
-        paths
+        dirs_paths(&self.dirs)
     }
 
     /// How the sandbox's first process gets into the cgroup without the cost of migrating it. Moving another
@@ -556,19 +574,111 @@ fn delegation_root(hierarchy: &Path, own: &str) -> Option<PathBuf> {
     }
 }
 
+/// What [`SandboxCgroup::plan`] decided.
+#[derive(Debug)]
+pub enum CgroupPlan {
+    /// cgroup v2: made already.
+    Made(SandboxCgroup),
+    /// cgroup v1: to be made with [`PlannedCgroup::make`].
+    Deferred(PlannedCgroup),
+}
+
+/// A cgroup v1 sandbox cgroup whose every check passed, not created yet (see [`SandboxCgroup::plan`]).
+#[derive(Debug)]
+pub struct PlannedCgroup {
+    name: String,
+    /// Where each hierarchy's directory will be.
+    dirs: Dirs,
+    memory_bytes: Option<u64>,
+    pids: Option<u64>,
+    cpu_quota: Option<u64>,
+    owner_pid: u32,
+}
+
+impl PlannedCgroup {
+    /// The `tasks` files the sandbox's init will write `0` to once [`PlannedCgroup::make`] has made them.
+    pub fn tasks(&self) -> Vec<PathBuf> {
+        dirs_paths(&self.dirs).iter().map(|d| d.join("tasks")).collect()
+    }
+
+    /// The cgroup's name, as [`SandboxCgroup::name`] will be.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Creates the directories and writes the limits. On error nothing created is left behind.
+    pub fn make(self) -> Result<SandboxCgroup, CgroupError> {
+        let (cgroup, limits) = self.make_dirs()?;
+        limits.write(&cgroup)?;
+        Ok(cgroup)
+    }
+
+    /// [`PlannedCgroup::make`]'s first half: the directories, which is all a process needs to join. The limits
+    /// still have to be written ([`PendingLimits::write`]) before anything of the sandbox's runs. On error
+    /// nothing created is left behind.
+    pub fn make_dirs(self) -> Result<(SandboxCgroup, PendingLimits), CgroupError> {
+        let PlannedCgroup { name, dirs, memory_bytes, pids, cpu_quota, owner_pid } = self;
+        let Dirs::V1 { memory, pids: pids_dir, cpu, cpuacct } = dirs else {
+            return Err(CgroupError::InvalidName { name, reason: "only a cgroup v1 plan is made later" });
+        };
+        let cgroup = make_v1_dirs([memory, pids_dir, cpu, cpuacct], name, owner_pid)?;
+        Ok((cgroup, PendingLimits { memory_bytes, pids, cpu_quota }))
+    }
+}
+
+/// The limits of a cgroup v1 cgroup whose directories [`PlannedCgroup::make_dirs`] made.
+#[derive(Debug)]
+#[must_use = "the limits are not in force until written"]
+pub struct PendingLimits {
+    memory_bytes: Option<u64>,
+    pids: Option<u64>,
+    cpu_quota: Option<u64>,
+}
+
+impl PendingLimits {
+    /// Writes the limits into `cgroup`'s files.
+    pub fn write(self, cgroup: &SandboxCgroup) -> Result<(), CgroupError> {
+        let Dirs::V1 { memory, pids, cpu, .. } = &cgroup.dirs else { return Ok(()) };
+        if let Some(dir) = memory {
+            limit_memory_v1(dir, self.memory_bytes)?;
+        }
+        if let (Some(dir), Some(max)) = (pids, self.pids) {
+            write_limit(&dir.join("pids.max"), &max.to_string())?;
+        }
+        if let (Some(dir), Some(quota)) = (cpu, self.cpu_quota) {
+            write_limit(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_USEC.to_string())?;
+            write_limit(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+fn plan_with(
+    layout: &CgroupLayout,
+    host: &HostView<'_>,
+    sandbox: &str,
+    limits: &Limits,
+) -> Result<CgroupPlan, CgroupError> {
+    let name = host.owner.cgroup_name(sandbox)?;
+    let cpu_quota = limits.cpus.map(cpu_quota_usec).transpose()?;
+    match layout {
+        CgroupLayout::V2 { root } => create_v2(root, host, name, limits, cpu_quota).map(CgroupPlan::Made),
+        CgroupLayout::V1 { memory, pids, cpu, cpuacct } => {
+            plan_v1([memory, pids, cpu, cpuacct], host, name, limits, cpu_quota).map(CgroupPlan::Deferred)
+        }
+    }
+}
+
+#[cfg(test)]
 fn create_with(
     layout: &CgroupLayout,
     host: &HostView<'_>,
     sandbox: &str,
     limits: &Limits,
 ) -> Result<SandboxCgroup, CgroupError> {
-    let name = host.owner.cgroup_name(sandbox)?;
-    let cpu_quota = limits.cpus.map(cpu_quota_usec).transpose()?;
-    match layout {
-        CgroupLayout::V2 { root } => create_v2(root, host, name, limits, cpu_quota),
-        CgroupLayout::V1 { memory, pids, cpu, cpuacct } => {
-            create_v1([memory, pids, cpu, cpuacct], host, name, limits, cpu_quota)
-        }
+    match plan_with(layout, host, sandbox, limits)? {
+        CgroupPlan::Made(cgroup) => Ok(cgroup),
+        CgroupPlan::Deferred(planned) => planned.make(),
     }
 }
 
@@ -778,13 +888,13 @@ fn stats_v2(dir: &Path) -> Result<CgroupStats, CgroupError> {
 // ---------------------------------------------------------------------------------------------------------------
 // cgroup v1.
 
-fn create_v1(
+fn plan_v1(
     hierarchies: [&Option<PathBuf>; 4],
     host: &HostView<'_>,
     name: String,
     limits: &Limits,
     cpu_quota: Option<u64>,
-) -> Result<SandboxCgroup, CgroupError> {
+) -> Result<PlannedCgroup, CgroupError> {
     let [memory, pids, cpu, cpuacct] = hierarchies;
     // Find every base first, so that a limit that cannot be enforced fails before anything is created.
     let memory_base = v1_base(memory.as_deref(), "memory", limits.memory_bytes.is_some(), host)?;
@@ -798,45 +908,44 @@ fn create_v1(
             fix: FIX_V1.to_string(),
         });
     }
+    // Co-mounted hierarchies have the same base, and so the same directory.
+    let dir = |base: Option<PathBuf>| base.map(|b| b.join(AIRLOCK_DIR).join(&name));
+    let dirs =
+        Dirs::V1 { memory: dir(memory_base), pids: dir(pids_base), cpu: dir(cpu_base), cpuacct: dir(cpuacct_base) };
+    Ok(PlannedCgroup {
+        dirs,
+        name,
+        memory_bytes: limits.memory_bytes,
+        pids: limits.pids,
+        cpu_quota,
+        owner_pid: host.owner.pid,
+    })
+}
 
+fn make_v1_dirs(planned: [Option<PathBuf>; 4], name: String, owner_pid: u32) -> Result<SandboxCgroup, CgroupError> {
     let mut cgroup = SandboxCgroup {
         name,
         dirs: Dirs::V1 { memory: None, pids: None, cpu: None, cpuacct: None },
-        teardown_on_drop_in: Some(host.owner.pid),
+        teardown_on_drop_in: Some(owner_pid),
     };
-    // Each directory is recorded as soon as it exists: an error drops `cgroup`, which removes them.
-    let mut made: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
-    for (index, base) in [memory_base, pids_base, cpu_base, cpuacct_base].into_iter().enumerate() {
-        let Some(base) = base else { continue };
-        let dir = match made.get(&base) {
-            Some(dir) => dir.clone(),
-            None => {
-                let parent = base.join(AIRLOCK_DIR);
-                make_dir_if_missing(&parent)?;
-                let dir = parent.join(&cgroup.name);
-                make_dir(&dir)?;
-                made.insert(base, dir.clone());
-                dir
+    // Each directory is recorded as soon as it exists: an error drops `cgroup`, which removes them (and only
+    // them: a directory that was there already is not ours to remove).
+    let mut made: Vec<PathBuf> = Vec::new();
+    for (index, dir) in planned.into_iter().enumerate() {
+        let Some(dir) = dir else { continue };
+        if !made.contains(&dir) {
+            if let Some(parent) = dir.parent() {
+                make_dir_if_missing(parent)?;
             }
-        };
+            make_dir(&dir)?;
+            made.push(dir.clone());
+        }
         if let Dirs::V1 { memory, pids, cpu, cpuacct } = &mut cgroup.dirs {
             let slot = [memory, pids, cpu, cpuacct].into_iter().nth(index);
             if let Some(slot) = slot {
                 *slot = Some(dir);
             }
         }
-    }
-
-    let Dirs::V1 { memory, pids, cpu, .. } = &cgroup.dirs else { return Ok(cgroup) };
-    if let Some(dir) = memory {
-        limit_memory_v1(dir, limits.memory_bytes)?;
-    }
-    if let (Some(dir), Some(max)) = (pids, limits.pids) {
-        write_limit(&dir.join("pids.max"), &max.to_string())?;
-    }
-    if let (Some(dir), Some(quota)) = (cpu, cpu_quota) {
-        write_limit(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_USEC.to_string())?;
-        write_limit(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
     }
     Ok(cgroup)
 }
@@ -934,7 +1043,16 @@ pub fn remove_stale_cgroups(layout: &CgroupLayout) -> Result<Vec<PathBuf>, Cgrou
     let own = read_own_cgroups()?;
     let ns = Path::new("/proc/self/ns/pid");
     let our_pid_namespace = fs::metadata(ns).map_err(|source| read_error(ns, source))?.ino();
-    remove_stale_with(layout, &own, our_pid_namespace)
+    remove_stale_with(layout, &own, our_pid_namespace, &[])
+}
+
+/// [`remove_stale_cgroups`], from the process that owns `ours`: an `airlock/` directory holding no cgroup but
+/// ours is not listed (see `remove_stale_with`).
+pub fn remove_stale_cgroups_beside(layout: &CgroupLayout, ours: &SandboxCgroup) -> Result<Vec<PathBuf>, CgroupError> {
+    let own = read_own_cgroups()?;
+    let ns = Path::new("/proc/self/ns/pid");
+    let our_pid_namespace = fs::metadata(ns).map_err(|source| read_error(ns, source))?.ino();
+    remove_stale_with(layout, &own, our_pid_namespace, &ours.paths())
 }
 
 /// The bases under which this process creates `airlock/<name>` cgroups, with whether each is v2.
@@ -977,12 +1095,24 @@ fn remove_stale_with(
     layout: &CgroupLayout,
     own: &[CgroupEntry],
     our_pid_namespace: u64,
+    ours: &[&Path],
 ) -> Result<Vec<PathBuf>, CgroupError> {
     let parents = sandbox_bases(layout, own);
     // name -> its directories in every hierarchy, so that all of a sandbox's processes are killed together.
     let mut stale: BTreeMap<String, (Vec<PathBuf>, bool)> = BTreeMap::new();
     for (base, is_v2) in parents {
         let parent = base.join(AIRLOCK_DIR);
+        // Most runs find nothing to sweep, and can tell without listing: a cgroup directory's link count is 2
+        // plus the number of cgroups below it (cgroupfs keeps it so, as tmpfs and ext4 do), so 2, plus one for
+        // each of `ours` in it, means there is no other. (Anything else, as on filesystems that report 1 for
+        // every directory, is listed.)
+        let ours_here = ours.iter().filter(|d| d.parent() == Some(parent.as_path()) && d.is_dir()).count() as u64;
+        match fs::metadata(&parent) {
+            Ok(meta) if meta.nlink() == 2 + ours_here => continue,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(read_error(&parent, source)),
+        }
         let entries = match fs::read_dir(&parent) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -1019,9 +1149,24 @@ fn remove_stale_with(
 
 /// Kills everything in `dirs` and removes them, each after its descendants.
 fn teardown(dirs: &[&Path], is_v2: bool) -> Result<(), CgroupError> {
-    let killed = kill_dirs(dirs, is_v2);
+    // Usually there is nothing to kill: a sandbox's processes die with its init (the kernel kills a pid
+    // namespace's every process when its pid 1 exits). One `rmdir` each then suffices, and it is proof enough:
+    // the kernel refuses (EBUSY) to remove a cgroup that still has a process or a cgroup below it. Whatever it
+    // refused gets the full treatment: listed, killed, removed after its descendants.
+    let dirs: Vec<&Path> = dirs
+        .iter()
+        .copied()
+        .filter(|dir| match fs::remove_dir(dir) {
+            Ok(()) => false,
+            Err(e) => e.kind() != io::ErrorKind::NotFound,
+        })
+        .collect();
+    if dirs.is_empty() {
+        return Ok(());
+    }
+    let killed = kill_dirs(&dirs, is_v2);
     let mut removed = Ok(());
-    for dir in dirs {
+    for dir in &dirs {
         if let Err(e) = remove_tree(dir, Instant::now() + TEARDOWN_TIMEOUT) {
             removed = removed.and(Err(e));
         }
@@ -1213,11 +1358,30 @@ fn read_error(path: &Path, source: io::Error) -> CgroupError {
 
 /// A file's content; `None` when the kernel does not have the file.
 fn read_optional(path: &Path) -> Result<Option<String>, CgroupError> {
-    match fs::read_to_string(path) {
+    match read_small(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(read_error(path, source)),
     }
+}
+
+/// A small file's content, read to its end without asking its size first: cgroup files report size 0 anyway,
+/// and the `statx` that `fs::read_to_string` makes for the hint is one system call per file for nothing (the
+/// stats after every run read nine).
+fn read_small(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut file = fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 fn parse_error(path: &Path, content: &str) -> CgroupError {
@@ -1797,7 +1961,7 @@ mod tests {
             fs::create_dir_all(d).unwrap();
         }
         let layout = CgroupLayout::V2 { root: dir.0.clone() };
-        let removed = remove_stale_with(&layout, &parse_proc_cgroup("0::/\n"), me.pid_namespace).unwrap();
+        let removed = remove_stale_with(&layout, &parse_proc_cgroup("0::/\n"), me.pid_namespace, &[]).unwrap();
         assert_eq!(removed, vec![stale.clone()]);
         assert!(!stale.exists() && live.is_dir() && foreign.is_dir());
     }
@@ -1893,6 +2057,76 @@ mod tests {
 
         fn read_trimmed(path: impl AsRef<Path>) -> String {
             read(path).trim().to_string()
+        }
+
+        /// The cost of each step of a limited run's cgroup work on this machine (docs/benchmarks.md, "Limits"):
+        /// `cargo test -p airlock-runtime --lib -- --ignored --nocapture cgroup_step_costs`. Prints medians; asserts
+        /// nothing about them (they depend on the machine).
+        #[test]
+        #[ignore = "a measurement, not a test: run it by name"]
+        fn cgroup_step_costs() {
+            let Some(CgroupLayout::V1 {
+                memory: Some(memory),
+                pids: Some(pids),
+                cpu: Some(cpu),
+                cpuacct: Some(cpuacct),
+            }) = real_v1_layout()
+            else {
+                return;
+            };
+            const ROUNDS: usize = 200;
+            let limits = limits(Some(256 << 20), Some(512), Some(1.0));
+            let mut steps: BTreeMap<&'static str, Vec<Duration>> = BTreeMap::new();
+            let mut time =
+                |step: &'static str, started: Instant| steps.entry(step).or_default().push(started.elapsed());
+            for _ in 0..ROUNDS {
+                let started = Instant::now();
+                let layout = detect_layout(Path::new(SYS_FS_CGROUP)).unwrap();
+                time("1 detect_layout", started);
+                let started = Instant::now();
+                let own = read_own_cgroups().unwrap();
+                time("2a read /proc/self/cgroup", started);
+                let started = Instant::now();
+                let owner = CgroupOwner::current().unwrap();
+                time("2b owner (pid namespace, /proc/self/stat)", started);
+                let started = Instant::now();
+                let CgroupPlan::Deferred(planned) = SandboxCgroup::plan(&layout, "steps", &limits).unwrap() else {
+                    panic!("v1 is planned, not made")
+                };
+                let planned_tasks = planned.tasks();
+                time("2 plan (2a + 2b + 4 access checks x2)", started);
+                let started = Instant::now();
+                let (cgroup, limits) = planned.make_dirs().unwrap();
+                time("3a make_dirs (mkdir x4)", started);
+                let started = Instant::now();
+                limits.write(&cgroup).unwrap();
+                time("3b limits (oom_control, memory, memsw, pids, cpu period and quota)", started);
+                let started = Instant::now();
+                remove_stale_with(&layout, &own, owner.pid_namespace, &cgroup.paths()).unwrap();
+                time("3c stale sweep beside our own cgroup, nothing stale (4 access checks x2, 4 stat)", started);
+                // What init does: this thread moves itself into every hierarchy, then (not timed) back out.
+                let started = Instant::now();
+                for tasks in planned_tasks.iter() {
+                    write_value(tasks, "0").unwrap();
+                }
+                time("3d join (0 into 4 tasks files, as init)", started);
+                for (hierarchy, controller) in
+                    [(&memory, "memory"), (&pids, "pids"), (&cpu, "cpu"), (&cpuacct, "cpuacct")]
+                {
+                    let home = hierarchy.join(own_path(&own, Some(controller)).trim_start_matches('/'));
+                    write_value(&home.join("tasks"), "0").unwrap();
+                }
+                let started = Instant::now();
+                cgroup.stats().unwrap();
+                time("4 stats (9 files)", started);
+                let started = Instant::now();
+                cgroup.remove().unwrap();
+                time("5 remove (rmdir x4)", started);
+            }
+            for (step, mut samples) in steps {
+                samples.sort();
+                println!("{step}: median {:?}", samples[ROUNDS / 2]);
+            }
         }
 
         #[test]

@@ -3,7 +3,9 @@
 //! builds compile the check out.
 
 /// The points, in setup order: the plan made (the id range claimed), the gateway started, the cgroup made, init
-/// cloned (before its id maps), init released (the sandbox running, before supervision).
+/// cloned (before its id maps), init released (the sandbox running, before supervision). On cgroup v1 the cgroup
+/// is made after `cloned`, while init takes its first steps (init waits for it before it runs anything of the
+/// sandbox's): `cgroup-created` then comes between `cloned` and `released`.
 pub const POINTS: [&str; 5] = ["prepared", "gateway-started", "cgroup-created", "cloned", "released"];
 
 /// Stops here when `AIRLOCK_FAULT_STOP` names `point` (debug builds only).

@@ -12,6 +12,14 @@ use crate::namespaces::Kind;
 use crate::plan::SandboxPlan;
 use crate::{landlock, mounts, net, tty};
 
+/// The supervisor's word on the start pipe, after the start byte, when init is to join a cgroup v1 cgroup
+/// (`plan.cgroup_tasks`): the cgroup is made, join it.
+pub const CGROUP_JOIN: u8 = b'c';
+/// ... or: no cgroup after all (best-effort limits that could not be had); go on without.
+pub const CGROUP_NONE: u8 = b'n';
+/// After `CGROUP_JOIN`: the cgroup's limits are written; the command may start.
+pub const CGROUP_LIMITED: u8 = b'l';
+
 /// Descriptors init inherits from the supervisor.
 pub struct InitFds {
     /// Read end of the start pipe: one byte once the supervisor has written the id maps.
@@ -45,20 +53,6 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
         Ok(1) => {}
         Ok(_) => sys::process::exit_immediately(EXIT_SETUP_FAILED),
         Err(e) => abort(ChildFailure { step: Step::WaitForSupervisor, errno: e, index: 0 }),
-    }
-
-    // cgroup v1: join the sandbox's cgroup ourselves, one thread moving itself, which the kernel does without
-    // the global lock (and its RCU wait) that moving another process takes. (On v2 we were born inside.)
-    for (index, tasks) in plan.cgroup_tasks.iter().enumerate() {
-        if let Err(e) = join_cgroup(tasks) {
-            abort(ChildFailure { step: Step::JoinCgroup, errno: e, index: index as u32 });
-        }
-    }
-
-    // The cgroup namespace, now that we are in the sandbox's cgroup: its root is that
-    // cgroup, so the sandbox sees only its own (and /proc/self/cgroup says "/").
-    if let Err(e) = sys::namespace::unshare(Kind::Cgroup.flag()) {
-        abort(ChildFailure { step: Step::UnshareCgroupNamespace, errno: e, index: 0 });
     }
 
     // Descriptors the caller leaked to airlock go now, before any sandbox code could see them (CVE-2016-9962).
@@ -103,6 +97,34 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
         _ => None,
     };
 
+    // cgroup v1: the supervisor has been making the sandbox's cgroup while we took the steps above (on v2 we were
+    // born inside it). Its word says whether to join (`CGROUP_JOIN`) or to go on without (`CGROUP_NONE`:
+    // best-effort limits that could not be had); anything else, or the pipe's end, stops here. We join now,
+    // while we are still the user who ran airlock and the host's cgroupfs is in view, before anything of the
+    // sandbox's runs: one thread moving itself, which the kernel does without the global lock (and its RCU
+    // wait) that moving another process takes. (What the steps above allocated stays charged where it was.)
+    // The limits are written meanwhile: `CGROUP_LIMITED` comes before the command starts (below).
+    let joining = !plan.cgroup_tasks.is_empty()
+        && match read_word(fds.start) {
+            Ok(CGROUP_JOIN) => true,
+            Ok(CGROUP_NONE) => false,
+            Ok(_) => sys::process::exit_immediately(EXIT_SETUP_FAILED),
+            Err(e) => abort(ChildFailure { step: Step::WaitForSupervisor, errno: e, index: 0 }),
+        };
+    if joining {
+        for (index, tasks) in plan.cgroup_tasks.iter().enumerate() {
+            if let Err(e) = join_cgroup(tasks) {
+                abort(ChildFailure { step: Step::JoinCgroup, errno: e, index: index as u32 });
+            }
+        }
+    }
+
+    // The cgroup namespace, now that we are in the sandbox's cgroup: its root is that
+    // cgroup, so the sandbox sees only its own (and /proc/self/cgroup says "/").
+    if let Err(e) = sys::namespace::unshare(Kind::Cgroup.flag()) {
+        abort(ChildFailure { step: Step::UnshareCgroupNamespace, errno: e, index: 0 });
+    }
+
     // Then become the namespace's root (as host root, the clone left us with host uid 0, unmapped inside: we
     // must not keep it, since the host kernel would still treat file access as host root's).
     if let Err(e) = exec::switch_ids(plan.ids.init_uid, plan.ids.init_gid) {
@@ -116,13 +138,22 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     if supervisor_gone(fds.start) {
         sys::process::exit_immediately(EXIT_SETUP_FAILED);
     }
-    sys::fd::close(fds.start);
 
     if let Err(f) =
         mounts::mount_workspace_overlay(&overlay, trees).and_then(|()| build_sandbox(plan, trees, &root_layers, tun))
     {
         abort(f);
     }
+    // The cgroup's limits are in force before anything of the sandbox's runs (see above). Anything but the
+    // supervisor's word, or the pipe's end, stops here.
+    if joining {
+        match read_word(fds.start) {
+            Ok(CGROUP_LIMITED) => {}
+            Ok(_) => sys::process::exit_immediately(EXIT_SETUP_FAILED),
+            Err(e) => abort(ChildFailure { step: Step::WaitForSupervisor, errno: e, index: 0 }),
+        }
+    }
+    sys::fd::close(fds.start);
 
     // A long-lived sandbox: no command of our own; the sandbox is ready, and init holds it until told to stop.
     if plan.hold {
@@ -316,6 +347,15 @@ fn kill_everything_and_reap(status: i32) -> i32 {
 fn join_cgroup(tasks: &std::ffi::CStr) -> Result<(), sys::Errno> {
     let fd = sys::fd::open(tasks, libc::O_WRONLY | libc::O_CLOEXEC)?;
     sys::fd::write_all(fd.as_raw_fd(), b"0")
+}
+
+/// One byte from the start pipe; 0 (no word) at its end.
+fn read_word(start: RawFd) -> Result<u8, sys::Errno> {
+    let mut word = [0u8; 1];
+    match sys::fd::read(start, &mut word)? {
+        1 => Ok(word[0]),
+        _ => Ok(0),
+    }
 }
 
 /// Whether the supervisor has closed its end of the start pipe (it only does so by exiting).

@@ -862,7 +862,9 @@ fn check_limits_against_host(limits: &policy::sandbox::Limits) -> Result<(), Pre
             });
         }
     }
-    if let Some(asked) = limits.cpus {
+    // Every host has at least one CPU: only more than one needs the count (which reads this process's cgroup
+    // and its CPU quota files: ten system calls before every limited run).
+    if let Some(asked) = limits.cpus.filter(|&c| c > 1.0) {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
         if asked > cpus {
             return Err(PrepareError::LimitAboveHost {

@@ -147,13 +147,28 @@ fn run_sandbox_with(
         _ => None,
     };
     crate::fault::stop_here("gateway-started");
-    // The cgroup first: it needs the host's cgroupfs, which the sandbox will never see, and it must exist
-    // before the child can run anything. Cgroups left by an airlock that was killed are removed on the way.
-    // How init enters it without a costly migration is `SandboxCgroup::entry`'s business.
-    let cgroup = create_cgroup(policy, host, warn)?;
-    crate::fault::stop_here("cgroup-created");
+    // The cgroup: it needs the host's cgroupfs, which the sandbox will never see. Every check that can refuse a
+    // limit is made now, before anything of the sandbox exists. How init enters it without a costly migration
+    // is `SandboxCgroup::entry`'s business: on cgroup v2 init is born inside, so the cgroup is made now; on v1
+    // init joins it itself, so making it (the directories, the limits: most of the cost) waits until init is
+    // running, and overlaps its first setup steps (step 4). Init joins before it runs anything of the
+    // sandbox's. (Cgroups left by an airlock that was killed are removed then too, while init works.)
+    let (cgroup_layout, planned) = plan_cgroup(policy, host, warn)?.unzip();
+    let (mut cgroup, mut planned_cgroup) = match planned {
+        Some(cgroups::CgroupPlan::Made(cgroup)) => {
+            crate::fault::stop_here("cgroup-created");
+            (Some(cgroup), None)
+        }
+        Some(cgroups::CgroupPlan::Deferred(planned)) => (None, Some(planned)),
+        None => (None, None),
+    };
     let mut cgroup_dir: Option<std::fs::File> = None;
-    match cgroup.as_ref().map(SandboxCgroup::entry) {
+    let entry = match (&cgroup, &planned_cgroup) {
+        (Some(made), _) => Some(made.entry()),
+        (None, Some(planned)) => Some(CgroupEntryPoint::SelfAttach(planned.tasks())),
+        (None, None) => None,
+    };
+    match entry {
         Some(CgroupEntryPoint::SelfAttach(tasks)) => {
             prepared.plan.cgroup_tasks = tasks
                 .iter()
@@ -291,7 +306,36 @@ fn run_sandbox_with(
     // 4. Parent: the id maps (root inside -> an unprivileged host id), then release the child.
     //    Attaching its network needs nothing from here: init creates the gateway's interface inside the
     //    sandbox's network namespace (only a process there can) and hands it to the gateway itself.
-    if let Err(e) = release_child(pid, plan, start_write.as_raw_fd()) {
+    // Then, on cgroup v1, the cgroup is made while init takes its first steps: its directories first, and init
+    // is told to join (or, best-effort limits that cannot be had, to go on without); then its limits, while
+    // init joins and builds the sandbox, and init is told they are written. Init waits for the first word
+    // before it switches to the sandbox's ids, and for the second before it starts the command, so the command
+    // never runs outside its limits; if the cgroup cannot be made or limited, init is killed and the run fails
+    // closed.
+    let released = release_child(pid, plan, start_write.as_raw_fd()).and_then(|()| {
+        let Some(planned) = planned_cgroup.take() else { return Ok(()) };
+        // A broken pipe: init ended early (its failure record tells why, read after it is reaped); nothing to tell.
+        let say = |word: u8| match sys::fd::write_all(start_write.as_raw_fd(), &[word]) {
+            Ok(()) | Err(libc::EPIPE) => Ok(()),
+            Err(e) => Err(SandboxError::CreatePipes(os_error(e))),
+        };
+        let (made, limits) = match planned.make_dirs() {
+            Ok(made) => made,
+            Err(e) => {
+                best_effort_or_fail(e, &policy.limits, policy.limits_enforcement, warn)?;
+                return say(init::CGROUP_NONE);
+            }
+        };
+        say(init::CGROUP_JOIN)?;
+        let cgroup = cgroup.insert(made);
+        // Best effort, a limit that cannot be written leaves the cgroup (init is in it), with what was written.
+        if let Err(e) = limits.write(cgroup) {
+            best_effort_or_fail(e, &policy.limits, policy.limits_enforcement, warn)?;
+        }
+        crate::fault::stop_here("cgroup-created");
+        say(init::CGROUP_LIMITED)
+    });
+    if let Err(e) = released {
         let _ = sys::signal::kill(pid, libc::SIGKILL);
         let _ = sys::wait::wait_for_exit(pid);
         drop(pidfd);
@@ -303,6 +347,13 @@ fn run_sandbox_with(
         return Err(e);
     }
 
+    // Cgroups left by an airlock that was killed (it could not remove its own): swept now, while init builds the
+    // sandbox, rather than before it starts. Best effort: one that cannot be removed now is tried next time.
+    match (&cgroup_layout, &cgroup) {
+        (Some(layout), Some(ours)) => drop(cgroups::remove_stale_cgroups_beside(layout, ours)),
+        (Some(layout), None) => drop(cgroups::remove_stale_cgroups(layout)),
+        (None, _) => {}
+    }
     crate::fault::stop_here("released");
     // A long-lived sandbox is ready when init closes the failure pipe unwritten (a record means setup failed,
     // and init exits: the wait below collects it).
@@ -415,19 +466,56 @@ fn release_child(pid: libc::pid_t, plan: &crate::plan::SandboxPlan, start_write:
     sys::fd::write_all(start_write, b"1").map_err(|e| SandboxError::CreatePipes(os_error(e)))
 }
 
-/// One cgroup per sandbox when the policy sets a memory, process or CPU limit. Fails closed: a limit that
-/// cannot be enforced stops the run (the error names the controller and the fix) — unless the profile says
-/// `enforce = "best-effort"`, and then the run goes on without the cgroup, saying so.
-fn create_cgroup(
+/// One cgroup per sandbox when the policy sets a memory, process or CPU limit: made now (cgroup v2) or
+/// planned, to be made once init runs (v1: see `SandboxCgroup::plan`), with the layout it was planned in. Fails
+/// closed: a limit that cannot be enforced stops the run (the error names the controller and the fix) — unless
+/// the profile says `enforce = "best-effort"`, and then the run goes on without the cgroup, saying so.
+fn plan_cgroup(
     policy: &SandboxPolicy,
     host: &HostContext,
     warn: &mut dyn FnMut(&str),
-) -> Result<Option<SandboxCgroup>, SandboxError> {
+) -> Result<Option<(cgroups::CgroupLayout, cgroups::CgroupPlan)>, SandboxError> {
+    if !policy.limits.needs_cgroup() {
+        return Ok(None);
+    }
     let name = host.name.as_deref().unwrap_or("run");
-    Ok(create_limits_cgroup(&policy.limits, &policy.limits, policy.limits_enforcement, name, warn)?)
+    let planned = cgroups::detect_layout(std::path::Path::new(cgroups::SYS_FS_CGROUP))
+        .and_then(|layout| SandboxCgroup::plan(&layout, name, &policy.limits).map(|plan| (layout, plan)));
+    match planned {
+        Ok(planned) => Ok(Some(planned)),
+        Err(e) => Ok(best_effort_or_fail(e, &policy.limits, policy.limits_enforcement, warn).map(|()| None)?),
+    }
 }
 
-/// [`create_cgroup`]'s rules for any process tree that `asked` limits stand for: a cgroup holding `limits` when
+/// A cgroup that cannot be had: the error, or with best-effort limits a warning naming the `asked` flags.
+fn best_effort_or_fail(
+    e: cgroups::CgroupError,
+    asked: &policy::sandbox::Limits,
+    enforcement: Requirement,
+    warn: &mut dyn FnMut(&str),
+) -> Result<(), cgroups::CgroupError> {
+    match enforcement {
+        Requirement::Required => Err(e),
+        Requirement::BestEffort => {
+            let named: Vec<String> = [
+                asked.memory_bytes.map(|b| format!("--memory {}", cgroups::format_bytes(b))),
+                asked.pids.map(|n| format!("--pids {n}")),
+                asked.cpus.map(|c| format!("--cpus {c}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            warn(&format!(
+                "limits NOT enforced ({}): {} (the profile allows best-effort limits)",
+                named.join(", "),
+                crate::failure::error_chain(&e)
+            ));
+            Ok(())
+        }
+    }
+}
+
+/// [`plan_cgroup`]'s rules for any process tree that `asked` limits stand for: a cgroup holding `limits` when
 /// `asked` needs one (stale cgroups swept first), refused or, best-effort, warned about with the `asked` flags
 /// named. The VM backend puts QEMU in one (its `limits` are the VM's size, not the command's).
 pub fn create_limits_cgroup(
@@ -445,25 +533,9 @@ pub fn create_limits_cgroup(
         let _ = cgroups::remove_stale_cgroups(&layout);
         SandboxCgroup::create(&layout, name, limits)
     });
-    match (created, enforcement) {
-        (Ok(cgroup), _) => Ok(Some(cgroup)),
-        (Err(e), Requirement::BestEffort) => {
-            let named: Vec<String> = [
-                asked.memory_bytes.map(|b| format!("--memory {}", cgroups::format_bytes(b))),
-                asked.pids.map(|n| format!("--pids {n}")),
-                asked.cpus.map(|c| format!("--cpus {c}")),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
-            warn(&format!(
-                "limits NOT enforced ({}): {} (the profile allows best-effort limits)",
-                named.join(", "),
-                crate::failure::error_chain(&e)
-            ));
-            Ok(None)
-        }
-        (Err(e), Requirement::Required) => Err(e),
+    match created {
+        Ok(cgroup) => Ok(Some(cgroup)),
+        Err(e) => best_effort_or_fail(e, asked, enforcement, warn).map(|()| None),
     }
 }
 

@@ -202,12 +202,27 @@ fn what_this_slice_does_not_run_in_a_vm_is_refused() {
     for (args, what) in [
         // `create` runs (tests/vm_create.rs); what it cannot hold yet is refused the same way, leaving nothing.
         (
-            vec!["create", "--isolation", "vm", "--ro-bind", "/etc/hostname", name.as_str()],
-            "binding a file (/etc/hostname)",
+            vec!["create", "--isolation", "vm", "--ro-bind", "/dev/null:/tmp/n", name.as_str()],
+            "binding /dev/null (neither a directory nor a regular file)",
         ),
         (
-            vec!["run", "--isolation", "vm", "--bind", "/etc/hostname", "--", "/bin/true"],
-            "binding a file (/etc/hostname)",
+            vec!["run", "--isolation", "vm", "--bind", "/dev/null:/tmp/n", "--", "/bin/true"],
+            "binding /dev/null (neither a directory nor a regular file)",
+        ),
+        (
+            vec![
+                "run",
+                "--isolation",
+                "vm",
+                "--name",
+                name.as_str(),
+                "--rootfs",
+                "/tmp",
+                "--writable-root",
+                "--",
+                "true",
+            ],
+            "a writable root kept for --resume (--writable-root or --image with a kept run)",
         ),
     ] {
         let o = airlock_cmd(&args).stdin(Stdio::null()).output().unwrap();

@@ -194,7 +194,7 @@ pub fn run_held_vm(
 ) -> Result<(RunOutcome, RunReport), VmError> {
     let watch = host.watch_state.as_ref().ok_or(HeldError::NoStateDir)?;
     let socket_path = watch.dir.join(SOCKET_NAME);
-    let (kernel, initrd, mut request, overlay) = backend.prepare(policy, host)?;
+    let (kernel, initrd, mut request, mounts) = backend.prepare(policy, host)?;
     // --net allow: the gateway serves before the guest boots, and until QEMU is gone (below).
     let network = super::net::start_for(policy, host, &mut request)?;
     // Blocked before QEMU starts, read from a signalfd in the loop (QEMU's spawn resets its own mask).
@@ -212,7 +212,7 @@ pub fn run_held_vm(
         kernel: &kernel,
         initrd: &initrd,
         request: &request,
-        workspace_overlay: overlay.as_ref(),
+        mounts: &mounts,
         cgroup_join: vmm_cgroup.as_ref().map(|c| c.join_files()),
         nic: network.as_ref().map(super::net::VmNetwork::qemu_fd),
         warn: &mut quiet,

@@ -116,6 +116,12 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
+    #[error("vm: cannot stage a bound file for the guest at {path}")]
+    StageFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("vm: cannot give the copy-on-write layer's directory {path} to the workspace's owner")]
     ChownLayer {
         path: String,
@@ -139,7 +145,7 @@ impl VmBackend {
         warn: &mut dyn FnMut(&str),
         audit: Option<runtime::sandbox::AuditRequest<'_>>,
     ) -> Result<(RunOutcome, RunReport), VmError> {
-        let (kernel, initrd, mut request, workspace_overlay) = self.prepare(policy, host)?;
+        let (kernel, initrd, mut request, mounts) = self.prepare(policy, host)?;
         // --net allow: the gateway serves before the guest boots (the launch described it in `host.gateway`).
         let network = net::start_for(policy, host, &mut request)?;
         // The guest's engine runs its seccomp listener as the namespace backend does on the host, and sends each
@@ -156,7 +162,7 @@ impl VmBackend {
             kernel: &kernel,
             initrd: &initrd,
             request: &request,
-            workspace_overlay: workspace_overlay.as_ref(),
+            mounts: &mounts,
             cgroup_join: vmm_cgroup.as_ref().map(|c| c.join_files()),
             nic: network.as_ref().map(net::VmNetwork::qemu_fd),
             warn,
@@ -185,7 +191,7 @@ impl VmBackend {
         &self,
         policy: &SandboxPolicy,
         host: &HostContext,
-    ) -> Result<(GuestKernel, PathBuf, GuestRequest, Option<WorkspaceOverlay>), VmError> {
+    ) -> Result<(GuestKernel, PathBuf, GuestRequest, HostMounts), VmError> {
         refuse_unsupported(policy, host)?;
         let kernel = GuestKernel::find(self.config.kernel.as_deref())?;
         if self.config.accel == Accel::Kvm {
@@ -197,8 +203,8 @@ impl VmBackend {
             }
         }
         let initrd = initramfs::ensure(&self.config.cache_dir, &kernel)?;
-        let (request, workspace_overlay) = guest_request(policy, host)?;
-        Ok((kernel, initrd, request, workspace_overlay))
+        let (request, mounts) = guest_request(policy, host)?;
+        Ok((kernel, initrd, request, mounts))
     }
 }
 
@@ -219,11 +225,64 @@ fn refuse_unsupported(policy: &SandboxPolicy, host: &HostContext) -> Result<(), 
         return unsupported("a writable root kept for --resume (--writable-root or --image with a kept run)");
     }
     for bind in &policy.binds {
-        if !std::path::Path::new(&bind.source).is_dir() {
-            return unsupported(&format!("binding a file ({})", bind.source));
+        let path = std::path::Path::new(&bind.source);
+        if !path.is_dir() && !path.is_file() {
+            return unsupported(&format!("binding {} (neither a directory nor a regular file)", bind.source));
         }
     }
     Ok(())
+}
+
+/// What QEMU's launcher mounts in QEMU's own mount namespace before QEMU starts: on no mount table of the host,
+/// gone with QEMU.
+#[derive(Debug, Default)]
+pub struct HostMounts {
+    pub workspace: Option<WorkspaceOverlay>,
+    pub files: Option<FileBinds>,
+}
+
+/// Single files the policy binds (`--bind FILE`, `--ro-bind FILE`): 9p exports directories only, so each file is
+/// bound (in QEMU's mount namespace) over an empty placeholder in a staging directory of its own, which is the
+/// export; the guest's engine binds the placeholder's path as the policy bound the file. The host sees the
+/// staging directory with its empty placeholders while the VM runs; it goes when this does.
+#[derive(Debug)]
+pub struct FileBinds {
+    pub staging: PathBuf,
+    /// (the host file, its placeholder in `staging`, read-only).
+    pub binds: Vec<(PathBuf, PathBuf, bool)>,
+}
+
+impl FileBinds {
+    fn new() -> Result<FileBinds, VmError> {
+        use std::os::unix::fs::DirBuilderExt;
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let staging = std::env::temp_dir().join(format!("airlock-vm-files-{}-{n}", std::process::id()));
+        // 0755: a QEMU that is no longer root (see `qemu::UnprivilegedQemu`) opens the placeholders, which are the
+        // bound files in its namespace (their own modes apply); here they are empty.
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&staging)
+            .map_err(|source| VmError::StageFile { path: staging.display().to_string(), source })?;
+        Ok(FileBinds { staging, binds: Vec::new() })
+    }
+
+    /// The placeholder for `source` (an empty file made now), as the guest will find it.
+    fn add(&mut self, source: &str, readonly: bool) -> Result<String, VmError> {
+        let placeholder = self.staging.join(self.binds.len().to_string());
+        std::fs::File::create(&placeholder)
+            .map_err(|source| VmError::StageFile { path: placeholder.display().to_string(), source })?;
+        let shown = placeholder.to_string_lossy().into_owned();
+        self.binds.push((PathBuf::from(source), placeholder, readonly));
+        Ok(shown)
+    }
+}
+
+impl Drop for FileBinds {
+    fn drop(&mut self) {
+        // QEMU is gone (its launcher outlives it): the placeholders are plain empty files again.
+        let _ = std::fs::remove_dir_all(&self.staging);
+    }
 }
 
 /// A `cow` workspace's overlay, mounted by QEMU's launcher in its own mount namespace at the workspace's path.
@@ -237,10 +296,7 @@ pub struct WorkspaceOverlay {
 }
 
 /// The request for the guest: the policy as the guest sees it, and what the host exports for it.
-fn guest_request(
-    policy: &SandboxPolicy,
-    host: &HostContext,
-) -> Result<(GuestRequest, Option<WorkspaceOverlay>), VmError> {
+fn guest_request(policy: &SandboxPolicy, host: &HostContext) -> Result<(GuestRequest, HostMounts), VmError> {
     let mut shares: Vec<Share> = Vec::new();
     let mut symlinks = Vec::new();
     let mut share = |path: &str, readonly: bool| {
@@ -316,8 +372,40 @@ fn guest_request(
             }
         }
     }
-    for bind in &policy.binds {
-        share(&bind.source, !bind.writable);
+    let mut files: Option<FileBinds> = None;
+    for (index, bind) in policy.binds.iter().enumerate() {
+        if std::path::Path::new(&bind.source).is_dir() {
+            share(&bind.source, !bind.writable);
+            continue;
+        }
+        let staged = match files.as_mut() {
+            Some(f) => f,
+            None => files.insert(FileBinds::new()?),
+        };
+        let placeholder = staged.add(&bind.source, !bind.writable)?;
+        if let Some(b) = guest_policy.binds.get_mut(index) {
+            b.source = placeholder;
+        }
+    }
+    if let Some(f) = &files {
+        // Writable when a bound file is: each read-only one is read-only in QEMU's namespace and in the guest.
+        let writable = f.binds.iter().any(|(_, _, readonly)| !readonly);
+        share(&f.staging.to_string_lossy(), !writable);
+        // The export belongs to the writable files' owner (when they have one, not root), as a workspace does: a
+        // host root's QEMU that becomes that owner (`qemu::UnprivilegedQemu`) takes it from the export.
+        let owners: std::collections::BTreeSet<(u32, u32)> = f
+            .binds
+            .iter()
+            .filter(|(_, _, readonly)| !readonly)
+            .filter_map(|(source, _, _)| std::fs::metadata(source).ok().map(|m| (m.uid(), m.gid())))
+            .collect();
+        if let (true, [(uid, gid)]) = (sys::process::effective_uid() == 0, owners.iter().collect::<Vec<_>>().as_slice())
+        {
+            if *uid != 0 {
+                std::os::unix::fs::chown(&f.staging, Some(*uid), Some(*gid))
+                    .map_err(|source| VmError::StageFile { path: f.staging.display().to_string(), source })?;
+            }
+        }
     }
     // The guest's engine has no host cgroup to limit: its own cgroups (the guest's) apply the limits to the
     // command inside; on the host, the VM's size bounds the guest and QEMU's own cgroup (`cgroup`) bounds QEMU.
@@ -331,5 +419,5 @@ fn guest_request(
         held: host.hold,
         tty: host.tty.map(|w| (w.ws_row, w.ws_col)),
     };
-    Ok((request, overlay))
+    Ok((request, HostMounts { workspace: overlay, files }))
 }

@@ -20,7 +20,7 @@ use runtime::sandbox::RunOutcome;
 use super::guest::GUEST_MARKER;
 use super::kernel::{Accel, GuestKernel};
 use super::protocol::{ControlReader, GuestMessage, GuestRequest, PORT_CONTROL, PORT_STDERR, PORT_STDIN, PORT_STDOUT};
-use super::{VmConfig, WorkspaceOverlay};
+use super::{HostMounts, VmConfig};
 
 /// How long the guest may take to boot and answer (TCG on a busy host is slow).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -100,7 +100,8 @@ pub struct GuestLaunch<'a> {
     pub kernel: &'a GuestKernel,
     pub initrd: &'a Path,
     pub request: &'a GuestRequest,
-    pub workspace_overlay: Option<&'a WorkspaceOverlay>,
+    /// What is mounted in QEMU's own mount namespace: a `cow` workspace's overlay, bound files.
+    pub mounts: &'a HostMounts,
     /// QEMU's host cgroup (`cgroup::VmmCgroup::join_files`), joined before exec.
     pub cgroup_join: Option<&'a [CString]>,
     /// `--net allow`: the NIC's socket, inherited by QEMU (`super::net`).
@@ -290,7 +291,7 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
         args.extend(super::net::qemu_args(fd));
     }
 
-    let overlay = match launch.workspace_overlay {
+    let overlay = match &launch.mounts.workspace {
         Some(o) => {
             let lower: Vec<String> = o.lower.iter().map(|p| p.to_string_lossy().into_owned()).collect();
             let options = format!(
@@ -312,8 +313,38 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
     let root_guard = if as_root { Some(RootGuard::new()?) } else { None };
     // A user's QEMU with a `cow` workspace: a user namespace of its own, its ids mapped to themselves (written
     // by the child itself, so made now: nothing may allocate after the fork).
-    let user_maps = match (&overlay, as_root) {
-        (Some(_), false) => {
+    // Bound files: (the host file, its placeholder, the flags of a read-only remount or none), as C strings made
+    // before the fork. A read-only remount keeps the flags of the file's own mount (a user's namespace may not
+    // drop a locked `nosuid`, `nodev` or `noexec`).
+    let file_binds: Vec<(CString, CString, Option<libc::c_ulong>)> = match &launch.mounts.files {
+        Some(f) => f
+            .binds
+            .iter()
+            .map(|(source, placeholder, readonly)| {
+                let c = |p: &Path| {
+                    CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| QemuError::Nul(p.display().to_string()))
+                };
+                let source = c(source)?;
+                let remount = match readonly {
+                    true => {
+                        let st = sys::fs::statvfs(&source).map_err(|e| QemuError::Channels(os_error(e)))?;
+                        let mut flags =
+                            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+                        if st.f_flag & libc::ST_NOEXEC != 0 {
+                            flags |= libc::MS_NOEXEC;
+                        }
+                        Some(flags)
+                    }
+                    false => None,
+                };
+                Ok((source, c(placeholder)?, remount))
+            })
+            .collect::<Result<_, QemuError>>()?,
+        None => Vec::new(),
+    };
+    let own_mounts = overlay.is_some() || !file_binds.is_empty();
+    let user_maps = match (own_mounts, as_root) {
+        (true, false) => {
             let (uid, gid) = sys::process::effective_ids();
             Some((format!("{uid} {uid} 1\n"), format!("{gid} {gid} 1\n")))
         }
@@ -335,7 +366,7 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
         if let Some(files) = &cgroup_join {
             super::cgroup::join_in_child(files).map_err(os_error)?;
         }
-        if let Some((workspace, options)) = &overlay {
+        if own_mounts {
             // Rootless: the user namespace first, which gives this process the right to mount in a mount
             // namespace it then owns. Its ids map to themselves, not to 0: the execve below leaves QEMU no
             // capability in it, so it is the user it was, in a mount namespace with one more mount.
@@ -350,11 +381,20 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
                     sys::fd::write(fd.as_raw_fd(), contents.as_bytes()).map_err(os_error)?;
                 }
             }
-            // QEMU's own mount namespace, private: the overlay is on no other mount table and goes with QEMU.
+            // QEMU's own mount namespace, private: what is mounted here is on no other mount table and goes
+            // with QEMU.
             sys::namespace::unshare(libc::CLONE_NEWNS).map_err(os_error)?;
             sys::mount::make_all_private().map_err(os_error)?;
+        }
+        if let Some((workspace, options)) = &overlay {
             sys::mount::mount(Some(c"overlay"), workspace, Some(c"overlay"), libc::MS_NODEV, Some(options))
                 .map_err(os_error)?;
+        }
+        for (source, placeholder, remount) in &file_binds {
+            sys::mount::mount(Some(source), placeholder, None, libc::MS_BIND, None).map_err(os_error)?;
+            if let Some(flags) = remount {
+                sys::mount::mount(None, placeholder, None, *flags, None).map_err(os_error)?;
+            }
         }
         for &fd in &inherited {
             sys::fd::set_descriptor_flags(fd, 0).map_err(os_error)?;

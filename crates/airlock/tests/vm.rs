@@ -6,12 +6,12 @@
 mod common;
 mod vm_support;
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{airlock_path, code, stderr, stdout, TempDir};
+use common::{code, stderr, stdout, TempDir};
 
 /// The VM tests' state directory: one for every run, so the initramfs cache in it (50 MB for a debug build,
 /// replaced when the binary changes) is built once, not left behind by each run. Sandbox names carry the pid.
@@ -20,17 +20,12 @@ fn state_dir() -> PathBuf {
 }
 
 fn airlock_cmd(args: &[&str]) -> Command {
-    let mut cmd = Command::new(airlock_path());
-    cmd.args(args).env("AIRLOCK_STATE_DIR", state_dir()).env("AIRLOCK_VM_ACCEL", "tcg").env_remove("AIRLOCK_VM_KERNEL");
-    cmd
+    vm_support::airlock_cmd_in(&state_dir(), args)
 }
 
 /// `airlock ARGS` with `input` on its standard input.
 fn vm(args: &[&str], input: &[u8]) -> Output {
-    let mut child =
-        airlock_cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    child.wait_with_output().unwrap()
+    vm_support::output_with_input(airlock_cmd(args), input)
 }
 
 fn host_kernel() -> String {

@@ -8,12 +8,11 @@ mod common;
 mod daemon_client;
 mod vm_support;
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use common::{airlock_path, code, stderr, stdout};
+use common::{code, stderr, stdout};
 
 /// These tests' state directory (the initramfs cache in it is built once); sandbox names carry the pid.
 fn state_dir() -> PathBuf {
@@ -21,17 +20,12 @@ fn state_dir() -> PathBuf {
 }
 
 fn airlock_cmd(args: &[&str]) -> Command {
-    let mut cmd = Command::new(airlock_path());
-    cmd.args(args).env("AIRLOCK_STATE_DIR", state_dir()).env("AIRLOCK_VM_ACCEL", "tcg").env_remove("AIRLOCK_VM_KERNEL");
-    cmd
+    vm_support::airlock_cmd_in(&state_dir(), args)
 }
 
 /// `airlock ARGS` with `input` on its standard input, to its end.
 fn vm(args: &[&str], input: &[u8]) -> Output {
-    let mut child =
-        airlock_cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    child.wait_with_output().unwrap()
+    vm_support::output_with_input(airlock_cmd(args), input)
 }
 
 /// Stops and removes the sandbox whatever a failed assertion left.

@@ -1065,25 +1065,30 @@ mod tests {
         assert!(read_request(&mut server).unwrap_err().starts_with("a bad request"));
     }
 
-    #[test]
-    fn a_guest_that_breaks_the_protocol_ends_the_session_with_a_vm_error() {
-        let (ctl, mut guest_ctl) = UnixStream::pair().unwrap();
-        let (stdin, _guest_stdin) = UnixStream::pair().unwrap();
-        let (stdout, _guest_stdout) = UnixStream::pair().unwrap();
-        let (stderr, _guest_stderr) = UnixStream::pair().unwrap();
-        let console_path = std::env::temp_dir().join(format!("airlock-held-test-{}", std::process::id()));
+    /// What a [`Held`] with session `id` under way needs kept open besides it: the guest's ends of the stream
+    /// ports and the client's output and error readers.
+    type Kept = (UnixStream, UnixStream, UnixStream, UnixStream, UnixStream);
+
+    /// A [`Held`] whose session `id` is under way (no QEMU: the guest's control port and the client's socket are
+    /// the test's), the guest's control end, the client's end, and what must stay open.
+    fn held_with_a_session(id: u32) -> (Held, UnixStream, UnixStream, Kept) {
+        let (ctl, guest_ctl) = UnixStream::pair().unwrap();
+        let (stdin, guest_stdin) = UnixStream::pair().unwrap();
+        let (stdout, guest_stdout) = UnixStream::pair().unwrap();
+        let (stderr, guest_stderr) = UnixStream::pair().unwrap();
+        let console_path = std::env::temp_dir().join(format!("airlock-held-test-{}-{id}", std::process::id()));
         let console = std::fs::File::create(&console_path).unwrap();
         let _ = std::fs::remove_file(&console_path);
-        let (conn, mut client) = UnixStream::pair().unwrap();
-        let (output, _out) = file_pair();
-        let (errors, _err) = file_pair();
-        let mut held = Held {
+        let (conn, client) = UnixStream::pair().unwrap();
+        let (output, out) = file_pair();
+        let (errors, err) = file_pair();
+        let held = Held {
             channels: qemu::Channels { ctl, stdin, stdout, stderr },
             console,
             signals: sys::signal::signalfd(&[libc::SIGUSR2]).unwrap(),
             reader: ControlReader::default(),
             session: Some(Session {
-                id: 1,
+                id,
                 conn,
                 input: None,
                 pending_input: Vec::new(),
@@ -1093,9 +1098,15 @@ mod tests {
                 client_line: Vec::new(),
                 outcome: None,
             }),
-            next_session: 2,
+            next_session: id + 1,
             buf: vec![0u8; 64 * 1024],
         };
+        (held, guest_ctl, client, (guest_stdin, guest_stdout, guest_stderr, out, err))
+    }
+
+    #[test]
+    fn a_guest_that_breaks_the_protocol_ends_the_session_with_a_vm_error() {
+        let (mut held, mut guest_ctl, mut client, _keep) = held_with_a_session(1);
         guest_ctl.write_all(b"\"started\"\n{\"exited\": \"not a number\"}\n").unwrap();
         let ended = held.control(&mut |_| {});
         assert!(matches!(ended, Err(VmError::Qemu(QemuError::Control(_)))), "{ended:?}");
@@ -1125,35 +1136,7 @@ mod tests {
 
     #[test]
     fn a_clients_signals_and_resizes_go_to_the_guest_and_anything_else_cancels() {
-        let (ctl, guest_ctl) = UnixStream::pair().unwrap();
-        let (stdin, _guest_stdin) = UnixStream::pair().unwrap();
-        let (stdout, _guest_stdout) = UnixStream::pair().unwrap();
-        let (stderr, _guest_stderr) = UnixStream::pair().unwrap();
-        let console_path = std::env::temp_dir().join(format!("airlock-held-signal-test-{}", std::process::id()));
-        let console = std::fs::File::create(&console_path).unwrap();
-        let _ = std::fs::remove_file(&console_path);
-        let (conn, mut client) = UnixStream::pair().unwrap();
-        let (output, _out) = file_pair();
-        let (errors, _err) = file_pair();
-        let mut held = Held {
-            channels: qemu::Channels { ctl, stdin, stdout, stderr },
-            console,
-            signals: sys::signal::signalfd(&[libc::SIGUSR2]).unwrap(),
-            reader: ControlReader::default(),
-            session: Some(Session {
-                id: 4,
-                conn,
-                input: None,
-                pending_input: Vec::new(),
-                output: ClientStream::new(output),
-                errors: ClientStream::new(errors),
-                gone: false,
-                client_line: Vec::new(),
-                outcome: None,
-            }),
-            next_session: 5,
-            buf: vec![0u8; 64 * 1024],
-        };
+        let (mut held, guest_ctl, mut client, _keep) = held_with_a_session(4);
         let mut guest = std::io::BufReader::new(guest_ctl);
         let mut said = |held: &mut Held, line: &[u8]| {
             client.write_all(line).unwrap();

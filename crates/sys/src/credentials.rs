@@ -30,8 +30,9 @@ pub fn clear_supplementary_groups() -> Result<(), Errno> {
     check(unsafe { libc::setgroups(0, std::ptr::null()) } as libc::c_long).map(drop)
 }
 
-/// `setgroups(groups)`: exactly these supplementary groups (at most a few; the list is read during the call).
-pub fn set_supplementary_groups(groups: &[u32]) -> Result<(), Errno> {
+/// `setgroups(groups)` by the raw system call, for this thread only (as [`set_thread_ids_raw`], for a forked
+/// child): exactly these supplementary groups.
+pub fn set_thread_groups_raw(groups: &[u32]) -> Result<(), Errno> {
     // SAFETY: `groups` is a live slice of `groups.len()` gid_t values (u32), which setgroups only reads.
-    check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } as libc::c_long).map(drop)
+    check(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) }).map(drop)
 }

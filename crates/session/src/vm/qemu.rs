@@ -53,6 +53,18 @@ pub enum QemuError {
     BadAuditRecord(#[source] super::protocol::AuditRecordError),
     #[error("a path with a NUL byte: {0}")]
     Nul(String),
+    #[error("cannot prepare QEMU to run as an ordinary user ({what})")]
+    PrepareUnprivileged {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the mount flags of the bound file {path}")]
+    BindFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot prepare the seccomp filter of root's QEMU")]
     PrepareRootFilter(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -195,13 +207,19 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
     };
     if let Some(user) = &drop_to {
         // QEMU opens its console again by its /proc/self/fd link, as the user it will be.
-        std::os::unix::fs::fchown(&console, Some(user.uid), Some(user.gid)).map_err(QemuError::Channels)?;
+        std::os::unix::fs::fchown(&console, Some(user.uid), Some(user.gid))
+            .map_err(|source| QemuError::PrepareUnprivileged { what: "give it the console's log".into(), source })?;
     }
     // The kernel and the initramfs (in root's 0700 state directory) are opened here and read by QEMU through
     // their descriptors when it will not be root.
     let boot_files = match &drop_to {
         Some(_) => {
-            let open = |path: &Path| std::fs::File::open(path).map_err(QemuError::Channels);
+            let open = |path: &Path| {
+                std::fs::File::open(path).map_err(|source| QemuError::PrepareUnprivileged {
+                    what: format!("open {}", path.display()),
+                    source,
+                })
+            };
             Some((open(&launch.kernel.image)?, open(launch.initrd)?))
         }
         None => None,
@@ -311,8 +329,6 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
     // Host root's QEMU gives up what a 9p passthrough share does not need (see RootGuard); a user's QEMU has
     // nothing to give up and stores the files as its own.
     let root_guard = if as_root { Some(RootGuard::new()?) } else { None };
-    // A user's QEMU with a `cow` workspace: a user namespace of its own, its ids mapped to themselves (written
-    // by the child itself, so made now: nothing may allocate after the fork).
     // Bound files: (the host file, its placeholder, the flags of a read-only remount or none), as C strings made
     // before the fork. A read-only remount keeps the flags of the file's own mount (a user's namespace may not
     // drop a locked `nosuid`, `nodev` or `noexec`).
@@ -327,7 +343,10 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
                 let source = c(source)?;
                 let remount = match readonly {
                     true => {
-                        let st = sys::fs::statvfs(&source).map_err(|e| QemuError::Channels(os_error(e)))?;
+                        let st = sys::fs::statvfs(&source).map_err(|e| QemuError::BindFile {
+                            path: source.to_string_lossy().into_owned(),
+                            source: os_error(e),
+                        })?;
                         let mut flags =
                             libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
                         if st.f_flag & libc::ST_NOEXEC != 0 {
@@ -343,6 +362,8 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
         None => Vec::new(),
     };
     let own_mounts = overlay.is_some() || !file_binds.is_empty();
+    // A user's QEMU with mounts of its own: a user namespace of its own, its ids mapped to themselves (written
+    // by the child itself, so made now: nothing may allocate after the fork).
     let user_maps = match (own_mounts, as_root) {
         (true, false) => {
             let (uid, gid) = sys::process::effective_ids();
@@ -435,7 +456,10 @@ impl UnprivilegedQemu {
     fn for_shares(shares: &[super::protocol::Share], accel: Accel) -> Result<UnprivilegedQemu, QemuError> {
         let mut owner: Option<(u32, u32)> = None;
         for share in shares.iter().filter(|s| !s.readonly) {
-            let meta = std::fs::metadata(&share.path).map_err(QemuError::Channels)?;
+            let meta = std::fs::metadata(&share.path).map_err(|source| QemuError::PrepareUnprivileged {
+                what: format!("find the owner of {}", share.path),
+                source,
+            })?;
             match owner {
                 None if meta.uid() != 0 => owner = Some((meta.uid(), meta.gid())),
                 // Several owners, or root: the guest's engine makes none of them the sandbox's root.
@@ -455,9 +479,9 @@ impl UnprivilegedQemu {
     /// In the forked child, last before `execve`: the groups, gid and uid (which clears every capability), then
     /// the parent-death signal again (a change of credentials clears it) and its race with the parent's death.
     fn become_in_child(&self, parent: libc::pid_t) -> Result<(), i32> {
-        sys::credentials::set_supplementary_groups(&self.groups)?;
-        sys::credentials::setresgid(self.gid, self.gid, self.gid)?;
-        sys::credentials::setresuid(self.uid, self.uid, self.uid)?;
+        // Raw system calls: glibc's wrappers signal every thread it knows of, which a forked child must not.
+        sys::credentials::set_thread_groups_raw(&self.groups)?;
+        sys::credentials::set_thread_ids_raw(self.uid, self.gid)?;
         sys::process::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)?;
         if sys::process::parent_pid() != parent {
             return Err(libc::ESRCH);

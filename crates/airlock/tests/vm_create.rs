@@ -40,23 +40,13 @@ fn recorded_pids(name: &str) -> (i32, i32) {
     (record["supervisor_pid"].as_i64().unwrap() as i32, record["init_pid"].as_i64().unwrap() as i32)
 }
 
-/// Removes the sandbox whatever a failed assertion left.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = airlock_cmd(&["stop", &self.0]).output();
-        let _ = airlock_cmd(&["rm", &self.0]).output();
-    }
-}
-
-fn create(name: &str, extra: &[&str]) -> Cleanup {
+fn create(name: &str, extra: &[&str]) -> vm_support::Cleanup {
     let mut args = vec!["create", "--isolation", "vm"];
     args.extend(extra);
     args.push(name);
     let out = vm(&args, b"");
     assert_eq!(code(&out), 0, "create: {}", stderr(&out));
-    Cleanup(name.to_string())
+    vm_support::Cleanup::new(&state_dir(), name)
 }
 
 #[test]

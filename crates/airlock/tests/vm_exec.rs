@@ -29,16 +29,6 @@ fn vm(args: &[&str], input: &[u8]) -> Output {
     vm_support::output_with_input(airlock_cmd(args), input)
 }
 
-/// Removes the sandbox whatever a failed assertion left.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = airlock_cmd(&["stop", &self.0]).output();
-        let _ = airlock_cmd(&["rm", &self.0]).output();
-    }
-}
-
 fn signal(child: &Child, signal: &str) {
     let status = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
     assert!(status.success(), "kill -{signal}");
@@ -106,7 +96,7 @@ fn exec_into_a_vm_forwards_signals_resizes_and_survives_a_stuck_client() {
     let name = format!("vmx-exec-{}", std::process::id());
     let out = vm(&["create", "--isolation", "vm", &name], b"");
     assert_eq!(code(&out), 0, "create: {}", stderr(&out));
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = vm_support::Cleanup::new(&state_dir(), &name);
 
     // SIGINT to the client: the command gets it and dies of it; the client's status is 128+2, as for a namespace
     // exec (before: the client died of it, and its command ran on).

@@ -28,16 +28,6 @@ fn vm(args: &[&str], input: &[u8]) -> Output {
     vm_support::output_with_input(airlock_cmd(args), input)
 }
 
-/// Stops and removes the sandbox whatever a failed assertion left.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = airlock_cmd(&["stop", &self.0]).output();
-        let _ = airlock_cmd(&["rm", &self.0]).output();
-    }
-}
-
 /// `sh -c SCRIPT` in the sandbox: its output (the exec must succeed).
 fn sh(name: &str, script: &str) -> String {
     let out = vm(&["exec", name, "--", "sh", "-c", script], b"");
@@ -55,7 +45,7 @@ fn cp_and_files_reach_into_a_vm_sandbox_as_its_user() {
     let name = format!("vmf-cp-{}", std::process::id());
     let out = vm(&["create", "--isolation", "vm", "--user", "1000", &name], b"");
     assert_eq!(code(&out), 0, "create: {}", stderr(&out));
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = vm_support::Cleanup::new(&state_dir(), &name);
     let host = common::TempDir::new("vmf-cp-host");
 
     // A file in: its bytes (not UTF-8, larger than a frame) and mode, written as the sandbox's user.

@@ -186,3 +186,22 @@ pub fn user_owned(dir: &Path) {
     }
     std::os::unix::fs::chown(dir, Some(4242), Some(4242)).unwrap();
 }
+
+/// Stops and removes the sandbox `name` of the state directory `state` whatever a failed assertion left.
+pub struct Cleanup {
+    state: PathBuf,
+    name: String,
+}
+
+impl Cleanup {
+    pub fn new(state: &Path, name: &str) -> Cleanup {
+        Cleanup { state: state.to_path_buf(), name: name.to_string() }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = airlock_cmd_in(&self.state, &["stop", &self.name]).output();
+        let _ = airlock_cmd_in(&self.state, &["rm", &self.name]).output();
+    }
+}

@@ -1,6 +1,6 @@
 //! Warm pools of `--isolation vm` sandboxes in the daemon: a pooled VM sandbox is ready once its supervisor's
 //! socket accepts (it has no exec agent to wait for), and E2B's create with `dev.airlock.isolation` takes from a
-//! pool whose spec has that isolation. A real daemon (its own state directory, E2B on loopback) and real QEMU
+//! pool whose sandboxes have that isolation (from its spec or, as here, its profile). A real daemon (its own state directory, E2B on loopback) and real QEMU
 //! guests under TCG (from the pool's profile).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,10 +13,6 @@ use std::time::{Duration, Instant};
 
 use daemon_client::{wait_for, Client, Daemon};
 use serde_json::json;
-
-fn is_qemu(pid: i64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().starts_with("qemu-system")
-}
 
 /// A loopback port nothing listens on now.
 fn free_port() -> u16 {
@@ -31,7 +27,9 @@ fn a_warm_pool_of_vm_sandboxes_is_ready_once_its_socket_accepts_and_e2b_takes_fr
     let profile = daemon.dir.path().join("vm.toml");
     std::fs::write(&profile, "[security]\nisolation = \"vm\"\n\n[vm]\naccel = \"tcg\"\n").unwrap();
     let c = daemon.client();
-    let spec = json!({ "isolation": "vm", "profile": profile.to_str().unwrap() });
+    // The pool's `vm` comes from its profile only: E2B's check of the isolation asked for reads it there (before:
+    // only the spec's own field counted, and this pool's sandboxes passed for namespaces).
+    let spec = json!({ "profile": profile.to_str().unwrap() });
     let a = c.post("/v1/pools", &json!({ "name": "vmwarm", "size": 1, "sandbox": spec }));
     assert!(a.status < 300, "{}", a.text());
 
@@ -75,6 +73,6 @@ fn a_warm_pool_of_vm_sandboxes_is_ready_once_its_socket_accepts_and_e2b_takes_fr
 
     let text = std::fs::read_to_string(sandboxes.join(&id).join("sandbox.json")).unwrap();
     let record: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert!(is_qemu(record["init_pid"].as_i64().unwrap()), "the pooled sandbox is no VM: {record}");
+    assert!(vm_support::is_qemu(record["init_pid"].as_i64().unwrap() as i32), "the pooled sandbox is no VM: {record}");
     assert_eq!(c.sh(&id, "echo in the pooled guest"), "in the pooled guest\n");
 }

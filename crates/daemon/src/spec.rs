@@ -7,6 +7,8 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use policy::names;
+use policy::profile::{Profile, ProfileRef};
+use policy::sandbox::Isolation;
 use policy::units;
 use serde::{Deserialize, Serialize};
 
@@ -100,6 +102,25 @@ fn plain(field: &str, value: &str) -> Result<(), ApiError> {
 }
 
 impl SandboxSpec {
+    /// The isolation the sandboxes of this (checked) spec get: its own `isolation`, else its profile's
+    /// `[security] isolation` (a built-in by name, or the file on the daemon's host), else namespaces, as
+    /// `airlock create` decides. `Err` says why the profile could not tell (gone, unreadable, or invalid).
+    pub fn isolation_of_sandboxes(&self) -> Result<Isolation, String> {
+        if let Some(name) = &self.isolation {
+            return Isolation::from_name(name).ok_or_else(|| format!("isolation: expected {}", Isolation::EXPECTED));
+        }
+        let Some(arg) = &self.profile else { return Ok(Isolation::default()) };
+        let profile = match ProfileRef::from_arg(arg) {
+            ProfileRef::Builtin(name) => policy::profile::load_builtin_profile(&name).map_err(|e| e.to_string())?,
+            ProfileRef::File(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read profile {}: {e}", path.display()))?;
+                Profile::parse(&text, &path.display().to_string()).map_err(|e| e.to_string())?
+            }
+        };
+        profile.isolation().map_err(|e| e.to_string())
+    }
+
     /// Checks every field; `Ok` means `airlock create` gets arguments it can parse.
     pub fn validate(&self) -> Result<(), ApiError> {
         if let Some(name) = &self.name {
@@ -109,8 +130,8 @@ impl SandboxSpec {
             plain("profile", profile)?;
         }
         if let Some(isolation) = &self.isolation {
-            if policy::sandbox::Isolation::from_name(isolation).is_none() {
-                return Err(bad("isolation", format!("expected {}", policy::sandbox::Isolation::EXPECTED)));
+            if Isolation::from_name(isolation).is_none() {
+                return Err(bad("isolation", format!("expected {}", Isolation::EXPECTED)));
             }
         }
         if let Some(image) = &self.image {
@@ -255,6 +276,27 @@ mod tests {
     #[test]
     fn unknown_fields_are_refused() {
         assert!(parse(r#"{"nmae": "x"}"#).is_err());
+    }
+
+    #[test]
+    fn the_isolation_of_a_specs_sandboxes_is_its_own_else_its_profiles() {
+        let of = |json: &str| parse(json).unwrap().isolation_of_sandboxes();
+        assert_eq!(of("{}"), Ok(Isolation::Namespaces));
+        assert_eq!(of(r#"{"isolation": "vm"}"#), Ok(Isolation::Vm));
+        assert_eq!(of(r#"{"profile": "strict"}"#), Ok(Isolation::Namespaces));
+        // The spec's own field wins over its profile's, as `--isolation` over `[security] isolation`.
+        let dir = std::env::temp_dir().join(format!("airlock-spec-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("vm.toml");
+        std::fs::write(&file, "[security]\nisolation = \"vm\"\n").unwrap();
+        let with_profile = |extra: &str| format!(r#"{{"profile": "{}"{extra}}}"#, file.display());
+        assert_eq!(of(&with_profile("")), Ok(Isolation::Vm));
+        assert_eq!(of(&with_profile(r#", "isolation": "namespaces""#)), Ok(Isolation::Namespaces));
+        std::fs::write(&file, "[security]\nisolation = \"kvm\"\n").unwrap();
+        assert!(of(&with_profile("")).unwrap_err().contains("isolation"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(of(&with_profile("")).unwrap_err().contains("cannot read profile"));
+        assert!(of(r#"{"profile": "no-such-builtin"}"#).is_err());
     }
 
     #[test]

@@ -181,14 +181,31 @@ async fn create_from_pool(
     pool: &daemon::store::PoolRecord,
     seconds: u64,
 ) -> ControlResult<OwnedSandbox> {
-    // The pool's sandboxes are made already: an isolation asked for must be the one its spec gives them.
-    let pooled = pool.sandbox.isolation.as_deref().unwrap_or("namespaces");
-    if let Some(asked) = isolation_asked(req).filter(|asked| asked != pooled) {
-        return Err(ControlError::bad_request(format!(
-            "template {}: a warm pool's sandboxes are made already, with isolation {pooled}, not {asked}: \
-             {ISOLATION_KEY} goes in the pool's spec (\"isolation\")",
-            pool.name
-        )));
+    // The pool's sandboxes are made already: an isolation asked for must be the one they have, which their
+    // spec gives, or else its profile.
+    if let Some(asked) = isolation_asked(req) {
+        let Some(asked) = policy::sandbox::Isolation::from_name(&asked) else {
+            return Err(ControlError::bad_request(format!(
+                "metadata {ISOLATION_KEY}: expected {}, not {asked}",
+                policy::sandbox::Isolation::EXPECTED
+            )));
+        };
+        let pooled = pool.sandbox.isolation_of_sandboxes().map_err(|e| {
+            ControlError::bad_request(format!(
+                "template {}: cannot tell the isolation of the warm pool's sandboxes ({e}); give it in the pool's \
+                 spec (\"isolation\")",
+                pool.name
+            ))
+        })?;
+        if asked != pooled {
+            return Err(ControlError::bad_request(format!(
+                "template {}: a warm pool's sandboxes are made already, with isolation {}, not {}: \
+                 {ISOLATION_KEY} goes in the pool's spec (\"isolation\") or its profile",
+                pool.name,
+                pooled.as_str(),
+                asked.as_str()
+            )));
+        }
     }
     if req.env_vars.as_ref().is_some_and(|env| !env.is_empty()) {
         return Err(ControlError::bad_request(format!(

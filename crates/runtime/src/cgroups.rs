@@ -181,7 +181,13 @@ pub fn find_v1_hierarchy(root: &Path, controller: &str) -> Option<PathBuf> {
             listed && is_hierarchy(path)
         })
     };
-    found.map(|p| fs::canonicalize(&p).unwrap_or(p))
+    // Only a symbolic link needs resolving (`cpu` -> `cpu,cpuacct` where they are co-mounted): a hierarchy's own
+    // mount point is what every controller on it is found at. `canonicalize` would `readlink` each component
+    // of the path, four system calls per controller on every sandbox start with limits.
+    found.map(|p| match fs::symlink_metadata(&p) {
+        Ok(meta) if meta.file_type().is_symlink() => fs::canonicalize(&p).unwrap_or(p),
+        _ => p,
+    })
 }
 
 /// The process that owns a sandbox cgroup, as recorded in the cgroup's name (see the module documentation).
@@ -239,7 +245,7 @@ impl CgroupOwner {
 /// Field 22 of `/proc/<pid>/stat`; `None` when there is no such process.
 fn process_start_time(pid: u32) -> Result<Option<u64>, CgroupError> {
     let path = PathBuf::from(format!("/proc/{pid}/stat"));
-    let text = match fs::read_to_string(&path) {
+    let text = match read_small(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(read_error(&path, source)),
@@ -539,7 +545,7 @@ pub fn parse_proc_cgroup(text: &str) -> Vec<CgroupEntry> {
 
 fn read_own_cgroups() -> Result<Vec<CgroupEntry>, CgroupError> {
     let path = Path::new("/proc/self/cgroup");
-    let text = fs::read_to_string(path).map_err(|source| read_error(path, source))?;
+    let text = read_small(path).map_err(|source| read_error(path, source))?;
     Ok(parse_proc_cgroup(&text))
 }
 
@@ -934,10 +940,16 @@ fn make_v1_dirs(planned: [Option<PathBuf>; 4], name: String, owner_pid: u32) -> 
     for (index, dir) in planned.into_iter().enumerate() {
         let Some(dir) = dir else { continue };
         if !made.contains(&dir) {
-            if let Some(parent) = dir.parent() {
-                make_dir_if_missing(parent)?;
+            // `airlock/` is there after the first sandbox: its `mkdir` is tried only when ours finds it missing.
+            match make_dir(&dir) {
+                Err(CgroupError::CreateDir { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    if let Some(parent) = dir.parent() {
+                        make_dir_if_missing(parent)?;
+                    }
+                    make_dir(&dir)?;
+                }
+                other => other?,
             }
-            make_dir(&dir)?;
             made.push(dir.clone());
         }
         if let Dirs::V1 { memory, pids, cpu, cpuacct } = &mut cgroup.dirs {
@@ -1048,11 +1060,21 @@ pub fn remove_stale_cgroups(layout: &CgroupLayout) -> Result<Vec<PathBuf>, Cgrou
 
 /// [`remove_stale_cgroups`], from the process that owns `ours`: an `airlock/` directory holding no cgroup but
 /// ours is not listed (see `remove_stale_with`).
-pub fn remove_stale_cgroups_beside(layout: &CgroupLayout, ours: &SandboxCgroup) -> Result<Vec<PathBuf>, CgroupError> {
-    let own = read_own_cgroups()?;
-    let ns = Path::new("/proc/self/ns/pid");
-    let our_pid_namespace = fs::metadata(ns).map_err(|source| read_error(ns, source))?.ino();
-    remove_stale_with(layout, &own, our_pid_namespace, &ours.paths())
+///
+/// The `airlock/` directories swept are those ours is in, and our pid namespace is the one ours is named after:
+/// nothing is looked up again (`/proc/self/cgroup`, the delegation checks) that planning ours found already.
+pub fn remove_stale_cgroups_beside(ours: &SandboxCgroup) -> Result<Vec<PathBuf>, CgroupError> {
+    let Some((owner, _)) = CgroupOwner::from_cgroup_name(&ours.name) else {
+        return Ok(Vec::new());
+    };
+    let is_v2 = matches!(ours.dirs, Dirs::V2 { .. });
+    let mut parents: Vec<(PathBuf, bool)> = Vec::new();
+    for dir in ours.paths() {
+        if let Some(parent) = dir.parent().filter(|p| !parents.iter().any(|(q, _)| q == p)) {
+            parents.push((parent.to_path_buf(), is_v2));
+        }
+    }
+    sweep_parents(parents, owner.pid_namespace, &ours.paths())
 }
 
 /// The bases under which this process creates `airlock/<name>` cgroups, with whether each is v2.
@@ -1097,16 +1119,25 @@ fn remove_stale_with(
     our_pid_namespace: u64,
     ours: &[&Path],
 ) -> Result<Vec<PathBuf>, CgroupError> {
-    let parents = sandbox_bases(layout, own);
+    let parents = sandbox_bases(layout, own).into_iter().map(|(base, is_v2)| (base.join(AIRLOCK_DIR), is_v2)).collect();
+    sweep_parents(parents, our_pid_namespace, ours)
+}
+
+/// Removes the stale cgroups in each `airlock/` directory of `parents` (with whether it is v2), which may hold
+/// `ours` (made by this process, so alive: never listed as stale, and counted without a `statx`).
+fn sweep_parents(
+    parents: Vec<(PathBuf, bool)>,
+    our_pid_namespace: u64,
+    ours: &[&Path],
+) -> Result<Vec<PathBuf>, CgroupError> {
     // name -> its directories in every hierarchy, so that all of a sandbox's processes are killed together.
     let mut stale: BTreeMap<String, (Vec<PathBuf>, bool)> = BTreeMap::new();
-    for (base, is_v2) in parents {
-        let parent = base.join(AIRLOCK_DIR);
+    for (parent, is_v2) in parents {
         // Most runs find nothing to sweep, and can tell without listing: a cgroup directory's link count is 2
         // plus the number of cgroups below it (cgroupfs keeps it so, as tmpfs and ext4 do), so 2, plus one for
         // each of `ours` in it, means there is no other. (Anything else, as on filesystems that report 1 for
         // every directory, is listed.)
-        let ours_here = ours.iter().filter(|d| d.parent() == Some(parent.as_path()) && d.is_dir()).count() as u64;
+        let ours_here = ours.iter().filter(|d| d.parent() == Some(parent.as_path())).count() as u64;
         match fs::metadata(&parent) {
             Ok(meta) if meta.nlink() == 2 + ours_here => continue,
             Ok(_) => {}
@@ -1315,9 +1346,9 @@ fn remove_tree(dir: &Path, deadline: Instant) -> Result<(), CgroupError> {
 /// Writes `value` into an existing cgroup file in one `write` (cgroupfs takes each write as one value). Never
 /// creates a file: a missing interface file means the kernel lacks the feature.
 fn write_value(path: &Path, value: &str) -> io::Result<()> {
+    let mut file = fs::OpenOptions::new().write(true).truncate(true).open(path)?;
     #[cfg(test)]
     tests::record_write(path, value);
-    let mut file = fs::OpenOptions::new().write(true).truncate(true).open(path)?;
     file.write_all(value.as_bytes())
 }
 
@@ -1331,10 +1362,12 @@ fn write_limit(path: &Path, value: &str) -> Result<(), CgroupError> {
 
 /// Writes `value` if the kernel has the file.
 fn write_if_present(path: &Path, value: &str) -> Result<(), CgroupError> {
-    if path.is_file() {
-        write_limit(path, value)
-    } else {
-        Ok(())
+    // The open says whether it is there (no `statx` first: one system call fewer per file).
+    match write_value(path, value) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => {
+            other.map_err(|source| CgroupError::Write { path: path.to_path_buf(), value: value.to_string(), source })
+        }
     }
 }
 
@@ -1964,6 +1997,33 @@ mod tests {
         let removed = remove_stale_with(&layout, &parse_proc_cgroup("0::/\n"), me.pid_namespace, &[]).unwrap();
         assert_eq!(removed, vec![stale.clone()]);
         assert!(!stale.exists() && live.is_dir() && foreign.is_dir());
+    }
+
+    #[test]
+    fn the_sweep_beside_ours_looks_only_where_ours_is_and_keeps_it() {
+        let dir = TempDir::new();
+        let me = CgroupOwner::current().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = CgroupOwner { pid: child.id(), ..me };
+        child.wait().unwrap();
+        let name = me.cgroup_name("current").unwrap();
+        let ours_dir = dir.0.join("memory/airlock").join(&name);
+        let stale = dir.0.join("memory/airlock").join(dead.cgroup_name("old").unwrap());
+        // A stale cgroup in a hierarchy ours is not in is not this sweep's (the full sweep finds it).
+        let elsewhere = dir.0.join("pids/airlock").join(dead.cgroup_name("old").unwrap());
+        for d in [&ours_dir, &stale, &elsewhere] {
+            fs::create_dir_all(d).unwrap();
+        }
+        let ours = SandboxCgroup {
+            name,
+            dirs: Dirs::V1 { memory: Some(ours_dir.clone()), pids: None, cpu: None, cpuacct: None },
+            teardown_on_drop_in: None,
+        };
+        assert_eq!(remove_stale_cgroups_beside(&ours).unwrap(), vec![stale.clone()]);
+        assert!(!stale.exists() && ours_dir.is_dir() && elsewhere.is_dir());
+        // Ours alone in its `airlock/`: nothing listed, nothing removed.
+        assert_eq!(remove_stale_cgroups_beside(&ours).unwrap(), Vec::<PathBuf>::new());
+        assert!(ours_dir.is_dir());
     }
 
     // -- values ------------------------------------------------------------------------------------------------

@@ -350,7 +350,7 @@ fn run_sandbox_with(
     // Cgroups left by an airlock that was killed (it could not remove its own): swept now, while init builds the
     // sandbox, rather than before it starts. Best effort: one that cannot be removed now is tried next time.
     match (&cgroup_layout, &cgroup) {
-        (Some(layout), Some(ours)) => drop(cgroups::remove_stale_cgroups_beside(layout, ours)),
+        (Some(_), Some(ours)) => drop(cgroups::remove_stale_cgroups_beside(ours)),
         (Some(layout), None) => drop(cgroups::remove_stale_cgroups(layout)),
         (None, _) => {}
     }

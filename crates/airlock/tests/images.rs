@@ -804,10 +804,7 @@ fn apt_get_installs_a_package_in_a_debian_image_as_root_and_rootless() {
     check("root", &airlock(&state, &args));
 
     // Rootless: the test user's subordinate ids (added once; useradd --system gives none).
-    let subuids = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
-    if !subuids.lines().any(|l| l.starts_with(&format!("{user}:"))) {
-        run(Command::new("usermod").args(["--add-subuids", "300000-365535", "--add-subgids", "300000-365535", user]));
-    }
+    common::ensure_subordinate_ids(user);
     let home = common::TempDir::new("apt-user");
     home.chown_to_test_user();
     let state = home.path().join("state");

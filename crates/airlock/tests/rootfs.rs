@@ -329,3 +329,33 @@ fn writable_root_rootless() {
     let gone = common::run_as_user(&["--rootfs", root.str(), "--writable-root", "--", "/bin/cat", "/etc/x"]);
     assert_ne!(code(&gone), 0);
 }
+
+/// Rootless with subordinate ids, a kept writable root whose sandbox identity is the user's own id (not root):
+/// the sandbox's root is then the subordinate range's first id, which owns what it made in the layer (the
+/// overlay's `work/work`, mode 000). `rm` removes it all (before: its helper's user namespace mapped the range
+/// from its second id, and `rm` failed with "Permission denied", leaving the sandbox).
+#[test]
+fn a_kept_rootless_writable_root_is_removed_by_rm() {
+    require_sandbox!();
+    let user = require_test_user!();
+    common::ensure_subordinate_ids(user);
+    let home = TempDir::new("wroot-rm");
+    let root = home.path().join("root");
+    if let Err(reason) = tiny_root(&root, true) {
+        skip_or_fail!("{reason}");
+    }
+    home.chown_to_test_user();
+    let state = home.path().join("state");
+    let as_user = |args: &[&str]| common::airlock_as_user_in(&state, &[], args);
+    ok(&as_user(&["create", "--rootfs", root.to_str().unwrap(), "--writable-root", "keptroot"]));
+    let out = as_user(&["exec", "keptroot", "--", "/bin/sh", "-c", "cat /proc/self/uid_map; touch /tmp/t; id -u"]);
+    let text = ok(&out);
+    // The identity is the user's id, and the map puts the sandbox's root on the range's first id.
+    assert!(text.contains(" 300000 "), "no subordinate ids mapped: {text}");
+    ok(&as_user(&["stop", "keptroot"]));
+    let layer = state.join("sandboxes/keptroot");
+    let owners = snapshot(&layer);
+    assert!(owners.iter().any(|(_, _, uid)| *uid == 300000), "nothing of the range's first id: {owners:?}");
+    ok(&as_user(&["rm", "keptroot"]));
+    assert!(!layer.exists(), "{} left: {:?}", layer.display(), snapshot(&layer));
+}

@@ -260,6 +260,15 @@ pub fn subordinate_map(inside: u32, own: u32, (start, count): (u32, u32)) -> Opt
     (inside < size).then(|| range_map(start, size, inside, Some(own)))
 }
 
+/// The map of [`remove_tree_with_subordinate_ids`]' helper: the invoker at 0 and the whole subordinate range
+/// after it. Every id a sandbox can have given a file must be mapped, whatever sandbox identity its map was made
+/// around: with the identity at N > 0 ([`subordinate_map`]), the sandbox's root is the range's *first* id, which
+/// owns what it made, such as its overlay's `work/work` (mode 000); a map from [`subordinate_map`] at 0 starts
+/// the range one id later and leaves that one out. `None` for an empty range.
+fn removal_map(own: u32, (start, count): (u32, u32)) -> Option<String> {
+    (count > 0).then(|| format!("0 {own} 1\n1 {start} {count}\n"))
+}
+
 /// Writes `pid`'s maps through `newuidmap` and `newgidmap` (which also decide `setgroups`: allowed, since the
 /// ranges come from the administrator's files). Each tool's one-line complaint is kept for the error.
 pub fn write_id_maps_with_tools(
@@ -350,8 +359,7 @@ pub fn root_mapping_from(cap_eff: u64, uid_map: &str, gid_map: &str) -> RootMapp
 pub fn remove_tree_with_subordinate_ids(path: &Path) -> Result<(), UsernsError> {
     let (euid, egid) = sys::process::effective_ids();
     let tools = find_subordinate_ids(euid, egid).map_err(UsernsError::NoSubordinateIds)?;
-    let (Some(uid_map), Some(gid_map)) = (subordinate_map(0, euid, tools.uids), subordinate_map(0, egid, tools.gids))
-    else {
+    let (Some(uid_map), Some(gid_map)) = (removal_map(euid, tools.uids), removal_map(egid, tools.gids)) else {
         return Err(UsernsError::NoSubordinateIds("the subordinate ranges are empty".into()));
     };
     let pipes = sys::fd::pipe_cloexec().and_then(|ready| sys::fd::pipe_cloexec().map(|go| (ready, go)));
@@ -441,5 +449,13 @@ mod tests {
         assert_eq!(subordinate_map(0, 1001, (200000, 1000)).unwrap(), "0 1001 1\n1 200001 999\n");
         assert_eq!(subordinate_map(999, 1001, (200000, 1000)).unwrap(), "0 200000 999\n999 1001 1\n");
         assert_eq!(subordinate_map(1000, 1001, (200000, 1000)), None);
+    }
+
+    #[test]
+    fn the_removal_helper_maps_the_whole_subordinate_range() {
+        // A sandbox whose identity is the invoker's own id (999) made its root the range's first id, 300000.
+        assert!(subordinate_map(999, 999, (300000, 65536)).unwrap().starts_with("0 300000 999\n"));
+        assert_eq!(removal_map(999, (300000, 65536)).unwrap(), "0 999 1\n1 300000 65536\n");
+        assert_eq!(removal_map(999, (300000, 0)), None);
     }
 }

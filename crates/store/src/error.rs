@@ -34,6 +34,11 @@ pub enum StoreError {
     OpenUp { path: PathBuf, source: io::Error },
     #[error("cannot remove {}", .path.display())]
     Remove { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot remove {} ({denied}), nor as root of a user namespace with the subordinate ids mapped",
+        .path.display()
+    )]
+    RemoveWithSubordinateIds { path: PathBuf, denied: io::Error, source: runtime::userns::UsernsError },
     #[error("cannot empty {}", .path.display())]
     Empty { path: PathBuf, source: LayerError },
     #[error("{} is not a valid sandbox record", .path.display())]

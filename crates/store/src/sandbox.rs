@@ -233,8 +233,9 @@ fn remove_tree(path: &Path) -> Result<(), StoreError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(source) if source.kind() == std::io::ErrorKind::PermissionDenied && sys::process::effective_uid() != 0 => {
-            runtime::userns::remove_tree_with_subordinate_ids(path)
-                .map_err(|_| StoreError::Remove { path: path.to_path_buf(), source })
+            runtime::userns::remove_tree_with_subordinate_ids(path).map_err(|helper| {
+                StoreError::RemoveWithSubordinateIds { path: path.to_path_buf(), denied: source, source: helper }
+            })
         }
         Err(source) => Err(StoreError::Remove { path: path.to_path_buf(), source }),
     }

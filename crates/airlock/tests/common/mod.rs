@@ -195,6 +195,20 @@ pub fn airlock_as_user_in(state: &Path, env: &[String], args: &[&str]) -> Output
         .expect("spawn setpriv")
 }
 
+/// Gives the test user `user` the subordinate ids 300000-365535 (`/etc/subuid`, `/etc/subgid`) unless it has a
+/// range already (`useradd --system` gives none); rootless sandboxes then map them through `newuidmap`.
+#[allow(dead_code)]
+pub fn ensure_subordinate_ids(user: &str) {
+    let subuids = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
+    if !subuids.lines().any(|l| l.starts_with(&format!("{user}:"))) {
+        let status = Command::new("usermod")
+            .args(["--add-subuids", "300000-365535", "--add-subgids", "300000-365535", user])
+            .status()
+            .expect("spawn usermod");
+        assert!(status.success(), "usermod --add-subuids failed");
+    }
+}
+
 /// `airlock run ARGS...` as the ordinary test user.
 pub fn run_as_user(args: &[&str]) -> Output {
     let mut full = vec!["run"];

@@ -858,10 +858,7 @@ mod raw {
 // ---------------------------------------------------------------------------------------------------------------
 // Host facts that explain results.
 
-const CAP_SETGID: u32 = 6;
-const CAP_SETUID: u32 = 7;
-const CAP_SETFCAP: u32 = 31;
-const CAP_SYS_ADMIN: u32 = 21;
+use runtime::caps::{CAP_SETFCAP, CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN};
 
 struct HostFacts {
     /// `/proc/self/status`.

@@ -5,6 +5,13 @@
 
 use sys::Errno;
 
+/// Capability bit numbers (`linux/capability.h`) that airlock checks by name: the id-mapping ones (what root may
+/// map into a user namespace, `userns::root_mapping`) and `CAP_SYS_ADMIN` (`airlock doctor`'s host facts).
+pub const CAP_SETGID: u32 = 6;
+pub const CAP_SETUID: u32 = 7;
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_SETFCAP: u32 = 31;
+
 /// The capabilities of `RootCapabilities::PackageManager`, as a mask (bit N is capability N; the numbers are
 /// the kernel's, `linux/capability.h`): CHOWN 0, DAC_OVERRIDE 1, FOWNER 3, KILL 5, SETGID 6, SETUID 7. Not
 /// FSETID (4): with it a `chown` keeps a file's set-user-ID bit, so in a root-owned workspace shared idmapped

@@ -293,10 +293,7 @@ pub fn write_id_maps_with_tools(
     Ok(())
 }
 
-/// `CAP_SETUID`, `CAP_SETGID` and `CAP_SETFCAP`, as bit numbers.
-const CAP_SETGID: u32 = 6;
-const CAP_SETUID: u32 = 7;
-const CAP_SETFCAP: u32 = 31;
+use crate::caps::{CAP_SETFCAP, CAP_SETGID, CAP_SETUID};
 
 /// What airlock running as root (effective uid 0) can map into a sandbox's user namespace. On a host that is a
 /// full range; in a container it depends on the capabilities and ids the container was given.

@@ -10,19 +10,7 @@ use serde::Serialize;
 
 use crate::state;
 
-/// A running VM's `cow` overlay is mounted in its QEMU's mount namespace, where it keeps writing to the upper
-/// directory a checkpoint or a rollback would move: refused until it is stopped.
-fn refuse_running_vm(name: &str, what: &str) -> Result<()> {
-    if crate::stats_cmd::is_vm(name) {
-        anyhow::bail!(
-            "sandbox {name} is a running VM (--isolation vm): stop it before a {what} (`airlock stop {name}`)"
-        );
-    }
-    Ok(())
-}
-
 pub fn checkpoint(name: &str, label: Option<&str>) -> Result<i32> {
-    refuse_running_vm(name, "checkpoint")?;
     let state = state::state();
     let taken = store::checkpoint::take(&state, name, label)?;
     // The audit log's summary of what this checkpoint froze (bounded: a checkpoint stays a rename).
@@ -73,7 +61,6 @@ pub fn list(name: &str, json: bool) -> Result<i32> {
 }
 
 pub fn rollback(name: &str, label: &str) -> Result<i32> {
-    refuse_running_vm(name, "rollback")?;
     let state = state::state();
     let running = store::checkpoint::roll_back(&state, name, label)?;
     // The layer went back: what it held since LABEL is gone, so the log is the only trace of when and to what.

@@ -102,14 +102,11 @@ fn create_then_exec_keeps_the_guest_and_stop_leaves_nothing() {
     assert!(started.elapsed() < Duration::from_secs(20));
 
     // The cow workspace: the guest reads the host's files and writes into the layer on the host, not the
-    // workspace; a checkpoint waits for the VM to stop (its overlay is mounted in QEMU's mount namespace).
+    // workspace (its checkpoints: `checkpoint_and_rollback_of_a_running_vm_sandbox`).
     let ws = workspace.str();
     let out = vm(&["exec", &name, "--", "sh", "-c", &format!("cat {ws}/before && echo guest > {ws}/added")], b"");
     assert_eq!((code(&out), stdout(&out).as_str()), (0, "host\n"), "{}", stderr(&out));
     assert!(!workspace.path().join("added").exists(), "a cow workspace's writes go to the layer");
-    let out = vm(&["checkpoint", &name, "one"], b"");
-    assert_ne!(code(&out), 0);
-    assert!(stderr(&out).contains("running VM"), "{}", stderr(&out));
 
     // A client killed mid-command: its command is killed in the guest, and the next exec runs at once.
     let mut client = airlock_cmd(&["exec", &name, "--", "sleep", "600"])
@@ -148,6 +145,147 @@ fn create_then_exec_keeps_the_guest_and_stop_leaves_nothing() {
     assert!(stderr(&out).contains("not running"), "{}", stderr(&out));
     let out = vm(&["diff", &name], b"");
     assert!(stdout(&out).contains("A  added"), "{}{}", stdout(&out), stderr(&out));
+    let out = vm(&["rm", &name], b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!sandbox_dir(&name).exists());
+}
+
+/// Every entry under `dir` (relative path, and a file's contents or `dir`), sorted: a tree to compare.
+fn tree(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut entries = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                stack.push(path);
+                entries.push((rel, "dir".to_string()));
+            } else {
+                entries.push((rel, std::fs::read_to_string(&path).unwrap_or_else(|_| "?".into())));
+            }
+        }
+    }
+    entries.sort();
+    entries
+}
+
+#[test]
+fn checkpoint_and_rollback_of_a_running_vm_sandbox() {
+    require_vm!();
+    let name = format!("vmc-ckpt-{}", std::process::id());
+    let workspace = common::TempDir::new("vmc-ckpt-workspace");
+    std::fs::write(workspace.path().join("before"), "host\n").unwrap();
+    vm_support::user_owned(workspace.path());
+    let _cleanup = create(&name, &["--workspace", workspace.str()]);
+    let (_, qemu) = recorded_pids(&name);
+    let ws = workspace.str();
+    let sh = |script: &str| {
+        let out = vm(&["exec", &name, "--", "sh", "-c", script], b"");
+        assert_eq!(code(&out), 0, "{script}: {}", stderr(&out));
+        stdout(&out)
+    };
+    // The guest's view of the workspace: every entry and a file's contents.
+    let listing = format!("cd {ws} && find . -mindepth 1 | sort | while read f; do [ -d \"$f\" ] && echo \"$f/\" || echo \"$f=$(cat \"$f\")\"; done");
+    sh(&format!("echo one > {ws}/a && mkdir {ws}/d && echo dd > {ws}/d/f"));
+    let at_checkpoint = sh(&listing);
+    assert_eq!(at_checkpoint, "./a=one\n./before=host\n./d/\n./d/f=dd\n");
+
+    let out = vm(&["checkpoint", &name, "one"], b"");
+    assert_eq!(code(&out), 0, "checkpoint: {}", stderr(&out));
+    assert!(stdout(&out).contains("running"), "{}", stdout(&out));
+    let frozen = sandbox_dir(&name).join("layers").join("1-one");
+    let frozen_tree = tree(&frozen);
+    assert_eq!(frozen_tree.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["a", "d", "d/f"]);
+    // After the checkpoint, the guest goes on from the workspace as it was, and its changes reach a new layer.
+    assert_eq!(sh(&listing), at_checkpoint);
+    sh(&format!("echo two > {ws}/a && rm {ws}/before && rm -r {ws}/d && echo new > {ws}/b"));
+    assert_eq!(sh(&listing), "./a=two\n./b=new\n");
+    assert_eq!(tree(&frozen), frozen_tree, "a frozen layer changed");
+
+    // A guest process with a workspace file open for writing: refused (the frozen layer could change under it),
+    // nothing changed, and the process writes on once QEMU continues. It is told to go on through its standard
+    // input (a file the host put in the upper directory under the mounted overlay would not be seen: overlayfs
+    // keeps its negative lookups).
+    let upper = sandbox_dir(&name).join("upper");
+    let mut writer =
+        airlock_cmd(&["exec", &name, "--", "sh", "-c", &format!("exec 3>{ws}/held; echo x >&3; read go; echo y >&3")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(upper.join("held")).unwrap_or_default() != "x\n" {
+        assert!(Instant::now() < deadline, "the writer did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = vm(&["checkpoint", &name, "two"], b"");
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("open for writing"), "{}", stderr(&out));
+    assert!(!sandbox_dir(&name).join("layers").join("2-two").exists());
+    assert!(
+        !sandbox_dir(&name)
+            .read_dir()
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("checkpoint.")),
+        "the refused checkpoint left its directory aside"
+    );
+    {
+        use std::io::Write;
+        let mut input = writer.stdin.take().unwrap();
+        input.write_all(b"go\n").unwrap();
+    }
+    assert!(writer.wait().unwrap().success());
+    assert_eq!(std::fs::read_to_string(upper.join("held")).unwrap(), "x\ny\n");
+    sh(&format!("rm {ws}/held"));
+
+    // A rollback: exactly the checkpoint's tree, in the guest and in `airlock diff`; the host's workspace as it was.
+    let out = vm(&["rollback", &name, "one"], b"");
+    assert_eq!(code(&out), 0, "rollback: {}", stderr(&out));
+    assert!(stdout(&out).contains("running"), "{}", stdout(&out));
+    assert_eq!(sh(&listing), at_checkpoint);
+    let diff = stdout(&vm(&["diff", &name], b""));
+    assert!(
+        diff.contains("A  a") && diff.contains("A  d/f") && !diff.contains(" b") && !diff.contains("D  before"),
+        "{diff}"
+    );
+    assert_eq!(tree(&frozen), frozen_tree, "a frozen layer changed");
+    assert_eq!(tree(workspace.path()), [("before".to_string(), "host\n".to_string())], "the host's workspace changed");
+    // The guest writes on after it, into the new layer.
+    sh(&format!("echo three > {ws}/c"));
+    assert_eq!(std::fs::read_to_string(upper.join("c")).unwrap(), "three\n");
+
+    // A commit of the running VM sandbox, live as for namespaces (in QEMU's mount namespace: before, the
+    // namespace freezer was pointed at QEMU, whose pid namespace is the host's): the host's workspace gets what
+    // the guest sees, the guest goes on with an empty layer over it.
+    let out = vm(&["commit", &name], b"");
+    assert_eq!(code(&out), 0, "commit: {}", stderr(&out));
+    assert_eq!(
+        tree(workspace.path()),
+        [
+            ("a".to_string(), "one\n".to_string()),
+            ("before".to_string(), "host\n".to_string()),
+            ("c".to_string(), "three\n".to_string()),
+            ("d".to_string(), "dir".to_string()),
+            ("d/f".to_string(), "dd\n".to_string()),
+        ]
+    );
+    assert_eq!(sh(&format!("cat {ws}/c {ws}/d/f")), "three\ndd\n");
+    assert!(is_qemu(qemu), "QEMU is gone after the commit");
+
+    // stop and rm: no QEMU, no staging directory, no mount left, no state.
+    let mount_file = sandbox_dir(&name).join("vm-workspace-mount");
+    let mount_point = std::fs::read_to_string(&mount_file).unwrap().trim_end().to_string();
+    let staging = std::path::Path::new(&mount_point).parent().unwrap().to_path_buf();
+    assert!(staging.is_dir(), "{}", staging.display());
+    let out = vm(&["stop", &name], b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(qemu_gone(qemu), "QEMU outlived stop");
+    assert!(!staging.exists(), "stop left the staging directory {}", staging.display());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&mount_point) && !mounts.contains(ws), "{mounts}");
     let out = vm(&["rm", &name], b"");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(!sandbox_dir(&name).exists());

@@ -19,7 +19,8 @@ use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::layer::live::{LiveSandbox, NewStack};
+use crate::layer::live::{LiveError, LiveSandbox, NewStack};
+use crate::layer::live_vm::LiveVm;
 
 use crate::error::StoreError;
 use crate::layout::{self, LayerDir, SandboxDir, StateDir};
@@ -200,7 +201,7 @@ fn empty_work(work: &Path) -> Result<(), StoreError> {
 /// and the lock that keeps two of them apart.
 struct RunningLayer {
     name: String,
-    live: LiveSandbox,
+    live: Live,
     workspace: String,
     workspace_c: CString,
     layer: LayerDir,
@@ -227,7 +228,17 @@ fn running_layer(state: &StateDir, name: &str, what: &str) -> Result<RunningLaye
     let lock = try_lock_file(&dir.layer_lock_file())?
         .ok_or_else(|| StoreError::LayerChangeInProgress { name: name.to_string() })?;
     let layer = dir.layer()?;
-    let live = LiveSandbox::open(name, init_pid, init_start_time)?;
+    // A VM's recorded init is its QEMU, whose mount namespace holds the overlay (see `layer::live_vm`).
+    let vm = profile.isolation().is_ok_and(|i| i == policy::sandbox::Isolation::Vm);
+    let live = match vm {
+        true => {
+            let file = dir.vm_workspace_mount_file();
+            let mount_point =
+                fs::read_to_string(&file).map_err(|source| StoreError::ReadFile { path: file.clone(), source })?;
+            Live::Vm(LiveVm::open(name, init_pid, init_start_time, Path::new(mount_point.trim_end_matches('\n')))?)
+        }
+        false => Live::Namespaces(LiveSandbox::open(name, init_pid, init_start_time)?),
+    };
     let workspace_c = CString::new(workspace.clone()).map_err(|_| StoreError::NulInPath { path: workspace.clone() })?;
     Ok(RunningLayer {
         name: name.to_string(),
@@ -257,6 +268,35 @@ fn mount_inside(fsys: &policy::profile::FilesystemSection, workspace: &str) -> O
     })
 }
 
+/// How a running sandbox's overlay is replaced: in its own namespaces, or in its QEMU's.
+enum Live {
+    Namespaces(LiveSandbox),
+    Vm(LiveVm),
+}
+
+impl Live {
+    fn freeze(&self, workspace: &std::ffi::CStr) -> Result<(), LiveError> {
+        match self {
+            Live::Namespaces(live) => live.freeze(workspace),
+            Live::Vm(live) => live.freeze(),
+        }
+    }
+
+    fn swap(&self, workspace: &std::ffi::CStr, stack: &NewStack) -> Result<(), LiveError> {
+        match self {
+            Live::Namespaces(live) => live.swap(workspace, stack),
+            Live::Vm(live) => live.swap(stack),
+        }
+    }
+
+    fn thaw(&self, workspace: &std::ffi::CStr) -> Result<(), LiveError> {
+        match self {
+            Live::Namespaces(live) => live.thaw(workspace),
+            Live::Vm(live) => live.thaw(),
+        }
+    }
+}
+
 impl RunningLayer {
     /// Stops the sandbox's processes and makes its overlay read-only (`action`: for the error).
     fn freeze(&self, action: &str) -> Result<(), StoreError> {
@@ -279,9 +319,9 @@ impl RunningLayer {
             frozen: frozen.iter().map(|p| c(p)).collect::<Result<_, _>>()?,
             lower: c(Path::new(&self.workspace))?,
             // The supervisor gives an idmapped layer root inside's own id, 0, on disk (the sandbox's host range
-            // is never 0): such a layer is mounted idmapped again (see `runtime::rootfs`).
-            idmapped_layer: match stat(upper)?.uid() {
-                0 => Some(c(upper.parent().unwrap_or(Path::new("/")))?),
+            // is never 0): such a layer is mounted idmapped again (see `runtime::rootfs`). A VM's never is.
+            idmapped_layer: match (&self.live, stat(upper)?.uid()) {
+                (Live::Namespaces(_), 0) => Some(c(upper.parent().unwrap_or(Path::new("/")))?),
                 _ => None,
             },
         };
@@ -364,7 +404,11 @@ fn take_running(state: &StateDir, name: &str, label: Option<&str>) -> Result<Tak
     let aside = running.aside("checkpoint")?;
     let mut renames = Renames::default();
 
-    running.freeze("checkpoint")?;
+    if let Err(e) = running.freeze("checkpoint") {
+        // Refused (a file open for writing, say): the sandbox runs on as it was, and nothing stays aside.
+        let _ = fs::remove_dir(&aside);
+        return Err(e);
+    }
     // Frozen: nothing in the sandbox writes, and its overlay is read-only.
     let swapped = (|| -> Result<(), StoreError> {
         write_created(&created)?;
@@ -408,7 +452,11 @@ fn roll_back_running(state: &StateDir, name: &str, label: &str) -> Result<(), St
     let aside = running.aside("rollback")?;
     let mut renames = Renames::default();
 
-    running.freeze("roll back")?;
+    if let Err(e) = running.freeze("roll back") {
+        // Refused (a file open for writing, say): the sandbox runs on as it was, and nothing stays aside.
+        let _ = fs::remove_dir(&aside);
+        return Err(e);
+    }
     let swapped = (|| -> Result<(), StoreError> {
         renames.rename(&upper, &aside.join("upper"))?;
         renames.rename(&work, &aside.join("work"))?;
@@ -486,7 +534,11 @@ where
         scratch: layer.compose_scratch(),
     };
 
-    running.freeze(what)?;
+    if let Err(e) = running.freeze(what) {
+        let _ = fs::remove_dir(&copies);
+        let _ = fs::remove_dir(&aside);
+        return Err(e);
+    }
     // Frozen: nothing in the sandbox writes, and its overlay is read-only. The copies are of that state.
     let copied = pairs.iter().try_for_each(|(original, copy)| {
         crate::layer::clone_layer(original, copy)

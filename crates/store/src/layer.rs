@@ -36,6 +36,7 @@ mod commit;
 pub mod disk;
 mod exclude;
 pub mod live;
+pub mod live_vm;
 mod stack;
 pub use commit::{commit_changes, CommitError, CommitOutcome};
 pub use exclude::{check_patterns, Exclude, Excluded};

@@ -139,6 +139,12 @@ impl SandboxDir {
         self.path.join("agent.lock")
     }
 
+    /// A running `--isolation vm` sandbox's: where its `cow` workspace's overlay is mounted in its QEMU's mount
+    /// namespace (one line, the path; written by its supervisor).
+    pub fn vm_workspace_mount_file(&self) -> PathBuf {
+        self.path.join("vm-workspace-mount")
+    }
+
     /// Any other file the sandbox keeps (named by its owner, e.g. the audit log's copy marker).
     pub fn file(&self, name: &str) -> PathBuf {
         self.path.join(name)

@@ -287,8 +287,21 @@ fn switch_root(request: &GuestRequest) -> Result<(), String> {
         let flags = libc::MS_NODEV | if share.readonly { libc::MS_RDONLY } else { 0 };
         // cache=none: the host's files as they are now (the workspace changes on the host while the guest runs:
         // `airlock diff` reads the layer).
-        mount_fs(&share.tag, &at.to_string_lossy(), "9p", flags, Some("trans=virtio,version=9p2000.L,msize=262144"))
-            .map_err(|e| format!("share {}: {e}", share.path))?;
+        let options = Some("trans=virtio,version=9p2000.L,msize=262144");
+        let Some(export) = &share.export else {
+            mount_fs(&share.tag, &at.to_string_lossy(), "9p", flags, options)
+                .map_err(|e| format!("share {}: {e}", share.path))?;
+            continue;
+        };
+        // A staging directory (a `cow` workspace's: see `super::WorkspaceOverlay`): mounted aside, its
+        // subdirectory bound at the path, the rest detached, so that only the subdirectory is in the guest.
+        let aside = format!("/share-{}", share.tag);
+        std::fs::create_dir_all(&aside).map_err(|e| format!("cannot create {aside}: {e}"))?;
+        mount_fs(&share.tag, &aside, "9p", flags, options).map_err(|e| format!("share {}: {e}", share.path))?;
+        let (from, to) = (cstring(&format!("{aside}/{}", export.subdir))?, cstring(&at.to_string_lossy())?);
+        sys::mount::mount(Some(&from), &to, None, libc::MS_BIND, None)
+            .map_err(|e| errno(&format!("bind the share {}", share.path), e))?;
+        sys::mount::umount2(&cstring(&aside)?, libc::MNT_DETACH).map_err(|e| errno(&format!("detach {aside}"), e))?;
     }
     if request.shares.iter().any(|s| s.path == "/etc") && request.policy.network == policy::sandbox::Network::None {
         net_none_resolv_conf(&inside("/etc"))?;

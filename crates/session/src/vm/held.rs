@@ -132,6 +132,12 @@ pub enum HeldError {
     NoOutcome,
     #[error("vm: {0}")]
     Session(String),
+    #[error("vm: cannot record where the workspace's overlay is mounted in {path}")]
+    RecordMount {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn io(errno: i32) -> std::io::Error {
@@ -195,6 +201,13 @@ pub fn run_held_vm(
     let watch = host.watch_state.as_ref().ok_or(HeldError::NoStateDir)?;
     let socket_path = watch.dir.join(SOCKET_NAME);
     let (kernel, initrd, mut request, mounts) = backend.prepare(policy, host)?;
+    // Where a live checkpoint or rollback finds the workspace's overlay in QEMU's mount namespace
+    // (`store::layer::live_vm`).
+    if let Some(overlay) = &mounts.workspace {
+        let file = store::layout::SandboxDir::at(watch.dir.clone()).vm_workspace_mount_file();
+        let line = format!("{}\n", overlay.mount_point().display());
+        std::fs::write(&file, line).map_err(|source| HeldError::RecordMount { path: file, source })?;
+    }
     // --net allow: the gateway serves before the guest boots, and until QEMU is gone (below).
     let network = super::net::start_for(policy, host, &mut request)?;
     // Blocked before QEMU starts, read from a signalfd in the loop (QEMU's spawn resets its own mask).

@@ -33,7 +33,7 @@ use runtime::prepare::HostContext;
 use runtime::sandbox::{RunOutcome, RunReport};
 
 pub use kernel::{Accel, GuestKernel, KvmFlavour};
-use protocol::{GuestRequest, Share, Symlink};
+use protocol::{GuestRequest, Share, ShareExport, Symlink};
 
 /// What the VM is: accelerator, kernel, size.
 #[derive(Debug, Clone)]
@@ -285,29 +285,81 @@ impl Drop for FileBinds {
     }
 }
 
-/// A `cow` workspace's overlay, mounted by QEMU's launcher in its own mount namespace at the workspace's path.
-#[derive(Debug, Clone)]
+/// A `cow` workspace's overlay, mounted by QEMU's launcher in its own mount namespace on the subdirectory
+/// [`WORKSPACE_SUBDIR`] of a staging directory of its own, which is what QEMU exports; the guest binds that
+/// subdirectory at the workspace's path. Not the workspace's path itself, exported: QEMU's 9p server holds its
+/// export's root open from the start and resolves every path from there, so an overlay mounted on the export's
+/// root could never be replaced, while one mounted on a subdirectory is found again by each lookup: a checkpoint
+/// or rollback of the running sandbox replaces it there (`store::layer::live_vm`). The host sees the staging
+/// directory, with its empty subdirectory, while the VM runs; it goes when this does.
+#[derive(Debug)]
 pub struct WorkspaceOverlay {
     pub workspace: String,
     /// Lower directories, top first: the checkpoints (newest first), then the workspace.
     pub lower: Vec<PathBuf>,
     pub upper: PathBuf,
     pub work: PathBuf,
+    /// The exported staging directory.
+    pub staging: PathBuf,
+}
+
+/// The staging directory's subdirectory the overlay is mounted on.
+pub const WORKSPACE_SUBDIR: &str = "workspace";
+
+impl WorkspaceOverlay {
+    /// Where the overlay is mounted (in QEMU's mount namespace).
+    pub fn mount_point(&self) -> PathBuf {
+        self.staging.join(WORKSPACE_SUBDIR)
+    }
+
+    /// A new staging directory (0755) with its empty subdirectory, given to `owner` (a host root's QEMU that
+    /// becomes the workspace's owner, `qemu::UnprivilegedQemu`, takes the owner from the export).
+    fn staging(owner: Option<(u32, u32)>) -> Result<PathBuf, VmError> {
+        use std::os::unix::fs::DirBuilderExt;
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let staging = std::env::temp_dir().join(format!("airlock-vm-workspace-{}-{n}", std::process::id()));
+        let fail = |path: &std::path::Path| {
+            let path = path.display().to_string();
+            move |source| VmError::StageFile { path, source }
+        };
+        // `create`, not `create_dir_all`: a directory someone else made first is refused.
+        std::fs::DirBuilder::new().mode(0o755).create(&staging).map_err(fail(&staging))?;
+        let sub = staging.join(WORKSPACE_SUBDIR);
+        std::fs::DirBuilder::new().mode(0o755).create(&sub).map_err(fail(&sub))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&staging, Some(uid), Some(gid)).map_err(fail(&staging))?;
+        }
+        Ok(staging)
+    }
+}
+
+impl Drop for WorkspaceOverlay {
+    fn drop(&mut self) {
+        // QEMU is gone (its launcher outlives it), and the overlay with its mount namespace: two empty directories.
+        let _ = std::fs::remove_dir(self.mount_point());
+        let _ = std::fs::remove_dir(&self.staging);
+    }
 }
 
 /// The request for the guest: the policy as the guest sees it, and what the host exports for it.
 fn guest_request(policy: &SandboxPolicy, host: &HostContext) -> Result<(GuestRequest, HostMounts), VmError> {
     let mut shares: Vec<Share> = Vec::new();
     let mut symlinks = Vec::new();
-    let mut share = |path: &str, readonly: bool| {
+    let mut share = |path: &str, readonly: bool, export: Option<ShareExport>| {
         // A path exported once (the most permissive wins only when the policy asks for both: a bind inside the
         // workspace, say): the engine applies each bind's own read-only flag inside.
         if let Some(existing) = shares.iter_mut().find(|s| s.path == path) {
             existing.readonly &= readonly;
+            // A cow workspace's path that was exported as it is already (`--rootfs` the workspace): the staging
+            // directory instead, so its overlay can be replaced.
+            if export.is_some() {
+                existing.export = export;
+            }
             return;
         }
         let tag = format!("airlock{}", shares.len());
-        shares.push(Share { tag, path: path.to_string(), readonly });
+        shares.push(Share { tag, path: path.to_string(), readonly, export });
     };
     match &policy.rootfs {
         Rootfs::Host => {
@@ -319,18 +371,18 @@ fn guest_request(policy: &SandboxPolicy, host: &HostContext) -> Result<(GuestReq
                             .map_err(|source| VmError::ReadHost { path: path.clone(), source })?;
                         symlinks.push(Symlink { path, target: target.to_string_lossy().into_owned() });
                     }
-                    Ok(meta) if meta.is_dir() => share(&path, true),
+                    Ok(meta) if meta.is_dir() => share(&path, true, None),
                     _ => {}
                 }
             }
         }
-        Rootfs::Dir(dir) => share(dir, true),
+        Rootfs::Dir(dir) => share(dir, true, None),
         // An image: each unpacked layer exported read-only at its own path; the guest's engine stacks them
         // into the root overlay exactly as on the host (a whiteout is a 0/0 device, which 9p shows the guest
         // as it is).
         Rootfs::Layers(layers) => {
             for layer in layers {
-                share(layer, true);
+                share(layer, true, None);
             }
         }
     }
@@ -338,8 +390,8 @@ fn guest_request(policy: &SandboxPolicy, host: &HostContext) -> Result<(GuestReq
     let mut overlay = None;
     if let Some(ws) = &policy.workspace {
         match ws.mode {
-            WorkspaceMode::Ro => share(&ws.path, true),
-            WorkspaceMode::Rw => share(&ws.path, false),
+            WorkspaceMode::Ro => share(&ws.path, true, None),
+            WorkspaceMode::Rw => share(&ws.path, false, None),
             WorkspaceMode::Cow => {
                 // The merged view, exported read-write: the guest writes through it into the layer on the host.
                 let layer = host.layer.as_ref().ok_or_else(|| {
@@ -349,23 +401,31 @@ fn guest_request(policy: &SandboxPolicy, host: &HostContext) -> Result<(GuestReq
                 // the guest's root maps to: the merged view's top directory is the upper's, and the guest's engine
                 // finds the owner there. A workspace owned by root keeps a root-owned layer (and gets the notice
                 // inside, as its root is no owner of anything shared from the host: see `runtime::prepare`).
+                let mut owner = None;
                 if sys::process::effective_uid() == 0 {
-                    let owner = std::fs::metadata(&ws.path)
+                    let meta = std::fs::metadata(&ws.path)
                         .map_err(|source| VmError::ReadHost { path: ws.path.clone(), source })?;
                     for dir in [&layer.upper, &layer.work] {
-                        std::os::unix::fs::chown(dir, Some(owner.uid()), Some(owner.gid()))
+                        std::os::unix::fs::chown(dir, Some(meta.uid()), Some(meta.gid()))
                             .map_err(|source| VmError::ChownLayer { path: dir.display().to_string(), source })?;
                     }
+                    owner = Some((meta.uid(), meta.gid()));
                 }
                 let mut lower = layer.frozen.clone();
                 lower.push(PathBuf::from(&ws.path));
-                overlay = Some(WorkspaceOverlay {
+                let staged = WorkspaceOverlay {
                     workspace: ws.path.clone(),
                     lower,
                     upper: layer.upper.clone(),
                     work: layer.work.clone(),
-                });
-                share(&ws.path, false);
+                    staging: WorkspaceOverlay::staging(owner)?,
+                };
+                let export = ShareExport {
+                    dir: staged.staging.to_string_lossy().into_owned(),
+                    subdir: WORKSPACE_SUBDIR.to_string(),
+                };
+                overlay = Some(staged);
+                share(&ws.path, false, Some(export));
                 if let Some(w) = guest_policy.workspace.as_mut() {
                     w.mode = WorkspaceMode::Rw;
                 }
@@ -375,7 +435,7 @@ fn guest_request(policy: &SandboxPolicy, host: &HostContext) -> Result<(GuestReq
     let mut files: Option<FileBinds> = None;
     for (index, bind) in policy.binds.iter().enumerate() {
         if std::path::Path::new(&bind.source).is_dir() {
-            share(&bind.source, !bind.writable);
+            share(&bind.source, !bind.writable, None);
             continue;
         }
         let staged = match files.as_mut() {
@@ -390,7 +450,7 @@ fn guest_request(policy: &SandboxPolicy, host: &HostContext) -> Result<(GuestReq
     if let Some(f) = &files {
         // Writable when a bound file is: each read-only one is read-only in QEMU's namespace and in the guest.
         let writable = f.binds.iter().any(|(_, _, readonly)| !readonly);
-        share(&f.staging.to_string_lossy(), !writable);
+        share(&f.staging.to_string_lossy(), !writable, None);
         // The export belongs to the writable files' owner (when they have one, not root), as a workspace does: a
         // host root's QEMU that becomes that owner (`qemu::UnprivilegedQemu`) takes it from the export.
         let owners: std::collections::BTreeSet<(u32, u32)> = f

@@ -227,9 +227,22 @@ impl AuditRecord {
 pub struct Share {
     /// Its mount tag (`airlockN`).
     pub tag: String,
-    /// Where it is mounted in the guest: the host path it exports.
+    /// Where it is mounted in the guest: the host path it exports (unless `export` says otherwise).
     pub path: String,
     pub readonly: bool,
+    /// The host directory QEMU exports when it is not `path`, and its subdirectory the guest mounts at `path`:
+    /// a `cow` workspace's staging directory, its overlay mounted on the subdirectory (see `super::WorkspaceOverlay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<ShareExport>,
+}
+
+/// What a share exports when it is not its guest path (see [`Share::export`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShareExport {
+    /// The host directory QEMU serves.
+    pub dir: String,
+    /// Its subdirectory the guest binds at the share's path.
+    pub subdir: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

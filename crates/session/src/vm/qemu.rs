@@ -298,9 +298,16 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
     let model = if as_root && drop_to.is_none() { "passthrough" } else { "none" };
     for (i, share) in launch.request.shares.iter().enumerate() {
         let readonly = if share.readonly { ",readonly=on" } else { "" };
+        // A staging directory with an overlay mounted below it (see `super::WorkspaceOverlay`): two devices in
+        // one export, whose inode numbers are kept apart (`remap`), so that after the overlay is replaced none of
+        // its files passes for one of the old overlay's in the guest.
+        let (path, multidevs) = match &share.export {
+            Some(export) => (export.dir.as_str(), ",multidevs=remap"),
+            None => (share.path.as_str(), ""),
+        };
         args.extend([
             "-fsdev".into(),
-            format!("local,id=fs{i},path={},security_model={model}{readonly}", escape(&share.path)),
+            format!("local,id=fs{i},path={},security_model={model}{readonly}{multidevs}", escape(path)),
         ]);
         args.extend(["-device".into(), format!("virtio-9p-device,fsdev=fs{i},mount_tag={}", share.tag)]);
     }
@@ -319,7 +326,10 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
                 o.work.to_string_lossy()
             );
             Some((
-                CString::new(o.workspace.clone()).map_err(|_| QemuError::Nul(o.workspace.clone()))?,
+                {
+                    let at = o.mount_point().to_string_lossy().into_owned();
+                    CString::new(at.clone()).map_err(|_| QemuError::Nul(at))?
+                },
                 CString::new(options.clone()).map_err(|_| QemuError::Nul(options))?,
             ))
         }
@@ -456,8 +466,10 @@ impl UnprivilegedQemu {
     fn for_shares(shares: &[super::protocol::Share], accel: Accel) -> Result<UnprivilegedQemu, QemuError> {
         let mut owner: Option<(u32, u32)> = None;
         for share in shares.iter().filter(|s| !s.readonly) {
-            let meta = std::fs::metadata(&share.path).map_err(|source| QemuError::PrepareUnprivileged {
-                what: format!("find the owner of {}", share.path),
+            // What QEMU serves: a staging directory is given the workspace's owner.
+            let path = share.export.as_ref().map_or(&share.path, |e| &e.dir);
+            let meta = std::fs::metadata(path).map_err(|source| QemuError::PrepareUnprivileged {
+                what: format!("find the owner of {path}"),
                 source,
             })?;
             match owner {

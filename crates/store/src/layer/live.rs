@@ -62,14 +62,16 @@ pub enum LiveStep {
     Continue,
     Fork,
     Idmap,
+    StopVm,
+    ContinueVm,
 }
 
 impl LiveStep {
-    fn from_u32(n: u32) -> Option<LiveStep> {
+    pub(super) fn from_u32(n: u32) -> Option<LiveStep> {
         use LiveStep::*;
         [EnterNamespaces, SwitchIds, Stop, WaitStopped, OpenWorkspace, Sync, MakeReadOnly, OpenLayers, MountOverlay]
             .into_iter()
-            .chain([CloneOld, DetachOld, MoveNew, Continue, Fork, Idmap])
+            .chain([CloneOld, DetachOld, MoveNew, Continue, Fork, Idmap, StopVm, ContinueVm])
             .find(|s| *s as u32 == n)
     }
 
@@ -90,6 +92,8 @@ impl LiveStep {
             LiveStep::Continue => "let the sandbox's processes continue",
             LiveStep::Fork => "fork the helper inside the sandbox",
             LiveStep::Idmap => "mount the workspace and its layer idmapped for the new stack",
+            LiveStep::StopVm => "stop the VM's QEMU",
+            LiveStep::ContinueVm => "let the VM's QEMU continue",
         }
     }
 }
@@ -214,37 +218,46 @@ impl LiveSandbox {
             }
         };
         drop(write_end);
-        let status = sys::wait::wait_for_exit(helper).unwrap_or(0);
-        let mut report = [0u8; 8];
-        let got = sys::fd::read(read_end.as_raw_fd(), &mut report);
-        drop(read_end);
-        match got {
-            Ok(8) => {
-                let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
-                let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
-                let step = LiveStep::from_u32(step).unwrap_or(LiveStep::Fork);
-                Err(match (step, errno) {
-                    (LiveStep::MakeReadOnly, libc::EBUSY) => LiveError::WriterOpen,
-                    (LiveStep::WaitStopped, libc::ETIMEDOUT) => LiveError::StopTimeout,
-                    _ => LiveError::Step(step, os_error(errno)),
-                })
-            }
-            _ if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 => Ok(()),
-            _ => Err(LiveError::Step(LiveStep::Fork, os_error(libc::ECHILD))),
-        }
+        helper_outcome(helper, read_end)
     }
+}
+
+/// What a helper (`helper` forked with `read_end`'s pipe for its report) ended with: the step it reported as
+/// failed, or success when it exited 0 without a report.
+pub(super) fn helper_outcome(helper: libc::pid_t, read_end: OwnedFd) -> Result<(), LiveError> {
+    let status = sys::wait::wait_for_exit(helper).unwrap_or(0);
+    let mut report = [0u8; 8];
+    let got = sys::fd::read(read_end.as_raw_fd(), &mut report);
+    drop(read_end);
+    match got {
+        Ok(8) => {
+            let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
+            let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+            let step = LiveStep::from_u32(step).unwrap_or(LiveStep::Fork);
+            Err(match (step, errno) {
+                (LiveStep::MakeReadOnly, libc::EBUSY) => LiveError::WriterOpen,
+                (LiveStep::WaitStopped, libc::ETIMEDOUT) => LiveError::StopTimeout,
+                _ => LiveError::Step(step, os_error(errno)),
+            })
+        }
+        _ if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 => Ok(()),
+        _ => Err(LiveError::Step(LiveStep::Fork, os_error(libc::ECHILD))),
+    }
+}
+
+/// Writes a failed step's report (step, errno) to `report` and exits the helper with status 1.
+pub(super) fn report_failure(report: RawFd, step: LiveStep, errno: Errno) -> ! {
+    let mut buf = [0u8; 8];
+    buf[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+    buf[4..].copy_from_slice(&errno.to_ne_bytes());
+    let _ = sys::fd::write_all(report, &buf);
+    sys::process::exit_immediately(1)
 }
 
 /// The helper: enters the namespaces, forks the worker, exits with its status.
 fn helper_main(sandbox: &LiveSandbox, workspace: &CStr, op: &Op, report: RawFd) -> ! {
     let (pidfd, uid, gid) = (sandbox.pidfd.as_fd(), sandbox.uid, sandbox.gid);
-    let fail = |step: LiveStep, errno: Errno| -> ! {
-        let mut buf = [0u8; 8];
-        buf[..4].copy_from_slice(&(step as u32).to_ne_bytes());
-        buf[4..].copy_from_slice(&errno.to_ne_bytes());
-        let _ = sys::fd::write_all(report, &buf);
-        sys::process::exit_immediately(1)
-    };
+    let fail = |step: LiveStep, errno: Errno| -> ! { report_failure(report, step, errno) };
     // Nothing in the sandbox may ptrace us while we hold capabilities in its namespace.
     let _ = sys::process::prctl(libc::PR_SET_DUMPABLE, 0);
     // The new overlay first, for a swap: overlayfs takes private clones of its layers' mounts, which must be in
@@ -316,9 +329,9 @@ fn helper_main(sandbox: &LiveSandbox, workspace: &CStr, op: &Op, report: RawFd) 
     }
 }
 
-type StepResult = Result<(), (LiveStep, Errno)>;
+pub(super) type StepResult = Result<(), (LiveStep, Errno)>;
 
-fn at(step: LiveStep) -> impl Fn(Errno) -> (LiveStep, Errno) {
+pub(super) fn at(step: LiveStep) -> impl Fn(Errno) -> (LiveStep, Errno) {
     move |e| (step, e)
 }
 
@@ -358,7 +371,7 @@ fn worker(uid: u32, gid: u32, workspace: &CStr, op: &Op, new_overlay: RawFd) -> 
 
 /// Detaches the mount at `workspace` and moves `new` there. If the move fails, a clone of the old mount taken
 /// first goes back, so the workspace is never left without its mount.
-fn replace_mount(workspace: &CStr, new: RawFd) -> StepResult {
+pub(super) fn replace_mount(workspace: &CStr, new: RawFd) -> StepResult {
     let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
     let old = mount::open_tree(libc::AT_FDCWD, workspace, flags).map_err(at(LiveStep::CloneOld))?;
     if let Err(e) = mount::umount2(workspace, libc::MNT_DETACH) {
@@ -374,7 +387,7 @@ fn replace_mount(workspace: &CStr, new: RawFd) -> StepResult {
 }
 
 /// Opens the stack's directories into `fds` (no symlink anywhere on the way, as init opens them).
-fn open_stack(stack: &NewStack, fds: &mut OverlayFds) -> Result<(), Errno> {
+pub(super) fn open_stack(stack: &NewStack, fds: &mut OverlayFds) -> Result<(), Errno> {
     // By number: `OverlayFds` is a plan of raw descriptors (built without allocating, after the fork), closed by
     // its `close_all` or by `mounts::mount_workspace_overlay`.
     let open = |path: &CStr| {
@@ -392,13 +405,13 @@ fn open_stack(stack: &NewStack, fds: &mut OverlayFds) -> Result<(), Errno> {
     Ok(())
 }
 
-fn open_dir(path: &CStr) -> Result<OwnedFd, Errno> {
+pub(super) fn open_dir(path: &CStr) -> Result<OwnedFd, Errno> {
     sys::fd::open(path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
 }
 
 /// The overlay's mount read-only (or writable again). `EBUSY` while a system call that writes is in flight is
 /// retried; a file open for writing keeps it `EBUSY`.
-fn make_read_only(ws: RawFd, read_only: bool) -> StepResult {
+pub(super) fn make_read_only(ws: RawFd, read_only: bool) -> StepResult {
     let (set, clear) = if read_only { (libc::MOUNT_ATTR_RDONLY, 0) } else { (0, libc::MOUNT_ATTR_RDONLY) };
     let mut attempts = 0;
     loop {
@@ -549,7 +562,7 @@ mod tests {
         assert_eq!(parse_u64(b"1234"), Some(1234));
         assert_eq!(parse_u64(b"self"), None);
         assert_eq!(parse_u64(b""), None);
-        for step in 1..=15 {
+        for step in 1..=17 {
             assert_eq!(LiveStep::from_u32(step).map(|s| s as u32), Some(step));
         }
     }

@@ -1363,11 +1363,9 @@ fn write_limit(path: &Path, value: &str) -> Result<(), CgroupError> {
 /// Writes `value` if the kernel has the file.
 fn write_if_present(path: &Path, value: &str) -> Result<(), CgroupError> {
     // The open says whether it is there (no `statx` first: one system call fewer per file).
-    match write_value(path, value) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => {
-            other.map_err(|source| CgroupError::Write { path: path.to_path_buf(), value: value.to_string(), source })
-        }
+    match write_limit(path, value) {
+        Err(CgroupError::Write { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
     }
 }
 

@@ -7,6 +7,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use crate::caps::{CAP_SETFCAP, CAP_SETGID, CAP_SETUID};
 use crate::failure::os_error;
 
 /// First host id of the ranges airlock hands out as host root: above systemd's container range
@@ -292,8 +293,6 @@ pub fn write_id_maps_with_tools(
     }
     Ok(())
 }
-
-use crate::caps::{CAP_SETFCAP, CAP_SETGID, CAP_SETUID};
 
 /// What airlock running as root (effective uid 0) can map into a sandbox's user namespace. On a host that is a
 /// full range; in a container it depends on the capabilities and ids the container was given.

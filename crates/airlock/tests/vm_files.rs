@@ -81,6 +81,16 @@ fn cp_and_files_reach_into_a_vm_sandbox_as_its_user() {
     let out = vm(&["cp", &format!("{name}:/tmp/in.bin"), one.to_str().unwrap()], b"");
     assert_eq!(code(&out), 0, "cp out: {}", stderr(&out));
     assert_eq!(std::fs::read(&one).unwrap(), bytes());
+    // A kernel pseudo-file, whose size says 0: its content, as from a namespace sandbox (before: empty).
+    let version = host.path().join("version");
+    let out = vm(&["cp", &format!("{name}:/proc/version"), version.to_str().unwrap()], b"");
+    assert_eq!(code(&out), 0, "cp /proc/version: {}", stderr(&out));
+    let copied = std::fs::read_to_string(&version).unwrap();
+    assert!(copied.starts_with("Linux version "), "{copied}");
+    assert_eq!(copied, sh(&name, "cat /proc/version"));
+    let got = vm(&["__files", "get", &name, "/proc/version"], b"");
+    assert_eq!(code(&got), 0, "{}", stderr(&got));
+    assert!(stdout(&got).starts_with(&format!("{{\"type\":\"file\",\"size\":{},", copied.len())), "{}", stdout(&got));
 
     // `__files` itself: the header and the exact bytes; a listing; put with a mode; rm of a tree.
     let got = vm(&["__files", "get", &name, "/tmp/tree/top.txt"], b"");

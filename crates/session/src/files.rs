@@ -21,6 +21,9 @@ pub const EXIT_DENIED: i32 = 4;
 pub const EXIT_WRONG_KIND: i32 = 5;
 /// The longest path taken (PATH_MAX).
 pub const MAX_PATH: usize = 4096;
+/// Most bytes of a file that says it is empty but is not (a kernel pseudo-file of `/proc` or `/sys`, whose size
+/// is known only once it is read) sent where the header must give the exact size (`exact_size`).
+pub const MAX_UNSIZED_FILE: u64 = 4 << 20;
 
 /// The operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -137,6 +140,23 @@ fn get(path: &str, exact_size: bool) -> io::Result<()> {
     }
     if !meta.is_file() {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    if exact_size && meta.len() == 0 {
+        // Size 0 is what `/proc` and `/sys` files report whatever they hold: read whole (bounded), the header
+        // then says what was read. (A really empty file reads as empty.)
+        let mut bytes = Vec::new();
+        let mut file = file;
+        (&mut file).take(MAX_UNSIZED_FILE + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > MAX_UNSIZED_FILE {
+            return Err(io::Error::other(format!(
+                "the file says it is empty but holds more than {} MiB",
+                MAX_UNSIZED_FILE >> 20
+            )));
+        }
+        let header = serde_json::json!({ "type": "file", "size": bytes.len(), "mode": meta.mode() & 0o7777 });
+        writeln!(out, "{header}")?;
+        out.write_all(&bytes)?;
+        return out.flush();
     }
     let header = serde_json::json!({ "type": "file", "size": meta.len(), "mode": meta.mode() & 0o7777 });
     writeln!(out, "{header}")?;

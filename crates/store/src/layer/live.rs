@@ -501,7 +501,12 @@ fn is_stopped(proc_dir: RawFd, pid: &[u8]) -> Result<bool, Errno> {
         Err(libc::ESRCH) => return Ok(true),
         Err(e) => return Err(e),
     };
-    Ok(stat_state(&stat[..n]).is_none_or(|s| matches!(s, b'T' | b't' | b'Z' | b'X')))
+    Ok(stat_says_stopped(&stat[..n]))
+}
+
+/// Whether a `/proc/PID/stat` line's state is stopped (`T`, `t`) or gone (`Z`, `X`, or no state to read).
+pub(super) fn stat_says_stopped(stat: &[u8]) -> bool {
+    stat_state(stat).is_none_or(|s| matches!(s, b'T' | b't' | b'Z' | b'X'))
 }
 
 /// The state letter of a `/proc/PID/stat` line: after the last `)` (the command name may hold any byte).

@@ -41,8 +41,8 @@ use sys::namespace;
 use sys::process::Forked;
 
 use super::live::{
-    at, helper_outcome, make_read_only, open_dir, open_stack, replace_mount, report_failure, LiveError, LiveStep,
-    NewStack, StepResult,
+    at, helper_outcome, make_read_only, open_dir, open_stack, replace_mount, report_failure, stat_says_stopped,
+    LiveError, LiveStep, NewStack, StepResult,
 };
 
 /// How long QEMU's threads have to stop after `SIGSTOP`.
@@ -218,8 +218,7 @@ fn all_threads_stopped(pid: libc::pid_t) -> Result<bool, std::io::Error> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => continue,
             Err(e) => return Err(e),
         };
-        let state = stat.iter().rposition(|&b| b == b')').and_then(|close| stat.get(close + 2)).copied();
-        if !state.is_none_or(|s| matches!(s, b'T' | b't' | b'Z' | b'X')) {
+        if !stat_says_stopped(&stat) {
             return Ok(false);
         }
     }

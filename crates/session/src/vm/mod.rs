@@ -252,19 +252,26 @@ pub struct FileBinds {
     pub binds: Vec<(PathBuf, PathBuf, bool)>,
 }
 
+/// A new directory `$TMPDIR/airlock-vm-KIND-PID-N` of this run's (mode 0755: QEMU may be an ordinary user by the
+/// time it opens what is staged there). `create`, not `create_dir_all`: a directory someone else made first under
+/// that name is refused, never used.
+fn make_staging_dir(kind: &str) -> Result<PathBuf, VmError> {
+    use std::os::unix::fs::DirBuilderExt;
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let staging = std::env::temp_dir().join(format!("airlock-vm-{kind}-{}-{n}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&staging)
+        .map_err(|source| VmError::StageFile { path: staging.display().to_string(), source })?;
+    Ok(staging)
+}
+
 impl FileBinds {
     fn new() -> Result<FileBinds, VmError> {
-        use std::os::unix::fs::DirBuilderExt;
-        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let staging = std::env::temp_dir().join(format!("airlock-vm-files-{}-{n}", std::process::id()));
-        // 0755: a QEMU that is no longer root (see `qemu::UnprivilegedQemu`) opens the placeholders, which are the
-        // bound files in its namespace (their own modes apply); here they are empty.
-        std::fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&staging)
-            .map_err(|source| VmError::StageFile { path: staging.display().to_string(), source })?;
-        Ok(FileBinds { staging, binds: Vec::new() })
+        // A QEMU that is no longer root (see `qemu::UnprivilegedQemu`) opens the placeholders, which are the bound
+        // files in its namespace (their own modes apply); here they are empty.
+        Ok(FileBinds { staging: make_staging_dir("files")?, binds: Vec::new() })
     }
 
     /// The placeholder for `source` (an empty file made now), as the guest will find it.
@@ -316,15 +323,11 @@ impl WorkspaceOverlay {
     /// becomes the workspace's owner, `qemu::UnprivilegedQemu`, takes the owner from the export).
     fn staging(owner: Option<(u32, u32)>) -> Result<PathBuf, VmError> {
         use std::os::unix::fs::DirBuilderExt;
-        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let staging = std::env::temp_dir().join(format!("airlock-vm-workspace-{}-{n}", std::process::id()));
         let fail = |path: &std::path::Path| {
             let path = path.display().to_string();
             move |source| VmError::StageFile { path, source }
         };
-        // `create`, not `create_dir_all`: a directory someone else made first is refused.
-        std::fs::DirBuilder::new().mode(0o755).create(&staging).map_err(fail(&staging))?;
+        let staging = make_staging_dir("workspace")?;
         let sub = staging.join(WORKSPACE_SUBDIR);
         std::fs::DirBuilder::new().mode(0o755).create(&sub).map_err(fail(&sub))?;
         if let Some((uid, gid)) = owner {

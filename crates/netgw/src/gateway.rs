@@ -56,7 +56,14 @@ pub struct GatewayOptions {
     pub idle_timeout: Duration,
     /// What the descriptor served is: a TUN (the default), or a datagram socket of Ethernet frames (a VM's NIC).
     pub link: Link,
+    /// Called once, [`SETTLE_AFTER`] after the gateway started serving: the gateway's own process gives back
+    /// the memory start-up alone used (`airlock-netgw` drops its executable's pages). `None` for embedders.
+    pub settled: Option<fn()>,
 }
+
+/// When [`GatewayOptions::settled`] is called: start-up is long over (the sandbox's init waits for the gateway
+/// only to take the TUN), early enough that an idle sandbox's gateway is small from its first seconds.
+pub const SETTLE_AFTER: Duration = Duration::from_secs(1);
 
 /// Relayed connections one sandbox may hold open at once. Each busy one can hold ~2 MiB of buffers (the stack's
 /// 1 MiB socket buffers each way; the relay moves bytes between them and the host socket without buffers of its
@@ -72,6 +79,7 @@ impl Default for GatewayOptions {
             max_connections: MAX_CONNECTIONS,
             idle_timeout: Duration::from_secs(300),
             link: Link::Tun,
+            settled: None,
         }
     }
 }
@@ -170,6 +178,9 @@ pub async fn serve_tun(tun: OwnedFd, config: GatewayConfig, options: GatewayOpti
     // The flows' tasks, so that they end with the gateway (dropping the set aborts them) also when an embedder's
     // runtime outlives this future.
     let mut flows = tokio::task::JoinSet::new();
+    let settle = tokio::time::sleep(SETTLE_AFTER);
+    tokio::pin!(settle);
+    let mut settled = options.settled;
     let result = loop {
         while flows.try_join_next().is_some() {}
         tokio::select! {
@@ -179,6 +190,11 @@ pub async fn serve_tun(tun: OwnedFd, config: GatewayConfig, options: GatewayOpti
                 Ok(Closed::Error(e)) => Err(GatewayError::ReadTun(e)),
             },
             _ = stopped(stop.as_ref()) => break Ok(()),
+            () = &mut settle, if settled.is_some() => {
+                if let Some(settled) = settled.take() {
+                    settled();
+                }
+            }
             stream = accepted.recv() => match stream {
                 Some((stream, dst)) => {
                     dispatch_tcp(&mut flows, stream, dst, &dns, &relays, &active, idle_timeout)

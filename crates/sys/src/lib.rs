@@ -18,6 +18,7 @@ pub mod fs;
 pub mod kernel;
 pub mod landlock;
 pub mod loop_device;
+pub mod memory;
 pub mod mount;
 pub mod namespace;
 pub mod net;

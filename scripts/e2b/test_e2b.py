@@ -648,6 +648,12 @@ def test_metadata_dev_airlock_isolation_vm_runs_commands_in_a_guest(server, tmp_
         assert s.files.read("/tmp/vm/hello.txt") == "héllo\n"
         assert sorted(e.name for e in s.files.list("/tmp/vm")) == ["blob.bin", "hello.txt"]
         assert s.commands.run("wc -c < /tmp/vm/blob.bin").stdout.strip() == str(len(blob))
+        # A background command holds neither the next command nor the files API (each runs in a slot of its own
+        # in the guest; before: they waited for it to end).
+        h = s.commands.run("sleep 600", background=True)
+        assert s.commands.run("echo beside", timeout=60).stdout == "beside\n"
+        assert s.files.read("/tmp/vm/blob.bin", format="bytes") == blob
+        s.commands.kill(h.pid)
         s.files.remove("/tmp/vm/hello.txt")
         with pytest.raises(NotFoundException):
             s.files.read("/tmp/vm/hello.txt")

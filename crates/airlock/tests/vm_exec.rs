@@ -194,3 +194,78 @@ fn run_t_in_a_vm_gives_the_command_a_terminal_of_the_callers_size() {
     let lines: Vec<&str> = shown.lines().map(str::trim).collect();
     assert_eq!(lines, ["24 80", "READY", "50 120", "EXIT 3"], "{shown}");
 }
+
+/// The first line `child` prints, within `secs` (read by a thread: a client that never starts must fail the test,
+/// not hang it), and the rest of its output.
+fn first_line_within(child: &mut Child, secs: u64) -> (Option<String>, std::sync::mpsc::Receiver<String>) {
+    let out = child.stdout.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (received.recv_timeout(Duration::from_secs(secs)).ok(), received)
+}
+
+#[test]
+fn execs_into_a_vm_run_at_once_each_with_only_its_own_streams() {
+    require_vm!();
+    let name = format!("vmx-conc-{}", std::process::id());
+    let out = vm(&["create", "--isolation", "vm", &name], b"");
+    assert_eq!(code(&out), 0, "create: {}", stderr(&out));
+    let _cleanup = vm_support::Cleanup::new(&state_dir(), &name);
+
+    // As many commands as a held guest runs at once (16), each waiting for a line of its input: all of them run
+    // at once (before: the second waited for the first to end, as an E2B background command held every later
+    // command).
+    let mut running = Vec::new();
+    for i in 0..16 {
+        let script = format!("echo ready {i}; read line; echo \"{i} got $line\"; echo \"{i} err\" >&2");
+        let mut child = airlock_cmd(&["exec", &name, "--", "sh", "-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (first, rest) = first_line_within(&mut child, 120);
+        assert_eq!(first.as_deref(), Some(format!("ready {i}").as_str()), "exec {i} did not start while others run");
+        running.push((i, child, rest));
+    }
+    // One more waits for a free place (the supervisor's listen queue), and runs once one is free.
+    let mut queued = airlock_cmd(&["exec", &name, "--", "echo", "queued"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(queued.try_wait().unwrap().is_none(), "a 17th command ran with 16 running");
+
+    // Each ends when told, in an order of its own, with its own output on its own streams and nothing else.
+    for &at in &[3usize, 0, 15, 7, 1, 6, 12, 2, 5, 4, 8, 14, 9, 13, 10, 11] {
+        let (i, child, rest) = &mut running[at];
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        writeln!(input, "hello {i}").unwrap();
+        drop(input);
+        let status = wait_for(child, 120).unwrap_or_else(|| panic!("exec {i} did not end"));
+        let mut errors = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut errors).unwrap();
+        let lines: Vec<String> = rest.try_iter().collect();
+        assert_eq!(status.code(), Some(0), "exec {i}: {errors}");
+        assert_eq!(lines, [format!("{i} got hello {i}")], "exec {i}'s output");
+        assert_eq!(errors, format!("{i} err\n"), "exec {i}'s errors");
+        if at == 3 {
+            let status = wait_for(&mut queued, 120).expect("the queued exec did not run once a slot was free");
+            let mut said = String::new();
+            queued.stdout.take().unwrap().read_to_string(&mut said).unwrap();
+            assert_eq!((status.code(), said.as_str()), (Some(0), "queued\n"));
+        }
+    }
+
+    let out = vm(&["stop", &name], b"");
+    assert_eq!(code(&out), 0, "stop: {}", stderr(&out));
+}

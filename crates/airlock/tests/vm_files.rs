@@ -151,13 +151,15 @@ fn cp_and_files_reach_into_a_vm_sandbox_as_its_user() {
     assert_eq!(code(&fifo), 5, "{}", stderr(&fifo));
     assert_eq!(code(&vm(&["__files", "get", &name, "relative"], b"")), 5);
 
-    // An operation waits its turn behind a running exec (one at a time), then is done.
-    let busy = airlock_cmd(&["exec", &name, "--", "sleep", "3"]).stdout(Stdio::null()).spawn().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let queued = vm(&["__files", "get", &name, "/tmp/made/by/put"], b"");
-    assert_eq!(code(&queued), 0, "{}", stderr(&queued));
-    assert!(stdout(&queued).ends_with("\nput\n"), "{}", stdout(&queued));
-    assert!(busy.wait_with_output().unwrap().status.success());
+    // An operation is done while an exec runs (each in a slot of its own; before: it waited for the exec to end).
+    let mut busy = airlock_cmd(&["exec", &name, "--", "sleep", "30"]).stdout(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let beside = vm(&["__files", "get", &name, "/tmp/made/by/put"], b"");
+    assert_eq!(code(&beside), 0, "{}", stderr(&beside));
+    assert!(stdout(&beside).ends_with("\nput\n"), "{}", stdout(&beside));
+    assert!(busy.try_wait().unwrap().is_none(), "the exec ended before the operation was done");
+    busy.kill().unwrap();
+    busy.wait().unwrap();
 
     // The guest is still serving: an exec after all that.
     assert_eq!(sh(&name, "echo still"), "still\n");

@@ -253,11 +253,17 @@ pub(super) fn open_port(name: &str, write: bool) -> Result<std::fs::File, String
                 let port_name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
                 if port_name.trim() == name {
                     let device = Path::new("/dev").join(entry.file_name());
-                    return std::fs::OpenOptions::new()
+                    let port = std::fs::OpenOptions::new()
                         .read(!write || name == PORT_CONTROL)
                         .write(write)
                         .open(&device)
-                        .map_err(|e| format!("cannot open port {name} ({}): {e}", device.display()));
+                        .map_err(|e| format!("cannot open port {name} ({}): {e}", device.display()))?;
+                    // The control port only: the host may have closed a stream port already (a run's input
+                    // at its end), and a stream's first read saying end-of-file is no error.
+                    if name == PORT_CONTROL {
+                        wait_for_host_end(&port, name, deadline)?;
+                    }
+                    return Ok(port);
                 }
             }
         }
@@ -265,6 +271,24 @@ pub(super) fn open_port(name: &str, write: bool) -> Result<std::fs::File, String
             return Err(format!("the serial port {name} did not appear (virtio_console)"));
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Waits until QEMU has said the host's end of `port` is open (its port-open message comes a moment after the
+/// port appears, later the more ports there are): until then a read says end-of-file at once and poll says
+/// `POLLHUP`, so a first read of the request, or of a slot's first message, would take the host for gone.
+fn wait_for_host_end(port: &std::fs::File, name: &str, deadline: std::time::Instant) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    loop {
+        let mut fds = [libc::pollfd { fd: port.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        let _ = sys::fd::poll(&mut fds, 0);
+        if fds[0].revents & libc::POLLHUP == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("the host's end of the serial port {name} never opened"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 

@@ -2,13 +2,17 @@
 //!
 //! The supervisor boots the guest with `held` set: the guest agent sets the sandbox up held by its init (as the
 //! namespace backend's `create` does, inside the guest) and then runs commands on request, each joined to that
-//! sandbox (`runtime::attach::exec_in_sandbox` in the guest), one at a time. The supervisor keeps the guest's
-//! ports and listens on `vm.sock` in the sandbox's directory (mode 0600: the owner only). `airlock exec`
-//! connects, hands over its standard streams (three descriptors, `SCM_RIGHTS`) and an [`ExecRequest`]; the
-//! supervisor sends the guest a [`HostMessage::Exec`], relays the client's input to the guest's stdin port as
-//! frames (`session`, `length`, bytes; length 0 is the end) and the stdout/stderr ports to the client's
-//! descriptors, and forwards the guest's messages (audit records, then the outcome) to the client, one JSON
-//! document a line, as the guest sent them. Clients wait in the listener's queue while a command runs.
+//! sandbox (`runtime::attach::exec_in_sandbox` in the guest), up to [`super::protocol::MAX_SESSIONS`] at once.
+//! The supervisor keeps the guest's ports and listens on `vm.sock` in the sandbox's directory (mode 0600: the
+//! owner only). `airlock exec` connects, hands over its standard streams (three descriptors, `SCM_RIGHTS`) and an
+//! [`ExecRequest`]; the supervisor sends the guest a [`HostMessage::Exec`] with a new session id and relays the
+//! client's input to the stdin port as frames (`session`, `length`, bytes; length 0 is the end), at most
+//! [`INPUT_WINDOW`] bytes ahead of what the guest says its command took ([`GuestMessage::InputTaken`]). The
+//! stdout and stderr ports carry the same frames the other way: each session's to its client, within
+//! [`OUTPUT_WINDOW`] bytes per stream that the supervisor gives back ([`HostMessage::Credit`]) as its client
+//! reads, then a zero-length frame for the stream's end. The guest's messages for a session come wrapped
+//! ([`GuestMessage::Of`]); audit records go to the client as they come, the outcome once both streams have
+//! ended and reached it. With every session taken, clients wait in the listener's queue.
 //!
 //! While its command runs, a client sends [`ClientMessage`]s, one a line: the signals it gets (passed on to the
 //! command as [`HostMessage::Signal`], as a namespace exec forwards them) and `-t`'s resizes
@@ -20,7 +24,7 @@
 //! protocol cannot be told apart from one that lies), never the supervisor.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,7 +34,7 @@ use runtime::attach::RunningSandbox;
 use runtime::prepare::HostContext;
 use runtime::sandbox::{AuditRequest, RunOutcome, RunReport};
 
-use super::protocol::{AuditNotify, ControlReader, GuestMessage};
+use super::protocol::{AuditNotify, ControlReader, GuestMessage, INPUT_WINDOW, MAX_SESSIONS, OUTPUT_WINDOW};
 use super::qemu::{self, QemuError, Spawned};
 use super::{VmBackend, VmError};
 
@@ -46,9 +50,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a write to the guest's control port or a client's socket may wait for its reader.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most bytes of a stream's output the supervisor holds for a client that reads it slower than the command
-/// writes it; past this the port is not read (the command's writes wait, as into a full pipe), nothing else does.
-const MAX_CLIENT_BUFFER: usize = 1 << 20;
 /// Most bytes written to a client's descriptor in one go once poll says it is writable: a pipe that has room
 /// takes this much without blocking (its descriptor is the client's, blocking, and stays so: not ours to change).
 const CLIENT_WRITE_CHUNK: usize = 4096;
@@ -77,6 +78,9 @@ pub enum HostMessage {
     Signal { session: u32, signo: i32 },
     /// `-t`: the client's terminal is now `rows` × `cols`; the command's terminal takes that size.
     Resize { session: u32, rows: u16, cols: u16 },
+    /// `stdout` and `stderr` more bytes of `session`'s output have left the supervisor: the guest may send that
+    /// much more (see [`super::protocol::OUTPUT_WINDOW`]).
+    Credit { session: u32, stdout: u32, stderr: u32 },
     /// `airlock __files` (cp, the files API): do `request` in the held sandbox, in a process that enters it as its
     /// user (as `__files` does on the host); its input comes in frames of `session`, its output on the stdout
     /// port, its exit status as the outcome (`exited`).
@@ -234,15 +238,7 @@ pub fn run_held_vm(
     // A guest that stops reading its control port, or a client its socket, cannot hold the supervisor (and with
     // it `airlock stop`) for longer than this: the write fails, and the guest is stopped or the client dropped.
     channels.ctl.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(QemuError::Channels)?;
-    let mut held = Held {
-        channels,
-        console,
-        signals,
-        reader: ControlReader::default(),
-        session: None,
-        next_session: 1,
-        buf: vec![0u8; 64 * 1024],
-    };
+    let mut held = Held::new(channels, console, signals);
     let result = sys::process::pidfd_open(child.id() as libc::pid_t)
         .map_err(|e| VmError::from(QemuError::Channels(io(e))))
         .and_then(|pidfd| {
@@ -256,9 +252,7 @@ pub fn run_held_vm(
             on_ready(child.id() as libc::pid_t);
             held.serve(&listener, &pidfd, &watch.record, warn)
         });
-    if let Some(mut session) = held.session.take() {
-        session.reply(&GuestMessage::Failed("vm: the sandbox stopped".to_string()));
-    }
+    held.fail_sessions("vm: the sandbox stopped");
     let _ = std::fs::remove_file(&socket_path);
     let _ = child.kill();
     let _ = child.wait();
@@ -283,10 +277,14 @@ struct Session {
     conn: UnixStream,
     /// The client's standard input, until its end.
     input: Option<std::fs::File>,
-    /// Input read from the client not yet taken by the stdin port.
-    pending_input: Vec<u8>,
+    /// Input bytes sent to the guest that it has not yet said its command took ([`GuestMessage::InputTaken`]):
+    /// at most [`INPUT_WINDOW`].
+    input_in_flight: usize,
     output: ClientStream,
     errors: ClientStream,
+    /// The guest has sent the end of the command's stdout, stderr (after its last bytes, before its outcome).
+    output_ended: bool,
+    errors_ended: bool,
     /// The client went away: its command was cancelled, its outcome is awaited and dropped.
     gone: bool,
     /// What the client sent after its request, not yet a whole line.
@@ -304,20 +302,25 @@ struct ClientStream {
     pending: Vec<u8>,
     /// A write failed (the reader is gone): the rest of the output is dropped.
     closed: bool,
+    /// Bytes that left `pending` (written, or dropped once closed) since the guest was last given room for them.
+    released: usize,
+    /// Bytes the guest sent that it has not been given room for again: at most its window.
+    outstanding: usize,
 }
 
 impl ClientStream {
     fn new(file: std::fs::File) -> ClientStream {
-        ClientStream { file, pending: Vec::new(), closed: false }
-    }
-
-    /// Room for more of the port's output.
-    fn has_room(&self) -> bool {
-        self.closed || self.pending.len() < MAX_CLIENT_BUFFER
+        ClientStream { file, pending: Vec::new(), closed: false, released: 0, outstanding: 0 }
     }
 
     fn wants_write(&self) -> bool {
         !self.closed && !self.pending.is_empty()
+    }
+
+    /// Drops what is held (the client is gone), as released.
+    fn discard(&mut self) {
+        self.released += self.pending.len();
+        self.pending = Vec::new();
     }
 
     /// Writes what the descriptor takes now, without waiting.
@@ -329,7 +332,7 @@ impl ClientStream {
                 Ok(n) if n > 0 => {
                     // POLLERR, POLLHUP: the reader is gone.
                     self.closed = true;
-                    self.pending = Vec::new();
+                    self.discard();
                     return;
                 }
                 _ => return,
@@ -338,11 +341,12 @@ impl ClientStream {
             match self.file.write(&self.pending[..chunk]) {
                 Ok(n) => {
                     self.pending.drain(..n);
+                    self.released += n;
                 }
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock) => {}
                 Err(_) => {
                     self.closed = true;
-                    self.pending = Vec::new();
+                    self.discard();
                 }
             }
         }
@@ -350,9 +354,12 @@ impl ClientStream {
 }
 
 impl Write for ClientStream {
-    /// Takes everything (the caller bounds it with [`ClientStream::has_room`]); dropped once closed.
+    /// Takes everything (the guest's window bounds it); dropped, as released, once closed.
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        if !self.closed {
+        self.outstanding += bytes.len();
+        if self.closed {
+            self.released += bytes.len();
+        } else {
             self.pending.extend_from_slice(bytes);
         }
         Ok(bytes.len())
@@ -370,18 +377,29 @@ impl Session {
             id,
             conn,
             input: Some(input.into()),
-            pending_input: Vec::new(),
+            input_in_flight: 0,
             output: ClientStream::new(output.into()),
             errors: ClientStream::new(errors.into()),
+            output_ended: false,
+            errors_ended: false,
             gone: false,
             client_line: Vec::new(),
             outcome: None,
         }
     }
 
-    /// The outcome can go: the output has reached the client, or cannot (its reader or the client is gone).
+    /// The outcome can go: the guest has sent all the output, which has reached the client, or cannot (its
+    /// reader or the client is gone).
     fn finished(&self) -> bool {
-        self.outcome.is_some() && (self.gone || (!self.output.wants_write() && !self.errors.wants_write()))
+        self.outcome.is_some()
+            && self.output_ended
+            && self.errors_ended
+            && (self.gone || (!self.output.wants_write() && !self.errors.wants_write()))
+    }
+
+    /// Room to read more of the client's input: the guest's window has room for a whole frame.
+    fn takes_input(&self) -> bool {
+        self.input.is_some() && self.input_in_flight + MAX_INPUT_FRAME <= INPUT_WINDOW
     }
 
     fn reply(&mut self, message: &GuestMessage) {
@@ -395,19 +413,69 @@ impl Session {
             }
         }
     }
+
+    /// The client is gone: what is held for it is dropped (and the guest given room for it, so that the command
+    /// can end), its input ends.
+    fn leave(&mut self) {
+        self.gone = true;
+        self.input = None;
+        for stream in [&mut self.output, &mut self.errors] {
+            stream.closed = true;
+            stream.discard();
+        }
+    }
 }
+
+/// Descriptors [`Held::serve`] polls per session, in this order: the client's socket, its input, its output,
+/// its errors.
+const SESSION_FDS: usize = 4;
+/// Descriptors polled before the sessions': the stop signals, QEMU's pidfd, the listener, the control port, the
+/// stdout and stderr ports, the stdin port.
+const OWN_FDS: usize = 7;
 
 struct Held {
     channels: qemu::Channels,
     console: std::fs::File,
     signals: OwnedFd,
     reader: ControlReader,
-    session: Option<Session>,
+    /// The stdout and stderr ports' frames, as they arrive.
+    output_frames: InputFrames,
+    errors_frames: InputFrames,
+    /// Input frames for the stdin port not yet written (whole frames, of any session, in order).
+    stdin_pending: Vec<u8>,
+    sessions: Vec<Session>,
     next_session: u32,
     buf: Vec<u8>,
 }
 
 impl Held {
+    fn new(channels: qemu::Channels, console: std::fs::File, signals: OwnedFd) -> Held {
+        Held {
+            channels,
+            console,
+            signals,
+            reader: ControlReader::default(),
+            output_frames: InputFrames::default(),
+            errors_frames: InputFrames::default(),
+            stdin_pending: Vec::new(),
+            sessions: Vec::new(),
+            next_session: 1,
+            buf: vec![0u8; 64 * 1024],
+        }
+    }
+
+    fn session(&mut self, id: u32) -> Option<&mut Session> {
+        self.sessions.iter_mut().find(|s| s.id == id)
+    }
+
+    /// Sends a message on the control port.
+    fn tell_guest(&mut self, message: &HostMessage) -> Result<(), VmError> {
+        let mut line = serde_json::to_vec(message).map_err(|e| QemuError::Channels(std::io::Error::other(e)))?;
+        line.push(b'\n');
+        self.channels.ctl.write_all(&line).map_err(QemuError::Channels)?;
+        Ok(())
+    }
+
     /// Sends the request and waits for the guest's `started` (its sandbox is set up).
     fn boot(
         &mut self,
@@ -477,54 +545,32 @@ impl Held {
         warn: &mut dyn FnMut(&str),
     ) -> Result<RunOutcome, VmError> {
         self.channels.stdin.set_nonblocking(true).map_err(QemuError::Channels)?;
+        let mut fds = Vec::new();
         loop {
-            let session = self.session.as_ref();
-            let input_fd = session
-                .filter(|s| s.pending_input.is_empty())
-                .and_then(|s| s.input.as_ref())
-                .map_or(-1, |f| f.as_raw_fd());
-            let pending_out = session.is_some_and(|s| !s.pending_input.is_empty());
-            // A port is read while its client has room (or there is no client to wait for): a client that does
-            // not read holds its command's output, never the supervisor.
-            let live = session.filter(|s| !s.gone);
-            let stdout_room = live.is_none_or(|s| s.output.has_room());
-            let stderr_room = live.is_none_or(|s| s.errors.has_room());
-            let client_out = |stream: fn(&Session) -> &ClientStream| {
-                live.map(stream).filter(|c| c.wants_write()).map_or(-1, |c| c.file.as_raw_fd())
-            };
-            let mut fds = [
-                libc::pollfd { fd: self.signals.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: self.channels.ctl.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd {
-                    fd: if stdout_room { self.channels.stdout.as_raw_fd() } else { -1 },
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: if stderr_room { self.channels.stderr.as_raw_fd() } else { -1 },
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: if session.is_none() { listener.as_raw_fd() } else { -1 },
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: session.filter(|s| !s.gone).map_or(-1, |s| s.conn.as_raw_fd()),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd { fd: input_fd, events: libc::POLLIN, revents: 0 },
-                libc::pollfd {
-                    fd: if pending_out { self.channels.stdin.as_raw_fd() } else { -1 },
-                    events: libc::POLLOUT,
-                    revents: 0,
-                },
-                libc::pollfd { fd: client_out(|s| &s.output), events: libc::POLLOUT, revents: 0 },
-                libc::pollfd { fd: client_out(|s| &s.errors), events: libc::POLLOUT, revents: 0 },
-            ];
+            let poll = |fd: RawFd, events: libc::c_short| libc::pollfd { fd, events, revents: 0 };
+            fds.clear();
+            fds.push(poll(self.signals.as_raw_fd(), libc::POLLIN));
+            fds.push(poll(pidfd.as_raw_fd(), libc::POLLIN));
+            // A new client while there is room for its session: else it waits in the listen queue.
+            let room = self.sessions.len() < MAX_SESSIONS;
+            fds.push(poll(if room { listener.as_raw_fd() } else { -1 }, libc::POLLIN));
+            fds.push(poll(self.channels.ctl.as_raw_fd(), libc::POLLIN));
+            // The output ports are always read: each session's share is bounded by its window.
+            fds.push(poll(self.channels.stdout.as_raw_fd(), libc::POLLIN));
+            fds.push(poll(self.channels.stderr.as_raw_fd(), libc::POLLIN));
+            let stdin_port = if self.stdin_pending.is_empty() { -1 } else { self.channels.stdin.as_raw_fd() };
+            fds.push(poll(stdin_port, libc::POLLOUT));
+            // A session's input is read once the frames before it are out and its window has room.
+            let input_room = self.stdin_pending.is_empty();
+            for s in &self.sessions {
+                let live = !s.gone;
+                let client_out = |c: &ClientStream| if live && c.wants_write() { c.file.as_raw_fd() } else { -1 };
+                fds.push(poll(if live { s.conn.as_raw_fd() } else { -1 }, libc::POLLIN));
+                let input = s.input.as_ref().filter(|_| input_room && s.takes_input());
+                fds.push(poll(input.map_or(-1, |f| f.as_raw_fd()), libc::POLLIN));
+                fds.push(poll(client_out(&s.output), libc::POLLOUT));
+                fds.push(poll(client_out(&s.errors), libc::POLLOUT));
+            }
             match sys::fd::poll(&mut fds, 1000) {
                 Ok(_) | Err(libc::EINTR) => {}
                 Err(e) => return Err(QemuError::Channels(io(e)).into()),
@@ -540,13 +586,14 @@ impl Held {
                 warn("the sandbox's record was removed: stopping it");
                 return Ok(RunOutcome::Exited(0));
             }
-            if fds[3].revents != 0 {
-                self.relay_output(true);
-            }
+            // Output before messages: a command's last bytes and the end of its streams come before its outcome.
             if fds[4].revents != 0 {
-                self.relay_output(false);
+                self.relay_output(true)?;
             }
-            if fds[2].revents != 0 {
+            if fds[5].revents != 0 {
+                self.relay_output(false)?;
+            }
+            if fds[3].revents != 0 {
                 self.control(warn)?;
             }
             if fds[1].revents != 0 {
@@ -554,50 +601,110 @@ impl Held {
                 warn(&format!("vm: the guest stopped: {tail}"));
                 return Ok(RunOutcome::Exited(125));
             }
-            if fds[5].revents != 0 {
-                self.accept(listener)?;
-            }
             if fds[6].revents != 0 {
-                self.client_readable()?;
-            }
-            if fds[7].revents != 0 {
-                self.read_input();
-            }
-            if fds[8].revents != 0 {
                 self.write_input();
             }
-            if let Some(s) = self.session.as_mut() {
-                if fds[9].revents != 0 {
-                    s.output.flush();
+            let ready: Vec<[bool; SESSION_FDS]> = fds[OWN_FDS..]
+                .chunks(SESSION_FDS)
+                .map(|f| [f[0].revents != 0, f[1].revents != 0, f[2].revents != 0, f[3].revents != 0])
+                .collect();
+            let ids: Vec<u32> = self.sessions.iter().map(|s| s.id).collect();
+            for (id, [client, input, output, errors]) in ids.into_iter().zip(ready) {
+                if client {
+                    self.client_readable(id)?;
                 }
-                if fds[10].revents != 0 {
-                    s.errors.flush();
+                if input {
+                    self.read_input(id);
+                }
+                if let Some(s) = self.session(id) {
+                    if output {
+                        s.output.flush();
+                    }
+                    if errors {
+                        s.errors.flush();
+                    }
                 }
             }
-            if self.session.as_ref().is_some_and(Session::finished) {
-                if let Some((mut session, outcome)) =
-                    self.session.take().and_then(|mut s| s.outcome.take().map(|o| (s, o)))
-                {
-                    session.reply(&outcome);
+            if fds[2].revents != 0 {
+                self.accept(listener)?;
+            }
+            self.give_room()?;
+            // Sessions whose outcome can go: answered and forgotten.
+            let mut i = 0;
+            while i < self.sessions.len() {
+                if self.sessions[i].finished() {
+                    let mut session = self.sessions.remove(i);
+                    if let Some(outcome) = session.outcome.take() {
+                        session.reply(&outcome);
+                    }
+                } else {
+                    i += 1;
                 }
             }
         }
     }
 
-    fn relay_output(&mut self, stdout: bool) {
-        let port = if stdout { &mut self.channels.stdout } else { &mut self.channels.stderr };
-        match self.session.as_mut().filter(|s| !s.gone) {
-            Some(s) => {
-                let to = if stdout { &mut s.output } else { &mut s.errors };
-                qemu::relay(port, to, &mut self.buf);
+    /// Gives the guest room again for the output that has left the supervisor (to its client, or dropped), once
+    /// there is enough of it to be worth a message, or the client has all it was sent.
+    fn give_room(&mut self) -> Result<(), VmError> {
+        let mut credits = Vec::new();
+        for s in &mut self.sessions {
+            let released = s.output.released + s.errors.released;
+            let drained = s.output.pending.is_empty() && s.errors.pending.is_empty();
+            if released >= OUTPUT_WINDOW / 4 || (released > 0 && drained) {
+                let (stdout, stderr) = (s.output.released as u32, s.errors.released as u32);
+                for stream in [&mut s.output, &mut s.errors] {
+                    stream.outstanding = stream.outstanding.saturating_sub(stream.released);
+                    stream.released = 0;
+                }
+                credits.push(HostMessage::Credit { session: s.id, stdout, stderr });
             }
-            None => {
-                qemu::relay(port, &mut std::io::sink(), &mut self.buf);
+        }
+        for message in credits {
+            self.tell_guest(&message)?;
+        }
+        Ok(())
+    }
+
+    /// A port's output frames, each to its session's client (a zero-length one ends that stream). The guest is
+    /// not trusted: a frame that is not one, or more than a session's window, is an error that stops it.
+    fn relay_output(&mut self, stdout: bool) -> Result<(), VmError> {
+        let Held { channels, output_frames, errors_frames, buf, .. } = self;
+        let (port, frames) =
+            if stdout { (&mut channels.stdout, output_frames) } else { (&mut channels.stderr, errors_frames) };
+        let n = match port.read(buf) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock) => 0,
+            Err(e) => return Err(QemuError::Channels(e).into()),
+        };
+        frames.push(&buf[..n]);
+        loop {
+            let frames = if stdout { &mut self.output_frames } else { &mut self.errors_frames };
+            let Some((id, bytes)) = frames.next_frame().map_err(|e| QemuError::BadMessage(format!("output: {e}")))?
+            else {
+                return Ok(());
+            };
+            // A session the supervisor has forgotten (its outcome went): nothing more is due from it.
+            let Some(s) = self.session(id) else { continue };
+            let (stream, ended) =
+                if stdout { (&mut s.output, &mut s.output_ended) } else { (&mut s.errors, &mut s.errors_ended) };
+            if bytes.is_empty() {
+                *ended = true;
+                continue;
             }
+            if *ended || stream.outstanding + bytes.len() > OUTPUT_WINDOW {
+                return Err(QemuError::BadMessage(format!(
+                    "session {id}'s output past its end or its window of {OUTPUT_WINDOW} bytes"
+                ))
+                .into());
+            }
+            let _ = stream.write_all(&bytes);
+            stream.flush();
         }
     }
 
-    /// The guest's messages: audit records and warnings go to the client, the outcome ends its session.
+    /// The guest's messages: a session's audit records and warnings go to its client, its outcome ends it (once
+    /// its output is through); the room its command's input left.
     fn control(&mut self, warn: &mut dyn FnMut(&str)) -> Result<(), VmError> {
         let n = self.channels.ctl.read(&mut self.buf).unwrap_or(0);
         if n == 0 {
@@ -611,45 +718,52 @@ impl Held {
                 Ok(Some(message)) => message,
                 Ok(None) => return Ok(()),
                 Err(e) => {
-                    if let Some(mut session) = self.session.take() {
-                        session.reply(&GuestMessage::Failed(format!("vm: {e}")));
-                    }
+                    self.fail_sessions(&format!("vm: {e}"));
                     return Err(QemuError::from(e).into());
                 }
             };
             match message {
                 GuestMessage::Started => {}
-                GuestMessage::Warning(w) => match self.session.as_mut() {
-                    Some(s) => s.reply(&GuestMessage::Warning(w)),
-                    None => warn(&w),
-                },
-                GuestMessage::Audit(record) => {
-                    // Checked here (a record the log cannot take ends the session), written by the client.
-                    if record.clone().into_event().is_err() {
-                        if let Some(mut session) = self.session.take() {
-                            session.reply(&GuestMessage::Failed(
-                                "vm: audit: the guest sent a record the audit log cannot take".to_string(),
-                            ));
-                        }
-                        return Err(QemuError::BadMessage("an audit record the log cannot take".into()).into());
-                    }
-                    if let Some(s) = self.session.as_mut() {
-                        s.reply(&GuestMessage::Audit(record));
+                GuestMessage::Warning(w) => warn(&w),
+                // The guest agent's own end (it failed): the pidfd says when the machine has gone.
+                GuestMessage::Failed(why) => warn(&format!("vm: guest: {why}")),
+                GuestMessage::InputTaken { session, bytes } => {
+                    if let Some(s) = self.session(session) {
+                        s.input_in_flight = s.input_in_flight.saturating_sub(bytes as usize);
                     }
                 }
-                outcome => {
-                    if let Some(session) = self.session.as_mut() {
-                        // The command's output is in the ports already (see `qemu::converse`): taken, and the
-                        // outcome sent once it has reached the client (`serve`, `Session::finished`).
-                        if !session.gone {
-                            qemu::drain(&mut self.channels.stdout, &mut session.output, &mut self.buf);
-                            qemu::drain(&mut self.channels.stderr, &mut session.errors, &mut self.buf);
-                        }
-                        session.input = None;
-                        session.outcome = Some(outcome);
+                GuestMessage::Of { session, message } => {
+                    let message = *message;
+                    // Checked here (a record the log cannot take ends the sessions), written by the client.
+                    let bad = match &message {
+                        GuestMessage::Audit(record) => record.clone().into_event().is_err(),
+                        GuestMessage::Warning(_) => false,
+                        outcome => !outcome.is_outcome(),
+                    };
+                    if bad {
+                        self.fail_sessions("vm: the guest sent a message airlock does not take");
+                        return Err(QemuError::BadMessage(format!("session {session}: {message:?}")).into());
                     }
+                    let Some(s) = self.session(session) else { continue };
+                    if message.is_outcome() {
+                        s.input = None;
+                        s.outcome = Some(message);
+                    } else {
+                        s.reply(&message);
+                    }
+                }
+                other => {
+                    self.fail_sessions("vm: the guest sent a message airlock does not take");
+                    return Err(QemuError::BadMessage(format!("{other:?} from a held guest")).into());
                 }
             }
+        }
+    }
+
+    /// Every session ends with `why` (the guest broke the protocol and is stopped).
+    fn fail_sessions(&mut self, why: &str) {
+        for mut session in self.sessions.drain(..) {
+            session.reply(&GuestMessage::Failed(why.to_string()));
         }
     }
 
@@ -682,23 +796,20 @@ impl Held {
                 tty: request.tty,
             },
         };
-        let mut line = serde_json::to_vec(&message).map_err(|e| QemuError::Channels(std::io::Error::other(e)))?;
-        line.push(b'\n');
-        self.channels.ctl.write_all(&line).map_err(QemuError::Channels)?;
-        self.session = Some(Session::new(id, conn, fds));
+        self.tell_guest(&message)?;
+        let mut session = Session::new(id, conn, fds);
         if files {
             // A file operation's client times the guest from here (it may have waited its turn before).
-            if let Some(session) = self.session.as_mut() {
-                session.reply(&GuestMessage::Started);
-            }
+            session.reply(&GuestMessage::Started);
         }
+        self.sessions.push(session);
         Ok(())
     }
 
     /// The client's [`ClientMessage`]s (signals, `-t`'s resizes) go on to the guest; its end (it went away), or a
     /// line that is not one, cancels its command.
-    fn client_readable(&mut self) -> Result<(), VmError> {
-        let Some(session) = self.session.as_mut() else { return Ok(()) };
+    fn client_readable(&mut self, id: u32) -> Result<(), VmError> {
+        let Some(session) = self.session(id) else { return Ok(()) };
         let mut bytes = [0u8; 64];
         let n = match session.conn.read(&mut bytes) {
             Ok(n) => n,
@@ -722,10 +833,7 @@ impl Held {
         }
         cancel |= session.client_line.len() > MAX_CLIENT_LINE;
         if cancel {
-            session.gone = true;
-            session.input = None;
-            session.output.pending = Vec::new();
-            session.errors.pending = Vec::new();
+            session.leave();
             to_guest.push(HostMessage::Cancel { session: session.id });
         }
         // Once the outcome is in, the command is gone: nothing more for the guest.
@@ -733,20 +841,21 @@ impl Held {
             return Ok(());
         }
         for message in to_guest {
-            let mut line = serde_json::to_vec(&message).map_err(|e| QemuError::Channels(std::io::Error::other(e)))?;
-            line.push(b'\n');
-            self.channels.ctl.write_all(&line).map_err(QemuError::Channels)?;
+            self.tell_guest(&message)?;
         }
         Ok(())
     }
 
-    fn read_input(&mut self) {
-        let Some(session) = self.session.as_mut() else { return };
+    /// A frame of a session's input, queued for the stdin port (a zero-length one at its end).
+    fn read_input(&mut self, id: u32) {
+        let Held { sessions, stdin_pending, .. } = self;
+        let Some(session) = sessions.iter_mut().find(|s| s.id == id) else { return };
         let Some(input) = session.input.as_mut() else { return };
         let mut chunk = vec![0u8; MAX_INPUT_FRAME];
         match input.read(&mut chunk) {
             Ok(n) => {
-                session.pending_input = input_frame(session.id, &chunk[..n]);
+                stdin_pending.extend(input_frame(session.id, &chunk[..n]));
+                session.input_in_flight += n;
                 // A zero-length frame is the end of input.
                 if n == 0 {
                     session.input = None;
@@ -754,7 +863,7 @@ impl Held {
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => {
-                session.pending_input = input_frame(session.id, &[]);
+                stdin_pending.extend(input_frame(session.id, &[]));
                 session.input = None;
             }
         }
@@ -762,11 +871,10 @@ impl Held {
     }
 
     fn write_input(&mut self) {
-        let Some(session) = self.session.as_mut() else { return };
-        while !session.pending_input.is_empty() {
-            match self.channels.stdin.write(&session.pending_input) {
+        while !self.stdin_pending.is_empty() {
+            match self.channels.stdin.write(&self.stdin_pending) {
                 Ok(n) => {
-                    session.pending_input.drain(..n);
+                    self.stdin_pending.drain(..n);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => return,
@@ -916,6 +1024,10 @@ impl HeldVm {
                         done = Some(Ok(RunOutcome::ExecFailed { code, message }))
                     }
                     GuestMessage::OutOfMemory { summary } => done = Some(Ok(RunOutcome::OutOfMemory { summary })),
+                    // The supervisor passes a session's messages on unwrapped.
+                    other @ (GuestMessage::Of { .. } | GuestMessage::InputTaken { .. }) => {
+                        return Err(QemuError::BadMessage(format!("{other:?} from the supervisor")).into());
+                    }
                 }
                 if done.is_some() {
                     break;
@@ -1078,13 +1190,20 @@ mod tests {
         assert!(read_request(&mut server).unwrap_err().starts_with("a bad request"));
     }
 
-    /// What a [`Held`] with session `id` under way needs kept open besides it: the guest's ends of the stream
-    /// ports and the client's output and error readers.
-    type Kept = (UnixStream, UnixStream, UnixStream, UnixStream, UnixStream);
+    /// What a [`Held`] with session `id` under way needs kept open besides it: the guest's end of the stdin port
+    /// and the client's output and error readers.
+    type Kept = (UnixStream, UnixStream, UnixStream);
 
-    /// A [`Held`] whose session `id` is under way (no QEMU: the guest's control port and the client's socket are
-    /// the test's), the guest's control end, the client's end, and what must stay open.
-    fn held_with_a_session(id: u32) -> (Held, UnixStream, UnixStream, Kept) {
+    /// The guest's ends of a [`Held`]'s control, stdout and stderr ports.
+    struct Guest {
+        ctl: UnixStream,
+        stdout: UnixStream,
+        stderr: UnixStream,
+    }
+
+    /// A [`Held`] whose session `id` is under way (no QEMU: the guest's ports and the client's socket are the
+    /// test's), the guest's ends, the client's end, and what must stay open.
+    fn held_with_a_session(id: u32) -> (Held, Guest, UnixStream, Kept) {
         let (ctl, guest_ctl) = UnixStream::pair().unwrap();
         let (stdin, guest_stdin) = UnixStream::pair().unwrap();
         let (stdout, guest_stdout) = UnixStream::pair().unwrap();
@@ -1095,67 +1214,133 @@ mod tests {
         let (conn, client) = UnixStream::pair().unwrap();
         let (output, out) = file_pair();
         let (errors, err) = file_pair();
-        let held = Held {
-            channels: qemu::Channels { ctl, stdin, stdout, stderr },
+        let (input, _) = file_pair();
+        let mut held = Held::new(
+            qemu::Channels { ctl, stdin, stdout, stderr },
             console,
-            signals: sys::signal::signalfd(&[libc::SIGUSR2]).unwrap(),
-            reader: ControlReader::default(),
-            session: Some(Session {
-                id,
-                conn,
-                input: None,
-                pending_input: Vec::new(),
-                output: ClientStream::new(output),
-                errors: ClientStream::new(errors),
-                gone: false,
-                client_line: Vec::new(),
-                outcome: None,
-            }),
-            next_session: id + 1,
-            buf: vec![0u8; 64 * 1024],
-        };
-        (held, guest_ctl, client, (guest_stdin, guest_stdout, guest_stderr, out, err))
+            sys::signal::signalfd(&[libc::SIGUSR2]).unwrap(),
+        );
+        let mut session = Session::new(id, conn, [input.into(), output.into(), errors.into()]);
+        session.input = None;
+        held.sessions.push(session);
+        held.next_session = id + 1;
+        let guest = Guest { ctl: guest_ctl, stdout: guest_stdout, stderr: guest_stderr };
+        (held, guest, client, (guest_stdin, out, err))
     }
 
     #[test]
     fn a_guest_that_breaks_the_protocol_ends_the_session_with_a_vm_error() {
-        let (mut held, mut guest_ctl, mut client, _keep) = held_with_a_session(1);
-        guest_ctl.write_all(b"\"started\"\n{\"exited\": \"not a number\"}\n").unwrap();
+        let (mut held, mut guest, mut client, _keep) = held_with_a_session(1);
+        guest.ctl.write_all(b"\"started\"\n{\"exited\": \"not a number\"}\n").unwrap();
         let ended = held.control(&mut |_| {});
         assert!(matches!(ended, Err(VmError::Qemu(QemuError::Control(_)))), "{ended:?}");
-        assert!(held.session.is_none());
+        assert!(held.sessions.is_empty());
         drop(held);
         let mut said = String::new();
         client.read_to_string(&mut said).unwrap();
         let message: GuestMessage = serde_json::from_str(said.trim()).unwrap();
         assert!(matches!(&message, GuestMessage::Failed(why) if why.starts_with("vm: the guest sent")), "{said}");
     }
+
     #[test]
-    fn a_client_that_does_not_read_never_blocks_a_write_and_its_buffer_is_bounded() {
+    fn each_sessions_output_goes_to_its_client_and_its_outcome_waits_for_the_end_of_its_streams() {
+        let (mut held, mut guest, mut client, (_stdin, mut out, mut err)) = held_with_a_session(5);
+        // A second session, whose client is gone: its output is dropped, and given back as room.
+        let (conn, _) = UnixStream::pair().unwrap();
+        let (o, _) = file_pair();
+        let (e, _) = file_pair();
+        let (i, _) = file_pair();
+        let mut other = Session::new(6, conn, [i.into(), o.into(), e.into()]);
+        other.leave();
+        held.sessions.push(other);
+
+        guest.stdout.write_all(&input_frame(5, b"out of 5\n")).unwrap();
+        guest.stdout.write_all(&input_frame(6, b"out of 6\n")).unwrap();
+        guest.stderr.write_all(&input_frame(5, b"err of 5\n")).unwrap();
+        held.relay_output(true).unwrap();
+        held.relay_output(false).unwrap();
+        // The outcome first arrives before the streams' ends: held back.
+        let outcome = GuestMessage::Of { session: 5, message: Box::new(GuestMessage::Exited(3)) };
+        guest.ctl.write_all(format!("{}\n", serde_json::to_string(&outcome).unwrap()).as_bytes()).unwrap();
+        held.control(&mut |_| {}).unwrap();
+        assert!(!held.sessions[0].finished(), "the outcome went before the end of the output");
+        guest.stdout.write_all(&input_frame(5, b"")).unwrap();
+        guest.stderr.write_all(&input_frame(5, b"")).unwrap();
+        held.relay_output(true).unwrap();
+        held.relay_output(false).unwrap();
+        assert!(held.sessions[0].finished());
+        // Room given back: what reached session 5's client, and session 6's dropped bytes.
+        held.give_room().unwrap();
+        let mut lines = std::io::BufReader::new(guest.ctl.try_clone().unwrap());
+        let mut credits = Vec::new();
+        for _ in 0..2 {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut lines, &mut line).unwrap();
+            credits.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+        }
+        assert_eq!(
+            credits,
+            [
+                serde_json::json!({"credit": {"session": 5, "stdout": 9, "stderr": 9}}),
+                serde_json::json!({"credit": {"session": 6, "stdout": 9, "stderr": 0}}),
+            ]
+        );
+        drop(held);
+        let (mut o, mut e, mut said) = (String::new(), String::new(), String::new());
+        out.read_to_string(&mut o).unwrap();
+        err.read_to_string(&mut e).unwrap();
+        client.read_to_string(&mut said).unwrap();
+        assert_eq!((o.as_str(), e.as_str()), ("out of 5\n", "err of 5\n"));
+        let _ = said;
+    }
+
+    #[test]
+    fn a_guest_that_sends_past_a_sessions_window_is_refused() {
+        let (mut held, mut guest, _client, _keep) = held_with_a_session(2);
+        // The client does not read: the window fills (pipes hold less than it), then one byte more is refused.
+        let chunk = vec![b'x'; MAX_INPUT_FRAME];
+        let writer = std::thread::spawn(move || {
+            for _ in 0..OUTPUT_WINDOW / MAX_INPUT_FRAME {
+                guest.stdout.write_all(&input_frame(2, &chunk)).unwrap();
+            }
+            guest.stdout.write_all(&input_frame(2, b"y")).unwrap();
+            guest
+        });
+        let refused = loop {
+            if let Err(e) = held.relay_output(true) {
+                break e;
+            }
+        };
+        assert!(matches!(&refused, VmError::Qemu(QemuError::BadMessage(m)) if m.contains("window")), "{refused:?}");
+        drop(writer.join().unwrap());
+    }
+
+    #[test]
+    fn a_client_that_does_not_read_never_blocks_a_write() {
         let (reader, writer) = sys::fd::pipe_cloexec().unwrap();
         let mut stream = ClientStream::new(std::fs::File::from(writer));
         // More than the pipe holds: what it takes goes in, the rest waits, nothing blocks.
         stream.write_all(&vec![7u8; 256 * 1024]).unwrap();
         Write::flush(&mut stream).unwrap();
         assert!(stream.wants_write() && stream.pending.len() < 256 * 1024, "{}", stream.pending.len());
-        assert!(stream.has_room());
-        stream.write_all(&vec![7u8; MAX_CLIENT_BUFFER]).unwrap();
-        assert!(!stream.has_room(), "the port would be read past the bound");
-        // The reader gone: the rest is dropped, and more is taken (and dropped) at once.
+        assert_eq!(stream.released + stream.pending.len(), 256 * 1024);
+        // The reader gone: the rest is dropped (as released), and more is taken (and dropped) at once.
         drop(reader);
         stream.flush();
-        assert!(stream.closed && !stream.wants_write() && stream.has_room());
+        assert!(stream.closed && !stream.wants_write());
+        stream.write_all(&[1, 2, 3]).unwrap();
+        assert_eq!(stream.released, 256 * 1024 + 3);
     }
 
     #[test]
     fn a_clients_signals_and_resizes_go_to_the_guest_and_anything_else_cancels() {
-        let (mut held, guest_ctl, mut client, _keep) = held_with_a_session(4);
-        let mut guest = std::io::BufReader::new(guest_ctl);
+        let (mut held, guest, mut client, _keep) = held_with_a_session(4);
+        let mut lines = std::io::BufReader::new(guest.ctl);
         let mut said = |held: &mut Held, line: &[u8]| {
             client.write_all(line).unwrap();
-            held.client_readable().unwrap();
+            held.client_readable(4).unwrap();
             let mut got = String::new();
-            std::io::BufRead::read_line(&mut guest, &mut got).unwrap();
+            std::io::BufRead::read_line(&mut lines, &mut got).unwrap();
             serde_json::from_str::<serde_json::Value>(&got).unwrap()
         };
         assert_eq!(said(&mut held, b"{\"signal\":2}\n"), serde_json::json!({"signal": {"session": 4, "signo": 2}}));
@@ -1165,6 +1350,6 @@ mod tests {
         );
         // A signal exec does not forward (SIGKILL) is not a client's: the command is cancelled.
         assert_eq!(said(&mut held, b"{\"signal\":9}\n"), serde_json::json!({"cancel": {"session": 4}}));
-        assert!(held.session.as_ref().unwrap().gone);
+        assert!(held.sessions[0].gone);
     }
 }

@@ -1,8 +1,10 @@
 //! The guest agent of a held guest (`airlock create --isolation vm`, see `held`): the sandbox is set up held by
 //! its init in a child of the agent, then each [`HostMessage::Exec`] runs in a child of its own joined to it
-//! (`runtime::attach::exec_in_sandbox`: the sandbox's protections, the command's own timeout), one at a time.
-//! The agent feeds the command's input from the stdin port's frames of its session, and sends its outcome
-//! (exactly one message a command) once the child has ended. The command's output goes straight to the ports.
+//! (`runtime::attach::exec_in_sandbox`: the sandbox's protections, the command's own timeout), several at once.
+//! A process per command feeds its input (the frames of its session, which the agent passes on) and sends its
+//! messages and outcome (exactly one a command) to the agent through pipes; the agent shares the ports among the
+//! sessions: their output in frames tagged by session within the host's window, their messages wrapped with
+//! their session, each session's streams ended before its outcome is sent.
 
 use std::io::{BufRead, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -13,7 +15,7 @@ use runtime::prepare::HostContext;
 use runtime::sandbox::RunOutcome;
 
 use super::guest::{console, open_port, send, PortSink};
-use super::held::{HostMessage, InputFrames, FORWARDED_SIGNALS, MAX_INPUT_FRAME};
+use super::held::{input_frame, HostMessage, InputFrames, FORWARDED_SIGNALS, MAX_INPUT_FRAME};
 use super::protocol::{GuestMessage, GuestRequest, PORT_STDERR, PORT_STDIN, PORT_STDOUT};
 
 /// How long a cancelled command has to end after its hangup.
@@ -34,42 +36,337 @@ fn host_context(request: &GuestRequest, hold: bool) -> HostContext {
     }
 }
 
-/// Sets the held sandbox up, says `started`, and runs the host's commands until the host goes.
+/// One command being served: the process that runs it (`Exec::run` in a child of the agent) and the pipes
+/// between that process and the agent, which shares the ports among the sessions.
+struct GuestSession {
+    id: u32,
+    pid: libc::pid_t,
+    pidfd: OwnedFd,
+    /// The host's lines for this session (signals, resizes, a cancel), to the serving process.
+    lines_to: std::fs::File,
+    /// The serving process's messages (warnings, audit records, then the outcome), one a line, until its end.
+    messages: Option<std::fs::File>,
+    message_bytes: Vec<u8>,
+    /// The command's stdout and stderr, read as far as the host's window allows, until their end.
+    output: Option<std::fs::File>,
+    errors: Option<std::fs::File>,
+    output_room: usize,
+    errors_room: usize,
+    /// The input frames for the serving process, and how much of the first is written.
+    input: Option<std::fs::File>,
+    input_frames: std::collections::VecDeque<Vec<u8>>,
+    input_written: usize,
+    /// Input bytes the serving process took, not yet reported to the host.
+    input_taken: u32,
+    /// The serving process has ended (its outcome is the last of its messages).
+    exited: bool,
+    outcome: Option<GuestMessage>,
+}
+
+/// Most bytes of one session's messages the agent holds while a line is not whole (a record is bounded far
+/// below; see `protocol::MAX_MESSAGE_BYTES`).
+const MAX_MESSAGE_LINE: usize = super::protocol::MAX_MESSAGE_BYTES;
+
+/// Sets the held sandbox up, says `started`, and runs the host's commands until the host goes, several at once:
+/// each in a process of its own, their input, output and messages sharing the ports tagged by session.
 pub(super) fn serve(request: &GuestRequest, control: &mut std::fs::File) -> Result<GuestMessage, String> {
     let mut input_port = open_port(PORT_STDIN, false)?;
-    let output_port = open_port(PORT_STDOUT, true)?;
-    let error_port = open_port(PORT_STDERR, true)?;
+    let mut output_port = open_port(PORT_STDOUT, true)?;
+    let mut error_port = open_port(PORT_STDERR, true)?;
     let target = hold(request, control)?;
     send(control, &GuestMessage::Started).map_err(|e| format!("control port: {e}"))?;
     let mut lines = Lines { pending: Vec::new() };
+    let mut frames = InputFrames::default();
+    let mut sessions: Vec<GuestSession> = Vec::new();
+    let mut fds = Vec::new();
+    let mut buf = vec![0u8; MAX_INPUT_FRAME + 8];
     loop {
-        let Some(line) = lines.next_blocking(control)? else {
-            // The host closed the port: it is gone.
-            return Ok(GuestMessage::Exited(0));
-        };
-        let message: HostMessage = match serde_json::from_slice(&line) {
-            Ok(m) => m,
-            Err(e) => return Err(format!("bad message from the host: {e}")),
-        };
-        if let HostMessage::Exec { session, policy, audit, tty } = message {
-            let exec =
-                Exec { request, target: &target, session, tty, output: &output_port, errors: &error_port, files: None };
-            let outcome = exec.run(&policy, audit, control, &mut input_port, &mut lines);
-            send(control, &outcome).map_err(|e| format!("control port: {e}"))?;
-        } else if let HostMessage::Files { session, policy, request: files } = message {
-            // A file operation: run as a command is (its input, output and outcome the same way), by a child that
-            // enters the sandbox as its user instead of starting a command (`super::files::in_guest`).
-            let exec = Exec {
-                request,
-                target: &target,
-                session,
-                tty: None,
-                output: &output_port,
-                errors: &error_port,
-                files: Some(files),
+        let poll = |fd: libc::c_int, events: libc::c_short| libc::pollfd { fd, events, revents: 0 };
+        fds.clear();
+        fds.push(poll(control.as_raw_fd(), libc::POLLIN));
+        fds.push(poll(input_port.as_raw_fd(), libc::POLLIN));
+        let raw = |f: &Option<std::fs::File>| f.as_ref().map_or(-1, |f| f.as_raw_fd());
+        for s in &sessions {
+            fds.push(poll(s.pidfd.as_raw_fd(), libc::POLLIN));
+            fds.push(poll(raw(&s.messages), libc::POLLIN));
+            fds.push(poll(if s.output_room > 0 { raw(&s.output) } else { -1 }, libc::POLLIN));
+            fds.push(poll(if s.errors_room > 0 { raw(&s.errors) } else { -1 }, libc::POLLIN));
+            fds.push(poll(if s.input_frames.is_empty() { -1 } else { raw(&s.input) }, libc::POLLOUT));
+        }
+        // Woken once a second to reap the processes of an exec left to this init (PID 1) by a parent that was
+        // killed, so that they are not kept as zombies for the machine's life.
+        match sys::fd::poll(&mut fds, 1000) {
+            Ok(_) | Err(libc::EINTR) => {}
+            Err(e) => return Err(format!("poll: errno {e}")),
+        }
+        while matches!(sys::wait::waitpid(-1, libc::WNOHANG), Ok((reaped, _)) if reaped > 0) {}
+        if fds[0].revents != 0 {
+            if !lines.fill(control)? {
+                // The host closed the port: it is gone.
+                return Ok(GuestMessage::Exited(0));
+            }
+            while let Some(line) = lines.take_line() {
+                let message: HostMessage = match serde_json::from_slice(&line) {
+                    Ok(m) => m,
+                    Err(e) => return Err(format!("bad message from the host: {e}")),
+                };
+                host_message(request, &target, &mut sessions, message, &line)?;
+            }
+        }
+        if fds[1].revents != 0 {
+            match input_port.read(&mut buf) {
+                Ok(n) if n > 0 => frames.push(&buf[..n]),
+                _ => {}
+            }
+            // Whole frames, each to its session's process (which writes them to its command); a session that
+            // has ended has none.
+            while let Some((id, bytes)) = frames.next_frame().map_err(|e| format!("stdin port: {e}"))? {
+                if let Some(s) = sessions.iter_mut().find(|s| s.id == id && s.input.is_some()) {
+                    s.input_frames.push_back(input_frame(id, &bytes));
+                }
+            }
+        }
+        let ready: Vec<[bool; 5]> = fds[2..]
+            .chunks(5)
+            .map(|f| [f[0].revents != 0, f[1].revents != 0, f[2].revents != 0, f[3].revents != 0, f[4].revents != 0])
+            .collect();
+        for (s, [ended, messages, output, errors, input]) in sessions.iter_mut().zip(ready) {
+            if ended {
+                // (Not blocking: the loop above may have reaped it already.)
+                let _ = sys::wait::waitpid(s.pid, libc::WNOHANG);
+                s.exited = true;
+            }
+            if messages || (s.exited && s.messages.is_some()) {
+                s.read_messages(control)?;
+            }
+            if output {
+                s.pump(true, &mut output_port, &mut buf)?;
+            }
+            if errors {
+                s.pump(false, &mut error_port, &mut buf)?;
+            }
+            if input || !s.input_frames.is_empty() {
+                s.write_input();
+            }
+            if s.input_taken > 0 {
+                let bytes = std::mem::take(&mut s.input_taken);
+                send(control, &GuestMessage::InputTaken { session: s.id, bytes })
+                    .map_err(|e| format!("control port: {e}"))?;
+            }
+        }
+        // Sessions whose process has ended and whose output is all sent: the end of each stream, then the
+        // outcome (the host passes it on once the streams' ends are in), and forgotten.
+        let mut i = 0;
+        while i < sessions.len() {
+            let s = &mut sessions[i];
+            if s.exited && s.messages.is_none() {
+                // What the command wrote before it ended is in the pipes: sent as the window allows; a
+                // process it left behind that writes on is cut off at the first empty read.
+                s.pump(true, &mut output_port, &mut buf)?;
+                s.pump(false, &mut error_port, &mut buf)?;
+            }
+            if s.exited && s.messages.is_none() && s.output.is_none() && s.errors.is_none() {
+                let s = sessions.remove(i);
+                output_port.write_all(&input_frame(s.id, &[])).map_err(|e| format!("stdout port: {e}"))?;
+                error_port.write_all(&input_frame(s.id, &[])).map_err(|e| format!("stderr port: {e}"))?;
+                let outcome = s.outcome.unwrap_or_else(|| {
+                    GuestMessage::Failed("the command's process ended without its outcome (cancelled?)".to_string())
+                });
+                send(control, &GuestMessage::Of { session: s.id, message: Box::new(outcome) })
+                    .map_err(|e| format!("control port: {e}"))?;
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+/// A line from the host: a command to start, or one for a running command's process.
+fn host_message(
+    request: &GuestRequest,
+    target: &RunningSandbox,
+    sessions: &mut Vec<GuestSession>,
+    message: HostMessage,
+    line: &[u8],
+) -> Result<(), String> {
+    let (session, policy, audit, tty, files) = match message {
+        HostMessage::Exec { session, policy, audit, tty } => (session, policy, audit, tty, None),
+        // A file operation: run as a command is (its input, output and outcome the same way), by a child that
+        // enters the sandbox as its user instead of starting a command (`super::files::in_guest`).
+        HostMessage::Files { session, policy, request: files } => (session, policy, None, None, Some(files)),
+        HostMessage::Credit { session, stdout, stderr } => {
+            if let Some(s) = sessions.iter_mut().find(|s| s.id == session) {
+                s.output_room += stdout as usize;
+                s.errors_room += stderr as usize;
+            }
+            return Ok(());
+        }
+        HostMessage::Signal { session, .. } | HostMessage::Resize { session, .. } | HostMessage::Cancel { session } => {
+            // To the session's process (a command that has ended has none): a few bytes into an empty pipe.
+            if let Some(s) = sessions.iter_mut().find(|s| s.id == session) {
+                let mut line = line.to_vec();
+                line.push(b'\n');
+                let _ = s.lines_to.write_all(&line);
+            }
+            return Ok(());
+        }
+    };
+    let session = start_session(request, target, sessions, session, &policy, audit, tty, files)?;
+    sessions.push(session);
+    Ok(())
+}
+
+/// Forks the process that runs one command, with the pipes it and the agent share.
+#[allow(clippy::too_many_arguments)]
+fn start_session(
+    request: &GuestRequest,
+    target: &RunningSandbox,
+    sessions: &mut Vec<GuestSession>,
+    id: u32,
+    policy: &policy::sandbox::SandboxPolicy,
+    audit: Option<super::protocol::AuditNotify>,
+    tty: Option<(u16, u16)>,
+    files: Option<crate::files::FileRequest>,
+) -> Result<GuestSession, String> {
+    let pipe = || sys::fd::pipe_cloexec().map_err(|e| format!("cannot create a command's pipes: errno {e}"));
+    let (lines_read, lines_write) = pipe()?;
+    let (messages_read, messages_write) = pipe()?;
+    let (output_read, output_write) = pipe()?;
+    let (errors_read, errors_write) = pipe()?;
+    let (input_read, input_write) = pipe()?;
+    match sys::process::fork().map_err(|e| format!("cannot fork a command's process: errno {e}"))? {
+        sys::process::Forked::Child => {
+            // This process is single-threaded (the agent is): it may allocate after the fork. The other
+            // sessions' pipes are theirs: closed here.
+            sessions.clear();
+            drop((lines_write, messages_read, output_read, errors_read, input_write));
+            let (output, errors) = (std::fs::File::from(output_write), std::fs::File::from(errors_write));
+            let exec = Exec { request, target, session: id, tty, output: &output, errors: &errors, files };
+            let mut control_in = std::fs::File::from(lines_read);
+            let mut control_out = std::fs::File::from(messages_write);
+            let mut input = std::fs::File::from(input_read);
+            let mut lines = Lines { pending: Vec::new() };
+            let outcome = exec.run(policy, audit, &mut control_in, &control_out, &mut input, &mut lines);
+            drop((output, errors));
+            let code = i32::from(send(&mut control_out, &outcome).is_err());
+            sys::process::exit_immediately(code)
+        }
+        sys::process::Forked::Parent(pid) => {
+            drop((lines_read, messages_write, output_write, errors_write, input_read));
+            let pidfd = sys::process::pidfd_open(pid).map_err(|e| format!("pidfd: errno {e}"))?;
+            let nonblocking = |fd: OwnedFd| {
+                let _ = sys::fd::set_status_flags(fd.as_raw_fd(), libc::O_NONBLOCK);
+                std::fs::File::from(fd)
             };
-            let outcome = exec.run(&policy, None, control, &mut input_port, &mut lines);
-            send(control, &outcome).map_err(|e| format!("control port: {e}"))?;
+            Ok(GuestSession {
+                id,
+                pid,
+                pidfd,
+                lines_to: nonblocking(lines_write),
+                messages: Some(nonblocking(messages_read)),
+                message_bytes: Vec::new(),
+                output: Some(nonblocking(output_read)),
+                errors: Some(nonblocking(errors_read)),
+                output_room: super::protocol::OUTPUT_WINDOW,
+                errors_room: super::protocol::OUTPUT_WINDOW,
+                input: Some(nonblocking(input_write)),
+                input_frames: std::collections::VecDeque::new(),
+                input_written: 0,
+                input_taken: 0,
+                exited: false,
+                outcome: None,
+            })
+        }
+    }
+}
+
+impl GuestSession {
+    /// The serving process's lines: its outcome is kept for the end (after the output), the rest go to the host
+    /// tagged with the session.
+    fn read_messages(&mut self, control: &mut std::fs::File) -> Result<(), String> {
+        let Some(pipe) = self.messages.as_mut() else { return Ok(()) };
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => {
+                    self.messages = None;
+                    break;
+                }
+                Ok(n) => self.message_bytes.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // Empty for now (EAGAIN), or broken.
+                Err(_) => break,
+            }
+            if self.message_bytes.len() > MAX_MESSAGE_LINE && !self.message_bytes.contains(&b'\n') {
+                return Err("a command's process sent an endless message".to_string());
+            }
+        }
+        while let Some(end) = self.message_bytes.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.message_bytes.drain(..=end).collect();
+            let Ok(message) = serde_json::from_slice::<GuestMessage>(&line) else { continue };
+            if message.is_outcome() {
+                self.outcome = Some(message);
+            } else {
+                send(control, &GuestMessage::Of { session: self.id, message: Box::new(message) })
+                    .map_err(|e| format!("control port: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What the command wrote to one stream, within the host's window, to its port in frames; at the pipe's end
+    /// (or, once the process has ended, at its first empty read) the pipe is closed.
+    fn pump(&mut self, stdout: bool, port: &mut std::fs::File, buf: &mut [u8]) -> Result<(), String> {
+        let exited = self.exited;
+        let (pipe, room) =
+            if stdout { (&mut self.output, &mut self.output_room) } else { (&mut self.errors, &mut self.errors_room) };
+        while *room > 0 {
+            let Some(file) = pipe.as_mut() else { return Ok(()) };
+            let want = (*room).min(MAX_INPUT_FRAME).min(buf.len());
+            match file.read(&mut buf[..want]) {
+                Ok(0) => *pipe = None,
+                Ok(n) => {
+                    port.write_all(&input_frame(self.id, &buf[..n])).map_err(|e| format!("output port: {e}"))?;
+                    *room -= n;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if exited {
+                        *pipe = None;
+                    }
+                    return Ok(());
+                }
+                Err(_) => *pipe = None,
+            }
+        }
+        Ok(())
+    }
+
+    /// The input frames into the serving process's pipe, as far as it takes them; a whole frame's bytes count as
+    /// taken (the host may send that much more).
+    fn write_input(&mut self) {
+        while let Some(frame) = self.input_frames.front() {
+            let Some(pipe) = self.input.as_mut() else {
+                self.input_frames.clear();
+                return;
+            };
+            match pipe.write(&frame[self.input_written..]) {
+                Ok(n) => {
+                    self.input_written += n;
+                    if self.input_written == frame.len() {
+                        self.input_taken += (frame.len() - 8) as u32;
+                        self.input_written = 0;
+                        self.input_frames.pop_front();
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                // The process is gone: its input has no reader.
+                Err(_) => {
+                    self.input = None;
+                    self.input_frames.clear();
+                }
+            }
         }
     }
 }
@@ -149,17 +446,6 @@ impl Lines {
             }
         }
     }
-
-    fn next_blocking(&mut self, control: &mut std::fs::File) -> Result<Option<Vec<u8>>, String> {
-        loop {
-            if let Some(line) = self.take_line() {
-                return Ok(Some(line));
-            }
-            if !self.fill(control)? {
-                return Ok(None);
-            }
-        }
-    }
 }
 
 struct Exec<'a> {
@@ -179,7 +465,8 @@ impl Exec<'_> {
         &self,
         policy: &policy::sandbox::SandboxPolicy,
         audit: Option<super::protocol::AuditNotify>,
-        control: &mut std::fs::File,
+        control_in: &mut std::fs::File,
+        control_out: &std::fs::File,
         input_port: &mut std::fs::File,
         lines: &mut Lines,
     ) -> GuestMessage {
@@ -214,17 +501,15 @@ impl Exec<'_> {
                 let _ = sys::signal::block(FORWARDED_SIGNALS);
                 // The agent's end of the terminal is the agent's: closed here.
                 drop((input_write, result_read, terminal.take()));
-                let code = self.child(policy, audit, control, input_read, result_write);
+                let code = self.child(policy, audit, control_out, input_read, result_write);
                 sys::process::exit_immediately(code)
             }
             sys::process::Forked::Parent(pid) => pid,
         };
         drop((input_read, result_write));
-        let fed = self.feed(pid, control, input_port, lines, input_write, terminal.as_ref());
+        let fed = self.feed(pid, control_in, input_port, lines, input_write, terminal.as_ref());
+        // (Processes of the exec left behind by a parent that was killed go to the agent, PID 1, which reaps them.)
         let _ = sys::wait::wait_for_exit(pid);
-        // Processes of the exec left to this init (PID 1) by a parent that was killed: reaped, not kept as
-        // zombies for the machine's life.
-        while matches!(sys::wait::waitpid(-1, libc::WNOHANG), Ok((reaped, _)) if reaped > 0) {}
         if let Err(why) = fed {
             return GuestMessage::Failed(why);
         }
@@ -239,7 +524,7 @@ impl Exec<'_> {
         &self,
         policy: &policy::sandbox::SandboxPolicy,
         audit: Option<super::protocol::AuditNotify>,
-        control: &mut std::fs::File,
+        control: &std::fs::File,
         input: OwnedFd,
         result: OwnedFd,
     ) -> i32 {

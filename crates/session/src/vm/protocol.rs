@@ -10,6 +10,22 @@ pub const PORT_STDIN: &str = "airlock.stdin";
 pub const PORT_STDOUT: &str = "airlock.stdout";
 pub const PORT_STDERR: &str = "airlock.stderr";
 
+/// Commands a held guest runs at once (`airlock exec`, the files API, E2B's background and foreground commands).
+/// They share the four ports: input and output travel in frames tagged with their session (see `super::held`),
+/// each session's output within a window of [`OUTPUT_WINDOW`] bytes per stream that the host reopens as its
+/// client reads, so one client that stops reading holds only its own command. More clients wait their turn in
+/// the supervisor's listen queue.
+pub const MAX_SESSIONS: usize = 16;
+
+/// Bytes of a session's stdout (and as many of its stderr) the guest may send before the host has passed them
+/// on to its client ([`super::held::HostMessage::Credit`] gives room back): the most the host holds for one
+/// client that does not read (a command that writes more waits, as into a full pipe).
+pub const OUTPUT_WINDOW: usize = 1 << 20;
+
+/// Bytes of a session's input the host may send before the guest has given them to the command
+/// ([`GuestMessage::InputTaken`]): the most the guest holds for a command that does not read its input.
+pub const INPUT_WINDOW: usize = 128 * 1024;
+
 /// What the guest agent sets up and runs.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct GuestRequest {
@@ -275,6 +291,30 @@ pub enum GuestMessage {
     },
     /// The guest could not set the sandbox up: the layer and why (one line).
     Failed(String),
+    /// A held guest: a message of one session's command (a warning, an audit record, its outcome).
+    Of {
+        session: u32,
+        message: Box<GuestMessage>,
+    },
+    /// A held guest: `bytes` more of `session`'s input reached its command (the host may send that much more).
+    InputTaken {
+        session: u32,
+        bytes: u32,
+    },
+}
+
+impl GuestMessage {
+    /// Whether this ends a command: its outcome.
+    pub fn is_outcome(&self) -> bool {
+        matches!(
+            self,
+            GuestMessage::Exited(_)
+                | GuestMessage::TimedOut { .. }
+                | GuestMessage::ExecFailed { .. }
+                | GuestMessage::OutOfMemory { .. }
+                | GuestMessage::Failed(_)
+        )
+    }
 }
 
 #[cfg(test)]

@@ -653,6 +653,10 @@ fn converse(
                     GuestMessage::TimedOut { millis } => RunOutcome::TimedOut(Duration::from_millis(millis)),
                     GuestMessage::ExecFailed { code, message } => RunOutcome::ExecFailed { code, message },
                     GuestMessage::OutOfMemory { summary } => RunOutcome::OutOfMemory { summary },
+                    // A held guest's: not a run's.
+                    other @ (GuestMessage::Of { .. } | GuestMessage::InputTaken { .. }) => {
+                        return Err(QemuError::BadMessage(format!("{other:?} from a run's guest")));
+                    }
                 };
                 // The command's output is already in the sockets (a guest's write to a port returns once QEMU
                 // has passed it on): drained before the outcome is returned.

@@ -275,8 +275,8 @@ pub(super) fn open_port(name: &str, write: bool) -> Result<std::fs::File, String
 }
 
 /// Waits until QEMU has said the host's end of `port` is open (its port-open message comes a moment after the
-/// port appears, later the more ports there are): until then a read says end-of-file at once and poll says
-/// `POLLHUP`, so a first read of the request, or of a slot's first message, would take the host for gone.
+/// port appears): until then a read says end-of-file at once and poll says `POLLHUP`, so the first read of the
+/// request would take the host for gone.
 fn wait_for_host_end(port: &std::fs::File, name: &str, deadline: std::time::Instant) -> Result<(), String> {
     use std::os::fd::AsRawFd;
     loop {

@@ -40,8 +40,10 @@ use super::{VmBackend, VmError};
 
 /// The supervisor's socket, in the sandbox's directory.
 pub const SOCKET_NAME: &str = "vm.sock";
-/// Most bytes of standard input in one frame.
-pub const MAX_INPUT_FRAME: usize = 32 * 1024;
+/// Most bytes of a stream in one frame (see [`stream_frame`]).
+pub const MAX_FRAME: usize = 32 * 1024;
+/// A frame's header: its session and its length.
+pub const FRAME_HEADER: usize = 8;
 /// Most bytes of a client's request.
 const MAX_REQUEST_BYTES: u64 = 4 << 20;
 /// How long the guest may take to boot and set the sandbox up (TCG on a busy host is slow).
@@ -148,45 +150,47 @@ fn io(errno: i32) -> std::io::Error {
     std::io::Error::from_raw_os_error(errno)
 }
 
-/// A frame of standard input for the guest's stdin port: the session, the length (little-endian u32 each), the
-/// bytes (at most [`MAX_INPUT_FRAME`]); length 0 is the end of the session's input.
-pub fn input_frame(session: u32, bytes: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(8 + bytes.len());
+/// A frame of a session's stream on a held guest's stream ports (its input on the stdin port; its output on the
+/// stdout and stderr ports): the session, the length (little-endian u32 each, [`FRAME_HEADER`] bytes), the bytes
+/// (at most [`MAX_FRAME`]); length 0 is the end of that session's stream.
+pub fn stream_frame(session: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(FRAME_HEADER + bytes.len());
     frame.extend_from_slice(&session.to_le_bytes());
     frame.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     frame.extend_from_slice(bytes);
     frame
 }
 
-/// The guest's reader of the stdin port's frames, however the bytes arrive.
+/// A reader of a stream port's frames (the guest's of the stdin port, the host's of the stdout and stderr ports),
+/// however the bytes arrive.
 #[derive(Debug, Default)]
-pub struct InputFrames {
+pub struct StreamFrames {
     pending: Vec<u8>,
 }
 
-/// A frame longer than [`MAX_INPUT_FRAME`]: the stream is not what the host writes.
+/// A frame longer than [`MAX_FRAME`]: the stream is not what the host writes.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("an input frame of {0} bytes (at most {MAX_INPUT_FRAME})")]
+#[error("a frame of {0} bytes (at most {MAX_FRAME})")]
 pub struct FrameTooLong(pub usize);
 
-impl InputFrames {
+impl StreamFrames {
     pub fn push(&mut self, bytes: &[u8]) {
         self.pending.extend_from_slice(bytes);
     }
 
-    /// The next whole frame: its session and bytes (empty: the end of that session's input).
+    /// The next whole frame: its session and bytes (empty: the end of that session's stream).
     pub fn next_frame(&mut self) -> Result<Option<(u32, Vec<u8>)>, FrameTooLong> {
-        let Some(header) = self.pending.get(..8) else { return Ok(None) };
+        let Some(header) = self.pending.get(..FRAME_HEADER) else { return Ok(None) };
         let session = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
         let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
-        if len > MAX_INPUT_FRAME {
+        if len > MAX_FRAME {
             return Err(FrameTooLong(len));
         }
-        if self.pending.len() < 8 + len {
+        if self.pending.len() < FRAME_HEADER + len {
             return Ok(None);
         }
-        let bytes = self.pending[8..8 + len].to_vec();
-        self.pending.drain(..8 + len);
+        let bytes = self.pending[FRAME_HEADER..FRAME_HEADER + len].to_vec();
+        self.pending.drain(..FRAME_HEADER + len);
         Ok(Some((session, bytes)))
     }
 }
@@ -399,7 +403,7 @@ impl Session {
 
     /// Room to read more of the client's input: the guest's window has room for a whole frame.
     fn takes_input(&self) -> bool {
-        self.input.is_some() && self.input_in_flight + MAX_INPUT_FRAME <= INPUT_WINDOW
+        self.input.is_some() && self.input_in_flight + MAX_FRAME <= INPUT_WINDOW
     }
 
     fn reply(&mut self, message: &GuestMessage) {
@@ -439,8 +443,8 @@ struct Held {
     signals: OwnedFd,
     reader: ControlReader,
     /// The stdout and stderr ports' frames, as they arrive.
-    output_frames: InputFrames,
-    errors_frames: InputFrames,
+    output_frames: StreamFrames,
+    errors_frames: StreamFrames,
     /// Input frames for the stdin port not yet written (whole frames, of any session, in order).
     stdin_pending: Vec<u8>,
     sessions: Vec<Session>,
@@ -455,8 +459,8 @@ impl Held {
             console,
             signals,
             reader: ControlReader::default(),
-            output_frames: InputFrames::default(),
-            errors_frames: InputFrames::default(),
+            output_frames: StreamFrames::default(),
+            errors_frames: StreamFrames::default(),
             stdin_pending: Vec::new(),
             sessions: Vec::new(),
             next_session: 1,
@@ -851,10 +855,10 @@ impl Held {
         let Held { sessions, stdin_pending, .. } = self;
         let Some(session) = sessions.iter_mut().find(|s| s.id == id) else { return };
         let Some(input) = session.input.as_mut() else { return };
-        let mut chunk = vec![0u8; MAX_INPUT_FRAME];
+        let mut chunk = vec![0u8; MAX_FRAME];
         match input.read(&mut chunk) {
             Ok(n) => {
-                stdin_pending.extend(input_frame(session.id, &chunk[..n]));
+                stdin_pending.extend(stream_frame(session.id, &chunk[..n]));
                 session.input_in_flight += n;
                 // A zero-length frame is the end of input.
                 if n == 0 {
@@ -863,7 +867,7 @@ impl Held {
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => {
-                stdin_pending.extend(input_frame(session.id, &[]));
+                stdin_pending.extend(stream_frame(session.id, &[]));
                 session.input = None;
             }
         }
@@ -1154,21 +1158,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn input_frames_come_out_whole_however_the_bytes_arrive_and_a_long_one_is_refused() {
-        let mut bytes = input_frame(7, b"hello");
-        bytes.extend(input_frame(8, b""));
-        let mut frames = InputFrames::default();
+    fn frames_come_out_whole_however_the_bytes_arrive_and_a_long_one_is_refused() {
+        let mut bytes = stream_frame(7, b"hello");
+        bytes.extend(stream_frame(8, b""));
+        let mut frames = StreamFrames::default();
         for chunk in bytes.chunks(3) {
             frames.push(chunk);
         }
         assert_eq!(frames.next_frame(), Ok(Some((7, b"hello".to_vec()))));
         assert_eq!(frames.next_frame(), Ok(Some((8, Vec::new()))));
         assert_eq!(frames.next_frame(), Ok(None));
-        let mut frames = InputFrames::default();
+        let mut frames = StreamFrames::default();
         let mut long = 1u32.to_le_bytes().to_vec();
-        long.extend(((MAX_INPUT_FRAME + 1) as u32).to_le_bytes());
+        long.extend(((MAX_FRAME + 1) as u32).to_le_bytes());
         frames.push(&long);
-        assert_eq!(frames.next_frame(), Err(FrameTooLong(MAX_INPUT_FRAME + 1)));
+        assert_eq!(frames.next_frame(), Err(FrameTooLong(MAX_FRAME + 1)));
     }
 
     fn file_pair() -> (std::fs::File, UnixStream) {
@@ -1254,9 +1258,9 @@ mod tests {
         other.leave();
         held.sessions.push(other);
 
-        guest.stdout.write_all(&input_frame(5, b"out of 5\n")).unwrap();
-        guest.stdout.write_all(&input_frame(6, b"out of 6\n")).unwrap();
-        guest.stderr.write_all(&input_frame(5, b"err of 5\n")).unwrap();
+        guest.stdout.write_all(&stream_frame(5, b"out of 5\n")).unwrap();
+        guest.stdout.write_all(&stream_frame(6, b"out of 6\n")).unwrap();
+        guest.stderr.write_all(&stream_frame(5, b"err of 5\n")).unwrap();
         held.relay_output(true).unwrap();
         held.relay_output(false).unwrap();
         // The outcome first arrives before the streams' ends: held back.
@@ -1264,8 +1268,8 @@ mod tests {
         guest.ctl.write_all(format!("{}\n", serde_json::to_string(&outcome).unwrap()).as_bytes()).unwrap();
         held.control(&mut |_| {}).unwrap();
         assert!(!held.sessions[0].finished(), "the outcome went before the end of the output");
-        guest.stdout.write_all(&input_frame(5, b"")).unwrap();
-        guest.stderr.write_all(&input_frame(5, b"")).unwrap();
+        guest.stdout.write_all(&stream_frame(5, b"")).unwrap();
+        guest.stderr.write_all(&stream_frame(5, b"")).unwrap();
         held.relay_output(true).unwrap();
         held.relay_output(false).unwrap();
         assert!(held.sessions[0].finished());
@@ -1298,12 +1302,12 @@ mod tests {
     fn a_guest_that_sends_past_a_sessions_window_is_refused() {
         let (mut held, mut guest, _client, _keep) = held_with_a_session(2);
         // The client does not read: the window fills (pipes hold less than it), then one byte more is refused.
-        let chunk = vec![b'x'; MAX_INPUT_FRAME];
+        let chunk = vec![b'x'; MAX_FRAME];
         let writer = std::thread::spawn(move || {
-            for _ in 0..OUTPUT_WINDOW / MAX_INPUT_FRAME {
-                guest.stdout.write_all(&input_frame(2, &chunk)).unwrap();
+            for _ in 0..OUTPUT_WINDOW / MAX_FRAME {
+                guest.stdout.write_all(&stream_frame(2, &chunk)).unwrap();
             }
-            guest.stdout.write_all(&input_frame(2, b"y")).unwrap();
+            guest.stdout.write_all(&stream_frame(2, b"y")).unwrap();
             guest
         });
         let refused = loop {

@@ -15,7 +15,7 @@ use runtime::prepare::HostContext;
 use runtime::sandbox::RunOutcome;
 
 use super::guest::{console, open_port, send, PortSink};
-use super::held::{input_frame, HostMessage, InputFrames, FORWARDED_SIGNALS, MAX_INPUT_FRAME};
+use super::held::{stream_frame, HostMessage, StreamFrames, FORWARDED_SIGNALS, FRAME_HEADER, MAX_FRAME};
 use super::protocol::{GuestMessage, GuestRequest, PORT_STDERR, PORT_STDIN, PORT_STDOUT};
 
 /// How long a cancelled command has to end after its hangup.
@@ -76,10 +76,10 @@ pub(super) fn serve(request: &GuestRequest, control: &mut std::fs::File) -> Resu
     let target = hold(request, control)?;
     send(control, &GuestMessage::Started).map_err(|e| format!("control port: {e}"))?;
     let mut lines = Lines { pending: Vec::new() };
-    let mut frames = InputFrames::default();
+    let mut frames = StreamFrames::default();
     let mut sessions: Vec<GuestSession> = Vec::new();
     let mut fds = Vec::new();
-    let mut buf = vec![0u8; MAX_INPUT_FRAME + 8];
+    let mut buf = vec![0u8; MAX_FRAME + FRAME_HEADER];
     loop {
         let poll = |fd: libc::c_int, events: libc::c_short| libc::pollfd { fd, events, revents: 0 };
         fds.clear();
@@ -122,7 +122,7 @@ pub(super) fn serve(request: &GuestRequest, control: &mut std::fs::File) -> Resu
             // has ended has none.
             while let Some((id, bytes)) = frames.next_frame().map_err(|e| format!("stdin port: {e}"))? {
                 if let Some(s) = sessions.iter_mut().find(|s| s.id == id && s.input.is_some()) {
-                    s.input_frames.push_back(input_frame(id, &bytes));
+                    s.input_frames.push_back(stream_frame(id, &bytes));
                 }
             }
         }
@@ -167,8 +167,8 @@ pub(super) fn serve(request: &GuestRequest, control: &mut std::fs::File) -> Resu
             }
             if s.exited && s.messages.is_none() && s.output.is_none() && s.errors.is_none() {
                 let s = sessions.remove(i);
-                output_port.write_all(&input_frame(s.id, &[])).map_err(|e| format!("stdout port: {e}"))?;
-                error_port.write_all(&input_frame(s.id, &[])).map_err(|e| format!("stderr port: {e}"))?;
+                output_port.write_all(&stream_frame(s.id, &[])).map_err(|e| format!("stdout port: {e}"))?;
+                error_port.write_all(&stream_frame(s.id, &[])).map_err(|e| format!("stderr port: {e}"))?;
                 let outcome = s.outcome.unwrap_or_else(|| {
                     GuestMessage::Failed("the command's process ended without its outcome (cancelled?)".to_string())
                 });
@@ -322,11 +322,11 @@ impl GuestSession {
             if stdout { (&mut self.output, &mut self.output_room) } else { (&mut self.errors, &mut self.errors_room) };
         while *room > 0 {
             let Some(file) = pipe.as_mut() else { return Ok(()) };
-            let want = (*room).min(MAX_INPUT_FRAME).min(buf.len());
+            let want = (*room).min(MAX_FRAME).min(buf.len());
             match file.read(&mut buf[..want]) {
                 Ok(0) => *pipe = None,
                 Ok(n) => {
-                    port.write_all(&input_frame(self.id, &buf[..n])).map_err(|e| format!("output port: {e}"))?;
+                    port.write_all(&stream_frame(self.id, &buf[..n])).map_err(|e| format!("output port: {e}"))?;
                     *room -= n;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -354,7 +354,7 @@ impl GuestSession {
                 Ok(n) => {
                     self.input_written += n;
                     if self.input_written == frame.len() {
-                        self.input_taken += (frame.len() - 8) as u32;
+                        self.input_taken += (frame.len() - FRAME_HEADER) as u32;
                         self.input_written = 0;
                         self.input_frames.pop_front();
                     }
@@ -587,7 +587,7 @@ impl Exec<'_> {
         if let Some(w) = &input_write {
             let _ = sys::fd::set_status_flags(w.as_raw_fd(), libc::O_NONBLOCK);
         }
-        let mut frames = InputFrames::default();
+        let mut frames = StreamFrames::default();
         let mut pending: Vec<u8> = Vec::new();
         let mut control_open = true;
         let mut input_ended = false;
@@ -657,7 +657,7 @@ impl Exec<'_> {
                 }
             }
             if fds[2].revents != 0 {
-                let mut buf = vec![0u8; MAX_INPUT_FRAME + 8];
+                let mut buf = vec![0u8; MAX_FRAME + FRAME_HEADER];
                 match input_port.read(&mut buf) {
                     Ok(n) if n > 0 => frames.push(&buf[..n]),
                     _ => {}

@@ -166,6 +166,23 @@ fn exec_into_a_vm_forwards_signals_resizes_and_survives_a_stuck_client() {
     assert_eq!((status.code(), said.trim()), (Some(0), "next"));
     drop(unread);
 
+    // Clients that connect and send nothing hold no one: an exec beside three of them runs at once (before: each
+    // held the supervisor for its 5 s to send a request, so this exec waited 15 s), and each is told why it is
+    // let go at its own deadline.
+    let socket = state_dir().join("sandboxes").join(&name).join("vm.sock");
+    let silent: Vec<_> = (0..3).map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap()).collect();
+    let started = Instant::now();
+    let out = vm(&["exec", &name, "--", "echo", "beside"], b"");
+    let took = started.elapsed();
+    assert_eq!((code(&out), stdout(&out).trim()), (0, "beside"), "{}", stderr(&out));
+    assert!(took < Duration::from_secs(4), "an exec beside silent clients took {took:?}");
+    for mut client in silent {
+        client.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut said = String::new();
+        client.read_to_string(&mut said).unwrap();
+        assert!(said.contains("no whole request within 5 s"), "{said}");
+    }
+
     let out = vm(&["stop", &name], b"");
     assert_eq!(code(&out), 0, "stop: {}", stderr(&out));
 }

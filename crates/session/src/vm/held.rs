@@ -448,6 +448,8 @@ struct Held {
     /// Input frames for the stdin port not yet written (whole frames, of any session, in order).
     stdin_pending: Vec<u8>,
     sessions: Vec<Session>,
+    /// Clients accepted whose request has not all come (each counts against [`MAX_SESSIONS`]).
+    pending: Vec<PendingClient>,
     next_session: u32,
     buf: Vec<u8>,
 }
@@ -463,6 +465,7 @@ impl Held {
             errors_frames: StreamFrames::default(),
             stdin_pending: Vec::new(),
             sessions: Vec::new(),
+            pending: Vec::new(),
             next_session: 1,
             buf: vec![0u8; 64 * 1024],
         }
@@ -556,7 +559,7 @@ impl Held {
             fds.push(poll(self.signals.as_raw_fd(), libc::POLLIN));
             fds.push(poll(pidfd.as_raw_fd(), libc::POLLIN));
             // A new client while there is room for its session: else it waits in the listen queue.
-            let room = self.sessions.len() < MAX_SESSIONS;
+            let room = self.sessions.len() + self.pending.len() < MAX_SESSIONS;
             fds.push(poll(if room { listener.as_raw_fd() } else { -1 }, libc::POLLIN));
             fds.push(poll(self.channels.ctl.as_raw_fd(), libc::POLLIN));
             // The output ports are always read: each session's share is bounded by its window.
@@ -575,7 +578,17 @@ impl Held {
                 fds.push(poll(client_out(&s.output), libc::POLLOUT));
                 fds.push(poll(client_out(&s.errors), libc::POLLOUT));
             }
-            match sys::fd::poll(&mut fds, 1000) {
+            for p in &self.pending {
+                fds.push(poll(p.conn.as_raw_fd(), libc::POLLIN));
+            }
+            // Woken at the first pending client's deadline at the latest.
+            let now = Instant::now();
+            let timeout = self
+                .pending
+                .iter()
+                .map(|p| p.deadline.saturating_duration_since(now).as_millis() as i32 + 1)
+                .fold(1000, i32::min);
+            match sys::fd::poll(&mut fds, timeout) {
                 Ok(_) | Err(libc::EINTR) => {}
                 Err(e) => return Err(QemuError::Channels(io(e)).into()),
             }
@@ -608,7 +621,9 @@ impl Held {
             if fds[6].revents != 0 {
                 self.write_input();
             }
-            let ready: Vec<[bool; SESSION_FDS]> = fds[OWN_FDS..]
+            let sessions_end = OWN_FDS + SESSION_FDS * self.sessions.len();
+            let requests: Vec<bool> = fds[sessions_end..].iter().map(|f| f.revents != 0).collect();
+            let ready: Vec<[bool; SESSION_FDS]> = fds[OWN_FDS..sessions_end]
                 .chunks(SESSION_FDS)
                 .map(|f| [f[0].revents != 0, f[1].revents != 0, f[2].revents != 0, f[3].revents != 0])
                 .collect();
@@ -629,6 +644,7 @@ impl Held {
                     }
                 }
             }
+            self.advance_requests(&requests)?;
             if fds[2].revents != 0 {
                 self.accept(listener)?;
             }
@@ -771,23 +787,58 @@ impl Held {
         }
     }
 
-    /// A client: its three descriptors and its request, then the command starts in the guest.
+    /// A client: accepted now, its request read as it comes ([`Held::advance_requests`]).
     fn accept(&mut self, listener: &UnixListener) -> Result<(), VmError> {
         let Ok(raw) = sys::socket::accept(listener.as_fd()) else { return Ok(()) };
-        let mut conn = UnixStream::from(raw);
-        if conn.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
+        let conn = UnixStream::from(raw);
+        if conn.set_nonblocking(true).is_err() {
             return Ok(());
         }
-        let request = read_request(&mut conn);
-        let (fds, request) = match request {
-            Ok(got) => got,
-            Err(why) => {
-                let mut line = serde_json::to_vec(&GuestMessage::Failed(format!("vm: {why}"))).unwrap_or_default();
-                line.push(b'\n');
-                let _ = conn.write_all(&line);
-                return Ok(());
+        self.pending.push(PendingClient::new(conn));
+        // What has come with the connection already.
+        let last = self.pending.len() - 1;
+        let mut requests = vec![false; self.pending.len()];
+        requests[last] = true;
+        self.advance_requests(&requests)
+    }
+
+    /// Reads more of the pending clients' requests that are `readable`: a whole one starts its command in the
+    /// guest, a bad one or one not whole by its deadline is refused with a line saying why.
+    fn advance_requests(&mut self, readable: &[bool]) -> Result<(), VmError> {
+        let now = Instant::now();
+        let mut i = 0;
+        let mut checked = 0;
+        while i < self.pending.len() {
+            let was_readable = readable.get(checked).copied().unwrap_or(false);
+            checked += 1;
+            let progress = if was_readable { self.pending[i].advance() } else { Ok(None) };
+            let progress = match progress {
+                Ok(None) if now >= self.pending[i].deadline => {
+                    Err(format!("no whole request within {} s of connecting", REQUEST_TIMEOUT.as_secs()))
+                }
+                other => other,
+            };
+            match progress {
+                Ok(None) => i += 1,
+                Ok(Some((fds, request))) => {
+                    let client = self.pending.remove(i);
+                    self.start(client.conn, fds, request)?;
+                }
+                Err(why) => {
+                    let client = self.pending.remove(i);
+                    client.refuse(&why);
+                }
             }
-        };
+        }
+        Ok(())
+    }
+
+    /// A client's whole request: its command starts in the guest, in a new session.
+    fn start(&mut self, conn: UnixStream, fds: [OwnedFd; 3], request: ExecRequest) -> Result<(), VmError> {
+        // The session's socket is read only when poll says so and written with a deadline.
+        if conn.set_nonblocking(false).is_err() || conn.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
+            return Ok(());
+        }
         let id = self.next_session;
         self.next_session = self.next_session.wrapping_add(1).max(1);
         let files = request.files.is_some();
@@ -887,30 +938,53 @@ impl Held {
     }
 }
 
-/// A client's three descriptors, then its request line (bounded, within [`REQUEST_TIMEOUT`]).
-fn read_request(conn: &mut UnixStream) -> Result<([OwnedFd; 3], ExecRequest), String> {
-    conn.set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(|e| e.to_string())?;
-    let mut fds = Vec::new();
-    for _ in 0..3 {
-        match sys::socket::recv_fd(conn.as_raw_fd()) {
-            Ok(Some(fd)) => fds.push(fd),
-            _ => return Err("a request without its three standard streams".to_string()),
-        }
+/// A client that has connected but not yet sent all of its request: its three descriptors, then its request line
+/// (bounded), read as they arrive on its non-blocking socket, never waited for, so that a client that connects and
+/// sends nothing holds no one but itself, until [`REQUEST_TIMEOUT`] after it connected.
+struct PendingClient {
+    conn: UnixStream,
+    fds: Vec<OwnedFd>,
+    line: Vec<u8>,
+    deadline: Instant,
+}
+
+impl PendingClient {
+    fn new(conn: UnixStream) -> PendingClient {
+        PendingClient { conn, fds: Vec::new(), line: Vec::new(), deadline: Instant::now() + REQUEST_TIMEOUT }
     }
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    let mut limited = (&*conn).take(MAX_REQUEST_BYTES);
-    loop {
-        match limited.read(&mut byte) {
-            Ok(1) if byte[0] == b'\n' => break,
-            Ok(1) => line.push(byte[0]),
-            _ => return Err("a request cut short or too long".to_string()),
+
+    /// What has arrived: `None` while the request is not whole.
+    fn advance(&mut self) -> Result<Option<([OwnedFd; 3], ExecRequest)>, String> {
+        while self.fds.len() < 3 {
+            match sys::socket::recv_fd(self.conn.as_raw_fd()) {
+                Ok(Some(fd)) => self.fds.push(fd),
+                Err(libc::EAGAIN) => return Ok(None),
+                _ => return Err("a request without its three standard streams".to_string()),
+            }
         }
+        // A byte at a time: what follows the line is the client's messages, for its session.
+        let mut byte = [0u8; 1];
+        loop {
+            match (&self.conn).read(&mut byte) {
+                Ok(1) if byte[0] == b'\n' => break,
+                Ok(1) if (self.line.len() as u64) < MAX_REQUEST_BYTES => self.line.push(byte[0]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                _ => return Err("a request cut short or too long".to_string()),
+            }
+        }
+        let request: ExecRequest = serde_json::from_slice(&self.line).map_err(|e| format!("a bad request: {e}"))?;
+        let [a, b, c]: [OwnedFd; 3] =
+            std::mem::take(&mut self.fds).try_into().map_err(|_| "three descriptors".to_string())?;
+        Ok(Some(([a, b, c], request)))
     }
-    let request: ExecRequest = serde_json::from_slice(&line).map_err(|e| format!("a bad request: {e}"))?;
-    conn.set_read_timeout(None).map_err(|e| e.to_string())?;
-    let [a, b, c]: [OwnedFd; 3] = fds.try_into().map_err(|_| "three descriptors".to_string())?;
-    Ok(([a, b, c], request))
+
+    /// Tells the client why its request is refused (if its socket takes the line now), and hangs up.
+    fn refuse(self, why: &str) {
+        let mut line = serde_json::to_vec(&GuestMessage::Failed(format!("vm: {why}"))).unwrap_or_default();
+        line.push(b'\n');
+        let _ = (&self.conn).write(&line);
+    }
 }
 
 /// The guest's view of an exec's policy: a `cow` workspace is its merged view, exported read-write.
@@ -1156,6 +1230,7 @@ impl crate::backend::Backend for HeldVm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::BufRead;
 
     #[test]
     fn frames_come_out_whole_however_the_bytes_arrive_and_a_long_one_is_refused() {
@@ -1180,18 +1255,106 @@ mod tests {
         (std::fs::File::from(OwnedFd::from(a)), b)
     }
 
-    #[test]
-    fn a_request_without_its_streams_or_with_garbage_is_refused() {
-        let (mut server, mut client) = UnixStream::pair().unwrap();
-        client.write_all(b"{}\n").unwrap();
-        assert!(read_request(&mut server).is_err());
+    /// A request line for `command`, as `airlock exec` sends it after its three streams.
+    fn request_line(command: &str) -> Vec<u8> {
+        let invoker = policy::profile::Invoker { uid: 0, gid: 0, is_root: true, env: Vec::new(), user_name: None };
+        let policy = policy::profile::resolve(&Default::default(), vec![command.to_string()], &invoker).unwrap();
+        let request = ExecRequest { policy, audit: None, tty: None, files: None };
+        let mut line = serde_json::to_vec(&request).unwrap();
+        line.push(b'\n');
+        line
+    }
 
-        let (mut server, client) = UnixStream::pair().unwrap();
+    /// `client`'s whole request.
+    fn send_request(client: &UnixStream, command: &str) {
+        for _ in 0..3 {
+            sys::socket::send_fd(client.as_raw_fd(), 0).unwrap();
+        }
+        (&*client).write_all(&request_line(command)).unwrap();
+    }
+
+    /// The line a refused client gets.
+    fn refusal(client: &mut UnixStream) -> String {
+        let mut line = String::new();
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        std::io::BufReader::new(client).read_line(&mut line).unwrap();
+        match serde_json::from_str(&line) {
+            Ok(GuestMessage::Failed(why)) => why,
+            other => panic!("not a refusal: {line:?} ({other:?})"),
+        }
+    }
+
+    fn pending(conn: UnixStream) -> PendingClient {
+        conn.set_nonblocking(true).unwrap();
+        PendingClient::new(conn)
+    }
+
+    #[test]
+    fn a_request_without_its_streams_or_with_garbage_is_refused_and_one_in_parts_is_waited_for() {
+        let (server, client) = UnixStream::pair().unwrap();
+        (&client).write_all(b"{}\n").unwrap();
+        assert!(pending(server).advance().is_err());
+
+        let (server, client) = UnixStream::pair().unwrap();
         for _ in 0..3 {
             sys::socket::send_fd(client.as_raw_fd(), 0).unwrap();
         }
         (&client).write_all(b"not json\n").unwrap();
-        assert!(read_request(&mut server).unwrap_err().starts_with("a bad request"));
+        assert!(pending(server).advance().unwrap_err().starts_with("a bad request"));
+
+        // In parts: nothing is waited for, each part is taken as it comes.
+        let (server, client) = UnixStream::pair().unwrap();
+        let mut server = pending(server);
+        assert!(matches!(server.advance(), Ok(None)));
+        sys::socket::send_fd(client.as_raw_fd(), 0).unwrap();
+        assert!(matches!(server.advance(), Ok(None)));
+        sys::socket::send_fd(client.as_raw_fd(), 0).unwrap();
+        sys::socket::send_fd(client.as_raw_fd(), 0).unwrap();
+        assert!(matches!(server.advance(), Ok(None)));
+        let line = request_line("printf");
+        (&client).write_all(&line[..line.len() / 2]).unwrap();
+        assert!(matches!(server.advance(), Ok(None)));
+        (&client).write_all(&line[line.len() / 2..]).unwrap();
+        match server.advance() {
+            Ok(Some((_, request))) => assert_eq!(request.policy.command, ["printf"]),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        // A client that hangs up part-way.
+        let (server, client) = UnixStream::pair().unwrap();
+        let mut server = pending(server);
+        sys::socket::send_fd(client.as_raw_fd(), 0).unwrap();
+        drop(client);
+        assert!(server.advance().is_err());
+    }
+
+    #[test]
+    fn a_client_that_sends_nothing_holds_no_one_and_is_refused_at_its_deadline() {
+        let (mut held, guest, _client, _keep) = held_with_a_session(1);
+        let dir = std::env::temp_dir().join(format!("airlock-held-test-{}-listen", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let listener = UnixListener::bind(dir.join("vm.sock")).unwrap();
+        // One connects and says nothing; the next sends its request: its command starts at once.
+        let mut silent = UnixStream::connect(dir.join("vm.sock")).unwrap();
+        held.accept(&listener).unwrap();
+        let talker = UnixStream::connect(dir.join("vm.sock")).unwrap();
+        send_request(&talker, "echo");
+        held.accept(&listener).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(held.pending.len(), 1, "the silent client waits, alone");
+        assert_eq!(held.sessions.len(), 2);
+        let mut told = String::new();
+        guest.ctl.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        std::io::BufReader::new(&guest.ctl).read_line(&mut told).unwrap();
+        match serde_json::from_str(&told).unwrap() {
+            HostMessage::Exec { session: 2, policy, .. } => assert_eq!(policy.command, ["echo"]),
+            other => panic!("{other:?}"),
+        }
+        // Past its deadline, the silent one is told why and let go.
+        held.pending[0].deadline = Instant::now();
+        held.advance_requests(&[false]).unwrap();
+        assert!(held.pending.is_empty());
+        assert!(refusal(&mut silent).contains("no whole request within 5 s"));
     }
 
     /// What a [`Held`] with session `id` under way needs kept open besides it: the guest's end of the stdin port

@@ -25,6 +25,7 @@ pub mod net;
 pub mod protocol;
 pub mod qemu;
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
@@ -203,6 +204,8 @@ impl VmBackend {
             }
         }
         let initrd = initramfs::ensure(&self.config.cache_dir, &kernel)?;
+        // What a killed airlock left is swept by the next VM's start, as its VMM cgroup is (`cgroup`).
+        sweep_stale_staging_dirs(&std::env::temp_dir());
         let (request, mounts) = guest_request(policy, host)?;
         Ok((kernel, initrd, request, mounts))
     }
@@ -265,6 +268,60 @@ fn make_staging_dir(kind: &str) -> Result<PathBuf, VmError> {
         .create(&staging)
         .map_err(|source| VmError::StageFile { path: staging.display().to_string(), source })?;
     Ok(staging)
+}
+
+/// The staging directories' kinds (`airlock-vm-KIND-PID-N`).
+const STAGING_KINDS: [&str; 2] = ["files", "workspace"];
+
+/// The pid in a staging directory's name `airlock-vm-KIND-PID-N` (the airlock that made it), if it is one.
+fn staging_dir_maker(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("airlock-vm-")?;
+    let (kind, rest) = rest.split_once('-')?;
+    let (pid, n) = rest.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (STAGING_KINDS.contains(&kind) && digits(pid) && digits(n)).then(|| pid.parse().ok()).flatten()
+}
+
+/// Removes from `tmp` the staging directories of airlocks that are gone (killed before their `Drop`s ran, say by
+/// SIGKILL: QEMU and its mount namespace went with them, so what is left is plain): an empty `workspace`
+/// subdirectory and empty placeholder files, then the directory if that emptied it. Anything else is left, and
+/// so is a directory another process could still use (its maker is alive). Every step is relative to a
+/// descriptor of the directory opened without following a symlink, so a name someone else put in `tmp` leads
+/// nowhere but into their own directory.
+pub fn sweep_stale_staging_dirs(tmp: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    let Ok(tmp_cstr) = std::ffi::CString::new(tmp.as_os_str().as_encoded_bytes()) else { return };
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let Ok(tmp_fd) = sys::fd::openat(libc::AT_FDCWD, &tmp_cstr, flags, 0) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(staging_dir_maker) else { continue };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let Ok(name) = std::ffi::CString::new(name.as_encoded_bytes()) else { continue };
+        let Ok(dir) = sys::fd::openat(tmp_fd.as_raw_fd(), &name, flags, 0) else { continue };
+        empty_staging_dir(&dir);
+        let _ = sys::fs::unlinkat(tmp_fd.as_raw_fd(), &name, libc::AT_REMOVEDIR);
+    }
+}
+
+/// The empty directory and empty regular files in a staging directory, removed.
+fn empty_staging_dir(dir: &OwnedFd) {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())) else { return };
+    for entry in entries.flatten() {
+        let Ok(name) = std::ffi::CString::new(entry.file_name().as_encoded_bytes()) else { continue };
+        let Ok(stat) = sys::fs::fstatat(dir.as_raw_fd(), &name, libc::AT_SYMLINK_NOFOLLOW) else { continue };
+        match stat.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => {
+                let _ = sys::fs::unlinkat(dir.as_raw_fd(), &name, libc::AT_REMOVEDIR);
+            }
+            libc::S_IFREG if stat.st_size == 0 => {
+                let _ = sys::fs::unlinkat(dir.as_raw_fd(), &name, 0);
+            }
+            _ => {}
+        }
+    }
 }
 
 impl FileBinds {
@@ -483,4 +540,56 @@ fn guest_request(policy: &SandboxPolicy, host: &HostContext) -> Result<(GuestReq
         tty: host.tty.map(|w| (w.ws_row, w.ws_col)),
     };
     Ok((request, HostMounts { workspace: overlay, files }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_dir_names_say_their_maker() {
+        assert_eq!(staging_dir_maker("airlock-vm-workspace-123-0"), Some(123));
+        assert_eq!(staging_dir_maker("airlock-vm-files-7-12"), Some(7));
+        for other in ["airlock-vm-other-1-0", "airlock-vm-files-1", "airlock-vm-files--0", "airlock-vm-files-1-x", "x"]
+        {
+            assert_eq!(staging_dir_maker(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn the_sweep_removes_only_what_a_dead_airlock_left_and_follows_no_symlink() {
+        let tmp = std::env::temp_dir().join(format!("airlock-sweep-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir(&tmp).unwrap();
+        // No process has a pid above the kernel's largest (2^22).
+        let dead = 999_999_999u32;
+        let workspace = tmp.join(format!("airlock-vm-workspace-{dead}-0"));
+        std::fs::create_dir_all(workspace.join(WORKSPACE_SUBDIR)).unwrap();
+        let files = tmp.join(format!("airlock-vm-files-{dead}-1"));
+        std::fs::create_dir(&files).unwrap();
+        std::fs::write(files.join("0"), "").unwrap();
+        std::fs::write(files.join("1"), "").unwrap();
+        // Something that is not a placeholder: kept, and so is its directory.
+        let odd = tmp.join(format!("airlock-vm-files-{dead}-2"));
+        std::fs::create_dir(&odd).unwrap();
+        std::fs::write(odd.join("0"), "data").unwrap();
+        // A live airlock's (this test's).
+        let live = tmp.join(format!("airlock-vm-files-{}-3", std::process::id()));
+        std::fs::create_dir(&live).unwrap();
+        std::fs::write(live.join("0"), "").unwrap();
+        // A symlink under a staging name, to a directory with an empty file: neither is touched.
+        let target = tmp.join("elsewhere");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("0"), "").unwrap();
+        let link = tmp.join(format!("airlock-vm-files-{dead}-4"));
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+
+        sweep_stale_staging_dirs(&tmp);
+        assert!(!workspace.exists() && !files.exists());
+        assert_eq!(std::fs::read_to_string(odd.join("0")).unwrap(), "data");
+        assert!(live.join("0").exists());
+        assert!(target.join("0").exists());
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
 }

@@ -249,16 +249,27 @@ mod tests {
     use super::*;
     use crate::event::ExecRecord;
 
-    fn temp_path(name: &str) -> PathBuf {
+    /// A test's directory, removed when the test ends (passed or not).
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A log's path in a directory of its own.
+    fn temp_path(name: &str) -> (Scratch, PathBuf) {
         let dir = std::env::temp_dir().join(format!("airlock-audit-test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        dir.join("audit.jsonl")
+        let path = dir.join("audit.jsonl");
+        (Scratch(dir), path)
     }
 
     #[test]
     fn two_writers_interleave_into_one_valid_chain() {
-        let path = temp_path("two");
+        let (_dir, path) = temp_path("two");
         let mut a = AuditLog::open(&path).unwrap().with_sandbox("s");
         let mut b = AuditLog::open(&path).unwrap().with_sandbox("s");
         for i in 0..20 {
@@ -274,7 +285,7 @@ mod tests {
 
     #[test]
     fn threads_appending_concurrently_keep_the_chain() {
-        let path = temp_path("threads");
+        let (_dir, path) = temp_path("threads");
         let handles: Vec<_> = (0..4)
             .map(|t| {
                 let path = path.clone();
@@ -296,7 +307,7 @@ mod tests {
 
     #[test]
     fn a_huge_foreign_record_keeps_its_envelope_only() {
-        let path = temp_path("huge");
+        let (_dir, path) = temp_path("huge");
         let mut log = AuditLog::open(&path).unwrap();
         let items: Vec<String> = (0..200).map(|i| format!("{i}{}", "x".repeat(3000))).collect();
         log.append_value("network", serde_json::json!({ "items": items })).unwrap();

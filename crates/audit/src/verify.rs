@@ -107,7 +107,17 @@ mod tests {
     use super::*;
     use crate::{AuditLog, Event};
 
-    fn log_of(n: usize, name: &str) -> (PathBuf, Vec<String>) {
+    /// A test's directory, removed when the test ends (passed or not).
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A log of `n` records in a directory of its own.
+    fn log_of(n: usize, name: &str) -> (Scratch, PathBuf, Vec<String>) {
         let dir = std::env::temp_dir().join(format!("airlock-verify-test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -117,7 +127,7 @@ mod tests {
             log.append(&Event::Resource { resource: "r".into(), message: format!("event {i}") }).unwrap();
         }
         let lines = std::fs::read_to_string(&path).unwrap().lines().map(str::to_string).collect();
-        (path, lines)
+        (Scratch(dir), path, lines)
     }
 
     fn write(path: &Path, lines: &[String]) {
@@ -126,7 +136,7 @@ mod tests {
 
     #[test]
     fn intact_log_verifies() {
-        let (path, _) = log_of(5, "intact");
+        let (_dir, path, _) = log_of(5, "intact");
         let r = verify(&path).unwrap();
         assert!(r.ok(), "{:?}", r.problems);
         assert_eq!(r.records, 5);
@@ -134,7 +144,7 @@ mod tests {
 
     #[test]
     fn edit_delete_reorder_insert_and_cut_are_each_found_on_their_line() {
-        let (path, lines) = log_of(5, "tamper");
+        let (_dir, path, lines) = log_of(5, "tamper");
         let mut edited = lines.clone();
         edited[2] = edited[2].replace("event 2", "event X");
         write(&path, &edited);
@@ -167,7 +177,7 @@ mod tests {
 
     #[test]
     fn a_writer_after_a_cut_tail_starts_a_new_line_chained_to_the_last_whole_record() {
-        let (path, lines) = log_of(3, "aftercut");
+        let (_dir, path, lines) = log_of(3, "aftercut");
         let mut text = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
         text.push_str("{\"kind\":\"ex");
         std::fs::write(&path, text).unwrap();

@@ -659,7 +659,7 @@ mod tests {
         image(&src, "c:1");
         let threads: Vec<_> = (0..4)
             .map(|_| {
-                let (state, src) = (state.clone(), src.clone());
+                let (state, src) = (state.to_path_buf(), src.to_path_buf());
                 std::thread::spawn(move || ImageStore::open(&state).unwrap().import(&src, None).map(|r| r.id))
             })
             .collect();

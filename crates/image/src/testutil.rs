@@ -6,8 +6,30 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::digest::sha256_of;
 
+/// A fresh scratch directory, removed with what is in it when this is dropped (at the test's end, passed or not).
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A fresh scratch directory.
-pub fn scratch(what: &str) -> PathBuf {
+pub fn scratch(what: &str) -> Scratch {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "airlock-image-test-{what}-{}-{}",
@@ -16,7 +38,7 @@ pub fn scratch(what: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 /// One tar entry.

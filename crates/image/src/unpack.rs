@@ -433,12 +433,25 @@ mod tests {
     use super::*;
     use crate::testutil::{scratch, tar_of, Item};
 
-    fn unpack(items: &[Item<'_>]) -> (PathBuf, Result<UnpackReport, UnpackError>) {
+    /// A layer unpacked into `root` of a scratch directory (removed with it).
+    struct Unpacked {
+        root: PathBuf,
+        _dir: crate::testutil::Scratch,
+    }
+
+    impl std::ops::Deref for Unpacked {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.root
+        }
+    }
+
+    fn unpack(items: &[Item<'_>]) -> (Unpacked, Result<UnpackReport, UnpackError>) {
         let dir = scratch("unpack");
         let root = dir.join("root");
         std::fs::create_dir(&root).unwrap();
         let result = unpack_layer(&tar_of(items)[..], &root, UnpackOptions::default());
-        (root, result)
+        (Unpacked { root, _dir: dir }, result)
     }
 
     fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {

@@ -67,11 +67,25 @@ fn an_images_layers_make_the_guests_root_and_a_kept_root_layer_is_refused() {
         record["layer_dirs"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect();
     assert_eq!(layers.len(), 2, "{record}");
 
-    let script = "cat /etc/motd; ls /etc; cat /proc/version; id -u; \
-                  echo written > /etc/motd && echo new > /etc/new && cat /etc/motd /etc/new";
-    let o = airlock(&["run", "--isolation", "vm", "--image", "vmtest:1", "--", "sh", "-c", script]);
+    // A directory of host root's, shared writable: root inside is no owner of it, as on a host (before, root
+    // inside was guest root, which host root's QEMU let write it).
+    let root_share = t.path().join("root-share");
+    std::fs::create_dir(&root_share).unwrap();
+    std::fs::write(root_share.join("kept"), "host\n").unwrap();
+    let bind = format!("{}:/mnt/share", root_share.display());
+    let script = "cat /etc/motd; ls /etc; cat /proc/version; ls -ln /etc/motd; \
+                  (echo x > /mnt/share/new || echo x > /mnt/share/kept) 2>/dev/null && echo share-written; \
+                  id -u; echo written > /etc/motd && echo new > /etc/new && cat /etc/motd /etc/new";
+    let o = airlock(&["run", "--isolation", "vm", "--image", "vmtest:1", "--bind", &bind, "--", "sh", "-c", script]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let out = stdout(&o);
+    assert!(!out.contains("share-written"), "root inside wrote a share of host root's: {out}");
+    assert_eq!(std::fs::read_to_string(root_share.join("kept")).unwrap(), "host\n");
+    assert!(!root_share.join("new").exists());
+    // The image's files are root's inside (its ids, not the host's: the layers come idmapped into the range).
+    let motd = out.lines().find(|l| l.ends_with("/etc/motd")).unwrap_or_default();
+    let owner: Vec<&str> = motd.split_whitespace().skip(2).take(2).collect();
+    assert_eq!(owner, ["0", "0"], "{out}");
     let lines: Vec<&str> = out.lines().collect();
     // The top layer's motd; the whiteout hides `gone`; the guest's kernel, not the host's.
     assert_eq!(lines[0], "two", "{out}");
@@ -93,6 +107,8 @@ fn an_images_layers_make_the_guests_root_and_a_kept_root_layer_is_refused() {
     let ws = t.path().join("ws");
     std::fs::create_dir_all(&ws).unwrap();
     std::fs::write(ws.join("a"), "a\n").unwrap();
+    // A user's workspace: root inside is its owner, and what it writes is the owner's.
+    vm_support::user_owned(&ws);
     let ws_path = ws.to_string_lossy().into_owned();
     let o = airlock(&["create", "--isolation", "vm", "--image", "vmtest:1", "--workspace", &ws_path, &name]);
     assert_eq!(code(&o), 0, "create: {}", stderr(&o));
@@ -103,6 +119,12 @@ fn an_images_layers_make_the_guests_root_and_a_kept_root_layer_is_refused() {
     let o = airlock(&["diff", &name]);
     assert!(stdout(&o).contains("A  b"), "diff: {}", stdout(&o));
     assert!(!ws.join("b").exists(), "the cow workspace's change reached the workspace before commit");
+    let upper_b = state.join("sandboxes").join(&name).join("upper/b");
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&upper_b).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (4242, 4242), "{}", upper_b.display());
+    }
     for layer in &layers {
         assert!(!Path::new(layer).join("etc/kept").exists(), "the root's write reached the host's layer {layer}");
     }

@@ -126,11 +126,15 @@ pub struct HostContext {
     /// directory), nothing could find or stop the sandbox any more, so the supervisor stops it (see
     /// `supervisor::StateWatch`).
     pub watch_state: Option<WatchedState>,
-    /// In an `--isolation vm` guest (airlock's guest agent runs the engine): a writable share owned by (guest)
-    /// root is written as root, root inside mapped to id 0, where on the host it would be mounted idmapped
-    /// (virtio-9p cannot be). The VM is the boundary: guest root is no host identity, and QEMU writes the
-    /// host's files as its own user (or as the guest's ids, as host root).
+    /// In an `--isolation vm` guest (airlock's guest agent runs the engine): nothing is idmapped here (virtio-9p
+    /// cannot be). Without [`HostContext::vm_id_base`] (a rootless host, whose QEMU writes the host's files as
+    /// its own user whatever the guest's ids), a root overlay keeps the guest's ids and a writable share owned by
+    /// guest root (other than with `--rootfs host`) is written as root.
     pub in_vm_guest: bool,
+    /// In a guest whose host airlock is root and whose root is not the host's: the first id of the host id range
+    /// the host holds for the sandbox (the root overlay's layers arrive idmapped into it). The sandbox's ids are
+    /// mapped onto it as on a host, and guest root owns nothing shared.
+    pub vm_id_base: Option<u32>,
 }
 
 /// What a held sandbox's supervisor watches: `dir` (gone, or replaced by another directory) and `record` (gone).
@@ -524,14 +528,15 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
     landlock_rules.push(LandlockRule { path: cstring("/dev/pts")?, access: ACCESS_DEVICE });
     landlock_rules.push(LandlockRule { path: cstring("/dev/shm")?, access: ACCESS_ALL });
 
-    let (ids, id_range) = if host.in_vm_guest && host_root && root_overlay.is_some() {
+    let (ids, id_range) = if host.in_vm_guest && host_root && root_overlay.is_some() && host.vm_id_base.is_none() {
         (guest_identity_ids((uid, gid)), None)
     } else {
         // In a guest, a share owned by root may be written as root (guest root, which the VM bounds) only when
         // the host's system directories are not shared too: their root-only files (`/etc/shadow`) would be the
         // sandbox's to read, as their owner, where on a host root inside is never their owner. With
         // `--rootfs host`, a root-owned share gets what it gets on a host that cannot idmap it (the notice).
-        let guest_root_owner = host.in_vm_guest && !matches!(policy.rootfs, Rootfs::Host);
+        // With a host id range (a root host's VM), the ids are a host's: guest root is no one's owner.
+        let guest_root_owner = host.in_vm_guest && host.vm_id_base.is_none() && !matches!(policy.rootfs, Rootfs::Host);
         id_plan(
             host_root,
             policy.writable_root,
@@ -799,9 +804,11 @@ fn id_plan(
         }
     }
     // Joining: the plan's host-side ids are never used (the running sandbox's namespace has its maps).
-    let (range, base) = match host.joining {
-        true => (None, HOST_RANGE_BASE),
-        false => {
+    let (range, base) = match (host.joining, host.vm_id_base) {
+        (true, _) => (None, HOST_RANGE_BASE),
+        // A VM guest's: the host holds the range.
+        (false, Some(base)) => (None, base),
+        (false, None) => {
             let range = userns::allocate_host_id_range(&host.lock_dir)?;
             let base = range.base;
             (Some(range), base)
@@ -827,12 +834,12 @@ fn id_plan(
     Ok((ids, range))
 }
 
-/// In an `--isolation vm` guest, a root overlay (an image's layers, a writable root) keeps the ids its files
-/// have on disk: ids 0..65536 inside are the guest's own. On a host the layers are mounted idmapped into the
-/// sandbox's range instead, so that root inside is no host identity; in a guest the 9p shares cannot be idmapped,
-/// and the VM is that boundary (guest root is no host identity, and QEMU writes the host's files with the
-/// guest's ids as host root, or as its own user rootless). Everything else still applies: the user namespace,
-/// the capabilities the policy leaves root, no_new_privs, seccomp and Landlock.
+/// In an `--isolation vm` guest of a rootless host (no [`HostContext::vm_id_base`]), a root overlay (an image's
+/// layers, a writable root) keeps the ids its files have on disk: ids 0..65536 inside are the guest's own. 9p
+/// cannot be idmapped in the guest; the user's QEMU writes the host's files as the user whatever the guest's
+/// ids. (A root host idmaps the layers in QEMU's mount namespace and gives the guest its range instead.)
+/// Everything else still applies: the user namespace, the capabilities the policy leaves root, no_new_privs,
+/// seccomp and Landlock.
 fn guest_identity_ids((uid, gid): (u32, u32)) -> IdPlan {
     IdPlan {
         host_root: true,

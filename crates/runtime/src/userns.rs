@@ -39,6 +39,12 @@ pub enum UsernsError {
     Fork(#[source] std::io::Error),
     #[error("cannot remove {0} as root of a user namespace with the subordinate ids")]
     RemoveAsMappedRoot(PathBuf),
+    #[error("cannot make a user namespace for the id range at {base}")]
+    HoldRangeNamespace {
+        base: u32,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A host id range held for one sandbox. The `flock` is released when this is dropped or airlock dies; on drop
@@ -348,6 +354,49 @@ pub fn root_mapping_from(cap_eff: u64, uid_map: &str, gid_map: &str) -> RootMapp
     }
 }
 
+/// As host root: a user namespace whose uids and gids `0..size` are host ids `base..base + size`, as a
+/// descriptor of it (for `MOUNT_ATTR_IDMAP`: the VM backend's layers, idmapped in QEMU's mount namespace, where
+/// no sandbox's namespace exists to borrow). A helper makes it and is gone when this returns; the descriptor
+/// keeps the namespace. The helper is forked with [`sys::process::fork_and_run`] (the caller may have threads)
+/// and does system calls only.
+pub fn user_namespace_of_range(base: u32, size: u32) -> Result<std::os::fd::OwnedFd, UsernsError> {
+    let map = format!("0 {base} {size}\n");
+    user_namespace_with_maps(base, &map, &map)
+}
+
+/// As [`user_namespace_of_range`], with the maps given (`base`, the range's first id, names it in errors).
+pub fn user_namespace_with_maps(base: u32, uid_map: &str, gid_map: &str) -> Result<std::os::fd::OwnedFd, UsernsError> {
+    let fail = |source: std::io::Error| UsernsError::HoldRangeNamespace { base, source };
+    let pipes = sys::fd::pipe_cloexec().and_then(|ready| sys::fd::pipe_cloexec().map(|hold| (ready, hold)));
+    let ((ready_read, ready_write), (hold_read, hold_write)) = pipes.map_err(|e| fail(os_error(e)))?;
+    let (ready_fd, hold_fd) = (ready_write.as_raw_fd(), hold_read.as_raw_fd());
+    let parents_ends = (ready_read.as_raw_fd(), hold_write.as_raw_fd());
+    let pid = sys::process::fork_and_run(|| {
+        // The child: the parent's ends of the pipes closed (the hold pipe's end of file is the parent's letting
+        // go, or its death), a new user namespace, said when made; then it waits.
+        sys::fd::close(parents_ends.0);
+        sys::fd::close(parents_ends.1);
+        if sys::namespace::unshare(libc::CLONE_NEWUSER).is_err() || sys::fd::write_all(ready_fd, b"1").is_err() {
+            return 1;
+        }
+        let mut byte = [0u8; 1];
+        let _ = sys::fd::read(hold_fd, &mut byte);
+        0
+    })
+    .map_err(|e| fail(os_error(e)))?;
+    drop((ready_write, hold_read));
+    let mut ready = [0u8; 1];
+    let made = match sys::fd::read(ready_read.as_raw_fd(), &mut ready) {
+        Ok(1) => write_id_maps(pid, true, uid_map, gid_map)
+            .map_err(|e| fail(std::io::Error::other(e.to_string())))
+            .and_then(|()| File::open(format!("/proc/{pid}/ns/user")).map(std::os::fd::OwnedFd::from).map_err(fail)),
+        _ => Err(fail(std::io::Error::other("the helper could not make a user namespace"))),
+    };
+    drop(hold_write);
+    let _ = sys::wait::wait_for_exit(pid);
+    made
+}
+
 /// Rootless: removes `path`, where a sandbox may have given files to the invoker's subordinate ids (apt's
 /// `_apt` in a writable root's layer), which the invoker cannot remove from outside. A fork enters a new user
 /// namespace with the same ids mapped (by `newuidmap`/`newgidmap`), whose root may remove them, and removes the
@@ -405,6 +454,41 @@ pub fn remove_tree_with_subordinate_ids(path: &Path) -> Result<(), UsernsError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_range_namespace_maps_its_range_and_outlives_its_helper() {
+        if sys::process::effective_uid() != 0 {
+            println!("SKIP: a user namespace of a host id range needs host root");
+            return;
+        }
+        let ns = user_namespace_of_range(HOST_RANGE_BASE, HOST_RANGE_SIZE).unwrap();
+        // Its maps, read through a process that joins it: none needed, the descriptor's namespace is compared
+        // with a fresh one's by inode: different, and still there (the helper is gone).
+        let meta = std::fs::metadata(format!("/proc/self/fd/{}", ns.as_raw_fd())).unwrap();
+        let own = std::fs::metadata("/proc/self/ns/user").unwrap();
+        assert_ne!(meta.ino(), own.ino());
+        let dir = std::env::temp_dir().join(format!("airlock-userns-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("f"), "x").unwrap();
+        let path = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+        // An idmapped mount of it, in a private mount namespace of a child (the test's own stays as it is).
+        let pid = sys::process::fork_and_run(|| {
+            if sys::namespace::unshare(libc::CLONE_NEWNS).is_err() || sys::mount::make_all_private().is_err() {
+                return 2;
+            }
+            if crate::rootfs::idmap_over_itself(&path, ns.as_raw_fd()).is_err() {
+                return 3;
+            }
+            match std::fs::metadata(dir.join("f")) {
+                Ok(m) if m.uid() == HOST_RANGE_BASE && m.gid() == HOST_RANGE_BASE => 0,
+                _ => 4,
+            }
+        })
+        .unwrap();
+        let status = sys::wait::wait_for_exit(pid).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
+    }
 
     #[test]
     fn root_maps_a_range_only_with_the_capabilities_and_the_ids() {

@@ -104,6 +104,7 @@ impl RunningHandle {
             // A visit ends with its command; the sandbox's own supervisor watches its state.
             watch_state: None,
             in_vm_guest: false,
+            vm_id_base: None,
         })
     }
 

@@ -185,6 +185,7 @@ pub fn launch(backend: &dyn Backend, spec: LaunchSpec<'_>, hooks: Hooks<'_>) -> 
             record: state.dir.record_file(),
         }),
         in_vm_guest: false,
+        vm_id_base: None,
     };
 
     // 6. The sandbox runs, to its command's end or until it is stopped.

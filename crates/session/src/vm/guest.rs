@@ -115,6 +115,7 @@ fn run(control: &mut Option<std::fs::File>) -> Result<GuestMessage, String> {
         joining: false,
         watch_state: None,
         in_vm_guest: true,
+        vm_id_base: request.id_base,
     };
     let mut warnings = Vec::new();
     let mut sink = match request.audit {

@@ -33,6 +33,7 @@ fn host_context(request: &GuestRequest, hold: bool) -> HostContext {
         joining: !hold,
         watch_state: None,
         in_vm_guest: true,
+        vm_id_base: request.id_base,
     }
 }
 

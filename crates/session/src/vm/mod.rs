@@ -81,6 +81,8 @@ impl VmConfig {
 pub enum VmError {
     #[error("--isolation vm does not support {0} yet")]
     Unsupported(String),
+    #[error("vm: the sandbox's host id range")]
+    IdRange(#[source] runtime::userns::UsernsError),
     #[error(
         "--isolation vm does not take --net host: it would give the guest the host's network (use --net allow \
          with the destinations the command needs)"
@@ -242,6 +244,23 @@ fn refuse_unsupported(policy: &SandboxPolicy, host: &HostContext) -> Result<(), 
 pub struct HostMounts {
     pub workspace: Option<WorkspaceOverlay>,
     pub files: Option<FileBinds>,
+    /// Host root, a root other than the host's: the sandbox's id range and the root's layers idmapped into it.
+    pub ids: Option<GuestIdRange>,
+}
+
+/// As host root, a VM whose root is not the host's (an image, `--rootfs DIR`) gets a host id range as a
+/// namespace sandbox does, held on the host for the VM's life, and the guest's engine maps the sandbox's ids onto
+/// it: root inside is the range's first id, no owner of a root-owned share. The root overlay's layers (an image's,
+/// `--writable-root`'s lower) are what must stay the sandbox's own: 9p cannot be idmapped in the guest (nor can
+/// the guest's overlay), so each is idmapped here, in QEMU's mount namespace, over itself: id N on disk is the
+/// range's id N to QEMU, which shows it so to the guest (9p passthrough), and N inside.
+#[derive(Debug)]
+pub struct GuestIdRange {
+    /// The range's lock (released when the VM has ended and this is dropped).
+    pub range: runtime::userns::HostIdRange,
+    /// The root overlay's layers to idmap, and the user namespace whose maps they take (`0 base 65536`).
+    pub layers: Vec<PathBuf>,
+    pub userns: Option<OwnedFd>,
 }
 
 /// Single files the policy binds (`--bind FILE`, `--ro-bind FILE`): 9p exports directories only, so each file is
@@ -538,8 +557,57 @@ fn guest_request(policy: &SandboxPolicy, host: &HostContext) -> Result<(GuestReq
         network: None,
         held: host.hold,
         tty: host.tty.map(|w| (w.ws_row, w.ws_col)),
+        id_base: None,
     };
-    Ok((request, HostMounts { workspace: overlay, files }))
+    let mut request = request;
+    let ids = guest_id_range(policy, host)?;
+    request.id_base = ids.as_ref().map(|ids| ids.range.base);
+    Ok((request, HostMounts { workspace: overlay, files, ids }))
+}
+
+/// The host id range of a VM whose root is not the host's, as host root (see [`GuestIdRange`]); `None` rootless
+/// (QEMU is the user and writes as the user whatever the guest's ids) and for `--rootfs host` (QEMU becomes an
+/// ordinary user, `qemu::UnprivilegedQemu`).
+fn guest_id_range(policy: &SandboxPolicy, host: &HostContext) -> Result<Option<GuestIdRange>, VmError> {
+    if sys::process::effective_uid() != 0 || policy.rootfs == Rootfs::Host {
+        return Ok(None);
+    }
+    let range = runtime::userns::allocate_host_id_range(&host.lock_dir).map_err(VmError::IdRange)?;
+    let layers: Vec<PathBuf> = match &policy.rootfs {
+        Rootfs::Layers(layers) => layers.iter().map(PathBuf::from).collect(),
+        Rootfs::Dir(dir) if policy.writable_root => vec![PathBuf::from(dir)],
+        _ => Vec::new(),
+    };
+    let userns = match layers.is_empty() {
+        true => None,
+        false => {
+            // The layers take the maps the guest's engine gives the sandbox (`runtime::prepare::id_plan`): the
+            // range, with the identity inside mapped to the writable shares' owner when they have one that is not
+            // root (the first; owners that differ fail the run in the guest). The guest sees the shares' owners
+            // as the host has them (9p passthrough), so it finds the same owner.
+            let size = runtime::userns::HOST_RANGE_SIZE;
+            let (uid, gid) = (policy.identity.uid, policy.identity.gid);
+            let owner = writable_share_owner(policy)?;
+            let uid_map = runtime::userns::range_map(range.base, size, uid, owner.map(|(u, _)| u));
+            let gid_map = runtime::userns::range_map(range.base, size, gid, owner.map(|(_, g)| g).filter(|g| *g != 0));
+            Some(runtime::userns::user_namespace_with_maps(range.base, &uid_map, &gid_map).map_err(VmError::IdRange)?)
+        }
+    };
+    Ok(Some(GuestIdRange { range, layers, userns }))
+}
+
+/// The first writable share's owner that is not root (the workspace, then `--bind`s, as the guest's engine
+/// finds them), if any.
+fn writable_share_owner(policy: &SandboxPolicy) -> Result<Option<(u32, u32)>, VmError> {
+    let workspace = policy.workspace.iter().filter(|w| w.mode != WorkspaceMode::Ro).map(|w| w.path.as_str());
+    let binds = policy.binds.iter().filter(|b| b.writable).map(|b| b.source.as_str());
+    for path in workspace.chain(binds) {
+        let meta = std::fs::metadata(path).map_err(|source| VmError::ReadHost { path: path.to_string(), source })?;
+        if meta.uid() != 0 {
+            return Ok(Some((meta.uid(), meta.gid())));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -52,6 +52,10 @@ pub struct GuestRequest {
     /// standard stream ports.
     #[serde(default)]
     pub tty: Option<(u16, u16)>,
+    /// Host root, a root other than the host's: the first id of the sandbox's host id range (see
+    /// `super::GuestIdRange`), onto which the guest's engine maps the sandbox's ids.
+    #[serde(default)]
+    pub id_base: Option<u32>,
 }
 
 /// `runtime::seccomp::NotifyOptions` on the wire.

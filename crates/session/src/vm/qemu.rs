@@ -371,7 +371,20 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
             .collect::<Result<_, QemuError>>()?,
         None => Vec::new(),
     };
-    let own_mounts = overlay.is_some() || !file_binds.is_empty();
+    // The root overlay's layers, idmapped into the sandbox's host id range (see `super::GuestIdRange`), as C
+    // strings made before the fork, with the user namespace whose maps they take.
+    let idmapped_layers: Vec<CString> = match &launch.mounts.ids {
+        Some(ids) => ids
+            .layers
+            .iter()
+            .map(|p| {
+                CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| QemuError::Nul(p.display().to_string()))
+            })
+            .collect::<Result<_, QemuError>>()?,
+        None => Vec::new(),
+    };
+    let layers_userns = launch.mounts.ids.as_ref().and_then(|ids| ids.userns.as_ref()).map(|fd| fd.as_raw_fd());
+    let own_mounts = overlay.is_some() || !file_binds.is_empty() || !idmapped_layers.is_empty();
     // A user's QEMU with mounts of its own: a user namespace of its own, its ids mapped to themselves (written
     // by the child itself, so made now: nothing may allocate after the fork).
     let user_maps = match (own_mounts, as_root) {
@@ -416,6 +429,12 @@ pub(super) fn spawn(launch: &GuestLaunch<'_>) -> Result<Spawned, QemuError> {
             // with QEMU.
             sys::namespace::unshare(libc::CLONE_NEWNS).map_err(os_error)?;
             sys::mount::make_all_private().map_err(os_error)?;
+        }
+        // Each layer over itself, idmapped (host root's QEMU only: `guest_id_range`), before QEMU opens its exports.
+        if let Some(userns) = layers_userns {
+            for layer in &idmapped_layers {
+                runtime::rootfs::idmap_over_itself(layer, userns).map_err(os_error)?;
+            }
         }
         if let Some((workspace, options)) = &overlay {
             sys::mount::mount(Some(c"overlay"), workspace, Some(c"overlay"), libc::MS_NODEV, Some(options))

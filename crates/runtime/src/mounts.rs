@@ -507,7 +507,7 @@ pub fn build_new_root(
 fn replace_with_file(root: RawFd, dest: &InsidePath) -> Result<OwnedFd, Errno> {
     let (name, parents) = dest.components.split_last().ok_or(libc::EINVAL)?;
     let parent = create_mount_point_at(root, parents, false)?;
-    sys::fd::unlinkat(parent.as_raw_fd(), name, 0)?;
+    sys::fs::unlinkat(parent.as_raw_fd(), name, 0)?;
     drop(parent);
     create_mount_point(root, dest, true)
 }

@@ -250,9 +250,3 @@ pub fn access(path: &CStr, mode: i32) -> Result<(), Errno> {
     // SAFETY: a NUL-terminated string alive for the call; access only reads it.
     check(unsafe { libc::access(path.as_ptr(), mode) } as libc::c_long).map(drop)
 }
-
-/// `unlinkat(dirfd, name, flags)`: removes `name` (a directory with `AT_REMOVEDIR`); never follows a symlink.
-pub fn unlinkat(dirfd: RawFd, name: &CStr, flags: i32) -> Result<(), Errno> {
-    // SAFETY: a NUL-terminated string alive for the call; unlinkat only reads it.
-    check(unsafe { libc::unlinkat(dirfd, name.as_ptr(), flags) } as libc::c_long).map(drop)
-}

@@ -354,17 +354,11 @@ pub fn root_mapping_from(cap_eff: u64, uid_map: &str, gid_map: &str) -> RootMapp
     }
 }
 
-/// As host root: a user namespace whose uids and gids `0..size` are host ids `base..base + size`, as a
-/// descriptor of it (for `MOUNT_ATTR_IDMAP`: the VM backend's layers, idmapped in QEMU's mount namespace, where
+/// As host root: a user namespace with the maps given (`base`, the first id of their range, names it in errors),
+/// as a descriptor of it (for `MOUNT_ATTR_IDMAP`: the VM backend's layers, idmapped in QEMU's mount namespace, where
 /// no sandbox's namespace exists to borrow). A helper makes it and is gone when this returns; the descriptor
 /// keeps the namespace. The helper is forked with [`sys::process::fork_and_run`] (the caller may have threads)
 /// and does system calls only.
-pub fn user_namespace_of_range(base: u32, size: u32) -> Result<std::os::fd::OwnedFd, UsernsError> {
-    let map = format!("0 {base} {size}\n");
-    user_namespace_with_maps(base, &map, &map)
-}
-
-/// As [`user_namespace_of_range`], with the maps given (`base`, the range's first id, names it in errors).
 pub fn user_namespace_with_maps(base: u32, uid_map: &str, gid_map: &str) -> Result<std::os::fd::OwnedFd, UsernsError> {
     let fail = |source: std::io::Error| UsernsError::HoldRangeNamespace { base, source };
     let pipes = sys::fd::pipe_cloexec().and_then(|ready| sys::fd::pipe_cloexec().map(|hold| (ready, hold)));
@@ -461,7 +455,8 @@ mod tests {
             println!("SKIP: a user namespace of a host id range needs host root");
             return;
         }
-        let ns = user_namespace_of_range(HOST_RANGE_BASE, HOST_RANGE_SIZE).unwrap();
+        let map = format!("0 {HOST_RANGE_BASE} {HOST_RANGE_SIZE}\n");
+        let ns = user_namespace_with_maps(HOST_RANGE_BASE, &map, &map).unwrap();
         // Its maps, read through a process that joins it: none needed, the descriptor's namespace is compared
         // with a fresh one's by inode: different, and still there (the helper is gone).
         let meta = std::fs::metadata(format!("/proc/self/fd/{}", ns.as_raw_fd())).unwrap();

@@ -258,7 +258,8 @@ pub struct HostMounts {
 pub struct GuestIdRange {
     /// The range's lock (released when the VM has ended and this is dropped).
     pub range: runtime::userns::HostIdRange,
-    /// The root overlay's layers to idmap, and the user namespace whose maps they take (`0 base 65536`).
+    /// The root overlay's layers to idmap, and the user namespace whose maps they take (the sandbox's: the
+    /// range, with the identity inside at the writable shares' owner when they have one that is not root).
     pub layers: Vec<PathBuf>,
     pub userns: Option<OwnedFd>,
 }
@@ -546,6 +547,7 @@ fn guest_request(policy: &SandboxPolicy, host: &HostContext) -> Result<(GuestReq
             }
         }
     }
+    let ids = guest_id_range(policy, host)?;
     // The guest's engine has no host cgroup to limit: its own cgroups (the guest's) apply the limits to the
     // command inside; on the host, the VM's size bounds the guest and QEMU's own cgroup (`cgroup`) bounds QEMU.
     let request = GuestRequest {
@@ -557,11 +559,8 @@ fn guest_request(policy: &SandboxPolicy, host: &HostContext) -> Result<(GuestReq
         network: None,
         held: host.hold,
         tty: host.tty.map(|w| (w.ws_row, w.ws_col)),
-        id_base: None,
+        id_base: ids.as_ref().map(|ids| ids.range.base),
     };
-    let mut request = request;
-    let ids = guest_id_range(policy, host)?;
-    request.id_base = ids.as_ref().map(|ids| ids.range.base);
     Ok((request, HostMounts { workspace: overlay, files, ids }))
 }
 

@@ -211,10 +211,16 @@ impl CgroupOwner {
         Ok(CgroupOwner { pid_namespace, pid, start_time })
     }
 
+    /// `<pid-ns>-<pid>-<start>`: the owner as its names carry it (cgroups here, the VM backend's staging
+    /// directories), read back by [`CgroupOwner::from_cgroup_name`].
+    pub fn tag(&self) -> String {
+        format!("{}-{}-{}", self.pid_namespace, self.pid, self.start_time)
+    }
+
     /// The cgroup name `<pid-ns>-<pid>-<start>-<sandbox>`.
     fn cgroup_name(&self, sandbox: &str) -> Result<String, CgroupError> {
         validate_sandbox_part(sandbox)?;
-        Ok(format!("{}-{}-{}-{sandbox}", self.pid_namespace, self.pid, self.start_time))
+        Ok(format!("{}-{sandbox}", self.tag()))
     }
 
     /// Reads the owner back from a cgroup name; `None` for a name airlock did not make.
@@ -230,7 +236,7 @@ impl CgroupOwner {
 
     /// Whether the owner may still be running. Only an owner in our own pid namespace whose pid is gone or now
     /// belongs to a process with another start time is known to be dead; anything uncertain counts as alive.
-    fn may_be_alive(&self, our_pid_namespace: u64) -> bool {
+    pub fn may_be_alive(&self, our_pid_namespace: u64) -> bool {
         if self.pid_namespace != our_pid_namespace {
             return true;
         }

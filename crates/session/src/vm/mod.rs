@@ -282,7 +282,14 @@ fn make_staging_dir(kind: &str) -> Result<PathBuf, VmError> {
     use std::os::unix::fs::DirBuilderExt;
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let staging = std::env::temp_dir().join(format!("airlock-vm-{kind}-{}-{n}", std::process::id()));
+    let tmp = std::env::temp_dir();
+    // The maker as a VMM cgroup's name carries it (pid namespace, pid, start time): the sweep tells a dead
+    // maker from one in another pid namespace or a process that reused the pid.
+    let owner = runtime::cgroups::CgroupOwner::current().map_err(|e| VmError::StageFile {
+        path: tmp.display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let staging = tmp.join(format!("airlock-vm-{kind}-{}-{n}", owner.tag()));
     std::fs::DirBuilder::new()
         .mode(0o755)
         .create(&staging)
@@ -293,19 +300,18 @@ fn make_staging_dir(kind: &str) -> Result<PathBuf, VmError> {
 /// The staging directories' kinds (`airlock-vm-KIND-PID-N`).
 const STAGING_KINDS: [&str; 2] = ["files", "workspace"];
 
-/// The pid in a staging directory's name `airlock-vm-KIND-PID-N` (the airlock that made it), if it is one.
-fn staging_dir_maker(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix("airlock-vm-")?;
-    let (kind, rest) = rest.split_once('-')?;
-    let (pid, n) = rest.split_once('-')?;
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    (STAGING_KINDS.contains(&kind) && digits(pid) && digits(n)).then(|| pid.parse().ok()).flatten()
+/// The maker of a staging directory named `airlock-vm-KIND-PIDNS-PID-START-N`, if it is one.
+fn staging_dir_maker(name: &str) -> Option<runtime::cgroups::CgroupOwner> {
+    let (kind, rest) = name.strip_prefix("airlock-vm-")?.split_once('-')?;
+    let (owner, n) = runtime::cgroups::CgroupOwner::from_cgroup_name(rest)?;
+    (STAGING_KINDS.contains(&kind) && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then_some(owner)
 }
 
 /// Removes from `tmp` the staging directories of airlocks that are gone (killed before their `Drop`s ran, say by
 /// SIGKILL: QEMU and its mount namespace went with them, so what is left is plain): an empty `workspace`
 /// subdirectory and empty placeholder files, then the directory if that emptied it. Anything else is left, and
-/// so is a directory another process could still use (its maker is alive). Every step is relative to a
+/// so is a directory another process could still use (its maker may be alive, as the VMM cgroups' sweep
+/// judges it: `CgroupOwner::may_be_alive`). Every step is relative to a
 /// descriptor of the directory opened without following a symlink, so a name someone else put in `tmp` leads
 /// nowhere but into their own directory.
 pub fn sweep_stale_staging_dirs(tmp: &std::path::Path) {
@@ -313,10 +319,11 @@ pub fn sweep_stale_staging_dirs(tmp: &std::path::Path) {
     let Ok(tmp_cstr) = std::ffi::CString::new(tmp.as_os_str().as_encoded_bytes()) else { return };
     let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     let Ok(tmp_fd) = sys::fd::openat(libc::AT_FDCWD, &tmp_cstr, flags, 0) else { return };
+    let Ok(us) = runtime::cgroups::CgroupOwner::current() else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(staging_dir_maker) else { continue };
-        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        let Some(maker) = name.to_str().and_then(staging_dir_maker) else { continue };
+        if maker.may_be_alive(us.pid_namespace) {
             continue;
         }
         let Ok(name) = std::ffi::CString::new(name.as_encoded_bytes()) else { continue };
@@ -615,11 +622,17 @@ mod tests {
 
     #[test]
     fn staging_dir_names_say_their_maker() {
-        assert_eq!(staging_dir_maker("airlock-vm-workspace-123-0"), Some(123));
-        assert_eq!(staging_dir_maker("airlock-vm-files-7-12"), Some(7));
-        for other in ["airlock-vm-other-1-0", "airlock-vm-files-1", "airlock-vm-files--0", "airlock-vm-files-1-x", "x"]
-        {
-            assert_eq!(staging_dir_maker(other), None, "{other}");
+        let maker = |name: &str| staging_dir_maker(name).map(|o| (o.pid_namespace, o.pid, o.start_time));
+        assert_eq!(maker("airlock-vm-workspace-4026531836-123-99-0"), Some((4026531836, 123, 99)));
+        assert_eq!(maker("airlock-vm-files-1-7-5-12"), Some((1, 7, 5)));
+        for other in [
+            "airlock-vm-other-1-2-3-0",
+            "airlock-vm-files-1-2-3",
+            "airlock-vm-files-1-2-3-",
+            "airlock-vm-files-1-2-3-x",
+            "x",
+        ] {
+            assert_eq!(maker(other), None, "{other}");
         }
     }
 
@@ -628,8 +641,9 @@ mod tests {
         let tmp = std::env::temp_dir().join(format!("airlock-sweep-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir(&tmp).unwrap();
-        // No process has a pid above the kernel's largest (2^22).
-        let dead = 999_999_999u32;
+        // No process has a pid above the kernel's largest (2^22); the maker was in this pid namespace.
+        let us = runtime::cgroups::CgroupOwner::current().unwrap();
+        let dead = format!("{}-999999999-1", us.pid_namespace);
         let workspace = tmp.join(format!("airlock-vm-workspace-{dead}-0"));
         std::fs::create_dir_all(workspace.join(WORKSPACE_SUBDIR)).unwrap();
         let files = tmp.join(format!("airlock-vm-files-{dead}-1"));
@@ -641,9 +655,13 @@ mod tests {
         std::fs::create_dir(&odd).unwrap();
         std::fs::write(odd.join("0"), "data").unwrap();
         // A live airlock's (this test's).
-        let live = tmp.join(format!("airlock-vm-files-{}-3", std::process::id()));
+        let live = tmp.join(format!("airlock-vm-files-{}-3", us.tag()));
         std::fs::create_dir(&live).unwrap();
         std::fs::write(live.join("0"), "").unwrap();
+        // A maker in another pid namespace (its pid means nothing here): kept.
+        let elsewhere = tmp.join(format!("airlock-vm-files-{}-999999999-1-5", us.pid_namespace + 1));
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("0"), "").unwrap();
         // A symlink under a staging name, to a directory with an empty file: neither is touched.
         let target = tmp.join("elsewhere");
         std::fs::create_dir(&target).unwrap();
@@ -655,6 +673,7 @@ mod tests {
         assert!(!workspace.exists() && !files.exists());
         assert_eq!(std::fs::read_to_string(odd.join("0")).unwrap(), "data");
         assert!(live.join("0").exists());
+        assert!(elsewhere.join("0").exists());
         assert!(target.join("0").exists());
         assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
         std::fs::remove_dir_all(&tmp).unwrap();

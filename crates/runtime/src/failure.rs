@@ -69,10 +69,12 @@ pub enum Step {
     WriteSandboxFile,
     MountRootOverlay,
     OpenRootLayer,
+    CreateNetworkNamespace,
+    EnterNetworkNamespace,
 }
 
 impl Step {
-    const ALL: [Step; 55] = [
+    const ALL: [Step; 57] = [
         Step::WaitForSupervisor,
         Step::SwitchToSandboxRoot,
         Step::JoinCgroup,
@@ -128,6 +130,8 @@ impl Step {
         Step::WriteSandboxFile,
         Step::MountRootOverlay,
         Step::OpenRootLayer,
+        Step::CreateNetworkNamespace,
+        Step::EnterNetworkNamespace,
     ];
 
     fn from_u32(value: u32) -> Option<Step> {
@@ -192,6 +196,8 @@ impl Step {
             Step::WriteSandboxFile => "write the sandbox's own",
             Step::MountRootOverlay => "mount the root overlay",
             Step::OpenRootLayer => "open the root overlay's directories",
+            Step::CreateNetworkNamespace => "create the network namespace",
+            Step::EnterNetworkNamespace => "enter the sandbox's network namespace",
         }
     }
 }
@@ -205,7 +211,8 @@ pub struct ChildFailure {
     pub index: u32,
 }
 
-const RECORD_LEN: usize = 12;
+/// The size of one failure record.
+pub(crate) const RECORD_LEN: usize = 12;
 
 impl ChildFailure {
     fn encode(&self) -> [u8; RECORD_LEN] {
@@ -216,7 +223,7 @@ impl ChildFailure {
         out
     }
 
-    fn decode(buf: &[u8; RECORD_LEN]) -> Option<ChildFailure> {
+    pub(crate) fn decode(buf: &[u8; RECORD_LEN]) -> Option<ChildFailure> {
         let word = |i: usize| -> [u8; 4] { [buf[i], buf[i + 1], buf[i + 2], buf[i + 3]] };
         Some(ChildFailure {
             step: Step::from_u32(u32::from_ne_bytes(word(0)))?,

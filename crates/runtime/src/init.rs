@@ -46,6 +46,17 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     if let Err(e) = sys::process::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) {
         abort(ChildFailure { step: Step::WaitForSupervisor, errno: e, index: 0 });
     }
+    // Our own network namespace is made by a child of ours meanwhile, on the other CPU (the kernel's largest
+    // single cost of a start); we enter it once the mount tree is built, or before the TUN device is opened.
+    // Made now, before the supervisor's word: the maker needs no uid map, only our capabilities in the sandbox's
+    // user namespace, which `clone` gave us.
+    let mut network = None;
+    if plan.new_network_namespace {
+        match net::start_network_namespace() {
+            Ok(maker) => network = Some(maker),
+            Err(e) => abort(ChildFailure { step: Step::CreateNetworkNamespace, errno: e, index: 0 }),
+        }
+    }
     // Wait for the supervisor to write our uid/gid maps. EOF means it died before it could; the pdeath signal
     // may not have been armed in time to tell us.
     let mut byte = [0u8; 1];
@@ -62,6 +73,7 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
         fds.tty_socket.unwrap_or(-1),
         fds.audit_socket.unwrap_or(-1),
         fds.gateway_socket.unwrap_or(-1),
+        network.as_ref().map_or(-1, net::NetworkNamespaceMaker::answer_fd),
     ];
     keep.sort_unstable();
     if let Err(e) = sys::fd::close_fds_except(&keep) {
@@ -90,9 +102,11 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
     // `--net allow`: the TUN device, opened now because a TUN interface belongs to the network namespace of
     // whoever opens /dev/net/tun (ours), and because the sandbox's own /dev will not have it.
     let tun = match (&plan.tun, fds.gateway_socket) {
-        (Some(_), Some(socket)) => match net::open_tun_device() {
+        (Some(_), Some(socket)) => match enter_network(&mut network).and_then(|()| {
+            net::open_tun_device().map_err(|errno| ChildFailure { step: Step::OpenTunDevice, errno, index: 0 })
+        }) {
             Ok(fd) => Some((fd, socket)),
-            Err(e) => abort(ChildFailure { step: Step::OpenTunDevice, errno: e, index: 0 }),
+            Err(f) => abort(f),
         },
         _ => None,
     };
@@ -139,8 +153,8 @@ pub fn sandbox_init_main(plan: &SandboxPlan, fds: &InitFds, trees: &mut [RawFd])
         sys::process::exit_immediately(EXIT_SETUP_FAILED);
     }
 
-    if let Err(f) =
-        mounts::mount_workspace_overlay(&overlay, trees).and_then(|()| build_sandbox(plan, trees, &root_layers, tun))
+    if let Err(f) = mounts::mount_workspace_overlay(&overlay, trees)
+        .and_then(|()| build_sandbox(plan, trees, &root_layers, tun, &mut network))
     {
         abort(f);
     }
@@ -216,6 +230,7 @@ fn build_sandbox(
     trees: &mut [RawFd],
     root: &RootFds,
     tun: Option<(RawFd, RawFd)>,
+    network: &mut Option<net::NetworkNamespaceMaker>,
 ) -> Result<(), ChildFailure> {
     // Under the root: covered by it once it is attached (see `mount_files_tmpfs`).
     let files = mounts::mount_files_tmpfs(plan)?;
@@ -232,9 +247,8 @@ fn build_sandbox(
     mounts::enter_new_root(root)?;
     sys::fd::close(root);
     net::set_hostname(&plan.hostname).map_err(fail(Step::SetHostname, 0))?;
-    if plan.new_network_namespace {
-        net::bring_up_loopback().map_err(fail(Step::BringUpLoopback, 0))?;
-    }
+    // As late as this: the namespace's maker has had the whole mount tree's time (its loopback is up).
+    enter_network(network)?;
     // The network gateway's interface and default route, then the interface goes to the gateway's process: init
     // keeps no descriptor of it (nor does the command), and waits until the gateway has it, so the command never
     // runs before its network is enforced.
@@ -245,6 +259,12 @@ fn build_sandbox(
         handed?;
     }
     Ok(())
+}
+
+/// Enters the network namespace being made beside init, if it has not been entered yet (see
+/// `net::start_network_namespace`).
+fn enter_network(network: &mut Option<net::NetworkNamespaceMaker>) -> Result<(), ChildFailure> {
+    network.take().map_or(Ok(()), net::enter_network_namespace)
 }
 
 /// Waits for signals (all are blocked; the supervisor blocked them before `clone`). SIGCHLD reaps; anything

@@ -91,9 +91,11 @@ pub const fn sandbox_flags(new_network_namespace: bool) -> libc::c_int {
 }
 
 /// What `clone` creates the sandbox's init with: [`sandbox_flags`] but the cgroup namespace, which init creates
-/// itself once it is in the sandbox's cgroup, so that the namespace's root is that cgroup (see `init.rs`).
-pub const fn clone_flags(new_network_namespace: bool) -> libc::c_int {
-    sandbox_flags(new_network_namespace) & !Kind::Cgroup.flag()
+/// itself once it is in the sandbox's cgroup, so that the namespace's root is that cgroup (see `init.rs`), and
+/// the network namespace, which a child of init makes while init builds the mount tree, and init then enters
+/// (`net::start_network_namespace`: `clone` would make it in the caller, before the child runs).
+pub const fn clone_flags() -> libc::c_int {
+    sandbox_flags(false) & !Kind::Cgroup.flag()
 }
 
 #[cfg(test)]
@@ -130,16 +132,7 @@ mod tests {
         assert_eq!(sandbox_flags(true), all);
         assert_eq!(sandbox_flags(false), all & !libc::CLONE_NEWNET);
         assert_eq!(
-            clone_flags(true),
-            libc::CLONE_NEWUSER
-                | libc::CLONE_NEWPID
-                | libc::CLONE_NEWNS
-                | libc::CLONE_NEWIPC
-                | libc::CLONE_NEWUTS
-                | libc::CLONE_NEWNET
-        );
-        assert_eq!(
-            clone_flags(false),
+            clone_flags(),
             libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS
         );
         assert_eq!(flags(&[Kind::User, Kind::Mount]), libc::CLONE_NEWUSER | libc::CLONE_NEWNS);

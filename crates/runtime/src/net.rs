@@ -1,22 +1,102 @@
 //! The sandbox's network namespace starts with only a loopback interface, and it is down. Bringing it up gives
 //! the command a working `127.0.0.1` of its own; the host's loopback is in another namespace and unreachable.
+//! The namespace is made by a child of init while init builds the mount tree ([`start_network_namespace`]).
 //!
 //! With `--net allow` the namespace also gets `airlock0`, a TUN interface whose other end is the network
 //! gateway's process on the host (see `gateway`): the only way out, and every packet on it is the gateway's to
 //! judge.
 
 use std::ffi::CStr;
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
 
-use crate::failure::{ChildFailure, Step};
+use crate::exec::EXIT_SETUP_FAILED;
+use crate::failure::{fail, report_and_exit, ChildFailure, Step, RECORD_LEN};
 use crate::plan::TunPlan;
 use sys::Errno;
 
-/// `ioctl(SIOCSIFFLAGS)` on `lo` with `IFF_UP`.
-pub fn bring_up_loopback() -> Result<(), Errno> {
+/// The process that makes the sandbox's network namespace while init builds the mount tree (see
+/// [`start_network_namespace`]); [`enter_network_namespace`] takes its result.
+pub struct NetworkNamespaceMaker {
+    pid: libc::pid_t,
+    /// Init's end of the socket the maker answers on: the namespace's descriptor, or a failure record.
+    answer: OwnedFd,
+}
+
+impl NetworkNamespaceMaker {
+    /// Init's end of the answer socket (kept open through init's close of inherited descriptors).
+    pub fn answer_fd(&self) -> RawFd {
+        self.answer.as_raw_fd()
+    }
+}
+
+/// The maker's pid in the sandbox's pid namespace: one the sandbox's processes would reach after 297 others
+/// (and below the smallest `pid_max`, 301), free while the maker lives since only init is there before it.
+const MAKER_PID: libc::pid_t = 300;
+
+/// Starts making the sandbox's network namespace in a child of init, so that the kernel's work (a new network
+/// namespace is the largest single cost of a sandbox's start: its sysctl tables, its loopback device) runs on
+/// another CPU while init builds the mount tree. `clone` would do it in the caller, on the critical path:
+/// `clone`'s `CLONE_NEWNET` is done by the parent, inside the call, before the child exists. The maker is a
+/// child of init, so it is in the sandbox's user namespace (which then owns the network namespace, exactly as
+/// with `CLONE_NEWNET`) and in its pid namespace (it dies with init); it runs airlock's code only, brings the
+/// loopback interface up, sends init the namespace's descriptor and exits. No sandbox code runs before init has
+/// entered the namespace and reaped the maker ([`enter_network_namespace`], before the command is forked).
+/// Async-signal-safe: a fork of single-threaded init, system calls on constants.
+pub fn start_network_namespace() -> Result<NetworkNamespaceMaker, Errno> {
+    let (answer, maker_end) = sys::fd::socketpair_cloexec()?;
+    // Its pid is chosen (init holds CAP_SYS_ADMIN over the pid namespace, which that needs) and not the next one:
+    // a chosen pid leaves the namespace's next pid where it was, so the command is still pid 2. A refusal of
+    // that choice is no reason to fail: then a plain fork, and the command is pid 3.
+    let forked = sys::process::fork_with_pid(MAKER_PID).or_else(|_| sys::process::fork())?;
+    match forked {
+        sys::process::Forked::Child => {
+            drop(answer);
+            make_network_namespace(maker_end.as_raw_fd())
+        }
+        sys::process::Forked::Parent(pid) => Ok(NetworkNamespaceMaker { pid, answer }),
+    }
+}
+
+/// The maker's work: a new network namespace, its loopback up, its descriptor sent to init. Never returns.
+fn make_network_namespace(answer: RawFd) -> ! {
+    let made = sys::namespace::unshare(libc::CLONE_NEWNET)
+        .map_err(fail(Step::CreateNetworkNamespace, 0))
+        .and_then(|()| bring_up_loopback().map_err(fail(Step::BringUpLoopback, 0)));
+    match made.and_then(|sock| {
+        sys::net::socket_network_namespace(sock.as_fd()).map_err(fail(Step::CreateNetworkNamespace, 0))
+    }) {
+        Ok(namespace) => match sys::socket::send_fd(answer, namespace.as_raw_fd()) {
+            Ok(()) => sys::process::exit_immediately(0),
+            Err(errno) => report_and_exit(answer, Step::EnterNetworkNamespace, errno, 0, EXIT_SETUP_FAILED),
+        },
+        Err(f) => report_and_exit(answer, f.step, f.errno, f.index, EXIT_SETUP_FAILED),
+    }
+}
+
+/// Enters the network namespace `maker` made (`setns`) and reaps the maker, which has exited or is about to (its
+/// answer is the last thing it does), so that it never shows in the sandbox, not even as a zombie. A failure of
+/// the maker's comes back as its own step and errno; a maker that died without answering is `EPIPE`.
+pub fn enter_network_namespace(maker: NetworkNamespaceMaker) -> Result<(), ChildFailure> {
+    let NetworkNamespaceMaker { pid, answer } = maker;
+    let mut record = [0u8; RECORD_LEN];
+    let mut namespace = [None];
+    let received = sys::socket::recv_with_fds(answer.as_fd(), &mut record, &mut namespace);
+    drop(answer);
+    let _ = sys::wait::wait_for_exit(pid);
+    let fail_enter = fail(Step::EnterNetworkNamespace, 0);
+    match (received, namespace) {
+        (Ok(_), [Some(namespace)]) => sys::namespace::setns(namespace.as_fd(), libc::CLONE_NEWNET).map_err(fail_enter),
+        (Ok(RECORD_LEN), [None]) => Err(ChildFailure::decode(&record).unwrap_or(fail_enter(libc::EPROTO))),
+        (Ok(_), [None]) => Err(fail_enter(libc::EPIPE)),
+        (Err(errno), _) => Err(fail_enter(errno)),
+    }
+}
+
+/// `ioctl(SIOCSIFFLAGS)` on `lo` with `IFF_UP`; returns the socket it used, which is in the same namespace.
+pub fn bring_up_loopback() -> Result<OwnedFd, Errno> {
     let sock = sys::socket::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
-    // The socket is closed (dropped) once the flags are set, or not.
-    sys::net::set_interface_flags(sock.as_raw_fd(), c"lo", (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short)
+    sys::net::set_interface_flags(sock.as_raw_fd(), c"lo", (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short)?;
+    Ok(sock)
 }
 
 /// `sethostname(name)`, in the sandbox's own UTS namespace.

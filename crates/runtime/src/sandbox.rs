@@ -250,8 +250,8 @@ fn run_sandbox_with(
 
     // 3. clone into the new namespaces, one process; it waits on the start pipe.
     // (The cgroup namespace is created by init once it is in its cgroup, so that the namespace's root is the
-    // sandbox's own cgroup: see init.rs.)
-    let flags = namespaces::clone_flags(plan.new_network_namespace);
+    // sandbox's own cgroup, and the network namespace beside init while it builds the mount tree: see init.rs.)
+    let flags = namespaces::clone_flags();
     // airlock is single-threaded (no thread is ever started before this point); the child only runs
     // sandbox_init_main, which does async-signal-safe work on the prepared plan.
     // cgroup v2 (with `cgroup_dir`): born in the sandbox's cgroup (`clone3`); otherwise `clone`.
@@ -611,6 +611,8 @@ pub fn describe_failure(prepared: &Prepared, f: &ChildFailure) -> String {
              host work without it)"
         }
         (Step::HandTunToGateway, _) => " (the network gateway's process ended early; its error is above)",
+        // Made by init's child instead of `clone` (see `net::start_network_namespace`): the same causes.
+        (Step::CreateNetworkNamespace, errno) => clone_hint(errno),
         _ => "",
     };
     format!("cannot {what}: {}{hint}", errno_text(f.errno))

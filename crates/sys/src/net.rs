@@ -1,8 +1,9 @@
 //! Network interfaces, by `ioctl`: a TUN device made an interface (`TUNSETIFF`), an interface's flags, address,
-//! netmask and MTU (`SIOCSIF*` on any `AF_INET` socket), and a default route (`SIOCADDRT`).
+//! netmask and MTU (`SIOCSIF*` on any `AF_INET` socket), a default route (`SIOCADDRT`), and the network namespace
+//! a socket is in (`SIOCGSKNS`).
 
 use std::ffi::CStr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::{check, Errno};
 
@@ -66,6 +67,18 @@ pub fn set_interface_mtu(sock: RawFd, name: &CStr, mtu: i32) -> Result<(), Errno
     let mut ifr = named_ifreq(name)?;
     ifr.ifr_ifru.ifru_mtu = mtu;
     set_interface(sock, libc::SIOCSIFMTU, &ifr)
+}
+
+/// `SIOCGSKNS` (`<linux/sockios.h>`, Linux 4.9): a descriptor of the network namespace a socket belongs to.
+const SIOCGSKNS: libc::c_ulong = 0x894C;
+
+/// `ioctl(sock, SIOCGSKNS)`: opens the network namespace `sock` was created in (close-on-exec), as
+/// `/proc/PID/ns/net` would, without needing `/proc`. The caller must hold `CAP_NET_ADMIN` over that namespace.
+pub fn socket_network_namespace(sock: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    // SAFETY: SIOCGSKNS takes no argument and reads or writes none of our memory; `sock` is borrowed, so open.
+    let fd = crate::check_fd(unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGSKNS) } as libc::c_long)?;
+    // SAFETY: the ioctl succeeded, so `fd` is an open descriptor it just created, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `TUNSETIFF`: the open `/dev/net/tun` descriptor `tun` becomes interface `name`, of kind `flags` (`IFF_TUN`,

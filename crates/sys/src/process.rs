@@ -160,6 +160,26 @@ pub fn fork() -> Result<Forked, Errno> {
     Ok(if pid == 0 { Forked::Child } else { Forked::Parent(pid) })
 }
 
+/// A fork whose child gets the pid `pid` in the caller's pid namespace (`clone3` with `set_tid`, Linux 5.5): the
+/// caller needs `CAP_SYS_ADMIN` or `CAP_CHECKPOINT_RESTORE` over that namespace, and the pid must be free
+/// (`EEXIST` otherwise). Nothing is forked when it fails. Safe as [`fork`] is: refused (`EINVAL`) unless the
+/// caller is single-threaded.
+pub fn fork_with_pid(pid: libc::pid_t) -> Result<Forked, Errno> {
+    only_thread()?;
+    let set_tid = [pid];
+    let mut args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: set_tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..CloneArgs::default()
+    };
+    // SAFETY: `args` is a live, fully initialised clone_args of the size passed and `set_tid` a live array of the
+    // one pid it names; stack 0 gives fork semantics. The caller was checked to be single-threaded just above, so
+    // the child inherits no lock another thread held and may do any work.
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    check(ret).map(|child| if child == 0 { Forked::Child } else { Forked::Parent(child as libc::pid_t) })
+}
+
 /// `Ok` when the calling thread is the only user of its address space (no other thread): `unshare(CLONE_VM)`
 /// has nothing to unshare, so it changes nothing, but the kernel refuses it (`EINVAL`) otherwise.
 fn only_thread() -> Result<(), Errno> {

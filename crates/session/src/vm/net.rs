@@ -155,7 +155,7 @@ pub fn configure_guest(network: &GuestNetwork) -> Result<(), String> {
     }
     let fail =
         |what: &'static str| move |e: i32| format!("network: cannot {what}: {}", std::io::Error::from_raw_os_error(e));
-    runtime::net::bring_up_loopback().map_err(fail("bring up lo"))?;
+    runtime::net::bring_up_loopback().map(drop).map_err(fail("bring up lo"))?;
     let sock = sys::socket::socket(libc::AF_INET, libc::SOCK_DGRAM, 0).map_err(fail("open a socket"))?;
     let (sock, name) = (sock.as_raw_fd(), GUEST_INTERFACE);
     sys::net::set_interface_address(sock, name, network.address).map_err(fail("set eth0's address"))?;

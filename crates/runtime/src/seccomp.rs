@@ -19,6 +19,7 @@
 //! Its test in a real process (the filter installed in a forked child, refusing what it must) is
 //! `tests/seccomp_filter.rs`: it makes raw calls by number, which this module does not.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::mem::offset_of;
 use std::os::fd::IntoRawFd;
@@ -182,7 +183,10 @@ pub fn compile_notifying_seccomp_program(
         filter.push(statement(RET_K, return_errno(libc::ENOSYS)));
     }
 
-    // 3. The profile's rules, in order: the first block that matches returns.
+    // 3. The profile's rules, in order, then the audited calls (after the rules: a denial stays a denial). Each
+    // is a block that returns when its call and conditions match; the first that matches wins. Blocks of one call
+    // keep that order; blocks of different calls never both match, so they are grouped by call (step 4).
+    let mut blocks: BTreeMap<u32, Vec<libc::sock_filter>> = BTreeMap::new();
     for (index, rule) in profile.rules.iter().enumerate() {
         let rule_number = index + 1;
         for name in &rule.syscalls {
@@ -202,7 +206,7 @@ pub fn compile_notifying_seccomp_program(
                 name: name.clone(),
                 distance,
             })?;
-            filter.extend(block);
+            blocks.entry(nr).or_default().extend(block);
             if notified {
                 denials.push(DenyEntry {
                     nr,
@@ -215,8 +219,6 @@ pub fn compile_notifying_seccomp_program(
             }
         }
     }
-
-    // 3b. Audited calls go to the listener (after the rules: a denial stays a denial).
     let mut notified: Vec<(u32, Vec<ArgCondition>)> = Vec::new();
     if notify.exec {
         notified.push((libc::SYS_execve as u32, Vec::new()));
@@ -235,11 +237,16 @@ pub fn compile_notifying_seccomp_program(
         let block = compile_block(*nr, conditions, libc::SECCOMP_RET_USER_NOTIF).map_err(|distance| {
             SeccompError::CompileJump { rule: 0, name: format!("audited syscall {nr}"), distance }
         })?;
-        filter.extend(block);
+        blocks.entry(*nr).or_default().extend(block);
     }
 
-    // 4. Everything else is allowed: this is a deny-list.
-    filter.push(statement(RET_K, libc::SECCOMP_RET_ALLOW));
+    // 4. A binary search on the call's number leads to its blocks; a call with none, and a call none of whose
+    // blocks matches, is allowed (this is a deny-list). Linear, every call walked every block: the kernel runs
+    // the filter once per call number when it is installed (`seccomp_cache_prepare`, to learn which calls it
+    // always allows), about 3.8 ns per instruction walked on this VM, so each instruction on the common path cost
+    // ~1.7 us of every start, besides its cost on every call the command makes.
+    filter.push(statement(LD_W_ABS, NR_OFFSET));
+    compile_dispatch(&blocks, &mut filter);
 
     if filter.len() > MAX_INSTRUCTIONS {
         return Err(SeccompError::CompileProgram { instructions: filter.len() });
@@ -379,6 +386,47 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 
 fn load_arg_low_word(arg: u8) -> libc::sock_filter {
     statement(LD_W_ABS, ARGS_OFFSET + 8 * u32::from(arg) + LOW_WORD_OFFSET)
+}
+
+/// How many calls a leaf of the search compares one by one (each a `jeq` and a `ja`).
+const CALLS_PER_LEAF: usize = 4;
+
+/// Appends the search over the call numbers of `blocks` (the accumulator holds the call's number), then each
+/// call's blocks followed by `return ALLOW`. Internal nodes are `jge pivot, 0, 1` + `ja upper half`; leaves are
+/// `jeq nr, 0, 1` + `ja its blocks` per call, then `return ALLOW`. Every conditional jump goes 0 or 1 ahead and
+/// every longer one is a `ja` (32-bit offset), so no size of profile overflows a jump (the program's length is
+/// checked by the caller).
+fn compile_dispatch(blocks: &BTreeMap<u32, Vec<libc::sock_filter>>, filter: &mut Vec<libc::sock_filter>) {
+    fn search(calls: &[u32], filter: &mut Vec<libc::sock_filter>, to_blocks: &mut Vec<(usize, u32)>) {
+        if calls.len() <= CALLS_PER_LEAF {
+            for &nr in calls {
+                filter.push(jump(JMP_JEQ_K, nr, 0, 1));
+                to_blocks.push((filter.len(), nr));
+                filter.push(statement(JMP_JA, 0));
+            }
+            filter.push(statement(RET_K, libc::SECCOMP_RET_ALLOW));
+            return;
+        }
+        let (low, high) = calls.split_at(calls.len() / 2);
+        filter.push(jump(JMP_JGE_K, high[0], 0, 1));
+        let to_high = filter.len();
+        filter.push(statement(JMP_JA, 0));
+        search(low, filter, to_blocks);
+        filter[to_high].k = (filter.len() - to_high - 1) as u32;
+        search(high, filter, to_blocks);
+    }
+    let calls: Vec<u32> = blocks.keys().copied().collect();
+    let mut to_blocks = Vec::new();
+    search(&calls, filter, &mut to_blocks);
+    let mut starts = BTreeMap::new();
+    for (nr, code) in blocks {
+        starts.insert(*nr, filter.len());
+        filter.extend_from_slice(code);
+        filter.push(statement(RET_K, libc::SECCOMP_RET_ALLOW));
+    }
+    for (at, nr) in to_blocks {
+        filter[at].k = (starts[&nr] - at - 1) as u32;
+    }
 }
 
 /// One block: `if nr == syscall && conditions { return ret }`. Every failed test leaves the block by jumping
@@ -673,17 +721,24 @@ mod tests {
 
     /// Runs the program the way the kernel does, and returns its verdict.
     fn run(program: &SeccompProgram, data: &[u8; 64]) -> u32 {
+        run_counting(program, data).0
+    }
+
+    /// As [`run`], and how many instructions it took (the return included).
+    fn run_counting(program: &SeccompProgram, data: &[u8; 64]) -> (u32, usize) {
         let mut accumulator = 0u32;
         let mut pc = 0;
+        let mut steps = 0;
         loop {
             let instruction = program.filter[pc];
             let k = instruction.k;
+            steps += 1;
             match instruction.code {
                 LD_W_ABS => {
                     accumulator = u32::from_ne_bytes(data[k as usize..][..4].try_into().unwrap());
                     pc += 1;
                 }
-                RET_K => return k,
+                RET_K => return (k, steps),
                 JMP_JA => pc += 1 + k as usize,
                 code => {
                     let taken = match u32::from(code) & 0xf0 {
@@ -715,10 +770,12 @@ mod tests {
         assert_valid(&program);
         assert!(!program.is_empty());
 
-        // Header (arch check, and the x32 check on x86_64), then per native syscall: load nr, compare,
-        // per condition a load and its tests, return; then ALLOW. No trampoline is needed at this size.
+        // Header (arch check, and the x32 check on x86_64), the load of the call's number, the search, then per
+        // call its blocks (per rule naming it: load nr, compare, per condition a load and its tests, return) and
+        // a return ALLOW. No trampoline is needed at this size.
         let header = if cfg!(target_arch = "x86_64") { 6 } else { 3 };
-        let mut expected = header + 1;
+        let mut blocks = 0;
+        let mut calls = std::collections::BTreeSet::new();
         for rule in &profile.rules {
             let block: usize = 3 + rule
                 .conditions
@@ -728,12 +785,109 @@ mod tests {
                     ArgTest::Equals(_) | ArgTest::AnyBits(_) => 2,
                 })
                 .sum::<usize>();
-            let native =
-                rule.syscalls.iter().filter(|name| matches!(syscall_number(name), SyscallNumber::Native(_))).count();
-            expected += native * block;
+            for name in &rule.syscalls {
+                if let SyscallNumber::Native(nr) = syscall_number(name) {
+                    blocks += block;
+                    calls.insert(nr);
+                }
+            }
         }
-        assert_eq!(program.len(), expected);
+        // The search: a jeq and a ja per call, a return per leaf, a jge and a ja per inner node.
+        let leaves = calls.len().div_ceil(CALLS_PER_LEAF).next_power_of_two().min(calls.len()).max(1);
+        let search = program.len() - header - 1 - blocks - calls.len();
+        assert!(search >= 2 * calls.len() + leaves, "search of {search} instructions for {} calls", calls.len());
+        assert!(
+            search <= 2 * calls.len() + 3 * 2 * leaves,
+            "search of {search} instructions for {} calls",
+            calls.len()
+        );
         eprintln!("default profile: {} BPF instructions", program.len());
+    }
+
+    /// What the profile says of a call, read from the profile itself: the first rule that names it and whose
+    /// conditions hold, else allowed.
+    fn reference_verdict(profile: &SeccompProfile, nr: u32, args: &[u64; 6]) -> u32 {
+        for rule in &profile.rules {
+            let names_it = rule.syscalls.iter().any(|name| syscall_number(name) == SyscallNumber::Native(nr));
+            if names_it && rule.conditions.iter().all(|c| condition_holds(c, args)) {
+                return return_errno(rule.errno.number());
+            }
+        }
+        ALLOW
+    }
+
+    /// Arguments that make each of the rule's conditions hold, and, for each condition, the same with that one
+    /// failing (the rule then must not match).
+    fn argument_cases(conditions: &[ArgCondition]) -> Vec<[u64; 6]> {
+        let holding = |test: &ArgTest| -> u64 {
+            match test {
+                ArgTest::Equals(v) | ArgTest::AnyBits(v) => u64::from(*v),
+                ArgTest::NotIn(values) => u64::from(values.iter().max().map_or(0, |m| m.wrapping_add(1))),
+            }
+        };
+        let failing = |test: &ArgTest| -> u64 {
+            match test {
+                ArgTest::Equals(v) => u64::from(v.wrapping_add(1)),
+                ArgTest::AnyBits(mask) => u64::from(!mask),
+                ArgTest::NotIn(values) => u64::from(values.first().copied().unwrap_or(0)),
+            }
+        };
+        let mut all = [0u64; 6];
+        for c in conditions {
+            all[usize::from(c.arg).min(5)] = holding(&c.test);
+        }
+        let mut cases = vec![all, [0; 6], [u64::MAX; 6]];
+        for c in conditions {
+            let mut one_failing = all;
+            one_failing[usize::from(c.arg).min(5)] = failing(&c.test);
+            cases.push(one_failing);
+        }
+        cases
+    }
+
+    /// The search changes nothing of what the profile decides: every call number of the table, and a few
+    /// beyond it, with the arguments each rule tests, gets the verdict the profile's first matching rule gives.
+    #[test]
+    fn seccomp_program_decides_every_call_as_the_profile_does() {
+        let custom = profile(
+            "[[rule]]\nsyscalls = [\"getpid\", \"personality\"]\nerrno = \"EACCES\"\n\
+             when = { arg = 0, equals = 7 }\nreason = \"a\"\n\
+             [[rule]]\nsyscalls = [\"personality\"]\nerrno = \"EPERM\"\nreason = \"b\"\n\
+             [[rule]]\nsyscalls = [\"getpid\"]\nerrno = \"EINVAL\"\nwhen = { arg = 1, not_in = [1, 2] }\n\
+             reason = \"c\"\n",
+        );
+        for profile in [default_seccomp_profile().unwrap(), custom, SeccompProfile { rules: Vec::new() }] {
+            let program = compile_seccomp_program(&profile).unwrap();
+            assert_valid(&program);
+            let mut cases = vec![[0u64; 6], [u64::MAX; 6]];
+            for rule in &profile.rules {
+                cases.extend(argument_cases(&rule.conditions));
+            }
+            let highest = SYSCALLS.iter().filter_map(|(_, nr)| *nr).max().unwrap() as u32;
+            for nr in 0..=highest + 8 {
+                for a in &cases {
+                    let data = seccomp_data(AUDIT_ARCH_NATIVE, nr, *a);
+                    assert_eq!(run(&program, &data), reference_verdict(&profile, nr, a), "nr {nr} args {a:?}");
+                }
+            }
+        }
+    }
+
+    /// The kernel runs the filter for every call number when it is installed (to learn which calls it always
+    /// allows), and each call of the command runs it: a call reaches its verdict in a few instructions, not by
+    /// walking every rule (the linear program took up to ~150 for the default profile).
+    #[test]
+    fn seccomp_program_reaches_a_call_in_a_few_instructions() {
+        let program = default_program();
+        let highest = SYSCALLS.iter().filter_map(|(_, nr)| *nr).max().unwrap() as u32;
+        let longest = (0..=highest + 8)
+            .map(|nr| run_counting(&program, &seccomp_data(AUDIT_ARCH_NATIVE, nr, [0; 6])).1)
+            .max()
+            .unwrap();
+        // Header 6, load 1, about 2 per level of the search, up to 2 per call of a leaf, then the call's blocks.
+        assert!(longest <= 48, "the longest path is {longest} instructions");
+        let allowed = run_counting(&program, &seccomp_data(AUDIT_ARCH_NATIVE, libc::SYS_getpid as u32, [0; 6])).1;
+        assert!(allowed <= 24, "getpid takes {allowed} instructions");
     }
 
     #[test]
@@ -917,8 +1071,9 @@ mod tests {
         let iopl =
             compile_seccomp_program(&profile("[[rule]]\nsyscalls = [\"iopl\"]\nerrno = \"EPERM\"\nreason = \"a\"\n"));
         let empty = compile_seccomp_program(&SeccompProfile { rules: Vec::new() }).unwrap();
+        // iopl: a jeq and a ja in the search, its block (load, compare, return) and a return ALLOW after it.
         #[cfg(target_arch = "x86_64")]
-        assert_eq!(iopl.unwrap().len(), empty.len() + 3);
+        assert_eq!(iopl.unwrap().len(), empty.len() + 6);
         #[cfg(target_arch = "aarch64")]
         assert_eq!(iopl.unwrap().len(), empty.len());
     }

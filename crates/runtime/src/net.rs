@@ -59,8 +59,11 @@ pub fn start_network_namespace() -> Result<NetworkNamespaceMaker, Errno> {
 
 /// The maker's work: a new network namespace, its loopback up, its descriptor sent to init. Never returns.
 fn make_network_namespace(answer: RawFd) -> ! {
-    let made = sys::namespace::unshare(libc::CLONE_NEWNET)
-        .map_err(fail(Step::CreateNetworkNamespace, 0))
+    // It keeps nothing of init's but its answer: not what airlock's caller leaked (init has not closed that yet),
+    // nor the gateway's socket (whose end tells the gateway that the sandbox is gone).
+    let made = sys::fd::close_fds_except(&[answer])
+        .map_err(fail(Step::CloseInheritedFds, 0))
+        .and_then(|()| sys::namespace::unshare(libc::CLONE_NEWNET).map_err(fail(Step::CreateNetworkNamespace, 0)))
         .and_then(|()| bring_up_loopback().map_err(fail(Step::BringUpLoopback, 0)));
     match made.and_then(|sock| {
         sys::net::socket_network_namespace(sock.as_fd()).map_err(fail(Step::CreateNetworkNamespace, 0))

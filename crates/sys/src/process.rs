@@ -119,9 +119,21 @@ pub unsafe fn clone3_process(flags: u64, pidfd: &mut RawFd, cgroup: Option<RawFd
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = fd as u64;
     }
-    // SAFETY: `args` is a live, fully initialised clone_args of the size passed; `pidfd` points at a live int for
-    // the kernel to fill; stack 0 gives fork semantics. Single-threadedness is the caller's obligation.
-    let ret = unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    // SAFETY: `pidfd` points at a live int for the kernel to fill; stack 0 gives fork semantics.
+    // Single-threadedness is the caller's obligation, passed on.
+    unsafe { clone3(&mut args) }
+}
+
+/// The `clone3` system call with `args` (the one place it is made); 0 in the child, the child's pid in the caller.
+///
+/// # Safety
+/// Every pointer in `args` (`pidfd`, `set_tid`, ...) points at live memory of the kind the kernel expects; with a
+/// stack of 0 (fork semantics) the caller must be single-threaded and the child do async-signal-safe work only,
+/// as for [`clone_process`].
+unsafe fn clone3(args: &mut CloneArgs) -> Result<libc::pid_t, Errno> {
+    // SAFETY: `args` is a live, fully initialised clone_args of the size passed; what its pointers refer to is the
+    // caller's obligation (see # Safety).
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
     check(ret).map(|pid| pid as libc::pid_t)
 }
 
@@ -173,11 +185,11 @@ pub fn fork_with_pid(pid: libc::pid_t) -> Result<Forked, Errno> {
         set_tid_size: 1,
         ..CloneArgs::default()
     };
-    // SAFETY: `args` is a live, fully initialised clone_args of the size passed and `set_tid` a live array of the
-    // one pid it names; stack 0 gives fork semantics. The caller was checked to be single-threaded just above, so
-    // the child inherits no lock another thread held and may do any work.
-    let ret = unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
-    check(ret).map(|child| if child == 0 { Forked::Child } else { Forked::Parent(child as libc::pid_t) })
+    // SAFETY: `set_tid` is a live array of the one pid `args` names; stack 0 gives fork semantics. The caller was
+    // checked to be single-threaded just above, so the child inherits no lock another thread held and may do any
+    // work.
+    let child = unsafe { clone3(&mut args) }?;
+    Ok(if child == 0 { Forked::Child } else { Forked::Parent(child) })
 }
 
 /// `Ok` when the calling thread is the only user of its address space (no other thread): `unshare(CLONE_VM)`
@@ -351,8 +363,8 @@ pub fn vfork_and_run(child: &mut dyn FnMut() -> i32) -> Result<libc::pid_t, Errn
         return Err(crate::errno());
     }
     // The lowest page is the guard: a child that overflows its stack faults instead of writing into ours.
-    // SAFETY: the first page of the mapping just made, unused.
-    let guarded = check(unsafe { libc::mprotect(stack, 4096, libc::PROT_NONE) } as libc::c_long);
+    // SAFETY: the first page of the mapping just made (the mapping is far larger than any page size), unused.
+    let guarded = check(unsafe { libc::mprotect(stack, page_size(), libc::PROT_NONE) } as libc::c_long);
     let mut child = child;
     let spawned = guarded.and_then(|_| {
         // SAFETY: `start` runs on the new stack (its top: the stack grows down, and the mapping is 16-byte aligned)
@@ -372,6 +384,15 @@ pub fn vfork_and_run(child: &mut dyn FnMut() -> i32) -> Result<libc::pid_t, Errn
     // SAFETY: the mapping made above; the child no longer runs on it (it exec'd or exited, see above).
     unsafe { libc::munmap(stack, VFORK_STACK_BYTES) };
     spawned.map(|pid| pid as libc::pid_t)
+}
+
+/// The size of a memory page (`sysconf(_SC_PAGESIZE)`): 4 KiB on x86_64, 4, 16 or 64 KiB on aarch64.
+fn page_size() -> usize {
+    // SAFETY: sysconf takes an integer only; _SC_PAGESIZE is always known, the fallback only satisfies the type.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        size if size > 0 => size as usize,
+        _ => 4096,
+    }
 }
 
 /// What [`fork_with_pidfd`] returned, in the process it returned in.

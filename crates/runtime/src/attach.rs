@@ -407,12 +407,22 @@ fn enter_sandbox(
     }
     // This process is single-threaded; the child only runs exec_command, which does async-signal-safe work on
     // the prepared plan (no allocation).
-    let (child, child_pidfd) = match sys::process::fork_with_pidfd(0, None) {
-        Ok(sys::process::PidfdFork::Child) => match (agent_listener, agent_space.as_mut()) {
-            (Some(listener), Some(space)) => exec::become_agent(plan, &fds, listener.as_fd(), space),
-            _ => exec::exec_command(plan, &fds),
+    let started = match (agent_listener, agent_space.as_mut(), audit_socket) {
+        (None, _, None) => spawn_command_without_fork(plan, &fds),
+        // A fork for the agent, which lives on in a copy of this memory (and makes itself dumpable, which a
+        // shared memory would make us), and for an audited command: its `execve` waits for an answer from this
+        // process, which the spawn without a fork would keep suspended until that `execve` is done.
+        _ => match sys::process::fork_with_pidfd(0, None) {
+            Ok(sys::process::PidfdFork::Child) => match (agent_listener, agent_space.as_mut()) {
+                (Some(listener), Some(space)) => exec::become_agent(plan, &fds, listener.as_fd(), space),
+                _ => exec::exec_command(plan, &fds),
+            },
+            Ok(sys::process::PidfdFork::Parent { pid, pidfd }) => Ok((pid, pidfd)),
+            Err(e) => Err(e),
         },
-        Ok(sys::process::PidfdFork::Parent { pid, pidfd }) => (pid, pidfd),
+    };
+    let (child, child_pidfd) = match started {
+        Ok(started) => started,
         Err(e) => {
             drop((failure_read, failure_write));
             if let Some(fd) = ruleset {
@@ -432,6 +442,32 @@ fn enter_sandbox(
         socket
     });
     Ok((child, child_pidfd, failure_read, tty_socket))
+}
+
+/// Starts the command's process without copying this one (`sys::process::vfork_and_run`: it shares this
+/// memory, and this process waits, until its `execve`), then opens a pidfd for it. Returns its pid and the pidfd.
+///
+/// The pidfd comes after the start, by pid: only this process reaps its children, so the pid cannot be reused
+/// before, and a command that already ended is a zombie the pidfd still refers to. If the pidfd cannot be had,
+/// the command is killed and reaped, and the error returned.
+fn spawn_command_without_fork(
+    plan: &crate::plan::SandboxPlan,
+    fds: &CommandFds<'_>,
+) -> Result<(libc::pid_t, OwnedFd), Errno> {
+    // This process is single-threaded (the spawn checks it); the child only runs exec_command (async-signal-safe,
+    // no allocation, ends in `execve` or `_exit`).
+    let child = sys::process::vfork_and_run(&mut || exec::exec_command(plan, fds))?;
+    // Dumpability belongs to the memory, which the child shared until its `execve`: its switch of ids set it to
+    // the host's `suid_dumpable`. Ours is non-dumpable again, as `enter_sandbox` made it before `setns`.
+    let _ = sys::process::prctl(libc::PR_SET_DUMPABLE, 0);
+    match sys::process::pidfd_open(child) {
+        Ok(pidfd) => Ok((child, pidfd)),
+        Err(e) => {
+            let _ = sys::signal::kill(child, libc::SIGKILL);
+            let _ = sys::wait::waitpid(child, 0);
+            Err(e)
+        }
+    }
 }
 
 /// Opens a pseudo-terminal in the sandbox (`tty::open_sandbox_terminal`, as init does for `run -t`), sized

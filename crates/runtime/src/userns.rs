@@ -1,9 +1,11 @@
 //! The user namespace's id maps. Root inside is never root outside: as host root, airlock maps a dedicated
 //! 65536-id range per running sandbox (never host id 0); rootless, the kernel only lets us map our own id.
 
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -89,11 +91,22 @@ pub fn allocate_host_id_range(lock_dir: &Path) -> Result<HostIdRange, UsernsErro
 /// destructor): each one this process can lock is stale, and goes as [`HostIdRange`]'s drop removes its own.
 /// Best effort; run after a sandbox, off its start.
 pub fn sweep_stale_id_range_locks(lock_dir: &Path) {
-    let Ok(entries) = fs::read_dir(lock_dir) else { return };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if let Ok(Some(_lock)) = lock_slot(&path) {
-            let _ = fs::remove_file(&path);
+    let Ok(dir) = File::open(lock_dir) else { return };
+    // `getdents64` into a buffer on the stack, not `fs::read_dir`: `opendir` mallocs 32 KiB, a request for which
+    // malloc first consolidates every small chunk freed so far, writing across the heap; this runs right after
+    // the sandbox's init (a fork of this process) exited, so each heap page written is a copy-on-write fault
+    // (29 of them in a `run -- /bin/true`, on the way to its exit).
+    let mut buf = [0u8; 4096];
+    // Until the end of the directory or an error, as readdir would stop.
+    while let Ok(len @ 1..) = sys::dir::getdents64(dir.as_fd(), &mut buf) {
+        for name in sys::dir::Entries::new(&buf[..len]) {
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let path = lock_dir.join(OsStr::from_bytes(name));
+            if let Ok(Some(_lock)) = lock_slot(&path) {
+                let _ = fs::remove_file(&path);
+            }
         }
     }
 }

@@ -375,6 +375,18 @@ fn resident_code_of_gateway(pid: &str) -> (u64, u64) {
     (rss, size)
 }
 
+/// How many times the gateway's threads gave up their CPU to wait (`voluntary_ctxt_switches` of each task):
+/// each wakeup of an idle gateway adds at least one.
+fn gateway_waits(pid: &str) -> u64 {
+    let mut waits = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
+        let line = status.lines().find(|l| l.starts_with("voluntary_ctxt_switches:")).unwrap_or_default();
+        waits += line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    waits
+}
+
 #[test]
 fn long_lived_sandbox_keeps_its_gateway_for_exec() {
     require_network_tools!();
@@ -411,6 +423,23 @@ fn long_lived_sandbox_keeps_its_gateway_for_exec() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(text.0 * 2 < text.1, "the idle gateway's code (resident KiB, size KiB) stays resident: {text:?}");
+    // And an idle gateway stays asleep: nothing arrives from the sandbox while its command does nothing. Its
+    // interface has no IPv6 address (the network is IPv4 only), so the kernel sends no router solicitations
+    // (the second came ~4 s after the interface went up, waking the gateway and its code) nor MLD reports.
+    let inside = airlock(&[
+        "exec",
+        &sandbox,
+        "--",
+        "sh",
+        "-c",
+        "cat /proc/sys/net/ipv6/conf/airlock0/addr_gen_mode; cat /proc/net/if_inet6",
+    ]);
+    let inside = ok(&inside);
+    assert!(inside.starts_with("1\n") && !inside.contains("airlock0"), "IPv6 addresses on airlock0: {inside}");
+    let waits = gateway_waits(&pid);
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert_eq!(gateway_waits(&pid), waits, "the idle gateway woke up within 5 s");
+    assert!(resident_code_of_gateway(&pid).0 <= text.0, "the idle gateway's code came back: {text:?}");
     let exec = |path: &str| {
         airlock(&["exec", &sandbox, "--", "python3", CLIENT_INSIDE, "get", "r", name, &http.to_string(), path])
     };

@@ -142,6 +142,14 @@ pub fn create_gateway_interface(tun: RawFd, plan: &TunPlan) -> Result<(), ChildF
 
 fn configure_interface(sock: RawFd, name: &CStr, plan: &TunPlan) -> Result<(), ChildFailure> {
     let fail = |step| move |errno| ChildFailure { step, errno, index: 0 };
+    // No IPv6 address of the interface's own, before it goes up: the sandbox's network is IPv4 only (the gateway
+    // drops IPv6), and with a link-local address the kernel's IPv6 housekeeping on the link (router
+    // solicitations, 4 s apart at first, then further, MLD reports) woke the gateway each time, bringing its code
+    // back into memory. Best effort: nothing is more or less isolated either way, and a kernel without IPv6 has
+    // nothing to switch off.
+    if let Ok(index) = sys::net::interface_index(sock, name) {
+        let _ = sys::net::disable_ipv6_address_generation(index);
+    }
     let configured = sys::net::set_interface_address(sock, name, plan.address)
         .and_then(|()| sys::net::set_interface_netmask(sock, name, plan.netmask))
         .and_then(|()| sys::net::set_interface_mtu(sock, name, plan.mtu))

@@ -439,7 +439,8 @@ fn long_lived_sandbox_keeps_its_gateway_for_exec() {
     let waits = gateway_waits(&pid);
     std::thread::sleep(std::time::Duration::from_secs(5));
     assert_eq!(gateway_waits(&pid), waits, "the idle gateway woke up within 5 s");
-    assert!(resident_code_of_gateway(&pid).0 <= text.0, "the idle gateway's code came back: {text:?}");
+    let later = resident_code_of_gateway(&pid);
+    assert!(later.0 <= text.0, "the idle gateway's code came back: {text:?} then {later:?}");
     let exec = |path: &str| {
         airlock(&["exec", &sandbox, "--", "python3", CLIENT_INSIDE, "get", "r", name, &http.to_string(), path])
     };

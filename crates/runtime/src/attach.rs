@@ -523,17 +523,14 @@ fn live_session_members(proc_dir: RawFd, session: libc::pid_t) -> Vec<libc::pid_
     // By descriptor: after setns, `/proc` by path is the sandbox's. (This runs in the `airlock exec` process, on
     // the parent's side of its fork, once the command is reaped: the Vec and the Strings below are fine here.)
     let mut buf = [0u8; 8192];
-    // Until the end of the directory or an error, as readdir would stop.
-    while let Ok(len @ 1..) = sys::dir::getdents64(dir.as_fd(), &mut buf) {
-        for name in sys::dir::Entries::new(&buf[..len]) {
-            let Some(pid) = std::str::from_utf8(name).ok().and_then(|n| n.parse::<libc::pid_t>().ok()) else {
-                continue;
-            };
-            if live_session_of(proc_dir, pid) == Some(session) {
-                members.push(pid);
-            }
+    sys::dir::for_each_name(dir.as_fd(), &mut buf, |name| {
+        let Some(pid) = std::str::from_utf8(name).ok().and_then(|n| n.parse::<libc::pid_t>().ok()) else {
+            return;
+        };
+        if live_session_of(proc_dir, pid) == Some(session) {
+            members.push(pid);
         }
-    }
+    });
     members
 }
 

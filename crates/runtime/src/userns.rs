@@ -97,18 +97,12 @@ pub fn sweep_stale_id_range_locks(lock_dir: &Path) {
     // copy-on-write: 28 page faults in `malloc_consolidate` at the end of a `run -- /bin/true` (the run's total
     // fell by only 3: later allocations touch most of those pages anyway).
     let mut buf = [0u8; 4096];
-    // Until the end of the directory or an error, as readdir would stop.
-    while let Ok(len @ 1..) = sys::dir::getdents64(dir.as_fd(), &mut buf) {
-        for name in sys::dir::Entries::new(&buf[..len]) {
-            if name == b"." || name == b".." {
-                continue;
-            }
-            let path = lock_dir.join(OsStr::from_bytes(name));
-            if let Ok(Some(_lock)) = lock_slot(&path) {
-                let _ = fs::remove_file(&path);
-            }
+    sys::dir::for_each_name(dir.as_fd(), &mut buf, |name| {
+        let path = lock_dir.join(OsStr::from_bytes(name));
+        if let Ok(Some(_lock)) = lock_slot(&path) {
+            let _ = fs::remove_file(&path);
         }
-    }
+    });
 }
 
 /// Locks the slot's file; `None` when another sandbox holds it.

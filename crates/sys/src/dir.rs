@@ -51,6 +51,19 @@ impl<'a> Iterator for Entries<'a> {
     }
 }
 
+/// Calls `each` with the name of every entry of directory `dir` but `.` and `..`, read with [`getdents64`] into
+/// `buf` from the descriptor's current offset, until the end of the directory or an error (where readdir stops
+/// too). Allocates nothing.
+pub fn for_each_name(dir: BorrowedFd<'_>, buf: &mut [u8], mut each: impl FnMut(&[u8])) {
+    while let Ok(len @ 1..) = getdents64(dir, buf) {
+        for name in Entries::new(&buf[..len]) {
+            if name != b"." && name != b".." {
+                each(name);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -79,6 +92,12 @@ mod tests {
         }
         names.sort();
         assert_eq!(names, [".", "..", "a", "a-rather-long-name-to-cross-the-record-alignment", "bb"]);
+        // The same names but the dots, through a buffer that takes one or two entries at a time.
+        let fd = std::fs::File::open(&dir).unwrap();
+        let mut names = Vec::new();
+        for_each_name(fd.as_fd(), &mut buf[..80], |n| names.push(String::from_utf8(n.to_vec()).unwrap()));
+        names.sort();
+        assert_eq!(names, ["a", "a-rather-long-name-to-cross-the-record-alignment", "bb"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -407,15 +407,16 @@ fn enter_sandbox(
     }
     // This process is single-threaded; the child only runs exec_command, which does async-signal-safe work on
     // the prepared plan (no allocation).
-    let started = match (agent_listener, agent_space.as_mut(), audit_socket) {
-        (None, _, None) => spawn_command_without_fork(plan, &fds),
+    let agent = agent_listener.zip(agent_space.as_mut());
+    let started = match (agent, audit_socket) {
+        (None, None) => spawn_command_without_fork(plan, &fds),
         // A fork for the agent, which lives on in a copy of this memory (and makes itself dumpable, which a
         // shared memory would make us), and for an audited command: its `execve` waits for an answer from this
         // process, which the spawn without a fork would keep suspended until that `execve` is done.
-        _ => match sys::process::fork_with_pidfd(0, None) {
-            Ok(sys::process::PidfdFork::Child) => match (agent_listener, agent_space.as_mut()) {
-                (Some(listener), Some(space)) => exec::become_agent(plan, &fds, listener.as_fd(), space),
-                _ => exec::exec_command(plan, &fds),
+        (agent, _) => match sys::process::fork_with_pidfd(0, None) {
+            Ok(sys::process::PidfdFork::Child) => match agent {
+                Some((listener, space)) => exec::become_agent(plan, &fds, listener.as_fd(), space),
+                None => exec::exec_command(plan, &fds),
             },
             Ok(sys::process::PidfdFork::Parent { pid, pidfd }) => Ok((pid, pidfd)),
             Err(e) => Err(e),

@@ -20,18 +20,28 @@ pub fn canonical_json(value: &Value) -> String {
 /// The canonical form of an object, leaving out the keys in `skip` (a record's `prev` and `hash`): the same
 /// bytes as [`canonical_json`] of a copy without them, without copying the record.
 fn write_canonical_object(map: &Map<String, Value>, skip: &[&str], out: &mut String) {
-    let mut keys: Vec<&String> = map.keys().filter(|k| !skip.contains(&k.as_str())).collect();
-    keys.sort();
     out.push('{');
-    for (i, key) in keys.into_iter().enumerate() {
-        if i > 0 {
+    let mut first = true;
+    let mut member = |key: &String, value: &Value| {
+        if skip.contains(&key.as_str()) {
+            return;
+        }
+        if !first {
             out.push(',');
         }
-        out.push_str(&Value::String(key.clone()).to_string());
+        first = false;
+        write_string(key, out);
         out.push(':');
-        if let Some(v) = map.get(key) {
-            write_canonical(v, out);
-        }
+        write_canonical(value, out);
+    };
+    // serde_json's map is a BTreeMap (keys in order) unless its `preserve_order` feature is on somewhere in the
+    // build: only then are they sorted here.
+    if map.keys().is_sorted() {
+        map.iter().for_each(|(k, v)| member(k, v));
+    } else {
+        let mut members: Vec<(&String, &Value)> = map.iter().collect();
+        members.sort_by(|a, b| a.0.cmp(b.0));
+        members.into_iter().for_each(|(k, v)| member(k, v));
     }
     out.push('}');
 }
@@ -49,9 +59,54 @@ fn write_canonical(value: &Value, out: &mut String) {
             }
             out.push(']');
         }
-        // Scalars: serde_json's own compact form (strings escaped, numbers in their shortest round-trip form).
-        scalar => out.push_str(&scalar.to_string()),
+        Value::String(s) => write_string(s, out),
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        // Numbers: serde_json's own form: integers as they are (Rust's and serde_json's digits agree), floats as
+        // `Value`'s Display writes them (`1e+300`), as this function always has.
+        Value::Number(n) => {
+            use std::fmt::Write;
+            let _ = match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => write!(out, "{u}"),
+                (None, Some(i)) => write!(out, "{i}"),
+                (None, None) => out.write_str(&value.to_string()),
+            };
+        }
     }
+}
+
+/// A JSON string, escaped exactly as serde_json escapes it (the canonical form must not change: logs written
+/// before stay verifiable): `"` and the backslash after a backslash, the control characters `\b \f \n \r \t`
+/// as those, the other control characters as `\u00xx`, everything else as it is. Written straight into `out`:
+/// through `Value::to_string`, each key and string cost an allocation or two.
+fn write_string(s: &str, out: &mut String) {
+    out.push('"');
+    let mut start = 0;
+    for (i, byte) in s.bytes().enumerate() {
+        let escape: &str = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(HEX[usize::from(byte >> 4)] as char);
+            out.push(HEX[usize::from(byte & 15)] as char);
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
 }
 
 /// hex(sha256(prev || canonical(record without prev and hash))).
@@ -106,6 +161,25 @@ mod tests {
     fn canonical_form_sorts_keys_at_every_depth() {
         let v = json!({"b": 1, "a": {"z": [3, {"y": "x", "c": null}], "m": true}});
         assert_eq!(canonical_json(&v), r#"{"a":{"m":true,"z":[3,{"c":null,"y":"x"}]},"b":1}"#);
+    }
+
+    /// Strings are escaped byte for byte as serde_json escapes them (every ASCII character, and some beyond).
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let mut all: String = (0u8..0x80).map(char::from).collect();
+        all.push_str("é\u{2028}😀\u{7f}");
+        for s in [all.as_str(), "", "plain", "a\"b\\c", "\u{1}\u{1f}"] {
+            let mut ours = String::new();
+            write_string(s, &mut ours);
+            assert_eq!(ours, serde_json::to_string(s).unwrap(), "{s:?}");
+        }
+        let v = json!({"k\n": ["\t", 1, -2, u64::MAX, i64::MIN, 1.5, 1e300, -0.0, null, true, {"\u{0}": "x"}], "": ""});
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"":"","k\n":["\t",1,-2,18446744073709551615,-9223372036854775808,1.5,1e+300,-0.0,null,true,{"\u0000":"x"}]}"#
+        );
+        let v = json!({"b": ["\u{7}", 1, {"z": null, "a": [true]}], "a\\": "\""});
+        assert_eq!(canonical_json(&v), serde_json::to_string(&v).unwrap(), "keys are sorted already here");
     }
 
     #[test]

@@ -317,3 +317,51 @@ mod tests {
         assert!(crate::verify(&path).unwrap().problems.is_empty());
     }
 }
+
+/// What one exec record costs the supervisor that answers the next exec: buffered (`to_fields`, the time),
+/// then chained, sealed and written 512 at a time, as the recorder does. A measurement, not a test (it asserts
+/// nothing about time): `cargo test -p airlock-audit --release --lib -- --ignored --nocapture exec_record_cost`.
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use crate::event::ExecRecord;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    #[ignore = "a measurement: run by name"]
+    fn exec_record_cost() {
+        let dir = std::env::temp_dir().join(format!("airlock-record-cost-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut log = AuditLog::open(dir.join("audit.jsonl")).unwrap().with_sandbox("run-123");
+        let event = Event::Exec(ExecRecord {
+            pid: 499,
+            host_pid: 1102,
+            ppid: 2,
+            path: b"/bin/true".to_vec(),
+            argv: vec![b"/bin/true".to_vec()],
+            cwd: b"/".to_vec(),
+            ..Default::default()
+        });
+        const RECORDS: u32 = 20_000;
+        for round in 0..3 {
+            let started = Instant::now();
+            let mut flushing = Duration::ZERO;
+            for i in 1..=RECORDS {
+                log.buffer(&event);
+                if i % 512 == 0 {
+                    let flush = Instant::now();
+                    log.flush().unwrap();
+                    flushing += flush.elapsed();
+                }
+            }
+            log.flush().unwrap();
+            let per_record = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(RECORDS);
+            eprintln!(
+                "round {round}: {:.2} us per record, {:.2} us of it chaining, sealing and writing",
+                per_record(started.elapsed()),
+                per_record(flushing)
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -339,7 +339,9 @@ struct Status {
     parent_host_pid: Option<i32>,
 }
 
-/// `NSpid` (its last entry: the pid in the sandbox's namespace) and `PPid` (a host pid) from `/proc/PID/status`.
+/// `NSpid` (its last entry: the pid in the process's innermost pid namespace, which is the sandbox's unless the
+/// process is in one nested inside it: the default seccomp policy refuses to make one) and `PPid` (a host pid)
+/// from `/proc/PID/status`.
 fn read_status(proc_dir: RawFd, host_pid: i32) -> Option<Status> {
     let text = read_proc_file(proc_dir, &format!("{host_pid}/status"))?;
     let text = String::from_utf8_lossy(&text);

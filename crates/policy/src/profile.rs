@@ -503,7 +503,8 @@ pub struct Invoker {
     pub is_root: bool,
     /// The invoker's whole environment. Only `TERM`, `LANG` and the keys of `env.pass` are read from it.
     pub env: Vec<(String, String)>,
-    /// The invoker's login name, for `USER` inside when the identity inside is the invoker's.
+    /// The invoker's login name, for `USER` inside when the identity inside is the invoker's (uid 0 is always
+    /// `root`, so the caller may leave it `None` for root).
     pub user_name: Option<String>,
 }
 

@@ -251,7 +251,7 @@ impl CgroupOwner {
 /// Field 22 of `/proc/<pid>/stat`; `None` when there is no such process.
 fn process_start_time(pid: u32) -> Result<Option<u64>, CgroupError> {
     let path = PathBuf::from(format!("/proc/{pid}/stat"));
-    let text = match read_small(&path) {
+    let text = match crate::host::read_small(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(read_error(&path, source)),
@@ -551,7 +551,7 @@ pub fn parse_proc_cgroup(text: &str) -> Vec<CgroupEntry> {
 
 fn read_own_cgroups() -> Result<Vec<CgroupEntry>, CgroupError> {
     let path = Path::new("/proc/self/cgroup");
-    let text = read_small(path).map_err(|source| read_error(path, source))?;
+    let text = crate::host::read_small(path).map_err(|source| read_error(path, source))?;
     Ok(parse_proc_cgroup(&text))
 }
 
@@ -1395,30 +1395,11 @@ fn read_error(path: &Path, source: io::Error) -> CgroupError {
 
 /// A file's content; `None` when the kernel does not have the file.
 fn read_optional(path: &Path) -> Result<Option<String>, CgroupError> {
-    match read_small(path) {
+    match crate::host::read_small(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(read_error(path, source)),
     }
-}
-
-/// A small file's content, read to its end without asking its size first: cgroup files report size 0 anyway,
-/// and the `statx` that `fs::read_to_string` makes for the hint is one system call per file for nothing (the
-/// stats after every run read nine).
-fn read_small(path: &Path) -> io::Result<String> {
-    use std::io::Read;
-    let mut file = fs::File::open(path)?;
-    let mut bytes = Vec::new();
-    let mut chunk = [0u8; 512];
-    loop {
-        match file.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 fn parse_error(path: &Path, content: &str) -> CgroupError {

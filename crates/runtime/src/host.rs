@@ -4,6 +4,25 @@ use std::os::fd::AsFd;
 
 use sys::fd::StandardStream;
 
+/// A small file's content (a `/proc` or cgroup file), read to its end without asking its size first: such files
+/// report size 0 anyway, and the `statx` that `fs::read_to_string` makes for the hint, then its reads of 32 bytes
+/// and up, are system calls for nothing (a start reads a few of these; the stats after a limited run nine).
+pub fn read_small(path: impl AsRef<std::path::Path>) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// The real uid and gid of the caller.
 pub fn current_ids() -> (u32, u32) {
     sys::process::real_ids()

@@ -325,7 +325,7 @@ pub enum RootMapping {
 /// formatting `/proc/self/status` for its `CapEff` line costs tens of microseconds) and `/proc/self/uid_map`,
 /// `gid_map`.
 pub fn root_mapping() -> RootMapping {
-    let read = |path: &str| fs::read_to_string(path).unwrap_or_default();
+    let read = |path: &str| crate::host::read_small(path).unwrap_or_default();
     let cap_eff = sys::capability::effective_thread_set().unwrap_or(0);
     root_mapping_from(cap_eff, &read("/proc/self/uid_map"), &read("/proc/self/gid_map"))
 }

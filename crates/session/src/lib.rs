@@ -30,7 +30,9 @@ pub fn invoker() -> policy::profile::Invoker {
         gid,
         is_root: runtime::host::is_host_root(),
         env: std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect(),
-        user_name: runtime::host::user_name(uid),
+        // Only for `USER` inside when the identity inside is the invoker's own non-root uid (uid 0 is `root`
+        // whatever /etc/passwd says): root's runs skip reading /etc/passwd at every start.
+        user_name: if uid == 0 { None } else { runtime::host::user_name(uid) },
     }
 }
 

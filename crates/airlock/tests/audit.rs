@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{code, ok, stderr, stdout, TempDir};
+use common::{code, ok, stderr, stdout, StopOnDrop, TempDir};
 use serde_json::Value;
 
 fn airlock_as(rootless: bool) -> fn(&[&str]) -> Output {
@@ -383,6 +383,7 @@ fn exec_into_a_created_sandbox_is_recorded(rootless: bool) {
     let name = unique_name("created");
     let dir = audit_dir(rootless);
     let copy = dir.path().join("copy.jsonl");
+    let _cleanup = StopOnDrop::new(&name, airlock);
     ok(&airlock(&["create", "--audit", copy.to_str().unwrap(), &name]));
     // Several `airlock exec` at once, each appending to the same log with its own listener.
     let handles: Vec<_> = (0..4)
@@ -487,6 +488,7 @@ fn lifecycle_records_describe_the_sandbox_in_json() {
     require_sandbox!();
     let name = unique_name("created");
     let ws = TempDir::new("audit-created");
+    let _cleanup = StopOnDrop::new(&name, common::airlock);
     ok(&common::airlock(&["create", "--workspace", ws.str(), "--memory", "256M", &name]));
     ok(&common::airlock(&["stop", &name]));
     let all = records(&state_log(false, &name));
@@ -536,6 +538,7 @@ fn lifecycle_records_describe_the_sandbox_in_json() {
 fn logs_follow_prints_new_records_and_ends_with_the_sandbox() {
     require_sandbox!();
     let name = unique_name("follow");
+    let _cleanup = StopOnDrop::new(&name, common::airlock);
     ok(&common::airlock(&["create", &name]));
     let mut follower = std::process::Command::new(common::airlock_path())
         .args(["logs", &name, "-f"])

@@ -13,24 +13,12 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{code, ok, stderr, stdout, TempDir};
+use common::{code, ok, stderr, stdout, StopOnDrop, TempDir};
 
 /// A name no other test uses.
 fn unique_name(tag: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     format!("{tag}-{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
-}
-
-/// Stops and removes the sandbox on drop (a failed assertion leaves nothing running).
-struct Cleanup<'a> {
-    name: String,
-    state: Option<&'a Path>,
-}
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let _ = airlock_in(self.state, &["rm", "--force", &self.name]);
-    }
 }
 
 /// `airlock ARGS...` with the tests' state directory, or `state` when given.
@@ -233,6 +221,7 @@ fn env_file_errors_name_the_file_and_line() {
     one_airlock_line(&o, &place);
     assert!(!o.stderr.windows(b"no equals".len()).any(|w| w == b"no equals"), "the line's text is not echoed");
     let name = unique_name("envbad");
+    let _cleanup = StopOnDrop::new(&name, airlock);
     let o = airlock(&["create", "--env-file", bad, &name]);
     assert_eq!(code(&o), 125, "{}", describe(&o));
     one_airlock_line(&o, &place);
@@ -280,7 +269,7 @@ fn run_env_file_and_json() {
     assert_eq!((v["exit_code"].as_i64(), v["timed_out"].as_bool()), (Some(124), Some(true)), "{v}");
     assert!(v["duration_ms"].as_u64().unwrap() >= 900, "{v}");
     let name = unique_name("runjson");
-    let _cleanup = Cleanup { name: name.clone(), state: None };
+    let _cleanup = StopOnDrop::new(&name, airlock);
     let o = airlock(&["run", "--json", "--name", &name, "--", "true"]);
     assert_eq!(last_json(&o)["name"], name.as_str(), "{}", describe(&o));
 }
@@ -290,7 +279,7 @@ fn run_env_file_and_json() {
 fn exec_options_and_create_json() {
     require_create!();
     let name = unique_name("xjson");
-    let _cleanup = Cleanup { name: name.clone(), state: None };
+    let _cleanup = StopOnDrop::new(&name, airlock);
     let files = TempDir::new("xjson");
     let env = files.path().join("vars.env");
     fs::write(&env, "X=from-create\n").unwrap();
@@ -335,7 +324,7 @@ fn exec_options_and_create_json() {
 fn rm_force_stops_and_removes_a_running_sandbox() {
     require_create!();
     let name = unique_name("rmforce");
-    let _cleanup = Cleanup { name: name.clone(), state: None };
+    let _cleanup = StopOnDrop::new(&name, airlock);
     ok(&airlock(&["create", &name]));
     ok(&airlock(&["exec", &name, "--", "sh", "-c", "sleep 300 >/dev/null 2>&1 &"]));
     let uid = std::os::unix::fs::MetadataExt::uid(&fs::metadata("/proc/self").unwrap());
@@ -362,6 +351,7 @@ fn rm_force_stops_and_removes_a_running_sandbox() {
     assert!(!ls.contains(&name), "{ls}");
     // An ended sandbox: --force is harmless.
     let other = unique_name("rmforce2");
+    let _cleanup_other = StopOnDrop::new(&other, airlock);
     ok(&airlock(&["create", &other]));
     ok(&airlock(&["stop", &other]));
     ok(&airlock(&["rm", "--force", &other]));
@@ -376,8 +366,8 @@ fn prune_and_rm_all() {
     let state = TempDir::new("prune-state");
     let state = Some(state.path());
     let (ended, running) = (unique_name("pr-ended"), unique_name("pr-running"));
-    let _c1 = Cleanup { name: ended.clone(), state };
-    let _c2 = Cleanup { name: running.clone(), state };
+    let _c1 = StopOnDrop::new(&ended, |args: &[&str]| airlock_in(state, args));
+    let _c2 = StopOnDrop::new(&running, |args: &[&str]| airlock_in(state, args));
     let dirs = |s: Option<&Path>| -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(s.unwrap().join("sandboxes"))
             .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
@@ -421,7 +411,7 @@ fn prune_and_rm_all() {
 fn stats_of_a_running_sandbox_without_limits() {
     require_create!();
     let name = unique_name("stnolim");
-    let _cleanup = Cleanup { name: name.clone(), state: None };
+    let _cleanup = StopOnDrop::new(&name, airlock);
     ok(&airlock(&["create", &name]));
     let o = airlock(&["stats", &name]);
     assert_eq!(code(&o), 0, "{}", describe(&o));
@@ -461,7 +451,7 @@ fn exec_killed_for_memory_says_so() {
         skip_or_fail!("python3 is not installed; it allocates the memory inside");
     };
     let name = unique_name("xoom");
-    let _cleanup = Cleanup { name: name.clone(), state: None };
+    let _cleanup = StopOnDrop::new(&name, airlock);
     let o = airlock(&["create", "--memory", "64M", &name]);
     if code(&o) != 0 {
         skip_or_fail!("no memory limit here: {}", stderr(&o).trim());

@@ -646,6 +646,7 @@ fn run_and_create_from_an_image_with_its_config_and_a_writable_root() {
     );
 
     // create: the image's config for every exec, its root layer kept until rm, the image kept while it exists.
+    let _cleanup = common::StopOnDrop::new("imgbox", |args: &[&str]| airlock(&state, args));
     ok(&airlock(&state, &["create", "--image", "test/bb:v1", "imgbox"]));
     let out = sh_out(&state, &["exec", "imgbox", "--", "sh", "-c", "echo $GREETING; pwd; echo kept > /etc/kept"]);
     assert_eq!(out, "hello\n/etc\n");
@@ -814,6 +815,7 @@ fn apt_get_installs_a_package_in_a_debian_image_as_root_and_rootless() {
     check("rootless", &out);
     // A kept sandbox: its layer on disk holds files of subordinate ids (_apt's, bob's) until rm, which removes
     // them (from a user namespace with those ids mapped).
+    let _cleanup = common::StopOnDrop::new("aptbox", as_user);
     ok(&as_user(&["create", "--image", "test/debian:apt", "aptbox"]));
     let out = as_user(&[
         "exec",
@@ -869,6 +871,7 @@ fn root_in_an_image_keeps_the_package_manager_capabilities_and_no_more() {
         assert!(!none.contains("chowned") && none.contains("unreadable"), "{extra:?}: {none}");
     }
     // The same through `create` and `exec` (the exec agent, and `airlock exec` with a user).
+    let _cleanup = common::StopOnDrop::new("capbox", |args: &[&str]| airlock(&state, args));
     ok(&airlock(&state, &["create", "--image", "test/bb:v1", "capbox"]));
     let out = sh_out(&state, &["exec", "capbox", "--", "grep", "CapEff", "/proc/self/status"]);
     assert_eq!(out, "CapEff:\t00000000000000eb\n");

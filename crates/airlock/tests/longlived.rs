@@ -8,7 +8,7 @@ use std::fs;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{code, ok, stderr, stdout, TempDir};
+use common::{code, ok, stderr, stdout, StopOnDrop, TempDir};
 
 fn airlock_as(run_as_user: bool) -> fn(&[&str]) -> Output {
     if run_as_user {
@@ -85,20 +85,6 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Stops and removes a created sandbox when the test ends, passed or failed (a failed assertion must not leave
-/// a sandbox running). Both are no-ops if the test already did it.
-struct Cleanup {
-    name: String,
-    airlock: fn(&[&str]) -> Output,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = (self.airlock)(&["stop", &self.name]);
-        let _ = (self.airlock)(&["rm", &self.name]);
-    }
-}
-
 /// One `airlock:` line on stderr.
 #[track_caller]
 fn one_airlock_line(o: &Output, needle: &str) {
@@ -111,7 +97,7 @@ fn check_lifecycle(as_user: bool) {
     let airlock = airlock_as(as_user);
     let ws = workspace("ll");
     let name = unique_name("ll");
-    let _cleanup = Cleanup { name: name.clone(), airlock };
+    let _cleanup = StopOnDrop::new(&name, airlock);
     let o = airlock(&["create", "--workspace", ws.str(), "--hostname", "llhost", &name]);
     assert_eq!(code(&o), 0, "create failed: {}", stderr(&o));
     assert!(ok(&airlock(&["ls"])).lines().any(|l| l.starts_with(&name) && l.contains("running")));
@@ -199,6 +185,7 @@ fn create_keeps_env_values_off_command_lines() {
     require_sandbox!();
     let name = unique_name("envsecret");
     let secret = format!("s3cret-{}", std::process::id());
+    let _cleanup = StopOnDrop::new(&name, common::airlock);
     let o = common::airlock(&["create", "--env", &format!("TOKEN={secret}"), &name]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(processes_with(&secret).is_empty(), "a command line holds the --env value");
@@ -212,7 +199,7 @@ fn check_supervisor_killed(as_user: bool) {
     let airlock = airlock_as(as_user);
     let ws = workspace("llkill");
     let name = unique_name("llkill");
-    let _cleanup = Cleanup { name: name.clone(), airlock };
+    let _cleanup = StopOnDrop::new(&name, airlock);
     ok(&airlock(&["create", "--workspace", ws.str(), &name]));
     ok(&airlock(&["exec", &name, "--", "sh", "-c", "echo x > a.txt"]));
     let marker = format!("marker-{name}");
@@ -254,6 +241,8 @@ fn check_bad_create(as_user: bool) {
     // Rejected before the supervisor starts, and by the supervisor's setup.
     for bad in [vec!["--memory", "lots"], vec!["--rootfs", "/nonexistent-airlock-rootfs"], vec!["-t"]] {
         let name = unique_name("llbad");
+        // (Refused; should it start all the same, the failed assertion leaves it stopped and removed.)
+        let _cleanup = StopOnDrop::new(&name, airlock);
         let mut args = vec!["create"];
         args.extend(bad.iter().copied());
         args.push(&name);
@@ -265,7 +254,7 @@ fn check_bad_create(as_user: bool) {
     }
     // An existing name.
     let name = unique_name("lldup");
-    let _cleanup = Cleanup { name: name.clone(), airlock };
+    let _cleanup = StopOnDrop::new(&name, airlock);
     ok(&airlock(&["create", &name]));
     let o = airlock(&["create", &name]);
     assert_eq!(code(&o), 125);
@@ -295,7 +284,7 @@ fn exec_runs_under_the_sandboxes_limits() {
         skip_or_fail!("cgroup limits need host root on this host (run the tests as root)");
     }
     let name = unique_name("lllim");
-    let _cleanup = Cleanup { name: name.clone(), airlock: common::airlock };
+    let _cleanup = StopOnDrop::new(&name, common::airlock);
     let o = common::airlock(&["create", "--pids", "6", &name]);
     if code(&o) != 0 {
         skip_or_fail!("no cgroup limits here: {}", stderr(&o).trim());
@@ -334,7 +323,7 @@ fn check_exec_tty(as_user: bool) {
     };
     let airlock = airlock_as(as_user);
     let name = unique_name("lltty");
-    let _cleanup = Cleanup { name: name.clone(), airlock };
+    let _cleanup = StopOnDrop::new(&name, airlock);
     ok(&airlock(&["create", &name]));
 
     // A terminal of the sandbox's own devpts (its first: `create` made none), the caller's size, the status.
@@ -418,7 +407,7 @@ fn check_running_checkpoint_and_rollback(as_user: bool) {
     fs::write(ws.path().join("sub/b.txt"), "bee\n").unwrap();
     ws.chown_to_test_user();
     let name = unique_name("live");
-    let _cleanup = Cleanup { name: name.clone(), airlock };
+    let _cleanup = StopOnDrop::new(&name, airlock);
     let mut create = vec!["create", "--workspace", ws.str()];
     if !as_user {
         create.extend(["--disk", "32M"]);
@@ -501,7 +490,7 @@ fn running_checkpoint_is_refused_with_a_mount_inside_the_workspace() {
     let _user = require_test_user!();
     let ws = workspace("live-nested");
     let name = unique_name("live-nested");
-    let _cleanup = Cleanup { name: name.clone(), airlock: common::airlock };
+    let _cleanup = StopOnDrop::new(&name, common::airlock);
     let cache = format!("{}/cache", ws.str());
     ok(&common::airlock(&["create", "--workspace", ws.str(), "--tmpfs", &cache, &name]));
     exec_ok(common::airlock, &name, "echo x > f; echo y > cache/y");
@@ -545,7 +534,7 @@ fn check_running_commit_and_discard(as_user: bool) {
     fs::write(ws.path().join("h.txt"), "host file\n").unwrap();
     ws.chown_to_test_user();
     let name = unique_name("livecommit");
-    let _cleanup = Cleanup { name: name.clone(), airlock };
+    let _cleanup = StopOnDrop::new(&name, airlock);
     // As root the layer is disk-bounded: the copies are made on the loop-mounted image.
     let mut create = vec!["create", "--workspace", ws.str()];
     if !as_user {
@@ -647,7 +636,7 @@ fn running_commit_rewrites_checkpoints() {
     let airlock = common::airlock;
     let ws = workspace("livecommit-cp");
     let name = unique_name("livecommit-cp");
-    let _cleanup = Cleanup { name: name.clone(), airlock };
+    let _cleanup = StopOnDrop::new(&name, airlock);
     ok(&airlock(&["create", "--workspace", ws.str(), &name]));
     exec_ok(airlock, &name, "echo mod > a.txt; mkdir -p o/p; echo q > o/p/q");
     ok(&airlock(&["checkpoint", &name, "c1"]));
@@ -673,7 +662,7 @@ fn running_commit_and_discard_refuse_an_open_writer() {
     let airlock = common::airlock;
     let ws = workspace("livecommit-writer");
     let name = unique_name("livecommit-writer");
-    let _cleanup = Cleanup { name: name.clone(), airlock };
+    let _cleanup = StopOnDrop::new(&name, airlock);
     ok(&airlock(&["create", "--workspace", ws.str(), &name]));
     exec_ok(airlock, &name, "echo mod > a.txt; echo new > b.txt");
     let writer = exec_in_background(false, &name, "exec 4>>b.txt; sleep 2; echo more >&4; echo done");
@@ -698,7 +687,7 @@ fn check_exec_flags(as_user: bool) {
     let airlock = airlock_as(as_user);
     let ws = workspace("xf");
     let name = unique_name("xf");
-    let _cleanup = Cleanup { name: name.clone(), airlock };
+    let _cleanup = StopOnDrop::new(&name, airlock);
     ok(&airlock(&["create", "--workspace", ws.str(), &name]));
 
     // --cwd: the command's working directory; a missing one is one setup error, nothing runs.
@@ -823,7 +812,7 @@ fn check_state_removed(as_user: bool) {
     let airlock = airlock_as(as_user);
     let ws = workspace("llgone");
     let name = unique_name("llgone");
-    let _cleanup = Cleanup { name: name.clone(), airlock };
+    let _cleanup = StopOnDrop::new(&name, airlock);
     // As root, --pids gives it a cgroup to check; rootless, a cgroup needs a delegation this host may not have.
     let limits: &[&str] = if as_user { &[] } else { &["--pids", "64"] };
     let mut args = vec!["create", "--workspace", ws.str()];
@@ -884,6 +873,7 @@ fn execs_leave_no_id_range_lock_behind() {
             .output()
             .unwrap()
     };
+    let _cleanup = StopOnDrop::new("locks", airlock);
     ok(&airlock(&["create", "locks"]));
     let locks = || fs::read_dir(state.path().join("id-ranges")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(locks(), 1, "the sandbox's own range");
@@ -920,6 +910,7 @@ fn cp_copies_files_and_directories_in_and_out_without_following_links() {
     fs::set_permissions(src.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(src.join("sub/b.txt"), "two\n").unwrap();
     std::os::unix::fs::symlink("/etc/shadow", src.join("link")).unwrap();
+    let _cleanup = StopOnDrop::new("cpbox", airlock);
     ok(&airlock(&["create", "cpbox"]));
     let copied_in = airlock(&["cp", src.to_str().unwrap(), "cpbox:/tmp/in"]);
     assert!(copied_in.status.success(), "{}", stderr(&copied_in));

@@ -396,6 +396,7 @@ fn long_lived_sandbox_keeps_its_gateway_for_exec() {
     let servers = Servers::start(&dir);
     let http = servers.http;
     let sandbox = format!("net-ll-{}", std::process::id());
+    let _cleanup = StopOnDrop::new(&sandbox, airlock);
     let mut args = vec!["create".to_string()];
     args.extend(net_args(&dir, &[format!("{name}:{http}")]));
     args.push(sandbox.clone());

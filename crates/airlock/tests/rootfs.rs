@@ -9,7 +9,7 @@ use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::{airlock, code, ok, stderr, test_state_dir, TempDir};
+use common::{airlock, code, ok, stderr, test_state_dir, StopOnDrop, TempDir};
 
 const APPLETS: &[&str] = &["sh", "ls", "cat", "touch", "mkdir", "id", "echo", "rm", "stat"];
 
@@ -156,6 +156,7 @@ fn writable_root_with_a_name_is_kept_until_rm() {
 
     // A long-lived one: `create`, `exec` writes, `stop` keeps, `rm` removes.
     let created = format!("wroot-c-{}", std::process::id());
+    let _cleanup = StopOnDrop::new(&created, airlock);
     ok(&airlock(&["create", "--rootfs", root.str(), "--writable-root", &created]));
     ok(&airlock(&["exec", &created, "--", "/bin/sh", "-c", "mkdir -p /opt/tool && echo 1 > /opt/tool/v"]));
     assert_eq!(ok(&airlock(&["exec", &created, "--", "/bin/cat", "/opt/tool/v"])), "1\n");
@@ -347,6 +348,7 @@ fn a_kept_rootless_writable_root_is_removed_by_rm() {
     home.chown_to_test_user();
     let state = home.path().join("state");
     let as_user = |args: &[&str]| common::airlock_as_user_in(&state, &[], args);
+    let _cleanup = StopOnDrop::new("keptroot", as_user);
     ok(&as_user(&["create", "--rootfs", root.to_str().unwrap(), "--writable-root", "keptroot"]));
     let out = as_user(&["exec", "keptroot", "--", "/bin/sh", "-c", "cat /proc/self/uid_map; touch /tmp/t; id -u"]);
     let text = ok(&out);

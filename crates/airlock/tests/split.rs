@@ -10,7 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{code, is_root, stderr, stdout, TempDir};
+use common::{code, is_root, stderr, stdout, StopOnDrop, TempDir};
 
 const EXECUTABLES: [&str; 3] = ["airlock", "airlock-server", "airlock-netgw"];
 
@@ -143,6 +143,7 @@ fn the_gateway_starts_as_nobody_from_a_directory_nobody_cannot_enter() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let airlock = install(dir.path(), &EXECUTABLES);
     let name = format!("split-private-{}", std::process::id());
+    let _cleanup = StopOnDrop::new(&name, |args: &[&str]| run_program(&airlock, args));
     let o = run_program(&airlock, &["create", "--allow", "allowed.test", &name]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let found = Command::new("pgrep").args(["-f", &format!("^airlock-netgw --sandbox {name} ")]).output().unwrap();

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::process::Output;
 
-use common::{code, stderr, stdout, TempDir};
+use common::{code, stderr, stdout, StopOnDrop, TempDir};
 
 fn airlock_as(run_as_user: bool) -> fn(&[&str]) -> Output {
     if run_as_user {
@@ -731,6 +731,8 @@ fn disk_bounded_layer_is_refused_rootless() {
         stderr(&o)
     );
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    // (Refused; should it start all the same, the failed assertion leaves it stopped and removed.)
+    let _cleanup = StopOnDrop::new(&name, common::airlock_as_user);
     let o = common::airlock_as_user(&["create", "--disk", "16M", "--workspace", ws.str(), &name]);
     assert_eq!(code(&o), 125, "stderr: {}", stderr(&o));
     assert!(stderr(&o).contains("needs root"), "{}", stderr(&o));
@@ -862,17 +864,10 @@ fn root_owned_workspace_works_in_a_long_lived_sandbox() {
     let ws = root_owned_workspace("ll-rootowned");
     let name = unique_name("ll-rootowned");
     let airlock = common::airlock;
+    // Stopped and removed whatever the assertions below say.
+    let _cleanup = StopOnDrop::new(&name, airlock);
     let o = airlock(&["create", "--workspace", ws.str(), &name]);
     assert_eq!(code(&o), 0, "create failed: {}", stderr(&o));
-    // Stopped and removed whatever the assertions below say.
-    struct Removed<'a>(&'a str);
-    impl Drop for Removed<'_> {
-        fn drop(&mut self) {
-            let _ = common::airlock(&["stop", self.0]);
-            let _ = common::airlock(&["rm", self.0]);
-        }
-    }
-    let _removed = Removed(&name);
     let o = airlock(&["exec", &name, "--", "/bin/sh", "-c", ROOT_TREE_EDITS]);
     assert_eq!(code(&o), 0, "exec failed: {}", stderr(&o));
     assert_eq!(stdout(&o), "0:0\n4321:4321\n");

@@ -58,6 +58,32 @@ pub fn airlock(args: &[&str]) -> Output {
         .expect("spawn airlock")
 }
 
+/// Stops and removes a created sandbox when the test ends, passed or failed (a failed assertion must not leave
+/// a sandbox running). Both are no-ops if the test already did it.
+///
+/// `airlock` runs airlock the way the test does (as the test user, with its own state directory, ...): a
+/// function such as [`airlock`] or a closure borrowing what it needs, which then outlives the guard.
+pub struct StopOnDrop<'a> {
+    name: String,
+    airlock: Box<Airlock<'a>>,
+}
+
+/// A way of running `airlock ARGS...`.
+pub type Airlock<'a> = dyn Fn(&[&str]) -> Output + 'a;
+
+impl<'a> StopOnDrop<'a> {
+    pub fn new(name: &str, airlock: impl Fn(&[&str]) -> Output + 'a) -> StopOnDrop<'a> {
+        StopOnDrop { name: name.to_owned(), airlock: Box::new(airlock) }
+    }
+}
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = (self.airlock)(&["stop", &self.name]);
+        let _ = (self.airlock)(&["rm", &self.name]);
+    }
+}
+
 /// `airlock run ARGS...`.
 pub fn run(args: &[&str]) -> Output {
     let mut full = vec!["run"];

@@ -76,9 +76,9 @@ fn write_canonical(value: &Value, out: &mut String) {
 }
 
 /// A JSON string, escaped exactly as serde_json escapes it (the canonical form must not change: logs written
-/// before stay verifiable): `"` and the backslash after a backslash, the control characters `\b \f \n \r \t`
-/// as those, the other control characters as `\u00xx`, everything else as it is. Written straight into `out`:
-/// through `Value::to_string`, each key and string cost an allocation or two.
+/// before stay verifiable): `"` as `\"`, the backslash as two, the control characters `\b \f \n \r \t` as
+/// those escapes, the other control characters as `\u00xx`, everything else as it is. Written straight into
+/// `out`: through `Value::to_string`, each key and string cost an allocation or two.
 fn write_string(s: &str, out: &mut String) {
     out.push('"');
     let mut start = 0;

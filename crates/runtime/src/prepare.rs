@@ -860,10 +860,9 @@ fn guest_identity_ids((uid, gid): (u32, u32)) -> IdPlan {
 /// A limit above what the host has is a mistake (a missing suffix, a copied profile), not a request for "no
 /// limit": refuse it with the host's figure.
 fn check_limits_against_host(limits: &policy::sandbox::Limits) -> Result<(), PrepareError> {
-    // `/proc/meminfo` only when a memory limit was asked for: it was read on every start (the pair was built
-    // before the match), ~12 us of a run that has no limit to check.
-    if let Some((asked, total)) = limits.memory_bytes.and_then(|asked| Some((asked, host_memory_bytes()?))) {
-        if asked > total {
+    // Each host figure is read only when its limit was asked for (`/proc/meminfo` alone is ~12 us of a start).
+    if let Some(asked) = limits.memory_bytes {
+        if let Some(total) = host_memory_bytes().filter(|total| asked > *total) {
             return Err(PrepareError::LimitAboveHost {
                 flag: "--memory",
                 asked: crate::cgroups::format_bytes(asked),
@@ -884,7 +883,8 @@ fn check_limits_against_host(limits: &policy::sandbox::Limits) -> Result<(), Pre
         }
     }
     if let Some(asked) = limits.pids {
-        let pid_max = fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse::<u64>().ok());
+        let pid_max =
+            crate::host::read_small("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse::<u64>().ok());
         if let Some(max) = pid_max.filter(|max| asked > *max) {
             return Err(PrepareError::LimitAboveHost {
                 flag: "--pids",

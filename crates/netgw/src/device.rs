@@ -23,7 +23,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::Semaphore;
 
 use crate::addr::{DNS_PORT, GATEWAY_ADDR, MTU};
-use crate::dns::DnsServer;
+use crate::dns::{Answer, DnsServer};
 use crate::ether::{self, Frame, Link, ETHERNET_HEADER_LEN, ETHERNET_MTU};
 use crate::event::Decision;
 use crate::filter::{Filter, Verdict, PROTO_TCP, TCP_ACK, TCP_SYN};
@@ -38,8 +38,11 @@ const PLAIN_HDR: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 /// Offset of the checksum field in a TCP header.
 const TCP_CHECKSUM_OFFSET: u16 = 16;
-/// DNS queries over UDP answered at once; more are dropped (and recorded) until some finish.
-const DNS_IN_FLIGHT: usize = 64;
+/// Host lookups for DNS queries over UDP that run at once; more wait their turn.
+const DNS_LOOKUPS_RUNNING: usize = 64;
+/// DNS queries over UDP waiting for a host lookup, running ones included; more are dropped (and recorded) until
+/// some finish. Queries the name table answers never wait (see [`TunDevice::answer_dns`]).
+const DNS_LOOKUPS_QUEUED: usize = 1024;
 /// Packets read in one round of the stack's task (which yields to other tasks every few rounds), so a flood
 /// cannot starve the relays.
 const READ_BUDGET: usize = 16;
@@ -64,7 +67,8 @@ pub struct TunDevice {
     link: Link,
     filter: Filter,
     dns: DnsServer,
-    dns_in_flight: Arc<Semaphore>,
+    dns_lookups_running: Arc<Semaphore>,
+    dns_lookups_queued: Arc<Semaphore>,
     rx: Vec<u8>,
     /// Length of the packet (virtio header included) in `rx` that the filter passed and the stack has not had yet.
     held: Option<usize>,
@@ -86,7 +90,8 @@ impl TunDevice {
             link,
             filter,
             dns,
-            dns_in_flight: Arc::new(Semaphore::new(DNS_IN_FLIGHT)),
+            dns_lookups_running: Arc::new(Semaphore::new(DNS_LOOKUPS_RUNNING)),
+            dns_lookups_queued: Arc::new(Semaphore::new(DNS_LOOKUPS_QUEUED)),
             // Allocated, not zero-filled: a zero-filled 64 KiB buffer (`calloc` clears reused heap memory) is
             // resident from the start, and both buffers made 128 KiB of an idle gateway's ~330 KiB of private
             // memory (/proc/PID/pagemap of the heap); filled only as packets need, they take a page or two until
@@ -184,20 +189,42 @@ impl TunDevice {
         false
     }
 
+    /// Answers a DNS query over UDP. What the name table answers (denials, other types, names already pinned)
+    /// is answered here, before the next packet is read: this loop reads a burst of queries without yielding,
+    /// so answers left to tasks would only start after the whole burst. A first A query for a name needs a host
+    /// lookup, which runs in a task of its own so that a slow resolver holds up nothing else; queries for the
+    /// same name queued behind it are answered from the table once it is pinned.
     fn answer_dns(&self, client: SocketAddrV4, query: Vec<u8>) {
-        let Ok(permit) = self.dns_in_flight.clone().try_acquire_owned() else {
+        let pending = match self.dns.answer_at_once(&query) {
+            Answer::Ready(None) => return,
+            Answer::Ready(Some(reply)) => {
+                let Some(packet) = dns_reply_packet(client, &reply) else { return };
+                let header = plain_header(self.link);
+                if let Err(e) = write_with_header(self.tun.get_ref(), header, &packet) {
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        let tun = self.tun.clone();
+                        tokio::spawn(async move { write_packet(&tun, header, &packet).await });
+                    }
+                }
+                return;
+            }
+            Answer::Lookup(pending) => pending,
+        };
+        let Ok(queued) = self.dns_lookups_queued.clone().try_acquire_owned() else {
             self.dns.recorder.denied(Decision {
                 protocol: "dns",
-                reason: format!("more than {DNS_IN_FLIGHT} DNS queries in flight"),
+                reason: format!("more than {DNS_LOOKUPS_QUEUED} DNS queries waiting for a host lookup"),
                 ..Default::default()
             });
             return;
         };
-        // Each query in its own task: a slow host lookup does not hold up the others.
-        let (dns, tun, header) = (self.dns.clone(), self.tun.clone(), plain_header(self.link));
+        let (dns, tun, header, running) =
+            (self.dns.clone(), self.tun.clone(), plain_header(self.link), self.dns_lookups_running.clone());
         tokio::spawn(async move {
-            let _permit = permit;
-            if let Some(reply) = dns.answer(&query).await {
+            let _queued = queued;
+            // The semaphore is never closed, so acquiring fails never; if it did, the query would go unanswered.
+            let Ok(_running) = running.acquire_owned().await else { return };
+            if let Some(reply) = dns.finish_lookup(pending).await {
                 if let Some(packet) = dns_reply_packet(client, &reply) {
                     write_packet(&tun, header, &packet).await;
                 }

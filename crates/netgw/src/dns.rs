@@ -114,6 +114,20 @@ impl NameTable {
     }
 }
 
+/// What [`DnsServer::answer_at_once`] could do with a message.
+pub enum Answer {
+    /// The reply to send, or nothing (the message was dropped and recorded).
+    Ready(Option<Vec<u8>>),
+    /// An A query for an allowed name that must first be resolved on the host.
+    Lookup(PendingLookup),
+}
+
+/// A query waiting for its name's host lookup.
+pub struct PendingLookup {
+    request: Message,
+    name: String,
+}
+
 /// The DNS service shared by the UDP and TCP listeners.
 #[derive(Clone)]
 pub struct DnsServer {
@@ -136,60 +150,96 @@ impl DnsServer {
         self.names.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn deny(&self, name: Option<String>, reason: String) {
+        self.recorder.denied(Decision { protocol: "dns", name, reason, ..Default::default() })
+    }
+
     /// Answers one DNS message. `None`: nothing to answer (not a parseable query; dropped and recorded).
     pub async fn answer(&self, packet: &[u8]) -> Option<Vec<u8>> {
-        let deny = |name: Option<String>, reason: String| {
-            self.recorder.denied(Decision { protocol: "dns", name, reason, ..Default::default() })
-        };
+        match self.answer_at_once(packet) {
+            Answer::Ready(reply) => reply,
+            Answer::Lookup(pending) => self.finish_lookup(pending).await,
+        }
+    }
+
+    /// Answers one DNS message as far as it can without waiting: everything but the first A query for an
+    /// allowed name, whose host lookup is left to [`DnsServer::finish_lookup`]. The UDP listener answers these
+    /// in its own loop, so a burst of queries (a parallel build resolving the same few names) is answered whole
+    /// instead of meeting the bound on lookups in flight.
+    pub fn answer_at_once(&self, packet: &[u8]) -> Answer {
         let request = match Message::from_vec(packet) {
             Ok(request) => request,
             Err(e) => {
-                deny(None, format!("malformed DNS message ({} bytes): {e}", packet.len()));
+                self.deny(None, format!("malformed DNS message ({} bytes): {e}", packet.len()));
                 // A parseable header still gets FORMERR, so the client does not wait for a timeout.
                 if packet.len() >= 12 && packet[2] & 0x80 == 0 {
                     let id = u16::from_be_bytes([packet[0], packet[1]]);
-                    return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr).to_vec().ok();
+                    return Answer::Ready(Message::error_msg(id, OpCode::Query, ResponseCode::FormErr).to_vec().ok());
                 }
-                return None;
+                return Answer::Ready(None);
             }
         };
         if request.metadata.message_type != MessageType::Query {
-            deny(None, "DNS message is not a query".to_owned());
-            return None;
+            self.deny(None, "DNS message is not a query".to_owned());
+            return Answer::Ready(None);
         }
-        let reply = self.reply(&request, deny).await;
-        reply.to_vec().ok()
+        match self.reply_at_once(&request) {
+            Ok(reply) => Answer::Ready(reply.to_vec().ok()),
+            Err(name) => Answer::Lookup(PendingLookup { request, name }),
+        }
     }
 
-    async fn reply(&self, request: &Message, deny: impl Fn(Option<String>, String)) -> Message {
+    /// Resolves a pending query's name on the host (unless another query pinned it meanwhile) and answers it.
+    pub async fn finish_lookup(&self, pending: PendingLookup) -> Option<Vec<u8>> {
+        let PendingLookup { request, name } = pending;
+        let entry = self.lookup(&name).await;
+        self.reply_with_entry(&request, name, entry).to_vec().ok()
+    }
+
+    /// The reply to a query, or `Err(name)` when it is an A query for an allowed name not in the table yet.
+    fn reply_at_once(&self, request: &Message) -> Result<Message, String> {
         if request.metadata.op_code != OpCode::Query {
-            deny(None, format!("DNS opcode {:?} is not supported", request.metadata.op_code));
-            return error_reply(request, ResponseCode::NotImp);
+            self.deny(None, format!("DNS opcode {:?} is not supported", request.metadata.op_code));
+            return Ok(error_reply(request, ResponseCode::NotImp));
         }
         let [query] = request.queries.as_slice() else {
-            deny(None, format!("DNS query with {} questions", request.queries.len()));
-            return error_reply(request, ResponseCode::FormErr);
+            self.deny(None, format!("DNS query with {} questions", request.queries.len()));
+            return Ok(error_reply(request, ResponseCode::FormErr));
         };
         let name = normalize_name(&query.name.to_ascii());
         if query.query_class != DNSClass::IN {
-            deny(Some(name), format!("DNS class {:?} is not supported", query.query_class));
-            return error_reply(request, ResponseCode::Refused);
+            self.deny(Some(name), format!("DNS class {:?} is not supported", query.query_class));
+            return Ok(error_reply(request, ResponseCode::Refused));
         }
         if !self.allow.name_allowed(&name) {
-            deny(Some(name), "name not on the allow-list".to_owned());
-            return error_reply(request, ResponseCode::Refused);
+            self.deny(Some(name), "name not on the allow-list".to_owned());
+            return Ok(error_reply(request, ResponseCode::Refused));
         }
-        let mut reply = error_reply(request, ResponseCode::NoError);
-        reply.metadata.authoritative = true;
         if query.query_type != RecordType::A {
             // Allowed name, other type (AAAA, HTTPS, MX...): no data. The sandbox is IPv4 only, and real records
             // would name real addresses the sandbox cannot reach anyway.
-            return reply;
+            let mut reply = error_reply(request, ResponseCode::NoError);
+            reply.metadata.authoritative = true;
+            return Ok(reply);
         }
-        let entry = match self.lookup(&name).await {
+        let known = self.lock_names().get(&name).cloned();
+        match known {
+            Some(entry) => Ok(self.reply_with_entry(request, name, Ok(entry))),
+            None => Err(name),
+        }
+    }
+
+    /// The reply to an A query for the allowed `name`, from its table entry or the reason there is none.
+    fn reply_with_entry(
+        &self,
+        request: &Message,
+        name: String,
+        entry: Result<NameEntry, (ResponseCode, String)>,
+    ) -> Message {
+        let entry = match entry {
             Ok(entry) => entry,
             Err((code, reason)) => {
-                deny(Some(name), reason);
+                self.deny(Some(name), reason);
                 return error_reply(request, code);
             }
         };
@@ -200,11 +250,16 @@ impl DnsServer {
             reason: format!("answered {} (pinned)", entry.synthetic),
             ..Default::default()
         });
-        reply.answers.push(Record::from_rdata(
-            query.name.clone(),
-            SYNTHETIC_TTL,
-            RData::from(IpAddr::V4(entry.synthetic)),
-        ));
+        let mut reply = error_reply(request, ResponseCode::NoError);
+        reply.metadata.authoritative = true;
+        // `reply_at_once` passed only messages with exactly one query.
+        if let Some(query) = request.queries.first() {
+            reply.answers.push(Record::from_rdata(
+                query.name.clone(),
+                SYNTHETIC_TTL,
+                RData::from(IpAddr::V4(entry.synthetic)),
+            ));
+        }
         reply
     }
 
@@ -307,6 +362,31 @@ mod tests {
         let events = events.lock().unwrap();
         assert!(events.iter().all(|e| e.decision == "denied"));
         assert_eq!(events[0].name.as_deref(), Some("evil.test"));
+    }
+
+    /// Only a first A query for an allowed name waits for a host lookup; once pinned, the name is answered at once.
+    #[test]
+    fn only_first_lookups_wait() {
+        let (server, _) = server(&[("allowed.test", "203.0.113.5")]);
+        let ready = |packet: &[u8]| match server.answer_at_once(packet) {
+            Answer::Ready(reply) => Some(Message::from_vec(&reply.unwrap()).unwrap()),
+            Answer::Lookup(_) => None,
+        };
+        assert_eq!(ready(&query("evil.test.", RecordType::A)).unwrap().metadata.response_code, ResponseCode::Refused);
+        assert!(ready(&query("allowed.test.", RecordType::AAAA)).unwrap().answers.is_empty());
+        let Answer::Lookup(pending) = server.answer_at_once(&query("allowed.test.", RecordType::A)) else {
+            panic!("a first A query was answered without a lookup");
+        };
+        // A second query for the same name is still pending; finishing it answers from the table.
+        let Answer::Lookup(second) = server.answer_at_once(&query("allowed.test.", RecordType::A)) else {
+            panic!("answered before the name was pinned");
+        };
+        let first = Message::from_vec(&block_on(server.finish_lookup(pending)).unwrap()).unwrap();
+        let again = Message::from_vec(&block_on(server.finish_lookup(second)).unwrap()).unwrap();
+        let cached = ready(&query("allowed.test.", RecordType::A)).unwrap();
+        assert_eq!(first.answers[0].data.ip_addr(), Some(IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1))));
+        assert_eq!(again.answers, first.answers);
+        assert_eq!((cached.metadata.id, cached.answers), (0x1234, first.answers));
     }
 
     /// Garbage and mutated queries never panic the server; each is answered with a DNS message or dropped.

@@ -199,6 +199,20 @@ fn many_concurrent_connections_with_half_close() {
 }
 
 #[test]
+fn a_burst_of_dns_queries_is_answered_whole() {
+    require_root!();
+    let sb = Sandbox::start(
+        vec![rule("allowed.test", None), rule("other.test", None)],
+        &[("allowed.test", LOOPBACK), ("other.test", LOOPBACK)],
+    );
+    // 400 queries sent before any answer is read: first ones for names not yet pinned (their host lookups
+    // run in tasks), then a name that is refused. Every one is answered (NOERROR or REFUSED), none dropped.
+    assert_eq!(sb.client(&["dns-burst", "400", "allowed.test", "other.test", "denied.test"]), "400 [0, 5]\n");
+    assert_eq!(sb.client(&["dns-burst", "400", "allowed.test"]), "400 [0]\n");
+    assert!(!sb.events().iter().any(|e| e.reason.contains("waiting for a host lookup")));
+}
+
+#[test]
 fn connection_limit_refuses_the_excess() {
     require_root!();
     let server = HostServer::start();

@@ -174,6 +174,34 @@ def dns_tcp(name):
     print(rcode, socket.inet_ntoa(reply[-4:]) if answers else '-')
 
 
+def dns_burst(count, *names):
+    """Sends `count` UDP queries (A and AAAA for each of `names` in turn) before reading any answer, as a parallel
+    build's resolvers do; prints how many got an answer within 5 seconds and their response codes."""
+    count = int(count)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    s.connect((GATEWAY, 53))
+    answered = {}
+
+    def receive():
+        s.settimeout(5)
+        try:
+            while len(answered) < count:
+                reply = s.recv(512)
+                answered[struct.unpack('!H', reply[:2])[0]] = struct.unpack('!H', reply[2:4])[0] & 0xf
+        except socket.timeout:
+            pass
+
+    reader = threading.Thread(target=receive)
+    reader.start()
+    for i in range(count):
+        name = names[(i // 2) % len(names)]
+        qname = b''.join(bytes([len(label)]) + label.encode() for label in name.split('.')) + b'\0'
+        s.send(struct.pack('!HHHHHH', i, 0x0100, 1, 0, 0, 0) + qname + struct.pack('!HH', 1 if i % 2 == 0 else 28, 1))
+    reader.join()
+    print(len(answered), sorted(set(answered.values())))
+
+
 def fuzz(seconds):
     rnd = random.Random(5)
     raw = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM)

@@ -12,26 +12,23 @@
 //! list is not passed and the build is as before. (A linker set in a cargo config file's `linker` key is not
 //! visible here: with GNU ld, set `AIRLOCK_SYMBOL_ORDER=off`.)
 
+use std::path::Path;
 use std::process::Command;
 
 fn main() {
     println!("cargo::rerun-if-changed=startup-symbols.txt");
     println!("cargo::rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
     println!("cargo::rerun-if-env-changed=AIRLOCK_SYMBOL_ORDER");
-    // What was decided, for tests/layout.rs (which checks the layout only where the list was passed).
-    let passed = match std::env::var_os("CARGO_MANIFEST_DIR") {
-        _ if std::env::var_os("AIRLOCK_SYMBOL_ORDER").is_some_and(|v| v == "off") => None,
-        _ if !links_with_lld() => None,
-        Some(dir) => Some(std::path::Path::new(&dir).join("startup-symbols.txt")),
-        None => None,
-    };
-    match passed {
-        Some(list) => {
+    let list = std::env::var_os("CARGO_MANIFEST_DIR").map(|dir| Path::new(&dir).join("startup-symbols.txt"));
+    let off = std::env::var_os("AIRLOCK_SYMBOL_ORDER").is_some_and(|v| v == "off");
+    // What was decided also goes to the package's tests: tests/layout.rs checks the layout where the list was passed.
+    match list {
+        Some(list) if !off && links_with_lld() => {
             println!("cargo::rustc-link-arg-bin=airlock=-Wl,--symbol-ordering-file={}", list.display());
             println!("cargo::rustc-link-arg-bin=airlock=-Wl,--no-warn-symbol-ordering");
             println!("cargo::rustc-env=AIRLOCK_SYMBOL_ORDER=passed");
         }
-        None => println!("cargo::rustc-env=AIRLOCK_SYMBOL_ORDER=not passed"),
+        _ => println!("cargo::rustc-env=AIRLOCK_SYMBOL_ORDER=not passed"),
     }
 }
 

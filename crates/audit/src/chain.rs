@@ -12,26 +12,26 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// Compact JSON with every object's keys sorted: the same value always gives the same bytes, whatever order
 /// the keys were inserted in (and whether or not serde_json preserves insertion order).
 pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     write_canonical(value, &mut out);
-    out
+    into_text(out)
 }
 
 /// The canonical form of an object, leaving out the keys in `skip` (a record's `prev` and `hash`): the same
 /// bytes as [`canonical_json`] of a copy without them, without copying the record.
-fn write_canonical_object(map: &Map<String, Value>, skip: &[&str], out: &mut String) {
-    out.push('{');
+fn write_canonical_object(map: &Map<String, Value>, skip: &[&str], out: &mut Vec<u8>) {
+    out.push(b'{');
     let mut first = true;
     let mut member = |key: &String, value: &Value| {
         if skip.contains(&key.as_str()) {
             return;
         }
         if !first {
-            out.push(',');
+            out.push(b',');
         }
         first = false;
         write_string(key, out);
-        out.push(':');
+        out.push(b':');
         write_canonical(value, out);
     };
     // serde_json's map is a BTreeMap (keys in order) unless its `preserve_order` feature is on somewhere in the
@@ -43,79 +43,50 @@ fn write_canonical_object(map: &Map<String, Value>, skip: &[&str], out: &mut Str
         members.sort_by(|a, b| a.0.cmp(b.0));
         members.into_iter().for_each(|(k, v)| member(k, v));
     }
-    out.push('}');
+    out.push(b'}');
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => write_canonical_object(map, &[], out),
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(v, out);
             }
-            out.push(']');
+            out.push(b']');
         }
         Value::String(s) => write_string(s, out),
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        // Numbers: serde_json's own form: integers as they are (Rust's and serde_json's digits agree), floats as
-        // `Value`'s Display writes them (`1e+300`), as this function always has.
-        Value::Number(n) => {
-            use std::fmt::Write;
-            let _ = match (n.as_u64(), n.as_i64()) {
-                (Some(u), _) => write!(out, "{u}"),
-                (None, Some(i)) => write!(out, "{i}"),
-                (None, None) => out.write_str(&value.to_string()),
-            };
+        // Scalars: serde_json's own compact form (numbers in their shortest round-trip form, floats as `1e+300`).
+        // Writing into a `Vec` cannot fail.
+        scalar => {
+            let _ = serde_json::to_writer(&mut *out, scalar);
         }
     }
 }
 
-/// A JSON string, escaped exactly as serde_json escapes it (the canonical form must not change: logs written
-/// before stay verifiable): `"` as `\"`, the backslash as two, the control characters `\b \f \n \r \t` as
-/// those escapes, the other control characters as `\u00xx`, everything else as it is. Written straight into
-/// `out`: through `Value::to_string`, each key and string cost an allocation or two.
-fn write_string(s: &str, out: &mut String) {
-    out.push('"');
-    let mut start = 0;
-    for (i, byte) in s.bytes().enumerate() {
-        let escape: &str = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        if escape.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.push_str("\\u00");
-            out.push(HEX[usize::from(byte >> 4)] as char);
-            out.push(HEX[usize::from(byte & 15)] as char);
-        } else {
-            out.push_str(escape);
-        }
-        start = i + 1;
-    }
-    out.push_str(&s[start..]);
-    out.push('"');
+/// A JSON string as serde_json escapes it (the canonical form must not change: logs written before stay
+/// verifiable), written straight into `out`: through `Value::to_string`, each key and string cost an allocation
+/// or two. Writing into a `Vec` cannot fail.
+fn write_string(s: &str, out: &mut Vec<u8>) {
+    let _ = serde_json::to_writer(out, s);
+}
+
+/// The canonical bytes as text: they are JSON, which serde_json writes as UTF-8 only.
+fn into_text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// hex(sha256(prev || canonical(record without prev and hash))).
 pub fn record_hash(prev: &str, record: &Map<String, Value>) -> String {
-    let mut canonical = String::new();
+    let mut canonical = Vec::new();
     write_canonical_object(record, &["prev", "hash"], &mut canonical);
     let mut hasher = Sha256::new();
     hasher.update(prev.as_bytes());
-    hasher.update(canonical.as_bytes());
+    hasher.update(&canonical);
     hex(&hasher.finalize())
 }
 
@@ -125,12 +96,13 @@ pub fn record_hash(prev: &str, record: &Map<String, Value>) -> String {
 pub fn seal(prev: &str, record: &Map<String, Value>) -> (String, String) {
     // Written from the record itself: copying a map of a few dozen strings only to serialise it cost as much as
     // the serialising (one exec record per exec, in the supervisor that answers the next one).
-    let mut canonical = String::new();
+    let mut canonical = Vec::new();
     write_canonical_object(record, &["prev", "hash"], &mut canonical);
     let mut hasher = Sha256::new();
     hasher.update(prev.as_bytes());
-    hasher.update(canonical.as_bytes());
+    hasher.update(&canonical);
     let hash = hex(&hasher.finalize());
+    let canonical = into_text(canonical);
     let rest = &canonical[1..];
     let separator = if rest == "}" { "" } else { "," };
     (format!("{{\"hash\":\"{hash}\",\"prev\":\"{prev}\"{separator}{rest}"), hash)
@@ -169,9 +141,7 @@ mod tests {
         let mut all: String = (0u8..0x80).map(char::from).collect();
         all.push_str("é\u{2028}😀\u{7f}");
         for s in [all.as_str(), "", "plain", "a\"b\\c", "\u{1}\u{1f}"] {
-            let mut ours = String::new();
-            write_string(s, &mut ours);
-            assert_eq!(ours, serde_json::to_string(s).unwrap(), "{s:?}");
+            assert_eq!(canonical_json(&Value::from(s)), serde_json::to_string(s).unwrap(), "{s:?}");
         }
         let v = json!({"k\n": ["\t", 1, -2, u64::MAX, i64::MIN, 1.5, 1e300, -0.0, null, true, {"\u{0}": "x"}], "": ""});
         assert_eq!(

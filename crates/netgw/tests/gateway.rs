@@ -205,8 +205,9 @@ fn a_burst_of_dns_queries_is_answered_whole() {
         vec![rule("allowed.test", None), rule("other.test", None)],
         &[("allowed.test", LOOPBACK), ("other.test", LOOPBACK)],
     );
-    // 400 queries sent before any answer is read: first ones for names not yet pinned (their host lookups
-    // run in tasks), then a name that is refused. Every one is answered (NOERROR or REFUSED), none dropped.
+    // 400 queries (A and AAAA) sent before any answer is read, for three names in turn: two not yet pinned (their
+    // first A queries' host lookups run in tasks) and one that is refused. Every one is answered (NOERROR or
+    // REFUSED), none dropped; then 400 for a name the table knows.
     assert_eq!(sb.client(&["dns-burst", "400", "allowed.test", "other.test", "denied.test"]), "400 [0, 5]\n");
     assert_eq!(sb.client(&["dns-burst", "400", "allowed.test"]), "400 [0]\n");
     assert!(!sb.events().iter().any(|e| e.reason.contains("waiting for a host lookup")));

@@ -160,9 +160,14 @@ def idle(host, port, seconds):
         print('closed')
 
 
-def dns_tcp(name):
+def dns_query(ident, name, qtype):
+    """A DNS query (recursion desired) for `name` of type `qtype` (1: A, 28: AAAA), class IN."""
     qname = b''.join(bytes([len(label)]) + label.encode() for label in name.split('.')) + b'\0'
-    query = struct.pack('!HHHHHH', 7, 0x0100, 1, 0, 0, 0) + qname + struct.pack('!HH', 1, 1)
+    return struct.pack('!HHHHHH', ident, 0x0100, 1, 0, 0, 0) + qname + struct.pack('!HH', qtype, 1)
+
+
+def dns_tcp(name):
+    query = dns_query(7, name, 1)
     s = socket.create_connection((GATEWAY, 53), timeout=10)
     s.sendall(struct.pack('!H', len(query)) + query)
     length = struct.unpack('!H', s.recv(2))[0]
@@ -195,9 +200,7 @@ def dns_burst(count, *names):
     reader = threading.Thread(target=receive)
     reader.start()
     for i in range(count):
-        name = names[(i // 2) % len(names)]
-        qname = b''.join(bytes([len(label)]) + label.encode() for label in name.split('.')) + b'\0'
-        s.send(struct.pack('!HHHHHH', i, 0x0100, 1, 0, 0, 0) + qname + struct.pack('!HH', 1 if i % 2 == 0 else 28, 1))
+        s.send(dns_query(i, names[(i // 2) % len(names)], 1 if i % 2 == 0 else 28))
     reader.join()
     print(len(answered), sorted(set(answered.values())))
 

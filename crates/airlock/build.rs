@@ -19,17 +19,17 @@ fn main() {
     println!("cargo::rerun-if-changed=startup-symbols.txt");
     println!("cargo::rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
     println!("cargo::rerun-if-env-changed=AIRLOCK_SYMBOL_ORDER");
-    let list = std::env::var_os("CARGO_MANIFEST_DIR").map(|dir| Path::new(&dir).join("startup-symbols.txt"));
-    let off = std::env::var_os("AIRLOCK_SYMBOL_ORDER").is_some_and(|v| v == "off");
-    // What was decided also goes to the package's tests: tests/layout.rs checks the layout where the list was passed.
-    match list {
-        Some(list) if !off && links_with_lld() => {
-            println!("cargo::rustc-link-arg-bin=airlock=-Wl,--symbol-ordering-file={}", list.display());
-            println!("cargo::rustc-link-arg-bin=airlock=-Wl,--no-warn-symbol-ordering");
-            println!("cargo::rustc-env=AIRLOCK_SYMBOL_ORDER=passed");
-        }
-        _ => println!("cargo::rustc-env=AIRLOCK_SYMBOL_ORDER=not passed"),
+    // What is decided also goes to the package's tests, as the cfg `symbol_order_passed`: tests/layout.rs checks
+    // the layout where the list was passed.
+    println!("cargo::rustc-check-cfg=cfg(symbol_order_passed)");
+    if std::env::var_os("AIRLOCK_SYMBOL_ORDER").is_some_and(|v| v == "off") || !links_with_lld() {
+        return;
     }
+    let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") else { return };
+    let list = Path::new(&dir).join("startup-symbols.txt");
+    println!("cargo::rustc-link-arg-bin=airlock=-Wl,--symbol-ordering-file={}", list.display());
+    println!("cargo::rustc-link-arg-bin=airlock=-Wl,--no-warn-symbol-ordering");
+    println!("cargo::rustc-cfg=symbol_order_passed");
 }
 
 /// Whether the binary is linked by Rust's own LLD: the target is x86_64-unknown-linux-gnu, the compiler 1.90 or

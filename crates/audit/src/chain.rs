@@ -82,12 +82,17 @@ fn into_text(bytes: Vec<u8>) -> String {
 
 /// hex(sha256(prev || canonical(record without prev and hash))).
 pub fn record_hash(prev: &str, record: &Map<String, Value>) -> String {
+    canonical_and_hash(prev, record).1
+}
+
+/// The canonical form of `record` without `prev` and `hash`, and hex(sha256(prev || that form)).
+fn canonical_and_hash(prev: &str, record: &Map<String, Value>) -> (Vec<u8>, String) {
     let mut canonical = Vec::new();
     write_canonical_object(record, &["prev", "hash"], &mut canonical);
     let mut hasher = Sha256::new();
     hasher.update(prev.as_bytes());
     hasher.update(&canonical);
-    hex(&hasher.finalize())
+    (canonical, hex(&hasher.finalize()))
 }
 
 /// Seals `record` (which has no `prev` or `hash`) after `prev`: returns the line to write (without its newline)
@@ -96,12 +101,7 @@ pub fn record_hash(prev: &str, record: &Map<String, Value>) -> String {
 pub fn seal(prev: &str, record: &Map<String, Value>) -> (String, String) {
     // Written from the record itself: copying a map of a few dozen strings only to serialise it cost as much as
     // the serialising (one exec record per exec, in the supervisor that answers the next one).
-    let mut canonical = Vec::new();
-    write_canonical_object(record, &["prev", "hash"], &mut canonical);
-    let mut hasher = Sha256::new();
-    hasher.update(prev.as_bytes());
-    hasher.update(&canonical);
-    let hash = hex(&hasher.finalize());
+    let (canonical, hash) = canonical_and_hash(prev, record);
     let canonical = into_text(canonical);
     let rest = &canonical[1..];
     let separator = if rest == "}" { "" } else { "," };

@@ -6,11 +6,12 @@
 //!    whole (its syscall numbers differ, so native rules would not match them), and with it `socketcall`.
 //! 2. x86_64 only: `nr` must be below `__X32_SYSCALL_BIT`, else `ENOSYS`. x32 calls report the native arch, so
 //!    without this check `0x40000000 | nr` would reach the same kernel code past every rule.
-//! 3. One block per rule and syscall, in profile order: reload `nr`, compare, test the conditions on the low 32
-//!    bits of the arguments, return `SECCOMP_RET_ERRNO | errno`. A failed test jumps to the next block.
-//! 4. `SECCOMP_RET_ALLOW`.
+//! 3. A binary search on `nr` leads to the blocks of that call: one per rule naming it, in profile order, each
+//!    testing its conditions on the low 32 bits of the arguments and returning `SECCOMP_RET_ERRNO | errno`; a
+//!    failed test jumps to the next block. A call a rule denies outright returns right in the search.
+//! 4. `SECCOMP_RET_ALLOW`, for a call no rule names and for one none of whose blocks matched.
 //!
-//! A block loads arguments only after its `nr` matched. So for every syscall no rule names, the program's
+//! A block loads arguments only after the search matched its `nr`. So for every syscall no rule names, the program's
 //! answer depends on `arch` and `nr` alone, and the kernel's seccomp action cache (5.11+) records it as always
 //! allowed: `read`, `write` and the rest never run the filter.
 //!
@@ -175,18 +176,19 @@ pub fn compile_notifying_seccomp_program(
     filter.push(jump(JMP_JEQ_K, AUDIT_ARCH_NATIVE, 1, 0));
     filter.push(statement(RET_K, return_errno(libc::ENOSYS)));
 
-    // 2. x32 calls report the native arch with bit 30 set in nr: refuse them before any rule is matched.
+    // 2. x32 calls report the native arch with bit 30 set in nr: refuse them before any rule is matched. The
+    // accumulator then holds nr for the search (step 4); without this step, the search loads it itself.
+    filter.push(statement(LD_W_ABS, NR_OFFSET));
     #[cfg(target_arch = "x86_64")]
     {
-        filter.push(statement(LD_W_ABS, NR_OFFSET));
         filter.push(jump(JMP_JGE_K, X32_SYSCALL_BIT, 0, 1));
         filter.push(statement(RET_K, return_errno(libc::ENOSYS)));
     }
 
     // 3. The profile's rules, in order, then the audited calls (after the rules: a denial stays a denial). Each
-    // is a block that returns when its call and conditions match; the first that matches wins. Blocks of one call
-    // keep that order; blocks of different calls never both match, so they are grouped by call (step 4).
-    let mut blocks: BTreeMap<u32, Vec<libc::sock_filter>> = BTreeMap::new();
+    // is a block that returns when its conditions match; the first that matches wins. Blocks of one call keep
+    // that order; blocks of different calls never both match, so they are grouped by call (step 4).
+    let mut calls: BTreeMap<u32, CallCode> = BTreeMap::new();
     for (index, rule) in profile.rules.iter().enumerate() {
         let rule_number = index + 1;
         for name in &rule.syscalls {
@@ -201,12 +203,12 @@ pub fn compile_notifying_seccomp_program(
             // worth a record, and every thread start would otherwise wait for a round trip to the supervisor.
             let notified = notify.denials && !rule.expected_fallback;
             let ret = if notified { libc::SECCOMP_RET_USER_NOTIF } else { return_errno(rule.errno.number()) };
-            let block = compile_block(nr, &rule.conditions, ret).map_err(|distance| SeccompError::CompileJump {
+            let block = compile_block(&rule.conditions, ret).map_err(|distance| SeccompError::CompileJump {
                 rule: rule_number,
                 name: name.clone(),
                 distance,
             })?;
-            blocks.entry(nr).or_default().extend(block);
+            calls.entry(nr).or_default().append(block, rule.conditions.is_empty());
             if notified {
                 denials.push(DenyEntry {
                     nr,
@@ -234,10 +236,10 @@ pub fn compile_notifying_seccomp_program(
         }
     }
     for (nr, conditions) in &notified {
-        let block = compile_block(*nr, conditions, libc::SECCOMP_RET_USER_NOTIF).map_err(|distance| {
+        let block = compile_block(conditions, libc::SECCOMP_RET_USER_NOTIF).map_err(|distance| {
             SeccompError::CompileJump { rule: 0, name: format!("audited syscall {nr}"), distance }
         })?;
-        blocks.entry(*nr).or_default().extend(block);
+        calls.entry(*nr).or_default().append(block, conditions.is_empty());
     }
 
     // 4. A binary search on the call's number leads to its blocks; a call with none, and a call none of whose
@@ -245,8 +247,7 @@ pub fn compile_notifying_seccomp_program(
     // the filter once per call number when it is installed (`seccomp_cache_prepare`, to learn which calls it
     // always allows), about 3.8 ns per instruction walked on this VM, so each instruction on the common path cost
     // ~1.7 us of every start, besides its cost on every call the command makes.
-    filter.push(statement(LD_W_ABS, NR_OFFSET));
-    compile_dispatch(&blocks, &mut filter);
+    compile_dispatch(&calls, &mut filter);
 
     if filter.len() > MAX_INSTRUCTIONS {
         return Err(SeccompError::CompileProgram { instructions: filter.len() });
@@ -388,53 +389,94 @@ fn load_arg_low_word(arg: u8) -> libc::sock_filter {
     statement(LD_W_ABS, ARGS_OFFSET + 8 * u32::from(arg) + LOW_WORD_OFFSET)
 }
 
-/// How many calls a leaf of the search compares one by one (each a `jeq` and a `ja`).
+/// How many calls a leaf of the search compares one by one (each a `jeq` and a `ja` or a return).
 const CALLS_PER_LEAF: usize = 4;
 
-/// Appends the search over the call numbers of `blocks` (the accumulator holds the call's number), then each
-/// call's blocks followed by `return ALLOW`. Internal nodes are `jge pivot, 0, 1` + `ja upper half`; leaves are
-/// `jeq nr, 0, 1` + `ja its blocks` per call, then `return ALLOW`. Every conditional jump goes 0 or 1 ahead and
-/// every longer one is a `ja` (32-bit offset), so no size of profile overflows a jump (the program's length is
-/// checked by the caller).
-fn compile_dispatch(blocks: &BTreeMap<u32, Vec<libc::sock_filter>>, filter: &mut Vec<libc::sock_filter>) {
-    fn search(calls: &[u32], filter: &mut Vec<libc::sock_filter>, to_blocks: &mut Vec<(usize, u32)>) {
-        if calls.len() <= CALLS_PER_LEAF {
-            for &nr in calls {
+/// The code the search leads to for one call: its blocks in order. Once a block returns whatever the arguments
+/// (a rule with no conditions), nothing after it can run: later blocks are left out, and so is the `return
+/// ALLOW` that otherwise follows the last block.
+#[derive(Default)]
+struct CallCode {
+    code: Vec<libc::sock_filter>,
+    decided: bool,
+}
+
+impl CallCode {
+    fn append(&mut self, block: Vec<libc::sock_filter>, unconditional: bool) {
+        if !self.decided {
+            self.code.extend(block);
+            self.decided = unconditional;
+        }
+    }
+
+    /// The call's only instruction when it is one `return` (a call denied outright): the search returns it in
+    /// place of a jump to it.
+    fn single_return(&self) -> Option<libc::sock_filter> {
+        match self.code.as_slice() {
+            [only] if self.decided => Some(*only),
+            _ => None,
+        }
+    }
+}
+
+/// Appends the search over the call numbers of `calls` (the accumulator holds the call's number), then each
+/// call's blocks followed by `return ALLOW` (unless the last block always returns). Internal nodes are `jge
+/// pivot, 0, 1` + `ja upper half`; leaves are, per call, `jeq nr, 0, 1` + either the call's single `return` or
+/// `ja its blocks`, then `return ALLOW`. Every conditional jump goes 0 or 1 ahead and every longer one is a `ja`
+/// (32-bit offset), so no size of profile overflows a jump (the program's length is checked by the caller).
+fn compile_dispatch(calls: &BTreeMap<u32, CallCode>, filter: &mut Vec<libc::sock_filter>) {
+    fn search(
+        numbers: &[u32],
+        calls: &BTreeMap<u32, CallCode>,
+        filter: &mut Vec<libc::sock_filter>,
+        to_blocks: &mut Vec<(usize, u32)>,
+    ) {
+        if numbers.len() <= CALLS_PER_LEAF {
+            for &nr in numbers {
                 filter.push(jump(JMP_JEQ_K, nr, 0, 1));
-                to_blocks.push((filter.len(), nr));
-                filter.push(statement(JMP_JA, 0));
+                match calls.get(&nr).and_then(CallCode::single_return) {
+                    Some(ret) => filter.push(ret),
+                    None => {
+                        to_blocks.push((filter.len(), nr));
+                        filter.push(statement(JMP_JA, 0));
+                    }
+                }
             }
             filter.push(statement(RET_K, libc::SECCOMP_RET_ALLOW));
             return;
         }
-        let (low, high) = calls.split_at(calls.len() / 2);
+        let (low, high) = numbers.split_at(numbers.len() / 2);
         filter.push(jump(JMP_JGE_K, high[0], 0, 1));
         let to_high = filter.len();
         filter.push(statement(JMP_JA, 0));
-        search(low, filter, to_blocks);
+        search(low, calls, filter, to_blocks);
         filter[to_high].k = (filter.len() - to_high - 1) as u32;
-        search(high, filter, to_blocks);
+        search(high, calls, filter, to_blocks);
     }
-    let calls: Vec<u32> = blocks.keys().copied().collect();
+    let numbers: Vec<u32> = calls.keys().copied().collect();
     let mut to_blocks = Vec::new();
-    search(&calls, filter, &mut to_blocks);
+    search(&numbers, calls, filter, &mut to_blocks);
     let mut starts = BTreeMap::new();
-    for (nr, code) in blocks {
+    for (nr, call) in calls {
+        if call.single_return().is_some() {
+            continue;
+        }
         starts.insert(*nr, filter.len());
-        filter.extend_from_slice(code);
-        filter.push(statement(RET_K, libc::SECCOMP_RET_ALLOW));
+        filter.extend_from_slice(&call.code);
+        if !call.decided {
+            filter.push(statement(RET_K, libc::SECCOMP_RET_ALLOW));
+        }
     }
     for (at, nr) in to_blocks {
         filter[at].k = (starts[&nr] - at - 1) as u32;
     }
 }
 
-/// One block: `if nr == syscall && conditions { return ret }`. Every failed test leaves the block by jumping
-/// just past its end. On error, returns the jump distance that did not fit.
-fn compile_block(nr: u32, conditions: &[ArgCondition], ret: u32) -> Result<Vec<libc::sock_filter>, usize> {
+/// One block of a call the search has already matched: `if conditions { return ret }`. Every failed test leaves
+/// the block by jumping just past its end; every test loads the argument it tests, so a block needs nothing in
+/// the accumulator. On error, returns the jump distance that did not fit.
+fn compile_block(conditions: &[ArgCondition], ret: u32) -> Result<Vec<libc::sock_filter>, usize> {
     let mut block = BlockBuilder::default();
-    block.push(statement(LD_W_ABS, NR_OFFSET))?;
-    block.push_exit_unless(JMP_JEQ_K, nr)?;
     for condition in conditions {
         block.push(load_arg_low_word(condition.arg))?;
         match &condition.test {
@@ -770,14 +812,14 @@ mod tests {
         assert_valid(&program);
         assert!(!program.is_empty());
 
-        // Header (arch check, and the x32 check on x86_64), the load of the call's number, the search, then per
-        // call its blocks (per rule naming it: load nr, compare, per condition a load and its tests, return) and
-        // a return ALLOW. No trampoline is needed at this size.
-        let header = if cfg!(target_arch = "x86_64") { 6 } else { 3 };
-        let mut blocks = 0;
-        let mut calls = std::collections::BTreeSet::new();
+        // Header (arch check, the load of the call's number, and the x32 check on x86_64), the search, then per
+        // call its blocks (per rule naming it, up to the first with no conditions: per condition a load and its
+        // tests, then a return) and a return ALLOW unless its last block always returns. A call whose first rule
+        // has no conditions is one return, placed in the search. No trampoline is needed at this size.
+        let header = if cfg!(target_arch = "x86_64") { 6 } else { 4 };
+        let mut calls: BTreeMap<u32, (usize, bool)> = BTreeMap::new();
         for rule in &profile.rules {
-            let block: usize = 3 + rule
+            let block: usize = 1 + rule
                 .conditions
                 .iter()
                 .map(|condition| match &condition.test {
@@ -787,14 +829,26 @@ mod tests {
                 .sum::<usize>();
             for name in &rule.syscalls {
                 if let SyscallNumber::Native(nr) = syscall_number(name) {
-                    blocks += block;
-                    calls.insert(nr);
+                    let (length, decided) = calls.entry(nr).or_default();
+                    if !*decided {
+                        *length += block;
+                        *decided = rule.conditions.is_empty();
+                    }
                 }
             }
         }
-        // The search: a jeq and a ja per call, a return per leaf, a jge and a ja per inner node.
+        let blocks: usize = calls
+            .values()
+            .map(|&(length, decided)| match (length, decided) {
+                (1, true) => 0,
+                (length, true) => length,
+                (length, false) => length + 1,
+            })
+            .sum();
+        // The search: a jeq and a ja (or the call's return) per call, a return per leaf, a jge and a ja per inner
+        // node.
         let leaves = calls.len().div_ceil(CALLS_PER_LEAF).next_power_of_two().min(calls.len()).max(1);
-        let search = program.len() - header - 1 - blocks - calls.len();
+        let search = program.len() - header - blocks;
         assert!(search >= 2 * calls.len() + leaves, "search of {search} instructions for {} calls", calls.len());
         assert!(
             search <= 2 * calls.len() + 3 * 2 * leaves,
@@ -1071,9 +1125,9 @@ mod tests {
         let iopl =
             compile_seccomp_program(&profile("[[rule]]\nsyscalls = [\"iopl\"]\nerrno = \"EPERM\"\nreason = \"a\"\n"));
         let empty = compile_seccomp_program(&SeccompProfile { rules: Vec::new() }).unwrap();
-        // iopl: a jeq and a ja in the search, its block (load, compare, return) and a return ALLOW after it.
+        // iopl, denied outright: a jeq and its return in the search.
         #[cfg(target_arch = "x86_64")]
-        assert_eq!(iopl.unwrap().len(), empty.len() + 6);
+        assert_eq!(iopl.unwrap().len(), empty.len() + 2);
         #[cfg(target_arch = "aarch64")]
         assert_eq!(iopl.unwrap().len(), empty.len());
     }

@@ -1,6 +1,6 @@
 //! The one crate of the workspace where raw system calls are made: thin wrappers over the calls airlock's sandbox
 //! engine needs, one module per kernel concept (`fd`, `fs`, `dir`, `xattr`, `process`, `namespace`, `signal`,
-//! `mount`, `loop_device`, `capability`, `terminal`, `time`).
+//! `mount`, `loop_device`, `capability`, `terminal`, `time`, `sched`).
 //!
 //! Every function here is async-signal-safe and allocates nothing: they are called after `clone`, in the
 //! sandbox's init and in the command's process, where only such work is allowed. Errors are the raw errno, which
@@ -23,6 +23,7 @@ pub mod mount;
 pub mod namespace;
 pub mod net;
 pub mod process;
+pub mod sched;
 pub mod seccomp;
 pub mod signal;
 pub mod socket;

@@ -58,7 +58,8 @@ pub fn start_network_namespace() -> Result<NetworkNamespaceMaker, Errno> {
             // kernel often queues the maker on init's CPU and runs it first, and an idle CPU does not take init
             // over at once: in about one start in four, init then waited for the whole namespace (measured with
             // bpftrace: the gap before init's first mount 256-512 us instead of 4-8). So the maker goes to
-            // another CPU. Only scheduling: a refusal changes nothing else, and is ignored.
+            // another CPU. Only scheduling: a refusal changes nothing else, and is ignored. (It exits once it has
+            // sent the namespace: nothing inherits the narrower set.)
             let _ = sys::sched::move_off_current_cpu(pid);
             Ok(NetworkNamespaceMaker { pid, answer })
         }

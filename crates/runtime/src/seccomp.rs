@@ -11,9 +11,9 @@
 //!    failed test jumps to the next block. A call a rule denies outright returns right in the search.
 //! 4. `SECCOMP_RET_ALLOW`, for a call no rule names and for one none of whose blocks matched.
 //!
-//! A block loads arguments only after the search matched its `nr`. So for every syscall no rule names, the program's
-//! answer depends on `arch` and `nr` alone, and the kernel's seccomp action cache (5.11+) records it as always
-//! allowed: `read`, `write` and the rest never run the filter.
+//! A block loads arguments only after the search matched its `nr`. So for every syscall no rule names, the
+//! program's answer depends on `arch` and `nr` alone, and the kernel's seccomp action cache (5.11+) records it as
+//! always allowed: `read`, `write` and the rest never run the filter.
 //!
 //! seccompiler is not used: it allows one match action per filter and cannot refuse x32 syscall numbers.
 //!
@@ -176,8 +176,8 @@ pub fn compile_notifying_seccomp_program(
     filter.push(jump(JMP_JEQ_K, AUDIT_ARCH_NATIVE, 1, 0));
     filter.push(statement(RET_K, return_errno(libc::ENOSYS)));
 
-    // 2. x32 calls report the native arch with bit 30 set in nr: refuse them before any rule is matched. The
-    // accumulator then holds nr for the search (step 4); without this step, the search loads it itself.
+    // 2. x32 calls report the native arch with bit 30 set in nr: refuse them before any rule is matched. nr is
+    // loaded here on every architecture: the search (step 4) reads it from the accumulator.
     filter.push(statement(LD_W_ABS, NR_OFFSET));
     #[cfg(target_arch = "x86_64")]
     {

@@ -480,28 +480,54 @@ fn all_stopped() -> Result<bool, Errno> {
 
 /// Whether `/proc/PID/stat`'s state is stopped (`T`, `t`) or gone (`Z`, `X`, or no such process any more).
 fn is_stopped(proc_dir: RawFd, pid: &[u8]) -> Result<bool, Errno> {
-    let mut path = [0u8; 32];
-    if pid.len() + 6 > path.len() {
+    let mut stat = [0u8; 512];
+    let Some(n) = read_proc_file(proc_dir, pid, b"/stat", &mut stat)? else { return Ok(true) };
+    let stat = &stat[..n];
+    if stat_says_stopped(stat) {
         return Ok(true);
     }
+    // A `vfork` parent waits, uninterruptibly, until its child has exec'd or exited: SIGSTOP cannot stop it,
+    // and it runs nothing of its own meanwhile. Its child is a process of the namespace, checked on its own, so
+    // the parent counts as stopped (a shell such as dash vforks each command: a SIGSTOP that caught the child
+    // between its vfork and its exec left the parent in `D` for good, and the freeze waited its 5 s out).
+    if stat_state(stat) == Some(b'D') {
+        let mut wchan = [0u8; 64];
+        if let Some(n) = read_proc_file(proc_dir, pid, b"/wchan", &mut wchan)? {
+            return Ok(waits_for_vfork_child(&wchan[..n]));
+        }
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Whether `/proc/PID/wchan` names the kernel's wait of a `vfork` parent for its child (in `kernel_clone`, or
+/// `wait_for_vfork_done` where the kernel did not inline it).
+fn waits_for_vfork_child(wchan: &[u8]) -> bool {
+    matches!(wchan, b"kernel_clone" | b"wait_for_vfork_done")
+}
+
+/// Reads `/proc/PID/FILE` (`file` starts with `/`) into `buf`; `None` when the process is gone.
+fn read_proc_file(proc_dir: RawFd, pid: &[u8], file: &[u8], buf: &mut [u8]) -> Result<Option<usize>, Errno> {
+    let mut path = [0u8; 32];
+    if pid.len() + file.len() + 1 > path.len() {
+        return Ok(None);
+    }
     path[..pid.len()].copy_from_slice(pid);
-    path[pid.len()..pid.len() + 5].copy_from_slice(b"/stat");
+    path[pid.len()..pid.len() + file.len()].copy_from_slice(file);
     // NUL-terminated: zeroed past the name (a pid holds no NUL).
-    let Ok(path) = CStr::from_bytes_until_nul(&path) else { return Ok(true) };
+    let Ok(path) = CStr::from_bytes_until_nul(&path) else { return Ok(None) };
     let fd = match sys::fd::openat(proc_dir, path, libc::O_RDONLY | libc::O_CLOEXEC, 0) {
         Ok(fd) => fd,
-        Err(libc::ENOENT) | Err(libc::ESRCH) => return Ok(true),
+        Err(libc::ENOENT) | Err(libc::ESRCH) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let mut stat = [0u8; 512];
-    let n = sys::fd::read(fd.as_raw_fd(), &mut stat);
+    let n = sys::fd::read(fd.as_raw_fd(), buf);
     drop(fd);
-    let n = match n {
-        Ok(n) => n,
-        Err(libc::ESRCH) => return Ok(true),
-        Err(e) => return Err(e),
-    };
-    Ok(stat_says_stopped(&stat[..n]))
+    match n {
+        Ok(n) => Ok(Some(n)),
+        Err(libc::ESRCH) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Whether a `/proc/PID/stat` line's state is stopped (`T`, `t`) or gone (`Z`, `X`, or no state to read).
@@ -545,6 +571,51 @@ fn inside_ids_of(pid: libc::pid_t) -> Result<(u32, u32), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn state_of(pid: libc::pid_t) -> Option<u8> {
+        std::fs::read(format!("/proc/{pid}/stat")).ok().and_then(|stat| stat_state(&stat))
+    }
+
+    /// A process whose `vfork` child stopped before its exec (as a SIGSTOP sent by a freeze can catch a shell's
+    /// child) stays in `D` and cannot be stopped itself: it counts as stopped; a sleeping process does not.
+    #[test]
+    fn a_vfork_parent_waiting_for_its_stopped_child_counts_as_stopped() {
+        let parent = sys::process::fork_and_run(|| {
+            let _ = sys::process::vfork_and_run(&mut || {
+                let _ = sys::signal::kill(sys::process::pid(), libc::SIGSTOP);
+                0
+            });
+            0
+        })
+        .unwrap();
+        let sleeper = sys::process::fork_and_run(|| {
+            std::thread::sleep(Duration::from_secs(30));
+            0
+        })
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while (state_of(parent) != Some(b'D') || state_of(sleeper) != Some(b'S'))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).unwrap_or_default();
+        let proc_dir = sys::fd::open(c"/proc", libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC).unwrap();
+        let parent_stopped = is_stopped(proc_dir.as_raw_fd(), parent.to_string().as_bytes());
+        let sleeper_stopped = is_stopped(proc_dir.as_raw_fd(), sleeper.to_string().as_bytes());
+        let parent_state = state_of(parent);
+        // The stopped child dies, its parent's vfork returns and it exits.
+        for child in children.split_whitespace().filter_map(|c| c.parse::<libc::pid_t>().ok()) {
+            let _ = sys::signal::kill(child, libc::SIGKILL);
+        }
+        let _ = sys::signal::kill(sleeper, libc::SIGKILL);
+        let _ = sys::wait::wait_for_exit(parent);
+        let _ = sys::wait::wait_for_exit(sleeper);
+        assert_eq!(parent_state, Some(b'D'), "the vfork parent's state");
+        assert!(!children.trim().is_empty(), "the vfork child");
+        assert_eq!(parent_stopped, Ok(true));
+        assert_eq!(sleeper_stopped, Ok(false));
+    }
 
     #[test]
     fn host_ids_map_back_inside() {

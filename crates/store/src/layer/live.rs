@@ -478,7 +478,8 @@ fn all_stopped() -> Result<bool, Errno> {
     }
 }
 
-/// Whether `/proc/PID/stat`'s state is stopped (`T`, `t`) or gone (`Z`, `X`, or no such process any more).
+/// Whether `/proc/PID/stat`'s state is stopped (`T`, `t`) or gone (`Z`, `X`, or no such process any more), or
+/// the process is a `vfork` parent waiting for its child (see below).
 fn is_stopped(proc_dir: RawFd, pid: &[u8]) -> Result<bool, Errno> {
     let mut stat = [0u8; 512];
     let Some(n) = read_proc_file(proc_dir, pid, b"/stat", &mut stat)? else { return Ok(true) };

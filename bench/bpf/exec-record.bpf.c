@@ -57,7 +57,7 @@ static __always_inline __u32 pid_at(struct pid *pid, __u32 level)
 	if (!pid || BPF_CORE_READ(pid, level) < level)
 		return 0;
 	struct upid u;
-	bpf_probe_read_kernel(&u, sizeof(u), (void *)&pid->numbers[0] + (__u64)level * bpf_core_type_size(struct upid));
+	bpf_probe_read_kernel(&u, sizeof(u), (void *)pid + bpf_core_field_offset(struct pid, numbers) + (__u64)level * bpf_core_type_size(struct upid));
 	return u.nr;
 }
 
@@ -174,7 +174,6 @@ int BPF_PROG(exec_failed, struct pt_regs *regs, long ret)
 	const char *path = (const char *)(nr == 59 ? BPF_CORE_READ(regs, di) : BPF_CORE_READ(regs, si));
 	const char *const *argv = (const char *const *)(nr == 59 ? BPF_CORE_READ(regs, si) : BPF_CORE_READ(regs, dx));
 	bpf_probe_read_user_str(r->path, sizeof(r->path), path);
-	// argv[0] only, in this prototype (the loop's failed execs are init's PATH lookup).
 	const char *arg0 = 0;
 	bpf_probe_read_user(&arg0, sizeof(arg0), argv);
 	long n = arg0 ? bpf_probe_read_user_str(r->argv, 256, arg0) : 0;

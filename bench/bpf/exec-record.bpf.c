@@ -124,19 +124,34 @@ static __always_inline void fill_context(struct exec_record *r, struct task_stru
 	r->cwd_len = w.off;
 }
 
+// A record for the current process, when it is one of the selected sandbox's; NULL otherwise, or when the
+// ring is full (counted in `lost`).
+static __always_inline struct exec_record *reserve_record(struct task_struct *t)
+{
+	if (!selected(t))
+		return NULL;
+	struct exec_record *r = bpf_ringbuf_reserve(&records, sizeof(*r), 0);
+	if (!r)
+		__sync_fetch_and_add(&lost, 1);
+	return r;
+}
+
+// The reader drains the ring on a 10 ms timer; it is woken early only when the ring is half full.
+static __always_inline void submit_record(struct exec_record *r)
+{
+	__u64 full = bpf_ringbuf_query(&records, BPF_RB_AVAIL_DATA) > (8 << 20);
+	bpf_ringbuf_submit(r, full ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
 // Every exec that happened: its argv from the new program's own memory (what the kernel copied, not what a
 // racing thread may have changed since), the path as given.
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(exec_done, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
-	if (!selected(t))
+	struct exec_record *r = reserve_record(t);
+	if (!r)
 		return 0;
-	struct exec_record *r = bpf_ringbuf_reserve(&records, sizeof(*r), 0);
-	if (!r) {
-		__sync_fetch_and_add(&lost, 1);
-		return 0;
-	}
 	r->error = 0;
 	bpf_probe_read_kernel_str(r->path, sizeof(r->path), BPF_CORE_READ(bprm, filename));
 	unsigned long start = BPF_CORE_READ(t, mm, arg_start), end = BPF_CORE_READ(t, mm, arg_end);
@@ -146,9 +161,7 @@ int BPF_PROG(exec_done, struct task_struct *p, pid_t old_pid, struct linux_binpr
 	r->argv_len = len;
 	bpf_probe_read_user(r->argv, len & (ARGV_MAX - 1), (void *)start);
 	fill_context(r, t);
-	// The supervisor reads the ring on a 10 ms timer; it is woken early only when the ring is half full.
-	__u64 flags = bpf_ringbuf_query(&records, BPF_RB_AVAIL_DATA) > (8 << 20) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-	bpf_ringbuf_submit(r, flags);
+	submit_record(r);
 	return 0;
 }
 
@@ -163,23 +176,19 @@ int BPF_PROG(exec_failed, struct pt_regs *regs, long ret)
 	if (nr != 59 && nr != 322) // execve, execveat (x86-64)
 		return 0;
 	struct task_struct *t = bpf_get_current_task_btf();
-	if (!selected(t))
+	struct exec_record *r = reserve_record(t);
+	if (!r)
 		return 0;
-	struct exec_record *r = bpf_ringbuf_reserve(&records, sizeof(*r), 0);
-	if (!r) {
-		__sync_fetch_and_add(&lost, 1);
-		return 0;
-	}
 	r->error = ret;
 	const char *path = (const char *)(nr == 59 ? BPF_CORE_READ(regs, di) : BPF_CORE_READ(regs, si));
 	const char *const *argv = (const char *const *)(nr == 59 ? BPF_CORE_READ(regs, si) : BPF_CORE_READ(regs, dx));
 	bpf_probe_read_user_str(r->path, sizeof(r->path), path);
+	// argv[0] only, in this prototype (the loop's failed execs are init's PATH lookup of the command).
 	const char *arg0 = 0;
 	bpf_probe_read_user(&arg0, sizeof(arg0), argv);
 	long n = arg0 ? bpf_probe_read_user_str(r->argv, 256, arg0) : 0;
 	r->argv_len = n > 0 ? n : 0;
 	fill_context(r, t);
-	__u64 flags = bpf_ringbuf_query(&records, BPF_RB_AVAIL_DATA) > (8 << 20) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-	bpf_ringbuf_submit(r, flags);
+	submit_record(r);
 	return 0;
 }

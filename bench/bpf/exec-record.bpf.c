@@ -14,23 +14,7 @@ const volatile char selector[16] = {};
 // is not used, only its cost paid.
 const volatile __u64 pidns_dev = 0, pidns_ino = 0;
 
-#define ARGV_MAX 4096
-#define PATH_MAX_ 256
-#define CWD_MAX 4096
-#define CWD_DEPTH 32
-#define NAME_MAX_ 256
-
-struct exec_record {
-	__u32 host_tgid;
-	__u32 inner_tgid;      // in the sandbox's pid namespace (0: not resolved)
-	__u32 inner_parent;    // the parent's pid at the same namespace level (0: outside the sandbox)
-	__s32 error;           // 0: the exec happened; else the failed exec's errno (negative)
-	__u32 argv_len;
-	__u32 cwd_len;         // bytes used of cwd: its components, innermost first, each ending in a NUL
-	char path[PATH_MAX_];  // as the caller gave it
-	char argv[ARGV_MAX];
-	char cwd[CWD_MAX + NAME_MAX_];
-};
+#include "exec-record.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

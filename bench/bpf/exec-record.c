@@ -6,17 +6,11 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <linux/types.h>
 #include <bpf/libbpf.h>
+#include "exec-record.h"
 #include "exec-record.skel.h"
 
-struct exec_record {
-	unsigned host_tgid, inner_tgid, inner_parent;
-	int error;
-	unsigned argv_len, cwd_len;
-	char path[256];
-	char argv[4096];
-	char cwd[4096 + 256];
-};
 
 static FILE *out;
 static long records;

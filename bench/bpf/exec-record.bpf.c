@@ -4,6 +4,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include "exec-record.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -13,8 +14,6 @@ const volatile char selector[16] = {};
 // The sandbox's pid namespace (`stat` of /proc/PID/ns/pid: st_dev, st_ino); 0 here, so the helper's answer
 // is not used, only its cost paid.
 const volatile __u64 pidns_dev = 0, pidns_ino = 0;
-
-#include "exec-record.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

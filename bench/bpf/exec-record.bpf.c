@@ -148,6 +148,29 @@ int BPF_PROG(exec_done, struct task_struct *p, pid_t old_pid, struct linux_binpr
 	return 0;
 }
 
+// One argument of a failed exec, from the caller's memory (bpf_loop: at most ARGS_MAX of them).
+struct argv_copy {
+	const char *const *argv;
+	struct exec_record *r;
+	__u32 off;
+};
+
+static long copy_arg(__u32 i, void *ctx)
+{
+	struct argv_copy *a = ctx;
+	const char *arg = 0;
+	if (bpf_probe_read_user(&arg, sizeof(arg), &a->argv[i]) || !arg)
+		return 1;
+	__u32 off = a->off;
+	if (off >= ARGV_MAX - ARG_MAX_)
+		return 1;
+	long n = bpf_probe_read_user_str(&a->r->argv[off & (ARGV_MAX - 1)], ARG_MAX_, arg);
+	if (n <= 0)
+		return 1;
+	a->off = off + n;
+	return 0;
+}
+
 // Every exec that failed (it never reaches the tracepoint above): the caller's memory is still its own, so
 // the path and argv are read from the system call's arguments.
 SEC("tp_btf/sys_exit")
@@ -166,11 +189,9 @@ int BPF_PROG(exec_failed, struct pt_regs *regs, long ret)
 	const char *path = (const char *)(nr == 59 ? BPF_CORE_READ(regs, di) : BPF_CORE_READ(regs, si));
 	const char *const *argv = (const char *const *)(nr == 59 ? BPF_CORE_READ(regs, si) : BPF_CORE_READ(regs, dx));
 	bpf_probe_read_user_str(r->path, sizeof(r->path), path);
-	// argv[0] only, in this prototype (the loop's failed execs are init's PATH lookup of the command).
-	const char *arg0 = 0;
-	bpf_probe_read_user(&arg0, sizeof(arg0), argv);
-	long n = arg0 ? bpf_probe_read_user_str(r->argv, 256, arg0) : 0;
-	r->argv_len = n > 0 ? n : 0;
+	struct argv_copy a = { .argv = argv, .r = r };
+	bpf_loop(ARGS_MAX, copy_arg, &a, 0);
+	r->argv_len = a.off;
 	fill_context(r, t);
 	submit_record(r);
 	return 0;

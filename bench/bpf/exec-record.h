@@ -8,6 +8,8 @@
 #define CWD_MAX 4096
 #define CWD_DEPTH 32
 #define NAME_MAX_ 256
+#define ARGS_MAX 64   // arguments of a failed exec read
+#define ARG_MAX_ 256  // bytes of one of them
 
 struct exec_record {
 	__u32 host_tgid;

@@ -483,15 +483,15 @@ fn all_stopped() -> Result<bool, Errno> {
 fn is_stopped(proc_dir: RawFd, pid: &[u8]) -> Result<bool, Errno> {
     let mut stat = [0u8; 512];
     let Some(n) = read_proc_file(proc_dir, pid, b"/stat", &mut stat)? else { return Ok(true) };
-    let stat = &stat[..n];
-    if stat_says_stopped(stat) {
+    let state = stat_state(&stat[..n]);
+    if state_says_stopped(state) {
         return Ok(true);
     }
     // A `vfork` parent waits, uninterruptibly, until its child has exec'd or exited: SIGSTOP cannot stop it,
     // and it runs nothing of its own meanwhile. Its child is a process of the namespace, checked on its own, so
     // the parent counts as stopped (a shell such as dash vforks each command: a SIGSTOP that caught the child
     // between its vfork and its exec left the parent in `D` for good, and the freeze waited its 5 s out).
-    if stat_state(stat) == Some(b'D') {
+    if state == Some(b'D') {
         let mut wchan = [0u8; 64];
         if let Some(n) = read_proc_file(proc_dir, pid, b"/wchan", &mut wchan)? {
             return Ok(waits_for_vfork_child(&wchan[..n]));
@@ -533,7 +533,12 @@ fn read_proc_file(proc_dir: RawFd, pid: &[u8], file: &[u8], buf: &mut [u8]) -> R
 
 /// Whether a `/proc/PID/stat` line's state is stopped (`T`, `t`) or gone (`Z`, `X`, or no state to read).
 pub(super) fn stat_says_stopped(stat: &[u8]) -> bool {
-    stat_state(stat).is_none_or(|s| matches!(s, b'T' | b't' | b'Z' | b'X'))
+    state_says_stopped(stat_state(stat))
+}
+
+/// Whether a state letter is stopped (`T`, `t`) or gone (`Z`, `X`, or none).
+fn state_says_stopped(state: Option<u8>) -> bool {
+    state.is_none_or(|s| matches!(s, b'T' | b't' | b'Z' | b'X'))
 }
 
 /// The state letter of a `/proc/PID/stat` line: after the last `)` (the command name may hold any byte).

@@ -59,6 +59,13 @@ fn main() -> ExitCode {
             return exit_code(remote::run(&host, cli.command), runs_something);
         }
     }
+    // Where a run's exec records come from (AIRLOCK_EXEC_RECORDS): a bad value is refused before anything runs.
+    if matches!(cli.command, Command::Run(_)) {
+        if let Err(bad) = session::recorder::exec_source_from_env_checked() {
+            say(&format!("{}={bad:?}: expected auto, seccomp or kernel", session::recorder::EXEC_RECORDS_VAR));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Create(args) => longlived::create(*args),

@@ -61,7 +61,37 @@ fn audit_dir(rootless: bool) -> TempDir {
     dir
 }
 
+/// The kernel's exec tracepoints need root (`CAP_BPF`, `CAP_PERFMON`): tests of that source skip rootless.
+macro_rules! require_sandbox_and_the_kernel_source {
+    () => {
+        require_sandbox!();
+        if !common::is_root() {
+            skip_or_fail!("the kernel's exec tracepoints need root (CAP_BPF, CAP_PERFMON)");
+        }
+    };
+}
+
+/// `airlock ARGS...` as root with `AIRLOCK_EXEC_RECORDS=source` (where the run's exec records come from),
+/// stdin closed.
+fn exec_source_command(source: &str, args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(common::airlock_path());
+    command
+        .args(args)
+        .env("AIRLOCK_STATE_DIR", common::test_state_dir(0))
+        .env("AIRLOCK_EXEC_RECORDS", source)
+        .stdin(std::process::Stdio::null());
+    command
+}
+
+fn airlock_with_exec_source(source: &str, args: &[&str]) -> Output {
+    exec_source_command(source, args).output().unwrap()
+}
+
 fn exec_records_for_each_command(rootless: bool) {
+    exec_records_for_each_command_by(rootless, &airlock_as(rootless));
+}
+
+fn exec_records_for_each_command_by(rootless: bool, airlock: &dyn Fn(&[&str]) -> Output) {
     let dir = audit_dir(rootless);
     let file = dir.path().join("audit.jsonl");
     let python = common::python3().is_some();
@@ -70,7 +100,7 @@ fn exec_records_for_each_command(rootless: bool) {
     } else {
         "ls / >/dev/null; cat /etc/hostname"
     };
-    let o = airlock_as(rootless)(&["run", "--rm", "--audit", file.to_str().unwrap(), "--", "sh", "-c", script]);
+    let o = airlock(&["run", "--rm", "--audit", file.to_str().unwrap(), "--", "sh", "-c", script]);
     ok(&o);
     let all = records(&file);
     let argvs = execs(&all);
@@ -106,6 +136,10 @@ fn exec_records_name_each_command_with_its_argv_rootless() {
 }
 
 fn denied_syscall_is_recorded(rootless: bool) {
+    denied_syscall_is_recorded_by(rootless, &airlock_as(rootless));
+}
+
+fn denied_syscall_is_recorded_by(rootless: bool, airlock: &dyn Fn(&[&str]) -> Output) {
     let dir = audit_dir(rootless);
     let file = dir.path().join("audit.jsonl");
     // unshare(2) and mount(2) are on the deny-list: the command sees EPERM exactly as without auditing. A thread
@@ -120,8 +154,8 @@ fn denied_syscall_is_recorded(rootless: bool) {
     let script =
         format!("unshare -U true 2>/dev/null; echo status=$?; mount -t tmpfs none /mnt 2>/dev/null; {threads}");
     let script = script.as_str();
-    let plain = airlock_as(rootless)(&["run", "--rm", "--", "sh", "-c", script]);
-    let audited = airlock_as(rootless)(&["run", "--rm", "--audit", file.to_str().unwrap(), "--", "sh", "-c", script]);
+    let plain = airlock(&["run", "--rm", "--", "sh", "-c", script]);
+    let audited = airlock(&["run", "--rm", "--audit", file.to_str().unwrap(), "--", "sh", "-c", script]);
     assert_eq!(stdout(&plain), stdout(&audited), "behaviour must not change when audited");
     assert_eq!(ok(&audited).trim(), "status=1");
     let all = records(&file);
@@ -616,5 +650,194 @@ fn execs_of_programs_that_exit_at_once_keep_pid_parent_cwd_and_argv() {
     assert_eq!(renamed["process"]["argv"], serde_json::json!(["renamed-true", "arg"]), "{renamed}");
     assert_eq!(renamed["process"]["file"]["path"], "/bin/true", "{renamed}");
     assert_eq!(renamed["process"]["working_directory"], "/tmp", "{renamed}");
+    assert!(audit::verify(&file).unwrap().ok());
+}
+
+/// As root the exec records come from the kernel's exec tracepoints (`AIRLOCK_EXEC_RECORDS` unset: `auto`);
+/// `seccomp` still gives the same records, by notification.
+#[test]
+fn seccomp_notification_still_records_execs_and_denials_as_root() {
+    require_sandbox!();
+    if !common::is_root() {
+        skip_or_fail!("the choice of source is root's (rootless runs always use seccomp notification)");
+    }
+    let seccomp = |args: &[&str]| airlock_with_exec_source("seccomp", args);
+    exec_records_for_each_command_by(false, &seccomp);
+    denied_syscall_is_recorded_by(false, &seccomp);
+}
+
+/// What only the kernel's tracepoints know: how an exec failed (the errno), the argv the program was started
+/// with, the cwd walked in the kernel.
+#[test]
+fn the_kernel_source_records_what_ran_and_how_execs_failed() {
+    require_sandbox_and_the_kernel_source!();
+    let dir = audit_dir(false);
+    let file = dir.path().join("audit.jsonl");
+    let script = "cd /usr/share && /bin/true a 'b c' ''; ./nope x; \
+                  printf '#!/bin/sh\\n' > /tmp/script; /tmp/script y; exit 3";
+    let o = airlock_with_exec_source(
+        "kernel",
+        &["run", "--rm", "--audit", file.to_str().unwrap(), "--", "sh", "-c", script],
+    );
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let all = records(&file);
+    let exec = |argv0: &str| {
+        all.iter()
+            .find(|r| r["kind"] == "exec" && r["process"]["argv"][0] == argv0)
+            .unwrap_or_else(|| panic!("no exec of {argv0} in {all:?}"))
+    };
+    let shell = exec("sh");
+    assert_eq!(shell["process"]["file"]["path"], "/usr/bin/sh", "{shell}");
+    assert!(shell.get("errno").is_none(), "{shell}");
+    let shell_pid = shell["process"]["pid"].as_i64().unwrap();
+    let truth = exec("/bin/true");
+    assert_eq!(truth["process"]["argv"], serde_json::json!(["/bin/true", "a", "b c", ""]), "{truth}");
+    assert_eq!(truth["process"]["working_directory"], "/usr/share", "{truth}");
+    assert_eq!(truth["process"]["parent_process"]["pid"].as_i64().unwrap(), shell_pid, "{truth}");
+    assert!(truth["process"]["pid"].as_i64().unwrap() > shell_pid, "{truth}");
+    assert!(truth.get("errno").is_none(), "{truth}");
+    let missing = exec("./nope");
+    assert_eq!((missing["errno"].as_i64(), missing["errno_name"].as_str()), (Some(2), Some("ENOENT")), "{missing}");
+    assert!(missing["markers"].as_array().unwrap().contains(&Value::from("not_found")), "{missing}");
+    assert_eq!(missing["process"]["working_directory"], "/usr/share", "{missing}");
+    let refused = exec("/tmp/script");
+    assert_eq!(refused["errno_name"], "EACCES", "{refused}");
+    assert_eq!(refused["process"]["argv"], serde_json::json!(["/tmp/script", "y"]), "{refused}");
+    assert!(audit::verify(&file).unwrap().ok());
+}
+
+/// The tracepoints see every exec on the host: each run records its own sandbox's, nothing of another sandbox
+/// running at the same time, nothing of the host's.
+#[test]
+fn the_kernel_source_records_only_its_own_sandbox() {
+    require_sandbox_and_the_kernel_source!();
+    let dir = audit_dir(false);
+    let run = |tag: &'static str, file: PathBuf| {
+        std::thread::spawn(move || {
+            let script = format!("i=0; while [ $i -lt 200 ]; do /bin/echo {tag} >/dev/null; i=$((i+1)); done");
+            let o = airlock_with_exec_source(
+                "kernel",
+                &["run", "--rm", "--audit", file.to_str().unwrap(), "--", "sh", "-c", &script],
+            );
+            assert_eq!(code(&o), 0, "{}", stderr(&o));
+        })
+    };
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    let runs = [run("sandbox-a", a.clone()), run("sandbox-b", b.clone())];
+    // The host's own execs meanwhile.
+    for _ in 0..50 {
+        std::process::Command::new("/bin/echo").arg("host").output().unwrap();
+    }
+    for r in runs {
+        r.join().unwrap();
+    }
+    for (file, own) in [(&a, "sandbox-a"), (&b, "sandbox-b")] {
+        let argvs = execs(&records(file));
+        let echoes: Vec<&Vec<String>> = argvs.iter().filter(|a| a[0] == "/bin/echo").collect();
+        assert_eq!(echoes.len(), 200, "{file:?}: {argvs:?}");
+        assert!(echoes.iter().all(|a| a[1] == own), "{file:?} holds another's execs: {argvs:?}");
+        assert!(audit::verify(file).unwrap().ok());
+    }
+}
+
+#[test]
+fn the_exec_source_is_checked_and_fails_closed() {
+    require_sandbox!();
+    let dir = audit_dir(false);
+    let file = dir.path().join("audit.jsonl");
+    let o = airlock_with_exec_source("bpf", &["run", "--rm", "--audit", file.to_str().unwrap(), "--", "true"]);
+    assert_eq!(code(&o), 125);
+    assert_eq!(stderr(&o).trim(), "airlock: AIRLOCK_EXEC_RECORDS=\"bpf\": expected auto, seccomp or kernel");
+    assert!(!file.exists(), "nothing may start on a bad value");
+    // Rootless, the kernel's tracepoints cannot be had: asked for by name, the run fails (no command ran) and
+    // says why; `auto` falls back to seccomp notification (the rootless tests above).
+    require_test_user!();
+    let rootless = audit_dir(true);
+    let file = rootless.path().join("audit.jsonl");
+    let state = PathBuf::from(common::test_state_dir(common::test_user_uid()));
+    let o = common::airlock_as_user_in(
+        &state,
+        &["AIRLOCK_EXEC_RECORDS=kernel".to_string()],
+        &["run", "--rm", "--audit", file.to_str().unwrap(), "--", "echo", "ran"],
+    );
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    assert!(stderr(&o).contains("kernel's exec tracepoints") && stderr(&o).contains("CAP_BPF"), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("ran"), "the command ran: {}", stdout(&o));
+    let execs = if file.exists() { execs(&records(&file)) } else { Vec::new() };
+    assert!(execs.is_empty(), "{execs:?}");
+}
+
+/// A thread rewrites an argument while another thread of the same process execs with it: the kernel copies
+/// whichever it finds, and the record from the kernel's tracepoints says exactly what the program was started
+/// with (read from the new program's memory), every time. (By seccomp notification the supervisor reads the
+/// caller's memory before the kernel does, and may see the other value: docs/audit.md.)
+#[test]
+fn the_kernel_source_records_the_argv_that_ran_while_a_thread_rewrites_it() {
+    require_sandbox_and_the_kernel_source!();
+    let Some(python) = common::python3() else { skip_or_fail!("python3 is needed for the racing thread") };
+    let racer = "import ctypes, os, threading\n\
+                 libc = ctypes.CDLL(None)\n\
+                 for i in range(40):\n\
+                 \x20   pid = os.fork()\n\
+                 \x20   if pid == 0:\n\
+                 \x20       buf = ctypes.create_string_buffer(b'before', 16)\n\
+                 \x20       argv = (ctypes.c_char_p * 3)()\n\
+                 \x20       argv[0] = b'/bin/echo'\n\
+                 \x20       argv[1] = ctypes.cast(buf, ctypes.c_char_p)\n\
+                 \x20       def flip():\n\
+                 \x20           while True:\n\
+                 \x20               ctypes.memmove(buf, b'after!', 6)\n\
+                 \x20               ctypes.memmove(buf, b'before', 6)\n\
+                 \x20       threading.Thread(target=flip, daemon=True).start()\n\
+                 \x20       libc.execv(b'/bin/echo', argv)\n\
+                 \x20       os._exit(127)\n\
+                 \x20   os.waitpid(pid, 0)\n";
+    let dir = audit_dir(false);
+    let file = dir.path().join("audit.jsonl");
+    let o = airlock_with_exec_source(
+        "kernel",
+        &["run", "--rm", "--audit", file.to_str().unwrap(), "--", python, "-c", racer],
+    );
+    let printed: Vec<String> = ok(&o).lines().map(str::to_string).collect();
+    assert_eq!(printed.len(), 40, "{printed:?}");
+    let recorded: Vec<String> =
+        execs(&records(&file)).into_iter().filter(|a| a[0] == "/bin/echo").map(|a| a[1].clone()).collect();
+    assert_eq!(recorded, printed, "each record must hold the argv the program printed");
+}
+
+/// The ring cannot make an exec wait: when the supervisor does not drain it (stopped here with SIGSTOP while the
+/// sandbox execs 600 times; the ring holds about 200 records), the records that did not fit are lost, and the
+/// log says how many — never silently.
+#[test]
+fn the_kernel_source_says_how_many_records_a_full_ring_lost() {
+    require_sandbox_and_the_kernel_source!();
+    let dir = audit_dir(false);
+    let file = dir.path().join("audit.jsonl");
+    let script = "sleep 1; i=0; while [ $i -lt 600 ]; do /bin/true; i=$((i+1)); done";
+    let child =
+        exec_source_command("kernel", &["run", "--rm", "--audit", file.to_str().unwrap(), "--", "sh", "-c", script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    let supervisor = child.id().to_string();
+    std::thread::sleep(Duration::from_millis(500));
+    let signal =
+        |sig: &str| assert!(std::process::Command::new("kill").args([sig, &supervisor]).status().unwrap().success());
+    signal("-STOP");
+    // The loop runs while the supervisor is stopped: 600 execs take well under these seconds here.
+    std::thread::sleep(Duration::from_secs(6));
+    signal("-CONT");
+    let o = child.wait_with_output().unwrap();
+    ok(&o);
+    let all = records(&file);
+    let recorded = execs(&all).iter().filter(|a| a[0] == "/bin/true").count();
+    let lost: Vec<&Value> = all.iter().filter(|r| r["kind"] == "resource" && r["resource"] == "exec_records").collect();
+    assert!(!lost.is_empty(), "no record of lost exec records ({recorded} of 600 recorded)");
+    let message = lost.last().unwrap()["message"].as_str().unwrap();
+    // "... ; N lost in all"
+    let total: usize = message.rsplit("; ").next().unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(recorded < 600 && total > 0, "{recorded} recorded, {message}");
+    assert_eq!(recorded + total, 600, "every /bin/true is recorded or counted as lost: {recorded} + {message}");
     assert!(audit::verify(&file).unwrap().ok());
 }

@@ -157,9 +157,10 @@ fn confine_command_process(plan: &SandboxPlan, fds: &CommandFds<'_>) {
 /// error is remembered (and reported if nothing else works), anything else stops. Returns only on failure.
 fn execute_candidates(plan: &SandboxPlan) -> Errno {
     let mut result = libc::ENOENT;
-    // Audited: a candidate that does not exist is skipped without an execve, so the exec log does not list every
-    // PATH directory tried (the result is the same: execve would say ENOENT or ENOTDIR).
-    let audited = plan.seccomp.notify().exec;
+    // Execs recorded (notified, or traced in the kernel): a candidate that does not exist is skipped without an
+    // execve, so the exec log does not list every PATH directory tried (the result is the same: execve would say
+    // ENOENT or ENOTDIR).
+    let audited = plan.seccomp.notify().exec || plan.execs_traced;
     for candidate in &plan.command.candidates {
         if audited {
             if let Err(libc::ENOENT | libc::ENOTDIR) = sys::fd::access(candidate, libc::F_OK) {

@@ -13,6 +13,7 @@ pub mod cgroups;
 pub mod dev;
 pub mod enforcement;
 pub mod exec;
+pub mod exec_tracepoints;
 pub mod failure;
 pub mod fault;
 pub mod gateway;

@@ -63,6 +63,8 @@ pub struct SeccompAudit<'a> {
     /// Host pid -> pid inside, for processes seen before (a parent is usually one): saves reading `/proc` for
     /// each exec's parent. Bounded; an entry is replaced whenever its pid is looked up afresh.
     pids: PidCache,
+    /// The exec records' source when it is the kernel's tracepoints (then the filter notifies no exec).
+    kernel_execs: Option<crate::exec_tracepoints::KernelExecSource>,
 }
 
 impl<'a> SeccompAudit<'a> {
@@ -76,7 +78,14 @@ impl<'a> SeccompAudit<'a> {
             listener: None,
             command: None,
             pids: PidCache::default(),
+            kernel_execs: None,
         }
+    }
+
+    /// Exec records come from the kernel's tracepoints: drained in the same loop (see `exec_tracepoints`).
+    pub fn with_kernel_execs(mut self, source: Option<crate::exec_tracepoints::KernelExecSource>) -> Self {
+        self.kernel_execs = source;
+        self
     }
 
     /// The command the plan starts (its first execve is made by airlock's own code in the command's process).
@@ -104,11 +113,12 @@ impl<'a> SeccompAudit<'a> {
         })
     }
 
-    /// The descriptors to poll: the socket until the listener came, then the listener.
-    pub fn poll_fds(&self) -> [libc::pollfd; 2] {
+    /// The descriptors to poll: the socket until the listener came, then the listener; the kernel's exec ring.
+    pub fn poll_fds(&self) -> [libc::pollfd; 3] {
         [
             libc::pollfd { fd: self.socket.as_ref().map_or(-1, AsRawFd::as_raw_fd), events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: self.listener.unwrap_or(-1), events: libc::POLLIN, revents: 0 },
+            self.kernel_execs.as_ref().map_or(libc::pollfd { fd: -1, events: 0, revents: 0 }, |k| k.poll_fd()),
         ]
     }
 
@@ -127,6 +137,9 @@ impl<'a> SeccompAudit<'a> {
                 }
                 drop(socket);
             }
+        }
+        if ready(2) & libc::POLLIN != 0 {
+            self.drain_kernel_execs();
         }
         let listener_ready = ready(1);
         if listener_ready & libc::POLLIN != 0 {
@@ -150,8 +163,11 @@ impl<'a> SeccompAudit<'a> {
         let host_pid = req.pid as i32;
         let event = match self.program.classify(req.data.nr, &req.data.args) {
             NotifiedCall::Denied { name, rule, errno, errno_name } => {
-                respond(listener, req.id, -errno, 0);
+                // The pid inside before the answer: once answered, the process may exit at once (a failed
+                // `unshare` command does), and a dead process's pidfd says -1. (With exec records from the
+                // seccomp source its exec had put it in the cache; from the kernel's tracepoints, nothing did.)
                 let pid = self.pids.inside(self.proc_dir, host_pid).unwrap_or(0);
+                respond(listener, req.id, -errno, 0);
                 Event::Denied(SyscallDenial {
                     pid,
                     host_pid,
@@ -204,21 +220,39 @@ impl<'a> SeccompAudit<'a> {
 }
 
 impl SeccompAudit<'_> {
-    /// Milliseconds until the sink wants a flush, for `poll` (`None`: no wish).
+    /// Milliseconds until the sink wants a flush or the kernel's exec ring a drain, for `poll` (`None`: no
+    /// wish).
     pub fn flush_wait_ms(&self) -> Option<i32> {
-        self.sink.flush_due().map(|d| d.as_millis().min(i32::MAX as u128) as i32)
+        let flush = self.sink.flush_due();
+        let drain = self.kernel_execs.as_ref().map(|_| crate::exec_tracepoints::DRAIN_EVERY);
+        let due = match (flush, drain) {
+            (Some(f), Some(d)) => Some(f.min(d)),
+            (f, d) => f.or(d),
+        };
+        due.map(|d| d.as_millis().min(i32::MAX as u128) as i32)
     }
 
-    /// Flushes the sink if it is due.
+    /// Drains the kernel's exec ring (an empty one costs two reads of shared memory), then flushes the sink if
+    /// it is due. Called after every wake-up of the supervisor's loop.
     pub fn flush_if_due(&mut self) {
+        self.drain_kernel_execs();
         if self.sink.flush_due().is_some_and(|d| d.is_zero()) {
             self.sink.flush();
+        }
+    }
+
+    fn drain_kernel_execs(&mut self) {
+        if let Some(k) = &mut self.kernel_execs {
+            k.drain_into(&mut *self.sink);
         }
     }
 }
 
 impl Drop for SeccompAudit<'_> {
     fn drop(&mut self) {
+        // The sandbox is gone (or going): what its last execs left in the ring is recorded before the flush, and
+        // so before the run's `exited` record.
+        self.drain_kernel_execs();
         self.sink.flush();
         drop(self.socket.take());
         if let Some(listener) = self.listener.take() {
@@ -389,6 +423,8 @@ fn process_ids(proc_dir: RawFd, host_pid: i32) -> Option<Status> {
         let text = String::from_utf8_lossy(text);
         text.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()?.parse().ok())
     });
+    // -1: the process has exited (its pidfd outlives it).
+    let inside_pid = inside_pid.filter(|&p: &i32| p > 0);
     match (info, inside_pid) {
         (Ok(info), Some(inside_pid)) => {
             Some(Status { inside_pid, parent_host_pid: i32::try_from(info.ppid).ok().filter(|&p| p > 0) })

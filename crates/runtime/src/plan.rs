@@ -212,6 +212,9 @@ pub struct SandboxPlan {
     pub new_network_namespace: bool,
     pub landlock: Option<LandlockPlan>,
     pub seccomp: SeccompProgram,
+    /// The run's execs are recorded from the kernel's exec tracepoints (`exec_tracepoints`), not notified by
+    /// `seccomp`.
+    pub execs_traced: bool,
     pub command: CommandPlan,
     /// Initial window size for `-t` (the supervisor's terminal's, or 80x24).
     pub tty: Option<libc::winsize>,

@@ -583,6 +583,7 @@ pub fn prepare_sandbox(policy: &SandboxPolicy, host: &HostContext) -> Result<Pre
         new_network_namespace: !matches!(policy.network, Network::Host),
         landlock: landlock.map(|abi| LandlockPlan { abi, rules: landlock_rules }),
         seccomp,
+        execs_traced: false,
         command,
         tty: host.tty,
         cap_last: read_cap_last(),

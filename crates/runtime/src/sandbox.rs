@@ -47,6 +47,10 @@ pub enum SandboxError {
     OpenCgroup(String, #[source] std::io::Error),
     #[error("cannot wait for the sandbox: {}", os_error_text(.0))]
     Wait(std::io::Error),
+    #[error("cannot record execs from the kernel's exec tracepoints (AIRLOCK_EXEC_RECORDS=kernel): {}: the BPF program needs root (CAP_BPF and CAP_PERFMON), a kernel of 5.17 or later with BTF (/sys/kernel/btf/vmlinux) and no lockdown of BPF; unset AIRLOCK_EXEC_RECORDS to fall back to seccomp notification", os_error_text(.0))]
+    LoadExecTracer(std::io::Error),
+    #[error("cannot point the exec tracer at the sandbox's pid namespace: {}", os_error_text(.0))]
+    FollowPidNamespace(std::io::Error),
     /// A setup step inside the sandbox failed; the message names the step and the item.
     #[error("{0}")]
     SetupStep(String),
@@ -103,6 +107,9 @@ pub fn run_sandbox(
 pub struct AuditRequest<'a> {
     pub notify: crate::seccomp::NotifyOptions,
     pub sink: &'a mut dyn crate::notify::AuditSink,
+    /// Where exec records come from (`run` only; `airlock exec` records its command's execs by seccomp
+    /// notification whatever this says).
+    pub exec_source: crate::exec_tracepoints::ExecSource,
 }
 
 /// `airlock create`: as [`run_sandbox`], with `host.hold` set, but `on_ready(init_pid)` is called once init has
@@ -128,10 +135,28 @@ fn run_sandbox_with(
         return Err(PrepareError::NetworkAllowNotAvailable.into());
     }
     let mut prepared = prepare_sandbox(policy, host)?;
-    let audit = audit.filter(|a| a.notify.any());
+    let mut audit = audit.filter(|a| a.notify.any());
+    // Exec records from the kernel's tracepoints when asked or possible (see `exec_tracepoints`): loaded now,
+    // before the filter is compiled, because the filter then notifies no exec, and before clone, because init
+    // takes the filter with it. Recording starts once the sandbox's pid namespace exists (after clone).
+    let mut kernel_execs = match audit.as_mut().filter(|a| a.notify.exec) {
+        Some(a) => match (a.exec_source, crate::exec_tracepoints::KernelExecSource::load()) {
+            (crate::exec_tracepoints::ExecSource::Seccomp, _) => None,
+            (_, Ok(source)) => {
+                a.notify.exec = false;
+                Some(source)
+            }
+            (crate::exec_tracepoints::ExecSource::Kernel, Err(e)) => {
+                return Err(SandboxError::LoadExecTracer(os_error(e)));
+            }
+            (crate::exec_tracepoints::ExecSource::Auto, Err(_)) => None,
+        },
+        None => None,
+    };
     if let Some(a) = &audit {
         prepared.plan.seccomp = audited_seccomp_program(a.notify, prepared.plan.writes_as_host_root())?;
     }
+    prepared.plan.execs_traced = kernel_execs.is_some();
     for w in prepared.enforcement.warnings() {
         warn(&w);
     }
@@ -290,6 +315,15 @@ fn run_sandbox_with(
         (Some(a), Some(channel)) => {
             let AuditChannel { supervisor_end, child_end, proc_dir } = channel;
             drop(child_end);
+            // Before init is released (below): the command's first exec is recorded.
+            if let Some(k) = kernel_execs.as_mut() {
+                if let Err(e) = k.follow(proc_dir.as_raw_fd(), pid) {
+                    let _ = sys::signal::kill(pid, libc::SIGKILL);
+                    let _ = sys::wait::wait_for_exit(pid);
+                    sys::signal::set_mask(&old_mask);
+                    return Err(SandboxError::FollowPidNamespace(os_error(e)));
+                }
+            }
             Some((a, supervisor_end, proc_dir))
         }
         (_, channel) => {
@@ -376,7 +410,8 @@ fn run_sandbox_with(
         Some((request, supervisor_end, proc_dir)) => {
             let mut seccomp_audit =
                 crate::notify::SeccompAudit::new(&plan.seccomp, proc_dir.as_raw_fd(), supervisor_end, request.sink)
-                    .with_command(&plan.command);
+                    .with_command(&plan.command)
+                    .with_kernel_execs(kernel_execs.take());
             let supervised =
                 supervise(pid, pidfd.as_fd(), policy.timeout, tty_socket, Some(&mut seccomp_audit), watch.as_mut());
             // The socket was the SeccompAudit's, closed with it.

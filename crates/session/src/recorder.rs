@@ -131,6 +131,27 @@ const FLUSH_AFTER: Duration = Duration::from_millis(50);
 /// ... and how many.
 const FLUSH_COUNT: usize = 512;
 
+/// The environment variable that chooses where a run's exec records come from: `auto` (the default), `seccomp`
+/// or `kernel` (see `runtime::exec_tracepoints`).
+pub const EXEC_RECORDS_VAR: &str = "AIRLOCK_EXEC_RECORDS";
+
+/// [`EXEC_RECORDS_VAR`]'s choice; unset is `auto`. The binary refuses a bad value before any run starts
+/// ([`exec_source_from_env_checked`]), so one that slipped through here is `auto`.
+pub fn exec_source_from_env() -> runtime::exec_tracepoints::ExecSource {
+    exec_source_from_env_checked().unwrap_or_default()
+}
+
+/// [`EXEC_RECORDS_VAR`]'s choice, or the bad value it holds.
+pub fn exec_source_from_env_checked() -> Result<runtime::exec_tracepoints::ExecSource, String> {
+    match std::env::var_os(EXEC_RECORDS_VAR) {
+        None => Ok(runtime::exec_tracepoints::ExecSource::Auto),
+        Some(v) => v
+            .to_str()
+            .and_then(runtime::exec_tracepoints::ExecSource::parse)
+            .ok_or_else(|| v.to_string_lossy().into_owned()),
+    }
+}
+
 impl Recorder {
     /// For `airlock run`: `None` when nothing is recorded (an anonymous `--rm` run without `--audit` or
     /// `--learn`).
@@ -223,7 +244,8 @@ impl Recorder {
     /// The request the runtime takes, or `None` when nothing is notified.
     pub fn request(&mut self) -> Option<runtime::sandbox::AuditRequest<'_>> {
         let notify = self.notify;
-        notify.any().then_some(runtime::sandbox::AuditRequest { notify, sink: self })
+        let exec_source = exec_source_from_env();
+        notify.any().then_some(runtime::sandbox::AuditRequest { notify, sink: self, exec_source })
     }
 
     pub fn append(&mut self, event: &Event) {

@@ -3,13 +3,16 @@
 //! `mount`, `loop_device`, `capability`, `terminal`, `time`, `sched`).
 //!
 //! Every function here is async-signal-safe and allocates nothing: they are called after `clone`, in the
-//! sandbox's init and in the command's process, where only such work is allowed. Errors are the raw errno, which
+//! sandbox's init and in the command's process, where only such work is allowed. One exception: `bpf` (the
+//! audit log's exec tracer, loaded through C code that allocates), which only the supervisor uses, in its own
+//! process. Errors are the raw errno, which
 //! the caller turns into a failure record or a typed error.
 
 // The workspace lints deny unsafe; this crate exists to hold it. Every unsafe block still needs its SAFETY
 // comment, and unsafe operations inside unsafe fns need their own block.
 #![allow(unsafe_code)]
 
+pub mod bpf;
 pub mod capability;
 pub mod credentials;
 pub mod dir;

@@ -387,7 +387,7 @@ pub fn vfork_and_run(child: &mut dyn FnMut() -> i32) -> Result<libc::pid_t, Errn
 }
 
 /// The size of a memory page (`sysconf(_SC_PAGESIZE)`): 4 KiB on x86_64, 4, 16 or 64 KiB on aarch64.
-fn page_size() -> usize {
+pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf takes an integer only; _SC_PAGESIZE is always known, the fallback only satisfies the type.
     match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
         size if size > 0 => size as usize,

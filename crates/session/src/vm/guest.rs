@@ -123,7 +123,12 @@ fn run(control: &mut Option<std::fs::File>) -> Result<GuestMessage, String> {
         None => None,
     };
     let audit = match (request.audit, sink.as_mut()) {
-        (Some(notify), Some(sink)) => Some(runtime::sandbox::AuditRequest { notify: notify.into(), sink }),
+        (Some(notify), Some(sink)) => Some(runtime::sandbox::AuditRequest {
+            notify: notify.into(),
+            sink,
+            // In the guest as before: the guest kernel's exec tracepoints are not tried.
+            exec_source: runtime::exec_tracepoints::ExecSource::Seccomp,
+        }),
         _ => None,
     };
     let ran = runtime::sandbox::run_sandbox(&request.policy, &host, &mut |w| warnings.push(w.to_string()), audit);

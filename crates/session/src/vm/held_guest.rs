@@ -553,7 +553,12 @@ impl Exec<'_> {
             _ => None,
         };
         let audit_request = match (audit, sink.as_mut()) {
-            (Some(notify), Some(sink)) => Some(runtime::sandbox::AuditRequest { notify: notify.into(), sink }),
+            (Some(notify), Some(sink)) => Some(runtime::sandbox::AuditRequest {
+                notify: notify.into(),
+                sink,
+                // In the guest as before: the guest kernel's exec tracepoints are not tried.
+                exec_source: runtime::exec_tracepoints::ExecSource::Seccomp,
+            }),
             _ => None,
         };
         let ran = runtime::attach::exec_in_sandbox(policy, &host, self.target, &mut |w| console(w), audit_request);

@@ -230,6 +230,7 @@ impl AuditRecord {
                     cwd,
                     dirfd,
                     markers,
+                    error: None,
                 })
             }
             AuditRecord::Denied { pid, host_pid, syscall, nr, errno, errno_name, rule } => {

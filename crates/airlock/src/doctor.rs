@@ -25,6 +25,7 @@ pub fn run_doctor(json: bool) -> anyhow::Result<i32> {
     let container = container_check(&report, &ContainerSigns::read());
     report.checks.push(container);
     report.checks.push(crate::doctor_vm::vm_check());
+    report.checks.push(exec_records_check());
     let limits = default_limits();
     let blockers = report.blockers(DEFAULT_LANDLOCK, &limits);
     let can_run = blockers.is_empty();
@@ -190,6 +191,37 @@ impl ContainerSigns {
 
 /// `container`: whether airlock runs inside a container, and each fix the container needs for `airlock run` (the
 /// blocking checks that a container setting explains: seccomp, capabilities, the masked /proc).
+/// Where an audited run's exec records would come from here: the kernel's exec tracepoints when this user can
+/// load the BPF program (loaded, then dropped: ~10 ms), else seccomp notification. Information only.
+fn exec_records_check() -> Check {
+    const ID: &str = "exec_records";
+    const NAME: &str = "audit exec records (--audit)";
+    match runtime::exec_tracepoints::KernelExecSource::load() {
+        Ok(_) => Check {
+            id: ID,
+            name: NAME,
+            status: probe::Status::Ok,
+            detail: "from the kernel's exec tracepoints (BPF): an audited exec waits for nobody".into(),
+            fix: None,
+        },
+        Err(errno) => Check {
+            id: ID,
+            name: NAME,
+            status: probe::Status::Warn,
+            detail: format!(
+                "from seccomp user notification (a round trip to the supervisor per exec): the kernel's exec \
+                 tracepoints cannot be used ({})",
+                std::io::Error::from_raw_os_error(errno)
+            ),
+            fix: Some(
+                "run as root (CAP_BPF and CAP_PERFMON) on a kernel of 5.17 or later with BTF \
+                 (/sys/kernel/btf/vmlinux) and without BPF lockdown"
+                    .into(),
+            ),
+        },
+    }
+}
+
 fn container_check(report: &HostReport, found: &ContainerSigns) -> Check {
     const ID: &str = "container";
     const NAME: &str = "inside a container";

@@ -24,6 +24,7 @@ const CHECK_IDS: &[&str] = &[
     "kernel",
     "container",
     "vm",
+    "exec_records",
 ];
 
 fn check_document(text: &str, expect_root: bool) -> serde_json::Value {
@@ -57,6 +58,12 @@ fn doctor_json_reports_every_layer_and_agrees_with_run() {
     let ran = code(&common::run(&["--", "/bin/true"])) == 0;
     assert_eq!(can_run, ran, "doctor says can_run={can_run} but a run {}", if ran { "worked" } else { "failed" });
     assert_eq!(code(&o), if can_run { 0 } else { 1 });
+    // As root here, audited runs record execs from the kernel's exec tracepoints (tests/audit.rs), and doctor
+    // says so.
+    if common::is_root() && can_run {
+        let execs = doc["checks"].as_array().unwrap().iter().find(|c| c["id"] == "exec_records").unwrap();
+        assert_eq!(execs["status"], "ok", "{execs}");
+    }
     if can_run {
         for id in ["userns", "namespaces", "mounts", "proc", "seccomp", "no_new_privs", "landlock"] {
             let check = doc["checks"].as_array().unwrap().iter().find(|c| c["id"] == id).unwrap();
@@ -82,6 +89,10 @@ fn doctor_as_an_ordinary_user_reports_the_rootless_view() {
     let doc = check_document(&stdout(&o), false);
     let idmap = doc["checks"].as_array().unwrap().iter().find(|c| c["id"] == "idmap").unwrap();
     assert_eq!(idmap["status"], "warn", "rootless maps only the user's own ids: {idmap}");
+    // Rootless, exec records come from seccomp notification, and doctor says why.
+    let execs = doc["checks"].as_array().unwrap().iter().find(|c| c["id"] == "exec_records").unwrap();
+    assert_eq!(execs["status"], "warn", "{execs}");
+    assert!(execs["detail"].as_str().unwrap().contains("seccomp"), "{execs}");
     let ran = code(&common::run_as_user(&["--", "/bin/true"])) == 0;
     assert_eq!(doc["can_run"].as_bool().unwrap(), ran);
 }

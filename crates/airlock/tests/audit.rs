@@ -841,3 +841,41 @@ fn the_kernel_source_says_how_many_records_a_full_ring_lost() {
     assert_eq!(recorded + total, 600, "every /bin/true is recorded or counted as lost: {recorded} + {message}");
     assert!(audit::verify(&file).unwrap().ok());
 }
+
+/// Which source a run uses shows in its supervisor: the kernel source holds BPF programs (and their links) for
+/// the run's life; `AIRLOCK_EXEC_RECORDS=seccomp` makes no `bpf` call at all (nothing is paid for a program that
+/// would not be used).
+#[test]
+fn the_supervisor_holds_bpf_programs_only_with_the_kernel_source() {
+    require_sandbox_and_the_kernel_source!();
+    let dir = audit_dir(false);
+    let file = dir.path().join("audit.jsonl");
+    let child = exec_source_command("kernel", &["run", "--rm", "--audit", file.to_str().unwrap(), "--", "sleep", "2"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let links: Vec<String> = fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.unwrap().path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .collect();
+    ok(&child.wait_with_output().unwrap());
+    assert!(links.iter().any(|l| l == "anon_inode:bpf-prog"), "{links:?}");
+
+    if std::process::Command::new("strace").arg("-V").output().is_err() {
+        skip_or_fail!("strace is needed to see that the seccomp source makes no bpf call");
+    }
+    let trace = dir.path().join("strace.txt");
+    let o = std::process::Command::new("strace")
+        .args(["-f", "-e", "trace=bpf", "-o", trace.to_str().unwrap()])
+        .arg(common::airlock_path())
+        .args(["run", "--rm", "--audit", file.to_str().unwrap(), "--", "true"])
+        .env("AIRLOCK_STATE_DIR", common::test_state_dir(0))
+        .env("AIRLOCK_EXEC_RECORDS", "seccomp")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    ok(&o);
+    let calls = fs::read_to_string(&trace).unwrap();
+    assert!(!calls.contains("bpf("), "the seccomp source loaded a BPF program:\n{calls}");
+}

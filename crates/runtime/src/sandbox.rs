@@ -139,17 +139,15 @@ fn run_sandbox_with(
     // Exec records from the kernel's tracepoints when asked or possible (see `exec_tracepoints`): loaded now,
     // before the filter is compiled, because the filter then notifies no exec, and before clone, because init
     // takes the filter with it. Recording starts once the sandbox's pid namespace exists (after clone).
-    let mut kernel_execs = match audit.as_mut().filter(|a| a.notify.exec) {
-        Some(a) => match (a.exec_source, crate::exec_tracepoints::KernelExecSource::load()) {
-            (crate::exec_tracepoints::ExecSource::Seccomp, _) => None,
-            (_, Ok(source)) => {
+    use crate::exec_tracepoints::{ExecSource, KernelExecSource};
+    let mut kernel_execs = match audit.as_mut().filter(|a| a.notify.exec && a.exec_source != ExecSource::Seccomp) {
+        Some(a) => match KernelExecSource::load() {
+            Ok(source) => {
                 a.notify.exec = false;
                 Some(source)
             }
-            (crate::exec_tracepoints::ExecSource::Kernel, Err(e)) => {
-                return Err(SandboxError::LoadExecTracer(os_error(e)));
-            }
-            (crate::exec_tracepoints::ExecSource::Auto, Err(_)) => None,
+            Err(e) if a.exec_source == ExecSource::Kernel => return Err(SandboxError::LoadExecTracer(os_error(e))),
+            Err(_) => None,
         },
         None => None,
     };

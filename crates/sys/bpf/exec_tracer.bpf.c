@@ -116,19 +116,40 @@ static __always_inline __u32 nr_at(struct pid *pid, __u32 level)
 	return nr;
 }
 
-// The level at which `pid` is numbered in the target namespace; -1 when it is not (a process outside).
+struct level_scan {
+	struct pid *pid;
+	__u32 deepest;
+	__u32 target;
+	int found;
+};
+
+// One level of the scan below (bpf_loop: the verifier checks the step once, not once per level).
+static long level_step(__u32 i, void *ctx)
+{
+	struct level_scan *s = ctx;
+	__u32 level = i + 1;
+	if (level > s->deepest)
+		return 1;
+	// Read apart: inside BPF_CORE_READ's argument, `s->pid` would become a relocation against `level_scan`.
+	struct pid_namespace *ns = ns_at(s->pid, level);
+	if (BPF_CORE_READ(ns, ns.inum) == s->target) {
+		s->found = level;
+		return 1;
+	}
+	return 0;
+}
+
+// The level at which `pid` is numbered in the target namespace; -1 when it is not (a process outside). Level 0
+// is the host's, never a sandbox's.
 static __always_inline int sandbox_level(struct pid *pid, __u32 target)
 {
 	if (!pid || !target)
 		return -1;
-	__u32 deepest = BPF_CORE_READ(pid, level);
-	for (__u32 level = 1; level < MAX_PID_NS_LEVEL; level++) {
-		if (level > deepest)
-			break;
-		if (BPF_CORE_READ(ns_at(pid, level), ns.inum) == target)
-			return level;
-	}
-	return -1;
+	struct level_scan s = { .pid = pid, .deepest = BPF_CORE_READ(pid, level), .target = target, .found = -1 };
+	if (s.deepest == 0)
+		return -1;
+	bpf_loop(MAX_PID_NS_LEVEL - 1, level_step, &s, 0);
+	return s.found;
 }
 
 // The parent's pid at `level`, when the parent is numbered in the same namespace there (0: it is outside).

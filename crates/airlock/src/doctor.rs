@@ -192,7 +192,7 @@ impl ContainerSigns {
 /// `container`: whether airlock runs inside a container, and each fix the container needs for `airlock run` (the
 /// blocking checks that a container setting explains: seccomp, capabilities, the masked /proc).
 /// Where an audited run's exec records would come from here: the kernel's exec tracepoints when this user can
-/// load the BPF program (loaded, then dropped: ~10 ms), else seccomp notification. Information only.
+/// load the BPF program (loaded, then dropped: ~7 ms), else seccomp notification. Information only.
 fn exec_records_check() -> Check {
     const ID: &str = "exec_records";
     const NAME: &str = "audit exec records (--audit)";

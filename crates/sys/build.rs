@@ -2,7 +2,8 @@
 //! x86-64 Linux: clang compiles the program for the BPF target, `bpftool gen skeleton -L` embeds it with the
 //! loader that has the kernel load and relocate it, and cc compiles that with the shim into a static library.
 //! Needs clang, bpftool and libbpf's headers (Debian: clang, bpftool, libbpf-dev; scripts/setup-debian installs
-//! them). Elsewhere nothing is built and the audit log's exec records come from seccomp notifications alone.
+//! them). Elsewhere, or with AIRLOCK_BUILD_WITHOUT_BPF=1, nothing is built and the audit log's exec records come
+//! from seccomp notifications alone (`AIRLOCK_EXEC_RECORDS=kernel` then fails, naming the cause).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -12,9 +13,10 @@ fn main() {
     println!("cargo::rerun-if-changed=bpf");
     println!("cargo::rerun-if-env-changed=CLANG");
     println!("cargo::rerun-if-env-changed=BPFTOOL");
+    println!("cargo::rerun-if-env-changed=AIRLOCK_BUILD_WITHOUT_BPF");
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
-    if arch != "x86_64" || os != "linux" {
+    if arch != "x86_64" || os != "linux" || std::env::var_os("AIRLOCK_BUILD_WITHOUT_BPF").is_some_and(|v| v == "1") {
         return;
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_else(|_| fail("OUT_DIR is not set")));

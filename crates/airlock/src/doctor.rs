@@ -213,11 +213,7 @@ fn exec_records_check() -> Check {
                  tracepoints cannot be used ({})",
                 std::io::Error::from_raw_os_error(errno)
             ),
-            fix: Some(
-                "run as root (CAP_BPF and CAP_PERFMON) on a kernel of 5.17 or later with BTF \
-                 (/sys/kernel/btf/vmlinux) and without BPF lockdown"
-                    .into(),
-            ),
+            fix: Some(runtime::exec_tracepoints::load_failure_hint(errno).into()),
         },
     }
 }

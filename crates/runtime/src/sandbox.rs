@@ -47,8 +47,8 @@ pub enum SandboxError {
     OpenCgroup(String, #[source] std::io::Error),
     #[error("cannot wait for the sandbox: {}", os_error_text(.0))]
     Wait(std::io::Error),
-    #[error("cannot record execs from the kernel's exec tracepoints (AIRLOCK_EXEC_RECORDS=kernel): {}: the BPF program needs root (CAP_BPF and CAP_PERFMON), a kernel of 5.17 or later with BTF (/sys/kernel/btf/vmlinux) and no lockdown of BPF; unset AIRLOCK_EXEC_RECORDS to fall back to seccomp notification", os_error_text(.0))]
-    LoadExecTracer(std::io::Error),
+    #[error("cannot record execs from the kernel's exec tracepoints (AIRLOCK_EXEC_RECORDS=kernel): {}: {}; unset AIRLOCK_EXEC_RECORDS to fall back to seccomp notification", os_error_text(.0), .1)]
+    LoadExecTracer(std::io::Error, &'static str),
     #[error("cannot point the exec tracer at the sandbox's pid namespace: {}", os_error_text(.0))]
     FollowPidNamespace(std::io::Error),
     /// A setup step inside the sandbox failed; the message names the step and the item.
@@ -146,7 +146,9 @@ fn run_sandbox_with(
                 a.notify.exec = false;
                 Some(source)
             }
-            Err(e) if a.exec_source == ExecSource::Kernel => return Err(SandboxError::LoadExecTracer(os_error(e))),
+            Err(e) if a.exec_source == ExecSource::Kernel => {
+                return Err(SandboxError::LoadExecTracer(os_error(e), crate::exec_tracepoints::load_failure_hint(e)));
+            }
             Err(_) => None,
         },
         None => None,

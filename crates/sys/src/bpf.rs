@@ -9,6 +9,9 @@ use std::os::fd::RawFd;
 
 use crate::Errno;
 
+/// Whether this build has the exec tracer (x86-64 Linux, built without `AIRLOCK_BUILD_WITHOUT_BPF=1`).
+pub const BUILT: bool = cfg!(airlock_exec_bpf);
+
 /// Layout of one record (`bpf/exec_record.h`, `struct exec_record`): ten 32-bit header words, then the path,
 /// argv and cwd buffers. [`ExecTracer::load`] checks the C side's size against [`RECORD_BYTES`].
 pub const PATH_BYTES: usize = 4096;
@@ -157,6 +160,7 @@ impl Drop for ExecTracer {
 }
 
 impl RingMapping {
+    #[cfg_attr(not(airlock_exec_bpf), allow(dead_code))]
     fn map(fd: RawFd, data_bytes: usize) -> Result<RingMapping, Errno> {
         let page = crate::process::page_size();
         // SAFETY: a new shared mapping of the ring's first page (the consumer position), which the kernel

@@ -6,10 +6,11 @@
 //! (`supervisor::supervise_audited`) receives it, and from then on answers each notification here:
 //!
 //! - exec (unless the run's exec records come from the kernel's tracepoints, `exec_tracepoints`, whose records
-//!   are drained into the same sink in the same loop): read pid, parent, path, argv (bounded) and cwd from `/proc`
-//!   and the target's memory (`process_vm_readv`), answer `SECCOMP_USER_NOTIF_FLAG_CONTINUE`; that answer fails when the notification is
-//!   no longer valid (the process may have died, and its pid been reused, while we read), which marks the record
-//!   `process_gone` as `SECCOMP_IOCTL_NOTIF_ID_VALID` before it would, one system call fewer.
+//!   are drained into the same sink in the same loop): read pid, parent, path, argv (bounded) and cwd from
+//!   `/proc` and the target's memory (`process_vm_readv`), answer `SECCOMP_USER_NOTIF_FLAG_CONTINUE`; that
+//!   answer fails when the notification is no longer valid (the process may have died, and its pid been reused,
+//!   while we read), which marks the record `process_gone` as `SECCOMP_IOCTL_NOTIF_ID_VALID` before it would, one
+//!   system call fewer.
 //!   The record is for audit, not a security decision: the target's memory can change between our read and the
 //!   kernel's (TOCTOU, as `seccomp_unotify(2)` warns), so a hostile process can make the record say something other
 //!   than what ran. Nothing is allowed or refused on what was read.

@@ -115,7 +115,9 @@ impl<'a> SeccompAudit<'a> {
         })
     }
 
-    /// The descriptors to poll: the socket until the listener came, then the listener; the kernel's exec ring.
+    /// The descriptors to poll: the socket until the listener came, then the listener; the kernel's exec ring,
+    /// only to wake the loop (the program wakes it when the ring is half full): `flush_if_due`, called after
+    /// every wake-up, drains it.
     pub fn poll_fds(&self) -> [libc::pollfd; 3] {
         [
             libc::pollfd { fd: self.socket.as_ref().map_or(-1, AsRawFd::as_raw_fd), events: libc::POLLIN, revents: 0 },
@@ -139,9 +141,6 @@ impl<'a> SeccompAudit<'a> {
                 }
                 drop(socket);
             }
-        }
-        if ready(2) & libc::POLLIN != 0 {
-            self.drain_kernel_execs();
         }
         let listener_ready = ready(1);
         if listener_ready & libc::POLLIN != 0 {

@@ -32,34 +32,6 @@ pub const MARK_RECORD_TOO_LARGE: &str = "record_too_large";
 /// will answer `ENOENT`, nothing ran.
 pub const MARK_NOT_FOUND: &str = "not_found";
 
-/// The name of an errno an exec can fail with (`execve(2)`), else `errno N`.
-pub fn exec_errno_name(errno: i32) -> String {
-    let name = match errno {
-        1 => "EPERM",
-        2 => "ENOENT",
-        5 => "EIO",
-        7 => "E2BIG",
-        8 => "ENOEXEC",
-        9 => "EBADF",
-        11 => "EAGAIN",
-        12 => "ENOMEM",
-        13 => "EACCES",
-        14 => "EFAULT",
-        20 => "ENOTDIR",
-        21 => "EISDIR",
-        22 => "EINVAL",
-        23 => "ENFILE",
-        24 => "EMFILE",
-        26 => "ETXTBSY",
-        36 => "ENAMETOOLONG",
-        38 => "ENOSYS",
-        40 => "ELOOP",
-        80 => "ELIBBAD",
-        _ => return format!("errno {errno}"),
-    };
-    name.to_string()
-}
-
 /// OCSF class ids.
 pub const CLASS_FILE_SYSTEM_ACTIVITY: u32 = 1001;
 pub const CLASS_PROCESS_ACTIVITY: u32 = 1007;
@@ -259,7 +231,8 @@ impl Event {
                 m.insert("activity".into(), "launch".into());
                 if let Some(errno) = e.error {
                     m.insert("errno".into(), errno.into());
-                    m.insert("errno_name".into(), exec_errno_name(errno).into());
+                    let name = sys::errno_name(errno).map_or_else(|| format!("errno {errno}"), str::to_string);
+                    m.insert("errno_name".into(), name.into());
                 }
                 m.insert("process".into(), Value::Object(process));
                 CLASS_PROCESS_ACTIVITY

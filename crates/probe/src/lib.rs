@@ -1810,26 +1810,7 @@ fn is_initial_uid_map(uid_map: &str) -> bool {
 
 /// `EPERM (Operation not permitted)`.
 fn errno_text(errno: i32) -> String {
-    let name = match errno {
-        libc::EPERM => "EPERM",
-        libc::ENOENT => "ENOENT",
-        libc::EIO => "EIO",
-        libc::EAGAIN => "EAGAIN",
-        libc::ENOMEM => "ENOMEM",
-        libc::EACCES => "EACCES",
-        libc::EBUSY => "EBUSY",
-        libc::EEXIST => "EEXIST",
-        libc::ENODEV => "ENODEV",
-        libc::ENOTDIR => "ENOTDIR",
-        libc::EINVAL => "EINVAL",
-        libc::ENOSPC => "ENOSPC",
-        libc::EROFS => "EROFS",
-        libc::ENOSYS => "ENOSYS",
-        libc::EUSERS => "EUSERS",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        libc::EOVERFLOW => "EOVERFLOW",
-        _ => "",
-    };
+    let name = sys::errno_name(errno).unwrap_or_default();
     let message = io::Error::from_raw_os_error(errno).to_string();
     // std's text ends in " (os error N)", which the name already says.
     let message = message.split(" (os error").next().unwrap_or_default();

@@ -189,8 +189,6 @@ impl ContainerSigns {
     }
 }
 
-/// `container`: whether airlock runs inside a container, and each fix the container needs for `airlock run` (the
-/// blocking checks that a container setting explains: seccomp, capabilities, the masked /proc).
 /// Where an audited run's exec records would come from here: the kernel's exec tracepoints when this user can
 /// load the BPF program (loaded, then dropped: ~7 ms), else seccomp notification. Information only.
 fn exec_records_check() -> Check {
@@ -218,6 +216,8 @@ fn exec_records_check() -> Check {
     }
 }
 
+/// `container`: whether airlock runs inside a container, and each fix the container needs for `airlock run` (the
+/// blocking checks that a container setting explains: seccomp, capabilities, the masked /proc).
 fn container_check(report: &HostReport, found: &ContainerSigns) -> Check {
     const ID: &str = "container";
     const NAME: &str = "inside a container";

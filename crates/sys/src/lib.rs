@@ -1,12 +1,11 @@
 //! The one crate of the workspace where raw system calls are made: thin wrappers over the calls airlock's sandbox
 //! engine needs, one module per kernel concept (`fd`, `fs`, `dir`, `xattr`, `process`, `namespace`, `signal`,
-//! `mount`, `loop_device`, `capability`, `terminal`, `time`, `sched`).
+//! `mount`, `loop_device`, `capability`, `terminal`, `time`, `sched`, `bpf`).
 //!
 //! Every function here is async-signal-safe and allocates nothing: they are called after `clone`, in the
 //! sandbox's init and in the command's process, where only such work is allowed. One exception: `bpf` (the
 //! audit log's exec tracer, loaded through C code that allocates), which only the supervisor uses, in its own
-//! process. Errors are the raw errno, which
-//! the caller turns into a failure record or a typed error.
+//! process. Errors are the raw errno, which the caller turns into a failure record or a typed error.
 
 // The workspace lints deny unsafe; this crate exists to hold it. Every unsafe block still needs its SAFETY
 // comment, and unsafe operations inside unsafe fns need their own block.

@@ -3,6 +3,7 @@
 // The skeleton is header-only C over the bpf() system call: no libbpf is linked, and no BTF is parsed here (the
 // kernel relocates the program against its own BTF).
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <linux/types.h>
@@ -64,10 +65,14 @@ void airlock_exec_tracer_destroy(struct exec_tracer *skel)
 	exec_tracer__destroy(skel);
 }
 
-// The layout the Rust side decodes: checked at load against its own constants.
-__u32 airlock_exec_tracer_record_size(void)
+// The layout the Rust side decodes, checked at load against its own constants: where the path, argv and cwd
+// buffers start, and the whole record's size.
+void airlock_exec_tracer_layout(__u32 layout[4])
 {
-	return sizeof(struct exec_record);
+	layout[0] = offsetof(struct exec_record, path);
+	layout[1] = offsetof(struct exec_record, argv);
+	layout[2] = offsetof(struct exec_record, cwd);
+	layout[3] = sizeof(struct exec_record);
 }
 
 __u32 airlock_exec_tracer_ring_bytes(void)

@@ -2,8 +2,8 @@
 //! the build generates) and the reader of its ring buffer (`BPF_MAP_TYPE_RINGBUF`, mapped into this process).
 //!
 //! Unlike the rest of this crate, loading allocates (the skeleton's C code): it is done by the supervisor, in its
-//! own process, never after `clone` in the child. Only on x86-64 builds (`cfg(airlock_exec_bpf)`, set by
-//! build.rs); elsewhere [`ExecTracer::load`] fails with `ENOSYS`.
+//! own process, never after `clone` in the child. Only in builds with `cfg(airlock_exec_bpf)` (set by build.rs
+//! on x86-64 Linux unless `AIRLOCK_BUILD_WITHOUT_BPF=1`); elsewhere [`ExecTracer::load`] fails with `ENOSYS`.
 
 use std::os::fd::RawFd;
 
@@ -13,7 +13,7 @@ use crate::Errno;
 pub const BUILT: bool = cfg!(airlock_exec_bpf);
 
 /// Layout of one record (`bpf/exec_record.h`, `struct exec_record`): ten 32-bit header words, then the path,
-/// argv and cwd buffers. [`ExecTracer::load`] checks the C side's size against [`RECORD_BYTES`].
+/// argv and cwd buffers. [`ExecTracer::load`] checks the C side's offsets and size against these.
 pub const PATH_BYTES: usize = 4096;
 pub const ARGV_BYTES: usize = 32768;
 pub const CWD_BYTES: usize = 4096 + 256;
@@ -38,7 +38,7 @@ mod ffi {
         pub fn airlock_exec_tracer_set_target(skel: *mut Skeleton, target_ns: u32);
         pub fn airlock_exec_tracer_lost(skel: *const Skeleton) -> u64;
         pub fn airlock_exec_tracer_destroy(skel: *mut Skeleton);
-        pub fn airlock_exec_tracer_record_size() -> u32;
+        pub fn airlock_exec_tracer_layout(layout: *mut [u32; 4]);
         pub fn airlock_exec_tracer_ring_bytes() -> u32;
     }
 }
@@ -72,8 +72,11 @@ impl ExecTracer {
     /// `CAP_PERFMON` (or `CAP_SYS_ADMIN`), and a kernel with BTF and kernel-side CO-RE (5.17+).
     #[cfg(airlock_exec_bpf)]
     pub fn load() -> Result<ExecTracer, Errno> {
-        // SAFETY: takes no arguments, returns a constant.
-        if unsafe { ffi::airlock_exec_tracer_record_size() } as usize != RECORD_BYTES {
+        let mut layout = [0u32; 4];
+        // SAFETY: writes four u32s into the array it is given, which is ours and that long.
+        unsafe { ffi::airlock_exec_tracer_layout(&mut layout) };
+        let expected = [HEADER_BYTES, HEADER_BYTES + PATH_BYTES, HEADER_BYTES + PATH_BYTES + ARGV_BYTES, RECORD_BYTES];
+        if layout.map(|v| v as usize) != expected {
             return Err(libc::EPROTO);
         }
         let mut err: libc::c_int = 0;

@@ -982,6 +982,79 @@ fn the_command_starts_inside_its_cgroup_and_the_cgroup_is_gone_at_exit() {
     }
 }
 
+/// What numbers a run keeps decides its cgroups on v1: an anonymous run without an audit log has no reader for
+/// its resource numbers, so its cgroup is only in the hierarchies of its limits (memory, pids, cpu: not cpuacct,
+/// which only counts), while the same run with `--audit FILE` is in all four and its `exited` record carries the
+/// numbers (CPU time from cpuacct among them). The limits hold either way. On v2 (one directory) both are in
+/// their cgroup and the audited one has the numbers.
+#[test]
+fn an_anonymous_run_makes_only_its_limits_cgroups_and_an_audited_one_counts_everything() {
+    let _serial = serial();
+    require_sandbox!();
+    require_root!();
+    let layout = require_layout!();
+    let dir = TempDir::new("accounting");
+    let audit = dir.path().join("audit.jsonl");
+    let audit_arg = audit.to_str().unwrap().to_string();
+
+    // The host's view of the command's cgroups while it sleeps: controller -> path.
+    let placed = |extra: &[&str]| -> Vec<(String, String)> {
+        let duration = unique_sleep(3);
+        let mut args = vec!["run", "--memory", "64M", "--pids", "64", "--cpus", "1"];
+        args.extend_from_slice(extra);
+        let script = format!("exec sleep {duration}");
+        args.extend_from_slice(&["--", "/bin/sh", "-c", &script]);
+        let mut child = KillOnDrop(Some(
+            airlock_command(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn airlock"),
+        ));
+        assert!(wait_until(Duration::from_secs(10), || !sleepers(&duration).is_empty()), "the sleep never started");
+        let sleep_pid = sleepers(&duration)[0].split(':').next().unwrap().to_string();
+        let host_view = fs::read_to_string(format!("/proc/{sleep_pid}/cgroup")).unwrap();
+        let out = child.take().wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        host_view
+            .lines()
+            .filter_map(|l| {
+                let mut fields = l.splitn(3, ':');
+                let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+                Some((controllers.to_string(), path.to_string()))
+            })
+            .collect()
+    };
+    let in_sandbox_cgroup = |view: &[(String, String)], controller: &str| {
+        let line = view.iter().find(|(c, _)| c.split(',').any(|x| x == controller));
+        line.unwrap_or_else(|| panic!("no {controller:?} line in {view:?}")).1.starts_with("/airlock/")
+    };
+
+    let anonymous = placed(&[]);
+    let audited = placed(&["--audit", &audit_arg]);
+    match layout {
+        Layout::V1 => {
+            for controller in ["memory", "pids", "cpu"] {
+                assert!(in_sandbox_cgroup(&anonymous, controller), "{controller}: {anonymous:?}");
+                assert!(in_sandbox_cgroup(&audited, controller), "{controller}: {audited:?}");
+            }
+            assert!(!in_sandbox_cgroup(&anonymous, "cpuacct"), "a cpuacct cgroup nobody reads: {anonymous:?}");
+            assert!(in_sandbox_cgroup(&audited, "cpuacct"), "the audited run is not counted: {audited:?}");
+        }
+        Layout::V2 => {
+            assert!(in_sandbox_cgroup(&anonymous, ""), "{anonymous:?}");
+            assert!(in_sandbox_cgroup(&audited, ""), "{audited:?}");
+        }
+    }
+    let log = fs::read_to_string(&audit).unwrap();
+    let exited: Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|r| r["kind"] == "exited")
+        .unwrap_or_else(|| panic!("no exited record in {log}"));
+    let resources = &exited["resources"];
+    assert_eq!(resources["memory_limit_bytes"], 64 * MIB, "{exited}");
+    assert_eq!(resources["pids_limit"], 64, "{exited}");
+    assert!(resources["cpu_usage_usec"].is_u64(), "no CPU time counted: {exited}");
+    assert!(resources["memory_peak_bytes"].as_u64().is_some_and(|n| n > 0), "{exited}");
+}
+
 /// The state field of `/proc/<pid>/stat`: 'T' for a stopped process; `None` once it is gone.
 fn process_state(pid: u32) -> Option<char> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

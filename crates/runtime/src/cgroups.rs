@@ -382,6 +382,22 @@ pub fn format_bytes(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
+/// What a sandbox's cgroup is made for besides its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Accounting {
+    /// The sandbox's resource numbers have a reader (`airlock stats`, the audit log's `exited` record, a kept
+    /// sandbox's final numbers): every controller the host offers is attached, limited or not (cgroup v1: a
+    /// directory in each of the memory, pids, cpu and cpuacct hierarchies), and [`SandboxCgroup::stats`] reads
+    /// them all.
+    #[default]
+    Full,
+    /// Nothing reads the numbers (an anonymous run without an audit log): cgroup v1 gets a directory only in the
+    /// hierarchies of the limits asked for; each further one would cost a `mkdir`, a join and an `rmdir` in the
+    /// kernel for numbers nobody sees. The run reads only what its outcome needs ([`SandboxCgroup::verdicts`]).
+    /// cgroup v2 is one directory either way.
+    LimitsOnly,
+}
+
 /// What `create` needs from the host besides the layout; a parameter so that tests can stand in for it.
 struct HostView<'a> {
     /// `/proc/self/cgroup`, parsed.
@@ -398,7 +414,7 @@ impl SandboxCgroup {
     /// [`CgroupError::ControllerUnavailable`]. `limits.disk_bytes` is not a cgroup matter and is ignored. On error
     /// nothing created is left behind.
     pub fn create(layout: &CgroupLayout, sandbox: &str, limits: &Limits) -> Result<SandboxCgroup, CgroupError> {
-        match SandboxCgroup::plan(layout, sandbox, limits)? {
+        match SandboxCgroup::plan(layout, sandbox, limits, Accounting::Full)? {
             CgroupPlan::Made(cgroup) => Ok(cgroup),
             CgroupPlan::Deferred(planned) => planned.make(),
         }
@@ -409,12 +425,17 @@ impl SandboxCgroup {
     /// now, and nothing is created yet. On cgroup v1 the directories are made and the limits written later, by
     /// [`PlannedCgroup::make`]: init joins by itself (see [`SandboxCgroup::entry`]) and only needs the paths,
     /// which the plan already knows. On cgroup v2 init is born inside (`CLONE_INTO_CGROUP`), so the cgroup must
-    /// exist before `clone`: it is made now.
-    pub fn plan(layout: &CgroupLayout, sandbox: &str, limits: &Limits) -> Result<CgroupPlan, CgroupError> {
+    /// exist before `clone`: it is made now. `accounting` says which controllers beyond the limits' are attached.
+    pub fn plan(
+        layout: &CgroupLayout,
+        sandbox: &str,
+        limits: &Limits,
+        accounting: Accounting,
+    ) -> Result<CgroupPlan, CgroupError> {
         let own = read_own_cgroups()?;
         let euid = sys::process::effective_uid();
         let host = HostView { own: &own, owner: CgroupOwner::current()?, euid };
-        plan_with(layout, &host, sandbox, limits)
+        plan_with(layout, &host, sandbox, limits, accounting)
     }
 
     /// A handle on an existing sandbox cgroup by its full name (from [`SandboxCgroup::name`]), for `stats` or
@@ -491,10 +512,21 @@ impl SandboxCgroup {
 
     /// Reads the sandbox's resource use.
     pub fn stats(&self) -> Result<CgroupStats, CgroupError> {
+        self.read_stats(Reading::All)
+    }
+
+    /// What a run's outcome needs of [`SandboxCgroup::stats`]: the OOM kills and the forks the process limit
+    /// refused (two files where `stats` reads nine); the memory limit and peak only after an OOM kill (for its
+    /// message), `pids.max` only after a refused fork. Every other field is `None`.
+    pub fn verdicts(&self) -> Result<CgroupStats, CgroupError> {
+        self.read_stats(Reading::Verdicts)
+    }
+
+    fn read_stats(&self, reading: Reading) -> Result<CgroupStats, CgroupError> {
         match &self.dirs {
-            Dirs::V2 { dir } => stats_v2(dir),
+            Dirs::V2 { dir } => stats_v2(dir, reading),
             Dirs::V1 { memory, pids, cpu: _, cpuacct } => {
-                stats_v1(memory.as_deref(), pids.as_deref(), cpuacct.as_deref())
+                stats_v1(memory.as_deref(), pids.as_deref(), cpuacct.as_deref(), reading)
             }
         }
     }
@@ -670,13 +702,14 @@ fn plan_with(
     host: &HostView<'_>,
     sandbox: &str,
     limits: &Limits,
+    accounting: Accounting,
 ) -> Result<CgroupPlan, CgroupError> {
     let name = host.owner.cgroup_name(sandbox)?;
     let cpu_quota = limits.cpus.map(cpu_quota_usec).transpose()?;
     match layout {
         CgroupLayout::V2 { root } => create_v2(root, host, name, limits, cpu_quota).map(CgroupPlan::Made),
         CgroupLayout::V1 { memory, pids, cpu, cpuacct } => {
-            plan_v1([memory, pids, cpu, cpuacct], host, name, limits, cpu_quota).map(CgroupPlan::Deferred)
+            plan_v1([memory, pids, cpu, cpuacct], host, name, limits, cpu_quota, accounting).map(CgroupPlan::Deferred)
         }
     }
 }
@@ -688,7 +721,7 @@ fn create_with(
     sandbox: &str,
     limits: &Limits,
 ) -> Result<SandboxCgroup, CgroupError> {
-    match plan_with(layout, host, sandbox, limits)? {
+    match plan_with(layout, host, sandbox, limits, Accounting::Full)? {
         CgroupPlan::Made(cgroup) => Ok(cgroup),
         CgroupPlan::Deferred(planned) => planned.make(),
     }
@@ -883,18 +916,34 @@ fn move_self_to_leaf(dir: &Path, our_pid: u32) -> Result<bool, CgroupError> {
     Ok(true)
 }
 
-fn stats_v2(dir: &Path) -> Result<CgroupStats, CgroupError> {
-    Ok(CgroupStats {
-        memory_current: read_u64(&dir.join("memory.current"))?,
-        memory_peak: read_u64(&dir.join("memory.peak"))?,
-        memory_limit: read_limit(&dir.join("memory.max"))?,
+/// How much of a cgroup's numbers to read: see [`SandboxCgroup::stats`] and [`SandboxCgroup::verdicts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    All,
+    Verdicts,
+}
+
+fn stats_v2(dir: &Path, reading: Reading) -> Result<CgroupStats, CgroupError> {
+    let all = reading == Reading::All;
+    let mut stats = CgroupStats {
         oom_kills: read_keyed(&dir.join("memory.events"), "oom_kill")?,
-        pids_current: read_u64(&dir.join("pids.current"))?,
-        pids_peak: read_u64(&dir.join("pids.peak"))?,
-        pids_limit: read_limit(&dir.join("pids.max"))?,
         pids_max_hits: read_keyed(&dir.join("pids.events"), "max")?,
-        cpu_usage_usec: read_keyed(&dir.join("cpu.stat"), "usage_usec")?,
-    })
+        ..CgroupStats::default()
+    };
+    if all || stats.oom_killed() {
+        stats.memory_peak = read_u64(&dir.join("memory.peak"))?;
+        stats.memory_limit = read_limit(&dir.join("memory.max"))?;
+    }
+    if all || stats.pids_max_hits.unwrap_or(0) > 0 {
+        stats.pids_limit = read_limit(&dir.join("pids.max"))?;
+    }
+    if all {
+        stats.memory_current = read_u64(&dir.join("memory.current"))?;
+        stats.pids_current = read_u64(&dir.join("pids.current"))?;
+        stats.pids_peak = read_u64(&dir.join("pids.peak"))?;
+        stats.cpu_usage_usec = read_keyed(&dir.join("cpu.stat"), "usage_usec")?;
+    }
+    Ok(stats)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -906,13 +955,19 @@ fn plan_v1(
     name: String,
     limits: &Limits,
     cpu_quota: Option<u64>,
+    accounting: Accounting,
 ) -> Result<PlannedCgroup, CgroupError> {
     let [memory, pids, cpu, cpuacct] = hierarchies;
-    // Find every base first, so that a limit that cannot be enforced fails before anything is created.
-    let memory_base = v1_base(memory.as_deref(), "memory", limits.memory_bytes.is_some(), host)?;
-    let pids_base = v1_base(pids.as_deref(), "pids", limits.pids.is_some(), host)?;
-    let cpu_base = v1_base(cpu.as_deref(), "cpu", cpu_quota.is_some(), host)?;
-    let cpuacct_base = v1_base(cpuacct.as_deref(), "cpuacct", false, host)?;
+    // Find every base first, so that a limit that cannot be enforced fails before anything is created. A
+    // hierarchy no limit needs is used only for the numbers, when they have a reader.
+    let base = |hierarchy: &Option<PathBuf>, controller, needed: bool| match needed || accounting == Accounting::Full {
+        true => v1_base(hierarchy.as_deref(), controller, needed, host),
+        false => Ok(None),
+    };
+    let memory_base = base(memory, "memory", limits.memory_bytes.is_some())?;
+    let pids_base = base(pids, "pids", limits.pids.is_some())?;
+    let cpu_base = base(cpu, "cpu", cpu_quota.is_some())?;
+    let cpuacct_base = base(cpuacct, "cpuacct", false)?;
     if memory_base.is_none() && pids_base.is_none() && cpu_base.is_none() && cpuacct_base.is_none() {
         return Err(CgroupError::ControllerUnavailable {
             controller: "cgroup",
@@ -1029,21 +1084,35 @@ fn limit_memory_v1(dir: &Path, bytes: Option<u64>) -> Result<(), CgroupError> {
     Ok(())
 }
 
-fn stats_v1(memory: Option<&Path>, pids: Option<&Path>, cpuacct: Option<&Path>) -> Result<CgroupStats, CgroupError> {
+fn stats_v1(
+    memory: Option<&Path>,
+    pids: Option<&Path>,
+    cpuacct: Option<&Path>,
+    reading: Reading,
+) -> Result<CgroupStats, CgroupError> {
+    let all = reading == Reading::All;
     let mut stats = CgroupStats::default();
     if let Some(dir) = memory {
-        stats.memory_current = read_u64(&dir.join("memory.usage_in_bytes"))?;
-        stats.memory_peak = read_u64(&dir.join("memory.max_usage_in_bytes"))?;
-        stats.memory_limit = read_u64(&dir.join("memory.limit_in_bytes"))?.filter(|&l| l < V1_UNLIMITED_FROM);
         stats.oom_kills = read_keyed(&dir.join("memory.oom_control"), "oom_kill")?;
+        if all || stats.oom_killed() {
+            stats.memory_peak = read_u64(&dir.join("memory.max_usage_in_bytes"))?;
+            stats.memory_limit = read_u64(&dir.join("memory.limit_in_bytes"))?.filter(|&l| l < V1_UNLIMITED_FROM);
+        }
+        if all {
+            stats.memory_current = read_u64(&dir.join("memory.usage_in_bytes"))?;
+        }
     }
     if let Some(dir) = pids {
-        stats.pids_current = read_u64(&dir.join("pids.current"))?;
-        stats.pids_peak = read_u64(&dir.join("pids.peak"))?;
-        stats.pids_limit = read_limit(&dir.join("pids.max"))?;
         stats.pids_max_hits = read_keyed(&dir.join("pids.events"), "max")?;
+        if all || stats.pids_max_hits.unwrap_or(0) > 0 {
+            stats.pids_limit = read_limit(&dir.join("pids.max"))?;
+        }
+        if all {
+            stats.pids_current = read_u64(&dir.join("pids.current"))?;
+            stats.pids_peak = read_u64(&dir.join("pids.peak"))?;
+        }
     }
-    if let Some(dir) = cpuacct {
+    if let (Some(dir), true) = (cpuacct, all) {
         stats.cpu_usage_usec = read_u64(&dir.join("cpuacct.usage"))?.map(|ns| ns / 1000);
     }
     Ok(stats)
@@ -1787,7 +1856,7 @@ mod tests {
         dir.file("pids.max", "max\n");
         dir.file("pids.events", "max 7\n");
         dir.file("cpu.stat", "usage_usec 1234567\nuser_usec 1000000\nsystem_usec 234567\n");
-        let stats = stats_v2(&dir.0).unwrap();
+        let stats = stats_v2(&dir.0, Reading::All).unwrap();
         assert_eq!(
             stats,
             CgroupStats {
@@ -1804,8 +1873,29 @@ mod tests {
         );
         assert!(stats.oom_killed());
         assert_eq!(stats.memory_summary(), "limit 64M, peak 63.9M");
+        // The verdicts alone: the same kills and refusals, with the limits and peak their messages name.
+        let verdicts = stats_v2(&dir.0, Reading::Verdicts).unwrap();
+        assert_eq!(
+            verdicts,
+            CgroupStats {
+                memory_peak: Some(67004416),
+                memory_limit: Some(64 << 20),
+                oom_kills: Some(2),
+                pids_max_hits: Some(7),
+                ..CgroupStats::default()
+            }
+        );
+        // Nothing to report: nothing but the two counters is read (a file that would not parse goes unread).
+        dir.file("memory.events", "oom_kill 0\n");
+        dir.file("pids.events", "max 0\n");
+        dir.file("memory.peak", "garbage\n");
+        dir.file("pids.max", "garbage\n");
+        dir.file("cpu.stat", "usage_usec garbage\n");
+        let quiet = stats_v2(&dir.0, Reading::Verdicts).unwrap();
+        assert_eq!(quiet, CgroupStats { oom_kills: Some(0), pids_max_hits: Some(0), ..CgroupStats::default() });
+        assert!(matches!(stats_v2(&dir.0, Reading::All), Err(CgroupError::Parse { .. })));
         dir.file("memory.events", "oom_kill lots\n");
-        assert!(matches!(stats_v2(&dir.0), Err(CgroupError::Parse { .. })));
+        assert!(matches!(stats_v2(&dir.0, Reading::Verdicts), Err(CgroupError::Parse { .. })));
     }
 
     // -- v1 ----------------------------------------------------------------------------------------------------
@@ -1839,6 +1929,38 @@ mod tests {
             .map(|h| (format!("{h}/airlock/{name}/cgroup.procs"), "99".to_string()))
             .collect();
         assert_eq!(take_writes(&root), procs);
+    }
+
+    #[test]
+    fn v1_limits_only_makes_just_the_hierarchies_of_the_limits_asked() {
+        let dir = fake_v1(true);
+        let layout = detect_layout(&dir.0).unwrap();
+        let own = parse_proc_cgroup("0::/\n");
+        let root = fs::canonicalize(&dir.0).unwrap();
+        let made = |sandbox: &str, limits: &Limits| {
+            let planned = match plan_with(&layout, &host(&own, 0), sandbox, limits, Accounting::LimitsOnly).unwrap() {
+                CgroupPlan::Deferred(planned) => planned,
+                CgroupPlan::Made(_) => panic!("v1 plans are deferred"),
+            };
+            let tasks = planned.tasks();
+            let cgroup = planned.make().unwrap();
+            let hierarchies: Vec<String> = cgroup
+                .paths()
+                .iter()
+                .map(|p| p.strip_prefix(&root).unwrap().iter().next().unwrap().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(tasks.len(), hierarchies.len());
+            take_writes(&root);
+            hierarchies
+        };
+        assert_eq!(made("m", &limits(Some(32 << 20), None, None)), ["memory"]);
+        assert_eq!(made("p", &limits(None, Some(16), None)), ["pids"]);
+        assert_eq!(made("c", &limits(None, None, Some(0.5))), ["cpu"]);
+        // All three: still no cpuacct directory, which only counts.
+        assert_eq!(made("all", &limits(Some(32 << 20), Some(16), Some(0.5))), ["memory", "pids", "cpu"]);
+        // Full accounting: every hierarchy, as `create` makes them.
+        let full = create_with(&layout, &host(&own, 0), "b", &limits(None, Some(16), None)).unwrap();
+        assert_eq!(full.paths().len(), 4);
     }
 
     #[test]
@@ -1917,7 +2039,7 @@ mod tests {
         dir.file("p/pids.events", "max 34\n");
         dir.file("c/cpuacct.usage", "2500000000\n");
         let (m, p, c) = (dir.0.join("m"), dir.0.join("p"), dir.0.join("c"));
-        let stats = stats_v1(Some(&m), Some(&p), Some(&c)).unwrap();
+        let stats = stats_v1(Some(&m), Some(&p), Some(&c), Reading::All).unwrap();
         assert_eq!(
             stats,
             CgroupStats {
@@ -1932,8 +2054,25 @@ mod tests {
                 cpu_usage_usec: Some(2_500_000),
             }
         );
+        let verdicts = stats_v1(Some(&m), Some(&p), Some(&c), Reading::Verdicts).unwrap();
+        assert_eq!(
+            verdicts,
+            CgroupStats {
+                memory_peak: Some(32 << 20),
+                memory_limit: Some(32 << 20),
+                oom_kills: Some(1),
+                pids_limit: Some(16),
+                pids_max_hits: Some(34),
+                ..CgroupStats::default()
+            }
+        );
+        dir.file("m/memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n");
+        dir.file("p/pids.events", "max 0\n");
+        dir.file("c/cpuacct.usage", "garbage\n");
+        let quiet = stats_v1(Some(&m), Some(&p), Some(&c), Reading::Verdicts).unwrap();
+        assert_eq!(quiet, CgroupStats { oom_kills: Some(0), pids_max_hits: Some(0), ..CgroupStats::default() });
         dir.file("m/memory.limit_in_bytes", UNLIMITED_V1);
-        assert_eq!(stats_v1(Some(&m), None, None).unwrap().memory_limit, None);
+        assert_eq!(stats_v1(Some(&m), None, None, Reading::All).unwrap().memory_limit, None);
     }
 
     // -- names, owners, stale cgroups --------------------------------------------------------------------------
@@ -2135,7 +2274,9 @@ mod tests {
                 let owner = CgroupOwner::current().unwrap();
                 time("2b owner (pid namespace, /proc/self/stat)", started);
                 let started = Instant::now();
-                let CgroupPlan::Deferred(planned) = SandboxCgroup::plan(&layout, "steps", &limits).unwrap() else {
+                let CgroupPlan::Deferred(planned) =
+                    SandboxCgroup::plan(&layout, "steps", &limits, Accounting::Full).unwrap()
+                else {
                     panic!("v1 is planned, not made")
                 };
                 let planned_tasks = planned.tasks();

@@ -135,6 +135,9 @@ pub struct HostContext {
     /// the host holds for the sandbox (the root overlay's layers arrive idmapped into it). The sandbox's ids are
     /// mapped onto it as on a host, and guest root owns nothing shared.
     pub vm_id_base: Option<u32>,
+    /// Whether the sandbox's resource numbers have a reader (see [`crate::cgroups::Accounting`]): `LimitsOnly`
+    /// makes, on cgroup v1, only the limits' cgroups, and reads only what the run's outcome needs.
+    pub cgroup_accounting: crate::cgroups::Accounting,
 }
 
 /// What a held sandbox's supervisor watches: `dir` (gone, or replaced by another directory) and `record` (gone).

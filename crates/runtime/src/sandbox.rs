@@ -438,7 +438,10 @@ fn run_sandbox_with(
     }
     let failure = early_failure.or_else(|| failure::read_failure(failure_read.as_raw_fd()));
     drop(failure_read);
-    let stats = cgroup.as_ref().and_then(|cg| cg.stats().ok());
+    let stats = cgroup.as_ref().and_then(|cg| match host.cgroup_accounting {
+        cgroups::Accounting::Full => cg.stats().ok(),
+        cgroups::Accounting::LimitsOnly => cg.verdicts().ok(),
+    });
     if let Some(cg) = cgroup {
         if let Err(e) = cg.remove() {
             warn(&format!("cannot remove the sandbox's cgroup: {e}"));
@@ -514,8 +517,9 @@ fn plan_cgroup(
         return Ok(None);
     }
     let name = host.name.as_deref().unwrap_or("run");
-    let planned = cgroups::detect_layout(std::path::Path::new(cgroups::SYS_FS_CGROUP))
-        .and_then(|layout| SandboxCgroup::plan(&layout, name, &policy.limits).map(|plan| (layout, plan)));
+    let planned = cgroups::detect_layout(std::path::Path::new(cgroups::SYS_FS_CGROUP)).and_then(|layout| {
+        SandboxCgroup::plan(&layout, name, &policy.limits, host.cgroup_accounting).map(|plan| (layout, plan))
+    });
     match planned {
         Ok(planned) => Ok(Some(planned)),
         Err(e) => Ok(best_effort_or_fail(e, &policy.limits, policy.limits_enforcement, warn).map(|()| None)?),

@@ -105,6 +105,7 @@ impl RunningHandle {
             watch_state: None,
             in_vm_guest: false,
             vm_id_base: None,
+            cgroup_accounting: runtime::cgroups::Accounting::Full,
         })
     }
 

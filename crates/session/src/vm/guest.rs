@@ -116,6 +116,7 @@ fn run(control: &mut Option<std::fs::File>) -> Result<GuestMessage, String> {
         watch_state: None,
         in_vm_guest: true,
         vm_id_base: request.id_base,
+        cgroup_accounting: runtime::cgroups::Accounting::Full,
     };
     let mut warnings = Vec::new();
     let mut sink = match request.audit {

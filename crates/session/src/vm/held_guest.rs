@@ -34,6 +34,7 @@ fn host_context(request: &GuestRequest, hold: bool) -> HostContext {
         watch_state: None,
         in_vm_guest: true,
         vm_id_base: request.id_base,
+        cgroup_accounting: runtime::cgroups::Accounting::Full,
     }
 }
 

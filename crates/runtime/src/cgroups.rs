@@ -801,36 +801,46 @@ fn create_v2(
     let attach = enable_controllers(&parent, &attach, &needed, false, host.owner.pid)?;
 
     let dir = parent.join(&name);
+    if let Some(controller) = V2_CONTROLLERS.into_iter().find(|c| needed(c) && !attach.contains(c)) {
+        return Err(missing_v2_controller(&dir, controller));
+    }
     make_dir(&dir)?;
     // From here on, an error drops `cgroup`, which removes the directory.
     let cgroup = SandboxCgroup { name, dirs: Dirs::V2 { dir: dir.clone() }, teardown_on_drop_in: Some(host.owner.pid) };
-    for controller in V2_CONTROLLERS.into_iter().filter(|c| needed(c)) {
-        let file = match controller {
-            "memory" => "memory.max",
-            "pids" => "pids.max",
-            _ => "cpu.max",
-        };
-        if !attach.contains(&controller) || !dir.join(file).is_file() {
-            return Err(CgroupError::ControllerUnavailable {
-                controller,
-                reason: format!("{} has no {file} after enabling the controller", dir.display()),
-                fix: FIX_V2_ENABLE_AS_ROOT.to_string(),
-            });
+    // A limit's file that is not there (the write's open says so, no `statx` first): the controller did not
+    // reach the new cgroup after all.
+    let write = |controller: &'static str, file: &str, value: &str| match write_limit(&dir.join(file), value) {
+        Err(CgroupError::Write { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            Err(missing_v2_controller(&dir, controller))
         }
-    }
+        other => other,
+    };
     if let Some(bytes) = limits.memory_bytes {
-        write_limit(&dir.join("memory.max"), &bytes.to_string())?;
+        write("memory", "memory.max", &bytes.to_string())?;
         // Swap would let the sandbox hold more than --memory. No file: the kernel has no swap accounting (no
         // CONFIG_SWAP, or swapaccount=0), so there is no swap to hold.
         write_if_present(&dir.join("memory.swap.max"), "0")?;
     }
     if let Some(pids) = limits.pids {
-        write_limit(&dir.join("pids.max"), &pids.to_string())?;
+        write("pids", "pids.max", &pids.to_string())?;
     }
     if let Some(quota) = cpu_quota {
-        write_limit(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_USEC}"))?;
+        write("cpu", "cpu.max", &format!("{quota} {CPU_PERIOD_USEC}"))?;
     }
     Ok(cgroup)
+}
+
+fn missing_v2_controller(dir: &Path, controller: &'static str) -> CgroupError {
+    let file = match controller {
+        "memory" => "memory.max",
+        "pids" => "pids.max",
+        _ => "cpu.max",
+    };
+    CgroupError::ControllerUnavailable {
+        controller,
+        reason: format!("{} has no {file} after enabling the controller", dir.display()),
+        fix: FIX_V2_ENABLE_AS_ROOT.to_string(),
+    }
 }
 
 const FIX_V2_DELEGATE: &str = "run airlock as root, or in a delegated cgroup: \
@@ -853,10 +863,12 @@ fn enable_controllers(
     our_pid: u32,
 ) -> Result<Vec<&'static str>, CgroupError> {
     let control = dir.join("cgroup.subtree_control");
+    // Read once: enabling one controller enables no other.
+    let already = read_words(&control)?;
     let mut enabled = Vec::new();
     let mut moved_out = false;
     for &controller in attach {
-        if read_words(&control)?.iter().any(|c| c == controller) {
+        if already.iter().any(|c| c == controller) {
             enabled.push(controller);
             continue;
         }

@@ -864,9 +864,9 @@ fn guest_identity_ids((uid, gid): (u32, u32)) -> IdPlan {
 /// A limit above what the host has is a mistake (a missing suffix, a copied profile), not a request for "no
 /// limit": refuse it with the host's figure.
 fn check_limits_against_host(limits: &policy::sandbox::Limits) -> Result<(), PrepareError> {
-    // Each host figure is read only when its limit was asked for (`/proc/meminfo` alone is ~12 us of a start).
+    // Each host figure is read only when its limit was asked for.
     if let Some(asked) = limits.memory_bytes {
-        if let Some(total) = host_memory_bytes().filter(|total| asked > *total) {
+        if let Some(total) = sys::memory::total_ram_bytes().ok().filter(|total| asked > *total) {
             return Err(PrepareError::LimitAboveHost {
                 flag: "--memory",
                 asked: crate::cgroups::format_bytes(asked),
@@ -921,14 +921,6 @@ fn rlimits(limits: &policy::sandbox::Limits) -> Result<Vec<(u32, u64, u64)>, Pre
 
 fn current_hard_limit(resource: u32) -> u64 {
     sys::process::hard_limit(resource).unwrap_or(0)
-}
-
-/// `MemTotal` from /proc/meminfo, in bytes.
-fn host_memory_bytes() -> Option<u64> {
-    let meminfo = crate::host::read_small("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
 }
 
 fn command_plan(policy: &SandboxPolicy) -> Result<CommandPlan, PrepareError> {

@@ -59,6 +59,18 @@ fn read_only_ranges(segments: &[Segment], page: usize, out: &mut [Range]) -> usi
     n
 }
 
+/// The machine's RAM in bytes: `sysinfo(2)`'s `totalram` in units of `mem_unit`, the figure `/proc/meminfo`
+/// shows as `MemTotal` (one system call, where reading that file has the kernel format all of its ~50 lines).
+pub fn total_ram_bytes() -> Result<u64, Errno> {
+    // SAFETY: `struct sysinfo` is plain integers (and padding), for which all-zero bytes are a valid value.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: sysinfo writes one `struct sysinfo` into a live local.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return Err(crate::errno());
+    }
+    Ok(info.totalram.saturating_mul(u64::from(info.mem_unit.max(1))))
+}
+
 /// The most program headers looked at (an executable has ~12).
 const MAX_SEGMENTS: usize = 32;
 
@@ -142,6 +154,15 @@ fn has_text_relocations(bias: usize, dynamic: &libc::Elf64_Phdr) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn total_ram_is_what_proc_meminfo_calls_memtotal() {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let line = meminfo.lines().find(|l| l.starts_with("MemTotal:")).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert_eq!(super::total_ram_bytes(), Ok(kib * 1024));
+    }
+
     use super::*;
 
     fn ranges(segments: &[Segment]) -> Vec<Range> {

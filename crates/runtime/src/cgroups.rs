@@ -2080,9 +2080,14 @@ mod tests {
         );
         dir.file("m/memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n");
         dir.file("p/pids.events", "max 0\n");
+        dir.file("m/memory.max_usage_in_bytes", "garbage\n");
+        dir.file("p/pids.max", "garbage\n");
         dir.file("c/cpuacct.usage", "garbage\n");
         let quiet = stats_v1(Some(&m), Some(&p), Some(&c), Reading::Verdicts).unwrap();
         assert_eq!(quiet, CgroupStats { oom_kills: Some(0), pids_max_hits: Some(0), ..CgroupStats::default() });
+        assert!(matches!(stats_v1(Some(&m), Some(&p), Some(&c), Reading::All), Err(CgroupError::Parse { .. })));
+        dir.file("m/memory.max_usage_in_bytes", "33554432\n");
+        dir.file("p/pids.max", "16\n");
         dir.file("m/memory.limit_in_bytes", UNLIMITED_V1);
         assert_eq!(stats_v1(Some(&m), None, None, Reading::All).unwrap().memory_limit, None);
     }

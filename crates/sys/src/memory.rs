@@ -1,4 +1,4 @@
-//! Memory: the process's own executable's pages.
+//! Memory: the process's own executable's pages, and the machine's RAM.
 
 use crate::Errno;
 
@@ -154,7 +154,6 @@ fn has_text_relocations(bias: usize, dynamic: &libc::Elf64_Phdr) -> bool {
 
 #[cfg(test)]
 mod tests {
-
     #[test]
     fn total_ram_is_what_proc_meminfo_calls_memtotal() {
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();

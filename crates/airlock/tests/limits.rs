@@ -855,7 +855,9 @@ fn no_cgroup_left_after_a_timeout() {
 /// `kill -9` of airlock: its init dies by the parent-death signal and takes the sandbox with it; the cgroup, which
 /// nobody was left to remove, is stale. Stale cgroups are removed by the next `airlock run` with limits: it
 /// removes every `airlock/<pid-ns>-<pid>-<start>-<name>` cgroup whose owner (the airlock of that pid and start
-/// time) is gone, while its own sandbox is being set up.
+/// time) is gone, while its own sandbox is being set up — in every hierarchy, also those the next run itself does
+/// not use (the killed run, audited, counted everything; the next, anonymous with `--memory` alone, has only a
+/// memory cgroup on v1).
 #[test]
 fn a_cgroup_left_by_kill_9_of_airlock_is_removed_by_the_next_run_with_limits() {
     let _serial = serial();
@@ -867,8 +869,9 @@ fn a_cgroup_left_by_kill_9_of_airlock_is_removed_by_the_next_run_with_limits() {
     // An airlock killed with SIGKILL cannot remove its host-id range lock file (an empty file, unlocked by the
     // kernel, that the next sandbox may reuse): this one gets a state directory of its own, removed at the end.
     let private_state = TempDir::new("limits-kill9-state");
+    let audit = private_state.path().join("audit.jsonl");
     let mut child = KillOnDrop(Some(
-        airlock_command(&["run", "--memory", "64M", "--", "sleep", &duration])
+        airlock_command(&["run", "--memory", "64M", "--audit", audit.to_str().unwrap(), "--", "sleep", &duration])
             .env("AIRLOCK_STATE_DIR", private_state.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -880,6 +883,9 @@ fn a_cgroup_left_by_kill_9_of_airlock_is_removed_by_the_next_run_with_limits() {
     assert!(started, "`sleep {duration}` never started");
     let ours = cgroups_of_airlock(layout, airlock_pid);
     assert!(!ours.is_empty(), "no cgroup named after airlock {airlock_pid}: {:#?}", sandbox_cgroups(layout));
+    if layout == Layout::V1 {
+        assert_eq!(ours.len(), 4, "an audited run is counted in every hierarchy: {ours:#?}");
+    }
     let dir_name = |d: &PathBuf| d.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
     // The leftover check's view of owners is right: this one is alive now, and dead after the kill below.
     assert!(ours.iter().all(|d| owner_alive(&dir_name(d))), "the running airlock is not seen as alive: {ours:#?}");

@@ -321,6 +321,10 @@ pub struct SandboxCgroup {
     dirs: Dirs,
     /// The creating process; `None` for a handle from [`SandboxCgroup::open`], which never tears down on drop.
     teardown_on_drop_in: Option<u32>,
+    /// The `airlock/` directories of the usable v1 hierarchies this cgroup has no directory in
+    /// ([`Accounting::LimitsOnly`]): another sandbox's cgroup may be there, and
+    /// [`remove_stale_cgroups_beside`] sweeps them too.
+    other_parents: Vec<PathBuf>,
 }
 
 /// Resource use of a sandbox, from its cgroup files. `None`: the controller is not attached, or this kernel does
@@ -461,7 +465,12 @@ impl SandboxCgroup {
                 any.then_some(Dirs::V1 { memory, pids, cpu, cpuacct })
             }
         };
-        Ok(dirs.map(|dirs| SandboxCgroup { name: name.to_string(), dirs, teardown_on_drop_in: None }))
+        Ok(dirs.map(|dirs| SandboxCgroup {
+            name: name.to_string(),
+            dirs,
+            teardown_on_drop_in: None,
+            other_parents: Vec::new(),
+        }))
     }
 
     /// The cgroup's name, `<pid-ns>-<pid>-<start>-<sandbox>`; the same in every hierarchy.
@@ -637,6 +646,8 @@ pub struct PlannedCgroup {
     pids: Option<u64>,
     cpu_quota: Option<u64>,
     owner_pid: u32,
+    /// See [`SandboxCgroup`]'s field of the same name.
+    other_parents: Vec<PathBuf>,
 }
 
 impl PlannedCgroup {
@@ -661,11 +672,11 @@ impl PlannedCgroup {
     /// still have to be written ([`PendingLimits::write`]) before anything of the sandbox's runs. On error
     /// nothing created is left behind.
     pub fn make_dirs(self) -> Result<(SandboxCgroup, PendingLimits), CgroupError> {
-        let PlannedCgroup { name, dirs, memory_bytes, pids, cpu_quota, owner_pid } = self;
+        let PlannedCgroup { name, dirs, memory_bytes, pids, cpu_quota, owner_pid, other_parents } = self;
         let Dirs::V1 { memory, pids: pids_dir, cpu, cpuacct } = dirs else {
             return Err(CgroupError::InvalidName { name, reason: "only a cgroup v1 plan is made later" });
         };
-        let cgroup = make_v1_dirs([memory, pids_dir, cpu, cpuacct], name, owner_pid)?;
+        let cgroup = make_v1_dirs([memory, pids_dir, cpu, cpuacct], name, owner_pid, other_parents)?;
         Ok((cgroup, PendingLimits { memory_bytes, pids, cpu_quota }))
     }
 }
@@ -806,7 +817,12 @@ fn create_v2(
     }
     make_dir(&dir)?;
     // From here on, an error drops `cgroup`, which removes the directory.
-    let cgroup = SandboxCgroup { name, dirs: Dirs::V2 { dir: dir.clone() }, teardown_on_drop_in: Some(host.owner.pid) };
+    let cgroup = SandboxCgroup {
+        name,
+        dirs: Dirs::V2 { dir: dir.clone() },
+        teardown_on_drop_in: Some(host.owner.pid),
+        other_parents: Vec::new(),
+    };
     // A limit's file that is not there (the write's open says so, no `statx` first): the controller did not
     // reach the new cgroup after all.
     let write = |controller: &'static str, file: &str, value: &str| match write_limit(&dir.join(file), value) {
@@ -970,16 +986,35 @@ fn plan_v1(
     accounting: Accounting,
 ) -> Result<PlannedCgroup, CgroupError> {
     let [memory, pids, cpu, cpuacct] = hierarchies;
-    // Find every base first, so that a limit that cannot be enforced fails before anything is created. A
-    // hierarchy no limit needs is used only for the numbers, when they have a reader.
-    let base = |hierarchy: &Option<PathBuf>, controller, needed: bool| match needed || accounting == Accounting::Full {
-        true => v1_base(hierarchy.as_deref(), controller, needed, host),
-        false => Ok(None),
-    };
-    let memory_base = base(memory, "memory", limits.memory_bytes.is_some())?;
-    let pids_base = base(pids, "pids", limits.pids.is_some())?;
-    let cpu_base = base(cpu, "cpu", cpu_quota.is_some())?;
-    let cpuacct_base = base(cpuacct, "cpuacct", false)?;
+    // Find every base first, so that a limit that cannot be enforced fails before anything is created.
+    let needed = [limits.memory_bytes.is_some(), limits.pids.is_some(), cpu_quota.is_some(), false];
+    let mut bases = [None, None, None, None];
+    for (i, (hierarchy, controller)) in
+        [(memory, "memory"), (pids, "pids"), (cpu, "cpu"), (cpuacct, "cpuacct")].into_iter().enumerate()
+    {
+        bases[i] = v1_base(hierarchy.as_deref(), controller, needed[i], host)?;
+    }
+    // A hierarchy no limit needs is used only for the numbers, when they have a reader. Its `airlock/` is still
+    // swept for stale cgroups (a sandbox that counted everything may have left one there).
+    let mut other_parents: Vec<PathBuf> = Vec::new();
+    if accounting == Accounting::LimitsOnly {
+        for (i, base) in bases.iter_mut().enumerate() {
+            if needed[i] {
+                continue;
+            }
+            if let Some(parent) = base.take().map(|b| b.join(AIRLOCK_DIR)) {
+                if !other_parents.contains(&parent) {
+                    other_parents.push(parent);
+                }
+            }
+        }
+    }
+    let [memory_base, pids_base, cpu_base, cpuacct_base] = bases;
+    // Co-mounted hierarchies have one `airlock/`: swept with ours, not twice.
+    for used in [&memory_base, &pids_base, &cpu_base].into_iter().flatten() {
+        let parent = used.join(AIRLOCK_DIR);
+        other_parents.retain(|p| *p != parent);
+    }
     if memory_base.is_none() && pids_base.is_none() && cpu_base.is_none() && cpuacct_base.is_none() {
         return Err(CgroupError::ControllerUnavailable {
             controller: "cgroup",
@@ -998,14 +1033,21 @@ fn plan_v1(
         pids: limits.pids,
         cpu_quota,
         owner_pid: host.owner.pid,
+        other_parents,
     })
 }
 
-fn make_v1_dirs(planned: [Option<PathBuf>; 4], name: String, owner_pid: u32) -> Result<SandboxCgroup, CgroupError> {
+fn make_v1_dirs(
+    planned: [Option<PathBuf>; 4],
+    name: String,
+    owner_pid: u32,
+    other_parents: Vec<PathBuf>,
+) -> Result<SandboxCgroup, CgroupError> {
     let mut cgroup = SandboxCgroup {
         name,
         dirs: Dirs::V1 { memory: None, pids: None, cpu: None, cpuacct: None },
         teardown_on_drop_in: Some(owner_pid),
+        other_parents,
     };
     // Each directory is recorded as soon as it exists: an error drops `cgroup`, which removes them (and only
     // them: a directory that was there already is not ours to remove).
@@ -1148,16 +1190,18 @@ pub fn remove_stale_cgroups(layout: &CgroupLayout) -> Result<Vec<PathBuf>, Cgrou
 /// [`remove_stale_cgroups`], from the process that owns `ours`: an `airlock/` directory holding no cgroup but
 /// ours is not listed (see `remove_stale_with`).
 ///
-/// The `airlock/` directories swept are those ours is in, and our pid namespace is the one ours is named after:
-/// nothing is looked up again (`/proc/self/cgroup`, the delegation checks) that planning ours found already.
+/// The `airlock/` directories swept are those ours is in, and those of the usable hierarchies ours left out
+/// ([`Accounting::LimitsOnly`]); our pid namespace is the one ours is named after: nothing is looked up again
+/// (`/proc/self/cgroup`, the delegation checks) that planning ours found already.
 pub fn remove_stale_cgroups_beside(ours: &SandboxCgroup) -> Result<Vec<PathBuf>, CgroupError> {
     let Some((owner, _)) = CgroupOwner::from_cgroup_name(&ours.name) else {
         return Ok(Vec::new());
     };
     let is_v2 = matches!(ours.dirs, Dirs::V2 { .. });
     let mut parents: Vec<(PathBuf, bool)> = Vec::new();
-    for dir in ours.paths() {
-        if let Some(parent) = dir.parent().filter(|p| !parents.iter().any(|(q, _)| q == p)) {
+    let others = ours.other_parents.iter().map(PathBuf::as_path);
+    for parent in ours.paths().into_iter().filter_map(Path::parent).chain(others) {
+        if !parents.iter().any(|(q, _)| q == parent) {
             parents.push((parent.to_path_buf(), is_v2));
         }
     }
@@ -1956,12 +2000,21 @@ mod tests {
             };
             let tasks = planned.tasks();
             let cgroup = planned.make().unwrap();
+            let left_out: Vec<String> = cgroup
+                .other_parents
+                .iter()
+                .map(|p| p.strip_prefix(&root).unwrap().iter().next().unwrap().to_string_lossy().into_owned())
+                .collect();
             let hierarchies: Vec<String> = cgroup
                 .paths()
                 .iter()
                 .map(|p| p.strip_prefix(&root).unwrap().iter().next().unwrap().to_string_lossy().into_owned())
                 .collect();
             assert_eq!(tasks.len(), hierarchies.len());
+            // Every usable hierarchy is either ours or swept beside ours.
+            let mut all: Vec<&str> = hierarchies.iter().chain(&left_out).map(String::as_str).collect();
+            all.sort();
+            assert_eq!(all, ["cpu", "cpuacct", "memory", "pids"]);
             take_writes(&root);
             hierarchies
         };
@@ -2141,7 +2194,7 @@ mod tests {
     }
 
     #[test]
-    fn the_sweep_beside_ours_looks_only_where_ours_is_and_keeps_it() {
+    fn the_sweep_beside_ours_looks_where_ours_is_and_where_it_left_out_and_keeps_it() {
         let dir = TempDir::new();
         let me = CgroupOwner::current().unwrap();
         let mut child = std::process::Command::new("true").spawn().unwrap();
@@ -2149,20 +2202,25 @@ mod tests {
         child.wait().unwrap();
         let name = me.cgroup_name("current").unwrap();
         let ours_dir = dir.0.join("memory/airlock").join(&name);
+        // A stale sandbox that was in two hierarchies: ours is in one, and left the other out (LimitsOnly).
         let stale = dir.0.join("memory/airlock").join(dead.cgroup_name("old").unwrap());
-        // A stale cgroup in a hierarchy ours is not in is not this sweep's (the full sweep finds it).
-        let elsewhere = dir.0.join("pids/airlock").join(dead.cgroup_name("old").unwrap());
-        for d in [&ours_dir, &stale, &elsewhere] {
+        let stale_elsewhere = dir.0.join("pids/airlock").join(dead.cgroup_name("old").unwrap());
+        // A hierarchy neither ours uses nor left out (not usable here) is not this sweep's: the full sweep's.
+        let unrelated = dir.0.join("cpu/airlock").join(dead.cgroup_name("older").unwrap());
+        for d in [&ours_dir, &stale, &stale_elsewhere, &unrelated] {
             fs::create_dir_all(d).unwrap();
         }
         let ours = SandboxCgroup {
             name,
             dirs: Dirs::V1 { memory: Some(ours_dir.clone()), pids: None, cpu: None, cpuacct: None },
             teardown_on_drop_in: None,
+            other_parents: vec![dir.0.join("pids/airlock")],
         };
-        assert_eq!(remove_stale_cgroups_beside(&ours).unwrap(), vec![stale.clone()]);
-        assert!(!stale.exists() && ours_dir.is_dir() && elsewhere.is_dir());
-        // Ours alone in its `airlock/`: nothing listed, nothing removed.
+        let mut removed = remove_stale_cgroups_beside(&ours).unwrap();
+        removed.sort();
+        assert_eq!(removed, vec![stale.clone(), stale_elsewhere.clone()]);
+        assert!(!stale.exists() && !stale_elsewhere.exists() && ours_dir.is_dir() && unrelated.is_dir());
+        // Ours alone in its `airlock/`, the other one empty: nothing listed, nothing removed.
         assert_eq!(remove_stale_cgroups_beside(&ours).unwrap(), Vec::<PathBuf>::new());
         assert!(ours_dir.is_dir());
     }

@@ -825,36 +825,40 @@ fn create_v2(
     };
     // A limit's file that is not there (the write's open says so, no `statx` first): the controller did not
     // reach the new cgroup after all.
-    let write = |controller: &'static str, file: &str, value: &str| match write_limit(&dir.join(file), value) {
+    let write = |controller: &'static str, value: &str| match write_limit(&dir.join(v2_limit_file(controller)), value) {
         Err(CgroupError::Write { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
             Err(missing_v2_controller(&dir, controller))
         }
         other => other,
     };
     if let Some(bytes) = limits.memory_bytes {
-        write("memory", "memory.max", &bytes.to_string())?;
+        write("memory", &bytes.to_string())?;
         // Swap would let the sandbox hold more than --memory. No file: the kernel has no swap accounting (no
         // CONFIG_SWAP, or swapaccount=0), so there is no swap to hold.
         write_if_present(&dir.join("memory.swap.max"), "0")?;
     }
     if let Some(pids) = limits.pids {
-        write("pids", "pids.max", &pids.to_string())?;
+        write("pids", &pids.to_string())?;
     }
     if let Some(quota) = cpu_quota {
-        write("cpu", "cpu.max", &format!("{quota} {CPU_PERIOD_USEC}"))?;
+        write("cpu", &format!("{quota} {CPU_PERIOD_USEC}"))?;
     }
     Ok(cgroup)
 }
 
-fn missing_v2_controller(dir: &Path, controller: &'static str) -> CgroupError {
-    let file = match controller {
+/// The cgroup v2 file that holds the limit of `controller` (one of [`V2_CONTROLLERS`]).
+fn v2_limit_file(controller: &str) -> &'static str {
+    match controller {
         "memory" => "memory.max",
         "pids" => "pids.max",
         _ => "cpu.max",
-    };
+    }
+}
+
+fn missing_v2_controller(dir: &Path, controller: &'static str) -> CgroupError {
     CgroupError::ControllerUnavailable {
         controller,
-        reason: format!("{} has no {file} after enabling the controller", dir.display()),
+        reason: format!("{} has no {} after enabling the controller", dir.display(), v2_limit_file(controller)),
         fix: FIX_V2_ENABLE_AS_ROOT.to_string(),
     }
 }

@@ -187,9 +187,10 @@ pub fn launch(backend: &dyn Backend, spec: LaunchSpec<'_>, hooks: Hooks<'_>) -> 
         in_vm_guest: false,
         vm_id_base: None,
         // An anonymous run without an audit log keeps no numbers: its cgroup needs only its limits' controllers.
-        cgroup_accounting: match recorder.is_some() || spec.name.is_some() {
-            true => runtime::cgroups::Accounting::Full,
-            false => runtime::cgroups::Accounting::LimitsOnly,
+        cgroup_accounting: if recorder.is_some() || spec.name.is_some() {
+            runtime::cgroups::Accounting::Full
+        } else {
+            runtime::cgroups::Accounting::LimitsOnly
         },
     };
 

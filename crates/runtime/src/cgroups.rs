@@ -999,26 +999,20 @@ fn plan_v1(
         bases[i] = v1_base(hierarchy.as_deref(), controller, needed[i], host)?;
     }
     // A hierarchy no limit needs is used only for the numbers, when they have a reader. Its `airlock/` is still
-    // swept for stale cgroups (a sandbox that counted everything may have left one there).
+    // swept for stale cgroups (a sandbox that counted everything may have left one there), unless it is one of
+    // ours (co-mounted hierarchies share one), which is swept anyway.
+    let used = |i: usize| needed[i] || accounting == Accounting::Full;
+    let used_parents: Vec<PathBuf> =
+        (0..bases.len()).filter(|&i| used(i)).filter_map(|i| Some(bases[i].as_ref()?.join(AIRLOCK_DIR))).collect();
     let mut other_parents: Vec<PathBuf> = Vec::new();
-    if accounting == Accounting::LimitsOnly {
-        for (i, base) in bases.iter_mut().enumerate() {
-            if needed[i] {
-                continue;
-            }
-            if let Some(parent) = base.take().map(|b| b.join(AIRLOCK_DIR)) {
-                if !other_parents.contains(&parent) {
-                    other_parents.push(parent);
-                }
+    for i in (0..bases.len()).filter(|&i| !used(i)) {
+        if let Some(parent) = bases[i].take().map(|b| b.join(AIRLOCK_DIR)) {
+            if !used_parents.contains(&parent) && !other_parents.contains(&parent) {
+                other_parents.push(parent);
             }
         }
     }
     let [memory_base, pids_base, cpu_base, cpuacct_base] = bases;
-    // Co-mounted hierarchies have one `airlock/`: swept with ours, not twice.
-    for used in [&memory_base, &pids_base, &cpu_base].into_iter().flatten() {
-        let parent = used.join(AIRLOCK_DIR);
-        other_parents.retain(|p| *p != parent);
-    }
     if memory_base.is_none() && pids_base.is_none() && cpu_base.is_none() && cpuacct_base.is_none() {
         return Err(CgroupError::ControllerUnavailable {
             controller: "cgroup",
@@ -1799,6 +1793,28 @@ mod tests {
     }
 
     #[test]
+    fn limits_only_on_comounted_cpu_and_cpuacct_sweeps_their_one_airlock_dir_as_ours() {
+        let dir = TempDir::new();
+        for f in ["memory/tasks", "memory/cgroup.procs", "cpu,cpuacct/tasks", "cpu,cpuacct/cgroup.procs"] {
+            dir.file(f, "");
+        }
+        std::os::unix::fs::symlink("cpu,cpuacct", dir.0.join("cpu")).unwrap();
+        std::os::unix::fs::symlink("cpu,cpuacct", dir.0.join("cpuacct")).unwrap();
+        let layout = detect_layout(&dir.0).unwrap();
+        let own = parse_proc_cgroup("0::/\n");
+        let plan = |limits: &Limits| match plan_with(&layout, &host(&own, 0), "b", limits, Accounting::LimitsOnly) {
+            Ok(CgroupPlan::Deferred(planned)) => planned,
+            other => panic!("{other:?}"),
+        };
+        let memory_airlock = fs::canonicalize(dir.0.join("memory")).unwrap().join(AIRLOCK_DIR);
+        let shared_airlock = fs::canonicalize(dir.0.join("cpu,cpuacct")).unwrap().join(AIRLOCK_DIR);
+        // --cpus: the cpu directory is ours, and cpuacct's `airlock/` is the same one: nothing else to sweep.
+        assert_eq!(plan(&limits(None, None, Some(0.5))).other_parents, vec![memory_airlock]);
+        // --memory: the shared `airlock/` is left out, once.
+        assert_eq!(plan(&limits(Some(32 << 20), None, None)).other_parents, vec![shared_airlock]);
+    }
+
+    #[test]
     fn detects_hybrid_with_controllers_on_unified_as_v2() {
         let dir = TempDir::new();
         dir.file("devices/tasks", "");
@@ -2004,16 +2020,10 @@ mod tests {
             };
             let tasks = planned.tasks();
             let cgroup = planned.make().unwrap();
-            let left_out: Vec<String> = cgroup
-                .other_parents
-                .iter()
-                .map(|p| p.strip_prefix(&root).unwrap().iter().next().unwrap().to_string_lossy().into_owned())
-                .collect();
-            let hierarchies: Vec<String> = cgroup
-                .paths()
-                .iter()
-                .map(|p| p.strip_prefix(&root).unwrap().iter().next().unwrap().to_string_lossy().into_owned())
-                .collect();
+            let hierarchy =
+                |p: &Path| p.strip_prefix(&root).unwrap().iter().next().unwrap().to_string_lossy().into_owned();
+            let left_out: Vec<String> = cgroup.other_parents.iter().map(|p| hierarchy(p)).collect();
+            let hierarchies: Vec<String> = cgroup.paths().into_iter().map(hierarchy).collect();
             assert_eq!(tasks.len(), hierarchies.len());
             // Every usable hierarchy is either ours or swept beside ours.
             let mut all: Vec<&str> = hierarchies.iter().chain(&left_out).map(String::as_str).collect();

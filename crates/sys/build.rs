@@ -20,25 +20,7 @@ fn main() {
         return;
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_else(|_| fail("OUT_DIR is not set")));
-    let object = out.join("exec_tracer.bpf.o");
     let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".into());
-    run(
-        Command::new(&clang)
-            .args([
-                "-g",
-                "-O2",
-                "-target",
-                "bpf",
-                "-D__TARGET_ARCH_x86",
-                "-Wall",
-                "-Werror",
-                "-Ibpf",
-                "-I/usr/include/x86_64-linux-gnu",
-            ])
-            .args(["-c", "bpf/exec_tracer.bpf.c", "-o"])
-            .arg(&object),
-        "clang (Debian: apt-get install clang libbpf-dev)",
-    );
     let bpftool = std::env::var("BPFTOOL").unwrap_or_else(|_| {
         // Debian puts it in /usr/sbin, which is not on every user's PATH.
         if std::path::Path::new("/usr/sbin/bpftool").exists() {
@@ -47,12 +29,44 @@ fn main() {
             "bpftool".into()
         }
     });
-    let skeleton = run(
-        Command::new(&bpftool).args(["gen", "skeleton", "-L"]).arg(&object).args(["name", "exec_tracer"]),
-        "bpftool (Debian: apt-get install bpftool)",
-    );
-    let header = out.join("exec_tracer.lskel.h");
-    std::fs::write(&header, skeleton).unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", header.display())));
+    // Two variants of one program: `exec_tracer`, loaded by each run, and `exec_tracer_shared`, loaded once and
+    // pinned (see src/bpf.rs). The shared one's pin directory is named after a hash of its skeleton, so that a
+    // different build never attaches a program whose records or maps it does not know.
+    let mut shared_hash = 0xcbf2_9ce4_8422_2325_u64;
+    for (name, define) in [("exec_tracer", None), ("exec_tracer_shared", Some("-DAIRLOCK_SHARED_TRACER"))] {
+        let object = out.join(format!("{name}.bpf.o"));
+        run(
+            Command::new(&clang)
+                .args([
+                    "-g",
+                    "-O2",
+                    "-target",
+                    "bpf",
+                    "-D__TARGET_ARCH_x86",
+                    "-Wall",
+                    "-Werror",
+                    "-Ibpf",
+                    "-I/usr/include/x86_64-linux-gnu",
+                ])
+                .args(define)
+                .args(["-c", "bpf/exec_tracer.bpf.c", "-o"])
+                .arg(&object),
+            "clang (Debian: apt-get install clang libbpf-dev)",
+        );
+        let skeleton = run(
+            Command::new(&bpftool).args(["gen", "skeleton", "-L"]).arg(&object).args(["name", name]),
+            "bpftool (Debian: apt-get install bpftool)",
+        );
+        if define.is_some() {
+            // FNV-1a: a name for the build's program, not a defence (the pin directory is root's alone).
+            for byte in &skeleton {
+                shared_hash = (shared_hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        let header = out.join(format!("{name}.lskel.h"));
+        std::fs::write(&header, skeleton).unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", header.display())));
+    }
+    println!("cargo::rustc-env=AIRLOCK_EXEC_TRACER_SHARED_HASH={shared_hash:016x}");
     cc::Build::new()
         .file("bpf/exec_tracer_shim.c")
         .include(&out)

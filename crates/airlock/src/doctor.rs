@@ -190,16 +190,28 @@ impl ContainerSigns {
 }
 
 /// Where an audited run's exec records would come from here: the kernel's exec tracepoints when this user can
-/// load the BPF program (loaded, then dropped: ~7 ms), else seccomp notification. Information only.
+/// load the BPF program (loaded, then dropped: ~7 ms), else seccomp notification; and whether runs load it once
+/// (pinned) or each. Information only.
 fn exec_records_check() -> Check {
     const ID: &str = "exec_records";
     const NAME: &str = "audit exec records (--audit)";
-    match runtime::exec_tracepoints::KernelExecSource::load() {
+    // A program of this check's own (never the pinned one: a check changes nothing on the host).
+    match runtime::exec_tracepoints::KernelExecSource::load(None) {
         Ok(_) => Check {
             id: ID,
             name: NAME,
             status: probe::Status::Ok,
-            detail: "from the kernel's exec tracepoints (BPF): an audited exec waits for nobody".into(),
+            detail: match session::recorder::exec_tracer_pins_from_env() {
+                Some(dir) if runtime::exec_tracepoints::kernel_has_tracing_cookies() => format!(
+                    "from the kernel's exec tracepoints (BPF): an audited exec waits for nobody; the program is \
+                     loaded once and pinned in {}, and each audited run attaches it",
+                    dir.display()
+                ),
+                _ => "from the kernel's exec tracepoints (BPF): an audited exec waits for nobody; each audited run \
+                      loads the program (~7 ms; loaded once instead with Linux 6.10 or later and \
+                      AIRLOCK_BPF_PIN_DIR not set empty)"
+                    .into(),
+            },
             fix: None,
         },
         Err(errno) => Check {

@@ -71,6 +71,15 @@ macro_rules! require_sandbox_and_the_kernel_source {
     };
 }
 
+/// The tests of the pinned (shared) program need a bpffs at /sys/fs/bpf for their pin directories.
+macro_rules! require_bpffs {
+    () => {
+        if !bpffs_mounted() {
+            skip_or_fail!("no bpffs at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)");
+        }
+    };
+}
+
 /// `airlock ARGS...` as root with `AIRLOCK_EXEC_RECORDS=source` (where the run's exec records come from),
 /// stdin closed.
 fn exec_source_command(source: &str, args: &[&str]) -> std::process::Command {
@@ -80,6 +89,14 @@ fn exec_source_command(source: &str, args: &[&str]) -> std::process::Command {
         .env("AIRLOCK_STATE_DIR", common::test_state_dir(0))
         .env("AIRLOCK_EXEC_RECORDS", source)
         .stdin(std::process::Stdio::null());
+    command
+}
+
+/// [`exec_source_command`] with the kernel source, its program pinned in `pin_dir` (`AIRLOCK_BPF_PIN_DIR`; empty:
+/// the run loads its own).
+fn kernel_source_command(pin_dir: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> std::process::Command {
+    let mut command = exec_source_command("kernel", args);
+    command.env("AIRLOCK_BPF_PIN_DIR", pin_dir);
     command
 }
 
@@ -671,14 +688,25 @@ fn seccomp_notification_still_records_execs_and_denials_as_root() {
 #[test]
 fn the_kernel_source_records_what_ran_and_how_execs_failed() {
     require_sandbox_and_the_kernel_source!();
+    require_bpffs!();
+    // Both ways of having the program: a program of the run's own (AIRLOCK_BPF_PIN_DIR empty), and the shared one
+    // pinned in a bpffs directory of this test's.
+    let pins = PinDir::new("what-ran");
+    for pin_dir in ["", pins.path()] {
+        kernel_source_records_what_ran_and_how_execs_failed(pin_dir);
+    }
+    assert!(pins.pinned().is_some(), "the shared program was not pinned");
+}
+
+fn kernel_source_records_what_ran_and_how_execs_failed(pin_dir: &str) {
     let dir = audit_dir(false);
     let file = dir.path().join("audit.jsonl");
     let script = "cd /usr/share && /bin/true a 'b c' ''; ./nope x; \
                   printf '#!/bin/sh\\n' > /tmp/script; /tmp/script y; exit 3";
-    let o = airlock_with_exec_source(
-        "kernel",
-        &["run", "--rm", "--audit", file.to_str().unwrap(), "--", "sh", "-c", script],
-    );
+    let o =
+        kernel_source_command(pin_dir, &["run", "--rm", "--audit", file.to_str().unwrap(), "--", "sh", "-c", script])
+            .output()
+            .unwrap();
     assert_eq!(code(&o), 3, "{}", stderr(&o));
     let all = records(&file);
     let exec = |argv0: &str| {
@@ -707,23 +735,33 @@ fn the_kernel_source_records_what_ran_and_how_execs_failed() {
 }
 
 /// The tracepoints see every exec on the host: each run records its own sandbox's, nothing of another sandbox
-/// running at the same time, nothing of the host's.
+/// running at the same time, nothing of the host's. Three at once: two with the shared program (in two slots of
+/// its), one with a program of its own.
 #[test]
 fn the_kernel_source_records_only_its_own_sandbox() {
     require_sandbox_and_the_kernel_source!();
+    require_bpffs!();
     let dir = audit_dir(false);
-    let run = |tag: &'static str, file: PathBuf| {
+    let pins = PinDir::new("own-sandbox");
+    let run = |tag: &'static str, file: PathBuf, pin_dir: String| {
         std::thread::spawn(move || {
             let script = format!("i=0; while [ $i -lt 200 ]; do /bin/echo {tag} >/dev/null; i=$((i+1)); done");
-            let o = airlock_with_exec_source(
-                "kernel",
+            let o = kernel_source_command(
+                pin_dir,
                 &["run", "--rm", "--audit", file.to_str().unwrap(), "--", "sh", "-c", &script],
-            );
+            )
+            .output()
+            .unwrap();
             assert_eq!(code(&o), 0, "{}", stderr(&o));
         })
     };
-    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
-    let runs = [run("sandbox-a", a.clone()), run("sandbox-b", b.clone())];
+    let (a, b, c) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"), dir.path().join("c.jsonl"));
+    let shared = pins.path().to_string();
+    let runs = [
+        run("sandbox-a", a.clone(), shared.clone()),
+        run("sandbox-b", b.clone(), shared),
+        run("sandbox-c", c.clone(), String::new()),
+    ];
     // The host's own execs meanwhile.
     for _ in 0..50 {
         std::process::Command::new("/bin/echo").arg("host").output().unwrap();
@@ -731,7 +769,7 @@ fn the_kernel_source_records_only_its_own_sandbox() {
     for r in runs {
         r.join().unwrap();
     }
-    for (file, own) in [(&a, "sandbox-a"), (&b, "sandbox-b")] {
+    for (file, own) in [(&a, "sandbox-a"), (&b, "sandbox-b"), (&c, "sandbox-c")] {
         let argvs = execs(&records(file));
         let echoes: Vec<&Vec<String>> = argvs.iter().filter(|a| a[0] == "/bin/echo").collect();
         assert_eq!(echoes.len(), 200, "{file:?}: {argvs:?}");
@@ -878,4 +916,224 @@ fn the_supervisor_holds_bpf_programs_only_with_the_kernel_source() {
     ok(&o);
     let calls = fs::read_to_string(&trace).unwrap();
     assert!(!calls.contains("bpf("), "the seccomp source loaded a BPF program:\n{calls}");
+}
+
+/// A bpffs directory of one test's, for the shared exec tracer's pins (`AIRLOCK_BPF_PIN_DIR`), removed with
+/// everything pinned in it when dropped.
+struct PinDir(String);
+
+impl PinDir {
+    /// Panics when /sys/fs/bpf is no bpffs: callers check [`bpffs_mounted`] first.
+    fn new(tag: &str) -> PinDir {
+        assert!(bpffs_mounted(), "no bpffs at /sys/fs/bpf");
+        PinDir(format!("/sys/fs/bpf/airlock-test-{}", unique_name(tag)))
+    }
+
+    fn path(&self) -> &str {
+        &self.0
+    }
+
+    /// The build's pinned directory in it (the one entry named by a build hash: 16 hex digits), if any.
+    fn pinned(&self) -> Option<PathBuf> {
+        let entries = fs::read_dir(&self.0).ok()?;
+        let is_hash = |name: &str| name.len() == 16 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        let names: Vec<PathBuf> =
+            entries.map(|e| e.unwrap().path()).filter(|p| is_hash(&p.file_name().unwrap().to_string_lossy())).collect();
+        assert!(names.len() <= 1, "more than one build pinned: {names:?}");
+        names.into_iter().next()
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether a bpffs is mounted at /sys/fs/bpf (systemd mounts one at boot).
+fn bpffs_mounted() -> bool {
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf") && l.split(' ').nth(2) == Some("bpf"))
+}
+
+fn bpftool() -> Option<&'static str> {
+    ["/usr/sbin/bpftool", "/usr/bin/bpftool"].into_iter().find(|p| Path::new(p).exists())
+}
+
+/// `bpftool -j ARGS`, parsed.
+fn bpftool_json(tool: &str, args: &[&str]) -> Value {
+    let o = std::process::Command::new(tool).arg("-j").args(args).output().unwrap();
+    assert!(o.status.success(), "bpftool {args:?}: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// The shared program's slots (`runs` map): slot number -> the pid of the supervisor holding it (0: free).
+fn slots(tool: &str, pinned: &Path) -> Vec<(u64, u64)> {
+    let dump = bpftool_json(tool, &["map", "dump", "pinned", pinned.join("runs").to_str().unwrap()]);
+    let mut slots: Vec<(u64, u64)> = dump
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["formatted"]["key"].as_u64().unwrap(), e["formatted"]["value"]["supervisor_pid"].as_u64().unwrap()))
+        .collect();
+    slots.sort();
+    slots
+}
+
+/// The kernel source's program is loaded once and pinned, not by every run: the first audited run loads and pins
+/// it, the next ones load nothing (no `BPF_PROG_LOAD`) and use the same program; each run holds a slot while it
+/// runs (its supervisor's pid in the `runs` map) and leaves it free for the next; nothing stays attached.
+#[test]
+fn the_kernel_source_is_loaded_once_and_each_run_holds_a_slot_while_it_runs() {
+    require_sandbox_and_the_kernel_source!();
+    require_bpffs!();
+    let Some(tool) = bpftool() else { skip_or_fail!("bpftool is needed to read the pinned maps") };
+    if std::process::Command::new("strace").arg("-V").output().is_err() {
+        skip_or_fail!("strace is needed to count the bpf calls");
+    }
+    let pins = PinDir::new("once");
+    let dir = audit_dir(false);
+    let file = dir.path().join("audit.jsonl");
+    let airlock = common::airlock_path();
+    let traced_run = |trace: &Path, command: &[&str]| {
+        let mut args = vec!["-f", "-e", "trace=bpf", "-o", trace.to_str().unwrap(), airlock.to_str().unwrap()];
+        args.extend(["run", "--rm", "--audit", file.to_str().unwrap(), "--"]);
+        args.extend(command);
+        let o = std::process::Command::new("strace")
+            .args(&args)
+            .env("AIRLOCK_STATE_DIR", common::test_state_dir(0))
+            .env("AIRLOCK_EXEC_RECORDS", "kernel")
+            .env("AIRLOCK_BPF_PIN_DIR", pins.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        ok(&o);
+        fs::read_to_string(trace).unwrap()
+    };
+    // Another build's (empty) pin directory, and a directory that is not airlock's.
+    fs::create_dir(pins.path()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(pins.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    let (old_build, foreign) = (Path::new(pins.path()).join("0000000000000000"), Path::new(pins.path()).join("tc"));
+    fs::create_dir(&old_build).unwrap();
+    fs::create_dir(&foreign).unwrap();
+    let first = traced_run(&dir.path().join("first.txt"), &["/bin/echo", "one"]);
+    assert!(!old_build.exists() && foreign.exists(), "another build's pins must go, nothing else");
+    assert!(
+        first.contains("BPF_PROG_LOAD") && first.contains("BPF_OBJ_PIN"),
+        "the first run did not load and pin:\n{first}"
+    );
+    let pinned = pins.pinned().expect("nothing pinned");
+    let mode = fs::metadata(pins.path()).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((mode.uid(), mode.mode() & 0o777), (0, 0o700), "the pin directory must be root's alone");
+    let prog_id =
+        |p: &Path| bpftool_json(tool, &["prog", "show", "pinned", p.join("exec_done").to_str().unwrap()])["id"].clone();
+    let id = prog_id(&pinned);
+    let second = traced_run(&dir.path().join("second.txt"), &["/bin/echo", "two"]);
+    assert!(!second.contains("BPF_PROG_LOAD"), "the second run loaded a program:\n{second}");
+    assert!(second.contains("BPF_RAW_TRACEPOINT_OPEN"), "the second run attached nothing:\n{second}");
+    assert_eq!(prog_id(&pinned), id, "the pinned program changed");
+    let argvs = execs(&records(&file));
+    let echoes: Vec<&Vec<String>> = argvs.iter().filter(|a| a[0] == "/bin/echo").collect();
+    assert_eq!(echoes, [&vec!["/bin/echo".to_string(), "one".into()], &vec!["/bin/echo".to_string(), "two".into()]]);
+    assert_eq!(slots(tool, &pinned), [(0, 0)], "one slot, left free");
+
+    // A run holds its slot while it runs: a second run at the same time takes another.
+    let holder =
+        kernel_source_command(pins.path(), &["run", "--rm", "--audit", file.to_str().unwrap(), "--", "sleep", "3"])
+            .spawn()
+            .unwrap();
+    let held = wait_for(Duration::from_secs(10), || slots(tool, &pinned).contains(&(0, u64::from(holder.id()))));
+    assert!(held, "the running supervisor holds no slot: {:?}", slots(tool, &pinned));
+    audited_run(&pins, &file, &["/bin/echo", "three"]);
+    assert_eq!(slots(tool, &pinned), [(0, u64::from(holder.id())), (1, 0)]);
+    ok(&holder.wait_with_output().unwrap());
+    assert_eq!(slots(tool, &pinned), [(0, 0), (1, 0)]);
+    let links = bpftool_json(tool, &["link", "list"]);
+    let ours = links.as_array().unwrap().iter().filter(|l| l["prog_id"] == id).count();
+    assert_eq!(ours, 0, "links left attached: {links}");
+    assert!(audit::verify(&file).unwrap().ok());
+}
+
+/// A supervisor killed with SIGKILL cannot free its slot: the next run finds its holder gone and takes it, and
+/// records its own execs there (none of the dead run's).
+#[test]
+fn a_slot_whose_supervisor_was_killed_is_taken_by_the_next_run() {
+    require_sandbox_and_the_kernel_source!();
+    require_bpffs!();
+    let Some(tool) = bpftool() else { skip_or_fail!("bpftool is needed to read the pinned maps") };
+    let pins = PinDir::new("killed");
+    let dir = audit_dir(false);
+    let (dead, next) = (dir.path().join("dead.jsonl"), dir.path().join("next.jsonl"));
+    let mut victim = kernel_source_command(
+        pins.path(),
+        &[
+            "run",
+            "--rm",
+            "--audit",
+            dead.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "while :; do /bin/echo dead >/dev/null; sleep 0.01; done",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let held = wait_for(Duration::from_secs(10), || {
+        pins.pinned().is_some_and(|p| slots(tool, &p).contains(&(0, u64::from(victim.id()))))
+    });
+    assert!(held, "the run holds no slot");
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let pinned = pins.pinned().unwrap();
+    assert_eq!(slots(tool, &pinned), [(0, u64::from(victim.id()))], "the killed run's slot looks held");
+    audited_run(&pins, &next, &["/bin/echo", "next"]);
+    assert_eq!(slots(tool, &pinned), [(0, 0)], "the dead run's slot was not taken and freed");
+    let argvs = execs(&records(&next));
+    assert_eq!(argvs, [vec!["/bin/echo".to_string(), "next".into()]], "{argvs:?}");
+}
+
+/// The pin directory is trusted only when it is root's and writable by nobody else (/sys/fs/bpf is often
+/// world-writable): one made by another user first is not used, the run loads a program of its own and records
+/// as well, and nothing is pinned in it.
+#[test]
+fn a_pin_directory_another_user_could_write_is_not_used() {
+    require_sandbox_and_the_kernel_source!();
+    require_bpffs!();
+    require_test_user!();
+    let dir = audit_dir(false);
+    for (tag, owner, mode) in [("foreign", common::test_user_uid(), 0o700), ("open", 0, 0o777)] {
+        let pins = PinDir::new(tag);
+        fs::create_dir(pins.path()).unwrap();
+        std::os::unix::fs::chown(pins.path(), Some(owner), Some(owner)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(pins.path(), fs::Permissions::from_mode(mode)).unwrap();
+        let file = dir.path().join(format!("{tag}.jsonl"));
+        assert_eq!(audited_run(&pins, &file, &["/bin/echo", tag]).trim(), tag);
+        assert_eq!(execs(&records(&file)), [vec!["/bin/echo".to_string(), tag.into()]]);
+        assert_eq!(fs::read_dir(pins.path()).unwrap().count(), 0, "{tag}: something was pinned in it");
+    }
+}
+
+/// `airlock run --rm --audit FILE -- COMMAND` with the kernel source pinned in `pins`: its output, the run having
+/// succeeded.
+fn audited_run(pins: &PinDir, file: &Path, command: &[&str]) -> String {
+    let mut args = vec!["run", "--rm", "--audit", file.to_str().unwrap(), "--"];
+    args.extend(command);
+    ok(&kernel_source_command(pins.path(), &args).output().unwrap())
+}
+
+fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done()
 }

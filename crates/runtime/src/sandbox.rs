@@ -110,6 +110,8 @@ pub struct AuditRequest<'a> {
     /// Where exec records come from (`run` only; `airlock exec` records its command's execs by seccomp
     /// notification whatever this says).
     pub exec_source: crate::exec_tracepoints::ExecSource,
+    /// The bpffs directory of the shared exec tracer (see `exec_tracepoints`); `None`: this run loads its own.
+    pub exec_tracer_pins: Option<std::path::PathBuf>,
 }
 
 /// `airlock create`: as [`run_sandbox`], with `host.hold` set, but `on_ready(init_pid)` is called once init has
@@ -141,7 +143,7 @@ fn run_sandbox_with(
     // takes the filter with it. Recording starts once the sandbox's pid namespace exists (after clone).
     use crate::exec_tracepoints::{ExecSource, KernelExecSource};
     let mut kernel_execs = match audit.as_mut().filter(|a| a.notify.exec && a.exec_source != ExecSource::Seccomp) {
-        Some(a) => match KernelExecSource::load() {
+        Some(a) => match KernelExecSource::load(a.exec_tracer_pins.as_deref()) {
             Ok(source) => {
                 a.notify.exec = false;
                 Some(source)

@@ -152,6 +152,20 @@ pub fn exec_source_from_env_checked() -> Result<runtime::exec_tracepoints::ExecS
     }
 }
 
+/// The environment variable naming the bpffs directory where the kernel exec source's program is pinned, to be
+/// loaded once instead of by every run (default `runtime::exec_tracepoints::DEFAULT_PIN_DIR`); empty: every run
+/// loads its own.
+pub const BPF_PIN_DIR_VAR: &str = "AIRLOCK_BPF_PIN_DIR";
+
+/// [`BPF_PIN_DIR_VAR`]'s directory: `None` when it is set empty.
+pub fn exec_tracer_pins_from_env() -> Option<std::path::PathBuf> {
+    match std::env::var_os(BPF_PIN_DIR_VAR) {
+        None => Some(runtime::exec_tracepoints::DEFAULT_PIN_DIR.into()),
+        Some(v) if v.is_empty() => None,
+        Some(v) => Some(v.into()),
+    }
+}
+
 impl Recorder {
     /// For `airlock run`: `None` when nothing is recorded (an anonymous `--rm` run without `--audit` or
     /// `--learn`).
@@ -245,7 +259,8 @@ impl Recorder {
     pub fn request(&mut self) -> Option<runtime::sandbox::AuditRequest<'_>> {
         let notify = self.notify;
         let exec_source = exec_source_from_env();
-        notify.any().then_some(runtime::sandbox::AuditRequest { notify, sink: self, exec_source })
+        let exec_tracer_pins = exec_tracer_pins_from_env();
+        notify.any().then_some(runtime::sandbox::AuditRequest { notify, sink: self, exec_source, exec_tracer_pins })
     }
 
     pub fn append(&mut self, event: &Event) {

@@ -1,5 +1,5 @@
 // One exec record, as the BPF program (exec_tracer.bpf.c) writes it into the ring buffer and airlock reads it
-// (crates/sys/src/bpf.rs decodes the same layout: keep both in step). Fixed size: a ring-buffer reservation is
+// (crates/sys/src/bpf.rs decodes the same layout: keep both in step; twelve 32-bit words of header). Fixed size: a ring-buffer reservation is
 // made before the lengths are known.
 #ifndef AIRLOCK_EXEC_RECORD_H
 #define AIRLOCK_EXEC_RECORD_H
@@ -17,6 +17,16 @@
 #define EXEC_ARGV_TRUNCATED 2
 #define EXEC_CWD_TRUNCATED 4
 
+// The shared variant's entry for one slot, in its `runs` map: the records lost to the slot's full ring, and the
+// run that holds the slot (pid 0: free), so that a slot whose supervisor died can be taken by another run.
+#define EXEC_SHARED_SLOTS 1024 // audited runs at once, with the shared variant
+struct exec_run {
+	__u64 lost;
+	__u64 supervisor_start;  // the supervisor's start time, in clock ticks after boot (/proc/PID/stat)
+	__u32 supervisor_pid;    // as its own pid namespace numbers it; 0: the slot is free
+	__u32 supervisor_pid_ns; // that pid namespace's inode number
+};
+
 struct exec_record {
 	__u32 pid;          // at the sandbox's pid-namespace level
 	__u32 ppid;         // the parent's, at the same level (0: the parent is outside the sandbox)
@@ -28,6 +38,8 @@ struct exec_record {
 	__u32 argv_len;     // bytes of argv: NUL-terminated arguments
 	__u32 cwd_len;      // bytes of cwd: its components, innermost first, each NUL-terminated
 	__u32 argc;         // arguments the exec had (0: not known, a failed exec's)
+	__u32 target_ns;    // the pid namespace the record was made for (a reused ring's reader drops others')
+	__u32 reserved;
 	char path[EXEC_PATH_MAX];
 	char argv[EXEC_ARGV_MAX];
 	char cwd[EXEC_CWD_MAX + EXEC_NAME_MAX];

@@ -86,6 +86,39 @@ char LICENSE[] SEC("license") = "GPL";
 #define NR_EXECVE 59
 #define NR_EXECVEAT 322
 
+#ifdef AIRLOCK_SHARED_TRACER
+// The shared variant (exec_tracer_shared): loaded once per boot and pinned in bpffs; each audited run attaches
+// it with links of its own whose attach cookie is (slot << 32 | the sandbox's pid-namespace inode number). A
+// slot is a ring in `rings` and an entry in `runs`, both keyed by the slot number; a run claims a free slot (one
+// a finished run left for reuse) or adds one. Slots are reused rather than removed: inserting into or deleting
+// from a map of maps waits for an RCU grace period (10-20 ms), which claiming a slot does not.
+struct ring {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, EXEC_RING_BYTES);
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, EXEC_SHARED_SLOTS);
+	__type(key, __u32);
+	__array(values, struct ring);
+} rings SEC(".maps");
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EXEC_SHARED_SLOTS);
+	__type(key, __u32);
+	__type(value, struct exec_run);
+} runs SEC(".maps");
+#define SLOT(ctx) ((__u32)(bpf_get_attach_cookie(ctx) >> 32))
+#define TARGET_NS(ctx) ((__u32)bpf_get_attach_cookie(ctx))
+#define RING_OF(slot) bpf_map_lookup_elem(&rings, &(slot))
+static __always_inline void count_lost(__u32 slot)
+{
+	struct exec_run *run = bpf_map_lookup_elem(&runs, &slot);
+	if (run)
+		__sync_fetch_and_add(&run->lost, 1);
+}
+#else
+// The per-run variant (exec_tracer): loaded and attached by one run, its ring a map of its own.
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, EXEC_RING_BYTES);
@@ -95,6 +128,14 @@ struct {
 __u32 target_ns = 0;
 // Records that did not fit in the ring: the supervisor reports them in the log.
 __u64 lost = 0;
+#define SLOT(ctx) 0
+#define TARGET_NS(ctx) target_ns
+#define RING_OF(slot) ((void *)&records)
+static __always_inline void count_lost(__u32 slot)
+{
+	__sync_fetch_and_add(&lost, 1);
+}
+#endif
 
 // The upid at `level` of `pid` (the caller checked level <= pid->level).
 static __always_inline void *upid_at(struct pid *pid, __u32 level)
@@ -227,17 +268,22 @@ static __always_inline void read_cwd(struct exec_record *r, struct task_struct *
 
 // A record for the current process when it is the sandbox's (NULL otherwise, or when the ring is full: counted
 // in `lost`), with its pids and cwd filled in.
-static __always_inline struct exec_record *start_record(struct task_struct *t)
+static __always_inline struct exec_record *start_record(struct task_struct *t, __u32 target, __u32 slot, void **ring)
 {
 	struct pid *own = BPF_CORE_READ(t, group_leader, thread_pid);
-	int level = sandbox_level(own, target_ns);
+	int level = sandbox_level(own, target);
 	if (level < 1 || level >= MAX_PID_NS_LEVEL)
 		return 0;
-	struct exec_record *r = bpf_ringbuf_reserve(&records, sizeof(*r), 0);
+	*ring = RING_OF(slot);
+	if (!*ring)
+		return 0;
+	struct exec_record *r = bpf_ringbuf_reserve(*ring, sizeof(*r), 0);
 	if (!r) {
-		__sync_fetch_and_add(&lost, 1);
+		count_lost(slot);
 		return 0;
 	}
+	r->target_ns = target;
+	r->reserved = 0;
 	struct pid_namespace *ns = ns_at(own, level);
 	r->pid = nr_at(own, level);
 	r->host_pid = nr_at(own, level - 1);
@@ -253,9 +299,9 @@ static __always_inline struct exec_record *start_record(struct task_struct *t)
 }
 
 // The supervisor drains the ring on a short timer; it is woken early only when the ring is half full.
-static __always_inline void submit_record(struct exec_record *r)
+static __always_inline void submit_record(struct exec_record *r, void *ring)
 {
-	bool half_full = bpf_ringbuf_query(&records, BPF_RB_AVAIL_DATA) > EXEC_RING_BYTES / 2;
+	bool half_full = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) > EXEC_RING_BYTES / 2;
 	bpf_ringbuf_submit(r, half_full ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
@@ -272,7 +318,8 @@ SEC("tp_btf/sched_process_exec")
 int BPF_PROG(exec_done, struct task_struct *p, int old_pid, struct linux_binprm *bprm)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
-	struct exec_record *r = start_record(t);
+	void *ring = 0;
+	struct exec_record *r = start_record(t, TARGET_NS(ctx), SLOT(ctx), &ring);
 	if (!r)
 		return 0;
 	read_path(r, BPF_CORE_READ(bprm, filename), false);
@@ -286,7 +333,7 @@ int BPF_PROG(exec_done, struct task_struct *p, int old_pid, struct linux_binprm 
 	len &= EXEC_ARGV_MAX - 1;
 	if (len && !bpf_probe_read_user(r->argv, len, (void *)start))
 		r->argv_len = len;
-	submit_record(r);
+	submit_record(r, ring);
 	return 0;
 }
 
@@ -329,7 +376,8 @@ int BPF_PROG(exec_failed, struct pt_regs *regs, long ret)
 	if (nr != NR_EXECVE && nr != NR_EXECVEAT)
 		return 0;
 	struct task_struct *t = bpf_get_current_task_btf();
-	struct exec_record *r = start_record(t);
+	void *ring = 0;
+	struct exec_record *r = start_record(t, TARGET_NS(ctx), SLOT(ctx), &ring);
 	if (!r)
 		return 0;
 	r->error = ret;
@@ -348,6 +396,6 @@ int BPF_PROG(exec_failed, struct pt_regs *regs, long ret)
 	r->argv_len = a.off;
 	if (!a.done)
 		r->flags |= EXEC_ARGV_TRUNCATED;
-	submit_record(r);
+	submit_record(r, ring);
 	return 0;
 }

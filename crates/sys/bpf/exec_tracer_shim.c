@@ -3,12 +3,15 @@
 // The skeleton is header-only C over the bpf() system call: no libbpf is linked, and no BTF is parsed here (the
 // kernel relocates the program against its own BTF).
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <linux/types.h>
 #include "exec_record.h"
 #include "exec_tracer.lskel.h"
+#include "exec_tracer_shared.lskel.h"
 
 // Creates the maps and loads and verifies both programs; not attached yet. NULL with *err set (a positive
 // errno) on failure.
@@ -78,4 +81,34 @@ void airlock_exec_tracer_layout(__u32 layout[4])
 __u32 airlock_exec_tracer_ring_bytes(void)
 {
 	return EXEC_RING_BYTES;
+}
+
+// Loads the shared variant (exec_tracer_shared: the attach cookie names the run, each run's ring in `rings`) and
+// hands over its four objects as new close-on-exec descriptors, in this order: the exec_done and exec_failed
+// programs, the rings and runs maps. Nothing is attached. 0, or a positive errno (no descriptor left open).
+int airlock_exec_tracer_shared_load(int fds[4])
+{
+	struct exec_tracer_shared *skel = exec_tracer_shared__open();
+	if (!skel)
+		return ENOMEM;
+	int ret = exec_tracer_shared__load(skel);
+	if (ret) {
+		ret = ret < 0 ? -ret : (errno ? errno : EINVAL);
+		exec_tracer_shared__destroy(skel);
+		return ret;
+	}
+	int from[4] = { skel->progs.exec_done.prog_fd, skel->progs.exec_failed.prog_fd, skel->maps.rings.map_fd,
+			skel->maps.runs.map_fd };
+	ret = 0;
+	for (int i = 0; i < 4; i++) {
+		fds[i] = ret ? -1 : fcntl(from[i], F_DUPFD_CLOEXEC, 3);
+		if (fds[i] < 0 && !ret)
+			ret = errno ? errno : EBADF;
+	}
+	if (ret)
+		for (int i = 0; i < 4; i++)
+			if (fds[i] >= 0)
+				close(fds[i]);
+	exec_tracer_shared__destroy(skel);
+	return ret;
 }

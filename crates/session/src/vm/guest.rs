@@ -129,6 +129,7 @@ fn run(control: &mut Option<std::fs::File>) -> Result<GuestMessage, String> {
             sink,
             // In the guest as before: the guest kernel's exec tracepoints are not tried.
             exec_source: runtime::exec_tracepoints::ExecSource::Seccomp,
+            exec_tracer_pins: None,
         }),
         _ => None,
     };

@@ -559,6 +559,7 @@ impl Exec<'_> {
                 sink,
                 // In the guest as before: the guest kernel's exec tracepoints are not tried.
                 exec_source: runtime::exec_tracepoints::ExecSource::Seccomp,
+                exec_tracer_pins: None,
             }),
             _ => None,
         };

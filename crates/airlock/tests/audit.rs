@@ -769,6 +769,9 @@ fn the_kernel_source_records_only_its_own_sandbox() {
     for r in runs {
         r.join().unwrap();
     }
+    // The two shared runs started together, each finding nothing pinned: one pinned, the other used its pins.
+    let entries: Vec<_> = fs::read_dir(pins.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(entries.len() == 1 && pins.pinned().is_some(), "one build's pins and nothing else: {entries:?}");
     for (file, own) in [(&a, "sandbox-a"), (&b, "sandbox-b"), (&c, "sandbox-c")] {
         let argvs = execs(&records(file));
         let echoes: Vec<&Vec<String>> = argvs.iter().filter(|a| a[0] == "/bin/echo").collect();

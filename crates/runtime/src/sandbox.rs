@@ -49,7 +49,11 @@ pub enum SandboxError {
     Wait(std::io::Error),
     #[error("cannot record execs from the kernel's exec tracepoints (AIRLOCK_EXEC_RECORDS=kernel): {}: {}; unset AIRLOCK_EXEC_RECORDS to fall back to seccomp notification", os_error_text(.0), .1)]
     LoadExecTracer(std::io::Error, &'static str),
-    #[error("cannot point the exec tracer at the sandbox's pid namespace: {}", os_error_text(.0))]
+    #[error(
+        "cannot point the exec tracer at the sandbox's pid namespace: {}; AIRLOCK_BPF_PIN_DIR= (empty) makes each run \
+         load a program of its own, AIRLOCK_EXEC_RECORDS=seccomp records execs by seccomp notification",
+        os_error_text(.0)
+    )]
     FollowPidNamespace(std::io::Error),
     /// A setup step inside the sandbox failed; the message names the step and the item.
     #[error("{0}")]

@@ -83,6 +83,12 @@ __u32 airlock_exec_tracer_ring_bytes(void)
 	return EXEC_RING_BYTES;
 }
 
+// The shared variant's slots (its maps' max_entries), checked against the Rust side's count.
+__u32 airlock_exec_tracer_shared_slots(void)
+{
+	return EXEC_SHARED_SLOTS;
+}
+
 // Loads the shared variant (exec_tracer_shared: the attach cookie names the run, each run's ring in `rings`) and
 // hands over its four objects as new close-on-exec descriptors, in this order: the exec_done and exec_failed
 // programs, the rings and runs maps. Nothing is attached. 0, or a positive errno (no descriptor left open).

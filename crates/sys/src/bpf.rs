@@ -45,6 +45,7 @@ mod ffi {
         pub fn airlock_exec_tracer_layout(layout: *mut [u32; 4]);
         pub fn airlock_exec_tracer_ring_bytes() -> u32;
         pub fn airlock_exec_tracer_shared_load(fds: *mut [libc::c_int; 4]) -> libc::c_int;
+        pub fn airlock_exec_tracer_shared_slots() -> u32;
     }
 }
 
@@ -109,7 +110,8 @@ pub struct SharedTracerObjects {
     pub runs: OwnedFd,
 }
 
-/// Slots of the shared variant: audited runs at once (`EXEC_SHARED_SLOTS`); more run with programs of their own.
+/// Slots of the shared variant: audited runs at once (bpf/exec_record.h's `EXEC_SHARED_SLOTS`, checked at load);
+/// more run with programs of their own.
 pub const EXEC_SHARED_SLOTS: u32 = 1024;
 
 /// The names the objects are pinned under, in [`SharedTracerObjects::fds`]'s order.
@@ -119,6 +121,10 @@ impl SharedTracerObjects {
     /// Loads the shared variant (the kernel verifies and relocates it): not attached, nothing pinned.
     #[cfg(airlock_exec_bpf)]
     pub fn load() -> Result<SharedTracerObjects, Errno> {
+        // SAFETY: takes no arguments, returns a constant.
+        if unsafe { ffi::airlock_exec_tracer_shared_slots() } != EXEC_SHARED_SLOTS {
+            return Err(libc::EPROTO);
+        }
         let mut fds = [-1; 4];
         // SAFETY: the shim writes four descriptors into the array, which is ours and that long; on success they
         // are open and ours alone (duplicates of the skeleton's, which it closed).

@@ -1,6 +1,6 @@
 // One exec record, as the BPF program (exec_tracer.bpf.c) writes it into the ring buffer and airlock reads it
-// (crates/sys/src/bpf.rs decodes the same layout: keep both in step; twelve 32-bit words of header). Fixed size: a ring-buffer reservation is
-// made before the lengths are known.
+// (crates/sys/src/bpf.rs decodes the same layout, twelve 32-bit words of header, then the buffers: keep both in
+// step). Fixed size: a ring-buffer reservation is made before the lengths are known.
 #ifndef AIRLOCK_EXEC_RECORD_H
 #define AIRLOCK_EXEC_RECORD_H
 

@@ -7,9 +7,13 @@
 // - tp_btf/sys_exit: every execve/execveat that failed (they never reach the first). The caller's memory is
 //   still its own, so path and argv are read from the call's arguments, with the errno.
 //
-// Which processes: those whose pid is numbered in the sandbox's pid namespace (`target_ns`, its inode number,
-// set by the supervisor once the sandbox's init exists), at whatever depth — a process in a pid namespace
-// nested inside the sandbox's is still the sandbox's. Until it is set, nothing is recorded.
+// Which processes: those whose pid is numbered in the sandbox's pid namespace (its inode number: `target_ns`,
+// set by the supervisor once the sandbox's init exists, or, in the shared variant, the low half of the link's
+// attach cookie), at whatever depth — a process in a pid namespace nested inside the sandbox's is still the
+// sandbox's. Until it is set (or the links exist), nothing is recorded.
+//
+// Built twice (crates/sys/build.rs): as `exec_tracer`, loaded by one run with its ring and variables of its
+// own, and with -DAIRLOCK_SHARED_TRACER as `exec_tracer_shared`, loaded once per boot and pinned (below).
 //
 // Compiled with clang (-target bpf) against the few kernel types declared below, relocated (CO-RE) by the
 // kernel at load time against its own BTF: the light skeleton (`bpftool gen skeleton -L`) has the kernel do

@@ -83,10 +83,12 @@ __u32 airlock_exec_tracer_ring_bytes(void)
 	return EXEC_RING_BYTES;
 }
 
-// The shared variant's slots (its maps' max_entries), checked against the Rust side's count.
-__u32 airlock_exec_tracer_shared_slots(void)
+// The shared variant's slots (its maps' max_entries) and the size of a slot's entry, checked against the Rust
+// side's.
+void airlock_exec_tracer_shared_layout(__u32 layout[2])
 {
-	return EXEC_SHARED_SLOTS;
+	layout[0] = EXEC_SHARED_SLOTS;
+	layout[1] = sizeof(struct exec_run);
 }
 
 // Loads the shared variant (exec_tracer_shared: the attach cookie names the run, each run's ring in `rings`) and

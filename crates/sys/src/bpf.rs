@@ -45,7 +45,7 @@ mod ffi {
         pub fn airlock_exec_tracer_layout(layout: *mut [u32; 4]);
         pub fn airlock_exec_tracer_ring_bytes() -> u32;
         pub fn airlock_exec_tracer_shared_load(fds: *mut [libc::c_int; 4]) -> libc::c_int;
-        pub fn airlock_exec_tracer_shared_slots() -> u32;
+        pub fn airlock_exec_tracer_shared_layout(layout: *mut [u32; 2]);
     }
 }
 
@@ -110,8 +110,8 @@ pub struct SharedTracerObjects {
     pub runs: OwnedFd,
 }
 
-/// Slots of the shared variant: audited runs at once (bpf/exec_record.h's `EXEC_SHARED_SLOTS`, checked at load);
-/// more run with programs of their own.
+/// Slots of the shared variant: audited runs at once (bpf/exec_record.h's `EXEC_SHARED_SLOTS`, checked at load,
+/// as the size of a slot's entry is); more run with programs of their own.
 pub const EXEC_SHARED_SLOTS: u32 = 1024;
 
 /// The names the objects are pinned under, in [`SharedTracerObjects::fds`]'s order.
@@ -121,8 +121,10 @@ impl SharedTracerObjects {
     /// Loads the shared variant (the kernel verifies and relocates it): not attached, nothing pinned.
     #[cfg(airlock_exec_bpf)]
     pub fn load() -> Result<SharedTracerObjects, Errno> {
-        // SAFETY: takes no arguments, returns a constant.
-        if unsafe { ffi::airlock_exec_tracer_shared_slots() } != EXEC_SHARED_SLOTS {
+        let mut layout = [0u32; 2];
+        // SAFETY: writes two u32s into the array it is given, which is ours and that long.
+        unsafe { ffi::airlock_exec_tracer_shared_layout(&mut layout) };
+        if layout != [EXEC_SHARED_SLOTS, EXEC_RUN_BYTES as u32] {
             return Err(libc::EPROTO);
         }
         let mut fds = [-1; 4];
@@ -151,13 +153,8 @@ impl SharedTracerObjects {
 
     /// Opens the objects pinned in `dir` under [`SHARED_TRACER_PINS`].
     pub fn open_pinned(dir: &std::path::Path) -> Result<SharedTracerObjects, Errno> {
-        let open = |name: &str| object_get(&dir.join(name));
-        Ok(SharedTracerObjects {
-            exec_done: open("exec_done")?,
-            exec_failed: open("exec_failed")?,
-            rings: open("rings")?,
-            runs: open("runs")?,
-        })
+        let [exec_done, exec_failed, rings, runs] = SHARED_TRACER_PINS.map(|name| object_get(&dir.join(name)));
+        Ok(SharedTracerObjects { exec_done: exec_done?, exec_failed: exec_failed?, rings: rings?, runs: runs? })
     }
 
     /// Pins the objects in `dir` (an existing directory of a bpffs) under [`SHARED_TRACER_PINS`].

@@ -1102,7 +1102,7 @@ fn a_slot_whose_supervisor_was_killed_is_taken_by_the_next_run() {
 
 /// The pin directory is trusted only when it is root's and writable by nobody else (/sys/fs/bpf is often
 /// world-writable): one made by another user first is not used, the run loads a program of its own and records
-/// as well, and nothing is pinned in it.
+/// as well, and nothing is pinned in it; and a rootless run makes none.
 #[test]
 fn a_pin_directory_another_user_could_write_is_not_used() {
     require_sandbox_and_the_kernel_source!();
@@ -1120,6 +1120,20 @@ fn a_pin_directory_another_user_could_write_is_not_used() {
         assert_eq!(execs(&records(&file)), [vec!["/bin/echo".to_string(), tag.into()]]);
         assert_eq!(fs::read_dir(pins.path()).unwrap().count(), 0, "{tag}: something was pinned in it");
     }
+    // A rootless audited run (seccomp notification: no program for it) makes no pin directory, which would keep
+    // root's runs from trusting it.
+    let pins = PinDir::new("rootless");
+    let rootless = audit_dir(true);
+    let file = rootless.path().join("rootless.jsonl");
+    let state = PathBuf::from(common::test_state_dir(common::test_user_uid()));
+    let o = common::airlock_as_user_in(
+        &state,
+        &[format!("AIRLOCK_BPF_PIN_DIR={}", pins.path())],
+        &["run", "--rm", "--audit", file.to_str().unwrap(), "--", "/bin/echo", "rootless"],
+    );
+    assert_eq!(ok(&o).trim(), "rootless");
+    assert_eq!(execs(&records(&file)), [vec!["/bin/echo".to_string(), "rootless".into()]]);
+    assert!(!Path::new(pins.path()).exists(), "a rootless run made the pin directory");
 }
 
 /// `airlock run --rm --audit FILE -- COMMAND` with the kernel source pinned in `pins`: its output, the run having

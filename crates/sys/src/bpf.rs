@@ -238,7 +238,7 @@ enum TracerSource {
     PerRun(std::ptr::NonNull<ffi::Skeleton>),
     /// The shared variant: a slot this run holds (its ring, its entry), its links made by
     /// [`ExecTracer::set_target`]; the slot is left free when it is dropped.
-    Shared { objects: SharedTracerObjects, slot: u32, ring: OwnedFd, links: Vec<OwnedFd>, target: Option<u32> },
+    Shared { objects: SharedTracerObjects, slot: u32, ring: OwnedFd, links: Vec<OwnedFd> },
 }
 
 /// The ring buffer's two mappings: the consumer position (ours to write) and, read-only, the producer position
@@ -281,10 +281,7 @@ impl ExecTracer {
         check_record_layout()?;
         let mapping = RingMapping::map(ring.as_raw_fd(), ring_bytes())?;
         mapping.skip_to_end();
-        Ok(ExecTracer {
-            source: TracerSource::Shared { objects, slot, ring, links: Vec::new(), target: None },
-            ring: Some(mapping),
-        })
+        Ok(ExecTracer { source: TracerSource::Shared { objects, slot, ring, links: Vec::new() }, ring: Some(mapping) })
     }
 
     /// Attaches the per-run variant's programs to their tracepoints (the shared variant attaches in
@@ -313,12 +310,12 @@ impl ExecTracer {
                 unsafe { ffi::airlock_exec_tracer_set_target(skel.as_ptr(), pid_namespace_inode) };
                 Ok(())
             }
-            TracerSource::Shared { objects, slot, links, target, .. } => {
-                if target.is_some() {
+            TracerSource::Shared { objects, slot, links, .. } => {
+                // Named once: links already made carry a target.
+                if !links.is_empty() {
                     return Err(libc::EBUSY);
                 }
                 objects.set_slot(*slot, run)?;
-                *target = Some(pid_namespace_inode);
                 let cookie = (u64::from(*slot) << 32) | u64::from(pid_namespace_inode);
                 for prog in [objects.exec_done.as_fd(), objects.exec_failed.as_fd()] {
                     links.push(raw_tracepoint_open(prog, cookie)?);

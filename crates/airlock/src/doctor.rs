@@ -202,14 +202,14 @@ fn exec_records_check() -> Check {
             name: NAME,
             status: probe::Status::Ok,
             detail: match session::recorder::exec_tracer_pins_from_env() {
-                Some(dir) if runtime::exec_tracepoints::kernel_has_tracing_cookies() => format!(
+                Some(dir) if runtime::exec_tracepoints::pinned_program_usable(&dir) => format!(
                     "from the kernel's exec tracepoints (BPF): an audited exec waits for nobody; the program is \
                      loaded once and pinned in {}, and each audited run attaches it",
                     dir.display()
                 ),
                 _ => "from the kernel's exec tracepoints (BPF): an audited exec waits for nobody; each audited run \
                       loads the program (~7 ms; loaded once instead with Linux 6.10 or later and \
-                      AIRLOCK_BPF_PIN_DIR not set empty)"
+                      AIRLOCK_BPF_PIN_DIR naming a bpffs directory that is root's alone, or not set)"
                     .into(),
             },
             fix: None,

@@ -1120,6 +1120,16 @@ fn a_pin_directory_another_user_could_write_is_not_used() {
         assert_eq!(execs(&records(&file)), [vec!["/bin/echo".to_string(), tag.into()]]);
         assert_eq!(fs::read_dir(pins.path()).unwrap().count(), 0, "{tag}: something was pinned in it");
     }
+    // A pin directory outside any bpffs is not made: the run loads a program of its own and leaves nothing.
+    let scratch = audit_dir(false);
+    let nowhere = scratch.path().join("pins");
+    let file = scratch.path().join("nowhere.jsonl");
+    let o =
+        kernel_source_command(&nowhere, &["run", "--rm", "--audit", file.to_str().unwrap(), "--", "/bin/echo", "x"])
+            .output()
+            .unwrap();
+    assert_eq!(ok(&o).trim(), "x");
+    assert!(!nowhere.exists(), "a pin directory was made outside bpffs");
     // A rootless audited run (seccomp notification: no program for it) makes no pin directory, which would keep
     // root's runs from trusting it.
     let pins = PinDir::new("rootless");
